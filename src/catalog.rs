@@ -1,0 +1,317 @@
+//! What the catalog says about a configured view: does it exist, can refreshd refresh
+//! it, and what feeds it.
+
+use tokio_postgres::Client;
+
+use crate::config::{Detect, ViewConfig};
+use crate::ident::QualifiedName;
+
+/// A relation a view reads, directly or through plain views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseRelation {
+    pub oid: u32,
+    pub name: QualifiedName,
+    /// `r` table, `p` partitioned table, `m` materialized view, `f` foreign table.
+    pub relkind: char,
+}
+
+/// A trigger on a base table that can NOTIFY one of the view's channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedingTrigger {
+    pub table: QualifiedName,
+    pub trigger: String,
+    pub channel: String,
+    pub statement_level: bool,
+}
+
+/// The catalog's facts about one materialized view.
+#[derive(Debug, Clone)]
+pub struct ViewFacts {
+    pub oid: u32,
+    pub relkind: char,
+    pub populated: bool,
+    pub owner: String,
+    pub may_refresh: bool,
+    /// Unique indexes REFRESH CONCURRENTLY can use, as `name (columns)`.
+    pub usable_unique_indexes: Vec<String>,
+    pub base: Vec<BaseRelation>,
+    pub triggers: Vec<FeedingTrigger>,
+}
+
+/// `None` when no relation of that name exists.
+pub async fn inspect(client: &Client, view: &ViewConfig) -> Result<Option<ViewFacts>, tokio_postgres::Error> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    // PostgreSQL 17 lets non-owners refresh with the MAINTAIN privilege.
+    let may_refresh = if version >= 170000 {
+        "pg_has_role(current_user, c.relowner, 'USAGE') OR has_table_privilege(c.oid, 'MAINTAIN')"
+    } else {
+        "pg_has_role(current_user, c.relowner, 'USAGE')"
+    };
+    let sql = format!(
+        "SELECT c.oid, c.relkind::text, c.relispopulated, pg_get_userbyid(c.relowner)::text, {may_refresh} \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2"
+    );
+    let Some(row) = client
+        .query_opt(&sql, &[&view.name.schema, &view.name.name])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let relkind: String = row.get(1);
+    let mut facts = ViewFacts {
+        oid,
+        relkind: relkind.chars().next().unwrap_or('?'),
+        populated: row.get(2),
+        owner: row.get(3),
+        may_refresh: row.get(4),
+        usable_unique_indexes: Vec::new(),
+        base: Vec::new(),
+        triggers: Vec::new(),
+    };
+    if facts.relkind != 'm' {
+        return Ok(Some(facts));
+    }
+    facts.usable_unique_indexes = usable_unique_indexes(client, oid).await?;
+    facts.base = base_relations(client, oid).await?;
+    facts.triggers = feeding_triggers(client, &facts.base, &view.channels).await?;
+    Ok(Some(facts))
+}
+
+/// The same test PostgreSQL makes before `REFRESH ... CONCURRENTLY`
+/// (`is_usable_unique_index` in matview.c): a valid, immediate, unique btree index on
+/// plain columns, with no predicate and no expression.
+pub async fn usable_unique_indexes(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT ic.relname::text, \
+                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) \
+                       FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                      WHERE k.ord <= i.indnkeyatts) \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
+               AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
+               AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
+             ORDER BY ic.relname",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| format!("{} ({})", r.get::<_, String>(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect())
+}
+
+/// The relations a materialized view reads, found through its rewrite rule's
+/// dependencies and followed through plain views. Partitioned tables bring their
+/// partitions, whose own triggers and counters matter too.
+pub async fn base_relations(client: &Client, oid: u32) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE reads(relid) AS ( \
+                SELECT d.refobjid FROM pg_catalog.pg_rewrite r \
+                  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                 WHERE r.ev_class = $1 AND d.refobjid <> $1 \
+                UNION \
+                SELECT d.refobjid FROM reads \
+                  JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'v' \
+                  JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
+                  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                 WHERE d.refobjid <> c.oid \
+             ), leaves AS ( \
+                SELECT c.oid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid \
+                 WHERE c.relkind IN ('r', 'p', 'm', 'f') \
+                UNION \
+                SELECT t.relid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'p', \
+                       LATERAL pg_catalog.pg_partition_tree(c.oid) t WHERE t.relid <> c.oid \
+             ) \
+             SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text \
+               FROM leaves JOIN pg_catalog.pg_class c ON c.oid = leaves.oid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              ORDER BY n.nspname, c.relname",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| BaseRelation {
+            oid: r.get(0),
+            name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            relkind: r.get::<_, String>(3).chars().next().unwrap_or('?'),
+        })
+        .collect())
+}
+
+/// Enabled user triggers on the base tables whose function body or arguments name one
+/// of the channels. This reads code, so it can only say a trigger *could* notify.
+async fn feeding_triggers(
+    client: &Client,
+    base: &[BaseRelation],
+    channels: &[String],
+) -> Result<Vec<FeedingTrigger>, tokio_postgres::Error> {
+    if base.is_empty() || channels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let oids: Vec<u32> = base.iter().map(|b| b.oid).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, t.tgname::text, ch, (t.tgtype & 1) = 0 \
+               FROM pg_catalog.pg_trigger t \
+               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+               CROSS JOIN unnest($2::text[]) AS ch \
+              WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+                AND (strpos(p.prosrc, ch) > 0 OR strpos(encode(t.tgargs, 'escape'), ch) > 0) \
+              ORDER BY 1, 2, 3, 4",
+            &[&oids, &channels],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| FeedingTrigger {
+            table: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            trigger: r.get(2),
+            channel: r.get(3),
+            statement_level: r.get(4),
+        })
+        .collect())
+}
+
+/// The verdict on one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// `check`'s findings on one view.
+#[derive(Debug, Clone)]
+pub struct ViewReport {
+    pub verdict: Verdict,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub facts: Vec<String>,
+}
+
+/// Judges the facts against the view's configuration.
+pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
+    let mut r = ViewReport {
+        verdict: Verdict::Ok,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        facts: Vec::new(),
+    };
+    let Some(f) = facts else {
+        r.problems.push("does not exist (or refreshd's role cannot see it)".into());
+        r.verdict = Verdict::Fail;
+        return r;
+    };
+    if f.relkind != 'm' {
+        let what = match f.relkind {
+            'r' => "a table",
+            'v' => "a plain view",
+            'p' => "a partitioned table",
+            'f' => "a foreign table",
+            _ => "some other relation",
+        };
+        r.problems.push(format!("is {what}, not a materialized view"));
+        r.verdict = Verdict::Fail;
+        return r;
+    }
+    if f.populated {
+        r.facts.push("populated".into());
+    } else {
+        r.warnings.push(
+            "not populated: the first refresh is a plain REFRESH, which locks out readers while it runs".into(),
+        );
+    }
+    match (f.usable_unique_indexes.first(), view.concurrently) {
+        (Some(ix), true) => r.facts.push(format!("unique index {ix}")),
+        (Some(_), false) => r.facts.push("concurrently = false: plain REFRESH (blocks readers)".into()),
+        (None, true) => r.problems.push(
+            "no unique index usable by REFRESH CONCURRENTLY (needs a unique index on plain columns, without WHERE or expressions); create one or set concurrently = false".into(),
+        ),
+        (None, false) => r.facts.push("no unique index; concurrently = false: plain REFRESH (blocks readers)".into()),
+    }
+    if f.may_refresh {
+        r.facts.push(format!("owner {}", f.owner));
+    } else {
+        r.problems.push(format!(
+            "the connected role may not refresh it: it is owned by {} and REFRESH needs the owner or a member of the owning role",
+            f.owner
+        ));
+    }
+    let mut fed = false;
+    match view.detect {
+        Detect::Statistics => {
+            let tables: Vec<String> = f
+                .base
+                .iter()
+                .filter(|b| matches!(b.relkind, 'r' | 'p' | 'm'))
+                .map(|b| b.name.to_string())
+                .collect();
+            if tables.is_empty() {
+                r.problems.push("detect = \"statistics\" but the view reads no table whose statistics could be watched".into());
+            } else {
+                fed = true;
+                r.facts.push(format!("detect statistics on {}", tables.join(", ")));
+            }
+        }
+        Detect::Notify => {
+            for ch in &view.channels {
+                let trigs: Vec<&FeedingTrigger> = f.triggers.iter().filter(|t| &t.channel == ch).collect();
+                if trigs.is_empty() {
+                    r.warnings.push(format!(
+                        "channel {ch}: no trigger on the view's base tables mentions it (notifications can still come from the application)"
+                    ));
+                } else {
+                    fed = true;
+                    let mut tables: Vec<String> = trigs.iter().map(|t| t.table.to_string()).collect();
+                    tables.dedup();
+                    r.facts.push(format!("fed by {ch} via {} trigger(s) on {}", trigs.len(), tables.join(", ")));
+                    let row_level: Vec<&str> = trigs.iter().filter(|t| !t.statement_level).map(|t| t.trigger.as_str()).collect();
+                    if !row_level.is_empty() {
+                        r.warnings.push(format!(
+                            "row-level NOTIFY trigger(s) {}: FOR EACH STATEMENT is enough and cheaper",
+                            row_level.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = &view.schedule {
+        fed = true;
+        r.facts.push(format!("schedule \"{}\"", s.expr));
+    }
+    if !fed {
+        r.problems.push(if view.channels.is_empty() {
+            "nothing feeds it: no channels, no schedule (only forced refreshes would run)".to_string()
+        } else {
+            "nothing feeds it: no trigger on its base tables notifies its channels, and it has no schedule".to_string()
+        });
+    }
+    let base_mv: Vec<String> = f.base.iter().filter(|b| b.relkind == 'm').map(|b| b.name.to_string()).collect();
+    if !base_mv.is_empty() {
+        r.facts.push(format!("reads materialized view(s) {}", base_mv.join(", ")));
+    }
+    r.verdict = if !r.problems.is_empty() {
+        Verdict::Fail
+    } else if !r.warnings.is_empty() {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    r
+}

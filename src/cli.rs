@@ -1,0 +1,228 @@
+//! The command line: `run`, `check`, `refresh`, `demo`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::catalog::{self, Verdict};
+use crate::config::{Config, ViewConfig, DEFAULT_CONFIG_PATH};
+use crate::db::ConnectInfo;
+use crate::ident::QualifiedName;
+use crate::logging::LogFormat;
+use crate::refresh;
+
+/// Exit code: everything fine.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: problems found, a refresh failed, or a fatal runtime error.
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit code: the configuration is unreadable or invalid.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Keeps PostgreSQL materialized views fresh.
+#[derive(Debug, Parser)]
+#[command(name = "refreshd", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-c FILE`, shared by the commands that read a configuration.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", env = "REFRESHD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration, connect, and check every view against the catalog.
+    Check(ConfigArg),
+    /// Refresh views now, once, and print each duration.
+    Refresh {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Refresh every configured view.
+        #[arg(long, conflicts_with = "views")]
+        all: bool,
+        /// Views to refresh (schema.view), as named in the configuration.
+        #[arg(required_unless_present = "all")]
+        views: Vec<String>,
+    },
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn dispatch(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Check(c) => check(&c.config).await,
+        Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
+    }
+}
+
+/// Loads the config or prints why not.
+pub fn load_config(path: &Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("refreshd: invalid configuration: {e}");
+        EXIT_CONFIG
+    })
+}
+
+/// The directory relative paths in the config (password_file, sslrootcert) start from.
+pub fn config_dir(config: &Config) -> PathBuf {
+    config
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+async fn check(path: &Path) -> u8 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let info = match ConnectInfo::for_refresh(&config.database, &config_dir(&config)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("refreshd: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let client = match info.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL  database: {e}");
+            return EXIT_PROBLEMS;
+        }
+    };
+    let who = client
+        .query_one("SELECT current_user::text, current_setting('server_version')", &[])
+        .await
+        .map(|r| format!("as {} (PostgreSQL {})", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .unwrap_or_default();
+    println!("config {}: {} view(s); connected to {} {who}", config.path.display(), config.views.len(), info.target());
+    if config.views.is_empty() {
+        println!("WARN  no [[view]] configured: refreshd would have nothing to do");
+    }
+    let (mut ok, mut warn, mut fail) = (0, 0, 0);
+    for view in &config.views {
+        let facts = match catalog::inspect(&client, view).await {
+            Ok(f) => f,
+            Err(e) => {
+                println!("FAIL  {}: cannot inspect the catalog: {e}", view.name);
+                fail += 1;
+                continue;
+            }
+        };
+        let report = catalog::judge(view, facts.as_ref());
+        let mut line = String::new();
+        let _ = write!(
+            line,
+            "{:<5} {}: ",
+            match report.verdict {
+                Verdict::Ok => "OK",
+                Verdict::Warn => "WARN",
+                Verdict::Fail => "FAIL",
+            },
+            view.name
+        );
+        let mut parts: Vec<String> = report.problems.iter().map(|p| format!("PROBLEM {p}")).collect();
+        parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+        parts.extend(report.facts.iter().cloned());
+        line.push_str(&parts.join("; "));
+        println!("{line}");
+        match report.verdict {
+            Verdict::Ok => ok += 1,
+            Verdict::Warn => warn += 1,
+            Verdict::Fail => fail += 1,
+        }
+    }
+    println!("{} view(s): {ok} ok, {warn} with warnings, {fail} with problems", config.views.len());
+    if fail > 0 {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}
+
+fn resolve_views<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a ViewConfig>, String> {
+    let mut out = Vec::new();
+    for n in names {
+        let parsed = QualifiedName::parse(n).map_err(|e| format!("{n:?}: {e}"))?;
+        match config.view(&parsed) {
+            Some(v) => out.push(v),
+            None => {
+                let known: Vec<String> = config.views.iter().map(|v| v.name.to_string()).collect();
+                return Err(format!(
+                    "unknown view {parsed}: not in {} (configured: {})",
+                    config.path.display(),
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Formats a duration for people: `12.3 ms`, `4.56 s`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let views = if all {
+        config.views.iter().collect()
+    } else {
+        match resolve_views(&config, names) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("refreshd: {e}");
+                return EXIT_PROBLEMS;
+            }
+        }
+    };
+    let info = match ConnectInfo::for_refresh(&config.database, &config_dir(&config)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("refreshd: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let client = match info.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("refreshd: {e}");
+            return EXIT_PROBLEMS;
+        }
+    };
+    let mut failed = 0;
+    for view in &views {
+        match refresh::refresh_view(&client, view).await {
+            Ok(r) => println!("{}: refreshed ({}) in {}", view.name, r.kind.as_str(), human(r.duration)),
+            Err(e) => {
+                failed += 1;
+                println!("{}: FAILED after {}: {e}", view.name, human(e.duration));
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("refreshd: {failed} of {} refresh(es) failed", views.len());
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}

@@ -1,0 +1,641 @@
+//! The configuration file: parsing, defaults, and validation with errors that name the
+//! file, the line and the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ident::{validate_channel, QualifiedName};
+
+/// The path used when neither `-c` nor `$REFRESHD_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/refreshd/config.toml";
+
+/// A configuration problem, located in its file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}: {}{message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// How a view learns that it is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detect {
+    /// Triggers NOTIFY a channel.
+    Notify,
+    /// refreshd polls the cumulative statistics of the base tables.
+    Statistics,
+}
+
+/// A validated cron schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// As written in the file.
+    pub expr: String,
+    /// With a seconds field, as tokio-cron-scheduler wants it.
+    pub with_seconds: String,
+}
+
+/// One materialized view and how to keep it fresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewConfig {
+    pub name: QualifiedName,
+    pub channels: Vec<String>,
+    pub schedule: Option<Schedule>,
+    pub debounce: Duration,
+    pub max_delay: Duration,
+    pub min_interval: Duration,
+    pub concurrently: bool,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub detect: Detect,
+    pub poll_interval: Duration,
+    /// Line of the `[[view]]` entry, for messages.
+    pub line: usize,
+}
+
+/// Where the password comes from; the value itself is never stored here.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Inline(String),
+    Env(String),
+}
+
+/// `[database]`.
+#[derive(Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub url: UrlSource,
+    pub password_file: Option<PathBuf>,
+    pub listen_url: Option<UrlSource>,
+    pub max_concurrent_refreshes: usize,
+    pub connect_timeout: Duration,
+}
+
+/// Never shows the URL: it may carry a password.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("password_file", &self.password_file)
+            .field("max_concurrent_refreshes", &self.max_concurrent_refreshes)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// `[ha]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    pub lock_name: String,
+    pub retry_interval: Duration,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub ha: HaConfig,
+    pub views: Vec<ViewConfig>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let ctx = Ctx { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        ctx.validate(raw)
+    }
+
+    /// Looks a view up by its parsed name.
+    pub fn view(&self, name: &QualifiedName) -> Option<&ViewConfig> {
+        self.views.iter().find(|v| &v.name == name)
+    }
+
+    /// Every channel some view listens on, sorted and without repeats.
+    pub fn channels(&self) -> Vec<String> {
+        let mut set: Vec<String> = self
+            .views
+            .iter()
+            .flat_map(|v| v.channels.iter().cloned())
+            .collect();
+        set.sort();
+        set.dedup();
+        set
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    shutdown_timeout: Option<Spanned<String>>,
+    database: Option<Spanned<RawDatabase>>,
+    http: Option<RawHttp>,
+    ha: Option<RawHa>,
+    defaults: Option<Spanned<RawView>>,
+    #[serde(default)]
+    view: Vec<Spanned<RawView>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<Spanned<String>>,
+    url_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    listen_url: Option<Spanned<String>>,
+    listen_url_env: Option<Spanned<String>>,
+    max_concurrent_refreshes: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    lock_name: Option<Spanned<String>>,
+    retry_interval: Option<Spanned<String>>,
+}
+
+/// A `[[view]]` entry; `[defaults]` has the same keys but `name`.
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawView {
+    name: Option<Spanned<String>>,
+    channels: Option<Vec<Spanned<String>>>,
+    schedule: Option<Spanned<String>>,
+    debounce: Option<Spanned<String>>,
+    max_delay: Option<Spanned<String>>,
+    min_interval: Option<Spanned<String>>,
+    concurrently: Option<Spanned<bool>>,
+    statement_timeout: Option<Spanned<String>>,
+    lock_timeout: Option<Spanned<String>>,
+    detect: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn err(&self, span: Option<&Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: span.map(|s| self.line_of(s)),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: e.span().map(|s| self.line_of(&s)),
+            key: None,
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            self.err(
+                Some(&v.span()),
+                key,
+                format!("invalid duration {:?}: {e} (write e.g. \"250ms\", \"2s\", \"15m\")", v.get_ref()),
+            )
+        })
+    }
+
+    fn opt_duration(
+        &self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        v.map_or(Ok(default), |v| self.duration(v, key))
+    }
+
+    fn url_source(
+        &self,
+        url: Option<&Spanned<String>>,
+        env: Option<&Spanned<String>>,
+        section_span: Option<&Range<usize>>,
+        key: &str,
+        required: bool,
+    ) -> Result<Option<UrlSource>, ConfigError> {
+        match (url, env) {
+            (Some(_), Some(e)) => Err(self.err(
+                Some(&e.span()),
+                &format!("{key}_env"),
+                format!("set either {key} or {key}_env, not both"),
+            )),
+            (Some(u), None) => {
+                if u.get_ref().trim().is_empty() {
+                    return Err(self.err(Some(&u.span()), key, "is empty"));
+                }
+                Ok(Some(UrlSource::Inline(u.get_ref().clone())))
+            }
+            (None, Some(e)) => {
+                let name = e.get_ref();
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(self.err(
+                        Some(&e.span()),
+                        &format!("{key}_env"),
+                        format!("{name:?} is not an environment variable name"),
+                    ));
+                }
+                Ok(Some(UrlSource::Env(name.clone())))
+            }
+            (None, None) if required => Err(self.err(
+                section_span,
+                key,
+                format!("missing: set {key} = \"postgresql://...\" or {key}_env = \"DATABASE_URL\""),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let shutdown_timeout = self.opt_duration(
+            raw.shutdown_timeout.as_ref(),
+            "shutdown_timeout",
+            Duration::from_secs(30),
+        )?;
+
+        let Some(db) = raw.database else {
+            return Err(self.err(None, "database", "missing section [database]"));
+        };
+        let db_span = db.span();
+        let db = db.into_inner();
+        let url = self
+            .url_source(db.url.as_ref(), db.url_env.as_ref(), Some(&db_span), "database.url", true)?
+            .expect("required");
+        let listen_url = self.url_source(
+            db.listen_url.as_ref(),
+            db.listen_url_env.as_ref(),
+            Some(&db_span),
+            "database.listen_url",
+            false,
+        )?;
+        let password_file = db.password_file.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        if let Some(p) = &db.password_file {
+            if p.get_ref().is_empty() {
+                return Err(self.err(Some(&p.span()), "database.password_file", "is empty"));
+            }
+        }
+        let max_concurrent_refreshes = match &db.max_concurrent_refreshes {
+            None => 2,
+            Some(v) if (1..=64).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                return Err(self.err(
+                    Some(&v.span()),
+                    "database.max_concurrent_refreshes",
+                    format!("{} is out of range: use 1 to 64", v.get_ref()),
+                ))
+            }
+        };
+        let connect_timeout = self.opt_duration(
+            db.connect_timeout.as_ref(),
+            "database.connect_timeout",
+            Duration::from_secs(5),
+        )?;
+        if connect_timeout.is_zero() {
+            let span = db.connect_timeout.as_ref().map(|s| s.span());
+            return Err(self.err(span.as_ref(), "database.connect_timeout", "must be more than 0s"));
+        }
+
+        let http = raw.http.unwrap_or(RawHttp {
+            listen: None,
+            admin_token_file: None,
+        });
+        let listen = match &http.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 9648)),
+            Some(v) => v.get_ref().parse().map_err(|_| {
+                self.err(
+                    Some(&v.span()),
+                    "http.listen",
+                    format!("{:?} is not an address:port such as \"127.0.0.1:9648\" or \"[::]:9648\"", v.get_ref()),
+                )
+            })?,
+        };
+        let admin_token_file = http.admin_token_file.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        if !listen.ip().is_loopback() && admin_token_file.is_none() {
+            let span = http.listen.as_ref().map(|s| s.span());
+            return Err(self.err(
+                span.as_ref(),
+                "http.admin_token_file",
+                format!(
+                    "required when http.listen ({listen}) is not a loopback address: POST /refresh would be open to the network"
+                ),
+            ));
+        }
+
+        let ha = raw.ha.unwrap_or(RawHa {
+            lock_name: None,
+            retry_interval: None,
+        });
+        let lock_name = match &ha.lock_name {
+            None => "refreshd".to_string(),
+            Some(v) if v.get_ref().is_empty() => {
+                return Err(self.err(Some(&v.span()), "ha.lock_name", "is empty"))
+            }
+            Some(v) => v.get_ref().clone(),
+        };
+        let retry_interval =
+            self.opt_duration(ha.retry_interval.as_ref(), "ha.retry_interval", Duration::from_secs(5))?;
+        if retry_interval.is_zero() {
+            let span = ha.retry_interval.as_ref().map(|s| s.span());
+            return Err(self.err(span.as_ref(), "ha.retry_interval", "must be more than 0s"));
+        }
+
+        let defaults = match raw.defaults {
+            Some(d) => {
+                if let Some(n) = &d.get_ref().name {
+                    return Err(self.err(
+                        Some(&n.span()),
+                        "defaults.name",
+                        "a view name cannot be a default; name views in [[view]] entries",
+                    ));
+                }
+                d.into_inner()
+            }
+            None => RawView::default(),
+        };
+
+        let mut views = Vec::with_capacity(raw.view.len());
+        let mut seen: BTreeMap<QualifiedName, usize> = BTreeMap::new();
+        for (i, v) in raw.view.iter().enumerate() {
+            let view = self.view(i, v, &defaults)?;
+            if let Some(first) = seen.insert(view.name.clone(), view.line) {
+                return Err(self.err(
+                    v.get_ref().name.as_ref().map(|n| n.span()).as_ref(),
+                    &format!("view[{i}].name"),
+                    format!("view {} is listed twice (first at line {first})", view.name),
+                ));
+            }
+            views.push(view);
+        }
+
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            shutdown_timeout,
+            database: DatabaseConfig {
+                url,
+                password_file,
+                listen_url,
+                max_concurrent_refreshes,
+                connect_timeout,
+            },
+            http: HttpConfig {
+                listen,
+                admin_token_file,
+            },
+            ha: HaConfig {
+                lock_name,
+                retry_interval,
+            },
+            views,
+        })
+    }
+
+    fn view(&self, i: usize, v: &Spanned<RawView>, d: &RawView) -> Result<ViewConfig, ConfigError> {
+        let key = |k: &str| format!("view[{i}].{k}");
+        let raw = v.get_ref();
+        let line = self.line_of(&v.span());
+        let Some(name) = &raw.name else {
+            return Err(self.err(Some(&v.span()), &key("name"), "missing: every [[view]] needs name = \"schema.view\""));
+        };
+        let parsed = QualifiedName::parse(name.get_ref().trim())
+            .map_err(|e| self.err(Some(&name.span()), &key("name"), format!("{:?}: {e}", name.get_ref())))?;
+
+        // A key set on the view wins over [defaults]; the error names where the value came from.
+        let pick = |own: &Option<Spanned<String>>, def: &Option<Spanned<String>>, k: &str| -> Option<(Spanned<String>, String)> {
+            own.clone()
+                .map(|s| (s, key(k)))
+                .or_else(|| def.clone().map(|s| (s, format!("defaults.{k}"))))
+        };
+        let dur = |own: &Option<Spanned<String>>, def: &Option<Spanned<String>>, k: &str, default: Duration| {
+            match pick(own, def, k) {
+                Some((s, key)) => self.duration(&s, &key),
+                None => Ok(default),
+            }
+        };
+        let debounce = dur(&raw.debounce, &d.debounce, "debounce", Duration::from_secs(2))?;
+        let max_delay = dur(&raw.max_delay, &d.max_delay, "max_delay", Duration::from_secs(30))?;
+        let min_interval = dur(&raw.min_interval, &d.min_interval, "min_interval", Duration::ZERO)?;
+        let statement_timeout = dur(&raw.statement_timeout, &d.statement_timeout, "statement_timeout", Duration::from_secs(600))?;
+        let lock_timeout = dur(&raw.lock_timeout, &d.lock_timeout, "lock_timeout", Duration::from_secs(5))?;
+        let poll_interval = dur(&raw.poll_interval, &d.poll_interval, "poll_interval", Duration::from_secs(1))?;
+        if poll_interval < Duration::from_millis(100) {
+            let (s, k) = pick(&raw.poll_interval, &d.poll_interval, "poll_interval").expect("non-default");
+            return Err(self.err(Some(&s.span()), &k, "must be at least 100ms"));
+        }
+        let concurrently = raw
+            .concurrently
+            .as_ref()
+            .or(d.concurrently.as_ref())
+            .map(|b| *b.get_ref())
+            .unwrap_or(true);
+        let detect = match pick(&raw.detect, &d.detect, "detect") {
+            None => Detect::Notify,
+            Some((s, k)) => match s.get_ref().as_str() {
+                "notify" => Detect::Notify,
+                "statistics" => Detect::Statistics,
+                other => {
+                    return Err(self.err(
+                        Some(&s.span()),
+                        &k,
+                        format!("{other:?} is not a detection mode: use \"notify\" or \"statistics\""),
+                    ))
+                }
+            },
+        };
+        let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {
+            (Some(c), _) => (c.clone(), key("channels")),
+            (None, Some(c)) => (c.clone(), "defaults.channels".to_string()),
+            (None, None) => (Vec::new(), key("channels")),
+        };
+        let mut channels = Vec::with_capacity(channels_raw.len());
+        let mut seen = HashSet::new();
+        for c in &channels_raw {
+            validate_channel(c.get_ref())
+                .map_err(|e| self.err(Some(&c.span()), &channels_key, format!("channel {:?}: {e}", c.get_ref())))?;
+            if c.get_ref() == crate::CONTROL_CHANNEL {
+                return Err(self.err(
+                    Some(&c.span()),
+                    &channels_key,
+                    format!("{:?} is refreshd's control channel and cannot feed a view", c.get_ref()),
+                ));
+            }
+            if seen.insert(c.get_ref().clone()) {
+                channels.push(c.get_ref().clone());
+            }
+        }
+        let schedule = match pick(&raw.schedule, &d.schedule, "schedule") {
+            None => None,
+            Some((s, k)) => Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?),
+        };
+        Ok(ViewConfig {
+            name: parsed,
+            channels,
+            schedule,
+            debounce,
+            max_delay,
+            min_interval,
+            concurrently,
+            statement_timeout,
+            lock_timeout,
+            detect,
+            poll_interval,
+            line,
+        })
+    }
+}
+
+/// Accepts 6 fields (with seconds) or 5 like crontab (seconds = 0), validated with the
+/// same parser tokio-cron-scheduler uses.
+pub fn parse_schedule(expr: &str) -> Result<Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let with_seconds = match fields.len() {
+        6 => fields.join(" "),
+        5 => format!("0 {}", fields.join(" ")),
+        n => {
+            return Err(format!(
+                "invalid cron expression {expr:?}: {n} fields; write 6 (sec min hour day month weekday) or 5 like crontab"
+            ))
+        }
+    };
+    croner::Cron::new(&with_seconds)
+        .with_seconds_required()
+        .parse()
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+    Ok(Schedule {
+        expr: expr.to_string(),
+        with_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/refreshd/t.toml"), text)
+    }
+
+    const BASE: &str = "[database]\nurl = \"postgresql://u:secret@h/db\"\n";
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = parse(&format!(
+            "{BASE}[defaults]\ndebounce = \"0s\"\n[[view]]\nname = \"public.a\"\nchannels = [\"c1\"]\n[[view]]\nname = '\"Sales\".\"Daily Totals\"'\ndebounce = \"250ms\"\nschedule = \"*/5 * * * *\"\nconcurrently = false\n"
+        ))
+        .unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.database.max_concurrent_refreshes, 2);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9648");
+        assert_eq!(c.ha.lock_name, "refreshd");
+        assert_eq!(c.views.len(), 2);
+        assert_eq!(c.views[0].debounce, Duration::ZERO);
+        assert_eq!(c.views[0].max_delay, Duration::from_secs(30));
+        assert_eq!(c.views[0].line, 5);
+        assert_eq!(c.views[1].name, QualifiedName::new("Sales", "Daily Totals"));
+        assert_eq!(c.views[1].debounce, Duration::from_millis(250));
+        assert!(!c.views[1].concurrently);
+        assert_eq!(c.views[1].schedule.as_ref().unwrap().with_seconds, "0 */5 * * * *");
+        assert_eq!(c.channels(), vec!["c1".to_string()]);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\ndebounce = \"2x\"\n"));
+        assert_eq!(e.line, Some(5));
+        assert_eq!(e.key.as_deref(), Some("view[0].debounce"));
+        assert!(e.to_string().starts_with("/etc/refreshd/t.toml:5: view[0].debounce: invalid duration"), "{e}");
+
+        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\ndebunce = \"2s\"\n"));
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("debunce"), "{e}");
+
+        let e = err(&format!("{BASE}[[view]]\nname = \"a\"\n"));
+        assert_eq!(e.line, Some(4));
+        assert!(e.message.contains("schema-qualified"), "{e}");
+
+        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\n[[view]]\nname = \"PUBLIC.A\"\n"));
+        assert_eq!(e.line, Some(6));
+        assert!(e.message.contains("listed twice (first at line 3)"), "{e}");
+
+        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\nschedule = \"61 * * * *\"\n"));
+        assert_eq!(e.key.as_deref(), Some("view[0].schedule"));
+        assert_eq!(e.line, Some(5));
+        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\nschedule = \"* * *\"\n"));
+        assert!(e.message.contains("3 fields"), "{e}");
+
+        let e = err(&format!("{BASE}[defaults]\nmax_delay = \"soon\"\n[[view]]\nname = \"public.a\"\n"));
+        assert_eq!(e.key.as_deref(), Some("defaults.max_delay"));
+        assert_eq!(e.line, Some(4));
+
+        let e = err("[database]\n");
+        assert_eq!(e.key.as_deref(), Some("database.url"));
+        let e = err(&format!("{BASE}url_env = \"X\"\n"));
+        assert_eq!(e.key.as_deref(), Some("database.url_env"));
+        let e = err(&format!("{BASE}[http]\nlisten = \"0.0.0.0:9648\"\n"));
+        assert_eq!(e.key.as_deref(), Some("http.admin_token_file"));
+        let e = err(&format!("{BASE}max_concurrent_refreshes = 0\n"));
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn password_never_in_errors_or_debug() {
+        let e = err("[database]\nurl = \"postgresql://u:secret@h/db\"\nbogus = 1\n");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let c = parse(BASE).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

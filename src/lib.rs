@@ -1,0 +1,20 @@
+//! refreshd keeps PostgreSQL materialized views fresh: it LISTENs for notifications from
+//! triggers, coalesces bursts per view, runs `REFRESH MATERIALIZED VIEW CONCURRENTLY`
+//! on demand and on cron schedules, and publishes what it did for Prometheus.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod ident;
+pub mod logging;
+pub mod refresh;
+
+/// The channel on which `NOTIFY refreshd_control, 'schema.view'` (or `'*'`) forces a
+/// refresh.
+pub const CONTROL_CHANNEL: &str = "refreshd_control";
+
+/// The crate version, for `--version` and `refreshd_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,190 @@
+//! Running one `REFRESH MATERIALIZED VIEW` and classifying how it failed.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::ViewConfig;
+
+/// Which statement ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshKind {
+    /// `REFRESH MATERIALIZED VIEW CONCURRENTLY`.
+    Concurrently,
+    /// Plain `REFRESH`, because the view sets `concurrently = false`.
+    Plain,
+    /// Plain `REFRESH` because the view was not populated (CONCURRENTLY refuses those).
+    Populate,
+}
+
+impl RefreshKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshKind::Concurrently => "concurrently",
+            RefreshKind::Plain => "plain",
+            RefreshKind::Populate => "populate",
+        }
+    }
+}
+
+/// A refresh that committed.
+#[derive(Debug, Clone, Copy)]
+pub struct Refreshed {
+    pub kind: RefreshKind,
+    /// Time of the REFRESH statement alone.
+    pub duration: Duration,
+}
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Lock timeout, deadlock, serialization failure, cancel, lost connection: retry
+    /// with backoff.
+    Transient,
+    /// Privilege, duplicate rows, missing unique index...: wait for the next trigger.
+    Permanent,
+}
+
+/// A refresh that did not commit.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", hint.map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+pub struct RefreshError {
+    pub class: FailureClass,
+    /// SQLSTATE, when the server sent one.
+    pub code: Option<String>,
+    pub message: String,
+    pub hint: Option<&'static str>,
+    /// How long the failing statement ran.
+    pub duration: Duration,
+}
+
+impl RefreshError {
+    /// Classifies a tokio-postgres error by SQLSTATE.
+    pub fn from_pg(e: &tokio_postgres::Error, duration: Duration) -> Self {
+        let Some(db) = e.as_db_error() else {
+            // No SQLSTATE: the connection broke (or never worked).
+            return Self {
+                class: FailureClass::Transient,
+                code: None,
+                message: e.to_string(),
+                hint: Some("the connection was lost; refreshd reconnects and retries"),
+                duration,
+            };
+        };
+        let code = db.code();
+        let mut message = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            message.push_str(&format!(" DETAIL: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            message.push_str(&format!(" HINT: {h}"));
+        }
+        message.push_str(&format!(" (SQLSTATE {})", code.code()));
+        let (class, hint) = classify(code);
+        Self {
+            class,
+            code: Some(code.code().to_string()),
+            message,
+            hint,
+            duration,
+        }
+    }
+
+    /// A short label for logs and `/status`.
+    pub fn label(&self) -> &'static str {
+        match self.class {
+            FailureClass::Transient => "transient",
+            FailureClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// SQLSTATE → class and an operator's hint.
+pub fn classify(code: &SqlState) -> (FailureClass, Option<&'static str>) {
+    use FailureClass::*;
+    let s = code.code();
+    match s {
+        "55P03" => (Transient, Some("lock_timeout expired: another session holds a conflicting lock on the view (often a long transaction or a manual REFRESH); refreshd retries")),
+        "40P01" => (Transient, Some("deadlock with another session; refreshd retries")),
+        "40001" => (Transient, Some("serialization failure; refreshd retries")),
+        "57014" => (Transient, Some("the statement was cancelled (statement_timeout, or pg_cancel_backend); raise statement_timeout if the view needs longer")),
+        "57P01" | "57P02" | "57P03" => (Transient, Some("the server is shutting down or starting up; refreshd retries")),
+        "42501" => (Permanent, Some("only the owner of a materialized view (or a member of the owning role) may refresh it: ALTER MATERIALIZED VIEW ... OWNER TO a role refreshd's user belongs to")),
+        "21000" | "23505" => (Permanent, Some("the view's query produces duplicate rows for its unique index; fix the view definition or the index")),
+        "55000" => (Permanent, Some("REFRESH ... CONCURRENTLY needs a unique index on plain columns of the view, without WHERE: create one, or set concurrently = false for this view")),
+        "0A000" => (Permanent, Some("this form of REFRESH is not supported for the view in its current state")),
+        "42P01" => (Permanent, Some("the view does not exist (dropped or renamed?); fix the name in the configuration")),
+        "42809" => (Permanent, Some("the relation is not a materialized view")),
+        "3D000" | "28000" | "28P01" => (Permanent, Some("check database.url: database, user or password")),
+        _ if s.starts_with("08") || s.starts_with("53") || s.starts_with("58") => {
+            (Transient, Some("connection or resource problem on the server; refreshd retries"))
+        }
+        _ => (Permanent, None),
+    }
+}
+
+/// `REFRESH MATERIALIZED VIEW [CONCURRENTLY] "schema"."name"` for a view, as decided from
+/// whether it is populated. The name is always quoted; nothing else enters the SQL.
+pub fn refresh_sql(view: &ViewConfig, populated: bool) -> (RefreshKind, String) {
+    let kind = if !populated {
+        RefreshKind::Populate
+    } else if view.concurrently {
+        RefreshKind::Concurrently
+    } else {
+        RefreshKind::Plain
+    };
+    let sql = match kind {
+        RefreshKind::Concurrently => format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {}", view.name.quoted()),
+        _ => format!("REFRESH MATERIALIZED VIEW {}", view.name.quoted()),
+    };
+    (kind, sql)
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Sets the view's timeouts on the session and refreshes it once.
+///
+/// The connection must be dedicated to refreshes: the timeouts stay set on the session
+/// (every refresh sets its own). Cancel it from elsewhere with the client's cancel token.
+pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshed, RefreshError> {
+    let prep = format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}",
+        millis(view.statement_timeout),
+        millis(view.lock_timeout)
+    );
+    client
+        .batch_execute(&prep)
+        .await
+        .map_err(|e| RefreshError::from_pg(&e, Duration::ZERO))?;
+    let row = client
+        .query_opt(
+            "SELECT c.relispopulated FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm'",
+            &[&view.name.schema, &view.name.name],
+        )
+        .await
+        .map_err(|e| RefreshError::from_pg(&e, Duration::ZERO))?;
+    let Some(row) = row else {
+        return Err(RefreshError {
+            class: FailureClass::Permanent,
+            code: Some("42P01".into()),
+            message: format!("materialized view {} does not exist", view.name),
+            hint: Some("create it (see sql/), or fix the name in the configuration"),
+            duration: Duration::ZERO,
+        });
+    };
+    let populated: bool = row.get(0);
+    let (kind, sql) = refresh_sql(view, populated);
+    let start = Instant::now();
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(Refreshed {
+            kind,
+            duration: start.elapsed(),
+        }),
+        Err(e) => Err(RefreshError::from_pg(&e, start.elapsed())),
+    }
+}
