@@ -39,7 +39,10 @@ pub struct ViewFacts {
 }
 
 /// `None` when no relation of that name exists.
-pub async fn inspect(client: &Client, view: &ViewConfig) -> Result<Option<ViewFacts>, tokio_postgres::Error> {
+pub async fn inspect(
+    client: &Client,
+    view: &ViewConfig,
+) -> Result<Option<ViewFacts>, tokio_postgres::Error> {
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
@@ -85,7 +88,10 @@ pub async fn inspect(client: &Client, view: &ViewConfig) -> Result<Option<ViewFa
 /// The same test PostgreSQL makes before `REFRESH ... CONCURRENTLY`
 /// (`is_usable_unique_index` in matview.c): a valid, immediate, unique btree index on
 /// plain columns, with no predicate and no expression.
-pub async fn usable_unique_indexes(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn usable_unique_indexes(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT ic.relname::text, \
@@ -105,14 +111,23 @@ pub async fn usable_unique_indexes(client: &Client, oid: u32) -> Result<Vec<Stri
         .await?;
     Ok(rows
         .iter()
-        .map(|r| format!("{} ({})", r.get::<_, String>(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .map(|r| {
+            format!(
+                "{} ({})",
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1).unwrap_or_default()
+            )
+        })
         .collect())
 }
 
 /// The relations a materialized view reads, found through its rewrite rule's
 /// dependencies and followed through plain views. Partitioned tables bring their
 /// partitions, whose own triggers and counters matter too.
-pub async fn base_relations(client: &Client, oid: u32) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
+pub async fn base_relations(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
     let rows = client
         .query(
             "WITH RECURSIVE reads(relid) AS ( \
@@ -213,7 +228,8 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
         facts: Vec::new(),
     };
     let Some(f) = facts else {
-        r.problems.push("does not exist (or refreshd's role cannot see it)".into());
+        r.problems
+            .push("does not exist (or refreshd's role cannot see it)".into());
         r.verdict = Verdict::Fail;
         return r;
     };
@@ -225,7 +241,8 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
             'f' => "a foreign table",
             _ => "some other relation",
         };
-        r.problems.push(format!("is {what}, not a materialized view"));
+        r.problems
+            .push(format!("is {what}, not a materialized view"));
         r.verdict = Verdict::Fail;
         return r;
     }
@@ -265,22 +282,33 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
                 r.problems.push("detect = \"statistics\" but the view reads no table whose statistics could be watched".into());
             } else {
                 fed = true;
-                r.facts.push(format!("detect statistics on {}", tables.join(", ")));
+                r.facts
+                    .push(format!("detect statistics on {}", tables.join(", ")));
             }
         }
         Detect::Notify => {
             for ch in &view.channels {
-                let trigs: Vec<&FeedingTrigger> = f.triggers.iter().filter(|t| &t.channel == ch).collect();
+                let trigs: Vec<&FeedingTrigger> =
+                    f.triggers.iter().filter(|t| &t.channel == ch).collect();
                 if trigs.is_empty() {
                     r.warnings.push(format!(
                         "channel {ch}: no trigger on the view's base tables mentions it (notifications can still come from the application)"
                     ));
                 } else {
                     fed = true;
-                    let mut tables: Vec<String> = trigs.iter().map(|t| t.table.to_string()).collect();
+                    let mut tables: Vec<String> =
+                        trigs.iter().map(|t| t.table.to_string()).collect();
                     tables.dedup();
-                    r.facts.push(format!("fed by {ch} via {} trigger(s) on {}", trigs.len(), tables.join(", ")));
-                    let row_level: Vec<&str> = trigs.iter().filter(|t| !t.statement_level).map(|t| t.trigger.as_str()).collect();
+                    r.facts.push(format!(
+                        "fed by {ch} via {} trigger(s) on {}",
+                        trigs.len(),
+                        tables.join(", ")
+                    ));
+                    let row_level: Vec<&str> = trigs
+                        .iter()
+                        .filter(|t| !t.statement_level)
+                        .map(|t| t.trigger.as_str())
+                        .collect();
                     if !row_level.is_empty() {
                         r.warnings.push(format!(
                             "row-level NOTIFY trigger(s) {}: FOR EACH STATEMENT is enough and cheaper",
@@ -302,9 +330,15 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
             "nothing feeds it: no trigger on its base tables notifies its channels, and it has no schedule".to_string()
         });
     }
-    let base_mv: Vec<String> = f.base.iter().filter(|b| b.relkind == 'm').map(|b| b.name.to_string()).collect();
+    let base_mv: Vec<String> = f
+        .base
+        .iter()
+        .filter(|b| b.relkind == 'm')
+        .map(|b| b.name.to_string())
+        .collect();
     if !base_mv.is_empty() {
-        r.facts.push(format!("reads materialized view(s) {}", base_mv.join(", ")));
+        r.facts
+            .push(format!("reads materialized view(s) {}", base_mv.join(", ")));
     }
     r.verdict = if !r.problems.is_empty() {
         Verdict::Fail

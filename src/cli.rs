@@ -101,11 +101,25 @@ async fn check(path: &Path) -> u8 {
         }
     };
     let who = client
-        .query_one("SELECT current_user::text, current_setting('server_version')", &[])
+        .query_one(
+            "SELECT current_user::text, current_setting('server_version')",
+            &[],
+        )
         .await
-        .map(|r| format!("as {} (PostgreSQL {})", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .map(|r| {
+            format!(
+                "as {} (PostgreSQL {})",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1)
+            )
+        })
         .unwrap_or_default();
-    println!("config {}: {} view(s); connected to {} {who}", config.path.display(), config.views.len(), info.target());
+    println!(
+        "config {}: {} view(s); connected to {} {who}",
+        config.path.display(),
+        config.views.len(),
+        info.target()
+    );
     if config.views.is_empty() {
         println!("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
@@ -131,7 +145,11 @@ async fn check(path: &Path) -> u8 {
             },
             view.name
         );
-        let mut parts: Vec<String> = report.problems.iter().map(|p| format!("PROBLEM {p}")).collect();
+        let mut parts: Vec<String> = report
+            .problems
+            .iter()
+            .map(|p| format!("PROBLEM {p}"))
+            .collect();
         parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
         parts.extend(report.facts.iter().cloned());
         line.push_str(&parts.join("; "));
@@ -142,7 +160,10 @@ async fn check(path: &Path) -> u8 {
             Verdict::Fail => fail += 1,
         }
     }
-    println!("{} view(s): {ok} ok, {warn} with warnings, {fail} with problems", config.views.len());
+    println!(
+        "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
+        config.views.len()
+    );
     if fail > 0 {
         EXIT_PROBLEMS
     } else {
@@ -161,7 +182,11 @@ fn resolve_views<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Vie
                 return Err(format!(
                     "unknown view {parsed}: not in {} (configured: {})",
                     config.path.display(),
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ));
             }
         }
@@ -212,7 +237,12 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     let mut failed = 0;
     for view in &views {
         match refresh::refresh_view(&client, view).await {
-            Ok(r) => println!("{}: refreshed ({}) in {}", view.name, r.kind.as_str(), human(r.duration)),
+            Ok(r) => println!(
+                "{}: refreshed ({}) in {}",
+                view.name,
+                r.kind.as_str(),
+                human(r.duration)
+            ),
             Err(e) => {
                 failed += 1;
                 println!("{}: FAILED after {}: {e}", view.name, human(e.duration));

@@ -108,7 +108,10 @@ impl TempCluster {
         cluster.spawn_watchdog()?;
         if as_postgres {
             check(
-                Command::new("chown").arg("postgres:").arg(&cluster.root).output()?,
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&cluster.root)
+                    .output()?,
                 "chown postgres",
             )?;
         }
@@ -172,16 +175,29 @@ impl TempCluster {
 
     fn initdb(&self, opts: &ClusterOptions) -> io::Result<()> {
         let mut c = self.cmd("initdb");
-        c.arg("-D")
-            .arg(self.data())
-            .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "--auth-local=trust"]);
+        c.arg("-D").arg(self.data()).args([
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--auth-local=trust",
+        ]);
         if let Some(pw) = &opts.password {
             let pwfile = self.root.join("pwfile");
             std::fs::write(&pwfile, pw)?;
             if self.as_postgres {
-                check(Command::new("chown").arg("postgres:").arg(&pwfile).output()?, "chown")?;
+                check(
+                    Command::new("chown")
+                        .arg("postgres:")
+                        .arg(&pwfile)
+                        .output()?,
+                    "chown",
+                )?;
             }
-            c.arg("--auth-host=scram-sha-256").arg(format!("--pwfile={}", pwfile.display()));
+            c.arg("--auth-host=scram-sha-256")
+                .arg(format!("--pwfile={}", pwfile.display()));
         } else {
             c.arg("--auth-host=trust");
         }
@@ -195,15 +211,31 @@ impl TempCluster {
              max_connections = 200\nshared_buffers = '128MB'\n\
              log_min_messages = warning\nlog_line_prefix = '%m [%p] %a '\n",
         );
-        conf.push_str(&format!("unix_socket_directories = '{}'\n", self.root.display()));
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            self.root.display()
+        ));
         if let Some((cert, key)) = &opts.tls {
-            let (c_dst, k_dst) = (self.data().join("server.crt"), self.data().join("server.key"));
+            let (c_dst, k_dst) = (
+                self.data().join("server.crt"),
+                self.data().join("server.key"),
+            );
             std::fs::copy(cert, &c_dst)?;
             std::fs::copy(key, &k_dst)?;
             if self.as_postgres {
-                check(Command::new("chown").arg("postgres:").arg(&c_dst).arg(&k_dst).output()?, "chown")?;
+                check(
+                    Command::new("chown")
+                        .arg("postgres:")
+                        .arg(&c_dst)
+                        .arg(&k_dst)
+                        .output()?,
+                    "chown",
+                )?;
             }
-            check(Command::new("chmod").arg("600").arg(&k_dst).output()?, "chmod")?;
+            check(
+                Command::new("chmod").arg("600").arg(&k_dst).output()?,
+                "chmod",
+            )?;
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         for (k, v) in &opts.settings {
@@ -213,7 +245,10 @@ impl TempCluster {
     }
 
     fn write_port(&self) -> io::Result<()> {
-        append(&self.data().join("postgresql.conf"), &format!("port = {}\n", self.port))
+        append(
+            &self.data().join("postgresql.conf"),
+            &format!("port = {}\n", self.port),
+        )
     }
 
     fn pg_ctl_start(&self) -> io::Result<()> {
@@ -286,7 +321,11 @@ impl TempCluster {
 
     /// A key/value DSN for `db` over the Unix socket as the superuser.
     pub fn socket_dsn(&self, db: &str) -> String {
-        format!("host={} port={} user=postgres dbname={db}", self.root.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.root.display(),
+            self.port
+        )
     }
 
     /// Runs `psql` as the superuser on `db` with ON_ERROR_STOP, returning stdout.

@@ -220,7 +220,12 @@ impl Ctx<'_> {
         self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
     }
 
-    fn err(&self, span: Option<&Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<&Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.path.to_path_buf(),
             line: span.map(|s| self.line_of(s)),
@@ -243,7 +248,10 @@ impl Ctx<'_> {
             self.err(
                 Some(&v.span()),
                 key,
-                format!("invalid duration {:?}: {e} (write e.g. \"250ms\", \"2s\", \"15m\")", v.get_ref()),
+                format!(
+                    "invalid duration {:?}: {e} (write e.g. \"250ms\", \"2s\", \"15m\")",
+                    v.get_ref()
+                ),
             )
         })
     }
@@ -291,7 +299,9 @@ impl Ctx<'_> {
             (None, None) if required => Err(self.err(
                 section_span,
                 key,
-                format!("missing: set {key} = \"postgresql://...\" or {key}_env = \"DATABASE_URL\""),
+                format!(
+                    "missing: set {key} = \"postgresql://...\" or {key}_env = \"DATABASE_URL\""
+                ),
             )),
             (None, None) => Ok(None),
         }
@@ -310,7 +320,13 @@ impl Ctx<'_> {
         let db_span = db.span();
         let db = db.into_inner();
         let url = self
-            .url_source(db.url.as_ref(), db.url_env.as_ref(), Some(&db_span), "database.url", true)?
+            .url_source(
+                db.url.as_ref(),
+                db.url_env.as_ref(),
+                Some(&db_span),
+                "database.url",
+                true,
+            )?
             .expect("required");
         let listen_url = self.url_source(
             db.listen_url.as_ref(),
@@ -319,7 +335,10 @@ impl Ctx<'_> {
             "database.listen_url",
             false,
         )?;
-        let password_file = db.password_file.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        let password_file = db
+            .password_file
+            .as_ref()
+            .map(|p| PathBuf::from(p.get_ref()));
         if let Some(p) = &db.password_file {
             if p.get_ref().is_empty() {
                 return Err(self.err(Some(&p.span()), "database.password_file", "is empty"));
@@ -343,7 +362,11 @@ impl Ctx<'_> {
         )?;
         if connect_timeout.is_zero() {
             let span = db.connect_timeout.as_ref().map(|s| s.span());
-            return Err(self.err(span.as_ref(), "database.connect_timeout", "must be more than 0s"));
+            return Err(self.err(
+                span.as_ref(),
+                "database.connect_timeout",
+                "must be more than 0s",
+            ));
         }
 
         let http = raw.http.unwrap_or(RawHttp {
@@ -356,11 +379,17 @@ impl Ctx<'_> {
                 self.err(
                     Some(&v.span()),
                     "http.listen",
-                    format!("{:?} is not an address:port such as \"127.0.0.1:9648\" or \"[::]:9648\"", v.get_ref()),
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9648\" or \"[::]:9648\"",
+                        v.get_ref()
+                    ),
                 )
             })?,
         };
-        let admin_token_file = http.admin_token_file.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        let admin_token_file = http
+            .admin_token_file
+            .as_ref()
+            .map(|p| PathBuf::from(p.get_ref()));
         if !listen.ip().is_loopback() && admin_token_file.is_none() {
             let span = http.listen.as_ref().map(|s| s.span());
             return Err(self.err(
@@ -383,8 +412,11 @@ impl Ctx<'_> {
             }
             Some(v) => v.get_ref().clone(),
         };
-        let retry_interval =
-            self.opt_duration(ha.retry_interval.as_ref(), "ha.retry_interval", Duration::from_secs(5))?;
+        let retry_interval = self.opt_duration(
+            ha.retry_interval.as_ref(),
+            "ha.retry_interval",
+            Duration::from_secs(5),
+        )?;
         if retry_interval.is_zero() {
             let span = ha.retry_interval.as_ref().map(|s| s.span());
             return Err(self.err(span.as_ref(), "ha.retry_interval", "must be more than 0s"));
@@ -445,31 +477,77 @@ impl Ctx<'_> {
         let raw = v.get_ref();
         let line = self.line_of(&v.span());
         let Some(name) = &raw.name else {
-            return Err(self.err(Some(&v.span()), &key("name"), "missing: every [[view]] needs name = \"schema.view\""));
+            return Err(self.err(
+                Some(&v.span()),
+                &key("name"),
+                "missing: every [[view]] needs name = \"schema.view\"",
+            ));
         };
-        let parsed = QualifiedName::parse(name.get_ref().trim())
-            .map_err(|e| self.err(Some(&name.span()), &key("name"), format!("{:?}: {e}", name.get_ref())))?;
+        let parsed = QualifiedName::parse(name.get_ref().trim()).map_err(|e| {
+            self.err(
+                Some(&name.span()),
+                &key("name"),
+                format!("{:?}: {e}", name.get_ref()),
+            )
+        })?;
 
         // A key set on the view wins over [defaults]; the error names where the value came from.
-        let pick = |own: &Option<Spanned<String>>, def: &Option<Spanned<String>>, k: &str| -> Option<(Spanned<String>, String)> {
+        let pick = |own: &Option<Spanned<String>>,
+                    def: &Option<Spanned<String>>,
+                    k: &str|
+         -> Option<(Spanned<String>, String)> {
             own.clone()
                 .map(|s| (s, key(k)))
                 .or_else(|| def.clone().map(|s| (s, format!("defaults.{k}"))))
         };
-        let dur = |own: &Option<Spanned<String>>, def: &Option<Spanned<String>>, k: &str, default: Duration| {
+        let dur = |own: &Option<Spanned<String>>,
+                   def: &Option<Spanned<String>>,
+                   k: &str,
+                   default: Duration| {
             match pick(own, def, k) {
                 Some((s, key)) => self.duration(&s, &key),
                 None => Ok(default),
             }
         };
-        let debounce = dur(&raw.debounce, &d.debounce, "debounce", Duration::from_secs(2))?;
-        let max_delay = dur(&raw.max_delay, &d.max_delay, "max_delay", Duration::from_secs(30))?;
-        let min_interval = dur(&raw.min_interval, &d.min_interval, "min_interval", Duration::ZERO)?;
-        let statement_timeout = dur(&raw.statement_timeout, &d.statement_timeout, "statement_timeout", Duration::from_secs(600))?;
-        let lock_timeout = dur(&raw.lock_timeout, &d.lock_timeout, "lock_timeout", Duration::from_secs(5))?;
-        let poll_interval = dur(&raw.poll_interval, &d.poll_interval, "poll_interval", Duration::from_secs(1))?;
+        let debounce = dur(
+            &raw.debounce,
+            &d.debounce,
+            "debounce",
+            Duration::from_secs(2),
+        )?;
+        let max_delay = dur(
+            &raw.max_delay,
+            &d.max_delay,
+            "max_delay",
+            Duration::from_secs(30),
+        )?;
+        let min_interval = dur(
+            &raw.min_interval,
+            &d.min_interval,
+            "min_interval",
+            Duration::ZERO,
+        )?;
+        let statement_timeout = dur(
+            &raw.statement_timeout,
+            &d.statement_timeout,
+            "statement_timeout",
+            Duration::from_secs(600),
+        )?;
+        let lock_timeout = dur(
+            &raw.lock_timeout,
+            &d.lock_timeout,
+            "lock_timeout",
+            Duration::from_secs(5),
+        )?;
+        let poll_interval = dur(
+            &raw.poll_interval,
+            &d.poll_interval,
+            "poll_interval",
+            Duration::from_secs(1),
+        )?;
         if poll_interval < Duration::from_millis(100) {
-            let (s, k) = pick(&raw.poll_interval, &d.poll_interval, "poll_interval").expect("non-default");
+            let (s, k) =
+                pick(&raw.poll_interval, &d.poll_interval, "poll_interval").expect("non-default");
             return Err(self.err(Some(&s.span()), &k, "must be at least 100ms"));
         }
         let concurrently = raw
@@ -478,20 +556,21 @@ impl Ctx<'_> {
             .or(d.concurrently.as_ref())
             .map(|b| *b.get_ref())
             .unwrap_or(true);
-        let detect = match pick(&raw.detect, &d.detect, "detect") {
-            None => Detect::Notify,
-            Some((s, k)) => match s.get_ref().as_str() {
-                "notify" => Detect::Notify,
-                "statistics" => Detect::Statistics,
-                other => {
-                    return Err(self.err(
+        let detect =
+            match pick(&raw.detect, &d.detect, "detect") {
+                None => Detect::Notify,
+                Some((s, k)) => match s.get_ref().as_str() {
+                    "notify" => Detect::Notify,
+                    "statistics" => Detect::Statistics,
+                    other => return Err(self.err(
                         Some(&s.span()),
                         &k,
-                        format!("{other:?} is not a detection mode: use \"notify\" or \"statistics\""),
-                    ))
-                }
-            },
-        };
+                        format!(
+                            "{other:?} is not a detection mode: use \"notify\" or \"statistics\""
+                        ),
+                    )),
+                },
+            };
         let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {
             (Some(c), _) => (c.clone(), key("channels")),
             (None, Some(c)) => (c.clone(), "defaults.channels".to_string()),
@@ -500,13 +579,21 @@ impl Ctx<'_> {
         let mut channels = Vec::with_capacity(channels_raw.len());
         let mut seen = HashSet::new();
         for c in &channels_raw {
-            validate_channel(c.get_ref())
-                .map_err(|e| self.err(Some(&c.span()), &channels_key, format!("channel {:?}: {e}", c.get_ref())))?;
+            validate_channel(c.get_ref()).map_err(|e| {
+                self.err(
+                    Some(&c.span()),
+                    &channels_key,
+                    format!("channel {:?}: {e}", c.get_ref()),
+                )
+            })?;
             if c.get_ref() == crate::CONTROL_CHANNEL {
                 return Err(self.err(
                     Some(&c.span()),
                     &channels_key,
-                    format!("{:?} is refreshd's control channel and cannot feed a view", c.get_ref()),
+                    format!(
+                        "{:?} is refreshd's control channel and cannot feed a view",
+                        c.get_ref()
+                    ),
                 ));
             }
             if seen.insert(c.get_ref().clone()) {
@@ -515,7 +602,9 @@ impl Ctx<'_> {
         }
         let schedule = match pick(&raw.schedule, &d.schedule, "schedule") {
             None => None,
-            Some((s, k)) => Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?),
+            Some((s, k)) => {
+                Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?)
+            }
         };
         Ok(ViewConfig {
             name: parsed,
@@ -584,7 +673,10 @@ mod tests {
         assert_eq!(c.views[1].name, QualifiedName::new("Sales", "Daily Totals"));
         assert_eq!(c.views[1].debounce, Duration::from_millis(250));
         assert!(!c.views[1].concurrently);
-        assert_eq!(c.views[1].schedule.as_ref().unwrap().with_seconds, "0 */5 * * * *");
+        assert_eq!(
+            c.views[1].schedule.as_ref().unwrap().with_seconds,
+            "0 */5 * * * *"
+        );
         assert_eq!(c.channels(), vec!["c1".to_string()]);
     }
 
@@ -594,12 +686,20 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_key() {
-        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\ndebounce = \"2x\"\n"));
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\ndebounce = \"2x\"\n"
+        ));
         assert_eq!(e.line, Some(5));
         assert_eq!(e.key.as_deref(), Some("view[0].debounce"));
-        assert!(e.to_string().starts_with("/etc/refreshd/t.toml:5: view[0].debounce: invalid duration"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/refreshd/t.toml:5: view[0].debounce: invalid duration"),
+            "{e}"
+        );
 
-        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\ndebunce = \"2s\"\n"));
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\ndebunce = \"2s\"\n"
+        ));
         assert_eq!(e.line, Some(5));
         assert!(e.message.contains("debunce"), "{e}");
 
@@ -607,17 +707,25 @@ mod tests {
         assert_eq!(e.line, Some(4));
         assert!(e.message.contains("schema-qualified"), "{e}");
 
-        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\n[[view]]\nname = \"PUBLIC.A\"\n"));
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\n[[view]]\nname = \"PUBLIC.A\"\n"
+        ));
         assert_eq!(e.line, Some(6));
         assert!(e.message.contains("listed twice (first at line 3)"), "{e}");
 
-        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\nschedule = \"61 * * * *\"\n"));
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nschedule = \"61 * * * *\"\n"
+        ));
         assert_eq!(e.key.as_deref(), Some("view[0].schedule"));
         assert_eq!(e.line, Some(5));
-        let e = err(&format!("{BASE}[[view]]\nname = \"public.a\"\nschedule = \"* * *\"\n"));
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nschedule = \"* * *\"\n"
+        ));
         assert!(e.message.contains("3 fields"), "{e}");
 
-        let e = err(&format!("{BASE}[defaults]\nmax_delay = \"soon\"\n[[view]]\nname = \"public.a\"\n"));
+        let e = err(&format!(
+            "{BASE}[defaults]\nmax_delay = \"soon\"\n[[view]]\nname = \"public.a\"\n"
+        ));
         assert_eq!(e.key.as_deref(), Some("defaults.max_delay"));
         assert_eq!(e.line, Some(4));
 

@@ -18,6 +18,31 @@ use crate::config::{DatabaseConfig, UrlSource};
 
 /// The TLS stream type of every refreshd connection.
 pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// `MakeRustlsConnect` that also accepts Unix socket paths as host names.
+///
+/// tokio-postgres asks for a TLS connector before it decides whether TLS is used, and
+/// rustls refuses a socket path as a server name. Over a Unix socket refreshd never
+/// uses TLS (as libpq), so the placeholder name is never presented to a server.
+#[derive(Clone)]
+pub struct MakeTls(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for MakeTls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        if hostname.starts_with('/') || hostname.is_empty() {
+            MakeTlsConnect::<S>::make_tls_connect(&mut self.0, "localhost")
+        } else {
+            MakeTlsConnect::<S>::make_tls_connect(&mut self.0, hostname)
+        }
+    }
+}
 /// A connection that must be polled (spawned, or driven with `poll_message`).
 pub type PgConnection = Connection<Socket, TlsStream>;
 
@@ -58,7 +83,7 @@ pub enum SslMode {
 #[derive(Clone)]
 pub struct ConnectInfo {
     pg: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: MakeTls,
     ssl_mode: SslMode,
     target: String,
 }
@@ -102,10 +127,11 @@ impl ConnectInfo {
             })?,
         };
         let split = split_ssl_options(&url).map_err(|reason| DbError::BadUrl { key, reason })?;
-        let mut pg = tokio_postgres::Config::from_str(&split.rest).map_err(|e| DbError::BadUrl {
-            key,
-            reason: e.to_string(),
-        })?;
+        let mut pg =
+            tokio_postgres::Config::from_str(&split.rest).map_err(|e| DbError::BadUrl {
+                key,
+                reason: e.to_string(),
+            })?;
         if let Some(path) = &db.password_file {
             let path = config_dir.join(path);
             let pw = std::fs::read_to_string(&path)
@@ -127,7 +153,16 @@ impl ConnectInfo {
         if pg.get_tcp_user_timeout().is_none() {
             pg.tcp_user_timeout(Duration::from_secs(60));
         }
-        let ssl_mode = split.ssl_mode.unwrap_or(SslMode::Prefer);
+        let mut ssl_mode = split.ssl_mode.unwrap_or(SslMode::Prefer);
+        // As in libpq, TLS is never used over a Unix-domain socket.
+        let all_unix = !pg.get_hosts().is_empty()
+            && pg
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        if all_unix {
+            ssl_mode = SslMode::Disable;
+        }
         pg.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -137,7 +172,7 @@ impl ConnectInfo {
             Some(p) => Some(load_roots(&config_dir.join(p))?),
             None => None,
         };
-        let tls = MakeRustlsConnect::new(tls_config(ssl_mode, root));
+        let tls = MakeTls(MakeRustlsConnect::new(tls_config(ssl_mode, root)));
         let target = describe(&pg);
         Ok(Self {
             pg,
@@ -161,7 +196,12 @@ impl ConnectInfo {
             .unwrap_or(Duration::from_secs(5));
         // connect_timeout in tokio-postgres bounds each TCP attempt; this bounds the
         // whole handshake including TLS and authentication.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), self.pg.connect(self.tls.clone())).await {
+        match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            self.pg.connect(self.tls.clone()),
+        )
+        .await
+        {
             Ok(Ok(pair)) => Ok(pair),
             Ok(Err(source)) => Err(DbError::Connect {
                 target: self.target.clone(),
@@ -187,7 +227,7 @@ impl ConnectInfo {
     }
 
     /// The TLS connector, for cancel requests.
-    pub fn tls(&self) -> MakeRustlsConnect {
+    pub fn tls(&self) -> MakeTls {
         self.tls.clone()
     }
 }
@@ -455,7 +495,12 @@ impl ServerCertVerifier for LibpqVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -464,11 +509,18 @@ impl ServerCertVerifier for LibpqVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -489,7 +541,10 @@ mod tests {
 
     #[test]
     fn splits_key_value_options() {
-        let s = split_ssl_options("host=/tmp port=5 sslmode=verify-ca password='a b\\'c' sslrootcert = /x.pem").unwrap();
+        let s = split_ssl_options(
+            "host=/tmp port=5 sslmode=verify-ca password='a b\\'c' sslrootcert = /x.pem",
+        )
+        .unwrap();
         assert_eq!(s.rest, "host=/tmp port=5 password='a b\\'c'");
         assert_eq!(s.ssl_mode, Some(SslMode::VerifyCa));
         assert_eq!(s.root_cert.as_deref(), Some("/x.pem"));

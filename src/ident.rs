@@ -48,7 +48,9 @@ impl QualifiedName {
     pub fn parse(input: &str) -> Result<Self, IdentError> {
         let parts = parse_parts(input)?;
         match parts.len() {
-            1 => Err(IdentError::Unqualified(parts.into_iter().next().unwrap_or_default())),
+            1 => Err(IdentError::Unqualified(
+                parts.into_iter().next().unwrap_or_default(),
+            )),
             2 => {
                 let mut it = parts.into_iter();
                 let schema = it.next().unwrap_or_default();
@@ -70,7 +72,12 @@ impl QualifiedName {
 /// the HTTP path are matched against this form (and the fully quoted one).
 impl fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", display_ident(&self.schema), display_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
     }
 }
 
@@ -209,13 +216,19 @@ mod tests {
         assert_eq!(QualifiedName::parse("a.b.c"), Err(IdentError::TooManyParts));
         assert_eq!(QualifiedName::parse("a."), Err(IdentError::Empty));
         assert_eq!(QualifiedName::parse(".b"), Err(IdentError::Empty));
-        assert_eq!(QualifiedName::parse(r#"a."b"#), Err(IdentError::Unterminated));
+        assert_eq!(
+            QualifiedName::parse(r#"a."b"#),
+            Err(IdentError::Unterminated)
+        );
         assert_eq!(QualifiedName::parse(r#"a."""#), Err(IdentError::Empty));
         assert_eq!(
             QualifiedName::parse("a.b; drop table x"),
             Err(IdentError::Unexpected(';'))
         );
-        assert_eq!(QualifiedName::parse("1a.b"), Err(IdentError::Unexpected('1')));
+        assert_eq!(
+            QualifiedName::parse("1a.b"),
+            Err(IdentError::Unexpected('1'))
+        );
         let long = "x".repeat(64);
         assert!(matches!(
             QualifiedName::parse(&format!("a.{long}")),

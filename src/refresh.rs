@@ -135,7 +135,10 @@ pub fn refresh_sql(view: &ViewConfig, populated: bool) -> (RefreshKind, String) 
         RefreshKind::Plain
     };
     let sql = match kind {
-        RefreshKind::Concurrently => format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {}", view.name.quoted()),
+        RefreshKind::Concurrently => format!(
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
+            view.name.quoted()
+        ),
         _ => format!("REFRESH MATERIALIZED VIEW {}", view.name.quoted()),
     };
     (kind, sql)

@@ -1,0 +1,163 @@
+//! Every class of bad configuration is refused with exit code 2 and a message naming the
+//! file, the line and the key. These run the real binary and need no database.
+
+mod support;
+
+use support::{refreshd, stderr, write_config};
+
+const DB: &str = "[database]\nurl = \"postgresql://app:s3cr3t-pw@127.0.0.1:1/app\"\n";
+
+/// Runs `check` and `refresh --all` on `text`; both must exit 2 and print `expect`
+/// (with the file path and line).
+fn refused(text: &str, line: usize, expect: &[&str]) {
+    let (_dir, path) = write_config(text);
+    let p = path.to_str().unwrap();
+    for args in [vec!["check", "-c", p], vec!["refresh", "-c", p, "--all"]] {
+        let out = refreshd(&args);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} on:\n{text}\nstderr: {err}"
+        );
+        assert!(
+            err.contains(&format!("{p}:{line}:")),
+            "no file:line {p}:{line} in: {err}"
+        );
+        for e in expect {
+            assert!(err.contains(e), "{e:?} missing from: {err}");
+        }
+        assert!(!err.contains("s3cr3t-pw"), "password leaked: {err}");
+    }
+}
+
+#[test]
+fn unknown_key() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\ndebunce = \"2s\"\n"),
+        5,
+        &["debunce"],
+    );
+    refused(&format!("{DB}colour = \"red\"\n"), 3, &["colour"]);
+    refused(
+        &format!("{DB}[htp]\nlisten = \"127.0.0.1:1\"\n"),
+        3,
+        &["htp"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\ndebounce = \"2 parsecs\"\n"),
+        5,
+        &["view[0].debounce", "invalid duration"],
+    );
+    refused(
+        &format!("shutdown_timeout = \"-1s\"\n{DB}"),
+        1,
+        &["shutdown_timeout"],
+    );
+    refused(
+        &format!("{DB}[defaults]\nmax_delay = \"30\"\n[[view]]\nname = \"public.v\"\n"),
+        4,
+        &["defaults.max_delay"],
+    );
+}
+
+#[test]
+fn bad_cron() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\nschedule = \"0 */15 * * * * * *\"\n"),
+        5,
+        &["view[0].schedule", "8 fields"],
+    );
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\nschedule = \"0 61 * * *\"\n"),
+        5,
+        &["view[0].schedule", "invalid cron"],
+    );
+}
+
+#[test]
+fn view_listed_twice() {
+    // Folding makes these the same view; quoting keeps case.
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\n[[view]]\nname = \"PUBLIC.V\"\n"),
+        6,
+        &["view[1].name", "listed twice", "line 3"],
+    );
+}
+
+#[test]
+fn unqualified_or_malformed_name() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"attendance_statistics_summary\"\n"),
+        4,
+        &["view[0].name", "schema-qualified"],
+    );
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v; DROP TABLE x\"\n"),
+        4,
+        &["view[0].name"],
+    );
+    refused(
+        &format!("{DB}[[view]]\nchannels = [\"c\"]\n"),
+        3,
+        &["view[0].name", "missing"],
+    );
+}
+
+#[test]
+fn wrong_types_and_ranges() {
+    refused(
+        &format!("{DB}max_concurrent_refreshes = 0\n"),
+        3,
+        &["max_concurrent_refreshes"],
+    );
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\nconcurrently = \"yes\"\n"),
+        5,
+        &[],
+    );
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\ndetect = \"magic\"\n"),
+        5,
+        &["view[0].detect"],
+    );
+    refused(
+        &format!("{DB}[http]\nlisten = \"0.0.0.0:9648\"\n"),
+        4,
+        &["http.admin_token_file"],
+    );
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\nchannels = [\"refreshd_control\"]\n"),
+        5,
+        &["control channel"],
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let out = refreshd(&["check", "-c", "/nonexistent/refreshd.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/refreshd.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn url_env_missing_is_a_config_error() {
+    let (_d, path) = write_config(
+        "[database]\nurl_env = \"REFRESHD_TEST_NO_SUCH_VAR\"\n[[view]]\nname = \"public.v\"\n",
+    );
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("REFRESHD_TEST_NO_SUCH_VAR"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,225 @@
+//! Shared test infrastructure: a throwaway PostgreSQL cluster per test process (or the
+//! server in `$DATABASE_URL`), a fresh database per test that is dropped even when the
+//! test panics, and helpers to run the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use refreshd::cluster::{ClusterOptions, TempCluster};
+
+/// Where test databases live.
+pub struct Server {
+    cluster: Option<TempCluster>,
+    /// Key/value DSN parts (without dbname) for the admin connection.
+    base: String,
+    psql: PathBuf,
+}
+
+static SHARED: OnceLock<Server> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The per-process server: `$DATABASE_URL`'s, or a throwaway cluster started on first use.
+pub fn server() -> &'static Server {
+    SHARED.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            let cfg = tokio_postgres::Config::from_str(&url).expect("DATABASE_URL parses");
+            let mut base = String::new();
+            if let Some(h) = cfg.get_hosts().first() {
+                match h {
+                    tokio_postgres::config::Host::Tcp(h) => base.push_str(&format!("host={h} ")),
+                    tokio_postgres::config::Host::Unix(p) => {
+                        base.push_str(&format!("host={} ", p.display()))
+                    }
+                }
+            }
+            if let Some(p) = cfg.get_ports().first() {
+                base.push_str(&format!("port={p} "));
+            }
+            if let Some(u) = cfg.get_user() {
+                base.push_str(&format!("user={u} "));
+            }
+            if let Some(pw) = cfg.get_password() {
+                base.push_str(&format!(
+                    "password='{}' ",
+                    String::from_utf8_lossy(pw).replace('\'', "\\'")
+                ));
+            }
+            let bin =
+                refreshd::cluster::find_bin_dir().unwrap_or_else(|_| PathBuf::from("/usr/bin"));
+            Server {
+                cluster: None,
+                base,
+                psql: bin.join("psql"),
+            }
+        } else {
+            let cluster =
+                TempCluster::start(&ClusterOptions::default()).expect("start a throwaway cluster");
+            let base = format!(
+                "host={} port={} user=postgres ",
+                cluster.socket_dir().display(),
+                cluster.port()
+            );
+            let psql = cluster.bin_dir().join("psql");
+            Server {
+                cluster: Some(cluster),
+                base,
+                psql,
+            }
+        }
+    })
+}
+
+impl Server {
+    pub fn dsn(&self, db: &str) -> String {
+        format!("{}dbname={db}", self.base)
+    }
+
+    /// Runs SQL through psql on `db`, failing the test on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(&self.psql)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.dsn(db))
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a psql script file on `db`.
+    pub fn psql_file(&self, db: &str, file: &Path) -> Output {
+        Command::new(&self.psql)
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.dsn(db))
+            .arg("-f")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql")
+    }
+
+    pub fn cluster(&self) -> Option<&TempCluster> {
+        self.cluster.as_ref()
+    }
+}
+
+/// A database of its own for one test; dropped (with FORCE) when the value is.
+pub struct TestDb {
+    pub name: String,
+    pub server: &'static Server,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let server = server();
+        let name = format!(
+            "refreshd_test_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        server.psql("postgres", &format!("CREATE DATABASE {name}"));
+        TestDb { name, server }
+    }
+
+    /// Key/value DSN as the superuser (or DATABASE_URL's user).
+    pub fn dsn(&self) -> String {
+        self.server.dsn(&self.name)
+    }
+
+    /// Key/value DSN as another role (no password: the throwaway cluster trusts).
+    pub fn dsn_as(&self, user: &str) -> String {
+        let base: String = self
+            .server
+            .base
+            .split_whitespace()
+            .filter(|p| !p.starts_with("user=") && !p.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("{base} user={user} dbname={}", self.name)
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.server.psql(&self.name, sql)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.dsn(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.server.psql)
+            .args(["-X", "-q", "-d"])
+            .arg(self.server.dsn("postgres"))
+            .args([
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// The repository root (for `sql/`).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a config file into a temp dir that lives as long as the returned guard.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("refreshd.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+/// Runs the real binary with these arguments.
+pub fn refreshd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_refreshd"))
+        .args(args)
+        .env_remove("REFRESHD_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run refreshd")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Waits for `cond` to hold, polling, up to `timeout`; panics with `what` otherwise.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
