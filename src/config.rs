@@ -556,21 +556,22 @@ impl Ctx<'_> {
             .or(d.concurrently.as_ref())
             .map(|b| *b.get_ref())
             .unwrap_or(true);
-        let detect =
-            match pick(&raw.detect, &d.detect, "detect") {
-                None => Detect::Notify,
-                Some((s, k)) => match s.get_ref().as_str() {
-                    "notify" => Detect::Notify,
-                    "statistics" => Detect::Statistics,
-                    other => return Err(self.err(
+        let detect = match pick(&raw.detect, &d.detect, "detect") {
+            None => Detect::Notify,
+            Some((s, k)) => match s.get_ref().as_str() {
+                "notify" => Detect::Notify,
+                "statistics" => Detect::Statistics,
+                other => {
+                    return Err(self.err(
                         Some(&s.span()),
                         &k,
                         format!(
                             "{other:?} is not a detection mode: use \"notify\" or \"statistics\""
                         ),
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {
             (Some(c), _) => (c.clone(), key("channels")),
             (None, Some(c)) => (c.clone(), "defaults.channels".to_string()),
