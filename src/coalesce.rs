@@ -1,0 +1,778 @@
+//! The refresh rules of SPEC "Semantics", as a plain state machine: events in (with the
+//! time they happened), "start these refreshes now" and "wake me at" out. No I/O, no
+//! clock: the daemon passes time in, tests pass any time they like.
+//!
+//! The rules, all in this file:
+//! - A dirty view is due at `min(last_change + debounce, first_change + max_delay)`,
+//!   and not before `min_interval` after its previous refresh ended. Forced, scheduled,
+//!   startup and resync refreshes are due at once (forced ones also skip
+//!   `min_interval`).
+//! - One refresh of a view at a time; at most `max_concurrent` overall. A change that
+//!   arrives while its view refreshes makes it dirty again: exactly one more refresh,
+//!   however many changes arrive.
+//! - A view never starts while a view it reads is dirty or refreshing; a successful
+//!   refresh of a view makes every view that reads it dirty.
+//! - A transient failure re-marks the view dirty (keeping the first change time) with
+//!   capped exponential backoff; a permanent failure waits for the next trigger.
+
+use std::time::{Duration, Instant};
+
+/// Why a view became due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    Notify,
+    Schedule,
+    Force,
+    Startup,
+    Resync,
+    Dependency,
+    Detected,
+}
+
+impl Reason {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Notify => "notify",
+            Reason::Schedule => "schedule",
+            Reason::Force => "force",
+            Reason::Startup => "startup",
+            Reason::Resync => "resync",
+            Reason::Dependency => "dependency",
+            Reason::Detected => "detected",
+        }
+    }
+
+    /// Reasons that do not wait for the debounce.
+    fn immediate(self) -> bool {
+        !matches!(self, Reason::Notify | Reason::Detected | Reason::Dependency)
+    }
+}
+
+/// The timing rules of one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub debounce: Duration,
+    pub max_delay: Duration,
+    pub min_interval: Duration,
+}
+
+/// Unapplied changes of one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The oldest change not yet applied.
+    pub first: Instant,
+    /// The latest change.
+    pub last: Instant,
+    /// How many triggers were coalesced.
+    pub count: u64,
+    /// The reason that decides the refresh's label: the most urgent one seen.
+    pub reason: Reason,
+    /// Skip debounce (force, schedule, startup, resync).
+    pub immediate: bool,
+    /// Skip `min_interval` too (force).
+    pub forced: bool,
+}
+
+/// What a started refresh carries, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    pub view: usize,
+    pub reason: Reason,
+    /// Triggers this refresh applies.
+    pub coalesced: u64,
+    /// The oldest change it applies (for `refreshd_refresh_lag_seconds`).
+    pub first_change: Instant,
+    /// Failures in a row before this attempt.
+    pub attempt: u32,
+}
+
+/// How a refresh ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Retry with backoff.
+    Transient,
+    /// Wait for the next trigger.
+    Permanent,
+}
+
+#[derive(Debug, Clone)]
+struct ViewState {
+    timing: Timing,
+    /// Indexes of the configured views this one reads (directly).
+    reads: Vec<usize>,
+    pending: Option<Pending>,
+    running: Option<Start>,
+    last_end: Option<Instant>,
+    retry_at: Option<Instant>,
+    failures: u32,
+    /// The first change a permanent failure left unapplied.
+    stale_since: Option<Instant>,
+}
+
+/// The coalescer of every configured view.
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    views: Vec<ViewState>,
+    max_concurrent: usize,
+    running: usize,
+    paused: bool,
+}
+
+/// Backoff after `failures` transient failures in a row: 1s, 2s, 4s ... capped at 60s.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(60))
+}
+
+impl Coalescer {
+    /// `reads[i]` lists the views view `i` reads; it must be acyclic.
+    pub fn new(timings: Vec<Timing>, reads: Vec<Vec<usize>>, max_concurrent: usize) -> Self {
+        assert_eq!(timings.len(), reads.len());
+        Self {
+            views: timings
+                .into_iter()
+                .zip(reads)
+                .map(|(timing, reads)| ViewState {
+                    timing,
+                    reads,
+                    pending: None,
+                    running: None,
+                    last_end: None,
+                    retry_at: None,
+                    failures: 0,
+                    stale_since: None,
+                })
+                .collect(),
+            max_concurrent: max_concurrent.max(1),
+            running: 0,
+            paused: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// While paused (not the leader, or shutting down) nothing starts; changes still
+    /// accumulate.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Records a trigger for `view` at `now`.
+    pub fn mark(&mut self, view: usize, reason: Reason, now: Instant) {
+        let v = &mut self.views[view];
+        let forced = reason == Reason::Force;
+        match &mut v.pending {
+            Some(p) => {
+                p.last = p.last.max(now);
+                p.first = p.first.min(now);
+                p.count += 1;
+                p.immediate |= reason.immediate();
+                p.forced |= forced;
+                if reason.immediate() && !p.reason.immediate() {
+                    p.reason = reason;
+                }
+            }
+            None => {
+                v.pending = Some(Pending {
+                    first: now,
+                    last: now,
+                    count: 1,
+                    reason,
+                    immediate: reason.immediate(),
+                    forced,
+                });
+            }
+        }
+        if forced {
+            // An operator asking now overrides a backoff in progress.
+            v.retry_at = None;
+        }
+    }
+
+    /// Marks every view (startup, resync, SIGUSR1).
+    pub fn mark_all(&mut self, reason: Reason, now: Instant) {
+        for i in 0..self.views.len() {
+            self.mark(i, reason, now);
+        }
+    }
+
+    /// When `view` may start, if it is dirty (ignoring capacity and dependencies).
+    pub fn due(&self, view: usize) -> Option<Instant> {
+        let v = &self.views[view];
+        let p = v.pending?;
+        let mut due = if p.immediate {
+            p.first
+        } else {
+            (p.last + v.timing.debounce).min(p.first + v.timing.max_delay)
+        };
+        if !p.forced {
+            if let Some(end) = v.last_end {
+                due = due.max(end + v.timing.min_interval);
+            }
+        }
+        if let Some(r) = v.retry_at {
+            due = due.max(r);
+        }
+        Some(due)
+    }
+
+    fn blocked_by_dependency(&self, view: usize) -> bool {
+        self.views[view]
+            .reads
+            .iter()
+            .any(|&l| self.views[l].pending.is_some() || self.views[l].running.is_some())
+    }
+
+    /// The refreshes to start now, marked as running. Earliest due first.
+    pub fn poll(&mut self, now: Instant) -> Vec<Start> {
+        let mut starts = Vec::new();
+        if self.paused {
+            return starts;
+        }
+        let mut ready: Vec<(Instant, usize)> = (0..self.views.len())
+            .filter(|&i| self.views[i].running.is_none())
+            .filter_map(|i| self.due(i).filter(|d| *d <= now).map(|d| (d, i)))
+            .collect();
+        ready.sort();
+        for (_, i) in ready {
+            if self.running >= self.max_concurrent {
+                break;
+            }
+            if self.blocked_by_dependency(i) {
+                continue;
+            }
+            let v = &mut self.views[i];
+            let p = v.pending.take().expect("due implies pending");
+            let start = Start {
+                view: i,
+                reason: p.reason,
+                coalesced: p.count,
+                first_change: p.first,
+                attempt: v.failures,
+            };
+            v.running = Some(start);
+            v.retry_at = None;
+            self.running += 1;
+            starts.push(start);
+        }
+        starts
+    }
+
+    /// Records the end of `view`'s refresh. Returns the views marked dirty because
+    /// they read it.
+    pub fn finished(&mut self, view: usize, outcome: Outcome, now: Instant) -> Vec<usize> {
+        let Some(run) = self.views[view].running.take() else {
+            return Vec::new();
+        };
+        self.running -= 1;
+        let v = &mut self.views[view];
+        v.last_end = Some(now);
+        let mut dependents = Vec::new();
+        match outcome {
+            Outcome::Success => {
+                v.failures = 0;
+                v.stale_since = None;
+                for i in 0..self.views.len() {
+                    if self.views[i].reads.contains(&view) {
+                        self.mark(i, Reason::Dependency, now);
+                        dependents.push(i);
+                    }
+                }
+            }
+            Outcome::Transient => {
+                v.failures = v.failures.saturating_add(1);
+                v.retry_at = Some(now + backoff(v.failures));
+                // The changes it was applying are still unapplied.
+                let p = v.pending.get_or_insert(Pending {
+                    first: run.first_change,
+                    last: run.first_change,
+                    count: 0,
+                    reason: run.reason,
+                    immediate: true,
+                    forced: false,
+                });
+                p.first = p.first.min(run.first_change);
+                p.count += run.coalesced;
+                p.immediate = true;
+            }
+            Outcome::Permanent => {
+                v.failures = v.failures.saturating_add(1);
+                v.stale_since = Some(
+                    v.stale_since
+                        .map_or(run.first_change, |s| s.min(run.first_change)),
+                );
+            }
+        }
+        dependents
+    }
+
+    /// The earliest time something may become startable, if anything is waiting.
+    pub fn next_wake(&self) -> Option<Instant> {
+        if self.paused || self.running >= self.max_concurrent {
+            return None;
+        }
+        (0..self.views.len())
+            .filter(|&i| self.views[i].running.is_none() && !self.blocked_by_dependency(i))
+            .filter_map(|i| self.due(i))
+            .min()
+    }
+
+    /// The oldest change not yet applied to `view` (for `pending_since`), if any.
+    pub fn pending_since(&self, view: usize) -> Option<Instant> {
+        let v = &self.views[view];
+        [
+            v.pending.map(|p| p.first),
+            v.running.map(|r| r.first_change),
+            v.stale_since,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn pending(&self, view: usize) -> Option<Pending> {
+        self.views[view].pending
+    }
+
+    pub fn is_running(&self, view: usize) -> bool {
+        self.views[view].running.is_some()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running
+    }
+
+    pub fn failures(&self, view: usize) -> u32 {
+        self.views[view].failures
+    }
+
+    pub fn retry_at(&self, view: usize) -> Option<Instant> {
+        self.views[view].retry_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timing(debounce: u64, max_delay: u64, min_interval: u64) -> Timing {
+        Timing {
+            debounce: ms(debounce),
+            max_delay: ms(max_delay),
+            min_interval: ms(min_interval),
+        }
+    }
+
+    fn one(t: Timing) -> Coalescer {
+        Coalescer::new(vec![t], vec![vec![]], 2)
+    }
+
+    #[test]
+    fn debounce_waits_for_quiet() {
+        let t0 = Instant::now();
+        let mut c = one(timing(2000, 30000, 0));
+        c.mark(0, Reason::Notify, t0);
+        assert_eq!(c.due(0), Some(t0 + ms(2000)));
+        assert!(c.poll(t0 + ms(1999)).is_empty());
+        c.mark(0, Reason::Notify, t0 + ms(1500));
+        assert_eq!(c.next_wake(), Some(t0 + ms(3500)));
+        assert!(c.poll(t0 + ms(3499)).is_empty());
+        let s = c.poll(t0 + ms(3500));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].coalesced, 2);
+        assert_eq!(s[0].first_change, t0);
+        assert_eq!(s[0].reason, Reason::Notify);
+    }
+
+    #[test]
+    fn max_delay_bounds_a_steady_stream() {
+        let t0 = Instant::now();
+        let mut c = one(timing(2000, 5000, 0));
+        let mut started = None;
+        for i in 0..100u64 {
+            let now = t0 + ms(i * 500);
+            c.mark(0, Reason::Notify, now);
+            if let Some(s) = c.poll(now).first() {
+                started = Some((now, *s));
+                break;
+            }
+        }
+        let (at, s) = started.expect("a refresh despite the stream");
+        assert_eq!(at, t0 + ms(5000));
+        assert_eq!(s.coalesced, 11);
+    }
+
+    #[test]
+    fn min_interval_spaces_refreshes_but_force_skips_it() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 1000, 10000));
+        c.mark(0, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        c.finished(0, Outcome::Success, t0 + ms(100));
+        c.mark(0, Reason::Notify, t0 + ms(200));
+        assert_eq!(c.due(0), Some(t0 + ms(10100)));
+        assert!(c.poll(t0 + ms(5000)).is_empty());
+        c.mark(0, Reason::Force, t0 + ms(5000));
+        let s = c.poll(t0 + ms(5000));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].reason, Reason::Force);
+        assert_eq!(s[0].coalesced, 2);
+        assert_eq!(s[0].first_change, t0 + ms(200));
+    }
+
+    #[test]
+    fn notifications_during_a_refresh_queue_exactly_one_more() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 0, 0));
+        c.mark(0, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        for i in 1..=100 {
+            c.mark(0, Reason::Notify, t0 + ms(i));
+            assert!(c.poll(t0 + ms(i)).is_empty(), "never two at once");
+        }
+        c.finished(0, Outcome::Success, t0 + ms(200));
+        let s = c.poll(t0 + ms(200));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].coalesced, 100);
+        assert_eq!(s[0].first_change, t0 + ms(1));
+        c.finished(0, Outcome::Success, t0 + ms(300));
+        assert!(c.poll(t0 + ms(10_000)).is_empty());
+        assert_eq!(c.next_wake(), None);
+        assert_eq!(c.pending_since(0), None);
+    }
+
+    #[test]
+    fn capacity_is_shared_and_earliest_goes_first() {
+        let t0 = Instant::now();
+        let t = timing(0, 0, 0);
+        let mut c = Coalescer::new(vec![t; 3], vec![vec![]; 3], 2);
+        c.mark(2, Reason::Notify, t0);
+        c.mark(0, Reason::Notify, t0 + ms(1));
+        c.mark(1, Reason::Notify, t0 + ms(2));
+        let s = c.poll(t0 + ms(2));
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2, 0]);
+        assert_eq!(c.next_wake(), None, "full: wake on a finish, not a timer");
+        c.finished(2, Outcome::Success, t0 + ms(3));
+        assert_eq!(
+            c.poll(t0 + ms(3))
+                .iter()
+                .map(|s| s.view)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn transient_failure_retries_with_backoff_permanent_waits() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 0, 0));
+        c.mark(0, Reason::Notify, t0);
+        c.poll(t0);
+        c.finished(0, Outcome::Transient, t0 + ms(10));
+        assert_eq!(c.due(0), Some(t0 + ms(10) + backoff(1)));
+        assert!(c.poll(t0 + ms(500)).is_empty());
+        let s = c.poll(t0 + ms(1010));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].first_change, t0, "lag counts from the original change");
+        assert_eq!(s[0].attempt, 1);
+        c.finished(0, Outcome::Transient, t0 + ms(1020));
+        assert_eq!(c.due(0), Some(t0 + ms(1020) + backoff(2)));
+        c.poll(t0 + ms(3020));
+        c.finished(0, Outcome::Permanent, t0 + ms(3030));
+        assert_eq!(
+            c.due(0),
+            None,
+            "a permanent failure waits for the next trigger"
+        );
+        assert_eq!(
+            c.pending_since(0),
+            Some(t0),
+            "but the change is still unapplied"
+        );
+        c.mark(0, Reason::Notify, t0 + ms(5000));
+        c.poll(t0 + ms(5000));
+        c.finished(0, Outcome::Success, t0 + ms(5100));
+        assert_eq!(c.pending_since(0), None);
+        assert_eq!(c.failures(0), 0);
+        assert_eq!(backoff(1), ms(1000));
+        assert_eq!(backoff(100), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn force_cuts_a_backoff_short() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 0, 0));
+        c.mark(0, Reason::Notify, t0);
+        c.poll(t0);
+        c.finished(0, Outcome::Transient, t0);
+        c.finished(0, Outcome::Transient, t0); // no-op: not running
+        c.mark(0, Reason::Force, t0 + ms(1));
+        assert_eq!(c.poll(t0 + ms(1)).len(), 1);
+    }
+
+    #[test]
+    fn dependencies_run_in_order_once_each() {
+        // 0 <- 1 <- 2: view 1 reads 0, view 2 reads 1.
+        let t0 = Instant::now();
+        let t = timing(0, 0, 0);
+        let mut c = Coalescer::new(vec![t; 3], vec![vec![], vec![0], vec![1]], 3);
+        c.mark_all(Reason::Notify, t0);
+        let s = c.poll(t0);
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![0]);
+        assert!(c.poll(t0 + ms(5)).is_empty());
+        assert_eq!(c.finished(0, Outcome::Success, t0 + ms(10)), vec![1]);
+        let s = c.poll(t0 + ms(10));
+        assert_eq!(
+            s.iter().map(|s| (s.view, s.coalesced)).collect::<Vec<_>>(),
+            vec![(1, 2)]
+        );
+        assert_eq!(c.finished(1, Outcome::Success, t0 + ms(20)), vec![2]);
+        let s = c.poll(t0 + ms(20));
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2]);
+        assert!(c.finished(2, Outcome::Success, t0 + ms(30)).is_empty());
+        assert!(c.poll(t0 + ms(1000)).is_empty());
+    }
+
+    #[test]
+    fn paused_accumulates_without_starting() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 0, 0));
+        c.set_paused(true);
+        c.mark(0, Reason::Notify, t0);
+        assert!(c.poll(t0 + ms(100)).is_empty());
+        assert_eq!(c.next_wake(), None);
+        c.set_paused(false);
+        assert_eq!(c.poll(t0 + ms(100)).len(), 1);
+    }
+
+    /// A small deterministic PRNG so the randomized test needs no dependency and
+    /// replays by seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    struct Run {
+        view: usize,
+        start_seq: u64,
+        start: Instant,
+        end: Instant,
+        outcome: Outcome,
+        first_change: Instant,
+    }
+
+    /// Simulates long random event sequences and checks the invariants of SPEC.
+    fn simulate(seed: u64, failures: bool, deps: bool) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let n = 1 + rng.below(5) as usize;
+        let max_concurrent = 1 + rng.below(3) as usize;
+        let timings: Vec<Timing> = (0..n)
+            .map(|_| {
+                let debounce = rng.below(3) * 500;
+                timing(debounce, debounce + rng.below(4) * 1000, rng.below(3) * 300)
+            })
+            .collect();
+        let reads: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                if deps && i > 0 && rng.below(2) == 0 {
+                    vec![rng.below(i as u64) as usize]
+                } else {
+                    vec![]
+                }
+            })
+            .collect();
+        let mut c = Coalescer::new(timings.clone(), reads.clone(), max_concurrent);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut seq = 0u64;
+        let mut notifies: Vec<(usize, u64, Instant)> = Vec::new();
+        let mut running: Vec<(Run, Instant)> = Vec::new(); // (run, planned end)
+        let mut done: Vec<Run> = Vec::new();
+        let mut next_event = t0 + ms(rng.below(300));
+        let storm_end = t0 + Duration::from_secs(120);
+        // After a permanent failure a view waits for its next trigger; one final
+        // trigger per view after the storm gives every view that next trigger.
+        let mut final_trigger = Some(storm_end + ms(1));
+
+        for _ in 0..100_000 {
+            let next_finish = running.iter().map(|r| r.1).min();
+            let wake = c.next_wake();
+            let candidates = [
+                Some(next_event).filter(|t| *t <= storm_end),
+                next_finish,
+                wake,
+                final_trigger,
+            ];
+            let Some(t) = candidates.into_iter().flatten().min() else {
+                break;
+            };
+            assert!(t + ms(1) >= now, "time never goes back");
+            now = now.max(t);
+
+            // Finishes due now.
+            while let Some(pos) = running.iter().position(|r| r.1 <= now) {
+                let (mut run, _) = running.remove(pos);
+                let roll = rng.below(10);
+                run.outcome = if !failures || roll < 7 {
+                    Outcome::Success
+                } else if roll < 9 {
+                    Outcome::Transient
+                } else {
+                    Outcome::Permanent
+                };
+                // After the storm, let everything succeed so the system drains.
+                if now > storm_end {
+                    run.outcome = Outcome::Success;
+                }
+                run.end = now;
+                seq += 1;
+                c.finished(run.view, run.outcome, now);
+                done.push(run);
+            }
+            // Random triggers.
+            if next_event <= now && now <= storm_end {
+                let v = rng.below(n as u64) as usize;
+                let roll = rng.below(20);
+                let reason = match roll {
+                    0 => Reason::Force,
+                    1 => Reason::Schedule,
+                    _ => Reason::Notify,
+                };
+                seq += 1;
+                c.mark(v, reason, now);
+                notifies.push((v, seq, now));
+                let span = if rng.below(4) == 0 { 3000 } else { 200 };
+                next_event = now + ms(rng.below(span));
+            }
+            if final_trigger.is_some_and(|t| t <= now) {
+                final_trigger = None;
+                for v in 0..n {
+                    seq += 1;
+                    c.mark(v, Reason::Notify, now);
+                    notifies.push((v, seq, now));
+                }
+            }
+            // Starts.
+            for s in c.poll(now) {
+                seq += 1;
+                assert!(
+                    !running.iter().any(|r| r.0.view == s.view),
+                    "seed {seed}: two refreshes of view {} at once",
+                    s.view
+                );
+                for &l in &reads[s.view] {
+                    assert!(
+                        !running.iter().any(|r| r.0.view == l) && c.pending(l).is_none(),
+                        "seed {seed}: view {} started while view {l} it reads is dirty or running",
+                        s.view
+                    );
+                }
+                if !failures && !deps && max_concurrent >= n {
+                    let t = timings[s.view];
+                    let prev_end = done
+                        .iter()
+                        .filter(|r| r.view == s.view)
+                        .map(|r| r.end)
+                        .max();
+                    let bound = (s.first_change + t.max_delay)
+                        .max(prev_end.map_or(t0, |e| e + t.min_interval));
+                    assert!(
+                        now <= bound,
+                        "seed {seed}: view {} started {:?} late",
+                        s.view,
+                        now - bound
+                    );
+                }
+                let span = if rng.below(5) == 0 { 5000 } else { 400 };
+                let dur = ms(50 + rng.below(span));
+                running.push((
+                    Run {
+                        view: s.view,
+                        start_seq: seq,
+                        start: now,
+                        end: now,
+                        outcome: Outcome::Success,
+                        first_change: s.first_change,
+                    },
+                    now + dur,
+                ));
+                assert!(
+                    running.len() <= max_concurrent,
+                    "seed {seed}: over capacity"
+                );
+            }
+            assert_eq!(running.len(), c.running_count());
+        }
+        assert!(running.is_empty(), "seed {seed}: the simulation drained");
+        // No lost change: every trigger is followed by a successful refresh that
+        // started after it.
+        for &(v, at_seq, at) in &notifies {
+            assert!(
+                done.iter().any(|r| r.view == v && r.outcome == Outcome::Success && r.start_seq > at_seq),
+                "seed {seed} failures={failures} deps={deps}: change to view {v} at {:?} never applied; pending {:?} running {} wake {:?} runs {:?}",
+                at - t0, c.pending(v), c.is_running(v), c.next_wake().map(|w| w - t0),
+                done.iter().filter(|r| r.view == v).map(|r| (r.start - t0, r.end - t0, r.outcome)).rev().take(3).collect::<Vec<_>>()
+            );
+            let _ = at;
+        }
+        // Dependencies: every successful refresh of a lower view is followed by a
+        // successful refresh of each view reading it.
+        for r in done.iter().filter(|r| r.outcome == Outcome::Success) {
+            for (upper, rd) in reads.iter().enumerate() {
+                if rd.contains(&r.view) {
+                    assert!(
+                        done.iter().any(|u| u.view == upper
+                            && u.outcome == Outcome::Success
+                            && u.start >= r.end),
+                        "seed {seed}: view {upper} not refreshed after view {} it reads",
+                        r.view
+                    );
+                }
+            }
+        }
+        // Coalescing: never more refreshes than triggers (plus dependency refreshes).
+        let triggers = notifies.len();
+        let successes = done
+            .iter()
+            .filter(|r| r.outcome == Outcome::Success)
+            .count();
+        if !deps {
+            assert!(
+                successes <= triggers,
+                "seed {seed}: {successes} refreshes for {triggers} triggers"
+            );
+        }
+        let _ = done.iter().map(|r| r.first_change).count();
+    }
+
+    #[test]
+    fn randomized_invariants_hold() {
+        for seed in 1..=300 {
+            simulate(seed, false, false);
+            simulate(seed, true, false);
+            simulate(seed, false, true);
+            simulate(seed, true, true);
+        }
+    }
+}
