@@ -41,6 +41,8 @@ pub struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: LISTEN, coalesce, refresh, serve metrics.
+    Run(ConfigArg),
     /// Validate the configuration, connect, and check every view against the catalog.
     Check(ConfigArg),
     /// Refresh views now, once, and print each duration.
@@ -59,6 +61,7 @@ pub enum Command {
 /// Runs a parsed command line; returns the exit code.
 pub async fn dispatch(cli: Cli) -> u8 {
     match cli.command {
+        Command::Run(c) => run(&c.config).await,
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
     }
@@ -254,5 +257,42 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         EXIT_PROBLEMS
     } else {
         EXIT_OK
+    }
+}
+
+async fn run(path: &Path) -> u8 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                eprintln!("refreshd: cannot install signal handlers");
+                return EXIT_PROBLEMS;
+            }
+        };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+            }
+            shutdown.cancel();
+        });
+    }
+    match crate::daemon::run(config, path.to_path_buf(), shutdown).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fatal");
+            eprintln!("refreshd: {e:#}");
+            EXIT_PROBLEMS
+        }
     }
 }

@@ -151,6 +151,36 @@ impl Coalescer {
         }
     }
 
+    /// Takes a new set of views (after a reload). `previous[i]` is the index view `i`
+    /// had before, if it existed: its pending changes, running refresh and history
+    /// carry over; the timing and dependencies are the new ones.
+    pub fn reconfigure(
+        &mut self,
+        timings: Vec<Timing>,
+        reads: Vec<Vec<usize>>,
+        previous: &[Option<usize>],
+        max_concurrent: usize,
+    ) {
+        let mut next = Coalescer::new(timings, reads, max_concurrent);
+        next.paused = self.paused;
+        for (i, prev) in previous.iter().enumerate() {
+            if let Some(old) = prev.and_then(|p| self.views.get(p)) {
+                let v = &mut next.views[i];
+                v.pending = old.pending;
+                v.running = old.running.map(|mut r| {
+                    r.view = i;
+                    r
+                });
+                v.last_end = old.last_end;
+                v.retry_at = old.retry_at;
+                v.failures = old.failures;
+                v.stale_since = old.stale_since;
+            }
+        }
+        next.running = next.views.iter().filter(|v| v.running.is_some()).count();
+        *self = next;
+    }
+
     pub fn len(&self) -> usize {
         self.views.len()
     }
@@ -543,6 +573,29 @@ mod tests {
         assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2]);
         assert!(c.finished(2, Outcome::Success, t0 + ms(30)).is_empty());
         assert!(c.poll(t0 + ms(1000)).is_empty());
+    }
+
+    #[test]
+    fn reconfigure_keeps_state_of_kept_views() {
+        let t0 = Instant::now();
+        let t = timing(0, 0, 0);
+        let mut c = Coalescer::new(vec![t; 2], vec![vec![]; 2], 2);
+        c.mark(0, Reason::Notify, t0);
+        c.mark(1, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 2);
+        c.mark(1, Reason::Notify, t0 + ms(1));
+        // View 0 is removed, view 1 becomes index 0, a new view is index 1.
+        c.reconfigure(vec![t; 2], vec![vec![]; 2], &[Some(1), None], 2);
+        assert!(c.is_running(0));
+        assert_eq!(c.running_count(), 1);
+        assert!(c.pending(0).is_some());
+        assert!(c.pending(1).is_none());
+        c.finished(0, Outcome::Success, t0 + ms(5));
+        assert_eq!(
+            c.poll(t0 + ms(5)).len(),
+            1,
+            "the change that arrived during the run"
+        );
     }
 
     #[test]

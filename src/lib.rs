@@ -8,10 +8,16 @@ pub mod cli;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;
+pub mod daemon;
 pub mod db;
+pub mod health;
+pub mod http;
 pub mod ident;
+pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod refresh;
+pub mod refresher;
 
 /// The channel on which `NOTIFY refreshd_control, 'schema.view'` (or `'*'`) forces a
 /// refresh.

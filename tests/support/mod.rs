@@ -223,3 +223,180 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A free TCP port on 127.0.0.1 for the HTTP server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 client for the daemon's routes: (status, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one sample in Prometheus text, by its exact name-and-labels prefix
+/// (labels in the order the registry prints them: alphabetical).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+}
+
+/// The real daemon as a child process, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `refreshd run` on `config` (which must not set [http]: a free port is added).
+    pub fn start(config: &str) -> Daemon {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refreshd.toml");
+        std::fs::write(
+            &path,
+            format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{config}"),
+        )
+        .unwrap();
+        let log = dir.path().join("refreshd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_refreshd"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "refreshd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn refreshd");
+        Daemon {
+            child,
+            port,
+            log,
+            config: path,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrites the config file (keeping the HTTP section) for a SIGHUP.
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(
+            &self.config,
+            format!("[http]\nlisten = \"127.0.0.1:{}\"\n{config}", self.port),
+        )
+        .unwrap();
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[]).unwrap_or((0, String::new()))
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        http(self.port, "POST", path, headers).unwrap_or((0, String::new()))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// `refreshd_refreshes_total{outcome,reason,view}`, 0 when absent.
+    pub fn refreshes(&self, view: &str, reason: &str, outcome: &str) -> f64 {
+        sample(
+            &self.metrics(),
+            &format!("refreshd_refreshes_total{{outcome=\"{outcome}\",reason=\"{reason}\",view=\"{view}\"}}"),
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// Sum over reasons of successful refreshes of `view`.
+    pub fn successes(&self, view: &str) -> f64 {
+        let m = self.metrics();
+        ["notify", "schedule", "force", "startup", "resync", "dependency", "detected"]
+            .iter()
+            .filter_map(|r| {
+                sample(&m, &format!("refreshd_refreshes_total{{outcome=\"success\",reason=\"{r}\",view=\"{view}\"}}"))
+            })
+            .sum()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let what = format!("/readyz on {} (log: {})", self.port, self.log.display());
+        wait_for(timeout, &what, || async { self.get("/readyz").0 == 200 }).await;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- refreshd log ---\n{}", self.log_text());
+        }
+    }
+}

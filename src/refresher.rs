@@ -1,0 +1,95 @@
+//! The refresh connections: a small pool (at most `max_concurrent_refreshes`, which the
+//! coalescer enforces), one refresh per connection at a time, and server-side
+//! cancellation of whatever is still running at shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::{CancelToken, Client};
+
+use crate::config::ViewConfig;
+use crate::db::ConnectInfo;
+use crate::refresh::{refresh_view, FailureClass, RefreshError, Refreshed};
+
+/// Shared by every refresh task.
+pub struct Refresher {
+    info: Mutex<ConnectInfo>,
+    idle: Mutex<Vec<Client>>,
+    inflight: Mutex<HashMap<u64, CancelToken>>,
+    next_id: AtomicU64,
+}
+
+impl Refresher {
+    pub fn new(info: ConnectInfo) -> Arc<Self> {
+        Arc::new(Self {
+            info: Mutex::new(info),
+            idle: Mutex::new(Vec::new()),
+            inflight: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn info(&self) -> ConnectInfo {
+        self.info.lock().expect("not poisoned").clone()
+    }
+
+    /// A connection from the pool, or a new one.
+    async fn checkout(&self) -> Result<Client, RefreshError> {
+        loop {
+            let c = self.idle.lock().expect("not poisoned").pop();
+            match c {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        self.info().connect().await.map_err(|e| RefreshError {
+            class: FailureClass::Transient,
+            code: None,
+            message: e.to_string(),
+            hint: Some("cannot reach the database; refreshd retries with backoff"),
+            duration: Duration::ZERO,
+        })
+    }
+
+    /// Refreshes one view on a pooled connection.
+    pub async fn refresh(&self, view: &ViewConfig) -> Result<Refreshed, RefreshError> {
+        let client = self.checkout().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inflight
+            .lock()
+            .expect("not poisoned")
+            .insert(id, client.cancel_token());
+        let result = refresh_view(&client, view).await;
+        self.inflight.lock().expect("not poisoned").remove(&id);
+        if !client.is_closed() {
+            self.idle.lock().expect("not poisoned").push(client);
+        }
+        result
+    }
+
+    /// Asks the server to cancel every refresh still running. Returns how many.
+    pub async fn cancel_all(&self) -> usize {
+        let tokens: Vec<CancelToken> = self
+            .inflight
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let tls = self.info().tls();
+        for t in &tokens {
+            if let Err(e) = t.cancel_query(tls.clone()).await {
+                tracing::warn!(error = %e, "could not send a cancel request");
+            }
+        }
+        tokens.len()
+    }
+
+    /// Drops idle connections (on reload, or when leadership is lost).
+    pub fn close_idle(&self) {
+        self.idle.lock().expect("not poisoned").clear();
+    }
+}

@@ -1,0 +1,419 @@
+//! `refreshd run` against a real PostgreSQL: LISTEN, coalesce, refresh, force,
+//! metrics, health, signals, reload.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{wait_for, Daemon, TestDb};
+
+/// `public.orders` with a statement-level NOTIFY trigger on `orders_changed`, and
+/// `public.order_totals` built on it. `public.slow` takes about `slow_secs` to refresh.
+fn schema(db: &TestDb, slow_secs: f64) {
+    db.psql(&format!(
+        r#"
+        CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
+        INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
+        CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
+        CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.orders
+          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
+        CREATE MATERIALIZED VIEW public.order_totals AS
+          SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
+        CREATE UNIQUE INDEX ON public.order_totals (bucket);
+        CREATE MATERIALIZED VIEW public.slow AS
+          WITH pause AS MATERIALIZED (SELECT pg_sleep({slow_secs}))
+          SELECT o.bucket, count(*) AS n FROM public.orders o, pause GROUP BY o.bucket;
+        CREATE UNIQUE INDEX ON public.slow (bucket);
+        "#
+    ));
+}
+
+fn base_config(db: &TestDb, views: &str) -> String {
+    format!("[database]\nurl = \"{}\"\n{views}", db.dsn())
+}
+
+const TOTALS: &str = "public.order_totals";
+
+/// The view equals a fresh computation of its query.
+fn totals_exact(db: &TestDb) -> bool {
+    db.psql(
+        "SELECT count(*) FROM ((TABLE public.order_totals EXCEPT \
+           SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket) \
+         UNION ALL (SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket \
+           EXCEPT TABLE public.order_totals)) d",
+    ) == "0"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_becomes_visible_within_debounce() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let d = Daemon::start(&base_config(
+        &db,
+        "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"300ms\"\n",
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.refreshes(TOTALS, "startup", "success") == 1.0
+    })
+    .await;
+
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (42, 7)");
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(5),
+        "the insert to show in the view",
+        || async { db.psql("SELECT count(*) FROM public.order_totals WHERE bucket = 42") == "1" },
+    )
+    .await;
+    let took = t.elapsed();
+    // debounce 300 ms + a refresh of a few ms + polling: well under a second and a half.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "refreshed before the debounce: {took:?}"
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the notify refresh to be counted",
+        || async { d.refreshes(TOTALS, "notify", "success") == 1.0 },
+    )
+    .await;
+    let m = d.metrics();
+    assert_eq!(
+        support::sample(
+            &m,
+            "refreshd_notifications_total{channel=\"orders_changed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        support::sample(&m, "refreshd_listener_connected"),
+        Some(1.0)
+    );
+    assert_eq!(support::sample(&m, "refreshd_leader"), Some(1.0));
+    assert!(
+        support::sample(
+            &m,
+            "refreshd_last_success_timestamp_seconds{view=\"public.order_totals\"}"
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert!(
+        m.contains(
+            "refreshd_refresh_duration_seconds_bucket{view=\"public.order_totals\",le=\"0.1\"}"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("refreshd_refresh_lag_seconds_count{view=\"public.order_totals\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains(&format!(
+        "refreshd_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    let (code, status) = d.get("/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["views"][0]["view"], TOTALS);
+    assert_eq!(v["views"][0]["last_outcome"], "success");
+    assert_eq!(v["views"][0]["state"], "idle");
+    assert!(
+        d.log_text().contains("refreshed"),
+        "one log line per refresh"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_during_a_refresh_cause_exactly_one_more() {
+    let db = TestDb::new();
+    schema(&db, 1.5);
+    let d = Daemon::start(&base_config(
+        &db,
+        "[[view]]\nname = \"public.slow\"\nchannels = [\"orders_changed\"]\ndebounce = \"0s\"\n",
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.refreshes("public.slow", "startup", "success") == 1.0
+    })
+    .await;
+
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (1, 1)");
+    wait_for(
+        Duration::from_secs(3),
+        "the refresh to be running",
+        || async { d.get("/status").1.contains("\"state\":\"running\"") },
+    )
+    .await;
+    for i in 0..20 {
+        db.psql(&format!(
+            "INSERT INTO public.orders (bucket, amount) VALUES (2, {i})"
+        ));
+    }
+    wait_for(Duration::from_secs(10), "two notify refreshes", || async {
+        d.refreshes("public.slow", "notify", "success") >= 2.0
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the view to be idle", || async {
+        d.get("/status").1.contains("\"state\":\"idle\"")
+    })
+    .await;
+    assert_eq!(
+        d.refreshes("public.slow", "notify", "success"),
+        2.0,
+        "exactly one follow-up for 20 notifications"
+    );
+    assert_eq!(db.psql("SELECT n FROM public.slow WHERE bucket = 2"), "120");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_by_signal_control_channel_and_http() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let d = Daemon::start(&base_config(
+        &db,
+        "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"1h\"\nmax_delay = \"1h\"\n",
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "startup refresh", || async {
+        d.refreshes(TOTALS, "startup", "success") == 1.0
+    })
+    .await;
+    let d = &d;
+    let forced = |n: f64| move || async move { d.refreshes(TOTALS, "force", "success") == n };
+
+    // A notification alone waits an hour; SIGUSR1 refreshes now.
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (77, 1)");
+    d.signal("USR1");
+    wait_for(Duration::from_secs(5), "SIGUSR1 force", forced(1.0)).await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM public.order_totals WHERE bucket = 77"),
+        "1"
+    );
+
+    db.psql("NOTIFY refreshd_control, 'public.order_totals'");
+    wait_for(Duration::from_secs(5), "control channel force", forced(2.0)).await;
+    db.psql("NOTIFY refreshd_control, '*'");
+    wait_for(
+        Duration::from_secs(5),
+        "control channel '*' force",
+        forced(3.0),
+    )
+    .await;
+
+    let (code, body) = d.post("/refresh/public.order_totals", &[]);
+    assert_eq!(code, 202, "{body}");
+    wait_for(Duration::from_secs(5), "POST force", forced(4.0)).await;
+    let (code, _) = d.post("/refresh", &[]);
+    assert_eq!(code, 202);
+    wait_for(Duration::from_secs(5), "POST all force", forced(5.0)).await;
+    let (code, _) = d.post("/refresh/public.nope", &[]);
+    assert_eq!(code, 404);
+    let (code, _) = d.post(
+        "/refresh/public.order_totals%3B%20DROP%20TABLE%20public.orders",
+        &[],
+    );
+    assert_eq!(code, 404);
+    let (code, _) = d.get("/refresh/public.order_totals");
+    assert_eq!(code, 405);
+
+    // Hostile payloads: logged, counted, ignored.
+    db.psql("NOTIFY refreshd_control, 'public.order_totals; DROP TABLE public.orders'");
+    let big = "x".repeat(5000);
+    db.psql(&format!("NOTIFY refreshd_control, '{big}'"));
+    db.psql("NOTIFY refreshd_control, '\"public\".\"order_totals'");
+    wait_for(Duration::from_secs(5), "rejections counted", || async {
+        support::sample(&d.metrics(), "refreshd_control_rejected_total") == Some(3.0)
+    })
+    .await;
+    assert_eq!(db.psql("SELECT count(*) > 0 FROM public.orders"), "t");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        d.refreshes(TOTALS, "force", "success"),
+        5.0,
+        "nothing forced by hostile payloads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_a_view_and_keeps_old_config_when_broken() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    db.psql(
+        "CREATE TABLE public.events (id int); \
+         CREATE MATERIALIZED VIEW public.event_count AS SELECT count(*) AS n, 1 AS k FROM public.events; \
+         CREATE UNIQUE INDEX ON public.event_count (k);",
+    );
+    let one = "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"0s\"\n";
+    let mut d = Daemon::start(&base_config(&db, one));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "startup refresh", || async {
+        d.refreshes(TOTALS, "startup", "success") == 1.0
+    })
+    .await;
+
+    let two = format!("{one}[[view]]\nname = \"public.event_count\"\nchannels = [\"events_changed\"]\ndebounce = \"0s\"\n");
+    d.rewrite_config(&base_config(&db, &two));
+    d.signal("HUP");
+    wait_for(
+        Duration::from_secs(10),
+        "the new view's first refresh",
+        || async { d.successes("public.event_count") >= 1.0 },
+    )
+    .await;
+    db.psql("INSERT INTO public.events VALUES (1), (2)");
+    db.psql("NOTIFY events_changed");
+    wait_for(
+        Duration::from_secs(5),
+        "the new channel to work",
+        || async { db.psql("SELECT n FROM public.event_count") == "2" },
+    )
+    .await;
+
+    // A broken file: logged, old config kept, daemon still serving both views.
+    d.rewrite_config("[database]\nurl = 5\n");
+    d.signal("HUP");
+    wait_for(
+        Duration::from_secs(5),
+        "the reload error in the log",
+        || async { d.log_text().contains("keeping the old one") },
+    )
+    .await;
+    db.psql("INSERT INTO public.events VALUES (3)");
+    db.psql("NOTIFY events_changed");
+    wait_for(
+        Duration::from_secs(5),
+        "the old config to still work",
+        || async { db.psql("SELECT n FROM public.event_count") == "3" },
+    )
+    .await;
+    assert!(d.child.try_wait().unwrap().is_none(), "still running");
+
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "prompt: {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_waits_for_listen_and_sigterm_exits_zero() {
+    use refreshd::cluster::{ClusterOptions, TempCluster};
+    let mut cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
+    cluster
+        .psql("postgres", &["-c", "CREATE MATERIALIZED VIEW public.one AS SELECT 1 AS k; CREATE UNIQUE INDEX ON public.one (k);"])
+        .unwrap();
+    cluster.stop().unwrap();
+    let mut d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nconnect_timeout = \"1s\"\n[[view]]\nname = \"public.one\"\nschedule = \"0 0 * * *\"\n",
+        cluster.url("postgres", "postgres")
+    ));
+    wait_for(Duration::from_secs(10), "/healthz", || async {
+        d.get("/healthz").0 == 200
+    })
+    .await;
+    assert_eq!(d.get("/readyz").0, 503, "not ready without a database");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.get("/readyz").0, 503);
+    assert_eq!(
+        d.get("/healthz").0,
+        200,
+        "liveness never depends on the database"
+    );
+    cluster.pg_ctl(&["start"]).unwrap();
+    d.wait_ready(Duration::from_secs(40)).await;
+    wait_for(Duration::from_secs(10), "startup refresh", || async {
+        d.successes("public.one") >= 1.0
+    })
+    .await;
+
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_storm_is_coalesced_and_ends_exact() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let d = Daemon::start(&base_config(
+        &db,
+        "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"200ms\"\nmax_delay = \"1s\"\n",
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "startup refresh", || async {
+        d.refreshes(TOTALS, "startup", "success") == 1.0
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("storm.sql");
+    std::fs::write(&script, "INSERT INTO public.orders (bucket, amount) VALUES ((random() * 20)::int, (random() * 100)::int);\n").unwrap();
+    let bin = refreshd::cluster::find_bin_dir().unwrap();
+    let secs = 6;
+    let storm = std::process::Command::new(bin.join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-R",
+            "400",
+            "-T",
+            &secs.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg("-d")
+        .arg(db.dsn())
+        .output()
+        .unwrap();
+    assert!(
+        storm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&storm.stderr)
+    );
+    let out = String::from_utf8_lossy(&storm.stdout);
+    let tx: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("pgbench transaction count");
+    assert!(tx > 1000.0, "a real storm: {tx} transactions");
+
+    wait_for(Duration::from_secs(10), "the view to be exact", || async {
+        totals_exact(&db)
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "idle", || async {
+        d.get("/status").1.contains("\"state\":\"idle\"")
+    })
+    .await;
+    let refreshes = d.refreshes(TOTALS, "notify", "success");
+    // About one refresh per max_delay while the storm lasts, plus the tail.
+    assert!(refreshes >= 2.0, "{refreshes}");
+    assert!(
+        refreshes <= secs as f64 / 1.0 + 3.0,
+        "{refreshes} refreshes for a {secs}s storm of {tx} commits"
+    );
+    let notes = support::sample(
+        &d.metrics(),
+        "refreshd_notifications_total{channel=\"orders_changed\"}",
+    )
+    .unwrap();
+    assert!(notes >= tx * 0.99, "every commit notified: {notes} of {tx}");
+}
