@@ -81,7 +81,8 @@ pub async fn inspect(
     }
     facts.usable_unique_indexes = usable_unique_indexes(client, oid).await?;
     facts.base = base_relations(client, oid).await?;
-    facts.triggers = feeding_triggers(client, &facts.base, &view.channels).await?;
+    let tables = transitive_tables(client, oid).await?;
+    facts.triggers = feeding_triggers(client, &tables, &view.channels).await?;
     Ok(Some(facts))
 }
 
@@ -128,8 +129,24 @@ pub async fn base_relations(
     client: &Client,
     oid: u32,
 ) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
-    let rows = client
-        .query(
+    relations_read(client, oid, "'v'").await
+}
+
+/// Like [`base_relations`], but also through materialized views: the tables whose
+/// changes reach this view eventually, for finding the triggers that feed it.
+pub async fn transitive_tables(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
+    relations_read(client, oid, "'v', 'm'").await
+}
+
+async fn relations_read(
+    client: &Client,
+    oid: u32,
+    through: &str,
+) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
+    let sql = format!(
             "WITH RECURSIVE reads(relid) AS ( \
                 SELECT d.refobjid FROM pg_catalog.pg_rewrite r \
                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
@@ -137,14 +154,14 @@ pub async fn base_relations(
                  WHERE r.ev_class = $1 AND d.refobjid <> $1 \
                 UNION \
                 SELECT d.refobjid FROM reads \
-                  JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'v' \
+                  JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind IN ({through}) \
                   JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
                    AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
                  WHERE d.refobjid <> c.oid \
              ), leaves AS ( \
                 SELECT c.oid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid \
-                 WHERE c.relkind IN ('r', 'p', 'm', 'f') \
+                 WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.oid <> $1 \
                 UNION \
                 SELECT t.relid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'p', \
                        LATERAL pg_catalog.pg_partition_tree(c.oid) t WHERE t.relid <> c.oid \
@@ -152,10 +169,9 @@ pub async fn base_relations(
              SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text \
                FROM leaves JOIN pg_catalog.pg_class c ON c.oid = leaves.oid \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              ORDER BY n.nspname, c.relname",
-            &[&oid],
-        )
-        .await?;
+              ORDER BY n.nspname, c.relname"
+    );
+    let rows = client.query(&sql, &[&oid]).await?;
     Ok(rows
         .iter()
         .map(|r| BaseRelation {
@@ -220,7 +236,13 @@ pub struct ViewReport {
 }
 
 /// Judges the facts against the view's configuration.
-pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
+/// `managed` are the names of every configured view: reading one of them means being
+/// refreshed after it.
+pub fn judge(
+    view: &ViewConfig,
+    facts: Option<&ViewFacts>,
+    managed: &[QualifiedName],
+) -> ViewReport {
     let mut r = ViewReport {
         verdict: Verdict::Ok,
         problems: Vec::new(),
@@ -323,13 +345,6 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
         fed = true;
         r.facts.push(format!("schedule \"{}\"", s.expr));
     }
-    if !fed {
-        r.problems.push(if view.channels.is_empty() {
-            "nothing feeds it: no channels, no schedule (only forced refreshes would run)".to_string()
-        } else {
-            "nothing feeds it: no trigger on its base tables notifies its channels, and it has no schedule".to_string()
-        });
-    }
     let base_mv: Vec<String> = f
         .base
         .iter()
@@ -339,6 +354,13 @@ pub fn judge(view: &ViewConfig, facts: Option<&ViewFacts>) -> ViewReport {
     if !base_mv.is_empty() {
         r.facts
             .push(format!("reads materialized view(s) {}", base_mv.join(", ")));
+    }
+    if !fed {
+        r.problems.push(if view.channels.is_empty() {
+            "nothing feeds it: no channels, no schedule (only forced refreshes would run)".to_string()
+        } else {
+            "nothing feeds it: no trigger on its base tables notifies its channels, and it has no schedule".to_string()
+        });
     }
     r.verdict = if !r.problems.is_empty() {
         Verdict::Fail

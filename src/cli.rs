@@ -127,6 +127,7 @@ async fn check(path: &Path) -> u8 {
         println!("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
     let (mut ok, mut warn, mut fail) = (0, 0, 0);
+    let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
     for view in &config.views {
         let facts = match catalog::inspect(&client, view).await {
             Ok(f) => f,
@@ -136,7 +137,7 @@ async fn check(path: &Path) -> u8 {
                 continue;
             }
         };
-        let report = catalog::judge(view, facts.as_ref());
+        let report = catalog::judge(view, facts.as_ref(), &managed);
         let mut line = String::new();
         let _ = write!(
             line,

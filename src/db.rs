@@ -60,11 +60,8 @@ pub enum DbError {
     },
     #[error("sslrootcert {}: {reason}", path.display())]
     RootCert { path: PathBuf, reason: String },
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        source: tokio_postgres::Error,
-    },
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
     #[error("connecting to {target} timed out after {timeout:?}")]
     Timeout { target: String, timeout: Duration },
 }
@@ -203,9 +200,9 @@ impl ConnectInfo {
         .await
         {
             Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(source)) => Err(DbError::Connect {
+            Ok(Err(e)) => Err(DbError::Connect {
                 target: self.target.clone(),
-                source,
+                reason: error_chain(&e),
             }),
             Err(_) => Err(DbError::Timeout {
                 target: self.target.clone(),
@@ -230,6 +227,19 @@ impl ConnectInfo {
     pub fn tls(&self) -> MakeTls {
         self.tls.clone()
     }
+}
+
+/// A tokio-postgres error with its causes: its own Display says only "db error" or
+/// "error connecting to server", the server's message is in the source.
+pub fn error_chain(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn describe(pg: &tokio_postgres::Config) -> String {

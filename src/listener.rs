@@ -148,7 +148,7 @@ impl Listener {
                         tracing::debug!(notice = %n.message(), "server notice")
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break e.to_string(),
+                    Some(Err(e)) => break crate::db::error_chain(&e),
                     None => break "connection closed".to_string(),
                 }
             };
@@ -192,7 +192,7 @@ impl Listener {
                         _ = tokio::time::sleep(self.retry_interval) => {}
                     }
                 }
-                Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                Ok(Err(e)) => return Ended::Lost(crate::db::error_chain(&e)),
                 Err(_) => return Ended::Lost("advisory lock query timed out".into()),
             }
         }
@@ -238,7 +238,7 @@ impl Listener {
                     // keepalives have not yet declared dead.
                     match tokio::time::timeout(PROBE_DEADLINE, client.query_one("SELECT pg_notification_queue_usage()", &[])).await {
                         Ok(Ok(row)) => self.metrics.queue_usage.set(row.get::<_, f64>(0)),
-                        Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                        Ok(Err(e)) => return Ended::Lost(crate::db::error_chain(&e)),
                         Err(_) => return Ended::Lost(format!("probe query got no answer within {PROBE_DEADLINE:?}")),
                     }
                 }
@@ -265,7 +265,7 @@ impl Listener {
         if !sql.is_empty() {
             match tokio::time::timeout(PROBE_DEADLINE, client.batch_execute(&sql)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(crate::db::error_chain(&e)),
                 Err(_) => return Err("LISTEN timed out".into()),
             }
         }

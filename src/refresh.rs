@@ -67,7 +67,7 @@ impl RefreshError {
             return Self {
                 class: FailureClass::Transient,
                 code: None,
-                message: e.to_string(),
+                message: crate::db::error_chain(e),
                 hint: Some("the connection was lost; refreshd reconnects and retries"),
                 duration,
             };

@@ -122,6 +122,8 @@ DO $$
 DECLARE
   test_member_id UUID;
   test_session_id UUID;
+  -- FIX (seed): the seed declared initial_count and new_count and never
+  -- used them; inserted_id (see the INSERT below) takes their place.
   inserted_id UUID;
 BEGIN
   -- Get test IDs

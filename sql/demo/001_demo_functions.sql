@@ -25,9 +25,18 @@
 -- demo_uuid(kind, n) (readable, ascending in insertion order, so index
 -- inserts are appends) and every varying value from pick(salt, n), a hash
 -- of the row number. Same scale, same data, on every run and machine.
+-- write_* are random on purpose: they feed the live demo stream.
 -- The generate functions first delete the demo rows of an earlier run
 -- (recognised by their demo ids), so they can be called repeatedly.
--- write_* are random on purpose: they feed the live demo stream.
+--
+-- Speed: two foreign-key checks per inserted row are most of the load
+-- time (scale 1 attendance: ~35 s with them, ~15 s without). When the
+-- caller is a superuser, as in refreshd's throwaway demo cluster, the bulk
+-- INSERTs run with session_replication_role = replica, which skips all
+-- triggers, foreign-key checks included; the generators only reference ids
+-- they have just inserted, re-check every foreign key set-based afterwards,
+-- and send the notifications the skipped triggers would have sent. Other
+-- roles get the ordinary, checked, slower path.
 -- =====================================================
 
 DO $$
@@ -95,6 +104,9 @@ DECLARE
     v_done_upto  integer;   -- sessions 1..v_done_upto of the active season are done
     v_rows       bigint;
     v_t0         timestamptz := clock_timestamp();
+    v_fast       boolean := coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                      WHERE r.rolname = current_user), false);
+    v_srr        text := current_setting('session_replication_role');
 BEGIN
     IF scale IS NULL OR scale <= 0 THEN
         RAISE EXCEPTION 'scale must be > 0, got %', scale;
@@ -114,6 +126,11 @@ BEGIN
     WHERE id BETWEEN refreshd_demo.demo_uuid_min(2) AND refreshd_demo.demo_uuid_max(2);
     DELETE FROM public.categories
     WHERE id BETWEEN refreshd_demo.demo_uuid_min(1) AND refreshd_demo.demo_uuid_max(1);
+
+    -- After the DELETEs, whose ON DELETE CASCADE must still fire.
+    IF v_fast THEN
+        PERFORM set_config('session_replication_role', 'replica', true);
+    END IF;
 
     INSERT INTO public.categories (id, name)
     SELECT refreshd_demo.demo_uuid(1, c), format('Demo U%s', lpad((5 + c)::text, 2, '0'))
@@ -190,8 +207,33 @@ BEGIN
 
     DROP TABLE pg_temp.demo_sessions;
 
+    -- Statistics for the checks and the REFRESH below, and for refreshd's
+    -- first REFRESH ... CONCURRENTLY.
     ANALYZE public.categories, public.seasons, public.members,
             public.training_sessions, public.member_attendance;
+
+    IF v_fast THEN
+        PERFORM set_config('session_replication_role', v_srr, true);
+        -- What the skipped foreign-key checks would have verified.
+        IF EXISTS (SELECT 1 FROM public.member_attendance ma
+                   WHERE ma.training_session_id BETWEEN refreshd_demo.demo_uuid_min(4)
+                                                    AND refreshd_demo.demo_uuid_max(4)
+                     AND (NOT EXISTS (SELECT 1 FROM public.training_sessions ts
+                                      WHERE ts.id = ma.training_session_id)
+                          OR NOT EXISTS (SELECT 1 FROM public.members m WHERE m.id = ma.member_id)))
+           OR EXISTS (SELECT 1 FROM public.training_sessions ts
+                      WHERE ts.id BETWEEN refreshd_demo.demo_uuid_min(4) AND refreshd_demo.demo_uuid_max(4)
+                        AND (NOT EXISTS (SELECT 1 FROM public.categories c WHERE c.id = ts.category_id)
+                             OR NOT EXISTS (SELECT 1 FROM public.seasons se WHERE se.id = ts.season_id)))
+           OR EXISTS (SELECT 1 FROM public.members m
+                      WHERE m.id BETWEEN refreshd_demo.demo_uuid_min(3) AND refreshd_demo.demo_uuid_max(3)
+                        AND NOT EXISTS (SELECT 1 FROM public.categories c WHERE c.id = m.category_id))
+        THEN
+            RAISE EXCEPTION 'refreshd_demo.generate_attendance: generated rows violate a foreign key (generator bug)';
+        END IF;
+        -- The notify triggers were skipped as well.
+        PERFORM pg_notify('refresh_attendance_stats', '');
+    END IF;
 
     -- Plain REFRESH: nearly every row changed, and the view may be empty.
     REFRESH MATERIALIZED VIEW public.attendance_statistics_summary;
@@ -273,6 +315,9 @@ DECLARE
     v_soh         bigint;
     v_movements   bigint;
     v_t0          timestamptz := clock_timestamp();
+    v_fast        boolean := coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                       WHERE r.rolname = current_user), false);
+    v_srr         text := current_setting('session_replication_role');
 BEGIN
     IF scale IS NULL OR scale <= 0 THEN
         RAISE EXCEPTION 'scale must be > 0, got %', scale;
@@ -293,6 +338,11 @@ BEGIN
     WHERE id BETWEEN refreshd_demo.demo_uuid_min(12) AND refreshd_demo.demo_uuid_max(12);
     DELETE FROM core.warehouses
     WHERE id BETWEEN refreshd_demo.demo_uuid_min(11) AND refreshd_demo.demo_uuid_max(11);
+
+    -- After the DELETEs, whose ON DELETE CASCADE must still fire.
+    IF v_fast THEN
+        PERFORM set_config('session_replication_role', 'replica', true);
+    END IF;
 
     INSERT INTO core.warehouses (id, code, name)
     SELECT refreshd_demo.demo_uuid(11, w), format('DEMO-WH%s', lpad(w::text, 2, '0')),
@@ -333,9 +383,10 @@ BEGIN
 
     -- Stock history per (product, warehouse): one RECEIPT, then 0-2 ISSUEs;
     -- stock_on_hand is computed from exactly these movements, so both
-    -- tables agree. The row-level cost trigger is switched off for the
-    -- bulk insert (stock_on_hand is written set-based below instead) and
-    -- back on before anything else can see the table: DDL is transactional.
+    -- tables agree. The row-level cost trigger must not run for them
+    -- (stock_on_hand is written set-based below instead): replica mode
+    -- skips it, otherwise it is disabled for the bulk insert and enabled
+    -- again before anyone else can see the table (DDL is transactional).
     -- A product is stocked in its home warehouse plus ~half of the others;
     -- ~3% of products are out of stock, ~7% more at or below their reorder level.
     CREATE TEMP TABLE demo_stock ON COMMIT DROP AS
@@ -366,7 +417,9 @@ BEGIN
            OR refreshd_demo.pick(89, x.sn) < 5000
     ) AS s;
 
-    ALTER TABLE core.stock_movement DISABLE TRIGGER stock_movement_update_cost;
+    IF NOT v_fast THEN
+        ALTER TABLE core.stock_movement DISABLE TRIGGER stock_movement_update_cost;
+    END IF;
 
     INSERT INTO core.stock_movement
            (id, movement_type, reference_type, reference_id, product_id, warehouse_id,
@@ -394,7 +447,9 @@ BEGIN
     ORDER BY m.sn, m.seq;
     GET DIAGNOSTICS v_movements = ROW_COUNT;
 
-    ALTER TABLE core.stock_movement ENABLE TRIGGER stock_movement_update_cost;
+    IF NOT v_fast THEN
+        ALTER TABLE core.stock_movement ENABLE TRIGGER stock_movement_update_cost;
+    END IF;
 
     INSERT INTO core.stock_on_hand
            (id, product_id, warehouse_id, quantity, cost_price, last_cost_update_at, updated_at)
@@ -409,6 +464,32 @@ BEGIN
 
     ANALYZE core.warehouses, core.suppliers, core.brand, core.products,
             core.stock_on_hand, core.stock_movement;
+
+    IF v_fast THEN
+        PERFORM set_config('session_replication_role', v_srr, true);
+        -- What the skipped foreign-key checks would have verified.
+        IF EXISTS (SELECT 1 FROM core.stock_movement sm
+                   WHERE sm.product_id BETWEEN refreshd_demo.demo_uuid_min(14)
+                                           AND refreshd_demo.demo_uuid_max(14)
+                     AND (NOT EXISTS (SELECT 1 FROM core.products p WHERE p.id = sm.product_id)
+                          OR NOT EXISTS (SELECT 1 FROM core.warehouses w WHERE w.id = sm.warehouse_id)))
+           OR EXISTS (SELECT 1 FROM core.stock_on_hand soh
+                      WHERE soh.product_id BETWEEN refreshd_demo.demo_uuid_min(14)
+                                               AND refreshd_demo.demo_uuid_max(14)
+                        AND (NOT EXISTS (SELECT 1 FROM core.products p WHERE p.id = soh.product_id)
+                             OR NOT EXISTS (SELECT 1 FROM core.warehouses w WHERE w.id = soh.warehouse_id)))
+           OR EXISTS (SELECT 1 FROM core.products p
+                      WHERE p.id BETWEEN refreshd_demo.demo_uuid_min(14) AND refreshd_demo.demo_uuid_max(14)
+                        AND ((p.brand_id IS NOT NULL
+                              AND NOT EXISTS (SELECT 1 FROM core.brand b WHERE b.id = p.brand_id))
+                             OR (p.supplier_id IS NOT NULL
+                                 AND NOT EXISTS (SELECT 1 FROM core.suppliers s WHERE s.id = p.supplier_id))))
+        THEN
+            RAISE EXCEPTION 'refreshd_demo.generate_inventory: generated rows violate a foreign key (generator bug)';
+        END IF;
+        -- The notify triggers were skipped as well.
+        PERFORM pg_notify('refresh_inventory_views', '');
+    END IF;
 
     -- Plain REFRESH in dependency order: summary before alerts.
     REFRESH MATERIALIZED VIEW core.mv_product_stock_summary;

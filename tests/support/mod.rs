@@ -288,14 +288,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `refreshd run` on `config` (which must not set [http]: a free port is added).
+    /// Starts `refreshd run` on `config` (which must not set [http]: a free port is
+    /// appended as the last table).
     pub fn start(config: &str) -> Daemon {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refreshd.toml");
         std::fs::write(
             &path,
-            format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{config}"),
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
         )
         .unwrap();
         let log = dir.path().join("refreshd.log");
@@ -321,7 +322,7 @@ impl Daemon {
     pub fn rewrite_config(&self, config: &str) {
         std::fs::write(
             &self.config,
-            format!("[http]\nlisten = \"127.0.0.1:{}\"\n{config}", self.port),
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:{}\"\n", self.port),
         )
         .unwrap();
     }
