@@ -345,15 +345,25 @@ pub fn judge(
         fed = true;
         r.facts.push(format!("schedule \"{}\"", s.expr));
     }
-    let base_mv: Vec<String> = f
+    let (lower, unmanaged): (Vec<&BaseRelation>, Vec<&BaseRelation>) = f
         .base
         .iter()
         .filter(|b| b.relkind == 'm')
-        .map(|b| b.name.to_string())
-        .collect();
-    if !base_mv.is_empty() {
-        r.facts
-            .push(format!("reads materialized view(s) {}", base_mv.join(", ")));
+        .partition(|b| managed.contains(&b.name));
+    if !lower.is_empty() {
+        fed = true;
+        let names: Vec<String> = lower.iter().map(|b| b.name.to_string()).collect();
+        r.facts.push(format!(
+            "reads materialized view(s) {}: refreshed after them",
+            names.join(", ")
+        ));
+    }
+    if !unmanaged.is_empty() {
+        let names: Vec<String> = unmanaged.iter().map(|b| b.name.to_string()).collect();
+        r.warnings.push(format!(
+            "reads materialized view(s) {} that refreshd does not manage: their staleness passes into this view",
+            names.join(", ")
+        ));
     }
     if !fed {
         r.problems.push(if view.channels.is_empty() {

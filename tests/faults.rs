@@ -275,7 +275,7 @@ async fn two_replicas_one_leader_and_takeover_after_kill_9() {
         view("")
     );
     let a = Daemon::start(&cfg);
-    let mut b = Daemon::start(&cfg);
+    let b = Daemon::start(&cfg);
     a.wait_ready(Duration::from_secs(20)).await;
     b.wait_ready(Duration::from_secs(20)).await;
     let leader = |d: &Daemon| sample(&d.metrics(), "refreshd_leader").unwrap_or(-1.0);
