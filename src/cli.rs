@@ -43,6 +43,19 @@ pub struct ConfigArg {
 pub enum Command {
     /// Run the daemon: LISTEN, coalesce, refresh, serve metrics.
     Run(ConfigArg),
+    /// Start a throwaway PostgreSQL with the seeds' schemas and data, and keep its views
+    /// fresh while a stream of writes changes them (Ctrl-C stops and cleans up).
+    Demo {
+        /// Where /metrics, /status and POST /refresh are served.
+        #[arg(long, default_value = "127.0.0.1:9648")]
+        listen: std::net::SocketAddr,
+        /// Data scale: 1 puts about a million attendance rows behind the attendance view.
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+        /// Pause between two small write transactions.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        write_every: Duration,
+    },
     /// Validate the configuration, connect, and check every view against the catalog.
     Check(ConfigArg),
     /// Refresh views now, once, and print each duration.
@@ -62,6 +75,24 @@ pub enum Command {
 pub async fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(c) => run(&c.config).await,
+        Command::Demo {
+            listen,
+            scale,
+            write_every,
+        } => {
+            let opts = crate::demo::DemoOptions {
+                listen,
+                scale,
+                write_every,
+            };
+            match with_shutdown(|shutdown| crate::demo::run(opts, shutdown)).await {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("refreshd demo: {e:#}");
+                    EXIT_PROBLEMS
+                }
+            }
+        }
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
     }
@@ -261,34 +292,34 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     }
 }
 
+/// Runs `f` with a token cancelled by SIGTERM or SIGINT.
+async fn with_shutdown<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+        }
+        token.cancel();
+    });
+    f(shutdown).await
+}
+
 async fn run(path: &Path) -> u8 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                eprintln!("refreshd: cannot install signal handlers");
-                return EXIT_PROBLEMS;
-            }
-        };
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
-            }
-            shutdown.cancel();
-        });
-    }
-    match crate::daemon::run(config, path.to_path_buf(), shutdown).await {
+    let path = path.to_path_buf();
+    match with_shutdown(|shutdown| crate::daemon::run(config, path, shutdown)).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "fatal");

@@ -10,6 +10,7 @@ pub mod coalesce;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod demo;
 pub mod health;
 pub mod http;
 pub mod ident;
