@@ -161,3 +161,10 @@ fn url_env_missing_is_a_config_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = support::repo().join("config.example.toml");
+    let c = refreshd::config::Config::load(&path).expect("config.example.toml parses");
+    assert_eq!(c.views.len(), 4);
+}
