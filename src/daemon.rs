@@ -294,6 +294,7 @@ pub async fn run(
         shared.clone(),
         http_stop.clone(),
     ));
+    tokio::spawn(crate::systemd::supervise(health.clone(), shutdown.clone()));
 
     // Signals: SIGHUP reloads, SIGUSR1 forces every view.
     {

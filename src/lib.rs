@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod refresh;
 pub mod refresher;
+pub mod systemd;
 
 /// The channel on which `NOTIFY refreshd_control, 'schema.view'` (or `'*'`) forces a
 /// refresh.

@@ -417,3 +417,49 @@ async fn write_storm_is_coalesced_and_ends_exact() {
     .unwrap();
     assert!(notes >= tx * 0.99, "every commit notified: {notes} of {tx}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_notify_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = Daemon::start_with_env(
+        &base_config(
+            &db,
+            "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n",
+        ),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut recv_until = |what: &str, seen: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 512];
+        while !seen.contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} from refreshd; got {seen:?}"
+            );
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+        }
+    };
+    recv_until("READY=1", &mut seen);
+    assert_eq!(d.get("/readyz").0, 200, "READY=1 only once /readyz says so");
+    seen.clear();
+    recv_until("WATCHDOG=1", &mut seen);
+    seen.clear();
+    recv_until("WATCHDOG=1", &mut seen);
+    d.signal("TERM");
+    recv_until("STOPPING=1", &mut seen);
+    assert!(d.wait_exit(Duration::from_secs(5)).unwrap().success());
+}

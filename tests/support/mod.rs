@@ -291,6 +291,11 @@ impl Daemon {
     /// Starts `refreshd run` on `config` (which must not set [http]: a free port is
     /// appended as the last table).
     pub fn start(config: &str) -> Daemon {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refreshd.toml");
@@ -304,6 +309,7 @@ impl Daemon {
             .args(["run", "-c"])
             .arg(&path)
             .env("RUST_LOG", "refreshd=debug,info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
