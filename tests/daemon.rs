@@ -439,7 +439,7 @@ async fn systemd_notify_ready_watchdog_stopping() {
         ],
     );
     let mut seen = String::new();
-    let mut recv_until = |what: &str, seen: &mut String| {
+    let recv_until = |what: &str, seen: &mut String| {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut buf = [0u8; 512];
         while !seen.contains(what) {
