@@ -36,6 +36,8 @@ pub struct ViewFacts {
     pub usable_unique_indexes: Vec<String>,
     pub base: Vec<BaseRelation>,
     pub triggers: Vec<FeedingTrigger>,
+    /// User-defined functions the query calls (for `detect = "statistics"`).
+    pub functions: Vec<String>,
 }
 
 /// `None` when no relation of that name exists.
@@ -75,6 +77,7 @@ pub async fn inspect(
         usable_unique_indexes: Vec::new(),
         base: Vec::new(),
         triggers: Vec::new(),
+        functions: Vec::new(),
     };
     if facts.relkind != 'm' {
         return Ok(Some(facts));
@@ -83,6 +86,9 @@ pub async fn inspect(
     facts.base = base_relations(client, oid).await?;
     let tables = transitive_tables(client, oid).await?;
     facts.triggers = feeding_triggers(client, &tables, &view.channels).await?;
+    if view.detect == Detect::Statistics {
+        facts.functions = called_functions(client, oid).await?;
+    }
     Ok(Some(facts))
 }
 
@@ -180,6 +186,39 @@ async fn relations_read(
             relkind: r.get::<_, String>(3).chars().next().unwrap_or('?'),
         })
         .collect())
+}
+
+/// User-defined functions the view's query calls (directly or in plain views it
+/// reads). Tables such a function reads are invisible to the catalog's dependencies,
+/// so statistics detection cannot watch them.
+pub async fn called_functions(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE rels(relid) AS ( \
+                SELECT $1::oid \
+                UNION \
+                SELECT d.refobjid FROM rels \
+                  JOIN pg_catalog.pg_rewrite r ON r.ev_class = rels.relid \
+                  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                  JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.relkind = 'v' \
+             ) \
+             SELECT DISTINCT p.oid::regprocedure::text \
+               FROM rels \
+               JOIN pg_catalog.pg_rewrite r ON r.ev_class = rels.relid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
+               JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+              ORDER BY 1",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Enabled user triggers on the base tables whose function body or arguments name one
@@ -304,8 +343,17 @@ pub fn judge(
                 r.problems.push("detect = \"statistics\" but the view reads no table whose statistics could be watched".into());
             } else {
                 fed = true;
-                r.facts
-                    .push(format!("detect statistics on {}", tables.join(", ")));
+                r.facts.push(format!(
+                    "detect statistics every {} on {}",
+                    humantime::format_duration(view.poll_interval),
+                    tables.join(", ")
+                ));
+                if !f.functions.is_empty() {
+                    r.warnings.push(format!(
+                        "calls function(s) {}: tables they read are invisible to statistics detection",
+                        f.functions.join(", ")
+                    ));
+                }
             }
         }
         Detect::Notify => {

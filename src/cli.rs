@@ -195,6 +195,22 @@ async fn check(path: &Path) -> u8 {
             Verdict::Fail => fail += 1,
         }
     }
+    // The order refreshd keeps: a view is refreshed after the views it reads.
+    if let Ok(reads) = crate::daemon::dependency_graph(&client, &config.views).await {
+        for (i, r) in reads.iter().enumerate() {
+            if !r.is_empty() {
+                let lower: Vec<String> = r
+                    .iter()
+                    .map(|&l| config.views[l].name.to_string())
+                    .collect();
+                println!(
+                    "graph {} is refreshed after {}",
+                    config.views[i].name,
+                    lower.join(", ")
+                );
+            }
+        }
+    }
     println!(
         "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
         config.views.len()
@@ -267,6 +283,23 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         Err(e) => {
             eprintln!("refreshd: {e}");
             return EXIT_PROBLEMS;
+        }
+    };
+    // Lower views before the views that read them.
+    let views = match crate::daemon::dependency_graph(&client, &config.views).await {
+        Ok(reads) => {
+            let order = crate::daemon::topological_order(&reads);
+            order
+                .into_iter()
+                .map(|i| &config.views[i])
+                .filter(|v| views.iter().any(|s| s.name == v.name))
+                .collect::<Vec<_>>()
+        }
+        Err(e) => {
+            eprintln!(
+                "refreshd: cannot read the dependency graph ({e:#}); refreshing in the order given"
+            );
+            views
         }
     };
     let mut failed = 0;

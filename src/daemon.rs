@@ -33,6 +33,8 @@ pub const MAX_CONTROL_PAYLOAD: usize = 300;
 #[derive(Debug)]
 pub enum Command {
     Listener(ListenerEvent),
+    /// Statistics detection saw the view's base tables move.
+    Detected(QualifiedName),
     Schedule(QualifiedName),
     /// `None` forces every view.
     Force(Option<QualifiedName>, &'static str),
@@ -143,7 +145,7 @@ fn timing(v: &ViewConfig) -> Timing {
 }
 
 /// Which configured views each configured view reads, from the catalog.
-async fn dependency_graph(
+pub async fn dependency_graph(
     client: &tokio_postgres::Client,
     views: &[ViewConfig],
 ) -> anyhow::Result<Vec<Vec<usize>>> {
@@ -178,6 +180,56 @@ async fn dependency_graph(
             r
         })
         .collect())
+}
+
+/// The tables whose statistics stand for each `detect = "statistics"` view.
+async fn watched_views(
+    client: &tokio_postgres::Client,
+    views: &[ViewConfig],
+) -> anyhow::Result<Vec<crate::detect::Watched>> {
+    let mut out = Vec::new();
+    for v in views
+        .iter()
+        .filter(|v| v.detect == crate::config::Detect::Statistics)
+    {
+        let Some(facts) = catalog::inspect(client, v).await? else {
+            continue;
+        };
+        let tables: Vec<u32> = facts
+            .base
+            .iter()
+            .filter(|b| matches!(b.relkind, 'r' | 'm'))
+            .map(|b| b.oid)
+            .collect();
+        tracing::info!(view = %v.name, tables = ?facts.base.iter().map(|b| b.name.to_string()).collect::<Vec<_>>(), "watching table statistics");
+        out.push(crate::detect::Watched {
+            view: v.name.clone(),
+            tables,
+            poll_interval: v.poll_interval,
+        });
+    }
+    Ok(out)
+}
+
+/// Starts statistics detection for `watched`; its findings arrive as
+/// [`Command::Detected`]. Cancel the returned token to stop it.
+fn spawn_detector(
+    info: &ConnectInfo,
+    watched: Vec<crate::detect::Watched>,
+    tx: &mpsc::UnboundedSender<Command>,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (dtx, mut drx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::detect::run(info.clone(), watched, dtx, stop.clone()));
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(v) = drx.recv().await {
+            if tx.send(Command::Detected(v)).is_err() {
+                break;
+            }
+        }
+    });
+    stop
 }
 
 /// The views `run` refuses: no usable unique index while `concurrently = true`.
@@ -319,16 +371,20 @@ pub async fn run(
         metrics.register_view(&v.name.to_string(), &v.channels);
     }
     let refresher = Refresher::new(refresh_info.clone());
-    let mut reads = vec![Vec::new(); config.views.len()];
+    let reads;
+    let watched;
     if let Some(client) = startup_client(&refresh_info, &shutdown, &health).await {
         validate_views(&client, &config.views).await?;
         reads = dependency_graph(&client, &config.views).await?;
+        watched = watched_views(&client, &config.views).await?;
     } else {
         http_stop.cancel();
         let _ = http_task.await;
         return Ok(());
     }
     health.set_config_loaded();
+    let mut reads = reads;
+    let mut detector = spawn_detector(&refresh_info, watched, &tx);
 
     let mut coalescer = Coalescer::new(
         config.views.iter().map(timing).collect(),
@@ -457,6 +513,11 @@ pub async fn run(
                 coalescer.set_paused(true);
                 refresher.close_idle();
             }
+            Command::Detected(name) => {
+                if let Some(i) = config.views.iter().position(|v| v.name == name) {
+                    coalescer.mark(i, Reason::Detected, now_std);
+                }
+            }
             Command::Schedule(name) => {
                 if let Some(i) = config.views.iter().position(|v| v.name == name) {
                     coalescer.mark(i, Reason::Schedule, now_std);
@@ -507,6 +568,7 @@ pub async fn run(
                     &refresh_info,
                     &channels_tx,
                     &mut scheduler,
+                    &mut detector,
                     &tx,
                 )
                 .await
@@ -518,6 +580,7 @@ pub async fn run(
     }
 
     listener_stop.cancel();
+    detector.cancel();
     let _ = listener_task.await;
     if let Some(mut s) = scheduler.take() {
         let _ = s.shutdown().await;
@@ -666,6 +729,7 @@ async fn reload(
     refresh_info: &ConnectInfo,
     channels_tx: &watch::Sender<BTreeSet<String>>,
     scheduler: &mut Option<JobScheduler>,
+    detector: &mut CancellationToken,
     tx: &mpsc::UnboundedSender<Command>,
 ) -> anyhow::Result<()> {
     if new.database != config.database {
@@ -681,6 +745,7 @@ async fn reload(
         .context("connecting to check the new views")?;
     validate_views(&client, &new.views).await?;
     let new_reads = dependency_graph(&client, &new.views).await?;
+    let new_watched = watched_views(&client, &new.views).await?;
     let new_scheduler = start_scheduler(&new.views, tx).await?;
 
     let previous: Vec<Option<usize>> = new
@@ -717,6 +782,8 @@ async fn reload(
         let _ = old.shutdown().await;
     }
     *scheduler = new_scheduler;
+    detector.cancel();
+    *detector = spawn_detector(refresh_info, new_watched, tx);
     *history = new_history;
     *reads = new_reads;
     let new = Arc::new(new);
@@ -783,4 +850,39 @@ fn publish_status(
         });
     }
     *shared.status.lock().expect("not poisoned") = out;
+}
+
+/// Indexes of `reads` in an order where every view comes after the views it reads;
+/// among independent views, the given order. `reads` is acyclic (PostgreSQL cannot
+/// build a cycle of materialized views).
+pub fn topological_order(reads: &[Vec<usize>]) -> Vec<usize> {
+    let mut done = vec![false; reads.len()];
+    let mut order = Vec::with_capacity(reads.len());
+    fn visit(i: usize, reads: &[Vec<usize>], done: &mut [bool], order: &mut Vec<usize>) {
+        if done[i] {
+            return;
+        }
+        done[i] = true;
+        for &l in &reads[i] {
+            visit(l, reads, done, order);
+        }
+        order.push(i);
+    }
+    for i in 0..reads.len() {
+        visit(i, reads, &mut done, &mut order);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topological_order_puts_lower_views_first() {
+        // 0 reads 2, 2 reads 1; 3 independent.
+        let reads = vec![vec![2], vec![], vec![1], vec![]];
+        assert_eq!(topological_order(&reads), vec![1, 2, 0, 3]);
+        assert_eq!(topological_order(&[vec![], vec![]]), vec![0, 1]);
+    }
 }

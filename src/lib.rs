@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod detect;
 pub mod health;
 pub mod http;
 pub mod ident;

@@ -1,0 +1,206 @@
+//! `detect = "statistics"`: learning that a view is stale without any trigger, by
+//! polling the cumulative statistics of its base tables.
+//!
+//! Every `poll_interval` one query reads, for each watched table, the insert, update
+//! and delete counters of `pg_stat_all_tables` and `pg_class.relfilenode` (TRUNCATE,
+//! and a plain REFRESH of a materialized view, give the relation a new file but move
+//! no counter). Any difference from the previous reading — including a counter reset —
+//! marks the view dirty. The first reading is only a baseline: the startup refresh
+//! covers what happened before.
+//!
+//! Freshness bound: PostgreSQL flushes a backend's counters when its transaction ends,
+//! at most once a second; a backend that goes idle with counts it could not flush
+//! retries after up to 10 s (`PGSTAT_IDLE_INTERVAL`). A backend that exits flushes at
+//! once. So a change is seen within `poll_interval` plus, at worst, about 10 s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::ConnectInfo;
+use crate::ident::QualifiedName;
+
+/// One view watched by statistics, with the relations whose counters stand for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub view: QualifiedName,
+    pub tables: Vec<u32>,
+    pub poll_interval: Duration,
+}
+
+/// One table's reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    pub relfilenode: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+}
+
+/// The pure part: compares readings, remembers the last one per table.
+#[derive(Debug, Default)]
+pub struct Comparator {
+    last: HashMap<u32, Option<Reading>>,
+}
+
+impl Comparator {
+    /// Records `now` for `tables`; true when any of them differs from its previous
+    /// reading. A table seen for the first time is a baseline, not a change; a table
+    /// that vanished (dropped) or appeared after a drop counts as a change.
+    pub fn changed(&mut self, tables: &[u32], now: &HashMap<u32, Reading>) -> bool {
+        let mut changed = false;
+        for oid in tables {
+            let current = now.get(oid).copied();
+            match self.last.insert(*oid, current) {
+                None => {}
+                Some(previous) => changed |= previous != current,
+            }
+        }
+        changed
+    }
+}
+
+const QUERY: &str = "SELECT c.oid, c.relfilenode::int8, \
+        coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0) \
+   FROM pg_catalog.pg_class c \
+   LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid \
+  WHERE c.oid = ANY ($1)";
+
+async fn read(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, Reading>, tokio_postgres::Error> {
+    let rows = client.query(QUERY, &[&oids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                Reading {
+                    relfilenode: r.get(1),
+                    inserted: r.get(2),
+                    updated: r.get(3),
+                    deleted: r.get(4),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Polls until `stop`, sending the name of every view whose tables moved.
+pub async fn run(
+    info: ConnectInfo,
+    watched: Vec<Watched>,
+    changed: mpsc::UnboundedSender<QualifiedName>,
+    stop: CancellationToken,
+) {
+    if watched.is_empty() {
+        return;
+    }
+    let mut comparator = Comparator::default();
+    let mut next: BTreeMap<usize, Instant> =
+        (0..watched.len()).map(|i| (i, Instant::now())).collect();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut attempt = 0u32;
+    loop {
+        let wake = next.values().min().copied().unwrap_or_else(Instant::now);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match info.connect().await {
+                Ok(c) => {
+                    attempt = 0;
+                    client = Some(c);
+                }
+                Err(e) => {
+                    let delay = crate::listener::jittered(attempt, Duration::from_secs(30));
+                    attempt += 1;
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "statistics detection cannot connect");
+                    for t in next.values_mut() {
+                        *t = Instant::now() + delay;
+                    }
+                    continue;
+                }
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut oids: Vec<u32> = due
+            .iter()
+            .flat_map(|&i| watched[i].tables.iter().copied())
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let reading = match tokio::time::timeout(
+            Duration::from_secs(10),
+            read(client.as_ref().expect("connected"), &oids),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::db::error_chain(&e), "statistics detection query failed");
+                client = None;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("statistics detection query timed out");
+                client = None;
+                continue;
+            }
+        };
+        for i in due {
+            let w = &watched[i];
+            if comparator.changed(&w.tables, &reading) {
+                tracing::debug!(view = %w.view, "statistics moved");
+                let _ = changed.send(w.view.clone());
+            }
+            next.insert(i, now + w.poll_interval);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(f: i64, i: i64, u: i64, d: i64) -> Reading {
+        Reading {
+            relfilenode: f,
+            inserted: i,
+            updated: u,
+            deleted: d,
+        }
+    }
+
+    #[test]
+    fn first_reading_is_a_baseline_then_any_difference_counts() {
+        let mut c = Comparator::default();
+        let t = [1u32, 2];
+        let mut now = HashMap::from([(1, r(10, 0, 0, 0)), (2, r(20, 5, 0, 0))]);
+        assert!(!c.changed(&t, &now));
+        assert!(!c.changed(&t, &now));
+        now.insert(2, r(20, 6, 0, 0));
+        assert!(c.changed(&t, &now), "insert");
+        now.insert(2, r(20, 6, 1, 0));
+        assert!(c.changed(&t, &now), "update");
+        now.insert(1, r(10, 0, 0, 3));
+        assert!(c.changed(&t, &now), "delete");
+        now.insert(1, r(11, 0, 0, 3));
+        assert!(c.changed(&t, &now), "truncate: new relfilenode");
+        now.insert(1, r(11, 0, 0, 0));
+        assert!(c.changed(&t, &now), "a reset counts");
+        now.remove(&1);
+        assert!(c.changed(&t, &now), "dropped");
+        assert!(!c.changed(&t, &now));
+    }
+}
