@@ -115,23 +115,32 @@ pub fn config_dir(config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Connects for a one-shot command: exit code 2 when the settings cannot be resolved
+/// (a missing env var, an unreadable password file), 1 when the server cannot be reached.
+async fn connect(config: &Config) -> Result<(ConnectInfo, tokio_postgres::Client), (u8, String)> {
+    let info = ConnectInfo::for_refresh(&config.database, &config_dir(config))
+        .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    let client = info
+        .connect()
+        .await
+        .map_err(|e| (EXIT_PROBLEMS, e.to_string()))?;
+    Ok((info, client))
+}
+
 async fn check(path: &Path) -> u8 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let info = match ConnectInfo::for_refresh(&config.database, &config_dir(&config)) {
-        Ok(i) => i,
-        Err(e) => {
+    let (info, client) = match connect(&config).await {
+        Ok(c) => c,
+        Err((EXIT_CONFIG, e)) => {
             eprintln!("refreshd: {e}");
             return EXIT_CONFIG;
         }
-    };
-    let client = match info.connect().await {
-        Ok(c) => c,
-        Err(e) => {
+        Err((code, e)) => {
             println!("FAIL  database: {e}");
-            return EXIT_PROBLEMS;
+            return code;
         }
     };
     let who = client
@@ -271,18 +280,11 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
             }
         }
     };
-    let info = match ConnectInfo::for_refresh(&config.database, &config_dir(&config)) {
-        Ok(i) => i,
-        Err(e) => {
+    let client = match connect(&config).await {
+        Ok((_, c)) => c,
+        Err((code, e)) => {
             eprintln!("refreshd: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let client = match info.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("refreshd: {e}");
-            return EXIT_PROBLEMS;
+            return code;
         }
     };
     // Lower views before the views that read them.

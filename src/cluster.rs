@@ -252,19 +252,7 @@ impl TempCluster {
     }
 
     fn pg_ctl_start(&self) -> io::Result<()> {
-        let log = self.root.join("server.log");
-        check(
-            self.cmd("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "start"])
-                .stdin(Stdio::null())
-                .output()?,
-            "pg_ctl start",
-        )
-        .map(|_| ())
+        self.pg_ctl(&["-t", "60", "start"])
     }
 
     /// Runs `pg_ctl` with these arguments against the cluster (`restart -m fast`, ...).
