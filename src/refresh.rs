@@ -183,11 +183,30 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
     let populated: bool = row.get(0);
     let (kind, sql) = refresh_sql(view, populated);
     let start = Instant::now();
-    match client.batch_execute(&sql).await {
-        Ok(()) => Ok(Refreshed {
+    // statement_timeout bounds the refresh on the server; this bounds it here, for a
+    // connection that went half-open and will never answer.
+    let deadline = view.statement_timeout + CLIENT_GRACE;
+    match tokio::time::timeout(deadline, client.batch_execute(&sql)).await {
+        Ok(Ok(())) => Ok(Refreshed {
             kind,
             duration: start.elapsed(),
         }),
-        Err(e) => Err(RefreshError::from_pg(&e, start.elapsed())),
+        Ok(Err(e)) => Err(RefreshError::from_pg(&e, start.elapsed())),
+        Err(_) => Err(RefreshError {
+            class: FailureClass::Transient,
+            code: None,
+            message: format!(
+                "no answer from the server {} after statement_timeout ({})",
+                humantime::format_duration(CLIENT_GRACE),
+                humantime::format_duration(view.statement_timeout)
+            ),
+            hint: Some(
+                "the connection is presumed dead; refreshd drops it and retries on a new one",
+            ),
+            duration: start.elapsed(),
+        }),
     }
 }
+
+/// How long past `statement_timeout` the client waits before giving a connection up.
+pub const CLIENT_GRACE: Duration = Duration::from_secs(10);

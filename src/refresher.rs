@@ -64,7 +64,10 @@ impl Refresher {
             .insert(id, client.cancel_token());
         let result = refresh_view(&client, view).await;
         self.inflight.lock().expect("not poisoned").remove(&id);
-        if !client.is_closed() {
+        // A connection that failed without a server error (lost, or no answer) is not
+        // reused, even if the socket looks open.
+        let suspect = matches!(&result, Err(e) if e.code.is_none());
+        if !client.is_closed() && !suspect {
             self.idle.lock().expect("not poisoned").push(client);
         }
         result

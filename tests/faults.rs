@@ -423,3 +423,114 @@ async fn passwords_appear_nowhere() {
         "part of the password leaked"
     );
 }
+
+/// A TCP proxy that can freeze: while frozen it forwards nothing in either direction
+/// but keeps every socket open, so the peers see a connection that is neither closed
+/// nor answering (TCP keepalives are still answered by the proxy's kernel) — the
+/// half-open connection only an application-level deadline can find.
+struct FreezingProxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: u16) -> FreezingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, f.clone()));
+                tokio::spawn(pump(sr, cw, f.clone()));
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while frozen.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_open_listener_is_detected_and_replaced() {
+    let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
+    cluster.psql("postgres", &["-c", SCHEMA]).unwrap();
+    let proxy = FreezingProxy::start(cluster.port()).await;
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"postgresql://postgres@127.0.0.1:{}/postgres\"\nconnect_timeout = \"2s\"\n{}",
+        proxy.port,
+        view("")
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "startup refresh", || async {
+        d.successes(TOTALS) >= 1.0
+    })
+    .await;
+
+    proxy.frozen.store(true, Ordering::Relaxed);
+    let frozen_at = Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "the dead listener to be noticed",
+        || async { sample(&d.metrics(), "refreshd_listener_connected") == Some(0.0) },
+    )
+    .await;
+    // The probe runs every 5 s with a 5 s deadline.
+    let noticed = frozen_at.elapsed();
+    assert!(noticed <= Duration::from_secs(11), "{noticed:?}");
+    assert_eq!(
+        d.get("/readyz").0,
+        503,
+        "not ready without a working listener"
+    );
+    assert_eq!(d.get("/healthz").0, 200);
+
+    // A write while refreshd is deaf; after the network heals it catches up.
+    cluster
+        .psql(
+            "postgres",
+            &[
+                "-c",
+                "INSERT INTO public.orders (bucket, amount) VALUES (777, 1)",
+            ],
+        )
+        .unwrap();
+    proxy.frozen.store(false, Ordering::Relaxed);
+    d.wait_ready(Duration::from_secs(40)).await;
+    wait_for(Duration::from_secs(20), "the catch-up refresh", || async {
+        cluster
+            .psql("postgres", &["-Atc", EXACT])
+            .map(|s| s.trim() == "0")
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(sample(&d.metrics(), "refreshd_listener_reconnects_total").unwrap() >= 1.0);
+}
