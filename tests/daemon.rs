@@ -463,3 +463,57 @@ async fn systemd_notify_ready_watchdog_stopping() {
     recv_until("STOPPING=1", &mut seen);
     assert!(d.wait_exit(Duration::from_secs(5)).unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_refresh_needs_the_token_when_one_is_configured() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-t0ken\n").unwrap();
+    let d = Daemon::start_full(
+        &base_config(
+            &db,
+            "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n",
+        ),
+        &format!("admin_token_file = \"{}\"", token_file.display()),
+        &[],
+    );
+    d.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(d.post("/refresh/public.order_totals", &[]).0, 401);
+    assert_eq!(
+        d.post("/refresh", &[("Authorization", "Bearer wrong")]).0,
+        401
+    );
+    assert_eq!(
+        d.post("/refresh", &[("Authorization", "s3cret-t0ken")]).0,
+        401,
+        "scheme required"
+    );
+    // Unknown views are only revealed to callers with the token.
+    assert_eq!(d.post("/refresh/public.nope", &[]).0, 401);
+    assert_eq!(
+        d.post(
+            "/refresh/public.nope",
+            &[("Authorization", "Bearer s3cret-t0ken")]
+        )
+        .0,
+        404
+    );
+    let (code, body) = d.post(
+        "/refresh/public.order_totals",
+        &[("Authorization", "Bearer s3cret-t0ken")],
+    );
+    assert_eq!(code, 202, "{body}");
+    wait_for(Duration::from_secs(5), "the authorised force", || async {
+        d.refreshes(TOTALS, "force", "success") == 1.0
+    })
+    .await;
+    // Reading routes stay open: Prometheus and probes carry no token.
+    assert_eq!(d.get("/metrics").0, 200);
+    assert_eq!(d.get("/status").0, 200);
+    assert!(
+        !d.get("/status").1.contains("s3cret"),
+        "the token is not shown"
+    );
+}

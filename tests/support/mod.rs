@@ -296,12 +296,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(config, "", env)
+    }
+
+    /// The general form: `http_extra` is appended to the generated `[http]` table.
+    pub fn start_full(config: &str, http_extra: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refreshd.toml");
         std::fs::write(
             &path,
-            format!("{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{http_extra}\n"),
         )
         .unwrap();
         let log = dir.path().join("refreshd.log");
