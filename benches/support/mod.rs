@@ -1,0 +1,264 @@
+//! Helpers for the benchmark harness: the refreshd child process, its HTTP endpoints,
+//! /proc accounting, and small statistics. (A directory module, so Cargo does not take
+//! it for a benchmark target of its own.)
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn progress(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile; NaN for no samples.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// PostgreSQL's extension library directory (where pg_cron.so would be).
+pub fn pkglibdir() -> Option<PathBuf> {
+    let bin = refreshd::cluster::find_bin_dir().ok()?;
+    let out = std::process::Command::new(bin.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .or_else(|_| {
+            std::process::Command::new("pg_config")
+                .arg("--pkglibdir")
+                .output()
+        })
+        .ok()?;
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// One `[[view]]` of a generated config.
+pub struct ViewCfg {
+    name: String,
+    channel: String,
+    debounce: String,
+    max_delay: String,
+    /// Extra `[[view]]` lines, e.g. `detect = "statistics"`.
+    extra: String,
+}
+
+impl ViewCfg {
+    pub fn new(name: &str, channel: &str, debounce: &str, max_delay: &str) -> ViewCfg {
+        ViewCfg {
+            name: name.into(),
+            channel: channel.into(),
+            debounce: debounce.into(),
+            max_delay: max_delay.into(),
+            extra: String::new(),
+        }
+    }
+
+    /// A view that learns of changes from table statistics (`detect = "statistics"`),
+    /// with no channel: no trigger is involved.
+    pub fn statistics(name: &str, poll_interval: &str, debounce: &str, max_delay: &str) -> ViewCfg {
+        ViewCfg {
+            name: name.into(),
+            channel: String::new(),
+            debounce: debounce.into(),
+            max_delay: max_delay.into(),
+            extra: format!("detect = \"statistics\"\npoll_interval = \"{poll_interval}\"\n"),
+        }
+    }
+}
+
+/// The real release binary as a child process, with its own config and log file.
+pub struct Daemon {
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+    pub started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// Built by Cargo for benches alongside this harness (the `bench` profile inherits
+/// `release`, so this is target/release/refreshd).
+const BIN: &str = env!("CARGO_BIN_EXE_refreshd");
+
+impl Daemon {
+    /// Starts `refreshd run` and waits until it is ready and every view has finished
+    /// its startup refresh, so measurements never include start-up work.
+    pub async fn start(dsn: &str, views: &[ViewCfg], tag: &str) -> Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("refreshd-bench-")
+            .tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cfg = format!(
+            "shutdown_timeout = \"10s\"\n[database]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+            dsn.replace('"', "\\\"")
+        );
+        for v in views {
+            let channels = if v.channel.is_empty() {
+                String::new()
+            } else {
+                format!("\"{}\"", v.channel)
+            };
+            cfg += &format!(
+                "\n[[view]]\nname = \"{}\"\nchannels = [{channels}]\ndebounce = \"{}\"\nmax_delay = \"{}\"\n{}",
+                v.name, v.debounce, v.max_delay, v.extra
+            );
+        }
+        let cfg_path = dir.path().join("refreshd.toml");
+        std::fs::write(&cfg_path, cfg)?;
+        let log = std::fs::File::create(dir.path().join("refreshd.log"))?;
+        let child = tokio::process::Command::new(BIN)
+            // JSON logs so the harness can read each refresh's duration back.
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {BIN}"))?;
+        let pid = child.id().context("refreshd pid")?;
+        let d = Daemon {
+            child,
+            pid,
+            port,
+            started: Instant::now(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if Instant::now() > deadline {
+                bail!("refreshd ({tag}) not ready; log:\n{}", d.log());
+            }
+            if let Ok(s) = d.get("/status").await {
+                let idle = s.matches("\"state\":\"idle\"").count();
+                let ok = s.matches("\"last_outcome\":\"success\"").count();
+                if s.contains("\"ready\":true") && idle == views.len() && ok == views.len() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        progress(&format!("refreshd ({tag}) pid {} ready on :{port}", d.pid));
+        Ok(d)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("refreshd.log")).unwrap_or_default()
+    }
+
+    /// A bare HTTP/1.0 GET (no client library needed for two plain-text endpoints).
+    pub async fn get(&self, path: &str) -> Result<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("bad HTTP answer")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_string())
+    }
+
+    /// `duration_ms` of every successful refresh with this reason, from the JSON log.
+    pub fn refresh_durations_ms(&self, reason: &str) -> Vec<f64> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                // refreshd's JSON logs put the event's fields at the top level
+                // (`flatten_event`); older layouts nest them under "fields".
+                let f = v.get("fields").unwrap_or(&v);
+                (f.get("message")?.as_str()? == "refreshed" && f.get("reason")?.as_str()? == reason)
+                    .then(|| f.get("duration_ms")?.as_f64())?
+            })
+            .collect()
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        self.get("/metrics").await
+    }
+
+    /// utime + stime from /proc/PID/stat, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the ")" that closes the command name; utime and stime are the
+        // 14th and 15th fields of the whole line.
+        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+        ticks as f64 / clk_tck()
+    }
+
+    /// Peak resident set size (VmHWM) in KiB.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for the clean exit.
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Sum of the samples of metric `name` whose labels mention `filter`.
+pub fn metric(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
