@@ -43,6 +43,16 @@ impl Reason {
         }
     }
 
+    /// Which reason labels a refresh that several triggers asked for: an operator's
+    /// force first, then the immediate ones, then the ordinary ones.
+    fn rank(self) -> u8 {
+        match self {
+            Reason::Force => 3,
+            Reason::Schedule | Reason::Startup | Reason::Resync => 2,
+            Reason::Notify | Reason::Detected | Reason::Dependency => 1,
+        }
+    }
+
     /// Reasons that do not wait for the debounce.
     fn immediate(self) -> bool {
         !matches!(self, Reason::Notify | Reason::Detected | Reason::Dependency)
@@ -78,6 +88,8 @@ pub struct Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Start {
     pub view: usize,
+    /// Unique per refresh started by this coalescer: a finish is matched to its run.
+    pub run: u64,
     pub reason: Reason,
     /// Triggers this refresh applies.
     pub coalesced: u64,
@@ -118,6 +130,10 @@ pub struct Coalescer {
     max_concurrent: usize,
     running: usize,
     paused: bool,
+    next_run: u64,
+    /// Runs of views removed by a reconfiguration while they were refreshing: they
+    /// still hold capacity until they end.
+    orphans: Vec<u64>,
 }
 
 /// Backoff after `failures` transient failures in a row: 1s, 2s, 4s ... capped at 60s.
@@ -148,6 +164,8 @@ impl Coalescer {
             max_concurrent: max_concurrent.max(1),
             running: 0,
             paused: false,
+            next_run: 0,
+            orphans: Vec::new(),
         }
     }
 
@@ -163,6 +181,15 @@ impl Coalescer {
     ) {
         let mut next = Coalescer::new(timings, reads, max_concurrent);
         next.paused = self.paused;
+        next.next_run = self.next_run;
+        next.orphans = std::mem::take(&mut self.orphans);
+        for (old, v) in self.views.iter().enumerate() {
+            if let Some(r) = v.running {
+                if !previous.contains(&Some(old)) {
+                    next.orphans.push(r.run);
+                }
+            }
+        }
         for (i, prev) in previous.iter().enumerate() {
             if let Some(old) = prev.and_then(|p| self.views.get(p)) {
                 let v = &mut next.views[i];
@@ -177,8 +204,21 @@ impl Coalescer {
                 v.stale_since = old.stale_since;
             }
         }
-        next.running = next.views.iter().filter(|v| v.running.is_some()).count();
+        next.running =
+            next.views.iter().filter(|v| v.running.is_some()).count() + next.orphans.len();
         *self = next;
+    }
+
+    /// The end of a run whose view is no longer configured; true if it was one.
+    pub fn finished_orphan(&mut self, run_id: u64) -> bool {
+        match self.orphans.iter().position(|&r| r == run_id) {
+            Some(i) => {
+                self.orphans.swap_remove(i);
+                self.running -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -206,7 +246,7 @@ impl Coalescer {
                 p.count += 1;
                 p.immediate |= reason.immediate();
                 p.forced |= forced;
-                if reason.immediate() && !p.reason.immediate() {
+                if reason.rank() > p.reason.rank() {
                     p.reason = reason;
                 }
             }
@@ -254,11 +294,20 @@ impl Coalescer {
         Some(due)
     }
 
+    /// A view waits while a view it reads is refreshing or about to (dirty and not
+    /// backing off after a failure: a lower view that keeps failing must not hold the
+    /// upper one up), and while a view that reads it is refreshing (never at the same
+    /// time, in either direction).
     fn blocked_by_dependency(&self, view: usize) -> bool {
-        self.views[view]
-            .reads
+        let lower_busy = self.views[view].reads.iter().any(|&l| {
+            let lv = &self.views[l];
+            lv.running.is_some() || (lv.pending.is_some() && lv.retry_at.is_none())
+        });
+        let upper_running = self
+            .views
             .iter()
-            .any(|&l| self.views[l].pending.is_some() || self.views[l].running.is_some())
+            .any(|u| u.running.is_some() && u.reads.contains(&view));
+        lower_busy || upper_running
     }
 
     /// The refreshes to start now, marked as running. Earliest due first.
@@ -281,8 +330,10 @@ impl Coalescer {
             }
             let v = &mut self.views[i];
             let p = v.pending.take().expect("due implies pending");
+            self.next_run += 1;
             let start = Start {
                 view: i,
+                run: self.next_run,
                 reason: p.reason,
                 coalesced: p.count,
                 first_change: p.first,
@@ -298,7 +349,18 @@ impl Coalescer {
 
     /// Records the end of `view`'s refresh. Returns the views marked dirty because
     /// they read it.
-    pub fn finished(&mut self, view: usize, outcome: Outcome, now: Instant) -> Vec<usize> {
+    pub fn finished(
+        &mut self,
+        view: usize,
+        run_id: u64,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Vec<usize> {
+        if self.views[view].running.map(|r| r.run) != Some(run_id) {
+            // Not this view's current run (it ended already, or belongs to a view of
+            // an earlier configuration).
+            return Vec::new();
+        }
         let Some(run) = self.views[view].running.take() else {
             return Vec::new();
         };
@@ -370,6 +432,11 @@ impl Coalescer {
 
     pub fn pending(&self, view: usize) -> Option<Pending> {
         self.views[view].pending
+    }
+
+    /// The run id of the view's refresh in progress (0 when idle).
+    pub fn current_run(&self, view: usize) -> u64 {
+        self.views[view].running.map_or(0, |r| r.run)
     }
 
     pub fn is_running(&self, view: usize) -> bool {
@@ -450,7 +517,7 @@ mod tests {
         let mut c = one(timing(0, 1000, 10000));
         c.mark(0, Reason::Notify, t0);
         assert_eq!(c.poll(t0).len(), 1);
-        c.finished(0, Outcome::Success, t0 + ms(100));
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(100));
         c.mark(0, Reason::Notify, t0 + ms(200));
         assert_eq!(c.due(0), Some(t0 + ms(10100)));
         assert!(c.poll(t0 + ms(5000)).is_empty());
@@ -472,12 +539,12 @@ mod tests {
             c.mark(0, Reason::Notify, t0 + ms(i));
             assert!(c.poll(t0 + ms(i)).is_empty(), "never two at once");
         }
-        c.finished(0, Outcome::Success, t0 + ms(200));
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(200));
         let s = c.poll(t0 + ms(200));
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].coalesced, 100);
         assert_eq!(s[0].first_change, t0 + ms(1));
-        c.finished(0, Outcome::Success, t0 + ms(300));
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(300));
         assert!(c.poll(t0 + ms(10_000)).is_empty());
         assert_eq!(c.next_wake(), None);
         assert_eq!(c.pending_since(0), None);
@@ -494,7 +561,7 @@ mod tests {
         let s = c.poll(t0 + ms(2));
         assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2, 0]);
         assert_eq!(c.next_wake(), None, "full: wake on a finish, not a timer");
-        c.finished(2, Outcome::Success, t0 + ms(3));
+        c.finished(2, c.current_run(2), Outcome::Success, t0 + ms(3));
         assert_eq!(
             c.poll(t0 + ms(3))
                 .iter()
@@ -510,17 +577,17 @@ mod tests {
         let mut c = one(timing(0, 0, 0));
         c.mark(0, Reason::Notify, t0);
         c.poll(t0);
-        c.finished(0, Outcome::Transient, t0 + ms(10));
+        c.finished(0, c.current_run(0), Outcome::Transient, t0 + ms(10));
         assert_eq!(c.due(0), Some(t0 + ms(10) + backoff(1)));
         assert!(c.poll(t0 + ms(500)).is_empty());
         let s = c.poll(t0 + ms(1010));
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].first_change, t0, "lag counts from the original change");
         assert_eq!(s[0].attempt, 1);
-        c.finished(0, Outcome::Transient, t0 + ms(1020));
+        c.finished(0, c.current_run(0), Outcome::Transient, t0 + ms(1020));
         assert_eq!(c.due(0), Some(t0 + ms(1020) + backoff(2)));
         c.poll(t0 + ms(3020));
-        c.finished(0, Outcome::Permanent, t0 + ms(3030));
+        c.finished(0, c.current_run(0), Outcome::Permanent, t0 + ms(3030));
         assert_eq!(
             c.due(0),
             None,
@@ -533,7 +600,7 @@ mod tests {
         );
         c.mark(0, Reason::Notify, t0 + ms(5000));
         c.poll(t0 + ms(5000));
-        c.finished(0, Outcome::Success, t0 + ms(5100));
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(5100));
         assert_eq!(c.pending_since(0), None);
         assert_eq!(c.failures(0), 0);
         assert_eq!(backoff(1), ms(1000));
@@ -546,8 +613,8 @@ mod tests {
         let mut c = one(timing(0, 0, 0));
         c.mark(0, Reason::Notify, t0);
         c.poll(t0);
-        c.finished(0, Outcome::Transient, t0);
-        c.finished(0, Outcome::Transient, t0); // no-op: not running
+        c.finished(0, c.current_run(0), Outcome::Transient, t0);
+        c.finished(0, c.current_run(0), Outcome::Transient, t0); // no-op: not running
         c.mark(0, Reason::Force, t0 + ms(1));
         assert_eq!(c.poll(t0 + ms(1)).len(), 1);
     }
@@ -562,16 +629,24 @@ mod tests {
         let s = c.poll(t0);
         assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![0]);
         assert!(c.poll(t0 + ms(5)).is_empty());
-        assert_eq!(c.finished(0, Outcome::Success, t0 + ms(10)), vec![1]);
+        assert_eq!(
+            c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(10)),
+            vec![1]
+        );
         let s = c.poll(t0 + ms(10));
         assert_eq!(
             s.iter().map(|s| (s.view, s.coalesced)).collect::<Vec<_>>(),
             vec![(1, 2)]
         );
-        assert_eq!(c.finished(1, Outcome::Success, t0 + ms(20)), vec![2]);
+        assert_eq!(
+            c.finished(1, c.current_run(1), Outcome::Success, t0 + ms(20)),
+            vec![2]
+        );
         let s = c.poll(t0 + ms(20));
         assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2]);
-        assert!(c.finished(2, Outcome::Success, t0 + ms(30)).is_empty());
+        assert!(c
+            .finished(2, c.current_run(2), Outcome::Success, t0 + ms(30))
+            .is_empty());
         assert!(c.poll(t0 + ms(1000)).is_empty());
     }
 
@@ -582,20 +657,80 @@ mod tests {
         let mut c = Coalescer::new(vec![t; 2], vec![vec![]; 2], 2);
         c.mark(0, Reason::Notify, t0);
         c.mark(1, Reason::Notify, t0);
-        assert_eq!(c.poll(t0).len(), 2);
+        let started = c.poll(t0);
+        assert_eq!(started.len(), 2);
+        let removed_run = started[0].run;
         c.mark(1, Reason::Notify, t0 + ms(1));
         // View 0 is removed, view 1 becomes index 0, a new view is index 1.
         c.reconfigure(vec![t; 2], vec![vec![]; 2], &[Some(1), None], 2);
         assert!(c.is_running(0));
-        assert_eq!(c.running_count(), 1);
+        assert_eq!(
+            c.running_count(),
+            2,
+            "the removed view's run still holds capacity"
+        );
         assert!(c.pending(0).is_some());
         assert!(c.pending(1).is_none());
-        c.finished(0, Outcome::Success, t0 + ms(5));
+        // A finish carrying another run's id changes nothing.
+        assert!(c
+            .finished(0, removed_run, Outcome::Success, t0 + ms(2))
+            .is_empty());
+        assert!(c.is_running(0));
+        assert!(c.finished_orphan(removed_run));
+        assert!(!c.finished_orphan(removed_run));
+        assert_eq!(c.running_count(), 1);
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(5));
         assert_eq!(
             c.poll(t0 + ms(5)).len(),
             1,
             "the change that arrived during the run"
         );
+    }
+
+    #[test]
+    fn a_lower_view_waits_for_the_upper_and_a_failing_lower_does_not_block() {
+        let t0 = Instant::now();
+        let t = timing(0, 0, 0);
+        // View 1 reads view 0.
+        let mut c = Coalescer::new(vec![t; 2], vec![vec![], vec![0]], 2);
+        c.mark(1, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        c.mark(0, Reason::Notify, t0 + ms(1));
+        assert!(
+            c.poll(t0 + ms(1)).is_empty(),
+            "never at the same time as its reader"
+        );
+        c.finished(1, c.current_run(1), Outcome::Success, t0 + ms(2));
+        assert_eq!(
+            c.poll(t0 + ms(2))
+                .iter()
+                .map(|s| s.view)
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        // The lower view fails transiently and backs off: the upper one may run.
+        c.finished(0, c.current_run(0), Outcome::Transient, t0 + ms(3));
+        c.mark(1, Reason::Notify, t0 + ms(4));
+        assert_eq!(
+            c.poll(t0 + ms(4))
+                .iter()
+                .map(|s| s.view)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn force_labels_the_refresh_it_joins() {
+        let t0 = Instant::now();
+        let mut c = one(timing(0, 0, 1000));
+        c.mark(0, Reason::Notify, t0);
+        c.poll(t0);
+        c.finished(0, c.current_run(0), Outcome::Success, t0);
+        c.mark(0, Reason::Schedule, t0 + ms(1));
+        c.mark(0, Reason::Force, t0 + ms(2));
+        c.mark(0, Reason::Notify, t0 + ms(3));
+        assert_eq!(c.poll(t0 + ms(3))[0].reason, Reason::Force);
     }
 
     #[test]
@@ -628,6 +763,7 @@ mod tests {
     #[derive(Debug, Clone, Copy)]
     struct Run {
         view: usize,
+        run: u64,
         start_seq: u64,
         start: Instant,
         end: Instant,
@@ -699,7 +835,7 @@ mod tests {
                 }
                 run.end = now;
                 seq += 1;
-                c.finished(run.view, run.outcome, now);
+                c.finished(run.view, run.run, run.outcome, now);
                 done.push(run);
             }
             // Random triggers.
@@ -733,9 +869,17 @@ mod tests {
                     "seed {seed}: two refreshes of view {} at once",
                     s.view
                 );
+                for (upper, rd) in reads.iter().enumerate() {
+                    assert!(
+                        !(rd.contains(&s.view) && running.iter().any(|r| r.0.view == upper)),
+                        "seed {seed}: view {} started while view {upper} that reads it runs",
+                        s.view
+                    );
+                }
                 for &l in &reads[s.view] {
                     assert!(
-                        !running.iter().any(|r| r.0.view == l) && c.pending(l).is_none(),
+                        !running.iter().any(|r| r.0.view == l)
+                            && (c.pending(l).is_none() || c.retry_at(l).is_some()),
                         "seed {seed}: view {} started while view {l} it reads is dirty or running",
                         s.view
                     );
@@ -761,6 +905,7 @@ mod tests {
                 running.push((
                     Run {
                         view: s.view,
+                        run: s.run,
                         start_seq: seq,
                         start: now,
                         end: now,

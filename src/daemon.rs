@@ -635,8 +635,11 @@ fn finished(
     result: Result<Refreshed, RefreshError>,
     now: std::time::Instant,
 ) {
+    if coalescer.finished_orphan(start.run) {
+        tracing::info!(view = %name, ok = result.is_ok(), "refresh of a view no longer configured ended");
+        return;
+    }
     let Some(i) = config.views.iter().position(|v| &v.name == name) else {
-        tracing::info!(view = %name, "refresh of a view no longer configured ended");
         return;
     };
     let label = name.to_string();
@@ -678,7 +681,7 @@ fn finished(
                 outcome = "success",
                 "refreshed"
             );
-            let deps = coalescer.finished(i, Outcome::Success, now);
+            let deps = coalescer.finished(i, start.run, Outcome::Success, now);
             for d in deps {
                 tracing::debug!(view = %config.views[d].name, after = %name, "dependency refresh queued");
             }
@@ -696,7 +699,7 @@ fn finished(
                 FailureClass::Transient => Outcome::Transient,
                 FailureClass::Permanent => Outcome::Permanent,
             };
-            coalescer.finished(i, outcome, now);
+            coalescer.finished(i, start.run, outcome, now);
             let retry_in = coalescer
                 .retry_at(i)
                 .map(|r| r.saturating_duration_since(now).as_millis() as u64);

@@ -5,8 +5,11 @@
 //! and delete counters of `pg_stat_all_tables` and `pg_class.relfilenode` (TRUNCATE,
 //! and a plain REFRESH of a materialized view, give the relation a new file but move
 //! no counter). Any difference from the previous reading — including a counter reset —
-//! marks the view dirty. The first reading is only a baseline: the startup refresh
-//! covers what happened before.
+//! marks the view dirty. Readings are remembered per view, so views sharing a table
+//! each see its change. The first reading of a view also counts as a change: the
+//! detector starts (at startup and after every reload) at some moment after the
+//! daemon's own catch-up, and a write whose counters it takes as a baseline might
+//! otherwise never be applied.
 //!
 //! Freshness bound: PostgreSQL flushes a backend's counters when its transaction ends,
 //! at most once a second; a backend that goes idle with counts it could not flush
@@ -40,22 +43,22 @@ pub struct Reading {
     pub deleted: i64,
 }
 
-/// The pure part: compares readings, remembers the last one per table.
+/// The pure part: compares readings, remembering the last one per (view, table).
 #[derive(Debug, Default)]
 pub struct Comparator {
-    last: HashMap<u32, Option<Reading>>,
+    last: HashMap<(usize, u32), Option<Reading>>,
 }
 
 impl Comparator {
-    /// Records `now` for `tables`; true when any of them differs from its previous
-    /// reading. A table seen for the first time is a baseline, not a change; a table
-    /// that vanished (dropped) or appeared after a drop counts as a change.
-    pub fn changed(&mut self, tables: &[u32], now: &HashMap<u32, Reading>) -> bool {
+    /// Records `now` for `view`'s `tables`; true when any of them differs from the
+    /// previous reading for this view, or when this is the view's first reading. A
+    /// table that vanished (dropped) or appeared counts as a change.
+    pub fn changed(&mut self, view: usize, tables: &[u32], now: &HashMap<u32, Reading>) -> bool {
         let mut changed = false;
         for oid in tables {
             let current = now.get(oid).copied();
-            match self.last.insert(*oid, current) {
-                None => {}
+            match self.last.insert((view, *oid), current) {
+                None => changed = true,
                 Some(previous) => changed |= previous != current,
             }
         }
@@ -160,7 +163,7 @@ pub async fn run(
         };
         for i in due {
             let w = &watched[i];
-            if comparator.changed(&w.tables, &reading) {
+            if comparator.changed(i, &w.tables, &reading) {
                 tracing::debug!(view = %w.view, "statistics moved");
                 let _ = changed.send(w.view.clone());
             }
@@ -183,24 +186,40 @@ mod tests {
     }
 
     #[test]
-    fn first_reading_is_a_baseline_then_any_difference_counts() {
+    fn views_sharing_a_table_each_see_its_change() {
+        let mut c = Comparator::default();
+        let mut now = HashMap::from([(7, r(1, 0, 0, 0))]);
+        assert!(c.changed(0, &[7], &now));
+        assert!(c.changed(1, &[7], &now));
+        assert!(!c.changed(0, &[7], &now));
+        assert!(!c.changed(1, &[7], &now));
+        now.insert(7, r(1, 1, 0, 0));
+        assert!(c.changed(0, &[7], &now));
+        assert!(
+            c.changed(1, &[7], &now),
+            "the second view sees the change too"
+        );
+    }
+
+    #[test]
+    fn first_reading_counts_then_any_difference_counts() {
         let mut c = Comparator::default();
         let t = [1u32, 2];
         let mut now = HashMap::from([(1, r(10, 0, 0, 0)), (2, r(20, 5, 0, 0))]);
-        assert!(!c.changed(&t, &now));
-        assert!(!c.changed(&t, &now));
+        assert!(c.changed(0, &t, &now), "the first reading is a change");
+        assert!(!c.changed(0, &t, &now));
         now.insert(2, r(20, 6, 0, 0));
-        assert!(c.changed(&t, &now), "insert");
+        assert!(c.changed(0, &t, &now), "insert");
         now.insert(2, r(20, 6, 1, 0));
-        assert!(c.changed(&t, &now), "update");
+        assert!(c.changed(0, &t, &now), "update");
         now.insert(1, r(10, 0, 0, 3));
-        assert!(c.changed(&t, &now), "delete");
+        assert!(c.changed(0, &t, &now), "delete");
         now.insert(1, r(11, 0, 0, 3));
-        assert!(c.changed(&t, &now), "truncate: new relfilenode");
+        assert!(c.changed(0, &t, &now), "truncate: new relfilenode");
         now.insert(1, r(11, 0, 0, 0));
-        assert!(c.changed(&t, &now), "a reset counts");
+        assert!(c.changed(0, &t, &now), "a reset counts");
         now.remove(&1);
-        assert!(c.changed(&t, &now), "dropped");
-        assert!(!c.changed(&t, &now));
+        assert!(c.changed(0, &t, &now), "dropped");
+        assert!(!c.changed(0, &t, &now));
     }
 }
