@@ -244,7 +244,7 @@ impl Ctx<'_> {
     }
 
     fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
                 Some(&v.span()),
                 key,
@@ -253,7 +253,26 @@ impl Ctx<'_> {
                     v.get_ref()
                 ),
             )
-        })
+        })?;
+        // PostgreSQL's timeouts are int milliseconds; anything else beyond a year is a
+        // mistake (and would overflow time arithmetic).
+        let max = if key.ends_with("statement_timeout") || key.ends_with("lock_timeout") {
+            Duration::from_millis(i32::MAX as u64)
+        } else {
+            Duration::from_secs(366 * 24 * 3600)
+        };
+        if d > max {
+            return Err(self.err(
+                Some(&v.span()),
+                key,
+                format!(
+                    "{:?} is too long: at most {}",
+                    v.get_ref(),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     fn opt_duration(
@@ -738,6 +757,22 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("http.admin_token_file"));
         let e = err(&format!("{BASE}max_concurrent_refreshes = 0\n"));
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nstatement_timeout = \"30days\"\n"
+        ));
+        assert!(e.message.contains("too long"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\ndebounce = \"1000years\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].debounce"));
+        assert!(parse(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nstatement_timeout = \"24days\"\n"
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub commands: mpsc::UnboundedSender<Command>,
     pub admin_token: RwLock<Option<String>>,
+    /// The address the HTTP server is bound to ([http] changes need a restart).
+    pub bound: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -335,6 +337,7 @@ pub async fn run(
         metrics: metrics.clone(),
         commands: tx.clone(),
         admin_token: RwLock::new(read_token(&config)?),
+        bound: config.http.listen,
     });
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -421,6 +424,10 @@ pub async fn run(
     }
 
     let mut stopping: Option<Instant> = None;
+    // Channels the listener has confirmed, and views added by a reload that wait for
+    // theirs before their first refresh.
+    let mut listening: BTreeSet<String> = BTreeSet::new();
+    let mut awaiting_listen: Vec<QualifiedName> = Vec::new();
     let mut cancelled_at: Option<Instant> = None;
     let heartbeat = Duration::from_secs(5);
     loop {
@@ -439,6 +446,23 @@ pub async fn run(
                 tracing::error!("refreshes did not end after cancellation; exiting anyway");
                 break;
             }
+        }
+        if !awaiting_listen.is_empty() {
+            awaiting_listen.retain(|name| {
+                let Some(i) = config.views.iter().position(|v| &v.name == name) else {
+                    return false;
+                };
+                if config.views[i]
+                    .channels
+                    .iter()
+                    .all(|c| listening.contains(c))
+                {
+                    coalescer.mark(i, Reason::Startup, now.into_std());
+                    false
+                } else {
+                    true
+                }
+            });
         }
         for start in coalescer.poll(now.into_std()) {
             let view = config.views[start.view].clone();
@@ -496,7 +520,12 @@ pub async fn run(
                     }
                 }
             }
+            Command::Listener(ListenerEvent::Listening(set)) => {
+                listening = set;
+            }
             Command::Listener(ListenerEvent::Leading { first }) => {
+                // Every view is caught up now, those waiting for their channels too.
+                awaiting_listen.clear();
                 if stopping.is_none() {
                     coalescer.set_paused(false);
                 }
@@ -508,6 +537,7 @@ pub async fn run(
                 coalescer.mark_all(reason, now_std);
             }
             Command::Listener(ListenerEvent::Standby) | Command::Listener(ListenerEvent::Lost) => {
+                listening.clear();
                 // Without the lock another replica may lead: start nothing until it
                 // is ours again.
                 coalescer.set_paused(true);
@@ -557,7 +587,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                if let Err(e) = reload(
+                match reload(
                     &shared,
                     &mut config,
                     new,
@@ -573,7 +603,13 @@ pub async fn run(
                 )
                 .await
                 {
-                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old configuration");
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old configuration")
+                    }
+                    // A new view starts with a refresh, as at startup, but only once its
+                    // channels are LISTENed: a change committed in between would reach
+                    // nobody and not be in the refresh.
+                    Ok(added) => awaiting_listen.extend(added),
                 }
             }
         }
@@ -734,7 +770,7 @@ async fn reload(
     scheduler: &mut Option<JobScheduler>,
     detector: &mut CancellationToken,
     tx: &mpsc::UnboundedSender<Command>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<QualifiedName>> {
     if new.database != config.database {
         tracing::warn!("SIGHUP: [database] changed; that takes effect at the next restart");
     }
@@ -742,6 +778,11 @@ async fn reload(
         tracing::warn!("SIGHUP: [http] or [ha] changed; that takes effect at the next restart");
     }
     let token = read_token(&new)?;
+    anyhow::ensure!(
+        token.is_some() || shared.bound.ip().is_loopback(),
+        "the HTTP server listens on {} (not loopback) until a restart: http.admin_token_file cannot be removed by a reload",
+        shared.bound
+    );
     let client = refresh_info
         .connect()
         .await
@@ -751,6 +792,7 @@ async fn reload(
     let new_watched = watched_views(&client, &new.views).await?;
     let new_scheduler = start_scheduler(&new.views, tx).await?;
 
+    let previous_names: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
     let previous: Vec<Option<usize>> = new
         .views
         .iter()
@@ -774,13 +816,6 @@ async fn reload(
         &previous,
         new.database.max_concurrent_refreshes,
     );
-    // New views start with a refresh, as at startup.
-    let now = Instant::now().into_std();
-    for (i, p) in previous.iter().enumerate() {
-        if p.is_none() {
-            coalescer.mark(i, Reason::Startup, now);
-        }
-    }
     if let Some(mut old) = scheduler.take() {
         let _ = old.shutdown().await;
     }
@@ -794,8 +829,14 @@ async fn reload(
     *shared.config.write().expect("not poisoned") = new.clone();
     *shared.admin_token.write().expect("not poisoned") = token;
     tracing::info!(views = new.views.len(), "SIGHUP: configuration reloaded");
+    let added = new
+        .views
+        .iter()
+        .filter(|v| !previous_names.contains(&v.name))
+        .map(|v| v.name.clone())
+        .collect();
     *config = new;
-    Ok(())
+    Ok(added)
 }
 
 fn publish_status(

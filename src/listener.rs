@@ -27,6 +27,8 @@ pub enum ListenerEvent {
     Leading { first: bool },
     /// Connected, but another replica leads.
     Standby,
+    /// The channels now LISTENed (after the initial LISTEN and after every change).
+    Listening(BTreeSet<String>),
     /// The connection (and with it leadership) is gone.
     Lost,
 }
@@ -203,6 +205,9 @@ impl Listener {
             return Ended::Lost(e);
         }
         *attempt = 0;
+        let _ = self
+            .events
+            .send(ListenerEvent::Listening(listening.clone()));
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
         tracing::info!(channels = ?listening, first = !*ever_led, "leading: LISTEN established");
@@ -232,6 +237,7 @@ impl Listener {
                         return Ended::Lost(e);
                     }
                     tracing::info!(channels = ?listening, "LISTEN set updated");
+                    let _ = self.events.send(ListenerEvent::Listening(listening.clone()));
                 }
                 _ = probe.tick() => {
                     // A cheap query with a deadline finds a half-open connection that

@@ -185,7 +185,12 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
     let start = Instant::now();
     // statement_timeout bounds the refresh on the server; this bounds it here, for a
     // connection that went half-open and will never answer.
-    let deadline = view.statement_timeout + CLIENT_GRACE;
+    // statement_timeout = 0 means no limit in PostgreSQL; then the client waits too.
+    let deadline = if view.statement_timeout.is_zero() {
+        Duration::from_secs(u32::MAX as u64)
+    } else {
+        view.statement_timeout + CLIENT_GRACE
+    };
     match tokio::time::timeout(deadline, client.batch_execute(&sql)).await {
         Ok(Ok(())) => Ok(Refreshed {
             kind,

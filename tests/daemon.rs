@@ -505,6 +505,15 @@ async fn post_refresh_needs_the_token_when_one_is_configured() {
         &[("Authorization", "Bearer s3cret-t0ken")],
     );
     assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        d.post(
+            "/refresh/public.nope",
+            &[("Authorization", "bearer s3cret-t0ken")]
+        )
+        .0,
+        404,
+        "the scheme is case-insensitive"
+    );
     wait_for(Duration::from_secs(5), "the authorised force", || async {
         d.refreshes(TOTALS, "force", "success") == 1.0
     })
