@@ -373,7 +373,10 @@ fn kv_tokens(s: &str) -> Result<Vec<(String, String, String)>, String> {
             i += 1;
         }
         if i >= chars.len() || chars[i] != '=' {
-            return Err(format!("expected '=' after {key:?}"));
+            // The token may be part of a password: never quote it.
+            return Err(
+                "expected key=value; quote values that contain spaces with single quotes".into(),
+            );
         }
         i += 1;
         while i < chars.len() && chars[i].is_whitespace() {
@@ -559,5 +562,11 @@ mod tests {
         assert_eq!(s.ssl_mode, Some(SslMode::VerifyCa));
         assert_eq!(s.root_cert.as_deref(), Some("/x.pem"));
         assert!(tokio_postgres::Config::from_str(&s.rest).is_ok());
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_token() {
+        let e = split_ssl_options("host=h password=half secret-rest sslmode=require").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 }
