@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use refreshd::cluster::{ClusterOptions, TempCluster};
+use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 use support::*;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 

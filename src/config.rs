@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ident::{validate_channel, QualifiedName};
+use crate::pg::ident::{validate_channel, QualifiedName};
 
 /// The path used when neither `-c` nor `$REFRESHD_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/refreshd/config.toml";

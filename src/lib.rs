@@ -3,24 +3,11 @@
 //! on demand and on cron schedules, and publishes what it did for Prometheus.
 #![forbid(unsafe_code)]
 
-pub mod catalog;
 pub mod cli;
-pub mod cluster;
-pub mod coalesce;
 pub mod config;
-pub mod daemon;
-pub mod db;
-pub mod demo;
-pub mod detect;
-pub mod health;
-pub mod http;
-pub mod ident;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod refresh;
-pub mod refresher;
-pub mod systemd;
+pub mod engine;
+pub mod pg;
+pub mod serve;
 
 /// The channel on which `NOTIFY refreshd_control, 'schema.view'` (or `'*'`) forces a
 /// refresh.

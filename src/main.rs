@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = refreshd::cli::Cli::parse();
-    refreshd::logging::init(cli.log_format);
+    refreshd::cli::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

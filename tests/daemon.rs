@@ -308,7 +308,7 @@ async fn sighup_adds_a_view_and_keeps_old_config_when_broken() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_waits_for_listen_and_sigterm_exits_zero() {
-    use refreshd::cluster::{ClusterOptions, TempCluster};
+    use refreshd::cli::cluster::{ClusterOptions, TempCluster};
     let mut cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
     cluster
         .psql("postgres", &["-c", "CREATE MATERIALIZED VIEW public.one AS SELECT 1 AS k; CREATE UNIQUE INDEX ON public.one (k);"])
@@ -361,7 +361,7 @@ async fn write_storm_is_coalesced_and_ends_exact() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("storm.sql");
     std::fs::write(&script, "INSERT INTO public.orders (bucket, amount) VALUES ((random() * 20)::int, (random() * 100)::int);\n").unwrap();
-    let bin = refreshd::cluster::find_bin_dir().unwrap();
+    let bin = refreshd::cli::cluster::find_bin_dir().unwrap();
     let secs = 6;
     let storm = std::process::Command::new(bin.join("pgbench"))
         .args([

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use refreshd::cluster::{ClusterOptions, TempCluster};
+use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 use support::{sample, wait_for, Daemon, TestDb};
 
 const TOTALS: &str = "public.order_totals";

@@ -5,9 +5,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use refreshd::cluster::{ClusterOptions, TempCluster};
+use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 use refreshd::config::Config;
-use refreshd::db::ConnectInfo;
+use refreshd::pg::connect::ConnectInfo;
 use support::{refreshd, stdout, write_config};
 
 /// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it.

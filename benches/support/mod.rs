@@ -44,7 +44,7 @@ pub fn median(v: &[f64]) -> f64 {
 
 /// PostgreSQL's extension library directory (where pg_cron.so would be).
 pub fn pkglibdir() -> Option<PathBuf> {
-    let bin = refreshd::cluster::find_bin_dir().ok()?;
+    let bin = refreshd::cli::cluster::find_bin_dir().ok()?;
     let out = std::process::Command::new(bin.join("pg_config"))
         .arg("--pkglibdir")
         .output()

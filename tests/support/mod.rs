@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use refreshd::cluster::{ClusterOptions, TempCluster};
+use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 
 /// Where test databases live.
 pub struct Server {
@@ -49,8 +49,8 @@ pub fn server() -> &'static Server {
                     String::from_utf8_lossy(pw).replace('\'', "\\'")
                 ));
             }
-            let bin =
-                refreshd::cluster::find_bin_dir().unwrap_or_else(|_| PathBuf::from("/usr/bin"));
+            let bin = refreshd::cli::cluster::find_bin_dir()
+                .unwrap_or_else(|_| PathBuf::from("/usr/bin"));
             Server {
                 cluster: None,
                 base,

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::ConnectInfo;
-use crate::ident::QualifiedName;
+use crate::pg::connect::ConnectInfo;
+use crate::pg::ident::QualifiedName;
 
 /// One view watched by statistics, with the relations whose counters stand for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub async fn run(
                     client = Some(c);
                 }
                 Err(e) => {
-                    let delay = crate::listener::jittered(attempt, Duration::from_secs(30));
+                    let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
                     attempt += 1;
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "statistics detection cannot connect");
                     for t in next.values_mut() {
@@ -151,7 +151,7 @@ pub async fn run(
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::db::error_chain(&e), "statistics detection query failed");
+                tracing::warn!(error = %crate::pg::connect::error_chain(&e), "statistics detection query failed");
                 client = None;
                 continue;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use crate::serve::health::Health;
 
 /// Runs until `stop`; then says `STOPPING=1`.
 pub async fn supervise(health: Arc<Health>, stop: CancellationToken) {

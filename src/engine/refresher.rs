@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_postgres::{CancelToken, Client};
 
 use crate::config::ViewConfig;
-use crate::db::ConnectInfo;
-use crate::refresh::{refresh_view, FailureClass, RefreshError, Refreshed};
+use crate::pg::connect::ConnectInfo;
+use crate::pg::refresh::{refresh_view, FailureClass, RefreshError, Refreshed};
 
 /// Shared by every refresh task.
 pub struct Refresher {

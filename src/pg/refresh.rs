@@ -67,7 +67,7 @@ impl RefreshError {
             return Self {
                 class: FailureClass::Transient,
                 code: None,
-                message: crate::db::error_chain(e),
+                message: crate::pg::connect::error_chain(e),
                 hint: Some("the connection was lost; refreshd reconnects and retries"),
                 duration,
             };

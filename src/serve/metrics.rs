@@ -21,6 +21,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub build_info: prometheus::IntGaugeVec,
     pub control_rejected: IntCounter,
+    pub control_coalesced: IntCounter,
+    pub listener_roundtrip: Gauge,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -111,7 +113,17 @@ impl Metrics {
         .expect("valid metric");
         let control_rejected = IntCounter::new(
             "refreshd_control_rejected_total",
-            "Control requests (NOTIFY payloads) that named no configured view and were ignored.",
+            "Control notifications not acted on: a sender whose role may not control refreshd, or a payload naming no configured view.",
+        )
+        .expect("valid metric");
+        let control_coalesced = IntCounter::new(
+            "refreshd_control_coalesced_total",
+            "Forced refreshes (control channel, HTTP, SIGUSR1) that joined one already queued for the view.",
+        )
+        .expect("valid metric");
+        let listener_roundtrip = Gauge::new(
+            "refreshd_listener_roundtrip_seconds",
+            "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
         )
         .expect("valid metric");
         for c in [
@@ -127,6 +139,8 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(build_info.clone()),
             Box::new(control_rejected.clone()),
+            Box::new(control_coalesced.clone()),
+            Box::new(listener_roundtrip.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -145,6 +159,8 @@ impl Metrics {
             leader,
             build_info,
             control_rejected,
+            control_coalesced,
+            listener_roundtrip,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterOptions, TempCluster};
+use crate::cli::cluster::{ClusterOptions, TempCluster};
 use crate::config::Config;
 
 /// The SQL the demo installs, in order: the numbered files of `sql/` (plain SQL; the
@@ -19,35 +19,35 @@ use crate::config::Config;
 const SQL: &[(&str, &str)] = &[
     (
         "attendance/001_base_tables.sql",
-        include_str!("../sql/attendance/001_base_tables.sql"),
+        include_str!("../../sql/attendance/001_base_tables.sql"),
     ),
     (
         "attendance/002_statistics_mv.sql",
-        include_str!("../sql/attendance/002_statistics_mv.sql"),
+        include_str!("../../sql/attendance/002_statistics_mv.sql"),
     ),
     (
         "attendance/003_functions.sql",
-        include_str!("../sql/attendance/003_functions.sql"),
+        include_str!("../../sql/attendance/003_functions.sql"),
     ),
     (
         "attendance/004_triggers.sql",
-        include_str!("../sql/attendance/004_triggers.sql"),
+        include_str!("../../sql/attendance/004_triggers.sql"),
     ),
     (
         "inventory/001_core_schema.sql",
-        include_str!("../sql/inventory/001_core_schema.sql"),
+        include_str!("../../sql/inventory/001_core_schema.sql"),
     ),
     (
         "inventory/002_materialized_views.sql",
-        include_str!("../sql/inventory/002_materialized_views.sql"),
+        include_str!("../../sql/inventory/002_materialized_views.sql"),
     ),
     (
         "inventory/003_triggers.sql",
-        include_str!("../sql/inventory/003_triggers.sql"),
+        include_str!("../../sql/inventory/003_triggers.sql"),
     ),
     (
         "demo/001_demo_functions.sql",
-        include_str!("../sql/demo/001_demo_functions.sql"),
+        include_str!("../../sql/demo/001_demo_functions.sql"),
     ),
 ];
 
@@ -159,12 +159,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                     "SELECT refreshd_demo.write_inventory(5)"
                 };
                 if let Err(e) = client.batch_execute(sql).await {
-                    tracing::warn!(error = %crate::db::error_chain(&e), "demo write failed");
+                    tracing::warn!(error = %crate::pg::connect::error_chain(&e), "demo write failed");
                 }
             }
         })
     };
-    let result = crate::daemon::run(config, "<refreshd demo>".into(), shutdown).await;
+    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
     writer_stop.cancel();
     let _ = writer.await;
     eprintln!("refreshd demo: stopping and removing the throwaway cluster...");

@@ -1,17 +1,21 @@
 //! The command line: `run`, `check`, `refresh`, `demo`.
 
+pub mod cluster;
+pub mod demo;
+pub mod logging;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::catalog::{self, Verdict};
+use crate::cli::logging::LogFormat;
 use crate::config::{Config, ViewConfig, DEFAULT_CONFIG_PATH};
-use crate::db::ConnectInfo;
-use crate::ident::QualifiedName;
-use crate::logging::LogFormat;
-use crate::refresh;
+use crate::pg::catalog::{self, Verdict};
+use crate::pg::connect::ConnectInfo;
+use crate::pg::ident::QualifiedName;
+use crate::pg::refresh;
 
 /// Exit code: everything fine.
 pub const EXIT_OK: u8 = 0;
@@ -80,12 +84,12 @@ pub async fn dispatch(cli: Cli) -> u8 {
             scale,
             write_every,
         } => {
-            let opts = crate::demo::DemoOptions {
+            let opts = crate::cli::demo::DemoOptions {
                 listen,
                 scale,
                 write_every,
             };
-            match with_shutdown(|shutdown| crate::demo::run(opts, shutdown)).await {
+            match with_shutdown(|shutdown| crate::cli::demo::run(opts, shutdown)).await {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
                     eprintln!("refreshd demo: {e:#}");
@@ -205,7 +209,7 @@ async fn check(path: &Path) -> u8 {
         }
     }
     // The order refreshd keeps: a view is refreshed after the views it reads.
-    if let Ok(reads) = crate::daemon::dependency_graph(&client, &config.views).await {
+    if let Ok(reads) = crate::engine::core::dependency_graph(&client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
                 let lower: Vec<String> = r
@@ -288,9 +292,9 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         }
     };
     // Lower views before the views that read them.
-    let views = match crate::daemon::dependency_graph(&client, &config.views).await {
+    let views = match crate::engine::core::dependency_graph(&client, &config.views).await {
         Ok(reads) => {
-            let order = crate::daemon::topological_order(&reads);
+            let order = crate::engine::core::topological_order(&reads);
             order
                 .into_iter()
                 .map(|i| &config.views[i])
@@ -354,7 +358,7 @@ async fn run(path: &Path) -> u8 {
         Err(code) => return code,
     };
     let path = path.to_path_buf();
-    match with_shutdown(|shutdown| crate::daemon::run(config, path, shutdown)).await {
+    match with_shutdown(|shutdown| crate::engine::core::run(config, path, shutdown)).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "fatal");

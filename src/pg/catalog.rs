@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::config::{Detect, ViewConfig};
-use crate::ident::QualifiedName;
+use crate::pg::ident::QualifiedName;
 
 /// A relation a view reads, directly or through plain views.
 #[derive(Debug, Clone, PartialEq, Eq)]

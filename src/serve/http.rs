@@ -14,9 +14,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Command, Shared};
-use crate::health::Role;
-use crate::ident::QualifiedName;
+use crate::engine::core::{Command, Shared};
+use crate::pg::ident::QualifiedName;
+use crate::serve::health::Role;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -186,7 +186,7 @@ fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                 Some(raw) => {
                     let config = shared.config.read().expect("not poisoned").clone();
                     let found = percent_decode(raw)
-                        .filter(|d| d.len() <= crate::daemon::MAX_CONTROL_PAYLOAD)
+                        .filter(|d| d.len() <= crate::engine::core::MAX_CONTROL_PAYLOAD)
                         .and_then(|d| QualifiedName::parse(&d).ok())
                         .and_then(|n| config.view(&n).map(|v| v.name.clone()));
                     match found {

@@ -13,18 +13,18 @@ use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog;
 use crate::cli::config_dir;
-use crate::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
 use crate::config::{Config, ViewConfig};
-use crate::db::ConnectInfo;
-use crate::health::Health;
-use crate::http;
-use crate::ident::QualifiedName;
-use crate::listener::{lock_key, Listener, ListenerEvent};
-use crate::metrics::Metrics;
-use crate::refresh::{FailureClass, RefreshError, Refreshed};
-use crate::refresher::Refresher;
+use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
+use crate::engine::listener::{lock_key, Listener, ListenerEvent};
+use crate::engine::refresher::Refresher;
+use crate::pg::catalog;
+use crate::pg::connect::ConnectInfo;
+use crate::pg::ident::QualifiedName;
+use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
+use crate::serve::health::Health;
+use crate::serve::http;
+use crate::serve::metrics::Metrics;
 
 /// The longest control payload considered; anything longer is hostile or a mistake.
 pub const MAX_CONTROL_PAYLOAD: usize = 300;
@@ -188,7 +188,7 @@ pub async fn dependency_graph(
 async fn watched_views(
     client: &tokio_postgres::Client,
     views: &[ViewConfig],
-) -> anyhow::Result<Vec<crate::detect::Watched>> {
+) -> anyhow::Result<Vec<crate::engine::detect::Watched>> {
     let mut out = Vec::new();
     for v in views
         .iter()
@@ -204,7 +204,7 @@ async fn watched_views(
             .map(|b| b.oid)
             .collect();
         tracing::info!(view = %v.name, tables = ?facts.base.iter().map(|b| b.name.to_string()).collect::<Vec<_>>(), "watching table statistics");
-        out.push(crate::detect::Watched {
+        out.push(crate::engine::detect::Watched {
             view: v.name.clone(),
             tables,
             poll_interval: v.poll_interval,
@@ -217,12 +217,17 @@ async fn watched_views(
 /// [`Command::Detected`]. Cancel the returned token to stop it.
 fn spawn_detector(
     info: &ConnectInfo,
-    watched: Vec<crate::detect::Watched>,
+    watched: Vec<crate::engine::detect::Watched>,
     tx: &mpsc::UnboundedSender<Command>,
 ) -> CancellationToken {
     let stop = CancellationToken::new();
     let (dtx, mut drx) = mpsc::unbounded_channel();
-    tokio::spawn(crate::detect::run(info.clone(), watched, dtx, stop.clone()));
+    tokio::spawn(crate::engine::detect::run(
+        info.clone(),
+        watched,
+        dtx,
+        stop.clone(),
+    ));
     let tx = tx.clone();
     tokio::spawn(async move {
         while let Some(v) = drx.recv().await {
@@ -270,7 +275,7 @@ async fn startup_client(
         match info.connect().await {
             Ok(c) => return Some(c),
             Err(e) => {
-                let delay = crate::listener::jittered(attempt, Duration::from_secs(30));
+                let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
                 attempt += 1;
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect for the startup checks; retrying");
                 tokio::select! {
@@ -349,7 +354,10 @@ pub async fn run(
         shared.clone(),
         http_stop.clone(),
     ));
-    tokio::spawn(crate::systemd::supervise(health.clone(), shutdown.clone()));
+    tokio::spawn(crate::serve::systemd::supervise(
+        health.clone(),
+        shutdown.clone(),
+    ));
 
     // Signals: SIGHUP reloads, SIGUSR1 forces every view.
     {

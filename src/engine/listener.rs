@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::ConnectInfo;
-use crate::health::{Health, Role};
-use crate::ident::quote_ident;
-use crate::metrics::Metrics;
+use crate::pg::connect::ConnectInfo;
+use crate::pg::ident::quote_ident;
+use crate::serve::health::{Health, Role};
+use crate::serve::metrics::Metrics;
 
 /// What the listener reports to the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,7 @@ impl Listener {
                         tracing::debug!(notice = %n.message(), "server notice")
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break crate::db::error_chain(&e),
+                    Some(Err(e)) => break crate::pg::connect::error_chain(&e),
                     None => break "connection closed".to_string(),
                 }
             };
@@ -194,7 +194,7 @@ impl Listener {
                         _ = tokio::time::sleep(self.retry_interval) => {}
                     }
                 }
-                Ok(Err(e)) => return Ended::Lost(crate::db::error_chain(&e)),
+                Ok(Err(e)) => return Ended::Lost(crate::pg::connect::error_chain(&e)),
                 Err(_) => return Ended::Lost("advisory lock query timed out".into()),
             }
         }
@@ -244,7 +244,7 @@ impl Listener {
                     // keepalives have not yet declared dead.
                     match tokio::time::timeout(PROBE_DEADLINE, client.query_one("SELECT pg_notification_queue_usage()", &[])).await {
                         Ok(Ok(row)) => self.metrics.queue_usage.set(row.get::<_, f64>(0)),
-                        Ok(Err(e)) => return Ended::Lost(crate::db::error_chain(&e)),
+                        Ok(Err(e)) => return Ended::Lost(crate::pg::connect::error_chain(&e)),
                         Err(_) => return Ended::Lost(format!("probe query got no answer within {PROBE_DEADLINE:?}")),
                     }
                 }
@@ -271,7 +271,7 @@ impl Listener {
         if !sql.is_empty() {
             match tokio::time::timeout(PROBE_DEADLINE, client.batch_execute(&sql)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(crate::db::error_chain(&e)),
+                Ok(Err(e)) => return Err(crate::pg::connect::error_chain(&e)),
                 Err(_) => return Err("LISTEN timed out".into()),
             }
         }

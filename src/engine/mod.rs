@@ -1,0 +1,8 @@
+//! The rules and the loop that owns them: the coalescer (pure state machine), the core
+//! loop that drives it, the LISTEN session, statistics detection and the refresh pool.
+
+pub mod coalesce;
+pub mod core;
+pub mod detect;
+pub mod listener;
+pub mod refresher;

@@ -1,0 +1,7 @@
+//! What operators and their tools read: the HTTP server, Prometheus metrics, liveness
+//! and readiness, systemd notifications.
+
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod systemd;
