@@ -112,9 +112,20 @@ pub struct Config {
     pub http: HttpConfig,
     pub ha: HaConfig,
     pub views: Vec<ViewConfig>,
+    /// Roles (besides refreshd's own and its members) whose `NOTIFY refreshd_control`
+    /// is honoured.
+    pub control_roles: Vec<String>,
 }
 
 impl Config {
+    /// The directory relative paths in the file are resolved against.
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -158,6 +169,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     shutdown_timeout: Option<Spanned<String>>,
+    control_roles: Option<Vec<Spanned<String>>>,
     database: Option<Spanned<RawDatabase>>,
     http: Option<RawHttp>,
     ha: Option<RawHa>,
@@ -333,6 +345,20 @@ impl Ctx<'_> {
             Duration::from_secs(30),
         )?;
 
+        let mut control_roles = Vec::new();
+        for r in raw.control_roles.iter().flatten() {
+            let name = r.get_ref();
+            // NAMEDATALEN - 1: a longer name cannot be a role.
+            if name.is_empty() || name.len() > 63 || name.contains('\0') {
+                return Err(self.err(
+                    Some(&r.span()),
+                    "control_roles",
+                    format!("{name:?} is not a role name (1 to 63 bytes)"),
+                ));
+            }
+            control_roles.push(name.clone());
+        }
+
         let Some(db) = raw.database else {
             return Err(self.err(None, "database", "missing section [database]"));
         };
@@ -472,6 +498,7 @@ impl Ctx<'_> {
         Ok(Config {
             path: self.path.to_path_buf(),
             shutdown_timeout,
+            control_roles,
             database: DatabaseConfig {
                 url,
                 password_file,

@@ -112,11 +112,7 @@ pub fn load_config(path: &Path) -> Result<Config, u8> {
 
 /// The directory relative paths in the config (password_file, sslrootcert) start from.
 pub fn config_dir(config: &Config) -> PathBuf {
-    config
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    config.dir()
 }
 
 /// Connects for a one-shot command: exit code 2 when the settings cannot be resolved
@@ -209,7 +205,7 @@ async fn check(path: &Path) -> u8 {
         }
     }
     // The order refreshd keeps: a view is refreshed after the views it reads.
-    if let Ok(reads) = crate::engine::core::dependency_graph(&client, &config.views).await {
+    if let Ok(reads) = crate::engine::startup::dependency_graph(&client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
                 let lower: Vec<String> = r
@@ -292,9 +288,9 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         }
     };
     // Lower views before the views that read them.
-    let views = match crate::engine::core::dependency_graph(&client, &config.views).await {
+    let views = match crate::engine::startup::dependency_graph(&client, &config.views).await {
         Ok(reads) => {
-            let order = crate::engine::core::topological_order(&reads);
+            let order = crate::engine::startup::topological_order(&reads);
             order
                 .into_iter()
                 .map(|i| &config.views[i])

@@ -1,33 +1,35 @@
-//! `refreshd run`: wires the listener, the coalescer, the refresh pool, the schedules,
-//! the signals and the HTTP server together. The core loop owns the coalescer; every
-//! other part talks to it through one channel of [`Command`]s.
+//! `refreshd run`: the core loop. [`Core`] owns the coalescer (the rules) and everything
+//! the rules need to act: the refresh tasks (in a `JoinSet`, so a panic is a failure,
+//! never a view stuck "running"), the views' history for `/status`, the channel and name
+//! indexes (work per notification is proportional to the views on its channel), and the
+//! reload in progress. Every other part talks to it through one channel of [`Command`]s;
+//! nothing in the loop waits on the database except cancelling refreshes at shutdown.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::config_dir;
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
+use crate::engine::control::{self, ControlNote};
 use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::refresher::Refresher;
-use crate::pg::catalog;
+use crate::engine::startup::{self, Prepared};
+use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
 use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
 use crate::serve::health::Health;
-use crate::serve::http;
 use crate::serve::metrics::Metrics;
-
-/// The longest control payload considered; anything longer is hostile or a mistake.
-pub const MAX_CONTROL_PAYLOAD: usize = 300;
+use crate::serve::status::{ErrorSummary, Request, Shared, Snapshot, ViewStatus, MAX_VIEW_NAME};
 
 /// Everything the core loop acts on.
 #[derive(Debug)]
@@ -36,53 +38,20 @@ pub enum Command {
     /// Statistics detection saw the view's base tables move.
     Detected(QualifiedName),
     Schedule(QualifiedName),
-    /// `None` forces every view.
-    Force(Option<QualifiedName>, &'static str),
-    Finished {
-        view: QualifiedName,
-        start: Start,
-        result: Result<Refreshed, RefreshError>,
-    },
+    /// SIGUSR1: force every view.
+    ForceAll(&'static str),
+    /// A control-channel payload whose sender the control gate allowed.
+    Control(String),
+    Http(Request),
     Reload,
+    Reloaded(Box<anyhow::Result<Prepared>>),
 }
 
-/// One view's line in `/status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ViewStatus {
-    pub view: String,
-    /// idle, pending, running, retrying, failed.
-    pub state: &'static str,
-    pub pending_since: Option<String>,
-    pub pending_since_seconds: f64,
-    /// For `refreshd_pending_since_seconds`, computed at scrape time.
-    #[serde(skip)]
-    pub pending_since_instant: Option<std::time::Instant>,
-    pub pending_changes: u64,
-    pub last_start: Option<String>,
-    pub last_end: Option<String>,
-    pub last_outcome: Option<&'static str>,
-    pub last_reason: Option<&'static str>,
-    pub last_duration_seconds: Option<f64>,
-    pub last_error: Option<String>,
-    pub last_success: Option<String>,
-    pub refreshes: u64,
-    pub failures: u64,
-    pub consecutive_failures: u32,
-    pub channels: Vec<String>,
-    pub schedule: Option<String>,
-    pub reads: Vec<String>,
-}
-
-/// What the HTTP server reads and how it reaches the core.
-pub struct Shared {
-    pub config: RwLock<Arc<Config>>,
-    pub status: Mutex<Vec<ViewStatus>>,
-    pub health: Arc<Health>,
-    pub metrics: Metrics,
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub admin_token: RwLock<Option<String>>,
-    /// The address the HTTP server is bound to ([http] changes need a restart).
-    pub bound: std::net::SocketAddr,
+/// What a refresh task returns.
+struct Finished {
+    view: QualifiedName,
+    start: Start,
+    result: Result<Refreshed, RefreshError>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,7 +61,7 @@ struct History {
     last_outcome: Option<&'static str>,
     last_reason: Option<&'static str>,
     last_duration: Option<Duration>,
-    last_error: Option<String>,
+    last_error: Option<ErrorSummary>,
     last_success: Option<SystemTime>,
     refreshes: u64,
     failures: u64,
@@ -110,31 +79,12 @@ fn unix(t: SystemTime) -> f64 {
 
 /// An `Instant` of the coalescer as wall-clock time.
 fn wall(i: std::time::Instant) -> SystemTime {
-    let now_i = Instant::now().into_std();
+    let now_i = std::time::Instant::now();
     let now_s = SystemTime::now();
     if i <= now_i {
         now_s - (now_i - i)
     } else {
         now_s + (i - now_i)
-    }
-}
-
-fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
-    match &config.http.admin_token_file {
-        None => Ok(None),
-        Some(p) => {
-            let path = config_dir(config).join(p);
-            let t = std::fs::read_to_string(&path).with_context(|| {
-                format!("http.admin_token_file: cannot read {}", path.display())
-            })?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "http.admin_token_file {} is empty",
-                path.display()
-            );
-            Ok(Some(t))
-        }
     }
 }
 
@@ -146,119 +96,233 @@ fn timing(v: &ViewConfig) -> Timing {
     }
 }
 
-/// Which configured views each configured view reads, from the catalog.
-pub async fn dependency_graph(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
-) -> anyhow::Result<Vec<Vec<usize>>> {
-    let mut oid_to_index = HashMap::new();
-    let mut bases = Vec::with_capacity(views.len());
-    for (i, v) in views.iter().enumerate() {
-        let facts = client
-            .query_opt(
-                "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm'",
-                &[&v.name.schema, &v.name.name],
-            )
-            .await?;
-        match facts {
-            Some(row) => {
-                let oid: u32 = row.get(0);
-                oid_to_index.insert(oid, i);
-                bases.push(catalog::base_relations(client, oid).await?);
+/// Lookups from a name or a channel to the views they concern.
+#[derive(Debug, Default)]
+struct Index {
+    by_name: HashMap<QualifiedName, usize>,
+    by_channel: HashMap<String, Vec<usize>>,
+}
+
+impl Index {
+    fn new(config: &Config) -> Self {
+        let mut ix = Index::default();
+        for (i, v) in config.views.iter().enumerate() {
+            ix.by_name.insert(v.name.clone(), i);
+            for c in &v.channels {
+                ix.by_channel.entry(c.clone()).or_default().push(i);
             }
-            None => bases.push(Vec::new()),
         }
+        ix
     }
-    Ok(bases
-        .iter()
-        .map(|b| {
-            let mut r: Vec<usize> = b
-                .iter()
-                .filter_map(|rel| oid_to_index.get(&rel.oid).copied())
-                .collect();
-            r.sort_unstable();
-            r.dedup();
-            r
-        })
-        .collect())
 }
 
-/// The tables whose statistics stand for each `detect = "statistics"` view.
-async fn watched_views(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
-) -> anyhow::Result<Vec<crate::engine::detect::Watched>> {
-    let mut out = Vec::new();
-    for v in views
-        .iter()
-        .filter(|v| v.detect == crate::config::Detect::Statistics)
-    {
-        let Some(facts) = catalog::inspect(client, v).await? else {
-            continue;
-        };
-        let tables: Vec<u32> = facts
-            .base
-            .iter()
-            .filter(|b| matches!(b.relkind, 'r' | 'm'))
-            .map(|b| b.oid)
-            .collect();
-        tracing::info!(view = %v.name, tables = ?facts.base.iter().map(|b| b.name.to_string()).collect::<Vec<_>>(), "watching table statistics");
-        out.push(crate::engine::detect::Watched {
-            view: v.name.clone(),
-            tables,
-            poll_interval: v.poll_interval,
-        });
-    }
-    Ok(out)
+/// How long a reload's catalog checks may take before the reload is abandoned.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after cancelling refreshes at shutdown the loop waits for them to end.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// The loop wakes at least this often (liveness beat).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The core loop's state.
+struct Core {
+    config: Arc<Config>,
+    config_path: PathBuf,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    coalescer: Coalescer,
+    index: Index,
+    history: Vec<History>,
+    reads: Vec<Vec<usize>>,
+    refresher: Arc<Refresher>,
+    refresh_info: ConnectInfo,
+    tasks: JoinSet<Finished>,
+    /// The view and run of every refresh task, for a task that panicked.
+    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start)>,
+    tx: mpsc::UnboundedSender<Command>,
+    channels_tx: watch::Sender<BTreeSet<String>>,
+    roles_tx: watch::Sender<Vec<String>>,
+    control_tx: mpsc::Sender<ControlNote>,
+    /// Channels the listener has confirmed.
+    listening: BTreeSet<String>,
+    /// Views (added, or given new channels, by a reload) that wait for their channels
+    /// to be LISTENed before their catch-up refresh: a change committed before that
+    /// would reach nobody and might not be in the refresh.
+    awaiting_listen: Vec<(QualifiedName, Reason)>,
+    leading: bool,
+    scheduler: Option<JobScheduler>,
+    detector: CancellationToken,
+    reloading: bool,
+    reload_again: bool,
+    throttle: Throttle<(&'static str, String)>,
+    stopping: Option<Instant>,
+    cancelled_at: Option<Instant>,
 }
 
-/// Starts statistics detection for `watched`; its findings arrive as
-/// [`Command::Detected`]. Cancel the returned token to stop it.
-fn spawn_detector(
-    info: &ConnectInfo,
-    watched: Vec<crate::engine::detect::Watched>,
-    tx: &mpsc::UnboundedSender<Command>,
-) -> CancellationToken {
-    let stop = CancellationToken::new();
-    let (dtx, mut drx) = mpsc::unbounded_channel();
-    tokio::spawn(crate::engine::detect::run(
-        info.clone(),
-        watched,
-        dtx,
-        stop.clone(),
+/// The daemon. Returns when `shutdown` is cancelled and in-flight work has ended (or
+/// was cancelled after `shutdown_timeout`), or with an error that makes it exit
+/// non-zero.
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    health.beat_core();
+    health.beat_listener();
+    let (tx, rx) = mpsc::unbounded_channel::<Command>();
+    let dir = config.dir();
+    let refresh_info = ConnectInfo::for_refresh(&config.database, &dir)?;
+    let listen_info = ConnectInfo::for_listen(&config.database, &dir)?;
+    let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+    forward(requests_rx, &tx, Command::Http);
+    let shared = Arc::new(Shared {
+        config: RwLock::new(Arc::new(config.clone())),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        requests: requests_tx,
+        admin_token: RwLock::new(startup::read_token(&config)?),
+        bound: config.http.listen,
+    });
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
+    tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(crate::serve::http::serve(
+        http_listener,
+        shared.clone(),
+        http_stop.clone(),
     ));
+    tokio::spawn(crate::serve::systemd::supervise(
+        health.clone(),
+        shutdown.clone(),
+    ));
+    spawn_signals(&tx, &shutdown)?;
+
+    for v in &config.views {
+        metrics.register_view(&v.name.to_string(), &v.channels);
+    }
+    let prepared = match startup_client(&refresh_info, &shutdown, &health).await {
+        Some(client) => startup::prepare(&client, config).await?,
+        None => {
+            http_stop.cancel();
+            let _ = http_task.await;
+            return Ok(());
+        }
+    };
+    health.set_config_loaded();
+
+    let listener_stop = CancellationToken::new();
+    let (channels_tx, channels_rx) =
+        watch::channel(prepared.config.channels().into_iter().collect());
+    let (ltx, lrx) = mpsc::unbounded_channel();
+    let listener = Listener {
+        info: listen_info,
+        lock_key: lock_key(&prepared.config.ha.lock_name),
+        retry_interval: prepared.config.ha.retry_interval,
+        channels: channels_rx,
+        events: ltx,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        shutdown: listener_stop.clone(),
+    };
+    let listener_task = tokio::spawn(listener.run());
+    forward(lrx, &tx, Command::Listener);
+
+    let (roles_tx, roles_rx) = watch::channel(prepared.config.control_roles.clone());
+    let (control_tx, control_rx) = mpsc::channel(control::QUEUE);
+    let (allowed_tx, allowed_rx) = mpsc::unbounded_channel();
+    let control_stop = CancellationToken::new();
+    tokio::spawn(control::run(
+        refresh_info.clone(),
+        roles_rx,
+        control_rx,
+        allowed_tx,
+        metrics.clone(),
+        control_stop.clone(),
+    ));
+    forward(allowed_rx, &tx, Command::Control);
+
+    let mut core = Core {
+        coalescer: Coalescer::new(Vec::new(), Vec::new(), 1),
+        config: prepared.config.clone(),
+        config_path,
+        shared,
+        metrics,
+        health,
+        index: Index::default(),
+        history: Vec::new(),
+        reads: Vec::new(),
+        refresher: Refresher::new(refresh_info.clone()),
+        refresh_info,
+        tasks: JoinSet::new(),
+        task_runs: HashMap::new(),
+        tx,
+        channels_tx,
+        roles_tx,
+        control_tx,
+        listening: BTreeSet::new(),
+        awaiting_listen: Vec::new(),
+        leading: false,
+        scheduler: None,
+        detector: CancellationToken::new(),
+        reloading: false,
+        reload_again: false,
+        throttle: Throttle::new(LOG_PERIOD),
+        stopping: None,
+        cancelled_at: None,
+    };
+    core.apply(prepared, true).await;
+    core.coalescer.set_paused(true);
+    core.run(rx, &shutdown).await;
+
+    // The lock goes last: while refreshes of ours run, no other replica may start.
+    listener_stop.cancel();
+    control_stop.cancel();
+    let _ = listener_task.await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    tracing::info!("refreshd stopped");
+    Ok(())
+}
+
+/// Forwards every message of `rx` into the core's channel.
+fn forward<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+    tx: &mpsc::UnboundedSender<Command>,
+    wrap: fn(T) -> Command,
+) {
     let tx = tx.clone();
     tokio::spawn(async move {
-        while let Some(v) = drx.recv().await {
-            if tx.send(Command::Detected(v)).is_err() {
+        while let Some(m) = rx.recv().await {
+            if tx.send(wrap(m)).is_err() {
                 break;
             }
         }
     });
-    stop
 }
 
-/// The views `run` refuses: no usable unique index while `concurrently = true`.
-async fn validate_views(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
+/// SIGHUP reloads, SIGUSR1 forces every view.
+fn spawn_signals(
+    tx: &mpsc::UnboundedSender<Command>,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut refused = Vec::new();
-    for v in views {
-        let Some(facts) = catalog::inspect(client, v).await? else {
-            tracing::error!(view = %v.name, "materialized view does not exist; its refreshes will fail until it is created");
-            continue;
-        };
-        if facts.relkind == 'm' && v.concurrently && facts.usable_unique_indexes.is_empty() {
-            refused.push(v.name.to_string());
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let tx = tx.clone();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(()) = hup.recv() => { let _ = tx.send(Command::Reload); }
+                Some(()) = usr1.recv() => { let _ = tx.send(Command::ForceAll("SIGUSR1")); }
+            }
         }
-    }
-    anyhow::ensure!(
-        refused.is_empty(),
-        "no unique index usable by REFRESH CONCURRENTLY on {}: create one, or set concurrently = false for the view",
-        refused.join(", ")
-    );
+    });
     Ok(())
 }
 
@@ -315,438 +379,543 @@ async fn start_scheduler(
     Ok(Some(sched))
 }
 
-fn channel_set(config: &Config) -> BTreeSet<String> {
-    config.channels().into_iter().collect()
-}
-
-/// The daemon. Returns when `shutdown` is cancelled and in-flight work has ended (or
-/// was cancelled after `shutdown_timeout`), or with an error that makes it exit
-/// non-zero.
-pub async fn run(
-    config: Config,
-    config_path: PathBuf,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
-    health.beat_core();
-    health.beat_listener();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
-    let dir = config_dir(&config);
-    let refresh_info = ConnectInfo::for_refresh(&config.database, &dir)?;
-    let listen_info = ConnectInfo::for_listen(&config.database, &dir)?;
-    let shared = Arc::new(Shared {
-        config: RwLock::new(Arc::new(config.clone())),
-        status: Mutex::new(Vec::new()),
-        health: health.clone(),
-        metrics: metrics.clone(),
-        commands: tx.clone(),
-        admin_token: RwLock::new(read_token(&config)?),
-        bound: config.http.listen,
-    });
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
-    tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(
-        http_listener,
-        shared.clone(),
-        http_stop.clone(),
-    ));
-    tokio::spawn(crate::serve::systemd::supervise(
-        health.clone(),
-        shutdown.clone(),
-    ));
-
-    // Signals: SIGHUP reloads, SIGUSR1 forces every view.
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut usr1 = signal(SignalKind::user_defined1())?;
-        let tx = tx.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    Some(()) = hup.recv() => { let _ = tx.send(Command::Reload); }
-                    Some(()) = usr1.recv() => { let _ = tx.send(Command::Force(None, "SIGUSR1")); }
-                }
-            }
-        });
-    }
-
-    let mut config = Arc::new(config);
-    for v in &config.views {
-        metrics.register_view(&v.name.to_string(), &v.channels);
-    }
-    let refresher = Refresher::new(refresh_info.clone());
-    let reads;
-    let watched;
-    if let Some(client) = startup_client(&refresh_info, &shutdown, &health).await {
-        validate_views(&client, &config.views).await?;
-        reads = dependency_graph(&client, &config.views).await?;
-        watched = watched_views(&client, &config.views).await?;
-    } else {
-        http_stop.cancel();
-        let _ = http_task.await;
-        return Ok(());
-    }
-    health.set_config_loaded();
-    let mut reads = reads;
-    let mut detector = spawn_detector(&refresh_info, watched, &tx);
-
-    let mut coalescer = Coalescer::new(
-        config.views.iter().map(timing).collect(),
-        reads.clone(),
-        config.database.max_concurrent_refreshes,
-    );
-    coalescer.set_paused(true);
-    let mut history: Vec<History> = vec![History::default(); config.views.len()];
-    let mut scheduler = start_scheduler(&config.views, &tx).await?;
-
-    let (channels_tx, channels_rx) = watch::channel(channel_set(&config));
-    let listener_stop = CancellationToken::new();
-    let (ltx, mut lrx) = mpsc::unbounded_channel();
-    let listener = Listener {
-        info: listen_info,
-        lock_key: lock_key(&config.ha.lock_name),
-        retry_interval: config.ha.retry_interval,
-        channels: channels_rx,
-        events: ltx,
-        metrics: metrics.clone(),
-        health: health.clone(),
-        shutdown: listener_stop.clone(),
-    };
-    let listener_task = tokio::spawn(listener.run());
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = lrx.recv().await {
-                if tx.send(Command::Listener(ev)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-
-    let mut stopping: Option<Instant> = None;
-    // Channels the listener has confirmed, and views added by a reload that wait for
-    // theirs before their first refresh.
-    let mut listening: BTreeSet<String> = BTreeSet::new();
-    let mut awaiting_listen: Vec<QualifiedName> = Vec::new();
-    let mut cancelled_at: Option<Instant> = None;
-    let heartbeat = Duration::from_secs(5);
-    loop {
-        health.beat_core();
-        let now = Instant::now();
-        if let Some(since) = stopping {
-            if coalescer.running_count() == 0 {
+impl Core {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            self.health.beat_core();
+            let now = Instant::now();
+            if self.stopping.is_some() && self.shutdown_progress(now).await {
                 break;
             }
-            if cancelled_at.is_none() && now >= since + config.shutdown_timeout {
-                let n = refresher.cancel_all().await;
-                tracing::warn!(cancelled = n, timeout = ?config.shutdown_timeout, "shutdown_timeout expired: cancelled running refreshes on the server");
-                cancelled_at = Some(now);
+            self.start_due(now);
+            let wake = self.next_wake(now);
+            tokio::select! {
+                _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
+                Some(ended) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.task_ended(ended),
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            if cancelled_at.is_some_and(|c| now >= c + Duration::from_secs(2)) {
-                tracing::error!("refreshes did not end after cancellation; exiting anyway");
-                break;
-            }
         }
-        if !awaiting_listen.is_empty() {
-            awaiting_listen.retain(|name| {
-                let Some(i) = config.views.iter().position(|v| &v.name == name) else {
-                    return false;
-                };
-                if config.views[i]
-                    .channels
-                    .iter()
-                    .all(|c| listening.contains(c))
-                {
-                    coalescer.mark(i, Reason::Startup, now.into_std());
-                    false
-                } else {
-                    true
-                }
-            });
+        self.detector.cancel();
+        if let Some(mut s) = self.scheduler.take() {
+            let _ = s.shutdown().await;
         }
-        for start in coalescer.poll(now.into_std()) {
-            let view = config.views[start.view].clone();
-            let refresher = refresher.clone();
-            let tx = tx.clone();
-            history[start.view].last_start = Some(SystemTime::now());
-            tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
-            tokio::spawn(async move {
-                let result = refresher.refresh(&view).await;
-                let _ = tx.send(Command::Finished {
-                    view: view.name.clone(),
-                    start,
-                    result,
-                });
-            });
-        }
-        publish_status(&shared, &config, &coalescer, &history, &reads);
-        let mut wake = now + heartbeat;
-        if let Some(w) = coalescer.next_wake() {
+    }
+
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = now + HEARTBEAT;
+        if let Some(w) = self.coalescer.next_wake() {
             wake = wake.min(Instant::from_std(w));
         }
-        if let Some(since) = stopping {
-            let limit = cancelled_at.map_or(since + config.shutdown_timeout, |c| {
-                c + Duration::from_secs(2)
-            });
+        if let Some(since) = self.stopping {
+            let limit = self
+                .cancelled_at
+                .map_or(since + self.config.shutdown_timeout, |c| c + CANCEL_GRACE);
             wake = wake.min(limit);
         }
-        let cmd = tokio::select! {
-            _ = shutdown.cancelled(), if stopping.is_none() => {
-                tracing::info!(running = coalescer.running_count(), timeout = ?config.shutdown_timeout, "shutting down: no new refreshes; waiting for running ones");
-                stopping = Some(Instant::now());
-                coalescer.set_paused(true);
-                listener_stop.cancel();
-                if let Some(mut s) = scheduler.take() {
-                    let _ = s.shutdown().await;
+        wake
+    }
+
+    async fn begin_shutdown(&mut self) {
+        tracing::info!(running = self.coalescer.running_count(), timeout = ?self.config.shutdown_timeout, "shutting down: no new refreshes; waiting for running ones (leadership is kept until they end)");
+        self.stopping = Some(Instant::now());
+        self.coalescer.set_paused(true);
+        self.detector.cancel();
+        if let Some(mut s) = self.scheduler.take() {
+            let _ = s.shutdown().await;
+        }
+    }
+
+    /// True when the loop may end: nothing runs, or cancelled refreshes had their grace.
+    async fn shutdown_progress(&mut self, now: Instant) -> bool {
+        let since = self.stopping.expect("stopping");
+        if self.tasks.is_empty() {
+            return true;
+        }
+        if self.cancelled_at.is_none() && now >= since + self.config.shutdown_timeout {
+            let n = self.refresher.cancel_all().await;
+            tracing::warn!(cancelled = n, timeout = ?self.config.shutdown_timeout, "shutdown_timeout expired: cancelled running refreshes on the server");
+            self.cancelled_at = Some(now);
+        }
+        if self.cancelled_at.is_some_and(|c| now >= c + CANCEL_GRACE) {
+            tracing::error!("refreshes did not end after cancellation; exiting anyway");
+            self.tasks.abort_all();
+            return true;
+        }
+        false
+    }
+
+    /// Starts every refresh the coalescer says is due.
+    fn start_due(&mut self, now: Instant) {
+        for start in self.coalescer.poll(now.into_std()) {
+            let view = self.config.views[start.view].clone();
+            let refresher = self.refresher.clone();
+            self.history[start.view].last_start = Some(SystemTime::now());
+            tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
+            let name = view.name.clone();
+            let handle = self.tasks.spawn(async move {
+                let result = refresher.refresh(&view).await;
+                Finished {
+                    view: view.name,
+                    start,
+                    result,
                 }
-                continue;
+            });
+            self.task_runs.insert(handle.id(), (name, start));
+        }
+    }
+
+    fn task_ended(&mut self, ended: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+        let finished = match ended {
+            Ok((id, f)) => {
+                self.task_runs.remove(&id);
+                f
             }
-            cmd = rx.recv() => cmd,
-            _ = tokio::time::sleep_until(wake) => continue,
-        };
-        let Some(cmd) = cmd else { break };
-        let now_std = Instant::now().into_std();
-        match cmd {
-            Command::Listener(ListenerEvent::Notification { channel, payload }) => {
-                if channel == crate::CONTROL_CHANNEL {
-                    control(&config, &mut coalescer, &metrics, &payload, now_std);
+            Err(e) => {
+                let Some((view, start)) = self.task_runs.remove(&e.id()) else {
+                    return;
+                };
+                let what = if e.is_panic() {
+                    "panicked"
                 } else {
-                    let short: String = payload.chars().take(64).collect();
-                    tracing::debug!(%channel, payload = %short, "notification");
-                    for (i, v) in config.views.iter().enumerate() {
-                        if v.channels.iter().any(|c| c == &channel) {
-                            coalescer.mark(i, Reason::Notify, now_std);
-                        }
+                    "was aborted"
+                };
+                Finished {
+                    view,
+                    start,
+                    result: Err(RefreshError {
+                        class: FailureClass::Transient,
+                        code: None,
+                        message: format!("the refresh task {what}"),
+                        detail: None,
+                        hint: Some("a bug in refreshd: please report it; the view is retried"),
+                        duration: Duration::ZERO,
+                    }),
+                }
+            }
+        };
+        self.finished(finished);
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        let now = Instant::now().into_std();
+        match cmd {
+            Command::Listener(ev) => self.listener_event(ev, now),
+            Command::Detected(name) => self.mark_named(&name, Reason::Detected, now),
+            Command::Schedule(name) => self.mark_named(&name, Reason::Schedule, now),
+            Command::ForceAll(source) => {
+                tracing::info!(source, "forced refresh of every view");
+                self.force(None, now);
+            }
+            Command::Control(payload) => self.control(&payload, now),
+            Command::Http(Request::Force { view, source }) => {
+                if self.leading {
+                    if let Some(n) = &view {
+                        tracing::info!(view = %n, source, "forced refresh");
+                    }
+                    self.force(view.as_ref(), now);
+                } else {
+                    self.relay(view);
+                }
+            }
+            Command::Http(Request::Status(reply)) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Reload => self.reload(),
+            Command::Reloaded(result) => {
+                self.reloading = false;
+                match *result {
+                    Ok(p) => self.apply(p, false).await,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old configuration")
+                    }
+                }
+                if std::mem::take(&mut self.reload_again) {
+                    self.reload();
+                }
+            }
+        }
+    }
+
+    fn listener_event(&mut self, ev: ListenerEvent, now: std::time::Instant) {
+        match ev {
+            ListenerEvent::Notification {
+                channel,
+                payload,
+                pid,
+            } => {
+                if channel == crate::CONTROL_CHANNEL {
+                    let note = ControlNote { payload, pid };
+                    if self.control_tx.try_send(note).is_err() {
+                        self.metrics.control_rejected.inc();
+                    }
+                    return;
+                }
+                tracing::trace!(%channel, payload = %payload.chars().take(64).collect::<String>(), "notification");
+                if let Some(views) = self.index.by_channel.get(&channel) {
+                    for &i in views {
+                        self.coalescer.mark(i, Reason::Notify, now);
                     }
                 }
             }
-            Command::Listener(ListenerEvent::Listening(set)) => {
-                listening = set;
+            ListenerEvent::Listening(set) => {
+                self.listening = set;
+                self.release_awaiting(now);
             }
-            Command::Listener(ListenerEvent::Leading { first }) => {
+            ListenerEvent::Leading { first } => {
+                self.leading = true;
                 // Every view is caught up now, those waiting for their channels too.
-                awaiting_listen.clear();
-                if stopping.is_none() {
-                    coalescer.set_paused(false);
+                self.awaiting_listen.clear();
+                if self.stopping.is_none() {
+                    self.coalescer.set_paused(false);
                 }
                 let reason = if first {
                     Reason::Startup
                 } else {
                     Reason::Resync
                 };
-                coalescer.mark_all(reason, now_std);
+                self.coalescer.mark_all(reason, now);
             }
-            Command::Listener(ListenerEvent::Standby) | Command::Listener(ListenerEvent::Lost) => {
-                listening.clear();
+            ListenerEvent::Standby | ListenerEvent::Lost => {
+                self.leading = false;
+                self.listening.clear();
                 // Without the lock another replica may lead: start nothing until it
                 // is ours again.
-                coalescer.set_paused(true);
-                refresher.close_idle();
-            }
-            Command::Detected(name) => {
-                if let Some(i) = config.views.iter().position(|v| v.name == name) {
-                    coalescer.mark(i, Reason::Detected, now_std);
-                }
-            }
-            Command::Schedule(name) => {
-                if let Some(i) = config.views.iter().position(|v| v.name == name) {
-                    coalescer.mark(i, Reason::Schedule, now_std);
-                }
-            }
-            Command::Force(None, source) => {
-                tracing::info!(source, "forced refresh of every view");
-                coalescer.mark_all(Reason::Force, now_std);
-            }
-            Command::Force(Some(name), source) => {
-                if let Some(i) = config.views.iter().position(|v| v.name == name) {
-                    tracing::info!(view = %name, source, "forced refresh");
-                    coalescer.mark(i, Reason::Force, now_std);
-                }
-            }
-            Command::Finished {
-                view,
-                start,
-                result,
-            } => {
-                finished(
-                    &config,
-                    &mut coalescer,
-                    &mut history,
-                    &metrics,
-                    &view,
-                    start,
-                    result,
-                    now_std,
-                );
-            }
-            Command::Reload => {
-                let new = match Config::load(&config_path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the old one");
-                        continue;
-                    }
-                };
-                match reload(
-                    &shared,
-                    &mut config,
-                    new,
-                    &mut coalescer,
-                    &mut history,
-                    &mut reads,
-                    &metrics,
-                    &refresh_info,
-                    &channels_tx,
-                    &mut scheduler,
-                    &mut detector,
-                    &tx,
-                )
-                .await
-                {
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old configuration")
-                    }
-                    // A new view starts with a refresh, as at startup, but only once its
-                    // channels are LISTENed: a change committed in between would reach
-                    // nobody and not be in the refresh.
-                    Ok(added) => awaiting_listen.extend(added),
-                }
+                self.coalescer.set_paused(true);
+                self.refresher.close_idle();
             }
         }
     }
 
-    listener_stop.cancel();
-    detector.cancel();
-    let _ = listener_task.await;
-    if let Some(mut s) = scheduler.take() {
-        let _ = s.shutdown().await;
-    }
-    http_stop.cancel();
-    let _ = http_task.await;
-    tracing::info!("refreshd stopped");
-    Ok(())
-}
-
-fn control(
-    config: &Config,
-    coalescer: &mut Coalescer,
-    metrics: &Metrics,
-    payload: &str,
-    now: std::time::Instant,
-) {
-    let p = payload.trim();
-    if p == "*" {
-        tracing::info!("control channel: forced refresh of every view");
-        coalescer.mark_all(Reason::Force, now);
-        return;
-    }
-    let found = if p.len() <= MAX_CONTROL_PAYLOAD {
-        QualifiedName::parse(p)
-            .ok()
-            .and_then(|n| config.views.iter().position(|v| v.name == n))
-    } else {
-        None
-    };
-    match found {
-        Some(i) => {
-            tracing::info!(view = %config.views[i].name, "control channel: forced refresh");
-            coalescer.mark(i, Reason::Force, now);
-        }
-        None => {
-            metrics.control_rejected.inc();
-            let shown: String = p.chars().take(80).collect();
-            tracing::warn!(payload = ?shown, bytes = p.len(), "control channel: payload names no configured view; ignored");
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finished(
-    config: &Config,
-    coalescer: &mut Coalescer,
-    history: &mut [History],
-    metrics: &Metrics,
-    name: &QualifiedName,
-    start: Start,
-    result: Result<Refreshed, RefreshError>,
-    now: std::time::Instant,
-) {
-    if coalescer.finished_orphan(start.run) {
-        tracing::info!(view = %name, ok = result.is_ok(), "refresh of a view no longer configured ended");
-        return;
-    }
-    let Some(i) = config.views.iter().position(|v| &v.name == name) else {
-        return;
-    };
-    let label = name.to_string();
-    let h = &mut history[i];
-    let end = SystemTime::now();
-    h.last_end = Some(end);
-    h.last_reason = Some(start.reason.as_str());
-    match result {
-        Ok(r) => {
-            let lag = now.saturating_duration_since(start.first_change);
-            metrics
-                .refresh_duration
-                .with_label_values(&[&label])
-                .observe(r.duration.as_secs_f64());
-            metrics
-                .refresh_lag
-                .with_label_values(&[&label])
-                .observe(lag.as_secs_f64());
-            metrics
-                .refreshes
-                .with_label_values(&[&label, start.reason.as_str(), "success"])
-                .inc();
-            metrics
-                .last_success
-                .with_label_values(&[&label])
-                .set(unix(end));
-            h.last_outcome = Some("success");
-            h.last_duration = Some(r.duration);
-            h.last_error = None;
-            h.last_success = Some(end);
-            h.refreshes += 1;
-            tracing::info!(
-                view = %name,
-                reason = start.reason.as_str(),
-                kind = r.kind.as_str(),
-                duration_ms = (r.duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
-                lag_ms = lag.as_millis() as u64,
-                coalesced = start.coalesced,
-                outcome = "success",
-                "refreshed"
-            );
-            let deps = coalescer.finished(i, start.run, Outcome::Success, now);
-            for d in deps {
-                tracing::debug!(view = %config.views[d].name, after = %name, "dependency refresh queued");
-            }
-        }
-        Err(e) => {
-            metrics
-                .refreshes
-                .with_label_values(&[&label, start.reason.as_str(), "failure"])
-                .inc();
-            h.last_outcome = Some("failure");
-            h.last_duration = Some(e.duration);
-            h.last_error = Some(e.to_string());
-            h.failures += 1;
-            let outcome = match e.class {
-                FailureClass::Transient => Outcome::Transient,
-                FailureClass::Permanent => Outcome::Permanent,
+    /// Catch-up refreshes for views whose channels are now all LISTENed.
+    fn release_awaiting(&mut self, now: std::time::Instant) {
+        let listening = &self.listening;
+        let index = &self.index;
+        let config = &self.config;
+        let coalescer = &mut self.coalescer;
+        self.awaiting_listen.retain(|(name, reason)| {
+            let Some(&i) = index.by_name.get(name) else {
+                return false;
             };
-            coalescer.finished(i, start.run, outcome, now);
-            let retry_in = coalescer
-                .retry_at(i)
-                .map(|r| r.saturating_duration_since(now).as_millis() as u64);
+            if config.views[i]
+                .channels
+                .iter()
+                .all(|c| listening.contains(c))
+            {
+                coalescer.mark(i, *reason, now);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn mark_named(&mut self, name: &QualifiedName, reason: Reason, now: std::time::Instant) {
+        if let Some(&i) = self.index.by_name.get(name) {
+            self.coalescer.mark(i, reason, now);
+        }
+    }
+
+    /// Forces one view (or all). A force that finds one already queued joins it.
+    fn force(&mut self, view: Option<&QualifiedName>, now: std::time::Instant) {
+        let targets: Vec<usize> = match view {
+            None => (0..self.config.views.len()).collect(),
+            Some(n) => self.index.by_name.get(n).copied().into_iter().collect(),
+        };
+        for i in targets {
+            if self.coalescer.pending(i).is_some_and(|p| p.forced) {
+                self.metrics.control_coalesced.inc();
+            }
+            self.coalescer.mark(i, Reason::Force, now);
+        }
+    }
+
+    /// A control payload from an allowed sender: `*` or a configured view's name.
+    fn control(&mut self, payload: &str, now: std::time::Instant) {
+        let p = payload.trim();
+        if p == "*" {
+            self.log_throttled(("control", "*".into()), |n| {
+                tracing::info!(
+                    suppressed = n,
+                    "control channel: forced refresh of every view"
+                )
+            });
+            self.force(None, now);
+            return;
+        }
+        let found = (p.len() <= MAX_VIEW_NAME)
+            .then(|| QualifiedName::parse(p).ok())
+            .flatten()
+            .and_then(|n| self.index.by_name.get(&n).copied());
+        match found {
+            Some(i) => {
+                let name = self.config.views[i].name.clone();
+                self.log_throttled(("control", name.to_string()), |n| {
+                    tracing::info!(view = %name, suppressed = n, "control channel: forced refresh")
+                });
+                self.force(Some(&name), now);
+            }
+            None => {
+                self.metrics.control_rejected.inc();
+                let shown: String = p.chars().take(80).collect();
+                let bytes = p.len();
+                self.log_throttled(("control", String::new()), |n| {
+                    tracing::warn!(payload = ?shown, bytes, suppressed = n, "control channel: payload names no configured view; ignored")
+                });
+            }
+        }
+    }
+
+    fn log_throttled(&mut self, kind: (&'static str, String), log: impl FnOnce(u64)) {
+        if let Some(n) = self.throttle.admit(&kind, std::time::Instant::now()) {
+            log(n);
+        }
+    }
+
+    /// A standby hands a forced refresh to the leader through the control channel
+    /// (its own role is always allowed there).
+    fn relay(&self, view: Option<QualifiedName>) {
+        let payload = view.map_or_else(|| "*".to_string(), |n| n.to_string());
+        let info = self.refresh_info.clone();
+        tokio::spawn(async move {
+            let sent = async {
+                let client = info.connect().await.map_err(|e| e.to_string())?;
+                client
+                    .query_typed(
+                        "SELECT pg_catalog.pg_notify($1, $2)",
+                        &[
+                            (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
+                            (&payload, tokio_postgres::types::Type::TEXT),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| crate::pg::connect::error_chain(&e))?;
+                Ok::<_, String>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), sent).await {
+                Ok(Ok(())) => {
+                    tracing::info!(view = %payload, "standby: forced refresh relayed to the leader")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(view = %payload, error = %e, "standby: could not relay the forced refresh to the leader")
+                }
+                Err(_) => {
+                    tracing::warn!(view = %payload, "standby: relaying the forced refresh timed out")
+                }
+            }
+        });
+    }
+
+    /// Starts a reload on a task of its own; its result comes back as
+    /// [`Command::Reloaded`]. A SIGHUP during a reload runs one more after it.
+    fn reload(&mut self) {
+        if self.reloading {
+            self.reload_again = true;
+            return;
+        }
+        self.reloading = true;
+        let path = self.config_path.clone();
+        let info = self.refresh_info.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = startup::load_and_prepare(&path, &info, RELOAD_TIMEOUT).await;
+            let _ = tx.send(Command::Reloaded(Box::new(result)));
+        });
+    }
+
+    /// Takes a prepared configuration (at startup, and after each reload).
+    async fn apply(&mut self, p: Prepared, first: bool) {
+        let old = self.config.clone();
+        if !first {
+            if let Err(e) = self.check_reload(&old, &p) {
+                tracing::error!(error = %e, "SIGHUP: reload refused; keeping the old configuration");
+                return;
+            }
+        }
+        let new = p.config.clone();
+        let previous: Vec<Option<usize>> = new
+            .views
+            .iter()
+            .map(|v| self.index.by_name.get(&v.name).copied())
+            .collect();
+        for o in &old.views {
+            if !first && new.view(&o.name).is_none() {
+                self.metrics.forget_view(&o.name.to_string());
+            }
+        }
+        for (v, prev) in new.views.iter().zip(&previous) {
+            if prev.is_none() && !first {
+                self.metrics.register_view(&v.name.to_string(), &v.channels);
+            }
+        }
+        self.coalescer.reconfigure(
+            new.views.iter().map(timing).collect(),
+            p.reads.clone(),
+            &previous,
+            new.database.max_concurrent_refreshes,
+        );
+        self.history = previous
+            .iter()
+            .map(|p| p.map(|p| self.history[p].clone()).unwrap_or_default())
+            .collect();
+        // New views, and views whose channels changed, catch up once their channels
+        // are LISTENed.
+        if !first {
+            for (v, prev) in new.views.iter().zip(&previous) {
+                match prev {
+                    None => self.awaiting_listen.push((v.name.clone(), Reason::Startup)),
+                    Some(j) if old.views[*j].channels != v.channels => {
+                        self.awaiting_listen.push((v.name.clone(), Reason::Resync))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.reads = p.reads;
+        self.index = Index::new(&new);
+        self.restart_schedules(&new).await;
+        self.detector.cancel();
+        self.detector = spawn_detector(&self.refresh_info, p.watched, &self.tx);
+        self.channels_tx
+            .send_replace(new.channels().into_iter().collect());
+        self.roles_tx.send_replace(new.control_roles.clone());
+        *self.shared.config.write().expect("not poisoned") = new.clone();
+        *self.shared.admin_token.write().expect("not poisoned") = p.token;
+        self.config = new;
+        if !first {
+            tracing::info!(
+                views = self.config.views.len(),
+                "SIGHUP: configuration reloaded"
+            );
+            self.release_awaiting(std::time::Instant::now());
+        }
+    }
+
+    /// What a reload may not change.
+    fn check_reload(&self, old: &Config, p: &Prepared) -> anyhow::Result<()> {
+        let new = &p.config;
+        if new.database != old.database {
+            tracing::warn!("SIGHUP: [database] changed; that takes effect at the next restart");
+        }
+        if new.http != old.http || new.ha != old.ha {
+            tracing::warn!("SIGHUP: [http] or [ha] changed; that takes effect at the next restart");
+        }
+        anyhow::ensure!(
+            p.token.is_some() || self.shared.bound.ip().is_loopback(),
+            "the HTTP server listens on {} (not loopback) until a restart: http.admin_token_file cannot be removed by a reload",
+            self.shared.bound
+        );
+        Ok(())
+    }
+
+    async fn restart_schedules(&mut self, config: &Config) {
+        if let Some(mut old) = self.scheduler.take() {
+            let _ = old.shutdown().await;
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        match start_scheduler(&config.views, &self.tx).await {
+            Ok(s) => self.scheduler = s,
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot start the schedules"),
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        let now = std::time::Instant::now();
+        if self.coalescer.finished_orphan(f.start.run) {
+            tracing::info!(view = %f.view, ok = f.result.is_ok(), "refresh of a view no longer configured ended");
+            return;
+        }
+        let Some(&i) = self.index.by_name.get(&f.view) else {
+            return;
+        };
+        let label = f.view.to_string();
+        let end = SystemTime::now();
+        let h = &mut self.history[i];
+        h.last_end = Some(end);
+        h.last_reason = Some(f.start.reason.as_str());
+        match f.result {
+            Ok(r) => {
+                let lag = now.saturating_duration_since(f.start.first_change);
+                self.metrics
+                    .refresh_duration
+                    .with_label_values(&[&label])
+                    .observe(r.duration.as_secs_f64());
+                self.metrics
+                    .refresh_lag
+                    .with_label_values(&[&label])
+                    .observe(lag.as_secs_f64());
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[&label, f.start.reason.as_str(), "success"])
+                    .inc();
+                self.metrics
+                    .last_success
+                    .with_label_values(&[&label])
+                    .set(unix(end));
+                h.last_outcome = Some("success");
+                h.last_duration = Some(r.duration);
+                h.last_error = None;
+                h.last_success = Some(end);
+                h.refreshes += 1;
+                self.throttle.reset(&("failing", label));
+                tracing::info!(
+                    view = %f.view,
+                    reason = f.start.reason.as_str(),
+                    kind = r.kind.as_str(),
+                    duration_ms = (r.duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+                    lag_ms = lag.as_millis() as u64,
+                    coalesced = f.start.coalesced,
+                    outcome = "success",
+                    "refreshed"
+                );
+                for d in self
+                    .coalescer
+                    .finished(i, f.start.run, Outcome::Success, now)
+                {
+                    tracing::debug!(view = %self.config.views[d].name, after = %f.view, "dependency refresh queued");
+                }
+            }
+            Err(e) => self.failed(i, &f.view, f.start, e, now),
+        }
+    }
+
+    fn failed(
+        &mut self,
+        i: usize,
+        name: &QualifiedName,
+        start: Start,
+        e: RefreshError,
+        now: std::time::Instant,
+    ) {
+        let label = name.to_string();
+        self.metrics
+            .refreshes
+            .with_label_values(&[&label, start.reason.as_str(), "failure"])
+            .inc();
+        let h = &mut self.history[i];
+        h.last_outcome = Some("failure");
+        h.last_duration = Some(e.duration);
+        h.last_error = Some(e.summary());
+        h.failures += 1;
+        let outcome = match e.class {
+            FailureClass::Transient => Outcome::Transient,
+            FailureClass::Permanent => Outcome::Permanent,
+        };
+        self.coalescer.finished(i, start.run, outcome, now);
+        let retry_in = self
+            .coalescer
+            .retry_at(i)
+            .map(|r| r.saturating_duration_since(now).as_millis() as u64);
+        self.log_throttled(("failing", label), |n| {
             tracing::warn!(
                 view = %name,
                 reason = start.reason.as_str(),
@@ -758,183 +927,89 @@ fn finished(
                 retry_in_ms = retry_in,
                 error = %e.message,
                 hint = e.hint.unwrap_or(""),
+                suppressed = n,
                 "refresh failed"
-            );
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn reload(
-    shared: &Shared,
-    config: &mut Arc<Config>,
-    new: Config,
-    coalescer: &mut Coalescer,
-    history: &mut Vec<History>,
-    reads: &mut Vec<Vec<usize>>,
-    metrics: &Metrics,
-    refresh_info: &ConnectInfo,
-    channels_tx: &watch::Sender<BTreeSet<String>>,
-    scheduler: &mut Option<JobScheduler>,
-    detector: &mut CancellationToken,
-    tx: &mpsc::UnboundedSender<Command>,
-) -> anyhow::Result<Vec<QualifiedName>> {
-    if new.database != config.database {
-        tracing::warn!("SIGHUP: [database] changed; that takes effect at the next restart");
-    }
-    if new.http != config.http || new.ha != config.ha {
-        tracing::warn!("SIGHUP: [http] or [ha] changed; that takes effect at the next restart");
-    }
-    let token = read_token(&new)?;
-    anyhow::ensure!(
-        token.is_some() || shared.bound.ip().is_loopback(),
-        "the HTTP server listens on {} (not loopback) until a restart: http.admin_token_file cannot be removed by a reload",
-        shared.bound
-    );
-    let client = refresh_info
-        .connect()
-        .await
-        .context("connecting to check the new views")?;
-    validate_views(&client, &new.views).await?;
-    let new_reads = dependency_graph(&client, &new.views).await?;
-    let new_watched = watched_views(&client, &new.views).await?;
-    let new_scheduler = start_scheduler(&new.views, tx).await?;
-
-    let previous_names: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
-    let previous: Vec<Option<usize>> = new
-        .views
-        .iter()
-        .map(|v| config.views.iter().position(|o| o.name == v.name))
-        .collect();
-    let new_history = previous
-        .iter()
-        .map(|p| p.map(|p| history[p].clone()).unwrap_or_default())
-        .collect();
-    for old in &config.views {
-        if !new.views.iter().any(|v| v.name == old.name) {
-            metrics.forget_view(&old.name.to_string());
-        }
-    }
-    for v in &new.views {
-        metrics.register_view(&v.name.to_string(), &v.channels);
-    }
-    coalescer.reconfigure(
-        new.views.iter().map(timing).collect(),
-        new_reads.clone(),
-        &previous,
-        new.database.max_concurrent_refreshes,
-    );
-    if let Some(mut old) = scheduler.take() {
-        let _ = old.shutdown().await;
-    }
-    *scheduler = new_scheduler;
-    detector.cancel();
-    *detector = spawn_detector(refresh_info, new_watched, tx);
-    *history = new_history;
-    *reads = new_reads;
-    let new = Arc::new(new);
-    channels_tx.send_replace(channel_set(&new));
-    *shared.config.write().expect("not poisoned") = new.clone();
-    *shared.admin_token.write().expect("not poisoned") = token;
-    tracing::info!(views = new.views.len(), "SIGHUP: configuration reloaded");
-    let added = new
-        .views
-        .iter()
-        .filter(|v| !previous_names.contains(&v.name))
-        .map(|v| v.name.clone())
-        .collect();
-    *config = new;
-    Ok(added)
-}
-
-fn publish_status(
-    shared: &Shared,
-    config: &Config,
-    c: &Coalescer,
-    history: &[History],
-    reads: &[Vec<usize>],
-) {
-    let now = std::time::Instant::now();
-    let mut out = Vec::with_capacity(config.views.len());
-    for (i, v) in config.views.iter().enumerate() {
-        let h = &history[i];
-        let pending = c.pending(i);
-        let state = if c.is_running(i) {
-            "running"
-        } else if c.retry_at(i).is_some() {
-            "retrying"
-        } else if pending.is_some() {
-            "pending"
-        } else if h.last_outcome == Some("failure") {
-            "failed"
-        } else {
-            "idle"
-        };
-        let since = c.pending_since(i);
-        let age = since.map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
-        out.push(ViewStatus {
-            view: v.name.to_string(),
-            state,
-            pending_since: since.map(|s| rfc3339(wall(s))),
-            pending_since_seconds: age,
-            pending_since_instant: since,
-            pending_changes: pending.map_or(0, |p| p.count),
-            last_start: h.last_start.map(rfc3339),
-            last_end: h.last_end.map(rfc3339),
-            last_outcome: h.last_outcome,
-            last_reason: h.last_reason,
-            last_duration_seconds: h.last_duration.map(|d| d.as_secs_f64()),
-            last_error: h.last_error.clone(),
-            last_success: h.last_success.map(rfc3339),
-            refreshes: h.refreshes,
-            failures: h.failures,
-            consecutive_failures: c.failures(i),
-            channels: v.channels.clone(),
-            schedule: v.schedule.as_ref().map(|s| s.expr.clone()),
-            reads: reads
-                .get(i)
-                .map(|r| {
-                    r.iter()
-                        .map(|&j| config.views[j].name.to_string())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            )
         });
     }
-    *shared.status.lock().expect("not poisoned") = out;
+
+    /// `/status`, built on request.
+    fn snapshot(&self) -> Snapshot {
+        let now = std::time::Instant::now();
+        let c = &self.coalescer;
+        let views = self
+            .config
+            .views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let h = &self.history[i];
+                let pending = c.pending(i);
+                let state = if c.is_running(i) {
+                    "running"
+                } else if c.retry_at(i).is_some() {
+                    "retrying"
+                } else if pending.is_some() {
+                    "pending"
+                } else if h.last_outcome == Some("failure") {
+                    "failed"
+                } else {
+                    "idle"
+                };
+                let since = c.pending_since(i);
+                ViewStatus {
+                    view: v.name.to_string(),
+                    state,
+                    pending_since: since.map(|s| rfc3339(wall(s))),
+                    pending_since_seconds: since
+                        .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64()),
+                    pending_changes: pending.map_or(0, |p| p.count),
+                    last_start: h.last_start.map(rfc3339),
+                    last_end: h.last_end.map(rfc3339),
+                    last_outcome: h.last_outcome,
+                    last_reason: h.last_reason,
+                    last_duration_seconds: h.last_duration.map(|d| d.as_secs_f64()),
+                    last_error: h.last_error.clone(),
+                    last_success: h.last_success.map(rfc3339),
+                    refreshes: h.refreshes,
+                    failures: h.failures,
+                    consecutive_failures: c.failures(i),
+                    channels: v.channels.clone(),
+                    schedule: v.schedule.as_ref().map(|s| s.expr.clone()),
+                    reads: self
+                        .reads
+                        .get(i)
+                        .map(|r| {
+                            r.iter()
+                                .map(|&j| self.config.views[j].name.to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Snapshot { views }
+    }
 }
 
-/// Indexes of `reads` in an order where every view comes after the views it reads;
-/// among independent views, the given order. `reads` is acyclic (PostgreSQL cannot
-/// build a cycle of materialized views).
-pub fn topological_order(reads: &[Vec<usize>]) -> Vec<usize> {
-    let mut done = vec![false; reads.len()];
-    let mut order = Vec::with_capacity(reads.len());
-    fn visit(i: usize, reads: &[Vec<usize>], done: &mut [bool], order: &mut Vec<usize>) {
-        if done[i] {
-            return;
-        }
-        done[i] = true;
-        for &l in &reads[i] {
-            visit(l, reads, done, order);
-        }
-        order.push(i);
+/// Starts statistics detection for `watched`; its findings arrive as
+/// [`Command::Detected`]. Cancel the returned token to stop it.
+fn spawn_detector(
+    info: &ConnectInfo,
+    watched: Vec<crate::engine::detect::Watched>,
+    tx: &mpsc::UnboundedSender<Command>,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    if watched.is_empty() {
+        return stop;
     }
-    for i in 0..reads.len() {
-        visit(i, reads, &mut done, &mut order);
-    }
-    order
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topological_order_puts_lower_views_first() {
-        // 0 reads 2, 2 reads 1; 3 independent.
-        let reads = vec![vec![2], vec![], vec![1], vec![]];
-        assert_eq!(topological_order(&reads), vec![1, 2, 0, 3]);
-        assert_eq!(topological_order(&[vec![], vec![]]), vec![0, 1]);
-    }
+    let (dtx, drx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::engine::detect::run(
+        info.clone(),
+        watched,
+        dtx,
+        stop.clone(),
+    ));
+    forward(drx, tx, Command::Detected);
+    stop
 }

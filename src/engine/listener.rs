@@ -21,7 +21,12 @@ use crate::serve::metrics::Metrics;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerEvent {
     /// A notification on a LISTENed channel.
-    Notification { channel: String, payload: String },
+    Notification {
+        channel: String,
+        payload: String,
+        /// The sending backend's pid.
+        pid: i32,
+    },
     /// This replica now leads and LISTENs; every view must be caught up.
     /// `first` is true for the first time in the process's life.
     Leading { first: bool },
@@ -144,6 +149,7 @@ impl Listener {
                         let _ = events.send(ListenerEvent::Notification {
                             channel: n.channel().to_string(),
                             payload: n.payload().to_string(),
+                            pid: n.process_id(),
                         });
                     }
                     Some(Ok(AsyncMessage::Notice(n))) => {

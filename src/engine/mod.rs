@@ -2,7 +2,10 @@
 //! loop that drives it, the LISTEN session, statistics detection and the refresh pool.
 
 pub mod coalesce;
+pub mod control;
 pub mod core;
 pub mod detect;
 pub mod listener;
 pub mod refresher;
+pub mod startup;
+pub mod throttle;

@@ -49,6 +49,7 @@ impl Refresher {
             class: FailureClass::Transient,
             code: None,
             message: e.to_string(),
+            detail: None,
             hint: Some("cannot reach the database; refreshd retries with backoff"),
             duration: Duration::ZERO,
         })

@@ -54,6 +54,8 @@ pub struct RefreshError {
     /// SQLSTATE, when the server sent one.
     pub code: Option<String>,
     pub message: String,
+    /// The server's DETAIL: for logs only, it can hold row values.
+    pub detail: Option<String>,
     pub hint: Option<&'static str>,
     /// How long the failing statement ran.
     pub duration: Duration,
@@ -68,15 +70,13 @@ impl RefreshError {
                 class: FailureClass::Transient,
                 code: None,
                 message: crate::pg::connect::error_chain(e),
+                detail: None,
                 hint: Some("the connection was lost; refreshd reconnects and retries"),
                 duration,
             };
         };
         let code = db.code();
         let mut message = format!("{}: {}", db.severity(), db.message());
-        if let Some(d) = db.detail() {
-            message.push_str(&format!(" DETAIL: {d}"));
-        }
         if let Some(h) = db.hint() {
             message.push_str(&format!(" HINT: {h}"));
         }
@@ -86,8 +86,19 @@ impl RefreshError {
             class,
             code: Some(code.code().to_string()),
             message,
+            detail: db.detail().map(str::to_string),
             hint,
             duration,
+        }
+    }
+
+    /// What `/status` may show: class, SQLSTATE and refreshd's hint, never the
+    /// server's text (its DETAIL, and some messages, hold row values).
+    pub fn summary(&self) -> crate::serve::status::ErrorSummary {
+        crate::serve::status::ErrorSummary {
+            class: self.label(),
+            sqlstate: self.code.clone(),
+            hint: self.hint,
         }
     }
 
@@ -176,6 +187,7 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
             class: FailureClass::Permanent,
             code: Some("42P01".into()),
             message: format!("materialized view {} does not exist", view.name),
+            detail: None,
             hint: Some("create it (see sql/), or fix the name in the configuration"),
             duration: Duration::ZERO,
         });
@@ -205,6 +217,7 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
                 humantime::format_duration(CLIENT_GRACE),
                 humantime::format_duration(view.statement_timeout)
             ),
+            detail: None,
             hint: Some(
                 "the connection is presumed dead; refreshd drops it and retries on a new one",
             ),

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -14,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::core::{Command, Shared};
 use crate::pg::ident::QualifiedName;
 use crate::serve::health::Role;
+use crate::serve::status::{Request as StatusRequest, Shared, MAX_VIEW_NAME};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -36,9 +37,18 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
         .expect("valid response")
 }
 
+/// At most this many HTTP connections are served at once; more wait in the kernel's
+/// accept queue. Scrapers and probes need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
@@ -47,20 +57,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared)) }
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -115,22 +126,30 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Standby => "standby",
+        Role::Disconnected => "disconnected",
+    }
+}
+
+/// How long a scrape waits for the core loop's snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {
-            {
-                let status = shared.status.lock().expect("not poisoned");
-                let now = std::time::Instant::now();
-                for v in status.iter() {
-                    let age = v
-                        .pending_since_instant
-                        .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
+            // Ages are computed at scrape time; a core too busy to answer leaves the
+            // last values (its stall shows in /healthz).
+            if let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await {
+                for v in &snap.views {
                     shared
                         .metrics
                         .pending_since
                         .with_label_values(&[&v.view])
-                        .set(age);
+                        .set(v.pending_since_seconds);
                 }
             }
             Response::builder()
@@ -152,24 +171,24 @@ fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no LISTEN connection yet\n",
+                    "not ready: no proven LISTEN session yet\n",
                 )
             }
         }
         (&Method::GET, "/status") => {
-            let views = shared.status.lock().expect("not poisoned").clone();
-            let role = match shared.health.role() {
-                Role::Leader => "leader",
-                Role::Standby => "standby",
-                Role::Disconnected => "disconnected",
+            let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the core loop did not answer (shutting down?)\n",
+                );
             };
             json(
                 StatusCode::OK,
                 &serde_json::json!({
                     "version": crate::VERSION,
-                    "role": role,
+                    "role": role_name(shared.health.role()),
                     "ready": shared.health.ready(),
-                    "views": views,
+                    "views": snap.views,
                 }),
             )
         }
@@ -184,9 +203,9 @@ fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
             let target = match p.strip_prefix("/refresh/") {
                 None => None,
                 Some(raw) => {
-                    let config = shared.config.read().expect("not poisoned").clone();
+                    let config = shared.config();
                     let found = percent_decode(raw)
-                        .filter(|d| d.len() <= crate::engine::core::MAX_CONTROL_PAYLOAD)
+                        .filter(|d| d.len() <= MAX_VIEW_NAME)
                         .and_then(|d| QualifiedName::parse(&d).ok())
                         .and_then(|n| config.view(&n).map(|v| v.name.clone()));
                     match found {
@@ -203,17 +222,18 @@ fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
             let queued = target
                 .as_ref()
                 .map_or_else(|| "*".to_string(), |n| n.to_string());
-            if shared
-                .commands
-                .send(Command::Force(target, "http"))
-                .is_err()
-            {
+            // The core relays what a standby receives to the leader.
+            let leader = shared.health.role() == Role::Leader;
+            let request = StatusRequest::Force {
+                view: target,
+                source: "http",
+            };
+            if shared.requests.send(request).is_err() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             }
-            let leader = shared.health.role() == Role::Leader;
             json(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({"queued": queued, "leader": leader}),
+                &serde_json::json!({"queued": queued, "leader": leader, "relayed": !leader}),
             )
         }
         (_, "/metrics" | "/healthz" | "/readyz" | "/status") => {
