@@ -534,7 +534,7 @@ impl Core {
                 match *result {
                     Ok(p) => self.apply(p, false).await,
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old configuration")
+                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
                     }
                 }
                 if std::mem::take(&mut self.reload_again) {
@@ -735,7 +735,7 @@ impl Core {
         let old = self.config.clone();
         if !first {
             if let Err(e) = self.check_reload(&old, &p) {
-                tracing::error!(error = %e, "SIGHUP: reload refused; keeping the old configuration");
+                tracing::error!(error = %e, "SIGHUP: reload refused; keeping the old one");
                 return;
             }
         }
