@@ -170,6 +170,9 @@ async fn notifications_during_a_refresh_cause_exactly_one_more() {
     assert_eq!(db.psql("SELECT n FROM public.slow WHERE bucket = 2"), "120");
 }
 
+/// Commits the NOTIFY, then keeps the session open a moment.
+const LINGER: &str = "; COMMIT; SELECT pg_sleep(0.3)";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn force_by_signal_control_channel_and_http() {
     let db = TestDb::new();
@@ -195,9 +198,13 @@ async fn force_by_signal_control_channel_and_http() {
         "1"
     );
 
-    db.psql("NOTIFY refreshd_control, 'public.order_totals'");
+    // The sender's role is checked by its pid, so it stays connected until refreshd
+    // has looked it up (a session that exits at once is refused: see README).
+    db.psql(&format!(
+        "NOTIFY refreshd_control, 'public.order_totals'{LINGER}"
+    ));
     wait_for(Duration::from_secs(5), "control channel force", forced(2.0)).await;
-    db.psql("NOTIFY refreshd_control, '*'");
+    db.psql(&format!("NOTIFY refreshd_control, '*'{LINGER}"));
     wait_for(
         Duration::from_secs(5),
         "control channel '*' force",
@@ -222,10 +229,14 @@ async fn force_by_signal_control_channel_and_http() {
     assert_eq!(code, 405);
 
     // Hostile payloads: logged, counted, ignored.
-    db.psql("NOTIFY refreshd_control, 'public.order_totals; DROP TABLE public.orders'");
+    db.psql(&format!(
+        "NOTIFY refreshd_control, 'public.order_totals; DROP TABLE public.orders'{LINGER}"
+    ));
     let big = "x".repeat(5000);
-    db.psql(&format!("NOTIFY refreshd_control, '{big}'"));
-    db.psql("NOTIFY refreshd_control, '\"public\".\"order_totals'");
+    db.psql(&format!("NOTIFY refreshd_control, '{big}'{LINGER}"));
+    db.psql(&format!(
+        "NOTIFY refreshd_control, '\"public\".\"order_totals'{LINGER}"
+    ));
     wait_for(Duration::from_secs(5), "rejections counted", || async {
         support::sample(&d.metrics(), "refreshd_control_rejected_total") == Some(3.0)
     })

@@ -114,7 +114,7 @@ async fn a_three_level_chain_is_refreshed_in_order_once_each() {
     assert_eq!(d.refreshes("public.c", "force", "success"), 1.0);
 
     // A change that reaches only the lowest view still flows up (reason=dependency).
-    db.psql("NOTIFY refreshd_control, 'public.a'");
+    db.psql("NOTIFY refreshd_control, 'public.a'; COMMIT; SELECT pg_sleep(0.3)");
     wait_for(Duration::from_secs(10), "dependency refreshes", all_ok(4.0)).await;
     assert_eq!(d.refreshes("public.b", "dependency", "success"), 1.0);
     assert_eq!(d.refreshes("public.c", "dependency", "success"), 1.0);

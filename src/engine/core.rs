@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
-use crate::engine::control::{self, ControlNote};
 use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::refresher::Refresher;
 use crate::engine::startup::{self, Prepared};
@@ -40,8 +39,6 @@ pub enum Command {
     Schedule(QualifiedName),
     /// SIGUSR1: force every view.
     ForceAll(&'static str),
-    /// A control-channel payload whose sender the control gate allowed.
-    Control(String),
     Http(Request),
     Reload,
     Reloaded(Box<anyhow::Result<Prepared>>),
@@ -142,7 +139,6 @@ struct Core {
     tx: mpsc::UnboundedSender<Command>,
     channels_tx: watch::Sender<BTreeSet<String>>,
     roles_tx: watch::Sender<Vec<String>>,
-    control_tx: mpsc::Sender<ControlNote>,
     /// Channels the listener has confirmed.
     listening: BTreeSet<String>,
     /// Views (added, or given new channels, by a reload) that wait for their channels
@@ -215,6 +211,7 @@ pub async fn run(
     health.set_config_loaded();
 
     let listener_stop = CancellationToken::new();
+    let (roles_tx, roles_rx) = watch::channel(prepared.config.control_roles.clone());
     let (channels_tx, channels_rx) =
         watch::channel(prepared.config.channels().into_iter().collect());
     let (ltx, lrx) = mpsc::unbounded_channel();
@@ -227,23 +224,10 @@ pub async fn run(
         metrics: metrics.clone(),
         health: health.clone(),
         shutdown: listener_stop.clone(),
+        control_roles: roles_rx,
     };
     let listener_task = tokio::spawn(listener.run());
     forward(lrx, &tx, Command::Listener);
-
-    let (roles_tx, roles_rx) = watch::channel(prepared.config.control_roles.clone());
-    let (control_tx, control_rx) = mpsc::channel(control::QUEUE);
-    let (allowed_tx, allowed_rx) = mpsc::unbounded_channel();
-    let control_stop = CancellationToken::new();
-    tokio::spawn(control::run(
-        refresh_info.clone(),
-        roles_rx,
-        control_rx,
-        allowed_tx,
-        metrics.clone(),
-        control_stop.clone(),
-    ));
-    forward(allowed_rx, &tx, Command::Control);
 
     let mut core = Core {
         coalescer: Coalescer::new(Vec::new(), Vec::new(), 1),
@@ -262,7 +246,6 @@ pub async fn run(
         tx,
         channels_tx,
         roles_tx,
-        control_tx,
         listening: BTreeSet::new(),
         awaiting_listen: Vec::new(),
         leading: false,
@@ -280,7 +263,6 @@ pub async fn run(
 
     // The lock goes last: while refreshes of ours run, no other replica may start.
     listener_stop.cancel();
-    control_stop.cancel();
     let _ = listener_task.await;
     http_stop.cancel();
     let _ = http_task.await;
@@ -514,7 +496,6 @@ impl Core {
                 tracing::info!(source, "forced refresh of every view");
                 self.force(None, now);
             }
-            Command::Control(payload) => self.control(&payload, now),
             Command::Http(Request::Force { view, source }) => {
                 if self.leading {
                     if let Some(n) = &view {
@@ -546,18 +527,10 @@ impl Core {
 
     fn listener_event(&mut self, ev: ListenerEvent, now: std::time::Instant) {
         match ev {
+            ListenerEvent::Control(payload) => self.control(&payload, now),
             ListenerEvent::Notification {
-                channel,
-                payload,
-                pid,
+                channel, payload, ..
             } => {
-                if channel == crate::CONTROL_CHANNEL {
-                    let note = ControlNote { payload, pid };
-                    if self.control_tx.try_send(note).is_err() {
-                        self.metrics.control_rejected.inc();
-                    }
-                    return;
-                }
                 tracing::trace!(%channel, payload = %payload.chars().take(64).collect::<String>(), "notification");
                 if let Some(views) = self.index.by_channel.get(&channel) {
                     for &i in views {

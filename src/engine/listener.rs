@@ -7,11 +7,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::control::{self, Gate, Next, Verdict};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::quote_ident;
 use crate::serve::health::{Health, Role};
@@ -36,6 +38,8 @@ pub enum ListenerEvent {
     Listening(BTreeSet<String>),
     /// The connection (and with it leadership) is gone.
     Lost,
+    /// A control-channel payload from a sender the gate allowed.
+    Control(String),
 }
 
 /// How often the idle listener proves its connection works (and samples the queue).
@@ -75,6 +79,8 @@ pub struct Listener {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
+    /// `control_roles`, for the control channel's gate.
+    pub control_roles: watch::Receiver<Vec<String>>,
 }
 
 enum Ended {
@@ -128,40 +134,20 @@ impl Listener {
             _ = self.shutdown.cancelled() => return Ended::Shutdown,
             c = self.info.connect_raw() => c,
         };
-        let (client, mut connection) = match connected {
+        let (client, connection) = match connected {
             Ok(pair) => pair,
             Err(e) => return Ended::Lost(e.to_string()),
         };
-        let events = self.events.clone();
-        let metrics = self.metrics.clone();
-        // Drive the connection ourselves: a plain spawned connection future would
-        // discard the notifications.
+        let client = Arc::new(client);
         let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<String>();
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            let why = loop {
-                match messages.next().await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        metrics
-                            .notifications
-                            .with_label_values(&[n.channel()])
-                            .inc();
-                        let _ = events.send(ListenerEvent::Notification {
-                            channel: n.channel().to_string(),
-                            payload: n.payload().to_string(),
-                            pid: n.process_id(),
-                        });
-                    }
-                    Some(Ok(AsyncMessage::Notice(n))) => {
-                        tracing::debug!(notice = %n.message(), "server notice")
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break crate::pg::connect::error_chain(&e),
-                    None => break "connection closed".to_string(),
-                }
-            };
-            let _ = dead_tx.send(why);
-        });
+        let driver = tokio::spawn(drive(
+            connection,
+            client.clone(),
+            self.events.clone(),
+            self.metrics.clone(),
+            self.control_roles.clone(),
+            dead_tx,
+        ));
         let _abort = AbortOnDrop(driver);
 
         if *ever_connected {
@@ -284,6 +270,81 @@ impl Listener {
         *listening = wanted;
         Ok(())
     }
+}
+
+type Lookup =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (i32, Result<Verdict, String>)> + Send>>;
+
+/// Drives the connection: forwards notifications, and looks up the senders of control
+/// notifications on this same session the moment they arrive (see `control`). Sends
+/// why the connection ended on `dead`.
+async fn drive(
+    mut connection: crate::pg::connect::PgConnection,
+    client: Arc<tokio_postgres::Client>,
+    events: mpsc::UnboundedSender<ListenerEvent>,
+    metrics: Metrics,
+    roles: watch::Receiver<Vec<String>>,
+    dead: tokio::sync::oneshot::Sender<String>,
+) {
+    let mut gate = Gate::new(metrics.clone());
+    let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
+    // A plain spawned connection future would discard the notifications.
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let why = loop {
+        let message = tokio::select! {
+            m = messages.next() => m,
+            Some((pid, verdict)) = lookups.next(), if !lookups.is_empty() => {
+                for payload in gate.decided(pid, verdict, std::time::Instant::now()) {
+                    let _ = events.send(ListenerEvent::Control(payload));
+                }
+                continue;
+            }
+        };
+        match message {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                metrics
+                    .notifications
+                    .with_label_values(&[n.channel()])
+                    .inc();
+                if n.channel() != crate::CONTROL_CHANNEL {
+                    let _ = events.send(ListenerEvent::Notification {
+                        channel: n.channel().to_string(),
+                        payload: n.payload().to_string(),
+                        pid: n.process_id(),
+                    });
+                    continue;
+                }
+                let now = std::time::Instant::now();
+                match gate.arrive(n.process_id(), n.payload().to_string(), now) {
+                    Next::Act(p) => {
+                        let _ = events.send(ListenerEvent::Control(p));
+                    }
+                    Next::Lookup(pid) => {
+                        let client = client.clone();
+                        let listed = roles.borrow().clone();
+                        lookups.push(Box::pin(async move {
+                            let v = tokio::time::timeout(
+                                PROBE_DEADLINE,
+                                control::lookup(&client, pid, &listed),
+                            )
+                            .await
+                            .map_err(|_| "the sender lookup timed out".to_string())
+                            .and_then(|r| r.map_err(|e| crate::pg::connect::error_chain(&e)));
+                            (pid, v)
+                        }));
+                    }
+                    Next::Drop | Next::Wait => {}
+                }
+            }
+            Some(Ok(AsyncMessage::Notice(n))) => {
+                tracing::debug!(notice = %n.message(), "server notice")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break crate::pg::connect::error_chain(&e),
+            None => break "connection closed".to_string(),
+        }
+    };
+    let _ = dead.send(why);
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
