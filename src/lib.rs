@@ -13,5 +13,9 @@ pub mod serve;
 /// refresh.
 pub const CONTROL_CHANNEL: &str = "refreshd_control";
 
+/// The channel on which the leader announces each successful refresh, inside the
+/// refresh's own transaction (`NOTIFY refreshd_refreshed, 'schema.view'`).
+pub const EVENTS_CHANNEL: &str = "refreshd_refreshed";
+
 /// The crate version, for `--version` and `refreshd_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -28,7 +28,9 @@ use crate::pg::ident::QualifiedName;
 use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
 use crate::serve::health::Health;
 use crate::serve::metrics::Metrics;
-use crate::serve::status::{ErrorSummary, Request, Shared, Snapshot, ViewStatus, MAX_VIEW_NAME};
+use crate::serve::status::{
+    ErrorSummary, Request, Shared, Snapshot, Trend, ViewStatus, WaitOutcome, MAX_VIEW_NAME,
+};
 
 /// Everything the core loop acts on.
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub enum Command {
 struct Finished {
     view: QualifiedName,
     start: Start,
+    /// When the refresh task began (read-your-writes compares it with a request).
+    started: std::time::Instant,
     result: Result<Refreshed, RefreshError>,
 }
 
@@ -62,7 +66,14 @@ struct History {
     last_success: Option<SystemTime>,
     refreshes: u64,
     failures: u64,
+    recent: std::collections::VecDeque<Trend>,
 }
+
+/// Successful refreshes kept per view for the status page's trend.
+const TREND_LEN: usize = 20;
+/// Read-your-writes waiters per view at most; more are answered at once with the
+/// outcome of the next refresh anyway, so this only bounds memory.
+const MAX_WAITERS: usize = 10_000;
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -134,8 +145,17 @@ struct Core {
     refresher: Arc<Refresher>,
     refresh_info: ConnectInfo,
     tasks: JoinSet<Finished>,
-    /// The view and run of every refresh task, for a task that panicked.
-    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start)>,
+    /// The view, run and start of every refresh task, for a task that panicked.
+    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant)>,
+    /// Read-your-writes requests per view: when each arrived, and where to answer.
+    waiters: HashMap<
+        QualifiedName,
+        Vec<(
+            std::time::Instant,
+            tokio::sync::oneshot::Sender<WaitOutcome>,
+        )>,
+    >,
+    listen_info: ConnectInfo,
     tx: mpsc::UnboundedSender<Command>,
     channels_tx: watch::Sender<BTreeSet<String>>,
     roles_tx: watch::Sender<Vec<String>>,
@@ -216,7 +236,7 @@ pub async fn run(
         watch::channel(prepared.config.channels().into_iter().collect());
     let (ltx, lrx) = mpsc::unbounded_channel();
     let listener = Listener {
-        info: listen_info,
+        info: listen_info.clone(),
         lock_key: lock_key(&prepared.config.ha.lock_name),
         retry_interval: prepared.config.ha.retry_interval,
         channels: channels_rx,
@@ -243,6 +263,8 @@ pub async fn run(
         refresh_info,
         tasks: JoinSet::new(),
         task_runs: HashMap::new(),
+        waiters: HashMap::new(),
+        listen_info: listen_info.clone(),
         tx,
         channels_tx,
         roles_tx,
@@ -442,15 +464,17 @@ impl Core {
             self.history[start.view].last_start = Some(SystemTime::now());
             tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
             let name = view.name.clone();
+            let started = std::time::Instant::now();
             let handle = self.tasks.spawn(async move {
                 let result = refresher.refresh(&view).await;
                 Finished {
                     view: view.name,
                     start,
+                    started,
                     result,
                 }
             });
-            self.task_runs.insert(handle.id(), (name, start));
+            self.task_runs.insert(handle.id(), (name, start, started));
         }
     }
 
@@ -461,7 +485,7 @@ impl Core {
                 f
             }
             Err(e) => {
-                let Some((view, start)) = self.task_runs.remove(&e.id()) else {
+                let Some((view, start, started)) = self.task_runs.remove(&e.id()) else {
                     return;
                 };
                 let what = if e.is_panic() {
@@ -472,6 +496,7 @@ impl Core {
                 Finished {
                     view,
                     start,
+                    started,
                     result: Err(RefreshError {
                         class: FailureClass::Transient,
                         code: None,
@@ -509,6 +534,11 @@ impl Core {
             Command::Http(Request::Status(reply)) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Http(Request::Wait {
+                view,
+                arrived,
+                reply,
+            }) => self.wait(view, arrived, reply, now),
             Command::Reload => self.reload(),
             Command::Reloaded(result) => {
                 self.reloading = false;
@@ -803,6 +833,7 @@ impl Core {
 
     fn finished(&mut self, f: Finished) {
         let now = std::time::Instant::now();
+        self.answer_waiters(&f);
         if self.coalescer.finished_orphan(f.start.run) {
             tracing::info!(view = %f.view, ok = f.result.is_ok(), "refresh of a view no longer configured ended");
             return;
@@ -839,6 +870,14 @@ impl Core {
                 h.last_error = None;
                 h.last_success = Some(end);
                 h.refreshes += 1;
+                if h.recent.len() == TREND_LEN {
+                    h.recent.pop_front();
+                }
+                h.recent.push_back(Trend {
+                    end: unix(end),
+                    duration_seconds: r.duration.as_secs_f64(),
+                    lag_seconds: lag.as_secs_f64(),
+                });
                 self.throttle.reset(&("failing", label));
                 tracing::info!(
                     view = %f.view,
@@ -906,6 +945,58 @@ impl Core {
         });
     }
 
+    /// Read-your-writes: force the view and remember the request until a refresh that
+    /// started after it ends. A standby relays the force and waits for the leader's
+    /// refresh event instead.
+    fn wait(
+        &mut self,
+        view: QualifiedName,
+        arrived: std::time::Instant,
+        reply: tokio::sync::oneshot::Sender<WaitOutcome>,
+        now: std::time::Instant,
+    ) {
+        if !self.index.by_name.contains_key(&view) {
+            return; // dropping `reply` answers "unknown view"
+        }
+        if !self.leading {
+            relay_and_wait(self.listen_info.clone(), view, reply);
+            return;
+        }
+        let list = self.waiters.entry(view.clone()).or_default();
+        list.retain(|(_, r)| !r.is_closed());
+        if list.len() >= MAX_WAITERS {
+            return;
+        }
+        list.push((arrived, reply));
+        self.force(Some(&view), now);
+    }
+
+    /// Answers the waiters a finished refresh satisfies: those that arrived before it
+    /// started.
+    fn answer_waiters(&mut self, f: &Finished) {
+        let Some(list) = self.waiters.get_mut(&f.view) else {
+            return;
+        };
+        let outcome = match &f.result {
+            Ok(r) => WaitOutcome::Refreshed {
+                end: rfc3339(SystemTime::now()),
+                duration_seconds: r.duration.as_secs_f64(),
+            },
+            Err(e) => WaitOutcome::Failed(e.summary()),
+        };
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
+            .into_iter()
+            .partition(|(arrived, _)| *arrived <= f.started);
+        for (_, reply) in due {
+            let _ = reply.send(outcome.clone());
+        }
+        if keep.is_empty() {
+            self.waiters.remove(&f.view);
+        } else {
+            self.waiters.insert(f.view.clone(), keep);
+        }
+    }
+
     /// `/status`, built on request.
     fn snapshot(&self) -> Snapshot {
         let now = std::time::Instant::now();
@@ -949,6 +1040,7 @@ impl Core {
                     consecutive_failures: c.failures(i),
                     channels: v.channels.clone(),
                     schedule: v.schedule.as_ref().map(|s| s.expr.clone()),
+                    recent: h.recent.iter().copied().collect(),
                     reads: self
                         .reads
                         .get(i)
@@ -963,6 +1055,88 @@ impl Core {
             .collect();
         Snapshot { views }
     }
+}
+
+/// Refreshes of a view running right now (on any session this role can see).
+const RUNNING_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+     WHERE state = 'active' AND pid <> pg_catalog.pg_backend_pid() \
+     AND position('REFRESH MATERIALIZED VIEW' in query) > 0 AND position($1 in query) > 0";
+
+/// A standby's read-your-writes: relay the force through the control channel and
+/// answer when the leader's refresh event (`refreshd_refreshed`) shows a refresh of the
+/// view that started after the request. A refresh already running when the standby
+/// looked (before it LISTENed) may have started earlier, so its event is skipped; a
+/// refresh that ends after that look started after it. Errs on the side of waiting.
+fn relay_and_wait(
+    info: ConnectInfo,
+    view: QualifiedName,
+    mut reply: tokio::sync::oneshot::Sender<WaitOutcome>,
+) {
+    tokio::spawn(async move {
+        let name = view.to_string();
+        let waited = async {
+            let (client, connection) = info.connect_raw().await.map_err(|e| e.to_string())?;
+            let quoted = view.quoted();
+            let (ntx, mut nrx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut connection = connection;
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                use futures_util::StreamExt as _;
+                while let Some(Ok(m)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                        let _ = ntx.send(n.payload().to_string());
+                    }
+                }
+            });
+            let running: i64 = client
+                .query_typed(RUNNING_SQL, &[(&quoted, tokio_postgres::types::Type::TEXT)])
+                .await
+                .map_err(|e| crate::pg::connect::error_chain(&e))?
+                .first()
+                .map_or(0, |r| r.get(0));
+            client
+                .batch_execute(&format!(
+                    "LISTEN {}",
+                    crate::pg::ident::quote_ident(crate::EVENTS_CHANNEL)
+                ))
+                .await
+                .map_err(|e| crate::pg::connect::error_chain(&e))?;
+            client
+                .query_typed(
+                    "SELECT pg_catalog.pg_notify($1, $2)",
+                    &[
+                        (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
+                        (&name, tokio_postgres::types::Type::TEXT),
+                    ],
+                )
+                .await
+                .map_err(|e| crate::pg::connect::error_chain(&e))?;
+            let sent = std::time::Instant::now();
+            let mut skip = running;
+            while let Some(p) = nrx.recv().await {
+                if p == name {
+                    if skip == 0 {
+                        return Ok(sent);
+                    }
+                    skip -= 1;
+                }
+            }
+            Err("the connection closed".to_string())
+        };
+        tokio::select! {
+            _ = reply.closed() => {}
+            r = waited => match r {
+                Ok(_) => {
+                    let _ = reply.send(WaitOutcome::Refreshed {
+                        end: rfc3339(SystemTime::now()),
+                        duration_seconds: 0.0,
+                    });
+                }
+                Err(e) => tracing::warn!(view = %name, error = %e, "standby: read-your-writes relay failed"),
+            }
+        }
+    });
 }
 
 /// Starts statistics detection for `watched`; its findings arrive as

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pg::ident::QualifiedName;
 use crate::serve::health::Role;
-use crate::serve::status::{Request as StatusRequest, Shared, MAX_VIEW_NAME};
+use crate::serve::status::{Request as StatusRequest, Shared, WaitOutcome, MAX_VIEW_NAME};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -79,6 +79,74 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
         });
+    }
+}
+
+/// The longest `?wait=` a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `wait=DURATION` from a query string: `Ok(None)` when absent.
+fn wait_param(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(q) = query else { return Ok(None) };
+    let mut wait = None;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "wait" => {
+                let v = percent_decode(v).ok_or("wait: not valid percent-encoding")?;
+                let d = humantime::parse_duration(v.trim())
+                    .map_err(|_| "wait: not a duration such as 5s or 500ms".to_string())?;
+                if d > MAX_WAIT {
+                    return Err(format!(
+                        "wait: at most {}",
+                        humantime::format_duration(MAX_WAIT)
+                    ));
+                }
+                wait = Some(d);
+            }
+            _ => return Err("unknown query parameter (only wait is accepted)".into()),
+        }
+    }
+    Ok(wait)
+}
+
+/// Read-your-writes: forces `view` and answers when a refresh of it that started after
+/// this request arrived has ended.
+async fn wait_for_refresh(shared: &Shared, view: QualifiedName, wait: Duration) -> Resp {
+    let arrived = std::time::Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = view.to_string();
+    let request = StatusRequest::Wait {
+        view,
+        arrived,
+        reply: tx,
+    };
+    if shared.requests.send(request).is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let relayed = shared.health.role() != Role::Leader;
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(WaitOutcome::Refreshed {
+            end,
+            duration_seconds,
+        })) => json(
+            StatusCode::OK,
+            &serde_json::json!({"view": name, "outcome": "success", "end": end,
+                "duration_seconds": duration_seconds, "relayed": relayed}),
+        ),
+        Ok(Ok(WaitOutcome::Failed(e))) => json(
+            StatusCode::BAD_GATEWAY,
+            &serde_json::json!({"view": name, "outcome": "failure", "error": e}),
+        ),
+        // The core dropped the request: the view left the configuration.
+        Ok(Err(_)) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "unknown view"}),
+        ),
+        Err(_) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"view": name, "error": format!("no refresh of the view committed within {}", humantime::format_duration(wait))}),
+        ),
     }
 }
 
@@ -219,6 +287,19 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                     }
                 }
             };
+            match wait_param(req.uri().query()) {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    let Some(view) = target else {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::json!({"error": "wait needs a view: POST /refresh/{schema.view}?wait=5s"}),
+                        );
+                    };
+                    return wait_for_refresh(shared, view, wait).await;
+                }
+                Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+            }
             let queued = target
                 .as_ref()
                 .map_or_else(|| "*".to_string(), |n| n.to_string());
@@ -259,6 +340,22 @@ mod tests {
         );
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);
+    }
+
+    #[test]
+    fn wait_parameter() {
+        assert_eq!(wait_param(None), Ok(None));
+        assert_eq!(
+            wait_param(Some("wait=5s")),
+            Ok(Some(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            wait_param(Some("wait=250ms")),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert!(wait_param(Some("wait=61s")).is_err());
+        assert!(wait_param(Some("wait=soon")).is_err());
+        assert!(wait_param(Some("other=1")).is_err());
     }
 
     #[test]

@@ -39,6 +39,27 @@ pub struct ViewStatus {
     pub channels: Vec<String>,
     pub schedule: Option<String>,
     pub reads: Vec<String>,
+    /// The last few successful refreshes, oldest first (the status page's trend).
+    pub recent: Vec<Trend>,
+}
+
+/// One successful refresh in a view's recent history.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Trend {
+    /// Unix time the refresh committed.
+    pub end: f64,
+    pub duration_seconds: f64,
+    /// First pending change → commit.
+    pub lag_seconds: f64,
+}
+
+/// How a read-your-writes wait ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitOutcome {
+    /// A refresh that started after the request committed.
+    Refreshed { end: String, duration_seconds: f64 },
+    /// That refresh failed.
+    Failed(ErrorSummary),
 }
 
 /// A failed refresh as `/status` shows it.
@@ -68,6 +89,13 @@ pub enum Request {
     },
     /// Build a [`Snapshot`] now.
     Status(oneshot::Sender<Snapshot>),
+    /// Force a refresh of `view` and answer once a refresh of it that started after
+    /// `arrived` has ended (read-your-writes). The HTTP side bounds the wait.
+    Wait {
+        view: QualifiedName,
+        arrived: std::time::Instant,
+        reply: oneshot::Sender<WaitOutcome>,
+    },
 }
 
 /// Shared between the core and the HTTP server.
