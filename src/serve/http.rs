@@ -21,6 +21,10 @@ use crate::serve::status::{Request as StatusRequest, Shared, WaitOutcome, MAX_VI
 
 type Resp = Response<Full<Bytes>>;
 
+/// The status page for people (`GET /`): built into the binary, no external resources;
+/// it polls `/status` and shows nothing else.
+const STATUS_PAGE: &str = include_str!("page.html");
+
 fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     Response::builder()
         .status(status)
@@ -208,6 +212,17 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            // The page loads nothing from elsewhere; say so to the browser too.
+            .header(
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            )
+            .header("cache-control", "no-cache")
+            .body(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())))
+            .expect("valid response"),
         (&Method::GET, "/metrics") => {
             // Ages are computed at scrape time; a core too busy to answer leaves the
             // last values (its stall shows in /healthz).
@@ -317,7 +332,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                 &serde_json::json!({"queued": queued, "leader": leader, "relayed": !leader}),
             )
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status") => {
+        (_, "/" | "/metrics" | "/healthz" | "/readyz" | "/status") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         (_, p) if p == "/refresh" || p.starts_with("/refresh/") => {
