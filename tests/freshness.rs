@@ -335,3 +335,53 @@ impl SyncClient {
         self.rt.block_on(self.client.batch_execute(sql))
     }
 }
+
+/// `refreshd status` against a running daemon (one line per view, exit 1 while a view
+/// fails) and against nothing (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_command_reads_a_running_daemon() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = Daemon::start(&config(&db, "100ms"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    let url = format!("http://127.0.0.1:{}", d.port);
+    wait_for(
+        Duration::from_secs(10),
+        "both startup refreshes",
+        || async {
+            d.successes("public.order_totals") >= 1.0 && d.successes("public.dupes") >= 1.0
+        },
+    )
+    .await;
+    let out = support::refreshd(&["status", "--url", &url]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("public.order_totals") && l.contains("idle")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("public.dupes")),
+        "{text}"
+    );
+
+    db.psql("INSERT INTO public.people VALUES ('bob@example.com', '1'), ('bob@example.com', '1')");
+    db.psql("NOTIFY people_changed");
+    let d = &d;
+    wait_for(
+        Duration::from_secs(10),
+        "the duplicate-row failure",
+        || async move { d.refreshes("public.dupes", "notify", "failure") >= 1.0 },
+    )
+    .await;
+    let out = support::refreshd(&["status", "--url", &url]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("permanent 21000"), "{text}");
+    assert!(!text.contains("bob@example.com"), "{text}");
+
+    let nobody = format!("http://127.0.0.1:{}", support::free_port());
+    let out = support::refreshd(&["status", "--url", &nobody]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+}

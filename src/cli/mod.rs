@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod demo;
 pub mod logging;
+pub mod status;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,13 @@ pub enum Command {
         #[arg(required_unless_present = "all")]
         views: Vec<String>,
     },
+    /// Ask a running daemon how its views are: one line per view (exit 1 if one is
+    /// failing, 2 if the daemon cannot be reached).
+    Status {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = crate::cli::status::DEFAULT_URL)]
+        url: String,
+    },
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -99,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         }
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
+        Command::Status { url } => crate::cli::status::run(&url).await,
     }
 }
 

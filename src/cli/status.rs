@@ -1,0 +1,202 @@
+//! `refreshd status [--url URL]`: one line per view from a running daemon's `/status`.
+//! Exit 0 when every view is fine, 1 when one is failing (or retrying), 2 when the
+//! daemon cannot be reached or does not answer like refreshd.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
+
+/// Exit code: the daemon is unreachable.
+pub const EXIT_UNREACHABLE: u8 = 2;
+/// The default daemon address (SPEC "HTTP").
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9648";
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// A `/status` body larger than this is not refreshd's.
+const MAX_BODY: usize = 256 << 20;
+
+/// Runs the command; returns the exit code.
+pub async fn run(url: &str) -> u8 {
+    let body = match tokio::time::timeout(TIMEOUT, fetch_status(url)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            eprintln!("refreshd status: {url}: {e}");
+            return EXIT_UNREACHABLE;
+        }
+        Err(_) => {
+            eprintln!("refreshd status: {url}: no answer within {TIMEOUT:?}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let status: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("refreshd status: {url}/status is not refreshd's JSON: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let (text, failing) = render(&status);
+    print!("{text}");
+    if failing {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The lines to print, and whether any view is failing.
+pub fn render(status: &serde_json::Value) -> (String, bool) {
+    let mut out = format!(
+        "refreshd {} · {}{}\n",
+        status["version"].as_str().unwrap_or("?"),
+        status["role"].as_str().unwrap_or("?"),
+        if status["ready"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (not ready)"
+        }
+    );
+    let empty = Vec::new();
+    let views = status["views"].as_array().unwrap_or(&empty);
+    let width = views
+        .iter()
+        .filter_map(|v| v["view"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(4);
+    let mut failing = false;
+    for v in views {
+        let state = v["state"].as_str().unwrap_or("?");
+        failing |= matches!(state, "failed" | "retrying");
+        let stale = v["pending_since_seconds"].as_f64().unwrap_or(0.0);
+        let staleness = if stale > 0.0 {
+            format!("stale {}", secs(stale))
+        } else {
+            "fresh".to_string()
+        };
+        let last = match v["last_end"].as_str() {
+            Some(end) => format!(
+                "last {} ({}, {})",
+                end,
+                v["last_outcome"].as_str().unwrap_or("?"),
+                v["last_duration_seconds"].as_f64().map_or("?".into(), secs)
+            ),
+            None => "never refreshed".to_string(),
+        };
+        let error = match v["last_error"].as_object() {
+            Some(e) => format!(
+                "  error {} {}",
+                e.get("class").and_then(|c| c.as_str()).unwrap_or("?"),
+                e.get("sqlstate").and_then(|c| c.as_str()).unwrap_or("")
+            ),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<8}  {:<14}  {last}{error}\n",
+            v["view"].as_str().unwrap_or("?"),
+            state,
+            staleness,
+        ));
+    }
+    (out, failing)
+}
+
+fn secs(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0}ms", s * 1000.0)
+    } else if s < 120.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{:.0}min", s / 60.0)
+    }
+}
+
+/// GET `{url}/status` over plain HTTP/1.1.
+async fn fetch_status(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported (refreshd serves plain HTTP)")?;
+    let (authority, base) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    let addr = if authority
+        .rsplit(':')
+        .next()
+        .is_some_and(|p| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let request = format!(
+        "GET {base}/status HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_BODY as u64)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let status_line = head.lines().next().unwrap_or("");
+    if !status_line.contains(" 200") {
+        return Err(format!("answered {status_line:?}"));
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err("chunked answers are not expected from refreshd".into());
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_view_and_failing_detected() {
+        let s = serde_json::json!({
+            "version": "0.1.0", "role": "leader", "ready": true,
+            "views": [
+                {"view": "public.a", "state": "idle", "pending_since_seconds": 0.0,
+                 "last_end": "2026-11-23T05:00:00Z", "last_outcome": "success", "last_duration_seconds": 0.02,
+                 "last_error": null},
+                {"view": "public.b", "state": "failed", "pending_since_seconds": 12.5,
+                 "last_end": null, "last_error": {"class": "permanent", "sqlstate": "21000", "hint": "x"}},
+            ]
+        });
+        let (text, failing) = render(&s);
+        assert!(failing);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].starts_with("public.a")
+                && lines[1].contains("fresh")
+                && lines[1].contains("20ms")
+        );
+        assert!(
+            lines[2].contains("failed")
+                && lines[2].contains("stale 12.5s")
+                && lines[2].contains("permanent 21000")
+        );
+        let ok =
+            serde_json::json!({"version": "0.1.0", "role": "standby", "ready": true, "views": []});
+        assert!(!render(&ok).1);
+    }
+}
