@@ -115,6 +115,8 @@ pub struct Config {
     /// Roles (besides refreshd's own and its members) whose `NOTIFY refreshd_control`
     /// is honoured.
     pub control_roles: Vec<String>,
+    /// Send `NOTIFY refreshd_refreshed, 'schema.view'` inside each successful refresh.
+    pub events: bool,
 }
 
 impl Config {
@@ -170,6 +172,7 @@ impl Config {
 struct RawConfig {
     shutdown_timeout: Option<Spanned<String>>,
     control_roles: Option<Vec<Spanned<String>>>,
+    events: Option<bool>,
     database: Option<Spanned<RawDatabase>>,
     http: Option<RawHttp>,
     ha: Option<RawHa>,
@@ -499,6 +502,7 @@ impl Ctx<'_> {
             path: self.path.to_path_buf(),
             shutdown_timeout,
             control_roles,
+            events: raw.events.unwrap_or(true),
             database: DatabaseConfig {
                 url,
                 password_file,

@@ -315,7 +315,7 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     };
     let mut failed = 0;
     for view in &views {
-        match refresh::refresh_view(&client, view).await {
+        match refresh::refresh_view(&client, view, config.events).await {
             Ok(r) => println!(
                 "{}: refreshed ({}) in {}",
                 view.name,

@@ -465,8 +465,9 @@ impl Core {
             tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
             let name = view.name.clone();
             let started = std::time::Instant::now();
+            let events = self.config.events;
             let handle = self.tasks.spawn(async move {
-                let result = refresher.refresh(&view).await;
+                let result = refresher.refresh(&view, events).await;
                 Finished {
                     view: view.name,
                     start,
@@ -504,6 +505,7 @@ impl Core {
                         detail: None,
                         hint: Some("a bug in refreshd: please report it; the view is retried"),
                         duration: Duration::ZERO,
+                        connection_broken: false,
                     }),
                 }
             }

@@ -52,22 +52,24 @@ impl Refresher {
             detail: None,
             hint: Some("cannot reach the database; refreshd retries with backoff"),
             duration: Duration::ZERO,
+            connection_broken: false,
         })
     }
 
-    /// Refreshes one view on a pooled connection.
-    pub async fn refresh(&self, view: &ViewConfig) -> Result<Refreshed, RefreshError> {
+    /// Refreshes one view on a pooled connection; `event` sends `refreshd_refreshed`
+    /// in the refresh's transaction.
+    pub async fn refresh(&self, view: &ViewConfig, event: bool) -> Result<Refreshed, RefreshError> {
         let client = self.checkout().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.inflight
             .lock()
             .expect("not poisoned")
             .insert(id, client.cancel_token());
-        let result = refresh_view(&client, view).await;
+        let result = refresh_view(&client, view, event).await;
         self.inflight.lock().expect("not poisoned").remove(&id);
-        // A connection that failed without a server error (lost, or no answer) is not
-        // reused, even if the socket looks open.
-        let suspect = matches!(&result, Err(e) if e.code.is_none());
+        // A connection that failed without a server error (lost, or no answer), or
+        // could not roll back, is not reused, even if the socket looks open.
+        let suspect = matches!(&result, Err(e) if e.connection_broken);
         if !client.is_closed() && !suspect {
             self.idle.lock().expect("not poisoned").push(client);
         }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::ViewConfig;
@@ -59,6 +60,9 @@ pub struct RefreshError {
     pub hint: Option<&'static str>,
     /// How long the failing statement ran.
     pub duration: Duration,
+    /// The connection must not be reused (no answer, or the ROLLBACK after the
+    /// failure did not work).
+    pub connection_broken: bool,
 }
 
 impl RefreshError {
@@ -73,6 +77,7 @@ impl RefreshError {
                 detail: None,
                 hint: Some("the connection was lost; refreshd reconnects and retries"),
                 duration,
+                connection_broken: true,
             };
         };
         let code = db.code();
@@ -89,6 +94,7 @@ impl RefreshError {
             detail: db.detail().map(str::to_string),
             hint,
             duration,
+            connection_broken: false,
         }
     }
 
@@ -159,41 +165,80 @@ fn millis(d: Duration) -> u128 {
     d.as_millis()
 }
 
-/// Sets the view's timeouts on the session and refreshes it once.
-///
-/// The connection must be dedicated to refreshes: the timeouts stay set on the session
-/// (every refresh sets its own). Cancel it from elsewhere with the client's cancel token.
-pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshed, RefreshError> {
-    let prep = format!(
-        "SET statement_timeout = {}; SET lock_timeout = {}",
-        millis(view.statement_timeout),
-        millis(view.lock_timeout)
-    );
-    client
-        .batch_execute(&prep)
-        .await
-        .map_err(|e| RefreshError::from_pg(&e, Duration::ZERO))?;
-    let row = client
-        .query_opt(
+/// Whether the view is populated; `None` when no materialized view has that name.
+/// `query_typed` is one round trip with an unnamed statement: nothing is prepared on
+/// the server, so it works through a transaction-mode pooler.
+async fn populated(
+    client: &Client,
+    view: &ViewConfig,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
             "SELECT c.relispopulated FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm'",
-            &[&view.name.schema, &view.name.name],
+            &[
+                (&view.name.schema, Type::TEXT),
+                (&view.name.name, Type::TEXT),
+            ],
         )
-        .await
-        .map_err(|e| RefreshError::from_pg(&e, Duration::ZERO))?;
-    let Some(row) = row else {
-        return Err(RefreshError {
-            class: FailureClass::Permanent,
-            code: Some("42P01".into()),
-            message: format!("materialized view {} does not exist", view.name),
-            detail: None,
-            hint: Some("create it (see sql/), or fix the name in the configuration"),
-            duration: Duration::ZERO,
-        });
+        .await?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// The refresh as one simple-protocol round trip: the timeouts are `SET LOCAL`, so
+/// nothing outlives the transaction on the server connection (a pooler hands that
+/// connection to other clients next), and the refresh event, when on, is sent inside
+/// the same transaction so whoever receives it reads the new contents.
+pub fn refresh_transaction(
+    view: &ViewConfig,
+    populated: bool,
+    event: bool,
+) -> (RefreshKind, String) {
+    let (kind, refresh) = refresh_sql(view, populated);
+    let mut sql = format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; {refresh}; ",
+        millis(view.statement_timeout),
+        millis(view.lock_timeout)
+    );
+    if event {
+        sql.push_str(&format!(
+            "SELECT pg_catalog.pg_notify({}, {}); ",
+            quote_literal(crate::EVENTS_CHANNEL),
+            quote_literal(&view.name.to_string())
+        ));
+    }
+    sql.push_str("COMMIT");
+    (kind, sql)
+}
+
+/// Refreshes `view` once. With `event`, also `NOTIFY refreshd_refreshed` in the same
+/// transaction. Cancel it from elsewhere with the client's cancel token.
+///
+/// A failed refresh leaves its transaction aborted; it is rolled back here, so the
+/// connection (or the pooler's server connection behind it) is clean again. A connection
+/// that cannot even do that is reported without SQLSTATE, and the caller drops it.
+pub async fn refresh_view(
+    client: &Client,
+    view: &ViewConfig,
+    event: bool,
+) -> Result<Refreshed, RefreshError> {
+    let populated = match populated(client, view).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(RefreshError {
+                class: FailureClass::Permanent,
+                code: Some("42P01".into()),
+                message: format!("materialized view {} does not exist", view.name),
+                detail: None,
+                hint: Some("create it (see sql/), or fix the name in the configuration"),
+                duration: Duration::ZERO,
+                connection_broken: false,
+            })
+        }
+        Err(e) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
     };
-    let populated: bool = row.get(0);
-    let (kind, sql) = refresh_sql(view, populated);
+    let (kind, sql) = refresh_transaction(view, populated, event);
     let start = Instant::now();
     // statement_timeout bounds the refresh on the server; this bounds it here, for a
     // connection that went half-open and will never answer.
@@ -208,7 +253,16 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
             kind,
             duration: start.elapsed(),
         }),
-        Ok(Err(e)) => Err(RefreshError::from_pg(&e, start.elapsed())),
+        Ok(Err(e)) => {
+            let mut err = RefreshError::from_pg(&e, start.elapsed());
+            if !client.is_closed() {
+                let rolled_back =
+                    tokio::time::timeout(ROLLBACK_DEADLINE, client.batch_execute("ROLLBACK")).await;
+                // A connection that cannot roll back is not handed out again.
+                err.connection_broken = !matches!(rolled_back, Ok(Ok(())));
+            }
+            Err(err)
+        }
         Err(_) => Err(RefreshError {
             class: FailureClass::Transient,
             code: None,
@@ -222,9 +276,64 @@ pub async fn refresh_view(client: &Client, view: &ViewConfig) -> Result<Refreshe
                 "the connection is presumed dead; refreshd drops it and retries on a new one",
             ),
             duration: start.elapsed(),
+            connection_broken: true,
         }),
+    }
+}
+
+/// How long the ROLLBACK after a failed refresh may take.
+const ROLLBACK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A string literal for SQL, correct whatever `standard_conforming_strings` says:
+/// quotes doubled, and an `E''` literal with backslashes doubled when there are any.
+pub fn quote_literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
     }
 }
 
 /// How long past `statement_timeout` the client waits before giving a connection up.
 pub const CLIENT_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted_for_either_string_setting() {
+        assert_eq!(quote_literal("public.v"), "'public.v'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
+    }
+
+    #[test]
+    fn one_transaction_with_local_settings_only() {
+        let cfg = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[database]\nurl = \"postgresql://u@h/d\"\n[[view]]\nname = \"\\\"S\\\".\\\"V's\\\"\"\nchannels = [\"c\"]\nstatement_timeout = \"2s\"\nlock_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        let v = &cfg.views[0];
+        let (kind, sql) = refresh_transaction(v, true, true);
+        assert_eq!(kind, RefreshKind::Concurrently);
+        assert_eq!(
+            sql,
+            "BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; \
+             REFRESH MATERIALIZED VIEW CONCURRENTLY \"S\".\"V's\"; \
+             SELECT pg_catalog.pg_notify('refreshd_refreshed', '\"S\".\"V''s\"'); COMMIT"
+        );
+        let (kind, sql) = refresh_transaction(v, false, false);
+        assert_eq!(kind, RefreshKind::Populate);
+        assert!(
+            !sql.contains("pg_notify")
+                && sql.ends_with("REFRESH MATERIALIZED VIEW \"S\".\"V's\"; COMMIT")
+        );
+        assert!(
+            !sql.contains("SET statement_timeout"),
+            "never session-level"
+        );
+    }
+}
