@@ -1035,7 +1035,7 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
 }
 
 async fn pgbench(bench: &Bench, script: &std::path::Path, clients: u32, secs: u64) -> Result<f64> {
-    let bin = bench.cluster.bin_dir().join("pgbench");
+    let bin = refreshd::cli::cluster::client_program("pgbench");
     let out = tokio::process::Command::new(bin)
         .args(["-n", "-f"])
         .arg(script)

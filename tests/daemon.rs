@@ -372,9 +372,8 @@ async fn write_storm_is_coalesced_and_ends_exact() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("storm.sql");
     std::fs::write(&script, "INSERT INTO public.orders (bucket, amount) VALUES ((random() * 20)::int, (random() * 100)::int);\n").unwrap();
-    let bin = refreshd::cli::cluster::find_bin_dir().unwrap();
     let secs = 6;
-    let storm = std::process::Command::new(bin.join("pgbench"))
+    let storm = std::process::Command::new(refreshd::cli::cluster::client_program("pgbench"))
         .args([
             "-n",
             "-c",

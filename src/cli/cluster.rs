@@ -62,6 +62,27 @@ pub fn find_bin_dir() -> io::Result<PathBuf> {
     ))
 }
 
+/// A client program (`psql`, `pgbench`): from the server's directory when it has one,
+/// else from the first PostgreSQL client found (`$PG_CLIENT_BIN`, Debian's, `$PATH`).
+/// Server-only builds (the npm registry's, for the version matrix) carry no clients, and
+/// PostgreSQL 15's clients speak to every server version refreshd supports.
+pub fn client_program(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(b) = find_bin_dir() {
+        dirs.push(b);
+    }
+    if let Some(p) = std::env::var_os("PG_CLIENT_BIN") {
+        dirs.push(PathBuf::from(p));
+    }
+    for v in ["15", "16", "17", "18", "14", "13"] {
+        dirs.push(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -318,7 +339,7 @@ impl TempCluster {
 
     /// Runs `psql` as the superuser on `db` with ON_ERROR_STOP, returning stdout.
     pub fn psql(&self, db: &str, args: &[&str]) -> io::Result<String> {
-        let out = Command::new(self.bin.join("psql"))
+        let out = Command::new(client_program("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(self.socket_dsn(db))
             .args(args)

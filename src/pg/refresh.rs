@@ -127,7 +127,7 @@ pub fn classify(code: &SqlState) -> (FailureClass, Option<&'static str>) {
         "40001" => (Transient, Some("serialization failure; refreshd retries")),
         "57014" => (Transient, Some("the statement was cancelled (statement_timeout, or pg_cancel_backend); raise statement_timeout if the view needs longer")),
         "57P01" | "57P02" | "57P03" => (Transient, Some("the server is shutting down or starting up; refreshd retries")),
-        "42501" => (Permanent, Some("only the owner of a materialized view (or a member of the owning role) may refresh it: ALTER MATERIALIZED VIEW ... OWNER TO a role refreshd's user belongs to")),
+        "42501" => (Permanent, Some("only the owner of a materialized view (or a member of the owning role) may refresh it, and on PostgreSQL 17+ a role with the MAINTAIN privilege on it (GRANT MAINTAIN ON ... TO, or the pg_maintain role): ALTER MATERIALIZED VIEW ... OWNER TO a role refreshd's user belongs to, or grant MAINTAIN")),
         "21000" | "23505" => (Permanent, Some("the view's query produces duplicate rows for its unique index; fix the view definition or the index")),
         "55000" => (Permanent, Some("REFRESH ... CONCURRENTLY needs a unique index on plain columns of the view, without WHERE: create one, or set concurrently = false for this view")),
         "0A000" => (Permanent, Some("this form of REFRESH is not supported for the view in its current state")),

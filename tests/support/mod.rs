@@ -49,12 +49,10 @@ pub fn server() -> &'static Server {
                     String::from_utf8_lossy(pw).replace('\'', "\\'")
                 ));
             }
-            let bin = refreshd::cli::cluster::find_bin_dir()
-                .unwrap_or_else(|_| PathBuf::from("/usr/bin"));
             Server {
                 cluster: None,
                 base,
-                psql: bin.join("psql"),
+                psql: refreshd::cli::cluster::client_program("psql"),
             }
         } else {
             let cluster =
@@ -64,7 +62,7 @@ pub fn server() -> &'static Server {
                 cluster.socket_dir().display(),
                 cluster.port()
             );
-            let psql = cluster.bin_dir().join("psql");
+            let psql = refreshd::cli::cluster::client_program("psql");
             Server {
                 cluster: Some(cluster),
                 base,
