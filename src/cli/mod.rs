@@ -153,12 +153,13 @@ async fn check(path: &Path) -> u8 {
         }
     };
     let who = client
-        .query_one(
+        .query_typed(
             "SELECT current_user::text, current_setting('server_version')",
             &[],
         )
         .await
-        .map(|r| {
+        .map(|rows| {
+            let r = &rows[0];
             format!(
                 "as {} (PostgreSQL {})",
                 r.get::<_, String>(0),

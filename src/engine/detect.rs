@@ -76,7 +76,10 @@ async fn read(
     client: &tokio_postgres::Client,
     oids: &[u32],
 ) -> Result<HashMap<u32, Reading>, tokio_postgres::Error> {
-    let rows = client.query(QUERY, &[&oids]).await?;
+    let oids: Vec<u32> = oids.to_vec();
+    let rows = client
+        .query_typed(QUERY, &[(&oids, tokio_postgres::types::Type::OID_ARRAY)])
+        .await?;
     Ok(rows
         .iter()
         .map(|r| {

@@ -162,15 +162,19 @@ impl Listener {
         loop {
             self.health.beat_listener();
             let key = self.lock_key;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-            let try_lock = client.query_one("SELECT pg_try_advisory_lock($1)", &params);
+            let params = [(
+                &key as &(dyn tokio_postgres::types::ToSql + Sync),
+                tokio_postgres::types::Type::INT8,
+            )];
+            let try_lock =
+                client.query_typed("SELECT pg_catalog.pg_try_advisory_lock($1)", &params);
             let won = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ended::Shutdown,
                 why = &mut dead_rx => return Ended::Lost(why.unwrap_or_default()),
                 r = tokio::time::timeout(PROBE_DEADLINE, try_lock) => r,
             };
             match won {
-                Ok(Ok(row)) if row.get::<_, bool>(0) => break,
+                Ok(Ok(rows)) if rows.first().is_some_and(|r| r.get::<_, bool>(0)) => break,
                 Ok(Ok(_)) => {
                     *attempt = 0;
                     if !announced_standby {
@@ -234,8 +238,8 @@ impl Listener {
                 _ = probe.tick() => {
                     // A cheap query with a deadline finds a half-open connection that
                     // keepalives have not yet declared dead.
-                    match tokio::time::timeout(PROBE_DEADLINE, client.query_one("SELECT pg_notification_queue_usage()", &[])).await {
-                        Ok(Ok(row)) => self.metrics.queue_usage.set(row.get::<_, f64>(0)),
+                    match tokio::time::timeout(PROBE_DEADLINE, client.query_typed("SELECT pg_catalog.pg_notification_queue_usage()", &[])).await {
+                        Ok(Ok(rows)) => self.metrics.queue_usage.set(rows.first().map_or(0.0, |r| r.get::<_, f64>(0))),
                         Ok(Err(e)) => return Ended::Lost(crate::pg::connect::error_chain(&e)),
                         Err(_) => return Ended::Lost(format!("probe query got no answer within {PROBE_DEADLINE:?}")),
                     }

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::config::{Config, Detect, ViewConfig};
 use crate::engine::detect::Watched;
-use crate::pg::catalog;
+use crate::pg::catalog::{self, StartupFacts};
 use crate::pg::connect::ConnectInfo;
 
 /// A configuration with what the catalog says about it.
@@ -42,12 +42,14 @@ pub fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
     Ok(Some(t))
 }
 
-/// Checks `config` against the catalog on `client`.
+/// Checks `config` against the catalog on `client`: a constant number of queries
+/// whatever the number of views.
 pub async fn prepare(client: &tokio_postgres::Client, config: Config) -> anyhow::Result<Prepared> {
     let token = read_token(&config)?;
-    validate_views(client, &config.views).await?;
-    let reads = dependency_graph(client, &config.views).await?;
-    let watched = watched_views(client, &config.views).await?;
+    let facts = catalog::startup_facts(client, &config.views).await?;
+    refuse_unusable(&config.views, &facts)?;
+    let reads = graph(&facts);
+    let watched = watched_views(&config.views, &facts);
     Ok(Prepared {
         config: Arc::new(config),
         reads,
@@ -75,19 +77,19 @@ pub async fn load_and_prepare(
         .map_err(|_| anyhow::anyhow!("checking the new views took longer than {timeout:?}"))?
 }
 
-/// The views `run` refuses: no usable unique index while `concurrently = true`.
-async fn validate_views(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
-) -> anyhow::Result<()> {
+/// `run` refuses a view without a unique index usable by CONCURRENTLY unless it sets
+/// `concurrently = false`; a missing view is only logged (it fails until created).
+fn refuse_unusable(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> anyhow::Result<()> {
     let mut refused = Vec::new();
-    for v in views {
-        let Some(facts) = catalog::inspect(client, v).await? else {
-            tracing::error!(view = %v.name, "materialized view does not exist; its refreshes will fail until it is created");
-            continue;
-        };
-        if facts.relkind == 'm' && v.concurrently && facts.usable_unique_indexes.is_empty() {
-            refused.push(v.name.to_string());
+    for (v, f) in views.iter().zip(facts) {
+        match f {
+            None => {
+                tracing::error!(view = %v.name, "materialized view does not exist; its refreshes will fail until it is created")
+            }
+            Some(f) if f.relkind == 'm' && v.concurrently && !f.has_usable_unique_index => {
+                refused.push(v.name.to_string())
+            }
+            Some(_) => {}
         }
     }
     anyhow::ensure!(
@@ -98,60 +100,58 @@ async fn validate_views(
     Ok(())
 }
 
-/// Which configured views each configured view reads, from the catalog.
-pub async fn dependency_graph(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
-) -> anyhow::Result<Vec<Vec<usize>>> {
-    let mut oid_to_index = HashMap::new();
-    let mut bases = Vec::with_capacity(views.len());
-    for (i, v) in views.iter().enumerate() {
-        match catalog::inspect(client, v).await? {
-            Some(facts) if facts.relkind == 'm' => {
-                oid_to_index.insert(facts.oid, i);
-                bases.push(facts.base);
-            }
-            _ => bases.push(Vec::new()),
-        }
-    }
-    Ok(bases
+/// For each view, the configured views it reads.
+fn graph(facts: &[Option<StartupFacts>]) -> Vec<Vec<usize>> {
+    let oid_to_index: HashMap<u32, usize> = facts
         .iter()
-        .map(|b| {
-            let mut r: Vec<usize> = b
+        .enumerate()
+        .filter_map(|(i, f)| f.as_ref().filter(|f| f.relkind == 'm').map(|f| (f.oid, i)))
+        .collect();
+    facts
+        .iter()
+        .map(|f| {
+            let mut r: Vec<usize> = f
                 .iter()
+                .flat_map(|f| &f.base)
                 .filter_map(|rel| oid_to_index.get(&rel.oid).copied())
                 .collect();
             r.sort_unstable();
             r.dedup();
             r
         })
-        .collect())
+        .collect()
+}
+
+/// Which configured views each configured view reads, from the catalog (for `check`
+/// and `refresh --all`).
+pub async fn dependency_graph(
+    client: &tokio_postgres::Client,
+    views: &[ViewConfig],
+) -> anyhow::Result<Vec<Vec<usize>>> {
+    Ok(graph(&catalog::startup_facts(client, views).await?))
 }
 
 /// The tables whose statistics stand for each `detect = "statistics"` view.
-async fn watched_views(
-    client: &tokio_postgres::Client,
-    views: &[ViewConfig],
-) -> anyhow::Result<Vec<Watched>> {
+fn watched_views(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> Vec<Watched> {
     let mut out = Vec::new();
-    for v in views.iter().filter(|v| v.detect == Detect::Statistics) {
-        let Some(facts) = catalog::inspect(client, v).await? else {
+    for (v, f) in views.iter().zip(facts) {
+        let Some(f) = f.as_ref().filter(|_| v.detect == Detect::Statistics) else {
             continue;
         };
-        let tables: Vec<u32> = facts
+        let tables: Vec<u32> = f
             .base
             .iter()
             .filter(|b| matches!(b.relkind, 'r' | 'm'))
             .map(|b| b.oid)
             .collect();
-        tracing::info!(view = %v.name, tables = ?facts.base.iter().map(|b| b.name.to_string()).collect::<Vec<_>>(), "watching table statistics");
+        tracing::info!(view = %v.name, tables = ?f.base.iter().map(|b| b.name.to_string()).collect::<Vec<_>>(), "watching table statistics");
         out.push(Watched {
             view: v.name.clone(),
             tables,
             poll_interval: v.poll_interval,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Indexes of `reads` in an order where every view comes after the views it reads;

@@ -1,6 +1,9 @@
 //! What the catalog says about a configured view: does it exist, can refreshd refresh
 //! it, and what feeds it.
 
+use std::collections::HashMap;
+
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::{Detect, ViewConfig};
@@ -45,10 +48,7 @@ pub async fn inspect(
     client: &Client,
     view: &ViewConfig,
 ) -> Result<Option<ViewFacts>, tokio_postgres::Error> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
+    let version = server_version(client).await?;
     // PostgreSQL 17 lets non-owners refresh with the MAINTAIN privilege.
     let may_refresh = if version >= 170000 {
         "pg_has_role(current_user, c.relowner, 'USAGE') OR has_table_privilege(c.oid, 'MAINTAIN')"
@@ -60,10 +60,16 @@ pub async fn inspect(
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relname = $2"
     );
-    let Some(row) = client
-        .query_opt(&sql, &[&view.name.schema, &view.name.name])
-        .await?
-    else {
+    let rows = client
+        .query_typed(
+            &sql,
+            &[
+                (&view.name.schema, Type::TEXT),
+                (&view.name.name, Type::TEXT),
+            ],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
         return Ok(None);
     };
     let oid: u32 = row.get(0);
@@ -100,7 +106,7 @@ pub async fn usable_unique_indexes(
     oid: u32,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT ic.relname::text, \
                     (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) \
                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
@@ -113,7 +119,7 @@ pub async fn usable_unique_indexes(
                AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
                AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
              ORDER BY ic.relname",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await?;
     Ok(rows
@@ -152,40 +158,122 @@ async fn relations_read(
     oid: u32,
     through: &str,
 ) -> Result<Vec<BaseRelation>, tokio_postgres::Error> {
+    Ok(relations_read_many(client, &[oid], through)
+        .await?
+        .remove(&oid)
+        .unwrap_or_default())
+}
+
+/// The relations each of `roots` reads (see [`base_relations`]), in one query.
+async fn relations_read_many(
+    client: &Client,
+    roots: &[u32],
+    through: &str,
+) -> Result<HashMap<u32, Vec<BaseRelation>>, tokio_postgres::Error> {
     let sql = format!(
-            "WITH RECURSIVE reads(relid) AS ( \
-                SELECT d.refobjid FROM pg_catalog.pg_rewrite r \
-                  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
-                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                 WHERE r.ev_class = $1 AND d.refobjid <> $1 \
-                UNION \
-                SELECT d.refobjid FROM reads \
-                  JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind IN ({through}) \
-                  JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
-                  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
-                   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                 WHERE d.refobjid <> c.oid \
-             ), leaves AS ( \
-                SELECT c.oid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid \
-                 WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.oid <> $1 \
-                UNION \
-                SELECT t.relid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'p', \
-                       LATERAL pg_catalog.pg_partition_tree(c.oid) t WHERE t.relid <> c.oid \
-             ) \
-             SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text \
-               FROM leaves JOIN pg_catalog.pg_class c ON c.oid = leaves.oid \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              ORDER BY n.nspname, c.relname"
+        "WITH RECURSIVE reads(root, relid) AS ( \
+            SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r \
+              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+               AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+             WHERE r.ev_class = ANY ($1) AND d.refobjid <> r.ev_class \
+            UNION \
+            SELECT reads.root, d.refobjid FROM reads \
+              JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind IN ({through}) \
+              JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
+              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+               AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+             WHERE d.refobjid <> c.oid \
+         ), leaves AS ( \
+            SELECT reads.root, c.oid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid \
+             WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.oid <> reads.root \
+            UNION \
+            SELECT reads.root, t.relid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'p', \
+                   LATERAL pg_catalog.pg_partition_tree(c.oid) t WHERE t.relid <> c.oid \
+         ) \
+         SELECT leaves.root, c.oid, n.nspname::text, c.relname::text, c.relkind::text \
+           FROM leaves JOIN pg_catalog.pg_class c ON c.oid = leaves.oid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          ORDER BY leaves.root, n.nspname, c.relname"
     );
-    let rows = client.query(&sql, &[&oid]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| BaseRelation {
-            oid: r.get(0),
-            name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-            relkind: r.get::<_, String>(3).chars().next().unwrap_or('?'),
-        })
-        .collect())
+    let roots: Vec<u32> = roots.to_vec();
+    let rows = client
+        .query_typed(&sql, &[(&roots, Type::OID_ARRAY)])
+        .await?;
+    let mut out: HashMap<u32, Vec<BaseRelation>> = HashMap::new();
+    for r in &rows {
+        out.entry(r.get(0)).or_default().push(BaseRelation {
+            oid: r.get(1),
+            name: QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+            relkind: r.get::<_, String>(4).chars().next().unwrap_or('?'),
+        });
+    }
+    Ok(out)
+}
+
+/// What `run` needs to know of a view at startup and on reload.
+#[derive(Debug, Clone)]
+pub struct StartupFacts {
+    pub oid: u32,
+    pub relkind: char,
+    pub has_usable_unique_index: bool,
+    /// Relations read directly or through plain views (see [`base_relations`]).
+    pub base: Vec<BaseRelation>,
+}
+
+/// [`StartupFacts`] of every view, in two queries whatever their number (`None` for a
+/// name no relation has).
+pub async fn startup_facts(
+    client: &Client,
+    views: &[ViewConfig],
+) -> Result<Vec<Option<StartupFacts>>, tokio_postgres::Error> {
+    let schemas: Vec<&str> = views.iter().map(|v| v.name.schema.as_str()).collect();
+    let names: Vec<&str> = views.iter().map(|v| v.name.name.as_str()).collect();
+    let rows = client
+        .query_typed(
+            "SELECT v.ord::int8, c.oid, c.relkind::text, EXISTS ( \
+                 SELECT 1 FROM pg_catalog.pg_index i \
+                 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+                 JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
+                   AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[])) \
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(schema, name, ord) \
+               JOIN pg_catalog.pg_namespace n ON n.nspname = v.schema \
+               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = v.name",
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let mut out: Vec<Option<StartupFacts>> = vec![None; views.len()];
+    let mut matviews = Vec::new();
+    for r in &rows {
+        let ord: i64 = r.get(0);
+        let relkind = r.get::<_, String>(2).chars().next().unwrap_or('?');
+        let oid: u32 = r.get(1);
+        if relkind == 'm' {
+            matviews.push(oid);
+        }
+        if let Some(slot) = out.get_mut(ord as usize - 1) {
+            *slot = Some(StartupFacts {
+                oid,
+                relkind,
+                has_usable_unique_index: r.get(3),
+                base: Vec::new(),
+            });
+        }
+    }
+    let mut bases = relations_read_many(client, &matviews, "'v'").await?;
+    for f in out.iter_mut().flatten() {
+        f.base = bases.remove(&f.oid).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// `server_version_num`.
+pub async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    let rows = client
+        .query_typed("SELECT current_setting('server_version_num')::int", &[])
+        .await?;
+    Ok(rows.first().map_or(0, |r| r.get(0)))
 }
 
 /// User-defined functions the view's query calls (directly or in plain views it
@@ -196,7 +284,7 @@ pub async fn called_functions(
     oid: u32,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .query_typed(
             "WITH RECURSIVE rels(relid) AS ( \
                 SELECT $1::oid \
                 UNION \
@@ -215,7 +303,7 @@ pub async fn called_functions(
                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
               ORDER BY 1",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -233,7 +321,7 @@ async fn feeding_triggers(
     }
     let oids: Vec<u32> = base.iter().map(|b| b.oid).collect();
     let rows = client
-        .query(
+        .query_typed(
             "SELECT n.nspname::text, c.relname::text, t.tgname::text, ch, (t.tgtype & 1) = 0 \
                FROM pg_catalog.pg_trigger t \
                JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
@@ -243,7 +331,7 @@ async fn feeding_triggers(
               WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
                 AND (strpos(p.prosrc, ch) > 0 OR strpos(encode(t.tgargs, 'escape'), ch) > 0) \
               ORDER BY 1, 2, 3, 4",
-            &[&oids, &channels],
+            &[(&oids, Type::OID_ARRAY), (&channels, Type::TEXT_ARRAY)],
         )
         .await?;
     Ok(rows

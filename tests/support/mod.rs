@@ -410,3 +410,101 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A real PgBouncer (Debian's `pgbouncer`) in transaction mode in front of the test
+/// server, as the postgres user, on a free loopback port; stopped on drop.
+pub struct PgBouncer {
+    pub port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// `pool_size` server connections per (database, user), shared by every client.
+    pub fn start(db: &TestDb, pool_size: u32) -> PgBouncer {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is needed for this test (apt-get install pgbouncer); .ci/run installs it");
+        let cluster = db
+            .server
+            .cluster()
+            .expect("PgBouncer tests need the throwaway cluster (unset DATABASE_URL)");
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host={} port={}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+                 default_pool_size = {pool_size}\nmin_pool_size = 0\nreserve_pool_size = 0\nmax_client_conn = 200\n\
+                 server_reset_query =\nignore_startup_parameters = extra_float_digits,options,application_name\n\
+                 logfile = {}\npidfile = {}\n",
+                cluster.socket_dir().display(),
+                cluster.port(),
+                dir.path().join("users.txt").display(),
+                dir.path().join("pgbouncer.log").display(),
+                dir.path().join("pgbouncer.pid").display(),
+            ),
+        )
+        .unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        // PgBouncer refuses to run as root.
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--", bin])
+            .arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PgBouncer { port, child, dir }
+    }
+
+    /// A key/value DSN for `db` through the pooler.
+    pub fn dsn(&self, db: &TestDb) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            self.port, db.name
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let pid =
+            std::fs::read_to_string(self.dir.path().join("pgbouncer.pid")).unwrap_or_default();
+        for p in [pid.trim().to_string(), self.child.id().to_string()] {
+            if !p.is_empty() {
+                let _ = Command::new("kill").args(["-TERM", &p]).status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

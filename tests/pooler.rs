@@ -1,0 +1,165 @@
+//! refreshd behind a transaction-mode pooler: a real PgBouncer (pool shared with
+//! other clients) on the refresh connections, PostgreSQL directly on the LISTEN one.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{wait_for, Daemon, PgBouncer, TestDb};
+
+fn schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
+        INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
+        CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
+        CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.orders
+          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
+        CREATE MATERIALIZED VIEW public.order_totals AS
+          SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
+        CREATE UNIQUE INDEX ON public.order_totals (bucket);
+        "#,
+    );
+}
+
+/// Other applications' short transactions through the same pool, until `stop`.
+fn other_clients(dsn: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                c.simple_query("SELECT count(*) FROM public.orders")
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    })
+}
+
+/// Every refresh through the pooler succeeds, each insert becomes visible, and no
+/// refreshd setting is left on the pool's server connections for other clients.
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_through_a_transaction_pooler_succeed_and_leave_no_settings() {
+    let db = TestDb::new();
+    schema(&db);
+    let bouncer = PgBouncer::start(&db, 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let others: Vec<_> = (0..2)
+        .map(|_| other_clients(bouncer.dsn(&db), stop.clone()))
+        .collect();
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nlisten_url = \"{}\"\n\
+         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n\
+         debounce = \"50ms\"\nlock_timeout = \"1s\"\nstatement_timeout = \"20s\"\n",
+        bouncer.dsn(&db),
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    for i in 0..15 {
+        let bucket = 1000 + i;
+        db.psql(&format!(
+            "INSERT INTO public.orders (bucket, amount) VALUES ({bucket}, 1)"
+        ));
+        wait_for(
+            Duration::from_secs(5),
+            "the insert to be visible",
+            || async {
+                db.psql(&format!(
+                    "SELECT count(*) FROM public.order_totals WHERE bucket = {bucket}"
+                )) == "1"
+            },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ran: u64 = others.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(ran > 0, "the other clients shared the pool");
+    assert_eq!(
+        d.refreshes("public.order_totals", "notify", "failure"),
+        0.0,
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        !d.log_text().contains("26000"),
+        "no prepared-statement errors"
+    );
+    // Every server connection of the pool, as another client sees it: the defaults.
+    let (c, conn) = tokio_postgres::connect(&bouncer.dsn(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..12 {
+        for (setting, default) in [("lock_timeout", "0"), ("statement_timeout", "0")] {
+            let rows = c.simple_query(&format!("SHOW {setting}")).await.unwrap();
+            let value = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(value, default, "{setting} leaked into the pool");
+        }
+    }
+}
+
+/// `lock_timeout` applies to a refresh through the pooler: with the view's lock held
+/// elsewhere it fails with 55P03 and is retried once the lock is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_timeout_applies_through_the_pooler() {
+    let db = TestDb::new();
+    schema(&db);
+    let bouncer = PgBouncer::start(&db, 3);
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nlisten_url = \"{}\"\n\
+         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n\
+         debounce = \"0s\"\nlock_timeout = \"300ms\"\n",
+        bouncer.dsn(&db),
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.successes("public.order_totals") >= 1.0
+    })
+    .await;
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("REFRESH MATERIALIZED VIEW public.order_totals")
+        .await
+        .unwrap();
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (77, 1)");
+    let d = &d;
+    wait_for(
+        Duration::from_secs(5),
+        "a lock_timeout failure",
+        || async move { d.refreshes("public.order_totals", "notify", "failure") >= 1.0 },
+    )
+    .await;
+    let (_, status) = d.get("/status");
+    assert!(status.contains("55P03"), "{status}");
+    tx.commit().await.unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the retry to succeed",
+        || async move { d.refreshes("public.order_totals", "notify", "success") >= 1.0 },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM public.order_totals WHERE bucket = 77"),
+        "1"
+    );
+}
