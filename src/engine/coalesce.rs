@@ -10,8 +10,12 @@
 //! - One refresh of a view at a time; at most `max_concurrent` overall. A change that
 //!   arrives while its view refreshes makes it dirty again: exactly one more refresh,
 //!   however many changes arrive.
-//! - A view never starts while a view it reads is dirty or refreshing; a successful
-//!   refresh of a view makes every view that reads it dirty.
+//! - A view never starts while a view it reads is refreshing, nor while a view that
+//!   reads it is refreshing. It also waits while a view it reads is dirty, so that it
+//!   reads fresh data — but only until its own `max_delay` has passed: then it starts
+//!   from the lower view as that last committed (ordering never starves an upper view
+//!   under continuous writes), and its lower views hold back until it has started. A
+//!   successful refresh of a view makes every view that reads it dirty.
 //! - A transient failure re-marks the view dirty (keeping the first change time) with
 //!   capped exponential backoff; a permanent failure waits for the next trigger.
 
@@ -114,6 +118,8 @@ struct ViewState {
     timing: Timing,
     /// Indexes of the configured views this one reads (directly).
     reads: Vec<usize>,
+    /// Indexes of the configured views that read this one (directly).
+    readers: Vec<usize>,
     pending: Option<Pending>,
     running: Option<Start>,
     last_end: Option<Instant>,
@@ -146,13 +152,21 @@ impl Coalescer {
     /// `reads[i]` lists the views view `i` reads; it must be acyclic.
     pub fn new(timings: Vec<Timing>, reads: Vec<Vec<usize>>, max_concurrent: usize) -> Self {
         assert_eq!(timings.len(), reads.len());
+        let mut readers = vec![Vec::new(); reads.len()];
+        for (upper, rd) in reads.iter().enumerate() {
+            for &l in rd {
+                readers[l].push(upper);
+            }
+        }
         Self {
             views: timings
                 .into_iter()
                 .zip(reads)
-                .map(|(timing, reads)| ViewState {
+                .zip(readers)
+                .map(|((timing, reads), readers)| ViewState {
                     timing,
                     reads,
+                    readers,
                     pending: None,
                     running: None,
                     last_end: None,
@@ -294,20 +308,56 @@ impl Coalescer {
         Some(due)
     }
 
-    /// A view waits while a view it reads is refreshing or about to (dirty and not
-    /// backing off after a failure: a lower view that keeps failing must not hold the
-    /// upper one up), and while a view that reads it is refreshing (never at the same
-    /// time, in either direction).
-    fn blocked_by_dependency(&self, view: usize) -> bool {
+    /// When the view's oldest pending change reaches `max_delay`.
+    fn deadline(&self, view: usize) -> Option<Instant> {
+        let v = &self.views[view];
+        v.pending.map(|p| p.first + v.timing.max_delay)
+    }
+
+    /// Pending for longer than the view's `max_delay`.
+    fn overdue(&self, view: usize, now: Instant) -> bool {
+        self.deadline(view).is_some_and(|d| now >= d)
+    }
+
+    /// Overdue, due, and not running: it starts as soon as no view it reads (or that
+    /// reads it) is refreshing or goes before it.
+    fn starving(&self, view: usize, now: Instant) -> bool {
+        self.views[view].running.is_none()
+            && self.overdue(view, now)
+            && self.due(view).is_some_and(|d| d <= now)
+    }
+
+    /// Between two starving views of which one reads the other, the one whose deadline
+    /// came first goes first (the lower one on a tie), so neither level can starve the
+    /// other even when a refresh takes longer than `max_delay`.
+    fn goes_before(&self, a: usize, b: usize, a_is_lower: bool) -> bool {
+        match (self.deadline(a), self.deadline(b)) {
+            (Some(da), Some(db)) => da < db || (da == db && a_is_lower),
+            _ => false,
+        }
+    }
+
+    /// A view waits while a view it reads is refreshing, or dirty (and not backing off
+    /// after a failure: a lower view that keeps failing must not hold the upper one up)
+    /// unless the view is overdue; and while a view that reads it is refreshing. Between
+    /// starving views of one chain, the earlier deadline goes first.
+    fn blocked_by_dependency(&self, view: usize, now: Instant) -> bool {
+        let overdue = self.overdue(view, now);
         let lower_busy = self.views[view].reads.iter().any(|&l| {
             let lv = &self.views[l];
-            lv.running.is_some() || (lv.pending.is_some() && lv.retry_at.is_none())
+            if lv.running.is_some() {
+                return true;
+            }
+            if lv.pending.is_none() || lv.retry_at.is_some() {
+                return false;
+            }
+            !overdue || (self.starving(l, now) && self.goes_before(l, view, true))
         });
-        let upper_running = self
-            .views
-            .iter()
-            .any(|u| u.running.is_some() && u.reads.contains(&view));
-        lower_busy || upper_running
+        lower_busy
+            || self.views[view].readers.iter().any(|&u| {
+                self.views[u].running.is_some()
+                    || (self.starving(u, now) && (!overdue || self.goes_before(u, view, false)))
+            })
     }
 
     /// The refreshes to start now, marked as running. Earliest due first.
@@ -325,7 +375,7 @@ impl Coalescer {
             if self.running >= self.max_concurrent {
                 break;
             }
-            if self.blocked_by_dependency(i) {
+            if self.blocked_by_dependency(i, now) {
                 continue;
             }
             let v = &mut self.views[i];
@@ -372,11 +422,9 @@ impl Coalescer {
             Outcome::Success => {
                 v.failures = 0;
                 v.stale_since = None;
-                for i in 0..self.views.len() {
-                    if self.views[i].reads.contains(&view) {
-                        self.mark(i, Reason::Dependency, now);
-                        dependents.push(i);
-                    }
+                for i in self.views[view].readers.clone() {
+                    self.mark(i, Reason::Dependency, now);
+                    dependents.push(i);
                 }
             }
             Outcome::Transient => {
@@ -406,14 +454,23 @@ impl Coalescer {
         dependents
     }
 
-    /// The earliest time something may become startable, if anything is waiting.
-    pub fn next_wake(&self) -> Option<Instant> {
+    /// The earliest time something may become startable, if anything is waiting. A
+    /// view held up only by dirty lower views becomes startable when it is overdue.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         if self.paused || self.running >= self.max_concurrent {
             return None;
         }
         (0..self.views.len())
-            .filter(|&i| self.views[i].running.is_none() && !self.blocked_by_dependency(i))
-            .filter_map(|i| self.due(i))
+            .filter(|&i| self.views[i].running.is_none())
+            .filter_map(|i| {
+                let due = self.due(i)?;
+                if !self.blocked_by_dependency(i, now) {
+                    return Some(due);
+                }
+                let v = &self.views[i];
+                let overdue_at = v.pending?.first + v.timing.max_delay;
+                (overdue_at > now).then_some(due.max(overdue_at))
+            })
             .min()
     }
 
@@ -484,7 +541,7 @@ mod tests {
         assert_eq!(c.due(0), Some(t0 + ms(2000)));
         assert!(c.poll(t0 + ms(1999)).is_empty());
         c.mark(0, Reason::Notify, t0 + ms(1500));
-        assert_eq!(c.next_wake(), Some(t0 + ms(3500)));
+        assert_eq!(c.next_wake(t0 + ms(1500)), Some(t0 + ms(3500)));
         assert!(c.poll(t0 + ms(3499)).is_empty());
         let s = c.poll(t0 + ms(3500));
         assert_eq!(s.len(), 1);
@@ -546,7 +603,7 @@ mod tests {
         assert_eq!(s[0].first_change, t0 + ms(1));
         c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(300));
         assert!(c.poll(t0 + ms(10_000)).is_empty());
-        assert_eq!(c.next_wake(), None);
+        assert_eq!(c.next_wake(t0 + ms(10_000)), None);
         assert_eq!(c.pending_since(0), None);
     }
 
@@ -560,7 +617,11 @@ mod tests {
         c.mark(1, Reason::Notify, t0 + ms(2));
         let s = c.poll(t0 + ms(2));
         assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![2, 0]);
-        assert_eq!(c.next_wake(), None, "full: wake on a finish, not a timer");
+        assert_eq!(
+            c.next_wake(t0 + ms(2)),
+            None,
+            "full: wake on a finish, not a timer"
+        );
         c.finished(2, c.current_run(2), Outcome::Success, t0 + ms(3));
         assert_eq!(
             c.poll(t0 + ms(3))
@@ -621,9 +682,10 @@ mod tests {
 
     #[test]
     fn dependencies_run_in_order_once_each() {
-        // 0 <- 1 <- 2: view 1 reads 0, view 2 reads 1.
+        // 0 <- 1 <- 2: view 1 reads 0, view 2 reads 1. (A max_delay that has not
+        // passed: an overdue view no longer waits for dirty lower views.)
         let t0 = Instant::now();
-        let t = timing(0, 0, 0);
+        let t = timing(0, 60_000, 0);
         let mut c = Coalescer::new(vec![t; 3], vec![vec![], vec![0], vec![1]], 3);
         c.mark_all(Reason::Notify, t0);
         let s = c.poll(t0);
@@ -740,7 +802,7 @@ mod tests {
         c.set_paused(true);
         c.mark(0, Reason::Notify, t0);
         assert!(c.poll(t0 + ms(100)).is_empty());
-        assert_eq!(c.next_wake(), None);
+        assert_eq!(c.next_wake(t0 + ms(100)), None);
         c.set_paused(false);
         assert_eq!(c.poll(t0 + ms(100)).len(), 1);
     }
@@ -805,7 +867,7 @@ mod tests {
 
         for _ in 0..100_000 {
             let next_finish = running.iter().map(|r| r.1).min();
-            let wake = c.next_wake();
+            let wake = c.next_wake(now);
             let candidates = [
                 Some(next_event).filter(|t| *t <= storm_end),
                 next_finish,
@@ -878,9 +940,16 @@ mod tests {
                 }
                 for &l in &reads[s.view] {
                     assert!(
-                        !running.iter().any(|r| r.0.view == l)
-                            && (c.pending(l).is_none() || c.retry_at(l).is_some()),
-                        "seed {seed}: view {} started while view {l} it reads is dirty or running",
+                        !running.iter().any(|r| r.0.view == l),
+                        "seed {seed}: view {} started while view {l} it reads is running",
+                        s.view
+                    );
+                    // Only an overdue view goes ahead of a dirty lower view.
+                    assert!(
+                        c.pending(l).is_none()
+                            || c.retry_at(l).is_some()
+                            || now >= s.first_change + timings[s.view].max_delay,
+                        "seed {seed}: view {} started while view {l} it reads is dirty",
                         s.view
                     );
                 }
@@ -927,7 +996,7 @@ mod tests {
             assert!(
                 done.iter().any(|r| r.view == v && r.outcome == Outcome::Success && r.start_seq > at_seq),
                 "seed {seed} failures={failures} deps={deps}: change to view {v} at {:?} never applied; pending {:?} running {} wake {:?} runs {:?}",
-                at - t0, c.pending(v), c.is_running(v), c.next_wake().map(|w| w - t0),
+                at - t0, c.pending(v), c.is_running(v), c.next_wake(now).map(|w| w - t0),
                 done.iter().filter(|r| r.view == v).map(|r| (r.start - t0, r.end - t0, r.outcome)).rev().take(3).collect::<Vec<_>>()
             );
         }
@@ -958,6 +1027,166 @@ mod tests {
                 "seed {seed}: {successes} refreshes for {triggers} triggers"
             );
         }
+    }
+
+    /// Continuous notifications on one channel that feeds every level of a chain (the
+    /// inventory seed's shape): every view starts within its max_delay (or, if its own
+    /// refresh outlasts that, at the end of it) plus one refresh time of each other view
+    /// of its chain (those it must not overlap, directly or through a view that waits
+    /// for them), with capacity for all. Under the old rule (an upper view waits until its lower
+    /// views are clean) the upper views never start.
+    fn simulate_shared_channel(seed: u64) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let depth = 2 + rng.below(2) as usize; // 2 or 3 levels, then one independent view
+        let n = depth + 1;
+        let reads: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                if i > 0 && i < depth {
+                    vec![i - 1]
+                } else {
+                    vec![]
+                }
+            })
+            .collect();
+        let timings: Vec<Timing> = (0..n)
+            .map(|_| {
+                let debounce = 200 + rng.below(3) * 400;
+                timing(debounce, debounce + 500 + rng.below(4) * 1000, 0)
+            })
+            .collect();
+        let durations: Vec<Duration> = (0..n).map(|_| ms(50 + rng.below(700))).collect();
+        let mut c = Coalescer::new(timings.clone(), reads.clone(), n);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let end = t0 + Duration::from_secs(60);
+        let every = ms(20 + rng.below(100)); // faster than any debounce: never quiet
+        let mut next_note = t0;
+        let mut running: Vec<(usize, u64, Instant)> = Vec::new();
+        let mut starts = vec![0u32; n];
+        let mut last_end = vec![t0; n];
+        while now < end {
+            let t = [
+                Some(next_note),
+                running.iter().map(|r| r.2).min(),
+                c.next_wake(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+            now = now.max(t);
+            while let Some(pos) = running.iter().position(|r| r.2 <= now) {
+                let (v, run, _) = running.remove(pos);
+                last_end[v] = now;
+                c.finished(v, run, Outcome::Success, now);
+            }
+            if next_note <= now {
+                for v in 0..n {
+                    c.mark(v, Reason::Notify, now);
+                }
+                next_note = now + every;
+            }
+            for s in c.poll(now) {
+                // The other views of its chain (the independent view has none).
+                let neighbours: Duration = if s.view < depth {
+                    (0..depth)
+                        .filter(|&o| o != s.view)
+                        .map(|o| durations[o])
+                        .sum()
+                } else {
+                    Duration::ZERO
+                };
+                // A change that arrives during the view's own refresh waits for its end
+                // in any case (one refresh of a view at a time).
+                let bound =
+                    (s.first_change + timings[s.view].max_delay).max(last_end[s.view]) + neighbours;
+                assert!(
+                    now <= bound,
+                    "seed {seed}: view {} of {n} started {:?} after its bound (max_delay {:?}, neighbours {neighbours:?})",
+                    s.view,
+                    now - bound,
+                    timings[s.view].max_delay
+                );
+                starts[s.view] += 1;
+                running.push((s.view, s.run, now + durations[s.view]));
+            }
+        }
+        for (v, k) in starts.iter().enumerate() {
+            // At least one start per max_delay + neighbours, roughly: never starved.
+            assert!(
+                *k >= 5,
+                "seed {seed}: view {v} started only {k} times in 60 s"
+            );
+        }
+    }
+
+    #[test]
+    fn continuous_writes_on_a_shared_channel_never_starve_an_upper_view() {
+        for seed in 1..=200 {
+            simulate_shared_channel(seed);
+        }
+    }
+
+    #[test]
+    fn an_overdue_upper_view_goes_before_its_busy_lower_view() {
+        // 1 reads 0; both fed by one channel; 0 is dirty again during its refresh.
+        let t0 = Instant::now();
+        let t = timing(100, 1000, 0);
+        let mut c = Coalescer::new(vec![t, t], vec![vec![], vec![0]], 2);
+        c.mark_all(Reason::Notify, t0);
+        let s = c.poll(t0 + ms(100));
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![0]);
+        c.mark_all(Reason::Notify, t0 + ms(150)); // both dirty again
+                                                  // The upper waits: before its max_delay for the clean lower view...
+        assert!(c.poll(t0 + ms(900)).is_empty());
+        // ...and past it still not while the lower one runs.
+        assert!(c.poll(t0 + ms(1200)).is_empty());
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(1300));
+        // The lower view is dirty and due, but the overdue upper goes first.
+        let s = c.poll(t0 + ms(1300));
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![1]);
+        assert!(c.poll(t0 + ms(1301)).is_empty(), "never at the same time");
+        c.finished(1, c.current_run(1), Outcome::Success, t0 + ms(1400));
+        let s = c.poll(t0 + ms(1400));
+        assert_eq!(s.iter().map(|s| s.view).collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn a_blocked_view_wakes_the_loop_when_it_becomes_overdue() {
+        let t0 = Instant::now();
+        // The lower view keeps being notified (its debounce never passes, its max_delay
+        // is long) while the upper one has a change of its own.
+        let mut c = Coalescer::new(
+            vec![timing(100, 5000, 0), timing(100, 1000, 0)],
+            vec![vec![], vec![0]],
+            2,
+        );
+        c.mark(1, Reason::Notify, t0);
+        for i in 0..9 {
+            c.mark(0, Reason::Notify, t0 + ms(i * 50));
+        }
+        let now = t0 + ms(450);
+        assert!(c.poll(now).is_empty());
+        // The lower view is due at 500 ms; the upper one, held up by it, at 1000 ms.
+        assert_eq!(c.next_wake(now), Some(t0 + ms(500)));
+        c.mark(0, Reason::Notify, t0 + ms(480));
+        assert_eq!(c.next_wake(t0 + ms(480)), Some(t0 + ms(580)));
+        let mut t = t0 + ms(480);
+        while t + ms(50) < t0 + ms(1000) {
+            t += ms(50);
+            c.mark(0, Reason::Notify, t);
+            assert!(c.poll(t).is_empty());
+        }
+        assert_eq!(
+            c.next_wake(t0 + ms(990)).map(|w| w <= t0 + ms(1000)),
+            Some(true)
+        );
+        let s = c.poll(t0 + ms(1000));
+        assert_eq!(
+            s.iter().map(|s| s.view).collect::<Vec<_>>(),
+            vec![1],
+            "overdue: goes ahead"
+        );
     }
 
     #[test]

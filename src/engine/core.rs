@@ -415,7 +415,7 @@ impl Core {
 
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + HEARTBEAT;
-        if let Some(w) = self.coalescer.next_wake() {
+        if let Some(w) = self.coalescer.next_wake(now.into_std()) {
             wake = wake.min(Instant::from_std(w));
         }
         if let Some(since) = self.stopping {
