@@ -12,7 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use support::{Daemon, TestDb};
 
 fn install(db: &TestDb) {
-    for file in ["attendance/install.sql", "inventory/install.sql", "demo/install.sql"] {
+    for file in [
+        "attendance/install.sql",
+        "inventory/install.sql",
+        "demo/install.sql",
+    ] {
         let out = Command::new(refreshd::cli::cluster::client_program("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(db.dsn())

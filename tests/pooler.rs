@@ -163,3 +163,101 @@ async fn lock_timeout_applies_through_the_pooler() {
         "1"
     );
 }
+
+/// Everything through the pooler, LISTEN included: refused loudly (log names the pooler
+/// and listen_url), `/readyz` 503, `refreshd_listener_connected 0`, no advisory lock
+/// left anywhere; a replica with a direct listen_url then leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listen_session_through_the_pooler_is_refused_and_leaves_no_lock() {
+    let db = TestDb::new();
+    schema(&db);
+    let bouncer = PgBouncer::start(&db, 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let others = other_clients(bouncer.dsn(&db), stop.clone());
+    let view = "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"50ms\"\n";
+    let pooled = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nconnect_timeout = \"2s\"\n[ha]\nretry_interval = \"1s\"\n{view}",
+        bouncer.dsn(&db)
+    ));
+    let pooled = &pooled;
+    // Refused within the proof's deadline (connect_timeout), not after minutes.
+    wait_for(
+        Duration::from_secs(10),
+        "the refusal in the log",
+        || async move { pooled.log_text().contains("refusing the LISTEN connection") },
+    )
+    .await;
+    let log = pooled.log_text();
+    assert!(
+        log.contains("pooler") && log.contains("listen_url"),
+        "{log}"
+    );
+    for _ in 0..5 {
+        assert_eq!(pooled.get("/readyz").0, 503);
+        assert_eq!(
+            support::sample(&pooled.metrics(), "refreshd_listener_connected"),
+            Some(0.0)
+        );
+        assert_eq!(
+            db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+            "0",
+            "no advisory lock left on any server connection"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(pooled.get("/healthz").0, 200, "alive, just not ready");
+
+    let direct = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nlisten_url = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{view}",
+        bouncer.dsn(&db),
+        db.dsn()
+    ));
+    direct.wait_ready(Duration::from_secs(20)).await;
+    let direct = &direct;
+    wait_for(
+        Duration::from_secs(10),
+        "the direct replica to lead",
+        || async move { support::sample(&direct.metrics(), "refreshd_leader") == Some(1.0) },
+    )
+    .await;
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (4242, 1)");
+    wait_for(
+        Duration::from_secs(10),
+        "the insert through the leader",
+        || async { db.psql("SELECT count(*) FROM public.order_totals WHERE bucket = 4242") == "1" },
+    )
+    .await;
+    assert!(
+        support::sample(&direct.metrics(), "refreshd_listener_roundtrip_seconds").unwrap() > 0.0
+    );
+    stop.store(true, Ordering::Relaxed);
+    others.join().unwrap();
+}
+
+/// `refreshd check` runs the same proof: through the pooler it fails and names the fix.
+#[test]
+fn check_refuses_a_listen_session_through_the_pooler() {
+    let db = TestDb::new();
+    schema(&db);
+    let bouncer = PgBouncer::start(&db, 3);
+    let view = "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n";
+    let (_d, path) = support::write_config(&format!(
+        "[database]\nurl = \"{}\"\nconnect_timeout = \"2s\"\n{view}",
+        bouncer.dsn(&db)
+    ));
+    let out = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  listen session") && text.contains("listen_url"),
+        "{text}"
+    );
+    let (_d2, path) = support::write_config(&format!(
+        "[database]\nurl = \"{}\"\nlisten_url = \"{}\"\n{view}",
+        bouncer.dsn(&db),
+        db.dsn()
+    ));
+    let out = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert!(text.contains("OK    listen session"), "{text}");
+}

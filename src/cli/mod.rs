@@ -177,6 +177,26 @@ async fn check(path: &Path) -> u8 {
         println!("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
     let (mut ok, mut warn, mut fail) = (0, 0, 0);
+    // The LISTEN session's proof, as `run` does it.
+    match ConnectInfo::for_listen(&config.database, &config_dir(&config)) {
+        Ok(listen) => {
+            match crate::engine::session::prove(&listen, config.database.connect_timeout).await {
+                Ok(rtt) => println!(
+                    "OK    listen session {}: a real session (test notification in {:.1} ms)",
+                    listen.target(),
+                    rtt.as_secs_f64() * 1000.0
+                ),
+                Err(e) => {
+                    println!("FAIL  listen session {}: {e}", listen.target());
+                    fail += 1;
+                }
+            }
+        }
+        Err(e) => {
+            println!("FAIL  listen session: {e}");
+            fail += 1;
+        }
+    }
     let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
     for view in &config.views {
         let facts = match catalog::inspect(&client, view).await {

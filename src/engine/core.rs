@@ -239,6 +239,7 @@ pub async fn run(
         info: listen_info.clone(),
         lock_key: lock_key(&prepared.config.ha.lock_name),
         retry_interval: prepared.config.ha.retry_interval,
+        proof_timeout: prepared.config.database.connect_timeout,
         channels: channels_rx,
         events: ltx,
         metrics: metrics.clone(),

@@ -1,19 +1,20 @@
 //! The LISTEN connection: one dedicated connection, driven through
-//! `Connection::poll_message` so that no notification is dropped, which also holds the
-//! leader's advisory lock. It only forwards: it never waits on a refresh, so a slow
-//! refresh cannot slow the draining of PostgreSQL's cluster-wide notification queue.
+//! `Connection::poll_message` so that no notification is dropped, proven to be a real
+//! session (see `session.rs`), which also holds the leader's advisory lock. It only
+//! forwards: it never waits on a refresh, so a slow refresh cannot slow the draining of
+//! PostgreSQL's cluster-wide notification queue.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::control::{self, Gate, Next, Verdict};
+use crate::engine::session::{
+    drive, listen_private, private_channel, Prober, ProofError, Routes, SERVER_KEEPALIVES,
+};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::quote_ident;
 use crate::serve::health::{Health, Role};
@@ -74,6 +75,8 @@ pub struct Listener {
     pub info: ConnectInfo,
     pub lock_key: i64,
     pub retry_interval: Duration,
+    /// How long the session's proof may take (`database.connect_timeout`).
+    pub proof_timeout: Duration,
     pub channels: watch::Receiver<BTreeSet<String>>,
     pub events: mpsc::UnboundedSender<ListenerEvent>,
     pub metrics: Metrics,
@@ -86,32 +89,54 @@ pub struct Listener {
 enum Ended {
     Shutdown,
     Lost(String),
+    /// Not a real session (a transaction pooler): refused, retried with backoff.
+    Refused(String),
+}
+
+/// What outlives one connection.
+#[derive(Default)]
+struct History {
+    ever_connected: bool,
+    ever_led: bool,
+    attempt: u32,
+}
+
+/// One connection's state.
+struct Conn {
+    client: Arc<tokio_postgres::Client>,
+    dead: tokio::sync::oneshot::Receiver<String>,
+    probes: mpsc::UnboundedReceiver<String>,
+    private: String,
+    pid: i32,
+    _driver: AbortOnDrop,
 }
 
 impl Listener {
     /// Runs until shutdown, reconnecting as needed.
     pub async fn run(mut self) {
-        let mut attempt = 0u32;
-        let mut ever_connected = false;
-        let mut ever_led = false;
+        let mut history = History::default();
+        let mut prober = Prober::new(self.info.clone());
         loop {
             self.health.beat_listener();
-            match self
-                .session(&mut ever_connected, &mut ever_led, &mut attempt)
-                .await
-            {
+            let ended = self.session(&mut history, &mut prober).await;
+            let why = match ended {
                 Ended::Shutdown => break,
                 Ended::Lost(why) => {
-                    self.set_disconnected();
-                    let delay = jittered(attempt, Duration::from_secs(30));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "LISTEN connection lost; reconnecting");
-                    let _ = self.events.send(ListenerEvent::Lost);
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    tracing::warn!(reason = %why, "LISTEN connection lost; reconnecting");
+                    why
                 }
+                Ended::Refused(why) => {
+                    tracing::error!(target = %self.info.target(), "refusing the LISTEN connection: {why}");
+                    why
+                }
+            };
+            self.set_disconnected();
+            let _ = self.events.send(ListenerEvent::Lost);
+            let delay = jittered(history.attempt, Duration::from_secs(30));
+            history.attempt = history.attempt.saturating_add(1);
+            tracing::debug!(reason = %why, retry_in_ms = delay.as_millis() as u64, "LISTEN: retrying");
+            if !self.wait(delay).await {
+                break;
             }
         }
         self.set_disconnected();
@@ -123,125 +148,219 @@ impl Listener {
         self.metrics.leader.set(0);
     }
 
-    /// One connection's life: connect, win the lock, LISTEN, forward, probe.
-    async fn session(
-        &mut self,
-        ever_connected: &mut bool,
-        ever_led: &mut bool,
-        attempt: &mut u32,
-    ) -> Ended {
+    /// Sleeps `d` while beating (liveness never depends on how long a wait is); false
+    /// on shutdown.
+    async fn wait(&self, d: Duration) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            self.health.beat_listener();
+            let step = until.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(step) => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                return true;
+            }
+        }
+    }
+
+    /// Connects, LISTENs on a private channel and proves the session (see
+    /// `session.rs`).
+    async fn open(&mut self, prober: &mut Prober) -> Result<Conn, Ended> {
         let connected = tokio::select! {
-            _ = self.shutdown.cancelled() => return Ended::Shutdown,
+            _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
             c = self.info.connect_raw() => c,
         };
-        let (client, connection) = match connected {
-            Ok(pair) => pair,
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
+        let (client, connection) = connected.map_err(|e| Ended::Lost(e.to_string()))?;
         let client = Arc::new(client);
-        let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<String>();
+        let private = private_channel();
+        let (probe_tx, probes) = mpsc::unbounded_channel();
+        let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
         let driver = tokio::spawn(drive(
             connection,
             client.clone(),
-            self.events.clone(),
-            self.metrics.clone(),
-            self.control_roles.clone(),
+            Routes {
+                events: self.events.clone(),
+                metrics: self.metrics.clone(),
+                roles: self.control_roles.clone(),
+                private: private.clone(),
+                probes: probe_tx,
+            },
             dead_tx,
         ));
-        let _abort = AbortOnDrop(driver);
+        let mut conn = Conn {
+            client,
+            dead,
+            probes,
+            private,
+            pid: 0,
+            _driver: AbortOnDrop(driver),
+        };
+        conn.pid = listen_private(&conn.client, &conn.private)
+            .await
+            .map_err(Ended::Lost)?;
+        let proved = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
+            r = prober.round_trip(&conn.private, &mut conn.probes, self.proof_timeout) => r,
+        };
+        match proved {
+            Ok((rtt, usage)) => {
+                self.metrics.listener_roundtrip.set(rtt.as_secs_f64());
+                self.metrics.queue_usage.set(usage);
+            }
+            Err(e @ ProofError::NotDelivered(_)) => return Err(Ended::Refused(e.to_string())),
+            Err(e) => return Err(Ended::Lost(e.to_string())),
+        }
+        // Only a proven session gets settings of its own (through a pooler they would
+        // stay behind on a shared server connection).
+        match tokio::time::timeout(PROBE_DEADLINE, conn.client.batch_execute(SERVER_KEEPALIVES))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Ended::Lost(crate::pg::connect::error_chain(&e))),
+            Err(_) => return Err(Ended::Lost("SET got no answer".into())),
+        }
+        Ok(conn)
+    }
 
-        if *ever_connected {
+    /// One connection's life: connect and prove, win the lock, LISTEN, forward, probe.
+    async fn session(&mut self, history: &mut History, prober: &mut Prober) -> Ended {
+        let mut conn = match self.open(prober).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        if history.ever_connected {
             self.metrics.listener_reconnects.inc();
         }
-        *ever_connected = true;
+        history.ever_connected = true;
         self.metrics.listener_connected.set(1);
-
-        // Leadership: a session-level advisory lock, held for as long as this
-        // connection lives. Standbys stay connected and try again.
-        let mut announced_standby = false;
-        loop {
-            self.health.beat_listener();
-            let key = self.lock_key;
-            let params = [(
-                &key as &(dyn tokio_postgres::types::ToSql + Sync),
-                tokio_postgres::types::Type::INT8,
-            )];
-            let try_lock =
-                client.query_typed("SELECT pg_catalog.pg_try_advisory_lock($1)", &params);
-            let won = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ended::Shutdown,
-                why = &mut dead_rx => return Ended::Lost(why.unwrap_or_default()),
-                r = tokio::time::timeout(PROBE_DEADLINE, try_lock) => r,
-            };
-            match won {
-                Ok(Ok(rows)) if rows.first().is_some_and(|r| r.get::<_, bool>(0)) => break,
-                Ok(Ok(_)) => {
-                    *attempt = 0;
-                    if !announced_standby {
-                        announced_standby = true;
-                        tracing::info!("another replica leads; standing by");
-                        self.health.set_role(Role::Standby);
-                        self.metrics.leader.set(0);
-                        let _ = self.events.send(ListenerEvent::Standby);
-                    }
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Ended::Shutdown,
-                        why = &mut dead_rx => return Ended::Lost(why.unwrap_or_default()),
-                        _ = tokio::time::sleep(self.retry_interval) => {}
-                    }
-                }
-                Ok(Err(e)) => return Ended::Lost(crate::pg::connect::error_chain(&e)),
-                Err(_) => return Ended::Lost("advisory lock query timed out".into()),
-            }
+        if let Err(e) = self.acquire(&mut conn, prober).await {
+            return e;
         }
-
+        history.attempt = 0;
         let mut listening: BTreeSet<String> = BTreeSet::new();
         let wanted = self.channels.borrow_and_update().clone();
-        if let Err(e) = self.sync_channels(&client, &mut listening, &wanted).await {
+        if let Err(e) = self
+            .sync_channels(&conn.client, &mut listening, &wanted)
+            .await
+        {
             return Ended::Lost(e);
         }
-        *attempt = 0;
         let _ = self
             .events
             .send(ListenerEvent::Listening(listening.clone()));
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
-        tracing::info!(channels = ?listening, first = !*ever_led, "leading: LISTEN established");
-        let _ = self
-            .events
-            .send(ListenerEvent::Leading { first: !*ever_led });
-        *ever_led = true;
+        tracing::info!(channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
+        let _ = self.events.send(ListenerEvent::Leading {
+            first: !history.ever_led,
+        });
+        history.ever_led = true;
+        self.lead(&mut conn, prober, listening).await
+    }
 
-        let mut probe = tokio::time::interval(PROBE_INTERVAL);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Leadership: a session-level advisory lock held for as long as this connection
+    /// lives, taken only on the backend that LISTENs. Standbys stay connected, beat,
+    /// and try again every `retry_interval`.
+    async fn acquire(&mut self, conn: &mut Conn, prober: &mut Prober) -> Result<(), Ended> {
+        let mut announced_standby = false;
+        loop {
+            self.health.beat_listener();
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                [(&conn.pid, Type::INT4), (&self.lock_key, Type::INT8)];
+            let try_lock = conn.client.query_typed(
+                "SELECT CASE WHEN pg_catalog.pg_backend_pid() = $1 \
+                 THEN pg_catalog.pg_try_advisory_lock($2) END",
+                &params,
+            );
+            let won = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
+                why = &mut conn.dead => return Err(Ended::Lost(why.unwrap_or_default())),
+                r = tokio::time::timeout(PROBE_DEADLINE, try_lock) => r,
+            };
+            let won: Option<bool> = match won {
+                Ok(Ok(rows)) => rows.first().and_then(|r| r.get(0)),
+                Ok(Err(e)) => return Err(Ended::Lost(crate::pg::connect::error_chain(&e))),
+                Err(_) => return Err(Ended::Lost("advisory lock query timed out".into())),
+            };
+            match won {
+                Some(true) => return Ok(()),
+                None => {
+                    return Err(Ended::Refused(format!(
+                        "the lock statement ran on another backend than the LISTEN session's ({}): \
+                         a transaction-mode pooler sits in front of database.listen_url; point it straight at PostgreSQL",
+                        conn.pid
+                    )))
+                }
+                Some(false) => {}
+            }
+            if !announced_standby {
+                announced_standby = true;
+                tracing::info!("another replica leads; standing by");
+                self.health.set_role(Role::Standby);
+                self.metrics.leader.set(0);
+                let _ = self.events.send(ListenerEvent::Standby);
+            }
+            tokio::select! {
+                why = &mut conn.dead => return Err(Ended::Lost(why.unwrap_or_default())),
+                ok = self.wait(self.retry_interval) => if !ok { return Err(Ended::Shutdown) },
+            }
+            // A standby is ready only while its session works: prove it again.
+            self.probe(conn, prober).await?;
+        }
+    }
+
+    /// The periodic proof: a notification from the prober must arrive.
+    async fn probe(&mut self, conn: &mut Conn, prober: &mut Prober) -> Result<(), Ended> {
+        match prober.round_trip(&conn.private, &mut conn.probes, PROBE_DEADLINE).await {
+            Ok((rtt, usage)) => {
+                self.metrics.listener_roundtrip.set(rtt.as_secs_f64());
+                self.metrics.queue_usage.set(usage);
+                Ok(())
+            }
+            Err(ProofError::NotDelivered(t)) => Err(Ended::Lost(format!(
+                "the probe notification did not arrive within {}: the connection is half-open or no longer delivers notifications",
+                humantime::format_duration(t)
+            ))),
+            Err(e) => Err(Ended::Lost(e.to_string())),
+        }
+    }
+
+    /// Leading: forward, follow the wanted channels, probe.
+    async fn lead(
+        &mut self,
+        conn: &mut Conn,
+        prober: &mut Prober,
+        mut listening: BTreeSet<String>,
+    ) -> Ended {
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
         loop {
             self.health.beat_listener();
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     // Closing the connection releases the lock at once, so a standby
                     // can take over without waiting for a timeout.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), client.batch_execute("UNLISTEN *")).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.client.batch_execute("UNLISTEN *")).await;
                     return Ended::Shutdown;
                 }
-                why = &mut dead_rx => return Ended::Lost(why.unwrap_or_default()),
+                why = &mut conn.dead => return Ended::Lost(why.unwrap_or_default()),
                 changed = self.channels.changed() => {
                     if changed.is_err() {
                         return Ended::Shutdown;
                     }
                     let wanted = self.channels.borrow_and_update().clone();
-                    if let Err(e) = self.sync_channels(&client, &mut listening, &wanted).await {
+                    if let Err(e) = self.sync_channels(&conn.client, &mut listening, &wanted).await {
                         return Ended::Lost(e);
                     }
                     tracing::info!(channels = ?listening, "LISTEN set updated");
                     let _ = self.events.send(ListenerEvent::Listening(listening.clone()));
                 }
-                _ = probe.tick() => {
-                    // A cheap query with a deadline finds a half-open connection that
-                    // keepalives have not yet declared dead.
-                    match tokio::time::timeout(PROBE_DEADLINE, client.query_typed("SELECT pg_catalog.pg_notification_queue_usage()", &[])).await {
-                        Ok(Ok(rows)) => self.metrics.queue_usage.set(rows.first().map_or(0.0, |r| r.get::<_, f64>(0))),
-                        Ok(Err(e)) => return Ended::Lost(crate::pg::connect::error_chain(&e)),
-                        Err(_) => return Ended::Lost(format!("probe query got no answer within {PROBE_DEADLINE:?}")),
+                _ = tick.tick() => {
+                    if let Err(e) = self.probe(conn, prober).await {
+                        return e;
                     }
                 }
             }
@@ -274,81 +393,6 @@ impl Listener {
         *listening = wanted;
         Ok(())
     }
-}
-
-type Lookup =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (i32, Result<Verdict, String>)> + Send>>;
-
-/// Drives the connection: forwards notifications, and looks up the senders of control
-/// notifications on this same session the moment they arrive (see `control`). Sends
-/// why the connection ended on `dead`.
-async fn drive(
-    mut connection: crate::pg::connect::PgConnection,
-    client: Arc<tokio_postgres::Client>,
-    events: mpsc::UnboundedSender<ListenerEvent>,
-    metrics: Metrics,
-    roles: watch::Receiver<Vec<String>>,
-    dead: tokio::sync::oneshot::Sender<String>,
-) {
-    let mut gate = Gate::new(metrics.clone());
-    let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
-    // A plain spawned connection future would discard the notifications.
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let why = loop {
-        let message = tokio::select! {
-            m = messages.next() => m,
-            Some((pid, verdict)) = lookups.next(), if !lookups.is_empty() => {
-                for payload in gate.decided(pid, verdict, std::time::Instant::now()) {
-                    let _ = events.send(ListenerEvent::Control(payload));
-                }
-                continue;
-            }
-        };
-        match message {
-            Some(Ok(AsyncMessage::Notification(n))) => {
-                metrics
-                    .notifications
-                    .with_label_values(&[n.channel()])
-                    .inc();
-                if n.channel() != crate::CONTROL_CHANNEL {
-                    let _ = events.send(ListenerEvent::Notification {
-                        channel: n.channel().to_string(),
-                        payload: n.payload().to_string(),
-                        pid: n.process_id(),
-                    });
-                    continue;
-                }
-                let now = std::time::Instant::now();
-                match gate.arrive(n.process_id(), n.payload().to_string(), now) {
-                    Next::Act(p) => {
-                        let _ = events.send(ListenerEvent::Control(p));
-                    }
-                    Next::Lookup(pid) => {
-                        let client = client.clone();
-                        let listed = roles.borrow().clone();
-                        lookups.push(Box::pin(async move {
-                            let v = tokio::time::timeout(
-                                PROBE_DEADLINE,
-                                control::lookup(&client, pid, &listed),
-                            )
-                            .await
-                            .map_err(|_| "the sender lookup timed out".to_string())
-                            .and_then(|r| r.map_err(|e| crate::pg::connect::error_chain(&e)));
-                            (pid, v)
-                        }));
-                    }
-                    Next::Drop | Next::Wait => {}
-                }
-            }
-            Some(Ok(AsyncMessage::Notice(n))) => {
-                tracing::debug!(notice = %n.message(), "server notice")
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => break crate::pg::connect::error_chain(&e),
-            None => break "connection closed".to_string(),
-        }
-    };
-    let _ = dead.send(why);
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -7,5 +7,6 @@ pub mod core;
 pub mod detect;
 pub mod listener;
 pub mod refresher;
+pub mod session;
 pub mod startup;
 pub mod throttle;

@@ -1,0 +1,290 @@
+//! The LISTEN session's plumbing: the task that drives the connection (forwarding
+//! notifications, judging control senders), and the proof that the connection is a
+//! real session.
+//!
+//! Why a proof: through a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy) a
+//! `LISTEN` succeeds, the socket stays open, queries answer — and no notification ever
+//! arrives, because the LISTEN registered on a server connection the pooler hands to
+//! other clients. So refreshd LISTENs on a private channel and has a *separate*
+//! connection (the prober) send a notification there; only a real session receives it.
+//! (A self-NOTIFY on the same client proves nothing: a pooler tends to run it on the
+//! same server connection, which delivers it in the response.) The same round trip is
+//! the listener's periodic probe: it proves the notification path, not just the socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::Type;
+use tokio_postgres::AsyncMessage;
+
+use crate::engine::control::{self, Gate, Next, Verdict};
+use crate::engine::listener::{ListenerEvent, PROBE_DEADLINE};
+use crate::pg::connect::{error_chain, ConnectInfo, PgConnection};
+use crate::pg::ident::quote_ident;
+use crate::serve::metrics::Metrics;
+
+/// Why a proof failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofError {
+    /// The test notification was sent but never arrived: not a real session.
+    NotDelivered(Duration),
+    /// The prober could not send it (the database is unreachable, say).
+    Prober(String),
+    /// The LISTEN connection closed meanwhile.
+    Closed,
+}
+
+impl std::fmt::Display for ProofError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProofError::NotDelivered(t) => write!(
+                f,
+                "the LISTEN session did not receive refreshd's test notification within {}: \
+                 notifications are not delivered on this connection. Most likely a transaction-mode \
+                 pooler (PgBouncer, Supavisor, RDS Proxy) sits in front of it: set database.listen_url \
+                 (or listen_url_env) to connect straight to PostgreSQL; database.url may keep using the pooler",
+                humantime::format_duration(*t)
+            ),
+            ProofError::Prober(e) => write!(f, "cannot send the test notification: {e}"),
+            ProofError::Closed => write!(f, "the LISTEN connection closed"),
+        }
+    }
+}
+
+/// A private channel name for one process's proofs.
+pub fn private_channel() -> String {
+    format!("refreshd_probe_{}_{:08x}", std::process::id(), random_u32())
+}
+
+fn random_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(8)
+}
+
+/// The prober: a connection of its own that sends the test notifications (and samples
+/// the notification queue). Reconnects when needed.
+pub struct Prober {
+    info: ConnectInfo,
+    client: Option<tokio_postgres::Client>,
+    seq: u64,
+}
+
+impl Prober {
+    pub fn new(info: ConnectInfo) -> Self {
+        Self {
+            info,
+            client: None,
+            seq: 0,
+        }
+    }
+
+    /// Sends a fresh nonce on `channel`; returns it and `pg_notification_queue_usage()`.
+    async fn send(&mut self, channel: &str) -> Result<(String, f64), String> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(self.info.connect().await.map_err(|e| e.to_string())?);
+        }
+        self.seq += 1;
+        let nonce = format!("{}-{:08x}", self.seq, random_u32());
+        let c = self.client.as_ref().expect("just connected");
+        let sent = tokio::time::timeout(
+            PROBE_DEADLINE,
+            c.query_typed(
+                "SELECT pg_catalog.pg_notify($1, $2), pg_catalog.pg_notification_queue_usage()",
+                &[(&channel, Type::TEXT), (&nonce, Type::TEXT)],
+            ),
+        )
+        .await;
+        match sent {
+            Ok(Ok(rows)) => Ok((nonce, rows.first().map_or(0.0, |r| r.get(1)))),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(error_chain(&e))
+            }
+            Err(_) => {
+                self.client = None;
+                Err(format!("no answer within {PROBE_DEADLINE:?}"))
+            }
+        }
+    }
+
+    /// One round trip: the prober notifies `channel`, and `received` (the LISTEN
+    /// session's notifications on it) must deliver that payload within `timeout`.
+    /// Returns the time it took and the queue usage.
+    pub async fn round_trip(
+        &mut self,
+        channel: &str,
+        received: &mut mpsc::UnboundedReceiver<String>,
+        timeout: Duration,
+    ) -> Result<(Duration, f64), ProofError> {
+        while received.try_recv().is_ok() {}
+        let start = Instant::now();
+        let (nonce, usage) = self.send(channel).await.map_err(ProofError::Prober)?;
+        let deadline = tokio::time::Instant::now() + timeout.saturating_sub(start.elapsed());
+        loop {
+            match tokio::time::timeout_at(deadline, received.recv()).await {
+                Ok(Some(p)) if p == nonce => return Ok((start.elapsed(), usage)),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(ProofError::Closed),
+                Err(_) => return Err(ProofError::NotDelivered(timeout)),
+            }
+        }
+    }
+}
+
+/// LISTENs on `private` and returns the session's backend pid.
+pub async fn listen_private(client: &tokio_postgres::Client, private: &str) -> Result<i32, String> {
+    let work = async {
+        client
+            .batch_execute(&format!("LISTEN {}", quote_ident(private)))
+            .await?;
+        let rows = client
+            .query_typed("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await?;
+        Ok::<i32, tokio_postgres::Error>(rows.first().map_or(0, |r| r.get(0)))
+    };
+    match tokio::time::timeout(PROBE_DEADLINE, work).await {
+        Ok(Ok(pid)) => Ok(pid),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("LISTEN got no answer within {PROBE_DEADLINE:?}")),
+    }
+}
+
+/// Server-side keepalives for the proven session: a leader cut off without FIN or RST
+/// loses its backend, and with it the advisory lock, within about a minute (PostgreSQL's
+/// defaults follow the kernel's: two hours). Harmless over a Unix socket.
+pub const SERVER_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 20000";
+
+type Lookup =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (i32, Result<Verdict, String>)> + Send>>;
+
+/// Where a driven connection's messages go.
+pub struct Routes {
+    pub events: mpsc::UnboundedSender<ListenerEvent>,
+    pub metrics: Metrics,
+    pub roles: watch::Receiver<Vec<String>>,
+    /// The private probe channel and where its payloads go.
+    pub private: String,
+    pub probes: mpsc::UnboundedSender<String>,
+}
+
+/// Drives the connection: forwards notifications, hands probe payloads to the proof,
+/// and looks up the senders of control notifications on this same session the moment
+/// they arrive (see `control`). Sends why the connection ended on `dead`.
+pub async fn drive(
+    mut connection: PgConnection,
+    client: Arc<tokio_postgres::Client>,
+    routes: Routes,
+    dead: tokio::sync::oneshot::Sender<String>,
+) {
+    let Routes {
+        events,
+        metrics,
+        roles,
+        private,
+        probes,
+    } = routes;
+    let mut gate = Gate::new(metrics.clone());
+    let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
+    // A plain spawned connection future would discard the notifications.
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let why = loop {
+        let message = tokio::select! {
+            m = messages.next() => m,
+            Some((pid, verdict)) = lookups.next(), if !lookups.is_empty() => {
+                for payload in gate.decided(pid, verdict, Instant::now()) {
+                    let _ = events.send(ListenerEvent::Control(payload));
+                }
+                continue;
+            }
+        };
+        let n = match message {
+            Some(Ok(AsyncMessage::Notification(n))) => n,
+            Some(Ok(AsyncMessage::Notice(n))) => {
+                tracing::debug!(notice = %n.message(), "server notice");
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break error_chain(&e),
+            None => break "connection closed".to_string(),
+        };
+        if n.channel() == private {
+            let _ = probes.send(n.payload().to_string());
+            continue;
+        }
+        metrics
+            .notifications
+            .with_label_values(&[n.channel()])
+            .inc();
+        if n.channel() != crate::CONTROL_CHANNEL {
+            let _ = events.send(ListenerEvent::Notification {
+                channel: n.channel().to_string(),
+                payload: n.payload().to_string(),
+                pid: n.process_id(),
+            });
+            continue;
+        }
+        match gate.arrive(n.process_id(), n.payload().to_string(), Instant::now()) {
+            Next::Act(p) => {
+                let _ = events.send(ListenerEvent::Control(p));
+            }
+            Next::Lookup(pid) => {
+                let client = client.clone();
+                let listed = roles.borrow().clone();
+                lookups.push(Box::pin(async move {
+                    let v = tokio::time::timeout(
+                        PROBE_DEADLINE,
+                        control::lookup(&client, pid, &listed),
+                    )
+                    .await
+                    .map_err(|_| "the sender lookup timed out".to_string())
+                    .and_then(|r| r.map_err(|e| error_chain(&e)));
+                    (pid, v)
+                }));
+            }
+            Next::Drop | Next::Wait => {}
+        }
+    };
+    let _ = dead.send(why);
+}
+
+/// The proof on its own, for `refreshd check`: connects a LISTEN session as `run`
+/// would, and times one round trip from a separate connection.
+pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, ProofError> {
+    let (client, mut connection) = info
+        .connect_raw()
+        .await
+        .map_err(|e| ProofError::Prober(e.to_string()))?;
+    let private = private_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let channel = private.clone();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                if n.channel() == channel {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        }
+    });
+    let result = async {
+        listen_private(&client, &private)
+            .await
+            .map_err(ProofError::Prober)?;
+        Prober::new(info.clone())
+            .round_trip(&private, &mut rx, timeout)
+            .await
+            .map(|(t, _)| t)
+    }
+    .await;
+    driver.abort();
+    result
+}
