@@ -39,7 +39,7 @@ pub enum Detect {
 pub struct Schedule {
     /// As written in the file.
     pub expr: String,
-    /// With a seconds field, as tokio-cron-scheduler wants it.
+    /// With a seconds field (a 5-field crontab line gets `0` seconds).
     pub with_seconds: String,
 }
 

@@ -536,3 +536,26 @@ async fn post_refresh_needs_the_token_when_one_is_configured() {
         "the token is not shown"
     );
 }
+
+/// A schedule fires (every second here), as its own reason, without any notification.
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_fire_on_time() {
+    let db = TestDb::new();
+    schema(&db, 0.0);
+    let d = Daemon::start(&base_config(
+        &db,
+        "[[view]]\nname = \"public.order_totals\"\nschedule = \"* * * * * *\"\n",
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "three scheduled refreshes",
+        || async { d.refreshes(TOTALS, "schedule", "success") >= 3.0 },
+    )
+    .await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "not faster than the schedule"
+    );
+}

@@ -14,7 +14,7 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     // The scheduler crate narrates its own life at info; keep refreshd's lines readable.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn,tokio_postgres=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

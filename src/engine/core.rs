@@ -14,13 +14,13 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
 use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::refresher::Refresher;
+use crate::engine::schedule::Schedules;
 use crate::engine::startup::{self, Prepared};
 use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
@@ -38,7 +38,6 @@ pub enum Command {
     Listener(ListenerEvent),
     /// Statistics detection saw the view's base tables move.
     Detected(QualifiedName),
-    Schedule(QualifiedName),
     /// SIGUSR1: force every view.
     ForceAll(&'static str),
     Http(Request),
@@ -166,7 +165,7 @@ struct Core {
     /// would reach nobody and might not be in the refresh.
     awaiting_listen: Vec<(QualifiedName, Reason)>,
     leading: bool,
-    scheduler: Option<JobScheduler>,
+    schedules: Schedules,
     detector: CancellationToken,
     reloading: bool,
     reload_again: bool,
@@ -272,7 +271,7 @@ pub async fn run(
         listening: BTreeSet::new(),
         awaiting_listen: Vec::new(),
         leading: false,
-        scheduler: None,
+        schedules: Schedules::new(&[], chrono::Utc::now()),
         detector: CancellationToken::new(),
         reloading: false,
         reload_again: false,
@@ -356,34 +355,6 @@ async fn startup_client(
     }
 }
 
-async fn start_scheduler(
-    views: &[ViewConfig],
-    tx: &mpsc::UnboundedSender<Command>,
-) -> anyhow::Result<Option<JobScheduler>> {
-    if views.iter().all(|v| v.schedule.is_none()) {
-        return Ok(None);
-    }
-    let sched = JobScheduler::new()
-        .await
-        .context("starting the cron scheduler")?;
-    for v in views {
-        let Some(s) = &v.schedule else { continue };
-        let name = v.name.clone();
-        let tx = tx.clone();
-        let job = Job::new_async(s.with_seconds.as_str(), move |_id, _lock| {
-            let tx = tx.clone();
-            let name = name.clone();
-            Box::pin(async move {
-                let _ = tx.send(Command::Schedule(name));
-            })
-        })
-        .with_context(|| format!("schedule {:?} of {}", s.expr, v.name))?;
-        sched.add(job).await.context("adding a cron job")?;
-    }
-    sched.start().await.context("starting the cron scheduler")?;
-    Ok(Some(sched))
-}
-
 impl Core {
     async fn run(
         &mut self,
@@ -395,6 +366,9 @@ impl Core {
             let now = Instant::now();
             if self.stopping.is_some() && self.shutdown_progress(now).await {
                 break;
+            }
+            for name in self.schedules.take_due(chrono::Utc::now()) {
+                self.mark_named(&name, Reason::Schedule, now.into_std());
             }
             self.start_due(now);
             let wake = self.next_wake(now);
@@ -409,15 +383,20 @@ impl Core {
             }
         }
         self.detector.cancel();
-        if let Some(mut s) = self.scheduler.take() {
-            let _ = s.shutdown().await;
-        }
     }
 
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + HEARTBEAT;
         if let Some(w) = self.coalescer.next_wake(now.into_std()) {
             wake = wake.min(Instant::from_std(w));
+        }
+        if self.stopping.is_none() {
+            if let Some(fire) = self.schedules.next_fire() {
+                let wait = (fire - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                wake = wake.min(now + wait);
+            }
         }
         if let Some(since) = self.stopping {
             let limit = self
@@ -433,9 +412,7 @@ impl Core {
         self.stopping = Some(Instant::now());
         self.coalescer.set_paused(true);
         self.detector.cancel();
-        if let Some(mut s) = self.scheduler.take() {
-            let _ = s.shutdown().await;
-        }
+        self.schedules = Schedules::new(&[], chrono::Utc::now());
     }
 
     /// True when the loop may end: nothing runs, or cancelled refreshes had their grace.
@@ -519,7 +496,6 @@ impl Core {
         match cmd {
             Command::Listener(ev) => self.listener_event(ev, now),
             Command::Detected(name) => self.mark_named(&name, Reason::Detected, now),
-            Command::Schedule(name) => self.mark_named(&name, Reason::Schedule, now),
             Command::ForceAll(source) => {
                 tracing::info!(source, "forced refresh of every view");
                 self.force(None, now);
@@ -786,7 +762,9 @@ impl Core {
         }
         self.reads = p.reads;
         self.index = Index::new(&new);
-        self.restart_schedules(&new).await;
+        if self.stopping.is_none() {
+            self.schedules = Schedules::new(&new.views, chrono::Utc::now());
+        }
         self.detector.cancel();
         self.detector = spawn_detector(&self.refresh_info, p.watched, &self.tx);
         self.channels_tx
@@ -819,19 +797,6 @@ impl Core {
             self.shared.bound
         );
         Ok(())
-    }
-
-    async fn restart_schedules(&mut self, config: &Config) {
-        if let Some(mut old) = self.scheduler.take() {
-            let _ = old.shutdown().await;
-        }
-        if self.stopping.is_some() {
-            return;
-        }
-        match start_scheduler(&config.views, &self.tx).await {
-            Ok(s) => self.scheduler = s,
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot start the schedules"),
-        }
     }
 
     fn finished(&mut self, f: Finished) {

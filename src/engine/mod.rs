@@ -7,6 +7,7 @@ pub mod core;
 pub mod detect;
 pub mod listener;
 pub mod refresher;
+pub mod schedule;
 pub mod session;
 pub mod startup;
 pub mod throttle;
