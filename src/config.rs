@@ -141,7 +141,17 @@ impl Config {
 
     /// Validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let ctx = Ctx { path, text };
+        let newlines = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        let ctx = Ctx {
+            path,
+            text,
+            newlines,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
         ctx.validate(raw)
     }
@@ -227,12 +237,16 @@ struct RawView {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Byte offsets of every `\n` in `text`.
+    newlines: Vec<usize>,
 }
 
 impl Ctx<'_> {
+    /// The 1-based line of a byte offset: a binary search over the newlines, found
+    /// once (a count from the start per view made 10,000 views take 30 s).
     fn line_of(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+        self.newlines.partition_point(|&nl| nl < end) + 1
     }
 
     fn err(

@@ -143,7 +143,7 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     let mut cfg = format!(
         "[database]\nurl = \"{}\"\nmax_concurrent_refreshes = 2\n\
          [defaults]\ndebounce = \"10s\"\nmax_delay = \"1h\"\n\
-         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"200ms\"\n",
+         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"200ms\"\nmax_delay = \"5s\"\n",
         db.dsn()
     );
     for i in 0..n {
@@ -167,7 +167,8 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "not ready within 10 s"
+            "not ready within 10 s:\n{}",
+            d.log_text().lines().take(6).collect::<Vec<_>>().join("\n")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -186,6 +187,12 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     })
     .await;
     let before = d.successes("public.order_totals");
+    let t = Instant::now();
+    let m = d.metrics();
+    eprintln!("/metrics: {} bytes in {:?}", m.len(), t.elapsed());
+    let t = Instant::now();
+    let st = d.get("/status").1;
+    eprintln!("/status: {} bytes in {:?}", st.len(), t.elapsed());
     d.signal("HUP");
     let t = Instant::now();
     db.psql("INSERT INTO public.orders (bucket, amount) VALUES (77, 1)");

@@ -7,7 +7,8 @@
 //!   and not before `min_interval` after its previous refresh ended. Forced, scheduled,
 //!   startup and resync refreshes are due at once (forced ones also skip
 //!   `min_interval`).
-//! - One refresh of a view at a time; at most `max_concurrent` overall. A change that
+//! - One refresh of a view at a time; at most `max_concurrent` overall, earliest
+//!   deadline (first change + `max_delay`; a forced refresh at once) first. A change that
 //!   arrives while its view refreshes makes it dirty again: exactly one more refresh,
 //!   however many changes arrive.
 //! - A view never starts while a view it reads is refreshing, nor while a view that
@@ -366,12 +367,24 @@ impl Coalescer {
         if self.paused {
             return starts;
         }
-        let mut ready: Vec<(Instant, usize)> = (0..self.views.len())
+        // Earliest deadline first: a forced refresh at once, anything else by when its
+        // oldest change reaches max_delay (then by due time). A backlog of catch-up
+        // refreshes with a long max_delay does not hold up a view notified since.
+        let mut ready: Vec<(Instant, Instant, usize)> = (0..self.views.len())
             .filter(|&i| self.views[i].running.is_none())
-            .filter_map(|i| self.due(i).filter(|d| *d <= now).map(|d| (d, i)))
+            .filter_map(|i| {
+                let due = self.due(i).filter(|d| *d <= now)?;
+                let p = self.views[i].pending?;
+                let deadline = if p.forced {
+                    due
+                } else {
+                    p.first + self.views[i].timing.max_delay
+                };
+                Some((deadline, due, i))
+            })
             .collect();
-        ready.sort();
-        for (_, i) in ready {
+        ready.sort_unstable();
+        for (_, _, i) in ready {
             if self.running >= self.max_concurrent {
                 break;
             }
@@ -1186,6 +1199,26 @@ mod tests {
             s.iter().map(|s| s.view).collect::<Vec<_>>(),
             vec![1],
             "overdue: goes ahead"
+        );
+    }
+
+    #[test]
+    fn a_catch_up_backlog_does_not_hold_up_a_notified_view() {
+        let t0 = Instant::now();
+        let mut timings = vec![timing(10_000, 3_600_000, 0); 100];
+        timings.push(timing(200, 30_000, 0));
+        let mut c = Coalescer::new(timings, vec![vec![]; 101], 2);
+        c.mark_all(Reason::Startup, t0);
+        let first = c.poll(t0);
+        assert_eq!(first.len(), 2);
+        c.mark(100, Reason::Notify, t0 + ms(10));
+        for s in first {
+            c.finished(s.view, s.run, Outcome::Success, t0 + ms(300));
+        }
+        let next = c.poll(t0 + ms(300));
+        assert!(
+            next.iter().any(|s| s.view == 100),
+            "the notified view goes before the rest of the backlog: {next:?}"
         );
     }
 
