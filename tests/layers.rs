@@ -185,16 +185,14 @@ async fn statistics_mode_sees_every_kind_of_write_without_triggers() {
     );
     let d = Daemon::start(&format!("[database]\nurl = \"{}\"\n{STATS_VIEW}", db.dsn()));
     d.wait_ready(Duration::from_secs(20)).await;
-    // The startup refresh, and the detector's first reading, which counts as a change.
-    wait_for(
-        Duration::from_secs(10),
-        "startup and first-reading refreshes",
-        || async {
-            d.refreshes("public.sums", "startup", "success") == 1.0
-                && d.refreshes("public.sums", "detected", "success") >= 1.0
-                && d.get("/status").1.contains("\"state\":\"idle\"")
-        },
-    )
+    // The startup refresh. The detector's first reading counts as a change too, but
+    // it may arrive while the startup refresh is still pending and be coalesced into it
+    // (correctly), so no separate `detected` refresh is waited for: every step below
+    // checks the view's contents, which hold whichever refresh applied the write.
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.refreshes("public.sums", "startup", "success") == 1.0
+            && d.get("/status").1.contains("\"state\":\"idle\"")
+    })
     .await;
     assert!(
         d.log_text().contains("watching table statistics"),
@@ -255,16 +253,14 @@ async fn statistics_mode_bound_for_an_idle_session() {
     db.psql(NO_TRIGGERS);
     let d = Daemon::start(&format!("[database]\nurl = \"{}\"\n{STATS_VIEW}", db.dsn()));
     d.wait_ready(Duration::from_secs(20)).await;
-    // The startup refresh, and the detector's first reading, which counts as a change.
-    wait_for(
-        Duration::from_secs(10),
-        "startup and first-reading refreshes",
-        || async {
-            d.refreshes("public.sums", "startup", "success") == 1.0
-                && d.refreshes("public.sums", "detected", "success") >= 1.0
-                && d.get("/status").1.contains("\"state\":\"idle\"")
-        },
-    )
+    // The startup refresh. The detector's first reading counts as a change too, but
+    // it may arrive while the startup refresh is still pending and be coalesced into it
+    // (correctly), so no separate `detected` refresh is waited for: every step below
+    // checks the view's contents, which hold whichever refresh applied the write.
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.refreshes("public.sums", "startup", "success") == 1.0
+            && d.get("/status").1.contains("\"state\":\"idle\"")
+    })
     .await;
 
     // The worst case PostgreSQL allows: a session writes twice within a second and then
