@@ -261,3 +261,132 @@ fn check_refuses_a_listen_session_through_the_pooler() {
     let text = support::stdout(&out);
     assert!(text.contains("OK    listen session"), "{text}");
 }
+
+async fn pooled_client(b: &PgBouncer, db: &TestDb) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&b.dsn(db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    let rows = c.simple_query(&format!("SHOW {name}")).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// A standby waiting `retry_interval = 90s` between lock attempts stays alive (the
+/// liveness stall limit is 60 s) and ready (its session is proven).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_with_a_long_retry_interval_stays_alive() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = format!(
+        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"90s\"\n\
+         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n",
+        db.dsn()
+    );
+    let leader = Daemon::start(&config);
+    leader.wait_ready(Duration::from_secs(20)).await;
+    let leader = &leader;
+    wait_for(
+        Duration::from_secs(10),
+        "the first replica leads",
+        || async move { support::sample(&leader.metrics(), "refreshd_leader") == Some(1.0) },
+    )
+    .await;
+    let standby = Daemon::start(&config);
+    standby.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(
+        support::sample(&standby.metrics(), "refreshd_leader"),
+        Some(0.0)
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(70);
+    let mut polls = 0;
+    while std::time::Instant::now() < until {
+        let (code, body) = standby.get("/healthz");
+        assert_eq!(code, 200, "standby /healthz after {polls} polls: {body}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(standby.get("/readyz").0, 200);
+    let m = standby.metrics();
+    assert_eq!(
+        support::sample(&m, "refreshd_listener_connected"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        support::sample(&m, "refreshd_listener_roundtrip_seconds").unwrap_or(0.0) > 0.0,
+        "the standby proved its session: {m}"
+    );
+}
+
+/// The refresh statement itself, through the pooler: `SET LOCAL statement_timeout`
+/// inside the one multi-statement query bounds the REFRESH even when the database has
+/// another default, `lock_timeout` applies, and the connection comes back clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn set_local_timeouts_bound_the_refresh_in_one_round_trip() {
+    let db = TestDb::new();
+    schema(&db);
+    let bouncer = PgBouncer::start(&db, 3);
+    db.psql(&format!(
+        r#"
+        ALTER DATABASE {} SET statement_timeout = '1min';
+        CREATE FUNCTION public.slow_one() RETURNS int LANGUAGE plpgsql AS
+          $$BEGIN PERFORM pg_sleep(3); RETURN 1; END$$;
+        CREATE MATERIALIZED VIEW public.slow AS SELECT public.slow_one() AS k;
+        CREATE UNIQUE INDEX ON public.slow (k);
+        "#,
+        db.name
+    ));
+    let (_dir, path) = support::write_config(&format!(
+        "[database]\nurl = \"{}\"\n\
+         [[view]]\nname = \"public.slow\"\nchannels = [\"x\"]\nstatement_timeout = \"300ms\"\n\
+         [[view]]\nname = \"public.order_totals\"\nchannels = [\"x\"]\nlock_timeout = \"400ms\"\n",
+        bouncer.dsn(&db)
+    ));
+    let config = refreshd::config::Config::load(&path).unwrap();
+    let client = pooled_client(&bouncer, &db).await;
+    use refreshd::pg::refresh::refresh_view;
+
+    let started = std::time::Instant::now();
+    let e = refresh_view(&client, &config.views[0], true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("57014"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!e.connection_broken, "{e}");
+    // Rolled back: the connection works, and the SET LOCAL went with the transaction.
+    assert_eq!(show(&client, "statement_timeout").await, "1min");
+    assert_eq!(show(&client, "lock_timeout").await, "0");
+
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("REFRESH MATERIALIZED VIEW public.order_totals")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = refresh_view(&client, &config.views[1], true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("55P03"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(show(&client, "lock_timeout").await, "0");
+    let r = refresh_view(&client, &config.views[1], true).await.unwrap();
+    assert_eq!(r.kind.as_str(), "concurrently");
+}

@@ -93,6 +93,10 @@ channels = ["refresh_inventory_views"]
 
 /// Runs the demo until `shutdown`.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    eprintln!(
+        "refreshd demo: status page http://{}/ (live once the daemon runs, in a few seconds)",
+        opts.listen
+    );
     eprintln!("refreshd demo: starting a throwaway PostgreSQL cluster...");
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
         .await?
@@ -136,7 +140,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     );
     let config = demo_config(&cluster, opts.listen)?;
     eprintln!(
-        "refreshd demo: the daemon serves http://{0}/metrics and http://{0}/status; a stream of writes begins; Ctrl-C stops and removes everything.",
+        "refreshd demo: the daemon serves http://{0}/ (status page), http://{0}/metrics and http://{0}/status; a stream of writes begins; Ctrl-C stops and removes everything.",
         opts.listen
     );
 
