@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod init;
 pub mod logging;
 pub mod status;
 
@@ -74,6 +75,19 @@ pub enum Command {
         #[arg(required_unless_present = "all")]
         views: Vec<String>,
     },
+    /// Read an existing database's catalog and print a configuration for every
+    /// materialized view (and, with --sql, the NOTIFY triggers they need). Changes nothing.
+    Init {
+        /// The database (postgresql://user@host:port/db or key=value pairs).
+        #[arg(long)]
+        url: String,
+        /// Only views in these schemas (repeatable); default every user schema.
+        #[arg(long = "schema")]
+        schemas: Vec<String>,
+        /// Write install and rollback SQL for the triggers into this directory.
+        #[arg(long = "sql")]
+        sql: Option<PathBuf>,
+    },
     /// Ask a running daemon how its views are: one line per view (exit 1 if one is
     /// failing, 2 if the daemon cannot be reached).
     Status {
@@ -108,6 +122,9 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
         Command::Status { url } => crate::cli::status::run(&url).await,
+        Command::Init { url, schemas, sql } => {
+            crate::cli::init::run(&url, &schemas, sql.as_deref()).await
+        }
     }
 }
 

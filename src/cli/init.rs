@@ -1,0 +1,449 @@
+//! `refreshd init --url DSN [--schema S]... [--sql DIR]`: adopt refreshd on an existing
+//! database. Reads the catalog, changes nothing, and prints a complete, commented
+//! configuration for every materialized view; with `--sql DIR` it also writes the
+//! statement-level NOTIFY triggers the base tables need (install and rollback files).
+//!
+//! Channels: a base table that already has a trigger notifying a constant channel
+//! (`pg_notify('chan', ...)` or `NOTIFY chan` in its function) keeps that channel, so a
+//! schema like the seeds' is adopted as it is; every other base table gets a channel of
+//! its own, `refreshd_<schema>_<table>`, and a trigger in the SQL. A view listens on
+//! the channels of the tables it reads directly or through plain views; views it reads
+//! are refreshed first by dependency, so their tables are not repeated.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+
+use tokio_postgres::types::Type;
+
+use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
+use crate::engine::startup::topological_order;
+use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
+use crate::pg::ident::{quote_ident, QualifiedName};
+use crate::pg::refresh::quote_literal;
+
+/// One materialized view as `init` sees it.
+#[derive(Debug, Clone)]
+struct Found {
+    oid: u32,
+    name: QualifiedName,
+    owner: String,
+    may_refresh: bool,
+    populated: bool,
+    unique_index: Option<String>,
+    base: Vec<BaseRelation>,
+}
+
+/// A base table and the channel that announces its changes.
+#[derive(Debug, Clone)]
+struct Feed {
+    table: QualifiedName,
+    relkind: char,
+    channel: String,
+    /// An existing trigger already notifies `channel`.
+    existing: bool,
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>) -> u8 {
+    let (client, target, conn_dsn) = match connect(url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("refreshd init: {e}");
+            return EXIT_PROBLEMS;
+        }
+    };
+    let plan = match read(&client, schemas).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("refreshd init: reading the catalog: {e}");
+            return EXIT_PROBLEMS;
+        }
+    };
+    print!("{}", plan.config(&target, &conn_dsn));
+    if let Some(dir) = sql_dir {
+        if let Err(e) = plan.write_sql(dir) {
+            eprintln!("refreshd init: writing {}: {e}", dir.display());
+            return EXIT_PROBLEMS;
+        }
+        eprintln!(
+            "refreshd init: wrote {} and {} (not applied: review, then psql -f)",
+            dir.join(INSTALL).display(),
+            dir.join(ROLLBACK).display()
+        );
+    }
+    EXIT_OK
+}
+
+/// Install and rollback file names under `--sql DIR`.
+pub const INSTALL: &str = "001_refreshd_triggers.sql";
+pub const ROLLBACK: &str = "001_refreshd_triggers.rollback.sql";
+
+async fn connect(url: &str) -> Result<(tokio_postgres::Client, String, String), String> {
+    let cfg = tokio_postgres::Config::from_str(url).map_err(|_| {
+        "--url: not a connection string (postgresql://user@host:port/db or key=value pairs)"
+            .to_string()
+    })?;
+    // The configuration printed names the same server, never the password.
+    let mut dsn = Vec::new();
+    if let Some(h) = cfg.get_hosts().first() {
+        match h {
+            tokio_postgres::config::Host::Tcp(h) => dsn.push(format!("host={h}")),
+            tokio_postgres::config::Host::Unix(p) => dsn.push(format!("host={}", p.display())),
+        }
+    }
+    if let Some(p) = cfg.get_ports().first() {
+        dsn.push(format!("port={p}"));
+    }
+    if let Some(u) = cfg.get_user() {
+        dsn.push(format!("user={u}"));
+    }
+    if let Some(d) = cfg.get_dbname() {
+        dsn.push(format!("dbname={d}"));
+    }
+    let db = crate::config::DatabaseConfig {
+        url: crate::config::UrlSource::Inline(url.to_string()),
+        password_file: None,
+        listen_url: None,
+        max_concurrent_refreshes: 1,
+        connect_timeout: std::time::Duration::from_secs(10),
+    };
+    let info = crate::pg::connect::ConnectInfo::for_refresh(&db, Path::new("."))
+        .map_err(|e| e.to_string())?;
+    let client = info.connect().await.map_err(|e| e.to_string())?;
+    Ok((client, info.target().to_string(), dsn.join(" ")))
+}
+
+/// Everything `init` prints and writes.
+struct Plan {
+    /// In dependency order.
+    views: Vec<Found>,
+    /// View index → the indexes of the found views it reads.
+    reads: Vec<Vec<usize>>,
+    feeds: BTreeMap<u32, Feed>,
+    server_version: i32,
+}
+
+const MATVIEWS_SQL: &str = "SELECT c.oid, n.nspname::text, c.relname::text, \
+       pg_catalog.pg_get_userbyid(c.relowner)::text, c.relispopulated, \
+       pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') \
+         OR (current_setting('server_version_num')::int >= 170000 \
+             AND pg_catalog.has_table_privilege(c.oid, 'MAINTAIN')) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+   AND n.nspname NOT LIKE 'pg\\_%' \
+   AND (cardinality($1::text[]) = 0 OR n.nspname = ANY ($1)) \
+ ORDER BY n.nspname, c.relname";
+
+/// Constant channels notified by the enabled user triggers of each table.
+const EXISTING_SQL: &str = "SELECT t.tgrelid, p.prosrc \
+  FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+ WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'";
+
+async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Plan, String> {
+    let err = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
+    let rows = client
+        .query_typed(MATVIEWS_SQL, &[(&schemas, Type::TEXT_ARRAY)])
+        .await
+        .map_err(err)?;
+    let mut found = Vec::new();
+    for r in &rows {
+        let oid: u32 = r.get(0);
+        found.push(Found {
+            oid,
+            name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            owner: r.get(3),
+            populated: r.get(4),
+            may_refresh: r.get::<_, Option<bool>>(5).unwrap_or(false),
+            unique_index: usable_unique_indexes(client, oid).await.map_err(err)?.into_iter().next(),
+            base: base_relations(client, oid).await.map_err(err)?,
+        });
+    }
+    let by_oid: HashMap<u32, usize> = found.iter().enumerate().map(|(i, f)| (f.oid, i)).collect();
+    let reads: Vec<Vec<usize>> = found
+        .iter()
+        .map(|f| {
+            let mut r: Vec<usize> = f.base.iter().filter_map(|b| by_oid.get(&b.oid).copied()).collect();
+            r.sort_unstable();
+            r.dedup();
+            r
+        })
+        .collect();
+    let order = topological_order(&reads);
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let views: Vec<Found> = order.iter().map(|&i| found[i].clone()).collect();
+    let reads = order
+        .iter()
+        .map(|&i| reads[i].iter().map(|l| position[l]).collect())
+        .collect();
+
+    // Base tables (not materialized views: those are refreshed by dependency).
+    let mut tables: BTreeMap<u32, (QualifiedName, char)> = BTreeMap::new();
+    for f in &views {
+        for b in f.base.iter().filter(|b| b.relkind != 'm') {
+            tables.insert(b.oid, (b.name.clone(), b.relkind));
+        }
+    }
+    let oids: Vec<u32> = tables.keys().copied().collect();
+    let mut existing: HashMap<u32, BTreeSet<String>> = HashMap::new();
+    for r in client
+        .query_typed(EXISTING_SQL, &[(&oids, Type::OID_ARRAY)])
+        .await
+        .map_err(err)?
+    {
+        let src: String = r.get(1);
+        existing.entry(r.get(0)).or_default().extend(notified_channels(&src));
+    }
+    let feeds = tables
+        .into_iter()
+        .map(|(oid, (table, relkind))| {
+            let found = existing.get(&oid).and_then(|c| c.iter().next().cloned());
+            let feed = Feed {
+                channel: found.clone().unwrap_or_else(|| channel_for(&table)),
+                existing: found.is_some(),
+                table,
+                relkind,
+            };
+            (oid, feed)
+        })
+        .collect();
+    let server_version: i32 = client
+        .query_typed("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(err)?
+        .first()
+        .map_or(0, |r| r.get(0));
+    Ok(Plan {
+        views,
+        reads,
+        feeds,
+        server_version,
+    })
+}
+
+/// `refreshd_<schema>_<table>`, at most 63 bytes (PostgreSQL's identifier length); a
+/// longer one is cut and given a hash of the whole so two never collide.
+pub fn channel_for(table: &QualifiedName) -> String {
+    let full = format!("refreshd_{}_{}", table.schema, table.name);
+    if full.len() <= 63 {
+        return full;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in full.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let mut cut = 54;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{h:08x}", &full[..cut])
+}
+
+/// Channels a trigger function notifies with a constant name: `pg_notify('x', ...)` and
+/// `NOTIFY x`. Dynamic names are not guessed.
+pub fn notified_channels(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let lower = src.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("pg_notify") {
+        let start = from + i + "pg_notify".len();
+        let rest = src[start..].trim_start();
+        if let Some(rest) = rest.strip_prefix('(') {
+            let rest = rest.trim_start();
+            if let Some(rest) = rest.strip_prefix('\'') {
+                if let Some(end) = rest.find('\'') {
+                    out.push(rest[..end].to_string());
+                }
+            }
+        }
+        from = start;
+    }
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("notify ") {
+        let start = from + i + "notify ".len();
+        let before = lower[..from + i].chars().last();
+        if before.is_none_or(|c| !c.is_ascii_alphanumeric() && c != '_') {
+            let name: String = src[start..]
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name.to_ascii_lowercase());
+            }
+        }
+        from = start;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Plan {
+    fn channels_of(&self, v: &Found) -> Vec<&Feed> {
+        let mut seen = BTreeSet::new();
+        v.base
+            .iter()
+            .filter_map(|b| self.feeds.get(&b.oid))
+            .filter(|f| seen.insert(f.channel.clone()))
+            .collect()
+    }
+
+    /// Why refreshd cannot serve the view, with the fix; `None` when it can.
+    fn unservable(&self, v: &Found) -> Option<String> {
+        if !v.may_refresh {
+            let maintain = if self.server_version >= 170000 {
+                format!(", or GRANT MAINTAIN ON {} TO the role (or grant it pg_maintain)", v.name.quoted())
+            } else {
+                String::new()
+            };
+            return Some(format!(
+                "the connecting role may not refresh it (owner {}). Fix: ALTER MATERIALIZED VIEW {} OWNER TO a role refreshd connects as (or make refreshd's role a member of {}){maintain}",
+                v.owner,
+                v.name.quoted(),
+                quote_ident(&v.owner)
+            ));
+        }
+        None
+    }
+
+    /// The configuration, commented.
+    fn config(&self, target: &str, dsn: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# refreshd configuration written by `refreshd init` from {target}.");
+        let _ = writeln!(out, "# Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run");
+        let _ = writeln!(out, "# `refreshd check -c FILE`. Every key is documented in config.example.toml.");
+        let _ = writeln!(out, "\n[database]");
+        let _ = writeln!(out, "# The password is not written here: use password_file, url_env, or ~/.pgpass.");
+        let _ = writeln!(out, "url = {}", toml_str(dsn));
+        let _ = writeln!(out, "# If url goes through a transaction-mode pooler, set listen_url straight to PostgreSQL.");
+        let _ = writeln!(out, "\n[defaults]\ndebounce = \"2s\"\nmax_delay = \"30s\"");
+        let _ = writeln!(out, "\n# Views in dependency order: a view is refreshed after the views it reads.");
+        for (i, v) in self.views.iter().enumerate() {
+            out.push('\n');
+            if let Some(why) = self.unservable(v) {
+                let _ = writeln!(out, "# NOT SERVED: {} — {why}", v.name);
+                let _ = writeln!(out, "# [[view]]\n# name = {}", toml_str(&v.name.to_string()));
+                continue;
+            }
+            let feeds = self.channels_of(v);
+            let tables: Vec<String> = feeds.iter().map(|f| f.table.to_string()).collect();
+            if !tables.is_empty() {
+                let _ = writeln!(out, "# reads {}", tables.join(", "));
+            }
+            let lower: Vec<String> = self.reads[i].iter().map(|&l| self.views[l].name.to_string()).collect();
+            if !lower.is_empty() {
+                let _ = writeln!(out, "# refreshed after {} (views it reads)", lower.join(", "));
+            }
+            if !v.populated {
+                let _ = writeln!(out, "# not populated yet: the first refresh is a plain REFRESH");
+            }
+            for f in feeds.iter().filter(|f| f.relkind == 'f') {
+                let _ = writeln!(out, "# {} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table);
+            }
+            let _ = writeln!(out, "[[view]]\nname = {}", toml_str(&v.name.to_string()));
+            let channels: Vec<String> = feeds.iter().map(|f| toml_str(&f.channel)).collect();
+            let _ = writeln!(out, "channels = [{}]", channels.join(", "));
+            match &v.unique_index {
+                Some(ix) => {
+                    let _ = writeln!(out, "# REFRESH CONCURRENTLY uses unique index {ix}");
+                }
+                None => {
+                    let _ = writeln!(out, "# No unique index usable by REFRESH CONCURRENTLY: a plain REFRESH locks readers out");
+                    let _ = writeln!(out, "# while it runs. Create one on the view's key columns, then remove this line.");
+                    let _ = writeln!(out, "concurrently = false");
+                }
+            }
+        }
+        out
+    }
+
+    /// The install and rollback SQL for the triggers that do not exist yet.
+    fn write_sql(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let new: Vec<&Feed> = self
+            .feeds
+            .values()
+            .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p'))
+            .collect();
+        let mut install = String::new();
+        let _ = writeln!(install, "-- Written by `refreshd init`: statement-level NOTIFY triggers for the base tables of");
+        let _ = writeln!(install, "-- the materialized views refreshd keeps fresh. One transaction; idempotent; rollback:");
+        let _ = writeln!(install, "-- {ROLLBACK}. The payload is constant, so PostgreSQL folds repeats within a transaction.");
+        let _ = writeln!(install, "BEGIN;\n\nCREATE SCHEMA IF NOT EXISTS refreshd;\n");
+        let _ = writeln!(install, "CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger");
+        let _ = writeln!(install, "LANGUAGE plpgsql AS $$\nBEGIN\n    PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');\n    RETURN NULL;\nEND\n$$;");
+        let mut rollback = String::new();
+        let _ = writeln!(rollback, "-- Removes what {INSTALL} created. One transaction; idempotent.");
+        let _ = writeln!(rollback, "BEGIN;\n");
+        for f in &new {
+            let table = f.table.quoted();
+            let readers: Vec<String> = self
+                .views
+                .iter()
+                .filter(|v| v.base.iter().any(|b| b.name == f.table))
+                .map(|v| v.name.to_string())
+                .collect();
+            let _ = writeln!(install, "\n-- {} -> channel {} (read by {})", f.table, f.channel, readers.join(", "));
+            let _ = writeln!(install, "DROP TRIGGER IF EXISTS refreshd_notify ON {table};");
+            let _ = writeln!(
+                install,
+                "CREATE TRIGGER refreshd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}\n    FOR EACH STATEMENT EXECUTE FUNCTION refreshd.notify_changed({});",
+                quote_literal(&f.channel)
+            );
+            let _ = writeln!(rollback, "DROP TRIGGER IF EXISTS refreshd_notify ON {table};");
+        }
+        let _ = writeln!(install, "\nCOMMIT;");
+        let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS refreshd.notify_changed();");
+        let _ = writeln!(rollback, "-- The schema goes only if nothing else lives in it.");
+        let _ = writeln!(rollback, "DO $$BEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_namespace n ON d.refobjid = n.oid\n                   WHERE n.nspname = 'refreshd' AND d.refclassid = 'pg_catalog.pg_namespace'::regclass) THEN\n        DROP SCHEMA IF EXISTS refreshd;\n    END IF;\nEND$$;");
+        let _ = writeln!(rollback, "\nCOMMIT;");
+        std::fs::write(dir.join(INSTALL), install)?;
+        std::fs::write(dir.join(ROLLBACK), rollback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_channels_are_found_in_trigger_functions() {
+        assert_eq!(
+            notified_channels("BEGIN PERFORM pg_notify('refresh_attendance_stats', ''); RETURN NULL; END"),
+            vec!["refresh_attendance_stats"]
+        );
+        assert_eq!(notified_channels("begin notify Orders_Changed; end"), vec!["orders_changed"]);
+        assert!(notified_channels("PERFORM pg_notify(TG_ARGV[0], '')").is_empty());
+        assert!(notified_channels("-- nothing here; unnotify_x := 1").is_empty());
+    }
+
+    #[test]
+    fn channel_names_fit_postgres_identifiers() {
+        assert_eq!(channel_for(&QualifiedName::new("public", "orders")), "refreshd_public_orders");
+        let long = channel_for(&QualifiedName::new("s".repeat(40), "t".repeat(40)));
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(long, channel_for(&QualifiedName::new("s".repeat(40), "t".repeat(41))));
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str(r#""Sales"."Daily Totals""#), r#""\"Sales\".\"Daily Totals\"""#);
+    }
+}

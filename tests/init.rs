@@ -1,0 +1,154 @@
+//! `refreshd init` on databases it has never seen: it changes nothing, its config and
+//! SQL make `check` pass, and a daemon run on them carries a write to every view.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{wait_for, Daemon, TestDb};
+
+/// Views on views, quoted mixed-case names, a partitioned base table, a plain view in
+/// between, a view without a usable unique index, one the app role may not refresh,
+/// and no triggers at all.
+fn unseen_schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE ROLE init_app LOGIN;
+        CREATE SCHEMA "Sales" AUTHORIZATION init_app;
+        SET ROLE init_app;
+        CREATE TABLE "Sales"."Orders" (id int, region text NOT NULL, amount int NOT NULL, day date NOT NULL)
+          PARTITION BY RANGE (day);
+        CREATE TABLE "Sales"."Orders_2025" PARTITION OF "Sales"."Orders" FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE "Sales"."Orders_2026" PARTITION OF "Sales"."Orders" FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        INSERT INTO "Sales"."Orders" VALUES (1, 'north', 10, '2025-05-01'), (2, 'south', 20, '2026-02-01');
+        CREATE TABLE "Sales".regions (region text PRIMARY KEY, label text);
+        INSERT INTO "Sales".regions VALUES ('north', 'North'), ('south', 'South');
+        CREATE VIEW "Sales".labelled AS
+          SELECT o.region, r.label, o.amount FROM "Sales"."Orders" o JOIN "Sales".regions r USING (region);
+        CREATE MATERIALIZED VIEW "Sales"."Daily Totals" AS
+          SELECT region, label, sum(amount) AS total, count(*) AS n FROM "Sales".labelled GROUP BY region, label;
+        CREATE UNIQUE INDEX ON "Sales"."Daily Totals" (region);
+        CREATE MATERIALIZED VIEW "Sales".top_region AS
+          SELECT 1 AS k, max(total) AS best FROM "Sales"."Daily Totals";
+        CREATE UNIQUE INDEX ON "Sales".top_region (k);
+        CREATE MATERIALIZED VIEW "Sales".no_key AS SELECT count(*) AS n FROM "Sales".regions;
+        RESET ROLE;
+        CREATE TABLE public.secret (v int);
+        CREATE MATERIALIZED VIEW public.not_ours AS SELECT count(*) AS n FROM public.secret;
+        GRANT CONNECT ON DATABASE "DB" TO init_app;
+        "#
+        .replace("\"DB\"", &format!("\"{}\"", db.name))
+        .as_str(),
+    );
+}
+
+fn psql_file(db: &TestDb, path: &std::path::Path) {
+    let out = Command::new(refreshd::cli::cluster::client_program("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(db.dsn())
+        .arg("-f")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn triggers(db: &TestDb) -> String {
+    db.psql("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_adopts_a_database_it_has_never_seen() {
+    let db = TestDb::new();
+    unseen_schema(&db);
+    assert_eq!(triggers(&db), "0");
+    let sql = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn_as("init_app"),
+        "--sql",
+        sql.path().to_str().unwrap(),
+    ]);
+    let config = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert_eq!(triggers(&db), "0", "init changes nothing by itself");
+
+    // Dependency order, quoted names, concurrently = false where no index, and the view
+    // the role may not refresh only as a comment with the fix.
+    let daily = config.find("name = \"\\\"Sales\\\".\\\"Daily Totals\\\"\"").expect(&config);
+    let top = config.find("name = \"\\\"Sales\\\".top_region\"").expect(&config);
+    assert!(daily < top, "{config}");
+    assert!(config.contains("concurrently = false"), "{config}");
+    assert!(config.contains("# NOT SERVED: public.not_ours") && config.contains("OWNER TO"), "{config}");
+    assert!(!config.contains("\n[[view]]\nname = \"public.not_ours\""), "{config}");
+    assert!(!config.to_lowercase().contains("password="), "{config}");
+
+    // Applied: check passes on the printed config, and a daemon carries writes to every
+    // view (a partition written directly, a table behind a plain view).
+    psql_file(&db, &sql.path().join(refreshd::cli::init::INSTALL));
+    psql_file(&db, &sql.path().join(refreshd::cli::init::INSTALL)); // idempotent
+    assert_ne!(triggers(&db), "0");
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(0), "{}", support::stdout(&check));
+
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(15), "the startup refreshes", || async {
+        d.successes("\"Sales\".\"Daily Totals\"") >= 1.0 && d.successes("\"Sales\".top_region") >= 1.0
+    })
+    .await;
+    db.psql("INSERT INTO \"Sales\".\"Orders_2026\" VALUES (3, 'north', 1000, '2026-03-01')");
+    wait_for(Duration::from_secs(10), "the partition write in both levels", || async {
+        db.psql("SELECT best FROM \"Sales\".top_region") == "1010"
+    })
+    .await;
+    db.psql("INSERT INTO \"Sales\".regions VALUES ('east', 'East')");
+    wait_for(Duration::from_secs(10), "the write behind the plain view", || async {
+        db.psql("SELECT n FROM \"Sales\".no_key") == "3"
+    })
+    .await;
+
+    // The rollback removes every trigger init's SQL created.
+    psql_file(&db, &sql.path().join(refreshd::cli::init::ROLLBACK));
+    assert_eq!(triggers(&db), "0");
+}
+
+/// On the seeds' schemas, whose triggers already notify their channels, init keeps those
+/// channels: the same views, in the same order, on the same channels as
+/// config.example.toml, and no new trigger to install.
+#[test]
+fn init_on_the_seeds_reproduces_the_example_config() {
+    let db = TestDb::new();
+    for file in ["attendance/install.sql", "inventory/install.sql"] {
+        psql_file(&db, &support::repo().join("sql").join(file));
+    }
+    let sql = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--sql", sql.path().to_str().unwrap()]);
+    let config = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let generated = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let example = refreshd::config::Config::load(&support::repo().join("config.example.toml")).unwrap();
+    let names = |c: &refreshd::config::Config| {
+        let mut v: Vec<(String, Vec<String>, bool)> = c
+            .views
+            .iter()
+            .map(|v| (v.name.to_string(), v.channels.clone(), v.concurrently))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&generated), names(&example), "{config}");
+    let pos = |n: &str| generated.views.iter().position(|v| v.name.to_string() == n).unwrap();
+    assert!(pos("core.mv_product_stock_summary") < pos("core.mv_low_stock_alerts"));
+    let install = std::fs::read_to_string(sql.path().join(refreshd::cli::init::INSTALL)).unwrap();
+    assert!(!install.contains("CREATE TRIGGER"), "the seeds' own triggers are kept:\n{install}");
+}
