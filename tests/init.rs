@@ -82,12 +82,22 @@ async fn init_adopts_a_database_it_has_never_seen() {
 
     // Dependency order, quoted names, concurrently = false where no index, and the view
     // the role may not refresh only as a comment with the fix.
-    let daily = config.find("name = \"\\\"Sales\\\".\\\"Daily Totals\\\"\"").expect(&config);
-    let top = config.find("name = \"\\\"Sales\\\".top_region\"").expect(&config);
+    let daily = config
+        .find("name = \"\\\"Sales\\\".\\\"Daily Totals\\\"\"")
+        .expect(&config);
+    let top = config
+        .find("name = \"\\\"Sales\\\".top_region\"")
+        .expect(&config);
     assert!(daily < top, "{config}");
     assert!(config.contains("concurrently = false"), "{config}");
-    assert!(config.contains("# NOT SERVED: public.not_ours") && config.contains("OWNER TO"), "{config}");
-    assert!(!config.contains("\n[[view]]\nname = \"public.not_ours\""), "{config}");
+    assert!(
+        config.contains("# NOT SERVED: public.not_ours") && config.contains("OWNER TO"),
+        "{config}"
+    );
+    assert!(
+        !config.contains("\n[[view]]\nname = \"public.not_ours\""),
+        "{config}"
+    );
     assert!(!config.to_lowercase().contains("password="), "{config}");
 
     // Applied: check passes on the printed config, and a daemon carries writes to every
@@ -102,18 +112,23 @@ async fn init_adopts_a_database_it_has_never_seen() {
     let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(20)).await;
     wait_for(Duration::from_secs(15), "the startup refreshes", || async {
-        d.successes("\"Sales\".\"Daily Totals\"") >= 1.0 && d.successes("\"Sales\".top_region") >= 1.0
+        d.successes("\"Sales\".\"Daily Totals\"") >= 1.0
+            && d.successes("\"Sales\".top_region") >= 1.0
     })
     .await;
     db.psql("INSERT INTO \"Sales\".\"Orders_2026\" VALUES (3, 'north', 1000, '2026-03-01')");
-    wait_for(Duration::from_secs(10), "the partition write in both levels", || async {
-        db.psql("SELECT best FROM \"Sales\".top_region") == "1010"
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the partition write in both levels",
+        || async { db.psql("SELECT best FROM \"Sales\".top_region") == "1010" },
+    )
     .await;
     db.psql("INSERT INTO \"Sales\".regions VALUES ('east', 'East')");
-    wait_for(Duration::from_secs(10), "the write behind the plain view", || async {
-        db.psql("SELECT n FROM \"Sales\".no_key") == "3"
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the write behind the plain view",
+        || async { db.psql("SELECT n FROM \"Sales\".no_key") == "3" },
+    )
     .await;
 
     // The rollback removes every trigger init's SQL created.
@@ -131,12 +146,19 @@ fn init_on_the_seeds_reproduces_the_example_config() {
         psql_file(&db, &support::repo().join("sql").join(file));
     }
     let sql = tempfile::tempdir().unwrap();
-    let out = support::refreshd(&["init", "--url", &db.dsn(), "--sql", sql.path().to_str().unwrap()]);
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        sql.path().to_str().unwrap(),
+    ]);
     let config = support::stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
     let generated = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
         .unwrap_or_else(|e| panic!("{e}\n{config}"));
-    let example = refreshd::config::Config::load(&support::repo().join("config.example.toml")).unwrap();
+    let example =
+        refreshd::config::Config::load(&support::repo().join("config.example.toml")).unwrap();
     let names = |c: &refreshd::config::Config| {
         let mut v: Vec<(String, Vec<String>, bool)> = c
             .views
@@ -147,8 +169,17 @@ fn init_on_the_seeds_reproduces_the_example_config() {
         v
     };
     assert_eq!(names(&generated), names(&example), "{config}");
-    let pos = |n: &str| generated.views.iter().position(|v| v.name.to_string() == n).unwrap();
+    let pos = |n: &str| {
+        generated
+            .views
+            .iter()
+            .position(|v| v.name.to_string() == n)
+            .unwrap()
+    };
     assert!(pos("core.mv_product_stock_summary") < pos("core.mv_low_stock_alerts"));
     let install = std::fs::read_to_string(sql.path().join(refreshd::cli::init::INSTALL)).unwrap();
-    assert!(!install.contains("CREATE TRIGGER"), "the seeds' own triggers are kept:\n{install}");
+    assert!(
+        !install.contains("CREATE TRIGGER"),
+        "the seeds' own triggers are kept:\n{install}"
+    );
 }

@@ -156,7 +156,11 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
             owner: r.get(3),
             populated: r.get(4),
             may_refresh: r.get::<_, Option<bool>>(5).unwrap_or(false),
-            unique_index: usable_unique_indexes(client, oid).await.map_err(err)?.into_iter().next(),
+            unique_index: usable_unique_indexes(client, oid)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .next(),
             base: base_relations(client, oid).await.map_err(err)?,
         });
     }
@@ -164,7 +168,11 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
     let reads: Vec<Vec<usize>> = found
         .iter()
         .map(|f| {
-            let mut r: Vec<usize> = f.base.iter().filter_map(|b| by_oid.get(&b.oid).copied()).collect();
+            let mut r: Vec<usize> = f
+                .base
+                .iter()
+                .filter_map(|b| by_oid.get(&b.oid).copied())
+                .collect();
             r.sort_unstable();
             r.dedup();
             r
@@ -193,7 +201,10 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
         .map_err(err)?
     {
         let src: String = r.get(1);
-        existing.entry(r.get(0)).or_default().extend(notified_channels(&src));
+        existing
+            .entry(r.get(0))
+            .or_default()
+            .extend(notified_channels(&src));
     }
     let feeds = tables
         .into_iter()
@@ -309,7 +320,10 @@ impl Plan {
     fn unservable(&self, v: &Found) -> Option<String> {
         if !v.may_refresh {
             let maintain = if self.server_version >= 170000 {
-                format!(", or GRANT MAINTAIN ON {} TO the role (or grant it pg_maintain)", v.name.quoted())
+                format!(
+                    ", or GRANT MAINTAIN ON {} TO the role (or grant it pg_maintain)",
+                    v.name.quoted()
+                )
             } else {
                 String::new()
             };
@@ -326,20 +340,39 @@ impl Plan {
     /// The configuration, commented.
     fn config(&self, target: &str, dsn: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# refreshd configuration written by `refreshd init` from {target}.");
-        let _ = writeln!(out, "# Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run");
-        let _ = writeln!(out, "# `refreshd check -c FILE`. Every key is documented in config.example.toml.");
+        let _ = writeln!(
+            out,
+            "# refreshd configuration written by `refreshd init` from {target}."
+        );
+        let _ = writeln!(
+            out,
+            "# Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run"
+        );
+        let _ = writeln!(
+            out,
+            "# `refreshd check -c FILE`. Every key is documented in config.example.toml."
+        );
         let _ = writeln!(out, "\n[database]");
-        let _ = writeln!(out, "# The password is not written here: use password_file, url_env, or ~/.pgpass.");
+        let _ = writeln!(
+            out,
+            "# The password is not written here: use password_file, url_env, or ~/.pgpass."
+        );
         let _ = writeln!(out, "url = {}", toml_str(dsn));
         let _ = writeln!(out, "# If url goes through a transaction-mode pooler, set listen_url straight to PostgreSQL.");
         let _ = writeln!(out, "\n[defaults]\ndebounce = \"2s\"\nmax_delay = \"30s\"");
-        let _ = writeln!(out, "\n# Views in dependency order: a view is refreshed after the views it reads.");
+        let _ = writeln!(
+            out,
+            "\n# Views in dependency order: a view is refreshed after the views it reads."
+        );
         for (i, v) in self.views.iter().enumerate() {
             out.push('\n');
             if let Some(why) = self.unservable(v) {
                 let _ = writeln!(out, "# NOT SERVED: {} — {why}", v.name);
-                let _ = writeln!(out, "# [[view]]\n# name = {}", toml_str(&v.name.to_string()));
+                let _ = writeln!(
+                    out,
+                    "# [[view]]\n# name = {}",
+                    toml_str(&v.name.to_string())
+                );
                 continue;
             }
             let feeds = self.channels_of(v);
@@ -347,12 +380,22 @@ impl Plan {
             if !tables.is_empty() {
                 let _ = writeln!(out, "# reads {}", tables.join(", "));
             }
-            let lower: Vec<String> = self.reads[i].iter().map(|&l| self.views[l].name.to_string()).collect();
+            let lower: Vec<String> = self.reads[i]
+                .iter()
+                .map(|&l| self.views[l].name.to_string())
+                .collect();
             if !lower.is_empty() {
-                let _ = writeln!(out, "# refreshed after {} (views it reads)", lower.join(", "));
+                let _ = writeln!(
+                    out,
+                    "# refreshed after {} (views it reads)",
+                    lower.join(", ")
+                );
             }
             if !v.populated {
-                let _ = writeln!(out, "# not populated yet: the first refresh is a plain REFRESH");
+                let _ = writeln!(
+                    out,
+                    "# not populated yet: the first refresh is a plain REFRESH"
+                );
             }
             for f in feeds.iter().filter(|f| f.relkind == 'f') {
                 let _ = writeln!(out, "# {} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table);
@@ -383,14 +426,23 @@ impl Plan {
             .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p'))
             .collect();
         let mut install = String::new();
-        let _ = writeln!(install, "-- Written by `refreshd init`: statement-level NOTIFY triggers for the base tables of");
+        let _ = writeln!(
+            install,
+            "-- Written by `refreshd init`: statement-level NOTIFY triggers for the base tables of"
+        );
         let _ = writeln!(install, "-- the materialized views refreshd keeps fresh. One transaction; idempotent; rollback:");
         let _ = writeln!(install, "-- {ROLLBACK}. The payload is constant, so PostgreSQL folds repeats within a transaction.");
         let _ = writeln!(install, "BEGIN;\n\nCREATE SCHEMA IF NOT EXISTS refreshd;\n");
-        let _ = writeln!(install, "CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger");
+        let _ = writeln!(
+            install,
+            "CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger"
+        );
         let _ = writeln!(install, "LANGUAGE plpgsql AS $$\nBEGIN\n    PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');\n    RETURN NULL;\nEND\n$$;");
         let mut rollback = String::new();
-        let _ = writeln!(rollback, "-- Removes what {INSTALL} created. One transaction; idempotent.");
+        let _ = writeln!(
+            rollback,
+            "-- Removes what {INSTALL} created. One transaction; idempotent."
+        );
         let _ = writeln!(rollback, "BEGIN;\n");
         for f in &new {
             let table = f.table.quoted();
@@ -400,18 +452,36 @@ impl Plan {
                 .filter(|v| v.base.iter().any(|b| b.name == f.table))
                 .map(|v| v.name.to_string())
                 .collect();
-            let _ = writeln!(install, "\n-- {} -> channel {} (read by {})", f.table, f.channel, readers.join(", "));
-            let _ = writeln!(install, "DROP TRIGGER IF EXISTS refreshd_notify ON {table};");
+            let _ = writeln!(
+                install,
+                "\n-- {} -> channel {} (read by {})",
+                f.table,
+                f.channel,
+                readers.join(", ")
+            );
+            let _ = writeln!(
+                install,
+                "DROP TRIGGER IF EXISTS refreshd_notify ON {table};"
+            );
             let _ = writeln!(
                 install,
                 "CREATE TRIGGER refreshd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}\n    FOR EACH STATEMENT EXECUTE FUNCTION refreshd.notify_changed({});",
                 quote_literal(&f.channel)
             );
-            let _ = writeln!(rollback, "DROP TRIGGER IF EXISTS refreshd_notify ON {table};");
+            let _ = writeln!(
+                rollback,
+                "DROP TRIGGER IF EXISTS refreshd_notify ON {table};"
+            );
         }
         let _ = writeln!(install, "\nCOMMIT;");
-        let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS refreshd.notify_changed();");
-        let _ = writeln!(rollback, "-- The schema goes only if nothing else lives in it.");
+        let _ = writeln!(
+            rollback,
+            "DROP FUNCTION IF EXISTS refreshd.notify_changed();"
+        );
+        let _ = writeln!(
+            rollback,
+            "-- The schema goes only if nothing else lives in it."
+        );
         let _ = writeln!(rollback, "DO $$BEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_namespace n ON d.refobjid = n.oid\n                   WHERE n.nspname = 'refreshd' AND d.refclassid = 'pg_catalog.pg_namespace'::regclass) THEN\n        DROP SCHEMA IF EXISTS refreshd;\n    END IF;\nEND$$;");
         let _ = writeln!(rollback, "\nCOMMIT;");
         std::fs::write(dir.join(INSTALL), install)?;
@@ -426,24 +496,38 @@ mod tests {
     #[test]
     fn constant_channels_are_found_in_trigger_functions() {
         assert_eq!(
-            notified_channels("BEGIN PERFORM pg_notify('refresh_attendance_stats', ''); RETURN NULL; END"),
+            notified_channels(
+                "BEGIN PERFORM pg_notify('refresh_attendance_stats', ''); RETURN NULL; END"
+            ),
             vec!["refresh_attendance_stats"]
         );
-        assert_eq!(notified_channels("begin notify Orders_Changed; end"), vec!["orders_changed"]);
+        assert_eq!(
+            notified_channels("begin notify Orders_Changed; end"),
+            vec!["orders_changed"]
+        );
         assert!(notified_channels("PERFORM pg_notify(TG_ARGV[0], '')").is_empty());
         assert!(notified_channels("-- nothing here; unnotify_x := 1").is_empty());
     }
 
     #[test]
     fn channel_names_fit_postgres_identifiers() {
-        assert_eq!(channel_for(&QualifiedName::new("public", "orders")), "refreshd_public_orders");
+        assert_eq!(
+            channel_for(&QualifiedName::new("public", "orders")),
+            "refreshd_public_orders"
+        );
         let long = channel_for(&QualifiedName::new("s".repeat(40), "t".repeat(40)));
         assert!(long.len() <= 63, "{long}");
-        assert_ne!(long, channel_for(&QualifiedName::new("s".repeat(40), "t".repeat(41))));
+        assert_ne!(
+            long,
+            channel_for(&QualifiedName::new("s".repeat(40), "t".repeat(41)))
+        );
     }
 
     #[test]
     fn toml_strings_are_escaped() {
-        assert_eq!(toml_str(r#""Sales"."Daily Totals""#), r#""\"Sales\".\"Daily Totals\"""#);
+        assert_eq!(
+            toml_str(r#""Sales"."Daily Totals""#),
+            r#""\"Sales\".\"Daily Totals\"""#
+        );
     }
 }

@@ -508,3 +508,206 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Replicas and the control channel (tests/replicas.rs, tests/control.rs).
+
+/// A TCP proxy that can freeze: while frozen it forwards nothing in either direction
+/// but keeps every socket open, so the peers see a connection that is neither closed
+/// nor answering (TCP keepalives are still answered by the proxy's kernel) — the
+/// half-open connection only an application-level deadline can find. New connections
+/// are accepted while frozen, and hang the same way.
+pub struct FreezingProxy {
+    pub port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> FreezingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(proxy_pump(cr, sw, f.clone()));
+                tokio::spawn(proxy_pump(sr, cw, f.clone()));
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+
+    /// Stops forwarding; sockets stay open.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again (what was held back is delivered).
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn proxy_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels` (each written as
+/// `key="value"`), 0 when there is none.
+pub fn sum_samples(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|want| rest.contains(want))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+impl Daemon {
+    /// `refreshd_leader` (-1 when the daemon does not answer).
+    pub fn leader(&self) -> f64 {
+        sample(&self.metrics(), "refreshd_leader").unwrap_or(-1.0)
+    }
+
+    /// Failed refreshes of `view`, over every reason.
+    pub fn failures(&self, view: &str) -> f64 {
+        sum_samples(
+            &self.metrics(),
+            "refreshd_refreshes_total",
+            &["outcome=\"failure\"", &format!("view=\"{view}\"")],
+        )
+    }
+
+    /// Forced refreshes of `view` (success and failure).
+    pub fn forced(&self, view: &str) -> f64 {
+        sum_samples(
+            &self.metrics(),
+            "refreshd_refreshes_total",
+            &["reason=\"force\"", &format!("view=\"{view}\"")],
+        )
+    }
+
+    /// A counter without labels, 0 when absent.
+    pub fn counter(&self, name: &str) -> f64 {
+        sample(&self.metrics(), name).unwrap_or(0.0)
+    }
+
+    /// The log from byte `from` on.
+    pub fn log_since(&self, from: usize) -> String {
+        let text = self.log_text();
+        text.get(from..).unwrap_or("").to_string()
+    }
+}
+
+impl Server {
+    /// Runs SQL through psql on `db` and says whether it worked (for cleanup in `Drop`,
+    /// where a panic would abort).
+    pub fn try_psql(&self, db: &str, sql: &str) -> bool {
+        Command::new(&self.psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.dsn(db))
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// The psql binary (to run it as another role, or with `-c` from a short session).
+    pub fn psql_bin(&self) -> &Path {
+        &self.psql
+    }
+}
+
+/// Login roles of one test (role names are cluster-wide, so each carries a suffix
+/// unique to the test's database); dropped with what they own when the value is.
+/// Declare it after the [`TestDb`] so that it is dropped first.
+pub struct TestRoles {
+    db: String,
+    server: &'static Server,
+    names: Vec<String>,
+}
+
+impl TestRoles {
+    /// Creates `LOGIN` roles `<base>_<db name>` with CONNECT on the test database.
+    pub fn create(db: &TestDb, bases: &[&str]) -> TestRoles {
+        let names: Vec<String> = bases.iter().map(|b| format!("{b}_{}", db.name)).collect();
+        for n in &names {
+            db.psql(&format!(
+                "CREATE ROLE {n} LOGIN; GRANT CONNECT ON DATABASE {} TO {n}",
+                db.name
+            ));
+        }
+        TestRoles {
+            db: db.name.clone(),
+            server: db.server,
+            names,
+        }
+    }
+
+    /// The full name of the role created from `base`.
+    pub fn name(&self, base: &str) -> String {
+        let want = format!("{base}_{}", self.db);
+        self.names
+            .iter()
+            .find(|n| **n == want)
+            .cloned()
+            .unwrap_or_else(|| panic!("no role {base}"))
+    }
+}
+
+impl Drop for TestRoles {
+    fn drop(&mut self) {
+        let all = self.names.join(", ");
+        self.server
+            .try_psql(&self.db, &format!("DROP OWNED BY {all} CASCADE"));
+        for n in &self.names {
+            // Sessions of the role may still be closing.
+            self.server.try_psql(
+                &self.db,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{n}'"
+                ),
+            );
+            self.server
+                .try_psql("postgres", &format!("DROP ROLE IF EXISTS {n}"));
+        }
+    }
+}
