@@ -79,7 +79,9 @@ pub async fn lookup(
 /// throttle of its log lines.
 pub struct Gate {
     verdicts: HashMap<i32, (Instant, Verdict)>,
-    waiting: HashMap<i32, Vec<String>>,
+    /// Per sender: the distinct payloads waiting for its verdict, and how many
+    /// notifications they stand for (every one is counted, kept or not).
+    waiting: HashMap<i32, (Vec<String>, u64)>,
     throttle: Throttle<&'static str>,
     metrics: Metrics,
 }
@@ -96,7 +98,8 @@ impl Gate {
 
     /// A control notification arrived.
     pub fn arrive(&mut self, pid: i32, payload: String, now: Instant) -> Next {
-        if let Some(w) = self.waiting.get_mut(&pid) {
+        if let Some((w, n)) = self.waiting.get_mut(&pid) {
+            *n += 1;
             if w.len() < MAX_WAITING && !w.contains(&payload) {
                 w.push(payload);
             }
@@ -114,7 +117,7 @@ impl Gate {
                 Next::Drop
             }
             None => {
-                self.waiting.insert(pid, vec![payload]);
+                self.waiting.insert(pid, (vec![payload], 1));
                 Next::Lookup(pid)
             }
         }
@@ -127,11 +130,11 @@ impl Gate {
         verdict: Result<Verdict, String>,
         now: Instant,
     ) -> Vec<String> {
-        let payloads = self.waiting.remove(&pid).unwrap_or_default();
+        let (payloads, count) = self.waiting.remove(&pid).unwrap_or_default();
         let verdict = match verdict {
             Ok(v) => v,
             Err(e) => {
-                self.metrics.control_rejected.inc_by(payloads.len() as u64);
+                self.metrics.control_rejected.inc_by(count);
                 if let Some(n) = self.throttle.admit(&"lookup", now) {
                     tracing::warn!(error = %e, suppressed = n, "control channel: cannot look the sender up; notification ignored");
                 }
@@ -144,11 +147,14 @@ impl Gate {
         }
         self.verdicts.insert(pid, (now, verdict.clone()));
         if verdict == Verdict::Allowed {
+            // Repeats of a payload are one force: they join it.
+            self.metrics
+                .control_coalesced
+                .inc_by(count - payloads.len() as u64);
             return payloads;
         }
-        for _ in 0..payloads.len() {
-            self.refuse(pid, &verdict, now);
-        }
+        self.refuse(pid, &verdict, now);
+        self.metrics.control_rejected.inc_by(count - 1);
         Vec::new()
     }
 

@@ -123,6 +123,9 @@ impl Index {
     }
 }
 
+/// How long a standby keeps the session that relayed a force open after its NOTIFY, so
+/// the leader can look the sender up (the lookup takes milliseconds).
+const RELAY_LINGER: Duration = Duration::from_secs(2);
 /// How long a reload's catalog checks may take before the reload is abandoned.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after cancelling refreshes at shutdown the loop waits for them to end.
@@ -245,6 +248,7 @@ pub async fn run(
         health: health.clone(),
         shutdown: listener_stop.clone(),
         control_roles: roles_rx,
+        fence_info: refresh_info.clone(),
     };
     let listener_task = tokio::spawn(listener.run());
     forward(lrx, &tx, Command::Listener);
@@ -679,6 +683,10 @@ impl Core {
                     )
                     .await
                     .map_err(|e| crate::pg::connect::error_chain(&e))?;
+                // The leader checks a control sender's role by its backend pid, which
+                // must still exist then: keep the session a moment.
+                tokio::time::sleep(RELAY_LINGER).await;
+                drop(client);
                 Ok::<_, String>(())
             };
             match tokio::time::timeout(Duration::from_secs(10), sent).await {

@@ -70,6 +70,13 @@ pub fn jittered(attempt: u32, cap: Duration) -> Duration {
     base.mul_f64(frac)
 }
 
+/// Ends backend `$1` if it holds refreshd's advisory lock `$2` (a bigint key: `classid`
+/// holds its high half, `objid` its low half, `objsubid` 1) in this database.
+const FENCE_SQL: &str = "SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_catalog.pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1 AND l.objsubid = 1 \
+       AND ((l.classid::int8 << 32) | l.objid::int8) = $2 \
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
+
 /// The listener task's settings.
 pub struct Listener {
     pub info: ConnectInfo,
@@ -84,6 +91,9 @@ pub struct Listener {
     pub shutdown: CancellationToken,
     /// `control_roles`, for the control channel's gate.
     pub control_roles: watch::Receiver<Vec<String>>,
+    /// Where to reach the database when the LISTEN connection is cut off (the refresh
+    /// connections' settings), to end the old session's backend (see `fence`).
+    pub fence_info: ConnectInfo,
 }
 
 enum Ended {
@@ -257,7 +267,39 @@ impl Listener {
             first: !history.ever_led,
         });
         history.ever_led = true;
-        self.lead(&mut conn, prober, listening).await
+        let ended = self.lead(&mut conn, prober, listening).await;
+        if matches!(ended, Ended::Lost(_)) {
+            self.fence(conn.pid);
+        }
+        ended
+    }
+
+    /// A leader whose LISTEN session stopped answering (a proxy or a network that keeps
+    /// the sockets open) has stopped refreshing, but the server may not notice for a
+    /// long time — a proxy's kernel even answers its keepalives — and keeps the advisory
+    /// lock, so no standby can take over. Over another connection, end the old
+    /// backend, but only if it still holds refreshd's lock in this database.
+    fn fence(&self, pid: i32) {
+        let info = self.fence_info.clone();
+        let key = self.lock_key;
+        tokio::spawn(async move {
+            let work = async {
+                let client = info.connect().await.map_err(|e| e.to_string())?;
+                let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                    [(&pid, Type::INT4), (&key, Type::INT8)];
+                let rows = client
+                    .query_typed(FENCE_SQL, &params)
+                    .await
+                    .map_err(|e| crate::pg::connect::error_chain(&e))?;
+                Ok::<usize, String>(rows.len())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), work).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(_)) => tracing::warn!(backend = pid, "ended the cut-off LISTEN session's backend, releasing the leader lock for another replica"),
+                Ok(Err(e)) => tracing::warn!(backend = pid, error = %e, "could not end the cut-off LISTEN session's backend; the server releases its lock when it notices the dead connection"),
+                Err(_) => tracing::warn!(backend = pid, "ending the cut-off LISTEN session's backend timed out"),
+            }
+        });
     }
 
     /// Leadership: a session-level advisory lock held for as long as this connection
