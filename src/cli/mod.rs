@@ -194,25 +194,8 @@ async fn check(path: &Path) -> u8 {
         println!("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
     let (mut ok, mut warn, mut fail) = (0, 0, 0);
-    // The LISTEN session's proof, as `run` does it.
-    match ConnectInfo::for_listen(&config.database, &config_dir(&config)) {
-        Ok(listen) => {
-            match crate::engine::session::prove(&listen, config.database.connect_timeout).await {
-                Ok(rtt) => println!(
-                    "OK    listen session {}: a real session (test notification in {:.1} ms)",
-                    listen.target(),
-                    rtt.as_secs_f64() * 1000.0
-                ),
-                Err(e) => {
-                    println!("FAIL  listen session {}: {e}", listen.target());
-                    fail += 1;
-                }
-            }
-        }
-        Err(e) => {
-            println!("FAIL  listen session: {e}");
-            fail += 1;
-        }
+    if !check_listen_session(&config).await {
+        fail += 1;
     }
     let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
     for view in &config.views {
@@ -275,6 +258,31 @@ async fn check(path: &Path) -> u8 {
         EXIT_PROBLEMS
     } else {
         EXIT_OK
+    }
+}
+
+/// The LISTEN session's proof, as `run` does it; prints one line.
+async fn check_listen_session(config: &Config) -> bool {
+    let listen = match ConnectInfo::for_listen(&config.database, &config_dir(config)) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("FAIL  listen session: {e}");
+            return false;
+        }
+    };
+    match crate::engine::session::prove(&listen, config.database.connect_timeout).await {
+        Ok(rtt) => {
+            println!(
+                "OK    listen session {}: a real session (test notification in {:.1} ms)",
+                listen.target(),
+                rtt.as_secs_f64() * 1000.0
+            );
+            true
+        }
+        Err(e) => {
+            println!("FAIL  listen session {}: {e}", listen.target());
+            false
+        }
     }
 }
 

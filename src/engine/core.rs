@@ -95,6 +95,16 @@ fn wall(i: std::time::Instant) -> SystemTime {
     }
 }
 
+/// What `/status` may show of a failure: class, SQLSTATE and refreshd's hint, never the
+/// server's text (its DETAIL, and some messages, hold row values).
+fn summary(e: &RefreshError) -> ErrorSummary {
+    ErrorSummary {
+        class: e.label(),
+        sqlstate: e.code.clone(),
+        hint: e.hint,
+    }
+}
+
 fn timing(v: &ViewConfig) -> Timing {
     Timing {
         debounce: v.debounce,
@@ -203,20 +213,8 @@ pub async fn run(
         admin_token: RwLock::new(startup::read_token(&config)?),
         bound: config.http.listen,
     });
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
+    let (http_stop, http_task) = start_serving(&shared, &shutdown).await?;
     tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(crate::serve::http::serve(
-        http_listener,
-        shared.clone(),
-        http_stop.clone(),
-    ));
-    tokio::spawn(crate::serve::systemd::supervise(
-        health.clone(),
-        shutdown.clone(),
-    ));
     spawn_signals(&tx, &shutdown)?;
 
     for v in &config.views {
@@ -236,22 +234,22 @@ pub async fn run(
     let (roles_tx, roles_rx) = watch::channel(prepared.config.control_roles.clone());
     let (channels_tx, channels_rx) =
         watch::channel(prepared.config.channels().into_iter().collect());
-    let (ltx, lrx) = mpsc::unbounded_channel();
-    let listener = Listener {
-        info: listen_info.clone(),
-        lock_key: lock_key(&prepared.config.ha.lock_name),
-        retry_interval: prepared.config.ha.retry_interval,
-        proof_timeout: prepared.config.database.connect_timeout,
-        channels: channels_rx,
-        events: ltx,
-        metrics: metrics.clone(),
-        health: health.clone(),
-        shutdown: listener_stop.clone(),
-        control_roles: roles_rx,
-        fence_info: refresh_info.clone(),
-    };
-    let listener_task = tokio::spawn(listener.run());
-    forward(lrx, &tx, Command::Listener);
+    let listener_task = spawn_listener(
+        Listener {
+            info: listen_info.clone(),
+            lock_key: lock_key(&prepared.config.ha.lock_name),
+            retry_interval: prepared.config.ha.retry_interval,
+            proof_timeout: prepared.config.database.connect_timeout,
+            channels: channels_rx,
+            events: mpsc::unbounded_channel().0,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown: listener_stop.clone(),
+            control_roles: roles_rx,
+            fence_info: refresh_info.clone(),
+        },
+        &tx,
+    );
 
     let mut core = Core {
         coalescer: Coalescer::new(Vec::new(), Vec::new(), 1),
@@ -294,6 +292,39 @@ pub async fn run(
     let _ = http_task.await;
     tracing::info!("refreshd stopped");
     Ok(())
+}
+
+/// Starts the listener, its events forwarded to the core.
+fn spawn_listener(
+    mut listener: Listener,
+    tx: &mpsc::UnboundedSender<Command>,
+) -> tokio::task::JoinHandle<()> {
+    let (ltx, lrx) = mpsc::unbounded_channel();
+    listener.events = ltx;
+    forward(lrx, tx, Command::Listener);
+    tokio::spawn(listener.run())
+}
+
+/// The HTTP server and systemd supervision; stop the server with the returned token.
+async fn start_serving(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let listen = shared.bound;
+    let http_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("http.listen: cannot bind {listen}"))?;
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(crate::serve::http::serve(
+        http_listener,
+        shared.clone(),
+        http_stop.clone(),
+    ));
+    tokio::spawn(crate::serve::systemd::supervise(
+        shared.health.clone(),
+        shutdown.clone(),
+    ));
+    Ok((http_stop, http_task))
 }
 
 /// Forwards every message of `rx` into the core's channel.
@@ -892,7 +923,7 @@ impl Core {
         let h = &mut self.history[i];
         h.last_outcome = Some("failure");
         h.last_duration = Some(e.duration);
-        h.last_error = Some(e.summary());
+        h.last_error = Some(summary(&e));
         h.failures += 1;
         let outcome = match e.class {
             FailureClass::Transient => Outcome::Transient,
@@ -958,7 +989,7 @@ impl Core {
                 end: rfc3339(SystemTime::now()),
                 duration_seconds: r.duration.as_secs_f64(),
             },
-            Err(e) => WaitOutcome::Failed(e.summary()),
+            Err(e) => WaitOutcome::Failed(summary(e)),
         };
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
             .into_iter()

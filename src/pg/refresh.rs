@@ -98,16 +98,6 @@ impl RefreshError {
         }
     }
 
-    /// What `/status` may show: class, SQLSTATE and refreshd's hint, never the
-    /// server's text (its DETAIL, and some messages, hold row values).
-    pub fn summary(&self) -> crate::serve::status::ErrorSummary {
-        crate::serve::status::ErrorSummary {
-            class: self.label(),
-            sqlstate: self.code.clone(),
-            hint: self.hint,
-        }
-    }
-
     /// A short label for logs and `/status`.
     pub fn label(&self) -> &'static str {
         match self.class {

@@ -212,35 +212,8 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/") => Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "text/html; charset=utf-8")
-            // The page loads nothing from elsewhere; say so to the browser too.
-            .header(
-                "content-security-policy",
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-            )
-            .header("cache-control", "no-cache")
-            .body(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())))
-            .expect("valid response"),
-        (&Method::GET, "/metrics") => {
-            // Ages are computed at scrape time; a core too busy to answer leaves the
-            // last values (its stall shows in /healthz).
-            if let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await {
-                for v in &snap.views {
-                    shared
-                        .metrics
-                        .pending_since
-                        .with_label_values(&[&v.view])
-                        .set(v.pending_since_seconds);
-                }
-            }
-            Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(Full::new(Bytes::from(shared.metrics.render())))
-                .expect("valid response")
-        }
+        (&Method::GET, "/") => page(),
+        (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::GET, "/healthz") => {
             if shared.health.alive() {
                 text(StatusCode::OK, "ok\n")
@@ -258,23 +231,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                 )
             }
         }
-        (&Method::GET, "/status") => {
-            let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await else {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the core loop did not answer (shutting down?)\n",
-                );
-            };
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "version": crate::VERSION,
-                    "role": role_name(shared.health.role()),
-                    "ready": shared.health.ready(),
-                    "views": snap.views,
-                }),
-            )
-        }
+        (&Method::GET, "/status") => status(shared).await,
         (&Method::POST, p) if p == "/refresh" || p.starts_with("/refresh/") => {
             if !authorized(&req, shared) {
                 return Response::builder()
@@ -283,54 +240,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                     .body(Full::new(Bytes::from("missing or wrong bearer token\n")))
                     .expect("valid response");
             }
-            let target = match p.strip_prefix("/refresh/") {
-                None => None,
-                Some(raw) => {
-                    let config = shared.config();
-                    let found = percent_decode(raw)
-                        .filter(|d| d.len() <= MAX_VIEW_NAME)
-                        .and_then(|d| QualifiedName::parse(&d).ok())
-                        .and_then(|n| config.view(&n).map(|v| v.name.clone()));
-                    match found {
-                        Some(n) => Some(n),
-                        None => {
-                            return json(
-                                StatusCode::NOT_FOUND,
-                                &serde_json::json!({"error": "unknown view"}),
-                            )
-                        }
-                    }
-                }
-            };
-            match wait_param(req.uri().query()) {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    let Some(view) = target else {
-                        return json(
-                            StatusCode::BAD_REQUEST,
-                            &serde_json::json!({"error": "wait needs a view: POST /refresh/{schema.view}?wait=5s"}),
-                        );
-                    };
-                    return wait_for_refresh(shared, view, wait).await;
-                }
-                Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
-            }
-            let queued = target
-                .as_ref()
-                .map_or_else(|| "*".to_string(), |n| n.to_string());
-            // The core relays what a standby receives to the leader.
-            let leader = shared.health.role() == Role::Leader;
-            let request = StatusRequest::Force {
-                view: target,
-                source: "http",
-            };
-            if shared.requests.send(request).is_err() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-            }
-            json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({"queued": queued, "leader": leader, "relayed": !leader}),
-            )
+            refresh(shared, p, req.uri().query()).await
         }
         (_, "/" | "/metrics" | "/healthz" | "/readyz" | "/status") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
@@ -340,6 +250,112 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /`: the status page.
+fn page() -> Resp {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/html; charset=utf-8")
+        // The page loads nothing from elsewhere; say so to the browser too.
+        .header(
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+        )
+        .header("cache-control", "no-cache")
+        .body(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())))
+        .expect("valid response")
+}
+
+/// `GET /metrics`.
+async fn metrics(shared: &Shared) -> Resp {
+    // Ages are computed at scrape time; a core too busy to answer leaves the last
+    // values (its stall shows in /healthz).
+    if let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await {
+        for v in &snap.views {
+            shared
+                .metrics
+                .pending_since
+                .with_label_values(&[&v.view])
+                .set(v.pending_since_seconds);
+        }
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(shared.metrics.render())))
+        .expect("valid response")
+}
+
+/// `GET /status`.
+async fn status(shared: &Shared) -> Resp {
+    let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the core loop did not answer (shutting down?)\n",
+        );
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "version": crate::VERSION,
+            "role": role_name(shared.health.role()),
+            "ready": shared.health.ready(),
+            "views": snap.views,
+        }),
+    )
+}
+
+/// `POST /refresh[/{view}][?wait=D]`, authorized.
+async fn refresh(shared: &Shared, path: &str, query: Option<&str>) -> Resp {
+    let target = match path.strip_prefix("/refresh/") {
+        None => None,
+        Some(raw) => {
+            let config = shared.config();
+            let found = percent_decode(raw)
+                .filter(|d| d.len() <= MAX_VIEW_NAME)
+                .and_then(|d| QualifiedName::parse(&d).ok())
+                .and_then(|n| config.view(&n).map(|v| v.name.clone()));
+            match found {
+                Some(n) => Some(n),
+                None => {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": "unknown view"}),
+                    )
+                }
+            }
+        }
+    };
+    match wait_param(query) {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            let Some(view) = target else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "wait needs a view: POST /refresh/{schema.view}?wait=5s"}),
+                );
+            };
+            return wait_for_refresh(shared, view, wait).await;
+        }
+        Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+    }
+    let queued = target
+        .as_ref()
+        .map_or_else(|| "*".to_string(), |n| n.to_string());
+    // The core relays what a standby receives to the leader.
+    let leader = shared.health.role() == Role::Leader;
+    let request = StatusRequest::Force {
+        view: target,
+        source: "http",
+    };
+    if shared.requests.send(request).is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"queued": queued, "leader": leader, "relayed": !leader}),
+    )
 }
 
 #[cfg(test)]
