@@ -283,3 +283,61 @@ async fn refresh_gives_up_on_lock_timeout() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     tx.rollback().await.unwrap();
 }
+
+/// What `check` says depends on the server's version: on 17+ it names the functions a
+/// view calls without their own `SET search_path` (REFRESH runs them with a safe
+/// search_path there); on 13/14 it warns that statistics detection rides the lossy
+/// statistics collector.
+#[test]
+fn check_warns_about_what_differs_between_versions() {
+    let db = TestDb::new();
+    let version: i32 = db.psql("SHOW server_version_num").parse().unwrap();
+    db.psql(
+        r#"
+        CREATE TABLE public.facts (k int PRIMARY KEY, v int);
+        INSERT INTO public.facts VALUES (1, 1);
+        CREATE FUNCTION public.doubled(x int) RETURNS int LANGUAGE plpgsql AS
+          $$BEGIN RETURN x * (SELECT count(*) FROM facts)::int; END$$;
+        CREATE FUNCTION public.pinned(x int) RETURNS int LANGUAGE plpgsql SET search_path = public AS
+          $$BEGIN RETURN x + (SELECT count(*) FROM facts)::int; END$$;
+        -- WITH NO DATA: on 17+ even creating it would run doubled() with the safe
+        -- search_path and fail, which is the point of the warning.
+        CREATE MATERIALIZED VIEW public.uses_functions AS
+          SELECT k, public.doubled(v) AS d, public.pinned(v) AS p FROM public.facts WITH NO DATA;
+        CREATE UNIQUE INDEX ON public.uses_functions (k);
+        CREATE MATERIALIZED VIEW public.watched AS SELECT k, v FROM public.facts;
+        CREATE UNIQUE INDEX ON public.watched (k);
+        "#,
+    );
+    let (_d, path) = write_config(&format!(
+        "[database]\nurl = \"{}\"\n\
+         [[view]]\nname = \"public.uses_functions\"\nschedule = \"0 0 * * * *\"\n\
+         [[view]]\nname = \"public.watched\"\ndetect = \"statistics\"\n",
+        db.dsn()
+    ));
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = stdout(&out);
+    let line = |view: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {view}: ")))
+            .unwrap_or_else(|| panic!("no line for {view}:\n{text}"))
+            .to_string()
+    };
+    let functions = line("public.uses_functions");
+    if version >= 170000 {
+        assert!(
+            functions.contains("without SET search_path: doubled(integer)")
+                && !functions.contains("pinned"),
+            "{text}"
+        );
+    } else {
+        assert!(!functions.contains("search_path"), "{text}");
+    }
+    let watched = line("public.watched");
+    assert_eq!(
+        watched.contains("statistics collector"),
+        version < 150000,
+        "{text}"
+    );
+    assert_ne!(out.status.code(), Some(2), "{text}");
+}

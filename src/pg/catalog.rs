@@ -41,6 +41,11 @@ pub struct ViewFacts {
     pub triggers: Vec<FeedingTrigger>,
     /// User-defined functions the query calls (for `detect = "statistics"`).
     pub functions: Vec<String>,
+    /// `server_version_num`.
+    pub server_version: i32,
+    /// On PostgreSQL 17+, functions the query calls that have no `SET search_path` of
+    /// their own: REFRESH runs them with `search_path = pg_catalog, pg_temp`.
+    pub unpinned_functions: Vec<String>,
 }
 
 /// `None` when no relation of that name exists.
@@ -84,6 +89,8 @@ pub async fn inspect(
         base: Vec::new(),
         triggers: Vec::new(),
         functions: Vec::new(),
+        server_version: version,
+        unpinned_functions: Vec::new(),
     };
     if facts.relkind != 'm' {
         return Ok(Some(facts));
@@ -93,7 +100,10 @@ pub async fn inspect(
     let tables = transitive_tables(client, oid).await?;
     facts.triggers = feeding_triggers(client, &tables, &view.channels).await?;
     if view.detect == Detect::Statistics {
-        facts.functions = called_functions(client, oid).await?;
+        facts.functions = called_functions(client, oid, false).await?;
+    }
+    if version >= 170000 {
+        facts.unpinned_functions = called_functions(client, oid, true).await?;
     }
     Ok(Some(facts))
 }
@@ -278,10 +288,12 @@ pub async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Erro
 
 /// User-defined functions the view's query calls (directly or in plain views it
 /// reads). Tables such a function reads are invisible to the catalog's dependencies,
-/// so statistics detection cannot watch them.
+/// so statistics detection cannot watch them. With `unpinned`, only those (in
+/// languages other than C and internal) without a `SET search_path` clause.
 pub async fn called_functions(
     client: &Client,
     oid: u32,
+    unpinned: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query_typed(
@@ -302,8 +314,12 @@ pub async fn called_functions(
                JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND (NOT $2 OR (p.prolang NOT IN (SELECT l.oid FROM pg_catalog.pg_language l \
+                                                  WHERE l.lanname IN ('internal', 'c')) \
+                     AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}'::text[])) AS g(setting) \
+                                     WHERE g.setting LIKE 'search_path=%'))) \
               ORDER BY 1",
-            &[(&oid, Type::OID)],
+            &[(&oid, Type::OID), (&unpinned, Type::BOOL)],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -442,6 +458,11 @@ pub fn judge(
                         f.functions.join(", ")
                     ));
                 }
+                if f.server_version < 150000 {
+                    r.warnings.push(
+                        "PostgreSQL 13/14 send table statistics through the statistics collector (UDP, flushed at most every 500 ms, dropped under load): a change may be seen late, or only with the next change; prefer NOTIFY triggers on this version".into(),
+                    );
+                }
             }
         }
         Detect::Notify => {
@@ -476,6 +497,12 @@ pub fn judge(
                 }
             }
         }
+    }
+    if !f.unpinned_functions.is_empty() {
+        r.warnings.push(format!(
+            "calls function(s) without SET search_path: {}. PostgreSQL 17+ runs REFRESH with search_path = pg_catalog, pg_temp, so they must schema-qualify what they use (or ALTER FUNCTION ... SET search_path = ...)",
+            f.unpinned_functions.join(", ")
+        ));
     }
     if let Some(s) = &view.schedule {
         fed = true;
