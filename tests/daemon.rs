@@ -10,17 +10,9 @@ use support::{wait_for, Daemon, TestDb};
 /// `public.orders` with a statement-level NOTIFY trigger on `orders_changed`, and
 /// `public.order_totals` built on it. `public.slow` takes about `slow_secs` to refresh.
 fn schema(db: &TestDb, slow_secs: f64) {
+    db.psql(support::ORDERS_SCHEMA);
     db.psql(&format!(
         r#"
-        CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
-        INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
-        CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
-          $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
-        CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.orders
-          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
-        CREATE MATERIALIZED VIEW public.order_totals AS
-          SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
-        CREATE UNIQUE INDEX ON public.order_totals (bucket);
         CREATE MATERIALIZED VIEW public.slow AS
           WITH pause AS MATERIALIZED (SELECT pg_sleep({slow_secs}))
           SELECT o.bucket, count(*) AS n FROM public.orders o, pause GROUP BY o.bucket;

@@ -427,66 +427,11 @@ async fn passwords_appear_nowhere() {
     );
 }
 
-/// A TCP proxy that can freeze: while frozen it forwards nothing in either direction
-/// but keeps every socket open, so the peers see a connection that is neither closed
-/// nor answering (TCP keepalives are still answered by the proxy's kernel) — the
-/// half-open connection only an application-level deadline can find.
-struct FreezingProxy {
-    port: u16,
-    frozen: Arc<AtomicBool>,
-}
-
-impl FreezingProxy {
-    async fn start(upstream: u16) -> FreezingProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let f = frozen.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, f.clone()));
-                tokio::spawn(pump(sr, cw, f.clone()));
-            }
-        });
-        FreezingProxy { port, frozen }
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while frozen.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while frozen.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_half_open_listener_is_detected_and_replaced() {
     let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
     cluster.psql("postgres", &["-c", SCHEMA]).unwrap();
-    let proxy = FreezingProxy::start(cluster.port()).await;
+    let proxy = support::FreezingProxy::start(cluster.port()).await;
     let d = Daemon::start(&format!(
         "[database]\nurl = \"postgresql://postgres@127.0.0.1:{}/postgres\"\nconnect_timeout = \"2s\"\n{}",
         proxy.port,
@@ -498,7 +443,7 @@ async fn a_half_open_listener_is_detected_and_replaced() {
     })
     .await;
 
-    proxy.frozen.store(true, Ordering::Relaxed);
+    proxy.freeze();
     let frozen_at = Instant::now();
     wait_for(
         Duration::from_secs(15),
@@ -526,7 +471,7 @@ async fn a_half_open_listener_is_detected_and_replaced() {
             ],
         )
         .unwrap();
-    proxy.frozen.store(false, Ordering::Relaxed);
+    proxy.thaw();
     d.wait_ready(Duration::from_secs(40)).await;
     wait_for(Duration::from_secs(20), "the catch-up refresh", || async {
         cluster

@@ -10,19 +10,7 @@ use std::time::Duration;
 use support::{wait_for, Daemon, PgBouncer, TestDb};
 
 fn schema(db: &TestDb) {
-    db.psql(
-        r#"
-        CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
-        INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
-        CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
-          $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
-        CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.orders
-          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
-        CREATE MATERIALIZED VIEW public.order_totals AS
-          SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
-        CREATE UNIQUE INDEX ON public.order_totals (bucket);
-        "#,
-    );
+    db.psql(support::ORDERS_SCHEMA);
 }
 
 /// Other applications' short transactions through the same pool, until `stop`.

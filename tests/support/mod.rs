@@ -12,6 +12,21 @@ use std::time::{Duration, Instant};
 
 use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 
+/// `public.orders` with a statement-level NOTIFY trigger on `orders_changed` (constant
+/// payload, TRUNCATE included), 1,000 rows in 10 buckets, and `public.order_totals` on
+/// it with its unique index: the schema most daemon tests share.
+pub const ORDERS_SCHEMA: &str = r#"
+        CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
+        INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
+        CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
+        CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.orders
+          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
+        CREATE MATERIALIZED VIEW public.order_totals AS
+          SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
+        CREATE UNIQUE INDEX ON public.order_totals (bucket);
+"#;
+
 /// Where test databases live.
 pub struct Server {
     cluster: Option<TempCluster>,
