@@ -275,6 +275,21 @@ async fn statistics_mode_bound_for_an_idle_session() {
         .await
         .unwrap();
     let committed = Instant::now();
+    let version: i32 = db.psql("SHOW server_version_num").parse().unwrap();
+    if version < 150000 {
+        // PostgreSQL 13/14: a backend reports to the statistics collector at most every
+        // 500 ms, at a transaction's end, and has no idle flush: the second write's
+        // counters stay in the idle session until it runs another transaction or exits
+        // (README, "Supported PostgreSQL versions"). Its exit flushes them.
+        drop(client);
+        wait_for(
+            Duration::from_secs(10),
+            "the write to be detected once its session ended",
+            || async { db.psql("SELECT plain_sum FROM public.sums") == "3" },
+        )
+        .await;
+        return;
+    }
     wait_for(
         Duration::from_secs(15),
         "the idle session's write to be detected",
