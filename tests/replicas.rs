@@ -430,3 +430,44 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
     .await;
     assert_eq!(old.leader(), 0.0);
 }
+
+/// Read-your-writes through the standby: relayed to the leader, answered when the
+/// leader's refresh event for the view arrives, and the write is visible then.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_your_writes_through_the_standby() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let cfg = format!(
+        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{}",
+        db.dsn(),
+        views()
+    );
+    let (leader, standby) = leader_then_standby(&cfg, &cfg).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the leader's startup refreshes",
+        || async { leader.successes(QUIET) >= 1.0 },
+    )
+    .await;
+    for i in 0..5 {
+        let id = 100 + i;
+        // No trigger on public.quiet: only the relayed force can bring the row in.
+        db.psql(&format!("INSERT INTO public.quiet VALUES ({id}, 1)"));
+        let (code, body) = standby.post("/refresh/public.quiet_sum?wait=10s", &[]);
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["relayed"], true, "{body}");
+        assert_eq!(
+            db.psql(&format!(
+                "SELECT count(*) FROM public.quiet_sum WHERE id = {id}"
+            )),
+            "1",
+            "write {i} visible right after the standby's answer"
+        );
+    }
+    assert_eq!(
+        standby.successes(QUIET),
+        0.0,
+        "the standby refreshed nothing itself"
+    );
+}
