@@ -548,6 +548,23 @@ impl Core {
             Command::Http(Request::Status(reply)) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Http(Request::PendingAges(reply)) => {
+                let now = std::time::Instant::now();
+                let ages = self
+                    .config
+                    .views
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let age = self
+                            .coalescer
+                            .pending_since(i)
+                            .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
+                        (v.name.to_string(), age)
+                    })
+                    .collect();
+                let _ = reply.send(ages);
+            }
             Command::Http(Request::Wait {
                 view,
                 arrived,

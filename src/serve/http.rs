@@ -271,13 +271,13 @@ fn page() -> Resp {
 async fn metrics(shared: &Shared) -> Resp {
     // Ages are computed at scrape time; a core too busy to answer leaves the last
     // values (its stall shows in /healthz).
-    if let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await {
-        for v in &snap.views {
+    if let Some(ages) = shared.pending_ages(SNAPSHOT_WAIT).await {
+        for (view, age) in &ages {
             shared
                 .metrics
                 .pending_since
-                .with_label_values(&[&v.view])
-                .set(v.pending_since_seconds);
+                .with_label_values(&[view])
+                .set(*age);
         }
     }
     Response::builder()

@@ -89,6 +89,8 @@ pub enum Request {
     },
     /// Build a [`Snapshot`] now.
     Status(oneshot::Sender<Snapshot>),
+    /// Each view's pending age in seconds (for `/metrics`: far cheaper than a snapshot).
+    PendingAges(oneshot::Sender<Vec<(String, f64)>>),
     /// Force a refresh of `view` and answer once a refresh of it that started after
     /// `arrived` has ended (read-your-writes). The HTTP side bounds the wait.
     Wait {
@@ -113,6 +115,13 @@ impl Shared {
     /// The current configuration.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("not poisoned").clone()
+    }
+
+    /// Asks the core for the pending ages; `None` when it does not answer within `wait`.
+    pub async fn pending_ages(&self, wait: std::time::Duration) -> Option<Vec<(String, f64)>> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::PendingAges(tx)).ok()?;
+        tokio::time::timeout(wait, rx).await.ok()?.ok()
     }
 
     /// Asks the core for a snapshot; `None` when it does not answer within `wait`
