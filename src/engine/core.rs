@@ -213,7 +213,7 @@ pub async fn run(
         admin_token: RwLock::new(startup::read_token(&config)?),
         bound: config.http.listen,
     });
-    let (http_stop, http_task) = start_serving(&shared, &shutdown).await?;
+    let (http_stop, [http_task, supervisor]) = start_serving(&shared, &shutdown).await?;
     tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
     spawn_signals(&tx, &shutdown)?;
 
@@ -225,6 +225,7 @@ pub async fn run(
         None => {
             http_stop.cancel();
             let _ = http_task.await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), supervisor).await;
             return Ok(());
         }
     };
@@ -290,6 +291,7 @@ pub async fn run(
     let _ = listener_task.await;
     http_stop.cancel();
     let _ = http_task.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), supervisor).await;
     tracing::info!("refreshd stopped");
     Ok(())
 }
@@ -305,11 +307,13 @@ fn spawn_listener(
     tokio::spawn(listener.run())
 }
 
-/// The HTTP server and systemd supervision; stop the server with the returned token.
+/// The HTTP server and systemd supervision: the token stops the server; the tasks are
+/// the server's and the supervisor's (which says `STOPPING=1` once `shutdown` is
+/// cancelled, and must be awaited so that it gets to say it before the process ends).
 async fn start_serving(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(CancellationToken, [tokio::task::JoinHandle<()>; 2])> {
     let listen = shared.bound;
     let http_listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -320,11 +324,11 @@ async fn start_serving(
         shared.clone(),
         http_stop.clone(),
     ));
-    tokio::spawn(crate::serve::systemd::supervise(
+    let supervisor = tokio::spawn(crate::serve::systemd::supervise(
         shared.health.clone(),
         shutdown.clone(),
     ));
-    Ok((http_stop, http_task))
+    Ok((http_stop, [http_task, supervisor]))
 }
 
 /// Forwards every message of `rx` into the core's channel.
