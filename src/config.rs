@@ -376,7 +376,53 @@ impl Ctx<'_> {
             control_roles.push(name.clone());
         }
 
-        let Some(db) = raw.database else {
+        let database = self.database(raw.database)?;
+        let http = self.http(raw.http)?;
+        let ha = self.ha(raw.ha)?;
+
+        let defaults = match raw.defaults {
+            Some(d) => {
+                if let Some(n) = &d.get_ref().name {
+                    return Err(self.err(
+                        Some(&n.span()),
+                        "defaults.name",
+                        "a view name cannot be a default; name views in [[view]] entries",
+                    ));
+                }
+                d.into_inner()
+            }
+            None => RawView::default(),
+        };
+
+        let mut views = Vec::with_capacity(raw.view.len());
+        let mut seen: BTreeMap<QualifiedName, usize> = BTreeMap::new();
+        for (i, v) in raw.view.iter().enumerate() {
+            let view = self.view(i, v, &defaults)?;
+            if let Some(first) = seen.insert(view.name.clone(), view.line) {
+                return Err(self.err(
+                    v.get_ref().name.as_ref().map(|n| n.span()).as_ref(),
+                    &format!("view[{i}].name"),
+                    format!("view {} is listed twice (first at line {first})", view.name),
+                ));
+            }
+            views.push(view);
+        }
+
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            shutdown_timeout,
+            control_roles,
+            events: raw.events.unwrap_or(true),
+            database,
+            http,
+            ha,
+            views,
+        })
+    }
+
+    /// `[database]`.
+    fn database(&self, db: Option<Spanned<RawDatabase>>) -> Result<DatabaseConfig, ConfigError> {
+        let Some(db) = db else {
             return Err(self.err(None, "database", "missing section [database]"));
         };
         let db_span = db.span();
@@ -431,7 +477,18 @@ impl Ctx<'_> {
             ));
         }
 
-        let http = raw.http.unwrap_or(RawHttp {
+        Ok(DatabaseConfig {
+            url,
+            password_file,
+            listen_url,
+            max_concurrent_refreshes,
+            connect_timeout,
+        })
+    }
+
+    /// `[http]`.
+    fn http(&self, http: Option<RawHttp>) -> Result<HttpConfig, ConfigError> {
+        let http = http.unwrap_or(RawHttp {
             listen: None,
             admin_token_file: None,
         });
@@ -463,7 +520,15 @@ impl Ctx<'_> {
             ));
         }
 
-        let ha = raw.ha.unwrap_or(RawHa {
+        Ok(HttpConfig {
+            listen,
+            admin_token_file,
+        })
+    }
+
+    /// `[ha]`.
+    fn ha(&self, ha: Option<RawHa>) -> Result<HaConfig, ConfigError> {
+        let ha = ha.unwrap_or(RawHa {
             lock_name: None,
             retry_interval: None,
         });
@@ -484,55 +549,9 @@ impl Ctx<'_> {
             return Err(self.err(span.as_ref(), "ha.retry_interval", "must be more than 0s"));
         }
 
-        let defaults = match raw.defaults {
-            Some(d) => {
-                if let Some(n) = &d.get_ref().name {
-                    return Err(self.err(
-                        Some(&n.span()),
-                        "defaults.name",
-                        "a view name cannot be a default; name views in [[view]] entries",
-                    ));
-                }
-                d.into_inner()
-            }
-            None => RawView::default(),
-        };
-
-        let mut views = Vec::with_capacity(raw.view.len());
-        let mut seen: BTreeMap<QualifiedName, usize> = BTreeMap::new();
-        for (i, v) in raw.view.iter().enumerate() {
-            let view = self.view(i, v, &defaults)?;
-            if let Some(first) = seen.insert(view.name.clone(), view.line) {
-                return Err(self.err(
-                    v.get_ref().name.as_ref().map(|n| n.span()).as_ref(),
-                    &format!("view[{i}].name"),
-                    format!("view {} is listed twice (first at line {first})", view.name),
-                ));
-            }
-            views.push(view);
-        }
-
-        Ok(Config {
-            path: self.path.to_path_buf(),
-            shutdown_timeout,
-            control_roles,
-            events: raw.events.unwrap_or(true),
-            database: DatabaseConfig {
-                url,
-                password_file,
-                listen_url,
-                max_concurrent_refreshes,
-                connect_timeout,
-            },
-            http: HttpConfig {
-                listen,
-                admin_token_file,
-            },
-            ha: HaConfig {
-                lock_name,
-                retry_interval,
-            },
-            views,
+        Ok(HaConfig {
+            lock_name,
+            retry_interval,
         })
     }
 

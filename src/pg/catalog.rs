@@ -361,6 +361,76 @@ async fn feeding_triggers(
         .collect())
 }
 
+/// `detect = "statistics"`: what is watched; true when something is.
+fn judge_statistics(view: &ViewConfig, f: &ViewFacts, r: &mut ViewReport) -> bool {
+    let mut fed = false;
+    let tables: Vec<String> = f
+        .base
+        .iter()
+        .filter(|b| matches!(b.relkind, 'r' | 'p' | 'm'))
+        .map(|b| b.name.to_string())
+        .collect();
+    if tables.is_empty() {
+        r.problems.push(
+            "detect = \"statistics\" but the view reads no table whose statistics could be watched"
+                .into(),
+        );
+    } else {
+        fed = true;
+        r.facts.push(format!(
+            "detect statistics every {} on {}",
+            humantime::format_duration(view.poll_interval),
+            tables.join(", ")
+        ));
+        if !f.functions.is_empty() {
+            r.warnings.push(format!(
+                "calls function(s) {}: tables they read are invisible to statistics detection",
+                f.functions.join(", ")
+            ));
+        }
+        if f.server_version < 150000 {
+            r.warnings.push(
+                "PostgreSQL 13/14 send table statistics through the statistics collector (UDP, flushed at most every 500 ms, dropped under load): a change may be seen late, or only with the next change; prefer NOTIFY triggers on this version".into(),
+            );
+        }
+    }
+    fed
+}
+
+/// `detect = "notify"`: which triggers feed the channels; true when one does.
+fn judge_notify(view: &ViewConfig, f: &ViewFacts, r: &mut ViewReport) -> bool {
+    let mut fed = false;
+    for ch in &view.channels {
+        let trigs: Vec<&FeedingTrigger> = f.triggers.iter().filter(|t| &t.channel == ch).collect();
+        if trigs.is_empty() {
+            r.warnings.push(format!(
+                "channel {ch}: no trigger on the view's base tables mentions it (notifications can still come from the application)"
+            ));
+        } else {
+            fed = true;
+            let mut tables: Vec<String> = trigs.iter().map(|t| t.table.to_string()).collect();
+            tables.dedup();
+            r.facts.push(format!(
+                "fed by {ch} via {} trigger(s) on {}",
+                trigs.len(),
+                tables.join(", ")
+            ));
+            let row_level: Vec<&str> = trigs
+                .iter()
+                .filter(|t| !t.statement_level)
+                .map(|t| t.trigger.as_str())
+                .collect();
+            if !row_level.is_empty() {
+                r.warnings.push(format!(
+                    "row-level NOTIFY trigger(s) {}: FOR EACH STATEMENT is enough and cheaper",
+                    row_level.join(", ")
+                ));
+            }
+        }
+    }
+    fed
+}
+
 /// The verdict on one view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
@@ -434,70 +504,10 @@ pub fn judge(
             f.owner
         ));
     }
-    let mut fed = false;
-    match view.detect {
-        Detect::Statistics => {
-            let tables: Vec<String> = f
-                .base
-                .iter()
-                .filter(|b| matches!(b.relkind, 'r' | 'p' | 'm'))
-                .map(|b| b.name.to_string())
-                .collect();
-            if tables.is_empty() {
-                r.problems.push("detect = \"statistics\" but the view reads no table whose statistics could be watched".into());
-            } else {
-                fed = true;
-                r.facts.push(format!(
-                    "detect statistics every {} on {}",
-                    humantime::format_duration(view.poll_interval),
-                    tables.join(", ")
-                ));
-                if !f.functions.is_empty() {
-                    r.warnings.push(format!(
-                        "calls function(s) {}: tables they read are invisible to statistics detection",
-                        f.functions.join(", ")
-                    ));
-                }
-                if f.server_version < 150000 {
-                    r.warnings.push(
-                        "PostgreSQL 13/14 send table statistics through the statistics collector (UDP, flushed at most every 500 ms, dropped under load): a change may be seen late, or only with the next change; prefer NOTIFY triggers on this version".into(),
-                    );
-                }
-            }
-        }
-        Detect::Notify => {
-            for ch in &view.channels {
-                let trigs: Vec<&FeedingTrigger> =
-                    f.triggers.iter().filter(|t| &t.channel == ch).collect();
-                if trigs.is_empty() {
-                    r.warnings.push(format!(
-                        "channel {ch}: no trigger on the view's base tables mentions it (notifications can still come from the application)"
-                    ));
-                } else {
-                    fed = true;
-                    let mut tables: Vec<String> =
-                        trigs.iter().map(|t| t.table.to_string()).collect();
-                    tables.dedup();
-                    r.facts.push(format!(
-                        "fed by {ch} via {} trigger(s) on {}",
-                        trigs.len(),
-                        tables.join(", ")
-                    ));
-                    let row_level: Vec<&str> = trigs
-                        .iter()
-                        .filter(|t| !t.statement_level)
-                        .map(|t| t.trigger.as_str())
-                        .collect();
-                    if !row_level.is_empty() {
-                        r.warnings.push(format!(
-                            "row-level NOTIFY trigger(s) {}: FOR EACH STATEMENT is enough and cheaper",
-                            row_level.join(", ")
-                        ));
-                    }
-                }
-            }
-        }
-    }
+    let mut fed = match view.detect {
+        Detect::Statistics => judge_statistics(view, f, &mut r),
+        Detect::Notify => judge_notify(view, f, &mut r),
+    };
     if !f.unpinned_functions.is_empty() {
         r.warnings.push(format!(
             "calls function(s) without SET search_path: {}. PostgreSQL 17+ runs REFRESH with search_path = pg_catalog, pg_temp, so they must schema-qualify what they use (or ALTER FUNCTION ... SET search_path = ...)",

@@ -33,134 +33,119 @@ const LAG_BUCKETS: &[f64] = &[
     1800.0,
 ];
 
+/// Registers a freshly made metric (names are fixed: a clash is a bug).
+fn register<T>(registry: &Registry, made: prometheus::Result<T>) -> T
+where
+    T: prometheus::core::Collector + Clone + 'static,
+{
+    let m = made.expect("valid metric");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("unique metric names");
+    m
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let refresh_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "refreshd_refresh_duration_seconds",
-                "Time of the REFRESH MATERIALIZED VIEW statement.",
+        let r = &registry;
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    &["view"],
+                ),
             )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["view"],
-        )
-        .expect("valid metric");
-        let refreshes = IntCounterVec::new(
-            Opts::new(
-                "refreshd_refreshes_total",
-                "Refreshes run, by view, reason and outcome.",
+        };
+        let refresh_duration = histogram(
+            "refreshd_refresh_duration_seconds",
+            "Time of the REFRESH MATERIALIZED VIEW statement.",
+            DURATION_BUCKETS,
+        );
+        let refresh_lag = histogram(
+            "refreshd_refresh_lag_seconds",
+            "Time from the first pending change to the refresh that applied it committing.",
+            LAG_BUCKETS,
+        );
+        let refreshes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "refreshd_refreshes_total",
+                    "Refreshes run, by view, reason and outcome.",
+                ),
+                &["view", "reason", "outcome"],
             ),
-            &["view", "reason", "outcome"],
-        )
-        .expect("valid metric");
-        let notifications = IntCounterVec::new(
-            Opts::new(
-                "refreshd_notifications_total",
-                "Notifications received, by channel.",
+        );
+        let notifications = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "refreshd_notifications_total",
+                    "Notifications received, by channel.",
+                ),
+                &["channel"],
             ),
-            &["channel"],
-        )
-        .expect("valid metric");
-        let refresh_lag = HistogramVec::new(
-            HistogramOpts::new(
-                "refreshd_refresh_lag_seconds",
-                "Time from the first pending change to the refresh that applied it committing.",
-            )
-            .buckets(LAG_BUCKETS.to_vec()),
-            &["view"],
-        )
-        .expect("valid metric");
-        let pending_since = GaugeVec::new(
-            Opts::new(
-                "refreshd_pending_since_seconds",
-                "Age of the oldest change not yet applied to the view; 0 when fresh.",
+        );
+        let view_gauge =
+            |name: &str, help: &str| register(r, GaugeVec::new(Opts::new(name, help), &["view"]));
+        let pending_since = view_gauge(
+            "refreshd_pending_since_seconds",
+            "Age of the oldest change not yet applied to the view; 0 when fresh.",
+        );
+        let last_success = view_gauge(
+            "refreshd_last_success_timestamp_seconds",
+            "Unix time of the view's last successful refresh.",
+        );
+        let int_gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
+        let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| register(r, Gauge::new(name, help));
+        let build_info = register(
+            r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "refreshd_build_info",
+                    "Always 1; the version is in the label.",
+                ),
+                &["version"],
             ),
-            &["view"],
-        )
-        .expect("valid metric");
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "refreshd_last_success_timestamp_seconds",
-                "Unix time of the view's last successful refresh.",
-            ),
-            &["view"],
-        )
-        .expect("valid metric");
-        let listener_connected = IntGauge::new(
-            "refreshd_listener_connected",
-            "1 while the LISTEN connection is established.",
-        )
-        .expect("valid metric");
-        let listener_reconnects = IntCounter::new(
-            "refreshd_listener_reconnects_total",
-            "Times the LISTEN connection was re-established after a loss.",
-        )
-        .expect("valid metric");
-        let queue_usage = Gauge::new(
-            "refreshd_notification_queue_usage_ratio",
-            "pg_notification_queue_usage(), sampled on the LISTEN connection.",
-        )
-        .expect("valid metric");
-        let leader = IntGauge::new("refreshd_leader", "1 while this replica holds leadership.")
-            .expect("valid metric");
-        let build_info = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "refreshd_build_info",
-                "Always 1; the version is in the label.",
-            ),
-            &["version"],
-        )
-        .expect("valid metric");
-        let control_rejected = IntCounter::new(
-            "refreshd_control_rejected_total",
-            "Control notifications not acted on: a sender whose role may not control refreshd, or a payload naming no configured view.",
-        )
-        .expect("valid metric");
-        let control_coalesced = IntCounter::new(
-            "refreshd_control_coalesced_total",
-            "Forced refreshes (control channel, HTTP, SIGUSR1) that joined one already queued for the view.",
-        )
-        .expect("valid metric");
-        let listener_roundtrip = Gauge::new(
-            "refreshd_listener_roundtrip_seconds",
-            "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(refresh_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(refreshes.clone()),
-            Box::new(notifications.clone()),
-            Box::new(refresh_lag.clone()),
-            Box::new(pending_since.clone()),
-            Box::new(last_success.clone()),
-            Box::new(listener_connected.clone()),
-            Box::new(listener_reconnects.clone()),
-            Box::new(queue_usage.clone()),
-            Box::new(leader.clone()),
-            Box::new(build_info.clone()),
-            Box::new(control_rejected.clone()),
-            Box::new(control_coalesced.clone()),
-            Box::new(listener_roundtrip.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
+        );
         build_info.with_label_values(&[crate::VERSION]).set(1);
         Self {
-            registry,
             refresh_duration,
             refreshes,
             notifications,
             refresh_lag,
             pending_since,
             last_success,
-            listener_connected,
-            listener_reconnects,
-            queue_usage,
-            leader,
+            listener_connected: int_gauge(
+                "refreshd_listener_connected",
+                "1 while the LISTEN connection is established (and proven).",
+            ),
+            listener_reconnects: counter(
+                "refreshd_listener_reconnects_total",
+                "Times the LISTEN connection was re-established after a loss.",
+            ),
+            queue_usage: gauge(
+                "refreshd_notification_queue_usage_ratio",
+                "pg_notification_queue_usage(), sampled with the listener's probe.",
+            ),
+            leader: int_gauge("refreshd_leader", "1 while this replica holds leadership."),
             build_info,
-            control_rejected,
-            control_coalesced,
-            listener_roundtrip,
+            control_rejected: counter(
+                "refreshd_control_rejected_total",
+                "Control notifications not acted on: a sender whose role may not control refreshd, or a payload naming no configured view.",
+            ),
+            control_coalesced: counter(
+                "refreshd_control_coalesced_total",
+                "Forced refreshes (control channel, HTTP, SIGUSR1) that joined one already queued for the view.",
+            ),
+            listener_roundtrip: gauge(
+                "refreshd_listener_roundtrip_seconds",
+                "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
+            ),
+            registry,
         }
     }
 
