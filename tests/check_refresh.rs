@@ -341,3 +341,54 @@ fn check_warns_about_what_differs_between_versions() {
     );
     assert_ne!(out.status.code(), Some(2), "{text}");
 }
+
+/// PostgreSQL 17+: a role granted MAINTAIN on a view it does not own may refresh it;
+/// `check` and `init` accept it, and `refresh` succeeds. Before 17 the same role is
+/// refused (only owners may refresh), and `init` lists the view as not served.
+#[test]
+fn maintain_lets_a_non_owner_refresh_on_17_and_later() {
+    let db = TestDb::new();
+    let version: i32 = db.psql("SHOW server_version_num").parse().unwrap();
+    let role = format!("maint_{}", db.name.rsplit('_').next().unwrap());
+    db.psql(&format!(
+        "CREATE ROLE {role} LOGIN; \
+         CREATE TABLE public.base (k int PRIMARY KEY); INSERT INTO public.base VALUES (1); \
+         CREATE MATERIALIZED VIEW public.owned_by_admin AS SELECT k FROM public.base; \
+         CREATE UNIQUE INDEX ON public.owned_by_admin (k); \
+         GRANT CONNECT ON DATABASE {} TO {role}; GRANT USAGE ON SCHEMA public TO {role}; \
+         GRANT SELECT ON public.base, public.owned_by_admin TO {role};",
+        db.name
+    ));
+    if version >= 170000 {
+        db.psql(&format!(
+            "GRANT MAINTAIN ON public.owned_by_admin TO {role}"
+        ));
+    }
+    let (_d, path) = write_config(&format!(
+        "[database]\nurl = \"{}\"\n[[view]]\nname = \"public.owned_by_admin\"\nschedule = \"0 0 * * * *\"\n",
+        db.dsn_as(&role)
+    ));
+    let p = path.to_str().unwrap();
+    let check = refreshd(&["check", "-c", p]);
+    let refresh = refreshd(&["refresh", "-c", p, "public.owned_by_admin"]);
+    let init = refreshd(&["init", "--url", &db.dsn_as(&role)]);
+    let init_text = stdout(&init);
+    if version >= 170000 {
+        assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+        assert_eq!(refresh.status.code(), Some(0), "{}", stdout(&refresh));
+        assert!(!init_text.contains("NOT SERVED"), "{init_text}");
+    } else {
+        assert_eq!(check.status.code(), Some(1), "{}", stdout(&check));
+        assert_eq!(refresh.status.code(), Some(1), "{}", stdout(&refresh));
+        assert!(
+            init_text.contains("# NOT SERVED: public.owned_by_admin"),
+            "{init_text}"
+        );
+    }
+    db.psql(&format!(
+        "REVOKE ALL ON public.base, public.owned_by_admin FROM {role}; \
+         REVOKE ALL ON SCHEMA public FROM {role}; REVOKE ALL ON DATABASE {} FROM {role}; \
+         DROP ROLE {role}",
+        db.name
+    ));
+}
