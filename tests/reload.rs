@@ -219,6 +219,12 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     let started = humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap();
     let took = started.duration_since(committed).unwrap_or_default();
     eprintln!("a notification during a reload of {n} views: refresh started {took:?} after the commit (debounce 200ms)");
+    // Memory once series exist and a scrape rendered them (reported, see README).
+    let _ = d.metrics();
+    eprintln!(
+        "RSS after refreshes, a reload and scrapes: {} MiB",
+        rss_kib(d.child.id()) / 1024
+    );
     assert!(took < Duration::from_millis(200 + 800), "took {took:?}");
     let d = &d;
     wait_for(Duration::from_secs(30), "the reload", || async move {

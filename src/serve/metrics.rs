@@ -167,6 +167,19 @@ impl Metrics {
         let _ = self.last_success.remove_label_values(&[view]);
         let _ = self.refresh_duration.remove_label_values(&[view]);
         let _ = self.refresh_lag.remove_label_values(&[view]);
+        for reason in [
+            "notify",
+            "schedule",
+            "force",
+            "startup",
+            "resync",
+            "dependency",
+            "detected",
+        ] {
+            for outcome in ["success", "failure"] {
+                let _ = self.refreshes.remove_label_values(&[view, reason, outcome]);
+            }
+        }
     }
 
     /// The Prometheus text format.
@@ -182,5 +195,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_view_leaves_no_series() {
+        let m = Metrics::new();
+        m.register_view("public.gone", &["c".to_string()]);
+        m.refreshes
+            .with_label_values(&["public.gone", "force", "success"])
+            .inc();
+        m.refresh_duration
+            .with_label_values(&["public.gone"])
+            .observe(0.1);
+        m.forget_view("public.gone");
+        assert!(!m.render().contains("public.gone"), "{}", m.render());
     }
 }
