@@ -43,10 +43,28 @@ pub struct Schedule {
     pub with_seconds: String,
 }
 
-/// One materialized view and how to keep it fresh.
+/// What a `kind = "keyed"` view adds: the table `name` is kept equal to the plain view
+/// `query`, one group (`key` value) at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    pub query: QualifiedName,
+    /// Column names, in the order of the payload's key tuples.
+    pub key: Vec<String>,
+    /// More dirty keys than this: recompute everything.
+    pub max_keys: usize,
+}
+
+/// Key columns a keyed view may have (each is one bind parameter per key).
+pub const MAX_KEY_COLUMNS: usize = 8;
+/// The largest `max_keys`: PostgreSQL takes at most 65,535 bind parameters.
+pub const MAX_MAX_KEYS: usize = 8_000;
+
+/// One materialized view (or keyed table) and how to keep it fresh.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewConfig {
     pub name: QualifiedName,
+    /// `Some` for `kind = "keyed"`.
+    pub keyed: Option<Keyed>,
     pub channels: Vec<String>,
     pub schedule: Option<Schedule>,
     pub debounce: Duration,
@@ -232,6 +250,10 @@ struct RawView {
     lock_timeout: Option<Spanned<String>>,
     detect: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
+    kind: Option<Spanned<String>>,
+    query: Option<Spanned<String>>,
+    key: Option<Spanned<Vec<Spanned<String>>>>,
+    max_keys: Option<Spanned<i64>>,
 }
 
 struct Ctx<'a> {
@@ -387,6 +409,20 @@ impl Ctx<'_> {
                         Some(&n.span()),
                         "defaults.name",
                         "a view name cannot be a default; name views in [[view]] entries",
+                    ));
+                }
+                let raw = d.get_ref();
+                let per_view = [
+                    ("kind", raw.kind.as_ref().map(|k| k.span())),
+                    ("query", raw.query.as_ref().map(|k| k.span())),
+                    ("key", raw.key.as_ref().map(|k| k.span())),
+                    ("max_keys", raw.max_keys.as_ref().map(|k| k.span())),
+                ];
+                if let Some((k, span)) = per_view.into_iter().find(|(_, s)| s.is_some()) {
+                    return Err(self.err(
+                        span.as_ref(),
+                        &format!("defaults.{k}"),
+                        "set this in the [[view]] entry it belongs to, not in [defaults]",
                     ));
                 }
                 d.into_inner()
@@ -690,8 +726,19 @@ impl Ctx<'_> {
                 Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?)
             }
         };
+        let keyed = self.keyed(i, raw, &parsed)?;
+        if keyed.is_some() {
+            if let Some(c) = &raw.concurrently {
+                return Err(self.err(
+                    Some(&c.span()),
+                    &key("concurrently"),
+                    "a keyed view is a table refreshd writes group by group: concurrently applies to materialized views only",
+                ));
+            }
+        }
         Ok(ViewConfig {
             name: parsed,
+            keyed,
             channels,
             schedule,
             debounce,
@@ -706,6 +753,114 @@ impl Ctx<'_> {
         })
     }
 }
+
+impl Ctx<'_> {
+    /// `kind`, and for `kind = "keyed"` its `query`, `key` and `max_keys`.
+    fn keyed(
+        &self,
+        i: usize,
+        raw: &RawView,
+        name: &QualifiedName,
+    ) -> Result<Option<Keyed>, ConfigError> {
+        let key = |k: &str| format!("view[{i}].{k}");
+        let keyed = match &raw.kind {
+            None => false,
+            Some(k) => match k.get_ref().as_str() {
+                "materialized" => false,
+                "keyed" => true,
+                other => {
+                    return Err(self.err(
+                        Some(&k.span()),
+                        &key("kind"),
+                        format!("{other:?} is not a view kind: use \"materialized\" (the default) or \"keyed\""),
+                    ))
+                }
+            },
+        };
+        if !keyed {
+            let extra = [
+                ("query", raw.query.as_ref().map(|k| k.span())),
+                ("key", raw.key.as_ref().map(|k| k.span())),
+                ("max_keys", raw.max_keys.as_ref().map(|k| k.span())),
+            ];
+            if let Some((k, span)) = extra.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.err(
+                    span.as_ref(),
+                    &key(k),
+                    "only for kind = \"keyed\" views (this one is a materialized view)",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(q) = &raw.query else {
+            return Err(self.err(
+                Some(&raw.kind.as_ref().expect("keyed").span()),
+                &key("query"),
+                "missing: a keyed view needs query = \"schema.view\", the plain view that defines its rows",
+            ));
+        };
+        let query = QualifiedName::parse(q.get_ref().trim())
+            .map_err(|e| self.err(Some(&q.span()), &key("query"), format!("{:?}: {e}", q.get_ref())))?;
+        if &query == name {
+            return Err(self.err(
+                Some(&q.span()),
+                &key("query"),
+                "the query must be another relation than the table it fills",
+            ));
+        }
+        let Some(cols) = &raw.key else {
+            return Err(self.err(
+                Some(&raw.kind.as_ref().expect("keyed").span()),
+                &key("key"),
+                "missing: a keyed view needs key = [\"column\", ...], the columns that identify a group",
+            ));
+        };
+        if cols.get_ref().is_empty() || cols.get_ref().len() > MAX_KEY_COLUMNS {
+            return Err(self.err(
+                Some(&cols.span()),
+                &key("key"),
+                format!("name 1 to {MAX_KEY_COLUMNS} columns"),
+            ));
+        }
+        let mut columns: Vec<String> = Vec::new();
+        for c in cols.get_ref() {
+            let n = c.get_ref();
+            if n.is_empty() || n.len() > 63 || n.contains('\0') {
+                return Err(self.err(
+                    Some(&c.span()),
+                    &key("key"),
+                    format!("{n:?} is not a column name (1 to 63 bytes)"),
+                ));
+            }
+            if columns.contains(n) {
+                return Err(self.err(Some(&c.span()), &key("key"), format!("column {n:?} is listed twice")));
+            }
+            columns.push(n.clone());
+        }
+        let max_keys = match &raw.max_keys {
+            None => DEFAULT_MAX_KEYS,
+            Some(m) => {
+                let v = *m.get_ref();
+                if v < 1 || v as u64 > MAX_MAX_KEYS as u64 {
+                    return Err(self.err(
+                        Some(&m.span()),
+                        &key("max_keys"),
+                        format!("{v} is out of range: 1 to {MAX_MAX_KEYS}"),
+                    ));
+                }
+                v as usize
+            }
+        };
+        Ok(Some(Keyed {
+            query,
+            key: columns,
+            max_keys,
+        }))
+    }
+}
+
+/// `max_keys` when the file does not set it.
+pub const DEFAULT_MAX_KEYS: usize = 1000;
 
 /// Accepts 6 fields (with seconds) or 5 like crontab (seconds = 0), validated with the
 /// same parser tokio-cron-scheduler uses.

@@ -219,7 +219,27 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     let started = humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap();
     let took = started.duration_since(committed).unwrap_or_default();
     eprintln!("a notification during a reload of {n} views: refresh started {took:?} after the commit (debounce 200ms)");
-    // Memory once series exist and a scrape rendered them (reported, see README).
+    // Memory once series exist and a scrape rendered them (reported, see README). With
+    // REFRESHD_MEASURE_FULL set, first wait for every view's startup refresh.
+    if std::env::var_os("REFRESHD_MEASURE_FULL").is_some() {
+        wait_for(
+            Duration::from_secs(300),
+            "every startup refresh",
+            || async {
+                let m = d.metrics();
+                let done = m
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("refreshd_refreshes_total{")
+                            && l.contains("outcome=\"success\"")
+                            && !l.ends_with(" 0")
+                    })
+                    .count();
+                done > n
+            },
+        )
+        .await;
+    }
     let _ = d.metrics();
     eprintln!(
         "RSS after refreshes, a reload and scrapes: {} MiB",

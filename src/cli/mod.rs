@@ -199,15 +199,20 @@ async fn check(path: &Path) -> u8 {
     }
     let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
     for view in &config.views {
-        let facts = match catalog::inspect(&client, view).await {
-            Ok(f) => f,
+        let report = match &view.keyed {
+            Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed).await,
+            None => catalog::inspect(&client, view)
+                .await
+                .map(|facts| catalog::judge(view, facts.as_ref(), &managed)),
+        };
+        let report = match report {
+            Ok(r) => r,
             Err(e) => {
                 println!("FAIL  {}: cannot inspect the catalog: {e}", view.name);
                 fail += 1;
                 continue;
             }
         };
-        let report = catalog::judge(view, facts.as_ref(), &managed);
         let mut line = String::new();
         let _ = write!(
             line,
@@ -361,7 +366,7 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     };
     let mut failed = 0;
     for view in &views {
-        match refresh::refresh_view(&client, view, config.events).await {
+        match refresh::refresh_one(&client, view, None, config.events).await {
             Ok(r) => println!(
                 "{}: refreshed ({}) in {}",
                 view.name,

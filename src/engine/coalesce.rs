@@ -87,6 +87,9 @@ pub struct Pending {
     pub immediate: bool,
     /// Skip `min_interval` too (force).
     pub forced: bool,
+    /// Some trigger other than a notification asked (a keyed view then recomputes
+    /// every group: only notifications name groups).
+    pub full: bool,
 }
 
 /// What a started refresh carries, for logs and metrics.
@@ -102,6 +105,8 @@ pub struct Start {
     pub first_change: Instant,
     /// Failures in a row before this attempt.
     pub attempt: u32,
+    /// See [`Pending::full`].
+    pub full: bool,
 }
 
 /// How a refresh ended.
@@ -261,6 +266,7 @@ impl Coalescer {
                 p.count += 1;
                 p.immediate |= reason.immediate();
                 p.forced |= forced;
+                p.full |= reason != Reason::Notify;
                 if reason.rank() > p.reason.rank() {
                     p.reason = reason;
                 }
@@ -273,6 +279,7 @@ impl Coalescer {
                     reason,
                     immediate: reason.immediate(),
                     forced,
+                    full: reason != Reason::Notify,
                 });
             }
         }
@@ -401,6 +408,7 @@ impl Coalescer {
                 coalesced: p.count,
                 first_change: p.first,
                 attempt: v.failures,
+                full: p.full,
             };
             v.running = Some(start);
             v.retry_at = None;
@@ -451,7 +459,9 @@ impl Coalescer {
                     reason: run.reason,
                     immediate: true,
                     forced: false,
+                    full: run.full,
                 });
+                p.full |= run.full;
                 p.first = p.first.min(run.first_change);
                 p.count += run.coalesced;
                 p.immediate = true;

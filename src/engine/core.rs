@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
+use crate::engine::keys::{self, DirtyKeys, Payload};
 use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::refresher::Refresher;
 use crate::engine::schedule::Schedules;
@@ -25,6 +26,7 @@ use crate::engine::startup::{self, Prepared};
 use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
+use crate::pg::keyed::Work;
 use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
 use crate::serve::health::Health;
 use crate::serve::metrics::Metrics;
@@ -51,6 +53,8 @@ struct Finished {
     start: Start,
     /// When the refresh task began (read-your-writes compares it with a request).
     started: std::time::Instant,
+    /// A keyed view's groups (given back if the refresh does not commit).
+    work: Option<Work>,
     result: Result<Refreshed, RefreshError>,
 }
 
@@ -157,8 +161,10 @@ struct Core {
     refresher: Arc<Refresher>,
     refresh_info: ConnectInfo,
     tasks: JoinSet<Finished>,
-    /// The view, run and start of every refresh task, for a task that panicked.
-    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant)>,
+    /// The view, run, start and work of every refresh task, for a task that panicked.
+    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant, Option<Work>)>,
+    /// The dirty groups of each keyed view (`None` for materialized views).
+    keys: Vec<Option<DirtyKeys>>,
     /// Read-your-writes requests per view: when each arrived, and where to answer.
     waiters: HashMap<
         QualifiedName,
@@ -218,7 +224,7 @@ pub async fn run(
     spawn_signals(&tx, &shutdown)?;
 
     for v in &config.views {
-        metrics.register_view(&v.name.to_string(), &v.channels);
+        metrics.register_view(&v.name.to_string(), &v.channels, v.keyed.is_some());
     }
     let prepared = match startup_client(&refresh_info, &shutdown, &health).await {
         Some(client) => startup::prepare(&client, config).await?,
@@ -266,6 +272,7 @@ pub async fn run(
         refresh_info,
         tasks: JoinSet::new(),
         task_runs: HashMap::new(),
+        keys: Vec::new(),
         waiters: HashMap::new(),
         listen_info: listen_info.clone(),
         tx,
@@ -483,16 +490,22 @@ impl Core {
             let name = view.name.clone();
             let started = std::time::Instant::now();
             let events = self.config.events;
+            let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
+            if let Some(Work::Keys(k)) = &work {
+                tracing::debug!(view = %view.name, keys = k.len(), "keyed refresh of the dirty groups");
+            }
+            let task_work = work.clone();
             let handle = self.tasks.spawn(async move {
-                let result = refresher.refresh(&view, events).await;
+                let result = refresher.refresh(&view, task_work.as_ref(), events).await;
                 Finished {
                     view: view.name,
                     start,
                     started,
+                    work: task_work,
                     result,
                 }
             });
-            self.task_runs.insert(handle.id(), (name, start, started));
+            self.task_runs.insert(handle.id(), (name, start, started, work));
         }
     }
 
@@ -503,7 +516,7 @@ impl Core {
                 f
             }
             Err(e) => {
-                let Some((view, start, started)) = self.task_runs.remove(&e.id()) else {
+                let Some((view, start, started, work)) = self.task_runs.remove(&e.id()) else {
                     return;
                 };
                 let what = if e.is_panic() {
@@ -515,6 +528,7 @@ impl Core {
                     view,
                     start,
                     started,
+                    work,
                     result: Err(RefreshError {
                         class: FailureClass::Transient,
                         code: None,
@@ -599,6 +613,26 @@ impl Core {
                 tracing::trace!(%channel, payload = %payload.chars().take(64).collect::<String>(), "notification");
                 if let Some(views) = self.index.by_channel.get(&channel) {
                     for &i in views {
+                        if let Some(k) = &mut self.keys[i] {
+                            let view = &self.config.views[i];
+                            let arity = view.keyed.as_ref().map_or(1, |k| k.key.len());
+                            let parsed = keys::parse(&payload, arity);
+                            if let Payload::Malformed(why) = parsed {
+                                let name = view.name.clone();
+                                self.metrics
+                                    .keyed_malformed
+                                    .with_label_values(&[&name.to_string()])
+                                    .inc();
+                                let bytes = payload.len();
+                                if let Some(n) = self
+                                    .throttle
+                                    .admit(&("malformed", name.to_string()), now)
+                                {
+                                    tracing::warn!(view = %name, %channel, why, bytes, suppressed = n, "a notification's payload is not a key list for this keyed view; recomputing every group");
+                                }
+                            }
+                            k.apply(parsed);
+                        }
                         self.coalescer.mark(i, Reason::Notify, now);
                     }
                 }
@@ -794,7 +828,8 @@ impl Core {
         }
         for (v, prev) in new.views.iter().zip(&previous) {
             if prev.is_none() && !first {
-                self.metrics.register_view(&v.name.to_string(), &v.channels);
+                self.metrics
+                    .register_view(&v.name.to_string(), &v.channels, v.keyed.is_some());
             }
         }
         self.coalescer.reconfigure(
@@ -807,13 +842,42 @@ impl Core {
             .iter()
             .map(|p| p.map(|p| self.history[p].clone()).unwrap_or_default())
             .collect();
+        let mut redefined = Vec::new();
+        self.keys = new
+            .views
+            .iter()
+            .zip(&previous)
+            .map(|(v, prev)| {
+                let keyed = v.keyed.as_ref()?;
+                let kept = prev
+                    .filter(|&j| old.views[j].keyed.as_ref().is_some_and(|o| o.query == keyed.query && o.key == keyed.key))
+                    .and_then(|j| self.keys.get_mut(j).and_then(Option::take));
+                Some(match kept {
+                    Some(mut k) => {
+                        k.set_max(keyed.max_keys);
+                        k
+                    }
+                    None => {
+                        if prev.is_some() {
+                            redefined.push(v.name.clone());
+                        }
+                        let mut k = DirtyKeys::new(keyed.max_keys);
+                        k.add_all();
+                        k
+                    }
+                })
+            })
+            .collect();
         // New views, and views whose channels changed, catch up once their channels
         // are LISTENed.
         if !first {
             for (v, prev) in new.views.iter().zip(&previous) {
                 match prev {
                     None => self.awaiting_listen.push((v.name.clone(), Reason::Startup)),
-                    Some(j) if old.views[*j].channels != v.channels => {
+                    Some(j)
+                        if old.views[*j].channels != v.channels
+                            || redefined.contains(&v.name) =>
+                    {
                         self.awaiting_listen.push((v.name.clone(), Reason::Resync))
                     }
                     Some(_) => {}
@@ -871,6 +935,7 @@ impl Core {
         };
         let label = f.view.to_string();
         let end = SystemTime::now();
+        self.account_keys(i, &label, &f);
         let h = &mut self.history[i];
         h.last_end = Some(end);
         h.last_reason = Some(f.start.reason.as_str());
@@ -925,6 +990,34 @@ impl Core {
                 }
             }
             Err(e) => self.failed(i, &f.view, f.start, e, now),
+        }
+    }
+
+    /// A keyed view's groups: counted when recomputed one by one, given back when the
+    /// refresh did not commit (the next refresh recomputes them).
+    fn account_keys(&mut self, i: usize, label: &str, f: &Finished) {
+        let (Some(dirty), Some(work)) = (&mut self.keys[i], &f.work) else {
+            return;
+        };
+        match &f.result {
+            Ok(r) if r.bad_keys => {
+                self.metrics.keyed_malformed.with_label_values(&[label]).inc();
+                if let Some(n) = self
+                    .throttle
+                    .admit(&("malformed", label.to_string()), std::time::Instant::now())
+                {
+                    tracing::warn!(view = %label, suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
+                }
+            }
+            Ok(_) => {
+                if let Work::Keys(k) = work {
+                    self.metrics
+                        .keyed_keys
+                        .with_label_values(&[label])
+                        .inc_by(k.len() as u64);
+                }
+            }
+            Err(_) => dirty.restore(work),
         }
     }
 

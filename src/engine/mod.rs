@@ -5,6 +5,7 @@ pub mod coalesce;
 pub mod control;
 pub mod core;
 pub mod detect;
+pub mod keys;
 pub mod listener;
 pub mod refresher;
 pub mod schedule;

@@ -11,7 +11,8 @@ use tokio_postgres::{CancelToken, Client};
 
 use crate::config::ViewConfig;
 use crate::pg::connect::ConnectInfo;
-use crate::pg::refresh::{refresh_view, FailureClass, RefreshError, Refreshed};
+use crate::pg::keyed::Work;
+use crate::pg::refresh::{refresh_one, FailureClass, RefreshError, Refreshed};
 
 /// Shared by every refresh task.
 pub struct Refresher {
@@ -56,16 +57,21 @@ impl Refresher {
         })
     }
 
-    /// Refreshes one view on a pooled connection; `event` sends `refreshd_refreshed`
-    /// in the refresh's transaction.
-    pub async fn refresh(&self, view: &ViewConfig, event: bool) -> Result<Refreshed, RefreshError> {
+    /// Refreshes one view on a pooled connection (a keyed view: `work`, or everything
+    /// without it); `event` sends `refreshd_refreshed` in the refresh's transaction.
+    pub async fn refresh(
+        &self,
+        view: &ViewConfig,
+        work: Option<&Work>,
+        event: bool,
+    ) -> Result<Refreshed, RefreshError> {
         let client = self.checkout().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.inflight
             .lock()
             .expect("not poisoned")
             .insert(id, client.cancel_token());
-        let result = refresh_view(&client, view, event).await;
+        let result = refresh_one(&client, view, work, event).await;
         self.inflight.lock().expect("not poisoned").remove(&id);
         // A connection that failed without a server error (lost, or no answer), or
         // could not roll back, is not reused, even if the socket looks open.

@@ -48,6 +48,7 @@ pub async fn prepare(client: &tokio_postgres::Client, config: Config) -> anyhow:
     let token = read_token(&config)?;
     let facts = catalog::startup_facts(client, &config.views).await?;
     refuse_unusable(&config.views, &facts)?;
+    refuse_misfits(client, &config).await?;
     let reads = graph(&facts);
     let watched = watched_views(&config.views, &facts);
     Ok(Prepared {
@@ -83,6 +84,7 @@ fn refuse_unusable(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> anyh
     let mut refused = Vec::new();
     for (v, f) in views.iter().zip(facts) {
         match f {
+            None if v.keyed.is_some() => {}
             None => {
                 tracing::error!(view = %v.name, "materialized view does not exist; its refreshes will fail until it is created")
             }
@@ -100,12 +102,42 @@ fn refuse_unusable(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> anyh
     Ok(())
 }
 
+/// `run` refuses a keyed view whose table and query exist but do not fit together
+/// (columns, types, key), naming the file, line and key; a missing one is only logged.
+async fn refuse_misfits(client: &tokio_postgres::Client, config: &Config) -> anyhow::Result<()> {
+    for (i, v) in config.views.iter().enumerate() {
+        let Some(keyed) = &v.keyed else { continue };
+        match crate::pg::keyed::shape(client, v, keyed).await? {
+            Ok(_) => {}
+            Err(m) if m.missing => {
+                tracing::error!(view = %v.name, error = %m.message, "keyed view: its refreshes will fail until this is created")
+            }
+            Err(m) => {
+                return Err(anyhow::anyhow!(
+                    "{}",
+                    crate::config::ConfigError {
+                        file: config.path.clone(),
+                        line: Some(v.line),
+                        key: Some(format!("view[{i}].{}", m.key)),
+                        message: m.message,
+                    }
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// For each view, the configured views it reads.
 fn graph(facts: &[Option<StartupFacts>]) -> Vec<Vec<usize>> {
     let oid_to_index: HashMap<u32, usize> = facts
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.as_ref().filter(|f| f.relkind == 'm').map(|f| (f.oid, i)))
+        .filter_map(|(i, f)| {
+            f.as_ref()
+                .filter(|f| f.relkind == 'm' || f.keyed)
+                .map(|f| (f.oid, i))
+        })
         .collect();
     facts
         .iter()

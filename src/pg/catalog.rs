@@ -226,8 +226,11 @@ pub struct StartupFacts {
     pub oid: u32,
     pub relkind: char,
     pub has_usable_unique_index: bool,
-    /// Relations read directly or through plain views (see [`base_relations`]).
+    /// Relations read directly or through plain views (see [`base_relations`]); for a
+    /// keyed view, those its query reads.
     pub base: Vec<BaseRelation>,
+    /// A keyed view (its table is refreshed like a materialized view).
+    pub keyed: bool,
 }
 
 /// [`StartupFacts`] of every view, in two queries whatever their number (`None` for a
@@ -236,8 +239,16 @@ pub async fn startup_facts(
     client: &Client,
     views: &[ViewConfig],
 ) -> Result<Vec<Option<StartupFacts>>, tokio_postgres::Error> {
-    let schemas: Vec<&str> = views.iter().map(|v| v.name.schema.as_str()).collect();
-    let names: Vec<&str> = views.iter().map(|v| v.name.name.as_str()).collect();
+    // A keyed view's query is looked up too (after the views): its reads are the
+    // keyed view's.
+    let queries: Vec<(usize, &QualifiedName)> = views
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.keyed.as_ref().map(|k| (i, &k.query)))
+        .collect();
+    let all_names = views.iter().map(|v| &v.name).chain(queries.iter().map(|q| q.1));
+    let schemas: Vec<&str> = all_names.clone().map(|n| n.schema.as_str()).collect();
+    let names: Vec<&str> = all_names.map(|n| n.name.as_str()).collect();
     let rows = client
         .query_typed(
             "SELECT v.ord::int8, c.oid, c.relkind::text, EXISTS ( \
@@ -254,25 +265,37 @@ pub async fn startup_facts(
         )
         .await?;
     let mut out: Vec<Option<StartupFacts>> = vec![None; views.len()];
+    let mut query_oids: Vec<Option<u32>> = vec![None; queries.len()];
     let mut matviews = Vec::new();
     for r in &rows {
-        let ord: i64 = r.get(0);
+        let ord = r.get::<_, i64>(0) as usize - 1;
         let relkind = r.get::<_, String>(2).chars().next().unwrap_or('?');
         let oid: u32 = r.get(1);
-        if relkind == 'm' {
+        if relkind == 'm' || (ord >= views.len() && relkind == 'v') {
             matviews.push(oid);
         }
-        if let Some(slot) = out.get_mut(ord as usize - 1) {
+        if ord >= views.len() {
+            query_oids[ord - views.len()] = Some(oid);
+            continue;
+        }
+        if let Some(slot) = out.get_mut(ord) {
             *slot = Some(StartupFacts {
                 oid,
                 relkind,
                 has_usable_unique_index: r.get(3),
                 base: Vec::new(),
+                keyed: false,
             });
         }
     }
     let mut bases = relations_read_many(client, &matviews, "'v'").await?;
-    for f in out.iter_mut().flatten() {
+    for ((i, _), q) in queries.iter().zip(&query_oids) {
+        if let (Some(f), Some(q)) = (out[*i].as_mut(), q) {
+            f.base = bases.get(q).cloned().unwrap_or_default();
+            f.keyed = true;
+        }
+    }
+    for f in out.iter_mut().flatten().filter(|f| !f.keyed) {
         f.base = bases.remove(&f.oid).unwrap_or_default();
     }
     Ok(out)

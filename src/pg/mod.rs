@@ -4,4 +4,6 @@
 pub mod catalog;
 pub mod connect;
 pub mod ident;
+pub mod keyed;
+pub mod keyed_check;
 pub mod refresh;

@@ -17,6 +17,10 @@ pub enum RefreshKind {
     Plain,
     /// Plain `REFRESH` because the view was not populated (CONCURRENTLY refuses those).
     Populate,
+    /// A keyed view: every group recomputed.
+    KeyedAll,
+    /// A keyed view: the dirty groups only.
+    KeyedKeys,
 }
 
 impl RefreshKind {
@@ -25,6 +29,8 @@ impl RefreshKind {
             RefreshKind::Concurrently => "concurrently",
             RefreshKind::Plain => "plain",
             RefreshKind::Populate => "populate",
+            RefreshKind::KeyedAll => "keyed_all",
+            RefreshKind::KeyedKeys => "keyed_keys",
         }
     }
 }
@@ -35,6 +41,9 @@ pub struct Refreshed {
     pub kind: RefreshKind,
     /// Time of the REFRESH statement alone.
     pub duration: Duration,
+    /// A keyed view's notified keys did not cast to its key columns' types, so it
+    /// recomputed every group instead.
+    pub bad_keys: bool,
 }
 
 /// Whether retrying can help.
@@ -242,6 +251,7 @@ pub async fn refresh_view(
         Ok(Ok(())) => Ok(Refreshed {
             kind,
             duration: start.elapsed(),
+            bad_keys: false,
         }),
         Ok(Err(e)) => {
             let mut err = RefreshError::from_pg(&e, start.elapsed());
@@ -268,6 +278,24 @@ pub async fn refresh_view(
             duration: start.elapsed(),
             connection_broken: true,
         }),
+    }
+}
+
+/// Refreshes any configured view: a materialized view with `REFRESH`, a keyed view
+/// with `work` (everything without it).
+pub async fn refresh_one(
+    client: &Client,
+    view: &ViewConfig,
+    work: Option<&crate::pg::keyed::Work>,
+    event: bool,
+) -> Result<Refreshed, RefreshError> {
+    match &view.keyed {
+        Some(keyed) => {
+            let all = crate::pg::keyed::Work::All;
+            crate::pg::keyed::refresh_keyed(client, view, keyed, work.unwrap_or(&all), event)
+                .await
+        }
+        None => refresh_view(client, view, event).await,
     }
 }
 

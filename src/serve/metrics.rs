@@ -23,15 +23,14 @@ pub struct Metrics {
     pub control_rejected: IntCounter,
     pub control_coalesced: IntCounter,
     pub listener_roundtrip: Gauge,
+    pub keyed_keys: IntCounterVec,
+    pub keyed_malformed: IntCounterVec,
 }
 
-const DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
-const LAG_BUCKETS: &[f64] = &[
-    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0,
-];
+// Ten buckets each: every bucket is a series per view, and at 10,000 views the series
+// are most of refreshd's memory.
+const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+const LAG_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
 /// Registers a freshly made metric (names are fixed: a clash is a bug).
 fn register<T>(registry: &Registry, made: prometheus::Result<T>) -> T
@@ -98,6 +97,17 @@ impl Metrics {
             "refreshd_last_success_timestamp_seconds",
             "Unix time of the view's last successful refresh.",
         );
+        let view_counter = |name: &str, help: &str| {
+            register(r, IntCounterVec::new(Opts::new(name, help), &["view"]))
+        };
+        let keyed_keys = view_counter(
+            "refreshd_keyed_keys_total",
+            "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
+        );
+        let keyed_malformed = view_counter(
+            "refreshd_keyed_malformed_payloads_total",
+            "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
+        );
         let int_gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
         let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
         let gauge = |name: &str, help: &str| register(r, Gauge::new(name, help));
@@ -145,14 +155,20 @@ impl Metrics {
                 "refreshd_listener_roundtrip_seconds",
                 "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
             ),
+            keyed_keys,
+            keyed_malformed,
             registry,
         }
     }
 
     /// Makes a view's series exist from the start (at 0), so dashboards and alerts see
     /// it before its first refresh.
-    pub fn register_view(&self, view: &str, channels: &[String]) {
+    pub fn register_view(&self, view: &str, channels: &[String], keyed: bool) {
         self.pending_since.with_label_values(&[view]).set(0.0);
+        if keyed {
+            self.keyed_keys.with_label_values(&[view]);
+            self.keyed_malformed.with_label_values(&[view]);
+        }
         for outcome in ["success", "failure"] {
             self.refreshes.with_label_values(&[view, "notify", outcome]);
         }
@@ -167,6 +183,8 @@ impl Metrics {
         let _ = self.last_success.remove_label_values(&[view]);
         let _ = self.refresh_duration.remove_label_values(&[view]);
         let _ = self.refresh_lag.remove_label_values(&[view]);
+        let _ = self.keyed_keys.remove_label_values(&[view]);
+        let _ = self.keyed_malformed.remove_label_values(&[view]);
         for reason in [
             "notify",
             "schedule",
@@ -205,7 +223,7 @@ mod tests {
     #[test]
     fn a_forgotten_view_leaves_no_series() {
         let m = Metrics::new();
-        m.register_view("public.gone", &["c".to_string()]);
+        m.register_view("public.gone", &["c".to_string()], true);
         m.refreshes
             .with_label_values(&["public.gone", "force", "success"])
             .inc();

@@ -1,0 +1,200 @@
+//! The dirty groups of a keyed view: what its notifications named since its last
+//! refresh started, coalesced like the notifications themselves. Anything refreshd
+//! cannot read as keys means "everything": a lost key would be a lost change.
+
+use std::collections::BTreeSet;
+
+use crate::pg::keyed::{Key, Work};
+
+/// PostgreSQL's limit on a NOTIFY payload; a longer one was not sent by NOTIFY.
+const MAX_PAYLOAD: usize = 8000;
+
+/// What one notification's payload asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// `*`, empty, or more keys than `max_keys`.
+    All,
+    Keys(Vec<Key>),
+    /// Not a key list this view can use; refreshed as "all". The reason is for the log
+    /// (it never quotes the payload).
+    Malformed(&'static str),
+}
+
+/// Reads a payload naming keys of `arity` columns: a JSON array of key tuples (arrays
+/// of JSON strings or numbers); for one key column, bare values are accepted too.
+pub fn parse(payload: &str, arity: usize) -> Payload {
+    let p = payload.trim();
+    if p.is_empty() || p == "*" || p == "\"*\"" {
+        return Payload::All;
+    }
+    if p.len() > MAX_PAYLOAD {
+        return Payload::Malformed("longer than a NOTIFY payload can be");
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(p) else {
+        return Payload::Malformed("not JSON");
+    };
+    let serde_json::Value::Array(tuples) = value else {
+        return Payload::Malformed("not a JSON array of keys");
+    };
+    let mut keys = Vec::with_capacity(tuples.len());
+    for t in tuples {
+        let parts = match t {
+            serde_json::Value::Array(parts) => parts,
+            scalar if arity == 1 => vec![scalar],
+            _ => return Payload::Malformed("a key is not a JSON array"),
+        };
+        if parts.len() != arity {
+            return Payload::Malformed("a key has the wrong number of values");
+        }
+        let mut key = Vec::with_capacity(arity);
+        for v in parts {
+            match v {
+                serde_json::Value::String(s) if !s.contains('\0') => key.push(s),
+                serde_json::Value::Number(n) => key.push(n.to_string()),
+                _ => return Payload::Malformed("a key value is not a JSON string or number"),
+            }
+        }
+        keys.push(key);
+    }
+    Payload::Keys(keys)
+}
+
+/// A keyed view's groups waiting for a refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyKeys {
+    all: bool,
+    set: BTreeSet<Key>,
+    max_keys: usize,
+}
+
+impl DirtyKeys {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            all: false,
+            set: BTreeSet::new(),
+            max_keys,
+        }
+    }
+
+    /// Everything is dirty.
+    pub fn add_all(&mut self) {
+        self.all = true;
+        self.set.clear();
+    }
+
+    /// Adds keys; past `max_keys` distinct keys, everything is dirty.
+    pub fn add(&mut self, keys: Vec<Key>) {
+        if self.all {
+            return;
+        }
+        self.set.extend(keys);
+        if self.set.len() > self.max_keys {
+            self.add_all();
+        }
+    }
+
+    /// Applies a parsed payload.
+    pub fn apply(&mut self, p: Payload) {
+        match p {
+            Payload::Keys(k) => self.add(k),
+            Payload::All | Payload::Malformed(_) => self.add_all(),
+        }
+    }
+
+    /// What a refresh starting now recomputes (everything when `full`, the refresh's
+    /// reason asks for it); the set starts empty for the next one.
+    pub fn take(&mut self, full: bool) -> Work {
+        let all = std::mem::take(&mut self.all) || full;
+        let set = std::mem::take(&mut self.set);
+        if all {
+            Work::All
+        } else {
+            Work::Keys(set.into_iter().collect())
+        }
+    }
+
+    /// A refresh that did not commit gives its work back.
+    pub fn restore(&mut self, work: &Work) {
+        match work {
+            Work::All => self.add_all(),
+            Work::Keys(k) => self.add(k.clone()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && !self.all
+    }
+
+    /// A new `max_keys` (reload).
+    pub fn set_max(&mut self, max_keys: usize) {
+        self.max_keys = max_keys;
+        self.add(Vec::new());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(v: &[&str]) -> Key {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn payloads() {
+        assert_eq!(parse("", 2), Payload::All);
+        assert_eq!(parse(" * ", 2), Payload::All);
+        assert_eq!(parse("\"*\"", 1), Payload::All);
+        assert_eq!(
+            parse(r#"[["a","b"],["c","d"]]"#, 2),
+            Payload::Keys(vec![k(&["a", "b"]), k(&["c", "d"])])
+        );
+        assert_eq!(parse("[[3],[4]]", 1), Payload::Keys(vec![k(&["3"]), k(&["4"])]));
+        assert_eq!(parse("[3, \"x\"]", 1), Payload::Keys(vec![k(&["3"]), k(&["x"])]));
+        assert_eq!(parse("[]", 1), Payload::Keys(vec![]));
+        assert!(matches!(parse("nope", 1), Payload::Malformed("not JSON")));
+        assert!(matches!(parse("{\"a\":1}", 1), Payload::Malformed(_)));
+        assert!(matches!(parse("[[1,2]]", 1), Payload::Malformed(_)));
+        assert!(matches!(parse("[[1]]", 2), Payload::Malformed(_)));
+        assert!(matches!(parse("[3]", 2), Payload::Malformed(_)));
+        assert!(matches!(parse("[[null]]", 1), Payload::Malformed(_)));
+        assert!(matches!(parse("[[true]]", 1), Payload::Malformed(_)));
+        assert!(matches!(parse("[[[1]]]", 1), Payload::Malformed(_)));
+        assert!(matches!(parse("[\"a\\u0000b\"]", 1), Payload::Malformed(_)));
+        let big = format!("[{}]", vec!["1"; 5000].join(","));
+        assert!(matches!(parse(&big, 1), Payload::Malformed(_)));
+        // SQL in a string is a value like any other: it is bound, never spliced.
+        assert_eq!(
+            parse(r#"[["'); DROP TABLE x; --"]]"#, 1),
+            Payload::Keys(vec![k(&["'); DROP TABLE x; --"])])
+        );
+    }
+
+    #[test]
+    fn keys_coalesce_overflow_and_come_back_after_a_failure() {
+        let mut d = DirtyKeys::new(3);
+        assert!(d.is_empty());
+        d.add(vec![k(&["1"]), k(&["2"]), k(&["1"])]);
+        assert_eq!(d.len(), 2);
+        let w = d.take(false);
+        assert_eq!(w, Work::Keys(vec![k(&["1"]), k(&["2"])]));
+        assert!(d.is_empty());
+        d.add(vec![k(&["3"])]);
+        d.restore(&w);
+        assert_eq!(d.take(false), Work::Keys(vec![k(&["1"]), k(&["2"]), k(&["3"])]));
+        d.add(vec![k(&["1"]), k(&["2"]), k(&["3"]), k(&["4"])]);
+        assert_eq!(d.take(false), Work::All, "more than max_keys");
+        d.add(vec![k(&["1"])]);
+        assert_eq!(d.take(true), Work::All, "a full reason wins");
+        assert!(d.is_empty());
+        d.apply(Payload::Malformed("x"));
+        d.add(vec![k(&["1"])]);
+        assert_eq!(d.take(false), Work::All);
+        d.restore(&Work::All);
+        assert_eq!(d.take(false), Work::All);
+    }
+}

@@ -1,0 +1,513 @@
+//! Keyed views: a table kept equal to a plain view (the definition), recomputed one
+//! group (key value) at a time. Everything here is one transaction per refresh; key
+//! values only ever travel as bind parameters, cast on the server to the key columns'
+//! types, never as SQL text.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use crate::config::{Keyed, ViewConfig};
+use crate::pg::ident::{quote_ident, QualifiedName};
+use crate::pg::refresh::{
+    quote_literal, FailureClass, RefreshError, RefreshKind, Refreshed, CLIENT_GRACE,
+};
+
+/// One key: the text form of each key column's value, in `key` order.
+pub type Key = Vec<String>;
+
+/// What a keyed refresh recomputes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Every group: delete all rows, insert the whole definition.
+    All,
+    /// These groups only.
+    Keys(Vec<Key>),
+}
+
+/// The columns a keyed refresh writes, read from the catalog at each refresh (so an
+/// `ALTER` between refreshes is seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// The table's columns (the definition has the same ones), in the table's order.
+    pub columns: Vec<String>,
+    /// `format_type` of each key column, in `key` order.
+    pub key_types: Vec<String>,
+}
+
+/// Why a table and a definition do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    /// The configuration key at fault (`name`, `query` or `key`).
+    pub key: &'static str,
+    pub message: String,
+    /// One of them does not exist (yet): the refresh fails until it is created, but
+    /// startup does not refuse it.
+    pub missing: bool,
+}
+
+/// A column's name and `format_type`.
+type Columns = Vec<(String, String)>;
+
+/// Reads both relations' kinds and columns in one query.
+async fn columns(
+    client: &Client,
+    table: &QualifiedName,
+    query: &QualifiedName,
+) -> Result<[Option<(char, Columns)>; 2], tokio_postgres::Error> {
+    let schemas = [table.schema.as_str(), query.schema.as_str()];
+    let names = [table.name.as_str(), query.name.as_str()];
+    let rows = client
+        .query_typed(
+            "SELECT r.ord::int, c.relkind::text, a.attname::text, \
+                    pg_catalog.format_type(a.atttypid, a.atttypmod) \
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema, name, ord) \
+               JOIN pg_catalog.pg_namespace n ON n.nspname = r.schema \
+               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.name \
+               LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
+                    AND NOT a.attisdropped \
+              ORDER BY r.ord, a.attnum",
+            &[
+                (&schemas.as_slice(), Type::TEXT_ARRAY),
+                (&names.as_slice(), Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    let mut out: [Option<(char, Columns)>; 2] = [None, None];
+    for r in &rows {
+        let ord: i32 = r.get(0);
+        let kind = r.get::<_, String>(1).chars().next().unwrap_or('?');
+        let slot = out[(ord - 1) as usize].get_or_insert_with(|| (kind, Vec::new()));
+        if let (Some(name), Some(ty)) = (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
+            slot.1.push((name, ty));
+        }
+    }
+    Ok(out)
+}
+
+/// The shape of a keyed view, or why its table and definition do not fit.
+pub async fn shape(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+) -> Result<Result<Shape, Misfit>, tokio_postgres::Error> {
+    let [table, query] = columns(client, &view.name, &keyed.query).await?;
+    Ok(fit(view, keyed, table, query))
+}
+
+/// Checks what [`columns`] read.
+fn fit(
+    view: &ViewConfig,
+    keyed: &Keyed,
+    table: Option<(char, Columns)>,
+    query: Option<(char, Columns)>,
+) -> Result<Shape, Misfit> {
+    let misfit = |key, message: String, missing| Misfit {
+        key,
+        message,
+        missing,
+    };
+    let Some((tkind, tcols)) = table else {
+        return Err(misfit(
+            "name",
+            format!("table {} does not exist", view.name),
+            true,
+        ));
+    };
+    if !matches!(tkind, 'r' | 'p') {
+        return Err(misfit(
+            "name",
+            format!(
+                "{} is not a table (a keyed view is a table refreshd fills from its query; relkind '{tkind}')",
+                view.name
+            ),
+            false,
+        ));
+    }
+    let Some((qkind, qcols)) = query else {
+        return Err(misfit(
+            "query",
+            format!("view {} does not exist", keyed.query),
+            true,
+        ));
+    };
+    if qkind != 'v' {
+        return Err(misfit(
+            "query",
+            format!(
+                "{} is not a view (relkind '{qkind}'): the query of a keyed view is a plain view",
+                keyed.query
+            ),
+            false,
+        ));
+    }
+    for (name, ty) in &tcols {
+        match qcols.iter().find(|(n, _)| n == name) {
+            None => {
+                return Err(misfit(
+                    "query",
+                    format!(
+                        "column {} of table {} is not in {}: the table and its query need the same columns",
+                        quote_ident(name),
+                        view.name,
+                        keyed.query
+                    ),
+                    false,
+                ))
+            }
+            Some((_, qty)) if qty != ty => {
+                return Err(misfit(
+                    "query",
+                    format!(
+                        "column {} is {ty} in table {} but {qty} in {}: the types must be the same",
+                        quote_ident(name),
+                        view.name,
+                        keyed.query
+                    ),
+                    false,
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, _)) = qcols
+        .iter()
+        .find(|(n, _)| !tcols.iter().any(|(t, _)| t == n))
+    {
+        return Err(misfit(
+            "query",
+            format!(
+                "column {} of {} is not in table {}: the table and its query need the same columns",
+                quote_ident(name),
+                keyed.query,
+                view.name
+            ),
+            false,
+        ));
+    }
+    let mut key_types = Vec::with_capacity(keyed.key.len());
+    for k in &keyed.key {
+        match tcols.iter().find(|(n, _)| n == k) {
+            Some((_, ty)) => key_types.push(ty.clone()),
+            None => {
+                return Err(misfit(
+                    "key",
+                    format!("key column {} is not a column of {}", quote_ident(k), view.name),
+                    false,
+                ))
+            }
+        }
+    }
+    Ok(Shape {
+        columns: tcols.into_iter().map(|(n, _)| n).collect(),
+        key_types,
+    })
+}
+
+fn column_list(shape: &Shape) -> String {
+    shape
+        .columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn prologue(view: &ViewConfig) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        view.statement_timeout.as_millis(),
+        view.lock_timeout.as_millis()
+    )
+}
+
+fn epilogue(view: &ViewConfig, event: bool) -> String {
+    let mut sql = String::new();
+    if event {
+        sql.push_str(&format!(
+            "SELECT pg_catalog.pg_notify({}, {}); ",
+            quote_literal(crate::EVENTS_CHANNEL),
+            quote_literal(&view.name.to_string())
+        ));
+    }
+    sql.push_str("COMMIT");
+    sql
+}
+
+/// Recomputing every group: one simple-protocol round trip, one transaction. Readers
+/// see the old rows until it commits (a DELETE, not a TRUNCATE, which would lock them
+/// out).
+pub fn full_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape, event: bool) -> String {
+    let cols = column_list(shape);
+    format!(
+        "{}; DELETE FROM {table}; INSERT INTO {table} ({cols}) SELECT {cols} FROM {query}; {}",
+        prologue(view),
+        epilogue(view, event),
+        table = view.name.quoted(),
+        query = keyed.query.quoted(),
+    )
+}
+
+/// Deleting the table's rows of a set of keys: one text array per key column
+/// (`$1`..`$n`), unnested and cast to the columns' types.
+pub fn delete_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> String {
+    let arrays: Vec<String> = shape
+        .key_types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+        .collect();
+    let names: Vec<String> = keyed.key.iter().map(|k| quote_ident(k)).collect();
+    let cond: Vec<String> = names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
+    format!(
+        "DELETE FROM {} AS t USING unnest({}) AS k({}) WHERE {}",
+        view.name.quoted(),
+        arrays.join(", "),
+        names.join(", "),
+        cond.join(" AND ")
+    )
+}
+
+/// Inserting the definition's rows of `n` keys: one branch per key, each with the key
+/// as constants (`d.k = $i::text::type`), because that is what PostgreSQL pushes down
+/// into grouped subqueries and joins of the definition (an `= ANY(array)` or a join
+/// with the key list is not pushed through an outer join, and computes every group).
+pub fn insert_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape, n: usize) -> String {
+    let cols = column_list(shape);
+    let arity = keyed.key.len();
+    let branches: Vec<String> = (0..n)
+        .map(|j| {
+            let cond: Vec<String> = keyed
+                .key
+                .iter()
+                .zip(&shape.key_types)
+                .enumerate()
+                .map(|(c, (k, ty))| format!("d.{} = ${}::text::{ty}", quote_ident(k), j * arity + c + 1))
+                .collect();
+            format!(
+                "SELECT {cols} FROM {} AS d WHERE {}",
+                keyed.query.quoted(),
+                cond.join(" AND ")
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({cols}) {}",
+        view.name.quoted(),
+        branches.join(" UNION ALL ")
+    )
+}
+
+/// Refreshes a keyed view: `work`'s groups, or everything. Cancel it from elsewhere
+/// with the client's cancel token.
+pub async fn refresh_keyed(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    work: &Work,
+    event: bool,
+) -> Result<Refreshed, RefreshError> {
+    let shape = match shape(client, view, keyed).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(m)) => {
+            return Err(RefreshError {
+                class: FailureClass::Permanent,
+                code: Some(if m.missing { "42P01" } else { "42804" }.into()),
+                message: m.message,
+                detail: None,
+                hint: Some("a keyed view needs its table and its query (a plain view) with the same columns, and the key among them; see refreshd check"),
+                duration: Duration::ZERO,
+                connection_broken: false,
+            })
+        }
+        Err(e) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
+    };
+    let start = Instant::now();
+    let deadline = if view.statement_timeout.is_zero() {
+        Duration::from_secs(u32::MAX as u64)
+    } else {
+        view.statement_timeout + CLIENT_GRACE
+    };
+    let attempt = async {
+        match work {
+            Work::Keys(keys) if !keys.is_empty() => {
+                match keys_transaction(client, view, keyed, &shape, keys, event).await {
+                    Err(e) if is_cast_error(&e) => {
+                        rollback(client).await?;
+                        full(client, view, keyed, &shape, event).await.map(|k| (k, true))
+                    }
+                    other => other.map(|k| (k, false)),
+                }
+            }
+            Work::Keys(_) => Ok((RefreshKind::KeyedKeys, false)),
+            Work::All => full(client, view, keyed, &shape, event)
+                .await
+                .map(|k| (k, false)),
+        }
+    };
+    match tokio::time::timeout(deadline, attempt).await {
+        Ok(Ok((kind, bad_keys))) => Ok(Refreshed {
+            kind,
+            duration: start.elapsed(),
+            bad_keys,
+        }),
+        Ok(Err(e)) => {
+            let mut err = RefreshError::from_pg(&e, start.elapsed());
+            if err.code.as_deref() == Some("23505") {
+                err.hint = Some("the query produces more than one row for a key: the key must be unique in the query's output (its grouping columns)");
+            }
+            if !client.is_closed() {
+                err.connection_broken = rollback(client).await.is_err();
+            }
+            Err(err)
+        }
+        Err(_) => Err(RefreshError {
+            class: FailureClass::Transient,
+            code: None,
+            message: format!(
+                "no answer from the server {} after statement_timeout ({})",
+                humantime::format_duration(CLIENT_GRACE),
+                humantime::format_duration(view.statement_timeout)
+            ),
+            detail: None,
+            hint: Some(
+                "the connection is presumed dead; refreshd drops it and retries on a new one",
+            ),
+            duration: start.elapsed(),
+            connection_broken: true,
+        }),
+    }
+}
+
+/// A value that does not cast to the key column's type (class 22: data exception),
+/// raised by the DELETE, which only casts the keys.
+fn is_cast_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.code().code().starts_with("22"))
+}
+
+async fn rollback(client: &Client) -> Result<(), tokio_postgres::Error> {
+    match tokio::time::timeout(Duration::from_secs(5), client.batch_execute("ROLLBACK")).await {
+        Ok(r) => r,
+        Err(_) => client.batch_execute("ROLLBACK").await, // unreachable in practice: the caller's deadline
+    }
+}
+
+async fn full(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    event: bool,
+) -> Result<RefreshKind, tokio_postgres::Error> {
+    client
+        .batch_execute(&full_sql(view, keyed, shape, event))
+        .await?;
+    Ok(RefreshKind::KeyedAll)
+}
+
+/// BEGIN and the local settings (simple protocol), the DELETE and the INSERT (each one
+/// unnamed statement with bind parameters: nothing prepared outlives it, so it works
+/// through a transaction-mode pooler), then the event and COMMIT.
+async fn keys_transaction(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    keys: &[Key],
+    event: bool,
+) -> Result<RefreshKind, tokio_postgres::Error> {
+    client.batch_execute(&prologue(view)).await?;
+    let columns: Vec<Vec<&str>> = (0..keyed.key.len())
+        .map(|c| keys.iter().map(|k| k[c].as_str()).collect())
+        .collect();
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = columns
+        .iter()
+        .map(|c| (c as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+        .collect();
+    client
+        .query_typed(&delete_keys_sql(view, keyed, shape), &params)
+        .await?;
+    let flat: Vec<&str> = keys.iter().flat_map(|k| k.iter().map(String::as_str)).collect();
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = flat
+        .iter()
+        .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    client
+        .query_typed(&insert_keys_sql(view, keyed, shape, keys.len()), &params)
+        .await?;
+    client.batch_execute(&epilogue(view, event)).await?;
+    Ok(RefreshKind::KeyedKeys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> (ViewConfig, Keyed) {
+        let cfg = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[database]\nurl = \"postgresql://u@h/d\"\n[[view]]\nname = \"public.Live\"\nkind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\", \"B\"]\nchannels = [\"c\"]\nstatement_timeout = \"2s\"\nlock_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        let v = cfg.views[0].clone();
+        let k = v.keyed.clone().unwrap();
+        (v, k)
+    }
+
+    fn cols(c: &[(&str, &str)]) -> Option<(char, Columns)> {
+        Some((
+            'r',
+            c.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        ))
+    }
+
+    #[test]
+    fn statements_quote_names_and_bind_values() {
+        let (v, k) = view();
+        let shape = Shape {
+            columns: vec!["a".into(), "B".into(), "n".into()],
+            key_types: vec!["uuid".into(), "integer".into()],
+        };
+        assert_eq!(
+            delete_keys_sql(&v, &k, &shape),
+            r#"DELETE FROM "public"."live" AS t USING unnest($1::text[]::uuid[], $2::text[]::integer[]) AS k("a", "B") WHERE t."a" = k."a" AND t."B" = k."B""#
+        );
+        assert_eq!(
+            insert_keys_sql(&v, &k, &shape, 2),
+            r#"INSERT INTO "public"."live" ("a", "B", "n") SELECT "a", "B", "n" FROM "public"."def" AS d WHERE d."a" = $1::text::uuid AND d."B" = $2::text::integer UNION ALL SELECT "a", "B", "n" FROM "public"."def" AS d WHERE d."a" = $3::text::uuid AND d."B" = $4::text::integer"#
+        );
+        assert_eq!(
+            full_sql(&v, &k, &shape, true),
+            r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; DELETE FROM "public"."live"; INSERT INTO "public"."live" ("a", "B", "n") SELECT "a", "B", "n" FROM "public"."def"; SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
+        );
+    }
+
+    #[test]
+    fn table_and_query_must_fit() {
+        let (v, k) = view();
+        let t = cols(&[("a", "uuid"), ("B", "integer"), ("n", "bigint")]);
+        let mut q = cols(&[("B", "integer"), ("a", "uuid"), ("n", "bigint")]);
+        q.as_mut().unwrap().0 = 'v';
+        let s = fit(&v, &k, t.clone(), q.clone()).unwrap();
+        assert_eq!(s.key_types, vec!["uuid", "integer"]);
+        assert_eq!(fit(&v, &k, None, q.clone()).unwrap_err().missing, true);
+        let e = fit(&v, &k, t.clone(), None).unwrap_err();
+        assert_eq!((e.key, e.missing), ("query", true));
+        let mut wrong = q.clone();
+        wrong.as_mut().unwrap().1[2].1 = "numeric".into();
+        let e = fit(&v, &k, t.clone(), wrong).unwrap_err();
+        assert!(e.message.contains("bigint in table") && e.key == "query", "{e:?}");
+        let mut fewer = q.clone();
+        fewer.as_mut().unwrap().1.pop();
+        assert!(fit(&v, &k, t.clone(), fewer).unwrap_err().message.contains("column \"n\" of table"));
+        let nokey = cols(&[("a", "uuid"), ("n", "bigint")]);
+        let mut q2 = cols(&[("a", "uuid"), ("n", "bigint")]);
+        q2.as_mut().unwrap().0 = 'v';
+        assert_eq!(fit(&v, &k, nokey, q2).unwrap_err().key, "key");
+        let mut notview = q.clone();
+        notview.as_mut().unwrap().0 = 'r';
+        assert!(fit(&v, &k, t, notview).unwrap_err().message.contains("not a view"));
+    }
+}

@@ -1,0 +1,403 @@
+//! Keyed views (`kind = "keyed"`): a table refreshd keeps equal to a plain view, one
+//! group at a time, against a real PostgreSQL: every kind of write, a randomized storm,
+//! hostile payloads, a killed listener and a killed leader, `check` and startup errors.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{refreshd, sample, stdout, wait_for, write_config, Daemon, TestDb};
+
+/// Sessions grouped by (cat uuid, season int); marks per session. The definition has a
+/// LEFT JOIN (a group with sessions but no marks still has a row), quoted mixed-case
+/// names, and the triggers send the distinct keys of old and new rows.
+const SCHEMA: &str = r#"
+    CREATE SCHEMA app;
+    CREATE TABLE app.sessions (id int PRIMARY KEY, cat uuid NOT NULL, season int NOT NULL);
+    CREATE INDEX ON app.sessions (cat, season);
+    CREATE TABLE app.marks (id bigserial PRIMARY KEY,
+        session_id int NOT NULL REFERENCES app.sessions ON DELETE CASCADE, v int NOT NULL);
+    CREATE INDEX ON app.marks (session_id);
+    CREATE VIEW app."Stats Def" AS
+      SELECT s.cat, s.season, count(DISTINCT s.id) AS sessions,
+             coalesce(sum(m.v), 0)::bigint AS total, count(m.id) AS marks
+        FROM app.sessions s LEFT JOIN app.marks m ON m.session_id = s.id
+       GROUP BY s.cat, s.season;
+    CREATE TABLE app.stats_live AS SELECT * FROM app."Stats Def" WITH NO DATA;
+    ALTER TABLE app.stats_live ADD PRIMARY KEY (cat, season);
+
+    CREATE FUNCTION app.send_keys(keys json) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+      IF keys IS NULL THEN RETURN; END IF;
+      IF octet_length(keys::text) > 7999 THEN
+        PERFORM pg_notify('stats_keys', '*');
+      ELSE
+        PERFORM pg_notify('stats_keys', keys::text);
+      END IF;
+    END$$;
+    CREATE FUNCTION app.marks_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'INSERT' THEN
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT DISTINCT s.cat, s.season FROM new_rows n JOIN app.sessions s ON s.id = n.session_id) k));
+      ELSIF TG_OP = 'DELETE' THEN
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT DISTINCT s.cat, s.season FROM old_rows o JOIN app.sessions s ON s.id = o.session_id) k));
+      ELSE
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT s.cat, s.season FROM new_rows n JOIN app.sessions s ON s.id = n.session_id
+           UNION SELECT s.cat, s.season FROM old_rows o JOIN app.sessions s ON s.id = o.session_id) k));
+      END IF;
+      RETURN NULL;
+    END$$;
+    CREATE FUNCTION app.sessions_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'INSERT' THEN
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT DISTINCT cat, season FROM new_rows) k));
+      ELSIF TG_OP = 'DELETE' THEN
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT DISTINCT cat, season FROM old_rows) k));
+      ELSE
+        PERFORM app.send_keys((SELECT json_agg(json_build_array(k.cat, k.season)) FROM
+          (SELECT cat, season FROM new_rows UNION SELECT cat, season FROM old_rows) k));
+      END IF;
+      RETURN NULL;
+    END$$;
+    CREATE FUNCTION app.all_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_notify('stats_keys', '*'); RETURN NULL; END$$;
+    CREATE TRIGGER m_ins AFTER INSERT ON app.marks REFERENCING NEW TABLE AS new_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.marks_keys();
+    CREATE TRIGGER m_upd AFTER UPDATE ON app.marks REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.marks_keys();
+    CREATE TRIGGER m_del AFTER DELETE ON app.marks REFERENCING OLD TABLE AS old_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.marks_keys();
+    CREATE TRIGGER m_trunc AFTER TRUNCATE ON app.marks FOR EACH STATEMENT EXECUTE FUNCTION app.all_keys();
+    CREATE TRIGGER s_ins AFTER INSERT ON app.sessions REFERENCING NEW TABLE AS new_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.sessions_keys();
+    CREATE TRIGGER s_upd AFTER UPDATE ON app.sessions REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.sessions_keys();
+    CREATE TRIGGER s_del AFTER DELETE ON app.sessions REFERENCING OLD TABLE AS old_rows
+      FOR EACH STATEMENT EXECUTE FUNCTION app.sessions_keys();
+    CREATE TRIGGER s_trunc AFTER TRUNCATE ON app.sessions FOR EACH STATEMENT EXECUTE FUNCTION app.all_keys();
+
+    -- 40 groups: cat i % 10, season i % 4; 200 sessions; marks on most of them.
+    INSERT INTO app.sessions
+      SELECT g, ('00000000-0000-4000-8000-' || lpad((g % 10)::text, 12, '0'))::uuid, (g / 10) % 4
+        FROM generate_series(1, 200) g;
+    INSERT INTO app.marks (session_id, v) SELECT 1 + g % 180, g FROM generate_series(1, 2000) g;
+"#;
+
+const VIEW: &str = "[[view]]\nname = \"app.stats_live\"\nkind = \"keyed\"\n\
+    query = 'app.\"Stats Def\"'\nkey = [\"cat\", \"season\"]\nchannels = [\"stats_keys\"]\n\
+    debounce = \"50ms\"\nmax_delay = \"1s\"\nmax_keys = 100\n";
+
+const LABEL: &str = "app.stats_live";
+
+fn config(db: &TestDb) -> String {
+    format!("[database]\nurl = \"{}\"\n{VIEW}", db.dsn())
+}
+
+/// Rows that differ between the table and its definition (0 = exact).
+const DIFF: &str = r#"SELECT count(*) FROM (
+    (TABLE app.stats_live EXCEPT ALL TABLE app."Stats Def")
+    UNION ALL (TABLE app."Stats Def" EXCEPT ALL TABLE app.stats_live)) d"#;
+
+async fn wait_exact(db: &TestDb, what: &str) {
+    wait_for(Duration::from_secs(20), what, || async { db.psql(DIFF) == "0" }).await;
+}
+
+fn keys_total(d: &Daemon) -> f64 {
+    sample(
+        &d.metrics(),
+        &format!("refreshd_keyed_keys_total{{view=\"{LABEL}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn malformed(d: &Daemon) -> f64 {
+    sample(
+        &d.metrics(),
+        &format!("refreshd_keyed_malformed_payloads_total{{view=\"{LABEL}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn groups(db: &TestDb) -> i64 {
+    db.psql(r#"SELECT count(*) FROM app.stats_live"#)
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inserts_moves_deletes_and_truncate_leave_the_table_exact() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let d = Daemon::start(&config(&db));
+    d.wait_ready(Duration::from_secs(20)).await;
+    // Startup recomputes everything.
+    wait_exact(&db, "the startup recompute").await;
+    assert_eq!(groups(&db), 40);
+    wait_for(Duration::from_secs(10), "the startup refresh to be counted", || async {
+        d.successes(LABEL) >= 1.0
+    })
+    .await;
+
+    // One insert: exactly its group is recomputed.
+    let before = keys_total(&d);
+    db.psql(r#"INSERT INTO app.marks (session_id, v) VALUES (7, 1000)"#);
+    wait_exact(&db, "the insert").await;
+    wait_for(Duration::from_secs(10), "the key to be counted", || async {
+        keys_total(&d) >= before + 1.0
+    })
+    .await;
+    assert_eq!(keys_total(&d), before + 1.0, "one insert, one group");
+
+    // A session that moves to a group of its own: both groups change.
+    let before = keys_total(&d);
+    db.psql(
+        r#"UPDATE app.sessions SET cat = '00000000-0000-4000-8000-0000000000aa', season = 9 WHERE id = 7"#,
+    );
+    wait_exact(&db, "the move").await;
+    assert_eq!(groups(&db), 41, "a new group appeared");
+    wait_for(Duration::from_secs(10), "both keys to be counted", || async {
+        keys_total(&d) >= before + 2.0
+    })
+    .await;
+
+    // A delete that empties that group: its row goes.
+    db.psql(r#"DELETE FROM app.sessions WHERE id = 7"#);
+    wait_exact(&db, "the delete").await;
+    assert_eq!(groups(&db), 40, "the emptied group is gone");
+
+    // TRUNCATE: every group.
+    db.psql(r#"TRUNCATE app.marks"#);
+    wait_exact(&db, "the truncate").await;
+    assert_eq!(
+        db.psql(r#"SELECT sum(marks) FROM app.stats_live"#),
+        "0"
+    );
+    assert_eq!(d.refreshes(LABEL, "notify", "failure"), 0.0);
+}
+
+/// Random writes from several clients: inserts, updates (also moving sessions between
+/// groups), deletes, over many groups.
+fn storm(dsn: String, seed: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let session = 1 + next(200) as i32;
+            let sql = match next(6) {
+                0 | 1 => format!(
+                    r#"INSERT INTO app.marks (session_id, v) VALUES ({session}, {})"#,
+                    next(100)
+                ),
+                2 => format!(
+                    r#"UPDATE app.marks SET v = v + 1 WHERE id IN (SELECT id FROM app.marks WHERE session_id = {session} LIMIT 3)"#
+                ),
+                3 => format!(
+                    r#"DELETE FROM app.marks WHERE id IN (SELECT id FROM app.marks WHERE session_id = {session} LIMIT 2)"#
+                ),
+                4 => format!(
+                    r#"UPDATE app.sessions SET cat = ('00000000-0000-4000-8000-' || lpad('{}', 12, '0'))::uuid, season = {} WHERE id = {session}"#,
+                    next(12),
+                    next(5)
+                ),
+                _ => format!(
+                    r#"UPDATE app.marks SET session_id = {} WHERE id IN (SELECT id FROM app.marks WHERE session_id = {session} LIMIT 1)"#,
+                    1 + next(200)
+                ),
+            };
+            // Concurrent writers may deadlock on each other; that is their business.
+            if client.batch_execute(&sql).await.is_ok() {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_randomized_storm_ends_with_the_table_exact() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let d = Daemon::start(&config(&db));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_exact(&db, "the startup recompute").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|i| storm(db.dsn(), 17 + i, stop.clone(), done.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let writes = done.load(Ordering::Relaxed);
+    assert!(writes > 200, "only {writes} writes");
+    wait_exact(&db, "the storm to be applied").await;
+    assert!(keys_total(&d) > 0.0, "groups were recomputed one by one");
+    assert_eq!(d.refreshes(LABEL, "notify", "failure"), 0.0);
+    eprintln!(
+        "storm: {writes} writes, {} keys recomputed, {} refreshes",
+        keys_total(&d),
+        d.successes(LABEL)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_payloads_change_nothing_and_lose_no_key() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let d = Daemon::start(&config(&db));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_exact(&db, "the startup recompute").await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.successes(LABEL) >= 1.0
+    })
+    .await;
+    // Close to PostgreSQL's 8,000-byte limit: one long value that is no uuid.
+    let big = format!("[[\"{}\", 1]]", "a".repeat(7900));
+    let hostile = [
+        "not json at all",
+        "{\"cat\": 1}",
+        "[[\"00000000-0000-4000-8000-000000000001\"]]",
+        "[[\"00000000-0000-4000-8000-000000000001\", 1, 2]]",
+        "[[null, 1]]",
+        "[[\"'); DROP TABLE app.marks; --\", 1]]",
+        "[[\"not-a-uuid\", \"x'); DELETE FROM app.sessions; --\"]]",
+        &big,
+    ];
+    for (n, p) in hostile.iter().enumerate() {
+        // Each payload stands next to a change the triggers did not report: if the
+        // payload were dropped, the change would be lost.
+        db.psql(&format!(
+            r#"ALTER TABLE app.marks DISABLE TRIGGER USER;
+               INSERT INTO app.marks (session_id, v) VALUES ({}, 5);
+               ALTER TABLE app.marks ENABLE TRIGGER USER;
+               SELECT pg_notify('stats_keys', {});"#,
+            1 + n * 11,
+            refreshd::pg::refresh::quote_literal(p)
+        ));
+        wait_exact(&db, &format!("payload {n} taken as every group")).await;
+        wait_for(Duration::from_secs(10), "the payload to be counted", || async {
+            malformed(&d) >= (n + 1) as f64
+        })
+        .await;
+    }
+    assert_eq!(malformed(&d), hostile.len() as f64);
+    assert_eq!(
+        db.psql(r#"SELECT count(*) > 0 FROM app.marks"#),
+        "t",
+        "the table is still there"
+    );
+    assert_eq!(db.psql(r#"SELECT count(*) FROM app.sessions"#), "200");
+    assert!(d.get("/healthz").0 == 200, "the daemon is alive");
+    let log = d.log_text();
+    assert!(!log.contains("DROP TABLE"), "payloads are not logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_and_leader_killed_during_writes_end_exact() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let a = Daemon::start(&config(&db));
+    a.wait_ready(Duration::from_secs(20)).await;
+    let b = Daemon::start(&config(&db));
+    wait_exact(&db, "the startup recompute").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|i| storm(db.dsn(), 91 + i, stop.clone(), done.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The listener's session dies: it reconnects and recomputes everything (a key
+    // committed while nobody listened would otherwise be lost).
+    let killed = db.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    assert_eq!(killed, "1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Now the leader dies outright; the other replica takes over.
+    let (leader, standby) = if a.leader() == 1.0 { (a, b) } else { (b, a) };
+    drop(leader);
+    wait_for(Duration::from_secs(30), "the standby to lead", || async {
+        standby.leader() == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 50);
+    wait_exact(&db, "the writes to be applied by the new leader").await;
+}
+
+#[test]
+fn check_verifies_columns_key_plan_and_triggers() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    db.psql(r#"INSERT INTO app.stats_live SELECT * FROM app."Stats Def""#);
+    let (_dir, path) = write_config(&config(&db));
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("keys sent by"), "{text}");
+    assert!(text.contains("without scanning a large table"), "{text}");
+
+    // A big table scanned whole for one key, no unique key, no trigger: three problems.
+    db.psql(
+        r#"CREATE TABLE app.big (g int NOT NULL, v int NOT NULL);
+           INSERT INTO app.big SELECT g % 50, g FROM generate_series(1, 20000) g;
+           ANALYZE app.big;
+           CREATE VIEW app.big_def AS SELECT g, sum(v)::bigint AS s FROM app.big GROUP BY g;
+           CREATE TABLE app.big_live AS SELECT * FROM app.big_def;"#,
+    );
+    let (_dir2, path2) = write_config(&format!(
+        "[database]\nurl = \"{}\"\n[[view]]\nname = 'app.big_live'\nkind = \"keyed\"\nquery = 'app.big_def'\nkey = [\"g\"]\nchannels = [\"big_keys\"]\n",
+        db.dsn()
+    ));
+    let out = refreshd(&["check", "-c", path2.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("is not unique"), "{text}");
+    assert!(text.contains("scans \"app\".\"big\""), "{text}");
+    assert!(text.contains("no trigger"), "{text}");
+}
+
+#[test]
+fn a_table_that_does_not_fit_its_query_is_refused_at_start() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    db.psql(r#"ALTER TABLE app.stats_live ADD COLUMN extra int"#);
+    let (_dir, path) = write_config(&format!(
+        "{}[http]\nlisten = \"127.0.0.1:{}\"\n",
+        config(&db),
+        support::free_port()
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refreshd"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("refreshd.toml:3: view[0].query: column \"extra\" of table"),
+        "{err}"
+    );
+}
