@@ -799,8 +799,13 @@ impl Ctx<'_> {
                 "missing: a keyed view needs query = \"schema.view\", the plain view that defines its rows",
             ));
         };
-        let query = QualifiedName::parse(q.get_ref().trim())
-            .map_err(|e| self.err(Some(&q.span()), &key("query"), format!("{:?}: {e}", q.get_ref())))?;
+        let query = QualifiedName::parse(q.get_ref().trim()).map_err(|e| {
+            self.err(
+                Some(&q.span()),
+                &key("query"),
+                format!("{:?}: {e}", q.get_ref()),
+            )
+        })?;
         if &query == name {
             return Err(self.err(
                 Some(&q.span()),
@@ -833,7 +838,11 @@ impl Ctx<'_> {
                 ));
             }
             if columns.contains(n) {
-                return Err(self.err(Some(&c.span()), &key("key"), format!("column {n:?} is listed twice")));
+                return Err(self.err(
+                    Some(&c.span()),
+                    &key("key"),
+                    format!("column {n:?} is listed twice"),
+                ));
             }
             columns.push(n.clone());
         }
@@ -976,6 +985,75 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("http.admin_token_file"));
         let e = err(&format!("{BASE}max_concurrent_refreshes = 0\n"));
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn keyed_views_are_checked_key_by_key() {
+        let ok = parse(&format!(
+            "{BASE}[[view]]\nname = \"public.live\"\nkind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\", \"b\"]\n"
+        ))
+        .unwrap();
+        let k = ok.views[0].keyed.as_ref().unwrap();
+        assert_eq!(k.query.to_string(), "public.def");
+        assert_eq!(k.key, vec!["a", "b"]);
+        assert_eq!(k.max_keys, DEFAULT_MAX_KEYS);
+        let cases = [
+            (
+                "kind = \"incremental\"\n",
+                "view[0].kind",
+                "not a view kind",
+            ),
+            (
+                "kind = \"keyed\"\nkey = [\"a\"]\n",
+                "view[0].query",
+                "missing",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.def\"\n",
+                "view[0].key",
+                "missing",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.def\"\nkey = []\n",
+                "view[0].key",
+                "1 to 8",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\", \"a\"]\n",
+                "view[0].key",
+                "twice",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"def\"\nkey = [\"a\"]\n",
+                "view[0].query",
+                "schema-qualified",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.live\"\nkey = [\"a\"]\n",
+                "view[0].query",
+                "another relation",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nmax_keys = 0\n",
+                "view[0].max_keys",
+                "out of range",
+            ),
+            (
+                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nconcurrently = false\n",
+                "view[0].concurrently",
+                "materialized views only",
+            ),
+            ("query = \"public.def\"\n", "view[0].query", "only for kind"),
+            ("max_keys = 5\n", "view[0].max_keys", "only for kind"),
+        ];
+        for (extra, key, msg) in cases {
+            let e = err(&format!("{BASE}[[view]]\nname = \"public.live\"\n{extra}"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+            assert!(e.message.contains(msg), "{extra}: {e}");
+            assert!(e.line.is_some_and(|l| l >= 5), "{extra}: {e}");
+        }
+        let e = err(&format!("{BASE}[defaults]\nkey = [\"a\"]\n"));
+        assert_eq!(e.key.as_deref(), Some("defaults.key"));
     }
 
     #[test]

@@ -106,7 +106,10 @@ const DIFF: &str = r#"SELECT count(*) FROM (
     UNION ALL (TABLE app."Stats Def" EXCEPT ALL TABLE app.stats_live)) d"#;
 
 async fn wait_exact(db: &TestDb, what: &str) {
-    wait_for(Duration::from_secs(20), what, || async { db.psql(DIFF) == "0" }).await;
+    wait_for(Duration::from_secs(20), what, || async {
+        db.psql(DIFF) == "0"
+    })
+    .await;
 }
 
 fn keys_total(d: &Daemon) -> f64 {
@@ -140,9 +143,11 @@ async fn inserts_moves_deletes_and_truncate_leave_the_table_exact() {
     // Startup recomputes everything.
     wait_exact(&db, "the startup recompute").await;
     assert_eq!(groups(&db), 40);
-    wait_for(Duration::from_secs(10), "the startup refresh to be counted", || async {
-        d.successes(LABEL) >= 1.0
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the startup refresh to be counted",
+        || async { d.successes(LABEL) >= 1.0 },
+    )
     .await;
 
     // One insert: exactly its group is recomputed.
@@ -162,9 +167,11 @@ async fn inserts_moves_deletes_and_truncate_leave_the_table_exact() {
     );
     wait_exact(&db, "the move").await;
     assert_eq!(groups(&db), 41, "a new group appeared");
-    wait_for(Duration::from_secs(10), "both keys to be counted", || async {
-        keys_total(&d) >= before + 2.0
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "both keys to be counted",
+        || async { keys_total(&d) >= before + 2.0 },
+    )
     .await;
 
     // A delete that empties that group: its row goes.
@@ -175,22 +182,26 @@ async fn inserts_moves_deletes_and_truncate_leave_the_table_exact() {
     // TRUNCATE: every group.
     db.psql(r#"TRUNCATE app.marks"#);
     wait_exact(&db, "the truncate").await;
-    assert_eq!(
-        db.psql(r#"SELECT sum(marks) FROM app.stats_live"#),
-        "0"
-    );
+    assert_eq!(db.psql(r#"SELECT sum(marks) FROM app.stats_live"#), "0");
     assert_eq!(d.refreshes(LABEL, "notify", "failure"), 0.0);
 }
 
 /// Random writes from several clients: inserts, updates (also moving sessions between
 /// groups), deletes, over many groups.
-fn storm(dsn: String, seed: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+fn storm(
+    dsn: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(conn);
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut next = move |n: u64| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -292,9 +303,11 @@ async fn hostile_payloads_change_nothing_and_lose_no_key() {
             refreshd::pg::refresh::quote_literal(p)
         ));
         wait_exact(&db, &format!("payload {n} taken as every group")).await;
-        wait_for(Duration::from_secs(10), "the payload to be counted", || async {
-            malformed(&d) >= (n + 1) as f64
-        })
+        wait_for(
+            Duration::from_secs(10),
+            "the payload to be counted",
+            || async { malformed(&d) >= (n + 1) as f64 },
+        )
         .await;
     }
     assert_eq!(malformed(&d), hostile.len() as f64);
@@ -400,4 +413,99 @@ fn a_table_that_does_not_fit_its_query_is_refused_at_start() {
         err.contains("refreshd.toml:3: view[0].query: column \"extra\" of table"),
         "{err}"
     );
+}
+
+/// Columns of the attendance statistics but `last_refreshed` (`now()` of whoever
+/// computed the row).
+const ATT_COLS: &str =
+    "category_id, season_id, total_sessions, completed_sessions, planned_sessions, \
+    cancelled_sessions, completion_rate, total_attendance_records, present_count, absent_count, \
+    late_count, excused_count, attendance_rate, unique_members, last_session_date";
+
+fn att_diff() -> String {
+    format!(
+        "SELECT count(*) FROM ((SELECT {ATT_COLS} FROM public.attendance_statistics_live \
+           EXCEPT ALL SELECT {ATT_COLS} FROM public.attendance_statistics_def) \
+         UNION ALL (SELECT {ATT_COLS} FROM public.attendance_statistics_def \
+           EXCEPT ALL SELECT {ATT_COLS} FROM public.attendance_statistics_live)) d"
+    )
+}
+
+/// The keyed block of config.example.toml, uncommented.
+fn example_keyed_block() -> String {
+    let text = std::fs::read_to_string(support::repo().join("config.example.toml")).unwrap();
+    let start = text.rfind("# [[view]]").expect("a commented keyed example");
+    text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// sql/attendance's keyed variant with the example configuration: `check` passes, and
+/// every kind of write (through the seed's own tables) ends with the table exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_attendance_twin_follows_every_kind_of_write() {
+    let db = TestDb::new();
+    for f in [
+        "attendance/install.sql",
+        "inventory/install.sql",
+        "demo/install.sql",
+    ] {
+        let out = db
+            .server
+            .psql_file(&db.name, &support::repo().join("sql").join(f));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    db.psql("SELECT refreshd_demo.generate_attendance(0.02)");
+    let cfg = format!(
+        "[database]\nurl = \"{}\"\n{}\ndebounce = \"50ms\"\n",
+        db.dsn(),
+        example_keyed_block()
+    );
+    let (_dir, path) = write_config(&cfg);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("keys sent by"), "{}", stdout(&out));
+
+    let d = Daemon::start(&cfg);
+    d.wait_ready(Duration::from_secs(20)).await;
+    let diff = att_diff();
+    let exact = |what: &'static str| {
+        let db = &db;
+        let diff = diff.clone();
+        async move {
+            wait_for(Duration::from_secs(20), what, || async {
+                db.psql(&diff) == "0"
+            })
+            .await
+        }
+    };
+    exact("the startup recompute").await;
+    let label = "public.attendance_statistics_live";
+    let keys = || {
+        sample(
+            &d.metrics(),
+            &format!("refreshd_keyed_keys_total{{view=\"{label}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    db.psql("SELECT refreshd_demo.write_attendance(5)");
+    exact("demo writes").await;
+    // A session moves to another category: both groups.
+    db.psql(
+        "UPDATE public.training_sessions SET category_id = (SELECT id FROM public.categories ORDER BY id DESC LIMIT 1) \
+         WHERE id = (SELECT training_session_id FROM public.member_attendance ORDER BY id LIMIT 1)",
+    );
+    exact("a session moved between groups").await;
+    db.psql("DELETE FROM public.member_attendance WHERE id IN (SELECT id FROM public.member_attendance ORDER BY id LIMIT 50)");
+    exact("a delete").await;
+    db.psql("TRUNCATE public.member_attendance");
+    exact("a truncate").await;
+    assert!(keys() > 0.0, "groups were recomputed one by one");
+    assert_eq!(d.failures(label), 0.0);
 }

@@ -113,7 +113,7 @@ fn secs(s: f64) -> String {
 }
 
 /// GET `{url}/status` over plain HTTP/1.1.
-async fn fetch_status(url: &str) -> Result<String, String> {
+pub async fn fetch_status(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or("only http:// URLs are supported (refreshd serves plain HTTP)")?;

@@ -505,7 +505,8 @@ impl Core {
                     result,
                 }
             });
-            self.task_runs.insert(handle.id(), (name, start, started, work));
+            self.task_runs
+                .insert(handle.id(), (name, start, started, work));
         }
     }
 
@@ -624,9 +625,8 @@ impl Core {
                                     .with_label_values(&[&name.to_string()])
                                     .inc();
                                 let bytes = payload.len();
-                                if let Some(n) = self
-                                    .throttle
-                                    .admit(&("malformed", name.to_string()), now)
+                                if let Some(n) =
+                                    self.throttle.admit(&("malformed", name.to_string()), now)
                                 {
                                     tracing::warn!(view = %name, %channel, why, bytes, suppressed = n, "a notification's payload is not a key list for this keyed view; recomputing every group");
                                 }
@@ -850,7 +850,12 @@ impl Core {
             .map(|(v, prev)| {
                 let keyed = v.keyed.as_ref()?;
                 let kept = prev
-                    .filter(|&j| old.views[j].keyed.as_ref().is_some_and(|o| o.query == keyed.query && o.key == keyed.key))
+                    .filter(|&j| {
+                        old.views[j]
+                            .keyed
+                            .as_ref()
+                            .is_some_and(|o| o.query == keyed.query && o.key == keyed.key)
+                    })
                     .and_then(|j| self.keys.get_mut(j).and_then(Option::take));
                 Some(match kept {
                     Some(mut k) => {
@@ -875,8 +880,7 @@ impl Core {
                 match prev {
                     None => self.awaiting_listen.push((v.name.clone(), Reason::Startup)),
                     Some(j)
-                        if old.views[*j].channels != v.channels
-                            || redefined.contains(&v.name) =>
+                        if old.views[*j].channels != v.channels || redefined.contains(&v.name) =>
                     {
                         self.awaiting_listen.push((v.name.clone(), Reason::Resync))
                     }
@@ -1001,7 +1005,10 @@ impl Core {
         };
         match &f.result {
             Ok(r) if r.bad_keys => {
-                self.metrics.keyed_malformed.with_label_values(&[label]).inc();
+                self.metrics
+                    .keyed_malformed
+                    .with_label_values(&[label])
+                    .inc();
                 if let Some(n) = self
                     .throttle
                     .admit(&("malformed", label.to_string()), std::time::Instant::now())

@@ -153,8 +153,14 @@ mod tests {
             parse(r#"[["a","b"],["c","d"]]"#, 2),
             Payload::Keys(vec![k(&["a", "b"]), k(&["c", "d"])])
         );
-        assert_eq!(parse("[[3],[4]]", 1), Payload::Keys(vec![k(&["3"]), k(&["4"])]));
-        assert_eq!(parse("[3, \"x\"]", 1), Payload::Keys(vec![k(&["3"]), k(&["x"])]));
+        assert_eq!(
+            parse("[[3],[4]]", 1),
+            Payload::Keys(vec![k(&["3"]), k(&["4"])])
+        );
+        assert_eq!(
+            parse("[3, \"x\"]", 1),
+            Payload::Keys(vec![k(&["3"]), k(&["x"])])
+        );
         assert_eq!(parse("[]", 1), Payload::Keys(vec![]));
         assert!(matches!(parse("nope", 1), Payload::Malformed("not JSON")));
         assert!(matches!(parse("{\"a\":1}", 1), Payload::Malformed(_)));
@@ -185,7 +191,10 @@ mod tests {
         assert!(d.is_empty());
         d.add(vec![k(&["3"])]);
         d.restore(&w);
-        assert_eq!(d.take(false), Work::Keys(vec![k(&["1"]), k(&["2"]), k(&["3"])]));
+        assert_eq!(
+            d.take(false),
+            Work::Keys(vec![k(&["1"]), k(&["2"]), k(&["3"])])
+        );
         d.add(vec![k(&["1"]), k(&["2"]), k(&["3"]), k(&["4"])]);
         assert_eq!(d.take(false), Work::All, "more than max_keys");
         d.add(vec![k(&["1"])]);

@@ -246,7 +246,10 @@ pub async fn startup_facts(
         .enumerate()
         .filter_map(|(i, v)| v.keyed.as_ref().map(|k| (i, &k.query)))
         .collect();
-    let all_names = views.iter().map(|v| &v.name).chain(queries.iter().map(|q| q.1));
+    let all_names = views
+        .iter()
+        .map(|v| &v.name)
+        .chain(queries.iter().map(|q| q.1));
     let schemas: Vec<&str> = all_names.clone().map(|n| n.schema.as_str()).collect();
     let names: Vec<&str> = all_names.map(|n| n.name.as_str()).collect();
     let rows = client

@@ -79,7 +79,9 @@ async fn columns(
         let ord: i32 = r.get(0);
         let kind = r.get::<_, String>(1).chars().next().unwrap_or('?');
         let slot = out[(ord - 1) as usize].get_or_insert_with(|| (kind, Vec::new()));
-        if let (Some(name), Some(ty)) = (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
+        if let (Some(name), Some(ty)) =
+            (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3))
+        {
             slot.1.push((name, ty));
         }
     }
@@ -193,7 +195,11 @@ fn fit(
             None => {
                 return Err(misfit(
                     "key",
-                    format!("key column {} is not a column of {}", quote_ident(k), view.name),
+                    format!(
+                        "key column {} is not a column of {}",
+                        quote_ident(k),
+                        view.name
+                    ),
                     false,
                 ))
             }
@@ -283,7 +289,9 @@ pub fn insert_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape, n: usize
                 .iter()
                 .zip(&shape.key_types)
                 .enumerate()
-                .map(|(c, (k, ty))| format!("d.{} = ${}::text::{ty}", quote_ident(k), j * arity + c + 1))
+                .map(|(c, (k, ty))| {
+                    format!("d.{} = ${}::text::{ty}", quote_ident(k), j * arity + c + 1)
+                })
                 .collect();
             format!(
                 "SELECT {cols} FROM {} AS d WHERE {}",
@@ -335,7 +343,9 @@ pub async fn refresh_keyed(
                 match keys_transaction(client, view, keyed, &shape, keys, event).await {
                     Err(e) if is_cast_error(&e) => {
                         rollback(client).await?;
-                        full(client, view, keyed, &shape, event).await.map(|k| (k, true))
+                        full(client, view, keyed, &shape, event)
+                            .await
+                            .map(|k| (k, true))
                     }
                     other => other.map(|k| (k, false)),
                 }
@@ -429,7 +439,10 @@ async fn keys_transaction(
     client
         .query_typed(&delete_keys_sql(view, keyed, shape), &params)
         .await?;
-    let flat: Vec<&str> = keys.iter().flat_map(|k| k.iter().map(String::as_str)).collect();
+    let flat: Vec<&str> = keys
+        .iter()
+        .flat_map(|k| k.iter().map(String::as_str))
+        .collect();
     let params: Vec<(&(dyn ToSql + Sync), Type)> = flat
         .iter()
         .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
@@ -459,7 +472,9 @@ mod tests {
     fn cols(c: &[(&str, &str)]) -> Option<(char, Columns)> {
         Some((
             'r',
-            c.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            c.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         ))
     }
 
@@ -492,22 +507,31 @@ mod tests {
         q.as_mut().unwrap().0 = 'v';
         let s = fit(&v, &k, t.clone(), q.clone()).unwrap();
         assert_eq!(s.key_types, vec!["uuid", "integer"]);
-        assert_eq!(fit(&v, &k, None, q.clone()).unwrap_err().missing, true);
+        assert!(fit(&v, &k, None, q.clone()).unwrap_err().missing);
         let e = fit(&v, &k, t.clone(), None).unwrap_err();
         assert_eq!((e.key, e.missing), ("query", true));
         let mut wrong = q.clone();
         wrong.as_mut().unwrap().1[2].1 = "numeric".into();
         let e = fit(&v, &k, t.clone(), wrong).unwrap_err();
-        assert!(e.message.contains("bigint in table") && e.key == "query", "{e:?}");
+        assert!(
+            e.message.contains("bigint in table") && e.key == "query",
+            "{e:?}"
+        );
         let mut fewer = q.clone();
         fewer.as_mut().unwrap().1.pop();
-        assert!(fit(&v, &k, t.clone(), fewer).unwrap_err().message.contains("column \"n\" of table"));
+        assert!(fit(&v, &k, t.clone(), fewer)
+            .unwrap_err()
+            .message
+            .contains("column \"n\" of table"));
         let nokey = cols(&[("a", "uuid"), ("n", "bigint")]);
         let mut q2 = cols(&[("a", "uuid"), ("n", "bigint")]);
         q2.as_mut().unwrap().0 = 'v';
         assert_eq!(fit(&v, &k, nokey, q2).unwrap_err().key, "key");
         let mut notview = q.clone();
         notview.as_mut().unwrap().0 = 'r';
-        assert!(fit(&v, &k, t, notview).unwrap_err().message.contains("not a view"));
+        assert!(fit(&v, &k, t, notview)
+            .unwrap_err()
+            .message
+            .contains("not a view"));
     }
 }

@@ -27,7 +27,12 @@ pub async fn judge_keyed(
         facts: vec![format!(
             "keyed: table filled from {} by key ({})",
             keyed.query,
-            keyed.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+            keyed
+                .key
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
         )],
     };
     match shape(client, view, keyed).await? {
@@ -107,7 +112,12 @@ async fn unique_key(
         .await?;
     let unique: bool = rows[0].get(0);
     let nullable: Vec<String> = rows[0].get(1);
-    let cols = keyed.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+    let cols = keyed
+        .key
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
     if !unique {
         r.problems.push(format!(
             "the key ({cols}) is not unique in {}: ALTER TABLE {} ADD PRIMARY KEY ({cols})",
@@ -132,8 +142,16 @@ async fn plan(
     shape: &Shape,
     r: &mut ViewReport,
 ) -> Result<(), tokio_postgres::Error> {
-    let cols: Vec<String> = keyed.key.iter().map(|k| format!("{}::text", quote_ident(k))).collect();
-    let not_null: Vec<String> = keyed.key.iter().map(|k| format!("{} IS NOT NULL", quote_ident(k))).collect();
+    let cols: Vec<String> = keyed
+        .key
+        .iter()
+        .map(|k| format!("{}::text", quote_ident(k)))
+        .collect();
+    let not_null: Vec<String> = keyed
+        .key
+        .iter()
+        .map(|k| format!("{} IS NOT NULL", quote_ident(k)))
+        .collect();
     let sample = client
         .query_typed(
             &format!(
@@ -187,7 +205,8 @@ async fn plan(
         }
     }
     if large.is_empty() {
-        r.facts.push("one key's rows are found without scanning a large table".into());
+        r.facts
+            .push("one key's rows are found without scanning a large table".into());
     } else {
         r.problems.push(format!(
             "the query restricted to one key scans {} sequentially: index the columns the key is joined and filtered on, or a keyed refresh costs as much as a full one",
@@ -307,7 +326,8 @@ async fn triggers(
             view.channels.join(", ")
         ));
     } else {
-        r.facts.push(format!("keys sent by {}", keyed_triggers.join(", ")));
+        r.facts
+            .push(format!("keys sent by {}", keyed_triggers.join(", ")));
     }
     Ok(())
 }

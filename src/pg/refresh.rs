@@ -292,8 +292,7 @@ pub async fn refresh_one(
     match &view.keyed {
         Some(keyed) => {
             let all = crate::pg::keyed::Work::All;
-            crate::pg::keyed::refresh_keyed(client, view, keyed, work.unwrap_or(&all), event)
-                .await
+            crate::pg::keyed::refresh_keyed(client, view, keyed, work.unwrap_or(&all), event).await
         }
         None => refresh_view(client, view, event).await,
     }
