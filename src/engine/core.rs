@@ -620,10 +620,7 @@ impl Core {
                             let parsed = keys::parse(&payload, arity);
                             if let Payload::Malformed(why) = parsed {
                                 let name = view.name.clone();
-                                self.metrics
-                                    .keyed_malformed
-                                    .with_label_values(&[&name.to_string()])
-                                    .inc();
+                                self.metrics.views.keyed_malformed(&name.to_string());
                                 let bytes = payload.len();
                                 if let Some(n) =
                                     self.throttle.admit(&("malformed", name.to_string()), now)
@@ -946,22 +943,11 @@ impl Core {
         match f.result {
             Ok(r) => {
                 let lag = now.saturating_duration_since(f.start.first_change);
-                self.metrics
-                    .refresh_duration
-                    .with_label_values(&[&label])
-                    .observe(r.duration.as_secs_f64());
-                self.metrics
-                    .refresh_lag
-                    .with_label_values(&[&label])
-                    .observe(lag.as_secs_f64());
-                self.metrics
-                    .refreshes
-                    .with_label_values(&[&label, f.start.reason.as_str(), "success"])
-                    .inc();
-                self.metrics
-                    .last_success
-                    .with_label_values(&[&label])
-                    .set(unix(end));
+                self.metrics.views.refreshed(
+                    &label,
+                    f.start.reason.as_str(),
+                    Some((r.duration.as_secs_f64(), lag.as_secs_f64(), unix(end))),
+                );
                 h.last_outcome = Some("success");
                 h.last_duration = Some(r.duration);
                 h.last_error = None;
@@ -1005,10 +991,7 @@ impl Core {
         };
         match &f.result {
             Ok(r) if r.bad_keys => {
-                self.metrics
-                    .keyed_malformed
-                    .with_label_values(&[label])
-                    .inc();
+                self.metrics.views.keyed_malformed(label);
                 if let Some(n) = self
                     .throttle
                     .admit(&("malformed", label.to_string()), std::time::Instant::now())
@@ -1018,10 +1001,7 @@ impl Core {
             }
             Ok(_) => {
                 if let Work::Keys(k) = work {
-                    self.metrics
-                        .keyed_keys
-                        .with_label_values(&[label])
-                        .inc_by(k.len() as u64);
+                    self.metrics.views.keyed_keys(label, k.len() as u64);
                 }
             }
             Err(_) => dirty.restore(work),
@@ -1038,9 +1018,8 @@ impl Core {
     ) {
         let label = name.to_string();
         self.metrics
-            .refreshes
-            .with_label_values(&[&label, start.reason.as_str(), "failure"])
-            .inc();
+            .views
+            .refreshed(&label, start.reason.as_str(), None);
         let h = &mut self.history[i];
         h.last_outcome = Some("failure");
         h.last_duration = Some(e.duration);

@@ -1,20 +1,20 @@
 //! Every metric refreshd publishes. Names and labels are part of the contract (SPEC.md).
 
+use std::sync::Arc;
+
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// The metric handles, registered in their own registry.
+use crate::serve::per_view::PerView;
+
+/// The metric handles. Per-view series live in [`PerView`] (compact, written as text);
+/// the rest in a `prometheus` registry.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    pub refresh_duration: HistogramVec,
-    pub refreshes: IntCounterVec,
+    pub views: Arc<PerView>,
     pub notifications: IntCounterVec,
-    pub refresh_lag: HistogramVec,
-    pub pending_since: GaugeVec,
-    pub last_success: GaugeVec,
     pub listener_connected: IntGauge,
     pub listener_reconnects: IntCounter,
     pub queue_usage: Gauge,
@@ -23,14 +23,7 @@ pub struct Metrics {
     pub control_rejected: IntCounter,
     pub control_coalesced: IntCounter,
     pub listener_roundtrip: Gauge,
-    pub keyed_keys: IntCounterVec,
-    pub keyed_malformed: IntCounterVec,
 }
-
-// Ten buckets each: every bucket is a series per view, and at 10,000 views the series
-// are most of refreshd's memory.
-const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
-const LAG_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
 /// Registers a freshly made metric (names are fixed: a clash is a bug).
 fn register<T>(registry: &Registry, made: prometheus::Result<T>) -> T
@@ -48,35 +41,6 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                    &["view"],
-                ),
-            )
-        };
-        let refresh_duration = histogram(
-            "refreshd_refresh_duration_seconds",
-            "Time of the REFRESH MATERIALIZED VIEW statement.",
-            DURATION_BUCKETS,
-        );
-        let refresh_lag = histogram(
-            "refreshd_refresh_lag_seconds",
-            "Time from the first pending change to the refresh that applied it committing.",
-            LAG_BUCKETS,
-        );
-        let refreshes = register(
-            r,
-            IntCounterVec::new(
-                Opts::new(
-                    "refreshd_refreshes_total",
-                    "Refreshes run, by view, reason and outcome.",
-                ),
-                &["view", "reason", "outcome"],
-            ),
-        );
         let notifications = register(
             r,
             IntCounterVec::new(
@@ -86,27 +50,6 @@ impl Metrics {
                 ),
                 &["channel"],
             ),
-        );
-        let view_gauge =
-            |name: &str, help: &str| register(r, GaugeVec::new(Opts::new(name, help), &["view"]));
-        let pending_since = view_gauge(
-            "refreshd_pending_since_seconds",
-            "Age of the oldest change not yet applied to the view; 0 when fresh.",
-        );
-        let last_success = view_gauge(
-            "refreshd_last_success_timestamp_seconds",
-            "Unix time of the view's last successful refresh.",
-        );
-        let view_counter = |name: &str, help: &str| {
-            register(r, IntCounterVec::new(Opts::new(name, help), &["view"]))
-        };
-        let keyed_keys = view_counter(
-            "refreshd_keyed_keys_total",
-            "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
-        );
-        let keyed_malformed = view_counter(
-            "refreshd_keyed_malformed_payloads_total",
-            "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
         );
         let int_gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
         let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
@@ -123,12 +66,8 @@ impl Metrics {
         );
         build_info.with_label_values(&[crate::VERSION]).set(1);
         Self {
-            refresh_duration,
-            refreshes,
+            views: Arc::new(PerView::default()),
             notifications,
-            refresh_lag,
-            pending_since,
-            last_success,
             listener_connected: int_gauge(
                 "refreshd_listener_connected",
                 "1 while the LISTEN connection is established (and proven).",
@@ -155,8 +94,6 @@ impl Metrics {
                 "refreshd_listener_roundtrip_seconds",
                 "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
             ),
-            keyed_keys,
-            keyed_malformed,
             registry,
         }
     }
@@ -164,14 +101,7 @@ impl Metrics {
     /// Makes a view's series exist from the start (at 0), so dashboards and alerts see
     /// it before its first refresh.
     pub fn register_view(&self, view: &str, channels: &[String], keyed: bool) {
-        self.pending_since.with_label_values(&[view]).set(0.0);
-        if keyed {
-            self.keyed_keys.with_label_values(&[view]);
-            self.keyed_malformed.with_label_values(&[view]);
-        }
-        for outcome in ["success", "failure"] {
-            self.refreshes.with_label_values(&[view, "notify", outcome]);
-        }
+        self.views.register(view, keyed);
         for ch in channels {
             self.notifications.with_label_values(&[ch]);
         }
@@ -179,34 +109,23 @@ impl Metrics {
 
     /// Drops a view's series after it left the configuration.
     pub fn forget_view(&self, view: &str) {
-        let _ = self.pending_since.remove_label_values(&[view]);
-        let _ = self.last_success.remove_label_values(&[view]);
-        let _ = self.refresh_duration.remove_label_values(&[view]);
-        let _ = self.refresh_lag.remove_label_values(&[view]);
-        let _ = self.keyed_keys.remove_label_values(&[view]);
-        let _ = self.keyed_malformed.remove_label_values(&[view]);
-        for reason in [
-            "notify",
-            "schedule",
-            "force",
-            "startup",
-            "resync",
-            "dependency",
-            "detected",
-        ] {
-            for outcome in ["success", "failure"] {
-                let _ = self.refreshes.remove_label_values(&[view, reason, outcome]);
-            }
-        }
+        self.views.forget(view);
     }
 
-    /// The Prometheus text format.
-    pub fn render(&self) -> String {
+    /// The registry's series (all but the per-view ones) in the text format.
+    pub fn render_registry(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    /// The whole Prometheus text format in one string.
+    pub fn render(&self) -> String {
+        let mut out = self.render_registry();
+        self.views.render(&mut out);
+        out
     }
 }
 
@@ -224,12 +143,8 @@ mod tests {
     fn a_forgotten_view_leaves_no_series() {
         let m = Metrics::new();
         m.register_view("public.gone", &["c".to_string()], true);
-        m.refreshes
-            .with_label_values(&["public.gone", "force", "success"])
-            .inc();
-        m.refresh_duration
-            .with_label_values(&["public.gone"])
-            .observe(0.1);
+        m.views
+            .refreshed("public.gone", "force", Some((0.1, 0.2, 1.0)));
         m.forget_view("public.gone");
         assert!(!m.render().contains("public.gone"), "{}", m.render());
     }

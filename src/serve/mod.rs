@@ -4,5 +4,6 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod per_view;
 pub mod status;
 pub mod systemd;
