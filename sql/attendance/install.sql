@@ -3,8 +3,10 @@
 -- =====================================================
 -- Purpose : Creates everything the attendance statistics seed names
 --           (materialized view, 7 functions, 6 notify triggers,
---           trigger-info view) plus the base tables it assumes.
--- Creates : see 001_base_tables.sql .. 004_triggers.sql
+--           trigger-info view) plus the base tables it assumes, and the
+--           keyed variant of the statistics (definition view, live table,
+--           8 key-sending triggers on channel attendance_keys).
+-- Creates : see 001_base_tables.sql .. 005_keyed_statistics.sql
 -- Run     : psql "$DATABASE_URL" -f sql/attendance/install.sql
 --           then  psql "$DATABASE_URL" -f sql/attendance/validate.sql
 -- Undo    : psql "$DATABASE_URL" -f sql/attendance/rollback.sql
@@ -27,6 +29,7 @@ BEGIN;
 \ir 002_statistics_mv.sql
 \ir 003_functions.sql
 \ir 004_triggers.sql
+\ir 005_keyed_statistics.sql
 
 COMMIT;
 

@@ -1,9 +1,14 @@
 -- =====================================================
 -- refreshd: Attendance Statistics — rollback
 -- =====================================================
--- Purpose : Removes what 002..004 created, as the seed's
---           rollback_attendance_stats.sql does.
--- Drops   : the 6 att_stats triggers, trigger_refresh_attendance_stats(),
+-- Purpose : Removes what 002..005 created, as the seed's
+--           rollback_attendance_stats.sql does, and the keyed variant.
+-- Drops   : the keyed variant of 005: the 8 attendance_keys_on_* triggers,
+--           attendance_keys_from_member_attendance(),
+--           attendance_keys_from_training_sessions(), attendance_keys_all(),
+--           table attendance_statistics_live (derived data only; install
+--           refills it), view attendance_statistics_def;
+--           the 6 att_stats triggers, trigger_refresh_attendance_stats(),
 --           listen_for_attendance_stats_refresh(),
 --           scheduled_refresh_attendance_stats(), force_refresh_attendance_stats(),
 --           get_member_attendance_stats(uuid, uuid),
@@ -32,6 +37,22 @@ BEGIN;
 
 \echo 'Rolling back attendance statistics migrations...'
 
+-- Keyed variant (005) first: triggers, then what they call, then the
+-- table and its definition.
+DROP TRIGGER IF EXISTS attendance_keys_on_attendance_insert   ON public.member_attendance;
+DROP TRIGGER IF EXISTS attendance_keys_on_attendance_update   ON public.member_attendance;
+DROP TRIGGER IF EXISTS attendance_keys_on_attendance_delete   ON public.member_attendance;
+DROP TRIGGER IF EXISTS attendance_keys_on_attendance_truncate ON public.member_attendance;
+DROP TRIGGER IF EXISTS attendance_keys_on_session_insert      ON public.training_sessions;
+DROP TRIGGER IF EXISTS attendance_keys_on_session_update      ON public.training_sessions;
+DROP TRIGGER IF EXISTS attendance_keys_on_session_delete      ON public.training_sessions;
+DROP TRIGGER IF EXISTS attendance_keys_on_session_truncate    ON public.training_sessions;
+DROP FUNCTION IF EXISTS public.attendance_keys_from_member_attendance();
+DROP FUNCTION IF EXISTS public.attendance_keys_from_training_sessions();
+DROP FUNCTION IF EXISTS public.attendance_keys_all();
+DROP TABLE IF EXISTS public.attendance_statistics_live;
+DROP VIEW IF EXISTS public.attendance_statistics_def;
+
 -- Triggers first: from here on writers no longer notify.
 DROP TRIGGER IF EXISTS refresh_att_stats_on_attendance_insert ON public.member_attendance;
 DROP TRIGGER IF EXISTS refresh_att_stats_on_attendance_update ON public.member_attendance;
@@ -58,4 +79,4 @@ DROP MATERIALIZED VIEW IF EXISTS public.attendance_statistics_summary;
 
 COMMIT;
 
-\echo 'Rollback complete. Attendance statistics objects removed; base tables and their data kept.'
+\echo 'Rollback complete. Attendance statistics objects (and the keyed variant) removed; base tables and their data kept.'

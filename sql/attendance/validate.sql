@@ -15,6 +15,19 @@
 --             training_sessions column the view reads
 --           6 trigger function notifies refresh_attendance_stats, constant payload
 --           7 attendance_stats_trigger_info lists the 6 triggers
+--           8 keyed variant (005): attendance_statistics_def is a view with
+--             the materialized view's query, columns and types; it reads
+--             only training_sessions + member_attendance;
+--             attendance_statistics_live has the same columns and
+--             PRIMARY KEY (category_id, season_id)
+--           9 the 8 attendance_keys triggers: AFTER, FOR EACH STATEMENT,
+--             enabled, one event each, transition tables (OLD/NEW as the
+--             event allows), no column list; their functions notify the
+--             constant channel attendance_keys (the payloads themselves
+--             are tested by tests/sql.rs, which listens)
+--          10 attendance_statistics_live equals attendance_statistics_def
+--             in every column but last_refreshed. Fails while refreshd is
+--             stopped or behind after writes (install.sql refills it).
 -- Run     : psql "$DATABASE_URL" -f sql/attendance/validate.sql
 --           Any failed check raises an exception; psql stops and exits 3.
 --           The last line is printed only when everything passed.
@@ -287,6 +300,161 @@ BEGIN
         RAISE EXCEPTION '✗ FAIL: attendance_stats_trigger_info shows % enabled statement-level triggers, expected 6', v_count;
     END IF;
     RAISE NOTICE '✓ attendance_stats_trigger_info lists the 6 triggers';
+END;
+$$;
+
+\echo 'Section 8: keyed variant: definition view and live table'
+DO $$
+DECLARE
+    v_def    oid := to_regclass('public.attendance_statistics_def');
+    v_live   oid := to_regclass('public.attendance_statistics_live');
+    v_mv     oid := to_regclass('public.attendance_statistics_summary');
+    v_mv_cols   text[];
+    v_def_cols  text[];
+    v_live_cols text[];
+    v_inputs    text[];
+    v_pk        text[];
+BEGIN
+    IF v_def IS NULL OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = v_def) <> 'v' THEN
+        RAISE EXCEPTION '✗ FAIL: public.attendance_statistics_def is not a view';
+    END IF;
+    IF v_live IS NULL OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = v_live) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '✗ FAIL: public.attendance_statistics_live is not a table';
+    END IF;
+
+    -- Same columns, types (with typmods) and order: materialized view,
+    -- definition, live table.
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_mv_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_mv AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_def_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_def AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_live_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_live AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_def_cols IS DISTINCT FROM v_mv_cols THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_def has columns %, the materialized view %', v_def_cols, v_mv_cols;
+    END IF;
+    IF v_live_cols IS DISTINCT FROM v_def_cols THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_live has columns %, its definition %', v_live_cols, v_def_cols;
+    END IF;
+
+    -- The same query as the materialized view (as PostgreSQL stores it).
+    IF pg_catalog.pg_get_viewdef(v_def) IS DISTINCT FROM pg_catalog.pg_get_viewdef(v_mv) THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_def differs from the query of attendance_statistics_summary; keep 005 and 002 in step';
+    END IF;
+
+    -- Its inputs are the tables that carry the key triggers (section 9).
+    SELECT array_agg(DISTINCT d.refobjid::regclass::text ORDER BY d.refobjid::regclass::text)
+      INTO v_inputs
+    FROM pg_catalog.pg_rewrite rw
+    JOIN pg_catalog.pg_depend d
+      ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rw.ev_class
+    WHERE rw.ev_class = v_def;
+    IF v_inputs IS DISTINCT FROM ARRAY['member_attendance', 'training_sessions']
+       AND v_inputs IS DISTINCT FROM ARRAY['public.member_attendance', 'public.training_sessions'] THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_def reads %, expected only member_attendance and training_sessions (the tables with attendance_keys triggers)', v_inputs;
+    END IF;
+
+    -- The key is the live table's primary key, exactly.
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO v_pk
+    FROM pg_catalog.pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = v_live AND i.indisprimary;
+    IF v_pk IS DISTINCT FROM ARRAY['category_id', 'season_id'] THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_live must have PRIMARY KEY (category_id, season_id), found %', v_pk;
+    END IF;
+    RAISE NOTICE '✓ attendance_statistics_def = the view''s query (% columns), attendance_statistics_live has them with PRIMARY KEY (category_id, season_id)',
+        cardinality(v_def_cols);
+END;
+$$;
+
+\echo 'Section 9: keyed variant: key triggers'
+DO $$
+DECLARE
+    r record;
+    t record;
+    v_src  text;
+BEGIN
+    -- tgtype bits: 1 ROW, 2 BEFORE, 4 INSERT, 8 DELETE, 16 UPDATE, 32 TRUNCATE, 64 INSTEAD
+    FOR r IN
+        SELECT * FROM (VALUES
+            ('attendance_keys_on_attendance_insert',   'public.member_attendance',  4, false, true,  'public.attendance_keys_from_member_attendance()'),
+            ('attendance_keys_on_attendance_update',   'public.member_attendance', 16, true,  true,  'public.attendance_keys_from_member_attendance()'),
+            ('attendance_keys_on_attendance_delete',   'public.member_attendance',  8, true,  false, 'public.attendance_keys_from_member_attendance()'),
+            ('attendance_keys_on_attendance_truncate', 'public.member_attendance', 32, false, false, 'public.attendance_keys_all()'),
+            ('attendance_keys_on_session_insert',      'public.training_sessions',  4, false, true,  'public.attendance_keys_from_training_sessions()'),
+            ('attendance_keys_on_session_update',      'public.training_sessions', 16, true,  true,  'public.attendance_keys_from_training_sessions()'),
+            ('attendance_keys_on_session_delete',      'public.training_sessions',  8, true,  false, 'public.attendance_keys_from_training_sessions()'),
+            ('attendance_keys_on_session_truncate',    'public.training_sessions', 32, false, false, 'public.attendance_keys_all()')
+        ) AS v(name, tbl, events, old_table, new_table, func)
+    LOOP
+        SELECT tg.* INTO t FROM pg_catalog.pg_trigger tg
+        WHERE tg.tgname = r.name AND tg.tgrelid = r.tbl::regclass;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % on % is missing', r.name, r.tbl;
+        END IF;
+        IF t.tgtype & 1 <> 0 OR t.tgtype & (2 | 64) <> 0 THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % must be AFTER ... FOR EACH STATEMENT', r.name;
+        END IF;
+        IF t.tgtype & (4 | 8 | 16 | 32) <> r.events THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % fires on event bits %, expected %', r.name, t.tgtype & 60, r.events;
+        END IF;
+        IF t.tgenabled = 'D' THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % is disabled', r.name;
+        END IF;
+        IF t.tgfoid <> r.func::regprocedure THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % does not call %', r.name, r.func;
+        END IF;
+        IF (t.tgoldtable IS NOT NULL) <> r.old_table OR (t.tgnewtable IS NOT NULL) <> r.new_table THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % has transition tables OLD % / NEW %, expected OLD % / NEW %',
+                r.name, t.tgoldtable, t.tgnewtable, r.old_table, r.new_table;
+        END IF;
+        IF cardinality(t.tgattr::int2[]) > 0 THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % must not have a column list', r.name;
+        END IF;
+    END LOOP;
+
+    -- Each trigger function notifies the constant channel attendance_keys.
+    FOR r IN
+        SELECT * FROM (VALUES
+            ('public.attendance_keys_from_member_attendance()'),
+            ('public.attendance_keys_from_training_sessions()'),
+            ('public.attendance_keys_all()')
+        ) AS v(func)
+    LOOP
+        v_src := (SELECT prosrc FROM pg_catalog.pg_proc WHERE oid = r.func::regprocedure);
+        IF v_src !~ 'pg_notify\s*\(\s*''attendance_keys''\s*,' THEN
+            RAISE EXCEPTION '✗ FAIL: % must call pg_notify(''attendance_keys'', ...)', r.func;
+        END IF;
+    END LOOP;
+
+    RAISE NOTICE '✓ 8 statement-level triggers with transition tables notify attendance_keys';
+END;
+$$;
+
+\echo 'Section 10: keyed variant: live table equals its definition'
+DO $$
+DECLARE
+    v_groups int;
+BEGIN
+    -- last_refreshed is now() of the computing transaction: left out.
+    SELECT count(DISTINCT (x.r ->> 'category_id') || '/' || (x.r ->> 'season_id')) INTO v_groups
+    FROM ((SELECT to_jsonb(l) - 'last_refreshed' AS r FROM public.attendance_statistics_live l
+           EXCEPT ALL
+           SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d)
+          UNION ALL
+          (SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d
+           EXCEPT ALL
+           SELECT to_jsonb(l) - 'last_refreshed' FROM public.attendance_statistics_live l)) AS x;
+    IF v_groups > 0 THEN
+        RAISE EXCEPTION '✗ FAIL: attendance_statistics_live differs from attendance_statistics_def in % group(s): refreshd is not running or has not caught up yet, or writes bypassed the triggers (re-running install.sql refills the table)', v_groups;
+    END IF;
+    RAISE NOTICE '✓ attendance_statistics_live equals attendance_statistics_def (% groups)',
+        (SELECT count(*) FROM public.attendance_statistics_live);
 END;
 $$;
 

@@ -36,7 +36,9 @@
 -- triggers, foreign-key checks included; the generators only reference ids
 -- they have just inserted, re-check every foreign key set-based afterwards,
 -- and send the notifications the skipped triggers would have sent. Other
--- roles get the ordinary, checked, slower path.
+-- roles get the ordinary, checked, slower path. Either way the generators
+-- end by refreshing the materialized views and refilling the keyed tables
+-- (attendance/005, inventory/004) when those are installed.
 -- =====================================================
 
 DO $$
@@ -231,12 +233,21 @@ BEGIN
         THEN
             RAISE EXCEPTION 'refreshd_demo.generate_attendance: generated rows violate a foreign key (generator bug)';
         END IF;
-        -- The notify triggers were skipped as well.
+        -- The notify triggers were skipped as well, the keyed ones of
+        -- attendance/005 too: every group may have changed.
         PERFORM pg_notify('refresh_attendance_stats', '');
+        PERFORM pg_notify('attendance_keys', '*');
     END IF;
 
     -- Plain REFRESH: nearly every row changed, and the view may be empty.
     REFRESH MATERIALIZED VIEW public.attendance_statistics_summary;
+    -- Its keyed twin (attendance/005), when installed: a full recompute.
+    IF to_regclass('public.attendance_statistics_live') IS NOT NULL THEN
+        LOCK TABLE public.attendance_statistics_live IN SHARE ROW EXCLUSIVE MODE;
+        DELETE FROM public.attendance_statistics_live;
+        INSERT INTO public.attendance_statistics_live
+        SELECT * FROM public.attendance_statistics_def;
+    END IF;
 
     RETURN format('attendance: %s categories, %s seasons, %s members, %s sessions, %s member_attendance rows in %s s',
                   c_categories, c_seasons, c_categories * v_members,
@@ -487,14 +498,23 @@ BEGIN
         THEN
             RAISE EXCEPTION 'refreshd_demo.generate_inventory: generated rows violate a foreign key (generator bug)';
         END IF;
-        -- The notify triggers were skipped as well.
+        -- The notify triggers were skipped as well, the keyed ones of
+        -- inventory/004 too: every warehouse may have changed.
         PERFORM pg_notify('refresh_inventory_views', '');
+        PERFORM pg_notify('inventory_keys', '*');
     END IF;
 
     -- Plain REFRESH in dependency order: summary before alerts.
     REFRESH MATERIALIZED VIEW core.mv_product_stock_summary;
     REFRESH MATERIALIZED VIEW core.mv_inventory_valuation;
     REFRESH MATERIALIZED VIEW core.mv_low_stock_alerts;
+    -- The keyed twin of mv_inventory_valuation (inventory/004), when installed.
+    IF to_regclass('core.inventory_valuation_live') IS NOT NULL THEN
+        LOCK TABLE core.inventory_valuation_live IN SHARE ROW EXCLUSIVE MODE;
+        DELETE FROM core.inventory_valuation_live;
+        INSERT INTO core.inventory_valuation_live
+        SELECT * FROM core.inventory_valuation_def;
+    END IF;
 
     RETURN format('inventory: %s warehouses, %s suppliers, %s brands, %s products, %s stock_on_hand rows, %s stock movements in %s s',
                   v_warehouses, v_suppliers, c_brands, v_products, v_soh, v_movements,

@@ -4,9 +4,11 @@
 -- Purpose : Creates the inventory seed's schema `core` (migration 003
 --           "critical schema fixes"): tables, enum types, cost and brand
 --           triggers, the three materialized views,
---           core.refresh_all_inventory_views(), and statement-level
---           triggers that NOTIFY refresh_inventory_views.
--- Creates : see 001_core_schema.sql .. 003_triggers.sql
+--           core.refresh_all_inventory_views(), statement-level
+--           triggers that NOTIFY refresh_inventory_views, and the keyed
+--           variant of core.mv_inventory_valuation (definition view, live
+--           table, 8 key-sending triggers on channel inventory_keys).
+-- Creates : see 001_core_schema.sql .. 004_keyed_valuation.sql
 -- Run     : psql "$DATABASE_URL" -f sql/inventory/install.sql
 --           then  psql "$DATABASE_URL" -f sql/inventory/validate.sql
 -- Undo    : psql "$DATABASE_URL" -f sql/inventory/rollback.sql
@@ -22,6 +24,7 @@ BEGIN;
 \ir 001_core_schema.sql
 \ir 002_materialized_views.sql
 \ir 003_triggers.sql
+\ir 004_keyed_valuation.sql
 
 COMMIT;
 

@@ -1,8 +1,14 @@
 -- =====================================================
 -- refreshd: Inventory Valuation — rollback
 -- =====================================================
--- Purpose : Removes the refresh layer of 002 and 003.
--- Drops   : the 5 refresh_inv_views_on_* triggers,
+-- Purpose : Removes the refresh layer of 002, 003 and 004.
+-- Drops   : the keyed variant of 004: the 8 inventory_keys_on_* triggers,
+--           core.inventory_keys_from_warehouses(),
+--           core.inventory_keys_from_stock_on_hand(),
+--           core.inventory_keys_all(), table core.inventory_valuation_live
+--           (derived data only; install refills it), view
+--           core.inventory_valuation_def;
+--           the 5 refresh_inv_views_on_* triggers,
 --           core.trigger_refresh_inventory_views(),
 --           core.refresh_all_inventory_views(),
 --           core.mv_low_stock_alerts, core.mv_inventory_valuation,
@@ -31,6 +37,22 @@ BEGIN;
 
 \echo 'Rolling back inventory view refresh objects...'
 
+-- Keyed variant (004) first: triggers, then what they call, then the
+-- table and its definition.
+DROP TRIGGER IF EXISTS inventory_keys_on_warehouses_insert      ON core.warehouses;
+DROP TRIGGER IF EXISTS inventory_keys_on_warehouses_update      ON core.warehouses;
+DROP TRIGGER IF EXISTS inventory_keys_on_warehouses_delete      ON core.warehouses;
+DROP TRIGGER IF EXISTS inventory_keys_on_warehouses_truncate    ON core.warehouses;
+DROP TRIGGER IF EXISTS inventory_keys_on_stock_on_hand_insert   ON core.stock_on_hand;
+DROP TRIGGER IF EXISTS inventory_keys_on_stock_on_hand_update   ON core.stock_on_hand;
+DROP TRIGGER IF EXISTS inventory_keys_on_stock_on_hand_delete   ON core.stock_on_hand;
+DROP TRIGGER IF EXISTS inventory_keys_on_stock_on_hand_truncate ON core.stock_on_hand;
+DROP FUNCTION IF EXISTS core.inventory_keys_from_warehouses();
+DROP FUNCTION IF EXISTS core.inventory_keys_from_stock_on_hand();
+DROP FUNCTION IF EXISTS core.inventory_keys_all();
+DROP TABLE IF EXISTS core.inventory_valuation_live;
+DROP VIEW IF EXISTS core.inventory_valuation_def;
+
 -- Triggers first: from here on writers no longer notify.
 DROP TRIGGER IF EXISTS refresh_inv_views_on_products      ON core.products;
 DROP TRIGGER IF EXISTS refresh_inv_views_on_brand         ON core.brand;
@@ -48,4 +70,4 @@ DROP MATERIALIZED VIEW IF EXISTS core.mv_product_stock_summary;
 
 COMMIT;
 
-\echo 'Rollback complete. Inventory views and notify triggers removed; schema core, its tables and data kept.'
+\echo 'Rollback complete. Inventory views, notify triggers and the keyed variant removed; schema core, its tables and data kept.'

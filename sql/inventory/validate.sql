@@ -15,6 +15,15 @@
 --             view) has an enabled statement-level inv_views trigger on
 --             INSERT, UPDATE (any column), DELETE and TRUNCATE
 --           8 notify function and core.refresh_all_inventory_views()
+--           9 keyed valuation (004): inventory_valuation_def is a view with
+--             mv_inventory_valuation's query, columns and types, reading
+--             only warehouses + stock_on_hand; inventory_valuation_live has
+--             the same columns and PRIMARY KEY (warehouse_id); the 8
+--             inventory_keys triggers are AFTER, FOR EACH STATEMENT,
+--             enabled, one event each, with transition tables and no column
+--             list, and notify the constant channel inventory_keys; the
+--             live table equals the definition (fails while refreshd is stopped or
+--             behind after writes; install.sql refills it)
 -- Run     : psql "$DATABASE_URL" -f sql/inventory/validate.sql
 --           Any failed check raises an exception; psql stops and exits 3.
 --           The last line is printed only when everything passed.
@@ -290,6 +299,135 @@ BEGIN
         RAISE EXCEPTION '✗ FAIL: core.trigger_refresh_inventory_views() must call pg_notify(''refresh_inventory_views'', <constant>)';
     END IF;
     RAISE NOTICE '✓ refresh_all_inventory_views() and the notify function present';
+END;
+$$;
+
+\echo 'Section 9: keyed valuation (definition view, live table, key triggers)'
+DO $$
+DECLARE
+    v_def    oid := to_regclass('core.inventory_valuation_def');
+    v_live   oid := to_regclass('core.inventory_valuation_live');
+    v_mv     oid := to_regclass('core.mv_inventory_valuation');
+    v_mv_cols   text[];
+    v_def_cols  text[];
+    v_live_cols text[];
+    v_inputs    text[];
+    v_pk        text[];
+    r record;
+    t record;
+    v_src  text;
+BEGIN
+    IF v_def IS NULL OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = v_def) <> 'v' THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_def is not a view';
+    END IF;
+    IF v_live IS NULL OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = v_live) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_live is not a table';
+    END IF;
+
+    -- Same columns, types (with typmods) and order; the same query.
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_mv_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_mv AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_def_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_def AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO v_live_cols
+    FROM pg_catalog.pg_attribute a WHERE a.attrelid = v_live AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_def_cols IS DISTINCT FROM v_mv_cols THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_def has columns %, the materialized view %', v_def_cols, v_mv_cols;
+    END IF;
+    IF v_live_cols IS DISTINCT FROM v_def_cols THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_live has columns %, its definition %', v_live_cols, v_def_cols;
+    END IF;
+    IF pg_catalog.pg_get_viewdef(v_def) IS DISTINCT FROM pg_catalog.pg_get_viewdef(v_mv) THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_def differs from the query of core.mv_inventory_valuation; keep 004 and 002 in step';
+    END IF;
+
+    SELECT array_agg(DISTINCT d.refobjid::regclass::text ORDER BY d.refobjid::regclass::text)
+      INTO v_inputs
+    FROM pg_catalog.pg_rewrite rw
+    JOIN pg_catalog.pg_depend d
+      ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rw.ev_class
+    WHERE rw.ev_class = v_def;
+    IF v_inputs IS DISTINCT FROM ARRAY['core.stock_on_hand', 'core.warehouses'] THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_def reads %, expected only core.stock_on_hand and core.warehouses (the tables with inventory_keys triggers)', v_inputs;
+    END IF;
+
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO v_pk
+    FROM pg_catalog.pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = v_live AND i.indisprimary;
+    IF v_pk IS DISTINCT FROM ARRAY['warehouse_id'] THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_live must have PRIMARY KEY (warehouse_id), found %', v_pk;
+    END IF;
+
+    -- tgtype bits: 1 ROW, 2 BEFORE, 4 INSERT, 8 DELETE, 16 UPDATE, 32 TRUNCATE, 64 INSTEAD
+    FOR r IN
+        SELECT * FROM (VALUES
+            ('inventory_keys_on_warehouses_insert',      'core.warehouses',     4, false, true,  'core.inventory_keys_from_warehouses()'),
+            ('inventory_keys_on_warehouses_update',      'core.warehouses',    16, true,  true,  'core.inventory_keys_from_warehouses()'),
+            ('inventory_keys_on_warehouses_delete',      'core.warehouses',     8, true,  false, 'core.inventory_keys_from_warehouses()'),
+            ('inventory_keys_on_warehouses_truncate',    'core.warehouses',    32, false, false, 'core.inventory_keys_all()'),
+            ('inventory_keys_on_stock_on_hand_insert',   'core.stock_on_hand',  4, false, true,  'core.inventory_keys_from_stock_on_hand()'),
+            ('inventory_keys_on_stock_on_hand_update',   'core.stock_on_hand', 16, true,  true,  'core.inventory_keys_from_stock_on_hand()'),
+            ('inventory_keys_on_stock_on_hand_delete',   'core.stock_on_hand',  8, true,  false, 'core.inventory_keys_from_stock_on_hand()'),
+            ('inventory_keys_on_stock_on_hand_truncate', 'core.stock_on_hand', 32, false, false, 'core.inventory_keys_all()')
+        ) AS v(name, tbl, events, old_table, new_table, func)
+    LOOP
+        SELECT tg.* INTO t FROM pg_catalog.pg_trigger tg
+        WHERE tg.tgname = r.name AND tg.tgrelid = r.tbl::regclass;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % on % is missing', r.name, r.tbl;
+        END IF;
+        IF t.tgtype & 1 <> 0 OR t.tgtype & (2 | 64) <> 0 THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % must be AFTER ... FOR EACH STATEMENT', r.name;
+        END IF;
+        IF t.tgtype & (4 | 8 | 16 | 32) <> r.events THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % fires on event bits %, expected %', r.name, t.tgtype & 60, r.events;
+        END IF;
+        IF t.tgenabled = 'D' THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % is disabled', r.name;
+        END IF;
+        IF t.tgfoid <> r.func::regprocedure THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % does not call %', r.name, r.func;
+        END IF;
+        IF (t.tgoldtable IS NOT NULL) <> r.old_table OR (t.tgnewtable IS NOT NULL) <> r.new_table THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % has transition tables OLD % / NEW %, expected OLD % / NEW %',
+                r.name, t.tgoldtable, t.tgnewtable, r.old_table, r.new_table;
+        END IF;
+        IF cardinality(t.tgattr::int2[]) > 0 THEN
+            RAISE EXCEPTION '✗ FAIL: trigger % must not have a column list', r.name;
+        END IF;
+    END LOOP;
+
+    FOR r IN
+        SELECT * FROM (VALUES
+            ('core.inventory_keys_from_warehouses()'),
+            ('core.inventory_keys_from_stock_on_hand()'),
+            ('core.inventory_keys_all()')
+        ) AS v(func)
+    LOOP
+        v_src := (SELECT prosrc FROM pg_catalog.pg_proc WHERE oid = r.func::regprocedure);
+        IF v_src !~ 'pg_notify\s*\(\s*''inventory_keys''\s*,' THEN
+            RAISE EXCEPTION '✗ FAIL: % must call pg_notify(''inventory_keys'', ...)', r.func;
+        END IF;
+    END LOOP;
+
+    -- Contents: the definition has no now() column, so compare whole rows.
+    IF EXISTS ((TABLE core.inventory_valuation_live EXCEPT ALL TABLE core.inventory_valuation_def)
+               UNION ALL
+               (TABLE core.inventory_valuation_def EXCEPT ALL TABLE core.inventory_valuation_live)) THEN
+        RAISE EXCEPTION '✗ FAIL: core.inventory_valuation_live differs from core.inventory_valuation_def in % warehouse(s): refreshd is not running or has not caught up yet, or writes bypassed the triggers (re-running install.sql refills the table)',
+            (SELECT count(DISTINCT x.warehouse_id)
+             FROM ((TABLE core.inventory_valuation_live EXCEPT ALL TABLE core.inventory_valuation_def)
+                   UNION ALL
+                   (TABLE core.inventory_valuation_def EXCEPT ALL TABLE core.inventory_valuation_live)) AS x);
+    END IF;
+    RAISE NOTICE '✓ inventory_valuation_def = the view''s query, inventory_valuation_live (PRIMARY KEY (warehouse_id)) equals it (% rows), 8 key triggers notify inventory_keys',
+        (SELECT count(*) FROM core.inventory_valuation_live);
 END;
 $$;
 

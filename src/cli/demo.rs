@@ -34,6 +34,10 @@ const SQL: &[(&str, &str)] = &[
         include_str!("../../sql/attendance/004_triggers.sql"),
     ),
     (
+        "attendance/005_keyed_statistics.sql",
+        include_str!("../../sql/attendance/005_keyed_statistics.sql"),
+    ),
+    (
         "inventory/001_core_schema.sql",
         include_str!("../../sql/inventory/001_core_schema.sql"),
     ),
@@ -77,6 +81,12 @@ name = "public.attendance_statistics_summary"
 channels = ["refresh_attendance_stats"]
 schedule = "0 */15 * * * *"
 [[view]]
+name = "public.attendance_statistics_live"
+kind = "keyed"
+query = "public.attendance_statistics_def"
+key = ["category_id", "season_id"]
+channels = ["attendance_keys"]
+[[view]]
 name = "core.mv_product_stock_summary"
 channels = ["refresh_inventory_views"]
 [[view]]
@@ -89,6 +99,68 @@ channels = ["refresh_inventory_views"]
         url = cluster.socket_dsn("postgres"),
     );
     Ok(Config::parse(Path::new("<refreshd demo>"), &text)?)
+}
+
+/// The attendance statistics twice: as the seed's materialized view (every refresh
+/// recomputes all groups) and as its keyed twin (a write recomputes its groups).
+const TWINS: [(&str, &str); 2] = [
+    ("materialized view", "public.attendance_statistics_summary"),
+    ("keyed twin", "public.attendance_statistics_live"),
+];
+
+/// Every 15 s, one line comparing the twins' refreshes since the last line: count,
+/// median lag (first change → commit) and median refresh time, from `/status`.
+async fn compare_twins(base: String, stop: CancellationToken) {
+    let mut seen = [0.0f64; 2];
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(body) = crate::cli::status::fetch_status(&base).await else {
+            continue;
+        };
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let mut parts = Vec::new();
+        for (i, (label, name)) in TWINS.iter().enumerate() {
+            let recent: Vec<(f64, f64, f64)> = status["views"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["view"] == *name)
+                .flat_map(|v| v["recent"].as_array().cloned().unwrap_or_default())
+                .filter_map(|t| {
+                    Some((
+                        t["end"].as_f64()?,
+                        t["lag_seconds"].as_f64()?,
+                        t["duration_seconds"].as_f64()?,
+                    ))
+                })
+                .filter(|t| t.0 > seen[i])
+                .collect();
+            if let Some(last) = recent.iter().map(|t| t.0).reduce(f64::max) {
+                seen[i] = last;
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN) * 1000.0
+            };
+            parts.push(format!(
+                "{label}: {} refreshes, median lag {:.0} ms, refresh {:.0} ms",
+                recent.len(),
+                median(recent.iter().map(|t| t.1).collect()),
+                median(recent.iter().map(|t| t.2).collect())
+            ));
+        }
+        eprintln!(
+            "refreshd demo: attendance statistics, last 15 s: {}",
+            parts.join(" | ")
+        );
+    }
 }
 
 /// Runs the demo until `shutdown`.
@@ -168,9 +240,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             }
         })
     };
+    let compare = tokio::spawn(compare_twins(
+        format!("http://{}", opts.listen),
+        writer_stop.clone(),
+    ));
     let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
     writer_stop.cancel();
     let _ = writer.await;
+    let _ = compare.await;
     eprintln!("refreshd demo: stopping and removing the throwaway cluster...");
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     eprintln!("refreshd demo: done, nothing left behind.");

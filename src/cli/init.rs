@@ -136,8 +136,10 @@ const MATVIEWS_SQL: &str = "SELECT c.oid, n.nspname::text, c.relname::text, \
    AND (cardinality($1::text[]) = 0 OR n.nspname = ANY ($1)) \
  ORDER BY n.nspname, c.relname";
 
-/// Constant channels notified by the enabled user triggers of each table.
-const EXISTING_SQL: &str = "SELECT t.tgrelid, p.prosrc \
+/// Constant channels notified by the enabled user triggers of each table, and whether
+/// the trigger has transition tables.
+const EXISTING_SQL: &str = "SELECT t.tgrelid, p.prosrc, \
+       t.tgoldtable IS NOT NULL OR t.tgnewtable IS NOT NULL \
   FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
  WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'";
 
@@ -195,16 +197,30 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
     }
     let oids: Vec<u32> = tables.keys().copied().collect();
     let mut existing: HashMap<u32, BTreeSet<String>> = HashMap::new();
+    // Channels of triggers with transition tables feed keyed views: their payloads name
+    // groups, and they may skip changes their own definition does not read (which a
+    // materialized view on the same table may read). Those channels are not reused.
+    let mut keyed: HashMap<u32, BTreeSet<String>> = HashMap::new();
     for r in client
         .query_typed(EXISTING_SQL, &[(&oids, Type::OID_ARRAY)])
         .await
         .map_err(err)?
     {
         let src: String = r.get(1);
-        existing
+        let target = if r.get::<_, bool>(2) {
+            &mut keyed
+        } else {
+            &mut existing
+        };
+        target
             .entry(r.get(0))
             .or_default()
             .extend(notified_channels(&src));
+    }
+    for (oid, channels) in existing.iter_mut() {
+        if let Some(k) = keyed.get(oid) {
+            channels.retain(|c| !k.contains(c));
+        }
     }
     let feeds = tables
         .into_iter()
