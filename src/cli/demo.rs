@@ -80,12 +80,15 @@ max_delay = "5s"
 name = "public.attendance_statistics_summary"
 channels = ["refresh_attendance_stats"]
 schedule = "0 */15 * * * *"
+# The twins refresh at once on every write, so their lag is the cost of one refresh.
+debounce = "0s"
 [[view]]
 name = "public.attendance_statistics_live"
 kind = "keyed"
 query = "public.attendance_statistics_def"
 key = ["category_id", "season_id"]
 channels = ["attendance_keys"]
+debounce = "0s"
 [[view]]
 name = "core.mv_product_stock_summary"
 channels = ["refresh_inventory_views"]
