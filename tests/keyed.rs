@@ -509,3 +509,57 @@ async fn the_shipped_attendance_twin_follows_every_kind_of_write() {
     assert!(keys() > 0.0, "groups were recomputed one by one");
     assert_eq!(d.failures(label), 0.0);
 }
+
+/// Keyed refreshes through a transaction-mode pooler shared with other clients: every
+/// refresh succeeds (unnamed statements only, nothing prepared), the table ends exact,
+/// and no setting of refreshd's is left on the pool's server connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_refreshes_work_through_a_transaction_pooler() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let bouncer = support::PgBouncer::start(&db, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    // Other applications share the pool; the writers go straight to PostgreSQL.
+    let others: Vec<_> = (0..2)
+        .map(|i| storm(bouncer.dsn(&db), 300 + i, stop.clone(), done.clone()))
+        .collect();
+    let writers: Vec<_> = (0..2)
+        .map(|i| storm(db.dsn(), 400 + i, stop.clone(), done.clone()))
+        .collect();
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\nlisten_url = \"{}\"\n{VIEW}lock_timeout = \"1s\"\nstatement_timeout = \"20s\"\n",
+        bouncer.dsn(&db),
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in others.into_iter().chain(writers) {
+        w.await.unwrap();
+    }
+    wait_exact(&db, "the writes, through the pooler").await;
+    assert!(keys_total(&d) > 0.0, "keyed refreshes ran");
+    assert_eq!(d.failures(LABEL), 0.0, "{}", d.log_text());
+    assert!(
+        !d.log_text().contains("26000"),
+        "no prepared-statement errors"
+    );
+    let (c, conn) = tokio_postgres::connect(&bouncer.dsn(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..6 {
+        for setting in ["lock_timeout", "statement_timeout"] {
+            let rows = c.simple_query(&format!("SHOW {setting}")).await.unwrap();
+            let value = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(value, "0", "{setting} leaked into the pool");
+        }
+    }
+}
