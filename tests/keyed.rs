@@ -160,19 +160,13 @@ async fn inserts_moves_deletes_and_truncate_leave_the_table_exact() {
     .await;
     assert_eq!(keys_total(&d), before + 1.0, "one insert, one group");
 
-    // A session that moves to a group of its own: both groups change.
-    let before = keys_total(&d);
+    // A session that moves to a group of its own: both groups change. (Recomputed by
+    // key, or all at once when refreshd measured that cheaper on this small table.)
     db.psql(
         r#"UPDATE app.sessions SET cat = '00000000-0000-4000-8000-0000000000aa', season = 9 WHERE id = 7"#,
     );
     wait_exact(&db, "the move").await;
     assert_eq!(groups(&db), 41, "a new group appeared");
-    wait_for(
-        Duration::from_secs(10),
-        "both keys to be counted",
-        || async { keys_total(&d) >= before + 2.0 },
-    )
-    .await;
 
     // A delete that empties that group: its row goes.
     db.psql(r#"DELETE FROM app.sessions WHERE id = 7"#);

@@ -999,7 +999,8 @@ impl Core {
                     tracing::warn!(view = %label, suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
                 }
             }
-            Ok(_) => {
+            Ok(r) => {
+                dirty.timed(work, r.duration.as_secs_f64());
                 if let Work::Keys(k) = work {
                     self.metrics.views.keyed_keys(label, k.len() as u64);
                 }

@@ -60,11 +60,23 @@ pub fn parse(payload: &str, arity: usize) -> Payload {
 }
 
 /// A keyed view's groups waiting for a refresh.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DirtyKeys {
     all: bool,
     set: BTreeSet<Key>,
     max_keys: usize,
+    /// Seconds a keyed refresh took per key, and a full recompute took (moving
+    /// averages of the last refreshes): when the keys would cost more than recomputing
+    /// everything, everything is recomputed.
+    per_key: Option<f64>,
+    full: Option<f64>,
+}
+
+/// Weight of the newest refresh in the moving averages.
+const EWMA: f64 = 0.3;
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| o + EWMA * (new - o)))
 }
 
 impl DirtyKeys {
@@ -73,6 +85,8 @@ impl DirtyKeys {
             all: false,
             set: BTreeSet::new(),
             max_keys,
+            per_key: None,
+            full: None,
         }
     }
 
@@ -102,14 +116,27 @@ impl DirtyKeys {
     }
 
     /// What a refresh starting now recomputes (everything when `full`, the refresh's
-    /// reason asks for it); the set starts empty for the next one.
+    /// reason asks for it, or when the keys would take longer than everything, as far
+    /// as the refreshes so far tell); the set starts empty for the next one.
     pub fn take(&mut self, full: bool) -> Work {
-        let all = std::mem::take(&mut self.all) || full;
+        let costly = matches!((self.per_key, self.full), (Some(k), Some(f)) if k * self.set.len() as f64 > f);
+        let all = std::mem::take(&mut self.all) || full || costly;
         let set = std::mem::take(&mut self.set);
         if all {
             Work::All
         } else {
             Work::Keys(set.into_iter().collect())
+        }
+    }
+
+    /// A refresh of `work` committed after `seconds`.
+    pub fn timed(&mut self, work: &Work, seconds: f64) {
+        match work {
+            Work::All => self.full = ewma(self.full, seconds),
+            Work::Keys(k) if !k.is_empty() => {
+                self.per_key = ewma(self.per_key, seconds / k.len() as f64)
+            }
+            Work::Keys(_) => {}
         }
     }
 
@@ -204,6 +231,23 @@ mod tests {
         d.add(vec![k(&["1"])]);
         assert_eq!(d.take(false), Work::All);
         d.restore(&Work::All);
+        assert_eq!(d.take(false), Work::All);
+    }
+
+    #[test]
+    fn keys_that_would_cost_more_than_everything_recompute_everything() {
+        let mut d = DirtyKeys::new(1000);
+        d.add(vec![k(&["1"]), k(&["2"]), k(&["3"])]);
+        assert!(
+            matches!(d.take(false), Work::Keys(_)),
+            "nothing measured yet"
+        );
+        d.timed(&Work::All, 0.5);
+        d.timed(&Work::Keys(vec![k(&["1"]), k(&["2"])]), 0.02);
+        // 0.01 s per key against 0.5 s for everything: 49 keys are cheaper, 51 are not.
+        d.add((0..49).map(|i| k(&[&i.to_string()])).collect());
+        assert!(matches!(d.take(false), Work::Keys(v) if v.len() == 49));
+        d.add((0..51).map(|i| k(&[&i.to_string()])).collect());
         assert_eq!(d.take(false), Work::All);
     }
 }
