@@ -316,9 +316,12 @@ pub async fn refresh_keyed(
     work: &Work,
     event: bool,
 ) -> Result<Refreshed, RefreshError> {
-    let shape = match shape(client, view, keyed).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(m)) => {
+    // The catalog read is bounded like the refresh: a connection gone half-open must
+    // not hold the view "running" forever.
+    let read = tokio::time::timeout(CLIENT_GRACE, shape(client, view, keyed)).await;
+    let shape = match read {
+        Ok(Ok(Ok(s))) => s,
+        Ok(Ok(Err(m))) => {
             return Err(RefreshError {
                 class: FailureClass::Permanent,
                 code: Some(if m.missing { "42P01" } else { "42804" }.into()),
@@ -329,7 +332,23 @@ pub async fn refresh_keyed(
                 connection_broken: false,
             })
         }
-        Err(e) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
+        Ok(Err(e)) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
+        Err(_) => {
+            return Err(RefreshError {
+                class: FailureClass::Transient,
+                code: None,
+                message: format!(
+                    "no answer from the server within {} reading the keyed view's columns",
+                    humantime::format_duration(CLIENT_GRACE)
+                ),
+                detail: None,
+                hint: Some(
+                    "the connection is presumed dead; refreshd drops it and retries on a new one",
+                ),
+                duration: CLIENT_GRACE,
+                connection_broken: true,
+            })
+        }
     };
     let start = Instant::now();
     let deadline = if view.statement_timeout.is_zero() {
