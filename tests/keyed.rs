@@ -545,14 +545,7 @@ async fn keyed_refreshes_work_through_a_transaction_pooler() {
     tokio::spawn(conn);
     for _ in 0..6 {
         for setting in ["lock_timeout", "statement_timeout"] {
-            let rows = c.simple_query(&format!("SHOW {setting}")).await.unwrap();
-            let value = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .unwrap();
+            let value = support::show(&c, setting).await;
             assert_eq!(value, "0", "{setting} leaked into the pool");
         }
     }

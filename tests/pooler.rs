@@ -92,14 +92,7 @@ async fn refreshes_through_a_transaction_pooler_succeed_and_leave_no_settings() 
     tokio::spawn(conn);
     for _ in 0..12 {
         for (setting, default) in [("lock_timeout", "0"), ("statement_timeout", "0")] {
-            let rows = c.simple_query(&format!("SHOW {setting}")).await.unwrap();
-            let value = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .unwrap();
+            let value = support::show(&c, setting).await;
             assert_eq!(value, default, "{setting} leaked into the pool");
         }
     }
@@ -258,16 +251,6 @@ async fn pooled_client(b: &PgBouncer, db: &TestDb) -> tokio_postgres::Client {
     c
 }
 
-async fn show(c: &tokio_postgres::Client, name: &str) -> String {
-    let rows = c.simple_query(&format!("SHOW {name}")).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap()
-}
-
 /// A standby waiting `retry_interval = 90s` between lock attempts stays alive (the
 /// liveness stall limit is 60 s) and ready (its session is proven).
 #[tokio::test(flavor = "multi_thread")]
@@ -355,8 +338,8 @@ async fn set_local_timeouts_bound_the_refresh_in_one_round_trip() {
     );
     assert!(!e.connection_broken, "{e}");
     // Rolled back: the connection works, and the SET LOCAL went with the transaction.
-    assert_eq!(show(&client, "statement_timeout").await, "1min");
-    assert_eq!(show(&client, "lock_timeout").await, "0");
+    assert_eq!(support::show(&client, "statement_timeout").await, "1min");
+    assert_eq!(support::show(&client, "lock_timeout").await, "0");
 
     let mut holder = db.client().await;
     let tx = holder.transaction().await.unwrap();
@@ -374,7 +357,7 @@ async fn set_local_timeouts_bound_the_refresh_in_one_round_trip() {
         started.elapsed()
     );
     tx.rollback().await.unwrap();
-    assert_eq!(show(&client, "lock_timeout").await, "0");
+    assert_eq!(support::show(&client, "lock_timeout").await, "0");
     let r = refresh_view(&client, &config.views[1], true).await.unwrap();
     assert_eq!(r.kind.as_str(), "concurrently");
 }

@@ -334,20 +334,13 @@ pub async fn refresh_keyed(
         }
         Ok(Err(e)) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
         Err(_) => {
-            return Err(RefreshError {
-                class: FailureClass::Transient,
-                code: None,
-                message: format!(
-                    "no answer from the server within {} reading the keyed view's columns",
+            return Err(RefreshError::no_answer(
+                format!(
+                    "within {} reading the keyed view's columns",
                     humantime::format_duration(CLIENT_GRACE)
                 ),
-                detail: None,
-                hint: Some(
-                    "the connection is presumed dead; refreshd drops it and retries on a new one",
-                ),
-                duration: CLIENT_GRACE,
-                connection_broken: true,
-            })
+                CLIENT_GRACE,
+            ))
         }
     };
     let start = Instant::now();
@@ -391,21 +384,14 @@ pub async fn refresh_keyed(
             }
             Err(err)
         }
-        Err(_) => Err(RefreshError {
-            class: FailureClass::Transient,
-            code: None,
-            message: format!(
-                "no answer from the server {} after statement_timeout ({})",
+        Err(_) => Err(RefreshError::no_answer(
+            format!(
+                "{} after statement_timeout ({})",
                 humantime::format_duration(CLIENT_GRACE),
                 humantime::format_duration(view.statement_timeout)
             ),
-            detail: None,
-            hint: Some(
-                "the connection is presumed dead; refreshd drops it and retries on a new one",
-            ),
-            duration: start.elapsed(),
-            connection_broken: true,
-        }),
+            start.elapsed(),
+        )),
     }
 }
 

@@ -107,6 +107,22 @@ impl RefreshError {
         }
     }
 
+    /// The server did not answer (`when`: for how long, or for what): the connection
+    /// is dropped and the refresh retried on a new one.
+    pub fn no_answer(when: String, duration: Duration) -> Self {
+        Self {
+            class: FailureClass::Transient,
+            code: None,
+            message: format!("no answer from the server {when}"),
+            detail: None,
+            hint: Some(
+                "the connection is presumed dead; refreshd drops it and retries on a new one",
+            ),
+            duration,
+            connection_broken: true,
+        }
+    }
+
     /// A short label for logs and `/status`.
     pub fn label(&self) -> &'static str {
         match self.class {
@@ -263,21 +279,14 @@ pub async fn refresh_view(
             }
             Err(err)
         }
-        Err(_) => Err(RefreshError {
-            class: FailureClass::Transient,
-            code: None,
-            message: format!(
-                "no answer from the server {} after statement_timeout ({})",
+        Err(_) => Err(RefreshError::no_answer(
+            format!(
+                "{} after statement_timeout ({})",
                 humantime::format_duration(CLIENT_GRACE),
                 humantime::format_duration(view.statement_timeout)
             ),
-            detail: None,
-            hint: Some(
-                "the connection is presumed dead; refreshd drops it and retries on a new one",
-            ),
-            duration: start.elapsed(),
-            connection_broken: true,
-        }),
+            start.elapsed(),
+        )),
     }
 }
 

@@ -217,40 +217,52 @@ impl Exposition {
                     }
                 }
             }
-            3 => gauge(
+            3 => simple(
                 out,
                 all,
                 views,
                 first,
-                "refreshd_pending_since_seconds",
-                "Age of the oldest change not yet applied to the view; 0 when fresh.",
-                |s| Some(s.pending_since),
+                (
+                    "refreshd_pending_since_seconds",
+                    "Age of the oldest change not yet applied to the view; 0 when fresh.",
+                    "gauge",
+                ),
+                |s| Some(num(s.pending_since)),
             ),
-            4 => gauge(
+            4 => simple(
                 out,
                 all,
                 views,
                 first,
-                "refreshd_last_success_timestamp_seconds",
-                "Unix time of the view's last successful refresh.",
-                |s| s.last_success,
+                (
+                    "refreshd_last_success_timestamp_seconds",
+                    "Unix time of the view's last successful refresh.",
+                    "gauge",
+                ),
+                |s| s.last_success.map(num),
             ),
-            5 => counter(
+            5 => simple(
                 out,
                 all,
                 views,
                 first,
-                "refreshd_keyed_keys_total",
-                "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
+                (
+                    "refreshd_keyed_keys_total",
+                    "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
+                    "counter",
+                ),
                 |s| s.keyed.map(|k| k.0),
             ),
-            _ => counter(
+            _ => simple(
                 out,
                 all,
                 views,
                 first,
-                "refreshd_keyed_malformed_payloads_total",
-                "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
+                (
+                    "refreshd_keyed_malformed_payloads_total",
+                    "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
+                    "counter",
+                ),
                 |s| s.keyed.map(|k| k.1),
             ),
         }
@@ -322,36 +334,18 @@ fn histogram(
     }
 }
 
-fn gauge(
+/// A family with one sample per view (`kind` gauge or counter); a view without a value
+/// has no series.
+fn simple<T: std::fmt::Display>(
     out: &mut String,
     all: &Views,
     views: &Views,
     first: bool,
-    name: &str,
-    help: &str,
-    get: impl Fn(&Series) -> Option<f64>,
+    (name, help, kind): (&str, &str, &str),
+    get: impl Fn(&Series) -> Option<T>,
 ) {
     if first && all.iter().any(|(_, s)| get(s).is_some()) {
-        header(out, name, help, "gauge");
-    }
-    for (v, s) in views {
-        if let Some(x) = get(s) {
-            let _ = writeln!(out, "{name}{{view=\"{v}\"}} {}", num(x));
-        }
-    }
-}
-
-fn counter(
-    out: &mut String,
-    all: &Views,
-    views: &Views,
-    first: bool,
-    name: &str,
-    help: &str,
-    get: impl Fn(&Series) -> Option<u64>,
-) {
-    if first && all.iter().any(|(_, s)| get(s).is_some()) {
-        header(out, name, help, "counter");
+        header(out, name, help, kind);
     }
     for (v, s) in views {
         if let Some(x) = get(s) {

@@ -726,3 +726,14 @@ impl Drop for TestRoles {
         }
     }
 }
+
+/// `SHOW name` on a session, as the server answers it.
+pub async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    let rows = c.simple_query(&format!("SHOW {name}")).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
