@@ -8,8 +8,12 @@
 //!
 //! Options (after `--`): `--quick` (or `REFRESHD_BENCH_QUICK=1`) for a ~3 minute smoke
 //! run with fewer samples, shorter phases and scale 0.1; `--scale N` overrides the data
-//! scale. Cargo passes `--bench` itself; unknown arguments are ignored for that reason.
+//! scale. `--keyed` runs only the keyed-refresh measurements of issue 11 instead (see
+//! benches/keyed/mod.rs), on one cluster per scale: scales 1 and 10 (with `--quick`:
+//! 0.1 and 1; `--keyed-scales A,B` overrides them). Cargo passes `--bench` itself;
+//! unknown arguments are ignored for that reason.
 
+mod keyed;
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +52,13 @@ struct Plan {
     wp_clients: Vec<u32>,
     cron_secs: u64,
     cron_rate: u32,
+    /// `--keyed`: only the keyed-refresh section, at each of `keyed_scales`.
+    keyed: bool,
+    keyed_scales: Vec<f64>,
+    /// Interleaved samples of the materialized view and its keyed twin (one daemon).
+    keyed_pair_samples: usize,
+    /// Samples of the keyed table alone (the materialized view's triggers off).
+    keyed_alone_samples: usize,
 }
 
 impl Plan {
@@ -70,6 +81,10 @@ impl Plan {
                 wp_clients: vec![1, 8],
                 cron_secs: 65,
                 cron_rate: 20,
+                keyed: false,
+                keyed_scales: vec![0.1, 1.0],
+                keyed_pair_samples: 8,
+                keyed_alone_samples: 20,
             }
         } else {
             Plan {
@@ -86,11 +101,25 @@ impl Plan {
                 wp_clients: vec![1, 8],
                 cron_secs: 300,
                 cron_rate: 20,
+                keyed: false,
+                keyed_scales: vec![1.0, 10.0],
+                keyed_pair_samples: 25,
+                keyed_alone_samples: 100,
             }
         };
         if let Some(i) = args.iter().position(|a| a == "--scale") {
             if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
                 plan.scale = s;
+            }
+        }
+        plan.keyed = args.iter().any(|a| a == "--keyed");
+        if let Some(i) = args.iter().position(|a| a == "--keyed-scales") {
+            let scales: Vec<f64> = args
+                .get(i + 1)
+                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            if !scales.is_empty() {
+                plan.keyed_scales = scales;
             }
         }
         plan
@@ -126,11 +155,16 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(plan))
+    if plan.keyed {
+        rt.block_on(keyed::run(plan))
+    } else {
+        rt.block_on(run(plan))
+    }
 }
 
 async fn run(plan: Plan) -> Result<()> {
     let t0 = Instant::now();
+    let _bin = pin_binary()?;
     progress(&format!(
         "refreshd bench: {} mode, scale {}",
         if plan.quick { "quick" } else { "full" },
@@ -226,6 +260,13 @@ async fn setup(plan: Plan) -> Result<Bench> {
 
     let c = connect(&dsn).await?;
     c.batch_execute(BENCH_SCHEMA).await?;
+    // sql/attendance/005's keyed triggers (issue 11) send keys on every write to
+    // member_attendance. The phases of issue 5 measure the materialized view's path
+    // as before, so they run with those triggers off; the keyed section turns them on
+    // where it needs them. (A disabled trigger with a transition table still makes
+    // PostgreSQL capture the changed rows, so a write is not exactly as cheap as with
+    // no such trigger at all: the keyed write-path table measures that difference.)
+    c.batch_execute(&toggle_keyed_triggers(false)).await?;
     c.batch_execute("VACUUM ANALYZE").await?;
     let rows: i64 = c
         .query_one("SELECT count(*) FROM public.member_attendance", &[])
@@ -343,6 +384,19 @@ DO $$BEGIN
 END$$;
 CREATE UNIQUE INDEX att_cron_pk ON bench.att_cron (category_id, season_id);
 "#;
+
+/// Enables or disables sql/attendance/005's key-sending triggers (`attendance_keys_on_*`)
+/// on both tables, whatever their number.
+fn toggle_keyed_triggers(on: bool) -> String {
+    format!(
+        "DO $$DECLARE r record; BEGIN \
+           FOR r IN SELECT t.tgrelid::regclass AS tbl, t.tgname FROM pg_catalog.pg_trigger t \
+                    WHERE NOT t.tgisinternal AND t.tgname LIKE 'attendance\\_keys\\_on\\_%' LOOP \
+             EXECUTE format('ALTER TABLE %s {} TRIGGER %I', r.tbl, r.tgname); \
+           END LOOP; END$$",
+        if on { "ENABLE" } else { "DISABLE" }
+    )
+}
 
 async fn connect(dsn: &str) -> Result<Client> {
     let (client, conn) = tokio_postgres::connect(dsn, NoTls)
@@ -899,7 +953,7 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
 // 3. Write-path cost: pgbench inserts under each trigger setup, interleaved
 // ---------------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Variant {
     None,
     /// No trigger; refreshd watches the table's statistics instead.
@@ -907,7 +961,32 @@ enum Variant {
     Statement,
     Row,
     Sync,
+    /// No trigger, and sql/attendance/005's triggers dropped rather than disabled.
+    NoneDropped,
+    /// sql/attendance/005's key-sending triggers (issue 11).
+    Keyed,
+    /// The same, with refreshd applying the keys (a keyed view, debounce 0) next to the
+    /// draining LISTEN connection: what writers get with everything running.
+    KeyedRefreshd,
+    /// The same with debounce 1s (max_delay 5s).
+    KeyedRefreshdDebounced,
+    /// sql/attendance/004's triggers with refreshd refreshing the materialized view
+    /// (debounce 0): today's path with everything running.
+    StatementRefreshd,
+    /// 005's trigger function without its NOTIFY (a bench copy, diagnostic).
+    KeyedNoNotify,
+    /// 005's trigger function appending its payload to an unlogged table instead.
+    KeyedBuffer,
+    /// 005's trigger function without its NOTIFY, SECURITY DEFINER and SET search_path.
+    KeyedNoNotifyNoSet,
+    /// An empty statement trigger with a transition table: capture and call alone.
+    EmptyTransition,
 }
+
+const KEYED_TRIGGERS_ON: &str =
+    "ALTER TABLE public.member_attendance ENABLE TRIGGER attendance_keys_on_attendance_insert, \
+     ENABLE TRIGGER attendance_keys_on_attendance_update, ENABLE TRIGGER attendance_keys_on_attendance_delete, \
+     ENABLE TRIGGER attendance_keys_on_attendance_truncate;";
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -917,17 +996,70 @@ impl Variant {
             Variant::Statement => "sql/ statement-level NOTIFY triggers (refreshd)",
             Variant::Row => "row-level NOTIFY, per-row payload",
             Variant::Sync => "statement trigger running REFRESH CONCURRENTLY",
+            Variant::NoneDropped => "no trigger, 005's keyed triggers dropped (not just disabled)",
+            Variant::Keyed => "sql/attendance/005 keyed triggers (NOTIFY attendance_keys, transition table, session lookup)",
+            Variant::KeyedRefreshd => "005 keyed triggers, refreshd applying the keys (keyed view, debounce 0)",
+            Variant::KeyedRefreshdDebounced => {
+                "005 keyed triggers, refreshd applying the keys (keyed view, debounce 1s, max_delay 5s)"
+            }
+            Variant::StatementRefreshd => {
+                "004 NOTIFY triggers, refreshd refreshing the materialized view (debounce 0)"
+            }
+            Variant::KeyedNoNotify => "diagnostic: 005's trigger function with its NOTIFY removed",
+            Variant::KeyedNoNotifyNoSet => {
+                "diagnostic: 005's trigger function without NOTIFY, SECURITY DEFINER and SET search_path"
+            }
+            Variant::EmptyTransition => {
+                "diagnostic: an empty plpgsql statement trigger with the same transition table"
+            }
+            Variant::KeyedBuffer => {
+                "prototype key buffer: 005's trigger function appending its payload to an unlogged table instead of NOTIFY"
+            }
         }
     }
     fn enable_sql(self) -> &'static str {
         match self {
-            Variant::None | Variant::Statistics => "",
-            Variant::Statement => {
+            Variant::None | Variant::Statistics | Variant::NoneDropped => "",
+            Variant::KeyedNoNotifyNoSet => {
+                "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_keys_no_notify_no_set;"
+            }
+            Variant::EmptyTransition => {
+                "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_empty_transition;"
+            }
+            Variant::Statement | Variant::StatementRefreshd => {
                 "ALTER TABLE public.member_attendance ENABLE TRIGGER refresh_att_stats_on_attendance_insert, \
                  ENABLE TRIGGER refresh_att_stats_on_attendance_update, ENABLE TRIGGER refresh_att_stats_on_attendance_delete;"
             }
             Variant::Row => "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_row_notify;",
             Variant::Sync => "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_sync_refresh;",
+            Variant::Keyed | Variant::KeyedRefreshd | Variant::KeyedRefreshdDebounced => {
+                KEYED_TRIGGERS_ON
+            }
+            Variant::KeyedNoNotify => {
+                "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_keys_no_notify;"
+            }
+            Variant::KeyedBuffer => "ALTER TABLE public.member_attendance ENABLE TRIGGER bench_keys_buffer;",
+        }
+    }
+    /// The refreshd that runs during this variant's pgbench runs, if any.
+    fn daemon(self) -> Option<(Vec<ViewCfg>, &'static str)> {
+        match self {
+            // A long debounce keeps its refreshes out of the measurement, as the
+            // drained LISTEN connection stands in for refreshd in the NOTIFY rows.
+            Variant::Statistics => Some((
+                vec![ViewCfg::statistics(ATT_VIEW, "1s", "1h", "1h")],
+                "write path, statistics",
+            )),
+            Variant::KeyedRefreshd => Some((vec![keyed::live_view("0s")], "write path, keyed")),
+            Variant::KeyedRefreshdDebounced => Some((
+                vec![keyed::live_view("1s")],
+                "write path, keyed, debounce 1s",
+            )),
+            Variant::StatementRefreshd => Some((
+                vec![ViewCfg::new(ATT_VIEW, ATT_CHANNEL, "0s", "5s")],
+                "write path, materialized view",
+            )),
+            _ => None,
         }
     }
 }
@@ -942,6 +1074,24 @@ async fn set_variant(c: &Client, v: Variant) -> Result<()> {
 }
 
 async fn write_path(bench: &mut Bench) -> Result<()> {
+    let variants = [
+        Variant::None,
+        Variant::Statistics,
+        Variant::Statement,
+        Variant::Row,
+        Variant::Sync,
+    ];
+    let (rows, note) = write_path_rounds(bench, &variants).await?;
+    bench.report.write_path.extend(rows);
+    bench.report.wp_notes.push(note);
+    Ok(())
+}
+
+/// pgbench runs of the one-row insert under each variant: `wp_rounds` rounds, each
+/// running every variant in the order given at every client count (slow drift, such as
+/// table growth and autovacuum, hits all alike). Rows per client count in variant
+/// order, ratios to the first variant; and the note that describes the runs.
+async fn write_path_rounds(bench: &Bench, variants: &[Variant]) -> Result<(Vec<WpRow>, String)> {
     let plan = bench.plan.clone();
     let c = connect(&bench.dsn).await?;
     // Somebody listens, as refreshd would: notifications are read and dropped.
@@ -956,20 +1106,27 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
             }
         }
     });
-    drain
-        .batch_execute(&format!("LISTEN {ATT_CHANNEL}; LISTEN bench_rows"))
-        .await?;
+    let listen = format!(
+        "LISTEN {ATT_CHANNEL}; LISTEN bench_rows; LISTEN {}",
+        keyed::KEYS_CHANNEL
+    );
+    drain.batch_execute(&listen).await?;
+    // To drop 005's triggers for a run and put them back afterwards.
+    let keyed_defs: Vec<(String, String)> = c
+        .query(
+            "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger \
+             WHERE tgrelid = 'public.member_attendance'::regclass AND NOT tgisinternal \
+               AND tgname LIKE 'attendance\\_keys\\_on\\_%' ORDER BY tgname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
 
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("insert.sql");
     std::fs::write(&script, format!("{};\n", bench.insert_sql))?;
-    let variants = [
-        Variant::None,
-        Variant::Statistics,
-        Variant::Statement,
-        Variant::Row,
-        Variant::Sync,
-    ];
     let mut tps: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); variants.len()]; plan.wp_clients.len()];
     // One unrecorded warm-up run: the first pgbench run after the storms pays for
     // cold caches and autovacuum catching up.
@@ -977,27 +1134,38 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
     pgbench(bench, &script, 2, plan.wp_secs).await?;
     for round in 0..plan.wp_rounds {
         for (ci, &clients) in plan.wp_clients.iter().enumerate() {
-            // A B C D, then again: slow drift (table growth, autovacuum) hits all alike.
             for (vi, &v) in variants.iter().enumerate() {
                 set_variant(&c, v).await?;
-                // Statistics mode: refreshd runs and polls during the run; a long
-                // debounce keeps its refreshes out of the measurement, as the drained
-                // LISTEN connection stands in for refreshd in the NOTIFY rows.
-                let daemon = match v {
-                    Variant::Statistics => Some(
-                        Daemon::start(
-                            &bench.dsn,
-                            &[ViewCfg::statistics(ATT_VIEW, "1s", "1h", "1h")],
-                            "write path, statistics",
-                        )
-                        .await?,
-                    ),
-                    _ => None,
+                if v == Variant::NoneDropped {
+                    for (name, _) in &keyed_defs {
+                        c.batch_execute(&format!(
+                            "DROP TRIGGER {} ON public.member_attendance",
+                            refreshd::pg::ident::quote_ident(name)
+                        ))
+                        .await?;
+                    }
+                }
+                // With refreshd running, it is the only listener, as in production:
+                // PostgreSQL signals every listening session of the database at each
+                // notifying commit, so a second one would cost writers more.
+                let daemon = match v.daemon() {
+                    Some((views, tag)) => {
+                        drain.batch_execute("UNLISTEN *").await?;
+                        Some(Daemon::start(&bench.dsn, &views, tag).await?)
+                    }
+                    None => None,
                 };
-                let t = pgbench(bench, &script, clients, plan.wp_secs).await?;
+                let t = pgbench(bench, &script, clients, plan.wp_secs).await;
                 if let Some(d) = daemon {
                     d.stop().await;
+                    drain.batch_execute(&listen).await?;
                 }
+                if v == Variant::NoneDropped {
+                    for (_, def) in &keyed_defs {
+                        c.batch_execute(def).await?;
+                    }
+                }
+                let t = t?;
                 progress(&format!(
                     "write path: round {}/{} clients {clients} {}: {t:.0} tps",
                     round + 1,
@@ -1010,11 +1178,12 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
     }
     set_variant(&c, Variant::Statement).await?;
     drain_task.abort();
+    let mut rows = Vec::new();
     for (ci, &clients) in plan.wp_clients.iter().enumerate() {
         let base = median(&tps[ci][0]);
         for (vi, &v) in variants.iter().enumerate() {
             let m = median(&tps[ci][vi]);
-            bench.report.write_path.push(WpRow {
+            rows.push(WpRow {
                 label: v.label().into(),
                 clients,
                 runs: tps[ci][vi].len(),
@@ -1025,13 +1194,13 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
             });
         }
     }
-    bench.report.wp_notes.push(format!(
-        "pgbench -n -f insert.sql -c C -j 2 -T {} (one INSERT ... SELECT of one row per transaction); {} round(s), variants interleaved in the order shown, medians; a LISTEN connection read every notification ({} in all)",
+    let note = format!(
+        "pgbench -n -f insert.sql -c C -j 2 -T {} (one INSERT ... SELECT of one row per transaction); {} round(s), variants interleaved in the order shown, medians; a LISTEN connection read every notification ({} in all; in rows naming refreshd, refreshd was the only listener)",
         plan.wp_secs,
         plan.wp_rounds,
         drained.load(Ordering::Relaxed)
-    ));
-    Ok(())
+    );
+    Ok((rows, note))
 }
 
 async fn pgbench(bench: &Bench, script: &std::path::Path, clients: u32, secs: u64) -> Result<f64> {

@@ -89,6 +89,36 @@ impl ViewCfg {
             extra: format!("detect = \"statistics\"\npoll_interval = \"{poll_interval}\"\n"),
         }
     }
+
+    /// A statistics view whose debounce is long enough (a minute or more) that a
+    /// pending refresh does not start during a measurement.
+    fn parks(&self) -> bool {
+        self.extra.contains("detect = \"statistics\"")
+            && humantime::parse_duration(&self.debounce).is_ok_and(|d| d >= Duration::from_secs(60))
+    }
+
+    /// A keyed view (`kind = "keyed"`): the table `name` kept equal to the plain view
+    /// `query`, group by group, from the keys notified on `channel`.
+    pub fn keyed(
+        name: &str,
+        query: &str,
+        key: &[&str],
+        channel: &str,
+        debounce: &str,
+        max_delay: &str,
+    ) -> ViewCfg {
+        let key: Vec<String> = key.iter().map(|k| format!("\"{k}\"")).collect();
+        ViewCfg {
+            name: name.into(),
+            channel: channel.into(),
+            debounce: debounce.into(),
+            max_delay: max_delay.into(),
+            extra: format!(
+                "kind = \"keyed\"\nquery = \"{query}\"\nkey = [{}]\n",
+                key.join(", ")
+            ),
+        }
+    }
 }
 
 /// The real release binary as a child process, with its own config and log file.
@@ -103,6 +133,38 @@ pub struct Daemon {
 /// Built by Cargo for benches alongside this harness (the `bench` profile inherits
 /// `release`, so this is target/release/refreshd).
 const BIN: &str = env!("CARGO_BIN_EXE_refreshd");
+
+/// The copy of [`BIN`] every daemon of this run starts, once [`pin_binary`] made it.
+static PINNED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Copies target/release/refreshd to a private directory and starts every daemon of
+/// the run from that copy: a `cargo build --release` elsewhere on the machine (tests
+/// run meanwhile) would otherwise swap the binary in the middle of a run. The copy
+/// lives as long as the returned directory.
+pub fn pin_binary() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("refreshd-bench-bin-")
+        .tempdir()?;
+    let copy = dir.path().join("refreshd");
+    std::fs::copy(BIN, &copy).with_context(|| format!("copy {BIN}"))?;
+    let _ = PINNED.set(copy);
+    Ok(dir)
+}
+
+fn bin() -> PathBuf {
+    PINNED.get().cloned().unwrap_or_else(|| PathBuf::from(BIN))
+}
+
+/// One `refreshed` line of refreshd's JSON log.
+#[derive(Clone, Debug)]
+pub struct LogRefresh {
+    pub view: String,
+    pub reason: String,
+    /// `refresh`, `keyed_keys`, `keyed_all`, ... (refreshd's `kind` field).
+    pub kind: String,
+    pub duration_ms: f64,
+    pub lag_ms: f64,
+}
 
 impl Daemon {
     /// Starts `refreshd run` and waits until it is ready and every view has finished
@@ -132,7 +194,7 @@ impl Daemon {
         let cfg_path = dir.path().join("refreshd.toml");
         std::fs::write(&cfg_path, cfg)?;
         let log = std::fs::File::create(dir.path().join("refreshd.log"))?;
-        let child = tokio::process::Command::new(BIN)
+        let child = tokio::process::Command::new(bin())
             // JSON logs so the harness can read each refresh's duration back.
             .args(["--log-format", "json", "run", "-c"])
             .arg(&cfg_path)
@@ -142,7 +204,7 @@ impl Daemon {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("spawn {BIN}"))?;
+            .with_context(|| format!("spawn {}", bin().display()))?;
         let pid = child.id().context("refreshd pid")?;
         let d = Daemon {
             child,
@@ -152,14 +214,29 @@ impl Daemon {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
         loop {
             if Instant::now() > deadline {
-                bail!("refreshd ({tag}) not ready; log:\n{}", d.log());
+                bail!(
+                    "refreshd ({tag}) not ready; last /status: {last}\nlog:\n{}",
+                    d.log()
+                );
             }
             if let Ok(s) = d.get("/status").await {
+                last = s.clone();
+                // Idle: done with startup. A statistics view's detector counts its
+                // first reading as a change; when that reading lands after the startup
+                // refresh began, the view stays pending for its debounce, which with
+                // an hour-long debounce (the write-path runs) means no work before
+                // the run is over, so pending is settled enough there.
                 let idle = s.matches("\"state\":\"idle\"").count();
+                let parked = s.matches("\"state\":\"pending\"").count();
+                let may_park = views.iter().filter(|v| v.parks()).count();
                 let ok = s.matches("\"last_outcome\":\"success\"").count();
-                if s.contains("\"ready\":true") && idle == views.len() && ok == views.len() {
+                if s.contains("\"ready\":true")
+                    && idle + parked.min(may_park) == views.len()
+                    && ok == views.len()
+                {
                     break;
                 }
             }
@@ -199,6 +276,33 @@ impl Daemon {
                 let f = v.get("fields").unwrap_or(&v);
                 (f.get("message")?.as_str()? == "refreshed" && f.get("reason")?.as_str()? == reason)
                     .then(|| f.get("duration_ms")?.as_f64())?
+            })
+            .collect()
+    }
+
+    /// Every successful refresh in the JSON log, in order.
+    pub fn refresh_log(&self) -> Vec<LogRefresh> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let f = v.get("fields").unwrap_or(&v);
+                if f.get("message")?.as_str()? != "refreshed" {
+                    return None;
+                }
+                let text = |k: &str| {
+                    f.get(k)
+                        .and_then(|x| x.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                Some(LogRefresh {
+                    view: text("view"),
+                    reason: text("reason"),
+                    kind: text("kind"),
+                    duration_ms: f.get("duration_ms")?.as_f64()?,
+                    lag_ms: f.get("lag_ms").and_then(|x| x.as_f64()).unwrap_or(f64::NAN),
+                })
             })
             .collect()
     }
