@@ -491,7 +491,7 @@ impl Core {
             let started = std::time::Instant::now();
             let events = self.config.events;
             let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
-            if let Some(Work::Keys(k)) = &work {
+            if let Some(k) = work.as_ref().and_then(Work::keys) {
                 tracing::debug!(view = %view.name, keys = k.len(), "keyed refresh of the dirty groups");
             }
             let task_work = work.clone();
@@ -1000,12 +1000,17 @@ impl Core {
                 }
             }
             Ok(r) => {
-                dirty.timed(work, r.duration.as_secs_f64());
-                if let Work::Keys(k) = work {
-                    self.metrics.views.keyed_keys(label, k.len() as u64);
+                // What ran, which for keys the planner judged dearer is everything.
+                let keys = match (r.kind, work.keys()) {
+                    (crate::pg::refresh::RefreshKind::KeyedKeys, Some(k)) => Some(k.len()),
+                    _ => None,
+                };
+                dirty.timed(keys, r.duration.as_secs_f64());
+                if let Some(n) = keys {
+                    self.metrics.views.keyed_keys(label, n as u64);
                 }
             }
-            Err(_) => dirty.restore(work),
+            Err(e) => dirty.failed(work, e.duration.as_secs_f64()),
         }
     }
 

@@ -117,34 +117,52 @@ impl DirtyKeys {
 
     /// What a refresh starting now recomputes (everything when `full`, the refresh's
     /// reason asks for it, or when the keys would take longer than everything, as far
-    /// as the refreshes so far tell); the set starts empty for the next one.
+    /// as the refreshes so far tell); the set starts empty for the next one. Until a
+    /// time per key has been measured, the keys are refreshed only if the planner
+    /// agrees they cost less than everything ([`Work::KeysIfCheaper`]).
     pub fn take(&mut self, full: bool) -> Work {
         let costly = matches!((self.per_key, self.full), (Some(k), Some(f)) if k * self.set.len() as f64 > f);
         let all = std::mem::take(&mut self.all) || full || costly;
         let set = std::mem::take(&mut self.set);
         if all {
             Work::All
+        } else if self.per_key.is_none() && !set.is_empty() {
+            Work::KeysIfCheaper(set.into_iter().collect(), self.full)
         } else {
             Work::Keys(set.into_iter().collect())
         }
     }
 
-    /// A refresh of `work` committed after `seconds`.
-    pub fn timed(&mut self, work: &Work, seconds: f64) {
-        match work {
-            Work::All => self.full = ewma(self.full, seconds),
-            Work::Keys(k) if !k.is_empty() => {
-                self.per_key = ewma(self.per_key, seconds / k.len() as f64)
-            }
-            Work::Keys(_) => {}
+    /// A refresh committed after `seconds`, having recomputed `keys` groups one by
+    /// one, or everything (`None`).
+    pub fn timed(&mut self, keys: Option<usize>, seconds: f64) {
+        match keys {
+            None => self.full = ewma(self.full, seconds),
+            Some(0) => {}
+            Some(n) => self.per_key = ewma(self.per_key, seconds / n as f64),
         }
+    }
+
+    /// A refresh of `work` that did not commit after `seconds` gives its work back,
+    /// and teaches the estimates that it costs at least that much (a refresh of many
+    /// keys that ran into `statement_timeout` must not be tried the same way again).
+    pub fn failed(&mut self, work: &Work, seconds: f64) {
+        let (estimate, n) = match work.keys() {
+            None => (&mut self.full, 1),
+            Some(k) => (&mut self.per_key, k.len().max(1)),
+        };
+        let lower_bound = seconds / n as f64;
+        if estimate.is_none_or(|e| lower_bound > e) {
+            *estimate = ewma(*estimate, lower_bound);
+        }
+        self.restore(work);
     }
 
     /// A refresh that did not commit gives its work back.
     pub fn restore(&mut self, work: &Work) {
-        match work {
-            Work::All => self.add_all(),
-            Work::Keys(k) => self.add(k.clone()),
+        match work.keys() {
+            None => self.add_all(),
+            Some(k) => self.add(k.to_vec()),
         }
     }
 
@@ -210,6 +228,7 @@ mod tests {
     #[test]
     fn keys_coalesce_overflow_and_come_back_after_a_failure() {
         let mut d = DirtyKeys::new(3);
+        d.timed(Some(1), 0.001); // a time per key is known: keys are taken as they are
         assert!(d.is_empty());
         d.add(vec![k(&["1"]), k(&["2"]), k(&["1"])]);
         assert_eq!(d.len(), 2);
@@ -239,15 +258,35 @@ mod tests {
         let mut d = DirtyKeys::new(1000);
         d.add(vec![k(&["1"]), k(&["2"]), k(&["3"])]);
         assert!(
-            matches!(d.take(false), Work::Keys(_)),
-            "nothing measured yet"
+            matches!(d.take(false), Work::KeysIfCheaper(v, None) if v.len() == 3),
+            "nothing measured yet: the planner decides"
         );
-        d.timed(&Work::All, 0.5);
-        d.timed(&Work::Keys(vec![k(&["1"]), k(&["2"])]), 0.02);
+        d.timed(None, 0.5);
+        d.timed(Some(2), 0.02);
         // 0.01 s per key against 0.5 s for everything: 49 keys are cheaper, 51 are not.
         d.add((0..49).map(|i| k(&[&i.to_string()])).collect());
         assert!(matches!(d.take(false), Work::Keys(v) if v.len() == 49));
         d.add((0..51).map(|i| k(&[&i.to_string()])).collect());
+        assert_eq!(d.take(false), Work::All);
+    }
+
+    #[test]
+    fn a_failed_refresh_raises_the_estimates_and_gives_its_work_back() {
+        let mut d = DirtyKeys::new(1000);
+        d.timed(None, 0.5);
+        d.timed(Some(10), 0.01);
+        // 70 keys that ran 15 s into a timeout: at least 0.21 s a key, so 70 keys are
+        // now dearer than everything.
+        let keys: Vec<Key> = (0..70).map(|i| k(&[&i.to_string()])).collect();
+        d.failed(&Work::Keys(keys.clone()), 15.0);
+        assert_eq!(d.len(), 70, "the keys come back");
+        assert_eq!(d.take(false), Work::All);
+        // A failure that ended sooner than the estimate (a lock timeout at once) does
+        // not make keys look cheaper than they are.
+        let before = d.per_key;
+        d.failed(&Work::Keys(keys), 0.0);
+        assert_eq!(d.per_key, before);
+        d.failed(&Work::All, 0.1);
         assert_eq!(d.take(false), Work::All);
     }
 }

@@ -142,6 +142,7 @@ pub fn classify(code: &SqlState) -> (FailureClass, Option<&'static str>) {
         "40001" => (Transient, Some("serialization failure; refreshd retries")),
         "57014" => (Transient, Some("the statement was cancelled (statement_timeout, or pg_cancel_backend); raise statement_timeout if the view needs longer")),
         "57P01" | "57P02" | "57P03" => (Transient, Some("the server is shutting down or starting up; refreshd retries")),
+        "25006" => (Transient, Some("the server is read-only (a standby, or a failover in progress): refreshd retries; if this lasts, point database.url at the primary (target_session_attrs=read-write)")),
         "42501" => (Permanent, Some("only the owner of a materialized view (or a member of the owning role) may refresh it, and on PostgreSQL 17+ a role with the MAINTAIN privilege on it (GRANT MAINTAIN ON ... TO, or the pg_maintain role): ALTER MATERIALIZED VIEW ... OWNER TO a role refreshd's user belongs to, or grant MAINTAIN")),
         "21000" | "23505" => (Permanent, Some("the view's query produces duplicate rows for its unique index; fix the view definition or the index")),
         "55000" => (Permanent, Some("REFRESH ... CONCURRENTLY needs a unique index on plain columns of the view, without WHERE: create one, or set concurrently = false for this view")),
@@ -180,6 +181,30 @@ fn millis(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// How often the server checks, while a refresh runs, that refreshd is still there
+/// (`client_connection_check_interval`, PostgreSQL 14+): a refresh whose client was
+/// killed stops within about this long instead of running to `statement_timeout` and
+/// holding its locks against the next refresher.
+pub const CLIENT_CHECK: Duration = Duration::from_secs(1);
+
+/// The start of every refresh transaction, materialized or keyed: `BEGIN`, the view's
+/// timeouts, and the client-connection check. Everything is transaction-local (`SET
+/// LOCAL`, `set_config(..., true)`), so nothing outlives it on a pooled connection. The
+/// check is set through `pg_settings` so that PostgreSQL 13, which lacks the setting,
+/// sets nothing instead of failing: there a killed refresher's statement runs on until
+/// it ends or reaches `statement_timeout`, and the refresher after it waits for it (the
+/// locks it holds), never collides with it.
+pub fn begin(view: &ViewConfig) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+         SELECT pg_catalog.set_config(name, '{}', true) FROM pg_catalog.pg_settings \
+         WHERE name = 'client_connection_check_interval'",
+        millis(view.statement_timeout),
+        millis(view.lock_timeout),
+        millis(CLIENT_CHECK)
+    )
+}
+
 /// Whether the view is populated; `None` when no materialized view has that name.
 /// `query_typed` is one round trip with an unnamed statement: nothing is prepared on
 /// the server, so it works through a transaction-mode pooler.
@@ -211,11 +236,7 @@ pub fn refresh_transaction(
     event: bool,
 ) -> (RefreshKind, String) {
     let (kind, refresh) = refresh_sql(view, populated);
-    let mut sql = format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; {refresh}; ",
-        millis(view.statement_timeout),
-        millis(view.lock_timeout)
-    );
+    let mut sql = format!("{}; {refresh}; ", begin(view));
     if event {
         sql.push_str(&format!(
             "SELECT pg_catalog.pg_notify({}, {}); ",
@@ -348,6 +369,8 @@ mod tests {
         assert_eq!(
             sql,
             "BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; \
+             SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings \
+             WHERE name = 'client_connection_check_interval'; \
              REFRESH MATERIALIZED VIEW CONCURRENTLY \"S\".\"V's\"; \
              SELECT pg_catalog.pg_notify('refreshd_refreshed', '\"S\".\"V''s\"'); COMMIT"
         );
@@ -360,6 +383,17 @@ mod tests {
         assert!(
             !sql.contains("SET statement_timeout"),
             "never session-level"
+        );
+    }
+
+    #[test]
+    fn a_read_only_server_is_a_failover_in_progress_not_a_permanent_failure() {
+        let (class, hint) = classify(&SqlState::from_code("25006"));
+        assert_eq!(class, FailureClass::Transient);
+        assert!(hint.unwrap().contains("target_session_attrs=read-write"));
+        assert_eq!(
+            classify(&SqlState::from_code("42501")).0,
+            FailureClass::Permanent
         );
     }
 }
