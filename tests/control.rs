@@ -549,3 +549,127 @@ async fn status_after_a_duplicate_row_failure_shows_the_sqlstate_and_no_row_valu
         Some(1.0)
     );
 }
+
+/// `psql -c SQL` as `role`: a session that ends right after its commit.
+fn psql_once(db: &TestDb, role: &str, sql: &str) -> std::process::Output {
+    std::process::Command::new(db.server.psql_bin())
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(db.dsn_as(role))
+        .args(["-c", sql])
+        .output()
+        .unwrap()
+}
+
+fn install_sql_control(db: &TestDb) {
+    let out = db
+        .server
+        .psql_file(&db.name, &support::repo().join("sql/refreshd/install.sql"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SQL control (SPEC "SQL control"): `select refreshd.force('schema.view')` from a
+/// session that ends at once forces a refresh; PostgreSQL refuses a role without
+/// EXECUTE; unknown names are refused by the function; a request made while no
+/// refreshd runs is carried out when one starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshd_force_from_sql_is_durable_and_privileged() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    install_sql_control(&db);
+    // Installing twice changes nothing (idempotent).
+    install_sql_control(&db);
+    let roles = TestRoles::create(&db, &["forcer", "nobody"]);
+    let (forcer, nobody) = (roles.name("forcer"), roles.name("nobody"));
+    db.psql(&format!(
+        "GRANT USAGE ON SCHEMA refreshd TO {forcer}, {nobody};
+         GRANT EXECUTE ON FUNCTION refreshd.force(text) TO {forcer};"
+    ));
+    let config = format!("[database]\nurl = \"{}\"\n{FORCED_ONLY}", db.dsn());
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(20), "the startup refreshes", || async {
+        d.successes(QUIET) >= 1.0
+    })
+    .await;
+
+    // A change no trigger reports, then a one-line force from a session that ends.
+    db.psql("UPDATE public.quiet SET v = 2");
+    let out = psql_once(&db, &forcer, "select refreshd.force('public.quiet_sum')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(10), "the forced refresh", || async {
+        db.psql("SELECT v FROM public.quiet_sum") == "2"
+    })
+    .await;
+    assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.force_requests"), "0");
+
+    // No EXECUTE: PostgreSQL says no, and nothing is recorded.
+    let out = psql_once(&db, &nobody, "select refreshd.force('public.quiet_sum')");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied for function force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nor can it write the requests itself.
+    let out = psql_once(
+        &db,
+        &nobody,
+        "insert into refreshd.force_requests (view_name) values ('public.quiet_sum')",
+    );
+    assert!(!out.status.success());
+    // Unknown names are refused by the function.
+    let out = psql_once(&db, &forcer, "select refreshd.force('public.no_such_view')");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a materialized view or table"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
+
+    // refreshd stopped: the request waits in its table, and the next one carries it out.
+    drop(d);
+    db.psql("UPDATE public.quiet SET v = 3");
+    let out = psql_once(&db, &forcer, "select refreshd.force('public.quiet_sum')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.force_requests"), "1");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the waiting request to be taken",
+        || async { db.psql("SELECT count(*) FROM refreshd.force_requests") == "0" },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the view to show it", || async {
+        db.psql("SELECT v FROM public.quiet_sum") == "3"
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the forced refresh", || async {
+        d.log_text().lines().any(|l| {
+            l.contains("forced refresh") && l.contains("source=\"sql\"") && l.contains(QUIET)
+        })
+    })
+    .await;
+    // '*' forces every view.
+    let before = d.refreshes(TOTALS, "force", "success");
+    let out = psql_once(&db, &forcer, "select refreshd.force('*')");
+    assert!(out.status.success());
+    wait_for(Duration::from_secs(10), "every view forced", || async {
+        d.refreshes(TOTALS, "force", "success") > before
+    })
+    .await;
+}

@@ -45,6 +45,9 @@ pub enum Command {
     Http(Request),
     Reload,
     Reloaded(Box<anyhow::Result<Prepared>>),
+    /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
+    /// is not installed).
+    ForceRequests(Result<Option<Vec<String>>, String>),
 }
 
 /// What a refresh task returns.
@@ -188,6 +191,9 @@ struct Core {
     detector: CancellationToken,
     reloading: bool,
     reload_again: bool,
+    /// Consuming `refreshd.force`'s requests; woken again while at it.
+    draining: bool,
+    drain_again: bool,
     throttle: Throttle<(&'static str, String)>,
     stopping: Option<Instant>,
     cancelled_at: Option<Instant>,
@@ -285,6 +291,8 @@ pub async fn run(
         detector: CancellationToken::new(),
         reloading: false,
         reload_again: false,
+        draining: false,
+        drain_again: false,
         throttle: Throttle::new(LOG_PERIOD),
         stopping: None,
         cancelled_at: None,
@@ -590,6 +598,7 @@ impl Core {
                 reply,
             }) => self.wait(view, arrived, reply, now),
             Command::Reload => self.reload(),
+            Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
             Command::Reloaded(result) => {
                 self.reloading = false;
                 match *result {
@@ -608,6 +617,11 @@ impl Core {
     fn listener_event(&mut self, ev: ListenerEvent, now: std::time::Instant) {
         match ev {
             ListenerEvent::Control(payload) => self.control(&payload, now),
+            ListenerEvent::Notification { channel, .. }
+                if channel == crate::pg::force::FORCE_CHANNEL =>
+            {
+                self.take_force_requests()
+            }
             ListenerEvent::Notification {
                 channel, payload, ..
             } => {
@@ -651,6 +665,8 @@ impl Core {
                     Reason::Resync
                 };
                 self.coalescer.mark_all(reason, now);
+                // Requests made while no refreshd led (or while this one was away).
+                self.take_force_requests();
             }
             ListenerEvent::Standby | ListenerEvent::Lost => {
                 self.leading = false;
@@ -745,6 +761,88 @@ impl Core {
     fn log_throttled(&mut self, kind: (&'static str, String), log: impl FnOnce(u64)) {
         if let Some(n) = self.throttle.admit(&kind, std::time::Instant::now()) {
             log(n);
+        }
+    }
+
+    /// Consumes the requests `refreshd.force` recorded, on a connection of its own
+    /// (off the loop); they come back as [`Command::ForceRequests`]. Only the leader
+    /// consumes them: a standby leaves them for it.
+    fn take_force_requests(&mut self) {
+        if !self.leading {
+            return;
+        }
+        if self.draining {
+            self.drain_again = true;
+            return;
+        }
+        self.draining = true;
+        let info = self.refresh_info.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            for attempt in 0..3u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                let taken = async {
+                    let client = info.connect().await.map_err(|e| e.to_string())?;
+                    crate::pg::force::take_requests(&client)
+                        .await
+                        .map_err(|e| crate::pg::connect::error_chain(&e))
+                };
+                match tokio::time::timeout(Duration::from_secs(15), taken).await {
+                    Ok(Ok(t)) => {
+                        let _ = tx.send(Command::ForceRequests(Ok(t)));
+                        return;
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = "no answer within 15 s".into(),
+                }
+            }
+            let _ = tx.send(Command::ForceRequests(Err(last)));
+        });
+    }
+
+    /// Carries out what `refreshd.force` recorded. The function already refused
+    /// names that are no relation; one refreshd does not manage is logged.
+    fn forced_from_sql(
+        &mut self,
+        taken: Result<Option<Vec<String>>, String>,
+        now: std::time::Instant,
+    ) {
+        self.draining = false;
+        match taken {
+            Ok(Some(names)) => {
+                for name in names {
+                    if name == "*" {
+                        tracing::info!(source = "sql", "forced refresh of every view");
+                        self.force(None, now);
+                        continue;
+                    }
+                    let found = QualifiedName::parse(&name)
+                        .ok()
+                        .and_then(|n| self.index.by_name.get(&n).copied());
+                    match found {
+                        Some(i) => {
+                            let view = self.config.views[i].name.clone();
+                            tracing::info!(view = %view, source = "sql", "forced refresh");
+                            self.force(Some(&view), now);
+                        }
+                        None => self.log_throttled(("force_unknown", String::new()), |n| {
+                            tracing::warn!(view = ?name, suppressed = n, "refreshd.force named a view refreshd does not manage; ignored")
+                        }),
+                    }
+                }
+            }
+            Ok(None) => tracing::debug!(
+                "refreshd.force is not installed (refreshd init --apply installs it)"
+            ),
+            Err(e) => self.log_throttled(("force_requests", String::new()), |n| {
+                tracing::warn!(error = %e, suppressed = n, "could not read refreshd.force's requests; they wait for the next wake-up or reconnect")
+            }),
+        }
+        if std::mem::take(&mut self.drain_again) {
+            self.take_force_requests();
         }
     }
 

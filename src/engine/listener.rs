@@ -418,6 +418,7 @@ impl Listener {
     ) -> Result<(), String> {
         let mut wanted = wanted.clone();
         wanted.insert(crate::CONTROL_CHANNEL.to_string());
+        wanted.insert(crate::pg::force::FORCE_CHANNEL.to_string());
         let mut sql = String::new();
         for ch in wanted.difference(listening) {
             sql.push_str(&format!("LISTEN {};", quote_ident(ch)));

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod force;
 pub mod ident;
 pub mod keyed;
 pub mod keyed_check;
