@@ -689,7 +689,7 @@ impl Sampler {
                     .unwrap_or(0);
                 s2.lock().unwrap().push((Instant::now(), v));
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     let q: f64 = c
                         .query_one("SELECT pg_notification_queue_usage()", &[])
                         .await?

@@ -285,13 +285,79 @@ impl Ctx<'_> {
         }
     }
 
+    /// A parse or type error from the TOML reader, explained: the key it is about (found
+    /// from the error's position in the text), the expected form for a wrong type, and the
+    /// nearest known key for an unknown one.
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim();
+        let span = e.span();
+        let key = span.as_ref().and_then(|s| self.key_at(s));
+        let message = match message.strip_prefix("unknown field ") {
+            Some(rest) => unknown_key_message(rest).unwrap_or_else(|| message.to_string()),
+            None if message.starts_with("invalid type: ") => {
+                wrong_type_message(message, key.as_deref())
+            }
+            None => message.to_string(),
+        };
         ConfigError {
             file: self.path.to_path_buf(),
-            line: e.span().map(|s| self.line_of(&s)),
-            key: None,
-            message: e.message().trim().to_string(),
+            line: span.map(|s| self.line_of(&s)),
+            key,
+            message,
         }
+    }
+
+    /// The dotted key (`view[0].debounce`, `database.url`) written at `span`, read from the
+    /// text: the last table header above it and the key left of `=` on its line (or the
+    /// key itself when the span covers it, as for an unknown key). `None` when the text
+    /// does not have that simple shape (a value continued over several lines, say).
+    fn key_at(&self, span: &Range<usize>) -> Option<String> {
+        let start = span.start.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
+        let line = &self.text[line_start..line_end];
+        let at = start - line_start;
+        if line.trim_start().starts_with('[') {
+            // An unknown table: the header names it.
+            let name = table_header(line)?.0;
+            return Some(name);
+        }
+        let own = match line.find('=') {
+            Some(eq) if eq < at => unquote(line[..eq].trim()),
+            _ => unquote(self.text.get(span.clone())?.trim()),
+        };
+        if own.is_empty() {
+            return None;
+        }
+        // The table this line belongs to: the nearest header above, and for [[view]]
+        // its index.
+        let above = &self.text[..line_start];
+        let mut table: Option<String> = None;
+        let mut header_at = None;
+        for (i, l) in above.lines().enumerate() {
+            if let Some((name, array)) = table_header(l) {
+                table = Some(name.clone());
+                header_at = Some((i, name, array));
+            }
+        }
+        let prefix = match header_at {
+            None => None,
+            Some((i, name, true)) => {
+                let n = above
+                    .lines()
+                    .take(i)
+                    .filter(|l| table_header(l).is_some_and(|(h, a)| a && h == name))
+                    .count();
+                Some(format!("{name}[{n}]"))
+            }
+            Some(_) => table,
+        };
+        Some(match prefix {
+            Some(p) => format!("{p}.{own}"),
+            None => own,
+        })
     }
 
     fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
@@ -646,6 +712,7 @@ impl Ctx<'_> {
             "min_interval",
             Duration::ZERO,
         )?;
+        self.timing_agrees(raw, d, &key, debounce, max_delay, min_interval)?;
         let statement_timeout = dur(
             &raw.statement_timeout,
             &d.statement_timeout,
@@ -755,6 +822,64 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
+    /// Refuses timings that contradict each other: a `debounce` or a `min_interval`
+    /// longer than `max_delay` would make `max_delay` a promise refreshd cannot keep (or
+    /// the debounce one it never applies). The error is placed on the key the view
+    /// itself sets (else on the `[defaults]` one) and names both values and the fix.
+    fn timing_agrees(
+        &self,
+        raw: &RawView,
+        d: &RawView,
+        key: &dyn Fn(&str) -> String,
+        debounce: Duration,
+        max_delay: Duration,
+        min_interval: Duration,
+    ) -> Result<(), ConfigError> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let blame = |other: &Option<Spanned<String>>,
+                     other_default: &Option<Spanned<String>>,
+                     other_name: &str,
+                     message: String| {
+            let set = [
+                (other, key(other_name)),
+                (&raw.max_delay, key("max_delay")),
+                (other_default, format!("defaults.{other_name}")),
+                (&d.max_delay, "defaults.max_delay".to_string()),
+            ];
+            let (span, k) = set
+                .into_iter()
+                .find_map(|(v, k)| v.as_ref().map(|v| (v.span(), k)))
+                .map_or((None, key(other_name)), |(s, k)| (Some(s), k));
+            self.err(span.as_ref(), &k, message)
+        };
+        if debounce > max_delay {
+            return Err(blame(
+                &raw.debounce,
+                &d.debounce,
+                "debounce",
+                format!(
+                    "debounce ({}) is longer than max_delay ({}): every refresh would start at max_delay and the debounce would never apply; lower debounce or raise max_delay",
+                    fmt(debounce),
+                    fmt(max_delay)
+                ),
+            ));
+        }
+        if min_interval > max_delay {
+            return Err(blame(
+                &raw.min_interval,
+                &d.min_interval,
+                "min_interval",
+                format!(
+                    "min_interval ({}) is longer than max_delay ({}): under steady writes a refresh could not start within max_delay; lower min_interval or raise max_delay to at least {}",
+                    fmt(min_interval),
+                    fmt(max_delay),
+                    fmt(min_interval)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `kind`, and for `kind = "keyed"` its `query`, `key` and `max_keys`.
     fn keyed(
         &self,
@@ -866,6 +991,110 @@ impl Ctx<'_> {
             max_keys,
         }))
     }
+}
+
+/// `[name]` or `[[name]]` (then `true`), with spaces and a trailing comment allowed.
+fn table_header(line: &str) -> Option<(String, bool)> {
+    let l = line.trim();
+    let (inner, array) = if let Some(r) = l.strip_prefix("[[") {
+        (r.split("]]").next()?, true)
+    } else {
+        (l.strip_prefix('[')?.split(']').next()?, false)
+    };
+    let name = unquote(inner.trim());
+    (!name.is_empty()).then_some((name, array))
+}
+
+/// A bare or quoted TOML key as written.
+fn unquote(k: &str) -> String {
+    k.trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+/// Keys whose value is a duration string.
+const DURATION_KEYS: &[&str] = &[
+    "shutdown_timeout",
+    "connect_timeout",
+    "retry_interval",
+    "debounce",
+    "max_delay",
+    "min_interval",
+    "statement_timeout",
+    "lock_timeout",
+    "poll_interval",
+];
+
+/// `invalid type: integer `2`, expected a string` said in the file's terms: for a duration
+/// key the form to write (`debounce = "2s"`), for the others the TOML type expected.
+fn wrong_type_message(message: &str, key: Option<&str>) -> String {
+    let found = message
+        .strip_prefix("invalid type: ")
+        .and_then(|r| r.split(", expected").next())
+        .unwrap_or("another type");
+    let leaf = key.map(|k| k.rsplit('.').next().unwrap_or(k));
+    if let Some(leaf) = leaf.filter(|l| DURATION_KEYS.contains(l)) {
+        let number = found
+            .strip_prefix("integer `")
+            .and_then(|r| r.strip_suffix('`'))
+            .and_then(|n| n.parse::<u64>().ok());
+        return match number {
+            Some(n) => format!(
+                "expected a duration string like \"2s\", found {found}: write {leaf} = \"{n}s\" for {n} seconds"
+            ),
+            None => format!(
+                "expected a duration string like \"2s\", \"250ms\" or \"15m\", found {found}"
+            ),
+        };
+    }
+    let expected = message.split(", expected ").nth(1).unwrap_or("");
+    let expected = match expected {
+        "a boolean" => "true or false (without quotes)",
+        "i64" | "u64" | "usize" => "a whole number (without quotes)",
+        "a string" => "a quoted string",
+        "a sequence" => "a list such as [\"a\", \"b\"]",
+        other => other,
+    };
+    format!("expected {expected}, found {found}")
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" with the nearest known key
+/// suggested, or the known keys listed when none is near.
+fn unknown_key_message(rest: &str) -> Option<String> {
+    let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let (unknown, known) = names.split_first()?;
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(&unknown.to_lowercase(), k), *k))
+        .min();
+    Some(match best {
+        Some((d, k)) if d <= (unknown.chars().count() / 3).max(1) => {
+            format!("unknown key `{unknown}`: did you mean `{k}`?")
+        }
+        _ if known.is_empty() => format!("unknown key `{unknown}`: this table takes no keys"),
+        _ => format!(
+            "unknown key `{unknown}`: the keys here are {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Levenshtein distance in characters (insertions, deletions, substitutions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (diag + usize::from(ca != *cb)).min(up + 1).min(row[j] + 1);
+            diag = up;
+        }
+    }
+    row[b.len()]
 }
 
 /// `max_keys` when the file does not set it.
@@ -1070,6 +1299,104 @@ mod tests {
             "{BASE}[[view]]\nname = \"public.a\"\nstatement_timeout = \"24days\"\n"
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("debounce", "debounce"), 0);
+        assert_eq!(edit_distance("debunce", "debounce"), 1);
+        assert_eq!(edit_distance("maxdelay", "max_delay"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("flaw", "lawn"), 2);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_the_form() {
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\ndebounce = 2\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].debounce"));
+        assert_eq!(e.line, Some(5));
+        assert!(
+            e.message.contains("expected a duration string like \"2s\"")
+                && e.message.contains("debounce = \"2s\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\n[[view]]\nname = \"public.b\"\nmax_delay = 1.5\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[1].max_delay"));
+        assert!(e.message.contains("duration string"), "{e}");
+        let e = err(&format!("{BASE}[defaults]\nconcurrently = \"yes\"\n"));
+        assert_eq!(e.key.as_deref(), Some("defaults.concurrently"));
+        assert!(e.message.contains("true or false"), "{e}");
+        let e = err(&format!("{BASE}max_concurrent_refreshes = \"4\"\n"));
+        assert_eq!(e.key.as_deref(), Some("database.max_concurrent_refreshes"));
+        assert!(e.message.contains("whole number"), "{e}");
+        let e = err(&format!("shutdown_timeout = 30\n{BASE}"));
+        assert_eq!(e.key.as_deref(), Some("shutdown_timeout"));
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_known_one() {
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nmaxdelay = \"5s\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].maxdelay"));
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("did you mean `max_delay`?"), "{e}");
+        let e = err(&format!("{BASE}[htp]\nlisten = \"127.0.0.1:1\"\n"));
+        assert!(e.message.contains("did you mean `http`?"), "{e}");
+        let e = err(&format!("{BASE}colour = \"red\"\n"));
+        assert!(!e.message.contains("did you mean"), "{e}");
+        assert!(e.message.contains("`connect_timeout`"), "{e}");
+        let e = err(&format!("{BASE}[defaults]\nDebounce = \"1s\"\n"));
+        assert!(e.message.contains("did you mean `debounce`?"), "{e}");
+    }
+
+    #[test]
+    fn contradictory_timings_are_refused() {
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\ndebounce = \"1m\"\nmax_delay = \"30s\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].debounce"));
+        assert_eq!(e.line, Some(5));
+        assert!(
+            e.message
+                .contains("debounce (1m) is longer than max_delay (30s)"),
+            "{e}"
+        );
+        // The default max_delay (30s) counts too.
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nmin_interval = \"2m\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].min_interval"));
+        assert!(
+            e.message
+                .contains("min_interval (2m) is longer than max_delay (30s)"),
+            "{e}"
+        );
+        // [defaults] sets max_delay below the built-in debounce (2s): blamed there.
+        let e = err(&format!(
+            "{BASE}[defaults]\nmax_delay = \"1s\"\n[[view]]\nname = \"public.a\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("defaults.max_delay"));
+        assert_eq!(e.line, Some(4));
+        // A view's own max_delay is blamed before [defaults]' debounce.
+        let e = err(&format!(
+            "{BASE}[defaults]\ndebounce = \"10s\"\n[[view]]\nname = \"public.a\"\nmax_delay = \"5s\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].max_delay"));
+        // Equal is fine, and so is a view that fixes what [defaults] would contradict.
+        parse(&format!(
+            "{BASE}[defaults]\nmax_delay = \"1s\"\ndebounce = \"1s\"\nmin_interval = \"1s\"\n[[view]]\nname = \"public.a\"\n[[view]]\nname = \"public.b\"\ndebounce = \"1m\"\nmax_delay = \"1h\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+mod percent;
 pub mod pg;
 pub mod serve;
 

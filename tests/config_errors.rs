@@ -47,6 +47,61 @@ fn unknown_key() {
 }
 
 #[test]
+fn unknown_key_suggests_the_nearest() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\nmaxdelay = \"5s\"\n"),
+        5,
+        &["view[0].maxdelay", "did you mean `max_delay`?"],
+    );
+    refused(
+        &format!("{DB}[defaults]\nstatment_timeout = \"1m\"\n"),
+        4,
+        &[
+            "defaults.statment_timeout",
+            "did you mean `statement_timeout`?",
+        ],
+    );
+}
+
+#[test]
+fn duration_written_as_a_number() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\ndebounce = 2\n"),
+        5,
+        &[
+            "view[0].debounce: expected a duration string like \"2s\"",
+            "write debounce = \"2s\"",
+        ],
+    );
+    refused(
+        &format!("{DB}connect_timeout = 5\n"),
+        3,
+        &["database.connect_timeout: expected a duration string"],
+    );
+}
+
+#[test]
+fn contradictory_timings() {
+    refused(
+        &format!("{DB}[[view]]\nname = \"public.v\"\ndebounce = \"1m\"\nmax_delay = \"10s\"\n"),
+        5,
+        &[
+            "view[0].debounce",
+            "debounce (1m) is longer than max_delay (10s)",
+            "lower debounce or raise max_delay",
+        ],
+    );
+    refused(
+        &format!("{DB}[defaults]\nmin_interval = \"5m\"\n[[view]]\nname = \"public.v\"\n"),
+        4,
+        &[
+            "defaults.min_interval",
+            "min_interval (5m) is longer than max_delay (30s)",
+        ],
+    );
+}
+
+#[test]
 fn bad_duration() {
     refused(
         &format!("{DB}[[view]]\nname = \"public.v\"\ndebounce = \"2 parsecs\"\n"),

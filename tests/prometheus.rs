@@ -166,7 +166,7 @@ async fn prometheus_scrapes_counters_and_histograms() {
         || async {
             round.set(round.get() + 1);
             let before = d.successes(VIEW);
-            if round.get() % 2 == 0 {
+            if round.get().is_multiple_of(2) {
                 db.psql(&format!(
                     "INSERT INTO public.prom_src (bucket) VALUES ({})",
                     round.get() % 5

@@ -232,7 +232,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                     _ = tick.tick() => {}
                 }
                 n += 1;
-                let sql = if n % 2 == 0 {
+                let sql = if n.is_multiple_of(2) {
                     "SELECT refreshd_demo.write_attendance(5)"
                 } else {
                     "SELECT refreshd_demo.write_inventory(5)"

@@ -59,15 +59,11 @@ pub fn lock_key(lock_name: &str) -> i64 {
     h as i64
 }
 
-/// Capped exponential backoff with full jitter: a random delay in [base/2, base].
+/// Capped exponential backoff with full jitter: a delay drawn uniformly from [0, base],
+/// base = 250 ms × 2^attempt, at most `cap`.
 pub fn jittered(attempt: u32, cap: Duration) -> Duration {
     let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(10))).min(cap);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let frac = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    base.mul_f64(frac)
+    Duration::from_nanos(rand::random_range(0..=base.as_nanos() as u64))
 }
 
 /// Ends backend `$1` if it holds refreshd's advisory lock `$2` (a bigint key: `classid`
@@ -464,7 +460,24 @@ mod tests {
         for a in 0..40 {
             let d = jittered(a, Duration::from_secs(30));
             assert!(d <= Duration::from_secs(30));
-            assert!(d >= Duration::from_millis(125));
         }
+    }
+
+    #[test]
+    fn backoff_is_full_jitter() {
+        // attempt 3: base 2 s. Uniform over [0, 2 s]: both halves are drawn (the chance
+        // that 200 draws all land in one half is 2^-199), never above the base.
+        let draws: Vec<Duration> = (0..200)
+            .map(|_| jittered(3, Duration::from_secs(30)))
+            .collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(
+            draws.iter().any(|d| *d < Duration::from_secs(1)),
+            "{draws:?}"
+        );
+        assert!(
+            draws.iter().any(|d| *d > Duration::from_secs(1)),
+            "{draws:?}"
+        );
     }
 }

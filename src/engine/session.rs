@@ -60,11 +60,7 @@ pub fn private_channel() -> String {
 }
 
 fn random_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(8)
+    rand::random()
 }
 
 /// The prober: a connection of its own that sends the test notifications (and samples

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
@@ -305,7 +305,7 @@ fn split_ssl_options(url: &str) -> Result<SplitUrl, String> {
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(k, &percent_decode(v))? {
+                    if !take(k, &percent_decode(v)?)? {
                         kept.push(pair);
                     }
                 }
@@ -332,23 +332,11 @@ fn split_ssl_options(url: &str) -> Result<SplitUrl, String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Never quotes the value: it may be part of a password.
+fn percent_decode(s: &str) -> Result<String, String> {
+    crate::percent::decode(s).ok_or_else(|| {
+        "the URL's query has a malformed percent-encoding (write %XX with two hex digits)".into()
+    })
 }
 
 /// Splits `key=value key='quoted value'` into (key, value, raw token).
@@ -425,7 +413,7 @@ fn load_roots(path: &Path) -> Result<RootCertStore, DbError> {
     };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let mut store = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| err(e.to_string()))?;
         store.add(cert).map_err(|e| err(e.to_string()))?;
     }
@@ -550,6 +538,7 @@ mod tests {
         let s = split_ssl_options("postgresql://h/db?sslmode=require").unwrap();
         assert_eq!(s.rest, "postgresql://h/db");
         assert!(split_ssl_options("postgresql://h/db?sslmode=bogus").is_err());
+        assert!(split_ssl_options("postgresql://h/db?sslrootcert=%+1").is_err());
     }
 
     #[test]

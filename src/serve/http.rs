@@ -159,12 +159,9 @@ async fn wait_for_refresh(shared: &Shared, view: QualifiedName, wait: Duration) 
     }
 }
 
-/// Compares in time independent of where the strings differ.
+/// Compares in time independent of where the strings differ (`subtle`).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
@@ -187,20 +184,7 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
 }
 
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(s)
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -398,6 +382,7 @@ mod tests {
         );
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%+1"), None);
     }
 
     #[test]
