@@ -142,7 +142,10 @@ fn check_passes_when_all_is_well_and_flags_unfed_views() {
     let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let l = line_for(&stdout(&out), "public.order_totals").to_string();
-    assert!(l.starts_with("FAIL") && l.contains("nothing feeds it"), "{l}");
+    assert!(
+        l.starts_with("FAIL") && l.contains("nothing feeds it"),
+        "{l}"
+    );
 }
 
 /// A common design (SPEC, `check`): no trigger, the application NOTIFYs the view's

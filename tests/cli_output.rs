@@ -25,10 +25,14 @@ async fn status_says_disconnected_and_exits_1_when_the_database_is_gone() {
     ));
     d.wait_ready(Duration::from_secs(30)).await;
     let url = format!("http://127.0.0.1:{}", d.port);
-    wait_for(Duration::from_secs(15), "status exit 0 while connected", || {
-        let code = support::refreshd(&["status", "--url", &url]).status.code();
-        async move { code == Some(0) }
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "status exit 0 while connected",
+        || {
+            let code = support::refreshd(&["status", "--url", &url]).status.code();
+            async move { code == Some(0) }
+        },
+    )
     .await;
     let out = support::refreshd(&["status", "--url", &url]);
     assert!(

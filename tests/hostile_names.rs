@@ -30,7 +30,11 @@ fn tables() -> Vec<(&'static str, String)> {
 fn views() -> Vec<(&'static str, String, Vec<usize>)> {
     vec![
         ("inj", "v\nDROP TABLE inj.canary; --".to_string(), vec![0]),
-        (SCHEMA, "v */ DROP TABLE inj.canary; /*".to_string(), vec![1]),
+        (
+            SCHEMA,
+            "v */ DROP TABLE inj.canary; /*".to_string(),
+            vec![1],
+        ),
         (
             "inj",
             "m'); CREATE TABLE inj.pwned (x int); --\n".to_string(),
@@ -96,7 +100,9 @@ fn setup(db: &TestDb) {
 /// Nothing a name said ran: the canary is there and nothing was created.
 fn nothing_ran(db: &TestDb, when: &str) {
     assert_eq!(
-        db.psql("SELECT to_regclass('inj.canary') IS NOT NULL AND to_regclass('inj.pwned') IS NULL"),
+        db.psql(
+            "SELECT to_regclass('inj.canary') IS NOT NULL AND to_regclass('inj.pwned') IS NULL"
+        ),
         "t",
         "{when}: a statement hidden in a name ran"
     );
@@ -140,21 +146,16 @@ async fn init_check_and_status_on_hostile_names() {
     assert_eq!(capture_triggers(&db), tables().len().to_string());
 
     // The config parses, with exactly the keys init meant, one table per view.
-    let doc: toml::Value =
-        toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let top: BTreeSet<&str> = doc.as_table().unwrap().keys().map(|k| k.as_str()).collect();
     assert_eq!(
         top,
         BTreeSet::from(["database", "defaults", "view"]),
         "{config}"
     );
-    let keys = |v: &toml::Value| -> BTreeSet<String> {
-        v.as_table().unwrap().keys().cloned().collect()
-    };
-    assert_eq!(
-        keys(&doc["database"]),
-        BTreeSet::from(["url".to_string()])
-    );
+    let keys =
+        |v: &toml::Value| -> BTreeSet<String> { v.as_table().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&doc["database"]), BTreeSet::from(["url".to_string()]));
     assert_eq!(
         keys(&doc["defaults"]),
         BTreeSet::from(["debounce".to_string(), "max_delay".to_string()])
@@ -231,7 +232,10 @@ async fn init_check_and_status_on_hostile_names() {
             "{shown} in\n{last}"
         );
     }
-    assert!(!last.contains('\r') && !last.contains('\u{202e}'), "{last:?}");
+    assert!(
+        !last.contains('\r') && !last.contains('\u{202e}'),
+        "{last:?}"
+    );
     // The daemon's text log keeps each event on one line: no line starts with
     // anything but a timestamp.
     let log = d.log_text();

@@ -21,7 +21,8 @@ use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
 use crate::pg::ident::{
-    escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName, MAX_IDENTIFIER_BYTES,
+    escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
+    MAX_IDENTIFIER_BYTES,
 };
 use crate::pg::refresh::quote_literal;
 
@@ -353,8 +354,8 @@ fn comment(out: &mut String, text: &str) {
 #[derive(serde::Serialize)]
 struct ViewEntry {
     name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    channels: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrently: Option<bool>,
 }
@@ -461,7 +462,7 @@ impl Plan {
                 comment(&mut out, &format!("NOT SERVED: {} — {why}", v.name));
                 let entry = ViewEntry {
                     name: v.name.to_string(),
-                    channels: Vec::new(),
+                    channels: None,
                     concurrently: None,
                 };
                 view_toml(&mut out, entry, true);
@@ -507,7 +508,7 @@ impl Plan {
             };
             let entry = ViewEntry {
                 name: v.name.to_string(),
-                channels: feeds.iter().map(|f| f.channel.clone()).collect(),
+                channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
                 concurrently,
             };
             view_toml(&mut out, entry, false);
@@ -657,7 +658,7 @@ mod tests {
             &mut out,
             ViewEntry {
                 name: "public.\"v\nstatement_timeout = \"\"0s\"".into(),
-                channels: vec!["c\n]".into()],
+                channels: Some(vec!["c\n]".into()]),
                 concurrently: None,
             },
             false,

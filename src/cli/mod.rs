@@ -232,7 +232,10 @@ async fn check(path: &Path) -> u8 {
         let report = match report {
             Ok(r) => r,
             Err(e) => {
-                say(&format!("FAIL  {}: cannot inspect the catalog: {e}", view.name));
+                say(&format!(
+                    "FAIL  {}: cannot inspect the catalog: {e}",
+                    view.name
+                ));
                 fail += 1;
                 continue;
             }
@@ -399,7 +402,11 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
             )),
             Err(e) => {
                 failed += 1;
-                say(&format!("{}: FAILED after {}: {e}", view.name, human(e.duration)));
+                say(&format!(
+                    "{}: FAILED after {}: {e}",
+                    view.name,
+                    human(e.duration)
+                ));
             }
         }
     }

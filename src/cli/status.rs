@@ -218,7 +218,10 @@ mod tests {
         let (text, problem) = render(&s);
         assert!(problem, "{text}");
         assert!(
-            text.lines().next().unwrap().contains("disconnected from PostgreSQL"),
+            text.lines()
+                .next()
+                .unwrap()
+                .contains("disconnected from PostgreSQL"),
             "{text}"
         );
         let line = text.lines().nth(1).unwrap();

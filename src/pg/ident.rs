@@ -319,14 +319,20 @@ mod tests {
         let shown = n.shown();
         assert!(!shown.contains('\n'), "{shown}");
         assert_eq!(shown, r#"inj."v\nDROP TABLE inj.canary; --""#);
-        assert_eq!(escape_display("a\\b\r\u{1b}[31m\u{202e}é"), "a\\\\b\\r\\u{001b}[31m\\u{202e}é");
+        assert_eq!(
+            escape_display("a\\b\r\u{1b}[31m\u{202e}é"),
+            "a\\\\b\\r\\u{001b}[31m\\u{202e}é"
+        );
         assert_eq!(escape_display("plain"), "plain");
     }
 
     #[test]
     fn sql_comments_cannot_be_closed_or_broken() {
         let c = sql_comment("x */ DROP TABLE t; /* -- \n--- y");
-        assert!(!c.contains("*/") && !c.contains("/*") && !c.contains("--"), "{c}");
+        assert!(
+            !c.contains("*/") && !c.contains("/*") && !c.contains("--"),
+            "{c}"
+        );
         assert!(!c.contains('\n'));
         assert!(!sql_comment("*/*/").contains("*/"));
         assert!(!sql_comment("/*/*").contains("/*"));
