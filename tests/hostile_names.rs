@@ -203,6 +203,22 @@ async fn init_check_and_status_on_hostile_names() {
         views().len() + 1,
         "{text}"
     );
+    for (s, v, _) in views() {
+        let shown = QualifiedName::new(s, v.as_str()).shown();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with(&format!("OK    {shown}: ")))
+                .count(),
+            1,
+            "{shown} in\n{text}"
+        );
+    }
+    // refresh: one line per view.
+    let refresh = support::refreshd(&["refresh", "-c", path.to_str().unwrap(), "--all"]);
+    let text = support::stdout(&refresh);
+    assert_eq!(refresh.status.code(), Some(0), "{text}");
+    assert_eq!(text.lines().count(), views().len(), "{text}");
+    assert!(text.lines().all(|l| l.contains(": refreshed (")), "{text}");
 
     // A daemon on it: a write reaches the view; status prints one line per view.
     let d = Daemon::start(&config);

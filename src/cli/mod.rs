@@ -234,7 +234,7 @@ async fn check(path: &Path) -> u8 {
             Err(e) => {
                 say(&format!(
                     "FAIL  {}: cannot inspect the catalog: {e}",
-                    view.name
+                    view.name.shown()
                 ));
                 fail += 1;
                 continue;
@@ -249,7 +249,7 @@ async fn check(path: &Path) -> u8 {
                 Verdict::Warn => "WARN",
                 Verdict::Fail => "FAIL",
             },
-            view.name
+            view.name.shown()
         );
         let mut parts: Vec<String> = report
             .problems
@@ -270,13 +270,10 @@ async fn check(path: &Path) -> u8 {
     if let Ok(reads) = crate::engine::startup::dependency_graph(&client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
-                let lower: Vec<String> = r
-                    .iter()
-                    .map(|&l| config.views[l].name.to_string())
-                    .collect();
+                let lower: Vec<String> = r.iter().map(|&l| config.views[l].name.shown()).collect();
                 say(&format!(
                     "graph {} is refreshed after {}",
-                    config.views[i].name,
+                    config.views[i].name.shown(),
                     lower.join(", ")
                 ));
             }
@@ -396,7 +393,7 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         match refresh::refresh_one(&client, view, None, config.events).await {
             Ok(r) => say(&format!(
                 "{}: refreshed ({}) in {}",
-                view.name,
+                view.name.shown(),
                 r.kind.as_str(),
                 human(r.duration)
             )),
@@ -404,7 +401,7 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
                 failed += 1;
                 say(&format!(
                     "{}: FAILED after {}: {e}",
-                    view.name,
+                    view.name.shown(),
                     human(e.duration)
                 ));
             }
