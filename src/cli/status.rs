@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn not_ready_is_a_problem() {
+        let s =
+            serde_json::json!({"version": "0.1.0", "role": "leader", "ready": false, "views": []});
+        let (text, problem) = render(&s);
+        assert!(problem && text.contains("(not ready)"), "{text}");
+    }
+
+    #[test]
     fn hostile_view_names_stay_on_their_line() {
         let s = serde_json::json!({
             "version": "0.1.0", "role": "leader", "ready": true,
