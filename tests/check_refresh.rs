@@ -136,15 +136,44 @@ fn check_passes_when_all_is_well_and_flags_unfed_views() {
         stderr(&out)
     );
 
-    // A channel no trigger sends and no schedule: nothing feeds the view.
-    let unfed = "[[view]]\nname = \"public.order_totals\"\nchannels = [\"nobody_sends_this\"]\n";
+    // No channel and no schedule: nothing feeds the view.
+    let unfed = "[[view]]\nname = \"public.order_totals\"\n";
     let (_d, path) = write_config(&config(&db, &app, unfed));
     let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let l = line_for(&stdout(&out), "public.order_totals").to_string();
     assert!(
-        stdout(&out).contains("nothing feeds it"),
-        "{}",
-        stdout(&out)
+        l.starts_with("FAIL") && l.contains("nothing feeds it"),
+        "{l}"
+    );
+}
+
+/// A common design (SPEC, `check`): no trigger, the application NOTIFYs the view's
+/// channel itself after its writes. That is a warning, not a problem.
+#[test]
+fn check_warns_on_a_view_fed_by_the_applications_own_notify() {
+    let db = TestDb::new();
+    let app = setup(&db);
+    db.psql(&format!(
+        "SET ROLE {app}; CREATE TABLE public.events (id int PRIMARY KEY); \
+         CREATE MATERIALIZED VIEW public.event_count AS SELECT 1 AS k, count(*) AS n FROM public.events; \
+         CREATE UNIQUE INDEX ON public.event_count (k);"
+    ));
+    let cfg = "[[view]]\nname = \"public.event_count\"\nchannels = [\"events_changed\"]\n";
+    let (_d, path) = write_config(&config(&db, &app, cfg));
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let l = line_for(&text, "public.event_count");
+    assert!(l.starts_with("WARN"), "{l}");
+    assert!(
+        l.contains("channel events_changed: no trigger") && l.contains("application"),
+        "{l}"
+    );
+    assert!(!l.contains("PROBLEM"), "{l}");
+    assert!(
+        text.contains("1 view(s): 0 ok, 1 with warnings, 0 with problems"),
+        "{text}"
     );
 }
 

@@ -83,10 +83,10 @@ async fn init_adopts_a_database_it_has_never_seen() {
     // Dependency order, quoted names, concurrently = false where no index, and the view
     // the role may not refresh only as a comment with the fix.
     let daily = config
-        .find("name = \"\\\"Sales\\\".\\\"Daily Totals\\\"\"")
+        .find(r#"name = '"Sales"."Daily Totals"'"#)
         .expect(&config);
     let top = config
-        .find("name = \"\\\"Sales\\\".top_region\"")
+        .find(r#"name = '"Sales".top_region'"#)
         .expect(&config);
     assert!(daily < top, "{config}");
     assert!(config.contains("concurrently = false"), "{config}");

@@ -20,7 +20,10 @@ use tokio_postgres::types::Type;
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
-use crate::pg::ident::{quote_ident, QualifiedName};
+use crate::pg::ident::{
+    escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
+    MAX_IDENTIFIER_BYTES,
+};
 use crate::pg::refresh::quote_literal;
 
 /// One materialized view as `init` sees it.
@@ -50,23 +53,26 @@ pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>) -> u8 {
     let (client, target, conn_dsn) = match connect(url).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("refreshd init: {e}");
+            eprintln!("refreshd init: {}", escape_line(&e));
             return EXIT_PROBLEMS;
         }
     };
     let plan = match read(&client, schemas).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("refreshd init: reading the catalog: {e}");
+            eprintln!("refreshd init: reading the catalog: {}", escape_line(&e));
             return EXIT_PROBLEMS;
         }
     };
-    print!("{}", plan.config(&target, &conn_dsn));
+    let config = plan.config(&target, &conn_dsn);
     if let Some(dir) = sql_dir {
         if let Err(e) = plan.write_sql(dir) {
             eprintln!("refreshd init: writing {}: {e}", dir.display());
             return EXIT_PROBLEMS;
         }
+    }
+    crate::cli::emit(&config);
+    if let Some(dir) = sql_dir {
         eprintln!(
             "refreshd init: wrote {} and {} (not applied: review, then psql -f)",
             dir.join(INSTALL).display(),
@@ -249,23 +255,50 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
     })
 }
 
-/// `refreshd_<schema>_<table>`, at most 63 bytes (PostgreSQL's identifier length); a
-/// longer one is cut and given a hash of the whole so two never collide.
+/// The channel of a base table: `refreshd_<schema>_<table>` when both are plain
+/// lower-case names (the schema without `_`) and it fits in 63 bytes (PostgreSQL's identifier length). Otherwise
+/// a readable prefix of it with every other character as `_`, then a hash of the full
+/// qualified name: safe to write anywhere (only `[a-z0-9_]`), bounded, the same on every
+/// run, and two tables never share one.
 pub fn channel_for(table: &QualifiedName) -> String {
     let full = format!("refreshd_{}_{}", table.schema, table.name);
-    if full.len() <= 63 {
+    let plain = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    // The schema without `_`: "a_b"."c" and "a"."b_c" must not meet.
+    if full.len() <= MAX_IDENTIFIER_BYTES
+        && plain(&table.schema)
+        && !table.schema.contains('_')
+        && plain(&table.name)
+    {
         return full;
     }
-    let mut h: u32 = 0x811c_9dc5;
-    for b in full.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
+    // FNV-1a (64 bits) of the schema and the name with a separator no name contains.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in table
+        .schema
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(table.name.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let mut cut = 54;
-    while !full.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}_{h:08x}", &full[..cut])
+    let suffix = format!("_{:012x}", h & 0xffff_ffff_ffff);
+    let readable: String = full
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_IDENTIFIER_BYTES - suffix.len())
+        .collect();
+    format!("{readable}{suffix}")
 }
 
 /// Channels a trigger function notifies with a constant name: `pg_notify('x', ...)` and
@@ -280,8 +313,11 @@ pub fn notified_channels(src: &str) -> Vec<String> {
         if let Some(rest) = rest.strip_prefix('(') {
             let rest = rest.trim_start();
             if let Some(rest) = rest.strip_prefix('\'') {
+                // A doubled quote means the name is not this simple constant.
                 if let Some(end) = rest.find('\'') {
-                    out.push(rest[..end].to_string());
+                    if !rest[end + 1..].starts_with('\'') {
+                        out.push(rest[..end].to_string());
+                    }
                 }
             }
         }
@@ -303,23 +339,53 @@ pub fn notified_channels(src: &str) -> Vec<String> {
         }
         from = start;
     }
+    out.retain(|c| validate_channel(c).is_ok());
     out.sort();
     out.dedup();
     out
 }
 
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// A TOML comment line: `# ` and the text on one line.
+fn comment(out: &mut String, text: &str) {
+    let _ = writeln!(out, "# {}", escape_display(text));
+}
+
+/// The keys of one `[[view]]`, written by the `toml` serializer.
+#[derive(serde::Serialize)]
+struct ViewEntry {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrently: Option<bool>,
+}
+
+/// A document of `[[view]]` tables.
+#[derive(serde::Serialize)]
+struct Views<'a> {
+    view: &'a [ViewEntry],
+}
+
+#[derive(serde::Serialize)]
+struct DatabaseEntry<'a> {
+    url: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct DatabaseDoc<'a> {
+    database: DatabaseEntry<'a>,
+}
+
+/// `entry` as a `[[view]]` table; `commented` turns every line into a comment.
+fn view_toml(out: &mut String, entry: ViewEntry, commented: bool) {
+    let text = toml::to_string(&Views { view: &[entry] }).expect("plain strings serialize");
+    if commented {
+        for line in text.lines() {
+            comment(out, line);
         }
+    } else {
+        out.push_str(&text);
     }
-    out.push('"');
-    out
 }
 
 impl Plan {
@@ -353,82 +419,99 @@ impl Plan {
         None
     }
 
-    /// The configuration, commented.
+    /// The configuration, commented. Keys and values go through the `toml` serializer;
+    /// names in comments are escaped onto one line, so no name can add a key.
     fn config(&self, target: &str, dsn: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# refreshd configuration written by `refreshd init` from {target}."
+        comment(
+            &mut out,
+            &format!("refreshd configuration written by `refreshd init` from {target}."),
         );
-        let _ = writeln!(
-            out,
-            "# Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run"
+        comment(
+            &mut out,
+            "Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run",
         );
-        let _ = writeln!(
-            out,
-            "# `refreshd check -c FILE`. Every key is documented in config.example.toml."
+        comment(
+            &mut out,
+            "`refreshd check -c FILE`. Every key is documented in config.example.toml.",
         );
-        let _ = writeln!(out, "\n[database]");
-        let _ = writeln!(
-            out,
-            "# The password is not written here: use password_file, url_env, or ~/.pgpass."
+        out.push('\n');
+        comment(
+            &mut out,
+            "The password is not written here: use password_file, url_env, or ~/.pgpass.",
         );
-        let _ = writeln!(out, "url = {}", toml_str(dsn));
-        let _ = writeln!(out, "# If url goes through a transaction-mode pooler, set listen_url straight to PostgreSQL.");
+        comment(
+            &mut out,
+            "If url goes through a transaction-mode pooler, set listen_url straight to PostgreSQL.",
+        );
+        out.push_str(
+            &toml::to_string(&DatabaseDoc {
+                database: DatabaseEntry { url: dsn },
+            })
+            .expect("plain strings serialize"),
+        );
         let _ = writeln!(out, "\n[defaults]\ndebounce = \"2s\"\nmax_delay = \"30s\"");
-        let _ = writeln!(
-            out,
-            "\n# Views in dependency order: a view is refreshed after the views it reads."
+        out.push('\n');
+        comment(
+            &mut out,
+            "Views in dependency order: a view is refreshed after the views it reads.",
         );
         for (i, v) in self.views.iter().enumerate() {
             out.push('\n');
             if let Some(why) = self.unservable(v) {
-                let _ = writeln!(out, "# NOT SERVED: {} — {why}", v.name);
-                let _ = writeln!(
-                    out,
-                    "# [[view]]\n# name = {}",
-                    toml_str(&v.name.to_string())
-                );
+                comment(&mut out, &format!("NOT SERVED: {} — {why}", v.name));
+                let entry = ViewEntry {
+                    name: v.name.to_string(),
+                    channels: None,
+                    concurrently: None,
+                };
+                view_toml(&mut out, entry, true);
                 continue;
             }
             let feeds = self.channels_of(v);
             let tables: Vec<String> = feeds.iter().map(|f| f.table.to_string()).collect();
             if !tables.is_empty() {
-                let _ = writeln!(out, "# reads {}", tables.join(", "));
+                comment(&mut out, &format!("reads {}", tables.join(", ")));
             }
             let lower: Vec<String> = self.reads[i]
                 .iter()
                 .map(|&l| self.views[l].name.to_string())
                 .collect();
             if !lower.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "# refreshed after {} (views it reads)",
-                    lower.join(", ")
+                comment(
+                    &mut out,
+                    &format!("refreshed after {} (views it reads)", lower.join(", ")),
                 );
             }
             if !v.populated {
-                let _ = writeln!(
-                    out,
-                    "# not populated yet: the first refresh is a plain REFRESH"
+                comment(
+                    &mut out,
+                    "not populated yet: the first refresh is a plain REFRESH",
                 );
             }
             for f in feeds.iter().filter(|f| f.relkind == 'f') {
-                let _ = writeln!(out, "# {} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table);
+                comment(&mut out, &format!("{} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table));
             }
-            let _ = writeln!(out, "[[view]]\nname = {}", toml_str(&v.name.to_string()));
-            let channels: Vec<String> = feeds.iter().map(|f| toml_str(&f.channel)).collect();
-            let _ = writeln!(out, "channels = [{}]", channels.join(", "));
-            match &v.unique_index {
+            let concurrently = match &v.unique_index {
                 Some(ix) => {
-                    let _ = writeln!(out, "# REFRESH CONCURRENTLY uses unique index {ix}");
+                    comment(
+                        &mut out,
+                        &format!("REFRESH CONCURRENTLY uses unique index {ix}"),
+                    );
+                    None
                 }
                 None => {
-                    let _ = writeln!(out, "# No unique index usable by REFRESH CONCURRENTLY: a plain REFRESH locks readers out");
-                    let _ = writeln!(out, "# while it runs. Create one on the view's key columns, then remove this line.");
-                    let _ = writeln!(out, "concurrently = false");
+                    comment(&mut out, "No unique index usable by REFRESH CONCURRENTLY: a plain REFRESH locks readers out");
+                    comment(&mut out, "while it runs. Create one on the view's key columns, then remove `concurrently = false`.");
+                    Some(false)
                 }
-            }
+            };
+            let entry = ViewEntry {
+                name: v.name.to_string(),
+                channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
+                concurrently,
+            };
+            view_toml(&mut out, entry, false);
         }
         out
     }
@@ -470,10 +553,13 @@ impl Plan {
                 .collect();
             let _ = writeln!(
                 install,
-                "\n-- {} -> channel {} (read by {})",
-                f.table,
-                f.channel,
-                readers.join(", ")
+                "\n-- {}",
+                sql_comment(&format!(
+                    "{} -> channel {} (read by {})",
+                    f.table,
+                    f.channel,
+                    readers.join(", ")
+                ))
             );
             let _ = writeln!(
                 install,
@@ -540,10 +626,50 @@ mod tests {
     }
 
     #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(
-            toml_str(r#""Sales"."Daily Totals""#),
-            r#""\"Sales\".\"Daily Totals\"""#
+    fn hostile_table_names_get_safe_channels() {
+        let hostile = QualifiedName::new("inj", "t\nDROP TABLE inj.canary; --");
+        let c = channel_for(&hostile);
+        assert!(c.len() <= 63, "{c}");
+        assert!(
+            c.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{c}"
         );
+        assert!(c.starts_with("refreshd_inj_t_drop_table"), "{c}");
+        assert_eq!(c, channel_for(&hostile), "deterministic");
+        // Sanitizing must not merge two names.
+        assert_ne!(
+            channel_for(&QualifiedName::new("public", "Orders")),
+            channel_for(&QualifiedName::new("public", "orders"))
+        );
+        assert_ne!(
+            channel_for(&QualifiedName::new("a_b", "c")),
+            channel_for(&QualifiedName::new("a", "b_c"))
+        );
+        let long = channel_for(&QualifiedName::new("é".repeat(31), "ü".repeat(31)));
+        assert!(long.len() <= 63 && long.is_ascii(), "{long}");
+    }
+
+    #[test]
+    fn names_cannot_add_config_keys() {
+        let mut out = String::new();
+        comment(&mut out, "uses unique index i\nconcurrently = false\n");
+        view_toml(
+            &mut out,
+            ViewEntry {
+                name: "public.\"v\nstatement_timeout = \"\"0s\"".into(),
+                channels: Some(vec!["c\n]".into()]),
+                concurrently: None,
+            },
+            false,
+        );
+        let v: toml::Value = toml::from_str(&out).unwrap();
+        let view = &v["view"][0];
+        assert_eq!(view.as_table().unwrap().len(), 2, "{out}");
+        assert_eq!(
+            view["name"].as_str(),
+            Some("public.\"v\nstatement_timeout = \"\"0s\"")
+        );
+        assert_eq!(v.as_table().unwrap().len(), 1, "{out}");
     }
 }

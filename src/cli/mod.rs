@@ -128,6 +128,30 @@ pub async fn dispatch(cli: Cli) -> u8 {
     }
 }
 
+/// Prints one line for a person on stdout. Control and invisible characters (in a name
+/// from the catalog, in a server's message) are escaped, so it stays one line; a closed
+/// stdout (`refreshd check | head -1`) ends the process quietly.
+pub fn say(line: &str) {
+    let mut text = crate::pg::ident::escape_line(line).into_owned();
+    text.push('\n');
+    emit(&text);
+}
+
+/// Writes `text` to stdout as it is (the caller made every line safe). A closed pipe
+/// ends the process quietly with exit code 0, as a reader that stopped reading wants
+/// (the way `head` and `grep -q` are used); any other write error exits 1.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(i32::from(EXIT_OK));
+        }
+        eprintln!("refreshd: cannot write to stdout: {e}");
+        std::process::exit(i32::from(EXIT_PROBLEMS));
+    }
+}
+
 /// Loads the config or prints why not.
 pub fn load_config(path: &Path) -> Result<Config, u8> {
     Config::load(path).map_err(|e| {
@@ -165,7 +189,7 @@ async fn check(path: &Path) -> u8 {
             return EXIT_CONFIG;
         }
         Err((code, e)) => {
-            println!("FAIL  database: {e}");
+            say(&format!("FAIL  database: {e}"));
             return code;
         }
     };
@@ -184,14 +208,14 @@ async fn check(path: &Path) -> u8 {
             )
         })
         .unwrap_or_default();
-    println!(
+    say(&format!(
         "config {}: {} view(s); connected to {} {who}",
         config.path.display(),
         config.views.len(),
         info.target()
-    );
+    ));
     if config.views.is_empty() {
-        println!("WARN  no [[view]] configured: refreshd would have nothing to do");
+        say("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
     let (mut ok, mut warn, mut fail) = (0, 0, 0);
     if !check_listen_session(&config).await {
@@ -208,7 +232,10 @@ async fn check(path: &Path) -> u8 {
         let report = match report {
             Ok(r) => r,
             Err(e) => {
-                println!("FAIL  {}: cannot inspect the catalog: {e}", view.name);
+                say(&format!(
+                    "FAIL  {}: cannot inspect the catalog: {e}",
+                    view.name.shown()
+                ));
                 fail += 1;
                 continue;
             }
@@ -222,7 +249,7 @@ async fn check(path: &Path) -> u8 {
                 Verdict::Warn => "WARN",
                 Verdict::Fail => "FAIL",
             },
-            view.name
+            view.name.shown()
         );
         let mut parts: Vec<String> = report
             .problems
@@ -232,7 +259,7 @@ async fn check(path: &Path) -> u8 {
         parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
         parts.extend(report.facts.iter().cloned());
         line.push_str(&parts.join("; "));
-        println!("{line}");
+        say(&line);
         match report.verdict {
             Verdict::Ok => ok += 1,
             Verdict::Warn => warn += 1,
@@ -243,22 +270,19 @@ async fn check(path: &Path) -> u8 {
     if let Ok(reads) = crate::engine::startup::dependency_graph(&client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
-                let lower: Vec<String> = r
-                    .iter()
-                    .map(|&l| config.views[l].name.to_string())
-                    .collect();
-                println!(
+                let lower: Vec<String> = r.iter().map(|&l| config.views[l].name.shown()).collect();
+                say(&format!(
                     "graph {} is refreshed after {}",
-                    config.views[i].name,
+                    config.views[i].name.shown(),
                     lower.join(", ")
-                );
+                ));
             }
         }
     }
-    println!(
+    say(&format!(
         "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
         config.views.len()
-    );
+    ));
     if fail > 0 {
         EXIT_PROBLEMS
     } else {
@@ -271,21 +295,21 @@ async fn check_listen_session(config: &Config) -> bool {
     let listen = match ConnectInfo::for_listen(&config.database, &config_dir(config)) {
         Ok(l) => l,
         Err(e) => {
-            println!("FAIL  listen session: {e}");
+            say(&format!("FAIL  listen session: {e}"));
             return false;
         }
     };
     match crate::engine::session::prove(&listen, config.database.connect_timeout).await {
         Ok(rtt) => {
-            println!(
+            say(&format!(
                 "OK    listen session {}: a real session (test notification in {:.1} ms)",
                 listen.target(),
                 rtt.as_secs_f64() * 1000.0
-            );
+            ));
             true
         }
         Err(e) => {
-            println!("FAIL  listen session {}: {e}", listen.target());
+            say(&format!("FAIL  listen session {}: {e}", listen.target()));
             false
         }
     }
@@ -367,15 +391,19 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     let mut failed = 0;
     for view in &views {
         match refresh::refresh_one(&client, view, None, config.events).await {
-            Ok(r) => println!(
+            Ok(r) => say(&format!(
                 "{}: refreshed ({}) in {}",
-                view.name,
+                view.name.shown(),
                 r.kind.as_str(),
                 human(r.duration)
-            ),
+            )),
             Err(e) => {
                 failed += 1;
-                println!("{}: FAILED after {}: {e}", view.name, human(e.duration));
+                say(&format!(
+                    "{}: FAILED after {}: {e}",
+                    view.name.shown(),
+                    human(e.duration)
+                ));
             }
         }
     }

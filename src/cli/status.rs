@@ -1,12 +1,14 @@
 //! `refreshd status [--url URL]`: one line per view from a running daemon's `/status`.
-//! Exit 0 when every view is fine, 1 when one is failing (or retrying), 2 when the
-//! daemon cannot be reached or does not answer like refreshd.
+//! Exit 0 when every view is fine, 1 when one is failing (or retrying) or the daemon is
+//! not connected to PostgreSQL or not ready, 2 when the daemon cannot be reached or does
+//! not answer like refreshd.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
+use crate::pg::ident::{escape_display, escape_line};
 
 /// Exit code: the daemon is unreachable.
 pub const EXIT_UNREACHABLE: u8 = 2;
@@ -36,44 +38,53 @@ pub async fn run(url: &str) -> u8 {
             return EXIT_UNREACHABLE;
         }
     };
-    let (text, failing) = render(&status);
-    print!("{text}");
-    if failing {
+    let (text, problem) = render(&status);
+    crate::cli::emit(&text);
+    if problem {
         EXIT_PROBLEMS
     } else {
         EXIT_OK
     }
 }
 
-/// The lines to print, and whether any view is failing.
+/// The lines to print, and whether something is wrong: a view failing, or the daemon
+/// not connected to PostgreSQL or not ready (then nothing it shows is being kept fresh).
+/// Every name is escaped onto its line.
 pub fn render(status: &serde_json::Value) -> (String, bool) {
+    let role = status["role"].as_str().unwrap_or("?");
+    let ready = status["ready"].as_bool() == Some(true);
+    let connected = role != "disconnected";
     let mut out = format!(
         "refreshd {} · {}{}\n",
-        status["version"].as_str().unwrap_or("?"),
-        status["role"].as_str().unwrap_or("?"),
-        if status["ready"].as_bool() == Some(true) {
-            ""
-        } else {
+        escape_line(status["version"].as_str().unwrap_or("?")),
+        escape_line(role),
+        if !connected {
+            " from PostgreSQL: nothing is being refreshed; view states are the last known"
+        } else if !ready {
             " (not ready)"
+        } else {
+            ""
         }
     );
     let empty = Vec::new();
     let views = status["views"].as_array().unwrap_or(&empty);
-    let width = views
+    let names: Vec<String> = views
         .iter()
-        .filter_map(|v| v["view"].as_str())
-        .map(str::len)
-        .max()
-        .unwrap_or(4);
+        .map(|v| escape_display(v["view"].as_str().unwrap_or("?")).into_owned())
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4);
     let mut failing = false;
-    for v in views {
+    for (v, name) in views.iter().zip(&names) {
         let state = v["state"].as_str().unwrap_or("?");
         failing |= matches!(state, "failed" | "retrying");
         let stale = v["pending_since_seconds"].as_f64().unwrap_or(0.0);
         let staleness = if stale > 0.0 {
             format!("stale {}", secs(stale))
-        } else {
+        } else if connected && ready {
             "fresh".to_string()
+        } else {
+            // Without a LISTEN session no change is heard: "fresh" would be a guess.
+            "unknown".to_string()
         };
         let last = match v["last_end"].as_str() {
             Some(end) => format!(
@@ -92,14 +103,11 @@ pub fn render(status: &serde_json::Value) -> (String, bool) {
             ),
             None => String::new(),
         };
-        out.push_str(&format!(
-            "{:<width$}  {:<8}  {:<14}  {last}{error}\n",
-            v["view"].as_str().unwrap_or("?"),
-            state,
-            staleness,
-        ));
+        let line = format!("{name:<width$}  {state:<8}  {staleness:<14}  {last}{error}");
+        out.push_str(&escape_line(&line));
+        out.push('\n');
     }
-    (out, failing)
+    (out, failing || !connected || !ready)
 }
 
 fn secs(s: f64) -> String {
@@ -198,5 +206,48 @@ mod tests {
         let ok =
             serde_json::json!({"version": "0.1.0", "role": "standby", "ready": true, "views": []});
         assert!(!render(&ok).1);
+    }
+
+    #[test]
+    fn disconnected_is_a_problem_and_nothing_is_called_fresh() {
+        let s = serde_json::json!({
+            "version": "0.1.0", "role": "disconnected", "ready": false,
+            "views": [{"view": "public.a", "state": "idle", "pending_since_seconds": 0.0,
+                       "last_end": null, "last_error": null}]
+        });
+        let (text, problem) = render(&s);
+        assert!(problem, "{text}");
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .contains("disconnected from PostgreSQL"),
+            "{text}"
+        );
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            !line.split_whitespace().any(|w| w == "fresh") && line.contains("unknown"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn not_ready_is_a_problem() {
+        let s =
+            serde_json::json!({"version": "0.1.0", "role": "leader", "ready": false, "views": []});
+        let (text, problem) = render(&s);
+        assert!(problem && text.contains("(not ready)"), "{text}");
+    }
+
+    #[test]
+    fn hostile_view_names_stay_on_their_line() {
+        let s = serde_json::json!({
+            "version": "0.1.0", "role": "leader", "ready": true,
+            "views": [{"view": "inj.\"v\npublic.fake  idle  fresh\r\u{1b}[2K\"", "state": "idle",
+                       "pending_since_seconds": 0.0, "last_end": null, "last_error": null}]
+        });
+        let (text, _) = render(&s);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\r') && !text.contains('\u{1b}'), "{text:?}");
     }
 }

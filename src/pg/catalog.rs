@@ -565,11 +565,18 @@ pub fn judge(
         ));
     }
     if !fed {
-        r.problems.push(if view.channels.is_empty() {
-            "nothing feeds it: no channels, no schedule (only forced refreshes would run)".to_string()
+        if view.channels.is_empty() {
+            r.problems.push(
+                "nothing feeds it: no channels, no schedule (only forced refreshes would run)"
+                    .to_string(),
+            );
         } else {
-            "nothing feeds it: no trigger on its base tables notifies its channels, and it has no schedule".to_string()
-        });
+            // The application may NOTIFY the channels itself (SPEC, `check`): a warning,
+            // already given per channel above, and a summary of what that means.
+            r.warnings.push(
+                "no trigger on its base tables notifies its channels and it has no schedule: it is refreshed only when the application NOTIFYs them itself".to_string(),
+            );
+        }
     }
     r.verdict = if !r.problems.is_empty() {
         Verdict::Fail

@@ -65,6 +65,82 @@ impl QualifiedName {
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
+
+    /// The name for a person: [`Display`](fmt::Display)'s form with control and
+    /// invisible characters escaped ([`escape_display`]), so it stays on one line.
+    pub fn shown(&self) -> String {
+        escape_display(&self.to_string()).into_owned()
+    }
+}
+
+/// Whether a character must not reach a person's terminal or a log line as it is:
+/// control characters (a newline would start a forged line, ESC a terminal sequence),
+/// Unicode line and paragraph separators, and the invisible bidirectional controls
+/// that reorder what is shown.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        )
+}
+
+/// Text for a person (a terminal, a log line, a comment): control and invisible
+/// characters as `\n`, `\r`, `\t` or `\u{...}`, and a backslash doubled so the escapes
+/// stay unambiguous. Everything else, non-ASCII included, is kept.
+pub fn escape_display(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c == '\\' || needs_escape(c)) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A whole line for a person: like [`escape_display`] but a backslash is kept as it is
+/// (names in it were escaped already, or it carries a server's message).
+pub fn escape_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Text made safe inside an SQL `--` comment (and inside a `/* */` one): one line
+/// ([`escape_display`]), and no `--`, `/*` or `*/` left to open or close a comment.
+pub fn sql_comment(s: &str) -> String {
+    let mut out = escape_display(s).into_owned();
+    // Repeat until stable: "---" or "*/*/" would otherwise leave a pair behind.
+    loop {
+        let next = out
+            .replace("--", "- -")
+            .replace("/*", "/ *")
+            .replace("*/", "* /");
+        if next == out {
+            return out;
+        }
+        out = next;
+    }
 }
 
 /// Displays the shortest form that parses back to the same name: `public.attendance`,
@@ -235,6 +311,31 @@ mod tests {
             Err(IdentError::TooLong(_))
         ));
         assert!(QualifiedName::parse(&format!("a.{}", "x".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn names_for_people_stay_on_one_line() {
+        let n = QualifiedName::new("inj", "v\nDROP TABLE inj.canary; --");
+        let shown = n.shown();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert_eq!(shown, r#"inj."v\nDROP TABLE inj.canary; --""#);
+        assert_eq!(
+            escape_display("a\\b\r\u{1b}[31m\u{202e}é"),
+            "a\\\\b\\r\\u{001b}[31m\\u{202e}é"
+        );
+        assert_eq!(escape_display("plain"), "plain");
+    }
+
+    #[test]
+    fn sql_comments_cannot_be_closed_or_broken() {
+        let c = sql_comment("x */ DROP TABLE t; /* -- \n--- y");
+        assert!(
+            !c.contains("*/") && !c.contains("/*") && !c.contains("--"),
+            "{c}"
+        );
+        assert!(!c.contains('\n'));
+        assert!(!sql_comment("*/*/").contains("*/"));
+        assert!(!sql_comment("/*/*").contains("/*"));
     }
 
     #[test]
