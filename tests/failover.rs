@@ -34,7 +34,11 @@ fn primary_and_standby() -> (TempCluster, Standby) {
 }
 
 fn data_dir(c: &TempCluster) -> PathBuf {
-    PathBuf::from(c.psql("postgres", &["-Atc", "SHOW data_directory"]).unwrap().trim())
+    PathBuf::from(
+        c.psql("postgres", &["-Atc", "SHOW data_directory"])
+            .unwrap()
+            .trim(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,20 +58,25 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
     primary
         .psql(
             "postgres",
-            &["-c", "INSERT INTO public.orders (bucket, amount) VALUES (1, 5)"],
+            &[
+                "-c",
+                "INSERT INTO public.orders (bucket, amount) VALUES (1, 5)",
+            ],
         )
         .unwrap();
-    wait_for(Duration::from_secs(15), "a refresh on the primary", || async {
-        daemon.refreshes(TOTALS, "notify", "success") >= 1.0
-            && primary.psql("postgres", &["-Atc", EXACT]).unwrap().trim() == "0"
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "a refresh on the primary",
+        || async {
+            daemon.refreshes(TOTALS, "notify", "success") >= 1.0
+                && primary.psql("postgres", &["-Atc", EXACT]).unwrap().trim() == "0"
+        },
+    )
     .await;
     let led_on_primary = daemon.log_text();
     assert!(
-        led_on_primary.contains(&format!(
-            "127.0.0.1:{}/postgres",
-            primary.port()
-        )) && led_on_primary.contains("LISTEN established"),
+        led_on_primary.contains(&format!("127.0.0.1:{}/postgres", primary.port()))
+            && led_on_primary.contains("LISTEN established"),
         "the first session should name the primary:\n{led_on_primary}"
     );
     let notified_before = daemon.refreshes(TOTALS, "notify", "success");
@@ -108,7 +117,11 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
         },
     )
     .await;
-    for l in daemon.log_since(from).lines().filter(|l| l.contains("LISTEN")) {
+    for l in daemon
+        .log_since(from)
+        .lines()
+        .filter(|l| l.contains("LISTEN"))
+    {
         println!("{l}");
     }
     println!(
@@ -122,10 +135,25 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_only_url_says_to_use_target_session_attrs() {
     let (_primary, standby) = primary_and_standby();
-    let daemon = Daemon::start(&format!(
+    let config = format!(
         "[database]\nurl = \"postgresql://postgres@127.0.0.1:{}/postgres\"\nconnect_timeout = \"2s\"\n{VIEW}",
         standby.port
-    ));
+    );
+    // `check` runs the same LISTEN proof and says the same.
+    let (_dir, path) = support::write_config(&config);
+    let out = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    let listen = text
+        .lines()
+        .find(|l| l.contains("listen session"))
+        .unwrap_or_else(|| panic!("no listen session line:\n{text}"));
+    assert!(
+        listen.starts_with("FAIL")
+            && listen.contains("cannot execute LISTEN during recovery")
+            && listen.contains("target_session_attrs=read-write"),
+        "{text}"
+    );
+    let daemon = Daemon::start(&config);
     let hint_line = || {
         daemon
             .log_text()
@@ -140,6 +168,7 @@ async fn a_standby_only_url_says_to_use_target_session_attrs() {
     )
     .await;
     let line = hint_line().unwrap();
+    println!("{listen}\n{line}");
     assert!(
         line.contains("cannot execute LISTEN during recovery")
             && line.contains("target_session_attrs=read-write")

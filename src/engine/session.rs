@@ -35,6 +35,8 @@ pub enum ProofError {
     Prober(String),
     /// The LISTEN connection closed meanwhile.
     Closed,
+    /// The LISTEN session could not be opened (no connection, or LISTEN refused).
+    Listen(String),
 }
 
 impl std::fmt::Display for ProofError {
@@ -50,6 +52,7 @@ impl std::fmt::Display for ProofError {
             ),
             ProofError::Prober(e) => write!(f, "cannot send the test notification: {e}"),
             ProofError::Closed => write!(f, "the LISTEN connection closed"),
+            ProofError::Listen(e) => f.write_str(e),
         }
     }
 }
@@ -286,7 +289,7 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let (client, mut connection) = info
         .connect_raw()
         .await
-        .map_err(|e| ProofError::Prober(e.to_string()))?;
+        .map_err(|e| ProofError::Listen(e.to_string()))?;
     let private = private_channel();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let channel = private.clone();
@@ -303,7 +306,7 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let result = async {
         listen_private(&client, &private)
             .await
-            .map_err(ProofError::Prober)?;
+            .map_err(ProofError::Listen)?;
         Prober::new(info.clone())
             .round_trip(&private, &mut rx, timeout)
             .await

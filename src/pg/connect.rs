@@ -326,7 +326,10 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     let db = pg.get_dbname().unwrap_or(user);
     let n = pg.get_hosts().len().max(pg.get_hostaddrs().len());
     let hosts = if n == 0 {
-        format!("localhost:{}", pg.get_ports().first().copied().unwrap_or(5432))
+        format!(
+            "localhost:{}",
+            pg.get_ports().first().copied().unwrap_or(5432)
+        )
     } else {
         (0..n)
             .map(|i| host_label(pg, i))
@@ -785,9 +788,8 @@ mod tests {
 
     #[test]
     fn several_hosts_one_config_each() {
-        let pg = config(
-            "host=a,b,/run/pg port=1,2,3 user=u dbname=d target_session_attrs=read-write",
-        );
+        let pg =
+            config("host=a,b,/run/pg port=1,2,3 user=u dbname=d target_session_attrs=read-write");
         let hosts = split_hosts(&pg).unwrap();
         let targets: Vec<&str> = hosts.iter().map(|h| h.target.as_str()).collect();
         assert_eq!(targets, ["u@a:1/d", "u@b:2/d", "u@/run/pg:3/d"]);
@@ -809,10 +811,14 @@ mod tests {
         assert_eq!(hosts[1].pg.get_ports(), [7]);
         assert_eq!(hosts[1].target, "u@b:7/u");
         // hostaddr per host, the host name kept for TLS.
-        let hosts =
-            split_hosts(&config("host=a,b hostaddr=10.0.0.1,10.0.0.2 user=u")).unwrap();
-        assert_eq!(hosts[1].pg.get_hostaddrs(), ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
-        assert!(matches!(&hosts[1].pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "b"));
+        let hosts = split_hosts(&config("host=a,b hostaddr=10.0.0.1,10.0.0.2 user=u")).unwrap();
+        assert_eq!(
+            hosts[1].pg.get_hostaddrs(),
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(
+            matches!(&hosts[1].pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "b")
+        );
     }
 
     #[test]
