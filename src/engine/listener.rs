@@ -13,7 +13,8 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::session::{
-    drive, listen_private, private_channel, Prober, ProofError, Routes, SERVER_KEEPALIVES,
+    drive, listen_error, listen_private, private_channel, Prober, ProofError, Routes,
+    SERVER_KEEPALIVES,
 };
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::quote_ident;
@@ -94,7 +95,10 @@ pub struct Listener {
 
 enum Ended {
     Shutdown,
+    /// A working session ended.
     Lost(String),
+    /// No session was made: the connection, the LISTEN or its proof failed.
+    Failed(String),
     /// Not a real session (a transaction pooler): refused, retried with backoff.
     Refused(String),
 }
@@ -105,6 +109,8 @@ struct History {
     ever_connected: bool,
     ever_led: bool,
     attempt: u32,
+    /// The host of the last session (of a multi-host URL, the one that answered).
+    host: Option<String>,
 }
 
 /// One connection's state.
@@ -114,6 +120,8 @@ struct Conn {
     probes: mpsc::UnboundedReceiver<String>,
     private: String,
     pid: i32,
+    /// `user@host:port/db` of the host that answered.
+    host: String,
     _driver: AbortOnDrop,
 }
 
@@ -128,7 +136,12 @@ impl Listener {
             let why = match ended {
                 Ended::Shutdown => break,
                 Ended::Lost(why) => {
-                    tracing::warn!(reason = %why, "LISTEN connection lost; reconnecting");
+                    let host = history.host.as_deref().unwrap_or(self.info.target());
+                    tracing::warn!(%host, reason = %why, "LISTEN connection lost; reconnecting");
+                    why
+                }
+                Ended::Failed(why) => {
+                    tracing::warn!(reason = %why, "LISTEN connection failed; retrying");
                     why
                 }
                 Ended::Refused(why) => {
@@ -176,9 +189,13 @@ impl Listener {
     async fn open(&mut self, prober: &mut Prober) -> Result<Conn, Ended> {
         let connected = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
-            c = self.info.connect_raw() => c,
+            c = self.info.open() => c,
         };
-        let (client, connection) = connected.map_err(|e| Ended::Lost(e.to_string()))?;
+        let opened = connected.map_err(|e| Ended::Failed(e.to_string()))?;
+        let host = opened.host;
+        // Until the session is proven, a failure means it was never made.
+        let failed = |why: String| Ended::Failed(format!("{host}: {why}"));
+        let (client, connection) = (opened.client, opened.connection);
         let client = Arc::new(client);
         let private = private_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
@@ -201,11 +218,12 @@ impl Listener {
             probes,
             private,
             pid: 0,
+            host: host.clone(),
             _driver: AbortOnDrop(driver),
         };
         conn.pid = listen_private(&conn.client, &conn.private)
             .await
-            .map_err(Ended::Lost)?;
+            .map_err(failed)?;
         let proved = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
             r = prober.round_trip(&conn.private, &mut conn.probes, self.proof_timeout) => r,
@@ -216,7 +234,7 @@ impl Listener {
                 self.metrics.queue_usage.set(usage);
             }
             Err(e @ ProofError::NotDelivered(_)) => return Err(Ended::Refused(e.to_string())),
-            Err(e) => return Err(Ended::Lost(e.to_string())),
+            Err(e) => return Err(failed(e.to_string())),
         }
         // Only a proven session gets settings of its own (through a pooler they would
         // stay behind on a shared server connection).
@@ -224,8 +242,8 @@ impl Listener {
             .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Ended::Lost(crate::pg::connect::error_chain(&e))),
-            Err(_) => return Err(Ended::Lost("SET got no answer".into())),
+            Ok(Err(e)) => return Err(failed(crate::pg::connect::error_chain(&e))),
+            Err(_) => return Err(failed("SET got no answer".into())),
         }
         Ok(conn)
     }
@@ -240,6 +258,7 @@ impl Listener {
             self.metrics.listener_reconnects.inc();
         }
         history.ever_connected = true;
+        history.host = Some(conn.host.clone());
         self.metrics.listener_connected.set(1);
         if let Err(e) = self.acquire(&mut conn, prober).await {
             return e;
@@ -258,7 +277,7 @@ impl Listener {
             .send(ListenerEvent::Listening(listening.clone()));
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
-        tracing::info!(channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
+        tracing::info!(host = %conn.host, channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
         let _ = self.events.send(ListenerEvent::Leading {
             first: !history.ever_led,
         });
@@ -335,7 +354,7 @@ impl Listener {
             }
             if !announced_standby {
                 announced_standby = true;
-                tracing::info!("another replica leads; standing by");
+                tracing::info!(host = %conn.host, "another replica leads; standing by");
                 self.health.set_role(Role::Standby);
                 self.metrics.leader.set(0);
                 let _ = self.events.send(ListenerEvent::Standby);
@@ -425,7 +444,7 @@ impl Listener {
         if !sql.is_empty() {
             match tokio::time::timeout(PROBE_DEADLINE, client.batch_execute(&sql)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(crate::pg::connect::error_chain(&e)),
+                Ok(Err(e)) => return Err(listen_error(&e)),
                 Err(_) => return Err("LISTEN timed out".into()),
             }
         }

@@ -35,6 +35,8 @@ pub enum ProofError {
     Prober(String),
     /// The LISTEN connection closed meanwhile.
     Closed,
+    /// The LISTEN session could not be opened (no connection, or LISTEN refused).
+    Listen(String),
 }
 
 impl std::fmt::Display for ProofError {
@@ -50,6 +52,7 @@ impl std::fmt::Display for ProofError {
             ),
             ProofError::Prober(e) => write!(f, "cannot send the test notification: {e}"),
             ProofError::Closed => write!(f, "the LISTEN connection closed"),
+            ProofError::Listen(e) => f.write_str(e),
         }
     }
 }
@@ -80,11 +83,17 @@ impl Prober {
         }
     }
 
-    /// Sends a fresh nonce on `channel`; returns it and `pg_notification_queue_usage()`.
-    async fn send(&mut self, channel: &str) -> Result<(String, f64), String> {
+    /// Connects the prober if it is not connected.
+    async fn ensure_connected(&mut self) -> Result<(), String> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = Some(self.info.connect().await.map_err(|e| e.to_string())?);
         }
+        Ok(())
+    }
+
+    /// Sends a fresh nonce on `channel`; returns it and `pg_notification_queue_usage()`.
+    async fn send(&mut self, channel: &str) -> Result<(String, f64), String> {
+        self.ensure_connected().await?;
         self.seq += 1;
         let nonce = format!("{}-{:08x}", self.seq, random_u32());
         let c = self.client.as_ref().expect("just connected");
@@ -119,6 +128,9 @@ impl Prober {
         timeout: Duration,
     ) -> Result<(Duration, f64), ProofError> {
         while received.try_recv().is_ok() {}
+        // Connecting is not part of the round trip: with a multi-host URL whose first
+        // host hangs, it alone takes a connect_timeout.
+        self.ensure_connected().await.map_err(ProofError::Prober)?;
         let start = Instant::now();
         let (nonce, usage) = self.send(channel).await.map_err(ProofError::Prober)?;
         let deadline = tokio::time::Instant::now() + timeout.saturating_sub(start.elapsed());
@@ -146,8 +158,24 @@ pub async fn listen_private(client: &tokio_postgres::Client, private: &str) -> R
     };
     match tokio::time::timeout(PROBE_DEADLINE, work).await {
         Ok(Ok(pid)) => Ok(pid),
-        Ok(Err(e)) => Err(error_chain(&e)),
+        Ok(Err(e)) => Err(listen_error(&e)),
         Err(_) => Err(format!("LISTEN got no answer within {PROBE_DEADLINE:?}")),
+    }
+}
+
+/// What a hot standby answers to LISTEN ("cannot execute LISTEN during recovery"):
+/// SQLSTATE 25006, read_only_sql_transaction.
+pub const STANDBY_HINT: &str = "hint: this server is a standby (in recovery), where LISTEN is impossible; \
+     point the URL at the primary, or list every host (host=a,b) with target_session_attrs=read-write \
+     so that refreshd connects to whichever one is the primary";
+
+/// A LISTEN's error, with [`STANDBY_HINT`] when the server is a standby.
+pub fn listen_error(e: &tokio_postgres::Error) -> String {
+    let text = error_chain(e);
+    if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+        format!("{text} ({STANDBY_HINT})")
+    } else {
+        text
     }
 }
 
@@ -257,7 +285,7 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let (client, mut connection) = info
         .connect_raw()
         .await
-        .map_err(|e| ProofError::Prober(e.to_string()))?;
+        .map_err(|e| ProofError::Listen(e.to_string()))?;
     let private = private_channel();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let channel = private.clone();
@@ -274,7 +302,7 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let result = async {
         listen_private(&client, &private)
             .await
-            .map_err(ProofError::Prober)?;
+            .map_err(ProofError::Listen)?;
         Prober::new(info.clone())
             .round_trip(&private, &mut rx, timeout)
             .await

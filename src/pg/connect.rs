@@ -80,9 +80,35 @@ pub enum SslMode {
 #[derive(Clone)]
 pub struct ConnectInfo {
     pg: tokio_postgres::Config,
+    /// One configuration per host of the URL, tried in turn (as libpq does), each
+    /// with its own `connect_timeout`.
+    hosts: Vec<HostAttempt>,
     tls: MakeTls,
     ssl_mode: SslMode,
     target: String,
+}
+
+/// One host of a (possibly multi-host) URL: the URL's settings with that host only.
+#[derive(Clone)]
+struct HostAttempt {
+    pg: tokio_postgres::Config,
+    /// `user@host:port/db`, for logs and errors.
+    target: String,
+}
+
+impl std::fmt::Debug for HostAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.target)
+    }
+}
+
+/// A new connection and the host that answered.
+pub struct Opened {
+    pub client: Client,
+    pub connection: PgConnection,
+    /// `user@host:port/db` of the host that answered (of a multi-host URL, not
+    /// necessarily the first).
+    pub host: String,
 }
 
 impl std::fmt::Debug for ConnectInfo {
@@ -171,8 +197,10 @@ impl ConnectInfo {
         };
         let tls = MakeTls(MakeRustlsConnect::new(tls_config(ssl_mode, root)));
         let target = describe(&pg);
+        let hosts = split_hosts(&pg).map_err(|reason| DbError::BadUrl { key, reason })?;
         Ok(Self {
             pg,
+            hosts,
             tls,
             ssl_mode,
             target,
@@ -186,29 +214,80 @@ impl ConnectInfo {
 
     /// Opens a connection; the caller drives the returned [`PgConnection`].
     pub async fn connect_raw(&self) -> Result<(Client, PgConnection), DbError> {
+        self.open().await.map(|o| (o.client, o.connection))
+    }
+
+    /// Opens a connection, trying the URL's hosts in turn (in random order with
+    /// `load_balance_hosts=random`), as libpq does: each host gets its own
+    /// `connect_timeout`, which covers the TCP connect, TLS, the startup and
+    /// authentication and the `target_session_attrs` check, so that a host that
+    /// accepts TCP but never answers (a frozen server) costs one timeout and the next
+    /// host is tried.
+    pub async fn open(&self) -> Result<Opened, DbError> {
         let timeout = self
             .pg
             .get_connect_timeout()
             .copied()
             .unwrap_or(Duration::from_secs(5));
-        // connect_timeout in tokio-postgres bounds each TCP attempt; this bounds the
-        // whole handshake including TLS and authentication.
-        match tokio::time::timeout(
-            timeout + Duration::from_secs(1),
-            self.pg.connect(self.tls.clone()),
-        )
-        .await
-        {
-            Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(DbError::Connect {
-                target: self.target.clone(),
-                reason: error_chain(&e),
-            }),
-            Err(_) => Err(DbError::Timeout {
-                target: self.target.clone(),
-                timeout,
-            }),
+        if self.hosts.is_empty() {
+            // No host at all: tokio-postgres says what is missing.
+            return match self.pg.connect(self.tls.clone()).await {
+                Ok((client, connection)) => Ok(Opened {
+                    client,
+                    connection,
+                    host: self.target.clone(),
+                }),
+                Err(e) => Err(DbError::Connect {
+                    target: self.target.clone(),
+                    reason: error_chain(&e),
+                }),
+            };
         }
+        let mut order: Vec<&HostAttempt> = self.hosts.iter().collect();
+        if self.pg.get_load_balance_hosts() == tokio_postgres::config::LoadBalanceHosts::Random {
+            shuffle(&mut order);
+        }
+        let mut failures: Vec<(String, DbError)> = Vec::new();
+        for host in order {
+            match tokio::time::timeout(timeout, host.pg.connect(self.tls.clone())).await {
+                Ok(Ok((client, connection))) => {
+                    if !failures.is_empty() {
+                        tracing::debug!(host = %host.target, skipped = %failures.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join("; "), "connected to a later host");
+                    }
+                    return Ok(Opened {
+                        client,
+                        connection,
+                        host: host.target.clone(),
+                    });
+                }
+                Ok(Err(e)) => failures.push((
+                    host.target.clone(),
+                    DbError::Connect {
+                        target: host.target.clone(),
+                        reason: error_chain(&e),
+                    },
+                )),
+                Err(_) => failures.push((
+                    host.target.clone(),
+                    DbError::Timeout {
+                        target: host.target.clone(),
+                        timeout,
+                    },
+                )),
+            }
+        }
+        if failures.len() == 1 {
+            return Err(failures.pop().expect("one failure").1);
+        }
+        let reason = failures
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(DbError::Connect {
+            target: self.target.clone(),
+            reason: format!("no host answered: {reason}"),
+        })
     }
 
     /// Opens a connection and drives it on a task of its own.
@@ -243,18 +322,140 @@ pub fn error_chain(e: &tokio_postgres::Error) -> String {
 }
 
 fn describe(pg: &tokio_postgres::Config) -> String {
-    let host = pg
-        .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
     let user = pg.get_user().unwrap_or("?");
     let db = pg.get_dbname().unwrap_or(user);
-    format!("{user}@{host}:{port}/{db}")
+    let n = pg.get_hosts().len().max(pg.get_hostaddrs().len());
+    let hosts = if n == 0 {
+        format!(
+            "localhost:{}",
+            pg.get_ports().first().copied().unwrap_or(5432)
+        )
+    } else {
+        (0..n)
+            .map(|i| host_label(pg, i))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("{user}@{hosts}/{db}")
+}
+
+/// `host:port` of the `i`th host (`host` falling back to `hostaddr`, the port to the
+/// single port given, then 5432).
+fn host_label(pg: &tokio_postgres::Config, i: usize) -> String {
+    let host = match (pg.get_hosts().get(i), pg.get_hostaddrs().get(i)) {
+        (Some(tokio_postgres::config::Host::Tcp(h)), _) => h.clone(),
+        (Some(tokio_postgres::config::Host::Unix(p)), _) => p.display().to_string(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) => "localhost".into(),
+    };
+    format!("{host}:{}", port_of(pg, i))
+}
+
+fn port_of(pg: &tokio_postgres::Config, i: usize) -> u16 {
+    pg.get_ports()
+        .get(i)
+        .or_else(|| pg.get_ports().first())
+        .copied()
+        .unwrap_or(5432)
+}
+
+/// The URL's settings with everything but the hosts, hostaddrs and ports.
+fn without_hosts(pg: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    if let Some(v) = pg.get_user() {
+        c.user(v);
+    }
+    if let Some(v) = pg.get_password() {
+        c.password(v);
+    }
+    if let Some(v) = pg.get_dbname() {
+        c.dbname(v);
+    }
+    if let Some(v) = pg.get_options() {
+        c.options(v);
+    }
+    if let Some(v) = pg.get_application_name() {
+        c.application_name(v);
+    }
+    c.ssl_mode(pg.get_ssl_mode());
+    c.ssl_negotiation(pg.get_ssl_negotiation());
+    if let Some(v) = pg.get_connect_timeout() {
+        c.connect_timeout(*v);
+    }
+    if let Some(v) = pg.get_tcp_user_timeout() {
+        c.tcp_user_timeout(*v);
+    }
+    c.keepalives(pg.get_keepalives());
+    c.keepalives_idle(pg.get_keepalives_idle());
+    if let Some(v) = pg.get_keepalives_interval() {
+        c.keepalives_interval(v);
+    }
+    if let Some(v) = pg.get_keepalives_retries() {
+        c.keepalives_retries(v);
+    }
+    c.target_session_attrs(pg.get_target_session_attrs());
+    c.channel_binding(pg.get_channel_binding());
+    c.load_balance_hosts(pg.get_load_balance_hosts());
+    c
+}
+
+/// One configuration per host, with that host's `hostaddr` and port; the same checks
+/// as libpq (as many hostaddrs as hosts, one port or one per host).
+fn split_hosts(pg: &tokio_postgres::Config) -> Result<Vec<HostAttempt>, String> {
+    let (hosts, addrs, ports) = (pg.get_hosts(), pg.get_hostaddrs(), pg.get_ports());
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err(format!(
+            "{} hosts but {} hostaddrs: give one hostaddr per host",
+            hosts.len(),
+            addrs.len()
+        ));
+    }
+    let n = hosts.len().max(addrs.len());
+    if ports.len() > 1 && ports.len() != n {
+        return Err(format!(
+            "{} ports for {n} hosts: give one port for all hosts or one per host",
+            ports.len()
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let mut c = without_hosts(pg);
+            match hosts.get(i) {
+                Some(tokio_postgres::config::Host::Tcp(h)) => {
+                    c.host(h);
+                }
+                Some(tokio_postgres::config::Host::Unix(p)) => {
+                    c.host_path(p);
+                    // As in libpq, TLS is never used over a Unix-domain socket.
+                    c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                }
+                None => {}
+            }
+            if let Some(a) = addrs.get(i) {
+                c.hostaddr(*a);
+            }
+            if !ports.is_empty() {
+                c.port(port_of(pg, i));
+            }
+            let user = pg.get_user().unwrap_or("?");
+            let db = pg.get_dbname().unwrap_or(user);
+            HostAttempt {
+                pg: c,
+                target: format!("{user}@{}/{db}", host_label(pg, i)),
+            }
+        })
+        .collect())
+}
+
+/// Fisher-Yates with the standard library's per-process random hash keys.
+fn shuffle<T>(v: &mut [T]) {
+    use std::hash::{BuildHasher, Hasher};
+    for i in (1..v.len()).rev() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        let j = (h.finish() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
 }
 
 /// A connection string with the TLS options tokio-postgres does not know taken out.
@@ -551,6 +752,70 @@ mod tests {
         assert_eq!(s.ssl_mode, Some(SslMode::VerifyCa));
         assert_eq!(s.root_cert.as_deref(), Some("/x.pem"));
         assert!(tokio_postgres::Config::from_str(&s.rest).is_ok());
+    }
+
+    fn config(s: &str) -> tokio_postgres::Config {
+        tokio_postgres::Config::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn one_host_keeps_every_setting() {
+        // Config is PartialEq: a setting the per-host copy forgot would show here.
+        let pg = config(
+            "host=db.example port=6543 user=u password=p dbname=d options='-c x=1' \
+             application_name=a sslmode=require connect_timeout=7 tcp_user_timeout=9 \
+             keepalives=1 keepalives_idle=11 keepalives_interval=3 keepalives_retries=4 \
+             target_session_attrs=read-write channel_binding=require load_balance_hosts=random",
+        );
+        let hosts = split_hosts(&pg).unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert!(hosts[0].pg == pg);
+        assert_eq!(hosts[0].target, "u@db.example:6543/d");
+        let pg = config("host=h hostaddr=10.0.0.1 user=u");
+        assert!(split_hosts(&pg).unwrap()[0].pg == pg);
+    }
+
+    #[test]
+    fn several_hosts_one_config_each() {
+        let pg =
+            config("host=a,b,/run/pg port=1,2,3 user=u dbname=d target_session_attrs=read-write");
+        let hosts = split_hosts(&pg).unwrap();
+        let targets: Vec<&str> = hosts.iter().map(|h| h.target.as_str()).collect();
+        assert_eq!(targets, ["u@a:1/d", "u@b:2/d", "u@/run/pg:3/d"]);
+        assert_eq!(describe(&pg), "u@a:1,b:2,/run/pg:3/d");
+        for (h, port) in hosts.iter().zip([1, 2, 3]) {
+            assert_eq!(h.pg.get_hosts().len(), 1);
+            assert_eq!(h.pg.get_ports(), [port]);
+            assert_eq!(
+                h.pg.get_target_session_attrs(),
+                tokio_postgres::config::TargetSessionAttrs::ReadWrite
+            );
+        }
+        assert_eq!(
+            hosts[2].pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        // One port for all hosts.
+        let hosts = split_hosts(&config("host=a,b port=7 user=u")).unwrap();
+        assert_eq!(hosts[1].pg.get_ports(), [7]);
+        assert_eq!(hosts[1].target, "u@b:7/u");
+        // hostaddr per host, the host name kept for TLS.
+        let hosts = split_hosts(&config("host=a,b hostaddr=10.0.0.1,10.0.0.2 user=u")).unwrap();
+        assert_eq!(
+            hosts[1].pg.get_hostaddrs(),
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(
+            matches!(&hosts[1].pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "b")
+        );
+    }
+
+    #[test]
+    fn host_counts_must_agree() {
+        let e = split_hosts(&config("host=a,b port=1,2,3")).unwrap_err();
+        assert!(e.contains("3 ports for 2 hosts"), "{e}");
+        let e = split_hosts(&config("host=a,b hostaddr=10.0.0.1")).unwrap_err();
+        assert!(e.contains("2 hosts but 1 hostaddrs"), "{e}");
     }
 
     #[test]

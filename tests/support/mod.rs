@@ -3,6 +3,8 @@
 //! test panics, and helpers to run the real binary.
 #![allow(dead_code)]
 
+pub mod standby;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
