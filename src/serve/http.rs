@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::ident::QualifiedName;
@@ -136,10 +136,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             let io = TokioIo::new(stream);
             let mut builder = http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new());
-            let _permit = match permit {
-                Some(p) => {
+            match permit {
+                Some(_permit) => {
                     builder.header_read_timeout(IDLE_TIMEOUT);
-                    p
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        let limits = limits.clone();
+                        async move { Ok::<_, Infallible>(handle(req, &shared, &limits).await) }
+                    });
+                    drive(builder.serve_connection(io, service), &stop).await;
                 }
                 None => {
                     builder
@@ -149,27 +154,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(overflow(&req, &shared)) }
                     });
-                    let conn = builder.serve_connection(io, service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-                    }
-                    return;
+                    drive(builder.serve_connection(io, service), &stop).await;
                 }
-            };
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                let limits = limits.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared, &limits).await) }
-            });
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
         });
+    }
+}
+
+/// Serves one connection to its end, or until `stop` (then lets the request in flight
+/// finish).
+async fn drive<S>(conn: http1::Connection<TokioIo<TcpStream>, S>, stop: &CancellationToken)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
 }
 
