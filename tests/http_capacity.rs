@@ -11,6 +11,8 @@ use support::{Daemon, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `MAX_CONNECTIONS` in src/serve/http.rs.
+const SLOTS: usize = 512;
 /// `MAX_WAITERS` in src/serve/http.rs.
 const WAITER_CAP: usize = 256;
 /// How long an idle connection is kept (`IDLE_TIMEOUT` in src/serve/http.rs).
@@ -21,21 +23,28 @@ const WAITERS: usize = 500;
 /// gets in is held for all of it.
 const WAIT: Duration = Duration::from_secs(8);
 
+/// The tests here load a 2-core machine on purpose and time answers to the second:
+/// one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A connection that sends nothing; the server's queue takes it at once (a full queue
+/// drops the SYN, and the connect hangs in retransmits).
+async fn connect(port: u16) -> TcpStream {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("connected within 2 s")
+    .expect("connect")
+}
+
 /// One request with `Connection: close`, read to the end: the status and how long the
 /// whole exchange took, from the connect on (a SYN the server's queue dropped costs a
 /// 1 s retransmit). An error is returned as it came (a reset shows as
 /// `ConnectionReset`).
 async fn exchange(port: u16, method: &str, path: &str) -> std::io::Result<(u16, Duration)> {
-    let sent = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let elapsed = sent.elapsed();
-    let text = String::from_utf8_lossy(&buf);
+    let (text, elapsed) = exchange_text(port, method, path).await?;
     let status = text
         .split_whitespace()
         .nth(1)
@@ -44,8 +53,22 @@ async fn exchange(port: u16, method: &str, path: &str) -> std::io::Result<(u16, 
     Ok((status, elapsed))
 }
 
+/// Like [`exchange`], with the whole answer as text.
+async fn exchange_text(port: u16, method: &str, path: &str) -> std::io::Result<(String, Duration)> {
+    let sent = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), sent.elapsed()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_answers_under_idle_connections_and_waiters() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let db = TestDb::new();
     // A view whose refresh sleeps as long as `knob` says: fast to create and to start,
     // then slow for the waiters.
@@ -70,11 +93,7 @@ async fn health_answers_under_idle_connections_and_waiters() {
     let idle_opened = Instant::now();
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
-        idle.push(
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("idle connect"),
-        );
+        idle.push(connect(port).await);
     }
 
     // 500 read-your-writes waiters at once.
@@ -155,4 +174,52 @@ async fn health_answers_under_idle_connections_and_waiters() {
 
     // Still serving normally afterwards.
     assert_eq!(d.get("/healthz").0, 200);
+}
+
+/// With every connection slot held by an idle socket, the overflow path still answers
+/// the probes as usual and turns anything else away at once with a 503 that says when
+/// to come back and closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probes_are_answered_when_every_slot_is_taken() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let db = TestDb::new();
+    db.psql(support::ORDERS_SCHEMA);
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\n[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n",
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    let mut idle = Vec::with_capacity(SLOTS + 10);
+    for _ in 0..SLOTS + 10 {
+        idle.push(connect(d.port).await);
+    }
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/healthz" } else { "/readyz" };
+        let (text, took) =
+            tokio::time::timeout(Duration::from_secs(1), exchange_text(d.port, "GET", path))
+                .await
+                .unwrap_or_else(|_| panic!("{path} {i}: no answer within 1 s"))
+                .unwrap_or_else(|e| panic!("{path} {i}: {e}"));
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{path} {i} after {took:?}: {text}"
+        );
+    }
+    for path in ["/status", "/metrics"] {
+        let (text, _) =
+            tokio::time::timeout(Duration::from_secs(1), exchange_text(d.port, "GET", path))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: no answer within 1 s"))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 503"), "{path}: {text}");
+        assert!(head.contains("\r\nretry-after: "), "{path}: {text}");
+        assert!(head.contains("\r\nconnection: close"), "{path}: {text}");
+    }
+    // Once the idle sockets are gone, the same requests are served in full.
+    drop(idle);
+    support::wait_for(Duration::from_secs(5), "/status served again", || async {
+        matches!(exchange(d.port, "GET", "/status").await, Ok((200, _)))
+    })
+    .await;
 }
