@@ -330,8 +330,7 @@ async fn start_serving(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(CancellationToken, [tokio::task::JoinHandle<()>; 2])> {
     let listen = shared.bound;
-    let http_listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let http_listener = crate::serve::http::bind(listen)
         .with_context(|| format!("http.listen: cannot bind {listen}"))?;
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(crate::serve::http::serve(

@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::ident::QualifiedName;
@@ -46,18 +46,63 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
         .expect("valid response")
 }
 
-/// At most this many HTTP connections are served at once; more wait in the kernel's
-/// accept queue. Scrapers and probes need a handful.
-pub const MAX_CONNECTIONS: usize = 64;
+/// At most this many connections are served in full at once (every route, keep-alive).
+/// Scrapers and probes need a handful; `?wait=` waiters up to [`MAX_WAITERS`].
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// At most this many `POST /refresh/{view}?wait=` requests wait at once; one more is
+/// answered 503 with `Retry-After` at once.
+pub const MAX_WAITERS: usize = 256;
+
+/// How long a connection may take to send a request head, and how long a kept-alive
+/// connection may sit idle between requests: hyper starts this timer again each time
+/// it waits for a request head, so one setting bounds both.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same bound on the overflow path (connections beyond [`MAX_CONNECTIONS`]).
+const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share besides [`Shared`].
+struct Limits {
+    waiters: Arc<tokio::sync::Semaphore>,
+}
+
+/// The kernel's queue of connections not yet accepted. The standard library's 128 is
+/// overrun by a burst (500 clients at once lost SYNs and waited out a 1 s retransmit);
+/// Linux caps this at `net.core.somaxconn` (4096 since 5.4).
+const BACKLOG: u32 = 4096;
+
+/// Binds the HTTP listener, with [`BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Serves until `stop` is cancelled.
+///
+/// Every connection is accepted at once (a full server never leaves clients in the
+/// kernel's queue to be reset). A connection takes one of [`MAX_CONNECTIONS`] slots if
+/// one is free and is then served in full. Otherwise it is served on the overflow path,
+/// which needs no slot: it waits at most [`OVERFLOW_TIMEOUT`] for one request, answers
+/// `/healthz` and `/readyz` as usual and anything else with 503, `Retry-After` and
+/// `Connection: close`. So no client — idle sockets, waiters, slow scrapers — can take
+/// the capacity probes need, and excess clients get an answer instead of a reset.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limits = Arc::new(Limits {
+        waiters: Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)),
+    });
+    // Overflow is logged at most once a minute, with the count since the last line.
+    let mut overflowed: u64 = 0;
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
@@ -65,29 +110,107 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let (stream, _peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
+                // Out of file descriptors, typically: nothing to do but wait.
                 tracing::warn!(error = %e, "http accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let permit = slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            overflowed += 1;
+            if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::warn!(
+                    max_connections = MAX_CONNECTIONS,
+                    overflow_connections = overflowed,
+                    "http: every connection slot is taken; probes are still answered, other requests get 503"
+                );
+                last_warned = Some(std::time::Instant::now());
+                overflowed = 0;
+            }
+        }
         let shared = shared.clone();
+        let limits = limits.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let io = TokioIo::new(stream);
+            let mut builder = http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new());
+            match permit {
+                Some(_permit) => {
+                    builder.header_read_timeout(IDLE_TIMEOUT);
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        let limits = limits.clone();
+                        async move { Ok::<_, Infallible>(handle(req, &shared, &limits).await) }
+                    });
+                    drive(builder.serve_connection(io, service), &stop).await;
+                }
+                None => {
+                    builder
+                        .header_read_timeout(OVERFLOW_TIMEOUT)
+                        .keep_alive(false);
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(overflow(&req, &shared)) }
+                    });
+                    drive(builder.serve_connection(io, service), &stop).await;
+                }
             }
         });
+    }
+}
+
+/// Serves one connection to its end, or until `stop` (then lets the request in flight
+/// finish).
+async fn drive<S>(conn: http1::Connection<TokioIo<TcpStream>, S>, stop: &CancellationToken)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+}
+
+/// 503 with `Retry-After`, closing the connection.
+fn busy(what: &str) -> Resp {
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("retry-after", "1")
+        .header("connection", "close")
+        .body(full(format!("busy: {what}; retry in a second\n")))
+        .expect("valid response")
+}
+
+/// The overflow path: probes answered, everything else turned away at once.
+fn overflow(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    probe(req.method(), req.uri().path(), shared).unwrap_or_else(|| busy("too many connections"))
+}
+
+/// `/healthz` and `/readyz`: atomics only, never a wait.
+fn probe(method: &Method, path: &str, shared: &Shared) -> Option<Resp> {
+    if method != Method::GET {
+        return None;
+    }
+    match path {
+        "/healthz" => Some(if shared.health.alive() {
+            text(StatusCode::OK, "ok\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "a loop is stuck\n")
+        }),
+        "/readyz" => Some(if shared.health.ready() {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no proven LISTEN session yet\n",
+            )
+        }),
+        _ => None,
     }
 }
 
@@ -198,27 +321,13 @@ fn role_name(role: Role) -> &'static str {
 /// How long a scrape waits for the core loop's snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
+async fn handle(req: Request<Incoming>, shared: &Shared, limits: &Limits) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => page(),
         (&Method::GET, "/metrics") => metrics(shared).await,
-        (&Method::GET, "/healthz") => {
-            if shared.health.alive() {
-                text(StatusCode::OK, "ok\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "a loop is stuck\n")
-            }
-        }
-        (&Method::GET, "/readyz") => {
-            if shared.health.ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no proven LISTEN session yet\n",
-                )
-            }
+        (&Method::GET, "/healthz" | "/readyz") => {
+            probe(req.method(), &path, shared).expect("a probe route")
         }
         (&Method::GET, "/status") => status(shared).await,
         (&Method::POST, p) if p == "/refresh" || p.starts_with("/refresh/") => {
@@ -229,7 +338,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Resp {
                     .body(full("missing or wrong bearer token\n"))
                     .expect("valid response");
             }
-            refresh(shared, p, req.uri().query()).await
+            refresh(shared, limits, p, req.uri().query()).await
         }
         (_, "/" | "/metrics" | "/healthz" | "/readyz" | "/status") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
@@ -318,7 +427,7 @@ async fn status(shared: &Shared) -> Resp {
 }
 
 /// `POST /refresh[/{view}][?wait=D]`, authorized.
-async fn refresh(shared: &Shared, path: &str, query: Option<&str>) -> Resp {
+async fn refresh(shared: &Shared, limits: &Limits, path: &str, query: Option<&str>) -> Resp {
     let target = match path.strip_prefix("/refresh/") {
         None => None,
         Some(raw) => {
@@ -346,6 +455,12 @@ async fn refresh(shared: &Shared, path: &str, query: Option<&str>) -> Resp {
                     StatusCode::BAD_REQUEST,
                     &serde_json::json!({"error": "wait needs a view: POST /refresh/{schema.view}?wait=5s"}),
                 );
+            };
+            // Each waiter holds a connection and a place in the core's wait list.
+            let Ok(_waiting) = limits.waiters.try_acquire() else {
+                return busy(&format!(
+                    "{MAX_WAITERS} requests already wait for a refresh"
+                ));
             };
             return wait_for_refresh(shared, view, wait).await;
         }
