@@ -862,3 +862,68 @@ async fn a_hundred_keys_are_no_slower_than_everything_with_jit_on() {
     );
     assert_eq!(d.failures(ATT), 0.0);
 }
+
+/// A reload that removes the keyed view while its full recompute runs, then re-adds it:
+/// the re-added view's first recompute overlaps the orphaned one on the server, waits
+/// for it, and the table ends exact with a write made meanwhile; nothing fails for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_removes_and_re_adds_the_view_mid_recompute_ends_exact() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    // Each execution of the definition takes 1.5 s (an init plan runs once per query).
+    db.psql(
+        r#"CREATE OR REPLACE VIEW app."Stats Def" AS
+      SELECT s.cat, s.season, count(DISTINCT s.id) AS sessions,
+             coalesce(sum(m.v), 0)::bigint AS total, count(m.id) AS marks
+        FROM app.sessions s LEFT JOIN app.marks m ON m.session_id = s.id
+       WHERE (SELECT pg_sleep(1.5)::text) IS NOT NULL
+       GROUP BY s.cat, s.season"#,
+    );
+    db.psql(
+        "CREATE MATERIALIZED VIEW app.other AS SELECT 1 AS k; CREATE UNIQUE INDEX ON app.other (k);",
+    );
+    let other = "[[view]]\nname = \"app.other\"\nchannels = [\"other\"]\n";
+    let with = format!("{}lock_timeout = \"30s\"\n{other}", config(&db));
+    let without = format!("[database]\nurl = \"{}\"\n{other}", db.dsn());
+    let d = Daemon::start(&with);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_exact(&db, "the startup recompute").await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE '%INSERT INTO \"app\".\"stats_live\"%' AND query NOT LIKE '%pg_stat_activity%'";
+    db.psql("NOTIFY stats_keys, '*'");
+    wait_for(
+        Duration::from_secs(10),
+        "a full recompute to run",
+        || async { db.psql(running) == "1" },
+    )
+    .await;
+    let reloads = |n: usize| {
+        let d = &d;
+        async move {
+            wait_for(Duration::from_secs(10), "the reload", || async {
+                d.log_text().matches("configuration reloaded").count() >= n
+            })
+            .await
+        }
+    };
+    d.rewrite_config(&without);
+    d.signal("HUP");
+    reloads(1).await;
+    db.psql("INSERT INTO app.marks (session_id, v) VALUES (3, 777)");
+    d.rewrite_config(&with);
+    d.signal("HUP");
+    reloads(2).await;
+    wait_for(
+        Duration::from_secs(15),
+        "the re-added view's recompute to run beside the orphaned one or after it",
+        || async { d.refreshes(LABEL, "startup", "success") >= 1.0 },
+    )
+    .await;
+    wait_exact(&db, "the write, after the reload").await;
+    let log = d.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("refresh failed") && l.contains("permanent")),
+        "{log}"
+    );
+}
