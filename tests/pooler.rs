@@ -251,53 +251,6 @@ async fn pooled_client(b: &PgBouncer, db: &TestDb) -> tokio_postgres::Client {
     c
 }
 
-/// A standby waiting `retry_interval = 90s` between lock attempts stays alive (the
-/// liveness stall limit is 60 s) and ready (its session is proven).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_standby_with_a_long_retry_interval_stays_alive() {
-    let db = TestDb::new();
-    schema(&db);
-    let config = format!(
-        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"90s\"\n\
-         [[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n",
-        db.dsn()
-    );
-    let leader = Daemon::start(&config);
-    leader.wait_ready(Duration::from_secs(20)).await;
-    let leader = &leader;
-    wait_for(
-        Duration::from_secs(10),
-        "the first replica leads",
-        || async move { support::sample(&leader.metrics(), "refreshd_leader") == Some(1.0) },
-    )
-    .await;
-    let standby = Daemon::start(&config);
-    standby.wait_ready(Duration::from_secs(20)).await;
-    assert_eq!(
-        support::sample(&standby.metrics(), "refreshd_leader"),
-        Some(0.0)
-    );
-    let until = std::time::Instant::now() + Duration::from_secs(70);
-    let mut polls = 0;
-    while std::time::Instant::now() < until {
-        let (code, body) = standby.get("/healthz");
-        assert_eq!(code, 200, "standby /healthz after {polls} polls: {body}");
-        polls += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(standby.get("/readyz").0, 200);
-    let m = standby.metrics();
-    assert_eq!(
-        support::sample(&m, "refreshd_listener_connected"),
-        Some(1.0),
-        "{m}"
-    );
-    assert!(
-        support::sample(&m, "refreshd_listener_roundtrip_seconds").unwrap_or(0.0) > 0.0,
-        "the standby proved its session: {m}"
-    );
-}
-
 /// The refresh statement itself, through the pooler: `SET LOCAL statement_timeout`
 /// inside the one multi-statement query bounds the REFRESH even when the database has
 /// another default, `lock_timeout` applies, and the connection comes back clean.
