@@ -78,7 +78,10 @@ pub enum How {
     Carries(Vec<Carry>),
     /// At least one occurrence reaches the key only by joining its changed rows to the
     /// tables that carry it; `carries` lists the occurrences that carry it directly.
-    JoinPath { carries: Vec<Carry>, paths: Vec<Path> },
+    JoinPath {
+        carries: Vec<Carry>,
+        paths: Vec<Path>,
+    },
     /// A change to it recomputes the whole view.
     Recompute { reason: String },
 }
@@ -133,7 +136,11 @@ fn refuse(reason: impl Into<String>) -> Refused {
     }
 }
 
-pub(super) fn derive(lineage: &Lineage, output: &Output, key: &[&str]) -> Result<Derivation, Refused> {
+pub(super) fn derive(
+    lineage: &Lineage,
+    output: &Output,
+    key: &[&str],
+) -> Result<Derivation, Refused> {
     if key.is_empty() {
         return Err(refuse(
             "no key: the view has no unique index on plain columns and no `key` is configured",
@@ -264,7 +271,7 @@ pub(super) fn derive(lineage: &Lineage, output: &Output, key: &[&str]) -> Result
         }
         if key_nullable {
             return Err(Err(
-                "the key comes from the nullable side of an outer join (rows without a match have a NULL key)"
+                "the key comes from the nullable side of an outer join, where rows without a match have a NULL key"
                     .into(),
             ));
         }
@@ -301,10 +308,12 @@ pub(super) fn derive(lineage: &Lineage, output: &Output, key: &[&str]) -> Result
                 queue.push_back(*y);
             }
         }
-        Err(Err(match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
-            Some((_, text)) => format!("a non-equi join ({text})"),
-            None => "no equi-join connects it to the key".to_string(),
-        }))
+        Err(Err(
+            match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
+                Some((_, text)) => format!("a non-equi join ({text})"),
+                None => "no equi-join connects it to the key".to_string(),
+            },
+        ))
     };
 
     let mut tables: Vec<TableDerivation> = Vec::new();
@@ -392,7 +401,10 @@ fn classify(e: &RExpr, grouped: bool) -> ColumnClass {
         let mut inner = Vec::new();
         a.args.iter().for_each(|x| top_aggregates(x, &mut inner));
         let reason = if a.over_grouped || !inner.is_empty() {
-            Some(format!("nested grouping ({} over a grouped subquery)", a.name))
+            Some(format!(
+                "nested grouping ({} over a grouped subquery)",
+                a.name
+            ))
         } else if a.distinct {
             Some(format!("{}(DISTINCT ...)", a.name))
         } else if a.having {
@@ -402,7 +414,10 @@ fn classify(e: &RExpr, grouped: bool) -> ColumnClass {
         } else {
             match a.name.as_str() {
                 "count" | "sum" | "avg" => None,
-                "min" | "max" => Some(format!("{} (a delete cannot be undone from the change)", a.name)),
+                "min" | "max" => Some(format!(
+                    "{} (a delete cannot be undone from the change)",
+                    a.name
+                )),
                 other => Some(format!("{other} (no delta rule)")),
             }
         };
@@ -437,7 +452,13 @@ impl fmt::Display for Carry {
             .key
             .iter()
             .zip(&self.via)
-            .map(|(k, v)| if v.is_empty() { k.clone() } else { v.join(", ") })
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    v.join(", ")
+                }
+            })
             .collect();
         write!(f, "carries the key ({})", parts.join(", "))
     }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::parse::{self, conjuncts, Expr, FromItem, JoinKind, Select};
-use super::{Catalog, RelationKind, Refused};
+use super::{Catalog, Refused, RelationKind};
 
 fn refuse(reason: impl Into<String>) -> Refused {
     Refused {
@@ -56,8 +56,14 @@ pub enum RExpr {
     Col(InstCol),
     Const(String),
     Agg(Box<Agg>),
-    Func { name: String, args: Vec<RExpr> },
-    Op { op: String, args: Vec<RExpr> },
+    Func {
+        name: String,
+        args: Vec<RExpr>,
+    },
+    Op {
+        op: String,
+        args: Vec<RExpr>,
+    },
     Cast(Box<RExpr>, String),
     /// A subquery expression or a construct not analysed further.
     Opaque(String, Vec<RExpr>),
@@ -110,7 +116,11 @@ impl RExpr {
                 "{}({}{})",
                 a.name,
                 if a.distinct { "DISTINCT " } else { "" },
-                if a.star { "*".to_string() } else { list(&a.args) }
+                if a.star {
+                    "*".to_string()
+                } else {
+                    list(&a.args)
+                }
             ),
             RExpr::Func { name, args } => format!("{name}({})", list(args)),
             RExpr::Op { op, args } if args.len() == 2 => {
@@ -205,6 +215,9 @@ struct Analyzer<'c> {
     catalog: &'c Catalog,
     lineage: Lineage,
     depth: usize,
+    /// Aggregate calls resolved so far (to tell a SELECT's own aggregates from those
+    /// of the subqueries it reads).
+    aggregates: usize,
 }
 
 /// Resolves a parsed view against the catalog.
@@ -213,6 +226,7 @@ pub fn resolve(select: &Select, catalog: &Catalog) -> Result<(Lineage, Output), 
         catalog,
         lineage: Lineage::default(),
         depth: 0,
+        aggregates: 0,
     };
     let out = a.select(select, &[], false, false)?;
     Ok((a.lineage, out))
@@ -242,17 +256,17 @@ impl Analyzer<'_> {
         }
         let mut scope: Vec<Entry> = Vec::new();
         for item in &s.from {
-            self.from_item(item, &ctes, nullable, opaque, &mut scope)?;
+            self.range_item(item, &ctes, nullable, opaque, &mut scope)?;
         }
         if let Some(w) = &s.where_clause {
             for c in conjuncts(w) {
-                let r = self.expr(c, &scope, &ctes, false, false, opaque)?;
+                let r = self.expr(c, &scope, &ctes, false, false)?;
                 self.condition(&r);
             }
         }
         let grouped_from = scope.iter().any(|e| e.grouped);
         let mut columns = Vec::new();
-        let mut has_agg = false;
+        let aggregates_before = self.aggregates;
         for t in &s.targets {
             if let Expr::Func(f) = &t.expr {
                 if SET_RETURNING.contains(&f.name.as_str()) {
@@ -262,26 +276,22 @@ impl Analyzer<'_> {
                     )));
                 }
             }
-            let mut r = self.expr(&t.expr, &scope, &ctes, true, grouped_from, opaque)?;
+            let mut r = self.expr(&t.expr, &scope, &ctes, true, grouped_from)?;
             if s.having.is_some() {
                 mark_having(&mut r);
             }
-            r.walk(&mut |e| {
-                if matches!(e, RExpr::Agg(_)) {
-                    has_agg = true;
-                }
-            });
             columns.push((t.name.clone(), r));
         }
         for g in &s.group_by {
             // Resolve for its errors (unknown columns); its value is in the targets.
             if !matches!(g, Expr::Const(_)) {
-                self.expr(g, &scope, &ctes, false, false, opaque)?;
+                self.expr(g, &scope, &ctes, false, false)?;
             }
         }
         if let Some(h) = &s.having {
-            self.expr(h, &scope, &ctes, true, grouped_from, opaque)?;
+            self.expr(h, &scope, &ctes, true, grouped_from)?;
         }
+        let has_agg = self.aggregates > aggregates_before;
         self.depth -= 1;
         Ok(Output {
             columns,
@@ -292,7 +302,8 @@ impl Analyzer<'_> {
     fn condition(&mut self, r: &RExpr) {
         if let RExpr::Op { op, args } = r {
             if op == "=" && args.len() == 2 {
-                if let (RExpr::Col(a), RExpr::Col(b)) = (args[0].strip_casts(), args[1].strip_casts())
+                if let (RExpr::Col(a), RExpr::Col(b)) =
+                    (args[0].strip_casts(), args[1].strip_casts())
                 {
                     self.lineage.equalities.push((a.clone(), b.clone()));
                     return;
@@ -308,7 +319,7 @@ impl Analyzer<'_> {
         }
     }
 
-    fn from_item(
+    fn range_item(
         &mut self,
         item: &FromItem,
         ctes: &Ctes<'_>,
@@ -391,9 +402,9 @@ impl Analyzer<'_> {
                 let left_null = nullable || matches!(kind, JoinKind::Right | JoinKind::Full);
                 let right_null = nullable || matches!(kind, JoinKind::Left | JoinKind::Full);
                 let mut l = Vec::new();
-                self.from_item(left, ctes, left_null, opaque, &mut l)?;
+                self.range_item(left, ctes, left_null, opaque, &mut l)?;
                 let mut r = Vec::new();
-                self.from_item(right, ctes, right_null, opaque, &mut r)?;
+                self.range_item(right, ctes, right_null, opaque, &mut r)?;
                 for u in using {
                     let a = lookup(&l, &[], u)?;
                     let b = lookup(&r, &[], u)?;
@@ -406,7 +417,7 @@ impl Analyzer<'_> {
                 scope.extend(r);
                 if let Some(on) = on {
                     for c in conjuncts(on) {
-                        let rc = self.expr(c, scope, ctes, false, false, opaque)?;
+                        let rc = self.expr(c, scope, ctes, false, false)?;
                         self.condition(&rc);
                     }
                 }
@@ -422,17 +433,19 @@ impl Analyzer<'_> {
         ctes: &Ctes<'_>,
         aggregates_allowed: bool,
         over_grouped: bool,
-        opaque: bool,
     ) -> Result<RExpr, Refused> {
         let sub = |this: &mut Self, args: &[Expr]| -> Result<Vec<RExpr>, Refused> {
             args.iter()
-                .map(|a| this.expr(a, scope, ctes, aggregates_allowed, over_grouped, opaque))
+                .map(|a| this.expr(a, scope, ctes, aggregates_allowed, over_grouped))
                 .collect()
         };
         Ok(match e {
             Expr::Column { qualifier, name } => lookup(scope, qualifier, name)?,
             Expr::Const(c) => RExpr::Const(c.clone()),
-            Expr::Cast(x, ty) => RExpr::Cast(Box::new(sub(self, std::slice::from_ref(x))?.remove(0)), ty.clone()),
+            Expr::Cast(x, ty) => RExpr::Cast(
+                Box::new(sub(self, std::slice::from_ref(x))?.remove(0)),
+                ty.clone(),
+            ),
             Expr::Op { op, args } => RExpr::Op {
                 op: op.clone(),
                 args: sub(self, args)?,
@@ -444,7 +457,14 @@ impl Analyzer<'_> {
             Expr::Other { kind, args } => RExpr::Opaque(kind.clone(), sub(self, args)?),
             Expr::SubLink(q) => {
                 // Tables read only here are opaque: their changes map to no key.
-                self.select(q, ctes, true, true)?;
+                let aggregates = self.aggregates;
+                self.select(q, ctes, true, true).map_err(|e| {
+                    refuse(format!(
+                        "a subquery expression that cannot be analysed ({})",
+                        e.reason
+                    ))
+                })?;
+                self.aggregates = aggregates;
                 RExpr::Opaque("a subquery expression".into(), Vec::new())
             }
             Expr::Func(f) => {
@@ -459,11 +479,15 @@ impl Analyzer<'_> {
                 let args = sub(self, &f.args)?;
                 if is_agg {
                     if !aggregates_allowed {
-                        return Err(refuse(format!("an aggregate ({}) outside the target list", f.name)));
+                        return Err(refuse(format!(
+                            "an aggregate ({}) outside the target list",
+                            f.name
+                        )));
                     }
                     if let Some(filter) = &f.filter {
-                        self.expr(filter, scope, ctes, false, false, opaque)?;
+                        self.expr(filter, scope, ctes, false, false)?;
                     }
+                    self.aggregates += 1;
                     RExpr::Agg(Box::new(Agg {
                         name: f.name.clone(),
                         star: f.star,
@@ -526,7 +550,9 @@ fn lookup(scope: &[Entry], qualifier: &[String], name: &str) -> Result<RExpr, Re
         .collect();
     match found.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(refuse(format!("column {shown} is not found in its FROM clause"))),
+        [] => Err(refuse(format!(
+            "column {shown} is not found in its FROM clause"
+        ))),
         _ => Err(refuse(format!("column reference {shown} is ambiguous"))),
     }
 }

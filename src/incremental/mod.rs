@@ -14,7 +14,9 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use derive::{Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation};
+pub use derive::{
+    Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation,
+};
 
 /// Why a view cannot be derived at all: it stays a materialized view refreshed whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +117,10 @@ impl Catalog {
 
     fn lookup(&self, schema: Option<&str>, name: &str) -> Result<&Relation, Refused> {
         let found = match schema {
-            Some(s) => self.relations.iter().find(|r| r.schema == s && r.name == name),
+            Some(s) => self
+                .relations
+                .iter()
+                .find(|r| r.schema == s && r.name == name),
             None => self.search_path.iter().find_map(|s| {
                 self.relations
                     .iter()

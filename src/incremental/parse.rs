@@ -70,17 +70,26 @@ pub enum FromItem {
 #[derive(Debug, Clone)]
 pub enum Expr {
     /// `a.b` or `b` (qualifier holds everything before the column name).
-    Column { qualifier: Vec<String>, name: String },
+    Column {
+        qualifier: Vec<String>,
+        name: String,
+    },
     Const(String),
     Func(Box<FuncCall>),
     /// An operator (`=`, `+`, `BETWEEN`, `IN`, ...) and its operands.
-    Op { op: String, args: Vec<Expr> },
+    Op {
+        op: String,
+        args: Vec<Expr>,
+    },
     And(Vec<Expr>),
     Cast(Box<Expr>, String),
     /// A subquery used as an expression (EXISTS, IN, scalar).
     SubLink(Box<Select>),
     /// Any other construct: its kind and the expressions it contains.
-    Other { kind: String, args: Vec<Expr> },
+    Other {
+        kind: String,
+        args: Vec<Expr>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -175,9 +184,7 @@ fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
         .group_clause
         .iter()
         .map(|g| match node(g) {
-            Some(NodeEnum::GroupingSet(_)) => {
-                Err(refuse("GROUPING SETS, ROLLUP or CUBE"))
-            }
+            Some(NodeEnum::GroupingSet(_)) => Err(refuse("GROUPING SETS, ROLLUP or CUBE")),
             _ => expr(g),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -187,14 +194,13 @@ fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
         let Some(NodeEnum::ResTarget(rt)) = node(t) else {
             continue;
         };
-        let val = rt
-            .val
-            .as_deref()
-            .ok_or_else(|| refuse("an empty target"))?;
+        let val = rt.val.as_deref().ok_or_else(|| refuse("an empty target"))?;
         let e = expr(val)?;
         if let Expr::Column { name, .. } = &e {
             if name == "*" {
-                return Err(refuse("SELECT * (PostgreSQL expands it in a view's definition)"));
+                return Err(refuse(
+                    "SELECT * (PostgreSQL expands it in a view's definition)",
+                ));
             }
         }
         let name = if rt.name.is_empty() {
@@ -248,7 +254,11 @@ fn from_item(n: &pb::Node) -> Result<FromItem, Refused> {
             Ok(FromItem::Subquery {
                 query: Box::new(query),
                 alias: alias_name(&r.alias).unwrap_or_default(),
-                columns: r.alias.as_ref().map(|a| names(&a.colnames)).unwrap_or_default(),
+                columns: r
+                    .alias
+                    .as_ref()
+                    .map(|a| names(&a.colnames))
+                    .unwrap_or_default(),
             })
         }
         Some(NodeEnum::JoinExpr(j)) => {
