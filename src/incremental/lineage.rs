@@ -261,7 +261,7 @@ impl Analyzer<'_> {
         if let Some(w) = &s.where_clause {
             for c in conjuncts(w) {
                 let r = self.expr(c, &scope, &ctes, false, false)?;
-                self.condition(&r);
+                self.condition(&r, None);
             }
         }
         let grouped_from = scope.iter().any(|e| e.grouped);
@@ -299,7 +299,16 @@ impl Analyzer<'_> {
         })
     }
 
-    fn condition(&mut self, r: &RExpr) {
+    /// Records a conjunct of a WHERE or ON condition. `outer` is the range of instances
+    /// on the nullable side(s) of the outer join whose ON this is: a conjunct that
+    /// touches none of them only decides which rows match, not which rows the view
+    /// has, so it neither carries the key nor hides a table.
+    fn condition(&mut self, r: &RExpr, outer: Option<&std::ops::Range<usize>>) {
+        if let Some(range) = outer {
+            if !r.columns().iter().any(|c| range.contains(&c.inst)) {
+                return;
+            }
+        }
         if let RExpr::Op { op, args } = r {
             if op == "=" && args.len() == 2 {
                 if let (RExpr::Col(a), RExpr::Col(b)) =
@@ -401,24 +410,36 @@ impl Analyzer<'_> {
             } => {
                 let left_null = nullable || matches!(kind, JoinKind::Right | JoinKind::Full);
                 let right_null = nullable || matches!(kind, JoinKind::Left | JoinKind::Full);
+                let start = self.lineage.instances.len();
                 let mut l = Vec::new();
                 self.range_item(left, ctes, left_null, opaque, &mut l)?;
+                let middle = self.lineage.instances.len();
                 let mut r = Vec::new();
                 self.range_item(right, ctes, right_null, opaque, &mut r)?;
+                let end = self.lineage.instances.len();
+                let outer = match kind {
+                    JoinKind::Inner => None,
+                    JoinKind::Left => Some(middle..end),
+                    JoinKind::Right => Some(start..middle),
+                    JoinKind::Full => Some(start..end),
+                };
                 for u in using {
                     let a = lookup(&l, &[], u)?;
                     let b = lookup(&r, &[], u)?;
-                    self.condition(&RExpr::Op {
-                        op: "=".into(),
-                        args: vec![a, b],
-                    });
+                    self.condition(
+                        &RExpr::Op {
+                            op: "=".into(),
+                            args: vec![a, b],
+                        },
+                        outer.as_ref(),
+                    );
                 }
                 scope.extend(l);
                 scope.extend(r);
                 if let Some(on) = on {
                     for c in conjuncts(on) {
                         let rc = self.expr(c, scope, ctes, false, false)?;
-                        self.condition(&rc);
+                        self.condition(&rc, outer.as_ref());
                     }
                 }
             }

@@ -819,3 +819,60 @@ fn refusals() {
         "a set operation (UNION, INTERSECT or EXCEPT)"
     );
 }
+
+/// An equality in a LEFT JOIN's ON between two columns of the preserved side only
+/// decides which rows match, not which rows the view has: it must not make the key
+/// travel (here it would claim nation carries the key through c_nationkey = c_custkey).
+#[test]
+fn outer_join_condition_on_the_preserved_side_only() {
+    let sql = "SELECT c.c_custkey, count(o.o_orderkey) AS n \
+               FROM tpch.customer c \
+               LEFT JOIN tpch.orders o ON o.o_custkey = c.c_custkey AND c.c_nationkey = c.c_custkey \
+               JOIN tpch.nation n ON n.n_nationkey = c.c_nationkey \
+               GROUP BY c.c_custkey";
+    let d = derived(sql, &["c_custkey"]);
+    assert_eq!(
+        d.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        [
+            "customer: carries the key (c_custkey)",
+            "orders: carries the key via orders.o_custkey = customer.c_custkey",
+            "nation: join path nation.n_nationkey = customer.c_nationkey → key",
+        ]
+    );
+}
+
+#[test]
+fn right_and_full_joins() {
+    let right = "SELECT c.c_custkey, count(o.o_orderkey) AS n \
+                 FROM tpch.orders o RIGHT JOIN tpch.customer c ON o.o_custkey = c.c_custkey \
+                 GROUP BY c.c_custkey";
+    let d = derived(right, &["c_custkey"]);
+    assert_eq!(
+        d.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        [
+            "orders: carries the key via orders.o_custkey = customer.c_custkey",
+            "customer: carries the key (c_custkey)",
+        ]
+    );
+    // Both sides of a FULL JOIN are nullable: the key may be NULL on either.
+    let full = right.replace("RIGHT JOIN", "FULL JOIN");
+    let d = derived(&full, &["c_custkey"]);
+    assert!(
+        d.tables
+            .iter()
+            .all(|t| matches!(&t.how, How::Recompute { reason } if reason.starts_with("the key comes from the nullable side"))),
+        "{d}"
+    );
+}
+
+#[test]
+fn having_makes_its_aggregates_group_recomputes() {
+    let sql =
+        "SELECT o_custkey, count(*) AS n FROM tpch.orders GROUP BY o_custkey HAVING count(*) > 1";
+    let d = derived(sql, &["o_custkey"]);
+    assert_eq!(line(&d, "orders"), "orders: carries the key (o_custkey)");
+    assert_eq!(
+        class(&d, "n"),
+        recompute("HAVING decides which groups exist")
+    );
+}
