@@ -158,6 +158,9 @@ fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
     let mut ctes = Vec::new();
     let mut recursive = false;
     if let Some(w) = &s.with_clause {
+        if w.recursive {
+            return Err(refuse("a recursive CTE"));
+        }
         recursive = w.recursive;
         for c in &w.ctes {
             let Some(NodeEnum::CommonTableExpr(c)) = node(c) else {
@@ -449,9 +452,43 @@ fn expr(n: &pb::Node) -> Result<Expr, Refused> {
             kind: "ROW".into(),
             args: exprs(&r.args)?,
         },
+        Some(NodeEnum::AArrayExpr(a)) => Expr::Other {
+            kind: "ARRAY".into(),
+            args: exprs(&a.elements)?,
+        },
+        Some(NodeEnum::CollateClause(c)) => Expr::Other {
+            kind: "COLLATE".into(),
+            args: opt(&c.arg)?,
+        },
+        Some(NodeEnum::AIndirection(i)) => Expr::Other {
+            kind: "a subscript or field selection".into(),
+            args: opt(&i.arg)?,
+        },
         Some(NodeEnum::ParamRef(_)) => return Err(refuse("a parameter")),
-        _ => Expr::Other {
-            kind: "an expression".into(),
+        Some(other) => {
+            // Not modelled: harmless only if it holds no column, function call or
+            // subquery (those would hide a table, an aggregate or a window function).
+            let hides = serde_json::to_value(other)
+                .map(|v| holds_any(&v, &["ColumnRef", "FuncCall", "SubLink", "SelectStmt"]))
+                .unwrap_or(true);
+            let kind = format!("{other:?}");
+            let kind = kind
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("?")
+                .to_string();
+            if hides {
+                return Err(refuse(format!(
+                    "an expression refreshd does not analyse yet ({kind})"
+                )));
+            }
+            Expr::Other {
+                kind,
+                args: Vec::new(),
+            }
+        }
+        None => Expr::Other {
+            kind: "an empty expression".into(),
             args: Vec::new(),
         },
     })
@@ -462,5 +499,17 @@ pub fn conjuncts(e: &Expr) -> Vec<&Expr> {
     match e {
         Expr::And(args) => args.iter().flat_map(conjuncts).collect(),
         other => vec![other],
+    }
+}
+
+/// Whether a serialized parse tree holds a node of one of these kinds (the walk covers
+/// every field, which pg_query's own walker does not for every node type).
+fn holds_any(v: &serde_json::Value, kinds: &[&str]) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| kinds.contains(&k.as_str()) || holds_any(x, kinds)),
+        serde_json::Value::Array(a) => a.iter().any(|x| holds_any(x, kinds)),
+        _ => false,
     }
 }

@@ -816,7 +816,7 @@ fn refusals() {
             "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r",
             &["n"]
         ),
-        "a set operation (UNION, INTERSECT or EXCEPT)"
+        "a recursive CTE"
     );
 }
 
@@ -874,5 +874,38 @@ fn having_makes_its_aggregates_group_recomputes() {
     assert_eq!(
         class(&d, "n"),
         recompute("HAVING decides which groups exist")
+    );
+}
+
+/// Constructs the model knows keep what is inside them visible; one it does not know
+/// is refused when it could hide a column, an aggregate or a window function.
+#[test]
+fn expressions_inside_other_constructs() {
+    let sql = "SELECT o_custkey, ARRAY[max(o_totalprice)] AS top, \
+               (array_agg(o_orderkey))[1] AS first_key \
+               FROM tpch.orders GROUP BY o_custkey";
+    let d = derived(sql, &["o_custkey"]);
+    assert_eq!(
+        class(&d, "top"),
+        recompute("max (a delete cannot be undone from the change)")
+    );
+    assert_eq!(
+        class(&d, "first_key"),
+        recompute("array_agg (no delta rule)")
+    );
+    assert_eq!(
+        refused(
+            "SELECT o_orderkey, ARRAY[rank() OVER (ORDER BY o_totalprice)] AS r FROM tpch.orders",
+            &["o_orderkey"]
+        ),
+        "a window function (rank)"
+    );
+    let reason = refused(
+        "SELECT o_orderkey, xmlelement(name o, o_custkey) AS x FROM tpch.orders",
+        &["o_orderkey"],
+    );
+    assert_eq!(
+        reason,
+        "an expression refreshd does not analyse yet (XmlExpr)"
     );
 }
