@@ -310,7 +310,7 @@ pub(super) fn derive(
         }
         Err(Err(
             match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
-                Some((_, text)) => format!("a non-equi join ({text})"),
+                Some((_, reason)) => reason.clone(),
                 None => "no equi-join connects it to the key".to_string(),
             },
         ))

@@ -148,6 +148,7 @@ pub struct Lineage {
     /// Equalities between instance columns that hold for every row the view is made of.
     pub equalities: Vec<(InstCol, InstCol)>,
     /// Join or WHERE conditions over several instances that are not column equalities.
+    /// (the instances, the reason with the condition's text)
     pub non_equi: Vec<(Vec<usize>, String)>,
 }
 
@@ -309,13 +310,23 @@ impl Analyzer<'_> {
                 return;
             }
         }
+        let mut kind = "a non-equi join";
         if let RExpr::Op { op, args } = r {
             if op == "=" && args.len() == 2 {
-                if let (RExpr::Col(a), RExpr::Col(b)) =
-                    (args[0].strip_casts(), args[1].strip_casts())
-                {
-                    self.lineage.equalities.push((a.clone(), b.clone()));
-                    return;
+                match (&args[0], &args[1]) {
+                    (RExpr::Col(a), RExpr::Col(b)) => {
+                        self.lineage.equalities.push((a.clone(), b.clone()));
+                        return;
+                    }
+                    // Equal after a conversion (a timestamp cast to a date, a number
+                    // to text...) is not equal before it: the key cannot travel.
+                    (x, y)
+                        if matches!(x.strip_casts(), RExpr::Col(_))
+                            && matches!(y.strip_casts(), RExpr::Col(_)) =>
+                    {
+                        kind = "a join on converted columns";
+                    }
+                    _ => {}
                 }
             }
         }
@@ -324,7 +335,9 @@ impl Analyzer<'_> {
         insts.dedup();
         if insts.len() > 1 {
             let text = r.text(&|c| format!("{}.{}", self.lineage.instances[c.inst].alias, c.col));
-            self.lineage.non_equi.push((insts, text));
+            self.lineage
+                .non_equi
+                .push((insts, format!("{kind} ({text})")));
         }
     }
 

@@ -909,3 +909,20 @@ fn expressions_inside_other_constructs() {
         "an expression refreshd does not analyse yet (XmlExpr)"
     );
 }
+
+/// Equal after a cast is not equal before it (a timestamp cast to a date): the key
+/// does not travel through such a join.
+#[test]
+fn join_on_converted_columns() {
+    let sql = "SELECT d.day, count(*) AS n \
+               FROM tpch.calendar d JOIN tpch.orders o ON o.o_orderdate::timestamptz::date = d.day \
+               GROUP BY d.day";
+    let catalog = catalog().table("tpch.calendar", &["day"]);
+    let d = derive(sql, &["day"], &catalog).unwrap();
+    assert_eq!(line(&d, "calendar"), "calendar: carries the key (day)");
+    assert_eq!(
+        line(&d, "orders"),
+        "orders: recompute everything (a join on converted columns \
+         (o.o_orderdate::timestamptz::date = d.day))"
+    );
+}
