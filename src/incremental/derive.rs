@@ -69,6 +69,9 @@ pub struct TableDerivation {
     /// The name printed (the bare relation name).
     pub name: String,
     pub how: How,
+    /// The columns of the table the definition reads, in catalog order: a change to
+    /// none of them changes nothing in the view.
+    pub reads: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,10 +352,22 @@ pub(super) fn derive(
                 paths,
             },
         };
+        let reads = occurrence
+            .columns
+            .iter()
+            .filter(|col| {
+                lineage
+                    .read
+                    .iter()
+                    .any(|r| inst[r.inst].table == occurrence.table && &&r.col == col)
+            })
+            .cloned()
+            .collect();
         tables.push(TableDerivation {
             table: occurrence.table.clone(),
             name: occurrence.relname.clone(),
             how,
+            reads,
         });
     }
 

@@ -27,6 +27,8 @@ pub struct Instance {
     pub nullable: bool,
     /// Read only inside a subquery expression: its changes cannot be traced.
     pub opaque: bool,
+    /// The relation's columns, in catalog order.
+    pub columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -150,6 +152,9 @@ pub struct Lineage {
     /// Join or WHERE conditions over several instances that are not column equalities.
     /// (the instances, the reason with the condition's text)
     pub non_equi: Vec<(Vec<usize>, String)>,
+    /// Every instance column the definition refers to, anywhere (a superset of what
+    /// its result depends on).
+    pub read: Vec<InstCol>,
 }
 
 struct Entry {
@@ -341,6 +346,14 @@ impl Analyzer<'_> {
         }
     }
 
+    fn note_read(&mut self, r: &RExpr) {
+        for c in r.columns() {
+            if !self.lineage.read.contains(&c) {
+                self.lineage.read.push(c);
+            }
+        }
+    }
+
     fn range_item(
         &mut self,
         item: &FromItem,
@@ -385,6 +398,7 @@ impl Analyzer<'_> {
                             alias: alias_s.clone(),
                             nullable,
                             opaque,
+                            columns: rel.columns.clone(),
                         });
                         scope.push(Entry {
                             alias: alias_s,
@@ -439,6 +453,8 @@ impl Analyzer<'_> {
                 for u in using {
                     let a = lookup(&l, &[], u)?;
                     let b = lookup(&r, &[], u)?;
+                    self.note_read(&a);
+                    self.note_read(&b);
                     self.condition(
                         &RExpr::Op {
                             op: "=".into(),
@@ -474,7 +490,11 @@ impl Analyzer<'_> {
                 .collect()
         };
         Ok(match e {
-            Expr::Column { qualifier, name } => lookup(scope, qualifier, name)?,
+            Expr::Column { qualifier, name } => {
+                let r = lookup(scope, qualifier, name)?;
+                self.note_read(&r);
+                r
+            }
             Expr::Const(c) => RExpr::Const(c.clone()),
             Expr::Cast(x, ty) => RExpr::Cast(
                 Box::new(sub(self, std::slice::from_ref(x))?.remove(0)),
