@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod incremental;
 mod percent;
 pub mod pg;
 pub mod serve;

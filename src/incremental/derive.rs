@@ -1,0 +1,541 @@
+//! Per base table: how a change to its rows maps to the view's keys; per output column:
+//! whether a change can be applied as a delta or its group must be recomputed.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use super::lineage::{Agg, Classes, InstCol, Lineage, Output, RExpr};
+use super::Refused;
+
+/// Functions whose value is not fixed by their arguments: a key computed with one of
+/// them cannot be derived from a row.
+const VOLATILE: &[&str] = &[
+    "random",
+    "random_normal",
+    "setseed",
+    "nextval",
+    "currval",
+    "lastval",
+    "now",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "current_date",
+    "current_time",
+    "current_time_n",
+    "current_timestamp",
+    "current_timestamp_n",
+    "localtime",
+    "localtime_n",
+    "localtimestamp",
+    "localtimestamp_n",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v4",
+    "txid_current",
+    "pg_backend_pid",
+    "age",
+];
+
+/// The whole derivation for one view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derivation {
+    pub key: Vec<String>,
+    /// One entry per base table (or materialized view) the view reads, in the order
+    /// they first appear in the definition.
+    pub tables: Vec<TableDerivation>,
+    /// One entry per output column.
+    pub columns: Vec<ColumnDerivation>,
+}
+
+impl Derivation {
+    /// The table's derivation, by qualified (`schema.name`) or bare name.
+    pub fn table(&self, name: &str) -> Option<&TableDerivation> {
+        self.tables
+            .iter()
+            .find(|t| t.table == name || t.name == name)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnDerivation> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDerivation {
+    /// Qualified name (`schema.name`).
+    pub table: String,
+    /// The name printed (the bare relation name).
+    pub name: String,
+    pub how: How,
+    /// The columns of the table the definition reads, in catalog order: a change to
+    /// none of them changes nothing in the view.
+    pub reads: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum How {
+    /// Every occurrence of the table carries the key: the keys of a change are
+    /// computed from its old and new rows.
+    Carries(Vec<Carry>),
+    /// At least one occurrence reaches the key only by joining its changed rows to the
+    /// tables that carry it; `carries` lists the occurrences that carry it directly.
+    JoinPath {
+        carries: Vec<Carry>,
+        paths: Vec<Path>,
+    },
+    /// A change to it recomputes the whole view.
+    Recompute { reason: String },
+}
+
+/// How one occurrence of a table gives the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carry {
+    /// Per key column, the expression over this table's columns that gives it.
+    pub key: Vec<String>,
+    /// The equalities used, `this.col = other.col`, for key columns that come from
+    /// another table (empty where the table gives the key column itself).
+    pub via: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub steps: Vec<JoinStep>,
+}
+
+/// `from_table.from_column = to_table.to_column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinStep {
+    pub from_table: String,
+    pub from_column: String,
+    pub to_table: String,
+    pub to_column: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDerivation {
+    pub name: String,
+    pub class: ColumnClass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnClass {
+    /// A key column.
+    Key,
+    /// A grouping value other than the key (fixed per group).
+    Group,
+    /// A non-aggregate value of an ungrouped view, recomputed with its row.
+    Row,
+    /// Maintained from the change alone; the aggregates it is made of.
+    Delta { aggregates: Vec<String> },
+    /// The affected groups are recomputed.
+    GroupRecompute { reason: String },
+}
+
+fn refuse(reason: impl Into<String>) -> Refused {
+    Refused {
+        reason: reason.into(),
+    }
+}
+
+pub(super) fn derive(
+    lineage: &Lineage,
+    output: &Output,
+    key: &[&str],
+) -> Result<Derivation, Refused> {
+    if key.is_empty() {
+        return Err(refuse(
+            "no key: the view has no unique index on plain columns and no `key` is configured",
+        ));
+    }
+    let mut origins = Vec::new();
+    for k in key {
+        let Some((_, e)) = output.columns.iter().find(|(n, _)| n == k) else {
+            return Err(refuse(format!(
+                "key column {k} is not a plain output column of the view"
+            )));
+        };
+        let mut problem = None;
+        e.walk(&mut |x| {
+            if problem.is_some() {
+                return;
+            }
+            match x {
+                RExpr::Agg(a) => problem = Some(format!("key column {k} is an aggregate ({})", a.name)),
+                RExpr::Func { name, .. } if VOLATILE.contains(&name.as_str()) => {
+                    problem = Some(format!(
+                        "key column {k} is an expression over a volatile function ({name})"
+                    ))
+                }
+                RExpr::Opaque(kind, _) => {
+                    problem = Some(format!(
+                        "key column {k} is an expression that cannot be traced to table columns ({kind})"
+                    ))
+                }
+                _ => {}
+            }
+        });
+        if let Some(p) = problem {
+            return Err(refuse(p));
+        }
+        if e.columns().is_empty() {
+            return Err(refuse(format!("key column {k} is a constant")));
+        }
+        origins.push(e.clone());
+    }
+
+    let inst = &lineage.instances;
+    // Printed names: the relation name, or the alias for a table read under several.
+    let names: Vec<String> = inst
+        .iter()
+        .map(|i| {
+            let mut aliases: Vec<&str> = inst
+                .iter()
+                .filter(|j| j.table == i.table)
+                .map(|j| j.alias.as_str())
+                .collect();
+            aliases.sort();
+            aliases.dedup();
+            if aliases.len() > 1 {
+                i.alias.clone()
+            } else {
+                i.relname.clone()
+            }
+        })
+        .collect();
+    let classes = Classes::new(&lineage.equalities);
+    let key_nullable = origins
+        .iter()
+        .flat_map(|e| e.columns())
+        .any(|c| inst[c.inst].nullable);
+
+    // Which occurrences carry the key, and how.
+    let carries: Vec<Option<Carry>> = (0..inst.len())
+        .map(|i| {
+            if inst[i].opaque {
+                return None;
+            }
+            let mut carry = Carry {
+                key: Vec::new(),
+                via: Vec::new(),
+            };
+            for e in &origins {
+                let mut via = Vec::new();
+                let mut subst = Vec::new();
+                for c in e.columns() {
+                    let mine = classes.class_of(&c).into_iter().find(|d| d.inst == i)?;
+                    let same = inst[c.inst].table == inst[i].table && c.col == mine.col;
+                    if c.inst != i && !same {
+                        via.push(format!(
+                            "{}.{} = {}.{}",
+                            names[i], mine.col, names[c.inst], c.col
+                        ));
+                    }
+                    subst.push((c, mine));
+                }
+                carry.key.push(e.text(&|c: &InstCol| {
+                    subst
+                        .iter()
+                        .find(|(from, _)| from == c)
+                        .map(|(_, to)| to.col.clone())
+                        .unwrap_or_else(|| c.col.clone())
+                }));
+                carry.via.push(via);
+            }
+            Some(carry)
+        })
+        .collect();
+
+    // Adjacency between occurrences sharing an equivalence class.
+    let mut adjacent: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); inst.len()];
+    for class in classes.all() {
+        for a in &class {
+            for b in &class {
+                if a.inst != b.inst
+                    && !inst[a.inst].opaque
+                    && !inst[b.inst].opaque
+                    && !adjacent[a.inst].iter().any(|(n, _, _)| *n == b.inst)
+                {
+                    adjacent[a.inst].push((b.inst, a.col.clone(), b.col.clone()));
+                }
+            }
+        }
+    }
+    for a in &mut adjacent {
+        a.sort_by_key(|(n, _, _)| *n);
+    }
+
+    let route = |i: usize| -> Result<Option<Carry>, Result<Path, String>> {
+        if inst[i].opaque {
+            return Err(Err(
+                "read only inside a subquery expression (EXISTS, IN or a scalar subquery)".into(),
+            ));
+        }
+        if key_nullable {
+            return Err(Err(
+                "the key comes from the nullable side of an outer join, where rows without a match have a NULL key"
+                    .into(),
+            ));
+        }
+        if let Some(c) = &carries[i] {
+            return Ok(Some(c.clone()));
+        }
+        // Breadth first: the shortest chain of equi-joins to an occurrence that carries.
+        let mut prev: Vec<Option<(usize, String, String)>> = vec![None; inst.len()];
+        let mut seen = vec![false; inst.len()];
+        seen[i] = true;
+        let mut queue = VecDeque::from([i]);
+        while let Some(x) = queue.pop_front() {
+            for (y, cx, cy) in &adjacent[x] {
+                if seen[*y] {
+                    continue;
+                }
+                seen[*y] = true;
+                prev[*y] = Some((x, cx.clone(), cy.clone()));
+                if carries[*y].is_some() {
+                    let mut steps = Vec::new();
+                    let mut at = *y;
+                    while let Some((from, cf, ct)) = &prev[at] {
+                        steps.push(JoinStep {
+                            from_table: names[*from].clone(),
+                            from_column: cf.clone(),
+                            to_table: names[at].clone(),
+                            to_column: ct.clone(),
+                        });
+                        at = *from;
+                    }
+                    steps.reverse();
+                    return Err(Ok(Path { steps }));
+                }
+                queue.push_back(*y);
+            }
+        }
+        Err(Err(
+            match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
+                Some((_, reason)) => reason.clone(),
+                None => "no equi-join connects it to the key".to_string(),
+            },
+        ))
+    };
+
+    let mut tables: Vec<TableDerivation> = Vec::new();
+    for (i, occurrence) in inst.iter().enumerate() {
+        if tables.iter().any(|t| t.table == occurrence.table) {
+            continue;
+        }
+        let mut carried: Vec<Carry> = Vec::new();
+        let mut paths = Vec::new();
+        let mut recompute = None;
+        for (j, other) in inst.iter().enumerate().skip(i) {
+            if other.table != occurrence.table {
+                continue;
+            }
+            match route(j) {
+                Ok(Some(c)) => {
+                    if !carried.iter().any(|k| k.key == c.key) {
+                        carried.push(c);
+                    }
+                }
+                Ok(None) => {}
+                Err(Ok(p)) => paths.push(p),
+                Err(Err(reason)) => {
+                    recompute.get_or_insert(reason);
+                }
+            }
+        }
+        let how = match recompute {
+            Some(reason) => How::Recompute { reason },
+            None if paths.is_empty() => How::Carries(carried),
+            None => How::JoinPath {
+                carries: carried,
+                paths,
+            },
+        };
+        let reads = occurrence
+            .columns
+            .iter()
+            .filter(|col| {
+                lineage
+                    .read
+                    .iter()
+                    .any(|r| inst[r.inst].table == occurrence.table && &&r.col == col)
+            })
+            .cloned()
+            .collect();
+        tables.push(TableDerivation {
+            table: occurrence.table.clone(),
+            name: occurrence.relname.clone(),
+            how,
+            reads,
+        });
+    }
+
+    let columns = output
+        .columns
+        .iter()
+        .map(|(name, e)| ColumnDerivation {
+            name: name.clone(),
+            class: if key.contains(&name.as_str()) {
+                ColumnClass::Key
+            } else {
+                classify(e, output.grouped)
+            },
+        })
+        .collect();
+    Ok(Derivation {
+        key: key.iter().map(|k| k.to_string()).collect(),
+        tables,
+        columns,
+    })
+}
+
+fn top_aggregates<'a>(e: &'a RExpr, out: &mut Vec<&'a Agg>) {
+    match e {
+        RExpr::Agg(a) => out.push(a),
+        RExpr::Func { args, .. } | RExpr::Op { args, .. } | RExpr::Opaque(_, args) => {
+            args.iter().for_each(|x| top_aggregates(x, out))
+        }
+        RExpr::Cast(x, _) => top_aggregates(x, out),
+        RExpr::Col(_) | RExpr::Const(_) => {}
+    }
+}
+
+fn classify(e: &RExpr, grouped: bool) -> ColumnClass {
+    let mut aggs = Vec::new();
+    top_aggregates(e, &mut aggs);
+    if aggs.is_empty() {
+        return if grouped {
+            ColumnClass::Group
+        } else {
+            ColumnClass::Row
+        };
+    }
+    let mut labels = Vec::new();
+    for a in aggs {
+        let mut inner = Vec::new();
+        a.args.iter().for_each(|x| top_aggregates(x, &mut inner));
+        let reason = if a.over_grouped || !inner.is_empty() {
+            Some(format!(
+                "nested grouping ({} over a grouped subquery)",
+                a.name
+            ))
+        } else if a.distinct {
+            Some(format!("{}(DISTINCT ...)", a.name))
+        } else if a.having {
+            Some("HAVING decides which groups exist".to_string())
+        } else if a.ordered {
+            Some(format!("an ordered aggregate ({})", a.name))
+        } else {
+            match a.name.as_str() {
+                "count" | "sum" | "avg" => None,
+                "min" | "max" => Some(format!(
+                    "{} (a delete cannot be undone from the change)",
+                    a.name
+                )),
+                other => Some(format!("{other} (no delta rule)")),
+            }
+        };
+        if let Some(reason) = reason {
+            return ColumnClass::GroupRecompute { reason };
+        }
+        let base = match (a.name.as_str(), a.star) {
+            ("count", true) => "count(*)".to_string(),
+            ("avg", _) => "avg (as sum and count)".to_string(),
+            (n, _) => n.to_string(),
+        };
+        let label = if a.filter {
+            format!("{base} FILTER")
+        } else {
+            base
+        };
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    ColumnClass::Delta { aggregates: labels }
+}
+
+impl fmt::Display for Carry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all_via = self.via.iter().all(|v| !v.is_empty());
+        if all_via {
+            let v: Vec<String> = self.via.iter().flatten().cloned().collect();
+            return write!(f, "carries the key via {}", v.join(", "));
+        }
+        let parts: Vec<String> = self
+            .key
+            .iter()
+            .zip(&self.via)
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    v.join(", ")
+                }
+            })
+            .collect();
+        write!(f, "carries the key ({})", parts.join(", "))
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "join path ")?;
+        for s in &self.steps {
+            write!(
+                f,
+                "{}.{} = {}.{} → ",
+                s.from_table, s.from_column, s.to_table, s.to_column
+            )?;
+        }
+        write!(f, "key")
+    }
+}
+
+impl fmt::Display for TableDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.name)?;
+        match &self.how {
+            How::Carries(c) => {
+                let parts: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+                write!(f, "{}", parts.join("; and "))
+            }
+            How::JoinPath { carries, paths } => {
+                let parts: Vec<String> = carries
+                    .iter()
+                    .map(|c| c.to_string())
+                    .chain(paths.iter().map(|p| p.to_string()))
+                    .collect();
+                write!(f, "{}", parts.join("; and "))
+            }
+            How::Recompute { reason } => write!(f, "recompute everything ({reason})"),
+        }
+    }
+}
+
+impl fmt::Display for ColumnDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.name)?;
+        match &self.class {
+            ColumnClass::Key => write!(f, "key"),
+            ColumnClass::Group => write!(f, "grouping value"),
+            ColumnClass::Row => write!(f, "row value"),
+            ColumnClass::Delta { aggregates } => write!(f, "delta ({})", aggregates.join(", ")),
+            ColumnClass::GroupRecompute { reason } => write!(f, "recompute the group ({reason})"),
+        }
+    }
+}
+
+impl fmt::Display for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "key ({})", self.key.join(", "))?;
+        for t in &self.tables {
+            writeln!(f, "{t}")?;
+        }
+        for c in &self.columns {
+            writeln!(f, "  {c}")?;
+        }
+        Ok(())
+    }
+}

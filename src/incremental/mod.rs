@@ -1,0 +1,145 @@
+//! Incremental maintenance derived from a view's own SQL (issue 20, SPEC "Incremental
+//! maintenance"). A pure wing, like the coalescer: no I/O. Its input is the view's
+//! definition (as `pg_get_viewdef` prints it), the view's unique key columns and the
+//! catalog facts it needs ([`Catalog`]); its output is a [`Derivation`] (per base
+//! table: carries the key, reaches it along a join path, or recompute everything; per
+//! output column: delta or group recompute) or a [`Refused`] with the reason.
+//!
+//! parse → lineage → derive. Not yet wired into `init`, `check` or the engine.
+
+mod derive;
+mod lineage;
+mod parse;
+
+#[cfg(test)]
+mod tests;
+
+pub use derive::{
+    Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation,
+};
+
+/// Why a view cannot be derived at all: it stays a materialized view refreshed whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot derive incremental maintenance: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelationKind {
+    /// A base table (partitioned or not: its partitions are PostgreSQL's business).
+    Table,
+    /// A plain view, with its definition as `pg_get_viewdef` prints it.
+    View { definition: String },
+    /// A materialized view: to the derivation, a table whose changes are its refreshes.
+    MaterializedView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    pub kind: RelationKind,
+    pub columns: Vec<String>,
+}
+
+/// The catalog facts the derivation needs, as plain data.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    relations: Vec<Relation>,
+    /// Schemas searched, in order, for an unqualified name (default `public`).
+    pub search_path: Vec<String>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            relations: Vec::new(),
+            search_path: vec!["public".to_string()],
+        }
+    }
+}
+
+fn split(qualified: &str) -> (String, String) {
+    match qualified.split_once('.') {
+        Some((s, n)) => (s.to_string(), n.to_string()),
+        None => ("public".to_string(), qualified.to_string()),
+    }
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, relation: Relation) {
+        self.relations
+            .retain(|r| !(r.schema == relation.schema && r.name == relation.name));
+        self.relations.push(relation);
+    }
+
+    fn with(mut self, qualified: &str, kind: RelationKind, columns: &[&str]) -> Self {
+        let (schema, name) = split(qualified);
+        self.add(Relation {
+            schema,
+            name,
+            kind,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Adds a base table (`schema.name`, or `name` for `public.name`).
+    pub fn table(self, qualified: &str, columns: &[&str]) -> Self {
+        self.with(qualified, RelationKind::Table, columns)
+    }
+
+    pub fn materialized_view(self, qualified: &str, columns: &[&str]) -> Self {
+        self.with(qualified, RelationKind::MaterializedView, columns)
+    }
+
+    pub fn view(self, qualified: &str, columns: &[&str], definition: &str) -> Self {
+        self.with(
+            qualified,
+            RelationKind::View {
+                definition: definition.to_string(),
+            },
+            columns,
+        )
+    }
+
+    fn lookup(&self, schema: Option<&str>, name: &str) -> Result<&Relation, Refused> {
+        let found = match schema {
+            Some(s) => self
+                .relations
+                .iter()
+                .find(|r| r.schema == s && r.name == name),
+            None => self.search_path.iter().find_map(|s| {
+                self.relations
+                    .iter()
+                    .find(|r| &r.schema == s && r.name == name)
+            }),
+        };
+        found.ok_or_else(|| Refused {
+            reason: format!(
+                "relation {}{name} is not in the catalog facts",
+                schema.map(|s| format!("{s}.")).unwrap_or_default()
+            ),
+        })
+    }
+}
+
+/// Derives incremental maintenance for a view from its definition, its unique key
+/// (output column names) and the catalog.
+pub fn derive(definition: &str, key: &[&str], catalog: &Catalog) -> Result<Derivation, Refused> {
+    let select = parse::parse_view(definition)?;
+    let (lineage, output) = lineage::resolve(&select, catalog)?;
+    derive::derive(&lineage, &output, key)
+}

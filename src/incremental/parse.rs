@@ -1,0 +1,515 @@
+//! PostgreSQL's own parser (libpg_query, through the `pg_query` crate) turned into a
+//! small model of one SELECT: FROM items with aliases, joins with their kind and
+//! condition, WHERE, GROUP BY, HAVING, the target list with output names, aggregates
+//! (name, `*`, DISTINCT, FILTER), window calls, CTEs and subqueries. Nothing here
+//! knows about tables or keys; `lineage` resolves names.
+
+use pg_query::protobuf as pb;
+use pg_query::NodeEnum;
+
+use super::Refused;
+
+/// One SELECT (no set operation).
+#[derive(Debug, Clone)]
+pub struct Select {
+    pub ctes: Vec<Cte>,
+    pub recursive: bool,
+    pub from: Vec<FromItem>,
+    pub where_clause: Option<Expr>,
+    pub group_by: Vec<Expr>,
+    pub having: Option<Expr>,
+    pub targets: Vec<Target>,
+    /// `SELECT DISTINCT` (or `DISTINCT ON`).
+    pub distinct: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cte {
+    pub name: String,
+    /// `WITH name (a, b) AS ...`: renamed output columns, empty if none.
+    pub columns: Vec<String>,
+    pub query: Select,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The output column's name, as PostgreSQL names it.
+    pub name: String,
+    pub expr: Expr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub enum FromItem {
+    Relation {
+        schema: Option<String>,
+        name: String,
+        alias: Option<String>,
+    },
+    Subquery {
+        query: Box<Select>,
+        alias: String,
+        columns: Vec<String>,
+    },
+    Join {
+        kind: JoinKind,
+        left: Box<FromItem>,
+        right: Box<FromItem>,
+        on: Option<Expr>,
+        using: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// `a.b` or `b` (qualifier holds everything before the column name).
+    Column {
+        qualifier: Vec<String>,
+        name: String,
+    },
+    Const(String),
+    Func(Box<FuncCall>),
+    /// An operator (`=`, `+`, `BETWEEN`, `IN`, ...) and its operands.
+    Op {
+        op: String,
+        args: Vec<Expr>,
+    },
+    And(Vec<Expr>),
+    Cast(Box<Expr>, String),
+    /// A subquery used as an expression (EXISTS, IN, scalar).
+    SubLink(Box<Select>),
+    /// Any other construct: its kind and the expressions it contains.
+    Other {
+        kind: String,
+        args: Vec<Expr>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct FuncCall {
+    pub name: String,
+    pub args: Vec<Expr>,
+    pub star: bool,
+    pub distinct: bool,
+    pub filter: Option<Expr>,
+    pub ordered: bool,
+    pub window: bool,
+}
+
+fn refuse(reason: impl Into<String>) -> Refused {
+    Refused {
+        reason: reason.into(),
+    }
+}
+
+/// Parses a view definition (as `pg_get_viewdef` prints it: a SELECT, maybe with a
+/// trailing `;`).
+pub fn parse_view(sql: &str) -> Result<Select, Refused> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| refuse(format!("the definition does not parse: {e}")))?;
+    let stmts = &parsed.protobuf.stmts;
+    if stmts.len() != 1 {
+        return Err(refuse(format!(
+            "the definition holds {} statements, not one SELECT",
+            stmts.len()
+        )));
+    }
+    match stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::SelectStmt(s)) => select(s),
+        _ => Err(refuse("the definition is not a SELECT")),
+    }
+}
+
+fn node(n: &pb::Node) -> Option<&NodeEnum> {
+    n.node.as_ref()
+}
+
+fn string_of(n: &pb::Node) -> Option<String> {
+    match node(n) {
+        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+fn names(list: &[pb::Node]) -> Vec<String> {
+    list.iter().filter_map(string_of).collect()
+}
+
+fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
+    if s.op != pb::SetOperation::SetopNone as i32 {
+        return Err(refuse("a set operation (UNION, INTERSECT or EXCEPT)"));
+    }
+    if !s.values_lists.is_empty() {
+        return Err(refuse("a VALUES list"));
+    }
+    if s.limit_count.is_some() || s.limit_offset.is_some() {
+        return Err(refuse("LIMIT or OFFSET"));
+    }
+    if !s.window_clause.is_empty() {
+        return Err(refuse("a window function (WINDOW clause)"));
+    }
+    let mut ctes = Vec::new();
+    let mut recursive = false;
+    if let Some(w) = &s.with_clause {
+        if w.recursive {
+            return Err(refuse("a recursive CTE"));
+        }
+        recursive = w.recursive;
+        for c in &w.ctes {
+            let Some(NodeEnum::CommonTableExpr(c)) = node(c) else {
+                continue;
+            };
+            let query = match c.ctequery.as_deref().and_then(node) {
+                Some(NodeEnum::SelectStmt(q)) => select(q)?,
+                _ => return Err(refuse(format!("CTE {} is not a SELECT", c.ctename))),
+            };
+            ctes.push(Cte {
+                name: c.ctename.clone(),
+                columns: names(&c.aliascolnames),
+                query,
+            });
+        }
+    }
+    let from = s
+        .from_clause
+        .iter()
+        .map(from_item)
+        .collect::<Result<Vec<_>, _>>()?;
+    let where_clause = s.where_clause.as_deref().map(expr).transpose()?;
+    let group_by = s
+        .group_clause
+        .iter()
+        .map(|g| match node(g) {
+            Some(NodeEnum::GroupingSet(_)) => Err(refuse("GROUPING SETS, ROLLUP or CUBE")),
+            _ => expr(g),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let having = s.having_clause.as_deref().map(expr).transpose()?;
+    let mut targets = Vec::new();
+    for t in &s.target_list {
+        let Some(NodeEnum::ResTarget(rt)) = node(t) else {
+            continue;
+        };
+        let val = rt.val.as_deref().ok_or_else(|| refuse("an empty target"))?;
+        let e = expr(val)?;
+        if let Expr::Column { name, .. } = &e {
+            if name == "*" {
+                return Err(refuse(
+                    "SELECT * (PostgreSQL expands it in a view's definition)",
+                ));
+            }
+        }
+        let name = if rt.name.is_empty() {
+            figure_name(&e)
+        } else {
+            rt.name.clone()
+        };
+        targets.push(Target { name, expr: e });
+    }
+    Ok(Select {
+        ctes,
+        recursive,
+        from,
+        where_clause,
+        group_by,
+        having,
+        targets,
+        distinct: !s.distinct_clause.is_empty(),
+    })
+}
+
+/// PostgreSQL's name for an unnamed target (FigureColname, the common cases).
+fn figure_name(e: &Expr) -> String {
+    match e {
+        Expr::Column { name, .. } => name.clone(),
+        Expr::Cast(inner, _) => figure_name(inner),
+        Expr::Func(f) => f.name.clone(),
+        _ => "?column?".to_string(),
+    }
+}
+
+fn alias_name(a: &Option<pb::Alias>) -> Option<String> {
+    a.as_ref().map(|a| a.aliasname.clone())
+}
+
+fn from_item(n: &pb::Node) -> Result<FromItem, Refused> {
+    match node(n) {
+        Some(NodeEnum::RangeVar(r)) => Ok(FromItem::Relation {
+            schema: (!r.schemaname.is_empty()).then(|| r.schemaname.clone()),
+            name: r.relname.clone(),
+            alias: alias_name(&r.alias),
+        }),
+        Some(NodeEnum::RangeSubselect(r)) => {
+            if r.lateral {
+                return Err(refuse("a LATERAL subquery"));
+            }
+            let query = match r.subquery.as_deref().and_then(node) {
+                Some(NodeEnum::SelectStmt(q)) => select(q)?,
+                _ => return Err(refuse("a subquery in FROM that is not a SELECT")),
+            };
+            Ok(FromItem::Subquery {
+                query: Box::new(query),
+                alias: alias_name(&r.alias).unwrap_or_default(),
+                columns: r
+                    .alias
+                    .as_ref()
+                    .map(|a| names(&a.colnames))
+                    .unwrap_or_default(),
+            })
+        }
+        Some(NodeEnum::JoinExpr(j)) => {
+            if j.is_natural {
+                return Err(refuse("a NATURAL join"));
+            }
+            if j.alias.is_some() {
+                return Err(refuse("an aliased join"));
+            }
+            let kind = match pb::JoinType::try_from(j.jointype) {
+                Ok(pb::JoinType::JoinInner) => JoinKind::Inner,
+                Ok(pb::JoinType::JoinLeft) => JoinKind::Left,
+                Ok(pb::JoinType::JoinRight) => JoinKind::Right,
+                Ok(pb::JoinType::JoinFull) => JoinKind::Full,
+                _ => return Err(refuse("an unsupported join kind")),
+            };
+            let side = |s: &Option<Box<pb::Node>>| {
+                s.as_deref()
+                    .ok_or_else(|| refuse("a join without a side"))
+                    .and_then(from_item)
+            };
+            Ok(FromItem::Join {
+                kind,
+                left: Box::new(side(&j.larg)?),
+                right: Box::new(side(&j.rarg)?),
+                on: j.quals.as_deref().map(expr).transpose()?,
+                using: names(&j.using_clause),
+            })
+        }
+        Some(NodeEnum::RangeFunction(_)) => Err(refuse("a function in FROM")),
+        _ => Err(refuse("an unsupported FROM item")),
+    }
+}
+
+fn exprs(list: &[pb::Node]) -> Result<Vec<Expr>, Refused> {
+    list.iter().map(expr).collect()
+}
+
+fn opt(e: &Option<Box<pb::Node>>) -> Result<Vec<Expr>, Refused> {
+    Ok(match e.as_deref() {
+        Some(n) => vec![expr(n)?],
+        None => Vec::new(),
+    })
+}
+
+fn expr(n: &pb::Node) -> Result<Expr, Refused> {
+    Ok(match node(n) {
+        Some(NodeEnum::ColumnRef(c)) => {
+            let mut parts: Vec<String> = c
+                .fields
+                .iter()
+                .map(|f| match node(f) {
+                    Some(NodeEnum::AStar(_)) => "*".to_string(),
+                    _ => string_of(f).unwrap_or_default(),
+                })
+                .collect();
+            let name = parts.pop().unwrap_or_default();
+            Expr::Column {
+                qualifier: parts,
+                name,
+            }
+        }
+        Some(NodeEnum::AConst(c)) => Expr::Const(match &c.val {
+            None => "NULL".to_string(),
+            Some(pb::a_const::Val::Ival(i)) => i.ival.to_string(),
+            Some(pb::a_const::Val::Fval(f)) => f.fval.clone(),
+            Some(pb::a_const::Val::Boolval(b)) => b.boolval.to_string(),
+            Some(pb::a_const::Val::Sval(s)) => format!("'{}'", s.sval.replace('\'', "''")),
+            Some(pb::a_const::Val::Bsval(s)) => s.bsval.clone(),
+        }),
+        Some(NodeEnum::TypeCast(t)) => {
+            let inner = t
+                .arg
+                .as_deref()
+                .ok_or_else(|| refuse("a cast of nothing"))?;
+            let ty = t
+                .type_name
+                .as_ref()
+                .map(|t| {
+                    let n = names(&t.names);
+                    n.last().cloned().unwrap_or_default()
+                })
+                .unwrap_or_default();
+            Expr::Cast(Box::new(expr(inner)?), ty)
+        }
+        Some(NodeEnum::FuncCall(f)) => {
+            let name = names(&f.funcname).last().cloned().unwrap_or_default();
+            Expr::Func(Box::new(FuncCall {
+                name,
+                args: exprs(&f.args)?,
+                star: f.agg_star,
+                distinct: f.agg_distinct,
+                filter: f.agg_filter.as_deref().map(expr).transpose()?,
+                ordered: !f.agg_order.is_empty() || f.agg_within_group,
+                window: f.over.is_some(),
+            }))
+        }
+        Some(NodeEnum::AExpr(a)) => {
+            let kind = pb::AExprKind::try_from(a.kind).unwrap_or(pb::AExprKind::Undefined);
+            let op = match kind {
+                pb::AExprKind::AexprOp => names(&a.name).join(" "),
+                other => other.as_str_name().trim_start_matches("AEXPR_").to_string(),
+            };
+            let mut args = opt(&a.lexpr)?;
+            match a.rexpr.as_deref().and_then(node) {
+                Some(NodeEnum::List(l)) => args.extend(exprs(&l.items)?),
+                Some(_) => args.extend(opt(&a.rexpr)?),
+                None => {}
+            }
+            Expr::Op { op, args }
+        }
+        Some(NodeEnum::BoolExpr(b)) => {
+            let args = exprs(&b.args)?;
+            match pb::BoolExprType::try_from(b.boolop) {
+                Ok(pb::BoolExprType::AndExpr) => Expr::And(args),
+                Ok(pb::BoolExprType::OrExpr) => Expr::Other {
+                    kind: "OR".into(),
+                    args,
+                },
+                _ => Expr::Other {
+                    kind: "NOT".into(),
+                    args,
+                },
+            }
+        }
+        Some(NodeEnum::NullTest(t)) => Expr::Other {
+            kind: "IS NULL".into(),
+            args: opt(&t.arg)?,
+        },
+        Some(NodeEnum::BooleanTest(t)) => Expr::Other {
+            kind: "IS TRUE".into(),
+            args: opt(&t.arg)?,
+        },
+        Some(NodeEnum::CoalesceExpr(c)) => Expr::Func(Box::new(FuncCall {
+            name: "coalesce".into(),
+            args: exprs(&c.args)?,
+            star: false,
+            distinct: false,
+            filter: None,
+            ordered: false,
+            window: false,
+        })),
+        Some(NodeEnum::MinMaxExpr(m)) => Expr::Other {
+            kind: "GREATEST/LEAST".into(),
+            args: exprs(&m.args)?,
+        },
+        Some(NodeEnum::CaseExpr(c)) => {
+            let mut args = opt(&c.arg)?;
+            for w in &c.args {
+                if let Some(NodeEnum::CaseWhen(w)) = node(w) {
+                    args.extend(opt(&w.expr)?);
+                    args.extend(opt(&w.result)?);
+                }
+            }
+            args.extend(opt(&c.defresult)?);
+            Expr::Other {
+                kind: "CASE".into(),
+                args,
+            }
+        }
+        Some(NodeEnum::SqlvalueFunction(v)) => {
+            let name = pb::SqlValueFunctionOp::try_from(v.op)
+                .map(|o| {
+                    o.as_str_name()
+                        .trim_start_matches("SVFOP_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_else(|_| "current_timestamp".into());
+            Expr::Func(Box::new(FuncCall {
+                name,
+                args: Vec::new(),
+                star: false,
+                distinct: false,
+                filter: None,
+                ordered: false,
+                window: false,
+            }))
+        }
+        Some(NodeEnum::SubLink(s)) => match s.subselect.as_deref().and_then(node) {
+            Some(NodeEnum::SelectStmt(q)) => Expr::SubLink(Box::new(select(q)?)),
+            _ => return Err(refuse("a subquery expression that is not a SELECT")),
+        },
+        Some(NodeEnum::List(l)) => Expr::Other {
+            kind: "list".into(),
+            args: exprs(&l.items)?,
+        },
+        Some(NodeEnum::RowExpr(r)) => Expr::Other {
+            kind: "ROW".into(),
+            args: exprs(&r.args)?,
+        },
+        Some(NodeEnum::AArrayExpr(a)) => Expr::Other {
+            kind: "ARRAY".into(),
+            args: exprs(&a.elements)?,
+        },
+        Some(NodeEnum::CollateClause(c)) => Expr::Other {
+            kind: "COLLATE".into(),
+            args: opt(&c.arg)?,
+        },
+        Some(NodeEnum::AIndirection(i)) => Expr::Other {
+            kind: "a subscript or field selection".into(),
+            args: opt(&i.arg)?,
+        },
+        Some(NodeEnum::ParamRef(_)) => return Err(refuse("a parameter")),
+        Some(other) => {
+            // Not modelled: harmless only if it holds no column, function call or
+            // subquery (those would hide a table, an aggregate or a window function).
+            let hides = serde_json::to_value(other)
+                .map(|v| holds_any(&v, &["ColumnRef", "FuncCall", "SubLink", "SelectStmt"]))
+                .unwrap_or(true);
+            let kind = format!("{other:?}");
+            let kind = kind
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("?")
+                .to_string();
+            if hides {
+                return Err(refuse(format!(
+                    "an expression refreshd does not analyse yet ({kind})"
+                )));
+            }
+            Expr::Other {
+                kind,
+                args: Vec::new(),
+            }
+        }
+        None => Expr::Other {
+            kind: "an empty expression".into(),
+            args: Vec::new(),
+        },
+    })
+}
+
+/// The conjuncts of a condition (`a AND b AND c` → `[a, b, c]`).
+pub fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::And(args) => args.iter().flat_map(conjuncts).collect(),
+        other => vec![other],
+    }
+}
+
+/// Whether a serialized parse tree holds a node of one of these kinds (the walk covers
+/// every field, which pg_query's own walker does not for every node type).
+fn holds_any(v: &serde_json::Value, kinds: &[&str]) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| kinds.contains(&k.as_str()) || holds_any(x, kinds)),
+        serde_json::Value::Array(a) => a.iter().any(|x| holds_any(x, kinds)),
+        _ => false,
+    }
+}
