@@ -10,8 +10,11 @@
 //! run with fewer samples, shorter phases and scale 0.1; `--scale N` overrides the data
 //! scale. `--keyed` runs only the keyed-refresh measurements of issue 11 instead (see
 //! benches/keyed/mod.rs), on one cluster per scale: scales 1 and 10 (with `--quick`:
-//! 0.1 and 1; `--keyed-scales A,B` overrides them). Cargo passes `--bench` itself;
-//! unknown arguments are ignored for that reason.
+//! 0.1 and 1; `--keyed-scales A,B` overrides them). `--budget` runs only the load-budget
+//! comparison of issue 19 instead: the attendance view under a steady 20 writes/s, without
+//! and with `max_load = "25%"`, one daemon each (`--budget-secs N` per run, default 90;
+//! 20 with `--quick`). Cargo passes `--bench` itself; unknown arguments are ignored for
+//! that reason.
 
 mod keyed;
 mod support;
@@ -59,6 +62,10 @@ struct Plan {
     keyed_pair_samples: usize,
     /// Samples of the keyed table alone (the materialized view's triggers off).
     keyed_alone_samples: usize,
+    /// `--budget`: only the load-budget comparison.
+    budget: bool,
+    budget_secs: u64,
+    budget_rate: u32,
 }
 
 impl Plan {
@@ -85,6 +92,9 @@ impl Plan {
                 keyed_scales: vec![0.1, 1.0],
                 keyed_pair_samples: 8,
                 keyed_alone_samples: 20,
+                budget: false,
+                budget_secs: 20,
+                budget_rate: 20,
             }
         } else {
             Plan {
@@ -105,6 +115,9 @@ impl Plan {
                 keyed_scales: vec![1.0, 10.0],
                 keyed_pair_samples: 25,
                 keyed_alone_samples: 100,
+                budget: false,
+                budget_secs: 90,
+                budget_rate: 20,
             }
         };
         if let Some(i) = args.iter().position(|a| a == "--scale") {
@@ -113,6 +126,12 @@ impl Plan {
             }
         }
         plan.keyed = args.iter().any(|a| a == "--keyed");
+        plan.budget = args.iter().any(|a| a == "--budget");
+        if let Some(i) = args.iter().position(|a| a == "--budget-secs") {
+            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
+                plan.budget_secs = s;
+            }
+        }
         if let Some(i) = args.iter().position(|a| a == "--keyed-scales") {
             let scales: Vec<f64> = args
                 .get(i + 1)
@@ -157,6 +176,8 @@ fn main() -> Result<()> {
         .build()?;
     if plan.keyed {
         rt.block_on(keyed::run(plan))
+    } else if plan.budget {
+        rt.block_on(budget_run(plan))
     } else {
         rt.block_on(run(plan))
     }
@@ -947,6 +968,158 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
         to_exact_ms: ms(exact_at.saturating_duration_since(last_ack)),
         note,
     })
+}
+
+// ---------------------------------------------------------------------------------
+// Load budget (issue 19): the attendance view under steady writes, with and without
+// `max_load`
+// ---------------------------------------------------------------------------------
+
+struct BudgetRow {
+    max_load: &'static str,
+    achieved: f64,
+    secs: f64,
+    refreshes: u64,
+    db_secs: f64,
+    mean_refresh_ms: f64,
+    st_med: f64,
+    st_p99: f64,
+    st_max: f64,
+    pending_max: f64,
+    held_samples: usize,
+    status_samples: usize,
+}
+
+async fn budget_run(plan: Plan) -> Result<()> {
+    let t0 = Instant::now();
+    let _bin = pin_binary()?;
+    progress(&format!(
+        "refreshd bench: load budget, scale {}, {} writes/s, {} s per run",
+        plan.scale, plan.budget_rate, plan.budget_secs
+    ));
+    let mut bench = setup(plan).await?;
+    let mut rows = Vec::new();
+    for max_load in ["100%", "25%"] {
+        rows.push(budget_one(&bench, max_load).await?);
+    }
+    let total = t0.elapsed();
+    bench.report.setup.push((
+        "harness wall time".into(),
+        format!("{:.1} min", total.as_secs_f64() / 60.0),
+    ));
+    print!("{}", render_budget(&bench, &rows));
+    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
+    Ok(())
+}
+
+/// One daemon on the attendance view (debounce 0s, max_delay 5s, `max_load`), a steady
+/// write stream for `budget_secs`: the database time its refreshes took (refreshd's
+/// duration histogram) and the view's staleness (sampled every 50 ms) over the window.
+async fn budget_one(bench: &Bench, max_load: &'static str) -> Result<BudgetRow> {
+    let plan = &bench.plan;
+    progress(&format!(
+        "budget: max_load {max_load}, {} writes/s for {} s",
+        plan.budget_rate, plan.budget_secs
+    ));
+    let c = connect(&bench.dsn).await?;
+    bare_refresh(&c, ATT_VIEW).await?;
+    let base = view_sum(&c, ATT_VIEW).await?;
+    let cfg = vec![ViewCfg::new(ATT_VIEW, ATT_CHANNEL, "0s", "5s")
+        .with_extra(&format!("max_load = \"{max_load}\"\n"))];
+    let d = Daemon::start(&bench.dsn, &cfg, "budget").await?;
+    let m0 = d.metrics().await?;
+    let sampler = Sampler::start(&bench.dsn, ATT_VIEW, Duration::from_millis(50)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let (acks, writers) = spawn_writers(bench, plan.budget_rate, 2, stop.clone());
+    // refreshd's own view of the window: pending age and whether the budget holds it.
+    let (mut pending_max, mut held, mut polled) = (0.0f64, 0usize, 0usize);
+    while start.elapsed() < Duration::from_secs(plan.budget_secs) {
+        let m = d.metrics().await?;
+        pending_max = pending_max.max(metric(&m, "refreshd_pending_since_seconds", ATT_VIEW));
+        let s = d.get("/status").await?;
+        polled += 1;
+        if s.contains("\"state\":\"budget\"") {
+            held += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let m1 = d.metrics().await?;
+    let end = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    let mut acks = acks.lock().unwrap().clone();
+    acks.sort();
+    let total = acks.len() as i64;
+    // Drain: the view catches up with every write (so the next row starts exact).
+    poll_until(
+        Duration::from_millis(5),
+        Duration::from_secs(120),
+        || async { Ok(view_sum(&c, ATT_VIEW).await? >= base + total) },
+    )
+    .await?;
+    let (samples, _) = sampler.finish().await?;
+    let st_ms: Vec<f64> = staleness(&samples, base, &acks, start, end)
+        .iter()
+        .map(|d| ms(*d))
+        .collect();
+    let count = metric(&m1, "refreshd_refresh_duration_seconds_count", ATT_VIEW)
+        - metric(&m0, "refreshd_refresh_duration_seconds_count", ATT_VIEW);
+    let sum = metric(&m1, "refreshd_refresh_duration_seconds_sum", ATT_VIEW)
+        - metric(&m0, "refreshd_refresh_duration_seconds_sum", ATT_VIEW);
+    d.stop().await;
+    let secs = (end - start).as_secs_f64();
+    Ok(BudgetRow {
+        max_load,
+        achieved: acks.iter().filter(|a| **a <= end).count() as f64 / secs,
+        secs,
+        refreshes: count as u64,
+        db_secs: sum,
+        mean_refresh_ms: sum / count.max(1.0) * 1000.0,
+        st_med: percentile(&st_ms, 50.0),
+        st_p99: percentile(&st_ms, 99.0),
+        st_max: st_ms.iter().cloned().fold(0.0, f64::max),
+        pending_max,
+        held_samples: held,
+        status_samples: polled,
+    })
+}
+
+fn render_budget(b: &Bench, rows: &[BudgetRow]) -> String {
+    let p = &b.plan;
+    let mut o = format!(
+        "## Run\n\n| | |\n|---|---|\n| mode | `--budget`{} |\n",
+        if p.quick { " `--quick`" } else { "" }
+    );
+    for (k, v) in &b.report.setup {
+        o += &format!("| {k} | {v} |\n");
+    }
+    o += &format!(
+        "\n## Load budget: {ATT_VIEW} under {} single-row inserts/s for {} s (debounce 0s, max_delay 5s)\n\n",
+        p.budget_rate, p.budget_secs
+    );
+    o += "| max_load | achieved writes/s | refreshes | DB time refreshing s | share of wall time | mean refresh ms | staleness ms median / p99 / max | refreshd pending_since max s | /status samples in state budget |\n|---|---|---|---|---|---|---|---|---|\n";
+    for r in rows {
+        o += &format!(
+            "| {} | {:.1} | {} | {:.1} | {:.1}% | {:.0} | {:.0} / {:.0} / {:.0} | {:.2} | {} of {} |\n",
+            r.max_load,
+            r.achieved,
+            r.refreshes,
+            r.db_secs,
+            r.db_secs / r.secs * 100.0,
+            r.mean_refresh_ms,
+            r.st_med,
+            r.st_p99,
+            r.st_max,
+            r.pending_max,
+            r.held_samples,
+            r.status_samples
+        );
+    }
+    o += "\nDB time refreshing: the sum of refreshd_refresh_duration_seconds over the window (from the first write to the last; a refresh still running at the end is not counted), share = that over the window. Staleness: the age of the oldest committed write the view does not show, sampled every 50 ms over the same window. One daemon per row, 2 writer connections, the view exact before each row starts.\n";
+    o
 }
 
 // ---------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ pub struct ViewConfig {
     pub debounce: Duration,
     pub max_delay: Duration,
     pub min_interval: Duration,
+    /// Share of wall-clock time the view's refreshes may take, in (0, 1] (`max_load`).
+    pub max_load: f64,
     pub concurrently: bool,
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
@@ -245,6 +247,7 @@ struct RawView {
     debounce: Option<Spanned<String>>,
     max_delay: Option<Spanned<String>>,
     min_interval: Option<Spanned<String>>,
+    max_load: Option<Spanned<String>>,
     concurrently: Option<Spanned<bool>>,
     statement_timeout: Option<Spanned<String>>,
     lock_timeout: Option<Spanned<String>>,
@@ -713,6 +716,12 @@ impl Ctx<'_> {
             Duration::ZERO,
         )?;
         self.timing_agrees(raw, d, &key, debounce, max_delay, min_interval)?;
+        let max_load = match pick(&raw.max_load, &d.max_load, "max_load") {
+            None => 1.0,
+            Some((s, k)) => {
+                parse_share(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?
+            }
+        };
         let statement_timeout = dur(
             &raw.statement_timeout,
             &d.statement_timeout,
@@ -811,6 +820,7 @@ impl Ctx<'_> {
             debounce,
             max_delay,
             min_interval,
+            max_load,
             concurrently,
             statement_timeout,
             lock_timeout,
@@ -1031,6 +1041,9 @@ fn wrong_type_message(message: &str, key: Option<&str>) -> String {
         .and_then(|r| r.split(", expected").next())
         .unwrap_or("another type");
     let leaf = key.map(|k| k.rsplit('.').next().unwrap_or(k));
+    if leaf == Some("max_load") {
+        return format!("expected a share of time like \"25%\" (quoted), found {found}");
+    }
     if let Some(leaf) = leaf.filter(|l| DURATION_KEYS.contains(l)) {
         let number = found
             .strip_prefix("integer `")
@@ -1095,6 +1108,25 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// A `max_load` value: a percentage, more than 0% and at most 100%, as a fraction.
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let Some(number) = t.strip_suffix('%') else {
+        return Err(format!(
+            "{text:?} is not a share of time: write a percentage such as \"25%\""
+        ));
+    };
+    match number.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(p / 100.0),
+        Ok(_) => Err(format!(
+            "{text:?} is out of range: a share of time is more than 0% and at most 100% (\"100%\" sets no budget)"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a share of time: write a percentage such as \"25%\""
+        )),
+    }
 }
 
 /// `max_keys` when the file does not set it.
@@ -1357,6 +1389,33 @@ mod tests {
         assert!(e.message.contains("`connect_timeout`"), "{e}");
         let e = err(&format!("{BASE}[defaults]\nDebounce = \"1s\"\n"));
         assert!(e.message.contains("did you mean `debounce`?"), "{e}");
+    }
+
+    #[test]
+    fn max_load_is_a_share_with_a_default_and_bounds() {
+        let c = parse(&format!(
+            "{BASE}[defaults]\nmax_load = \"50%\"\n[[view]]\nname = \"public.a\"\n[[view]]\nname = \"public.b\"\nmax_load = \" 12.5% \"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.views[0].max_load, 0.5);
+        assert_eq!(c.views[1].max_load, 0.125);
+        let c = parse(&format!("{BASE}[[view]]\nname = \"public.a\"\n")).unwrap();
+        assert_eq!(c.views[0].max_load, 1.0, "100% by default: no budget");
+        assert_eq!(parse_share("100%"), Ok(1.0));
+        for bad in [
+            "0%", "-5%", "100.1%", "250%", "25", "0.25", "NaN%", "inf%", "%", "a%",
+        ] {
+            assert!(parse_share(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = err(&format!(
+            "{BASE}[[view]]\nname = \"public.a\"\nmax_load = \"0%\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("view[0].max_load"));
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("more than 0% and at most 100%"), "{e}");
+        let e = err(&format!("{BASE}[defaults]\nmax_load = 0.25\n"));
+        assert_eq!(e.key.as_deref(), Some("defaults.max_load"));
+        assert!(e.message.contains("like \"25%\""), "{e}");
     }
 
     #[test]

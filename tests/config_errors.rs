@@ -193,6 +193,29 @@ fn wrong_types_and_ranges() {
 }
 
 #[test]
+fn bad_max_load() {
+    for (value, expect) in [
+        ("\"0%\"", "more than 0% and at most 100%"),
+        ("\"150%\"", "more than 0% and at most 100%"),
+        ("\"-10%\"", "more than 0% and at most 100%"),
+        ("\"0.25\"", "write a percentage such as \"25%\""),
+        ("\"lots\"", "write a percentage such as \"25%\""),
+        ("0.25", "expected a share of time like \"25%\""),
+    ] {
+        refused(
+            &format!("{DB}[[view]]\nname = \"public.v\"\nmax_load = {value}\n"),
+            5,
+            &["view[0].max_load", expect],
+        );
+    }
+    refused(
+        &format!("{DB}[defaults]\nmax_load = \"0%\"\n[[view]]\nname = \"public.v\"\n"),
+        4,
+        &["defaults.max_load", "more than 0%"],
+    );
+}
+
+#[test]
 fn unreadable_file() {
     let out = refreshd(&["check", "-c", "/nonexistent/refreshd.toml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -90,6 +90,12 @@ impl ViewCfg {
         }
     }
 
+    /// The same view with more `[[view]]` lines, e.g. `max_load = "25%"`.
+    pub fn with_extra(mut self, lines: &str) -> ViewCfg {
+        self.extra.push_str(lines);
+        self
+    }
+
     /// A statistics view whose debounce is long enough (a minute or more) that a
     /// pending refresh does not start during a measurement.
     fn parks(&self) -> bool {

@@ -7,6 +7,11 @@
 //!   and not before `min_interval` after its previous refresh ended. Forced, scheduled,
 //!   startup and resync refreshes are due at once (forced ones also skip
 //!   `min_interval`).
+//! - `max_load`: after a refresh that took d, the view's next refresh waits until
+//!   d × (1/share − 1) after that one ended (the later of this and `min_interval`). A
+//!   forced refresh neither waits for this budget nor clears it: the refresh after it
+//!   waits for the later of both. The budget wins over `max_delay`, so under steady
+//!   writes a view's refreshes take at most that share of the time (plus one refresh).
 //! - One refresh of a view at a time; at most `max_concurrent` overall, earliest
 //!   deadline (first change + `max_delay`; a forced refresh at once) first. A change that
 //!   arrives while its view refreshes makes it dirty again: exactly one more refresh,
@@ -22,45 +27,35 @@
 
 use std::time::{Duration, Instant};
 
-/// Why a view became due.
+use crate::engine::reason::Reason;
+
+/// A share of wall-clock time a view's refreshes may take (`max_load`), in millionths:
+/// `Share::FULL` (100%) is no budget at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reason {
-    Notify,
-    Schedule,
-    Force,
-    Startup,
-    Resync,
-    Dependency,
-    Detected,
-}
+pub struct Share(u32);
 
-impl Reason {
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Notify => "notify",
-            Reason::Schedule => "schedule",
-            Reason::Force => "force",
-            Reason::Startup => "startup",
-            Reason::Resync => "resync",
-            Reason::Dependency => "dependency",
-            Reason::Detected => "detected",
-        }
+impl Share {
+    pub const FULL: Share = Share(1_000_000);
+
+    /// From a fraction in (0, 1]; anything else is clamped into it (config refuses it).
+    pub fn from_fraction(f: f64) -> Share {
+        let ppm = (f * 1e6).round();
+        Share(if ppm.is_nan() {
+            1_000_000
+        } else {
+            ppm.clamp(1.0, 1e6) as u32
+        })
     }
 
-    /// Which reason labels a refresh that several triggers asked for: an operator's
-    /// force first, then the immediate ones, then the ordinary ones.
-    fn rank(self) -> u8 {
-        match self {
-            Reason::Force => 3,
-            Reason::Schedule | Reason::Startup | Reason::Resync => 2,
-            Reason::Notify | Reason::Detected | Reason::Dependency => 1,
-        }
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 1e6
     }
 
-    /// Reasons that do not wait for the debounce.
-    fn immediate(self) -> bool {
-        !matches!(self, Reason::Notify | Reason::Detected | Reason::Dependency)
+    /// The pause after a refresh that took `d`, so that refreshing takes at most this
+    /// share of the time: `d × (1/share − 1)`.
+    pub fn cooldown(self, d: Duration) -> Duration {
+        let nanos = d.as_nanos() * u128::from(1_000_000 - self.0) / u128::from(self.0);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 
@@ -70,6 +65,9 @@ pub struct Timing {
     pub debounce: Duration,
     pub max_delay: Duration,
     pub min_interval: Duration,
+    /// `max_load`: after a refresh that took d, the next one (unless forced) waits
+    /// d × (1/share − 1) after it ended.
+    pub max_load: Share,
 }
 
 /// Unapplied changes of one view.
@@ -107,6 +105,8 @@ pub struct Start {
     pub attempt: u32,
     /// See [`Pending::full`].
     pub full: bool,
+    /// An operator's force: it skipped `min_interval` and the load budget.
+    pub forced: bool,
 }
 
 /// How a refresh ended.
@@ -129,6 +129,10 @@ struct ViewState {
     pending: Option<Pending>,
     running: Option<Start>,
     last_end: Option<Instant>,
+    /// When the refresh in progress started (its duration spends the load budget).
+    started_at: Option<Instant>,
+    /// `max_load`: no refresh but a forced one starts before this.
+    budget_until: Option<Instant>,
     retry_at: Option<Instant>,
     failures: u32,
     /// The first change a permanent failure left unapplied.
@@ -176,6 +180,8 @@ impl Coalescer {
                     pending: None,
                     running: None,
                     last_end: None,
+                    started_at: None,
+                    budget_until: None,
                     retry_at: None,
                     failures: 0,
                     stale_since: None,
@@ -219,6 +225,9 @@ impl Coalescer {
                     r
                 });
                 v.last_end = old.last_end;
+                v.started_at = old.started_at;
+                // A budget set under a share that no longer applies is dropped.
+                v.budget_until = old.budget_until.filter(|_| v.timing.max_load < Share::FULL);
                 v.retry_at = old.retry_at;
                 v.failures = old.failures;
                 v.stale_since = old.stale_since;
@@ -298,6 +307,28 @@ impl Coalescer {
 
     /// When `view` may start, if it is dirty (ignoring capacity and dependencies).
     pub fn due(&self, view: usize) -> Option<Instant> {
+        let due = self.due_but_budget(view)?;
+        let v = &self.views[view];
+        match v.budget_until {
+            Some(b) if !v.pending?.forced => Some(due.max(b)),
+            _ => Some(due),
+        }
+    }
+
+    /// When the view's load budget (`max_load`) holds back a refresh that would
+    /// otherwise be due before then: `Some(until)` while it is dirty, not running, not
+    /// forced and `now` is before `until`.
+    pub fn held_by_budget(&self, view: usize, now: Instant) -> Option<Instant> {
+        let v = &self.views[view];
+        let until = v.budget_until.filter(|b| *b > now)?;
+        if v.running.is_some() || v.pending?.forced {
+            return None;
+        }
+        (self.due_but_budget(view)? < until).then_some(until)
+    }
+
+    /// [`Coalescer::due`] without the load budget.
+    fn due_but_budget(&self, view: usize) -> Option<Instant> {
         let v = &self.views[view];
         let p = v.pending?;
         let mut due = if p.immediate {
@@ -409,8 +440,10 @@ impl Coalescer {
                 first_change: p.first,
                 attempt: v.failures,
                 full: p.full,
+                forced: p.forced,
             };
             v.running = Some(start);
+            v.started_at = Some(now);
             v.retry_at = None;
             self.running += 1;
             starts.push(start);
@@ -438,6 +471,14 @@ impl Coalescer {
         self.running -= 1;
         let v = &mut self.views[view];
         v.last_end = Some(now);
+        if v.timing.max_load < Share::FULL {
+            // Forced or not, the refresh spent database time: the next one waits for it
+            // as well as for any earlier debt (a forced refresh does not clear it).
+            let took = now.saturating_duration_since(v.started_at.unwrap_or(now));
+            let until = now + v.timing.max_load.cooldown(took);
+            v.budget_until = Some(v.budget_until.map_or(until, |b| b.max(until)));
+        }
+        v.started_at = None;
         let mut dependents = Vec::new();
         match outcome {
             Outcome::Success => {
@@ -549,6 +590,7 @@ mod tests {
             debounce: ms(debounce),
             max_delay: ms(max_delay),
             min_interval: ms(min_interval),
+            max_load: Share::FULL,
         }
     }
 
@@ -607,6 +649,51 @@ mod tests {
         assert_eq!(s[0].reason, Reason::Force);
         assert_eq!(s[0].coalesced, 2);
         assert_eq!(s[0].first_change, t0 + ms(200));
+    }
+
+    #[test]
+    fn max_load_spaces_refreshes_by_their_duration_and_force_skips_it() {
+        let t0 = Instant::now();
+        let mut t = timing(0, 1000, 500);
+        t.max_load = Share::from_fraction(0.25);
+        assert_eq!(t.max_load.cooldown(ms(200)), ms(600));
+        let mut c = one(t);
+        c.mark(0, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        // 200 ms of refreshing at 25%: the next waits 600 ms after the end, beyond
+        // min_interval (500 ms) and beyond max_delay (1 s after the change).
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(200));
+        c.mark(0, Reason::Notify, t0 + ms(210));
+        assert_eq!(c.due(0), Some(t0 + ms(800)));
+        assert_eq!(c.held_by_budget(0, t0 + ms(300)), Some(t0 + ms(800)));
+        assert!(c.poll(t0 + ms(799)).is_empty());
+        assert_eq!(c.next_wake(t0 + ms(799)), Some(t0 + ms(800)));
+        assert_eq!(c.poll(t0 + ms(800)).len(), 1);
+        assert_eq!(c.held_by_budget(0, t0 + ms(900)), None, "running");
+        // A 1 s refresh: the next waits 3 s; a forced one goes at once...
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(1800));
+        c.mark(0, Reason::Notify, t0 + ms(1900));
+        assert_eq!(c.held_by_budget(0, t0 + ms(2000)), Some(t0 + ms(4800)));
+        c.mark(0, Reason::Force, t0 + ms(2000));
+        assert_eq!(c.held_by_budget(0, t0 + ms(2000)), None);
+        let s = c.poll(t0 + ms(2000));
+        assert_eq!(s.len(), 1);
+        assert!(s[0].forced);
+        // ...without clearing the debt: the next ordinary refresh still waits for it
+        // (and for the forced refresh's own 100 ms × 3).
+        c.finished(0, c.current_run(0), Outcome::Success, t0 + ms(2100));
+        c.mark(0, Reason::Notify, t0 + ms(2100));
+        assert_eq!(c.due(0), Some(t0 + ms(4800)));
+        // A schedule is held too; at 100% nothing is held.
+        c.mark(0, Reason::Schedule, t0 + ms(2200));
+        assert_eq!(c.due(0), Some(t0 + ms(4800)));
+        let mut free = one(timing(0, 1000, 0));
+        free.mark(0, Reason::Notify, t0);
+        free.poll(t0);
+        free.finished(0, free.current_run(0), Outcome::Success, t0 + ms(5000));
+        free.mark(0, Reason::Notify, t0 + ms(5000));
+        assert_eq!(free.due(0), Some(t0 + ms(5000)));
+        assert_eq!(free.held_by_budget(0, t0 + ms(5000)), None);
     }
 
     #[test]
@@ -853,6 +940,7 @@ mod tests {
         start: Instant,
         end: Instant,
         outcome: Outcome,
+        forced: bool,
     }
 
     /// Simulates long random event sequences and checks the invariants of SPEC.
@@ -863,7 +951,10 @@ mod tests {
         let timings: Vec<Timing> = (0..n)
             .map(|_| {
                 let debounce = rng.below(3) * 500;
-                timing(debounce, debounce + rng.below(4) * 1000, rng.below(3) * 300)
+                let mut t = timing(debounce, debounce + rng.below(4) * 1000, rng.below(3) * 300);
+                t.max_load =
+                    Share::from_fraction([1.0, 1.0, 0.5, 0.25, 0.1][rng.below(5) as usize]);
+                t
             })
             .collect();
         let reads: Vec<Vec<usize>> = (0..n)
@@ -983,8 +1074,15 @@ mod tests {
                         .filter(|r| r.view == s.view)
                         .map(|r| r.end)
                         .max();
+                    // The load budget wins over max_delay (a forced refresh may go sooner).
+                    let budget = done
+                        .iter()
+                        .filter(|r| r.view == s.view && t.max_load < Share::FULL)
+                        .map(|r| r.end + t.max_load.cooldown(r.end - r.start))
+                        .max();
                     let bound = (s.first_change + t.max_delay)
-                        .max(prev_end.map_or(t0, |e| e + t.min_interval));
+                        .max(prev_end.map_or(t0, |e| e + t.min_interval))
+                        .max(budget.unwrap_or(t0));
                     assert!(
                         now <= bound,
                         "seed {seed}: view {} started {:?} late",
@@ -1002,6 +1100,7 @@ mod tests {
                         start: now,
                         end: now,
                         outcome: Outcome::Success,
+                        forced: s.forced,
                     },
                     now + dur,
                 ));
@@ -1013,6 +1112,30 @@ mod tests {
             assert_eq!(running.len(), c.running_count());
         }
         assert!(running.is_empty(), "seed {seed}: the simulation drained");
+        // Load budget: over any window, a view's refreshes other than forced ones take
+        // at most max_load × the window, plus one refresh (the window's last). The
+        // worst windows run from a refresh's start to a later one's end.
+        for (v, t) in timings.iter().enumerate() {
+            if t.max_load == Share::FULL {
+                continue;
+            }
+            let mut runs: Vec<&Run> = done.iter().filter(|r| r.view == v && !r.forced).collect();
+            runs.sort_by_key(|r| r.start);
+            for i in 0..runs.len() {
+                let mut busy = Duration::ZERO;
+                for j in i..runs.len() {
+                    let last = runs[j].end - runs[j].start;
+                    busy += last;
+                    let window = runs[j].end - runs[i].start;
+                    let allowed = window.mul_f64(t.max_load.fraction()) + last + ms(1);
+                    assert!(
+                        busy <= allowed,
+                        "seed {seed}: view {v} (max_load {:?}) refreshed {busy:?} in {window:?}",
+                        t.max_load
+                    );
+                }
+            }
+        }
         // No lost change: every trigger is followed by a successful refresh that
         // started after it.
         for &(v, at_seq, at) in &notifies {

@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ViewConfig};
-use crate::engine::coalesce::{Coalescer, Outcome, Reason, Start, Timing};
+use crate::engine::coalesce::{Coalescer, Outcome, Share, Start, Timing};
 use crate::engine::keys::{self, DirtyKeys, Payload};
 use crate::engine::listener::{lock_key, Listener, ListenerEvent};
+use crate::engine::reason::Reason;
 use crate::engine::refresher::Refresher;
 use crate::engine::schedule::Schedules;
 use crate::engine::startup::{self, Prepared};
@@ -117,6 +118,7 @@ fn timing(v: &ViewConfig) -> Timing {
         debounce: v.debounce,
         max_delay: v.max_delay,
         min_interval: v.min_interval,
+        max_load: Share::from_fraction(v.max_load),
     }
 }
 
@@ -1042,7 +1044,7 @@ impl Core {
                 let lag = now.saturating_duration_since(f.start.first_change);
                 self.metrics.views.refreshed(
                     &label,
-                    f.start.reason.as_str(),
+                    f.start.reason,
                     Some((r.duration.as_secs_f64(), lag.as_secs_f64(), unix(end))),
                 );
                 h.last_outcome = Some("success");
@@ -1120,9 +1122,7 @@ impl Core {
         now: std::time::Instant,
     ) {
         let label = name.to_string();
-        self.metrics
-            .views
-            .refreshed(&label, start.reason.as_str(), None);
+        self.metrics.views.refreshed(&label, start.reason, None);
         let h = &mut self.history[i];
         h.last_outcome = Some("failure");
         h.last_duration = Some(e.duration);
@@ -1219,10 +1219,13 @@ impl Core {
             .map(|(i, v)| {
                 let h = &self.history[i];
                 let pending = c.pending(i);
+                let held_until = c.held_by_budget(i, now);
                 let state = if c.is_running(i) {
                     "running"
                 } else if c.retry_at(i).is_some() {
                     "retrying"
+                } else if held_until.is_some() {
+                    "budget"
                 } else if pending.is_some() {
                     "pending"
                 } else if h.last_outcome == Some("failure") {
@@ -1238,6 +1241,7 @@ impl Core {
                     pending_since_seconds: since
                         .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64()),
                     pending_changes: pending.map_or(0, |p| p.count),
+                    held_until: held_until.map(|s| rfc3339(wall(s))),
                     last_start: h.last_start.map(rfc3339),
                     last_end: h.last_end.map(rfc3339),
                     last_outcome: h.last_outcome,

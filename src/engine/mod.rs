@@ -7,6 +7,7 @@ pub mod core;
 pub mod detect;
 pub mod keys;
 pub mod listener;
+pub mod reason;
 pub mod refresher;
 pub mod schedule;
 pub mod session;

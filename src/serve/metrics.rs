@@ -143,8 +143,11 @@ mod tests {
     fn a_forgotten_view_leaves_no_series() {
         let m = Metrics::new();
         m.register_view("public.gone", &["c".to_string()], true);
-        m.views
-            .refreshed("public.gone", "force", Some((0.1, 0.2, 1.0)));
+        m.views.refreshed(
+            "public.gone",
+            crate::engine::reason::Reason::Force,
+            Some((0.1, 0.2, 1.0)),
+        );
         m.forget_view("public.gone");
         assert!(!m.render().contains("public.gone"), "{}", m.render());
     }

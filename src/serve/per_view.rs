@@ -12,21 +12,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::engine::reason::Reason;
+
 /// Bucket bounds of `refreshd_refresh_duration_seconds`.
 pub const DURATION_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
 /// Bucket bounds of `refreshd_refresh_lag_seconds`.
 pub const LAG_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
-/// The `reason` label's values, in the order series are written.
-pub const REASONS: [&str; 7] = [
-    "notify",
-    "schedule",
-    "force",
-    "startup",
-    "resync",
-    "dependency",
-    "detected",
-];
 const OUTCOMES: [&str; 2] = ["success", "failure"];
 
 #[derive(Debug, Clone, Default)]
@@ -51,8 +43,8 @@ impl Hist {
 struct Series {
     duration: Option<Box<Hist>>,
     lag: Option<Box<Hist>>,
-    /// `refreshes[reason][outcome]`; `None` until the series exists.
-    refreshes: [[Option<u64>; 2]; 7],
+    /// `refreshes[reason.index()][outcome]`; `None` until the series exists.
+    refreshes: [[Option<u64>; 2]; Reason::ALL.len()],
     pending_since: f64,
     last_success: Option<f64>,
     /// `Some` for keyed views: (keys recomputed, malformed payloads).
@@ -63,10 +55,6 @@ struct Series {
 #[derive(Debug, Default)]
 pub struct PerView {
     views: Mutex<BTreeMap<String, Series>>,
-}
-
-fn reason_index(reason: &str) -> usize {
-    REASONS.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
 impl PerView {
@@ -83,7 +71,7 @@ impl PerView {
         self.with(view, |s| {
             s.pending_since = 0.0;
             for o in 0..2 {
-                s.refreshes[0][o].get_or_insert(0);
+                s.refreshes[Reason::Notify.index()][o].get_or_insert(0);
             }
             if keyed {
                 s.keyed.get_or_insert((0, 0));
@@ -96,10 +84,10 @@ impl PerView {
     }
 
     /// A refresh ended; `timings` (duration, lag, end as unix time) for a success.
-    pub fn refreshed(&self, view: &str, reason: &str, timings: Option<(f64, f64, f64)>) {
+    pub fn refreshed(&self, view: &str, reason: Reason, timings: Option<(f64, f64, f64)>) {
         self.with(view, |s| {
             let outcome = usize::from(timings.is_none());
-            *s.refreshes[reason_index(reason)][outcome].get_or_insert(0) += 1;
+            *s.refreshes[reason.index()][outcome].get_or_insert(0) += 1;
             if let Some((duration, lag, end)) = timings {
                 s.duration
                     .get_or_insert_with(Default::default)
@@ -205,7 +193,8 @@ impl Exposition {
                     );
                 }
                 for (v, s) in views {
-                    for (r, reason) in REASONS.iter().enumerate() {
+                    for reason in Reason::ALL {
+                        let (r, reason) = (reason.index(), reason.as_str());
                         for (o, outcome) in OUTCOMES.iter().enumerate() {
                             if let Some(n) = s.refreshes[r][o] {
                                 let _ = writeln!(
@@ -377,8 +366,8 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("refreshd_keyed_keys_total{view=\"public.a\"}"));
-        p.refreshed("public.a", "startup", Some((0.07, 2.0, 1700000000.5)));
-        p.refreshed("public.a", "force", None);
+        p.refreshed("public.a", Reason::Startup, Some((0.07, 2.0, 1700000000.5)));
+        p.refreshed("public.a", Reason::Force, None);
         p.keyed_keys("s.\"Q\\x\"", 3);
         p.set_pending("public.a", 1.5);
         let mut out = String::new();
@@ -406,5 +395,37 @@ mod tests {
         let mut out = String::new();
         p.render(&mut out);
         assert!(!out.contains("public.a"), "{out}");
+    }
+
+    #[test]
+    fn every_reason_is_exposed_once_a_refresh_of_it_is_recorded() {
+        let p = PerView::default();
+        p.register("public.a", false);
+        for (k, reason) in Reason::ALL.iter().enumerate() {
+            let k = k as f64;
+            p.refreshed("public.a", *reason, Some((0.1, 0.2, 1700000000.0 + k)));
+            p.refreshed("public.a", *reason, None);
+            p.refreshed("public.a", *reason, None);
+        }
+        let mut out = String::new();
+        p.render(&mut out);
+        for reason in Reason::ALL {
+            let r = reason.as_str();
+            for (outcome, n) in [("success", 1), ("failure", 2)] {
+                let line = format!(
+                    "refreshd_refreshes_total{{outcome=\"{outcome}\",reason=\"{r}\",view=\"public.a\"}} {n}"
+                );
+                assert_eq!(
+                    out.lines().filter(|l| *l == line).count(),
+                    1,
+                    "{line} once in:\n{out}"
+                );
+            }
+        }
+        let series = out
+            .lines()
+            .filter(|l| l.starts_with("refreshd_refreshes_total{"))
+            .count();
+        assert_eq!(series, 2 * Reason::ALL.len(), "{out}");
     }
 }

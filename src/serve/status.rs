@@ -19,11 +19,14 @@ pub const MAX_VIEW_NAME: usize = 300;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ViewStatus {
     pub view: String,
-    /// idle, pending, running, retrying, failed.
+    /// idle, pending, budget (pending, held back by `max_load`), running, retrying,
+    /// failed.
     pub state: &'static str,
     pub pending_since: Option<String>,
     pub pending_since_seconds: f64,
     pub pending_changes: u64,
+    /// While `max_load` holds the view's next refresh back: when it may start.
+    pub held_until: Option<String>,
     pub last_start: Option<String>,
     pub last_end: Option<String>,
     pub last_outcome: Option<&'static str>,
