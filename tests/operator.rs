@@ -285,3 +285,85 @@ async fn status_page_shows_last_success_and_last_failure_apart() {
         browse(&url, profile.path(), &[format!("--screenshot={path}")]);
     }
 }
+
+/// `[history]`: the table is created, each refresh leaves one row (successes with
+/// their reason and duration, failures with their SQLSTATE), and rows past the
+/// retention are deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_records_each_refresh_and_keeps_to_its_retention() {
+    let db = TestDb::new();
+    db.psql(support::ORDERS_SCHEMA);
+    db.psql(
+        r#"
+        CREATE SCHEMA "Ops";
+        CREATE TABLE public.switch (broken bool NOT NULL);
+        INSERT INTO public.switch VALUES (false);
+        CREATE FUNCTION public.maybe_fail() RETURNS int LANGUAGE plpgsql AS
+          $$BEGIN IF (SELECT broken FROM public.switch) THEN
+                RAISE EXCEPTION 'broken on purpose' USING ERRCODE = '22012';
+              END IF; RETURN 1; END$$;
+        CREATE MATERIALIZED VIEW public.fragile AS SELECT public.maybe_fail() AS one;
+        CREATE UNIQUE INDEX ON public.fragile (one);
+        "#,
+    );
+    let config = |retention: &str| {
+        format!(
+            "{}[[view]]\nname = \"public.fragile\"\nchannels = [\"fragile_changed\"]\n\
+             [history]\ntable = '\"Ops\".\"refresh history\"'\nretention = \"{retention}\"\n",
+            orders_config(&db)
+        )
+    };
+    let table = r#""Ops"."refresh history""#;
+    let count = |filter: &str| -> i64 {
+        db.psql(&format!("SELECT count(*) FROM {table} WHERE {filter}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    {
+        let d = Daemon::start(&config("7d"));
+        d.wait_ready(Duration::from_secs(20)).await;
+        wait_for(Duration::from_secs(20), "the startup refreshes", || async {
+            d.successes("public.fragile") >= 1.0 && d.successes("public.order_totals") >= 1.0
+        })
+        .await;
+        assert_eq!(
+            count("view = 'public.order_totals' AND reason = 'startup' AND outcome = 'success' AND duration > '0'::interval AND kind = 'concurrently' AND sqlstate IS NULL"),
+            1,
+            "{}",
+            db.psql(&format!("SELECT * FROM {table}"))
+        );
+        db.psql("INSERT INTO public.orders (bucket, amount) VALUES (1, 1)");
+        wait_for(Duration::from_secs(10), "a notify row", || async {
+            count("view = 'public.order_totals' AND reason = 'notify' AND outcome = 'success'") >= 1
+        })
+        .await;
+        db.psql("UPDATE public.switch SET broken = true");
+        let (code, body) = d.post("/refresh/public.fragile?wait=10s", &[]);
+        assert_eq!(code, 502, "{body}");
+        wait_for(Duration::from_secs(10), "the failure's row", || async {
+            count("view = 'public.fragile' AND reason = 'force' AND outcome = 'failure' AND sqlstate = '22012'") == 1
+        })
+        .await;
+        // One row per refresh: the counters and the table agree.
+        let successes = d.successes("public.order_totals") as i64;
+        assert_eq!(
+            count("view = 'public.order_totals' AND outcome = 'success'"),
+            successes
+        );
+    }
+    // Rows older than the retention go at the next start's first refresh.
+    db.psql(&format!(
+        "INSERT INTO {table} (view, reason, started, duration, outcome) \
+         VALUES ('public.order_totals', 'notify', now() - interval '2 hours', '1 ms', 'success')"
+    ));
+    let before = count("true");
+    db.psql("UPDATE public.switch SET broken = false");
+    let d = Daemon::start(&config("1h"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(20), "the old row deleted", || async {
+        count("started < now() - interval '1 hour'") == 0
+    })
+    .await;
+    assert!(count("true") >= before - 1, "only the old row went");
+}
