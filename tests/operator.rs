@@ -304,11 +304,19 @@ async fn history_records_each_refresh_and_keeps_to_its_retention() {
               END IF; RETURN 1; END$$;
         CREATE MATERIALIZED VIEW public.fragile AS SELECT public.maybe_fail() AS one;
         CREATE UNIQUE INDEX ON public.fragile (one);
+        CREATE TABLE public.kv (g int NOT NULL, v int NOT NULL);
+        INSERT INTO public.kv SELECT g % 50, g FROM generate_series(1, 20000) g;
+        CREATE INDEX ON public.kv (g);
+        ANALYZE public.kv;
+        CREATE VIEW public.kv_def AS SELECT g, sum(v)::bigint AS s FROM public.kv GROUP BY g;
+        CREATE TABLE public.kv_live AS SELECT * FROM public.kv_def;
+        ALTER TABLE public.kv_live ADD PRIMARY KEY (g);
         "#,
     );
     let config = |retention: &str| {
         format!(
             "{}[[view]]\nname = \"public.fragile\"\nchannels = [\"fragile_changed\"]\n\
+             [[view]]\nname = \"public.kv_live\"\nkind = \"keyed\"\nquery = \"public.kv_def\"\nkey = [\"g\"]\nchannels = [\"kv_keys\"]\ndebounce = \"0s\"\n\
              [history]\ntable = '\"Ops\".\"refresh history\"'\nretention = \"{retention}\"\n",
             orders_config(&db)
         )
@@ -338,6 +346,18 @@ async fn history_records_each_refresh_and_keeps_to_its_retention() {
             count("view = 'public.order_totals' AND reason = 'notify' AND outcome = 'success'") >= 1
         })
         .await;
+        // A keyed view's row counts the groups it recomputed.
+        db.psql("UPDATE public.kv SET v = v + 1 WHERE g = 7; SELECT pg_notify('kv_keys', '[7]')");
+        wait_for(Duration::from_secs(10), "the keyed row", || async {
+            count("view = 'public.kv_live' AND reason = 'notify' AND outcome = 'success'") >= 1
+        })
+        .await;
+        assert_eq!(
+            count("view = 'public.kv_live' AND reason = 'notify' AND ((kind = 'keyed_keys' AND keys = 1) OR (kind = 'keyed_all' AND keys IS NULL))"),
+            count("view = 'public.kv_live' AND reason = 'notify'"),
+            "{}",
+            db.psql(&format!("SELECT * FROM {table} WHERE view = 'public.kv_live'"))
+        );
         db.psql("UPDATE public.switch SET broken = true");
         let (code, body) = d.post("/refresh/public.fragile?wait=10s", &[]);
         assert_eq!(code, 502, "{body}");
