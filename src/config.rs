@@ -123,6 +123,15 @@ pub struct HaConfig {
     pub retry_interval: Duration,
 }
 
+/// `[history]`: one row per refresh in a table of the database (off without it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryConfig {
+    /// Created by refreshd when missing.
+    pub table: QualifiedName,
+    /// Rows whose refresh started longer ago are deleted (at most once a minute).
+    pub retention: Duration,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -137,6 +146,8 @@ pub struct Config {
     pub control_roles: Vec<String>,
     /// Send `NOTIFY refreshd_refreshed, 'schema.view'` inside each successful refresh.
     pub events: bool,
+    /// `[history]`, when set.
+    pub history: Option<HistoryConfig>,
 }
 
 impl Config {
@@ -206,6 +217,7 @@ struct RawConfig {
     database: Option<Spanned<RawDatabase>>,
     http: Option<RawHttp>,
     ha: Option<RawHa>,
+    history: Option<Spanned<RawHistory>>,
     defaults: Option<Spanned<RawView>>,
     #[serde(default)]
     view: Vec<Spanned<RawView>>,
@@ -235,6 +247,13 @@ struct RawHttp {
 struct RawHa {
     lock_name: Option<Spanned<String>>,
     retry_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    table: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 /// A `[[view]]` entry; `[defaults]` has the same keys but `name`.
@@ -470,6 +489,7 @@ impl Ctx<'_> {
         let database = self.database(raw.database)?;
         let http = self.http(raw.http)?;
         let ha = self.ha(raw.ha)?;
+        let history = self.history(raw.history)?;
 
         let defaults = match raw.defaults {
             Some(d) => {
@@ -518,6 +538,7 @@ impl Ctx<'_> {
             shutdown_timeout,
             control_roles,
             events: raw.events.unwrap_or(true),
+            history,
             database,
             http,
             ha,
@@ -629,6 +650,44 @@ impl Ctx<'_> {
             listen,
             admin_token_file,
         })
+    }
+
+    /// `[history]`.
+    fn history(
+        &self,
+        history: Option<Spanned<RawHistory>>,
+    ) -> Result<Option<HistoryConfig>, ConfigError> {
+        let Some(h) = history else { return Ok(None) };
+        let span = h.span();
+        let h = h.into_inner();
+        let Some(table) = &h.table else {
+            return Err(self.err(
+                Some(&span),
+                "history.table",
+                "is missing: name the table refreshd writes its history to, such as table = \"refreshd.history\"",
+            ));
+        };
+        let table = QualifiedName::parse(table.get_ref()).map_err(|e| {
+            self.err(
+                Some(&table.span()),
+                "history.table",
+                format!("{e} (write it as schema.table)"),
+            )
+        })?;
+        let retention = self.opt_duration(
+            h.retention.as_ref(),
+            "history.retention",
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
+        if retention.is_zero() {
+            let span = h.retention.as_ref().map(|s| s.span());
+            return Err(self.err(
+                span.as_ref(),
+                "history.retention",
+                "must be more than 0s (leave [history] out to keep no history)",
+            ));
+        }
+        Ok(Some(HistoryConfig { table, retention }))
     }
 
     /// `[ha]`.
@@ -1191,6 +1250,29 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         parse(text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn history_is_off_by_default_and_checked() {
+        let view = "[[view]]\nname = \"public.a\"\n";
+        assert_eq!(parse(&format!("{BASE}{view}")).unwrap().history, None);
+        let c = parse(&format!(
+            "{BASE}{view}[history]\ntable = \"refreshd.history\"\n"
+        ))
+        .unwrap();
+        let h = c.history.unwrap();
+        assert_eq!(h.table, QualifiedName::new("refreshd", "history"));
+        assert_eq!(h.retention, Duration::from_secs(7 * 24 * 3600));
+        let e = err(&format!("{BASE}{view}[history]\nretention = \"1d\"\n"));
+        assert!(e.to_string().contains("history.table"), "{e}");
+        let e = err(&format!("{BASE}{view}[history]\ntable = \"history\"\n"));
+        assert!(e.to_string().contains("schema.table"), "{e}");
+        let e = err(&format!(
+            "{BASE}{view}[history]\ntable = \"a.b\"\nretention = \"0s\"\n"
+        ));
+        assert!(e.to_string().contains("history.retention"), "{e}");
+        let e = err(&format!("{BASE}{view}[history]\ntables = \"a.b\"\n"));
+        assert!(e.to_string().contains("did you mean `table`?"), "{e}");
     }
 
     #[test]

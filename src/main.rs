@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = refreshd::cli::Cli::parse();
-    refreshd::cli::logging::init(cli.log_format);
+    refreshd::cli::logging::init_with_default(cli.log_format, cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

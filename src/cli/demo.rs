@@ -1,11 +1,17 @@
 //! `refreshd demo`: a throwaway PostgreSQL from the local server binaries, the seeds'
 //! schemas and synthetic data, a gentle stream of writes, and the daemon keeping four
-//! views fresh with `/metrics` live, until Ctrl-C. It leaves nothing behind: the
-//! cluster is stopped and its directory removed on exit (and by its watchdog if the
-//! process is killed).
+//! views fresh with `/metrics` live, until Ctrl-C (or SIGTERM, or SIGHUP: the terminal
+//! closed). It leaves nothing behind: the cluster is stopped and its directory removed
+//! on exit (and by its watchdog if the process is killed).
+//!
+//! The terminal gets a summary line every 15 s; the daemon's per-refresh lines only
+//! with `RUST_LOG=info` (or debug).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,6 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::cluster::{ClusterOptions, TempCluster};
 use crate::config::Config;
+
+/// The log filter without `RUST_LOG`: the engine's per-refresh lines (info) stay out
+/// of the terminal, its warnings and errors do not.
+pub const LOG_FILTER: &str = "info,tokio_postgres=warn,refreshd::engine=warn";
+
+/// A line on stderr. Never panics: after SIGHUP the terminal may be gone, and the demo
+/// must still clean up.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), "refreshd demo: {}", format_args!($($arg)*));
+    }};
+}
 
 /// The SQL the demo installs, in order: the numbered files of `sql/` (plain SQL; the
 /// `install.sql` entry points are for psql).
@@ -111,11 +129,17 @@ const TWINS: [(&str, &str); 2] = [
     ("keyed twin", "public.attendance_statistics_live"),
 ];
 
-/// Every 15 s, one line comparing the twins' refreshes since the last line: count,
-/// median lag (first change → commit) and median refresh time, from `/status`.
-async fn compare_twins(base: String, stop: CancellationToken) {
+/// How often the summary line is printed.
+const SUMMARY_EVERY: Duration = Duration::from_secs(15);
+
+/// Every 15 s, one line: writes and refreshes since the last line, and the twins
+/// compared (count, median lag from first change to commit, median refresh time),
+/// from `/status`.
+async fn summarize(base: String, writes: Arc<AtomicU64>, stop: CancellationToken) {
     let mut seen = [0.0f64; 2];
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut counted: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    let mut writes_seen = 0;
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -128,12 +152,31 @@ async fn compare_twins(base: String, stop: CancellationToken) {
         let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
             continue;
         };
+        let views = status["views"].as_array().cloned().unwrap_or_default();
+        let (mut refreshes, mut failures) = (0, 0);
+        let mut delta: std::collections::HashMap<&str, u64> = Default::default();
+        for v in &views {
+            let now = (
+                v["refreshes"].as_u64().unwrap_or(0),
+                v["failures"].as_u64().unwrap_or(0),
+            );
+            let before = counted
+                .insert(v["view"].as_str().unwrap_or_default().to_string(), now)
+                .unwrap_or((0, 0));
+            refreshes += now.0.saturating_sub(before.0);
+            delta.insert(
+                v["view"].as_str().unwrap_or_default(),
+                now.0.saturating_sub(before.0),
+            );
+            failures += now.1.saturating_sub(before.1);
+        }
+        let w = writes.load(Ordering::Relaxed);
+        let new_writes = w - writes_seen;
+        writes_seen = w;
         let mut parts = Vec::new();
         for (i, (label, name)) in TWINS.iter().enumerate() {
-            let recent: Vec<(f64, f64, f64)> = status["views"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let recent: Vec<(f64, f64, f64)> = views
+                .iter()
                 .filter(|v| v["view"] == *name)
                 .flat_map(|v| v["recent"].as_array().cloned().unwrap_or_default())
                 .filter_map(|t| {
@@ -153,31 +196,76 @@ async fn compare_twins(base: String, stop: CancellationToken) {
                 v.get(v.len() / 2).copied().unwrap_or(f64::NAN) * 1000.0
             };
             parts.push(format!(
-                "{label}: {} refreshes, median lag {:.0} ms, refresh {:.0} ms",
-                recent.len(),
+                "{label} {} (median lag {:.0} ms, refresh {:.0} ms)",
+                // The count from the counters: `recent` keeps only the last 20.
+                plural(
+                    delta.get(name).copied().unwrap_or(0),
+                    "refresh",
+                    "refreshes"
+                ),
                 median(recent.iter().map(|t| t.1).collect()),
                 median(recent.iter().map(|t| t.2).collect())
             ));
         }
-        eprintln!(
-            "refreshd demo: attendance statistics, last 15 s: {}",
+        say!(
+            "last {} s: {}, {}{} across {} views | attendance statistics: {}",
+            SUMMARY_EVERY.as_secs(),
+            plural(new_writes, "write", "writes"),
+            plural(refreshes, "refresh", "refreshes"),
+            if failures > 0 {
+                format!(", {failures} failed")
+            } else {
+                String::new()
+            },
+            views.len(),
             parts.join(" | ")
         );
     }
 }
 
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Ends the demo on SIGHUP as on SIGINT: closing the terminal must not leave the
+/// cluster and the writers running.
+fn stop_on_hangup(shutdown: &CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(()) = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "stopping");
+                shutdown.cancel();
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Runs the demo until `shutdown`.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    eprintln!(
-        "refreshd demo: status page http://{}/ (live once the daemon runs, in a few seconds)",
+    stop_on_hangup(&shutdown)?;
+    // The HTTP port first: a busy one must fail before minutes of cluster and data.
+    // (Bound by the daemon again below, with the same options.)
+    drop(crate::serve::http::bind(opts.listen).with_context(|| {
+        format!(
+            "--listen {}: cannot listen there (another process uses the port? pick another with --listen 127.0.0.1:PORT); nothing was started",
+            opts.listen
+        )
+    })?);
+    say!(
+        "status page http://{}/ (live once the daemon runs, in a few seconds)",
         opts.listen
     );
-    eprintln!("refreshd demo: starting a throwaway PostgreSQL cluster...");
+    say!("starting a throwaway PostgreSQL cluster...");
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
         .await?
         .context("starting a throwaway PostgreSQL (needs the server binaries, e.g. apt-get install postgresql-15)")?;
-    eprintln!(
-        "refreshd demo: cluster in {} on port {}",
+    say!(
+        "cluster in {} on port {}",
         cluster.socket_dir().display(),
         cluster.port()
     );
@@ -195,10 +283,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             .await
             .with_context(|| format!("installing sql/{name}"))?;
     }
-    eprintln!(
-        "refreshd demo: sql/ installed; generating data at scale {}...",
-        opts.scale
-    );
+    say!("sql/ installed; generating data at scale {}...", opts.scale);
     let started = std::time::Instant::now();
     let row = client
         .query_one(
@@ -207,21 +292,34 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         )
         .await
         .context("generating demo data")?;
-    eprintln!(
-        "refreshd demo: {} | {} ({:.1} s)",
+    say!(
+        "{} | {} ({:.1} s)",
         row.get::<_, String>(0),
         row.get::<_, String>(1),
         started.elapsed().as_secs_f64()
     );
     let config = demo_config(&cluster, opts.listen)?;
-    eprintln!(
-        "refreshd demo: the daemon serves http://{0}/ (status page), http://{0}/metrics and http://{0}/status; a stream of writes begins; Ctrl-C stops and removes everything.",
-        opts.listen
+    say!(
+        "the daemon serves http://{0}/ (status page), http://{0}/metrics and http://{0}/status; a stream of writes begins; a summary every {1} s (per-refresh lines: RUST_LOG=info); Ctrl-C stops and removes everything.",
+        opts.listen,
+        SUMMARY_EVERY.as_secs()
+    );
+    let psql = cluster.bin_dir().join("psql");
+    let psql = if psql.exists() {
+        psql.display().to_string()
+    } else {
+        "psql".to_string()
+    };
+    say!(
+        "watch the data: {psql} '{}' -c 'SELECT * FROM core.mv_low_stock_alerts LIMIT 10'  (\\dm lists the views)",
+        cluster.url("postgres", "postgres")
     );
 
     let writer_stop = CancellationToken::new();
+    let writes = Arc::new(AtomicU64::new(0));
     let writer = {
         let stop = writer_stop.clone();
+        let writes = writes.clone();
         let every = opts.write_every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -237,22 +335,28 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                 } else {
                     "SELECT refreshd_demo.write_inventory(5)"
                 };
-                if let Err(e) = client.batch_execute(sql).await {
-                    tracing::warn!(error = %crate::pg::connect::error_chain(&e), "demo write failed");
+                match client.batch_execute(sql).await {
+                    Ok(()) => {
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::pg::connect::error_chain(&e), "demo write failed")
+                    }
                 }
             }
         })
     };
-    let compare = tokio::spawn(compare_twins(
+    let compare = tokio::spawn(summarize(
         format!("http://{}", opts.listen),
+        writes,
         writer_stop.clone(),
     ));
     let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
     writer_stop.cancel();
     let _ = writer.await;
     let _ = compare.await;
-    eprintln!("refreshd demo: stopping and removing the throwaway cluster...");
+    say!("stopping and removing the throwaway cluster...");
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    eprintln!("refreshd demo: done, nothing left behind.");
+    say!("done, nothing left behind.");
     result
 }

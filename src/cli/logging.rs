@@ -10,11 +10,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The filter without `RUST_LOG`. The scheduler crate narrates its own life at info;
+/// keep refreshd's lines readable.
+pub const DEFAULT_FILTER: &str = "info,tokio_postgres=warn";
+
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    // The scheduler crate narrates its own life at info; keep refreshd's lines readable.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    init_with_default(format, DEFAULT_FILTER)
+}
+
+/// [`init`] with another filter for when `RUST_LOG` is not set.
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| OneLine(std::io::stderr()))

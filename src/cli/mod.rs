@@ -37,6 +37,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The log filter when `RUST_LOG` is not set: the demo keeps the terminal for its
+    /// own summary lines.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo { .. } => crate::cli::demo::LOG_FILTER,
+            _ => crate::cli::logging::DEFAULT_FILTER,
+        }
+    }
+}
+
 /// `-c FILE`, shared by the commands that read a configuration.
 #[derive(Debug, Args)]
 pub struct ConfigArg {

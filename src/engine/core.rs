@@ -499,13 +499,22 @@ impl Core {
             let name = view.name.clone();
             let started = std::time::Instant::now();
             let events = self.config.events;
+            let history = self.config.history.clone();
             let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
             if let Some(k) = work.as_ref().and_then(Work::keys) {
                 tracing::debug!(view = %view.name, keys = k.len(), "keyed refresh of the dirty groups");
             }
             let task_work = work.clone();
             let handle = self.tasks.spawn(async move {
-                let result = refresher.refresh(&view, task_work.as_ref(), events).await;
+                let row = history
+                    .as_ref()
+                    .map(|config| crate::pg::refresh::HistoryRow {
+                        config,
+                        reason: start.reason.as_str(),
+                    });
+                let result = refresher
+                    .refresh(&view, task_work.as_ref(), events, row)
+                    .await;
                 Finished {
                     view: view.name,
                     start,

@@ -12,7 +12,7 @@ use tokio_postgres::{CancelToken, Client};
 use crate::config::ViewConfig;
 use crate::pg::connect::ConnectInfo;
 use crate::pg::keyed::Work;
-use crate::pg::refresh::{refresh_one, FailureClass, RefreshError, Refreshed};
+use crate::pg::refresh::{refresh_recorded, FailureClass, HistoryRow, RefreshError, Refreshed};
 
 /// Shared by every refresh task.
 pub struct Refresher {
@@ -64,6 +64,7 @@ impl Refresher {
         view: &ViewConfig,
         work: Option<&Work>,
         event: bool,
+        history: Option<HistoryRow<'_>>,
     ) -> Result<Refreshed, RefreshError> {
         let client = self.checkout().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -71,7 +72,7 @@ impl Refresher {
             .lock()
             .expect("not poisoned")
             .insert(id, client.cancel_token());
-        let result = refresh_one(&client, view, work, event).await;
+        let result = refresh_recorded(&client, view, work, event, history).await;
         self.inflight.lock().expect("not poisoned").remove(&id);
         // A connection that failed without a server error (lost, or no answer), or
         // could not roll back, is not reused, even if the socket looks open.

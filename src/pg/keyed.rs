@@ -253,8 +253,9 @@ fn prologue(view: &ViewConfig) -> String {
     )
 }
 
-fn epilogue(view: &ViewConfig, event: bool) -> String {
-    let mut sql = String::new();
+/// The end of the transaction with `history` (the history row's INSERT, or empty).
+fn epilogue_with(view: &ViewConfig, event: bool, history: &str) -> String {
+    let mut sql = history.to_string();
     if event {
         sql.push_str(&format!(
             "SELECT pg_catalog.pg_notify({}, {}); ",
@@ -270,11 +271,22 @@ fn epilogue(view: &ViewConfig, event: bool) -> String {
 /// see the old rows until it commits (a DELETE, not a TRUNCATE, which would lock them
 /// out).
 pub fn full_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape, event: bool) -> String {
+    full_sql_with(view, keyed, shape, event, "")
+}
+
+/// [`full_sql`] with the history row's INSERT (or empty) before the COMMIT.
+fn full_sql_with(
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    event: bool,
+    history: &str,
+) -> String {
     let cols = column_list(shape);
     format!(
         "{}; DELETE FROM {table}; INSERT INTO {table} ({cols}) SELECT {cols} FROM {query}; {}",
         prologue(view),
-        epilogue(view, event),
+        epilogue_with(view, event, history),
         table = view.name.quoted(),
         query = keyed.query.quoted(),
     )
@@ -340,6 +352,7 @@ pub async fn refresh_keyed(
     keyed: &Keyed,
     work: &Work,
     event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<Refreshed, RefreshError> {
     // The catalog read is bounded like the refresh: a connection gone half-open must
     // not hold the view "running" forever.
@@ -386,22 +399,24 @@ pub async fn refresh_keyed(
             Work::KeysIfCheaper(k, _) => Some(k),
         };
         match keys {
-            None => full(client, view, keyed, &shape, event)
+            None => full(client, view, keyed, &shape, event, history)
                 .await
                 .map(|k| (k, false)),
             Some(keys) if keys.is_empty() => Ok((RefreshKind::KeyedKeys, false)),
-            Some(keys) => match keys_transaction(client, view, keyed, &shape, keys, event).await {
-                // Keys that do not cast, or a duplicate key (a refresh that another
-                // process ran at the same time, or a query that is not unique by its
-                // key): everything is recomputed, and only that outcome is classified.
-                Err(e) if is_cast_error(&e) || is_duplicate(&e) => {
-                    rollback(client).await?;
-                    full(client, view, keyed, &shape, event)
-                        .await
-                        .map(|k| (k, is_cast_error(&e)))
+            Some(keys) => {
+                match keys_transaction(client, view, keyed, &shape, keys, event, history).await {
+                    // Keys that do not cast, or a duplicate key (a refresh that another
+                    // process ran at the same time, or a query that is not unique by its
+                    // key): everything is recomputed, and only that outcome is classified.
+                    Err(e) if is_cast_error(&e) || is_duplicate(&e) => {
+                        rollback(client).await?;
+                        full(client, view, keyed, &shape, event, history)
+                            .await
+                            .map(|k| (k, is_cast_error(&e)))
+                    }
+                    other => other.map(|k| (k, false)),
                 }
-                other => other.map(|k| (k, false)),
-            },
+            }
         }
     };
     match tokio::time::timeout(deadline, attempt).await {
@@ -516,9 +531,13 @@ async fn full(
     keyed: &Keyed,
     shape: &Shape,
     event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
+    let row = history.map_or(String::new(), |h| {
+        h.success_sql(view, RefreshKind::KeyedAll, None)
+    });
     client
-        .batch_execute(&full_sql(view, keyed, shape, event))
+        .batch_execute(&full_sql_with(view, keyed, shape, event, &row))
         .await?;
     Ok(RefreshKind::KeyedAll)
 }
@@ -533,6 +552,7 @@ async fn keys_transaction(
     shape: &Shape,
     keys: &[Key],
     event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     client.batch_execute(&prologue(view)).await?;
     let columns: Vec<Vec<&str>> = (0..keyed.key.len())
@@ -556,7 +576,12 @@ async fn keys_transaction(
     client
         .query_typed(&insert_keys_sql(view, keyed, shape, keys.len()), &params)
         .await?;
-    client.batch_execute(&epilogue(view, event)).await?;
+    let row = history.map_or(String::new(), |h| {
+        h.success_sql(view, RefreshKind::KeyedKeys, Some(keys.len()))
+    });
+    client
+        .batch_execute(&epilogue_with(view, event, &row))
+        .await?;
     Ok(RefreshKind::KeyedKeys)
 }
 

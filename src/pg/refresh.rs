@@ -226,6 +226,107 @@ async fn populated(
     Ok(rows.first().map(|r| r.get(0)))
 }
 
+/// Where a refresh is recorded (`[history]`), and why it ran.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryRow<'a> {
+    pub config: &'a crate::config::HistoryConfig,
+    pub reason: &'a str,
+}
+
+impl HistoryRow<'_> {
+    /// The INSERT of a success, run inside the refresh transaction just before COMMIT:
+    /// the row commits with the refresh or not at all. `now()` is the transaction's
+    /// start. `keys`: the groups a keyed refresh recomputed.
+    pub fn success_sql(&self, view: &ViewConfig, kind: RefreshKind, keys: Option<usize>) -> String {
+        format!(
+            "INSERT INTO {} (view, reason, kind, started, duration, outcome, sqlstate, keys) \
+             VALUES ({}, {}, {}, now(), clock_timestamp() - now(), 'success', NULL, {}); ",
+            self.config.table.quoted(),
+            quote_literal(&view.name.to_string()),
+            quote_literal(self.reason),
+            quote_literal(kind.as_str()),
+            keys.map_or("NULL".to_string(), |k| k.to_string())
+        )
+    }
+
+    /// The INSERT of a failure, on its own (autocommit) after the ROLLBACK.
+    pub fn failure_sql(&self, view: &ViewConfig, e: &RefreshError) -> String {
+        let secs = e.duration.as_secs_f64();
+        format!(
+            "INSERT INTO {} (view, reason, kind, started, duration, outcome, sqlstate, keys) \
+             VALUES ({}, {}, NULL, now() - make_interval(secs => {secs}), make_interval(secs => {secs}), 'failure', {}, NULL)",
+            self.config.table.quoted(),
+            quote_literal(&view.name.to_string()),
+            quote_literal(self.reason),
+            e.code.as_deref().map_or("NULL".to_string(), quote_literal),
+        )
+    }
+}
+
+/// The history table, when missing.
+pub fn history_table_sql(table: &crate::pg::ident::QualifiedName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\
+           id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           view text NOT NULL, reason text NOT NULL, kind text, \
+           started timestamptz NOT NULL, duration interval NOT NULL, \
+           outcome text NOT NULL CHECK (outcome IN ('success', 'failure')), \
+           sqlstate text, keys bigint); \
+         CREATE INDEX IF NOT EXISTS {i} ON {t} (started)",
+        t = table.quoted(),
+        i = crate::pg::ident::quote_ident(&format!("{}_started", table.name)),
+    )
+}
+
+/// Tables this process made sure exist (a mutex: two first refreshes at once must not
+/// race on `CREATE TABLE IF NOT EXISTS`).
+static HISTORY_TABLES: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+
+/// When rows past the retention were last deleted.
+static HISTORY_PRUNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// How often old history rows are deleted at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Creates the history table once per process; `false` when that failed (logged):
+/// the refresh then runs without its row, never fails for it.
+async fn ensure_history(client: &Client, table: &crate::pg::ident::QualifiedName) -> bool {
+    let mut made = HISTORY_TABLES.lock().await;
+    let key = table.to_string();
+    if made.contains(&key) {
+        return true;
+    }
+    match client.batch_execute(&history_table_sql(table)).await {
+        Ok(()) => {
+            made.push(key);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(table = %table, error = %crate::pg::connect::error_chain(&e), "history: cannot create the table; this refresh is not recorded");
+            false
+        }
+    }
+}
+
+/// Deletes rows older than the retention, at most once a minute (autocommit).
+async fn prune_history(client: &Client, config: &crate::config::HistoryConfig) {
+    {
+        let mut last = HISTORY_PRUNED.lock().expect("not poisoned");
+        if last.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    let sql = format!(
+        "DELETE FROM {} WHERE started < now() - make_interval(secs => {})",
+        config.table.quoted(),
+        config.retention.as_secs_f64()
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
+        tracing::warn!(table = %config.table, error = %crate::pg::connect::error_chain(&e), "history: deleting old rows failed");
+    }
+}
+
 /// The refresh as one simple-protocol round trip: the timeouts are `SET LOCAL`, so
 /// nothing outlives the transaction on the server connection (a pooler hands that
 /// connection to other clients next), and the refresh event, when on, is sent inside
@@ -235,8 +336,21 @@ pub fn refresh_transaction(
     populated: bool,
     event: bool,
 ) -> (RefreshKind, String) {
+    refresh_transaction_with(view, populated, event, None)
+}
+
+/// [`refresh_transaction`] with the history row, when on.
+pub fn refresh_transaction_with(
+    view: &ViewConfig,
+    populated: bool,
+    event: bool,
+    history: Option<HistoryRow<'_>>,
+) -> (RefreshKind, String) {
     let (kind, refresh) = refresh_sql(view, populated);
     let mut sql = format!("{}; {refresh}; ", begin(view));
+    if let Some(h) = history {
+        sql.push_str(&h.success_sql(view, kind, None));
+    }
     if event {
         sql.push_str(&format!(
             "SELECT pg_catalog.pg_notify({}, {}); ",
@@ -259,6 +373,16 @@ pub async fn refresh_view(
     view: &ViewConfig,
     event: bool,
 ) -> Result<Refreshed, RefreshError> {
+    refresh_view_with(client, view, event, None).await
+}
+
+/// [`refresh_view`] with the history row, when on, in the refresh transaction.
+async fn refresh_view_with(
+    client: &Client,
+    view: &ViewConfig,
+    event: bool,
+    history: Option<HistoryRow<'_>>,
+) -> Result<Refreshed, RefreshError> {
     let populated = match populated(client, view).await {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -274,7 +398,7 @@ pub async fn refresh_view(
         }
         Err(e) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
     };
-    let (kind, sql) = refresh_transaction(view, populated, event);
+    let (kind, sql) = refresh_transaction_with(view, populated, event, history);
     let start = Instant::now();
     // statement_timeout bounds the refresh on the server; this bounds it here, for a
     // connection that went half-open and will never answer.
@@ -319,13 +443,56 @@ pub async fn refresh_one(
     work: Option<&crate::pg::keyed::Work>,
     event: bool,
 ) -> Result<Refreshed, RefreshError> {
-    match &view.keyed {
+    refresh_recorded(client, view, work, event, None).await
+}
+
+/// [`refresh_one`], recorded in the history table when `history` is set: a success in
+/// the refresh's own transaction, a failure by an INSERT of its own after the
+/// ROLLBACK; old rows deleted at most once a minute.
+pub async fn refresh_recorded(
+    client: &Client,
+    view: &ViewConfig,
+    work: Option<&crate::pg::keyed::Work>,
+    event: bool,
+    history: Option<HistoryRow<'_>>,
+) -> Result<Refreshed, RefreshError> {
+    let history = match history {
+        Some(h) if ensure_history(client, &h.config.table).await => Some(h),
+        _ => None,
+    };
+    let result = match &view.keyed {
         Some(keyed) => {
             let all = crate::pg::keyed::Work::All;
-            crate::pg::keyed::refresh_keyed(client, view, keyed, work.unwrap_or(&all), event).await
+            crate::pg::keyed::refresh_keyed(
+                client,
+                view,
+                keyed,
+                work.unwrap_or(&all),
+                event,
+                history,
+            )
+            .await
         }
-        None => refresh_view(client, view, event).await,
+        None => refresh_view_with(client, view, event, history).await,
+    };
+    if let Some(h) = history {
+        if result.is_err() {
+            // A dropped history table fails the refresh: the next one creates it again.
+            let key = h.config.table.to_string();
+            HISTORY_TABLES.lock().await.retain(|t| *t != key);
+        }
+        if let Err(e) = &result {
+            if !e.connection_broken && !client.is_closed() {
+                if let Err(err) = client.batch_execute(&h.failure_sql(view, e)).await {
+                    tracing::warn!(table = %h.config.table, error = %crate::pg::connect::error_chain(&err), "history: recording the failure failed");
+                }
+            }
+        }
+        if !client.is_closed() {
+            prune_history(client, h.config).await;
+        }
     }
+    result
 }
 
 /// How long the ROLLBACK after a failed refresh may take.

@@ -1,4 +1,5 @@
-//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /refresh`.
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status` (GET and HEAD),
+//! `POST /refresh`.
 //! A plain `match` on method and path; nothing from a path or header reaches SQL: a
 //! view in a path is only compared with the configured names.
 
@@ -193,7 +194,7 @@ fn overflow(req: &Request<Incoming>, shared: &Shared) -> Resp {
 
 /// `/healthz` and `/readyz`: atomics only, never a wait.
 fn probe(method: &Method, path: &str, shared: &Shared) -> Option<Resp> {
-    if method != Method::GET {
+    if method != Method::GET && method != Method::HEAD {
         return None;
     }
     match path {
@@ -323,7 +324,14 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 async fn handle(req: Request<Incoming>, shared: &Shared, limits: &Limits) -> Resp {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
+    // HEAD is answered as GET: hyper sends the head (status, headers) and never the
+    // body of a response to HEAD.
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    match (&method, path.as_str()) {
         (&Method::GET, "/") => page(),
         (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::GET, "/healthz" | "/readyz") => {
@@ -341,13 +349,23 @@ async fn handle(req: Request<Incoming>, shared: &Shared, limits: &Limits) -> Res
             refresh(shared, limits, p, req.uri().query()).await
         }
         (_, "/" | "/metrics" | "/healthz" | "/readyz" | "/status") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            not_allowed("GET, HEAD", "use GET\n")
         }
         (_, p) if p == "/refresh" || p.starts_with("/refresh/") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+            not_allowed("POST", "use POST\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// 405 with the `Allow` header RFC 9110 asks for.
+fn not_allowed(allow: &'static str, body: &'static str) -> Resp {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, body);
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
+    );
+    r
 }
 
 /// `GET /`: the status page.

@@ -8,6 +8,8 @@ use prometheus::{
 
 use crate::serve::per_view::PerView;
 
+mod process;
+
 /// The metric handles. Per-view series live in [`PerView`] (compact, written as text);
 /// the rest in a `prometheus` registry.
 #[derive(Clone)]
@@ -65,6 +67,12 @@ impl Metrics {
             ),
         );
         build_info.with_label_values(&[crate::VERSION]).set(1);
+        // process_* (start time, CPU, memory, fds), read from /proc at each scrape.
+        if cfg!(target_os = "linux") {
+            registry
+                .register(Box::new(process::ProcessCollector::new()))
+                .expect("unique metric names");
+        }
         Self {
             views: Arc::new(PerView::default()),
             notifications,
