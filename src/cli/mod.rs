@@ -76,7 +76,8 @@ pub enum Command {
         views: Vec<String>,
     },
     /// Read an existing database's catalog and print a configuration for every
-    /// materialized view (and, with --sql, the NOTIFY triggers they need). Changes nothing.
+    /// materialized view (and, with --sql, the NOTIFY triggers they need). Changes nothing
+    /// unless --apply.
     Init {
         /// The database (postgresql://user@host:port/db or key=value pairs).
         #[arg(long)]
@@ -87,6 +88,10 @@ pub enum Command {
         /// Write install and rollback SQL for the triggers into this directory.
         #[arg(long = "sql")]
         sql: Option<PathBuf>,
+        /// Apply that SQL (change capture and refreshd's schema) in one transaction,
+        /// idempotently.
+        #[arg(long)]
+        apply: bool,
     },
     /// Ask a running daemon how its views are: one line per view (exit 1 if one is
     /// failing, 2 if the daemon cannot be reached).
@@ -122,9 +127,12 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
         Command::Status { url } => crate::cli::status::run(&url).await,
-        Command::Init { url, schemas, sql } => {
-            crate::cli::init::run(&url, &schemas, sql.as_deref()).await
-        }
+        Command::Init {
+            url,
+            schemas,
+            sql,
+            apply,
+        } => crate::cli::init::run(&url, &schemas, sql.as_deref(), apply).await,
     }
 }
 
