@@ -796,13 +796,15 @@ impl Ctx<'_> {
                 "managed" => Capture::Managed,
                 "verify" => Capture::Verify,
                 "off" => Capture::Off,
-                other => return Err(self.err(
-                    Some(&s.span()),
-                    &k,
-                    format!(
+                other => {
+                    return Err(self.err(
+                        Some(&s.span()),
+                        &k,
+                        format!(
                         "{other:?} is not a capture mode: use \"managed\", \"verify\" or \"off\""
                     ),
-                )),
+                    ))
+                }
             },
         };
         let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {

@@ -206,7 +206,7 @@ impl CaptureState {
 
     /// A check is due and none is running: it is marked running.
     pub fn start_if_due(&mut self, now: std::time::Instant) -> bool {
-        if self.checking || !self.next_at.is_some_and(|t| now >= t) {
+        if self.checking || self.next_at.is_none_or(|t| now < t) {
             return false;
         }
         self.checking = true;
