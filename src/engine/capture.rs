@@ -24,8 +24,9 @@ pub struct Verdict {
     pub gaps: Vec<Gap>,
     /// Tables read now that were not at the previous check (the definition changed).
     pub new_tables: Vec<QualifiedName>,
-    /// Every table and partition read now (for the next check).
-    pub tables: BTreeSet<u32>,
+    /// Every table and partition read now (for the next check); `None` when the view
+    /// is fed by the application's own NOTIFY (see [`judge`]).
+    pub tables: Option<BTreeSet<u32>>,
 }
 
 /// Whether a view's capture is checked at all: `capture` not off, notify detection,
@@ -38,12 +39,23 @@ pub fn checked(v: &ViewConfig) -> bool {
 }
 
 /// Judges one view: every table and partition needs an enabled trigger whose function
-/// or arguments name one of `channels` (the test `check` makes).
+/// or arguments name one of `channels` (the test `check` makes). A view none of whose
+/// tables has any trigger (enabled or not) naming its channels, and that had some at no
+/// previous check (`previous` is `None`), is fed by the application's own NOTIFY (a
+/// design SPEC allows, `check` warns about it): there is no capture to check.
 pub fn judge(
     channels: &[String],
     tables: &[TableFacts],
     previous: Option<&BTreeSet<u32>>,
 ) -> Verdict {
+    let mentioned = tables.iter().any(|t| {
+        t.triggers
+            .iter()
+            .any(|g| channels.iter().any(|c| g.text.contains(c.as_str())))
+    });
+    if !mentioned && previous.is_none() {
+        return Verdict::default();
+    }
     let notifies = |t: &TableFacts| -> Option<String> {
         t.triggers.iter().filter(|g| g.enabled).find_map(|g| {
             channels
@@ -53,7 +65,7 @@ pub fn judge(
         })
     };
     let mut v = Verdict {
-        tables: tables.iter().map(|t| t.oid).collect(),
+        tables: Some(tables.iter().map(|t| t.oid).collect()),
         ..Verdict::default()
     };
     let mut seen = BTreeSet::new();
@@ -109,7 +121,7 @@ pub struct ViewResult {
     /// Gaps refreshd closed by installing its trigger.
     pub healed: Vec<String>,
     pub new_tables: Vec<QualifiedName>,
-    pub tables: BTreeSet<u32>,
+    pub tables: Option<BTreeSet<u32>>,
 }
 
 /// A whole check: its results, and an error in installing (managed) if there was one.
@@ -269,7 +281,14 @@ impl CaptureState {
             if !r.gaps.is_empty() || !r.healed.is_empty() || !r.new_tables.is_empty() {
                 refresh.push(r.view.clone());
             }
-            self.tables.insert(r.view.clone(), r.tables);
+            match r.tables {
+                Some(t) => {
+                    self.tables.insert(r.view.clone(), t);
+                }
+                None => {
+                    self.tables.remove(&r.view);
+                }
+            }
             self.gaps.insert(r.view, r.gaps);
         }
         refresh
@@ -319,6 +338,22 @@ mod tests {
         let v = judge(&ch, &tables, None);
         assert!(v.gaps.is_empty(), "{v:?}");
         assert!(v.new_tables.is_empty());
+    }
+
+    #[test]
+    fn a_view_the_application_notifies_has_nothing_to_check_until_captured_once() {
+        let ch = vec!["app".to_string()];
+        let tables = vec![table(
+            1,
+            "a",
+            1,
+            vec![trig("audit", true, false, "insert into log")],
+        )];
+        let v = judge(&ch, &tables, None);
+        assert!(v.gaps.is_empty() && v.tables.is_none(), "{v:?}");
+        // Captured at an earlier check, every trigger dropped since: a gap.
+        let prev: BTreeSet<u32> = [1].into_iter().collect();
+        assert_eq!(judge(&ch, &tables, Some(&prev)).gaps.len(), 1);
     }
 
     #[test]
