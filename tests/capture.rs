@@ -236,3 +236,90 @@ fn bad_capture_keys_are_refused() {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 }
+
+/// 10,000 views over 100 tables (with their triggers): `check` answers in under 10 s
+/// and a capture check pass (its one catalog query) takes well under a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_views_check_fast() {
+    const VIEWS: usize = 10_000;
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA big; \
+         CREATE FUNCTION big.notify() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END$$; \
+         DO $$BEGIN \
+           FOR t IN 0..99 LOOP \
+             EXECUTE format('CREATE TABLE big.t%s (k int PRIMARY KEY, v int)', t); \
+             EXECUTE format('CREATE TRIGGER n AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON big.t%s FOR EACH STATEMENT EXECUTE FUNCTION big.notify(%L)', t, 'ch_' || t); \
+           END LOOP; \
+         END$$;",
+    );
+    for chunk in 0..(VIEWS / 1000) {
+        db.psql(&format!(
+            "DO $$BEGIN FOR i IN {}..{} LOOP \
+               EXECUTE format('CREATE MATERIALIZED VIEW big.v%s AS SELECT k, v FROM big.t%s', i, i % 100); \
+               EXECUTE format('CREATE UNIQUE INDEX ON big.v%s (k)', i); \
+             END LOOP; END$$;",
+            chunk * 1000,
+            chunk * 1000 + 999
+        ));
+    }
+    let mut config = format!("[database]\nurl = \"{}\"\n", db.dsn().replace('"', "\\\""));
+    for i in 0..VIEWS {
+        config.push_str(&format!(
+            "[[view]]\nname = \"big.v{i}\"\nchannels = [\"ch_{}\"]\n",
+            i % 100
+        ));
+    }
+    let (_dir, path) = write_config(&config);
+    let started = std::time::Instant::now();
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let took = started.elapsed();
+    let text = support::stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        &text[..text.len().min(2000)]
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("OK    big.v"))
+            .count(),
+        VIEWS
+    );
+    eprintln!("check of {VIEWS} views: {took:?}");
+    assert!(took < Duration::from_secs(10), "check took {took:?}");
+
+    let client = db.client().await;
+    let parsed = refreshd::config::Config::parse(&path, &config).unwrap();
+    let views: Vec<&refreshd::config::ViewConfig> = parsed.views.iter().collect();
+    let started = std::time::Instant::now();
+    refreshd::pg::catalog::inspect_many(&client, &views)
+        .await
+        .unwrap();
+    eprintln!(
+        "check's catalog queries for {VIEWS} views: {:?}",
+        started.elapsed()
+    );
+    let names: Vec<refreshd::pg::ident::QualifiedName> = (0..VIEWS)
+        .map(|i| refreshd::pg::ident::QualifiedName::new("big", format!("v{i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    let facts = refreshd::pg::capture::inspect(&client, &names)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("capture check query for {VIEWS} views: {took:?}");
+    let again = std::time::Instant::now();
+    refreshd::pg::capture::inspect(&client, &names)
+        .await
+        .unwrap();
+    eprintln!("again (warm caches): {:?}", again.elapsed());
+    assert!(facts
+        .views
+        .iter()
+        .all(|v| v.as_ref().is_some_and(|t| t.len() == 1)));
+    assert!(took < Duration::from_secs(2), "capture check took {took:?}");
+}

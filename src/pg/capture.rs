@@ -111,26 +111,30 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
     SELECT reads.ord, reads.relid FROM reads \
       JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind IN ('r', 'p') \
 ), tree AS ( \
-    SELECT tabs.ord, t.relid::oid AS relid FROM tabs, LATERAL pg_catalog.pg_partition_tree(tabs.relid) t \
+    SELECT tabs.ord, t.relid::oid AS relid FROM tabs \
+      JOIN pg_catalog.pg_class p ON p.oid = tabs.relid AND p.relkind = 'p', \
+           LATERAL pg_catalog.pg_partition_tree(tabs.relid) t \
     UNION SELECT tabs.ord, tabs.relid FROM tabs \
 ), fn AS ( \
     SELECT pg_catalog.to_regprocedure('refreshd.notify_changed()')::oid AS oid \
+), trg AS ( \
+    SELECT t.tgrelid, \
+           array_agg(t.tgname::text ORDER BY t.tgname) AS names, \
+           array_agg(t.tgenabled <> 'D' ORDER BY t.tgname) AS enabled, \
+           array_agg(t.tgfoid IS NOT DISTINCT FROM (SELECT fn.oid FROM fn) AND t.tgname = 'refreshd_notify' ORDER BY t.tgname) AS ours, \
+           array_agg(p.prosrc || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts \
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+     WHERE t.tgrelid IN (SELECT DISTINCT relid FROM tree) AND NOT t.tgisinternal \
+     GROUP BY t.tgrelid \
 ) \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
-       coalesce(pg_catalog.pg_partition_root(c.oid)::oid, c.oid), \
+       CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE c.oid END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn) \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \
   LEFT JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind IN ('r', 'p') \
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-  LEFT JOIN LATERAL ( \
-    SELECT array_agg(t.tgname::text ORDER BY t.tgname) AS names, \
-           array_agg(t.tgenabled <> 'D' ORDER BY t.tgname) AS enabled, \
-           array_agg(t.tgfoid IS NOT DISTINCT FROM (SELECT fn.oid FROM fn) AND t.tgname = 'refreshd_notify' ORDER BY t.tgname) AS ours, \
-           array_agg(p.prosrc || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts \
-      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-     WHERE t.tgrelid = c.oid AND NOT t.tgisinternal \
-  ) trg ON true \
+  LEFT JOIN trg ON trg.tgrelid = c.oid \
  ORDER BY 1, 3, 4";
 
 /// Reads what [`CHECK_SQL`] finds for `views` (schema-qualified names).
