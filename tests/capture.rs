@@ -323,3 +323,32 @@ async fn ten_thousand_views_check_fast() {
         .all(|v| v.as_ref().is_some_and(|t| t.len() == 1)));
     assert!(took < Duration::from_secs(2), "capture check took {took:?}");
 }
+
+/// `check` reports what a capture check would: a problem under `verify`, a warning
+/// under `managed` (run installs it).
+#[test]
+fn check_reports_capture_gaps() {
+    let db = TestDb::new();
+    schema(&db);
+    let verify = adopt(&db, "verify");
+    let managed = adopt(&db, "managed");
+    let run_check = |config: &str| {
+        let (_dir, path) = write_config(config);
+        let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+        (out.status.code(), support::stdout(&out))
+    };
+    let (code, text) = run_check(&verify);
+    assert_eq!(code, Some(0), "{text}");
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    let (code, text) = run_check(&verify);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "PROBLEM change capture incomplete: shop.payments_2025_03: no enabled trigger notifies"
+        ),
+        "{text}"
+    );
+    let (code, text) = run_check(&managed);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("run installs the missing trigger"), "{text}");
+}

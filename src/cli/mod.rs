@@ -240,6 +240,31 @@ async fn check(path: &Path) -> u8 {
             plain.iter().map(|_| Err(e.clone())).collect()
         })
         .into_iter();
+    // Change capture (SPEC "Change capture"), in one query for all views: the gaps `run`
+    // would report (verify: a problem) or close (managed: a warning).
+    let checked: Vec<&ViewConfig> = config
+        .views
+        .iter()
+        .filter(|v| crate::engine::capture::checked(v))
+        .collect();
+    let names: Vec<QualifiedName> = checked.iter().map(|v| v.name.clone()).collect();
+    let mut capture_gaps: std::collections::HashMap<QualifiedName, Vec<String>> =
+        Default::default();
+    if let Ok(f) = crate::pg::capture::inspect(&client, &names).await {
+        for (v, tables) in checked.iter().zip(&f.views) {
+            if let Some(tables) = tables {
+                let verdict = crate::engine::capture::judge(&v.channels, tables, None);
+                capture_gaps.insert(
+                    v.name.clone(),
+                    verdict
+                        .gaps
+                        .iter()
+                        .map(|g| format!("{}: {}", g.table, g.why))
+                        .collect(),
+                );
+            }
+        }
+    }
     for view in &config.views {
         let report = match &view.keyed {
             Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed)
@@ -248,7 +273,23 @@ async fn check(path: &Path) -> u8 {
             None => facts
                 .next()
                 .expect("one per plain view")
-                .map(|facts| catalog::judge(view, facts.as_ref(), &managed)),
+                .map(|facts| {
+                    let mut r = catalog::judge(view, facts.as_ref(), &managed);
+                    let gaps = capture_gaps.remove(&view.name).unwrap_or_default();
+                    if !gaps.is_empty() {
+                        if view.capture == crate::config::Capture::Managed {
+                            r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
+                        } else {
+                            r.problems.push(format!("change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")", gaps.join(", ")));
+                        }
+                        r.verdict = if r.problems.is_empty() {
+                            r.verdict.max(Verdict::Warn)
+                        } else {
+                            Verdict::Fail
+                        };
+                    }
+                    r
+                }),
         };
         let report = match report {
             Ok(r) => r,
