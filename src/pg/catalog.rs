@@ -117,7 +117,17 @@ pub async fn inspect_many(
     }
     let mut indexes = usable_unique_indexes_many(client, &matviews).await?;
     let mut base = relations_read_many(client, &matviews, "'v'").await?;
-    let tables = relations_read_many(client, &matviews, "'v', 'm'").await?;
+    // Through materialized views too, for the triggers that feed them eventually: only
+    // views that read one differ from `base`.
+    let layered: Vec<u32> = base
+        .iter()
+        .filter(|(_, b)| b.iter().any(|r| r.relkind == 'm'))
+        .map(|(oid, _)| *oid)
+        .collect();
+    let mut tables = relations_read_many(client, &layered, "'v', 'm'").await?;
+    for (oid, b) in &base {
+        tables.entry(*oid).or_insert_with(|| b.clone());
+    }
     let mut table_oids: Vec<u32> = tables.values().flatten().map(|b| b.oid).collect();
     table_oids.sort_unstable();
     table_oids.dedup();
