@@ -34,6 +34,17 @@ pub enum Detect {
     Statistics,
 }
 
+/// Who owns a view's change capture (`capture`, see SPEC "Change capture").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// refreshd installs what is missing (a trigger on a new partition) and heals it.
+    Managed,
+    /// refreshd reports gaps and refreshes the view fully at each check until closed.
+    Verify,
+    /// No checks.
+    Off,
+}
+
 /// A validated cron schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -77,6 +88,7 @@ pub struct ViewConfig {
     pub lock_timeout: Duration,
     pub detect: Detect,
     pub poll_interval: Duration,
+    pub capture: Capture,
     /// Line of the `[[view]]` entry, for messages.
     pub line: usize,
 }
@@ -137,6 +149,8 @@ pub struct HistoryConfig {
 pub struct Config {
     pub path: PathBuf,
     pub shutdown_timeout: Duration,
+    /// How often `run` re-checks every view's change capture.
+    pub capture_check_interval: Duration,
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub ha: HaConfig,
@@ -212,6 +226,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     shutdown_timeout: Option<Spanned<String>>,
+    capture_check_interval: Option<Spanned<String>>,
     control_roles: Option<Vec<Spanned<String>>>,
     events: Option<bool>,
     database: Option<Spanned<RawDatabase>>,
@@ -272,6 +287,7 @@ struct RawView {
     lock_timeout: Option<Spanned<String>>,
     detect: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
+    capture: Option<Spanned<String>>,
     kind: Option<Spanned<String>>,
     query: Option<Spanned<String>>,
     key: Option<Spanned<Vec<Spanned<String>>>>,
@@ -471,6 +487,21 @@ impl Ctx<'_> {
             "shutdown_timeout",
             Duration::from_secs(30),
         )?;
+        let capture_check_interval = self.opt_duration(
+            raw.capture_check_interval.as_ref(),
+            "capture_check_interval",
+            Duration::from_secs(60),
+        )?;
+        if capture_check_interval < Duration::from_secs(1) {
+            return Err(self.err(
+                raw.capture_check_interval
+                    .as_ref()
+                    .map(|s| s.span())
+                    .as_ref(),
+                "capture_check_interval",
+                "must be at least 1s",
+            ));
+        }
 
         let mut control_roles = Vec::new();
         for r in raw.control_roles.iter().flatten() {
@@ -536,6 +567,7 @@ impl Ctx<'_> {
         Ok(Config {
             path: self.path.to_path_buf(),
             shutdown_timeout,
+            capture_check_interval,
             control_roles,
             events: raw.events.unwrap_or(true),
             history,
@@ -826,6 +858,23 @@ impl Ctx<'_> {
                 }
             },
         };
+        let capture = match pick(&raw.capture, &d.capture, "capture") {
+            None => Capture::Verify,
+            Some((s, k)) => match s.get_ref().as_str() {
+                "managed" => Capture::Managed,
+                "verify" => Capture::Verify,
+                "off" => Capture::Off,
+                other => {
+                    return Err(self.err(
+                        Some(&s.span()),
+                        &k,
+                        format!(
+                        "{other:?} is not a capture mode: use \"managed\", \"verify\" or \"off\""
+                    ),
+                    ))
+                }
+            },
+        };
         let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {
             (Some(c), _) => (c.clone(), key("channels")),
             (None, Some(c)) => (c.clone(), "defaults.channels".to_string()),
@@ -885,6 +934,7 @@ impl Ctx<'_> {
             lock_timeout,
             detect,
             poll_interval,
+            capture,
             line,
         })
     }
@@ -1082,6 +1132,7 @@ fn unquote(k: &str) -> String {
 /// Keys whose value is a duration string.
 const DURATION_KEYS: &[&str] = &[
     "shutdown_timeout",
+    "capture_check_interval",
     "connect_timeout",
     "retry_interval",
     "debounce",

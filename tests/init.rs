@@ -197,3 +197,154 @@ fn init_on_the_seeds_reproduces_the_example_config() {
         "the seeds' own triggers are kept:\n{install}"
     );
 }
+
+/// A partitioned table (three partitions) joined to a plain table under one materialized
+/// view, and a second view over the first.
+fn partitioned_schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE SCHEMA shop;
+        CREATE TABLE shop.customers (id int PRIMARY KEY, region text NOT NULL);
+        INSERT INTO shop.customers VALUES (1, 'north'), (2, 'south');
+        CREATE TABLE shop.payments (id int, customer int NOT NULL, amount int NOT NULL, day date NOT NULL)
+          PARTITION BY RANGE (day);
+        CREATE TABLE shop.payments_2025_01 PARTITION OF shop.payments FOR VALUES FROM ('2025-01-01') TO ('2025-02-01');
+        CREATE TABLE shop.payments_2025_02 PARTITION OF shop.payments FOR VALUES FROM ('2025-02-01') TO ('2025-03-01');
+        CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01');
+        INSERT INTO shop.payments VALUES (1, 1, 10, '2025-01-05'), (2, 2, 20, '2025-02-05');
+        CREATE MATERIALIZED VIEW shop.by_region AS
+          SELECT c.region, sum(p.amount) AS total FROM shop.payments p JOIN shop.customers c ON c.id = p.customer
+           GROUP BY c.region;
+        CREATE UNIQUE INDEX ON shop.by_region (region);
+        "#,
+    );
+}
+
+fn capture_triggers(db: &TestDb) -> String {
+    db.psql(
+        "SELECT coalesce(string_agg(tgrelid::regclass::text || '=' || encode(tgargs, 'escape') || '@' || oid, ',' ORDER BY tgrelid::regclass::text), '') \
+           FROM pg_trigger WHERE tgname = 'refreshd_notify' AND tgenabled <> 'D'",
+    )
+}
+
+fn init_apply(db: &TestDb, sql: &std::path::Path) -> String {
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        sql.to_str().unwrap(),
+        "--apply",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    support::stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_apply_installs_capture_with_one_channel_per_root() {
+    let db = TestDb::new();
+    partitioned_schema(&db);
+    // Without --apply nothing changes.
+    let dry = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        dry.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert_eq!(capture_triggers(&db), "");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'refreshd'"),
+        "0"
+    );
+    let install = std::fs::read_to_string(dry.path().join(refreshd::cli::init::INSTALL)).unwrap();
+    assert!(
+        install.contains("CREATE OR REPLACE FUNCTION refreshd.force(view text)"),
+        "{install}"
+    );
+
+    let sql = tempfile::tempdir().unwrap();
+    let config = init_apply(&db, sql.path());
+    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let view = parsed
+        .views
+        .iter()
+        .find(|v| v.name.to_string() == "shop.by_region")
+        .expect(&config);
+    let mut channels = view.channels.clone();
+    channels.sort();
+    assert_eq!(
+        channels,
+        vec!["refreshd_shop_customers", "refreshd_shop_payments"],
+        "one channel per root, partitions folded in:\n{config}"
+    );
+    // The root, every partition and the plain table: each its own trigger, partitions
+    // sending the root's channel; refreshd's schema with refreshd.force.
+    let installed = capture_triggers(&db);
+    for (table, channel) in [
+        ("shop.customers", "refreshd_shop_customers"),
+        ("shop.payments", "refreshd_shop_payments"),
+        ("shop.payments_2025_01", "refreshd_shop_payments"),
+        ("shop.payments_2025_02", "refreshd_shop_payments"),
+        ("shop.payments_2025_03", "refreshd_shop_payments"),
+    ] {
+        assert!(
+            installed.contains(&format!("{table}={channel}\\000@")),
+            "{table}: {installed}"
+        );
+    }
+    assert_eq!(installed.matches('@').count(), 5, "{installed}");
+    assert_eq!(
+        db.psql("SELECT to_regprocedure('refreshd.force(text)') IS NOT NULL"),
+        "t"
+    );
+
+    // Applying again is a no-op: the same triggers (same oids), the same config.
+    let again = init_apply(&db, sql.path());
+    assert_eq!(again, config);
+    assert_eq!(capture_triggers(&db), installed, "applied twice");
+
+    // A daemon on the printed config sees writes through the parent and straight into
+    // a partition.
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    db.psql("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write through the parent",
+        || async { db.psql("SELECT total FROM shop.by_region WHERE region = 'north'") == "110" },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments_2025_02 VALUES (4, 1, 1000, '2025-02-10')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into a partition",
+        || async { db.psql("SELECT total FROM shop.by_region WHERE region = 'north'") == "1110" },
+    )
+    .await;
+    db.psql("UPDATE shop.customers SET region = 'east' WHERE id = 2");
+    wait_for(
+        Duration::from_secs(10),
+        "a write to the joined table",
+        || async { db.psql("SELECT count(*) FROM shop.by_region WHERE region = 'east'") == "1" },
+    )
+    .await;
+    drop(d);
+
+    // The rollback removes everything refreshd installed; --apply then reinstalls.
+    psql_file(&db, &sql.path().join(refreshd::cli::init::ROLLBACK));
+    assert_eq!(capture_triggers(&db), "");
+    assert_eq!(
+        db.psql(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'refreshd') \
+                  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'refreshd')"
+        ),
+        "0"
+    );
+    psql_file(&db, &sql.path().join(refreshd::cli::init::ROLLBACK)); // idempotent
+    init_apply(&db, sql.path());
+    assert_eq!(capture_triggers(&db).matches('@').count(), 5);
+}

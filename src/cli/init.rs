@@ -1,12 +1,16 @@
-//! `refreshd init --url DSN [--schema S]... [--sql DIR]`: adopt refreshd on an existing
-//! database. Reads the catalog, changes nothing, and prints a complete, commented
-//! configuration for every materialized view; with `--sql DIR` it also writes the
-//! statement-level NOTIFY triggers the base tables need (install and rollback files).
+//! `refreshd init --url DSN [--schema S]... [--sql DIR] [--apply]`: adopt refreshd on an
+//! existing database. Reads the catalog and prints a complete, commented configuration
+//! for every materialized view; with `--sql DIR` it also writes refreshd's schema (SQL
+//! control, capture function) and the statement-level NOTIFY triggers the base tables
+//! and every partition need (install and rollback files); `--apply` applies the same SQL
+//! in one transaction, idempotently. Without `--apply` nothing is changed.
 //!
 //! Channels: a base table that already has a trigger notifying a constant channel
 //! (`pg_notify('chan', ...)` or `NOTIFY chan` in its function) keeps that channel, so a
 //! schema like the seeds' is adopted as it is; every other base table gets a channel of
-//! its own, `refreshd_<schema>_<table>`, and a trigger in the SQL. A view listens on
+//! its own, `refreshd_<schema>_<table>`, and a trigger in the SQL. A partitioned table and
+//! all its partitions share their root's channel (each with its own trigger: statement
+//! triggers are not cloned to partitions). A view listens on
 //! the channels of the tables it reads directly or through plain views; views it reads
 //! are refreshed first by dependency, so their tables are not repeated.
 
@@ -19,12 +23,12 @@ use tokio_postgres::types::Type;
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
+use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
 use crate::pg::ident::{
     escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
     MAX_IDENTIFIER_BYTES,
 };
-use crate::pg::refresh::quote_literal;
 
 /// One materialized view as `init` sees it.
 #[derive(Debug, Clone)]
@@ -43,13 +47,17 @@ struct Found {
 struct Feed {
     table: QualifiedName,
     relkind: char,
+    /// The root of its partition tree (itself when it is not a partition).
+    root: QualifiedName,
     channel: String,
-    /// An existing trigger already notifies `channel`.
+    /// An existing (hand-written) trigger already notifies `channel`.
     existing: bool,
+    /// refreshd's capture trigger is already installed, enabled, with `channel`.
+    installed: bool,
 }
 
 /// Runs the command; returns the exit code.
-pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>) -> u8 {
+pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>, apply: bool) -> u8 {
     let (client, target, conn_dsn) = match connect(url).await {
         Ok(c) => c,
         Err(e) => {
@@ -65,19 +73,42 @@ pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>) -> u8 {
         }
     };
     let config = plan.config(&target, &conn_dsn);
+    let (install, rollback) = plan.sql();
     if let Some(dir) = sql_dir {
-        if let Err(e) = plan.write_sql(dir) {
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
+            .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback));
+        if let Err(e) = written {
             eprintln!("refreshd init: writing {}: {e}", dir.display());
+            return EXIT_PROBLEMS;
+        }
+    }
+    if apply {
+        // The file is one transaction (BEGIN ... COMMIT) sent as one simple query: on an
+        // error the server skips the rest, and the ROLLBACK below ends the transaction.
+        if let Err(e) = client.batch_execute(&install).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            eprintln!(
+                "refreshd init: applying the SQL (nothing was changed): {}",
+                escape_line(&crate::pg::connect::error_chain(&e))
+            );
             return EXIT_PROBLEMS;
         }
     }
     crate::cli::emit(&config);
     if let Some(dir) = sql_dir {
         eprintln!(
-            "refreshd init: wrote {} and {} (not applied: review, then psql -f)",
+            "refreshd init: wrote {} and {}{}",
             dir.join(INSTALL).display(),
-            dir.join(ROLLBACK).display()
+            dir.join(ROLLBACK).display(),
+            if apply {
+                " (applied)"
+            } else {
+                " (not applied: review, then psql -f, or run again with --apply)"
+            }
         );
+    } else if apply {
+        eprintln!("refreshd init: applied the change capture and refreshd's schema");
     }
     EXIT_OK
 }
@@ -149,6 +180,23 @@ const EXISTING_SQL: &str = "SELECT t.tgrelid, p.prosrc, \
   FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
  WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'";
 
+/// The members of the partition trees of the given relations (a relation that is not
+/// partitioned is its own tree), with their root.
+const TREE_SQL: &str = "WITH roots AS ( \
+    SELECT DISTINCT coalesce(pg_catalog.pg_partition_root(o)::oid, o) AS root FROM unnest($1::oid[]) AS o) \
+SELECT roots.root, m.relid, n.nspname::text, c.relname::text, c.relkind::text \
+  FROM roots \
+ CROSS JOIN LATERAL (SELECT t.relid::oid AS relid FROM pg_catalog.pg_partition_tree(roots.root) t \
+                     UNION SELECT roots.root) AS m \
+  JOIN pg_catalog.pg_class c ON c.oid = m.relid \
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+/// refreshd's own enabled capture triggers (see [`crate::pg::capture`]) and their
+/// arguments (the channel, NUL-terminated).
+const INSTALLED_SQL: &str = "SELECT t.tgrelid, t.tgargs FROM pg_catalog.pg_trigger t \
+ WHERE t.tgrelid = ANY ($1) AND t.tgname = 'refreshd_notify' AND t.tgenabled <> 'D' \
+   AND t.tgtype = 60 AND t.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()')";
+
 async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Plan, String> {
     let err = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
     let rows = client
@@ -194,12 +242,27 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
         .map(|&i| reads[i].iter().map(|l| position[l]).collect())
         .collect();
 
-    // Base tables (not materialized views: those are refreshed by dependency).
-    let mut tables: BTreeMap<u32, (QualifiedName, char)> = BTreeMap::new();
+    // Base tables (not materialized views: those are refreshed by dependency), with
+    // every member of their partition trees: a partitioned table and all its partitions
+    // share the root's channel, and each needs its own trigger (statement triggers are
+    // not cloned to partitions, and a write straight into a partition fires only its own).
+    let mut read_oids: BTreeSet<u32> = BTreeSet::new();
     for f in &views {
         for b in f.base.iter().filter(|b| b.relkind != 'm') {
-            tables.insert(b.oid, (b.name.clone(), b.relkind));
+            read_oids.insert(b.oid);
         }
+    }
+    let read_oids: Vec<u32> = read_oids.into_iter().collect();
+    // oid → (table, relkind, root oid)
+    let mut tables: BTreeMap<u32, (QualifiedName, char, u32)> = BTreeMap::new();
+    for r in client
+        .query_typed(TREE_SQL, &[(&read_oids, Type::OID_ARRAY)])
+        .await
+        .map_err(err)?
+    {
+        let name = QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3));
+        let relkind = r.get::<_, String>(4).chars().next().unwrap_or('?');
+        tables.insert(r.get(1), (name, relkind, r.get(0)));
     }
     let oids: Vec<u32> = tables.keys().copied().collect();
     let mut existing: HashMap<u32, BTreeSet<String>> = HashMap::new();
@@ -228,15 +291,36 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
             channels.retain(|c| !k.contains(c));
         }
     }
+    let mut installed: HashMap<u32, String> = HashMap::new();
+    for r in client
+        .query_typed(INSTALLED_SQL, &[(&oids, Type::OID_ARRAY)])
+        .await
+        .map_err(err)?
+    {
+        let args: Vec<u8> = r.get(1);
+        let first = args.split(|b| *b == 0).next().unwrap_or_default();
+        installed.insert(r.get(0), String::from_utf8_lossy(first).into_owned());
+    }
+    let own = |oid: u32| existing.get(&oid).and_then(|c| c.iter().next().cloned());
     let feeds = tables
-        .into_iter()
-        .map(|(oid, (table, relkind))| {
-            let found = existing.get(&oid).and_then(|c| c.iter().next().cloned());
+        .iter()
+        .map(|(&oid, (table, relkind, root))| {
+            let (root_name, root_channel) = match tables.get(root) {
+                Some((root_name, ..)) => (
+                    root_name.clone(),
+                    own(*root).unwrap_or_else(|| channel_for(root_name)),
+                ),
+                None => (table.clone(), channel_for(table)),
+            };
+            let found = own(oid);
+            let channel = found.clone().unwrap_or(root_channel);
             let feed = Feed {
-                channel: found.clone().unwrap_or_else(|| channel_for(&table)),
+                installed: installed.get(&oid) == Some(&channel),
+                channel,
                 existing: found.is_some(),
-                table,
-                relkind,
+                table: table.clone(),
+                relkind: *relkind,
+                root: root_name,
             };
             (oid, feed)
         })
@@ -469,7 +553,7 @@ impl Plan {
                 continue;
             }
             let feeds = self.channels_of(v);
-            let tables: Vec<String> = feeds.iter().map(|f| f.table.to_string()).collect();
+            let tables: Vec<String> = feeds.iter().map(|f| f.root.to_string()).collect();
             if !tables.is_empty() {
                 comment(&mut out, &format!("reads {}", tables.join(", ")));
             }
@@ -516,10 +600,12 @@ impl Plan {
         out
     }
 
-    /// The install and rollback SQL for the triggers that do not exist yet.
-    fn write_sql(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let new: Vec<&Feed> = self
+    /// The install and rollback SQL: refreshd's schema (SQL control and the capture
+    /// function) and a capture trigger on every base table and partition no trigger
+    /// feeds yet. Idempotent; a trigger already installed with its channel is left
+    /// alone, so applying it again changes nothing.
+    fn sql(&self) -> (String, String) {
+        let ours: Vec<&Feed> = self
             .feeds
             .values()
             .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p'))
@@ -527,67 +613,68 @@ impl Plan {
         let mut install = String::new();
         let _ = writeln!(
             install,
-            "-- Written by `refreshd init`: statement-level NOTIFY triggers for the base tables of"
+            "-- Written by `refreshd init`: refreshd's schema (SQL control, capture function) and"
         );
-        let _ = writeln!(install, "-- the materialized views refreshd keeps fresh. One transaction; idempotent; rollback:");
-        let _ = writeln!(install, "-- {ROLLBACK}. The payload is constant, so PostgreSQL folds repeats within a transaction.");
-        let _ = writeln!(install, "BEGIN;\n\nCREATE SCHEMA IF NOT EXISTS refreshd;\n");
         let _ = writeln!(
             install,
-            "CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger"
+            "-- statement-level NOTIFY triggers for the base tables (and every partition) of the"
         );
-        let _ = writeln!(install, "LANGUAGE plpgsql AS $$\nBEGIN\n    PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');\n    RETURN NULL;\nEND\n$$;");
+        let _ = writeln!(
+            install,
+            "-- materialized views refreshd keeps fresh. One transaction; idempotent; rollback:"
+        );
+        let _ = writeln!(install, "-- {ROLLBACK}. The payload is constant, so PostgreSQL folds repeats within a transaction.");
+        let _ = writeln!(
+            install,
+            "-- A partitioned table and its partitions notify the root's channel."
+        );
+        let _ = writeln!(install, "BEGIN;\n");
+        install.push_str(capture::CONTROL_SQL);
+        install.push('\n');
+        install.push_str(capture::FUNCTION_SQL);
         let mut rollback = String::new();
         let _ = writeln!(
             rollback,
             "-- Removes what {INSTALL} created. One transaction; idempotent."
         );
         let _ = writeln!(rollback, "BEGIN;\n");
-        for f in &new {
-            let table = f.table.quoted();
+        for f in &ours {
+            rollback.push_str(&capture::drop_trigger_sql(&f.table));
+            if f.installed {
+                continue;
+            }
             let readers: Vec<String> = self
                 .views
                 .iter()
-                .filter(|v| v.base.iter().any(|b| b.name == f.table))
+                .filter(|v| {
+                    v.base
+                        .iter()
+                        .any(|b| self.feeds.get(&b.oid).is_some_and(|g| g.root == f.root))
+                })
                 .map(|v| v.name.to_string())
                 .collect();
+            let partition = if f.root == f.table {
+                String::new()
+            } else {
+                format!(" (partition of {})", f.root)
+            };
             let _ = writeln!(
                 install,
                 "\n-- {}",
                 sql_comment(&format!(
-                    "{} -> channel {} (read by {})",
+                    "{}{partition} -> channel {} (read by {})",
                     f.table,
                     f.channel,
                     readers.join(", ")
                 ))
             );
-            let _ = writeln!(
-                install,
-                "DROP TRIGGER IF EXISTS refreshd_notify ON {table};"
-            );
-            let _ = writeln!(
-                install,
-                "CREATE TRIGGER refreshd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}\n    FOR EACH STATEMENT EXECUTE FUNCTION refreshd.notify_changed({});",
-                quote_literal(&f.channel)
-            );
-            let _ = writeln!(
-                rollback,
-                "DROP TRIGGER IF EXISTS refreshd_notify ON {table};"
-            );
+            install.push_str(&capture::trigger_sql(&f.table, &f.channel));
         }
         let _ = writeln!(install, "\nCOMMIT;");
-        let _ = writeln!(
-            rollback,
-            "DROP FUNCTION IF EXISTS refreshd.notify_changed();"
-        );
-        let _ = writeln!(
-            rollback,
-            "-- The schema goes only if nothing else lives in it."
-        );
-        let _ = writeln!(rollback, "DO $$BEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_namespace n ON d.refobjid = n.oid\n                   WHERE n.nspname = 'refreshd' AND d.refclassid = 'pg_catalog.pg_namespace'::regclass) THEN\n        DROP SCHEMA IF EXISTS refreshd;\n    END IF;\nEND$$;");
+        rollback.push_str(capture::FUNCTION_ROLLBACK_SQL);
+        rollback.push_str(capture::CONTROL_ROLLBACK_SQL);
         let _ = writeln!(rollback, "\nCOMMIT;");
-        std::fs::write(dir.join(INSTALL), install)?;
-        std::fs::write(dir.join(ROLLBACK), rollback)
+        (install, rollback)
     }
 }
 

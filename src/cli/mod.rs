@@ -87,7 +87,8 @@ pub enum Command {
         views: Vec<String>,
     },
     /// Read an existing database's catalog and print a configuration for every
-    /// materialized view (and, with --sql, the NOTIFY triggers they need). Changes nothing.
+    /// materialized view (and, with --sql, the NOTIFY triggers they need). Changes nothing
+    /// unless --apply.
     Init {
         /// The database (postgresql://user@host:port/db or key=value pairs).
         #[arg(long)]
@@ -98,6 +99,10 @@ pub enum Command {
         /// Write install and rollback SQL for the triggers into this directory.
         #[arg(long = "sql")]
         sql: Option<PathBuf>,
+        /// Apply that SQL (change capture and refreshd's schema) in one transaction,
+        /// idempotently.
+        #[arg(long)]
+        apply: bool,
     },
     /// Ask a running daemon how its views are: one line per view (exit 1 if one is
     /// failing, 2 if the daemon cannot be reached).
@@ -133,9 +138,12 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Check(c) => check(&c.config).await,
         Command::Refresh { config, all, views } => refresh_cmd(&config.config, all, &views).await,
         Command::Status { url } => crate::cli::status::run(&url).await,
-        Command::Init { url, schemas, sql } => {
-            crate::cli::init::run(&url, &schemas, sql.as_deref()).await
-        }
+        Command::Init {
+            url,
+            schemas,
+            sql,
+            apply,
+        } => crate::cli::init::run(&url, &schemas, sql.as_deref(), apply).await,
     }
 }
 
@@ -233,12 +241,66 @@ async fn check(path: &Path) -> u8 {
         fail += 1;
     }
     let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
+    // Every materialized view's facts in a few queries (not a few per view).
+    let plain: Vec<&ViewConfig> = config.views.iter().filter(|v| v.keyed.is_none()).collect();
+    let mut facts = catalog::inspect_many(&client, &plain)
+        .await
+        .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
+        .unwrap_or_else(|e| {
+            let e = crate::pg::connect::error_chain(&e);
+            plain.iter().map(|_| Err(e.clone())).collect()
+        })
+        .into_iter();
+    // Change capture (SPEC "Change capture"), in one query for all views: the gaps `run`
+    // would report (verify: a problem) or close (managed: a warning).
+    let checked: Vec<&ViewConfig> = config
+        .views
+        .iter()
+        .filter(|v| crate::engine::capture::checked(v))
+        .collect();
+    let names: Vec<QualifiedName> = checked.iter().map(|v| v.name.clone()).collect();
+    let mut capture_gaps: std::collections::HashMap<QualifiedName, Vec<String>> =
+        Default::default();
+    if let Ok(f) = crate::pg::capture::inspect(&client, &names).await {
+        for (v, tables) in checked.iter().zip(&f.views) {
+            if let Some(tables) = tables {
+                let verdict = crate::engine::capture::judge(&v.channels, tables, None);
+                capture_gaps.insert(
+                    v.name.clone(),
+                    verdict
+                        .gaps
+                        .iter()
+                        .map(|g| format!("{}: {}", g.table, g.why))
+                        .collect(),
+                );
+            }
+        }
+    }
     for view in &config.views {
         let report = match &view.keyed {
-            Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed).await,
-            None => catalog::inspect(&client, view)
+            Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed)
                 .await
-                .map(|facts| catalog::judge(view, facts.as_ref(), &managed)),
+                .map_err(|e| e.to_string()),
+            None => facts
+                .next()
+                .expect("one per plain view")
+                .map(|facts| {
+                    let mut r = catalog::judge(view, facts.as_ref(), &managed);
+                    let gaps = capture_gaps.remove(&view.name).unwrap_or_default();
+                    if !gaps.is_empty() {
+                        if view.capture == crate::config::Capture::Managed {
+                            r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
+                        } else {
+                            r.problems.push(format!("change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")", gaps.join(", ")));
+                        }
+                        r.verdict = if r.problems.is_empty() {
+                            r.verdict.max(Verdict::Warn)
+                        } else {
+                            Verdict::Fail
+                        };
+                    }
+                    r
+                }),
         };
         let report = match report {
             Ok(r) => r,

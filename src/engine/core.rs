@@ -49,6 +49,8 @@ pub enum Command {
     /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
     /// is not installed).
     ForceRequests(Result<Option<Vec<String>>, String>),
+    /// A capture check ended (see [`crate::engine::capture`]).
+    CaptureChecked(Result<crate::engine::capture::Report, String>),
 }
 
 /// What a refresh task returns.
@@ -197,6 +199,7 @@ struct Core {
     draining: bool,
     drain_again: bool,
     throttle: Throttle<(&'static str, String)>,
+    capture: crate::engine::capture::CaptureState,
     stopping: Option<Instant>,
     cancelled_at: Option<Instant>,
 }
@@ -296,6 +299,7 @@ pub async fn run(
         draining: false,
         drain_again: false,
         throttle: Throttle::new(LOG_PERIOD),
+        capture: Default::default(),
         stopping: None,
         cancelled_at: None,
     };
@@ -425,6 +429,7 @@ impl Core {
             for name in self.schedules.take_due(chrono::Utc::now()) {
                 self.mark_named(&name, Reason::Schedule, now.into_std());
             }
+            self.check_capture();
             self.start_due(now);
             let wake = self.next_wake(now);
             tokio::select! {
@@ -609,6 +614,16 @@ impl Core {
             }) => self.wait(view, arrived, reply, now),
             Command::Reload => self.reload(),
             Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
+            Command::CaptureChecked(result) => {
+                let views = self.capture.finished(
+                    result,
+                    self.config.capture_check_interval,
+                    &self.metrics.views,
+                );
+                for v in views {
+                    self.mark_named(&v, Reason::Resync, now);
+                }
+            }
             Command::Reloaded(result) => {
                 self.reloading = false;
                 match *result {
@@ -677,6 +692,7 @@ impl Core {
                 self.coalescer.mark_all(reason, now);
                 // Requests made while no refreshd led (or while this one was away).
                 self.take_force_requests();
+                self.capture.check_now();
             }
             ListenerEvent::Standby | ListenerEvent::Lost => {
                 self.leading = false;
@@ -772,6 +788,30 @@ impl Core {
         if let Some(n) = self.throttle.admit(&kind, std::time::Instant::now()) {
             log(n);
         }
+    }
+
+    /// Starts a capture check when one is due (the leader only: it alone installs
+    /// triggers and refreshes), off the loop; it comes back as
+    /// [`Command::CaptureChecked`].
+    fn check_capture(&mut self) {
+        if !self.leading || self.stopping.is_some() {
+            return;
+        }
+        if !self.capture.start_if_due(std::time::Instant::now()) {
+            return;
+        }
+        let info = self.refresh_info.clone();
+        let views = self.config.views.clone();
+        let previous = self.capture.previous();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let check = crate::engine::capture::run_check(info, views, previous);
+            let result = match tokio::time::timeout(Duration::from_secs(60), check).await {
+                Ok(r) => r,
+                Err(_) => Err("no answer within 60 s".into()),
+            };
+            let _ = tx.send(Command::CaptureChecked(result));
+        });
     }
 
     /// Consumes the requests `refreshd.force` recorded, on a connection of its own
@@ -1262,6 +1302,7 @@ impl Core {
                     failures: h.failures,
                     consecutive_failures: c.failures(i),
                     channels: v.channels.clone(),
+                    capture_gaps: self.capture.gaps(&v.name),
                     schedule: v.schedule.as_ref().map(|s| s.expr.clone()),
                     recent: h.recent.iter().copied().collect(),
                     reads: self

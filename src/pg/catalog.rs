@@ -53,6 +53,15 @@ pub async fn inspect(
     client: &Client,
     view: &ViewConfig,
 ) -> Result<Option<ViewFacts>, tokio_postgres::Error> {
+    Ok(inspect_many(client, &[view]).await?.pop().flatten())
+}
+
+/// [`inspect`] for many views in a fixed number of queries whatever their number (one
+/// query per view made `check` take minutes at 10,000 views).
+pub async fn inspect_many(
+    client: &Client,
+    views: &[&ViewConfig],
+) -> Result<Vec<Option<ViewFacts>>, tokio_postgres::Error> {
     let version = server_version(client).await?;
     // PostgreSQL 17 lets non-owners refresh with the MAINTAIN privilege.
     let may_refresh = if version >= 170000 {
@@ -61,51 +70,173 @@ pub async fn inspect(
         "pg_has_role(current_user, c.relowner, 'USAGE')"
     };
     let sql = format!(
-        "SELECT c.oid, c.relkind::text, c.relispopulated, pg_get_userbyid(c.relowner)::text, {may_refresh} \
-         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2"
+        "SELECT v.ord::int8, c.oid, c.relkind::text, c.relispopulated, pg_get_userbyid(c.relowner)::text, {may_refresh} \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(schema, name, ord) \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = v.schema \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = v.name"
     );
+    let schemas: Vec<&str> = views.iter().map(|v| v.name.schema.as_str()).collect();
+    let names: Vec<&str> = views.iter().map(|v| v.name.name.as_str()).collect();
     let rows = client
         .query_typed(
             &sql,
-            &[
-                (&view.name.schema, Type::TEXT),
-                (&view.name.name, Type::TEXT),
-            ],
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
+    let mut out: Vec<Option<ViewFacts>> = vec![None; views.len()];
+    for row in &rows {
+        let Some(slot) = (row.get::<_, i64>(0) as usize)
+            .checked_sub(1)
+            .and_then(|i| out.get_mut(i))
+        else {
+            continue;
+        };
+        let relkind: String = row.get(2);
+        *slot = Some(ViewFacts {
+            oid: row.get(1),
+            relkind: relkind.chars().next().unwrap_or('?'),
+            populated: row.get(3),
+            owner: row.get(4),
+            may_refresh: row.get(5),
+            usable_unique_indexes: Vec::new(),
+            base: Vec::new(),
+            triggers: Vec::new(),
+            functions: Vec::new(),
+            server_version: version,
+            unpinned_functions: Vec::new(),
+        });
+    }
+    let matviews: Vec<u32> = out
+        .iter()
+        .flatten()
+        .filter(|f| f.relkind == 'm')
+        .map(|f| f.oid)
+        .collect();
+    if matviews.is_empty() {
+        return Ok(out);
+    }
+    let mut indexes = usable_unique_indexes_many(client, &matviews).await?;
+    let mut base = relations_read_many(client, &matviews, "'v'").await?;
+    // Through materialized views too, for the triggers that feed them eventually: only
+    // views that read one differ from `base`.
+    let layered: Vec<u32> = base
+        .iter()
+        .filter(|(_, b)| b.iter().any(|r| r.relkind == 'm'))
+        .map(|(oid, _)| *oid)
+        .collect();
+    let mut tables = relations_read_many(client, &layered, "'v', 'm'").await?;
+    for (oid, b) in &base {
+        tables.entry(*oid).or_insert_with(|| b.clone());
+    }
+    let mut table_oids: Vec<u32> = tables.values().flatten().map(|b| b.oid).collect();
+    table_oids.sort_unstable();
+    table_oids.dedup();
+    let triggers = triggers_of(client, &table_oids).await?;
+    let statistics: Vec<u32> = views
+        .iter()
+        .zip(&out)
+        .filter(|(v, f)| {
+            v.detect == Detect::Statistics && f.as_ref().is_some_and(|f| f.relkind == 'm')
+        })
+        .filter_map(|(_, f)| f.as_ref().map(|f| f.oid))
+        .collect();
+    let mut functions = called_functions_many(client, &statistics, false).await?;
+    let mut unpinned = if version >= 170000 {
+        called_functions_many(client, &matviews, true).await?
+    } else {
+        HashMap::new()
     };
-    let oid: u32 = row.get(0);
-    let relkind: String = row.get(1);
-    let mut facts = ViewFacts {
-        oid,
-        relkind: relkind.chars().next().unwrap_or('?'),
-        populated: row.get(2),
-        owner: row.get(3),
-        may_refresh: row.get(4),
-        usable_unique_indexes: Vec::new(),
-        base: Vec::new(),
-        triggers: Vec::new(),
-        functions: Vec::new(),
-        server_version: version,
-        unpinned_functions: Vec::new(),
-    };
-    if facts.relkind != 'm' {
-        return Ok(Some(facts));
+    for (v, f) in views.iter().zip(out.iter_mut()) {
+        let Some(f) = f.as_mut().filter(|f| f.relkind == 'm') else {
+            continue;
+        };
+        f.usable_unique_indexes = indexes.remove(&f.oid).unwrap_or_default();
+        f.base = base.remove(&f.oid).unwrap_or_default();
+        // Enabled user triggers on the tables it reads whose function body or arguments
+        // name one of its channels. This reads code: a trigger *could* notify.
+        for t in tables.get(&f.oid).into_iter().flatten() {
+            for (trigger, text, statement_level) in triggers.get(&t.oid).into_iter().flatten() {
+                for ch in v.channels.iter().filter(|c| text.contains(c.as_str())) {
+                    f.triggers.push(FeedingTrigger {
+                        table: t.name.clone(),
+                        trigger: trigger.clone(),
+                        channel: ch.clone(),
+                        statement_level: *statement_level,
+                    });
+                }
+            }
+        }
+        f.triggers.sort_by(|a, b| {
+            (&a.table.schema, &a.table.name, &a.trigger, &a.channel).cmp(&(
+                &b.table.schema,
+                &b.table.name,
+                &b.trigger,
+                &b.channel,
+            ))
+        });
+        if v.detect == Detect::Statistics {
+            f.functions = functions.remove(&f.oid).unwrap_or_default();
+        }
+        f.unpinned_functions = unpinned.remove(&f.oid).unwrap_or_default();
     }
-    facts.usable_unique_indexes = usable_unique_indexes(client, oid).await?;
-    facts.base = base_relations(client, oid).await?;
-    let tables = transitive_tables(client, oid).await?;
-    facts.triggers = feeding_triggers(client, &tables, &view.channels).await?;
-    if view.detect == Detect::Statistics {
-        facts.functions = called_functions(client, oid, false).await?;
+    Ok(out)
+}
+
+/// Enabled user triggers of the tables: per table, (name, function source and
+/// arguments, statement level).
+async fn triggers_of(
+    client: &Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, Vec<(String, String, bool)>>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT t.tgrelid, t.tgname::text, p.prosrc || ' ' || encode(t.tgargs, 'escape'), (t.tgtype & 1) = 0 \
+               FROM pg_catalog.pg_trigger t \
+               JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+              WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'",
+            &[(&oids, Type::OID_ARRAY)],
+        )
+        .await?;
+    let mut out: HashMap<u32, Vec<(String, String, bool)>> = HashMap::new();
+    for r in &rows {
+        out.entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2), r.get(3)));
     }
-    if version >= 170000 {
-        facts.unpinned_functions = called_functions(client, oid, true).await?;
+    Ok(out)
+}
+
+/// [`usable_unique_indexes`] of many relations in one query.
+async fn usable_unique_indexes_many(
+    client: &Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT i.indrelid, ic.relname::text, \
+                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) \
+                       FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                      WHERE k.ord <= i.indnkeyatts) \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+             WHERE i.indrelid = ANY ($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
+               AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
+               AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
+             ORDER BY i.indrelid, ic.relname",
+            &[(&oids, Type::OID_ARRAY)],
+        )
+        .await?;
+    let mut out: HashMap<u32, Vec<String>> = HashMap::new();
+    for r in &rows {
+        out.entry(r.get(0)).or_default().push(format!(
+            "{} ({})",
+            r.get::<_, String>(1),
+            r.get::<_, Option<String>>(2).unwrap_or_default()
+        ));
     }
-    Ok(Some(facts))
+    Ok(out)
 }
 
 /// The same test PostgreSQL makes before `REFRESH ... CONCURRENTLY`
@@ -321,18 +452,33 @@ pub async fn called_functions(
     oid: u32,
     unpinned: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(called_functions_many(client, &[oid], unpinned)
+        .await?
+        .remove(&oid)
+        .unwrap_or_default())
+}
+
+/// [`called_functions`] of many views in one query.
+async fn called_functions_many(
+    client: &Client,
+    oids: &[u32],
+    unpinned: bool,
+) -> Result<HashMap<u32, Vec<String>>, tokio_postgres::Error> {
+    if oids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows = client
         .query_typed(
-            "WITH RECURSIVE rels(relid) AS ( \
-                SELECT $1::oid \
+            "WITH RECURSIVE rels(root, relid) AS ( \
+                SELECT o, o FROM unnest($1::oid[]) AS o \
                 UNION \
-                SELECT d.refobjid FROM rels \
+                SELECT rels.root, d.refobjid FROM rels \
                   JOIN pg_catalog.pg_rewrite r ON r.ev_class = rels.relid \
                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
                    AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
                   JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.relkind = 'v' \
              ) \
-             SELECT DISTINCT p.oid::regprocedure::text \
+             SELECT DISTINCT rels.root, p.oid::regprocedure::text \
                FROM rels \
                JOIN pg_catalog.pg_rewrite r ON r.ev_class = rels.relid \
                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
@@ -344,47 +490,15 @@ pub async fn called_functions(
                                                   WHERE l.lanname IN ('internal', 'c')) \
                      AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}'::text[])) AS g(setting) \
                                      WHERE g.setting LIKE 'search_path=%'))) \
-              ORDER BY 1",
-            &[(&oid, Type::OID), (&unpinned, Type::BOOL)],
+              ORDER BY 1, 2",
+            &[(&oids, Type::OID_ARRAY), (&unpinned, Type::BOOL)],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Enabled user triggers on the base tables whose function body or arguments name one
-/// of the channels. This reads code, so it can only say a trigger *could* notify.
-async fn feeding_triggers(
-    client: &Client,
-    base: &[BaseRelation],
-    channels: &[String],
-) -> Result<Vec<FeedingTrigger>, tokio_postgres::Error> {
-    if base.is_empty() || channels.is_empty() {
-        return Ok(Vec::new());
+    let mut out: HashMap<u32, Vec<String>> = HashMap::new();
+    for r in &rows {
+        out.entry(r.get(0)).or_default().push(r.get(1));
     }
-    let oids: Vec<u32> = base.iter().map(|b| b.oid).collect();
-    let rows = client
-        .query_typed(
-            "SELECT n.nspname::text, c.relname::text, t.tgname::text, ch, (t.tgtype & 1) = 0 \
-               FROM pg_catalog.pg_trigger t \
-               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-               JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-               CROSS JOIN unnest($2::text[]) AS ch \
-              WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-                AND (strpos(p.prosrc, ch) > 0 OR strpos(encode(t.tgargs, 'escape'), ch) > 0) \
-              ORDER BY 1, 2, 3, 4",
-            &[(&oids, Type::OID_ARRAY), (&channels, Type::TEXT_ARRAY)],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| FeedingTrigger {
-            table: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            trigger: r.get(2),
-            channel: r.get(3),
-            statement_level: r.get(4),
-        })
-        .collect())
+    Ok(out)
 }
 
 /// `detect = "statistics"`: what is watched; true when something is.

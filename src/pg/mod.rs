@@ -1,6 +1,7 @@
 //! Everything that speaks SQL: connecting, the catalog, the refresh statement, and
 //! identifier quoting.
 
+pub mod capture;
 pub mod catalog;
 pub mod connect;
 pub mod force;

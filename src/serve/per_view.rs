@@ -49,6 +49,8 @@ struct Series {
     last_success: Option<f64>,
     /// `Some` for keyed views: (keys recomputed, malformed payloads).
     keyed: Option<(u64, u64)>,
+    /// `refreshd_capture_gaps`: `Some` once the view's capture has been checked.
+    capture_gaps: Option<u64>,
 }
 
 /// Every view's series, by view label (sorted, so output is stable).
@@ -111,6 +113,11 @@ impl PerView {
         self.with(view, |s| s.keyed.get_or_insert((0, 0)).0 += n);
     }
 
+    /// Base tables or partitions of the view whose changes are not captured.
+    pub fn set_capture_gaps(&self, view: &str, n: u64) {
+        self.with(view, |s| s.capture_gaps = Some(n));
+    }
+
     pub fn keyed_malformed(&self, view: &str) {
         self.with(view, |s| s.keyed.get_or_insert((0, 0)).1 += 1);
     }
@@ -133,7 +140,7 @@ impl PerView {
 }
 
 /// The families written, in order.
-const FAMILIES: usize = 7;
+const FAMILIES: usize = 8;
 
 /// A snapshot of the per-view series, written as text in chunks of views, so a scrape
 /// of 10,000 views never holds its whole (tens of megabytes) exposition in memory.
@@ -241,6 +248,18 @@ impl Exposition {
                     "counter",
                 ),
                 |s| s.keyed.map(|k| k.0),
+            ),
+            7 => simple(
+                out,
+                all,
+                views,
+                first,
+                (
+                    "refreshd_capture_gaps",
+                    "Base tables or partitions of the view whose changes no enabled trigger notifies on one of its channels (see capture_check_interval).",
+                    "gauge",
+                ),
+                |s| s.capture_gaps,
             ),
             _ => simple(
                 out,

@@ -42,6 +42,9 @@ pub struct ViewStatus {
     pub channels: Vec<String>,
     pub schedule: Option<String>,
     pub reads: Vec<String>,
+    /// Base tables or partitions whose changes are not captured (see SPEC "Change
+    /// capture"), each with why; empty when complete or not checked.
+    pub capture_gaps: Vec<String>,
     /// The last few successful refreshes, oldest first (the status page's trend).
     pub recent: Vec<Trend>,
 }

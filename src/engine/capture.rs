@@ -1,0 +1,407 @@
+//! Capture checks (SPEC "Change capture"): the verdict on one view from what the catalog
+//! says (pure, tested here), and the check task the core spawns off its loop.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::config::{Capture, Detect, ViewConfig};
+use crate::pg::capture::TableFacts;
+use crate::pg::connect::ConnectInfo;
+use crate::pg::ident::QualifiedName;
+
+/// A base table or partition whose changes reach none of the view's channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub table: QualifiedName,
+    pub why: String,
+    /// The channel refreshd's own trigger would notify to close it (`managed`); `None`
+    /// when refreshd cannot (its trigger there already notifies another channel).
+    pub heal: Option<String>,
+}
+
+/// The verdict on one view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub gaps: Vec<Gap>,
+    /// Tables read now that were not at the previous check (the definition changed).
+    pub new_tables: Vec<QualifiedName>,
+    /// Every table and partition read now (for the next check); `None` when the view
+    /// is fed by the application's own NOTIFY (see [`judge`]).
+    pub tables: Option<BTreeSet<u32>>,
+}
+
+/// Whether a view's capture is checked at all: `capture` not off, notify detection,
+/// channels to check against, a materialized view.
+pub fn checked(v: &ViewConfig) -> bool {
+    v.capture != Capture::Off
+        && v.detect == Detect::Notify
+        && !v.channels.is_empty()
+        && v.keyed.is_none()
+}
+
+/// Judges one view: every table and partition needs an enabled trigger whose function
+/// or arguments name one of `channels` (the test `check` makes). A view none of whose
+/// tables has any trigger (enabled or not) naming its channels, and that had some at no
+/// previous check (`previous` is `None`), is fed by the application's own NOTIFY (a
+/// design SPEC allows, `check` warns about it): there is no capture to check.
+pub fn judge(
+    channels: &[String],
+    tables: &[TableFacts],
+    previous: Option<&BTreeSet<u32>>,
+) -> Verdict {
+    let mentioned = tables.iter().any(|t| {
+        t.triggers
+            .iter()
+            .any(|g| channels.iter().any(|c| g.text.contains(c.as_str())))
+    });
+    if !mentioned && previous.is_none() {
+        return Verdict::default();
+    }
+    let notifies = |t: &TableFacts| -> Option<String> {
+        t.triggers.iter().filter(|g| g.enabled).find_map(|g| {
+            channels
+                .iter()
+                .find(|c| g.text.contains(c.as_str()))
+                .cloned()
+        })
+    };
+    let mut v = Verdict {
+        tables: Some(tables.iter().map(|t| t.oid).collect()),
+        ..Verdict::default()
+    };
+    let mut seen = BTreeSet::new();
+    for t in tables {
+        if !seen.insert(t.oid) {
+            continue;
+        }
+        let new = previous.is_some_and(|p| !p.contains(&t.oid));
+        if new {
+            v.new_tables.push(t.name.clone());
+        }
+        if notifies(t).is_some() {
+            continue;
+        }
+        let disabled: Vec<&str> = t
+            .triggers
+            .iter()
+            .filter(|g| !g.enabled && channels.iter().any(|c| g.text.contains(c.as_str())))
+            .map(|g| g.name.as_str())
+            .collect();
+        let mut why = if disabled.is_empty() {
+            format!("no enabled trigger notifies {}", channels.join(", "))
+        } else {
+            format!("trigger {} is disabled", disabled.join(", "))
+        };
+        if t.root != t.oid {
+            if let Some(root) = tables.iter().find(|r| r.oid == t.root) {
+                why.push_str(&format!(" (partition of {})", root.name));
+            }
+        }
+        // The root's channel for a partition, else the view's first.
+        let channel = tables
+            .iter()
+            .find(|r| r.oid == t.root && r.oid != t.oid)
+            .and_then(notifies)
+            .unwrap_or_else(|| channels[0].clone());
+        let heal = (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(channel);
+        v.gaps.push(Gap {
+            table: t.name.clone(),
+            why,
+            heal,
+        });
+    }
+    v
+}
+
+/// What one check found for one view.
+#[derive(Debug, Clone)]
+pub struct ViewResult {
+    pub view: QualifiedName,
+    /// Gaps left open, as `/status` lists them.
+    pub gaps: Vec<String>,
+    /// Gaps refreshd closed by installing its trigger.
+    pub healed: Vec<String>,
+    pub new_tables: Vec<QualifiedName>,
+    pub tables: Option<BTreeSet<u32>>,
+}
+
+/// A whole check: its results, and an error in installing (managed) if there was one.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub views: Vec<ViewResult>,
+    pub install_error: Option<String>,
+}
+
+/// One check of every checked view, in one catalog query; installs the missing triggers
+/// of `managed` views (one transaction). Runs off the core loop.
+pub async fn run_check(
+    info: ConnectInfo,
+    views: Vec<ViewConfig>,
+    previous: HashMap<QualifiedName, BTreeSet<u32>>,
+) -> Result<Report, String> {
+    let views: Vec<ViewConfig> = views.into_iter().filter(checked).collect();
+    if views.is_empty() {
+        return Ok(Report::default());
+    }
+    let client = info.connect().await.map_err(|e| e.to_string())?;
+    let names: Vec<QualifiedName> = views.iter().map(|v| v.name.clone()).collect();
+    let facts = crate::pg::capture::inspect(&client, &names)
+        .await
+        .map_err(|e| crate::pg::connect::error_chain(&e))?;
+    let mut verdicts = Vec::new();
+    let mut heals: Vec<(QualifiedName, String)> = Vec::new();
+    for (v, tables) in views.iter().zip(&facts.views) {
+        // A view that is gone is `check`'s and the refresh's business, not capture's.
+        let Some(tables) = tables else { continue };
+        let verdict = judge(&v.channels, tables, previous.get(&v.name));
+        if v.capture == Capture::Managed {
+            for g in &verdict.gaps {
+                if let Some(ch) = &g.heal {
+                    if !heals.iter().any(|(t, _)| t == &g.table) {
+                        heals.push((g.table.clone(), ch.clone()));
+                    }
+                }
+            }
+        }
+        verdicts.push((v, verdict));
+    }
+    let mut report = Report::default();
+    let mut installed = false;
+    if !heals.is_empty() {
+        match crate::pg::capture::install(&client, &heals, !facts.function_installed).await {
+            Ok(()) => installed = true,
+            Err(e) => report.install_error = Some(crate::pg::connect::error_chain(&e)),
+        }
+    }
+    for (v, verdict) in verdicts {
+        let mut r = ViewResult {
+            view: v.name.clone(),
+            gaps: Vec::new(),
+            healed: Vec::new(),
+            new_tables: verdict.new_tables,
+            tables: verdict.tables,
+        };
+        for g in verdict.gaps {
+            let line = format!("{}: {}", g.table, g.why);
+            let closed = installed
+                && v.capture == Capture::Managed
+                && g.heal.is_some()
+                && heals
+                    .iter()
+                    .any(|(t, c)| t == &g.table && Some(c) == g.heal.as_ref());
+            if closed {
+                r.healed.push(line);
+            } else {
+                r.gaps.push(line);
+            }
+        }
+        report.views.push(r);
+    }
+    Ok(report)
+}
+
+/// The core's side of capture checks: when the next is due, what the last found.
+#[derive(Debug, Default)]
+pub struct CaptureState {
+    checking: bool,
+    next_at: Option<std::time::Instant>,
+    tables: HashMap<QualifiedName, BTreeSet<u32>>,
+    gaps: HashMap<QualifiedName, Vec<String>>,
+    /// When each view's gaps were last logged, and which.
+    logged: HashMap<QualifiedName, (std::time::Instant, Vec<String>)>,
+}
+
+impl CaptureState {
+    /// Check as soon as possible (start, LISTEN (re)connect).
+    pub fn check_now(&mut self) {
+        self.next_at = Some(std::time::Instant::now());
+    }
+
+    /// A check is due and none is running: it is marked running.
+    pub fn start_if_due(&mut self, now: std::time::Instant) -> bool {
+        if self.checking || self.next_at.is_none_or(|t| now < t) {
+            return false;
+        }
+        self.checking = true;
+        true
+    }
+
+    /// What the previous checks saw each view read.
+    pub fn previous(&self) -> HashMap<QualifiedName, BTreeSet<u32>> {
+        self.tables.clone()
+    }
+
+    /// The gaps `/status` lists for a view.
+    pub fn gaps(&self, view: &QualifiedName) -> Vec<String> {
+        self.gaps.get(view).cloned().unwrap_or_default()
+    }
+
+    /// Takes a check's result: sets the gauges, logs (at most once per `interval` per
+    /// view unless its gaps change), and returns the views to refresh fully (open gaps,
+    /// closed gaps, or a definition that reads new tables: changes may have been missed).
+    pub fn finished(
+        &mut self,
+        result: Result<Report, String>,
+        interval: std::time::Duration,
+        metrics: &crate::serve::per_view::PerView,
+    ) -> Vec<QualifiedName> {
+        let now = std::time::Instant::now();
+        self.checking = false;
+        self.next_at = Some(now + interval);
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "capture check failed; retrying at the next one");
+                return Vec::new();
+            }
+        };
+        if let Some(e) = &report.install_error {
+            tracing::error!(error = %e, "capture = \"managed\": could not install the missing capture triggers (the role needs CREATE on schema refreshd and TRIGGER on the tables); the views are refreshed fully at each check until it can");
+        }
+        let mut refresh = Vec::new();
+        for r in report.views {
+            metrics.set_capture_gaps(&r.view.to_string(), r.gaps.len() as u64);
+            if !r.healed.is_empty() {
+                tracing::info!(view = %r.view, healed = ?r.healed, "capture = \"managed\": installed the missing capture trigger(s); refreshing the view fully (changes in the gap were not captured)");
+            }
+            if !r.new_tables.is_empty() {
+                let tables: Vec<String> = r.new_tables.iter().map(|t| t.to_string()).collect();
+                tracing::info!(view = %r.view, tables = ?tables, "the view reads table(s) it did not read at the previous capture check; refreshing it fully");
+            }
+            if !r.gaps.is_empty() {
+                let due = self.logged.get(&r.view).is_none_or(|(at, last)| {
+                    *last != r.gaps || now.saturating_duration_since(*at) >= interval
+                });
+                if due {
+                    tracing::warn!(view = %r.view, gaps = ?r.gaps, "change capture is incomplete: changes to these tables reach none of the view's channels; refreshing it fully at each capture check until fixed (refreshd init --apply, or capture = \"managed\")");
+                    self.logged.insert(r.view.clone(), (now, r.gaps.clone()));
+                }
+            } else {
+                self.logged.remove(&r.view);
+            }
+            if !r.gaps.is_empty() || !r.healed.is_empty() || !r.new_tables.is_empty() {
+                refresh.push(r.view.clone());
+            }
+            match r.tables {
+                Some(t) => {
+                    self.tables.insert(r.view.clone(), t);
+                }
+                None => {
+                    self.tables.remove(&r.view);
+                }
+            }
+            self.gaps.insert(r.view, r.gaps);
+        }
+        refresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::capture::TriggerFacts;
+
+    fn table(oid: u32, name: &str, root: u32, triggers: Vec<TriggerFacts>) -> TableFacts {
+        TableFacts {
+            oid,
+            name: QualifiedName::new("s", name),
+            root,
+            triggers,
+        }
+    }
+
+    fn trig(name: &str, enabled: bool, ours: bool, text: &str) -> TriggerFacts {
+        TriggerFacts {
+            name: name.into(),
+            enabled,
+            ours,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn captured_tables_have_no_gap() {
+        let ch = vec!["c_pay".to_string()];
+        let tables = vec![
+            table(
+                1,
+                "pay",
+                1,
+                vec![trig("refreshd_notify", true, true, "x c_pay\\000")],
+            ),
+            table(
+                2,
+                "pay_1",
+                1,
+                vec![trig("t", true, false, "pg_notify('c_pay', '')")],
+            ),
+        ];
+        let v = judge(&ch, &tables, None);
+        assert!(v.gaps.is_empty(), "{v:?}");
+        assert!(v.new_tables.is_empty());
+    }
+
+    #[test]
+    fn a_view_the_application_notifies_has_nothing_to_check_until_captured_once() {
+        let ch = vec!["app".to_string()];
+        let tables = vec![table(
+            1,
+            "a",
+            1,
+            vec![trig("audit", true, false, "insert into log")],
+        )];
+        let v = judge(&ch, &tables, None);
+        assert!(v.gaps.is_empty() && v.tables.is_none(), "{v:?}");
+        // Captured at an earlier check, every trigger dropped since: a gap.
+        let prev: BTreeSet<u32> = [1].into_iter().collect();
+        assert_eq!(judge(&ch, &tables, Some(&prev)).gaps.len(), 1);
+    }
+
+    #[test]
+    fn a_new_partition_gets_the_roots_channel() {
+        let ch = vec!["c_other".to_string(), "c_pay".to_string()];
+        let tables = vec![
+            table(
+                1,
+                "pay",
+                1,
+                vec![trig("refreshd_notify", true, true, "c_pay\\000")],
+            ),
+            table(3, "pay_new", 1, vec![]),
+        ];
+        let prev: BTreeSet<u32> = [1].into_iter().collect();
+        let v = judge(&ch, &tables, Some(&prev));
+        assert_eq!(v.gaps.len(), 1);
+        assert_eq!(v.gaps[0].heal.as_deref(), Some("c_pay"));
+        assert!(
+            v.gaps[0].why.contains("partition of s.pay"),
+            "{}",
+            v.gaps[0].why
+        );
+        assert_eq!(v.new_tables, vec![QualifiedName::new("s", "pay_new")]);
+    }
+
+    #[test]
+    fn disabled_triggers_and_foreign_channels_are_gaps() {
+        let ch = vec!["c".to_string()];
+        let tables = vec![
+            table(
+                1,
+                "a",
+                1,
+                vec![trig("refreshd_notify", false, true, "c\\000")],
+            ),
+            table(
+                2,
+                "b",
+                2,
+                vec![trig("refreshd_notify", true, true, "other\\000")],
+            ),
+        ];
+        let v = judge(&ch, &tables, None);
+        assert_eq!(v.gaps.len(), 2);
+        assert!(v.gaps[0].why.contains("refreshd_notify is disabled"));
+        assert_eq!(v.gaps[0].heal.as_deref(), Some("c"));
+        // refreshd's trigger there notifies another channel: not replaced.
+        assert_eq!(v.gaps[1].heal, None);
+    }
+}

@@ -1,0 +1,354 @@
+//! Capture checks in `run` (SPEC "Change capture"): a partition created while refreshd
+//! runs, a disabled trigger, and a plain view that starts reading a new table are found
+//! within `capture_check_interval`; `managed` installs the missing trigger, `verify`
+//! reports the gap and refreshes the view fully at each check.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{refreshd, sample, stderr, wait_for, write_config, Daemon, TestDb};
+
+const VIEW: &str = "shop.by_region";
+
+/// A partitioned table (two partitions) and a plain table, read through a plain view by
+/// one materialized view.
+fn schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE SCHEMA shop;
+        CREATE TABLE shop.customers (id int PRIMARY KEY, region text NOT NULL);
+        INSERT INTO shop.customers VALUES (1, 'north'), (2, 'south');
+        CREATE TABLE shop.payments (id int, customer int NOT NULL, amount int NOT NULL, day date NOT NULL)
+          PARTITION BY RANGE (day);
+        CREATE TABLE shop.payments_2025_01 PARTITION OF shop.payments FOR VALUES FROM ('2025-01-01') TO ('2025-02-01');
+        CREATE TABLE shop.payments_2025_02 PARTITION OF shop.payments FOR VALUES FROM ('2025-02-01') TO ('2025-03-01');
+        INSERT INTO shop.payments VALUES (1, 1, 10, '2025-01-05'), (2, 2, 20, '2025-02-05');
+        CREATE TABLE shop.extra (customer int NOT NULL, amount int NOT NULL);
+        CREATE VIEW shop.paid AS SELECT customer, amount FROM shop.payments;
+        CREATE MATERIALIZED VIEW shop.by_region AS
+          SELECT c.region, sum(p.amount) AS total FROM shop.paid p JOIN shop.customers c ON c.id = p.customer
+           GROUP BY c.region;
+        CREATE UNIQUE INDEX ON shop.by_region (region);
+        "#,
+    );
+}
+
+/// `init --apply`'s config with a 1 s check interval and `capture = mode`.
+fn adopt(db: &TestDb, mode: &str) -> String {
+    let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out);
+    assert!(config.contains("[defaults]\n"), "{config}");
+    format!(
+        "capture_check_interval = \"1s\"\n{}",
+        config.replace(
+            "[defaults]\n",
+            &format!("[defaults]\ncapture = \"{mode}\"\n")
+        )
+    )
+}
+
+fn gaps(d: &Daemon) -> Option<f64> {
+    sample(
+        &d.metrics(),
+        &format!("refreshd_capture_gaps{{view=\"{VIEW}\"}}"),
+    )
+}
+
+fn north(db: &TestDb) -> String {
+    db.psql("SELECT total FROM shop.by_region WHERE region = 'north'")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_captures_a_partition_created_while_running() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = Daemon::start(&adopt(&db, "managed"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    wait_for(
+        Duration::from_secs(5),
+        "refreshd's trigger on the new partition, with the root's channel",
+        || async {
+            db.psql(
+                "SELECT encode(tgargs, 'escape') FROM pg_trigger \
+                  WHERE tgrelid = 'shop.payments_2025_03'::regclass AND tgname = 'refreshd_notify' AND tgenabled <> 'D'",
+            ) == "refreshd_shop_payments\\000"
+        },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into it",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (4, 1, 1000, '2025-03-06')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write through the parent",
+        || async { north(&db) == "1110" },
+    )
+    .await;
+    assert_eq!(gaps(&d), Some(0.0));
+
+    // A disabled trigger is replaced too.
+    db.psql("ALTER TABLE shop.customers DISABLE TRIGGER refreshd_notify");
+    wait_for(Duration::from_secs(5), "the trigger enabled again", || async {
+        db.psql(
+            "SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgrelid = 'shop.customers'::regclass AND tgname = 'refreshd_notify'",
+        ) == "t"
+    })
+    .await;
+    assert!(d
+        .log_text()
+        .contains("installed the missing capture trigger"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_gaps_and_still_converges() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = Daemon::start(&adopt(&db, "verify"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+
+    // A partition created while running: reported, not installed, and the view still
+    // converges within the interval (a full refresh at each check).
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    wait_for(
+        Duration::from_secs(5),
+        "the new partition's gap",
+        || async { gaps(&d) == Some(1.0) },
+    )
+    .await;
+    let status = d.get("/status").1;
+    assert!(
+        status.contains("shop.payments_2025_03: no enabled trigger notifies"),
+        "{status}"
+    );
+    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(Duration::from_secs(5), "the uncaptured write", || async {
+        north(&db) == "110"
+    })
+    .await;
+    assert_eq!(
+        db.psql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_03'::regclass"
+        ),
+        "0",
+        "verify installs nothing"
+    );
+    assert!(d.refreshes(VIEW, "resync", "success") >= 1.0);
+
+    // A disabled trigger is a gap the same way.
+    db.psql("ALTER TABLE shop.customers DISABLE TRIGGER refreshd_notify");
+    wait_for(
+        Duration::from_secs(5),
+        "the disabled trigger's gap",
+        || async { gaps(&d) == Some(2.0) },
+    )
+    .await;
+    let status = d.get("/status").1;
+    assert!(
+        status.contains("shop.customers: trigger refreshd_notify is disabled"),
+        "{status}"
+    );
+
+    // A plain view under the materialized view that starts reading a new table.
+    db.psql(
+        "CREATE OR REPLACE VIEW shop.paid AS \
+           SELECT customer, amount FROM shop.payments UNION ALL SELECT customer, amount FROM shop.extra",
+    );
+    wait_for(Duration::from_secs(5), "the new table's gap", || async {
+        gaps(&d) == Some(3.0)
+    })
+    .await;
+    let status = d.get("/status").1;
+    assert!(
+        status.contains("shop.extra: no enabled trigger notifies"),
+        "{status}"
+    );
+    db.psql("INSERT INTO shop.extra VALUES (1, 5000)");
+    wait_for(Duration::from_secs(5), "the new table's write", || async {
+        north(&db) == "5110"
+    })
+    .await;
+    // Logged, at most once per period per view unless the gaps change.
+    let log = d.log_text();
+    assert!(log.contains("change capture is incomplete"), "{log}");
+    assert!(
+        log.contains("reads table(s) it did not read at the previous capture check"),
+        "{log}"
+    );
+
+    // Closed gaps go back to 0.
+    db.psql("ALTER TABLE shop.customers ENABLE TRIGGER refreshd_notify");
+    db.psql("DROP TABLE shop.payments_2025_03");
+    db.psql("CREATE OR REPLACE VIEW shop.paid AS SELECT customer, amount FROM shop.payments");
+    wait_for(Duration::from_secs(5), "no gap", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+}
+
+#[test]
+fn bad_capture_keys_are_refused() {
+    let db = "[database]\nurl = \"postgresql://app@127.0.0.1:1/app\"\n";
+    for (text, key, line) in [
+        (
+            format!("capture_check_interval = \"soon\"\n{db}"),
+            "capture_check_interval",
+            1,
+        ),
+        (
+            format!("capture_check_interval = \"10ms\"\n{db}"),
+            "capture_check_interval",
+            1,
+        ),
+        (
+            format!("{db}[[view]]\nname = \"public.v\"\ncapture = \"sometimes\"\n"),
+            "view[0].capture",
+            5,
+        ),
+        (
+            format!("{db}[defaults]\ncapture = true\n"),
+            "defaults.capture",
+            4,
+        ),
+    ] {
+        let (_dir, path) = write_config(&text);
+        let p = path.to_str().unwrap();
+        let out = refreshd(&["check", "-c", p]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}\n{err}");
+        assert!(err.contains(&format!("{p}:{line}:")), "{err}");
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+}
+
+/// 10,000 views over 100 tables (with their triggers): `check` answers in under 10 s
+/// and a capture check pass (its one catalog query) takes well under a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_views_check_fast() {
+    const VIEWS: usize = 10_000;
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA big; \
+         CREATE FUNCTION big.notify() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END$$; \
+         DO $$BEGIN \
+           FOR t IN 0..99 LOOP \
+             EXECUTE format('CREATE TABLE big.t%s (k int PRIMARY KEY, v int)', t); \
+             EXECUTE format('CREATE TRIGGER n AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON big.t%s FOR EACH STATEMENT EXECUTE FUNCTION big.notify(%L)', t, 'ch_' || t); \
+           END LOOP; \
+         END$$;",
+    );
+    for chunk in 0..(VIEWS / 1000) {
+        db.psql(&format!(
+            "DO $$BEGIN FOR i IN {}..{} LOOP \
+               EXECUTE format('CREATE MATERIALIZED VIEW big.v%s AS SELECT k, v FROM big.t%s', i, i % 100); \
+               EXECUTE format('CREATE UNIQUE INDEX ON big.v%s (k)', i); \
+             END LOOP; END$$;",
+            chunk * 1000,
+            chunk * 1000 + 999
+        ));
+    }
+    let mut config = format!("[database]\nurl = \"{}\"\n", db.dsn().replace('"', "\\\""));
+    for i in 0..VIEWS {
+        config.push_str(&format!(
+            "[[view]]\nname = \"big.v{i}\"\nchannels = [\"ch_{}\"]\n",
+            i % 100
+        ));
+    }
+    let (_dir, path) = write_config(&config);
+    let started = std::time::Instant::now();
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let took = started.elapsed();
+    let text = support::stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        &text[..text.len().min(2000)]
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("OK    big.v"))
+            .count(),
+        VIEWS
+    );
+    eprintln!("check of {VIEWS} views: {took:?}");
+    assert!(took < Duration::from_secs(10), "check took {took:?}");
+
+    let client = db.client().await;
+    let parsed = refreshd::config::Config::parse(&path, &config).unwrap();
+    let views: Vec<&refreshd::config::ViewConfig> = parsed.views.iter().collect();
+    let started = std::time::Instant::now();
+    refreshd::pg::catalog::inspect_many(&client, &views)
+        .await
+        .unwrap();
+    eprintln!(
+        "check's catalog queries for {VIEWS} views: {:?}",
+        started.elapsed()
+    );
+    let names: Vec<refreshd::pg::ident::QualifiedName> = (0..VIEWS)
+        .map(|i| refreshd::pg::ident::QualifiedName::new("big", format!("v{i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    let facts = refreshd::pg::capture::inspect(&client, &names)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("capture check query for {VIEWS} views: {took:?}");
+    let again = std::time::Instant::now();
+    refreshd::pg::capture::inspect(&client, &names)
+        .await
+        .unwrap();
+    eprintln!("again (warm caches): {:?}", again.elapsed());
+    assert!(facts
+        .views
+        .iter()
+        .all(|v| v.as_ref().is_some_and(|t| t.len() == 1)));
+    assert!(took < Duration::from_secs(2), "capture check took {took:?}");
+}
+
+/// `check` reports what a capture check would: a problem under `verify`, a warning
+/// under `managed` (run installs it).
+#[test]
+fn check_reports_capture_gaps() {
+    let db = TestDb::new();
+    schema(&db);
+    let verify = adopt(&db, "verify");
+    let managed = adopt(&db, "managed");
+    let run_check = |config: &str| {
+        let (_dir, path) = write_config(config);
+        let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+        (out.status.code(), support::stdout(&out))
+    };
+    let (code, text) = run_check(&verify);
+    assert_eq!(code, Some(0), "{text}");
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    let (code, text) = run_check(&verify);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "PROBLEM change capture incomplete: shop.payments_2025_03: no enabled trigger notifies"
+        ),
+        "{text}"
+    );
+    let (code, text) = run_check(&managed);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("run installs the missing trigger"), "{text}");
+}
