@@ -352,3 +352,75 @@ fn check_reports_capture_gaps() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("run installs the missing trigger"), "{text}");
 }
+
+/// DDL is observed within seconds whatever `capture_check_interval` says (here an
+/// hour): a partition created while refreshd runs gets its trigger (managed), a
+/// disabled trigger shows as a gap (verify), found by the catalog fingerprint poll.
+/// Fails without the poll: nothing would look before the hour is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_is_noticed_long_before_the_check_interval() {
+    let db = TestDb::new();
+    schema(&db);
+    let hourly = |mode: &str| {
+        adopt(&db, mode).replace(
+            "capture_check_interval = \"1s\"",
+            "capture_check_interval = \"1h\"",
+        )
+    };
+    let d = Daemon::start(&hourly("managed"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    wait_for(
+        Duration::from_secs(15),
+        "refreshd's trigger on the new partition",
+        || async {
+            db.psql(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_03'::regclass \
+                 AND tgname = 'refreshd_notify' AND tgenabled <> 'D'",
+            ) == "1"
+        },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into it",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    drop(d);
+
+    let d = Daemon::start(&hourly("verify"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    db.psql("ALTER TABLE shop.customers DISABLE TRIGGER refreshd_notify");
+    wait_for(Duration::from_secs(15), "the gap reported", || async {
+        gaps(&d) == Some(1.0)
+    })
+    .await;
+    // The status page says so under the view's state, naming the table.
+    let profile = tempfile::tempdir().unwrap();
+    let dom = support::browser::browse(
+        &format!("http://127.0.0.1:{}/", d.port),
+        profile.path(),
+        &["--dump-dom".to_string()],
+    );
+    let row = dom
+        .split("data-view=\"shop.by_region\"")
+        .nth(1)
+        .expect("the view's row")
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(
+        row.contains("capture 1 gap") && row.contains("shop.customers"),
+        "{row}"
+    );
+}

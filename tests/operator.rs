@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use support::browser::browse;
 use support::{sample, wait_for, Daemon, TestDb};
 
 fn orders_config(db: &TestDb) -> String {
@@ -165,41 +166,6 @@ async fn head_answers_every_get_route_without_a_body() {
     let (status, headers, _) = raw(d.port, "HEAD", "/refresh");
     assert_eq!(status, 405);
     assert_eq!(header(&headers, "allow"), Some("POST"));
-}
-
-fn chromium() -> &'static str {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Debian's chromium is needed for this test (apt-get install chromium)")
-}
-
-/// Runs headless Chromium on `url` with `extra` arguments: its stdout.
-fn browse(url: &str, profile: &std::path::Path, extra: &[String]) -> String {
-    let out = Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,400",
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// The `<td>` of `view`'s row labelled `label`, as HTML.

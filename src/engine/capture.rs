@@ -199,6 +199,60 @@ pub async fn run_check(
     Ok(report)
 }
 
+/// How often the catalog fingerprint is polled for DDL (see
+/// [`crate::pg::capture::FINGERPRINT_SQL`]): a new partition, a dropped or disabled
+/// trigger, a replaced view start a capture check within about this long, whatever
+/// `capture_check_interval` says.
+pub const DDL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Watches the catalog fingerprint on a connection of its own and calls `changed` each
+/// time it differs from the previous reading (not for the first one). Reconnects after
+/// errors; ends when `stop` is cancelled.
+pub async fn watch_ddl(
+    info: crate::pg::connect::ConnectInfo,
+    stop: tokio_util::sync::CancellationToken,
+    changed: impl Fn(),
+) {
+    let mut last: Option<String> = None;
+    let mut client: Option<tokio_postgres::Client> = None;
+    // The first reading is taken at once: DDL before it is seen by the check every
+    // (re)start of leadership makes, DDL after it by a changed reading.
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(DDL_POLL) => {}
+            }
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = tokio::time::timeout(std::time::Duration::from_secs(15), info.connect())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = &client else { continue };
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            crate::pg::capture::fingerprint(c),
+        )
+        .await;
+        match read {
+            Ok(Ok(fp)) => {
+                if last.as_ref().is_some_and(|l| *l != fp) {
+                    changed();
+                }
+                last = Some(fp);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::pg::connect::error_chain(&e), "catalog fingerprint: query failed; reconnecting");
+                client = None;
+            }
+            Err(_) => client = None,
+        }
+    }
+}
+
 /// The core's side of capture checks: when the next is due, what the last found.
 #[derive(Debug, Default)]
 pub struct CaptureState {

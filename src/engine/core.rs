@@ -49,6 +49,8 @@ pub enum Command {
     /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
     /// is not installed).
     ForceRequests(Result<Option<Vec<String>>, String>),
+    /// The catalog changed (DDL): check capture now.
+    CatalogChanged,
     /// A capture check ended (see [`crate::engine::capture`]).
     CaptureChecked(Result<crate::engine::capture::Report, String>),
 }
@@ -305,7 +307,29 @@ pub async fn run(
     };
     core.apply(prepared, true).await;
     core.coalescer.set_paused(true);
+    // DDL under the views (a new partition, a dropped trigger, a replaced view) starts a
+    // capture check within seconds; only the leader acts on it.
+    let ddl_stop = CancellationToken::new();
+    let ddl_task = core
+        .config
+        .views
+        .iter()
+        .any(crate::engine::capture::checked)
+        .then(|| {
+            let tx = core.tx.clone();
+            tokio::spawn(crate::engine::capture::watch_ddl(
+                core.refresh_info.clone(),
+                ddl_stop.clone(),
+                move || {
+                    let _ = tx.send(Command::CatalogChanged);
+                },
+            ))
+        });
     core.run(rx, &shutdown).await;
+    ddl_stop.cancel();
+    if let Some(t) = ddl_task {
+        let _ = t.await;
+    }
 
     // The lock goes last: while refreshes of ours run, no other replica may start.
     listener_stop.cancel();
@@ -614,6 +638,12 @@ impl Core {
             }) => self.wait(view, arrived, reply, now),
             Command::Reload => self.reload(),
             Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
+            Command::CatalogChanged => {
+                if self.leading {
+                    tracing::debug!("catalog changed (DDL): checking change capture now");
+                    self.capture.check_now();
+                }
+            }
             Command::CaptureChecked(result) => {
                 let views = self.capture.finished(
                     result,

@@ -214,3 +214,27 @@ pub async fn install(
     }
     done
 }
+
+/// A fingerprint of the catalog's parts that capture depends on: relations (a new
+/// partition), inheritance (an attached or detached partition), triggers (dropped,
+/// disabled, replaced) and rewrite rules (`CREATE OR REPLACE VIEW`). Any DDL there
+/// changes it, so polling it every few seconds observes DDL for the cost of a few
+/// catalog scans (no event trigger, which would need a superuser).
+pub const FINGERPRINT_SQL: &str = "SELECT \
+    (SELECT count(*)::text || ':' || coalesce(max(oid)::text, '') || ':' || coalesce(sum(xmin::text::int8), 0)::text \
+       FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm')) || '|' || \
+    (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_inherits) || '|' || \
+    (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_trigger) || '|' || \
+    (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_rewrite)";
+
+/// Reads the catalog fingerprint (one statement, one round trip: poolable).
+pub async fn fingerprint(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    let rows = client.simple_query(FINGERPRINT_SQL).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}

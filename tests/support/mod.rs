@@ -3,6 +3,7 @@
 //! test panics, and helpers to run the real binary.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod standby;
 
 use std::path::{Path, PathBuf};
