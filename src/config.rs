@@ -890,12 +890,14 @@ impl Ctx<'_> {
                     format!("channel {:?}: {e}", c.get_ref()),
                 )
             })?;
-            if c.get_ref() == crate::CONTROL_CHANNEL {
+            if [crate::CONTROL_CHANNEL, crate::pg::force::FORCE_CHANNEL]
+                .contains(&c.get_ref().as_str())
+            {
                 return Err(self.err(
                     Some(&c.span()),
                     &channels_key,
                     format!(
-                        "{:?} is refreshd's control channel and cannot feed a view",
+                        "{:?} is one of refreshd's control channels and cannot feed a view",
                         c.get_ref()
                     ),
                 ));
@@ -1324,6 +1326,17 @@ mod tests {
         assert!(e.to_string().contains("history.retention"), "{e}");
         let e = err(&format!("{BASE}{view}[history]\ntables = \"a.b\"\n"));
         assert!(e.to_string().contains("did you mean `table`?"), "{e}");
+    }
+
+    #[test]
+    fn refreshds_own_channels_cannot_feed_a_view() {
+        for ch in ["refreshd_control", "refreshd_force"] {
+            let e = err(&format!(
+                "{BASE}[[view]]\nname = \"public.a\"\nchannels = [\"{ch}\"]\n"
+            ));
+            assert_eq!(e.key.as_deref(), Some("view[0].channels"), "{e}");
+            assert!(e.to_string().contains("control channels"), "{e}");
+        }
     }
 
     #[test]
