@@ -583,6 +583,42 @@ fn init_keyed_flags_are_checked() {
         "nothing printed for an unknown name"
     );
 
+    // Not a materialized view, or one without a key: not derivable, reported, exit 1.
+    db.psql(
+        "CREATE VIEW kv.plain AS SELECT * FROM kv.products; \
+         CREATE MATERIALIZED VIEW kv.keyless AS SELECT category, count(*) AS n FROM kv.products GROUP BY category",
+    );
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--keyed",
+        "kv.plain",
+        "--keyed",
+        "kv.keyless",
+    ]);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--keyed kv.plain: cannot be derived: not a materialized view (it is a view)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "--keyed kv.keyless: cannot be derived: no unique index usable by REFRESH CONCURRENTLY"
+        ),
+        "{stderr}"
+    );
+    let elsewhere = config
+        .find("# --keyed views not in this configuration:\n# --keyed kv.plain: cannot be derived")
+        .expect(&config);
+    let keyless = config
+        .find("# --keyed kv.keyless: cannot be derived")
+        .expect(&config);
+    assert!(keyless < elsewhere, "{config}");
+
     let out = support::refreshd(&["init", "--url", &db.dsn(), "--keyed", "unqualified"]);
     assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
 }
