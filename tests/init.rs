@@ -348,3 +348,277 @@ async fn init_apply_installs_capture_with_one_channel_per_root() {
     init_apply(&db, sql.path());
     assert_eq!(capture_triggers(&db).matches('@').count(), 5);
 }
+
+/// A partitioned fact table joined to two dimensions, grouped by a dimension's key, and
+/// to a table of date ranges (a join on no equality); a view with a window function.
+fn keyed_schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE SCHEMA kv;
+        CREATE TABLE kv.products (id int PRIMARY KEY, category text NOT NULL);
+        CREATE TABLE kv.stores (id int PRIMARY KEY, region text NOT NULL);
+        CREATE TABLE kv.sales (id int, product int NOT NULL, store int NOT NULL, qty int NOT NULL, day date NOT NULL)
+          PARTITION BY RANGE (day);
+        CREATE TABLE kv.sales_2025 PARTITION OF kv.sales FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE kv.sales_2026 PARTITION OF kv.sales FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        INSERT INTO kv.products VALUES (1, 'tools'), (2, 'toys');
+        INSERT INTO kv.stores VALUES (1, 'north'), (2, 'closed');
+        INSERT INTO kv.sales VALUES (1, 1, 1, 3, '2025-05-01'), (2, 2, 2, 4, '2026-02-01');
+        CREATE TABLE kv.seasons (name text PRIMARY KEY, starts date NOT NULL, ends date NOT NULL);
+        INSERT INTO kv.seasons VALUES ('all', '2000-01-01', '2100-01-01');
+        CREATE MATERIALIZED VIEW kv.by_category AS
+          SELECT p.category, count(*) AS n, sum(s.qty) AS qty
+            FROM kv.sales s JOIN kv.products p ON p.id = s.product JOIN kv.stores st ON st.id = s.store
+            JOIN kv.seasons se ON s.day >= se.starts AND s.day < se.ends
+           WHERE st.region <> 'closed'
+           GROUP BY p.category;
+        CREATE UNIQUE INDEX ON kv.by_category (category);
+        CREATE MATERIALIZED VIEW kv.ranked AS
+          SELECT s.id, rank() OVER (ORDER BY s.qty) AS r FROM kv.sales s;
+        CREATE UNIQUE INDEX ON kv.ranked (id);
+        "#,
+    );
+}
+
+/// The comment lines of `config` from the one starting with `first` up to the next
+/// non-comment line, without their `# `.
+fn comment_block(config: &str, first: &str) -> Vec<String> {
+    let lines: Vec<&str> = config.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("# {first}")))
+        .unwrap_or_else(|| panic!("no comment starting with {first:?}:\n{config}"));
+    lines[start..]
+        .iter()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches("# ").to_string())
+        .collect()
+}
+
+#[test]
+fn init_keyed_reports_the_derivation_per_base_table() {
+    let db = TestDb::new();
+    keyed_schema(&db);
+    let sql = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        sql.path().to_str().unwrap(),
+        "--apply",
+        "--keyed",
+        "kv.by_category",
+    ]);
+    let config = support::stdout(&out);
+    let stderr = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    let block = comment_block(&config, "--keyed kv.by_category");
+    // Each base table with its case: the partitioned fact table and the store dimension
+    // reach the key along join paths, the product dimension carries it, the date ranges
+    // (no equality) recompute everything; then each column's class.
+    assert_eq!(
+        block[..10],
+        [
+            "--keyed kv.by_category: incremental maintenance derived from its definition",
+            "(per base table: carries the key / join path / recompute everything; then per column)",
+            "key (category)",
+            "sales: join path sales.product = products.id → key",
+            "products: carries the key (category)",
+            "stores: join path stores.id = sales.store → sales.product = products.id → key",
+            "seasons: recompute everything (a non-equi join (s.day >= se.starts))",
+            "  category: key",
+            "  n: delta (count(*))",
+            "  qty: delta (sum)",
+        ],
+        "{config}"
+    );
+    assert_eq!(block[10], refreshd::cli::init::NOT_CONVERTED, "{config}");
+    assert_eq!(
+        stderr
+            .matches("refreshd does not convert views yet")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    // The block sits right above the view's own entry, which is unchanged.
+    let at = config.find("# --keyed kv.by_category").unwrap();
+    let entry = config.find("name = \"kv.by_category\"").expect(&config);
+    assert!(at < entry, "{config}");
+    refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(0), "{}", support::stdout(&check));
+}
+
+#[test]
+fn init_keyed_refuses_a_window_function_and_still_prints_the_config() {
+    let db = TestDb::new();
+    keyed_schema(&db);
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--keyed",
+        "kv.ranked",
+        "--keyed",
+        "kv.by_category",
+    ]);
+    let config = support::stdout(&out);
+    let stderr = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed kv.ranked: cannot be derived: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot be derived: a window function (rank)"),
+        "{stderr}"
+    );
+    assert!(
+        config.contains("# --keyed kv.ranked: cannot be derived: "),
+        "{config}"
+    );
+    // The full config still: both views, the derivable one reported.
+    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let mut names: Vec<String> = parsed.views.iter().map(|v| v.name.to_string()).collect();
+    names.sort();
+    assert_eq!(names, vec!["kv.by_category", "kv.ranked"], "{config}");
+    assert!(
+        config.contains("# --keyed kv.by_category: incremental maintenance derived"),
+        "{config}"
+    );
+}
+
+#[test]
+fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
+    let db = TestDb::new();
+    let view = "k\n[[view]]\nname = 'x' DROP TABLE kh.canary; --";
+    let column = "g\n[defaults]\nx = 1";
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA kh;
+        CREATE TABLE kh.canary (v int);
+        CREATE TABLE kh.t ({c} text NOT NULL, v int NOT NULL);
+        CREATE MATERIALIZED VIEW kh.{v} AS SELECT {c}, sum(v) AS total FROM kh.t GROUP BY {c};
+        CREATE UNIQUE INDEX ON kh.{v} ({c});
+        "#,
+        v = refreshd::pg::ident::quote_ident(view),
+        c = refreshd::pg::ident::quote_ident(column),
+    ));
+    let arg = format!("kh.{}", refreshd::pg::ident::quote_ident(view));
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--keyed", &arg]);
+    let config = support::stdout(&out);
+    let stderr = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    // Every entry of the report on one comment line, the line breaks in names escaped.
+    let block = comment_block(&config, "--keyed kh.");
+    assert_eq!(
+        block[..7],
+        [
+            "--keyed kh.\"k\\n[[view]]\\nname = 'x' DROP TABLE kh.canary; --\": incremental maintenance derived from its definition",
+            "(per base table: carries the key / join path / recompute everything; then per column)",
+            "key (g\\n[defaults]\\nx = 1)",
+            "t: carries the key (g\\n[defaults]\\nx = 1)",
+            "  g\\n[defaults]\\nx = 1: key",
+            "  total: delta (sum)",
+            refreshd::cli::init::NOT_CONVERTED,
+        ],
+        "{config}"
+    );
+    assert!(!stderr.contains("\nDROP"), "{stderr}");
+    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let keys = |v: &toml::Value| -> Vec<String> { v.as_table().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&doc), vec!["database", "defaults", "view"], "{config}");
+    assert_eq!(
+        keys(&doc["defaults"]),
+        vec!["debounce", "max_delay"],
+        "{config}"
+    );
+    let views = doc["view"].as_array().unwrap();
+    assert_eq!(views.len(), 1, "{config}");
+    assert_eq!(keys(&views[0]), vec!["channels", "name"], "{config}");
+    assert_eq!(
+        views[0]["name"].as_str(),
+        Some(format!("kh.{}", refreshd::pg::ident::quote_ident(view)).as_str())
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM kh.canary"), "0");
+}
+
+#[test]
+fn init_keyed_flags_are_checked() {
+    let db = TestDb::new();
+    keyed_schema(&db);
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--in-place"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+    assert!(
+        support::stderr(&out).contains("--keyed"),
+        "{}",
+        support::stderr(&out)
+    );
+
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--keyed",
+        "kv.by_category",
+        "--in-place",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains(refreshd::cli::init::NOT_CONVERTED));
+
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--keyed", "kv.\"no\nsuch\""]);
+    let stderr = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--keyed kv.\"no\\nsuch\": no such relation"),
+        "{stderr}"
+    );
+    assert_eq!(
+        support::stdout(&out),
+        "",
+        "nothing printed for an unknown name"
+    );
+
+    // Not a materialized view, or one without a key: not derivable, reported, exit 1.
+    db.psql(
+        "CREATE VIEW kv.plain AS SELECT * FROM kv.products; \
+         CREATE MATERIALIZED VIEW kv.keyless AS SELECT category, count(*) AS n FROM kv.products GROUP BY category",
+    );
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--keyed",
+        "kv.plain",
+        "--keyed",
+        "kv.keyless",
+    ]);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--keyed kv.plain: cannot be derived: not a materialized view (it is a view)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "--keyed kv.keyless: cannot be derived: no unique index usable by REFRESH CONCURRENTLY"
+        ),
+        "{stderr}"
+    );
+    let elsewhere = config
+        .find("# --keyed views not in this configuration:\n# --keyed kv.plain: cannot be derived")
+        .expect(&config);
+    let keyless = config
+        .find("# --keyed kv.keyless: cannot be derived")
+        .expect(&config);
+    assert!(keyless < elsewhere, "{config}");
+
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--keyed", "unqualified"]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+}

@@ -1,9 +1,13 @@
-//! `refreshd init --url DSN [--schema S]... [--sql DIR] [--apply]`: adopt refreshd on an
+//! `refreshd init --url DSN [--schema S]... [--sql DIR] [--apply] [--keyed VIEW]... [--in-place]`: adopt refreshd on an
 //! existing database. Reads the catalog and prints a complete, commented configuration
 //! for every materialized view; with `--sql DIR` it also writes refreshd's schema (SQL
 //! control, capture function) and the statement-level NOTIFY triggers the base tables
 //! and every partition need (install and rollback files); `--apply` applies the same SQL
 //! in one transaction, idempotently. Without `--apply` nothing is changed.
+//!
+//! `--keyed VIEW` derives incremental maintenance for a materialized view from its own
+//! SQL ([`crate::incremental`]) and reports it in comments above the view's block;
+//! nothing is converted yet (`--in-place` is accepted and changes nothing).
 //!
 //! Channels: a base table that already has a trigger notifying a constant channel
 //! (`pg_notify('chan', ...)` or `NOTIFY chan` in its function) keeps that channel, so a
@@ -23,6 +27,7 @@ use tokio_postgres::types::Type;
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
+use crate::incremental::{self, Catalog, Derivation, Relation, RelationKind};
 use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
 use crate::pg::ident::{
@@ -56,8 +61,23 @@ struct Feed {
     installed: bool,
 }
 
+/// What `init` was asked to do.
+pub struct Options<'a> {
+    /// Only views in these schemas; every user schema when empty.
+    pub schemas: &'a [String],
+    /// Write the install and rollback SQL here.
+    pub sql_dir: Option<&'a Path>,
+    /// Apply that SQL.
+    pub apply: bool,
+    /// `--keyed`: derive incremental maintenance for these views (reported only).
+    pub keyed: &'a [QualifiedName],
+    /// `--in-place`: accepted with `--keyed`; nothing is converted yet.
+    pub in_place: bool,
+}
+
 /// Runs the command; returns the exit code.
-pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>, apply: bool) -> u8 {
+pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
+    let (schemas, sql_dir, apply) = (opts.schemas, opts.sql_dir, opts.apply);
     let (client, target, conn_dsn) = match connect(url).await {
         Ok(c) => c,
         Err(e) => {
@@ -72,7 +92,14 @@ pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>, apply: b
             return EXIT_PROBLEMS;
         }
     };
-    let config = plan.config(&target, &conn_dsn);
+    let keyed = match derive_keyed(&client, opts.keyed).await {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("refreshd init: {}", escape_line(&e));
+            return EXIT_PROBLEMS;
+        }
+    };
+    let config = plan.config(&target, &conn_dsn, &keyed);
     let (install, rollback) = plan.sql();
     if let Some(dir) = sql_dir {
         let written = std::fs::create_dir_all(dir)
@@ -110,7 +137,212 @@ pub async fn run(url: &str, schemas: &[String], sql_dir: Option<&Path>, apply: b
     } else if apply {
         eprintln!("refreshd init: applied the change capture and refreshd's schema");
     }
+    let mut derived = 0;
+    let mut refused = 0;
+    for k in &keyed {
+        match &k.outcome {
+            Ok(_) => derived += 1,
+            Err(reason) => {
+                refused += 1;
+                eprintln!(
+                    "refreshd init: --keyed {}: cannot be derived: {}",
+                    k.name.shown(),
+                    escape_line(reason)
+                );
+            }
+        }
+    }
+    if derived == 1 {
+        eprintln!("refreshd init: {NOT_CONVERTED}");
+    } else if derived > 1 {
+        eprintln!("refreshd init: refreshd does not convert views yet: the --keyed views stay materialized views refreshed as before");
+    }
+    if opts.in_place && derived == 0 {
+        eprintln!("refreshd init: --in-place: nothing converted");
+    }
+    if refused > 0 {
+        return EXIT_PROBLEMS;
+    }
     EXIT_OK
+}
+
+/// Printed for every `--keyed` view: the derivation is reported, nothing is converted.
+pub const NOT_CONVERTED: &str =
+    "refreshd does not convert views yet: this view stays a materialized view refreshed as before";
+
+/// One `--keyed` view and what the derivation made of it.
+#[derive(Debug)]
+struct Keyed {
+    name: QualifiedName,
+    oid: u32,
+    /// The derivation, or why there is none (already on one line, unescaped).
+    outcome: Result<Derivation, String>,
+}
+
+/// The `--keyed` view itself: its kind, definition, and the key columns of the first
+/// unique index REFRESH CONCURRENTLY can use (the one `init` reports; the same test as
+/// [`usable_unique_indexes`]).
+const KEYED_SQL: &str = "SELECT c.oid, c.relkind::text, \
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+       (SELECT (SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE k.ord <= i.indnkeyatts) \
+          FROM pg_catalog.pg_index i \
+          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+          JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+         WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
+           AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
+           AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
+         ORDER BY ic.relname LIMIT 1) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+/// Every relation a definition can name (user schemas): kind, columns, and a plain
+/// view's definition.
+const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+       CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
+
+fn relkind_name(relkind: &str) -> &'static str {
+    match relkind {
+        "r" => "a table",
+        "p" => "a partitioned table",
+        "v" => "a view",
+        "f" => "a foreign table",
+        "i" | "I" => "an index",
+        "S" => "a sequence",
+        "c" => "a composite type",
+        "t" => "a TOAST table",
+        _ => "not a relation refreshd knows",
+    }
+}
+
+/// Reads the catalog facts and derives every `--keyed` view. An unknown name is an
+/// error; a view that cannot be derived is an outcome.
+async fn derive_keyed(
+    client: &tokio_postgres::Client,
+    names: &[QualifiedName],
+) -> Result<Vec<Keyed>, String> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let err = |e: tokio_postgres::Error| {
+        format!(
+            "reading the catalog for --keyed: {}",
+            crate::pg::connect::error_chain(&e)
+        )
+    };
+    let mut catalog = Catalog::new();
+    for r in client.query_typed(RELATIONS_SQL, &[]).await.map_err(err)? {
+        let kind = match r.get::<_, String>(2).as_str() {
+            "v" => RelationKind::View {
+                definition: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            },
+            "m" => RelationKind::MaterializedView,
+            _ => RelationKind::Table,
+        };
+        catalog.add(Relation {
+            schema: r.get(0),
+            name: r.get(1),
+            kind,
+            columns: r.get(4),
+        });
+    }
+    if let Some(r) = client
+        .query_typed("SELECT pg_catalog.current_schemas(false)::text[]", &[])
+        .await
+        .map_err(err)?
+        .first()
+    {
+        catalog.search_path = r.get(0);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let rows = client
+            .query_typed(
+                KEYED_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await
+            .map_err(err)?;
+        let Some(r) = rows.first() else {
+            return Err(format!(
+                "--keyed {}: no such relation (name it as schema.view; quote mixed-case names)",
+                name.shown()
+            ));
+        };
+        let relkind: String = r.get(1);
+        let definition: Option<String> = r.get(2);
+        let key: Option<Vec<String>> = r.get(3);
+        let outcome = if relkind != "m" {
+            Err(format!(
+                "not a materialized view (it is {})",
+                relkind_name(&relkind)
+            ))
+        } else {
+            match (definition, key) {
+                (_, None) => Err(
+                    "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
+                        .to_string(),
+                ),
+                (None, _) => Err("its definition could not be read".to_string()),
+                (Some(def), Some(key)) => {
+                    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+                    incremental::derive(&def, &key, &catalog).map_err(|e| e.reason)
+                }
+            }
+        };
+        out.push(Keyed {
+            name: name.clone(),
+            oid: r.get(0),
+            outcome,
+        });
+    }
+    Ok(out)
+}
+
+/// The comment lines reporting one `--keyed` view.
+fn keyed_comments(out: &mut String, k: &Keyed) {
+    match &k.outcome {
+        Ok(d) => {
+            comment(
+                out,
+                &format!(
+                    "--keyed {}: incremental maintenance derived from its definition",
+                    k.name
+                ),
+            );
+            comment(
+                out,
+                "(per base table: carries the key / join path / recompute everything; then per column)",
+            );
+            // One comment per entry (not per line of the Display: a name may hold a
+            // line break, which `comment` escapes).
+            comment(out, &format!("key ({})", d.key.join(", ")));
+            for t in &d.tables {
+                comment(out, &t.to_string());
+            }
+            for c in &d.columns {
+                comment(out, &format!("  {c}"));
+            }
+            comment(out, NOT_CONVERTED);
+        }
+        Err(reason) => {
+            comment(
+                out,
+                &format!("--keyed {}: cannot be derived: {reason}", k.name),
+            );
+            comment(
+                out,
+                "it stays a materialized view refreshed whole, as before",
+            );
+        }
+    }
 }
 
 /// Install and rollback file names under `--sql DIR`.
@@ -505,7 +737,7 @@ impl Plan {
 
     /// The configuration, commented. Keys and values go through the `toml` serializer;
     /// names in comments are escaped onto one line, so no name can add a key.
-    fn config(&self, target: &str, dsn: &str) -> String {
+    fn config(&self, target: &str, dsn: &str, keyed: &[Keyed]) -> String {
         let mut out = String::new();
         comment(
             &mut out,
@@ -542,6 +774,9 @@ impl Plan {
         );
         for (i, v) in self.views.iter().enumerate() {
             out.push('\n');
+            for k in keyed.iter().filter(|k| k.oid == v.oid) {
+                keyed_comments(&mut out, k);
+            }
             if let Some(why) = self.unservable(v) {
                 comment(&mut out, &format!("NOT SERVED: {} — {why}", v.name));
                 let entry = ViewEntry {
@@ -596,6 +831,17 @@ impl Plan {
                 concurrently,
             };
             view_toml(&mut out, entry, false);
+        }
+        let elsewhere: Vec<&Keyed> = keyed
+            .iter()
+            .filter(|k| !self.views.iter().any(|v| v.oid == k.oid))
+            .collect();
+        if !elsewhere.is_empty() {
+            out.push('\n');
+            comment(&mut out, "--keyed views not in this configuration:");
+            for k in elsewhere {
+                keyed_comments(&mut out, k);
+            }
         }
         out
     }

@@ -103,6 +103,15 @@ pub enum Command {
         /// idempotently.
         #[arg(long)]
         apply: bool,
+        /// Derive incremental maintenance for this materialized view (schema.view,
+        /// repeatable) and report it in the configuration's comments. Views are not
+        /// converted yet: they stay materialized views refreshed as before.
+        #[arg(long = "keyed", value_name = "VIEW", value_parser = parse_view_name)]
+        keyed: Vec<QualifiedName>,
+        /// Convert the --keyed views so that readers keep their names (not implemented
+        /// yet: accepted, nothing is converted).
+        #[arg(long = "in-place", requires = "keyed")]
+        in_place: bool,
     },
     /// Ask a running daemon how its views are: one line per view (exit 1 if one is
     /// failing, 2 if the daemon cannot be reached).
@@ -111,6 +120,11 @@ pub enum Command {
         #[arg(long, default_value = crate::cli::status::DEFAULT_URL)]
         url: String,
     },
+}
+
+/// `--keyed VIEW`: a schema-qualified name, parsed like the configuration's names.
+fn parse_view_name(s: &str) -> Result<QualifiedName, String> {
+    QualifiedName::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -143,7 +157,18 @@ pub async fn dispatch(cli: Cli) -> u8 {
             schemas,
             sql,
             apply,
-        } => crate::cli::init::run(&url, &schemas, sql.as_deref(), apply).await,
+            keyed,
+            in_place,
+        } => {
+            let opts = crate::cli::init::Options {
+                schemas: &schemas,
+                sql_dir: sql.as_deref(),
+                apply,
+                keyed: &keyed,
+                in_place,
+            };
+            crate::cli::init::run(&url, &opts).await
+        }
     }
 }
 
