@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -196,12 +195,6 @@ async fn refresh_events_arrive_with_the_new_contents() {
 /// flow. Also writes a 1280×800 screenshot when `REFRESHD_SCREENSHOT` names a file.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_page_renders_in_chromium() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        panic!("Debian's chromium is needed for this test (apt-get install chromium); .ci/run installs it");
-    };
     let db = TestDb::new();
     schema(&db);
     let d = Daemon::start(&config(&db, "100ms"));
@@ -226,32 +219,7 @@ async fn status_page_renders_in_chromium() {
     };
     let url = format!("http://127.0.0.1:{}/", d.port);
     let profile = tempfile::tempdir().unwrap();
-    let dump = |extra: &[String]| {
-        let out = Command::new(chromium)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1280,800",
-                "--virtual-time-budget=4000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let dump = |extra: &[String]| support::browser::browse(&url, profile.path(), extra);
     let refreshes = |dom: &str| -> u64 {
         let row = dom
             .split("data-view=\"public.order_totals\"")

@@ -465,27 +465,7 @@ fn example_keyed_block() -> String {
 /// every kind of write (through the seed's own tables) ends with the table exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_attendance_twin_follows_every_kind_of_write() {
-    let db = TestDb::new();
-    for f in [
-        "attendance/install.sql",
-        "inventory/install.sql",
-        "demo/install.sql",
-    ] {
-        let out = db
-            .server
-            .psql_file(&db.name, &support::repo().join("sql").join(f));
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    db.psql("SELECT refreshd_demo.generate_attendance(0.02)");
-    let cfg = format!(
-        "[database]\nurl = \"{}\"\n{}\ndebounce = \"50ms\"\n",
-        db.dsn(),
-        example_keyed_block()
-    );
+    let (db, cfg) = attendance_scale("0.02");
     let (_dir, path) = write_config(&cfg);
     let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -638,8 +618,8 @@ async fn a_recompute_still_running_elsewhere_is_waited_for_not_collided_with() {
     assert_eq!(db.psql(DIFF), "0", "the write made while it waited is in");
 }
 
-/// The attendance seed at scale 1 with its keyed twin (005), as in
-/// `the_shipped_attendance_twin_follows_every_kind_of_write`.
+/// The attendance seed (and the inventory and demo SQL) with its keyed twin (005) at
+/// `scale`, analyzed, and the example configuration's keyed block (debounce 50 ms).
 fn attendance_scale(scale: &str) -> (TestDb, String) {
     let db = TestDb::new();
     for f in [

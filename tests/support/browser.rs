@@ -21,7 +21,7 @@ pub fn browse(url: &str, profile: &std::path::Path, extra: &[String]) -> String 
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1280,400",
+            "--window-size=1280,800",
             "--virtual-time-budget=4000",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
