@@ -49,6 +49,17 @@ fn adopt(db: &TestDb, mode: &str) -> String {
     )
 }
 
+/// A daemon on `config`, ready, with its first capture check done and no gap found.
+async fn checked_daemon(config: &str) -> Daemon {
+    let d = Daemon::start(config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    d
+}
+
 fn gaps(d: &Daemon) -> Option<f64> {
     sample(
         &d.metrics(),
@@ -64,12 +75,7 @@ fn north(db: &TestDb) -> String {
 async fn managed_captures_a_partition_created_while_running() {
     let db = TestDb::new();
     schema(&db);
-    let d = Daemon::start(&adopt(&db, "managed"));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the first check", || async {
-        gaps(&d) == Some(0.0)
-    })
-    .await;
+    let d = checked_daemon(&adopt(&db, "managed")).await;
 
     db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
     wait_for(
@@ -116,12 +122,7 @@ async fn managed_captures_a_partition_created_while_running() {
 async fn verify_reports_gaps_and_still_converges() {
     let db = TestDb::new();
     schema(&db);
-    let d = Daemon::start(&adopt(&db, "verify"));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the first check", || async {
-        gaps(&d) == Some(0.0)
-    })
-    .await;
+    let d = checked_daemon(&adopt(&db, "verify")).await;
 
     // A partition created while running: reported, not installed, and the view still
     // converges within the interval (a full refresh at each check).
@@ -367,12 +368,7 @@ async fn ddl_is_noticed_long_before_the_check_interval() {
             "capture_check_interval = \"1h\"",
         )
     };
-    let d = Daemon::start(&hourly("managed"));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the first check", || async {
-        gaps(&d) == Some(0.0)
-    })
-    .await;
+    let d = checked_daemon(&hourly("managed")).await;
     db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
     wait_for(
         Duration::from_secs(15),
@@ -394,12 +390,7 @@ async fn ddl_is_noticed_long_before_the_check_interval() {
     .await;
     drop(d);
 
-    let d = Daemon::start(&hourly("verify"));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the first check", || async {
-        gaps(&d) == Some(0.0)
-    })
-    .await;
+    let d = checked_daemon(&hourly("verify")).await;
     db.psql("ALTER TABLE shop.customers DISABLE TRIGGER refreshd_notify");
     wait_for(Duration::from_secs(15), "the gap reported", || async {
         gaps(&d) == Some(1.0)
