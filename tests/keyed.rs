@@ -830,15 +830,18 @@ async fn a_hundred_keys_are_no_slower_than_everything_with_jit_on() {
     .await;
     let keyed = total(&d) - before;
     eprintln!(
-        "{} keys: {keyed:.3} s; everything: {:.3} s (median of 3)",
+        "{} keys: {keyed:.3} s; everything: {:.3} s median, {:.3} s slowest of 3",
         groups.min(100),
-        full[1]
+        full[1],
+        full[2]
     );
-    // "No slower", with room for a busy machine's noise (JIT made it 30x slower).
+    // "No slower", with room for a busy machine's noise: under a CPU hog per core one
+    // refresh varies up to 2x, so the bound is the slowest full recompute × 1.5 (JIT
+    // made the keys 30x slower, which this still catches).
     assert!(
-        keyed <= full[1] * 1.5 + 0.05,
-        "100 keys took {keyed:.3} s, everything {:.3} s",
-        full[1]
+        keyed <= full[2] * 1.5 + 0.05,
+        "100 keys took {keyed:.3} s, everything {:.3} s at most",
+        full[2]
     );
     assert_eq!(d.failures(ATT), 0.0);
 }
