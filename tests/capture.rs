@@ -415,3 +415,47 @@ async fn ddl_is_noticed_long_before_the_check_interval() {
         "{row}"
     );
 }
+
+/// A refresh is not DDL: `REFRESH MATERIALIZED VIEW` rewrites the view's own `pg_class`
+/// row and a concurrent one creates temporary tables. Counting those as catalog changes
+/// made a busy daemon re-check capture every two seconds (with 10,000 views, a check
+/// after every poll, and the memory that goes with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_are_not_mistaken_for_ddl() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "managed").replace(
+        "capture_check_interval = \"1s\"",
+        "capture_check_interval = \"1h\"",
+    );
+    let d = Daemon::start_with_env(
+        &config,
+        &[("RUST_LOG", "info,refreshd::engine::core=debug")],
+    );
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the first check", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    let ddl_seen = || d.log_text().matches("catalog changed (DDL)").count();
+    // Refreshes across at least three catalog polls (every 2 s).
+    let started = std::time::Instant::now();
+    let mut amount = 10;
+    while started.elapsed() < Duration::from_secs(7) {
+        let before = d.successes(VIEW);
+        db.psql("UPDATE shop.payments SET amount = amount + 1 WHERE id = 1");
+        amount += 1;
+        wait_for(Duration::from_secs(10), "the refresh", || async {
+            d.successes(VIEW) > before
+        })
+        .await;
+    }
+    assert_eq!(north(&db), amount.to_string());
+    assert_eq!(ddl_seen(), 0, "{}", d.log_text());
+    // Real DDL still counts.
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    wait_for(Duration::from_secs(10), "the DDL noticed", || async {
+        ddl_seen() >= 1
+    })
+    .await;
+}

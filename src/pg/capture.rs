@@ -220,9 +220,14 @@ pub async fn install(
 /// disabled, replaced) and rewrite rules (`CREATE OR REPLACE VIEW`). Any DDL there
 /// changes it, so polling it every few seconds observes DDL for the cost of a few
 /// catalog scans (no event trigger, which would need a superuser).
+///
+/// Relations count by their oids only, never by their rows' `xmin`: every `REFRESH
+/// MATERIALIZED VIEW` updates the view's own `pg_class` row, so with `xmin` each
+/// refresh looked like DDL and a busy daemon checked capture every two seconds.
+/// Temporary relations (a concurrent refresh creates two) are left out too.
 pub const FINGERPRINT_SQL: &str = "SELECT \
-    (SELECT count(*)::text || ':' || coalesce(max(oid)::text, '') || ':' || coalesce(sum(xmin::text::int8), 0)::text \
-       FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm')) || '|' || \
+    (SELECT count(*)::text || ':' || coalesce(sum(oid::int8), 0)::text \
+       FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm') AND relpersistence <> 't') || '|' || \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_inherits) || '|' || \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_trigger) || '|' || \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_rewrite)";
