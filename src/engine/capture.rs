@@ -166,9 +166,18 @@ pub async fn run_check(
     }
     let mut report = Report::default();
     let mut installed = false;
-    if !heals.is_empty() {
-        match crate::pg::capture::install(&client, &heals, !facts.function_installed).await {
-            Ok(()) => installed = true,
+    // An older capture function notifies on every writing transaction: replace it.
+    let upgrade = facts.function_installed
+        && !facts.function_current
+        && views.iter().any(|v| v.capture == Capture::Managed);
+    if !heals.is_empty() || upgrade {
+        match crate::pg::capture::install(&client, &heals, !facts.function_current).await {
+            Ok(()) => {
+                installed = true;
+                if upgrade {
+                    tracing::info!("replaced an older refreshd.notify_changed() (it notified on every writing transaction)");
+                }
+            }
             Err(e) => report.install_error = Some(crate::pg::connect::error_chain(&e)),
         }
     }

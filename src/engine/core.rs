@@ -254,6 +254,7 @@ pub async fn run(
     let (roles_tx, roles_rx) = watch::channel(prepared.config.control_roles.clone());
     let (channels_tx, channels_rx) =
         watch::channel(prepared.config.channels().into_iter().collect());
+    let arming = Arc::new(crate::engine::arming::Arming::new());
     let listener_task = spawn_listener(
         Listener {
             info: listen_info.clone(),
@@ -267,6 +268,7 @@ pub async fn run(
             shutdown: listener_stop.clone(),
             control_roles: roles_rx,
             fence_info: refresh_info.clone(),
+            arming: arming.clone(),
         },
         &tx,
     );
@@ -281,7 +283,7 @@ pub async fn run(
         index: Index::default(),
         history: Vec::new(),
         reads: Vec::new(),
-        refresher: Refresher::new(refresh_info.clone()),
+        refresher: Refresher::new(refresh_info.clone(), arming),
         refresh_info,
         tasks: JoinSet::new(),
         task_runs: HashMap::new(),

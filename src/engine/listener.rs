@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::arming::Arming;
 use crate::engine::session::{
     drive, listen_error, listen_private, private_channel, Prober, ProofError, Routes,
     SERVER_KEEPALIVES,
@@ -91,6 +92,8 @@ pub struct Listener {
     /// Where to reach the database when the LISTEN connection is cut off (the refresh
     /// connections' settings), to end the old session's backend (see `fence`).
     pub fence_info: ConnectInfo,
+    /// The channel locks this session holds while leading (see `arming`).
+    pub arming: Arc<Arming>,
 }
 
 enum Ended {
@@ -209,6 +212,7 @@ impl Listener {
                 roles: self.control_roles.clone(),
                 private: private.clone(),
                 probes: probe_tx,
+                arming: self.arming.clone(),
             },
             dead_tx,
         ));
@@ -275,6 +279,9 @@ impl Listener {
         let _ = self
             .events
             .send(ListenerEvent::Listening(listening.clone()));
+        if let Err(e) = self.arming.attach(conn.client.clone()).await {
+            return Ended::Lost(e);
+        }
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
         tracing::info!(host = %conn.host, channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
@@ -283,6 +290,7 @@ impl Listener {
         });
         history.ever_led = true;
         let ended = self.lead(&mut conn, prober, listening).await;
+        self.arming.detach().await;
         if matches!(ended, Ended::Lost(_)) {
             self.fence(conn.pid);
         }
@@ -394,9 +402,14 @@ impl Listener {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut rearm = tokio::time::interval(Duration::from_millis(250));
+        rearm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.health.beat_listener();
             tokio::select! {
+                _ = rearm.tick(), if self.arming.has_pending() => {
+                    self.arming.retry_pending(&self.events).await;
+                }
                 _ = self.shutdown.cancelled() => {
                     // Closing the connection releases the lock at once, so a standby
                     // can take over without waiting for a timeout.

@@ -1,6 +1,7 @@
 //! The rules and the loop that owns them: the coalescer (pure state machine), the core
 //! loop that drives it, the LISTEN session, statistics detection and the refresh pool.
 
+pub mod arming;
 pub mod capture;
 pub mod coalesce;
 pub mod control;

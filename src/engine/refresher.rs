@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_postgres::{CancelToken, Client};
 
 use crate::config::ViewConfig;
+use crate::engine::arming::Arming;
 use crate::pg::connect::ConnectInfo;
 use crate::pg::keyed::Work;
 use crate::pg::refresh::{refresh_recorded, FailureClass, HistoryRow, RefreshError, Refreshed};
@@ -20,15 +21,17 @@ pub struct Refresher {
     idle: Mutex<Vec<Client>>,
     inflight: Mutex<HashMap<u64, CancelToken>>,
     next_id: AtomicU64,
+    arming: Arc<Arming>,
 }
 
 impl Refresher {
-    pub fn new(info: ConnectInfo) -> Arc<Self> {
+    pub fn new(info: ConnectInfo, arming: Arc<Arming>) -> Arc<Self> {
         Arc::new(Self {
             info: Mutex::new(info),
             idle: Mutex::new(Vec::new()),
             inflight: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            arming,
         })
     }
 
@@ -66,6 +69,9 @@ impl Refresher {
         event: bool,
         history: Option<HistoryRow<'_>>,
     ) -> Result<Refreshed, RefreshError> {
+        // Before the refresh's snapshot: every write that skipped its notification
+        // while the view's channels were disarmed has committed (see `arming`).
+        self.arming.arm(&view.channels).await;
         let client = self.checkout().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.inflight

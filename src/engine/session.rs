@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
 use tokio_postgres::AsyncMessage;
 
+use crate::engine::arming::{Arming, HeldBack};
 use crate::engine::control::{self, Gate, Next, Verdict};
 use crate::engine::listener::{ListenerEvent, PROBE_DEADLINE};
 use crate::pg::connect::{error_chain, ConnectInfo, PgConnection};
@@ -197,7 +198,12 @@ pub struct Routes {
     /// The private probe channel and where its payloads go.
     pub private: String,
     pub probes: mpsc::UnboundedSender<String>,
+    /// The channel locks (see `arming`): a notification on an armed channel is passed
+    /// on only once its lock is released.
+    pub arming: Arc<Arming>,
 }
+
+type Release = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// Drives the connection: forwards notifications, hands probe payloads to the proof,
 /// and looks up the senders of control notifications on this same session the moment
@@ -214,9 +220,12 @@ pub async fn drive(
         roles,
         private,
         probes,
+        arming,
     } = routes;
     let mut gate = Gate::new(metrics.clone());
     let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
+    let mut releases: FuturesUnordered<Release> = FuturesUnordered::new();
+    let mut held = HeldBack::default();
     // A plain spawned connection future would discard the notifications.
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let why = loop {
@@ -225,6 +234,12 @@ pub async fn drive(
             Some((pid, verdict)) = lookups.next(), if !lookups.is_empty() => {
                 for payload in gate.decided(pid, verdict, Instant::now()) {
                     let _ = events.send(ListenerEvent::Control(payload));
+                }
+                continue;
+            }
+            Some(channel) = releases.next(), if !releases.is_empty() => {
+                for ev in held.release(&channel) {
+                    let _ = events.send(ev);
                 }
                 continue;
             }
@@ -248,11 +263,25 @@ pub async fn drive(
             .with_label_values(&[n.channel()])
             .inc();
         if n.channel() != crate::CONTROL_CHANNEL {
-            let _ = events.send(ListenerEvent::Notification {
+            let ev = ListenerEvent::Notification {
                 channel: n.channel().to_string(),
                 payload: n.payload().to_string(),
                 pid: n.process_id(),
-            });
+            };
+            // Released before the views are made due, never after (see `arming`);
+            // meanwhile this connection keeps being driven (the release runs on it).
+            if held.holding(n.channel()) || arming.is_armed(n.channel()) {
+                if held.hold(n.channel(), ev) {
+                    let arming = arming.clone();
+                    let channel = n.channel().to_string();
+                    releases.push(Box::pin(async move {
+                        arming.disarm(&channel).await;
+                        channel
+                    }));
+                }
+            } else {
+                let _ = events.send(ev);
+            }
             continue;
         }
         match gate.arrive(n.process_id(), n.payload().to_string(), Instant::now()) {

@@ -12,18 +12,25 @@ pub const CONTROL_SQL: &str = include_str!("../../sql/refreshd/001_control.sql")
 /// Its rollback.
 pub const CONTROL_ROLLBACK_SQL: &str = include_str!("../../sql/refreshd/901_rollback_control.sql");
 
-/// The capture function: a statement-level trigger function that notifies the channel
-/// given as its argument with a constant payload (PostgreSQL folds repeats within a
-/// transaction). Idempotent.
+/// The capture function: a statement-level trigger function for the channel given as
+/// its argument. It notifies (a constant payload: PostgreSQL folds repeats within a
+/// transaction) only while refreshd holds the channel's lock; otherwise it takes that
+/// lock shared until its commit, which refreshd waits for before its next refresh
+/// (see `engine::arming`: one notification per refresh, not per writing transaction,
+/// and none at all while no refreshd runs). Idempotent; replaces older versions.
 pub const FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS refreshd;
 CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
+    -- 1919316840: refreshd's channel locks. Held by refreshd: a refresh is not due
+    -- yet, so say so. Not held: one is due, and it waits for this transaction.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840, pg_catalog.hashtext(TG_ARGV[0])) THEN
+        PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
+    END IF;
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level NOTIFY of the channel in TG_ARGV[0], constant payload)';
+COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level; notifies the channel in TG_ARGV[0] while refreshd arms it, see refreshd''s docs/semantics.md)';
 ";
 
 /// Drops the capture function (after every trigger that uses it).
@@ -85,6 +92,9 @@ pub struct CaptureFacts {
     pub views: Vec<Option<Vec<TableFacts>>>,
     /// `refreshd.notify_changed()` exists.
     pub function_installed: bool,
+    /// ... in this version (one that notifies only while refreshd arms the channel;
+    /// older ones notify on every writing transaction: correct, but costly).
+    pub function_current: bool,
 }
 
 /// Every base table and partition each view reads (through plain views; partition trees
@@ -129,7 +139,8 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 ) \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
        CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE c.oid END, \
-       trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn) \
+       trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
+       (SELECT p.prosrc LIKE '%1919316840%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid) \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \
   LEFT JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind IN ('r', 'p') \
@@ -154,9 +165,11 @@ pub async fn inspect(
     let mut facts = CaptureFacts {
         views: vec![None; views.len()],
         function_installed: false,
+        function_current: false,
     };
     for r in &rows {
         facts.function_installed = r.get::<_, Option<bool>>(9).unwrap_or(false);
+        facts.function_current = r.get::<_, Option<bool>>(10).unwrap_or(false);
         let Some(slot) = (r.get::<_, i64>(0) as usize)
             .checked_sub(1)
             .and_then(|i| facts.views.get_mut(i))

@@ -1,0 +1,326 @@
+//! Wake-ups that cost writers almost nothing (SPEC "Change capture").
+//!
+//! A `NOTIFY` per writing transaction halves writers: PostgreSQL serializes every
+//! notifying transaction's commit. But refreshd needs one notification per refresh,
+//! not one per write: once a view is due, further writes only have to be *seen* by
+//! the refresh that is already coming. So refreshd's capture function
+//! (`refreshd.notify_changed()`, see `pg::capture`) notifies only while refreshd
+//! *arms* the channel, and otherwise lets the writer through with a shared lock:
+//!
+//! - **Armed**: refreshd's LISTEN session holds the channel's advisory lock
+//!   (`ARM_CLASS`, `hashtext(channel)`) exclusively. A writer's
+//!   `pg_try_advisory_xact_lock_shared` fails, and it notifies.
+//! - **Disarmed**: when that notification arrives, refreshd releases the lock *before*
+//!   it marks the channel's views dirty. Writers now get the shared lock instead (held
+//!   to their commit) and do not notify.
+//! - **Re-armed before every refresh**: a refresh of a view first takes the lock on
+//!   each of the view's channels again. Taking it waits for every writer that got the
+//!   shared lock, so every write that skipped its notification has committed before
+//!   the refresh's snapshot is taken. New writers queue behind refreshd's request (a
+//!   lock request conflicts with waiting requests too), fail their try, and notify.
+//!
+//! Why no change is lost: a writer that skips its notification does so while the
+//! channel is disarmed. A channel is disarmed only between a notification's arrival
+//! (which made every view on the channel due, *after* the release) and the next
+//! re-arm, which every one of those views' next refreshes performs first and which
+//! waits for that writer's commit. If re-arming cannot get the lock within
+//! `ARM_LOCK_TIMEOUT` (a long writing transaction), the refresh goes ahead, refreshd
+//! keeps trying, and when the lock is finally taken the channel's views are made due
+//! again. When the LISTEN session ends, its locks go with it (every channel disarmed);
+//! a new leader refreshes every view, re-arming first. While no refreshd runs,
+//! writers never notify at all.
+//!
+//! Two refreshd deployments (different `ha.lock_name`) listening on one channel take
+//! turns at the lock; while either holds it or waits for it, writers notify.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+
+use crate::engine::listener::ListenerEvent;
+use crate::pg::connect::error_chain;
+
+/// The advisory lock class of refreshd's channel locks (the two-key form's first key;
+/// the second is `hashtext(channel)`). Fixed forever: the capture function installed
+/// in users' databases uses it. Distinct from the leader lock (a one-key lock).
+pub const ARM_CLASS: i32 = 0x7266_7368; // "rfsh"
+
+/// How long re-arming waits for writers' shared locks before the refresh goes ahead
+/// without it (refreshd then keeps trying, and makes the views due once it has it).
+pub const ARM_LOCK_TIMEOUT: &str = "200ms";
+
+/// How long refreshd waits for an answer to one lock statement.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(5);
+
+type Param<'a> = (&'a (dyn tokio_postgres::types::ToSql + Sync), Type);
+
+/// The parameters `$1, $2` of a channel's lock.
+fn key<'a>(channel: &'a &'a str) -> [Param<'a>; 2] {
+    [(&ARM_CLASS, Type::INT4), (channel, Type::TEXT)]
+}
+
+/// The channel locks of the current LISTEN session.
+pub struct Arming {
+    /// SQL on the session, one statement at a time (held across its round trip).
+    session: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bumped at each attach and detach: a statement's result is applied only to the
+    /// session it ran on.
+    generation: u64,
+    attached: bool,
+    armed: HashSet<String>,
+    /// Re-arming timed out: try again; make the views due once armed.
+    pending: HashSet<String>,
+}
+
+/// What [`Arming::arm`] did for one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Armed {
+    /// Held (already, or now): every write that skipped its notification committed.
+    Yes,
+    /// Writers still hold it (or the statement failed): the refresh goes ahead and the
+    /// channel is retried.
+    Pending,
+    /// No leading LISTEN session: nothing to arm (a new one refreshes everything).
+    NoSession,
+}
+
+impl Default for Arming {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Arming {
+    pub fn new() -> Self {
+        Self {
+            session: tokio::sync::Mutex::new(None),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
+    }
+
+    /// A new leading LISTEN session (holding no channel lock yet).
+    pub async fn attach(&self, client: Arc<tokio_postgres::Client>) -> Result<(), String> {
+        let set = client.query_typed(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+            &[(&ARM_LOCK_TIMEOUT, Type::TEXT)],
+        );
+        match tokio::time::timeout(STATEMENT_DEADLINE, set).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(error_chain(&e)),
+            Err(_) => return Err("setting lock_timeout got no answer".into()),
+        }
+        let mut session = self.session.lock().await;
+        *session = Some(client);
+        let mut st = self.state();
+        st.generation += 1;
+        st.attached = true;
+        st.armed.clear();
+        st.pending.clear();
+        Ok(())
+    }
+
+    /// The session ended (its locks with it).
+    pub async fn detach(&self) {
+        let mut session = self.session.lock().await;
+        *session = None;
+        let mut st = self.state();
+        st.generation += 1;
+        st.attached = false;
+        st.armed.clear();
+        st.pending.clear();
+    }
+
+    /// Whether a notification on `channel` must wait for [`Arming::disarm`] before it
+    /// is passed on.
+    pub fn is_armed(&self, channel: &str) -> bool {
+        self.state().armed.contains(channel)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.state().pending.is_empty()
+    }
+
+    /// Releases `channel`'s lock, so that writers stop notifying it until the next
+    /// refresh re-arms it. Call it before passing the notification on.
+    pub async fn disarm(&self, channel: &str) {
+        let session = self.session.lock().await;
+        let Some(client) = session.as_ref() else {
+            return;
+        };
+        if !self.state().armed.remove(channel) {
+            return;
+        }
+        let params = key(&channel);
+        let unlock = client.query_typed(
+            "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
+            &params,
+        );
+        match tokio::time::timeout(STATEMENT_DEADLINE, unlock).await {
+            Ok(Ok(_)) => {}
+            // Still held, perhaps: writers keep notifying, which is safe.
+            Ok(Err(e)) => {
+                tracing::debug!(%channel, error = %error_chain(&e), "releasing a channel lock failed")
+            }
+            Err(_) => tracing::debug!(%channel, "releasing a channel lock got no answer"),
+        }
+    }
+
+    /// Arms every channel of a view about to be refreshed (see the module doc). Returns
+    /// the least of the channels' outcomes.
+    pub async fn arm(&self, channels: &[String]) -> Armed {
+        let mut outcome = Armed::Yes;
+        for ch in channels {
+            match self.arm_one(ch).await {
+                Armed::NoSession => return Armed::NoSession,
+                Armed::Pending => outcome = Armed::Pending,
+                Armed::Yes => {}
+            }
+        }
+        outcome
+    }
+
+    async fn arm_one(&self, channel: &str) -> Armed {
+        let session = self.session.lock().await;
+        let Some(client) = session.as_ref() else {
+            return Armed::NoSession;
+        };
+        let generation = {
+            let st = self.state();
+            if st.armed.contains(channel) {
+                return Armed::Yes;
+            }
+            st.generation
+        };
+        let params = key(&channel);
+        let lock = client.query_typed(
+            "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
+            &params,
+        );
+        let result = tokio::time::timeout(STATEMENT_DEADLINE, lock).await;
+        let mut st = self.state();
+        if st.generation != generation {
+            return Armed::NoSession;
+        }
+        match result {
+            Ok(Ok(_)) => {
+                st.armed.insert(channel.to_string());
+                st.pending.remove(channel);
+                Armed::Yes
+            }
+            Ok(Err(e)) => {
+                if e.code() != Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    tracing::debug!(%channel, error = %error_chain(&e), "arming a channel failed");
+                }
+                st.pending.insert(channel.to_string());
+                Armed::Pending
+            }
+            Err(_) => {
+                st.pending.insert(channel.to_string());
+                Armed::Pending
+            }
+        }
+    }
+
+    /// Tries the channels whose re-arming timed out again; for each one armed now, a
+    /// notification is passed on (its views are due: a write that skipped its
+    /// notification may have committed after their refresh began).
+    pub async fn retry_pending(&self, events: &tokio::sync::mpsc::UnboundedSender<ListenerEvent>) {
+        let pending: Vec<String> = self.state().pending.iter().cloned().collect();
+        for ch in pending {
+            if self.arm_one(&ch).await == Armed::Yes {
+                tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
+                let _ = events.send(ListenerEvent::Notification {
+                    channel: ch,
+                    payload: String::new(),
+                    pid: 0,
+                });
+            }
+        }
+    }
+}
+
+/// Notifications held back per channel until its lock is released (in arrival order).
+#[derive(Default)]
+pub struct HeldBack {
+    held: HashMap<String, Vec<ListenerEvent>>,
+}
+
+impl HeldBack {
+    /// Holds `event` back if its channel is being released; returns whether a release
+    /// must be started (the first event held for the channel).
+    pub fn hold(&mut self, channel: &str, event: ListenerEvent) -> bool {
+        match self.held.get_mut(channel) {
+            Some(v) => {
+                v.push(event);
+                false
+            }
+            None => {
+                self.held.insert(channel.to_string(), vec![event]);
+                true
+            }
+        }
+    }
+
+    /// Whether notifications on `channel` are being held back.
+    pub fn holding(&self, channel: &str) -> bool {
+        self.held.contains_key(channel)
+    }
+
+    /// The channel is released: its held notifications, in order.
+    pub fn release(&mut self, channel: &str) -> Vec<ListenerEvent> {
+        self.held.remove(channel).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(ch: &str, p: &str) -> ListenerEvent {
+        ListenerEvent::Notification {
+            channel: ch.into(),
+            payload: p.into(),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn held_back_in_order_per_channel() {
+        let mut h = HeldBack::default();
+        assert!(h.hold("a", n("a", "1")));
+        assert!(!h.hold("a", n("a", "2")));
+        assert!(h.hold("b", n("b", "1")));
+        assert!(h.holding("a"));
+        assert_eq!(h.release("a"), vec![n("a", "1"), n("a", "2")]);
+        assert!(!h.holding("a"));
+        assert!(h.holding("b"));
+        assert_eq!(h.release("a"), vec![]);
+    }
+
+    #[test]
+    fn the_class_is_fixed() {
+        // The capture function in users' databases names this number.
+        assert_eq!(ARM_CLASS, 1_919_316_840);
+        assert!(crate::pg::capture::FUNCTION_SQL.contains("1919316840"));
+    }
+
+    #[tokio::test]
+    async fn without_a_session_nothing_is_armed() {
+        let a = Arming::new();
+        assert_eq!(a.arm(&["c".to_string()]).await, Armed::NoSession);
+        assert!(!a.is_armed("c"));
+        a.disarm("c").await;
+        assert!(!a.has_pending());
+    }
+}

@@ -1,0 +1,196 @@
+//! Capture that does not notify on every write (SPEC "Change capture"; see
+//! `src/engine/arming.rs`): once a refresh is due, writers skip their notification and
+//! take the channel's lock shared instead; refreshd re-takes the lock before the
+//! refresh, which waits for them. Two sessions, step by step: the write that skipped
+//! its notification is in the refresh, and a writer that outlives the lock's timeout
+//! does not hold refreshes up and is still seen.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{refreshd, stderr, wait_for, Daemon, TestDb};
+
+const CLASS: &str = "1919316840";
+
+fn schema(db: &TestDb) {
+    db.psql(
+        "CREATE TABLE public.items (id int PRIMARY KEY, grp int NOT NULL, qty int NOT NULL);
+         INSERT INTO public.items VALUES (1, 1, 10);
+         CREATE MATERIALIZED VIEW public.totals AS
+           SELECT grp, sum(qty) AS qty FROM public.items GROUP BY grp;
+         CREATE UNIQUE INDEX ON public.totals (grp);",
+    );
+}
+
+/// `init --apply`'s config, with `debounce` set for the view.
+fn adopt(db: &TestDb, debounce: &str) -> String {
+    let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out);
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("debounce = "))
+        .expect("init sets debounce")
+        .to_string();
+    config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
+}
+
+fn total(db: &TestDb) -> String {
+    db.psql("SELECT qty FROM public.totals WHERE grp = 1")
+}
+
+/// How many of refreshd's channel locks in this database match `filter`.
+async fn class_locks(c: &tokio_postgres::Client, filter: &str) -> i64 {
+    c.query_one(
+        &format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {CLASS} \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {filter}"
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A daemon whose view has refreshed at start, so the channel is armed.
+async fn armed_daemon(db: &TestDb, debounce: &str) -> Daemon {
+    let d = Daemon::start(&adopt(db, debounce));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.successes("public.totals") >= 1.0
+    })
+    .await;
+    let probe = db.client().await;
+    wait_for(Duration::from_secs(10), "the channel armed", || async {
+        class_locks(&probe, "mode = 'ExclusiveLock' AND granted").await == 1
+    })
+    .await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = armed_daemon(&db, "3s").await;
+    let probe = db.client().await;
+
+    // X notifies (the channel is armed); refreshd releases the lock and the view is
+    // due in 3 s.
+    db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");
+    wait_for(Duration::from_secs(10), "the lock released", || async {
+        class_locks(&probe, "true").await == 0
+    })
+    .await;
+    let before = d.successes("public.totals");
+
+    // W writes while the refresh is due: no notification, the lock taken shared.
+    let mut w = db.client().await;
+    let tx = w.transaction().await.unwrap();
+    tx.execute("UPDATE public.items SET qty = qty + 100 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let shared: i64 = tx
+        .query_one(
+            &format!("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {CLASS} AND mode = 'ShareLock' AND granted AND pid = pg_backend_pid()"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shared, 1, "the writer skipped its notification");
+
+    // The refresh re-arms first and waits for W (or times out waiting and re-arms
+    // later): W commits while refreshd waits.
+    wait_for(
+        Duration::from_secs(10),
+        "refreshd waiting for W",
+        || async { class_locks(&probe, "mode = 'ExclusiveLock' AND NOT granted").await == 1 },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    wait_for(Duration::from_secs(10), "W's write in the view", || async {
+        total(&db) == "111"
+    })
+    .await;
+    assert!(d.successes("public.totals") > before);
+    // The channel is armed again: the next write notifies.
+    wait_for(
+        Duration::from_secs(10),
+        "the channel armed again",
+        || async { class_locks(&probe, "mode = 'ExclusiveLock' AND granted").await == 1 },
+    )
+    .await;
+    db.psql("UPDATE public.items SET qty = qty + 1000 WHERE id = 1");
+    wait_for(Duration::from_secs(10), "the next write", || async {
+        total(&db) == "1111"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_writer_holds_no_refresh_up_and_is_still_seen() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = armed_daemon(&db, "200ms").await;
+    let probe = db.client().await;
+
+    db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");
+    wait_for(Duration::from_secs(10), "the lock released", || async {
+        class_locks(&probe, "true").await == 0
+    })
+    .await;
+    // W takes the lock shared and stays open across the refresh.
+    let mut w = db.client().await;
+    let tx = w.transaction().await.unwrap();
+    tx.execute("UPDATE public.items SET qty = qty + 100 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // The refresh goes ahead without W (re-arming gives up after its lock timeout)...
+    wait_for(Duration::from_secs(10), "X's write in the view", || async {
+        total(&db) == "11"
+    })
+    .await;
+    let refreshed = d.successes("public.totals");
+    // ... while refreshd keeps trying the lock.
+    wait_for(Duration::from_secs(10), "refreshd trying again", || async {
+        class_locks(&probe, "mode = 'ExclusiveLock' AND NOT granted").await == 1
+    })
+    .await;
+    tx.commit().await.unwrap();
+    // Once W has committed the lock is taken, and the view is due again.
+    wait_for(Duration::from_secs(10), "W's write in the view", || async {
+        total(&db) == "111"
+    })
+    .await;
+    assert!(d.successes("public.totals") > refreshed);
+}
+
+/// An older `refreshd.notify_changed()` (a NOTIFY per writing transaction) is replaced
+/// by the managed check.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_capture_replaces_an_older_capture_function() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "200ms");
+    db.psql(
+        "CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_catalog.pg_notify(TG_ARGV[0], ''); RETURN NULL; END $$",
+    );
+    let config = format!(
+        "capture_check_interval = \"1s\"\n{}",
+        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(15), "the function replaced", || async {
+        db.psql("SELECT prosrc LIKE '%1919316840%' FROM pg_proc WHERE oid = 'refreshd.notify_changed()'::regprocedure")
+            == "t"
+    })
+    .await;
+    assert!(d
+        .log_text()
+        .contains("replaced an older refreshd.notify_changed()"));
+}
