@@ -19,17 +19,11 @@ const TICKS: &str = "public.tick_max";
 /// `public.quiet` (no trigger) and `public.quiet_sum`; `public.slow_forced`, whose refresh
 /// takes about 300 ms; `public.ticks` (NOTIFY trigger on `ticks_changed`) and
 /// `public.tick_max`, its highest id.
-const SCHEMA: &str = r#"
-    CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
-    INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
-    CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
-      $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
-    CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE ON public.orders
-      FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
-    CREATE MATERIALIZED VIEW public.order_totals AS
-      SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
-    CREATE UNIQUE INDEX ON public.order_totals (bucket);
+fn schema() -> String {
+    format!("{}{REST}", support::ORDERS_SCHEMA)
+}
 
+const REST: &str = r#"
     CREATE TABLE public.quiet (id int PRIMARY KEY, v int NOT NULL);
     INSERT INTO public.quiet VALUES (1, 1);
     CREATE MATERIALIZED VIEW public.quiet_sum AS SELECT id, v FROM public.quiet;
@@ -140,7 +134,7 @@ fn view_status(d: &Daemon, view: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_from_a_role_that_may_not_control_forces_nothing_and_logs_little() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
+    db.psql(&schema());
     let roles = TestRoles::create(&db, &["intruder"]);
     let intruder = roles.name("intruder");
     // Info level, as in production: a flood must not fill the disk there.
@@ -243,7 +237,8 @@ async fn own_role_its_members_and_control_roles_may_force_others_may_not() {
     // refreshd runs as a role of its own that owns the views; `deputy` is a member of it.
     db.psql(&format!(
         "GRANT CREATE ON SCHEMA public TO {refresher}; GRANT {refresher} TO {deputy}; \
-         SET ROLE {refresher}; {SCHEMA}"
+         SET ROLE {refresher}; {}",
+        schema()
     ));
     let d = Daemon::start(&format!(
         "control_roles = [\"{operator}\"]\n[database]\nurl = \"{}\"\n{FORCED_ONLY}",
@@ -296,7 +291,7 @@ async fn own_role_its_members_and_control_roles_may_force_others_may_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_allowed_forces_coalesces_and_other_views_keep_their_max_delay() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
+    db.psql(&schema());
     let mut d = Daemon::start_with_env(
         &format!(
             "[database]\nurl = \"{}\"\nmax_concurrent_refreshes = 2\n\
@@ -445,7 +440,7 @@ async fn a_flood_of_allowed_forces_coalesces_and_other_views_keep_their_max_dela
 #[tokio::test(flavor = "multi_thread")]
 async fn forces_from_short_lived_psql_sessions_of_the_own_role() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
+    db.psql(&schema());
     let d = Daemon::start_with_env(
         &format!("[database]\nurl = \"{}\"\n{FORCED_ONLY}", db.dsn()),
         &[("RUST_LOG", "info")],
@@ -578,7 +573,7 @@ fn install_sql_control(db: &TestDb) {
 #[tokio::test(flavor = "multi_thread")]
 async fn refreshd_force_from_sql_is_durable_and_privileged() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
+    db.psql(&schema());
     install_sql_control(&db);
     // Installing twice changes nothing (idempotent).
     install_sql_control(&db);

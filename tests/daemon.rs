@@ -29,12 +29,7 @@ const TOTALS: &str = "public.order_totals";
 
 /// The view equals a fresh computation of its query.
 fn totals_exact(db: &TestDb) -> bool {
-    db.psql(
-        "SELECT count(*) FROM ((TABLE public.order_totals EXCEPT \
-           SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket) \
-         UNION ALL (SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket \
-           EXCEPT TABLE public.order_totals)) d",
-    ) == "0"
+    db.psql(support::ORDERS_EXACT) == "0"
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,34 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refreshd::cli::cluster::{ClusterOptions, TempCluster};
+use support::config::Config;
 use support::{sample, wait_for, Daemon, TestDb};
 
 const TOTALS: &str = "public.order_totals";
 
-const SCHEMA: &str = r#"
-    CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
-    INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
-    CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
-      $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
-    CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE ON public.orders
-      FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
-    CREATE MATERIALIZED VIEW public.order_totals AS
-      SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
-    CREATE UNIQUE INDEX ON public.order_totals (bucket);
-"#;
+const SCHEMA: &str = support::ORDERS_SCHEMA;
+const EXACT: &str = support::ORDERS_EXACT;
 
-const EXACT: &str = "SELECT count(*) FROM ((TABLE public.order_totals EXCEPT \
-    SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket) \
-    UNION ALL (SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket \
-    EXCEPT TABLE public.order_totals)) d";
-
-fn view(extra: &str) -> String {
-    let debounce = if extra.contains("debounce") {
-        ""
-    } else {
-        "debounce = \"100ms\"\n"
-    };
-    format!("[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\n{debounce}max_delay = \"1s\"\n{extra}")
+/// `url`'s database with `public.order_totals` on `orders_changed` (debounce 100 ms,
+/// max_delay 1 s).
+fn config(url: &str) -> Config {
+    Config::new(url)
+        .view(TOTALS)
+        .channels(&["orders_changed"])
+        .set("debounce", "100ms")
+        .set("max_delay", "1s")
 }
 
 /// Inserts rows from a thread until stopped, surviving connection losses.
@@ -82,7 +70,7 @@ fn writer(dsn: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thre
 async fn listener_backend_terminated_five_times_loses_nothing() {
     let db = TestDb::new();
     db.psql(SCHEMA);
-    let d = Daemon::start(&format!("[database]\nurl = \"{}\"\n{}", db.dsn(), view("")));
+    let d = Daemon::start(&config(&db.dsn()).text());
     d.wait_ready(Duration::from_secs(20)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -93,7 +81,7 @@ async fn listener_backend_terminated_five_times_loses_nothing() {
         // The listener is the session holding refreshd's advisory lock.
         let killed = db.psql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+             WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         );
         assert_eq!(killed, "1", "round {round}: one listener to kill");
         wait_for(
@@ -138,11 +126,7 @@ async fn server_restart_during_a_write_storm() {
     let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
     cluster.psql("postgres", &["-c", SCHEMA]).unwrap();
     let dsn = cluster.socket_dsn("postgres");
-    let mut d = Daemon::start(&format!(
-        "[database]\nurl = \"{}\"\nconnect_timeout = \"1s\"\n{}",
-        dsn,
-        view("")
-    ));
+    let mut d = Daemon::start(&config(&dsn).database("connect_timeout", "1s").text());
     d.wait_ready(Duration::from_secs(20)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -180,11 +164,12 @@ async fn server_restart_during_a_write_storm() {
 async fn lock_timeout_fails_then_retry_succeeds() {
     let db = TestDb::new();
     db.psql(SCHEMA);
-    let d = Daemon::start(&format!(
-        "[database]\nurl = \"{}\"\n{}",
-        db.dsn(),
-        view("lock_timeout = \"300ms\"\ndebounce = \"0s\"\n")
-    ));
+    let d = Daemon::start(
+        &config(&db.dsn())
+            .set("lock_timeout", "300ms")
+            .set("debounce", "0s")
+            .text(),
+    );
     d.wait_ready(Duration::from_secs(20)).await;
     wait_for(Duration::from_secs(10), "startup refresh", || async {
         d.successes(TOTALS) >= 1.0
@@ -232,10 +217,13 @@ async fn shutdown_timeout_cancels_a_long_refresh_on_the_server() {
            WITH pause AS MATERIALIZED (SELECT pg_sleep(60)) SELECT 1 AS k FROM pause WITH NO DATA; \
          CREATE UNIQUE INDEX ON public.sleepy (k);",
     );
-    let mut d = Daemon::start(&format!(
-        "shutdown_timeout = \"2s\"\n[database]\nurl = \"{}\"\n[[view]]\nname = \"public.sleepy\"\nschedule = \"0 0 1 1 *\"\n",
-        db.dsn()
-    ));
+    let mut d = Daemon::start(
+        &Config::new(&db.dsn())
+            .top("shutdown_timeout", "2s")
+            .view("public.sleepy")
+            .set("schedule", "0 0 1 1 *")
+            .text(),
+    );
     d.wait_ready(Duration::from_secs(20)).await;
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%REFRESH MATERIALIZED VIEW%sleepy%' AND state = 'active' AND pid <> pg_backend_pid()";
     wait_for(
@@ -272,11 +260,7 @@ async fn shutdown_timeout_cancels_a_long_refresh_on_the_server() {
 async fn two_replicas_one_leader_and_takeover_after_kill_9() {
     let db = TestDb::new();
     db.psql(SCHEMA);
-    let cfg = format!(
-        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{}",
-        db.dsn(),
-        view("")
-    );
+    let cfg = config(&db.dsn()).ha("retry_interval", "1s").text();
     let a = Daemon::start(&cfg);
     let b = Daemon::start(&cfg);
     a.wait_ready(Duration::from_secs(20)).await;
@@ -354,21 +338,19 @@ async fn passwords_appear_nowhere() {
 
     let mut everything = String::new();
     // Password in the URL.
-    let in_url = format!(
-        "[database]\nurl = \"postgresql://postgres:{PW}@127.0.0.1:{port}/postgres\"\n{}",
-        view("")
-    );
+    let in_url = config(&format!(
+        "postgresql://postgres:{PW}@127.0.0.1:{port}/postgres"
+    ))
+    .text();
     // Password from a file, URL without it.
-    let in_file = format!(
-        "[database]\nurl = \"postgresql://postgres@127.0.0.1:{port}/postgres\"\npassword_file = \"{}\"\n{}",
-        pwfile.display(),
-        view("")
-    );
+    let in_file = config(&format!("postgresql://postgres@127.0.0.1:{port}/postgres"))
+        .database("password_file", pwfile.display().to_string())
+        .text();
     // A wrong password, in the URL: the error must not echo it.
-    let wrong = format!(
-        "[database]\nurl = \"postgresql://postgres:{PW}-wrong@127.0.0.1:{port}/postgres\"\n{}",
-        view("")
-    );
+    let wrong = config(&format!(
+        "postgresql://postgres:{PW}-wrong@127.0.0.1:{port}/postgres"
+    ))
+    .text();
     for cfg in [&in_url, &in_file] {
         let d = Daemon::start(cfg);
         d.wait_ready(Duration::from_secs(20)).await;
@@ -432,11 +414,14 @@ async fn a_half_open_listener_is_detected_and_replaced() {
     let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
     cluster.psql("postgres", &["-c", SCHEMA]).unwrap();
     let proxy = support::FreezingProxy::start(cluster.port()).await;
-    let d = Daemon::start(&format!(
-        "[database]\nurl = \"postgresql://postgres@127.0.0.1:{}/postgres\"\nconnect_timeout = \"2s\"\n{}",
-        proxy.port,
-        view("")
-    ));
+    let d = Daemon::start(
+        &config(&format!(
+            "postgresql://postgres@127.0.0.1:{}/postgres",
+            proxy.port
+        ))
+        .database("connect_timeout", "2s")
+        .text(),
+    );
     d.wait_ready(Duration::from_secs(20)).await;
     wait_for(Duration::from_secs(10), "startup refresh", || async {
         d.successes(TOTALS) >= 1.0

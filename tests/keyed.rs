@@ -359,7 +359,7 @@ async fn listener_and_leader_killed_during_writes_end_exact() {
     // committed while nobody listened would otherwise be lost).
     let killed = db.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-         WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+         WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     );
     assert_eq!(killed, "1");
     tokio::time::sleep(Duration::from_secs(2)).await;

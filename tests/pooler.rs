@@ -180,7 +180,7 @@ async fn a_listen_session_through_the_pooler_is_refused_and_leaves_no_lock() {
             Some(0.0)
         );
         assert_eq!(
-            db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
             "0",
             "no advisory lock left on any server connection"
         );

@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use refreshd::cli::cluster::{ClusterOptions, TempCluster};
+use support::config::Config;
 use support::{wait_for, Daemon, FreezingProxy, TestDb};
 
 const TOTALS: &str = "public.order_totals";
@@ -17,17 +18,11 @@ const SLEEPY: &str = "public.sleepy";
 /// `public.orders` with a NOTIFY trigger feeding `public.order_totals`;
 /// `public.quiet` with no trigger at all, so only a force refreshes `public.quiet_sum`;
 /// `public.sleepy`, whose refresh sleeps `public.knob.secs` seconds.
-const SCHEMA: &str = r#"
-    CREATE TABLE public.orders (id bigserial PRIMARY KEY, bucket int NOT NULL, amount int NOT NULL);
-    INSERT INTO public.orders (bucket, amount) SELECT g % 10, g FROM generate_series(1, 1000) g;
-    CREATE FUNCTION public.notify_orders() RETURNS trigger LANGUAGE plpgsql AS
-      $$BEGIN PERFORM pg_notify('orders_changed', ''); RETURN NULL; END$$;
-    CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE ON public.orders
-      FOR EACH STATEMENT EXECUTE FUNCTION public.notify_orders();
-    CREATE MATERIALIZED VIEW public.order_totals AS
-      SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
-    CREATE UNIQUE INDEX ON public.order_totals (bucket);
+fn schema() -> String {
+    format!("{}{REST}", support::ORDERS_SCHEMA)
+}
 
+const REST: &str = r#"
     CREATE TABLE public.quiet (id int PRIMARY KEY, v int NOT NULL);
     INSERT INTO public.quiet VALUES (1, 1);
     CREATE MATERIALIZED VIEW public.quiet_sum AS SELECT id, v FROM public.quiet;
@@ -43,18 +38,24 @@ const SCHEMA: &str = r#"
     CREATE UNIQUE INDEX ON public.sleepy (k);
 "#;
 
-const EXACT: &str = "SELECT count(*) FROM ((TABLE public.order_totals EXCEPT \
-    SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket) \
-    UNION ALL (SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket \
-    EXCEPT TABLE public.order_totals)) d";
+const EXACT: &str = support::ORDERS_EXACT;
 
 /// The views every test here configures; nothing but a force (or a takeover's catch-up)
 /// refreshes `quiet_sum` and `sleepy`.
-fn views() -> String {
-    "[[view]]\nname = \"public.order_totals\"\nchannels = [\"orders_changed\"]\ndebounce = \"100ms\"\nmax_delay = \"1s\"\n\
-     [[view]]\nname = \"public.quiet_sum\"\nchannels = [\"quiet_never\"]\ndebounce = \"1h\"\nmax_delay = \"1h\"\n\
-     [[view]]\nname = \"public.sleepy\"\nchannels = [\"sleepy_never\"]\ndebounce = \"1h\"\nmax_delay = \"1h\"\nlock_timeout = \"1s\"\n"
-        .to_string()
+fn views(c: Config) -> Config {
+    c.view("public.order_totals")
+        .channels(&["orders_changed"])
+        .set("debounce", "100ms")
+        .set("max_delay", "1s")
+        .view("public.quiet_sum")
+        .channels(&["quiet_never"])
+        .set("debounce", "1h")
+        .set("max_delay", "1h")
+        .view("public.sleepy")
+        .channels(&["sleepy_never"])
+        .set("debounce", "1h")
+        .set("max_delay", "1h")
+        .set("lock_timeout", "1s")
 }
 
 fn role(d: &Daemon) -> String {
@@ -92,12 +93,8 @@ async fn leader_then_standby(first: &str, second: &str) -> (Daemon, Daemon) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_posted_to_the_standby_is_carried_out_by_the_leader() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
-    let cfg = format!(
-        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{}",
-        db.dsn(),
-        views()
-    );
+    db.psql(&schema());
+    let cfg = views(Config::new(&db.dsn()).ha("retry_interval", "1s")).text();
     let (leader, standby) = leader_then_standby(&cfg, &cfg).await;
     wait_for(
         Duration::from_secs(10),
@@ -157,12 +154,13 @@ async fn a_refresh_posted_to_the_standby_is_carried_out_by_the_leader() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_of_the_leader_during_a_long_refresh_causes_no_failure_on_the_next() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
-    let cfg = format!(
-        "shutdown_timeout = \"30s\"\n[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{}",
-        db.dsn(),
-        views()
-    );
+    db.psql(&schema());
+    let cfg = views(
+        Config::new(&db.dsn())
+            .top("shutdown_timeout", "30s")
+            .ha("retry_interval", "1s"),
+    )
+    .text();
     let (mut old, new) = leader_then_standby(&cfg, &cfg).await;
     wait_for(
         Duration::from_secs(10),
@@ -258,11 +256,11 @@ async fn sigterm_of_the_leader_during_a_long_refresh_causes_no_failure_on_the_ne
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_with_a_long_retry_interval_stays_alive() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
-    let base = format!("[database]\nurl = \"{}\"\n", db.dsn());
+    db.psql(&schema());
+    let base = views(Config::new(&db.dsn()));
     let (leader, standby) = leader_then_standby(
-        &format!("{base}[ha]\nretry_interval = \"1s\"\n{}", views()),
-        &format!("{base}[ha]\nretry_interval = \"90s\"\n{}", views()),
+        &base.clone().ha("retry_interval", "1s").text(),
+        &base.ha("retry_interval", "90s").text(),
     )
     .await;
 
@@ -303,16 +301,21 @@ async fn a_standby_with_a_long_retry_interval_stays_alive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
     let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
-    cluster.psql("postgres", &["-c", SCHEMA]).unwrap();
+    cluster.psql("postgres", &["-c", &schema()]).unwrap();
     let dsn = cluster.socket_dsn("postgres");
     let proxy = FreezingProxy::start(cluster.port()).await;
-    let base = format!("[ha]\nretry_interval = \"1s\"\n{}", views());
+    let base = views(Config::new(&dsn))
+        .ha("retry_interval", "1s")
+        .database("connect_timeout", "2s");
     // The leader LISTENs (and holds the lock) through the proxy; it refreshes directly.
-    let leader_cfg = format!(
-        "[database]\nurl = \"{dsn}\"\nlisten_url = \"postgresql://postgres@127.0.0.1:{}/postgres\"\nconnect_timeout = \"2s\"\n{base}",
-        proxy.port
-    );
-    let standby_cfg = format!("[database]\nurl = \"{dsn}\"\nconnect_timeout = \"2s\"\n{base}");
+    let leader_cfg = base
+        .clone()
+        .database(
+            "listen_url",
+            format!("postgresql://postgres@127.0.0.1:{}/postgres", proxy.port),
+        )
+        .text();
+    let standby_cfg = base.text();
     let (old, new) = leader_then_standby(&leader_cfg, &standby_cfg).await;
     let exact = || {
         cluster
@@ -355,7 +358,7 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
         panic!(
             "no takeover within 90 s of the freeze (the cut-off leader stepped down after {stepped_down:?}); \
              advisory locks held: {:?}",
-            cluster.psql("postgres", &["-Atc", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"])
+            cluster.psql("postgres", &["-Atc", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"])
         );
     };
     wait_for(
@@ -384,7 +387,7 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
                 "postgres",
                 &[
                     "-Atc",
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted",
                 ],
             )
             .unwrap_or_default()
@@ -436,12 +439,8 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn read_your_writes_through_the_standby() {
     let db = TestDb::new();
-    db.psql(SCHEMA);
-    let cfg = format!(
-        "[database]\nurl = \"{}\"\n[ha]\nretry_interval = \"1s\"\n{}",
-        db.dsn(),
-        views()
-    );
+    db.psql(&schema());
+    let cfg = views(Config::new(&db.dsn()).ha("retry_interval", "1s")).text();
     let (leader, standby) = leader_then_standby(&cfg, &cfg).await;
     wait_for(
         Duration::from_secs(10),

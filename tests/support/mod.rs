@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod config;
 pub mod standby;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,18 @@ pub const ORDERS_SCHEMA: &str = r#"
           SELECT bucket, count(*) AS n, sum(amount) AS total FROM public.orders GROUP BY bucket;
         CREATE UNIQUE INDEX ON public.order_totals (bucket);
 "#;
+
+/// How many rows `public.order_totals` and a fresh computation of its query disagree on
+/// (`"0"`: exact).
+pub const ORDERS_EXACT: &str = "SELECT count(*) FROM ((TABLE public.order_totals EXCEPT ALL \
+    SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket) \
+    UNION ALL (SELECT bucket, count(*), sum(amount) FROM public.orders GROUP BY bucket \
+    EXCEPT ALL TABLE public.order_totals)) d";
+
+/// How many rows two queries (or `TABLE t`s) disagree on, duplicates counted.
+pub fn differences_sql(left: &str, right: &str) -> String {
+    format!("SELECT count(*) FROM (({left} EXCEPT ALL {right}) UNION ALL ({right} EXCEPT ALL {left})) d")
+}
 
 /// Where test databases live.
 pub struct Server {
