@@ -6,6 +6,7 @@ pub mod init;
 pub mod logging;
 pub mod status;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -237,6 +238,61 @@ async fn check(path: &Path) -> u8 {
             return code;
         }
     };
+    say_connected(&config, &info, &client).await;
+    let mut tally = Tally::default();
+    if !check_listen_session(&config).await {
+        tally.fail += 1;
+    }
+    let mut inspected = Inspected::read(&client, &config).await;
+    for view in &config.views {
+        match inspected.report(&client, view).await {
+            Ok(report) => {
+                say(&report_line(view, &report));
+                tally.count(report.verdict);
+            }
+            Err(e) => {
+                say(&format!(
+                    "FAIL  {}: cannot inspect the catalog: {e}",
+                    view.name.shown()
+                ));
+                tally.fail += 1;
+            }
+        }
+    }
+    say_graph(&client, &config).await;
+    let Tally { ok, warn, fail } = tally;
+    say(&format!(
+        "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
+        config.views.len()
+    ));
+    if fail > 0 {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// `check`'s count of views per verdict.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    warn: usize,
+    fail: usize,
+}
+
+impl Tally {
+    fn count(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Ok => self.ok += 1,
+            Verdict::Warn => self.warn += 1,
+            Verdict::Fail => self.fail += 1,
+        }
+    }
+}
+
+/// `check`'s first lines: the file, the server and the role; a warning when no view is
+/// configured.
+async fn say_connected(config: &Config, info: &ConnectInfo, client: &tokio_postgres::Client) {
     let who = client
         .query_typed(
             "SELECT current_user::text, current_setting('server_version')",
@@ -261,36 +317,76 @@ async fn check(path: &Path) -> u8 {
     if config.views.is_empty() {
         say("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
-    let (mut ok, mut warn, mut fail) = (0, 0, 0);
-    if !check_listen_session(&config).await {
-        fail += 1;
+}
+
+/// What the catalog says about every configured view, read in a few queries (not a few
+/// per view), to be judged one view at a time.
+struct Inspected {
+    /// One per materialized (not keyed) view, in order.
+    facts: std::vec::IntoIter<Result<Option<catalog::ViewFacts>, String>>,
+    /// The change capture gaps `run` would report (verify: a problem) or close (managed:
+    /// a warning), per view (SPEC "Change capture").
+    capture_gaps: HashMap<QualifiedName, Vec<String>>,
+    /// Every configured view's name.
+    managed: Vec<QualifiedName>,
+}
+
+impl Inspected {
+    async fn read(client: &tokio_postgres::Client, config: &Config) -> Self {
+        let plain: Vec<&ViewConfig> = config.views.iter().filter(|v| v.keyed.is_none()).collect();
+        let facts = catalog::inspect_many(client, &plain)
+            .await
+            .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
+            .unwrap_or_else(|e| {
+                let e = crate::pg::connect::error_chain(&e);
+                plain.iter().map(|_| Err(e.clone())).collect()
+            })
+            .into_iter();
+        Inspected {
+            facts,
+            capture_gaps: capture_gaps(client, config).await,
+            managed: config.views.iter().map(|v| v.name.clone()).collect(),
+        }
     }
-    let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
-    // Every materialized view's facts in a few queries (not a few per view).
-    let plain: Vec<&ViewConfig> = config.views.iter().filter(|v| v.keyed.is_none()).collect();
-    let mut facts = catalog::inspect_many(&client, &plain)
-        .await
-        .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
-        .unwrap_or_else(|e| {
-            let e = crate::pg::connect::error_chain(&e);
-            plain.iter().map(|_| Err(e.clone())).collect()
-        })
-        .into_iter();
-    // Change capture (SPEC "Change capture"), in one query for all views: the gaps `run`
-    // would report (verify: a problem) or close (managed: a warning).
+
+    /// The next view's report: a keyed view checked on its own, a materialized view's
+    /// facts judged with its capture gaps. Call it for every view, in order.
+    async fn report(
+        &mut self,
+        client: &tokio_postgres::Client,
+        view: &ViewConfig,
+    ) -> Result<catalog::ViewReport, String> {
+        match &view.keyed {
+            Some(keyed) => crate::pg::keyed_check::judge_keyed(client, view, keyed)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self.facts.next().expect("one per plain view").map(|facts| {
+                let r = catalog::judge(view, facts.as_ref(), &self.managed);
+                let gaps = self.capture_gaps.remove(&view.name).unwrap_or_default();
+                with_capture_gaps(r, view, &gaps)
+            }),
+        }
+    }
+}
+
+/// Change capture, in one query for all the views it is checked for: per view, each
+/// table with a gap and why.
+async fn capture_gaps(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> HashMap<QualifiedName, Vec<String>> {
     let checked: Vec<&ViewConfig> = config
         .views
         .iter()
         .filter(|v| crate::engine::capture::checked(v))
         .collect();
     let names: Vec<QualifiedName> = checked.iter().map(|v| v.name.clone()).collect();
-    let mut capture_gaps: std::collections::HashMap<QualifiedName, Vec<String>> =
-        Default::default();
-    if let Ok(f) = crate::pg::capture::inspect(&client, &names).await {
+    let mut gaps: HashMap<QualifiedName, Vec<String>> = HashMap::new();
+    if let Ok(f) = crate::pg::capture::inspect(client, &names).await {
         for (v, tables) in checked.iter().zip(&f.views) {
             if let Some(tables) = tables {
                 let verdict = crate::engine::capture::judge(&v.channels, tables, None);
-                capture_gaps.insert(
+                gaps.insert(
                     v.name.clone(),
                     verdict
                         .gaps
@@ -301,71 +397,62 @@ async fn check(path: &Path) -> u8 {
             }
         }
     }
-    for view in &config.views {
-        let report = match &view.keyed {
-            Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed)
-                .await
-                .map_err(|e| e.to_string()),
-            None => facts
-                .next()
-                .expect("one per plain view")
-                .map(|facts| {
-                    let mut r = catalog::judge(view, facts.as_ref(), &managed);
-                    let gaps = capture_gaps.remove(&view.name).unwrap_or_default();
-                    if !gaps.is_empty() {
-                        if view.capture == crate::config::Capture::Managed {
-                            r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
-                        } else {
-                            r.problems.push(format!("change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")", gaps.join(", ")));
-                        }
-                        r.verdict = if r.problems.is_empty() {
-                            r.verdict.max(Verdict::Warn)
-                        } else {
-                            Verdict::Fail
-                        };
-                    }
-                    r
-                }),
-        };
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                say(&format!(
-                    "FAIL  {}: cannot inspect the catalog: {e}",
-                    view.name.shown()
-                ));
-                fail += 1;
-                continue;
-            }
-        };
-        let mut line = String::new();
-        let _ = write!(
-            line,
-            "{:<5} {}: ",
-            match report.verdict {
-                Verdict::Ok => "OK",
-                Verdict::Warn => "WARN",
-                Verdict::Fail => "FAIL",
-            },
-            view.name.shown()
-        );
-        let mut parts: Vec<String> = report
-            .problems
-            .iter()
-            .map(|p| format!("PROBLEM {p}"))
-            .collect();
-        parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
-        parts.extend(report.facts.iter().cloned());
-        line.push_str(&parts.join("; "));
-        say(&line);
-        match report.verdict {
-            Verdict::Ok => ok += 1,
-            Verdict::Warn => warn += 1,
-            Verdict::Fail => fail += 1,
-        }
+    gaps
+}
+
+/// A view's report with its change capture gaps: a warning when refreshd closes them
+/// (`capture = "managed"`), else a problem.
+fn with_capture_gaps(
+    mut r: catalog::ViewReport,
+    view: &ViewConfig,
+    gaps: &[String],
+) -> catalog::ViewReport {
+    if gaps.is_empty() {
+        return r;
     }
-    // The order refreshd keeps: a view is refreshed after the views it reads.
-    if let Ok(reads) = crate::engine::startup::dependency_graph(&client, &config.views).await {
+    if view.capture == crate::config::Capture::Managed {
+        r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
+    } else {
+        r.problems.push(format!(
+            "change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")",
+            gaps.join(", ")
+        ));
+    }
+    r.verdict = if r.problems.is_empty() {
+        r.verdict.max(Verdict::Warn)
+    } else {
+        Verdict::Fail
+    };
+    r
+}
+
+/// `check`'s line about one view: its verdict, then problems, warnings and facts.
+fn report_line(view: &ViewConfig, report: &catalog::ViewReport) -> String {
+    let mut line = String::new();
+    let _ = write!(
+        line,
+        "{:<5} {}: ",
+        match report.verdict {
+            Verdict::Ok => "OK",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        },
+        view.name.shown()
+    );
+    let mut parts: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("PROBLEM {p}"))
+        .collect();
+    parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+    parts.extend(report.facts.iter().cloned());
+    line.push_str(&parts.join("; "));
+    line
+}
+
+/// The order refreshd keeps: a view is refreshed after the views it reads.
+async fn say_graph(client: &tokio_postgres::Client, config: &Config) {
+    if let Ok(reads) = crate::engine::startup::dependency_graph(client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
                 let lower: Vec<String> = r.iter().map(|&l| config.views[l].name.shown()).collect();
@@ -376,15 +463,6 @@ async fn check(path: &Path) -> u8 {
                 ));
             }
         }
-    }
-    say(&format!(
-        "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
-        config.views.len()
-    ));
-    if fail > 0 {
-        EXIT_PROBLEMS
-    } else {
-        EXIT_OK
     }
 }
 
