@@ -798,9 +798,10 @@ impl Ctx<'_> {
         let channels = self.channels(&e)?;
         let schedule = match e.pick(|v| &v.schedule, "schedule") {
             None => None,
-            Some((s, k)) => {
-                Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?)
-            }
+            Some((s, k)) => Some(
+                parse_schedule(s.get_ref())
+                    .map_err(|m| self.err(Some(&s.span()), &k, m.to_string()))?,
+            ),
         };
         let keyed = self.keyed(&e, &name)?;
         Ok(ViewConfig {
@@ -866,9 +867,8 @@ impl Ctx<'_> {
         self.timing_agrees(e, debounce, max_delay, min_interval)?;
         let max_load = match e.pick(|v| &v.max_load, "max_load") {
             None => 1.0,
-            Some((s, k)) => {
-                parse_share(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?
-            }
+            Some((s, k)) => parse_share(s.get_ref())
+                .map_err(|m| self.err(Some(&s.span()), &k, m.to_string()))?,
         };
         Ok(Pacing {
             debounce,
@@ -1320,45 +1320,64 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Why a `max_load` value is not a share of time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0:?} is not a share of time: write a percentage such as \"25%\"")]
+    NotAPercentage(String),
+    #[error("{0:?} is out of range: a share of time is more than 0% and at most 100% (\"100%\" sets no budget)")]
+    OutOfRange(String),
+}
+
 /// A `max_load` value: a percentage, more than 0% and at most 100%, as a fraction.
-pub fn parse_share(text: &str) -> Result<f64, String> {
+pub fn parse_share(text: &str) -> Result<f64, ShareError> {
     let t = text.trim();
     let Some(number) = t.strip_suffix('%') else {
-        return Err(format!(
-            "{text:?} is not a share of time: write a percentage such as \"25%\""
-        ));
+        return Err(ShareError::NotAPercentage(text.to_string()));
     };
     match number.trim().parse::<f64>() {
         Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(p / 100.0),
-        Ok(_) => Err(format!(
-            "{text:?} is out of range: a share of time is more than 0% and at most 100% (\"100%\" sets no budget)"
-        )),
-        Err(_) => Err(format!(
-            "{text:?} is not a share of time: write a percentage such as \"25%\""
-        )),
+        Ok(_) => Err(ShareError::OutOfRange(text.to_string())),
+        Err(_) => Err(ShareError::NotAPercentage(text.to_string())),
     }
 }
 
 /// `max_keys` when the file does not set it.
 pub const DEFAULT_MAX_KEYS: usize = 1000;
 
+/// Why a `schedule` is not a cron expression refreshd accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression {expr:?}: {fields} fields; write 6 (sec min hour day month weekday) or 5 like crontab")]
+    FieldCount { expr: String, fields: usize },
+    #[error("invalid cron expression {expr:?}: {source}")]
+    Cron {
+        expr: String,
+        source: croner::errors::CronError,
+    },
+}
+
 /// Accepts 6 fields (with seconds) or 5 like crontab (seconds = 0), validated with the
 /// same parser tokio-cron-scheduler uses.
-pub fn parse_schedule(expr: &str) -> Result<Schedule, String> {
+pub fn parse_schedule(expr: &str) -> Result<Schedule, ScheduleError> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     let with_seconds = match fields.len() {
         6 => fields.join(" "),
         5 => format!("0 {}", fields.join(" ")),
         n => {
-            return Err(format!(
-                "invalid cron expression {expr:?}: {n} fields; write 6 (sec min hour day month weekday) or 5 like crontab"
-            ))
+            return Err(ScheduleError::FieldCount {
+                expr: expr.to_string(),
+                fields: n,
+            })
         }
     };
     croner::Cron::new(&with_seconds)
         .with_seconds_required()
         .parse()
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        .map_err(|source| ScheduleError::Cron {
+            expr: expr.to_string(),
+            source,
+        })?;
     Ok(Schedule {
         expr: expr.to_string(),
         with_seconds,

@@ -17,7 +17,8 @@ use crate::cli::logging::LogFormat;
 use crate::config::{Config, ViewConfig, DEFAULT_CONFIG_PATH};
 use crate::pg::catalog::{self, Verdict};
 use crate::pg::connect::ConnectInfo;
-use crate::pg::ident::QualifiedName;
+use crate::pg::connect::DbError;
+use crate::pg::ident::{IdentError, QualifiedName};
 use crate::pg::refresh;
 
 /// Exit code: everything fine.
@@ -124,8 +125,8 @@ pub enum Command {
 }
 
 /// `--keyed VIEW`: a schema-qualified name, parsed like the configuration's names.
-fn parse_view_name(s: &str) -> Result<QualifiedName, String> {
-    QualifiedName::parse(s).map_err(|e| e.to_string())
+fn parse_view_name(s: &str) -> Result<QualifiedName, IdentError> {
+    QualifiedName::parse(s)
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -210,15 +211,32 @@ pub fn config_dir(config: &Config) -> PathBuf {
     config.dir()
 }
 
-/// Connects for a one-shot command: exit code 2 when the settings cannot be resolved
-/// (a missing env var, an unreadable password file), 1 when the server cannot be reached.
-async fn connect(config: &Config) -> Result<(ConnectInfo, tokio_postgres::Client), (u8, String)> {
+/// Why a one-shot command could not connect.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The settings cannot be resolved (a missing env var, an unreadable password file).
+    #[error(transparent)]
+    Settings(DbError),
+    /// The server cannot be reached.
+    #[error(transparent)]
+    Server(DbError),
+}
+
+impl ConnectError {
+    /// Exit code 2 for the settings, 1 for the server.
+    fn exit_code(&self) -> u8 {
+        match self {
+            ConnectError::Settings(_) => EXIT_CONFIG,
+            ConnectError::Server(_) => EXIT_PROBLEMS,
+        }
+    }
+}
+
+/// Connects for a one-shot command.
+async fn connect(config: &Config) -> Result<(ConnectInfo, tokio_postgres::Client), ConnectError> {
     let info = ConnectInfo::for_refresh(&config.database, &config_dir(config))
-        .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
-    let client = info
-        .connect()
-        .await
-        .map_err(|e| (EXIT_PROBLEMS, e.to_string()))?;
+        .map_err(ConnectError::Settings)?;
+    let client = info.connect().await.map_err(ConnectError::Server)?;
     Ok((info, client))
 }
 
@@ -229,13 +247,13 @@ async fn check(path: &Path) -> u8 {
     };
     let (info, client) = match connect(&config).await {
         Ok(c) => c,
-        Err((EXIT_CONFIG, e)) => {
+        Err(e @ ConnectError::Settings(_)) => {
             eprintln!("refreshd: {e}");
-            return EXIT_CONFIG;
+            return e.exit_code();
         }
-        Err((code, e)) => {
+        Err(e @ ConnectError::Server(_)) => {
             say(&format!("FAIL  database: {e}"));
-            return code;
+            return e.exit_code();
         }
     };
     say_connected(&config, &info, &client).await;
@@ -323,7 +341,7 @@ async fn say_connected(config: &Config, info: &ConnectInfo, client: &tokio_postg
 /// per view), to be judged one view at a time.
 struct Inspected {
     /// One per materialized (not keyed) view, in order.
-    facts: std::vec::IntoIter<Result<Option<catalog::ViewFacts>, String>>,
+    facts: std::vec::IntoIter<Result<Option<catalog::ViewFacts>, InspectError>>,
     /// The change capture gaps `run` would report (verify: a problem) or close (managed:
     /// a warning), per view (SPEC "Change capture").
     capture_gaps: HashMap<QualifiedName, Vec<String>>,
@@ -338,8 +356,11 @@ impl Inspected {
             .await
             .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
             .unwrap_or_else(|e| {
-                let e = crate::pg::connect::error_chain(&e);
-                plain.iter().map(|_| Err(e.clone())).collect()
+                let e = std::sync::Arc::new(e);
+                plain
+                    .iter()
+                    .map(|_| Err(InspectError::Catalog(e.clone())))
+                    .collect()
             })
             .into_iter();
         Inspected {
@@ -355,11 +376,11 @@ impl Inspected {
         &mut self,
         client: &tokio_postgres::Client,
         view: &ViewConfig,
-    ) -> Result<catalog::ViewReport, String> {
+    ) -> Result<catalog::ViewReport, InspectError> {
         match &view.keyed {
             Some(keyed) => crate::pg::keyed_check::judge_keyed(client, view, keyed)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(InspectError::Keyed),
             None => self.facts.next().expect("one per plain view").map(|facts| {
                 let r = catalog::judge(view, facts.as_ref(), &self.managed);
                 let gaps = self.capture_gaps.remove(&view.name).unwrap_or_default();
@@ -367,6 +388,18 @@ impl Inspected {
             }),
         }
     }
+}
+
+/// Why `check` could not judge a view.
+#[derive(Debug, thiserror::Error)]
+enum InspectError {
+    /// The catalog read of every materialized view at once failed (the same error for
+    /// each of them), told with its causes.
+    #[error("{}", crate::pg::connect::error_chain(.0))]
+    Catalog(std::sync::Arc<tokio_postgres::Error>),
+    /// A keyed view's own check failed.
+    #[error(transparent)]
+    Keyed(tokio_postgres::Error),
 }
 
 /// Change capture, in one query for all the views it is checked for: per view, each
@@ -491,23 +524,47 @@ async fn check_listen_session(config: &Config) -> bool {
     }
 }
 
-fn resolve_views<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a ViewConfig>, String> {
+/// Why `refresh VIEW...` names a view it cannot refresh.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("{input:?}: {source}")]
+    BadName { input: String, source: IdentError },
+    #[error("unknown view {name}: not in {} (configured: {})", file.display(), listed(configured))]
+    Unknown {
+        name: QualifiedName,
+        file: PathBuf,
+        /// Every configured view's name.
+        configured: Vec<String>,
+    },
+}
+
+/// Names joined with commas, or "none".
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn resolve_views<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> Result<Vec<&'a ViewConfig>, ResolveError> {
     let mut out = Vec::new();
     for n in names {
-        let parsed = QualifiedName::parse(n).map_err(|e| format!("{n:?}: {e}"))?;
+        let parsed = QualifiedName::parse(n).map_err(|source| ResolveError::BadName {
+            input: n.clone(),
+            source,
+        })?;
         match config.view(&parsed) {
             Some(v) => out.push(v),
             None => {
-                let known: Vec<String> = config.views.iter().map(|v| v.name.to_string()).collect();
-                return Err(format!(
-                    "unknown view {parsed}: not in {} (configured: {})",
-                    config.path.display(),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ));
+                return Err(ResolveError::Unknown {
+                    name: parsed,
+                    file: config.path.clone(),
+                    configured: config.views.iter().map(|v| v.name.to_string()).collect(),
+                })
             }
         }
     }
@@ -542,9 +599,9 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     };
     let client = match connect(&config).await {
         Ok((_, c)) => c,
-        Err((code, e)) => {
+        Err(e) => {
             eprintln!("refreshd: {e}");
-            return code;
+            return e.exit_code();
         }
     };
     // Lower views before the views that read them.

@@ -52,7 +52,8 @@ pub struct Shape {
 }
 
 /// Why a table and a definition do not fit together.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct Misfit {
     /// The configuration key at fault (`name`, `query` or `key`).
     pub key: &'static str,
