@@ -487,83 +487,15 @@ impl Ctx<'_> {
             "shutdown_timeout",
             Duration::from_secs(30),
         )?;
-        let capture_check_interval = self.opt_duration(
-            raw.capture_check_interval.as_ref(),
-            "capture_check_interval",
-            Duration::from_secs(60),
-        )?;
-        if capture_check_interval < Duration::from_secs(1) {
-            return Err(self.err(
-                raw.capture_check_interval
-                    .as_ref()
-                    .map(|s| s.span())
-                    .as_ref(),
-                "capture_check_interval",
-                "must be at least 1s",
-            ));
-        }
-
-        let mut control_roles = Vec::new();
-        for r in raw.control_roles.iter().flatten() {
-            let name = r.get_ref();
-            // NAMEDATALEN - 1: a longer name cannot be a role.
-            if name.is_empty() || name.len() > 63 || name.contains('\0') {
-                return Err(self.err(
-                    Some(&r.span()),
-                    "control_roles",
-                    format!("{name:?} is not a role name (1 to 63 bytes)"),
-                ));
-            }
-            control_roles.push(name.clone());
-        }
-
+        let capture_check_interval =
+            self.capture_check_interval(raw.capture_check_interval.as_ref())?;
+        let control_roles = self.control_roles(raw.control_roles.as_deref())?;
         let database = self.database(raw.database)?;
         let http = self.http(raw.http)?;
         let ha = self.ha(raw.ha)?;
         let history = self.history(raw.history)?;
-
-        let defaults = match raw.defaults {
-            Some(d) => {
-                if let Some(n) = &d.get_ref().name {
-                    return Err(self.err(
-                        Some(&n.span()),
-                        "defaults.name",
-                        "a view name cannot be a default; name views in [[view]] entries",
-                    ));
-                }
-                let raw = d.get_ref();
-                let per_view = [
-                    ("kind", raw.kind.as_ref().map(|k| k.span())),
-                    ("query", raw.query.as_ref().map(|k| k.span())),
-                    ("key", raw.key.as_ref().map(|k| k.span())),
-                    ("max_keys", raw.max_keys.as_ref().map(|k| k.span())),
-                ];
-                if let Some((k, span)) = per_view.into_iter().find(|(_, s)| s.is_some()) {
-                    return Err(self.err(
-                        span.as_ref(),
-                        &format!("defaults.{k}"),
-                        "set this in the [[view]] entry it belongs to, not in [defaults]",
-                    ));
-                }
-                d.into_inner()
-            }
-            None => RawView::default(),
-        };
-
-        let mut views = Vec::with_capacity(raw.view.len());
-        let mut seen: BTreeMap<QualifiedName, usize> = BTreeMap::new();
-        for (i, v) in raw.view.iter().enumerate() {
-            let view = self.view(i, v, &defaults)?;
-            if let Some(first) = seen.insert(view.name.clone(), view.line) {
-                return Err(self.err(
-                    v.get_ref().name.as_ref().map(|n| n.span()).as_ref(),
-                    &format!("view[{i}].name"),
-                    format!("view {} is listed twice (first at line {first})", view.name),
-                ));
-            }
-            views.push(view);
-        }
-
+        let defaults = self.defaults(raw.defaults)?;
+        let views = self.views(&raw.view, &defaults)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             shutdown_timeout,
@@ -576,6 +508,88 @@ impl Ctx<'_> {
             ha,
             views,
         })
+    }
+
+    /// `capture_check_interval`: at least a second.
+    fn capture_check_interval(&self, v: Option<&Spanned<String>>) -> Result<Duration, ConfigError> {
+        let interval = self.opt_duration(v, "capture_check_interval", Duration::from_secs(60))?;
+        if interval < Duration::from_secs(1) {
+            return Err(self.err(
+                v.map(|s| s.span()).as_ref(),
+                "capture_check_interval",
+                "must be at least 1s",
+            ));
+        }
+        Ok(interval)
+    }
+
+    /// `control_roles`: names that can be roles.
+    fn control_roles(&self, roles: Option<&[Spanned<String>]>) -> Result<Vec<String>, ConfigError> {
+        let mut control_roles = Vec::new();
+        for r in roles.into_iter().flatten() {
+            let name = r.get_ref();
+            // NAMEDATALEN - 1: a longer name cannot be a role.
+            if name.is_empty() || name.len() > 63 || name.contains('\0') {
+                return Err(self.err(
+                    Some(&r.span()),
+                    "control_roles",
+                    format!("{name:?} is not a role name (1 to 63 bytes)"),
+                ));
+            }
+            control_roles.push(name.clone());
+        }
+        Ok(control_roles)
+    }
+
+    /// `[defaults]`: the keys every view may share (not its name, nor a keyed view's own).
+    fn defaults(&self, defaults: Option<Spanned<RawView>>) -> Result<RawView, ConfigError> {
+        let Some(d) = defaults else {
+            return Ok(RawView::default());
+        };
+        if let Some(n) = &d.get_ref().name {
+            return Err(self.err(
+                Some(&n.span()),
+                "defaults.name",
+                "a view name cannot be a default; name views in [[view]] entries",
+            ));
+        }
+        let raw = d.get_ref();
+        let per_view = [
+            ("kind", raw.kind.as_ref().map(|k| k.span())),
+            ("query", raw.query.as_ref().map(|k| k.span())),
+            ("key", raw.key.as_ref().map(|k| k.span())),
+            ("max_keys", raw.max_keys.as_ref().map(|k| k.span())),
+        ];
+        if let Some((k, span)) = per_view.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(self.err(
+                span.as_ref(),
+                &format!("defaults.{k}"),
+                "set this in the [[view]] entry it belongs to, not in [defaults]",
+            ));
+        }
+        Ok(d.into_inner())
+    }
+
+    /// Every `[[view]]` entry, each name listed once.
+    fn views(
+        &self,
+        entries: &[Spanned<RawView>],
+        defaults: &RawView,
+    ) -> Result<Vec<ViewConfig>, ConfigError> {
+        let mut views = Vec::with_capacity(entries.len());
+        let mut seen: BTreeMap<QualifiedName, usize> = BTreeMap::new();
+        for (i, v) in entries.iter().enumerate() {
+            let view = self.view(i, v, defaults)?;
+            if let Some(first) = seen.insert(view.name.clone(), view.line) {
+                return Err(self.err(
+                    v.get_ref().name.as_ref().map(|n| n.span()).as_ref(),
+                    &format!("view[{i}].name"),
+                    format!("view {} is listed twice (first at line {first})", view.name),
+                ));
+            }
+            views.push(view);
+        }
+        Ok(views)
     }
 
     /// `[database]`.
@@ -752,97 +766,133 @@ impl Ctx<'_> {
     }
 
     fn view(&self, i: usize, v: &Spanned<RawView>, d: &RawView) -> Result<ViewConfig, ConfigError> {
-        let key = |k: &str| format!("view[{i}].{k}");
-        let raw = v.get_ref();
+        let e = Entry {
+            i,
+            raw: v.get_ref(),
+            defaults: d,
+        };
         let line = self.line_of(&v.span());
-        let Some(name) = &raw.name else {
-            return Err(self.err(
-                Some(&v.span()),
-                &key("name"),
-                "missing: every [[view]] needs name = \"schema.view\"",
-            ));
-        };
-        let parsed = QualifiedName::parse(name.get_ref().trim()).map_err(|e| {
-            self.err(
-                Some(&name.span()),
-                &key("name"),
-                format!("{:?}: {e}", name.get_ref()),
-            )
-        })?;
-
-        // A key set on the view wins over [defaults]; the error names where the value came from.
-        let pick = |own: &Option<Spanned<String>>,
-                    def: &Option<Spanned<String>>,
-                    k: &str|
-         -> Option<(Spanned<String>, String)> {
-            own.clone()
-                .map(|s| (s, key(k)))
-                .or_else(|| def.clone().map(|s| (s, format!("defaults.{k}"))))
-        };
-        let dur = |own: &Option<Spanned<String>>,
-                   def: &Option<Spanned<String>>,
-                   k: &str,
-                   default: Duration| {
-            match pick(own, def, k) {
-                Some((s, key)) => self.duration(&s, &key),
-                None => Ok(default),
-            }
-        };
-        let debounce = dur(
-            &raw.debounce,
-            &d.debounce,
-            "debounce",
-            Duration::from_secs(2),
-        )?;
-        let max_delay = dur(
-            &raw.max_delay,
-            &d.max_delay,
-            "max_delay",
-            Duration::from_secs(30),
-        )?;
-        let min_interval = dur(
-            &raw.min_interval,
-            &d.min_interval,
-            "min_interval",
-            Duration::ZERO,
-        )?;
-        self.timing_agrees(raw, d, &key, debounce, max_delay, min_interval)?;
-        let max_load = match pick(&raw.max_load, &d.max_load, "max_load") {
-            None => 1.0,
-            Some((s, k)) => {
-                parse_share(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?
-            }
-        };
-        let statement_timeout = dur(
-            &raw.statement_timeout,
-            &d.statement_timeout,
+        let name = self.view_name(&e, v)?;
+        let pacing = self.pacing(&e)?;
+        let statement_timeout = self.view_duration(
+            &e,
+            |v| &v.statement_timeout,
             "statement_timeout",
             Duration::from_secs(600),
         )?;
-        let lock_timeout = dur(
-            &raw.lock_timeout,
-            &d.lock_timeout,
+        let lock_timeout = self.view_duration(
+            &e,
+            |v| &v.lock_timeout,
             "lock_timeout",
             Duration::from_secs(5),
         )?;
-        let poll_interval = dur(
-            &raw.poll_interval,
-            &d.poll_interval,
-            "poll_interval",
-            Duration::from_secs(1),
-        )?;
-        if poll_interval < Duration::from_millis(100) {
-            let (s, k) =
-                pick(&raw.poll_interval, &d.poll_interval, "poll_interval").expect("non-default");
-            return Err(self.err(Some(&s.span()), &k, "must be at least 100ms"));
-        }
-        let concurrently = raw
+        let (detect, poll_interval) = self.detection(&e)?;
+        let concurrently = e
+            .raw
             .concurrently
             .as_ref()
             .or(d.concurrently.as_ref())
             .map(|b| *b.get_ref())
             .unwrap_or(true);
-        let detect = match pick(&raw.detect, &d.detect, "detect") {
+        let capture = self.capture(&e)?;
+        let channels = self.channels(&e)?;
+        let schedule = match e.pick(|v| &v.schedule, "schedule") {
+            None => None,
+            Some((s, k)) => Some(
+                parse_schedule(s.get_ref())
+                    .map_err(|m| self.err(Some(&s.span()), &k, m.to_string()))?,
+            ),
+        };
+        let keyed = self.keyed(&e, &name)?;
+        Ok(ViewConfig {
+            name,
+            keyed,
+            channels,
+            schedule,
+            debounce: pacing.debounce,
+            max_delay: pacing.max_delay,
+            min_interval: pacing.min_interval,
+            max_load: pacing.max_load,
+            concurrently,
+            statement_timeout,
+            lock_timeout,
+            detect,
+            poll_interval,
+            capture,
+            line,
+        })
+    }
+
+    /// `name`: present and schema-qualified.
+    fn view_name(&self, e: &Entry, v: &Spanned<RawView>) -> Result<QualifiedName, ConfigError> {
+        let Some(name) = &e.raw.name else {
+            return Err(self.err(
+                Some(&v.span()),
+                &e.key("name"),
+                "missing: every [[view]] needs name = \"schema.view\"",
+            ));
+        };
+        QualifiedName::parse(name.get_ref().trim()).map_err(|err| {
+            self.err(
+                Some(&name.span()),
+                &e.key("name"),
+                format!("{:?}: {err}", name.get_ref()),
+            )
+        })
+    }
+
+    /// A duration key of a view, from the entry, else `[defaults]`, else `default`.
+    fn view_duration(
+        &self,
+        e: &Entry,
+        field: fn(&RawView) -> &Option<Spanned<String>>,
+        k: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match e.pick(field, k) {
+            Some((s, key)) => self.duration(&s, &key),
+            None => Ok(default),
+        }
+    }
+
+    /// When refreshes may start: `debounce`, `max_delay`, `min_interval` (which must agree)
+    /// and `max_load`.
+    fn pacing(&self, e: &Entry) -> Result<Pacing, ConfigError> {
+        let debounce =
+            self.view_duration(e, |v| &v.debounce, "debounce", Duration::from_secs(2))?;
+        let max_delay =
+            self.view_duration(e, |v| &v.max_delay, "max_delay", Duration::from_secs(30))?;
+        let min_interval =
+            self.view_duration(e, |v| &v.min_interval, "min_interval", Duration::ZERO)?;
+        self.timing_agrees(e, debounce, max_delay, min_interval)?;
+        let max_load = match e.pick(|v| &v.max_load, "max_load") {
+            None => 1.0,
+            Some((s, k)) => parse_share(s.get_ref())
+                .map_err(|m| self.err(Some(&s.span()), &k, m.to_string()))?,
+        };
+        Ok(Pacing {
+            debounce,
+            max_delay,
+            min_interval,
+            max_load,
+        })
+    }
+
+    /// How staleness is detected: `poll_interval` (at least 100ms) and `detect`.
+    fn detection(&self, e: &Entry) -> Result<(Detect, Duration), ConfigError> {
+        let poll_interval = self.view_duration(
+            e,
+            |v| &v.poll_interval,
+            "poll_interval",
+            Duration::from_secs(1),
+        )?;
+        if poll_interval < Duration::from_millis(100) {
+            let (s, k) = e
+                .pick(|v| &v.poll_interval, "poll_interval")
+                .expect("non-default");
+            return Err(self.err(Some(&s.span()), &k, "must be at least 100ms"));
+        }
+        let detect = match e.pick(|v| &v.detect, "detect") {
             None => Detect::Notify,
             Some((s, k)) => match s.get_ref().as_str() {
                 "notify" => Detect::Notify,
@@ -858,7 +908,12 @@ impl Ctx<'_> {
                 }
             },
         };
-        let capture = match pick(&raw.capture, &d.capture, "capture") {
+        Ok((detect, poll_interval))
+    }
+
+    /// `capture`: who owns the view's change capture.
+    fn capture(&self, e: &Entry) -> Result<Capture, ConfigError> {
+        Ok(match e.pick(|v| &v.capture, "capture") {
             None => Capture::Verify,
             Some((s, k)) => match s.get_ref().as_str() {
                 "managed" => Capture::Managed,
@@ -874,20 +929,24 @@ impl Ctx<'_> {
                     ))
                 }
             },
-        };
-        let (channels_raw, channels_key) = match (&raw.channels, &d.channels) {
-            (Some(c), _) => (c.clone(), key("channels")),
+        })
+    }
+
+    /// `channels`: valid names, none of refreshd's own, repeats dropped.
+    fn channels(&self, e: &Entry) -> Result<Vec<String>, ConfigError> {
+        let (channels_raw, channels_key) = match (&e.raw.channels, &e.defaults.channels) {
+            (Some(c), _) => (c.clone(), e.key("channels")),
             (None, Some(c)) => (c.clone(), "defaults.channels".to_string()),
-            (None, None) => (Vec::new(), key("channels")),
+            (None, None) => (Vec::new(), e.key("channels")),
         };
         let mut channels = Vec::with_capacity(channels_raw.len());
         let mut seen = HashSet::new();
         for c in &channels_raw {
-            validate_channel(c.get_ref()).map_err(|e| {
+            validate_channel(c.get_ref()).map_err(|err| {
                 self.err(
                     Some(&c.span()),
                     &channels_key,
-                    format!("channel {:?}: {e}", c.get_ref()),
+                    format!("channel {:?}: {err}", c.get_ref()),
                 )
             })?;
             if [crate::CONTROL_CHANNEL, crate::pg::force::FORCE_CHANNEL]
@@ -906,40 +965,48 @@ impl Ctx<'_> {
                 channels.push(c.get_ref().clone());
             }
         }
-        let schedule = match pick(&raw.schedule, &d.schedule, "schedule") {
-            None => None,
-            Some((s, k)) => {
-                Some(parse_schedule(s.get_ref()).map_err(|m| self.err(Some(&s.span()), &k, m))?)
-            }
-        };
-        let keyed = self.keyed(i, raw, &parsed)?;
-        if keyed.is_some() {
-            if let Some(c) = &raw.concurrently {
-                return Err(self.err(
-                    Some(&c.span()),
-                    &key("concurrently"),
-                    "a keyed view is a table refreshd writes group by group: concurrently applies to materialized views only",
-                ));
-            }
-        }
-        Ok(ViewConfig {
-            name: parsed,
-            keyed,
-            channels,
-            schedule,
-            debounce,
-            max_delay,
-            min_interval,
-            max_load,
-            concurrently,
-            statement_timeout,
-            lock_timeout,
-            detect,
-            poll_interval,
-            capture,
-            line,
-        })
+        Ok(channels)
     }
+}
+
+/// One `[[view]]` entry as written, with `[defaults]` under it.
+struct Entry<'a> {
+    /// Its place among the entries, for keys such as `view[3].debounce`.
+    i: usize,
+    raw: &'a RawView,
+    defaults: &'a RawView,
+}
+
+impl Entry<'_> {
+    /// The dotted key of one of the entry's own keys.
+    fn key(&self, k: &str) -> String {
+        format!("view[{}].{k}", self.i)
+    }
+
+    /// A key set on the view wins over `[defaults]`; the key returned names where the
+    /// value came from, for errors.
+    fn pick(
+        &self,
+        field: fn(&RawView) -> &Option<Spanned<String>>,
+        k: &str,
+    ) -> Option<(Spanned<String>, String)> {
+        field(self.raw)
+            .clone()
+            .map(|s| (s, self.key(k)))
+            .or_else(|| {
+                field(self.defaults)
+                    .clone()
+                    .map(|s| (s, format!("defaults.{k}")))
+            })
+    }
+}
+
+/// When a view's refreshes may start.
+struct Pacing {
+    debounce: Duration,
+    max_delay: Duration,
+    min_interval: Duration,
+    max_load: f64,
 }
 
 impl Ctx<'_> {
@@ -949,28 +1016,27 @@ impl Ctx<'_> {
     /// itself sets (else on the `[defaults]` one) and names both values and the fix.
     fn timing_agrees(
         &self,
-        raw: &RawView,
-        d: &RawView,
-        key: &dyn Fn(&str) -> String,
+        e: &Entry,
         debounce: Duration,
         max_delay: Duration,
         min_interval: Duration,
     ) -> Result<(), ConfigError> {
+        let (raw, d) = (e.raw, e.defaults);
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let blame = |other: &Option<Spanned<String>>,
                      other_default: &Option<Spanned<String>>,
                      other_name: &str,
                      message: String| {
             let set = [
-                (other, key(other_name)),
-                (&raw.max_delay, key("max_delay")),
+                (other, e.key(other_name)),
+                (&raw.max_delay, e.key("max_delay")),
                 (other_default, format!("defaults.{other_name}")),
                 (&d.max_delay, "defaults.max_delay".to_string()),
             ];
             let (span, k) = set
                 .into_iter()
                 .find_map(|(v, k)| v.as_ref().map(|v| (v.span(), k)))
-                .map_or((None, key(other_name)), |(s, k)| (Some(s), k));
+                .map_or((None, e.key(other_name)), |(s, k)| (Some(s), k));
             self.err(span.as_ref(), &k, message)
         };
         if debounce > max_delay {
@@ -1001,14 +1067,34 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// `kind`, and for `kind = "keyed"` its `query`, `key` and `max_keys`.
-    fn keyed(
-        &self,
-        i: usize,
-        raw: &RawView,
-        name: &QualifiedName,
-    ) -> Result<Option<Keyed>, ConfigError> {
-        let key = |k: &str| format!("view[{i}].{k}");
+    /// `kind`, and for `kind = "keyed"` its `query`, `key` and `max_keys` (and no
+    /// `concurrently`).
+    fn keyed(&self, e: &Entry, name: &QualifiedName) -> Result<Option<Keyed>, ConfigError> {
+        if !self.is_keyed(e)? {
+            return Ok(None);
+        }
+        let raw = e.raw;
+        let kind_span = raw.kind.as_ref().expect("keyed").span();
+        let query = self.keyed_query(e, &kind_span, name)?;
+        let columns = self.key_columns(e, &kind_span)?;
+        let max_keys = self.max_keys(e)?;
+        if let Some(c) = &raw.concurrently {
+            return Err(self.err(
+                Some(&c.span()),
+                &e.key("concurrently"),
+                "a keyed view is a table refreshd writes group by group: concurrently applies to materialized views only",
+            ));
+        }
+        Ok(Some(Keyed {
+            query,
+            key: columns,
+            max_keys,
+        }))
+    }
+
+    /// Whether `kind` says keyed; a materialized view sets none of a keyed view's keys.
+    fn is_keyed(&self, e: &Entry) -> Result<bool, ConfigError> {
+        let raw = e.raw;
         let keyed = match &raw.kind {
             None => false,
             Some(k) => match k.get_ref().as_str() {
@@ -1017,7 +1103,7 @@ impl Ctx<'_> {
                 other => {
                     return Err(self.err(
                         Some(&k.span()),
-                        &key("kind"),
+                        &e.key("kind"),
                         format!("{other:?} is not a view kind: use \"materialized\" (the default) or \"keyed\""),
                     ))
                 }
@@ -1032,44 +1118,58 @@ impl Ctx<'_> {
             if let Some((k, span)) = extra.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.err(
                     span.as_ref(),
-                    &key(k),
+                    &e.key(k),
                     "only for kind = \"keyed\" views (this one is a materialized view)",
                 ));
             }
-            return Ok(None);
         }
-        let Some(q) = &raw.query else {
+        Ok(keyed)
+    }
+
+    /// A keyed view's `query`: another relation than its table.
+    fn keyed_query(
+        &self,
+        e: &Entry,
+        kind_span: &Range<usize>,
+        name: &QualifiedName,
+    ) -> Result<QualifiedName, ConfigError> {
+        let Some(q) = &e.raw.query else {
             return Err(self.err(
-                Some(&raw.kind.as_ref().expect("keyed").span()),
-                &key("query"),
+                Some(kind_span),
+                &e.key("query"),
                 "missing: a keyed view needs query = \"schema.view\", the plain view that defines its rows",
             ));
         };
-        let query = QualifiedName::parse(q.get_ref().trim()).map_err(|e| {
+        let query = QualifiedName::parse(q.get_ref().trim()).map_err(|err| {
             self.err(
                 Some(&q.span()),
-                &key("query"),
-                format!("{:?}: {e}", q.get_ref()),
+                &e.key("query"),
+                format!("{:?}: {err}", q.get_ref()),
             )
         })?;
         if &query == name {
             return Err(self.err(
                 Some(&q.span()),
-                &key("query"),
+                &e.key("query"),
                 "the query must be another relation than the table it fills",
             ));
         }
-        let Some(cols) = &raw.key else {
+        Ok(query)
+    }
+
+    /// A keyed view's `key`: 1 to [`MAX_KEY_COLUMNS`] column names, each once.
+    fn key_columns(&self, e: &Entry, kind_span: &Range<usize>) -> Result<Vec<String>, ConfigError> {
+        let Some(cols) = &e.raw.key else {
             return Err(self.err(
-                Some(&raw.kind.as_ref().expect("keyed").span()),
-                &key("key"),
+                Some(kind_span),
+                &e.key("key"),
                 "missing: a keyed view needs key = [\"column\", ...], the columns that identify a group",
             ));
         };
         if cols.get_ref().is_empty() || cols.get_ref().len() > MAX_KEY_COLUMNS {
             return Err(self.err(
                 Some(&cols.span()),
-                &key("key"),
+                &e.key("key"),
                 format!("name 1 to {MAX_KEY_COLUMNS} columns"),
             ));
         }
@@ -1079,38 +1179,36 @@ impl Ctx<'_> {
             if n.is_empty() || n.len() > 63 || n.contains('\0') {
                 return Err(self.err(
                     Some(&c.span()),
-                    &key("key"),
+                    &e.key("key"),
                     format!("{n:?} is not a column name (1 to 63 bytes)"),
                 ));
             }
             if columns.contains(n) {
                 return Err(self.err(
                     Some(&c.span()),
-                    &key("key"),
+                    &e.key("key"),
                     format!("column {n:?} is listed twice"),
                 ));
             }
             columns.push(n.clone());
         }
-        let max_keys = match &raw.max_keys {
-            None => DEFAULT_MAX_KEYS,
-            Some(m) => {
-                let v = *m.get_ref();
-                if v < 1 || v as u64 > MAX_MAX_KEYS as u64 {
-                    return Err(self.err(
-                        Some(&m.span()),
-                        &key("max_keys"),
-                        format!("{v} is out of range: 1 to {MAX_MAX_KEYS}"),
-                    ));
-                }
-                v as usize
-            }
+        Ok(columns)
+    }
+
+    /// A keyed view's `max_keys`: 1 to [`MAX_MAX_KEYS`].
+    fn max_keys(&self, e: &Entry) -> Result<usize, ConfigError> {
+        let Some(m) = &e.raw.max_keys else {
+            return Ok(DEFAULT_MAX_KEYS);
         };
-        Ok(Some(Keyed {
-            query,
-            key: columns,
-            max_keys,
-        }))
+        let v = *m.get_ref();
+        if v < 1 || v as u64 > MAX_MAX_KEYS as u64 {
+            return Err(self.err(
+                Some(&m.span()),
+                &e.key("max_keys"),
+                format!("{v} is out of range: 1 to {MAX_MAX_KEYS}"),
+            ));
+        }
+        Ok(v as usize)
     }
 }
 
@@ -1222,45 +1320,64 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Why a `max_load` value is not a share of time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0:?} is not a share of time: write a percentage such as \"25%\"")]
+    NotAPercentage(String),
+    #[error("{0:?} is out of range: a share of time is more than 0% and at most 100% (\"100%\" sets no budget)")]
+    OutOfRange(String),
+}
+
 /// A `max_load` value: a percentage, more than 0% and at most 100%, as a fraction.
-pub fn parse_share(text: &str) -> Result<f64, String> {
+pub fn parse_share(text: &str) -> Result<f64, ShareError> {
     let t = text.trim();
     let Some(number) = t.strip_suffix('%') else {
-        return Err(format!(
-            "{text:?} is not a share of time: write a percentage such as \"25%\""
-        ));
+        return Err(ShareError::NotAPercentage(text.to_string()));
     };
     match number.trim().parse::<f64>() {
         Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(p / 100.0),
-        Ok(_) => Err(format!(
-            "{text:?} is out of range: a share of time is more than 0% and at most 100% (\"100%\" sets no budget)"
-        )),
-        Err(_) => Err(format!(
-            "{text:?} is not a share of time: write a percentage such as \"25%\""
-        )),
+        Ok(_) => Err(ShareError::OutOfRange(text.to_string())),
+        Err(_) => Err(ShareError::NotAPercentage(text.to_string())),
     }
 }
 
 /// `max_keys` when the file does not set it.
 pub const DEFAULT_MAX_KEYS: usize = 1000;
 
+/// Why a `schedule` is not a cron expression refreshd accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression {expr:?}: {fields} fields; write 6 (sec min hour day month weekday) or 5 like crontab")]
+    FieldCount { expr: String, fields: usize },
+    #[error("invalid cron expression {expr:?}: {source}")]
+    Cron {
+        expr: String,
+        source: croner::errors::CronError,
+    },
+}
+
 /// Accepts 6 fields (with seconds) or 5 like crontab (seconds = 0), validated with the
 /// same parser tokio-cron-scheduler uses.
-pub fn parse_schedule(expr: &str) -> Result<Schedule, String> {
+pub fn parse_schedule(expr: &str) -> Result<Schedule, ScheduleError> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     let with_seconds = match fields.len() {
         6 => fields.join(" "),
         5 => format!("0 {}", fields.join(" ")),
         n => {
-            return Err(format!(
-                "invalid cron expression {expr:?}: {n} fields; write 6 (sec min hour day month weekday) or 5 like crontab"
-            ))
+            return Err(ScheduleError::FieldCount {
+                expr: expr.to_string(),
+                fields: n,
+            })
         }
     };
     croner::Cron::new(&with_seconds)
         .with_seconds_required()
         .parse()
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        .map_err(|source| ScheduleError::Cron {
+            expr: expr.to_string(),
+            source,
+        })?;
     Ok(Schedule {
         expr: expr.to_string(),
         with_seconds,

@@ -137,7 +137,7 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(15);
 /// from `/status`.
 async fn summarize(base: String, writes: Arc<AtomicU64>, stop: CancellationToken) {
     let mut seen = [0.0f64; 2];
-    let mut counted: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    let mut counted = Counted::default();
     let mut writes_seen = 0;
     let mut tick = tokio::time::interval(SUMMARY_EVERY);
     tick.tick().await;
@@ -153,67 +153,22 @@ async fn summarize(base: String, writes: Arc<AtomicU64>, stop: CancellationToken
             continue;
         };
         let views = status["views"].as_array().cloned().unwrap_or_default();
-        let (mut refreshes, mut failures) = (0, 0);
-        let mut delta: std::collections::HashMap<&str, u64> = Default::default();
-        for v in &views {
-            let now = (
-                v["refreshes"].as_u64().unwrap_or(0),
-                v["failures"].as_u64().unwrap_or(0),
-            );
-            let before = counted
-                .insert(v["view"].as_str().unwrap_or_default().to_string(), now)
-                .unwrap_or((0, 0));
-            refreshes += now.0.saturating_sub(before.0);
-            delta.insert(
-                v["view"].as_str().unwrap_or_default(),
-                now.0.saturating_sub(before.0),
-            );
-            failures += now.1.saturating_sub(before.1);
-        }
+        let since = counted.since_last(&views);
         let w = writes.load(Ordering::Relaxed);
         let new_writes = w - writes_seen;
         writes_seen = w;
-        let mut parts = Vec::new();
-        for (i, (label, name)) in TWINS.iter().enumerate() {
-            let recent: Vec<(f64, f64, f64)> = views
-                .iter()
-                .filter(|v| v["view"] == *name)
-                .flat_map(|v| v["recent"].as_array().cloned().unwrap_or_default())
-                .filter_map(|t| {
-                    Some((
-                        t["end"].as_f64()?,
-                        t["lag_seconds"].as_f64()?,
-                        t["duration_seconds"].as_f64()?,
-                    ))
-                })
-                .filter(|t| t.0 > seen[i])
-                .collect();
-            if let Some(last) = recent.iter().map(|t| t.0).reduce(f64::max) {
-                seen[i] = last;
-            }
-            let median = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v.get(v.len() / 2).copied().unwrap_or(f64::NAN) * 1000.0
-            };
-            parts.push(format!(
-                "{label} {} (median lag {:.0} ms, refresh {:.0} ms)",
-                // The count from the counters: `recent` keeps only the last 20.
-                plural(
-                    delta.get(name).copied().unwrap_or(0),
-                    "refresh",
-                    "refreshes"
-                ),
-                median(recent.iter().map(|t| t.1).collect()),
-                median(recent.iter().map(|t| t.2).collect())
-            ));
-        }
+        let parts: Vec<String> = TWINS
+            .iter()
+            .zip(&mut seen)
+            .map(|(&(label, name), seen)| twin_summary(label, name, &views, seen, &since))
+            .collect();
         say!(
             "last {} s: {}, {}{} across {} views | attendance statistics: {}",
             SUMMARY_EVERY.as_secs(),
             plural(new_writes, "write", "writes"),
-            plural(refreshes, "refresh", "refreshes"),
-            if failures > 0 {
-                format!(", {failures} failed")
+            plural(since.refreshes, "refresh", "refreshes"),
+            if since.failures > 0 {
+                format!(", {} failed", since.failures)
             } else {
                 String::new()
             },
@@ -221,6 +176,85 @@ async fn summarize(base: String, writes: Arc<AtomicU64>, stop: CancellationToken
             parts.join(" | ")
         );
     }
+}
+
+/// Each view's refresh and failure counters as last seen in `/status`.
+#[derive(Default)]
+struct Counted(std::collections::HashMap<String, (u64, u64)>);
+
+/// Refreshes and failures since the last summary.
+struct Since {
+    refreshes: u64,
+    failures: u64,
+    /// Per view.
+    refreshes_of: std::collections::HashMap<String, u64>,
+}
+
+impl Counted {
+    /// What the counters of `/status`'s views say happened since the last call.
+    fn since_last(&mut self, views: &[serde_json::Value]) -> Since {
+        let mut since = Since {
+            refreshes: 0,
+            failures: 0,
+            refreshes_of: Default::default(),
+        };
+        for v in views {
+            let now = (
+                v["refreshes"].as_u64().unwrap_or(0),
+                v["failures"].as_u64().unwrap_or(0),
+            );
+            let name = v["view"].as_str().unwrap_or_default();
+            let before = self.0.insert(name.to_string(), now).unwrap_or((0, 0));
+            since.refreshes += now.0.saturating_sub(before.0);
+            since
+                .refreshes_of
+                .insert(name.to_string(), now.0.saturating_sub(before.0));
+            since.failures += now.1.saturating_sub(before.1);
+        }
+        since
+    }
+}
+
+/// One twin's part of the summary: its refreshes since the last line (from the
+/// counters: `recent` keeps only the last 20), and the median lag and refresh time of
+/// its recent refreshes that ended after `seen` (moved to the last of them).
+fn twin_summary(
+    label: &str,
+    name: &str,
+    views: &[serde_json::Value],
+    seen: &mut f64,
+    since: &Since,
+) -> String {
+    let recent: Vec<(f64, f64, f64)> = views
+        .iter()
+        .filter(|v| v["view"] == *name)
+        .flat_map(|v| v["recent"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| {
+            Some((
+                t["end"].as_f64()?,
+                t["lag_seconds"].as_f64()?,
+                t["duration_seconds"].as_f64()?,
+            ))
+        })
+        .filter(|t| t.0 > *seen)
+        .collect();
+    if let Some(last) = recent.iter().map(|t| t.0).reduce(f64::max) {
+        *seen = last;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN) * 1000.0
+    };
+    format!(
+        "{label} {} (median lag {:.0} ms, refresh {:.0} ms)",
+        plural(
+            since.refreshes_of.get(name).copied().unwrap_or(0),
+            "refresh",
+            "refreshes"
+        ),
+        median(recent.iter().map(|t| t.1).collect()),
+        median(recent.iter().map(|t| t.2).collect())
+    )
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -260,6 +294,36 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         "status page http://{}/ (live once the daemon runs, in a few seconds)",
         opts.listen
     );
+    let cluster = start_cluster().await?;
+    let client = fill(&cluster, opts.scale).await?;
+    let config = demo_config(&cluster, opts.listen)?;
+    say_where_to_look(&cluster, opts.listen);
+
+    let writer_stop = CancellationToken::new();
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write(
+        client,
+        opts.write_every,
+        writes.clone(),
+        writer_stop.clone(),
+    ));
+    let compare = tokio::spawn(summarize(
+        format!("http://{}", opts.listen),
+        writes,
+        writer_stop.clone(),
+    ));
+    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
+    writer_stop.cancel();
+    let _ = writer.await;
+    let _ = compare.await;
+    say!("stopping and removing the throwaway cluster...");
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    say!("done, nothing left behind.");
+    result
+}
+
+/// A throwaway cluster from the local server binaries.
+async fn start_cluster() -> anyhow::Result<TempCluster> {
     say!("starting a throwaway PostgreSQL cluster...");
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
         .await?
@@ -269,6 +333,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         cluster.socket_dir().display(),
         cluster.port()
     );
+    Ok(cluster)
+}
+
+/// Installs `sql/` and generates the data at `scale`; the connection, for the writes.
+async fn fill(cluster: &TempCluster, scale: f64) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) =
         tokio_postgres::connect(&cluster.socket_dsn("postgres"), tokio_postgres::NoTls)
             .await
@@ -283,12 +352,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             .await
             .with_context(|| format!("installing sql/{name}"))?;
     }
-    say!("sql/ installed; generating data at scale {}...", opts.scale);
+    say!("sql/ installed; generating data at scale {}...", scale);
     let started = std::time::Instant::now();
     let row = client
         .query_one(
             "SELECT refreshd_demo.generate_attendance($1::float8::numeric), refreshd_demo.generate_inventory($1::float8::numeric)",
-            &[&opts.scale],
+            &[&scale],
         )
         .await
         .context("generating demo data")?;
@@ -298,10 +367,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         row.get::<_, String>(1),
         started.elapsed().as_secs_f64()
     );
-    let config = demo_config(&cluster, opts.listen)?;
+    Ok(client)
+}
+
+/// What the daemon serves, and a psql line to watch the data.
+fn say_where_to_look(cluster: &TempCluster, listen: SocketAddr) {
     say!(
         "the daemon serves http://{0}/ (status page), http://{0}/metrics and http://{0}/status; a stream of writes begins; a summary every {1} s (per-refresh lines: RUST_LOG=info); Ctrl-C stops and removes everything.",
-        opts.listen,
+        listen,
         SUMMARY_EVERY.as_secs()
     );
     let psql = cluster.bin_dir().join("psql");
@@ -314,49 +387,36 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         "watch the data: {psql} '{}' -c 'SELECT * FROM core.mv_low_stock_alerts LIMIT 10'  (\\dm lists the views)",
         cluster.url("postgres", "postgres")
     );
+}
 
-    let writer_stop = CancellationToken::new();
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let stop = writer_stop.clone();
-        let writes = writes.clone();
-        let every = opts.write_every;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            let mut n: u64 = 0;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                n += 1;
-                let sql = if n.is_multiple_of(2) {
-                    "SELECT refreshd_demo.write_attendance(5)"
-                } else {
-                    "SELECT refreshd_demo.write_inventory(5)"
-                };
-                match client.batch_execute(sql).await {
-                    Ok(()) => {
-                        writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %crate::pg::connect::error_chain(&e), "demo write failed")
-                    }
-                }
+/// The stream of writes until `stop`: one small transaction every `every`, attendance
+/// and inventory in turn, each counted in `writes` when it commits.
+async fn write(
+    client: tokio_postgres::Client,
+    every: Duration,
+    writes: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let sql = if n.is_multiple_of(2) {
+            "SELECT refreshd_demo.write_attendance(5)"
+        } else {
+            "SELECT refreshd_demo.write_inventory(5)"
+        };
+        match client.batch_execute(sql).await {
+            Ok(()) => {
+                writes.fetch_add(1, Ordering::Relaxed);
             }
-        })
-    };
-    let compare = tokio::spawn(summarize(
-        format!("http://{}", opts.listen),
-        writes,
-        writer_stop.clone(),
-    ));
-    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
-    writer_stop.cancel();
-    let _ = writer.await;
-    let _ = compare.await;
-    say!("stopping and removing the throwaway cluster...");
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    say!("done, nothing left behind.");
-    result
+            Err(e) => {
+                tracing::warn!(error = %crate::pg::connect::error_chain(&e), "demo write failed")
+            }
+        }
+    }
 }

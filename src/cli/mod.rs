@@ -6,6 +6,7 @@ pub mod init;
 pub mod logging;
 pub mod status;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +17,8 @@ use crate::cli::logging::LogFormat;
 use crate::config::{Config, ViewConfig, DEFAULT_CONFIG_PATH};
 use crate::pg::catalog::{self, Verdict};
 use crate::pg::connect::ConnectInfo;
-use crate::pg::ident::QualifiedName;
+use crate::pg::connect::DbError;
+use crate::pg::ident::{IdentError, QualifiedName};
 use crate::pg::refresh;
 
 /// Exit code: everything fine.
@@ -123,8 +125,8 @@ pub enum Command {
 }
 
 /// `--keyed VIEW`: a schema-qualified name, parsed like the configuration's names.
-fn parse_view_name(s: &str) -> Result<QualifiedName, String> {
-    QualifiedName::parse(s).map_err(|e| e.to_string())
+fn parse_view_name(s: &str) -> Result<QualifiedName, IdentError> {
+    QualifiedName::parse(s)
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -209,15 +211,32 @@ pub fn config_dir(config: &Config) -> PathBuf {
     config.dir()
 }
 
-/// Connects for a one-shot command: exit code 2 when the settings cannot be resolved
-/// (a missing env var, an unreadable password file), 1 when the server cannot be reached.
-async fn connect(config: &Config) -> Result<(ConnectInfo, tokio_postgres::Client), (u8, String)> {
+/// Why a one-shot command could not connect.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The settings cannot be resolved (a missing env var, an unreadable password file).
+    #[error(transparent)]
+    Settings(DbError),
+    /// The server cannot be reached.
+    #[error(transparent)]
+    Server(DbError),
+}
+
+impl ConnectError {
+    /// Exit code 2 for the settings, 1 for the server.
+    fn exit_code(&self) -> u8 {
+        match self {
+            ConnectError::Settings(_) => EXIT_CONFIG,
+            ConnectError::Server(_) => EXIT_PROBLEMS,
+        }
+    }
+}
+
+/// Connects for a one-shot command.
+async fn connect(config: &Config) -> Result<(ConnectInfo, tokio_postgres::Client), ConnectError> {
     let info = ConnectInfo::for_refresh(&config.database, &config_dir(config))
-        .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
-    let client = info
-        .connect()
-        .await
-        .map_err(|e| (EXIT_PROBLEMS, e.to_string()))?;
+        .map_err(ConnectError::Settings)?;
+    let client = info.connect().await.map_err(ConnectError::Server)?;
     Ok((info, client))
 }
 
@@ -228,15 +247,70 @@ async fn check(path: &Path) -> u8 {
     };
     let (info, client) = match connect(&config).await {
         Ok(c) => c,
-        Err((EXIT_CONFIG, e)) => {
+        Err(e @ ConnectError::Settings(_)) => {
             eprintln!("refreshd: {e}");
-            return EXIT_CONFIG;
+            return e.exit_code();
         }
-        Err((code, e)) => {
+        Err(e @ ConnectError::Server(_)) => {
             say(&format!("FAIL  database: {e}"));
-            return code;
+            return e.exit_code();
         }
     };
+    say_connected(&config, &info, &client).await;
+    let mut tally = Tally::default();
+    if !check_listen_session(&config).await {
+        tally.fail += 1;
+    }
+    let mut inspected = Inspected::read(&client, &config).await;
+    for view in &config.views {
+        match inspected.report(&client, view).await {
+            Ok(report) => {
+                say(&report_line(view, &report));
+                tally.count(report.verdict);
+            }
+            Err(e) => {
+                say(&format!(
+                    "FAIL  {}: cannot inspect the catalog: {e}",
+                    view.name.shown()
+                ));
+                tally.fail += 1;
+            }
+        }
+    }
+    say_graph(&client, &config).await;
+    let Tally { ok, warn, fail } = tally;
+    say(&format!(
+        "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
+        config.views.len()
+    ));
+    if fail > 0 {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// `check`'s count of views per verdict.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    warn: usize,
+    fail: usize,
+}
+
+impl Tally {
+    fn count(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Ok => self.ok += 1,
+            Verdict::Warn => self.warn += 1,
+            Verdict::Fail => self.fail += 1,
+        }
+    }
+}
+
+/// `check`'s first lines: the file, the server and the role; a warning when no view is
+/// configured.
+async fn say_connected(config: &Config, info: &ConnectInfo, client: &tokio_postgres::Client) {
     let who = client
         .query_typed(
             "SELECT current_user::text, current_setting('server_version')",
@@ -261,36 +335,91 @@ async fn check(path: &Path) -> u8 {
     if config.views.is_empty() {
         say("WARN  no [[view]] configured: refreshd would have nothing to do");
     }
-    let (mut ok, mut warn, mut fail) = (0, 0, 0);
-    if !check_listen_session(&config).await {
-        fail += 1;
+}
+
+/// What the catalog says about every configured view, read in a few queries (not a few
+/// per view), to be judged one view at a time.
+struct Inspected {
+    /// One per materialized (not keyed) view, in order.
+    facts: std::vec::IntoIter<Result<Option<catalog::ViewFacts>, InspectError>>,
+    /// The change capture gaps `run` would report (verify: a problem) or close (managed:
+    /// a warning), per view (SPEC "Change capture").
+    capture_gaps: HashMap<QualifiedName, Vec<String>>,
+    /// Every configured view's name.
+    managed: Vec<QualifiedName>,
+}
+
+impl Inspected {
+    async fn read(client: &tokio_postgres::Client, config: &Config) -> Self {
+        let plain: Vec<&ViewConfig> = config.views.iter().filter(|v| v.keyed.is_none()).collect();
+        let facts = catalog::inspect_many(client, &plain)
+            .await
+            .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
+            .unwrap_or_else(|e| {
+                let e = std::sync::Arc::new(e);
+                plain
+                    .iter()
+                    .map(|_| Err(InspectError::Catalog(e.clone())))
+                    .collect()
+            })
+            .into_iter();
+        Inspected {
+            facts,
+            capture_gaps: capture_gaps(client, config).await,
+            managed: config.views.iter().map(|v| v.name.clone()).collect(),
+        }
     }
-    let managed: Vec<QualifiedName> = config.views.iter().map(|v| v.name.clone()).collect();
-    // Every materialized view's facts in a few queries (not a few per view).
-    let plain: Vec<&ViewConfig> = config.views.iter().filter(|v| v.keyed.is_none()).collect();
-    let mut facts = catalog::inspect_many(&client, &plain)
-        .await
-        .map(|f| f.into_iter().map(Ok).collect::<Vec<_>>())
-        .unwrap_or_else(|e| {
-            let e = crate::pg::connect::error_chain(&e);
-            plain.iter().map(|_| Err(e.clone())).collect()
-        })
-        .into_iter();
-    // Change capture (SPEC "Change capture"), in one query for all views: the gaps `run`
-    // would report (verify: a problem) or close (managed: a warning).
+
+    /// The next view's report: a keyed view checked on its own, a materialized view's
+    /// facts judged with its capture gaps. Call it for every view, in order.
+    async fn report(
+        &mut self,
+        client: &tokio_postgres::Client,
+        view: &ViewConfig,
+    ) -> Result<catalog::ViewReport, InspectError> {
+        match &view.keyed {
+            Some(keyed) => crate::pg::keyed_check::judge_keyed(client, view, keyed)
+                .await
+                .map_err(InspectError::Keyed),
+            None => self.facts.next().expect("one per plain view").map(|facts| {
+                let r = catalog::judge(view, facts.as_ref(), &self.managed);
+                let gaps = self.capture_gaps.remove(&view.name).unwrap_or_default();
+                with_capture_gaps(r, view, &gaps)
+            }),
+        }
+    }
+}
+
+/// Why `check` could not judge a view.
+#[derive(Debug, thiserror::Error)]
+enum InspectError {
+    /// The catalog read of every materialized view at once failed (the same error for
+    /// each of them), told with its causes.
+    #[error("{}", crate::pg::connect::error_chain(.0))]
+    Catalog(std::sync::Arc<tokio_postgres::Error>),
+    /// A keyed view's own check failed.
+    #[error(transparent)]
+    Keyed(tokio_postgres::Error),
+}
+
+/// Change capture, in one query for all the views it is checked for: per view, each
+/// table with a gap and why.
+async fn capture_gaps(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> HashMap<QualifiedName, Vec<String>> {
     let checked: Vec<&ViewConfig> = config
         .views
         .iter()
         .filter(|v| crate::engine::capture::checked(v))
         .collect();
     let names: Vec<QualifiedName> = checked.iter().map(|v| v.name.clone()).collect();
-    let mut capture_gaps: std::collections::HashMap<QualifiedName, Vec<String>> =
-        Default::default();
-    if let Ok(f) = crate::pg::capture::inspect(&client, &names).await {
+    let mut gaps: HashMap<QualifiedName, Vec<String>> = HashMap::new();
+    if let Ok(f) = crate::pg::capture::inspect(client, &names).await {
         for (v, tables) in checked.iter().zip(&f.views) {
             if let Some(tables) = tables {
                 let verdict = crate::engine::capture::judge(&v.channels, tables, None);
-                capture_gaps.insert(
+                gaps.insert(
                     v.name.clone(),
                     verdict
                         .gaps
@@ -301,71 +430,62 @@ async fn check(path: &Path) -> u8 {
             }
         }
     }
-    for view in &config.views {
-        let report = match &view.keyed {
-            Some(keyed) => crate::pg::keyed_check::judge_keyed(&client, view, keyed)
-                .await
-                .map_err(|e| e.to_string()),
-            None => facts
-                .next()
-                .expect("one per plain view")
-                .map(|facts| {
-                    let mut r = catalog::judge(view, facts.as_ref(), &managed);
-                    let gaps = capture_gaps.remove(&view.name).unwrap_or_default();
-                    if !gaps.is_empty() {
-                        if view.capture == crate::config::Capture::Managed {
-                            r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
-                        } else {
-                            r.problems.push(format!("change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")", gaps.join(", ")));
-                        }
-                        r.verdict = if r.problems.is_empty() {
-                            r.verdict.max(Verdict::Warn)
-                        } else {
-                            Verdict::Fail
-                        };
-                    }
-                    r
-                }),
-        };
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                say(&format!(
-                    "FAIL  {}: cannot inspect the catalog: {e}",
-                    view.name.shown()
-                ));
-                fail += 1;
-                continue;
-            }
-        };
-        let mut line = String::new();
-        let _ = write!(
-            line,
-            "{:<5} {}: ",
-            match report.verdict {
-                Verdict::Ok => "OK",
-                Verdict::Warn => "WARN",
-                Verdict::Fail => "FAIL",
-            },
-            view.name.shown()
-        );
-        let mut parts: Vec<String> = report
-            .problems
-            .iter()
-            .map(|p| format!("PROBLEM {p}"))
-            .collect();
-        parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
-        parts.extend(report.facts.iter().cloned());
-        line.push_str(&parts.join("; "));
-        say(&line);
-        match report.verdict {
-            Verdict::Ok => ok += 1,
-            Verdict::Warn => warn += 1,
-            Verdict::Fail => fail += 1,
-        }
+    gaps
+}
+
+/// A view's report with its change capture gaps: a warning when refreshd closes them
+/// (`capture = "managed"`), else a problem.
+fn with_capture_gaps(
+    mut r: catalog::ViewReport,
+    view: &ViewConfig,
+    gaps: &[String],
+) -> catalog::ViewReport {
+    if gaps.is_empty() {
+        return r;
     }
-    // The order refreshd keeps: a view is refreshed after the views it reads.
-    if let Ok(reads) = crate::engine::startup::dependency_graph(&client, &config.views).await {
+    if view.capture == crate::config::Capture::Managed {
+        r.warnings.push(format!("change capture incomplete ({}); capture = \"managed\": run installs the missing trigger(s)", gaps.join(", ")));
+    } else {
+        r.problems.push(format!(
+            "change capture incomplete: {} (refreshd init --apply, or capture = \"managed\")",
+            gaps.join(", ")
+        ));
+    }
+    r.verdict = if r.problems.is_empty() {
+        r.verdict.max(Verdict::Warn)
+    } else {
+        Verdict::Fail
+    };
+    r
+}
+
+/// `check`'s line about one view: its verdict, then problems, warnings and facts.
+fn report_line(view: &ViewConfig, report: &catalog::ViewReport) -> String {
+    let mut line = String::new();
+    let _ = write!(
+        line,
+        "{:<5} {}: ",
+        match report.verdict {
+            Verdict::Ok => "OK",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        },
+        view.name.shown()
+    );
+    let mut parts: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("PROBLEM {p}"))
+        .collect();
+    parts.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+    parts.extend(report.facts.iter().cloned());
+    line.push_str(&parts.join("; "));
+    line
+}
+
+/// The order refreshd keeps: a view is refreshed after the views it reads.
+async fn say_graph(client: &tokio_postgres::Client, config: &Config) {
+    if let Ok(reads) = crate::engine::startup::dependency_graph(client, &config.views).await {
         for (i, r) in reads.iter().enumerate() {
             if !r.is_empty() {
                 let lower: Vec<String> = r.iter().map(|&l| config.views[l].name.shown()).collect();
@@ -376,15 +496,6 @@ async fn check(path: &Path) -> u8 {
                 ));
             }
         }
-    }
-    say(&format!(
-        "{} view(s): {ok} ok, {warn} with warnings, {fail} with problems",
-        config.views.len()
-    ));
-    if fail > 0 {
-        EXIT_PROBLEMS
-    } else {
-        EXIT_OK
     }
 }
 
@@ -413,23 +524,47 @@ async fn check_listen_session(config: &Config) -> bool {
     }
 }
 
-fn resolve_views<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a ViewConfig>, String> {
+/// Why `refresh VIEW...` names a view it cannot refresh.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("{input:?}: {source}")]
+    BadName { input: String, source: IdentError },
+    #[error("unknown view {name}: not in {} (configured: {})", file.display(), listed(configured))]
+    Unknown {
+        name: QualifiedName,
+        file: PathBuf,
+        /// Every configured view's name.
+        configured: Vec<String>,
+    },
+}
+
+/// Names joined with commas, or "none".
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn resolve_views<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> Result<Vec<&'a ViewConfig>, ResolveError> {
     let mut out = Vec::new();
     for n in names {
-        let parsed = QualifiedName::parse(n).map_err(|e| format!("{n:?}: {e}"))?;
+        let parsed = QualifiedName::parse(n).map_err(|source| ResolveError::BadName {
+            input: n.clone(),
+            source,
+        })?;
         match config.view(&parsed) {
             Some(v) => out.push(v),
             None => {
-                let known: Vec<String> = config.views.iter().map(|v| v.name.to_string()).collect();
-                return Err(format!(
-                    "unknown view {parsed}: not in {} (configured: {})",
-                    config.path.display(),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ));
+                return Err(ResolveError::Unknown {
+                    name: parsed,
+                    file: config.path.clone(),
+                    configured: config.views.iter().map(|v| v.name.to_string()).collect(),
+                })
             }
         }
     }
@@ -464,9 +599,9 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
     };
     let client = match connect(&config).await {
         Ok((_, c)) => c,
-        Err((code, e)) => {
+        Err(e) => {
             eprintln!("refreshd: {e}");
-            return code;
+            return e.exit_code();
         }
     };
     // Lower views before the views that read them.

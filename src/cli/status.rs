@@ -120,17 +120,36 @@ fn secs(s: f64) -> String {
     }
 }
 
+/// Why `/status` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("only http:// URLs are supported (refreshd serves plain HTTP)")]
+    NotHttpUrl,
+    #[error("the URL names no host")]
+    NoHost,
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Sending the request or reading the answer failed.
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error("not an HTTP response")]
+    NotHttpResponse,
+    /// The status line of an answer other than 200.
+    #[error("answered {0:?}")]
+    NotOk(String),
+    #[error("chunked answers are not expected from refreshd")]
+    Chunked,
+}
+
 /// GET `{url}/status` over plain HTTP/1.1.
-pub async fn fetch_status(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported (refreshd serves plain HTTP)")?;
+pub async fn fetch_status(url: &str) -> Result<String, FetchError> {
+    let rest = url.strip_prefix("http://").ok_or(FetchError::NotHttpUrl)?;
     let (authority, base) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
     };
     if authority.is_empty() {
-        return Err("the URL names no host".into());
+        return Err(FetchError::NoHost);
     }
     let addr = if authority
         .rsplit(':')
@@ -144,31 +163,33 @@ pub async fn fetch_status(url: &str) -> Result<String, String> {
     };
     let mut stream = tokio::net::TcpStream::connect(&addr)
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(FetchError::Connect)?;
     let request = format!(
         "GET {base}/status HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(FetchError::Io)?;
     let mut raw = Vec::new();
     stream
         .take(MAX_BODY as u64)
         .read_to_end(&mut raw)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(FetchError::Io)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(FetchError::NotHttpResponse)?;
     let status_line = head.lines().next().unwrap_or("");
     if !status_line.contains(" 200") {
-        return Err(format!("answered {status_line:?}"));
+        return Err(FetchError::NotOk(status_line.to_string()));
     }
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Err("chunked answers are not expected from refreshd".into());
+        return Err(FetchError::Chunked);
     }
     Ok(body.to_string())
 }

@@ -63,49 +63,7 @@ pub async fn inspect_many(
     views: &[&ViewConfig],
 ) -> Result<Vec<Option<ViewFacts>>, tokio_postgres::Error> {
     let version = server_version(client).await?;
-    // PostgreSQL 17 lets non-owners refresh with the MAINTAIN privilege.
-    let may_refresh = if version >= 170000 {
-        "pg_has_role(current_user, c.relowner, 'USAGE') OR has_table_privilege(c.oid, 'MAINTAIN')"
-    } else {
-        "pg_has_role(current_user, c.relowner, 'USAGE')"
-    };
-    let sql = format!(
-        "SELECT v.ord::int8, c.oid, c.relkind::text, c.relispopulated, pg_get_userbyid(c.relowner)::text, {may_refresh} \
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(schema, name, ord) \
-         JOIN pg_catalog.pg_namespace n ON n.nspname = v.schema \
-         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = v.name"
-    );
-    let schemas: Vec<&str> = views.iter().map(|v| v.name.schema.as_str()).collect();
-    let names: Vec<&str> = views.iter().map(|v| v.name.name.as_str()).collect();
-    let rows = client
-        .query_typed(
-            &sql,
-            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
-        )
-        .await?;
-    let mut out: Vec<Option<ViewFacts>> = vec![None; views.len()];
-    for row in &rows {
-        let Some(slot) = (row.get::<_, i64>(0) as usize)
-            .checked_sub(1)
-            .and_then(|i| out.get_mut(i))
-        else {
-            continue;
-        };
-        let relkind: String = row.get(2);
-        *slot = Some(ViewFacts {
-            oid: row.get(1),
-            relkind: relkind.chars().next().unwrap_or('?'),
-            populated: row.get(3),
-            owner: row.get(4),
-            may_refresh: row.get(5),
-            usable_unique_indexes: Vec::new(),
-            base: Vec::new(),
-            triggers: Vec::new(),
-            functions: Vec::new(),
-            server_version: version,
-            unpinned_functions: Vec::new(),
-        });
-    }
+    let mut out = relations(client, views, version).await?;
     let matviews: Vec<u32> = out
         .iter()
         .flatten()
@@ -152,34 +110,97 @@ pub async fn inspect_many(
         };
         f.usable_unique_indexes = indexes.remove(&f.oid).unwrap_or_default();
         f.base = base.remove(&f.oid).unwrap_or_default();
-        // Enabled user triggers on the tables it reads whose function body or arguments
-        // name one of its channels. This reads code: a trigger *could* notify.
-        for t in tables.get(&f.oid).into_iter().flatten() {
-            for (trigger, text, statement_level) in triggers.get(&t.oid).into_iter().flatten() {
-                for ch in v.channels.iter().filter(|c| text.contains(c.as_str())) {
-                    f.triggers.push(FeedingTrigger {
-                        table: t.name.clone(),
-                        trigger: trigger.clone(),
-                        channel: ch.clone(),
-                        statement_level: *statement_level,
-                    });
-                }
-            }
-        }
-        f.triggers.sort_by(|a, b| {
-            (&a.table.schema, &a.table.name, &a.trigger, &a.channel).cmp(&(
-                &b.table.schema,
-                &b.table.name,
-                &b.trigger,
-                &b.channel,
-            ))
-        });
+        f.triggers = feeding_triggers(v, tables.get(&f.oid).map_or(&[], Vec::as_slice), &triggers);
         if v.detect == Detect::Statistics {
             f.functions = functions.remove(&f.oid).unwrap_or_default();
         }
         f.unpinned_functions = unpinned.remove(&f.oid).unwrap_or_default();
     }
     Ok(out)
+}
+
+/// Each view's relation (kind, owner, whether refreshd's role may refresh it), when one
+/// of that name exists; the rest of the facts empty.
+async fn relations(
+    client: &Client,
+    views: &[&ViewConfig],
+    version: i32,
+) -> Result<Vec<Option<ViewFacts>>, tokio_postgres::Error> {
+    // PostgreSQL 17 lets non-owners refresh with the MAINTAIN privilege.
+    let may_refresh = if version >= 170000 {
+        "pg_has_role(current_user, c.relowner, 'USAGE') OR has_table_privilege(c.oid, 'MAINTAIN')"
+    } else {
+        "pg_has_role(current_user, c.relowner, 'USAGE')"
+    };
+    let sql = format!(
+        "SELECT v.ord::int8, c.oid, c.relkind::text, c.relispopulated, pg_get_userbyid(c.relowner)::text, {may_refresh} \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(schema, name, ord) \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = v.schema \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = v.name"
+    );
+    let schemas: Vec<&str> = views.iter().map(|v| v.name.schema.as_str()).collect();
+    let names: Vec<&str> = views.iter().map(|v| v.name.name.as_str()).collect();
+    let rows = client
+        .query_typed(
+            &sql,
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let mut out: Vec<Option<ViewFacts>> = vec![None; views.len()];
+    for row in &rows {
+        let Some(slot) = (row.get::<_, i64>(0) as usize)
+            .checked_sub(1)
+            .and_then(|i| out.get_mut(i))
+        else {
+            continue;
+        };
+        let relkind: String = row.get(2);
+        *slot = Some(ViewFacts {
+            oid: row.get(1),
+            relkind: relkind.chars().next().unwrap_or('?'),
+            populated: row.get(3),
+            owner: row.get(4),
+            may_refresh: row.get(5),
+            usable_unique_indexes: Vec::new(),
+            base: Vec::new(),
+            triggers: Vec::new(),
+            functions: Vec::new(),
+            server_version: version,
+            unpinned_functions: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Enabled user triggers on the tables a view reads whose function body or arguments
+/// name one of its channels, sorted. This reads code: a trigger *could* notify.
+fn feeding_triggers(
+    view: &ViewConfig,
+    tables: &[BaseRelation],
+    triggers: &HashMap<u32, Vec<(String, String, bool)>>,
+) -> Vec<FeedingTrigger> {
+    let mut out = Vec::new();
+    for t in tables {
+        for (trigger, text, statement_level) in triggers.get(&t.oid).into_iter().flatten() {
+            for ch in view.channels.iter().filter(|c| text.contains(c.as_str())) {
+                out.push(FeedingTrigger {
+                    table: t.name.clone(),
+                    trigger: trigger.clone(),
+                    channel: ch.clone(),
+                    statement_level: *statement_level,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.table.schema, &a.table.name, &a.trigger, &a.channel).cmp(&(
+            &b.table.schema,
+            &b.table.name,
+            &b.trigger,
+            &b.channel,
+        ))
+    });
+    out
 }
 
 /// Enabled user triggers of the tables: per table, (name, function source and
@@ -602,25 +623,42 @@ pub fn judge(
         warnings: Vec::new(),
         facts: Vec::new(),
     };
-    let Some(f) = facts else {
-        r.problems
-            .push("does not exist (or refreshd's role cannot see it)".into());
-        r.verdict = Verdict::Fail;
-        return r;
-    };
-    if f.relkind != 'm' {
-        let what = match f.relkind {
-            'r' => "a table",
-            'v' => "a plain view",
-            'p' => "a partitioned table",
-            'f' => "a foreign table",
-            _ => "some other relation",
-        };
-        r.problems
-            .push(format!("is {what}, not a materialized view"));
-        r.verdict = Verdict::Fail;
-        return r;
+    match facts {
+        Some(f) if f.relkind == 'm' => {
+            judge_refreshable(view, f, &mut r);
+            judge_feeds(view, f, managed, &mut r);
+        }
+        other => r.problems.push(not_a_matview(other)),
     }
+    r.verdict = if !r.problems.is_empty() {
+        Verdict::Fail
+    } else if !r.warnings.is_empty() {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    r
+}
+
+/// The problem with a relation that is not a materialized view (or is missing).
+fn not_a_matview(facts: Option<&ViewFacts>) -> String {
+    let Some(f) = facts else {
+        return "does not exist (or refreshd's role cannot see it)".into();
+    };
+    let what = match f.relkind {
+        'r' => "a table",
+        'v' => "a plain view",
+        'p' => "a partitioned table",
+        'f' => "a foreign table",
+        _ => "some other relation",
+    };
+    format!("is {what}, not a materialized view")
+}
+
+/// Whether refreshd can refresh the view as configured: populated, a unique index for
+/// REFRESH CONCURRENTLY, a role that may, functions that survive PostgreSQL 17's
+/// search_path.
+fn judge_refreshable(view: &ViewConfig, f: &ViewFacts, r: &mut ViewReport) {
     if f.populated {
         r.facts.push("populated".into());
     } else {
@@ -644,9 +682,15 @@ pub fn judge(
             f.owner
         ));
     }
+}
+
+/// Whether something makes the view stale-then-fresh: its detection, a schedule, the
+/// materialized views it reads. Nothing at all is a problem without channels, a warning
+/// with them (the application may NOTIFY them itself, SPEC `check`).
+fn judge_feeds(view: &ViewConfig, f: &ViewFacts, managed: &[QualifiedName], r: &mut ViewReport) {
     let mut fed = match view.detect {
-        Detect::Statistics => judge_statistics(view, f, &mut r),
-        Detect::Notify => judge_notify(view, f, &mut r),
+        Detect::Statistics => judge_statistics(view, f, r),
+        Detect::Notify => judge_notify(view, f, r),
     };
     if !f.unpinned_functions.is_empty() {
         r.warnings.push(format!(
@@ -658,26 +702,7 @@ pub fn judge(
         fed = true;
         r.facts.push(format!("schedule \"{}\"", s.expr));
     }
-    let (lower, unmanaged): (Vec<&BaseRelation>, Vec<&BaseRelation>) = f
-        .base
-        .iter()
-        .filter(|b| b.relkind == 'm')
-        .partition(|b| managed.contains(&b.name));
-    if !lower.is_empty() {
-        fed = true;
-        let names: Vec<String> = lower.iter().map(|b| b.name.to_string()).collect();
-        r.facts.push(format!(
-            "reads materialized view(s) {}: refreshed after them",
-            names.join(", ")
-        ));
-    }
-    if !unmanaged.is_empty() {
-        let names: Vec<String> = unmanaged.iter().map(|b| b.name.to_string()).collect();
-        r.warnings.push(format!(
-            "reads materialized view(s) {} that refreshd does not manage: their staleness passes into this view",
-            names.join(", ")
-        ));
-    }
+    fed |= judge_layers(f, managed, r);
     if !fed {
         if view.channels.is_empty() {
             r.problems.push(
@@ -692,12 +717,29 @@ pub fn judge(
             );
         }
     }
-    r.verdict = if !r.problems.is_empty() {
-        Verdict::Fail
-    } else if !r.warnings.is_empty() {
-        Verdict::Warn
-    } else {
-        Verdict::Ok
-    };
-    r
+}
+
+/// The materialized views the view reads: refreshd's (refreshed first, so they feed
+/// it) and others (a warning). Whether one of refreshd's is read.
+fn judge_layers(f: &ViewFacts, managed: &[QualifiedName], r: &mut ViewReport) -> bool {
+    let (lower, unmanaged): (Vec<&BaseRelation>, Vec<&BaseRelation>) = f
+        .base
+        .iter()
+        .filter(|b| b.relkind == 'm')
+        .partition(|b| managed.contains(&b.name));
+    if !lower.is_empty() {
+        let names: Vec<String> = lower.iter().map(|b| b.name.to_string()).collect();
+        r.facts.push(format!(
+            "reads materialized view(s) {}: refreshed after them",
+            names.join(", ")
+        ));
+    }
+    if !unmanaged.is_empty() {
+        let names: Vec<String> = unmanaged.iter().map(|b| b.name.to_string()).collect();
+        r.warnings.push(format!(
+            "reads materialized view(s) {} that refreshd does not manage: their staleness passes into this view",
+            names.join(", ")
+        ));
+    }
+    !lower.is_empty()
 }

@@ -52,7 +52,8 @@ pub struct Shape {
 }
 
 /// Why a table and a definition do not fit together.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct Misfit {
     /// The configuration key at fault (`name`, `query` or `key`).
     pub key: &'static str,
@@ -120,11 +121,26 @@ fn fit(
     table: Option<(char, Columns)>,
     query: Option<(char, Columns)>,
 ) -> Result<Shape, Misfit> {
-    let misfit = |key, message: String, missing| Misfit {
+    let tcols = the_table(view, table)?;
+    let qcols = the_query(keyed, query)?;
+    same_columns(view, keyed, &tcols, &qcols)?;
+    let key_types = key_types(view, keyed, &tcols)?;
+    Ok(Shape {
+        columns: tcols.into_iter().map(|(n, _)| n).collect(),
+        key_types,
+    })
+}
+
+fn misfit(key: &'static str, message: String, missing: bool) -> Misfit {
+    Misfit {
         key,
         message,
         missing,
-    };
+    }
+}
+
+/// The table's columns, when `name` is a table.
+fn the_table(view: &ViewConfig, table: Option<(char, Columns)>) -> Result<Columns, Misfit> {
     let Some((tkind, tcols)) = table else {
         return Err(misfit(
             "name",
@@ -142,6 +158,11 @@ fn fit(
             false,
         ));
     }
+    Ok(tcols)
+}
+
+/// The query's columns, when `query` is a plain view.
+fn the_query(keyed: &Keyed, query: Option<(char, Columns)>) -> Result<Columns, Misfit> {
     let Some((qkind, qcols)) = query else {
         return Err(misfit(
             "query",
@@ -159,7 +180,17 @@ fn fit(
             false,
         ));
     }
-    for (name, ty) in &tcols {
+    Ok(qcols)
+}
+
+/// The table and its query have the same columns, of the same types (in any order).
+fn same_columns(
+    view: &ViewConfig,
+    keyed: &Keyed,
+    tcols: &Columns,
+    qcols: &Columns,
+) -> Result<(), Misfit> {
+    for (name, ty) in tcols {
         match qcols.iter().find(|(n, _)| n == name) {
             None => {
                 return Err(misfit(
@@ -203,6 +234,11 @@ fn fit(
             false,
         ));
     }
+    Ok(())
+}
+
+/// The type of each key column, in `key` order: every key is a column of the table.
+fn key_types(view: &ViewConfig, keyed: &Keyed, tcols: &Columns) -> Result<Vec<String>, Misfit> {
     let mut key_types = Vec::with_capacity(keyed.key.len());
     for k in &keyed.key {
         match tcols.iter().find(|(n, _)| n == k) {
@@ -220,10 +256,7 @@ fn fit(
             }
         }
     }
-    Ok(Shape {
-        columns: tcols.into_iter().map(|(n, _)| n).collect(),
-        key_types,
-    })
+    Ok(key_types)
 }
 
 fn column_list(shape: &Shape) -> String {
@@ -354,71 +387,14 @@ pub async fn refresh_keyed(
     event: bool,
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<Refreshed, RefreshError> {
-    // The catalog read is bounded like the refresh: a connection gone half-open must
-    // not hold the view "running" forever.
-    let read = tokio::time::timeout(CLIENT_GRACE, shape(client, view, keyed)).await;
-    let shape = match read {
-        Ok(Ok(Ok(s))) => s,
-        Ok(Ok(Err(m))) => {
-            return Err(RefreshError {
-                class: FailureClass::Permanent,
-                code: Some(if m.missing { "42P01" } else { "42804" }.into()),
-                message: m.message,
-                detail: None,
-                hint: Some("a keyed view needs its table and its query (a plain view) with the same columns, and the key among them; see refreshd check"),
-                duration: Duration::ZERO,
-                connection_broken: false,
-            })
-        }
-        Ok(Err(e)) => return Err(RefreshError::from_pg(&e, Duration::ZERO)),
-        Err(_) => {
-            return Err(RefreshError::no_answer(
-                format!(
-                    "within {} reading the keyed view's columns",
-                    humantime::format_duration(CLIENT_GRACE)
-                ),
-                CLIENT_GRACE,
-            ))
-        }
-    };
+    let shape = read_shape(client, view, keyed).await?;
     let start = Instant::now();
     let deadline = if view.statement_timeout.is_zero() {
         Duration::from_secs(u32::MAX as u64)
     } else {
         view.statement_timeout + CLIENT_GRACE
     };
-    let attempt = async {
-        let keys = match work {
-            Work::All => None,
-            Work::Keys(k) => Some(k),
-            Work::KeysIfCheaper(k, full)
-                if cheaper_in_full(client, view, keyed, &shape, k, *full).await =>
-            {
-                None
-            }
-            Work::KeysIfCheaper(k, _) => Some(k),
-        };
-        match keys {
-            None => full(client, view, keyed, &shape, event, history)
-                .await
-                .map(|k| (k, false)),
-            Some(keys) if keys.is_empty() => Ok((RefreshKind::KeyedKeys, false)),
-            Some(keys) => {
-                match keys_transaction(client, view, keyed, &shape, keys, event, history).await {
-                    // Keys that do not cast, or a duplicate key (a refresh that another
-                    // process ran at the same time, or a query that is not unique by its
-                    // key): everything is recomputed, and only that outcome is classified.
-                    Err(e) if is_cast_error(&e) || is_duplicate(&e) => {
-                        rollback(client).await?;
-                        full(client, view, keyed, &shape, event, history)
-                            .await
-                            .map(|k| (k, is_cast_error(&e)))
-                    }
-                    other => other.map(|k| (k, false)),
-                }
-            }
-        }
-    };
+    let attempt = recompute(client, view, keyed, &shape, work, event, history);
     match tokio::time::timeout(deadline, attempt).await {
         Ok(Ok((kind, bad_keys))) => Ok(Refreshed {
             kind,
@@ -443,6 +419,78 @@ pub async fn refresh_keyed(
             ),
             start.elapsed(),
         )),
+    }
+}
+
+/// The keyed view's [`Shape`], read with the refresh's bound: a connection gone
+/// half-open must not hold the view "running" forever. A misfit is a permanent failure.
+async fn read_shape(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+) -> Result<Shape, RefreshError> {
+    match tokio::time::timeout(CLIENT_GRACE, shape(client, view, keyed)).await {
+        Ok(Ok(Ok(s))) => Ok(s),
+        Ok(Ok(Err(m))) => Err(RefreshError {
+            class: FailureClass::Permanent,
+            code: Some(if m.missing { "42P01" } else { "42804" }.into()),
+            message: m.message,
+            detail: None,
+            hint: Some("a keyed view needs its table and its query (a plain view) with the same columns, and the key among them; see refreshd check"),
+            duration: Duration::ZERO,
+            connection_broken: false,
+        }),
+        Ok(Err(e)) => Err(RefreshError::from_pg(&e, Duration::ZERO)),
+        Err(_) => Err(RefreshError::no_answer(
+            format!(
+                "within {} reading the keyed view's columns",
+                humantime::format_duration(CLIENT_GRACE)
+            ),
+            CLIENT_GRACE,
+        )),
+    }
+}
+
+/// The statements of one keyed refresh: the groups, or everything when that is
+/// cheaper or the groups cannot be written; with whether a key did not cast.
+async fn recompute(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    work: &Work,
+    event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
+    let keys = match work {
+        Work::All => None,
+        Work::Keys(k) => Some(k),
+        Work::KeysIfCheaper(k, full)
+            if cheaper_in_full(client, view, keyed, shape, k, *full).await =>
+        {
+            None
+        }
+        Work::KeysIfCheaper(k, _) => Some(k),
+    };
+    match keys {
+        None => full(client, view, keyed, shape, event, history)
+            .await
+            .map(|k| (k, false)),
+        Some(keys) if keys.is_empty() => Ok((RefreshKind::KeyedKeys, false)),
+        Some(keys) => {
+            match keys_transaction(client, view, keyed, shape, keys, event, history).await {
+                // Keys that do not cast, or a duplicate key (a refresh that another
+                // process ran at the same time, or a query that is not unique by its
+                // key): everything is recomputed, and only that outcome is classified.
+                Err(e) if is_cast_error(&e) || is_duplicate(&e) => {
+                    rollback(client).await?;
+                    full(client, view, keyed, shape, event, history)
+                        .await
+                        .map(|k| (k, is_cast_error(&e)))
+                }
+                other => other.map(|k| (k, false)),
+            }
+        }
     }
 }
 
