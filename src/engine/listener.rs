@@ -16,6 +16,7 @@ use crate::engine::session::{
     drive, listen_error, listen_private, private_channel, Prober, ProofError, Routes,
     SERVER_KEEPALIVES,
 };
+use crate::engine::tasks::Mapped;
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::quote_ident;
 use crate::serve::health::{Health, Role};
@@ -74,7 +75,8 @@ const FENCE_SQL: &str = "SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_c
        AND ((l.classid::int8 << 32) | l.objid::int8) = $2 \
        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
 
-/// The listener task's settings.
+/// The listener task's settings (cloned to start it again after a panic).
+#[derive(Clone)]
 pub struct Listener {
     pub info: ConnectInfo,
     pub lock_key: i64,
@@ -82,7 +84,7 @@ pub struct Listener {
     /// How long the session's proof may take (`database.connect_timeout`).
     pub proof_timeout: Duration,
     pub channels: watch::Receiver<BTreeSet<String>>,
-    pub events: mpsc::UnboundedSender<ListenerEvent>,
+    pub events: Mapped<ListenerEvent>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
@@ -91,6 +93,8 @@ pub struct Listener {
     /// Where to reach the database when the LISTEN connection is cut off (the refresh
     /// connections' settings), to end the old session's backend (see `fence`).
     pub fence_info: ConnectInfo,
+    /// The fence tasks (see `fence`); `run` waits for them before it returns.
+    pub fences: tokio_util::task::TaskTracker,
 }
 
 enum Ended {
@@ -159,6 +163,16 @@ impl Listener {
             }
         }
         self.set_disconnected();
+        // A fence still running ends within its own 10 s bound.
+        self.fences.close();
+        self.fences.wait().await;
+    }
+
+    /// After the listener panicked (its connection, and with it the lock, are gone):
+    /// what a lost connection reports.
+    pub fn panicked(&self) {
+        self.set_disconnected();
+        let _ = self.events.send(ListenerEvent::Lost);
     }
 
     fn set_disconnected(&self) {
@@ -199,8 +213,8 @@ impl Listener {
         let client = Arc::new(client);
         let private = private_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
-        let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
-        let driver = tokio::spawn(drive(
+        let (drive_tx, drive_rx) = tokio::sync::oneshot::channel::<String>();
+        let driven = drive(
             connection,
             client.clone(),
             Routes {
@@ -210,8 +224,24 @@ impl Listener {
                 private: private.clone(),
                 probes: probe_tx,
             },
-            dead_tx,
-        ));
+            drive_tx,
+        );
+        // The driver's panic ends this session like a lost connection, with its message
+        // (and is logged and counted); the listener reconnects as after any loss.
+        let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
+        let metrics = self.metrics.clone();
+        let driver = tokio::spawn(async move {
+            use futures_util::FutureExt as _;
+            let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
+                Ok(()) => drive_rx.await.unwrap_or_default(),
+                Err(payload) => {
+                    let message = crate::engine::tasks::panic_message(payload.as_ref());
+                    crate::engine::tasks::panicked(&metrics, "listener", &message);
+                    format!("the connection's task panicked: {message}")
+                }
+            };
+            let _ = dead_tx.send(why);
+        });
         let mut conn = Conn {
             client,
             dead,
@@ -297,7 +327,7 @@ impl Listener {
     fn fence(&self, pid: i32) {
         let info = self.fence_info.clone();
         let key = self.lock_key;
-        tokio::spawn(async move {
+        self.fences.spawn(async move {
             let work = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
                 let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
@@ -370,6 +400,7 @@ impl Listener {
 
     /// The periodic proof: a notification from the prober must arrive.
     async fn probe(&mut self, conn: &mut Conn, prober: &mut Prober) -> Result<(), Ended> {
+        crate::engine::tasks::fault("listener");
         match prober.round_trip(&conn.private, &mut conn.probes, PROBE_DEADLINE).await {
             Ok((rtt, usage)) => {
                 self.metrics.listener_roundtrip.set(rtt.as_secs_f64());
