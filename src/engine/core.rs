@@ -313,6 +313,7 @@ pub async fn run(
         control_roles: roles_rx,
         fence_info: refresh_info.clone(),
         fences: Default::default(),
+        restarted: false,
     });
 
     let mut core = Core {
@@ -417,12 +418,20 @@ fn served_result(served: Result<Result<(), String>, tokio::task::JoinError>) -> 
 fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
     let metrics = listener.metrics.clone();
     let stop = listener.shutdown.clone();
-    let after = listener.clone();
+    let (again, after) = (listener.clone(), listener.clone());
+    let mut listener = Some(listener);
     tokio::spawn(tasks::supervise(
         "listener",
         metrics,
         stop,
-        move || listener.clone().run(),
+        move || match listener.take() {
+            Some(first) => first.run(),
+            None => Listener {
+                restarted: true,
+                ..again.clone()
+            }
+            .run(),
+        },
         move || after.panicked(),
     ))
 }

@@ -95,6 +95,8 @@ pub struct Listener {
     pub fence_info: ConnectInfo,
     /// The fence tasks (see `fence`); `run` waits for them before it returns.
     pub fences: tokio_util::task::TaskTracker,
+    /// Started again after a panic: its first leadership is not the process's first.
+    pub restarted: bool,
 }
 
 enum Ended {
@@ -132,7 +134,11 @@ struct Conn {
 impl Listener {
     /// Runs until shutdown, reconnecting as needed.
     pub async fn run(mut self) {
-        let mut history = History::default();
+        let mut history = History {
+            ever_connected: self.restarted,
+            ever_led: self.restarted,
+            ..History::default()
+        };
         let mut prober = Prober::new(self.info.clone());
         loop {
             self.health.beat_listener();
