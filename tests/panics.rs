@@ -96,6 +96,32 @@ async fn a_listener_panic_is_counted_and_the_listener_starts_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_panic_of_the_listen_connections_driver_ends_only_that_session() {
+    let db = TestDb::new();
+    db.psql(support::ORDERS_SCHEMA);
+    let d = Daemon::start_with_env(
+        &config(&db, NOTIFIED),
+        &[("REFRESHD_TEST_PANIC", "listener_driver")],
+    );
+    // The first connection's driver panics (before its proof): that session fails, the
+    // listener connects again and leads.
+    d.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(panics(&d, "listener"), 1.0);
+    assert_logged(&d, "listener", "REFRESHD_TEST_PANIC=listener_driver");
+    let log = d.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("LISTEN connection failed") && l.contains("connection closed")),
+        "{log}"
+    );
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (6, 1)");
+    wait_for(Duration::from_secs(10), "the write in the view", || async {
+        shows(&db, 6)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_detector_panic_is_counted_and_detection_starts_again() {
     let db = TestDb::new();
     db.psql(support::ORDERS_SCHEMA);
@@ -186,7 +212,7 @@ async fn an_unknown_fault_name_is_refused() {
     let log = d.log_text();
     assert!(
         log.contains(
-            "REFRESHD_TEST_PANIC=listner: not one of listener, detector, http, http_accept"
+            "REFRESHD_TEST_PANIC=listner: not one of listener, listener_driver, detector, http, http_accept"
         ),
         "{log}"
     );

@@ -232,6 +232,10 @@ impl Listener {
             },
             drive_tx,
         );
+        let driven = async move {
+            crate::engine::tasks::fault("listener_driver");
+            driven.await
+        };
         // The driver's panic ends this session like a lost connection, with its message
         // (and is logged and counted); the listener reconnects as after any loss.
         let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();

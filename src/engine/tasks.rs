@@ -135,7 +135,13 @@ pub async fn supervise<F, Fut>(
 pub const FAULT_ENV: &str = "REFRESHD_TEST_PANIC";
 
 /// The tasks the fault hook can make panic.
-pub const FAULTS: [&str; 4] = ["listener", "detector", "http", "http_accept"];
+pub const FAULTS: [&str; 5] = [
+    "listener",
+    "listener_driver",
+    "detector",
+    "http",
+    "http_accept",
+];
 
 static FAULT: OnceLock<Option<&'static str>> = OnceLock::new();
 static FIRED: AtomicBool = AtomicBool::new(false);
