@@ -659,14 +659,20 @@ where
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let token = shutdown.clone();
-    tokio::spawn(async move {
+    // Waits beside `f` (not on a task of its own): cancels the token at the first
+    // signal, then stays pending until `f` ends.
+    let signalled = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
             _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
         }
         token.cancel();
-    });
-    f(shutdown).await
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = f(shutdown) => r,
+        () = signalled => unreachable!("stays pending"),
+    }
 }
 
 async fn run(path: &Path) -> u8 {

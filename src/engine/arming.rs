@@ -141,6 +141,16 @@ impl Arming {
         st.pending.clear();
     }
 
+    /// The session is gone, from a context that cannot wait (a panicked listener):
+    /// nothing is armed and nothing is tried until the next [`Arming::attach`].
+    pub fn lost(&self) {
+        let mut st = self.state();
+        st.generation += 1;
+        st.attached = false;
+        st.armed.clear();
+        st.pending.clear();
+    }
+
     /// Whether a notification on `channel` must wait for [`Arming::disarm`] before it
     /// is passed on.
     pub fn is_armed(&self, channel: &str) -> bool {
@@ -197,6 +207,9 @@ impl Arming {
         };
         let generation = {
             let st = self.state();
+            if !st.attached {
+                return Armed::NoSession;
+            }
             if st.armed.contains(channel) {
                 return Armed::Yes;
             }
@@ -235,12 +248,12 @@ impl Arming {
     /// Tries the channels whose re-arming timed out again; for each one armed now, a
     /// notification is passed on (its views are due: a write that skipped its
     /// notification may have committed after their refresh began).
-    pub async fn retry_pending(&self, events: &tokio::sync::mpsc::UnboundedSender<ListenerEvent>) {
+    pub async fn retry_pending(&self, due: impl Fn(ListenerEvent)) {
         let pending: Vec<String> = self.state().pending.iter().cloned().collect();
         for ch in pending {
             if self.arm_one(&ch).await == Armed::Yes {
                 tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
-                let _ = events.send(ListenerEvent::Notification {
+                due(ListenerEvent::Notification {
                     channel: ch,
                     payload: String::new(),
                     pid: 0,

@@ -24,6 +24,7 @@ use crate::engine::reason::Reason;
 use crate::engine::refresher::Refresher;
 use crate::engine::schedule::Schedules;
 use crate::engine::startup::{self, Prepared};
+use crate::engine::tasks::{self, Mapped};
 use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
@@ -64,6 +65,41 @@ struct Finished {
     /// A keyed view's groups (given back if the refresh does not commit).
     work: Option<Work>,
     result: Result<Refreshed, RefreshError>,
+}
+
+/// Work the core runs off its loop, in its `jobs` set. A job's result is a command for
+/// the loop; a job that panics is answered with what its failure would be.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// A capture check ([`Command::CaptureChecked`]).
+    Capture,
+    /// Reading `refreshd.force`'s requests ([`Command::ForceRequests`]).
+    Force,
+    /// A reload ([`Command::Reloaded`]).
+    Reload,
+    /// A standby's relay to the leader (no result).
+    Relay,
+}
+
+impl Job {
+    /// The command that stands for a job that panicked (the failure its callers expect).
+    fn panicked(self, message: &str) -> Option<Command> {
+        let why = format!("the task panicked: {message}");
+        match self {
+            Job::Capture => Some(Command::CaptureChecked(Err(why))),
+            Job::Force => Some(Command::ForceRequests(Err(why))),
+            Job::Reload => Some(Command::Reloaded(Box::new(Err(anyhow::anyhow!(why))))),
+            Job::Relay => None,
+        }
+    }
+
+    /// Its `reason` in `refreshd_task_panics_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Job::Capture => "capture",
+            _ => "background",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,6 +191,9 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// The loop wakes at least this often (liveness beat).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the tasks left (detectors stopping, connections saying
+/// goodbye) before it lets the runtime drop them.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// The core loop's state.
 struct Core {
@@ -194,7 +233,13 @@ struct Core {
     awaiting_listen: Vec<(QualifiedName, Reason)>,
     leading: bool,
     schedules: Schedules,
+    /// Stops the current detector.
     detector: CancellationToken,
+    /// The detectors (the current one, and stopped ones until they have ended).
+    detectors: JoinSet<()>,
+    /// Work off the loop (see [`Job`]), and the kind of each.
+    jobs: JoinSet<Option<Command>>,
+    job_kinds: HashMap<tokio::task::Id, Job>,
     reloading: bool,
     reload_again: bool,
     /// Consuming `refreshd.force`'s requests; woken again while at it.
@@ -214,6 +259,7 @@ pub async fn run(
     config_path: PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    tasks::arm_fault_hook().map_err(|e| anyhow::anyhow!(e))?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     health.beat_core();
@@ -222,19 +268,17 @@ pub async fn run(
     let dir = config.dir();
     let refresh_info = ConnectInfo::for_refresh(&config.database, &dir)?;
     let listen_info = ConnectInfo::for_listen(&config.database, &dir)?;
-    let (requests_tx, requests_rx) = mpsc::unbounded_channel();
-    forward(requests_rx, &tx, Command::Http);
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config.clone())),
         health: health.clone(),
         metrics: metrics.clone(),
-        requests: requests_tx,
+        requests: Mapped::new(tx.clone(), Command::Http),
         admin_token: RwLock::new(startup::read_token(&config)?),
         bound: config.http.listen,
     });
-    let (http_stop, [http_task, supervisor]) = start_serving(&shared, &shutdown).await?;
+    let (http_stop, http_task, supervisor) = start_serving(&shared, &shutdown).await?;
     tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
-    spawn_signals(&tx, &shutdown)?;
+    let signals = spawn_signals(&tx, &shutdown)?;
 
     for v in &config.views {
         metrics.register_view(&v.name.to_string(), &v.channels, v.keyed.is_some());
@@ -243,9 +287,11 @@ pub async fn run(
         Some(client) => startup::prepare(&client, config).await?,
         None => {
             http_stop.cancel();
-            let _ = http_task.await;
+            let served = http_task.await;
             let _ = tokio::time::timeout(Duration::from_secs(2), supervisor).await;
-            return Ok(());
+            let _ = signals.await;
+            refresh_info.drain(DRAIN).await;
+            return served_result(served);
         }
     };
     health.set_config_loaded();
@@ -255,23 +301,22 @@ pub async fn run(
     let (channels_tx, channels_rx) =
         watch::channel(prepared.config.channels().into_iter().collect());
     let arming = Arc::new(crate::engine::arming::Arming::new());
-    let listener_task = spawn_listener(
-        Listener {
-            info: listen_info.clone(),
-            lock_key: lock_key(&prepared.config.ha.lock_name),
-            retry_interval: prepared.config.ha.retry_interval,
-            proof_timeout: prepared.config.database.connect_timeout,
-            channels: channels_rx,
-            events: mpsc::unbounded_channel().0,
-            metrics: metrics.clone(),
-            health: health.clone(),
-            shutdown: listener_stop.clone(),
-            control_roles: roles_rx,
-            fence_info: refresh_info.clone(),
-            arming: arming.clone(),
-        },
-        &tx,
-    );
+    let listener_task = spawn_listener(Listener {
+        info: listen_info.clone(),
+        lock_key: lock_key(&prepared.config.ha.lock_name),
+        retry_interval: prepared.config.ha.retry_interval,
+        proof_timeout: prepared.config.database.connect_timeout,
+        channels: channels_rx,
+        events: Mapped::new(tx.clone(), Command::Listener),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        shutdown: listener_stop.clone(),
+        control_roles: roles_rx,
+        fence_info: refresh_info.clone(),
+        fences: Default::default(),
+        restarted: false,
+        arming: arming.clone(),
+    });
 
     let mut core = Core {
         coalescer: Coalescer::new(Vec::new(), Vec::new(), 1),
@@ -284,7 +329,7 @@ pub async fn run(
         history: Vec::new(),
         reads: Vec::new(),
         refresher: Refresher::new(refresh_info.clone(), arming),
-        refresh_info,
+        refresh_info: refresh_info.clone(),
         tasks: JoinSet::new(),
         task_runs: HashMap::new(),
         keys: Vec::new(),
@@ -298,6 +343,9 @@ pub async fn run(
         leading: false,
         schedules: Schedules::new(&[], chrono::Utc::now()),
         detector: CancellationToken::new(),
+        detectors: JoinSet::new(),
+        jobs: JoinSet::new(),
+        job_kinds: HashMap::new(),
         reloading: false,
         reload_again: false,
         draining: false,
@@ -318,13 +366,18 @@ pub async fn run(
         .iter()
         .any(crate::engine::capture::checked)
         .then(|| {
-            let tx = core.tx.clone();
-            tokio::spawn(crate::engine::capture::watch_ddl(
-                core.refresh_info.clone(),
+            let (tx, info, stop) = (core.tx.clone(), core.refresh_info.clone(), ddl_stop.clone());
+            tokio::spawn(tasks::supervise(
+                "capture",
+                core.metrics.clone(),
                 ddl_stop.clone(),
                 move || {
-                    let _ = tx.send(Command::CatalogChanged);
+                    let tx = tx.clone();
+                    crate::engine::capture::watch_ddl(info.clone(), stop.clone(), move || {
+                        let _ = tx.send(Command::CatalogChanged);
+                    })
                 },
+                || {},
             ))
         });
     core.run(rx, &shutdown).await;
@@ -332,78 +385,109 @@ pub async fn run(
     if let Some(t) = ddl_task {
         let _ = t.await;
     }
+    core.drain().await;
+    drop(core);
 
     // The lock goes last: while refreshes of ours run, no other replica may start.
     listener_stop.cancel();
     let _ = listener_task.await;
     http_stop.cancel();
-    let _ = http_task.await;
+    let served = http_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), supervisor).await;
+    let _ = signals.await;
+    // Every client is gone now: their connections say goodbye to the server.
+    let (a, b) = (refresh_info.drain(DRAIN), listen_info.drain(DRAIN));
+    tokio::join!(a, b);
     tracing::info!("refreshd stopped");
-    Ok(())
+    served_result(served)
 }
 
-/// Starts the listener, its events forwarded to the core.
-fn spawn_listener(
-    mut listener: Listener,
-    tx: &mpsc::UnboundedSender<Command>,
-) -> tokio::task::JoinHandle<()> {
-    let (ltx, lrx) = mpsc::unbounded_channel();
-    listener.events = ltx;
-    forward(lrx, tx, Command::Listener);
-    tokio::spawn(listener.run())
+/// How the HTTP server's task ended: a panic of its accept loop makes the process exit
+/// non-zero (after the usual shutdown), so that its supervisor starts it again.
+fn served_result(served: Result<Result<(), String>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(panic)) => anyhow::bail!("the HTTP server panicked: {panic}"),
+        Err(e) => anyhow::bail!(
+            "the HTTP server's task failed: {}",
+            tasks::join_error_message(e)
+        ),
+    }
+}
+
+/// Starts the listener (its events go straight to the core), started again after a
+/// panic (see [`tasks::supervise`]).
+fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
+    let metrics = listener.metrics.clone();
+    let stop = listener.shutdown.clone();
+    let (again, after) = (listener.clone(), listener.clone());
+    let mut listener = Some(listener);
+    tokio::spawn(tasks::supervise(
+        "listener",
+        metrics,
+        stop,
+        move || match listener.take() {
+            Some(first) => first.run(),
+            None => Listener {
+                restarted: true,
+                ..again.clone()
+            }
+            .run(),
+        },
+        move || after.panicked(),
+    ))
 }
 
 /// The HTTP server and systemd supervision: the token stops the server; the tasks are
 /// the server's and the supervisor's (which says `STOPPING=1` once `shutdown` is
 /// cancelled, and must be awaited so that it gets to say it before the process ends).
+///
+/// A panic in the server's accept loop (one in a request's handler is the server's own
+/// business: 500) is logged and counted, and stops the daemon (`shutdown`): the server
+/// task then ends with the panic's message, and `run` with an error (exit 1).
 async fn start_serving(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(CancellationToken, [tokio::task::JoinHandle<()>; 2])> {
+) -> anyhow::Result<(
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), String>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use futures_util::FutureExt as _;
     let listen = shared.bound;
     let http_listener = crate::serve::http::bind(listen)
         .with_context(|| format!("http.listen: cannot bind {listen}"))?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(crate::serve::http::serve(
-        http_listener,
-        shared.clone(),
-        http_stop.clone(),
-    ));
+    let serve = crate::serve::http::serve(http_listener, shared.clone(), http_stop.clone());
+    let (metrics, stop_all) = (shared.metrics.clone(), shutdown.clone());
+    let http_task = tokio::spawn(async move {
+        let Err(payload) = std::panic::AssertUnwindSafe(serve).catch_unwind().await else {
+            return Ok(());
+        };
+        let message = tasks::panic_message(payload.as_ref());
+        tasks::panicked(&metrics, "http", &message);
+        tracing::error!("the HTTP server is gone: stopping refreshd, which exits 1 so that its supervisor starts it again");
+        stop_all.cancel();
+        Err(message)
+    });
     let supervisor = tokio::spawn(crate::serve::systemd::supervise(
         shared.health.clone(),
         shutdown.clone(),
     ));
-    Ok((http_stop, [http_task, supervisor]))
+    Ok((http_stop, http_task, supervisor))
 }
 
-/// Forwards every message of `rx` into the core's channel.
-fn forward<T: Send + 'static>(
-    mut rx: mpsc::UnboundedReceiver<T>,
-    tx: &mpsc::UnboundedSender<Command>,
-    wrap: fn(T) -> Command,
-) {
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if tx.send(wrap(m)).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// SIGHUP reloads, SIGUSR1 forces every view.
+/// SIGHUP reloads, SIGUSR1 forces every view; the task ends with `stop`.
 fn spawn_signals(
     tx: &mpsc::UnboundedSender<Command>,
     stop: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let tx = tx.clone();
     let stop = stop.clone();
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -411,8 +495,7 @@ fn spawn_signals(
                 Some(()) = usr1.recv() => { let _ = tx.send(Command::ForceAll("SIGUSR1")); }
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Connects for the startup checks, retrying until it works or shutdown.
@@ -461,6 +544,12 @@ impl Core {
             tokio::select! {
                 _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
                 Some(ended) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.task_ended(ended),
+                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.job_ended(done).await,
+                Some(ended) = self.detectors.join_next(), if !self.detectors.is_empty() => {
+                    if let Err(e) = ended {
+                        tracing::error!(error = %tasks::join_error_message(e), "the statistics detector's task ended abnormally");
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -469,6 +558,62 @@ impl Core {
             }
         }
         self.detector.cancel();
+    }
+
+    /// At shutdown, after the loop: the jobs still running are abandoned (their results
+    /// would have nobody to act on them), the detectors get [`DRAIN`] to stop.
+    async fn drain(&mut self) {
+        self.jobs.abort_all();
+        while self.jobs.join_next().await.is_some() {}
+        self.detector.cancel();
+        let detectors = &mut self.detectors;
+        if tokio::time::timeout(DRAIN, async {
+            while detectors.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            self.detectors.abort_all();
+            while self.detectors.join_next().await.is_some() {}
+        }
+    }
+
+    /// Starts work off the loop; its result comes back through [`Core::job_ended`].
+    fn spawn_job(
+        &mut self,
+        kind: Job,
+        job: impl std::future::Future<Output = Option<Command>> + Send + 'static,
+    ) {
+        let handle = self.jobs.spawn(job);
+        self.job_kinds.insert(handle.id(), kind);
+    }
+
+    /// A job ended: its command is handled; a panic is logged, counted, and handled as
+    /// the failure it stands for.
+    async fn job_ended(
+        &mut self,
+        done: Result<(tokio::task::Id, Option<Command>), tokio::task::JoinError>,
+    ) {
+        let cmd = match done {
+            Ok((id, cmd)) => {
+                self.job_kinds.remove(&id);
+                cmd
+            }
+            Err(e) => {
+                let Some(kind) = self.job_kinds.remove(&e.id()) else {
+                    return;
+                };
+                if !e.is_panic() {
+                    return;
+                }
+                let message = tasks::join_error_message(e);
+                tasks::panicked(&self.metrics, kind.label(), &message);
+                kind.panicked(&message)
+            }
+        };
+        if let Some(cmd) = cmd {
+            self.handle(cmd).await;
+        }
     }
 
     fn next_wake(&self, now: Instant) -> Instant {
@@ -570,6 +715,8 @@ impl Core {
                     return;
                 };
                 let what = if e.is_panic() {
+                    let message = tasks::join_error_message(e);
+                    tasks::panicked(&self.metrics, "refresh", &message);
                     "panicked"
                 } else {
                     "was aborted"
@@ -835,14 +982,13 @@ impl Core {
         let info = self.refresh_info.clone();
         let views = self.config.views.clone();
         let previous = self.capture.previous();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.spawn_job(Job::Capture, async move {
             let check = crate::engine::capture::run_check(info, views, previous);
             let result = match tokio::time::timeout(Duration::from_secs(60), check).await {
                 Ok(r) => r,
                 Err(_) => Err("no answer within 60 s".into()),
             };
-            let _ = tx.send(Command::CaptureChecked(result));
+            Some(Command::CaptureChecked(result))
         });
     }
 
@@ -859,8 +1005,7 @@ impl Core {
         }
         self.draining = true;
         let info = self.refresh_info.clone();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.spawn_job(Job::Force, async move {
             let mut last = String::new();
             for attempt in 0..3u32 {
                 if attempt > 0 {
@@ -873,15 +1018,12 @@ impl Core {
                         .map_err(|e| crate::pg::connect::error_chain(&e))
                 };
                 match tokio::time::timeout(Duration::from_secs(15), taken).await {
-                    Ok(Ok(t)) => {
-                        let _ = tx.send(Command::ForceRequests(Ok(t)));
-                        return;
-                    }
+                    Ok(Ok(t)) => return Some(Command::ForceRequests(Ok(t))),
                     Ok(Err(e)) => last = e,
                     Err(_) => last = "no answer within 15 s".into(),
                 }
             }
-            let _ = tx.send(Command::ForceRequests(Err(last)));
+            Some(Command::ForceRequests(Err(last)))
         });
     }
 
@@ -930,10 +1072,10 @@ impl Core {
 
     /// A standby hands a forced refresh to the leader through the control channel
     /// (its own role is always allowed there).
-    fn relay(&self, view: Option<QualifiedName>) {
+    fn relay(&mut self, view: Option<QualifiedName>) {
         let payload = view.map_or_else(|| "*".to_string(), |n| n.to_string());
         let info = self.refresh_info.clone();
-        tokio::spawn(async move {
+        self.spawn_job(Job::Relay, async move {
             let sent = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
                 client
@@ -963,6 +1105,7 @@ impl Core {
                     tracing::warn!(view = %payload, "standby: relaying the forced refresh timed out")
                 }
             }
+            None
         });
     }
 
@@ -976,10 +1119,9 @@ impl Core {
         self.reloading = true;
         let path = self.config_path.clone();
         let info = self.refresh_info.clone();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.spawn_job(Job::Reload, async move {
             let result = startup::load_and_prepare(&path, &info, RELOAD_TIMEOUT).await;
-            let _ = tx.send(Command::Reloaded(Box::new(result)));
+            Some(Command::Reloaded(Box::new(result)))
         });
     }
 
@@ -1071,7 +1213,16 @@ impl Core {
             self.schedules = Schedules::new(&new.views, chrono::Utc::now());
         }
         self.detector.cancel();
-        self.detector = spawn_detector(&self.refresh_info, p.watched, &self.tx);
+        self.detector = CancellationToken::new();
+        if !p.watched.is_empty() {
+            self.detectors.spawn(detector(
+                self.refresh_info.clone(),
+                p.watched,
+                Mapped::new(self.tx.clone(), Command::Detected),
+                self.metrics.clone(),
+                self.detector.clone(),
+            ));
+        }
         self.channels_tx
             .send_replace(new.channels().into_iter().collect());
         self.roles_tx.send_replace(new.control_roles.clone());
@@ -1250,7 +1401,11 @@ impl Core {
             return; // dropping `reply` answers "unknown view"
         }
         if !self.leading {
-            relay_and_wait(self.listen_info.clone(), view, reply);
+            let info = self.listen_info.clone();
+            self.spawn_job(Job::Relay, async move {
+                relay_and_wait(info, view, reply).await;
+                None
+            });
             return;
         }
         let list = self.waiters.entry(view.clone()).or_default();
@@ -1363,28 +1518,29 @@ const RUNNING_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
 /// view that started after the request. A refresh already running when the standby
 /// looked (before it LISTENed) may have started earlier, so its event is skipped; a
 /// refresh that ends after that look started after it. Errs on the side of waiting.
-fn relay_and_wait(
+async fn relay_and_wait(
     info: ConnectInfo,
     view: QualifiedName,
     mut reply: tokio::sync::oneshot::Sender<WaitOutcome>,
 ) {
-    tokio::spawn(async move {
-        let name = view.to_string();
-        let waited = async {
-            let (client, connection) = info.connect_raw().await.map_err(|e| e.to_string())?;
-            let quoted = view.quoted();
-            let (ntx, mut nrx) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut connection = connection;
-                let mut messages =
-                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                use futures_util::StreamExt as _;
-                while let Some(Ok(m)) = messages.next().await {
-                    if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                        let _ = ntx.send(n.payload().to_string());
-                    }
+    let name = view.to_string();
+    let waited = async {
+        let (client, connection) = info.connect_raw().await.map_err(|e| e.to_string())?;
+        let quoted = view.quoted();
+        let (ntx, mut nrx) = mpsc::unbounded_channel();
+        // The connection is driven beside the wait, not on a task of its own; when
+        // it ends, `nrx` ends the wait.
+        let driver = async move {
+            let mut connection = connection;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            use futures_util::StreamExt as _;
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = ntx.send(n.payload().to_string());
                 }
-            });
+            }
+        };
+        let work = async {
             let running: i64 = client
                 .query_typed(RUNNING_SQL, &[(&quoted, tokio_postgres::types::Type::TEXT)])
                 .await
@@ -1420,39 +1576,49 @@ fn relay_and_wait(
             }
             Err("the connection closed".to_string())
         };
+        let (mut driver, mut work) = (std::pin::pin!(driver), std::pin::pin!(work));
         tokio::select! {
-            _ = reply.closed() => {}
-            r = waited => match r {
-                Ok(_) => {
-                    let _ = reply.send(WaitOutcome::Refreshed {
-                        end: rfc3339(SystemTime::now()),
-                        duration_seconds: 0.0,
-                    });
-                }
-                Err(e) => tracing::warn!(view = %name, error = %e, "standby: read-your-writes relay failed"),
-            }
+            r = &mut work => r,
+            () = &mut driver => work.await,
         }
-    });
+    };
+    tokio::select! {
+        _ = reply.closed() => {}
+        r = waited => match r {
+            Ok(_) => {
+                let _ = reply.send(WaitOutcome::Refreshed {
+                    end: rfc3339(SystemTime::now()),
+                    duration_seconds: 0.0,
+                });
+            }
+            Err(e) => tracing::warn!(view = %name, error = %e, "standby: read-your-writes relay failed"),
+        }
+    }
 }
 
-/// Starts statistics detection for `watched`; its findings arrive as
-/// [`Command::Detected`]. Cancel the returned token to stop it.
-fn spawn_detector(
-    info: &ConnectInfo,
+/// Statistics detection for `watched` until `stop`, its findings sent as
+/// [`Command::Detected`]; started again after a panic (see [`tasks::supervise`]).
+async fn detector(
+    info: ConnectInfo,
     watched: Vec<crate::engine::detect::Watched>,
-    tx: &mpsc::UnboundedSender<Command>,
-) -> CancellationToken {
-    let stop = CancellationToken::new();
-    if watched.is_empty() {
-        return stop;
-    }
-    let (dtx, drx) = mpsc::unbounded_channel();
-    tokio::spawn(crate::engine::detect::run(
-        info.clone(),
-        watched,
-        dtx,
-        stop.clone(),
-    ));
-    forward(drx, tx, Command::Detected);
-    stop
+    changed: Mapped<QualifiedName>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let stop2 = stop.clone();
+    tasks::supervise(
+        "detector",
+        metrics,
+        stop,
+        move || {
+            crate::engine::detect::run(
+                info.clone(),
+                watched.clone(),
+                changed.clone(),
+                stop2.clone(),
+            )
+        },
+        || {},
+    )
+    .await
 }

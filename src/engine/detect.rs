@@ -19,7 +19,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +99,7 @@ async fn read(
 pub async fn run(
     info: ConnectInfo,
     watched: Vec<Watched>,
-    changed: mpsc::UnboundedSender<QualifiedName>,
+    changed: crate::engine::tasks::Mapped<QualifiedName>,
     stop: CancellationToken,
 ) {
     if watched.is_empty() {
@@ -164,6 +163,7 @@ pub async fn run(
                 continue;
             }
         };
+        crate::engine::tasks::fault("detector");
         for i in due {
             let w = &watched[i];
             if comparator.changed(i, &w.tables, &reading) {

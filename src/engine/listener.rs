@@ -17,6 +17,7 @@ use crate::engine::session::{
     drive, listen_error, listen_private, private_channel, Prober, ProofError, Routes,
     SERVER_KEEPALIVES,
 };
+use crate::engine::tasks::Mapped;
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::quote_ident;
 use crate::serve::health::{Health, Role};
@@ -75,7 +76,8 @@ const FENCE_SQL: &str = "SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_c
        AND ((l.classid::int8 << 32) | l.objid::int8) = $2 \
        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
 
-/// The listener task's settings.
+/// The listener task's settings (cloned to start it again after a panic).
+#[derive(Clone)]
 pub struct Listener {
     pub info: ConnectInfo,
     pub lock_key: i64,
@@ -83,7 +85,7 @@ pub struct Listener {
     /// How long the session's proof may take (`database.connect_timeout`).
     pub proof_timeout: Duration,
     pub channels: watch::Receiver<BTreeSet<String>>,
-    pub events: mpsc::UnboundedSender<ListenerEvent>,
+    pub events: Mapped<ListenerEvent>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
@@ -94,6 +96,10 @@ pub struct Listener {
     pub fence_info: ConnectInfo,
     /// The channel locks this session holds while leading (see `arming`).
     pub arming: Arc<Arming>,
+    /// The fence tasks (see `fence`); `run` waits for them before it returns.
+    pub fences: tokio_util::task::TaskTracker,
+    /// Started again after a panic: its first leadership is not the process's first.
+    pub restarted: bool,
 }
 
 enum Ended {
@@ -131,7 +137,11 @@ struct Conn {
 impl Listener {
     /// Runs until shutdown, reconnecting as needed.
     pub async fn run(mut self) {
-        let mut history = History::default();
+        let mut history = History {
+            ever_connected: self.restarted,
+            ever_led: self.restarted,
+            ..History::default()
+        };
         let mut prober = Prober::new(self.info.clone());
         loop {
             self.health.beat_listener();
@@ -162,6 +172,17 @@ impl Listener {
             }
         }
         self.set_disconnected();
+        // A fence still running ends within its own 10 s bound.
+        self.fences.close();
+        self.fences.wait().await;
+    }
+
+    /// After the listener panicked (its connection, and with it the lock, are gone):
+    /// what a lost connection reports.
+    pub fn panicked(&self) {
+        self.arming.lost();
+        self.set_disconnected();
+        let _ = self.events.send(ListenerEvent::Lost);
     }
 
     fn set_disconnected(&self) {
@@ -202,8 +223,8 @@ impl Listener {
         let client = Arc::new(client);
         let private = private_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
-        let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
-        let driver = tokio::spawn(drive(
+        let (drive_tx, drive_rx) = tokio::sync::oneshot::channel::<String>();
+        let driven = drive(
             connection,
             client.clone(),
             Routes {
@@ -214,8 +235,28 @@ impl Listener {
                 probes: probe_tx,
                 arming: self.arming.clone(),
             },
-            dead_tx,
-        ));
+            drive_tx,
+        );
+        let driven = async move {
+            crate::engine::tasks::fault("listener_driver");
+            driven.await
+        };
+        // The driver's panic ends this session like a lost connection, with its message
+        // (and is logged and counted); the listener reconnects as after any loss.
+        let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
+        let metrics = self.metrics.clone();
+        let driver = tokio::spawn(async move {
+            use futures_util::FutureExt as _;
+            let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
+                Ok(()) => drive_rx.await.unwrap_or_default(),
+                Err(payload) => {
+                    let message = crate::engine::tasks::panic_message(payload.as_ref());
+                    crate::engine::tasks::panicked(&metrics, "listener", &message);
+                    format!("the connection's task panicked: {message}")
+                }
+            };
+            let _ = dead_tx.send(why);
+        });
         let mut conn = Conn {
             client,
             dead,
@@ -305,7 +346,7 @@ impl Listener {
     fn fence(&self, pid: i32) {
         let info = self.fence_info.clone();
         let key = self.lock_key;
-        tokio::spawn(async move {
+        self.fences.spawn(async move {
             let work = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
                 let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
@@ -378,6 +419,7 @@ impl Listener {
 
     /// The periodic proof: a notification from the prober must arrive.
     async fn probe(&mut self, conn: &mut Conn, prober: &mut Prober) -> Result<(), Ended> {
+        crate::engine::tasks::fault("listener");
         match prober.round_trip(&conn.private, &mut conn.probes, PROBE_DEADLINE).await {
             Ok((rtt, usage)) => {
                 self.metrics.listener_roundtrip.set(rtt.as_secs_f64());
@@ -408,7 +450,8 @@ impl Listener {
             self.health.beat_listener();
             tokio::select! {
                 _ = rearm.tick(), if self.arming.has_pending() => {
-                    self.arming.retry_pending(&self.events).await;
+                    let events = &self.events;
+                    self.arming.retry_pending(|ev| { let _ = events.send(ev); }).await;
                 }
                 _ = self.shutdown.cancelled() => {
                     // Closing the connection releases the lock at once, so a standby

@@ -14,4 +14,5 @@ pub mod refresher;
 pub mod schedule;
 pub mod session;
 pub mod startup;
+pub mod tasks;
 pub mod throttle;

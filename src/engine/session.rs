@@ -192,7 +192,7 @@ type Lookup =
 
 /// Where a driven connection's messages go.
 pub struct Routes {
-    pub events: mpsc::UnboundedSender<ListenerEvent>,
+    pub events: crate::engine::tasks::Mapped<ListenerEvent>,
     pub metrics: Metrics,
     pub roles: watch::Receiver<Vec<String>>,
     /// The private probe channel and where its payloads go.
@@ -318,7 +318,8 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let private = private_channel();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let channel = private.clone();
-    let driver = tokio::spawn(async move {
+    // The connection is driven here, beside the proof, not on a task of its own.
+    let driver = async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(m)) = messages.next().await {
             if let AsyncMessage::Notification(n) = m {
@@ -327,7 +328,7 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
                 }
             }
         }
-    });
+    };
     let result = async {
         listen_private(&client, &private)
             .await
@@ -336,8 +337,11 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
             .round_trip(&private, &mut rx, timeout)
             .await
             .map(|(t, _)| t)
+    };
+    let (mut driver, mut result) = (std::pin::pin!(driver), std::pin::pin!(result));
+    tokio::select! {
+        r = &mut result => r,
+        // The connection ended: the proof fails with the client's own error.
+        () = &mut driver => result.await,
     }
-    .await;
-    driver.abort();
-    result
 }

@@ -86,6 +86,10 @@ pub struct ConnectInfo {
     tls: MakeTls,
     ssl_mode: SslMode,
     target: String,
+    /// The tasks that drive [`ConnectInfo::connect`]'s connections (shared by clones):
+    /// each ends when its client is dropped; the daemon waits for them at shutdown
+    /// ([`ConnectInfo::drain`]).
+    drivers: tokio_util::task::TaskTracker,
 }
 
 /// One host of a (possibly multi-host) URL: the URL's settings with that host only.
@@ -204,6 +208,7 @@ impl ConnectInfo {
             tls,
             ssl_mode,
             target,
+            drivers: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -290,16 +295,29 @@ impl ConnectInfo {
         })
     }
 
-    /// Opens a connection and drives it on a task of its own.
+    /// Opens a connection and drives it on a task of its own, tracked for
+    /// [`ConnectInfo::drain`]; the task ends when the client is dropped (after telling
+    /// the server goodbye).
     pub async fn connect(&self) -> Result<Client, DbError> {
         let (client, connection) = self.connect_raw().await?;
         let target = self.target.clone();
-        tokio::spawn(async move {
+        self.drivers.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%target, error = %e, "connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// Waits, at most `within`, for the tasks driving this target's connections (of
+    /// every clone) to end: once their clients are dropped, each says goodbye to the
+    /// server and ends. Those still running after `within` are left to the runtime's
+    /// shutdown.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.drivers.close();
+        tokio::time::timeout(within, self.drivers.wait())
+            .await
+            .is_ok()
     }
 
     /// The TLS connector, for cancel requests.

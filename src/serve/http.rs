@@ -63,6 +63,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The same bound on the overflow path (connections beyond [`MAX_CONNECTIONS`]).
 const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a stopping server waits for its connections' requests in flight.
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// What the handlers share besides [`Shared`].
 struct Limits {
     waiters: Arc<tokio::sync::Semaphore>,
@@ -86,7 +89,10 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves until `stop` is cancelled.
+/// Serves until `stop` is cancelled, then waits (at most [`DRAIN`]) for the requests
+/// in flight. Each connection is a task of the server's own set; a panic in a handler
+/// is answered 500 and counted, one elsewhere in a connection's task ends only that
+/// connection (and is counted).
 ///
 /// Every connection is accepted at once (a full server never leaves clients in the
 /// kernel's queue to be reset). A connection takes one of [`MAX_CONNECTIONS`] slots if
@@ -103,11 +109,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     // Overflow is logged at most once a minute, with the count since the last line.
     let mut overflowed: u64 = 0;
     let mut last_warned: Option<std::time::Instant> = None;
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                connection_ended(ended, &shared);
+                continue;
+            }
             a = listener.accept() => a,
         };
+        crate::engine::tasks::fault("http_accept");
         let (stream, _peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
@@ -133,7 +145,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let shared = shared.clone();
         let limits = limits.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let io = TokioIo::new(stream);
             let mut builder = http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new());
@@ -143,7 +155,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                     let service = service_fn(move |req| {
                         let shared = shared.clone();
                         let limits = limits.clone();
-                        async move { Ok::<_, Infallible>(handle(req, &shared, &limits).await) }
+                        async move {
+                            let answer = handle(req, &shared, &limits);
+                            Ok::<_, Infallible>(guarded(answer, &shared).await)
+                        }
                     });
                     drive(builder.serve_connection(io, service), &stop).await;
                 }
@@ -153,12 +168,56 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                         .keep_alive(false);
                     let service = service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(overflow(&req, &shared)) }
+                        async move {
+                            let answer = async { overflow(&req, &shared) };
+                            Ok::<_, Infallible>(guarded(answer, &shared).await)
+                        }
                     });
                     drive(builder.serve_connection(io, service), &stop).await;
                 }
             }
         });
+    }
+    let drained = tokio::time::timeout(DRAIN, async {
+        while let Some(ended) = connections.join_next().await {
+            connection_ended(ended, &shared);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(
+            connections = connections.len(),
+            "http: requests still in flight at shutdown are dropped"
+        );
+    }
+}
+
+/// A connection's task ended: a panic there (outside a handler) is logged and counted.
+fn connection_ended(ended: Result<(), tokio::task::JoinError>, shared: &Shared) {
+    if let Err(e) = ended {
+        if e.is_panic() {
+            let message = crate::engine::tasks::join_error_message(e);
+            crate::engine::tasks::panicked(&shared.metrics, "http", &message);
+        }
+    }
+}
+
+/// A handler's answer, or 500 if it panics (logged and counted): one request's bug
+/// never takes the server, or even the connection, down.
+async fn guarded(answer: impl std::future::Future<Output = Resp>, shared: &Shared) -> Resp {
+    use futures_util::FutureExt as _;
+    // AssertUnwindSafe: handlers share only atomics, channels and locks that a panic
+    // leaves consistent (a poisoned lock is a panic of its own, answered the same way).
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = crate::engine::tasks::panic_message(payload.as_ref());
+            crate::engine::tasks::panicked(&shared.metrics, "http", &message);
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (a bug in refreshd; it is logged)\n",
+            )
+        }
     }
 }
 
@@ -416,6 +475,7 @@ async fn metrics(shared: &Shared) -> Resp {
 
 /// `GET /status`.
 async fn status(shared: &Shared) -> Resp {
+    crate::engine::tasks::fault("http");
     let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,

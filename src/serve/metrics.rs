@@ -25,7 +25,20 @@ pub struct Metrics {
     pub control_rejected: IntCounter,
     pub control_coalesced: IntCounter,
     pub listener_roundtrip: Gauge,
+    /// Panics of refreshd's own tasks, by task (in the `reason` label: SPEC.md allows
+    /// no other label name): see [`TASKS`].
+    pub task_panics: IntCounterVec,
 }
+
+/// The values of `refreshd_task_panics_total`'s `reason` label: the task that panicked.
+pub const TASKS: [&str; 6] = [
+    "listener",
+    "detector",
+    "capture",
+    "refresh",
+    "http",
+    "background",
+];
 
 /// Registers a freshly made metric (names are fixed: a clash is a bug).
 fn register<T>(registry: &Registry, made: prometheus::Result<T>) -> T
@@ -67,6 +80,19 @@ impl Metrics {
             ),
         );
         build_info.with_label_values(&[crate::VERSION]).set(1);
+        let task_panics = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "refreshd_task_panics_total",
+                    "Panics of refreshd's own tasks (a bug), by task in the reason label: listener, detector, capture, refresh, http, background.",
+                ),
+                &["reason"],
+            ),
+        );
+        for t in TASKS {
+            task_panics.with_label_values(&[t]);
+        }
         // process_* (start time, CPU, memory, fds), read from /proc at each scrape.
         if cfg!(target_os = "linux") {
             registry
@@ -102,6 +128,7 @@ impl Metrics {
                 "refreshd_listener_roundtrip_seconds",
                 "Time of the last self-addressed NOTIFY to reach the LISTEN session (the listener's proof and probe).",
             ),
+            task_panics,
             registry,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::pg::ident::QualifiedName;
@@ -111,7 +111,8 @@ pub struct Shared {
     pub config: RwLock<Arc<Config>>,
     pub health: Arc<Health>,
     pub metrics: Metrics,
-    pub requests: mpsc::UnboundedSender<Request>,
+    /// Into the core's channel (each request wrapped as a command).
+    pub requests: crate::engine::tasks::Mapped<Request>,
     pub admin_token: RwLock<Option<String>>,
     /// The address the HTTP server is bound to ([http] changes need a restart).
     pub bound: std::net::SocketAddr,
