@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod keyed_storm;
 pub mod standby;
 
 use std::path::{Path, PathBuf};
