@@ -220,6 +220,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
     // kg.by_product in place: the same name, now a table with the view's indexes and
     // grants. This run's config, plus the first run's keyed blocks (this run sees
     // their tables, not materialized views), is what the daemon runs.
+    let in_place_sql = tempfile::tempdir().unwrap();
     let (out, config, stderr) = init(
         &db,
         &[
@@ -227,6 +228,8 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
             "kg",
             "--schema",
             "public",
+            "--sql",
+            in_place_sql.path().to_str().unwrap(),
             "--apply",
             "--keyed",
             "kg.by_product",
@@ -340,6 +343,31 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         ),
         "0"
     );
+    let rollback = in_place_sql.path().join(refreshd::cli::init::ROLLBACK);
+    for _ in 0..2 {
+        // Idempotent: the second run finds the materialized view and changes nothing.
+        let out = db.server.psql_file(&db.name, &rollback);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kg.by_product'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
+        "kg.by_product_key,kg.by_product_qty"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
+        )),
+        "t"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class WHERE relname = 'by_product_def'"),
+        "0"
+    );
+    db.psql("REFRESH MATERIALIZED VIEW CONCURRENTLY kg.by_product");
 }
 
 /// A view with a window function is refused with the reason (exit 1, nothing created

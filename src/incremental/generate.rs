@@ -552,16 +552,17 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                     for m in &r.moving {
                         push_unique(&mut moving, m);
                     }
-                    for by in &r.by {
-                        let _ = writeln!(
-                            body,
-                            "        PERFORM 1 FROM {} AS t WHERE t.{by} IN (SELECT m.{by} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
-                            b.name.quoted(),
-                            by = quote_ident(by),
-                            n = list(&moving, "n."),
-                            o = list(&moving, "o."),
-                        );
-                    }
+                    // Located by every such column's new value: the moved rows (and
+                    // any other rows equal to them on those columns).
+                    let _ = writeln!(
+                        body,
+                        "        PERFORM 1 FROM {} AS t WHERE ({}) IN (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
+                        b.name.quoted(),
+                        list(&moving, "t."),
+                        list(&moving, "m."),
+                        n = list(&moving, "n."),
+                        o = list(&moving, "o."),
+                    );
                 }
             }
             let rows = if *op == "update" && reads.is_empty() {

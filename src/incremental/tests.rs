@@ -1042,7 +1042,7 @@ fn generate_attendance() {
         &g,
         r#""public"."attendance_statistics_summary_keys_from_training_sessions""#,
     );
-    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE t."id" IN (SELECT m."id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
+    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE (t."id", t."category_id", t."season_id") IN (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
     assert!(
         ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
         "{ses}"
