@@ -522,6 +522,13 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 }
             }
         };
+        // Nothing to compute keys from (no occurrence gave one): everything.
+        let source = match source {
+            Source::Keys(k) if k.is_empty() => {
+                Source::All("no occurrence of it gives the key".to_string())
+            }
+            other => other,
+        };
         let fname = function(b);
         let reads_of = |alias: &str| list(reads, &format!("{alias}."));
         let changed = |op: &str| -> String {
