@@ -459,3 +459,88 @@ async fn underivable_views_are_refused_and_untraceable_tables_send_everything() 
         "the TRUNCATE, not the qty update"
     );
 }
+
+/// Hostile names (quotes, a dollar-quote tag, a line break, a backslash, a long name)
+/// are converted in place and rolled back by the generated SQL as they are: nothing
+/// else runs, the triggers send the keys, the names stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_convert_in_place_and_back() {
+    use refreshd::pg::ident::quote_ident;
+    let db = TestDb::new();
+    let view = format!("v\"$refreshd$\n\\{}", "é".repeat(22));
+    let table = "t$$'\"";
+    let column = "g\"$refreshd$; DROP TABLE kx.canary; --";
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA kx;
+        CREATE TABLE kx.canary (v int);
+        CREATE TABLE kx.{t} ({c} text NOT NULL, v int NOT NULL);
+        INSERT INTO kx.{t} VALUES ('a', 1), ('b', 2);
+        CREATE MATERIALIZED VIEW kx.{v} AS SELECT {c}, sum(v) AS total FROM kx.{t} GROUP BY {c};
+        CREATE UNIQUE INDEX ON kx.{v} ({c});
+        "#,
+        v = quote_ident(&view),
+        t = quote_ident(table),
+        c = quote_ident(column),
+    ));
+    let sql = tempfile::tempdir().unwrap();
+    let arg = format!("kx.{}", quote_ident(&view));
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--sql",
+            sql.path().to_str().unwrap(),
+            "--apply",
+            "--keyed",
+            &arg,
+            "--in-place",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
+    assert_eq!(
+        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
+        "r,r,r,v"
+    );
+    assert!(
+        db.psql("SELECT max(octet_length(tgname)) FROM pg_trigger WHERE NOT tgisinternal")
+            .parse::<usize>()
+            .unwrap()
+            <= 63
+    );
+    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let keyed = doc["view"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("kind").and_then(|k| k.as_str()) == Some("keyed"))
+        .unwrap_or_else(|| panic!("{config}"))
+        .clone();
+    let channel = keyed["channels"][0].as_str().unwrap().to_string();
+    let (_listener, mut rx) = listen(&db.dsn(), &[&channel]).await;
+    db.psql(&format!(
+        "INSERT INTO kx.{} VALUES ('it''s \"c\"', 3)",
+        quote_ident(table)
+    ));
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payload, r#"[["it's \"c\""]]"#);
+    let rollback = sql.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
+        "m,r,r"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT total FROM kx.{} WHERE {} = 'it''s \"c\"'",
+            quote_ident(&view),
+            quote_ident(column)
+        )),
+        "3"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
+}
