@@ -400,6 +400,19 @@ const PARTITIONS_SQL: &str = "SELECT pn.nspname::text, pc.relname::text \
  WHERE n.nspname = $1 AND c.relname = $2 AND t.relid <> c.oid \
  ORDER BY t.level, pn.nspname, pc.relname";
 
+/// A table's columns whose type has no default btree or hash operator class (no
+/// equality an `EXCEPT` can use). Arrays, enums and ranges (generic classes) count too:
+/// taking all their rows is only slower.
+const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+                    WHERE oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+                      AND oc.opcdefault \
+                      AND am.amname IN ('btree', 'hash'))";
+
 /// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input);
 /// `Ok(Err)` when a base table is not in the catalog read.
 #[allow(clippy::too_many_arguments)]
@@ -455,11 +468,21 @@ async fn keyed_facts(
                 ));
             }
         }
+        let incomparable = client
+            .query_typed(
+                INCOMPARABLE_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         tables.push(BaseTable {
             table: t.table.clone(),
             name: name.clone(),
             relkind: *relkind,
             partitions,
+            incomparable,
         });
     }
     Ok(Ok(Facts {

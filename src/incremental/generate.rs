@@ -17,7 +17,9 @@
 //! - TRUNCATE: `*`. A key with a NULL member: `*` (a NULL never matches a key).
 //!
 //! UPDATE compares old and new rows on the columns the definition reads
-//! (`EXCEPT ALL`), so an update of other columns sends nothing.
+//! (`EXCEPT ALL`), so an update of other columns sends nothing — unless one of those
+//! columns has a type without equality ([`BaseTable::incomparable`]): then all its old
+//! and new rows count as changed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,6 +38,9 @@ pub struct BaseTable {
     /// Every partition below it, at any depth (statement triggers are not cloned to
     /// partitions, and a write straight into one fires only its own).
     pub partitions: Vec<QualifiedName>,
+    /// Its columns whose type has no default btree or hash operator class (json, xml,
+    /// point...): an UPDATE cannot compare them, so its old and new rows are all taken.
+    pub incomparable: Vec<String>,
 }
 
 /// One privilege of the materialized view's ACL (`aclexplode`).
@@ -535,6 +540,11 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             match op {
                 "insert" => format!("SELECT {} FROM new_rows n", reads_of("n")),
                 "delete" => format!("SELECT {} FROM old_rows o", reads_of("o")),
+                _ if reads.iter().any(|r| b.incomparable.contains(r)) => format!(
+                    "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
+                    reads_of("o"),
+                    reads_of("n")
+                ),
                 _ => format!(
                     "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
                      UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",
