@@ -413,6 +413,12 @@ const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
                       AND oc.opcdefault \
                       AND am.amname IN ('btree', 'hash'))";
 
+/// Whether the role may lock a table's rows (`SELECT ... FOR KEY SHARE` needs UPDATE
+/// privilege on some column).
+const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE') \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
 /// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input);
 /// `Ok(Err)` when a base table is not in the catalog read.
 #[allow(clippy::too_many_arguments)]
@@ -477,12 +483,21 @@ async fn keyed_facts(
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let lockable = client
+            .query_typed(
+                LOCKABLE_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await?
+            .first()
+            .is_some_and(|r| r.get::<_, bool>(0));
         tables.push(BaseTable {
             table: t.table.clone(),
             name: name.clone(),
             relkind: *relkind,
             partitions,
             incomparable,
+            lockable,
         });
     }
     Ok(Ok(Facts {

@@ -41,6 +41,9 @@ pub struct BaseTable {
     /// Its columns whose type has no default btree or hash operator class (json, xml,
     /// point...): an UPDATE cannot compare them, so its old and new rows are all taken.
     pub incomparable: Vec<String>,
+    /// The role creating the triggers (their functions run as it) may lock its rows
+    /// (`FOR KEY SHARE` / `FOR UPDATE` need UPDATE privilege on some column).
+    pub lockable: bool,
 }
 
 /// One privilege of the materialized view's ACL (`aclexplode`).
@@ -315,6 +318,19 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
 
     // Tables reached through a path: their UPDATE waits for the path's lockers.
     let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
+    for t in &d.tables {
+        if let How::JoinPath { paths, .. } = &t.how {
+            for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {
+                let b = table_of(name)?;
+                if !b.lockable {
+                    return Err(format!(
+                        "the role running init may not lock rows of {} (the capture of {} locks the rows it joins FOR KEY SHARE, which needs UPDATE privilege on a column of it; its trigger functions run as this role)",
+                        b.name, t.name
+                    ));
+                }
+            }
+        }
+    }
     for t in &d.tables {
         if let How::JoinPath { paths, .. } = &t.how {
             for p in paths {

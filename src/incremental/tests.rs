@@ -974,6 +974,7 @@ fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
                 relkind: if parts.is_empty() { 'r' } else { 'p' },
                 partitions: parts,
                 incomparable: Vec::new(),
+                lockable: true,
             }
         })
         .collect()
@@ -1109,6 +1110,14 @@ fn generate_partitioned_fact() {
     assert!(category.contains(r#"(SELECT n."id", n."name" FROM new_rows n EXCEPT ALL SELECT o."id", o."name" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{category}");
     // Not public: trigger names carry a hash of the view's schema and name.
     assert!(!g.install.contains("TRIGGER \"revenue_keys_insert\""));
+    // A table a path locks that the role may not lock: refused with the reason.
+    let mut f = f.clone();
+    f.tables[1].lockable = false;
+    let e = generate::generate(&d, &f).unwrap_err();
+    assert!(
+        e.starts_with("the role running init may not lock rows of tpch.product"),
+        "{e}"
+    );
 }
 
 /// A table whose changes cannot be traced sends "*"; a key that is an expression too.
