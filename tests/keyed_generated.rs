@@ -43,6 +43,12 @@ fn schema(db: &TestDb) {
             FROM kg.sales s JOIN kg.stores st ON st.id = s.store_id JOIN kg.regions r ON r.id = st.region_id
            GROUP BY r.name;
         CREATE UNIQUE INDEX ON kg.by_region (region);
+        CREATE MATERIALIZED VIEW kg.open_products AS
+          SELECT s.product, count(*) AS n
+            FROM kg.sales s JOIN kg.stores st ON st.id = s.store_id
+           WHERE st.region_id <> 5
+           GROUP BY s.product;
+        CREATE UNIQUE INDEX ON kg.open_products (product);
         CREATE MATERIALIZED VIEW kg.ranked AS
           SELECT s.id, rank() OVER (ORDER BY s.qty) AS r FROM kg.sales s;
         CREATE UNIQUE INDEX ON kg.ranked (id);
@@ -223,6 +229,8 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
             "--keyed",
             "kg.by_region",
             "--keyed",
+            "kg.open_products",
+            "--keyed",
             "public.attendance_statistics_summary",
         ],
     );
@@ -239,7 +247,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("keyed"))
         .cloned()
         .collect();
-    assert_eq!(keyed_views.len(), 2, "{first}");
+    assert_eq!(keyed_views.len(), 3, "{first}");
     // kg.by_product in place: the same name, now a table with the view's indexes and
     // grants. This run's config, plus the first run's keyed blocks (this run sees
     // their tables, not materialized views), is what the daemon runs.
@@ -321,6 +329,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
     let channels = [
         "refreshd_keys_kg_by_product",
         "refreshd_keys_kg_by_region",
+        "refreshd_keys_kg_open_products",
         "refreshd_keys_public_attendance_statistics_summary",
     ];
     let (_listener, mut rx) = listen(&dsn, &channels).await;
@@ -338,10 +347,13 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         assert!(!keys.is_empty());
         *lists.entry(channel).or_insert(0) += 1;
     }
-    assert_eq!(lists.len(), 3, "{lists:?}");
+    assert_eq!(lists.len(), 4, "{lists:?}");
     let pairs: &[(&str, &str, &[&str])] = &[
         ("kg.by_product", "kg.by_product_def", &[]),
         ("kg.by_region_live", "kg.by_region_def", &[]),
+        // A dimension whose path reaches the partitioned fact table: its rows are
+        // locked through the partitioned parent.
+        ("kg.open_products_live", "kg.open_products_def", &[]),
         (
             "public.attendance_statistics_summary_live",
             "public.attendance_statistics_summary_def",
