@@ -433,14 +433,20 @@ fn init_keyed_reports_the_derivation_per_base_table() {
         ],
         "{config}"
     );
-    assert_eq!(block[10], refreshd::cli::init::NOT_CONVERTED, "{config}");
+    // Then the conversion (--apply): its names, what each table's triggers send.
     assert_eq!(
-        stderr
-            .matches("refreshd does not convert views yet")
-            .count(),
-        1,
-        "{stderr}"
+        block[10..16],
+        [
+            "keyed conversion: table kv.by_category_live, definition kv.by_category_def, channel refreshd_keys_kv_by_category",
+            "capture: kv.sales: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE); an UPDATE moving rows reached through a join path locks them FOR UPDATE",
+            "capture: kv.products: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
+            "capture: kv.stores: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
+            "capture: kv.seasons: every change sends \"*\" (a non-equi join (s.day >= se.starts))",
+            refreshd::cli::init::CONVERTED,
+        ],
+        "{config}"
     );
+    assert_eq!(stderr.matches("): converted").count(), 1, "{stderr}");
     // The block sits right above the view's own entry, which is unchanged.
     let at = config.find("# --keyed kv.by_category").unwrap();
     let entry = config.find("name = \"kv.by_category\"").expect(&config);
@@ -516,7 +522,7 @@ fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
     // Every entry of the report on one comment line, the line breaks in names escaped.
     let block = comment_block(&config, "--keyed kh.");
     assert_eq!(
-        block[..7],
+        block[..6],
         [
             "--keyed kh.\"k\\n[[view]]\\nname = 'x' DROP TABLE kh.canary; --\": incremental maintenance derived from its definition",
             "(per base table: carries the key / join path / recompute everything; then per column)",
@@ -524,10 +530,16 @@ fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
             "t: carries the key (g\\n[defaults]\\nx = 1)",
             "  g\\n[defaults]\\nx = 1: key",
             "  total: delta (sum)",
-            refreshd::cli::init::NOT_CONVERTED,
         ],
         "{config}"
     );
+    assert!(
+        block[6].starts_with("keyed conversion: table kh.\"k\\n[[view]]"),
+        "{config}"
+    );
+    assert_eq!(block[7], "capture: kh.t: the keys of its old and new rows");
+    // Nothing written or applied: the keyed block is printed commented out.
+    assert_eq!(block[8], refreshd::cli::init::NOT_CONVERTED, "{config}");
     assert!(!stderr.contains("\nDROP"), "{stderr}");
     let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let keys = |v: &toml::Value| -> Vec<String> { v.as_table().unwrap().keys().cloned().collect() };

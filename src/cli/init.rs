@@ -6,8 +6,18 @@
 //! in one transaction, idempotently. Without `--apply` nothing is changed.
 //!
 //! `--keyed VIEW` derives incremental maintenance for a materialized view from its own
-//! SQL ([`crate::incremental`]) and reports it in comments above the view's block;
-//! nothing is converted yet (`--in-place` is accepted and changes nothing).
+//! SQL ([`crate::incremental`]), reports it in comments above the view's block and
+//! converts it to a keyed view ([`crate::incremental::generate`]; SPEC "Keyed refresh"):
+//! the install SQL creates `<view>_def` (a plain view holding the definition),
+//! `<view>_live` (the table refreshd keeps, with a unique index on the key) and the
+//! capture triggers sending channel `refreshd_keys_<schema>_<view>`; the config gets a
+//! `kind = "keyed"` block for them next to the materialized view, which stays. With
+//! `--in-place` the materialized view itself gives way to a table of the same name,
+//! columns, types, indexes and grants, its definition kept as `<view>_def`, and the
+//! view's block becomes the keyed one; the rollback restores the materialized view.
+//! Names over 63 bytes are cut and end in a hash. Without `--sql DIR` or `--apply`
+//! nothing is changed and the keyed block is printed commented out. A view that cannot
+//! be derived is reported with the reason (exit 1) and left as it is.
 //!
 //! Channels: a base table that already has a trigger notifying a constant channel
 //! (`pg_notify('chan', ...)` or `NOTIFY chan` in its function) keeps that channel, so a
@@ -27,6 +37,7 @@ use tokio_postgres::types::Type;
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
+use crate::incremental::generate::{self, BaseTable, Facts, Generated, Grant};
 use crate::incremental::{self, Catalog, Derivation, Relation, RelationKind};
 use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
@@ -92,15 +103,16 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
             return EXIT_PROBLEMS;
         }
     };
-    let keyed = match derive_keyed(&client, opts.keyed).await {
+    let keyed = match derive_keyed(&client, opts.keyed, opts.in_place).await {
         Ok(k) => k,
         Err(e) => {
             eprintln!("refreshd init: {}", escape_line(&e));
             return EXIT_PROBLEMS;
         }
     };
-    let config = plan.config(&target, &conn_dsn, &keyed);
-    let (install, rollback) = plan.sql();
+    let converting = sql_dir.is_some() || apply;
+    let config = plan.config(&target, &conn_dsn, &keyed, converting);
+    let (install, rollback) = plan.sql(&keyed);
     if let Some(dir) = sql_dir {
         let written = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
@@ -152,10 +164,23 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
             }
         }
     }
-    if derived == 1 {
-        eprintln!("refreshd init: {NOT_CONVERTED}");
-    } else if derived > 1 {
-        eprintln!("refreshd init: refreshd does not convert views yet: the --keyed views stay materialized views refreshed as before");
+    for k in keyed.iter().filter(|k| k.outcome.is_ok()) {
+        if let Some(g) = &k.conversion {
+            let what = format!(
+                "--keyed {}: keyed view {} (definition {}, channel {})",
+                k.name.shown(),
+                g.table.shown(),
+                g.definition.shown(),
+                escape_line(&g.channel)
+            );
+            if apply {
+                eprintln!("refreshd init: {what}: converted");
+            } else if sql_dir.is_some() {
+                eprintln!("refreshd init: {what}: the install SQL converts it (not applied)");
+            } else {
+                eprintln!("refreshd init: {what}: {NOT_CONVERTED}");
+            }
+        }
     }
     if opts.in_place && derived == 0 {
         eprintln!("refreshd init: --in-place: nothing converted");
@@ -166,9 +191,14 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     EXIT_OK
 }
 
-/// Printed for every `--keyed` view: the derivation is reported, nothing is converted.
+/// Printed for a `--keyed` view without `--sql DIR` or `--apply`: nothing is changed,
+/// its keyed block is printed commented out.
 pub const NOT_CONVERTED: &str =
-    "refreshd does not convert views yet: this view stays a materialized view refreshed as before";
+    "not converted: nothing is changed without --sql DIR or --apply (the keyed block below is commented out)";
+
+/// Printed for a `--keyed` view whose conversion is written (`--sql DIR`) or applied.
+pub const CONVERTED: &str =
+    "converted by the install SQL (applied with --apply; undone by the rollback SQL)";
 
 /// One `--keyed` view and what the derivation made of it.
 #[derive(Debug)]
@@ -177,6 +207,8 @@ struct Keyed {
     oid: u32,
     /// The derivation, or why there is none (already on one line, unescaped).
     outcome: Result<Derivation, String>,
+    /// The conversion's SQL and names, when derived.
+    conversion: Option<Generated>,
 }
 
 /// The `--keyed` view itself: its kind, definition, and the key columns of the first
@@ -227,6 +259,7 @@ fn relkind_name(relkind: &str) -> &'static str {
 async fn derive_keyed(
     client: &tokio_postgres::Client,
     names: &[QualifiedName],
+    in_place: bool,
 ) -> Result<Vec<Keyed>, String> {
     if names.is_empty() {
         return Ok(Vec::new());
@@ -238,8 +271,18 @@ async fn derive_keyed(
         )
     };
     let mut catalog = Catalog::new();
+    // `schema.name` (as the derivation names tables) → the name and relkind.
+    let mut relations: HashMap<String, (QualifiedName, char)> = HashMap::new();
     for r in client.query_typed(RELATIONS_SQL, &[]).await.map_err(err)? {
-        let kind = match r.get::<_, String>(2).as_str() {
+        let relkind = r.get::<_, String>(2);
+        relations.insert(
+            format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                relkind.chars().next().unwrap_or('?'),
+            ),
+        );
+        let kind = match relkind.as_str() {
             "v" => RelationKind::View {
                 definition: r.get::<_, Option<String>>(3).unwrap_or_default(),
             },
@@ -279,6 +322,7 @@ async fn derive_keyed(
         let relkind: String = r.get(1);
         let definition: Option<String> = r.get(2);
         let key: Option<Vec<String>> = r.get(3);
+        let oid: u32 = r.get(0);
         let outcome = if relkind != "m" {
             Err(format!(
                 "not a materialized view (it is {})",
@@ -293,21 +337,184 @@ async fn derive_keyed(
                 (None, _) => Err("its definition could not be read".to_string()),
                 (Some(def), Some(key)) => {
                     let key: Vec<&str> = key.iter().map(String::as_str).collect();
-                    incremental::derive(&def, &key, &catalog).map_err(|e| e.reason)
+                    incremental::derive(&def, &key, &catalog)
+                        .map_err(|e| e.reason)
+                        .map(|d| (d, def))
+                }
+            }
+        };
+        let (outcome, conversion) = match outcome {
+            Err(e) => (Err(e), None),
+            Ok((d, definition)) => {
+                let facts = keyed_facts(
+                    client,
+                    name,
+                    oid,
+                    definition,
+                    &d,
+                    &relations,
+                    &catalog.search_path,
+                    in_place,
+                )
+                .await
+                .map_err(err)?;
+                match facts.and_then(|f| generate::generate(&d, &f)) {
+                    Ok(g) => (Ok(d), Some(g)),
+                    Err(e) => (Err(e), None),
                 }
             }
         };
         out.push(Keyed {
             name: name.clone(),
-            oid: r.get(0),
+            oid,
             outcome,
+            conversion,
         });
     }
     Ok(out)
 }
 
-/// The comment lines reporting one `--keyed` view.
-fn keyed_comments(out: &mut String, k: &Keyed) {
+/// The materialized view's columns with their types.
+const COLUMNS_SQL: &str =
+    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+  FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+ ORDER BY a.attnum";
+
+/// Its indexes, as `CREATE INDEX` statements.
+const INDEXES_SQL: &str = "SELECT pg_catalog.pg_get_indexdef(i.indexrelid) \
+  FROM pg_catalog.pg_index i WHERE i.indrelid = $1 ORDER BY i.indexrelid";
+
+/// Its ACL, one privilege a row (grantee NULL for PUBLIC).
+const GRANTS_SQL: &str = "SELECT a.privilege_type::text, \
+       CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, \
+       a.is_grantable \
+  FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 \
+ ORDER BY 2 NULLS FIRST, 1";
+
+/// The partitions of a partitioned table, at every level below it.
+const PARTITIONS_SQL: &str = "SELECT pn.nspname::text, pc.relname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) t \
+  JOIN pg_catalog.pg_class pc ON pc.oid = t.relid \
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2 AND t.relid <> c.oid \
+ ORDER BY t.level, pn.nspname, pc.relname";
+
+/// A table's columns whose type has no default btree or hash operator class (no
+/// equality an `EXCEPT` can use). Arrays, enums and ranges (generic classes) count too:
+/// taking all their rows is only slower.
+const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+                    WHERE oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+                      AND oc.opcdefault \
+                      AND am.amname IN ('btree', 'hash'))";
+
+/// Whether the role may lock a table's rows (`SELECT ... FOR KEY SHARE` needs UPDATE
+/// privilege on some column).
+const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE') \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+/// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input);
+/// `Ok(Err)` when a base table is not in the catalog read.
+#[allow(clippy::too_many_arguments)]
+async fn keyed_facts(
+    client: &tokio_postgres::Client,
+    view: &QualifiedName,
+    oid: u32,
+    definition: String,
+    d: &Derivation,
+    relations: &HashMap<String, (QualifiedName, char)>,
+    search_path: &[String],
+    in_place: bool,
+) -> Result<Result<Facts, String>, tokio_postgres::Error> {
+    let columns = client
+        .query_typed(COLUMNS_SQL, &[(&oid, Type::OID)])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let indexes = client
+        .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let grants = client
+        .query_typed(GRANTS_SQL, &[(&oid, Type::OID)])
+        .await?
+        .iter()
+        .map(|r| Grant {
+            privilege: r.get(0),
+            grantee: r.get(1),
+            grantable: r.get(2),
+        })
+        .collect();
+    let mut tables = Vec::new();
+    for t in &d.tables {
+        let Some((name, relkind)) = relations.get(&t.table) else {
+            return Ok(Err(format!("base table {} is not in the catalog", t.table)));
+        };
+        let mut partitions = Vec::new();
+        if *relkind == 'p' {
+            for r in client
+                .query_typed(
+                    PARTITIONS_SQL,
+                    &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+                )
+                .await?
+            {
+                partitions.push(QualifiedName::new(
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                ));
+            }
+        }
+        let incomparable = client
+            .query_typed(
+                INCOMPARABLE_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lockable = client
+            .query_typed(
+                LOCKABLE_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await?
+            .first()
+            .is_some_and(|r| r.get::<_, bool>(0));
+        tables.push(BaseTable {
+            table: t.table.clone(),
+            name: name.clone(),
+            relkind: *relkind,
+            partitions,
+            incomparable,
+            lockable,
+        });
+    }
+    Ok(Ok(Facts {
+        view: view.clone(),
+        definition,
+        columns,
+        search_path: search_path.to_vec(),
+        tables,
+        indexes,
+        grants,
+        in_place,
+    }))
+}
+
+/// The comment lines reporting one `--keyed` view; `converting`: its SQL is written or
+/// applied (`--sql DIR`, `--apply`).
+fn keyed_comments(out: &mut String, k: &Keyed, converting: bool) {
     match &k.outcome {
         Ok(d) => {
             comment(
@@ -330,7 +537,26 @@ fn keyed_comments(out: &mut String, k: &Keyed) {
             for c in &d.columns {
                 comment(out, &format!("  {c}"));
             }
-            comment(out, NOT_CONVERTED);
+            if let Some(g) = &k.conversion {
+                comment(
+                    out,
+                    &format!(
+                        "keyed conversion: table {}, definition {}, channel {}",
+                        g.table, g.definition, g.channel
+                    ),
+                );
+                if g.table == k.name {
+                    comment(out, "in place: the materialized view becomes a table of the same name, columns, types, indexes and grants; the rollback restores it");
+                }
+                for line in &g.capture {
+                    comment(out, &format!("capture: {line}"));
+                }
+            }
+            if converting {
+                comment(out, CONVERTED);
+            } else {
+                comment(out, NOT_CONVERTED);
+            }
         }
         Err(reason) => {
             comment(
@@ -667,13 +893,31 @@ fn comment(out: &mut String, text: &str) {
 }
 
 /// The keys of one `[[view]]`, written by the `toml` serializer.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Default)]
 struct ViewEntry {
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     channels: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrently: Option<bool>,
+}
+
+/// The `[[view]]` of a keyed conversion.
+fn keyed_entry(g: &Generated) -> ViewEntry {
+    ViewEntry {
+        name: g.table.to_string(),
+        kind: Some("keyed"),
+        query: Some(g.definition.to_string()),
+        key: Some(g.key.clone()),
+        channels: Some(vec![g.channel.clone()]),
+        concurrently: None,
+    }
 }
 
 /// A document of `[[view]]` tables.
@@ -737,7 +981,7 @@ impl Plan {
 
     /// The configuration, commented. Keys and values go through the `toml` serializer;
     /// names in comments are escaped onto one line, so no name can add a key.
-    fn config(&self, target: &str, dsn: &str, keyed: &[Keyed]) -> String {
+    fn config(&self, target: &str, dsn: &str, keyed: &[Keyed], converting: bool) -> String {
         let mut out = String::new();
         comment(
             &mut out,
@@ -775,7 +1019,17 @@ impl Plan {
         for (i, v) in self.views.iter().enumerate() {
             out.push('\n');
             for k in keyed.iter().filter(|k| k.oid == v.oid) {
-                keyed_comments(&mut out, k);
+                keyed_comments(&mut out, k, converting);
+            }
+            // In place, the view's own block becomes the keyed one.
+            if let Some(g) = keyed
+                .iter()
+                .filter(|k| k.oid == v.oid)
+                .find_map(|k| k.conversion.as_ref())
+                .filter(|g| converting && g.table == v.name)
+            {
+                view_toml(&mut out, keyed_entry(g), false);
+                continue;
             }
             if let Some(why) = self.unservable(v) {
                 comment(&mut out, &format!("NOT SERVED: {} — {why}", v.name));
@@ -783,6 +1037,7 @@ impl Plan {
                     name: v.name.to_string(),
                     channels: None,
                     concurrently: None,
+                    ..ViewEntry::default()
                 };
                 view_toml(&mut out, entry, true);
                 continue;
@@ -829,8 +1084,15 @@ impl Plan {
                 name: v.name.to_string(),
                 channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
                 concurrently,
+                ..ViewEntry::default()
             };
             view_toml(&mut out, entry, false);
+            for k in keyed.iter().filter(|k| k.oid == v.oid) {
+                if let Some(g) = &k.conversion {
+                    out.push('\n');
+                    view_toml(&mut out, keyed_entry(g), !converting);
+                }
+            }
         }
         let elsewhere: Vec<&Keyed> = keyed
             .iter()
@@ -840,7 +1102,10 @@ impl Plan {
             out.push('\n');
             comment(&mut out, "--keyed views not in this configuration:");
             for k in elsewhere {
-                keyed_comments(&mut out, k);
+                keyed_comments(&mut out, k, converting);
+                if let Some(g) = &k.conversion {
+                    view_toml(&mut out, keyed_entry(g), !converting);
+                }
             }
         }
         out
@@ -850,7 +1115,7 @@ impl Plan {
     /// function) and a capture trigger on every base table and partition no trigger
     /// feeds yet. Idempotent; a trigger already installed with its channel is left
     /// alone, so applying it again changes nothing.
-    fn sql(&self) -> (String, String) {
+    fn sql(&self, keyed: &[Keyed]) -> (String, String) {
         let ours: Vec<&Feed> = self
             .feeds
             .values()
@@ -884,6 +1149,10 @@ impl Plan {
             "-- Removes what {INSTALL} created. One transaction; idempotent."
         );
         let _ = writeln!(rollback, "BEGIN;\n");
+        // The keyed conversions first: their triggers go before the tables they read.
+        for g in keyed.iter().filter_map(|k| k.conversion.as_ref()) {
+            rollback.push_str(&g.rollback);
+        }
         for f in &ours {
             rollback.push_str(&capture::drop_trigger_sql(&f.table));
             if f.installed {
@@ -915,6 +1184,10 @@ impl Plan {
                 ))
             );
             install.push_str(&capture::trigger_sql(&f.table, &f.channel));
+        }
+        // Last: they set search_path (for the definitions) until COMMIT.
+        for g in keyed.iter().filter_map(|k| k.conversion.as_ref()) {
+            install.push_str(&g.install);
         }
         let _ = writeln!(install, "\nCOMMIT;");
         rollback.push_str(capture::FUNCTION_ROLLBACK_SQL);
@@ -993,6 +1266,7 @@ mod tests {
                 name: "public.\"v\nstatement_timeout = \"\"0s\"".into(),
                 channels: Some(vec!["c\n]".into()]),
                 concurrently: None,
+                ..ViewEntry::default()
             },
             false,
         );

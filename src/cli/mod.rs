@@ -106,12 +106,13 @@ pub enum Command {
         #[arg(long)]
         apply: bool,
         /// Derive incremental maintenance for this materialized view (schema.view,
-        /// repeatable) and report it in the configuration's comments. Views are not
-        /// converted yet: they stay materialized views refreshed as before.
+        /// repeatable), report it in the configuration's comments and convert it to a
+        /// keyed view (<view>_live and <view>_def; the SQL is written by --sql, applied
+        /// by --apply).
         #[arg(long = "keyed", value_name = "VIEW", value_parser = parse_view_name)]
         keyed: Vec<QualifiedName>,
-        /// Convert the --keyed views so that readers keep their names (not implemented
-        /// yet: accepted, nothing is converted).
+        /// Convert the --keyed views in place: each materialized view becomes a table of
+        /// the same name, columns, indexes and grants (rollback restores it).
         #[arg(long = "in-place", requires = "keyed")]
         in_place: bool,
     },

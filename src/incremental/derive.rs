@@ -97,11 +97,19 @@ pub struct Carry {
     /// The equalities used, `this.col = other.col`, for key columns that come from
     /// another table (empty where the table gives the key column itself).
     pub via: Vec<Vec<String>>,
+    /// Per key column, the table's column when the key column is exactly that column
+    /// (no expression): what generated SQL can read without re-deriving an expression.
+    pub columns: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
     pub steps: Vec<JoinStep>,
+    /// The qualified name (`schema.name`) of each table along the path: the changed
+    /// table first, then the table each step reaches.
+    pub tables: Vec<String>,
+    /// How the last table carries the key.
+    pub carry: Carry,
 }
 
 /// `from_table.from_column = to_table.to_column`.
@@ -219,6 +227,7 @@ pub(super) fn derive(
             let mut carry = Carry {
                 key: Vec::new(),
                 via: Vec::new(),
+                columns: Vec::new(),
             };
             for e in &origins {
                 let mut via = Vec::new();
@@ -242,6 +251,13 @@ pub(super) fn derive(
                         .unwrap_or_else(|| c.col.clone())
                 }));
                 carry.via.push(via);
+                carry.columns.push(match e {
+                    RExpr::Col(c) => subst
+                        .iter()
+                        .find(|(from, _)| from == c)
+                        .map(|(_, to)| to.col.clone()),
+                    _ => None,
+                });
             }
             Some(carry)
         })
@@ -295,8 +311,10 @@ pub(super) fn derive(
                 prev[*y] = Some((x, cx.clone(), cy.clone()));
                 if carries[*y].is_some() {
                     let mut steps = Vec::new();
+                    let mut tables = vec![inst[*y].table.clone()];
                     let mut at = *y;
                     while let Some((from, cf, ct)) = &prev[at] {
+                        tables.push(inst[*from].table.clone());
                         steps.push(JoinStep {
                             from_table: names[*from].clone(),
                             from_column: cf.clone(),
@@ -306,7 +324,13 @@ pub(super) fn derive(
                         at = *from;
                     }
                     steps.reverse();
-                    return Err(Ok(Path { steps }));
+                    tables.reverse();
+                    let carry = carries[*y].clone().expect("checked above");
+                    return Err(Ok(Path {
+                        steps,
+                        tables,
+                        carry,
+                    }));
                 }
                 queue.push_back(*y);
             }

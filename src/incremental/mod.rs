@@ -5,9 +5,11 @@
 //! table: carries the key, reaches it along a join path, or recompute everything; per
 //! output column: delta or group recompute) or a [`Refused`] with the reason.
 //!
-//! parse → lineage → derive. Not yet wired into `init`, `check` or the engine.
+//! parse → lineage → derive → generate ([`generate`]: the SQL of a keyed conversion,
+//! which `init --keyed` writes or applies).
 
 mod derive;
+pub mod generate;
 mod lineage;
 mod parse;
 

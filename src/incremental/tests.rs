@@ -382,7 +382,16 @@ fn attendance_statistics() {
                         from_column: "training_session_id".into(),
                         to_table: "training_sessions".into(),
                         to_column: "id".into(),
-                    }]
+                    }],
+                    tables: vec![
+                        "public.member_attendance".into(),
+                        "public.training_sessions".into()
+                    ],
+                    carry: Carry {
+                        key: vec!["category_id".into(), "season_id".into()],
+                        via: vec![vec![], vec![]],
+                        columns: vec![Some("category_id".into()), Some("season_id".into())],
+                    },
                 }]
             );
         }
@@ -520,6 +529,7 @@ fn tpch_q3() {
             &[Carry {
                 key: vec!["o_orderkey".into()],
                 via: vec![vec!["orders.o_orderkey = lineitem.l_orderkey".into()]],
+                columns: vec![Some("o_orderkey".into())],
             }]
         ),
         other => panic!("{other:?}"),
@@ -940,5 +950,321 @@ fn join_on_converted_columns() {
         line(&d, "orders"),
         "orders: recompute everything (a join on converted columns \
          (o.o_orderdate::timestamptz::date = d.day))"
+    );
+}
+
+// ---- generate: the SQL of a keyed conversion ----
+
+use super::generate::{self, BaseTable, Facts, Generated, Grant};
+use crate::pg::ident::QualifiedName;
+
+fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
+    d.tables
+        .iter()
+        .map(|t| {
+            let (s, n) = t.table.split_once('.').unwrap();
+            let parts: Vec<QualifiedName> = partitions
+                .iter()
+                .find(|(p, _)| *p == t.table)
+                .map(|(_, ps)| ps.iter().map(|p| QualifiedName::new(s, *p)).collect())
+                .unwrap_or_default();
+            BaseTable {
+                table: t.table.clone(),
+                name: QualifiedName::new(s, n),
+                relkind: if parts.is_empty() { 'r' } else { 'p' },
+                partitions: parts,
+                incomparable: Vec::new(),
+                lockable: true,
+            }
+        })
+        .collect()
+}
+
+fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>) -> Facts {
+    Facts {
+        view,
+        definition: sql.to_string(),
+        columns: d
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), "bigint".to_string()))
+            .collect(),
+        search_path: vec!["public".into()],
+        tables,
+        indexes: Vec::new(),
+        grants: Vec::new(),
+        in_place: false,
+    }
+}
+
+fn generated(f: &Facts, d: &Derivation) -> Generated {
+    generate::generate(d, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The function created for `table`'s changes: its whole CREATE statement.
+fn function_sql<'a>(g: &'a Generated, function: &str) -> &'a str {
+    let start = g
+        .install
+        .find(&format!("CREATE OR REPLACE FUNCTION {function}()"))
+        .unwrap_or_else(|| panic!("no function {function} in\n{}", g.install));
+    let end = g.install[start..].find("$refreshd$;").unwrap();
+    &g.install[start..start + end]
+}
+
+/// The attendance view, generated: what 005 does by hand. Sessions carry the key;
+/// attendance reaches it through its session, locking the session FOR KEY SHARE; a
+/// session UPDATE that moves it to another group locks it FOR UPDATE first.
+#[test]
+fn generate_attendance() {
+    let sql = include_str!("corpus/attendance_statistics_summary.sql");
+    let d = derived(sql, ATTENDANCE_KEY);
+    let view = QualifiedName::new("public", "attendance_statistics_summary");
+    let f = facts(view, sql, &d, base(&d, &[]));
+    let g = generated(&f, &d);
+    assert_eq!(
+        g.table.to_string(),
+        "public.attendance_statistics_summary_live"
+    );
+    assert_eq!(
+        g.definition.to_string(),
+        "public.attendance_statistics_summary_def"
+    );
+    assert_eq!(
+        g.channel,
+        "refreshd_keys_public_attendance_statistics_summary"
+    );
+    let att = function_sql(
+        &g,
+        r#""public"."attendance_statistics_summary_keys_from_member_attendance""#,
+    );
+    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" = d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
+    assert!(att.contains("SECURITY DEFINER"), "{att}");
+    assert!(!att.contains("FOR UPDATE"), "{att}");
+    let ses = function_sql(
+        &g,
+        r#""public"."attendance_statistics_summary_keys_from_training_sessions""#,
+    );
+    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE (t."id", t."category_id", t."season_id") IN (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
+    assert!(
+        ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
+        "{ses}"
+    );
+    assert!(
+        ses.contains(
+            "pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', v_payload)"
+        ),
+        "{ses}"
+    );
+    assert!(ses.contains("> 7900 THEN"), "{ses}");
+    for (table, op) in [
+        ("member_attendance", "INSERT"),
+        ("training_sessions", "TRUNCATE"),
+    ] {
+        assert!(
+            g.install
+                .contains(&format!("AFTER {op} ON \"public\".\"{table}\"")),
+            "{}",
+            g.install
+        );
+    }
+    assert_eq!(g.install.matches("CREATE TRIGGER").count(), 8);
+    assert_eq!(g.rollback.matches("DROP TRIGGER IF EXISTS").count(), 8);
+    assert!(g
+        .rollback
+        .contains(r#"DROP TABLE IF EXISTS "public"."attendance_statistics_summary_live";"#));
+    assert!(g
+        .rollback
+        .contains(r#"DROP VIEW IF EXISTS "public"."attendance_statistics_summary_def";"#));
+    assert!(g.install.contains(r#"CREATE UNIQUE INDEX IF NOT EXISTS "attendance_statistics_summary_live_key" ON "public"."attendance_statistics_summary_live" ("category_id", "season_id");"#));
+    assert_eq!(
+        g.capture,
+        [
+            "public.training_sessions: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
+            "public.member_attendance: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
+        ]
+    );
+}
+
+/// A partitioned fact table: triggers on the root and every partition; the two-step
+/// path locks both dimensions; each dimension's UPDATE locks its moved rows.
+#[test]
+fn generate_partitioned_fact() {
+    let sql = include_str!("corpus/partitioned_fact.sql");
+    let d = derived(sql, &["category"]);
+    let tables = base(&d, &[("tpch.sales", &["sales_2024", "sales_2025"])]);
+    let f = facts(QualifiedName::new("tpch", "revenue"), sql, &d, tables);
+    let g = generated(&f, &d);
+    for t in ["sales", "sales_2024", "sales_2025", "product", "category"] {
+        assert_eq!(
+            g.install.matches(&format!("ON \"tpch\".\"{t}\" ")).count(),
+            4,
+            "{t}: {}",
+            g.install
+        );
+    }
+    let sales = function_sql(&g, r#""tpch"."revenue_keys_from_sales""#);
+    assert!(sales.contains(r#"SELECT * FROM (SELECT j2."name" FROM d JOIN "tpch"."product" AS j1 ON j1."id" = d."product_id" JOIN "tpch"."category" AS j2 ON j2."id" = j1."category_id" FOR KEY SHARE OF j1, j2) AS p"#), "{sales}");
+    let product = function_sql(&g, r#""tpch"."revenue_keys_from_product""#);
+    assert!(product.contains(r#"(SELECT n."id", n."category_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{product}");
+    let category = function_sql(&g, r#""tpch"."revenue_keys_from_category""#);
+    assert!(category.contains(r#"(SELECT n."id", n."name" FROM new_rows n EXCEPT ALL SELECT o."id", o."name" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{category}");
+    // Not public: trigger names carry a hash of the view's schema and name.
+    assert!(!g.install.contains("TRIGGER \"revenue_keys_insert\""));
+    // A table a path locks that the role may not lock: refused with the reason.
+    let mut f = f.clone();
+    f.tables[1].lockable = false;
+    let e = generate::generate(&d, &f).unwrap_err();
+    assert!(
+        e.starts_with("the role running init may not lock rows of tpch.product"),
+        "{e}"
+    );
+}
+
+/// A table whose changes cannot be traced sends "*"; a key that is an expression too.
+#[test]
+fn generate_falls_back_to_everything() {
+    let sql = include_str!("corpus/in_subquery.sql");
+    let d = derived(sql, &["o_custkey"]);
+    let f = facts(QualifiedName::new("tpch", "v"), sql, &d, base(&d, &[]));
+    let g = generated(&f, &d);
+    let customer = function_sql(&g, r#""tpch"."v_keys_from_customer""#);
+    assert!(customer.contains("v_payload := '*'"), "{customer}");
+    assert!(!customer.contains("string_agg"), "{customer}");
+    assert!(
+        g.capture.iter().any(|l| l
+            .starts_with("tpch.customer: every change sends \"*\" (read only inside a subquery")),
+        "{:?}",
+        g.capture
+    );
+    let orders = function_sql(&g, r#""tpch"."v_keys_from_orders""#);
+    assert!(orders.contains("string_agg"), "{orders}");
+    assert!(orders.contains("EXCEPT ALL"), "{orders}");
+    // A column the UPDATE cannot compare (json...): all old and new rows count.
+    let mut f = f.clone();
+    f.tables
+        .iter_mut()
+        .find(|t| t.name.name == "orders")
+        .unwrap()
+        .incomparable = vec!["o_custkey".into()];
+    let g = generated(&f, &d);
+    let orders = function_sql(&g, r#""tpch"."v_keys_from_orders""#);
+    assert!(!orders.contains("EXCEPT ALL"), "{orders}");
+    assert!(
+        orders.contains(
+            r#"SELECT o."o_custkey" FROM old_rows o UNION ALL SELECT n."o_custkey" FROM new_rows n"#
+        ),
+        "{orders}"
+    );
+
+    let sql = include_str!("corpus/expression_key.sql");
+    let d = derived(sql, &["month"]);
+    let f = facts(QualifiedName::new("tpch", "m"), sql, &d, base(&d, &[]));
+    let g = generated(&f, &d);
+    assert!(
+        g.capture
+            .iter()
+            .all(|l| l.contains("every change sends \"*\" (a key column is an expression")),
+        "{:?}",
+        g.capture
+    );
+}
+
+/// In place: the materialized view gives way to a table of its name, with its indexes
+/// and grants; the rollback restores it.
+#[test]
+fn generate_in_place() {
+    let sql = include_str!("corpus/attendance_statistics_summary.sql");
+    let d = derived(sql, ATTENDANCE_KEY);
+    let view = QualifiedName::new("public", "attendance_statistics_summary");
+    let mut f = facts(view, sql, &d, base(&d, &[]));
+    f.in_place = true;
+    f.indexes = vec!["CREATE UNIQUE INDEX ix ON public.attendance_statistics_summary USING btree (category_id, season_id)".into()];
+    f.grants = vec![
+        Grant {
+            privilege: "SELECT".into(),
+            grantee: Some("Readers".into()),
+            grantable: false,
+        },
+        Grant {
+            privilege: "SELECT".into(),
+            grantee: None,
+            grantable: true,
+        },
+    ];
+    let g = generated(&f, &d);
+    assert_eq!(g.table.to_string(), "public.attendance_statistics_summary");
+    assert!(g
+        .install
+        .contains(r#"DROP MATERIALIZED VIEW "public"."attendance_statistics_summary";"#));
+    let drop = g.install.find("DROP MATERIALIZED VIEW").unwrap();
+    let create = g
+        .install
+        .find("CREATE TABLE IF NOT EXISTS \"public\".\"attendance_statistics_summary\" (")
+        .unwrap();
+    assert!(drop < create);
+    assert!(g.install.contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON public.attendance_statistics_summary USING btree (category_id, season_id);"));
+    assert!(g.install.contains(
+        r#"GRANT SELECT ON TABLE "public"."attendance_statistics_summary" TO "Readers";"#
+    ));
+    assert!(g.install.contains(r#"GRANT SELECT ON TABLE "public"."attendance_statistics_summary" TO PUBLIC WITH GRANT OPTION;"#));
+    assert!(g
+        .rollback
+        .contains("DROP TABLE \"public\".\"attendance_statistics_summary\";"));
+    assert!(g.rollback.contains("CREATE MATERIALIZED VIEW IF NOT EXISTS \"public\".\"attendance_statistics_summary\" AS\nWITH"));
+    assert!(g
+        .rollback
+        .contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON"));
+    f.grants[0].privilege = "SELECT; DROP TABLE x".into();
+    assert!(generate::generate(&d, &f).is_err());
+}
+
+/// Hostile and long names: every generated name fits in 63 bytes, is the same every
+/// run, and is quoted; a body holding the dollar tag gets another tag.
+#[test]
+fn generate_names_are_bounded_and_quoted() {
+    let sql = include_str!("corpus/partitioned_fact.sql");
+    let d = derived(sql, &["category"]);
+    let long = QualifiedName::new("tpch", format!("v\"$refreshd$é{}", "x".repeat(80)));
+    let f = facts(long.clone(), sql, &d, base(&d, &[]));
+    let g = generated(&f, &d);
+    assert!(g.table.name.len() <= 63 && g.definition.name.len() <= 63);
+    assert!(
+        g.channel.len() <= 63 && g.channel.is_ascii(),
+        "{}",
+        g.channel
+    );
+    assert_eq!(g, generated(&f, &d), "deterministic");
+    assert_ne!(g.table, g.definition);
+    let mut in_place = f.clone();
+    in_place.in_place = true;
+    let g3 = generated(&in_place, &d);
+    assert!(g3.install.contains("DO $refreshd1$"), "{}", g3.install);
+    for l in g
+        .install
+        .lines()
+        .filter(|l| l.starts_with("CREATE TRIGGER"))
+    {
+        let name = l
+            .strip_prefix("CREATE TRIGGER \"")
+            .unwrap()
+            .split("\" AFTER")
+            .next()
+            .unwrap()
+            .replace("\"\"", "\"");
+        assert!(name.len() <= 63, "{name}");
+    }
+    assert!(g.install.contains("\"v\"\"$refreshd$é"), "{}", g.install);
+    let other = facts(
+        QualifiedName::new("tpch", format!("v\"$refreshd$é{}", "x".repeat(81))),
+        sql,
+        &d,
+        base(&d, &[]),
+    );
+    let g2 = generated(&other, &d);
+    assert_ne!(g.table, g2.table);
+    assert_ne!(g.channel, g2.channel);
+    assert_eq!(
+        generate::channel_for(&QualifiedName::new("public", "v")),
+        "refreshd_keys_public_v"
     );
 }

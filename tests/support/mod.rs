@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod config;
+pub mod keyed_storm;
 pub mod standby;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,743 @@
+//! The SQL of a keyed conversion (SPEC "Keyed refresh", "Incremental maintenance"): from
+//! a [`Derivation`] and the catalog facts of the materialized view ([`Facts`]), the plain
+//! view holding the definition, the live table refreshd keeps equal to it, and per base
+//! table a set of statement-level triggers that send the view's channel the keys of the
+//! changed rows — plus the rollback. Pure: no I/O; `init --keyed` reads the facts and
+//! writes or applies the result.
+//!
+//! What a base table's triggers send (transition tables `old_rows`/`new_rows`):
+//! - [`How::Carries`]: the keys of its old and new rows, read from the rows themselves.
+//! - [`How::JoinPath`]: the changed rows (old and new) joined along each path to the
+//!   table that carries the key; the rows reached are locked `FOR KEY SHARE`, and an
+//!   UPDATE of a table reached that way takes `FOR UPDATE` on the rows whose key or
+//!   path columns changed, so it waits for the writers holding those locks (the rule
+//!   `sql/attendance/005_keyed_statistics.sql` works out by hand, for any path).
+//! - [`How::Recompute`], a key that is an expression rather than a column, or an
+//!   UPDATE/INSERT/DELETE whose key list does not fit in one notification: `*`.
+//! - TRUNCATE: `*`. A key with a NULL member: `*` (a NULL never matches a key).
+//!
+//! UPDATE compares old and new rows on the columns the definition reads
+//! (`EXCEPT ALL`), so an update of other columns sends nothing — unless one of those
+//! columns has a type without equality ([`BaseTable::incomparable`]): then all its old
+//! and new rows count as changed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{Carry, Derivation, How};
+use crate::pg::ident::{quote_ident, sql_comment, QualifiedName, MAX_IDENTIFIER_BYTES};
+
+/// One base table the definition reads, as the catalog has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseTable {
+    /// As the derivation names it (`schema.name`, [`super::TableDerivation::table`]).
+    pub table: String,
+    pub name: QualifiedName,
+    /// `pg_class.relkind`: `r`, `p` (partitioned), `m`, `f`, ...
+    pub relkind: char,
+    /// Every partition below it, at any depth (statement triggers are not cloned to
+    /// partitions, and a write straight into one fires only its own).
+    pub partitions: Vec<QualifiedName>,
+    /// Its columns whose type has no default btree or hash operator class (json, xml,
+    /// point...): an UPDATE cannot compare them, so its old and new rows are all taken.
+    pub incomparable: Vec<String>,
+    /// The role creating the triggers (their functions run as it) may lock its rows
+    /// (`FOR KEY SHARE` / `FOR UPDATE` need UPDATE privilege on some column).
+    pub lockable: bool,
+}
+
+/// One privilege of the materialized view's ACL (`aclexplode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `SELECT`, `INSERT`, ...
+    pub privilege: String,
+    /// The role; `None` for PUBLIC.
+    pub grantee: Option<String>,
+    pub grantable: bool,
+}
+
+/// The catalog facts of the materialized view being converted.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub view: QualifiedName,
+    /// As `pg_get_viewdef` printed it (a trailing `;` is allowed).
+    pub definition: String,
+    /// Name and `format_type` of every column, in order.
+    pub columns: Vec<(String, String)>,
+    /// The schemas the definition was printed against (names it did not qualify
+    /// resolve through them).
+    pub search_path: Vec<String>,
+    pub tables: Vec<BaseTable>,
+    /// `pg_get_indexdef` of the view's indexes (restored on the table in place, and on
+    /// the materialized view by the in-place rollback).
+    pub indexes: Vec<String>,
+    pub grants: Vec<Grant>,
+    /// Replace the materialized view by a table of the same name.
+    pub in_place: bool,
+}
+
+/// The conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// The table refreshd keeps (the view's own name in place, `<view>_live` otherwise).
+    pub table: QualifiedName,
+    /// The plain view holding the definition, `<view>_def`.
+    pub definition: QualifiedName,
+    /// The channel the triggers notify.
+    pub channel: String,
+    pub key: Vec<String>,
+    /// Statements, without BEGIN/COMMIT: the caller runs them in its transaction.
+    pub install: String,
+    pub rollback: String,
+    /// One line per base table: what its triggers send.
+    pub capture: Vec<String>,
+}
+
+const PRIVILEGES: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+    "MAINTAIN",
+];
+
+/// The largest payload sent as a key list; longer ones become `*` (PostgreSQL refuses
+/// 8,000 bytes and more).
+pub const MAX_PAYLOAD: usize = 7900;
+
+/// FNV-1a (64 bits) of the parts, separated by a byte no name contains.
+fn hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// `readable` when it fits in an identifier and `exact`; otherwise a prefix of it cut at
+/// a character boundary, `_` and a hash of `identity`: bounded, and the same every run.
+fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
+    if exact && readable.len() <= MAX_IDENTIFIER_BYTES {
+        return readable.to_string();
+    }
+    let suffix = format!("_{}", hash(identity));
+    let mut cut = MAX_IDENTIFIER_BYTES - suffix.len();
+    while !readable.is_char_boundary(cut.min(readable.len())) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &readable[..cut.min(readable.len())])
+}
+
+/// The view's channel: `refreshd_keys_<schema>_<view>` when that is plain lower-case
+/// (the schema without `_`) and fits; otherwise a `[a-z0-9_]` prefix and a hash.
+pub fn channel_for(view: &QualifiedName) -> String {
+    let full = format!("refreshd_keys_{}_{}", view.schema, view.name);
+    let plain = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let exact = plain(&view.schema) && !view.schema.contains('_') && plain(&view.name);
+    let readable: String = full
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    bounded(&readable, &[&view.schema, &view.name], exact)
+}
+
+/// Dollar-quotes `body` with a tag it does not contain.
+fn dollar(body: &str) -> String {
+    let mut n = 0;
+    loop {
+        let tag = if n == 0 {
+            "$refreshd$".to_string()
+        } else {
+            format!("$refreshd{n}$")
+        };
+        if !body.contains(&tag) {
+            return format!("{tag}\n{body}{tag}");
+        }
+        n += 1;
+    }
+}
+
+fn literal(s: &str) -> String {
+    crate::pg::refresh::quote_literal(s)
+}
+
+fn list(names: &[String], prefix: &str) -> String {
+    names
+        .iter()
+        .map(|c| format!("{prefix}{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plain columns of a carry, when every key column is one.
+fn plain(c: &Carry) -> Option<Vec<String>> {
+    c.columns.iter().cloned().collect()
+}
+
+/// What one base table's trigger function computes.
+enum Source {
+    /// Every change sends `*`, for this reason.
+    All(String),
+    /// Key SELECTs (each over `d`, the changed rows), and the path locks they take.
+    Keys(Vec<String>),
+}
+
+/// Rows of a table reached through a join path: by which column, and which of its
+/// columns move the rows that reach it to other keys.
+#[derive(Default)]
+struct Reached {
+    by: Vec<String>,
+    moving: Vec<String>,
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}
+
+pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
+    if d.key.is_empty() {
+        return Err("no key".into());
+    }
+    for k in &d.key {
+        if !f.columns.iter().any(|(c, _)| c == k) {
+            return Err(format!("key column {k} is not a column of the view"));
+        }
+    }
+    for g in &f.grants {
+        if !PRIVILEGES.contains(&g.privilege.as_str()) {
+            return Err(format!(
+                "unknown privilege {} in the view's ACL",
+                g.privilege
+            ));
+        }
+    }
+    let by_name: BTreeMap<&str, &BaseTable> =
+        f.tables.iter().map(|t| (t.table.as_str(), t)).collect();
+    let table_of = |name: &str| -> Result<&BaseTable, String> {
+        by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("{name} is not among the base tables' catalog facts"))
+    };
+    for t in &d.tables {
+        let b = table_of(&t.table)?;
+        match b.relkind {
+            'r' | 'p' => {}
+            'm' => {
+                return Err(format!(
+                    "it reads materialized view {}, whose refreshes fire no trigger",
+                    b.name
+                ))
+            }
+            'f' => {
+                return Err(format!(
+                    "it reads foreign table {}: remote writes fire no trigger here",
+                    b.name
+                ))
+            }
+            other => return Err(format!("it reads {} of relkind {other}", b.name)),
+        }
+    }
+
+    let v = &f.view;
+    let table = if f.in_place {
+        v.clone()
+    } else {
+        QualifiedName::new(
+            v.schema.clone(),
+            bounded(
+                &format!("{}_live", v.name),
+                &[&v.schema, &v.name, "live"],
+                true,
+            ),
+        )
+    };
+    let def = QualifiedName::new(
+        v.schema.clone(),
+        bounded(
+            &format!("{}_def", v.name),
+            &[&v.schema, &v.name, "def"],
+            true,
+        ),
+    );
+    let channel = channel_for(v);
+    let public = v.schema == "public";
+    let trigger_name = |op: &str| {
+        bounded(
+            &format!("{}_keys_{op}", v.name),
+            &[&v.schema, &v.name, op],
+            public,
+        )
+    };
+    let function = |t: &BaseTable| {
+        let same_name = f
+            .tables
+            .iter()
+            .filter(|o| o.name.name == t.name.name)
+            .count()
+            > 1;
+        QualifiedName::new(
+            v.schema.clone(),
+            bounded(
+                &format!("{}_keys_from_{}", v.name, t.name.name),
+                &[&v.schema, &v.name, &t.name.schema, &t.name.name],
+                !same_name,
+            ),
+        )
+    };
+    let all_function = QualifiedName::new(
+        v.schema.clone(),
+        bounded(
+            &format!("{}_keys_all", v.name),
+            &[&v.schema, &v.name, "all"],
+            true,
+        ),
+    );
+
+    // Tables reached through a path: their UPDATE waits for the path's lockers.
+    let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
+    for t in &d.tables {
+        if let How::JoinPath { paths, .. } = &t.how {
+            for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {
+                let b = table_of(name)?;
+                if !b.lockable {
+                    return Err(format!(
+                        "the role running init may not lock rows of {} (the capture of {} locks the rows it joins FOR KEY SHARE, which needs UPDATE privilege on a column of it; its trigger functions run as this role)",
+                        b.name, t.name
+                    ));
+                }
+            }
+        }
+    }
+    for t in &d.tables {
+        if let How::JoinPath { paths, .. } = &t.how {
+            for p in paths {
+                for (i, step) in p.steps.iter().enumerate() {
+                    let r = reached.entry(p.tables[i + 1].clone()).or_default();
+                    push_unique(&mut r.by, &step.to_column);
+                    match p.steps.get(i + 1) {
+                        Some(next) => push_unique(&mut r.moving, &next.from_column),
+                        None => {
+                            for c in p.carry.columns.iter().flatten() {
+                                push_unique(&mut r.moving, c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let mut install = String::new();
+    let mut rollback = String::new();
+    let mut capture = Vec::new();
+    let w = &mut install;
+    let _ = writeln!(
+        w,
+        "\n-- {}",
+        sql_comment(&format!(
+            "Keyed conversion of {v} (generated by `refreshd init --keyed`): definition {def}, table {table}, key ({}), channel {channel}.",
+            d.key.join(", ")
+        ))
+    );
+    let search_path = if f.search_path.is_empty() {
+        "pg_catalog".to_string()
+    } else {
+        list(&f.search_path, "")
+    };
+    let definition = f.definition.trim().trim_end_matches(';').trim_end();
+    let cols: Vec<String> = f.columns.iter().map(|(c, _)| c.clone()).collect();
+    let column_list = list(&cols, "");
+    let relkind_is = |name: &QualifiedName, kind: &str| {
+        format!(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND c.relkind = {}",
+            literal(&name.schema),
+            literal(&name.name),
+            literal(kind)
+        )
+    };
+    let index_sql = |out: &mut String| {
+        for ix in &f.indexes {
+            let ix = ix.trim().trim_end_matches(';');
+            let ix = if let Some(rest) = ix.strip_prefix("CREATE UNIQUE INDEX ") {
+                format!("CREATE UNIQUE INDEX IF NOT EXISTS {rest}")
+            } else if let Some(rest) = ix.strip_prefix("CREATE INDEX ") {
+                format!("CREATE INDEX IF NOT EXISTS {rest}")
+            } else {
+                ix.to_string()
+            };
+            let _ = writeln!(out, "{ix};");
+        }
+    };
+    let grant_sql = |out: &mut String, on: &str| {
+        for g in &f.grants {
+            let _ = writeln!(
+                out,
+                "GRANT {} ON {on} TO {}{};",
+                g.privilege,
+                g.grantee
+                    .as_deref()
+                    .map(quote_ident)
+                    .unwrap_or_else(|| "PUBLIC".into()),
+                if g.grantable {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                }
+            );
+        }
+    };
+
+    // The definition, resolved as it was printed.
+    let _ = writeln!(w, "SET LOCAL search_path TO {search_path};");
+    if f.in_place {
+        let _ = writeln!(
+            w,
+            "-- The materialized view gives way to a table of the same name (its definition stays in {}).",
+            sql_comment(&def.to_string())
+        );
+        let body = format!(
+            "BEGIN\n    IF EXISTS ({}) THEN\n        DROP MATERIALIZED VIEW {};\n    END IF;\nEND;\n",
+            relkind_is(v, "m"),
+            v.quoted()
+        );
+        let _ = writeln!(w, "DO {};", dollar(&body));
+    }
+    let _ = writeln!(
+        w,
+        "CREATE OR REPLACE VIEW {} AS\n{definition};",
+        def.quoted()
+    );
+    let _ = writeln!(
+        w,
+        "CREATE TABLE IF NOT EXISTS {} (\n{}\n);",
+        table.quoted(),
+        f.columns
+            .iter()
+            .map(|(c, ty)| format!("    {} {ty}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    );
+    if f.in_place {
+        index_sql(w);
+    } else {
+        let ix = bounded(
+            &format!("{}_key", table.name),
+            &[&table.schema, &table.name, "key"],
+            true,
+        );
+        let _ = writeln!(
+            w,
+            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});",
+            quote_ident(&ix),
+            table.quoted(),
+            list(&d.key, "")
+        );
+    }
+    grant_sql(w, &format!("TABLE {}", table.quoted()));
+    let _ = writeln!(
+        w,
+        "COMMENT ON TABLE {} IS {};",
+        table.quoted(),
+        literal(&format!(
+            "Kept equal to {def} by refreshd (kind = \"keyed\", key {}), fed by channel {channel}.",
+            d.key.join(", ")
+        ))
+    );
+
+    // The trigger functions.
+    let key_cols: Vec<String> = (1..=d.key.len()).map(|i| format!("k{i}")).collect();
+    let notify = format!(
+        "    IF pg_catalog.octet_length(v_payload) > {MAX_PAYLOAD} THEN\n        v_payload := '*';\n    END IF;\n    IF v_payload IS NOT NULL THEN\n        PERFORM pg_catalog.pg_notify({}, v_payload);\n    END IF;\n    RETURN NULL;\n",
+        literal(&channel)
+    );
+    let _ = writeln!(
+        w,
+        "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nAS {};",
+        all_function.quoted(),
+        dollar(&format!(
+            "BEGIN\n    PERFORM pg_catalog.pg_notify({}, '*');\n    RETURN NULL;\nEND;\n",
+            literal(&channel)
+        ))
+    );
+    let ops = ["insert", "update", "delete", "truncate"];
+    for t in &d.tables {
+        let b = table_of(&t.table)?;
+        let reads = &t.reads;
+        let source = match &t.how {
+            How::Recompute { reason } => Source::All(reason.clone()),
+            How::Carries(carries) => match carries.iter().map(plain).collect::<Option<Vec<_>>>() {
+                None => Source::All(
+                    "a key column is an expression over its columns (generated capture reads plain columns)".into(),
+                ),
+                Some(cs) => Source::Keys(
+                    cs.iter()
+                        .map(|c| format!("SELECT {} FROM d", list(c, "d.")))
+                        .collect(),
+                ),
+            },
+            How::JoinPath { carries, paths } => {
+                let mut keys = Vec::new();
+                let mut why = None;
+                for c in carries {
+                    match plain(c) {
+                        Some(c) => keys.push(format!("SELECT {} FROM d", list(&c, "d."))),
+                        None => why = Some("a key column is an expression over its columns (generated capture reads plain columns)".to_string()),
+                    }
+                }
+                for p in paths {
+                    let Some(last) = plain(&p.carry) else {
+                        why = Some(format!(
+                            "the key of {} is an expression (generated capture reads plain columns)",
+                            p.tables.last().map(String::as_str).unwrap_or("?")
+                        ));
+                        continue;
+                    };
+                    let mut from = "d".to_string();
+                    let mut joins = String::new();
+                    let mut locks = Vec::new();
+                    for (i, s) in p.steps.iter().enumerate() {
+                        let alias = format!("j{}", i + 1);
+                        let _ = write!(
+                            joins,
+                            " JOIN {} AS {alias} ON {alias}.{} = {from}.{}",
+                            table_of(&p.tables[i + 1])?.name.quoted(),
+                            quote_ident(&s.to_column),
+                            quote_ident(&s.from_column)
+                        );
+                        locks.push(alias.clone());
+                        from = alias;
+                    }
+                    keys.push(format!(
+                        "SELECT * FROM (SELECT {} FROM d{joins} FOR KEY SHARE OF {}) AS p",
+                        list(&last, &format!("{from}.")),
+                        locks.join(", ")
+                    ));
+                }
+                match why {
+                    Some(w) => Source::All(w),
+                    None => Source::Keys(keys),
+                }
+            }
+        };
+        // Nothing to compute keys from (no occurrence gave one): everything.
+        let source = match source {
+            Source::Keys(k) if k.is_empty() => {
+                Source::All("no occurrence of it gives the key".to_string())
+            }
+            other => other,
+        };
+        let fname = function(b);
+        let reads_of = |alias: &str| list(reads, &format!("{alias}."));
+        let changed = |op: &str| -> String {
+            match op {
+                "insert" => format!("SELECT {} FROM new_rows n", reads_of("n")),
+                "delete" => format!("SELECT {} FROM old_rows o", reads_of("o")),
+                _ if reads.iter().any(|r| b.incomparable.contains(r)) => format!(
+                    "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
+                    reads_of("o"),
+                    reads_of("n")
+                ),
+                _ => format!(
+                    "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
+                     UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",
+                    o = reads_of("o"),
+                    n = reads_of("n")
+                ),
+            }
+        };
+        let mut body = String::from("DECLARE\n    v_payload text;\nBEGIN\n");
+        for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
+            let _ = writeln!(
+                body,
+                "    {} TG_OP = {} THEN",
+                if i == 0 { "IF" } else { "ELSIF" },
+                literal(&op.to_ascii_uppercase())
+            );
+            if *op == "update" {
+                if let Some(r) = reached.get(&t.table) {
+                    // Rows other tables reach through a join path, moved to other keys:
+                    // wait for the writers that locked them FOR KEY SHARE.
+                    let mut moving = r.by.clone();
+                    for m in &r.moving {
+                        push_unique(&mut moving, m);
+                    }
+                    // Located by every such column's new value: the moved rows (and
+                    // any other rows equal to them on those columns).
+                    let _ = writeln!(
+                        body,
+                        "        PERFORM 1 FROM {} AS t WHERE ({}) IN (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
+                        b.name.quoted(),
+                        list(&moving, "t."),
+                        list(&moving, "m."),
+                        n = list(&moving, "n."),
+                        o = list(&moving, "o."),
+                    );
+                }
+            }
+            let rows = if *op == "update" && reads.is_empty() {
+                None
+            } else if reads.is_empty() {
+                Some(if *op == "insert" {
+                    "SELECT 1 FROM new_rows".to_string()
+                } else {
+                    "SELECT 1 FROM old_rows".to_string()
+                })
+            } else {
+                Some(changed(op))
+            };
+            match (&source, rows) {
+                (_, None) => {
+                    let _ = writeln!(body, "        v_payload := NULL;");
+                }
+                (Source::All(_), Some(rows)) => {
+                    let _ = writeln!(
+                        body,
+                        "        IF EXISTS ({rows}) THEN\n            v_payload := '*';\n        END IF;"
+                    );
+                }
+                (Source::Keys(keys), Some(rows)) => {
+                    let nulls = key_cols
+                        .iter()
+                        .map(|k| format!("k.{k} IS NULL"))
+                        .collect::<Vec<_>>()
+                        .join(" OR ");
+                    let members = key_cols
+                        .iter()
+                        .map(|k| format!("pg_catalog.to_json(k.{k}::text)::text"))
+                        .collect::<Vec<_>>()
+                        .join(" || ',' || ");
+                    let _ = writeln!(
+                        body,
+                        "        WITH d AS ({rows})\n        SELECT CASE WHEN pg_catalog.bool_or({nulls}) THEN '*'\n                    ELSE '[' || pg_catalog.string_agg('[' || {members} || ']', ',') || ']' END\n          INTO v_payload\n          FROM (SELECT DISTINCT * FROM ({}) AS u({})) AS k;",
+                        keys.join(" UNION ALL "),
+                        key_cols.join(", ")
+                    );
+                }
+            }
+        }
+        body.push_str("    END IF;\n");
+        body.push_str(&notify);
+        body.push_str("END;\n");
+        let _ = writeln!(
+            w,
+            "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
+            fname.quoted(),
+            dollar(&body)
+        );
+        let line = match &source {
+            Source::All(reason) => format!("{}: every change sends \"*\" ({reason})", b.name),
+            Source::Keys(_) => match &t.how {
+                How::JoinPath { .. } => format!(
+                    "{}: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
+                    b.name
+                ),
+                _ => format!("{}: the keys of its old and new rows", b.name),
+            },
+        };
+        let line = if reached.contains_key(&t.table) {
+            format!(
+                "{line}; an UPDATE moving rows reached through a join path locks them FOR UPDATE"
+            )
+        } else {
+            line
+        };
+        let _ = writeln!(w, "-- {}", sql_comment(&line));
+        capture.push(line);
+        let members: Vec<&QualifiedName> = std::iter::once(&b.name)
+            .chain(b.partitions.iter())
+            .collect();
+        for m in &members {
+            for op in ops {
+                let tg = quote_ident(&trigger_name(op));
+                let _ = writeln!(w, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
+                let _ = writeln!(rollback, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
+                let (referencing, func) = match op {
+                    "insert" => ("REFERENCING NEW TABLE AS new_rows ", &fname),
+                    "update" => (
+                        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
+                        &fname,
+                    ),
+                    "delete" => ("REFERENCING OLD TABLE AS old_rows ", &fname),
+                    _ => ("", &all_function),
+                };
+                let _ = writeln!(
+                    w,
+                    "CREATE TRIGGER {tg} AFTER {} ON {} {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {}();",
+                    op.to_ascii_uppercase(),
+                    m.quoted(),
+                    func.quoted()
+                );
+            }
+        }
+        let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS {}();", fname.quoted());
+    }
+    let _ = writeln!(
+        rollback,
+        "DROP FUNCTION IF EXISTS {}();",
+        all_function.quoted()
+    );
+
+    // Fill: readers see the old rows until commit; the trigger DDL above holds the base
+    // tables, so no change slips between the fill and the triggers.
+    let _ = writeln!(
+        w,
+        "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE;\nDELETE FROM {t};\nINSERT INTO {t} ({column_list}) SELECT {column_list} FROM {};",
+        def.quoted(),
+        t = table.quoted()
+    );
+
+    // Rollback, after the triggers and functions.
+    let r = &mut rollback;
+    if f.in_place {
+        let body = format!(
+            "BEGIN\n    IF EXISTS ({}) THEN\n        DROP TABLE {};\n    END IF;\nEND;\n",
+            relkind_is(v, "r"),
+            v.quoted()
+        );
+        let _ = writeln!(r, "DO {};", dollar(&body));
+        let _ = writeln!(r, "SET LOCAL search_path TO {search_path};");
+        let _ = writeln!(
+            r,
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS\n{definition};",
+            v.quoted()
+        );
+        index_sql(r);
+        grant_sql(r, &format!("TABLE {}", v.quoted()));
+    } else {
+        let _ = writeln!(r, "DROP TABLE IF EXISTS {};", table.quoted());
+    }
+    let _ = writeln!(r, "DROP VIEW IF EXISTS {};", def.quoted());
+    Ok(Generated {
+        table,
+        definition: def,
+        channel,
+        key: d.key.clone(),
+        install,
+        rollback,
+        capture,
+    })
+}

@@ -1,0 +1,557 @@
+//! `init --keyed VIEW` converts materialized views into keyed views with generated
+//! capture (src/incremental/generate.rs), and the result stays equal to its definition
+//! under concurrent writers: a differential test on a real cluster.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::RngExt;
+use support::keyed_storm::{difference_sql, listen, storm};
+use support::{Daemon, TestDb};
+
+/// A partitioned fact table (sales by month of two years) with two dimensions in a
+/// chain (store → region); a view grouped by a fact column and one grouped by a
+/// dimension's column (reached through two joins), a view with a window function, and
+/// one joined to date ranges (no equality).
+fn schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE SCHEMA kg;
+        CREATE TABLE kg.regions (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+        CREATE TABLE kg.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES kg.regions (id));
+        CREATE TABLE kg.sales (id bigint NOT NULL, store_id int NOT NULL REFERENCES kg.stores (id),
+                               product text NOT NULL, qty int NOT NULL, day date NOT NULL, meta json)
+          PARTITION BY RANGE (day);
+        CREATE TABLE kg.sales_2025 PARTITION OF kg.sales FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE kg.sales_2026 PARTITION OF kg.sales FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        CREATE INDEX ON kg.sales (id);
+        CREATE INDEX ON kg.sales (product);
+        CREATE INDEX ON kg.sales (store_id);
+        INSERT INTO kg.regions SELECT g, 'region ' || g FROM generate_series(1, 5) g;
+        INSERT INTO kg.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
+        INSERT INTO kg.sales
+          SELECT g, 1 + g % 20, 'p' || (g % 7), 1 + g % 13, date '2025-01-01' + (g % 700)
+            FROM generate_series(1, 3000) g;
+        CREATE MATERIALIZED VIEW kg.by_product AS
+          SELECT s.product, count(*) AS n, sum(s.qty) AS qty FROM kg.sales s GROUP BY s.product;
+        CREATE UNIQUE INDEX by_product_key ON kg.by_product (product);
+        CREATE INDEX by_product_qty ON kg.by_product (qty);
+        CREATE MATERIALIZED VIEW kg.by_region AS
+          SELECT r.name AS region, count(*) AS n, sum(s.qty) AS qty, max(s.day) AS last_day
+            FROM kg.sales s JOIN kg.stores st ON st.id = s.store_id JOIN kg.regions r ON r.id = st.region_id
+           GROUP BY r.name;
+        CREATE UNIQUE INDEX ON kg.by_region (region);
+        CREATE MATERIALIZED VIEW kg.open_products AS
+          SELECT s.product, count(*) AS n
+            FROM kg.sales s JOIN kg.stores st ON st.id = s.store_id
+           WHERE st.region_id <> 5
+           GROUP BY s.product;
+        CREATE UNIQUE INDEX ON kg.open_products (product);
+        CREATE MATERIALIZED VIEW kg.ranked AS
+          SELECT s.id, rank() OVER (ORDER BY s.qty) AS r FROM kg.sales s;
+        CREATE UNIQUE INDEX ON kg.ranked (id);
+        CREATE TABLE kg.seasons (name text PRIMARY KEY, starts date NOT NULL, ends date NOT NULL);
+        INSERT INTO kg.seasons VALUES ('all', '2000-01-01', '2100-01-01');
+        CREATE MATERIALIZED VIEW kg.in_season AS
+          SELECT s.product, count(*) AS n, count(s.meta) AS with_meta
+            FROM kg.sales s JOIN kg.seasons se ON s.day >= se.starts AND s.day < se.ends
+           GROUP BY s.product;
+        CREATE UNIQUE INDEX ON kg.in_season (product);
+        ANALYZE;
+        "#,
+    );
+}
+
+/// One random transaction on the kg schema: inserts, updates, deletes, a row moved to
+/// another product or (across partitions) another year, a store moved to another
+/// region, a region renamed (its key), a statement over many rows.
+fn kg_op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let choice = rng.random_range(0..10);
+    kg_sql(choice, rng, writer, round)
+}
+
+/// Writes to the fact table only: every key they dirty is found through a join path
+/// (for kg.by_region), none by a dimension's own trigger.
+fn kg_fact_op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let choice = [0, 1, 2, 3, 4, 5, 8][rng.random_range(0..7)];
+    kg_sql(choice, rng, writer, 1000 + round)
+}
+
+fn kg_sql(choice: u32, rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let sale = rng.random_range(1..3400);
+    let store = rng.random_range(1..=20);
+    let region = rng.random_range(1..=5);
+    let product = rng.random_range(0..9);
+    match choice {
+        0 | 1 => format!(
+            "INSERT INTO kg.sales VALUES ({}, {store}, 'p{product}', {}, date '2025-01-01' + {})",
+            100_000 + writer * 10_000 + round,
+            rng.random_range(1..20),
+            rng.random_range(0..720)
+        ),
+        2 => format!("UPDATE kg.sales SET qty = qty + 1 WHERE id = {sale}"),
+        3 => format!("UPDATE kg.sales SET product = 'p{product}' WHERE id = {sale}"),
+        4 => format!(
+            "UPDATE kg.sales SET day = CASE WHEN day < '2026-01-01' THEN day + 365 ELSE day - 365 END WHERE id = {sale}"
+        ),
+        5 => format!("DELETE FROM kg.sales WHERE id = {sale}"),
+        6 => format!("UPDATE kg.stores SET region_id = {region} WHERE id = {store}"),
+        7 => format!(
+            "UPDATE kg.regions SET name = 'region {region} w{writer} r{round}' WHERE id = {region}"
+        ),
+        8 => format!("UPDATE kg.sales SET qty = qty + 1 WHERE store_id = {store}"),
+        _ => format!(
+            "INSERT INTO kg.sales VALUES ({}, {store}, 'p{product}', 1, '2026-03-01'); \
+             UPDATE kg.stores SET region_id = {region} WHERE id = {store}",
+            200_000 + writer * 10_000 + round
+        ),
+    }
+}
+
+/// One random transaction on the attendance seed: attendance recorded, changed and
+/// deleted; a session moved to another category (its key); a session's status changed.
+fn attendance_op(rng: &mut StdRng, _writer: usize, _round: usize) -> String {
+    let choice = rng.random_range(0..6);
+    attendance_sql(choice, rng)
+}
+
+/// Attendance writes only (their keys are found through the session).
+fn attendance_fact_op(rng: &mut StdRng, _writer: usize, _round: usize) -> String {
+    let choice = [0, 1, 2, 5][rng.random_range(0..4)];
+    attendance_sql(choice, rng)
+}
+
+fn attendance_sql(choice: u32, rng: &mut StdRng) -> String {
+    let pick = |table: &str| format!("(SELECT id FROM public.{table} ORDER BY random() LIMIT 1)");
+    let status = ["present", "absent", "late", "excused"][rng.random_range(0..4)];
+    match choice {
+        0 => format!(
+            "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
+             SELECT {}, {}, '{status}' ON CONFLICT DO NOTHING",
+            pick("members"),
+            pick("training_sessions")
+        ),
+        1 => format!(
+            "UPDATE public.member_attendance SET attendance_status = '{status}' WHERE id = {}",
+            pick("member_attendance")
+        ),
+        2 => format!(
+            "DELETE FROM public.member_attendance WHERE id = {}",
+            pick("member_attendance")
+        ),
+        3 => format!(
+            "UPDATE public.training_sessions SET category_id = {} WHERE id = {}",
+            pick("categories"),
+            pick("training_sessions")
+        ),
+        4 => format!(
+            "UPDATE public.training_sessions SET status = '{}' WHERE id = {}",
+            ["planned", "done", "cancelled"][rng.random_range(0..3)],
+            pick("training_sessions")
+        ),
+        _ => format!(
+            "UPDATE public.member_attendance SET attendance_status = '{status}' \
+             WHERE training_session_id = {}",
+            pick("training_sessions")
+        ),
+    }
+}
+
+fn init(db: &TestDb, args: &[&str]) -> (std::process::Output, String, String) {
+    let dsn = db.dsn();
+    let mut all = vec!["init", "--url", dsn.as_str()];
+    all.extend_from_slice(args);
+    let out = support::refreshd(&all);
+    let (o, e) = (support::stdout(&out), support::stderr(&out));
+    (out, o, e)
+}
+
+async fn wait_equal(db: &TestDb, d: &Daemon, pairs: &[(&str, &str, &[&str])]) {
+    let client = db.client().await;
+    for (table, def, minus) in pairs {
+        let sql = difference_sql(table, def, minus);
+        support::wait_for(
+            Duration::from_secs(90),
+            &format!("{table} to equal {def}"),
+            || {
+                let (client, sql) = (&client, &sql);
+                async move {
+                    client
+                        .query_one(sql.as_str(), &[])
+                        .await
+                        .map(|r| r.get::<_, i64>(0) == 0)
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await;
+    }
+    let _ = d;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writers() {
+    let db = TestDb::new();
+    let roles = support::TestRoles::create(&db, &["kg_reader"]);
+    let reader = roles.name("kg_reader");
+    schema(&db);
+    db.psql(&format!(
+        "GRANT USAGE ON SCHEMA kg TO {reader}; GRANT SELECT ON kg.by_product TO {reader}"
+    ));
+    // The demo's data generator needs both seeds; the config covers kg and public.
+    for f in [
+        "attendance/install.sql",
+        "inventory/install.sql",
+        "demo/install.sql",
+    ] {
+        let out = db
+            .server
+            .psql_file(&db.name, &support::repo().join("sql").join(f));
+        assert!(out.status.success(), "{f}: {}", support::stderr(&out));
+    }
+    db.psql("SELECT refreshd_demo.generate_attendance(0.01)");
+    db.psql("ANALYZE");
+
+    // kg.by_region next to its materialized view; the attendance view too.
+    let sql_dir = tempfile::tempdir().unwrap();
+    let (out, first, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "kg",
+            "--schema",
+            "public",
+            "--sql",
+            sql_dir.path().to_str().unwrap(),
+            "--apply",
+            "--keyed",
+            "kg.by_region",
+            "--keyed",
+            "kg.open_products",
+            "--keyed",
+            "public.attendance_statistics_summary",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--keyed kg.by_region: keyed view kg.by_region_live (definition kg.by_region_def, channel refreshd_keys_kg_by_region): converted"),
+        "{stderr}"
+    );
+    let first: toml::Value = toml::from_str(&first).unwrap_or_else(|e| panic!("{e}\n{first}"));
+    let keyed_views: Vec<toml::Value> = first["view"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("keyed"))
+        .cloned()
+        .collect();
+    assert_eq!(keyed_views.len(), 3, "{first}");
+    // kg.by_product in place: the same name, now a table with the view's indexes and
+    // grants. This run's config, plus the first run's keyed blocks (this run sees
+    // their tables, not materialized views), is what the daemon runs.
+    let in_place_sql = tempfile::tempdir().unwrap();
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "kg",
+            "--schema",
+            "public",
+            "--sql",
+            in_place_sql.path().to_str().unwrap(),
+            "--apply",
+            "--keyed",
+            "kg.by_product",
+            "--in-place",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kg.by_product'::regclass"),
+        "r"
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
+        "kg.by_product_key,kg.by_product_qty"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
+        )),
+        "t"
+    );
+    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let views = doc["view"].as_array().unwrap();
+    let find = |name: &str| {
+        views
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no view {name} in\n{config}"))
+    };
+    assert_eq!(
+        find("kg.by_product")["kind"].as_str(),
+        Some("keyed"),
+        "{config}"
+    );
+    assert_eq!(
+        find("kg.by_product")["query"].as_str(),
+        Some("kg.by_product_def")
+    );
+    assert_eq!(
+        find("kg.by_region").get("kind"),
+        None,
+        "the materialized view stays"
+    );
+    #[derive(serde::Serialize)]
+    struct Views {
+        view: Vec<toml::Value>,
+    }
+    let keyed_blocks = format!(
+        "{config}\n{}",
+        toml::to_string(&Views { view: keyed_views }).unwrap()
+    );
+    let config = keyed_blocks.replace("debounce = \"2s\"", "debounce = \"50ms\"");
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}\n{}\n{config}",
+        support::stdout(&check),
+        support::stderr(&check)
+    );
+
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let dsn = db.dsn();
+    let channels = [
+        "refreshd_keys_kg_by_product",
+        "refreshd_keys_kg_by_region",
+        "refreshd_keys_kg_open_products",
+        "refreshd_keys_public_attendance_statistics_summary",
+    ];
+    let (_listener, mut rx) = listen(&dsn, &channels).await;
+    let (ok, rolled) = storm(&dsn, 4, 150, 20, kg_op).await;
+    assert!(ok > 400, "committed {ok}, rolled back {rolled}");
+    let (ok, rolled) = storm(&dsn, 4, 100, 40, attendance_op).await;
+    assert!(ok > 300, "committed {ok}, rolled back {rolled}");
+    // The generated capture named groups: key lists on every channel, never "*" (no
+    // TRUNCATE, no NULL key, no list too long in this storm).
+    let mut lists = std::collections::BTreeMap::new();
+    while let Ok((channel, payload)) = rx.try_recv() {
+        assert_ne!(payload, "*", "{channel}");
+        let keys: Vec<Vec<String>> =
+            serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{channel}: {payload}: {e}"));
+        assert!(!keys.is_empty());
+        *lists.entry(channel).or_insert(0) += 1;
+    }
+    assert_eq!(lists.len(), 4, "{lists:?}");
+    let pairs: &[(&str, &str, &[&str])] = &[
+        ("kg.by_product", "kg.by_product_def", &[]),
+        ("kg.by_region_live", "kg.by_region_def", &[]),
+        // A dimension whose path reaches the partitioned fact table: its rows are
+        // locked through the partitioned parent.
+        ("kg.open_products_live", "kg.open_products_def", &[]),
+        (
+            "public.attendance_statistics_summary_live",
+            "public.attendance_statistics_summary_def",
+            &["last_refreshed"],
+        ),
+    ];
+    wait_equal(&db, &d, pairs).await;
+    // Then writes to the fact tables only: a dimension's change no longer recomputes
+    // the groups a path-derived key should have named.
+    let (ok, _) = storm(&dsn, 4, 60, 60, kg_fact_op).await;
+    assert!(ok > 150);
+    let (ok, _) = storm(&dsn, 4, 60, 80, attendance_fact_op).await;
+    assert!(ok > 150);
+    wait_equal(&db, &d, pairs).await;
+    drop(d);
+
+    // The rollbacks: the first run's drops the live table and definition of
+    // kg.by_region; an in-place rollback restores the materialized view.
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('by_region_live', 'by_region_def')"
+        ),
+        "0"
+    );
+    let rollback = in_place_sql.path().join(refreshd::cli::init::ROLLBACK);
+    for _ in 0..2 {
+        // Idempotent: the second run finds the materialized view and changes nothing.
+        let out = db.server.psql_file(&db.name, &rollback);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kg.by_product'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
+        "kg.by_product_key,kg.by_product_qty"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
+        )),
+        "t"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class WHERE relname = 'by_product_def'"),
+        "0"
+    );
+    db.psql("REFRESH MATERIALIZED VIEW CONCURRENTLY kg.by_product");
+}
+
+/// A view with a window function is refused with the reason (exit 1, nothing created
+/// for it); a table joined on no equality cannot be derived, so its triggers send "*",
+/// while the fact table's send the keys of its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underivable_views_are_refused_and_untraceable_tables_send_everything() {
+    let db = TestDb::new();
+    schema(&db);
+    let (out, config, stderr) = init(
+        &db,
+        &["--apply", "--keyed", "kg.ranked", "--keyed", "kg.in_season"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed kg.ranked: cannot be derived: a window function (rank)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class WHERE relname IN ('ranked_live', 'ranked_def')"),
+        "0"
+    );
+    assert!(
+        config.contains("# capture: kg.seasons: every change sends \"*\" (a non-equi join"),
+        "{config}"
+    );
+    let client = db.client().await;
+    let (_listener, mut rx) = listen(&db.dsn(), &["refreshd_keys_kg_in_season"]).await;
+    async fn next(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) -> (String, String) {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a notification")
+            .expect("listener alive")
+    }
+    client
+        .batch_execute("UPDATE kg.seasons SET ends = '2099-01-01'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await.1, "*");
+    client
+        .batch_execute("INSERT INTO kg.sales VALUES (9001, 1, 'new \"one\"', 1, '2025-02-02')")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await.1, r#"[["new \"one\""]]"#);
+    client
+        .batch_execute("UPDATE kg.sales SET product = 'p1' WHERE id = 9001")
+        .await
+        .unwrap();
+    let payload = next(&mut rx).await.1;
+    let mut keys: Vec<Vec<String>> = serde_json::from_str(&payload).unwrap();
+    keys.sort();
+    assert_eq!(keys, [["new \"one\""], ["p1"]], "{payload}");
+    // qty is not read, but meta (json, no equality) is: an UPDATE cannot be compared
+    // column by column, so every updated row's keys are sent (the writer is not refused).
+    client
+        .batch_execute("UPDATE kg.sales SET qty = qty + 1 WHERE id = 9001")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await.1, r#"[["p1"]]"#);
+    client.batch_execute("TRUNCATE kg.seasons").await.unwrap();
+    assert_eq!(next(&mut rx).await.1, "*");
+}
+
+/// Hostile names (quotes, a dollar-quote tag, a line break, a backslash, a long name)
+/// are converted in place and rolled back by the generated SQL as they are: nothing
+/// else runs, the triggers send the keys, the names stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_convert_in_place_and_back() {
+    use refreshd::pg::ident::quote_ident;
+    let db = TestDb::new();
+    let view = format!("v\"$refreshd$\n\\{}", "é".repeat(22));
+    let table = "t$$'\"";
+    let column = "g\"$refreshd$; DROP TABLE kx.canary; --";
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA kx;
+        CREATE TABLE kx.canary (v int);
+        CREATE TABLE kx.{t} ({c} text NOT NULL, v int NOT NULL);
+        INSERT INTO kx.{t} VALUES ('a', 1), ('b', 2);
+        CREATE MATERIALIZED VIEW kx.{v} AS SELECT {c}, sum(v) AS total FROM kx.{t} GROUP BY {c};
+        CREATE UNIQUE INDEX ON kx.{v} ({c});
+        "#,
+        v = quote_ident(&view),
+        t = quote_ident(table),
+        c = quote_ident(column),
+    ));
+    let sql = tempfile::tempdir().unwrap();
+    let arg = format!("kx.{}", quote_ident(&view));
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--sql",
+            sql.path().to_str().unwrap(),
+            "--apply",
+            "--keyed",
+            &arg,
+            "--in-place",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
+    assert_eq!(
+        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
+        "r,r,r,v"
+    );
+    assert!(
+        db.psql("SELECT max(octet_length(tgname)) FROM pg_trigger WHERE NOT tgisinternal")
+            .parse::<usize>()
+            .unwrap()
+            <= 63
+    );
+    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let keyed = doc["view"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("kind").and_then(|k| k.as_str()) == Some("keyed"))
+        .unwrap_or_else(|| panic!("{config}"))
+        .clone();
+    let channel = keyed["channels"][0].as_str().unwrap().to_string();
+    let (_listener, mut rx) = listen(&db.dsn(), &[&channel]).await;
+    db.psql(&format!(
+        "INSERT INTO kx.{} VALUES ('it''s \"c\"', 3)",
+        quote_ident(table)
+    ));
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payload, r#"[["it's \"c\""]]"#);
+    let rollback = sql.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
+        "m,r,r"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT total FROM kx.{} WHERE {} = 'it''s \"c\"'",
+            quote_ident(&view),
+            quote_ident(column)
+        )),
+        "3"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
+}
