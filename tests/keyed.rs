@@ -463,9 +463,12 @@ fn example_keyed_block() -> String {
 
 /// sql/attendance's keyed variant with the example configuration: `check` passes, and
 /// every kind of write (through the seed's own tables) ends with the table exact.
+/// Scale 0.2: at 0.02 a full recompute took 20–60 ms, about what planning two keys'
+/// branches takes on a loaded machine, so the cost probe rightly chose the full
+/// recompute every time and the per-key assertion failed in CI.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_attendance_twin_follows_every_kind_of_write() {
-    let (db, cfg) = attendance_scale("0.02");
+    let (db, cfg) = attendance_scale("0.2");
     let (_dir, path) = write_config(&cfg);
     let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
