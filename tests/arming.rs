@@ -134,7 +134,7 @@ async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
 async fn a_long_writer_holds_no_refresh_up_and_is_still_seen() {
     let db = TestDb::new();
     schema(&db);
-    let d = armed_daemon(&db, "200ms").await;
+    let d = armed_daemon(&db, "1s").await;
     let probe = db.client().await;
 
     db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");
