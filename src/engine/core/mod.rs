@@ -16,6 +16,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod book;
+
+use book::{rfc3339, summary, unix, wall, History, Waiters};
+
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Share, Start, Timing};
 use crate::engine::keys::{self, DirtyKeys, Payload};
@@ -32,9 +36,7 @@ use crate::pg::keyed::Work;
 use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
 use crate::serve::health::Health;
 use crate::serve::metrics::Metrics;
-use crate::serve::status::{
-    ErrorSummary, Request, Shared, Snapshot, Trend, ViewStatus, WaitOutcome, MAX_VIEW_NAME,
-};
+use crate::serve::status::{Request, Shared, Snapshot, ViewStatus, WaitOutcome, MAX_VIEW_NAME};
 
 /// Everything the core loop acts on.
 #[derive(Debug)]
@@ -102,57 +104,6 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct History {
-    last_start: Option<SystemTime>,
-    last_end: Option<SystemTime>,
-    last_outcome: Option<&'static str>,
-    last_reason: Option<&'static str>,
-    last_duration: Option<Duration>,
-    last_error: Option<ErrorSummary>,
-    last_success: Option<SystemTime>,
-    refreshes: u64,
-    failures: u64,
-    recent: std::collections::VecDeque<Trend>,
-}
-
-/// Successful refreshes kept per view for the status page's trend.
-const TREND_LEN: usize = 20;
-/// Read-your-writes waiters per view at most; more are answered at once with the
-/// outcome of the next refresh anyway, so this only bounds memory.
-const MAX_WAITERS: usize = 10_000;
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// An `Instant` of the coalescer as wall-clock time.
-fn wall(i: std::time::Instant) -> SystemTime {
-    let now_i = std::time::Instant::now();
-    let now_s = SystemTime::now();
-    if i <= now_i {
-        now_s - (now_i - i)
-    } else {
-        now_s + (i - now_i)
-    }
-}
-
-/// What `/status` may show of a failure: class, SQLSTATE and refreshd's hint, never the
-/// server's text (its DETAIL, and some messages, hold row values).
-fn summary(e: &RefreshError) -> ErrorSummary {
-    ErrorSummary {
-        class: e.label(),
-        sqlstate: e.code.clone(),
-        hint: e.hint,
-    }
-}
-
 fn timing(v: &ViewConfig) -> Timing {
     Timing {
         debounce: v.debounce,
@@ -213,14 +164,8 @@ struct Core {
     task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant, Option<Work>)>,
     /// The dirty groups of each keyed view (`None` for materialized views).
     keys: Vec<Option<DirtyKeys>>,
-    /// Read-your-writes requests per view: when each arrived, and where to answer.
-    waiters: HashMap<
-        QualifiedName,
-        Vec<(
-            std::time::Instant,
-            tokio::sync::oneshot::Sender<WaitOutcome>,
-        )>,
-    >,
+    /// Read-your-writes requests waiting for a refresh.
+    waiters: Waiters,
     listen_info: ConnectInfo,
     tx: mpsc::UnboundedSender<Command>,
     channels_tx: watch::Sender<BTreeSet<String>>,
@@ -333,7 +278,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         task_runs: HashMap::new(),
         keys: Vec::new(),
-        waiters: HashMap::new(),
+        waiters: Waiters::default(),
         listen_info: listen_info.clone(),
         tx,
         channels_tx,
@@ -670,7 +615,7 @@ impl Core {
         for start in self.coalescer.poll(now.into_std()) {
             let view = self.config.views[start.view].clone();
             let refresher = self.refresher.clone();
-            self.history[start.view].last_start = Some(SystemTime::now());
+            self.history[start.view].started(SystemTime::now());
             tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
             let name = view.name.clone();
             let started = std::time::Instant::now();
@@ -1268,9 +1213,6 @@ impl Core {
         let label = f.view.to_string();
         let end = SystemTime::now();
         self.account_keys(i, &label, &f);
-        let h = &mut self.history[i];
-        h.last_end = Some(end);
-        h.last_reason = Some(f.start.reason.as_str());
         match f.result {
             Ok(r) => {
                 let lag = now.saturating_duration_since(f.start.first_change);
@@ -1279,19 +1221,7 @@ impl Core {
                     f.start.reason,
                     Some((r.duration.as_secs_f64(), lag.as_secs_f64(), unix(end))),
                 );
-                h.last_outcome = Some("success");
-                h.last_duration = Some(r.duration);
-                h.last_error = None;
-                h.last_success = Some(end);
-                h.refreshes += 1;
-                if h.recent.len() == TREND_LEN {
-                    h.recent.pop_front();
-                }
-                h.recent.push_back(Trend {
-                    end: unix(end),
-                    duration_seconds: r.duration.as_secs_f64(),
-                    lag_seconds: lag.as_secs_f64(),
-                });
+                self.history[i].succeeded(f.start.reason.as_str(), end, r.duration, lag);
                 self.throttle.reset(&("failing", label));
                 tracing::info!(
                     view = %f.view,
@@ -1310,7 +1240,10 @@ impl Core {
                     tracing::debug!(view = %self.config.views[d].name, after = %f.view, "dependency refresh queued");
                 }
             }
-            Err(e) => self.failed(i, &f.view, f.start, e, now),
+            Err(e) => {
+                self.history[i].failed(f.start.reason.as_str(), end, &e);
+                self.failed(i, &f.view, f.start, e, now)
+            }
         }
     }
 
@@ -1355,11 +1288,6 @@ impl Core {
     ) {
         let label = name.to_string();
         self.metrics.views.refreshed(&label, start.reason, None);
-        let h = &mut self.history[i];
-        h.last_outcome = Some("failure");
-        h.last_duration = Some(e.duration);
-        h.last_error = Some(summary(&e));
-        h.failures += 1;
         let outcome = match e.class {
             FailureClass::Transient => Outcome::Transient,
             FailureClass::Permanent => Outcome::Permanent,
@@ -1408,21 +1336,14 @@ impl Core {
             });
             return;
         }
-        let list = self.waiters.entry(view.clone()).or_default();
-        list.retain(|(_, r)| !r.is_closed());
-        if list.len() >= MAX_WAITERS {
-            return;
+        if self.waiters.add(&view, arrived, reply) {
+            self.force(Some(&view), now);
         }
-        list.push((arrived, reply));
-        self.force(Some(&view), now);
     }
 
     /// Answers the waiters a finished refresh satisfies: those that arrived before it
     /// started.
     fn answer_waiters(&mut self, f: &Finished) {
-        let Some(list) = self.waiters.get_mut(&f.view) else {
-            return;
-        };
         let outcome = match &f.result {
             Ok(r) => WaitOutcome::Refreshed {
                 end: rfc3339(SystemTime::now()),
@@ -1430,17 +1351,7 @@ impl Core {
             },
             Err(e) => WaitOutcome::Failed(summary(e)),
         };
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
-            .into_iter()
-            .partition(|(arrived, _)| *arrived <= f.started);
-        for (_, reply) in due {
-            let _ = reply.send(outcome.clone());
-        }
-        if keep.is_empty() {
-            self.waiters.remove(&f.view);
-        } else {
-            self.waiters.insert(f.view.clone(), keep);
-        }
+        self.waiters.answer(&f.view, f.started, &outcome);
     }
 
     /// `/status`, built on request.
@@ -1456,19 +1367,15 @@ impl Core {
                 let h = &self.history[i];
                 let pending = c.pending(i);
                 let held_until = c.held_by_budget(i, now);
-                let state = if c.is_running(i) {
-                    "running"
-                } else if c.retry_at(i).is_some() {
-                    "retrying"
-                } else if held_until.is_some() {
-                    "budget"
-                } else if pending.is_some() {
-                    "pending"
-                } else if h.last_outcome == Some("failure") {
-                    "failed"
-                } else {
-                    "idle"
-                };
+                let state = book::state(
+                    book::Now {
+                        running: c.is_running(i),
+                        retrying: c.retry_at(i).is_some(),
+                        held_by_budget: held_until.is_some(),
+                        pending: pending.is_some(),
+                    },
+                    h,
+                );
                 let since = c.pending_since(i);
                 ViewStatus {
                     view: v.name.to_string(),
