@@ -406,7 +406,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
     }
     o += &format!(
-        "\nNotifications: for (c) refreshd_notifications_total{{channel=\"{fact_channel}\"}} moved by this much during the run (refreshd was the only listener); otherwise what a LISTEN connection on that channel received. Refreshes: refreshd_refreshes_total for {VIEW} (all outcomes; the startup refresh is before the run). After each (c) run the harness polls until the view equals its definition (EXCEPT ALL both ways). After every run the rows it inserted are deleted and the table vacuumed.\n"
+        "\nNotifications: for (c) and (f) refreshd_notifications_total{{channel=\"{fact_channel}\"}} moved by this much during the run (refreshd was the only listener); otherwise what a LISTEN connection on that channel received. Refreshes: refreshd_refreshes_total for {VIEW} (all outcomes; the startup refresh is before the run; a refresh still running at the end of the run is not counted). After each (c) run the harness polls until the view equals its definition (EXCEPT ALL both ways). After every run the rows it inserted are deleted and the table vacuumed.\n"
     );
     print!("{o}");
     progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
