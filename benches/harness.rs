@@ -13,9 +13,13 @@
 //! 0.1 and 1; `--keyed-scales A,B` overrides them). `--budget` runs only the load-budget
 //! comparison of issue 19 instead: the attendance view under a steady 20 writes/s, without
 //! and with `max_load = "25%"`, one daemon each (`--budget-secs N` per run, default 90;
-//! 20 with `--quick`). Cargo passes `--bench` itself; unknown arguments are ignored for
-//! that reason.
+//! 20 with `--quick`). `--capture` runs only the writer cost of refreshd's change capture
+//! (issue 20, SPEC "Change capture"; benches/capture/mod.rs), `--capture-secs N` per
+//! pgbench run (default 15; 3 with `--quick`), `--capture-rounds N` (default 5; 1 with
+//! `--quick`). Cargo passes `--bench` itself; unknown arguments are ignored for that
+//! reason.
 
+mod capture;
 mod keyed;
 mod support;
 
@@ -66,6 +70,10 @@ struct Plan {
     budget: bool,
     budget_secs: u64,
     budget_rate: u32,
+    /// `--capture`: only the capture writer-cost section.
+    capture: bool,
+    capture_secs: u64,
+    capture_rounds: usize,
 }
 
 impl Plan {
@@ -95,6 +103,9 @@ impl Plan {
                 budget: false,
                 budget_secs: 20,
                 budget_rate: 20,
+                capture: false,
+                capture_secs: 3,
+                capture_rounds: 1,
             }
         } else {
             Plan {
@@ -118,6 +129,9 @@ impl Plan {
                 budget: false,
                 budget_secs: 90,
                 budget_rate: 20,
+                capture: false,
+                capture_secs: 15,
+                capture_rounds: 5,
             }
         };
         if let Some(i) = args.iter().position(|a| a == "--scale") {
@@ -130,6 +144,17 @@ impl Plan {
         if let Some(i) = args.iter().position(|a| a == "--budget-secs") {
             if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
                 plan.budget_secs = s;
+            }
+        }
+        plan.capture = args.iter().any(|a| a == "--capture");
+        if let Some(i) = args.iter().position(|a| a == "--capture-secs") {
+            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
+                plan.capture_secs = s;
+            }
+        }
+        if let Some(i) = args.iter().position(|a| a == "--capture-rounds") {
+            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
+                plan.capture_rounds = s;
             }
         }
         if let Some(i) = args.iter().position(|a| a == "--keyed-scales") {
@@ -178,6 +203,8 @@ fn main() -> Result<()> {
         rt.block_on(keyed::run(plan))
     } else if plan.budget {
         rt.block_on(budget_run(plan))
+    } else if plan.capture {
+        rt.block_on(capture::run(plan))
     } else {
         rt.block_on(run(plan))
     }
