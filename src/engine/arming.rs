@@ -7,9 +7,10 @@
 //! (`refreshd.notify_changed()`, see `pg::capture`) notifies only while refreshd
 //! *arms* the channel, and otherwise lets the writer through with a shared lock:
 //!
-//! - **Armed**: refreshd's LISTEN session holds the channel's advisory lock
-//!   (`ARM_CLASS`, `hashtext(channel)`) exclusively. A writer's
-//!   `pg_try_advisory_xact_lock_shared` fails, and it notifies.
+//! - **Armed**: refreshd's LISTEN session holds the channel's advisory locks
+//!   (`ARM_CLASS + slot`, `hashtext(channel)`, all [`ARM_SLOTS`] slots) exclusively. A
+//!   writer's `pg_try_advisory_xact_lock_shared` on its backend's slot fails, and it
+//!   notifies.
 //! - **Disarmed**: when that notification arrives, refreshd releases the lock *before*
 //!   it marks the channel's views dirty. Writers now get the shared lock instead (held
 //!   to their commit) and do not notify.
@@ -56,9 +57,17 @@ const STATEMENT_DEADLINE: Duration = Duration::from_secs(5);
 
 type Param<'a> = (&'a (dyn tokio_postgres::types::ToSql + Sync), Type);
 
-/// The parameters `$1, $2` of a channel's lock.
-fn key<'a>(channel: &'a &'a str) -> [Param<'a>; 2] {
-    [(&ARM_CLASS, Type::INT4), (channel, Type::TEXT)]
+/// Each channel's lock is split into this many slots, classes `ARM_CLASS` to
+/// `ARM_CLASS + 15`: a writer takes the one of its backend (`pg_backend_pid() % 16`),
+/// refreshd takes all of them. One lock for every writer made them queue on one lock
+/// table entry (measured: 0.84x of no trigger at 8 writers against 0.92x split, see
+/// BENCHMARKS.md, "Capture: what writers pay").
+pub const ARM_SLOTS: i32 = 16;
+const ALL_SLOTS: u16 = u16::MAX;
+
+/// The slot numbers in a mask.
+fn slots_in(mask: u16) -> Vec<i32> {
+    (0..ARM_SLOTS).filter(|s| mask & (1 << s) != 0).collect()
 }
 
 /// The channel locks of the current LISTEN session.
@@ -74,7 +83,8 @@ struct State {
     /// session it ran on.
     generation: u64,
     attached: bool,
-    armed: HashSet<String>,
+    /// The slots held, per channel (all of them: armed).
+    armed: HashMap<String, u16>,
     /// Re-arming timed out: try again; make the views due once armed.
     pending: HashSet<String>,
 }
@@ -154,35 +164,40 @@ impl Arming {
     /// Whether a notification on `channel` must wait for [`Arming::disarm`] before it
     /// is passed on.
     pub fn is_armed(&self, channel: &str) -> bool {
-        self.state().armed.contains(channel)
+        self.state().armed.contains_key(channel)
     }
 
     pub fn has_pending(&self) -> bool {
         !self.state().pending.is_empty()
     }
 
-    /// Releases `channel`'s lock, so that writers stop notifying it until the next
+    /// Releases `channel`'s locks, so that writers stop notifying it until the next
     /// refresh re-arms it. Call it before passing the notification on.
     pub async fn disarm(&self, channel: &str) {
         let session = self.session.lock().await;
         let Some(client) = session.as_ref() else {
             return;
         };
-        if !self.state().armed.remove(channel) {
+        let Some(held) = self.state().armed.remove(channel) else {
             return;
-        }
-        let params = key(&channel);
+        };
+        let slots = slots_in(held);
+        let params: [Param; 3] = [
+            (&ARM_CLASS, Type::INT4),
+            (&channel, Type::TEXT),
+            (&slots, Type::INT4_ARRAY),
+        ];
         let unlock = client.query_typed(
-            "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
+            "SELECT pg_catalog.pg_advisory_unlock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s",
             &params,
         );
         match tokio::time::timeout(STATEMENT_DEADLINE, unlock).await {
             Ok(Ok(_)) => {}
             // Still held, perhaps: writers keep notifying, which is safe.
             Ok(Err(e)) => {
-                tracing::debug!(%channel, error = %error_chain(&e), "releasing a channel lock failed")
+                tracing::debug!(%channel, error = %error_chain(&e), "releasing a channel's locks failed")
             }
-            Err(_) => tracing::debug!(%channel, "releasing a channel lock got no answer"),
+            Err(_) => tracing::debug!(%channel, "releasing a channel's locks got no answer"),
         }
     }
 
@@ -200,49 +215,100 @@ impl Arming {
         outcome
     }
 
+    /// Takes every slot of `channel` not held yet: first all at once without waiting,
+    /// then one by one, each waiting up to `ARM_LOCK_TIMEOUT` for the writers on it.
     async fn arm_one(&self, channel: &str) -> Armed {
         let session = self.session.lock().await;
         let Some(client) = session.as_ref() else {
             return Armed::NoSession;
         };
-        let generation = {
+        let (generation, held) = {
             let st = self.state();
             if !st.attached {
                 return Armed::NoSession;
             }
-            if st.armed.contains(channel) {
+            let held = st.armed.get(channel).copied().unwrap_or(0);
+            if held == ALL_SLOTS {
                 return Armed::Yes;
             }
-            st.generation
+            (st.generation, held)
         };
-        let params = key(&channel);
-        let lock = client.query_typed(
-            "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
+        let missing = slots_in(!held & ALL_SLOTS);
+        let params: [Param; 3] = [
+            (&ARM_CLASS, Type::INT4),
+            (&channel, Type::TEXT),
+            (&missing, Type::INT4_ARRAY),
+        ];
+        let tried = client.query_typed(
+            "SELECT s FROM unnest($3::int4[]) s WHERE pg_catalog.pg_try_advisory_lock($1 + s, pg_catalog.hashtext($2))",
             &params,
         );
-        let result = tokio::time::timeout(STATEMENT_DEADLINE, lock).await;
+        let taken: Vec<i32> = match tokio::time::timeout(STATEMENT_DEADLINE, tried).await {
+            Ok(Ok(rows)) => rows.iter().map(|r| r.get(0)).collect(),
+            Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
+            Err(_) => return self.arm_failed(generation, channel, None),
+        };
+        if !self.took(generation, channel, &taken) {
+            return Armed::NoSession;
+        }
+        for slot in missing.into_iter().filter(|s| !taken.contains(s)) {
+            let params: [Param; 3] = [
+                (&ARM_CLASS, Type::INT4),
+                (&channel, Type::TEXT),
+                (&slot, Type::INT4),
+            ];
+            let lock = client.query_typed(
+                "SELECT pg_catalog.pg_advisory_lock($1 + $3, pg_catalog.hashtext($2))",
+                &params,
+            );
+            match tokio::time::timeout(STATEMENT_DEADLINE, lock).await {
+                Ok(Ok(_)) => {
+                    if !self.took(generation, channel, &[slot]) {
+                        return Armed::NoSession;
+                    }
+                }
+                Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
+                Err(_) => return self.arm_failed(generation, channel, None),
+            }
+        }
         let mut st = self.state();
         if st.generation != generation {
             return Armed::NoSession;
         }
-        match result {
-            Ok(Ok(_)) => {
-                st.armed.insert(channel.to_string());
-                st.pending.remove(channel);
-                Armed::Yes
-            }
-            Ok(Err(e)) => {
-                if e.code() != Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                    tracing::debug!(%channel, error = %error_chain(&e), "arming a channel failed");
-                }
-                st.pending.insert(channel.to_string());
-                Armed::Pending
-            }
-            Err(_) => {
-                st.pending.insert(channel.to_string());
-                Armed::Pending
+        st.pending.remove(channel);
+        Armed::Yes
+    }
+
+    /// Records slots taken on the session of `generation`; false if it is gone.
+    fn took(&self, generation: u64, channel: &str, slots: &[i32]) -> bool {
+        let mut st = self.state();
+        if st.generation != generation {
+            return false;
+        }
+        let mask = st.armed.entry(channel.to_string()).or_insert(0);
+        for s in slots {
+            *mask |= 1 << s;
+        }
+        true
+    }
+
+    fn arm_failed(
+        &self,
+        generation: u64,
+        channel: &str,
+        e: Option<tokio_postgres::Error>,
+    ) -> Armed {
+        if let Some(e) = e {
+            if e.code() != Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                tracing::debug!(%channel, error = %error_chain(&e), "arming a channel failed");
             }
         }
+        let mut st = self.state();
+        if st.generation != generation {
+            return Armed::NoSession;
+        }
+        st.pending.insert(channel.to_string());
+        Armed::Pending
     }
 
     /// Tries the channels whose re-arming timed out again; for each one armed now, a
@@ -325,7 +391,10 @@ mod tests {
     fn the_class_is_fixed() {
         // The capture function in users' databases names this number.
         assert_eq!(ARM_CLASS, 1_919_316_840);
-        assert!(crate::pg::capture::FUNCTION_SQL.contains("1919316840"));
+        assert!(crate::pg::capture::FUNCTION_SQL
+            .contains("1919316840 + pg_catalog.pg_backend_pid() % 16"));
+        assert_eq!(slots_in(ALL_SLOTS).len(), ARM_SLOTS as usize);
+        assert_eq!(slots_in(0b101), vec![0, 2]);
     }
 
     #[tokio::test]

@@ -22,9 +22,10 @@ pub const FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS refreshd;
 CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- 1919316840: refreshd's channel locks. Held by refreshd: a refresh is not due
-    -- yet, so say so. Not held: one is due, and it waits for this transaction.
-    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840, pg_catalog.hashtext(TG_ARGV[0])) THEN
+    -- 1919316840 + 0..15: refreshd's channel locks, one slot per backend. Held by
+    -- refreshd: a refresh is not due yet, so say so. Not held: one is due, and it
+    -- waits for this transaction.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext(TG_ARGV[0])) THEN
         PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
     END IF;
     RETURN NULL;
@@ -140,7 +141,7 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
        CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE c.oid END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
-       (SELECT p.prosrc LIKE '%1919316840%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid) \
+       (SELECT p.prosrc LIKE '%1919316840 + pg_catalog.pg_backend_pid() \\% 16%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid) \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \
   LEFT JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind IN ('r', 'p') \
