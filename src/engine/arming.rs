@@ -314,9 +314,15 @@ impl Arming {
     /// Tries the channels whose re-arming timed out again; for each one armed now, a
     /// notification is passed on (its views are due: a write that skipped its
     /// notification may have committed after their refresh began).
+    /// At most about half a second per call (each channel may wait `ARM_LOCK_TIMEOUT`),
+    /// so that the listener's loop keeps beating and probing.
     pub async fn retry_pending(&self, due: impl Fn(ListenerEvent)) {
         let pending: Vec<String> = self.state().pending.iter().cloned().collect();
+        let started = std::time::Instant::now();
         for ch in pending {
+            if started.elapsed() > Duration::from_millis(500) {
+                break;
+            }
             if self.arm_one(&ch).await == Armed::Yes {
                 tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
                 due(ListenerEvent::Notification {
