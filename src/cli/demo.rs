@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::cluster::{ClusterOptions, TempCluster};
@@ -263,11 +264,11 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 
 /// Ends the demo on SIGHUP as on SIGINT: closing the terminal must not leave the
 /// cluster and the writers running.
-fn stop_on_hangup(shutdown: &CancellationToken) -> anyhow::Result<()> {
+fn stop_on_hangup(shutdown: &CancellationToken, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             Some(()) = hup.recv() => {
@@ -280,8 +281,23 @@ fn stop_on_hangup(shutdown: &CancellationToken) -> anyhow::Result<()> {
 }
 
 /// Runs the demo until `shutdown`.
+///
+/// Every task it starts is in `tasks` (the SIGHUP watch, the writers' connection), ended
+/// and awaited before the cluster goes, whether the demo ends normally or on an error.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    stop_on_hangup(&shutdown)?;
+    let mut tasks = JoinSet::new();
+    let result = demo(opts, shutdown, &mut tasks).await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn demo(
+    opts: DemoOptions,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    stop_on_hangup(&shutdown, tasks)?;
     // The HTTP port first: a busy one must fail before minutes of cluster and data.
     // (Bound by the daemon again below, with the same options.)
     drop(crate::serve::http::bind(opts.listen).with_context(|| {
@@ -295,7 +311,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         opts.listen
     );
     let cluster = start_cluster().await?;
-    let client = fill(&cluster, opts.scale).await?;
+    let client = fill(&cluster, opts.scale, tasks).await?;
     let config = demo_config(&cluster, opts.listen)?;
     say_where_to_look(&cluster, opts.listen);
 
@@ -337,12 +353,18 @@ async fn start_cluster() -> anyhow::Result<TempCluster> {
 }
 
 /// Installs `sql/` and generates the data at `scale`; the connection, for the writes.
-async fn fill(cluster: &TempCluster, scale: f64) -> anyhow::Result<tokio_postgres::Client> {
+async fn fill(
+    cluster: &TempCluster,
+    scale: f64,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) =
         tokio_postgres::connect(&cluster.socket_dsn("postgres"), tokio_postgres::NoTls)
             .await
             .context("connecting to the demo cluster")?;
-    tokio::spawn(conn);
+    tasks.spawn(async move {
+        let _ = conn.await;
+    });
     client
         .batch_execute("SET client_min_messages = warning")
         .await?;
