@@ -459,3 +459,86 @@ async fn refreshes_are_not_mistaken_for_ddl() {
     })
     .await;
 }
+
+/// A keyed view converted by `init --keyed` has generated capture on its partitioned
+/// table and on each partition (a write straight into a partition fires only the
+/// partition's statement triggers). A partition created later has none: `managed`
+/// copies the root's triggers that reach the view onto it, so a write straight into
+/// it is seen; `check` reported it before.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
+    let db = TestDb::new();
+    schema(&db);
+    let out = refreshd(&["init", "--url", &db.dsn(), "--apply", "--keyed", VIEW]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out);
+    assert!(
+        config.contains("name = \"shop.by_region_live\""),
+        "{config}"
+    );
+    let config = format!(
+        "capture_check_interval = \"1s\"\n{}",
+        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
+    );
+    let root_triggers = |table: &str| {
+        db.psql(&format!(
+            "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger \
+              WHERE tgrelid = '{table}'::regclass AND NOT tgisinternal AND tgenabled <> 'D'"
+        ))
+    };
+    let generated = root_triggers("shop.payments");
+    assert!(generated.contains("by_region"), "{generated}");
+    assert_eq!(root_triggers("shop.payments_2025_01"), generated);
+
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    // Before refreshd runs: `check` names the gap (and that managed would close it).
+    let (_dir, path) = write_config(&config);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert!(
+        text.contains("shop.payments_2025_03: no enabled trigger notifies refreshd_keys_shop_by_region (partition of shop.payments)"),
+        "{text}"
+    );
+
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the root's generated triggers copied to the new partition",
+        || async { root_triggers("shop.payments_2025_03") == generated },
+    )
+    .await;
+    let live = |region: &str| {
+        db.psql(&format!(
+            "SELECT total FROM shop.by_region_live WHERE region = '{region}'"
+        ))
+    };
+    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into the new partition",
+        || async { live("north") == "110" },
+    )
+    .await;
+    // Moves and deletes there too (the copies carry the transition tables).
+    db.psql("UPDATE shop.payments_2025_03 SET customer = 2 WHERE id = 3");
+    wait_for(Duration::from_secs(10), "a move there", || async {
+        live("north") == "10" && live("south") == "120"
+    })
+    .await;
+    db.psql("DELETE FROM shop.payments_2025_03");
+    wait_for(Duration::from_secs(10), "a delete there", || async {
+        live("south") == "20"
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &d.metrics(),
+            "refreshd_capture_gaps{view=\"shop.by_region_live\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(d
+        .log_text()
+        .contains("installed the missing capture trigger"));
+}

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::{Capture, Detect, ViewConfig};
+pub use crate::pg::capture::Heal;
 use crate::pg::capture::TableFacts;
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
@@ -13,9 +14,9 @@ use crate::pg::ident::QualifiedName;
 pub struct Gap {
     pub table: QualifiedName,
     pub why: String,
-    /// The channel refreshd's own trigger would notify to close it (`managed`); `None`
-    /// when refreshd cannot (its trigger there already notifies another channel).
-    pub heal: Option<String>,
+    /// How `managed` closes it; `None` when refreshd cannot (its trigger there already
+    /// notifies another channel; a keyed view's table that is no new partition).
+    pub heal: Option<Heal>,
 }
 
 /// The verdict on one view.
@@ -30,12 +31,16 @@ pub struct Verdict {
 }
 
 /// Whether a view's capture is checked at all: `capture` not off, notify detection,
-/// channels to check against, a materialized view.
+/// channels to check against. A keyed view is checked through its definition (the
+/// plain view `query`): the tables it reads need a trigger naming one of its channels.
 pub fn checked(v: &ViewConfig) -> bool {
-    v.capture != Capture::Off
-        && v.detect == Detect::Notify
-        && !v.channels.is_empty()
-        && v.keyed.is_none()
+    v.capture != Capture::Off && v.detect == Detect::Notify && !v.channels.is_empty()
+}
+
+/// The relation whose reads a check follows: the materialized view, or a keyed view's
+/// definition.
+pub fn checked_relation(v: &ViewConfig) -> &QualifiedName {
+    v.keyed.as_ref().map_or(&v.name, |k| &k.query)
 }
 
 /// Judges one view: every table and partition needs an enabled trigger whose function
@@ -43,10 +48,16 @@ pub fn checked(v: &ViewConfig) -> bool {
 /// tables has any trigger (enabled or not) naming its channels, and that had some at no
 /// previous check (`previous` is `None`), is fed by the application's own NOTIFY (a
 /// design SPEC allows, `check` warns about it): there is no capture to check.
+///
+/// A gap of a materialized view is healed with refreshd's own trigger. A keyed view's
+/// capture was generated for it (keys, join paths), so refreshd's trigger cannot stand
+/// in for it: only a partition whose root's triggers reach the view is healed, with
+/// copies of those triggers (`keyed`).
 pub fn judge(
     channels: &[String],
     tables: &[TableFacts],
     previous: Option<&BTreeSet<u32>>,
+    keyed: bool,
 ) -> Verdict {
     let mentioned = tables.iter().any(|t| {
         t.triggers
@@ -96,13 +107,27 @@ pub fn judge(
                 why.push_str(&format!(" (partition of {})", root.name));
             }
         }
-        // The root's channel for a partition, else the view's first.
-        let channel = tables
-            .iter()
-            .find(|r| r.oid == t.root && r.oid != t.oid)
-            .and_then(notifies)
-            .unwrap_or_else(|| channels[0].clone());
-        let heal = (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(channel);
+        let root = tables.iter().find(|r| r.oid == t.root && r.oid != t.oid);
+        let heal = if keyed {
+            root.and_then(|r| {
+                let triggers: Vec<String> = r
+                    .triggers
+                    .iter()
+                    .filter(|g| g.enabled && channels.iter().any(|c| g.text.contains(c.as_str())))
+                    .map(|g| g.name.clone())
+                    .collect();
+                (!triggers.is_empty()).then(|| Heal::CloneRoot {
+                    root: r.name.clone(),
+                    triggers,
+                })
+            })
+        } else {
+            // The root's channel for a partition, else the view's first.
+            let channel = root
+                .and_then(notifies)
+                .unwrap_or_else(|| channels[0].clone());
+            (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(Heal::Capture(channel))
+        };
         v.gaps.push(Gap {
             table: t.name.clone(),
             why,
@@ -143,21 +168,26 @@ pub async fn run_check(
         return Ok(Report::default());
     }
     let client = info.connect().await.map_err(|e| e.to_string())?;
-    let names: Vec<QualifiedName> = views.iter().map(|v| v.name.clone()).collect();
+    let names: Vec<QualifiedName> = views.iter().map(|v| checked_relation(v).clone()).collect();
     let facts = crate::pg::capture::inspect(&client, &names)
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
     let mut verdicts = Vec::new();
-    let mut heals: Vec<(QualifiedName, String)> = Vec::new();
+    let mut heals: Vec<(QualifiedName, Heal)> = Vec::new();
     for (v, tables) in views.iter().zip(&facts.views) {
         // A view that is gone is `check`'s and the refresh's business, not capture's.
         let Some(tables) = tables else { continue };
-        let verdict = judge(&v.channels, tables, previous.get(&v.name));
+        let verdict = judge(
+            &v.channels,
+            tables,
+            previous.get(&v.name),
+            v.keyed.is_some(),
+        );
         if v.capture == Capture::Managed {
             for g in &verdict.gaps {
-                if let Some(ch) = &g.heal {
+                if let Some(h) = &g.heal {
                     if !heals.iter().any(|(t, _)| t == &g.table) {
-                        heals.push((g.table.clone(), ch.clone()));
+                        heals.push((g.table.clone(), h.clone()));
                     }
                 }
             }
@@ -170,8 +200,11 @@ pub async fn run_check(
     let upgrade = facts.function_installed
         && !facts.function_current
         && views.iter().any(|v| v.capture == Capture::Managed);
+    // The capture function is (re)installed only for refreshd's own triggers.
+    let with_function = !facts.function_current
+        && (upgrade || heals.iter().any(|(_, h)| matches!(h, Heal::Capture(_))));
     if !heals.is_empty() || upgrade {
-        match crate::pg::capture::install(&client, &heals, !facts.function_current).await {
+        match crate::pg::capture::install(&client, &heals, with_function).await {
             Ok(()) => {
                 installed = true;
                 if upgrade {
@@ -196,7 +229,7 @@ pub async fn run_check(
                 && g.heal.is_some()
                 && heals
                     .iter()
-                    .any(|(t, c)| t == &g.table && Some(c) == g.heal.as_ref());
+                    .any(|(t, h)| t == &g.table && Some(h) == g.heal.as_ref());
             if closed {
                 r.healed.push(line);
             } else {
@@ -398,7 +431,7 @@ mod tests {
                 vec![trig("t", true, false, "pg_notify('c_pay', '')")],
             ),
         ];
-        let v = judge(&ch, &tables, None);
+        let v = judge(&ch, &tables, None, false);
         assert!(v.gaps.is_empty(), "{v:?}");
         assert!(v.new_tables.is_empty());
     }
@@ -412,11 +445,11 @@ mod tests {
             1,
             vec![trig("audit", true, false, "insert into log")],
         )];
-        let v = judge(&ch, &tables, None);
+        let v = judge(&ch, &tables, None, false);
         assert!(v.gaps.is_empty() && v.tables.is_none(), "{v:?}");
         // Captured at an earlier check, every trigger dropped since: a gap.
         let prev: BTreeSet<u32> = [1].into_iter().collect();
-        assert_eq!(judge(&ch, &tables, Some(&prev)).gaps.len(), 1);
+        assert_eq!(judge(&ch, &tables, Some(&prev), false).gaps.len(), 1);
     }
 
     #[test]
@@ -432,9 +465,9 @@ mod tests {
             table(3, "pay_new", 1, vec![]),
         ];
         let prev: BTreeSet<u32> = [1].into_iter().collect();
-        let v = judge(&ch, &tables, Some(&prev));
+        let v = judge(&ch, &tables, Some(&prev), false);
         assert_eq!(v.gaps.len(), 1);
-        assert_eq!(v.gaps[0].heal.as_deref(), Some("c_pay"));
+        assert_eq!(v.gaps[0].heal, Some(Heal::Capture("c_pay".into())));
         assert!(
             v.gaps[0].why.contains("partition of s.pay"),
             "{}",
@@ -460,11 +493,52 @@ mod tests {
                 vec![trig("refreshd_notify", true, true, "other\\000")],
             ),
         ];
-        let v = judge(&ch, &tables, None);
+        let v = judge(&ch, &tables, None, false);
         assert_eq!(v.gaps.len(), 2);
         assert!(v.gaps[0].why.contains("refreshd_notify is disabled"));
-        assert_eq!(v.gaps[0].heal.as_deref(), Some("c"));
+        assert_eq!(v.gaps[0].heal, Some(Heal::Capture("c".into())));
         // refreshd's trigger there notifies another channel: not replaced.
+        assert_eq!(v.gaps[1].heal, None);
+    }
+
+    #[test]
+    fn a_keyed_views_new_partition_gets_copies_of_its_roots_triggers_only() {
+        let ch = vec!["refreshd_keys_v".to_string()];
+        let tables = vec![
+            table(
+                1,
+                "pay",
+                1,
+                vec![
+                    trig(
+                        "v_keys_insert",
+                        true,
+                        false,
+                        "pg_notify('refreshd_keys_v', k)",
+                    ),
+                    trig("audit", true, false, "insert into log"),
+                    trig(
+                        "v_keys_old",
+                        false,
+                        false,
+                        "pg_notify('refreshd_keys_v', k)",
+                    ),
+                ],
+            ),
+            table(3, "pay_new", 1, vec![]),
+            // Not a partition: refreshd's own trigger cannot stand in for generated
+            // capture, so the gap stays open.
+            table(4, "other", 4, vec![]),
+        ];
+        let v = judge(&ch, &tables, None, true);
+        assert_eq!(v.gaps.len(), 2, "{v:?}");
+        assert_eq!(
+            v.gaps[0].heal,
+            Some(Heal::CloneRoot {
+                root: QualifiedName::new("s", "pay"),
+                triggers: vec!["v_keys_insert".into()],
+            })
+        );
         assert_eq!(v.gaps[1].heal, None);
     }
 }

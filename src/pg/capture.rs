@@ -64,6 +64,30 @@ pub fn drop_trigger_sql(table: &QualifiedName) -> String {
     )
 }
 
+/// How `capture = "managed"` closes a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heal {
+    /// refreshd's own capture trigger, notifying this channel.
+    Capture(String),
+    /// A keyed view's partition (attached after `init --keyed` generated its capture):
+    /// the statement triggers of its root that reach the view, the same on the
+    /// partition (a write straight into a partition fires only the partition's own).
+    CloneRoot {
+        root: QualifiedName,
+        triggers: Vec<String>,
+    },
+}
+
+impl Heal {
+    /// The channel of a [`Heal::Capture`].
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Heal::Capture(c) => Some(c),
+            Heal::CloneRoot { .. } => None,
+        }
+    }
+}
+
 /// One trigger on a captured table, as the check sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerFacts {
@@ -104,7 +128,7 @@ pub struct CaptureFacts {
 const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
     SELECT x.ord, c.oid FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, ord) \
       JOIN pg_catalog.pg_namespace ns ON ns.nspname = x.s \
-      JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n AND c.relkind = 'm' \
+      JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n AND c.relkind IN ('m', 'v') \
 ), reads(ord, relid) AS ( \
     SELECT v.ord, d.refobjid FROM v \
       JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid \
@@ -149,7 +173,8 @@ SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
   LEFT JOIN trg ON trg.tgrelid = c.oid \
  ORDER BY 1, 3, 4";
 
-/// Reads what [`CHECK_SQL`] finds for `views` (schema-qualified names).
+/// Reads what [`CHECK_SQL`] finds for `views` (schema-qualified names of materialized
+/// views, or of keyed views' definitions).
 pub async fn inspect(
     client: &tokio_postgres::Client,
     views: &[QualifiedName],
@@ -207,19 +232,28 @@ pub async fn inspect(
     Ok(facts)
 }
 
-/// Installs refreshd's capture trigger on each `(table, channel)`, in one transaction
-/// (the capture function too when it is missing): the same SQL as `init --apply`.
+/// Closes each gap of `heals` in one transaction: refreshd's capture trigger (and the
+/// capture function first when `with_function`: the same SQL as `init --apply`), or
+/// copies of a root's statement triggers on its partition.
 pub async fn install(
     client: &tokio_postgres::Client,
-    heals: &[(QualifiedName, String)],
+    heals: &[(QualifiedName, Heal)],
     with_function: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let mut sql = String::from("BEGIN;\n");
     if with_function {
         sql.push_str(FUNCTION_SQL);
     }
-    for (table, channel) in heals {
-        sql.push_str(&trigger_sql(table, channel));
+    for (table, heal) in heals {
+        match heal {
+            Heal::Capture(channel) => sql.push_str(&trigger_sql(table, channel)),
+            Heal::CloneRoot { root, triggers } => {
+                let defs = root_triggers(client, root, triggers).await?;
+                for d in &defs {
+                    sql.push_str(&d.sql_on(table));
+                }
+            }
+        }
     }
     sql.push_str("COMMIT;\n");
     let done = client.batch_execute(&sql).await;
@@ -227,6 +261,106 @@ pub async fn install(
         let _ = client.batch_execute("ROLLBACK").await;
     }
     done
+}
+
+/// A statement trigger as `pg_trigger` keeps it, enough to create the same one on
+/// another table (a partition of its table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementTrigger {
+    pub name: String,
+    /// `pg_trigger.tgtype`'s event bits: INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32.
+    pub events: i32,
+    pub old_table: Option<String>,
+    pub new_table: Option<String>,
+    pub function: QualifiedName,
+    pub args: Vec<String>,
+}
+
+impl StatementTrigger {
+    /// Drops a trigger of that name on `table` (a disabled copy) and creates this one.
+    pub fn sql_on(&self, table: &QualifiedName) -> String {
+        let events: Vec<&str> = [
+            (4, "INSERT"),
+            (16, "UPDATE"),
+            (8, "DELETE"),
+            (32, "TRUNCATE"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.events & bit != 0)
+        .map(|(_, e)| e)
+        .collect();
+        let mut referencing = String::new();
+        if let Some(o) = &self.old_table {
+            referencing.push_str(&format!(" OLD TABLE AS {}", quote_ident(o)));
+        }
+        if let Some(n) = &self.new_table {
+            referencing.push_str(&format!(" NEW TABLE AS {}", quote_ident(n)));
+        }
+        if !referencing.is_empty() {
+            referencing = format!(" REFERENCING{referencing}");
+        }
+        let args: Vec<String> = self.args.iter().map(|a| quote_literal(a)).collect();
+        let name = quote_ident(&self.name);
+        let t = table.quoted();
+        format!(
+            "DROP TRIGGER IF EXISTS {name} ON {t};\n\
+             CREATE TRIGGER {name} AFTER {} ON {t}{referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}({});\n",
+            events.join(" OR "),
+            self.function.quoted(),
+            args.join(", ")
+        )
+    }
+}
+
+/// `root`'s triggers named `names` that can be copied as they are: AFTER, FOR EACH
+/// STATEMENT, no WHEN, no column list (a row trigger PostgreSQL copies to partitions
+/// itself).
+const ROOT_TRIGGERS_SQL: &str =
+    "SELECT t.tgname::text, t.tgtype::int4, t.tgoldtable::text, t.tgnewtable::text, \
+       n.nspname::text, p.proname::text, t.tgargs \
+  FROM pg_catalog.pg_trigger t \
+  JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+ WHERE t.tgrelid = $1::text::regclass AND t.tgname::text = ANY($2::text[]) AND NOT t.tgisinternal \
+   AND t.tgtype::int4 & (1 | 2 | 64) = 0 AND t.tgqual IS NULL \
+   AND pg_catalog.cardinality(t.tgattr::int2[]) = 0 \
+ ORDER BY 1";
+
+/// Reads [`ROOT_TRIGGERS_SQL`]. Arguments that are not UTF-8 leave the trigger out
+/// (the gap stays, reported).
+pub async fn root_triggers(
+    client: &tokio_postgres::Client,
+    root: &QualifiedName,
+    names: &[String],
+) -> Result<Vec<StatementTrigger>, tokio_postgres::Error> {
+    use tokio_postgres::types::Type;
+    let rows = client
+        .query_typed(
+            ROOT_TRIGGERS_SQL,
+            &[(&root.quoted(), Type::TEXT), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let raw: Vec<u8> = r.get(6);
+            // tgargs: each argument ends with a NUL byte (so an empty one is one NUL).
+            let mut pieces: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            pieces.pop();
+            let args: Option<Vec<String>> = pieces
+                .into_iter()
+                .map(|a| String::from_utf8(a.to_vec()).ok())
+                .collect();
+            Some(StatementTrigger {
+                name: r.get(0),
+                events: r.get(1),
+                old_table: r.get(2),
+                new_table: r.get(3),
+                function: QualifiedName::new(r.get::<_, String>(4), r.get::<_, String>(5)),
+                args: args?,
+            })
+        })
+        .collect())
 }
 
 /// A fingerprint of the catalog's parts that capture depends on: relations (a new
@@ -256,4 +390,29 @@ pub async fn fingerprint(client: &tokio_postgres::Client) -> Result<String, toki
             _ => None,
         })
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copied_trigger_quotes_every_name_and_argument() {
+        let t = StatementTrigger {
+            name: "tg \"x\"".into(),
+            events: 4 | 16 | 8,
+            old_table: Some("old rows".into()),
+            new_table: Some("new_rows".into()),
+            function: QualifiedName::new("my schema", "f\"n"),
+            args: vec!["a'b".into(), String::new()],
+        };
+        let sql = t.sql_on(&QualifiedName::new("s", "Part 1"));
+        assert_eq!(
+            sql,
+            "DROP TRIGGER IF EXISTS \"tg \"\"x\"\"\" ON \"s\".\"Part 1\";\n\
+             CREATE TRIGGER \"tg \"\"x\"\"\" AFTER INSERT OR UPDATE OR DELETE ON \"s\".\"Part 1\" \
+             REFERENCING OLD TABLE AS \"old rows\" NEW TABLE AS \"new_rows\" FOR EACH STATEMENT \
+             EXECUTE FUNCTION \"my schema\".\"f\"\"n\"('a''b', '');\n"
+        );
+    }
 }
