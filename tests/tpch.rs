@@ -159,10 +159,10 @@ fn views() -> Vec<View> {
             named: false,
             // A key whose members come from two tables (and one an expression).
             derivation: &[
-                "lineitem: recompute everything (no equi-join connects it to the key)",
-                "orders: recompute everything (no equi-join connects it to the key)",
-                "supplier: recompute everything (no equi-join connects it to the key)",
-                "nation: recompute everything (no equi-join connects it to the key)",
+                "lineitem: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderdate)",
+                "orders: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderdate)",
+                "supplier: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderdate)",
+                "nation: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderdate)",
             ],
         },
     ]

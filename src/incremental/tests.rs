@@ -756,6 +756,24 @@ fn equalities_inside_a_subquery_expression_join_nothing() {
     );
 }
 
+/// A key of columns from two tables (a nation's name, an order's priority): no table
+/// carries the whole key, so every table recomputes everything, and the reason says
+/// that rather than "no equi-join connects it" (each is joined to the key's tables).
+#[test]
+fn key_from_two_tables() {
+    let sql = "SELECT n.n_name, o.o_orderpriority, count(*) AS c FROM tpch.orders o \
+               JOIN tpch.customer c ON c.c_custkey = o.o_custkey \
+               JOIN tpch.nation n ON n.n_nationkey = c.c_nationkey \
+               GROUP BY n.n_name, o.o_orderpriority";
+    let d = derived(sql, &["n_name", "o_orderpriority"]);
+    for t in ["orders", "customer", "nation"] {
+        assert_eq!(
+            line(&d, t),
+            format!("{t}: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderpriority)")
+        );
+    }
+}
+
 #[test]
 fn expression_key() {
     let d = derived(include_str!("corpus/expression_key.sql"), &["month"]);
