@@ -263,6 +263,16 @@ pub(super) fn derive(
         })
         .collect();
 
+    // A key whose columns come from several tables, joined to none that has them all:
+    // say so, rather than that nothing connects (every table recomputes everything).
+    let no_carrier = carries.iter().all(Option::is_none);
+    let mut key_sources: Vec<String> = origins
+        .iter()
+        .flat_map(|e| e.columns())
+        .map(|c| format!("{}.{}", names[c.inst], c.col))
+        .collect();
+    key_sources.dedup();
+
     // Adjacency between occurrences sharing an equivalence class.
     let mut adjacent: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); inst.len()];
     for class in classes.all() {
@@ -338,6 +348,10 @@ pub(super) fn derive(
         Err(Err(
             match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
                 Some((_, reason)) => reason.clone(),
+                None if no_carrier => format!(
+                    "no one table carries the whole key: its columns come from {}",
+                    key_sources.join(", ")
+                ),
                 None => "no equi-join connects it to the key".to_string(),
             },
         ))

@@ -157,6 +157,7 @@ pub struct Lineage {
     pub read: Vec<InstCol>,
 }
 
+#[derive(Clone)]
 struct Entry {
     alias: String,
     columns: Vec<(String, RExpr)>,
@@ -224,6 +225,10 @@ struct Analyzer<'c> {
     /// Aggregate calls resolved so far (to tell a SELECT's own aggregates from those
     /// of the subqueries it reads).
     aggregates: usize,
+    /// The scopes of the queries enclosing the subquery expression being resolved,
+    /// innermost last: a correlated subquery (`EXISTS (... WHERE l_orderkey =
+    /// o_orderkey)`) names their columns.
+    enclosing: Vec<Vec<Entry>>,
 }
 
 /// Resolves a parsed view against the catalog.
@@ -233,6 +238,7 @@ pub fn resolve(select: &Select, catalog: &Catalog) -> Result<(Lineage, Output), 
         lineage: Lineage::default(),
         depth: 0,
         aggregates: 0,
+        enclosing: Vec::new(),
     };
     let out = a.select(select, &[], false, false)?;
     Ok((a.lineage, out))
@@ -267,7 +273,12 @@ impl Analyzer<'_> {
         if let Some(w) = &s.where_clause {
             for c in conjuncts(w) {
                 let r = self.expr(c, &scope, &ctes, false, false)?;
-                self.condition(&r, None);
+                // Inside a subquery expression (opaque) a condition holds for no row of
+                // the view (think NOT EXISTS): it joins nothing, even when it names the
+                // outer query's columns.
+                if !opaque {
+                    self.condition(&r, None);
+                }
             }
         }
         let grouped_from = scope.iter().any(|e| e.grouped);
@@ -387,8 +398,11 @@ impl Analyzer<'_> {
                         let q = parse::parse_view(definition).map_err(|e| {
                             refuse(format!("view {}.{}: {}", rel.schema, rel.name, e.reason))
                         })?;
-                        let out = self.select(&q, &[], nullable, opaque)?;
-                        scope.push(renamed(alias_s, out, &[]));
+                        // A view's definition stands alone: no enclosing query's columns.
+                        let enclosing = std::mem::take(&mut self.enclosing);
+                        let out = self.select(&q, &[], nullable, opaque);
+                        self.enclosing = enclosing;
+                        scope.push(renamed(alias_s, out?, &[]));
                     }
                     RelationKind::Table | RelationKind::MaterializedView => {
                         let inst = self.lineage.instances.len();
@@ -455,6 +469,9 @@ impl Analyzer<'_> {
                     let b = lookup(&r, &[], u)?;
                     self.note_read(&a);
                     self.note_read(&b);
+                    if opaque {
+                        continue;
+                    }
                     self.condition(
                         &RExpr::Op {
                             op: "=".into(),
@@ -468,7 +485,9 @@ impl Analyzer<'_> {
                 if let Some(on) = on {
                     for c in conjuncts(on) {
                         let rc = self.expr(c, scope, ctes, false, false)?;
-                        self.condition(&rc, outer.as_ref());
+                        if !opaque {
+                            self.condition(&rc, outer.as_ref());
+                        }
                     }
                 }
             }
@@ -491,7 +510,17 @@ impl Analyzer<'_> {
         };
         Ok(match e {
             Expr::Column { qualifier, name } => {
-                let r = lookup(scope, qualifier, name)?;
+                // Its own FROM first, then the enclosing queries', innermost first (a
+                // correlated subquery expression).
+                let r = match lookup(scope, qualifier, name) {
+                    Err(e) if e.reason.ends_with("is not found in its FROM clause") => self
+                        .enclosing
+                        .iter()
+                        .rev()
+                        .find_map(|outer| lookup(outer, qualifier, name).ok())
+                        .ok_or(e)?,
+                    other => other?,
+                };
                 self.note_read(&r);
                 r
             }
@@ -512,7 +541,10 @@ impl Analyzer<'_> {
             Expr::SubLink(q) => {
                 // Tables read only here are opaque: their changes map to no key.
                 let aggregates = self.aggregates;
-                self.select(q, ctes, true, true).map_err(|e| {
+                self.enclosing.push(scope.to_vec());
+                let resolved = self.select(q, ctes, true, true);
+                self.enclosing.pop();
+                resolved.map_err(|e| {
                     refuse(format!(
                         "a subquery expression that cannot be analysed ({})",
                         e.reason

@@ -703,6 +703,77 @@ fn table_read_only_in_a_subquery_expression() {
     );
 }
 
+/// TPC-H Q4: a correlated EXISTS (its subquery names the outer query's orders). The
+/// table read inside it recomputes everything; orders still carries the key. Refused
+/// before ("column orders.o_orderkey is not found in its FROM clause").
+#[test]
+fn tpch_q4_correlated_exists() {
+    let d = derived(include_str!("corpus/q4.sql"), &["o_orderpriority"]);
+    let lines: Vec<String> = d.tables.iter().map(|t| t.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "orders: carries the key (o_orderpriority)",
+            "lineitem: recompute everything (read only inside a subquery expression (EXISTS, IN or a scalar subquery))",
+        ]
+    );
+    assert_eq!(class(&d, "order_count"), delta(&["count(*)"]));
+    // The outer column the subquery reads is read by the view: an UPDATE of it sends keys.
+    assert!(d
+        .table("orders")
+        .unwrap()
+        .reads
+        .contains(&"o_orderkey".to_string()));
+}
+
+/// An equality between two outer columns inside a NOT EXISTS holds for no row of the
+/// view: it must not join customer to the key (customer has no equi-join to it).
+#[test]
+fn equalities_inside_a_subquery_expression_join_nothing() {
+    let sql = "SELECT o.o_custkey, count(*) AS n FROM tpch.orders o, tpch.customer c \
+               WHERE c.c_mktsegment = 'BUILDING' AND NOT EXISTS (SELECT 1 FROM tpch.nation n \
+               WHERE n.n_nationkey = c.c_nationkey AND c.c_custkey = o.o_custkey) \
+               GROUP BY o.o_custkey";
+    let d = derived(sql, &["o_custkey"]);
+    assert_eq!(line(&d, "orders"), "orders: carries the key (o_custkey)");
+    assert_eq!(
+        line(&d, "customer"),
+        "customer: recompute everything (no equi-join connects it to the key)"
+    );
+    assert_eq!(
+        line(&d, "nation"),
+        "nation: recompute everything (read only inside a subquery expression (EXISTS, IN or a scalar subquery))"
+    );
+    // A scalar subquery correlated to an outer column, in the target list.
+    let sql = "SELECT o.o_custkey, count(*) AS n, \
+               max((SELECT c.c_name FROM tpch.customer c WHERE c.c_custkey = o.o_custkey)) AS name \
+               FROM tpch.orders o GROUP BY o.o_custkey";
+    let d = derived(sql, &["o_custkey"]);
+    assert_eq!(line(&d, "orders"), "orders: carries the key (o_custkey)");
+    assert_eq!(
+        line(&d, "customer"),
+        "customer: recompute everything (read only inside a subquery expression (EXISTS, IN or a scalar subquery))"
+    );
+}
+
+/// A key of columns from two tables (a nation's name, an order's priority): no table
+/// carries the whole key, so every table recomputes everything, and the reason says
+/// that rather than "no equi-join connects it" (each is joined to the key's tables).
+#[test]
+fn key_from_two_tables() {
+    let sql = "SELECT n.n_name, o.o_orderpriority, count(*) AS c FROM tpch.orders o \
+               JOIN tpch.customer c ON c.c_custkey = o.o_custkey \
+               JOIN tpch.nation n ON n.n_nationkey = c.c_nationkey \
+               GROUP BY n.n_name, o.o_orderpriority";
+    let d = derived(sql, &["n_name", "o_orderpriority"]);
+    for t in ["orders", "customer", "nation"] {
+        assert_eq!(
+            line(&d, t),
+            format!("{t}: recompute everything (no one table carries the whole key: its columns come from nation.n_name, orders.o_orderpriority)")
+        );
+    }
+}
+
 #[test]
 fn expression_key() {
     let d = derived(include_str!("corpus/expression_key.sql"), &["month"]);

@@ -15,6 +15,36 @@ pub async fn storm<F>(dsn: &str, writers: usize, rounds: usize, seed: u64, op: F
 where
     F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
 {
+    storm_until(dsn, writers, rounds, None, seed, op).await
+}
+
+/// Like [`storm`], but each writer stops at the first round that starts after `length`
+/// (a storm of about that duration, whatever the machine's speed).
+pub async fn storm_for<F>(
+    dsn: &str,
+    writers: usize,
+    length: Duration,
+    seed: u64,
+    op: F,
+) -> (usize, usize)
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
+    let end = std::time::Instant::now() + length;
+    storm_until(dsn, writers, usize::MAX, Some(end), seed, op).await
+}
+
+async fn storm_until<F>(
+    dsn: &str,
+    writers: usize,
+    rounds: usize,
+    end: Option<std::time::Instant>,
+    seed: u64,
+    op: F,
+) -> (usize, usize)
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
     let mut tasks = Vec::new();
     for w in 0..writers {
         let dsn = dsn.to_string();
@@ -26,6 +56,9 @@ where
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             let (mut ok, mut rolled) = (0, 0);
             for round in 0..rounds {
+                if end.is_some_and(|end| std::time::Instant::now() >= end) {
+                    break;
+                }
                 let sql = op(&mut rng, w, round);
                 match client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
                     Ok(()) => ok += 1,

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod config;
 pub mod keyed_storm;
 pub mod standby;
+pub mod tpch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
