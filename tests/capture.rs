@@ -542,3 +542,47 @@ async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
         .log_text()
         .contains("installed the missing capture trigger"));
 }
+
+/// A channel is named by a trigger only as a whole word: `refreshd_keys_q10` in a
+/// trigger's source does not feed a view listening on `q1` (it did: a substring match
+/// credited other views' triggers and hid a missing one), for `check`'s keyed report,
+/// its materialized views' report and the capture check (`names_channel`) alike.
+#[test]
+fn a_channel_that_is_a_prefix_of_another_is_not_fed_by_its_triggers() {
+    let db = TestDb::new();
+    db.psql(
+        r#"
+        CREATE TABLE facts (k int PRIMARY KEY, v int NOT NULL);
+        CREATE FUNCTION tell_q10() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_notify('q10', ''); RETURN NULL; END $$;
+        CREATE TRIGGER tell AFTER INSERT OR UPDATE OR DELETE ON facts
+          FOR EACH STATEMENT EXECUTE FUNCTION tell_q10();
+        CREATE MATERIALIZED VIEW by_k AS SELECT k, sum(v) AS total FROM facts GROUP BY k;
+        CREATE UNIQUE INDEX ON by_k (k);
+        CREATE VIEW by_k_def AS SELECT k, sum(v) AS total FROM facts GROUP BY k;
+        CREATE TABLE by_k_live (k int PRIMARY KEY, total bigint);
+        "#,
+    );
+    let config = support::config::Config::new(&db.dsn())
+        .view("public.by_k")
+        .channels(&["q1"])
+        .set("capture", "verify")
+        .view("public.by_k_live")
+        .set("kind", "keyed")
+        .set("query", "public.by_k_def")
+        .set("key", vec!["k"])
+        .channels(&["q1"])
+        .text();
+    let (_dir, path) = write_config(&config);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert!(
+        text.contains("channel q1: no trigger on the view's base tables mentions it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no trigger on the tables public.by_k_def reads sends on q1"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::config::{Capture, Detect, ViewConfig};
 pub use crate::pg::capture::Heal;
-use crate::pg::capture::TableFacts;
+use crate::pg::capture::{names_channel, TableFacts};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
 
@@ -62,18 +62,16 @@ pub fn judge(
     let mentioned = tables.iter().any(|t| {
         t.triggers
             .iter()
-            .any(|g| channels.iter().any(|c| g.text.contains(c.as_str())))
+            .any(|g| channels.iter().any(|c| names_channel(&g.text, c)))
     });
     if !mentioned && previous.is_none() {
         return Verdict::default();
     }
     let notifies = |t: &TableFacts| -> Option<String> {
-        t.triggers.iter().filter(|g| g.enabled).find_map(|g| {
-            channels
-                .iter()
-                .find(|c| g.text.contains(c.as_str()))
-                .cloned()
-        })
+        t.triggers
+            .iter()
+            .filter(|g| g.enabled)
+            .find_map(|g| channels.iter().find(|c| names_channel(&g.text, c)).cloned())
     };
     let mut v = Verdict {
         tables: Some(tables.iter().map(|t| t.oid).collect()),
@@ -94,7 +92,7 @@ pub fn judge(
         let disabled: Vec<&str> = t
             .triggers
             .iter()
-            .filter(|g| !g.enabled && channels.iter().any(|c| g.text.contains(c.as_str())))
+            .filter(|g| !g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
             .map(|g| g.name.as_str())
             .collect();
         let mut why = if disabled.is_empty() {
@@ -113,7 +111,7 @@ pub fn judge(
                 let triggers: Vec<String> = r
                     .triggers
                     .iter()
-                    .filter(|g| g.enabled && channels.iter().any(|c| g.text.contains(c.as_str())))
+                    .filter(|g| g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
                     .map(|g| g.name.clone())
                     .collect();
                 (!triggers.is_empty()).then(|| Heal::CloneRoot {

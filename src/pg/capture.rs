@@ -88,6 +88,23 @@ impl Heal {
     }
 }
 
+/// Whether `text` (a trigger function's source and its arguments) names `channel` as a
+/// whole word: `'orders'`, `NOTIFY orders;`, `"orders"` or an argument `orders\000`,
+/// but not `orders_v2` or `refreshd_keys_q10` for `refreshd_keys_q1`.
+pub fn names_channel(text: &str, channel: &str) -> bool {
+    if channel.is_empty() {
+        return false;
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    text.match_indices(channel).any(|(at, _)| {
+        !word(text[..at].chars().next_back()) && !word(text[at + channel.len()..].chars().next())
+    })
+}
+
+/// The same test in SQL: a regular expression matching the channel in column `ch` as a
+/// whole word (every character of it that is no letter or digit escaped), for `~`.
+pub const CHANNEL_WORD_RE_SQL: &str = "('(^|[^[:alnum:]_$])' || pg_catalog.regexp_replace(ch, '([^[:alnum:]_])', '\\\\\\1', 'g') || '($|[^[:alnum:]_$])')";
+
 /// One trigger on a captured table, as the check sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerFacts {
@@ -395,6 +412,22 @@ pub async fn fingerprint(client: &tokio_postgres::Client) -> Result<String, toki
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_is_named_only_as_a_whole_word() {
+        for (text, yes) in [
+            ("PERFORM pg_notify('refreshd_keys_q1', p)", true),
+            ("PERFORM pg_notify('refreshd_keys_q10', p)", false),
+            ("NOTIFY refreshd_keys_q1;", true),
+            ("begin ... end refreshd_keys_q1\\000", true),
+            ("x refreshd_keys_q1x", false),
+            ("$refreshd_keys_q1", false),
+        ] {
+            assert_eq!(names_channel(text, "refreshd_keys_q1"), yes, "{text}");
+        }
+        assert!(names_channel("pg_notify('Ölçü.ch', '')", "Ölçü.ch"));
+        assert!(!names_channel("anything", ""));
+    }
 
     #[test]
     fn a_copied_trigger_quotes_every_name_and_argument() {

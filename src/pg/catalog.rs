@@ -182,7 +182,11 @@ fn feeding_triggers(
     let mut out = Vec::new();
     for t in tables {
         for (trigger, text, statement_level) in triggers.get(&t.oid).into_iter().flatten() {
-            for ch in view.channels.iter().filter(|c| text.contains(c.as_str())) {
+            for ch in view
+                .channels
+                .iter()
+                .filter(|c| crate::pg::capture::names_channel(&text, c))
+            {
                 out.push(FeedingTrigger {
                     table: t.name.clone(),
                     trigger: trigger.clone(),

@@ -294,18 +294,22 @@ async fn triggers(
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
     let rows = client
         .query_typed(
-            "SELECT DISTINCT c.relname::text, t.tgname::text, \
+            &format!(
+                "SELECT DISTINCT c.relname::text, t.tgname::text, \
                     (t.tgtype & 1) = 1 OR t.tgoldtable IS NOT NULL OR t.tgnewtable IS NOT NULL \
                FROM pg_catalog.pg_trigger t \
                JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
                JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
                CROSS JOIN unnest($2::text[]) AS ch \
+               CROSS JOIN LATERAL (SELECT {re} AS re) m \
               WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-                AND (strpos(p.prosrc, ch) > 0 OR strpos(encode(t.tgargs, 'escape'), ch) > 0 \
+                AND (p.prosrc ~ m.re OR encode(t.tgargs, 'escape') ~ m.re \
                      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p2 \
-                                 WHERE p2.oid <> p.oid AND strpos(p2.prosrc, ch) > 0 \
+                                 WHERE p2.oid <> p.oid AND p2.prosrc ~ m.re \
                                    AND strpos(p.prosrc, p2.proname) > 0)) \
               ORDER BY 1, 2",
+                re = crate::pg::capture::CHANNEL_WORD_RE_SQL
+            ),
             &[(&oids, Type::OID_ARRAY), (&view.channels, Type::TEXT_ARRAY)],
         )
         .await?;
