@@ -1091,7 +1091,10 @@ impl Ctx<'_> {
                 self.err(
                     Some(&b.span()),
                     &e.key("buffer"),
-                    format!("{:?}: {err} (the consume function init --keyed printed, schema-qualified)", b.get_ref()),
+                    format!(
+                        "{:?}: {err} (the consume function init --keyed printed, schema-qualified)",
+                        b.get_ref()
+                    ),
                 )
             })?),
         };
@@ -1597,7 +1600,11 @@ mod tests {
             ),
             ("query = \"public.def\"\n", "view[0].query", "only for kind"),
             ("max_keys = 5\n", "view[0].max_keys", "only for kind"),
-            ("buffer = \"refreshd.f\"\n", "view[0].buffer", "only for kind"),
+            (
+                "buffer = \"refreshd.f\"\n",
+                "view[0].buffer",
+                "only for kind",
+            ),
             (
                 "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nbuffer = \"f\"\n",
                 "view[0].buffer",

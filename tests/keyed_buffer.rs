@@ -68,7 +68,11 @@ fn keyed_view(config: &str, lock_timeout: &str) -> ViewConfig {
 }
 
 fn equal(db: &TestDb) -> bool {
-    db.psql(&difference_sql("kb.by_product_live", "kb.by_product_def", &[])) == "0"
+    db.psql(&difference_sql(
+        "kb.by_product_live",
+        "kb.by_product_def",
+        &[],
+    )) == "0"
 }
 
 fn buffered(db: &TestDb) -> i64 {
@@ -193,7 +197,9 @@ async fn a_failed_refresh_gives_the_buffer_back_and_a_full_recompute_consumes_it
     assert_eq!(e.code.as_deref(), Some("55P03"), "{e:?}");
     tx.rollback().await.unwrap();
     assert_eq!(
-        db.psql(&format!("SELECT string_agg(product, ',' ORDER BY product) FROM {BUFFER}")),
+        db.psql(&format!(
+            "SELECT string_agg(product, ',' ORDER BY product) FROM {BUFFER}"
+        )),
         "b1,b2",
         "the keys are back"
     );

@@ -527,7 +527,9 @@ async fn underivable_views_are_refused_and_untraceable_tables_send_everything() 
     nothing_notified(&client, "refreshd_keys_kg_in_season", &mut rx).await;
     // The buffer is refreshd's alone: PUBLIC may not consume it.
     assert_eq!(
-        db.psql("SELECT has_function_privilege('public', 'refreshd.kg_in_season_consume()', 'EXECUTE')"),
+        db.psql(
+            "SELECT has_function_privilege('public', 'refreshd.kg_in_season_consume()', 'EXECUTE')"
+        ),
         "f"
     );
 }

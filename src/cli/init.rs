@@ -541,8 +541,8 @@ fn keyed_comments(out: &mut String, k: &Keyed, converting: bool) {
                 comment(
                     out,
                     &format!(
-                        "keyed conversion: table {}, definition {}, channel {}, change buffer {} (consumed by {})",
-                        g.table, g.definition, g.channel, g.buffer, g.consume
+                        "keyed conversion: table {}, definition {}, channel {}",
+                        g.table, g.definition, g.channel
                     ),
                 );
                 if g.table == k.name {

@@ -1059,19 +1059,42 @@ fn generate_attendance() {
         ses.contains("IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
         "{ses}"
     );
-    assert!(g.install.contains(r#"CREATE UNLOGGED TABLE "refreshd"."public_attendance_statistics_summary_keys" ("#), "{}", g.install);
-    let consume = function_sql(&g, r#""refreshd"."public_attendance_statistics_summary_consume""#);
-    assert!(consume.contains(r#"RETURNS TABLE ("category_id" bigint, "season_id" bigint, "all_" boolean)"#), "{consume}");
+    assert!(
+        g.install.contains(
+            r#"CREATE UNLOGGED TABLE "refreshd"."public_attendance_statistics_summary_keys" ("#
+        ),
+        "{}",
+        g.install
+    );
+    let consume = function_sql(
+        &g,
+        r#""refreshd"."public_attendance_statistics_summary_consume""#,
+    );
+    assert!(
+        consume.contains(
+            r#"RETURNS TABLE ("category_id" bigint, "season_id" bigint, "all_" boolean)"#
+        ),
+        "{consume}"
+    );
     assert!(consume.contains(r#"WITH d AS (DELETE FROM "refreshd"."public_attendance_statistics_summary_keys" RETURNING *)"#), "{consume}");
-    assert!(consume.contains(r#"d."all_" OR d."category_id" IS NULL OR d."season_id" IS NULL FROM d"#), "{consume}");
+    assert!(
+        consume.contains(r#"d."all_" OR d."category_id" IS NULL OR d."season_id" IS NULL FROM d"#),
+        "{consume}"
+    );
     assert!(g.install.contains(r#"REVOKE ALL ON FUNCTION "refreshd"."public_attendance_statistics_summary_consume"() FROM PUBLIC;"#));
     // The delta hook: statements run first in the consume function.
     let mut with_deltas = g.clone();
     with_deltas.consume_prelude = vec!["UPDATE x SET n = n + 1;".into(), "DELETE FROM y".into()];
     let sql = generate::consume_function_sql(&with_deltas);
-    let (first, second, consumed) = (sql.find("UPDATE x SET n = n + 1;\n").unwrap(), sql.find("DELETE FROM y;\n").unwrap(), sql.find("WITH d AS").unwrap());
+    let (first, second, consumed) = (
+        sql.find("UPDATE x SET n = n + 1;\n").unwrap(),
+        sql.find("DELETE FROM y;\n").unwrap(),
+        sql.find("WITH d AS").unwrap(),
+    );
     assert!(first < second && second < consumed, "{sql}");
-    assert!(g.rollback.contains(r#"DROP TABLE IF EXISTS "refreshd"."public_attendance_statistics_summary_keys";"#));
+    assert!(g.rollback.contains(
+        r#"DROP TABLE IF EXISTS "refreshd"."public_attendance_statistics_summary_keys";"#
+    ));
     for (table, op) in [
         ("member_attendance", "INSERT"),
         ("training_sessions", "TRUNCATE"),
@@ -1183,7 +1206,8 @@ fn generate_falls_back_to_everything() {
     assert!(
         g.capture
             .iter()
-            .all(|l| l.contains("every change buffers \"everything\" (a key column is an expression")),
+            .all(|l| l
+                .contains("every change buffers \"everything\" (a key column is an expression")),
         "{:?}",
         g.capture
     );

@@ -781,9 +781,7 @@ async fn buffered(
         return Ok((RefreshKind::KeyedAll, false));
     };
     client.batch_execute(&buffered_prologue(view)).await?;
-    let rows = client
-        .query_typed(&consume_sql(keyed, buffer), &[])
-        .await?;
+    let rows = client.query_typed(&consume_sql(keyed, buffer), &[]).await?;
     let arity = keyed.key.len();
     let mut keys: std::collections::BTreeSet<Key> = named.iter().cloned().collect();
     let mut everything = rows.len() > keyed.max_keys;
