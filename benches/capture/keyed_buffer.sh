@@ -114,13 +114,16 @@ start_daemon() {
     exit 1
 }
 stop_daemon() { kill "$DAEMON"; wait "$DAEMON" || true; DAEMON=; }
+refreshes() { # refreshes the last daemon logged, the startup one included
+    [ -f "$WORK/daemon.log" ] && grep -c 'refreshed view=kb.by_product' "$WORK/daemon.log" || echo 0
+}
 echo '\set p random(0, 99)
 INSERT INTO kb.sales (product, qty) VALUES (:p, 1);' >"$WORK/insert.sql"
 chmod -R a+r "$WORK"
 base=$(psql -Atc "SELECT max(id) FROM kb.sales")
 run() { # $1 variant; prints tps
     "$PGBIN/pgbench" -n -c $CLIENTS -j 2 -T "$SECS" -f "$WORK/insert.sql" -d "$DSN" 2>/dev/null |
-        awk '/^tps = / { print $3 }'
+        awk '/^tps = / { printf "%.0f\n", $3 }'
 }
 declare -A results
 for round in $(seq "$ROUNDS"); do
@@ -128,10 +131,11 @@ for round in $(seq "$ROUNDS"); do
         set_variant $v
         case $v in none) ;; notify) start_daemon no ;; buffer) start_daemon yes ;; esac
         tps=$(run $v)
-        notes=$(grep -c 'refreshed view=kb.by_product' "$WORK/daemon.log" 2>/dev/null || true)
+        notes=$(refreshes)
         [ -n "$DAEMON" ] && stop_daemon
+        rm -f "$WORK/daemon.log"
         psql -c "DELETE FROM kb.sales WHERE id > $base" -c "VACUUM kb.sales" -c "TRUNCATE refreshd.kb_by_product_keys"
-        echo "round $round $v: $tps tps (refreshd refreshes logged: ${notes:-0})" >&2
+        echo "round $round $v: $tps tps (refreshes logged by refreshd, startup included: $notes)" >&2
         results[$v]+="$tps "
     done
 done

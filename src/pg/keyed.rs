@@ -812,9 +812,17 @@ async fn buffered(
                 full,
                 ..
             }
-            | Work::KeysIfCheaper(_, full) => {
-                keys.len() >= PROBE_FROM_KEYS
-                    && cheaper_in_full(client, view, keyed, shape, &keys, *full).await
+            | Work::KeysIfCheaper(_, full)
+                if keys.len() >= PROBE_FROM_KEYS =>
+            {
+                // Inside the transaction: a probe that fails (a payload's key that does
+                // not cast) must not abort it.
+                client.batch_execute("SAVEPOINT refreshd_probe").await?;
+                let dear = cheaper_in_full(client, view, keyed, shape, &keys, *full).await;
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT refreshd_probe")
+                    .await?;
+                dear
             }
             _ => false,
         };
