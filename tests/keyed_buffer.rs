@@ -259,3 +259,82 @@ async fn a_failed_refresh_gives_the_buffer_back_and_a_full_recompute_consumes_it
     assert_eq!(r.kind, RefreshKind::KeyedAll);
     assert_eq!(buffered(&db), 1);
 }
+
+/// The buffer is unlogged: a crash empties it. The crash also ends refreshd's LISTEN
+/// session, and the resync after the reconnect recomputes everything, so the keys the
+/// crash lost are not lost changes. Notification-driven refreshes wait an hour here:
+/// only the resync can make the table exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_a_crash_empties_from_the_buffer_are_covered_by_the_resync() {
+    use refreshd::cli::cluster::{ClusterOptions, TempCluster};
+    let cluster = TempCluster::start(&ClusterOptions::default()).unwrap();
+    let dsn = cluster.socket_dsn("postgres");
+    let psql = |sql: &str| {
+        cluster
+            .psql("postgres", &["-X", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    psql(
+        "CREATE SCHEMA kb;
+         CREATE TABLE kb.sales (id int PRIMARY KEY, product text NOT NULL, qty int NOT NULL);
+         INSERT INTO kb.sales SELECT g, 'p' || (g % 5), g FROM generate_series(1, 50) g;
+         CREATE MATERIALIZED VIEW kb.by_product AS
+           SELECT product, count(*) AS n, sum(qty) AS qty FROM kb.sales GROUP BY product;
+         CREATE UNIQUE INDEX ON kb.by_product (product);",
+    );
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "kb",
+        "--apply",
+        "--keyed",
+        "kb.by_product",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out)
+        .replace("debounce = \"2s\"", "debounce = \"1h\"")
+        .replace("max_delay = \"30s\"", "max_delay = \"1h\"");
+    let d = Daemon::start(&format!(
+        "{}\n",
+        config.replace("[database]\n", "[database]\nconnect_timeout = \"1s\"\n")
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.successes("kb.by_product_live") >= 1.0
+    })
+    .await;
+    let exact = difference_sql("kb.by_product_live", "kb.by_product_def", &[]);
+    psql("INSERT INTO kb.sales VALUES (4001, 'crash', 7)");
+    assert_eq!(psql(&format!("SELECT count(*) FROM {BUFFER}")), "1");
+    assert_eq!(psql(&exact), "1", "the key waits in the buffer");
+    cluster.pg_ctl(&["restart", "-m", "immediate"]).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the table exact after the crash",
+        || async {
+            cluster
+                .psql("postgres", &["-X", "-Atc", &exact])
+                .map(|s| s.trim() == "0")
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    assert_eq!(psql(&format!("SELECT count(*) FROM {BUFFER}")), "0");
+    assert_eq!(
+        psql("SELECT relpersistence FROM pg_class WHERE oid = 'refreshd.kb_by_product_keys'::regclass"),
+        "u"
+    );
+    // The refresh that made it exact is the resync's (logged once it has committed).
+    wait_for(Duration::from_secs(10), "the resync logged", || async {
+        d.log_text()
+            .contains("view=kb.by_product_live reason=\"resync\" kind=\"keyed_all\"")
+    })
+    .await;
+    assert!(!d
+        .log_text()
+        .contains("view=kb.by_product_live reason=\"notify\""));
+}
