@@ -894,6 +894,37 @@ mod tests {
     }
 
     #[test]
+    fn a_buffered_refresh_reads_the_buffer_after_the_lock_in_one_snapshot() {
+        let (v, mut k) = view();
+        let buffer = QualifiedName::new("refreshd", "public_Live_consume");
+        k.buffer = Some(buffer.clone());
+        k.max_keys = 10;
+        assert_eq!(
+            consume_sql(&k, &buffer),
+            r#"SELECT b.k1::text, b.k2::text, b.all_ FROM "refreshd"."public_Live_consume"() AS b(k1, k2, all_) LIMIT 11"#
+        );
+        let shape = Shape {
+            columns: vec!["a".into(), "B".into(), "n".into()],
+            key_types: vec!["uuid".into(), "integer".into()],
+        };
+        let sql = full_buffered_sql(&v, &k, &buffer, &shape, false, "");
+        assert!(
+            sql.starts_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250;"),
+            "{sql}"
+        );
+        // The first statement that takes a snapshot comes after the LOCK, and the buffer
+        // is consumed before the table is rewritten.
+        let lock = sql.find("LOCK TABLE").unwrap();
+        let select = sql.find("SELECT").unwrap();
+        let consume = sql
+            .find(r#"SELECT pg_catalog.count(*) FROM "refreshd"."public_Live_consume"();"#)
+            .unwrap();
+        assert!(lock < select && select < consume, "{sql}");
+        assert!(consume < sql.find("DELETE FROM").unwrap(), "{sql}");
+        assert!(sql.ends_with("COMMIT"), "{sql}");
+    }
+
+    #[test]
     fn table_and_query_must_fit() {
         let (v, k) = view();
         let t = cols(&[("a", "uuid"), ("B", "integer"), ("n", "bigint")]);
