@@ -338,3 +338,58 @@ async fn keys_a_crash_empties_from_the_buffer_are_covered_by_the_resync() {
         .log_text()
         .contains("view=kb.by_product_live reason=\"notify\""));
 }
+
+/// A buffered view's refreshes through a transaction-mode pooler: each is one
+/// transaction of unnamed statements (the isolation level is the transaction's own),
+/// every one succeeds, and nothing of refreshd's is left on the pool's connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn buffered_refreshes_work_through_a_transaction_pooler() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "50ms");
+    let bouncer = support::PgBouncer::start(&db, 2);
+    let url = config
+        .lines()
+        .find(|l| l.starts_with("url = "))
+        .expect("init writes the url")
+        .to_string();
+    let config = config.replacen(
+        &url,
+        &format!(
+            "url = \"{}\"\nlisten_url = \"{}\"",
+            bouncer.dsn(&db),
+            db.dsn()
+        ),
+        1,
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the startup refresh", || async {
+        d.successes("kb.by_product_live") >= 1.0
+    })
+    .await;
+    for i in 0..20 {
+        db.psql(&format!(
+            "INSERT INTO kb.sales VALUES ({}, 'q{}', 1)",
+            5000 + i,
+            i % 4
+        ));
+    }
+    wait_for(Duration::from_secs(20), "the table exact", || async {
+        equal(&db)
+    })
+    .await;
+    assert!(d.successes("kb.by_product_live") >= 2.0);
+    assert_eq!(d.failures("kb.by_product_live"), 0.0, "{}", d.log_text());
+    let (c, conn) = tokio_postgres::connect(&bouncer.dsn(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..4 {
+        assert_eq!(support::show(&c, "lock_timeout").await, "0");
+        assert_eq!(
+            support::show(&c, "transaction_isolation").await,
+            "read committed"
+        );
+    }
+}
