@@ -441,7 +441,7 @@ fn init_keyed_reports_the_derivation_per_base_table() {
             "capture: kv.sales: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE); an UPDATE moving rows reached through a join path locks them FOR UPDATE",
             "capture: kv.products: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
             "capture: kv.stores: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
-            "capture: kv.seasons: every change sends \"*\" (a non-equi join (s.day >= se.starts))",
+            "capture: kv.seasons: every change buffers \"everything\" (a non-equi join (s.day >= se.starts))",
             refreshd::cli::init::CONVERTED,
         ],
         "{config}"

@@ -906,6 +906,9 @@ struct ViewEntry {
     channels: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrently: Option<bool>,
+    /// A keyed conversion's consume function (its change buffer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buffer: Option<String>,
 }
 
 /// The `[[view]]` of a keyed conversion.
@@ -917,6 +920,7 @@ fn keyed_entry(g: &Generated) -> ViewEntry {
         key: Some(g.key.clone()),
         channels: Some(vec![g.channel.clone()]),
         concurrently: None,
+        buffer: Some(g.consume.to_string()),
     }
 }
 

@@ -12,8 +12,11 @@ const MAX_PAYLOAD: usize = 8000;
 /// What one notification's payload asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    /// `*`, empty, or more keys than `max_keys`.
+    /// `*`, or more keys than `max_keys`.
     All,
+    /// Empty: a wake-up that names no keys. For a view with a change buffer (`buffer`),
+    /// "read the buffer"; for one without, everything (see [`Work::Wake`]).
+    Wake,
     Keys(Vec<Key>),
     /// Not a key list this view can use; refreshed as "all". The reason is for the log
     /// (it never quotes the payload).
@@ -24,7 +27,10 @@ pub enum Payload {
 /// of JSON strings or numbers); for one key column, bare values are accepted too.
 pub fn parse(payload: &str, arity: usize) -> Payload {
     let p = payload.trim();
-    if p.is_empty() || p == "*" || p == "\"*\"" {
+    if p.is_empty() {
+        return Payload::Wake;
+    }
+    if p == "*" || p == "\"*\"" {
         return Payload::All;
     }
     if p.len() > MAX_PAYLOAD {
@@ -63,6 +69,8 @@ pub fn parse(payload: &str, arity: usize) -> Payload {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirtyKeys {
     all: bool,
+    /// A wake-up without keys arrived ([`Payload::Wake`]).
+    wake: bool,
     set: BTreeSet<Key>,
     max_keys: usize,
     /// Seconds a keyed refresh took per key, and a full recompute took (moving
@@ -83,6 +91,7 @@ impl DirtyKeys {
     pub fn new(max_keys: usize) -> Self {
         Self {
             all: false,
+            wake: false,
             set: BTreeSet::new(),
             max_keys,
             per_key: None,
@@ -93,7 +102,16 @@ impl DirtyKeys {
     /// Everything is dirty.
     pub fn add_all(&mut self) {
         self.all = true;
+        self.wake = false;
         self.set.clear();
+    }
+
+    /// A wake-up without keys: the view's buffer holds them (or, for a view without
+    /// one, everything is dirty: decided by the refresh, which knows the view's config).
+    pub fn add_wake(&mut self) {
+        if !self.all {
+            self.wake = true;
+        }
     }
 
     /// Adds keys; past `max_keys` distinct keys, everything is dirty.
@@ -111,6 +129,7 @@ impl DirtyKeys {
     pub fn apply(&mut self, p: Payload) {
         match p {
             Payload::Keys(k) => self.add(k),
+            Payload::Wake => self.add_wake(),
             Payload::All | Payload::Malformed(_) => self.add_all(),
         }
     }
@@ -123,9 +142,16 @@ impl DirtyKeys {
     pub fn take(&mut self, full: bool) -> Work {
         let costly = matches!((self.per_key, self.full), (Some(k), Some(f)) if k * self.set.len() as f64 > f);
         let all = std::mem::take(&mut self.all) || full || costly;
+        let wake = std::mem::take(&mut self.wake);
         let set = std::mem::take(&mut self.set);
         if all {
             Work::All
+        } else if wake {
+            Work::Wake {
+                keys: set.into_iter().collect(),
+                per_key: self.per_key,
+                full: self.full,
+            }
         } else if self.per_key.is_none() && !set.is_empty() {
             Work::KeysIfCheaper(set.into_iter().collect(), self.full)
         } else {
@@ -147,6 +173,11 @@ impl DirtyKeys {
     /// and teaches the estimates that it costs at least that much (a refresh of many
     /// keys that ran into `statement_timeout` must not be tried the same way again).
     pub fn failed(&mut self, work: &Work, seconds: f64) {
+        if let Work::Wake { .. } = work {
+            // How many keys its buffer held is not known here: nothing to learn.
+            self.restore(work);
+            return;
+        }
         let (estimate, n) = match work.keys() {
             None => (&mut self.full, 1),
             Some(k) => (&mut self.per_key, k.len().max(1)),
@@ -164,6 +195,9 @@ impl DirtyKeys {
             None => self.add_all(),
             Some(k) => self.add(k.to_vec()),
         }
+        if let Work::Wake { .. } = work {
+            self.add_wake();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -171,7 +205,7 @@ impl DirtyKeys {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && !self.all
+        self.set.is_empty() && !self.all && !self.wake
     }
 
     /// A new `max_keys` (reload).
@@ -191,7 +225,8 @@ mod tests {
 
     #[test]
     fn payloads() {
-        assert_eq!(parse("", 2), Payload::All);
+        assert_eq!(parse("", 2), Payload::Wake);
+        assert_eq!(parse("  ", 1), Payload::Wake);
         assert_eq!(parse(" * ", 2), Payload::All);
         assert_eq!(parse("\"*\"", 1), Payload::All);
         assert_eq!(
@@ -250,6 +285,40 @@ mod tests {
         d.add(vec![k(&["1"])]);
         assert_eq!(d.take(false), Work::All);
         d.restore(&Work::All);
+        assert_eq!(d.take(false), Work::All);
+    }
+
+    #[test]
+    fn a_wake_up_carries_its_keys_and_the_estimates_and_comes_back_after_a_failure() {
+        let mut d = DirtyKeys::new(3);
+        d.apply(parse("", 1));
+        assert!(!d.is_empty());
+        d.add(vec![k(&["1"])]);
+        let w = d.take(false);
+        assert_eq!(
+            w,
+            Work::Wake {
+                keys: vec![k(&["1"])],
+                per_key: None,
+                full: None
+            }
+        );
+        assert_eq!(w.keys(), Some(&[k(&["1"])][..]));
+        assert!(d.is_empty());
+        // A failure gives back the keys and the wake-up, and teaches nothing.
+        d.failed(&w, 30.0);
+        assert_eq!(d.take(false), w);
+        d.timed(None, 0.5);
+        d.apply(Payload::Wake);
+        assert!(matches!(d.take(false), Work::Wake { keys, full: Some(_), .. } if keys.is_empty()));
+        // "*" and a full reason still mean everything.
+        d.apply(Payload::Wake);
+        d.apply(parse("*", 1));
+        assert_eq!(d.take(false), Work::All);
+        d.apply(Payload::Wake);
+        assert_eq!(d.take(true), Work::All);
+        d.apply(Payload::All);
+        d.apply(Payload::Wake);
         assert_eq!(d.take(false), Work::All);
     }
 

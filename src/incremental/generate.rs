@@ -1,23 +1,33 @@
-//! The SQL of a keyed conversion (SPEC "Keyed refresh", "Incremental maintenance"): from
-//! a [`Derivation`] and the catalog facts of the materialized view ([`Facts`]), the plain
-//! view holding the definition, the live table refreshd keeps equal to it, and per base
-//! table a set of statement-level triggers that send the view's channel the keys of the
-//! changed rows — plus the rollback. Pure: no I/O; `init --keyed` reads the facts and
-//! writes or applies the result.
+//! The SQL of a keyed conversion (SPEC "Keyed refresh", "Incremental maintenance",
+//! "Change capture"): from a [`Derivation`] and the catalog facts of the materialized
+//! view ([`Facts`]), the plain view holding the definition, the live table refreshd
+//! keeps equal to it, the view's change buffer and the function that consumes it, and
+//! per base table a set of statement-level triggers that write the keys of the changed
+//! rows into the buffer — plus the rollback. Pure: no I/O; `init --keyed` reads the
+//! facts and writes or applies the result.
 //!
-//! What a base table's triggers send (transition tables `old_rows`/`new_rows`):
+//! What a base table's triggers buffer (transition tables `old_rows`/`new_rows`):
 //! - [`How::Carries`]: the keys of its old and new rows, read from the rows themselves.
 //! - [`How::JoinPath`]: the changed rows (old and new) joined along each path to the
 //!   table that carries the key; the rows reached are locked `FOR KEY SHARE`, and an
 //!   UPDATE of a table reached that way takes `FOR UPDATE` on the rows whose key or
 //!   path columns changed, so it waits for the writers holding those locks (the rule
 //!   `sql/attendance/005_keyed_statistics.sql` works out by hand, for any path).
-//! - [`How::Recompute`], a key that is an expression rather than a column, or an
-//!   UPDATE/INSERT/DELETE whose key list does not fit in one notification: `*`.
-//! - TRUNCATE: `*`. A key with a NULL member: `*` (a NULL never matches a key).
+//! - [`How::Recompute`], or a key that is an expression rather than a column: the
+//!   "everything" marker (`all_`).
+//! - TRUNCATE: the marker. A key with a NULL member is buffered as it is; the consume
+//!   function returns it as "everything" (a NULL never matches a key).
+//!
+//! The buffer (an UNLOGGED table in schema `refreshd`) spares writers a NOTIFY per
+//! transaction, which PostgreSQL serializes at commit: a trigger that buffered rows
+//! notifies the view's channel (empty payload: "read the buffer") only when it cannot
+//! take its slot of the channel's advisory lock shared, the test of
+//! `refreshd.notify_changed()` (`engine::arming`): while refreshd holds the lock, a
+//! refresh is not due yet and must be woken; otherwise one is due, and it waits for
+//! this writer's commit before it reads the buffer.
 //!
 //! UPDATE compares old and new rows on the columns the definition reads
-//! (`EXCEPT ALL`), so an update of other columns sends nothing — unless one of those
+//! (`EXCEPT ALL`), so an update of other columns buffers nothing — unless one of those
 //! columns has a type without equality ([`BaseTable::incomparable`]): then all its old
 //! and new rows count as changed.
 
@@ -25,6 +35,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{Carry, Derivation, How};
+use crate::engine::arming::{ARM_CLASS, ARM_SLOTS};
 use crate::pg::ident::{quote_ident, sql_comment, QualifiedName, MAX_IDENTIFIER_BYTES};
 
 /// One base table the definition reads, as the catalog has it.
@@ -86,6 +97,24 @@ pub struct Generated {
     /// The channel the triggers notify.
     pub channel: String,
     pub key: Vec<String>,
+    /// `format_type` of each key column, in `key` order.
+    pub key_types: Vec<String>,
+    /// The change buffer, `refreshd."<schema>_<view>_keys"`: an UNLOGGED table of the
+    /// key columns (nullable) and [`Generated::all_column`].
+    pub buffer: QualifiedName,
+    /// The buffer's "everything" column (`all_`, or longer if a key column has that name).
+    pub all_column: String,
+    /// The function refreshd calls first in each refresh of the view (config `buffer`),
+    /// `refreshd."<schema>_<view>_consume"()`: runs [`Generated::consume_prelude`], then
+    /// deletes the buffer's rows and returns their distinct keys and whether one means
+    /// everything. See [`consume_function_sql`].
+    pub consume: QualifiedName,
+    /// Statements run at the top of the consume function's body, before the buffer is
+    /// consumed, in the refresh's transaction and snapshot: where delta statements (row
+    /// deltas applied to the live table) go. Empty: every change recomputes its groups.
+    /// Set it and append [`consume_function_sql`] to the install (it replaces the
+    /// function).
+    pub consume_prelude: Vec<String>,
     /// Statements, without BEGIN/COMMIT: the caller runs them in its transaction.
     pub install: String,
     pub rollback: String,
@@ -104,9 +133,56 @@ const PRIVILEGES: &[&str] = &[
     "MAINTAIN",
 ];
 
-/// The largest payload sent as a key list; longer ones become `*` (PostgreSQL refuses
-/// 8,000 bytes and more).
-pub const MAX_PAYLOAD: usize = 7900;
+/// The consume function of a conversion (`CREATE OR REPLACE`): LANGUAGE sql, SECURITY
+/// DEFINER (its owner, the role that ran `init`, owns the buffer; EXECUTE is revoked
+/// from PUBLIC: whoever may call it may discard changes). Its body: the
+/// [`Generated::consume_prelude`] statements, then
+/// `WITH d AS (DELETE FROM buffer RETURNING *) SELECT DISTINCT` the key columns and
+/// `all_` (true for the marker and for a key with a NULL member). Called in refreshd's
+/// REPEATABLE READ refresh transaction, it deletes only the rows that snapshot sees:
+/// rows committed later stay for the next refresh, and a refresh that rolls back
+/// gives them all back.
+pub fn consume_function_sql(g: &Generated) -> String {
+    let keys = list(&g.key, "d.");
+    let nulls: String = g
+        .key
+        .iter()
+        .map(|k| format!(" OR d.{} IS NULL", quote_ident(k)))
+        .collect();
+    let mut body = String::from(
+        "-- refreshd: delta statements (Generated::consume_prelude) run here, before the keys are consumed.\n",
+    );
+    for st in &g.consume_prelude {
+        let st = st.trim().trim_end_matches(';');
+        let _ = writeln!(body, "{st};");
+    }
+    let _ = writeln!(
+        body,
+        "WITH d AS (DELETE FROM {} RETURNING *)\nSELECT DISTINCT {keys}, d.{all}{nulls} FROM d;",
+        g.buffer.quoted(),
+        all = quote_ident(&g.all_column),
+    );
+    let signature: Vec<String> = g
+        .key
+        .iter()
+        .zip(&g.key_types)
+        .map(|(k, ty)| format!("{} {ty}", quote_ident(k)))
+        .chain(std::iter::once(format!(
+            "{} boolean",
+            quote_ident(&g.all_column)
+        )))
+        .collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE sql\nVOLATILE\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
+        signature.join(", "),
+        dollar(&body),
+        literal(&format!(
+            "refreshd: consumes the change buffer of keyed view {} (called by refreshd in its refresh transaction: config buffer)",
+            g.table
+        )),
+        f = g.consume.quoted(),
+    )
+}
 
 /// FNV-1a (64 bits) of the parts, separated by a byte no name contains.
 fn hash(parts: &[&str]) -> String {
@@ -316,6 +392,43 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         ),
     );
 
+    // The buffer and its consume function, in schema refreshd: named after the view's
+    // schema and name (exact when the schema has no `_`, so that no two views' names
+    // meet), bounded like every other name.
+    let stem = format!("{}_{}", v.schema, v.name);
+    let exact = !v.schema.contains('_');
+    let buffer = QualifiedName::new(
+        "refreshd",
+        bounded(
+            &format!("{stem}_keys"),
+            &[&v.schema, &v.name, "buffer"],
+            exact,
+        ),
+    );
+    let consume = QualifiedName::new(
+        "refreshd",
+        bounded(
+            &format!("{stem}_consume"),
+            &[&v.schema, &v.name, "consume"],
+            exact,
+        ),
+    );
+    let mut all_column = "all_".to_string();
+    while d.key.contains(&all_column) {
+        all_column.push('_');
+    }
+    let key_types: Vec<String> = d
+        .key
+        .iter()
+        .map(|k| {
+            f.columns
+                .iter()
+                .find(|(c, _)| c == k)
+                .map(|(_, ty)| ty.clone())
+                .expect("checked above")
+        })
+        .collect();
+
     // Tables reached through a path: their UPDATE waits for the path's lockers.
     let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
     for t in &d.tables {
@@ -468,19 +581,66 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         ))
     );
 
+    // The change buffer (dropped and created again: the fill below covers whatever it
+    // held) and its consume function.
+    let _ = writeln!(w, "CREATE SCHEMA IF NOT EXISTS refreshd;");
+    let _ = writeln!(w, "DROP TABLE IF EXISTS {};", buffer.quoted());
+    let _ = writeln!(
+        w,
+        "CREATE UNLOGGED TABLE {} (\n{},\n    {} boolean NOT NULL DEFAULT false\n);",
+        buffer.quoted(),
+        d.key
+            .iter()
+            .zip(&key_types)
+            .map(|(k, ty)| format!("    {} {ty}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(",\n"),
+        quote_ident(&all_column)
+    );
+    let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", buffer.quoted());
+    let _ = writeln!(
+        w,
+        "COMMENT ON TABLE {} IS {};",
+        buffer.quoted(),
+        literal(&format!(
+            "refreshd: change buffer of keyed view {table} (the keys its capture triggers found; {all_column} = everything), consumed by {consume}(). Unlogged: lost in a crash, after which refreshd recomputes everything."
+        ))
+    );
+    let mut generated = Generated {
+        table: table.clone(),
+        definition: def.clone(),
+        channel: channel.clone(),
+        key: d.key.clone(),
+        key_types: key_types.clone(),
+        buffer: buffer.clone(),
+        all_column: all_column.clone(),
+        consume: consume.clone(),
+        consume_prelude: Vec::new(),
+        install: String::new(),
+        rollback: String::new(),
+        capture: Vec::new(),
+    };
+    w.push_str(&consume_function_sql(&generated));
+
     // The trigger functions.
     let key_cols: Vec<String> = (1..=d.key.len()).map(|i| format!("k{i}")).collect();
-    let notify = format!(
-        "    IF pg_catalog.octet_length(v_payload) > {MAX_PAYLOAD} THEN\n        v_payload := '*';\n    END IF;\n    IF v_payload IS NOT NULL THEN\n        PERFORM pg_catalog.pg_notify({}, v_payload);\n    END IF;\n    RETURN NULL;\n",
-        literal(&channel)
+    let buffer_keys = list(&d.key, "");
+    // Rows buffered: wake refreshd unless a refresh is already due (see the module doc).
+    let wake = format!(
+        "    IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} + pg_catalog.pg_backend_pid() % {ARM_SLOTS}, pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
+        ch = literal(&channel)
+    );
+    let mark_all = format!(
+        "INSERT INTO {} ({}) VALUES (true);",
+        buffer.quoted(),
+        quote_ident(&all_column)
     );
     let _ = writeln!(
         w,
-        "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nAS {};",
+        "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
         all_function.quoted(),
         dollar(&format!(
-            "BEGIN\n    PERFORM pg_catalog.pg_notify({}, '*');\n    RETURN NULL;\nEND;\n",
-            literal(&channel)
+            "DECLARE\n    v_rows bigint := 1;\nBEGIN\n    {mark_all}\n{wake}END;\n"
         ))
     );
     let ops = ["insert", "update", "delete", "truncate"];
@@ -569,7 +729,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 ),
             }
         };
-        let mut body = String::from("DECLARE\n    v_payload text;\nBEGIN\n");
+        let mut body = String::from("DECLARE\n    v_rows bigint := 0;\nBEGIN\n");
         for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
             let _ = writeln!(
                 body,
@@ -611,28 +771,19 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             };
             match (&source, rows) {
                 (_, None) => {
-                    let _ = writeln!(body, "        v_payload := NULL;");
+                    let _ = writeln!(body, "        NULL;");
                 }
                 (Source::All(_), Some(rows)) => {
                     let _ = writeln!(
                         body,
-                        "        IF EXISTS ({rows}) THEN\n            v_payload := '*';\n        END IF;"
+                        "        IF EXISTS ({rows}) THEN\n            {mark_all}\n            v_rows := 1;\n        END IF;"
                     );
                 }
                 (Source::Keys(keys), Some(rows)) => {
-                    let nulls = key_cols
-                        .iter()
-                        .map(|k| format!("k.{k} IS NULL"))
-                        .collect::<Vec<_>>()
-                        .join(" OR ");
-                    let members = key_cols
-                        .iter()
-                        .map(|k| format!("pg_catalog.to_json(k.{k}::text)::text"))
-                        .collect::<Vec<_>>()
-                        .join(" || ',' || ");
                     let _ = writeln!(
                         body,
-                        "        WITH d AS ({rows})\n        SELECT CASE WHEN pg_catalog.bool_or({nulls}) THEN '*'\n                    ELSE '[' || pg_catalog.string_agg('[' || {members} || ']', ',') || ']' END\n          INTO v_payload\n          FROM (SELECT DISTINCT * FROM ({}) AS u({})) AS k;",
+                        "        WITH d AS ({rows})\n        INSERT INTO {} ({buffer_keys})\n        SELECT DISTINCT * FROM ({}) AS u({});\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
+                        buffer.quoted(),
                         keys.join(" UNION ALL "),
                         key_cols.join(", ")
                     );
@@ -640,7 +791,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             }
         }
         body.push_str("    END IF;\n");
-        body.push_str(&notify);
+        body.push_str(&wake);
         body.push_str("END;\n");
         let _ = writeln!(
             w,
@@ -649,7 +800,10 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             dollar(&body)
         );
         let line = match &source {
-            Source::All(reason) => format!("{}: every change sends \"*\" ({reason})", b.name),
+            Source::All(reason) => format!(
+                "{}: every change buffers \"everything\" ({reason})",
+                b.name
+            ),
             Source::Keys(_) => match &t.how {
                 How::JoinPath { .. } => format!(
                     "{}: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
@@ -700,6 +854,12 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         "DROP FUNCTION IF EXISTS {}();",
         all_function.quoted()
     );
+    let _ = writeln!(
+        rollback,
+        "DROP FUNCTION IF EXISTS {}();\nDROP TABLE IF EXISTS {};",
+        consume.quoted(),
+        buffer.quoted()
+    );
 
     // Fill: readers see the old rows until commit; the trigger DDL above holds the base
     // tables, so no change slips between the fill and the triggers.
@@ -731,13 +891,8 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         let _ = writeln!(r, "DROP TABLE IF EXISTS {};", table.quoted());
     }
     let _ = writeln!(r, "DROP VIEW IF EXISTS {};", def.quoted());
-    Ok(Generated {
-        table,
-        definition: def,
-        channel,
-        key: d.key.clone(),
-        install,
-        rollback,
-        capture,
-    })
+    generated.install = install;
+    generated.rollback = rollback;
+    generated.capture = capture;
+    Ok(generated)
 }

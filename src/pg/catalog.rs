@@ -185,7 +185,7 @@ fn feeding_triggers(
             for ch in view
                 .channels
                 .iter()
-                .filter(|c| crate::pg::capture::names_channel(&text, c))
+                .filter(|c| crate::pg::capture::names_channel(text, c))
             {
                 out.push(FeedingTrigger {
                     table: t.name.clone(),

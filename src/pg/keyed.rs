@@ -29,14 +29,25 @@ pub enum Work {
     /// that a first refresh of many groups is never assumed cheap. With the measured
     /// time of a full recompute, in seconds, when there is one.
     KeysIfCheaper(Vec<Key>, Option<f64>),
+    /// A wake-up that named no keys (an empty payload), with the keys payloads named.
+    /// For a view with a change buffer (`buffer`): these groups and those the buffer
+    /// holds, unless they would cost more than everything (by the moving averages so
+    /// far, seconds per key and for everything; without a time per key, by the
+    /// planner). For a view without one, an empty payload means everything.
+    Wake {
+        keys: Vec<Key>,
+        per_key: Option<f64>,
+        full: Option<f64>,
+    },
 }
 
 impl Work {
-    /// The groups, when this is not a recompute of everything.
+    /// The groups, when this is not a recompute of everything (for a wake-up, the
+    /// groups payloads named: its buffer's are read by the refresh).
     pub fn keys(&self) -> Option<&[Key]> {
         match self {
             Work::All => None,
-            Work::Keys(k) | Work::KeysIfCheaper(k, _) => Some(k),
+            Work::Keys(k) | Work::KeysIfCheaper(k, _) | Work::Wake { keys: k, .. } => Some(k),
         }
     }
 }
@@ -462,8 +473,12 @@ async fn recompute(
     event: bool,
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
+    if let Some(buffer) = &keyed.buffer {
+        return buffered(client, view, keyed, buffer, shape, work, event, history).await;
+    }
     let keys = match work {
-        Work::All => None,
+        // Without a buffer, a wake-up that names no keys means everything.
+        Work::All | Work::Wake { .. } => None,
         Work::Keys(k) => Some(k),
         Work::KeysIfCheaper(k, full)
             if cheaper_in_full(client, view, keyed, shape, k, *full).await =>
@@ -603,6 +618,29 @@ async fn keys_transaction(
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     client.batch_execute(&prologue(view)).await?;
+    keys_statements(client, view, keyed, shape, keys, event, history).await
+}
+
+/// The DELETE and INSERT of `keys`' groups (none: nothing but the end), then the event
+/// and COMMIT, in the transaction begun.
+async fn keys_statements(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    keys: &[Key],
+    event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+) -> Result<RefreshKind, tokio_postgres::Error> {
+    if keys.is_empty() {
+        let row = history.map_or(String::new(), |h| {
+            h.success_sql(view, RefreshKind::KeyedKeys, Some(0))
+        });
+        client
+            .batch_execute(&epilogue_with(view, event, &row))
+            .await?;
+        return Ok(RefreshKind::KeyedKeys);
+    }
     let columns: Vec<Vec<&str>> = (0..keyed.key.len())
         .map(|c| keys.iter().map(|k| k[c].as_str()).collect())
         .collect();
@@ -631,6 +669,183 @@ async fn keys_transaction(
         .batch_execute(&epilogue_with(view, event, &row))
         .await?;
     Ok(RefreshKind::KeyedKeys)
+}
+
+/// Probing whether keys cost more than everything is skipped below this many keys of a
+/// buffered view whose time per key is not known: a handful of groups is always
+/// cheaper than a full recompute of a view worth keying, and the probe (planning one
+/// branch and the whole definition) would cost more than refreshing them.
+const PROBE_FROM_KEYS: usize = 16;
+
+/// The start of a buffered view's transaction. `REPEATABLE READ`: the buffer and the
+/// base tables are read in ONE snapshot. A group recomputed in a later snapshot than
+/// the one its buffer was read in would see a row committed in between whose buffer
+/// entry stays for the next refresh: recomputing a group twice is harmless, but once
+/// the consume function applies row deltas (its prelude) that row would be counted
+/// twice, by this refresh's recompute and by the next one's delta. And a full
+/// recompute that consumes the buffer must see exactly the rows whose entries it
+/// consumed. The snapshot is taken by the first query after `LOCK TABLE` (the
+/// client-connection check), so a keyed refresh that held the lock (another process)
+/// has committed before it: what it consumed and wrote is seen, never a serialization
+/// failure. Everything else as [`prologue`].
+fn buffered_prologue(view: &ViewConfig) -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+         SET LOCAL jit = off; LOCK TABLE {} IN EXCLUSIVE MODE; \
+         SELECT pg_catalog.set_config(name, '{}', true) FROM pg_catalog.pg_settings \
+         WHERE name = 'client_connection_check_interval'",
+        view.statement_timeout.as_millis(),
+        view.lock_timeout.as_millis(),
+        view.name.quoted(),
+        crate::pg::refresh::CLIENT_CHECK.as_millis()
+    )
+}
+
+/// Consuming the buffer: every key as text, in `key` order, and whether it means
+/// everything (the function's last column, or a NULL key member: a NULL never matches
+/// a key). At most `max_keys + 1` rows: one more means everything anyway (the
+/// function itself runs to its end whatever the LIMIT: a set-returning function in
+/// FROM is materialized on its first row).
+pub fn consume_sql(keyed: &Keyed, buffer: &QualifiedName) -> String {
+    let names: Vec<String> = (1..=keyed.key.len()).map(|i| format!("k{i}")).collect();
+    let texts: Vec<String> = names.iter().map(|n| format!("b.{n}::text")).collect();
+    format!(
+        "SELECT {}, b.all_ FROM {}() AS b({}, all_) LIMIT {}",
+        texts.join(", "),
+        buffer.quoted(),
+        names.join(", "),
+        keyed.max_keys + 1
+    )
+}
+
+/// Recomputing everything in a buffered view's transaction: consumes the buffer (its
+/// entries are older than the recompute, which covers them), deletes every row and
+/// inserts the whole definition, all in one snapshot.
+pub fn full_buffered_sql(
+    view: &ViewConfig,
+    keyed: &Keyed,
+    buffer: &QualifiedName,
+    shape: &Shape,
+    event: bool,
+    history: &str,
+) -> String {
+    format!(
+        "{}; SELECT pg_catalog.count(*) FROM {}(); {}",
+        buffered_prologue(view),
+        buffer.quoted(),
+        rest_of_full(view, keyed, shape, event, history)
+    )
+}
+
+/// DELETE everything, INSERT the definition, the event and COMMIT.
+fn rest_of_full(
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    event: bool,
+    history: &str,
+) -> String {
+    let cols = column_list(shape);
+    format!(
+        "DELETE FROM {table}; INSERT INTO {table} ({cols}) SELECT {cols} FROM {query}; {}",
+        epilogue_with(view, event, history),
+        table = view.name.quoted(),
+        query = keyed.query.quoted(),
+    )
+}
+
+/// A buffered view's refresh, one transaction: the buffer consumed first, its keys
+/// merged with the payloads' (`work`), then those groups or everything recomputed in
+/// the same snapshot. A refresh that does not commit gives the buffer back (the
+/// DELETE that consumed it rolls back with it).
+#[allow(clippy::too_many_arguments)]
+async fn buffered(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    buffer: &QualifiedName,
+    shape: &Shape,
+    work: &Work,
+    event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
+    let full_row = history.map_or(String::new(), |h| {
+        h.success_sql(view, RefreshKind::KeyedAll, None)
+    });
+    let Some(named) = work.keys() else {
+        client
+            .batch_execute(&full_buffered_sql(
+                view, keyed, buffer, shape, event, &full_row,
+            ))
+            .await?;
+        return Ok((RefreshKind::KeyedAll, false));
+    };
+    client.batch_execute(&buffered_prologue(view)).await?;
+    let rows = client.query_typed(&consume_sql(keyed, buffer), &[]).await?;
+    let arity = keyed.key.len();
+    let mut keys: std::collections::BTreeSet<Key> = named.iter().cloned().collect();
+    let mut everything = rows.len() > keyed.max_keys;
+    for r in &rows {
+        if everything {
+            break;
+        }
+        let all: Option<bool> = r.get(arity);
+        let key: Option<Key> = (0..arity).map(|i| r.get::<_, Option<String>>(i)).collect();
+        match key {
+            Some(k) if all != Some(true) => {
+                keys.insert(k);
+            }
+            _ => everything = true,
+        }
+    }
+    let keys: Vec<Key> = keys.into_iter().collect();
+    everything = everything
+        || keys.len() > keyed.max_keys
+        || match work {
+            Work::Wake {
+                per_key: Some(k),
+                full: Some(f),
+                ..
+            } => *k * keys.len() as f64 > *f,
+            Work::Wake {
+                per_key: None,
+                full,
+                ..
+            }
+            | Work::KeysIfCheaper(_, full)
+                if keys.len() >= PROBE_FROM_KEYS =>
+            {
+                // Inside the transaction: a probe that fails (a payload's key that does
+                // not cast) must not abort it.
+                client.batch_execute("SAVEPOINT refreshd_probe").await?;
+                let dear = cheaper_in_full(client, view, keyed, shape, &keys, *full).await;
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT refreshd_probe")
+                    .await?;
+                dear
+            }
+            _ => false,
+        };
+    if everything {
+        client
+            .batch_execute(&rest_of_full(view, keyed, shape, event, &full_row))
+            .await?;
+        return Ok((RefreshKind::KeyedAll, false));
+    }
+    match keys_statements(client, view, keyed, shape, &keys, event, history).await {
+        // As in [`recompute`]: keys that do not cast (a payload's), or a duplicate key:
+        // everything, in a new transaction (the buffer was given back by the rollback).
+        Err(e) if is_cast_error(&e) || is_duplicate(&e) => {
+            rollback(client).await?;
+            client
+                .batch_execute(&full_buffered_sql(
+                    view, keyed, buffer, shape, event, &full_row,
+                ))
+                .await?;
+            Ok((RefreshKind::KeyedAll, is_cast_error(&e)))
+        }
+        other => other.map(|k| (k, false)),
+    }
 }
 
 #[cfg(test)]
@@ -676,6 +891,37 @@ mod tests {
             full_sql(&v, &k, &shape, true),
             r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; DELETE FROM "public"."live"; INSERT INTO "public"."live" ("a", "B", "n") SELECT "a", "B", "n" FROM "public"."def"; SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
         );
+    }
+
+    #[test]
+    fn a_buffered_refresh_reads_the_buffer_after_the_lock_in_one_snapshot() {
+        let (v, mut k) = view();
+        let buffer = QualifiedName::new("refreshd", "public_Live_consume");
+        k.buffer = Some(buffer.clone());
+        k.max_keys = 10;
+        assert_eq!(
+            consume_sql(&k, &buffer),
+            r#"SELECT b.k1::text, b.k2::text, b.all_ FROM "refreshd"."public_Live_consume"() AS b(k1, k2, all_) LIMIT 11"#
+        );
+        let shape = Shape {
+            columns: vec!["a".into(), "B".into(), "n".into()],
+            key_types: vec!["uuid".into(), "integer".into()],
+        };
+        let sql = full_buffered_sql(&v, &k, &buffer, &shape, false, "");
+        assert!(
+            sql.starts_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250;"),
+            "{sql}"
+        );
+        // The first statement that takes a snapshot comes after the LOCK, and the buffer
+        // is consumed before the table is rewritten.
+        let lock = sql.find("LOCK TABLE").unwrap();
+        let select = sql.find("SELECT").unwrap();
+        let consume = sql
+            .find(r#"SELECT pg_catalog.count(*) FROM "refreshd"."public_Live_consume"();"#)
+            .unwrap();
+        assert!(lock < select && select < consume, "{sql}");
+        assert!(consume < sql.find("DELETE FROM").unwrap(), "{sql}");
+        assert!(sql.ends_with("COMMIT"), "{sql}");
     }
 
     #[test]
