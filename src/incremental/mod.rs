@@ -8,14 +8,18 @@
 //! parse → lineage → derive → generate ([`generate`]: the SQL of a keyed conversion,
 //! which `init --keyed` writes or applies).
 
+pub mod delta;
 mod derive;
 pub mod generate;
 mod lineage;
 mod parse;
 
 #[cfg(test)]
+mod delta_tests;
+#[cfg(test)]
 mod tests;
 
+pub use delta::{delta_plan, DeltaFacts, DeltaPlan, DeltaTable, NoDelta};
 pub use derive::{
     Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation,
 };
