@@ -400,7 +400,12 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         .map_err(|e| no(format!("the definition does not parse: {e}")))?;
     let json = serde_json::to_value(&parsed.protobuf)
         .map_err(|e| no(format!("the parse tree does not serialize: {e}")))?;
-    let stmt = match parsed.protobuf.stmts.first().and_then(|s| s.stmt.as_deref()) {
+    let stmt = match parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_deref())
+    {
         Some(pb::Node {
             node: Some(NodeEnum::SelectStmt(s)),
         }) if parsed.protobuf.stmts.len() == 1 => (**s).clone(),
@@ -423,8 +428,7 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
     if stmt.group_clause.is_empty() {
         return Err(no("no GROUP BY"));
     }
-    if stmt.limit_count.is_some() || stmt.limit_offset.is_some() || !stmt.window_clause.is_empty()
-    {
+    if stmt.limit_count.is_some() || stmt.limit_offset.is_some() || !stmt.window_clause.is_empty() {
         return Err(no("LIMIT, OFFSET or a window"));
     }
     let mut problem = None;
@@ -580,7 +584,11 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         .relations
         .iter()
         .flat_map(|r| r.columns.iter().map(String::as_str))
-        .chain(f.tables.iter().flat_map(|t| t.columns.iter().map(|(c, _)| c.as_str())))
+        .chain(
+            f.tables
+                .iter()
+                .flat_map(|t| t.columns.iter().map(|(c, _)| c.as_str())),
+        )
         .collect();
     let unique = |base: &str, taken: &dyn Fn(&str) -> bool| {
         let mut name = base.to_string();
@@ -691,9 +699,9 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
             _ => false,
         })
     };
-    let rows_col = outs
-        .iter()
-        .position(|o| matches!(o, Out::Agg(c) if c.func == "count" && c.arg.is_none() && c.filter.is_none()));
+    let rows_col = outs.iter().position(
+        |o| matches!(o, Out::Agg(c) if c.func == "count" && c.arg.is_none() && c.filter.is_none()),
+    );
 
     // 5. The delta query: the definition over the consumed rows, grouped like the view.
     let s = format!("{}.{}", quote_ident(&fact_alias), quote_ident(&sign));
@@ -741,7 +749,11 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
                 new_value[i] = format!("d.\"c{i}\"");
                 notes.push(format!(
                     "{name}: {} (from the delta's group)",
-                    if key_idx.contains(&i) { "key" } else { "grouping value" }
+                    if key_idx.contains(&i) {
+                        "key"
+                    } else {
+                        "grouping value"
+                    }
                 ));
             }
             Out::Agg(a) if a.func == "count" => {

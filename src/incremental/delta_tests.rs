@@ -183,7 +183,10 @@ fn inventory_views_are_refused() {
            FROM core.stock_on_hand soh GROUP BY soh.warehouse_id",
         &["warehouse_id"],
     );
-    assert!(r.starts_with("column q is an expression over aggregates"), "{r}");
+    assert!(
+        r.starts_with("column q is an expression over aggregates"),
+        "{r}"
+    );
 }
 
 /// TPC-H Q1 as written: avg(l_discount) has no sum(l_discount) next to it, and the live
@@ -195,7 +198,10 @@ fn tpch_q1() {
         include_str!("corpus/q1.sql"),
         &["l_returnflag", "l_linestatus"],
     );
-    assert!(r.starts_with("column avg_disc: avg needs the sum and the count"), "{r}");
+    assert!(
+        r.starts_with("column avg_disc: avg needs the sum and the count"),
+        "{r}"
+    );
     let sql = "SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty, \
                sum(l_extendedprice*(1-l_discount)) AS sum_disc_price, avg(l_quantity) AS avg_qty, \
                count(*) AS count_order \
@@ -234,8 +240,14 @@ fn tpch_q1() {
         ),
         "{apply}"
     );
-    assert!(apply.contains("FROM refreshd_delta_rows lineitem WHERE"), "{apply}");
-    assert!(apply.contains("GROUP BY l_returnflag, l_linestatus"), "{apply}");
+    assert!(
+        apply.contains("FROM refreshd_delta_rows lineitem WHERE"),
+        "{apply}"
+    );
+    assert!(
+        apply.contains("GROUP BY l_returnflag, l_linestatus"),
+        "{apply}"
+    );
     assert!(
         apply.contains("sum(l_quantity) FILTER (WHERE lineitem.refreshd_sign > 0)"),
         "{apply}"
@@ -268,16 +280,34 @@ fn q1_like_positional_group_by() {
         "{}",
         p.apply[0]
     );
-    assert!(p.notes.contains(&"aq: avg, sq / n".to_string()), "{:?}", p.notes);
-    let r = plan_with(sql, &["l_returnflag", "l_linestatus"], &[], &["l_quantity"], &[])
-        .unwrap_err()
-        .reason;
-    assert!(r.starts_with("column aq: avg needs the sum and the count"), "{r}");
+    assert!(
+        p.notes.contains(&"aq: avg, sq / n".to_string()),
+        "{:?}",
+        p.notes
+    );
+    let r = plan_with(
+        sql,
+        &["l_returnflag", "l_linestatus"],
+        &[],
+        &["l_quantity"],
+        &[],
+    )
+    .unwrap_err()
+    .reason;
+    assert!(
+        r.starts_with("column aq: avg needs the sum and the count"),
+        "{r}"
+    );
     // A nullable argument of a sum without avg: the sum's groups losing a non-NULL
     // input are rechecked.
-    let sql2 = "SELECT l_returnflag, sum(l_quantity) AS sq, count(*) AS n FROM tpch.lineitem GROUP BY 1";
+    let sql2 =
+        "SELECT l_returnflag, sum(l_quantity) AS sq, count(*) AS n FROM tpch.lineitem GROUP BY 1";
     let p = plan_with(sql2, &["l_returnflag"], &[], &["l_quantity"], &[]).unwrap();
-    assert!(p.notes[2].contains("a group losing a non-NULL input is recomputed"), "{:?}", p.notes);
+    assert!(
+        p.notes[2].contains("a group losing a non-NULL input is recomputed"),
+        "{:?}",
+        p.notes
+    );
 }
 
 /// Q5: six tables, grouped by the nation's name. The fact is lineitem (the largest);
@@ -303,7 +333,11 @@ fn tpch_q5() {
         .notes
         .iter()
         .any(|n| n.starts_with("groups losing rows are recomputed")));
-    assert!(p.apply[0].contains("refreshd_delta_rows lineitem"), "{}", p.apply[0]);
+    assert!(
+        p.apply[0].contains("refreshd_delta_rows lineitem"),
+        "{}",
+        p.apply[0]
+    );
     // The caller may name another fact table (orders is read once, not nullable, and
     // nothing reaches the key through it).
     let d = derived(sql, &["n_name"]);
@@ -348,7 +382,11 @@ fn tpch_q5() {
     )
     .unwrap();
     assert_eq!(r.fact, "tpch.orders");
-    assert!(r.apply[0].contains("refreshd_delta_rows orders"), "{}", r.apply[0]);
+    assert!(
+        r.apply[0].contains("refreshd_delta_rows orders"),
+        "{}",
+        r.apply[0]
+    );
 }
 
 /// FILTER: each aggregate's contribution keeps its filter; a filtered sum's count is
@@ -367,15 +405,17 @@ fn filter() {
         p.notes
     );
     assert!(
-        p.apply[0].contains(
-            "sum(s.amount) FILTER (WHERE s.refreshd_sign > 0 AND s.amount > 10)"
-        ),
+        p.apply[0].contains("sum(s.amount) FILTER (WHERE s.refreshd_sign > 0 AND s.amount > 10)"),
         "{}",
         p.apply[0]
     );
     // The corpus's filtered view: an expression over two sums.
     let r = no_delta(include_str!("corpus/filtered.sql"), &["l_returnflag"]);
-    assert!(r.starts_with("column avg_taxed_qty: avg needs") || r.starts_with("column untaxed_qty is an expression"), "{r}");
+    assert!(
+        r.starts_with("column avg_taxed_qty: avg needs")
+            || r.starts_with("column untaxed_qty is an expression"),
+        "{r}"
+    );
 }
 
 /// A nullable sum: count(x) tells when the sum becomes NULL; avg is sum / count(x).
@@ -463,7 +503,10 @@ fn refusals() {
     )
     .unwrap_err()
     .reason;
-    assert!(r.starts_with("column total: sum of type double precision"), "{r}");
+    assert!(
+        r.starts_with("column total: sum of type double precision"),
+        "{r}"
+    );
     // Read through a plain view.
     let r = no_delta(
         "SELECT o.o_custkey, count(*) AS n, sum(o.o_totalprice) AS t FROM tpch.open_orders o GROUP BY o.o_custkey",
@@ -486,7 +529,8 @@ fn names() {
         kind: RelationKind::Table,
         columns: vec!["g".into(), "refreshd_sign".into(), "x".into()],
     });
-    let sql = "SELECT t.g, count(*) AS n, sum(t.x) AS sx FROM tpch.\"Odd \"\"t\"\"\" t GROUP BY t.g";
+    let sql =
+        "SELECT t.g, count(*) AS n, sum(t.x) AS sx FROM tpch.\"Odd \"\"t\"\"\" t GROUP BY t.g";
     let d = derive(sql, &["g"], &cat).unwrap();
     let tables = vec![DeltaTable {
         table: "tpch.Odd \"t\"".into(),
@@ -522,7 +566,11 @@ fn names() {
     assert_eq!(p.sign_column, "refreshd_sign_2");
     assert!(p.buffer.name.len() <= 63 && p.buffer.name.starts_with("my_schema_vvv"));
     assert_ne!(p.buffer.name, p.recheck.name);
-    assert!(p.install[1].contains("\"refreshd_sign_2\" int2 NOT NULL"), "{}", p.install[1]);
+    assert!(
+        p.install[1].contains("\"refreshd_sign_2\" int2 NOT NULL"),
+        "{}",
+        p.install[1]
+    );
     // x has no equality: an UPDATE buffers all its old and new rows.
     assert!(!p.capture_update.contains("EXCEPT"), "{}", p.capture_update);
 }
