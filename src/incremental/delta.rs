@@ -272,7 +272,7 @@ struct AggCol {
 #[derive(Debug, Clone)]
 enum Out {
     Group(String),
-    Agg(AggCol),
+    Agg(Box<AggCol>),
 }
 
 /// The pieces the delta query computes, each a named aggregate over the buffer rows.
@@ -675,12 +675,12 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
                         "column {name}: {func} of type {ty} (deltas keep exact sums only: bigint or numeric; floating point would drift from a recompute)"
                     )));
                 }
-                outs.push(Out::Agg(AggCol {
+                outs.push(Out::Agg(Box::new(AggCol {
                     func,
                     arg,
                     arg_node,
                     filter,
-                }));
+                })));
             }
         }
     }
