@@ -898,6 +898,58 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
             _ => group.push(g.clone()),
         }
     }
+    // A grouping value PostgreSQL accepts through a primary key (GROUP BY t.id, SELECT
+    // t.name) is no longer accepted when t is the consumed rows: refuse it up front
+    // rather than fail at every refresh.
+    let grouped: Vec<String> = group.iter().map(expr_text).collect::<Result<_, _>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        if !matches!(outs[i], Out::Group(_)) {
+            continue;
+        }
+        let Some(val) = t.val.as_deref() else {
+            continue;
+        };
+        if grouped.contains(&expr_text(val)?) {
+            continue;
+        }
+        let v = serde_json::to_value(val).unwrap_or_default();
+        let mut refs: Vec<Vec<String>> = Vec::new();
+        walk_json(&v, &mut |k, x| {
+            if k == "ColumnRef" {
+                let mut parts = Vec::new();
+                if let Some(fields) = x.get("fields") {
+                    walk_json(fields, &mut |k2, y| {
+                        if let (true, Some(s)) = (k2 == "sval", y.as_str()) {
+                            parts.push(s.to_string());
+                        }
+                    });
+                }
+                refs.push(parts);
+            }
+        });
+        for parts in refs {
+            let text = parts
+                .iter()
+                .map(|p| quote_ident(p))
+                .collect::<Vec<_>>()
+                .join(".");
+            let covered = grouped.iter().any(|g| {
+                let bare: Vec<&str> = g.split('.').map(|x| x.trim_matches('"')).collect();
+                bare == parts.iter().map(String::as_str).collect::<Vec<_>>() || *g == text
+            });
+            let of_fact = match parts.as_slice() {
+                [c] => col_names.contains(c),
+                [q, _] => *q == fact_alias,
+                _ => true,
+            };
+            if !covered && of_fact {
+                return Err(no(format!(
+                    "column {} is not grouped by itself (PostgreSQL accepts it through {}'s primary key, which the consumed rows do not have)",
+                    f.columns[i].0, fact.name
+                )));
+            }
+        }
+    }
     ds.group_clause = group;
     ds.sort_clause.clear();
     let target_sql = format!("SELECT {}", d_targets.join(", "));

@@ -485,6 +485,25 @@ fn refusals() {
         &["id"],
     );
     assert_eq!(p.fact, "tpch.product");
+    // Grouped by the fact table's primary key, another of its columns in the output.
+    let r = no_delta(
+        "SELECT s.id, s.amount, count(*) AS n FROM tpch.sales s GROUP BY s.id",
+        &["id"],
+    );
+    assert_eq!(
+        r,
+        "column amount is not grouped by itself (PostgreSQL accepts it through tpch.sales's primary key, which the consumed rows do not have)"
+    );
+    // The same through a dimension's key is fine: the dimension is joined as it is.
+    let p = plan_with(
+        "SELECT p.id, p.name, count(*) AS n FROM tpch.sales s JOIN tpch.product p ON p.id = s.product_id GROUP BY p.id",
+        &["id"],
+        &[],
+        &[],
+        &[("sales", 1e6)],
+    )
+    .unwrap();
+    assert_eq!(p.fact, "tpch.sales");
     // A float sum drifts from a recompute.
     let r = plan_with(
         "SELECT s.product_id, sum(s.amount) AS total FROM tpch.sales s GROUP BY s.product_id",
