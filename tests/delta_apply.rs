@@ -75,11 +75,23 @@ async fn catalog_of(client: &tokio_postgres::Client, table: &str) -> DeltaTable 
 /// index on the key), the plan's buffers, and triggers on dt.facts running the plan's
 /// capture statements.
 async fn install(client: &tokio_postgres::Client, name: &str, key: &[&str]) -> View {
-    let def = QualifiedName::new("dt", format!("{name}_def"));
-    let live = QualifiedName::new("dt", format!("{name}_live"));
+    install_in(client, "dt", name, key, &["dt.facts"]).await
+}
+
+/// [`install`] in `schema` (tables `facts` and `cats`), with the capture triggers on
+/// `capture_on` (the fact table and its partitions).
+async fn install_in(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    name: &str,
+    key: &[&str],
+    capture_on: &[&str],
+) -> View {
+    let def = QualifiedName::new(schema, format!("{name}_def"));
+    let live = QualifiedName::new(schema, format!("{name}_live"));
     let tables = [
-        catalog_of(client, "dt.facts").await,
-        catalog_of(client, "dt.cats").await,
+        catalog_of(client, &format!("{schema}.facts")).await,
+        catalog_of(client, &format!("{schema}.cats")).await,
     ];
     let mut catalog = Catalog::new();
     for t in &tables {
@@ -121,7 +133,7 @@ async fn install(client: &tokio_postgres::Client, name: &str, key: &[&str]) -> V
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan.fact, "dt.facts");
+    assert_eq!(plan.fact, format!("{schema}.facts"));
     let keys = key
         .iter()
         .map(|k| quote_ident(k))
@@ -136,23 +148,29 @@ async fn install(client: &tokio_postgres::Client, name: &str, key: &[&str]) -> V
         sql.push_str(s);
         sql.push_str(";\n");
     }
-    let func = format!("dt.{}", quote_ident(&format!("{name}_capture")));
+    let func = format!(
+        "{}.{}",
+        quote_ident(schema),
+        quote_ident(&format!("{name}_capture"))
+    );
     sql.push_str(&format!(
         "CREATE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $f$\nBEGIN\n  IF TG_OP = 'INSERT' THEN {};\n  ELSIF TG_OP = 'DELETE' THEN {};\n  ELSE {};\n  END IF;\n  RETURN NULL;\nEND;\n$f$;\n",
         plan.capture_insert, plan.capture_delete, plan.capture_update
     ));
-    for (op, referencing) in [
-        ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
-        ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
-        (
-            "UPDATE",
-            "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
-        ),
-    ] {
-        sql.push_str(&format!(
-            "CREATE TRIGGER {} AFTER {op} ON dt.facts {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {func}();\n",
-            quote_ident(&format!("{name}_{op}"))
-        ));
+    for table in capture_on {
+        for (op, referencing) in [
+            ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
+            ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
+            (
+                "UPDATE",
+                "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+            ),
+        ] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER {} AFTER {op} ON {table} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {func}();\n",
+                quote_ident(&format!("{name}_{op}"))
+            ));
+        }
     }
     client.batch_execute(&sql).await.unwrap();
     View {
@@ -520,4 +538,82 @@ async fn rows_committed_after_the_snapshot_are_applied_next_time_exactly_once() 
     assert_eq!(buffered(&client, &full).await, 0);
     assert!(refreshes > 1, "the refreshes ran while writers wrote");
     eprintln!("{written} writes, {refreshes} refreshes while they ran");
+}
+
+/// A partitioned fact table: the capture on the root and on each partition (a statement
+/// naming a partition fires only the partition's triggers). Writes through the root,
+/// straight into partitions, and updates moving rows between partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_fact_table() {
+    let db = TestDb::new();
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            r#"
+            CREATE SCHEMA dp;
+            CREATE TABLE dp.cats (id int PRIMARY KEY, name text NOT NULL);
+            CREATE TABLE dp.facts (id bigint NOT NULL, cat_id int NOT NULL, grp int NOT NULL,
+                                   qty int NOT NULL, price numeric) PARTITION BY LIST (grp);
+            CREATE TABLE dp.facts_low PARTITION OF dp.facts FOR VALUES IN (0, 1);
+            CREATE TABLE dp.facts_high PARTITION OF dp.facts FOR VALUES IN (2, 3);
+            INSERT INTO dp.cats VALUES (1, 'alpha'), (2, 'beta');
+            INSERT INTO dp.facts SELECT g, 1 + g % 2, g % 4, g % 5, g * 0.5 FROM generate_series(1, 30) g;
+            CREATE VIEW dp.by_cat_def AS
+              SELECT c.name, f.grp, count(*) AS n, sum(f.qty) AS sq, count(f.price) AS np,
+                     sum(f.price) AS sp
+                FROM dp.facts f JOIN dp.cats c ON c.id = f.cat_id
+               GROUP BY c.name, f.grp;
+            "#,
+        )
+        .await
+        .unwrap();
+    let v = install_in(
+        &client,
+        "dp",
+        "by_cat",
+        &["name", "grp"],
+        &["dp.facts", "dp.facts_low", "dp.facts_high"],
+    )
+    .await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut id = 1000;
+    for batch in 0..40 {
+        id += 1;
+        let grp = rng.random_range(0..4);
+        let part = if grp < 2 {
+            "dp.facts_low"
+        } else {
+            "dp.facts_high"
+        };
+        let sql = match batch % 5 {
+            0 => format!(
+                "INSERT INTO dp.facts VALUES ({id}, {}, {grp}, {}, {})",
+                rng.random_range(1..=2),
+                rng.random_range(0..5),
+                price(&mut rng)
+            ),
+            1 => format!(
+                "INSERT INTO {part} VALUES ({id}, {}, {grp}, {}, {})",
+                rng.random_range(1..=2),
+                rng.random_range(0..5),
+                price(&mut rng)
+            ),
+            2 => format!(
+                "UPDATE dp.facts SET grp = (grp + 2) % 4 WHERE id % 4 = {}",
+                rng.random_range(0..4)
+            ),
+            3 => format!(
+                "DELETE FROM {part} WHERE id % 3 = {}",
+                rng.random_range(0..3)
+            ),
+            _ => format!(
+                "UPDATE {part} SET price = {}, qty = qty + 1 WHERE id % 2 = {}",
+                price(&mut rng),
+                rng.random_range(0..2)
+            ),
+        };
+        client.batch_execute(&sql).await.unwrap();
+        consume(&client, &v, None).await;
+        assert_eq!(differences(&client, &v).await, 0, "batch {batch}: {sql}");
+    }
 }
