@@ -21,7 +21,7 @@ const SCHEMA: &str = r#"
     CREATE TABLE dt.cats (id int PRIMARY KEY, name text NOT NULL UNIQUE);
     CREATE TABLE dt.facts (id bigint PRIMARY KEY, cat_id int NOT NULL REFERENCES dt.cats (id),
                            grp int NOT NULL, qty int NOT NULL, price numeric, flag boolean NOT NULL,
-                           note text);
+                           note text, disc numeric(6,2) NOT NULL DEFAULT 0.05);
     INSERT INTO dt.cats VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma');
     INSERT INTO dt.facts SELECT g, 1 + g % 3, g % 4, g % 7, CASE WHEN g % 5 = 0 THEN NULL ELSE g * 1.25 END,
                                 g % 2 = 0, 'n' FROM generate_series(1, 40) g;
@@ -30,7 +30,8 @@ const SCHEMA: &str = r#"
     CREATE VIEW dt.full_def AS
       SELECT c.name, f.grp, count(*) AS n, count(f.price) AS np, sum(f.price) AS sp,
              avg(f.price) AS ap, sum(f.qty) AS sq, avg(f.qty) AS aq,
-             count(*) FILTER (WHERE f.flag) AS nf, sum(f.price) FILTER (WHERE f.flag) AS spf
+             count(*) FILTER (WHERE f.flag) AS nf, sum(f.price) FILTER (WHERE f.flag) AS spf,
+             avg(f.disc) AS ad
         FROM dt.facts f JOIN dt.cats c ON c.id = f.cat_id
        WHERE f.qty <> 3
        GROUP BY c.name, f.grp;
@@ -279,18 +280,20 @@ fn statement(rng: &mut StdRng, next_id: &mut i64) -> String {
                 .map(|_| {
                     *next_id += 1;
                     format!(
-                        "({}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {}.{:02})",
                         next_id,
                         rng.random_range(1..=3),
                         rng.random_range(0..4),
                         rng.random_range(0..7),
                         price(rng),
-                        rng.random_range(0..2) == 0
+                        rng.random_range(0..2) == 0,
+                        rng.random_range(0..3),
+                        rng.random_range(0..100)
                     )
                 })
                 .collect();
             format!(
-                "INSERT INTO dt.facts (id, cat_id, grp, qty, price, flag) VALUES {}",
+                "INSERT INTO dt.facts (id, cat_id, grp, qty, price, flag, disc) VALUES {}",
                 rows.join(", ")
             )
         }
@@ -314,7 +317,9 @@ fn statement(rng: &mut StdRng, next_id: &mut i64) -> String {
             rng.random_range(0..6)
         ),
         6 => format!(
-            "UPDATE dt.facts SET flag = NOT flag, qty = qty + 1 WHERE id % 4 = {}",
+            "UPDATE dt.facts SET flag = NOT flag, qty = qty + 1, disc = {}.{:02} WHERE id % 4 = {}",
+            rng.random_range(0..3),
+            rng.random_range(0..100),
             rng.random_range(0..4)
         ),
         7 => format!(
@@ -342,7 +347,14 @@ async fn deltas_keep_the_live_table_equal_to_its_definition() {
     client.batch_execute(SCHEMA).await.unwrap();
     let full = install(&client, "full", &["name", "grp"]).await;
     let bare = install(&client, "bare", &["grp"]).await;
-    assert_eq!(full.plan.columns, ["cat_id", "grp", "qty", "price", "flag"]);
+    assert_eq!(
+        full.plan.columns,
+        ["cat_id", "grp", "qty", "price", "flag", "disc"]
+    );
+    assert!(full
+        .plan
+        .notes
+        .contains(&"ad: avg, (old avg × old n + added - removed) / n".to_string()));
     let mut rng = StdRng::seed_from_u64(20);
     let mut next_id = 1000;
     let (mut rechecked_full, mut rechecked_bare) = (0, 0);

@@ -369,6 +369,41 @@ fn never_null(e: &pb::Node, fact_alias: &str, fact_cols: &[String], not_null: &[
     }
 }
 
+/// The fact column an expression is, when it is one plain column.
+fn plain_fact_column(e: &pb::Node, fact_alias: &str, fact_cols: &[String]) -> Option<String> {
+    let Some(NodeEnum::ColumnRef(c)) = node(e) else {
+        return None;
+    };
+    let parts: Vec<String> = c
+        .fields
+        .iter()
+        .filter_map(|f| match node(f) {
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect();
+    let col = match parts.as_slice() {
+        [col] => col,
+        [alias, col] if alias == fact_alias => col,
+        _ => return None,
+    };
+    fact_cols.contains(col).then(|| col.clone())
+}
+
+/// The decimal scale every value of a type has: 0 for integers, s for numeric(p,s).
+fn fixed_scale(ty: &str) -> Option<u32> {
+    match ty {
+        "smallint" | "integer" | "bigint" => Some(0),
+        _ => {
+            let inner = ty.strip_prefix("numeric(")?.strip_suffix(')')?;
+            match inner.split_once(',') {
+                Some((_, s)) => s.trim().parse().ok().filter(|s| *s <= 12),
+                None => inner.trim().parse::<u32>().ok().map(|_| 0),
+            }
+        }
+    }
+}
+
 /// Derives the delta application of a view, or says why its changes are not applied as
 /// deltas. `d` is [`super::derive`]'s result for the same definition and catalog.
 pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDelta> {
@@ -815,20 +850,56 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         let sum_col = outs.iter().position(
             |o| matches!(o, Out::Agg(c) if c.func == "sum" && c.arg == a.arg && c.filter == a.filter),
         );
-        let (Some(sc), Some(cc)) = (sum_col, count_source(a)) else {
+        let Some(cc) = count_source(a) else {
             return Err(no(format!(
                 "column {name}: avg needs the sum and the count of the same inputs (same FILTER) among the view's columns, and the live table keeps no hidden ones"
             )));
         };
-        let sum = sum_value[sc].clone().expect("sums computed above");
+        let sum = match sum_col {
+            Some(sc) => {
+                notes.push(format!(
+                    "{name}: avg, {} / {}",
+                    f.columns[sc].0, f.columns[cc].0
+                ));
+                sum_value[sc].clone().expect("sums computed above")
+            }
+            None => {
+                // No sum column: for a plain fact column of a fixed scale, the old sum
+                // is the old average times the old count, rounded to that scale. An
+                // average carries at least 13 significant digits, so this is exact
+                // while the sum stays below 10^(12 - scale); larger groups are
+                // rechecked.
+                let scale = a
+                    .arg_node
+                    .as_ref()
+                    .and_then(|x| plain_fact_column(x, &fact_alias, &col_names))
+                    .and_then(|c| fact.columns.iter().find(|(n, _)| *n == c))
+                    .and_then(|(_, ty)| fixed_scale(ty));
+                let Some(scale) = scale else {
+                    return Err(no(format!(
+                        "column {name}: avg without its sum among the view's columns needs a plain column of the fact table with a fixed scale (integer or numeric(p,s)) as its argument"
+                    )));
+                };
+                let arg = a.arg.clone().expect("avg has an argument");
+                let plus = pieces.add(format!("sum({arg}) {}", when(true, &a.filter)));
+                let minus = pieces.add(format!("sum({arg}) {}", when(false, &a.filter)));
+                let old_sum = format!(
+                    "round(COALESCE({o}, 0) * COALESCE({oc}, 0), {scale})",
+                    o = old(i),
+                    oc = old(cc)
+                );
+                sure.push(format!("abs({old_sum}) < 1e{}", 12 - i64::from(scale)));
+                notes.push(format!(
+                    "{name}: avg, (old avg × old {c} + added - removed) / {c}",
+                    c = f.columns[cc].0
+                ));
+                format!("({old_sum} + COALESCE(d.{plus}, 0) - COALESCE(d.{minus}, 0))")
+            }
+        };
         new_value[i] = format!(
             "(CASE WHEN {c} = 0 THEN NULL ELSE ({sum})::numeric / ({c})::numeric END)",
             c = new_value[cc]
         );
-        notes.push(format!(
-            "{name}: avg, {} / {}",
-            f.columns[sc].0, f.columns[cc].0
-        ));
     }
     let gone = match rows_col {
         Some(j) => format!("({} = 0)", new_value[j]),
