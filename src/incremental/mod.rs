@@ -6,16 +6,22 @@
 //! output column: delta or group recompute) or a [`Refused`] with the reason.
 //!
 //! parse → lineage → derive → generate ([`generate`]: the SQL of a keyed conversion,
-//! which `init --keyed` writes or applies).
+//! which `init --keyed` writes or applies); [`delta`]: the SQL that applies a fact
+//! table's changes to their groups as deltas (row buffer, capture, apply), for the
+//! caller to wire into the capture and the keyed refresh.
 
+pub mod delta;
 mod derive;
 pub mod generate;
 mod lineage;
 mod parse;
 
 #[cfg(test)]
+mod delta_tests;
+#[cfg(test)]
 mod tests;
 
+pub use delta::{delta_plan, DeltaFacts, DeltaPlan, DeltaTable, NoDelta};
 pub use derive::{
     Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation,
 };

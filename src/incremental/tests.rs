@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn catalog() -> Catalog {
+pub(super) fn catalog() -> Catalog {
     let mut c = Catalog::new()
         .table(
             "core.brand",
@@ -310,7 +310,7 @@ fn catalog() -> Catalog {
     c
 }
 
-fn derived(sql: &str, key: &[&str]) -> Derivation {
+pub(super) fn derived(sql: &str, key: &[&str]) -> Derivation {
     match derive(sql, key, &catalog()) {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
