@@ -37,6 +37,7 @@ use tokio_postgres::types::Type;
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
+use crate::incremental::delta::{delta_plan, DeltaFacts, DeltaTable};
 use crate::incremental::generate::{self, BaseTable, Facts, Generated, Grant};
 use crate::incremental::{self, Catalog, Derivation, Relation, RelationKind};
 use crate::pg::capture;
@@ -173,6 +174,19 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
                 g.definition.shown(),
                 escape_line(&g.channel)
             );
+            match &k.deltas {
+                Some(Ok(fact)) => eprintln!(
+                    "refreshd init: --keyed {}: deltas: fact table {}",
+                    k.name.shown(),
+                    fact.shown()
+                ),
+                Some(Err(reason)) => eprintln!(
+                    "refreshd init: --keyed {}: no deltas: {}",
+                    k.name.shown(),
+                    escape_line(reason)
+                ),
+                None => {}
+            }
             if apply {
                 eprintln!("refreshd init: {what}: converted");
             } else if sql_dir.is_some() {
@@ -209,6 +223,9 @@ struct Keyed {
     outcome: Result<Derivation, String>,
     /// The conversion's SQL and names, when derived.
     conversion: Option<Generated>,
+    /// With a conversion: the fact table whose changes are applied as deltas, or why
+    /// none is (on one line, unescaped).
+    deltas: Option<Result<QualifiedName, String>>,
 }
 
 /// The `--keyed` view itself: its kind, definition, and the key columns of the first
@@ -343,8 +360,8 @@ async fn derive_keyed(
                 }
             }
         };
-        let (outcome, conversion) = match outcome {
-            Err(e) => (Err(e), None),
+        let (outcome, conversion, deltas) = match outcome {
+            Err(e) => (Err(e), None, None),
             Ok((d, definition)) => {
                 let facts = keyed_facts(
                     client,
@@ -358,9 +375,37 @@ async fn derive_keyed(
                 )
                 .await
                 .map_err(err)?;
-                match facts.and_then(|f| generate::generate(&d, &f)) {
-                    Ok(g) => (Ok(d), Some(g)),
-                    Err(e) => (Err(e), None),
+                match facts.and_then(|(f, dt)| generate::generate(&d, &f).map(|g| (f, dt, g))) {
+                    Err(e) => (Err(e), None, None),
+                    Ok((mut f, delta_tables, g)) => {
+                        let plan = delta_plan(
+                            &d,
+                            &DeltaFacts {
+                                view: name,
+                                live: &g.table,
+                                definition: &f.definition,
+                                columns: &f.columns,
+                                catalog: &catalog,
+                                tables: &delta_tables,
+                                fact: None,
+                            },
+                        );
+                        match plan {
+                            Err(no) => (Ok(d), Some(g), Some(Err(no.reason))),
+                            Ok(p) => {
+                                let fact = p.fact_name.clone();
+                                f.delta = Some(p);
+                                match generate::generate(&d, &f) {
+                                    Ok(with) => (Ok(d), Some(with), Some(Ok(fact))),
+                                    Err(e) => (
+                                        Ok(d),
+                                        Some(g),
+                                        Some(Err(format!("the delta plan does not fit: {e}"))),
+                                    ),
+                                }
+                            }
+                        }
+                    }
                 }
             }
         };
@@ -369,6 +414,7 @@ async fn derive_keyed(
             oid,
             outcome,
             conversion,
+            deltas,
         });
     }
     Ok(out)
@@ -419,8 +465,28 @@ const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'U
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
 
-/// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input);
-/// `Ok(Err)` when a base table is not in the catalog read.
+/// A base table's columns for the delta plan: name, type (with a `COLLATE` clause when
+/// the column's collation is not its type's), NOT NULL, and the estimated rows of the
+/// table with all its partitions.
+const DELTA_COLUMNS_SQL: &str = "SELECT a.attname::text, \
+       pg_catalog.format_type(a.atttypid, a.atttypmod) || \
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
+            THEN ' COLLATE ' || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
+            ELSE '' END, \
+       a.attnotnull, \
+       (SELECT pg_catalog.sum(GREATEST(pc.reltuples, 0))::float8 \
+          FROM pg_catalog.pg_partition_tree(c.oid) t JOIN pg_catalog.pg_class pc ON pc.oid = t.relid) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+  LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+ ORDER BY a.attnum";
+
+/// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input,
+/// and each base table's for [`delta_plan`]); `Ok(Err)` when a base table is not in the
+/// catalog read.
 #[allow(clippy::too_many_arguments)]
 async fn keyed_facts(
     client: &tokio_postgres::Client,
@@ -431,7 +497,7 @@ async fn keyed_facts(
     relations: &HashMap<String, (QualifiedName, char)>,
     search_path: &[String],
     in_place: bool,
-) -> Result<Result<Facts, String>, tokio_postgres::Error> {
+) -> Result<Result<(Facts, Vec<DeltaTable>), String>, tokio_postgres::Error> {
     let columns = client
         .query_typed(COLUMNS_SQL, &[(&oid, Type::OID)])
         .await?
@@ -455,6 +521,7 @@ async fn keyed_facts(
         })
         .collect();
     let mut tables = Vec::new();
+    let mut delta_tables = Vec::new();
     for t in &d.tables {
         let Some((name, relkind)) = relations.get(&t.table) else {
             return Ok(Err(format!("base table {} is not in the catalog", t.table)));
@@ -474,7 +541,7 @@ async fn keyed_facts(
                 ));
             }
         }
-        let incomparable = client
+        let incomparable: Vec<String> = client
             .query_typed(
                 INCOMPARABLE_SQL,
                 &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
@@ -491,6 +558,27 @@ async fn keyed_facts(
             .await?
             .first()
             .is_some_and(|r| r.get::<_, bool>(0));
+        let rows = client
+            .query_typed(
+                DELTA_COLUMNS_SQL,
+                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+            )
+            .await?;
+        delta_tables.push(DeltaTable {
+            table: t.table.clone(),
+            name: name.clone(),
+            columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            not_null: rows
+                .iter()
+                .filter(|r| r.get::<_, bool>(2))
+                .map(|r| r.get(0))
+                .collect(),
+            incomparable: incomparable.clone(),
+            estimated_rows: rows
+                .first()
+                .and_then(|r| r.get::<_, Option<f64>>(3))
+                .unwrap_or(0.0),
+        });
         tables.push(BaseTable {
             table: t.table.clone(),
             name: name.clone(),
@@ -500,16 +588,20 @@ async fn keyed_facts(
             lockable,
         });
     }
-    Ok(Ok(Facts {
-        view: view.clone(),
-        definition,
-        columns,
-        search_path: search_path.to_vec(),
-        tables,
-        indexes,
-        grants,
-        in_place,
-    }))
+    Ok(Ok((
+        Facts {
+            view: view.clone(),
+            definition,
+            columns,
+            search_path: search_path.to_vec(),
+            tables,
+            indexes,
+            grants,
+            in_place,
+            delta: None,
+        },
+        delta_tables,
+    )))
 }
 
 /// The comment lines reporting one `--keyed` view; `converting`: its SQL is written or
@@ -550,6 +642,11 @@ fn keyed_comments(out: &mut String, k: &Keyed, converting: bool) {
                 }
                 for line in &g.capture {
                     comment(out, &format!("capture: {line}"));
+                }
+                match &k.deltas {
+                    Some(Ok(fact)) => comment(out, &format!("deltas: fact table {fact}")),
+                    Some(Err(reason)) => comment(out, &format!("no deltas: {reason}")),
+                    None => {}
                 }
             }
             if converting {

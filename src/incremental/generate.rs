@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::delta::DeltaPlan;
 use super::{Carry, Derivation, How};
 use crate::engine::arming::{ARM_CLASS, ARM_SLOTS};
 use crate::pg::ident::{quote_ident, sql_comment, QualifiedName, MAX_IDENTIFIER_BYTES};
@@ -85,6 +86,12 @@ pub struct Facts {
     pub grants: Vec<Grant>,
     /// Replace the materialized view by a table of the same name.
     pub in_place: bool,
+    /// Changes to its fact table applied as deltas ([`super::delta::delta_plan`], whose
+    /// `live` must be this conversion's [`Generated::table`]): its row buffer and recheck
+    /// table installed, the fact table's triggers (root and partitions) buffering rows
+    /// instead of keys, the apply as [`Generated::consume_prelude`] and the recheck keys
+    /// returned by the consume function. `None`: every change recomputes its groups.
+    pub delta: Option<DeltaPlan>,
 }
 
 /// The conversion.
@@ -115,6 +122,15 @@ pub struct Generated {
     /// Set it and append [`consume_function_sql`] to the install (it replaces the
     /// function).
     pub consume_prelude: Vec<String>,
+    /// A query returning more keys to recompute (typed and named like the key columns; a
+    /// NULL member means everything), run after the prelude and returned with the
+    /// buffer's: the delta plan's [`DeltaPlan::recheck_keys`].
+    pub consume_recheck: Option<String>,
+    /// The consume function's `search_path` (then `pg_temp`); empty: `pg_catalog`. The
+    /// delta apply holds the definition's text, resolved as it was printed.
+    pub consume_search_path: Vec<String>,
+    /// The fact table whose changes are applied as deltas (`schema.name`).
+    pub delta_fact: Option<QualifiedName>,
     /// Statements, without BEGIN/COMMIT: the caller runs them in its transaction.
     pub install: String,
     pub rollback: String,
@@ -156,12 +172,37 @@ pub fn consume_function_sql(g: &Generated) -> String {
         let st = st.trim().trim_end_matches(';');
         let _ = writeln!(body, "{st};");
     }
-    let _ = writeln!(
-        body,
-        "WITH d AS (DELETE FROM {} RETURNING *)\nSELECT DISTINCT {keys}, d.{all}{nulls} FROM d;",
-        g.buffer.quoted(),
-        all = quote_ident(&g.all_column),
-    );
+    match &g.consume_recheck {
+        None => {
+            let _ = writeln!(
+                body,
+                "WITH d AS (DELETE FROM {} RETURNING *)\nSELECT DISTINCT {keys}, d.{all}{nulls} FROM d;",
+                g.buffer.quoted(),
+                all = quote_ident(&g.all_column),
+            );
+        }
+        Some(recheck) => {
+            // The keys the apply could not decide, with the buffer's (UNION: distinct).
+            let r_nulls: String = g
+                .key
+                .iter()
+                .map(|k| format!(" OR r.{} IS NULL", quote_ident(k)))
+                .collect();
+            let _ = writeln!(
+                body,
+                "WITH d AS (DELETE FROM {} RETURNING *), r AS ({})\nSELECT {keys}, d.{all}{nulls} FROM d\nUNION\nSELECT {}, false{r_nulls} FROM r;",
+                g.buffer.quoted(),
+                recheck.trim().trim_end_matches(';'),
+                list(&g.key, "r."),
+                all = quote_ident(&g.all_column),
+            );
+        }
+    }
+    let search_path = if g.consume_search_path.is_empty() {
+        "pg_catalog, pg_temp".to_string()
+    } else {
+        format!("{}, pg_temp", list(&g.consume_search_path, ""))
+    };
     let signature: Vec<String> = g
         .key
         .iter()
@@ -173,7 +214,7 @@ pub fn consume_function_sql(g: &Generated) -> String {
         )))
         .collect();
     format!(
-        "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE sql\nVOLATILE\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
+        "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE sql\nVOLATILE\nSECURITY DEFINER\nSET search_path = {search_path}\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
         signature.join(", "),
         dollar(&body),
         literal(&format!(
@@ -616,10 +657,37 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         all_column: all_column.clone(),
         consume: consume.clone(),
         consume_prelude: Vec::new(),
+        consume_recheck: None,
+        consume_search_path: Vec::new(),
+        delta_fact: None,
         install: String::new(),
         rollback: String::new(),
         capture: Vec::new(),
     };
+    if let Some(p) = &f.delta {
+        if table_of(&p.fact)?.name != p.fact_name {
+            return Err(format!("the delta plan's fact table {} is not {}", p.fact_name, p.fact));
+        }
+        // The row buffer and the recheck table, created again empty (the fill below
+        // covers whatever they held), before the consume function that reads them.
+        let _ = writeln!(
+            w,
+            "-- {}",
+            sql_comment(&format!(
+                "Deltas: changes to {} are buffered as rows in {} and applied to {table} by {consume}() (keys it cannot decide go through {}).",
+                p.fact_name, p.buffer, p.recheck
+            ))
+        );
+        for st in p.rollback.iter().chain(&p.install) {
+            let _ = writeln!(w, "{};", st.trim().trim_end_matches(';'));
+        }
+        let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
+        let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
+        generated.consume_prelude = p.apply.clone();
+        generated.consume_recheck = Some(p.recheck_keys.clone());
+        generated.consume_search_path = p.search_path.clone();
+        generated.delta_fact = Some(p.fact_name.clone());
+    }
     w.push_str(&consume_function_sql(&generated));
 
     // The trigger functions.
@@ -730,6 +798,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             }
         };
         let mut body = String::from("DECLARE\n    v_rows bigint := 0;\nBEGIN\n");
+        let delta = f.delta.as_ref().filter(|p| p.fact == t.table);
         for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
             let _ = writeln!(
                 body,
@@ -769,6 +838,20 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             } else {
                 Some(changed(op))
             };
+            if let Some(p) = delta {
+                // Rows for the apply instead of keys: no join, no lock.
+                let capture = match *op {
+                    "insert" => &p.capture_insert,
+                    "delete" => &p.capture_delete,
+                    _ => &p.capture_update,
+                };
+                let _ = writeln!(
+                    body,
+                    "        {};\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
+                    capture.trim().trim_end_matches(';')
+                );
+                continue;
+            }
             match (&source, rows) {
                 (_, None) => {
                     let _ = writeln!(body, "        NULL;");
@@ -811,6 +894,13 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 ),
                 _ => format!("{}: the keys of its old and new rows", b.name),
             },
+        };
+        let line = match delta {
+            Some(p) => format!(
+                "{}: its changed rows, buffered in {} and applied as deltas (TRUNCATE: everything)",
+                b.name, p.buffer
+            ),
+            None => line,
         };
         let line = if reached.contains_key(&t.table) {
             format!(
@@ -860,6 +950,11 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         consume.quoted(),
         buffer.quoted()
     );
+    if let Some(p) = &f.delta {
+        for st in &p.rollback {
+            let _ = writeln!(rollback, "{};", st.trim().trim_end_matches(';'));
+        }
+    }
 
     // Fill: readers see the old rows until commit; the trigger DDL above holds the base
     // tables, so no change slips between the fill and the triggers.

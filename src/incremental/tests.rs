@@ -1065,6 +1065,7 @@ fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>)
         indexes: Vec::new(),
         grants: Vec::new(),
         in_place: false,
+        delta: None,
     }
 }
 

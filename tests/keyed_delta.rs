@@ -1,0 +1,263 @@
+//! `init --keyed VIEW` applies a fact table's changes as deltas (src/incremental/delta.rs
+//! wired by src/incremental/generate.rs): the fact table's triggers buffer rows, the
+//! consume function applies them to the live table in the refresh's snapshot, and the
+//! result stays equal to its definition under four concurrent writers (rows moved
+//! between groups and partitions, groups emptied, NULL values, dimension moves and key
+//! renames recomputing their groups after the deltas).
+
+mod support;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::RngExt;
+use support::keyed_storm::{difference_sql, storm};
+use support::{Daemon, TestDb};
+
+/// A fact table partitioned by year, two dimensions in a chain (store → region), and a
+/// view grouped by the region's name: counts, sums, an avg, FILTERs, a nullable
+/// numeric column.
+fn schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE SCHEMA kd;
+        CREATE TABLE kd.regions (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+        CREATE TABLE kd.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES kd.regions (id));
+        CREATE TABLE kd.sales (id bigint NOT NULL, store_id int NOT NULL REFERENCES kd.stores (id),
+                               qty int NOT NULL, price numeric(12,2), day date NOT NULL)
+          PARTITION BY RANGE (day);
+        CREATE TABLE kd.sales_2025 PARTITION OF kd.sales FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE kd.sales_2026 PARTITION OF kd.sales FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        CREATE INDEX ON kd.sales (id);
+        CREATE INDEX ON kd.sales (store_id);
+        INSERT INTO kd.regions SELECT g, 'region ' || g FROM generate_series(1, 6) g;
+        INSERT INTO kd.stores SELECT g, 1 + g % 6 FROM generate_series(1, 24) g;
+        INSERT INTO kd.sales
+          SELECT g, 1 + g % 24, 1 + g % 17,
+                 CASE WHEN g % 5 = 0 THEN NULL ELSE (g % 97) + 0.25 END,
+                 date '2025-01-01' + (g % 700)
+            FROM generate_series(1, 3000) g;
+        CREATE MATERIALIZED VIEW kd.by_region AS
+          SELECT r.name AS region,
+                 count(*) AS n,
+                 sum(s.qty) AS qty,
+                 count(s.price) AS priced,
+                 sum(s.price) AS revenue,
+                 avg(s.price) AS avg_price,
+                 count(*) FILTER (WHERE s.qty > 10) AS big,
+                 sum(s.qty) FILTER (WHERE s.qty > 10) AS big_qty
+            FROM kd.sales s JOIN kd.stores st ON st.id = s.store_id JOIN kd.regions r ON r.id = st.region_id
+           GROUP BY r.name;
+        CREATE UNIQUE INDEX by_region_key ON kd.by_region (region);
+        ANALYZE;
+        "#,
+    );
+}
+
+/// One random transaction: inserts (through the root and straight into a partition),
+/// value changes (some to NULL), a row moved to another store (region) or another
+/// year (partition), deletes, a region emptied, a store moved to another region, a
+/// region renamed (its key).
+fn kd_op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let choice = rng.random_range(0..12);
+    kd_sql(choice, rng, writer, round)
+}
+
+/// Fact table writes only: every one of them is applied as a delta.
+fn kd_fact_op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let choice = [0, 1, 2, 3, 4, 5, 6, 7, 8][rng.random_range(0..9)];
+    kd_sql(choice, rng, writer, 1000 + round)
+}
+
+fn kd_sql(choice: u32, rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let sale = rng.random_range(1..3400);
+    let store = rng.random_range(1..=24);
+    let region = rng.random_range(1..=6);
+    let price = if rng.random_range(0..4) == 0 {
+        "NULL".to_string()
+    } else {
+        format!("{}.{:02}", rng.random_range(0..200), rng.random_range(0..100))
+    };
+    let id = 100_000 + writer * 10_000 + round;
+    match choice {
+        0 => format!(
+            "INSERT INTO kd.sales VALUES ({id}, {store}, {}, {price}, date '2025-01-01' + {})",
+            rng.random_range(1..20),
+            rng.random_range(0..720)
+        ),
+        1 => format!(
+            "INSERT INTO kd.sales_2026 VALUES ({id}, {store}, {}, {price}, date '2026-02-01')",
+            rng.random_range(1..20)
+        ),
+        2 => format!("UPDATE kd.sales SET qty = qty + 3 WHERE id = {sale}"),
+        3 => format!("UPDATE kd.sales SET price = {price} WHERE id = {sale}"),
+        4 => format!("UPDATE kd.sales SET store_id = {store} WHERE id = {sale}"),
+        5 => format!(
+            "UPDATE kd.sales SET day = CASE WHEN day < '2026-01-01' THEN day + 365 ELSE day - 365 END WHERE id = {sale}"
+        ),
+        6 => format!("DELETE FROM kd.sales WHERE id = {sale}"),
+        7 => format!("DELETE FROM kd.sales_2025 WHERE id = {sale}"),
+        // A region's sales all deleted: its group vanishes (until a sale comes back).
+        8 => format!(
+            "DELETE FROM kd.sales WHERE store_id IN (SELECT id FROM kd.stores WHERE region_id = {region})"
+        ),
+        9 => format!("UPDATE kd.stores SET region_id = {region} WHERE id = {store}"),
+        10 => format!(
+            "UPDATE kd.regions SET name = 'region {region} w{writer} r{round}' WHERE id = {region}"
+        ),
+        _ => format!("UPDATE kd.sales SET qty = qty + 1, price = NULL WHERE store_id = {store}"),
+    }
+}
+
+fn init(db: &TestDb, args: &[&str]) -> (std::process::Output, String, String) {
+    let dsn = db.dsn();
+    let mut all = vec!["init", "--url", dsn.as_str()];
+    all.extend_from_slice(args);
+    let out = support::refreshd(&all);
+    let (o, e) = (support::stdout(&out), support::stderr(&out));
+    (out, o, e)
+}
+
+async fn wait_equal(db: &TestDb, table: &str, def: &str) {
+    let client = db.client().await;
+    let sql = difference_sql(table, def, &[]);
+    support::wait_for(
+        Duration::from_secs(90),
+        &format!("{table} to equal {def}"),
+        || {
+            let (client, sql) = (&client, &sql);
+            async move {
+                client
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) == 0)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
+    let db = TestDb::new();
+    schema(&db);
+    let sql_dir = tempfile::tempdir().unwrap();
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "kd",
+            "--sql",
+            sql_dir.path().to_str().unwrap(),
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "kd.by_region",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed kd.by_region: deltas: fact table kd.sales"),
+        "{stderr}"
+    );
+    assert!(
+        config.contains("# deltas: fact table kd.sales\n"),
+        "{config}"
+    );
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kd.by_region'::regclass"),
+        "r"
+    );
+
+    // Without the daemon: a fact row is buffered as a row (no key), and the consume
+    // function applies it to the live table and returns no key to recompute.
+    let client = db.client().await;
+    let before = db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'");
+    db.psql("INSERT INTO kd.sales VALUES (99999, 1, 5, 1.50, '2025-06-01')");
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "1");
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_keys"), "0");
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let keys = client
+        .query("SELECT * FROM refreshd.kd_by_region_consume()", &[])
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    let after = db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'");
+    assert_ne!(before, after);
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "0");
+    let diff = difference_sql("kd.by_region", "kd.by_region_def", &[]);
+    assert_eq!(db.psql(&diff), "0");
+    // A row deleted: its group's count and sums go down by it.
+    db.psql("DELETE FROM kd.sales WHERE id = 99999");
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM refreshd.kd_by_region_consume(); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'"),
+        before
+    );
+    assert_eq!(db.psql(&diff), "0");
+
+    // The daemon, under four writers.
+    let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
+    let (_cfg_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}\n{}\n{config}",
+        support::stdout(&check),
+        support::stderr(&check)
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let dsn = db.dsn();
+    let (ok, rolled) = storm(&dsn, 4, 150, 7, kd_op).await;
+    assert!(ok > 400, "committed {ok}, rolled back {rolled}");
+    wait_equal(&db, "kd.by_region", "kd.by_region_def").await;
+    let (ok, _) = storm(&dsn, 4, 80, 9, kd_fact_op).await;
+    assert!(ok > 200);
+    wait_equal(&db, "kd.by_region", "kd.by_region_def").await;
+    // Groups did vanish and come back; the row buffer was filled and consumed.
+    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "0");
+    support::wait_for(
+        Duration::from_secs(30),
+        "the row buffer's inserts and deletes in pg_stat_user_tables",
+        || {
+            let client = &client;
+            async move {
+                let _ = client.batch_execute("SELECT pg_stat_clear_snapshot()").await;
+                client
+                    .query_one(
+                        "SELECT n_tup_ins > 500 AND n_tup_del > 500 FROM pg_stat_user_tables \
+                         WHERE schemaname = 'refreshd' AND relname = 'kd_by_region_delta'",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    drop(d);
+
+    // The rollback restores the materialized view and drops the buffers.
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kd.by_region'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'refreshd' AND c.relname LIKE 'kd_by_region%'"),
+        "0"
+    );
+}
