@@ -395,6 +395,11 @@ async fn tpch_views_stay_equal_to_their_queries_under_refresh_functions_and_move
     let (out, config, stderr) = init(&db, &args);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
     eprintln!("{config}\n{stderr}");
+    // Q1 (numeric(15,2) columns, four big groups) takes lineitem's changes as deltas.
+    assert!(
+        stderr.contains("--keyed tpch.q1: deltas: fact table tpch.lineitem"),
+        "{stderr}"
+    );
     for v in &views {
         assert!(
             stderr.contains(&format!(

@@ -165,12 +165,25 @@ pub fn consume_function_sql(g: &Generated) -> String {
         .iter()
         .map(|k| format!(" OR d.{} IS NULL", quote_ident(k)))
         .collect();
-    let mut body = String::from(
+    // With delta statements: PL/pgSQL (each statement sees the rows the previous ones
+    // wrote: in a LANGUAGE sql function, the last statement's DELETE of the recheck rows
+    // the apply had just inserted failed with "attempted to delete invisible tuple");
+    // table columns win over the output columns' variables of the same names.
+    let plpgsql = !g.consume_prelude.is_empty() || g.consume_recheck.is_some();
+    let mut body = if plpgsql {
+        String::from("#variable_conflict use_column\nBEGIN\n")
+    } else {
+        String::new()
+    };
+    body.push_str(
         "-- refreshd: delta statements (Generated::consume_prelude) run here, before the keys are consumed.\n",
     );
     for st in &g.consume_prelude {
         let st = st.trim().trim_end_matches(';');
         let _ = writeln!(body, "{st};");
+    }
+    if plpgsql {
+        body.push_str("RETURN QUERY\n");
     }
     match &g.consume_recheck {
         None => {
@@ -198,6 +211,9 @@ pub fn consume_function_sql(g: &Generated) -> String {
             );
         }
     }
+    if plpgsql {
+        body.push_str("END;\n");
+    }
     let search_path = if g.consume_search_path.is_empty() {
         "pg_catalog, pg_temp".to_string()
     } else {
@@ -214,8 +230,9 @@ pub fn consume_function_sql(g: &Generated) -> String {
         )))
         .collect();
     format!(
-        "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE sql\nVOLATILE\nSECURITY DEFINER\nSET search_path = {search_path}\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
+        "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE {}\nVOLATILE\nSECURITY DEFINER\nSET search_path = {search_path}\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
         signature.join(", "),
+        if plpgsql { "plpgsql" } else { "sql" },
         dollar(&body),
         literal(&format!(
             "refreshd: consumes the change buffer of keyed view {} (called by refreshd in its refresh transaction: config buffer)",
