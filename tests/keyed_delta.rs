@@ -83,7 +83,11 @@ fn kd_sql(choice: u32, rng: &mut StdRng, writer: usize, round: usize) -> String 
     let price = if rng.random_range(0..4) == 0 {
         "NULL".to_string()
     } else {
-        format!("{}.{:02}", rng.random_range(0..200), rng.random_range(0..100))
+        format!(
+            "{}.{:02}",
+            rng.random_range(0..200),
+            rng.random_range(0..100)
+        )
     };
     let id = 100_000 + writer * 10_000 + round;
     match choice {
@@ -184,8 +188,14 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     let client = db.client().await;
     let before = db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'");
     db.psql("INSERT INTO kd.sales VALUES (99999, 1, 5, 1.50, '2025-06-01')");
-    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "1");
-    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_keys"), "0");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
+        "1"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.kd_by_region_keys"),
+        "0"
+    );
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
@@ -198,7 +208,10 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     assert!(keys.is_empty(), "{keys:?}");
     let after = db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'");
     assert_ne!(before, after);
-    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "0");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
+        "0"
+    );
     let diff = difference_sql("kd.by_region", "kd.by_region_def", &[]);
     assert_eq!(db.psql(&diff), "0");
     // A row deleted: its group's count and sums go down by it.
@@ -236,14 +249,19 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     wait_equal(&db, "kd.by_region", "kd.by_region_def").await;
     wait_equal(&db, "kd.qty_by_region", "kd.qty_by_region_def").await;
     // Groups did vanish and come back; the row buffer was filled and consumed.
-    assert_eq!(db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"), "0");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
+        "0"
+    );
     support::wait_for(
         Duration::from_secs(30),
         "the row buffer's inserts and deletes in pg_stat_user_tables",
         || {
             let client = &client;
             async move {
-                let _ = client.batch_execute("SELECT pg_stat_clear_snapshot()").await;
+                let _ = client
+                    .batch_execute("SELECT pg_stat_clear_snapshot()")
+                    .await;
                 client
                     .query_one(
                         "SELECT n_tup_ins > 500 AND n_tup_del > 500 FROM pg_stat_user_tables \

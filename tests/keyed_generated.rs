@@ -298,10 +298,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         stderr.contains("--keyed public.attendance_statistics_summary: no deltas: "),
         "{stderr}"
     );
-    assert!(
-        first.contains("# no deltas: column last_day: "),
-        "{first}"
-    );
+    assert!(first.contains("# no deltas: column last_day: "), "{first}");
     let first: toml::Value = toml::from_str(&first).unwrap_or_else(|e| panic!("{e}\n{first}"));
     let keyed_views: Vec<toml::Value> = first["view"]
         .as_array()

@@ -683,7 +683,10 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     };
     if let Some(p) = &f.delta {
         if table_of(&p.fact)?.name != p.fact_name {
-            return Err(format!("the delta plan's fact table {} is not {}", p.fact_name, p.fact));
+            return Err(format!(
+                "the delta plan's fact table {} is not {}",
+                p.fact_name, p.fact
+            ));
         }
         // The row buffer and the recheck table, created again empty (the fill below
         // covers whatever they held), before the consume function that reads them.

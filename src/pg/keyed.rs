@@ -407,10 +407,11 @@ pub async fn refresh_keyed(
     };
     let attempt = recompute(client, view, keyed, &shape, work, event, history);
     match tokio::time::timeout(deadline, attempt).await {
-        Ok(Ok((kind, bad_keys))) => Ok(Refreshed {
+        Ok(Ok((kind, bad_keys, keys))) => Ok(Refreshed {
             kind,
             duration: start.elapsed(),
             bad_keys,
+            keys,
         }),
         Ok(Err(e)) => {
             let mut err = RefreshError::from_pg(&e, start.elapsed());
@@ -472,10 +473,25 @@ async fn recompute(
     work: &Work,
     event: bool,
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
-) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
+) -> Result<(RefreshKind, bool, Option<usize>), tokio_postgres::Error> {
     if let Some(buffer) = &keyed.buffer {
         return buffered(client, view, keyed, buffer, shape, work, event, history).await;
     }
+    recompute_named(client, view, keyed, shape, work, event, history)
+        .await
+        .map(|(k, bad)| (k, bad, None))
+}
+
+/// [`recompute`] of a view without a change buffer: the groups `work` names.
+async fn recompute_named(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    work: &Work,
+    event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
     let keys = match work {
         // Without a buffer, a wake-up that names no keys means everything.
         Work::All | Work::Wake { .. } => None,
@@ -768,7 +784,7 @@ async fn buffered(
     work: &Work,
     event: bool,
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
-) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
+) -> Result<(RefreshKind, bool, Option<usize>), tokio_postgres::Error> {
     let full_row = history.map_or(String::new(), |h| {
         h.success_sql(view, RefreshKind::KeyedAll, None)
     });
@@ -778,7 +794,7 @@ async fn buffered(
                 view, keyed, buffer, shape, event, &full_row,
             ))
             .await?;
-        return Ok((RefreshKind::KeyedAll, false));
+        return Ok((RefreshKind::KeyedAll, false, None));
     };
     client.batch_execute(&buffered_prologue(view)).await?;
     let rows = client.query_typed(&consume_sql(keyed, buffer), &[]).await?;
@@ -830,7 +846,7 @@ async fn buffered(
         client
             .batch_execute(&rest_of_full(view, keyed, shape, event, &full_row))
             .await?;
-        return Ok((RefreshKind::KeyedAll, false));
+        return Ok((RefreshKind::KeyedAll, false, None));
     }
     match keys_statements(client, view, keyed, shape, &keys, event, history).await {
         // As in [`recompute`]: keys that do not cast (a payload's), or a duplicate key:
@@ -842,9 +858,11 @@ async fn buffered(
                     view, keyed, buffer, shape, event, &full_row,
                 ))
                 .await?;
-            Ok((RefreshKind::KeyedAll, is_cast_error(&e)))
+            Ok((RefreshKind::KeyedAll, is_cast_error(&e), None))
         }
-        other => other.map(|k| (k, false)),
+        // The groups recomputed: the payloads' and the buffer's (for the metric and
+        // the time per key; a delta applied is not a group recomputed).
+        other => other.map(|k| (k, false, Some(keys.len()))),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Refreshed {
     /// A keyed view's notified keys did not cast to its key columns' types, so it
     /// recomputed every group instead.
     pub bad_keys: bool,
+    /// The groups a keyed refresh by keys recomputed, when the refresh knows them
+    /// better than the work it was given (a buffered view: its buffer's keys too).
+    pub keys: Option<usize>,
 }
 
 /// Whether retrying can help.
@@ -413,6 +416,7 @@ async fn refresh_view_with(
             kind,
             duration: start.elapsed(),
             bad_keys: false,
+            keys: None,
         }),
         Ok(Err(e)) => {
             let mut err = RefreshError::from_pg(&e, start.elapsed());
