@@ -290,3 +290,94 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
         "0"
     );
 }
+
+/// Benchmark (ignored; run alone, see BENCHMARKS.md "Deltas: TPC-H Q1"): commit →
+/// visible for one INSERT into lineitem at TPC-H SF 0.1, Q1 kept by refreshd with
+/// deltas against a plain `REFRESH MATERIALIZED VIEW CONCURRENTLY` of the same view.
+/// `REFRESHD_BENCH_SF` changes the scale factor; 11 runs each, medians printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
+    use std::time::Instant;
+    use support::tpch;
+    let sf = std::env::var("REFRESHD_BENCH_SF").unwrap_or_else(|_| "0.1".into());
+    let db = TestDb::new();
+    tpch::load(&db, &sf);
+    let q1 = tpch::query(&sf, 1);
+    let cut = q1.rfind("ORDER BY").expect("ORDER BY");
+    db.psql(&format!(
+        "SET search_path = tpch, public; CREATE MATERIALIZED VIEW tpch.q1 AS {}; \
+         CREATE UNIQUE INDEX q1_key ON tpch.q1 (l_returnflag, l_linestatus); ANALYZE",
+        &q1[..cut]
+    ));
+    let client = db.client().await;
+    let insert = |i: usize| {
+        format!(
+            "INSERT INTO tpch.lineitem SELECT l_orderkey, l_partkey, l_suppkey, {}, l_quantity, \
+             l_extendedprice, l_discount, l_tax, 'N', 'O', date '1995-07-01', l_commitdate, \
+             l_receiptdate, l_shipinstruct, l_shipmode, 'bench' FROM tpch.lineitem \
+             WHERE l_linenumber = 1 ORDER BY l_orderkey LIMIT 1",
+            1000 + i
+        )
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let runs = 11;
+    let mut plain = Vec::new();
+    for i in 0..runs {
+        client.batch_execute(&insert(i)).await.unwrap();
+        let t = Instant::now();
+        client
+            .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY tpch.q1")
+            .await
+            .unwrap();
+        plain.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "tpch",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "tpch.q1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--keyed tpch.q1: deltas: fact table tpch.lineitem"),
+        "{stderr}"
+    );
+    let config = config.replace("debounce = \"2s\"", "debounce = \"0s\"");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(60)).await;
+    wait_equal(&db, "tpch.q1", "tpch.q1_def").await;
+    let count = "SELECT count_order FROM tpch.q1 WHERE l_returnflag = 'N' AND l_linestatus = 'O'";
+    let mut keyed = Vec::new();
+    for i in runs..2 * runs {
+        let before: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+        let t = Instant::now();
+        client.batch_execute(&insert(i)).await.unwrap();
+        loop {
+            let now: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+            if now > before {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "never visible");
+        }
+        keyed.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_equal(&db, "tpch.q1", "tpch.q1_def").await;
+    eprintln!(
+        "TPC-H SF {sf} Q1, one INSERT into lineitem, {runs} runs: REFRESH MATERIALIZED VIEW CONCURRENTLY median {:.1} ms (runs {:?}); keyed with deltas, commit -> visible median {:.1} ms (runs {:?})",
+        median(plain.clone()),
+        plain.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        median(keyed.clone()),
+        keyed.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+    );
+    drop(d);
+}
