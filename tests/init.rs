@@ -435,13 +435,16 @@ fn init_keyed_reports_the_derivation_per_base_table() {
     );
     // Then the conversion (--apply): its names, what each table's triggers send.
     assert_eq!(
-        block[10..16],
+        block[10..17],
         [
             "keyed conversion: table kv.by_category_live, definition kv.by_category_def, channel refreshd_keys_kv_by_category",
             "capture: kv.sales: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE); an UPDATE moving rows reached through a join path locks them FOR UPDATE",
             "capture: kv.products: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
-            "capture: kv.stores: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
+            // kv.sales is reached through by stores: the largest table that can take
+            // deltas is stores.
+            "capture: kv.stores: its changed rows, buffered in refreshd.kv_by_category_delta and applied as deltas (TRUNCATE: everything)",
             "capture: kv.seasons: every change buffers \"everything\" (a non-equi join (s.day >= se.starts))",
+            "deltas: fact table kv.stores",
             refreshd::cli::init::CONVERTED,
         ],
         "{config}"
@@ -537,9 +540,13 @@ fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
         block[6].starts_with("keyed conversion: table kh.\"k\\n[[view]]"),
         "{config}"
     );
-    assert_eq!(block[7], "capture: kh.t: the keys of its old and new rows");
+    assert!(
+        block[7].starts_with("capture: kh.t: its changed rows, buffered in refreshd.\"kh_k\\n[[view]]"),
+        "{config}"
+    );
+    assert_eq!(block[8], "deltas: fact table kh.t");
     // Nothing written or applied: the keyed block is printed commented out.
-    assert_eq!(block[8], refreshd::cli::init::NOT_CONVERTED, "{config}");
+    assert_eq!(block[9], refreshd::cli::init::NOT_CONVERTED, "{config}");
     assert!(!stderr.contains("\nDROP"), "{stderr}");
     let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let keys = |v: &toml::Value| -> Vec<String> { v.as_table().unwrap().keys().cloned().collect() };
