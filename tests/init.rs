@@ -541,7 +541,8 @@ fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
         "{config}"
     );
     assert!(
-        block[7].starts_with("capture: kh.t: its changed rows, buffered in refreshd.\"kh_k\\n[[view]]"),
+        block[7]
+            .starts_with("capture: kh.t: its changed rows, buffered in refreshd.\"kh_k\\n[[view]]"),
         "{config}"
     );
     assert_eq!(block[8], "deltas: fact table kh.t");
