@@ -95,7 +95,9 @@ async fn read(
         .collect())
 }
 
-/// Polls until `stop`, sending the name of every view whose tables moved.
+/// Polls until `stop`, sending the name of every view whose tables moved. Its lines
+/// carry the `detector` span.
+#[tracing::instrument(name = "detector", skip_all, fields(views = watched.len()))]
 pub async fn run(
     info: ConnectInfo,
     watched: Vec<Watched>,

@@ -118,6 +118,8 @@ struct History {
     ever_connected: bool,
     ever_led: bool,
     attempt: u32,
+    /// Sessions begun (the `session` field of the listener's span).
+    sessions: u64,
     /// The host of the last session (of a multi-host URL, the one that answered).
     host: Option<String>,
 }
@@ -145,6 +147,7 @@ impl Listener {
         let mut prober = Prober::new(self.info.clone());
         loop {
             self.health.beat_listener();
+            history.sessions += 1;
             let ended = self.session(&mut history, &mut prober).await;
             let why = match ended {
                 Ended::Shutdown => break,
@@ -245,18 +248,22 @@ impl Listener {
         // (and is logged and counted); the listener reconnects as after any loss.
         let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
         let metrics = self.metrics.clone();
-        let driver = tokio::spawn(async move {
-            use futures_util::FutureExt as _;
-            let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
-                Ok(()) => drive_rx.await.unwrap_or_default(),
-                Err(payload) => {
-                    let message = crate::engine::tasks::panic_message(payload.as_ref());
-                    crate::engine::tasks::panicked(&metrics, "listener", &message);
-                    format!("the connection's task panicked: {message}")
-                }
-            };
-            let _ = dead_tx.send(why);
-        });
+        let span = tracing::Span::current();
+        let driver = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                use futures_util::FutureExt as _;
+                let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
+                    Ok(()) => drive_rx.await.unwrap_or_default(),
+                    Err(payload) => {
+                        let message = crate::engine::tasks::panic_message(payload.as_ref());
+                        crate::engine::tasks::panicked(&metrics, "listener", &message);
+                        format!("the connection's task panicked: {message}")
+                    }
+                };
+                let _ = dead_tx.send(why);
+            },
+            span,
+        ));
         let mut conn = Conn {
             client,
             dead,
@@ -294,6 +301,14 @@ impl Listener {
     }
 
     /// One connection's life: connect and prove, win the lock, LISTEN, forward, probe.
+    /// Its lines (and its connection's driver's, and the fence after it) carry the
+    /// `listen` span: the session's number, then the host that answered and the
+    /// backend's pid.
+    #[tracing::instrument(
+        name = "listen",
+        skip_all,
+        fields(session = history.sessions, host = tracing::field::Empty, pid = tracing::field::Empty)
+    )]
     async fn session(&mut self, history: &mut History, prober: &mut Prober) -> Ended {
         let mut conn = match self.open(prober).await {
             Ok(c) => c,
@@ -304,6 +319,9 @@ impl Listener {
         }
         history.ever_connected = true;
         history.host = Some(conn.host.clone());
+        let span = tracing::Span::current();
+        span.record("host", conn.host.as_str());
+        span.record("pid", conn.pid);
         self.metrics.listener_connected.set(1);
         if let Err(e) = self.acquire(&mut conn, prober).await {
             return e;
@@ -325,7 +343,7 @@ impl Listener {
         }
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
-        tracing::info!(host = %conn.host, channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
+        tracing::info!(channels = ?listening, first = !history.ever_led, "leading: LISTEN established");
         let _ = self.events.send(ListenerEvent::Leading {
             first: !history.ever_led,
         });
@@ -344,8 +362,10 @@ impl Listener {
     /// lock, so no standby can take over. Over another connection, end the old
     /// backend, but only if it still holds refreshd's lock in this database.
     fn fence(&self, pid: i32) {
+        use tracing::Instrument as _;
         let info = self.fence_info.clone();
         let key = self.lock_key;
+        let span = tracing::Span::current();
         self.fences.spawn(async move {
             let work = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
@@ -363,7 +383,7 @@ impl Listener {
                 Ok(Err(e)) => tracing::warn!(backend = pid, error = %e, "could not end the cut-off LISTEN session's backend; the server releases its lock when it notices the dead connection"),
                 Err(_) => tracing::warn!(backend = pid, "ending the cut-off LISTEN session's backend timed out"),
             }
-        });
+        }.instrument(span));
     }
 
     /// Leadership: a session-level advisory lock held for as long as this connection
@@ -403,7 +423,7 @@ impl Listener {
             }
             if !announced_standby {
                 announced_standby = true;
-                tracing::info!(host = %conn.host, "another replica leads; standing by");
+                tracing::info!("another replica leads; standing by");
                 self.health.set_role(Role::Standby);
                 self.metrics.leader.set(0);
                 let _ = self.events.send(ListenerEvent::Standby);

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 mod book;
 
@@ -67,6 +68,30 @@ struct Finished {
     /// A keyed view's groups (given back if the refresh does not commit).
     work: Option<Work>,
     result: Result<Refreshed, RefreshError>,
+}
+
+/// A refresh task while it runs: what its end (or its panic) is matched to.
+struct Running {
+    view: QualifiedName,
+    start: Start,
+    started: std::time::Instant,
+    work: Option<Work>,
+    /// The refresh's span (see [`refresh_span`]).
+    span: tracing::Span,
+}
+
+/// The span of one refresh: every line it logs (its start, its end, what the refresh
+/// path logs on the way) carries the view, why it runs, its run id (unique in the
+/// process and increasing: the coalescer's run) and whether it recomputes everything.
+fn refresh_span(view: &ViewConfig, start: &Start, work: Option<&Work>) -> tracing::Span {
+    tracing::info_span!(
+        "refresh",
+        view = %view.name,
+        reason = start.reason.as_str(),
+        run = start.run,
+        keyed = view.keyed.is_some(),
+        full = work.is_none_or(|w| w.keys().is_none()),
+    )
 }
 
 /// Work the core runs off its loop, in its `jobs` set. A job's result is a command for
@@ -160,8 +185,8 @@ struct Core {
     refresher: Arc<Refresher>,
     refresh_info: ConnectInfo,
     tasks: JoinSet<Finished>,
-    /// The view, run, start and work of every refresh task, for a task that panicked.
-    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant, Option<Work>)>,
+    /// Every refresh task's run, for its end and for a task that panicked.
+    task_runs: HashMap<tokio::task::Id, Running>,
     /// The dirty groups of each keyed view (`None` for materialized views).
     keys: Vec<Option<DirtyKeys>>,
     /// Read-your-writes requests waiting for a refresh.
@@ -610,23 +635,26 @@ impl Core {
         false
     }
 
-    /// Starts every refresh the coalescer says is due.
+    /// Starts every refresh the coalescer says is due, each in its span.
     fn start_due(&mut self, now: Instant) {
         for start in self.coalescer.poll(now.into_std()) {
             let view = self.config.views[start.view].clone();
             let refresher = self.refresher.clone();
             self.history[start.view].started(SystemTime::now());
-            tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
+            let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
+            let span = refresh_span(&view, &start, work.as_ref());
+            span.in_scope(|| {
+                tracing::debug!(coalesced = start.coalesced, "refresh starting");
+                if let Some(k) = work.as_ref().and_then(Work::keys) {
+                    tracing::debug!(keys = k.len(), "keyed refresh of the dirty groups");
+                }
+            });
             let name = view.name.clone();
             let started = std::time::Instant::now();
             let events = self.config.events;
             let history = self.config.history.clone();
-            let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
-            if let Some(k) = work.as_ref().and_then(Work::keys) {
-                tracing::debug!(view = %view.name, keys = k.len(), "keyed refresh of the dirty groups");
-            }
             let task_work = work.clone();
-            let handle = self.tasks.spawn(async move {
+            let task = async move {
                 let row = history
                     .as_ref()
                     .map(|config| crate::pg::refresh::HistoryRow {
@@ -643,34 +671,48 @@ impl Core {
                     work: task_work,
                     result,
                 }
-            });
-            self.task_runs
-                .insert(handle.id(), (name, start, started, work));
+            };
+            let handle = self.tasks.spawn(task.instrument(span.clone()));
+            self.task_runs.insert(
+                handle.id(),
+                Running {
+                    view: name,
+                    start,
+                    started,
+                    work,
+                    span,
+                },
+            );
         }
     }
 
+    /// A refresh task ended (or panicked: a failure): accounted in its span.
     fn task_ended(&mut self, ended: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
-        let finished = match ended {
+        let (finished, span) = match ended {
             Ok((id, f)) => {
-                self.task_runs.remove(&id);
-                f
+                let span = self
+                    .task_runs
+                    .remove(&id)
+                    .map_or_else(tracing::Span::none, |r| r.span);
+                (f, span)
             }
             Err(e) => {
-                let Some((view, start, started, work)) = self.task_runs.remove(&e.id()) else {
+                let Some(run) = self.task_runs.remove(&e.id()) else {
                     return;
                 };
                 let what = if e.is_panic() {
                     let message = tasks::join_error_message(e);
-                    tasks::panicked(&self.metrics, "refresh", &message);
+                    run.span
+                        .in_scope(|| tasks::panicked(&self.metrics, "refresh", &message));
                     "panicked"
                 } else {
                     "was aborted"
                 };
-                Finished {
-                    view,
-                    start,
-                    started,
-                    work,
+                let finished = Finished {
+                    view: run.view,
+                    start: run.start,
+                    started: run.started,
+                    work: run.work,
                     result: Err(RefreshError {
                         class: FailureClass::Transient,
                         code: None,
@@ -680,10 +722,11 @@ impl Core {
                         duration: Duration::ZERO,
                         connection_broken: false,
                     }),
-                }
+                };
+                (finished, run.span)
             }
         };
-        self.finished(finished);
+        span.in_scope(|| self.finished(finished));
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -1204,7 +1247,10 @@ impl Core {
         let now = std::time::Instant::now();
         self.answer_waiters(&f);
         if self.coalescer.finished_orphan(f.start.run) {
-            tracing::info!(view = %f.view, ok = f.result.is_ok(), "refresh of a view no longer configured ended");
+            tracing::info!(
+                ok = f.result.is_ok(),
+                "refresh of a view no longer configured ended"
+            );
             return;
         }
         let Some(&i) = self.index.by_name.get(&f.view) else {
@@ -1224,8 +1270,6 @@ impl Core {
                 self.history[i].succeeded(f.start.reason.as_str(), end, r.duration, lag);
                 self.throttle.reset(&("failing", label));
                 tracing::info!(
-                    view = %f.view,
-                    reason = f.start.reason.as_str(),
                     kind = r.kind.as_str(),
                     duration_ms = (r.duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
                     lag_ms = lag.as_millis() as u64,
@@ -1237,7 +1281,7 @@ impl Core {
                     .coalescer
                     .finished(i, f.start.run, Outcome::Success, now)
                 {
-                    tracing::debug!(view = %self.config.views[d].name, after = %f.view, "dependency refresh queued");
+                    tracing::debug!(dependent = %self.config.views[d].name, "dependency refresh queued");
                 }
             }
             Err(e) => {
@@ -1260,7 +1304,7 @@ impl Core {
                     .throttle
                     .admit(&("malformed", label.to_string()), std::time::Instant::now())
                 {
-                    tracing::warn!(view = %label, suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
+                    tracing::warn!(suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
                 }
             }
             Ok(r) => {
@@ -1299,8 +1343,6 @@ impl Core {
             .map(|r| r.saturating_duration_since(now).as_millis() as u64);
         self.log_throttled(("failing", label), |n| {
             tracing::warn!(
-                view = %name,
-                reason = start.reason.as_str(),
                 duration_ms = e.duration.as_millis() as u64,
                 coalesced = start.coalesced,
                 outcome = "failure",
