@@ -18,8 +18,8 @@ use crate::engine::session::{
     SERVER_KEEPALIVES,
 };
 use crate::engine::tasks::Mapped;
-use crate::pg::connect::ConnectInfo;
-use crate::pg::ident::quote_ident;
+use crate::pg::connect::{Backoff, ConnectInfo};
+use crate::pg::notify;
 use crate::serve::health::{Health, Role};
 use crate::serve::metrics::Metrics;
 
@@ -60,13 +60,6 @@ pub fn lock_key(lock_name: &str) -> i64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h as i64
-}
-
-/// Capped exponential backoff with full jitter: a delay drawn uniformly from [0, base],
-/// base = 250 ms × 2^attempt, at most `cap`.
-pub fn jittered(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(10))).min(cap);
-    Duration::from_nanos(rand::random_range(0..=base.as_nanos() as u64))
 }
 
 /// Ends backend `$1` if it holds refreshd's advisory lock `$2` (a bigint key: `classid`
@@ -117,7 +110,7 @@ enum Ended {
 struct History {
     ever_connected: bool,
     ever_led: bool,
-    attempt: u32,
+    backoff: Backoff,
     /// Sessions begun (the `session` field of the listener's span).
     sessions: u64,
     /// The host of the last session (of a multi-host URL, the one that answered).
@@ -167,8 +160,7 @@ impl Listener {
             };
             self.set_disconnected();
             let _ = self.events.send(ListenerEvent::Lost);
-            let delay = jittered(history.attempt, Duration::from_secs(30));
-            history.attempt = history.attempt.saturating_add(1);
+            let delay = history.backoff.next_delay();
             tracing::debug!(reason = %why, retry_in_ms = delay.as_millis() as u64, "LISTEN: retrying");
             if !self.wait(delay).await {
                 break;
@@ -326,7 +318,7 @@ impl Listener {
         if let Err(e) = self.acquire(&mut conn, prober).await {
             return e;
         }
-        history.attempt = 0;
+        history.backoff.reset();
         let mut listening: BTreeSet<String> = BTreeSet::new();
         let wanted = self.channels.borrow_and_update().clone();
         if let Err(e) = self
@@ -510,13 +502,7 @@ impl Listener {
         let mut wanted = wanted.clone();
         wanted.insert(crate::CONTROL_CHANNEL.to_string());
         wanted.insert(crate::pg::force::FORCE_CHANNEL.to_string());
-        let mut sql = String::new();
-        for ch in wanted.difference(listening) {
-            sql.push_str(&format!("LISTEN {};", quote_ident(ch)));
-        }
-        for ch in listening.difference(&wanted) {
-            sql.push_str(&format!("UNLISTEN {};", quote_ident(ch)));
-        }
+        let sql = notify::sync_sql(listening, &wanted);
         if !sql.is_empty() {
             match tokio::time::timeout(PROBE_DEADLINE, client.batch_execute(&sql)).await {
                 Ok(Ok(())) => {}
@@ -548,31 +534,5 @@ mod tests {
         assert_eq!(lock_key("refreshd"), lock_key("refreshd"));
         assert_ne!(lock_key("refreshd"), lock_key("other"));
         assert_eq!(lock_key("refreshd"), -4_436_802_329_783_051_469);
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        for a in 0..40 {
-            let d = jittered(a, Duration::from_secs(30));
-            assert!(d <= Duration::from_secs(30));
-        }
-    }
-
-    #[test]
-    fn backoff_is_full_jitter() {
-        // attempt 3: base 2 s. Uniform over [0, 2 s]: both halves are drawn (the chance
-        // that 200 draws all land in one half is 2^-199), never above the base.
-        let draws: Vec<Duration> = (0..200)
-            .map(|_| jittered(3, Duration::from_secs(30)))
-            .collect();
-        assert!(draws.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(
-            draws.iter().any(|d| *d < Duration::from_secs(1)),
-            "{draws:?}"
-        );
-        assert!(
-            draws.iter().any(|d| *d > Duration::from_secs(1)),
-            "{draws:?}"
-        );
     }
 }

@@ -34,6 +34,7 @@ use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
 use crate::pg::keyed::Work;
+use crate::pg::notify;
 use crate::pg::refresh::{FailureClass, RefreshError, Refreshed};
 use crate::serve::health::Health;
 use crate::serve::metrics::Metrics;
@@ -474,23 +475,14 @@ async fn startup_client(
     shutdown: &CancellationToken,
     health: &Health,
 ) -> Option<tokio_postgres::Client> {
-    let mut attempt = 0;
-    loop {
+    health.beat_core();
+    health.beat_listener();
+    info.connect_until(shutdown, |e, delay| {
         health.beat_core();
         health.beat_listener();
-        match info.connect().await {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
-                attempt += 1;
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect for the startup checks; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect for the startup checks; retrying");
+    })
+    .await
 }
 
 impl Core {
@@ -1066,14 +1058,7 @@ impl Core {
         self.spawn_job(Job::Relay, async move {
             let sent = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
-                client
-                    .query_typed(
-                        "SELECT pg_catalog.pg_notify($1, $2)",
-                        &[
-                            (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
-                            (&payload, tokio_postgres::types::Type::TEXT),
-                        ],
-                    )
+                notify::send(&client, crate::CONTROL_CHANNEL, &payload)
                     .await
                     .map_err(|e| crate::pg::connect::error_chain(&e))?;
                 // The leader checks a control sender's role by its backend pid, which
@@ -1479,16 +1464,9 @@ async fn relay_and_wait(
         let (ntx, mut nrx) = mpsc::unbounded_channel();
         // The connection is driven beside the wait, not on a task of its own; when
         // it ends, `nrx` ends the wait.
-        let driver = async move {
-            let mut connection = connection;
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            use futures_util::StreamExt as _;
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                    let _ = ntx.send(n.payload().to_string());
-                }
-            }
-        };
+        let driver = notify::drive(connection, move |n| {
+            let _ = ntx.send(n.payload().to_string());
+        });
         let work = async {
             let running: i64 = client
                 .query_typed(RUNNING_SQL, &[(&quoted, tokio_postgres::types::Type::TEXT)])
@@ -1497,20 +1475,10 @@ async fn relay_and_wait(
                 .first()
                 .map_or(0, |r| r.get(0));
             client
-                .batch_execute(&format!(
-                    "LISTEN {}",
-                    crate::pg::ident::quote_ident(crate::EVENTS_CHANNEL)
-                ))
+                .batch_execute(&notify::listen_sql(crate::EVENTS_CHANNEL))
                 .await
                 .map_err(|e| crate::pg::connect::error_chain(&e))?;
-            client
-                .query_typed(
-                    "SELECT pg_catalog.pg_notify($1, $2)",
-                    &[
-                        (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
-                        (&name, tokio_postgres::types::Type::TEXT),
-                    ],
-                )
+            notify::send(&client, crate::CONTROL_CHANNEL, &name)
                 .await
                 .map_err(|e| crate::pg::connect::error_chain(&e))?;
             let sent = std::time::Instant::now();
