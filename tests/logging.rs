@@ -116,3 +116,55 @@ async fn each_refresh_logs_in_its_own_span() {
     let views: BTreeSet<&str> = ends.values().map(|(v, _)| v.as_str()).collect();
     assert_eq!(views, BTreeSet::from([COUNTS, TOTALS]));
 }
+
+/// A reload of a file with a mistake keeps the old configuration and logs where the
+/// mistake is: the file, the line and the key, as fields of their own in JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_reload_logs_the_file_line_and_key() {
+    let db = TestDb::new();
+    db.psql(support::ORDERS_SCHEMA);
+    let config = |debounce: &str| {
+        format!(
+            "[database]\nurl = \"{}\"\n[[view]]\nname = \"{TOTALS}\"\nchannels = [\"orders_changed\"]\ndebounce = {debounce}\n",
+            db.dsn()
+        )
+    };
+    let d = Daemon::start_json(&config("\"100ms\""));
+    d.wait_ready(Duration::from_secs(20)).await;
+    d.rewrite_config(&config("2"));
+    d.signal("HUP");
+    let refused = || {
+        d.json_lines().into_iter().find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("keeping the old one"))
+        })
+    };
+    wait_for(Duration::from_secs(10), "the refused reload", || async {
+        refused().is_some()
+    })
+    .await;
+    let line = refused().unwrap();
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["line"], 6, "{line}");
+    assert_eq!(line["key"], "view[0].debounce", "{line}");
+    assert!(
+        line["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("refreshd.toml")),
+        "{line}"
+    );
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.contains("refreshd.toml:6: view[0].debounce: expected a duration string"),
+        "{error}"
+    );
+    // The old configuration still works.
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (3, 1)");
+    wait_for(
+        Duration::from_secs(10),
+        "a refresh after the refusal",
+        || async { d.refreshes(TOTALS, "notify", "success") >= 1.0 },
+    )
+    .await;
+}

@@ -312,7 +312,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         writes,
         writer_stop.clone(),
     ));
-    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
+    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown)
+        .await
+        .map_err(anyhow::Error::from);
     writer_stop.cancel();
     let _ = writer.await;
     let _ = compare.await;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -18,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 mod book;
+mod reload;
 
 use book::{rfc3339, summary, unix, wall, History, Waiters};
+use reload::ReloadPlan;
 
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Share, Start, Timing};
@@ -28,7 +29,7 @@ use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::reason::Reason;
 use crate::engine::refresher::Refresher;
 use crate::engine::schedule::Schedules;
-use crate::engine::startup::{self, Prepared};
+use crate::engine::startup::{self, Prepared, StartupError};
 use crate::engine::tasks::{self, Mapped};
 use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
@@ -50,7 +51,7 @@ pub enum Command {
     ForceAll(&'static str),
     Http(Request),
     Reload,
-    Reloaded(Box<anyhow::Result<Prepared>>),
+    Reloaded(Box<Result<Prepared, StartupError>>),
     /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
     /// is not installed).
     ForceRequests(Result<Option<Vec<String>>, String>),
@@ -116,7 +117,9 @@ impl Job {
         match self {
             Job::Capture => Some(Command::CaptureChecked(Err(why))),
             Job::Force => Some(Command::ForceRequests(Err(why))),
-            Job::Reload => Some(Command::Reloaded(Box::new(Err(anyhow::anyhow!(why))))),
+            Job::Reload => Some(Command::Reloaded(Box::new(Err(StartupError::Panicked(
+                message.to_string(),
+            ))))),
             Job::Relay => None,
         }
     }
@@ -222,6 +225,28 @@ struct Core {
     cancelled_at: Option<Instant>,
 }
 
+/// Why the daemon stops with an error (and exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    FaultHook(String),
+    #[error(transparent)]
+    Database(#[from] crate::pg::connect::DbError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("http.listen: cannot bind {addr}: {reason}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+    #[error("the HTTP server panicked: {0}")]
+    HttpPanicked(String),
+    #[error("the HTTP server's task failed: {0}")]
+    HttpTask(String),
+}
+
 /// The daemon. Returns when `shutdown` is cancelled and in-flight work has ended (or
 /// was cancelled after `shutdown_timeout`), or with an error that makes it exit
 /// non-zero.
@@ -229,8 +254,8 @@ pub async fn run(
     config: Config,
     config_path: PathBuf,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    tasks::arm_fault_hook().map_err(|e| anyhow::anyhow!(e))?;
+) -> Result<(), RunError> {
+    tasks::arm_fault_hook().map_err(RunError::FaultHook)?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     health.beat_core();
@@ -375,14 +400,13 @@ pub async fn run(
 
 /// How the HTTP server's task ended: a panic of its accept loop makes the process exit
 /// non-zero (after the usual shutdown), so that its supervisor starts it again.
-fn served_result(served: Result<Result<(), String>, tokio::task::JoinError>) -> anyhow::Result<()> {
+fn served_result(
+    served: Result<Result<(), String>, tokio::task::JoinError>,
+) -> Result<(), RunError> {
     match served {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(panic)) => anyhow::bail!("the HTTP server panicked: {panic}"),
-        Err(e) => anyhow::bail!(
-            "the HTTP server's task failed: {}",
-            tasks::join_error_message(e)
-        ),
+        Ok(Err(panic)) => Err(RunError::HttpPanicked(panic)),
+        Err(e) => Err(RunError::HttpTask(tasks::join_error_message(e))),
     }
 }
 
@@ -409,6 +433,13 @@ fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
     ))
 }
 
+/// What [`start_serving`] started.
+type Serving = (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), String>>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// The HTTP server and systemd supervision: the token stops the server; the tasks are
 /// the server's and the supervisor's (which says `STOPPING=1` once `shutdown` is
 /// cancelled, and must be awaited so that it gets to say it before the process ends).
@@ -419,15 +450,13 @@ fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
 async fn start_serving(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), String>>,
-    tokio::task::JoinHandle<()>,
-)> {
+) -> Result<Serving, RunError> {
     use futures_util::FutureExt as _;
     let listen = shared.bound;
-    let http_listener = crate::serve::http::bind(listen)
-        .with_context(|| format!("http.listen: cannot bind {listen}"))?;
+    let http_listener = crate::serve::http::bind(listen).map_err(|e| RunError::Bind {
+        addr: listen,
+        reason: e.to_string(),
+    })?;
     let http_stop = CancellationToken::new();
     let serve = crate::serve::http::serve(http_listener, shared.clone(), http_stop.clone());
     let (metrics, stop_all) = (shared.metrics.clone(), shutdown.clone());
@@ -452,10 +481,10 @@ async fn start_serving(
 fn spawn_signals(
     tx: &mpsc::UnboundedSender<Command>,
     stop: &CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
     let tx = tx.clone();
     let stop = stop.clone();
     Ok(tokio::spawn(async move {
@@ -787,8 +816,12 @@ impl Core {
                 self.reloading = false;
                 match *result {
                     Ok(p) => self.apply(p, false).await,
+                    Err(StartupError::Config(c)) => {
+                        let (file, line, key) = (c.file.display(), c.line, c.key.as_deref());
+                        tracing::error!(error = %c, %file, line, key, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+                    }
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+                        tracing::error!(error = %e, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
                     }
                 }
                 if std::mem::take(&mut self.reload_again) {
@@ -1098,28 +1131,49 @@ impl Core {
         });
     }
 
-    /// Takes a prepared configuration (at startup, and after each reload).
+    /// Takes a prepared configuration (at startup, and after each reload): computes
+    /// what changes ([`ReloadPlan`]) and installs it.
     async fn apply(&mut self, p: Prepared, first: bool) {
-        let old = self.config.clone();
-        if !first {
-            if let Err(e) = self.check_reload(&old, &p) {
+        let plan = if first {
+            ReloadPlan::initial(&p.config)
+        } else {
+            let plan = ReloadPlan::diff(&self.config, &p.config);
+            for section in &plan.restart_needed {
+                tracing::warn!(
+                    section,
+                    "SIGHUP: {section} changed; that takes effect at the next restart"
+                );
+            }
+            if let Err(e) = reload::refuse(self.shared.bound, p.token.as_deref()) {
                 tracing::error!(error = %e, "SIGHUP: reload refused; keeping the old one");
                 return;
             }
+            plan
+        };
+        self.install(p, &plan);
+        if !first {
+            tracing::info!(
+                views = self.config.views.len(),
+                added = plan.added.len(),
+                removed = plan.removed.len(),
+                listen = ?plan.listen,
+                unlisten = ?plan.unlisten,
+                "SIGHUP: configuration reloaded"
+            );
+            self.release_awaiting(std::time::Instant::now());
         }
+    }
+
+    /// Installs `plan`: metrics, the coalescer's and the book's per-view state, the
+    /// dirty groups, the catch-ups, the indexes, schedules, the detector, the channels
+    /// and roles the listener follows, and what the HTTP server reads.
+    fn install(&mut self, p: Prepared, plan: &ReloadPlan) {
         let new = p.config.clone();
-        let previous: Vec<Option<usize>> = new
-            .views
-            .iter()
-            .map(|v| self.index.by_name.get(&v.name).copied())
-            .collect();
-        for o in &old.views {
-            if !first && new.view(&o.name).is_none() {
-                self.metrics.forget_view(&o.name.to_string());
-            }
+        for name in &plan.removed {
+            self.metrics.forget_view(&name.to_string());
         }
-        for (v, prev) in new.views.iter().zip(&previous) {
-            if prev.is_none() && !first {
+        for name in &plan.added {
+            if let Some(v) = new.view(name) {
                 self.metrics
                     .register_view(&v.name.to_string(), &v.channels, v.keyed.is_some());
             }
@@ -1127,27 +1181,41 @@ impl Core {
         self.coalescer.reconfigure(
             new.views.iter().map(timing).collect(),
             p.reads.clone(),
-            &previous,
+            &plan.previous,
             new.database.max_concurrent_refreshes,
         );
-        self.history = previous
+        self.history = plan
+            .previous
             .iter()
             .map(|p| p.map(|p| self.history[p].clone()).unwrap_or_default())
             .collect();
-        let mut redefined = Vec::new();
-        self.keys = new
-            .views
+        self.keys = self.carry_keys(&new, plan);
+        self.awaiting_listen.extend(plan.catch_up.iter().cloned());
+        self.reads = p.reads;
+        self.index = Index::new(&new);
+        if self.stopping.is_none() {
+            self.schedules = Schedules::new(&new.views, chrono::Utc::now());
+        }
+        self.restart_detector(p.watched);
+        self.channels_tx
+            .send_replace(new.channels().into_iter().collect());
+        self.roles_tx.send_replace(new.control_roles.clone());
+        *self.shared.config.write().expect("not poisoned") = new.clone();
+        *self.shared.admin_token.write().expect("not poisoned") = p.token;
+        self.config = new;
+    }
+
+    /// The dirty groups of the new keyed views: carried over, or everything dirty for
+    /// the plan's fresh ones.
+    fn carry_keys(&mut self, new: &Config, plan: &ReloadPlan) -> Vec<Option<DirtyKeys>> {
+        new.views
             .iter()
-            .zip(&previous)
-            .map(|(v, prev)| {
+            .zip(&plan.previous)
+            .enumerate()
+            .map(|(i, (v, prev))| {
                 let keyed = v.keyed.as_ref()?;
                 let kept = prev
-                    .filter(|&j| {
-                        old.views[j]
-                            .keyed
-                            .as_ref()
-                            .is_some_and(|o| o.query == keyed.query && o.key == keyed.key)
-                    })
+                    .filter(|_| !plan.fresh_keys.contains(&i))
                     .and_then(|j| self.keys.get_mut(j).and_then(Option::take));
                 Some(match kept {
                     Some(mut k) => {
@@ -1155,77 +1223,28 @@ impl Core {
                         k
                     }
                     None => {
-                        if prev.is_some() {
-                            redefined.push(v.name.clone());
-                        }
                         let mut k = DirtyKeys::new(keyed.max_keys);
                         k.add_all();
                         k
                     }
                 })
             })
-            .collect();
-        // New views, and views whose channels changed, catch up once their channels
-        // are LISTENed.
-        if !first {
-            for (v, prev) in new.views.iter().zip(&previous) {
-                match prev {
-                    None => self.awaiting_listen.push((v.name.clone(), Reason::Startup)),
-                    Some(j)
-                        if old.views[*j].channels != v.channels || redefined.contains(&v.name) =>
-                    {
-                        self.awaiting_listen.push((v.name.clone(), Reason::Resync))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        self.reads = p.reads;
-        self.index = Index::new(&new);
-        if self.stopping.is_none() {
-            self.schedules = Schedules::new(&new.views, chrono::Utc::now());
-        }
+            .collect()
+    }
+
+    /// Stops the statistics detector and starts one for `watched` (if any).
+    fn restart_detector(&mut self, watched: Vec<crate::engine::detect::Watched>) {
         self.detector.cancel();
         self.detector = CancellationToken::new();
-        if !p.watched.is_empty() {
+        if !watched.is_empty() {
             self.detectors.spawn(detector(
                 self.refresh_info.clone(),
-                p.watched,
+                watched,
                 Mapped::new(self.tx.clone(), Command::Detected),
                 self.metrics.clone(),
                 self.detector.clone(),
             ));
         }
-        self.channels_tx
-            .send_replace(new.channels().into_iter().collect());
-        self.roles_tx.send_replace(new.control_roles.clone());
-        *self.shared.config.write().expect("not poisoned") = new.clone();
-        *self.shared.admin_token.write().expect("not poisoned") = p.token;
-        self.config = new;
-        if !first {
-            tracing::info!(
-                views = self.config.views.len(),
-                "SIGHUP: configuration reloaded"
-            );
-            self.release_awaiting(std::time::Instant::now());
-        }
-    }
-
-    /// What a reload may not change.
-    fn check_reload(&self, old: &Config, p: &Prepared) -> anyhow::Result<()> {
-        let new = &p.config;
-        if new.database != old.database {
-            tracing::warn!("SIGHUP: [database] changed; that takes effect at the next restart");
-        }
-        if new.http != old.http || new.ha != old.ha {
-            tracing::warn!("SIGHUP: [http] or [ha] changed; that takes effect at the next restart");
-        }
-        anyhow::ensure!(
-            p.token.is_some() || self.shared.bound.ip().is_loopback(),
-            "the HTTP server listens on {} (not loopback) until a restart: http.admin_token_file cannot be removed by a reload",
-            self.shared.bound
-        );
-        Ok(())
     }
 
     fn finished(&mut self, f: Finished) {
