@@ -41,9 +41,11 @@ pub async fn force(info: ConnectInfo, payload: String) {
     }
 }
 
-/// Refreshes of a view running right now (on any session this role can see).
+/// Refreshes of a view running right now in this database (on any session this role
+/// can see; a view of the same name in another database of the cluster is another view).
 const RUNNING_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
      WHERE state = 'active' AND pid <> pg_catalog.pg_backend_pid() \
+     AND datname = pg_catalog.current_database() \
      AND position('REFRESH MATERIALIZED VIEW' in query) > 0 AND position($1 in query) > 0";
 
 /// A standby's read-your-writes: relay the force through the control channel and
