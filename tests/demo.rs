@@ -168,7 +168,7 @@ async fn demo_refreshes_and_cleans_up_on_ctrl_c() {
         "{summary}"
     );
     assert!(
-        !text.contains("refreshed view="),
+        !text.contains(": refreshed "),
         "per-refresh lines flood the terminal:\n{text}"
     );
     assert!(text.lines().count() < 25, "{text}");

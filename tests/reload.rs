@@ -197,7 +197,10 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     let notified = || {
         d.log_text()
             .lines()
-            .filter(|l| l.contains("refresh starting view=public.order_totals reason=\"notify\""))
+            .filter(|l| {
+                l.contains("refresh{view=public.order_totals reason=\"notify\"")
+                    && l.contains(": refresh starting")
+            })
             .count()
     };
     let before = notified();
@@ -213,7 +216,10 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     let log = d.log_text();
     let line = log
         .lines()
-        .filter(|l| l.contains("refresh starting view=public.order_totals reason=\"notify\""))
+        .filter(|l| {
+            l.contains("refresh{view=public.order_totals reason=\"notify\"")
+                && l.contains(": refresh starting")
+        })
         .nth(before)
         .unwrap();
     let started = humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap();
@@ -226,7 +232,7 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
         wait_for(
             Duration::from_secs(600),
             "every startup refresh",
-            || async { d.log_text().matches(" refreshed view=").count() > n },
+            || async { d.log_text().matches("}: refreshed ").count() > n },
         )
         .await;
         let pid = d.child.id();

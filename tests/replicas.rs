@@ -437,6 +437,74 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
 /// Read-your-writes through the standby: relayed to the leader, answered when the
 /// leader's refresh event for the view arrives, and the write is visible then.
 #[tokio::test(flavor = "multi_thread")]
+async fn read_your_writes_through_the_standby_ignore_other_databases() {
+    let db = TestDb::new();
+    db.psql(&schema());
+    // Another database of the same cluster, with a view of the same name whose
+    // REFRESH (written as refreshd writes it) runs for 30 s: the standby must not count it as a refresh of its own
+    // view already running (it did: it skipped the leader's event and answered 504).
+    let other = TestDb::new();
+    other.psql(
+        "CREATE TABLE public.quiet (id int PRIMARY KEY); \
+         CREATE MATERIALIZED VIEW public.quiet_sum AS SELECT id FROM public.quiet, pg_sleep(0) AS s; \
+         INSERT INTO public.quiet VALUES (1); \
+         CREATE OR REPLACE FUNCTION public.slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(30)';",
+    );
+    let cfg = views(Config::new(&db.dsn()).ha("retry_interval", "1s")).text();
+    let (leader, standby) = leader_then_standby(&cfg, &cfg).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the leader's startup refreshes",
+        || async { leader.successes(QUIET) >= 1.0 },
+    )
+    .await;
+    let slow = other.client().await;
+    slow.batch_execute(
+        "DROP MATERIALIZED VIEW public.quiet_sum; \
+         CREATE MATERIALIZED VIEW public.quiet_sum AS SELECT id FROM public.quiet WHERE public.slow() = 1 WITH NO DATA",
+    )
+    .await
+    .unwrap();
+    let running = tokio::spawn(async move {
+        let _ = slow
+            .batch_execute(r#"REFRESH MATERIALIZED VIEW "public"."quiet_sum""#)
+            .await;
+    });
+    let watch = other.client().await;
+    wait_for(
+        Duration::from_secs(10),
+        "the other database's REFRESH running",
+        || async {
+            watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                      AND query LIKE 'REFRESH MATERIALIZED VIEW \"public\".\"quiet_sum\"%'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) == 1)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    db.psql("INSERT INTO public.quiet VALUES (100, 1)");
+    let (code, body) = standby.post("/refresh/public.quiet_sum?wait=10s", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM public.quiet_sum WHERE id = 100"),
+        "1"
+    );
+    running.abort();
+    let _ = watch
+        .execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+              WHERE query LIKE 'REFRESH MATERIALIZED VIEW \"public\".\"quiet_sum\"%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn read_your_writes_through_the_standby() {
     let db = TestDb::new();
     db.psql(&schema());

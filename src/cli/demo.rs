@@ -328,7 +328,9 @@ async fn demo(
         writes,
         writer_stop.clone(),
     ));
-    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown).await;
+    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown)
+        .await
+        .map_err(anyhow::Error::from);
     writer_stop.cancel();
     let _ = writer.await;
     let _ = compare.await;

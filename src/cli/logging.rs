@@ -1,5 +1,7 @@
 //! Logs to stderr through `tracing`: text for people, JSON for log shippers; the level
-//! from `RUST_LOG` (default `info`).
+//! from `RUST_LOG` (default `info`). A line logged inside a span carries the span's
+//! fields: `refresh{view=.. reason=.. run=.. keyed=.. full=..}` in text, `"span": {..}`
+//! in JSON (see `engine::core`'s refresh span, the listener's session, the detector).
 
 use tracing_subscriber::EnvFilter;
 
@@ -31,10 +33,13 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
+        // The event's fields at the top level; the span it happened in (a refresh, the
+        // listener's session, the detector) as `span`, with that span's fields.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
 }

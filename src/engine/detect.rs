@@ -95,7 +95,9 @@ async fn read(
         .collect())
 }
 
-/// Polls until `stop`, sending the name of every view whose tables moved.
+/// Polls until `stop`, sending the name of every view whose tables moved. Its lines
+/// carry the `detector` span.
+#[tracing::instrument(name = "detector", skip_all, fields(views = watched.len()))]
 pub async fn run(
     info: ConnectInfo,
     watched: Vec<Watched>,
@@ -109,7 +111,6 @@ pub async fn run(
     let mut next: BTreeMap<usize, Instant> =
         (0..watched.len()).map(|i| (i, Instant::now())).collect();
     let mut client: Option<tokio_postgres::Client> = None;
-    let mut attempt = 0u32;
     loop {
         let wake = next.values().min().copied().unwrap_or_else(Instant::now);
         tokio::select! {
@@ -117,20 +118,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match info.connect().await {
-                Ok(c) => {
-                    attempt = 0;
-                    client = Some(c);
-                }
-                Err(e) => {
-                    let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
-                    attempt += 1;
+            client = info
+                .connect_until(&stop, |e, delay| {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "statistics detection cannot connect");
-                    for t in next.values_mut() {
-                        *t = Instant::now() + delay;
-                    }
-                    continue;
-                }
+                })
+                .await;
+            if client.is_none() {
+                return;
             }
         }
         let now = Instant::now();

@@ -18,8 +18,8 @@ use crate::engine::session::{
     SERVER_KEEPALIVES,
 };
 use crate::engine::tasks::Mapped;
-use crate::pg::connect::ConnectInfo;
-use crate::pg::ident::quote_ident;
+use crate::pg::connect::{Backoff, ConnectInfo};
+use crate::pg::notify;
 use crate::serve::health::{Health, Role};
 use crate::serve::metrics::Metrics;
 
@@ -60,13 +60,6 @@ pub fn lock_key(lock_name: &str) -> i64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h as i64
-}
-
-/// Capped exponential backoff with full jitter: a delay drawn uniformly from [0, base],
-/// base = 250 ms × 2^attempt, at most `cap`.
-pub fn jittered(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(10))).min(cap);
-    Duration::from_nanos(rand::random_range(0..=base.as_nanos() as u64))
 }
 
 /// Ends backend `$1` if it holds refreshd's advisory lock `$2` (a bigint key: `classid`
@@ -117,7 +110,9 @@ enum Ended {
 struct History {
     ever_connected: bool,
     ever_led: bool,
-    attempt: u32,
+    backoff: Backoff,
+    /// Sessions begun (the `session` field of the listener's span).
+    sessions: u64,
     /// The host of the last session (of a multi-host URL, the one that answered).
     host: Option<String>,
 }
@@ -145,6 +140,7 @@ impl Listener {
         let mut prober = Prober::new(self.info.clone());
         loop {
             self.health.beat_listener();
+            history.sessions += 1;
             let ended = self.session(&mut history, &mut prober).await;
             let why = match ended {
                 Ended::Shutdown => break,
@@ -164,8 +160,7 @@ impl Listener {
             };
             self.set_disconnected();
             let _ = self.events.send(ListenerEvent::Lost);
-            let delay = jittered(history.attempt, Duration::from_secs(30));
-            history.attempt = history.attempt.saturating_add(1);
+            let delay = history.backoff.next_delay();
             tracing::debug!(reason = %why, retry_in_ms = delay.as_millis() as u64, "LISTEN: retrying");
             if !self.wait(delay).await {
                 break;
@@ -245,18 +240,22 @@ impl Listener {
         // (and is logged and counted); the listener reconnects as after any loss.
         let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
         let metrics = self.metrics.clone();
-        let driver = tokio::spawn(async move {
-            use futures_util::FutureExt as _;
-            let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
-                Ok(()) => drive_rx.await.unwrap_or_default(),
-                Err(payload) => {
-                    let message = crate::engine::tasks::panic_message(payload.as_ref());
-                    crate::engine::tasks::panicked(&metrics, "listener", &message);
-                    format!("the connection's task panicked: {message}")
-                }
-            };
-            let _ = dead_tx.send(why);
-        });
+        let span = tracing::Span::current();
+        let driver = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                use futures_util::FutureExt as _;
+                let why = match std::panic::AssertUnwindSafe(driven).catch_unwind().await {
+                    Ok(()) => drive_rx.await.unwrap_or_default(),
+                    Err(payload) => {
+                        let message = crate::engine::tasks::panic_message(payload.as_ref());
+                        crate::engine::tasks::panicked(&metrics, "listener", &message);
+                        format!("the connection's task panicked: {message}")
+                    }
+                };
+                let _ = dead_tx.send(why);
+            },
+            span,
+        ));
         let mut conn = Conn {
             client,
             dead,
@@ -294,6 +293,14 @@ impl Listener {
     }
 
     /// One connection's life: connect and prove, win the lock, LISTEN, forward, probe.
+    /// Its lines (and its connection's driver's, and the fence after it) carry the
+    /// `listen` span: the session's number, then the host that answered and the
+    /// backend's pid.
+    #[tracing::instrument(
+        name = "listen",
+        skip_all,
+        fields(session = history.sessions, host = tracing::field::Empty, pid = tracing::field::Empty)
+    )]
     async fn session(&mut self, history: &mut History, prober: &mut Prober) -> Ended {
         let mut conn = match self.open(prober).await {
             Ok(c) => c,
@@ -304,11 +311,14 @@ impl Listener {
         }
         history.ever_connected = true;
         history.host = Some(conn.host.clone());
+        let span = tracing::Span::current();
+        span.record("host", conn.host.as_str());
+        span.record("pid", conn.pid);
         self.metrics.listener_connected.set(1);
         if let Err(e) = self.acquire(&mut conn, prober).await {
             return e;
         }
-        history.attempt = 0;
+        history.backoff.reset();
         let mut listening: BTreeSet<String> = BTreeSet::new();
         let wanted = self.channels.borrow_and_update().clone();
         if let Err(e) = self
@@ -325,7 +335,7 @@ impl Listener {
         }
         self.health.set_role(Role::Leader);
         self.metrics.leader.set(1);
-        tracing::info!(host = %conn.host, channels = ?listening, first = !history.ever_led, pid = conn.pid, "leading: LISTEN established");
+        tracing::info!(channels = ?listening, first = !history.ever_led, "leading: LISTEN established");
         let _ = self.events.send(ListenerEvent::Leading {
             first: !history.ever_led,
         });
@@ -344,8 +354,10 @@ impl Listener {
     /// lock, so no standby can take over. Over another connection, end the old
     /// backend, but only if it still holds refreshd's lock in this database.
     fn fence(&self, pid: i32) {
+        use tracing::Instrument as _;
         let info = self.fence_info.clone();
         let key = self.lock_key;
+        let span = tracing::Span::current();
         self.fences.spawn(async move {
             let work = async {
                 let client = info.connect().await.map_err(|e| e.to_string())?;
@@ -363,7 +375,7 @@ impl Listener {
                 Ok(Err(e)) => tracing::warn!(backend = pid, error = %e, "could not end the cut-off LISTEN session's backend; the server releases its lock when it notices the dead connection"),
                 Err(_) => tracing::warn!(backend = pid, "ending the cut-off LISTEN session's backend timed out"),
             }
-        });
+        }.instrument(span));
     }
 
     /// Leadership: a session-level advisory lock held for as long as this connection
@@ -403,7 +415,7 @@ impl Listener {
             }
             if !announced_standby {
                 announced_standby = true;
-                tracing::info!(host = %conn.host, "another replica leads; standing by");
+                tracing::info!("another replica leads; standing by");
                 self.health.set_role(Role::Standby);
                 self.metrics.leader.set(0);
                 let _ = self.events.send(ListenerEvent::Standby);
@@ -490,13 +502,7 @@ impl Listener {
         let mut wanted = wanted.clone();
         wanted.insert(crate::CONTROL_CHANNEL.to_string());
         wanted.insert(crate::pg::force::FORCE_CHANNEL.to_string());
-        let mut sql = String::new();
-        for ch in wanted.difference(listening) {
-            sql.push_str(&format!("LISTEN {};", quote_ident(ch)));
-        }
-        for ch in listening.difference(&wanted) {
-            sql.push_str(&format!("UNLISTEN {};", quote_ident(ch)));
-        }
+        let sql = notify::sync_sql(listening, &wanted);
         if !sql.is_empty() {
             match tokio::time::timeout(PROBE_DEADLINE, client.batch_execute(&sql)).await {
                 Ok(Ok(())) => {}
@@ -528,31 +534,5 @@ mod tests {
         assert_eq!(lock_key("refreshd"), lock_key("refreshd"));
         assert_ne!(lock_key("refreshd"), lock_key("other"));
         assert_eq!(lock_key("refreshd"), -4_436_802_329_783_051_469);
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        for a in 0..40 {
-            let d = jittered(a, Duration::from_secs(30));
-            assert!(d <= Duration::from_secs(30));
-        }
-    }
-
-    #[test]
-    fn backoff_is_full_jitter() {
-        // attempt 3: base 2 s. Uniform over [0, 2 s]: both halves are drawn (the chance
-        // that 200 draws all land in one half is 2^-199), never above the base.
-        let draws: Vec<Duration> = (0..200)
-            .map(|_| jittered(3, Duration::from_secs(30)))
-            .collect();
-        assert!(draws.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(
-            draws.iter().any(|d| *d < Duration::from_secs(1)),
-            "{draws:?}"
-        );
-        assert!(
-            draws.iter().any(|d| *d > Duration::from_secs(1)),
-            "{draws:?}"
-        );
     }
 }

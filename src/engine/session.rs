@@ -24,7 +24,7 @@ use crate::engine::arming::{Arming, HeldBack};
 use crate::engine::control::{self, Gate, Next, Verdict};
 use crate::engine::listener::{ListenerEvent, PROBE_DEADLINE};
 use crate::pg::connect::{error_chain, ConnectInfo, PgConnection};
-use crate::pg::ident::quote_ident;
+use crate::pg::notify;
 use crate::serve::metrics::Metrics;
 
 /// Why a proof failed.
@@ -149,9 +149,7 @@ impl Prober {
 /// LISTENs on `private` and returns the session's backend pid.
 pub async fn listen_private(client: &tokio_postgres::Client, private: &str) -> Result<i32, String> {
     let work = async {
-        client
-            .batch_execute(&format!("LISTEN {}", quote_ident(private)))
-            .await?;
+        client.batch_execute(&notify::listen_sql(private)).await?;
         let rows = client
             .query_typed("SELECT pg_catalog.pg_backend_pid()", &[])
             .await?;
@@ -209,7 +207,7 @@ type Release = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send
 /// and looks up the senders of control notifications on this same session the moment
 /// they arrive (see `control`). Sends why the connection ended on `dead`.
 pub async fn drive(
-    mut connection: PgConnection,
+    connection: PgConnection,
     client: Arc<tokio_postgres::Client>,
     routes: Routes,
     dead: tokio::sync::oneshot::Sender<String>,
@@ -226,8 +224,7 @@ pub async fn drive(
     let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
     let mut releases: FuturesUnordered<Release> = FuturesUnordered::new();
     let mut held = HeldBack::default();
-    // A plain spawned connection future would discard the notifications.
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let mut messages = notify::messages(connection);
     let why = loop {
         let message = tokio::select! {
             m = messages.next() => m,
@@ -311,7 +308,7 @@ pub async fn drive(
 /// The proof on its own, for `refreshd check`: connects a LISTEN session as `run`
 /// would, and times one round trip from a separate connection.
 pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, ProofError> {
-    let (client, mut connection) = info
+    let (client, connection) = info
         .connect_raw()
         .await
         .map_err(|e| ProofError::Listen(e.to_string()))?;
@@ -319,16 +316,11 @@ pub async fn prove(info: &ConnectInfo, timeout: Duration) -> Result<Duration, Pr
     let (tx, mut rx) = mpsc::unbounded_channel();
     let channel = private.clone();
     // The connection is driven here, beside the proof, not on a task of its own.
-    let driver = async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = m {
-                if n.channel() == channel {
-                    let _ = tx.send(n.payload().to_string());
-                }
-            }
+    let driver = notify::drive(connection, move |n| {
+        if n.channel() == channel {
+            let _ = tx.send(n.payload().to_string());
         }
-    };
+    });
     let result = async {
         listen_private(&client, &private)
             .await

@@ -4,15 +4,45 @@
 //! runs on a task of its own, so the loop keeps handling notifications meanwhile.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use crate::config::{Config, Detect, ViewConfig};
+use crate::config::{Config, ConfigError, Detect, ViewConfig};
 use crate::engine::detect::Watched;
 use crate::pg::catalog::{self, StartupFacts};
-use crate::pg::connect::ConnectInfo;
+use crate::pg::connect::{error_chain, ConnectInfo, DbError};
+
+/// Why a configuration cannot be used (at startup: refreshd exits; on a reload: the
+/// old one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The file, or a keyed view that does not fit its table: located (file, line, key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("http.admin_token_file: cannot read {}: {reason}", path.display())]
+    TokenUnreadable { path: PathBuf, reason: String },
+    #[error("http.admin_token_file {} is empty", path.display())]
+    TokenEmpty { path: PathBuf },
+    /// A catalog query failed (the error with its causes).
+    #[error("{0}")]
+    Catalog(String),
+    #[error("no unique index usable by REFRESH CONCURRENTLY on {}: create one, or set concurrently = false for the view", .0.join(", "))]
+    NoUniqueIndex(Vec<String>),
+    #[error("connecting to check the new views: {0}")]
+    Connect(DbError),
+    #[error("checking the new views took longer than {0:?}")]
+    Timeout(Duration),
+    /// The reload's task panicked (a bug).
+    #[error("the task panicked: {0}")]
+    Panicked(String),
+}
+
+impl From<tokio_postgres::Error> for StartupError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StartupError::Catalog(error_chain(&e))
+    }
+}
 
 /// A configuration with what the catalog says about it.
 #[derive(Debug)]
@@ -26,25 +56,30 @@ pub struct Prepared {
 }
 
 /// Reads the admin token file, if one is configured.
-pub fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
+pub fn read_token(config: &Config) -> Result<Option<String>, StartupError> {
     let Some(p) = &config.http.admin_token_file else {
         return Ok(None);
     };
     let path = config.dir().join(p);
-    let t = std::fs::read_to_string(&path)
-        .with_context(|| format!("http.admin_token_file: cannot read {}", path.display()))?;
-    let t = t.trim().to_string();
-    anyhow::ensure!(
-        !t.is_empty(),
-        "http.admin_token_file {} is empty",
-        path.display()
-    );
+    let t = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            let reason = e.to_string();
+            return Err(StartupError::TokenUnreadable { path, reason });
+        }
+    };
+    if t.is_empty() {
+        return Err(StartupError::TokenEmpty { path });
+    }
     Ok(Some(t))
 }
 
 /// Checks `config` against the catalog on `client`: a constant number of queries
 /// whatever the number of views.
-pub async fn prepare(client: &tokio_postgres::Client, config: Config) -> anyhow::Result<Prepared> {
+pub async fn prepare(
+    client: &tokio_postgres::Client,
+    config: Config,
+) -> Result<Prepared, StartupError> {
     let token = read_token(&config)?;
     let facts = catalog::startup_facts(client, &config.views).await?;
     refuse_unusable(&config.views, &facts)?;
@@ -64,23 +99,23 @@ pub async fn load_and_prepare(
     path: &std::path::Path,
     info: &ConnectInfo,
     timeout: Duration,
-) -> anyhow::Result<Prepared> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+) -> Result<Prepared, StartupError> {
+    let config = Config::load(path)?;
     let work = async {
-        let client = info
-            .connect()
-            .await
-            .context("connecting to check the new views")?;
+        let client = info.connect().await.map_err(StartupError::Connect)?;
         prepare(&client, config).await
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| anyhow::anyhow!("checking the new views took longer than {timeout:?}"))?
+        .map_err(|_| StartupError::Timeout(timeout))?
 }
 
 /// `run` refuses a view without a unique index usable by CONCURRENTLY unless it sets
 /// `concurrently = false`; a missing view is only logged (it fails until created).
-fn refuse_unusable(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> anyhow::Result<()> {
+fn refuse_unusable(
+    views: &[ViewConfig],
+    facts: &[Option<StartupFacts>],
+) -> Result<(), StartupError> {
     let mut refused = Vec::new();
     for (v, f) in views.iter().zip(facts) {
         match f {
@@ -94,17 +129,18 @@ fn refuse_unusable(views: &[ViewConfig], facts: &[Option<StartupFacts>]) -> anyh
             Some(_) => {}
         }
     }
-    anyhow::ensure!(
-        refused.is_empty(),
-        "no unique index usable by REFRESH CONCURRENTLY on {}: create one, or set concurrently = false for the view",
-        refused.join(", ")
-    );
+    if !refused.is_empty() {
+        return Err(StartupError::NoUniqueIndex(refused));
+    }
     Ok(())
 }
 
 /// `run` refuses a keyed view whose table and query exist but do not fit together
 /// (columns, types, key), naming the file, line and key; a missing one is only logged.
-async fn refuse_misfits(client: &tokio_postgres::Client, config: &Config) -> anyhow::Result<()> {
+async fn refuse_misfits(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> Result<(), StartupError> {
     for (i, v) in config.views.iter().enumerate() {
         let Some(keyed) = &v.keyed else { continue };
         match crate::pg::keyed::shape(client, v, keyed).await? {
@@ -113,15 +149,12 @@ async fn refuse_misfits(client: &tokio_postgres::Client, config: &Config) -> any
                 tracing::error!(view = %v.name, error = %m.message, "keyed view: its refreshes will fail until this is created")
             }
             Err(m) => {
-                return Err(anyhow::anyhow!(
-                    "{}",
-                    crate::config::ConfigError {
-                        file: config.path.clone(),
-                        line: Some(v.line),
-                        key: Some(format!("view[{i}].{}", m.key)),
-                        message: m.message,
-                    }
-                ))
+                return Err(StartupError::Config(ConfigError {
+                    file: config.path.clone(),
+                    line: Some(v.line),
+                    key: Some(format!("view[{i}].{}", m.key)),
+                    message: m.message,
+                }))
             }
         }
     }
@@ -159,7 +192,7 @@ fn graph(facts: &[Option<StartupFacts>]) -> Vec<Vec<usize>> {
 pub async fn dependency_graph(
     client: &tokio_postgres::Client,
     views: &[ViewConfig],
-) -> anyhow::Result<Vec<Vec<usize>>> {
+) -> Result<Vec<Vec<usize>>, StartupError> {
     Ok(graph(&catalog::startup_facts(client, views).await?))
 }
 

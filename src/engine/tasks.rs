@@ -104,7 +104,7 @@ pub async fn supervise<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut attempt = 0u32;
+    let mut backoff = crate::pg::connect::Backoff::default();
     loop {
         let started = std::time::Instant::now();
         // AssertUnwindSafe: what a loop shares with the rest (metrics, health, channels)
@@ -115,10 +115,9 @@ pub async fn supervise<F, Fut>(
         panicked(&metrics, task, &panic_message(payload.as_ref()));
         on_panic();
         if started.elapsed() >= STABLE {
-            attempt = 0;
+            backoff.reset();
         }
-        let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
-        attempt = attempt.saturating_add(1);
+        let delay = backoff.next_delay();
         tracing::warn!(
             task,
             restart_in_ms = delay.as_millis() as u64,

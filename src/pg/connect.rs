@@ -13,6 +13,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseConfig, UrlSource};
 
@@ -309,6 +310,34 @@ impl ConnectInfo {
         Ok(client)
     }
 
+    /// Connects, retrying with [`Backoff`] (capped at 30 s) until it works; `None` once
+    /// `stop` is cancelled. `retrying` hears each failure and the wait before the next
+    /// attempt (to log it, or to beat a liveness clock).
+    pub async fn connect_until(
+        &self,
+        stop: &CancellationToken,
+        mut retrying: impl FnMut(&DbError, Duration),
+    ) -> Option<Client> {
+        let mut backoff = Backoff::new(RECONNECT_CAP);
+        loop {
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return None,
+                c = self.connect() => c,
+            };
+            match attempt {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    retrying(&e, delay);
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits, at most `within`, for the tasks driving this target's connections (of
     /// every clone) to end: once their clients are dropped, each says goodbye to the
     /// server and ends. Those still running after `within` are left to the runtime's
@@ -324,6 +353,49 @@ impl ConnectInfo {
     pub fn tls(&self) -> MakeTls {
         self.tls.clone()
     }
+}
+
+/// The longest wait between two reconnection attempts.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
+
+/// Capped exponential backoff with full jitter, for reconnecting (and restarting a
+/// task): the n-th wait is drawn uniformly from [0, base], base = 250 ms × 2^n, at most
+/// the cap, so that replicas cut off together do not come back together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+    cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(RECONNECT_CAP)
+    }
+}
+
+impl Backoff {
+    pub fn new(cap: Duration) -> Self {
+        Self { attempt: 0, cap }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = jittered(self.attempt, self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        d
+    }
+
+    /// After a success: the next failure waits little again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// One draw of [`Backoff`]: uniform over [0, base], base = 250 ms × 2^attempt, at most
+/// `cap`.
+pub fn jittered(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(10))).min(cap);
+    Duration::from_nanos(rand::random_range(0..=base.as_nanos() as u64))
 }
 
 /// A tokio-postgres error with its causes: its own Display says only "db error" or
@@ -746,6 +818,37 @@ impl ServerCertVerifier for LibpqVerifier {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backoff_is_capped() {
+        let mut b = super::Backoff::default();
+        for _ in 0..40 {
+            assert!(b.next_delay() <= super::RECONNECT_CAP);
+        }
+    }
+
+    #[test]
+    fn backoff_is_full_jitter() {
+        // attempt 3: base 2 s. Uniform over [0, 2 s]: both halves are drawn (the chance
+        // that 200 draws all land in one half is 2^-199), never above the base.
+        let draws: Vec<std::time::Duration> = (0..200)
+            .map(|_| super::jittered(3, super::RECONNECT_CAP))
+            .collect();
+        let second = std::time::Duration::from_secs(1);
+        assert!(draws.iter().all(|d| *d <= 2 * second));
+        assert!(draws.iter().any(|d| *d < second), "{draws:?}");
+        assert!(draws.iter().any(|d| *d > second), "{draws:?}");
+    }
+
+    #[test]
+    fn backoff_grows_then_resets() {
+        let mut b = super::Backoff::new(std::time::Duration::from_secs(30));
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        assert_eq!(b.attempt, 5);
+        b.reset();
+        assert!(b.next_delay() <= std::time::Duration::from_millis(250));
+    }
     use super::*;
 
     #[test]

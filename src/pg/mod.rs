@@ -8,4 +8,5 @@ pub mod force;
 pub mod ident;
 pub mod keyed;
 pub mod keyed_check;
+pub mod notify;
 pub mod refresh;

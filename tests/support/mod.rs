@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod config;
 pub mod keyed_storm;
+pub mod logging;
 pub mod standby;
 pub mod tpch;
 

@@ -10,15 +10,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 mod book;
+mod relay;
+mod reload;
 
 use book::{rfc3339, summary, unix, wall, History, Waiters};
+use reload::ReloadPlan;
 
 use crate::config::{Config, ViewConfig};
 use crate::engine::coalesce::{Coalescer, Outcome, Share, Start, Timing};
@@ -27,7 +30,7 @@ use crate::engine::listener::{lock_key, Listener, ListenerEvent};
 use crate::engine::reason::Reason;
 use crate::engine::refresher::Refresher;
 use crate::engine::schedule::Schedules;
-use crate::engine::startup::{self, Prepared};
+use crate::engine::startup::{self, Prepared, StartupError};
 use crate::engine::tasks::{self, Mapped};
 use crate::engine::throttle::{Throttle, LOG_PERIOD};
 use crate::pg::connect::ConnectInfo;
@@ -48,7 +51,7 @@ pub enum Command {
     ForceAll(&'static str),
     Http(Request),
     Reload,
-    Reloaded(Box<anyhow::Result<Prepared>>),
+    Reloaded(Box<Result<Prepared, StartupError>>),
     /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
     /// is not installed).
     ForceRequests(Result<Option<Vec<String>>, String>),
@@ -67,6 +70,30 @@ struct Finished {
     /// A keyed view's groups (given back if the refresh does not commit).
     work: Option<Work>,
     result: Result<Refreshed, RefreshError>,
+}
+
+/// A refresh task while it runs: what its end (or its panic) is matched to.
+struct Running {
+    view: QualifiedName,
+    start: Start,
+    started: std::time::Instant,
+    work: Option<Work>,
+    /// The refresh's span (see [`refresh_span`]).
+    span: tracing::Span,
+}
+
+/// The span of one refresh: every line it logs (its start, its end, what the refresh
+/// path logs on the way) carries the view, why it runs, its run id (unique in the
+/// process and increasing: the coalescer's run) and whether it recomputes everything.
+fn refresh_span(view: &ViewConfig, start: &Start, work: Option<&Work>) -> tracing::Span {
+    tracing::info_span!(
+        "refresh",
+        view = %view.name,
+        reason = start.reason.as_str(),
+        run = start.run,
+        keyed = view.keyed.is_some(),
+        full = work.is_none_or(|w| w.keys().is_none()),
+    )
 }
 
 /// Work the core runs off its loop, in its `jobs` set. A job's result is a command for
@@ -90,7 +117,9 @@ impl Job {
         match self {
             Job::Capture => Some(Command::CaptureChecked(Err(why))),
             Job::Force => Some(Command::ForceRequests(Err(why))),
-            Job::Reload => Some(Command::Reloaded(Box::new(Err(anyhow::anyhow!(why))))),
+            Job::Reload => Some(Command::Reloaded(Box::new(Err(StartupError::Panicked(
+                message.to_string(),
+            ))))),
             Job::Relay => None,
         }
     }
@@ -133,9 +162,6 @@ impl Index {
     }
 }
 
-/// How long a standby keeps the session that relayed a force open after its NOTIFY, so
-/// the leader can look the sender up (the lookup takes milliseconds).
-const RELAY_LINGER: Duration = Duration::from_secs(2);
 /// How long a reload's catalog checks may take before the reload is abandoned.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after cancelling refreshes at shutdown the loop waits for them to end.
@@ -160,8 +186,8 @@ struct Core {
     refresher: Arc<Refresher>,
     refresh_info: ConnectInfo,
     tasks: JoinSet<Finished>,
-    /// The view, run, start and work of every refresh task, for a task that panicked.
-    task_runs: HashMap<tokio::task::Id, (QualifiedName, Start, std::time::Instant, Option<Work>)>,
+    /// Every refresh task's run, for its end and for a task that panicked.
+    task_runs: HashMap<tokio::task::Id, Running>,
     /// The dirty groups of each keyed view (`None` for materialized views).
     keys: Vec<Option<DirtyKeys>>,
     /// Read-your-writes requests waiting for a refresh.
@@ -196,6 +222,28 @@ struct Core {
     cancelled_at: Option<Instant>,
 }
 
+/// Why the daemon stops with an error (and exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    FaultHook(String),
+    #[error(transparent)]
+    Database(#[from] crate::pg::connect::DbError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("http.listen: cannot bind {addr}: {reason}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+    #[error("the HTTP server panicked: {0}")]
+    HttpPanicked(String),
+    #[error("the HTTP server's task failed: {0}")]
+    HttpTask(String),
+}
+
 /// The daemon. Returns when `shutdown` is cancelled and in-flight work has ended (or
 /// was cancelled after `shutdown_timeout`), or with an error that makes it exit
 /// non-zero.
@@ -203,8 +251,8 @@ pub async fn run(
     config: Config,
     config_path: PathBuf,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    tasks::arm_fault_hook().map_err(|e| anyhow::anyhow!(e))?;
+) -> Result<(), RunError> {
+    tasks::arm_fault_hook().map_err(RunError::FaultHook)?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     health.beat_core();
@@ -349,14 +397,13 @@ pub async fn run(
 
 /// How the HTTP server's task ended: a panic of its accept loop makes the process exit
 /// non-zero (after the usual shutdown), so that its supervisor starts it again.
-fn served_result(served: Result<Result<(), String>, tokio::task::JoinError>) -> anyhow::Result<()> {
+fn served_result(
+    served: Result<Result<(), String>, tokio::task::JoinError>,
+) -> Result<(), RunError> {
     match served {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(panic)) => anyhow::bail!("the HTTP server panicked: {panic}"),
-        Err(e) => anyhow::bail!(
-            "the HTTP server's task failed: {}",
-            tasks::join_error_message(e)
-        ),
+        Ok(Err(panic)) => Err(RunError::HttpPanicked(panic)),
+        Err(e) => Err(RunError::HttpTask(tasks::join_error_message(e))),
     }
 }
 
@@ -383,6 +430,13 @@ fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
     ))
 }
 
+/// What [`start_serving`] started.
+type Serving = (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), String>>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// The HTTP server and systemd supervision: the token stops the server; the tasks are
 /// the server's and the supervisor's (which says `STOPPING=1` once `shutdown` is
 /// cancelled, and must be awaited so that it gets to say it before the process ends).
@@ -393,15 +447,13 @@ fn spawn_listener(listener: Listener) -> tokio::task::JoinHandle<()> {
 async fn start_serving(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), String>>,
-    tokio::task::JoinHandle<()>,
-)> {
+) -> Result<Serving, RunError> {
     use futures_util::FutureExt as _;
     let listen = shared.bound;
-    let http_listener = crate::serve::http::bind(listen)
-        .with_context(|| format!("http.listen: cannot bind {listen}"))?;
+    let http_listener = crate::serve::http::bind(listen).map_err(|e| RunError::Bind {
+        addr: listen,
+        reason: e.to_string(),
+    })?;
     let http_stop = CancellationToken::new();
     let serve = crate::serve::http::serve(http_listener, shared.clone(), http_stop.clone());
     let (metrics, stop_all) = (shared.metrics.clone(), shutdown.clone());
@@ -426,10 +478,10 @@ async fn start_serving(
 fn spawn_signals(
     tx: &mpsc::UnboundedSender<Command>,
     stop: &CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
     let tx = tx.clone();
     let stop = stop.clone();
     Ok(tokio::spawn(async move {
@@ -449,23 +501,14 @@ async fn startup_client(
     shutdown: &CancellationToken,
     health: &Health,
 ) -> Option<tokio_postgres::Client> {
-    let mut attempt = 0;
-    loop {
+    health.beat_core();
+    health.beat_listener();
+    info.connect_until(shutdown, |e, delay| {
         health.beat_core();
         health.beat_listener();
-        match info.connect().await {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                let delay = crate::engine::listener::jittered(attempt, Duration::from_secs(30));
-                attempt += 1;
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect for the startup checks; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect for the startup checks; retrying");
+    })
+    .await
 }
 
 impl Core {
@@ -610,23 +653,26 @@ impl Core {
         false
     }
 
-    /// Starts every refresh the coalescer says is due.
+    /// Starts every refresh the coalescer says is due, each in its span.
     fn start_due(&mut self, now: Instant) {
         for start in self.coalescer.poll(now.into_std()) {
             let view = self.config.views[start.view].clone();
             let refresher = self.refresher.clone();
             self.history[start.view].started(SystemTime::now());
-            tracing::debug!(view = %view.name, reason = start.reason.as_str(), coalesced = start.coalesced, "refresh starting");
+            let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
+            let span = refresh_span(&view, &start, work.as_ref());
+            span.in_scope(|| {
+                tracing::debug!(coalesced = start.coalesced, "refresh starting");
+                if let Some(k) = work.as_ref().and_then(Work::keys) {
+                    tracing::debug!(keys = k.len(), "keyed refresh of the dirty groups");
+                }
+            });
             let name = view.name.clone();
             let started = std::time::Instant::now();
             let events = self.config.events;
             let history = self.config.history.clone();
-            let work = self.keys[start.view].as_mut().map(|k| k.take(start.full));
-            if let Some(k) = work.as_ref().and_then(Work::keys) {
-                tracing::debug!(view = %view.name, keys = k.len(), "keyed refresh of the dirty groups");
-            }
             let task_work = work.clone();
-            let handle = self.tasks.spawn(async move {
+            let task = async move {
                 let row = history
                     .as_ref()
                     .map(|config| crate::pg::refresh::HistoryRow {
@@ -643,34 +689,48 @@ impl Core {
                     work: task_work,
                     result,
                 }
-            });
-            self.task_runs
-                .insert(handle.id(), (name, start, started, work));
+            };
+            let handle = self.tasks.spawn(task.instrument(span.clone()));
+            self.task_runs.insert(
+                handle.id(),
+                Running {
+                    view: name,
+                    start,
+                    started,
+                    work,
+                    span,
+                },
+            );
         }
     }
 
+    /// A refresh task ended (or panicked: a failure): accounted in its span.
     fn task_ended(&mut self, ended: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
-        let finished = match ended {
+        let (finished, span) = match ended {
             Ok((id, f)) => {
-                self.task_runs.remove(&id);
-                f
+                let span = self
+                    .task_runs
+                    .remove(&id)
+                    .map_or_else(tracing::Span::none, |r| r.span);
+                (f, span)
             }
             Err(e) => {
-                let Some((view, start, started, work)) = self.task_runs.remove(&e.id()) else {
+                let Some(run) = self.task_runs.remove(&e.id()) else {
                     return;
                 };
                 let what = if e.is_panic() {
                     let message = tasks::join_error_message(e);
-                    tasks::panicked(&self.metrics, "refresh", &message);
+                    run.span
+                        .in_scope(|| tasks::panicked(&self.metrics, "refresh", &message));
                     "panicked"
                 } else {
                     "was aborted"
                 };
-                Finished {
-                    view,
-                    start,
-                    started,
-                    work,
+                let finished = Finished {
+                    view: run.view,
+                    start: run.start,
+                    started: run.started,
+                    work: run.work,
                     result: Err(RefreshError {
                         class: FailureClass::Transient,
                         code: None,
@@ -680,10 +740,11 @@ impl Core {
                         duration: Duration::ZERO,
                         connection_broken: false,
                     }),
-                }
+                };
+                (finished, run.span)
             }
         };
-        self.finished(finished);
+        span.in_scope(|| self.finished(finished));
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -752,8 +813,12 @@ impl Core {
                 self.reloading = false;
                 match *result {
                     Ok(p) => self.apply(p, false).await,
+                    Err(StartupError::Config(c)) => {
+                        let (file, line, key) = (c.file.display(), c.line, c.key.as_deref());
+                        tracing::error!(error = %c, %file, line, key, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+                    }
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+                        tracing::error!(error = %e, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
                     }
                 }
                 if std::mem::take(&mut self.reload_again) {
@@ -1021,35 +1086,7 @@ impl Core {
         let payload = view.map_or_else(|| "*".to_string(), |n| n.to_string());
         let info = self.refresh_info.clone();
         self.spawn_job(Job::Relay, async move {
-            let sent = async {
-                let client = info.connect().await.map_err(|e| e.to_string())?;
-                client
-                    .query_typed(
-                        "SELECT pg_catalog.pg_notify($1, $2)",
-                        &[
-                            (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
-                            (&payload, tokio_postgres::types::Type::TEXT),
-                        ],
-                    )
-                    .await
-                    .map_err(|e| crate::pg::connect::error_chain(&e))?;
-                // The leader checks a control sender's role by its backend pid, which
-                // must still exist then: keep the session a moment.
-                tokio::time::sleep(RELAY_LINGER).await;
-                drop(client);
-                Ok::<_, String>(())
-            };
-            match tokio::time::timeout(Duration::from_secs(10), sent).await {
-                Ok(Ok(())) => {
-                    tracing::info!(view = %payload, "standby: forced refresh relayed to the leader")
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(view = %payload, error = %e, "standby: could not relay the forced refresh to the leader")
-                }
-                Err(_) => {
-                    tracing::warn!(view = %payload, "standby: relaying the forced refresh timed out")
-                }
-            }
+            relay::force(info, payload).await;
             None
         });
     }
@@ -1070,28 +1107,49 @@ impl Core {
         });
     }
 
-    /// Takes a prepared configuration (at startup, and after each reload).
+    /// Takes a prepared configuration (at startup, and after each reload): computes
+    /// what changes ([`ReloadPlan`]) and installs it.
     async fn apply(&mut self, p: Prepared, first: bool) {
-        let old = self.config.clone();
-        if !first {
-            if let Err(e) = self.check_reload(&old, &p) {
+        let plan = if first {
+            ReloadPlan::initial(&p.config)
+        } else {
+            let plan = ReloadPlan::diff(&self.config, &p.config);
+            for section in &plan.restart_needed {
+                tracing::warn!(
+                    section,
+                    "SIGHUP: {section} changed; that takes effect at the next restart"
+                );
+            }
+            if let Err(e) = reload::refuse(self.shared.bound, p.token.as_deref()) {
                 tracing::error!(error = %e, "SIGHUP: reload refused; keeping the old one");
                 return;
             }
+            plan
+        };
+        self.install(p, &plan);
+        if !first {
+            tracing::info!(
+                views = self.config.views.len(),
+                added = plan.added.len(),
+                removed = plan.removed.len(),
+                listen = ?plan.listen,
+                unlisten = ?plan.unlisten,
+                "SIGHUP: configuration reloaded"
+            );
+            self.release_awaiting(std::time::Instant::now());
         }
+    }
+
+    /// Installs `plan`: metrics, the coalescer's and the book's per-view state, the
+    /// dirty groups, the catch-ups, the indexes, schedules, the detector, the channels
+    /// and roles the listener follows, and what the HTTP server reads.
+    fn install(&mut self, p: Prepared, plan: &ReloadPlan) {
         let new = p.config.clone();
-        let previous: Vec<Option<usize>> = new
-            .views
-            .iter()
-            .map(|v| self.index.by_name.get(&v.name).copied())
-            .collect();
-        for o in &old.views {
-            if !first && new.view(&o.name).is_none() {
-                self.metrics.forget_view(&o.name.to_string());
-            }
+        for name in &plan.removed {
+            self.metrics.forget_view(&name.to_string());
         }
-        for (v, prev) in new.views.iter().zip(&previous) {
-            if prev.is_none() && !first {
+        for name in &plan.added {
+            if let Some(v) = new.view(name) {
                 self.metrics
                     .register_view(&v.name.to_string(), &v.channels, v.keyed.is_some());
             }
@@ -1099,27 +1157,41 @@ impl Core {
         self.coalescer.reconfigure(
             new.views.iter().map(timing).collect(),
             p.reads.clone(),
-            &previous,
+            &plan.previous,
             new.database.max_concurrent_refreshes,
         );
-        self.history = previous
+        self.history = plan
+            .previous
             .iter()
             .map(|p| p.map(|p| self.history[p].clone()).unwrap_or_default())
             .collect();
-        let mut redefined = Vec::new();
-        self.keys = new
-            .views
+        self.keys = self.carry_keys(&new, plan);
+        self.awaiting_listen.extend(plan.catch_up.iter().cloned());
+        self.reads = p.reads;
+        self.index = Index::new(&new);
+        if self.stopping.is_none() {
+            self.schedules = Schedules::new(&new.views, chrono::Utc::now());
+        }
+        self.restart_detector(p.watched);
+        self.channels_tx
+            .send_replace(new.channels().into_iter().collect());
+        self.roles_tx.send_replace(new.control_roles.clone());
+        *self.shared.config.write().expect("not poisoned") = new.clone();
+        *self.shared.admin_token.write().expect("not poisoned") = p.token;
+        self.config = new;
+    }
+
+    /// The dirty groups of the new keyed views: carried over, or everything dirty for
+    /// the plan's fresh ones.
+    fn carry_keys(&mut self, new: &Config, plan: &ReloadPlan) -> Vec<Option<DirtyKeys>> {
+        new.views
             .iter()
-            .zip(&previous)
-            .map(|(v, prev)| {
+            .zip(&plan.previous)
+            .enumerate()
+            .map(|(i, (v, prev))| {
                 let keyed = v.keyed.as_ref()?;
                 let kept = prev
-                    .filter(|&j| {
-                        old.views[j]
-                            .keyed
-                            .as_ref()
-                            .is_some_and(|o| o.query == keyed.query && o.key == keyed.key)
-                    })
+                    .filter(|_| !plan.fresh_keys.contains(&i))
                     .and_then(|j| self.keys.get_mut(j).and_then(Option::take));
                 Some(match kept {
                     Some(mut k) => {
@@ -1127,84 +1199,38 @@ impl Core {
                         k
                     }
                     None => {
-                        if prev.is_some() {
-                            redefined.push(v.name.clone());
-                        }
                         let mut k = DirtyKeys::new(keyed.max_keys);
                         k.add_all();
                         k
                     }
                 })
             })
-            .collect();
-        // New views, and views whose channels changed, catch up once their channels
-        // are LISTENed.
-        if !first {
-            for (v, prev) in new.views.iter().zip(&previous) {
-                match prev {
-                    None => self.awaiting_listen.push((v.name.clone(), Reason::Startup)),
-                    Some(j)
-                        if old.views[*j].channels != v.channels || redefined.contains(&v.name) =>
-                    {
-                        self.awaiting_listen.push((v.name.clone(), Reason::Resync))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        self.reads = p.reads;
-        self.index = Index::new(&new);
-        if self.stopping.is_none() {
-            self.schedules = Schedules::new(&new.views, chrono::Utc::now());
-        }
+            .collect()
+    }
+
+    /// Stops the statistics detector and starts one for `watched` (if any).
+    fn restart_detector(&mut self, watched: Vec<crate::engine::detect::Watched>) {
         self.detector.cancel();
         self.detector = CancellationToken::new();
-        if !p.watched.is_empty() {
+        if !watched.is_empty() {
             self.detectors.spawn(detector(
                 self.refresh_info.clone(),
-                p.watched,
+                watched,
                 Mapped::new(self.tx.clone(), Command::Detected),
                 self.metrics.clone(),
                 self.detector.clone(),
             ));
         }
-        self.channels_tx
-            .send_replace(new.channels().into_iter().collect());
-        self.roles_tx.send_replace(new.control_roles.clone());
-        *self.shared.config.write().expect("not poisoned") = new.clone();
-        *self.shared.admin_token.write().expect("not poisoned") = p.token;
-        self.config = new;
-        if !first {
-            tracing::info!(
-                views = self.config.views.len(),
-                "SIGHUP: configuration reloaded"
-            );
-            self.release_awaiting(std::time::Instant::now());
-        }
-    }
-
-    /// What a reload may not change.
-    fn check_reload(&self, old: &Config, p: &Prepared) -> anyhow::Result<()> {
-        let new = &p.config;
-        if new.database != old.database {
-            tracing::warn!("SIGHUP: [database] changed; that takes effect at the next restart");
-        }
-        if new.http != old.http || new.ha != old.ha {
-            tracing::warn!("SIGHUP: [http] or [ha] changed; that takes effect at the next restart");
-        }
-        anyhow::ensure!(
-            p.token.is_some() || self.shared.bound.ip().is_loopback(),
-            "the HTTP server listens on {} (not loopback) until a restart: http.admin_token_file cannot be removed by a reload",
-            self.shared.bound
-        );
-        Ok(())
     }
 
     fn finished(&mut self, f: Finished) {
         let now = std::time::Instant::now();
         self.answer_waiters(&f);
         if self.coalescer.finished_orphan(f.start.run) {
-            tracing::info!(view = %f.view, ok = f.result.is_ok(), "refresh of a view no longer configured ended");
+            tracing::info!(
+                ok = f.result.is_ok(),
+                "refresh of a view no longer configured ended"
+            );
             return;
         }
         let Some(&i) = self.index.by_name.get(&f.view) else {
@@ -1224,8 +1250,6 @@ impl Core {
                 self.history[i].succeeded(f.start.reason.as_str(), end, r.duration, lag);
                 self.throttle.reset(&("failing", label));
                 tracing::info!(
-                    view = %f.view,
-                    reason = f.start.reason.as_str(),
                     kind = r.kind.as_str(),
                     duration_ms = (r.duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
                     lag_ms = lag.as_millis() as u64,
@@ -1237,7 +1261,7 @@ impl Core {
                     .coalescer
                     .finished(i, f.start.run, Outcome::Success, now)
                 {
-                    tracing::debug!(view = %self.config.views[d].name, after = %f.view, "dependency refresh queued");
+                    tracing::debug!(dependent = %self.config.views[d].name, "dependency refresh queued");
                 }
             }
             Err(e) => {
@@ -1260,13 +1284,15 @@ impl Core {
                     .throttle
                     .admit(&("malformed", label.to_string()), std::time::Instant::now())
                 {
-                    tracing::warn!(view = %label, suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
+                    tracing::warn!(suppressed = n, "notified key values do not cast to the key columns' types; every group was recomputed instead");
                 }
             }
             Ok(r) => {
                 // What ran, which for keys the planner judged dearer is everything.
                 let keys = match (r.kind, work.keys()) {
-                    (crate::pg::refresh::RefreshKind::KeyedKeys, Some(k)) => Some(k.len()),
+                    (crate::pg::refresh::RefreshKind::KeyedKeys, Some(k)) => {
+                        Some(r.keys.unwrap_or(k.len()))
+                    }
                     _ => None,
                 };
                 dirty.timed(keys, r.duration.as_secs_f64());
@@ -1299,8 +1325,6 @@ impl Core {
             .map(|r| r.saturating_duration_since(now).as_millis() as u64);
         self.log_throttled(("failing", label), |n| {
             tracing::warn!(
-                view = %name,
-                reason = start.reason.as_str(),
                 duration_ms = e.duration.as_millis() as u64,
                 coalesced = start.coalesced,
                 outcome = "failure",
@@ -1331,7 +1355,7 @@ impl Core {
         if !self.leading {
             let info = self.listen_info.clone();
             self.spawn_job(Job::Relay, async move {
-                relay_and_wait(info, view, reply).await;
+                relay::and_wait(info, view, reply).await;
                 None
             });
             return;
@@ -1412,94 +1436,6 @@ impl Core {
             })
             .collect();
         Snapshot { views }
-    }
-}
-
-/// Refreshes of a view running right now (on any session this role can see).
-const RUNNING_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-     WHERE state = 'active' AND pid <> pg_catalog.pg_backend_pid() \
-     AND position('REFRESH MATERIALIZED VIEW' in query) > 0 AND position($1 in query) > 0";
-
-/// A standby's read-your-writes: relay the force through the control channel and
-/// answer when the leader's refresh event (`refreshd_refreshed`) shows a refresh of the
-/// view that started after the request. A refresh already running when the standby
-/// looked (before it LISTENed) may have started earlier, so its event is skipped; a
-/// refresh that ends after that look started after it. Errs on the side of waiting.
-async fn relay_and_wait(
-    info: ConnectInfo,
-    view: QualifiedName,
-    mut reply: tokio::sync::oneshot::Sender<WaitOutcome>,
-) {
-    let name = view.to_string();
-    let waited = async {
-        let (client, connection) = info.connect_raw().await.map_err(|e| e.to_string())?;
-        let quoted = view.quoted();
-        let (ntx, mut nrx) = mpsc::unbounded_channel();
-        // The connection is driven beside the wait, not on a task of its own; when
-        // it ends, `nrx` ends the wait.
-        let driver = async move {
-            let mut connection = connection;
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            use futures_util::StreamExt as _;
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                    let _ = ntx.send(n.payload().to_string());
-                }
-            }
-        };
-        let work = async {
-            let running: i64 = client
-                .query_typed(RUNNING_SQL, &[(&quoted, tokio_postgres::types::Type::TEXT)])
-                .await
-                .map_err(|e| crate::pg::connect::error_chain(&e))?
-                .first()
-                .map_or(0, |r| r.get(0));
-            client
-                .batch_execute(&format!(
-                    "LISTEN {}",
-                    crate::pg::ident::quote_ident(crate::EVENTS_CHANNEL)
-                ))
-                .await
-                .map_err(|e| crate::pg::connect::error_chain(&e))?;
-            client
-                .query_typed(
-                    "SELECT pg_catalog.pg_notify($1, $2)",
-                    &[
-                        (&crate::CONTROL_CHANNEL, tokio_postgres::types::Type::TEXT),
-                        (&name, tokio_postgres::types::Type::TEXT),
-                    ],
-                )
-                .await
-                .map_err(|e| crate::pg::connect::error_chain(&e))?;
-            let sent = std::time::Instant::now();
-            let mut skip = running;
-            while let Some(p) = nrx.recv().await {
-                if p == name {
-                    if skip == 0 {
-                        return Ok(sent);
-                    }
-                    skip -= 1;
-                }
-            }
-            Err("the connection closed".to_string())
-        };
-        let (mut driver, mut work) = (std::pin::pin!(driver), std::pin::pin!(work));
-        tokio::select! {
-            r = &mut work => r,
-            () = &mut driver => work.await,
-        }
-    };
-    tokio::select! {
-        _ = reply.closed() => {}
-        r = waited => match r {
-            Ok(_) => {
-                let _ = reply.send(WaitOutcome::Refreshed {
-                    end: rfc3339(SystemTime::now()),
-                    duration_seconds: 0.0,
-                });
-            }
-            Err(e) => tracing::warn!(view = %name, error = %e, "standby: read-your-writes relay failed"),
-        }
     }
 }
 
