@@ -332,13 +332,15 @@ async fn keys_a_crash_empties_from_the_buffer_are_covered_by_the_resync() {
     );
     // The refresh that made it exact is the resync's (logged once it has committed).
     wait_for(Duration::from_secs(10), "the resync logged", || async {
-        d.log_text()
-            .contains("view=kb.by_product_live reason=\"resync\" kind=\"keyed_all\"")
+        d.log_text().lines().any(|l| {
+            l.contains("refresh{view=kb.by_product_live reason=\"resync\"")
+                && l.contains(": refreshed kind=\"keyed_all\"")
+        })
     })
     .await;
     assert!(!d
         .log_text()
-        .contains("view=kb.by_product_live reason=\"notify\""));
+        .contains("refresh{view=kb.by_product_live reason=\"notify\""));
 }
 
 /// A buffered view's refreshes through a transaction-mode pooler: each is one
