@@ -82,9 +82,12 @@ pub fn join_error_message(e: tokio::task::JoinError) -> String {
 }
 
 /// Counts a panic of `task` and logs it at error level.
+///
+/// Logged before it is counted: whoever sees the counter move (an alert, a test) finds
+/// the line already written.
 pub fn panicked(metrics: &Metrics, task: &'static str, message: &str) {
-    metrics.task_panics.with_label_values(&[task]).inc();
     tracing::error!(task, panic = %message, "a refreshd task panicked (a bug in refreshd: please report it)");
+    metrics.task_panics.with_label_values(&[task]).inc();
 }
 
 /// How long a loop must have run before a panic starts its backoff over.
