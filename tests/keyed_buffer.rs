@@ -313,6 +313,11 @@ async fn keys_a_crash_empties_from_the_buffer_are_covered_by_the_resync() {
     psql("INSERT INTO kb.sales VALUES (4001, 'crash', 7)");
     assert_eq!(psql(&format!("SELECT count(*) FROM {BUFFER}")), "1");
     assert_eq!(psql(&exact), "1", "the key waits in the buffer");
+    // The test cluster runs with synchronous_commit = off: without a CHECKPOINT here, 2
+    // of 3 runs on PostgreSQL 18 found the keyed table itself gone after the crash (its
+    // creation's commit not yet written), which a durable server does not lose. An
+    // unlogged table is emptied by the crash all the same (asserted below).
+    psql("CHECKPOINT");
     cluster.pg_ctl(&["restart", "-m", "immediate"]).unwrap();
     wait_for(
         Duration::from_secs(30),
