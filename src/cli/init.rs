@@ -273,6 +273,15 @@ fn relkind_name(relkind: &str) -> &'static str {
 
 /// Reads the catalog facts and derives every `--keyed` view. An unknown name is an
 /// error; a view that cannot be derived is an outcome.
+///
+/// The catalog is read in one read-only REPEATABLE READ transaction with
+/// `search_path = pg_catalog`, so that every definition (`pg_get_viewdef`), index
+/// (`pg_get_indexdef`) and type (`format_type`) is printed with every name outside
+/// `pg_catalog` schema-qualified. The generated SQL then runs under
+/// `search_path = pg_catalog, pg_temp` too: the consume function is SECURITY DEFINER,
+/// and text resolved again under the user's search_path would let whoever can create
+/// objects in one of its schemas shadow a table or function the definition names and
+/// run it with the function owner's rights.
 async fn derive_keyed(
     client: &tokio_postgres::Client,
     names: &[QualifiedName],
@@ -281,6 +290,36 @@ async fn derive_keyed(
     if names.is_empty() {
         return Ok(Vec::new());
     }
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "reading the catalog for --keyed: {}",
+                crate::pg::connect::error_chain(&e)
+            )
+        })?;
+    let derived = derive_keyed_in(client, names, in_place).await;
+    // Read only: COMMIT and ROLLBACK end it alike.
+    let end = client.batch_execute("ROLLBACK").await;
+    let derived = derived?;
+    end.map_err(|e| {
+        format!(
+            "reading the catalog for --keyed: {}",
+            crate::pg::connect::error_chain(&e)
+        )
+    })?;
+    Ok(derived)
+}
+
+/// [`derive_keyed`] inside its transaction.
+async fn derive_keyed_in(
+    client: &tokio_postgres::Client,
+    names: &[QualifiedName],
+    in_place: bool,
+) -> Result<Vec<Keyed>, String> {
     let err = |e: tokio_postgres::Error| {
         format!(
             "reading the catalog for --keyed: {}",

@@ -77,7 +77,9 @@ pub struct Facts {
     /// Name and `format_type` of every column, in order.
     pub columns: Vec<(String, String)>,
     /// The schemas the definition was printed against (names it did not qualify
-    /// resolve through them).
+    /// resolve through them; the install SQL sets it). `init` prints definitions under
+    /// `pg_catalog` alone, so that every other name is qualified: the consume function
+    /// (SECURITY DEFINER) always runs with `search_path = pg_catalog, pg_temp`.
     pub search_path: Vec<String>,
     pub tables: Vec<BaseTable>,
     /// `pg_get_indexdef` of the view's indexes (restored on the table in place, and on
@@ -126,9 +128,6 @@ pub struct Generated {
     /// NULL member means everything), run after the prelude and returned with the
     /// buffer's: the delta plan's [`DeltaPlan::recheck_keys`].
     pub consume_recheck: Option<String>,
-    /// The consume function's `search_path` (then `pg_temp`); empty: `pg_catalog`. The
-    /// delta apply holds the definition's text, resolved as it was printed.
-    pub consume_search_path: Vec<String>,
     /// The fact table whose changes are applied as deltas (`schema.name`).
     pub delta_fact: Option<QualifiedName>,
     /// Statements, without BEGIN/COMMIT: the caller runs them in its transaction.
@@ -214,11 +213,12 @@ pub fn consume_function_sql(g: &Generated) -> String {
     if plpgsql {
         body.push_str("END;\n");
     }
-    let search_path = if g.consume_search_path.is_empty() {
-        "pg_catalog, pg_temp".to_string()
-    } else {
-        format!("{}, pg_temp", list(&g.consume_search_path, ""))
-    };
+    // Pinned: the function is SECURITY DEFINER, and the delta statements hold the
+    // definition's text, which is resolved again at every call. The definition must
+    // have been printed with every name outside pg_catalog qualified (`init` reads it
+    // under `search_path = pg_catalog`), so nothing in a schema others may create in
+    // can shadow what it names.
+    let search_path = "pg_catalog, pg_temp";
     let signature: Vec<String> = g
         .key
         .iter()
@@ -675,7 +675,6 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         consume: consume.clone(),
         consume_prelude: Vec::new(),
         consume_recheck: None,
-        consume_search_path: Vec::new(),
         delta_fact: None,
         install: String::new(),
         rollback: String::new(),
@@ -705,7 +704,6 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
         generated.consume_prelude = p.apply.clone();
         generated.consume_recheck = Some(p.recheck_keys.clone());
-        generated.consume_search_path = p.search_path.clone();
         generated.delta_fact = Some(p.fact_name.clone());
     }
     w.push_str(&consume_function_sql(&generated));

@@ -1164,6 +1164,12 @@ fn generate_attendance() {
         sql.find("WITH d AS").unwrap(),
     );
     assert!(first < second && second < consumed, "{sql}");
+    // SECURITY DEFINER and the definition's text inside: its search_path is pinned
+    // whatever the definition was printed against (here `public`).
+    assert!(
+        sql.contains("SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\n"),
+        "{sql}"
+    );
     assert!(g.rollback.contains(
         r#"DROP TABLE IF EXISTS "refreshd"."public_attendance_statistics_summary_keys";"#
     ));

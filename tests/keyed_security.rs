@@ -1,0 +1,132 @@
+//! The consume function `init --keyed` generates is SECURITY DEFINER (its owner owns
+//! the change buffers) and, with deltas, holds the view's definition as text, resolved
+//! again at every call. If that text named tables as the user's search_path printed
+//! them, a role allowed to create objects in a schema of that path could shadow a
+//! table the definition names and have its own code run with the owner's rights in
+//! every refresh. `init` reads definitions under `search_path = pg_catalog` (every
+//! other name qualified) and pins the function's path to `pg_catalog, pg_temp`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, TestDb, TestRoles};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_shadowed_in_an_earlier_schema_of_the_search_path_is_never_read_by_the_consume_function(
+) {
+    let db = TestDb::new();
+    let roles = TestRoles::create(&db, &["mallory"]);
+    let mallory = roles.name("mallory");
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA app;
+        CREATE SCHEMA open;
+        GRANT USAGE, CREATE ON SCHEMA open TO {mallory};
+        CREATE TABLE app.stores (id int PRIMARY KEY, region text NOT NULL);
+        CREATE TABLE app.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES app.stores (id),
+                                amount numeric(12,2) NOT NULL);
+        INSERT INTO app.stores SELECT g, 'region ' || (g % 3) FROM generate_series(1, 9) g;
+        INSERT INTO app.sales SELECT g, 1 + g % 9, g % 50 + 0.5 FROM generate_series(1, 500) g;
+        CREATE MATERIALIZED VIEW app.by_region AS
+          SELECT st.region, count(*) AS n, sum(s.amount) AS total
+            FROM app.sales s JOIN app.stores st ON st.id = s.store_id
+           GROUP BY st.region;
+        CREATE UNIQUE INDEX by_region_key ON app.by_region (region);
+        ANALYZE;
+        "#
+    ));
+
+    // `init` on a session whose search_path puts the writable schema first: the
+    // definition as that path prints it names `sales` and `stores` unqualified.
+    let dsn = format!("{} options='-c search_path=open,app'", db.dsn());
+    let sql_dir = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "app",
+        "--sql",
+        sql_dir.path().to_str().unwrap(),
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "app.by_region",
+    ]);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
+        "{stderr}"
+    );
+    let install =
+        std::fs::read_to_string(sql_dir.path().join("001_refreshd_triggers.sql")).unwrap();
+    assert!(
+        install.contains("SET search_path = pg_catalog, pg_temp"),
+        "{install}"
+    );
+
+    // The other role shadows the dimension table in its schema, with a view calling
+    // its own function: run by the consume function, it would record who it ran as.
+    let witness = db.psql(&format!(
+        r#"
+        SET ROLE {mallory};
+        CREATE TABLE open.witness (who text);
+        GRANT INSERT ON open.witness TO PUBLIC;
+        CREATE FUNCTION open.record() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+          INSERT INTO open.witness VALUES (current_user::text);
+          RETURN true;
+        END $$;
+        GRANT EXECUTE ON FUNCTION open.record() TO PUBLIC;
+        CREATE VIEW open.stores AS
+          SELECT g AS id, 'stolen'::text AS region FROM generate_series(1, 9) g WHERE open.record();
+        GRANT SELECT ON open.stores TO PUBLIC;
+        RESET ROLE;
+        SELECT count(*) FROM open.witness;
+        "#
+    ));
+    assert_eq!(witness.lines().last(), Some("0"), "{witness}");
+
+    // Writes, refreshed by the daemon through the consume function.
+    let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    db.psql(
+        "INSERT INTO app.sales SELECT g, 1 + g % 9, 2.25 FROM generate_series(501, 520) g;
+         DELETE FROM app.sales WHERE id <= 5;",
+    );
+    // The writes are committed: the row buffer empties only when a refresh has called
+    // the consume function.
+    let client = db.client().await;
+    support::wait_for(
+        Duration::from_secs(60),
+        "the consume function to empty the row buffer",
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one("SELECT count(*) FROM refreshd.app_by_region_delta", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) == 0)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM open.witness"),
+        "0",
+        "the shadowing view ran inside the consume function"
+    );
+    let diff = support::keyed_storm::difference_sql("app.by_region", "app.by_region_def", &[]);
+    assert_eq!(db.psql(&diff), "0");
+    assert_eq!(db.psql("SELECT sum(n) FROM app.by_region"), "515");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM app.by_region WHERE region = 'stolen'"),
+        "0"
+    );
+    drop(d);
+    drop(roles);
+}
