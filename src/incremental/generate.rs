@@ -350,7 +350,93 @@ fn push_unique(v: &mut Vec<String>, s: &str) {
     }
 }
 
-pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
+/// Why a key column that is an expression gets no generated capture.
+const EXPRESSION_KEY: &str =
+    "a key column is an expression over its columns (generated capture reads plain columns)";
+
+/// The names of what a conversion creates, all derived from the view's and bounded to
+/// an identifier.
+struct Names {
+    /// The live table (the view's own name in place).
+    table: QualifiedName,
+    /// The plain view holding the definition.
+    def: QualifiedName,
+    channel: String,
+    /// The change buffer and its consume function, in schema refreshd.
+    buffer: QualifiedName,
+    consume: QualifiedName,
+    /// The trigger function buffering "everything" (TRUNCATE).
+    all_function: QualifiedName,
+    /// The buffer's "everything" column: `all_`, longer while a key column has the name.
+    all_column: String,
+}
+
+impl Names {
+    fn new(d: &Derivation, v: &QualifiedName, in_place: bool) -> Names {
+        let in_schema = |suffix: &str| {
+            QualifiedName::new(
+                v.schema.clone(),
+                bounded(
+                    &format!("{}_{suffix}", v.name),
+                    &[&v.schema, &v.name, suffix],
+                    true,
+                ),
+            )
+        };
+        // Buffer and consume function: named after the view's schema and name (exact
+        // when the schema has no `_`, so that no two views' names meet).
+        let stem = format!("{}_{}", v.schema, v.name);
+        let exact = !v.schema.contains('_');
+        let in_refreshd = |suffix: &str, identity: &str| {
+            QualifiedName::new(
+                "refreshd",
+                bounded(
+                    &format!("{stem}_{suffix}"),
+                    &[&v.schema, &v.name, identity],
+                    exact,
+                ),
+            )
+        };
+        let mut all_column = "all_".to_string();
+        while d.key.contains(&all_column) {
+            all_column.push('_');
+        }
+        Names {
+            table: if in_place {
+                v.clone()
+            } else {
+                in_schema("live")
+            },
+            def: in_schema("def"),
+            channel: channel_for(v),
+            buffer: in_refreshd("keys", "buffer"),
+            consume: in_refreshd("consume", "consume"),
+            all_function: QualifiedName::new(
+                v.schema.clone(),
+                bounded(
+                    &format!("{}_keys_all", v.name),
+                    &[&v.schema, &v.name, "all"],
+                    true,
+                ),
+            ),
+            all_column,
+        }
+    }
+}
+
+/// One conversion being generated: its inputs, the base tables by name, the names.
+struct Conversion<'a> {
+    d: &'a Derivation,
+    f: &'a Facts,
+    by_name: BTreeMap<&'a str, &'a BaseTable>,
+    n: Names,
+    /// The `format_type` of each key column, in key order.
+    key_types: Vec<String>,
+}
+
+/// Refuses what no conversion can keep: no key, a key column the view lacks, an
+/// unknown privilege in its ACL.
+fn check_inputs(d: &Derivation, f: &Facts) -> Result<(), String> {
     if d.key.is_empty() {
         return Err("no key".into());
     }
@@ -367,66 +453,74 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             ));
         }
     }
-    let by_name: BTreeMap<&str, &BaseTable> =
-        f.tables.iter().map(|t| (t.table.as_str(), t)).collect();
-    let table_of = |name: &str| -> Result<&BaseTable, String> {
-        by_name
+    Ok(())
+}
+
+impl<'a> Conversion<'a> {
+    /// Checks the inputs and every base table's kind (a table triggers can capture).
+    fn new(d: &'a Derivation, f: &'a Facts) -> Result<Conversion<'a>, String> {
+        check_inputs(d, f)?;
+        let key_types = d
+            .key
+            .iter()
+            .map(|k| {
+                f.columns
+                    .iter()
+                    .find(|(c, _)| c == k)
+                    .map(|(_, ty)| ty.clone())
+                    .expect("checked above")
+            })
+            .collect();
+        let c = Conversion {
+            d,
+            f,
+            by_name: f.tables.iter().map(|t| (t.table.as_str(), t)).collect(),
+            n: Names::new(d, &f.view, f.in_place),
+            key_types,
+        };
+        for t in &d.tables {
+            let b = c.table_of(&t.table)?;
+            match b.relkind {
+                'r' | 'p' => {}
+                'm' => {
+                    return Err(format!(
+                        "it reads materialized view {}, whose refreshes fire no trigger",
+                        b.name
+                    ))
+                }
+                'f' => {
+                    return Err(format!(
+                        "it reads foreign table {}: remote writes fire no trigger here",
+                        b.name
+                    ))
+                }
+                other => return Err(format!("it reads {} of relkind {other}", b.name)),
+            }
+        }
+        Ok(c)
+    }
+
+    fn table_of(&self, name: &str) -> Result<&'a BaseTable, String> {
+        self.by_name
             .get(name)
             .copied()
             .ok_or_else(|| format!("{name} is not among the base tables' catalog facts"))
-    };
-    for t in &d.tables {
-        let b = table_of(&t.table)?;
-        match b.relkind {
-            'r' | 'p' => {}
-            'm' => {
-                return Err(format!(
-                    "it reads materialized view {}, whose refreshes fire no trigger",
-                    b.name
-                ))
-            }
-            'f' => {
-                return Err(format!(
-                    "it reads foreign table {}: remote writes fire no trigger here",
-                    b.name
-                ))
-            }
-            other => return Err(format!("it reads {} of relkind {other}", b.name)),
-        }
     }
 
-    let v = &f.view;
-    let table = if f.in_place {
-        v.clone()
-    } else {
-        QualifiedName::new(
-            v.schema.clone(),
-            bounded(
-                &format!("{}_live", v.name),
-                &[&v.schema, &v.name, "live"],
-                true,
-            ),
-        )
-    };
-    let def = QualifiedName::new(
-        v.schema.clone(),
-        bounded(
-            &format!("{}_def", v.name),
-            &[&v.schema, &v.name, "def"],
-            true,
-        ),
-    );
-    let channel = channel_for(v);
-    let public = v.schema == "public";
-    let trigger_name = |op: &str| {
+    fn trigger_name(&self, op: &str) -> String {
+        let v = &self.f.view;
         bounded(
             &format!("{}_keys_{op}", v.name),
             &[&v.schema, &v.name, op],
-            public,
+            v.schema == "public",
         )
-    };
-    let function = |t: &BaseTable| {
-        let same_name = f
+    }
+
+    /// A base table's trigger function (exact unless two base tables share a name).
+    fn function(&self, t: &BaseTable) -> QualifiedName {
+        let v = &self.f.view;
+        let same_name = self
+            .f
             .tables
             .iter()
             .filter(|o| o.name.name == t.name.name)
@@ -440,108 +534,61 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 !same_name,
             ),
         )
-    };
-    let all_function = QualifiedName::new(
-        v.schema.clone(),
-        bounded(
-            &format!("{}_keys_all", v.name),
-            &[&v.schema, &v.name, "all"],
-            true,
-        ),
-    );
-
-    // The buffer and its consume function, in schema refreshd: named after the view's
-    // schema and name (exact when the schema has no `_`, so that no two views' names
-    // meet), bounded like every other name.
-    let stem = format!("{}_{}", v.schema, v.name);
-    let exact = !v.schema.contains('_');
-    let buffer = QualifiedName::new(
-        "refreshd",
-        bounded(
-            &format!("{stem}_keys"),
-            &[&v.schema, &v.name, "buffer"],
-            exact,
-        ),
-    );
-    let consume = QualifiedName::new(
-        "refreshd",
-        bounded(
-            &format!("{stem}_consume"),
-            &[&v.schema, &v.name, "consume"],
-            exact,
-        ),
-    );
-    let mut all_column = "all_".to_string();
-    while d.key.contains(&all_column) {
-        all_column.push('_');
     }
-    let key_types: Vec<String> = d
-        .key
-        .iter()
-        .map(|k| {
-            f.columns
-                .iter()
-                .find(|(c, _)| c == k)
-                .map(|(_, ty)| ty.clone())
-                .expect("checked above")
-        })
-        .collect();
 
-    // Tables reached through a path: their UPDATE waits for the path's lockers.
-    let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
-    for t in &d.tables {
-        if let How::JoinPath { paths, .. } = &t.how {
-            for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {
-                let b = table_of(name)?;
-                if !b.lockable {
-                    return Err(format!(
-                        "the role running init may not lock rows of {} (the capture of {} locks the rows it joins FOR KEY SHARE, which needs UPDATE privilege on a column of it; its trigger functions run as this role)",
-                        b.name, t.name
-                    ));
+    /// Tables reached through a join path (their UPDATE waits for the path's
+    /// lockers), after checking the role may lock them.
+    fn reached(&self) -> Result<BTreeMap<String, Reached>, String> {
+        for t in &self.d.tables {
+            if let How::JoinPath { paths, .. } = &t.how {
+                for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {
+                    let b = self.table_of(name)?;
+                    if !b.lockable {
+                        return Err(format!(
+                            "the role running init may not lock rows of {} (the capture of {} locks the rows it joins FOR KEY SHARE, which needs UPDATE privilege on a column of it; its trigger functions run as this role)",
+                            b.name, t.name
+                        ));
+                    }
                 }
             }
         }
-    }
-    for t in &d.tables {
-        if let How::JoinPath { paths, .. } = &t.how {
-            for p in paths {
-                for (i, step) in p.steps.iter().enumerate() {
-                    let r = reached.entry(p.tables[i + 1].clone()).or_default();
-                    push_unique(&mut r.by, &step.to_column);
-                    match p.steps.get(i + 1) {
-                        Some(next) => push_unique(&mut r.moving, &next.from_column),
-                        None => {
-                            for c in p.carry.columns.iter().flatten() {
-                                push_unique(&mut r.moving, c);
-                            }
+        let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
+        let paths = self.d.tables.iter().flat_map(|t| match &t.how {
+            How::JoinPath { paths, .. } => paths.as_slice(),
+            _ => &[],
+        });
+        for p in paths {
+            for (i, step) in p.steps.iter().enumerate() {
+                let r = reached.entry(p.tables[i + 1].clone()).or_default();
+                push_unique(&mut r.by, &step.to_column);
+                match p.steps.get(i + 1) {
+                    Some(next) => push_unique(&mut r.moving, &next.from_column),
+                    None => {
+                        for c in p.carry.columns.iter().flatten() {
+                            push_unique(&mut r.moving, c);
                         }
                     }
                 }
             }
         }
+        Ok(reached)
     }
 
-    let mut install = String::new();
-    let mut rollback = String::new();
-    let mut capture = Vec::new();
-    let w = &mut install;
-    let _ = writeln!(
-        w,
-        "\n-- {}",
-        sql_comment(&format!(
-            "Keyed conversion of {v} (generated by `refreshd init --keyed`): definition {def}, table {table}, key ({}), channel {channel}.",
-            d.key.join(", ")
-        ))
-    );
-    let search_path = if f.search_path.is_empty() {
-        "pg_catalog".to_string()
-    } else {
-        list(&f.search_path, "")
-    };
-    let definition = f.definition.trim().trim_end_matches(';').trim_end();
-    let cols: Vec<String> = f.columns.iter().map(|(c, _)| c.clone()).collect();
-    let column_list = list(&cols, "");
-    let relkind_is = |name: &QualifiedName, kind: &str| {
+    /// The `search_path` the definition resolves under (as it was printed).
+    fn search_path(&self) -> String {
+        if self.f.search_path.is_empty() {
+            "pg_catalog".to_string()
+        } else {
+            list(&self.f.search_path, "")
+        }
+    }
+
+    fn definition(&self) -> &str {
+        self.f.definition.trim().trim_end_matches(';').trim_end()
+    }
+
+    /// A query finding `name` with this relkind.
+    fn relkind_is(name: &QualifiedName, kind: &str) -> String {
         format!(
             "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = {} AND c.relname = {} AND c.relkind = {}",
@@ -549,9 +596,11 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             literal(&name.name),
             literal(kind)
         )
-    };
-    let index_sql = |out: &mut String| {
-        for ix in &f.indexes {
+    }
+
+    /// The view's own indexes, each `IF NOT EXISTS`.
+    fn index_sql(&self, out: &mut String) {
+        for ix in &self.f.indexes {
             let ix = ix.trim().trim_end_matches(';');
             let ix = if let Some(rest) = ix.strip_prefix("CREATE UNIQUE INDEX ") {
                 format!("CREATE UNIQUE INDEX IF NOT EXISTS {rest}")
@@ -562,9 +611,11 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             };
             let _ = writeln!(out, "{ix};");
         }
-    };
-    let grant_sql = |out: &mut String, on: &str| {
-        for g in &f.grants {
+    }
+
+    /// The view's grants, on `on`.
+    fn grant_sql(&self, out: &mut String, on: &str) {
+        for g in &self.f.grants {
             let _ = writeln!(
                 out,
                 "GRANT {} ON {on} TO {}{};",
@@ -580,121 +631,147 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 }
             );
         }
-    };
-
-    // The definition, resolved as it was printed.
-    let _ = writeln!(w, "SET LOCAL search_path TO {search_path};");
-    if f.in_place {
-        let _ = writeln!(
-            w,
-            "-- The materialized view gives way to a table of the same name (its definition stays in {}).",
-            sql_comment(&def.to_string())
-        );
-        let body = format!(
-            "BEGIN\n    IF EXISTS ({}) THEN\n        DROP MATERIALIZED VIEW {};\n    END IF;\nEND;\n",
-            relkind_is(v, "m"),
-            v.quoted()
-        );
-        let _ = writeln!(w, "DO {};", dollar(&body));
     }
-    let _ = writeln!(
-        w,
-        "CREATE OR REPLACE VIEW {} AS\n{definition};",
-        def.quoted()
-    );
-    let _ = writeln!(
-        w,
-        "CREATE TABLE IF NOT EXISTS {} (\n{}\n);",
-        table.quoted(),
-        f.columns
-            .iter()
-            .map(|(c, ty)| format!("    {} {ty}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(",\n")
-    );
-    if f.in_place {
-        index_sql(w);
-    } else {
-        let ix = bounded(
-            &format!("{}_key", table.name),
-            &[&table.schema, &table.name, "key"],
-            true,
+
+    /// The header comment, the definition's view, and the live table with its index
+    /// (or the view's indexes in place), grants and comment.
+    fn table_sql(&self, w: &mut String) {
+        let (d, f, n, v) = (self.d, self.f, &self.n, &self.f.view);
+        let (table, def, channel) = (&n.table, &n.def, &n.channel);
+        let _ = writeln!(
+            w,
+            "\n-- {}",
+            sql_comment(&format!(
+                "Keyed conversion of {v} (generated by `refreshd init --keyed`): definition {def}, table {table}, key ({}), channel {channel}.",
+                d.key.join(", ")
+            ))
+        );
+        // The definition, resolved as it was printed.
+        let _ = writeln!(w, "SET LOCAL search_path TO {};", self.search_path());
+        if f.in_place {
+            let _ = writeln!(
+                w,
+                "-- The materialized view gives way to a table of the same name (its definition stays in {}).",
+                sql_comment(&def.to_string())
+            );
+            let body = format!(
+                "BEGIN\n    IF EXISTS ({}) THEN\n        DROP MATERIALIZED VIEW {};\n    END IF;\nEND;\n",
+                Self::relkind_is(v, "m"),
+                v.quoted()
+            );
+            let _ = writeln!(w, "DO {};", dollar(&body));
+        }
+        let _ = writeln!(
+            w,
+            "CREATE OR REPLACE VIEW {} AS\n{};",
+            def.quoted(),
+            self.definition()
         );
         let _ = writeln!(
             w,
-            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});",
-            quote_ident(&ix),
+            "CREATE TABLE IF NOT EXISTS {} (\n{}\n);",
             table.quoted(),
-            list(&d.key, "")
+            f.columns
+                .iter()
+                .map(|(c, ty)| format!("    {} {ty}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(",\n")
+        );
+        if f.in_place {
+            self.index_sql(w);
+        } else {
+            let ix = bounded(
+                &format!("{}_key", table.name),
+                &[&table.schema, &table.name, "key"],
+                true,
+            );
+            let _ = writeln!(
+                w,
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});",
+                quote_ident(&ix),
+                table.quoted(),
+                list(&d.key, "")
+            );
+        }
+        self.grant_sql(w, &format!("TABLE {}", table.quoted()));
+        let _ = writeln!(
+            w,
+            "COMMENT ON TABLE {} IS {};",
+            table.quoted(),
+            literal(&format!(
+                "Kept equal to {def} by refreshd (kind = \"keyed\", key {}), fed by channel {channel}.",
+                d.key.join(", ")
+            ))
         );
     }
-    grant_sql(w, &format!("TABLE {}", table.quoted()));
-    let _ = writeln!(
-        w,
-        "COMMENT ON TABLE {} IS {};",
-        table.quoted(),
-        literal(&format!(
-            "Kept equal to {def} by refreshd (kind = \"keyed\", key {}), fed by channel {channel}.",
-            d.key.join(", ")
-        ))
-    );
 
-    // The change buffer (dropped and created again: the fill below covers whatever it
-    // held) and its consume function.
-    let _ = writeln!(w, "CREATE SCHEMA IF NOT EXISTS refreshd;");
-    let _ = writeln!(w, "DROP TABLE IF EXISTS {};", buffer.quoted());
-    let _ = writeln!(
-        w,
-        "CREATE UNLOGGED TABLE {} (\n{},\n    {} boolean NOT NULL DEFAULT false\n);",
-        buffer.quoted(),
-        d.key
-            .iter()
-            .zip(&key_types)
-            .map(|(k, ty)| format!("    {} {ty}", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(",\n"),
-        quote_ident(&all_column)
-    );
-    let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", buffer.quoted());
-    let _ = writeln!(
-        w,
-        "COMMENT ON TABLE {} IS {};",
-        buffer.quoted(),
-        literal(&format!(
-            "refreshd: change buffer of keyed view {table} (the keys its capture triggers found; {all_column} = everything), consumed by {consume}(). Unlogged: lost in a crash, after which refreshd recomputes everything."
-        ))
-    );
-    let mut generated = Generated {
-        table: table.clone(),
-        definition: def.clone(),
-        channel: channel.clone(),
-        key: d.key.clone(),
-        key_types: key_types.clone(),
-        buffer: buffer.clone(),
-        all_column: all_column.clone(),
-        consume: consume.clone(),
-        consume_prelude: Vec::new(),
-        consume_recheck: None,
-        delta_fact: None,
-        install: String::new(),
-        rollback: String::new(),
-        capture: Vec::new(),
-    };
-    if let Some(p) = &f.delta {
-        if table_of(&p.fact)?.name != p.fact_name {
+    /// The change buffer, dropped and created again (the fill covers whatever it held).
+    fn buffer_sql(&self, w: &mut String) {
+        let n = &self.n;
+        let _ = writeln!(w, "CREATE SCHEMA IF NOT EXISTS refreshd;");
+        let _ = writeln!(w, "DROP TABLE IF EXISTS {};", n.buffer.quoted());
+        let _ = writeln!(
+            w,
+            "CREATE UNLOGGED TABLE {} (\n{},\n    {} boolean NOT NULL DEFAULT false\n);",
+            n.buffer.quoted(),
+            self.d
+                .key
+                .iter()
+                .zip(&self.key_types)
+                .map(|(k, ty)| format!("    {} {ty}", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(",\n"),
+            quote_ident(&n.all_column)
+        );
+        let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", n.buffer.quoted());
+        let _ = writeln!(
+            w,
+            "COMMENT ON TABLE {} IS {};",
+            n.buffer.quoted(),
+            literal(&format!(
+                "refreshd: change buffer of keyed view {} (the keys its capture triggers found; {} = everything), consumed by {}(). Unlogged: lost in a crash, after which refreshd recomputes everything.",
+                n.table, n.all_column, n.consume
+            ))
+        );
+    }
+
+    /// The conversion's names, before its SQL is written.
+    fn generated(&self) -> Generated {
+        let n = &self.n;
+        Generated {
+            table: n.table.clone(),
+            definition: n.def.clone(),
+            channel: n.channel.clone(),
+            key: self.d.key.clone(),
+            key_types: self.key_types.clone(),
+            buffer: n.buffer.clone(),
+            all_column: n.all_column.clone(),
+            consume: n.consume.clone(),
+            consume_prelude: Vec::new(),
+            consume_recheck: None,
+            delta_fact: None,
+            install: String::new(),
+            rollback: String::new(),
+            capture: Vec::new(),
+        }
+    }
+
+    /// With a delta plan: the row buffer and the recheck table, created again empty
+    /// (the fill covers whatever they held) before the consume function that reads
+    /// them; the apply becomes the consume function's prelude.
+    fn delta_sql(&self, p: &DeltaPlan, w: &mut String, g: &mut Generated) -> Result<(), String> {
+        if self.table_of(&p.fact)?.name != p.fact_name {
             return Err(format!(
                 "the delta plan's fact table {} is not {}",
                 p.fact_name, p.fact
             ));
         }
-        // The row buffer and the recheck table, created again empty (the fill below
-        // covers whatever they held), before the consume function that reads them.
         let _ = writeln!(
             w,
             "-- {}",
             sql_comment(&format!(
-                "Deltas: changes to {} are buffered as rows in {} and applied to {table} by {consume}() (keys it cannot decide go through {}).",
-                p.fact_name, p.buffer, p.recheck
+                "Deltas: changes to {} are buffered as rows in {} and applied to {} by {}() (keys it cannot decide go through {}).",
+                p.fact_name, p.buffer, self.n.table, self.n.consume, p.recheck
             ))
         );
         for st in p.rollback.iter().chain(&p.install) {
@@ -702,86 +779,66 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         }
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
-        generated.consume_prelude = p.apply.clone();
-        generated.consume_recheck = Some(p.recheck_keys.clone());
-        generated.delta_fact = Some(p.fact_name.clone());
+        g.consume_prelude = p.apply.clone();
+        g.consume_recheck = Some(p.recheck_keys.clone());
+        g.delta_fact = Some(p.fact_name.clone());
+        Ok(())
     }
-    w.push_str(&consume_function_sql(&generated));
 
-    // The trigger functions.
-    let key_cols: Vec<String> = (1..=d.key.len()).map(|i| format!("k{i}")).collect();
-    let buffer_keys = list(&d.key, "");
-    // Rows buffered: wake refreshd unless a refresh is already due (see the module doc).
-    let wake = format!(
-        "    IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} + pg_catalog.pg_backend_pid() % {ARM_SLOTS}, pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
-        ch = literal(&channel)
-    );
-    let mark_all = format!(
-        "INSERT INTO {} ({}) VALUES (true);",
-        buffer.quoted(),
-        quote_ident(&all_column)
-    );
-    let _ = writeln!(
-        w,
-        "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
-        all_function.quoted(),
-        dollar(&format!(
-            "DECLARE\n    v_rows bigint := 1;\nBEGIN\n    {mark_all}\n{wake}END;\n"
-        ))
-    );
-    let ops = ["insert", "update", "delete", "truncate"];
-    for t in &d.tables {
-        let b = table_of(&t.table)?;
-        let reads = &t.reads;
+    /// The SELECT giving the keys a path reaches from the changed rows `d`, locking
+    /// the rows it joins `FOR KEY SHARE`; `Err`: the reason it cannot.
+    fn path_keys(&self, p: &super::Path) -> Result<Result<String, String>, String> {
+        let Some(last) = plain(&p.carry) else {
+            return Ok(Err(format!(
+                "the key of {} is an expression (generated capture reads plain columns)",
+                p.tables.last().map(String::as_str).unwrap_or("?")
+            )));
+        };
+        let mut from = "d".to_string();
+        let mut joins = String::new();
+        let mut locks = Vec::new();
+        for (i, s) in p.steps.iter().enumerate() {
+            let alias = format!("j{}", i + 1);
+            let _ = write!(
+                joins,
+                " JOIN {} AS {alias} ON {alias}.{} = {from}.{}",
+                self.table_of(&p.tables[i + 1])?.name.quoted(),
+                quote_ident(&s.to_column),
+                quote_ident(&s.from_column)
+            );
+            locks.push(alias.clone());
+            from = alias;
+        }
+        Ok(Ok(format!(
+            "SELECT * FROM (SELECT {} FROM d{joins} FOR KEY SHARE OF {}) AS p",
+            list(&last, &format!("{from}.")),
+            locks.join(", ")
+        )))
+    }
+
+    /// What a base table's trigger function computes from its changed rows.
+    fn source(&self, t: &super::TableDerivation) -> Result<Source, String> {
+        let carried = |c: &Carry| plain(c).map(|c| format!("SELECT {} FROM d", list(&c, "d.")));
         let source = match &t.how {
             How::Recompute { reason } => Source::All(reason.clone()),
-            How::Carries(carries) => match carries.iter().map(plain).collect::<Option<Vec<_>>>() {
-                None => Source::All(
-                    "a key column is an expression over its columns (generated capture reads plain columns)".into(),
-                ),
-                Some(cs) => Source::Keys(
-                    cs.iter()
-                        .map(|c| format!("SELECT {} FROM d", list(c, "d.")))
-                        .collect(),
-                ),
+            How::Carries(carries) => match carries.iter().map(carried).collect() {
+                None => Source::All(EXPRESSION_KEY.into()),
+                Some(keys) => Source::Keys(keys),
             },
             How::JoinPath { carries, paths } => {
                 let mut keys = Vec::new();
                 let mut why = None;
                 for c in carries {
-                    match plain(c) {
-                        Some(c) => keys.push(format!("SELECT {} FROM d", list(&c, "d."))),
-                        None => why = Some("a key column is an expression over its columns (generated capture reads plain columns)".to_string()),
+                    match carried(c) {
+                        Some(k) => keys.push(k),
+                        None => why = Some(EXPRESSION_KEY.to_string()),
                     }
                 }
                 for p in paths {
-                    let Some(last) = plain(&p.carry) else {
-                        why = Some(format!(
-                            "the key of {} is an expression (generated capture reads plain columns)",
-                            p.tables.last().map(String::as_str).unwrap_or("?")
-                        ));
-                        continue;
-                    };
-                    let mut from = "d".to_string();
-                    let mut joins = String::new();
-                    let mut locks = Vec::new();
-                    for (i, s) in p.steps.iter().enumerate() {
-                        let alias = format!("j{}", i + 1);
-                        let _ = write!(
-                            joins,
-                            " JOIN {} AS {alias} ON {alias}.{} = {from}.{}",
-                            table_of(&p.tables[i + 1])?.name.quoted(),
-                            quote_ident(&s.to_column),
-                            quote_ident(&s.from_column)
-                        );
-                        locks.push(alias.clone());
-                        from = alias;
+                    match self.path_keys(p)? {
+                        Ok(k) => keys.push(k),
+                        Err(w) => why = Some(w),
                     }
-                    keys.push(format!(
-                        "SELECT * FROM (SELECT {} FROM d{joins} FOR KEY SHARE OF {}) AS p",
-                        list(&last, &format!("{from}.")),
-                        locks.join(", ")
-                    ));
                 }
                 match why {
                     Some(w) => Source::All(w),
@@ -790,33 +847,88 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
             }
         };
         // Nothing to compute keys from (no occurrence gave one): everything.
-        let source = match source {
+        Ok(match source {
             Source::Keys(k) if k.is_empty() => {
                 Source::All("no occurrence of it gives the key".to_string())
             }
             other => other,
-        };
-        let fname = function(b);
-        let reads_of = |alias: &str| list(reads, &format!("{alias}."));
-        let changed = |op: &str| -> String {
-            match op {
-                "insert" => format!("SELECT {} FROM new_rows n", reads_of("n")),
-                "delete" => format!("SELECT {} FROM old_rows o", reads_of("o")),
-                _ if reads.iter().any(|r| b.incomparable.contains(r)) => format!(
-                    "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
-                    reads_of("o"),
-                    reads_of("n")
-                ),
-                _ => format!(
-                    "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
-                     UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",
-                    o = reads_of("o"),
-                    n = reads_of("n")
-                ),
-            }
-        };
+        })
+    }
+}
+
+/// The changed rows of one operation, as a SELECT of the columns the definition reads
+/// (an UPDATE: the rows that differ on them, or all old and new rows when one of them
+/// cannot be compared).
+fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
+    let reads_of = |alias: &str| list(reads, &format!("{alias}."));
+    match op {
+        "insert" => format!("SELECT {} FROM new_rows n", reads_of("n")),
+        "delete" => format!("SELECT {} FROM old_rows o", reads_of("o")),
+        _ if reads.iter().any(|r| b.incomparable.contains(r)) => format!(
+            "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
+            reads_of("o"),
+            reads_of("n")
+        ),
+        _ => format!(
+            "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
+             UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",
+            o = reads_of("o"),
+            n = reads_of("n")
+        ),
+    }
+}
+
+/// Rows other tables reach through a join path, moved to other keys by an UPDATE:
+/// wait for the writers that locked them FOR KEY SHARE. Located by every such
+/// column's new value: the moved rows (and any other rows equal to them on those
+/// columns).
+fn update_lock_sql(b: &BaseTable, r: &Reached) -> String {
+    let mut moving = r.by.clone();
+    for m in &r.moving {
+        push_unique(&mut moving, m);
+    }
+    format!(
+        "        PERFORM 1 FROM {} AS t WHERE ({}) IN (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
+        b.name.quoted(),
+        list(&moving, "t."),
+        list(&moving, "m."),
+        n = list(&moving, "n."),
+        o = list(&moving, "o."),
+    )
+}
+
+/// One base table's capture: what its trigger function does, and how.
+struct TableCapture<'c> {
+    t: &'c super::TableDerivation,
+    b: &'c BaseTable,
+    source: Source,
+    /// The delta plan, when this table is its fact table.
+    delta: Option<&'c DeltaPlan>,
+    reached: Option<&'c Reached>,
+}
+
+impl Conversion<'_> {
+    /// Rows buffered: wake refreshd unless a refresh is already due (module doc).
+    fn wake_sql(&self) -> String {
+        format!(
+            "    IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} + pg_catalog.pg_backend_pid() % {ARM_SLOTS}, pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
+            ch = literal(&self.n.channel)
+        )
+    }
+
+    fn mark_all_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} ({}) VALUES (true);",
+            self.n.buffer.quoted(),
+            quote_ident(&self.n.all_column)
+        )
+    }
+
+    /// The body of a base table's trigger function: per operation, its rows (or keys)
+    /// into the buffer, then the wake-up.
+    fn trigger_body(&self, c: &TableCapture) -> String {
+        let reads = &c.t.reads;
         let mut body = String::from("DECLARE\n    v_rows bigint := 0;\nBEGIN\n");
-        let delta = f.delta.as_ref().filter(|p| p.fact == t.table);
         for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
             let _ = writeln!(
                 body,
@@ -824,39 +936,10 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 if i == 0 { "IF" } else { "ELSIF" },
                 literal(&op.to_ascii_uppercase())
             );
-            if *op == "update" {
-                if let Some(r) = reached.get(&t.table) {
-                    // Rows other tables reach through a join path, moved to other keys:
-                    // wait for the writers that locked them FOR KEY SHARE.
-                    let mut moving = r.by.clone();
-                    for m in &r.moving {
-                        push_unique(&mut moving, m);
-                    }
-                    // Located by every such column's new value: the moved rows (and
-                    // any other rows equal to them on those columns).
-                    let _ = writeln!(
-                        body,
-                        "        PERFORM 1 FROM {} AS t WHERE ({}) IN (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
-                        b.name.quoted(),
-                        list(&moving, "t."),
-                        list(&moving, "m."),
-                        n = list(&moving, "n."),
-                        o = list(&moving, "o."),
-                    );
-                }
+            if let (true, Some(r)) = (*op == "update", c.reached) {
+                let _ = writeln!(body, "{}", update_lock_sql(c.b, r));
             }
-            let rows = if *op == "update" && reads.is_empty() {
-                None
-            } else if reads.is_empty() {
-                Some(if *op == "insert" {
-                    "SELECT 1 FROM new_rows".to_string()
-                } else {
-                    "SELECT 1 FROM old_rows".to_string()
-                })
-            } else {
-                Some(changed(op))
-            };
-            if let Some(p) = delta {
+            if let Some(p) = c.delta {
                 // Rows for the apply instead of keys: no join, no lock.
                 let capture = match *op {
                     "insert" => &p.capture_insert,
@@ -870,42 +953,55 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 );
                 continue;
             }
-            match (&source, rows) {
-                (_, None) => {
-                    let _ = writeln!(body, "        NULL;");
-                }
-                (Source::All(_), Some(rows)) => {
-                    let _ = writeln!(
-                        body,
-                        "        IF EXISTS ({rows}) THEN\n            {mark_all}\n            v_rows := 1;\n        END IF;"
-                    );
-                }
-                (Source::Keys(keys), Some(rows)) => {
-                    let _ = writeln!(
-                        body,
-                        "        WITH d AS ({rows})\n        INSERT INTO {} ({buffer_keys})\n        SELECT DISTINCT * FROM ({}) AS u({});\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
-                        buffer.quoted(),
-                        keys.join(" UNION ALL "),
-                        key_cols.join(", ")
-                    );
-                }
-            }
+            let rows = match (*op, reads.is_empty()) {
+                ("update", true) => None,
+                ("insert", true) => Some("SELECT 1 FROM new_rows".to_string()),
+                (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
+                _ => Some(changed_rows(reads, c.b, op)),
+            };
+            let _ = writeln!(body, "{}", self.buffer_rows_sql(&c.source, rows));
         }
         body.push_str("    END IF;\n");
-        body.push_str(&wake);
+        body.push_str(&self.wake_sql());
         body.push_str("END;\n");
-        let _ = writeln!(
-            w,
-            "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
-            fname.quoted(),
-            dollar(&body)
-        );
-        let line = match &source {
-            Source::All(reason) => format!(
+        body
+    }
+
+    /// The statements buffering one operation's changed rows as keys or the marker.
+    fn buffer_rows_sql(&self, source: &Source, rows: Option<String>) -> String {
+        match (source, rows) {
+            (_, None) => "        NULL;".to_string(),
+            (Source::All(_), Some(rows)) => format!(
+                "        IF EXISTS ({rows}) THEN\n            {}\n            v_rows := 1;\n        END IF;",
+                self.mark_all_sql()
+            ),
+            (Source::Keys(keys), Some(rows)) => {
+                let key_cols: Vec<String> =
+                    (1..=self.d.key.len()).map(|i| format!("k{i}")).collect();
+                format!(
+                    "        WITH d AS ({rows})\n        INSERT INTO {} ({})\n        SELECT DISTINCT * FROM ({}) AS u({});\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
+                    self.n.buffer.quoted(),
+                    list(&self.d.key, ""),
+                    keys.join(" UNION ALL "),
+                    key_cols.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The line `init` prints (and the install SQL comments) for a base table's capture.
+    fn capture_line(c: &TableCapture) -> String {
+        let b = c.b;
+        let line = match (&c.source, c.delta) {
+            (_, Some(p)) => format!(
+                "{}: its changed rows, buffered in {} and applied as deltas (TRUNCATE: everything)",
+                b.name, p.buffer
+            ),
+            (Source::All(reason), None) => format!(
                 "{}: every change buffers \"everything\" ({reason})",
                 b.name
             ),
-            Source::Keys(_) => match &t.how {
+            (Source::Keys(_), None) => match &c.t.how {
                 How::JoinPath { .. } => format!(
                     "{}: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
                     b.name
@@ -913,38 +1009,38 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 _ => format!("{}: the keys of its old and new rows", b.name),
             },
         };
-        let line = match delta {
-            Some(p) => format!(
-                "{}: its changed rows, buffered in {} and applied as deltas (TRUNCATE: everything)",
-                b.name, p.buffer
-            ),
-            None => line,
-        };
-        let line = if reached.contains_key(&t.table) {
+        if c.reached.is_some() {
             format!(
                 "{line}; an UPDATE moving rows reached through a join path locks them FOR UPDATE"
             )
         } else {
             line
-        };
-        let _ = writeln!(w, "-- {}", sql_comment(&line));
-        capture.push(line);
-        let members: Vec<&QualifiedName> = std::iter::once(&b.name)
-            .chain(b.partitions.iter())
-            .collect();
-        for m in &members {
-            for op in ops {
-                let tg = quote_ident(&trigger_name(op));
+        }
+    }
+
+    /// The statement triggers of a base table and every partition of it (dropped first;
+    /// the rollback drops them).
+    fn triggers_sql(
+        &self,
+        b: &BaseTable,
+        fname: &QualifiedName,
+        w: &mut String,
+        rollback: &mut String,
+    ) {
+        let members = std::iter::once(&b.name).chain(b.partitions.iter());
+        for m in members {
+            for op in ["insert", "update", "delete", "truncate"] {
+                let tg = quote_ident(&self.trigger_name(op));
                 let _ = writeln!(w, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
                 let _ = writeln!(rollback, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
                 let (referencing, func) = match op {
-                    "insert" => ("REFERENCING NEW TABLE AS new_rows ", &fname),
+                    "insert" => ("REFERENCING NEW TABLE AS new_rows ", fname),
                     "update" => (
                         "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
-                        &fname,
+                        fname,
                     ),
-                    "delete" => ("REFERENCING OLD TABLE AS old_rows ", &fname),
-                    _ => ("", &all_function),
+                    "delete" => ("REFERENCING OLD TABLE AS old_rows ", fname),
+                    _ => ("", &self.n.all_function),
                 };
                 let _ = writeln!(
                     w,
@@ -955,57 +1051,123 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
                 );
             }
         }
-        let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS {}();", fname.quoted());
-    }
-    let _ = writeln!(
-        rollback,
-        "DROP FUNCTION IF EXISTS {}();",
-        all_function.quoted()
-    );
-    let _ = writeln!(
-        rollback,
-        "DROP FUNCTION IF EXISTS {}();\nDROP TABLE IF EXISTS {};",
-        consume.quoted(),
-        buffer.quoted()
-    );
-    if let Some(p) = &f.delta {
-        for st in &p.rollback {
-            let _ = writeln!(rollback, "{};", st.trim().trim_end_matches(';'));
-        }
     }
 
-    // Fill: readers see the old rows until commit; the trigger DDL above holds the base
-    // tables, so no change slips between the fill and the triggers.
-    let _ = writeln!(
-        w,
-        "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE;\nDELETE FROM {t};\nINSERT INTO {t} ({column_list}) SELECT {column_list} FROM {};",
-        def.quoted(),
-        t = table.quoted()
-    );
-
-    // Rollback, after the triggers and functions.
-    let r = &mut rollback;
-    if f.in_place {
-        let body = format!(
-            "BEGIN\n    IF EXISTS ({}) THEN\n        DROP TABLE {};\n    END IF;\nEND;\n",
-            relkind_is(v, "r"),
-            v.quoted()
+    /// The trigger functions and triggers of every base table (the TRUNCATE function
+    /// first); returns the capture lines.
+    fn capture_sql(
+        &self,
+        reached: &BTreeMap<String, Reached>,
+        w: &mut String,
+        rollback: &mut String,
+    ) -> Result<Vec<String>, String> {
+        let _ = writeln!(
+            w,
+            "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
+            self.n.all_function.quoted(),
+            dollar(&format!(
+                "DECLARE\n    v_rows bigint := 1;\nBEGIN\n    {}\n{}END;\n",
+                self.mark_all_sql(),
+                self.wake_sql()
+            ))
         );
-        let _ = writeln!(r, "DO {};", dollar(&body));
-        let _ = writeln!(r, "SET LOCAL search_path TO {search_path};");
+        let mut lines = Vec::new();
+        for t in &self.d.tables {
+            let b = self.table_of(&t.table)?;
+            let c = TableCapture {
+                t,
+                b,
+                source: self.source(t)?,
+                delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
+                reached: reached.get(&t.table),
+            };
+            let fname = self.function(b);
+            let _ = writeln!(
+                w,
+                "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
+                fname.quoted(),
+                dollar(&self.trigger_body(&c))
+            );
+            let line = Self::capture_line(&c);
+            let _ = writeln!(w, "-- {}", sql_comment(&line));
+            lines.push(line);
+            self.triggers_sql(b, &fname, w, rollback);
+            let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS {}();", fname.quoted());
+        }
+        Ok(lines)
+    }
+
+    /// The fill: readers see the old rows until commit; the trigger DDL before it holds
+    /// the base tables, so no change slips between the fill and the triggers.
+    fn fill_sql(&self, w: &mut String) {
+        let cols: Vec<String> = self.f.columns.iter().map(|(c, _)| c.clone()).collect();
+        let column_list = list(&cols, "");
+        let _ = writeln!(
+            w,
+            "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE;\nDELETE FROM {t};\nINSERT INTO {t} ({column_list}) SELECT {column_list} FROM {};",
+            self.n.def.quoted(),
+            t = self.n.table.quoted()
+        );
+    }
+
+    /// The rollback after the triggers' and their functions' drops: the buffers and the
+    /// consume function, then the table (in place: the materialized view again, with
+    /// its indexes and grants) and the definition's view.
+    fn rollback_sql(&self, r: &mut String) {
+        let (n, v) = (&self.n, &self.f.view);
+        let _ = writeln!(r, "DROP FUNCTION IF EXISTS {}();", n.all_function.quoted());
         let _ = writeln!(
             r,
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS\n{definition};",
-            v.quoted()
+            "DROP FUNCTION IF EXISTS {}();\nDROP TABLE IF EXISTS {};",
+            n.consume.quoted(),
+            n.buffer.quoted()
         );
-        index_sql(r);
-        grant_sql(r, &format!("TABLE {}", v.quoted()));
-    } else {
-        let _ = writeln!(r, "DROP TABLE IF EXISTS {};", table.quoted());
+        if let Some(p) = &self.f.delta {
+            for st in &p.rollback {
+                let _ = writeln!(r, "{};", st.trim().trim_end_matches(';'));
+            }
+        }
+        if self.f.in_place {
+            let body = format!(
+                "BEGIN\n    IF EXISTS ({}) THEN\n        DROP TABLE {};\n    END IF;\nEND;\n",
+                Self::relkind_is(v, "r"),
+                v.quoted()
+            );
+            let _ = writeln!(r, "DO {};", dollar(&body));
+            let _ = writeln!(r, "SET LOCAL search_path TO {};", self.search_path());
+            let _ = writeln!(
+                r,
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS\n{};",
+                v.quoted(),
+                self.definition()
+            );
+            self.index_sql(r);
+            self.grant_sql(r, &format!("TABLE {}", v.quoted()));
+        } else {
+            let _ = writeln!(r, "DROP TABLE IF EXISTS {};", n.table.quoted());
+        }
+        let _ = writeln!(r, "DROP VIEW IF EXISTS {};", n.def.quoted());
     }
-    let _ = writeln!(r, "DROP VIEW IF EXISTS {};", def.quoted());
+}
+
+/// The conversion of one view: its install SQL (statements, without BEGIN/COMMIT),
+/// rollback and capture lines; `Err` names what it cannot keep.
+pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
+    let c = Conversion::new(d, f)?;
+    let reached = c.reached()?;
+    let mut install = String::new();
+    c.table_sql(&mut install);
+    c.buffer_sql(&mut install);
+    let mut generated = c.generated();
+    if let Some(p) = &f.delta {
+        c.delta_sql(p, &mut install, &mut generated)?;
+    }
+    install.push_str(&consume_function_sql(&generated));
+    let mut rollback = String::new();
+    generated.capture = c.capture_sql(&reached, &mut install, &mut rollback)?;
+    c.rollback_sql(&mut rollback);
+    c.fill_sql(&mut install);
     generated.install = install;
     generated.rollback = rollback;
-    generated.capture = capture;
     Ok(generated)
 }
