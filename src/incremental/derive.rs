@@ -5,38 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::lineage::{Agg, Classes, InstCol, Lineage, Output, RExpr};
-use super::Refused;
-
-/// Functions whose value is not fixed by their arguments: a key computed with one of
-/// them cannot be derived from a row.
-const VOLATILE: &[&str] = &[
-    "random",
-    "random_normal",
-    "setseed",
-    "nextval",
-    "currval",
-    "lastval",
-    "now",
-    "clock_timestamp",
-    "statement_timestamp",
-    "transaction_timestamp",
-    "timeofday",
-    "current_date",
-    "current_time",
-    "current_time_n",
-    "current_timestamp",
-    "current_timestamp_n",
-    "localtime",
-    "localtime_n",
-    "localtimestamp",
-    "localtimestamp_n",
-    "gen_random_uuid",
-    "uuid_generate_v1",
-    "uuid_generate_v4",
-    "txid_current",
-    "pg_backend_pid",
-    "age",
-];
+use super::{volatile, Refused};
 
 /// The whole derivation for one view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +140,7 @@ pub(super) fn derive(
             }
             match x {
                 RExpr::Agg(a) => problem = Some(format!("key column {k} is an aggregate ({})", a.name)),
-                RExpr::Func { name, .. } if VOLATILE.contains(&name.as_str()) => {
+                RExpr::Func { name, .. } if volatile::changes_under_key(name) => {
                     problem = Some(format!(
                         "key column {k} is an expression over a volatile function ({name})"
                     ))
