@@ -58,13 +58,17 @@ pub enum FromItem {
         alias: String,
         columns: Vec<String>,
     },
-    Join {
-        kind: JoinKind,
-        left: Box<FromItem>,
-        right: Box<FromItem>,
-        on: Option<Expr>,
-        using: Vec<String>,
-    },
+    Join(Join),
+}
+
+/// `left <kind> JOIN right ON on` (or `USING (using)`).
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub left: Box<FromItem>,
+    pub right: Box<FromItem>,
+    pub on: Option<Expr>,
+    pub using: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,13 +305,13 @@ fn from_item(n: &pb::Node) -> Result<FromItem, Refused> {
                     .ok_or_else(|| refuse("a join without a side"))
                     .and_then(from_item)
             };
-            Ok(FromItem::Join {
+            Ok(FromItem::Join(Join {
                 kind,
                 left: Box::new(side(&j.larg)?),
                 right: Box::new(side(&j.rarg)?),
                 on: j.quals.as_deref().map(expr).transpose()?,
                 using: names(&j.using_clause),
-            })
+            }))
         }
         Some(NodeEnum::RangeFunction(_)) => Err(refuse("a function in FROM")),
         _ => Err(refuse("an unsupported FROM item")),
