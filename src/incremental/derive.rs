@@ -199,28 +199,31 @@ fn key_origins(output: &Output, key: &[&str]) -> Result<Vec<RExpr>, Refused> {
     Ok(origins)
 }
 
-/// Why key column `k` (expression `e`) cannot be computed from a row, the first
+/// Why key column `k` (expression `e`) cannot be computed from a row: the first
 /// problem found walking `e`.
 fn key_problem(k: &str, e: &RExpr) -> Option<String> {
     let mut problem = None;
     e.walk(&mut |x| {
-        if problem.is_some() {
-            return;
-        }
-        match x {
-            RExpr::Agg(a) => problem = Some(format!("key column {k} is an aggregate ({})", a.name)),
-            RExpr::Func { name, .. } if volatile::changes_under_key(name) => {
-                problem = Some(format!(
-                    "key column {k} is an expression over a volatile function ({name})"
-                ))
-            }
-            RExpr::Opaque(kind, _) => problem = Some(format!(
-                "key column {k} is an expression that cannot be traced to table columns ({kind})"
-            )),
-            _ => {}
+        if problem.is_none() {
+            problem = node_problem(k, x);
         }
     });
     problem
+}
+
+/// A node a key expression must not contain: an aggregate, a volatile function, a
+/// construct that cannot be traced to table columns.
+fn node_problem(k: &str, x: &RExpr) -> Option<String> {
+    match x {
+        RExpr::Agg(a) => Some(format!("key column {k} is an aggregate ({})", a.name)),
+        RExpr::Func { name, .. } if volatile::changes_under_key(name) => Some(format!(
+            "key column {k} is an expression over a volatile function ({name})"
+        )),
+        RExpr::Opaque(kind, _) => Some(format!(
+            "key column {k} is an expression that cannot be traced to table columns ({kind})"
+        )),
+        _ => None,
+    }
 }
 
 /// Printed names: the relation name, or the alias for a table read under several.
