@@ -23,6 +23,12 @@
 //!
 //! Everything runs in the refresh transaction at REPEATABLE READ: one snapshot for the
 //! buffer and the base tables, so a change is applied exactly once.
+//!
+//! The steps, one submodule each, in [`delta_plan`]'s order: `ast` (the definition as
+//! PostgreSQL parses it; the shapes and functions refused), `fact` (which table takes
+//! deltas, the columns the buffer copies), `columns` (what each output column is),
+//! `values` (how each column is kept, and when its group is rechecked), `query` (the
+//! delta SELECT, by editing the parse tree), `sql` (the statements).
 
 mod ast;
 mod columns;
