@@ -4,39 +4,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use super::lineage::{Agg, Classes, InstCol, Lineage, Output, RExpr};
-use super::Refused;
-
-/// Functions whose value is not fixed by their arguments: a key computed with one of
-/// them cannot be derived from a row.
-const VOLATILE: &[&str] = &[
-    "random",
-    "random_normal",
-    "setseed",
-    "nextval",
-    "currval",
-    "lastval",
-    "now",
-    "clock_timestamp",
-    "statement_timestamp",
-    "transaction_timestamp",
-    "timeofday",
-    "current_date",
-    "current_time",
-    "current_time_n",
-    "current_timestamp",
-    "current_timestamp_n",
-    "localtime",
-    "localtime_n",
-    "localtimestamp",
-    "localtimestamp_n",
-    "gen_random_uuid",
-    "uuid_generate_v1",
-    "uuid_generate_v4",
-    "txid_current",
-    "pg_backend_pid",
-    "age",
-];
+use super::lineage::{Agg, Classes, InstCol, Instance, Lineage, Output, RExpr};
+use super::{volatile, Refused};
 
 /// The whole derivation for one view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,258 +126,39 @@ pub(super) fn derive(
             "no key: the view has no unique index on plain columns and no `key` is configured",
         ));
     }
-    let mut origins = Vec::new();
-    for k in key {
-        let Some((_, e)) = output.columns.iter().find(|(n, _)| n == k) else {
-            return Err(refuse(format!(
-                "key column {k} is not a plain output column of the view"
-            )));
-        };
-        let mut problem = None;
-        e.walk(&mut |x| {
-            if problem.is_some() {
-                return;
-            }
-            match x {
-                RExpr::Agg(a) => problem = Some(format!("key column {k} is an aggregate ({})", a.name)),
-                RExpr::Func { name, .. } if VOLATILE.contains(&name.as_str()) => {
-                    problem = Some(format!(
-                        "key column {k} is an expression over a volatile function ({name})"
-                    ))
-                }
-                RExpr::Opaque(kind, _) => {
-                    problem = Some(format!(
-                        "key column {k} is an expression that cannot be traced to table columns ({kind})"
-                    ))
-                }
-                _ => {}
-            }
-        });
-        if let Some(p) = problem {
-            return Err(refuse(p));
-        }
-        if e.columns().is_empty() {
-            return Err(refuse(format!("key column {k} is a constant")));
-        }
-        origins.push(e.clone());
-    }
-
+    let origins = key_origins(output, key)?;
     let inst = &lineage.instances;
-    // Printed names: the relation name, or the alias for a table read under several.
-    let names: Vec<String> = inst
-        .iter()
-        .map(|i| {
-            let mut aliases: Vec<&str> = inst
-                .iter()
-                .filter(|j| j.table == i.table)
-                .map(|j| j.alias.as_str())
-                .collect();
-            aliases.sort();
-            aliases.dedup();
-            if aliases.len() > 1 {
-                i.alias.clone()
-            } else {
-                i.relname.clone()
-            }
-        })
-        .collect();
+    let names = printed_names(inst);
     let classes = Classes::new(&lineage.equalities);
-    let key_nullable = origins
-        .iter()
-        .flat_map(|e| e.columns())
-        .any(|c| inst[c.inst].nullable);
-
-    // Which occurrences carry the key, and how.
     let carries: Vec<Option<Carry>> = (0..inst.len())
-        .map(|i| {
-            if inst[i].opaque {
-                return None;
-            }
-            let mut carry = Carry {
-                key: Vec::new(),
-                via: Vec::new(),
-                columns: Vec::new(),
-            };
-            for e in &origins {
-                let mut via = Vec::new();
-                let mut subst = Vec::new();
-                for c in e.columns() {
-                    let mine = classes.class_of(&c).into_iter().find(|d| d.inst == i)?;
-                    let same = inst[c.inst].table == inst[i].table && c.col == mine.col;
-                    if c.inst != i && !same {
-                        via.push(format!(
-                            "{}.{} = {}.{}",
-                            names[i], mine.col, names[c.inst], c.col
-                        ));
-                    }
-                    subst.push((c, mine));
-                }
-                carry.key.push(e.text(&|c: &InstCol| {
-                    subst
-                        .iter()
-                        .find(|(from, _)| from == c)
-                        .map(|(_, to)| to.col.clone())
-                        .unwrap_or_else(|| c.col.clone())
-                }));
-                carry.via.push(via);
-                carry.columns.push(match e {
-                    RExpr::Col(c) => subst
-                        .iter()
-                        .find(|(from, _)| from == c)
-                        .map(|(_, to)| to.col.clone()),
-                    _ => None,
-                });
-            }
-            Some(carry)
-        })
+        .map(|i| carry(i, inst, &origins, &classes, &names))
         .collect();
-
     // A key whose columns come from several tables, joined to none that has them all:
     // say so, rather than that nothing connects (every table recomputes everything).
-    let no_carrier = carries.iter().all(Option::is_none);
     let mut key_sources: Vec<String> = origins
         .iter()
         .flat_map(|e| e.columns())
         .map(|c| format!("{}.{}", names[c.inst], c.col))
         .collect();
     key_sources.dedup();
-
-    // Adjacency between occurrences sharing an equivalence class.
-    let mut adjacent: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); inst.len()];
-    for class in classes.all() {
-        for a in &class {
-            for b in &class {
-                if a.inst != b.inst
-                    && !inst[a.inst].opaque
-                    && !inst[b.inst].opaque
-                    && !adjacent[a.inst].iter().any(|(n, _, _)| *n == b.inst)
-                {
-                    adjacent[a.inst].push((b.inst, a.col.clone(), b.col.clone()));
-                }
-            }
-        }
-    }
-    for a in &mut adjacent {
-        a.sort_by_key(|(n, _, _)| *n);
-    }
-
-    let route = |i: usize| -> Result<Option<Carry>, Result<Path, String>> {
-        if inst[i].opaque {
-            return Err(Err(
-                "read only inside a subquery expression (EXISTS, IN or a scalar subquery)".into(),
-            ));
-        }
-        if key_nullable {
-            return Err(Err(
-                "the key comes from the nullable side of an outer join, where rows without a match have a NULL key"
-                    .into(),
-            ));
-        }
-        if let Some(c) = &carries[i] {
-            return Ok(Some(c.clone()));
-        }
-        // Breadth first: the shortest chain of equi-joins to an occurrence that carries.
-        let mut prev: Vec<Option<(usize, String, String)>> = vec![None; inst.len()];
-        let mut seen = vec![false; inst.len()];
-        seen[i] = true;
-        let mut queue = VecDeque::from([i]);
-        while let Some(x) = queue.pop_front() {
-            for (y, cx, cy) in &adjacent[x] {
-                if seen[*y] {
-                    continue;
-                }
-                seen[*y] = true;
-                prev[*y] = Some((x, cx.clone(), cy.clone()));
-                if carries[*y].is_some() {
-                    let mut steps = Vec::new();
-                    let mut tables = vec![inst[*y].table.clone()];
-                    let mut at = *y;
-                    while let Some((from, cf, ct)) = &prev[at] {
-                        tables.push(inst[*from].table.clone());
-                        steps.push(JoinStep {
-                            from_table: names[*from].clone(),
-                            from_column: cf.clone(),
-                            to_table: names[at].clone(),
-                            to_column: ct.clone(),
-                        });
-                        at = *from;
-                    }
-                    steps.reverse();
-                    tables.reverse();
-                    let carry = carries[*y].clone().expect("checked above");
-                    return Err(Ok(Path {
-                        steps,
-                        tables,
-                        carry,
-                    }));
-                }
-                queue.push_back(*y);
-            }
-        }
-        Err(Err(
-            match lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
-                Some((_, reason)) => reason.clone(),
-                None if no_carrier => format!(
-                    "no one table carries the whole key: its columns come from {}",
-                    key_sources.join(", ")
-                ),
-                None => "no equi-join connects it to the key".to_string(),
-            },
-        ))
+    let router = Router {
+        lineage,
+        key_nullable: origins
+            .iter()
+            .flat_map(|e| e.columns())
+            .any(|c| inst[c.inst].nullable),
+        no_carrier: carries.iter().all(Option::is_none),
+        adjacent: adjacency(inst, &classes),
+        names,
+        carries,
+        key_sources,
     };
-
     let mut tables: Vec<TableDerivation> = Vec::new();
     for (i, occurrence) in inst.iter().enumerate() {
-        if tables.iter().any(|t| t.table == occurrence.table) {
-            continue;
+        if !tables.iter().any(|t| t.table == occurrence.table) {
+            tables.push(router.table(i));
         }
-        let mut carried: Vec<Carry> = Vec::new();
-        let mut paths = Vec::new();
-        let mut recompute = None;
-        for (j, other) in inst.iter().enumerate().skip(i) {
-            if other.table != occurrence.table {
-                continue;
-            }
-            match route(j) {
-                Ok(Some(c)) => {
-                    if !carried.iter().any(|k| k.key == c.key) {
-                        carried.push(c);
-                    }
-                }
-                Ok(None) => {}
-                Err(Ok(p)) => paths.push(p),
-                Err(Err(reason)) => {
-                    recompute.get_or_insert(reason);
-                }
-            }
-        }
-        let how = match recompute {
-            Some(reason) => How::Recompute { reason },
-            None if paths.is_empty() => How::Carries(carried),
-            None => How::JoinPath {
-                carries: carried,
-                paths,
-            },
-        };
-        let reads = occurrence
-            .columns
-            .iter()
-            .filter(|col| {
-                lineage
-                    .read
-                    .iter()
-                    .any(|r| inst[r.inst].table == occurrence.table && &&r.col == col)
-            })
-            .cloned()
-            .collect();
-        tables.push(TableDerivation {
-            table: occurrence.table.clone(),
-            name: occurrence.relname.clone(),
-            how,
-            reads,
-        });
     }
-
     let columns = output
         .columns
         .iter()
@@ -426,6 +176,300 @@ pub(super) fn derive(
         tables,
         columns,
     })
+}
+
+/// Each key column's expression over instance columns: not an aggregate, not volatile,
+/// traceable to table columns, not a constant.
+fn key_origins(output: &Output, key: &[&str]) -> Result<Vec<RExpr>, Refused> {
+    let mut origins = Vec::new();
+    for k in key {
+        let Some((_, e)) = output.columns.iter().find(|(n, _)| n == k) else {
+            return Err(refuse(format!(
+                "key column {k} is not a plain output column of the view"
+            )));
+        };
+        if let Some(p) = key_problem(k, e) {
+            return Err(refuse(p));
+        }
+        if e.columns().is_empty() {
+            return Err(refuse(format!("key column {k} is a constant")));
+        }
+        origins.push(e.clone());
+    }
+    Ok(origins)
+}
+
+/// Why key column `k` (expression `e`) cannot be computed from a row: the first
+/// problem found walking `e`.
+fn key_problem(k: &str, e: &RExpr) -> Option<String> {
+    let mut problem = None;
+    e.walk(&mut |x| {
+        if problem.is_none() {
+            problem = node_problem(k, x);
+        }
+    });
+    problem
+}
+
+/// A node a key expression must not contain: an aggregate, a volatile function, a
+/// construct that cannot be traced to table columns.
+fn node_problem(k: &str, x: &RExpr) -> Option<String> {
+    match x {
+        RExpr::Agg(a) => Some(format!("key column {k} is an aggregate ({})", a.name)),
+        RExpr::Func { name, .. } if volatile::changes_under_key(name) => Some(format!(
+            "key column {k} is an expression over a volatile function ({name})"
+        )),
+        RExpr::Opaque(kind, _) => Some(format!(
+            "key column {k} is an expression that cannot be traced to table columns ({kind})"
+        )),
+        _ => None,
+    }
+}
+
+/// Printed names: the relation name, or the alias for a table read under several.
+fn printed_names(inst: &[Instance]) -> Vec<String> {
+    inst.iter()
+        .map(|i| {
+            let mut aliases: Vec<&str> = inst
+                .iter()
+                .filter(|j| j.table == i.table)
+                .map(|j| j.alias.as_str())
+                .collect();
+            aliases.sort();
+            aliases.dedup();
+            if aliases.len() > 1 {
+                i.alias.clone()
+            } else {
+                i.relname.clone()
+            }
+        })
+        .collect()
+}
+
+/// How occurrence `i` carries the key, if it does: every key column's columns are
+/// equal to columns of `i` (`origins`: the key columns' expressions).
+fn carry(
+    i: usize,
+    inst: &[Instance],
+    origins: &[RExpr],
+    classes: &Classes,
+    names: &[String],
+) -> Option<Carry> {
+    if inst[i].opaque {
+        return None;
+    }
+    let mut carry = Carry {
+        key: Vec::new(),
+        via: Vec::new(),
+        columns: Vec::new(),
+    };
+    for e in origins {
+        let mut via = Vec::new();
+        let mut subst = Vec::new();
+        for c in e.columns() {
+            let mine = classes.class_of(&c).into_iter().find(|d| d.inst == i)?;
+            let same = inst[c.inst].table == inst[i].table && c.col == mine.col;
+            if c.inst != i && !same {
+                via.push(format!(
+                    "{}.{} = {}.{}",
+                    names[i], mine.col, names[c.inst], c.col
+                ));
+            }
+            subst.push((c, mine));
+        }
+        let substituted = |c: &InstCol| {
+            subst
+                .iter()
+                .find(|(from, _)| from == c)
+                .map(|(_, to)| to.col.clone())
+        };
+        carry
+            .key
+            .push(e.text(&|c: &InstCol| substituted(c).unwrap_or_else(|| c.col.clone())));
+        carry.via.push(via);
+        carry.columns.push(match e {
+            RExpr::Col(c) => substituted(c),
+            _ => None,
+        });
+    }
+    Some(carry)
+}
+
+/// Per occurrence, the occurrences sharing an equivalence class with it (with the
+/// two columns), in instance order. Opaque occurrences join nothing.
+fn adjacency(inst: &[Instance], classes: &Classes) -> Vec<Vec<(usize, String, String)>> {
+    let mut adjacent: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); inst.len()];
+    for class in classes.all() {
+        for a in &class {
+            for b in &class {
+                if a.inst != b.inst
+                    && !inst[a.inst].opaque
+                    && !inst[b.inst].opaque
+                    && !adjacent[a.inst].iter().any(|(n, _, _)| *n == b.inst)
+                {
+                    adjacent[a.inst].push((b.inst, a.col.clone(), b.col.clone()));
+                }
+            }
+        }
+    }
+    for a in &mut adjacent {
+        a.sort_by_key(|(n, _, _)| *n);
+    }
+    adjacent
+}
+
+/// How one occurrence gives the key.
+enum Route {
+    Carries(Carry),
+    Path(Path),
+    Recompute(String),
+}
+
+/// What routing an occurrence to the key needs.
+struct Router<'a> {
+    lineage: &'a Lineage,
+    names: Vec<String>,
+    carries: Vec<Option<Carry>>,
+    adjacent: Vec<Vec<(usize, String, String)>>,
+    key_nullable: bool,
+    no_carrier: bool,
+    key_sources: Vec<String>,
+}
+
+impl Router<'_> {
+    /// The derivation of the table of occurrence `i`, its first: every occurrence of
+    /// the table must give the key, else a change to it recomputes everything.
+    fn table(&self, i: usize) -> TableDerivation {
+        let inst = &self.lineage.instances;
+        let occurrence = &inst[i];
+        let mut carried: Vec<Carry> = Vec::new();
+        let mut paths = Vec::new();
+        let mut recompute = None;
+        for (j, other) in inst.iter().enumerate().skip(i) {
+            if other.table != occurrence.table {
+                continue;
+            }
+            match self.route(j) {
+                Route::Carries(c) => {
+                    if !carried.iter().any(|k| k.key == c.key) {
+                        carried.push(c);
+                    }
+                }
+                Route::Path(p) => paths.push(p),
+                Route::Recompute(reason) => {
+                    recompute.get_or_insert(reason);
+                }
+            }
+        }
+        let how = match recompute {
+            Some(reason) => How::Recompute { reason },
+            None if paths.is_empty() => How::Carries(carried),
+            None => How::JoinPath {
+                carries: carried,
+                paths,
+            },
+        };
+        let reads = occurrence
+            .columns
+            .iter()
+            .filter(|col| {
+                self.lineage
+                    .read
+                    .iter()
+                    .any(|r| inst[r.inst].table == occurrence.table && &&r.col == col)
+            })
+            .cloned()
+            .collect();
+        TableDerivation {
+            table: occurrence.table.clone(),
+            name: occurrence.relname.clone(),
+            how,
+            reads,
+        }
+    }
+
+    fn route(&self, i: usize) -> Route {
+        if self.lineage.instances[i].opaque {
+            return Route::Recompute(
+                "read only inside a subquery expression (EXISTS, IN or a scalar subquery)".into(),
+            );
+        }
+        if self.key_nullable {
+            return Route::Recompute(
+                "the key comes from the nullable side of an outer join, where rows without a match have a NULL key"
+                    .into(),
+            );
+        }
+        if let Some(c) = &self.carries[i] {
+            return Route::Carries(c.clone());
+        }
+        match self.shortest_path(i) {
+            Some(p) => Route::Path(p),
+            None => Route::Recompute(self.unreachable(i)),
+        }
+    }
+
+    /// Breadth first: the shortest chain of equi-joins from occurrence `i` to an
+    /// occurrence that carries the key.
+    fn shortest_path(&self, i: usize) -> Option<Path> {
+        let n = self.lineage.instances.len();
+        let mut prev: Vec<Option<(usize, String, String)>> = vec![None; n];
+        let mut seen = vec![false; n];
+        seen[i] = true;
+        let mut queue = VecDeque::from([i]);
+        while let Some(x) = queue.pop_front() {
+            for (y, cx, cy) in &self.adjacent[x] {
+                if seen[*y] {
+                    continue;
+                }
+                seen[*y] = true;
+                prev[*y] = Some((x, cx.clone(), cy.clone()));
+                if self.carries[*y].is_some() {
+                    return Some(self.path_to(*y, &prev));
+                }
+                queue.push_back(*y);
+            }
+        }
+        None
+    }
+
+    /// The path found ending at carrying occurrence `y`, read back along `prev`.
+    fn path_to(&self, y: usize, prev: &[Option<(usize, String, String)>]) -> Path {
+        let inst = &self.lineage.instances;
+        let mut steps = Vec::new();
+        let mut tables = vec![inst[y].table.clone()];
+        let mut at = y;
+        while let Some((from, cf, ct)) = &prev[at] {
+            tables.push(inst[*from].table.clone());
+            steps.push(JoinStep {
+                from_table: self.names[*from].clone(),
+                from_column: cf.clone(),
+                to_table: self.names[at].clone(),
+                to_column: ct.clone(),
+            });
+            at = *from;
+        }
+        steps.reverse();
+        tables.reverse();
+        let carry = self.carries[y].clone().expect("a carrying occurrence");
+        Path {
+            steps,
+            tables,
+            carry,
+        }
+    }
+
+    /// Why no equi-join reaches the key from occurrence `i`.
+    fn unreachable(&self, i: usize) -> String {
+        match self.lineage.non_equi.iter().find(|(is, _)| is.contains(&i)) {
+            Some((_, reason)) => reason.clone(),
+            None if self.no_carrier => format!(
+                "no one table carries the whole key: its columns come from {}",
+                self.key_sources.join(", ")
+            ),
+            None => "no equi-join connects it to the key".to_string(),
+        }
+    }
 }
 
 fn top_aggregates<'a>(e: &'a RExpr, out: &mut Vec<&'a Agg>) {

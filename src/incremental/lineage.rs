@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use super::parse::{self, conjuncts, Expr, FromItem, JoinKind, Select};
-use super::{Catalog, Refused, RelationKind};
+use super::parse::{self, conjuncts, Expr, FromItem, Join, JoinKind, Select};
+use super::{Catalog, Refused, Relation, RelationKind};
 
 fn refuse(reason: impl Into<String>) -> Refused {
     Refused {
@@ -379,60 +379,10 @@ impl Analyzer<'_> {
                 name,
                 alias,
             } => {
-                let alias_s = alias.clone().unwrap_or_else(|| name.clone());
-                if schema.is_none() {
-                    if let Some((_, cte)) = ctes.iter().rev().find(|(n, _)| *n == name) {
-                        let visible: Vec<_> = ctes
-                            .iter()
-                            .take_while(|(n, _)| *n != name)
-                            .copied()
-                            .collect();
-                        let out = self.select(&cte.query, &visible, nullable, opaque)?;
-                        scope.push(renamed(alias_s, out, &cte.columns));
-                        return Ok(());
-                    }
-                }
-                let rel = self.catalog.lookup(schema.as_deref(), name)?;
-                match &rel.kind {
-                    RelationKind::View { definition } => {
-                        let q = parse::parse_view(definition).map_err(|e| {
-                            refuse(format!("view {}.{}: {}", rel.schema, rel.name, e.reason))
-                        })?;
-                        // A view's definition stands alone: no enclosing query's columns.
-                        let enclosing = std::mem::take(&mut self.enclosing);
-                        let out = self.select(&q, &[], nullable, opaque);
-                        self.enclosing = enclosing;
-                        scope.push(renamed(alias_s, out?, &[]));
-                    }
-                    RelationKind::Table | RelationKind::MaterializedView => {
-                        let inst = self.lineage.instances.len();
-                        self.lineage.instances.push(Instance {
-                            table: format!("{}.{}", rel.schema, rel.name),
-                            relname: rel.name.clone(),
-                            alias: alias_s.clone(),
-                            nullable,
-                            opaque,
-                            columns: rel.columns.clone(),
-                        });
-                        scope.push(Entry {
-                            alias: alias_s,
-                            columns: rel
-                                .columns
-                                .iter()
-                                .map(|c| {
-                                    (
-                                        c.clone(),
-                                        RExpr::Col(InstCol {
-                                            inst,
-                                            col: c.clone(),
-                                        }),
-                                    )
-                                })
-                                .collect(),
-                            grouped: false,
-                        });
-                    }
-                }
+                let alias = alias.clone().unwrap_or_else(|| name.clone());
+                let entry =
+                    self.relation(schema.as_deref(), name, alias, ctes, nullable, opaque)?;
+                scope.push(entry);
             }
             FromItem::Subquery {
                 query,
@@ -442,57 +392,144 @@ impl Analyzer<'_> {
                 let out = self.select(query, ctes, nullable, opaque)?;
                 scope.push(renamed(alias.clone(), out, columns));
             }
-            FromItem::Join {
-                kind,
-                left,
-                right,
-                on,
-                using,
-            } => {
-                let left_null = nullable || matches!(kind, JoinKind::Right | JoinKind::Full);
-                let right_null = nullable || matches!(kind, JoinKind::Left | JoinKind::Full);
-                let start = self.lineage.instances.len();
-                let mut l = Vec::new();
-                self.range_item(left, ctes, left_null, opaque, &mut l)?;
-                let middle = self.lineage.instances.len();
-                let mut r = Vec::new();
-                self.range_item(right, ctes, right_null, opaque, &mut r)?;
-                let end = self.lineage.instances.len();
-                let outer = match kind {
-                    JoinKind::Inner => None,
-                    JoinKind::Left => Some(middle..end),
-                    JoinKind::Right => Some(start..middle),
-                    JoinKind::Full => Some(start..end),
-                };
-                for u in using {
-                    let a = lookup(&l, &[], u)?;
-                    let b = lookup(&r, &[], u)?;
-                    self.note_read(&a);
-                    self.note_read(&b);
-                    if opaque {
-                        continue;
-                    }
-                    self.condition(
-                        &RExpr::Op {
-                            op: "=".into(),
-                            args: vec![a, b],
-                        },
-                        outer.as_ref(),
-                    );
-                }
-                scope.extend(l);
-                scope.extend(r);
-                if let Some(on) = on {
-                    for c in conjuncts(on) {
-                        let rc = self.expr(c, scope, ctes, false, false)?;
-                        if !opaque {
-                            self.condition(&rc, outer.as_ref());
-                        }
-                    }
+            FromItem::Join(j) => self.join(j, ctes, nullable, opaque, scope)?,
+        }
+        Ok(())
+    }
+
+    /// A named relation in FROM: a CTE (unqualified, the innermost of that name), a
+    /// plain view (its definition resolved in place) or a table, a new instance.
+    fn relation(
+        &mut self,
+        schema: Option<&str>,
+        name: &str,
+        alias: String,
+        ctes: &Ctes<'_>,
+        nullable: bool,
+        opaque: bool,
+    ) -> Result<Entry, Refused> {
+        if schema.is_none() {
+            if let Some((_, cte)) = ctes.iter().rev().find(|(n, _)| *n == name) {
+                let visible: Vec<_> = ctes
+                    .iter()
+                    .take_while(|(n, _)| *n != name)
+                    .copied()
+                    .collect();
+                let out = self.select(&cte.query, &visible, nullable, opaque)?;
+                return Ok(renamed(alias, out, &cte.columns));
+            }
+        }
+        let rel = self.catalog.lookup(schema, name)?;
+        match &rel.kind {
+            RelationKind::View { definition } => {
+                let q = parse::parse_view(definition).map_err(|e| {
+                    refuse(format!("view {}.{}: {}", rel.schema, rel.name, e.reason))
+                })?;
+                // A view's definition stands alone: no enclosing query's columns.
+                let enclosing = std::mem::take(&mut self.enclosing);
+                let out = self.select(&q, &[], nullable, opaque);
+                self.enclosing = enclosing;
+                Ok(renamed(alias, out?, &[]))
+            }
+            RelationKind::Table | RelationKind::MaterializedView => {
+                Ok(self.instance(rel, alias, nullable, opaque))
+            }
+        }
+    }
+
+    /// A new instance of a base table (or materialized view): its columns in scope.
+    fn instance(&mut self, rel: &Relation, alias: String, nullable: bool, opaque: bool) -> Entry {
+        let inst = self.lineage.instances.len();
+        self.lineage.instances.push(Instance {
+            table: format!("{}.{}", rel.schema, rel.name),
+            relname: rel.name.clone(),
+            alias: alias.clone(),
+            nullable,
+            opaque,
+            columns: rel.columns.clone(),
+        });
+        let columns = rel
+            .columns
+            .iter()
+            .map(|c| {
+                let col = RExpr::Col(InstCol {
+                    inst,
+                    col: c.clone(),
+                });
+                (c.clone(), col)
+            })
+            .collect();
+        Entry {
+            alias,
+            columns,
+            grouped: false,
+        }
+    }
+
+    /// A join: both sides (nullable as the join kind makes them), then its USING and
+    /// ON conditions, each conjunct recorded against the outer join's nullable side(s).
+    fn join(
+        &mut self,
+        j: &Join,
+        ctes: &Ctes<'_>,
+        nullable: bool,
+        opaque: bool,
+        scope: &mut Vec<Entry>,
+    ) -> Result<(), Refused> {
+        let left_null = nullable || matches!(j.kind, JoinKind::Right | JoinKind::Full);
+        let right_null = nullable || matches!(j.kind, JoinKind::Left | JoinKind::Full);
+        let start = self.lineage.instances.len();
+        let mut l = Vec::new();
+        self.range_item(&j.left, ctes, left_null, opaque, &mut l)?;
+        let middle = self.lineage.instances.len();
+        let mut r = Vec::new();
+        self.range_item(&j.right, ctes, right_null, opaque, &mut r)?;
+        let end = self.lineage.instances.len();
+        let outer = match j.kind {
+            JoinKind::Inner => None,
+            JoinKind::Left => Some(middle..end),
+            JoinKind::Right => Some(start..middle),
+            JoinKind::Full => Some(start..end),
+        };
+        for u in &j.using {
+            let a = lookup(&l, &[], u)?;
+            let b = lookup(&r, &[], u)?;
+            self.note_read(&a);
+            self.note_read(&b);
+            if opaque {
+                continue;
+            }
+            let equal = RExpr::Op {
+                op: "=".into(),
+                args: vec![a, b],
+            };
+            self.condition(&equal, outer.as_ref());
+        }
+        scope.extend(l);
+        scope.extend(r);
+        if let Some(on) = &j.on {
+            for c in conjuncts(on) {
+                let rc = self.expr(c, scope, ctes, false, false)?;
+                if !opaque {
+                    self.condition(&rc, outer.as_ref());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Resolves each expression of a list (see [`Analyzer::expr`]).
+    fn exprs(
+        &mut self,
+        args: &[Expr],
+        scope: &[Entry],
+        ctes: &Ctes<'_>,
+        aggregates_allowed: bool,
+        over_grouped: bool,
+    ) -> Result<Vec<RExpr>, Refused> {
+        args.iter()
+            .map(|a| self.expr(a, scope, ctes, aggregates_allowed, over_grouped))
+            .collect()
     }
 
     fn expr(
@@ -503,95 +540,113 @@ impl Analyzer<'_> {
         aggregates_allowed: bool,
         over_grouped: bool,
     ) -> Result<RExpr, Refused> {
-        let sub = |this: &mut Self, args: &[Expr]| -> Result<Vec<RExpr>, Refused> {
-            args.iter()
-                .map(|a| this.expr(a, scope, ctes, aggregates_allowed, over_grouped))
-                .collect()
-        };
         Ok(match e {
-            Expr::Column { qualifier, name } => {
-                // Its own FROM first, then the enclosing queries', innermost first (a
-                // correlated subquery expression).
-                let r = match lookup(scope, qualifier, name) {
-                    Err(e) if e.reason.ends_with("is not found in its FROM clause") => self
-                        .enclosing
-                        .iter()
-                        .rev()
-                        .find_map(|outer| lookup(outer, qualifier, name).ok())
-                        .ok_or(e)?,
-                    other => other?,
-                };
-                self.note_read(&r);
-                r
-            }
+            Expr::Column { qualifier, name } => self.column(scope, qualifier, name)?,
             Expr::Const(c) => RExpr::Const(c.clone()),
             Expr::Cast(x, ty) => RExpr::Cast(
-                Box::new(sub(self, std::slice::from_ref(x))?.remove(0)),
+                Box::new(self.expr(x, scope, ctes, aggregates_allowed, over_grouped)?),
                 ty.clone(),
             ),
             Expr::Op { op, args } => RExpr::Op {
                 op: op.clone(),
-                args: sub(self, args)?,
+                args: self.exprs(args, scope, ctes, aggregates_allowed, over_grouped)?,
             },
             Expr::And(args) => RExpr::Op {
                 op: "AND".into(),
-                args: sub(self, args)?,
+                args: self.exprs(args, scope, ctes, aggregates_allowed, over_grouped)?,
             },
-            Expr::Other { kind, args } => RExpr::Opaque(kind.clone(), sub(self, args)?),
-            Expr::SubLink(q) => {
-                // Tables read only here are opaque: their changes map to no key.
-                let aggregates = self.aggregates;
-                self.enclosing.push(scope.to_vec());
-                let resolved = self.select(q, ctes, true, true);
-                self.enclosing.pop();
-                resolved.map_err(|e| {
-                    refuse(format!(
-                        "a subquery expression that cannot be analysed ({})",
-                        e.reason
-                    ))
-                })?;
-                self.aggregates = aggregates;
-                RExpr::Opaque("a subquery expression".into(), Vec::new())
-            }
-            Expr::Func(f) => {
-                if f.window {
-                    return Err(refuse(format!("a window function ({})", f.name)));
-                }
-                let is_agg = AGGREGATES.contains(&f.name.as_str())
-                    || f.star
-                    || f.distinct
-                    || f.filter.is_some()
-                    || f.ordered;
-                let args = sub(self, &f.args)?;
-                if is_agg {
-                    if !aggregates_allowed {
-                        return Err(refuse(format!(
-                            "an aggregate ({}) outside the target list",
-                            f.name
-                        )));
-                    }
-                    if let Some(filter) = &f.filter {
-                        self.expr(filter, scope, ctes, false, false)?;
-                    }
-                    self.aggregates += 1;
-                    RExpr::Agg(Box::new(Agg {
-                        name: f.name.clone(),
-                        star: f.star,
-                        distinct: f.distinct,
-                        filter: f.filter.is_some(),
-                        ordered: f.ordered,
-                        args,
-                        over_grouped,
-                        having: false,
-                    }))
-                } else {
-                    RExpr::Func {
-                        name: f.name.clone(),
-                        args,
-                    }
-                }
-            }
+            Expr::Other { kind, args } => RExpr::Opaque(
+                kind.clone(),
+                self.exprs(args, scope, ctes, aggregates_allowed, over_grouped)?,
+            ),
+            Expr::SubLink(q) => self.sub_link(q, scope, ctes)?,
+            Expr::Func(f) => self.func(f, scope, ctes, aggregates_allowed, over_grouped)?,
         })
+    }
+
+    /// A column: in its own FROM first, then the enclosing queries', innermost first
+    /// (a correlated subquery expression).
+    fn column(
+        &mut self,
+        scope: &[Entry],
+        qualifier: &[String],
+        name: &str,
+    ) -> Result<RExpr, Refused> {
+        let r = match lookup(scope, qualifier, name) {
+            Err(e) if e.reason.ends_with("is not found in its FROM clause") => self
+                .enclosing
+                .iter()
+                .rev()
+                .find_map(|outer| lookup(outer, qualifier, name).ok())
+                .ok_or(e)?,
+            other => other?,
+        };
+        self.note_read(&r);
+        Ok(r)
+    }
+
+    /// A subquery expression: resolved for its errors and reads; the tables read only
+    /// there are opaque (their changes map to no key), its value too.
+    fn sub_link(&mut self, q: &Select, scope: &[Entry], ctes: &Ctes<'_>) -> Result<RExpr, Refused> {
+        let aggregates = self.aggregates;
+        self.enclosing.push(scope.to_vec());
+        let resolved = self.select(q, ctes, true, true);
+        self.enclosing.pop();
+        resolved.map_err(|e| {
+            refuse(format!(
+                "a subquery expression that cannot be analysed ({})",
+                e.reason
+            ))
+        })?;
+        self.aggregates = aggregates;
+        Ok(RExpr::Opaque("a subquery expression".into(), Vec::new()))
+    }
+
+    /// A function call, or an aggregate (a known one, or any call with `*`, DISTINCT,
+    /// FILTER or ORDER BY): allowed only in a target list. Window calls are refused.
+    fn func(
+        &mut self,
+        f: &parse::FuncCall,
+        scope: &[Entry],
+        ctes: &Ctes<'_>,
+        aggregates_allowed: bool,
+        over_grouped: bool,
+    ) -> Result<RExpr, Refused> {
+        if f.window {
+            return Err(refuse(format!("a window function ({})", f.name)));
+        }
+        let is_agg = AGGREGATES.contains(&f.name.as_str())
+            || f.star
+            || f.distinct
+            || f.filter.is_some()
+            || f.ordered;
+        let args = self.exprs(&f.args, scope, ctes, aggregates_allowed, over_grouped)?;
+        if !is_agg {
+            return Ok(RExpr::Func {
+                name: f.name.clone(),
+                args,
+            });
+        }
+        if !aggregates_allowed {
+            return Err(refuse(format!(
+                "an aggregate ({}) outside the target list",
+                f.name
+            )));
+        }
+        if let Some(filter) = &f.filter {
+            self.expr(filter, scope, ctes, false, false)?;
+        }
+        self.aggregates += 1;
+        Ok(RExpr::Agg(Box::new(Agg {
+            name: f.name.clone(),
+            star: f.star,
+            distinct: f.distinct,
+            filter: f.filter.is_some(),
+            ordered: f.ordered,
+            args,
+            over_grouped,
+            having: false,
+        })))
     }
 }
 

@@ -15,6 +15,7 @@ mod derive;
 pub mod generate;
 mod lineage;
 mod parse;
+mod volatile;
 
 #[cfg(test)]
 mod delta_tests;

@@ -58,13 +58,17 @@ pub enum FromItem {
         alias: String,
         columns: Vec<String>,
     },
-    Join {
-        kind: JoinKind,
-        left: Box<FromItem>,
-        right: Box<FromItem>,
-        on: Option<Expr>,
-        using: Vec<String>,
-    },
+    Join(Join),
+}
+
+/// `left <kind> JOIN right ON on` (or `USING (using)`).
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub left: Box<FromItem>,
+    pub right: Box<FromItem>,
+    pub on: Option<Expr>,
+    pub using: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,40 +147,11 @@ fn names(list: &[pb::Node]) -> Vec<String> {
 }
 
 fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
-    if s.op != pb::SetOperation::SetopNone as i32 {
-        return Err(refuse("a set operation (UNION, INTERSECT or EXCEPT)"));
-    }
-    if !s.values_lists.is_empty() {
-        return Err(refuse("a VALUES list"));
-    }
-    if s.limit_count.is_some() || s.limit_offset.is_some() {
-        return Err(refuse("LIMIT or OFFSET"));
-    }
-    if !s.window_clause.is_empty() {
-        return Err(refuse("a window function (WINDOW clause)"));
-    }
-    let mut ctes = Vec::new();
-    let mut recursive = false;
-    if let Some(w) = &s.with_clause {
-        if w.recursive {
-            return Err(refuse("a recursive CTE"));
-        }
-        recursive = w.recursive;
-        for c in &w.ctes {
-            let Some(NodeEnum::CommonTableExpr(c)) = node(c) else {
-                continue;
-            };
-            let query = match c.ctequery.as_deref().and_then(node) {
-                Some(NodeEnum::SelectStmt(q)) => select(q)?,
-                _ => return Err(refuse(format!("CTE {} is not a SELECT", c.ctename))),
-            };
-            ctes.push(Cte {
-                name: c.ctename.clone(),
-                columns: names(&c.aliascolnames),
-                query,
-            });
-        }
-    }
+    check_supported(s)?;
+    let (ctes, recursive) = match &s.with_clause {
+        Some(w) => with_clause(w)?,
+        None => (Vec::new(), false),
+    };
     let from = s
         .from_clause
         .iter()
@@ -192,8 +167,64 @@ fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let having = s.having_clause.as_deref().map(expr).transpose()?;
+    let targets = targets(&s.target_list)?;
+    Ok(Select {
+        ctes,
+        recursive,
+        from,
+        where_clause,
+        group_by,
+        having,
+        targets,
+        distinct: !s.distinct_clause.is_empty(),
+    })
+}
+
+/// Refuses the SELECT forms the model has no place for.
+fn check_supported(s: &pb::SelectStmt) -> Result<(), Refused> {
+    if s.op != pb::SetOperation::SetopNone as i32 {
+        return Err(refuse("a set operation (UNION, INTERSECT or EXCEPT)"));
+    }
+    if !s.values_lists.is_empty() {
+        return Err(refuse("a VALUES list"));
+    }
+    if s.limit_count.is_some() || s.limit_offset.is_some() {
+        return Err(refuse("LIMIT or OFFSET"));
+    }
+    if !s.window_clause.is_empty() {
+        return Err(refuse("a window function (WINDOW clause)"));
+    }
+    Ok(())
+}
+
+/// The CTEs of a WITH clause (not recursive), and whether it is recursive.
+fn with_clause(w: &pb::WithClause) -> Result<(Vec<Cte>, bool), Refused> {
+    if w.recursive {
+        return Err(refuse("a recursive CTE"));
+    }
+    let mut ctes = Vec::new();
+    for c in &w.ctes {
+        let Some(NodeEnum::CommonTableExpr(c)) = node(c) else {
+            continue;
+        };
+        let query = match c.ctequery.as_deref().and_then(node) {
+            Some(NodeEnum::SelectStmt(q)) => select(q)?,
+            _ => return Err(refuse(format!("CTE {} is not a SELECT", c.ctename))),
+        };
+        ctes.push(Cte {
+            name: c.ctename.clone(),
+            columns: names(&c.aliascolnames),
+            query,
+        });
+    }
+    Ok((ctes, w.recursive))
+}
+
+/// The target list with output names (`SELECT *` refused: a view's definition never
+/// holds one).
+fn targets(list: &[pb::Node]) -> Result<Vec<Target>, Refused> {
     let mut targets = Vec::new();
-    for t in &s.target_list {
+    for t in list {
         let Some(NodeEnum::ResTarget(rt)) = node(t) else {
             continue;
         };
@@ -213,16 +244,7 @@ fn select(s: &pb::SelectStmt) -> Result<Select, Refused> {
         };
         targets.push(Target { name, expr: e });
     }
-    Ok(Select {
-        ctes,
-        recursive,
-        from,
-        where_clause,
-        group_by,
-        having,
-        targets,
-        distinct: !s.distinct_clause.is_empty(),
-    })
+    Ok(targets)
 }
 
 /// PostgreSQL's name for an unnamed target (FigureColname, the common cases).
@@ -283,13 +305,13 @@ fn from_item(n: &pb::Node) -> Result<FromItem, Refused> {
                     .ok_or_else(|| refuse("a join without a side"))
                     .and_then(from_item)
             };
-            Ok(FromItem::Join {
+            Ok(FromItem::Join(Join {
                 kind,
                 left: Box::new(side(&j.larg)?),
                 right: Box::new(side(&j.rarg)?),
                 on: j.quals.as_deref().map(expr).transpose()?,
                 using: names(&j.using_clause),
-            })
+            }))
         }
         Some(NodeEnum::RangeFunction(_)) => Err(refuse("a function in FROM")),
         _ => Err(refuse("an unsupported FROM item")),
@@ -308,189 +330,185 @@ fn opt(e: &Option<Box<pb::Node>>) -> Result<Vec<Expr>, Refused> {
 }
 
 fn expr(n: &pb::Node) -> Result<Expr, Refused> {
-    Ok(match node(n) {
-        Some(NodeEnum::ColumnRef(c)) => {
-            let mut parts: Vec<String> = c
-                .fields
-                .iter()
-                .map(|f| match node(f) {
-                    Some(NodeEnum::AStar(_)) => "*".to_string(),
-                    _ => string_of(f).unwrap_or_default(),
-                })
-                .collect();
-            let name = parts.pop().unwrap_or_default();
-            Expr::Column {
-                qualifier: parts,
-                name,
-            }
-        }
-        Some(NodeEnum::AConst(c)) => Expr::Const(match &c.val {
-            None => "NULL".to_string(),
-            Some(pb::a_const::Val::Ival(i)) => i.ival.to_string(),
-            Some(pb::a_const::Val::Fval(f)) => f.fval.clone(),
-            Some(pb::a_const::Val::Boolval(b)) => b.boolval.to_string(),
-            Some(pb::a_const::Val::Sval(s)) => format!("'{}'", s.sval.replace('\'', "''")),
-            Some(pb::a_const::Val::Bsval(s)) => s.bsval.clone(),
-        }),
-        Some(NodeEnum::TypeCast(t)) => {
-            let inner = t
-                .arg
-                .as_deref()
-                .ok_or_else(|| refuse("a cast of nothing"))?;
-            let ty = t
-                .type_name
-                .as_ref()
-                .map(|t| {
-                    let n = names(&t.names);
-                    n.last().cloned().unwrap_or_default()
-                })
-                .unwrap_or_default();
-            Expr::Cast(Box::new(expr(inner)?), ty)
-        }
-        Some(NodeEnum::FuncCall(f)) => {
-            let name = names(&f.funcname).last().cloned().unwrap_or_default();
-            Expr::Func(Box::new(FuncCall {
-                name,
-                args: exprs(&f.args)?,
-                star: f.agg_star,
-                distinct: f.agg_distinct,
-                filter: f.agg_filter.as_deref().map(expr).transpose()?,
-                ordered: !f.agg_order.is_empty() || f.agg_within_group,
-                window: f.over.is_some(),
-            }))
-        }
-        Some(NodeEnum::AExpr(a)) => {
-            let kind = pb::AExprKind::try_from(a.kind).unwrap_or(pb::AExprKind::Undefined);
-            let op = match kind {
-                pb::AExprKind::AexprOp => names(&a.name).join(" "),
-                other => other.as_str_name().trim_start_matches("AEXPR_").to_string(),
-            };
-            let mut args = opt(&a.lexpr)?;
-            match a.rexpr.as_deref().and_then(node) {
-                Some(NodeEnum::List(l)) => args.extend(exprs(&l.items)?),
-                Some(_) => args.extend(opt(&a.rexpr)?),
-                None => {}
-            }
-            Expr::Op { op, args }
-        }
-        Some(NodeEnum::BoolExpr(b)) => {
+    let Some(n) = node(n) else {
+        return Ok(opaque("an empty expression", Vec::new()));
+    };
+    Ok(match n {
+        NodeEnum::ColumnRef(c) => column_ref(c),
+        NodeEnum::AConst(c) => Expr::Const(constant(c)),
+        NodeEnum::TypeCast(t) => type_cast(t)?,
+        NodeEnum::FuncCall(f) => func_call(f)?,
+        NodeEnum::AExpr(a) => a_expr(a)?,
+        NodeEnum::BoolExpr(b) => {
             let args = exprs(&b.args)?;
             match pb::BoolExprType::try_from(b.boolop) {
                 Ok(pb::BoolExprType::AndExpr) => Expr::And(args),
-                Ok(pb::BoolExprType::OrExpr) => Expr::Other {
-                    kind: "OR".into(),
-                    args,
-                },
-                _ => Expr::Other {
-                    kind: "NOT".into(),
-                    args,
-                },
+                Ok(pb::BoolExprType::OrExpr) => opaque("OR", args),
+                _ => opaque("NOT", args),
             }
         }
-        Some(NodeEnum::NullTest(t)) => Expr::Other {
-            kind: "IS NULL".into(),
-            args: opt(&t.arg)?,
-        },
-        Some(NodeEnum::BooleanTest(t)) => Expr::Other {
-            kind: "IS TRUE".into(),
-            args: opt(&t.arg)?,
-        },
-        Some(NodeEnum::CoalesceExpr(c)) => Expr::Func(Box::new(FuncCall {
-            name: "coalesce".into(),
-            args: exprs(&c.args)?,
-            star: false,
-            distinct: false,
-            filter: None,
-            ordered: false,
-            window: false,
-        })),
-        Some(NodeEnum::MinMaxExpr(m)) => Expr::Other {
-            kind: "GREATEST/LEAST".into(),
-            args: exprs(&m.args)?,
-        },
-        Some(NodeEnum::CaseExpr(c)) => {
-            let mut args = opt(&c.arg)?;
-            for w in &c.args {
-                if let Some(NodeEnum::CaseWhen(w)) = node(w) {
-                    args.extend(opt(&w.expr)?);
-                    args.extend(opt(&w.result)?);
-                }
-            }
-            args.extend(opt(&c.defresult)?);
-            Expr::Other {
-                kind: "CASE".into(),
-                args,
-            }
-        }
-        Some(NodeEnum::SqlvalueFunction(v)) => {
-            let name = pb::SqlValueFunctionOp::try_from(v.op)
-                .map(|o| {
-                    o.as_str_name()
-                        .trim_start_matches("SVFOP_")
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_else(|_| "current_timestamp".into());
-            Expr::Func(Box::new(FuncCall {
-                name,
-                args: Vec::new(),
-                star: false,
-                distinct: false,
-                filter: None,
-                ordered: false,
-                window: false,
-            }))
-        }
-        Some(NodeEnum::SubLink(s)) => match s.subselect.as_deref().and_then(node) {
+        NodeEnum::NullTest(t) => opaque("IS NULL", opt(&t.arg)?),
+        NodeEnum::BooleanTest(t) => opaque("IS TRUE", opt(&t.arg)?),
+        NodeEnum::CoalesceExpr(c) => plain_call("coalesce".into(), exprs(&c.args)?),
+        NodeEnum::MinMaxExpr(m) => opaque("GREATEST/LEAST", exprs(&m.args)?),
+        NodeEnum::CaseExpr(c) => case_expr(c)?,
+        NodeEnum::SqlvalueFunction(v) => plain_call(sql_value_function(v), Vec::new()),
+        NodeEnum::SubLink(s) => match s.subselect.as_deref().and_then(node) {
             Some(NodeEnum::SelectStmt(q)) => Expr::SubLink(Box::new(select(q)?)),
             _ => return Err(refuse("a subquery expression that is not a SELECT")),
         },
-        Some(NodeEnum::List(l)) => Expr::Other {
-            kind: "list".into(),
-            args: exprs(&l.items)?,
-        },
-        Some(NodeEnum::RowExpr(r)) => Expr::Other {
-            kind: "ROW".into(),
-            args: exprs(&r.args)?,
-        },
-        Some(NodeEnum::AArrayExpr(a)) => Expr::Other {
-            kind: "ARRAY".into(),
-            args: exprs(&a.elements)?,
-        },
-        Some(NodeEnum::CollateClause(c)) => Expr::Other {
-            kind: "COLLATE".into(),
-            args: opt(&c.arg)?,
-        },
-        Some(NodeEnum::AIndirection(i)) => Expr::Other {
-            kind: "a subscript or field selection".into(),
-            args: opt(&i.arg)?,
-        },
-        Some(NodeEnum::ParamRef(_)) => return Err(refuse("a parameter")),
-        Some(other) => {
-            // Not modelled: harmless only if it holds no column, function call or
-            // subquery (those would hide a table, an aggregate or a window function).
-            let hides = serde_json::to_value(other)
-                .map(|v| holds_any(&v, &["ColumnRef", "FuncCall", "SubLink", "SelectStmt"]))
-                .unwrap_or(true);
-            let kind = format!("{other:?}");
-            let kind = kind
-                .split(['(', ' ', '{'])
-                .next()
-                .unwrap_or("?")
-                .to_string();
-            if hides {
-                return Err(refuse(format!(
-                    "an expression refreshd does not analyse yet ({kind})"
-                )));
-            }
-            Expr::Other {
-                kind,
-                args: Vec::new(),
-            }
+        NodeEnum::List(l) => opaque("list", exprs(&l.items)?),
+        NodeEnum::RowExpr(r) => opaque("ROW", exprs(&r.args)?),
+        NodeEnum::AArrayExpr(a) => opaque("ARRAY", exprs(&a.elements)?),
+        NodeEnum::CollateClause(c) => opaque("COLLATE", opt(&c.arg)?),
+        NodeEnum::AIndirection(i) => opaque("a subscript or field selection", opt(&i.arg)?),
+        NodeEnum::ParamRef(_) => return Err(refuse("a parameter")),
+        other => unmodelled(other)?,
+    })
+}
+
+/// A construct kept only as its kind and the expressions it contains.
+fn opaque(kind: &str, args: Vec<Expr>) -> Expr {
+    Expr::Other {
+        kind: kind.into(),
+        args,
+    }
+}
+
+/// A plain function call (no aggregate or window decoration).
+fn plain_call(name: String, args: Vec<Expr>) -> Expr {
+    Expr::Func(Box::new(FuncCall {
+        name,
+        args,
+        star: false,
+        distinct: false,
+        filter: None,
+        ordered: false,
+        window: false,
+    }))
+}
+
+/// `a.b` or `b`; `*` for a star.
+fn column_ref(c: &pb::ColumnRef) -> Expr {
+    let mut parts: Vec<String> = c
+        .fields
+        .iter()
+        .map(|f| match node(f) {
+            Some(NodeEnum::AStar(_)) => "*".to_string(),
+            _ => string_of(f).unwrap_or_default(),
+        })
+        .collect();
+    let name = parts.pop().unwrap_or_default();
+    Expr::Column {
+        qualifier: parts,
+        name,
+    }
+}
+
+/// A constant's SQL text.
+fn constant(c: &pb::AConst) -> String {
+    match &c.val {
+        None => "NULL".to_string(),
+        Some(pb::a_const::Val::Ival(i)) => i.ival.to_string(),
+        Some(pb::a_const::Val::Fval(f)) => f.fval.clone(),
+        Some(pb::a_const::Val::Boolval(b)) => b.boolval.to_string(),
+        Some(pb::a_const::Val::Sval(s)) => format!("'{}'", s.sval.replace('\'', "''")),
+        Some(pb::a_const::Val::Bsval(s)) => s.bsval.clone(),
+    }
+}
+
+/// A cast, with the last part of its type's name.
+fn type_cast(t: &pb::TypeCast) -> Result<Expr, Refused> {
+    let inner = t
+        .arg
+        .as_deref()
+        .ok_or_else(|| refuse("a cast of nothing"))?;
+    let ty = t
+        .type_name
+        .as_ref()
+        .map(|t| {
+            let n = names(&t.names);
+            n.last().cloned().unwrap_or_default()
+        })
+        .unwrap_or_default();
+    Ok(Expr::Cast(Box::new(expr(inner)?), ty))
+}
+
+/// A function call with its aggregate and window decorations.
+fn func_call(f: &pb::FuncCall) -> Result<Expr, Refused> {
+    let name = names(&f.funcname).last().cloned().unwrap_or_default();
+    Ok(Expr::Func(Box::new(FuncCall {
+        name,
+        args: exprs(&f.args)?,
+        star: f.agg_star,
+        distinct: f.agg_distinct,
+        filter: f.agg_filter.as_deref().map(expr).transpose()?,
+        ordered: !f.agg_order.is_empty() || f.agg_within_group,
+        window: f.over.is_some(),
+    })))
+}
+
+/// An operator (`=`, `+`...) or another A_Expr kind (`IN`, `BETWEEN`...) with its
+/// operands, a list on the right flattened.
+fn a_expr(a: &pb::AExpr) -> Result<Expr, Refused> {
+    let kind = pb::AExprKind::try_from(a.kind).unwrap_or(pb::AExprKind::Undefined);
+    let op = match kind {
+        pb::AExprKind::AexprOp => names(&a.name).join(" "),
+        other => other.as_str_name().trim_start_matches("AEXPR_").to_string(),
+    };
+    let mut args = opt(&a.lexpr)?;
+    match a.rexpr.as_deref().and_then(node) {
+        Some(NodeEnum::List(l)) => args.extend(exprs(&l.items)?),
+        Some(_) => args.extend(opt(&a.rexpr)?),
+        None => {}
+    }
+    Ok(Expr::Op { op, args })
+}
+
+/// CASE: its operand, each WHEN's condition and result, and the ELSE.
+fn case_expr(c: &pb::CaseExpr) -> Result<Expr, Refused> {
+    let mut args = opt(&c.arg)?;
+    for w in &c.args {
+        if let Some(NodeEnum::CaseWhen(w)) = node(w) {
+            args.extend(opt(&w.expr)?);
+            args.extend(opt(&w.result)?);
         }
-        None => Expr::Other {
-            kind: "an empty expression".into(),
-            args: Vec::new(),
-        },
+    }
+    args.extend(opt(&c.defresult)?);
+    Ok(opaque("CASE", args))
+}
+
+/// `CURRENT_DATE` and the like as a function name (`current_date`).
+fn sql_value_function(v: &pb::SqlValueFunction) -> String {
+    pb::SqlValueFunctionOp::try_from(v.op)
+        .map(|o| {
+            o.as_str_name()
+                .trim_start_matches("SVFOP_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "current_timestamp".into())
+}
+
+/// A node not modelled: harmless only if it holds no column, function call or
+/// subquery (those would hide a table, an aggregate or a window function).
+fn unmodelled(other: &NodeEnum) -> Result<Expr, Refused> {
+    let hides = serde_json::to_value(other)
+        .map(|v| holds_any(&v, &["ColumnRef", "FuncCall", "SubLink", "SelectStmt"]))
+        .unwrap_or(true);
+    let kind = format!("{other:?}");
+    let kind = kind
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("?")
+        .to_string();
+    if hides {
+        return Err(refuse(format!(
+            "an expression refreshd does not analyse yet ({kind})"
+        )));
+    }
+    Ok(Expr::Other {
+        kind,
+        args: Vec::new(),
     })
 }
 

@@ -1,0 +1,198 @@
+//! The statements of a plan: the buffer and recheck tables (install, rollback,
+//! discard), the capture statements the fact table's triggers run, the one-statement
+//! apply and the recheck keys query.
+
+use super::values::Values;
+use crate::pg::ident::{quote_ident, QualifiedName};
+
+/// `a, b, c` with each name quoted and prefixed (`n.` for `n."a"`).
+pub(super) fn list(names: &[String], prefix: &str) -> String {
+    names
+        .iter()
+        .map(|c| format!("{prefix}{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `"a" type, "b" type`: a table's column definitions.
+fn column_defs(cols: &[(String, String)]) -> String {
+    cols.iter()
+        .map(|(c, t)| format!("{} {t}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The buffer (sign and the fact columns read) and the recheck table (the key
+/// columns, typed like the view's), in schema `refreshd`, created if missing.
+pub(super) fn install(
+    buffer: &QualifiedName,
+    sign: &str,
+    columns: &[(String, String)],
+    recheck: &QualifiedName,
+    key_types: &[(String, String)],
+) -> Vec<String> {
+    let unlogged = |t: &QualifiedName, defs: String| {
+        format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({defs})",
+            t.quoted()
+        )
+    };
+    vec![
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(super::BUFFER_SCHEMA)
+        ),
+        unlogged(
+            buffer,
+            format!(
+                "{} int2 NOT NULL, {}",
+                quote_ident(sign),
+                column_defs(columns)
+            ),
+        ),
+        unlogged(recheck, column_defs(key_types)),
+    ]
+}
+
+/// One statement per table (`DROP TABLE IF EXISTS`, `DELETE FROM`...).
+pub(super) fn each(verb: &str, tables: [&QualifiedName; 2]) -> Vec<String> {
+    tables
+        .iter()
+        .map(|t| format!("{verb} {}", t.quoted()))
+        .collect()
+}
+
+/// The capture statements (INSERT, DELETE, UPDATE) of the fact table's statement
+/// triggers, reading the transition tables `new_rows` and `old_rows`.
+pub(super) struct Capture {
+    pub insert: String,
+    pub delete: String,
+    pub update: String,
+}
+
+/// `SELECT <sign>, a.c1, a.c2 FROM <from>`: signed buffer rows from `from`, aliased `a`.
+fn signed(sign: i8, cols: &[String], alias: &str, from: &str) -> String {
+    format!(
+        "SELECT {sign}, {} FROM {from}",
+        list(cols, &format!("{alias}."))
+    )
+}
+
+/// `SELECT a.c1, a.c2 FROM <table> a`: a transition table's columns read.
+fn rows(cols: &[String], table: &str, alias: &str) -> String {
+    format!(
+        "SELECT {} FROM {table} {alias}",
+        list(cols, &format!("{alias}."))
+    )
+}
+
+impl Capture {
+    /// `incomparable`: a column read has no equality, so an UPDATE buffers all its old
+    /// and new rows rather than those whose read columns changed.
+    pub fn new(buffer: &QualifiedName, sign: &str, cols: &[String], incomparable: bool) -> Self {
+        let into = format!(
+            "INSERT INTO {} ({}, {})",
+            buffer.quoted(),
+            quote_ident(sign),
+            list(cols, "")
+        );
+        let update = if incomparable {
+            format!(
+                "{into} {} UNION ALL {}",
+                signed(-1, cols, "o", "old_rows o"),
+                signed(1, cols, "n", "new_rows n")
+            )
+        } else {
+            // Only the rows whose read columns changed (a multiset difference: deltas are
+            // linear, so pairing any equal old and new rows is exact).
+            let (old, new) = (rows(cols, "old_rows", "o"), rows(cols, "new_rows", "n"));
+            format!(
+                "{into} {} UNION ALL {}",
+                signed(-1, cols, "m", &format!("({old} EXCEPT ALL {new}) AS m")),
+                signed(1, cols, "p", &format!("({new} EXCEPT ALL {old}) AS p"))
+            )
+        };
+        Capture {
+            insert: format!("{into} {}", signed(1, cols, "n", "new_rows n")),
+            delete: format!("{into} {}", signed(-1, cols, "o", "old_rows o")),
+            update,
+        }
+    }
+}
+
+/// What the apply statement writes to.
+pub(super) struct Apply<'a> {
+    pub rows_cte: &'a str,
+    pub buffer: &'a QualifiedName,
+    pub recheck: &'a QualifiedName,
+    pub live: &'a QualifiedName,
+    /// The view's columns, and the positions of the key columns among them.
+    pub columns: &'a [(String, String)],
+    pub key_idx: &'a [usize],
+    pub key_names: &'a [String],
+}
+
+/// `<alias>."c<k>"` for each key position, comma-separated.
+fn key_refs(key_idx: &[usize], alias: &str) -> String {
+    key_idx
+        .iter()
+        .map(|k| format!("{alias}.\"c{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Apply<'_> {
+    /// `l."key" = <alias>."c<k>"` for each key column, joined by AND.
+    fn key_match(&self, alias: &str) -> String {
+        self.key_idx
+            .iter()
+            .map(|k| format!("l.{} = {alias}.\"c{k}\"", quote_ident(&self.columns[*k].0)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// The one statement: consume the buffer, compute the delta per group, join the
+    /// live rows, upsert the groups that stay, delete those that vanish, and put the
+    /// keys it could not decide into the recheck table.
+    pub fn statement(&self, v: &Values, delta_select: &str) -> String {
+        let all_cols: Vec<String> = self.columns.iter().map(|(c, _)| c.clone()).collect();
+        let values = v
+            .new_value
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v} AS \"v{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ok = "c.\"refreshd_sure\" AND c.\"refreshd_groups\" = 1";
+        let set = all_cols
+            .iter()
+            .filter(|c| !self.key_names.contains(c))
+            .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH {rows} AS (DELETE FROM {buf} RETURNING *),\n\
+             \"refreshd_d\" AS ({delta_select}),\n\
+             \"refreshd_c\" AS (SELECT {keys_d}, {values}, COALESCE({sure}, false) AS \"refreshd_sure\", COALESCE({gone}, false) AS \"refreshd_gone\", count(*) OVER (PARTITION BY {keys_d}) AS \"refreshd_groups\" FROM \"refreshd_d\" AS d LEFT JOIN {live} AS l ON {on}),\n\
+             \"refreshd_up\" AS (INSERT INTO {live} ({cols}) SELECT {vs} FROM \"refreshd_c\" AS c WHERE {ok} AND NOT c.\"refreshd_gone\" ON CONFLICT ({keys}) DO UPDATE SET {set}),\n\
+             \"refreshd_del\" AS (DELETE FROM {live} AS l USING \"refreshd_c\" AS c WHERE {ok} AND c.\"refreshd_gone\" AND {on_c})\n\
+             INSERT INTO {rc} ({keys}) SELECT DISTINCT {keys_c} FROM \"refreshd_c\" AS c WHERE NOT ({ok})",
+            rows = quote_ident(self.rows_cte),
+            buf = self.buffer.quoted(),
+            keys_d = key_refs(self.key_idx, "d"),
+            sure = v.sure.join(" AND "),
+            gone = v.gone,
+            live = self.live.quoted(),
+            on = self.key_match("d"),
+            cols = list(&all_cols, ""),
+            vs = (0..v.new_value.len())
+                .map(|i| format!("c.\"v{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            keys = list(self.key_names, ""),
+            on_c = self.key_match("c"),
+            rc = self.recheck.quoted(),
+            keys_c = key_refs(self.key_idx, "c"),
+        )
+    }
+}
