@@ -40,16 +40,7 @@ struct View {
 
 /// An official query text without its trailing ORDER BY (and LIMIT).
 fn grouping(n: u32) -> String {
-    let text = tpch::query(SF, n);
-    let cut = text
-        .rfind("ORDER BY")
-        .unwrap_or_else(|| panic!("q{n} has no ORDER BY:\n{text}"));
-    let body = text[..cut].trim_end().to_string();
-    assert!(
-        !body.contains("LIMIT") && body.contains("GROUP BY"),
-        "{body}"
-    );
-    body
+    tpch::grouping(SF, n)
 }
 
 fn views() -> Vec<View> {
@@ -450,10 +441,13 @@ async fn tpch_views_stay_equal_to_their_queries_under_refresh_functions_and_move
         .count();
     assert_eq!(keyed, views.len(), "{config}");
     let (_cfg_dir, path) = support::write_config(&config);
+    // What only makes keyed refreshes slower (Q1's, Q4's and Q12's few big groups) is
+    // a warning: check passes (tests/check_keyed.rs has the details).
     let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
-    eprintln!(
-        "check: {:?}\n{}\n{}",
+    assert_eq!(
         check.status.code(),
+        Some(0),
+        "{}\n{}",
         support::stdout(&check),
         support::stderr(&check)
     );
