@@ -192,13 +192,13 @@ fn check_reports_a_buffer_function_refreshds_role_may_not_call() {
     let l = line(&text, "ck.by_product");
     assert!(
         l.contains(&format!(
-            "{what}refreshd's role may not use schema refreshd: GRANT USAGE ON SCHEMA \"refreshd\" TO it"
+            "{what}refreshd's role {role} may not use schema refreshd: GRANT USAGE ON SCHEMA \"refreshd\" TO \"{role}\""
         )),
         "{l}"
     );
     assert!(
         l.contains(&format!(
-            "{what}refreshd's role may not execute it: GRANT EXECUTE ON FUNCTION \"refreshd\".\"ck_by_product_consume\"() TO it"
+            "{what}refreshd's role {role} may not execute it: GRANT EXECUTE ON FUNCTION \"refreshd\".\"ck_by_product_consume\"() TO \"{role}\""
         )),
         "{l}"
     );
@@ -217,11 +217,12 @@ fn check_reports_a_buffer_function_refreshds_role_may_not_call() {
     // SECURITY INVOKER: the function would run as the role, which may not touch the
     // buffer (its owner's).
     db.psql("ALTER FUNCTION refreshd.ck_by_product_consume() SECURITY INVOKER");
+    let owner = db.psql("SELECT current_user");
     let (code, text) = check(&config);
     assert_eq!(code, Some(1), "{text}");
     assert!(
         line(&text, "ck.by_product").contains(&format!(
-            "{what}SECURITY INVOKER, so it runs with refreshd's role's privileges, which lack those of its owner postgres: \
+            "{what}SECURITY INVOKER, so it runs with the privileges of refreshd's role {role}, which lack those of its owner {owner}: \
              ALTER FUNCTION \"refreshd\".\"ck_by_product_consume\"() SECURITY DEFINER"
         )),
         "{text}"

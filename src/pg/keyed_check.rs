@@ -476,6 +476,8 @@ struct ConsumeFacts {
     /// refreshd's role may use the function's schema (USAGE), without which it cannot
     /// name it.
     schema_usable: bool,
+    /// refreshd's role (`current_user`).
+    role: String,
     /// The result columns' types (`None`: `RETURNS SETOF record` without columns).
     result: Option<Vec<(u32, String)>>,
 }
@@ -533,20 +535,25 @@ async fn consume_function(
     }
     if !f.schema_usable {
         r.problems.push(format!(
-            "{what}: refreshd's role may not use schema {}: GRANT USAGE ON SCHEMA {} TO it",
+            "{what}: refreshd's role {} may not use schema {}: GRANT USAGE ON SCHEMA {} TO {}",
+            crate::pg::ident::escape_display(&f.role),
             crate::pg::ident::escape_display(&buffer.schema),
-            quote_ident(&buffer.schema)
+            quote_ident(&buffer.schema),
+            quote_ident(&f.role)
         ));
     }
     if !f.executable {
         r.problems.push(format!(
-            "{what}: refreshd's role may not execute it: GRANT EXECUTE ON FUNCTION {}() TO it",
-            buffer.quoted()
+            "{what}: refreshd's role {} may not execute it: GRANT EXECUTE ON FUNCTION {}() TO {}",
+            crate::pg::ident::escape_display(&f.role),
+            buffer.quoted(),
+            quote_ident(&f.role)
         ));
     }
     if !f.security_definer && !f.as_owner {
         r.problems.push(format!(
-            "{what}: SECURITY INVOKER, so it runs with refreshd's role's privileges, which lack those of its owner {}: ALTER FUNCTION {}() SECURITY DEFINER (init --keyed makes it so)",
+            "{what}: SECURITY INVOKER, so it runs with the privileges of refreshd's role {}, which lack those of its owner {}: ALTER FUNCTION {}() SECURITY DEFINER (init --keyed makes it so)",
+            crate::pg::ident::escape_display(&f.role),
             crate::pg::ident::escape_display(&f.owner),
             buffer.quoted()
         ));
@@ -573,7 +580,7 @@ async fn consume_facts(
                     r.types, \
                     ARRAY(SELECT pg_catalog.format_type(t.oid, NULL) \
                             FROM unnest(r.types) WITH ORDINALITY AS t(oid, i) ORDER BY t.i), \
-                    pg_catalog.has_schema_privilege(n.oid, 'USAGE') \
+                    pg_catalog.has_schema_privilege(n.oid, 'USAGE'), current_user::text \
                FROM pg_catalog.pg_proc p \
                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                JOIN pg_catalog.pg_type rt ON rt.oid = p.prorettype \
@@ -610,6 +617,7 @@ async fn consume_facts(
                     .collect()
             }),
             schema_usable: row.get(11),
+            role: row.get(12),
         })
         .collect())
 }
@@ -705,4 +713,60 @@ fn key_types_differ(
             differ.join(", ")
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scans(plan: serde_json::Value) -> Vec<(String, Option<String>, f64)> {
+        let mut out = Vec::new();
+        seq_scans(&plan, &mut out);
+        out.into_iter()
+            .map(|s| (format!("{}.{}", s.schema, s.name), s.filter, s.rows))
+            .collect()
+    }
+
+    #[test]
+    fn a_parallel_scans_rows_are_counted_for_every_process() {
+        let plan = serde_json::json!([{"Plan": {
+            "Node Type": "Gather", "Workers Planned": 2, "Plans": [{
+                "Node Type": "Seq Scan", "Parallel Aware": true, "Schema": "s",
+                "Relation Name": "big", "Filter": "(g = 1)", "Plan Rows": 1000.0
+            }, {
+                "Node Type": "Seq Scan", "Parallel Aware": false, "Schema": "s",
+                "Relation Name": "small", "Plan Rows": 10.0
+            }]
+        }}]);
+        assert_eq!(
+            scans(plan),
+            vec![
+                ("s.big".to_string(), Some("(g = 1)".to_string()), 2400.0),
+                ("s.small".to_string(), None, 10.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scan_says_whether_an_index_would_help() {
+        let scan = |rows: f64, filter: Option<&str>| SeqScan {
+            schema: "s".into(),
+            name: "big".into(),
+            filter: filter.map(String::from),
+            rows,
+        };
+        let small = scan_finding(&scan(400.0, Some("(big.g = 42)")), 20_000);
+        assert!(
+            small.starts_with("\"s\".\"big\" (~20000 rows) sequentially filtered by (big.g = 42) for ~400 row(s): an index"),
+            "{small}"
+        );
+        let big = scan_finding(&scan(5_000.0, Some("(big.flag = 1)")), 20_000);
+        assert!(
+            big.contains("one group being ~25% of it: no index would help"),
+            "{big}"
+        );
+        let long = scan_finding(&scan(1.0, Some(&"x".repeat(500))), 20_000);
+        assert!(long.contains(&format!("{}...", "x".repeat(MAX_FILTER_CHARS))));
+        assert!(!long.contains(&"x".repeat(MAX_FILTER_CHARS + 1)));
+    }
 }
