@@ -9,10 +9,8 @@ mod support;
 
 use std::time::Duration;
 
+use support::arming::{armed_daemon, channel_locks, holds_shared_slot};
 use support::{refreshd, stderr, wait_for, Daemon, TestDb};
-
-/// The first of the channel locks' 16 classes (slots).
-const CLASS: &str = "1919316840";
 
 fn schema(db: &TestDb) {
     db.psql(
@@ -43,39 +41,14 @@ fn total(db: &TestDb) -> String {
 
 /// How many of refreshd's channel locks in this database match `filter`.
 async fn class_locks(c: &tokio_postgres::Client, filter: &str) -> i64 {
-    c.query_one(
-        &format!(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int8 BETWEEN {CLASS} AND {CLASS} + 15 \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {filter}"
-        ),
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-/// A daemon whose view has refreshed at start, so the channel is armed.
-async fn armed_daemon(db: &TestDb, debounce: &str) -> Daemon {
-    let d = Daemon::start(&adopt(db, debounce));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the startup refresh", || async {
-        d.successes("public.totals") >= 1.0
-    })
-    .await;
-    let probe = db.client().await;
-    wait_for(Duration::from_secs(10), "the channel armed", || async {
-        class_locks(&probe, "mode = 'ExclusiveLock' AND granted").await == 16
-    })
-    .await;
-    d
+    channel_locks(c, None, filter).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
     let db = TestDb::new();
     schema(&db);
-    let d = armed_daemon(&db, "3s").await;
+    let d = armed_daemon(&db, &adopt(&db, "3s"), "public.totals", None).await;
     let probe = db.client().await;
 
     // X notifies (the channel is armed); refreshd releases the lock and the view is
@@ -93,15 +66,10 @@ async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
     tx.execute("UPDATE public.items SET qty = qty + 100 WHERE id = 1", &[])
         .await
         .unwrap();
-    let shared: i64 = tx
-        .query_one(
-            &format!("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int8 BETWEEN {CLASS} AND {CLASS} + 15 AND mode = 'ShareLock' AND granted AND pid = pg_backend_pid()"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(shared, 1, "the writer skipped its notification");
+    assert!(
+        holds_shared_slot(&tx, None).await,
+        "the writer skipped its notification"
+    );
 
     // The refresh re-arms first and waits for W (or times out waiting and re-arms
     // later): W commits while refreshd waits.
@@ -135,7 +103,7 @@ async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
 async fn a_long_writer_holds_no_refresh_up_and_is_still_seen() {
     let db = TestDb::new();
     schema(&db);
-    let d = armed_daemon(&db, "1s").await;
+    let d = armed_daemon(&db, &adopt(&db, "1s"), "public.totals", None).await;
     let probe = db.client().await;
 
     db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");

@@ -13,6 +13,7 @@ use std::time::Duration;
 use refreshd::config::{Config, ViewConfig};
 use refreshd::pg::keyed::Work;
 use refreshd::pg::refresh::{refresh_one, RefreshKind};
+use support::arming::{armed_daemon, holds_shared_slot};
 use support::keyed_storm::difference_sql;
 use support::{refreshd, stderr, wait_for, Daemon, TestDb};
 
@@ -85,17 +86,7 @@ fn buffered(db: &TestDb) -> i64 {
 
 /// How many of refreshd's locks on the keyed view's channel match `filter`.
 async fn channel_locks(c: &tokio_postgres::Client, filter: &str) -> i64 {
-    c.query_one(
-        &format!(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int8 BETWEEN 1919316840 AND 1919316840 + 15 \
-             AND objid = hashtext('{CHANNEL}')::oid \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND {filter}"
-        ),
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    support::arming::channel_locks(c, Some(CHANNEL), filter).await
 }
 
 fn wake() -> Work {
@@ -110,18 +101,9 @@ fn wake() -> Work {
 async fn a_write_that_skipped_its_notification_is_in_the_next_keyed_refresh() {
     let db = TestDb::new();
     schema(&db);
-    let d = Daemon::start(&adopt(&db, "3s"));
-    d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(10), "the startup refresh", || async {
-        d.successes("kb.by_product_live") >= 1.0
-    })
-    .await;
-    let probe = db.client().await;
     // refreshd arms keyed views' channels like materialized views'.
-    wait_for(Duration::from_secs(10), "the channel armed", || async {
-        channel_locks(&probe, "mode = 'ExclusiveLock' AND granted").await == 16
-    })
-    .await;
+    let d = armed_daemon(&db, &adopt(&db, "3s"), "kb.by_product_live", Some(CHANNEL)).await;
+    let probe = db.client().await;
 
     // X buffers its key and notifies (the channel is armed); refreshd releases the
     // lock and the view is due in 3 s.
@@ -139,16 +121,10 @@ async fn a_write_that_skipped_its_notification_is_in_the_next_keyed_refresh() {
     tx.execute("INSERT INTO kb.sales VALUES (1002, 'w', 100)", &[])
         .await
         .unwrap();
-    let shared: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int8 BETWEEN 1919316840 AND 1919316840 + 15 \
-             AND objid = hashtext($1)::oid AND mode = 'ShareLock' AND granted AND pid = pg_backend_pid()",
-            &[&CHANNEL],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(shared, 1, "the writer skipped its notification");
+    assert!(
+        holds_shared_slot(&tx, Some(CHANNEL)).await,
+        "the writer skipped its notification"
+    );
 
     // The refresh re-arms first and waits for W: W commits while refreshd waits.
     wait_for(

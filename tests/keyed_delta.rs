@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::RngExt;
-use support::keyed_storm::{difference_sql, storm};
+use support::keyed_storm::{difference_sql, storm_then_equal, wait_equal, Exact, Length};
 use support::{Daemon, TestDb};
 
 /// A fact table partitioned by year, two dimensions in a chain (store → region), and a
@@ -129,26 +129,6 @@ fn init(db: &TestDb, args: &[&str]) -> (std::process::Output, String, String) {
     (out, o, e)
 }
 
-async fn wait_equal(db: &TestDb, table: &str, def: &str) {
-    let client = db.client().await;
-    let sql = difference_sql(table, def, &[]);
-    support::wait_for(
-        Duration::from_secs(90),
-        &format!("{table} to equal {def}"),
-        || {
-            let (client, sql) = (&client, &sql);
-            async move {
-                client
-                    .query_one(sql.as_str(), &[])
-                    .await
-                    .map(|r| r.get::<_, i64>(0) == 0)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     let db = TestDb::new();
@@ -240,14 +220,19 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(30)).await;
     let dsn = db.dsn();
-    let (ok, rolled) = storm(&dsn, 4, 150, 7, kd_op).await;
-    assert!(ok > 400, "committed {ok}, rolled back {rolled}");
-    wait_equal(&db, "kd.by_region", "kd.by_region_def").await;
-    wait_equal(&db, "kd.qty_by_region", "kd.qty_by_region_def").await;
-    let (ok, _) = storm(&dsn, 4, 80, 9, kd_fact_op).await;
-    assert!(ok > 200);
-    wait_equal(&db, "kd.by_region", "kd.by_region_def").await;
-    wait_equal(&db, "kd.qty_by_region", "kd.qty_by_region_def").await;
+    let exact = [
+        Exact::definition("kd.by_region", "kd.by_region_def", &[]),
+        Exact::definition("kd.qty_by_region", "kd.qty_by_region_def", &[]),
+    ];
+    let s = storm_then_equal(&dsn, 4, Length::Rounds(150), 7, kd_op, "", &exact).await;
+    assert!(
+        s.committed > 400,
+        "committed {}, rolled back {}",
+        s.committed,
+        s.rolled_back
+    );
+    let s = storm_then_equal(&dsn, 4, Length::Rounds(80), 9, kd_fact_op, "", &exact).await;
+    assert!(s.committed > 200);
     // Groups did vanish and come back; the row buffer was filled and consumed.
     assert_eq!(
         db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
@@ -354,7 +339,12 @@ async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
     let config = config.replace("debounce = \"2s\"", "debounce = \"0s\"");
     let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(60)).await;
-    wait_equal(&db, "tpch.q1", "tpch.q1_def").await;
+    wait_equal(
+        &db.dsn(),
+        "",
+        &[Exact::definition("tpch.q1", "tpch.q1_def", &[])],
+    )
+    .await;
     let count = "SELECT count_order FROM tpch.q1 WHERE l_returnflag = 'N' AND l_linestatus = 'O'";
     let mut keyed = Vec::new();
     for i in runs..2 * runs {
@@ -371,7 +361,12 @@ async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
         keyed.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_equal(&db, "tpch.q1", "tpch.q1_def").await;
+    wait_equal(
+        &db.dsn(),
+        "",
+        &[Exact::definition("tpch.q1", "tpch.q1_def", &[])],
+    )
+    .await;
     eprintln!(
         "TPC-H SF {sf} Q1, one INSERT into lineitem, {runs} runs: REFRESH MATERIALIZED VIEW CONCURRENTLY median {:.1} ms (runs {:?}); keyed with deltas, commit -> visible median {:.1} ms (runs {:?})",
         median(plain.clone()),

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::RngExt;
-use support::keyed_storm::{difference_sql, listen, storm};
+use support::keyed_storm::{
+    difference_sql, listen, storm, storm_then_equal, wait_equal, Exact, Length,
+};
 use support::{Daemon, TestDb};
 
 /// A partitioned fact table (sales by month of two years) with two dimensions in a
@@ -218,29 +220,6 @@ fn buffer_of(config: &str, table: &str) -> String {
         .to_string()
 }
 
-async fn wait_equal(db: &TestDb, d: &Daemon, pairs: &[(&str, &str, &[&str])]) {
-    let client = db.client().await;
-    for (table, def, minus) in pairs {
-        let sql = difference_sql(table, def, minus);
-        support::wait_for(
-            Duration::from_secs(90),
-            &format!("{table} to equal {def}"),
-            || {
-                let (client, sql) = (&client, &sql);
-                async move {
-                    client
-                        .query_one(sql.as_str(), &[])
-                        .await
-                        .map(|r| r.get::<_, i64>(0) == 0)
-                        .unwrap_or(false)
-                }
-            },
-        )
-        .await;
-    }
-    let _ = d;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writers() {
     let db = TestDb::new();
@@ -414,26 +393,34 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         wakes.values().sum::<usize>() < 1000,
         "a notification per writing transaction? {wakes:?}"
     );
-    let pairs: &[(&str, &str, &[&str])] = &[
-        ("kg.by_product", "kg.by_product_def", &[]),
-        ("kg.by_region_live", "kg.by_region_def", &[]),
+    let exact = [
+        Exact::definition("kg.by_product", "kg.by_product_def", &[]),
+        Exact::definition("kg.by_region_live", "kg.by_region_def", &[]),
         // A dimension whose path reaches the partitioned fact table: its rows are
         // locked through the partitioned parent.
-        ("kg.open_products_live", "kg.open_products_def", &[]),
-        (
+        Exact::definition("kg.open_products_live", "kg.open_products_def", &[]),
+        Exact::definition(
             "public.attendance_statistics_summary_live",
             "public.attendance_statistics_summary_def",
             &["last_refreshed"],
         ),
     ];
-    wait_equal(&db, &d, pairs).await;
+    wait_equal(&dsn, "", &exact).await;
     // Then writes to the fact tables only: a dimension's change no longer recomputes
     // the groups a path-derived key should have named.
     let (ok, _) = storm(&dsn, 4, 60, 60, kg_fact_op).await;
     assert!(ok > 150);
-    let (ok, _) = storm(&dsn, 4, 60, 80, attendance_fact_op).await;
-    assert!(ok > 150);
-    wait_equal(&db, &d, pairs).await;
+    let s = storm_then_equal(
+        &dsn,
+        4,
+        Length::Rounds(60),
+        80,
+        attendance_fact_op,
+        "",
+        &exact,
+    )
+    .await;
+    assert!(s.committed > 150);
     // kg.by_product took its fact table's changes as deltas: rows went through its row
     // buffer, and every one was consumed.
     assert_eq!(

@@ -399,8 +399,8 @@ enum InspectError {
     /// each of them), told with its causes.
     #[error("{}", crate::pg::connect::error_chain(.0))]
     Catalog(std::sync::Arc<tokio_postgres::Error>),
-    /// A keyed view's own check failed.
-    #[error(transparent)]
+    /// A keyed view's own check failed, told with its causes.
+    #[error("{}", crate::pg::connect::error_chain(.0))]
     Keyed(tokio_postgres::Error),
 }
 

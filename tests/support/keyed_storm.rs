@@ -134,3 +134,102 @@ pub async fn listen(
     }
     (client, rx)
 }
+
+/// How long a keyed table may take to equal what it must after a storm.
+pub const EQUAL_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A keyed table and what it must equal: `what` for the failure message, `sql` counting
+/// the rows they differ by.
+pub struct Exact {
+    pub what: String,
+    pub sql: String,
+}
+
+impl Exact {
+    /// `table` equals `definition` (a view or table), columns `minus` left out.
+    pub fn definition(table: &str, definition: &str, minus: &[&str]) -> Exact {
+        Exact {
+            what: format!("{table} to equal {definition}"),
+            sql: difference_sql(table, definition, minus),
+        }
+    }
+
+    /// `table` equals the rows of `query` (SQL text).
+    pub fn query(table: &str, query: &str) -> Exact {
+        Exact {
+            what: format!("{table} to equal its query"),
+            sql: super::differences_sql(&format!("TABLE {table}"), query),
+        }
+    }
+}
+
+/// Waits until every table equals what it must, each up to [`EQUAL_DEADLINE`], on one
+/// connection that first runs `setup` (a `search_path`, or nothing).
+pub async fn wait_equal(dsn: &str, setup: &str, exact: &[Exact]) {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    if !setup.is_empty() {
+        client.batch_execute(setup).await.expect("setup");
+    }
+    for e in exact {
+        super::wait_for(EQUAL_DEADLINE, &e.what, || {
+            let (client, sql) = (&client, &e.sql);
+            async move {
+                client
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) == 0)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+}
+
+/// How long a storm runs: rounds per writer, or about a duration.
+#[derive(Clone, Copy)]
+pub enum Length {
+    Rounds(usize),
+    For(Duration),
+}
+
+/// What [`storm_then_equal`] saw.
+pub struct Stormed {
+    pub committed: usize,
+    pub rolled_back: usize,
+    /// The storm's duration.
+    pub took: Duration,
+    /// From the storm's end until every table equalled what it must.
+    pub caught_up: Duration,
+}
+
+/// A storm ([`storm`] or [`storm_for`]), then [`wait_equal`]: the differential test's
+/// step, repeated by every keyed test that runs writers against the daemon.
+pub async fn storm_then_equal<F>(
+    dsn: &str,
+    writers: usize,
+    length: Length,
+    seed: u64,
+    op: F,
+    setup: &str,
+    exact: &[Exact],
+) -> Stormed
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
+    let started = std::time::Instant::now();
+    let (committed, rolled_back) = match length {
+        Length::Rounds(n) => storm(dsn, writers, n, seed, op).await,
+        Length::For(d) => storm_for(dsn, writers, d, seed, op).await,
+    };
+    let took = started.elapsed();
+    wait_equal(dsn, setup, exact).await;
+    Stormed {
+        committed,
+        rolled_back,
+        took,
+        caught_up: started.elapsed() - took,
+    }
+}

@@ -3,6 +3,7 @@
 //! test panics, and helpers to run the real binary.
 #![allow(dead_code)]
 
+pub mod arming;
 pub mod browser;
 pub mod config;
 pub mod keyed_storm;
@@ -333,6 +334,16 @@ impl Daemon {
 
     /// The general form: `http_extra` is appended to the generated `[http]` table.
     pub fn start_full(config: &str, http_extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_args(&[], config, http_extra, env)
+    }
+
+    /// [`Daemon::start_full`] with `global` arguments before `run` (`--log-format json`).
+    pub fn start_args(
+        global: &[&str],
+        config: &str,
+        http_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refreshd.toml");
@@ -343,6 +354,7 @@ impl Daemon {
         .unwrap();
         let log = dir.path().join("refreshd.log");
         let child = Command::new(env!("CARGO_BIN_EXE_refreshd"))
+            .args(global)
             .args(["run", "-c"])
             .arg(&path)
             .env("RUST_LOG", "refreshd=debug,info")

@@ -145,3 +145,18 @@ pub fn load(db: &TestDb, sf: &str) {
 pub fn query(sf: &str, n: u32) -> String {
     std::fs::read_to_string(data(sf).join(format!("q{n}.sql"))).expect("query text")
 }
+
+/// Query `n`'s official text without its trailing ORDER BY (and LIMIT): a grouping
+/// query a materialized view can hold.
+pub fn grouping(sf: &str, n: u32) -> String {
+    let text = query(sf, n);
+    let cut = text
+        .rfind("ORDER BY")
+        .unwrap_or_else(|| panic!("q{n} has no ORDER BY:\n{text}"));
+    let body = text[..cut].trim_end().to_string();
+    assert!(
+        !body.contains("LIMIT") && body.contains("GROUP BY"),
+        "{body}"
+    );
+    body
+}
