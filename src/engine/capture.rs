@@ -67,12 +67,6 @@ pub fn judge(
     if !mentioned && previous.is_none() {
         return Verdict::default();
     }
-    let notifies = |t: &TableFacts| -> Option<String> {
-        t.triggers
-            .iter()
-            .filter(|g| g.enabled)
-            .find_map(|g| channels.iter().find(|c| names_channel(&g.text, c)).cloned())
-    };
     let mut v = Verdict {
         tables: Some(tables.iter().map(|t| t.oid).collect()),
         ..Verdict::default()
@@ -86,53 +80,73 @@ pub fn judge(
         if new {
             v.new_tables.push(t.name.clone());
         }
-        if notifies(t).is_some() {
+        if notifies(t, channels).is_some() {
             continue;
         }
-        let disabled: Vec<&str> = t
-            .triggers
-            .iter()
-            .filter(|g| !g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
-            .map(|g| g.name.as_str())
-            .collect();
-        let mut why = if disabled.is_empty() {
-            format!("no enabled trigger notifies {}", channels.join(", "))
-        } else {
-            format!("trigger {} is disabled", disabled.join(", "))
-        };
-        if t.root != t.oid {
-            if let Some(root) = tables.iter().find(|r| r.oid == t.root) {
-                why.push_str(&format!(" (partition of {})", root.name));
-            }
-        }
-        let root = tables.iter().find(|r| r.oid == t.root && r.oid != t.oid);
-        let heal = if keyed {
-            root.and_then(|r| {
-                let triggers: Vec<String> = r
-                    .triggers
-                    .iter()
-                    .filter(|g| g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
-                    .map(|g| g.name.clone())
-                    .collect();
-                (!triggers.is_empty()).then(|| Heal::CloneRoot {
-                    root: r.name.clone(),
-                    triggers,
-                })
-            })
-        } else {
-            // The root's channel for a partition, else the view's first.
-            let channel = root
-                .and_then(notifies)
-                .unwrap_or_else(|| channels[0].clone());
-            (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(Heal::Capture(channel))
-        };
         v.gaps.push(Gap {
             table: t.name.clone(),
-            why,
-            heal,
+            why: gap_reason(t, tables, channels),
+            heal: heal(t, tables, channels, keyed),
         });
     }
     v
+}
+
+/// The channel (of `channels`) an enabled trigger of `t` notifies, if any.
+fn notifies(t: &TableFacts, channels: &[String]) -> Option<String> {
+    t.triggers
+        .iter()
+        .filter(|g| g.enabled)
+        .find_map(|g| channels.iter().find(|c| names_channel(&g.text, c)).cloned())
+}
+
+/// Why `t` (no enabled trigger of which notifies `channels`) is a gap: its disabled
+/// triggers that would, or none at all; and the table it is a partition of.
+fn gap_reason(t: &TableFacts, tables: &[TableFacts], channels: &[String]) -> String {
+    let disabled: Vec<&str> = t
+        .triggers
+        .iter()
+        .filter(|g| !g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
+        .map(|g| g.name.as_str())
+        .collect();
+    let mut why = if disabled.is_empty() {
+        format!("no enabled trigger notifies {}", channels.join(", "))
+    } else {
+        format!("trigger {} is disabled", disabled.join(", "))
+    };
+    if t.root != t.oid {
+        if let Some(root) = tables.iter().find(|r| r.oid == t.root) {
+            why.push_str(&format!(" (partition of {})", root.name));
+        }
+    }
+    why
+}
+
+/// How `managed` closes the gap at `t` (see [`judge`]): for a keyed view, copies of
+/// its root's triggers that reach the view (a partition only); otherwise refreshd's
+/// trigger on the root's channel (a partition) or the view's first, unless refreshd's
+/// own trigger is there already (enabled).
+fn heal(t: &TableFacts, tables: &[TableFacts], channels: &[String], keyed: bool) -> Option<Heal> {
+    let root = tables.iter().find(|r| r.oid == t.root && r.oid != t.oid);
+    if keyed {
+        return root.and_then(|r| {
+            let triggers: Vec<String> = r
+                .triggers
+                .iter()
+                .filter(|g| g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
+                .map(|g| g.name.clone())
+                .collect();
+            (!triggers.is_empty()).then(|| Heal::CloneRoot {
+                root: r.name.clone(),
+                triggers,
+            })
+        });
+    }
+    // The root's channel for a partition, else the view's first.
+    let channel = root
+        .and_then(|r| notifies(r, channels))
+        .unwrap_or_else(|| channels[0].clone());
+    (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(Heal::Capture(channel))
 }
 
 /// What one check found for one view.
@@ -171,7 +185,6 @@ pub async fn run_check(
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
     let mut verdicts = Vec::new();
-    let mut heals: Vec<(QualifiedName, Heal)> = Vec::new();
     for (v, tables) in views.iter().zip(&facts.views) {
         // A view that is gone is `check`'s and the refresh's business, not capture's.
         let Some(tables) = tables else { continue };
@@ -181,19 +194,52 @@ pub async fn run_check(
             previous.get(&v.name),
             v.keyed.is_some(),
         );
-        if v.capture == Capture::Managed {
-            for g in &verdict.gaps {
-                if let Some(h) = &g.heal {
-                    if !heals.iter().any(|(t, _)| t == &g.table) {
-                        heals.push((g.table.clone(), h.clone()));
-                    }
+        verdicts.push((v, verdict));
+    }
+    let heals = to_install(&verdicts);
+    let mut report = Report::default();
+    let installed = match install(&client, &facts, &views, &heals).await {
+        Ok(installed) => installed,
+        Err(e) => {
+            report.install_error = Some(e);
+            false
+        }
+    };
+    for (v, verdict) in verdicts {
+        report
+            .views
+            .push(view_result(v, verdict, installed, &heals));
+    }
+    Ok(report)
+}
+
+/// The triggers to install: the gaps of `managed` views that refreshd can heal, one
+/// per table (the first view's way).
+fn to_install(verdicts: &[(&ViewConfig, Verdict)]) -> Vec<(QualifiedName, Heal)> {
+    let mut heals: Vec<(QualifiedName, Heal)> = Vec::new();
+    for (v, verdict) in verdicts {
+        if v.capture != Capture::Managed {
+            continue;
+        }
+        for g in &verdict.gaps {
+            if let Some(h) = &g.heal {
+                if !heals.iter().any(|(t, _)| t == &g.table) {
+                    heals.push((g.table.clone(), h.clone()));
                 }
             }
         }
-        verdicts.push((v, verdict));
     }
-    let mut report = Report::default();
-    let mut installed = false;
+    heals
+}
+
+/// Installs `heals` (one transaction), with the capture function when refreshd's own
+/// triggers need it or an older one must be replaced; whether anything was installed.
+async fn install(
+    client: &tokio_postgres::Client,
+    facts: &crate::pg::capture::CaptureFacts,
+    views: &[ViewConfig],
+    heals: &[(QualifiedName, Heal)],
+) -> Result<bool, String> {
     // An older capture function notifies on every writing transaction: replace it.
     let upgrade = facts.function_installed
         && !facts.function_current
@@ -201,42 +247,49 @@ pub async fn run_check(
     // The capture function is (re)installed only for refreshd's own triggers.
     let with_function = !facts.function_current
         && (upgrade || heals.iter().any(|(_, h)| matches!(h, Heal::Capture(_))));
-    if !heals.is_empty() || upgrade {
-        match crate::pg::capture::install(&client, &heals, with_function).await {
-            Ok(()) => {
-                installed = true;
-                if upgrade {
-                    tracing::info!("replaced an older refreshd.notify_changed() (it notified on every writing transaction)");
-                }
+    if heals.is_empty() && !upgrade {
+        return Ok(false);
+    }
+    match crate::pg::capture::install(client, heals, with_function).await {
+        Ok(()) => {
+            if upgrade {
+                tracing::info!("replaced an older refreshd.notify_changed() (it notified on every writing transaction)");
             }
-            Err(e) => report.install_error = Some(crate::pg::connect::error_chain(&e)),
+            Ok(true)
+        }
+        Err(e) => Err(crate::pg::connect::error_chain(&e)),
+    }
+}
+
+/// One view's result: each gap healed (its trigger installed) or left open.
+fn view_result(
+    v: &ViewConfig,
+    verdict: Verdict,
+    installed: bool,
+    heals: &[(QualifiedName, Heal)],
+) -> ViewResult {
+    let mut r = ViewResult {
+        view: v.name.clone(),
+        gaps: Vec::new(),
+        healed: Vec::new(),
+        new_tables: verdict.new_tables,
+        tables: verdict.tables,
+    };
+    for g in verdict.gaps {
+        let line = format!("{}: {}", g.table, g.why);
+        let closed = installed
+            && v.capture == Capture::Managed
+            && g.heal.is_some()
+            && heals
+                .iter()
+                .any(|(t, h)| t == &g.table && Some(h) == g.heal.as_ref());
+        if closed {
+            r.healed.push(line);
+        } else {
+            r.gaps.push(line);
         }
     }
-    for (v, verdict) in verdicts {
-        let mut r = ViewResult {
-            view: v.name.clone(),
-            gaps: Vec::new(),
-            healed: Vec::new(),
-            new_tables: verdict.new_tables,
-            tables: verdict.tables,
-        };
-        for g in verdict.gaps {
-            let line = format!("{}: {}", g.table, g.why);
-            let closed = installed
-                && v.capture == Capture::Managed
-                && g.heal.is_some()
-                && heals
-                    .iter()
-                    .any(|(t, h)| t == &g.table && Some(h) == g.heal.as_ref());
-            if closed {
-                r.healed.push(line);
-            } else {
-                r.gaps.push(line);
-            }
-        }
-        report.views.push(r);
-    }
-    Ok(report)
+    r
 }
 
 /// How often the catalog fingerprint is polled for DDL (see

@@ -214,7 +214,24 @@ impl Listener {
         let host = opened.host;
         // Until the session is proven, a failure means it was never made.
         let failed = |why: String| Ended::Failed(format!("{host}: {why}"));
-        let (client, connection) = (opened.client, opened.connection);
+        let mut conn = self.start_driver(opened.client, opened.connection, host.clone());
+        conn.pid = listen_private(&conn.client, &conn.private)
+            .await
+            .map_err(failed)?;
+        self.prove(&mut conn, prober, failed).await?;
+        Ok(conn)
+    }
+
+    /// Starts driving the connection (see [`drive`]) on a task of its own, in the
+    /// current span. The driver's panic ends this session like a lost connection, with
+    /// its message (and is logged and counted); the listener reconnects as after any
+    /// loss.
+    fn start_driver(
+        &self,
+        client: tokio_postgres::Client,
+        connection: crate::pg::connect::PgConnection,
+        host: String,
+    ) -> Conn {
         let client = Arc::new(client);
         let private = private_channel();
         let (probe_tx, probes) = mpsc::unbounded_channel();
@@ -236,8 +253,6 @@ impl Listener {
             crate::engine::tasks::fault("listener_driver");
             driven.await
         };
-        // The driver's panic ends this session like a lost connection, with its message
-        // (and is logged and counted); the listener reconnects as after any loss.
         let (dead_tx, dead) = tokio::sync::oneshot::channel::<String>();
         let metrics = self.metrics.clone();
         let span = tracing::Span::current();
@@ -256,18 +271,27 @@ impl Listener {
             },
             span,
         ));
-        let mut conn = Conn {
+        Conn {
             client,
             dead,
             probes,
             private,
             pid: 0,
-            host: host.clone(),
+            host,
             _driver: AbortOnDrop(driver),
-        };
-        conn.pid = listen_private(&conn.client, &conn.private)
-            .await
-            .map_err(failed)?;
+        }
+    }
+
+    /// Proves the session with one round trip through the prober (its time and the
+    /// queue's usage recorded), then gives it its keepalive settings: only a proven
+    /// session gets settings of its own (through a pooler they would stay behind on a
+    /// shared server connection). A notification not delivered refuses the connection.
+    async fn prove(
+        &self,
+        conn: &mut Conn,
+        prober: &mut Prober,
+        failed: impl Fn(String) -> Ended,
+    ) -> Result<(), Ended> {
         let proved = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(Ended::Shutdown),
             r = prober.round_trip(&conn.private, &mut conn.probes, self.proof_timeout) => r,
@@ -280,16 +304,13 @@ impl Listener {
             Err(e @ ProofError::NotDelivered(_)) => return Err(Ended::Refused(e.to_string())),
             Err(e) => return Err(failed(e.to_string())),
         }
-        // Only a proven session gets settings of its own (through a pooler they would
-        // stay behind on a shared server connection).
         match tokio::time::timeout(PROBE_DEADLINE, conn.client.batch_execute(SERVER_KEEPALIVES))
             .await
         {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(failed(crate::pg::connect::error_chain(&e))),
-            Err(_) => return Err(failed("SET got no answer".into())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(crate::pg::connect::error_chain(&e))),
+            Err(_) => Err(failed("SET got no answer".into())),
         }
-        Ok(conn)
     }
 
     /// One connection's life: connect and prove, win the lock, LISTEN, forward, probe.

@@ -212,83 +212,111 @@ pub async fn drive(
     routes: Routes,
     dead: tokio::sync::oneshot::Sender<String>,
 ) {
-    let Routes {
-        events,
-        metrics,
-        roles,
-        private,
-        probes,
-        arming,
-    } = routes;
-    let mut gate = Gate::new(metrics.clone());
-    let mut lookups: FuturesUnordered<Lookup> = FuturesUnordered::new();
-    let mut releases: FuturesUnordered<Release> = FuturesUnordered::new();
-    let mut held = HeldBack::default();
+    let mut driver = Driver {
+        gate: Gate::new(routes.metrics.clone()),
+        client,
+        routes,
+        lookups: FuturesUnordered::new(),
+        releases: FuturesUnordered::new(),
+        held: HeldBack::default(),
+    };
     let mut messages = notify::messages(connection);
     let why = loop {
         let message = tokio::select! {
             m = messages.next() => m,
-            Some((pid, verdict)) = lookups.next(), if !lookups.is_empty() => {
-                for payload in gate.decided(pid, verdict, Instant::now()) {
-                    let _ = events.send(ListenerEvent::Control(payload));
-                }
+            Some((pid, verdict)) = driver.lookups.next(), if !driver.lookups.is_empty() => {
+                driver.looked_up(pid, verdict);
                 continue;
             }
-            Some(channel) = releases.next(), if !releases.is_empty() => {
-                for ev in held.release(&channel) {
-                    let _ = events.send(ev);
-                }
+            Some(channel) = driver.releases.next(), if !driver.releases.is_empty() => {
+                driver.released(&channel);
                 continue;
             }
         };
-        let n = match message {
-            Some(Ok(AsyncMessage::Notification(n))) => n,
+        match message {
+            Some(Ok(AsyncMessage::Notification(n))) => driver.notification(&n),
             Some(Ok(AsyncMessage::Notice(n))) => {
                 tracing::debug!(notice = %n.message(), "server notice");
-                continue;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             Some(Err(e)) => break error_chain(&e),
             None => break "connection closed".to_string(),
-        };
-        if n.channel() == private {
-            let _ = probes.send(n.payload().to_string());
-            continue;
         }
-        metrics
+    };
+    let _ = dead.send(why);
+}
+
+/// What [`drive`] keeps besides the connection's messages: where they go, the control
+/// gate and its sender lookups in flight, and the notifications held back on channels
+/// being released (see `arming`).
+struct Driver {
+    client: Arc<tokio_postgres::Client>,
+    routes: Routes,
+    gate: Gate,
+    lookups: FuturesUnordered<Lookup>,
+    releases: FuturesUnordered<Release>,
+    held: HeldBack,
+}
+
+impl Driver {
+    /// A notification: a probe's payload goes to the proof; one on a view's channel is
+    /// forwarded (or held back while its channel is armed); a control one goes through
+    /// the gate. All but probes are counted.
+    fn notification(&mut self, n: &tokio_postgres::Notification) {
+        if n.channel() == self.routes.private {
+            let _ = self.routes.probes.send(n.payload().to_string());
+            return;
+        }
+        self.routes
+            .metrics
             .notifications
             .with_label_values(&[n.channel()])
             .inc();
-        if n.channel() != crate::CONTROL_CHANNEL {
-            let ev = ListenerEvent::Notification {
-                channel: n.channel().to_string(),
-                payload: n.payload().to_string(),
-                pid: n.process_id(),
-            };
-            // Released before the views are made due, never after (see `arming`);
-            // meanwhile this connection keeps being driven (the release runs on it).
-            if held.holding(n.channel()) || arming.is_armed(n.channel()) {
-                if held.hold(n.channel(), ev) {
-                    let arming = arming.clone();
-                    let channel = n.channel().to_string();
-                    releases.push(Box::pin(async move {
-                        arming.disarm(&channel).await;
-                        channel
-                    }));
-                }
-            } else {
-                let _ = events.send(ev);
-            }
-            continue;
+        if n.channel() == crate::CONTROL_CHANNEL {
+            self.control(n);
+        } else {
+            self.forward(n);
         }
-        match gate.arrive(n.process_id(), n.payload().to_string(), Instant::now()) {
+    }
+
+    /// Forwards a notification on a view's channel: released before the views are made
+    /// due, never after (see `arming`); meanwhile this connection keeps being driven
+    /// (the release runs on it).
+    fn forward(&mut self, n: &tokio_postgres::Notification) {
+        let ev = ListenerEvent::Notification {
+            channel: n.channel().to_string(),
+            payload: n.payload().to_string(),
+            pid: n.process_id(),
+        };
+        let arming = &self.routes.arming;
+        if !self.held.holding(n.channel()) && !arming.is_armed(n.channel()) {
+            let _ = self.routes.events.send(ev);
+            return;
+        }
+        if self.held.hold(n.channel(), ev) {
+            let arming = arming.clone();
+            let channel = n.channel().to_string();
+            self.releases.push(Box::pin(async move {
+                arming.disarm(&channel).await;
+                channel
+            }));
+        }
+    }
+
+    /// A control notification: acted on, dropped, kept waiting, or its sender looked up
+    /// (on this session, bounded by [`PROBE_DEADLINE`]) as the gate says.
+    fn control(&mut self, n: &tokio_postgres::Notification) {
+        match self
+            .gate
+            .arrive(n.process_id(), n.payload().to_string(), Instant::now())
+        {
             Next::Act(p) => {
-                let _ = events.send(ListenerEvent::Control(p));
+                let _ = self.routes.events.send(ListenerEvent::Control(p));
             }
             Next::Lookup(pid) => {
-                let client = client.clone();
-                let listed = roles.borrow().clone();
-                lookups.push(Box::pin(async move {
+                let client = self.client.clone();
+                let listed = self.routes.roles.borrow().clone();
+                self.lookups.push(Box::pin(async move {
                     let v = tokio::time::timeout(
                         PROBE_DEADLINE,
                         control::lookup(&client, pid, &listed),
@@ -301,8 +329,21 @@ pub async fn drive(
             }
             Next::Drop | Next::Wait => {}
         }
-    };
-    let _ = dead.send(why);
+    }
+
+    /// A sender's lookup ended: the payloads the gate now lets through are passed on.
+    fn looked_up(&mut self, pid: i32, verdict: Result<Verdict, String>) {
+        for payload in self.gate.decided(pid, verdict, Instant::now()) {
+            let _ = self.routes.events.send(ListenerEvent::Control(payload));
+        }
+    }
+
+    /// A channel's lock was released: the notifications held back on it are passed on.
+    fn released(&mut self, channel: &str) {
+        for ev in self.held.release(channel) {
+            let _ = self.routes.events.send(ev);
+        }
+    }
 }
 
 /// The proof on its own, for `refreshd check`: connects a LISTEN session as `run`

@@ -291,8 +291,16 @@ fn column_list(shape: &Shape) -> String {
 ///   its INSERT collides with them (23505).
 fn prologue(view: &ViewConfig) -> String {
     format!(
-        "{}; SET LOCAL jit = off; LOCK TABLE {} IN EXCLUSIVE MODE",
+        "{}; {}",
         crate::pg::refresh::begin(view),
+        jit_off_and_lock(view)
+    )
+}
+
+/// What both keyed transactions take after their timeouts (see [`prologue`]).
+fn jit_off_and_lock(view: &ViewConfig) -> String {
+    format!(
+        "SET LOCAL jit = off; LOCK TABLE {} IN EXCLUSIVE MODE",
         view.name.quoted()
     )
 }
@@ -649,13 +657,7 @@ async fn keys_statements(
     history: Option<crate::pg::refresh::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     if keys.is_empty() {
-        let row = history.map_or(String::new(), |h| {
-            h.success_sql(view, RefreshKind::KeyedKeys, Some(0))
-        });
-        client
-            .batch_execute(&epilogue_with(view, event, &row))
-            .await?;
-        return Ok(RefreshKind::KeyedKeys);
+        return commit_keys(client, view, event, history, 0).await;
     }
     let columns: Vec<Vec<&str>> = (0..keyed.key.len())
         .map(|c| keys.iter().map(|k| k[c].as_str()).collect())
@@ -678,8 +680,20 @@ async fn keys_statements(
     client
         .query_typed(&insert_keys_sql(view, keyed, shape, keys.len()), &params)
         .await?;
+    commit_keys(client, view, event, history, keys.len()).await
+}
+
+/// The end of a transaction that recomputed `n` groups: the history row (if kept), the
+/// event (if asked for) and COMMIT.
+async fn commit_keys(
+    client: &Client,
+    view: &ViewConfig,
+    event: bool,
+    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    n: usize,
+) -> Result<RefreshKind, tokio_postgres::Error> {
     let row = history.map_or(String::new(), |h| {
-        h.success_sql(view, RefreshKind::KeyedKeys, Some(keys.len()))
+        h.success_sql(view, RefreshKind::KeyedKeys, Some(n))
     });
     client
         .batch_execute(&epilogue_with(view, event, &row))
@@ -706,14 +720,10 @@ const PROBE_FROM_KEYS: usize = 16;
 /// failure. Everything else as [`prologue`].
 fn buffered_prologue(view: &ViewConfig) -> String {
     format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-         SET LOCAL jit = off; LOCK TABLE {} IN EXCLUSIVE MODE; \
-         SELECT pg_catalog.set_config(name, '{}', true) FROM pg_catalog.pg_settings \
-         WHERE name = 'client_connection_check_interval'",
-        view.statement_timeout.as_millis(),
-        view.lock_timeout.as_millis(),
-        view.name.quoted(),
-        crate::pg::refresh::CLIENT_CHECK.as_millis()
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; {}; {}; {}",
+        crate::pg::refresh::timeouts(view),
+        jit_off_and_lock(view),
+        crate::pg::refresh::client_check()
     )
 }
 
@@ -797,51 +807,10 @@ async fn buffered(
         return Ok((RefreshKind::KeyedAll, false, None));
     };
     client.batch_execute(&buffered_prologue(view)).await?;
-    let rows = client.query_typed(&consume_sql(keyed, buffer), &[]).await?;
-    let arity = keyed.key.len();
-    let mut keys: std::collections::BTreeSet<Key> = named.iter().cloned().collect();
-    let mut everything = rows.len() > keyed.max_keys;
-    for r in &rows {
-        if everything {
-            break;
-        }
-        let all: Option<bool> = r.get(arity);
-        let key: Option<Key> = (0..arity).map(|i| r.get::<_, Option<String>>(i)).collect();
-        match key {
-            Some(k) if all != Some(true) => {
-                keys.insert(k);
-            }
-            _ => everything = true,
-        }
-    }
-    let keys: Vec<Key> = keys.into_iter().collect();
-    everything = everything
+    let (keys, everything) = consume(client, keyed, buffer, named).await?;
+    let everything = everything
         || keys.len() > keyed.max_keys
-        || match work {
-            Work::Wake {
-                per_key: Some(k),
-                full: Some(f),
-                ..
-            } => *k * keys.len() as f64 > *f,
-            Work::Wake {
-                per_key: None,
-                full,
-                ..
-            }
-            | Work::KeysIfCheaper(_, full)
-                if keys.len() >= PROBE_FROM_KEYS =>
-            {
-                // Inside the transaction: a probe that fails (a payload's key that does
-                // not cast) must not abort it.
-                client.batch_execute("SAVEPOINT refreshd_probe").await?;
-                let dear = cheaper_in_full(client, view, keyed, shape, &keys, *full).await;
-                client
-                    .batch_execute("ROLLBACK TO SAVEPOINT refreshd_probe")
-                    .await?;
-                dear
-            }
-            _ => false,
-        };
+        || dearer_than_everything(client, view, keyed, shape, work, &keys).await?;
     if everything {
         client
             .batch_execute(&rest_of_full(view, keyed, shape, event, &full_row))
@@ -863,6 +832,73 @@ async fn buffered(
         // The groups recomputed: the payloads' and the buffer's (for the metric and
         // the time per key; a delta applied is not a group recomputed).
         other => other.map(|k| (k, false, Some(keys.len()))),
+    }
+}
+
+/// Consumes the buffer (in the transaction begun): its keys merged with `named`, and
+/// whether that means everything (more than `max_keys` entries, a NULL key member, or
+/// an entry that says "everything").
+async fn consume(
+    client: &Client,
+    keyed: &Keyed,
+    buffer: &QualifiedName,
+    named: &[Key],
+) -> Result<(Vec<Key>, bool), tokio_postgres::Error> {
+    let rows = client.query_typed(&consume_sql(keyed, buffer), &[]).await?;
+    let arity = keyed.key.len();
+    let mut keys: std::collections::BTreeSet<Key> = named.iter().cloned().collect();
+    let mut everything = rows.len() > keyed.max_keys;
+    for r in &rows {
+        if everything {
+            break;
+        }
+        let all: Option<bool> = r.get(arity);
+        let key: Option<Key> = (0..arity).map(|i| r.get::<_, Option<String>>(i)).collect();
+        match key {
+            Some(k) if all != Some(true) => {
+                keys.insert(k);
+            }
+            _ => everything = true,
+        }
+    }
+    Ok((keys.into_iter().collect(), everything))
+}
+
+/// Whether `keys`' groups are likely to cost more than recomputing everything: by the
+/// measured time per key and of a full recompute when both are known; else, from
+/// [`PROBE_FROM_KEYS`] keys on, by a probe (see [`cheaper_in_full`]) under a savepoint,
+/// so that a probe that fails (a payload's key that does not cast) does not abort the
+/// transaction.
+async fn dearer_than_everything(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    work: &Work,
+    keys: &[Key],
+) -> Result<bool, tokio_postgres::Error> {
+    match work {
+        Work::Wake {
+            per_key: Some(k),
+            full: Some(f),
+            ..
+        } => Ok(*k * keys.len() as f64 > *f),
+        Work::Wake {
+            per_key: None,
+            full,
+            ..
+        }
+        | Work::KeysIfCheaper(_, full)
+            if keys.len() >= PROBE_FROM_KEYS =>
+        {
+            client.batch_execute("SAVEPOINT refreshd_probe").await?;
+            let dear = cheaper_in_full(client, view, keyed, shape, keys, *full).await;
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT refreshd_probe")
+                .await?;
+            Ok(dear)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -908,6 +944,20 @@ mod tests {
         assert_eq!(
             full_sql(&v, &k, &shape, true),
             r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; DELETE FROM "public"."live"; INSERT INTO "public"."live" ("a", "B", "n") SELECT "a", "B", "n" FROM "public"."def"; SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
+        );
+    }
+
+    #[test]
+    fn both_prologues_share_the_timeouts_the_lock_and_the_client_check() {
+        let (v, _) = view();
+        let rest = "SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250";
+        let lock = r#"SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE"#;
+        let check = "SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'";
+        assert_eq!(prologue(&v), format!("BEGIN; {rest}; {check}; {lock}"));
+        // The buffered one takes its snapshot (the check's query) after the lock.
+        assert_eq!(
+            buffered_prologue(&v),
+            format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {rest}; {lock}; {check}")
         );
     }
 

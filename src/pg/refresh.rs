@@ -198,12 +198,25 @@ pub const CLIENT_CHECK: Duration = Duration::from_secs(1);
 /// it ends or reaches `statement_timeout`, and the refresher after it waits for it (the
 /// locks it holds), never collides with it.
 pub fn begin(view: &ViewConfig) -> String {
+    format!("BEGIN; {}; {}", timeouts(view), client_check())
+}
+
+/// The view's timeouts, for its transaction only (see [`begin`]).
+pub fn timeouts(view: &ViewConfig) -> String {
     format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-         SELECT pg_catalog.set_config(name, '{}', true) FROM pg_catalog.pg_settings \
-         WHERE name = 'client_connection_check_interval'",
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
         millis(view.statement_timeout),
-        millis(view.lock_timeout),
+        millis(view.lock_timeout)
+    )
+}
+
+/// The client-connection check ([`CLIENT_CHECK`]) for the transaction only, set
+/// through `pg_settings` so that PostgreSQL 13 sets nothing (see [`begin`]). A query:
+/// in a `REPEATABLE READ` transaction it takes the snapshot.
+pub fn client_check() -> String {
+    format!(
+        "SELECT pg_catalog.set_config(name, '{}', true) FROM pg_catalog.pg_settings \
+         WHERE name = 'client_connection_check_interval'",
         millis(CLIENT_CHECK)
     )
 }

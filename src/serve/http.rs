@@ -106,9 +106,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     let limits = Arc::new(Limits {
         waiters: Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)),
     });
-    // Overflow is logged at most once a minute, with the count since the last line.
-    let mut overflowed: u64 = 0;
-    let mut last_warned: Option<std::time::Instant> = None;
+    let mut overflow = Overflow::default();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -131,56 +129,93 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         };
         let permit = slots.clone().try_acquire_owned().ok();
         if permit.is_none() {
-            overflowed += 1;
-            if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                tracing::warn!(
-                    max_connections = MAX_CONNECTIONS,
-                    overflow_connections = overflowed,
-                    "http: every connection slot is taken; probes are still answered, other requests get 503"
-                );
-                last_warned = Some(std::time::Instant::now());
-                overflowed = 0;
-            }
+            overflow.note();
         }
-        let shared = shared.clone();
-        let limits = limits.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let io = TokioIo::new(stream);
-            let mut builder = http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new());
-            match permit {
-                Some(_permit) => {
-                    builder.header_read_timeout(IDLE_TIMEOUT);
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        let limits = limits.clone();
-                        async move {
-                            let answer = handle(req, &shared, &limits);
-                            Ok::<_, Infallible>(guarded(answer, &shared).await)
-                        }
-                    });
-                    drive(builder.serve_connection(io, service), &stop).await;
-                }
-                None => {
-                    builder
-                        .header_read_timeout(OVERFLOW_TIMEOUT)
-                        .keep_alive(false);
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move {
-                            let answer = async { overflow(&req, &shared) };
-                            Ok::<_, Infallible>(guarded(answer, &shared).await)
-                        }
-                    });
-                    drive(builder.serve_connection(io, service), &stop).await;
-                }
-            }
-        });
+        connections.spawn(connection(
+            stream,
+            permit,
+            shared.clone(),
+            limits.clone(),
+            stop.clone(),
+        ));
     }
+    drain(connections, &shared).await;
+}
+
+/// Connections served on the overflow path, logged at most once a minute with the
+/// count since the last line.
+#[derive(Default)]
+struct Overflow {
+    overflowed: u64,
+    last_warned: Option<std::time::Instant>,
+}
+
+impl Overflow {
+    /// One more connection found every slot taken.
+    fn note(&mut self) {
+        self.overflowed += 1;
+        if self
+            .last_warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                max_connections = MAX_CONNECTIONS,
+                overflow_connections = self.overflowed,
+                "http: every connection slot is taken; probes are still answered, other requests get 503"
+            );
+            self.last_warned = Some(std::time::Instant::now());
+            self.overflowed = 0;
+        }
+    }
+}
+
+/// One connection's task: served in full with a slot (`permit`), else on the
+/// overflow path (one request, probes answered, anything else 503); see [`serve`].
+async fn connection(
+    stream: TcpStream,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+) {
+    let io = TokioIo::new(stream);
+    let mut builder = http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new());
+    match permit {
+        Some(_permit) => {
+            builder.header_read_timeout(IDLE_TIMEOUT);
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                let limits = limits.clone();
+                async move {
+                    let answer = handle(req, &shared, &limits);
+                    Ok::<_, Infallible>(guarded(answer, &shared).await)
+                }
+            });
+            drive(builder.serve_connection(io, service), &stop).await;
+        }
+        None => {
+            builder
+                .header_read_timeout(OVERFLOW_TIMEOUT)
+                .keep_alive(false);
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move {
+                    let answer = async { overflow(&req, &shared) };
+                    Ok::<_, Infallible>(guarded(answer, &shared).await)
+                }
+            });
+            drive(builder.serve_connection(io, service), &stop).await;
+        }
+    }
+}
+
+/// At shutdown: waits at most [`DRAIN`] for the connections' requests in flight (a
+/// panic among them counted as usual); those still running are dropped.
+async fn drain(mut connections: tokio::task::JoinSet<()>, shared: &Shared) {
     let drained = tokio::time::timeout(DRAIN, async {
         while let Some(ended) = connections.join_next().await {
-            connection_ended(ended, &shared);
+            connection_ended(ended, shared);
         }
     })
     .await;

@@ -167,112 +167,142 @@ impl Exposition {
 
     /// Family `f` for the views in `range`, with its header when `first`.
     fn family(&self, f: usize, first: bool, range: std::ops::Range<usize>, out: &mut String) {
-        let all = &self.views[..];
-        let views = &self.views[range];
+        let mut w = Writer {
+            out,
+            all: &self.views[..],
+            views: &self.views[range],
+            first,
+        };
         match f {
-            0 => histogram(
-                out,
-                all,
-                views,
-                first,
-                "refreshd_refresh_duration_seconds",
-                "Time of the refresh statement (REFRESH, or a keyed view's transaction).",
-                &DURATION_BUCKETS,
-                |s| s.duration.as_deref(),
-            ),
-            1 => histogram(
-                out,
-                all,
-                views,
-                first,
-                "refreshd_refresh_lag_seconds",
-                "Time from the first pending change to the refresh that applied it committing.",
-                &LAG_BUCKETS,
-                |s| s.lag.as_deref(),
-            ),
-            2 => {
-                if first {
-                    header(
-                        out,
-                        "refreshd_refreshes_total",
-                        "Refreshes run, by view, reason and outcome.",
-                        "counter",
-                    );
-                }
-                for (v, s) in views {
-                    for reason in Reason::ALL {
-                        let (r, reason) = (reason.index(), reason.as_str());
-                        for (o, outcome) in OUTCOMES.iter().enumerate() {
-                            if let Some(n) = s.refreshes[r][o] {
-                                let _ = writeln!(
-                                    out,
-                                    "refreshd_refreshes_total{{outcome=\"{outcome}\",reason=\"{reason}\",view=\"{v}\"}} {n}"
-                                );
-                            }
-                        }
+            0 => w.histogram(DURATION, &DURATION_BUCKETS, |s| s.duration.as_deref()),
+            1 => w.histogram(LAG, &LAG_BUCKETS, |s| s.lag.as_deref()),
+            2 => w.refreshes(),
+            3 => w.simple(PENDING_SINCE, |s| Some(num(s.pending_since))),
+            4 => w.simple(LAST_SUCCESS, |s| s.last_success.map(num)),
+            5 => w.simple(KEYED_KEYS, |s| s.keyed.map(|k| k.0)),
+            7 => w.simple(CAPTURE_GAPS, |s| s.capture_gaps),
+            _ => w.simple(KEYED_MALFORMED, |s| s.keyed.map(|k| k.1)),
+        }
+    }
+}
+
+/// A family's name, help text and type.
+type Meta = (&'static str, &'static str, &'static str);
+
+const DURATION: Meta = (
+    "refreshd_refresh_duration_seconds",
+    "Time of the refresh statement (REFRESH, or a keyed view's transaction).",
+    "histogram",
+);
+const LAG: Meta = (
+    "refreshd_refresh_lag_seconds",
+    "Time from the first pending change to the refresh that applied it committing.",
+    "histogram",
+);
+const REFRESHES: Meta = (
+    "refreshd_refreshes_total",
+    "Refreshes run, by view, reason and outcome.",
+    "counter",
+);
+const PENDING_SINCE: Meta = (
+    "refreshd_pending_since_seconds",
+    "Age of the oldest change not yet applied to the view; 0 when fresh.",
+    "gauge",
+);
+const LAST_SUCCESS: Meta = (
+    "refreshd_last_success_timestamp_seconds",
+    "Unix time of the view's last successful refresh.",
+    "gauge",
+);
+const KEYED_KEYS: Meta = (
+    "refreshd_keyed_keys_total",
+    "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
+    "counter",
+);
+const CAPTURE_GAPS: Meta = (
+    "refreshd_capture_gaps",
+    "Base tables or partitions of the view whose changes no enabled trigger notifies on one of its channels (see capture_check_interval).",
+    "gauge",
+);
+const KEYED_MALFORMED: Meta = (
+    "refreshd_keyed_malformed_payloads_total",
+    "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
+    "counter",
+);
+
+/// Where one family's chunk is written: the views of the chunk, every view (whether
+/// the family has any series decides its header), and whether the chunk is the first.
+struct Writer<'a> {
+    out: &'a mut String,
+    all: &'a Views,
+    views: &'a Views,
+    first: bool,
+}
+
+impl Writer<'_> {
+    /// A histogram family; a view without observations has no series.
+    fn histogram(
+        &mut self,
+        (name, help, kind): Meta,
+        bounds: &[f64; 9],
+        get: impl Fn(&Series) -> Option<&Hist>,
+    ) {
+        if self.first && self.all.iter().any(|(_, s)| get(s).is_some()) {
+            header(self.out, name, help, kind);
+        }
+        let out = &mut *self.out;
+        for (v, s) in self.views {
+            let Some(h) = get(s) else { continue };
+            let mut cumulative = 0;
+            for (b, c) in bounds.iter().zip(&h.counts) {
+                cumulative += c;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{view=\"{v}\",le=\"{}\"}} {cumulative}",
+                    num(*b)
+                );
+            }
+            let _ = writeln!(out, "{name}_bucket{{view=\"{v}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{view=\"{v}\"}} {}", num(h.sum));
+            let _ = writeln!(out, "{name}_count{{view=\"{v}\"}} {}", h.count);
+        }
+    }
+
+    /// A family with one sample per view (`kind` gauge or counter); a view without a
+    /// value has no series.
+    fn simple<T: std::fmt::Display>(
+        &mut self,
+        (name, help, kind): Meta,
+        get: impl Fn(&Series) -> Option<T>,
+    ) {
+        if self.first && self.all.iter().any(|(_, s)| get(s).is_some()) {
+            header(self.out, name, help, kind);
+        }
+        for (v, s) in self.views {
+            if let Some(x) = get(s) {
+                let _ = writeln!(self.out, "{name}{{view=\"{v}\"}} {x}");
+            }
+        }
+    }
+
+    /// `refreshd_refreshes_total`: one series per view, reason and outcome that exists.
+    fn refreshes(&mut self) {
+        if self.first {
+            let (name, help, kind) = REFRESHES;
+            header(self.out, name, help, kind);
+        }
+        for (v, s) in self.views {
+            for reason in Reason::ALL {
+                let (r, reason) = (reason.index(), reason.as_str());
+                for (o, outcome) in OUTCOMES.iter().enumerate() {
+                    if let Some(n) = s.refreshes[r][o] {
+                        let _ = writeln!(
+                            self.out,
+                            "refreshd_refreshes_total{{outcome=\"{outcome}\",reason=\"{reason}\",view=\"{v}\"}} {n}"
+                        );
                     }
                 }
             }
-            3 => simple(
-                out,
-                all,
-                views,
-                first,
-                (
-                    "refreshd_pending_since_seconds",
-                    "Age of the oldest change not yet applied to the view; 0 when fresh.",
-                    "gauge",
-                ),
-                |s| Some(num(s.pending_since)),
-            ),
-            4 => simple(
-                out,
-                all,
-                views,
-                first,
-                (
-                    "refreshd_last_success_timestamp_seconds",
-                    "Unix time of the view's last successful refresh.",
-                    "gauge",
-                ),
-                |s| s.last_success.map(num),
-            ),
-            5 => simple(
-                out,
-                all,
-                views,
-                first,
-                (
-                    "refreshd_keyed_keys_total",
-                    "Keys (groups) a keyed view recomputed one by one (a recompute of every group is not counted here).",
-                    "counter",
-                ),
-                |s| s.keyed.map(|k| k.0),
-            ),
-            7 => simple(
-                out,
-                all,
-                views,
-                first,
-                (
-                    "refreshd_capture_gaps",
-                    "Base tables or partitions of the view whose changes no enabled trigger notifies on one of its channels (see capture_check_interval).",
-                    "gauge",
-                ),
-                |s| s.capture_gaps,
-            ),
-            _ => simple(
-                out,
-                all,
-                views,
-                first,
-                (
-                    "refreshd_keyed_malformed_payloads_total",
-                    "Notifications for a keyed view whose payload was not a usable key list (or whose values did not cast to the key columns' types); each was taken as \"every group\".",
-                    "counter",
-                ),
-                |s| s.keyed.map(|k| k.1),
-            ),
         }
     }
 }
@@ -310,57 +340,6 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 }
 
 type Views = [(String, Series)];
-
-#[allow(clippy::too_many_arguments)]
-fn histogram(
-    out: &mut String,
-    all: &Views,
-    views: &Views,
-    first: bool,
-    name: &str,
-    help: &str,
-    bounds: &[f64; 9],
-    get: impl Fn(&Series) -> Option<&Hist>,
-) {
-    if first && all.iter().any(|(_, s)| get(s).is_some()) {
-        header(out, name, help, "histogram");
-    }
-    for (v, s) in views {
-        let Some(h) = get(s) else { continue };
-        let mut cumulative = 0;
-        for (b, c) in bounds.iter().zip(&h.counts) {
-            cumulative += c;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{view=\"{v}\",le=\"{}\"}} {cumulative}",
-                num(*b)
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{view=\"{v}\",le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{view=\"{v}\"}} {}", num(h.sum));
-        let _ = writeln!(out, "{name}_count{{view=\"{v}\"}} {}", h.count);
-    }
-}
-
-/// A family with one sample per view (`kind` gauge or counter); a view without a value
-/// has no series.
-fn simple<T: std::fmt::Display>(
-    out: &mut String,
-    all: &Views,
-    views: &Views,
-    first: bool,
-    (name, help, kind): (&str, &str, &str),
-    get: impl Fn(&Series) -> Option<T>,
-) {
-    if first && all.iter().any(|(_, s)| get(s).is_some()) {
-        header(out, name, help, kind);
-    }
-    for (v, s) in views {
-        if let Some(x) = get(s) {
-            let _ = writeln!(out, "{name}{{view=\"{v}\"}} {x}");
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

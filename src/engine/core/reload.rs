@@ -1,5 +1,6 @@
 //! What a reload changes, computed without I/O: [`ReloadPlan::diff`] compares the
-//! running configuration with the new one; the core installs the plan (`Core::apply`).
+//! running configuration with the new one; the core installs the plan (`Core::apply`, in
+//! `install.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -1,0 +1,255 @@
+//! Work the core runs off its loop (see [`Job`]): capture checks, consuming
+//! `refreshd.force`'s requests, reloads, a standby's relays. Each is a task in the
+//! core's `jobs` set whose result comes back as a [`Command`]; this module starts them
+//! and handles what they bring back.
+
+use std::time::Duration;
+
+use super::{Command, Core};
+use crate::engine::capture::Report;
+use crate::engine::reason::Reason;
+use crate::engine::startup::{self, Prepared, StartupError};
+use crate::engine::tasks;
+use crate::pg::ident::QualifiedName;
+
+/// How long a reload's catalog checks may take before the reload is abandoned.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Work the core runs off its loop, in its `jobs` set. A job's result is a command for
+/// the loop; a job that panics is answered with what its failure would be.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Job {
+    /// A capture check ([`Command::CaptureChecked`]).
+    Capture,
+    /// Reading `refreshd.force`'s requests ([`Command::ForceRequests`]).
+    Force,
+    /// A reload ([`Command::Reloaded`]).
+    Reload,
+    /// A standby's relay to the leader (no result).
+    Relay,
+}
+
+impl Job {
+    /// The command that stands for a job that panicked (the failure its callers expect).
+    fn panicked(self, message: &str) -> Option<Command> {
+        let why = format!("the task panicked: {message}");
+        match self {
+            Job::Capture => Some(Command::CaptureChecked(Err(why))),
+            Job::Force => Some(Command::ForceRequests(Err(why))),
+            Job::Reload => Some(Command::Reloaded(Box::new(Err(StartupError::Panicked(
+                message.to_string(),
+            ))))),
+            Job::Relay => None,
+        }
+    }
+
+    /// Its `reason` in `refreshd_task_panics_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Job::Capture => "capture",
+            _ => "background",
+        }
+    }
+}
+
+impl Core {
+    /// Starts work off the loop; its result comes back through [`Core::job_ended`].
+    pub(super) fn spawn_job(
+        &mut self,
+        kind: Job,
+        job: impl std::future::Future<Output = Option<Command>> + Send + 'static,
+    ) {
+        let handle = self.jobs.spawn(job);
+        self.job_kinds.insert(handle.id(), kind);
+    }
+
+    /// A job ended: its command is handled; a panic is logged, counted, and handled as
+    /// the failure it stands for.
+    pub(super) async fn job_ended(
+        &mut self,
+        done: Result<(tokio::task::Id, Option<Command>), tokio::task::JoinError>,
+    ) {
+        let cmd = match done {
+            Ok((id, cmd)) => {
+                self.job_kinds.remove(&id);
+                cmd
+            }
+            Err(e) => {
+                let Some(kind) = self.job_kinds.remove(&e.id()) else {
+                    return;
+                };
+                if !e.is_panic() {
+                    return;
+                }
+                let message = tasks::join_error_message(e);
+                tasks::panicked(&self.metrics, kind.label(), &message);
+                kind.panicked(&message)
+            }
+        };
+        if let Some(cmd) = cmd {
+            self.handle(cmd).await;
+        }
+    }
+
+    /// Starts a capture check when one is due (the leader only: it alone installs
+    /// triggers and refreshes), off the loop; it comes back as
+    /// [`Command::CaptureChecked`].
+    pub(super) fn check_capture(&mut self) {
+        if !self.leading || self.stopping.is_some() {
+            return;
+        }
+        if !self.capture.start_if_due(std::time::Instant::now()) {
+            return;
+        }
+        let info = self.refresh_info.clone();
+        let views = self.config.views.clone();
+        let previous = self.capture.previous();
+        self.spawn_job(Job::Capture, async move {
+            let check = crate::engine::capture::run_check(info, views, previous);
+            let result = match tokio::time::timeout(Duration::from_secs(60), check).await {
+                Ok(r) => r,
+                Err(_) => Err("no answer within 60 s".into()),
+            };
+            Some(Command::CaptureChecked(result))
+        });
+    }
+
+    /// Consumes the requests `refreshd.force` recorded, on a connection of its own
+    /// (off the loop); they come back as [`Command::ForceRequests`]. Only the leader
+    /// consumes them: a standby leaves them for it.
+    pub(super) fn take_force_requests(&mut self) {
+        if !self.leading {
+            return;
+        }
+        if self.draining {
+            self.drain_again = true;
+            return;
+        }
+        self.draining = true;
+        let info = self.refresh_info.clone();
+        self.spawn_job(Job::Force, async move {
+            let mut last = String::new();
+            for attempt in 0..3u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                let taken = async {
+                    let client = info.connect().await.map_err(|e| e.to_string())?;
+                    crate::pg::force::take_requests(&client)
+                        .await
+                        .map_err(|e| crate::pg::connect::error_chain(&e))
+                };
+                match tokio::time::timeout(Duration::from_secs(15), taken).await {
+                    Ok(Ok(t)) => return Some(Command::ForceRequests(Ok(t))),
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = "no answer within 15 s".into(),
+                }
+            }
+            Some(Command::ForceRequests(Err(last)))
+        });
+    }
+
+    /// Carries out what `refreshd.force` recorded. The function already refused
+    /// names that are no relation; one refreshd does not manage is logged.
+    pub(super) fn forced_from_sql(
+        &mut self,
+        taken: Result<Option<Vec<String>>, String>,
+        now: std::time::Instant,
+    ) {
+        self.draining = false;
+        match taken {
+            Ok(Some(names)) => {
+                for name in names {
+                    if name == "*" {
+                        tracing::info!(source = "sql", "forced refresh of every view");
+                        self.force(None, now);
+                        continue;
+                    }
+                    let found = QualifiedName::parse(&name)
+                        .ok()
+                        .and_then(|n| self.index.by_name.get(&n).copied());
+                    match found {
+                        Some(i) => {
+                            let view = self.config.views[i].name.clone();
+                            tracing::info!(view = %view, source = "sql", "forced refresh");
+                            self.force(Some(&view), now);
+                        }
+                        None => self.log_throttled(("force_unknown", String::new()), |n| {
+                            tracing::warn!(view = ?name, suppressed = n, "refreshd.force named a view refreshd does not manage; ignored")
+                        }),
+                    }
+                }
+            }
+            Ok(None) => tracing::debug!(
+                "refreshd.force is not installed (refreshd init --apply installs it)"
+            ),
+            Err(e) => self.log_throttled(("force_requests", String::new()), |n| {
+                tracing::warn!(error = %e, suppressed = n, "could not read refreshd.force's requests; they wait for the next wake-up or reconnect")
+            }),
+        }
+        if std::mem::take(&mut self.drain_again) {
+            self.take_force_requests();
+        }
+    }
+
+    /// Starts a reload on a task of its own; its result comes back as
+    /// [`Command::Reloaded`]. A SIGHUP during a reload runs one more after it.
+    pub(super) fn reload(&mut self) {
+        if self.reloading {
+            self.reload_again = true;
+            return;
+        }
+        self.reloading = true;
+        let path = self.config_path.clone();
+        let info = self.refresh_info.clone();
+        self.spawn_job(Job::Reload, async move {
+            let result = startup::load_and_prepare(&path, &info, RELOAD_TIMEOUT).await;
+            Some(Command::Reloaded(Box::new(result)))
+        });
+    }
+
+    /// A reload's result: installed when it worked, logged when not; a SIGHUP that
+    /// came meanwhile starts the next one.
+    pub(super) async fn reloaded(&mut self, result: Result<Prepared, StartupError>) {
+        self.reloading = false;
+        match result {
+            Ok(p) => self.apply(p, false).await,
+            Err(StartupError::Config(c)) => {
+                let (file, line, key) = (c.file.display(), c.line, c.key.as_deref());
+                tracing::error!(error = %c, %file, line, key, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the new configuration is invalid or does not fit the database; keeping the old one")
+            }
+        }
+        if std::mem::take(&mut self.reload_again) {
+            self.reload();
+        }
+    }
+
+    /// The catalog changed (DDL): the leader checks capture now.
+    pub(super) fn catalog_changed(&mut self) {
+        if self.leading {
+            tracing::debug!("catalog changed (DDL): checking change capture now");
+            self.capture.check_now();
+        }
+    }
+
+    /// A capture check ended: its findings recorded and logged; the views whose changes
+    /// may have been missed (open or closed gaps, a definition reading new tables) are
+    /// refreshed fully.
+    pub(super) fn capture_checked(
+        &mut self,
+        result: Result<Report, String>,
+        now: std::time::Instant,
+    ) {
+        let views = self.capture.finished(
+            result,
+            self.config.capture_check_interval,
+            &self.metrics.views,
+        );
+        for v in views {
+            self.mark_named(&v, Reason::Resync, now);
+        }
+    }
+}
