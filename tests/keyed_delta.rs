@@ -1,4 +1,4 @@
-//! `init --keyed VIEW` applies a fact table's changes as deltas (src/incremental/delta.rs
+//! `init --keyed VIEW` applies a fact table's changes as deltas (src/incremental/delta/
 //! wired by src/incremental/generate.rs): the fact table's triggers buffer rows, the
 //! consume function applies them to the live table in the refresh's snapshot, and the
 //! result stays equal to its definition under four concurrent writers (rows moved

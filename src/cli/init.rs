@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
@@ -89,50 +89,42 @@ pub struct Options<'a> {
 
 /// Runs the command; returns the exit code.
 pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
-    let (schemas, sql_dir, apply) = (opts.schemas, opts.sql_dir, opts.apply);
-    let (client, target, conn_dsn) = match connect(url).await {
-        Ok(c) => c,
+    match produce(url, opts).await {
+        Ok(keyed) => report_keyed(&keyed, opts),
         Err(e) => {
             eprintln!("refreshd init: {}", escape_line(&e));
-            return EXIT_PROBLEMS;
+            EXIT_PROBLEMS
         }
-    };
-    let plan = match read(&client, schemas).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("refreshd init: reading the catalog: {}", escape_line(&e));
-            return EXIT_PROBLEMS;
-        }
-    };
-    let keyed = match derive_keyed(&client, opts.keyed, opts.in_place).await {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("refreshd init: {}", escape_line(&e));
-            return EXIT_PROBLEMS;
-        }
-    };
+    }
+}
+
+/// Reads the catalog, derives the `--keyed` views, writes and applies the SQL as asked
+/// and prints the configuration; `Err`: the one line saying why nothing (more) was done.
+async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
+    let (sql_dir, apply) = (opts.sql_dir, opts.apply);
+    let (client, target, conn_dsn) = connect(url).await?;
+    let plan = read(&client, opts.schemas)
+        .await
+        .map_err(|e| format!("reading the catalog: {e}"))?;
+    let keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
     let converting = sql_dir.is_some() || apply;
     let config = plan.config(&target, &conn_dsn, &keyed, converting);
     let (install, rollback) = plan.sql(&keyed);
     if let Some(dir) = sql_dir {
-        let written = std::fs::create_dir_all(dir)
+        std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
-            .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback));
-        if let Err(e) = written {
-            eprintln!("refreshd init: writing {}: {e}", dir.display());
-            return EXIT_PROBLEMS;
-        }
+            .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback))
+            .map_err(|e| format!("writing {}: {e}", dir.display()))?;
     }
     if apply {
         // The file is one transaction (BEGIN ... COMMIT) sent as one simple query: on an
         // error the server skips the rest, and the ROLLBACK below ends the transaction.
         if let Err(e) = client.batch_execute(&install).await {
             let _ = client.batch_execute("ROLLBACK").await;
-            eprintln!(
-                "refreshd init: applying the SQL (nothing was changed): {}",
-                escape_line(&crate::pg::connect::error_chain(&e))
-            );
-            return EXIT_PROBLEMS;
+            return Err(format!(
+                "applying the SQL (nothing was changed): {}",
+                crate::pg::connect::error_chain(&e)
+            ));
         }
     }
     crate::cli::emit(&config);
@@ -150,9 +142,15 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     } else if apply {
         eprintln!("refreshd init: applied the change capture and refreshd's schema");
     }
+    Ok(keyed)
+}
+
+/// Prints what became of each `--keyed` view; the exit code (problems when one could
+/// not be derived).
+fn report_keyed(keyed: &[Keyed], opts: &Options<'_>) -> u8 {
     let mut derived = 0;
     let mut refused = 0;
-    for k in &keyed {
+    for k in keyed {
         match &k.outcome {
             Ok(_) => derived += 1,
             Err(reason) => {
@@ -167,33 +165,7 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     }
     for k in keyed.iter().filter(|k| k.outcome.is_ok()) {
         if let Some(g) = &k.conversion {
-            let what = format!(
-                "--keyed {}: keyed view {} (definition {}, channel {})",
-                k.name.shown(),
-                g.table.shown(),
-                g.definition.shown(),
-                escape_line(&g.channel)
-            );
-            match &k.deltas {
-                Some(Ok(fact)) => eprintln!(
-                    "refreshd init: --keyed {}: deltas: fact table {}",
-                    k.name.shown(),
-                    fact.shown()
-                ),
-                Some(Err(reason)) => eprintln!(
-                    "refreshd init: --keyed {}: no deltas: {}",
-                    k.name.shown(),
-                    escape_line(reason)
-                ),
-                None => {}
-            }
-            if apply {
-                eprintln!("refreshd init: {what}: converted");
-            } else if sql_dir.is_some() {
-                eprintln!("refreshd init: {what}: the install SQL converts it (not applied)");
-            } else {
-                eprintln!("refreshd init: {what}: {NOT_CONVERTED}");
-            }
+            report_conversion(k, g, opts);
         }
     }
     if opts.in_place && derived == 0 {
@@ -203,6 +175,37 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
         return EXIT_PROBLEMS;
     }
     EXIT_OK
+}
+
+/// The lines for one derived `--keyed` view: its deltas, and whether it was converted.
+fn report_conversion(k: &Keyed, g: &Generated, opts: &Options<'_>) {
+    let what = format!(
+        "--keyed {}: keyed view {} (definition {}, channel {})",
+        k.name.shown(),
+        g.table.shown(),
+        g.definition.shown(),
+        escape_line(&g.channel)
+    );
+    match &k.deltas {
+        Some(Ok(fact)) => eprintln!(
+            "refreshd init: --keyed {}: deltas: fact table {}",
+            k.name.shown(),
+            fact.shown()
+        ),
+        Some(Err(reason)) => eprintln!(
+            "refreshd init: --keyed {}: no deltas: {}",
+            k.name.shown(),
+            escape_line(reason)
+        ),
+        None => {}
+    }
+    if opts.apply {
+        eprintln!("refreshd init: {what}: converted");
+    } else if opts.sql_dir.is_some() {
+        eprintln!("refreshd init: {what}: the install SQL converts it (not applied)");
+    } else {
+        eprintln!("refreshd init: {what}: {NOT_CONVERTED}");
+    }
 }
 
 /// Printed for a `--keyed` view without `--sql DIR` or `--apply`: nothing is changed,
@@ -314,22 +317,24 @@ async fn derive_keyed(
     Ok(derived)
 }
 
-/// [`derive_keyed`] inside its transaction.
-async fn derive_keyed_in(
+/// `schema.name` (as the derivation names tables) → the name and relkind.
+type Relations = HashMap<String, (QualifiedName, char)>;
+
+/// A catalog read failed, for `--keyed`.
+fn catalog_error(e: tokio_postgres::Error) -> String {
+    format!(
+        "reading the catalog for --keyed: {}",
+        crate::pg::connect::error_chain(&e)
+    )
+}
+
+/// Every relation a definition can name, with the session's search_path.
+async fn read_relations(
     client: &tokio_postgres::Client,
-    names: &[QualifiedName],
-    in_place: bool,
-) -> Result<Vec<Keyed>, String> {
-    let err = |e: tokio_postgres::Error| {
-        format!(
-            "reading the catalog for --keyed: {}",
-            crate::pg::connect::error_chain(&e)
-        )
-    };
+) -> Result<(Catalog, Relations), tokio_postgres::Error> {
     let mut catalog = Catalog::new();
-    // `schema.name` (as the derivation names tables) → the name and relkind.
-    let mut relations: HashMap<String, (QualifiedName, char)> = HashMap::new();
-    for r in client.query_typed(RELATIONS_SQL, &[]).await.map_err(err)? {
+    let mut relations = Relations::new();
+    for r in client.query_typed(RELATIONS_SQL, &[]).await? {
         let relkind = r.get::<_, String>(2);
         relations.insert(
             format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
@@ -354,109 +359,147 @@ async fn derive_keyed_in(
     }
     if let Some(r) = client
         .query_typed("SELECT pg_catalog.current_schemas(false)::text[]", &[])
-        .await
-        .map_err(err)?
+        .await?
         .first()
     {
         catalog.search_path = r.get(0);
     }
+    Ok((catalog, relations))
+}
+
+/// [`derive_keyed`] inside its transaction.
+async fn derive_keyed_in(
+    client: &tokio_postgres::Client,
+    names: &[QualifiedName],
+    in_place: bool,
+) -> Result<Vec<Keyed>, String> {
+    let (catalog, relations) = read_relations(client).await.map_err(catalog_error)?;
     let mut out = Vec::new();
     for name in names {
-        let rows = client
-            .query_typed(
-                KEYED_SQL,
-                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
-            )
-            .await
-            .map_err(err)?;
-        let Some(r) = rows.first() else {
-            return Err(format!(
-                "--keyed {}: no such relation (name it as schema.view; quote mixed-case names)",
-                name.shown()
-            ));
-        };
-        let relkind: String = r.get(1);
-        let definition: Option<String> = r.get(2);
-        let key: Option<Vec<String>> = r.get(3);
-        let oid: u32 = r.get(0);
-        let outcome = if relkind != "m" {
-            Err(format!(
-                "not a materialized view (it is {})",
-                relkind_name(&relkind)
-            ))
-        } else {
-            match (definition, key) {
-                (_, None) => Err(
-                    "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
-                        .to_string(),
-                ),
-                (None, _) => Err("its definition could not be read".to_string()),
-                (Some(def), Some(key)) => {
-                    let key: Vec<&str> = key.iter().map(String::as_str).collect();
-                    incremental::derive(&def, &key, &catalog)
-                        .map_err(|e| e.reason)
-                        .map(|d| (d, def))
-                }
-            }
-        };
-        let (outcome, conversion, deltas) = match outcome {
-            Err(e) => (Err(e), None, None),
-            Ok((d, definition)) => {
-                let facts = keyed_facts(
-                    client,
-                    name,
-                    oid,
-                    definition,
-                    &d,
-                    &relations,
-                    &catalog.search_path,
-                    in_place,
-                )
-                .await
-                .map_err(err)?;
-                match facts.and_then(|(f, dt)| generate::generate(&d, &f).map(|g| (f, dt, g))) {
-                    Err(e) => (Err(e), None, None),
-                    Ok((mut f, delta_tables, g)) => {
-                        let plan = delta_plan(
-                            &d,
-                            &DeltaFacts {
-                                view: name,
-                                live: &g.table,
-                                definition: &f.definition,
-                                columns: &f.columns,
-                                catalog: &catalog,
-                                tables: &delta_tables,
-                                fact: None,
-                            },
-                        );
-                        match plan {
-                            Err(no) => (Ok(d), Some(g), Some(Err(no.reason))),
-                            Ok(p) => {
-                                let fact = p.fact_name.clone();
-                                f.delta = Some(p);
-                                match generate::generate(&d, &f) {
-                                    Ok(with) => (Ok(d), Some(with), Some(Ok(fact))),
-                                    Err(e) => (
-                                        Ok(d),
-                                        Some(g),
-                                        Some(Err(format!("the delta plan does not fit: {e}"))),
-                                    ),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        out.push(Keyed {
-            name: name.clone(),
-            oid,
-            outcome,
-            conversion,
-            deltas,
-        });
+        out.push(derive_one(client, name, &catalog, &relations, in_place).await?);
     }
     Ok(out)
+}
+
+/// One `--keyed` view: its derivation from the definition and key the catalog gives,
+/// then its conversion.
+async fn derive_one(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+    catalog: &Catalog,
+    relations: &Relations,
+    in_place: bool,
+) -> Result<Keyed, String> {
+    let rows = client
+        .query_typed(
+            KEYED_SQL,
+            &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+        )
+        .await
+        .map_err(catalog_error)?;
+    let Some(r) = rows.first() else {
+        return Err(format!(
+            "--keyed {}: no such relation (name it as schema.view; quote mixed-case names)",
+            name.shown()
+        ));
+    };
+    let relkind: String = r.get(1);
+    let definition: Option<String> = r.get(2);
+    let key: Option<Vec<String>> = r.get(3);
+    let oid: u32 = r.get(0);
+    let derived = if relkind != "m" {
+        Err(format!(
+            "not a materialized view (it is {})",
+            relkind_name(&relkind)
+        ))
+    } else {
+        match (definition, key) {
+            (_, None) => Err(
+                "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
+                    .to_string(),
+            ),
+            (None, _) => Err("its definition could not be read".to_string()),
+            (Some(def), Some(key)) => {
+                let key: Vec<&str> = key.iter().map(String::as_str).collect();
+                incremental::derive(&def, &key, catalog)
+                    .map_err(|e| e.reason)
+                    .map(|d| (d, def))
+            }
+        }
+    };
+    let (outcome, conversion, deltas) = match derived {
+        Err(e) => (Err(e), None, None),
+        Ok((d, definition)) => {
+            let facts = keyed_facts(
+                client,
+                name,
+                oid,
+                definition,
+                &d,
+                relations,
+                &catalog.search_path,
+                in_place,
+            )
+            .await
+            .map_err(catalog_error)?;
+            convert(name, d, facts, catalog)
+        }
+    };
+    Ok(Keyed {
+        name: name.clone(),
+        oid,
+        outcome,
+        conversion,
+        deltas,
+    })
+}
+
+/// What [`Keyed`] holds of a derivation: the outcome, the conversion, the deltas.
+type Converted = (
+    Result<Derivation, String>,
+    Option<Generated>,
+    Option<Result<QualifiedName, String>>,
+);
+
+/// The conversion of a derived view, with deltas when a fact table takes them.
+fn convert(
+    name: &QualifiedName,
+    d: Derivation,
+    facts: Result<(Facts, Vec<DeltaTable>), String>,
+    catalog: &Catalog,
+) -> Converted {
+    let (mut f, delta_tables, g) =
+        match facts.and_then(|(f, dt)| generate::generate(&d, &f).map(|g| (f, dt, g))) {
+            Err(e) => return (Err(e), None, None),
+            Ok(x) => x,
+        };
+    let plan = delta_plan(
+        &d,
+        &DeltaFacts {
+            view: name,
+            live: &g.table,
+            definition: &f.definition,
+            columns: &f.columns,
+            catalog,
+            tables: &delta_tables,
+            fact: None,
+        },
+    );
+    match plan {
+        Err(no) => (Ok(d), Some(g), Some(Err(no.reason))),
+        Ok(p) => {
+            let fact = p.fact_name.clone();
+            f.delta = Some(p);
+            match generate::generate(&d, &f) {
+                Ok(with) => (Ok(d), Some(with), Some(Ok(fact))),
+                Err(e) => (
+                    Ok(d),
+                    Some(g),
+                    Some(Err(format!("the delta plan does not fit: {e}"))),
+                ),
+            }
+        }
+    }
 }
 
 /// The materialized view's columns with their types.
@@ -533,7 +576,7 @@ async fn keyed_facts(
     oid: u32,
     definition: String,
     d: &Derivation,
-    relations: &HashMap<String, (QualifiedName, char)>,
+    relations: &Relations,
     search_path: &[String],
     in_place: bool,
 ) -> Result<Result<(Facts, Vec<DeltaTable>), String>, tokio_postgres::Error> {
@@ -565,67 +608,9 @@ async fn keyed_facts(
         let Some((name, relkind)) = relations.get(&t.table) else {
             return Ok(Err(format!("base table {} is not in the catalog", t.table)));
         };
-        let mut partitions = Vec::new();
-        if *relkind == 'p' {
-            for r in client
-                .query_typed(
-                    PARTITIONS_SQL,
-                    &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
-                )
-                .await?
-            {
-                partitions.push(QualifiedName::new(
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                ));
-            }
-        }
-        let incomparable: Vec<String> = client
-            .query_typed(
-                INCOMPARABLE_SQL,
-                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let lockable = client
-            .query_typed(
-                LOCKABLE_SQL,
-                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
-            )
-            .await?
-            .first()
-            .is_some_and(|r| r.get::<_, bool>(0));
-        let rows = client
-            .query_typed(
-                DELTA_COLUMNS_SQL,
-                &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
-            )
-            .await?;
-        delta_tables.push(DeltaTable {
-            table: t.table.clone(),
-            name: name.clone(),
-            columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-            not_null: rows
-                .iter()
-                .filter(|r| r.get::<_, bool>(2))
-                .map(|r| r.get(0))
-                .collect(),
-            incomparable: incomparable.clone(),
-            estimated_rows: rows
-                .first()
-                .and_then(|r| r.get::<_, Option<f64>>(3))
-                .unwrap_or(0.0),
-        });
-        tables.push(BaseTable {
-            table: t.table.clone(),
-            name: name.clone(),
-            relkind: *relkind,
-            partitions,
-            incomparable,
-            lockable,
-        });
+        let (base, delta) = table_facts(client, &t.table, name, *relkind).await?;
+        tables.push(base);
+        delta_tables.push(delta);
     }
     Ok(Ok((
         Facts {
@@ -641,6 +626,63 @@ async fn keyed_facts(
         },
         delta_tables,
     )))
+}
+
+/// One base table's catalog facts: for the capture ([`BaseTable`]) and for the delta
+/// plan ([`DeltaTable`]).
+async fn table_facts(
+    client: &tokio_postgres::Client,
+    table: &str,
+    name: &QualifiedName,
+    relkind: char,
+) -> Result<(BaseTable, DeltaTable), tokio_postgres::Error> {
+    let by_name: &[(&(dyn ToSql + Sync), Type)] =
+        &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)];
+    let mut partitions = Vec::new();
+    if relkind == 'p' {
+        for r in client.query_typed(PARTITIONS_SQL, by_name).await? {
+            partitions.push(QualifiedName::new(
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+            ));
+        }
+    }
+    let incomparable: Vec<String> = client
+        .query_typed(INCOMPARABLE_SQL, by_name)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lockable = client
+        .query_typed(LOCKABLE_SQL, by_name)
+        .await?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    let rows = client.query_typed(DELTA_COLUMNS_SQL, by_name).await?;
+    let delta = DeltaTable {
+        table: table.to_string(),
+        name: name.clone(),
+        columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        not_null: rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(2))
+            .map(|r| r.get(0))
+            .collect(),
+        incomparable: incomparable.clone(),
+        estimated_rows: rows
+            .first()
+            .and_then(|r| r.get::<_, Option<f64>>(3))
+            .unwrap_or(0.0),
+    };
+    let base = BaseTable {
+        table: table.to_string(),
+        name: name.clone(),
+        relkind,
+        partitions,
+        incomparable,
+        lockable,
+    };
+    Ok((base, delta))
 }
 
 /// The comment lines reporting one `--keyed` view; `converting`: its SQL is written or
@@ -793,10 +835,32 @@ const INSTALLED_SQL: &str = "SELECT t.tgrelid, t.tgargs FROM pg_catalog.pg_trigg
 
 async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Plan, String> {
     let err = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
+    let found = found_views(client, schemas).await.map_err(err)?;
+    let (views, reads) = dependency_order(found);
+    let feeds = feeds(client, &views).await.map_err(err)?;
+    let server_version: i32 = client
+        .query_typed("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(err)?
+        .first()
+        .map_or(0, |r| r.get(0));
+    Ok(Plan {
+        views,
+        reads,
+        feeds,
+        server_version,
+    })
+}
+
+/// The materialized views of these schemas, each with its owner, key and base
+/// relations.
+async fn found_views(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> Result<Vec<Found>, tokio_postgres::Error> {
     let rows = client
         .query_typed(MATVIEWS_SQL, &[(&schemas, Type::TEXT_ARRAY)])
-        .await
-        .map_err(err)?;
+        .await?;
     let mut found = Vec::new();
     for r in &rows {
         let oid: u32 = r.get(0);
@@ -806,14 +870,15 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
             owner: r.get(3),
             populated: r.get(4),
             may_refresh: r.get::<_, Option<bool>>(5).unwrap_or(false),
-            unique_index: usable_unique_indexes(client, oid)
-                .await
-                .map_err(err)?
-                .into_iter()
-                .next(),
-            base: base_relations(client, oid).await.map_err(err)?,
+            unique_index: usable_unique_indexes(client, oid).await?.into_iter().next(),
+            base: base_relations(client, oid).await?,
         });
     }
+    Ok(found)
+}
+
+/// The views in dependency order, each with the positions of the views it reads.
+fn dependency_order(found: Vec<Found>) -> (Vec<Found>, Vec<Vec<usize>>) {
     let by_oid: HashMap<u32, usize> = found.iter().enumerate().map(|(i, f)| (f.oid, i)).collect();
     let reads: Vec<Vec<usize>> = found
         .iter()
@@ -835,13 +900,21 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
         .iter()
         .map(|&i| reads[i].iter().map(|l| position[l]).collect())
         .collect();
+    (views, reads)
+}
 
-    // Base tables (not materialized views: those are refreshed by dependency), with
-    // every member of their partition trees: a partitioned table and all its partitions
-    // share the root's channel, and each needs its own trigger (statement triggers are
-    // not cloned to partitions, and a write straight into a partition fires only its own).
+/// The channel each base table (and partition) feeds, and whether its trigger exists.
+///
+/// Base tables (not materialized views: those are refreshed by dependency), with every
+/// member of their partition trees: a partitioned table and all its partitions share
+/// the root's channel, and each needs its own trigger (statement triggers are not
+/// cloned to partitions, and a write straight into a partition fires only its own).
+async fn feeds(
+    client: &tokio_postgres::Client,
+    views: &[Found],
+) -> Result<BTreeMap<u32, Feed>, tokio_postgres::Error> {
     let mut read_oids: BTreeSet<u32> = BTreeSet::new();
-    for f in &views {
+    for f in views {
         for b in f.base.iter().filter(|b| b.relkind != 'm') {
             read_oids.insert(b.oid);
         }
@@ -851,52 +924,17 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
     let mut tables: BTreeMap<u32, (QualifiedName, char, u32)> = BTreeMap::new();
     for r in client
         .query_typed(TREE_SQL, &[(&read_oids, Type::OID_ARRAY)])
-        .await
-        .map_err(err)?
+        .await?
     {
         let name = QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3));
         let relkind = r.get::<_, String>(4).chars().next().unwrap_or('?');
         tables.insert(r.get(1), (name, relkind, r.get(0)));
     }
     let oids: Vec<u32> = tables.keys().copied().collect();
-    let mut existing: HashMap<u32, BTreeSet<String>> = HashMap::new();
-    // Channels of triggers with transition tables feed keyed views: their payloads name
-    // groups, and they may skip changes their own definition does not read (which a
-    // materialized view on the same table may read). Those channels are not reused.
-    let mut keyed: HashMap<u32, BTreeSet<String>> = HashMap::new();
-    for r in client
-        .query_typed(EXISTING_SQL, &[(&oids, Type::OID_ARRAY)])
-        .await
-        .map_err(err)?
-    {
-        let src: String = r.get(1);
-        let target = if r.get::<_, bool>(2) {
-            &mut keyed
-        } else {
-            &mut existing
-        };
-        target
-            .entry(r.get(0))
-            .or_default()
-            .extend(notified_channels(&src));
-    }
-    for (oid, channels) in existing.iter_mut() {
-        if let Some(k) = keyed.get(oid) {
-            channels.retain(|c| !k.contains(c));
-        }
-    }
-    let mut installed: HashMap<u32, String> = HashMap::new();
-    for r in client
-        .query_typed(INSTALLED_SQL, &[(&oids, Type::OID_ARRAY)])
-        .await
-        .map_err(err)?
-    {
-        let args: Vec<u8> = r.get(1);
-        let first = args.split(|b| *b == 0).next().unwrap_or_default();
-        installed.insert(r.get(0), String::from_utf8_lossy(first).into_owned());
-    }
+    let existing = existing_channels(client, &oids).await?;
+    let installed = installed_channels(client, &oids).await?;
     let own = |oid: u32| existing.get(&oid).and_then(|c| c.iter().next().cloned());
-    let feeds = tables
+    Ok(tables
         .iter()
         .map(|(&oid, (table, relkind, root))| {
             let (root_name, root_channel) = match tables.get(root) {
@@ -918,19 +956,57 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
             };
             (oid, feed)
         })
-        .collect();
-    let server_version: i32 = client
-        .query_typed("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(err)?
-        .first()
-        .map_or(0, |r| r.get(0));
-    Ok(Plan {
-        views,
-        reads,
-        feeds,
-        server_version,
-    })
+        .collect())
+}
+
+/// The channels the tables' own triggers already notify (not those of triggers with
+/// transition tables: those feed keyed views, their payloads name groups, and they
+/// may skip changes their own definition does not read, which a materialized view on
+/// the same table may read; such channels are not reused).
+async fn existing_channels(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, BTreeSet<String>>, tokio_postgres::Error> {
+    let mut existing: HashMap<u32, BTreeSet<String>> = HashMap::new();
+    let mut keyed: HashMap<u32, BTreeSet<String>> = HashMap::new();
+    for r in client
+        .query_typed(EXISTING_SQL, &[(&oids, Type::OID_ARRAY)])
+        .await?
+    {
+        let src: String = r.get(1);
+        let target = if r.get::<_, bool>(2) {
+            &mut keyed
+        } else {
+            &mut existing
+        };
+        target
+            .entry(r.get(0))
+            .or_default()
+            .extend(notified_channels(&src));
+    }
+    for (oid, channels) in existing.iter_mut() {
+        if let Some(k) = keyed.get(oid) {
+            channels.retain(|c| !k.contains(c));
+        }
+    }
+    Ok(existing)
+}
+
+/// The channel of the `refreshd_notify` trigger already installed on each table.
+async fn installed_channels(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, String>, tokio_postgres::Error> {
+    let mut installed: HashMap<u32, String> = HashMap::new();
+    for r in client
+        .query_typed(INSTALLED_SQL, &[(&oids, Type::OID_ARRAY)])
+        .await?
+    {
+        let args: Vec<u8> = r.get(1);
+        let first = args.split(|b| *b == 0).next().unwrap_or_default();
+        installed.insert(r.get(0), String::from_utf8_lossy(first).into_owned());
+    }
+    Ok(installed)
 }
 
 /// The channel of a base table: `refreshd_<schema>_<table>` when both are plain
@@ -1156,83 +1232,9 @@ impl Plan {
             &mut out,
             "Views in dependency order: a view is refreshed after the views it reads.",
         );
-        for (i, v) in self.views.iter().enumerate() {
+        for i in 0..self.views.len() {
             out.push('\n');
-            for k in keyed.iter().filter(|k| k.oid == v.oid) {
-                keyed_comments(&mut out, k, converting);
-            }
-            // In place, the view's own block becomes the keyed one.
-            if let Some(g) = keyed
-                .iter()
-                .filter(|k| k.oid == v.oid)
-                .find_map(|k| k.conversion.as_ref())
-                .filter(|g| converting && g.table == v.name)
-            {
-                view_toml(&mut out, keyed_entry(g), false);
-                continue;
-            }
-            if let Some(why) = self.unservable(v) {
-                comment(&mut out, &format!("NOT SERVED: {} — {why}", v.name));
-                let entry = ViewEntry {
-                    name: v.name.to_string(),
-                    channels: None,
-                    concurrently: None,
-                    ..ViewEntry::default()
-                };
-                view_toml(&mut out, entry, true);
-                continue;
-            }
-            let feeds = self.channels_of(v);
-            let tables: Vec<String> = feeds.iter().map(|f| f.root.to_string()).collect();
-            if !tables.is_empty() {
-                comment(&mut out, &format!("reads {}", tables.join(", ")));
-            }
-            let lower: Vec<String> = self.reads[i]
-                .iter()
-                .map(|&l| self.views[l].name.to_string())
-                .collect();
-            if !lower.is_empty() {
-                comment(
-                    &mut out,
-                    &format!("refreshed after {} (views it reads)", lower.join(", ")),
-                );
-            }
-            if !v.populated {
-                comment(
-                    &mut out,
-                    "not populated yet: the first refresh is a plain REFRESH",
-                );
-            }
-            for f in feeds.iter().filter(|f| f.relkind == 'f') {
-                comment(&mut out, &format!("{} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table));
-            }
-            let concurrently = match &v.unique_index {
-                Some(ix) => {
-                    comment(
-                        &mut out,
-                        &format!("REFRESH CONCURRENTLY uses unique index {ix}"),
-                    );
-                    None
-                }
-                None => {
-                    comment(&mut out, "No unique index usable by REFRESH CONCURRENTLY: a plain REFRESH locks readers out");
-                    comment(&mut out, "while it runs. Create one on the view's key columns, then remove `concurrently = false`.");
-                    Some(false)
-                }
-            };
-            let entry = ViewEntry {
-                name: v.name.to_string(),
-                channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
-                concurrently,
-                ..ViewEntry::default()
-            };
-            view_toml(&mut out, entry, false);
-            for k in keyed.iter().filter(|k| k.oid == v.oid) {
-                if let Some(g) = &k.conversion {
-                    out.push('\n');
-                    view_toml(&mut out, keyed_entry(g), !converting);
-                }
-            }
+            self.view_block(&mut out, i, keyed, converting);
         }
         let elsewhere: Vec<&Keyed> = keyed
             .iter()
@@ -1249,6 +1251,93 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// The comments above a served view's entry (what it reads, what it is refreshed
+    /// after, what to know); its `concurrently` value (`Some(false)` without a usable
+    /// unique index).
+    fn served_comments(&self, out: &mut String, i: usize, feeds: &[&Feed]) -> Option<bool> {
+        let v = &self.views[i];
+        let tables: Vec<String> = feeds.iter().map(|f| f.root.to_string()).collect();
+        if !tables.is_empty() {
+            comment(out, &format!("reads {}", tables.join(", ")));
+        }
+        let lower: Vec<String> = self.reads[i]
+            .iter()
+            .map(|&l| self.views[l].name.to_string())
+            .collect();
+        if !lower.is_empty() {
+            comment(
+                out,
+                &format!("refreshed after {} (views it reads)", lower.join(", ")),
+            );
+        }
+        if !v.populated {
+            comment(
+                out,
+                "not populated yet: the first refresh is a plain REFRESH",
+            );
+        }
+        for f in feeds.iter().filter(|f| f.relkind == 'f') {
+            comment(out, &format!("{} is a foreign table: writes on the remote server fire no trigger here; consider a schedule", f.table));
+        }
+        match &v.unique_index {
+            Some(ix) => {
+                comment(out, &format!("REFRESH CONCURRENTLY uses unique index {ix}"));
+                None
+            }
+            None => {
+                comment(out, "No unique index usable by REFRESH CONCURRENTLY: a plain REFRESH locks readers out");
+                comment(out, "while it runs. Create one on the view's key columns, then remove `concurrently = false`.");
+                Some(false)
+            }
+        }
+    }
+
+    /// The block of the `i`th view: its `--keyed` reports, then its `[[view]]` entry (the
+    /// keyed one in place; commented out when refreshd cannot serve it), then the keyed
+    /// entries of views converted beside it.
+    fn view_block(&self, out: &mut String, i: usize, keyed: &[Keyed], converting: bool) {
+        let v = &self.views[i];
+        for k in keyed.iter().filter(|k| k.oid == v.oid) {
+            keyed_comments(out, k, converting);
+        }
+        // In place, the view's own block becomes the keyed one.
+        if let Some(g) = keyed
+            .iter()
+            .filter(|k| k.oid == v.oid)
+            .find_map(|k| k.conversion.as_ref())
+            .filter(|g| converting && g.table == v.name)
+        {
+            view_toml(out, keyed_entry(g), false);
+            return;
+        }
+        if let Some(why) = self.unservable(v) {
+            comment(out, &format!("NOT SERVED: {} — {why}", v.name));
+            let entry = ViewEntry {
+                name: v.name.to_string(),
+                channels: None,
+                concurrently: None,
+                ..ViewEntry::default()
+            };
+            view_toml(out, entry, true);
+            return;
+        }
+        let feeds = self.channels_of(v);
+        let concurrently = self.served_comments(out, i, &feeds);
+        let entry = ViewEntry {
+            name: v.name.to_string(),
+            channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
+            concurrently,
+            ..ViewEntry::default()
+        };
+        view_toml(out, entry, false);
+        for k in keyed.iter().filter(|k| k.oid == v.oid) {
+            if let Some(g) = &k.conversion {
+                out.push('\n');
+                view_toml(out, keyed_entry(g), !converting);
+            }
+        }
     }
 
     /// The install and rollback SQL: refreshd's schema (SQL control and the capture

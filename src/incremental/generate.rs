@@ -219,19 +219,9 @@ pub fn consume_function_sql(g: &Generated) -> String {
     // under `search_path = pg_catalog`), so nothing in a schema others may create in
     // can shadow what it names.
     let search_path = "pg_catalog, pg_temp";
-    let signature: Vec<String> = g
-        .key
-        .iter()
-        .zip(&g.key_types)
-        .map(|(k, ty)| format!("{} {ty}", quote_ident(k)))
-        .chain(std::iter::once(format!(
-            "{} boolean",
-            quote_ident(&g.all_column)
-        )))
-        .collect();
     format!(
         "CREATE OR REPLACE FUNCTION {f}()\nRETURNS TABLE ({})\nLANGUAGE {}\nVOLATILE\nSECURITY DEFINER\nSET search_path = {search_path}\nAS {};\nREVOKE ALL ON FUNCTION {f}() FROM PUBLIC;\nCOMMENT ON FUNCTION {f}() IS {};\n",
-        signature.join(", "),
+        returns(g),
         if plpgsql { "plpgsql" } else { "sql" },
         dollar(&body),
         literal(&format!(
@@ -240,6 +230,21 @@ pub fn consume_function_sql(g: &Generated) -> String {
         )),
         f = g.consume.quoted(),
     )
+}
+
+/// The consume function's columns: the key columns with their types, then the
+/// "everything" flag.
+fn returns(g: &Generated) -> String {
+    g.key
+        .iter()
+        .zip(&g.key_types)
+        .map(|(k, ty)| format!("{} {ty}", quote_ident(k)))
+        .chain(std::iter::once(format!(
+            "{} boolean",
+            quote_ident(&g.all_column)
+        )))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// FNV-1a (64 bits) of the parts, separated by a byte no name contains.
