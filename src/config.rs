@@ -1533,6 +1533,68 @@ mod tests {
         assert_eq!(e.line, Some(3));
     }
 
+    /// Keyed-view settings that are refused: (lines after `[[view]]` and
+    /// `name = "public.live"`, key of the error, part of its message).
+    const KEYED_VIEW_ERRORS: &[(&str, &str, &str)] = &[
+        (
+            "kind = \"incremental\"\n",
+            "view[0].kind",
+            "not a view kind",
+        ),
+        (
+            "kind = \"keyed\"\nkey = [\"a\"]\n",
+            "view[0].query",
+            "missing",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\n",
+            "view[0].key",
+            "missing",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\nkey = []\n",
+            "view[0].key",
+            "1 to 8",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\", \"a\"]\n",
+            "view[0].key",
+            "twice",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"def\"\nkey = [\"a\"]\n",
+            "view[0].query",
+            "schema-qualified",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.live\"\nkey = [\"a\"]\n",
+            "view[0].query",
+            "another relation",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nmax_keys = 0\n",
+            "view[0].max_keys",
+            "out of range",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nconcurrently = false\n",
+            "view[0].concurrently",
+            "materialized views only",
+        ),
+        ("query = \"public.def\"\n", "view[0].query", "only for kind"),
+        ("max_keys = 5\n", "view[0].max_keys", "only for kind"),
+        (
+            "buffer = \"refreshd.f\"\n",
+            "view[0].buffer",
+            "only for kind",
+        ),
+        (
+            "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nbuffer = \"f\"\n",
+            "view[0].buffer",
+            "schema-qualified",
+        ),
+    ];
+
     #[test]
     fn keyed_views_are_checked_key_by_key() {
         let ok = parse(&format!(
@@ -1552,66 +1614,7 @@ mod tests {
             buffered.views[0].keyed.as_ref().unwrap().buffer,
             Some(QualifiedName::new("refreshd", "public_v_consume"))
         );
-        let cases = [
-            (
-                "kind = \"incremental\"\n",
-                "view[0].kind",
-                "not a view kind",
-            ),
-            (
-                "kind = \"keyed\"\nkey = [\"a\"]\n",
-                "view[0].query",
-                "missing",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\n",
-                "view[0].key",
-                "missing",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\nkey = []\n",
-                "view[0].key",
-                "1 to 8",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\", \"a\"]\n",
-                "view[0].key",
-                "twice",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"def\"\nkey = [\"a\"]\n",
-                "view[0].query",
-                "schema-qualified",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.live\"\nkey = [\"a\"]\n",
-                "view[0].query",
-                "another relation",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nmax_keys = 0\n",
-                "view[0].max_keys",
-                "out of range",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nconcurrently = false\n",
-                "view[0].concurrently",
-                "materialized views only",
-            ),
-            ("query = \"public.def\"\n", "view[0].query", "only for kind"),
-            ("max_keys = 5\n", "view[0].max_keys", "only for kind"),
-            (
-                "buffer = \"refreshd.f\"\n",
-                "view[0].buffer",
-                "only for kind",
-            ),
-            (
-                "kind = \"keyed\"\nquery = \"public.def\"\nkey = [\"a\"]\nbuffer = \"f\"\n",
-                "view[0].buffer",
-                "schema-qualified",
-            ),
-        ];
-        for (extra, key, msg) in cases {
+        for &(extra, key, msg) in KEYED_VIEW_ERRORS {
             let e = err(&format!("{BASE}[[view]]\nname = \"public.live\"\n{extra}"));
             assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
             assert!(e.message.contains(msg), "{extra}: {e}");

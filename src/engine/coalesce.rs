@@ -943,62 +943,118 @@ mod tests {
         forced: bool,
     }
 
-    /// Simulates long random event sequences and checks the invariants of SPEC.
-    fn simulate(seed: u64, failures: bool, deps: bool) {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let n = 1 + rng.below(5) as usize;
-        let max_concurrent = 1 + rng.below(3) as usize;
-        let timings: Vec<Timing> = (0..n)
-            .map(|_| {
-                let debounce = rng.below(3) * 500;
-                let mut t = timing(debounce, debounce + rng.below(4) * 1000, rng.below(3) * 300);
-                t.max_load =
-                    Share::from_fraction([1.0, 1.0, 0.5, 0.25, 0.1][rng.below(5) as usize]);
-                t
-            })
-            .collect();
-        let reads: Vec<Vec<usize>> = (0..n)
-            .map(|i| {
-                if deps && i > 0 && rng.below(2) == 0 {
-                    vec![rng.below(i as u64) as usize]
-                } else {
-                    vec![]
-                }
-            })
-            .collect();
-        let mut c = Coalescer::new(timings.clone(), reads.clone(), max_concurrent);
-        let t0 = Instant::now();
-        let mut now = t0;
-        let mut seq = 0u64;
-        let mut notifies: Vec<(usize, u64, Instant)> = Vec::new();
-        let mut running: Vec<(Run, Instant)> = Vec::new(); // (run, planned end)
-        let mut done: Vec<Run> = Vec::new();
-        let mut next_event = t0 + ms(rng.below(300));
-        let storm_end = t0 + Duration::from_secs(120);
-        // After a permanent failure a view waits for its next trigger; one final
-        // trigger per view after the storm gives every view that next trigger.
-        let mut final_trigger = Some(storm_end + ms(1));
+    /// State of one [`simulate`] run: the coalescer under test, the random views it
+    /// was built for, and a model of the refreshes it started and finished.
+    struct Sim {
+        seed: u64,
+        failures: bool,
+        deps: bool,
+        rng: Rng,
+        n: usize,
+        max_concurrent: usize,
+        timings: Vec<Timing>,
+        reads: Vec<Vec<usize>>,
+        c: Coalescer,
+        t0: Instant,
+        now: Instant,
+        /// Event counter: orders triggers, starts and finishes.
+        seq: u64,
+        /// Every trigger: (view, seq, time).
+        notifies: Vec<(usize, u64, Instant)>,
+        /// Refreshes under way, each with its planned end.
+        running: Vec<(Run, Instant)>,
+        /// Finished refreshes.
+        done: Vec<Run>,
+        next_event: Instant,
+        storm_end: Instant,
+        /// After a permanent failure a view waits for its next trigger; one final
+        /// trigger per view after the storm gives every view that next trigger.
+        final_trigger: Option<Instant>,
+    }
 
-        for _ in 0..100_000 {
-            let next_finish = running.iter().map(|r| r.1).min();
-            let wake = c.next_wake(now);
+    impl Sim {
+        /// Draws the views (timings, load budgets and, with `deps`, one read each at
+        /// most) and the capacity from `seed`.
+        fn new(seed: u64, failures: bool, deps: bool) -> Sim {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let n = 1 + rng.below(5) as usize;
+            let max_concurrent = 1 + rng.below(3) as usize;
+            let timings: Vec<Timing> = (0..n)
+                .map(|_| {
+                    let debounce = rng.below(3) * 500;
+                    let mut t =
+                        timing(debounce, debounce + rng.below(4) * 1000, rng.below(3) * 300);
+                    t.max_load =
+                        Share::from_fraction([1.0, 1.0, 0.5, 0.25, 0.1][rng.below(5) as usize]);
+                    t
+                })
+                .collect();
+            let reads: Vec<Vec<usize>> = (0..n)
+                .map(|i| {
+                    if deps && i > 0 && rng.below(2) == 0 {
+                        vec![rng.below(i as u64) as usize]
+                    } else {
+                        vec![]
+                    }
+                })
+                .collect();
+            let c = Coalescer::new(timings.clone(), reads.clone(), max_concurrent);
+            let t0 = Instant::now();
+            let next_event = t0 + ms(rng.below(300));
+            let storm_end = t0 + Duration::from_secs(120);
+            Sim {
+                seed,
+                failures,
+                deps,
+                rng,
+                n,
+                max_concurrent,
+                timings,
+                reads,
+                c,
+                t0,
+                now: t0,
+                seq: 0,
+                notifies: Vec::new(),
+                running: Vec::new(),
+                done: Vec::new(),
+                next_event,
+                storm_end,
+                final_trigger: Some(storm_end + ms(1)),
+            }
+        }
+
+        /// Advances to the next event (trigger, finish or coalescer wake-up) and
+        /// handles it; false once nothing is left to happen.
+        fn step(&mut self) -> bool {
+            let next_finish = self.running.iter().map(|r| r.1).min();
+            let wake = self.c.next_wake(self.now);
             let candidates = [
-                Some(next_event).filter(|t| *t <= storm_end),
+                Some(self.next_event).filter(|t| *t <= self.storm_end),
                 next_finish,
                 wake,
-                final_trigger,
+                self.final_trigger,
             ];
             let Some(t) = candidates.into_iter().flatten().min() else {
-                break;
+                return false;
             };
-            assert!(t + ms(1) >= now, "time never goes back");
-            now = now.max(t);
+            assert!(t + ms(1) >= self.now, "time never goes back");
+            self.now = self.now.max(t);
+            self.finish_due();
+            self.trigger_due();
+            self.start_due();
+            assert_eq!(self.running.len(), self.c.running_count());
+            true
+        }
 
-            // Finishes due now.
-            while let Some(pos) = running.iter().position(|r| r.1 <= now) {
-                let (mut run, _) = running.remove(pos);
-                let roll = rng.below(10);
-                run.outcome = if !failures || roll < 7 {
+        /// Finishes the refreshes due now, with a random outcome (failures only
+        /// with `failures`, and none after the storm, so the system drains).
+        fn finish_due(&mut self) {
+            let now = self.now;
+            while let Some(pos) = self.running.iter().position(|r| r.1 <= now) {
+                let (mut run, _) = self.running.remove(pos);
+                let roll = self.rng.below(10);
+                run.outcome = if !self.failures || roll < 7 {
                     Outcome::Success
                 } else if roll < 9 {
                     Outcome::Transient
@@ -1006,97 +1062,61 @@ mod tests {
                     Outcome::Permanent
                 };
                 // After the storm, let everything succeed so the system drains.
-                if now > storm_end {
+                if now > self.storm_end {
                     run.outcome = Outcome::Success;
                 }
                 run.end = now;
-                seq += 1;
-                c.finished(run.view, run.run, run.outcome, now);
-                done.push(run);
+                self.seq += 1;
+                self.c.finished(run.view, run.run, run.outcome, now);
+                self.done.push(run);
             }
-            // Random triggers.
-            if next_event <= now && now <= storm_end {
-                let v = rng.below(n as u64) as usize;
-                let roll = rng.below(20);
+        }
+
+        /// Marks a random view (notify, schedule or force) during the storm, and
+        /// every view once after it.
+        fn trigger_due(&mut self) {
+            let now = self.now;
+            if self.next_event <= now && now <= self.storm_end {
+                let v = self.rng.below(self.n as u64) as usize;
+                let roll = self.rng.below(20);
                 let reason = match roll {
                     0 => Reason::Force,
                     1 => Reason::Schedule,
                     _ => Reason::Notify,
                 };
-                seq += 1;
-                c.mark(v, reason, now);
-                notifies.push((v, seq, now));
-                let span = if rng.below(4) == 0 { 3000 } else { 200 };
-                next_event = now + ms(rng.below(span));
+                self.seq += 1;
+                self.c.mark(v, reason, now);
+                self.notifies.push((v, self.seq, now));
+                let span = if self.rng.below(4) == 0 { 3000 } else { 200 };
+                self.next_event = now + ms(self.rng.below(span));
             }
-            if final_trigger.is_some_and(|t| t <= now) {
-                final_trigger = None;
-                for v in 0..n {
-                    seq += 1;
-                    c.mark(v, Reason::Notify, now);
-                    notifies.push((v, seq, now));
+            if self.final_trigger.is_some_and(|t| t <= now) {
+                self.final_trigger = None;
+                for v in 0..self.n {
+                    self.seq += 1;
+                    self.c.mark(v, Reason::Notify, now);
+                    self.notifies.push((v, self.seq, now));
                 }
             }
-            // Starts.
-            for s in c.poll(now) {
-                seq += 1;
-                assert!(
-                    !running.iter().any(|r| r.0.view == s.view),
-                    "seed {seed}: two refreshes of view {} at once",
-                    s.view
-                );
-                for (upper, rd) in reads.iter().enumerate() {
-                    assert!(
-                        !(rd.contains(&s.view) && running.iter().any(|r| r.0.view == upper)),
-                        "seed {seed}: view {} started while view {upper} that reads it runs",
-                        s.view
-                    );
+        }
+
+        /// Starts what the coalescer hands out now, checking each start, with a
+        /// random duration; never over capacity.
+        fn start_due(&mut self) {
+            let now = self.now;
+            for s in self.c.poll(now) {
+                self.seq += 1;
+                self.check_start_order(&s);
+                if !self.failures && !self.deps && self.max_concurrent >= self.n {
+                    self.check_start_latency(&s);
                 }
-                for &l in &reads[s.view] {
-                    assert!(
-                        !running.iter().any(|r| r.0.view == l),
-                        "seed {seed}: view {} started while view {l} it reads is running",
-                        s.view
-                    );
-                    // Only an overdue view goes ahead of a dirty lower view.
-                    assert!(
-                        c.pending(l).is_none()
-                            || c.retry_at(l).is_some()
-                            || now >= s.first_change + timings[s.view].max_delay,
-                        "seed {seed}: view {} started while view {l} it reads is dirty",
-                        s.view
-                    );
-                }
-                if !failures && !deps && max_concurrent >= n {
-                    let t = timings[s.view];
-                    let prev_end = done
-                        .iter()
-                        .filter(|r| r.view == s.view)
-                        .map(|r| r.end)
-                        .max();
-                    // The load budget wins over max_delay (a forced refresh may go sooner).
-                    let budget = done
-                        .iter()
-                        .filter(|r| r.view == s.view && t.max_load < Share::FULL)
-                        .map(|r| r.end + t.max_load.cooldown(r.end - r.start))
-                        .max();
-                    let bound = (s.first_change + t.max_delay)
-                        .max(prev_end.map_or(t0, |e| e + t.min_interval))
-                        .max(budget.unwrap_or(t0));
-                    assert!(
-                        now <= bound,
-                        "seed {seed}: view {} started {:?} late",
-                        s.view,
-                        now - bound
-                    );
-                }
-                let span = if rng.below(5) == 0 { 5000 } else { 400 };
-                let dur = ms(50 + rng.below(span));
-                running.push((
+                let span = if self.rng.below(5) == 0 { 5000 } else { 400 };
+                let dur = ms(50 + self.rng.below(span));
+                self.running.push((
                     Run {
                         view: s.view,
                         run: s.run,
-                        start_seq: seq,
+                        start_seq: self.seq,
                         start: now,
                         end: now,
                         outcome: Outcome::Success,
@@ -1105,85 +1125,185 @@ mod tests {
                     now + dur,
                 ));
                 assert!(
-                    running.len() <= max_concurrent,
-                    "seed {seed}: over capacity"
+                    self.running.len() <= self.max_concurrent,
+                    "seed {}: over capacity",
+                    self.seed
                 );
             }
-            assert_eq!(running.len(), c.running_count());
         }
-        assert!(running.is_empty(), "seed {seed}: the simulation drained");
-        // Load budget: over any window, a view's refreshes other than forced ones take
-        // at most max_load × the window, plus one refresh (the window's last). The
-        // worst windows run from a refresh's start to a later one's end.
-        for (v, t) in timings.iter().enumerate() {
-            if t.max_load == Share::FULL {
-                continue;
+
+        /// One refresh of a view at a time, never overlapping a view it reads or
+        /// that reads it, and only an overdue view goes ahead of a dirty lower view.
+        fn check_start_order(&self, s: &Start) {
+            let (seed, now, running) = (self.seed, self.now, &self.running);
+            assert!(
+                !running.iter().any(|r| r.0.view == s.view),
+                "seed {seed}: two refreshes of view {} at once",
+                s.view
+            );
+            for (upper, rd) in self.reads.iter().enumerate() {
+                assert!(
+                    !(rd.contains(&s.view) && running.iter().any(|r| r.0.view == upper)),
+                    "seed {seed}: view {} started while view {upper} that reads it runs",
+                    s.view
+                );
             }
-            let mut runs: Vec<&Run> = done.iter().filter(|r| r.view == v && !r.forced).collect();
-            runs.sort_by_key(|r| r.start);
-            for i in 0..runs.len() {
-                let mut busy = Duration::ZERO;
-                for j in i..runs.len() {
-                    let last = runs[j].end - runs[j].start;
-                    busy += last;
-                    let window = runs[j].end - runs[i].start;
-                    let allowed = window.mul_f64(t.max_load.fraction()) + last + ms(1);
-                    assert!(
-                        busy <= allowed,
-                        "seed {seed}: view {v} (max_load {:?}) refreshed {busy:?} in {window:?}",
-                        t.max_load
-                    );
+            for &l in &self.reads[s.view] {
+                assert!(
+                    !running.iter().any(|r| r.0.view == l),
+                    "seed {seed}: view {} started while view {l} it reads is running",
+                    s.view
+                );
+                // Only an overdue view goes ahead of a dirty lower view.
+                assert!(
+                    self.c.pending(l).is_none()
+                        || self.c.retry_at(l).is_some()
+                        || now >= s.first_change + self.timings[s.view].max_delay,
+                    "seed {seed}: view {} started while view {l} it reads is dirty",
+                    s.view
+                );
+            }
+        }
+
+        /// Without failures, dependencies or a capacity limit, a view starts by its
+        /// max_delay, its min_interval after its last refresh or the end of its load
+        /// budget's cool-down, whichever is latest.
+        fn check_start_latency(&self, s: &Start) {
+            let (seed, now, t0) = (self.seed, self.now, self.t0);
+            let t = self.timings[s.view];
+            let prev_end = self
+                .done
+                .iter()
+                .filter(|r| r.view == s.view)
+                .map(|r| r.end)
+                .max();
+            // The load budget wins over max_delay (a forced refresh may go sooner).
+            let budget = self
+                .done
+                .iter()
+                .filter(|r| r.view == s.view && t.max_load < Share::FULL)
+                .map(|r| r.end + t.max_load.cooldown(r.end - r.start))
+                .max();
+            let bound = (s.first_change + t.max_delay)
+                .max(prev_end.map_or(t0, |e| e + t.min_interval))
+                .max(budget.unwrap_or(t0));
+            assert!(
+                now <= bound,
+                "seed {seed}: view {} started {:?} late",
+                s.view,
+                now - bound
+            );
+        }
+
+        /// Load budget: over any window, a view's refreshes other than forced ones
+        /// take at most max_load × the window, plus one refresh (the window's last).
+        /// The worst windows run from a refresh's start to a later one's end.
+        fn check_load_budget(&self) {
+            let seed = self.seed;
+            for (v, t) in self.timings.iter().enumerate() {
+                if t.max_load == Share::FULL {
+                    continue;
+                }
+                let mut runs: Vec<&Run> = self
+                    .done
+                    .iter()
+                    .filter(|r| r.view == v && !r.forced)
+                    .collect();
+                runs.sort_by_key(|r| r.start);
+                for i in 0..runs.len() {
+                    let mut busy = Duration::ZERO;
+                    for j in i..runs.len() {
+                        let last = runs[j].end - runs[j].start;
+                        busy += last;
+                        let window = runs[j].end - runs[i].start;
+                        let allowed = window.mul_f64(t.max_load.fraction()) + last + ms(1);
+                        assert!(
+                            busy <= allowed,
+                            "seed {seed}: view {v} (max_load {:?}) refreshed {busy:?} in {window:?}",
+                            t.max_load
+                        );
+                    }
                 }
             }
         }
-        // No lost change: every trigger is followed by a successful refresh that
-        // started after it.
-        for &(v, at_seq, at) in &notifies {
-            assert!(
-                done.iter().any(|r| r.view == v && r.outcome == Outcome::Success && r.start_seq > at_seq),
-                "seed {seed} failures={failures} deps={deps}: change to view {v} at {:?} never applied; pending {:?} running {} wake {:?} runs {:?}",
-                at - t0, c.pending(v), c.is_running(v), c.next_wake(now).map(|w| w - t0),
-                done.iter().filter(|r| r.view == v).map(|r| (r.start - t0, r.end - t0, r.outcome)).rev().take(3).collect::<Vec<_>>()
-            );
+
+        /// No lost change: every trigger is followed by a successful refresh that
+        /// started after it.
+        fn check_no_lost_change(&self) {
+            let (seed, failures, deps, t0, c) =
+                (self.seed, self.failures, self.deps, self.t0, &self.c);
+            let done = &self.done;
+            for &(v, at_seq, at) in &self.notifies {
+                assert!(
+                    done.iter().any(|r| r.view == v && r.outcome == Outcome::Success && r.start_seq > at_seq),
+                    "seed {seed} failures={failures} deps={deps}: change to view {v} at {:?} never applied; pending {:?} running {} wake {:?} runs {:?}",
+                    at - t0, c.pending(v), c.is_running(v), c.next_wake(self.now).map(|w| w - t0),
+                    done.iter().filter(|r| r.view == v).map(|r| (r.start - t0, r.end - t0, r.outcome)).rev().take(3).collect::<Vec<_>>()
+                );
+            }
         }
-        // Dependencies: every successful refresh of a lower view is followed by a
-        // successful refresh of each view reading it.
-        for r in done.iter().filter(|r| r.outcome == Outcome::Success) {
-            for (upper, rd) in reads.iter().enumerate() {
-                if rd.contains(&r.view) {
-                    assert!(
-                        done.iter().any(|u| u.view == upper
-                            && u.outcome == Outcome::Success
-                            && u.start >= r.end),
-                        "seed {seed}: view {upper} not refreshed after view {} it reads",
-                        r.view
-                    );
+
+        /// Dependencies: every successful refresh of a lower view is followed by a
+        /// successful refresh of each view reading it.
+        fn check_dependencies_followed(&self) {
+            let done = &self.done;
+            for r in done.iter().filter(|r| r.outcome == Outcome::Success) {
+                for (upper, rd) in self.reads.iter().enumerate() {
+                    if rd.contains(&r.view) {
+                        assert!(
+                            done.iter().any(|u| u.view == upper
+                                && u.outcome == Outcome::Success
+                                && u.start >= r.end),
+                            "seed {}: view {upper} not refreshed after view {} it reads",
+                            self.seed,
+                            r.view
+                        );
+                    }
                 }
             }
         }
-        // Coalescing: never more refreshes than triggers (plus dependency refreshes).
-        let triggers = notifies.len();
-        let successes = done
-            .iter()
-            .filter(|r| r.outcome == Outcome::Success)
-            .count();
-        if !deps {
-            assert!(
-                successes <= triggers,
-                "seed {seed}: {successes} refreshes for {triggers} triggers"
-            );
+
+        /// Coalescing: never more refreshes than triggers (plus dependency
+        /// refreshes, so only checked without dependencies).
+        fn check_coalescing(&self) {
+            let triggers = self.notifies.len();
+            let successes = self
+                .done
+                .iter()
+                .filter(|r| r.outcome == Outcome::Success)
+                .count();
+            if !self.deps {
+                assert!(
+                    successes <= triggers,
+                    "seed {}: {successes} refreshes for {triggers} triggers",
+                    self.seed
+                );
+            }
         }
     }
 
-    /// Continuous notifications on one channel that feeds every level of a chain (the
-    /// inventory seed's shape): every view starts within its max_delay (or, if its own
-    /// refresh outlasts that, at the end of it) plus one refresh time of each other view
-    /// of its chain (those it must not overlap, directly or through a view that waits
-    /// for them), with capacity for all. Under the old rule (an upper view waits until its lower
-    /// views are clean) the upper views never start.
-    fn simulate_shared_channel(seed: u64) {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let depth = 2 + rng.below(2) as usize; // 2 or 3 levels, then one independent view
+    /// Simulates long random event sequences and checks the invariants of SPEC.
+    fn simulate(seed: u64, failures: bool, deps: bool) {
+        let mut sim = Sim::new(seed, failures, deps);
+        for _ in 0..100_000 {
+            if !sim.step() {
+                break;
+            }
+        }
+        assert!(
+            sim.running.is_empty(),
+            "seed {seed}: the simulation drained"
+        );
+        sim.check_load_budget();
+        sim.check_no_lost_change();
+        sim.check_dependencies_followed();
+        sim.check_coalescing();
+    }
+
+    /// The views of [`simulate_shared_channel`]: a chain of `depth` views, each
+    /// reading the one below, then one independent view; random debounce and
+    /// max_delay, no min_interval.
+    fn shared_channel_views(rng: &mut Rng, depth: usize) -> (Vec<Vec<usize>>, Vec<Timing>) {
         let n = depth + 1;
         let reads: Vec<Vec<usize>> = (0..n)
             .map(|i| {
@@ -1200,6 +1320,33 @@ mod tests {
                 timing(debounce, debounce + 500 + rng.below(4) * 1000, 0)
             })
             .collect();
+        (reads, timings)
+    }
+
+    /// The refresh time of the other views of `view`'s chain (the views below
+    /// `depth`); zero for the independent view.
+    fn chain_neighbours(view: usize, depth: usize, durations: &[Duration]) -> Duration {
+        if view < depth {
+            (0..depth)
+                .filter(|&o| o != view)
+                .map(|o| durations[o])
+                .sum()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Continuous notifications on one channel that feeds every level of a chain (the
+    /// inventory seed's shape): every view starts within its max_delay (or, if its own
+    /// refresh outlasts that, at the end of it) plus one refresh time of each other view
+    /// of its chain (those it must not overlap, directly or through a view that waits
+    /// for them), with capacity for all. Under the old rule (an upper view waits until its lower
+    /// views are clean) the upper views never start.
+    fn simulate_shared_channel(seed: u64) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let depth = 2 + rng.below(2) as usize; // 2 or 3 levels, then one independent view
+        let n = depth + 1;
+        let (reads, timings) = shared_channel_views(&mut rng, depth);
         let durations: Vec<Duration> = (0..n).map(|_| ms(50 + rng.below(700))).collect();
         let mut c = Coalescer::new(timings.clone(), reads.clone(), n);
         let t0 = Instant::now();
@@ -1233,15 +1380,7 @@ mod tests {
                 next_note = now + every;
             }
             for s in c.poll(now) {
-                // The other views of its chain (the independent view has none).
-                let neighbours: Duration = if s.view < depth {
-                    (0..depth)
-                        .filter(|&o| o != s.view)
-                        .map(|o| durations[o])
-                        .sum()
-                } else {
-                    Duration::ZERO
-                };
+                let neighbours = chain_neighbours(s.view, depth, &durations);
                 // A change that arrives during the view's own refresh waits for its end
                 // in any case (one refresh of a view at a time).
                 let bound =

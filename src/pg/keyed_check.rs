@@ -186,18 +186,13 @@ async fn null_keys(
     Ok(())
 }
 
-/// EXPLAIN of the query restricted to one key (taken from the table): a sequential
-/// scan of a base table with more than [`LARGE_TABLE_ROWS`] rows is a warning, with
-/// what to do about it (an index on its filter, or nothing when a group is a large
-/// part of the table). Not a problem: the refresh stays exact, and refreshd's cost
-/// model recomputes everything when the dirty groups would cost more.
-async fn plan(
+/// One key of the table, as text (the first row without a NULL in the key), for
+/// [`plan`]; `None` when there is none.
+async fn sample_key(
     client: &Client,
     view: &ViewConfig,
     keyed: &Keyed,
-    shape: &Shape,
-    r: &mut ViewReport,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
     let cols: Vec<String> = keyed
         .key
         .iter()
@@ -219,13 +214,29 @@ async fn plan(
             &[],
         )
         .await?;
-    let Some(row) = sample.first() else {
+    Ok(sample
+        .first()
+        .map(|row| (0..keyed.key.len()).map(|i| row.get(i)).collect()))
+}
+
+/// EXPLAIN of the query restricted to one key (taken from the table): a sequential
+/// scan of a base table with more than [`LARGE_TABLE_ROWS`] rows is a warning, with
+/// what to do about it (an index on its filter, or nothing when a group is a large
+/// part of the table). Not a problem: the refresh stays exact, and refreshd's cost
+/// model recomputes everything when the dirty groups would cost more.
+async fn plan(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    shape: &Shape,
+    r: &mut ViewReport,
+) -> Result<(), tokio_postgres::Error> {
+    let Some(key) = sample_key(client, view, keyed).await? else {
         r.warnings.push(
             "the table is empty, so the plan of the query restricted to one key was not checked: run check again after refreshd filled it".into(),
         );
         return Ok(());
     };
-    let key: Vec<String> = (0..keyed.key.len()).map(|i| row.get(i)).collect();
     let cond: Vec<String> = keyed
         .key
         .iter()
