@@ -16,12 +16,24 @@
 //! 20 with `--quick`). `--capture` runs only the writer cost of refreshd's change capture
 //! (issue 20, SPEC "Change capture"; benches/capture/mod.rs), `--capture-secs N` per
 //! pgbench run (default 15; 3 with `--quick`), `--capture-rounds N` (default 5; 1 with
-//! `--quick`). Cargo passes `--bench` itself; unknown arguments are ignored for that
+//! `--quick`). `--tpch` runs only the TPC-H comparison of issue 20 (benches/tpch/mod.rs):
+//! Q1, Q3, Q5, Q10 at scale factor 0.1 (`--tpch-sf N` for another), full REFRESH
+//! CONCURRENTLY against `init --keyed`'s incremental path after one new order, 0.1 % and
+//! 1 % change. `--writers` runs only the writer cost of capture, plain and keyed (key
+//! buffers, row buffers; benches/writers/mod.rs), `--writers-secs N` per pgbench run
+//! (default 10; 3 with `--quick`), `--writers-rounds N` (default 3; 1 with `--quick`).
+//! `--attendance-scale` runs only the attendance view's hand-written keyed table (005)
+//! against the one `init --keyed` generates, commit → visible at scales 1 and 10
+//! (benches/attendance/mod.rs; `--attendance-scales A,B` overrides, `--quick`: 0.1 and 1).
+//! Cargo passes `--bench` itself; unknown arguments are ignored for that
 //! reason.
 
+mod attendance;
 mod capture;
 mod keyed;
 mod support;
+mod tpch;
+mod writers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +86,17 @@ struct Plan {
     capture: bool,
     capture_secs: u64,
     capture_rounds: usize,
+    /// `--tpch`: only the TPC-H comparison (benches/tpch/mod.rs), at `tpch_sf`.
+    tpch: bool,
+    tpch_sf: String,
+    /// `--writers`: only the writer cost of plain and keyed capture (benches/writers/mod.rs).
+    writers: bool,
+    writers_secs: u64,
+    writers_rounds: usize,
+    /// `--attendance-scale`: only the hand-written against generated attendance keyed
+    /// view (benches/attendance/mod.rs), at each of `attendance_scales`.
+    attendance: bool,
+    attendance_scales: Vec<f64>,
 }
 
 impl Plan {
@@ -106,6 +129,13 @@ impl Plan {
                 capture: false,
                 capture_secs: 3,
                 capture_rounds: 1,
+                tpch: false,
+                tpch_sf: "0.1".into(),
+                writers: false,
+                writers_secs: 3,
+                writers_rounds: 1,
+                attendance: false,
+                attendance_scales: vec![0.1, 1.0],
             }
         } else {
             Plan {
@@ -132,6 +162,13 @@ impl Plan {
                 capture: false,
                 capture_secs: 15,
                 capture_rounds: 5,
+                tpch: false,
+                tpch_sf: "0.1".into(),
+                writers: false,
+                writers_secs: 10,
+                writers_rounds: 3,
+                attendance: false,
+                attendance_scales: vec![1.0, 10.0],
             }
         };
         if let Some(i) = args.iter().position(|a| a == "--scale") {
@@ -147,6 +184,35 @@ impl Plan {
             }
         }
         plan.capture = args.iter().any(|a| a == "--capture");
+        plan.tpch = args.iter().any(|a| a == "--tpch");
+        plan.writers = args.iter().any(|a| a == "--writers");
+        plan.attendance = args.iter().any(|a| a == "--attendance-scale");
+        if let Some(i) = args.iter().position(|a| a == "--attendance-scales") {
+            let scales: Vec<f64> = args
+                .get(i + 1)
+                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            if !scales.is_empty() {
+                plan.attendance = true;
+                plan.attendance_scales = scales;
+            }
+        }
+        if let Some(i) = args.iter().position(|a| a == "--writers-secs") {
+            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
+                plan.writers_secs = s;
+            }
+        }
+        if let Some(i) = args.iter().position(|a| a == "--writers-rounds") {
+            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
+                plan.writers_rounds = s;
+            }
+        }
+        if let Some(i) = args.iter().position(|a| a == "--tpch-sf") {
+            if let Some(s) = args.get(i + 1) {
+                plan.tpch = true;
+                plan.tpch_sf = s.clone();
+            }
+        }
         if let Some(i) = args.iter().position(|a| a == "--capture-secs") {
             if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
                 plan.capture_secs = s;
@@ -205,6 +271,12 @@ fn main() -> Result<()> {
         rt.block_on(budget_run(plan))
     } else if plan.capture {
         rt.block_on(capture::run(plan))
+    } else if plan.tpch {
+        rt.block_on(tpch::run(plan))
+    } else if plan.writers {
+        rt.block_on(writers::run(plan))
+    } else if plan.attendance {
+        rt.block_on(attendance::run(plan))
     } else {
         rt.block_on(run(plan))
     }

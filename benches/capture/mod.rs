@@ -414,7 +414,7 @@ pub async fn run(plan: Plan) -> Result<()> {
 }
 
 /// Which tree the daemon was built from (other work may edit it meanwhile).
-fn build_line() -> String {
+pub fn build_line() -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -556,7 +556,7 @@ async fn reset(c: &Client, base_id: i64) -> Result<()> {
     Ok(())
 }
 
-fn load1() -> f64 {
+pub fn load1() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))

@@ -13,6 +13,13 @@ pub fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
+/// `/proc/loadavg`'s 1, 5 and 15 minute load averages, as "a / b / c".
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -58,6 +65,7 @@ pub fn pkglibdir() -> Option<PathBuf> {
 }
 
 /// One `[[view]]` of a generated config.
+#[derive(Clone)]
 pub struct ViewCfg {
     name: String,
     channel: String,
@@ -280,7 +288,12 @@ impl Daemon {
                 // refreshd's JSON logs put the event's fields at the top level
                 // (`flatten_event`); older layouts nest them under "fields".
                 let f = v.get("fields").unwrap_or(&v);
-                (f.get("message")?.as_str()? == "refreshed" && f.get("reason")?.as_str()? == reason)
+                // The view and the reason are the `refresh` span's fields.
+                let r = f
+                    .get("reason")
+                    .or_else(|| v.get("span")?.get("reason"))?
+                    .as_str()?;
+                (f.get("message")?.as_str()? == "refreshed" && r == reason)
                     .then(|| f.get("duration_ms")?.as_f64())?
             })
             .collect()
@@ -296,8 +309,11 @@ impl Daemon {
                 if f.get("message")?.as_str()? != "refreshed" {
                     return None;
                 }
+                // The view and the reason are the `refresh` span's fields (the JSON
+                // log's "span"); older layouts had them on the event.
                 let text = |k: &str| {
                     f.get(k)
+                        .or_else(|| v.get("span").and_then(|s| s.get(k)))
                         .and_then(|x| x.as_str())
                         .unwrap_or_default()
                         .to_string()

@@ -1,0 +1,470 @@
+//! What capture costs writers, plain and keyed (issue 20):
+//! `cargo bench --bench harness -- --writers [--writers-secs N] [--writers-rounds N]`.
+//!
+//! One throwaway cluster, one fact table `w.sales` (200,000 rows, 100 products) and three
+//! views over it, each with a unique index on `product`:
+//!
+//! - `w.by_product`: count and sums per product, a materialized view that
+//!   `refreshd init --apply` captures with its statement trigger (`refreshd_notify`);
+//! - `w.by_product_delta`: the same definition, converted by `init --keyed --in-place`:
+//!   count and sum are applied as deltas, its capture appends the changed rows to its
+//!   row buffer;
+//! - `w.by_product_keys`: count and max per product, converted the same way: max is
+//!   recomputed per group, its capture appends the changed keys to its key buffer.
+//!
+//! One `refreshd init --schema w --apply --in-place --keyed ... --keyed ...` (the release
+//! binary) installs all the capture; the harness keeps the definitions of the triggers it
+//! created on `w.sales` and, per variant, puts back only that variant's. pgbench sends
+//! single-row INSERT transactions at 1 and 8 clients, the variants interleaved in each
+//! round, medians, ratios to no trigger:
+//!
+//! - (a) no trigger;
+//! - (b) a statement trigger doing `pg_notify` on every statement (what `init` wrote
+//!   before its capture function; what issue 20 measured at 0.47×), a LISTEN connection
+//!   reading;
+//! - (c) init's capture for the plain materialized view, refreshd running on it;
+//! - (d) init --keyed's key-buffer capture, refreshd running on the keyed view;
+//! - (e) init --keyed's row-buffer (delta) capture, refreshd running on the keyed view.
+//!
+//! refreshd runs with debounce 0s (the view kept as fresh as it can be: the cost of
+//! keeping it fresh is in the figure). After each daemon run the harness waits until the
+//! view equals its definition, then deletes the rows the run inserted with the daemon
+//! still running (so keyed tables stay exact) and waits again; then it stops the daemon
+//! and vacuums.
+
+use super::capture::{build_line, load1};
+use super::*;
+
+const ROWS: i64 = 200_000;
+
+const SETUP: &str = r#"
+CREATE SCHEMA w;
+CREATE TABLE w.sales (id bigserial PRIMARY KEY, product int NOT NULL, qty int NOT NULL,
+                      amount numeric(12, 2) NOT NULL);
+INSERT INTO w.sales (product, qty, amount)
+  SELECT g % 100, 1 + g % 7, (g % 1000) / 10.0 FROM generate_series(1, 200000) g;
+CREATE MATERIALIZED VIEW w.by_product AS
+  SELECT product, count(*) AS n, sum(qty) AS qty, sum(amount) AS amount FROM w.sales GROUP BY product;
+CREATE UNIQUE INDEX ON w.by_product (product);
+CREATE MATERIALIZED VIEW w.by_product_delta AS
+  SELECT product, count(*) AS n, sum(qty) AS qty, sum(amount) AS amount FROM w.sales GROUP BY product;
+CREATE UNIQUE INDEX ON w.by_product_delta (product);
+CREATE MATERIALIZED VIEW w.by_product_keys AS
+  SELECT product, count(*) AS n, max(qty) AS max_qty FROM w.sales GROUP BY product;
+CREATE UNIQUE INDEX ON w.by_product_keys (product);
+CREATE FUNCTION public.bench_plain_notify() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN PERFORM pg_catalog.pg_notify('bench_plain', ''); RETURN NULL; END$$;
+"#;
+
+const DEF_SUMS: &str =
+    "SELECT product, count(*) AS n, sum(qty) AS qty, sum(amount) AS amount FROM w.sales GROUP BY product";
+const DEF_MAX: &str =
+    "SELECT product, count(*) AS n, max(qty) AS max_qty FROM w.sales GROUP BY product";
+
+const INSERT_SCRIPT: &str = "\\set p random(0, 99)\n\
+INSERT INTO w.sales (product, qty, amount) VALUES (:p, 1 + :p % 7, 9.99);\n";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Var {
+    None,
+    PlainNotify,
+    InitPlain,
+    KeyBuffer,
+    RowBuffer,
+}
+
+impl Var {
+    fn label(self) -> &'static str {
+        match self {
+            Var::None => "(a) no trigger",
+            Var::PlainNotify => {
+                "(b) statement trigger with pg_notify on every statement (init's former capture), a LISTEN connection reading"
+            }
+            Var::InitPlain => {
+                "(c) `init --apply` capture of the plain materialized view w.by_product, refreshd refreshing it"
+            }
+            Var::KeyBuffer => {
+                "(d) `init --keyed` key-buffer capture (w.by_product_keys: max, groups recomputed), refreshd running"
+            }
+            Var::RowBuffer => {
+                "(e) `init --keyed` row-buffer capture (w.by_product_delta: count/sum as deltas), refreshd running"
+            }
+        }
+    }
+
+    /// The view refreshd keeps in this variant, and its definition.
+    fn view(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Var::InitPlain => Some(("w.by_product", DEF_SUMS)),
+            Var::KeyBuffer => Some(("w.by_product_keys", DEF_MAX)),
+            Var::RowBuffer => Some(("w.by_product_delta", DEF_SUMS)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Run {
+    tps: f64,
+    refreshes: f64,
+    notifications: f64,
+    to_exact: Option<f64>,
+    load1: f64,
+}
+
+pub async fn run(plan: Plan) -> Result<()> {
+    let t0 = Instant::now();
+    let load_start = loadavg();
+    let bin_dir = pin_binary()?;
+    let bin = bin_dir.path().join("refreshd");
+    let (secs, rounds) = (plan.writers_secs, plan.writers_rounds);
+    progress(&format!(
+        "refreshd bench: writers, {rounds} round(s) of {secs} s per run"
+    ));
+    let cluster = tokio::task::spawn_blocking(|| {
+        TempCluster::start(&ClusterOptions {
+            settings: vec![("max_connections".into(), "100".into())],
+            ..Default::default()
+        })
+    })
+    .await??;
+    let dsn = cluster.socket_dsn("postgres");
+    let bench = Bench {
+        plan: plan.clone(),
+        cluster,
+        dsn: dsn.clone(),
+        insert_sql: String::new(),
+        cron_version: None,
+        report: Report::default(),
+    };
+    let c = connect(&dsn).await?;
+    c.batch_execute(SETUP).await?;
+    c.batch_execute("VACUUM ANALYZE").await?;
+    let base_id: i64 = c
+        .query_one("SELECT max(id) FROM w.sales", &[])
+        .await?
+        .get(0);
+    let out = tokio::process::Command::new(&bin)
+        .args([
+            "init",
+            "--url",
+            &dsn,
+            "--schema",
+            "w",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "w.by_product_delta",
+            "--keyed",
+            "w.by_product_keys",
+        ])
+        .output()
+        .await?;
+    let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("refreshd init failed: {init_err}");
+    }
+    let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said: Vec<String> = init_err
+        .lines()
+        .filter(|l| l.contains("--keyed w."))
+        .map(|l| l.trim().to_string())
+        .collect();
+    for l in &said {
+        progress(&format!("init: {l}"));
+    }
+    let cfgs = views_from_init(&init_toml)?;
+    let cfg_of = |name: &str| -> Result<ViewCfg> {
+        cfgs.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .with_context(|| format!("no [[view]] {name} in init's config:\n{init_toml}"))
+    };
+    // The triggers init created on w.sales, by the view they serve.
+    let trig: Vec<(String, String, String)> = c
+        .query(
+            "SELECT t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), p.proname::text \
+             FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = 'w.sales'::regclass AND NOT t.tgisinternal ORDER BY t.tgname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let of = |v: Var| -> Vec<String> {
+        trig.iter()
+            .filter(|(name, _, func)| match v {
+                Var::InitPlain => name == "refreshd_notify",
+                Var::KeyBuffer => {
+                    func.contains("by_product_keys") || name.contains("by_product_keys")
+                }
+                Var::RowBuffer => {
+                    func.contains("by_product_delta") || name.contains("by_product_delta")
+                }
+                _ => false,
+            })
+            .map(|(_, def, _)| def.clone())
+            .collect()
+    };
+    let defs: Vec<(Var, Vec<String>)> = [Var::InitPlain, Var::KeyBuffer, Var::RowBuffer]
+        .into_iter()
+        .map(|v| (v, of(v)))
+        .collect();
+    let triggers_note = trig
+        .iter()
+        .map(|(n, _, f)| format!("{n} → {f}()"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (v, d) in &defs {
+        if d.is_empty() {
+            bail!("no trigger on w.sales for {v:?}; init created: {triggers_note}");
+        }
+    }
+    progress(&format!("triggers on w.sales: {triggers_note}"));
+
+    // A listener for (b), as refreshd would be.
+    let (drain, mut conn) = tokio_postgres::connect(&dsn, NoTls).await?;
+    let drained = Arc::new(AtomicU64::new(0));
+    let d2 = drained.clone();
+    let drain_task = tokio::spawn(async move {
+        let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = msgs.next().await {
+            if let AsyncMessage::Notification(_) = m {
+                d2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    drain.batch_execute("LISTEN bench_plain").await?;
+
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("insert.sql");
+    std::fs::write(&script, INSERT_SCRIPT)?;
+    let variants = [
+        Var::None,
+        Var::PlainNotify,
+        Var::InitPlain,
+        Var::KeyBuffer,
+        Var::RowBuffer,
+    ];
+    let clients = [1u32, 8];
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); variants.len()]; clients.len()];
+    set_triggers(&c, Var::None, &defs).await?;
+    pgbench(&bench, &script, 8, secs.min(5)).await?;
+    reset(&c, base_id).await?;
+    for round in 0..rounds {
+        for (ci, &n) in clients.iter().enumerate() {
+            for (vi, &v) in variants.iter().enumerate() {
+                set_triggers(&c, v, &defs).await?;
+                let mut r = Run::default();
+                match v.view() {
+                    None => {
+                        let before = drained.load(Ordering::Relaxed);
+                        r.tps = pgbench(&bench, &script, n, secs).await?;
+                        r.load1 = load1();
+                        drain.batch_execute("SELECT 1").await?;
+                        r.notifications = (drained.load(Ordering::Relaxed) - before) as f64;
+                        reset(&c, base_id).await?;
+                    }
+                    Some((view, def)) => {
+                        let d = Daemon::start(&dsn, &[cfg_of(view)?], "writers").await?;
+                        let m0 = d.metrics().await?;
+                        let t = pgbench(&bench, &script, n, secs).await;
+                        let end = Instant::now();
+                        r.load1 = load1();
+                        let m1 = d.metrics().await?;
+                        r.tps = t?;
+                        r.refreshes = metric(&m1, "refreshd_refreshes_total", view)
+                            - metric(&m0, "refreshd_refreshes_total", view);
+                        r.notifications = metric(&m1, "refreshd_notifications_total", "")
+                            - metric(&m0, "refreshd_notifications_total", "");
+                        if let Ok(at) = exact(&c, view, def).await {
+                            r.to_exact = Some(at.saturating_duration_since(end).as_secs_f64());
+                        } else {
+                            progress(&format!(
+                                "writers: {view} not exact 120 s after the run; log tail:\n{}",
+                                d.log()
+                                    .lines()
+                                    .rev()
+                                    .take(20)
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            ));
+                        }
+                        // The inserted rows go with the daemon still running, so keyed
+                        // tables follow.
+                        c.execute("DELETE FROM w.sales WHERE id > $1", &[&base_id])
+                            .await?;
+                        if view != "w.by_product" {
+                            exact(&c, view, def).await?;
+                        }
+                        d.stop().await;
+                        c.batch_execute("VACUUM w.sales").await?;
+                    }
+                }
+                progress(&format!(
+                    "writers: round {}/{rounds} clients {n} {}: {:.0} tps, {} refreshes, {} notifications{}",
+                    round + 1,
+                    v.label(),
+                    r.tps,
+                    r.refreshes,
+                    r.notifications,
+                    r.to_exact
+                        .map(|s| format!(", exact {s:.1} s after"))
+                        .unwrap_or_default()
+                ));
+                runs[ci][vi].push(r);
+            }
+        }
+    }
+    drain_task.abort();
+    let pg: String = c.query_one("SHOW server_version", &[]).await?.get(0);
+    let total = t0.elapsed();
+    let load_end = loadavg();
+    let loads: Vec<f64> = runs.iter().flatten().flatten().map(|r| r.load1).collect();
+
+    let mut o = String::new();
+    o += &format!(
+        "## Writers: run\n\n| | |\n|---|---|\n| mode | `--writers --writers-secs {secs} --writers-rounds {rounds}`{} |\n",
+        if plan.quick { " `--quick`" } else { "" }
+    );
+    o += &format!("| refreshd | {} |\n", build_line());
+    o += &format!("| PostgreSQL | {pg} |\n");
+    o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
+    o += &format!(
+        "| host | {} cores; load average (1/5/15 min) at start {load_start}, at end {load_end}; 1-min load after each run: median {:.1}, max {:.1} |\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        median(&loads),
+        loads.iter().cloned().fold(0.0, f64::max)
+    );
+    o +=
+        &format!("| data | w.sales {ROWS} rows, 100 products; three 100-row views (see below) |\n");
+    o += &format!("| triggers init created on w.sales | {triggers_note} |\n");
+    o += &format!(
+        "| harness wall time | {:.1} min |\n",
+        total.as_secs_f64() / 60.0
+    );
+    o += "\n`refreshd init` said:\n\n```\n";
+    for l in &said {
+        o += l;
+        o += "\n";
+    }
+    o += "```\n";
+    o += &format!(
+        "\n## Writers: single-row INSERT transactions into w.sales, pgbench -c C -j min(C,2) -T {secs}, {rounds} interleaved round(s), medians\n\n"
+    );
+    o += "| capture on w.sales | clients | runs | TPS median (min–max) | ratio to (a) | refreshes per run, median | notifications per run, median | view exact after the run (median s after the last write) |\n|---|---|---|---|---|---|---|---|\n";
+    let mut at8 = Vec::new();
+    for (ci, &n) in clients.iter().enumerate() {
+        let base = median(&runs[ci][0].iter().map(|r| r.tps).collect::<Vec<_>>());
+        for (vi, &v) in variants.iter().enumerate() {
+            let rs = &runs[ci][vi];
+            let tps: Vec<f64> = rs.iter().map(|r| r.tps).collect();
+            let m = median(&tps);
+            if n == 8 {
+                at8.push((v, m / base));
+            }
+            let exact: Vec<f64> = rs.iter().filter_map(|r| r.to_exact).collect();
+            o += &format!(
+                "| {} | {n} | {} | {:.0} ({:.0}–{:.0}) | {:.3} | {} | {:.0} | {} |\n",
+                v.label(),
+                rs.len(),
+                m,
+                tps.iter().cloned().fold(f64::INFINITY, f64::min),
+                tps.iter().cloned().fold(0.0, f64::max),
+                m / base,
+                if v.view().is_some() {
+                    format!(
+                        "{:.0}",
+                        median(&rs.iter().map(|r| r.refreshes).collect::<Vec<_>>())
+                    )
+                } else {
+                    "–".into()
+                },
+                median(&rs.iter().map(|r| r.notifications).collect::<Vec<_>>()),
+                if v.view().is_some() {
+                    format!("{} of {} ({:.1})", exact.len(), rs.len(), median(&exact))
+                } else {
+                    "–".into()
+                }
+            );
+        }
+    }
+    o += "| pg_ivm 1.15 (quoted from issue 20, measured elsewhere on an unpartitioned copy of another schema; not installable here) | 8 | – | 843 against 21,000 | 0.03–0.04 | – | – | immediate |\n";
+    o += "\nrefreshd runs with debounce 0s on the one view of the variant (init's config otherwise), started before and stopped after each run; it is the only listener then. Notifications: refreshd_notifications_total (all channels) for (c)–(e), the LISTEN connection's count for (b). Refreshes: refreshd_refreshes_total of the view during the run. After each daemon run the harness polls until the view equals its definition (EXCEPT ALL both ways), then deletes the run's rows with the daemon running and waits for the view again, then vacuums.\n";
+    o += "\n| target | result | verdict |\n|---|---|---|\n";
+    for (v, r) in at8
+        .iter()
+        .filter(|(v, _)| matches!(v, Var::KeyBuffer | Var::RowBuffer))
+    {
+        o += &format!(
+            "| writers ≥ 0.8× of no capture at 8 clients: {} | {r:.3}× | {} |\n",
+            v.label(),
+            if *r >= 0.8 { "met" } else { "**missed**" }
+        );
+    }
+    print!("{o}");
+    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
+    Ok(())
+}
+
+/// Puts exactly this variant's triggers on w.sales (the others dropped, not disabled).
+async fn set_triggers(c: &Client, v: Var, defs: &[(Var, Vec<String>)]) -> Result<()> {
+    let names: Vec<String> = c
+        .query(
+            "SELECT tgname::text FROM pg_catalog.pg_trigger \
+             WHERE tgrelid = 'w.sales'::regclass AND NOT tgisinternal",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sql = String::from("BEGIN;\n");
+    for n in names {
+        sql += &format!(
+            "DROP TRIGGER {} ON w.sales;\n",
+            refreshd::pg::ident::quote_ident(&n)
+        );
+    }
+    if v == Var::PlainNotify {
+        sql += "CREATE TRIGGER bench_plain_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON w.sales \
+                FOR EACH STATEMENT EXECUTE FUNCTION public.bench_plain_notify();\n";
+    }
+    for (dv, ds) in defs {
+        if *dv == v {
+            for d in ds {
+                sql += d;
+                sql += ";\n";
+            }
+        }
+    }
+    sql += "COMMIT;";
+    c.batch_execute(&sql).await?;
+    Ok(())
+}
+
+async fn reset(c: &Client, base_id: i64) -> Result<()> {
+    c.execute("DELETE FROM w.sales WHERE id > $1", &[&base_id])
+        .await?;
+    c.batch_execute("VACUUM w.sales").await?;
+    Ok(())
+}
+
+/// Polls until `view` equals `def` (EXCEPT ALL both ways), for up to 120 s.
+async fn exact(c: &Client, view: &str, def: &str) -> Result<Instant> {
+    let sql = format!(
+        "SELECT count(*) FROM ((TABLE {view} EXCEPT ALL ({def})) UNION ALL (({def}) EXCEPT ALL TABLE {view})) x"
+    );
+    poll_until(
+        Duration::from_millis(20),
+        Duration::from_secs(120),
+        || async { Ok(c.query_one(&sql, &[]).await?.get::<_, i64>(0) == 0) },
+    )
+    .await
+}
+
+/// Every `[[view]]` of init's config, with debounce 0s and init's max_delay.
+pub fn views_from_init(toml_text: &str) -> Result<Vec<(String, ViewCfg)>> {
+    super::tpch::keyed_views_from_init(toml_text)
+}
