@@ -36,12 +36,18 @@ fn init_keyed_refuses_a_key_computed_from_the_session() {
     let config = support::stdout(&out);
     let stderr = support::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
-    for (view, function) in [("kr.mine", "current_user"), ("kr.sharded", "current_setting")] {
+    for (view, function) in [
+        ("kr.mine", "current_user"),
+        ("kr.sharded", "current_setting"),
+    ] {
         let reason = format!(
             "--keyed {view}: cannot be derived: key column k is an expression over a function of the session ({function})"
         );
         assert!(stderr.contains(&reason), "{reason}\n{stderr}");
-        assert!(config.contains(&format!("# {reason}")), "{reason}\n{config}");
+        assert!(
+            config.contains(&format!("# {reason}")),
+            "{reason}\n{config}"
+        );
     }
     // Nothing converted: both stay materialized views, refreshed as before.
     assert!(!config.contains("kind = \"keyed\""), "{config}");

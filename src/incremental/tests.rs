@@ -1442,9 +1442,8 @@ fn changing_keys_are_refused() {
         "txid_current()",
         "pg_backend_pid()",
     ] {
-        let sql = format!(
-            "SELECT (o.o_orderkey || ({f})::text) AS k, o.o_totalprice FROM tpch.orders o"
-        );
+        let sql =
+            format!("SELECT (o.o_orderkey || ({f})::text) AS k, o.o_totalprice FROM tpch.orders o");
         let name = f.split('(').next().unwrap();
         assert_eq!(
             refused(&sql, &["k"]),
