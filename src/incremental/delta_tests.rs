@@ -650,3 +650,52 @@ fn names() {
     // x has no equality: an UPDATE buffers all its old and new rows.
     assert!(!p.capture_update.contains("EXCEPT"), "{}", p.capture_update);
 }
+
+/// A grouped column whose quoted name holds a `.` is recognised as grouped: a grouping
+/// value over it (`lower(t."a.b")`) takes deltas instead of being refused as a column
+/// "not grouped by itself".
+#[test]
+fn grouped_column_with_a_dot_in_its_name() {
+    let mut cat = catalog();
+    cat.add(Relation {
+        schema: "tpch".into(),
+        name: "dotted".into(),
+        kind: RelationKind::Table,
+        columns: vec!["a.b".into(), "x".into()],
+    });
+    let sql = "SELECT t.\"a.b\", lower(t.\"a.b\") AS l, count(*) AS n, sum(t.x) AS sx FROM tpch.dotted t GROUP BY t.\"a.b\"";
+    let d = derive(sql, &["a.b"], &cat).unwrap();
+    let tables = vec![DeltaTable {
+        table: "tpch.dotted".into(),
+        name: QualifiedName::new("tpch", "dotted"),
+        columns: vec![
+            ("a.b".into(), "text".into()),
+            ("x".into(), "numeric".into()),
+        ],
+        not_null: vec!["a.b".into(), "x".into()],
+        incomparable: Vec::new(),
+        estimated_rows: 10.0,
+    }];
+    let cols = vec![
+        ("a.b".to_string(), "text".to_string()),
+        ("l".to_string(), "text".to_string()),
+        ("n".to_string(), "bigint".to_string()),
+        ("sx".to_string(), "numeric".to_string()),
+    ];
+    let view = QualifiedName::new("tpch", "v");
+    let live = QualifiedName::new("tpch", "v_live");
+    let p = delta_plan(
+        &d,
+        &DeltaFacts {
+            view: &view,
+            live: &live,
+            definition: sql,
+            columns: &cols,
+            catalog: &cat,
+            tables: &tables,
+            fact: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.fact, "tpch.dotted");
+}

@@ -216,6 +216,9 @@ fn key_problem(k: &str, e: &RExpr) -> Option<String> {
 fn node_problem(k: &str, x: &RExpr) -> Option<String> {
     match x {
         RExpr::Agg(a) => Some(format!("key column {k} is an aggregate ({})", a.name)),
+        RExpr::Func { name, .. } if volatile::session_dependent(name) => Some(format!(
+            "key column {k} is an expression over a function of the session ({name}): the capture would compute it in the writer's session, the refresh in its own"
+        )),
         RExpr::Func { name, .. } if volatile::changes_under_key(name) => Some(format!(
             "key column {k} is an expression over a volatile function ({name})"
         )),

@@ -1392,3 +1392,78 @@ fn generate_names_are_bounded_and_quoted() {
         "refreshd_keys_public_v"
     );
 }
+
+/// A key computed with a function of the session (its role, its settings) is refused
+/// like a volatile one: the capture would compute it in the writer's session, the
+/// refresh in its own. The SQL value functions as libpg_query parses them, directly and
+/// as a grouping value of a subquery that becomes the key.
+#[test]
+fn session_dependent_keys_are_refused() {
+    let why = |f: &str| {
+        format!(
+            "key column k is an expression over a function of the session ({f}): the capture would compute it in the writer's session, the refresh in its own"
+        )
+    };
+    assert_eq!(
+        refused(
+            "SELECT (current_setting('app.shard') || o.o_orderkey::text) AS k, o.o_totalprice FROM tpch.orders o",
+            &["k"]
+        ),
+        why("current_setting")
+    );
+    for (sql, name) in [
+        ("CURRENT_USER", "current_user"),
+        ("SESSION_USER", "session_user"),
+        ("CURRENT_ROLE", "current_role"),
+        ("USER", "user"),
+        ("CURRENT_SCHEMA", "current_schema"),
+        ("CURRENT_CATALOG", "current_catalog"),
+        ("inet_client_addr()::text", "inet_client_addr"),
+    ] {
+        let direct = format!(
+            "SELECT ({sql} || ':' || o.o_orderkey) AS k, o.o_totalprice FROM tpch.orders o"
+        );
+        assert_eq!(refused(&direct, &["k"]), why(name), "{direct}");
+        let grouped = format!(
+            "SELECT s.k, count(*) AS n FROM (SELECT (o.o_custkey || {sql}) AS k FROM tpch.orders o) s GROUP BY s.k"
+        );
+        assert_eq!(refused(&grouped, &["k"]), why(name), "{grouped}");
+    }
+}
+
+/// Functions whose value changes from call to call or with time stay refused in a key,
+/// with their own reason.
+#[test]
+fn changing_keys_are_refused() {
+    for f in [
+        "random()",
+        "nextval('s')",
+        "clock_timestamp()",
+        "txid_current()",
+        "pg_backend_pid()",
+    ] {
+        let sql =
+            format!("SELECT (o.o_orderkey || ({f})::text) AS k, o.o_totalprice FROM tpch.orders o");
+        let name = f.split('(').next().unwrap();
+        assert_eq!(
+            refused(&sql, &["k"]),
+            format!("key column k is an expression over a volatile function ({name})"),
+            "{sql}"
+        );
+    }
+}
+
+/// A condition is never evaluated by the capture (its triggers send the keys of every
+/// changed row, whatever the WHERE says): only the refresh evaluates it, so a condition
+/// over the session leaves the key carried.
+#[test]
+fn session_dependent_condition_keeps_the_key_carried() {
+    let d = derived(
+        "SELECT o.o_orderkey, o.o_totalprice FROM tpch.orders o WHERE o.o_clerk = CURRENT_USER",
+        &["o_orderkey"],
+    );
+    assert_eq!(
+        line(&d, "tpch.orders"),
+        "orders: carries the key (o_orderkey)"
+    );
+}

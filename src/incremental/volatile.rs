@@ -1,5 +1,7 @@
 //! Functions whose value is not fixed by their arguments, in one place: `derive`
-//! refuses a key computed with one of them, `delta` a definition calling one.
+//! refuses a key computed with one of them, `delta` a definition calling one. Only
+//! PostgreSQL's own functions are known by name: a function the user defines VOLATILE or
+//! STABLE is not seen here (the catalog facts carry no `provolatile` yet).
 
 /// Functions whose value changes with time or from call to call.
 const CHANGING: &[&str] = &[
@@ -15,6 +17,8 @@ const CHANGING: &[&str] = &[
     "transaction_timestamp",
     "timeofday",
     "gen_random_uuid",
+    "uuidv4",
+    "uuidv7",
     "uuid_generate_v1",
     "uuid_generate_v4",
     "txid_current",
@@ -36,12 +40,46 @@ const TIME_VALUES: &[&str] = &[
     "localtimestamp_n",
 ];
 
-/// Functions whose value depends on the session (refused by the delta check only).
-const SESSION: &[&str] = &["current_setting", "current_user", "session_user"];
+/// Functions whose value depends on the session that calls them: its role, its settings,
+/// its connection, its transaction. A capture trigger runs in the writer's session, the
+/// refresh and the delta apply (SECURITY DEFINER) in others: a value computed with one of
+/// these differs between them. `current_user` and the other SQL value functions as
+/// `parse` names them (`user` is `USER`, `current_catalog` is `CURRENT_CATALOG`).
+const SESSION: &[&str] = &[
+    "current_setting",
+    "current_user",
+    "current_role",
+    "session_user",
+    "system_user",
+    "user",
+    "current_schema",
+    "current_schemas",
+    "current_catalog",
+    "current_query",
+    "inet_client_addr",
+    "inet_client_port",
+    "inet_server_addr",
+    "inet_server_port",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "txid_current_if_assigned",
+    "pg_trigger_depth",
+    "pg_my_temp_schema",
+    "has_table_privilege",
+    "has_column_privilege",
+    "has_schema_privilege",
+    "pg_has_role",
+];
 
-/// A key computed with this function cannot be derived from a row.
+/// A key computed with this function cannot be derived from a row: the trigger that
+/// computes it from the changed rows runs in the writer's session, at the writer's time.
 pub(super) fn changes_under_key(name: &str) -> bool {
-    CHANGING.contains(&name) || TIME_VALUES.contains(&name)
+    CHANGING.contains(&name) || TIME_VALUES.contains(&name) || SESSION.contains(&name)
+}
+
+/// A function whose value depends on the calling session (its role, settings, connection).
+pub(super) fn session_dependent(name: &str) -> bool {
+    SESSION.contains(&name)
 }
 
 /// A delta computed now with this function would not match the rows counted before.

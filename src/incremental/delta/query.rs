@@ -10,7 +10,6 @@ use super::ast::{deparse, expr_text, json_strings, node, range_vars_mut, resolve
 use super::columns::Out;
 use super::fact::Fact;
 use super::{no, DeltaFacts, NoDelta};
-use crate::pg::ident::quote_ident;
 
 /// The delta SELECT's text: the definition over the consumed rows (`rows_cte`),
 /// grouped like the view, with `delta_targets` as its target list.
@@ -110,6 +109,13 @@ fn check_grouping_values(
     f: &DeltaFacts<'_>,
 ) -> Result<(), NoDelta> {
     let grouped: Vec<String> = group.iter().map(expr_text).collect::<Result<_, _>>()?;
+    // The grouped columns by their parts, never by splitting printed SQL on `.` (a
+    // quoted name may hold one).
+    let grouped_columns: Vec<Vec<String>> = group
+        .iter()
+        .filter(|g| matches!(node(g), Some(NodeEnum::ColumnRef(_))))
+        .flat_map(column_refs)
+        .collect();
     for (i, t) in targets.iter().enumerate() {
         if !matches!(outs[i], Out::Group(_)) {
             continue;
@@ -121,15 +127,7 @@ fn check_grouping_values(
             continue;
         }
         for parts in column_refs(val) {
-            let text = parts
-                .iter()
-                .map(|p| quote_ident(p))
-                .collect::<Vec<_>>()
-                .join(".");
-            let covered = grouped.iter().any(|g| {
-                let bare: Vec<&str> = g.split('.').map(|x| x.trim_matches('"')).collect();
-                bare == parts.iter().map(String::as_str).collect::<Vec<_>>() || *g == text
-            });
+            let covered = grouped_columns.contains(&parts);
             let of_fact = match parts.as_slice() {
                 [c] => fact.names.contains(c),
                 [q, _] => *q == fact.alias,
