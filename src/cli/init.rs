@@ -549,15 +549,20 @@ const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'U
 
 /// A base table's columns for the delta plan: name, type (with a `COLLATE` clause when
 /// the column's collation is not its type's), NOT NULL, and the estimated rows of the
-/// table with all its partitions.
+/// table with all its partitions (`pg_partition_tree` gives no row for a table outside
+/// a partition tree, so the table itself is counted by its oid; a table never analyzed
+/// counts a row per 100 bytes of its size).
 const DELTA_COLUMNS_SQL: &str = "SELECT a.attname::text, \
        pg_catalog.format_type(a.atttypid, a.atttypmod) || \
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
             THEN ' COLLATE ' || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
             ELSE '' END, \
        a.attnotnull, \
-       (SELECT pg_catalog.sum(GREATEST(pc.reltuples, 0))::float8 \
-          FROM pg_catalog.pg_partition_tree(c.oid) t JOIN pg_catalog.pg_class pc ON pc.oid = t.relid) \
+       (SELECT pg_catalog.sum(CASE WHEN pc.reltuples > 0 THEN pc.reltuples \
+                                   ELSE pg_catalog.pg_relation_size(pc.oid) / 100.0 END)::float8 \
+          FROM pg_catalog.pg_class pc \
+         WHERE pc.oid = c.oid \
+            OR pc.oid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t)) \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
   JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
