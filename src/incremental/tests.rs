@@ -5,185 +5,205 @@
 use super::*;
 
 pub(super) fn catalog() -> Catalog {
-    let mut c = Catalog::new()
-        .table(
-            "core.brand",
-            &[
-                "id",
-                "name",
-                "description",
-                "is_active",
-                "created_at",
-                "updated_at",
-            ],
-        )
-        .table(
-            "core.inventory_valuation_live",
-            &[
-                "warehouse_id",
-                "warehouse_code",
-                "warehouse_name",
-                "is_active",
-                "products_in_stock",
-                "total_quantity",
-                "total_value",
-                "uncosted_items",
-                "last_cost_update_at",
-            ],
-        )
-        .materialized_view(
-            "core.mv_inventory_valuation",
-            &[
-                "warehouse_id",
-                "warehouse_code",
-                "warehouse_name",
-                "is_active",
-                "products_in_stock",
-                "total_quantity",
-                "total_value",
-                "uncosted_items",
-                "last_cost_update_at",
-            ],
-        )
-        .materialized_view(
-            "core.mv_low_stock_alerts",
-            &[
-                "product_id",
-                "sku",
-                "product_name",
-                "brand_name",
-                "supplier_id",
-                "supplier_name",
-                "total_quantity",
-                "reorder_level",
-                "shortfall",
-                "severity",
-            ],
-        )
-        .materialized_view(
-            "core.mv_product_stock_summary",
-            &[
-                "product_id",
-                "sku",
-                "product_name",
-                "brand_id",
-                "brand_name",
-                "supplier_id",
-                "supplier_name",
-                "is_active",
-                "reorder_level",
-                "warehouses_in_stock",
-                "total_quantity",
-                "total_value",
-                "avg_cost_price",
-                "last_cost_update_at",
-            ],
-        )
-        .table(
-            "core.products",
-            &[
-                "id",
-                "sku",
-                "name",
-                "brand_id",
-                "supplier_id",
-                "unit_of_measure",
-                "reorder_level",
-                "is_active",
-                "created_at",
-                "updated_at",
-            ],
-        )
-        .table(
-            "core.stock_movement",
-            &[
-                "id",
-                "movement_type",
-                "reference_type",
-                "reference_id",
-                "product_id",
-                "warehouse_id",
-                "quantity",
-                "cost_price",
-                "notes",
-                "created_at",
-                "created_by",
-            ],
-        )
-        .table(
-            "core.stock_on_hand",
-            &[
-                "id",
-                "product_id",
-                "warehouse_id",
-                "quantity",
-                "cost_price",
-                "cost_method",
-                "last_cost_update_at",
-                "total_value",
-                "updated_at",
-            ],
-        )
-        .table(
-            "core.suppliers",
-            &[
-                "id",
-                "name",
-                "contact_phone",
-                "contact_email",
-                "website",
-                "payment_terms",
-                "is_active",
-                "created_at",
-            ],
-        )
-        .table(
-            "core.warehouses",
-            &["id", "code", "name", "is_active", "created_at"],
-        )
-        .table(
-            "public.attendance_statistics_live",
-            &[
-                "category_id",
-                "season_id",
-                "total_sessions",
-                "completed_sessions",
-                "planned_sessions",
-                "cancelled_sessions",
-                "completion_rate",
-                "total_attendance_records",
-                "present_count",
-                "absent_count",
-                "late_count",
-                "excused_count",
-                "attendance_rate",
-                "unique_members",
-                "last_session_date",
-                "last_refreshed",
-            ],
-        )
-        .materialized_view(
-            "public.attendance_statistics_summary",
-            &[
-                "category_id",
-                "season_id",
-                "total_sessions",
-                "completed_sessions",
-                "planned_sessions",
-                "cancelled_sessions",
-                "completion_rate",
-                "total_attendance_records",
-                "present_count",
-                "absent_count",
-                "late_count",
-                "excused_count",
-                "attendance_rate",
-                "unique_members",
-                "last_session_date",
-                "last_refreshed",
-            ],
-        )
-        .table("public.categories", &["id", "name", "created_at"])
+    let mut c = tpch_relations(public_relations(core_and_attendance(core_stock(
+        core_tables(Catalog::new()),
+    ))));
+    c.search_path = vec!["public".into(), "tpch".into()];
+    c
+}
+
+/// The inventory seed (schema `core`): brands and its materialized views.
+fn core_tables(c: Catalog) -> Catalog {
+    c.table(
+        "core.brand",
+        &[
+            "id",
+            "name",
+            "description",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ],
+    )
+    .table(
+        "core.inventory_valuation_live",
+        &[
+            "warehouse_id",
+            "warehouse_code",
+            "warehouse_name",
+            "is_active",
+            "products_in_stock",
+            "total_quantity",
+            "total_value",
+            "uncosted_items",
+            "last_cost_update_at",
+        ],
+    )
+    .materialized_view(
+        "core.mv_inventory_valuation",
+        &[
+            "warehouse_id",
+            "warehouse_code",
+            "warehouse_name",
+            "is_active",
+            "products_in_stock",
+            "total_quantity",
+            "total_value",
+            "uncosted_items",
+            "last_cost_update_at",
+        ],
+    )
+    .materialized_view(
+        "core.mv_low_stock_alerts",
+        &[
+            "product_id",
+            "sku",
+            "product_name",
+            "brand_name",
+            "supplier_id",
+            "supplier_name",
+            "total_quantity",
+            "reorder_level",
+            "shortfall",
+            "severity",
+        ],
+    )
+    .materialized_view(
+        "core.mv_product_stock_summary",
+        &[
+            "product_id",
+            "sku",
+            "product_name",
+            "brand_id",
+            "brand_name",
+            "supplier_id",
+            "supplier_name",
+            "is_active",
+            "reorder_level",
+            "warehouses_in_stock",
+            "total_quantity",
+            "total_value",
+            "avg_cost_price",
+            "last_cost_update_at",
+        ],
+    )
+}
+
+/// The inventory seed: products, stock movements, stock on hand, suppliers.
+fn core_stock(c: Catalog) -> Catalog {
+    c.table(
+        "core.products",
+        &[
+            "id",
+            "sku",
+            "name",
+            "brand_id",
+            "supplier_id",
+            "unit_of_measure",
+            "reorder_level",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ],
+    )
+    .table(
+        "core.stock_movement",
+        &[
+            "id",
+            "movement_type",
+            "reference_type",
+            "reference_id",
+            "product_id",
+            "warehouse_id",
+            "quantity",
+            "cost_price",
+            "notes",
+            "created_at",
+            "created_by",
+        ],
+    )
+    .table(
+        "core.stock_on_hand",
+        &[
+            "id",
+            "product_id",
+            "warehouse_id",
+            "quantity",
+            "cost_price",
+            "cost_method",
+            "last_cost_update_at",
+            "total_value",
+            "updated_at",
+        ],
+    )
+    .table(
+        "core.suppliers",
+        &[
+            "id",
+            "name",
+            "contact_phone",
+            "contact_email",
+            "website",
+            "payment_terms",
+            "is_active",
+            "created_at",
+        ],
+    )
+}
+
+/// The inventory seed's warehouses; the attendance seed's views.
+fn core_and_attendance(c: Catalog) -> Catalog {
+    c.table(
+        "core.warehouses",
+        &["id", "code", "name", "is_active", "created_at"],
+    )
+    .table(
+        "public.attendance_statistics_live",
+        &[
+            "category_id",
+            "season_id",
+            "total_sessions",
+            "completed_sessions",
+            "planned_sessions",
+            "cancelled_sessions",
+            "completion_rate",
+            "total_attendance_records",
+            "present_count",
+            "absent_count",
+            "late_count",
+            "excused_count",
+            "attendance_rate",
+            "unique_members",
+            "last_session_date",
+            "last_refreshed",
+        ],
+    )
+    .materialized_view(
+        "public.attendance_statistics_summary",
+        &[
+            "category_id",
+            "season_id",
+            "total_sessions",
+            "completed_sessions",
+            "planned_sessions",
+            "cancelled_sessions",
+            "completion_rate",
+            "total_attendance_records",
+            "present_count",
+            "absent_count",
+            "late_count",
+            "excused_count",
+            "attendance_rate",
+            "unique_members",
+            "last_session_date",
+            "last_refreshed",
+        ],
+    )
+}
+
+/// The attendance seed's tables (and `public.categories`).
+fn public_relations(c: Catalog) -> Catalog {
+    c.table("public.categories", &["id", "name", "created_at"])
         .table(
             "public.member_attendance",
             &[
@@ -231,7 +251,11 @@ pub(super) fn catalog() -> Catalog {
                 "updated_at",
             ],
         )
-        .table("tpch.category", &["id", "name"])
+}
+
+/// TPC-H's tables, the hard cases' tables beside them, and a plain view.
+fn tpch_relations(c: Catalog) -> Catalog {
+    c.table("tpch.category", &["id", "name"])
         .table(
             "tpch.customer",
             &[
@@ -305,9 +329,7 @@ pub(super) fn catalog() -> Catalog {
             "tpch.open_orders",
             &["o_orderkey", "o_custkey", "o_totalprice"],
             include_str!("corpus/open_orders.sql"),
-        );
-    c.search_path = vec!["public".into(), "tpch".into()];
-    c
+        )
 }
 
 pub(super) fn derived(sql: &str, key: &[&str]) -> Derivation {
@@ -1105,71 +1127,8 @@ fn generate_attendance() {
         g.channel,
         "refreshd_keys_public_attendance_statistics_summary"
     );
-    let att = function_sql(
-        &g,
-        r#""public"."attendance_statistics_summary_keys_from_member_attendance""#,
-    );
-    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" = d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
-    assert!(att.contains("SECURITY DEFINER"), "{att}");
-    assert!(!att.contains("FOR UPDATE"), "{att}");
-    let ses = function_sql(
-        &g,
-        r#""public"."attendance_statistics_summary_keys_from_training_sessions""#,
-    );
-    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE (t."id", t."category_id", t."season_id") IN (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
-    assert!(
-        ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
-        "{ses}"
-    );
-    // Keys go into the buffer; the channel is notified only when the writer cannot
-    // take its slot of the channel's lock shared (refreshd holds it: nothing is due).
-    assert!(
-        ses.contains(r#"INSERT INTO "refreshd"."public_attendance_statistics_summary_keys" ("category_id", "season_id")"#),
-        "{ses}"
-    );
-    assert!(
-        ses.contains("IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
-        "{ses}"
-    );
-    assert!(
-        g.install.contains(
-            r#"CREATE UNLOGGED TABLE "refreshd"."public_attendance_statistics_summary_keys" ("#
-        ),
-        "{}",
-        g.install
-    );
-    let consume = function_sql(
-        &g,
-        r#""refreshd"."public_attendance_statistics_summary_consume""#,
-    );
-    assert!(
-        consume.contains(
-            r#"RETURNS TABLE ("category_id" bigint, "season_id" bigint, "all_" boolean)"#
-        ),
-        "{consume}"
-    );
-    assert!(consume.contains(r#"WITH d AS (DELETE FROM "refreshd"."public_attendance_statistics_summary_keys" RETURNING *)"#), "{consume}");
-    assert!(
-        consume.contains(r#"d."all_" OR d."category_id" IS NULL OR d."season_id" IS NULL FROM d"#),
-        "{consume}"
-    );
-    assert!(g.install.contains(r#"REVOKE ALL ON FUNCTION "refreshd"."public_attendance_statistics_summary_consume"() FROM PUBLIC;"#));
-    // The delta hook: statements run first in the consume function.
-    let mut with_deltas = g.clone();
-    with_deltas.consume_prelude = vec!["UPDATE x SET n = n + 1;".into(), "DELETE FROM y".into()];
-    let sql = generate::consume_function_sql(&with_deltas);
-    let (first, second, consumed) = (
-        sql.find("UPDATE x SET n = n + 1;\n").unwrap(),
-        sql.find("DELETE FROM y;\n").unwrap(),
-        sql.find("WITH d AS").unwrap(),
-    );
-    assert!(first < second && second < consumed, "{sql}");
-    // SECURITY DEFINER and the definition's text inside: its search_path is pinned
-    // whatever the definition was printed against (here `public`).
-    assert!(
-        sql.contains("SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\n"),
-        "{sql}"
-    );
+    attendance_trigger_functions(&g);
+    attendance_consume_function(&g);
     assert!(g.rollback.contains(
         r#"DROP TABLE IF EXISTS "refreshd"."public_attendance_statistics_summary_keys";"#
     ));
@@ -1199,6 +1158,81 @@ fn generate_attendance() {
             "public.training_sessions: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
             "public.member_attendance: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
         ]
+    );
+}
+
+/// [`generate_attendance`]: the trigger functions of the two base tables (the path
+/// locks, the buffer, the wake-up).
+fn attendance_trigger_functions(g: &Generated) {
+    let att = function_sql(
+        g,
+        r#""public"."attendance_statistics_summary_keys_from_member_attendance""#,
+    );
+    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" = d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
+    assert!(att.contains("SECURITY DEFINER"), "{att}");
+    assert!(!att.contains("FOR UPDATE"), "{att}");
+    let ses = function_sql(
+        g,
+        r#""public"."attendance_statistics_summary_keys_from_training_sessions""#,
+    );
+    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE (t."id", t."category_id", t."season_id") IN (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
+    assert!(
+        ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
+        "{ses}"
+    );
+    // Keys go into the buffer; the channel is notified only when the writer cannot
+    // take its slot of the channel's lock shared (refreshd holds it: nothing is due).
+    assert!(
+        ses.contains(r#"INSERT INTO "refreshd"."public_attendance_statistics_summary_keys" ("category_id", "season_id")"#),
+        "{ses}"
+    );
+    assert!(
+        ses.contains("IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
+        "{ses}"
+    );
+    assert!(
+        g.install.contains(
+            r#"CREATE UNLOGGED TABLE "refreshd"."public_attendance_statistics_summary_keys" ("#
+        ),
+        "{}",
+        g.install
+    );
+}
+
+/// [`generate_attendance`]: the consume function (its columns, the buffer it empties,
+/// the delta hook, the pinned search_path).
+fn attendance_consume_function(g: &Generated) {
+    let consume = function_sql(
+        g,
+        r#""refreshd"."public_attendance_statistics_summary_consume""#,
+    );
+    assert!(
+        consume.contains(
+            r#"RETURNS TABLE ("category_id" bigint, "season_id" bigint, "all_" boolean)"#
+        ),
+        "{consume}"
+    );
+    assert!(consume.contains(r#"WITH d AS (DELETE FROM "refreshd"."public_attendance_statistics_summary_keys" RETURNING *)"#), "{consume}");
+    assert!(
+        consume.contains(r#"d."all_" OR d."category_id" IS NULL OR d."season_id" IS NULL FROM d"#),
+        "{consume}"
+    );
+    assert!(g.install.contains(r#"REVOKE ALL ON FUNCTION "refreshd"."public_attendance_statistics_summary_consume"() FROM PUBLIC;"#));
+    // The delta hook: statements run first in the consume function.
+    let mut with_deltas = g.clone();
+    with_deltas.consume_prelude = vec!["UPDATE x SET n = n + 1;".into(), "DELETE FROM y".into()];
+    let sql = generate::consume_function_sql(&with_deltas);
+    let (first, second, consumed) = (
+        sql.find("UPDATE x SET n = n + 1;\n").unwrap(),
+        sql.find("DELETE FROM y;\n").unwrap(),
+        sql.find("WITH d AS").unwrap(),
+    );
+    assert!(first < second && second < consumed, "{sql}");
+    // SECURITY DEFINER and the definition's text inside: its search_path is pinned
+    // whatever the definition was printed against (here `public`).
+    assert!(
+        sql.contains("SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\n"),
+        "{sql}"
     );
 }
 
