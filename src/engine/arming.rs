@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
-use crate::engine::listener::ListenerEvent;
+use crate::engine::listen_event::ListenerEvent;
 use crate::pg::connect::error_chain;
 
 /// The advisory lock class of refreshd's channel locks (the two-key form's first key;

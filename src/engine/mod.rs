@@ -8,6 +8,7 @@ pub mod control;
 pub mod core;
 pub mod detect;
 pub mod keys;
+pub mod listen_event;
 pub mod listener;
 pub mod reason;
 pub mod refresher;

@@ -22,7 +22,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::engine::arming::{Arming, HeldBack};
 use crate::engine::control::{self, Gate, Next, Verdict};
-use crate::engine::listener::{ListenerEvent, PROBE_DEADLINE};
+use crate::engine::listen_event::{ListenerEvent, PROBE_DEADLINE};
 use crate::pg::connect::{error_chain, ConnectInfo, PgConnection};
 use crate::pg::notify;
 use crate::serve::metrics::Metrics;

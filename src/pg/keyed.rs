@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Keyed, ViewConfig};
 use crate::pg::ident::{quote_ident, QualifiedName};
-use crate::pg::refresh::{
+use crate::pg::outcome::{
     quote_literal, FailureClass, RefreshError, RefreshKind, Refreshed, CLIENT_GRACE,
 };
 
@@ -292,7 +292,7 @@ fn column_list(shape: &Shape) -> String {
 fn prologue(view: &ViewConfig) -> String {
     format!(
         "{}; {}",
-        crate::pg::refresh::begin(view),
+        crate::pg::outcome::begin(view),
         jit_off_and_lock(view)
     )
 }
@@ -404,7 +404,7 @@ pub async fn refresh_keyed(
     keyed: &Keyed,
     work: &Work,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<Refreshed, RefreshError> {
     let shape = read_shape(client, view, keyed).await?;
     let start = Instant::now();
@@ -480,7 +480,7 @@ async fn recompute(
     shape: &Shape,
     work: &Work,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<(RefreshKind, bool, Option<usize>), tokio_postgres::Error> {
     if let Some(buffer) = &keyed.buffer {
         return buffered(client, view, keyed, buffer, shape, work, event, history).await;
@@ -498,7 +498,7 @@ async fn recompute_named(
     shape: &Shape,
     work: &Work,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<(RefreshKind, bool), tokio_postgres::Error> {
     let keys = match work {
         // Without a buffer, a wake-up that names no keys means everything.
@@ -618,7 +618,7 @@ async fn full(
     keyed: &Keyed,
     shape: &Shape,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     let row = history.map_or(String::new(), |h| {
         h.success_sql(view, RefreshKind::KeyedAll, None)
@@ -639,7 +639,7 @@ async fn keys_transaction(
     shape: &Shape,
     keys: &[Key],
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     client.batch_execute(&prologue(view)).await?;
     keys_statements(client, view, keyed, shape, keys, event, history).await
@@ -654,7 +654,7 @@ async fn keys_statements(
     shape: &Shape,
     keys: &[Key],
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     if keys.is_empty() {
         return commit_keys(client, view, event, history, 0).await;
@@ -689,7 +689,7 @@ async fn commit_keys(
     client: &Client,
     view: &ViewConfig,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
     n: usize,
 ) -> Result<RefreshKind, tokio_postgres::Error> {
     let row = history.map_or(String::new(), |h| {
@@ -721,9 +721,9 @@ const PROBE_FROM_KEYS: usize = 16;
 fn buffered_prologue(view: &ViewConfig) -> String {
     format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ; {}; {}; {}",
-        crate::pg::refresh::timeouts(view),
+        crate::pg::outcome::timeouts(view),
         jit_off_and_lock(view),
-        crate::pg::refresh::client_check()
+        crate::pg::outcome::client_check()
     )
 }
 
@@ -793,7 +793,7 @@ async fn buffered(
     shape: &Shape,
     work: &Work,
     event: bool,
-    history: Option<crate::pg::refresh::HistoryRow<'_>>,
+    history: Option<crate::pg::outcome::HistoryRow<'_>>,
 ) -> Result<(RefreshKind, bool, Option<usize>), tokio_postgres::Error> {
     let full_row = history.map_or(String::new(), |h| {
         h.success_sql(view, RefreshKind::KeyedAll, None)

@@ -9,4 +9,5 @@ pub mod ident;
 pub mod keyed;
 pub mod keyed_check;
 pub mod notify;
+pub mod outcome;
 pub mod refresh;
