@@ -247,6 +247,29 @@ struct Bench {
     report: Report,
 }
 
+impl Bench {
+    /// A throwaway cluster allowing `max_connections`, with nothing measured yet (the
+    /// capture and writers modes: their own schema, no attendance insert).
+    async fn on_new_cluster(plan: &Plan, max_connections: u32) -> Result<Bench> {
+        let cluster = tokio::task::spawn_blocking(move || {
+            TempCluster::start(&ClusterOptions {
+                settings: vec![("max_connections".into(), max_connections.to_string())],
+                ..Default::default()
+            })
+        })
+        .await??;
+        let dsn = cluster.socket_dsn("postgres");
+        Ok(Bench {
+            plan: plan.clone(),
+            cluster,
+            dsn,
+            insert_sql: String::new(),
+            cron_version: None,
+            report: Report::default(),
+        })
+    }
+}
+
 #[derive(Default)]
 struct Report {
     setup: Vec<(String, String)>,

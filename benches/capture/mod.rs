@@ -145,22 +145,8 @@ pub async fn run(plan: Plan) -> Result<()> {
         "refreshd bench: capture cost, {rounds} round(s) of {secs} s per run"
     ));
     progress("starting throwaway cluster");
-    let cluster = tokio::task::spawn_blocking(|| {
-        TempCluster::start(&ClusterOptions {
-            settings: vec![("max_connections".into(), "200".into())],
-            ..Default::default()
-        })
-    })
-    .await??;
-    let dsn = cluster.socket_dsn("postgres");
-    let bench = Bench {
-        plan: plan.clone(),
-        cluster,
-        dsn: dsn.clone(),
-        insert_sql: String::new(),
-        cron_version: None,
-        report: Report::default(),
-    };
+    let bench = Bench::on_new_cluster(&plan, 200).await?;
+    let dsn = bench.dsn.clone();
     let c = connect(&dsn).await?;
     c.batch_execute(SHOP_SQL).await?;
     progress(&format!("loading {FACT_ROWS} rows into {FACT}"));

@@ -121,22 +121,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     progress(&format!(
         "refreshd bench: writers, {rounds} round(s) of {secs} s per run"
     ));
-    let cluster = tokio::task::spawn_blocking(|| {
-        TempCluster::start(&ClusterOptions {
-            settings: vec![("max_connections".into(), "100".into())],
-            ..Default::default()
-        })
-    })
-    .await??;
-    let dsn = cluster.socket_dsn("postgres");
-    let bench = Bench {
-        plan: plan.clone(),
-        cluster,
-        dsn: dsn.clone(),
-        insert_sql: String::new(),
-        cron_version: None,
-        report: Report::default(),
-    };
+    let bench = Bench::on_new_cluster(&plan, 100).await?;
+    let dsn = bench.dsn.clone();
     let c = connect(&dsn).await?;
     c.batch_execute(SETUP).await?;
     c.batch_execute("VACUUM ANALYZE").await?;
