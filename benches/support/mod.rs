@@ -99,6 +99,12 @@ impl ViewCfg {
     }
 
     /// The same view with more `[[view]]` lines, e.g. `max_load = "25%"`.
+    /// The same view with another debounce.
+    pub fn with_debounce(mut self, debounce: &str) -> ViewCfg {
+        self.debounce = debounce.into();
+        self
+    }
+
     pub fn with_extra(mut self, lines: &str) -> ViewCfg {
         self.extra.push_str(lines);
         self

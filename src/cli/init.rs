@@ -260,6 +260,23 @@ const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind:
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
 
+/// The foreign keys a guard may rely on (incremental::inserts): validated, not
+/// deferrable, enforced (`conenforced`, PostgreSQL 18, read through `to_jsonb`), not a
+/// partition's clone of its parent's key, between tables without inheritance children
+/// other than partitions; with their columns pairwise, in the key's order.
+const FOREIGN_KEYS_SQL: &str = "SELECT c.oid::int8, c.conname::text, rn.nspname::text, r.relname::text, \
+       fn.nspname::text, f.relname::text, \
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i) \
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), \
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i) \
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) \
+  FROM pg_catalog.pg_constraint c \
+  JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+  JOIN pg_catalog.pg_class f ON f.oid = c.confrelid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace \
+ WHERE c.contype = 'f' AND c.convalidated AND NOT c.condeferrable AND c.conparentid = 0 \
+   AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
+   AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass)";
+
 fn relkind_name(relkind: &str) -> &'static str {
     match relkind {
         "r" => "a table",
@@ -355,6 +372,16 @@ async fn read_relations(
             name: r.get(1),
             kind,
             columns: r.get(4),
+        });
+    }
+    for r in client.query_typed(FOREIGN_KEYS_SQL, &[]).await? {
+        catalog.foreign_keys.push(incremental::ForeignKey {
+            oid: u32::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            name: r.get(1),
+            table: format!("{}.{}", r.get::<_, String>(2), r.get::<_, String>(3)),
+            columns: r.get(6),
+            references: format!("{}.{}", r.get::<_, String>(4), r.get::<_, String>(5)),
+            ref_columns: r.get(7),
         });
     }
     if let Some(r) = client

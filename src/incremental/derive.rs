@@ -41,6 +41,9 @@ pub struct TableDerivation {
     /// The columns of the table the definition reads, in catalog order: a change to
     /// none of them changes nothing in the view.
     pub reads: Vec<String>,
+    /// Its INSERTs cannot change the view while these foreign keys hold
+    /// ([`super::inserts`]); `None`: they are captured.
+    pub inserts: Option<super::InsertGuard>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,6 +391,7 @@ impl Router<'_> {
             name: occurrence.relname.clone(),
             how,
             reads,
+            inserts: None,
         }
     }
 
@@ -584,7 +588,7 @@ impl fmt::Display for TableDerivation {
         match &self.how {
             How::Carries(c) => {
                 let parts: Vec<String> = c.iter().map(|c| c.to_string()).collect();
-                write!(f, "{}", parts.join("; and "))
+                write!(f, "{}", parts.join("; and "))?
             }
             How::JoinPath { carries, paths } => {
                 let parts: Vec<String> = carries
@@ -592,10 +596,14 @@ impl fmt::Display for TableDerivation {
                     .map(|c| c.to_string())
                     .chain(paths.iter().map(|p| p.to_string()))
                     .collect();
-                write!(f, "{}", parts.join("; and "))
+                write!(f, "{}", parts.join("; and "))?
             }
-            How::Recompute { reason } => write!(f, "recompute everything ({reason})"),
+            How::Recompute { reason } => write!(f, "recompute everything ({reason})")?,
         }
+        if let Some(g) = &self.inserts {
+            write!(f, "; INSERT {}", g.describe())?;
+        }
+        Ok(())
     }
 }
 

@@ -951,11 +951,11 @@ impl Conversion<'_> {
                     "delete" => &p.capture_delete,
                     _ => &p.capture_update,
                 };
-                let _ = writeln!(
-                    body,
+                let buffered = format!(
                     "        {};\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
                     capture.trim().trim_end_matches(';')
                 );
+                let _ = writeln!(body, "{}", Self::guarded(op, c, buffered));
                 continue;
             }
             let rows = match (*op, reads.is_empty()) {
@@ -964,12 +964,26 @@ impl Conversion<'_> {
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
-            let _ = writeln!(body, "{}", self.buffer_rows_sql(&c.source, rows));
+            let buffered = self.buffer_rows_sql(&c.source, rows);
+            let _ = writeln!(body, "{}", Self::guarded(op, c, buffered));
         }
         body.push_str("    END IF;\n");
         body.push_str(&self.wake_sql());
         body.push_str("END;\n");
         body
+    }
+
+    /// An operation's capture statements, skipped for an INSERT while foreign keys
+    /// guard the table's INSERTs (incremental::inserts) and still hold.
+    fn guarded(op: &str, c: &TableCapture, buffered: String) -> String {
+        match (op, &c.t.inserts) {
+            ("insert", Some(g)) => format!(
+                "        IF NOT ({}) THEN\n    {}\n        END IF;",
+                g.holds_sql(),
+                buffered.replace('\n', "\n    ")
+            ),
+            _ => buffered,
+        }
     }
 
     /// The statements buffering one operation's changed rows as keys or the marker.
@@ -1013,6 +1027,10 @@ impl Conversion<'_> {
                 ),
                 _ => format!("{}: the keys of its old and new rows", b.name),
             },
+        };
+        let line = match &c.t.inserts {
+            Some(g) => format!("{line}; INSERT {}", g.describe()),
+            None => line,
         };
         if c.reached.is_some() {
             format!(

@@ -13,6 +13,7 @@
 pub mod delta;
 mod derive;
 pub mod generate;
+mod inserts;
 mod lineage;
 mod parse;
 mod volatile;
@@ -20,12 +21,15 @@ mod volatile;
 #[cfg(test)]
 mod delta_tests;
 #[cfg(test)]
+mod inserts_tests;
+#[cfg(test)]
 mod tests;
 
 pub use delta::{delta_plan, DeltaFacts, DeltaPlan, DeltaTable, NoDelta};
 pub use derive::{
     Carry, ColumnClass, ColumnDerivation, Derivation, How, JoinStep, Path, TableDerivation,
 };
+pub use inserts::{ForeignKey, InsertGuard};
 
 /// Why a view cannot be derived at all: it stays a materialized view refreshed whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub struct Relation {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     relations: Vec<Relation>,
+    /// Foreign keys that are validated, not deferrable and enforced, between tables
+    /// without inheritance children other than partitions ([`inserts`]).
+    pub foreign_keys: Vec<ForeignKey>,
     /// Schemas searched, in order, for an unqualified name (default `public`).
     pub search_path: Vec<String>,
 }
@@ -71,6 +78,7 @@ impl Default for Catalog {
     fn default() -> Self {
         Catalog {
             relations: Vec::new(),
+            foreign_keys: Vec::new(),
             search_path: vec!["public".to_string()],
         }
     }
@@ -108,6 +116,33 @@ impl Catalog {
     /// Adds a base table (`schema.name`, or `name` for `public.name`).
     pub fn table(self, qualified: &str, columns: &[&str]) -> Self {
         self.with(qualified, RelationKind::Table, columns)
+    }
+
+    /// Adds a foreign key `table (columns) REFERENCES references (ref_columns)` (tables
+    /// qualified, or bare for `public`).
+    pub fn foreign_key(
+        mut self,
+        oid: u32,
+        name: &str,
+        table: &str,
+        columns: &[&str],
+        references: &str,
+        ref_columns: &[&str],
+    ) -> Self {
+        let q = |t: &str| {
+            let (s, n) = split(t);
+            format!("{s}.{n}")
+        };
+        let strings = |v: &[&str]| v.iter().map(|c| c.to_string()).collect();
+        self.foreign_keys.push(ForeignKey {
+            oid,
+            name: name.to_string(),
+            table: q(table),
+            columns: strings(columns),
+            references: q(references),
+            ref_columns: strings(ref_columns),
+        });
+        self
     }
 
     pub fn materialized_view(self, qualified: &str, columns: &[&str]) -> Self {
@@ -150,5 +185,10 @@ impl Catalog {
 pub fn derive(definition: &str, key: &[&str], catalog: &Catalog) -> Result<Derivation, Refused> {
     let select = parse::parse_view(definition)?;
     let (lineage, output) = lineage::resolve(&select, catalog)?;
-    derive::derive(&lineage, &output, key)
+    let mut d = derive::derive(&lineage, &output, key)?;
+    let mut guards = inserts::guards(&lineage, catalog);
+    for t in &mut d.tables {
+        t.inserts = guards.remove(&t.table);
+    }
+    Ok(d)
 }

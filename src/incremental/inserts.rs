@@ -1,0 +1,219 @@
+//! Which base tables' INSERTs cannot change the view: those guarded by foreign keys.
+//!
+//! A row `d` inserted into table D changes the view only through the rows the view is
+//! made of that contain `d`. When every occurrence of D in the view is joined by an
+//! equality `R.a = D.b` to an occurrence of another table R that is on no nullable
+//! side of an outer join, and R has a validated, not deferrable, enforced foreign key
+//! `R (a) REFERENCES D (b)` on exactly those columns, then no row of R can match `d`
+//! before `d` exists: every such R row is inserted (or updated to point at `d`) later
+//! or in the same statement, and that change is R's capture to report. So D's INSERT
+//! needs no capture, which is what a dimension row inserted with its first facts (a
+//! new order with its lineitems) costs otherwise: the recompute of a whole group.
+//!
+//! Only INSERTs: a deleted or updated D row may have been matched by rows of R that
+//! still exist when the change commits (ON DELETE CASCADE deletes them in the same
+//! statement, but a delta computed afterwards could no longer find their group).
+//!
+//! Soundness needs the guards to have a root: if D is guarded by R and R by D (a
+//! cycle of foreign keys, both rows inserted by one statement through a data-modifying
+//! CTE), nobody captures the new pair. So a table is guarded only by tables whose own
+//! inserts are captured or are guarded in turn by such a chain (no cycle), and never
+//! by another occurrence of itself. Inheritance children escape a foreign key (it
+//! checks the parent only), so tables with children that are not partitions are
+//! never relied on; the catalog reader leaves those keys out, and the generated guard
+//! checks it again at every INSERT, with the key's state.
+//!
+//! The guard is checked again by the trigger at every INSERT statement (the key still
+//! exists, validated, not deferrable, enforced): a key dropped or altered later makes
+//! the capture take INSERTs again, so that nothing is missed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::lineage::{InstCol, Lineage};
+use super::Catalog;
+
+/// A foreign key, as the catalog reader found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// `pg_constraint.oid`: what the generated guard checks.
+    pub oid: u32,
+    pub name: String,
+    /// The referencing table (`schema.name`) and its columns.
+    pub table: String,
+    pub columns: Vec<String>,
+    /// The referenced table (`schema.name`) and its columns, pairwise.
+    pub references: String,
+    pub ref_columns: Vec<String>,
+}
+
+/// Why a table's INSERTs need no capture: per occurrence of the table in the view,
+/// the foreign keys any one of which guards it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertGuard {
+    pub occurrences: Vec<Vec<ForeignKey>>,
+}
+
+impl InsertGuard {
+    /// A boolean SQL expression, true while every occurrence still has one of its keys
+    /// validated, not deferrable and enforced between tables without inheritance
+    /// children other than partitions: what the trigger checks at every INSERT.
+    /// `conenforced` (PostgreSQL 18) is read through `to_jsonb` so that one text works
+    /// on every major.
+    pub fn holds_sql(&self) -> String {
+        let mut seen: Vec<Vec<u32>> = Vec::new();
+        let mut parts = Vec::new();
+        for occ in &self.occurrences {
+            let mut oids: Vec<u32> = occ.iter().map(|k| k.oid).collect();
+            oids.sort_unstable();
+            if seen.contains(&oids) {
+                continue;
+            }
+            let list = oids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            parts.push(format!(
+                "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
+                 JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+                 JOIN pg_catalog.pg_class f ON f.oid = c.confrelid \
+                 WHERE c.oid IN ({list}) AND c.contype = 'f' AND c.convalidated AND NOT c.condeferrable \
+                 AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
+                 AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass))"
+            ));
+            seen.push(oids);
+        }
+        parts.join(" AND ")
+    }
+
+    /// What `init` prints: the keys relied on, by referencing table and name.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for occ in &self.occurrences {
+            let keys: Vec<String> = occ
+                .iter()
+                .map(|k| format!("{} (its foreign key {})", k.table, k.name))
+                .collect();
+            let text = keys.join(" or ");
+            if !parts.contains(&text) {
+                parts.push(text);
+            }
+        }
+        format!(
+            "not captured: a row of the view reading it also reads a row of {} that must reference it (checked again at every INSERT)",
+            parts.join("; and ")
+        )
+    }
+}
+
+/// The candidate guards of one occurrence: foreign keys of other, non-nullable,
+/// traceable occurrences that reference this occurrence's table on columns the view
+/// equates pairwise, directly.
+fn candidates(lineage: &Lineage, catalog: &Catalog, i: usize) -> Vec<(ForeignKey, String)> {
+    let inst = &lineage.instances;
+    let d = &inst[i];
+    let equal = |a: &InstCol, b: &InstCol| {
+        lineage
+            .equalities
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    };
+    let mut out = Vec::new();
+    for (j, r) in inst.iter().enumerate() {
+        if j == i || r.nullable || r.opaque || r.table == d.table {
+            continue;
+        }
+        for fk in catalog
+            .foreign_keys
+            .iter()
+            .filter(|k| k.table == r.table && k.references == d.table)
+        {
+            let all = !fk.columns.is_empty()
+                && fk.columns.len() == fk.ref_columns.len()
+                && fk.columns.iter().zip(&fk.ref_columns).all(|(a, b)| {
+                    equal(
+                        &InstCol {
+                            inst: j,
+                            col: a.clone(),
+                        },
+                        &InstCol {
+                            inst: i,
+                            col: b.clone(),
+                        },
+                    )
+                });
+            if all
+                && !out
+                    .iter()
+                    .any(|(k, _): &(ForeignKey, String)| k.oid == fk.oid)
+            {
+                out.push((fk.clone(), r.table.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The tables whose INSERTs need no capture, with their guards (module doc).
+pub(super) fn guards(lineage: &Lineage, catalog: &Catalog) -> BTreeMap<String, InsertGuard> {
+    let inst = &lineage.instances;
+    let tables: BTreeSet<&str> = inst.iter().map(|o| o.table.as_str()).collect();
+    // Per table, per occurrence: the candidate keys and the table each comes from.
+    let mut cands: BTreeMap<&str, Vec<Vec<(ForeignKey, String)>>> = BTreeMap::new();
+    for (i, o) in inst.iter().enumerate() {
+        cands
+            .entry(o.table.as_str())
+            .or_default()
+            .push(if o.opaque {
+                Vec::new()
+            } else {
+                candidates(lineage, catalog, i)
+            });
+    }
+    // Settled tables: captured (no guard possible) or guarded through settled ones.
+    let mut captured: BTreeSet<&str> = tables
+        .iter()
+        .copied()
+        .filter(|t| cands[t].iter().any(Vec::is_empty))
+        .collect();
+    let mut guarded: BTreeMap<String, InsertGuard> = BTreeMap::new();
+    loop {
+        let mut progress = false;
+        for t in &tables {
+            if captured.contains(t) || guarded.contains_key(*t) {
+                continue;
+            }
+            let settled = |from: &String| {
+                captured.contains(from.as_str()) || guarded.contains_key(from.as_str())
+            };
+            let occurrences: Vec<Vec<ForeignKey>> = cands[t]
+                .iter()
+                .map(|occ| {
+                    occ.iter()
+                        .filter(|(_, from)| settled(from))
+                        .map(|(k, _)| k.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if occurrences.iter().all(|o| !o.is_empty()) {
+                guarded.insert(t.to_string(), InsertGuard { occurrences });
+                progress = true;
+            }
+        }
+        if progress {
+            continue;
+        }
+        // Left: tables guarding each other in a cycle. Capture the first one's
+        // INSERTs; the others may then be guarded through it.
+        match tables
+            .iter()
+            .find(|t| !captured.contains(*t) && !guarded.contains_key(**t))
+        {
+            Some(t) => {
+                captured.insert(t);
+            }
+            None => break,
+        }
+    }
+    guarded
+}
