@@ -89,6 +89,8 @@ struct Plan {
     /// `--tpch`: only the TPC-H comparison (benches/tpch/mod.rs), at `tpch_sf`.
     tpch: bool,
     tpch_sf: String,
+    /// `--tpch-foreign-keys`: TPC-H's foreign keys declared (tests/support/tpch_foreign_keys.sql).
+    tpch_foreign_keys: bool,
     /// `--writers`: only the writer cost of plain and keyed capture (benches/writers/mod.rs).
     writers: bool,
     writers_secs: u64,
@@ -131,6 +133,7 @@ impl Plan {
                 capture_rounds: 1,
                 tpch: false,
                 tpch_sf: "0.1".into(),
+                tpch_foreign_keys: false,
                 writers: false,
                 writers_secs: 3,
                 writers_rounds: 1,
@@ -164,6 +167,7 @@ impl Plan {
                 capture_rounds: 5,
                 tpch: false,
                 tpch_sf: "0.1".into(),
+                tpch_foreign_keys: false,
                 writers: false,
                 writers_secs: 10,
                 writers_rounds: 3,
@@ -206,6 +210,10 @@ impl Plan {
             if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
                 plan.writers_rounds = s;
             }
+        }
+        if args.iter().any(|a| a == "--tpch-foreign-keys") {
+            plan.tpch = true;
+            plan.tpch_foreign_keys = true;
         }
         if let Some(i) = args.iter().position(|a| a == "--tpch-sf") {
             if let Some(s) = args.get(i + 1) {

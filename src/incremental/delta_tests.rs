@@ -298,9 +298,25 @@ fn q1_like_sql(p: &DeltaPlan) {
     let apply = &p.apply[0];
     assert!(
         apply.starts_with(
-            "WITH \"refreshd_delta_rows\" AS (DELETE FROM \"refreshd\".\"tpch_v_delta\" RETURNING *),"
+            "WITH \"refreshd_delta_rows\" AS (SELECT * FROM \"refreshd\".\"tpch_v_take\"()),"
         ),
         "{apply}"
+    );
+    // The take function consumes the buffer, with a small row estimate, and only its
+    // owner (the consume function) may call it.
+    assert!(
+        p.install.iter().any(|s| s.starts_with(
+            "CREATE OR REPLACE FUNCTION \"refreshd\".\"tpch_v_take\"() RETURNS SETOF \"refreshd\".\"tpch_v_delta\" LANGUAGE sql VOLATILE ROWS 10"
+        ) && s.ends_with("AS $refreshd_take$DELETE FROM \"refreshd\".\"tpch_v_delta\" RETURNING *$refreshd_take$")),
+        "{:?}",
+        p.install
+    );
+    assert!(p.install.contains(
+        &"REVOKE ALL ON FUNCTION \"refreshd\".\"tpch_v_take\"() FROM PUBLIC".to_string()
+    ));
+    assert_eq!(
+        p.rollback[0],
+        "DROP FUNCTION IF EXISTS \"refreshd\".\"tpch_v_take\"()"
     );
     assert!(
         apply.contains("FROM refreshd_delta_rows lineitem WHERE"),

@@ -9,7 +9,8 @@
 //!   a copy of the fact table's columns the view reads. Statement triggers with
 //!   transition tables fill it ([`DeltaPlan::capture_insert`], ...).
 //! - The **apply** ([`DeltaPlan::apply`]): one statement that consumes the buffer with
-//!   `DELETE … RETURNING` (exactly the rows it read are removed), runs the view's own
+//!   `DELETE … RETURNING` (exactly the rows it read are removed; through a take function
+//!   that tells the planner to expect a few rows, so they are looked up by index), runs the view's own
 //!   definition over those rows (the fact table replaced by them, every other table
 //!   joined as it is now), grouped like the view, each aggregate turned into its
 //!   contribution, and merges the result into the live table (`INSERT … ON CONFLICT
@@ -197,9 +198,10 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
 
     let buffer = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "delta"));
     let recheck = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "recheck"));
+    let take = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "take"));
     let apply = sql::Apply {
         rows_cte: &names.rows_cte,
-        buffer: &buffer,
+        take: &take,
         recheck: &recheck,
         live: f.live,
         columns: f.columns,
@@ -216,8 +218,17 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
     Ok(DeltaPlan {
         fact: fact.table.table.clone(),
         fact_name: fact.table.name.clone(),
-        install: sql::install(&buffer, &names.sign, &fact.columns, &recheck, &key_types),
-        rollback: sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]),
+        install: sql::install(
+            &buffer,
+            &take,
+            &names.sign,
+            &fact.columns,
+            &recheck,
+            &key_types,
+        ),
+        rollback: std::iter::once(format!("DROP FUNCTION IF EXISTS {}()", take.quoted()))
+            .chain(sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]))
+            .collect(),
         discard: sql::each("DELETE FROM", [&buffer, &recheck]),
         recheck_keys: format!(
             "DELETE FROM {} RETURNING {}",
