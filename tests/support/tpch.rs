@@ -25,6 +25,10 @@ pub const SCHEMA: &str = include_str!("tpch_schema.sql");
 /// The indexes a user would have on the join columns (created after the load).
 pub const INDEXES: &str = include_str!("tpch_indexes.sql");
 
+/// TPC-H's foreign keys (lineitem's to part and supplier separately), for the runs that
+/// declare them.
+pub const FOREIGN_KEYS: &str = include_str!("tpch_foreign_keys.sql");
+
 /// Serializes generation within one test process (processes share the cache through an
 /// atomic rename).
 static GENERATING: Mutex<()> = Mutex::new(());
