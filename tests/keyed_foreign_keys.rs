@@ -315,4 +315,40 @@ fn one_buffered_row_is_applied_by_index_lookups_not_a_dimension_scan() {
         db.psql(&difference_sql("ix.by_grp", "ix.by_grp_def", &[])),
         "0"
     );
+    // A change of many rows (past the consume function's threshold) takes the other
+    // apply, planned for its size: as exact. The deletes make groups it cannot decide
+    // (no count of non-NULL quantities): their keys come back, and are recomputed here
+    // as refreshd would.
+    db.psql(
+        "INSERT INTO ix.fact SELECT 400000 + g, 1 + (g * 7) % 50000, g % 5 FROM generate_series(1, 2500) g; \
+         DELETE FROM ix.fact WHERE id BETWEEN 1 AND 300",
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.ix_by_grp_delta"),
+        "2800"
+    );
+    let src = db.psql("SELECT prosrc FROM pg_proc WHERE proname = 'ix_by_grp_consume'");
+    assert!(
+        src.contains("LIMIT 1000) AS b) < 1000 THEN")
+            && src.contains("AS (SELECT * FROM \"refreshd\".\"ix_by_grp_take\"())")
+            && src.contains("AS (DELETE FROM \"refreshd\".\"ix_by_grp_delta\" RETURNING *)"),
+        "{src}"
+    );
+    let keys = db.psql(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; \
+         CREATE TEMP TABLE consumed ON COMMIT DROP AS SELECT * FROM refreshd.ix_by_grp_consume(); \
+         SELECT coalesce(string_agg(grp::text, ', '), 'NULL') FROM consumed; COMMIT",
+    );
+    db.psql(&format!(
+        "BEGIN; DELETE FROM ix.by_grp WHERE grp IN ({keys}); \
+         INSERT INTO ix.by_grp SELECT * FROM ix.by_grp_def WHERE grp IN ({keys}); COMMIT"
+    ));
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.ix_by_grp_delta"),
+        "0"
+    );
+    assert_eq!(
+        db.psql(&difference_sql("ix.by_grp", "ix.by_grp_def", &[])),
+        "0"
+    );
 }

@@ -784,7 +784,14 @@ impl<'a> Conversion<'a> {
         }
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
-        g.consume_prelude = p.apply.clone();
+        // A few rows: looked up by index; many: planned for their number (delta::sql).
+        let few = p.apply.join(";\n");
+        g.consume_prelude = vec![format!(
+            "IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {buf} LIMIT {n}) AS b) < {n} THEN\n{few};\nELSE\n{bulk};\nEND IF",
+            buf = p.buffer.quoted(),
+            n = super::delta::BULK_FROM,
+            bulk = p.apply_bulk,
+        )];
         g.consume_recheck = Some(p.recheck_keys.clone());
         g.delta_fact = Some(p.fact_name.clone());
         Ok(())

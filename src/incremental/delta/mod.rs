@@ -44,6 +44,8 @@ use crate::pg::ident::{QualifiedName, MAX_IDENTIFIER_BYTES};
 /// The schema of refreshd's own change buffers.
 pub const BUFFER_SCHEMA: &str = "refreshd";
 
+pub use sql::BULK_FROM;
+
 /// Catalog facts of one base table the view reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeltaTable {
@@ -125,6 +127,10 @@ pub struct DeltaPlan {
     /// Statements for the consume prelude, run before the keys are read (deltas first,
     /// recomputes after: a recompute overwrites a group).
     pub apply: Vec<String>,
+    /// The same apply for a change of [`sql::BULK_FROM`] rows or more: it reads the
+    /// buffer directly, planned for its size; `apply` assumes a few rows and looks them
+    /// up by index. The consume function picks one at each refresh.
+    pub apply_bulk: String,
     /// A query (`DELETE … RETURNING` the key columns, typed like the view's) giving the
     /// keys to recompute on top of the key buffer's; run after `apply`. A row with a NULL
     /// member means every group.
@@ -202,13 +208,15 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
     let apply = sql::Apply {
         rows_cte: &names.rows_cte,
         take: &take,
+        buffer: &buffer,
         recheck: &recheck,
         live: f.live,
         columns: f.columns,
         key_idx: &key_idx,
         key_names: &d.key,
-    }
-    .statement(&values, &delta_select);
+    };
+    let apply_bulk = apply.statement(&values, &delta_select, true);
+    let apply = apply.statement(&values, &delta_select, false);
     let key_types: Vec<(String, String)> = key_idx.iter().map(|k| f.columns[*k].clone()).collect();
     let incomparable = fact
         .names
@@ -243,6 +251,7 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         capture_delete: capture.delete,
         capture_update: capture.update,
         apply: vec![apply],
+        apply_bulk,
         search_path: f.catalog.search_path.clone(),
         notes: values.notes,
     })

@@ -31,6 +31,11 @@ fn column_defs(cols: &[(String, String)]) -> String {
 /// estimate it looks the rows up by index, whatever the dimensions' size.
 const TAKE_ROWS: u32 = 10;
 
+/// From this many buffered rows on, the apply reads the buffer directly and is planned
+/// for its size (hash joins over the dimensions beat that many index lookups); below,
+/// through the take function. Decided at each refresh by the consume function.
+pub const BULK_FROM: u32 = 1000;
+
 /// `$tag$body$tag$` with a tag the body does not contain.
 fn dollar_quoted(body: &str) -> String {
     let mut tag = String::from("refreshd_take");
@@ -154,6 +159,7 @@ pub(super) struct Apply<'a> {
     pub rows_cte: &'a str,
     /// The take function ([`install`]): consumes the buffer.
     pub take: &'a QualifiedName,
+    pub buffer: &'a QualifiedName,
     pub recheck: &'a QualifiedName,
     pub live: &'a QualifiedName,
     /// The view's columns, and the positions of the key columns among them.
@@ -184,7 +190,15 @@ impl Apply<'_> {
     /// The one statement: consume the buffer, compute the delta per group, join the
     /// live rows, upsert the groups that stay, delete those that vanish, and put the
     /// keys it could not decide into the recheck table.
-    pub fn statement(&self, v: &Values, delta_select: &str) -> String {
+    /// `bulk`: the buffer is read directly (`DELETE … RETURNING`), planned with its
+    /// size as its pages tell it, for a change of many rows ([`BULK_FROM`]); otherwise
+    /// through the take function, planned for a few rows.
+    pub fn statement(&self, v: &Values, delta_select: &str, bulk: bool) -> String {
+        let source = if bulk {
+            format!("DELETE FROM {} RETURNING *", self.buffer.quoted())
+        } else {
+            format!("SELECT * FROM {}()", self.take.quoted())
+        };
         let all_cols: Vec<String> = self.columns.iter().map(|(c, _)| c.clone()).collect();
         let values = v
             .new_value
@@ -201,14 +215,13 @@ impl Apply<'_> {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "WITH {rows} AS (SELECT * FROM {take}()),\n\
+            "WITH {rows} AS ({source}),\n\
              \"refreshd_d\" AS ({delta_select}),\n\
              \"refreshd_c\" AS (SELECT {keys_d}, {values}, COALESCE({sure}, false) AS \"refreshd_sure\", COALESCE({gone}, false) AS \"refreshd_gone\", count(*) OVER (PARTITION BY {keys_d}) AS \"refreshd_groups\" FROM \"refreshd_d\" AS d LEFT JOIN {live} AS l ON {on}),\n\
              \"refreshd_up\" AS (INSERT INTO {live} ({cols}) SELECT {vs} FROM \"refreshd_c\" AS c WHERE {ok} AND NOT c.\"refreshd_gone\" ON CONFLICT ({keys}) DO UPDATE SET {set}),\n\
              \"refreshd_del\" AS (DELETE FROM {live} AS l USING \"refreshd_c\" AS c WHERE {ok} AND c.\"refreshd_gone\" AND {on_c})\n\
              INSERT INTO {rc} ({keys}) SELECT DISTINCT {keys_c} FROM \"refreshd_c\" AS c WHERE NOT ({ok})",
             rows = quote_ident(self.rows_cte),
-            take = self.take.quoted(),
             keys_d = key_refs(self.key_idx, "d"),
             sure = v.sure.join(" AND "),
             gone = v.gone,
