@@ -124,33 +124,7 @@ async fn verify_reports_gaps_and_still_converges() {
     schema(&db);
     let d = checked_daemon(&adopt(&db, "verify")).await;
 
-    // A partition created while running: reported, not installed, and the view still
-    // converges within the interval (a full refresh at each check).
-    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
-    wait_for(
-        Duration::from_secs(5),
-        "the new partition's gap",
-        || async { gaps(&d) == Some(1.0) },
-    )
-    .await;
-    let status = d.get("/status").1;
-    assert!(
-        status.contains("shop.payments_2025_03: no enabled trigger notifies"),
-        "{status}"
-    );
-    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
-    wait_for(Duration::from_secs(5), "the uncaptured write", || async {
-        north(&db) == "110"
-    })
-    .await;
-    assert_eq!(
-        db.psql(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_03'::regclass"
-        ),
-        "0",
-        "verify installs nothing"
-    );
-    assert!(d.refreshes(VIEW, "resync", "success") >= 1.0);
+    a_new_partition_is_a_gap_and_the_view_converges(&db, &d).await;
 
     // A disabled trigger is a gap the same way.
     db.psql("ALTER TABLE shop.customers DISABLE TRIGGER refreshd_notify");
@@ -203,6 +177,36 @@ async fn verify_reports_gaps_and_still_converges() {
     .await;
 }
 
+/// A partition created while running: reported, not installed, and the view still
+/// converges within the interval (a full refresh at each check).
+async fn a_new_partition_is_a_gap_and_the_view_converges(db: &TestDb, d: &Daemon) {
+    db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
+    wait_for(
+        Duration::from_secs(5),
+        "the new partition's gap",
+        || async { gaps(d) == Some(1.0) },
+    )
+    .await;
+    let status = d.get("/status").1;
+    assert!(
+        status.contains("shop.payments_2025_03: no enabled trigger notifies"),
+        "{status}"
+    );
+    db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
+    wait_for(Duration::from_secs(5), "the uncaptured write", || async {
+        north(db) == "110"
+    })
+    .await;
+    assert_eq!(
+        db.psql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_03'::regclass"
+        ),
+        "0",
+        "verify installs nothing"
+    );
+    assert!(d.refreshes(VIEW, "resync", "success") >= 1.0);
+}
+
 #[test]
 fn bad_capture_keys_are_refused() {
     let db = "[database]\nurl = \"postgresql://app@127.0.0.1:1/app\"\n";
@@ -244,34 +248,7 @@ fn bad_capture_keys_are_refused() {
 async fn ten_thousand_views_check_fast() {
     const VIEWS: usize = 10_000;
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA big; \
-         CREATE FUNCTION big.notify() RETURNS trigger LANGUAGE plpgsql AS \
-           $$BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END$$; \
-         DO $$BEGIN \
-           FOR t IN 0..99 LOOP \
-             EXECUTE format('CREATE TABLE big.t%s (k int PRIMARY KEY, v int)', t); \
-             EXECUTE format('CREATE TRIGGER n AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON big.t%s FOR EACH STATEMENT EXECUTE FUNCTION big.notify(%L)', t, 'ch_' || t); \
-           END LOOP; \
-         END$$;",
-    );
-    for chunk in 0..(VIEWS / 1000) {
-        db.psql(&format!(
-            "DO $$BEGIN FOR i IN {}..{} LOOP \
-               EXECUTE format('CREATE MATERIALIZED VIEW big.v%s AS SELECT k, v FROM big.t%s', i, i % 100); \
-               EXECUTE format('CREATE UNIQUE INDEX ON big.v%s (k)', i); \
-             END LOOP; END$$;",
-            chunk * 1000,
-            chunk * 1000 + 999
-        ));
-    }
-    let mut config = format!("[database]\nurl = \"{}\"\n", db.dsn().replace('"', "\\\""));
-    for i in 0..VIEWS {
-        config.push_str(&format!(
-            "[[view]]\nname = \"big.v{i}\"\nchannels = [\"ch_{}\"]\n",
-            i % 100
-        ));
-    }
+    let config = big_schema(&db, VIEWS);
     let (_dir, path) = write_config(&config);
     let started = std::time::Instant::now();
     let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
@@ -323,6 +300,39 @@ async fn ten_thousand_views_check_fast() {
         .iter()
         .all(|v| v.as_ref().is_some_and(|t| t.len() == 1)));
     assert!(took < Duration::from_secs(2), "capture check took {took:?}");
+}
+
+/// Schema big: 100 tables with a NOTIFY trigger each (channel ch_<table>), and `views`
+/// materialized views over them. A config with every view.
+fn big_schema(db: &TestDb, views: usize) -> String {
+    db.psql(
+        "CREATE SCHEMA big; \
+         CREATE FUNCTION big.notify() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END$$; \
+         DO $$BEGIN \
+           FOR t IN 0..99 LOOP \
+             EXECUTE format('CREATE TABLE big.t%s (k int PRIMARY KEY, v int)', t); \
+             EXECUTE format('CREATE TRIGGER n AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON big.t%s FOR EACH STATEMENT EXECUTE FUNCTION big.notify(%L)', t, 'ch_' || t); \
+           END LOOP; \
+         END$$;",
+    );
+    for chunk in 0..(views / 1000) {
+        db.psql(&format!(
+            "DO $$BEGIN FOR i IN {}..{} LOOP \
+               EXECUTE format('CREATE MATERIALIZED VIEW big.v%s AS SELECT k, v FROM big.t%s', i, i % 100); \
+               EXECUTE format('CREATE UNIQUE INDEX ON big.v%s (k)', i); \
+             END LOOP; END$$;",
+            chunk * 1000,
+            chunk * 1000 + 999
+        ));
+    }
+    let mut config = support::config::Config::new(&db.dsn());
+    for i in 0..views {
+        config = config
+            .view(&format!("big.v{i}"))
+            .channels(&[format!("ch_{}", i % 100).as_str()]);
+    }
+    config.text()
 }
 
 /// `check` reports what a capture check would: a problem under `verify`, a warning

@@ -101,7 +101,40 @@ fn check_reports_a_buffer_function_a_refresh_could_not_call() {
            LANGUAGE sql AS 'SELECT NULL::int, false';",
     );
     let problem = |function: &str| format!("PROBLEM buffer {function}() of ck.by_product: ");
-    for (function, toml, why) in [
+    for (function, toml, why) in unusable_buffers() {
+        let bad = with_buffer(&config, toml);
+        let (code, text) = check(&bad);
+        assert_eq!(code, Some(1), "{function}: {text}");
+        let l = line(&text, "ck.by_product");
+        assert!(l.starts_with("FAIL"), "{l}");
+        assert!(
+            l.contains(&format!("{}{why}", problem(function))),
+            "{function}: {l}"
+        );
+    }
+    // What a refresh would have run into.
+    let (ok, out) = refresh_all(&with_buffer(&config, "\"refreshd.nope\""));
+    assert!(!ok, "{out}");
+    assert!(out.contains("refreshd.nope() does not exist"), "{out}");
+
+    // A key column returned as another type is a warning: the refresh casts keys
+    // through text, which works here.
+    let bad = with_buffer(&config, "\"refreshd.int_key\"");
+    let (code, text) = check(&bad);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        line(&text, "ck.by_product").contains(
+            "warning: buffer refreshd.int_key() of ck.by_product: returns key column(s) \"product\" as integer where the table has text"
+        ),
+        "{text}"
+    );
+}
+
+/// (function, `buffer` as TOML, why `check` refuses it) for the functions
+/// [`check_reports_a_buffer_function_a_refresh_could_not_call`] creates, and two that
+/// do not exist.
+fn unusable_buffers() -> [(&'static str, &'static str, &'static str); 7] {
+    [
         (
             "refreshd.nope",
             "\"refreshd.nope\"",
@@ -138,30 +171,7 @@ fn check_reports_a_buffer_function_a_refresh_could_not_call() {
             r#""refreshd.\"gone\nfor good\"""#,
             "no such function",
         ),
-    ] {
-        let bad = with_buffer(&config, toml);
-        let (code, text) = check(&bad);
-        assert_eq!(code, Some(1), "{function}: {text}");
-        let l = line(&text, "ck.by_product");
-        assert!(l.starts_with("FAIL"), "{l}");
-        assert!(l.contains(&format!("{}{why}", problem(function))), "{function}: {l}");
-    }
-    // What a refresh would have run into.
-    let (ok, out) = refresh_all(&with_buffer(&config, "\"refreshd.nope\""));
-    assert!(!ok, "{out}");
-    assert!(out.contains("refreshd.nope() does not exist"), "{out}");
-
-    // A key column returned as another type is a warning: the refresh casts keys
-    // through text, which works here.
-    let bad = with_buffer(&config, "\"refreshd.int_key\"");
-    let (code, text) = check(&bad);
-    assert_eq!(code, Some(0), "{text}");
-    assert!(
-        line(&text, "ck.by_product").contains(
-            "warning: buffer refreshd.int_key() of ck.by_product: returns key column(s) \"product\" as integer where the table has text"
-        ),
-        "{text}"
-    );
+    ]
 }
 
 /// refreshd's own role (not the superuser that ran init): EXECUTE on the consume

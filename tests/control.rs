@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::config::Config;
 use support::{sample, wait_for, Daemon, TestDb, TestRoles};
 
 const TOTALS: &str = "public.order_totals";
@@ -178,9 +179,6 @@ async fn a_flood_from_a_role_that_may_not_control_forces_nothing_and_logs_little
     let elapsed = started.elapsed();
     let log = d.log_since(log_from);
     let lines = control_lines(&log);
-    // At most once per 10 s per kind, with a count: a few kinds, a few windows.
-    let windows = elapsed.as_secs().div_ceil(10) as usize;
-    let allowed_lines = 4 * windows + 2;
     println!(
         "intruder flood: {sent} NOTIFYs in {flooded:?}; forced refreshes: {forced_totals} of order_totals, \
          {forced_quiet} of quiet_sum; rejected {rejected}; {} log lines mention the control channel \
@@ -189,6 +187,36 @@ async fn a_flood_from_a_role_that_may_not_control_forces_nothing_and_logs_little
         log.lines().count(),
         log.len()
     );
+    let problems = intruder_flood_problems(sent, forced_totals, forced_quiet, &lines, elapsed);
+    fail_if_any(&mut d, &problems);
+    wait_for(
+        Duration::from_secs(30),
+        "every NOTIFY of the flood to be counted as rejected",
+        || async { d.counter("refreshd_control_rejected_total") >= sent as f64 },
+    )
+    .await;
+    assert_eq!(
+        d.counter("refreshd_control_rejected_total"),
+        sent as f64,
+        "the own role's force was not rejected"
+    );
+    // Still at work: an ordinary notification refreshes as configured.
+    assert_eq!(d.get("/readyz").0, 200);
+}
+
+/// What went wrong in an intruder's flood of `sent` NOTIFYs: it forced nothing (only
+/// the own role's one force of quiet_sum counts), and the log mentions the control
+/// channel in few `lines` over `elapsed`.
+fn intruder_flood_problems(
+    sent: u64,
+    forced_totals: f64,
+    forced_quiet: f64,
+    lines: &[&str],
+    elapsed: Duration,
+) -> Vec<String> {
+    // At most once per 10 s per kind, with a count: a few kinds, a few windows.
+    let windows = elapsed.as_secs().div_ceil(10) as usize;
+    let allowed_lines = 4 * windows + 2;
     let mut problems = Vec::new();
     if sent <= 1000 {
         problems.push(format!("not a real flood: {sent} NOTIFYs"));
@@ -210,20 +238,7 @@ async fn a_flood_from_a_role_that_may_not_control_forces_nothing_and_logs_little
             lines.iter().take(10).copied().collect::<Vec<_>>().join("\n")
         ));
     }
-    fail_if_any(&mut d, &problems);
-    wait_for(
-        Duration::from_secs(30),
-        "every NOTIFY of the flood to be counted as rejected",
-        || async { d.counter("refreshd_control_rejected_total") >= sent as f64 },
-    )
-    .await;
-    assert_eq!(
-        d.counter("refreshd_control_rejected_total"),
-        sent as f64,
-        "the own role's force was not rejected"
-    );
-    // Still at work: an ordinary notification refreshes as configured.
-    assert_eq!(d.get("/readyz").0, 200);
+    problems
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,15 +307,17 @@ async fn own_role_its_members_and_control_roles_may_force_others_may_not() {
 async fn a_flood_of_allowed_forces_coalesces_and_other_views_keep_their_max_delay() {
     let db = TestDb::new();
     db.psql(&schema());
-    let mut d = Daemon::start_with_env(
-        &format!(
-            "[database]\nurl = \"{}\"\nmax_concurrent_refreshes = 2\n\
-             [[view]]\nname = \"public.slow_forced\"\nchannels = [\"slow_never\"]\ndebounce = \"1h\"\nmax_delay = \"1h\"\n\
-             [[view]]\nname = \"public.tick_max\"\nchannels = [\"ticks_changed\"]\ndebounce = \"300ms\"\nmax_delay = \"1s\"\n",
-            db.dsn()
-        ),
-        &[("RUST_LOG", "info")],
-    );
+    let config = Config::new(&db.dsn())
+        .database("max_concurrent_refreshes", 2)
+        .view(SLOW)
+        .channels(&["slow_never"])
+        .set("debounce", "1h")
+        .set("max_delay", "1h")
+        .view(TICKS)
+        .channels(&["ticks_changed"])
+        .set("debounce", "300ms")
+        .set("max_delay", "1s");
+    let mut d = Daemon::start_with_env(&config.text(), &[("RUST_LOG", "info")]);
     d.wait_ready(Duration::from_secs(20)).await;
     wait_for(Duration::from_secs(10), "the startup refreshes", || async {
         d.successes(SLOW) >= 1.0 && d.successes(TICKS) >= 1.0
@@ -309,48 +326,8 @@ async fn a_flood_of_allowed_forces_coalesces_and_other_views_keep_their_max_dela
     let ticks_before = d.refreshes(TICKS, "notify", "success");
 
     let stop = Arc::new(AtomicBool::new(false));
-    // A write every 100 ms on the other view's table.
-    let writer = {
-        let stop = stop.clone();
-        let client = db.client().await;
-        tokio::spawn(async move {
-            let mut writes = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                client
-                    .batch_execute("INSERT INTO public.ticks DEFAULT VALUES")
-                    .await
-                    .unwrap();
-                writes += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            writes
-        })
-    };
-    // Every 50 ms: refreshes of slow_forced running on the server, and the age of the
-    // oldest tick tick_max does not show yet.
-    let watcher = {
-        let stop = stop.clone();
-        let client = db.client().await;
-        tokio::spawn(async move {
-            let (mut most_at_once, mut stalest) = (0i64, 0f64);
-            while !stop.load(Ordering::Relaxed) {
-                let row = client
-                    .query_one(
-                        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-                                   AND state = 'active' AND query LIKE '%REFRESH MATERIALIZED VIEW%slow_forced%'), \
-                                (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(t.at)), 0)::float8 \
-                                   FROM public.ticks t WHERE t.id > (SELECT id FROM public.tick_max))",
-                        &[],
-                    )
-                    .await
-                    .unwrap();
-                most_at_once = most_at_once.max(row.get(0));
-                stalest = stalest.max(row.get(1));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (most_at_once, stalest)
-        })
-    };
+    let writer = spawn_tick_writer(&db, stop.clone()).await;
+    let watcher = spawn_slow_forced_watcher(&db, stop.clone()).await;
 
     let started = Instant::now();
     let (sent, _sessions) = flood(
@@ -374,64 +351,144 @@ async fn a_flood_of_allowed_forces_coalesces_and_other_views_keep_their_max_dela
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
     let (most_at_once, stalest) = watcher.await.unwrap();
-    let elapsed = started.elapsed();
-    let forced = d.refreshes(SLOW, "force", "success");
-    let coalesced = d.counter("refreshd_control_coalesced_total");
-    let tick_refreshes = d.refreshes(TICKS, "notify", "success") - ticks_before;
+    let seen = AllowedFlood {
+        sent,
+        elapsed: started.elapsed(),
+        forced: d.refreshes(SLOW, "force", "success"),
+        coalesced: d.counter("refreshd_control_coalesced_total"),
+        most_at_once,
+        slow_failures: d.failures(SLOW),
+        tick_refreshes: d.refreshes(TICKS, "notify", "success") - ticks_before,
+        tick_failures: d.failures(TICKS),
+        stalest,
+    };
     println!(
-        "allowed flood: {sent} forces of slow_forced in {flooded:?} -> {forced} forced refreshes, \
-         {coalesced} coalesced, at most {most_at_once} at once; tick_max: {writes} writes, \
-         {tick_refreshes} refreshes, stalest {stalest:.2} s (max_delay 1 s) over {elapsed:?}"
+        "allowed flood: {sent} forces of slow_forced in {flooded:?} -> {} forced refreshes, \
+         {} coalesced, at most {most_at_once} at once; tick_max: {writes} writes, \
+         {} refreshes, stalest {stalest:.2} s (max_delay 1 s) over {:?}",
+        seen.forced, seen.coalesced, seen.tick_refreshes, seen.elapsed
     );
-    let mut problems = Vec::new();
-    if sent <= 1000 {
-        problems.push(format!("not a real flood: {sent} NOTIFYs"));
+    fail_if_any(&mut d, &seen.problems());
+}
+
+/// A write every 100 ms on public.ticks until `stop`; the task returns how many.
+async fn spawn_tick_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+    let client = db.client().await;
+    tokio::spawn(async move {
+        let mut writes = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            client
+                .batch_execute("INSERT INTO public.ticks DEFAULT VALUES")
+                .await
+                .unwrap();
+            writes += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        writes
+    })
+}
+
+/// Every 50 ms until `stop`: refreshes of slow_forced running on the server, and the
+/// age of the oldest tick tick_max does not show yet. The task returns the most
+/// refreshes at once and the greatest age (seconds).
+async fn spawn_slow_forced_watcher(
+    db: &TestDb,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(i64, f64)> {
+    let client = db.client().await;
+    tokio::spawn(async move {
+        let (mut most_at_once, mut stalest) = (0i64, 0f64);
+        while !stop.load(Ordering::Relaxed) {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                               AND state = 'active' AND query LIKE '%REFRESH MATERIALIZED VIEW%slow_forced%'), \
+                            (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(t.at)), 0)::float8 \
+                               FROM public.ticks t WHERE t.id > (SELECT id FROM public.tick_max))",
+                    &[],
+                )
+                .await
+                .unwrap();
+            most_at_once = most_at_once.max(row.get(0));
+            stalest = stalest.max(row.get(1));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (most_at_once, stalest)
+    })
+}
+
+/// What a flood of allowed forces of slow_forced left behind.
+struct AllowedFlood {
+    sent: u64,
+    elapsed: Duration,
+    forced: f64,
+    coalesced: f64,
+    most_at_once: i64,
+    slow_failures: f64,
+    tick_refreshes: f64,
+    tick_failures: f64,
+    stalest: f64,
+}
+
+impl AllowedFlood {
+    /// What went wrong: the forces coalesced into few refreshes, one at a time, none
+    /// failed, and tick_max kept refreshing within its max_delay.
+    fn problems(&self) -> Vec<String> {
+        let AllowedFlood {
+            sent,
+            elapsed,
+            forced,
+            coalesced,
+            most_at_once,
+            slow_failures,
+            tick_refreshes,
+            tick_failures,
+            stalest,
+        } = *self;
+        let mut problems = Vec::new();
+        if sent <= 1000 {
+            problems.push(format!("not a real flood: {sent} NOTIFYs"));
+        }
+        if forced < 2.0 {
+            problems.push(format!(
+                "the forces were not honoured: {forced} forced refreshes"
+            ));
+        }
+        if slow_failures != 0.0 {
+            problems.push(format!("{slow_failures} refreshes of slow_forced failed"));
+        }
+        if most_at_once > 1 {
+            problems.push(format!(
+                "{most_at_once} refreshes of slow_forced ran at once"
+            ));
+        }
+        // Each refresh takes >= 300 ms: one queued at a time allows no more than this.
+        let most = elapsed.as_secs_f64() / 0.3 + 2.0;
+        if forced > most || forced * 10.0 > sent as f64 {
+            problems.push(format!(
+                "{forced} forced refreshes for {sent} forces in {elapsed:?} (at most {most:.0})"
+            ));
+        }
+        if coalesced < sent as f64 / 2.0 {
+            problems.push(format!(
+                "refreshd_control_coalesced_total is {coalesced} for {sent} forces and {forced} refreshes"
+            ));
+        }
+        if tick_failures != 0.0 {
+            problems.push(format!("{tick_failures} refreshes of tick_max failed"));
+        }
+        if tick_refreshes < 5.0 {
+            problems.push(format!(
+                "the other view stopped refreshing: {tick_refreshes} refreshes in {elapsed:?}"
+            ));
+        }
+        if stalest > 3.0 {
+            problems.push(format!(
+                "tick_max was {stalest:.2} s stale (max_delay 1 s + refresh + 2 s margin)"
+            ));
+        }
+        problems
     }
-    if forced < 2.0 {
-        problems.push(format!(
-            "the forces were not honoured: {forced} forced refreshes"
-        ));
-    }
-    if d.failures(SLOW) != 0.0 {
-        problems.push(format!(
-            "{} refreshes of slow_forced failed",
-            d.failures(SLOW)
-        ));
-    }
-    if most_at_once > 1 {
-        problems.push(format!(
-            "{most_at_once} refreshes of slow_forced ran at once"
-        ));
-    }
-    // Each refresh takes >= 300 ms: one queued at a time allows no more than this.
-    let most = elapsed.as_secs_f64() / 0.3 + 2.0;
-    if forced > most || forced * 10.0 > sent as f64 {
-        problems.push(format!(
-            "{forced} forced refreshes for {sent} forces in {elapsed:?} (at most {most:.0})"
-        ));
-    }
-    if coalesced < sent as f64 / 2.0 {
-        problems.push(format!(
-            "refreshd_control_coalesced_total is {coalesced} for {sent} forces and {forced} refreshes"
-        ));
-    }
-    if d.failures(TICKS) != 0.0 {
-        problems.push(format!(
-            "{} refreshes of tick_max failed",
-            d.failures(TICKS)
-        ));
-    }
-    if tick_refreshes < 5.0 {
-        problems.push(format!(
-            "the other view stopped refreshing: {tick_refreshes} refreshes in {elapsed:?}"
-        ));
-    }
-    if stalest > 3.0 {
-        problems.push(format!(
-            "tick_max was {stalest:.2} s stale (max_delay 1 s + refresh + 2 s margin)"
-        ));
-    }
-    fail_if_any(&mut d, &problems);
 }
 
 /// A measurement for README, not a contract: a sender that disconnects right after its
@@ -606,29 +663,7 @@ async fn refreshd_force_from_sql_is_durable_and_privileged() {
     assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
     assert_eq!(db.psql("SELECT count(*) FROM refreshd.force_requests"), "0");
 
-    // No EXECUTE: PostgreSQL says no, and nothing is recorded.
-    let out = psql_once(&db, &nobody, "select refreshd.force('public.quiet_sum')");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("permission denied for function force"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Nor can it write the requests itself.
-    let out = psql_once(
-        &db,
-        &nobody,
-        "insert into refreshd.force_requests (view_name) values ('public.quiet_sum')",
-    );
-    assert!(!out.status.success());
-    // Unknown names are refused by the function.
-    let out = psql_once(&db, &forcer, "select refreshd.force('public.no_such_view')");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not a materialized view or table"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sql_forces_without_execute_or_of_unknown_views_are_refused(&db, &forcer, &nobody);
     assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
 
     // refreshd stopped: the request waits in its table, and the next one carries it out.
@@ -667,4 +702,35 @@ async fn refreshd_force_from_sql_is_durable_and_privileged() {
         d.refreshes(TOTALS, "force", "success") > before
     })
     .await;
+}
+
+/// `nobody` (no EXECUTE) may neither call refreshd.force (PostgreSQL says no, nothing
+/// is recorded) nor write the requests itself; `forcer` may not name an unknown view.
+fn sql_forces_without_execute_or_of_unknown_views_are_refused(
+    db: &TestDb,
+    forcer: &str,
+    nobody: &str,
+) {
+    let out = psql_once(db, nobody, "select refreshd.force('public.quiet_sum')");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied for function force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nor can it write the requests itself.
+    let out = psql_once(
+        db,
+        nobody,
+        "insert into refreshd.force_requests (view_name) values ('public.quiet_sum')",
+    );
+    assert!(!out.status.success());
+    // Unknown names are refused by the function.
+    let out = psql_once(db, forcer, "select refreshd.force('public.no_such_view')");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a materialized view or table"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

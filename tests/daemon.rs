@@ -67,22 +67,34 @@ async fn insert_becomes_visible_within_debounce() {
         || async { d.refreshes(TOTALS, "notify", "success") == 1.0 },
     )
     .await;
-    let m = d.metrics();
+    the_metrics_show_one_notified_refresh(&d.metrics());
+    let (code, status) = d.get("/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["views"][0]["view"], TOTALS);
+    assert_eq!(v["views"][0]["last_outcome"], "success");
+    assert_eq!(v["views"][0]["state"], "idle");
+    assert!(
+        d.log_text().contains("refreshed"),
+        "one log line per refresh"
+    );
+}
+
+/// /metrics after the startup refresh and one notified refresh of order_totals.
+fn the_metrics_show_one_notified_refresh(m: &str) {
     assert_eq!(
         support::sample(
-            &m,
+            m,
             "refreshd_notifications_total{channel=\"orders_changed\"}"
         ),
         Some(1.0)
     );
-    assert_eq!(
-        support::sample(&m, "refreshd_listener_connected"),
-        Some(1.0)
-    );
-    assert_eq!(support::sample(&m, "refreshd_leader"), Some(1.0));
+    assert_eq!(support::sample(m, "refreshd_listener_connected"), Some(1.0));
+    assert_eq!(support::sample(m, "refreshd_leader"), Some(1.0));
     assert!(
         support::sample(
-            &m,
+            m,
             "refreshd_last_success_timestamp_seconds{view=\"public.order_totals\"}"
         )
         .unwrap()
@@ -102,17 +114,6 @@ async fn insert_becomes_visible_within_debounce() {
         "refreshd_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
-    let (code, status) = d.get("/status");
-    assert_eq!(code, 200);
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(v["role"], "leader");
-    assert_eq!(v["views"][0]["view"], TOTALS);
-    assert_eq!(v["views"][0]["last_outcome"], "success");
-    assert_eq!(v["views"][0]["state"], "idle");
-    assert!(
-        d.log_text().contains("refreshed"),
-        "one log line per refresh"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -100,6 +100,38 @@ async fn install_in(
         catalog = catalog.table(&t.table, &cols);
     }
     catalog.search_path = vec!["public".into()];
+    let (definition, columns) = definition_of(client, &def).await;
+    let d = incremental::derive(&definition, key, &catalog).expect("derives");
+    let plan = incremental::delta_plan(
+        &d,
+        &DeltaFacts {
+            view: &def,
+            live: &live,
+            definition: &definition,
+            columns: &columns,
+            catalog: &catalog,
+            tables: &tables,
+            fact: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.fact, format!("{schema}.facts"));
+    let view = View {
+        def,
+        live,
+        key: key.iter().map(|k| k.to_string()).collect(),
+        plan,
+    };
+    let sql = install_sql(&view, schema, name, capture_on);
+    client.batch_execute(&sql).await.unwrap();
+    view
+}
+
+/// The view `def`'s definition (as PostgreSQL prints it) and its (column, type)s.
+async fn definition_of(
+    client: &tokio_postgres::Client,
+    def: &QualifiedName,
+) -> (String, Vec<(String, String)>) {
     let definition: String = client
         .query_one(
             "SELECT pg_catalog.pg_get_viewdef($1::text::regclass)",
@@ -120,30 +152,24 @@ async fn install_in(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let d = incremental::derive(&definition, key, &catalog).expect("derives");
-    let plan = incremental::delta_plan(
-        &d,
-        &DeltaFacts {
-            view: &def,
-            live: &live,
-            definition: &definition,
-            columns: &columns,
-            catalog: &catalog,
-            tables: &tables,
-            fact: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan.fact, format!("{schema}.facts"));
-    let keys = key
+    (definition, columns)
+}
+
+/// What installs `v`: its live table filled from the definition with a unique index on
+/// the key, the plan's buffers, and a function `<name>_capture` in `schema` running the
+/// plan's capture statements from statement triggers on each table of `capture_on`.
+fn install_sql(v: &View, schema: &str, name: &str, capture_on: &[&str]) -> String {
+    let plan = &v.plan;
+    let keys = v
+        .key
         .iter()
         .map(|k| quote_ident(k))
         .collect::<Vec<_>>()
         .join(", ");
     let mut sql = format!(
         "CREATE TABLE {l} AS SELECT * FROM {d};\nCREATE UNIQUE INDEX ON {l} ({keys});\n",
-        l = live.quoted(),
-        d = def.quoted()
+        l = v.live.quoted(),
+        d = v.def.quoted()
     );
     for s in &plan.install {
         sql.push_str(s);
@@ -173,13 +199,7 @@ async fn install_in(
             ));
         }
     }
-    client.batch_execute(&sql).await.unwrap();
-    View {
-        def,
-        live,
-        key: key.iter().map(|k| k.to_string()).collect(),
-        plan,
-    }
+    sql
 }
 
 /// One keyed refresh as the consume function will run it: REPEATABLE READ, the live
@@ -489,46 +509,7 @@ async fn rows_committed_after_the_snapshot_are_applied_next_time_exactly_once() 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..4i64 {
-        let dsn = db.dsn();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut rng = StdRng::seed_from_u64(w as u64);
-            let mut id = 10_000 * (w + 1);
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 400 {
-                let sql = match rng.random_range(0..4) {
-                    0 | 1 => {
-                        id += 1;
-                        format!(
-                            "INSERT INTO dt.facts VALUES ({id}, {}, {}, {}, {}, {}, NULL)",
-                            rng.random_range(1..=3),
-                            rng.random_range(0..4),
-                            rng.random_range(0..7),
-                            price(&mut rng),
-                            rng.random_range(0..2) == 0
-                        )
-                    }
-                    2 => format!(
-                        "UPDATE dt.facts SET grp = (grp + 1) % 4, price = {} WHERE id BETWEEN {} AND {id} AND id % 3 = {}",
-                        price(&mut rng),
-                        10_000 * (w + 1),
-                        rng.random_range(0..3)
-                    ),
-                    _ => format!(
-                        "DELETE FROM dt.facts WHERE id BETWEEN {} AND {id} AND id % 5 = {}",
-                        10_000 * (w + 1),
-                        rng.random_range(0..5)
-                    ),
-                };
-                c.batch_execute(&sql).await.unwrap();
-                n += 1;
-            }
-            n
-        }));
+        tasks.push(spawn_own_rows_writer(db.dsn(), w, stop.clone()));
     }
     let mut refreshes = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -550,6 +531,53 @@ async fn rows_committed_after_the_snapshot_are_applied_next_time_exactly_once() 
     assert_eq!(buffered(&client, &full).await, 0);
     assert!(refreshes > 1, "the refreshes ran while writers wrote");
     eprintln!("{written} writes, {refreshes} refreshes while they ran");
+}
+
+/// Writer `w`: up to 400 statements (inserts, updates moving rows between groups,
+/// deletes) on its own rows of dt.facts, until `stop`; returns how many.
+fn spawn_own_rows_writer(
+    dsn: String,
+    w: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<i32> {
+    tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut rng = StdRng::seed_from_u64(w as u64);
+        let mut id = 10_000 * (w + 1);
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 400 {
+            let sql = match rng.random_range(0..4) {
+                0 | 1 => {
+                    id += 1;
+                    format!(
+                        "INSERT INTO dt.facts VALUES ({id}, {}, {}, {}, {}, {}, NULL)",
+                        rng.random_range(1..=3),
+                        rng.random_range(0..4),
+                        rng.random_range(0..7),
+                        price(&mut rng),
+                        rng.random_range(0..2) == 0
+                    )
+                }
+                2 => format!(
+                    "UPDATE dt.facts SET grp = (grp + 1) % 4, price = {} WHERE id BETWEEN {} AND {id} AND id % 3 = {}",
+                    price(&mut rng),
+                    10_000 * (w + 1),
+                    rng.random_range(0..3)
+                ),
+                _ => format!(
+                    "DELETE FROM dt.facts WHERE id BETWEEN {} AND {id} AND id % 5 = {}",
+                    10_000 * (w + 1),
+                    rng.random_range(0..5)
+                ),
+            };
+            c.batch_execute(&sql).await.unwrap();
+            n += 1;
+        }
+        n
+    })
 }
 
 /// A partitioned fact table: the capture on the root and on each partition (a statement

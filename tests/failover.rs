@@ -55,30 +55,7 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
         connect_timeout.as_secs()
     ));
     daemon.wait_ready(Duration::from_secs(30)).await;
-    primary
-        .psql(
-            "postgres",
-            &[
-                "-c",
-                "INSERT INTO public.orders (bucket, amount) VALUES (1, 5)",
-            ],
-        )
-        .unwrap();
-    wait_for(
-        Duration::from_secs(15),
-        "a refresh on the primary",
-        || async {
-            daemon.refreshes(TOTALS, "notify", "success") >= 1.0
-                && primary.psql("postgres", &["-Atc", EXACT]).unwrap().trim() == "0"
-        },
-    )
-    .await;
-    let led_on_primary = daemon.log_text();
-    assert!(
-        led_on_primary.contains(&format!("127.0.0.1:{}/postgres", primary.port()))
-            && led_on_primary.contains("LISTEN established"),
-        "the first session should name the primary:\n{led_on_primary}"
-    );
+    refreshes_on_the_primary(&daemon, &primary).await;
     let notified_before = daemon.refreshes(TOTALS, "notify", "success");
 
     // The primary hangs: TCP connections are still accepted (by the kernel), nothing
@@ -130,6 +107,34 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
     );
     assert_eq!(daemon.get("/readyz").0, 200);
     drop(frozen);
+}
+
+/// A write on `primary` is refreshed by `daemon`, whose first session names the primary.
+async fn refreshes_on_the_primary(daemon: &Daemon, primary: &TempCluster) {
+    primary
+        .psql(
+            "postgres",
+            &[
+                "-c",
+                "INSERT INTO public.orders (bucket, amount) VALUES (1, 5)",
+            ],
+        )
+        .unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "a refresh on the primary",
+        || async {
+            daemon.refreshes(TOTALS, "notify", "success") >= 1.0
+                && primary.psql("postgres", &["-Atc", EXACT]).unwrap().trim() == "0"
+        },
+    )
+    .await;
+    let led_on_primary = daemon.log_text();
+    assert!(
+        led_on_primary.contains(&format!("127.0.0.1:{}/postgres", primary.port()))
+            && led_on_primary.contains("LISTEN established"),
+        "the first session should name the primary:\n{led_on_primary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

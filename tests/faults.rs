@@ -352,34 +352,7 @@ async fn passwords_appear_nowhere() {
     ))
     .text();
     for cfg in [&in_url, &in_file] {
-        let d = Daemon::start(cfg);
-        d.wait_ready(Duration::from_secs(20)).await;
-        wait_for(Duration::from_secs(10), "a refresh", || async {
-            d.successes(TOTALS) >= 1.0
-        })
-        .await;
-        everything.push_str(&d.get("/status").1);
-        everything.push_str(&d.metrics());
-        everything.push_str(&d.get("/healthz").1);
-        let (_d, path) = support::write_config(cfg);
-        for args in [vec!["check", "-c"], vec!["refresh", "--all", "-c"]] {
-            let mut a = args.clone();
-            a.push(path.to_str().unwrap());
-            let out = support::refreshd(&a);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{}{}",
-                support::stdout(&out),
-                support::stderr(&out)
-            );
-            everything.push_str(&support::stdout(&out));
-            everything.push_str(&support::stderr(&out));
-        }
-        let mut d = d;
-        d.signal("TERM");
-        d.wait_exit(Duration::from_secs(5)).unwrap();
-        everything.push_str(&d.log_text());
+        everything.push_str(&output_of_a_working_config(cfg).await);
     }
     let (_d, path) = support::write_config(&wrong);
     let out = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
@@ -407,6 +380,40 @@ async fn passwords_appear_nowhere() {
         !everything.contains("s3cret"),
         "part of the password leaked"
     );
+}
+
+/// Everything a daemon and the CLI say on `cfg` (whose password works): /status,
+/// /metrics, /healthz, `check`, `refresh --all` (both exit 0) and the log to its exit.
+async fn output_of_a_working_config(cfg: &str) -> String {
+    let mut everything = String::new();
+    let mut d = Daemon::start(cfg);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "a refresh", || async {
+        d.successes(TOTALS) >= 1.0
+    })
+    .await;
+    everything.push_str(&d.get("/status").1);
+    everything.push_str(&d.metrics());
+    everything.push_str(&d.get("/healthz").1);
+    let (_d, path) = support::write_config(cfg);
+    for args in [vec!["check", "-c"], vec!["refresh", "--all", "-c"]] {
+        let mut a = args.clone();
+        a.push(path.to_str().unwrap());
+        let out = support::refreshd(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            support::stdout(&out),
+            support::stderr(&out)
+        );
+        everything.push_str(&support::stdout(&out));
+        everything.push_str(&support::stderr(&out));
+    }
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(5)).unwrap();
+    everything.push_str(&d.log_text());
+    everything
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -145,8 +145,19 @@ async fn init_check_and_status_on_hostile_names() {
     nothing_ran(&db, "install");
     assert_eq!(capture_triggers(&db), tables().len().to_string());
 
-    // The config parses, with exactly the keys init meant, one table per view.
-    let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    the_config_has_exactly_the_keys_init_meant(&config);
+    check_and_refresh_print_one_line_per_view(&config);
+    a_daemon_on_it_keeps_names_on_one_line(&db, &config).await;
+
+    apply(&db, &dir.path().join(refreshd::cli::init::ROLLBACK));
+    nothing_ran(&db, "rollback");
+    assert_eq!(capture_triggers(&db), "0");
+}
+
+/// The config parses, with exactly the keys init meant, one table per view, and
+/// refreshd reads it the same way.
+fn the_config_has_exactly_the_keys_init_meant(config: &str) {
+    let doc: toml::Value = toml::from_str(config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let top: BTreeSet<&str> = doc.as_table().unwrap().keys().map(|k| k.as_str()).collect();
     assert_eq!(
         top,
@@ -187,13 +198,16 @@ async fn init_check_and_status_on_hostile_names() {
         }
     }
     // And refreshd reads it the same way.
-    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
+    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), config)
         .unwrap_or_else(|e| panic!("{e}\n{config}"));
     assert_eq!(parsed.views.len(), views().len());
     assert!(parsed.views.iter().all(|v| v.concurrently));
+}
 
-    // check: one line per view (plus the listen session, the header and the summary).
-    let (_c, path) = support::write_config(&config);
+/// `check` prints one line per view (plus the listen session, the header and the
+/// summary); `refresh --all` one line per view.
+fn check_and_refresh_print_one_line_per_view(config: &str) {
+    let (_c, path) = support::write_config(config);
     let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
     let text = support::stdout(&check);
     assert_eq!(check.status.code(), Some(0), "{text}");
@@ -219,9 +233,12 @@ async fn init_check_and_status_on_hostile_names() {
     assert_eq!(refresh.status.code(), Some(0), "{text}");
     assert_eq!(text.lines().count(), views().len(), "{text}");
     assert!(text.lines().all(|l| l.contains(": refreshed (")), "{text}");
+}
 
-    // A daemon on it: a write reaches the view; status prints one line per view.
-    let d = Daemon::start(&config);
+/// A daemon on `config`: a write reaches the view; `status` prints one line per view,
+/// with no carriage return or bidi override; the text log keeps each event on one line.
+async fn a_daemon_on_it_keeps_names_on_one_line(db: &TestDb, config: &str) {
+    let d = Daemon::start(config);
     d.wait_ready(Duration::from_secs(30)).await;
     let (ts, tn) = &tables()[0];
     db.psql(&format!("INSERT INTO {} VALUES (2)", q(ts, tn)));
@@ -262,8 +279,4 @@ async fn init_check_and_status_on_hostile_names() {
         );
     }
     drop(d);
-
-    apply(&db, &dir.path().join(refreshd::cli::init::ROLLBACK));
-    nothing_ran(&db, "rollback");
-    assert_eq!(capture_triggers(&db), "0");
 }

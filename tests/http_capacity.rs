@@ -107,7 +107,16 @@ async fn health_answers_under_idle_connections_and_waiters() {
         })
         .collect();
 
-    // Probes keep being answered, each within 1 s, while all of that is held.
+    probes_answer_within_a_second(port).await;
+    every_waiter_is_answered(waiters).await;
+    idle_connections_are_closed_not_reset(idle, idle_opened).await;
+
+    // Still serving normally afterwards.
+    assert_eq!(d.get("/healthz").0, 200);
+}
+
+/// Probes keep being answered, each within 1 s, while all of that is held.
+async fn probes_answer_within_a_second(port: u16) {
     let mut slowest = Duration::ZERO;
     for i in 0..30 {
         let t = Instant::now();
@@ -126,9 +135,15 @@ async fn health_answers_under_idle_connections_and_waiters() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("slowest probe: {slowest:?}");
+}
 
-    // Every waiter has its answer: 503 at once past the cap, 504 after the whole wait
-    // for the others (the refresh sleeps a minute); none reset, none unanswered.
+/// A waiter's task: its exchange within 3 × [`WAIT`].
+type Waiter =
+    tokio::task::JoinHandle<Result<std::io::Result<(u16, Duration)>, tokio::time::error::Elapsed>>;
+
+/// Every waiter has its answer: 503 at once past the cap, 504 after the whole wait for
+/// the others (the refresh sleeps a minute); none reset, none unanswered.
+async fn every_waiter_is_answered(waiters: Vec<Waiter>) {
     let mut rejected = Vec::new();
     let mut held = 0;
     for (i, w) in waiters.into_iter().enumerate() {
@@ -154,9 +169,11 @@ async fn health_answers_under_idle_connections_and_waiters() {
         slowest_503 < Duration::from_secs(1),
         "503 at once, not after {slowest_503:?}"
     );
+}
 
-    // The idle connections are closed by the server once the idle bound has passed:
-    // an orderly end of stream, not a reset.
+/// The idle connections are closed by the server once the idle bound has passed: an
+/// orderly end of stream, not a reset.
+async fn idle_connections_are_closed_not_reset(idle: Vec<TcpStream>, idle_opened: Instant) {
     for (i, mut s) in idle.into_iter().enumerate() {
         let left = (idle_opened + IDLE_BOUND + Duration::from_secs(5))
             .saturating_duration_since(Instant::now());
@@ -171,9 +188,6 @@ async fn health_answers_under_idle_connections_and_waiters() {
             Err(_) => panic!("idle connection {i} still open after {IDLE_BOUND:?} + 5 s"),
         }
     }
-
-    // Still serving normally afterwards.
-    assert_eq!(d.get("/healthz").0, 200);
 }
 
 /// With every connection slot held by an idle socket, the overflow path still answers

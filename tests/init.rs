@@ -244,63 +244,11 @@ fn init_apply(db: &TestDb, sql: &std::path::Path) -> String {
 async fn init_apply_installs_capture_with_one_channel_per_root() {
     let db = TestDb::new();
     partitioned_schema(&db);
-    // Without --apply nothing changes.
-    let dry = tempfile::tempdir().unwrap();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &db.dsn(),
-        "--sql",
-        dry.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
-    assert_eq!(capture_triggers(&db), "");
-    assert_eq!(
-        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'refreshd'"),
-        "0"
-    );
-    let install = std::fs::read_to_string(dry.path().join(refreshd::cli::init::INSTALL)).unwrap();
-    assert!(
-        install.contains("CREATE OR REPLACE FUNCTION refreshd.force(view text)"),
-        "{install}"
-    );
+    without_apply_nothing_changes(&db);
 
     let sql = tempfile::tempdir().unwrap();
     let config = init_apply(&db, sql.path());
-    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), &config)
-        .unwrap_or_else(|e| panic!("{e}\n{config}"));
-    let view = parsed
-        .views
-        .iter()
-        .find(|v| v.name.to_string() == "shop.by_region")
-        .expect(&config);
-    let mut channels = view.channels.clone();
-    channels.sort();
-    assert_eq!(
-        channels,
-        vec!["refreshd_shop_customers", "refreshd_shop_payments"],
-        "one channel per root, partitions folded in:\n{config}"
-    );
-    // The root, every partition and the plain table: each its own trigger, partitions
-    // sending the root's channel; refreshd's schema with refreshd.force.
-    let installed = capture_triggers(&db);
-    for (table, channel) in [
-        ("shop.customers", "refreshd_shop_customers"),
-        ("shop.payments", "refreshd_shop_payments"),
-        ("shop.payments_2025_01", "refreshd_shop_payments"),
-        ("shop.payments_2025_02", "refreshd_shop_payments"),
-        ("shop.payments_2025_03", "refreshd_shop_payments"),
-    ] {
-        assert!(
-            installed.contains(&format!("{table}={channel}\\000@")),
-            "{table}: {installed}"
-        );
-    }
-    assert_eq!(installed.matches('@').count(), 5, "{installed}");
-    assert_eq!(
-        db.psql("SELECT to_regprocedure('refreshd.force(text)') IS NOT NULL"),
-        "t"
-    );
+    let installed = one_channel_per_root_and_a_trigger_per_table(&db, &config);
 
     // Applying again is a no-op: the same triggers (same oids), the same config.
     let again = init_apply(&db, sql.path());
@@ -347,6 +295,70 @@ async fn init_apply_installs_capture_with_one_channel_per_root() {
     psql_file(&db, &sql.path().join(refreshd::cli::init::ROLLBACK)); // idempotent
     init_apply(&db, sql.path());
     assert_eq!(capture_triggers(&db).matches('@').count(), 5);
+}
+
+/// Without --apply nothing changes; the install file written has refreshd.force.
+fn without_apply_nothing_changes(db: &TestDb) {
+    let dry = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        dry.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert_eq!(capture_triggers(db), "");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'refreshd'"),
+        "0"
+    );
+    let install = std::fs::read_to_string(dry.path().join(refreshd::cli::init::INSTALL)).unwrap();
+    assert!(
+        install.contains("CREATE OR REPLACE FUNCTION refreshd.force(view text)"),
+        "{install}"
+    );
+}
+
+/// After `init --apply`: shop.by_region has one channel per root table, partitions
+/// folded in; the root, every partition and the plain table have a trigger each,
+/// partitions sending the root's channel; refreshd.force exists. The triggers.
+fn one_channel_per_root_and_a_trigger_per_table(db: &TestDb, config: &str) -> String {
+    let parsed = refreshd::config::Config::parse(std::path::Path::new("init.toml"), config)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let view = parsed
+        .views
+        .iter()
+        .find(|v| v.name.to_string() == "shop.by_region")
+        .expect(config);
+    let mut channels = view.channels.clone();
+    channels.sort();
+    assert_eq!(
+        channels,
+        vec!["refreshd_shop_customers", "refreshd_shop_payments"],
+        "one channel per root, partitions folded in:\n{config}"
+    );
+    // The root, every partition and the plain table: each its own trigger, partitions
+    // sending the root's channel; refreshd's schema with refreshd.force.
+    let installed = capture_triggers(db);
+    for (table, channel) in [
+        ("shop.customers", "refreshd_shop_customers"),
+        ("shop.payments", "refreshd_shop_payments"),
+        ("shop.payments_2025_01", "refreshd_shop_payments"),
+        ("shop.payments_2025_02", "refreshd_shop_payments"),
+        ("shop.payments_2025_03", "refreshd_shop_payments"),
+    ] {
+        assert!(
+            installed.contains(&format!("{table}={channel}\\000@")),
+            "{table}: {installed}"
+        );
+    }
+    assert_eq!(installed.matches('@').count(), 5, "{installed}");
+    assert_eq!(
+        db.psql("SELECT to_regprocedure('refreshd.force(text)') IS NOT NULL"),
+        "t"
+    );
+    installed
 }
 
 /// A partitioned fact table joined to two dimensions, grouped by a dimension's key, and

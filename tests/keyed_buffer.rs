@@ -160,34 +160,7 @@ async fn a_failed_refresh_gives_the_buffer_back_and_a_full_recompute_consumes_it
     let view = keyed_view(&config, "300ms");
     let refresher = db.client().await;
 
-    // (b) The buffer holds two keys; the refresh consumes it, then its INSERT waits for
-    // a lock another session holds on the fact table, and times out.
-    db.psql("INSERT INTO kb.sales VALUES (2001, 'b1', 1), (2002, 'b2', 2)");
-    assert_eq!(buffered(&db), 2);
-    let mut blocker = db.client().await;
-    let tx = blocker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE kb.sales IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let e = refresh_one(&refresher, &view, Some(&wake()), false)
-        .await
-        .expect_err("the INSERT cannot read kb.sales");
-    assert_eq!(e.code.as_deref(), Some("55P03"), "{e:?}");
-    tx.rollback().await.unwrap();
-    assert_eq!(
-        db.psql(&format!(
-            "SELECT string_agg(product, ',' ORDER BY product) FROM {BUFFER}"
-        )),
-        "b1,b2",
-        "the keys are back"
-    );
-    assert!(!equal(&db));
-    let r = refresh_one(&refresher, &view, Some(&wake()), false)
-        .await
-        .unwrap();
-    assert_eq!(r.kind, RefreshKind::KeyedKeys);
-    assert_eq!(buffered(&db), 0);
-    assert!(equal(&db));
+    a_failed_refresh_gives_the_keys_back(&db, &refresher, &view).await;
 
     // (c) A full recompute consumes the buffer in its transaction.
     db.psql("UPDATE kb.sales SET qty = qty + 1 WHERE product = 'p1'; DELETE FROM kb.sales WHERE id = 2001");
@@ -236,6 +209,42 @@ async fn a_failed_refresh_gives_the_buffer_back_and_a_full_recompute_consumes_it
         .unwrap();
     assert_eq!(r.kind, RefreshKind::KeyedAll);
     assert_eq!(buffered(&db), 1);
+}
+
+/// (b) The buffer holds two keys; the refresh consumes it, then its INSERT waits for a
+/// lock another session holds on the fact table, and times out: the keys are back, and
+/// the next refresh applies them.
+async fn a_failed_refresh_gives_the_keys_back(
+    db: &TestDb,
+    refresher: &tokio_postgres::Client,
+    view: &ViewConfig,
+) {
+    db.psql("INSERT INTO kb.sales VALUES (2001, 'b1', 1), (2002, 'b2', 2)");
+    assert_eq!(buffered(db), 2);
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE kb.sales IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let e = refresh_one(refresher, view, Some(&wake()), false)
+        .await
+        .expect_err("the INSERT cannot read kb.sales");
+    assert_eq!(e.code.as_deref(), Some("55P03"), "{e:?}");
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT string_agg(product, ',' ORDER BY product) FROM {BUFFER}"
+        )),
+        "b1,b2",
+        "the keys are back"
+    );
+    assert!(!equal(db));
+    let r = refresh_one(refresher, view, Some(&wake()), false)
+        .await
+        .unwrap();
+    assert_eq!(r.kind, RefreshKind::KeyedKeys);
+    assert_eq!(buffered(db), 0);
+    assert!(equal(db));
 }
 
 /// The buffer is unlogged: a crash empties it. The crash also ends refreshd's LISTEN

@@ -134,8 +134,70 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
     let db = TestDb::new();
     schema(&db);
     let sql_dir = tempfile::tempdir().unwrap();
+    let config = init_kd_in_place(&db, &sql_dir);
+
+    // Without the daemon: a fact row is buffered as a row (no key), and the consume
+    // function applies it to the live table and returns no key to recompute.
+    let client = db.client().await;
+    the_consume_function_applies_rows(&db, &client).await;
+
+    // The daemon, under four writers.
+    let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
+    let (_cfg_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}\n{}\n{config}",
+        support::stdout(&check),
+        support::stderr(&check)
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let dsn = db.dsn();
+    let exact = [
+        Exact::definition("kd.by_region", "kd.by_region_def", &[]),
+        Exact::definition("kd.qty_by_region", "kd.qty_by_region_def", &[]),
+    ];
+    let s = storm_then_equal(&dsn, 4, Length::Rounds(150), 7, kd_op, "", &exact).await;
+    assert!(
+        s.committed > 400,
+        "committed {}, rolled back {}",
+        s.committed,
+        s.rolled_back
+    );
+    let s = storm_then_equal(&dsn, 4, Length::Rounds(80), 9, kd_fact_op, "", &exact).await;
+    assert!(s.committed > 200);
+    // Groups did vanish and come back; the row buffer was filled and consumed.
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
+        "0"
+    );
+    // The daemon stopped first: on PostgreSQL 13 and 14 an idle backend may keep its
+    // table statistics unsent (at most one report per 500 ms, none while idle); a
+    // backend that exits sends them.
+    drop(d);
+    the_row_buffer_was_used(&client).await;
+
+    // The rollback restores the materialized view and drops the buffers.
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kd.by_region'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'refreshd' AND c.relname LIKE 'kd_by_region%'"),
+        "0"
+    );
+}
+
+/// `init --apply --in-place` keying kd.by_region and kd.qty_by_region, SQL into
+/// `sql_dir`: kd.by_region takes kd.sales's changes as deltas. Its config.
+fn init_kd_in_place(db: &TestDb, sql_dir: &tempfile::TempDir) -> String {
     let (out, config, stderr) = init(
-        &db,
+        db,
         &[
             "--schema",
             "kd",
@@ -162,10 +224,12 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
         db.psql("SELECT relkind FROM pg_class WHERE oid = 'kd.by_region'::regclass"),
         "r"
     );
+    config
+}
 
-    // Without the daemon: a fact row is buffered as a row (no key), and the consume
-    // function applies it to the live table and returns no key to recompute.
-    let client = db.client().await;
+/// An inserted fact row is buffered as a row, no key; consuming applies it to
+/// kd.by_region (no key returned), and a deleted one takes it back out.
+async fn the_consume_function_applies_rows(db: &TestDb, client: &tokio_postgres::Client) {
     let before = db.psql("SELECT n || '/' || qty FROM kd.by_region WHERE region = 'region 2'");
     db.psql("INSERT INTO kd.sales VALUES (99999, 1, 5, 1.50, '2025-06-01')");
     assert_eq!(
@@ -205,78 +269,30 @@ async fn a_fact_tables_changes_are_applied_as_deltas_under_four_writers() {
         before
     );
     assert_eq!(db.psql(&diff), "0");
+}
 
-    // The daemon, under four writers.
-    let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
-    let (_cfg_dir, path) = support::write_config(&config);
-    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "{}\n{}\n{config}",
-        support::stdout(&check),
-        support::stderr(&check)
-    );
-    let d = Daemon::start(&config);
-    d.wait_ready(Duration::from_secs(30)).await;
-    let dsn = db.dsn();
-    let exact = [
-        Exact::definition("kd.by_region", "kd.by_region_def", &[]),
-        Exact::definition("kd.qty_by_region", "kd.qty_by_region_def", &[]),
-    ];
-    let s = storm_then_equal(&dsn, 4, Length::Rounds(150), 7, kd_op, "", &exact).await;
-    assert!(
-        s.committed > 400,
-        "committed {}, rolled back {}",
-        s.committed,
-        s.rolled_back
-    );
-    let s = storm_then_equal(&dsn, 4, Length::Rounds(80), 9, kd_fact_op, "", &exact).await;
-    assert!(s.committed > 200);
-    // Groups did vanish and come back; the row buffer was filled and consumed.
-    assert_eq!(
-        db.psql("SELECT count(*) FROM refreshd.kd_by_region_delta"),
-        "0"
-    );
-    // The daemon stopped first: on PostgreSQL 13 and 14 an idle backend may keep its
-    // table statistics unsent (at most one report per 500 ms, none while idle); a
-    // backend that exits sends them.
-    drop(d);
+/// pg_stat_user_tables counts many inserts into and deletes from kd.by_region's row
+/// buffer (waited for: the statistics arrive late).
+async fn the_row_buffer_was_used(client: &tokio_postgres::Client) {
     support::wait_for(
         Duration::from_secs(30),
         "the row buffer's inserts and deletes in pg_stat_user_tables",
-        || {
-            let client = &client;
-            async move {
-                let _ = client
-                    .batch_execute("SELECT pg_stat_clear_snapshot()")
-                    .await;
-                client
-                    .query_one(
-                        "SELECT n_tup_ins > 500 AND n_tup_del > 500 FROM pg_stat_user_tables \
-                         WHERE schemaname = 'refreshd' AND relname = 'kd_by_region_delta'",
-                        &[],
-                    )
-                    .await
-                    .map(|r| r.get::<_, bool>(0))
-                    .unwrap_or(false)
-            }
+        || async move {
+            let _ = client
+                .batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await;
+            client
+                .query_one(
+                    "SELECT n_tup_ins > 500 AND n_tup_del > 500 FROM pg_stat_user_tables \
+                     WHERE schemaname = 'refreshd' AND relname = 'kd_by_region_delta'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
         },
     )
     .await;
-
-    // The rollback restores the materialized view and drops the buffers.
-    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
-    let out = db.server.psql_file(&db.name, &rollback);
-    assert!(out.status.success(), "{}", support::stderr(&out));
-    assert_eq!(
-        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kd.by_region'::regclass"),
-        "m"
-    );
-    assert_eq!(
-        db.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'refreshd' AND c.relname LIKE 'kd_by_region%'"),
-        "0"
-    );
 }
 
 /// Benchmark (ignored; run alone, see BENCHMARKS.md "Deltas: TPC-H Q1"): commit →
@@ -299,23 +315,10 @@ async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
         &q1[..cut]
     ));
     let client = db.client().await;
-    let insert = |i: usize| {
-        format!(
-            "INSERT INTO tpch.lineitem SELECT l_orderkey, l_partkey, l_suppkey, {}, l_quantity, \
-             l_extendedprice, l_discount, l_tax, 'N', 'O', date '1995-07-01', l_commitdate, \
-             l_receiptdate, l_shipinstruct, l_shipmode, 'bench' FROM tpch.lineitem \
-             WHERE l_linenumber = 1 ORDER BY l_orderkey LIMIT 1",
-            1000 + i
-        )
-    };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
     let runs = 11;
     let mut plain = Vec::new();
     for i in 0..runs {
-        client.batch_execute(&insert(i)).await.unwrap();
+        client.batch_execute(&bench_insert(i)).await.unwrap();
         let t = Instant::now();
         client
             .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY tpch.q1")
@@ -323,8 +326,59 @@ async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
             .unwrap();
         plain.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let config = init_q1_in_place(&db);
+    let config = config.replace("debounce = \"2s\"", "debounce = \"0s\"");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(60)).await;
+    let q1_exact = || [Exact::definition("tpch.q1", "tpch.q1_def", &[])];
+    wait_equal(&db.dsn(), "", &q1_exact()).await;
+    let count = "SELECT count_order FROM tpch.q1 WHERE l_returnflag = 'N' AND l_linestatus = 'O'";
+    let mut keyed = Vec::new();
+    for i in runs..2 * runs {
+        let before: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+        let t = Instant::now();
+        client.batch_execute(&bench_insert(i)).await.unwrap();
+        loop {
+            let now: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+            if now > before {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "never visible");
+        }
+        keyed.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_equal(&db.dsn(), "", &q1_exact()).await;
+    eprintln!(
+        "TPC-H SF {sf} Q1, one INSERT into lineitem, {runs} runs: REFRESH MATERIALIZED VIEW CONCURRENTLY median {:.1} ms (runs {:?}); keyed with deltas, commit -> visible median {:.1} ms (runs {:?})",
+        median(plain.clone()),
+        plain.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        median(keyed.clone()),
+        keyed.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+    );
+    drop(d);
+}
+
+/// The benchmark's `i`th INSERT: one lineitem row into Q1's ('N', 'O') group.
+fn bench_insert(i: usize) -> String {
+    format!(
+        "INSERT INTO tpch.lineitem SELECT l_orderkey, l_partkey, l_suppkey, {}, l_quantity, \
+         l_extendedprice, l_discount, l_tax, 'N', 'O', date '1995-07-01', l_commitdate, \
+         l_receiptdate, l_shipinstruct, l_shipmode, 'bench' FROM tpch.lineitem \
+         WHERE l_linenumber = 1 ORDER BY l_orderkey LIMIT 1",
+        1000 + i
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `init --apply --in-place --keyed tpch.q1`, which takes lineitem's deltas: its config.
+fn init_q1_in_place(db: &TestDb) -> String {
     let (out, config, stderr) = init(
-        &db,
+        db,
         &[
             "--schema",
             "tpch",
@@ -339,45 +393,7 @@ async fn bench_tpch_q1_commit_to_visible_deltas_against_refresh_concurrently() {
         stderr.contains("--keyed tpch.q1: deltas: fact table tpch.lineitem"),
         "{stderr}"
     );
-    let config = config.replace("debounce = \"2s\"", "debounce = \"0s\"");
-    let d = Daemon::start(&config);
-    d.wait_ready(Duration::from_secs(60)).await;
-    wait_equal(
-        &db.dsn(),
-        "",
-        &[Exact::definition("tpch.q1", "tpch.q1_def", &[])],
-    )
-    .await;
-    let count = "SELECT count_order FROM tpch.q1 WHERE l_returnflag = 'N' AND l_linestatus = 'O'";
-    let mut keyed = Vec::new();
-    for i in runs..2 * runs {
-        let before: i64 = client.query_one(count, &[]).await.unwrap().get(0);
-        let t = Instant::now();
-        client.batch_execute(&insert(i)).await.unwrap();
-        loop {
-            let now: i64 = client.query_one(count, &[]).await.unwrap().get(0);
-            if now > before {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "never visible");
-        }
-        keyed.push(t.elapsed().as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    wait_equal(
-        &db.dsn(),
-        "",
-        &[Exact::definition("tpch.q1", "tpch.q1_def", &[])],
-    )
-    .await;
-    eprintln!(
-        "TPC-H SF {sf} Q1, one INSERT into lineitem, {runs} runs: REFRESH MATERIALIZED VIEW CONCURRENTLY median {:.1} ms (runs {:?}); keyed with deltas, commit -> visible median {:.1} ms (runs {:?})",
-        median(plain.clone()),
-        plain.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        median(keyed.clone()),
-        keyed.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
-    );
-    drop(d);
+    config
 }
 
 /// The fact table is the eligible table with the most rows, also before ANALYZE and

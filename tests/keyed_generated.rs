@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::RngExt;
+use refreshd::pg::ident::quote_ident;
 use support::keyed_storm::{
     difference_sql, listen, storm, storm_then_equal, wait_equal, Exact, Length,
 };
@@ -225,11 +226,34 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
     let db = TestDb::new();
     let roles = support::TestRoles::create(&db, &["kg_reader"]);
     let reader = roles.name("kg_reader");
-    schema(&db);
+    install_kg_and_seeds(&db, &reader);
+    // kg.by_region next to its materialized view; the attendance view too.
+    let sql_dir = tempfile::tempdir().unwrap();
+    let keyed_views = init_beside_the_views(&db, &sql_dir);
+    // kg.by_product in place: the same name, now a table with the view's indexes and
+    // grants. This run's config, plus the first run's keyed blocks (this run sees
+    // their tables, not materialized views), is what the daemon runs.
+    let in_place_sql = tempfile::tempdir().unwrap();
+    let config = init_by_product_in_place(&db, &in_place_sql, &reader);
+    let config = with_keyed_blocks(&config, keyed_views);
+
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    storms_leave_the_keyed_views_equal(&db).await;
+    drop(d);
+
+    // The rollbacks: the first run's drops the live table and definition of
+    // kg.by_region; an in-place rollback restores the materialized view.
+    rollbacks_restore_the_views(&db, &sql_dir, &in_place_sql, &reader);
+}
+
+/// The kg schema (kg.by_product readable by `reader`) and the seeds the demo's data
+/// generator needs (the config covers kg and public), with their data.
+fn install_kg_and_seeds(db: &TestDb, reader: &str) {
+    schema(db);
     db.psql(&format!(
         "GRANT USAGE ON SCHEMA kg TO {reader}; GRANT SELECT ON kg.by_product TO {reader}"
     ));
-    // The demo's data generator needs both seeds; the config covers kg and public.
     for f in [
         "attendance/install.sql",
         "inventory/install.sql",
@@ -242,11 +266,13 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
     }
     db.psql("SELECT refreshd_demo.generate_attendance(0.01)");
     db.psql("ANALYZE");
+}
 
-    // kg.by_region next to its materialized view; the attendance view too.
-    let sql_dir = tempfile::tempdir().unwrap();
+/// `init --apply` keying kg.by_region, kg.open_products and the attendance summary
+/// beside their materialized views, SQL into `sql_dir`: its three keyed blocks.
+fn init_beside_the_views(db: &TestDb, sql_dir: &tempfile::TempDir) -> Vec<toml::Value> {
     let (out, first, stderr) = init(
-        &db,
+        db,
         &[
             "--schema",
             "kg",
@@ -287,19 +313,21 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         .cloned()
         .collect();
     assert_eq!(keyed_views.len(), 3, "{first}");
-    // kg.by_product in place: the same name, now a table with the view's indexes and
-    // grants. This run's config, plus the first run's keyed blocks (this run sees
-    // their tables, not materialized views), is what the daemon runs.
-    let in_place_sql = tempfile::tempdir().unwrap();
+    keyed_views
+}
+
+/// `init --apply --in-place` keying kg.by_product, SQL into `sql_dir`: it is a table
+/// now, with the view's indexes and `reader`'s grant. Its config.
+fn init_by_product_in_place(db: &TestDb, sql_dir: &tempfile::TempDir, reader: &str) -> String {
     let (out, config, stderr) = init(
-        &db,
+        db,
         &[
             "--schema",
             "kg",
             "--schema",
             "public",
             "--sql",
-            in_place_sql.path().to_str().unwrap(),
+            sql_dir.path().to_str().unwrap(),
             "--apply",
             "--keyed",
             "kg.by_product",
@@ -315,16 +343,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         db.psql("SELECT relkind FROM pg_class WHERE oid = 'kg.by_product'::regclass"),
         "r"
     );
-    assert_eq!(
-        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
-        "kg.by_product_key,kg.by_product_qty"
-    );
-    assert_eq!(
-        db.psql(&format!(
-            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
-        )),
-        "t"
-    );
+    by_product_keeps_its_indexes_and_grant(db, reader);
     let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let views = doc["view"].as_array().unwrap();
     let find = |name: &str| {
@@ -347,6 +366,27 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         None,
         "the materialized view stays"
     );
+    config
+}
+
+/// kg.by_product (a table or the materialized view again) has the view's indexes, and
+/// `reader` may read it.
+fn by_product_keeps_its_indexes_and_grant(db: &TestDb, reader: &str) {
+    assert_eq!(
+        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
+        "kg.by_product_key,kg.by_product_qty"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
+        )),
+        "t"
+    );
+}
+
+/// `config` plus `keyed_views` as `[[view]]` blocks, debounced 50ms, which `refreshd
+/// check` accepts.
+fn with_keyed_blocks(config: &str, keyed_views: Vec<toml::Value>) -> String {
     #[derive(serde::Serialize)]
     struct Views {
         view: Vec<toml::Value>,
@@ -365,9 +405,14 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         support::stdout(&check),
         support::stderr(&check)
     );
+    config
+}
 
-    let d = Daemon::start(&config);
-    d.wait_ready(Duration::from_secs(30)).await;
+/// With the daemon running: storms on kg and the attendance seed wake each channel
+/// with empty payloads, far fewer than the transactions; every keyed view then equals
+/// its definition, and again after storms on the fact tables only, kg.by_product's
+/// having gone through its row buffer.
+async fn storms_leave_the_keyed_views_equal(db: &TestDb) {
     let dsn = db.dsn();
     let channels = [
         "refreshd_keys_kg_by_product",
@@ -406,8 +451,13 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         ),
     ];
     wait_equal(&dsn, "", &exact).await;
-    // Then writes to the fact tables only: a dimension's change no longer recomputes
-    // the groups a path-derived key should have named.
+    fact_storms_stay_equal(db, &exact).await;
+}
+
+/// Writes to the fact tables only: a dimension's change no longer recomputes the
+/// groups a path-derived key should have named. kg.by_product takes them as deltas.
+async fn fact_storms_stay_equal(db: &TestDb, exact: &[Exact]) {
+    let dsn = db.dsn();
     let (ok, _) = storm(&dsn, 4, 60, 60, kg_fact_op).await;
     assert!(ok > 150);
     let s = storm_then_equal(
@@ -417,7 +467,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         80,
         attendance_fact_op,
         "",
-        &exact,
+        exact,
     )
     .await;
     assert!(s.committed > 150);
@@ -438,10 +488,16 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         },
     )
     .await;
-    drop(d);
+}
 
-    // The rollbacks: the first run's drops the live table and definition of
-    // kg.by_region; an in-place rollback restores the materialized view.
+/// The first run's rollback drops kg.by_region's live table and definition; the
+/// in-place one (run twice: idempotent) restores kg.by_product as it was.
+fn rollbacks_restore_the_views(
+    db: &TestDb,
+    sql_dir: &tempfile::TempDir,
+    in_place_sql: &tempfile::TempDir,
+    reader: &str,
+) {
     let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
     let out = db.server.psql_file(&db.name, &rollback);
     assert!(out.status.success(), "{}", support::stderr(&out));
@@ -461,16 +517,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
         db.psql("SELECT relkind FROM pg_class WHERE oid = 'kg.by_product'::regclass"),
         "m"
     );
-    assert_eq!(
-        db.psql("SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = 'kg.by_product'::regclass"),
-        "kg.by_product_key,kg.by_product_qty"
-    );
-    assert_eq!(
-        db.psql(&format!(
-            "SELECT has_table_privilege('{reader}', 'kg.by_product', 'SELECT')"
-        )),
-        "t"
-    );
+    by_product_keeps_its_indexes_and_grant(db, reader);
     assert_eq!(
         db.psql("SELECT count(*) FROM pg_class WHERE relname = 'by_product_def'"),
         "0"
@@ -485,25 +532,7 @@ async fn generated_keyed_views_stay_equal_to_their_definitions_under_four_writer
 async fn underivable_views_are_refused_and_untraceable_tables_send_everything() {
     let db = TestDb::new();
     schema(&db);
-    let (out, config, stderr) = init(
-        &db,
-        &["--apply", "--keyed", "kg.ranked", "--keyed", "kg.in_season"],
-    );
-    assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
-    assert!(
-        stderr.contains("--keyed kg.ranked: cannot be derived: a window function (rank)"),
-        "{stderr}"
-    );
-    assert_eq!(
-        db.psql("SELECT count(*) FROM pg_class WHERE relname IN ('ranked_live', 'ranked_def')"),
-        "0"
-    );
-    assert!(
-        config.contains(
-            "# capture: kg.seasons: every change buffers \"everything\" (a non-equi join"
-        ),
-        "{config}"
-    );
+    let (config, stderr) = init_refuses_the_window_function(&db);
     // Without refreshd nobody holds the channel's lock: writers buffer their keys and
     // never notify. The consume function returns what they buffered, once.
     let function = buffer_of(&config, "kg.in_season_live");
@@ -575,29 +604,42 @@ async fn underivable_views_are_refused_and_untraceable_tables_send_everything() 
     );
 }
 
+/// `init --apply --keyed kg.ranked --keyed kg.in_season`: kg.ranked (a window
+/// function) is refused, exit 1, nothing created for it; kg.seasons (a non-equi join)
+/// buffers "everything". Its (config, stderr).
+fn init_refuses_the_window_function(db: &TestDb) -> (String, String) {
+    let (out, config, stderr) = init(
+        db,
+        &["--apply", "--keyed", "kg.ranked", "--keyed", "kg.in_season"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed kg.ranked: cannot be derived: a window function (rank)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_class WHERE relname IN ('ranked_live', 'ranked_def')"),
+        "0"
+    );
+    assert!(
+        config.contains(
+            "# capture: kg.seasons: every change buffers \"everything\" (a non-equi join"
+        ),
+        "{config}"
+    );
+    (config, stderr)
+}
+
 /// Hostile names (quotes, a dollar-quote tag, a line break, a backslash, a long name)
 /// are converted in place and rolled back by the generated SQL as they are: nothing
 /// else runs, the triggers send the keys, the names stay bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_convert_in_place_and_back() {
-    use refreshd::pg::ident::quote_ident;
     let db = TestDb::new();
     let view = format!("v\"$refreshd$\n\\{}", "é".repeat(22));
     let table = "t$$'\"";
     let column = "g\"$refreshd$; DROP TABLE kx.canary; --";
-    db.psql(&format!(
-        r#"
-        CREATE SCHEMA kx;
-        CREATE TABLE kx.canary (v int);
-        CREATE TABLE kx.{t} ({c} text NOT NULL, v int NOT NULL);
-        INSERT INTO kx.{t} VALUES ('a', 1), ('b', 2);
-        CREATE MATERIALIZED VIEW kx.{v} AS SELECT {c}, sum(v) AS total FROM kx.{t} GROUP BY {c};
-        CREATE UNIQUE INDEX ON kx.{v} ({c});
-        "#,
-        v = quote_ident(&view),
-        t = quote_ident(table),
-        c = quote_ident(column),
-    ));
+    hostile_schema(&db, &view, table, column);
     let sql = tempfile::tempdir().unwrap();
     let arg = format!("kx.{}", quote_ident(&view));
     let (out, config, stderr) = init(
@@ -613,10 +655,7 @@ async fn hostile_names_convert_in_place_and_back() {
     );
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
     assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
-    assert_eq!(
-        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
-        "r,r,r,v"
-    );
+    assert_eq!(kx_relkinds(&db), "r,r,r,v");
     assert!(
         db.psql("SELECT max(octet_length(tgname)) FROM pg_trigger WHERE NOT tgisinternal")
             .parse::<usize>()
@@ -640,14 +679,7 @@ async fn hostile_names_convert_in_place_and_back() {
     // Applied as a delta (the view takes them): no key to recompute, the row is there.
     assert!(stderr.contains(": deltas: fact table kx."), "{stderr}");
     assert_eq!(consume(&client, &function).await, "");
-    assert_eq!(
-        db.psql(&format!(
-            "SELECT total FROM kx.{} WHERE {} = 'it''s \"c\"'",
-            quote_ident(&view),
-            quote_ident(column)
-        )),
-        "3"
-    );
+    assert_eq!(hostile_total(&db, &view, column), "3");
     assert!(
         db.psql("SELECT max(octet_length(relname)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'refreshd'")
             .parse::<usize>()
@@ -657,17 +689,39 @@ async fn hostile_names_convert_in_place_and_back() {
     let rollback = sql.path().join(refreshd::cli::init::ROLLBACK);
     let out = db.server.psql_file(&db.name, &rollback);
     assert!(out.status.success(), "{}", support::stderr(&out));
-    assert_eq!(
-        db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')"),
-        "m,r,r"
-    );
-    assert_eq!(
-        db.psql(&format!(
-            "SELECT total FROM kx.{} WHERE {} = 'it''s \"c\"'",
-            quote_ident(&view),
-            quote_ident(column)
-        )),
-        "3"
-    );
+    assert_eq!(kx_relkinds(&db), "m,r,r");
+    assert_eq!(hostile_total(&db, &view, column), "3");
     assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
+}
+
+/// Schema kx: a canary table, `table` (`column`, v) with two rows, and the
+/// materialized view `view` summing v by `column`, with its unique index.
+fn hostile_schema(db: &TestDb, view: &str, table: &str, column: &str) {
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA kx;
+        CREATE TABLE kx.canary (v int);
+        CREATE TABLE kx.{t} ({c} text NOT NULL, v int NOT NULL);
+        INSERT INTO kx.{t} VALUES ('a', 1), ('b', 2);
+        CREATE MATERIALIZED VIEW kx.{v} AS SELECT {c}, sum(v) AS total FROM kx.{t} GROUP BY {c};
+        CREATE UNIQUE INDEX ON kx.{v} ({c});
+        "#,
+        v = quote_ident(view),
+        t = quote_ident(table),
+        c = quote_ident(column),
+    ));
+}
+
+/// The kinds of schema kx's tables, views and materialized views, sorted.
+fn kx_relkinds(db: &TestDb) -> String {
+    db.psql("SELECT string_agg(relkind::text, ',' ORDER BY relkind) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'kx' AND relkind IN ('r', 'v', 'm')")
+}
+
+/// The total of the group `it's "c"` in kx.`view`.
+fn hostile_total(db: &TestDb, view: &str, column: &str) -> String {
+    db.psql(&format!(
+        "SELECT total FROM kx.{} WHERE {} = 'it''s \"c\"'",
+        quote_ident(view),
+        quote_ident(column)
+    ))
 }

@@ -18,76 +18,10 @@ async fn a_table_shadowed_in_an_earlier_schema_of_the_search_path_is_never_read_
     let db = TestDb::new();
     let roles = TestRoles::create(&db, &["mallory"]);
     let mallory = roles.name("mallory");
-    db.psql(&format!(
-        r#"
-        CREATE SCHEMA app;
-        CREATE SCHEMA open;
-        GRANT USAGE, CREATE ON SCHEMA open TO {mallory};
-        CREATE TABLE app.stores (id int PRIMARY KEY, region text NOT NULL);
-        CREATE TABLE app.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES app.stores (id),
-                                amount numeric(12,2) NOT NULL);
-        INSERT INTO app.stores SELECT g, 'region ' || (g % 3) FROM generate_series(1, 9) g;
-        INSERT INTO app.sales SELECT g, 1 + g % 9, g % 50 + 0.5 FROM generate_series(1, 500) g;
-        CREATE MATERIALIZED VIEW app.by_region AS
-          SELECT st.region, count(*) AS n, sum(s.amount) AS total
-            FROM app.sales s JOIN app.stores st ON st.id = s.store_id
-           GROUP BY st.region;
-        CREATE UNIQUE INDEX by_region_key ON app.by_region (region);
-        ANALYZE;
-        "#
-    ));
-
-    // `init` on a session whose search_path puts the writable schema first: the
-    // definition as that path prints it names `sales` and `stores` unqualified.
-    let dsn = format!("{} options='-c search_path=open,app'", db.dsn());
+    app_schema(&db, &mallory);
     let sql_dir = tempfile::tempdir().unwrap();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        "app",
-        "--sql",
-        sql_dir.path().to_str().unwrap(),
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "app.by_region",
-    ]);
-    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    assert!(
-        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
-        "{stderr}"
-    );
-    let install =
-        std::fs::read_to_string(sql_dir.path().join("001_refreshd_triggers.sql")).unwrap();
-    assert!(
-        install.contains("SET search_path = pg_catalog, pg_temp"),
-        "{install}"
-    );
-
-    // The other role shadows the dimension table in its schema, with a view calling
-    // its own function: run by the consume function, it would record who it ran as.
-    let witness = db.psql(&format!(
-        r#"
-        SET ROLE {mallory};
-        CREATE TABLE open.witness (who text);
-        GRANT INSERT ON open.witness TO PUBLIC;
-        CREATE FUNCTION open.record() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
-        BEGIN
-          INSERT INTO open.witness VALUES (current_user::text);
-          RETURN true;
-        END $$;
-        GRANT EXECUTE ON FUNCTION open.record() TO PUBLIC;
-        CREATE VIEW open.stores AS
-          SELECT g AS id, 'stolen'::text AS region FROM generate_series(1, 9) g WHERE open.record();
-        GRANT SELECT ON open.stores TO PUBLIC;
-        RESET ROLE;
-        SELECT count(*) FROM open.witness;
-        "#
-    ));
-    assert_eq!(witness.lines().last(), Some("0"), "{witness}");
+    let config = init_with_the_writable_schema_first(&db, &sql_dir);
+    mallory_shadows_the_stores(&db, &mallory);
 
     // Writes, refreshed by the daemon through the consume function.
     let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
@@ -129,4 +63,84 @@ async fn a_table_shadowed_in_an_earlier_schema_of_the_search_path_is_never_read_
     );
     drop(d);
     drop(roles);
+}
+
+/// Schema app (stores, sales, the materialized view app.by_region), and schema open,
+/// where `mallory` may create objects.
+fn app_schema(db: &TestDb, mallory: &str) {
+    db.psql(&format!(
+        r#"
+        CREATE SCHEMA app;
+        CREATE SCHEMA open;
+        GRANT USAGE, CREATE ON SCHEMA open TO {mallory};
+        CREATE TABLE app.stores (id int PRIMARY KEY, region text NOT NULL);
+        CREATE TABLE app.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES app.stores (id),
+                                amount numeric(12,2) NOT NULL);
+        INSERT INTO app.stores SELECT g, 'region ' || (g % 3) FROM generate_series(1, 9) g;
+        INSERT INTO app.sales SELECT g, 1 + g % 9, g % 50 + 0.5 FROM generate_series(1, 500) g;
+        CREATE MATERIALIZED VIEW app.by_region AS
+          SELECT st.region, count(*) AS n, sum(s.amount) AS total
+            FROM app.sales s JOIN app.stores st ON st.id = s.store_id
+           GROUP BY st.region;
+        CREATE UNIQUE INDEX by_region_key ON app.by_region (region);
+        ANALYZE;
+        "#
+    ));
+}
+
+/// `init --apply --in-place --keyed app.by_region` on a session whose search_path puts
+/// the writable schema first (the definition as that path prints it names `sales` and
+/// `stores` unqualified): the generated SQL pins the function's path. Its config.
+fn init_with_the_writable_schema_first(db: &TestDb, sql_dir: &tempfile::TempDir) -> String {
+    let dsn = format!("{} options='-c search_path=open,app'", db.dsn());
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "app",
+        "--sql",
+        sql_dir.path().to_str().unwrap(),
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "app.by_region",
+    ]);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
+        "{stderr}"
+    );
+    let install =
+        std::fs::read_to_string(sql_dir.path().join("001_refreshd_triggers.sql")).unwrap();
+    assert!(
+        install.contains("SET search_path = pg_catalog, pg_temp"),
+        "{install}"
+    );
+    config
+}
+
+/// `mallory` shadows the dimension table in schema open, with a view calling its own
+/// function: run by the consume function, it would record who it ran as.
+fn mallory_shadows_the_stores(db: &TestDb, mallory: &str) {
+    let witness = db.psql(&format!(
+        r#"
+        SET ROLE {mallory};
+        CREATE TABLE open.witness (who text);
+        GRANT INSERT ON open.witness TO PUBLIC;
+        CREATE FUNCTION open.record() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+          INSERT INTO open.witness VALUES (current_user::text);
+          RETURN true;
+        END $$;
+        GRANT EXECUTE ON FUNCTION open.record() TO PUBLIC;
+        CREATE VIEW open.stores AS
+          SELECT g AS id, 'stolen'::text AS region FROM generate_series(1, 9) g WHERE open.record();
+        GRANT SELECT ON open.stores TO PUBLIC;
+        RESET ROLE;
+        SELECT count(*) FROM open.witness;
+        "#
+    ));
+    assert_eq!(witness.lines().last(), Some("0"), "{witness}");
 }

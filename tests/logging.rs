@@ -61,33 +61,7 @@ async fn each_refresh_logs_in_its_own_span() {
     assert!(lines
         .iter()
         .all(|l| l["fields"].is_null() && l["message"].is_string()));
-    let mut starts: BTreeMap<u64, (String, String)> = BTreeMap::new();
-    let mut ends: BTreeMap<u64, (String, String)> = BTreeMap::new();
-    for l in &lines {
-        let Some((view, run, reason)) = refresh_span(l) else {
-            continue;
-        };
-        match l["message"].as_str() {
-            Some("refresh starting") => {
-                assert!(
-                    starts.insert(run, (view, reason)).is_none(),
-                    "run {run} started twice"
-                );
-            }
-            Some("refreshed") => {
-                assert_eq!(l["outcome"], "success", "{l}");
-                assert!(
-                    l.get("view").is_none(),
-                    "the view is the span's, not repeated: {l}"
-                );
-                assert!(
-                    ends.insert(run, (view, reason)).is_none(),
-                    "run {run} ended twice"
-                );
-            }
-            _ => {}
-        }
-    }
+    let (starts, ends) = starts_and_ends(&lines);
     // The notify refresh of each view: its start and its end carry the same view and
     // run id, and the two views' run ids differ.
     let notify_run = |view: &str| {
@@ -115,6 +89,42 @@ async fn each_refresh_logs_in_its_own_span() {
     }
     let views: BTreeSet<&str> = ends.values().map(|(v, _)| v.as_str()).collect();
     assert_eq!(views, BTreeSet::from([COUNTS, TOTALS]));
+}
+
+/// A refresh's (view, reason), by run id.
+type Runs = BTreeMap<u64, (String, String)>;
+
+/// The refreshes that started and those that ended (successfully) in the JSON log,
+/// each run once; an end's line carries the view in its span only.
+fn starts_and_ends(lines: &[serde_json::Value]) -> (Runs, Runs) {
+    let mut starts = Runs::new();
+    let mut ends = Runs::new();
+    for l in lines {
+        let Some((view, run, reason)) = refresh_span(l) else {
+            continue;
+        };
+        match l["message"].as_str() {
+            Some("refresh starting") => {
+                assert!(
+                    starts.insert(run, (view, reason)).is_none(),
+                    "run {run} started twice"
+                );
+            }
+            Some("refreshed") => {
+                assert_eq!(l["outcome"], "success", "{l}");
+                assert!(
+                    l.get("view").is_none(),
+                    "the view is the span's, not repeated: {l}"
+                );
+                assert!(
+                    ends.insert(run, (view, reason)).is_none(),
+                    "run {run} ended twice"
+                );
+            }
+            _ => {}
+        }
+    }
+    (starts, ends)
 }
 
 /// A reload of a file with a mistake keeps the old configuration and logs where the

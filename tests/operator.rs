@@ -258,6 +258,33 @@ async fn status_page_shows_last_success_and_last_failure_apart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn history_records_each_refresh_and_keeps_to_its_retention() {
     let db = TestDb::new();
+    history_schema(&db);
+    let table = HISTORY;
+    let count = |filter: &str| history_count(&db, filter);
+    each_refresh_leaves_one_history_row(&db).await;
+    // Rows older than the retention go at the next start's first refresh.
+    db.psql(&format!(
+        "INSERT INTO {table} (view, reason, started, duration, outcome) \
+         VALUES ('public.order_totals', 'notify', now() - interval '2 hours', '1 ms', 'success')"
+    ));
+    let before = count("true");
+    db.psql("UPDATE public.switch SET broken = false");
+    let d = Daemon::start(&history_config(&db, "1h"));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(20), "the old row deleted", || async {
+        count("started < now() - interval '1 hour'") == 0
+    })
+    .await;
+    assert!(count("true") >= before - 1, "only the old row went");
+}
+
+/// The history table the tests here configure.
+const HISTORY: &str = r#""Ops"."refresh history""#;
+
+/// The orders schema, schema "Ops" for the history, `public.fragile` (fails with
+/// SQLSTATE 22012 while `public.switch` says broken) and the keyed pair `public.kv_live`
+/// (key g) of `public.kv_def`.
+fn history_schema(db: &TestDb) {
     db.psql(support::ORDERS_SCHEMA);
     db.psql(
         r#"
@@ -279,77 +306,71 @@ async fn history_records_each_refresh_and_keeps_to_its_retention() {
         ALTER TABLE public.kv_live ADD PRIMARY KEY (g);
         "#,
     );
-    let config = |retention: &str| {
-        format!(
-            "{}[[view]]\nname = \"public.fragile\"\nchannels = [\"fragile_changed\"]\n\
-             [[view]]\nname = \"public.kv_live\"\nkind = \"keyed\"\nquery = \"public.kv_def\"\nkey = [\"g\"]\nchannels = [\"kv_keys\"]\ndebounce = \"0s\"\n\
-             [history]\ntable = '\"Ops\".\"refresh history\"'\nretention = \"{retention}\"\n",
-            orders_config(&db)
-        )
-    };
-    let table = r#""Ops"."refresh history""#;
-    let count = |filter: &str| -> i64 {
-        db.psql(&format!("SELECT count(*) FROM {table} WHERE {filter}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    {
-        let d = Daemon::start(&config("7d"));
-        d.wait_ready(Duration::from_secs(20)).await;
-        wait_for(Duration::from_secs(20), "the startup refreshes", || async {
-            d.successes("public.fragile") >= 1.0 && d.successes("public.order_totals") >= 1.0
-        })
-        .await;
-        assert_eq!(
-            count("view = 'public.order_totals' AND reason = 'startup' AND outcome = 'success' AND duration > '0'::interval AND kind = 'concurrently' AND sqlstate IS NULL"),
-            1,
-            "{}",
-            db.psql(&format!("SELECT * FROM {table}"))
-        );
-        db.psql("INSERT INTO public.orders (bucket, amount) VALUES (1, 1)");
-        wait_for(Duration::from_secs(10), "a notify row", || async {
-            count("view = 'public.order_totals' AND reason = 'notify' AND outcome = 'success'") >= 1
-        })
-        .await;
-        // A keyed view's row counts the groups it recomputed.
-        db.psql("UPDATE public.kv SET v = v + 1 WHERE g = 7; SELECT pg_notify('kv_keys', '[7]')");
-        wait_for(Duration::from_secs(10), "the keyed row", || async {
-            count("view = 'public.kv_live' AND reason = 'notify' AND outcome = 'success'") >= 1
-        })
-        .await;
-        assert_eq!(
-            count("view = 'public.kv_live' AND reason = 'notify' AND ((kind = 'keyed_keys' AND keys = 1) OR (kind = 'keyed_all' AND keys IS NULL))"),
-            count("view = 'public.kv_live' AND reason = 'notify'"),
-            "{}",
-            db.psql(&format!("SELECT * FROM {table} WHERE view = 'public.kv_live'"))
-        );
-        db.psql("UPDATE public.switch SET broken = true");
-        let (code, body) = d.post("/refresh/public.fragile?wait=10s", &[]);
-        assert_eq!(code, 502, "{body}");
-        wait_for(Duration::from_secs(10), "the failure's row", || async {
-            count("view = 'public.fragile' AND reason = 'force' AND outcome = 'failure' AND sqlstate = '22012'") == 1
-        })
-        .await;
-        // One row per refresh: the counters and the table agree.
-        let successes = d.successes("public.order_totals") as i64;
-        assert_eq!(
-            count("view = 'public.order_totals' AND outcome = 'success'"),
-            successes
-        );
-    }
-    // Rows older than the retention go at the next start's first refresh.
-    db.psql(&format!(
-        "INSERT INTO {table} (view, reason, started, duration, outcome) \
-         VALUES ('public.order_totals', 'notify', now() - interval '2 hours', '1 ms', 'success')"
-    ));
-    let before = count("true");
-    db.psql("UPDATE public.switch SET broken = false");
-    let d = Daemon::start(&config("1h"));
+}
+
+/// order_totals, fragile and kv_live, with [`HISTORY`] kept for `retention`.
+fn history_config(db: &TestDb, retention: &str) -> String {
+    format!(
+        "{}[[view]]\nname = \"public.fragile\"\nchannels = [\"fragile_changed\"]\n\
+         [[view]]\nname = \"public.kv_live\"\nkind = \"keyed\"\nquery = \"public.kv_def\"\nkey = [\"g\"]\nchannels = [\"kv_keys\"]\ndebounce = \"0s\"\n\
+         [history]\ntable = '\"Ops\".\"refresh history\"'\nretention = \"{retention}\"\n",
+        orders_config(db)
+    )
+}
+
+/// Rows of [`HISTORY`] matching `filter`.
+fn history_count(db: &TestDb, filter: &str) -> i64 {
+    db.psql(&format!("SELECT count(*) FROM {HISTORY} WHERE {filter}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A daemon keeping history for 7 days: startup, notify, keyed (counting its groups)
+/// and failed (with its SQLSTATE) refreshes each leave a row; the counters agree.
+async fn each_refresh_leaves_one_history_row(db: &TestDb) {
+    let table = HISTORY;
+    let count = |filter: &str| history_count(db, filter);
+    let d = Daemon::start(&history_config(db, "7d"));
     d.wait_ready(Duration::from_secs(20)).await;
-    wait_for(Duration::from_secs(20), "the old row deleted", || async {
-        count("started < now() - interval '1 hour'") == 0
+    wait_for(Duration::from_secs(20), "the startup refreshes", || async {
+        d.successes("public.fragile") >= 1.0 && d.successes("public.order_totals") >= 1.0
     })
     .await;
-    assert!(count("true") >= before - 1, "only the old row went");
+    assert_eq!(
+        count("view = 'public.order_totals' AND reason = 'startup' AND outcome = 'success' AND duration > '0'::interval AND kind = 'concurrently' AND sqlstate IS NULL"),
+        1,
+        "{}",
+        db.psql(&format!("SELECT * FROM {table}"))
+    );
+    db.psql("INSERT INTO public.orders (bucket, amount) VALUES (1, 1)");
+    wait_for(Duration::from_secs(10), "a notify row", || async {
+        count("view = 'public.order_totals' AND reason = 'notify' AND outcome = 'success'") >= 1
+    })
+    .await;
+    // A keyed view's row counts the groups it recomputed.
+    db.psql("UPDATE public.kv SET v = v + 1 WHERE g = 7; SELECT pg_notify('kv_keys', '[7]')");
+    wait_for(Duration::from_secs(10), "the keyed row", || async {
+        count("view = 'public.kv_live' AND reason = 'notify' AND outcome = 'success'") >= 1
+    })
+    .await;
+    assert_eq!(
+        count("view = 'public.kv_live' AND reason = 'notify' AND ((kind = 'keyed_keys' AND keys = 1) OR (kind = 'keyed_all' AND keys IS NULL))"),
+        count("view = 'public.kv_live' AND reason = 'notify'"),
+        "{}",
+        db.psql(&format!("SELECT * FROM {table} WHERE view = 'public.kv_live'"))
+    );
+    db.psql("UPDATE public.switch SET broken = true");
+    let (code, body) = d.post("/refresh/public.fragile?wait=10s", &[]);
+    assert_eq!(code, 502, "{body}");
+    wait_for(Duration::from_secs(10), "the failure's row", || async {
+        count("view = 'public.fragile' AND reason = 'force' AND outcome = 'failure' AND sqlstate = '22012'") == 1
+    })
+    .await;
+    // One row per refresh: the counters and the table agree.
+    let successes = d.successes("public.order_totals") as i64;
+    assert_eq!(
+        count("view = 'public.order_totals' AND outcome = 'success'"),
+        successes
+    );
 }

@@ -119,19 +119,7 @@ fn encode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_counters_and_histograms() {
     let db = TestDb::new();
-    db.psql(
-        r#"
-        CREATE TABLE public.prom_src (id bigserial PRIMARY KEY, bucket int NOT NULL);
-        INSERT INTO public.prom_src (bucket) SELECT g % 5 FROM generate_series(1, 100) g;
-        CREATE FUNCTION public.notify_prom() RETURNS trigger LANGUAGE plpgsql AS
-          $$BEGIN PERFORM pg_notify('prom_changed', ''); RETURN NULL; END$$;
-        CREATE TRIGGER prom_notify AFTER INSERT OR UPDATE OR DELETE ON public.prom_src
-          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_prom();
-        CREATE MATERIALIZED VIEW public.prom_totals AS
-          SELECT bucket, count(*) AS n FROM public.prom_src GROUP BY bucket;
-        CREATE UNIQUE INDEX ON public.prom_totals (bucket);
-        "#,
-    );
+    prom_schema(&db);
     let d = Daemon::start(&format!(
         "[database]\nurl = \"{}\"\n[[view]]\nname = \"{VIEW}\"\nchannels = [\"prom_changed\"]\ndebounce = \"0s\"\n",
         db.dsn()
@@ -152,43 +140,7 @@ async fn prometheus_scrapes_counters_and_histograms() {
     )
     .await;
 
-    // Refreshes while Prometheus scrapes every second, so rate() has increases to see:
-    // writes (NOTIFY, debounce 0s) and forced refreshes over POST /refresh, alternating,
-    // until the quantile is a number. Each round waits for its refresh to be counted.
-    let quantile = "histogram_quantile(0.9, sum by (le) \
-                    (rate(refreshd_refresh_duration_seconds_bucket{job=\"refreshd\"}[1m])))";
-    let round = std::cell::Cell::new(0u32);
-    let last = std::cell::Cell::new(None::<f64>);
-    let (d, prom, db) = (&d, &prom, &db);
-    wait_for(
-        Duration::from_secs(60),
-        "a finite p90 refresh duration from Prometheus",
-        || async {
-            round.set(round.get() + 1);
-            let before = d.successes(VIEW);
-            if round.get().is_multiple_of(2) {
-                db.psql(&format!(
-                    "INSERT INTO public.prom_src (bucket) VALUES ({})",
-                    round.get() % 5
-                ));
-            } else {
-                let (code, body) =
-                    http(d.port, "POST", &format!("/refresh/{VIEW}"), &[]).unwrap_or_default();
-                assert_eq!(code, 202, "{body}");
-            }
-            wait_for(
-                Duration::from_secs(10),
-                "the refresh to be counted",
-                || async { d.successes(VIEW) > before },
-            )
-            .await;
-            last.set(prom.scalar(quantile));
-            // At least one round of each kind, whatever Prometheus already has.
-            round.get() >= 2 && last.get().is_some_and(f64::is_finite)
-        },
-    )
-    .await;
-    let p90 = last.get().unwrap();
+    let p90 = p90_while_refreshing(&d, &prom, &db).await;
     // The histogram's buckets bound the answer: a refresh of a 5-row view is fast.
     assert!(p90 > 0.0 && p90 < 10.0, "p90 = {p90}");
 
@@ -226,4 +178,61 @@ async fn prometheus_scrapes_counters_and_histograms() {
     assert!(prom
         .scalar("sum(rate(refreshd_refresh_lag_seconds_count[1m]))")
         .is_some_and(|v| v > 0.0));
+}
+
+/// `public.prom_src` with a NOTIFY trigger on `prom_changed`, and `public.prom_totals`.
+fn prom_schema(db: &TestDb) {
+    db.psql(
+        r#"
+        CREATE TABLE public.prom_src (id bigserial PRIMARY KEY, bucket int NOT NULL);
+        INSERT INTO public.prom_src (bucket) SELECT g % 5 FROM generate_series(1, 100) g;
+        CREATE FUNCTION public.notify_prom() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN PERFORM pg_notify('prom_changed', ''); RETURN NULL; END$$;
+        CREATE TRIGGER prom_notify AFTER INSERT OR UPDATE OR DELETE ON public.prom_src
+          FOR EACH STATEMENT EXECUTE FUNCTION public.notify_prom();
+        CREATE MATERIALIZED VIEW public.prom_totals AS
+          SELECT bucket, count(*) AS n FROM public.prom_src GROUP BY bucket;
+        CREATE UNIQUE INDEX ON public.prom_totals (bucket);
+        "#,
+    );
+}
+
+/// Refreshes while Prometheus scrapes every second, so rate() has increases to see:
+/// writes (NOTIFY, debounce 0s) and forced refreshes over POST /refresh, alternating,
+/// until the quantile is a number. Each round waits for its refresh to be counted.
+/// The p90 refresh duration Prometheus computes.
+async fn p90_while_refreshing(d: &Daemon, prom: &Prometheus, db: &TestDb) -> f64 {
+    let quantile = "histogram_quantile(0.9, sum by (le) \
+                    (rate(refreshd_refresh_duration_seconds_bucket{job=\"refreshd\"}[1m])))";
+    let round = std::cell::Cell::new(0u32);
+    let last = std::cell::Cell::new(None::<f64>);
+    wait_for(
+        Duration::from_secs(60),
+        "a finite p90 refresh duration from Prometheus",
+        || async {
+            round.set(round.get() + 1);
+            let before = d.successes(VIEW);
+            if round.get().is_multiple_of(2) {
+                db.psql(&format!(
+                    "INSERT INTO public.prom_src (bucket) VALUES ({})",
+                    round.get() % 5
+                ));
+            } else {
+                let (code, body) =
+                    http(d.port, "POST", &format!("/refresh/{VIEW}"), &[]).unwrap_or_default();
+                assert_eq!(code, 202, "{body}");
+            }
+            wait_for(
+                Duration::from_secs(10),
+                "the refresh to be counted",
+                || async { d.successes(VIEW) > before },
+            )
+            .await;
+            last.set(prom.scalar(quantile));
+            // At least one round of each kind, whatever Prometheus already has.
+            round.get() >= 2 && last.get().is_some_and(f64::is_finite)
+        },
+    )
+    .await;
+    last.get().unwrap()
 }

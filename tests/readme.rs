@@ -38,37 +38,11 @@ async fn the_three_commands_of_readme_keep_a_new_database_fresh() {
     assert!(commands[2].starts_with("refreshd run"));
 
     let db = TestDb::new();
-    db.psql(
-        r#"CREATE SCHEMA "Sales";
-           CREATE TABLE "Sales".orders (id bigserial, region text NOT NULL,
-               amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (id, at))
-             PARTITION BY RANGE (at);
-           CREATE TABLE "Sales".orders_old PARTITION OF "Sales".orders
-             FOR VALUES FROM (MINVALUE) TO ('2026-01-01');
-           CREATE TABLE "Sales".orders_new PARTITION OF "Sales".orders
-             FOR VALUES FROM ('2026-01-01') TO (MAXVALUE);
-           CREATE TABLE "Sales".regions (name text PRIMARY KEY, manager text NOT NULL);
-           INSERT INTO "Sales".regions VALUES ('north', 'ann'), ('south', 'bo');
-           INSERT INTO "Sales".orders (region, amount, at)
-             SELECT CASE WHEN g % 2 = 0 THEN 'north' ELSE 'south' END, g, '2025-06-01'
-               FROM generate_series(1, 100) g;
-           CREATE MATERIALIZED VIEW "Sales"."Region Totals" AS
-             SELECT r.name AS region, r.manager, count(o.id) AS orders, coalesce(sum(o.amount), 0) AS total
-               FROM "Sales".regions r LEFT JOIN "Sales".orders o ON o.region = r.name
-              GROUP BY r.name, r.manager;
-           CREATE UNIQUE INDEX ON "Sales"."Region Totals" (region);"#,
-    );
+    sales_schema(&db);
 
     // A shell that finds `refreshd` on PATH, in a fresh directory, as a newcomer has.
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_refreshd"), bin.join("refreshd")).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_refreshd(dir.path());
     let shell = |line: &str| {
         let mut c = Command::new("sh");
         c.args(["-c", line])
@@ -103,13 +77,6 @@ async fn the_three_commands_of_readme_keep_a_new_database_fresh() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _guard = Kill(&mut run);
     let total = r#"SELECT total FROM "Sales"."Region Totals" WHERE region = 'north'"#;
     wait_for(Duration::from_secs(30), "the first refresh", || async {
@@ -141,4 +108,51 @@ async fn the_three_commands_of_readme_keep_a_new_database_fresh() {
         db.psql(r#"SELECT manager FROM "Sales"."Region Totals" WHERE region = 'south'"#) == "di"
     })
     .await;
+}
+
+/// Kills and reaps the child when dropped.
+struct Kill<'a>(&'a mut std::process::Child);
+
+impl Drop for Kill<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A schema the README never saw: a partitioned fact table, a dimension, and a
+/// materialized view with a quoted name on both.
+fn sales_schema(db: &TestDb) {
+    db.psql(
+        r#"CREATE SCHEMA "Sales";
+           CREATE TABLE "Sales".orders (id bigserial, region text NOT NULL,
+               amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (id, at))
+             PARTITION BY RANGE (at);
+           CREATE TABLE "Sales".orders_old PARTITION OF "Sales".orders
+             FOR VALUES FROM (MINVALUE) TO ('2026-01-01');
+           CREATE TABLE "Sales".orders_new PARTITION OF "Sales".orders
+             FOR VALUES FROM ('2026-01-01') TO (MAXVALUE);
+           CREATE TABLE "Sales".regions (name text PRIMARY KEY, manager text NOT NULL);
+           INSERT INTO "Sales".regions VALUES ('north', 'ann'), ('south', 'bo');
+           INSERT INTO "Sales".orders (region, amount, at)
+             SELECT CASE WHEN g % 2 = 0 THEN 'north' ELSE 'south' END, g, '2025-06-01'
+               FROM generate_series(1, 100) g;
+           CREATE MATERIALIZED VIEW "Sales"."Region Totals" AS
+             SELECT r.name AS region, r.manager, count(o.id) AS orders, coalesce(sum(o.amount), 0) AS total
+               FROM "Sales".regions r LEFT JOIN "Sales".orders o ON o.region = r.name
+              GROUP BY r.name, r.manager;
+           CREATE UNIQUE INDEX ON "Sales"."Region Totals" (region);"#,
+    );
+}
+
+/// A PATH on which `refreshd` (a link in `dir`/bin to the binary under test) comes first.
+fn path_with_refreshd(dir: &std::path::Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_refreshd"), bin.join("refreshd")).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }

@@ -131,6 +131,57 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
         .unwrap_or(10_000);
     let db = TestDb::new();
     schema(&db);
+    let cfg = many_views(&db, n);
+    let started = Instant::now();
+    let d = Daemon::start_with_env(&cfg, &[("RUST_LOG", "info,refreshd::engine::core=debug")]);
+    let probes = ready_with_healthz_200_throughout(&d, started);
+    let ready = started.elapsed();
+    let rss = rss_kib(d.child.id());
+    eprintln!(
+        "{n} views: ready in {ready:?} ({probes} healthz probes, all 200), RSS {} MiB",
+        rss / 1024
+    );
+    assert!(rss <= 100 * 1024, "RSS {} MiB", rss / 1024);
+
+    // A reload of every view while a notification on another view must be handled
+    // within its debounce.
+    wait_for(Duration::from_secs(60), "the startup refreshes", || async {
+        d.successes("public.order_totals") >= 1.0
+    })
+    .await;
+    let t = Instant::now();
+    let m = d.metrics();
+    eprintln!("/metrics: {} bytes in {:?}", m.len(), t.elapsed());
+    let t = Instant::now();
+    let st = d.get("/status").1;
+    eprintln!("/status: {} bytes in {:?}", st.len(), t.elapsed());
+    let took = a_notification_during_a_reload(&d, &db).await;
+    eprintln!("a notification during a reload of {n} views: refresh started {took:?} after the commit (debounce 200ms)");
+    // Memory once every view has refreshed (so has every series, histograms included)
+    // and scrapes rendered them.
+    rss_with_every_view_refreshed_and_scraped(&d, n).await;
+    let _ = d.metrics();
+    eprintln!(
+        "RSS after refreshes, a reload and scrapes: {} MiB",
+        rss_kib(d.child.id()) / 1024
+    );
+    let rss = rss_kib(d.child.id());
+    assert!(
+        rss <= 100 * 1024,
+        "RSS {} MiB with every view refreshed and scraped",
+        rss / 1024
+    );
+    assert!(took < Duration::from_millis(200 + 800), "took {took:?}");
+    let d = &d;
+    wait_for(Duration::from_secs(30), "the reload", || async move {
+        d.log_text().contains("configuration reloaded")
+    })
+    .await;
+}
+
+/// `n` materialized views public.mv<i> over 100 tables, and a config with them all
+/// (channels ch0..ch99, debounce 10s) after public.order_totals (debounce 200ms).
+fn many_views(db: &TestDb, n: usize) -> String {
     db.psql(&format!(
         "DO $$BEGIN FOR t IN 0..99 LOOP \
            EXECUTE format('CREATE TABLE public.t%s (k int PRIMARY KEY, v int)', t); \
@@ -152,9 +203,12 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
             i % 100
         ));
     }
-    let started = Instant::now();
-    let d = Daemon::start_with_env(&cfg, &[("RUST_LOG", "info,refreshd::engine::core=debug")]);
-    // /healthz from the moment the port answers until ready.
+    cfg
+}
+
+/// /healthz from the moment the port answers until /readyz says 200, which must be
+/// within 10 s of `started`: every answer is 200. How many answered.
+fn ready_with_healthz_200_throughout(d: &Daemon, started: Instant) -> usize {
     let mut probes = 0;
     loop {
         let (code, _) = d.get("/healthz");
@@ -163,7 +217,7 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
             probes += 1;
         }
         if d.get("/readyz").0 == 200 {
-            break;
+            return probes;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -172,37 +226,17 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ready = started.elapsed();
-    let rss = rss_kib(d.child.id());
-    eprintln!(
-        "{n} views: ready in {ready:?} ({probes} healthz probes, all 200), RSS {} MiB",
-        rss / 1024
-    );
-    assert!(rss <= 100 * 1024, "RSS {} MiB", rss / 1024);
+}
 
-    // A reload of every view while a notification on another view must be handled
-    // within its debounce.
-    wait_for(Duration::from_secs(60), "the startup refreshes", || async {
-        d.successes("public.order_totals") >= 1.0
-    })
-    .await;
-    let t = Instant::now();
-    let m = d.metrics();
-    eprintln!("/metrics: {} bytes in {:?}", m.len(), t.elapsed());
-    let t = Instant::now();
-    let st = d.get("/status").1;
-    eprintln!("/status: {} bytes in {:?}", st.len(), t.elapsed());
-    // Measured from the log's own timestamps, not by polling the 10,000-view /metrics
-    // (each scrape is work for the daemon too): the commit, then the refresh start.
-    let notified = || {
-        d.log_text()
-            .lines()
-            .filter(|l| {
-                l.contains("refresh{view=public.order_totals reason=\"notify\"")
-                    && l.contains(": refresh starting")
-            })
-            .count()
+/// SIGHUP, then a commit on public.orders: how long after the commit the notified
+/// refresh of public.order_totals started. Measured from the log's own timestamps, not
+/// by polling the 10,000-view /metrics (each scrape is work for the daemon too).
+async fn a_notification_during_a_reload(d: &Daemon, db: &TestDb) -> Duration {
+    let is_start = |l: &&str| {
+        l.contains("refresh{view=public.order_totals reason=\"notify\"")
+            && l.contains(": refresh starting")
     };
+    let notified = || d.log_text().lines().filter(is_start).count();
     let before = notified();
     d.signal("HUP");
     let committed = std::time::SystemTime::now();
@@ -214,57 +248,32 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
     )
     .await;
     let log = d.log_text();
-    let line = log
-        .lines()
-        .filter(|l| {
-            l.contains("refresh{view=public.order_totals reason=\"notify\"")
-                && l.contains(": refresh starting")
-        })
-        .nth(before)
-        .unwrap();
+    let line = log.lines().filter(is_start).nth(before).unwrap();
     let started = humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap();
-    let took = started.duration_since(committed).unwrap_or_default();
-    eprintln!("a notification during a reload of {n} views: refresh started {took:?} after the commit (debounce 200ms)");
-    // Memory once every view has refreshed (so has every series, histograms included)
-    // and scrapes rendered them.
-    {
-        // Counted in the log, not by scraping (a scrape is itself an allocation burst).
-        wait_for(
-            Duration::from_secs(600),
-            "every startup refresh",
-            || async { d.log_text().matches("}: refreshed ").count() > n },
-        )
-        .await;
-        let pid = d.child.id();
-        eprintln!(
-            "RSS with every view refreshed, before scraping: {} MiB",
-            rss_kib(pid) / 1024
-        );
-        let _ = d.metrics();
-        eprintln!("RSS after one /metrics: {} MiB", rss_kib(pid) / 1024);
-        let _ = d.get("/status");
-        eprintln!("RSS after one /status: {} MiB", rss_kib(pid) / 1024);
-        for _ in 0..5 {
-            let _ = d.metrics();
-            let _ = d.get("/status");
-        }
-        eprintln!("RSS after five more of each: {} MiB", rss_kib(pid) / 1024);
-    }
-    let _ = d.metrics();
-    eprintln!(
-        "RSS after refreshes, a reload and scrapes: {} MiB",
-        rss_kib(d.child.id()) / 1024
-    );
-    let rss = rss_kib(d.child.id());
-    assert!(
-        rss <= 100 * 1024,
-        "RSS {} MiB with every view refreshed and scraped",
-        rss / 1024
-    );
-    assert!(took < Duration::from_millis(200 + 800), "took {took:?}");
-    let d = &d;
-    wait_for(Duration::from_secs(30), "the reload", || async move {
-        d.log_text().contains("configuration reloaded")
-    })
+    started.duration_since(committed).unwrap_or_default()
+}
+
+/// Waits for every view's startup refresh (counted in the log, not by scraping: a
+/// scrape is itself an allocation burst), then prints the RSS before and after scrapes.
+async fn rss_with_every_view_refreshed_and_scraped(d: &Daemon, n: usize) {
+    wait_for(
+        Duration::from_secs(600),
+        "every startup refresh",
+        || async { d.log_text().matches("}: refreshed ").count() > n },
+    )
     .await;
+    let pid = d.child.id();
+    eprintln!(
+        "RSS with every view refreshed, before scraping: {} MiB",
+        rss_kib(pid) / 1024
+    );
+    let _ = d.metrics();
+    eprintln!("RSS after one /metrics: {} MiB", rss_kib(pid) / 1024);
+    let _ = d.get("/status");
+    eprintln!("RSS after one /status: {} MiB", rss_kib(pid) / 1024);
+    for _ in 0..5 {
+        let _ = d.metrics();
+        let _ = d.get("/status");
+    }
+    eprintln!("RSS after five more of each: {} MiB", rss_kib(pid) / 1024);
 }

@@ -169,22 +169,7 @@ async fn sigterm_of_the_leader_during_a_long_refresh_causes_no_failure_on_the_ne
     )
     .await;
 
-    // The next refresh of sleepy takes 4 s, and brings k = 11 in.
-    db.psql("UPDATE public.knob SET secs = 4; INSERT INTO public.items VALUES (11)");
-    let (code, body) = old.post("/refresh/public.sleepy", &[]);
-    assert_eq!(code, 202, "{body}");
-    let running = "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-                   AND state = 'active' AND query LIKE '%REFRESH MATERIALIZED VIEW%sleepy%'";
-    wait_for(
-        Duration::from_secs(10),
-        "the forced refresh to be running on the server",
-        || async { db.psql(running) == "1" },
-    )
-    .await;
-    let old_refresh = db.psql(&running.replace("count(*)", "pid"));
-    let old_still_running = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = {old_refresh} AND state = 'active'"
-    );
+    let old_still_running = a_long_forced_refresh_of_sleepy(&db, &old).await;
     // That refresh has read its pause already; the next leader's catch-up is quick.
     db.psql("UPDATE public.knob SET secs = 0");
     let log_before_term = old.log_text().len();
@@ -229,17 +214,7 @@ async fn sigterm_of_the_leader_during_a_long_refresh_causes_no_failure_on_the_ne
         still_running_at_takeover, "0",
         "the standby took over while the old leader's refresh was still running"
     );
-    assert!(
-        old_log.lines().any(|l| l.contains("refreshed")
-            && l.contains(SLEEPY)
-            && l.contains("force")
-            && l.contains("success")),
-        "the old leader's forced refresh completed before it exited:\n{old_log}"
-    );
-    assert!(
-        !old_log.contains("cancelled running refreshes"),
-        "{old_log}"
-    );
+    the_old_leader_finished_its_refresh(&old_log);
     assert!(
         took_over >= Duration::from_secs(2),
         "the old leader held its lock until its refresh ended: took over after {took_over:?}"
@@ -251,6 +226,41 @@ async fn sigterm_of_the_leader_during_a_long_refresh_causes_no_failure_on_the_ne
     for v in [TOTALS, QUIET] {
         assert_eq!(new.failures(v), 0.0, "{v}");
     }
+}
+
+/// Makes the next refresh of sleepy take 4 s (and bring k = 11 in), forces it on
+/// `leader` and waits until it runs on the server. Returns a query counting (0 or 1)
+/// whether that refresh's session is still active.
+async fn a_long_forced_refresh_of_sleepy(db: &TestDb, leader: &Daemon) -> String {
+    db.psql("UPDATE public.knob SET secs = 4; INSERT INTO public.items VALUES (11)");
+    let (code, body) = leader.post("/refresh/public.sleepy", &[]);
+    assert_eq!(code, 202, "{body}");
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                   AND state = 'active' AND query LIKE '%REFRESH MATERIALIZED VIEW%sleepy%'";
+    wait_for(
+        Duration::from_secs(10),
+        "the forced refresh to be running on the server",
+        || async { db.psql(running) == "1" },
+    )
+    .await;
+    let old_refresh = db.psql(&running.replace("count(*)", "pid"));
+    format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {old_refresh} AND state = 'active'")
+}
+
+/// The old leader's log after SIGTERM: its forced refresh of sleepy completed, none
+/// was cancelled.
+fn the_old_leader_finished_its_refresh(old_log: &str) {
+    assert!(
+        old_log.lines().any(|l| l.contains("refreshed")
+            && l.contains(SLEEPY)
+            && l.contains("force")
+            && l.contains("success")),
+        "the old leader's forced refresh completed before it exited:\n{old_log}"
+    );
+    assert!(
+        !old_log.contains("cancelled running refreshes"),
+        "{old_log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -333,34 +343,8 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
     proxy.freeze();
     let frozen_at = Instant::now();
     // A change made while the leader is cut off: only the next leader can apply it.
-    cluster
-        .psql(
-            "postgres",
-            &[
-                "-c",
-                "INSERT INTO public.orders (bucket, amount) VALUES (900, 1)",
-            ],
-        )
-        .unwrap();
-    let mut stepped_down = None;
-    let mut took_over = None;
-    while frozen_at.elapsed() < Duration::from_secs(90) {
-        if stepped_down.is_none() && old.leader() == 0.0 {
-            stepped_down = Some(frozen_at.elapsed());
-        }
-        if new.leader() == 1.0 {
-            took_over = Some(frozen_at.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(took_over) = took_over else {
-        panic!(
-            "no takeover within 90 s of the freeze (the cut-off leader stepped down after {stepped_down:?}); \
-             advisory locks held: {:?}",
-            cluster.psql("postgres", &["-Atc", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"])
-        );
-    };
+    insert_order(&cluster, 900);
+    let (stepped_down, took_over) = wait_for_the_takeover(&cluster, &old, &new, frozen_at).await;
     wait_for(
         Duration::from_secs(15),
         "the new leader's refreshes to bring the view up to date",
@@ -381,17 +365,80 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
     // The network heals: the cut-off replica comes back as a standby and never wins
     // the lock while the new leader lives.
     proxy.thaw();
-    let locks = || {
-        cluster
-            .psql(
-                "postgres",
-                &[
-                    "-Atc",
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted",
-                ],
-            )
-            .unwrap_or_default()
+    the_cut_off_replica_comes_back_as_a_standby(&cluster, &old, &new).await;
+    insert_order(&cluster, 901);
+    wait_for(
+        Duration::from_secs(10),
+        "the new leader to apply writes after the thaw",
+        || async { exact() },
+    )
+    .await;
+    assert_eq!(old.leader(), 0.0);
+}
+
+/// One order in `bucket`, through psql on `cluster`.
+fn insert_order(cluster: &TempCluster, bucket: u32) {
+    cluster
+        .psql(
+            "postgres",
+            &[
+                "-c",
+                &format!("INSERT INTO public.orders (bucket, amount) VALUES ({bucket}, 1)"),
+            ],
+        )
+        .unwrap();
+}
+
+/// Granted advisory locks of the leader's kind on `cluster` ("" when psql fails).
+fn leader_locks(cluster: &TempCluster) -> String {
+    cluster
+        .psql(
+            "postgres",
+            &[
+                "-Atc",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted",
+            ],
+        )
+        .unwrap_or_default()
+}
+
+/// Waits up to 90 s after `frozen_at` for `new` to lead, noting when `old` stepped
+/// down: (stepped down after, took over after).
+async fn wait_for_the_takeover(
+    cluster: &TempCluster,
+    old: &Daemon,
+    new: &Daemon,
+    frozen_at: Instant,
+) -> (Option<Duration>, Duration) {
+    let mut stepped_down = None;
+    let mut took_over = None;
+    while frozen_at.elapsed() < Duration::from_secs(90) {
+        if stepped_down.is_none() && old.leader() == 0.0 {
+            stepped_down = Some(frozen_at.elapsed());
+        }
+        if new.leader() == 1.0 {
+            took_over = Some(frozen_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(took_over) = took_over else {
+        panic!(
+            "no takeover within 90 s of the freeze (the cut-off leader stepped down after {stepped_down:?}); \
+             advisory locks held: {:?}",
+            cluster.psql("postgres", &["-Atc", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"])
+        );
     };
+    (stepped_down, took_over)
+}
+
+/// After the thaw: `new` keeps the lead and the only lock, `old` never wins it back,
+/// and within 45 s `old` is a standby again (watched 5 s more).
+async fn the_cut_off_replica_comes_back_as_a_standby(
+    cluster: &TempCluster,
+    old: &Daemon,
+    new: &Daemon,
+) {
     let deadline = Instant::now() + Duration::from_secs(45);
     let mut calm_since: Option<Instant> = None;
     loop {
@@ -401,8 +448,12 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
             "the new leader lost the lead after the thaw"
         );
         assert_ne!(old_leads, 1.0, "the cut-off leader won the lock back");
-        assert_eq!(locks().trim(), "1", "exactly one replica holds the lock");
-        if role(&old) == "standby" {
+        assert_eq!(
+            leader_locks(cluster).trim(),
+            "1",
+            "exactly one replica holds the lock"
+        );
+        if role(old) == "standby" {
             // Watch a few retry intervals once it competes again.
             let since = *calm_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= Duration::from_secs(5) {
@@ -412,26 +463,10 @@ async fn a_silently_partitioned_leader_is_replaced_within_75_seconds() {
         assert!(
             Instant::now() < deadline,
             "the cut-off replica did not come back as a standby within 45 s of the thaw (role {:?})",
-            role(&old)
+            role(old)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cluster
-        .psql(
-            "postgres",
-            &[
-                "-c",
-                "INSERT INTO public.orders (bucket, amount) VALUES (901, 1)",
-            ],
-        )
-        .unwrap();
-    wait_for(
-        Duration::from_secs(10),
-        "the new leader to apply writes after the thaw",
-        || async { exact() },
-    )
-    .await;
-    assert_eq!(old.leader(), 0.0);
 }
 
 /// Read-your-writes through the standby: relayed to the leader, answered when the

@@ -553,9 +553,37 @@ async fn keyed_attendance_triggers_send_exactly_the_changed_groups() {
     run(&db, "attendance/install.sql");
     attendance_fixture(&db, 3);
     let mut l = KeysListener::start(&db, ATTENDANCE_KEYS, 2).await;
-    let (c1, c2, c3, s1, s2) = (cat(1), cat(2), cat(3), season(1), season(2));
+    attendance_inserts_send_their_groups(&mut l).await;
+    unread_columns_and_rolled_back_writes_send_nothing(&mut l).await;
+    changes_and_moves_send_old_and_new_groups(&mut l).await;
+    let (c1, s2) = (cat(1), season(2));
     let g = |c: &String, s: &String| vec![c.clone(), s.clone()];
 
+    // Two statements of one transaction naming the same group: delivered once.
+    let got = l
+        .after(&format!(
+            "BEGIN; \
+             UPDATE public.member_attendance SET attendance_status = 'absent' WHERE training_session_id = '{t2}'; \
+             UPDATE public.training_sessions SET status = 'cancelled' WHERE id = '{t2}'; \
+             COMMIT",
+            t2 = session(2)
+        ))
+        .await;
+    assert_eq!(got, vec![keys(&[&g(&c1, &s2)])]);
+
+    // TRUNCATE: every group, "*", once per transaction.
+    let got = l.after("TRUNCATE public.member_attendance").await;
+    assert_eq!(got, vec![Keys::All]);
+    let got = l
+        .after("TRUNCATE public.member_attendance, public.training_sessions")
+        .await;
+    assert_eq!(got, vec![Keys::All]);
+}
+
+/// Sessions and attendance inserted: their groups, each once per statement.
+async fn attendance_inserts_send_their_groups(l: &mut KeysListener) {
+    let (c1, c2, s1, s2) = (cat(1), cat(2), season(1), season(2));
+    let g = |c: &String, s: &String| vec![c.clone(), s.clone()];
     // Four sessions in one statement: their four groups, in one notification.
     let got = l
         .after(&format!(
@@ -603,7 +631,10 @@ async fn keyed_attendance_triggers_send_exactly_the_changed_groups() {
         ))
         .await;
     assert_eq!(got, vec![keys(&[&g(&c1, &s2), &g(&c2, &s1)])]);
+}
 
+/// Writes of columns the definition does not read, of no row, or rolled back: nothing.
+async fn unread_columns_and_rolled_back_writes_send_nothing(l: &mut KeysListener) {
     // Columns the definition does not read: nothing. Statements matching no row: nothing.
     let got = l
         .after(
@@ -623,7 +654,13 @@ async fn keyed_attendance_triggers_send_exactly_the_changed_groups() {
         ))
         .await;
     assert_eq!(got, vec![]);
+}
 
+/// A status change sends its group; a row or session moved sends the old and the new
+/// group; a deleted session sends its group.
+async fn changes_and_moves_send_old_and_new_groups(l: &mut KeysListener) {
+    let (c1, c2, c3, s1, s2) = (cat(1), cat(2), cat(3), season(1), season(2));
+    let g = |c: &String, s: &String| vec![c.clone(), s.clone()];
     // A status change: its group.
     let got = l
         .after(&format!(
@@ -674,26 +711,6 @@ async fn keyed_attendance_triggers_send_exactly_the_changed_groups() {
         ))
         .await;
     assert_eq!(got, vec![keys(&[&g(&c2, &s1)])]);
-
-    // Two statements of one transaction naming the same group: delivered once.
-    let got = l
-        .after(&format!(
-            "BEGIN; \
-             UPDATE public.member_attendance SET attendance_status = 'absent' WHERE training_session_id = '{t2}'; \
-             UPDATE public.training_sessions SET status = 'cancelled' WHERE id = '{t2}'; \
-             COMMIT",
-            t2 = session(2)
-        ))
-        .await;
-    assert_eq!(got, vec![keys(&[&g(&c1, &s2)])]);
-
-    // TRUNCATE: every group, "*", once per transaction.
-    let got = l.after("TRUNCATE public.member_attendance").await;
-    assert_eq!(got, vec![Keys::All]);
-    let got = l
-        .after("TRUNCATE public.member_attendance, public.training_sessions")
-        .await;
-    assert_eq!(got, vec![Keys::All]);
 }
 
 /// 99 uuid pairs fit in a NOTIFY payload (80 bytes each), 100 do not: those become "*".
@@ -774,8 +791,53 @@ async fn keyed_attendance_applying_the_keys_makes_the_table_equal_to_its_definit
     assert!(groups >= 20, "{groups} groups");
     let mut l = KeysListener::start(&db, ATTENDANCE_KEYS, 2).await;
 
-    // (what it does, the SQL)
-    let steps: Vec<(&str, String)> = vec![
+    let steps = attendance_steps();
+    for (what, sql) in steps {
+        let got = l.after(&sql).await;
+        assert!(!got.is_empty(), "{what}: no keys sent");
+        assert!(
+            count(&applier, ATTENDANCE_DRIFT).await > 0,
+            "{what}: the write changed the definition (else this step proves nothing)"
+        );
+        for k in &got {
+            apply_attendance(&mut applier, k).await;
+        }
+        assert_eq!(
+            count(&applier, ATTENDANCE_DRIFT).await,
+            0,
+            "{what}: after applying {got:?}"
+        );
+    }
+
+    // One insert: the table differs from the definition in exactly that group, and
+    // recomputing that one key repairs it.
+    let got = l
+        .after(&format!(
+            "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
+             SELECT m.id, '{}', 'absent' FROM public.members m WHERE m.id <> '{}' ORDER BY m.id LIMIT 1",
+            session(1),
+            member(1)
+        ))
+        .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let Keys::Some(set) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(set.len(), 1);
+    assert_eq!(
+        count(&applier, ATTENDANCE_DRIFT).await,
+        2,
+        "one row out, one in"
+    );
+    apply_attendance(&mut applier, &got[0]).await;
+    assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0);
+    run(&db, "attendance/validate.sql");
+}
+
+/// The writes `keyed_attendance_applying_the_keys_...` applies the keys of, each as
+/// (what it does, the SQL).
+fn attendance_steps() -> Vec<(&'static str, String)> {
+    vec![
         (
             "insert one attendance row",
             "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
@@ -846,47 +908,7 @@ async fn keyed_attendance_applying_the_keys_makes_the_table_equal_to_its_definit
                 session(1)
             ),
         ),
-    ];
-    for (what, sql) in steps {
-        let got = l.after(&sql).await;
-        assert!(!got.is_empty(), "{what}: no keys sent");
-        assert!(
-            count(&applier, ATTENDANCE_DRIFT).await > 0,
-            "{what}: the write changed the definition (else this step proves nothing)"
-        );
-        for k in &got {
-            apply_attendance(&mut applier, k).await;
-        }
-        assert_eq!(
-            count(&applier, ATTENDANCE_DRIFT).await,
-            0,
-            "{what}: after applying {got:?}"
-        );
-    }
-
-    // One insert: the table differs from the definition in exactly that group, and
-    // recomputing that one key repairs it.
-    let got = l
-        .after(&format!(
-            "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
-             SELECT m.id, '{}', 'absent' FROM public.members m WHERE m.id <> '{}' ORDER BY m.id LIMIT 1",
-            session(1),
-            member(1)
-        ))
-        .await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    let Keys::Some(set) = &got[0] else {
-        panic!("{got:?}")
-    };
-    assert_eq!(set.len(), 1);
-    assert_eq!(
-        count(&applier, ATTENDANCE_DRIFT).await,
-        2,
-        "one row out, one in"
-    );
-    apply_attendance(&mut applier, &got[0]).await;
-    assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0);
-    run(&db, "attendance/validate.sql");
+    ]
 }
 
 /// A session moved to another group waits for the transactions writing its attendance
@@ -907,35 +929,7 @@ async fn keyed_attendance_session_move_waits_for_attendance_writers() {
     let mut applier = db.client().await;
     apply_attendance(&mut applier, &Keys::All).await;
     let mut l = KeysListener::start(&db, ATTENDANCE_KEYS, 2).await;
-    let g1 = vec![cat(1), season(1)];
-    let g2 = vec![cat(2), season(1)];
-
-    // (the attendance write left open, the move's new category, a new session status,
-    // (old group, new group)) for an INSERT (lock from the foreign key check) and an
-    // UPDATE (lock from the trigger itself).
-    let rounds = [
-        (
-            format!(
-                "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
-                 VALUES ('{}', '{}', 'present')",
-                member(1),
-                session(1)
-            ),
-            cat(2),
-            "done",
-            (g1.clone(), g2.clone()),
-        ),
-        (
-            format!(
-                "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
-                member(1)
-            ),
-            cat(1),
-            "cancelled",
-            (g2.clone(), g1.clone()),
-        ),
-    ];
-    for (write, to_cat, status, (from, to)) in rounds {
+    for (write, to_cat, status, (from, to)) in session_move_rounds() {
         let writer = db.client().await;
         writer.batch_execute("BEGIN").await.unwrap();
         writer.batch_execute(&write).await.unwrap();
@@ -954,37 +948,7 @@ async fn keyed_attendance_session_move_waits_for_attendance_writers() {
         .unwrap();
 
         // The move waits.
-        let mover = db.client().await;
-        let pid: i32 = mover
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let sql = format!(
-            "UPDATE public.training_sessions SET category_id = '{to_cat}' WHERE id = '{}'",
-            session(1)
-        );
-        let moved = tokio::spawn(async move { mover.batch_execute(&sql).await });
-        let probe = db.client().await;
-        support::wait_for(
-            Duration::from_secs(10),
-            "the move to wait on a lock",
-            || {
-                let probe = &probe;
-                async move {
-                    probe
-                    .query_one(
-                        "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
-                    )
-                    .await
-                    .map(|r| r.get::<_, String>(0) == "Lock")
-                    .unwrap_or(false)
-                }
-            },
-        )
-        .await;
-        assert!(!moved.is_finished());
+        let moved = move_session_waiting_on_a_lock(&db, &to_cat).await;
 
         writer.batch_execute("COMMIT").await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), moved)
@@ -1010,6 +974,77 @@ async fn keyed_attendance_session_move_waits_for_attendance_writers() {
     }
 }
 
+/// (the attendance write left open, the move's new category, a new session status,
+/// (old group, new group)) for an INSERT (lock from the foreign key check) and an
+/// UPDATE (lock from the trigger itself).
+#[allow(clippy::type_complexity)]
+fn session_move_rounds() -> [(String, String, &'static str, (Vec<String>, Vec<String>)); 2] {
+    let g1 = vec![cat(1), season(1)];
+    let g2 = vec![cat(2), season(1)];
+    [
+        (
+            format!(
+                "INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
+                 VALUES ('{}', '{}', 'present')",
+                member(1),
+                session(1)
+            ),
+            cat(2),
+            "done",
+            (g1.clone(), g2.clone()),
+        ),
+        (
+            format!(
+                "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
+                member(1)
+            ),
+            cat(1),
+            "cancelled",
+            (g2, g1),
+        ),
+    ]
+}
+
+/// Moves session 1 to category `to_cat` on a session of its own, in a task, and
+/// returns the task once the move waits on a lock.
+async fn move_session_waiting_on_a_lock(
+    db: &TestDb,
+    to_cat: &str,
+) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+    let mover = db.client().await;
+    let pid: i32 = mover
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sql = format!(
+        "UPDATE public.training_sessions SET category_id = '{to_cat}' WHERE id = '{}'",
+        session(1)
+    );
+    let moved = tokio::spawn(async move { mover.batch_execute(&sql).await });
+    let probe = db.client().await;
+    support::wait_for(
+        Duration::from_secs(10),
+        "the move to wait on a lock",
+        || {
+            let probe = &probe;
+            async move {
+                probe
+                    .query_one(
+                        "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
+                        &[&pid],
+                    )
+                    .await
+                    .map(|r| r.get::<_, String>(0) == "Lock")
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert!(!moved.is_finished());
+    moved
+}
+
 /// The inventory pair: keys from stock_on_hand (directly, also through stock
 /// movements) and warehouses; applying them keeps the table equal to the definition.
 #[tokio::test(flavor = "multi_thread")]
@@ -1024,17 +1059,9 @@ async fn keyed_inventory_triggers_send_the_changed_warehouses() {
     let mut applier = db.client().await;
     let mut l = KeysListener::start(&db, INVENTORY_KEYS, 1).await;
     let w = |n: u32| vec![warehouse(n)];
-    let mut check = async |l: &mut KeysListener, sql: &str, want: Vec<Keys>| {
-        let got = l.after(sql).await;
-        assert_eq!(got, want, "{sql}");
-        for k in &got {
-            apply_inventory(&mut applier, k).await;
-        }
-        assert_eq!(count(&applier, INVENTORY_DRIFT).await, 0, "{sql}");
-    };
-
-    check(
+    check_inventory(
         &mut l,
+        &mut applier,
         &format!(
             "INSERT INTO core.warehouses (id, code, name) VALUES ('{}', 'W1', 'one'), ('{}', 'W2', 'two')",
             warehouse(1),
@@ -1043,64 +1070,12 @@ async fn keyed_inventory_triggers_send_the_changed_warehouses() {
         vec![keys(&[&w(1), &w(2)])],
     )
     .await;
-    // Through the row-level cost trigger's upsert into stock_on_hand.
-    let movement = |p: u32, wh: u32, kind: &str, qty: u32, cost: &str| {
-        format!(
-            "INSERT INTO core.stock_movement (movement_type, product_id, warehouse_id, quantity, cost_price) \
-             VALUES ('{kind}', '{}', '{}', {qty}, {cost})",
-            product(p),
-            warehouse(wh)
-        )
-    };
-    check(
-        &mut l,
-        &movement(1, 1, "RECEIPT", 10, "50"),
-        vec![keys(&[&w(1)])],
-    )
-    .await;
-    check(
-        &mut l,
-        &movement(1, 1, "RECEIPT", 10, "70"),
-        vec![keys(&[&w(1)])],
-    )
-    .await;
-    check(
-        &mut l,
-        &movement(2, 1, "RECEIPT", 4, "NULL"),
-        vec![keys(&[&w(1)])],
-    )
-    .await;
-    // Columns the definition does not read: nothing.
-    check(
-        &mut l,
-        "UPDATE core.stock_on_hand SET updated_at = now(); UPDATE core.warehouses SET created_at = now()",
-        vec![],
-    )
-    .await;
-    // A stock row moved to another warehouse: both.
-    check(
-        &mut l,
-        &format!(
-            "UPDATE core.stock_on_hand SET warehouse_id = '{}' WHERE product_id = '{}'",
-            warehouse(2),
-            product(2)
-        ),
-        vec![keys(&[&w(1), &w(2)])],
-    )
-    .await;
-    check(
-        &mut l,
-        &format!(
-            "UPDATE core.warehouses SET name = 'Two' WHERE id = '{}'",
-            warehouse(2)
-        ),
-        vec![keys(&[&w(2)])],
-    )
-    .await;
+    stock_writes_send_their_warehouses(&mut l, &mut applier).await;
     // A new warehouse with stock, then deleted (cascading to its stock): one key, as
     // both triggers send the same payload in one transaction.
-    check(
+    check_inventory(
         &mut l,
+        &mut applier,
         &format!(
             "INSERT INTO core.warehouses (id, code, name) VALUES ('{w3}', 'W3', 'three'); \
              INSERT INTO core.stock_on_hand (product_id, warehouse_id, quantity, cost_price) VALUES ('{}', '{w3}', 5, 2)",
@@ -1110,13 +1085,20 @@ async fn keyed_inventory_triggers_send_the_changed_warehouses() {
         vec![keys(&[&w(3)])],
     )
     .await;
-    check(
+    check_inventory(
         &mut l,
+        &mut applier,
         &format!("DELETE FROM core.warehouses WHERE id = '{}'", warehouse(3)),
         vec![keys(&[&w(3)])],
     )
     .await;
-    check(&mut l, "TRUNCATE core.stock_on_hand", vec![Keys::All]).await;
+    check_inventory(
+        &mut l,
+        &mut applier,
+        "TRUNCATE core.stock_on_hand",
+        vec![Keys::All],
+    )
+    .await;
 
     // 195 warehouses fit in one payload (41 bytes each), 196 do not.
     let many = |from: u32, n: u32| {
@@ -1136,4 +1118,73 @@ async fn keyed_inventory_triggers_send_the_changed_warehouses() {
     assert_eq!(l.after(&many(1000, 196)).await, vec![Keys::All]);
     apply_inventory(&mut applier, &Keys::All).await;
     run(&db, "inventory/validate.sql");
+}
+
+/// Runs `sql`, which must send `want` on the inventory channel; applying it leaves the
+/// inventory table equal to its definition.
+async fn check_inventory(
+    l: &mut KeysListener,
+    applier: &mut tokio_postgres::Client,
+    sql: &str,
+    want: Vec<Keys>,
+) {
+    let got = l.after(sql).await;
+    assert_eq!(got, want, "{sql}");
+    for k in &got {
+        apply_inventory(applier, k).await;
+    }
+    assert_eq!(count(applier, INVENTORY_DRIFT).await, 0, "{sql}");
+}
+
+/// Stock movements (through the row-level cost trigger's upsert into stock_on_hand),
+/// a stock row moved and a warehouse renamed send their warehouses; columns the
+/// definition does not read send nothing.
+async fn stock_writes_send_their_warehouses(
+    l: &mut KeysListener,
+    applier: &mut tokio_postgres::Client,
+) {
+    let w = |n: u32| vec![warehouse(n)];
+    // Through the row-level cost trigger's upsert into stock_on_hand.
+    let movement = |p: u32, wh: u32, kind: &str, qty: u32, cost: &str| {
+        format!(
+            "INSERT INTO core.stock_movement (movement_type, product_id, warehouse_id, quantity, cost_price) \
+             VALUES ('{kind}', '{}', '{}', {qty}, {cost})",
+            product(p),
+            warehouse(wh)
+        )
+    };
+    for (p, qty, cost) in [(1, 10, "50"), (1, 10, "70"), (2, 4, "NULL")] {
+        let sql = movement(p, 1, "RECEIPT", qty, cost);
+        check_inventory(l, applier, &sql, vec![keys(&[&w(1)])]).await;
+    }
+    // Columns the definition does not read: nothing.
+    check_inventory(
+        l,
+        applier,
+        "UPDATE core.stock_on_hand SET updated_at = now(); UPDATE core.warehouses SET created_at = now()",
+        vec![],
+    )
+    .await;
+    // A stock row moved to another warehouse: both.
+    check_inventory(
+        l,
+        applier,
+        &format!(
+            "UPDATE core.stock_on_hand SET warehouse_id = '{}' WHERE product_id = '{}'",
+            warehouse(2),
+            product(2)
+        ),
+        vec![keys(&[&w(1), &w(2)])],
+    )
+    .await;
+    check_inventory(
+        l,
+        applier,
+        &format!(
+            "UPDATE core.warehouses SET name = 'Two' WHERE id = '{}'",
+            warehouse(2)
+        ),
+        vec![keys(&[&w(2)])],
+    )
+    .await;
 }

@@ -176,7 +176,12 @@ async fn tls_modes_against_a_real_server() {
     );
     assert_eq!(ssl_in_use(&i).await, Ok(false));
 
-    // The real binary over verify-full: refresh a view.
+    the_binary_refreshes_over_verify_full(&cluster, &ca);
+}
+
+/// The real binary over verify-full (CA `ca`): `refresh` of a view on `cluster` works.
+fn the_binary_refreshes_over_verify_full(cluster: &TempCluster, ca: &Path) {
+    let port = cluster.port();
     cluster
         .psql("postgres", &["-c", "CREATE MATERIALIZED VIEW public.tls_mv AS SELECT 1 AS id; CREATE UNIQUE INDEX ON public.tls_mv (id);"])
         .unwrap();

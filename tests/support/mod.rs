@@ -634,7 +634,7 @@ pub fn sum_samples(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let rest = series.strip_prefix(name)?;
-            if !(rest.is_empty() || rest.starts_with('{')) {
+            if !(rest.is_empty() || rest.starts_with("{")) {
                 return None;
             }
             labels
