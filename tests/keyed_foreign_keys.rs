@@ -315,6 +315,12 @@ fn one_buffered_row_is_applied_by_index_lookups_not_a_dimension_scan() {
         db.psql(&difference_sql("ix.by_grp", "ix.by_grp_def", &[])),
         "0"
     );
+    a_bulk_change_is_applied_exactly(&db);
+}
+
+/// A change of many rows (past the consume function's threshold) takes the other
+/// apply, planned for its size: as exact.
+fn a_bulk_change_is_applied_exactly(db: &TestDb) {
     // A change of many rows (past the consume function's threshold) takes the other
     // apply, planned for its size: as exact. The deletes make groups it cannot decide
     // (no count of non-NULL quantities): their keys come back, and are recomputed here
