@@ -151,6 +151,7 @@ async fn scale_run(
         &bench.dsn,
         false,
         ATT_VIEW,
+        GEN,
         "--keyed public.attendance_statistics_summary",
     )
     .await?;
@@ -212,12 +213,14 @@ fn diff_sql(t: &str, d: &str) -> String {
 }
 
 /// `refreshd init --schema public --apply [--in-place] --keyed VIEW`: the lines of what
-/// it said that mention `mentions`, and VIEW's `[[view]]` of its config.
+/// it said that mention `mentions`, and the `[[view]]` named `cfg_name` of its config
+/// (the keyed table: VIEW itself when in place).
 async fn init_keyed(
     bin: &std::path::Path,
     dsn: &str,
     in_place: bool,
     view: &str,
+    cfg_name: &str,
     mentions: &str,
 ) -> Result<(Vec<String>, ViewCfg)> {
     let mut args = vec!["init", "--url", dsn, "--schema", "public", "--apply"];
@@ -244,9 +247,9 @@ async fn init_keyed(
     let cfgs = super::tpch::keyed_views_from_init(&String::from_utf8_lossy(&o.stdout))?;
     let cfg = cfgs
         .iter()
-        .find(|(n, _)| n == view)
+        .find(|(n, _)| n == cfg_name)
         .map(|(_, c)| c.clone())
-        .with_context(|| format!("no [[view]] {view} in init's config"))?;
+        .with_context(|| format!("no [[view]] {cfg_name} in init's config"))?;
     Ok((said, cfg))
 }
 
@@ -424,8 +427,15 @@ async fn delta_phase(
     for _ in 0..3 {
         bare_ms.push(ms(bare_refresh(&c, GROUPS).await?));
     }
-    let (said, cfg) =
-        init_keyed(bin, dsn, true, GROUPS, "--keyed public.attendance_by_group").await?;
+    let (said, cfg) = init_keyed(
+        bin,
+        dsn,
+        true,
+        GROUPS,
+        GROUPS,
+        "--keyed public.attendance_by_group",
+    )
+    .await?;
     let daemon = Daemon::start(dsn, &[cfg], "attendance-groups").await?;
     let log0 = daemon.refresh_log().len();
     let writer = connect(dsn).await?;
