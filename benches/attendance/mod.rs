@@ -478,16 +478,7 @@ async fn delta_phase(
             *kinds.entry(l.kind.clone()).or_default() += 1;
         }
     }
-    let exact: i64 = c
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM ((TABLE {GROUPS} EXCEPT ALL TABLE {GROUPS_DEF}) \
-                 UNION ALL (TABLE {GROUPS_DEF} EXCEPT ALL TABLE {GROUPS})) x"
-            ),
-            &[],
-        )
-        .await?
-        .get(0);
+    let exact = groups_diff(&c).await?;
     daemon.stop().await;
     Ok(DeltaRun {
         bare_ms,
@@ -551,4 +542,17 @@ fn render_delta(out: &[ScaleRun]) -> String {
         );
     }
     o
+}
+
+/// Rows in which the big-group view differs from its definition.
+async fn groups_diff(c: &Client) -> Result<i64> {
+    Ok(c.query_one(
+        &format!(
+            "SELECT count(*) FROM ((TABLE {GROUPS} EXCEPT ALL TABLE {GROUPS_DEF}) \
+                 UNION ALL (TABLE {GROUPS_DEF} EXCEPT ALL TABLE {GROUPS})) x"
+        ),
+        &[],
+    )
+    .await?
+    .get(0))
 }
