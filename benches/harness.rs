@@ -106,142 +106,146 @@ impl Plan {
         let args: Vec<String> = std::env::args().collect();
         let quick = args.iter().any(|a| a == "--quick")
             || std::env::var("REFRESHD_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
-        let mut plan = if quick {
-            Plan {
-                quick,
-                scale: 0.1,
-                idle_secs: 10,
-                small_samples: 40,
-                att_samples: 8,
-                storm_rate: 500,
-                storm_secs: 10,
-                storm_writers: 4,
-                wp_rounds: 1,
-                wp_secs: 3,
-                wp_clients: vec![1, 8],
-                cron_secs: 65,
-                cron_rate: 20,
-                keyed: false,
-                keyed_scales: vec![0.1, 1.0],
-                keyed_pair_samples: 8,
-                keyed_alone_samples: 20,
-                budget: false,
-                budget_secs: 20,
-                budget_rate: 20,
-                capture: false,
-                capture_secs: 3,
-                capture_rounds: 1,
-                tpch: false,
-                tpch_sf: "0.1".into(),
-                tpch_foreign_keys: false,
-                writers: false,
-                writers_secs: 3,
-                writers_rounds: 1,
-                attendance: false,
-                attendance_scales: vec![0.1, 1.0],
-            }
-        } else {
-            Plan {
-                quick,
-                scale: 1.0,
-                idle_secs: 60,
-                small_samples: 200,
-                att_samples: 30,
-                storm_rate: 500,
-                storm_secs: 30,
-                storm_writers: 4,
-                wp_rounds: 5,
-                wp_secs: 4,
-                wp_clients: vec![1, 8],
-                cron_secs: 300,
-                cron_rate: 20,
-                keyed: false,
-                keyed_scales: vec![1.0, 10.0],
-                keyed_pair_samples: 25,
-                keyed_alone_samples: 100,
-                budget: false,
-                budget_secs: 90,
-                budget_rate: 20,
-                capture: false,
-                capture_secs: 15,
-                capture_rounds: 5,
-                tpch: false,
-                tpch_sf: "0.1".into(),
-                tpch_foreign_keys: false,
-                writers: false,
-                writers_secs: 10,
-                writers_rounds: 3,
-                attendance: false,
-                attendance_scales: vec![1.0, 10.0],
-            }
-        };
-        if let Some(i) = args.iter().position(|a| a == "--scale") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.scale = s;
-            }
+        let mut plan = if quick { Plan::quick() } else { Plan::full() };
+        plan.apply_args(&args);
+        plan
+    }
+
+    /// `--quick`'s sizes: every section, smaller.
+    fn quick() -> Plan {
+        Plan {
+            quick: true,
+            scale: 0.1,
+            idle_secs: 10,
+            small_samples: 40,
+            att_samples: 8,
+            storm_rate: 500,
+            storm_secs: 10,
+            storm_writers: 4,
+            wp_rounds: 1,
+            wp_secs: 3,
+            wp_clients: vec![1, 8],
+            cron_secs: 65,
+            cron_rate: 20,
+            keyed: false,
+            keyed_scales: vec![0.1, 1.0],
+            keyed_pair_samples: 8,
+            keyed_alone_samples: 20,
+            budget: false,
+            budget_secs: 20,
+            budget_rate: 20,
+            capture: false,
+            capture_secs: 3,
+            capture_rounds: 1,
+            tpch: false,
+            tpch_sf: "0.1".into(),
+            tpch_foreign_keys: false,
+            writers: false,
+            writers_secs: 3,
+            writers_rounds: 1,
+            attendance: false,
+            attendance_scales: vec![0.1, 1.0],
         }
-        plan.keyed = args.iter().any(|a| a == "--keyed");
-        plan.budget = args.iter().any(|a| a == "--budget");
-        if let Some(i) = args.iter().position(|a| a == "--budget-secs") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.budget_secs = s;
-            }
+    }
+
+    /// The full run's sizes.
+    fn full() -> Plan {
+        Plan {
+            quick: false,
+            scale: 1.0,
+            idle_secs: 60,
+            small_samples: 200,
+            att_samples: 30,
+            storm_rate: 500,
+            storm_secs: 30,
+            storm_writers: 4,
+            wp_rounds: 5,
+            wp_secs: 4,
+            wp_clients: vec![1, 8],
+            cron_secs: 300,
+            cron_rate: 20,
+            keyed: false,
+            keyed_scales: vec![1.0, 10.0],
+            keyed_pair_samples: 25,
+            keyed_alone_samples: 100,
+            budget: false,
+            budget_secs: 90,
+            budget_rate: 20,
+            capture: false,
+            capture_secs: 15,
+            capture_rounds: 5,
+            tpch: false,
+            tpch_sf: "0.1".into(),
+            tpch_foreign_keys: false,
+            writers: false,
+            writers_secs: 10,
+            writers_rounds: 3,
+            attendance: false,
+            attendance_scales: vec![1.0, 10.0],
         }
-        plan.capture = args.iter().any(|a| a == "--capture");
-        plan.tpch = args.iter().any(|a| a == "--tpch");
-        plan.writers = args.iter().any(|a| a == "--writers");
-        plan.attendance = args.iter().any(|a| a == "--attendance-scale");
-        if let Some(i) = args.iter().position(|a| a == "--attendance-scales") {
-            let scales: Vec<f64> = args
-                .get(i + 1)
-                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-                .unwrap_or_default();
-            if !scales.is_empty() {
-                plan.attendance = true;
-                plan.attendance_scales = scales;
-            }
+    }
+
+    /// The mode flags and the options that override a size.
+    fn apply_args(&mut self, args: &[String]) {
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        if let Some(s) = arg_value(args, "--scale") {
+            self.scale = s;
         }
-        if let Some(i) = args.iter().position(|a| a == "--writers-secs") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.writers_secs = s;
-            }
+        self.keyed = has("--keyed");
+        self.budget = has("--budget");
+        if let Some(s) = arg_value(args, "--budget-secs") {
+            self.budget_secs = s;
         }
-        if let Some(i) = args.iter().position(|a| a == "--writers-rounds") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.writers_rounds = s;
-            }
+        self.capture = has("--capture");
+        self.tpch = has("--tpch");
+        self.writers = has("--writers");
+        self.attendance = has("--attendance-scale");
+        if let Some(scales) = arg_scales(args, "--attendance-scales") {
+            self.attendance = true;
+            self.attendance_scales = scales;
         }
-        if args.iter().any(|a| a == "--tpch-foreign-keys") {
-            plan.tpch = true;
-            plan.tpch_foreign_keys = true;
+        if let Some(s) = arg_value(args, "--writers-secs") {
+            self.writers_secs = s;
+        }
+        if let Some(s) = arg_value(args, "--writers-rounds") {
+            self.writers_rounds = s;
+        }
+        if has("--tpch-foreign-keys") {
+            self.tpch = true;
+            self.tpch_foreign_keys = true;
         }
         if let Some(i) = args.iter().position(|a| a == "--tpch-sf") {
             if let Some(s) = args.get(i + 1) {
-                plan.tpch = true;
-                plan.tpch_sf = s.clone();
+                self.tpch = true;
+                self.tpch_sf = s.clone();
             }
         }
-        if let Some(i) = args.iter().position(|a| a == "--capture-secs") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.capture_secs = s;
-            }
+        if let Some(s) = arg_value(args, "--capture-secs") {
+            self.capture_secs = s;
         }
-        if let Some(i) = args.iter().position(|a| a == "--capture-rounds") {
-            if let Some(s) = args.get(i + 1).and_then(|s| s.parse().ok()) {
-                plan.capture_rounds = s;
-            }
+        if let Some(s) = arg_value(args, "--capture-rounds") {
+            self.capture_rounds = s;
         }
-        if let Some(i) = args.iter().position(|a| a == "--keyed-scales") {
-            let scales: Vec<f64> = args
-                .get(i + 1)
-                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-                .unwrap_or_default();
-            if !scales.is_empty() {
-                plan.keyed_scales = scales;
-            }
+        if let Some(scales) = arg_scales(args, "--keyed-scales") {
+            self.keyed_scales = scales;
         }
-        plan
     }
+}
+
+/// The value after `flag`, parsed; None when absent or not parseable.
+fn arg_value<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// The comma-separated scales after `flag`; None when absent or none parses.
+fn arg_scales(args: &[String], flag: &str) -> Option<Vec<f64>> {
+    let i = args.iter().position(|a| a == flag)?;
+    let scales: Vec<f64> = args
+        .get(i + 1)
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    (!scales.is_empty()).then_some(scales)
 }
 
 /// Everything the phases share: the cluster, connection strings, the insert that feeds
@@ -364,50 +368,9 @@ async fn setup(plan: Plan) -> Result<Bench> {
     let cron_available = pkglibdir()
         .map(|d| d.join("pg_cron.so").exists())
         .unwrap_or(false);
-    let mut settings = vec![
-        // One notification per writing transaction at storm rate stays far below the
-        // queue's 8 GB, but the naive listener must be able to hold hundreds of conns.
-        ("max_connections".to_string(), "200".to_string()),
-    ];
-    if cron_available {
-        settings.extend([
-            ("shared_preload_libraries".into(), "pg_cron".into()),
-            ("cron.database_name".into(), "postgres".into()),
-            // Background workers need no TCP login, so no auth setup for pg_cron.
-            ("cron.use_background_workers".into(), "on".into()),
-            ("max_worker_processes".into(), "16".into()),
-        ]);
-    }
-    progress("starting throwaway cluster");
-    let cluster = tokio::task::spawn_blocking(move || {
-        TempCluster::start(&ClusterOptions {
-            settings,
-            ..Default::default()
-        })
-    })
-    .await??;
+    let cluster = start_cluster(cron_available).await?;
     let dsn = cluster.socket_dsn("postgres");
-    let root = env!("CARGO_MANIFEST_DIR");
-    for f in [
-        "sql/attendance/install.sql",
-        "sql/inventory/install.sql",
-        "sql/demo/install.sql",
-    ] {
-        cluster.psql("postgres", &["-f", &format!("{root}/{f}")])?;
-    }
-    progress(&format!(
-        "generating attendance data at scale {}",
-        plan.scale
-    ));
-    let t = Instant::now();
-    cluster.psql(
-        "postgres",
-        &[
-            "-c",
-            &format!("SELECT refreshd_demo.generate_attendance({})", plan.scale),
-        ],
-    )?;
-    let gen_secs = t.elapsed().as_secs_f64();
+    let gen_secs = load_attendance(&cluster, plan.scale)?;
 
     let c = connect(&dsn).await?;
     c.batch_execute(BENCH_SCHEMA).await?;
@@ -446,19 +409,7 @@ async fn setup(plan: Plan) -> Result<Bench> {
          JOIN bench.m m ON m.i = v.n % {members} JOIN bench.s s ON s.i = v.n / {members}"
     );
     let pg_version: String = c.query_one("SHOW server_version", &[]).await?.get(0);
-    let mut cron_version = None;
-    if cron_available {
-        c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
-            .await?;
-        let v: String = c
-            .query_one(
-                "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'",
-                &[],
-            )
-            .await?
-            .get(0);
-        cron_version = Some(v);
-    }
+    let cron_version = cron_version(&c, cron_available).await?;
     let r = &mut Report::default();
     r.setup.push(("PostgreSQL".into(), pg_version));
     r.setup.push((
@@ -489,6 +440,74 @@ async fn setup(plan: Plan) -> Result<Bench> {
         cron_version,
         report,
     })
+}
+
+/// A throwaway cluster for the attendance sections (pg_cron preloaded when installed).
+async fn start_cluster(cron_available: bool) -> Result<TempCluster> {
+    let mut settings = vec![
+        // One notification per writing transaction at storm rate stays far below the
+        // queue's 8 GB, but the naive listener must be able to hold hundreds of conns.
+        ("max_connections".to_string(), "200".to_string()),
+    ];
+    if cron_available {
+        settings.extend([
+            ("shared_preload_libraries".into(), "pg_cron".into()),
+            ("cron.database_name".into(), "postgres".into()),
+            // Background workers need no TCP login, so no auth setup for pg_cron.
+            ("cron.use_background_workers".into(), "on".into()),
+            ("max_worker_processes".into(), "16".into()),
+        ]);
+    }
+    progress("starting throwaway cluster");
+    let cluster = tokio::task::spawn_blocking(move || {
+        TempCluster::start(&ClusterOptions {
+            settings,
+            ..Default::default()
+        })
+    })
+    .await??;
+    Ok(cluster)
+}
+
+/// sql/'s attendance, inventory and demo installed, and the attendance data generated
+/// at `scale`; the seconds generation took.
+fn load_attendance(cluster: &TempCluster, scale: f64) -> Result<f64> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for f in [
+        "sql/attendance/install.sql",
+        "sql/inventory/install.sql",
+        "sql/demo/install.sql",
+    ] {
+        cluster.psql("postgres", &["-f", &format!("{root}/{f}")])?;
+    }
+    progress(&format!("generating attendance data at scale {scale}"));
+    let t = Instant::now();
+    cluster.psql(
+        "postgres",
+        &[
+            "-c",
+            &format!("SELECT refreshd_demo.generate_attendance({scale})"),
+        ],
+    )?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// pg_cron's version once its extension is created, when the library is installed.
+async fn cron_version(c: &Client, cron_available: bool) -> Result<Option<String>> {
+    let mut cron_version = None;
+    if cron_available {
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            .await?;
+        let v: String = c
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'",
+                &[],
+            )
+            .await?
+            .get(0);
+        cron_version = Some(v);
+    }
+    Ok(cron_version)
 }
 
 /// Objects the harness adds next to sql/: a small view, the insert pair pool, the
@@ -753,6 +772,61 @@ enum Refresher {
     Naive,
 }
 
+impl Refresher {
+    fn label(self) -> String {
+        match self {
+            Refresher::Refreshd {
+                debounce,
+                max_delay,
+            } => format!("refreshd (debounce {debounce}, max_delay {max_delay})"),
+            Refresher::Naive => "naive listener (REFRESH per notification)".to_string(),
+        }
+    }
+}
+
+/// The storm's refresher, started: refreshd on the attendance view (its startup
+/// refresh done), or the naive listener.
+async fn start_refresher(
+    bench: &Bench,
+    refresher: Refresher,
+) -> Result<(Option<Daemon>, Option<NaiveListener>)> {
+    Ok(match refresher {
+        Refresher::Refreshd {
+            debounce,
+            max_delay,
+        } => {
+            let cfg = vec![ViewCfg::new(ATT_VIEW, ATT_CHANNEL, debounce, max_delay)];
+            (Some(Daemon::start(&bench.dsn, &cfg, "storm").await?), None)
+        }
+        Refresher::Naive => (
+            None,
+            Some(start_naive(&bench.dsn, ATT_VIEW, ATT_CHANNEL).await?),
+        ),
+    })
+}
+
+/// `writers` connections writing `rate` transactions/s in all for `secs`: when they
+/// started, when the last one stopped, and every commit's acknowledgement, sorted.
+async fn write_for(
+    bench: &Bench,
+    rate: u32,
+    writers: usize,
+    secs: u64,
+) -> Result<(Instant, Instant, Vec<Instant>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let (acks, handles) = spawn_writers(bench, rate, writers, stop.clone());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in handles {
+        w.await??;
+    }
+    let end = Instant::now();
+    let mut acks = acks.lock().unwrap().clone();
+    acks.sort();
+    Ok((start, end, acks))
+}
+
 async fn storms(bench: &mut Bench) -> Result<()> {
     for r in [
         Refresher::Refreshd {
@@ -899,6 +973,22 @@ struct NaiveListener {
     handle: tokio::task::JoinHandle<Result<()>>,
 }
 
+impl NaiveListener {
+    /// Notifications received and not refreshed yet.
+    fn backlog(&self) -> u64 {
+        self.received.load(Ordering::Relaxed) - self.done.load(Ordering::Relaxed)
+    }
+
+    /// Refreshes done so far and the seconds they took.
+    fn work(&self) -> (u64, f64) {
+        let busy = self.busy.lock().unwrap();
+        (
+            self.done.load(Ordering::Relaxed),
+            busy.iter().map(|d| d.as_secs_f64()).sum::<f64>(),
+        )
+    }
+}
+
 /// The baseline people write by hand: LISTEN, and for every notification run
 /// REFRESH ... CONCURRENTLY on the same connection, one after the other.
 async fn start_naive(dsn: &str, view: &str, channel: &str) -> Result<NaiveListener> {
@@ -945,13 +1035,7 @@ async fn start_naive(dsn: &str, view: &str, channel: &str) -> Result<NaiveListen
 
 async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
     let plan = bench.plan.clone();
-    let label = match refresher {
-        Refresher::Refreshd {
-            debounce,
-            max_delay,
-        } => format!("refreshd (debounce {debounce}, max_delay {max_delay})"),
-        Refresher::Naive => "naive listener (REFRESH per notification)".to_string(),
-    };
+    let label = refresher.label();
     progress(&format!(
         "storm: {label}, {} tx/s for {} s",
         plan.storm_rate, plan.storm_secs
@@ -961,18 +1045,7 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
     bare_refresh(&c, ATT_VIEW).await?;
     let base = view_sum(&c, ATT_VIEW).await?;
 
-    let mut daemon = None;
-    let mut naive = None;
-    match refresher {
-        Refresher::Refreshd {
-            debounce,
-            max_delay,
-        } => {
-            let cfg = vec![ViewCfg::new(ATT_VIEW, ATT_CHANNEL, debounce, max_delay)];
-            daemon = Some(Daemon::start(&bench.dsn, &cfg, "storm").await?);
-        }
-        Refresher::Naive => naive = Some(start_naive(&bench.dsn, ATT_VIEW, ATT_CHANNEL).await?),
-    }
+    let (mut daemon, mut naive) = start_refresher(bench, refresher).await?;
     // refreshd's startup refresh has finished (Daemon::start waits for it).
     let m0 = match &daemon {
         Some(d) => Some(d.metrics().await?),
@@ -981,23 +1054,12 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
     let cpu0 = daemon.as_ref().map(|d| d.cpu_secs()).unwrap_or(0.0);
 
     let sampler = Sampler::start(&bench.dsn, ATT_VIEW, Duration::from_millis(50)).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let (acks, writers) = spawn_writers(bench, plan.storm_rate, plan.storm_writers, stop.clone());
-    tokio::time::sleep(Duration::from_secs(plan.storm_secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await??;
-    }
-    let storm_end = Instant::now();
-    let mut acks = acks.lock().unwrap().clone();
-    acks.sort();
+    let (start, storm_end, acks) =
+        write_for(bench, plan.storm_rate, plan.storm_writers, plan.storm_secs).await?;
     let total = acks.len() as i64;
     let last_ack = *acks.last().context("no writes committed")?;
     let cpu_storm = daemon.as_ref().map(|d| d.cpu_secs() - cpu0).unwrap_or(0.0);
-    let naive_backlog_at_end = naive
-        .as_ref()
-        .map(|n| n.received.load(Ordering::Relaxed) - n.done.load(Ordering::Relaxed));
+    let naive_backlog_at_end = naive.as_ref().map(NaiveListener::backlog);
 
     // After the storm: how long until the view shows every write?
     let exact_at = poll_until(
@@ -1007,48 +1069,15 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
     )
     .await?;
     // The naive listener's work up to the same point as refreshd's metrics are read.
-    let naive_at_exact = naive.as_ref().map(|n| {
-        let busy = n.busy.lock().unwrap();
-        (
-            n.done.load(Ordering::Relaxed),
-            busy.iter().map(|d| d.as_secs_f64()).sum::<f64>(),
-        )
-    });
+    let naive_at_exact = naive.as_ref().map(NaiveListener::work);
     let (samples, queue_max) = sampler.finish().await?;
     let st = staleness(&samples, base, &acks, start, exact_at);
     let st_ms: Vec<f64> = st.iter().map(|d| ms(*d)).collect();
 
-    let (refreshes, db_secs, max_refresh, note, hwm);
-    match refresher {
+    let o = match refresher {
         Refresher::Refreshd { max_delay, .. } => {
             let d = daemon.take().unwrap();
-            let m1 = d.metrics().await?;
-            let m0 = m0.unwrap();
-            let count = metric(&m1, "refreshd_refresh_duration_seconds_count", ATT_VIEW)
-                - metric(&m0, "refreshd_refresh_duration_seconds_count", ATT_VIEW);
-            let sum = metric(&m1, "refreshd_refresh_duration_seconds_sum", ATT_VIEW)
-                - metric(&m0, "refreshd_refresh_duration_seconds_sum", ATT_VIEW);
-            // The histogram has no maximum; refreshd's per-refresh log line has it.
-            let durs = d.refresh_durations_ms("notify");
-            refreshes = count as u64;
-            db_secs = sum;
-            max_refresh = durs
-                .iter()
-                .map(|ms| ms / 1000.0)
-                .fold(sum / count.max(1.0), f64::max);
-            let bound =
-                humantime::parse_duration(max_delay)?.as_secs_f64() * 1000.0 + max_refresh * 1000.0;
-            let worst = st_ms.iter().cloned().fold(0.0, f64::max);
-            note = format!(
-                "bound max_delay + one refresh ≈ {:.0} ms: {}",
-                bound,
-                if worst <= bound + 500.0 {
-                    "within (±0.5 s sampling/notify slack)"
-                } else {
-                    "EXCEEDED"
-                }
-            );
-            hwm = d.vm_hwm_kib();
+            let (o, hwm) = refreshd_outcome(d, &m0.unwrap(), max_delay, &st_ms).await?;
             bench.report.footprint.push(FootRow {
                 phase: format!(
                     "storm, {label}: {} tx/s for {} s",
@@ -1058,46 +1087,120 @@ async fn storm(bench: &mut Bench, refresher: Refresher) -> Result<StormRow> {
                 cpu: cpu_storm,
                 hwm_kib: hwm,
             });
-            d.stop().await;
+            o
         }
         Refresher::Naive => {
             let n = naive.take().unwrap();
-            // Watch the backlog a little longer: it keeps refreshing long after the view
-            // is exact, one refresh per notification it already received.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let received = n.received.load(Ordering::Relaxed);
-            let done = n.done.load(Ordering::Relaxed);
-            n.stop.store(true, Ordering::Relaxed);
-            let _ = n.handle.await;
-            let busy = n.busy.lock().unwrap().clone();
-            let mean = busy.iter().map(|d| d.as_secs_f64()).sum::<f64>() / busy.len().max(1) as f64;
-            (refreshes, db_secs) = naive_at_exact.unwrap();
-            max_refresh = busy.iter().map(|d| d.as_secs_f64()).fold(0.0, f64::max);
-            let left = received - done;
-            note = format!(
-                "{} notifications received, {} refreshes pending at storm end, still {} pending {:.0} s after the view was exact (~{:.0} s more of back-to-back refreshes; stopped by the harness)",
-                received,
+            naive_outcome(
+                n,
+                naive_at_exact.unwrap(),
                 naive_backlog_at_end.unwrap_or(0),
-                left,
-                (Instant::now() - exact_at).as_secs_f64(),
-                left as f64 * mean
-            );
+                exact_at,
+            )
+            .await
         }
-    }
+    };
     // Leave the table as it was for the next run (the inserts stay; the view is exact).
     Ok(StormRow {
         label,
         achieved: total as f64 / (last_ack - start).as_secs_f64(),
-        refreshes,
-        db_secs,
-        max_refresh_ms: max_refresh * 1000.0,
+        refreshes: o.refreshes,
+        db_secs: o.db_secs,
+        max_refresh_ms: o.max_refresh * 1000.0,
         st_med: percentile(&st_ms, 50.0),
         st_p99: percentile(&st_ms, 99.0),
-        st_max: st_ms.iter().cloned().fold(0.0, f64::max),
+        st_max: max_of(&st_ms),
         queue_max,
         to_exact_ms: ms(exact_at.saturating_duration_since(last_ack)),
-        note,
+        note: o.note,
     })
+}
+
+/// What a storm's refresher did up to the view being exact.
+struct Outcome {
+    refreshes: u64,
+    db_secs: f64,
+    /// The longest refresh, in seconds.
+    max_refresh: f64,
+    note: String,
+}
+
+/// refreshd's storm: its refreshes and DB time from its metrics (since `m0`), the
+/// longest refresh from its log, the staleness bound max_delay + one refresh against
+/// the worst staleness seen; and its peak RSS. Stops the daemon.
+async fn refreshd_outcome(
+    d: Daemon,
+    m0: &str,
+    max_delay: &str,
+    st_ms: &[f64],
+) -> Result<(Outcome, u64)> {
+    let m1 = d.metrics().await?;
+    let count = metric(&m1, "refreshd_refresh_duration_seconds_count", ATT_VIEW)
+        - metric(m0, "refreshd_refresh_duration_seconds_count", ATT_VIEW);
+    let sum = metric(&m1, "refreshd_refresh_duration_seconds_sum", ATT_VIEW)
+        - metric(m0, "refreshd_refresh_duration_seconds_sum", ATT_VIEW);
+    // The histogram has no maximum; refreshd's per-refresh log line has it.
+    let durs = d.refresh_durations_ms("notify");
+    let max_refresh = durs
+        .iter()
+        .map(|ms| ms / 1000.0)
+        .fold(sum / count.max(1.0), f64::max);
+    let bound = humantime::parse_duration(max_delay)?.as_secs_f64() * 1000.0 + max_refresh * 1000.0;
+    let worst = max_of(st_ms);
+    let note = format!(
+        "bound max_delay + one refresh ≈ {:.0} ms: {}",
+        bound,
+        if worst <= bound + 500.0 {
+            "within (±0.5 s sampling/notify slack)"
+        } else {
+            "EXCEEDED"
+        }
+    );
+    let hwm = d.vm_hwm_kib();
+    d.stop().await;
+    let o = Outcome {
+        refreshes: count as u64,
+        db_secs: sum,
+        max_refresh,
+        note,
+    };
+    Ok((o, hwm))
+}
+
+/// The naive listener's storm: its refreshes and busy time when the view was exact
+/// (`at_exact`), then its backlog watched 5 s longer before it is stopped.
+async fn naive_outcome(
+    n: NaiveListener,
+    at_exact: (u64, f64),
+    backlog_at_end: u64,
+    exact_at: Instant,
+) -> Outcome {
+    // Watch the backlog a little longer: it keeps refreshing long after the view
+    // is exact, one refresh per notification it already received.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let received = n.received.load(Ordering::Relaxed);
+    let done = n.done.load(Ordering::Relaxed);
+    n.stop.store(true, Ordering::Relaxed);
+    let _ = n.handle.await;
+    let busy = n.busy.lock().unwrap().clone();
+    let mean = busy.iter().map(|d| d.as_secs_f64()).sum::<f64>() / busy.len().max(1) as f64;
+    let (refreshes, db_secs) = at_exact;
+    let max_refresh = busy.iter().map(|d| d.as_secs_f64()).fold(0.0, f64::max);
+    let left = received - done;
+    let note = format!(
+        "{} notifications received, {} refreshes pending at storm end, still {} pending {:.0} s after the view was exact (~{:.0} s more of back-to-back refreshes; stopped by the harness)",
+        received,
+        backlog_at_end,
+        left,
+        (Instant::now() - exact_at).as_secs_f64(),
+        left as f64 * mean
+    );
+    Outcome {
+        refreshes,
+        db_secs,
+        max_refresh,
+        note,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1394,81 +1497,47 @@ async fn write_path(bench: &mut Bench) -> Result<()> {
 /// running every variant in the order given at every client count (slow drift, such as
 /// table growth and autovacuum, hits all alike). Rows per client count in variant
 /// order, ratios to the first variant; and the note that describes the runs.
+/// What the write-path runs share: the harness's connection, the listener (and its
+/// LISTEN statement), 005's trigger definitions, the pgbench script.
+struct WpCtx {
+    c: Client,
+    drain: Client,
+    listen: String,
+    /// To drop 005's triggers for a run and put them back afterwards.
+    keyed_defs: Vec<(String, String)>,
+    script: std::path::PathBuf,
+}
+
 async fn write_path_rounds(bench: &Bench, variants: &[Variant]) -> Result<(Vec<WpRow>, String)> {
     let plan = bench.plan.clone();
     let c = connect(&bench.dsn).await?;
     // Somebody listens, as refreshd would: notifications are read and dropped.
-    let (drain, mut conn) = tokio_postgres::connect(&bench.dsn, NoTls).await?;
-    let drained = Arc::new(AtomicU64::new(0));
-    let d2 = drained.clone();
-    let drain_task = tokio::spawn(async move {
-        let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = msgs.next().await {
-            if let AsyncMessage::Notification(_) = m {
-                d2.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
+    let (drain, drained, drain_task) = counting_listener(&bench.dsn).await?;
     let listen = format!(
         "LISTEN {ATT_CHANNEL}; LISTEN bench_rows; LISTEN {}",
         keyed::KEYS_CHANNEL
     );
     drain.batch_execute(&listen).await?;
-    // To drop 005's triggers for a run and put them back afterwards.
-    let keyed_defs: Vec<(String, String)> = c
-        .query(
-            "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger \
-             WHERE tgrelid = 'public.member_attendance'::regclass AND NOT tgisinternal \
-               AND tgname LIKE 'attendance\\_keys\\_on\\_%' ORDER BY tgname",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-
+    let keyed_defs = keyed_trigger_defs(&c).await?;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("insert.sql");
     std::fs::write(&script, format!("{};\n", bench.insert_sql))?;
+    let w = WpCtx {
+        c,
+        drain,
+        listen,
+        keyed_defs,
+        script,
+    };
     let mut tps: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); variants.len()]; plan.wp_clients.len()];
     // One unrecorded warm-up run: the first pgbench run after the storms pays for
     // cold caches and autovacuum catching up.
-    set_variant(&c, Variant::None).await?;
-    pgbench(bench, &script, 2, plan.wp_secs).await?;
+    set_variant(&w.c, Variant::None).await?;
+    pgbench(bench, &w.script, 2, plan.wp_secs).await?;
     for round in 0..plan.wp_rounds {
         for (ci, &clients) in plan.wp_clients.iter().enumerate() {
             for (vi, &v) in variants.iter().enumerate() {
-                set_variant(&c, v).await?;
-                if v == Variant::NoneDropped {
-                    for (name, _) in &keyed_defs {
-                        c.batch_execute(&format!(
-                            "DROP TRIGGER {} ON public.member_attendance",
-                            refreshd::pg::ident::quote_ident(name)
-                        ))
-                        .await?;
-                    }
-                }
-                // With refreshd running, it is the only listener, as in production:
-                // PostgreSQL signals every listening session of the database at each
-                // notifying commit, so a second one would cost writers more.
-                let daemon = match v.daemon() {
-                    Some((views, tag)) => {
-                        drain.batch_execute("UNLISTEN *").await?;
-                        Some(Daemon::start(&bench.dsn, &views, tag).await?)
-                    }
-                    None => None,
-                };
-                let t = pgbench(bench, &script, clients, plan.wp_secs).await;
-                if let Some(d) = daemon {
-                    d.stop().await;
-                    drain.batch_execute(&listen).await?;
-                }
-                if v == Variant::NoneDropped {
-                    for (_, def) in &keyed_defs {
-                        c.batch_execute(def).await?;
-                    }
-                }
-                let t = t?;
+                let t = w.one_run(bench, v, clients).await?;
                 progress(&format!(
                     "write path: round {}/{} clients {clients} {}: {t:.0} tps",
                     round + 1,
@@ -1479,8 +1548,73 @@ async fn write_path_rounds(bench: &Bench, variants: &[Variant]) -> Result<(Vec<W
             }
         }
     }
-    set_variant(&c, Variant::Statement).await?;
+    set_variant(&w.c, Variant::Statement).await?;
     drain_task.abort();
+    let rows = wp_rows(&plan, variants, &tps);
+    let note = format!(
+        "pgbench -n -f insert.sql -c C -j 2 -T {} (one INSERT ... SELECT of one row per transaction); {} round(s), variants interleaved in the order shown, medians; a LISTEN connection read every notification ({} in all; in rows naming refreshd, refreshd was the only listener)",
+        plan.wp_secs,
+        plan.wp_rounds,
+        drained.load(Ordering::Relaxed)
+    );
+    Ok((rows, note))
+}
+
+/// The definitions of 005's keyed triggers on member_attendance, by name.
+async fn keyed_trigger_defs(c: &Client) -> Result<Vec<(String, String)>> {
+    Ok(c.query(
+        "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger \
+         WHERE tgrelid = 'public.member_attendance'::regclass AND NOT tgisinternal \
+           AND tgname LIKE 'attendance\\_keys\\_on\\_%' ORDER BY tgname",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+impl WpCtx {
+    /// One pgbench run of variant `v` at `clients`: its TPS.
+    async fn one_run(&self, bench: &Bench, v: Variant, clients: u32) -> Result<f64> {
+        let c = &self.c;
+        set_variant(c, v).await?;
+        if v == Variant::NoneDropped {
+            for (name, _) in &self.keyed_defs {
+                c.batch_execute(&format!(
+                    "DROP TRIGGER {} ON public.member_attendance",
+                    refreshd::pg::ident::quote_ident(name)
+                ))
+                .await?;
+            }
+        }
+        // With refreshd running, it is the only listener, as in production:
+        // PostgreSQL signals every listening session of the database at each
+        // notifying commit, so a second one would cost writers more.
+        let daemon = match v.daemon() {
+            Some((views, tag)) => {
+                self.drain.batch_execute("UNLISTEN *").await?;
+                Some(Daemon::start(&bench.dsn, &views, tag).await?)
+            }
+            None => None,
+        };
+        let t = pgbench(bench, &self.script, clients, bench.plan.wp_secs).await;
+        if let Some(d) = daemon {
+            d.stop().await;
+            self.drain.batch_execute(&self.listen).await?;
+        }
+        if v == Variant::NoneDropped {
+            for (_, def) in &self.keyed_defs {
+                c.batch_execute(def).await?;
+            }
+        }
+        t
+    }
+}
+
+/// The write-path table's rows: per client count and variant, the TPS median, min,
+/// max, and the ratio to the first variant.
+fn wp_rows(plan: &Plan, variants: &[Variant], tps: &[Vec<Vec<f64>>]) -> Vec<WpRow> {
     let mut rows = Vec::new();
     for (ci, &clients) in plan.wp_clients.iter().enumerate() {
         let base = median(&tps[ci][0]);
@@ -1491,19 +1625,13 @@ async fn write_path_rounds(bench: &Bench, variants: &[Variant]) -> Result<(Vec<W
                 clients,
                 runs: tps[ci][vi].len(),
                 tps_med: m,
-                tps_min: tps[ci][vi].iter().cloned().fold(f64::INFINITY, f64::min),
-                tps_max: tps[ci][vi].iter().cloned().fold(0.0, f64::max),
+                tps_min: min_of(&tps[ci][vi]),
+                tps_max: max_of(&tps[ci][vi]),
                 ratio: m / base,
             });
         }
     }
-    let note = format!(
-        "pgbench -n -f insert.sql -c C -j 2 -T {} (one INSERT ... SELECT of one row per transaction); {} round(s), variants interleaved in the order shown, medians; a LISTEN connection read every notification ({} in all; in rows naming refreshd, refreshd was the only listener)",
-        plan.wp_secs,
-        plan.wp_rounds,
-        drained.load(Ordering::Relaxed)
-    );
-    Ok((rows, note))
+    rows
 }
 
 async fn pgbench(bench: &Bench, script: &std::path::Path, clients: u32, secs: u64) -> Result<f64> {
@@ -1548,6 +1676,34 @@ async fn pgbench(bench: &Bench, script: &std::path::Path, clients: u32, secs: u6
 // 4. pg_cron next to refreshd under one write stream
 // ---------------------------------------------------------------------------------
 
+/// One pg_cron run next to refreshd: what the samplers saw and what each refreshed.
+struct CronWindow {
+    /// The attendance view's samples (refreshd) and bench.att_cron's (pg_cron).
+    att: Vec<(Instant, i64)>,
+    cron: Vec<(Instant, i64)>,
+    acks: Vec<Instant>,
+    start: Instant,
+    end: Instant,
+    /// refreshd's refreshes of the view during the run, and their seconds.
+    rd_count: f64,
+    rd_sum: f64,
+}
+
+/// pg_cron's finest schedule for `version` (extversion, e.g. "1.4-1" or "1.6"), and
+/// whether it has seconds: seconds-granularity schedules arrived in pg_cron 1.5.
+fn cron_schedule(version: &str) -> (bool, &'static str) {
+    let mut p = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let second_capable = (p.next().unwrap_or(0), p.next().unwrap_or(0)) >= (1, 5);
+    let schedule = if second_capable {
+        "1 seconds"
+    } else {
+        "* * * * *"
+    };
+    (second_capable, schedule)
+}
+
 async fn cron(bench: &mut Bench) -> Result<()> {
     let Some(version) = bench.cron_version.clone() else {
         bench.report.cron_note = Some(
@@ -1557,19 +1713,7 @@ async fn cron(bench: &mut Bench) -> Result<()> {
         return Ok(());
     };
     let plan = bench.plan.clone();
-    // Seconds-granularity schedules arrived in pg_cron 1.5.
-    let second_capable = {
-        // extversion looks like "1.4-1" or "1.6".
-        let mut p = version
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|x| x.parse::<u32>().unwrap_or(0));
-        (p.next().unwrap_or(0), p.next().unwrap_or(0)) >= (1, 5)
-    };
-    let schedule = if second_capable {
-        "1 seconds"
-    } else {
-        "* * * * *"
-    };
+    let (second_capable, schedule) = cron_schedule(&version);
     progress(&format!(
         "pg_cron {version} ('{schedule}') on bench.att_cron next to refreshd on {ATT_VIEW}, {} tx/s for {} s",
         plan.cron_rate, plan.cron_secs
@@ -1580,6 +1724,65 @@ async fn cron(bench: &mut Bench) -> Result<()> {
     let base_att = view_sum(&c, ATT_VIEW).await?;
     let base_cron = view_sum(&c, "bench.att_cron").await?;
     let (debounce, max_delay) = ("1s", "5s");
+    let w = cron_window(bench, &c, schedule, debounce, max_delay).await?;
+    let runs = c
+        .query_one(
+            "SELECT count(*), coalesce(sum(extract(epoch FROM end_time - start_time)), 0)::float8 \
+             FROM cron.job_run_details WHERE command LIKE '%bench.att_cron%' AND status = 'succeeded'",
+            &[],
+        )
+        .await?;
+    let (cron_runs, cron_secs): (i64, f64) = (runs.get(0), runs.get(1));
+    for (label, samples, base, refreshes, db) in [
+        (
+            format!("pg_cron {version}, schedule '{schedule}'"),
+            &w.cron,
+            base_cron,
+            cron_runs as u64,
+            cron_secs,
+        ),
+        (
+            format!("refreshd (debounce {debounce}, max_delay {max_delay})"),
+            &w.att,
+            base_att,
+            w.rd_count as u64,
+            w.rd_sum,
+        ),
+    ] {
+        let st: Vec<f64> = staleness(samples, base, &w.acks, w.start, w.end)
+            .iter()
+            .map(|d| ms(*d))
+            .collect();
+        bench.report.cron.push(CronRow {
+            label,
+            refreshes,
+            db_secs: db,
+            med: percentile(&st, 50.0),
+            p90: percentile(&st, 90.0),
+            max: max_of(&st),
+            samples: st.len(),
+        });
+    }
+    bench.report.cron_note = Some(format!(
+        "{} tx/s for {} s ({} commits); both views have the same definition over the same tables; staleness sampled every 100 ms{}",
+        plan.cron_rate,
+        plan.cron_secs,
+        w.acks.len(),
+        if second_capable { "" } else { ". The installed pg_cron is older than 1.5, so its finest schedule is one minute ('* * * * *'); '1 seconds' needs pg_cron >= 1.5" }
+    ));
+    Ok(())
+}
+
+/// refreshd on the attendance view and pg_cron on bench.att_cron (`schedule`), under
+/// the same writes for `cron_secs`, both sampled every 100 ms.
+async fn cron_window(
+    bench: &Bench,
+    c: &Client,
+    schedule: &str,
+    debounce: &str,
+    max_delay: &str,
+) -> Result<CronWindow> {
+    let plan = &bench.plan;
     let daemon = Daemon::start(
         &bench.dsn,
         &[ViewCfg::new(ATT_VIEW, ATT_CHANNEL, debounce, max_delay)],
@@ -1594,73 +1797,24 @@ async fn cron(bench: &mut Bench) -> Result<()> {
     .await?;
     let s_att = Sampler::start(&bench.dsn, ATT_VIEW, Duration::from_millis(100)).await?;
     let s_cron = Sampler::start(&bench.dsn, "bench.att_cron", Duration::from_millis(100)).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let (acks, writers) = spawn_writers(bench, plan.cron_rate, 2, stop.clone());
-    tokio::time::sleep(Duration::from_secs(plan.cron_secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await??;
-    }
-    let end = Instant::now();
+    let (start, end, acks) = write_for(bench, plan.cron_rate, 2, plan.cron_secs).await?;
     c.batch_execute("SELECT cron.unschedule('bench_att_cron')")
         .await?;
     let m1 = daemon.metrics().await?;
     daemon.stop().await;
-    let (sa, _) = s_att.finish().await?;
-    let (sc, _) = s_cron.finish().await?;
-    let mut acks = acks.lock().unwrap().clone();
-    acks.sort();
-    let runs = c
-        .query_one(
-            "SELECT count(*), coalesce(sum(extract(epoch FROM end_time - start_time)), 0)::float8 \
-             FROM cron.job_run_details WHERE command LIKE '%bench.att_cron%' AND status = 'succeeded'",
-            &[],
-        )
-        .await?;
-    let (cron_runs, cron_secs): (i64, f64) = (runs.get(0), runs.get(1));
-    let rd_count = metric(&m1, "refreshd_refresh_duration_seconds_count", ATT_VIEW)
-        - metric(&m0, "refreshd_refresh_duration_seconds_count", ATT_VIEW);
-    let rd_sum = metric(&m1, "refreshd_refresh_duration_seconds_sum", ATT_VIEW)
-        - metric(&m0, "refreshd_refresh_duration_seconds_sum", ATT_VIEW);
-    for (label, samples, base, refreshes, db) in [
-        (
-            format!("pg_cron {version}, schedule '{schedule}'"),
-            sc,
-            base_cron,
-            cron_runs as u64,
-            cron_secs,
-        ),
-        (
-            format!("refreshd (debounce {debounce}, max_delay {max_delay})"),
-            sa,
-            base_att,
-            rd_count as u64,
-            rd_sum,
-        ),
-    ] {
-        let st: Vec<f64> = staleness(&samples, base, &acks, start, end)
-            .iter()
-            .map(|d| ms(*d))
-            .collect();
-        bench.report.cron.push(CronRow {
-            label,
-            refreshes,
-            db_secs: db,
-            med: percentile(&st, 50.0),
-            p90: percentile(&st, 90.0),
-            max: st.iter().cloned().fold(0.0, f64::max),
-            samples: st.len(),
-        });
-    }
-    bench.report.cron_note = Some(format!(
-        "{} tx/s for {} s ({} commits); both views have the same definition over the same tables; staleness sampled every 100 ms{}",
-        plan.cron_rate,
-        plan.cron_secs,
-        acks.len(),
-        if second_capable { "" } else { ". The installed pg_cron is older than 1.5, so its finest schedule is one minute ('* * * * *'); '1 seconds' needs pg_cron >= 1.5" }
-    ));
-    Ok(())
+    let (att, _) = s_att.finish().await?;
+    let (cron, _) = s_cron.finish().await?;
+    Ok(CronWindow {
+        att,
+        cron,
+        acks,
+        start,
+        end,
+        rd_count: metric(&m1, "refreshd_refresh_duration_seconds_count", ATT_VIEW)
+            - metric(&m0, "refreshd_refresh_duration_seconds_count", ATT_VIEW),
+        rd_sum: metric(&m1, "refreshd_refresh_duration_seconds_sum", ATT_VIEW)
+            - metric(&m0, "refreshd_refresh_duration_seconds_sum", ATT_VIEW),
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -1729,12 +1883,9 @@ fn render(b: &Bench) -> String {
     let r = &b.report;
     let mut o = String::new();
     let p = &b.plan;
-    o += &format!(
-        "## Run\n\n| | |\n|---|---|\n| mode | {} |\n",
-        if p.quick { "quick (`--quick`)" } else { "full" }
-    );
+    o += &run_table_head("Run", if p.quick { "quick (`--quick`)" } else { "full" });
     for (k, v) in &r.setup {
-        o += &format!("| {k} | {v} |\n");
+        o += &run_row(k, v);
     }
 
     o += "\n## 1. Freshness: commit → visible (debounce = 0s)\n\n";
@@ -1754,7 +1905,16 @@ fn render(b: &Bench) -> String {
         );
     }
     o += "\nLag is measured by the harness: from the writer's COMMIT acknowledgement until a poller (every 0.3 ms on the small view, 1 ms on the attendance view) sees the change in the view. The bare REFRESH is the harness's own round trip for the same statement, alternated with the lag samples.\n";
+    o += &render_storm(p, r);
+    o += &render_write_path(r);
+    o += &render_cron(r);
+    o += &render_footprint(r);
+    o
+}
 
+/// Section 2: the storm table and its notes.
+fn render_storm(p: &Plan, r: &Report) -> String {
+    let mut o = String::new();
     o += &format!(
         "\n## 2. Storm: {} single-row insert transactions/s for {} s on {ATT_VIEW}\n\n",
         p.storm_rate, p.storm_secs
@@ -1780,7 +1940,12 @@ fn render(b: &Bench) -> String {
         o += &format!("- {}: {}\n", s.label, s.note);
     }
     o += &format!("\n{} writer connections; staleness = age of the oldest committed write the view does not show, sampled every 50 ms from the storm's start until the view is exact; refreshes and DB time count from the storm's start until the view is exact (refreshd: its own metrics; naive: the harness's timings). Offered rate {} tx/s.\n", p.storm_writers, p.storm_rate);
+    o
+}
 
+/// Section 3: the write-path table and its notes.
+fn render_write_path(r: &Report) -> String {
+    let mut o = String::new();
     o += "\n## 3. Write-path cost: pgbench inserts into member_attendance\n\n";
     o += "| trigger on member_attendance | clients | runs | TPS median (min–max) | ratio to no trigger |\n|---|---|---|---|---|\n";
     for w in &r.write_path {
@@ -1792,7 +1957,12 @@ fn render(b: &Bench) -> String {
     for n in &r.wp_notes {
         o += &format!("\n{n}.\n");
     }
+    o
+}
 
+/// Section 4: pg_cron's table, or why it was skipped.
+fn render_cron(r: &Report) -> String {
+    let mut o = String::new();
     o += "\n## 4. pg_cron next to refreshd under one write stream\n\n";
     if r.cron.is_empty() {
         o += &format!("{}\n", r.cron_note.clone().unwrap_or_default());
@@ -1808,7 +1978,12 @@ fn render(b: &Bench) -> String {
             o += &format!("\n{n}.\n");
         }
     }
+    o
+}
 
+/// Section 5: the refreshd process's footprint.
+fn render_footprint(r: &Report) -> String {
+    let mut o = String::new();
     o += "\n## 5. Footprint of the refreshd process (target/release/refreshd)\n\n";
     o += "| phase | wall s | CPU s (utime+stime) | CPU % of one core | peak RSS (VmHWM) MiB |\n|---|---|---|---|---|\n";
     for f in &r.footprint {

@@ -23,7 +23,6 @@
 //! its full REFRESH CONCURRENTLY against one INSERT's commit → visible after `init
 //! --keyed --in-place`, refreshd alone on it; between scales, whether that stays flat.
 
-use super::capture::{build_line, load1};
 use super::*;
 
 const HAND: &str = "public.attendance_statistics_live";
@@ -49,6 +48,7 @@ const GROUPS_SQL: &str = "CREATE MATERIALIZED VIEW public.attendance_by_group AS
 
 /// The big-group delta view at one scale: its full refresh against one write's
 /// commit → visible through `init --keyed --in-place`.
+#[derive(Default)]
 struct DeltaRun {
     bare_ms: Vec<f64>,
     lag_ms: Vec<f64>,
@@ -58,6 +58,7 @@ struct DeltaRun {
     said: Vec<String>,
 }
 
+#[derive(Default)]
 struct ScaleRun {
     scale: f64,
     data: String,
@@ -71,6 +72,17 @@ struct ScaleRun {
     exact: (i64, i64),
     said: Vec<String>,
     delta: DeltaRun,
+}
+
+/// What the run table needs beyond the scales' runs.
+struct Facts {
+    quick: bool,
+    pg: String,
+    load_start: String,
+    load_end: String,
+    /// The 1-min load after each sample.
+    loads: Vec<f64>,
+    total: Duration,
 }
 
 pub async fn run(plan: Plan) -> Result<()> {
@@ -87,203 +99,254 @@ pub async fn run(plan: Plan) -> Result<()> {
     let mut loads = Vec::new();
     let mut pg = String::new();
     for &scale in &scales {
-        let mut p = plan.clone();
-        p.scale = scale;
-        let bench = setup(p).await?;
-        let data = bench
-            .report
-            .setup
-            .iter()
-            .find(|(k, _)| k == "data")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let c = connect(&bench.dsn).await?;
-        pg = c.query_one("SHOW server_version", &[]).await?.get(0);
-        c.batch_execute(&toggle_keyed_triggers(true)).await?;
-        let mut bare = Vec::new();
-        for _ in 0..3 {
-            bare.push(ms(bare_refresh(&c, ATT_VIEW).await?));
-        }
-        let o = tokio::process::Command::new(&bin)
-            .args([
-                "init", "--url", &bench.dsn, "--schema", "public", "--apply", "--keyed", ATT_VIEW,
-            ])
-            .output()
-            .await?;
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        if !o.status.success() {
-            bail!("refreshd init --keyed {ATT_VIEW} failed: {err}");
-        }
-        let said: Vec<String> = err
-            .lines()
-            .filter(|l| l.contains("--keyed public.attendance_statistics_summary"))
-            .map(|l| l.trim().to_string())
-            .collect();
-        for l in &said {
-            progress(&format!("init: {l}"));
-        }
-        let cfgs = super::tpch::keyed_views_from_init(&String::from_utf8_lossy(&o.stdout))?;
-        let gen_cfg = cfgs
-            .iter()
-            .find(|(n, _)| n == GEN)
-            .map(|(_, c)| c.clone())
-            .with_context(|| format!("no [[view]] {GEN} in init's config"))?;
-        let daemon = Daemon::start(
-            &bench.dsn,
-            &[super::keyed::live_view("0s"), gen_cfg],
-            "attendance",
-        )
-        .await?;
-        let log0 = daemon.refresh_log().len();
-        let writer = connect(&bench.dsn).await?;
-        let poller = connect(&bench.dsn).await?;
-        let insert = writer.prepare(&bench.insert_sql).await?;
-        let sums = poller
-            .prepare(&format!(
-                "SELECT (SELECT sum(total_attendance_records) FROM {HAND})::bigint, \
-                        (SELECT sum(total_attendance_records) FROM {GEN})::bigint"
-            ))
-            .await?;
-        let read = |r: tokio_postgres::Row| -> (i64, i64) {
-            (
-                r.get::<_, Option<i64>>(0).unwrap_or(0),
-                r.get::<_, Option<i64>>(1).unwrap_or(0),
-            )
-        };
-        let (mut hand_ms, mut gen_ms) = (Vec::new(), Vec::new());
-        progress(&format!("attendance scale {scale}: {samples} inserts"));
-        for i in 0..samples {
-            let (bh, bg) = read(poller.query_one(&sums, &[]).await?);
-            writer.execute(&insert, &[]).await?;
-            let acked = Instant::now();
-            let (mut th, mut tg) = (None, None);
-            while th.is_none() || tg.is_none() {
-                let (h, g) = read(poller.query_one(&sums, &[]).await?);
-                let now = Instant::now();
-                if th.is_none() && h > bh {
-                    th = Some(now);
-                }
-                if tg.is_none() && g > bg {
-                    tg = Some(now);
-                }
-                if now > acked + Duration::from_secs(120) {
-                    bail!(
-                        "scale {scale} sample {i}: not visible within 120 s (hand-written {}, generated {}); log tail:\n{}",
-                        th.is_some(),
-                        tg.is_some(),
-                        daemon.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            hand_ms.push(ms(th.unwrap() - acked));
-            gen_ms.push(ms(tg.unwrap() - acked));
-            loads.push(load1());
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        let log = daemon.refresh_log();
-        let mut r = ScaleRun {
-            scale,
-            data,
-            hand_ms,
-            gen_ms,
-            hand_refresh_ms: Vec::new(),
-            gen_refresh_ms: Vec::new(),
-            hand_kinds: Default::default(),
-            gen_kinds: Default::default(),
-            bare_refresh_ms: median(&bare),
-            exact: (0, 0),
-            said,
-            delta: DeltaRun {
-                bare_ms: Vec::new(),
-                lag_ms: Vec::new(),
-                refresh_ms: Vec::new(),
-                kinds: Default::default(),
-                exact: -1,
-                said: Vec::new(),
-            },
-        };
-        for l in log.iter().skip(log0) {
-            if l.view == HAND {
-                r.hand_refresh_ms.push(l.duration_ms);
-                *r.hand_kinds.entry(l.kind.clone()).or_default() += 1;
-            } else if l.view == GEN {
-                r.gen_refresh_ms.push(l.duration_ms);
-                *r.gen_kinds.entry(l.kind.clone()).or_default() += 1;
-            }
-        }
-        let diff = |t: &str, d: &str| {
-            format!(
-                "SELECT count(*) FROM ((SELECT to_jsonb(l) - 'last_refreshed' FROM {t} l \
-                   EXCEPT ALL SELECT to_jsonb(d) - 'last_refreshed' FROM {d} d) \
-                 UNION ALL (SELECT to_jsonb(d) - 'last_refreshed' FROM {d} d \
-                   EXCEPT ALL SELECT to_jsonb(l) - 'last_refreshed' FROM {t} l)) x"
-            )
-        };
-        r.exact = (
-            c.query_one(&diff(HAND, HAND_DEF), &[]).await?.get(0),
-            c.query_one(&diff(GEN, GEN_DEF), &[]).await?.get(0),
-        );
-        daemon.stop().await;
-        progress(&format!(
-            "attendance scale {scale}: hand-written {:.1} ms, generated {:.1} ms (medians)",
-            median(&r.hand_ms),
-            median(&r.gen_ms)
-        ));
-        r.delta = delta_phase(&bench.dsn, &bench.insert_sql, &bin, samples, &mut loads).await?;
-        progress(&format!(
-            "attendance scale {scale}: {GROUPS} full refresh {:.1} ms, delta commit → visible {:.1} ms (medians)",
-            median(&r.delta.bare_ms),
-            median(&r.delta.lag_ms)
-        ));
+        let (r, version) = scale_run(&plan, &bin, scale, samples, &mut loads).await?;
+        pg = version;
         out.push(r);
-        drop(c);
-        drop(bench);
     }
     let total = t0.elapsed();
-    let load_end = loadavg();
-    let mut o = String::new();
-    o += &format!(
-        "## Attendance: run\n\n| | |\n|---|---|\n| mode | `--attendance-scale`{} |\n",
-        if plan.quick { " `--quick`" } else { "" }
+    let f = Facts {
+        quick: plan.quick,
+        pg,
+        load_start,
+        load_end: loadavg(),
+        loads,
+        total,
+    };
+    let mut o = run_table(&f, &out);
+    o += &pair_table(&out);
+    o += &render_delta(&out);
+    print!("{o}");
+    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
+    Ok(())
+}
+
+/// One scale on its own cluster: the hand-written and generated tables side by side,
+/// then the big-group delta view. Also the server's version.
+async fn scale_run(
+    plan: &Plan,
+    bin: &std::path::Path,
+    scale: f64,
+    samples: usize,
+    loads: &mut Vec<f64>,
+) -> Result<(ScaleRun, String)> {
+    let mut p = plan.clone();
+    p.scale = scale;
+    let bench = setup(p).await?;
+    let data = bench
+        .report
+        .setup
+        .iter()
+        .find(|(k, _)| k == "data")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let c = connect(&bench.dsn).await?;
+    let pg: String = c.query_one("SHOW server_version", &[]).await?.get(0);
+    c.batch_execute(&toggle_keyed_triggers(true)).await?;
+    let mut bare = Vec::new();
+    for _ in 0..3 {
+        bare.push(ms(bare_refresh(&c, ATT_VIEW).await?));
+    }
+    let (said, gen_cfg) = init_keyed(
+        bin,
+        &bench.dsn,
+        false,
+        ATT_VIEW,
+        GEN,
+        "--keyed public.attendance_statistics_summary",
+    )
+    .await?;
+    let daemon = Daemon::start(
+        &bench.dsn,
+        &[super::keyed::live_view("0s"), gen_cfg],
+        "attendance",
+    )
+    .await?;
+    let log0 = daemon.refresh_log().len();
+    let (hand_ms, gen_ms) = pair_samples(&bench, &daemon, scale, samples, loads).await?;
+    let mut r = ScaleRun {
+        scale,
+        data,
+        hand_ms,
+        gen_ms,
+        bare_refresh_ms: median(&bare),
+        said,
+        ..Default::default()
+    };
+    for l in daemon.refresh_log().iter().skip(log0) {
+        if l.view == HAND {
+            r.hand_refresh_ms.push(l.duration_ms);
+            *r.hand_kinds.entry(l.kind.clone()).or_default() += 1;
+        } else if l.view == GEN {
+            r.gen_refresh_ms.push(l.duration_ms);
+            *r.gen_kinds.entry(l.kind.clone()).or_default() += 1;
+        }
+    }
+    r.exact = (
+        c.query_one(&diff_sql(HAND, HAND_DEF), &[]).await?.get(0),
+        c.query_one(&diff_sql(GEN, GEN_DEF), &[]).await?.get(0),
     );
-    o += &format!("| refreshd | {} |\n", build_line());
-    o += &format!("| PostgreSQL | {pg} |\n");
+    daemon.stop().await;
+    progress(&format!(
+        "attendance scale {scale}: hand-written {:.1} ms, generated {:.1} ms (medians)",
+        median(&r.hand_ms),
+        median(&r.gen_ms)
+    ));
+    r.delta = delta_phase(&bench.dsn, &bench.insert_sql, bin, samples, loads).await?;
+    progress(&format!(
+        "attendance scale {scale}: {GROUPS} full refresh {:.1} ms, delta commit → visible {:.1} ms (medians)",
+        median(&r.delta.bare_ms),
+        median(&r.delta.lag_ms)
+    ));
+    drop(c);
+    drop(bench);
+    Ok((r, pg))
+}
+
+/// Rows that differ between keyed table `t` and definition `d`, last_refreshed excluded.
+fn diff_sql(t: &str, d: &str) -> String {
+    format!(
+        "SELECT count(*) FROM ((SELECT to_jsonb(l) - 'last_refreshed' FROM {t} l \
+           EXCEPT ALL SELECT to_jsonb(d) - 'last_refreshed' FROM {d} d) \
+         UNION ALL (SELECT to_jsonb(d) - 'last_refreshed' FROM {d} d \
+           EXCEPT ALL SELECT to_jsonb(l) - 'last_refreshed' FROM {t} l)) x"
+    )
+}
+
+/// `refreshd init --schema public --apply [--in-place] --keyed VIEW`: the lines of what
+/// it said that mention `mentions`, and the `[[view]]` named `cfg_name` of its config
+/// (the keyed table: VIEW itself when in place).
+async fn init_keyed(
+    bin: &std::path::Path,
+    dsn: &str,
+    in_place: bool,
+    view: &str,
+    cfg_name: &str,
+    mentions: &str,
+) -> Result<(Vec<String>, ViewCfg)> {
+    let mut args = vec!["init", "--url", dsn, "--schema", "public", "--apply"];
+    if in_place {
+        args.push("--in-place");
+    }
+    args.extend(["--keyed", view]);
+    let o = tokio::process::Command::new(bin)
+        .args(&args)
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if !o.status.success() {
+        bail!("refreshd init --keyed {view} failed: {err}");
+    }
+    let said: Vec<String> = err
+        .lines()
+        .filter(|l| l.contains(mentions))
+        .map(|l| l.trim().to_string())
+        .collect();
+    for l in &said {
+        progress(&format!("init: {l}"));
+    }
+    let cfgs = super::tpch::keyed_views_from_init(&String::from_utf8_lossy(&o.stdout))?;
+    let cfg = cfgs
+        .iter()
+        .find(|(n, _)| n == cfg_name)
+        .map(|(_, c)| c.clone())
+        .with_context(|| format!("no [[view]] {cfg_name} in init's config"))?;
+    Ok((said, cfg))
+}
+
+/// `samples` INSERTs, one at a time; per INSERT, acknowledgement → visible in the
+/// hand-written and in the generated table (one poller reads both sums every 1 ms).
+async fn pair_samples(
+    bench: &Bench,
+    daemon: &Daemon,
+    scale: f64,
+    samples: usize,
+    loads: &mut Vec<f64>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let writer = connect(&bench.dsn).await?;
+    let poller = connect(&bench.dsn).await?;
+    let insert = writer.prepare(&bench.insert_sql).await?;
+    let sums = poller
+        .prepare(&format!(
+            "SELECT (SELECT sum(total_attendance_records) FROM {HAND})::bigint, \
+                    (SELECT sum(total_attendance_records) FROM {GEN})::bigint"
+        ))
+        .await?;
+    let read = |r: tokio_postgres::Row| -> (i64, i64) {
+        (
+            r.get::<_, Option<i64>>(0).unwrap_or(0),
+            r.get::<_, Option<i64>>(1).unwrap_or(0),
+        )
+    };
+    let (mut hand_ms, mut gen_ms) = (Vec::new(), Vec::new());
+    progress(&format!("attendance scale {scale}: {samples} inserts"));
+    for i in 0..samples {
+        let (bh, bg) = read(poller.query_one(&sums, &[]).await?);
+        writer.execute(&insert, &[]).await?;
+        let acked = Instant::now();
+        let (mut th, mut tg) = (None, None);
+        while th.is_none() || tg.is_none() {
+            let (h, g) = read(poller.query_one(&sums, &[]).await?);
+            let now = Instant::now();
+            if th.is_none() && h > bh {
+                th = Some(now);
+            }
+            if tg.is_none() && g > bg {
+                tg = Some(now);
+            }
+            if now > acked + Duration::from_secs(120) {
+                bail!(
+                    "scale {scale} sample {i}: not visible within 120 s (hand-written {}, generated {}); log tail:\n{}",
+                    th.is_some(),
+                    tg.is_some(),
+                    daemon.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        hand_ms.push(ms(th.unwrap() - acked));
+        gen_ms.push(ms(tg.unwrap() - acked));
+        loads.push(load1());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    Ok((hand_ms, gen_ms))
+}
+
+/// The report's "Attendance: run" table and what init said at the first scale.
+fn run_table(f: &Facts, out: &[ScaleRun]) -> String {
+    let mut o = run_table_head(
+        "Attendance: run",
+        &format!("`--attendance-scale`{}", quick_flag(f.quick)),
+    );
+    o += &run_row("refreshd", &build_line());
+    o += &run_row("PostgreSQL", &f.pg);
     o += "| cluster | throwaway initdb per scale (refreshd's TempCluster): fsync=off, synchronous_commit=off, shared_buffers=128MB |\n";
-    o += &format!(
-        "| host | {} cores; load average (1/5/15 min) at start {load_start}, at end {load_end}; 1-min load after each sample: median {:.1}, max {:.1} |\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        median(&loads),
-        loads.iter().cloned().fold(0.0, f64::max)
-    );
-    for r in &out {
+    o += &host_row(&f.load_start, &f.load_end, "sample", &f.loads);
+    for r in out {
         o += &format!(
             "| data, scale {} | {}; bare REFRESH CONCURRENTLY of the view {:.0} ms (median of 3) |\n",
             r.scale, r.data, r.bare_refresh_ms
         );
     }
-    o += &format!(
-        "| harness wall time | {:.1} min |\n",
-        total.as_secs_f64() / 60.0
-    );
+    o += &wall_time_row(f.total);
     if let Some(r) = out.first() {
-        o += "\n`refreshd init` said:\n\n```\n";
-        for l in &r.said {
-            o += l;
-            o += "\n";
-        }
-        o += "```\n";
+        o += &init_said(&r.said);
     }
-    o += "\n## Attendance: commit → visible for one INSERT into member_attendance, hand-written (005) against generated (`init --keyed`), side by side in one refreshd (debounce 0s)\n\n";
+    o
+}
+
+/// The hand-written against generated table (a column per scale, and their ratio at
+/// two scales), the refresh kinds per scale, the note and the flatness target.
+fn pair_table(out: &[ScaleRun]) -> String {
+    let mut o = String::from("\n## Attendance: commit → visible for one INSERT into member_attendance, hand-written (005) against generated (`init --keyed`), side by side in one refreshd (debounce 0s)\n\n");
     o += "| keyed table | ";
-    for r in &out {
+    for r in out {
         o += &format!("scale {}: ms median (min–max), samples | ", r.scale);
     }
     if out.len() == 2 {
         o += "last / first scale (medians) |";
     }
     o += "\n|---|";
-    for _ in &out {
+    for _ in out {
         o += "---|";
     }
     if out.len() == 2 {
@@ -300,15 +363,9 @@ pub async fn run(plan: Plan) -> Result<()> {
     let mut growth = Vec::new();
     for (label, pick) in rows {
         o += &format!("| {label} | ");
-        for r in &out {
+        for r in out {
             let v = pick(r);
-            o += &format!(
-                "{:.1} ({:.1}–{:.1}), {} | ",
-                median(v),
-                v.iter().cloned().fold(f64::INFINITY, f64::min),
-                v.iter().cloned().fold(0.0, f64::max),
-                v.len()
-            );
+            o += &format!("{}, {} | ", median_min_max(v), v.len());
         }
         if out.len() == 2 {
             let g = median(pick(&out[1])) / median(pick(&out[0]));
@@ -318,13 +375,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         o += "\n";
     }
     o += "\n";
-    for r in &out {
-        let kinds = |k: &std::collections::BTreeMap<String, usize>| {
-            k.iter()
-                .map(|(k, n)| format!("{k} × {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+    for r in out {
         o += &format!(
             "- scale {}: refresh kinds: hand-written {}; generated {}. Equal to their definitions after the run (rows differing, last_refreshed excluded): hand-written {}, generated {}.\n",
             r.scale,
@@ -345,10 +396,15 @@ pub async fn run(plan: Plan) -> Result<()> {
             if growth[1] <= 1.5 { "flat" } else { "**not flat**" }
         );
     }
-    o += &render_delta(&out);
-    print!("{o}");
-    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
-    Ok(())
+    o
+}
+
+/// "kind × n, ..." of refreshd's refreshes.
+fn kinds(k: &std::collections::BTreeMap<String, usize>) -> String {
+    k.iter()
+        .map(|(k, n)| format!("{k} × {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The big-group view: created over the scale's data, its bare REFRESH CONCURRENTLY
@@ -371,38 +427,15 @@ async fn delta_phase(
     for _ in 0..3 {
         bare_ms.push(ms(bare_refresh(&c, GROUPS).await?));
     }
-    let o = tokio::process::Command::new(bin)
-        .args([
-            "init",
-            "--url",
-            dsn,
-            "--schema",
-            "public",
-            "--apply",
-            "--in-place",
-            "--keyed",
-            GROUPS,
-        ])
-        .output()
-        .await?;
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    if !o.status.success() {
-        bail!("refreshd init --keyed {GROUPS} failed: {err}");
-    }
-    let said: Vec<String> = err
-        .lines()
-        .filter(|l| l.contains("--keyed public.attendance_by_group"))
-        .map(|l| l.trim().to_string())
-        .collect();
-    for l in &said {
-        progress(&format!("init: {l}"));
-    }
-    let cfgs = super::tpch::keyed_views_from_init(&String::from_utf8_lossy(&o.stdout))?;
-    let cfg = cfgs
-        .iter()
-        .find(|(n, _)| n == GROUPS)
-        .map(|(_, c)| c.clone())
-        .with_context(|| format!("no [[view]] {GROUPS} in init's config"))?;
+    let (said, cfg) = init_keyed(
+        bin,
+        dsn,
+        true,
+        GROUPS,
+        GROUPS,
+        "--keyed public.attendance_by_group",
+    )
+    .await?;
     let daemon = Daemon::start(dsn, &[cfg], "attendance-groups").await?;
     let log0 = daemon.refresh_log().len();
     let writer = connect(dsn).await?;
@@ -445,16 +478,7 @@ async fn delta_phase(
             *kinds.entry(l.kind.clone()).or_default() += 1;
         }
     }
-    let exact: i64 = c
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM ((TABLE {GROUPS} EXCEPT ALL TABLE {GROUPS_DEF}) \
-                 UNION ALL (TABLE {GROUPS_DEF} EXCEPT ALL TABLE {GROUPS})) x"
-            ),
-            &[],
-        )
-        .await?
-        .get(0);
+    let exact = groups_diff(&c).await?;
     daemon.stop().await;
     Ok(DeltaRun {
         bare_ms,
@@ -480,28 +504,16 @@ fn render_delta(out: &[ScaleRun]) -> String {
     }
     o += "\n## Attendance: a big-group view that takes deltas (`public.attendance_by_group`: member_attendance through members, training_sessions, categories and seasons, 80 (category, season) groups), full REFRESH CONCURRENTLY against commit → visible for one INSERT (refreshd alone on it, debounce 0s)\n\n";
     o += "| scale | full REFRESH CONCURRENTLY ms, median of 3 (min–max) | commit → visible ms, median (min–max), samples | full / keyed | refreshd's refreshes (kind × n), median ms | equal to its definition after the run (rows differing) |\n|---|---|---|---|---|---|\n";
-    let spread = |v: &[f64]| {
-        format!(
-            "{:.1} ({:.1}–{:.1})",
-            median(v),
-            v.iter().cloned().fold(f64::INFINITY, f64::min),
-            v.iter().cloned().fold(0.0, f64::max)
-        )
-    };
     for r in out {
         let d = &r.delta;
         o += &format!(
             "| {} | {} | {}, {} | **{:.1}×** | {} {:.1} | {} |\n",
             r.scale,
-            spread(&d.bare_ms),
-            spread(&d.lag_ms),
+            median_min_max(&d.bare_ms),
+            median_min_max(&d.lag_ms),
             d.lag_ms.len(),
             median(&d.bare_ms) / median(&d.lag_ms),
-            d.kinds
-                .iter()
-                .map(|(k, n)| format!("{k} × {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            kinds(&d.kinds),
             median(&d.refresh_ms),
             d.exact
         );
@@ -530,4 +542,17 @@ fn render_delta(out: &[ScaleRun]) -> String {
         );
     }
     o
+}
+
+/// Rows in which the big-group view differs from its definition.
+async fn groups_diff(c: &Client) -> Result<i64> {
+    Ok(c.query_one(
+        &format!(
+            "SELECT count(*) FROM ((TABLE {GROUPS} EXCEPT ALL TABLE {GROUPS_DEF}) \
+                 UNION ALL (TABLE {GROUPS_DEF} EXCEPT ALL TABLE {GROUPS})) x"
+        ),
+        &[],
+    )
+    .await?
+    .get(0))
 }

@@ -135,6 +135,55 @@ struct Run {
     load1: f64,
 }
 
+/// The variants, in the order of each round.
+const VARIANTS: [Cap; 6] = [
+    Cap::None,
+    Cap::Empty,
+    Cap::PlainNotify,
+    Cap::RefreshdCaptureAlone,
+    Cap::RefreshdCaptureRunning,
+    Cap::RefreshdCaptureParked,
+];
+
+/// pgbench's client counts.
+const CLIENTS: [u32; 2] = [1, 8];
+
+/// The loaded shop: its cluster, a connection, and what loading measured.
+struct Shop {
+    bench: Bench,
+    c: Client,
+    base_id: i64,
+    load_secs: f64,
+    /// Bare REFRESH CONCURRENTLY of the view, 5 times.
+    bare: Vec<f64>,
+    /// The view's definition, to compare it with.
+    definition: String,
+    /// The cluster's settings, "name=value, ...".
+    settings: String,
+}
+
+/// What `refreshd init --schema shop --apply` did: the view's entry (and the parked
+/// variant's), a summary, refreshd's triggers on the fact table and their channel.
+struct Init {
+    view_cfg: ViewCfg,
+    parked_cfg: ViewCfg,
+    summary: String,
+    ours: Vec<String>,
+    fact_channel: String,
+}
+
+/// What the runs share.
+struct Ctx {
+    shop: Shop,
+    init: Init,
+    /// The LISTEN connection of the variants without refreshd, its LISTEN statement,
+    /// and how many notifications it has read.
+    drain: Client,
+    listen: String,
+    drained: Arc<AtomicU64>,
+    script: std::path::PathBuf,
+}
+
 pub async fn run(plan: Plan) -> Result<()> {
     let t0 = Instant::now();
     let bin_dir = pin_binary()?;
@@ -144,10 +193,48 @@ pub async fn run(plan: Plan) -> Result<()> {
     progress(&format!(
         "refreshd bench: capture cost, {rounds} round(s) of {secs} s per run"
     ));
+    let shop = load_shop(&plan).await?;
+    let init = Init::run(&bin, &shop).await?;
+    // Somebody listens in the variants without refreshd, as refreshd would.
+    let (drain, drained, drain_task) = counting_listener(&shop.bench.dsn).await?;
+    let listen = format!(
+        "LISTEN {}",
+        refreshd::pg::ident::quote_ident(&init.fact_channel)
+    );
+    drain.batch_execute(&listen).await?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("insert.sql");
+    std::fs::write(&script, INSERT_SCRIPT)?;
+    let ctx = Ctx {
+        shop,
+        init,
+        drain,
+        listen,
+        drained,
+        script,
+    };
+    let runs = ctx.all_rounds(secs, rounds).await?;
+    drain_task.abort();
+    let pg: String = ctx
+        .shop
+        .c
+        .query_one("SHOW server_version", &[])
+        .await?
+        .get(0);
+    let total = t0.elapsed();
+    let mut o = run_table(&plan, &ctx, &pg, &runs, total);
+    o += &results_table(secs, rounds, &ctx.init.fact_channel, &runs);
+    print!("{o}");
+    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
+    Ok(())
+}
+
+/// A throwaway cluster with the shop: the fact table loaded, the view created, its
+/// bare refresh timed, its definition and the cluster's settings read.
+async fn load_shop(plan: &Plan) -> Result<Shop> {
     progress("starting throwaway cluster");
-    let bench = Bench::on_new_cluster(&plan, 200).await?;
-    let dsn = bench.dsn.clone();
-    let c = connect(&dsn).await?;
+    let bench = Bench::on_new_cluster(plan, 200).await?;
+    let c = connect(&bench.dsn).await?;
     c.batch_execute(SHOP_SQL).await?;
     progress(&format!("loading {FACT_ROWS} rows into {FACT}"));
     let t = Instant::now();
@@ -176,246 +263,229 @@ pub async fn run(plan: Plan) -> Result<()> {
         .await?
         .get(0);
     let definition = definition.trim().trim_end_matches(';').to_string();
+    let settings = settings(&c).await?;
+    Ok(Shop {
+        bench,
+        c,
+        base_id,
+        load_secs,
+        bare,
+        definition,
+        settings,
+    })
+}
 
-    // refreshd init, as a user would run it: the config it prints, the capture applied.
-    let out = tokio::process::Command::new(&bin)
-        .args(["init", "--url", &dsn, "--schema", SCHEMA, "--apply"])
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "refreshd init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (view_cfg, parked_cfg, init_summary) = view_from_init(&init_toml)?;
-    progress(&format!("init: {init_summary}"));
-    // refreshd's triggers on the fact table (root and partitions), to drop and restore.
-    let ours: Vec<String> = c
-        .query(
-            "SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t \
-             WHERE t.tgname = 'refreshd_notify' AND (t.tgrelid = 'shop.sales'::regclass \
-               OR t.tgrelid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = 'shop.sales'::regclass)) \
-             ORDER BY t.tgrelid",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if ours.len() != 13 {
-        bail!(
-            "expected refreshd_notify on shop.sales and its 12 partitions, found {}",
-            ours.len()
-        );
-    }
-    let fact_channel: String = c
-        .query_one(
-            "SELECT pg_catalog.split_part(pg_catalog.encode(tgargs, 'escape'), '\\000', 1) FROM pg_catalog.pg_trigger \
-             WHERE tgname = 'refreshd_notify' AND tgrelid = 'shop.sales'::regclass",
-            &[],
-        )
-        .await?
-        .get(0);
-    let settings = c
-        .query(
-            "SELECT name, setting FROM pg_catalog.pg_settings WHERE name IN \
-             ('server_version', 'fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', \
-              'wal_level', 'max_connections', 'autovacuum') ORDER BY name",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// The cluster's settings that matter here, "name=value, ...".
+async fn settings(c: &Client) -> Result<String> {
+    Ok(c.query(
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE name IN \
+         ('server_version', 'fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', \
+          'wal_level', 'max_connections', 'autovacuum') ORDER BY name",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1)))
+    .collect::<Vec<_>>()
+    .join(", "))
+}
 
-    // Somebody listens in the variants without refreshd, as refreshd would.
-    let (drain, mut conn) = tokio_postgres::connect(&dsn, NoTls).await?;
-    let drained = Arc::new(AtomicU64::new(0));
-    let d2 = drained.clone();
-    let drain_task = tokio::spawn(async move {
-        let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = msgs.next().await {
-            if let AsyncMessage::Notification(_) = m {
-                d2.fetch_add(1, Ordering::Relaxed);
+impl Init {
+    /// refreshd init, as a user would run it: the config it prints, the capture applied.
+    async fn run(bin: &std::path::Path, shop: &Shop) -> Result<Init> {
+        let c = &shop.c;
+        let out = tokio::process::Command::new(bin)
+            .args([
+                "init",
+                "--url",
+                &shop.bench.dsn,
+                "--schema",
+                SCHEMA,
+                "--apply",
+            ])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "refreshd init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (view_cfg, parked_cfg, summary) = view_from_init(&init_toml)?;
+        progress(&format!("init: {summary}"));
+        // refreshd's triggers on the fact table (root and partitions), to drop and restore.
+        let ours: Vec<String> = c
+            .query(
+                "SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t \
+                 WHERE t.tgname = 'refreshd_notify' AND (t.tgrelid = 'shop.sales'::regclass \
+                   OR t.tgrelid IN (SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = 'shop.sales'::regclass)) \
+                 ORDER BY t.tgrelid",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ours.len() != 13 {
+            bail!(
+                "expected refreshd_notify on shop.sales and its 12 partitions, found {}",
+                ours.len()
+            );
+        }
+        let fact_channel: String = c
+            .query_one(
+                "SELECT pg_catalog.split_part(pg_catalog.encode(tgargs, 'escape'), '\\000', 1) FROM pg_catalog.pg_trigger \
+                 WHERE tgname = 'refreshd_notify' AND tgrelid = 'shop.sales'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(Init {
+            view_cfg,
+            parked_cfg,
+            summary,
+            ours,
+            fact_channel,
+        })
+    }
+}
+
+impl Ctx {
+    /// One unrecorded warm-up run, then every round: per client count, every variant
+    /// in turn. Indexed [client][variant][round].
+    async fn all_rounds(&self, secs: u64, rounds: usize) -> Result<Vec<Vec<Vec<Run>>>> {
+        let (c, base_id) = (&self.shop.c, self.shop.base_id);
+        let (ours, channel) = (&self.init.ours, &self.init.fact_channel);
+        let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); VARIANTS.len()]; CLIENTS.len()];
+        set_capture(c, Cap::None, ours, channel).await?;
+        pgbench(&self.shop.bench, &self.script, 8, secs.min(5)).await?;
+        reset(c, base_id).await?;
+        for round in 0..rounds {
+            for (ci, &n) in CLIENTS.iter().enumerate() {
+                for (vi, &v) in VARIANTS.iter().enumerate() {
+                    set_capture(c, v, ours, channel).await?;
+                    let r = self.one_run(v, n).await?;
+                    progress(&format!(
+                        "capture: round {}/{rounds} clients {n} {}: {:.0} tps, {} notifications, {} refreshes{}",
+                        round + 1,
+                        v.label(),
+                        r.tps,
+                        r.notifications,
+                        r.refreshes,
+                        match (v, r.to_exact) {
+                            (Cap::RefreshdCaptureRunning, Some(s)) => format!(", view exact {s:.1} s after"),
+                            (Cap::RefreshdCaptureRunning, None) => ", VIEW NOT EXACT".into(),
+                            _ => String::new(),
+                        }
+                    ));
+                    runs[ci][vi].push(r);
+                    reset(c, base_id).await?;
+                }
             }
         }
-    });
-    let listen = format!("LISTEN {}", refreshd::pg::ident::quote_ident(&fact_channel));
-    drain.batch_execute(&listen).await?;
-
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("insert.sql");
-    std::fs::write(&script, INSERT_SCRIPT)?;
-    let variants = [
-        Cap::None,
-        Cap::Empty,
-        Cap::PlainNotify,
-        Cap::RefreshdCaptureAlone,
-        Cap::RefreshdCaptureRunning,
-        Cap::RefreshdCaptureParked,
-    ];
-    let clients = [1u32, 8];
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); variants.len()]; clients.len()];
-    // One unrecorded warm-up run.
-    set_capture(&c, Cap::None, &ours, &fact_channel).await?;
-    pgbench(&bench, &script, 8, secs.min(5)).await?;
-    reset(&c, base_id).await?;
-    for round in 0..rounds {
-        for (ci, &n) in clients.iter().enumerate() {
-            for (vi, &v) in variants.iter().enumerate() {
-                set_capture(&c, v, &ours, &fact_channel).await?;
-                let r = one_run(
-                    &bench,
-                    &c,
-                    &drain,
-                    &listen,
-                    &drained,
-                    &script,
-                    v,
-                    n,
-                    if v == Cap::RefreshdCaptureParked {
-                        &parked_cfg
-                    } else {
-                        &view_cfg
-                    },
-                    &definition,
-                )
-                .await?;
-                progress(&format!(
-                    "capture: round {}/{rounds} clients {n} {}: {:.0} tps, {} notifications, {} refreshes{}",
-                    round + 1,
-                    v.label(),
-                    r.tps,
-                    r.notifications,
-                    r.refreshes,
-                    match (v, r.to_exact) {
-                        (Cap::RefreshdCaptureRunning, Some(s)) => format!(", view exact {s:.1} s after"),
-                        (Cap::RefreshdCaptureRunning, None) => ", VIEW NOT EXACT".into(),
-                        _ => String::new(),
-                    }
-                ));
-                runs[ci][vi].push(r);
-                reset(&c, base_id).await?;
-            }
-        }
+        Ok(runs)
     }
-    drain_task.abort();
-    let pg: String = c.query_one("SHOW server_version", &[]).await?.get(0);
-    let total = t0.elapsed();
-    let mut o = String::new();
-    o += &format!(
-        "## Run\n\n| | |\n|---|---|\n| mode | `--capture --capture-secs {secs} --capture-rounds {rounds}`{} |\n",
-        if plan.quick { " `--quick`" } else { "" }
+}
+
+/// The report's "Run" table.
+fn run_table(plan: &Plan, ctx: &Ctx, pg: &str, runs: &[Vec<Vec<Run>>], total: Duration) -> String {
+    let (secs, rounds) = (plan.capture_secs, plan.capture_rounds);
+    let shop = &ctx.shop;
+    let mut o = run_table_head(
+        "Run",
+        &format!(
+            "`--capture --capture-secs {secs} --capture-rounds {rounds}`{}",
+            quick_flag(plan.quick)
+        ),
     );
-    o += &format!("| refreshd | {} |\n", build_line());
-    o += &format!("| PostgreSQL | {pg} |\n");
-    o += &format!("| cluster | throwaway initdb (refreshd's TempCluster): {settings} |\n");
+    o += &run_row("refreshd", &build_line());
+    o += &run_row("PostgreSQL", pg);
+    o += &format!(
+        "| cluster | throwaway initdb (refreshd's TempCluster): {} |\n",
+        shop.settings
+    );
+    let loads: Vec<f64> = runs.iter().flatten().flatten().map(|r| r.load1).collect();
     o += &format!(
         "| host | {} cores; load average (1 min) during runs: median {:.1}, max {:.1} |\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        median(
-            &runs
-                .iter()
-                .flatten()
-                .flatten()
-                .map(|r| r.load1)
-                .collect::<Vec<_>>()
-        ),
-        runs.iter()
-            .flatten()
-            .flatten()
-            .map(|r| r.load1)
-            .fold(0.0, f64::max)
+        cores(),
+        median(&loads),
+        max_of(&loads)
     );
     o += &format!(
-        "| data | {FACT} partitioned by month (12 partitions), {FACT_ROWS} rows, loaded in {load_secs:.1} s; {VIEW}: 12 groups, unique index; bare REFRESH CONCURRENTLY {:.0} ms median of 5 |\n",
-        median(&bare)
+        "| data | {FACT} partitioned by month (12 partitions), {FACT_ROWS} rows, loaded in {:.1} s; {VIEW}: 12 groups, unique index; bare REFRESH CONCURRENTLY {:.0} ms median of 5 |\n",
+        shop.load_secs,
+        median(&shop.bare)
     );
-    o += &format!("| refreshd config | from `refreshd init --schema shop --apply`: {init_summary} (plus an [http] listen port and shutdown_timeout from the harness) |\n");
-    o += &format!(
-        "| harness wall time | {:.1} min |\n",
-        total.as_secs_f64() / 60.0
-    );
-    o += &format!(
+    o += &format!("| refreshd config | from `refreshd init --schema shop --apply`: {} (plus an [http] listen port and shutdown_timeout from the harness) |\n", ctx.init.summary);
+    o += &wall_time_row(total);
+    o
+}
+
+/// The report's TPS table and its note.
+fn results_table(secs: u64, rounds: usize, fact_channel: &str, runs: &[Vec<Vec<Run>>]) -> String {
+    let mut o = format!(
         "\n## Capture: single-row INSERT transactions into {FACT}, pgbench -c C -j min(C,2) -T {secs}, {rounds} interleaved round(s), medians\n\n"
     );
     o += "| capture on shop.sales | clients | runs | TPS median (min–max) | ratio to (a) | notifications per run, median (total) | refreshes per run, median (total) | refreshd: DB time refreshing / CPU per run, median s | view exact after run |\n|---|---|---|---|---|---|---|---|---|\n";
-    for (ci, &n) in clients.iter().enumerate() {
+    for (ci, &n) in CLIENTS.iter().enumerate() {
         let base = median(&runs[ci][0].iter().map(|r| r.tps).collect::<Vec<_>>());
-        for (vi, &v) in variants.iter().enumerate() {
-            let rs = &runs[ci][vi];
-            let tps: Vec<f64> = rs.iter().map(|r| r.tps).collect();
-            let col = |f: fn(&Run) -> f64| -> (f64, f64) {
-                let xs: Vec<f64> = rs.iter().map(f).collect();
-                (median(&xs), xs.iter().sum())
-            };
-            let (nm, nt) = col(|r| r.notifications);
-            let (rm, rt) = col(|r| r.refreshes);
-            let daemon = matches!(v, Cap::RefreshdCaptureRunning | Cap::RefreshdCaptureParked);
-            let checked = v == Cap::RefreshdCaptureRunning;
-            let exact: Vec<f64> = rs.iter().filter_map(|r| r.to_exact).collect();
-            o +=
-                &format!(
-                "| {} | {n} | {} | {:.0} ({:.0}–{:.0}) | {:.3} | {:.0} ({:.0}) | {} | {} | {} |\n",
-                v.label(),
-                rs.len(),
-                median(&tps),
-                tps.iter().cloned().fold(f64::INFINITY, f64::min),
-                tps.iter().cloned().fold(0.0, f64::max),
-                median(&tps) / base,
-                nm,
-                nt,
-                if daemon { format!("{rm:.0} ({rt:.0})") } else { "–".into() },
-                if daemon {
-                    format!(
-                        "{:.2} / {:.2}",
-                        col(|r| r.refresh_secs).0,
-                        col(|r| r.daemon_cpu).0
-                    )
-                } else {
-                    "–".into()
-                },
-                if checked {
-                    format!(
-                        "{} of {} (median {:.1} s after the last write)",
-                        exact.len(),
-                        rs.len(),
-                        median(&exact)
-                    )
-                } else {
-                    "–".into()
-                }
-            );
+        for (vi, &v) in VARIANTS.iter().enumerate() {
+            o += &variant_row(v, n, &runs[ci][vi], base);
         }
     }
     o += &format!(
         "\nNotifications: for (c) and (f) refreshd_notifications_total{{channel=\"{fact_channel}\"}} moved by this much during the run (refreshd was the only listener); otherwise what a LISTEN connection on that channel received. Refreshes: refreshd_refreshes_total for {VIEW} (all outcomes; the startup refresh is before the run; a refresh still running at the end of the run is not counted). After each (c) run the harness polls until the view equals its definition (EXCEPT ALL both ways). After every run the rows it inserted are deleted and the table vacuumed.\n"
     );
-    print!("{o}");
-    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
-    Ok(())
+    o
 }
 
-/// Which tree the daemon was built from (other work may edit it meanwhile).
-pub fn build_line() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
+/// One (variant, clients) row of the TPS table; `base` is (a)'s median TPS.
+fn variant_row(v: Cap, n: u32, rs: &[Run], base: f64) -> String {
+    let tps: Vec<f64> = rs.iter().map(|r| r.tps).collect();
+    let col = |f: fn(&Run) -> f64| -> (f64, f64) {
+        let xs: Vec<f64> = rs.iter().map(f).collect();
+        (median(&xs), xs.iter().sum())
     };
+    let (nm, nt) = col(|r| r.notifications);
+    let (rm, rt) = col(|r| r.refreshes);
+    let daemon = matches!(v, Cap::RefreshdCaptureRunning | Cap::RefreshdCaptureParked);
+    let checked = v == Cap::RefreshdCaptureRunning;
+    let exact: Vec<f64> = rs.iter().filter_map(|r| r.to_exact).collect();
     format!(
-        "target/release/refreshd (copied at start), built from HEAD {} with {} uncommitted file(s) under src/",
-        git(&["rev-parse", "--short", "HEAD"]),
-        git(&["status", "--porcelain", "--", "src"]).lines().count()
+        "| {} | {n} | {} | {:.0} ({:.0}–{:.0}) | {:.3} | {:.0} ({:.0}) | {} | {} | {} |\n",
+        v.label(),
+        rs.len(),
+        median(&tps),
+        min_of(&tps),
+        max_of(&tps),
+        median(&tps) / base,
+        nm,
+        nt,
+        if daemon {
+            format!("{rm:.0} ({rt:.0})")
+        } else {
+            "–".into()
+        },
+        if daemon {
+            format!(
+                "{:.2} / {:.2}",
+                col(|r| r.refresh_secs).0,
+                col(|r| r.daemon_cpu).0
+            )
+        } else {
+            "–".into()
+        },
+        if checked {
+            format!(
+                "{} of {} (median {:.1} s after the last write)",
+                exact.len(),
+                rs.len(),
+                median(&exact)
+            )
+        } else {
+            "–".into()
+        }
     )
 }
 
@@ -542,93 +612,87 @@ async fn reset(c: &Client, base_id: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn one_run(
-    bench: &Bench,
-    c: &Client,
-    drain: &Client,
-    listen: &str,
-    drained: &AtomicU64,
-    script: &std::path::Path,
-    v: Cap,
-    clients: u32,
-    view_cfg: &ViewCfg,
-    definition: &str,
-) -> Result<Run> {
-    let secs = bench.plan.capture_secs;
-    let mut r = Run::default();
-    let daemon = matches!(v, Cap::RefreshdCaptureRunning | Cap::RefreshdCaptureParked);
-    if !daemon {
-        let before = drained.load(Ordering::Relaxed);
-        r.tps = pgbench(bench, script, clients, secs).await?;
+impl Ctx {
+    /// One pgbench run of variant `v` at `clients`: without refreshd, the listener
+    /// counts notifications; with it, its metrics and CPU, and for (c) until the view
+    /// is exact.
+    async fn one_run(&self, v: Cap, clients: u32) -> Result<Run> {
+        let (bench, c, drain) = (&self.shop.bench, &self.shop.c, &self.drain);
+        let (listen, drained, script) = (&self.listen, &self.drained, &self.script);
+        let definition = &self.shop.definition;
+        let view_cfg = if v == Cap::RefreshdCaptureParked {
+            &self.init.parked_cfg
+        } else {
+            &self.init.view_cfg
+        };
+        let secs = bench.plan.capture_secs;
+        let mut r = Run::default();
+        let daemon = matches!(v, Cap::RefreshdCaptureRunning | Cap::RefreshdCaptureParked);
+        if !daemon {
+            let before = drained.load(Ordering::Relaxed);
+            r.tps = pgbench(bench, script, clients, secs).await?;
+            r.load1 = load1();
+            // Notifications reach the listener after the commit: a round trip makes sure
+            // the ones sent are read.
+            drain.batch_execute("SELECT 1").await?;
+            r.notifications = (drained.load(Ordering::Relaxed) - before) as f64;
+            return Ok(r);
+        }
+        // refreshd is the only listener, as in production.
+        drain.batch_execute("UNLISTEN *").await?;
+        let d = Daemon::start(&bench.dsn, std::slice::from_ref(view_cfg), "capture").await?;
+        let m0 = d.metrics().await?;
+        let cpu0 = d.cpu_secs();
+        let t = pgbench(bench, script, clients, secs).await;
+        let end = Instant::now();
         r.load1 = load1();
-        // Notifications reach the listener after the commit: a round trip makes sure
-        // the ones sent are read.
-        drain.batch_execute("SELECT 1").await?;
-        r.notifications = (drained.load(Ordering::Relaxed) - before) as f64;
-        return Ok(r);
-    }
-    // refreshd is the only listener, as in production.
-    drain.batch_execute("UNLISTEN *").await?;
-    let d = Daemon::start(&bench.dsn, std::slice::from_ref(view_cfg), "capture").await?;
-    let m0 = d.metrics().await?;
-    let cpu0 = d.cpu_secs();
-    let t = pgbench(bench, script, clients, secs).await;
-    let end = Instant::now();
-    r.load1 = load1();
-    let m1 = d.metrics().await;
-    let cpu1 = d.cpu_secs();
-    if v == Cap::RefreshdCaptureParked {
+        let m1 = d.metrics().await;
+        let cpu1 = d.cpu_secs();
+        if v == Cap::RefreshdCaptureParked {
+            d.stop().await;
+            drain.batch_execute(listen).await?;
+            return finish(r, t, m0, m1, cpu0, cpu1);
+        }
+        // The view must end exact: refreshd's next refresh has to include every write,
+        // including those that skipped their notification.
+        let exact = poll_until(
+            Duration::from_millis(50),
+            Duration::from_secs(90),
+            || async {
+                let n: i64 = c
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM ((TABLE {VIEW} EXCEPT ALL ({definition})) \
+                         UNION ALL (({definition}) EXCEPT ALL TABLE {VIEW})) x"
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                Ok(n == 0)
+            },
+        )
+        .await;
+        if let Ok(at) = exact {
+            r.to_exact = Some(at.saturating_duration_since(end).as_secs_f64());
+        } else {
+            progress(&format!(
+                "capture: view not exact 90 s after the run; refreshd log tail:\n{}",
+                d.log()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
         d.stop().await;
         drain.batch_execute(listen).await?;
-        return finish(r, t, m0, m1, cpu0, cpu1);
+        finish(r, t, m0, m1, cpu0, cpu1)
     }
-    // The view must end exact: refreshd's next refresh has to include every write,
-    // including those that skipped their notification.
-    let exact = poll_until(
-        Duration::from_millis(50),
-        Duration::from_secs(90),
-        || async {
-            let n: i64 = c
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM ((TABLE {VIEW} EXCEPT ALL ({definition})) \
-                         UNION ALL (({definition}) EXCEPT ALL TABLE {VIEW})) x"
-                    ),
-                    &[],
-                )
-                .await?
-                .get(0);
-            Ok(n == 0)
-        },
-    )
-    .await;
-    if let Ok(at) = exact {
-        r.to_exact = Some(at.saturating_duration_since(end).as_secs_f64());
-    } else {
-        progress(&format!(
-            "capture: view not exact 90 s after the run; refreshd log tail:\n{}",
-            d.log()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        ));
-    }
-    d.stop().await;
-    drain.batch_execute(listen).await?;
-    finish(r, t, m0, m1, cpu0, cpu1)
 }
 
 fn finish(

@@ -187,26 +187,6 @@ pub async fn run(plan: Plan) -> Result<()> {
     Ok(())
 }
 
-/// Which tree the daemon was built from (other work may edit it meanwhile).
-fn build_line() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["status", "--porcelain", "--", "src"]).lines().count();
-    format!(
-        "target/release/refreshd (copied at start), built from HEAD {head} with {dirty} uncommitted file(s) under src/"
-    )
-}
-
 /// Text parameters for `query_typed`.
 fn text<'a>(v: &'a [&'a str]) -> Vec<(&'a (dyn tokio_postgres::types::ToSql + Sync), Type)> {
     v.iter()
@@ -316,6 +296,44 @@ async fn set_triggers(c: &Client, mv: bool, keyed: bool) -> Result<()> {
     Ok(())
 }
 
+/// The connections and prepared statements of the K1 samples.
+struct Lag {
+    writer: Client,
+    poller: Client,
+    /// The harness's own connection: its writes (before each bare refresh) reach
+    /// neither channel.
+    bare: Client,
+    insert: tokio_postgres::Statement,
+    bare_insert: tokio_postgres::Statement,
+    sums: tokio_postgres::Statement,
+    live_sum: tokio_postgres::Statement,
+    /// The training session of the last insert.
+    last_session: String,
+}
+
+/// K1a's samples: commit → visible in the view and in the keyed table, and the bare
+/// REFRESH of the view between samples.
+struct PairSamples {
+    mv_lag: Vec<f64>,
+    keyed_lag_pair: Vec<f64>,
+    bare_refresh_ms: Vec<f64>,
+}
+
+/// K1b's samples: commit → visible in the keyed table alone, the harness's one-group
+/// recompute and the definition's one-group SELECT.
+struct AloneSamples {
+    keyed_lag_alone: Vec<f64>,
+    bare_keyed_ms: Vec<f64>,
+    def_ms: Vec<f64>,
+}
+
+/// The written group seen by PostgreSQL: its plans and size.
+struct GroupFacts {
+    explain_group: String,
+    explain_all: String,
+    group_rows: i64,
+}
+
 async fn lag(bench: &Bench) -> Result<ScaleResult> {
     let plan = &bench.plan;
     let c = connect(&bench.dsn).await?;
@@ -327,24 +345,7 @@ async fn lag(bench: &Bench) -> Result<ScaleResult> {
     let daemon = Daemon::start(&bench.dsn, &views, "keyed side by side").await?;
     let m0 = daemon.metrics().await?;
     let log0 = daemon.refresh_log().len();
-
-    let writer = connect(&bench.dsn).await?;
-    let poller = connect(&bench.dsn).await?;
-    let bare = connect(&bench.dsn).await?;
-    // The harness's own writes (before each bare refresh) reach neither channel.
-    bare.batch_execute("SET session_replication_role = replica")
-        .await?;
-    let returning = format!("{} RETURNING training_session_id::text", bench.insert_sql);
-    let insert = writer.prepare(&returning).await?;
-    let bare_insert = bare.prepare(&returning).await?;
-    let sums = poller.prepare(SUMS).await?;
-    let live_sum = poller.prepare(LIVE_SUM).await?;
-    let read_sums = |row: tokio_postgres::Row| -> (i64, i64) {
-        (
-            row.get::<_, Option<i64>>(0).unwrap_or(0),
-            row.get::<_, Option<i64>>(1).unwrap_or(0),
-        )
-    };
+    let mut l = Lag::open(bench).await?;
 
     // K1a: both views in one refreshd, the same writes, interleaved with the bare
     // REFRESH of the materialized view.
@@ -353,44 +354,7 @@ async fn lag(bench: &Bench) -> Result<ScaleResult> {
         "keyed, scale {}: {n} inserts, {ATT_VIEW} and {LIVE} side by side",
         plan.scale
     ));
-    let (mut mv_lag, mut keyed_lag_pair, mut bare_refresh_ms) =
-        (Vec::new(), Vec::new(), Vec::new());
-    let mut last_session = String::new();
-    for i in 0..n {
-        let (b_mv, b_live) = read_sums(poller.query_one(&sums, &[]).await?);
-        last_session = writer.query_one(&insert, &[]).await?.get(0);
-        let acked = Instant::now();
-        let (mut t_mv, mut t_live) = (None, None);
-        let deadline = acked + Duration::from_secs(120);
-        while t_mv.is_none() || t_live.is_none() {
-            let (mv, live) = read_sums(poller.query_one(&sums, &[]).await?);
-            let now = Instant::now();
-            if t_mv.is_none() && mv > b_mv {
-                t_mv = Some(now);
-            }
-            if t_live.is_none() && live > b_live {
-                t_live = Some(now);
-            }
-            if now > deadline {
-                bail!(
-                    "sample {i}: the insert did not become visible within 120 s (view {}, keyed {}); refreshd log:\n{}",
-                    t_mv.is_some(),
-                    t_live.is_some(),
-                    daemon.log()
-                );
-            }
-            // A blocking sleep, as in poll_until: tokio's timer has 1 ms granularity.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        mv_lag.push(ms(t_mv.unwrap() - acked));
-        keyed_lag_pair.push(ms(t_live.unwrap() - acked));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let s: String = bare.query_one(&bare_insert, &[]).await?.get(0);
-        bare_refresh_ms.push(ms(bare_refresh(&bare, ATT_VIEW).await?));
-        // Keep the keyed table exact too (the bare insert notified nobody).
-        bare_keyed(&bare, &group_of(&bare, &s).await?).await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pair = l.pair_samples(&daemon, n).await?;
     let log_pair = daemon.refresh_log();
 
     // K1b: the keyed table alone: the materialized view's triggers off, so its channel
@@ -402,81 +366,13 @@ async fn lag(bench: &Bench) -> Result<ScaleResult> {
         "keyed, scale {}: {n} inserts, {LIVE} alone",
         plan.scale
     ));
-    let (mut keyed_lag_alone, mut bare_keyed_ms, mut def_ms) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let base: i64 = poller
-            .query_one(&live_sum, &[])
-            .await?
-            .get::<_, Option<i64>>(0)
-            .unwrap_or(0);
-        last_session = writer.query_one(&insert, &[]).await?.get(0);
-        let acked = Instant::now();
-        let seen = poll_until(
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-            || async {
-                Ok(poller
-                    .query_one(&live_sum, &[])
-                    .await?
-                    .get::<_, Option<i64>>(0)
-                    .unwrap_or(0)
-                    > base)
-            },
-        )
-        .await?;
-        keyed_lag_alone.push(ms(seen - acked));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let s: String = bare.query_one(&bare_insert, &[]).await?.get(0);
-        let g = group_of(&bare, &s).await?;
-        bare_keyed_ms.push(ms(bare_keyed(&bare, &g).await?));
-        def_ms.push(ms(def_select(&bare, &g).await?));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let alone = l.alone_samples(n).await?;
     let m1 = daemon.metrics().await?;
     let log = daemon.refresh_log();
     daemon.stop().await;
 
-    let g = group_of(&c, &last_session).await?;
-    // The uuids come from the database itself; as literals they make the plans the
-    // same as with refreshd's bound constants.
-    let explain_group = explain(
-        &c,
-        &format!(
-            "SELECT * FROM {DEF} AS d WHERE d.category_id = '{}'::uuid AND d.season_id = '{}'::uuid",
-            g.0, g.1
-        ),
-    )
-    .await?;
-    let explain_all = explain(&c, &format!("SELECT * FROM {DEF}")).await?;
-    let group_rows: i64 = c
-        .query_typed(
-            "SELECT count(*) FROM public.member_attendance ma \
-             JOIN public.training_sessions ts ON ts.id = ma.training_session_id \
-             WHERE ts.category_id = $1::text::uuid AND ts.season_id = $2::text::uuid",
-            &text(&[g.0.as_str(), g.1.as_str()]),
-        )
-        .await?
-        .first()
-        .context("count")?
-        .get(0);
-    // Exactness check: the keyed table equals its definition (bar last_refreshed).
-    let diff: i64 = c
-        .query_one(
-            "SELECT count(*) FROM ( \
-               (SELECT to_jsonb(l) - 'last_refreshed' FROM public.attendance_statistics_live l \
-                EXCEPT ALL SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d) \
-               UNION ALL \
-               (SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d \
-                EXCEPT ALL SELECT to_jsonb(l) - 'last_refreshed' FROM public.attendance_statistics_live l)) x",
-            &[],
-        )
-        .await?
-        .get(0);
-    if diff != 0 {
-        progress(&format!(
-            "WARNING: {LIVE} differs from {DEF} in {diff} row(s) after the samples"
-        ));
-    }
+    let facts = group_facts(&c, &l.last_session).await?;
+    let diff = keyed_diff(&c).await?;
     set_triggers(&c, true, false).await?;
 
     let is_live = |r: &&LogRefresh| r.view.contains("attendance_statistics_live");
@@ -501,15 +397,15 @@ async fn lag(bench: &Bench) -> Result<ScaleResult> {
         warning: (diff != 0).then(|| {
             format!("WARNING: the keyed table differed from its definition in {diff} row(s) after the samples")
         }),
-        group_rows,
-        explain_group,
-        explain_all,
-        bare_refresh: bare_refresh_ms,
-        mv_lag,
-        keyed_lag_pair,
-        keyed_lag_alone,
-        bare_keyed: bare_keyed_ms,
-        def_select: def_ms,
+        group_rows: facts.group_rows,
+        explain_group: facts.explain_group,
+        explain_all: facts.explain_all,
+        bare_refresh: pair.bare_refresh_ms,
+        mv_lag: pair.mv_lag,
+        keyed_lag_pair: pair.keyed_lag_pair,
+        keyed_lag_alone: alone.keyed_lag_alone,
+        bare_keyed: alone.bare_keyed_ms,
+        def_select: alone.def_ms,
         rd_keyed_ms: keyed_runs.iter().map(|r| r.duration_ms).collect(),
         rd_keyed_lag_ms: keyed_runs.iter().map(|r| r.lag_ms).collect(),
         rd_mv_ms,
@@ -518,6 +414,184 @@ async fn lag(bench: &Bench) -> Result<ScaleResult> {
         keyed_refreshes: keyed_runs.len(),
         keyed_all_after_start,
     })
+}
+
+/// (the view's sum, the keyed table's sum) from one row of [`SUMS`].
+fn read_sums(row: tokio_postgres::Row) -> (i64, i64) {
+    (
+        row.get::<_, Option<i64>>(0).unwrap_or(0),
+        row.get::<_, Option<i64>>(1).unwrap_or(0),
+    )
+}
+
+impl Lag {
+    async fn open(bench: &Bench) -> Result<Lag> {
+        let writer = connect(&bench.dsn).await?;
+        let poller = connect(&bench.dsn).await?;
+        let bare = connect(&bench.dsn).await?;
+        // The harness's own writes (before each bare refresh) reach neither channel.
+        bare.batch_execute("SET session_replication_role = replica")
+            .await?;
+        let returning = format!("{} RETURNING training_session_id::text", bench.insert_sql);
+        let insert = writer.prepare(&returning).await?;
+        let bare_insert = bare.prepare(&returning).await?;
+        let sums = poller.prepare(SUMS).await?;
+        let live_sum = poller.prepare(LIVE_SUM).await?;
+        Ok(Lag {
+            writer,
+            poller,
+            bare,
+            insert,
+            bare_insert,
+            sums,
+            live_sum,
+            last_session: String::new(),
+        })
+    }
+
+    /// K1a: `n` inserts, each timed until both the view and the keyed table show it,
+    /// then one bare insert and the bare REFRESH.
+    async fn pair_samples(&mut self, daemon: &Daemon, n: usize) -> Result<PairSamples> {
+        let (mut mv_lag, mut keyed_lag_pair, mut bare_refresh_ms) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let (b_mv, b_live) = read_sums(self.poller.query_one(&self.sums, &[]).await?);
+            self.last_session = self.writer.query_one(&self.insert, &[]).await?.get(0);
+            let acked = Instant::now();
+            let (mut t_mv, mut t_live) = (None, None);
+            let deadline = acked + Duration::from_secs(120);
+            while t_mv.is_none() || t_live.is_none() {
+                let (mv, live) = read_sums(self.poller.query_one(&self.sums, &[]).await?);
+                let now = Instant::now();
+                if t_mv.is_none() && mv > b_mv {
+                    t_mv = Some(now);
+                }
+                if t_live.is_none() && live > b_live {
+                    t_live = Some(now);
+                }
+                if now > deadline {
+                    bail!(
+                        "sample {i}: the insert did not become visible within 120 s (view {}, keyed {}); refreshd log:\n{}",
+                        t_mv.is_some(),
+                        t_live.is_some(),
+                        daemon.log()
+                    );
+                }
+                // A blocking sleep, as in poll_until: tokio's timer has 1 ms granularity.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            mv_lag.push(ms(t_mv.unwrap() - acked));
+            keyed_lag_pair.push(ms(t_live.unwrap() - acked));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let s: String = self.bare.query_one(&self.bare_insert, &[]).await?.get(0);
+            bare_refresh_ms.push(ms(bare_refresh(&self.bare, ATT_VIEW).await?));
+            // Keep the keyed table exact too (the bare insert notified nobody).
+            bare_keyed(&self.bare, &group_of(&self.bare, &s).await?).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(PairSamples {
+            mv_lag,
+            keyed_lag_pair,
+            bare_refresh_ms,
+        })
+    }
+
+    /// K1b: `n` inserts, each timed until the keyed table shows it, then one bare insert,
+    /// its one-group recompute and the definition's one-group SELECT.
+    async fn alone_samples(&mut self, n: usize) -> Result<AloneSamples> {
+        let (mut keyed_lag_alone, mut bare_keyed_ms, mut def_ms) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let (poller, live_sum) = (&self.poller, &self.live_sum);
+        for _ in 0..n {
+            let base: i64 = poller
+                .query_one(live_sum, &[])
+                .await?
+                .get::<_, Option<i64>>(0)
+                .unwrap_or(0);
+            self.last_session = self.writer.query_one(&self.insert, &[]).await?.get(0);
+            let acked = Instant::now();
+            let seen = poll_until(
+                Duration::from_millis(1),
+                Duration::from_secs(60),
+                || async {
+                    Ok(poller
+                        .query_one(live_sum, &[])
+                        .await?
+                        .get::<_, Option<i64>>(0)
+                        .unwrap_or(0)
+                        > base)
+                },
+            )
+            .await?;
+            keyed_lag_alone.push(ms(seen - acked));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let s: String = self.bare.query_one(&self.bare_insert, &[]).await?.get(0);
+            let g = group_of(&self.bare, &s).await?;
+            bare_keyed_ms.push(ms(bare_keyed(&self.bare, &g).await?));
+            def_ms.push(ms(def_select(&self.bare, &g).await?));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(AloneSamples {
+            keyed_lag_alone,
+            bare_keyed_ms,
+            def_ms,
+        })
+    }
+}
+
+/// The group of the last insert's session: EXPLAIN ANALYZE of the definition for it
+/// and of the whole definition, and its member_attendance rows.
+async fn group_facts(c: &Client, last_session: &str) -> Result<GroupFacts> {
+    let g = group_of(c, last_session).await?;
+    // The uuids come from the database itself; as literals they make the plans the
+    // same as with refreshd's bound constants.
+    let explain_group = explain(
+        c,
+        &format!(
+            "SELECT * FROM {DEF} AS d WHERE d.category_id = '{}'::uuid AND d.season_id = '{}'::uuid",
+            g.0, g.1
+        ),
+    )
+    .await?;
+    let explain_all = explain(c, &format!("SELECT * FROM {DEF}")).await?;
+    let group_rows: i64 = c
+        .query_typed(
+            "SELECT count(*) FROM public.member_attendance ma \
+             JOIN public.training_sessions ts ON ts.id = ma.training_session_id \
+             WHERE ts.category_id = $1::text::uuid AND ts.season_id = $2::text::uuid",
+            &text(&[g.0.as_str(), g.1.as_str()]),
+        )
+        .await?
+        .first()
+        .context("count")?
+        .get(0);
+    Ok(GroupFacts {
+        explain_group,
+        explain_all,
+        group_rows,
+    })
+}
+
+/// Exactness check: rows in which the keyed table differs from its definition (bar
+/// last_refreshed), with a warning when there are any.
+async fn keyed_diff(c: &Client) -> Result<i64> {
+    let diff: i64 = c.query_one(
+        "SELECT count(*) FROM ( \
+           (SELECT to_jsonb(l) - 'last_refreshed' FROM public.attendance_statistics_live l \
+            EXCEPT ALL SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d) \
+           UNION ALL \
+           (SELECT to_jsonb(d) - 'last_refreshed' FROM public.attendance_statistics_def d \
+            EXCEPT ALL SELECT to_jsonb(l) - 'last_refreshed' FROM public.attendance_statistics_live l)) x",
+        &[],
+    )
+    .await?
+    .get(0);
+    if diff != 0 {
+        progress(&format!(
+            "WARNING: {LIVE} differs from {DEF} in {diff} row(s) after the samples"
+        ));
+    }
+    Ok(diff)
 }
 
 // ---------------------------------------------------------------------------------
@@ -541,21 +615,26 @@ fn cell(v: &[f64]) -> String {
 fn render(plan: &Plan, r: &KReport) -> String {
     let mut o = String::new();
     o += "## Keyed refresh (issue 11)\n\n### Run\n\n| | |\n|---|---|\n";
-    o += &format!(
-        "| mode | {} |\n",
+    o += &run_row(
+        "mode",
         if plan.quick {
             "keyed, quick (`-- --keyed --quick`)"
         } else {
             "keyed, full (`-- --keyed`)"
-        }
+        },
     );
     for (k, v) in &r.setup {
-        o += &format!("| {k} | {v} |\n");
+        o += &run_row(k, v);
     }
+    o += &render_k1(&r.scales);
+    o += &render_k2(r);
+    o += &render_k3(plan, r);
+    o
+}
 
-    let sc = &r.scales;
-    o += "\n### K1. Commit → visible for one INSERT into member_attendance (debounce = 0s)\n\n";
-    o += "| measurement | ";
+/// K1's table head: a column per scale, and their ratio when there are two or more.
+fn k1_head(sc: &[ScaleResult]) -> String {
+    let mut o = String::from("| measurement | ");
     o += &sc
         .iter()
         .map(|s| format!("scale {}: ms median / p90 / max (samples)", s.scale))
@@ -572,6 +651,12 @@ fn render(plan: &Plan, r: &KReport) -> String {
     o += " |\n|---|";
     o += &"---|".repeat(sc.len() + growth as usize);
     o += "\n";
+    o
+}
+
+/// K1's rows of timings, one per measurement.
+fn k1_rows(sc: &[ScaleResult]) -> String {
+    let growth = sc.len() >= 2;
     type Pick = fn(&ScaleResult) -> &Vec<f64>;
     let rows: [(&str, Pick); 9] = [
         (
@@ -611,6 +696,7 @@ fn render(plan: &Plan, r: &KReport) -> String {
             |s| &s.rd_mv_ms,
         ),
     ];
+    let mut o = String::new();
     for (label, pick) in rows {
         o += &format!("| {label} |");
         for s in sc {
@@ -622,11 +708,21 @@ fn render(plan: &Plan, r: &KReport) -> String {
         }
         o += "\n";
     }
+    o
+}
+
+/// K1: commit → visible per scale, the written group's size, the notes per scale.
+fn render_k1(sc: &[ScaleResult]) -> String {
+    let mut o = String::from(
+        "\n### K1. Commit → visible for one INSERT into member_attendance (debounce = 0s)\n\n",
+    );
+    o += &k1_head(sc);
+    o += &k1_rows(sc);
     o += "| member_attendance rows in the group the inserts went to |";
     for s in sc {
         o += &format!(" {} |", s.group_rows);
     }
-    if growth {
+    if sc.len() >= 2 {
         o += &format!(
             " {:.2}× |",
             sc[sc.len() - 1].group_rows as f64 / sc[0].group_rows.max(1) as f64
@@ -651,8 +747,12 @@ fn render(plan: &Plan, r: &KReport) -> String {
         }
     }
     o += "\nLag: from the writer's COMMIT acknowledgement until a poller sees the view's or the table's sum(total_attendance_records) grow (every 1 ms; side by side, one statement reads both). Side by side, refreshd runs both refreshes at once (max_concurrent_refreshes = 2): the keyed one shares the 2 cores with the REFRESH. Between samples the harness inserts one row with session_replication_role = replica (no trigger fires) and applies it itself, timing the bare REFRESH (side by side) or the bare one-group recompute (alone).\n";
+    o
+}
 
-    o += &format!(
+/// K2: the write path's throughput per trigger variant.
+fn render_k2(r: &KReport) -> String {
+    let mut o = format!(
         "\n### K2. Write-path cost with the keyed triggers: pgbench inserts into member_attendance (scale {})\n\n",
         r.wp_scale
     );
@@ -664,8 +764,15 @@ fn render(plan: &Plan, r: &KReport) -> String {
         );
     }
     o += &format!("\n{}. \"no trigger\" has 005's triggers disabled, as every other row has them unless it names them. Rows naming refreshd start it before each pgbench run (its startup refresh done) and stop it after.\n", r.wp_note);
+    o
+}
 
-    o += "\n### K3. Targets (issue 11)\n\n| target | result | verdict |\n|---|---|---|\n";
+/// K3: the issue's targets.
+fn render_k3(plan: &Plan, r: &KReport) -> String {
+    let sc = &r.scales;
+    let mut o = String::from(
+        "\n### K3. Targets (issue 11)\n\n| target | result | verdict |\n|---|---|---|\n",
+    );
     // The issue's scale 1 when this run has it (a quick run starts at 0.1).
     if let Some(s1) = sc.iter().find(|s| s.scale == 1.0).or(sc.first()) {
         let bare = median(&s1.bare_refresh);
@@ -679,7 +786,7 @@ fn render(plan: &Plan, r: &KReport) -> String {
             verdict(pair * 20.0 <= bare, alone * 20.0 <= bare)
         );
     }
-    if growth {
+    if sc.len() >= 2 {
         let (a, b) = (&sc[0], &sc[sc.len() - 1]);
         let gp = median(&b.keyed_lag_pair) / median(&a.keyed_lag_pair);
         let ga = median(&b.keyed_lag_alone) / median(&a.keyed_lag_alone);

@@ -394,3 +394,135 @@ pub fn metric(text: &str, name: &str, filter: &str) -> f64 {
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// The smallest sample; +∞ for none.
+pub fn min_of(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(f64::INFINITY, f64::min)
+}
+
+/// The largest sample, at least 0.
+pub fn max_of(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(0.0, f64::max)
+}
+
+/// "median (min–max)" of the samples, one decimal.
+pub fn median_min_max(v: &[f64]) -> String {
+    format!("{:.1} ({:.1}–{:.1})", median(v), min_of(v), max_of(v))
+}
+
+/// The CPUs this process may use (0 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// " `--quick`" when the run is a quick one, else nothing (for the mode row).
+pub fn quick_flag(quick: bool) -> &'static str {
+    if quick {
+        " `--quick`"
+    } else {
+        ""
+    }
+}
+
+/// The "run" table every mode prints first: its heading, the two-column table head and
+/// the mode row; add the other rows with [`run_row`].
+pub fn run_table_head(heading: &str, mode: &str) -> String {
+    format!("## {heading}\n\n| | |\n|---|---|\n| mode | {mode} |\n")
+}
+
+/// One row of the "run" table.
+pub fn run_row(key: &str, value: &str) -> String {
+    format!("| {key} | {value} |\n")
+}
+
+/// The run table's "host" row: cores, the load average at start and end, and the 1-min
+/// load after each sample (`each`: "sample", "run", ...).
+pub fn host_row(load_start: &str, load_end: &str, each: &str, loads: &[f64]) -> String {
+    run_row(
+        "host",
+        &format!(
+            "{} cores; load average (1/5/15 min) at start {load_start}, at end {load_end}; 1-min load after each {each}: median {:.1}, max {:.1}",
+            cores(),
+            median(loads),
+            max_of(loads)
+        ),
+    )
+}
+
+/// The run table's "harness wall time" row, in minutes.
+pub fn wall_time_row(total: Duration) -> String {
+    run_row(
+        "harness wall time",
+        &format!("{:.1} min", total.as_secs_f64() / 60.0),
+    )
+}
+
+/// What `refreshd init` said, as a fenced block after the run table.
+pub fn init_said(lines: &[String]) -> String {
+    let mut o = String::from("\n`refreshd init` said:\n\n```\n");
+    for l in lines {
+        o += l;
+        o += "\n";
+    }
+    o += "```\n";
+    o
+}
+
+/// The last `n` lines of a log.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A connection that counts the notifications it receives (LISTEN on it), the counter,
+/// and the task reading them (abort it when done).
+pub async fn counting_listener(
+    dsn: &str,
+) -> Result<(
+    tokio_postgres::Client,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (client, mut conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c2 = count.clone();
+    let task = tokio::spawn(async move {
+        let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = msgs.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                c2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok((client, count, task))
+}
+
+/// Which tree the daemon was built from (other work may edit it meanwhile).
+pub fn build_line() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "target/release/refreshd (copied at start), built from HEAD {} with {} uncommitted file(s) under src/",
+        git(&["rev-parse", "--short", "HEAD"]),
+        git(&["status", "--porcelain", "--", "src"]).lines().count()
+    )
+}
+
+/// The 1-minute load average; NaN when unreadable.
+pub fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
+}

@@ -29,7 +29,6 @@
 //!
 //! After the run every keyed table is compared with its definition (EXCEPT ALL both ways).
 
-use super::capture::load1;
 use super::*;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -107,6 +106,7 @@ impl Size {
 }
 
 /// One measured (view, size): every sample's times.
+#[derive(Default)]
 struct Cell {
     full_ms: Vec<f64>,
     keyed_ms: Vec<f64>,
@@ -133,13 +133,9 @@ struct State {
     supplier: i32,
 }
 
-pub async fn run(plan: Plan) -> Result<()> {
-    let t0 = Instant::now();
-    let load_start = loadavg();
-    let bin_dir = pin_binary()?;
-    let bin = bin_dir.path().join("refreshd");
-    let sf = plan.tpch_sf.clone();
-    let samples: [(Size, usize); 3] = if plan.quick {
+/// The change sizes and how many samples of each.
+fn samples(quick: bool) -> [(Size, usize); 3] {
+    if quick {
         [
             (Size::OneOrder, 3),
             (Size::Fraction(0.001), 2),
@@ -151,12 +147,110 @@ pub async fn run(plan: Plan) -> Result<()> {
             (Size::Fraction(0.001), 5),
             (Size::Fraction(0.01), 3),
         ]
-    };
+    }
+}
+
+/// The cluster with both databases, and what loading them took.
+struct Loaded {
+    cluster: TempCluster,
+    /// The views' defining queries, in the order of [`VIEWS`].
+    queries: Vec<String>,
+    load_secs: f64,
+    copy_secs: f64,
+}
+
+/// `refreshd init --keyed` on tpch_keyed: its config and what it said.
+struct Init {
+    secs: f64,
+    cfgs: Vec<(String, ViewCfg)>,
+    derivations: Vec<String>,
+}
+
+/// The connections and state the samples share.
+struct Ctx {
+    plain: Client,
+    keyed: Client,
+    poller: Client,
+    keyed_dsn: String,
+    cfgs: Vec<(String, ViewCfg)>,
+    orders: i64,
+    lineitems: i64,
+    st: State,
+    /// The 1-min load after each sample.
+    loads: Vec<f64>,
+}
+
+/// What the report needs beyond the cells.
+struct Facts {
+    sf: String,
+    pg: String,
+    load_start: String,
+    load_end: String,
+    total: Duration,
+    group_rows: Vec<i64>,
+    catch_up_secs: f64,
+    exact: Vec<(&'static str, i64)>,
+}
+
+pub async fn run(plan: Plan) -> Result<()> {
+    let t0 = Instant::now();
+    let load_start = loadavg();
+    let bin_dir = pin_binary()?;
+    let bin = bin_dir.path().join("refreshd");
+    let sf = plan.tpch_sf.clone();
+    let samples = samples(plan.quick);
     progress(&format!(
         "refreshd bench: TPC-H at SF {sf}, views {}",
         VIEWS.iter().map(|v| v.name).collect::<Vec<_>>().join(", ")
     ));
     let data = tpch_data(&sf)?;
+    let loaded = load(&plan, &data).await?;
+    let plain_dsn = loaded.cluster.socket_dsn("tpch_plain");
+    let keyed_dsn = loaded.cluster.socket_dsn("tpch_keyed");
+    let init = init_keyed(&bin, &keyed_dsn).await?;
+    let mut ctx = Ctx::open(&plain_dsn, keyed_dsn, init.cfgs.clone()).await?;
+
+    let mut cells: Vec<Vec<Cell>> = Vec::new();
+    for (vi, v) in VIEWS.iter().enumerate() {
+        cells.push(ctx.measure_view(v, &samples).await?);
+        progress(&format!(
+            "tpch.{} done ({}/{})",
+            v.name,
+            vi + 1,
+            VIEWS.len()
+        ));
+    }
+    let (exact, catch_up_secs) = ctx.catch_up(&loaded.queries).await?;
+    let group_rows = ctx.group_rows().await?;
+    let pg: String = ctx
+        .plain
+        .query_one("SHOW server_version", &[])
+        .await?
+        .get(0);
+    let facts = Facts {
+        sf,
+        pg,
+        load_start,
+        load_end: loadavg(),
+        total: t0.elapsed(),
+        group_rows,
+        catch_up_secs,
+        exact,
+    };
+    let mut o = run_table(&plan, &facts, &loaded, &init, &ctx);
+    o += &results_table(&facts, &samples, &cells);
+    print!("{o}");
+    progress(&format!(
+        "done in {:.1} min",
+        facts.total.as_secs_f64() / 60.0
+    ));
+    Ok(())
+}
+
+/// A throwaway cluster with TPC-H at `data` in tpch_plain (indexes, the four
+/// materialized views), copied to tpch_keyed.
+async fn load(plan: &Plan, data: &std::path::Path) -> Result<Loaded> {
+    let sf = &plan.tpch_sf;
     progress("starting throwaway cluster");
     let cluster = tokio::task::spawn_blocking(|| {
         TempCluster::start(&ClusterOptions {
@@ -187,9 +281,28 @@ pub async fn run(plan: Plan) -> Result<()> {
     if plan.tpch_foreign_keys {
         cluster.psql("tpch_plain", &["-c", FOREIGN_KEYS])?;
     }
+    let queries = create_views(&cluster, data)?;
+    cluster.psql("tpch_plain", &["-c", "VACUUM ANALYZE"])?;
+    let load_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    cluster.psql(
+        "postgres",
+        &["-c", "CREATE DATABASE tpch_keyed TEMPLATE tpch_plain"],
+    )?;
+    let copy_secs = t.elapsed().as_secs_f64();
+    Ok(Loaded {
+        cluster,
+        queries,
+        load_secs,
+        copy_secs,
+    })
+}
+
+/// The four materialized views (with their unique indexes) in tpch_plain; their queries.
+fn create_views(cluster: &TempCluster, data: &std::path::Path) -> Result<Vec<String>> {
     let mut queries = Vec::new();
     for v in &VIEWS {
-        let q = grouping(&data, v.query)?;
+        let q = grouping(data, v.query)?;
         cluster.psql(
             "tpch_plain",
             &[
@@ -204,22 +317,15 @@ pub async fn run(plan: Plan) -> Result<()> {
         )?;
         queries.push(q);
     }
-    cluster.psql("tpch_plain", &["-c", "VACUUM ANALYZE"])?;
-    let load_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    cluster.psql(
-        "postgres",
-        &["-c", "CREATE DATABASE tpch_keyed TEMPLATE tpch_plain"],
-    )?;
-    let copy_secs = t.elapsed().as_secs_f64();
-    let plain_dsn = cluster.socket_dsn("tpch_plain");
-    let keyed_dsn = cluster.socket_dsn("tpch_keyed");
+    Ok(queries)
+}
 
-    // refreshd init, as a user would run it, on the copy.
+/// refreshd init, as a user would run it, on the copy.
+async fn init_keyed(bin: &std::path::Path, keyed_dsn: &str) -> Result<Init> {
     let mut args = vec![
         "init".to_string(),
         "--url".into(),
-        keyed_dsn.clone(),
+        keyed_dsn.to_string(),
         "--schema".into(),
         "tpch".into(),
         "--apply".into(),
@@ -230,11 +336,11 @@ pub async fn run(plan: Plan) -> Result<()> {
         args.push(format!("tpch.{}", v.name));
     }
     let t = Instant::now();
-    let out = tokio::process::Command::new(&bin)
+    let out = tokio::process::Command::new(bin)
         .args(&args)
         .output()
         .await?;
-    let init_secs = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         bail!("refreshd init --keyed failed: {init_err}");
@@ -249,116 +355,59 @@ pub async fn run(plan: Plan) -> Result<()> {
     for d in &derivations {
         progress(&format!("init: {d}"));
     }
+    Ok(Init {
+        secs,
+        cfgs,
+        derivations,
+    })
+}
 
-    let plain = connect(&plain_dsn).await?;
-    let keyed = connect(&keyed_dsn).await?;
-    let poller = connect(&keyed_dsn).await?;
-    for c in [&plain, &keyed, &poller] {
-        c.batch_execute("SET search_path = tpch, public").await?;
+impl Ctx {
+    /// The three connections (plain, keyed writer, keyed poller) and the writer's state:
+    /// the original orders shuffled, the next order key, one customer and supplier.
+    async fn open(plain_dsn: &str, keyed_dsn: String, cfgs: Vec<(String, ViewCfg)>) -> Result<Ctx> {
+        let plain = connect(plain_dsn).await?;
+        let keyed = connect(&keyed_dsn).await?;
+        let poller = connect(&keyed_dsn).await?;
+        for c in [&plain, &keyed, &poller] {
+            c.batch_execute("SET search_path = tpch, public").await?;
+        }
+        let counts = plain
+            .query_one(
+                "SELECT (SELECT count(*) FROM tpch.orders), (SELECT count(*) FROM tpch.lineitem)",
+                &[],
+            )
+            .await?;
+        let (orders, lineitems): (i64, i64) = (counts.get(0), counts.get(1));
+        let st = State::new(&plain).await?;
+        Ok(Ctx {
+            plain,
+            keyed,
+            poller,
+            keyed_dsn,
+            cfgs,
+            orders,
+            lineitems,
+            st,
+            loads: Vec::new(),
+        })
     }
-    let counts = plain
-        .query_one(
-            "SELECT (SELECT count(*) FROM tpch.orders), (SELECT count(*) FROM tpch.lineitem)",
-            &[],
-        )
-        .await?;
-    let (orders, lineitems): (i64, i64) = (counts.get(0), counts.get(1));
-    let mut pool: Vec<i32> = plain
-        .query("SELECT o_orderkey FROM tpch.orders", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
-    pool.shuffle(&mut rng);
-    let next_key = plain
-        .query_one("SELECT max(o_orderkey) + 1 FROM tpch.orders", &[])
-        .await?
-        .get::<_, i32>(0)
-        .max(10_000_000);
-    // One customer of the BUILDING segment in an ASIA nation, and a supplier of the same
-    // nation: an order of theirs reaches Q3 and Q5 (and Q1 and Q10 by its dates and flags).
-    let row = plain
-        .query_one(
-            "SELECT c_custkey, (SELECT min(s_suppkey) FROM tpch.supplier WHERE s_nationkey = c_nationkey) \
-             FROM tpch.customer JOIN tpch.nation ON n_nationkey = c_nationkey \
-             JOIN tpch.region ON r_regionkey = n_regionkey \
-             WHERE r_name = 'ASIA' AND c_mktsegment = 'BUILDING' \
-               AND EXISTS (SELECT 1 FROM tpch.supplier WHERE s_nationkey = c_nationkey) \
-             ORDER BY c_custkey LIMIT 1",
-            &[],
-        )
-        .await?;
-    let mut st = State {
-        rng,
-        pool,
-        next_key,
-        customer: row.get(0),
-        supplier: row.get(1),
-    };
 
-    let mut cells: Vec<Vec<Cell>> = Vec::new();
-    let mut loads = Vec::new();
-    for (vi, v) in VIEWS.iter().enumerate() {
-        let cfg = cfgs
+    /// Every size's samples of view `v`, with one daemon on that view.
+    async fn measure_view(&mut self, v: &View, samples: &[(Size, usize)]) -> Result<Vec<Cell>> {
+        let cfg = self
+            .cfgs
             .iter()
             .find(|(n, _)| n == &format!("tpch.{}", v.name))
             .with_context(|| format!("no [[view]] tpch.{} in init's config", v.name))?;
-        let daemon = Daemon::start(&keyed_dsn, std::slice::from_ref(&cfg.1), v.name).await?;
+        let daemon = Daemon::start(&self.keyed_dsn, std::slice::from_ref(&cfg.1), v.name).await?;
         let fp_sql = format!("SELECT {} FROM tpch.{}", v.fingerprint, v.name);
         let mut row_cells = Vec::new();
-        for &(size, n) in &samples {
-            let mut cell = Cell {
-                full_ms: Vec::new(),
-                keyed_ms: Vec::new(),
-                write_keyed_ms: Vec::new(),
-                write_plain_ms: Vec::new(),
-                kinds: Default::default(),
-                refresh_ms: Vec::new(),
-                unchanged: 0,
-                orders_changed: 0,
-                lineitems_changed: 0,
-            };
+        for &(size, n) in samples {
+            let mut cell = Cell::default();
             let log_before = daemon.refresh_log().len();
             for i in 0..n {
-                let (stmts, n_orders) = change(&mut st, size, orders, v.order_date);
-                let fp_before: String = plain.query_one(&fp_sql, &[]).await?.get(0);
-                // Plain: the change, then the full refresh.
-                let t = Instant::now();
-                plain.batch_execute(&format!("BEGIN; {stmts}")).await?;
-                let li: i64 = lineitems_of_txn(&plain).await?;
-                cell.write_plain_ms.push(ms(t.elapsed()));
-                plain.batch_execute("COMMIT").await?;
-                cell.full_ms
-                    .push(ms(bare_refresh(&plain, &format!("tpch.{}", v.name)).await?));
-                let expect: String = plain.query_one(&fp_sql, &[]).await?.get(0);
-                if expect == fp_before {
-                    cell.unchanged += 1;
-                }
-                cell.orders_changed = n_orders;
-                cell.lineitems_changed = li as usize;
-                // Keyed: the same change; commit → the keyed table shows it.
-                let t = Instant::now();
-                keyed.batch_execute(&format!("BEGIN; {stmts}")).await?;
-                cell.write_keyed_ms.push(ms(t.elapsed()));
-                keyed.batch_execute("COMMIT").await?;
-                let committed = Instant::now();
-                loop {
-                    let now: String = poller.query_one(&fp_sql, &[]).await?.get(0);
-                    if now == expect {
-                        break;
-                    }
-                    if committed.elapsed() > Duration::from_secs(180) {
-                        bail!(
-                            "tpch.{}: keyed table not equal to the refreshed view 180 s after the commit \
-                             (fingerprint {now}, expected {expect}); refreshd log tail:\n{}",
-                            v.name,
-                            tail(&daemon.log(), 20)
-                        );
-                    }
-                }
-                cell.keyed_ms.push(ms(committed.elapsed()));
-                loads.push(load1());
+                self.sample(v, size, &daemon, &fp_sql, &mut cell).await?;
                 progress(&format!(
                     "tpch.{} {} #{}: full REFRESH CONCURRENTLY {:.1} ms, keyed commit → visible {:.1} ms",
                     v.name,
@@ -381,146 +430,209 @@ pub async fn run(plan: Plan) -> Result<()> {
             row_cells.push(cell);
         }
         daemon.stop().await;
-        cells.push(row_cells);
-        progress(&format!(
-            "tpch.{} done ({}/{})",
-            v.name,
-            vi + 1,
-            VIEWS.len()
-        ));
+        Ok(row_cells)
     }
 
-    // The views measured first missed the later views' changes while their daemon was
-    // stopped (their buffers kept them): one daemon on all four catches up, then every
-    // keyed table must equal its definition.
-    let all: Vec<ViewCfg> = VIEWS
-        .iter()
-        .filter_map(|v| {
-            cfgs.iter()
-                .find(|(n, _)| n == &format!("tpch.{}", v.name))
-                .map(|(_, c)| c.clone())
-        })
-        .collect();
-    let catch_up = Instant::now();
-    let daemon = Daemon::start(&keyed_dsn, &all, "all four").await?;
-    let mut exact = Vec::new();
-    for (v, q) in VIEWS.iter().zip(&queries) {
-        let sql = format!(
-            "SELECT count(*) FROM ((TABLE tpch.{n} EXCEPT ALL ({q})) \
-             UNION ALL (({q}) EXCEPT ALL TABLE tpch.{n})) x",
-            n = v.name
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let n = loop {
-            let n: i64 = keyed.query_one(&sql, &[]).await?.get(0);
-            if n == 0 || Instant::now() > deadline {
-                break n;
+    /// One sample: the change in both databases; plain: the full refresh; keyed: commit
+    /// until the poller reads the refreshed view's fingerprint.
+    async fn sample(
+        &mut self,
+        v: &View,
+        size: Size,
+        daemon: &Daemon,
+        fp_sql: &str,
+        cell: &mut Cell,
+    ) -> Result<()> {
+        let (stmts, n_orders) = change(&mut self.st, size, self.orders, v.order_date);
+        let plain = &self.plain;
+        let fp_before: String = plain.query_one(fp_sql, &[]).await?.get(0);
+        // Plain: the change, then the full refresh.
+        let t = Instant::now();
+        plain.batch_execute(&format!("BEGIN; {stmts}")).await?;
+        let li: i64 = lineitems_of_txn(plain).await?;
+        cell.write_plain_ms.push(ms(t.elapsed()));
+        plain.batch_execute("COMMIT").await?;
+        cell.full_ms
+            .push(ms(bare_refresh(plain, &format!("tpch.{}", v.name)).await?));
+        let expect: String = plain.query_one(fp_sql, &[]).await?.get(0);
+        if expect == fp_before {
+            cell.unchanged += 1;
+        }
+        cell.orders_changed = n_orders;
+        cell.lineitems_changed = li as usize;
+        // Keyed: the same change; commit → the keyed table shows it.
+        let t = Instant::now();
+        self.keyed.batch_execute(&format!("BEGIN; {stmts}")).await?;
+        cell.write_keyed_ms.push(ms(t.elapsed()));
+        self.keyed.batch_execute("COMMIT").await?;
+        let committed = Instant::now();
+        loop {
+            let now: String = self.poller.query_one(fp_sql, &[]).await?.get(0);
+            if now == expect {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        exact.push((v.name, n));
+            if committed.elapsed() > Duration::from_secs(180) {
+                bail!(
+                    "tpch.{}: keyed table not equal to the refreshed view 180 s after the commit \
+                     (fingerprint {now}, expected {expect}); refreshd log tail:\n{}",
+                    v.name,
+                    tail(&daemon.log(), 20)
+                );
+            }
+        }
+        cell.keyed_ms.push(ms(committed.elapsed()));
+        self.loads.push(load1());
+        Ok(())
     }
-    let catch_up_secs = catch_up.elapsed().as_secs_f64();
-    daemon.stop().await;
-    let group_rows: Vec<i64> = {
+
+    /// The views measured first missed the later views' changes while their daemon was
+    /// stopped (their buffers kept them): one daemon on all four catches up, then every
+    /// keyed table must equal its definition. Per view the rows that differ; the seconds
+    /// it took.
+    async fn catch_up(&self, queries: &[String]) -> Result<(Vec<(&'static str, i64)>, f64)> {
+        let all: Vec<ViewCfg> = VIEWS
+            .iter()
+            .filter_map(|v| {
+                self.cfgs
+                    .iter()
+                    .find(|(n, _)| n == &format!("tpch.{}", v.name))
+                    .map(|(_, c)| c.clone())
+            })
+            .collect();
+        let catch_up = Instant::now();
+        let daemon = Daemon::start(&self.keyed_dsn, &all, "all four").await?;
+        let mut exact = Vec::new();
+        for (v, q) in VIEWS.iter().zip(queries) {
+            let sql = format!(
+                "SELECT count(*) FROM ((TABLE tpch.{n} EXCEPT ALL ({q})) \
+                 UNION ALL (({q}) EXCEPT ALL TABLE tpch.{n})) x",
+                n = v.name
+            );
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let n = loop {
+                let n: i64 = self.keyed.query_one(&sql, &[]).await?.get(0);
+                if n == 0 || Instant::now() > deadline {
+                    break n;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            exact.push((v.name, n));
+        }
+        let catch_up_secs = catch_up.elapsed().as_secs_f64();
+        daemon.stop().await;
+        Ok((exact, catch_up_secs))
+    }
+
+    /// The rows of each refreshed materialized view.
+    async fn group_rows(&self) -> Result<Vec<i64>> {
         let mut g = Vec::new();
         for v in &VIEWS {
             g.push(
-                plain
+                self.plain
                     .query_one(&format!("SELECT count(*) FROM tpch.{}", v.name), &[])
                     .await?
                     .get(0),
             );
         }
-        g
-    };
-    let pg: String = plain.query_one("SHOW server_version", &[]).await?.get(0);
-    let total = t0.elapsed();
-    let load_end = loadavg();
+        Ok(g)
+    }
+}
 
-    // Report.
-    let mut o = String::new();
-    o += &format!(
-        "## TPC-H: run\n\n| | |\n|---|---|\n| mode | `--tpch --tpch-sf {sf}`{}{} |\n",
-        if plan.tpch_foreign_keys {
-            " `--tpch-foreign-keys` (TPC-H's foreign keys declared)"
-        } else {
-            " (no foreign keys)"
-        },
-        if plan.quick { " `--quick`" } else { "" }
-    );
-    o += &format!("| refreshd | {} |\n", capture::build_line());
-    o += &format!("| PostgreSQL | {pg} |\n");
-    o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
-    o += &format!(
-        "| host | {} cores; load average (1/5/15 min) at start {load_start}, at end {load_end}; 1-min load after each sample: median {:.1}, max {:.1} |\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        median(&loads),
-        loads.iter().cloned().fold(0.0, f64::max)
-    );
-    o += &format!(
-        "| data | TPC-H SF {sf} (DuckDB tpch extension): {orders} orders, {lineitems} lineitems; loaded with indexes and views in {load_secs:.1} s; copied to tpch_keyed in {copy_secs:.1} s; `init --keyed` (4 views, in place) {init_secs:.1} s |\n"
-    );
-    o += &format!(
-        "| views (rows) | {} |\n",
-        VIEWS
+impl State {
+    async fn new(plain: &Client) -> Result<State> {
+        let mut pool: Vec<i32> = plain
+            .query("SELECT o_orderkey FROM tpch.orders", &[])
+            .await?
             .iter()
-            .zip(&group_rows)
+            .map(|r| r.get(0))
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+        pool.shuffle(&mut rng);
+        let next_key = plain
+            .query_one("SELECT max(o_orderkey) + 1 FROM tpch.orders", &[])
+            .await?
+            .get::<_, i32>(0)
+            .max(10_000_000);
+        // One customer of the BUILDING segment in an ASIA nation, and a supplier of the same
+        // nation: an order of theirs reaches Q3 and Q5 (and Q1 and Q10 by its dates and flags).
+        let row = plain
+            .query_one(
+                "SELECT c_custkey, (SELECT min(s_suppkey) FROM tpch.supplier WHERE s_nationkey = c_nationkey) \
+                 FROM tpch.customer JOIN tpch.nation ON n_nationkey = c_nationkey \
+                 JOIN tpch.region ON r_regionkey = n_regionkey \
+                 WHERE r_name = 'ASIA' AND c_mktsegment = 'BUILDING' \
+                   AND EXISTS (SELECT 1 FROM tpch.supplier WHERE s_nationkey = c_nationkey) \
+                 ORDER BY c_custkey LIMIT 1",
+                &[],
+            )
+            .await?;
+        Ok(State {
+            rng,
+            pool,
+            next_key,
+            customer: row.get(0),
+            supplier: row.get(1),
+        })
+    }
+}
+
+/// The report's "TPC-H: run" table and what init said.
+fn run_table(plan: &Plan, f: &Facts, loaded: &Loaded, init: &Init, ctx: &Ctx) -> String {
+    let sf = &f.sf;
+    let mut o = run_table_head(
+        "TPC-H: run",
+        &format!(
+            "`--tpch --tpch-sf {sf}`{}{}",
+            if plan.tpch_foreign_keys {
+                " `--tpch-foreign-keys` (TPC-H's foreign keys declared)"
+            } else {
+                " (no foreign keys)"
+            },
+            quick_flag(plan.quick)
+        ),
+    );
+    o += &run_row("refreshd", &build_line());
+    o += &run_row("PostgreSQL", &f.pg);
+    o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
+    o += &host_row(&f.load_start, &f.load_end, "sample", &ctx.loads);
+    o += &format!(
+        "| data | TPC-H SF {sf} (DuckDB tpch extension): {} orders, {} lineitems; loaded with indexes and views in {:.1} s; copied to tpch_keyed in {:.1} s; `init --keyed` (4 views, in place) {:.1} s |\n",
+        ctx.orders, ctx.lineitems, loaded.load_secs, loaded.copy_secs, init.secs
+    );
+    o += &run_row(
+        "views (rows)",
+        &VIEWS
+            .iter()
+            .zip(&f.group_rows)
             .map(|(v, n)| format!("{} ({n})", v.name))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
     );
-    o += &format!(
-        "| harness wall time | {:.1} min |\n",
-        total.as_secs_f64() / 60.0
-    );
-    o += "\n`refreshd init` said:\n\n```\n";
-    for d in &derivations {
-        o += d;
-        o += "\n";
-    }
-    o += "```\n";
-    o += &format!(
-        "\n## TPC-H SF {sf}: full REFRESH CONCURRENTLY against the incremental path, commit → visible\n\n"
+    o += &wall_time_row(f.total);
+    o += &init_said(&init.derivations);
+    o
+}
+
+/// The report's comparison table, its note, and the Q1 target.
+fn results_table(f: &Facts, samples: &[(Size, usize)], cells: &[Vec<Cell>]) -> String {
+    let mut o = format!(
+        "\n## TPC-H SF {}: full REFRESH CONCURRENTLY against the incremental path, commit → visible\n\n",
+        f.sf
     );
     o += "| view | change | samples | orders / lineitems changed | full REFRESH CONCURRENTLY ms, median (min–max) | keyed commit → visible ms, median (min–max) | full / keyed | refreshd's refreshes (kind × n), median ms | writer txn ms plain / keyed (median, COMMIT excluded) |\n|---|---|---|---|---|---|---|---|---|\n";
     let mut q1_one = None;
-    for (v, row) in VIEWS.iter().zip(&cells) {
+    for (v, row) in VIEWS.iter().zip(cells) {
         for (&(size, _), c) in samples.iter().zip(row) {
-            let f = median(&c.full_ms);
-            let k = median(&c.keyed_ms);
             if v.name == "q1" && size == Size::OneOrder {
-                q1_one = Some((f, k));
+                q1_one = Some((median(&c.full_ms), median(&c.keyed_ms)));
             }
-            o += &format!(
-                "| {} | {}{} | {} | {} / {} | {} | {} | **{:.1}×** | {} {:.1} | {:.1} / {:.1} |\n",
-                v.name,
-                size.label(),
-                if c.unchanged > 0 {
-                    format!(" ({} sample(s) left the view unchanged)", c.unchanged)
-                } else {
-                    String::new()
-                },
-                c.keyed_ms.len(),
-                c.orders_changed,
-                c.lineitems_changed,
-                cell_ms(&c.full_ms),
-                cell_ms(&c.keyed_ms),
-                f / k,
-                c.kinds
-                    .iter()
-                    .map(|(k, n)| format!("{k} × {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                median(&c.refresh_ms),
-                median(&c.write_plain_ms),
-                median(&c.write_keyed_ms),
-            );
+            o += &cell_row(v, size, c);
         }
     }
     o += &format!(
-        "\nEach change is committed to both databases (the same SQL). Full: the harness's round trip of `REFRESH MATERIALIZED VIEW CONCURRENTLY` in tpch_plain right after the change. Keyed: from the COMMIT's acknowledgement in tpch_keyed until a poller (one query in a tight loop) reads in the keyed table the fingerprint (row count and sum of a numeric aggregate) the refreshed materialized view has; refreshd runs on init's config for that one view, debounce 0s. The orders / lineitems column is the last sample's (inserted + deleted). At the end one refreshd on all four views (each view measured earlier had missed the later views' changes while its daemon was stopped; its buffers kept them) caught up in {catch_up_secs:.1} s (start-up included); then every keyed table equal to its definition (EXCEPT ALL both ways): {}.\n",
-        exact
+        "\nEach change is committed to both databases (the same SQL). Full: the harness's round trip of `REFRESH MATERIALIZED VIEW CONCURRENTLY` in tpch_plain right after the change. Keyed: from the COMMIT's acknowledgement in tpch_keyed until a poller (one query in a tight loop) reads in the keyed table the fingerprint (row count and sum of a numeric aggregate) the refreshed materialized view has; refreshd runs on init's config for that one view, debounce 0s. The orders / lineitems column is the last sample's (inserted + deleted). At the end one refreshd on all four views (each view measured earlier had missed the later views' changes while its daemon was stopped; its buffers kept them) caught up in {:.1} s (start-up included); then every keyed table equal to its definition (EXCEPT ALL both ways): {}.\n",
+        f.catch_up_secs,
+        f.exact
             .iter()
             .map(|(n, d)| if *d == 0 {
                 format!("{n} yes")
@@ -537,9 +649,37 @@ pub async fn run(plan: Plan) -> Result<()> {
             if f / k >= 20.0 { "met" } else { "**missed**" }
         );
     }
-    print!("{o}");
-    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
-    Ok(())
+    o
+}
+
+/// One (view, size) row of the comparison table.
+fn cell_row(v: &View, size: Size, c: &Cell) -> String {
+    let f = median(&c.full_ms);
+    let k = median(&c.keyed_ms);
+    format!(
+        "| {} | {}{} | {} | {} / {} | {} | {} | **{:.1}×** | {} {:.1} | {:.1} / {:.1} |\n",
+        v.name,
+        size.label(),
+        if c.unchanged > 0 {
+            format!(" ({} sample(s) left the view unchanged)", c.unchanged)
+        } else {
+            String::new()
+        },
+        c.keyed_ms.len(),
+        c.orders_changed,
+        c.lineitems_changed,
+        median_min_max(&c.full_ms),
+        median_min_max(&c.keyed_ms),
+        f / k,
+        c.kinds
+            .iter()
+            .map(|(k, n)| format!("{k} × {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(&c.refresh_ms),
+        median(&c.write_plain_ms),
+        median(&c.write_keyed_ms),
+    )
 }
 
 /// The number of lineitem rows the open transaction changed (inserted or deleted).
@@ -709,19 +849,4 @@ pub fn keyed_views_from_init(toml_text: &str) -> Result<Vec<(String, ViewCfg)>> 
         ));
     }
     Ok(out)
-}
-
-/// "min–max" of the samples, with the median first.
-fn cell_ms(v: &[f64]) -> String {
-    format!(
-        "{:.1} ({:.1}–{:.1})",
-        median(v),
-        v.iter().cloned().fold(f64::INFINITY, f64::min),
-        v.iter().cloned().fold(0.0, f64::max)
-    )
-}
-
-fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -35,7 +35,6 @@
 //! still running (so keyed tables stay exact) and waits again; then it stops the daemon
 //! and vacuums.
 
-use super::capture::{build_line, load1};
 use super::*;
 
 const ROWS: i64 = 200_000;
@@ -153,12 +152,64 @@ struct Run {
     load1: f64,
 }
 
+/// The variants, in the order of each round.
+const VARIANTS: [Var; 9] = [
+    Var::None,
+    Var::PlainNotify,
+    Var::InitPlain,
+    Var::KeyBuffer,
+    Var::RowBuffer,
+    Var::KeyBufferAlone,
+    Var::RowBufferAlone,
+    Var::KeyBufferDebounced,
+    Var::RowBufferDebounced,
+];
+
+/// pgbench's client counts.
+const CLIENTS: [u32; 2] = [1, 8];
+
+/// What `refreshd init` did on w.sales: its config, what it said, and the definitions
+/// of the triggers it created, by the variant that puts them back.
+struct Init {
+    said: Vec<String>,
+    cfgs: Vec<(String, ViewCfg)>,
+    init_toml: String,
+    defs: Vec<(Var, Vec<String>)>,
+    triggers_note: String,
+}
+
+/// What the runs share.
+struct Ctx {
+    bench: Bench,
+    dsn: String,
+    c: Client,
+    base_id: i64,
+    init: Init,
+    /// The LISTEN connection of (b) and how many notifications it has read.
+    drain: Client,
+    drained: Arc<AtomicU64>,
+    script: std::path::PathBuf,
+    secs: u64,
+    rounds: usize,
+}
+
+/// What the report needs beyond the runs.
+struct Facts {
+    quick: bool,
+    secs: u64,
+    rounds: usize,
+    pg: String,
+    load_start: String,
+    load_end: String,
+    total: Duration,
+}
+
 pub async fn run(plan: Plan) -> Result<()> {
     let t0 = Instant::now();
     let load_start = loadavg();
     let bin_dir = pin_binary()?;
     let bin = bin_dir.path().join("refreshd");
-    let (secs, rounds) = (plan.writers_secs, plan.writers_rounds);
+    let (secs, rounds, quick) = (plan.writers_secs, plan.writers_rounds, plan.quick);
     progress(&format!(
         "refreshd bench: writers, {rounds} round(s) of {secs} s per run"
     ));
@@ -171,43 +222,108 @@ pub async fn run(plan: Plan) -> Result<()> {
         .query_one("SELECT max(id) FROM w.sales", &[])
         .await?
         .get(0);
-    let out = tokio::process::Command::new(&bin)
-        .args([
-            "init",
-            "--url",
-            &dsn,
-            "--schema",
-            "w",
-            "--apply",
-            "--in-place",
-            "--keyed",
-            "w.by_product_delta",
-            "--keyed",
-            "w.by_product_keys",
-        ])
-        .output()
-        .await?;
-    let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("refreshd init failed: {init_err}");
+    let init = Init::run(&bin, &dsn, &c).await?;
+    let (drain, drained, drain_task) = listen(&dsn).await?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("insert.sql");
+    std::fs::write(&script, INSERT_SCRIPT)?;
+    let ctx = Ctx {
+        bench,
+        dsn,
+        c,
+        base_id,
+        init,
+        drain,
+        drained,
+        script,
+        secs,
+        rounds,
+    };
+    let runs = ctx.all_rounds().await?;
+    drain_task.abort();
+    let pg: String = ctx.c.query_one("SHOW server_version", &[]).await?.get(0);
+    let total = t0.elapsed();
+    let f = Facts {
+        quick,
+        secs,
+        rounds,
+        pg,
+        load_start,
+        load_end: loadavg(),
+        total,
+    };
+    let loads: Vec<f64> = runs.iter().flatten().flatten().map(|r| r.load1).collect();
+    let mut o = run_table(&f, &loads, &ctx.init);
+    o += &results_table(&f, &runs);
+    print!("{o}");
+    progress(&format!("done in {:.1} min", f.total.as_secs_f64() / 60.0));
+    Ok(())
+}
+
+/// A listener for (b), as refreshd would be: the connection, its count of
+/// notifications, the task reading them.
+async fn listen(dsn: &str) -> Result<(Client, Arc<AtomicU64>, tokio::task::JoinHandle<()>)> {
+    let (drain, drained, drain_task) = counting_listener(dsn).await?;
+    drain.batch_execute("LISTEN bench_plain").await?;
+    Ok((drain, drained, drain_task))
+}
+
+impl Init {
+    /// One `refreshd init --schema w --apply --in-place --keyed ... --keyed ...`, then the
+    /// triggers it created on w.sales.
+    async fn run(bin: &std::path::Path, dsn: &str, c: &Client) -> Result<Init> {
+        let out = tokio::process::Command::new(bin)
+            .args([
+                "init",
+                "--url",
+                dsn,
+                "--schema",
+                "w",
+                "--apply",
+                "--in-place",
+                "--keyed",
+                "w.by_product_delta",
+                "--keyed",
+                "w.by_product_keys",
+            ])
+            .output()
+            .await?;
+        let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("refreshd init failed: {init_err}");
+        }
+        let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+        let said: Vec<String> = init_err
+            .lines()
+            .filter(|l| l.contains("--keyed w."))
+            .map(|l| l.trim().to_string())
+            .collect();
+        for l in &said {
+            progress(&format!("init: {l}"));
+        }
+        let cfgs = views_from_init(&init_toml)?;
+        let (defs, triggers_note) = triggers_by_variant(c).await?;
+        Ok(Init {
+            said,
+            cfgs,
+            init_toml,
+            defs,
+            triggers_note,
+        })
     }
-    let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
-    let said: Vec<String> = init_err
-        .lines()
-        .filter(|l| l.contains("--keyed w."))
-        .map(|l| l.trim().to_string())
-        .collect();
-    for l in &said {
-        progress(&format!("init: {l}"));
-    }
-    let cfgs = views_from_init(&init_toml)?;
-    let cfg_of = |name: &str| -> Result<ViewCfg> {
-        cfgs.iter()
+
+    fn cfg_of(&self, name: &str) -> Result<ViewCfg> {
+        self.cfgs
+            .iter()
             .find(|(n, _)| n == name)
             .map(|(_, c)| c.clone())
-            .with_context(|| format!("no [[view]] {name} in init's config:\n{init_toml}"))
-    };
-    // The triggers init created on w.sales, by the view they serve.
+            .with_context(|| format!("no [[view]] {name} in init's config:\n{}", self.init_toml))
+    }
+}
+
+/// The triggers init created on w.sales, by the view they serve: their definitions per
+/// variant, and a note naming them with their functions.
+async fn triggers_by_variant(c: &Client) -> Result<(Vec<(Var, Vec<String>)>, String)> {
     let trig: Vec<(String, String, String)> = c
         .query(
             "SELECT t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), p.proname::text \
@@ -249,195 +365,148 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
     }
     progress(&format!("triggers on w.sales: {triggers_note}"));
+    Ok((defs, triggers_note))
+}
 
-    // A listener for (b), as refreshd would be.
-    let (drain, mut conn) = tokio_postgres::connect(&dsn, NoTls).await?;
-    let drained = Arc::new(AtomicU64::new(0));
-    let d2 = drained.clone();
-    let drain_task = tokio::spawn(async move {
-        let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = msgs.next().await {
-            if let AsyncMessage::Notification(_) = m {
-                d2.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    drain.batch_execute("LISTEN bench_plain").await?;
-
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("insert.sql");
-    std::fs::write(&script, INSERT_SCRIPT)?;
-    let variants = [
-        Var::None,
-        Var::PlainNotify,
-        Var::InitPlain,
-        Var::KeyBuffer,
-        Var::RowBuffer,
-        Var::KeyBufferAlone,
-        Var::RowBufferAlone,
-        Var::KeyBufferDebounced,
-        Var::RowBufferDebounced,
-    ];
-    let clients = [1u32, 8];
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); variants.len()]; clients.len()];
-    set_triggers(&c, Var::None, &defs).await?;
-    pgbench(&bench, &script, 8, secs.min(5)).await?;
-    reset(&c, base_id).await?;
-    for round in 0..rounds {
-        for (ci, &n) in clients.iter().enumerate() {
-            for (vi, &v) in variants.iter().enumerate() {
-                set_triggers(&c, v.capture(), &defs).await?;
-                let mut r = Run::default();
-                match v.view() {
-                    None => {
-                        let before = drained.load(Ordering::Relaxed);
-                        r.tps = pgbench(&bench, &script, n, secs).await?;
-                        r.load1 = load1();
-                        drain.batch_execute("SELECT 1").await?;
-                        r.notifications = (drained.load(Ordering::Relaxed) - before) as f64;
-                        reset(&c, base_id).await?;
-                    }
-                    Some((view, def)) => {
-                        let cfg = cfg_of(view)?.with_debounce(v.debounce());
-                        let (d, end) = if v.daemon_during() {
-                            let d = Daemon::start(&dsn, &[cfg], "writers").await?;
-                            let m0 = d.metrics().await?;
-                            let t = pgbench(&bench, &script, n, secs).await;
-                            let end = Instant::now();
-                            r.load1 = load1();
-                            let m1 = d.metrics().await?;
-                            r.tps = t?;
-                            r.refreshes = metric(&m1, "refreshd_refreshes_total", view)
-                                - metric(&m0, "refreshd_refreshes_total", view);
-                            r.notifications = metric(&m1, "refreshd_notifications_total", "")
-                                - metric(&m0, "refreshd_notifications_total", "");
-                            (d, end)
-                        } else {
-                            r.tps = pgbench(&bench, &script, n, secs).await?;
-                            let end = Instant::now();
-                            r.load1 = load1();
-                            (r.refreshes, r.notifications) = (f64::NAN, f64::NAN);
-                            (Daemon::start(&dsn, &[cfg], "writers").await?, end)
-                        };
-                        if let Ok(at) = exact(&c, view, def).await {
-                            r.to_exact = Some(at.saturating_duration_since(end).as_secs_f64());
-                        } else {
-                            progress(&format!(
-                                "writers: {view} not exact 120 s after the run; log tail:\n{}",
-                                d.log()
-                                    .lines()
-                                    .rev()
-                                    .take(20)
-                                    .collect::<Vec<_>>()
-                                    .join("\n")
-                            ));
-                        }
-                        // The inserted rows go with the daemon still running, so keyed
-                        // tables follow.
-                        c.execute("DELETE FROM w.sales WHERE id > $1", &[&base_id])
-                            .await?;
-                        if view != "w.by_product" {
-                            exact(&c, view, def).await?;
-                        }
-                        d.stop().await;
-                        c.batch_execute("VACUUM w.sales").await?;
-                    }
+impl Ctx {
+    /// A warm-up, then every round: per client count, every variant in turn. Indexed
+    /// [client][variant][round].
+    async fn all_rounds(&self) -> Result<Vec<Vec<Vec<Run>>>> {
+        let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); VARIANTS.len()]; CLIENTS.len()];
+        set_triggers(&self.c, Var::None, &self.init.defs).await?;
+        pgbench(&self.bench, &self.script, 8, self.secs.min(5)).await?;
+        reset(&self.c, self.base_id).await?;
+        for round in 0..self.rounds {
+            for (ci, &n) in CLIENTS.iter().enumerate() {
+                for (vi, &v) in VARIANTS.iter().enumerate() {
+                    set_triggers(&self.c, v.capture(), &self.init.defs).await?;
+                    let r = match v.view() {
+                        None => self.listener_run(n).await?,
+                        Some((view, def)) => self.daemon_run(v, view, def, n).await?,
+                    };
+                    progress(&format!(
+                        "writers: round {}/{} clients {n} {}: {:.0} tps, {} refreshes, {} notifications{}",
+                        round + 1,
+                        self.rounds,
+                        v.label(),
+                        r.tps,
+                        r.refreshes,
+                        r.notifications,
+                        r.to_exact
+                            .map(|s| format!(", exact {s:.1} s after"))
+                            .unwrap_or_default()
+                    ));
+                    runs[ci][vi].push(r);
                 }
-                progress(&format!(
-                    "writers: round {}/{rounds} clients {n} {}: {:.0} tps, {} refreshes, {} notifications{}",
-                    round + 1,
-                    v.label(),
-                    r.tps,
-                    r.refreshes,
-                    r.notifications,
-                    r.to_exact
-                        .map(|s| format!(", exact {s:.1} s after"))
-                        .unwrap_or_default()
-                ));
-                runs[ci][vi].push(r);
             }
         }
+        Ok(runs)
     }
-    drain_task.abort();
-    let pg: String = c.query_one("SHOW server_version", &[]).await?.get(0);
-    let total = t0.elapsed();
-    let load_end = loadavg();
-    let loads: Vec<f64> = runs.iter().flatten().flatten().map(|r| r.load1).collect();
 
-    let mut o = String::new();
-    o += &format!(
-        "## Writers: run\n\n| | |\n|---|---|\n| mode | `--writers --writers-secs {secs} --writers-rounds {rounds}`{} |\n",
-        if plan.quick { " `--quick`" } else { "" }
+    /// A run of (a) or (b): no refreshd; the LISTEN connection counts notifications.
+    async fn listener_run(&self, n: u32) -> Result<Run> {
+        let mut r = Run::default();
+        let before = self.drained.load(Ordering::Relaxed);
+        r.tps = pgbench(&self.bench, &self.script, n, self.secs).await?;
+        r.load1 = load1();
+        self.drain.batch_execute("SELECT 1").await?;
+        r.notifications = (self.drained.load(Ordering::Relaxed) - before) as f64;
+        reset(&self.c, self.base_id).await?;
+        Ok(r)
+    }
+
+    /// A run with refreshd on `view` (during the run, or started after it), then until
+    /// the view is exact, the run's rows deleted with the daemon running, vacuum.
+    async fn daemon_run(&self, v: Var, view: &str, def: &str, n: u32) -> Result<Run> {
+        let mut r = Run::default();
+        let cfg = self.init.cfg_of(view)?.with_debounce(v.debounce());
+        let (d, end) = if v.daemon_during() {
+            let d = Daemon::start(&self.dsn, &[cfg], "writers").await?;
+            let m0 = d.metrics().await?;
+            let t = pgbench(&self.bench, &self.script, n, self.secs).await;
+            let end = Instant::now();
+            r.load1 = load1();
+            let m1 = d.metrics().await?;
+            r.tps = t?;
+            r.refreshes = metric(&m1, "refreshd_refreshes_total", view)
+                - metric(&m0, "refreshd_refreshes_total", view);
+            r.notifications = metric(&m1, "refreshd_notifications_total", "")
+                - metric(&m0, "refreshd_notifications_total", "");
+            (d, end)
+        } else {
+            r.tps = pgbench(&self.bench, &self.script, n, self.secs).await?;
+            let end = Instant::now();
+            r.load1 = load1();
+            (r.refreshes, r.notifications) = (f64::NAN, f64::NAN);
+            (Daemon::start(&self.dsn, &[cfg], "writers").await?, end)
+        };
+        if let Ok(at) = exact(&self.c, view, def).await {
+            r.to_exact = Some(at.saturating_duration_since(end).as_secs_f64());
+        } else {
+            progress(&format!(
+                "writers: {view} not exact 120 s after the run; log tail:\n{}",
+                d.log()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        // The inserted rows go with the daemon still running, so keyed
+        // tables follow.
+        self.c
+            .execute("DELETE FROM w.sales WHERE id > $1", &[&self.base_id])
+            .await?;
+        if view != "w.by_product" {
+            exact(&self.c, view, def).await?;
+        }
+        d.stop().await;
+        self.c.batch_execute("VACUUM w.sales").await?;
+        Ok(r)
+    }
+}
+
+/// The report's "Writers: run" table and what init said.
+fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
+    let mut o = run_table_head(
+        "Writers: run",
+        &format!(
+            "`--writers --writers-secs {} --writers-rounds {}`{}",
+            f.secs,
+            f.rounds,
+            quick_flag(f.quick)
+        ),
     );
-    o += &format!("| refreshd | {} |\n", build_line());
-    o += &format!("| PostgreSQL | {pg} |\n");
+    o += &run_row("refreshd", &build_line());
+    o += &run_row("PostgreSQL", &f.pg);
     o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
-    o += &format!(
-        "| host | {} cores; load average (1/5/15 min) at start {load_start}, at end {load_end}; 1-min load after each run: median {:.1}, max {:.1} |\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        median(&loads),
-        loads.iter().cloned().fold(0.0, f64::max)
-    );
+    o += &host_row(&f.load_start, &f.load_end, "run", loads);
     o +=
         &format!("| data | w.sales {ROWS} rows, 100 products; three 100-row views (see below) |\n");
-    o += &format!("| triggers init created on w.sales | {triggers_note} |\n");
-    o += &format!(
-        "| harness wall time | {:.1} min |\n",
-        total.as_secs_f64() / 60.0
-    );
-    o += "\n`refreshd init` said:\n\n```\n";
-    for l in &said {
-        o += l;
-        o += "\n";
-    }
-    o += "```\n";
-    o += &format!(
-        "\n## Writers: single-row INSERT transactions into w.sales, pgbench -c C -j min(C,2) -T {secs}, {rounds} interleaved round(s), medians\n\n"
+    o += &run_row("triggers init created on w.sales", &init.triggers_note);
+    o += &wall_time_row(f.total);
+    o += &init_said(&init.said);
+    o
+}
+
+/// The report's TPS table, its note and the 8-client targets.
+fn results_table(f: &Facts, runs: &[Vec<Vec<Run>>]) -> String {
+    let mut o = format!(
+        "\n## Writers: single-row INSERT transactions into w.sales, pgbench -c C -j min(C,2) -T {}, {} interleaved round(s), medians\n\n",
+        f.secs, f.rounds
     );
     o += "| capture on w.sales | clients | runs | TPS median (min–max) | ratio to (a) | refreshes per run, median | notifications per run, median | view exact after the run (median s after the last write) |\n|---|---|---|---|---|---|---|---|\n";
     let mut at8 = Vec::new();
-    for (ci, &n) in clients.iter().enumerate() {
+    for (ci, &n) in CLIENTS.iter().enumerate() {
         let base = median(&runs[ci][0].iter().map(|r| r.tps).collect::<Vec<_>>());
-        for (vi, &v) in variants.iter().enumerate() {
+        for (vi, &v) in VARIANTS.iter().enumerate() {
             let rs = &runs[ci][vi];
-            let tps: Vec<f64> = rs.iter().map(|r| r.tps).collect();
-            let m = median(&tps);
+            let m = median(&rs.iter().map(|r| r.tps).collect::<Vec<_>>());
             if n == 8 {
                 at8.push((v, m / base));
             }
-            let exact: Vec<f64> = rs.iter().filter_map(|r| r.to_exact).collect();
-            o += &format!(
-                "| {} | {n} | {} | {:.0} ({:.0}–{:.0}) | {:.3} | {} | {} | {} |\n",
-                v.label(),
-                rs.len(),
-                m,
-                tps.iter().cloned().fold(f64::INFINITY, f64::min),
-                tps.iter().cloned().fold(0.0, f64::max),
-                m / base,
-                if v.view().is_some() && v.daemon_during() {
-                    format!(
-                        "{:.0}",
-                        median(&rs.iter().map(|r| r.refreshes).collect::<Vec<_>>())
-                    )
-                } else if v.view().is_some() {
-                    "– (stopped)".into()
-                } else {
-                    "–".into()
-                },
-                if v.daemon_during() {
-                    format!(
-                        "{:.0}",
-                        median(&rs.iter().map(|r| r.notifications).collect::<Vec<_>>())
-                    )
-                } else {
-                    "– (no listener)".into()
-                },
-                if v.view().is_some() {
-                    format!("{} of {} ({:.1})", exact.len(), rs.len(), median(&exact))
-                } else {
-                    "–".into()
-                }
-            );
+            o += &variant_row(v, n, rs, base);
         }
     }
     o += "| pg_ivm 1.15 (quoted from issue 20, measured elsewhere on an unpartitioned copy of another schema; not installable here) | 8 | – | 843 against 21,000 | 0.03–0.04 | – | – | immediate |\n";
@@ -453,9 +522,46 @@ pub async fn run(plan: Plan) -> Result<()> {
             if *r >= 0.8 { "met" } else { "**missed**" }
         );
     }
-    print!("{o}");
-    progress(&format!("done in {:.1} min", total.as_secs_f64() / 60.0));
-    Ok(())
+    o
+}
+
+/// One (variant, clients) row of the TPS table; `base` is (a)'s median TPS.
+fn variant_row(v: Var, n: u32, rs: &[Run], base: f64) -> String {
+    let tps: Vec<f64> = rs.iter().map(|r| r.tps).collect();
+    let m = median(&tps);
+    let exact: Vec<f64> = rs.iter().filter_map(|r| r.to_exact).collect();
+    format!(
+        "| {} | {n} | {} | {:.0} ({:.0}–{:.0}) | {:.3} | {} | {} | {} |\n",
+        v.label(),
+        rs.len(),
+        m,
+        min_of(&tps),
+        max_of(&tps),
+        m / base,
+        if v.view().is_some() && v.daemon_during() {
+            format!(
+                "{:.0}",
+                median(&rs.iter().map(|r| r.refreshes).collect::<Vec<_>>())
+            )
+        } else if v.view().is_some() {
+            "– (stopped)".into()
+        } else {
+            "–".into()
+        },
+        if v.daemon_during() {
+            format!(
+                "{:.0}",
+                median(&rs.iter().map(|r| r.notifications).collect::<Vec<_>>())
+            )
+        } else {
+            "– (no listener)".into()
+        },
+        if v.view().is_some() {
+            format!("{} of {} ({:.1})", exact.len(), rs.len(), median(&exact))
+        } else {
+            "–".into()
+        }
+    )
 }
 
 /// Puts exactly this variant's triggers on w.sales (the others dropped, not disabled).
