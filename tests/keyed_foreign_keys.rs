@@ -40,17 +40,23 @@ const SCHEMA: &str = r#"
 
 fn converted(db: &TestDb) -> (String, String) {
     db.psql(SCHEMA);
+    convert_in_place(db, "fk", "fk.by_region")
+}
+
+/// `init --schema SCHEMA --apply --in-place --keyed VIEW`, which must succeed: its
+/// config and what it said.
+fn convert_in_place(db: &TestDb, schema: &str, view: &str) -> (String, String) {
     let dsn = db.dsn();
     let out = support::refreshd(&[
         "init",
         "--url",
         &dsn,
         "--schema",
-        "fk",
+        schema,
         "--apply",
         "--in-place",
         "--keyed",
-        "fk.by_region",
+        view,
     ]);
     let (config, stderr) = (support::stdout(&out), support::stderr(&out));
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
@@ -280,24 +286,8 @@ fn one_buffered_row_is_applied_by_index_lookups_not_a_dimension_scan() {
          CREATE UNIQUE INDEX ON ix.by_grp (grp);
          ANALYZE;",
     );
-    let dsn = db.dsn();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        "ix",
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "ix.by_grp",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
-    assert!(
-        support::stderr(&out).contains("deltas: fact table ix.fact"),
-        "{}",
-        support::stderr(&out)
-    );
+    let (_, stderr) = convert_in_place(&db, "ix", "ix.by_grp");
+    assert!(stderr.contains("deltas: fact table ix.fact"), "{stderr}");
     // Some churn first, so the buffer has pages (as it does in a running system).
     db.psql("INSERT INTO ix.fact SELECT 200000 + g, 1 + g, 1 FROM generate_series(1, 500) g");
     db.psql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM refreshd.ix_by_grp_consume(); COMMIT");
