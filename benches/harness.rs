@@ -22,6 +22,9 @@
 //! 1 % change. `--writers` runs only the writer cost of capture, plain and keyed (key
 //! buffers, row buffers; benches/writers/mod.rs), `--writers-secs N` per pgbench run
 //! (default 10; 3 with `--quick`), `--writers-rounds N` (default 3; 1 with `--quick`).
+//! `--writers-instructions` counts instead, with valgrind's callgrind, the CPU
+//! instructions one single-row INSERT transaction costs under each of those captures
+//! (benches/writers/instructions.rs; needs valgrind; ~3 min, `--quick` ~1 min).
 //! `--attendance-scale` runs only the attendance view's hand-written keyed table (005)
 //! against the one `init --keyed` generates, commit → visible at scales 1 and 10
 //! (benches/attendance/mod.rs; `--attendance-scales A,B` overrides, `--quick`: 0.1 and 1).
@@ -93,6 +96,9 @@ struct Plan {
     tpch_foreign_keys: bool,
     /// `--writers`: only the writer cost of plain and keyed capture (benches/writers/mod.rs).
     writers: bool,
+    /// `--writers-instructions`: the same captures, in instructions per transaction
+    /// (benches/writers/instructions.rs).
+    writers_instructions: bool,
     writers_secs: u64,
     writers_rounds: usize,
     /// `--attendance-scale`: only the hand-written against generated attendance keyed
@@ -141,6 +147,7 @@ impl Plan {
             tpch_sf: "0.1".into(),
             tpch_foreign_keys: false,
             writers: false,
+            writers_instructions: false,
             writers_secs: 3,
             writers_rounds: 1,
             attendance: false,
@@ -178,6 +185,7 @@ impl Plan {
             tpch_sf: "0.1".into(),
             tpch_foreign_keys: false,
             writers: false,
+            writers_instructions: false,
             writers_secs: 10,
             writers_rounds: 3,
             attendance: false,
@@ -199,6 +207,7 @@ impl Plan {
         self.capture = has("--capture");
         self.tpch = has("--tpch");
         self.writers = has("--writers");
+        self.writers_instructions = has("--writers-instructions");
         self.attendance = has("--attendance-scale");
         if let Some(scales) = arg_scales(args, "--attendance-scales") {
             self.attendance = true;
@@ -308,6 +317,8 @@ fn main() -> Result<()> {
         rt.block_on(capture::run(plan))
     } else if plan.tpch {
         rt.block_on(tpch::run(plan))
+    } else if plan.writers_instructions {
+        rt.block_on(writers::instructions::run(plan))
     } else if plan.writers {
         rt.block_on(writers::run(plan))
     } else if plan.attendance {

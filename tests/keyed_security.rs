@@ -5,6 +5,13 @@
 //! table the definition names and have its own code run with the owner's rights in
 //! every refresh. `init` reads definitions under `search_path = pg_catalog` (every
 //! other name qualified) and pins the function's path to `pg_catalog, pg_temp`.
+//!
+//! The capture trigger functions are SECURITY DEFINER too (writers need no privilege
+//! on the buffers) but run with the writer's search_path: a `SET search_path` clause
+//! costs every writing statement (docs/keyed.md). Their bodies hold no name of the
+//! definition, only schema-qualified tables, `pg_catalog.` functions and operators
+//! written `OPERATOR(pg_catalog.x)`: a writer whose search_path puts a schema with its
+//! own operators before `pg_catalog` never has them run with the owner's rights.
 
 mod support;
 
@@ -63,6 +70,151 @@ async fn a_table_shadowed_in_an_earlier_schema_of_the_search_path_is_never_read_
     );
     drop(d);
     drop(roles);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_search_path_puts_its_own_operators_first_never_has_them_run_by_the_capture()
+{
+    let db = TestDb::new();
+    let roles = TestRoles::create(&db, &["mallory", "writer"]);
+    let (mallory, writer) = (roles.name("mallory"), roles.name("writer"));
+    app_schema(&db, &mallory);
+    db.psql(&format!(
+        "GRANT USAGE ON SCHEMA app TO {writer};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON app.sales, app.stores TO {writer};
+         GRANT USAGE ON SCHEMA open TO {writer};"
+    ));
+    db.psql(
+        "CREATE MATERIALIZED VIEW app.top_by_region AS
+           SELECT st.region, max(s.amount) AS top
+             FROM app.sales s JOIN app.stores st ON st.id = s.store_id
+            GROUP BY st.region;
+         CREATE UNIQUE INDEX top_by_region_key ON app.top_by_region (region);",
+    );
+    let config = init_both_views(&db);
+    mallory_defines_operators(&db, &mallory);
+
+    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"50ms\""));
+    d.wait_ready(Duration::from_secs(30)).await;
+    // Every kind of statement the triggers handle, from a session that resolves bare
+    // operators in mallory's schema first: a store inserted (its INSERT guarded by the
+    // sales' foreign key), sales inserted, updated and deleted (row buffer), a store
+    // moved to another region (the path's FOR UPDATE lock). The statements themselves
+    // use no operator mallory shadows (`BETWEEN` on bigint, or on int: `>=`, `<=`).
+    let writes = "SET search_path = open, pg_catalog;
+         SET ROLE {writer};
+         SELECT 'writer' = 'writer'::text;
+         INSERT INTO app.stores VALUES (10, 'region 1');
+         INSERT INTO app.sales SELECT g, 10, 3.5 FROM generate_series(501, 530) g;
+         UPDATE app.sales SET amount = 7.25, store_id = 10 WHERE id BETWEEN 1 AND 40;
+         DELETE FROM app.sales WHERE id BETWEEN 100 AND 150;
+         UPDATE app.stores SET region = 'region 2' WHERE id BETWEEN 4 AND 4;";
+    db.psql(&format!(
+        "BEGIN; {} COMMIT;",
+        writes.replace("{writer}", &writer)
+    ));
+    for view in ["app.by_region", "app.top_by_region"] {
+        let diff = support::keyed_storm::difference_sql(view, &format!("{view}_def"), &[]);
+        support::wait_for(
+            Duration::from_secs(60),
+            &format!("{view} to equal its definition"),
+            || {
+                let diff = diff.clone();
+                let db = &db;
+                async move { db.psql(&diff) == "0" }
+            },
+        )
+        .await;
+    }
+    // refreshd.notify_changed() (the capture of `init --apply`, also on these tables)
+    // is not SECURITY DEFINER: it may run the writer's operators, as the writer.
+    let ran = db.psql(&format!(
+        "SELECT count(*) || ': ' || coalesce(string_agg(DISTINCT what, ', '), '') \
+           FROM open.witness WHERE what NOT LIKE '% as {writer}'"
+    ));
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT count(*) > 0 FROM open.witness WHERE what = '= (text, text) as {writer}'"
+        )),
+        "t",
+        "the writer's session resolves bare operators in mallory's schema"
+    );
+    assert_eq!(
+        ran, "0:",
+        "an operator of mallory's schema ran inside a capture trigger with its owner's rights"
+    );
+    drop(d);
+    drop(roles);
+}
+
+/// `init --apply --in-place --keyed` of app.by_region (deltas from sales) and
+/// app.top_by_region (max: its groups recomputed, sales reaching them through stores).
+fn init_both_views(db: &TestDb) -> String {
+    let sql_dir = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--schema",
+        "app",
+        "--sql",
+        sql_dir.path().to_str().unwrap(),
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "app.by_region",
+        "--keyed",
+        "app.top_by_region",
+    ]);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
+        "{stderr}"
+    );
+    for expected in ["INSERT not captured", "locks them FOR UPDATE"] {
+        assert!(config.contains(expected), "{expected}: {config}");
+    }
+    config
+}
+
+/// In schema open, mallory's own `=`, `<>`, `>`, `+`, `%` and `->>` for every pair of
+/// types the capture compares: each records that it ran, then answers as the built-in.
+fn mallory_defines_operators(db: &TestDb, mallory: &str) {
+    let mut sql = format!(
+        "SET ROLE {mallory};
+         CREATE TABLE open.witness (what text);
+         GRANT INSERT ON open.witness TO PUBLIC;\n"
+    );
+    let ops = [
+        ("eq_text", "=", "text", "text", "boolean"),
+        ("ne_text", "<>", "text", "text", "boolean"),
+        ("eq_int", "=", "int", "int", "boolean"),
+        ("eq_char", "=", "\"char\"", "\"char\"", "boolean"),
+        ("eq_oid", "=", "oid", "oid", "boolean"),
+        ("gt_bigint_int", ">", "bigint", "int", "boolean"),
+        ("plus_int", "+", "int", "int", "int"),
+        ("mod_int", "%", "int", "int", "int"),
+        ("field_jsonb", "->>", "jsonb", "text", "text"),
+    ];
+    for (f, op, l, r, ret) in ops {
+        sql += &format!(
+            "CREATE FUNCTION open.{f}(a {l}, b {r}) RETURNS {ret} LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO open.witness VALUES ('{op} ({l}, {r}) as ' || current_user);
+               RETURN a OPERATOR(pg_catalog.{op}) b;
+             END $$;
+             CREATE OPERATOR open.{op} (LEFTARG = {l}, RIGHTARG = {r}, FUNCTION = open.{f});\n"
+        );
+    }
+    sql += "RESET ROLE;
+            SET search_path = open, pg_catalog;
+            SELECT 'a' = 'a'::text;
+            SELECT count(*) FROM open.witness;";
+    // The operators do shadow the built-ins for such a session.
+    let out = db.psql(&sql);
+    assert_eq!(out.lines().last(), Some("1"), "{out}");
+    db.psql("DELETE FROM open.witness");
 }
 
 /// Schema app (stores, sales, the materialized view app.by_region), and schema open,

@@ -37,6 +37,8 @@
 
 use super::*;
 
+pub mod instructions;
+
 const ROWS: i64 = 200_000;
 
 const SETUP: &str = r#"

@@ -154,14 +154,7 @@ impl TempCluster {
     }
 
     fn cmd(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
+        self.owner_command(&self.bin.join(program))
     }
 
     fn data(&self) -> PathBuf {
@@ -301,6 +294,36 @@ impl TempCluster {
             self.stopped = true;
         }
         Ok(())
+    }
+
+    /// Starts the server again after [`TempCluster::stop`].
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.stopped {
+            self.pg_ctl_start()?;
+            self.stopped = false;
+        }
+        Ok(())
+    }
+
+    /// The data directory (for `postgres --single` while the server is stopped).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data()
+    }
+
+    /// A directory the cluster's owner may write in, removed with the cluster.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// `program` (a path or a name in PATH) run as the cluster's owner.
+    pub fn owner_command(&self, program: &Path) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
     }
 
     /// The TCP port on 127.0.0.1.

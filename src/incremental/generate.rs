@@ -26,6 +26,10 @@
 //! refresh is not due yet and must be woken; otherwise one is due, and it waits for
 //! this writer's commit before it reads the buffer.
 //!
+//! The trigger functions are SECURITY DEFINER without a `SET search_path` (it costs
+//! every writing statement): nothing in them resolves through the writer's path
+//! (qualified tables and functions, operators as [`pg_op`]).
+//!
 //! UPDATE compares old and new rows on the columns the definition reads
 //! (`EXCEPT ALL`), so an update of other columns buffers nothing — unless one of those
 //! columns has a type without equality ([`BaseTable::incomparable`]): then all its old
@@ -314,6 +318,14 @@ fn dollar(body: &str) -> String {
         }
         n += 1;
     }
+}
+
+/// A built-in operator, named with its schema (`OPERATOR(pg_catalog.=)`): the trigger
+/// functions run with their caller's search_path (module doc), where a bare `=` could
+/// resolve to an operator in a schema the caller put before `pg_catalog`. The syntax
+/// has one precedence for every operator: parenthesize around it.
+pub(crate) fn pg_op(o: &str) -> String {
+    format!("OPERATOR(pg_catalog.{o})")
 }
 
 fn literal(s: &str) -> String {
@@ -813,9 +825,10 @@ impl<'a> Conversion<'a> {
             let alias = format!("j{}", i + 1);
             let _ = write!(
                 joins,
-                " JOIN {} AS {alias} ON {alias}.{} = {from}.{}",
+                " JOIN {} AS {alias} ON {alias}.{} {} {from}.{}",
                 self.table_of(&p.tables[i + 1])?.name.quoted(),
                 quote_ident(&s.to_column),
+                pg_op("="),
                 quote_ident(&s.from_column)
             );
             locks.push(alias.clone());
@@ -899,10 +912,14 @@ fn update_lock_sql(b: &BaseTable, r: &Reached) -> String {
     for m in &r.moving {
         push_unique(&mut moving, m);
     }
+    // `IN` resolves `=` through the search_path: the operator is named (one column: a
+    // scalar comparison; more: a row comparison, column by column).
+    let row = if moving.len() == 1 { "" } else { "ROW" };
     format!(
-        "        PERFORM 1 FROM {} AS t WHERE ({}) IN (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
+        "        PERFORM 1 FROM {} AS t WHERE {row}({}) {} ANY (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
         b.name.quoted(),
         list(&moving, "t."),
+        pg_op("="),
         list(&moving, "m."),
         n = list(&moving, "n."),
         o = list(&moving, "o."),
@@ -923,8 +940,11 @@ impl Conversion<'_> {
     /// Rows buffered: wake refreshd unless a refresh is already due (module doc).
     fn wake_sql(&self) -> String {
         format!(
-            "    IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} + pg_catalog.pg_backend_pid() % {ARM_SLOTS}, pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
-            ch = literal(&self.n.channel)
+            "    IF (v_rows {gt} 0) AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} {plus} (pg_catalog.pg_backend_pid() {modulo} {ARM_SLOTS}), pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
+            ch = literal(&self.n.channel),
+            gt = pg_op(">"),
+            plus = pg_op("+"),
+            modulo = pg_op("%"),
         )
     }
 
@@ -944,8 +964,9 @@ impl Conversion<'_> {
         for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
             let _ = writeln!(
                 body,
-                "    {} TG_OP = {} THEN",
+                "    {} TG_OP {} {} THEN",
                 if i == 0 { "IF" } else { "ELSIF" },
+                pg_op("="),
                 literal(&op.to_ascii_uppercase())
             );
             if let (true, Some(r)) = (*op == "update", c.reached) {
@@ -1093,7 +1114,7 @@ impl Conversion<'_> {
     ) -> Result<Vec<String>, String> {
         let _ = writeln!(
             w,
-            "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
+            "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nAS {};",
             self.n.all_function.quoted(),
             dollar(&format!(
                 "DECLARE\n    v_rows bigint := 1;\nBEGIN\n    {}\n{}END;\n",
@@ -1114,7 +1135,7 @@ impl Conversion<'_> {
             let fname = self.function(b);
             let _ = writeln!(
                 w,
-                "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};",
+                "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nAS {};",
                 fname.quoted(),
                 dollar(&self.trigger_body(&c))
             );

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::generate::pg_op;
 use super::lineage::{InstCol, Lineage};
 use super::Catalog;
 
@@ -73,13 +74,18 @@ impl InsertGuard {
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
+            // Run by a trigger function under its caller's search_path: every operator
+            // named with its schema (`IN` and `IS DISTINCT FROM` would look `=` up).
             parts.push(format!(
                 "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
-                 JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
-                 JOIN pg_catalog.pg_class f ON f.oid = c.confrelid \
-                 WHERE c.oid IN ({list}) AND c.contype = 'f' AND c.convalidated AND NOT c.condeferrable \
-                 AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
-                 AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass))"
+                 JOIN pg_catalog.pg_class r ON r.oid {eq} c.conrelid \
+                 JOIN pg_catalog.pg_class f ON f.oid {eq} c.confrelid \
+                 WHERE c.oid {eq} ANY (ARRAY[{list}]::pg_catalog.oid[]) AND c.contype {eq} 'f' AND c.convalidated AND NOT c.condeferrable \
+                 AND COALESCE((pg_catalog.to_jsonb(c) {field} 'conenforced') {ne} 'false', true) \
+                 AND (r.relkind {eq} 'p' OR NOT r.relhassubclass) AND (f.relkind {eq} 'p' OR NOT f.relhassubclass))",
+                eq = pg_op("="),
+                ne = pg_op("<>"),
+                field = pg_op("->>"),
             ));
             seen.push(oids);
         }

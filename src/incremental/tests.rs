@@ -1161,6 +1161,33 @@ fn generate_attendance() {
     );
 }
 
+/// A trigger function's body names every operator with its schema: outside quoted
+/// names and string literals, no `=`, `<`, `>`, `+`, `%` or `IN (` but in
+/// `OPERATOR(pg_catalog.x)` (and plpgsql's `:=`, and `GET DIAGNOSTICS v = ROW_COUNT`).
+fn assert_no_bare_operator(function: &str) {
+    let body = function.split("$refreshd$").nth(1).expect(function);
+    let mut code = String::new();
+    let mut quote = None;
+    for ch in body.chars() {
+        match (quote, ch) {
+            (None, '"' | '\'') => quote = Some(ch),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) => code.push(c),
+            _ => {}
+        }
+    }
+    let code = code
+        .replace("OPERATOR(pg_catalog.=)", "")
+        .replace("OPERATOR(pg_catalog.>)", "")
+        .replace("OPERATOR(pg_catalog.+)", "")
+        .replace("OPERATOR(pg_catalog.%)", "")
+        .replace(":=", "")
+        .replace("v_rows = ROW_COUNT", "");
+    for bare in ["=", "<", ">", "+", "%", " IN (", "DISTINCT FROM"] {
+        assert!(!code.contains(bare), "bare {bare:?} in:\n{function}");
+    }
+}
+
 /// [`generate_attendance`]: the trigger functions of the two base tables (the path
 /// locks, the buffer, the wake-up).
 fn attendance_trigger_functions(g: &Generated) {
@@ -1168,14 +1195,18 @@ fn attendance_trigger_functions(g: &Generated) {
         g,
         r#""public"."attendance_statistics_summary_keys_from_member_attendance""#,
     );
-    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" = d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
+    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" OPERATOR(pg_catalog.=) d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
     assert!(att.contains("SECURITY DEFINER"), "{att}");
+    // Run under the writer's search_path (no SET: it costs every statement): no
+    // operator is looked up through it.
+    assert!(!att.contains("SET search_path"), "{att}");
+    assert_no_bare_operator(att);
     assert!(!att.contains("FOR UPDATE"), "{att}");
     let ses = function_sql(
         g,
         r#""public"."attendance_statistics_summary_keys_from_training_sessions""#,
     );
-    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE (t."id", t."category_id", t."season_id") IN (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
+    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE ROW(t."id", t."category_id", t."season_id") OPERATOR(pg_catalog.=) ANY (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
     assert!(
         ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
         "{ses}"
@@ -1187,7 +1218,7 @@ fn attendance_trigger_functions(g: &Generated) {
         "{ses}"
     );
     assert!(
-        ses.contains("IF v_rows > 0 AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
+        ses.contains("IF (v_rows OPERATOR(pg_catalog.>) 0) AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 OPERATOR(pg_catalog.+) (pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.%) 16), pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
         "{ses}"
     );
     assert!(
@@ -1254,8 +1285,10 @@ fn generate_partitioned_fact() {
         );
     }
     let sales = function_sql(&g, r#""tpch"."revenue_keys_from_sales""#);
-    assert!(sales.contains(r#"SELECT * FROM (SELECT j2."name" FROM d JOIN "tpch"."product" AS j1 ON j1."id" = d."product_id" JOIN "tpch"."category" AS j2 ON j2."id" = j1."category_id" FOR KEY SHARE OF j1, j2) AS p"#), "{sales}");
+    assert!(sales.contains(r#"SELECT * FROM (SELECT j2."name" FROM d JOIN "tpch"."product" AS j1 ON j1."id" OPERATOR(pg_catalog.=) d."product_id" JOIN "tpch"."category" AS j2 ON j2."id" OPERATOR(pg_catalog.=) j1."category_id" FOR KEY SHARE OF j1, j2) AS p"#), "{sales}");
+    assert_no_bare_operator(sales);
     let product = function_sql(&g, r#""tpch"."revenue_keys_from_product""#);
+    assert_no_bare_operator(product);
     assert!(product.contains(r#"(SELECT n."id", n."category_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{product}");
     let category = function_sql(&g, r#""tpch"."revenue_keys_from_category""#);
     assert!(category.contains(r#"(SELECT n."id", n."name" FROM new_rows n EXCEPT ALL SELECT o."id", o."name" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{category}");
