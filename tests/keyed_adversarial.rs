@@ -1,0 +1,387 @@
+//! Adversarial differential tests of `refreshd init --keyed` (issue 20): shapes nobody
+//! wrote the derivation for (a sub-partitioned fact table, hostile names in a schema
+//! with a space, a dot and unicode, joins through two dimensions, LEFT JOINs, HAVING,
+//! DISTINCT, CTEs, views over views, expressions and NULLs in keys, composite keys,
+//! FILTER, avg, count(col) with NULLs, float sums, min/max, NaN in numeric sums,
+//! partitions detached, dropped and attached later). Each shape is either refused with
+//! its reason (it stays a materialized view) or converted in place, and then, under
+//! four writers with the daemon running, equals its definition exactly.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::RngExt;
+use refreshd::pg::ident::quote_ident;
+use support::keyed_storm::{storm_then_equal, wait_equal, Exact, Length};
+use support::{Daemon, TestDb};
+
+/// The schema every name lives in: a space, a dot, a non-ASCII letter.
+const SCHEMA: &str = "Sch ëma.x";
+
+/// `SCHEMA.name`, quoted.
+fn q(name: &str) -> String {
+    format!("{}.{}", quote_ident(SCHEMA), quote_ident(name))
+}
+
+/// `SCHEMA.name` as refreshd prints it (quoted only where needed).
+fn shown(name: &str) -> String {
+    refreshd::pg::ident::QualifiedName::new(SCHEMA, name).to_string()
+}
+
+/// A fact table partitioned by year, 2025 sub-partitioned by list (with a DEFAULT),
+/// 2026 by hash; two dimensions in a chain (store → region, nullable) and a product
+/// dimension with nullable categories and a `COLLATE "C"` label.
+const TABLES: &str = r#"
+CREATE TABLE "Region""s" ("Id" int PRIMARY KEY, "Name Ü" text NOT NULL UNIQUE);
+CREATE TABLE "Store.s" (id int PRIMARY KEY, "Region Id" int REFERENCES "Region""s" ("Id"), kind text);
+CREATE TABLE "Prod" (id int PRIMARY KEY, cat text, label text COLLATE "C" NOT NULL);
+CREATE TABLE "Fact ""T""" (id bigint NOT NULL, store_id int, prod_id int NOT NULL, qty int NOT NULL,
+    price numeric(10,2), w float8, day date NOT NULL, tag text) PARTITION BY RANGE (day);
+CREATE TABLE f2025 PARTITION OF "Fact ""T""" FOR VALUES FROM ('2025-01-01') TO ('2026-01-01') PARTITION BY LIST (tag);
+CREATE TABLE f2025_a PARTITION OF f2025 FOR VALUES IN ('a');
+CREATE TABLE f2025_rest PARTITION OF f2025 DEFAULT;
+CREATE TABLE f2026 PARTITION OF "Fact ""T""" FOR VALUES FROM ('2026-01-01') TO ('2027-01-01') PARTITION BY HASH (id);
+CREATE TABLE f2026_0 PARTITION OF f2026 FOR VALUES WITH (modulus 2, remainder 0);
+CREATE TABLE f2026_1 PARTITION OF f2026 FOR VALUES WITH (modulus 2, remainder 1);
+CREATE INDEX ON "Fact ""T""" (id); CREATE INDEX ON "Fact ""T""" (store_id); CREATE INDEX ON "Fact ""T""" (prod_id);
+INSERT INTO "Region""s" SELECT g, 'Région ' || g FROM generate_series(1, 5) g;
+INSERT INTO "Store.s" SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE 1 + g % 5 END,
+    CASE WHEN g % 3 = 0 THEN NULL ELSE 'k' || (g % 2) END FROM generate_series(1, 20) g;
+INSERT INTO "Prod" SELECT g, CASE WHEN g % 4 = 0 THEN NULL ELSE 'c' || (g % 3) END,
+    CASE WHEN g % 2 = 0 THEN 'Lab' ELSE 'lab' END || (g % 3) FROM generate_series(1, 30) g;
+INSERT INTO "Fact ""T""" SELECT g, CASE WHEN g % 11 = 0 THEN NULL ELSE 1 + g % 20 END, 1 + g % 30, 1 + g % 13,
+    CASE WHEN g % 5 = 0 THEN NULL ELSE (g % 97) + 0.25 END, (g % 8) * 0.25, date '2025-01-01' + (g % 700),
+    CASE WHEN g % 3 = 0 THEN 'a' WHEN g % 3 = 1 THEN 'b' END
+  FROM generate_series(1, 4000) g;
+CREATE VIEW "v Base" AS SELECT f.id, f.qty, p.label, p.cat FROM "Fact ""T""" f JOIN "Prod" p ON p.id = f.prod_id;
+CREATE VIEW "v Mid" AS SELECT vb.label, vb.qty FROM "v Base" vb WHERE vb.cat IS DISTINCT FROM 'c2';
+"#;
+
+/// The views converted: (name, definition, key). Together: deltas through two
+/// dimensions with FILTER, avg and count(col); a LEFT JOIN whose preserved side
+/// carries the key; a NULL key with a float sum; HAVING; a composite key from two
+/// tables; a composite key with NULLs; DISTINCT; a CTE and a subquery; a view over a
+/// view; expressions in GROUP BY; rows without grouping; min/max with avg; a
+/// `COLLATE "C"` key.
+fn converted() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        (
+            "By Région",
+            r#"SELECT r."Name Ü" AS "Région", count(*) AS n, count(f.price) AS priced, sum(f.price) AS revenue,
+            avg(f.price) AS avg_price, sum(f.qty) FILTER (WHERE f.tag = 'a') AS qty_a, count(*) FILTER (WHERE f.tag IS NULL) AS untagged
+            FROM "Fact ""T""" f JOIN "Store.s" s ON s.id = f.store_id JOIN "Region""s" r ON r."Id" = s."Region Id" GROUP BY r."Name Ü""#,
+            r#""Région""#,
+        ),
+        (
+            "store sales",
+            r#"SELECT s.id AS store, s.kind, count(f.id) AS sales, sum(f.qty) AS qty
+            FROM "Store.s" s LEFT JOIN "Fact ""T""" f ON f.store_id = s.id GROUP BY s.id, s.kind"#,
+            "store",
+        ),
+        (
+            "by_store_null",
+            r#"SELECT f.store_id, count(*) AS n, sum(f.w) AS w FROM "Fact ""T""" f GROUP BY f.store_id"#,
+            "store_id",
+        ),
+        (
+            "by_cat_having",
+            r#"SELECT p.cat, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f JOIN "Prod" p ON p.id = f.prod_id
+            GROUP BY p.cat HAVING count(*) > 1000"#,
+            "cat",
+        ),
+        (
+            "by_region_cat",
+            r#"SELECT s."Region Id" AS region, p.cat, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f
+            JOIN "Store.s" s ON s.id = f.store_id JOIN "Prod" p ON p.id = f.prod_id GROUP BY s."Region Id", p.cat"#,
+            "region, cat",
+        ),
+        (
+            "By Store Prod",
+            r#"SELECT f.store_id, f.prod_id, count(*) AS n, sum(f.price) AS revenue, count(f.price) AS priced
+            FROM "Fact ""T""" f GROUP BY f.store_id, f.prod_id"#,
+            "store_id, prod_id",
+        ),
+        (
+            "store_prods",
+            r#"SELECT DISTINCT f.store_id, p.cat FROM "Fact ""T""" f JOIN "Prod" p ON p.id = f.prod_id
+            WHERE f.store_id IS NOT NULL AND p.cat IS NOT NULL"#,
+            "store_id, cat",
+        ),
+        (
+            "cte_v",
+            r#"WITH big AS (SELECT f.prod_id, f.qty FROM "Fact ""T""" f WHERE f.qty > 3)
+            SELECT x.prod_id, x.n, x.q FROM (SELECT b.prod_id, count(*) AS n, sum(b.qty) AS q FROM big b GROUP BY b.prod_id) x"#,
+            "prod_id",
+        ),
+        (
+            "by_label",
+            r#"SELECT m.label, count(*) AS n, sum(m.qty) AS qty FROM "v Mid" m GROUP BY m.label"#,
+            "label",
+        ),
+        (
+            "by_month",
+            r#"SELECT date_trunc('month', f.day) AS m, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f
+            GROUP BY date_trunc('month', f.day)"#,
+            "m",
+        ),
+        (
+            "by_lower",
+            r#"SELECT lower(p.label) AS l, count(*) AS n FROM "Fact ""T""" f JOIN "Prod" p ON p.id = f.prod_id
+            GROUP BY lower(p.label)"#,
+            "l",
+        ),
+        (
+            "rows_v",
+            r#"SELECT f.id, f.qty, s.kind FROM "Fact ""T""" f LEFT JOIN "Store.s" s ON s.id = f.store_id WHERE f.qty > 5"#,
+            "id",
+        ),
+        (
+            "avg_int",
+            r#"SELECT f.prod_id, count(*) AS n, avg(f.qty) AS a, min(f.day) AS first, max(f.qty) AS mx
+            FROM "Fact ""T""" f GROUP BY f.prod_id"#,
+            "prod_id",
+        ),
+        (
+            "by_label_c",
+            r#"SELECT p.label, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f JOIN "Prod" p ON p.id = f.prod_id
+            GROUP BY p.label"#,
+            "label",
+        ),
+    ]
+}
+
+/// Views refused, with the reason `init` must give: (name, definition, key, reason).
+fn refused() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    vec![
+        (
+            "u",
+            r#"SELECT x.k, sum(x.n) AS n FROM (SELECT f.prod_id AS k, 1 AS n FROM "Fact ""T""" f
+            UNION ALL SELECT p.id, 1 FROM "Prod" p) x GROUP BY x.k"#,
+            "k",
+            "a set operation",
+        ),
+        (
+            "lat",
+            r#"SELECT p.id, l.n FROM "Prod" p, LATERAL (SELECT count(*) AS n FROM "Fact ""T""" f WHERE f.prod_id = p.id) l"#,
+            "id",
+            "a LATERAL subquery",
+        ),
+        (
+            "over mv",
+            r#"SELECT m.kind, count(*) AS n FROM "plain mv" m GROUP BY m.kind"#,
+            "kind",
+            "whose refreshes fire no trigger",
+        ),
+    ]
+}
+
+/// The tables, every view (materialized, with a unique index on its key) and a
+/// materialized view no `--keyed` names (read by a refused one).
+fn schema(db: &TestDb) {
+    let mut sql = format!(
+        "CREATE SCHEMA {s}; SET search_path = {s};\n{TABLES}",
+        s = quote_ident(SCHEMA)
+    );
+    sql.push_str(
+        r#"CREATE MATERIALIZED VIEW "plain mv" AS SELECT s.id, s.kind FROM "Store.s" s;
+        CREATE UNIQUE INDEX ON "plain mv" (id);"#,
+    );
+    let refused = refused().into_iter().map(|(n, d, k, _)| (n, d, k));
+    for (name, def, key) in converted().into_iter().chain(refused) {
+        let ident = quote_ident(name);
+        sql.push_str(&format!(
+            "CREATE MATERIALIZED VIEW {ident} AS {def};\nCREATE UNIQUE INDEX ON {ident} ({key});\n"
+        ));
+    }
+    sql.push_str("ANALYZE;");
+    db.psql(&sql);
+}
+
+/// `refreshd init --url DSN args...`: (exit code, stdout, stderr).
+fn init(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
+    let dsn = db.dsn();
+    let mut all = vec!["init", "--url", dsn.as_str()];
+    all.extend_from_slice(args);
+    let out = support::refreshd(&all);
+    (
+        out.status.code(),
+        support::stdout(&out),
+        support::stderr(&out),
+    )
+}
+
+/// `init --sql DIR --apply --in-place` keying every view of [`converted`] and
+/// [`refused`]: exit 1 (some cannot be derived), each refused one named with its
+/// reason and still a materialized view, every other one a table now. The config,
+/// debounced 50ms, which `refreshd check` passes.
+fn convert_all_in_place(db: &TestDb, sql_dir: &std::path::Path) -> String {
+    let names: Vec<String> = converted()
+        .iter()
+        .map(|v| v.0)
+        .chain(refused().iter().map(|v| v.0))
+        .map(q)
+        .collect();
+    let mut args = vec![
+        "--schema",
+        SCHEMA,
+        "--sql",
+        sql_dir.to_str().unwrap(),
+        "--apply",
+        "--in-place",
+    ];
+    for n in &names {
+        args.extend(["--keyed", n.as_str()]);
+    }
+    let (code, config, stderr) = init(db, &args);
+    assert_eq!(code, Some(1), "{stderr}\n{config}");
+    for (name, _, _, reason) in refused() {
+        let line = format!("--keyed {}: cannot be derived: ", shown(name));
+        let said = stderr
+            .lines()
+            .find(|l| l.contains(&line))
+            .unwrap_or_else(|| panic!("{line}\n{stderr}"));
+        assert!(said.contains(reason), "{said}");
+        assert_eq!(relkind(db, name), "m", "{name} stays a materialized view");
+    }
+    for (name, _, _) in converted() {
+        let (v, line) = (shown(name), "converted");
+        assert!(
+            stderr.contains(&format!("--keyed {v}: keyed view {v} (")),
+            "{name}\n{stderr}"
+        );
+        assert!(
+            stderr.lines().any(|l| l
+                .starts_with(&format!("refreshd init: --keyed {v}: keyed view"))
+                && l.ends_with(line)),
+            "{name}\n{stderr}"
+        );
+        assert_eq!(relkind(db, name), "r", "{name} is a table now");
+    }
+    let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let report = format!("{}{}", support::stdout(&check), support::stderr(&check));
+    assert_eq!(check.status.code(), Some(0), "{report}\n{config}");
+    config
+}
+
+/// `SCHEMA.name`'s relkind.
+fn relkind(db: &TestDb, name: &str) -> String {
+    db.psql(&format!(
+        "SELECT relkind FROM pg_class WHERE oid = '{}'::regclass",
+        q(name).replace('\'', "''")
+    ))
+}
+
+/// Every converted view equals its definition (`<view>_def`).
+fn exact() -> Vec<Exact> {
+    converted()
+        .iter()
+        .map(|(name, _, _)| Exact::definition(&q(name), &q(&format!("{name}_def")), &[]))
+        .collect()
+}
+
+/// One random writer transaction: facts inserted (NULL stores, NULL prices, every
+/// partition), updated (values to and from NULL, moved to another store, product,
+/// year or sub-partition), deleted one by one and by store; stores moved to another
+/// region or none, regions renamed (a key), products' categories and labels changed
+/// (keys, to and from NULL), a store inserted or upserted; rows moved by a writable CTE.
+fn op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let (id, store, prod) = (
+        rng.random_range(1..4400),
+        rng.random_range(0..22),
+        rng.random_range(1..=30),
+    );
+    let (region, v, new) = (
+        rng.random_range(0..=5),
+        rng.random_range(1..20),
+        100_000 + writer * 10_000 + round,
+    );
+    let store_or_null = if store == 0 {
+        "NULL".to_string()
+    } else {
+        store.to_string()
+    };
+    let region_or_null = if region == 0 {
+        "NULL".to_string()
+    } else {
+        region.to_string()
+    };
+    let sql = match rng.random_range(0..15) {
+        0 | 1 => format!(
+            "INSERT INTO \"Fact \"\"T\"\"\" VALUES ({new}, {store_or_null}, {prod}, {v}, {}, {v} * 0.25, date '2025-01-01' + {}, {})",
+            if v % 4 == 0 { "NULL".into() } else { format!("{v} * 1.25") },
+            rng.random_range(0..730),
+            ["'a'", "'b'", "NULL"][v % 3]
+        ),
+        2 => format!("UPDATE \"Fact \"\"T\"\"\" SET qty = qty + 1, price = CASE WHEN price IS NULL THEN 3.5 END WHERE id = {id}"),
+        3 => format!("UPDATE \"Fact \"\"T\"\"\" SET store_id = {store_or_null} WHERE id = {id}"),
+        4 => format!("UPDATE \"Fact \"\"T\"\"\" SET prod_id = {prod} WHERE id = {id}"),
+        5 => format!("UPDATE \"Fact \"\"T\"\"\" SET day = CASE WHEN day < '2026-01-01' THEN day + 365 ELSE day - 365 END, \
+                      tag = CASE WHEN tag = 'a' THEN NULL ELSE 'a' END WHERE id = {id}"),
+        6 => format!("DELETE FROM \"Fact \"\"T\"\"\" WHERE id = {id}"),
+        7 => format!("UPDATE \"Store.s\" SET \"Region Id\" = {region_or_null} WHERE id = {store}"),
+        8 => format!("UPDATE \"Region\"\"s\" SET \"Name Ü\" = 'Région {region} w{writer} r{round}' WHERE \"Id\" = {region}"),
+        9 => format!("UPDATE \"Prod\" SET cat = {} WHERE id = {prod}", if v % 4 == 0 { "NULL".into() } else { format!("'c{}'", v % 3) }),
+        10 => format!("UPDATE \"Prod\" SET label = '{}{}' WHERE id = {prod}", ["Lab", "lab"][v % 2], v % 3),
+        11 => format!("UPDATE \"Store.s\" SET kind = {} WHERE id = {store}", ["NULL", "'k0'", "'k1'"][v % 3]),
+        12 => format!("DELETE FROM \"Fact \"\"T\"\"\" WHERE store_id = {store} AND qty > 10"),
+        13 => format!(
+            "INSERT INTO \"Store.s\" VALUES ({}, {region_or_null}, 'k1') ON CONFLICT (id) DO UPDATE SET \"Region Id\" = excluded.\"Region Id\"",
+            100 + v
+        ),
+        _ => format!(
+            "WITH d AS (DELETE FROM \"Fact \"\"T\"\"\" WHERE id IN ({id}, {}) RETURNING *) \
+             INSERT INTO \"Fact \"\"T\"\"\" SELECT id + 10000000, {store_or_null}, prod_id, qty, price, w, day, tag FROM d",
+            id + 1
+        ),
+    };
+    format!("SET LOCAL search_path = {}; {sql}", quote_ident(SCHEMA))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_shape_is_refused_or_stays_exact_in_place_under_four_writers() {
+    let db = TestDb::new();
+    schema(&db);
+    let defs_before = definitions(&db);
+    let sql_dir = tempfile::tempdir().unwrap();
+    let config = convert_all_in_place(&db, sql_dir.path());
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    wait_equal(&db.dsn(), "", &exact()).await;
+    let s = storm_then_equal(&db.dsn(), 4, Length::Rounds(120), 11, op, "", &exact()).await;
+    assert!(
+        s.committed > 300,
+        "committed {}, rolled back {}",
+        s.committed,
+        s.rolled_back
+    );
+    drop(d);
+    // The rollback (twice: idempotent) restores every materialized view as it was:
+    // its definition, indexes and data.
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    for _ in 0..2 {
+        let out = db.server.psql_file(&db.name, &rollback);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+    assert_eq!(definitions(&db), defs_before);
+    for (name, _, _) in converted() {
+        assert_eq!(relkind(&db, name), "m");
+        db.psql(&format!(
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
+            q(name)
+        ));
+    }
+}
+
+/// Every materialized view of SCHEMA: its name, definition and index definitions.
+fn definitions(db: &TestDb) -> String {
+    db.psql(&format!(
+        "SELECT string_agg(c.relname || ': ' || pg_get_viewdef(c.oid) || ' ' || \
+           (SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ') FROM pg_index i WHERE i.indrelid = c.oid), E'\\n' ORDER BY c.relname) \
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{}' AND c.relkind = 'm'",
+        SCHEMA
+    ))
+}
