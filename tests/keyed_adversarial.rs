@@ -457,3 +457,66 @@ async fn partitions_detached_dropped_and_attached_later_are_followed() {
         wait_equal(&db.dsn(), "", &exact).await;
     }
 }
+
+/// NaN (and, from PostgreSQL 14, ±Infinity) in numeric sums and averages taken as
+/// deltas: old + NaN − NaN is NaN, where a recompute without the row is a number. A
+/// group with a value that is not finite must be recomputed, not updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nan_and_infinity_in_numeric_deltas_leave_no_trace() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA nan;
+        CREATE TABLE nan.f (id int PRIMARY KEY, g int NOT NULL, amt numeric, p numeric(10,2) NOT NULL);
+        INSERT INTO nan.f SELECT i, i % 3, i * 1.5, i / 4.0 FROM generate_series(1, 60) i;
+        CREATE MATERIALIZED VIEW nan.counted AS
+          SELECT g, count(*) AS n, count(amt) AS c, sum(amt) AS s, avg(amt) AS a FROM nan.f GROUP BY g;
+        CREATE UNIQUE INDEX ON nan.counted (g);
+        CREATE MATERIALIZED VIEW nan.recovered AS SELECT g, count(*) AS n, avg(p) AS a FROM nan.f GROUP BY g;
+        CREATE UNIQUE INDEX ON nan.recovered (g);"#,
+    );
+    let views = ["nan.counted", "nan.recovered"];
+    let (code, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "nan",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            views[0],
+            "--keyed",
+            views[1],
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{config}");
+    for v in views {
+        assert!(
+            stderr.contains(&format!("--keyed {v}: deltas: fact table nan.f")),
+            "{stderr}"
+        );
+    }
+    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"50ms\""));
+    d.wait_ready(Duration::from_secs(30)).await;
+    let exact: Vec<Exact> = views
+        .iter()
+        .map(|v| Exact::definition(v, &format!("{v}_def"), &[]))
+        .collect();
+    let infinity = db.psql("SHOW server_version_num").parse::<u32>().unwrap() >= 140_000;
+    let mut steps = vec![
+        "INSERT INTO nan.f VALUES (1000, 1, 'NaN', 'NaN')",
+        "DELETE FROM nan.f WHERE id = 1000",
+        "UPDATE nan.f SET amt = 'NaN', p = 'NaN' WHERE id = 4",
+        "UPDATE nan.f SET amt = 7, p = 7 WHERE id = 4",
+    ];
+    if infinity {
+        steps.extend([
+            "INSERT INTO nan.f VALUES (1001, 2, 'Infinity', 1), (1002, 2, '-Infinity', 2)",
+            "DELETE FROM nan.f WHERE id = 1001",
+            "DELETE FROM nan.f WHERE id = 1002",
+        ]);
+    }
+    for step in steps {
+        db.psql(step);
+        wait_equal(&db.dsn(), "", &exact).await;
+    }
+}
