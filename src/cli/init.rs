@@ -529,10 +529,16 @@ fn convert(
     }
 }
 
-/// The materialized view's columns with their types.
+/// The materialized view's columns with their types, and their collations where not
+/// their type's (schema-qualified and quoted; NULL otherwise).
 const COLUMNS_SQL: &str =
-    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
-  FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
+            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END \
+  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+  LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
  ORDER BY a.attnum";
 
 /// Its indexes, as `CREATE INDEX` statements.
@@ -612,11 +618,13 @@ async fn keyed_facts(
     search_path: &[String],
     in_place: bool,
 ) -> Result<Result<(Facts, Vec<DeltaTable>), String>, tokio_postgres::Error> {
-    let columns = client
+    let rows = client
         .query_typed(COLUMNS_SQL, &[(&oid, Type::OID)])
-        .await?
+        .await?;
+    let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let collations = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .filter_map(|r| r.get::<_, Option<String>>(2).map(|c| (r.get(0), c)))
         .collect();
     let indexes = client
         .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
@@ -649,6 +657,7 @@ async fn keyed_facts(
             view: view.clone(),
             definition,
             columns,
+            collations,
             search_path: search_path.to_vec(),
             tables,
             indexes,
