@@ -605,3 +605,56 @@ async fn keys_with_collations_stay_one_row_per_group() {
         }
     }
 }
+
+/// A base table with inheritance children (not partitions): the view reads their rows
+/// through the parent, but a write straight into a child fires only the child's
+/// triggers. Its changes must reach the view like a partition's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inheritance_children_are_captured_like_partitions() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA ih;
+        CREATE TABLE ih.fact (id int NOT NULL, g int NOT NULL, qty int NOT NULL);
+        CREATE TABLE ih.child (note text) INHERITS (ih.fact);
+        CREATE TABLE ih."Grand Child" (qty2 int) INHERITS (ih.child);
+        INSERT INTO ih.fact SELECT i, i % 4, i FROM generate_series(1, 50) i;
+        INSERT INTO ih.child (id, g, qty, note) SELECT i, i % 4, i, 'c' FROM generate_series(51, 80) i;
+        INSERT INTO ih."Grand Child" (id, g, qty) SELECT i, i % 4, i FROM generate_series(81, 99) i;
+        CREATE MATERIALIZED VIEW ih.sums AS SELECT f.g, count(*) AS n, sum(f.qty) AS q FROM ih.fact f GROUP BY f.g;
+        CREATE UNIQUE INDEX ON ih.sums (g);
+        CREATE MATERIALIZED VIEW ih.maxes AS SELECT f.g, max(f.qty) AS top FROM ih.fact f GROUP BY f.g;
+        CREATE UNIQUE INDEX ON ih.maxes (g);"#,
+    );
+    let views = ["ih.sums", "ih.maxes"];
+    let (code, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "ih",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            views[0],
+            "--keyed",
+            views[1],
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{config}");
+    let d = Daemon::start(&checked(&config));
+    d.wait_ready(Duration::from_secs(30)).await;
+    let exact: Vec<Exact> = views
+        .iter()
+        .map(|v| Exact::definition(v, &format!("{v}_def"), &[]))
+        .collect();
+    for step in [
+        "INSERT INTO ih.child (id, g, qty) VALUES (1000, 1, 1000)",
+        "UPDATE ih.child SET g = 2, qty = qty + 500 WHERE id = 60",
+        "DELETE FROM ih.\"Grand Child\" WHERE id = 90",
+        "INSERT INTO ih.\"Grand Child\" (id, g, qty) VALUES (1001, 3, 2000)",
+        "UPDATE ih.fact SET qty = qty + 1 WHERE id % 7 = 0",
+        "TRUNCATE ih.\"Grand Child\"",
+    ] {
+        db.psql(step);
+        wait_equal(&db.dsn(), "", &exact).await;
+    }
+}

@@ -552,13 +552,21 @@ const GRANTS_SQL: &str = "SELECT a.privilege_type::text, \
   FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 \
  ORDER BY 2 NULLS FIRST, 1";
 
-/// The partitions of a partitioned table, at every level below it.
-const PARTITIONS_SQL: &str = "SELECT pn.nspname::text, pc.relname::text \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) t \
+/// The partitions of a partitioned table, at every level below it, and the inheritance
+/// children of a plain table (`INHERITS`): the view reads their rows through it, but a
+/// write straight into one fires only its own triggers, so it is captured like a
+/// partition.
+const PARTITIONS_SQL: &str = "WITH RECURSIVE tree (relid, level) AS ( \
+    SELECT i.inhrelid, 1 FROM pg_catalog.pg_inherits i \
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhparent \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+    UNION \
+    SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
+SELECT pn.nspname::text, pc.relname::text \
+  FROM (SELECT relid, min(level) AS level FROM tree GROUP BY relid) t \
   JOIN pg_catalog.pg_class pc ON pc.oid = t.relid \
   JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
- WHERE n.nspname = $1 AND c.relname = $2 AND t.relid <> c.oid \
  ORDER BY t.level, pn.nspname, pc.relname";
 
 /// A table's columns whose type has no default btree or hash operator class (no
@@ -680,7 +688,7 @@ async fn table_facts(
     let by_name: &[(&(dyn ToSql + Sync), Type)] =
         &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)];
     let mut partitions = Vec::new();
-    if relkind == 'p' {
+    if relkind == 'p' || relkind == 'r' {
         for r in client.query_typed(PARTITIONS_SQL, by_name).await? {
             partitions.push(QualifiedName::new(
                 r.get::<_, String>(0),
