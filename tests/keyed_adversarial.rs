@@ -474,6 +474,28 @@ async fn partitions_detached_dropped_and_attached_later_are_followed() {
         db.psql(&step);
         wait_equal(&db.dsn(), "", &exact).await;
     }
+    // The new partition has no generated trigger: `check` says so, and how to close it
+    // (init --apply installs no keyed capture; init --keyed does not convert a table).
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let report = support::stdout(&check);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    let line = report
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "{}: PROBLEM change capture incomplete",
+                shown("rows_v")
+            ))
+        })
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        line.contains("f2025 A neu")
+            && line.contains(
+                "(capture = \"managed\" copies the root's capture triggers onto a new partition)"
+            ),
+        "{line}"
+    );
 }
 
 /// NaN (and, from PostgreSQL 14, ±Infinity) in numeric sums and averages taken as
