@@ -529,10 +529,16 @@ fn convert(
     }
 }
 
-/// The materialized view's columns with their types.
+/// The materialized view's columns with their types, and their collations where not
+/// their type's (schema-qualified and quoted; NULL otherwise).
 const COLUMNS_SQL: &str =
-    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
-  FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
+            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END \
+  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+  LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
  ORDER BY a.attnum";
 
 /// Its indexes, as `CREATE INDEX` statements.
@@ -546,13 +552,21 @@ const GRANTS_SQL: &str = "SELECT a.privilege_type::text, \
   FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 \
  ORDER BY 2 NULLS FIRST, 1";
 
-/// The partitions of a partitioned table, at every level below it.
-const PARTITIONS_SQL: &str = "SELECT pn.nspname::text, pc.relname::text \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) t \
+/// The partitions of a partitioned table, at every level below it, and the inheritance
+/// children of a plain table (`INHERITS`): the view reads their rows through it, but a
+/// write straight into one fires only its own triggers, so it is captured like a
+/// partition.
+const PARTITIONS_SQL: &str = "WITH RECURSIVE tree (relid, level) AS ( \
+    SELECT i.inhrelid, 1 FROM pg_catalog.pg_inherits i \
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhparent \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+    UNION \
+    SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
+SELECT pn.nspname::text, pc.relname::text \
+  FROM (SELECT relid, min(level) AS level FROM tree GROUP BY relid) t \
   JOIN pg_catalog.pg_class pc ON pc.oid = t.relid \
   JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
- WHERE n.nspname = $1 AND c.relname = $2 AND t.relid <> c.oid \
  ORDER BY t.level, pn.nspname, pc.relname";
 
 /// A table's columns whose type has no default btree or hash operator class (no
@@ -612,11 +626,13 @@ async fn keyed_facts(
     search_path: &[String],
     in_place: bool,
 ) -> Result<Result<(Facts, Vec<DeltaTable>), String>, tokio_postgres::Error> {
-    let columns = client
+    let rows = client
         .query_typed(COLUMNS_SQL, &[(&oid, Type::OID)])
-        .await?
+        .await?;
+    let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let collations = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .filter_map(|r| r.get::<_, Option<String>>(2).map(|c| (r.get(0), c)))
         .collect();
     let indexes = client
         .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
@@ -649,6 +665,7 @@ async fn keyed_facts(
             view: view.clone(),
             definition,
             columns,
+            collations,
             search_path: search_path.to_vec(),
             tables,
             indexes,
@@ -671,7 +688,7 @@ async fn table_facts(
     let by_name: &[(&(dyn ToSql + Sync), Type)] =
         &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)];
     let mut partitions = Vec::new();
-    if relkind == 'p' {
+    if relkind == 'p' || relkind == 'r' {
         for r in client.query_typed(PARTITIONS_SQL, by_name).await? {
             partitions.push(QualifiedName::new(
                 r.get::<_, String>(0),

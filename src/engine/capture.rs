@@ -23,8 +23,12 @@ pub struct Gap {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
     pub gaps: Vec<Gap>,
-    /// Tables read now that were not at the previous check (the definition changed).
+    /// Tables read now that were not at the previous check (the definition changed, a
+    /// partition was attached).
     pub new_tables: Vec<QualifiedName>,
+    /// How many tables read at the previous check are read no more (a partition
+    /// detached or dropped: its rows left the view and no trigger fired).
+    pub gone_tables: usize,
     /// Every table and partition read now (for the next check); `None` when the view
     /// is fed by the application's own NOTIFY (see [`judge`]).
     pub tables: Option<BTreeSet<u32>>,
@@ -67,8 +71,10 @@ pub fn judge(
     if !mentioned && previous.is_none() {
         return Verdict::default();
     }
+    let now: BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
     let mut v = Verdict {
-        tables: Some(tables.iter().map(|t| t.oid).collect()),
+        gone_tables: previous.map_or(0, |p| p.difference(&now).count()),
+        tables: Some(now),
         ..Verdict::default()
     };
     let mut seen = BTreeSet::new();
@@ -158,6 +164,7 @@ pub struct ViewResult {
     /// Gaps refreshd closed by installing its trigger.
     pub healed: Vec<String>,
     pub new_tables: Vec<QualifiedName>,
+    pub gone_tables: usize,
     pub tables: Option<BTreeSet<u32>>,
 }
 
@@ -273,6 +280,7 @@ fn view_result(
         gaps: Vec::new(),
         healed: Vec::new(),
         new_tables: verdict.new_tables,
+        gone_tables: verdict.gone_tables,
         tables: verdict.tables,
     };
     for g in verdict.gaps {
@@ -414,6 +422,9 @@ impl CaptureState {
                 let tables: Vec<String> = r.new_tables.iter().map(|t| t.to_string()).collect();
                 tracing::info!(view = %r.view, tables = ?tables, "the view reads table(s) it did not read at the previous capture check; refreshing it fully");
             }
+            if r.gone_tables > 0 {
+                tracing::info!(view = %r.view, tables = r.gone_tables, "the view no longer reads table(s) it read at the previous capture check (a partition detached or dropped: its rows left without a trigger); refreshing it fully");
+            }
             if !r.gaps.is_empty() {
                 let due = self.logged.get(&r.view).is_none_or(|(at, last)| {
                     *last != r.gaps || now.saturating_duration_since(*at) >= interval
@@ -425,7 +436,11 @@ impl CaptureState {
             } else {
                 self.logged.remove(&r.view);
             }
-            if !r.gaps.is_empty() || !r.healed.is_empty() || !r.new_tables.is_empty() {
+            if !r.gaps.is_empty()
+                || !r.healed.is_empty()
+                || !r.new_tables.is_empty()
+                || r.gone_tables > 0
+            {
                 refresh.push(r.view.clone());
             }
             match r.tables {
@@ -501,6 +516,22 @@ mod tests {
         // Captured at an earlier check, every trigger dropped since: a gap.
         let prev: BTreeSet<u32> = [1].into_iter().collect();
         assert_eq!(judge(&ch, &tables, Some(&prev), false).gaps.len(), 1);
+    }
+
+    #[test]
+    fn a_partition_read_no_more_is_counted_gone() {
+        let ch = vec!["c_pay".to_string()];
+        let tables = vec![table(
+            1,
+            "pay",
+            1,
+            vec![trig("refreshd_notify", true, true, "c_pay\\000")],
+        )];
+        let prev: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
+        let v = judge(&ch, &tables, Some(&prev), false);
+        assert!(v.gaps.is_empty() && v.new_tables.is_empty(), "{v:?}");
+        assert_eq!(v.gone_tables, 2);
+        assert_eq!(judge(&ch, &tables, None, false).gone_tables, 0);
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct Facts {
     pub definition: String,
     /// Name and `format_type` of every column, in order.
     pub columns: Vec<(String, String)>,
+    /// The columns whose collation is not their type's (a `COLLATE "C"` label, a
+    /// case-insensitive ICU collation): name and collation, schema-qualified and quoted.
+    /// The table and the key buffer keep them, so that the table sorts and compares
+    /// keys as the view did (with a nondeterministic collation, 'zz' and 'ZZ' are one
+    /// group, and must be one row of the table).
+    pub collations: Vec<(String, String)>,
     /// The schemas the definition was printed against (names it did not qualify
     /// resolve through them; the install SQL sets it). `init` prints definitions under
     /// `pg_catalog` alone, so that every other name is qualified: the consume function
@@ -650,6 +656,17 @@ impl<'a> Conversion<'a> {
         }
     }
 
+    /// ` COLLATE <collation>` for a column whose collation is not its type's, else
+    /// nothing.
+    fn collate(&self, column: &str) -> String {
+        self.f
+            .collations
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, coll)| format!(" COLLATE {coll}"))
+            .unwrap_or_default()
+    }
+
     /// The header comment, the definition's view, and the live table with its index
     /// (or the view's indexes in place), grants and comment.
     fn table_sql(&self, w: &mut String) {
@@ -690,7 +707,7 @@ impl<'a> Conversion<'a> {
             table.quoted(),
             f.columns
                 .iter()
-                .map(|(c, ty)| format!("    {} {ty}", quote_ident(c)))
+                .map(|(c, ty)| format!("    {} {ty}{}", quote_ident(c), self.collate(c)))
                 .collect::<Vec<_>>()
                 .join(",\n")
         );
@@ -735,7 +752,7 @@ impl<'a> Conversion<'a> {
                 .key
                 .iter()
                 .zip(&self.key_types)
-                .map(|(k, ty)| format!("    {} {ty}", quote_ident(k)))
+                .map(|(k, ty)| format!("    {} {ty}{}", quote_ident(k), self.collate(k)))
                 .collect::<Vec<_>>()
                 .join(",\n"),
             quote_ident(&n.all_column)

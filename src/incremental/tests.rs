@@ -1082,6 +1082,7 @@ fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>)
             .iter()
             .map(|c| (c.name.clone(), "bigint".to_string()))
             .collect(),
+        collations: Vec::new(),
         search_path: vec!["public".into()],
         tables,
         indexes: Vec::new(),

@@ -184,6 +184,13 @@ impl Builder<'_> {
             let name = &columns[i].0;
             let arg = a.arg.clone().expect("sum has an argument");
             let (plus, minus) = self.pieces.added_removed(&format!("sum({arg})"), &a.filter);
+            if columns[i].1.starts_with("numeric") {
+                // NaN and ±Infinity do not cancel out (NaN − NaN is NaN): a group that
+                // has or gets one is recomputed.
+                for x in [self.old(i), format!("d.{plus}"), format!("d.{minus}")] {
+                    self.sure.push(finite(&x));
+                }
+            }
             let v = match self.count_source(a) {
                 Some(j) => {
                     self.notes.push(format!(
@@ -270,6 +277,9 @@ impl Builder<'_> {
         };
         let arg = a.arg.clone().expect("avg has an argument");
         let (plus, minus) = self.pieces.added_removed(&format!("sum({arg})"), &a.filter);
+        for x in [self.old(i), format!("d.{plus}"), format!("d.{minus}")] {
+            self.sure.push(finite(&x));
+        }
         let old_sum = format!(
             "round(COALESCE({o}, 0) * COALESCE({oc}, 0), {scale})",
             o = self.old(i),
@@ -304,6 +314,13 @@ impl Builder<'_> {
             }
         }
     }
+}
+
+/// `x` (a numeric, or NULL) is neither NaN nor ±Infinity: `x − x` is 0 exactly for
+/// finite values (NaN − NaN and Infinity − Infinity are NaN), on every version (the
+/// literal `'Infinity'::numeric` exists only from PostgreSQL 14).
+fn finite(x: &str) -> String {
+    format!("COALESCE(({x}) - ({x}) = 0, true)")
 }
 
 /// The decimal scale every value of a type has: 0 for integers, s for numeric(p,s).
