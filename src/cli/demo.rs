@@ -328,7 +328,7 @@ async fn demo(
         writes,
         writer_stop.clone(),
     ));
-    let result = crate::engine::core::run(config, "<refreshd demo>".into(), shutdown)
+    let result = crate::engine::core::run(config, None, shutdown)
         .await
         .map_err(anyhow::Error::from);
     writer_stop.cancel();

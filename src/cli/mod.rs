@@ -701,7 +701,8 @@ async fn run(path: &Path) -> u8 {
         Err(code) => return code,
     };
     let path = path.to_path_buf();
-    let run = |shutdown| async move { Ok(crate::engine::core::run(config, path, shutdown).await?) };
+    let run =
+        |shutdown| async move { Ok(crate::engine::core::run(config, Some(path), shutdown).await?) };
     match with_shutdown(run).await {
         Ok(()) => EXIT_OK,
         Err(e) => {

@@ -31,9 +31,11 @@ use crate::serve::status::Shared;
 /// The daemon. Returns when `shutdown` is cancelled and in-flight work has ended (or
 /// was cancelled after `shutdown_timeout`), or with an error that makes it exit
 /// non-zero.
+/// `config_path`: the file SIGHUP reloads; `None` (the demo's configuration, made in
+/// memory) leaves SIGHUP to the caller.
 pub async fn run(
     config: Config,
-    config_path: PathBuf,
+    config_path: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     tasks::arm_fault_hook().map_err(RunError::FaultHook)?;
@@ -41,7 +43,8 @@ pub async fn run(
     let base = Base::new(&config, &tx)?;
     let serving = start_serving(&base.shared, &shutdown).await?;
     tracing::info!(listen = %config.http.listen, version = crate::VERSION, views = config.views.len(), "refreshd starting");
-    let signals = spawn_signals(&tx, &shutdown)?;
+    let signals = spawn_signals(&tx, &shutdown, config_path.is_some())?;
+    let config_path = config_path.unwrap_or_default();
     let outside = Outside { serving, signals };
 
     for v in &config.views {
@@ -365,13 +368,18 @@ async fn start_serving(
     Ok((http_stop, http_task, supervisor))
 }
 
-/// SIGHUP reloads, SIGUSR1 forces every view; the task ends with `stop`.
+/// SIGHUP reloads (when there is a file to reload), SIGUSR1 forces every view; the
+/// task ends with `stop`.
 fn spawn_signals(
     tx: &mpsc::UnboundedSender<Command>,
     stop: &CancellationToken,
+    reloads: bool,
 ) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut hup = match reloads {
+        true => Some(signal(SignalKind::hangup()).map_err(RunError::Signals)?),
+        false => None,
+    };
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
     let tx = tx.clone();
     let stop = stop.clone();
@@ -379,7 +387,12 @@ fn spawn_signals(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(()) = hup.recv() => { let _ = tx.send(Command::Reload); }
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => { let _ = tx.send(Command::Reload); }
                 Some(()) = usr1.recv() => { let _ = tx.send(Command::ForceAll("SIGUSR1")); }
             }
         }
