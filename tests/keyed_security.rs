@@ -151,27 +151,7 @@ async fn a_writer_whose_search_path_puts_its_own_operators_first_never_has_them_
 /// app.top_by_region (max: its groups recomputed, sales reaching them through stores).
 fn init_both_views(db: &TestDb) -> String {
     let sql_dir = tempfile::tempdir().unwrap();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &db.dsn(),
-        "--schema",
-        "app",
-        "--sql",
-        sql_dir.path().to_str().unwrap(),
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "app.by_region",
-        "--keyed",
-        "app.top_by_region",
-    ]);
-    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    assert!(
-        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
-        "{stderr}"
-    );
+    let config = init_in_place(&db.dsn(), &sql_dir, &["app.by_region", "app.top_by_region"]);
     for expected in ["INSERT not captured", "locks them FOR UPDATE"] {
         assert!(config.contains(expected), "{expected}: {config}");
     }
@@ -245,25 +225,7 @@ fn app_schema(db: &TestDb, mallory: &str) {
 /// `stores` unqualified): the generated SQL pins the function's path. Its config.
 fn init_with_the_writable_schema_first(db: &TestDb, sql_dir: &tempfile::TempDir) -> String {
     let dsn = format!("{} options='-c search_path=open,app'", db.dsn());
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        "app",
-        "--sql",
-        sql_dir.path().to_str().unwrap(),
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "app.by_region",
-    ]);
-    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    assert!(
-        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
-        "{stderr}"
-    );
+    let config = init_in_place(&dsn, sql_dir, &["app.by_region"]);
     let install =
         std::fs::read_to_string(sql_dir.path().join("001_refreshd_triggers.sql")).unwrap();
     assert!(
@@ -295,4 +257,32 @@ fn mallory_shadows_the_stores(db: &TestDb, mallory: &str) {
         "#
     ));
     assert_eq!(witness.lines().last(), Some("0"), "{witness}");
+}
+
+/// `init --apply --in-place` of schema app's `views` (`--keyed` each), its SQL in
+/// `sql_dir`: it succeeds and app.by_region takes deltas from app.sales. The config.
+fn init_in_place(dsn: &str, sql_dir: &tempfile::TempDir, views: &[&str]) -> String {
+    let dir = sql_dir.path().to_str().unwrap();
+    let mut args = vec![
+        "init",
+        "--url",
+        dsn,
+        "--schema",
+        "app",
+        "--sql",
+        dir,
+        "--apply",
+        "--in-place",
+    ];
+    for v in views {
+        args.extend(["--keyed", v]);
+    }
+    let out = support::refreshd(&args);
+    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("--keyed app.by_region: deltas: fact table app.sales"),
+        "{stderr}"
+    );
+    config
 }
