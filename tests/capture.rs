@@ -596,3 +596,67 @@ fn a_channel_that_is_a_prefix_of_another_is_not_fed_by_its_triggers() {
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
 }
+
+/// Legacy inheritance (`INHERITS`): the view reads the children's rows through the
+/// parent, but a write straight into a child fires only the child's triggers. `init
+/// --apply` gives an existing child refreshd's trigger with the parent's channel, and
+/// `managed` one created while running. Failed before: only partition trees were
+/// walked, so the child's writes were never captured (no trigger, no gap) and the view
+/// stayed stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn inheritance_children_are_captured_like_partitions() {
+    let db = TestDb::new();
+    db.psql(
+        r#"
+        CREATE SCHEMA shop;
+        CREATE TABLE shop.customers (id int PRIMARY KEY, region text NOT NULL);
+        INSERT INTO shop.customers VALUES (1, 'north'), (2, 'south');
+        CREATE TABLE shop.payments (id int, customer int NOT NULL, amount int NOT NULL);
+        CREATE TABLE shop.payments_old (note text) INHERITS (shop.payments);
+        INSERT INTO shop.payments VALUES (1, 1, 10);
+        INSERT INTO shop.payments_old VALUES (2, 2, 20, 'x');
+        CREATE MATERIALIZED VIEW shop.by_region AS
+          SELECT c.region, sum(p.amount) AS total FROM shop.payments p JOIN shop.customers c ON c.id = p.customer
+           GROUP BY c.region;
+        CREATE UNIQUE INDEX ON shop.by_region (region);
+        "#,
+    );
+    let d = checked_daemon(&adopt(&db, "managed")).await;
+    assert_eq!(
+        db.psql(
+            "SELECT encode(tgargs, 'escape') FROM pg_trigger \
+              WHERE tgrelid = 'shop.payments_old'::regclass AND tgname = 'refreshd_notify'"
+        ),
+        "refreshd_shop_payments\\000",
+        "init --apply: the child's trigger, with the parent's channel"
+    );
+    db.psql("INSERT INTO shop.payments_old VALUES (3, 1, 100, 'y')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into the child",
+        || async { north(&db) == "110" },
+    )
+    .await;
+
+    // A grandchild created while running: managed installs its trigger.
+    db.psql("CREATE TABLE shop.payments_older () INHERITS (shop.payments_old)");
+    wait_for(
+        Duration::from_secs(10),
+        "refreshd's trigger on the new grandchild, with the parent's channel",
+        || async {
+            db.psql(
+                "SELECT encode(tgargs, 'escape') FROM pg_trigger \
+                  WHERE tgrelid = 'shop.payments_older'::regclass AND tgname = 'refreshd_notify' AND tgenabled <> 'D'",
+            ) == "refreshd_shop_payments\\000"
+        },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments_older VALUES (4, 1, 1000, 'z')");
+    wait_for(
+        Duration::from_secs(10),
+        "a write straight into the grandchild",
+        || async { north(&db) == "1110" },
+    )
+    .await;
+    assert_eq!(gaps(&d), Some(0.0));
+}

@@ -866,15 +866,21 @@ const EXISTING_SQL: &str = "SELECT t.tgrelid, p.prosrc, \
  WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'";
 
 /// The members of the partition trees of the given relations (a relation that is not
-/// partitioned is its own tree), with their root.
-const TREE_SQL: &str = "WITH roots AS ( \
-    SELECT DISTINCT coalesce(pg_catalog.pg_partition_root(o)::oid, o) AS root FROM unnest($1::oid[]) AS o) \
-SELECT roots.root, m.relid, n.nspname::text, c.relname::text, c.relkind::text \
-  FROM roots \
- CROSS JOIN LATERAL (SELECT t.relid::oid AS relid FROM pg_catalog.pg_partition_tree(roots.root) t \
-                     UNION SELECT roots.root) AS m \
+/// partitioned is its own tree) and their inheritance children (`INHERITS`, at every
+/// level: a write straight into one fires only its own triggers), with their root.
+/// Ordered so that a table read both directly and as a child is last seen as the
+/// child (its root's channel).
+const TREE_SQL: &str = "WITH RECURSIVE roots AS ( \
+    SELECT DISTINCT coalesce(pg_catalog.pg_partition_root(o)::oid, o) AS root FROM unnest($1::oid[]) AS o \
+), m (root, relid) AS ( \
+    SELECT roots.root, roots.root FROM roots \
+    UNION SELECT m.root, i.inhrelid FROM m JOIN pg_catalog.pg_inherits i ON i.inhparent = m.relid \
+) \
+SELECT m.root, m.relid, n.nspname::text, c.relname::text, c.relkind::text \
+  FROM m \
   JOIN pg_catalog.pg_class c ON c.oid = m.relid \
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ ORDER BY m.root = m.relid DESC, m.root, m.relid";
 
 /// refreshd's own enabled capture triggers (see [`crate::pg::capture`]) and their
 /// arguments (the channel, NUL-terminated).

@@ -122,7 +122,8 @@ pub struct TriggerFacts {
 pub struct TableFacts {
     pub oid: u32,
     pub name: QualifiedName,
-    /// The root of its partition tree (its own oid when it is none's partition).
+    /// The root of its partition tree, or the table the view reads for an inheritance
+    /// child (`INHERITS`); its own oid when it is neither.
     pub root: u32,
     pub triggers: Vec<TriggerFacts>,
 }
@@ -140,7 +141,8 @@ pub struct CaptureFacts {
 }
 
 /// Every base table and partition each view reads (through plain views; partition trees
-/// whole, present partitions), with every user trigger on each, in ONE query whatever
+/// whole, present partitions, and inheritance children at every level, whose root is
+/// the table the view reads), with every user trigger on each, in ONE query whatever
 /// the number of views.
 const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
     SELECT x.ord, c.oid FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, ord) \
@@ -162,11 +164,11 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 ), tabs AS ( \
     SELECT reads.ord, reads.relid FROM reads \
       JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind IN ('r', 'p') \
+), family(ord, relid, root) AS ( \
+    SELECT tabs.ord, tabs.relid, tabs.relid FROM tabs \
+    UNION SELECT f.ord, i.inhrelid, f.root FROM family f JOIN pg_catalog.pg_inherits i ON i.inhparent = f.relid \
 ), tree AS ( \
-    SELECT tabs.ord, t.relid::oid AS relid FROM tabs \
-      JOIN pg_catalog.pg_class p ON p.oid = tabs.relid AND p.relkind = 'p', \
-           LATERAL pg_catalog.pg_partition_tree(tabs.relid) t \
-    UNION SELECT tabs.ord, tabs.relid FROM tabs \
+    SELECT DISTINCT ON (ord, relid) ord, relid, root FROM family ORDER BY ord, relid, root = relid, root \
 ), fn AS ( \
     SELECT pg_catalog.to_regprocedure('refreshd.notify_changed()')::oid AS oid \
 ), trg AS ( \
@@ -180,7 +182,7 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
      GROUP BY t.tgrelid \
 ) \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
-       CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE c.oid END, \
+       CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE coalesce(tree.root, c.oid) END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
        (SELECT p.prosrc LIKE '%1919316840 + pg_catalog.pg_backend_pid() \\% 16%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid) \
   FROM v \

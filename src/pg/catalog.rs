@@ -302,7 +302,8 @@ pub async fn usable_unique_indexes(
 
 /// The relations a materialized view reads, found through its rewrite rule's
 /// dependencies and followed through plain views. Partitioned tables bring their
-/// partitions, whose own triggers and counters matter too.
+/// partitions, and tables their inheritance children (`INHERITS`), at every level: their
+/// own triggers and counters matter too.
 pub async fn base_relations(
     client: &Client,
     oid: u32,
@@ -349,12 +350,11 @@ async fn relations_read_many(
               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
              WHERE d.refobjid <> c.oid \
-         ), leaves AS ( \
+         ), leaves(root, oid) AS ( \
             SELECT reads.root, c.oid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid \
              WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.oid <> reads.root \
             UNION \
-            SELECT reads.root, t.relid FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'p', \
-                   LATERAL pg_catalog.pg_partition_tree(c.oid) t WHERE t.relid <> c.oid \
+            SELECT leaves.root, i.inhrelid FROM leaves JOIN pg_catalog.pg_inherits i ON i.inhparent = leaves.oid \
          ) \
          SELECT leaves.root, c.oid, n.nspname::text, c.relname::text, c.relkind::text \
            FROM leaves JOIN pg_catalog.pg_class c ON c.oid = leaves.oid \
