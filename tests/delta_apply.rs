@@ -109,6 +109,7 @@ async fn install_in(
             live: &live,
             definition: &definition,
             columns: &columns,
+            equality: &[],
             catalog: &catalog,
             tables: &tables,
             fact: None,

@@ -641,6 +641,65 @@ async fn keys_with_collations_stay_one_row_per_group() {
     }
 }
 
+/// Keys of an extension's type (`citext`, installed in its own schema) and of a domain
+/// over it. The apply runs with `search_path = pg_catalog, pg_temp`, where a bare `=`
+/// on two citext keys resolves to text's, case-sensitive: a delta for 'NoRtH' missed
+/// the group kept as 'north', and its upsert (through the citext unique index)
+/// replaced that group's count and sum with the delta's alone. Failed before (the
+/// apply now uses the type's own equality, read from the catalog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_of_an_extensions_type_match_as_the_type_compares() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA ext;
+        CREATE EXTENSION citext SCHEMA ext;
+        CREATE SCHEMA ci;
+        CREATE DOMAIN ci.email AS ext.citext;
+        CREATE TABLE ci.dim (id int PRIMARY KEY, region ext.citext NOT NULL);
+        CREATE TABLE ci.fact (id int PRIMARY KEY, dim_id int NOT NULL REFERENCES ci.dim, who ci.email NOT NULL,
+                              tag ext.citext NOT NULL, amt numeric NOT NULL);
+        INSERT INTO ci.dim SELECT g, CASE WHEN g % 2 = 0 THEN 'North' ELSE 'south' END FROM generate_series(1, 6) g;
+        INSERT INTO ci.fact SELECT g, 1 + g % 6, 'user' || (g % 5) || '@example.org', 'tag' || (g % 4), g
+          FROM generate_series(1, 200) g;
+        CREATE MATERIALIZED VIEW ci.by_tag AS SELECT f.tag, count(*) AS n, sum(f.amt) AS amt FROM ci.fact f GROUP BY f.tag;
+        CREATE UNIQUE INDEX ON ci.by_tag (tag);
+        CREATE MATERIALIZED VIEW ci.by_who AS SELECT f.who, count(*) AS n, sum(f.amt) AS amt FROM ci.fact f GROUP BY f.who;
+        CREATE UNIQUE INDEX ON ci.by_who (who);
+        CREATE MATERIALIZED VIEW ci.by_region AS
+          SELECT d.region, count(*) AS n, sum(f.amt) AS amt FROM ci.fact f JOIN ci.dim d ON d.id = f.dim_id GROUP BY d.region;
+        CREATE UNIQUE INDEX ON ci.by_region (region);"#,
+    );
+    let views = ["ci.by_tag", "ci.by_who", "ci.by_region"];
+    let mut args = vec!["--schema", "ci", "--apply", "--in-place"];
+    for v in views {
+        args.extend(["--keyed", v]);
+    }
+    let (code, config, stderr) = init(&db, &args);
+    assert_eq!(code, Some(0), "{stderr}\n{config}");
+    assert!(stderr.contains("deltas: fact table ci.fact"), "{stderr}");
+    let d = Daemon::start(&checked(&config));
+    d.wait_ready(Duration::from_secs(30)).await;
+    let exact: Vec<Exact> = views
+        .iter()
+        .map(|v| Exact::definition(v, &format!("{v}_def"), &[]))
+        .collect();
+    for step in [
+        "INSERT INTO ci.fact VALUES (1001, 2, 'USER1@EXAMPLE.ORG', 'TAG1', 5), (1002, 1, 'User2@Example.org', 'Tag2', 7)",
+        "INSERT INTO ci.fact VALUES (1003, 3, 'user3@EXAMPLE.org', 'tAG3', 11)",
+        "DELETE FROM ci.fact WHERE id IN (1, 2, 1001)",
+        "UPDATE ci.fact SET tag = upper(tag), who = upper(who), amt = amt + 1 WHERE id % 3 = 0",
+        "UPDATE ci.dim SET region = upper(region) WHERE id > 3",
+        "INSERT INTO ci.fact SELECT 2000 + g, 1 + g % 6, 'USER' || (g % 5) || '@example.ORG', 'TAG' || (g % 4), g FROM generate_series(1, 50) g",
+    ] {
+        db.psql(step);
+        wait_equal(&db.dsn(), "", &exact).await;
+        for v in views {
+            let rows = |t: &str| db.psql(&format!("SELECT count(*) FROM {t}"));
+            assert_eq!(rows(v), rows(&format!("{v}_def")), "{v} after {step}");
+        }
+    }
+}
+
 /// A base table with inheritance children (not partitions): the view reads their rows
 /// through the parent, but a write straight into a child fires only the child's
 /// triggers. Its changes must reach the view like a partition's.

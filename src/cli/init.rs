@@ -507,6 +507,7 @@ fn convert(
             live: &g.table,
             definition: &f.definition,
             columns: &f.columns,
+            equality: &f.equality,
             catalog,
             tables: &delta_tables,
             fact: None,
@@ -529,12 +530,24 @@ fn convert(
     }
 }
 
-/// The materialized view's columns with their types, and their collations where not
-/// their type's (schema-qualified and quoted; NULL otherwise).
+/// The materialized view's columns with their types, their collations where not
+/// their type's (schema-qualified and quoted; NULL otherwise), and the equality operator
+/// of their type's default btree operator class (a domain's: its base type's) when it
+/// is not in `pg_catalog`, as `OPERATOR(schema.name)` (NULL otherwise).
 const COLUMNS_SQL: &str =
     "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
-            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END \
+            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END, \
+       (SELECT 'OPERATOR(' || pg_catalog.quote_ident(opn.nspname) || '.' || o.oprname || ')' \
+          FROM pg_catalog.pg_opclass oc \
+          JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree' \
+          JOIN pg_catalog.pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopmethod = am.oid \
+           AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3 \
+          JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr \
+          JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace \
+         WHERE oc.opcdefault AND opn.nspname <> 'pg_catalog' \
+           AND oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+         LIMIT 1) \
   FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
   LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
   LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
@@ -634,6 +647,10 @@ async fn keyed_facts(
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(2).map(|c| (r.get(0), c)))
         .collect();
+    let equality = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(3).map(|op| (r.get(0), op)))
+        .collect();
     let indexes = client
         .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
         .await?
@@ -666,6 +683,7 @@ async fn keyed_facts(
             definition,
             columns,
             collations,
+            equality,
             search_path: search_path.to_vec(),
             tables,
             indexes,

@@ -86,6 +86,9 @@ pub struct Facts {
     /// keys as the view did (with a nondeterministic collation, 'zz' and 'ZZ' are one
     /// group, and must be one row of the table).
     pub collations: Vec<(String, String)>,
+    /// The columns whose type's equality is not in `pg_catalog`, as
+    /// `OPERATOR(schema.=)` (see [`super::delta::DeltaFacts::equality`]).
+    pub equality: Vec<(String, String)>,
     /// The schemas the definition was printed against (names it did not qualify
     /// resolve through them; the install SQL sets it). `init` prints definitions under
     /// `pg_catalog` alone, so that every other name is qualified: the consume function

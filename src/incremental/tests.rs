@@ -1083,6 +1083,7 @@ fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>)
             .map(|c| (c.name.clone(), "bigint".to_string()))
             .collect(),
         collations: Vec::new(),
+        equality: Vec::new(),
         search_path: vec!["public".into()],
         tables,
         indexes: Vec::new(),

@@ -75,6 +75,13 @@ pub struct DeltaFacts<'a> {
     pub definition: &'a str,
     /// The view's columns with their `format_type`, in order.
     pub columns: &'a [(String, String)],
+    /// The columns whose type's equality (its default btree operator class's) is not
+    /// in `pg_catalog` (`citext`'s, an extension's), as `OPERATOR(schema.=)`. The apply
+    /// runs with `search_path = pg_catalog, pg_temp`: a bare `=` on two `citext` keys
+    /// would compare them as text, case-sensitively, unlike the view's groups and the
+    /// table's unique index (a delta added to a group found by its key's other case
+    /// replaced the group's values: wrong counts and sums).
+    pub equality: &'a [(String, String)],
     /// The catalog the derivation used (its `search_path` is the one the definition
     /// was printed against).
     pub catalog: &'a Catalog,
@@ -212,6 +219,7 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         recheck: &recheck,
         live: f.live,
         columns: f.columns,
+        equality: f.equality,
         key_idx: &key_idx,
         key_names: &d.key,
     };

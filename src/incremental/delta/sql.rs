@@ -3,6 +3,7 @@
 //! apply and the recheck keys query.
 
 use super::values::Values;
+use crate::incremental::generate::pg_op;
 use crate::pg::ident::{quote_ident, QualifiedName};
 
 /// `a, b, c` with each name quoted and prefixed (`n.` for `n."a"`).
@@ -164,6 +165,8 @@ pub(super) struct Apply<'a> {
     pub live: &'a QualifiedName,
     /// The view's columns, and the positions of the key columns among them.
     pub columns: &'a [(String, String)],
+    /// Equality operators outside pg_catalog, by column ([`super::DeltaFacts::equality`]).
+    pub equality: &'a [(String, String)],
     pub key_idx: &'a [usize],
     pub key_names: &'a [String],
 }
@@ -178,11 +181,20 @@ fn key_refs(key_idx: &[usize], alias: &str) -> String {
 }
 
 impl Apply<'_> {
-    /// `l."key" = <alias>."c<k>"` for each key column, joined by AND.
+    /// `l."key" = <alias>."c<k>"` for each key column, joined by AND; `=` is the key
+    /// type's own (`OPERATOR(pg_catalog.=)` unless [`Apply::equality`] names another).
     fn key_match(&self, alias: &str) -> String {
         self.key_idx
             .iter()
-            .map(|k| format!("l.{} = {alias}.\"c{k}\"", quote_ident(&self.columns[*k].0)))
+            .map(|k| {
+                let name = &self.columns[*k].0;
+                let eq = self
+                    .equality
+                    .iter()
+                    .find(|(c, _)| c == name)
+                    .map_or_else(|| pg_op("="), |(_, op)| op.clone());
+                format!("l.{} {eq} {alias}.\"c{k}\"", quote_ident(name))
+            })
             .collect::<Vec<_>>()
             .join(" AND ")
     }
