@@ -656,6 +656,12 @@ async fn hostile_names_convert_in_place_and_back() {
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
     assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
     assert_eq!(kx_relkinds(&db), "r,r,r,v");
+    // No view but the converted one reads the table: its writers pay the keyed
+    // capture alone, not also refreshd's NOTIFY trigger (installed for it before).
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'refreshd_notify'"),
+        "0"
+    );
     assert!(
         db.psql("SELECT max(octet_length(tgname)) FROM pg_trigger WHERE NOT tgisinternal")
             .parse::<usize>()
@@ -686,11 +692,45 @@ async fn hostile_names_convert_in_place_and_back() {
             .unwrap()
             <= 63
     );
-    let rollback = sql.path().join(refreshd::cli::init::ROLLBACK);
+    // Converted again, in place (e.g. to install a newer capture): the table is
+    // recognized by its comment and converted from its definition view. Refused
+    // before ("not a materialized view (it is a table)"), so a view converted in place
+    // could not get a newer capture, nor its rollback written again.
+    let again = tempfile::tempdir().unwrap();
+    let (out, config, stderr) = init(
+        &db,
+        &[
+            "--sql",
+            again.path().to_str().unwrap(),
+            "--apply",
+            "--keyed",
+            &arg,
+            "--in-place",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert!(config.contains(&function), "{config}");
+    assert_eq!(kx_relkinds(&db), "r,r,r,v");
+    db.psql(&format!(
+        "INSERT INTO kx.{} VALUES ('it''s \"c\"', 4)",
+        quote_ident(table)
+    ));
+    assert_eq!(consume(&client, &function).await, "");
+    assert_eq!(hostile_total(&db, &view, column), "7");
+    // Without --in-place it is refused, saying why.
+    let (out, _, stderr) = init(&db, &["--keyed", &arg]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("add --in-place to convert it again"),
+        "{stderr}"
+    );
+
+    // The rollback written by the second run restores the materialized view.
+    let rollback = again.path().join(refreshd::cli::init::ROLLBACK);
     let out = db.server.psql_file(&db.name, &rollback);
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert_eq!(kx_relkinds(&db), "m,r,r");
-    assert_eq!(hostile_total(&db, &view, column), "3");
+    assert_eq!(hostile_total(&db, &view, column), "7");
     assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
 }
 

@@ -246,9 +246,15 @@ const KEYED_SQL: &str = "SELECT c.oid, c.relkind::text, \
          WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
            AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
            AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
-         ORDER BY ic.relname LIMIT 1) \
+         ORDER BY ic.relname LIMIT 1), \
+       CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.obj_description(c.oid, 'pg_class') END \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
+
+/// A plain view's definition (the one a keyed table converted in place is kept equal to).
+const VIEW_DEFINITION_SQL: &str = "SELECT pg_catalog.pg_get_viewdef(c.oid, true) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'v'";
 
 /// Every relation a definition can name (user schemas): kind, columns, and a plain
 /// view's definition.
@@ -431,29 +437,29 @@ async fn derive_one(
         ));
     };
     let relkind: String = r.get(1);
-    let definition: Option<String> = r.get(2);
+    let mut definition: Option<String> = r.get(2);
     let key: Option<Vec<String>> = r.get(3);
     let oid: u32 = r.get(0);
-    let derived = if relkind != "m" {
-        Err(format!(
-            "not a materialized view (it is {})",
-            relkind_name(&relkind)
-        ))
-    } else {
-        match (definition, key) {
-            (_, None) => Err(
-                "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
-                    .to_string(),
-            ),
-            (None, _) => Err("its definition could not be read".to_string()),
-            (Some(def), Some(key)) => {
-                let key: Vec<&str> = key.iter().map(String::as_str).collect();
-                incremental::derive(&def, &key, catalog)
-                    .map_err(|e| e.reason)
-                    .map(|d| (d, def))
-            }
-        }
-    };
+    // A table this command converted in place before (its comment says so): converted
+    // again from its definition view, e.g. to install a newer capture. The install is
+    // idempotent (the table stays, its rows are recomputed in the same transaction),
+    // and the rollback still restores the materialized view.
+    let ours = r
+        .get::<_, Option<String>>(4)
+        .is_some_and(|c| c.starts_with(&generate::keyed_table_comment_prefix(name)));
+    if ours && in_place {
+        let def = generate::definition_view(name);
+        definition = client
+            .query_typed(
+                VIEW_DEFINITION_SQL,
+                &[(&def.schema, Type::TEXT), (&def.name, Type::TEXT)],
+            )
+            .await
+            .map_err(catalog_error)?
+            .first()
+            .map(|r| r.get(0));
+    }
+    let derived = derivation(name, &relkind, ours, in_place, definition, key, catalog);
     let (outcome, conversion, deltas) = match derived {
         Err(e) => (Err(e), None, None),
         Ok((d, definition)) => {
@@ -479,6 +485,59 @@ async fn derive_one(
         conversion,
         deltas,
     })
+}
+
+/// A `--keyed` relation's derivation and definition, or why there is none: a
+/// materialized view, or a table converted in place before (`ours`, converted again
+/// only with `--in-place`).
+fn derivation(
+    name: &QualifiedName,
+    relkind: &str,
+    ours: bool,
+    in_place: bool,
+    definition: Option<String>,
+    key: Option<Vec<String>>,
+    catalog: &Catalog,
+) -> Result<(Derivation, String), String> {
+    let def_view = || generate::definition_view(name).shown();
+    let (definition, key) = match (ours, in_place, definition, key) {
+        (true, false, ..) => {
+            return Err(format!(
+                "already converted in place by `refreshd init --keyed --in-place` (a table kept equal to {}): add --in-place to convert it again",
+                def_view()
+            ))
+        }
+        (true, true, None, _) => {
+            return Err(format!(
+                "converted in place before, but its definition view {} is gone: restore it, or drop the table and create the materialized view again",
+                def_view()
+            ))
+        }
+        (true, true, _, None) => {
+            return Err(
+                "converted in place before, but the table has no unique index on its key"
+                    .to_string(),
+            )
+        }
+        (false, ..) if relkind != "m" => {
+            return Err(format!(
+                "not a materialized view (it is {})",
+                relkind_name(relkind)
+            ))
+        }
+        (false, _, _, None) => {
+            return Err(
+                "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
+                    .to_string(),
+            )
+        }
+        (false, _, None, _) => return Err("its definition could not be read".to_string()),
+        (_, _, Some(def), Some(key)) => (def, key),
+    };
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    incremental::derive(&definition, &key, catalog)
+        .map_err(|e| e.reason)
+        .map(|d| (d, definition))
 }
 
 /// What [`Keyed`] holds of a derivation: the outcome, the conversion, the deltas.
@@ -1413,16 +1472,44 @@ impl Plan {
         }
     }
 
+    /// The base tables and partitions refreshd's NOTIFY trigger goes on: those no
+    /// trigger of the user's feeds, read by a view not converted in place. A view
+    /// converted in place is fed by its keyed capture alone: its base tables get the
+    /// trigger only if another view reads them (writers would pay it for nothing).
+    fn captured(&self, keyed: &[Keyed]) -> Vec<&Feed> {
+        let in_place: BTreeSet<u32> = keyed
+            .iter()
+            .filter(|k| {
+                k.conversion.as_ref().is_some_and(|g| {
+                    self.views
+                        .iter()
+                        .any(|v| v.oid == k.oid && g.table == v.name)
+                })
+            })
+            .map(|k| k.oid)
+            .collect();
+        let read = |f: &Feed| {
+            self.views
+                .iter()
+                .filter(|v| !in_place.contains(&v.oid))
+                .any(|v| {
+                    v.base
+                        .iter()
+                        .any(|b| self.feeds.get(&b.oid).is_some_and(|g| g.root == f.root))
+                })
+        };
+        self.feeds
+            .values()
+            .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p') && read(f))
+            .collect()
+    }
+
     /// The install and rollback SQL: refreshd's schema (SQL control and the capture
     /// function) and a capture trigger on every base table and partition no trigger
     /// feeds yet. Idempotent; a trigger already installed with its channel is left
     /// alone, so applying it again changes nothing.
     fn sql(&self, keyed: &[Keyed]) -> (String, String) {
-        let ours: Vec<&Feed> = self
-            .feeds
-            .values()
-            .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p'))
-            .collect();
+        let ours = self.captured(keyed);
         let mut install = String::new();
         let _ = writeln!(
             install,

@@ -397,6 +397,27 @@ struct Names {
     all_column: String,
 }
 
+/// The plain view holding a conversion's definition (`<view>_def`).
+pub fn definition_view(v: &QualifiedName) -> QualifiedName {
+    QualifiedName::new(
+        v.schema.clone(),
+        bounded(
+            &format!("{}_def", v.name),
+            &[&v.schema, &v.name, "def"],
+            true,
+        ),
+    )
+}
+
+/// How the comment on a keyed table refreshd created begins (see [`Conversion`]'s
+/// table SQL): `init --keyed --in-place` recognizes a view it converted before by it.
+pub fn keyed_table_comment_prefix(v: &QualifiedName) -> String {
+    format!(
+        "Kept equal to {} by refreshd (kind = \"keyed\"",
+        definition_view(v)
+    )
+}
+
 impl Names {
     fn new(d: &Derivation, v: &QualifiedName, in_place: bool) -> Names {
         let in_schema = |suffix: &str| {
@@ -433,7 +454,7 @@ impl Names {
             } else {
                 in_schema("live")
             },
-            def: in_schema("def"),
+            def: definition_view(v),
             channel: channel_for(v),
             buffer: in_refreshd("keys", "buffer"),
             consume: in_refreshd("consume", "consume"),

@@ -35,7 +35,14 @@ COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (stat
 ";
 
 /// Drops the capture function (after every trigger that uses it).
-pub const FUNCTION_ROLLBACK_SQL: &str = "DROP FUNCTION IF EXISTS refreshd.notify_changed();\n";
+/// Every `refreshd_notify` trigger still using it goes first, wherever it is (one that an
+/// earlier run installed, on a table no view of this run reads any more: a view
+/// converted in place since, a dropped view), or the DROP FUNCTION would fail.
+pub const FUNCTION_ROLLBACK_SQL: &str = "DO $refreshd_rollback$\nDECLARE\n    t record;\nBEGIN\n    \
+    FOR t IN SELECT tg.tgrelid::pg_catalog.regclass AS rel FROM pg_catalog.pg_trigger tg\n        \
+    WHERE tg.tgname = 'refreshd_notify' AND tg.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()') LOOP\n        \
+    EXECUTE pg_catalog.format('DROP TRIGGER refreshd_notify ON %s', t.rel);\n    END LOOP;\nEND;\n$refreshd_rollback$;\n\
+DROP FUNCTION IF EXISTS refreshd.notify_changed();\n";
 
 /// (Re)creates refreshd's capture trigger on `table`, notifying `channel`. Idempotent:
 /// an earlier one (another channel, or disabled) is replaced.
