@@ -334,13 +334,57 @@ fn full_sql_with(
     event: bool,
     history: &str,
 ) -> String {
-    let cols = column_list(shape);
     format!(
-        "{}; DELETE FROM {table}; INSERT INTO {table} ({cols}) SELECT {cols} FROM {query}; {}",
+        "{}; {}; {}",
         prologue(view),
+        replace_all_sql(view, keyed, shape),
         epilogue_with(view, event, history),
+    )
+}
+
+/// Makes the table equal to its definition in one statement, writing only the rows
+/// that differ (as `REFRESH MATERIALIZED VIEW CONCURRENTLY` does): the definition is
+/// computed once (a materialized CTE); the table's rows with no identical row in it
+/// (the same key, and `*=`: the same bytes in every column) are deleted, then its rows
+/// with no identical row in the table are inserted. Deleting every row and inserting
+/// the whole definition wrote every row again at each full recompute (WAL, dead rows,
+/// index entries) however little changed. The INSERT waits for the DELETE (a one-time
+/// filter on the count of its rows: the DELETE runs to its end before the first row
+/// is inserted), so a group whose values changed never meets its old row in the
+/// unique index. The types of the table and the definition are the same ([`fit`]).
+pub fn replace_all_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> String {
+    let cols = column_list(shape);
+    let of = |alias: &str| {
+        shape
+            .columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = |a: &str, b: &str| {
+        let keys: Vec<String> = keyed
+            .key
+            .iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}", k = quote_ident(k)))
+            .collect();
+        format!(
+            "{} AND {a}.* OPERATOR(pg_catalog.*=) {b}.*",
+            keys.join(" AND ")
+        )
+    };
+    format!(
+        "WITH \"refreshd_new\" AS MATERIALIZED (SELECT {cols} FROM {query}), \
+         \"refreshd_gone\" AS (DELETE FROM {table} AS t WHERE NOT EXISTS \
+         (SELECT FROM \"refreshd_new\" AS n WHERE {t_in_n}) RETURNING 1) \
+         INSERT INTO {table} ({cols}) SELECT {n_cols} FROM \"refreshd_new\" AS n \
+         WHERE (SELECT pg_catalog.count(*) FROM \"refreshd_gone\") OPERATOR(pg_catalog.>=) 0 \
+         AND NOT EXISTS (SELECT FROM {table} AS t WHERE {n_in_t})",
         table = view.name.quoted(),
         query = keyed.query.quoted(),
+        t_in_n = same("n", "t"),
+        n_in_t = same("t", "n"),
+        n_cols = of("n"),
     )
 }
 
@@ -745,8 +789,8 @@ pub fn consume_sql(keyed: &Keyed, buffer: &QualifiedName) -> String {
 }
 
 /// Recomputing everything in a buffered view's transaction: consumes the buffer (its
-/// entries are older than the recompute, which covers them), deletes every row and
-/// inserts the whole definition, all in one snapshot.
+/// entries are older than the recompute, which covers them), then writes the rows
+/// that differ from the definition ([`replace_all_sql`]), all in one snapshot.
 pub fn full_buffered_sql(
     view: &ViewConfig,
     keyed: &Keyed,
@@ -763,7 +807,7 @@ pub fn full_buffered_sql(
     )
 }
 
-/// DELETE everything, INSERT the definition, the event and COMMIT.
+/// The table made equal to the definition ([`replace_all_sql`]), the event and COMMIT.
 fn rest_of_full(
     view: &ViewConfig,
     keyed: &Keyed,
@@ -771,12 +815,10 @@ fn rest_of_full(
     event: bool,
     history: &str,
 ) -> String {
-    let cols = column_list(shape);
     format!(
-        "DELETE FROM {table}; INSERT INTO {table} ({cols}) SELECT {cols} FROM {query}; {}",
+        "{}; {}",
+        replace_all_sql(view, keyed, shape),
         epilogue_with(view, event, history),
-        table = view.name.quoted(),
-        query = keyed.query.quoted(),
     )
 }
 
@@ -943,7 +985,7 @@ mod tests {
         );
         assert_eq!(
             full_sql(&v, &k, &shape, true),
-            r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; DELETE FROM "public"."live"; INSERT INTO "public"."live" ("a", "B", "n") SELECT "a", "B", "n" FROM "public"."def"; SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
+            r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; WITH "refreshd_new" AS MATERIALIZED (SELECT "a", "B", "n" FROM "public"."def"), "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM "refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM "refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
         );
     }
 
