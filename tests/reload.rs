@@ -165,9 +165,13 @@ async fn ten_thousand_views_start_fast_and_reload_without_stalling() {
         "RSS after refreshes, a reload and scrapes: {} MiB",
         rss_kib(d.child.id()) / 1024
     );
+    // 92-97 MiB on a quiet machine (debug build); 100.x MiB once under .ci/stress,
+    // where more threads allocate at once (glibc's per-thread arenas): the bound
+    // catches a per-view cost that grows (the prometheus crate once held ~9 kB per
+    // view: ~90 MB more at 10,000 views), not that spread.
     let rss = rss_kib(d.child.id());
     assert!(
-        rss <= 100 * 1024,
+        rss <= 120 * 1024,
         "RSS {} MiB with every view refreshed and scraped",
         rss / 1024
     );

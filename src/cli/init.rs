@@ -39,9 +39,10 @@ use crate::cli::{EXIT_OK, EXIT_PROBLEMS};
 use crate::engine::startup::topological_order;
 use crate::incremental::delta::{delta_plan, DeltaFacts, DeltaTable};
 use crate::incremental::generate::{self, BaseTable, Facts, Generated, Grant};
-use crate::incremental::{self, Catalog, Derivation, Relation, RelationKind};
+use crate::incremental::{self, Catalog, Derivation};
 use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
+use crate::pg::definitions::{read_relations, Relations, VIEW_DEFINITION_SQL};
 use crate::pg::ident::{
     escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
     MAX_IDENTIFIER_BYTES,
@@ -251,38 +252,6 @@ const KEYED_SQL: &str = "SELECT c.oid, c.relkind::text, \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
 
-/// A plain view's definition (the one a keyed table converted in place is kept equal to).
-const VIEW_DEFINITION_SQL: &str = "SELECT pg_catalog.pg_get_viewdef(c.oid, true) \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
- WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'v'";
-
-/// Every relation a definition can name (user schemas): kind, columns, and a plain
-/// view's definition.
-const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
-       CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
-       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
- WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
-
-/// The foreign keys a guard may rely on (incremental::inserts): validated, not
-/// deferrable, enforced (`conenforced`, PostgreSQL 18, read through `to_jsonb`), not a
-/// partition's clone of its parent's key, between tables without inheritance children
-/// other than partitions; with their columns pairwise, in the key's order.
-const FOREIGN_KEYS_SQL: &str = "SELECT c.oid::int8, c.conname::text, rn.nspname::text, r.relname::text, \
-       fn.nspname::text, f.relname::text, \
-       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i) \
-              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), \
-       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i) \
-              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) \
-  FROM pg_catalog.pg_constraint c \
-  JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
-  JOIN pg_catalog.pg_class f ON f.oid = c.confrelid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace \
- WHERE c.contype = 'f' AND c.convalidated AND NOT c.condeferrable AND c.conparentid = 0 \
-   AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
-   AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass)";
-
 fn relkind_name(relkind: &str) -> &'static str {
     match relkind {
         "r" => "a table",
@@ -340,64 +309,12 @@ async fn derive_keyed(
     Ok(derived)
 }
 
-/// `schema.name` (as the derivation names tables) → the name and relkind.
-type Relations = HashMap<String, (QualifiedName, char)>;
-
 /// A catalog read failed, for `--keyed`.
 fn catalog_error(e: tokio_postgres::Error) -> String {
     format!(
         "reading the catalog for --keyed: {}",
         crate::pg::connect::error_chain(&e)
     )
-}
-
-/// Every relation a definition can name, with the session's search_path.
-async fn read_relations(
-    client: &tokio_postgres::Client,
-) -> Result<(Catalog, Relations), tokio_postgres::Error> {
-    let mut catalog = Catalog::new();
-    let mut relations = Relations::new();
-    for r in client.query_typed(RELATIONS_SQL, &[]).await? {
-        let relkind = r.get::<_, String>(2);
-        relations.insert(
-            format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
-            (
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                relkind.chars().next().unwrap_or('?'),
-            ),
-        );
-        let kind = match relkind.as_str() {
-            "v" => RelationKind::View {
-                definition: r.get::<_, Option<String>>(3).unwrap_or_default(),
-            },
-            "m" => RelationKind::MaterializedView,
-            _ => RelationKind::Table,
-        };
-        catalog.add(Relation {
-            schema: r.get(0),
-            name: r.get(1),
-            kind,
-            columns: r.get(4),
-        });
-    }
-    for r in client.query_typed(FOREIGN_KEYS_SQL, &[]).await? {
-        catalog.foreign_keys.push(incremental::ForeignKey {
-            oid: u32::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-            name: r.get(1),
-            table: format!("{}.{}", r.get::<_, String>(2), r.get::<_, String>(3)),
-            columns: r.get(6),
-            references: format!("{}.{}", r.get::<_, String>(4), r.get::<_, String>(5)),
-            ref_columns: r.get(7),
-        });
-    }
-    if let Some(r) = client
-        .query_typed("SELECT pg_catalog.current_schemas(false)::text[]", &[])
-        .await?
-        .first()
-    {
-        catalog.search_path = r.get(0);
-    }
-    Ok((catalog, relations))
 }
 
 /// [`derive_keyed`] inside its transaction.

@@ -1,0 +1,142 @@
+//! What the incremental wing needs of the catalog to derive a view's maintenance
+//! ([`crate::incremental::derive`]): every relation a definition can name, the foreign
+//! keys, and a plain view's definition. Read by `init --keyed` and by `check` (which
+//! says, per base table of a keyed view, how its changes reach the keys: SPEC
+//! "Incremental maintenance").
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::Type;
+
+use crate::incremental::{self, Catalog, Relation, RelationKind};
+use crate::pg::ident::QualifiedName;
+
+/// A plain view's definition (the one a keyed table converted in place is kept equal to).
+pub const VIEW_DEFINITION_SQL: &str = "SELECT pg_catalog.pg_get_viewdef(c.oid, true) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'v'";
+
+/// Every relation a definition can name (user schemas): kind, columns, and a plain
+/// view's definition.
+const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+       CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// The foreign keys a guard may rely on (incremental::inserts): validated, not
+/// deferrable, enforced (`conenforced`, PostgreSQL 18, read through `to_jsonb`), not a
+/// partition's clone of its parent's key, between tables without inheritance children
+/// other than partitions; with their columns pairwise, in the key's order.
+const FOREIGN_KEYS_SQL: &str = "SELECT c.oid::int8, c.conname::text, rn.nspname::text, r.relname::text, \
+       fn.nspname::text, f.relname::text, \
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i) \
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), \
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i) \
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) \
+  FROM pg_catalog.pg_constraint c \
+  JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+  JOIN pg_catalog.pg_class f ON f.oid = c.confrelid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace \
+ WHERE c.contype = 'f' AND c.convalidated AND NOT c.condeferrable AND c.conparentid = 0 \
+   AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
+   AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass)";
+
+/// `schema.name` (as the derivation names tables) → the name and relkind.
+pub type Relations = HashMap<String, (QualifiedName, char)>;
+
+/// Every relation a definition can name, with the session's search_path.
+pub async fn read_relations(
+    client: &tokio_postgres::Client,
+) -> Result<(Catalog, Relations), tokio_postgres::Error> {
+    let mut catalog = Catalog::new();
+    let mut relations = Relations::new();
+    for r in client.query_typed(RELATIONS_SQL, &[]).await? {
+        let relkind = r.get::<_, String>(2);
+        relations.insert(
+            format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                relkind.chars().next().unwrap_or('?'),
+            ),
+        );
+        let kind = match relkind.as_str() {
+            "v" => RelationKind::View {
+                definition: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            },
+            "m" => RelationKind::MaterializedView,
+            _ => RelationKind::Table,
+        };
+        catalog.add(Relation {
+            schema: r.get(0),
+            name: r.get(1),
+            kind,
+            columns: r.get(4),
+        });
+    }
+    for r in client.query_typed(FOREIGN_KEYS_SQL, &[]).await? {
+        catalog.foreign_keys.push(incremental::ForeignKey {
+            oid: u32::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            name: r.get(1),
+            table: format!("{}.{}", r.get::<_, String>(2), r.get::<_, String>(3)),
+            columns: r.get(6),
+            references: format!("{}.{}", r.get::<_, String>(4), r.get::<_, String>(5)),
+            ref_columns: r.get(7),
+        });
+    }
+    if let Some(r) = client
+        .query_typed("SELECT pg_catalog.current_schemas(false)::text[]", &[])
+        .await?
+        .first()
+    {
+        catalog.search_path = r.get(0);
+    }
+    Ok((catalog, relations))
+}
+
+/// How a keyed view's maintenance derives from its definition (`query`, a plain view)
+/// and `key`, one line per base table (carries the key, join path, or recompute
+/// everything, with why) and per column (`column ...`), as `init --keyed` prints them; `Err` with the
+/// reason when it cannot be derived (its groups are then recomputed as the keyed
+/// refresh always does). Read in its own read-only transaction, with
+/// `search_path = pg_catalog` so that the definition names every other schema.
+pub async fn derivation_lines(
+    client: &tokio_postgres::Client,
+    query: &QualifiedName,
+    key: &[String],
+) -> Result<Result<Vec<String>, String>, tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
+        )
+        .await?;
+    let read = async {
+        let (catalog, _) = read_relations(client).await?;
+        let rows = client
+            .query_typed(
+                VIEW_DEFINITION_SQL,
+                &[(&query.schema, Type::TEXT), (&query.name, Type::TEXT)],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>((catalog, rows.first().map(|r| r.get::<_, String>(0))))
+    }
+    .await;
+    // Read only: COMMIT and ROLLBACK end it alike.
+    let end = client.batch_execute("ROLLBACK").await;
+    let (catalog, definition) = read?;
+    end?;
+    let Some(definition) = definition else {
+        return Ok(Err(format!("{query} is not a plain view")));
+    };
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    Ok(incremental::derive(&definition, &key, &catalog)
+        .map(|d| {
+            d.tables
+                .iter()
+                .map(|t| t.to_string())
+                .chain(d.columns.iter().map(|c| format!("column {c}")))
+                .collect()
+        })
+        .map_err(|e| e.reason))
+}
