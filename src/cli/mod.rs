@@ -348,6 +348,9 @@ struct Inspected {
     capture_gaps: HashMap<QualifiedName, Vec<String>>,
     /// Every configured view's name.
     managed: Vec<QualifiedName>,
+    /// How each keyed view's maintenance derives from its query (SPEC "Incremental
+    /// maintenance"), one per keyed view, in order.
+    derived: std::vec::IntoIter<Result<Vec<String>, String>>,
 }
 
 impl Inspected {
@@ -364,10 +367,29 @@ impl Inspected {
                     .collect()
             })
             .into_iter();
+        let keyed: Vec<(&QualifiedName, &[String])> = config
+            .views
+            .iter()
+            .filter_map(|v| v.keyed.as_ref())
+            .map(|k| (&k.query, k.key.as_slice()))
+            .collect();
+        let derived = match keyed.is_empty() {
+            true => Vec::new(),
+            false => crate::pg::definitions::derivation_lines(client, &keyed)
+                .await
+                .unwrap_or_else(|e| {
+                    let why = format!(
+                        "reading the catalog: {}",
+                        crate::pg::connect::error_chain(&e)
+                    );
+                    keyed.iter().map(|_| Err(why.clone())).collect()
+                }),
+        };
         Inspected {
             facts,
             capture_gaps: capture_gaps(client, config).await,
             managed: config.views.iter().map(|v| v.name.clone()).collect(),
+            derived: derived.into_iter(),
         }
     }
 
@@ -379,9 +401,17 @@ impl Inspected {
         view: &ViewConfig,
     ) -> Result<catalog::ViewReport, InspectError> {
         let r = match &view.keyed {
-            Some(keyed) => crate::pg::keyed_check::judge_keyed(client, view, keyed)
-                .await
-                .map_err(InspectError::Keyed)?,
+            Some(keyed) => {
+                // Taken first: one per keyed view, whatever the judging gives.
+                let derived = self.derived.next();
+                let mut r = crate::pg::keyed_check::judge_keyed(client, view, keyed)
+                    .await
+                    .map_err(InspectError::Keyed)?;
+                if let Some(d) = derived {
+                    crate::pg::keyed_check::derivation_facts(&mut r, &d);
+                }
+                r
+            }
             None => {
                 let facts = self.facts.next().expect("one per plain view")?;
                 catalog::judge(view, facts.as_ref(), &self.managed)

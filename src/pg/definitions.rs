@@ -95,17 +95,17 @@ pub async fn read_relations(
     Ok((catalog, relations))
 }
 
-/// How a keyed view's maintenance derives from its definition (`query`, a plain view)
-/// and `key`, one line per base table (carries the key, join path, or recompute
-/// everything, with why) and per column (`column ...`), as `init --keyed` prints them; `Err` with the
-/// reason when it cannot be derived (its groups are then recomputed as the keyed
-/// refresh always does). Read in its own read-only transaction, with
-/// `search_path = pg_catalog` so that the definition names every other schema.
+/// How each keyed view's maintenance derives from its definition (`query`, a plain
+/// view) and `key`: one line per base table (carries the key, join path, or recompute
+/// everything, with why) and per column (`column ...`), as `init --keyed` prints them;
+/// `Err` with the reason when it cannot be derived (its groups are then recomputed as
+/// the keyed refresh always does). The catalog is read once for all of them, in one
+/// read-only transaction with `search_path = pg_catalog` so that each definition names
+/// every other schema.
 pub async fn derivation_lines(
     client: &tokio_postgres::Client,
-    query: &QualifiedName,
-    key: &[String],
-) -> Result<Result<Vec<String>, String>, tokio_postgres::Error> {
+    views: &[(&QualifiedName, &[String])],
+) -> Result<Vec<Result<Vec<String>, String>>, tokio_postgres::Error> {
     client
         .batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
@@ -113,30 +113,40 @@ pub async fn derivation_lines(
         .await?;
     let read = async {
         let (catalog, _) = read_relations(client).await?;
-        let rows = client
-            .query_typed(
-                VIEW_DEFINITION_SQL,
-                &[(&query.schema, Type::TEXT), (&query.name, Type::TEXT)],
-            )
-            .await?;
-        Ok::<_, tokio_postgres::Error>((catalog, rows.first().map(|r| r.get::<_, String>(0))))
+        let mut definitions = Vec::new();
+        for (query, _) in views {
+            let rows = client
+                .query_typed(
+                    VIEW_DEFINITION_SQL,
+                    &[(&query.schema, Type::TEXT), (&query.name, Type::TEXT)],
+                )
+                .await?;
+            definitions.push(rows.first().map(|r| r.get::<_, String>(0)));
+        }
+        Ok::<_, tokio_postgres::Error>((catalog, definitions))
     }
     .await;
     // Read only: COMMIT and ROLLBACK end it alike.
     let end = client.batch_execute("ROLLBACK").await;
-    let (catalog, definition) = read?;
+    let (catalog, definitions) = read?;
     end?;
-    let Some(definition) = definition else {
-        return Ok(Err(format!("{query} is not a plain view")));
-    };
-    let key: Vec<&str> = key.iter().map(String::as_str).collect();
-    Ok(incremental::derive(&definition, &key, &catalog)
-        .map(|d| {
-            d.tables
-                .iter()
-                .map(|t| t.to_string())
-                .chain(d.columns.iter().map(|c| format!("column {c}")))
-                .collect()
+    Ok(views
+        .iter()
+        .zip(definitions)
+        .map(|((query, key), definition)| {
+            let Some(definition) = definition else {
+                return Err(format!("{query} is not a plain view"));
+            };
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            incremental::derive(&definition, &key, &catalog)
+                .map(|d| {
+                    d.tables
+                        .iter()
+                        .map(|t| t.to_string())
+                        .chain(d.columns.iter().map(|c| format!("column {c}")))
+                        .collect()
+                })
+                .map_err(|e| e.reason)
         })
-        .map_err(|e| e.reason))
+        .collect())
 }

@@ -54,7 +54,6 @@ pub async fn judge_keyed(
     if let Some(buffer) = &keyed.buffer {
         consume_function(client, view, keyed, buffer, &mut r).await?;
     }
-    derivation(client, keyed, &mut r).await?;
     r.verdict = if !r.problems.is_empty() {
         Verdict::Fail
     } else if !r.warnings.is_empty() {
@@ -728,25 +727,19 @@ fn key_types_differ(
 }
 
 /// How each base table's changes reach the keys (SPEC "Incremental maintenance":
-/// `check` says which of the three cases applies, and why), derived from the query's
-/// definition as `init --keyed` does. Not a problem when it cannot be derived: the
-/// keyed refresh recomputes the groups its capture names whatever the derivation says.
-async fn derivation(
-    client: &Client,
-    keyed: &Keyed,
-    r: &mut ViewReport,
-) -> Result<(), tokio_postgres::Error> {
-    match crate::pg::definitions::derivation_lines(client, &keyed.query, &keyed.key).await? {
-        Ok(lines) => {
-            for line in lines {
-                r.facts.push(format!("derived: {line}"));
-            }
-        }
+/// `check` says which of the three cases applies, and why), as
+/// [`crate::pg::definitions::derivation_lines`] derived it. Not a problem when it cannot
+/// be derived: the keyed refresh recomputes the groups its capture names whatever the
+/// derivation says.
+pub fn derivation_facts(r: &mut ViewReport, derived: &Result<Vec<String>, String>) {
+    match derived {
+        Ok(lines) => r
+            .facts
+            .extend(lines.iter().map(|line| format!("derived: {line}"))),
         Err(why) => r
             .facts
             .push(format!("not derived from its definition: {why}")),
     }
-    Ok(())
 }
 
 #[cfg(test)]
