@@ -204,7 +204,12 @@ async fn a_new_partition_is_a_gap_and_the_view_converges(db: &TestDb, d: &Daemon
         "0",
         "verify installs nothing"
     );
-    assert!(d.refreshes(VIEW, "resync", "success") >= 1.0);
+    // Counted once the daemon has seen its COMMIT return, which can be after the view
+    // shows the write.
+    wait_for(Duration::from_secs(5), "the resync counted", || async {
+        d.refreshes(VIEW, "resync", "success") >= 1.0
+    })
+    .await;
 }
 
 #[test]

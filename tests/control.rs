@@ -660,7 +660,14 @@ async fn refreshd_force_from_sql_is_durable_and_privileged() {
         db.psql("SELECT v FROM public.quiet_sum") == "2"
     })
     .await;
-    assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
+    // Counted once the daemon has seen its COMMIT return, which can be after the view
+    // shows it.
+    wait_for(
+        Duration::from_secs(10),
+        "the forced refresh counted",
+        || async { d.refreshes(QUIET, "force", "success") == 1.0 },
+    )
+    .await;
     assert_eq!(db.psql("SELECT count(*) FROM refreshd.force_requests"), "0");
 
     sql_forces_without_execute_or_of_unknown_views_are_refused(&db, &forcer, &nobody);
