@@ -67,6 +67,15 @@ fn gaps(d: &Daemon) -> Option<f64> {
     )
 }
 
+/// The channel refreshd's enabled capture trigger on `table` notifies (with its NUL
+/// terminator, as `tgargs` holds it), or "" without one.
+fn notify_channel(db: &TestDb, table: &str) -> String {
+    db.psql(&format!(
+        "SELECT encode(tgargs, 'escape') FROM pg_trigger \
+          WHERE tgrelid = '{table}'::regclass AND tgname = 'refreshd_notify' AND tgenabled <> 'D'"
+    ))
+}
+
 fn north(db: &TestDb) -> String {
     db.psql("SELECT total FROM shop.by_region WHERE region = 'north'")
 }
@@ -81,12 +90,7 @@ async fn managed_captures_a_partition_created_while_running() {
     wait_for(
         Duration::from_secs(5),
         "refreshd's trigger on the new partition, with the root's channel",
-        || async {
-            db.psql(
-                "SELECT encode(tgargs, 'escape') FROM pg_trigger \
-                  WHERE tgrelid = 'shop.payments_2025_03'::regclass AND tgname = 'refreshd_notify' AND tgenabled <> 'D'",
-            ) == "refreshd_shop_payments\\000"
-        },
+        || async { notify_channel(&db, "shop.payments_2025_03") == "refreshd_shop_payments\\000" },
     )
     .await;
     db.psql("INSERT INTO shop.payments_2025_03 VALUES (3, 1, 100, '2025-03-05')");
@@ -628,10 +632,7 @@ async fn inheritance_children_are_captured_like_partitions() {
     );
     let d = checked_daemon(&adopt(&db, "managed")).await;
     assert_eq!(
-        db.psql(
-            "SELECT encode(tgargs, 'escape') FROM pg_trigger \
-              WHERE tgrelid = 'shop.payments_old'::regclass AND tgname = 'refreshd_notify'"
-        ),
+        notify_channel(&db, "shop.payments_old"),
         "refreshd_shop_payments\\000",
         "init --apply: the child's trigger, with the parent's channel"
     );
@@ -648,12 +649,7 @@ async fn inheritance_children_are_captured_like_partitions() {
     wait_for(
         Duration::from_secs(10),
         "refreshd's trigger on the new grandchild, with the parent's channel",
-        || async {
-            db.psql(
-                "SELECT encode(tgargs, 'escape') FROM pg_trigger \
-                  WHERE tgrelid = 'shop.payments_older'::regclass AND tgname = 'refreshd_notify' AND tgenabled <> 'D'",
-            ) == "refreshd_shop_payments\\000"
-        },
+        || async { notify_channel(&db, "shop.payments_older") == "refreshd_shop_payments\\000" },
     )
     .await;
     db.psql("INSERT INTO shop.payments_older VALUES (4, 1, 1000, 'z')");

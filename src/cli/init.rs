@@ -42,7 +42,7 @@ use crate::incremental::generate::{self, BaseTable, Facts, Generated, Grant};
 use crate::incremental::{self, Catalog, Derivation};
 use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
-use crate::pg::definitions::{read_relations, Relations, VIEW_DEFINITION_SQL};
+use crate::pg::definitions::{read_relations, Relations};
 use crate::pg::ident::{
     escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
     MAX_IDENTIFIER_BYTES,
@@ -366,15 +366,9 @@ async fn derive_one(
         .is_some_and(|c| c.starts_with(&generate::keyed_table_comment_prefix(name)));
     if ours && in_place {
         let def = generate::definition_view(name);
-        definition = client
-            .query_typed(
-                VIEW_DEFINITION_SQL,
-                &[(&def.schema, Type::TEXT), (&def.name, Type::TEXT)],
-            )
-            .await
-            .map_err(catalog_error)?
-            .first()
-            .map(|r| r.get(0));
+        definition = catalog
+            .view_definition(&def.schema, &def.name)
+            .map(str::to_string);
     }
     let derived = derivation(name, &relkind, ours, in_place, definition, key, catalog);
     let (outcome, conversion, deltas) = match derived {

@@ -397,16 +397,21 @@ struct Names {
     all_column: String,
 }
 
-/// The plain view holding a conversion's definition (`<view>_def`).
-pub fn definition_view(v: &QualifiedName) -> QualifiedName {
+/// `<view>_<suffix>` in the view's schema (cut and hashed past 63 bytes).
+fn beside(v: &QualifiedName, suffix: &str) -> QualifiedName {
     QualifiedName::new(
         v.schema.clone(),
         bounded(
-            &format!("{}_def", v.name),
-            &[&v.schema, &v.name, "def"],
+            &format!("{}_{suffix}", v.name),
+            &[&v.schema, &v.name, suffix],
             true,
         ),
     )
+}
+
+/// The plain view holding a conversion's definition (`<view>_def`).
+pub fn definition_view(v: &QualifiedName) -> QualifiedName {
+    beside(v, "def")
 }
 
 /// How the comment on a keyed table refreshd created begins (see [`Conversion`]'s
@@ -420,16 +425,6 @@ pub fn keyed_table_comment_prefix(v: &QualifiedName) -> String {
 
 impl Names {
     fn new(d: &Derivation, v: &QualifiedName, in_place: bool) -> Names {
-        let in_schema = |suffix: &str| {
-            QualifiedName::new(
-                v.schema.clone(),
-                bounded(
-                    &format!("{}_{suffix}", v.name),
-                    &[&v.schema, &v.name, suffix],
-                    true,
-                ),
-            )
-        };
         // Buffer and consume function: named after the view's schema and name (exact
         // when the schema has no `_`, so that no two views' names meet).
         let stem = format!("{}_{}", v.schema, v.name);
@@ -452,7 +447,7 @@ impl Names {
             table: if in_place {
                 v.clone()
             } else {
-                in_schema("live")
+                beside(v, "live")
             },
             def: definition_view(v),
             channel: channel_for(v),
@@ -757,7 +752,8 @@ impl<'a> Conversion<'a> {
             "COMMENT ON TABLE {} IS {};",
             table.quoted(),
             literal(&format!(
-                "Kept equal to {def} by refreshd (kind = \"keyed\", key {}), fed by channel {channel}.",
+                "{}, key {}), fed by channel {channel}.",
+                keyed_table_comment_prefix(v),
                 d.key.join(", ")
             ))
         );

@@ -96,6 +96,17 @@ impl Catalog {
         Self::default()
     }
 
+    /// A plain view's definition, as the catalog read holds it.
+    pub fn view_definition(&self, schema: &str, name: &str) -> Option<&str> {
+        self.relations
+            .iter()
+            .find(|r| r.schema == schema && r.name == name)
+            .and_then(|r| match &r.kind {
+                RelationKind::View { definition } => Some(definition.as_str()),
+                _ => None,
+            })
+    }
+
     pub fn add(&mut self, relation: Relation) {
         self.relations
             .retain(|r| !(r.schema == relation.schema && r.name == relation.name));

@@ -1,20 +1,13 @@
 //! What the incremental wing needs of the catalog to derive a view's maintenance
 //! ([`crate::incremental::derive`]): every relation a definition can name, the foreign
-//! keys, and a plain view's definition. Read by `init --keyed` and by `check` (which
+//! keys, and the plain views' definitions. Read by `init --keyed` and by `check` (which
 //! says, per base table of a keyed view, how its changes reach the keys: SPEC
 //! "Incremental maintenance").
 
 use std::collections::HashMap;
 
-use tokio_postgres::types::Type;
-
 use crate::incremental::{self, Catalog, Relation, RelationKind};
 use crate::pg::ident::QualifiedName;
-
-/// A plain view's definition (the one a keyed table converted in place is kept equal to).
-pub const VIEW_DEFINITION_SQL: &str = "SELECT pg_catalog.pg_get_viewdef(c.oid, true) \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
- WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'v'";
 
 /// Every relation a definition can name (user schemas): kind, columns, and a plain
 /// view's definition.
@@ -99,7 +92,8 @@ pub async fn read_relations(
 /// view) and `key`: one line per base table (carries the key, join path, or recompute
 /// everything, with why) and per column (`column ...`), as `init --keyed` prints them;
 /// `Err` with the reason when it cannot be derived (its groups are then recomputed as
-/// the keyed refresh always does). The catalog is read once for all of them, in one
+/// the keyed refresh always does). The catalog (definitions included) is read once for
+/// all of them, in one
 /// read-only transaction with `search_path = pg_catalog` so that each definition names
 /// every other schema.
 pub async fn derivation_lines(
@@ -111,34 +105,19 @@ pub async fn derivation_lines(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
         )
         .await?;
-    let read = async {
-        let (catalog, _) = read_relations(client).await?;
-        let mut definitions = Vec::new();
-        for (query, _) in views {
-            let rows = client
-                .query_typed(
-                    VIEW_DEFINITION_SQL,
-                    &[(&query.schema, Type::TEXT), (&query.name, Type::TEXT)],
-                )
-                .await?;
-            definitions.push(rows.first().map(|r| r.get::<_, String>(0)));
-        }
-        Ok::<_, tokio_postgres::Error>((catalog, definitions))
-    }
-    .await;
+    let read = read_relations(client).await;
     // Read only: COMMIT and ROLLBACK end it alike.
     let end = client.batch_execute("ROLLBACK").await;
-    let (catalog, definitions) = read?;
+    let (catalog, _) = read?;
     end?;
     Ok(views
         .iter()
-        .zip(definitions)
-        .map(|((query, key), definition)| {
-            let Some(definition) = definition else {
+        .map(|(query, key)| {
+            let Some(definition) = catalog.view_definition(&query.schema, &query.name) else {
                 return Err(format!("{query} is not a plain view"));
             };
             let key: Vec<&str> = key.iter().map(String::as_str).collect();
-            incremental::derive(&definition, &key, &catalog)
+            incremental::derive(definition, &key, &catalog)
                 .map(|d| {
                     d.tables
                         .iter()
