@@ -765,3 +765,63 @@ fn hostile_total(db: &TestDb, view: &str, column: &str) -> String {
         quote_ident(column)
     ))
 }
+
+/// A conversion made before the capture had one trigger function per operation: one
+/// function per base table (`<view>_keys_from_<table>`) that tested `TG_OP`. Converting
+/// again replaces its triggers, drops it and any trigger still using it (here one on a
+/// table the view no longer reads, as a detached partition would be), and writes reach
+/// the view through the new functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converting_again_replaces_a_former_single_capture_function() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA ku;
+         CREATE TABLE ku.t (g text NOT NULL, v int NOT NULL);
+         CREATE TABLE ku.gone (v int);
+         INSERT INTO ku.t VALUES ('a', 1), ('b', 2);
+         CREATE MATERIALIZED VIEW ku.by_g AS SELECT g, sum(v) AS total, count(*) AS n FROM ku.t GROUP BY g;
+         CREATE UNIQUE INDEX ON ku.by_g (g);",
+    );
+    let args = ["--apply", "--keyed", "ku.by_g", "--in-place"];
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    let insert_trigger = db.psql(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'ku.t'::regclass AND NOT tgisinternal AND tgname LIKE 'by_g_keys_insert%'",
+    );
+    assert!(!insert_trigger.is_empty());
+    // What the earlier release left: its function, behind the INSERT trigger and a
+    // trigger on a table this conversion does not know.
+    db.psql(&format!(
+        "CREATE FUNCTION ku.by_g_keys_from_t() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+         DROP TRIGGER {tg} ON ku.t;
+         CREATE TRIGGER {tg} AFTER INSERT ON ku.t REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION ku.by_g_keys_from_t();
+         CREATE TRIGGER stale AFTER INSERT ON ku.gone FOR EACH STATEMENT EXECUTE FUNCTION ku.by_g_keys_from_t();",
+        tg = quote_ident(&insert_trigger)
+    ));
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert_eq!(
+        db.psql("SELECT pg_catalog.to_regprocedure('ku.by_g_keys_from_t()') IS NULL"),
+        "t"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ku.gone'::regclass"),
+        "0"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT tgfoid::regprocedure FROM pg_trigger WHERE tgrelid = 'ku.t'::regclass AND tgname = {}",
+            refreshd::pg::refresh::quote_literal(&insert_trigger)
+        )),
+        "ku.by_g_keys_ins_t()"
+    );
+    // The new INSERT function buffers the row; the consume function applies it.
+    db.psql("INSERT INTO ku.t VALUES ('a', 10)");
+    let client = db.client().await;
+    let function = buffer_of(&config, "ku.by_g");
+    assert_eq!(consume(&client, &function).await, "");
+    assert_eq!(
+        db.psql("SELECT total || '/' || n FROM ku.by_g WHERE g = 'a'"),
+        "11/2"
+    );
+}

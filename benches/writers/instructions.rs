@@ -31,18 +31,6 @@ CREATE FUNCTION public.bench_copy() RETURNS trigger LANGUAGE plpgsql AS
 $$BEGIN INSERT INTO w.bench_copy SELECT n.product, n.qty, n.amount FROM new_rows n; RETURN NULL; END$$;
 "#;
 
-/// `triggers`, their function given a pinned search_path for the run (reset after it).
-fn pinned(mut triggers: Vec<String>, function: &str) -> Vec<String> {
-    triggers.push(format!(
-        "ALTER FUNCTION {function}() SET search_path = pg_catalog, pg_temp"
-    ));
-    triggers
-}
-
-/// Undoes [`pinned`].
-const UNPIN: &str = "ALTER FUNCTION w.by_product_keys_keys_from_sales() RESET search_path;\n\
-                     ALTER FUNCTION w.by_product_delta_keys_from_sales() RESET search_path;\n";
-
 fn diagnostic(function: &str) -> String {
     format!(
         "CREATE TRIGGER bench_diag AFTER INSERT ON w.sales REFERENCING NEW TABLE AS new_rows \
@@ -84,14 +72,6 @@ pub async fn run(plan: Plan) -> Result<()> {
         Variant { label: "`init --apply` capture (refreshd.notify_changed)", triggers: of(Var::InitPlain) },
         Variant { label: "`init --keyed` key-buffer capture (w.by_product_keys)", triggers: of(Var::KeyBuffer) },
         Variant { label: "`init --keyed` row-buffer capture (w.by_product_delta)", triggers: of(Var::RowBuffer) },
-        Variant {
-            label: "diagnostic: the key-buffer capture with `SET search_path = pg_catalog, pg_temp` (as generated before)",
-            triggers: pinned(of(Var::KeyBuffer), "w.by_product_keys_keys_from_sales"),
-        },
-        Variant {
-            label: "diagnostic: the row-buffer capture with `SET search_path = pg_catalog, pg_temp` (as generated before)",
-            triggers: pinned(of(Var::RowBuffer), "w.by_product_delta_keys_from_sales"),
-        },
     ];
     let mut per_tx = Vec::new();
     for v in &variants {
@@ -169,7 +149,7 @@ async fn single_user(
             .context("no summary line in callgrind's output")
     });
     let cleanup = format!(
-        "{DROP_TRIGGERS}{UNPIN}DELETE FROM w.sales WHERE id > {ROWS};\n\
+        "{DROP_TRIGGERS}DELETE FROM w.sales WHERE id > {ROWS};\n\
          TRUNCATE w.bench_copy, refreshd.w_by_product_keys_keys, refreshd.w_by_product_delta_delta;\n"
     );
     feed(

@@ -558,8 +558,27 @@ impl<'a> Conversion<'a> {
         )
     }
 
-    /// A base table's trigger function (exact unless two base tables share a name).
-    fn function(&self, t: &BaseTable) -> QualifiedName {
+    /// A base table's trigger function for one operation (`insert`, `update`,
+    /// `delete`): one per operation, so that a writer's call runs no `TG_OP` test
+    /// (exact unless two base tables share a name).
+    /// Named `<view>_keys_{ins,upd,del}_<table>`.
+    fn function(&self, t: &BaseTable, op: &str) -> QualifiedName {
+        let short = match op {
+            "insert" => "ins",
+            "update" => "upd",
+            _ => "del",
+        };
+        self.function_named(t, short, &[op])
+    }
+
+    /// The one trigger function per base table that conversions before per-operation
+    /// functions installed (`<view>_keys_from_<table>`): dropped by the install once
+    /// its triggers are replaced, and by the rollback.
+    fn former_function(&self, t: &BaseTable) -> QualifiedName {
+        self.function_named(t, "from", &[])
+    }
+
+    fn function_named(&self, t: &BaseTable, infix: &str, extra: &[&str]) -> QualifiedName {
         let v = &self.f.view;
         let same_name = self
             .f
@@ -568,11 +587,18 @@ impl<'a> Conversion<'a> {
             .filter(|o| o.name.name == t.name.name)
             .count()
             > 1;
+        let mut identity = vec![
+            v.schema.as_str(),
+            v.name.as_str(),
+            t.name.schema.as_str(),
+            t.name.name.as_str(),
+        ];
+        identity.extend_from_slice(extra);
         QualifiedName::new(
             v.schema.clone(),
             bounded(
-                &format!("{}_keys_from_{}", v.name, t.name.name),
-                &[&v.schema, &v.name, &t.name.schema, &t.name.name],
+                &format!("{}_keys_{infix}_{}", v.name, t.name.name),
+                &identity,
                 !same_name,
             ),
         )
@@ -940,6 +966,30 @@ fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
     }
 }
 
+/// Drops a trigger function, with every trigger still using it wherever it is (a
+/// partition detached since the conversion that created them, say): without them the
+/// DROP would fail.
+fn drop_function_sql(f: &QualifiedName) -> String {
+    let body = format!(
+        "DECLARE\n    t record;\nBEGIN\n    FOR t IN SELECT tg.tgname, tg.tgrelid::pg_catalog.regclass AS rel FROM pg_catalog.pg_trigger tg\n        WHERE tg.tgfoid {eq} pg_catalog.to_regprocedure({}) LOOP\n        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.rel);\n    END LOOP;\nEND;\n",
+        literal(&format!("{}()", f.quoted())),
+        eq = pg_op("="),
+    );
+    format!(
+        "DO {};\nDROP FUNCTION IF EXISTS {}();\n",
+        dollar(&body),
+        f.quoted()
+    )
+}
+
+/// `sql` with one level (four spaces) of indentation less on every line.
+fn outdent(sql: &str) -> String {
+    sql.lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Rows other tables reach through a join path, moved to other keys by an UPDATE:
 /// wait for the writers that locked them FOR KEY SHARE. Located by every such
 /// column's new value: the moved rows (and any other rows equal to them on those
@@ -974,72 +1024,73 @@ struct TableCapture<'c> {
 }
 
 impl Conversion<'_> {
-    /// Rows buffered: wake refreshd unless a refresh is already due (module doc).
+    /// Rows buffered (`FOUND`, set by the buffer's INSERT, the last statement that sets
+    /// it): wake refreshd unless a refresh is already due (module doc). One plpgsql
+    /// expression: each costs a single-row writer its set-up once per transaction.
     fn wake_sql(&self) -> String {
         format!(
-            "    IF (v_rows {gt} 0) AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} {plus} (pg_catalog.pg_backend_pid() {modulo} {ARM_SLOTS}), pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
+            "    IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} {plus} (pg_catalog.pg_backend_pid() {modulo} {ARM_SLOTS}), pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
             ch = literal(&self.n.channel),
-            gt = pg_op(">"),
             plus = pg_op("+"),
             modulo = pg_op("%"),
         )
     }
 
-    fn mark_all_sql(&self) -> String {
-        format!(
-            "INSERT INTO {} ({}) VALUES (true);",
+    /// The "everything" marker, buffered when `rows` (a query) returns a row, or always.
+    fn mark_all_sql(&self, rows: Option<&str>) -> String {
+        let insert = format!(
+            "INSERT INTO {} ({})",
             self.n.buffer.quoted(),
             quote_ident(&self.n.all_column)
-        )
+        );
+        match rows {
+            Some(rows) => format!("{insert} SELECT true WHERE EXISTS ({rows});"),
+            None => format!("{insert} VALUES (true);"),
+        }
     }
 
-    /// The body of a base table's trigger function: per operation, its rows (or keys)
-    /// into the buffer, then the wake-up.
-    fn trigger_body(&self, c: &TableCapture) -> String {
+    /// The body of a base table's trigger function for one operation: its rows (or
+    /// keys) into the buffer, then the wake-up. No variable, no `TG_OP` test, no
+    /// `GET DIAGNOSTICS`: every plpgsql expression and statement is paid by every
+    /// single-row writing transaction (BENCHMARKS.md, "Capture cost in instructions").
+    fn trigger_body(&self, c: &TableCapture, op: &str) -> String {
         let reads = &c.t.reads;
-        let mut body = String::from("DECLARE\n    v_rows bigint := 0;\nBEGIN\n");
-        for (i, op) in ["insert", "delete", "update"].iter().enumerate() {
-            let _ = writeln!(
-                body,
-                "    {} TG_OP {} {} THEN",
-                if i == 0 { "IF" } else { "ELSIF" },
-                pg_op("="),
-                literal(&op.to_ascii_uppercase())
-            );
-            if let (true, Some(r)) = (*op == "update", c.reached) {
-                let _ = writeln!(body, "{}", update_lock_sql(c.b, r));
-            }
-            if let Some(p) = c.delta {
-                // Rows for the apply instead of keys: no join, no lock.
-                let capture = match *op {
-                    "insert" => &p.capture_insert,
-                    "delete" => &p.capture_delete,
-                    _ => &p.capture_update,
-                };
-                let buffered = format!(
-                    "        {};\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
-                    capture.trim().trim_end_matches(';')
-                );
-                let _ = writeln!(body, "{}", Self::guarded(op, c, buffered));
-                continue;
-            }
-            let rows = match (*op, reads.is_empty()) {
+        let mut body = String::from("BEGIN\n");
+        if let (true, Some(r)) = (op == "update", c.reached) {
+            let _ = writeln!(body, "{}", outdent(&update_lock_sql(c.b, r)));
+        }
+        let buffered = if let Some(p) = c.delta {
+            // Rows for the apply instead of keys: no join, no lock.
+            let capture = match op {
+                "insert" => &p.capture_insert,
+                "delete" => &p.capture_delete,
+                _ => &p.capture_update,
+            };
+            Some(format!("        {};", capture.trim().trim_end_matches(';')))
+        } else {
+            let rows = match (op, reads.is_empty()) {
                 ("update", true) => None,
                 ("insert", true) => Some("SELECT 1 FROM new_rows".to_string()),
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
-            let buffered = self.buffer_rows_sql(&c.source, rows);
-            let _ = writeln!(body, "{}", Self::guarded(op, c, buffered));
+            rows.map(|rows| self.buffer_rows_sql(&c.source, rows))
+        };
+        match buffered {
+            Some(b) => {
+                let _ = writeln!(body, "{}", outdent(&Self::guarded(op, c, b)));
+                body.push_str(&self.wake_sql());
+            }
+            // An UPDATE of a table whose columns the definition does not read.
+            None => body.push_str("    RETURN NULL;\n"),
         }
-        body.push_str("    END IF;\n");
-        body.push_str(&self.wake_sql());
         body.push_str("END;\n");
         body
     }
 
-    /// An operation's capture statements, skipped for an INSERT while foreign keys
-    /// guard the table's INSERTs (incremental::inserts) and still hold.
+    /// An operation's capture statement, skipped for an INSERT while foreign keys
+    /// guard the table's INSERTs (incremental::inserts) and still hold (`FOUND` stays
+    /// false: it starts so in every call).
     fn guarded(op: &str, c: &TableCapture, buffered: String) -> String {
         match (op, &c.t.inserts) {
             ("insert", Some(g)) => format!(
@@ -1051,19 +1102,15 @@ impl Conversion<'_> {
         }
     }
 
-    /// The statements buffering one operation's changed rows as keys or the marker.
-    fn buffer_rows_sql(&self, source: &Source, rows: Option<String>) -> String {
-        match (source, rows) {
-            (_, None) => "        NULL;".to_string(),
-            (Source::All(_), Some(rows)) => format!(
-                "        IF EXISTS ({rows}) THEN\n            {}\n            v_rows := 1;\n        END IF;",
-                self.mark_all_sql()
-            ),
-            (Source::Keys(keys), Some(rows)) => {
+    /// The statement buffering one operation's changed rows as keys or the marker.
+    fn buffer_rows_sql(&self, source: &Source, rows: String) -> String {
+        match source {
+            Source::All(_) => format!("        {}", self.mark_all_sql(Some(&rows))),
+            Source::Keys(keys) => {
                 let key_cols: Vec<String> =
                     (1..=self.d.key.len()).map(|i| format!("k{i}")).collect();
                 format!(
-                    "        WITH d AS ({rows})\n        INSERT INTO {} ({})\n        SELECT DISTINCT * FROM ({}) AS u({});\n        GET DIAGNOSTICS v_rows = ROW_COUNT;",
+                    "        WITH d AS ({rows})\n        INSERT INTO {} ({})\n        SELECT DISTINCT * FROM ({}) AS u({});",
                     self.n.buffer.quoted(),
                     list(&self.d.key, ""),
                     keys.join(" UNION ALL "),
@@ -1108,27 +1155,22 @@ impl Conversion<'_> {
 
     /// The statement triggers of a base table and every partition of it (dropped first;
     /// the rollback drops them).
-    fn triggers_sql(
-        &self,
-        b: &BaseTable,
-        fname: &QualifiedName,
-        w: &mut String,
-        rollback: &mut String,
-    ) {
+    fn triggers_sql(&self, b: &BaseTable, w: &mut String, rollback: &mut String) {
         let members = std::iter::once(&b.name).chain(b.partitions.iter());
         for m in members {
             for op in ["insert", "update", "delete", "truncate"] {
                 let tg = quote_ident(&self.trigger_name(op));
                 let _ = writeln!(w, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
                 let _ = writeln!(rollback, "DROP TRIGGER IF EXISTS {tg} ON {};", m.quoted());
-                let (referencing, func) = match op {
-                    "insert" => ("REFERENCING NEW TABLE AS new_rows ", fname),
-                    "update" => (
-                        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
-                        fname,
-                    ),
-                    "delete" => ("REFERENCING OLD TABLE AS old_rows ", fname),
-                    _ => ("", &self.n.all_function),
+                let referencing = match op {
+                    "insert" => "REFERENCING NEW TABLE AS new_rows ",
+                    "update" => "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
+                    "delete" => "REFERENCING OLD TABLE AS old_rows ",
+                    _ => "",
+                };
+                let func = match op {
+                    "truncate" => self.n.all_function.clone(),
+                    _ => self.function(b, op),
                 };
                 let _ = writeln!(
                     w,
@@ -1154,8 +1196,8 @@ impl Conversion<'_> {
             "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nAS {};",
             self.n.all_function.quoted(),
             dollar(&format!(
-                "DECLARE\n    v_rows bigint := 1;\nBEGIN\n    {}\n{}END;\n",
-                self.mark_all_sql(),
+                "BEGIN\n    {}\n{}END;\n",
+                self.mark_all_sql(None),
                 self.wake_sql()
             ))
         );
@@ -1169,18 +1211,30 @@ impl Conversion<'_> {
                 delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
                 reached: reached.get(&t.table),
             };
-            let fname = self.function(b);
-            let _ = writeln!(
-                w,
-                "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nAS {};",
-                fname.quoted(),
-                dollar(&self.trigger_body(&c))
-            );
+            for op in ["insert", "update", "delete"] {
+                let _ = writeln!(
+                    w,
+                    "CREATE OR REPLACE FUNCTION {}()\nRETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nAS {};",
+                    self.function(b, op).quoted(),
+                    dollar(&self.trigger_body(&c, op))
+                );
+            }
             let line = Self::capture_line(&c);
             let _ = writeln!(w, "-- {}", sql_comment(&line));
             lines.push(line);
-            self.triggers_sql(b, &fname, w, rollback);
-            let _ = writeln!(rollback, "DROP FUNCTION IF EXISTS {}();", fname.quoted());
+            self.triggers_sql(b, w, rollback);
+            // A conversion made before the per-operation functions: its triggers were
+            // replaced just above.
+            let former = drop_function_sql(&self.former_function(b));
+            w.push_str(&former);
+            for op in ["insert", "update", "delete"] {
+                let _ = writeln!(
+                    rollback,
+                    "DROP FUNCTION IF EXISTS {}();",
+                    self.function(b, op).quoted()
+                );
+            }
+            rollback.push_str(&former);
         }
         Ok(lines)
     }
