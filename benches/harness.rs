@@ -25,6 +25,8 @@
 //! `--writers-instructions` counts instead, with valgrind's callgrind, the CPU
 //! instructions one single-row INSERT transaction costs under each of those captures
 //! (benches/writers/instructions.rs; needs valgrind; ~3 min, `--quick` ~1 min).
+//! `--writers-partitioned`, with either: the same on w.sales partitioned by month (12
+//! partitions), the kind of fact table issue 20 measured capture on.
 //! `--attendance-scale` runs only the attendance view's hand-written keyed table (005)
 //! against the one `init --keyed` generates, commit → visible at scales 1 and 10
 //! (benches/attendance/mod.rs; `--attendance-scales A,B` overrides, `--quick`: 0.1 and 1).
@@ -99,6 +101,9 @@ struct Plan {
     /// `--writers-instructions`: the same captures, in instructions per transaction
     /// (benches/writers/instructions.rs).
     writers_instructions: bool,
+    /// `--writers-partitioned`: w.sales partitioned by month (12 partitions), as the
+    /// fact table issue 20 measured capture on (benches/writers/mod.rs).
+    writers_partitioned: bool,
     writers_secs: u64,
     writers_rounds: usize,
     /// `--attendance-scale`: only the hand-written against generated attendance keyed
@@ -148,6 +153,7 @@ impl Plan {
             tpch_foreign_keys: false,
             writers: false,
             writers_instructions: false,
+            writers_partitioned: false,
             writers_secs: 3,
             writers_rounds: 1,
             attendance: false,
@@ -186,6 +192,7 @@ impl Plan {
             tpch_foreign_keys: false,
             writers: false,
             writers_instructions: false,
+            writers_partitioned: false,
             writers_secs: 10,
             writers_rounds: 3,
             attendance: false,
@@ -208,6 +215,7 @@ impl Plan {
         self.tpch = has("--tpch");
         self.writers = has("--writers");
         self.writers_instructions = has("--writers-instructions");
+        self.writers_partitioned = has("--writers-partitioned");
         self.attendance = has("--attendance-scale");
         if let Some(scales) = arg_scales(args, "--attendance-scales") {
             self.attendance = true;

@@ -46,7 +46,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     let bin_dir = pin_binary()?;
     let mut bench = Bench::on_new_cluster(&plan, 20).await?;
     let c = connect(&bench.dsn).await?;
-    c.batch_execute(SETUP).await?;
+    c.batch_execute(&setup_sql(plan.writers_partitioned))
+        .await?;
     c.batch_execute(DIAGNOSTICS).await?;
     c.batch_execute("VACUUM ANALYZE").await?;
     let init = Init::run(&bin_dir.path().join("refreshd"), &bench.dsn, &c).await?;
@@ -81,11 +82,16 @@ pub async fn run(plan: Plan) -> Result<()> {
     let vg = std::process::Command::new(&valgrind)
         .arg("--version")
         .output()?;
-    let mut o = run_table_head("Writers in instructions", "--writers-instructions");
+    let mode = if plan.writers_partitioned {
+        "--writers-instructions --writers-partitioned"
+    } else {
+        "--writers-instructions"
+    };
+    let mut o = run_table_head("Writers in instructions", mode);
     o += &run_row("refreshd", &build_line());
     o += &run_row("PostgreSQL", &pg);
     o += &run_row("counter", String::from_utf8_lossy(&vg.stdout).trim());
-    o += &run_row("transactions", &format!("{n} measured per variant (after 200 warm-up), `postgres --single`, one `INSERT INTO w.sales ... VALUES (...)` each"));
+    o += &run_row("transactions", &format!("{n} measured per variant (after 200 warm-up), `postgres --single`, one `INSERT INTO {} ... VALUES (...)` each", sales_shape(plan.writers_partitioned)));
     o += &run_row("triggers", &init.triggers_note);
     o += &wall_time_row(t0.elapsed());
     o += "\n| capture on w.sales | instructions per transaction | added by the capture | ratio to (a) |\n|---|---|---|---|\n";
@@ -118,6 +124,7 @@ async fn single_user(
     triggers: &[String],
     n: usize,
 ) -> Result<u64> {
+    let partitioned = bench.plan.writers_partitioned;
     let cluster = &mut bench.cluster;
     cluster.stop()?;
     let mut input = String::from(DROP_TRIGGERS);
@@ -125,11 +132,7 @@ async fn single_user(
         input += &format!("{};\n", t.replace('\n', " "));
     }
     for i in 0..200 + n {
-        input += &format!(
-            "INSERT INTO w.sales (product, qty, amount) VALUES ({}, {}, 9.99);\n",
-            i % 100,
-            1 + i % 7
-        );
+        input += &insert_values(partitioned, i);
     }
     let out_file = cluster.scratch_dir().join("callgrind.out");
     let mut cmd = cluster.owner_command(valgrind);

@@ -41,12 +41,37 @@ pub mod instructions;
 
 const ROWS: i64 = 200_000;
 
-const SETUP: &str = r#"
+/// w.sales, plain: one heap and its primary key.
+const SALES_PLAIN: &str = r#"
 CREATE SCHEMA w;
 CREATE TABLE w.sales (id bigserial PRIMARY KEY, product int NOT NULL, qty int NOT NULL,
                       amount numeric(12, 2) NOT NULL);
 INSERT INTO w.sales (product, qty, amount)
   SELECT g % 100, 1 + g % 7, (g % 1000) / 10.0 FROM generate_series(1, 200000) g;
+"#;
+
+/// w.sales partitioned by month (`--writers-partitioned`): every insert is routed to
+/// one of 12 partitions, as into the fact table issue 20 measured capture on.
+const SALES_PARTITIONED: &str = r#"
+CREATE SCHEMA w;
+CREATE TABLE w.sales (id bigserial, sold_on date NOT NULL, product int NOT NULL,
+                      qty int NOT NULL, amount numeric(12, 2) NOT NULL,
+                      PRIMARY KEY (id, sold_on)) PARTITION BY RANGE (sold_on);
+DO $$BEGIN
+  FOR m IN 0..11 LOOP
+    EXECUTE format('CREATE TABLE w.sales_%s PARTITION OF w.sales FOR VALUES FROM (%L) TO (%L)',
+                   lpad((m + 1)::text, 2, '0'),
+                   date '2026-01-01' + make_interval(months => m),
+                   date '2026-01-01' + make_interval(months => m + 1));
+  END LOOP;
+END$$;
+INSERT INTO w.sales (sold_on, product, qty, amount)
+  SELECT date '2026-01-01' + g % 365, g % 100, 1 + g % 7, (g % 1000) / 10.0
+  FROM generate_series(1, 200000) g;
+"#;
+
+/// The views over w.sales (either shape) and (b)'s trigger function.
+const VIEWS: &str = r#"
 CREATE MATERIALIZED VIEW w.by_product AS
   SELECT product, count(*) AS n, sum(qty) AS qty, sum(amount) AS amount FROM w.sales GROUP BY product;
 CREATE UNIQUE INDEX ON w.by_product (product);
@@ -60,6 +85,43 @@ CREATE FUNCTION public.bench_plain_notify() RETURNS trigger LANGUAGE plpgsql AS
 $$BEGIN PERFORM pg_catalog.pg_notify('bench_plain', ''); RETURN NULL; END$$;
 "#;
 
+/// The schema: w.sales in the shape asked for, and the views.
+fn setup_sql(partitioned: bool) -> String {
+    let sales = if partitioned {
+        SALES_PARTITIONED
+    } else {
+        SALES_PLAIN
+    };
+    format!("{sales}{VIEWS}")
+}
+
+/// How the report names w.sales.
+fn sales_shape(partitioned: bool) -> &'static str {
+    if partitioned {
+        "w.sales (partitioned by month, 12 partitions)"
+    } else {
+        "w.sales"
+    }
+}
+
+/// The i-th single-row INSERT of a measured run (`postgres --single`).
+fn insert_values(partitioned: bool, i: usize) -> String {
+    if partitioned {
+        format!(
+            "INSERT INTO w.sales (sold_on, product, qty, amount) VALUES (date '2026-01-01' + {}, {}, {}, 9.99);\n",
+            (i * 7) % 365,
+            i % 100,
+            1 + i % 7
+        )
+    } else {
+        format!(
+            "INSERT INTO w.sales (product, qty, amount) VALUES ({}, {}, 9.99);\n",
+            i % 100,
+            1 + i % 7
+        )
+    }
+}
+
 const DEF_SUMS: &str =
     "SELECT product, count(*) AS n, sum(qty) AS qty, sum(amount) AS amount FROM w.sales GROUP BY product";
 const DEF_MAX: &str =
@@ -67,6 +129,10 @@ const DEF_MAX: &str =
 
 const INSERT_SCRIPT: &str = "\\set p random(0, 99)\n\
 INSERT INTO w.sales (product, qty, amount) VALUES (:p, 1 + :p % 7, 9.99);\n";
+
+/// pgbench's script for the partitioned w.sales: a day of the year, as well.
+const INSERT_SCRIPT_PARTITIONED: &str = "\\set p random(0, 99)\n\\set d random(0, 364)\n\
+INSERT INTO w.sales (sold_on, product, qty, amount) VALUES (date '2026-01-01' + :d, :p, 1 + :p % 7, 9.99);\n";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Var {
@@ -198,6 +264,7 @@ struct Ctx {
 /// What the report needs beyond the runs.
 struct Facts {
     quick: bool,
+    partitioned: bool,
     secs: u64,
     rounds: usize,
     pg: String,
@@ -218,7 +285,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     let bench = Bench::on_new_cluster(&plan, 100).await?;
     let dsn = bench.dsn.clone();
     let c = connect(&dsn).await?;
-    c.batch_execute(SETUP).await?;
+    c.batch_execute(&setup_sql(plan.writers_partitioned))
+        .await?;
     c.batch_execute("VACUUM ANALYZE").await?;
     let base_id: i64 = c
         .query_one("SELECT max(id) FROM w.sales", &[])
@@ -228,7 +296,12 @@ pub async fn run(plan: Plan) -> Result<()> {
     let (drain, drained, drain_task) = listen(&dsn).await?;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("insert.sql");
-    std::fs::write(&script, INSERT_SCRIPT)?;
+    let insert_script = if plan.writers_partitioned {
+        INSERT_SCRIPT_PARTITIONED
+    } else {
+        INSERT_SCRIPT
+    };
+    std::fs::write(&script, insert_script)?;
     let ctx = Ctx {
         bench,
         dsn,
@@ -247,6 +320,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     let total = t0.elapsed();
     let f = Facts {
         quick,
+        partitioned: plan.writers_partitioned,
         secs,
         rounds,
         pg,
@@ -474,9 +548,14 @@ fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
     let mut o = run_table_head(
         "Writers: run",
         &format!(
-            "`--writers --writers-secs {} --writers-rounds {}`{}",
+            "`--writers --writers-secs {} --writers-rounds {}{}`{}",
             f.secs,
             f.rounds,
+            if f.partitioned {
+                " --writers-partitioned"
+            } else {
+                ""
+            },
             quick_flag(f.quick)
         ),
     );
@@ -484,8 +563,10 @@ fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
     o += &run_row("PostgreSQL", &f.pg);
     o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
     o += &host_row(&f.load_start, &f.load_end, "run", loads);
-    o +=
-        &format!("| data | w.sales {ROWS} rows, 100 products; three 100-row views (see below) |\n");
+    o += &format!(
+        "| data | {} {ROWS} rows, 100 products; three 100-row views (see below) |\n",
+        sales_shape(f.partitioned)
+    );
     o += &run_row("triggers init created on w.sales", &init.triggers_note);
     o += &wall_time_row(f.total);
     o += &init_said(&init.said);
@@ -495,8 +576,10 @@ fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
 /// The report's TPS table, its note and the 8-client targets.
 fn results_table(f: &Facts, runs: &[Vec<Vec<Run>>]) -> String {
     let mut o = format!(
-        "\n## Writers: single-row INSERT transactions into w.sales, pgbench -c C -j min(C,2) -T {}, {} interleaved round(s), medians\n\n",
-        f.secs, f.rounds
+        "\n## Writers: single-row INSERT transactions into {}, pgbench -c C -j min(C,2) -T {}, {} interleaved round(s), medians\n\n",
+        sales_shape(f.partitioned),
+        f.secs,
+        f.rounds
     );
     o += "| capture on w.sales | clients | runs | TPS median (min–max) | ratio to (a) | refreshes per run, median | notifications per run, median | view exact after the run (median s after the last write) |\n|---|---|---|---|---|---|---|---|\n";
     let mut at8 = Vec::new();
