@@ -395,3 +395,32 @@ async fn buffered_refreshes_work_through_a_transaction_pooler() {
         );
     }
 }
+
+/// A bulk UPDATE or DELETE of one key's rows buffers that key once; a bulk INSERT
+/// buffers a key per row (no `SELECT DISTINCT` for a single-row writer to pay); a
+/// refresh consumes either as the keys it names, and the view stays exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_updates_buffer_each_key_once_and_inserts_per_row() {
+    let db = TestDb::new();
+    schema(&db);
+    let _config = adopt(&db, "1h");
+    assert_eq!(buffered(&db), 0);
+    // Ten rows of p1, updated in one statement: old and new rows carry the key p1.
+    db.psql("UPDATE kb.sales SET qty = qty + 1 WHERE product = 'p1'");
+    assert_eq!(buffered(&db), 1);
+    db.psql("DELETE FROM kb.sales WHERE product = 'p2'");
+    assert_eq!(buffered(&db), 2);
+    db.psql("INSERT INTO kb.sales SELECT 2000 + g, 'p3', g FROM generate_series(1, 4) g");
+    assert_eq!(buffered(&db), 6);
+    let c = db.client().await;
+    let keys: String = c
+        .query_one(
+            "SELECT string_agg(product, ',' ORDER BY product) FROM refreshd.kb_by_product_consume()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, "p1,p2,p3");
+    assert_eq!(buffered(&db), 0);
+}
