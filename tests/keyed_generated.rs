@@ -692,33 +692,47 @@ async fn hostile_names_convert_in_place_and_back() {
             .unwrap()
             <= 63
     );
+    convert_again_and_roll_back(&db, &client, &arg, &function, &view, table, column).await;
+}
+
+/// [`hostile_names_convert_in_place_and_back`], second half: converted again in place,
+/// refused without `--in-place`, rolled back by the second run's rollback.
+async fn convert_again_and_roll_back(
+    db: &TestDb,
+    client: &tokio_postgres::Client,
+    arg: &str,
+    function: &str,
+    view: &str,
+    table: &str,
+    column: &str,
+) {
     // Converted again, in place (e.g. to install a newer capture): the table is
     // recognized by its comment and converted from its definition view. Refused
     // before ("not a materialized view (it is a table)"), so a view converted in place
     // could not get a newer capture, nor its rollback written again.
     let again = tempfile::tempdir().unwrap();
     let (out, config, stderr) = init(
-        &db,
+        db,
         &[
             "--sql",
             again.path().to_str().unwrap(),
             "--apply",
             "--keyed",
-            &arg,
+            arg,
             "--in-place",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    assert!(config.contains(&function), "{config}");
-    assert_eq!(kx_relkinds(&db), "r,r,r,v");
+    assert!(config.contains(function), "{config}");
+    assert_eq!(kx_relkinds(db), "r,r,r,v");
     db.psql(&format!(
         "INSERT INTO kx.{} VALUES ('it''s \"c\"', 4)",
         quote_ident(table)
     ));
-    assert_eq!(consume(&client, &function).await, "");
-    assert_eq!(hostile_total(&db, &view, column), "7");
+    assert_eq!(consume(client, function).await, "");
+    assert_eq!(hostile_total(db, view, column), "7");
     // Without --in-place it is refused, saying why.
-    let (out, _, stderr) = init(&db, &["--keyed", &arg]);
+    let (out, _, stderr) = init(db, &["--keyed", arg]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("add --in-place to convert it again"),
@@ -729,8 +743,8 @@ async fn hostile_names_convert_in_place_and_back() {
     let rollback = again.path().join(refreshd::cli::init::ROLLBACK);
     let out = db.server.psql_file(&db.name, &rollback);
     assert!(out.status.success(), "{}", support::stderr(&out));
-    assert_eq!(kx_relkinds(&db), "m,r,r");
-    assert_eq!(hostile_total(&db, &view, column), "7");
+    assert_eq!(kx_relkinds(db), "m,r,r");
+    assert_eq!(hostile_total(db, view, column), "7");
     assert_eq!(db.psql("SELECT count(*) FROM kx.canary"), "0");
 }
 
