@@ -839,3 +839,109 @@ async fn converting_again_replaces_a_former_single_capture_function() {
         "11/2"
     );
 }
+
+/// Every property of the views that read dv.by_store which the in-place conversion and
+/// its rollback must keep: kind, options, privileges (table and column), owner,
+/// comments, population, indexes, triggers and definition, one line per view.
+const READERS_FINGERPRINT: &str = r#"
+SELECT string_agg(pg_catalog.format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', c.oid::regclass, c.relkind, c.reloptions,
+    c.relacl, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'), c.relispopulated,
+    (SELECT string_agg(format('%s:%s:%s', attname, attacl, col_description(attrelid, attnum)), ',' ORDER BY attnum)
+       FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0),
+    (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = c.oid),
+    (SELECT string_agg(pg_get_triggerdef(t.oid), ',' ORDER BY tgname) FROM pg_trigger t WHERE tgrelid = c.oid AND NOT tgisinternal),
+    replace(pg_get_viewdef(c.oid), E'\n', ' ')), E'\n' ORDER BY c.relname)
+FROM pg_class c WHERE c.relnamespace = 'dv'::regnamespace AND c.relkind IN ('v', 'm') AND c.relname NOT IN ('by_store', 'by_store_def')"#;
+
+/// `--in-place` on a materialized view that other views read (a view, a view on that
+/// view, a materialized view with indexes, an unpopulated one): PostgreSQL would refuse
+/// to drop it, so the conversion keeps them, each exactly as it was (options, owner,
+/// grants, comments, indexes, triggers), reading the table; refreshd refreshes the
+/// materialized one after the keyed view; the rollback keeps them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_keeps_the_views_that_read_it() {
+    let db = TestDb::new();
+    let roles = support::TestRoles::create(&db, &["dv_reader", "dv_owner"]);
+    let (reader, owner) = (roles.name("dv_reader"), roles.name("dv_owner"));
+    db.psql(&format!(
+        r#"CREATE SCHEMA dv;
+         GRANT USAGE ON SCHEMA dv TO {reader}, {owner};
+         CREATE TABLE dv.sales (id int PRIMARY KEY, store int NOT NULL, amt int NOT NULL);
+         INSERT INTO dv.sales SELECT g, g % 5, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW dv.by_store AS SELECT store, count(*) AS n, sum(amt) AS total FROM dv.sales GROUP BY store;
+         CREATE UNIQUE INDEX by_store_key ON dv.by_store (store);
+         GRANT SELECT ON dv.by_store TO {owner};
+         CREATE VIEW dv.big WITH (security_barrier) AS SELECT store, total FROM dv.by_store WHERE total > 1000;
+         ALTER VIEW dv.big OWNER TO {owner};
+         GRANT SELECT ON dv.big TO {reader};
+         COMMENT ON VIEW dv.big IS 'stores over 1,000: it''s big';
+         CREATE FUNCTION dv.refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'read only'; END$$;
+         CREATE TRIGGER big_insert INSTEAD OF INSERT ON dv.big FOR EACH ROW EXECUTE FUNCTION dv.refuse();
+         CREATE VIEW dv."Top ""one""" AS SELECT * FROM dv.big ORDER BY total DESC LIMIT 1;
+         CREATE MATERIALIZED VIEW dv.share AS SELECT s.store, s.total::numeric / t.every AS share
+             FROM dv.by_store s, (SELECT sum(total) AS every FROM dv.by_store) t;
+         CREATE UNIQUE INDEX share_key ON dv.share (store);
+         CREATE INDEX share_share ON dv.share (share);
+         GRANT SELECT (store) ON dv.share TO {reader};
+         COMMENT ON COLUMN dv.share.share IS 'of all sales';
+         CREATE MATERIALIZED VIEW dv.later AS SELECT store FROM dv.by_store WITH NO DATA;"#
+    ));
+    let before = db.psql(READERS_FINGERPRINT);
+    assert_eq!(before.lines().count(), 4, "{before}");
+    let sql_dir = tempfile::tempdir().unwrap();
+    let sql = sql_dir.path().to_str().unwrap();
+    let args = [
+        "--schema",
+        "dv",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "dv.by_store",
+        "--sql",
+        sql,
+    ];
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'dv.by_store'::regclass"),
+        "r"
+    );
+    assert_eq!(db.psql(READERS_FINGERPRINT), before);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("SET ROLE {reader}"))
+        .await
+        .unwrap();
+    let big: i64 = client
+        .query_one("SELECT count(*) FROM dv.big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(big, 3);
+    // The materialized view reading it is refreshed after the keyed view.
+    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"0s\""));
+    d.wait_ready(Duration::from_secs(30)).await;
+    db.psql("INSERT INTO dv.sales SELECT g, 7, 3 FROM generate_series(101, 110) g");
+    let share = "SELECT s.store, s.total::numeric / t.every AS share FROM dv.by_store_def s, \
+                 (SELECT sum(total) AS every FROM dv.by_store_def) t";
+    wait_equal(&db.dsn(), "", &[Exact::query("dv.share", share)]).await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM dv.share WHERE store = 7"),
+        "1"
+    );
+    drop(d);
+    // refreshd populated dv.later at its start: the rollback keeps it as it is now.
+    let before = db.psql(READERS_FINGERPRINT);
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'dv.by_store'::regclass"),
+        "m"
+    );
+    assert_eq!(db.psql(READERS_FINGERPRINT), before);
+    assert_eq!(
+        db.psql(r#"SELECT store || '/' || total FROM dv."Top ""one""""#),
+        "0/1050"
+    );
+}

@@ -314,7 +314,7 @@ pub fn channel_for(view: &QualifiedName) -> String {
 }
 
 /// Dollar-quotes `body` with a tag it does not contain.
-fn dollar(body: &str) -> String {
+pub(super) fn dollar(body: &str) -> String {
     let mut n = 0;
     loop {
         let tag = if n == 0 {
@@ -337,7 +337,7 @@ pub(crate) fn pg_op(o: &str) -> String {
     format!("OPERATOR(pg_catalog.{o})")
 }
 
-fn literal(s: &str) -> String {
+pub(super) fn literal(s: &str) -> String {
     crate::pg::refresh::quote_literal(s)
 }
 
@@ -733,6 +733,9 @@ impl<'a> Conversion<'a> {
                 "-- The materialized view gives way to a table of the same name (its definition stays in {}).",
                 sql_comment(&def.to_string())
             );
+            // Views reading it are kept: saved and dropped here, created again once the
+            // table is filled (the install's end).
+            w.push_str(&super::dependents::save_and_drop_sql(v, 'm'));
             let body = format!(
                 "BEGIN\n    IF EXISTS ({}) THEN\n        DROP MATERIALIZED VIEW {};\n    END IF;\nEND;\n",
                 Self::relkind_is(v, "m"),
@@ -1277,6 +1280,7 @@ impl Conversion<'_> {
             }
         }
         if self.f.in_place {
+            r.push_str(&super::dependents::save_and_drop_sql(v, 'r'));
             let body = format!(
                 "BEGIN\n    IF EXISTS ({}) THEN\n        DROP TABLE {};\n    END IF;\nEND;\n",
                 Self::relkind_is(v, "r"),
@@ -1292,6 +1296,7 @@ impl Conversion<'_> {
             );
             self.index_sql(r);
             self.grant_sql(r, &format!("TABLE {}", v.quoted()));
+            r.push_str(&super::dependents::restore_sql());
         } else {
             let _ = writeln!(r, "DROP TABLE IF EXISTS {};", n.table.quoted());
         }
@@ -1316,6 +1321,9 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     generated.capture = c.capture_sql(&reached, &mut install, &mut rollback)?;
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);
+    if f.in_place {
+        install.push_str(&super::dependents::restore_sql());
+    }
     generated.install = install;
     generated.rollback = rollback;
     Ok(generated)

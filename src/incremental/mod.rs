@@ -11,6 +11,7 @@
 //! caller to wire into the capture and the keyed refresh.
 
 pub mod delta;
+mod dependents;
 mod derive;
 pub mod generate;
 mod inserts;

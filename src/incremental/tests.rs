@@ -1418,6 +1418,28 @@ fn generate_in_place() {
         .find("CREATE TABLE IF NOT EXISTS \"public\".\"attendance_statistics_summary\" (")
         .unwrap();
     assert!(drop < create);
+    // The views reading it: saved and dropped before the swap, created again at the
+    // end (after the fill); the rollback the same around its own swap.
+    let save = g.install.find("'refreshd.dependents', '', true").unwrap();
+    let restore = g.install.rfind("EXECUTE x.d;").unwrap();
+    let fill = g
+        .install
+        .find("DELETE FROM \"public\".\"attendance_statistics_summary\";")
+        .unwrap();
+    assert!(save < drop && fill < restore, "{}", g.install);
+    assert!(g
+        .install
+        .contains(r#"pg_catalog.to_regclass('"public"."attendance_statistics_summary"')"#));
+    let back = g
+        .rollback
+        .find("DROP TABLE \"public\".\"attendance_statistics_summary\";")
+        .unwrap();
+    let remade = g
+        .rollback
+        .find("CREATE MATERIALIZED VIEW IF NOT EXISTS")
+        .unwrap();
+    assert!(g.rollback.find("'refreshd.dependents', '', true").unwrap() < back);
+    assert!(g.rollback.rfind("EXECUTE x.d;").unwrap() > remade);
     assert!(g.install.contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON public.attendance_statistics_summary USING btree (category_id, season_id);"));
     assert!(g.install.contains(
         r#"GRANT SELECT ON TABLE "public"."attendance_statistics_summary" TO "Readers";"#

@@ -1,0 +1,176 @@
+//! Views that read a view converted in place: kept across the swap.
+//!
+//! `--in-place` drops the materialized view and creates a table of the same name (and
+//! the rollback does the reverse). PostgreSQL refuses to drop a relation other views
+//! read, so the conversion first saves every view and materialized view that reads it,
+//! directly or through other views, and drops them, deepest first; once the table is
+//! filled, it creates them again from their saved definitions, shallowest first, with
+//! their options, owner, privileges (table and column), comments, indexes, triggers,
+//! rules, column defaults and statistics objects. Their definitions are printed by
+//! `pg_get_viewdef` under `search_path = pg_catalog, pg_temp`, so every name in them
+//! is schema-qualified, and run again under the same path: they mean what they meant.
+//! A materialized view is created `WITH DATA` (computed from the new table) when it
+//! was populated.
+//!
+//! Both halves are generic `DO` blocks that read the catalog when they run (not when
+//! `init` ran): the rollback, applied months later, keeps whatever views read the
+//! table then. The saved statements travel from one block to the other in a
+//! transaction-local setting (`refreshd.dependents`), so the install needs no
+//! temporary table. Anything else that reads the relation (a rule on a table, a
+//! function's SQL body) still blocks the DROP, and the transaction fails with
+//! PostgreSQL's error, changing nothing.
+
+use super::generate::{dollar, literal};
+use crate::pg::ident::QualifiedName;
+
+/// The transaction-local setting that carries the saved statements (a JSON array).
+const CARRIER: &str = "refreshd.dependents";
+
+/// Saves and drops every view reading `rel` when it is of `relkind` (`m` before the
+/// install's swap, `r` before the rollback's); otherwise nothing.
+pub fn save_and_drop_sql(rel: &QualifiedName, relkind: char) -> String {
+    let body = format!(
+        r#"DECLARE
+    rel pg_catalog.oid := pg_catalog.to_regclass({name});
+    path text := pg_catalog.current_setting('search_path');
+    ddl text[] := '{{}}';
+    drops text[] := '{{}}';
+    kind text;
+    o record;
+    x record;
+BEGIN
+    PERFORM pg_catalog.set_config({carrier}, '', true);
+    IF rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) rel AND c.relkind OPERATOR(pg_catalog.=) {relkind}) THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    FOR o IN
+        WITH RECURSIVE dep(oid, lvl) AS (
+            SELECT r.ev_class, 1 FROM pg_catalog.pg_depend d
+            JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN'
+            WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+              AND d.refobjid = rel AND r.ev_class <> rel
+            UNION ALL
+            SELECT r.ev_class, dep.lvl + 1 FROM dep
+            JOIN pg_catalog.pg_depend d ON d.refobjid = dep.oid
+              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+              AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+            JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN'
+            WHERE r.ev_class <> dep.oid
+        ), deepest AS (SELECT dep.oid, pg_catalog.max(dep.lvl) AS lvl FROM dep GROUP BY dep.oid)
+        SELECT c.oid, c.oid::pg_catalog.regclass::text AS name, c.relkind, c.reloptions, c.relacl,
+               c.relispopulated, pg_catalog.pg_get_userbyid(c.relowner) AS owner, ts.spcname, am.amname
+        FROM deepest JOIN pg_catalog.pg_class c ON c.oid = deepest.oid
+        LEFT JOIN pg_catalog.pg_tablespace ts ON ts.oid = c.reltablespace
+        LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam
+        WHERE c.relkind IN ('v', 'm')
+        ORDER BY deepest.lvl, c.oid
+    LOOP
+        kind := CASE o.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END;
+        ddl := ddl || pg_catalog.format('CREATE %s %s%s%s%s AS %s%s', kind, o.name,
+            CASE WHEN o.relkind = 'm' AND o.amname IS NOT NULL AND o.amname <> 'heap' THEN ' USING ' || pg_catalog.quote_ident(o.amname) ELSE '' END,
+            CASE WHEN o.reloptions IS NOT NULL THEN ' WITH (' || pg_catalog.array_to_string(o.reloptions, ', ') || ')' ELSE '' END,
+            CASE WHEN o.relkind = 'm' AND o.spcname IS NOT NULL THEN ' TABLESPACE ' || pg_catalog.quote_ident(o.spcname) ELSE '' END,
+            pg_catalog.rtrim(pg_catalog.pg_get_viewdef(o.oid), E'; \n\t'),
+            CASE WHEN o.relkind <> 'm' THEN '' WHEN o.relispopulated THEN ' WITH DATA' ELSE ' WITH NO DATA' END);
+        IF o.owner <> CURRENT_USER THEN
+            ddl := ddl || pg_catalog.format('ALTER %s %s OWNER TO %I', kind, o.name, o.owner);
+        END IF;
+        IF o.relacl IS NOT NULL THEN
+            ddl := ddl || pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', o.name)
+                       || pg_catalog.format('REVOKE ALL ON TABLE %s FROM %I', o.name, o.owner);
+            FOR x IN SELECT a.privilege_type, a.is_grantable,
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
+                FROM pg_catalog.aclexplode(o.relacl) a
+            LOOP
+                ddl := ddl || pg_catalog.format('GRANT %s ON TABLE %s TO %s%s', x.privilege_type, o.name, x.grantee,
+                    CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+        END IF;
+        FOR x IN SELECT att.attname, a.privilege_type, a.is_grantable,
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
+            FROM pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a
+            WHERE att.attrelid = o.oid AND att.attacl IS NOT NULL ORDER BY att.attnum
+        LOOP
+            ddl := ddl || pg_catalog.format('GRANT %s (%I) ON TABLE %s TO %s%s', x.privilege_type, x.attname, o.name, x.grantee,
+                CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        IF pg_catalog.obj_description(o.oid, 'pg_class') IS NOT NULL THEN
+            ddl := ddl || pg_catalog.format('COMMENT ON %s %s IS %L', kind, o.name, pg_catalog.obj_description(o.oid, 'pg_class'));
+        END IF;
+        FOR x IN SELECT att.attname, pg_catalog.col_description(o.oid, att.attnum) AS d FROM pg_catalog.pg_attribute att
+            WHERE att.attrelid = o.oid AND att.attnum > 0 AND NOT att.attisdropped
+              AND pg_catalog.col_description(o.oid, att.attnum) IS NOT NULL ORDER BY att.attnum
+        LOOP
+            ddl := ddl || pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', o.name, x.attname, x.d);
+        END LOOP;
+        FOR x IN SELECT pg_catalog.pg_get_indexdef(i.indexrelid) AS d, i.indexrelid::pg_catalog.regclass::text AS ix,
+                pg_catalog.obj_description(i.indexrelid, 'pg_class') AS c
+            FROM pg_catalog.pg_index i WHERE i.indrelid = o.oid ORDER BY i.indexrelid
+        LOOP
+            ddl := ddl || x.d;
+            IF x.c IS NOT NULL THEN
+                ddl := ddl || pg_catalog.format('COMMENT ON INDEX %s IS %L', x.ix, x.c);
+            END IF;
+        END LOOP;
+        FOR x IN SELECT pg_catalog.pg_get_statisticsobjdef(s.oid) AS d FROM pg_catalog.pg_statistic_ext s
+            WHERE s.stxrelid = o.oid ORDER BY s.oid
+        LOOP
+            ddl := ddl || x.d;
+        END LOOP;
+        FOR x IN SELECT pg_catalog.pg_get_triggerdef(t.oid) AS d FROM pg_catalog.pg_trigger t
+            WHERE t.tgrelid = o.oid AND NOT t.tgisinternal ORDER BY t.tgname
+        LOOP
+            ddl := ddl || x.d;
+        END LOOP;
+        FOR x IN SELECT pg_catalog.pg_get_ruledef(r.oid) AS d FROM pg_catalog.pg_rewrite r
+            WHERE r.ev_class = o.oid AND r.rulename <> '_RETURN' ORDER BY r.rulename
+        LOOP
+            ddl := ddl || x.d;
+        END LOOP;
+        FOR x IN SELECT att.attname, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) AS e FROM pg_catalog.pg_attrdef ad
+            JOIN pg_catalog.pg_attribute att ON att.attrelid = ad.adrelid AND att.attnum = ad.adnum
+            WHERE ad.adrelid = o.oid ORDER BY att.attnum
+        LOOP
+            ddl := ddl || pg_catalog.format('ALTER %s %s ALTER COLUMN %I SET DEFAULT %s', kind, o.name, x.attname, x.e);
+        END LOOP;
+        drops := pg_catalog.format('DROP %s %s', kind, o.name) || drops;
+    END LOOP;
+    FOR x IN SELECT pg_catalog.unnest(drops) AS s LOOP
+        EXECUTE x.s;
+    END LOOP;
+    PERFORM pg_catalog.set_config({carrier}, pg_catalog.array_to_json(ddl)::text, true);
+    PERFORM pg_catalog.set_config('search_path', path, true);
+END;
+"#,
+        name = literal(&rel.quoted()),
+        relkind = literal(&relkind.to_string()),
+        carrier = literal(CARRIER),
+    );
+    format!("DO {};\n", dollar(&body))
+}
+
+/// Creates again, in order, whatever [`save_and_drop_sql`] saved in this transaction.
+pub fn restore_sql() -> String {
+    let body = format!(
+        r#"DECLARE
+    saved text := pg_catalog.current_setting({carrier}, true);
+    path text := pg_catalog.current_setting('search_path');
+    x record;
+BEGIN
+    IF saved IS NULL OR saved = '' THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    FOR x IN SELECT s.value AS d FROM pg_catalog.json_array_elements_text(saved::pg_catalog.json) WITH ORDINALITY AS s(value, n) ORDER BY s.n LOOP
+        EXECUTE x.d;
+    END LOOP;
+    PERFORM pg_catalog.set_config({carrier}, '', true);
+    PERFORM pg_catalog.set_config('search_path', path, true);
+END;
+"#,
+        carrier = literal(CARRIER),
+    );
+    format!("DO {};\n", dollar(&body))
+}
