@@ -861,8 +861,9 @@ FROM pg_class c WHERE c.relnamespace = 'dv'::regnamespace AND c.relkind IN ('v',
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_place_keeps_the_views_that_read_it() {
     let db = TestDb::new();
-    let roles = support::TestRoles::create(&db, &["dv_reader", "dv_owner"]);
+    let roles = support::TestRoles::create(&db, &["dv_reader", "dv_owner", "dv_app"]);
     let (reader, owner) = (roles.name("dv_reader"), roles.name("dv_owner"));
+    let app = roles.name("dv_app");
     db.psql(&format!(
         r#"CREATE SCHEMA dv;
          GRANT USAGE ON SCHEMA dv TO {reader}, {owner};
@@ -870,6 +871,9 @@ async fn in_place_keeps_the_views_that_read_it() {
          INSERT INTO dv.sales SELECT g, g % 5, g FROM generate_series(1, 100) g;
          CREATE MATERIALIZED VIEW dv.by_store AS SELECT store, count(*) AS n, sum(amt) AS total FROM dv.sales GROUP BY store;
          CREATE UNIQUE INDEX by_store_key ON dv.by_store (store);
+         GRANT USAGE ON SCHEMA dv TO {app};
+         GRANT SELECT ON dv.sales TO {app};
+         ALTER MATERIALIZED VIEW dv.by_store OWNER TO {app};
          GRANT SELECT ON dv.by_store TO {owner};
          CREATE VIEW dv.big WITH (security_barrier) AS SELECT store, total FROM dv.by_store WHERE total > 1000;
          ALTER VIEW dv.big OWNER TO {owner};
@@ -907,6 +911,16 @@ async fn in_place_keeps_the_views_that_read_it() {
         "r"
     );
     assert_eq!(db.psql(READERS_FINGERPRINT), before);
+    // The view's owner owns the table and its definition, whoever ran init: it reads
+    // its view as before.
+    assert_eq!(
+        db.psql("SELECT string_agg(pg_get_userbyid(relowner), ',' ORDER BY relname) FROM pg_class WHERE oid IN ('dv.by_store'::regclass, 'dv.by_store_def'::regclass)"),
+        format!("{app},{app}")
+    );
+    assert_eq!(
+        db.psql(&format!("SET ROLE {app}; SELECT count(*) FROM dv.by_store")),
+        "5"
+    );
     let client = db.client().await;
     client
         .batch_execute(&format!("SET ROLE {reader}"))
@@ -936,8 +950,8 @@ async fn in_place_keeps_the_views_that_read_it() {
     let out = db.server.psql_file(&db.name, &rollback);
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert_eq!(
-        db.psql("SELECT relkind FROM pg_class WHERE oid = 'dv.by_store'::regclass"),
-        "m"
+        db.psql("SELECT relkind::text || pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'dv.by_store'::regclass"),
+        format!("m{app}")
     );
     assert_eq!(db.psql(READERS_FINGERPRINT), before);
     assert_eq!(

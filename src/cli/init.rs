@@ -248,7 +248,8 @@ const KEYED_SQL: &str = "SELECT c.oid, c.relkind::text, \
            AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
            AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
          ORDER BY ic.relname LIMIT 1), \
-       CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.obj_description(c.oid, 'pg_class') END \
+       CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.obj_description(c.oid, 'pg_class') END, \
+       pg_catalog.pg_get_userbyid(c.relowner)::text \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
 
@@ -357,6 +358,7 @@ async fn derive_one(
     let mut definition: Option<String> = r.get(2);
     let key: Option<Vec<String>> = r.get(3);
     let oid: u32 = r.get(0);
+    let owner: String = r.get(5);
     // A table this command converted in place before (its comment says so): converted
     // again from its definition view, e.g. to install a newer capture. The install is
     // idempotent (the table stays, its rows are recomputed in the same transaction),
@@ -376,7 +378,7 @@ async fn derive_one(
         Ok((d, definition)) => {
             let facts = keyed_facts(
                 client,
-                name,
+                (name, &owner),
                 oid,
                 definition,
                 &d,
@@ -601,7 +603,7 @@ const DELTA_COLUMNS_SQL: &str = "SELECT a.attname::text, \
 #[allow(clippy::too_many_arguments)]
 async fn keyed_facts(
     client: &tokio_postgres::Client,
-    view: &QualifiedName,
+    (view, owner): (&QualifiedName, &str),
     oid: u32,
     definition: String,
     d: &Derivation,
@@ -658,6 +660,7 @@ async fn keyed_facts(
             tables,
             indexes,
             grants,
+            owner: Some(owner.to_string()),
             in_place,
             delta: None,
         },

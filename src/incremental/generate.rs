@@ -99,6 +99,10 @@ pub struct Facts {
     /// the materialized view by the in-place rollback).
     pub indexes: Vec<String>,
     pub grants: Vec<Grant>,
+    /// The view's owner. In place, the table and the definition view are given to it
+    /// (and the rollback gives it the materialized view again): the role that owned
+    /// the view keeps reading and writing what replaced it, whoever ran `init`.
+    pub owner: Option<String>,
     /// Replace the materialized view by a table of the same name.
     pub in_place: bool,
     /// Changes to its fact table applied as deltas ([`super::delta::delta_plan`], whose
@@ -786,6 +790,15 @@ impl<'a> Conversion<'a> {
                 d.key.join(", ")
             ))
         );
+        if let (true, Some(owner)) = (f.in_place, &f.owner) {
+            let _ = writeln!(
+                w,
+                "ALTER TABLE {} OWNER TO {o};\nALTER VIEW {} OWNER TO {o};",
+                table.quoted(),
+                def.quoted(),
+                o = quote_ident(owner)
+            );
+        }
     }
 
     /// The change buffer, dropped and created again (the fill covers whatever it held).
@@ -1296,6 +1309,14 @@ impl Conversion<'_> {
             );
             self.index_sql(r);
             self.grant_sql(r, &format!("TABLE {}", v.quoted()));
+            if let Some(owner) = &self.f.owner {
+                let _ = writeln!(
+                    r,
+                    "ALTER MATERIALIZED VIEW {} OWNER TO {};",
+                    v.quoted(),
+                    quote_ident(owner)
+                );
+            }
             r.push_str(&super::dependents::restore_sql());
         } else {
             let _ = writeln!(r, "DROP TABLE IF EXISTS {};", n.table.quoted());

@@ -1088,6 +1088,7 @@ fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>)
         tables,
         indexes: Vec::new(),
         grants: Vec::new(),
+        owner: None,
         in_place: false,
         delta: None,
     }
@@ -1394,6 +1395,7 @@ fn generate_in_place() {
     let view = QualifiedName::new("public", "attendance_statistics_summary");
     let mut f = facts(view, sql, &d, base(&d, &[]));
     f.in_place = true;
+    f.owner = Some("App \"owner\"".into());
     f.indexes = vec!["CREATE UNIQUE INDEX ix ON public.attendance_statistics_summary USING btree (category_id, season_id)".into()];
     f.grants = vec![
         Grant {
@@ -1440,6 +1442,9 @@ fn generate_in_place() {
         .unwrap();
     assert!(g.rollback.find("'refreshd.dependents', '', true").unwrap() < back);
     assert!(g.rollback.rfind("EXECUTE x.d;").unwrap() > remade);
+    // The view's owner gets the table and the definition view, and the view back.
+    assert!(g.install.contains("ALTER TABLE \"public\".\"attendance_statistics_summary\" OWNER TO \"App \"\"owner\"\"\";\nALTER VIEW \"public\".\"attendance_statistics_summary_def\" OWNER TO \"App \"\"owner\"\"\";"), "{}", g.install);
+    assert!(g.rollback.contains("ALTER MATERIALIZED VIEW \"public\".\"attendance_statistics_summary\" OWNER TO \"App \"\"owner\"\"\";"));
     assert!(g.install.contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON public.attendance_statistics_summary USING btree (category_id, season_id);"));
     assert!(g.install.contains(
         r#"GRANT SELECT ON TABLE "public"."attendance_statistics_summary" TO "Readers";"#
