@@ -884,11 +884,13 @@ async fn in_place_keeps_the_views_that_read_it() {
          CREATE VIEW dv."Top ""one""" AS SELECT * FROM dv.big ORDER BY total DESC LIMIT 1;
          CREATE MATERIALIZED VIEW dv.share AS SELECT s.store, s.total::numeric / t.every AS share
              FROM dv.by_store s, (SELECT sum(total) AS every FROM dv.by_store) t;
+         ALTER MATERIALIZED VIEW dv.share OWNER TO {app};
          CREATE UNIQUE INDEX share_key ON dv.share (store);
          CREATE INDEX share_share ON dv.share (share);
          GRANT SELECT (store) ON dv.share TO {reader};
          COMMENT ON COLUMN dv.share.share IS 'of all sales';
-         CREATE MATERIALIZED VIEW dv.later AS SELECT store FROM dv.by_store WITH NO DATA;"#
+         CREATE MATERIALIZED VIEW dv.later AS SELECT store FROM dv.by_store WITH NO DATA;
+         ALTER MATERIALIZED VIEW dv.later OWNER TO {app};"#
     ));
     let before = db.psql(READERS_FINGERPRINT);
     assert_eq!(before.lines().count(), 4, "{before}");
@@ -932,8 +934,13 @@ async fn in_place_keeps_the_views_that_read_it() {
         .unwrap()
         .get(0);
     assert_eq!(big, 3);
-    // The materialized view reading it is refreshed after the keyed view.
-    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"0s\""));
+    // The materialized view reading it is refreshed after the keyed view, by a refreshd
+    // running as the views' owner (not the role that ran init).
+    let config = config
+        .replace("debounce = \"2s\"", "debounce = \"0s\"")
+        .replace("user=postgres", &format!("user={app}"));
+    assert!(config.contains(&format!("user={app}")), "{config}");
+    let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(30)).await;
     db.psql("INSERT INTO dv.sales SELECT g, 7, 3 FROM generate_series(101, 110) g");
     let share = "SELECT s.store, s.total::numeric / t.every AS share FROM dv.by_store_def s, \

@@ -1338,6 +1338,17 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         c.delta_sql(p, &mut install, &mut generated)?;
     }
     install.push_str(&consume_function_sql(&generated));
+    if let (true, Some(owner)) = (f.in_place, &f.owner) {
+        // The owner could refresh its materialized view; it can run refreshd on the
+        // table that replaced it (the consume function is refreshd's one entry).
+        let _ = writeln!(
+            install,
+            "GRANT USAGE ON SCHEMA {} TO {o};\nGRANT EXECUTE ON FUNCTION {}() TO {o};",
+            quote_ident(&generated.consume.schema),
+            generated.consume.quoted(),
+            o = quote_ident(owner)
+        );
+    }
     let mut rollback = String::new();
     generated.capture = c.capture_sql(&reached, &mut install, &mut rollback)?;
     c.rollback_sql(&mut rollback);

@@ -1445,6 +1445,7 @@ fn generate_in_place() {
     // The view's owner gets the table and the definition view, and the view back.
     assert!(g.install.contains("ALTER TABLE \"public\".\"attendance_statistics_summary\" OWNER TO \"App \"\"owner\"\"\";\nALTER VIEW \"public\".\"attendance_statistics_summary_def\" OWNER TO \"App \"\"owner\"\"\";"), "{}", g.install);
     assert!(g.rollback.contains("ALTER MATERIALIZED VIEW \"public\".\"attendance_statistics_summary\" OWNER TO \"App \"\"owner\"\"\";"));
+    assert!(g.install.contains("GRANT EXECUTE ON FUNCTION \"refreshd\".\"public_attendance_statistics_summary_consume\"() TO \"App \"\"owner\"\"\";"));
     assert!(g.install.contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON public.attendance_statistics_summary USING btree (category_id, season_id);"));
     assert!(g.install.contains(
         r#"GRANT SELECT ON TABLE "public"."attendance_statistics_summary" TO "Readers";"#
