@@ -463,10 +463,20 @@ type Converted = (
 /// The conversion of a derived view, with deltas when a fact table takes them.
 fn convert(
     name: &QualifiedName,
-    d: Derivation,
+    mut d: Derivation,
     facts: Result<(Facts, Vec<DeltaTable>), String>,
     catalog: &Catalog,
 ) -> Converted {
+    // Row-level security: which rows the view's owner sees depends on columns the
+    // definition may not read (a policy on a status column). An UPDATE of any column
+    // can move a row in or out of the view, so every column counts as read.
+    if let Ok((_, tables)) = &facts {
+        for t in &mut d.tables {
+            if let Some(dt) = tables.iter().find(|x| x.table == t.table && x.row_security) {
+                t.reads = dt.columns.iter().map(|(c, _)| c.clone()).collect();
+            }
+        }
+    }
     let (mut f, delta_tables, g) =
         match facts.and_then(|(f, dt)| generate::generate(&d, &f).map(|g| (f, dt, g))) {
             Err(e) => return (Err(e), None, None),
@@ -569,7 +579,10 @@ const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
 
 /// Whether the role may lock a table's rows (`SELECT ... FOR KEY SHARE` needs UPDATE
 /// privilege on some column).
-const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE') \
+const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE'), \
+       c.relrowsecurity, \
+       (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) \
+         OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity) \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
 
@@ -693,11 +706,12 @@ async fn table_facts(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let lockable = client
-        .query_typed(LOCKABLE_SQL, by_name)
-        .await?
+    let facts = client.query_typed(LOCKABLE_SQL, by_name).await?;
+    let lockable = facts.first().is_some_and(|r| r.get::<_, bool>(0));
+    let row_security = facts.first().is_some_and(|r| r.get::<_, bool>(1));
+    let row_security_bypassed = facts
         .first()
-        .is_some_and(|r| r.get::<_, bool>(0));
+        .is_some_and(|r| r.get::<_, Option<bool>>(2).unwrap_or(false));
     let rows = client.query_typed(DELTA_COLUMNS_SQL, by_name).await?;
     let delta = DeltaTable {
         table: table.to_string(),
@@ -709,6 +723,7 @@ async fn table_facts(
             .map(|r| r.get(0))
             .collect(),
         incomparable: incomparable.clone(),
+        row_security,
         estimated_rows: rows
             .first()
             .and_then(|r| r.get::<_, Option<f64>>(3))
@@ -721,6 +736,7 @@ async fn table_facts(
         partitions,
         incomparable,
         lockable,
+        row_security: row_security && !row_security_bypassed,
     };
     Ok((base, delta))
 }

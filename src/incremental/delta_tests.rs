@@ -98,6 +98,7 @@ fn base_table(
             .cloned()
             .collect(),
         incomparable: Vec::new(),
+        row_security: false,
         estimated_rows: rows
             .iter()
             .find(|(r, _)| *r == n)
@@ -171,6 +172,7 @@ fn inventory_views_are_refused() {
         columns: vec![("warehouse_id".into(), "int".into())],
         not_null: Vec::new(),
         incomparable: Vec::new(),
+        row_security: false,
         estimated_rows: 1.0,
     }];
     let cols = vec![
@@ -439,6 +441,7 @@ fn tpch_q5() {
                     .collect(),
                 not_null: Vec::new(),
                 incomparable: Vec::new(),
+                row_security: false,
                 estimated_rows: 1.0,
             }
         })
@@ -623,6 +626,7 @@ fn names() {
         name: "Odd \"t\"".into(),
         kind: RelationKind::Table,
         columns: vec!["g".into(), "refreshd_sign".into(), "x".into()],
+        types: Vec::new(),
     });
     let sql =
         "SELECT t.g, count(*) AS n, sum(t.x) AS sx FROM tpch.\"Odd \"\"t\"\"\" t GROUP BY t.g";
@@ -637,6 +641,7 @@ fn names() {
         ],
         not_null: vec!["x".into()],
         incomparable: vec!["x".into()],
+        row_security: false,
         estimated_rows: 10.0,
     }];
     let cols = vec![
@@ -682,6 +687,7 @@ fn grouped_column_with_a_dot_in_its_name() {
         name: "dotted".into(),
         kind: RelationKind::Table,
         columns: vec!["a.b".into(), "x".into()],
+        types: Vec::new(),
     });
     let sql = "SELECT t.\"a.b\", lower(t.\"a.b\") AS l, count(*) AS n, sum(t.x) AS sx FROM tpch.dotted t GROUP BY t.\"a.b\"";
     let d = derive(sql, &["a.b"], &cat).unwrap();
@@ -694,6 +700,7 @@ fn grouped_column_with_a_dot_in_its_name() {
         ],
         not_null: vec!["a.b".into(), "x".into()],
         incomparable: Vec::new(),
+        row_security: false,
         estimated_rows: 10.0,
     }];
     let cols = vec![

@@ -273,7 +273,17 @@ fn carry(
         let mut via = Vec::new();
         let mut subst = Vec::new();
         for c in e.columns() {
-            let mine = classes.class_of(&c).into_iter().find(|d| d.inst == i)?;
+            // Its own column of exactly the key column's type: a value of another type
+            // (wider, another modifier, another time zone rule) would be cast into the
+            // key's type when buffered, failing the writer or naming the wrong group.
+            let mine = classes.class_of(&c).into_iter().find(|d| {
+                d.inst == i
+                    && (d.inst == c.inst
+                        || match (inst[d.inst].type_of(&d.col), inst[c.inst].type_of(&c.col)) {
+                            (Some(x), Some(y)) => x == y,
+                            _ => true,
+                        })
+            })?;
             let same = inst[c.inst].table == inst[i].table && c.col == mine.col;
             if c.inst != i && !same {
                 via.push(format!(

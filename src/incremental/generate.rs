@@ -60,6 +60,9 @@ pub struct BaseTable {
     /// The role creating the triggers (their functions run as it) may lock its rows
     /// (`FOR KEY SHARE` / `FOR UPDATE` need UPDATE privilege on some column).
     pub lockable: bool,
+    /// Row-level security applies to that role on this table: the triggers' joins
+    /// would not see the rows its policies hide, and miss their keys. Refused.
+    pub row_security: bool,
 }
 
 /// One privilege of the materialized view's ACL (`aclexplode`).
@@ -611,6 +614,12 @@ impl<'a> Conversion<'a> {
     /// Tables reached through a join path (their UPDATE waits for the path's
     /// lockers), after checking the role may lock them.
     fn reached(&self) -> Result<BTreeMap<String, Reached>, String> {
+        if let Some(b) = self.f.tables.iter().find(|b| b.row_security) {
+            return Err(format!(
+                "row-level security on {} applies to the role running init, as whom the capture triggers run: they would not see the rows its policies hide, nor the keys those rows reach (run init as a role that bypasses it: a superuser, a BYPASSRLS role, or the table's owner when it does not FORCE ROW LEVEL SECURITY)",
+                b.name
+            ));
+        }
         for t in &self.d.tables {
             if let How::JoinPath { paths, .. } = &t.how {
                 for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {

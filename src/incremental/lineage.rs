@@ -29,6 +29,54 @@ pub struct Instance {
     pub opaque: bool,
     /// The relation's columns, in catalog order.
     pub columns: Vec<String>,
+    /// Their types (`format_type`), in the same order; empty when unknown.
+    pub types: Vec<String>,
+}
+
+impl Instance {
+    /// The type of column `col`, when the catalog gave it.
+    pub fn type_of(&self, col: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == col)?;
+        self.types.get(i).map(String::as_str)
+    }
+}
+
+/// A type without its modifier: `numeric(5,2)` → `numeric`, `timestamp(3) with time
+/// zone` → `timestamp with time zone`.
+fn without_typmod(ty: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for ch in ty.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `a = b` between columns of these two types compares the same way in every
+/// session and for every value of either type, so that a key can travel across it:
+/// one type (modifiers aside), or two of a family whose comparison converts without
+/// loss or session state (integers and numeric, the two floats, the string types).
+/// Anything else (`timestamp` against `timestamptz` or `date`, which convert through
+/// the session's TimeZone; a domain against its base type; arrays of different types)
+/// is treated like a non-equi join.
+pub fn comparable_types(a: &str, b: &str) -> bool {
+    let (a, b) = (without_typmod(a), without_typmod(b));
+    if a == b {
+        return true;
+    }
+    const FAMILIES: [&[&str]; 3] = [
+        &["smallint", "integer", "bigint", "numeric"],
+        &["real", "double precision"],
+        &["text", "character varying", "character", "name"],
+    ];
+    FAMILIES
+        .iter()
+        .any(|f| f.contains(&a.as_str()) && f.contains(&b.as_str()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -331,8 +379,29 @@ impl Analyzer<'_> {
             if op == "=" && args.len() == 2 {
                 match (&args[0], &args[1]) {
                     (RExpr::Col(a), RExpr::Col(b)) => {
-                        self.lineage.equalities.push((a.clone(), b.clone()));
-                        return;
+                        let inst = &self.lineage.instances;
+                        match (inst[a.inst].type_of(&a.col), inst[b.inst].type_of(&b.col)) {
+                            (Some(x), Some(y)) if !comparable_types(x, y) => {
+                                kind = "a join between columns of different types";
+                                let text = format!(
+                                    "{}.{} {x}, {}.{} {y}",
+                                    inst[a.inst].alias, a.col, inst[b.inst].alias, b.col
+                                );
+                                let mut insts = vec![a.inst, b.inst];
+                                insts.sort();
+                                insts.dedup();
+                                if insts.len() > 1 {
+                                    self.lineage
+                                        .non_equi
+                                        .push((insts, format!("{kind} ({text})")));
+                                }
+                                return;
+                            }
+                            _ => {
+                                self.lineage.equalities.push((a.clone(), b.clone()));
+                                return;
+                            }
+                        }
                     }
                     // Equal after a conversion (a timestamp cast to a date, a number
                     // to text...) is not equal before it: the key cannot travel.
@@ -447,6 +516,7 @@ impl Analyzer<'_> {
             nullable,
             opaque,
             columns: rel.columns.clone(),
+            types: rel.types.clone(),
         });
         let columns = rel
             .columns

@@ -62,6 +62,9 @@ pub struct Relation {
     pub name: String,
     pub kind: RelationKind,
     pub columns: Vec<String>,
+    /// `format_type` of each column, in `columns` order; empty when unknown (every
+    /// equi-join then carries the key as if both sides had one type).
+    pub types: Vec<String>,
 }
 
 /// The catalog facts the derivation needs, as plain data.
@@ -121,7 +124,21 @@ impl Catalog {
             name,
             kind,
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            types: Vec::new(),
         });
+        self
+    }
+
+    /// Gives `qualified`'s columns their types (`format_type`), in column order.
+    pub fn typed(mut self, qualified: &str, types: &[&str]) -> Self {
+        let (schema, name) = split(qualified);
+        if let Some(r) = self
+            .relations
+            .iter_mut()
+            .find(|r| r.schema == schema && r.name == name)
+        {
+            r.types = types.iter().map(|t| t.to_string()).collect();
+        }
         self
     }
 

@@ -1068,6 +1068,7 @@ fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
                 partitions: parts,
                 incomparable: Vec::new(),
                 lockable: true,
+                row_security: false,
             }
         })
         .collect()
@@ -1588,4 +1589,60 @@ fn session_dependent_condition_keeps_the_key_carried() {
         line(&d, "tpch.orders"),
         "orders: carries the key (o_orderkey)"
     );
+}
+
+/// A column carries the key only with exactly the key's type; across a wider type the
+/// table joins the key's table; across a comparison that depends on the session (a
+/// timestamp against a timestamptz) the key does not travel at all.
+#[test]
+fn keys_travel_across_types_only_where_the_values_are_the_same() {
+    let catalog = Catalog::new()
+        .table("dim", &["id", "amt", "ts"])
+        .typed(
+            "dim",
+            &["integer", "numeric(5,2)", "timestamp with time zone"],
+        )
+        .table("fact", &["id", "dim_id", "amt", "ts", "same"])
+        .typed(
+            "fact",
+            &[
+                "integer",
+                "bigint",
+                "numeric",
+                "timestamp without time zone",
+                "integer",
+            ],
+        );
+    let how = |sql: &str, key: &[&str]| {
+        let d = derive(sql, key, &catalog).unwrap_or_else(|e| panic!("{}: {sql}", e.reason));
+        d.table("public.fact").unwrap().how.clone()
+    };
+    let by = |col: &str, on: &str| {
+        format!("SELECT d.{col}, count(*) AS n FROM fact f JOIN dim d ON d.{col} = f.{on} GROUP BY d.{col}")
+    };
+    assert!(matches!(how(&by("id", "same"), &["id"]), How::Carries(_)));
+    for (col, on) in [("id", "dim_id"), ("amt", "amt")] {
+        match how(&by(col, on), &[col]) {
+            How::JoinPath { carries, paths } => {
+                assert!(carries.is_empty(), "{col}");
+                assert_eq!(paths[0].tables, ["public.fact", "public.dim"], "{col}");
+            }
+            other => panic!("{col}: {other:?}"),
+        }
+    }
+    match how(&by("ts", "ts"), &["ts"]) {
+        How::Recompute { reason } => assert!(
+            reason.contains("timestamp without time zone")
+                && reason.contains("timestamp with time zone"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(lineage::comparable_types("numeric(5,2)", "bigint"));
+    assert!(lineage::comparable_types("character varying(10)", "text"));
+    assert!(!lineage::comparable_types(
+        "timestamp(3) with time zone",
+        "date"
+    ));
+    assert!(!lineage::comparable_types("integer[]", "bigint[]"));
 }

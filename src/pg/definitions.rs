@@ -14,6 +14,8 @@ use crate::pg::ident::QualifiedName;
 const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
        CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum), \
+       ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
@@ -66,6 +68,7 @@ pub async fn read_relations(
             name: r.get(1),
             kind,
             columns: r.get(4),
+            types: r.get(5),
         });
     }
     for r in client.query_typed(FOREIGN_KEYS_SQL, &[]).await? {

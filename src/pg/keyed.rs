@@ -389,21 +389,30 @@ pub fn replace_all_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> Strin
 }
 
 /// Deleting the table's rows of a set of keys: one text array per key column
-/// (`$1`..`$n`), unnested and cast to the columns' types.
+/// (`$1`..`$n`), unnested, each element cast to its column's type. Element by element:
+/// casting the array (`$1::text[]::integer[][]`) would flatten an array-typed key into
+/// its elements, and a composite one into its fields.
 pub fn delete_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> String {
-    let arrays: Vec<String> = shape
-        .key_types
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+    let arrays: Vec<String> = (1..=shape.key_types.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let slots: Vec<String> = (1..=shape.key_types.len())
+        .map(|i| format!("k{i}"))
         .collect();
     let names: Vec<String> = keyed.key.iter().map(|k| quote_ident(k)).collect();
+    let cast: Vec<String> = names
+        .iter()
+        .zip(&shape.key_types)
+        .enumerate()
+        .map(|(i, (k, ty))| format!("u.k{}::{ty} AS {k}", i + 1))
+        .collect();
     let cond: Vec<String> = names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
     format!(
-        "DELETE FROM {} AS t USING unnest({}) AS k({}) WHERE {}",
+        "DELETE FROM {} AS t USING (SELECT {} FROM unnest({}) AS u({})) AS k WHERE {}",
         view.name.quoted(),
+        cast.join(", "),
         arrays.join(", "),
-        names.join(", "),
+        slots.join(", "),
         cond.join(" AND ")
     )
 }
@@ -977,7 +986,7 @@ mod tests {
         };
         assert_eq!(
             delete_keys_sql(&v, &k, &shape),
-            r#"DELETE FROM "public"."live" AS t USING unnest($1::text[]::uuid[], $2::text[]::integer[]) AS k("a", "B") WHERE t."a" = k."a" AND t."B" = k."B""#
+            r#"DELETE FROM "public"."live" AS t USING (SELECT u.k1::uuid AS "a", u.k2::integer AS "B" FROM unnest($1::text[], $2::text[]) AS u(k1, k2)) AS k WHERE t."a" = k."a" AND t."B" = k."B""#
         );
         assert_eq!(
             insert_keys_sql(&v, &k, &shape, 2),

@@ -28,6 +28,12 @@ pub(super) fn choose<'a>(
     f: &DeltaFacts<'a>,
     stmt: &pb::SelectStmt,
 ) -> Result<Fact<'a>, NoDelta> {
+    if let Some(t) = f.tables.iter().find(|t| t.row_security) {
+        return Err(no(format!(
+            "row-level security is enabled on {}: a change's rows are not the rows the view's owner sees through its policies",
+            t.name
+        )));
+    }
     let select = parse::parse_view(f.definition).map_err(|e| no(e.reason))?;
     let (lin, _) = lineage::resolve(&select, f.catalog).map_err(|e| no(e.reason))?;
     let top = ast::top_level_tables(f.catalog, stmt);

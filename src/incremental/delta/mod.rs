@@ -59,6 +59,9 @@ pub struct DeltaTable {
     /// Columns whose type has no equality (json, xml, point...): an UPDATE cannot be
     /// reduced to the rows that changed, all its old and new rows are buffered.
     pub incomparable: Vec<String>,
+    /// Row-level security is enabled on it: the view's owner may not see every row a
+    /// change holds, so no deltas are taken while it is (groups are recomputed).
+    pub row_security: bool,
     /// `pg_class.reltuples` (or any estimate): the largest eligible table is the fact.
     pub estimated_rows: f64,
 }
