@@ -704,7 +704,7 @@ const ATT: &str = "public.attendance_statistics_live";
 async fn kill_during_a_full_recompute(db: &TestDb, d: Daemon) {
     // (The statement's start: pg_stat_activity keeps the first 1,024 bytes.)
     let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-         AND query LIKE '%LOCK TABLE \"public\".\"attendance_statistics_live\"%\"refreshd_new\" AS MATERIALIZED%' \
+         AND query LIKE '%LOCK TABLE \"public\".\"attendance_statistics_live\"%\"refreshd_new\"%' \
          AND query NOT LIKE '%pg_stat_activity%'";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut d = d;

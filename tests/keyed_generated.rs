@@ -966,3 +966,47 @@ async fn in_place_keeps_the_views_that_read_it() {
         "0/1050"
     );
 }
+
+/// A role that may not create temporary tables (TEMPORARY revoked from PUBLIC) runs
+/// refreshd on a keyed view: its full recomputes (startup, a forced refresh) compute
+/// the definition in the one-statement form instead of a temporary table, and succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_recomputes_need_no_temporary_tables() {
+    let db = TestDb::new();
+    let roles = support::TestRoles::create(&db, &["nt_app"]);
+    let app = roles.name("nt_app");
+    db.psql(&format!(
+        "CREATE SCHEMA nt AUTHORIZATION {app};
+         SET ROLE {app};
+         CREATE TABLE nt.t (g int NOT NULL, v int NOT NULL);
+         INSERT INTO nt.t SELECT g % 7, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW nt.by_g AS SELECT g, count(*) AS n, min(v) AS low FROM nt.t GROUP BY g;
+         CREATE UNIQUE INDEX ON nt.by_g (g);
+         RESET ROLE;
+         REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC;",
+        quote_ident(&db.name)
+    ));
+    let args = [
+        "--schema",
+        "nt",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "nt.by_g",
+    ];
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    db.psql("UPDATE nt.t SET v = v + 1000 WHERE g = 3");
+    let config = config
+        .replace("debounce = \"2s\"", "debounce = \"0s\"")
+        .replace("user=postgres", &format!("user={app}"));
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let exact = [Exact::definition("nt.by_g", "nt.by_g_def", &[])];
+    wait_equal(&db.dsn(), "", &exact).await;
+    db.psql("DELETE FROM nt.t WHERE g = 4; INSERT INTO nt.t VALUES (9, -5)");
+    wait_equal(&db.dsn(), "", &exact).await;
+    let log = d.log_text();
+    assert!(log.contains("kind=\"keyed_all\""), "{log}");
+    assert!(!log.contains("refresh failed"), "{log}");
+}

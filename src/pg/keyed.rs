@@ -60,6 +60,9 @@ pub struct Shape {
     pub columns: Vec<String>,
     /// `format_type` of each key column, in `key` order.
     pub key_types: Vec<String>,
+    /// The role may create temporary tables: a full recompute computes the definition
+    /// into one ([`replace_all_sql`]).
+    pub temp: bool,
 }
 
 /// Why a table and a definition do not fit together.
@@ -77,18 +80,20 @@ pub struct Misfit {
 /// A column's name and `format_type`.
 type Columns = Vec<(String, String)>;
 
-/// Reads both relations' kinds and columns in one query.
+/// Reads both relations' kinds and columns in one query, and whether the role may
+/// create temporary tables.
 async fn columns(
     client: &Client,
     table: &QualifiedName,
     query: &QualifiedName,
-) -> Result<[Option<(char, Columns)>; 2], tokio_postgres::Error> {
+) -> Result<([Option<(char, Columns)>; 2], bool), tokio_postgres::Error> {
     let schemas = [table.schema.as_str(), query.schema.as_str()];
     let names = [table.name.as_str(), query.name.as_str()];
     let rows = client
         .query_typed(
             "SELECT r.ord::int, c.relkind::text, a.attname::text, \
-                    pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                    pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY') \
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema, name, ord) \
                JOIN pg_catalog.pg_namespace n ON n.nspname = r.schema \
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.name \
@@ -112,7 +117,8 @@ async fn columns(
             slot.1.push((name, ty));
         }
     }
-    Ok(out)
+    let temp = rows.first().is_some_and(|r| r.get::<_, bool>(4));
+    Ok((out, temp))
 }
 
 /// The shape of a keyed view, or why its table and definition do not fit.
@@ -121,8 +127,8 @@ pub async fn shape(
     view: &ViewConfig,
     keyed: &Keyed,
 ) -> Result<Result<Shape, Misfit>, tokio_postgres::Error> {
-    let [table, query] = columns(client, &view.name, &keyed.query).await?;
-    Ok(fit(view, keyed, table, query))
+    let ([table, query], temp) = columns(client, &view.name, &keyed.query).await?;
+    Ok(fit(view, keyed, table, query).map(|s| Shape { temp, ..s }))
 }
 
 /// Checks what [`columns`] read.
@@ -139,6 +145,7 @@ fn fit(
     Ok(Shape {
         columns: tcols.into_iter().map(|(n, _)| n).collect(),
         key_types,
+        temp: false,
     })
 }
 
@@ -342,9 +349,12 @@ fn full_sql_with(
     )
 }
 
-/// Makes the table equal to its definition in one statement, writing only the rows
-/// that differ (as `REFRESH MATERIALIZED VIEW CONCURRENTLY` does): the definition is
-/// computed once (a materialized CTE); the table's rows with no identical row in it
+/// Makes the table equal to its definition, writing only the rows that differ (as
+/// `REFRESH MATERIALIZED VIEW CONCURRENTLY` does): the definition is computed once,
+/// into a temporary table when the role may create one (`CREATE TEMP TABLE ... AS`,
+/// which PostgreSQL may plan in parallel, as REFRESH CONCURRENTLY's own; then analyzed,
+/// as REFRESH CONCURRENTLY does), else into a materialized CTE of the one statement
+/// (never planned in parallel: it modifies data); the table's rows with no identical row in it
 /// (the same key, and `*=`: the same bytes in every column) are deleted, then its rows
 /// with no identical row in the table are inserted. Deleting every row and inserting
 /// the whole definition wrote every row again at each full recompute (WAL, dead rows,
@@ -373,15 +383,35 @@ pub fn replace_all_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> Strin
             keys.join(" AND ")
         )
     };
+    let (prelude, new, cte, end) = if shape.temp {
+        (
+            format!(
+                "CREATE TEMP TABLE \"refreshd_new\" ON COMMIT DROP AS SELECT {cols} FROM {}; \
+                 ANALYZE pg_temp.\"refreshd_new\"; ",
+                keyed.query.quoted()
+            ),
+            "pg_temp.\"refreshd_new\"",
+            String::new(),
+            "; DROP TABLE pg_temp.\"refreshd_new\"",
+        )
+    } else {
+        (
+            String::new(),
+            "\"refreshd_new\"",
+            format!(
+                "\"refreshd_new\" AS MATERIALIZED (SELECT {cols} FROM {}), ",
+                keyed.query.quoted()
+            ),
+            "",
+        )
+    };
     format!(
-        "WITH \"refreshd_new\" AS MATERIALIZED (SELECT {cols} FROM {query}), \
-         \"refreshd_gone\" AS (DELETE FROM {table} AS t WHERE NOT EXISTS \
-         (SELECT FROM \"refreshd_new\" AS n WHERE {t_in_n}) RETURNING 1) \
-         INSERT INTO {table} ({cols}) SELECT {n_cols} FROM \"refreshd_new\" AS n \
+        "{prelude}WITH {cte}\"refreshd_gone\" AS (DELETE FROM {table} AS t WHERE NOT EXISTS \
+         (SELECT FROM {new} AS n WHERE {t_in_n}) RETURNING 1) \
+         INSERT INTO {table} ({cols}) SELECT {n_cols} FROM {new} AS n \
          WHERE (SELECT pg_catalog.count(*) FROM \"refreshd_gone\") OPERATOR(pg_catalog.>=) 0 \
-         AND NOT EXISTS (SELECT FROM {table} AS t WHERE {n_in_t})",
+         AND NOT EXISTS (SELECT FROM {table} AS t WHERE {n_in_t}){end}",
         table = view.name.quoted(),
-        query = keyed.query.quoted(),
         t_in_n = same("n", "t"),
         n_in_t = same("t", "n"),
         n_cols = of("n"),
@@ -983,6 +1013,7 @@ mod tests {
         let shape = Shape {
             columns: vec!["a".into(), "B".into(), "n".into()],
             key_types: vec!["uuid".into(), "integer".into()],
+            temp: false,
         };
         assert_eq!(
             delete_keys_sql(&v, &k, &shape),
@@ -995,6 +1026,20 @@ mod tests {
         assert_eq!(
             full_sql(&v, &k, &shape, true),
             r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; WITH "refreshd_new" AS MATERIALIZED (SELECT "a", "B", "n" FROM "public"."def"), "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM "refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM "refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
+        );
+    }
+
+    #[test]
+    fn a_full_recompute_computes_the_definition_into_a_temporary_table_when_it_may() {
+        let (v, k) = view();
+        let shape = Shape {
+            columns: vec!["a".into(), "B".into(), "n".into()],
+            key_types: vec!["uuid".into(), "integer".into()],
+            temp: true,
+        };
+        assert_eq!(
+            replace_all_sql(&v, &k, &shape),
+            r#"CREATE TEMP TABLE "refreshd_new" ON COMMIT DROP AS SELECT "a", "B", "n" FROM "public"."def"; ANALYZE pg_temp."refreshd_new"; WITH "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM pg_temp."refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM pg_temp."refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); DROP TABLE pg_temp."refreshd_new""#
         );
     }
 
@@ -1025,6 +1070,7 @@ mod tests {
         let shape = Shape {
             columns: vec!["a".into(), "B".into(), "n".into()],
             key_types: vec!["uuid".into(), "integer".into()],
+            temp: false,
         };
         let sql = full_buffered_sql(&v, &k, &buffer, &shape, false, "");
         assert!(
