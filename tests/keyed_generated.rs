@@ -1010,3 +1010,66 @@ async fn full_recomputes_need_no_temporary_tables() {
     assert!(log.contains("kind=\"keyed_all\""), "{log}");
     assert!(!log.contains("refresh failed"), "{log}");
 }
+
+/// Privileges of and around a view converted in place, exactly: its column grants,
+/// column and index comments carried to the table (and back by the rollback); no
+/// default privilege of the role running the SQL added to what is created again; and
+/// no write privilege that did nothing on a materialized view (GRANT ALL, INSERT on a
+/// plain view over it) turned into one that writes what refreshd keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_keeps_privileges_exactly_and_grants_no_writes() {
+    let db = TestDb::new();
+    let roles = support::TestRoles::create(&db, &["ap_reader", "ap_all"]);
+    let (reader, all) = (roles.name("ap_reader"), roles.name("ap_all"));
+    db.psql(&format!(
+        r#"CREATE SCHEMA ap;
+         GRANT USAGE ON SCHEMA ap TO {reader}, {all};
+         CREATE TABLE ap.t (g int NOT NULL, amt int NOT NULL);
+         INSERT INTO ap.t SELECT g % 5, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW ap.mv AS SELECT g, count(*) AS n, sum(amt) AS s FROM ap.t GROUP BY g;
+         CREATE UNIQUE INDEX mv_key ON ap.mv (g);
+         GRANT SELECT (g, n) ON ap.mv TO {reader};
+         GRANT ALL ON ap.mv TO {all};
+         COMMENT ON COLUMN ap.mv.n IS 'rows per g';
+         COMMENT ON INDEX ap.mv_key IS 'one row per g';
+         CREATE VIEW ap.v1 AS SELECT * FROM ap.mv;
+         GRANT SELECT, INSERT ON ap.v1 TO {reader};
+         CREATE VIEW ap.v2 AS SELECT g FROM ap.mv;
+         ALTER DEFAULT PRIVILEGES IN SCHEMA ap GRANT SELECT ON TABLES TO {reader};"#
+    ));
+    let sql_dir = tempfile::tempdir().unwrap();
+    let sql = sql_dir.path().to_str().unwrap();
+    let args = [
+        "--schema",
+        "ap",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "ap.mv",
+        "--sql",
+        sql,
+    ];
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    let privileges = |kind: &str| {
+        db.psql(&format!(
+            "SELECT relkind::text || ' ' || concat_ws(',', \
+               has_column_privilege('{reader}', 'ap.mv', 'n', 'SELECT'), has_column_privilege('{reader}', 'ap.mv', 's', 'SELECT'), \
+               has_table_privilege('{all}', 'ap.mv', 'SELECT'), has_table_privilege('{all}', 'ap.mv', 'INSERT'), \
+               has_table_privilege('{all}', 'ap.mv', 'DELETE'), has_table_privilege('{reader}', 'ap.v1', 'SELECT'), \
+               has_table_privilege('{reader}', 'ap.v1', 'INSERT'), has_table_privilege('{reader}', 'ap.v2', 'SELECT'), \
+               col_description('ap.mv'::regclass, 2), obj_description('ap.mv_key'::regclass, 'pg_class')) \
+             FROM pg_class WHERE oid = 'ap.mv'::regclass AND relkind = '{kind}'"
+        ))
+    };
+    let kept = "t,f,t,f,f,t,f,f,rows per g,one row per g";
+    assert_eq!(privileges("r"), format!("r {kept}"));
+    assert_eq!(
+        db.psql(&format!("SET ROLE {reader}; SELECT sum(n) FROM ap.mv")),
+        "100"
+    );
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(privileges("m"), format!("m {kept}"));
+}

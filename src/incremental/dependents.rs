@@ -27,15 +27,26 @@ use crate::pg::ident::QualifiedName;
 const CARRIER: &str = "refreshd.dependents";
 
 /// Saves and drops every view reading `rel` when it is of `relkind` (`m` before the
-/// install's swap, `r` before the rollback's); otherwise nothing.
+/// install's swap, `r` before the rollback's); otherwise nothing. Also saves `rel`'s
+/// own privileges (table and column), column comments and index comments, given to
+/// what replaces it by [`restore_sql`]. Every saved object's privileges are restored
+/// exactly (all its grantees' privileges revoked first: the default privileges of
+/// the role running the SQL do not leak in), except that at the install, write
+/// privileges (INSERT, UPDATE, DELETE, TRUNCATE) of roles other than the owner are
+/// left out on `rel` and on plain views over it without triggers or rules: granted on
+/// a materialized view they did nothing, and on a table (or a view a table makes
+/// updatable) they would let that role write what refreshd keeps.
 pub fn save_and_drop_sql(rel: &QualifiedName, relkind: char) -> String {
     let body = format!(
         r#"DECLARE
     rel pg_catalog.oid := pg_catalog.to_regclass({name});
     path text := pg_catalog.current_setting('search_path');
+    install boolean := {relkind} = 'm';
     ddl text[] := '{{}}';
     drops text[] := '{{}}';
     kind text;
+    strip boolean;
+    grants text;
     o record;
     x record;
 BEGIN
@@ -58,45 +69,64 @@ BEGIN
               AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
             JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN'
             WHERE r.ev_class <> dep.oid
-        ), deepest AS (SELECT dep.oid, pg_catalog.max(dep.lvl) AS lvl FROM dep GROUP BY dep.oid)
+        ), deepest AS (
+            SELECT rel AS oid, 0 AS lvl
+            UNION ALL
+            SELECT dep.oid, pg_catalog.max(dep.lvl) FROM dep GROUP BY dep.oid
+        )
         SELECT c.oid, c.oid::pg_catalog.regclass::text AS name, c.relkind, c.reloptions, c.relacl,
-               c.relispopulated, pg_catalog.pg_get_userbyid(c.relowner) AS owner, ts.spcname, am.amname
+               c.relowner, c.relispopulated, pg_catalog.pg_get_userbyid(c.relowner) AS owner, ts.spcname, am.amname,
+               NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS plain
         FROM deepest JOIN pg_catalog.pg_class c ON c.oid = deepest.oid
         LEFT JOIN pg_catalog.pg_tablespace ts ON ts.oid = c.reltablespace
         LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam
-        WHERE c.relkind IN ('v', 'm')
+        WHERE c.oid = rel OR c.relkind IN ('v', 'm')
         ORDER BY deepest.lvl, c.oid
     LOOP
-        kind := CASE o.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END;
-        ddl := ddl || pg_catalog.format('CREATE %s %s%s%s%s AS %s%s', kind, o.name,
-            CASE WHEN o.relkind = 'm' AND o.amname IS NOT NULL AND o.amname <> 'heap' THEN ' USING ' || pg_catalog.quote_ident(o.amname) ELSE '' END,
-            CASE WHEN o.reloptions IS NOT NULL THEN ' WITH (' || pg_catalog.array_to_string(o.reloptions, ', ') || ')' ELSE '' END,
-            CASE WHEN o.relkind = 'm' AND o.spcname IS NOT NULL THEN ' TABLESPACE ' || pg_catalog.quote_ident(o.spcname) ELSE '' END,
-            pg_catalog.rtrim(pg_catalog.pg_get_viewdef(o.oid), E'; \n\t'),
-            CASE WHEN o.relkind <> 'm' THEN '' WHEN o.relispopulated THEN ' WITH DATA' ELSE ' WITH NO DATA' END);
-        IF o.owner <> CURRENT_USER THEN
-            ddl := ddl || pg_catalog.format('ALTER %s %s OWNER TO %I', kind, o.name, o.owner);
+        kind := CASE o.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END;
+        strip := install AND (o.oid = rel OR (o.relkind = 'v' AND o.plain));
+        IF o.oid <> rel THEN
+            ddl := ddl || pg_catalog.format('CREATE %s %s%s%s%s AS %s%s', kind, o.name,
+                CASE WHEN o.relkind = 'm' AND o.amname IS NOT NULL AND o.amname <> 'heap' THEN ' USING ' || pg_catalog.quote_ident(o.amname) ELSE '' END,
+                CASE WHEN o.reloptions IS NOT NULL THEN ' WITH (' || pg_catalog.array_to_string(o.reloptions, ', ') || ')' ELSE '' END,
+                CASE WHEN o.relkind = 'm' AND o.spcname IS NOT NULL THEN ' TABLESPACE ' || pg_catalog.quote_ident(o.spcname) ELSE '' END,
+                pg_catalog.rtrim(pg_catalog.pg_get_viewdef(o.oid), E'; \n\t'),
+                CASE WHEN o.relkind <> 'm' THEN '' WHEN o.relispopulated THEN ' WITH DATA' ELSE ' WITH NO DATA' END);
+            IF o.owner <> CURRENT_USER THEN
+                ddl := ddl || pg_catalog.format('ALTER %s %s OWNER TO %I', kind, o.name, o.owner);
+            END IF;
         END IF;
-        IF o.relacl IS NOT NULL THEN
-            ddl := ddl || pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', o.name)
-                       || pg_catalog.format('REVOKE ALL ON TABLE %s FROM %I', o.name, o.owner);
-            FOR x IN SELECT a.privilege_type, a.is_grantable,
-                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
-                FROM pg_catalog.aclexplode(o.relacl) a
-            LOOP
-                ddl := ddl || pg_catalog.format('GRANT %s ON TABLE %s TO %s%s', x.privilege_type, o.name, x.grantee,
-                    CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-            END LOOP;
-        END IF;
+        -- Privileges, exactly: unless the object has them already when this runs
+        -- (NULL for NULL: no ACL made explicit), whatever it has then (its owner's, the
+        -- default privileges of the role running this) is revoked and the saved ones
+        -- granted.
+        grants := '';
+        FOR x IN SELECT a.privilege_type, a.is_grantable,
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
+            FROM pg_catalog.aclexplode(COALESCE(o.relacl, pg_catalog.acldefault('r', o.relowner))) a
+            WHERE NOT (strip AND a.grantee <> o.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'))
+        LOOP
+            grants := grants || pg_catalog.format('EXECUTE %L; ', pg_catalog.format('GRANT %s ON TABLE %s TO %s%s',
+                x.privilege_type, o.name, x.grantee, CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END));
+        END LOOP;
+        ddl := ddl || pg_catalog.format($f$DO $acl$ DECLARE x record; BEGIN IF (SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = %L::pg_catalog.regclass) IS NOT DISTINCT FROM %L::pg_catalog.aclitem[] THEN RETURN; END IF; FOR x IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(COALESCE(c.relacl, pg_catalog.acldefault('r', c.relowner))) a WHERE c.oid = %L::pg_catalog.regclass LOOP EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %%s FROM %%s', %L, CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(x.grantee)) END); END LOOP; %s END $acl$$f$,
+            o.name,
+            CASE WHEN strip AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(COALESCE(o.relacl, pg_catalog.acldefault('r', o.relowner))) a
+                    WHERE a.grantee <> o.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'))
+                THEN '{{}}' ELSE o.relacl::text END,
+            o.name, o.name, grants);
         FOR x IN SELECT att.attname, a.privilege_type, a.is_grantable,
                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
             FROM pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a
-            WHERE att.attrelid = o.oid AND att.attacl IS NOT NULL ORDER BY att.attnum
+            WHERE att.attrelid = o.oid AND att.attnum > 0 AND NOT att.attisdropped AND att.attacl IS NOT NULL
+              AND NOT (strip AND a.grantee <> o.relowner AND a.privilege_type IN ('INSERT', 'UPDATE'))
+            ORDER BY att.attnum
         LOOP
             ddl := ddl || pg_catalog.format('GRANT %s (%I) ON TABLE %s TO %s%s', x.privilege_type, x.attname, o.name, x.grantee,
                 CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
         END LOOP;
-        IF pg_catalog.obj_description(o.oid, 'pg_class') IS NOT NULL THEN
+        IF o.oid <> rel AND pg_catalog.obj_description(o.oid, 'pg_class') IS NOT NULL THEN
             ddl := ddl || pg_catalog.format('COMMENT ON %s %s IS %L', kind, o.name, pg_catalog.obj_description(o.oid, 'pg_class'));
         END IF;
         FOR x IN SELECT att.attname, pg_catalog.col_description(o.oid, att.attnum) AS d FROM pg_catalog.pg_attribute att
@@ -109,11 +139,15 @@ BEGIN
                 pg_catalog.obj_description(i.indexrelid, 'pg_class') AS c
             FROM pg_catalog.pg_index i WHERE i.indrelid = o.oid ORDER BY i.indexrelid
         LOOP
-            ddl := ddl || x.d;
+            -- The converted relation's indexes are made again by the conversion itself.
+            IF o.oid <> rel THEN
+                ddl := ddl || x.d;
+            END IF;
             IF x.c IS NOT NULL THEN
                 ddl := ddl || pg_catalog.format('COMMENT ON INDEX %s IS %L', x.ix, x.c);
             END IF;
         END LOOP;
+        CONTINUE WHEN o.oid = rel;
         FOR x IN SELECT pg_catalog.pg_get_statisticsobjdef(s.oid) AS d FROM pg_catalog.pg_statistic_ext s
             WHERE s.stxrelid = o.oid ORDER BY s.oid
         LOOP
