@@ -1015,8 +1015,20 @@ async fn row_level_security_takes_no_deltas() {
         CREATE POLICY p_all ON rl.fact FOR ALL USING (true);
         CREATE POLICY p_sel ON rl.fact AS RESTRICTIVE FOR SELECT USING (v >= 0);
         CREATE MATERIALIZED VIEW rl.v AS SELECT k, count(*) AS n, sum(x) AS sx FROM rl.fact GROUP BY k;
-        CREATE UNIQUE INDEX ON rl.v (k);"#
+        CREATE UNIQUE INDEX ON rl.v (k);
+        CREATE TABLE rl.mine (id int PRIMARY KEY, who name NOT NULL, g int NOT NULL);
+        ALTER TABLE rl.mine ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY own ON rl.mine USING (who = CURRENT_USER);
+        CREATE MATERIALIZED VIEW rl.w AS SELECT g, count(*) AS n FROM rl.mine GROUP BY g;
+        CREATE UNIQUE INDEX ON rl.w (g);"#
     ));
+    // A policy reading the role: the rows depend on who computes them. Refused.
+    let (code, config, stderr) = init(&db, &["--schema", "rl", "--keyed", "rl.w", "--in-place"]);
+    assert_eq!(code, Some(1), "{stderr}\n{config}");
+    assert!(
+        stderr.contains("a row-level security policy on rl.mine reads the role evaluating it"),
+        "{stderr}"
+    );
     // As the owner, whom the forced policies hide rows from: refused.
     let owner_dsn = db.dsn().replace("user=postgres", &format!("user={app}"));
     assert_ne!(owner_dsn, db.dsn());

@@ -36,13 +36,17 @@ fn init_keyed_refuses_a_key_computed_from_the_session() {
     let config = support::stdout(&out);
     let stderr = support::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}\n{config}");
-    for (view, function) in [
-        ("kr.mine", "current_user"),
-        ("kr.sharded", "current_setting"),
+    for (view, why) in [
+        (
+            "kr.mine",
+            "the definition calls CURRENT_USER, whose value is the role computing it",
+        ),
+        (
+            "kr.sharded",
+            "key column k is an expression over a function of the session (current_setting)",
+        ),
     ] {
-        let reason = format!(
-            "--keyed {view}: cannot be derived: key column k is an expression over a function of the session ({function})"
-        );
+        let reason = format!("--keyed {view}: cannot be derived: {why}");
         assert!(stderr.contains(&reason), "{reason}\n{stderr}");
         assert!(
             config.contains(&format!("# {reason}")),

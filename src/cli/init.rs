@@ -582,7 +582,10 @@ const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
 const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE'), \
        c.relrowsecurity, \
        (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) \
-         OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity) \
+         OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity), \
+       c.relrowsecurity AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid \
+         AND concat_ws(' ', pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
+             OPERATOR(pg_catalog.~*) '(\\m(current_user|current_role|session_user|system_user|user)\\M|has_[a-z_]*_privilege|pg_has_role|row_security_active)') \
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  WHERE n.nspname = $1 AND c.relname = $2";
 
@@ -712,6 +715,9 @@ async fn table_facts(
     let row_security_bypassed = facts
         .first()
         .is_some_and(|r| r.get::<_, Option<bool>>(2).unwrap_or(false));
+    let policy_reads_role = facts
+        .first()
+        .is_some_and(|r| r.get::<_, Option<bool>>(3).unwrap_or(false));
     let rows = client.query_typed(DELTA_COLUMNS_SQL, by_name).await?;
     let delta = DeltaTable {
         table: table.to_string(),
@@ -737,6 +743,7 @@ async fn table_facts(
         incomparable,
         lockable,
         row_security: row_security && !row_security_bypassed,
+        policy_reads_role,
     };
     Ok((base, delta))
 }

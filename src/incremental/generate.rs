@@ -63,6 +63,10 @@ pub struct BaseTable {
     /// Row-level security applies to that role on this table: the triggers' joins
     /// would not see the rows its policies hide, and miss their keys. Refused.
     pub row_security: bool,
+    /// One of its row-level security policies reads the role evaluating it
+    /// (`CURRENT_USER`, a privilege inquiry): the view's rows depend on who computes
+    /// them (REFRESH: the owner; refreshd: its own role). Refused.
+    pub policy_reads_role: bool,
 }
 
 /// One privilege of the materialized view's ACL (`aclexplode`).
@@ -614,6 +618,12 @@ impl<'a> Conversion<'a> {
     /// Tables reached through a join path (their UPDATE waits for the path's
     /// lockers), after checking the role may lock them.
     fn reached(&self) -> Result<BTreeMap<String, Reached>, String> {
+        if let Some(b) = self.f.tables.iter().find(|b| b.policy_reads_role) {
+            return Err(format!(
+                "a row-level security policy on {} reads the role evaluating it (CURRENT_USER, a privilege inquiry...): REFRESH computes the view as its owner, refreshd as the role it connects as, so the rows could differ",
+                b.name
+            ));
+        }
         if let Some(b) = self.f.tables.iter().find(|b| b.row_security) {
             return Err(format!(
                 "row-level security on {} applies to the role running init, as whom the capture triggers run: they would not see the rows its policies hide, nor the keys those rows reach (run init as a role that bypasses it: a superuser, a BYPASSRLS role, or the table's owner when it does not FORCE ROW LEVEL SECURITY)",

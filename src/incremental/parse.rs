@@ -125,9 +125,68 @@ pub fn parse_view(sql: &str) -> Result<Select, Refused> {
             stmts.len()
         )));
     }
+    if let Some(f) = serde_json::to_value(&parsed.protobuf)
+        .ok()
+        .and_then(|v| role_dependent(&v))
+    {
+        return Err(refuse(format!(
+            "the definition calls {f}, whose value is the role computing it: REFRESH computes the view as its owner, refreshd as the role it connects as, so the rows could differ"
+        )));
+    }
     match stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()) {
         Some(NodeEnum::SelectStmt(s)) => select(s),
         _ => Err(refuse("the definition is not a SELECT")),
+    }
+}
+
+/// The first call in the tree whose value depends on the role that evaluates it
+/// (`CURRENT_USER` and its kin, the privilege inquiry functions), if any.
+fn role_dependent(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let found = match k.as_str() {
+                "SQLValueFunction" | "SqlvalueFunction" => x
+                    .get("op")
+                    .and_then(|op| op.as_i64())
+                    .and_then(|op| pb::SqlValueFunctionOp::try_from(op as i32).ok())
+                    .filter(|op| {
+                        matches!(
+                            op,
+                            pb::SqlValueFunctionOp::SvfopCurrentUser
+                                | pb::SqlValueFunctionOp::SvfopCurrentRole
+                                | pb::SqlValueFunctionOp::SvfopUser
+                                | pb::SqlValueFunctionOp::SvfopSessionUser
+                        )
+                    })
+                    .map(|op| op.as_str_name().trim_start_matches("SVFOP_").to_string()),
+                "FuncCall" => {
+                    let name = x
+                        .get("funcname")
+                        .and_then(|n| n.as_array())
+                        .and_then(|a| a.last())
+                        .and_then(|n| n.pointer("/node/String/sval").or(n.pointer("/String/sval")))
+                        .and_then(|s| s.as_str())
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    let role = [
+                        "current_user",
+                        "current_role",
+                        "session_user",
+                        "system_user",
+                        "user",
+                        "pg_has_role",
+                        "row_security_active",
+                    ]
+                    .contains(&name.as_str())
+                        || (name.starts_with("has_") && name.ends_with("_privilege"));
+                    role.then(|| format!("{name}()"))
+                }
+                _ => None,
+            };
+            found.or_else(|| role_dependent(x))
+        }),
+        serde_json::Value::Array(a) => a.iter().find_map(role_dependent),
+        _ => None,
     }
 }
 

@@ -1069,6 +1069,7 @@ fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
                 incomparable: Vec::new(),
                 lockable: true,
                 row_security: false,
+                policy_reads_role: false,
             }
         })
         .collect()
@@ -1535,10 +1536,6 @@ fn session_dependent_keys_are_refused() {
         why("current_setting")
     );
     for (sql, name) in [
-        ("CURRENT_USER", "current_user"),
-        ("SESSION_USER", "session_user"),
-        ("CURRENT_ROLE", "current_role"),
-        ("USER", "user"),
         ("CURRENT_SCHEMA", "current_schema"),
         ("CURRENT_CATALOG", "current_catalog"),
         ("inet_client_addr()::text", "inet_client_addr"),
@@ -1578,17 +1575,46 @@ fn changing_keys_are_refused() {
 
 /// A condition is never evaluated by the capture (its triggers send the keys of every
 /// changed row, whatever the WHERE says): only the refresh evaluates it, so a condition
-/// over the session leaves the key carried.
+/// over the session's settings leaves the key carried.
 #[test]
 fn session_dependent_condition_keeps_the_key_carried() {
     let d = derived(
-        "SELECT o.o_orderkey, o.o_totalprice FROM tpch.orders o WHERE o.o_clerk = CURRENT_USER",
+        "SELECT o.o_orderkey, o.o_totalprice FROM tpch.orders o WHERE o.o_clerk = current_setting('app.clerk') AND o.o_comment <> 'CURRENT_USER'",
         &["o_orderkey"],
     );
     assert_eq!(
         line(&d, "tpch.orders"),
         "orders: carries the key (o_orderkey)"
     );
+}
+
+/// A definition whose rows depend on the role computing them, anywhere (a condition, a
+/// subquery, a key): REFRESH computed it as the view's owner, refreshd would compute it
+/// as the role it connects as. Refused, whatever else it is.
+#[test]
+fn role_dependent_definitions_are_refused() {
+    let why = |f: &str| {
+        format!(
+            "the definition calls {f}, whose value is the role computing it: REFRESH computes the view as its owner, refreshd as the role it connects as, so the rows could differ"
+        )
+    };
+    for (cond, f) in [
+        ("o.o_clerk = CURRENT_USER", "CURRENT_USER"),
+        ("o.o_clerk = SESSION_USER", "SESSION_USER"),
+        ("o.o_clerk = CURRENT_ROLE", "CURRENT_ROLE"),
+        ("o.o_clerk = USER", "USER"),
+        (
+            "EXISTS (SELECT 1 WHERE pg_catalog.has_table_privilege('tpch.orders', 'SELECT'))",
+            "has_table_privilege()",
+        ),
+        ("pg_has_role(o.o_clerk, 'MEMBER')", "pg_has_role()"),
+    ] {
+        let sql = format!("SELECT o.o_orderkey, o.o_totalprice FROM tpch.orders o WHERE {cond}");
+        assert_eq!(refused(&sql, &["o_orderkey"]), why(f), "{sql}");
+    }
+    let key =
+        "SELECT (CURRENT_USER || ':' || o.o_orderkey) AS k, o.o_totalprice FROM tpch.orders o";
+    assert_eq!(refused(key, &["k"]), why("CURRENT_USER"));
 }
 
 /// A column carries the key only with exactly the key's type; across a wider type the
