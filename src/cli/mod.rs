@@ -347,7 +347,7 @@ struct Inspected {
     /// a warning), per view (SPEC "Change capture").
     capture_gaps: HashMap<QualifiedName, Vec<String>>,
     /// Every configured view's name.
-    managed: Vec<QualifiedName>,
+    managed: std::collections::HashSet<QualifiedName>,
     /// How each keyed view's maintenance derives from its query (SPEC "Incremental
     /// maintenance"), one per keyed view, in order.
     derived: std::vec::IntoIter<Result<Vec<String>, String>>,
@@ -449,12 +449,15 @@ async fn capture_gaps(
         .iter()
         .map(|v| crate::engine::capture::checked_relation(v).clone())
         .collect();
+    let configured: std::collections::HashSet<QualifiedName> =
+        config.views.iter().map(|v| v.name.clone()).collect();
     let mut gaps: HashMap<QualifiedName, Vec<String>> = HashMap::new();
     if let Ok(f) = crate::pg::capture::inspect(client, &names).await {
         for (v, tables) in checked.iter().zip(&f.views) {
             if let Some(tables) = tables {
                 let keyed = v.keyed.is_some();
-                let verdict = crate::engine::capture::judge(&v.channels, tables, None, keyed);
+                let tables = crate::engine::capture::not_configured(tables, &configured);
+                let verdict = crate::engine::capture::judge(&v.channels, &tables, None, keyed);
                 gaps.insert(
                     v.name.clone(),
                     verdict

@@ -619,7 +619,7 @@ pub struct ViewReport {
 pub fn judge(
     view: &ViewConfig,
     facts: Option<&ViewFacts>,
-    managed: &[QualifiedName],
+    managed: &std::collections::HashSet<QualifiedName>,
 ) -> ViewReport {
     let mut r = ViewReport {
         verdict: Verdict::Ok,
@@ -691,7 +691,12 @@ fn judge_refreshable(view: &ViewConfig, f: &ViewFacts, r: &mut ViewReport) {
 /// Whether something makes the view stale-then-fresh: its detection, a schedule, the
 /// materialized views it reads. Nothing at all is a problem without channels, a warning
 /// with them (the application may NOTIFY them itself, SPEC `check`).
-fn judge_feeds(view: &ViewConfig, f: &ViewFacts, managed: &[QualifiedName], r: &mut ViewReport) {
+fn judge_feeds(
+    view: &ViewConfig,
+    f: &ViewFacts,
+    managed: &std::collections::HashSet<QualifiedName>,
+    r: &mut ViewReport,
+) {
     let mut fed = match view.detect {
         Detect::Statistics => judge_statistics(view, f, r),
         Detect::Notify => judge_notify(view, f, r),
@@ -725,11 +730,17 @@ fn judge_feeds(view: &ViewConfig, f: &ViewFacts, managed: &[QualifiedName], r: &
 
 /// The materialized views the view reads: refreshd's (refreshed first, so they feed
 /// it) and others (a warning). Whether one of refreshd's is read.
-fn judge_layers(f: &ViewFacts, managed: &[QualifiedName], r: &mut ViewReport) -> bool {
+fn judge_layers(
+    f: &ViewFacts,
+    managed: &std::collections::HashSet<QualifiedName>,
+    r: &mut ViewReport,
+) -> bool {
+    // A configured view read as a table: a keyed view's table (a materialized view
+    // converted in place), refreshed by refreshd like a materialized view.
     let (lower, unmanaged): (Vec<&BaseRelation>, Vec<&BaseRelation>) = f
         .base
         .iter()
-        .filter(|b| b.relkind == 'm')
+        .filter(|b| b.relkind == 'm' || managed.contains(&b.name))
         .partition(|b| managed.contains(&b.name));
     if !lower.is_empty() {
         let names: Vec<String> = lower.iter().map(|b| b.name.to_string()).collect();
