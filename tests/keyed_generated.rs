@@ -849,7 +849,8 @@ SELECT string_agg(pg_catalog.format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', c.oid::r
     (SELECT string_agg(format('%s:%s:%s', attname, attacl, col_description(attrelid, attnum)), ',' ORDER BY attnum)
        FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0),
     (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = c.oid),
-    (SELECT string_agg(pg_get_triggerdef(t.oid), ',' ORDER BY tgname) FROM pg_trigger t WHERE tgrelid = c.oid AND NOT tgisinternal),
+    (SELECT string_agg(pg_get_triggerdef(t.oid), ',' ORDER BY tgname) FROM pg_trigger t WHERE tgrelid = c.oid AND NOT tgisinternal)
+      || coalesce((SELECT string_agg(replace(pg_get_ruledef(r.oid), E'\n', ' '), ',' ORDER BY rulename) FROM pg_rewrite r WHERE ev_class = c.oid AND rulename <> '_RETURN'), ''),
     replace(pg_get_viewdef(c.oid), E'\n', ' ')), E'\n' ORDER BY c.relname)
 FROM pg_class c WHERE c.relnamespace = 'dv'::regnamespace AND c.relkind IN ('v', 'm') AND c.relname NOT IN ('by_store', 'by_store_def')"#;
 
@@ -882,6 +883,8 @@ async fn in_place_keeps_the_views_that_read_it() {
          CREATE FUNCTION dv.refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'read only'; END$$;
          CREATE TRIGGER big_insert INSTEAD OF INSERT ON dv.big FOR EACH ROW EXECUTE FUNCTION dv.refuse();
          CREATE VIEW dv."Top ""one""" AS SELECT * FROM dv.big ORDER BY total DESC LIMIT 1;
+         CREATE TABLE dv.seen (store int, total bigint);
+         CREATE RULE log_top AS ON INSERT TO dv.big DO ALSO INSERT INTO dv.seen SELECT * FROM dv."Top ""one""";
          CREATE MATERIALIZED VIEW dv.share AS SELECT s.store, s.total::numeric / t.every AS share
              FROM dv.by_store s, (SELECT sum(total) AS every FROM dv.by_store) t;
          ALTER MATERIALIZED VIEW dv.share OWNER TO {app};

@@ -43,6 +43,8 @@ pub fn save_and_drop_sql(rel: &QualifiedName, relkind: char) -> String {
     path text := pg_catalog.current_setting('search_path');
     install boolean := {relkind} = 'm';
     ddl text[] := '{{}}';
+    later text[] := '{{}}';
+    rules text[] := '{{}}';
     drops text[] := '{{}}';
     kind text;
     strip boolean;
@@ -153,15 +155,19 @@ BEGIN
         LOOP
             ddl := ddl || x.d;
         END LOOP;
+        -- Triggers and rules once every view exists: a rule may read a view kept
+        -- after this one.
         FOR x IN SELECT pg_catalog.pg_get_triggerdef(t.oid) AS d FROM pg_catalog.pg_trigger t
             WHERE t.tgrelid = o.oid AND NOT t.tgisinternal ORDER BY t.tgname
         LOOP
-            ddl := ddl || x.d;
+            later := later || x.d;
         END LOOP;
-        FOR x IN SELECT pg_catalog.pg_get_ruledef(r.oid) AS d FROM pg_catalog.pg_rewrite r
+        FOR x IN SELECT pg_catalog.pg_get_ruledef(r.oid) AS d, r.rulename FROM pg_catalog.pg_rewrite r
             WHERE r.ev_class = o.oid AND r.rulename <> '_RETURN' ORDER BY r.rulename
         LOOP
-            ddl := ddl || x.d;
+            later := later || x.d;
+            -- Dropped before any view: it may read one dropped before its own.
+            rules := rules || pg_catalog.format('DROP RULE %I ON %s', x.rulename, o.name);
         END LOOP;
         FOR x IN SELECT att.attname, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) AS e FROM pg_catalog.pg_attrdef ad
             JOIN pg_catalog.pg_attribute att ON att.attrelid = ad.adrelid AND att.attnum = ad.adnum
@@ -171,10 +177,10 @@ BEGIN
         END LOOP;
         drops := pg_catalog.format('DROP %s %s', kind, o.name) || drops;
     END LOOP;
-    FOR x IN SELECT pg_catalog.unnest(drops) AS s LOOP
+    FOR x IN SELECT pg_catalog.unnest(rules || drops) AS s LOOP
         EXECUTE x.s;
     END LOOP;
-    PERFORM pg_catalog.set_config({carrier}, pg_catalog.array_to_json(ddl)::text, true);
+    PERFORM pg_catalog.set_config({carrier}, pg_catalog.array_to_json(ddl || later)::text, true);
     PERFORM pg_catalog.set_config('search_path', path, true);
 END;
 "#,
