@@ -278,10 +278,7 @@ fn convert_all_in_place(db: &TestDb, sql_dir: &std::path::Path) -> String {
 /// `config` debounced 50ms, after `refreshd check` passed it.
 fn checked(config: &str) -> String {
     let config = config.replace("debounce = \"2s\"", "debounce = \"50ms\"");
-    let (_dir, path) = support::write_config(&config);
-    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let report = format!("{}{}", support::stdout(&check), support::stderr(&check));
-    assert_eq!(check.status.code(), Some(0), "{report}\n{config}");
+    support::assert_check_passes(&config);
     config
 }
 

@@ -951,10 +951,7 @@ async fn in_place_keeps_the_views_that_read_it() {
     // Its table needs no capture trigger for the views on top (refreshd refreshes them
     // after it): `check` finds no gap, for dv.labelled (another table besides) nor for
     // dv.share (nothing else).
-    let (_dir, path) = support::write_config(&config);
-    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let report = format!("{}{}", support::stdout(&check), support::stderr(&check));
-    assert_eq!(check.status.code(), Some(0), "{report}\n{config}");
+    support::assert_check_passes(&config);
     let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(30)).await;
     db.psql("INSERT INTO dv.sales SELECT g, 7, 3 FROM generate_series(101, 110) g");

@@ -37,15 +37,31 @@ const CARRIER: &str = "refreshd.dependents";
 /// a materialized view they did nothing, and on a table (or a view a table makes
 /// updatable) they would let that role write what refreshd keeps.
 pub fn save_and_drop_sql(rel: &QualifiedName, relkind: char) -> String {
-    let body = format!(
-        r#"DECLARE
+    let body = SAVE_AND_DROP
+        .replace("{name}", &literal(&rel.quoted()))
+        .replace("{relkind}", &literal(&relkind.to_string()))
+        .replace("{carrier}", &literal(CARRIER));
+    format!("DO {};\n", dollar(&body))
+}
+
+/// Creates again, in order, whatever [`save_and_drop_sql`] saved in this transaction.
+pub fn restore_sql() -> String {
+    format!(
+        "DO {};\n",
+        dollar(&RESTORE.replace("{carrier}", &literal(CARRIER)))
+    )
+}
+
+/// The body of [`save_and_drop_sql`]'s `DO` block; `{name}` (the relation, a literal
+/// of its quoted name), `{relkind}` and `{carrier}` are filled in.
+const SAVE_AND_DROP: &str = r#"DECLARE
     rel pg_catalog.oid := pg_catalog.to_regclass({name});
     path text := pg_catalog.current_setting('search_path');
     install boolean := {relkind} = 'm';
-    ddl text[] := '{{}}';
-    later text[] := '{{}}';
-    rules text[] := '{{}}';
-    drops text[] := '{{}}';
+    ddl text[] := '{}';
+    later text[] := '{}';
+    rules text[] := '{}';
+    drops text[] := '{}';
     kind text;
     strip boolean;
     grants text;
@@ -116,7 +132,7 @@ BEGIN
             o.name,
             CASE WHEN strip AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(COALESCE(o.relacl, pg_catalog.acldefault('r', o.relowner))) a
                     WHERE a.grantee <> o.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'))
-                THEN '{{}}' ELSE o.relacl::text END,
+                THEN '{}' ELSE o.relacl::text END,
             o.name, o.name, grants);
         FOR x IN SELECT att.attname, a.privilege_type, a.is_grantable,
                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
@@ -183,18 +199,10 @@ BEGIN
     PERFORM pg_catalog.set_config({carrier}, pg_catalog.array_to_json(ddl || later)::text, true);
     PERFORM pg_catalog.set_config('search_path', path, true);
 END;
-"#,
-        name = literal(&rel.quoted()),
-        relkind = literal(&relkind.to_string()),
-        carrier = literal(CARRIER),
-    );
-    format!("DO {};\n", dollar(&body))
-}
+"#;
 
-/// Creates again, in order, whatever [`save_and_drop_sql`] saved in this transaction.
-pub fn restore_sql() -> String {
-    let body = format!(
-        r#"DECLARE
+/// The body of [`restore_sql`]'s `DO` block; `{carrier}` is filled in.
+const RESTORE: &str = r#"DECLARE
     saved text := pg_catalog.current_setting({carrier}, true);
     path text := pg_catalog.current_setting('search_path');
     x record;
@@ -209,8 +217,4 @@ BEGIN
     PERFORM pg_catalog.set_config({carrier}, '', true);
     PERFORM pg_catalog.set_config('search_path', path, true);
 END;
-"#,
-        carrier = literal(CARRIER),
-    );
-    format!("DO {};\n", dollar(&body))
-}
+"#;

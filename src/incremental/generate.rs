@@ -809,12 +809,17 @@ impl<'a> Conversion<'a> {
                 d.key.join(", ")
             ))
         );
-        if let (true, Some(owner)) = (f.in_place, &f.owner) {
+        self.owner_sql(w);
+    }
+
+    /// In place, the table and the definition view go to the view's owner.
+    fn owner_sql(&self, w: &mut String) {
+        if let (true, Some(owner)) = (self.f.in_place, &self.f.owner) {
             let _ = writeln!(
                 w,
                 "ALTER TABLE {} OWNER TO {o};\nALTER VIEW {} OWNER TO {o};",
-                table.quoted(),
-                def.quoted(),
+                self.n.table.quoted(),
+                self.n.def.quoted(),
                 o = quote_ident(owner)
             );
         }

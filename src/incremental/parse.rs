@@ -168,18 +168,7 @@ fn role_dependent(v: &serde_json::Value) -> Option<String> {
                         .and_then(|s| s.as_str())
                         .unwrap_or_default()
                         .to_ascii_lowercase();
-                    let role = [
-                        "current_user",
-                        "current_role",
-                        "session_user",
-                        "system_user",
-                        "user",
-                        "pg_has_role",
-                        "row_security_active",
-                    ]
-                    .contains(&name.as_str())
-                        || (name.starts_with("has_") && name.ends_with("_privilege"));
-                    role.then(|| format!("{name}()"))
+                    super::volatile::role_dependent(&name).then(|| format!("{name}()"))
                 }
                 _ => None,
             };

@@ -71,6 +71,25 @@ const SESSION: &[&str] = &[
     "pg_has_role",
 ];
 
+/// Functions whose value is the role evaluating them (REFRESH runs a materialized view's
+/// query as its owner, refreshd as the role it connects as): a definition calling one
+/// anywhere is refused. `current_user` and its kin as `parse` names them, and the
+/// privilege inquiry functions (`has_*_privilege`).
+const ROLE: &[&str] = &[
+    "current_user",
+    "current_role",
+    "session_user",
+    "system_user",
+    "user",
+    "pg_has_role",
+    "row_security_active",
+];
+
+/// A function whose value is the role evaluating it (see [`ROLE`]).
+pub(super) fn role_dependent(name: &str) -> bool {
+    ROLE.contains(&name) || (name.starts_with("has_") && name.ends_with("_privilege"))
+}
+
 /// A key computed with this function cannot be derived from a row: the trigger that
 /// computes it from the changed rows runs in the writer's session, at the writer's time.
 pub(super) fn changes_under_key(name: &str) -> bool {

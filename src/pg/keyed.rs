@@ -93,7 +93,7 @@ async fn columns(
         .query_typed(
             "SELECT r.ord::int, c.relkind::text, a.attname::text, \
                     pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY') \
+                    (SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')) \
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema, name, ord) \
                JOIN pg_catalog.pg_namespace n ON n.nspname = r.schema \
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.name \
@@ -1007,14 +1007,19 @@ mod tests {
         ))
     }
 
+    /// Columns `a`, `B`, `n`, key (`a`, `B`) of types uuid and integer.
+    fn shape(temp: bool) -> Shape {
+        Shape {
+            columns: vec!["a".into(), "B".into(), "n".into()],
+            key_types: vec!["uuid".into(), "integer".into()],
+            temp,
+        }
+    }
+
     #[test]
     fn statements_quote_names_and_bind_values() {
         let (v, k) = view();
-        let shape = Shape {
-            columns: vec!["a".into(), "B".into(), "n".into()],
-            key_types: vec!["uuid".into(), "integer".into()],
-            temp: false,
-        };
+        let shape = shape(false);
         assert_eq!(
             delete_keys_sql(&v, &k, &shape),
             r#"DELETE FROM "public"."live" AS t USING (SELECT u.k1::uuid AS "a", u.k2::integer AS "B" FROM unnest($1::text[], $2::text[]) AS u(k1, k2)) AS k WHERE t."a" = k."a" AND t."B" = k."B""#
@@ -1032,11 +1037,7 @@ mod tests {
     #[test]
     fn a_full_recompute_computes_the_definition_into_a_temporary_table_when_it_may() {
         let (v, k) = view();
-        let shape = Shape {
-            columns: vec!["a".into(), "B".into(), "n".into()],
-            key_types: vec!["uuid".into(), "integer".into()],
-            temp: true,
-        };
+        let shape = shape(true);
         assert_eq!(
             replace_all_sql(&v, &k, &shape),
             r#"CREATE TEMP TABLE "refreshd_new" ON COMMIT DROP AS SELECT "a", "B", "n" FROM "public"."def"; ANALYZE pg_temp."refreshd_new"; WITH "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM pg_temp."refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM pg_temp."refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); DROP TABLE pg_temp."refreshd_new""#
@@ -1067,11 +1068,7 @@ mod tests {
             consume_sql(&k, &buffer),
             r#"SELECT b.k1::text, b.k2::text, b.all_ FROM "refreshd"."public_Live_consume"() AS b(k1, k2, all_) LIMIT 11"#
         );
-        let shape = Shape {
-            columns: vec!["a".into(), "B".into(), "n".into()],
-            key_types: vec!["uuid".into(), "integer".into()],
-            temp: false,
-        };
+        let shape = shape(false);
         let sql = full_buffered_sql(&v, &k, &buffer, &shape, false, "");
         assert!(
             sql.starts_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250;"),

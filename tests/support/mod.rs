@@ -221,6 +221,14 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// `refreshd check` on `config` exits 0 (the report and the config in the failure).
+pub fn assert_check_passes(config: &str) {
+    let (_dir, path) = write_config(config);
+    let check = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let report = format!("{}{}", stdout(&check), stderr(&check));
+    assert_eq!(check.status.code(), Some(0), "{report}\n{config}");
+}
+
 /// Runs the real binary with these arguments.
 pub fn refreshd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_refreshd"))
