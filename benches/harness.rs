@@ -27,6 +27,8 @@
 //! (benches/writers/instructions.rs; needs valgrind; ~3 min, `--quick` ~1 min).
 //! `--writers-partitioned`, with either: the same on w.sales partitioned by month (12
 //! partitions), the kind of fact table issue 20 measured capture on.
+//! `--writers-durable`, with `--writers`: commits as the server's defaults make them
+//! (fsync, synchronous_commit and full_page_writes on; the bench clusters turn them off).
 //! `--attendance-scale` runs only the attendance view's hand-written keyed table (005)
 //! against the one `init --keyed` generates, commit → visible at scales 1 and 10
 //! (benches/attendance/mod.rs; `--attendance-scales A,B` overrides, `--quick`: 0.1 and 1).
@@ -104,6 +106,9 @@ struct Plan {
     /// `--writers-partitioned`: w.sales partitioned by month (12 partitions), as the
     /// fact table issue 20 measured capture on (benches/writers/mod.rs).
     writers_partitioned: bool,
+    /// `--writers-durable`: the server's durable defaults (fsync, synchronous_commit,
+    /// full_page_writes on) instead of the test clusters' fsync=off (benches/writers/mod.rs).
+    writers_durable: bool,
     writers_secs: u64,
     writers_rounds: usize,
     /// `--attendance-scale`: only the hand-written against generated attendance keyed
@@ -154,6 +159,7 @@ impl Plan {
             writers: false,
             writers_instructions: false,
             writers_partitioned: false,
+            writers_durable: false,
             writers_secs: 3,
             writers_rounds: 1,
             attendance: false,
@@ -193,6 +199,7 @@ impl Plan {
             writers: false,
             writers_instructions: false,
             writers_partitioned: false,
+            writers_durable: false,
             writers_secs: 10,
             writers_rounds: 3,
             attendance: false,
@@ -216,6 +223,7 @@ impl Plan {
         self.writers = has("--writers");
         self.writers_instructions = has("--writers-instructions");
         self.writers_partitioned = has("--writers-partitioned");
+        self.writers_durable = has("--writers-durable");
         self.attendance = has("--attendance-scale");
         if let Some(scales) = arg_scales(args, "--attendance-scales") {
             self.attendance = true;

@@ -265,6 +265,9 @@ struct Ctx {
 struct Facts {
     quick: bool,
     partitioned: bool,
+    durable: bool,
+    /// The cluster's durability settings as the server reported them.
+    settings: String,
     secs: u64,
     rounds: usize,
     pg: String,
@@ -285,6 +288,10 @@ pub async fn run(plan: Plan) -> Result<()> {
     let bench = Bench::on_new_cluster(&plan, 100).await?;
     let dsn = bench.dsn.clone();
     let c = connect(&dsn).await?;
+    if plan.writers_durable {
+        durable(&c).await?;
+    }
+    let settings = durability(&c).await?;
     c.batch_execute(&setup_sql(plan.writers_partitioned))
         .await?;
     c.batch_execute("VACUUM ANALYZE").await?;
@@ -321,6 +328,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     let f = Facts {
         quick,
         partitioned: plan.writers_partitioned,
+        durable: plan.writers_durable,
+        settings,
         secs,
         rounds,
         pg,
@@ -543,6 +552,47 @@ impl Ctx {
     }
 }
 
+/// `--writers-durable`: commits as a production server makes them, the settings the
+/// bench clusters turn off put back to PostgreSQL's defaults (all three reload on SIGHUP).
+async fn durable(c: &tokio_postgres::Client) -> Result<()> {
+    c.batch_execute(
+        "ALTER SYSTEM SET fsync = on; ALTER SYSTEM SET synchronous_commit = on; \
+         ALTER SYSTEM SET full_page_writes = on; SELECT pg_catalog.pg_reload_conf()",
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while durability(c).await?
+        != "fsync=on, synchronous_commit=on, full_page_writes=on, shared_buffers=128MB"
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "the server did not reload fsync = on: {}",
+                durability(c).await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The settings that decide what a commit costs, as the server reports them.
+async fn durability(c: &tokio_postgres::Client) -> Result<String> {
+    let mut parts = Vec::new();
+    for name in [
+        "fsync",
+        "synchronous_commit",
+        "full_page_writes",
+        "shared_buffers",
+    ] {
+        let v: String = c
+            .query_one("SELECT pg_catalog.current_setting($1)", &[&name])
+            .await?
+            .get(0);
+        parts.push(format!("{name}={v}"));
+    }
+    Ok(parts.join(", "))
+}
+
 /// The report's "Writers: run" table and what init said.
 fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
     let mut o = run_table_head(
@@ -551,17 +601,21 @@ fn run_table(f: &Facts, loads: &[f64], init: &Init) -> String {
             "`--writers --writers-secs {} --writers-rounds {}{}`{}",
             f.secs,
             f.rounds,
-            if f.partitioned {
-                " --writers-partitioned"
-            } else {
-                ""
+            match (f.partitioned, f.durable) {
+                (false, false) => "",
+                (true, false) => " --writers-partitioned",
+                (false, true) => " --writers-durable",
+                (true, true) => " --writers-partitioned --writers-durable",
             },
             quick_flag(f.quick)
         ),
     );
     o += &run_row("refreshd", &build_line());
     o += &run_row("PostgreSQL", &f.pg);
-    o += "| cluster | throwaway initdb (refreshd's TempCluster): fsync=off, synchronous_commit=off, full_page_writes=off, shared_buffers=128MB |\n";
+    o += &run_row(
+        "cluster",
+        &format!("throwaway initdb (refreshd's TempCluster): {}", f.settings),
+    );
     o += &host_row(&f.load_start, &f.load_end, "run", loads);
     o += &format!(
         "| data | {} {ROWS} rows, 100 products; three 100-row views (see below) |\n",
