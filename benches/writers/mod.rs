@@ -555,11 +555,14 @@ impl Ctx {
 /// `--writers-durable`: commits as a production server makes them, the settings the
 /// bench clusters turn off put back to PostgreSQL's defaults (all three reload on SIGHUP).
 async fn durable(c: &tokio_postgres::Client) -> Result<()> {
-    c.batch_execute(
-        "ALTER SYSTEM SET fsync = on; ALTER SYSTEM SET synchronous_commit = on; \
-         ALTER SYSTEM SET full_page_writes = on; SELECT pg_catalog.pg_reload_conf()",
-    )
-    .await?;
+    // One statement each: ALTER SYSTEM refuses a transaction block, which several
+    // statements in one simple query are.
+    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+        c.batch_execute(&format!("ALTER SYSTEM SET {setting} = on"))
+            .await?;
+    }
+    c.batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while durability(c).await?
         != "fsync=on, synchronous_commit=on, full_page_writes=on, shared_buffers=128MB"
