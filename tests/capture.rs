@@ -661,3 +661,66 @@ async fn inheritance_children_are_captured_like_partitions() {
     .await;
     assert_eq!(gaps(&d), Some(0.0));
 }
+
+/// A keyed view's generated capture names the columns it reads in its trigger
+/// functions' SQL, which PostgreSQL resolves by name again after any DDL on the table:
+/// a column renamed under it (here beneath the plain view `shop.paid`, which follows
+/// the rename) makes every write to the table fail until `init --keyed` generates the
+/// capture again. `check` and `run` notice (the names the definition reads, recorded at
+/// the install, differ from the catalog's): fails without the recorded names, since
+/// the triggers themselves are all there and enabled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again() {
+    let db = TestDb::new();
+    schema(&db);
+    let convert = || {
+        let out = refreshd(&[
+            "init",
+            "--url",
+            &db.dsn(),
+            "--apply",
+            "--keyed",
+            VIEW,
+            "--in-place",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        support::stdout(&out)
+    };
+    let config = format!(
+        "capture_check_interval = \"1s\"\n{}",
+        convert().replace("[defaults]\n", "[defaults]\ncapture = \"verify\"\n")
+    );
+    support::assert_check_passes(&config);
+    let d = checked_daemon(&config).await;
+
+    db.psql("ALTER TABLE shop.payments RENAME COLUMN amount TO paid_amount");
+    wait_for(
+        Duration::from_secs(15),
+        "the stale capture reported",
+        || async { gaps(&d) == Some(1.0) },
+    )
+    .await;
+    let (_dir, path) = write_config(&config);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("its capture was generated for names it no longer reads (a table, schema or column renamed"),
+        "{text}"
+    );
+    let status = d.get("/status").1;
+    assert!(status.contains("no longer reads"), "{status}");
+
+    // Generated again from the definition as it reads now: no gap, writes go through.
+    convert();
+    wait_for(Duration::from_secs(15), "the gap closed", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    support::assert_check_passes(&config);
+    db.psql("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')");
+    wait_for(Duration::from_secs(10), "the write in the view", || async {
+        north(&db) == "110"
+    })
+    .await;
+}

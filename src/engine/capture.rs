@@ -113,6 +113,17 @@ pub fn judge(
     v
 }
 
+/// A keyed view whose capture was generated for names its definition no longer reads
+/// ([`crate::pg::capture::CaptureFacts::stale`]). Not healed: the capture is generated
+/// again by `init --keyed` (the same command, run again).
+pub fn stale_gap(definition: &QualifiedName) -> Gap {
+    Gap {
+        table: definition.clone(),
+        why: crate::pg::capture::STALE_CAPTURE.to_string(),
+        heal: None,
+    }
+}
+
 /// The channel (of `channels`) an enabled trigger of `t` notifies, if any.
 fn notifies(t: &TableFacts, channels: &[String]) -> Option<String> {
     t.triggers
@@ -209,15 +220,18 @@ pub async fn run_check(
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
     let mut verdicts = Vec::new();
-    for (v, tables) in views.iter().zip(&facts.views) {
+    for ((v, tables), stale) in views.iter().zip(&facts.views).zip(&facts.stale) {
         // A view that is gone is `check`'s and the refresh's business, not capture's.
         let Some(tables) = tables else { continue };
-        let verdict = judge(
+        let mut verdict = judge(
             &v.channels,
             &not_configured(tables, &configured),
             previous.get(&v.name),
             v.keyed.is_some(),
         );
+        if *stale {
+            verdict.gaps.push(stale_gap(checked_relation(v)));
+        }
         verdicts.push((v, verdict));
     }
     let heals = to_install(&verdicts);

@@ -325,6 +325,49 @@ pub fn channel_for(view: &QualifiedName) -> String {
 }
 
 /// Dollar-quotes `body` with a tag it does not contain.
+/// The words before the hash in the definition view's comment ([`reads_marker_sql`]).
+pub const READS_MARKER: &str = "names read: md5 ";
+
+/// The md5 of every name a view reads, through the plain views it reads: each
+/// relation as `schema.name`, each column read as `schema.name.column`, sorted in the
+/// "C" collation. Built from the rewrite rules' dependencies, so no setting
+/// (`search_path`, quoting) changes it; a table, schema or column renamed, or the view
+/// replaced by one reading other columns, does. `view` is a SQL expression giving the
+/// view's oid. The capture a keyed conversion generates names those tables and columns
+/// in its trigger functions' SQL, which PostgreSQL resolves by name again whenever the
+/// function's plan is invalidated: after such a rename every write to the table fails
+/// until the capture is generated again. `check` and `run` compare this hash with the
+/// one the install recorded.
+pub fn reads_md5_sql(view: &str) -> String {
+    let eq = pg_op("=");
+    let ne = pg_op("<>");
+    let cat = pg_op("||");
+    let gt = pg_op(">");
+    format!(
+        "(WITH RECURSIVE r(relid) AS (SELECT ({view})::pg_catalog.oid \
+         UNION SELECT d.refobjid FROM r JOIN pg_catalog.pg_class rc ON rc.oid {eq} r.relid AND rc.relkind {eq} 'v' \
+           JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
+           JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
+            AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid) \
+         SELECT pg_catalog.md5(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\")) FROM ( \
+           SELECT DISTINCT pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
+                  {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') AS x \
+             FROM r JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
+             JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
+              AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid \
+             JOIN pg_catalog.pg_class c ON c.oid {eq} d.refobjid \
+             JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
+             LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid {eq} d.refobjid AND d.refobjsubid {gt} 0 \
+              AND a.attnum {eq} d.refobjsubid) AS s)"
+    )
+}
+
+/// The hash [`reads_md5_sql`] recorded in a definition view's comment, as a SQL
+/// expression over `comment` (NULL when there is none: a conversion made before it).
+pub fn recorded_md5_sql(comment: &str) -> String {
+    format!("pg_catalog.substring({comment}, '{READS_MARKER}([0-9a-f]{{32}})')")
+}
+
 pub(super) fn dollar(body: &str) -> String {
     let mut n = 0;
     loop {
@@ -1286,6 +1329,24 @@ impl Conversion<'_> {
         Ok(lines)
     }
 
+    /// The definition view's comment, written by the server: the names the definition
+    /// reads ([`reads_md5_sql`]) when this capture was generated from it.
+    fn reads_marker_sql(&self, w: &mut String) {
+        let def = self.n.def.quoted();
+        let text = format!(
+            "refreshd: the definition of keyed view {}; its capture was generated for the {READS_MARKER}",
+            self.n.table
+        );
+        let body = format!(
+            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {} {});\nEND;\n",
+            literal(&def),
+            literal(&text),
+            pg_op("||"),
+            reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def)))
+        );
+        let _ = writeln!(w, "DO {};", dollar(&body));
+    }
+
     /// The fill: readers see the old rows until commit; the trigger DDL before it holds
     /// the base tables, so no change slips between the fill and the triggers.
     fn fill_sql(&self, w: &mut String) {
@@ -1375,6 +1436,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     }
     let mut rollback = String::new();
     generated.capture = c.capture_sql(&reached, &mut install, &mut rollback)?;
+    c.reads_marker_sql(&mut install);
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);
     if f.in_place {

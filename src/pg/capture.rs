@@ -145,14 +145,39 @@ pub struct CaptureFacts {
     /// ... in this version (one that notifies only while refreshd arms the channel;
     /// older ones notify on every writing transaction: correct, but costly).
     pub function_current: bool,
+    /// Per view asked about: a keyed view's definition whose capture was generated for
+    /// other names than it reads now (a table, schema or column renamed since, or the
+    /// definition replaced): the trigger functions name what is gone, and every write
+    /// to the table fails until `init --keyed` generates them again.
+    pub stale: Vec<bool>,
 }
 
 /// Every base table and partition each view reads (through plain views; partition trees
 /// whole, present partitions, and inheritance children at every level, whose root is
 /// the table the view reads), with every user trigger on each, in ONE query whatever
 /// the number of views.
+/// Why a keyed view whose capture is stale ([`CaptureFacts::stale`]) is a gap.
+pub const STALE_CAPTURE: &str =
+    "its capture was generated for names it no longer reads (a table, schema or \
+     column renamed, or the definition replaced): writes to its tables fail, or their changes go \
+     unseen, until `refreshd init --keyed` runs again for this view";
+
+fn check_sql() -> String {
+    let stale = format!(
+        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM (SELECT {} AS m) AS rec)",
+        crate::incremental::generate::reads_md5_sql("c.oid"),
+        crate::incremental::generate::recorded_md5_sql(
+            "pg_catalog.obj_description(c.oid, 'pg_class')"
+        )
+    );
+    CHECK_SQL.replace("$stale", &stale)
+}
+
+/// [`check_sql`]'s text, `$stale` standing for whether a keyed view's capture was
+/// generated for names its definition no longer reads (a rename since).
 const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
-    SELECT x.ord, c.oid FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, ord) \
+    SELECT x.ord, c.oid, CASE WHEN c.relkind = 'v' THEN $stale ELSE false END AS stale \
+      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, ord) \
       JOIN pg_catalog.pg_namespace ns ON ns.nspname = x.s \
       JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n AND c.relkind IN ('m', 'v') \
 ), reads(ord, relid) AS ( \
@@ -191,7 +216,8 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
        CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE coalesce(tree.root, c.oid) END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
-       (SELECT p.prosrc LIKE '%1919316840 + pg_catalog.pg_backend_pid() \\% 16%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid) \
+       (SELECT p.prosrc LIKE '%1919316840 + pg_catalog.pg_backend_pid() \\% 16%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid), \
+       v.stale \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \
   LEFT JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind IN ('r', 'p') \
@@ -210,7 +236,7 @@ pub async fn inspect(
     let names: Vec<&str> = views.iter().map(|n| n.name.as_str()).collect();
     let rows = client
         .query_typed(
-            CHECK_SQL,
+            &check_sql(),
             &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?;
@@ -218,14 +244,18 @@ pub async fn inspect(
         views: vec![None; views.len()],
         function_installed: false,
         function_current: false,
+        stale: vec![false; views.len()],
     };
     for r in &rows {
         facts.function_installed = r.get::<_, Option<bool>>(9).unwrap_or(false);
         facts.function_current = r.get::<_, Option<bool>>(10).unwrap_or(false);
-        let Some(slot) = (r.get::<_, i64>(0) as usize)
-            .checked_sub(1)
-            .and_then(|i| facts.views.get_mut(i))
-        else {
+        let Some(i) = (r.get::<_, i64>(0) as usize).checked_sub(1) else {
+            continue;
+        };
+        if let Some(stale) = facts.stale.get_mut(i) {
+            *stale |= r.get::<_, Option<bool>>(11).unwrap_or(false);
+        }
+        let Some(slot) = facts.views.get_mut(i) else {
             continue;
         };
         let tables = slot.get_or_insert_with(Vec::new);

@@ -405,6 +405,24 @@ async fn rows_at_least(
 /// Some enabled trigger on a table the query reads sends keys on one of the channels:
 /// row-level, or statement-level with a transition table. "Sends on the channel" is
 /// read from the function's source, or from a function it calls by name (one level).
+/// Whether the capture of the keyed view whose definition is `query_oid` was
+/// generated for names the definition no longer reads (see
+/// [`crate::incremental::generate::reads_md5_sql`]); false for a conversion that
+/// recorded none.
+async fn stale_capture(client: &Client, query_oid: u32) -> Result<bool, tokio_postgres::Error> {
+    use crate::incremental::generate::{reads_md5_sql, recorded_md5_sql};
+    let sql = format!(
+        "SELECT m IS NOT NULL AND m IS DISTINCT FROM {} \
+           FROM (SELECT {} AS m) AS rec",
+        reads_md5_sql("$1"),
+        recorded_md5_sql("pg_catalog.obj_description($1, 'pg_class')")
+    );
+    let rows = client.query_typed(&sql, &[(&query_oid, Type::OID)]).await?;
+    Ok(rows
+        .first()
+        .is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
+}
+
 async fn triggers(
     client: &Client,
     view: &ViewConfig,
@@ -424,6 +442,15 @@ async fn triggers(
         )
         .await?[0]
         .get(0);
+    if stale_capture(client, query_oid).await? {
+        r.problems.push(
+            crate::pg::capture::STALE_CAPTURE.to_string()
+                + &format!(
+                    " (the capture recorded the names {} read when it was generated)",
+                    keyed.query.shown()
+                ),
+        );
+    }
     let tables = transitive_tables(client, query_oid).await?;
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
     let rows = client
