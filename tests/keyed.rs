@@ -885,10 +885,12 @@ async fn a_hundred_keys_are_no_slower_than_everything_with_jit_on() {
         full[2]
     );
     // "No slower", with room for a busy machine's noise: under a CPU hog per core one
-    // refresh varies up to 2x, so the bound is the slowest full recompute × 1.5 (JIT
-    // made the keys 30x slower, which this still catches).
+    // refresh varies up to 2x, and since `.ci/run` runs this suite beside another
+    // major's, the one keyed sample may land in a busier second than the three full
+    // ones (it failed once at 1.5x + 50 ms). The bound is the slowest full recompute
+    // × 3 + 100 ms: JIT made the keys 30x slower, which this still catches.
     assert!(
-        keyed <= full[2] * 1.5 + 0.05,
+        keyed <= full[2] * 3.0 + 0.1,
         "100 keys took {keyed:.3} s, everything {:.3} s at most",
         full[2]
     );
