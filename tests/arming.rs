@@ -171,3 +171,103 @@ async fn managed_capture_replaces_an_older_capture_function() {
         .log_text()
         .contains("replaced an older refreshd.notify_changed()"));
 }
+
+/// Writes flowing (see `src/engine/arming.rs`): re-arming finds a writer in flight,
+/// waits for it alone (the other slots let go at once) and leaves the channel disarmed
+/// for the refresh, so a writer during that refresh skips its notification too; the
+/// view is due again at once, and the refresh after it has that write. Fails without
+/// the flowing mode (the writer during the refresh finds the channel armed) and without
+/// its wake-up (that write would wait for the next notification).
+#[tokio::test(flavor = "multi_thread")]
+async fn while_writes_flow_refreshes_follow_each_other_without_notifications() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE public.items (id int PRIMARY KEY, grp int NOT NULL, qty int NOT NULL);
+         INSERT INTO public.items VALUES (1, 1, 10);
+         CREATE TABLE public.knob (secs float8 NOT NULL);
+         INSERT INTO public.knob VALUES (1);
+         CREATE MATERIALIZED VIEW public.totals AS
+           WITH pause AS MATERIALIZED (SELECT pg_sleep(secs) FROM public.knob)
+           SELECT i.grp, sum(i.qty) AS qty FROM public.items i, pause GROUP BY i.grp;
+         CREATE UNIQUE INDEX ON public.totals (grp);",
+    );
+    // The view reads two tables: one channel each; the one written is watched.
+    const CH: &str = "refreshd_public_items";
+    let d = armed_daemon(&db, &adopt(&db, "1s"), "public.totals", Some(CH)).await;
+    let probe = db.client().await;
+
+    db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");
+    wait_for(Duration::from_secs(10), "the lock released", || async {
+        channel_locks(&probe, Some(CH), "true").await == 0
+    })
+    .await;
+    // W1 in flight when the refresh re-arms: refreshd waits for its slot only.
+    let mut w1 = db.client().await;
+    let tx = w1.transaction().await.unwrap();
+    tx.execute("UPDATE public.items SET qty = qty + 100 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert!(
+        holds_shared_slot(&tx, Some(CH)).await,
+        "W1 skipped its notification"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "refreshd waiting for W1",
+        || async {
+            channel_locks(&probe, Some(CH), "mode = 'ExclusiveLock' AND NOT granted").await == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        channel_locks(&probe, Some(CH), "mode = 'ExclusiveLock' AND granted").await,
+        0,
+        "the other slots are let go while refreshd waits for W1's"
+    );
+    tx.commit().await.unwrap();
+    // The refresh runs (its snapshot taken: it sleeps) with the channel disarmed.
+    wait_for(Duration::from_secs(10), "the refresh sleeping", || async {
+        probe
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND query LIKE '%REFRESH MATERIALIZED VIEW%totals%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    let mut w2 = db.client().await;
+    let tx = w2.transaction().await.unwrap();
+    tx.execute("UPDATE public.items SET qty = qty + 1000 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert!(
+        holds_shared_slot(&tx, Some(CH)).await,
+        "W2, writing during the refresh, skipped its notification"
+    );
+    tx.commit().await.unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "W2's write in the view",
+        || async { total(&db) == "1111" },
+    )
+    .await;
+    // No writer in flight at the next re-arm: the channel is armed again.
+    wait_for(
+        Duration::from_secs(15),
+        "the channel armed again",
+        || async {
+            channel_locks(&probe, Some(CH), "mode = 'ExclusiveLock' AND granted").await == 16
+        },
+    )
+    .await;
+    db.psql("UPDATE public.items SET qty = qty + 10000 WHERE id = 1");
+    wait_for(Duration::from_secs(15), "the next write", || async {
+        total(&db) == "11111"
+    })
+    .await;
+    assert_eq!(d.failures("public.totals"), 0.0);
+}

@@ -20,11 +20,26 @@
 //!   the refresh's snapshot is taken. New writers queue behind refreshd's request (a
 //!   lock request conflicts with waiting requests too), fail their try, and notify.
 //!
+//! - **Writes flowing**: when re-arming finds a slot held by a writer (a write that
+//!   skipped its notification is still open: writes are flowing), refreshd lets go of
+//!   the slots it took at once, waits for each busy slot in turn (taking and releasing
+//!   it: a barrier, after which every writer that held it has committed), and leaves
+//!   the channel disarmed for the refresh that follows: writers during that refresh
+//!   skip their notification too. Instead, the channel's views are made due again at
+//!   once (a notification of refreshd's own, [`Armed::Flowing`]), so the next refresh
+//!   re-arms, and so on; the first re-arm that finds no writer in flight keeps the
+//!   slots, and writers notify again. Under steady writes no writer pays for a
+//!   notification then, where before every writer between the re-arm and the first
+//!   notification's arrival did (12-23 notifying commits a refresh with `debounce = 0`,
+//!   BENCHMARKS.md). A busy slot that stays busy past `ARM_LOCK_TIMEOUT` falls back
+//!   to the case below.
+//!
 //! Why no change is lost: a writer that skips its notification does so while the
 //! channel is disarmed. A channel is disarmed only between a notification's arrival
-//! (which made every view on the channel due, *after* the release) and the next
-//! re-arm, which every one of those views' next refreshes performs first and which
-//! waits for that writer's commit. If re-arming cannot get the lock within
+//! (which made every view on the channel due, *after* the release) or a flowing
+//! re-arm (which made them due again, after its barrier) and the next re-arm, which
+//! every one of those views' next refreshes performs first and which waits for that
+//! writer's commit. If re-arming cannot get the lock within
 //! `ARM_LOCK_TIMEOUT` (a long writing transaction), the refresh goes ahead, refreshd
 //! keeps trying, and when the lock is finally taken the channel's views are made due
 //! again. When the LISTEN session ends, its locks go with it (every channel disarmed);
@@ -41,6 +56,7 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 
 use crate::engine::listen_event::ListenerEvent;
+use crate::engine::tasks::Mapped;
 use crate::pg::connect::error_chain;
 
 /// The advisory lock class of refreshd's channel locks (the two-key form's first key;
@@ -75,6 +91,9 @@ pub struct Arming {
     /// SQL on the session, one statement at a time (held across its round trip).
     session: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
     state: Mutex<State>,
+    /// Where the leading session's notifications go: a flowing re-arm makes the
+    /// channel's views due again through it.
+    wake: Mutex<Option<Mapped<ListenerEvent>>>,
 }
 
 #[derive(Default)]
@@ -94,6 +113,9 @@ struct State {
 pub enum Armed {
     /// Held (already, or now): every write that skipped its notification committed.
     Yes,
+    /// Writers were in flight: every one of them has committed (a barrier), and the
+    /// channel is left disarmed; its views are due again (see the module doc).
+    Flowing,
     /// Writers still hold it (or the statement failed): the refresh goes ahead and the
     /// channel is retried.
     Pending,
@@ -112,6 +134,7 @@ impl Arming {
         Self {
             session: tokio::sync::Mutex::new(None),
             state: Mutex::new(State::default()),
+            wake: Mutex::new(None),
         }
     }
 
@@ -119,8 +142,13 @@ impl Arming {
         self.state.lock().expect("not poisoned")
     }
 
-    /// A new leading LISTEN session (holding no channel lock yet).
-    pub async fn attach(&self, client: Arc<tokio_postgres::Client>) -> Result<(), String> {
+    /// A new leading LISTEN session (holding no channel lock yet), whose notifications
+    /// go to `wake`.
+    pub async fn attach(
+        &self,
+        client: Arc<tokio_postgres::Client>,
+        wake: Mapped<ListenerEvent>,
+    ) -> Result<(), String> {
         let set = client.query_typed(
             "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
             &[(&ARM_LOCK_TIMEOUT, Type::TEXT)],
@@ -132,6 +160,7 @@ impl Arming {
         }
         let mut session = self.session.lock().await;
         *session = Some(client);
+        *self.wake.lock().expect("not poisoned") = Some(wake);
         let mut st = self.state();
         st.generation += 1;
         st.attached = true;
@@ -209,10 +238,23 @@ impl Arming {
             match self.arm_one(ch).await {
                 Armed::NoSession => return Armed::NoSession,
                 Armed::Pending => outcome = Armed::Pending,
+                Armed::Flowing => self.wake(ch),
                 Armed::Yes => {}
             }
         }
         outcome
+    }
+
+    /// Makes `channel`'s views due again, as a notification on it would (a flowing
+    /// re-arm left it disarmed: the writes after this refresh's snapshot need the next).
+    fn wake(&self, channel: &str) {
+        if let Some(w) = self.wake.lock().expect("not poisoned").as_ref() {
+            let _ = w.send(ListenerEvent::Notification {
+                channel: channel.to_string(),
+                payload: String::new(),
+                pid: 0,
+            });
+        }
     }
 
     /// Takes every slot of `channel` not held yet: first all at once without waiting,
@@ -251,7 +293,15 @@ impl Arming {
         if !self.took(generation, channel, &taken) {
             return Armed::NoSession;
         }
-        for slot in missing.into_iter().filter(|s| !taken.contains(s)) {
+        let busy: Vec<i32> = missing
+            .iter()
+            .copied()
+            .filter(|s| !taken.contains(s))
+            .collect();
+        if held == 0 && !busy.is_empty() {
+            return self.flowing(client, generation, channel, busy).await;
+        }
+        for slot in busy {
             let params: [Param; 3] = [
                 (&ARM_CLASS, Type::INT4),
                 (&channel, Type::TEXT),
@@ -277,6 +327,84 @@ impl Arming {
         }
         st.pending.remove(channel);
         Armed::Yes
+    }
+
+    /// Re-arming found `busy` slots held by writers (see the module doc, "Writes
+    /// flowing"): lets go of the slots just taken, then takes and releases each busy
+    /// one in turn (waiting up to `ARM_LOCK_TIMEOUT` for its writers). `Flowing` when
+    /// every writer that held one has committed; a slot still busy after the timeout
+    /// falls back to holding the channel's other slots and retrying ([`Armed::Pending`]).
+    async fn flowing(
+        &self,
+        client: &tokio_postgres::Client,
+        generation: u64,
+        channel: &str,
+        busy: Vec<i32>,
+    ) -> Armed {
+        let taken = slots_in(self.state().armed.get(channel).copied().unwrap_or(0));
+        let params: [Param; 3] = [
+            (&ARM_CLASS, Type::INT4),
+            (&channel, Type::TEXT),
+            (&taken, Type::INT4_ARRAY),
+        ];
+        let unlock = client.query_typed(
+            "SELECT pg_catalog.pg_advisory_unlock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s",
+            &params,
+        );
+        match tokio::time::timeout(STATEMENT_DEADLINE, unlock).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
+            Err(_) => return self.arm_failed(generation, channel, None),
+        }
+        {
+            let mut st = self.state();
+            if st.generation != generation {
+                return Armed::NoSession;
+            }
+            st.armed.remove(channel);
+        }
+        for slot in busy {
+            let params: [Param; 3] = [
+                (&ARM_CLASS, Type::INT4),
+                (&channel, Type::TEXT),
+                (&slot, Type::INT4),
+            ];
+            // The lock is taken in the subquery (OFFSET 0 keeps it one), then released.
+            let barrier = client.query_typed(
+                "SELECT pg_catalog.pg_advisory_unlock($1 + $3, pg_catalog.hashtext($2)) \
+                   FROM (SELECT pg_catalog.pg_advisory_lock($1 + $3, pg_catalog.hashtext($2)) OFFSET 0) AS l",
+                &params,
+            );
+            let failed = match tokio::time::timeout(STATEMENT_DEADLINE, barrier).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => Some(e),
+                Err(_) => None,
+            };
+            // A writer outlives the timeout: arm as before, and retry.
+            let all = slots_in(ALL_SLOTS);
+            let params: [Param; 3] = [
+                (&ARM_CLASS, Type::INT4),
+                (&channel, Type::TEXT),
+                (&all, Type::INT4_ARRAY),
+            ];
+            let tried = client.query_typed(
+                "SELECT s FROM unnest($3::int4[]) s WHERE pg_catalog.pg_try_advisory_lock($1 + s, pg_catalog.hashtext($2))",
+                &params,
+            );
+            if let Ok(Ok(rows)) = tokio::time::timeout(STATEMENT_DEADLINE, tried).await {
+                let taken: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+                if !self.took(generation, channel, &taken) {
+                    return Armed::NoSession;
+                }
+            }
+            return self.arm_failed(generation, channel, failed);
+        }
+        let mut st = self.state();
+        if st.generation != generation {
+            return Armed::NoSession;
+        }
+        st.pending.remove(channel);
+        Armed::Flowing
     }
 
     /// Records slots taken on the session of `generation`; false if it is gone.
@@ -323,7 +451,7 @@ impl Arming {
             if started.elapsed() > Duration::from_millis(500) {
                 break;
             }
-            if self.arm_one(&ch).await == Armed::Yes {
+            if matches!(self.arm_one(&ch).await, Armed::Yes | Armed::Flowing) {
                 tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
                 due(ListenerEvent::Notification {
                     channel: ch,

@@ -325,7 +325,11 @@ impl Listener {
         let _ = self
             .events
             .send(ListenerEvent::Listening(listening.clone()));
-        if let Err(e) = self.arming.attach(conn.client.clone()).await {
+        if let Err(e) = self
+            .arming
+            .attach(conn.client.clone(), self.events.clone())
+            .await
+        {
             return Ended::Lost(e);
         }
         self.health.set_role(Role::Leader);
