@@ -1068,3 +1068,58 @@ async fn row_level_security_takes_no_deltas() {
     )
     .await;
 }
+
+/// A key of a `NOT NULL` domain type. The key buffer held keys in the domain, so the
+/// "everything" row its capture writes (a NULL key: a TRUNCATE, a change that reaches
+/// no key) was refused, and the write with it: every INSERT into the fact table and
+/// every TRUNCATE failed ("domain ... does not allow null values"). The buffer and
+/// the consume function now hold the domain's base type (domains over domains too);
+/// the table keeps the domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_of_a_not_null_domain_do_not_fail_writers() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA dm;
+        CREATE DOMAIN dm.positive AS int CHECK (VALUE > 0);
+        CREATE DOMAIN dm.cust_id AS dm.positive NOT NULL;
+        CREATE TABLE dm.cust (id dm.cust_id PRIMARY KEY, name text NOT NULL);
+        CREATE TABLE dm.ord (id serial PRIMARY KEY, cust dm.cust_id, amt numeric(10,2) NOT NULL);
+        INSERT INTO dm.cust SELECT g, 'c' || g FROM generate_series(1, 20) g;
+        INSERT INTO dm.ord (cust, amt) SELECT 1 + g % 20, g FROM generate_series(1, 400) g;
+        CREATE MATERIALIZED VIEW dm.per_cust AS
+          SELECT c.id, c.name, count(*) AS n, sum(o.amt) AS s, max(o.amt) AS mx
+            FROM dm.ord o JOIN dm.cust c ON c.id = o.cust GROUP BY c.id, c.name;
+        CREATE UNIQUE INDEX ON dm.per_cust (id);"#,
+    );
+    let (code, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "dm",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "dm.per_cust",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{config}");
+    assert_eq!(
+        db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'dm.per_cust'::regclass AND attname = 'id'"),
+        "dm.cust_id",
+        "the table keeps the domain"
+    );
+    each_step_leaves_one_row_per_group(
+        &db,
+        &config,
+        &["dm.per_cust"],
+        &[
+            "INSERT INTO dm.ord (cust, amt) VALUES (3, 1000)",
+            "UPDATE dm.ord SET cust = 4 WHERE cust = 3",
+            "UPDATE dm.cust SET name = 'renamed' WHERE id = 4",
+            "DELETE FROM dm.ord WHERE cust = 5",
+            "TRUNCATE dm.ord",
+            "INSERT INTO dm.ord (cust, amt) VALUES (1, 1), (2, 2)",
+        ],
+    )
+    .await;
+}

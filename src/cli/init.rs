@@ -515,7 +515,8 @@ fn convert(
 /// The materialized view's columns with their types, their collations where not
 /// their type's (schema-qualified and quoted; NULL otherwise), and the equality operator
 /// of their type's default btree operator class (a domain's: its base type's) when it
-/// is not in `pg_catalog`, as `OPERATOR(schema.name)` (NULL otherwise).
+/// is not in `pg_catalog`, as `OPERATOR(schema.name)` (NULL otherwise); for a domain,
+/// its base type (through domains over domains; NULL otherwise).
 const COLUMNS_SQL: &str =
     "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
@@ -529,7 +530,13 @@ const COLUMNS_SQL: &str =
           JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace \
          WHERE oc.opcdefault AND opn.nspname <> 'pg_catalog' \
            AND oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
-         LIMIT 1) \
+         LIMIT 1), \
+       CASE WHEN ty.typtype = 'd' THEN \
+         (WITH RECURSIVE b(t, m) AS (SELECT ty.typbasetype, ty.typtypmod \
+            UNION ALL SELECT bt.typbasetype, bt.typtypmod FROM b JOIN pg_catalog.pg_type bt ON bt.oid = b.t \
+             WHERE bt.typtype = 'd') \
+          SELECT pg_catalog.format_type(b.t, b.m) FROM b JOIN pg_catalog.pg_type x ON x.oid = b.t \
+           WHERE x.typtype <> 'd') END \
   FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
   LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
   LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
@@ -639,6 +646,10 @@ async fn keyed_facts(
         .iter()
         .filter_map(|r| r.get::<_, Option<String>>(3).map(|op| (r.get(0), op)))
         .collect();
+    let domains = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(4).map(|base| (r.get(0), base)))
+        .collect();
     let indexes = client
         .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
         .await?
@@ -672,6 +683,7 @@ async fn keyed_facts(
             columns,
             collations,
             equality,
+            domains,
             search_path: search_path.to_vec(),
             tables,
             indexes,

@@ -96,6 +96,11 @@ pub struct Facts {
     /// The columns whose type's equality is not in `pg_catalog`, as
     /// `OPERATOR(schema.=)` (see [`super::delta::DeltaFacts::equality`]).
     pub equality: Vec<(String, String)>,
+    /// The columns whose type is a domain: name and the domain's base type
+    /// (`format_type`, through domains over domains). The key buffer and the consume
+    /// function hold keys in the base type: their "everything" rows have NULL keys,
+    /// which a `NOT NULL` domain refuses (every write failed).
+    pub domains: Vec<(String, String)>,
     /// The schemas the definition was printed against (names it did not qualify
     /// resolve through them; the install SQL sets it). `init` prints definitions under
     /// `pg_catalog` alone, so that every other name is qualified: the consume function
@@ -130,7 +135,7 @@ pub struct Generated {
     /// The channel the triggers notify.
     pub channel: String,
     pub key: Vec<String>,
-    /// `format_type` of each key column, in `key` order.
+    /// `format_type` of each key column, in `key` order (a domain's base type).
     pub key_types: Vec<String>,
     /// The change buffer, `refreshd."<schema>_<view>_keys"`: an UNLOGGED table of the
     /// key columns (nullable) and [`Generated::all_column`].
@@ -560,8 +565,9 @@ impl<'a> Conversion<'a> {
             .key
             .iter()
             .map(|k| {
-                f.columns
+                f.domains
                     .iter()
+                    .chain(&f.columns)
                     .find(|(c, _)| c == k)
                     .map(|(_, ty)| ty.clone())
                     .expect("checked above")

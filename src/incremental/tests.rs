@@ -1086,6 +1086,7 @@ fn facts(view: QualifiedName, sql: &str, d: &Derivation, tables: Vec<BaseTable>)
             .collect(),
         collations: Vec::new(),
         equality: Vec::new(),
+        domains: Vec::new(),
         search_path: vec!["public".into()],
         tables,
         indexes: Vec::new(),
