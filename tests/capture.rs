@@ -488,7 +488,17 @@ async fn refreshes_are_not_mistaken_for_ddl() {
 async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
     let db = TestDb::new();
     schema(&db);
-    let out = refreshd(&["init", "--url", &db.dsn(), "--apply", "--keyed", VIEW]);
+    let sql_dir = tempfile::tempdir().unwrap();
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--apply",
+        "--keyed",
+        VIEW,
+        "--sql",
+        sql_dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let config = support::stdout(&out);
     assert!(
@@ -560,6 +570,24 @@ async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
     assert!(d
         .log_text()
         .contains("installed the missing capture trigger"));
+    drop(d);
+    // The rollback drops the copies too (it failed: "cannot drop function ... other
+    // objects depend on it", the copies not being in its list).
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.psql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_03'::regclass AND NOT tgisinternal"
+        ),
+        "0"
+    );
+    assert_eq!(
+        db.psql(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('by_region_live', 'by_region_def')"
+        ),
+        "0"
+    );
 }
 
 /// A channel is named by a trigger only as a whole word: `refreshd_keys_q10` in a

@@ -1323,12 +1323,10 @@ impl Conversion<'_> {
             // replaced just above.
             let former = drop_function_sql(&self.former_function(b));
             w.push_str(&former);
+            // With every trigger still using them: `capture = "managed"` copies them
+            // onto partitions created later, which the rollback's list does not name.
             for op in ["insert", "update", "delete"] {
-                let _ = writeln!(
-                    rollback,
-                    "DROP FUNCTION IF EXISTS {}();",
-                    self.function(b, op).quoted()
-                );
+                rollback.push_str(&drop_function_sql(&self.function(b, op)));
             }
             rollback.push_str(&former);
         }
@@ -1371,7 +1369,7 @@ impl Conversion<'_> {
     /// its indexes and grants) and the definition's view.
     fn rollback_sql(&self, r: &mut String) {
         let (n, v) = (&self.n, &self.f.view);
-        let _ = writeln!(r, "DROP FUNCTION IF EXISTS {}();", n.all_function.quoted());
+        r.push_str(&drop_function_sql(&n.all_function));
         let _ = writeln!(
             r,
             "DROP FUNCTION IF EXISTS {}();\nDROP TABLE IF EXISTS {};",
