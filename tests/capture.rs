@@ -752,3 +752,66 @@ async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again()
     })
     .await;
 }
+
+/// A logical replication subscription's apply worker writes with
+/// `session_replication_role = replica`, where triggers enabled the default way (on
+/// origin) do not fire: on a subscriber, no replicated change reached a view, and
+/// `check` said OK. refreshd's capture triggers (plain and generated) are enabled
+/// ALWAYS; a session in the replica role stands in for the apply worker here.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_in_the_replica_role_are_captured() {
+    let replica_write = |db: &TestDb, sql: &str| {
+        db.psql(&format!("SET session_replication_role = replica; {sql}"));
+    };
+    // A materialized view with init --apply's capture.
+    let db = TestDb::new();
+    schema(&db);
+    let d = checked_daemon(&adopt(&db, "verify")).await;
+    replica_write(
+        &db,
+        "INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the replicated write in the view",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    drop(d);
+
+    // The same view converted in place, with its generated capture.
+    let db = TestDb::new();
+    schema(&db);
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--apply",
+        "--keyed",
+        VIEW,
+        "--in-place",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out);
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    replica_write(
+        &db,
+        "INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')",
+    );
+    replica_write(
+        &db,
+        "UPDATE shop.customers SET region = 'south' WHERE id = 2",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the replicated writes in the table",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments'::regclass AND NOT tgisinternal AND tgenabled <> 'A'"),
+        "0",
+        "every capture trigger enabled ALWAYS"
+    );
+}

@@ -1268,12 +1268,16 @@ impl Conversion<'_> {
                     "truncate" => self.n.all_function.clone(),
                     _ => self.function(b, op),
                 };
+                // ALWAYS: a logical replication subscription's apply worker writes with
+                // `session_replication_role = replica`, where an origin-only trigger
+                // does not fire (its changes were never captured).
                 let _ = writeln!(
                     w,
-                    "CREATE TRIGGER {tg} AFTER {} ON {} {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {}();",
+                    "CREATE TRIGGER {tg} AFTER {} ON {} {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {}();\nALTER TABLE {} ENABLE ALWAYS TRIGGER {tg};",
                     op.to_ascii_uppercase(),
                     m.quoted(),
-                    func.quoted()
+                    func.quoted(),
+                    m.quoted()
                 );
             }
         }

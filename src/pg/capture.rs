@@ -45,13 +45,17 @@ pub const FUNCTION_ROLLBACK_SQL: &str = "DO $refreshd_rollback$\nDECLARE\n    t 
 DROP FUNCTION IF EXISTS refreshd.notify_changed();\n";
 
 /// (Re)creates refreshd's capture trigger on `table`, notifying `channel`. Idempotent:
-/// an earlier one (another channel, or disabled) is replaced.
+/// an earlier one (another channel, or disabled) is replaced. Enabled ALWAYS, so that it
+/// fires with `session_replication_role = replica` too: a logical replication
+/// subscription's apply worker writes the table that way, and an origin-only trigger
+/// never saw those changes.
 pub fn trigger_sql(table: &QualifiedName, channel: &str) -> String {
     let t = table.quoted();
     format!(
         "DROP TRIGGER IF EXISTS {trg} ON {t};\n\
          CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t}\n    \
          FOR EACH STATEMENT EXECUTE FUNCTION refreshd.notify_changed({ch});\n\
+         ALTER TABLE {t} ENABLE ALWAYS TRIGGER {trg};\n\
          COMMENT ON TRIGGER {trg} ON {t} IS {comment};\n",
         trg = quote_ident(TRIGGER),
         ch = quote_literal(channel),
@@ -360,7 +364,8 @@ impl StatementTrigger {
         let t = table.quoted();
         format!(
             "DROP TRIGGER IF EXISTS {name} ON {t};\n\
-             CREATE TRIGGER {name} AFTER {} ON {t}{referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}({});\n",
+             CREATE TRIGGER {name} AFTER {} ON {t}{referencing} FOR EACH STATEMENT EXECUTE FUNCTION {}({});\n\
+             ALTER TABLE {t} ENABLE ALWAYS TRIGGER {name};\n",
             events.join(" OR "),
             self.function.quoted(),
             args.join(", ")
@@ -484,7 +489,8 @@ mod tests {
             "DROP TRIGGER IF EXISTS \"tg \"\"x\"\"\" ON \"s\".\"Part 1\";\n\
              CREATE TRIGGER \"tg \"\"x\"\"\" AFTER INSERT OR UPDATE OR DELETE ON \"s\".\"Part 1\" \
              REFERENCING OLD TABLE AS \"old rows\" NEW TABLE AS \"new_rows\" FOR EACH STATEMENT \
-             EXECUTE FUNCTION \"my schema\".\"f\"\"n\"('a''b', '');\n"
+             EXECUTE FUNCTION \"my schema\".\"f\"\"n\"('a''b', '');\n\
+             ALTER TABLE \"s\".\"Part 1\" ENABLE ALWAYS TRIGGER \"tg \"\"x\"\"\";\n"
         );
     }
 }
