@@ -1155,7 +1155,10 @@ impl Conversion<'_> {
                 "delete" => &p.capture_delete,
                 _ => &p.capture_update,
             };
-            Some(format!("        {};", capture.trim().trim_end_matches(';')))
+            Some((
+                format!("        {};", capture.trim().trim_end_matches(';')),
+                None,
+            ))
         } else {
             let rows = match (op, reads.is_empty()) {
                 ("update", true) => None,
@@ -1163,11 +1166,20 @@ impl Conversion<'_> {
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
-            rows.map(|rows| self.buffer_rows_sql(&c.source, rows, op))
+            rows.map(|rows| {
+                let pending = self
+                    .pending_deltas(c, op)
+                    .map(|cond| format!("SELECT r.* FROM ({rows}) AS r WHERE {cond}"));
+                (
+                    self.buffer_rows_sql(&c.source, rows, op),
+                    pending.map(|rows| self.buffer_rows_sql(&c.source, rows, op)),
+                )
+            })
         };
+        let buffered = buffered.map(|(b, pending)| Self::guarded(op, c, b, pending));
         match buffered {
             Some(b) => {
-                let _ = writeln!(body, "{}", outdent(&Self::guarded(op, c, b)));
+                let _ = writeln!(body, "{}", outdent(&b));
                 body.push_str(&self.wake_sql());
             }
             // An UPDATE of a table whose columns the definition does not read.
@@ -1179,15 +1191,102 @@ impl Conversion<'_> {
 
     /// An operation's capture statement, skipped for an INSERT while foreign keys
     /// guard the table's INSERTs (incremental::inserts) and still hold (`FOUND` stays
-    /// false: it starts so in every call).
-    fn guarded(op: &str, c: &TableCapture, buffered: String) -> String {
+    /// false: it starts so in every call) — except, with `pending`, for the inserted
+    /// rows the delta buffer's rows reference ([`Conversion::pending_deltas`]).
+    fn guarded(op: &str, c: &TableCapture, buffered: String, pending: Option<String>) -> String {
         match (op, &c.t.inserts) {
             ("insert", Some(g)) => format!(
-                "        IF NOT ({}) THEN\n    {}\n        END IF;",
+                "        IF NOT ({}) THEN\n    {}\n{}        END IF;",
                 g.holds_sql(),
-                buffered.replace('\n', "\n    ")
+                buffered.replace('\n', "\n    "),
+                pending.map_or(String::new(), |p| format!(
+                    "        ELSE\n    {}\n",
+                    p.replace('\n', "\n    ")
+                ))
             ),
             _ => buffered,
+        }
+    }
+
+    /// A guard by the delta fact table's foreign key (incremental::inserts) rests on
+    /// "no row of the fact table matches a dimension row before it exists", which the
+    /// delta buffer breaks: a fact row deleted (by `ON DELETE CASCADE`, say) is still
+    /// buffered, and the apply joins it to the dimension as it is at the refresh. A
+    /// dimension row deleted and inserted again under the same key, in another group,
+    /// took those deltas, and its INSERT, guarded, named no group: the group stayed
+    /// wrong. So an INSERT the fact table's key guards still buffers the keys of its
+    /// rows that buffered fact rows reference (the condition on the inserted rows `r`
+    /// returned here); `None` when no such key guards it. Without the referenced
+    /// columns among those read, or the referencing ones in the buffer, every INSERT
+    /// is captured (the condition is `true`).
+    fn pending_deltas(&self, c: &TableCapture, op: &str) -> Option<String> {
+        let (Some(p), "insert") = (&self.f.delta, op) else {
+            return None;
+        };
+        let keys = Self::fact_guards(p, c.t)?;
+        let mut conds = Vec::new();
+        for k in keys {
+            let usable = k.ref_columns.iter().all(|r| c.t.reads.contains(r))
+                && k.columns.iter().all(|a| p.columns.contains(a));
+            if !usable {
+                return Some("true".to_string());
+            }
+            let on: Vec<String> = k
+                .columns
+                .iter()
+                .zip(&k.ref_columns)
+                .map(|(a, b)| format!("x.{} {} r.{}", quote_ident(a), pg_op("="), quote_ident(b)))
+                .collect();
+            conds.push(format!(
+                "EXISTS (SELECT 1 FROM {} AS x WHERE {})",
+                p.buffer.quoted(),
+                on.join(" AND ")
+            ));
+        }
+        conds.dedup();
+        Some(conds.join(" OR "))
+    }
+
+    /// The delta fact table's foreign keys among those guarding `t`'s INSERTs, if any.
+    fn fact_guards<'g>(
+        p: &DeltaPlan,
+        t: &'g super::TableDerivation,
+    ) -> Option<Vec<&'g super::ForeignKey>> {
+        let keys: Vec<&super::ForeignKey> = t
+            .inserts
+            .iter()
+            .flat_map(|g| g.occurrences.iter().flatten())
+            .filter(|k| k.table == p.fact)
+            .collect();
+        (!keys.is_empty()).then_some(keys)
+    }
+
+    /// An index on the delta buffer for each foreign key column list
+    /// [`Conversion::pending_deltas`] looks buffered rows up by: a guarded INSERT then
+    /// reads the rows of its keys, not the whole buffer (which grows while no refreshd
+    /// runs). Created with the buffer, which the install creates again empty.
+    fn pending_indexes_sql(&self, p: &DeltaPlan, w: &mut String) {
+        let mut lists: Vec<&Vec<String>> = Vec::new();
+        for t in &self.d.tables {
+            for k in Self::fact_guards(p, t).unwrap_or_default() {
+                if k.columns.iter().all(|a| p.columns.contains(a)) && !lists.contains(&&k.columns) {
+                    lists.push(&k.columns);
+                }
+            }
+        }
+        for cols in lists {
+            let name = bounded(
+                &format!("{}_{}", p.buffer.name, cols.join("_")),
+                &[&p.buffer.schema, &p.buffer.name, &cols.join("\u{1f}")],
+                false,
+            );
+            let _ = writeln!(
+                w,
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({});",
+                quote_ident(&name),
+                p.buffer.quoted(),
+                list(cols, "")
+            );
         }
     }
 
@@ -1429,6 +1528,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let mut generated = c.generated();
     if let Some(p) = &f.delta {
         c.delta_sql(p, &mut install, &mut generated)?;
+        c.pending_indexes_sql(p, &mut install);
     }
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {
