@@ -815,3 +815,76 @@ async fn writes_in_the_replica_role_are_captured() {
         "every capture trigger enabled ALWAYS"
     );
 }
+
+/// A partition detached from a keyed view's partitioned table kept the generated
+/// triggers: its writes still reached the view's buffers, and with deltas a delete
+/// there was applied to the view, which no longer reads it (found by an adversarial
+/// review). `managed` drops them (the view no longer reads the table); `check` and
+/// `verify` report them.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_drops_a_detached_partitions_capture() {
+    let db = TestDb::new();
+    schema(&db);
+    db.psql(
+        "DROP MATERIALIZED VIEW shop.by_region; \
+         CREATE MATERIALIZED VIEW shop.by_region AS \
+           SELECT c.region, count(*) AS n, sum(p.amount) AS total \
+             FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region; \
+         CREATE UNIQUE INDEX ON shop.by_region (region);",
+    );
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--apply",
+        "--keyed",
+        VIEW,
+        "--in-place",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deltas: fact table shop.payments"),
+        "{}",
+        stderr(&out)
+    );
+    let config = format!(
+        "capture_check_interval = \"1s\"\n{}",
+        support::stdout(&out).replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
+    );
+    let triggers_on = |t: &str| {
+        db.psql(&format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{t}'::regclass AND NOT tgisinternal"
+        ))
+    };
+    assert_ne!(triggers_on("shop.payments_2025_02"), "0");
+    db.psql("ALTER TABLE shop.payments DETACH PARTITION shop.payments_2025_02");
+    // Before refreshd runs: `check` names the table and its triggers.
+    let (_dir, path) = write_config(&config);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("shop.payments_2025_02: the view no longer reads it (a partition detached?), yet trigger"),
+        "{text}"
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(15),
+        "the detached partition's triggers dropped",
+        || async { triggers_on("shop.payments_2025_02") == "0" },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments_2025_02 VALUES (7, 1, 1000, '2025-02-07'); DELETE FROM shop.payments_2025_02 WHERE id = 2");
+    db.psql("INSERT INTO shop.payments VALUES (8, 1, 5, '2025-01-08')");
+    wait_for(Duration::from_secs(10), "the view equal to its definition", || async {
+        db.psql("SELECT count(*) FROM ((TABLE shop.by_region EXCEPT ALL TABLE shop.by_region_def) UNION ALL (TABLE shop.by_region_def EXCEPT ALL TABLE shop.by_region)) d") == "0"
+            && north(&db) == "15"
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "no gap left", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    support::assert_check_passes(&config);
+}

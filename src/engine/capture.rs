@@ -124,6 +124,26 @@ pub fn stale_gap(definition: &QualifiedName) -> Gap {
     }
 }
 
+/// A keyed view's triggers (those naming its channels) on tables it no longer reads: a
+/// partition detached since the conversion keeps them, and its writes would still
+/// reach the view's buffers (as deltas, into the view). One gap per table, healed by
+/// dropping them.
+pub fn stray_gaps(
+    channels: &[String],
+    tables: &[TableFacts],
+    triggers: &[crate::pg::capture::ChannelTrigger],
+) -> Vec<Gap> {
+    let read: BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
+    crate::pg::capture::strays(channels, &read, triggers)
+        .into_iter()
+        .map(|(table, names)| Gap {
+            table,
+            why: crate::pg::capture::stray_why(&names),
+            heal: Some(Heal::Drop(names)),
+        })
+        .collect()
+}
+
 /// The channel (of `channels`) an enabled trigger of `t` notifies, if any.
 fn notifies(t: &TableFacts, channels: &[String]) -> Option<String> {
     t.triggers
@@ -219,6 +239,14 @@ pub async fn run_check(
     let facts = crate::pg::capture::inspect(&client, &names)
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
+    let keyed_channels: Vec<String> = views
+        .iter()
+        .filter(|v| v.keyed.is_some())
+        .flat_map(|v| v.channels.iter().cloned())
+        .collect();
+    let channel_triggers = crate::pg::capture::channel_triggers(&client, &keyed_channels)
+        .await
+        .map_err(|e| crate::pg::connect::error_chain(&e))?;
     let mut verdicts = Vec::new();
     for ((v, tables), stale) in views.iter().zip(&facts.views).zip(&facts.stale) {
         // A view that is gone is `check`'s and the refresh's business, not capture's.
@@ -231,6 +259,11 @@ pub async fn run_check(
         );
         if *stale {
             verdict.gaps.push(stale_gap(checked_relation(v)));
+        }
+        if v.keyed.is_some() {
+            verdict
+                .gaps
+                .extend(stray_gaps(&v.channels, tables, &channel_triggers));
         }
         verdicts.push((v, verdict));
     }
@@ -671,5 +704,55 @@ mod tests {
             })
         );
         assert_eq!(v.gaps[1].heal, None);
+    }
+
+    #[test]
+    fn a_keyed_views_triggers_on_a_table_it_no_longer_reads_are_dropped() {
+        let ch = vec!["refreshd_keys_v".to_string()];
+        let tables = vec![table(1, "pay", 1, vec![]), table(2, "pay_2025", 1, vec![])];
+        let on = |oid: u32, t: &str, name: &str, text: &str| crate::pg::capture::ChannelTrigger {
+            table_oid: oid,
+            table: QualifiedName::new("s", t),
+            name: name.into(),
+            text: text.into(),
+        };
+        let triggers = vec![
+            on(
+                2,
+                "pay_2025",
+                "v_keys_insert",
+                "pg_notify('refreshd_keys_v', '')",
+            ),
+            on(
+                9,
+                "pay_2024",
+                "v_keys_insert",
+                "pg_notify('refreshd_keys_v', '')",
+            ),
+            on(
+                9,
+                "pay_2024",
+                "v_keys_delete",
+                "pg_notify('refreshd_keys_v', '')",
+            ),
+            // Another view's channel (a prefix of it is not this one).
+            on(
+                9,
+                "pay_2024",
+                "v1_keys_insert",
+                "pg_notify('refreshd_keys_v1', '')",
+            ),
+        ];
+        let gaps = stray_gaps(&ch, &tables, &triggers);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].table, QualifiedName::new("s", "pay_2024"));
+        assert_eq!(
+            gaps[0].heal,
+            Some(Heal::Drop(vec![
+                "v_keys_insert".into(),
+                "v_keys_delete".into()
+            ]))
+        );
+        assert!(stray_gaps(&ch, &tables, &triggers[..1]).is_empty());
     }
 }

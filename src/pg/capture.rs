@@ -87,6 +87,10 @@ pub enum Heal {
         root: QualifiedName,
         triggers: Vec<String>,
     },
+    /// A keyed view's generated triggers on a table the view no longer reads (a
+    /// partition detached since): dropped, or their writes would still reach the
+    /// view's buffers (and, as deltas, the view).
+    Drop(Vec<String>),
 }
 
 impl Heal {
@@ -94,7 +98,7 @@ impl Heal {
     pub fn channel(&self) -> Option<&str> {
         match self {
             Heal::Capture(c) => Some(c),
-            Heal::CloneRoot { .. } => None,
+            Heal::CloneRoot { .. } | Heal::Drop(_) => None,
         }
     }
 }
@@ -292,6 +296,87 @@ pub async fn inspect(
     Ok(facts)
 }
 
+/// A user trigger whose function or arguments name one of the channels asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTrigger {
+    pub table_oid: u32,
+    pub table: QualifiedName,
+    pub name: String,
+    /// The function's source and the trigger's arguments ([`names_channel`]'s input).
+    pub text: String,
+}
+
+/// Every user trigger, on any table, whose function's source or arguments name one of
+/// `channels` as a whole word (one query).
+pub async fn channel_triggers(
+    client: &tokio_postgres::Client,
+    channels: &[String],
+) -> Result<Vec<ChannelTrigger>, tokio_postgres::Error> {
+    if channels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT DISTINCT t.tgrelid, n.nspname::text, c.relname::text, t.tgname::text, \
+                p.prosrc || ' ' || encode(t.tgargs, 'escape') \
+           FROM pg_catalog.pg_trigger t \
+           JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          CROSS JOIN unnest($1::text[]) AS ch \
+          WHERE NOT t.tgisinternal \
+            AND (p.prosrc ~ {re} OR encode(t.tgargs, 'escape') ~ {re})",
+        re = CHANNEL_WORD_RE_SQL
+    );
+    let rows = client
+        .query_typed(
+            &sql,
+            &[(&channels, tokio_postgres::types::Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ChannelTrigger {
+            table_oid: r.get(0),
+            table: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            name: r.get(3),
+            text: r.get(4),
+        })
+        .collect())
+}
+
+/// Per table not in `read` (oids), the triggers of `triggers` naming one of `channels`:
+/// a keyed view's capture left on a table it no longer reads (a detached partition).
+pub fn strays(
+    channels: &[String],
+    read: &std::collections::BTreeSet<u32>,
+    triggers: &[ChannelTrigger],
+) -> Vec<(QualifiedName, Vec<String>)> {
+    let mut per_table: std::collections::BTreeMap<(u32, QualifiedName), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for t in triggers {
+        if read.contains(&t.table_oid) || !channels.iter().any(|c| names_channel(&t.text, c)) {
+            continue;
+        }
+        let names = per_table.entry((t.table_oid, t.table.clone())).or_default();
+        if !names.contains(&t.name) {
+            names.push(t.name.clone());
+        }
+    }
+    per_table
+        .into_iter()
+        .map(|((_, table), names)| (table, names))
+        .collect()
+}
+
+/// Why a table with stray triggers ([`strays`]) is a gap.
+pub fn stray_why(names: &[String]) -> String {
+    format!(
+        "the view no longer reads it (a partition detached?), yet trigger {} still buffers \
+         its changes for the view (with deltas, they are applied to it)",
+        names.join(", ")
+    )
+}
+
 /// Closes each gap of `heals` in one transaction: refreshd's capture trigger (and the
 /// capture function first when `with_function`: the same SQL as `init --apply`), or
 /// copies of a root's statement triggers on its partition.
@@ -311,6 +396,15 @@ pub async fn install(
                 let defs = root_triggers(client, root, triggers).await?;
                 for d in &defs {
                     sql.push_str(&d.sql_on(table));
+                }
+            }
+            Heal::Drop(triggers) => {
+                for t in triggers {
+                    sql.push_str(&format!(
+                        "DROP TRIGGER IF EXISTS {} ON {};\n",
+                        quote_ident(t),
+                        table.quoted()
+                    ));
                 }
             }
         }

@@ -405,6 +405,37 @@ async fn rows_at_least(
 /// Some enabled trigger on a table the query reads sends keys on one of the channels:
 /// row-level, or statement-level with a transition table. "Sends on the channel" is
 /// read from the function's source, or from a function it calls by name (one level).
+/// The view's triggers left on tables it no longer reads (a detached partition): a
+/// problem, since their changes still reach its buffers (`run` with `capture =
+/// "managed"` drops them).
+async fn stray_triggers(
+    client: &Client,
+    view: &ViewConfig,
+    keyed: &Keyed,
+    r: &mut ViewReport,
+) -> Result<(), tokio_postgres::Error> {
+    // Its query names refreshd's capture function: a role without USAGE on schema
+    // refreshd cannot run it (another problem, reported with the consume function).
+    let Ok(facts) = crate::pg::capture::inspect(client, std::slice::from_ref(&keyed.query)).await
+    else {
+        return Ok(());
+    };
+    let read: std::collections::BTreeSet<u32> = facts
+        .views
+        .first()
+        .and_then(|v| v.as_ref())
+        .map(|ts| ts.iter().map(|t| t.oid).collect())
+        .unwrap_or_default();
+    let triggers = crate::pg::capture::channel_triggers(client, &view.channels).await?;
+    for (table, names) in crate::pg::capture::strays(&view.channels, &read, &triggers) {
+        r.problems.push(format!(
+            "{table}: {}",
+            crate::pg::capture::stray_why(&names)
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the capture of the keyed view whose definition is `query_oid` was
 /// generated for names the definition no longer reads (see
 /// [`crate::incremental::generate::reads_md5_sql`]); false for a conversion that
@@ -451,6 +482,7 @@ async fn triggers(
                 ),
         );
     }
+    stray_triggers(client, view, keyed, r).await?;
     let tables = transitive_tables(client, query_oid).await?;
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
     let rows = client
