@@ -86,6 +86,48 @@ fn slots_in(mask: u16) -> Vec<i32> {
     (0..ARM_SLOTS).filter(|s| mask & (1 << s) != 0).collect()
 }
 
+/// Takes the slots `$3` of channel `$2` that are free, without waiting; returns them.
+const TRY_SQL: &str = "SELECT s FROM unnest($3::int4[]) s WHERE pg_catalog.pg_try_advisory_lock($1 + s, pg_catalog.hashtext($2))";
+/// Takes the slots `$3`, waiting (up to the session's `lock_timeout`) for their writers.
+const LOCK_SQL: &str =
+    "SELECT pg_catalog.pg_advisory_lock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s";
+/// Releases the slots `$3`.
+const UNLOCK_SQL: &str = "SELECT pg_catalog.pg_advisory_unlock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s";
+/// Takes the slots `$3` as [`LOCK_SQL`] does, then releases them (a barrier: every
+/// writer that held them has committed). The subquery (OFFSET 0 keeps it one) takes
+/// them first; a statement cut short by the timeout leaves none held.
+const BARRIER_SQL: &str = "SELECT pg_catalog.pg_advisory_unlock($1 + l.s, pg_catalog.hashtext($2)) FROM (SELECT s, pg_catalog.pg_advisory_lock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s OFFSET 0) AS l";
+
+/// Runs one of the slot statements above for `channel`'s `slots`, within
+/// [`STATEMENT_DEADLINE`]; `Err(None)` when no answer came.
+async fn on_slots(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    channel: &str,
+    slots: &[i32],
+) -> Result<Vec<tokio_postgres::Row>, Option<tokio_postgres::Error>> {
+    let params: [Param; 3] = [
+        (&ARM_CLASS, Type::INT4),
+        (&channel, Type::TEXT),
+        (&slots, Type::INT4_ARRAY),
+    ];
+    match tokio::time::timeout(STATEMENT_DEADLINE, client.query_typed(sql, &params)).await {
+        Ok(result) => result.map_err(Some),
+        Err(_) => Err(None),
+    }
+}
+
+/// [`TRY_SQL`]: the slots of `slots` taken.
+async fn try_slots(
+    client: &tokio_postgres::Client,
+    channel: &str,
+    slots: &[i32],
+) -> Result<Vec<i32>, Option<tokio_postgres::Error>> {
+    on_slots(client, TRY_SQL, channel, slots)
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The channel locks of the current LISTEN session.
 pub struct Arming {
     /// SQL on the session, one statement at a time (held across its round trip).
@@ -210,23 +252,13 @@ impl Arming {
         let Some(held) = self.state().armed.remove(channel) else {
             return;
         };
-        let slots = slots_in(held);
-        let params: [Param; 3] = [
-            (&ARM_CLASS, Type::INT4),
-            (&channel, Type::TEXT),
-            (&slots, Type::INT4_ARRAY),
-        ];
-        let unlock = client.query_typed(
-            "SELECT pg_catalog.pg_advisory_unlock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s",
-            &params,
-        );
-        match tokio::time::timeout(STATEMENT_DEADLINE, unlock).await {
-            Ok(Ok(_)) => {}
+        match on_slots(client, UNLOCK_SQL, channel, &slots_in(held)).await {
+            Ok(_) => {}
             // Still held, perhaps: writers keep notifying, which is safe.
-            Ok(Err(e)) => {
+            Err(Some(e)) => {
                 tracing::debug!(%channel, error = %error_chain(&e), "releasing a channel's locks failed")
             }
-            Err(_) => tracing::debug!(%channel, "releasing a channel's locks got no answer"),
+            Err(None) => tracing::debug!(%channel, "releasing a channel's locks got no answer"),
         }
     }
 
@@ -276,19 +308,9 @@ impl Arming {
             (st.generation, held)
         };
         let missing = slots_in(!held & ALL_SLOTS);
-        let params: [Param; 3] = [
-            (&ARM_CLASS, Type::INT4),
-            (&channel, Type::TEXT),
-            (&missing, Type::INT4_ARRAY),
-        ];
-        let tried = client.query_typed(
-            "SELECT s FROM unnest($3::int4[]) s WHERE pg_catalog.pg_try_advisory_lock($1 + s, pg_catalog.hashtext($2))",
-            &params,
-        );
-        let taken: Vec<i32> = match tokio::time::timeout(STATEMENT_DEADLINE, tried).await {
-            Ok(Ok(rows)) => rows.iter().map(|r| r.get(0)).collect(),
-            Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
-            Err(_) => return self.arm_failed(generation, channel, None),
+        let taken = match try_slots(client, channel, &missing).await {
+            Ok(taken) => taken,
+            Err(e) => return self.arm_failed(generation, channel, e),
         };
         if !self.took(generation, channel, &taken) {
             return Armed::NoSession;
@@ -302,23 +324,13 @@ impl Arming {
             return self.flowing(client, generation, channel, busy).await;
         }
         for slot in busy {
-            let params: [Param; 3] = [
-                (&ARM_CLASS, Type::INT4),
-                (&channel, Type::TEXT),
-                (&slot, Type::INT4),
-            ];
-            let lock = client.query_typed(
-                "SELECT pg_catalog.pg_advisory_lock($1 + $3, pg_catalog.hashtext($2))",
-                &params,
-            );
-            match tokio::time::timeout(STATEMENT_DEADLINE, lock).await {
-                Ok(Ok(_)) => {
+            match on_slots(client, LOCK_SQL, channel, &[slot]).await {
+                Ok(_) => {
                     if !self.took(generation, channel, &[slot]) {
                         return Armed::NoSession;
                     }
                 }
-                Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
-                Err(_) => return self.arm_failed(generation, channel, None),
+                Err(e) => return self.arm_failed(generation, channel, e),
             }
         }
         let mut st = self.state();
@@ -342,19 +354,8 @@ impl Arming {
         busy: Vec<i32>,
     ) -> Armed {
         let taken = slots_in(self.state().armed.get(channel).copied().unwrap_or(0));
-        let params: [Param; 3] = [
-            (&ARM_CLASS, Type::INT4),
-            (&channel, Type::TEXT),
-            (&taken, Type::INT4_ARRAY),
-        ];
-        let unlock = client.query_typed(
-            "SELECT pg_catalog.pg_advisory_unlock($1 + s, pg_catalog.hashtext($2)) FROM unnest($3::int4[]) s",
-            &params,
-        );
-        match tokio::time::timeout(STATEMENT_DEADLINE, unlock).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return self.arm_failed(generation, channel, Some(e)),
-            Err(_) => return self.arm_failed(generation, channel, None),
+        if let Err(e) = on_slots(client, UNLOCK_SQL, channel, &taken).await {
+            return self.arm_failed(generation, channel, e);
         }
         {
             let mut st = self.state();
@@ -364,35 +365,11 @@ impl Arming {
             st.armed.remove(channel);
         }
         for slot in busy {
-            let params: [Param; 3] = [
-                (&ARM_CLASS, Type::INT4),
-                (&channel, Type::TEXT),
-                (&slot, Type::INT4),
-            ];
-            // The lock is taken in the subquery (OFFSET 0 keeps it one), then released.
-            let barrier = client.query_typed(
-                "SELECT pg_catalog.pg_advisory_unlock($1 + $3, pg_catalog.hashtext($2)) \
-                   FROM (SELECT pg_catalog.pg_advisory_lock($1 + $3, pg_catalog.hashtext($2)) OFFSET 0) AS l",
-                &params,
-            );
-            let failed = match tokio::time::timeout(STATEMENT_DEADLINE, barrier).await {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => Some(e),
-                Err(_) => None,
+            let Err(failed) = on_slots(client, BARRIER_SQL, channel, &[slot]).await else {
+                continue;
             };
             // A writer outlives the timeout: arm as before, and retry.
-            let all = slots_in(ALL_SLOTS);
-            let params: [Param; 3] = [
-                (&ARM_CLASS, Type::INT4),
-                (&channel, Type::TEXT),
-                (&all, Type::INT4_ARRAY),
-            ];
-            let tried = client.query_typed(
-                "SELECT s FROM unnest($3::int4[]) s WHERE pg_catalog.pg_try_advisory_lock($1 + s, pg_catalog.hashtext($2))",
-                &params,
-            );
-            if let Ok(Ok(rows)) = tokio::time::timeout(STATEMENT_DEADLINE, tried).await {
-                let taken: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+            if let Ok(taken) = try_slots(client, channel, &slots_in(ALL_SLOTS)).await {
                 if !self.took(generation, channel, &taken) {
                     return Armed::NoSession;
                 }
