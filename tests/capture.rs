@@ -49,6 +49,24 @@ fn adopt(db: &TestDb, mode: &str) -> String {
     )
 }
 
+/// `init --apply --keyed VIEW` with `extra` arguments, which must succeed: its config
+/// and what it said.
+fn convert(db: &TestDb, extra: &[&str]) -> (String, String) {
+    let dsn = db.dsn();
+    let mut args = vec!["init", "--url", &dsn, "--apply", "--keyed", VIEW];
+    args.extend_from_slice(extra);
+    let out = refreshd(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (support::stdout(&out), stderr(&out))
+}
+
+/// `refreshd check` on `config`: its exit code and report.
+fn check(config: &str) -> (Option<i32>, String) {
+    let (_dir, path) = write_config(config);
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    (out.status.code(), support::stdout(&out))
+}
+
 /// A daemon on `config`, ready, with its first capture check done and no gap found.
 async fn checked_daemon(config: &str) -> Daemon {
     let d = Daemon::start(config);
@@ -352,15 +370,10 @@ fn check_reports_capture_gaps() {
     schema(&db);
     let verify = adopt(&db, "verify");
     let managed = adopt(&db, "managed");
-    let run_check = |config: &str| {
-        let (_dir, path) = write_config(config);
-        let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
-        (out.status.code(), support::stdout(&out))
-    };
-    let (code, text) = run_check(&verify);
+    let (code, text) = check(&verify);
     assert_eq!(code, Some(0), "{text}");
     db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
-    let (code, text) = run_check(&verify);
+    let (code, text) = check(&verify);
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(
@@ -368,7 +381,7 @@ fn check_reports_capture_gaps() {
         ),
         "{text}"
     );
-    let (code, text) = run_check(&managed);
+    let (code, text) = check(&managed);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("run installs the missing trigger"), "{text}");
 }
@@ -489,18 +502,7 @@ async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
     let db = TestDb::new();
     schema(&db);
     let sql_dir = tempfile::tempdir().unwrap();
-    let out = refreshd(&[
-        "init",
-        "--url",
-        &db.dsn(),
-        "--apply",
-        "--keyed",
-        VIEW,
-        "--sql",
-        sql_dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = support::stdout(&out);
+    let (config, _) = convert(&db, &["--sql", sql_dir.path().to_str().unwrap()]);
     assert!(
         config.contains("name = \"shop.by_region_live\""),
         "{config}"
@@ -521,9 +523,7 @@ async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
 
     db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
     // Before refreshd runs: `check` names the gap (and that managed would close it).
-    let (_dir, path) = write_config(&config);
-    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let text = support::stdout(&out);
+    let (_, text) = check(&config);
     assert!(
         text.contains("shop.payments_2025_03: no enabled trigger notifies refreshd_keys_shop_by_region (partition of shop.payments)"),
         "{text}"
@@ -620,9 +620,7 @@ fn a_channel_that_is_a_prefix_of_another_is_not_fed_by_its_triggers() {
         .set("key", vec!["k"])
         .channels(&["q1"])
         .text();
-    let (_dir, path) = write_config(&config);
-    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let text = support::stdout(&out);
+    let (code, text) = check(&config);
     assert!(
         text.contains("channel q1: no trigger on the view's base tables mentions it"),
         "{text}"
@@ -631,7 +629,7 @@ fn a_channel_that_is_a_prefix_of_another_is_not_fed_by_its_triggers() {
         text.contains("no trigger on the tables public.by_k_def reads sends on q1"),
         "{text}"
     );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
 }
 
 /// Legacy inheritance (`INHERITS`): the view reads the children's rows through the
@@ -701,22 +699,11 @@ async fn inheritance_children_are_captured_like_partitions() {
 async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again() {
     let db = TestDb::new();
     schema(&db);
-    let convert = || {
-        let out = refreshd(&[
-            "init",
-            "--url",
-            &db.dsn(),
-            "--apply",
-            "--keyed",
-            VIEW,
-            "--in-place",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        support::stdout(&out)
-    };
     let config = format!(
         "capture_check_interval = \"1s\"\n{}",
-        convert().replace("[defaults]\n", "[defaults]\ncapture = \"verify\"\n")
+        convert(&db, &["--in-place"])
+            .0
+            .replace("[defaults]\n", "[defaults]\ncapture = \"verify\"\n")
     );
     support::assert_check_passes(&config);
     let d = checked_daemon(&config).await;
@@ -728,10 +715,8 @@ async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again()
         || async { gaps(&d) == Some(1.0) },
     )
     .await;
-    let (_dir, path) = write_config(&config);
-    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let text = support::stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("its capture was generated for names it no longer reads (a table, schema or column renamed"),
         "{text}"
@@ -740,7 +725,7 @@ async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again()
     assert!(status.contains("no longer reads"), "{status}");
 
     // Generated again from the definition as it reads now: no gap, writes go through.
-    convert();
+    convert(&db, &["--in-place"]);
     wait_for(Duration::from_secs(15), "the gap closed", || async {
         gaps(&d) == Some(0.0)
     })
@@ -782,17 +767,7 @@ async fn writes_in_the_replica_role_are_captured() {
     // The same view converted in place, with its generated capture.
     let db = TestDb::new();
     schema(&db);
-    let out = refreshd(&[
-        "init",
-        "--url",
-        &db.dsn(),
-        "--apply",
-        "--keyed",
-        VIEW,
-        "--in-place",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = support::stdout(&out);
+    let (config, _) = convert(&db, &["--in-place"]);
     let d = Daemon::start(&config);
     d.wait_ready(Duration::from_secs(20)).await;
     replica_write(
@@ -832,24 +807,11 @@ async fn managed_drops_a_detached_partitions_capture() {
              FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region; \
          CREATE UNIQUE INDEX ON shop.by_region (region);",
     );
-    let out = refreshd(&[
-        "init",
-        "--url",
-        &db.dsn(),
-        "--apply",
-        "--keyed",
-        VIEW,
-        "--in-place",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("deltas: fact table shop.payments"),
-        "{}",
-        stderr(&out)
-    );
+    let (config, said) = convert(&db, &["--in-place"]);
+    assert!(said.contains("deltas: fact table shop.payments"), "{said}");
     let config = format!(
         "capture_check_interval = \"1s\"\n{}",
-        support::stdout(&out).replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
+        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
     );
     let triggers_on = |t: &str| {
         db.psql(&format!(
@@ -859,10 +821,8 @@ async fn managed_drops_a_detached_partitions_capture() {
     assert_ne!(triggers_on("shop.payments_2025_02"), "0");
     db.psql("ALTER TABLE shop.payments DETACH PARTITION shop.payments_2025_02");
     // Before refreshd runs: `check` names the table and its triggers.
-    let (_dir, path) = write_config(&config);
-    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
-    let text = support::stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("shop.payments_2025_02: the view no longer reads it (a partition detached?), yet trigger"),
         "{text}"
@@ -877,10 +837,17 @@ async fn managed_drops_a_detached_partitions_capture() {
     .await;
     db.psql("INSERT INTO shop.payments_2025_02 VALUES (7, 1, 1000, '2025-02-07'); DELETE FROM shop.payments_2025_02 WHERE id = 2");
     db.psql("INSERT INTO shop.payments VALUES (8, 1, 5, '2025-01-08')");
-    wait_for(Duration::from_secs(10), "the view equal to its definition", || async {
-        db.psql("SELECT count(*) FROM ((TABLE shop.by_region EXCEPT ALL TABLE shop.by_region_def) UNION ALL (TABLE shop.by_region_def EXCEPT ALL TABLE shop.by_region)) d") == "0"
-            && north(&db) == "15"
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the view equal to its definition",
+        || async {
+            db.psql(&support::differences_sql(
+                "TABLE shop.by_region",
+                "TABLE shop.by_region_def",
+            )) == "0"
+                && north(&db) == "15"
+        },
+    )
     .await;
     wait_for(Duration::from_secs(10), "no gap left", || async {
         gaps(&d) == Some(0.0)
