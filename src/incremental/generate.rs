@@ -367,10 +367,17 @@ pub fn reads_md5_sql(view: &str) -> String {
     )
 }
 
-/// The hash [`reads_md5_sql`] recorded in a definition view's comment, as a SQL
-/// expression over `comment` (NULL when there is none: a conversion made before it).
-pub fn recorded_md5_sql(comment: &str) -> String {
-    format!("pg_catalog.substring({comment}, '{READS_MARKER}([0-9a-f]{{32}})')")
+/// Whether the capture of the keyed view whose definition view's oid is `view` (a SQL
+/// expression) was generated for other names than the definition reads now: the hash
+/// [`reads_md5_sql`] recorded in its comment differs from the catalog's. False for a
+/// conversion that recorded none (made before this check).
+pub fn stale_capture_sql(view: &str) -> String {
+    format!(
+        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM \
+          (SELECT pg_catalog.substring(pg_catalog.obj_description({view}, 'pg_class'), \
+                  '{READS_MARKER}([0-9a-f]{{32}})') AS m) AS rec)",
+        reads_md5_sql(view)
+    )
 }
 
 pub(super) fn dollar(body: &str) -> String {

@@ -170,18 +170,15 @@ pub const STALE_CAPTURE: &str =
      column renamed, or the definition replaced): writes to its tables fail, or their changes go \
      unseen, until `refreshd init --keyed` runs again for this view";
 
-fn check_sql() -> String {
-    let stale = format!(
-        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM (SELECT {} AS m) AS rec)",
-        crate::incremental::generate::reads_md5_sql("c.oid"),
-        crate::incremental::generate::recorded_md5_sql(
-            "pg_catalog.obj_description(c.oid, 'pg_class')"
-        )
-    );
-    CHECK_SQL.replace("$stale", &stale)
-}
+/// [`CHECK_SQL`] with its `$stale` filled in, built once.
+static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CHECK_SQL.replace(
+        "$stale",
+        &crate::incremental::generate::stale_capture_sql("c.oid"),
+    )
+});
 
-/// [`check_sql`]'s text, `$stale` standing for whether a keyed view's capture was
+/// [`CHECK`]'s text, `$stale` standing for whether a keyed view's capture was
 /// generated for names its definition no longer reads (a rename since).
 const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
     SELECT x.ord, c.oid, CASE WHEN c.relkind = 'v' THEN $stale ELSE false END AS stale \
@@ -244,7 +241,7 @@ pub async fn inspect(
     let names: Vec<&str> = views.iter().map(|n| n.name.as_str()).collect();
     let rows = client
         .query_typed(
-            &check_sql(),
+            CHECK.as_str(),
             &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?;

@@ -438,15 +438,12 @@ async fn stray_triggers(
 
 /// Whether the capture of the keyed view whose definition is `query_oid` was
 /// generated for names the definition no longer reads (see
-/// [`crate::incremental::generate::reads_md5_sql`]); false for a conversion that
+/// [`crate::incremental::generate::stale_capture_sql`]); false for a conversion that
 /// recorded none.
 async fn stale_capture(client: &Client, query_oid: u32) -> Result<bool, tokio_postgres::Error> {
-    use crate::incremental::generate::{reads_md5_sql, recorded_md5_sql};
     let sql = format!(
-        "SELECT m IS NOT NULL AND m IS DISTINCT FROM {} \
-           FROM (SELECT {} AS m) AS rec",
-        reads_md5_sql("$1"),
-        recorded_md5_sql("pg_catalog.obj_description($1, 'pg_class')")
+        "SELECT {}",
+        crate::incremental::generate::stale_capture_sql("$1::pg_catalog.oid")
     );
     let rows = client.query_typed(&sql, &[(&query_oid, Type::OID)]).await?;
     Ok(rows
