@@ -955,14 +955,28 @@ impl<'a> Conversion<'a> {
         }
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
+        for t in &p.tombs {
+            let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", t.buffer.quoted());
+        }
         // A few rows: looked up by index; many: planned for their number (delta::sql).
         let few = p.apply.join(";\n");
-        g.consume_prelude = vec![format!(
+        let mut prelude = Vec::new();
+        // A tombstone matched twice would count its facts' deltas twice: everything
+        // is recomputed instead (delta::tombs), after the apply, in this snapshot.
+        if let Some(conflicts) = &p.tomb_conflicts {
+            prelude.push(format!(
+                "IF {conflicts} THEN\n{}\nEND IF",
+                self.mark_all_sql(None)
+            ));
+        }
+        prelude.push(format!(
             "IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {buf} LIMIT {n}) AS b) < {n} THEN\n{few};\nELSE\n{bulk};\nEND IF",
             buf = p.buffer.quoted(),
             n = super::delta::BULK_FROM,
             bulk = p.apply_bulk,
-        )];
+        ));
+        prelude.extend(p.tomb_cleanup.iter().cloned());
+        g.consume_prelude = prelude;
         g.consume_recheck = Some(p.recheck_keys.clone());
         g.delta_fact = Some(p.fact_name.clone());
         Ok(())
@@ -1117,6 +1131,10 @@ struct TableCapture<'c> {
     /// The delta plan, when this table is its fact table.
     delta: Option<&'c DeltaPlan>,
     reached: Option<&'c Reached>,
+    /// Its DELETEs keep their rows for the apply (not naming groups).
+    tomb: Option<&'c super::delta::Tomb>,
+    /// The view's delta fact table, if any.
+    delta_fact: Option<&'c String>,
 }
 
 impl Conversion<'_> {
@@ -1183,7 +1201,13 @@ impl Conversion<'_> {
                 )
             })
         };
-        let buffered = buffered.map(|(b, pending)| Self::guarded(op, c, b, pending));
+        let buffered = buffered.map(|(b, pending)| {
+            let b = Self::guarded(op, c, b, pending);
+            match (op, self.tomb_of(c.t)) {
+                ("delete", Some(t)) => Self::tombstoned(t, b),
+                _ => b,
+            }
+        });
         match buffered {
             Some(b) => {
                 let _ = writeln!(body, "{}", outdent(&b));
@@ -1213,6 +1237,26 @@ impl Conversion<'_> {
             ),
             _ => buffered,
         }
+    }
+
+    /// The tombstone of a table whose DELETEs keep their rows for the apply.
+    fn tomb_of(&self, t: &super::TableDerivation) -> Option<&super::delta::Tomb> {
+        self.f
+            .delta
+            .as_ref()
+            .and_then(|p| p.tombs.iter().find(|x| x.table == t.table))
+    }
+
+    /// A DELETE's capture while the foreign keys guarding the table's DELETEs hold
+    /// (incremental::inserts::delete_guards, checked again at every DELETE): its rows
+    /// into the tombstone table, where the apply finds them; else its keys, as before.
+    fn tombstoned(t: &super::delta::Tomb, keys: String) -> String {
+        format!(
+            "        IF {} THEN\n            {};\n        ELSE\n    {}\n        END IF;",
+            t.guard.holds_sql(),
+            t.capture.trim().trim_end_matches(';'),
+            keys.replace('\n', "\n    ")
+        )
     }
 
     /// A guard by the delta fact table's foreign key (incremental::inserts) rests on
@@ -1346,6 +1390,22 @@ impl Conversion<'_> {
             Some(g) => format!("{line}; INSERT {}", g.describe()),
             None => line,
         };
+        let line = match c.tomb {
+            Some(t) => format!(
+                "{line}; DELETE: its deleted rows kept in {} for the deltas of the rows of {} deleted before them, no group named (while {} hold{}; checked again at every DELETE)",
+                t.buffer,
+                c.delta_fact.map_or("?", |q| q.as_str()),
+                t.guard
+                    .occurrences
+                    .iter()
+                    .flatten()
+                    .map(|k| format!("{}'s foreign key {}", k.table, k.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if t.guard.occurrences.iter().flatten().count() == 1 { "s" } else { "" }
+            ),
+            None => line,
+        };
         if c.reached.is_some() {
             format!(
                 "{line}; an UPDATE moving rows reached through a join path locks them FOR UPDATE"
@@ -1416,6 +1476,8 @@ impl Conversion<'_> {
                 source: self.source(t)?,
                 delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
                 reached: reached.get(&t.table),
+                tomb: self.tomb_of(t),
+                delta_fact: self.f.delta.as_ref().map(|p| &p.fact),
             };
             for op in ["insert", "update", "delete"] {
                 let _ = writeln!(

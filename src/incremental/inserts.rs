@@ -223,3 +223,57 @@ pub(super) fn guards(lineage: &Lineage, catalog: &Catalog) -> BTreeMap<String, I
     }
     guarded
 }
+
+/// The tables whose DELETEs need no group recompute under a view whose `fact` table
+/// takes deltas, with the foreign keys that make it so: every occurrence of the table
+/// is joined, by an equality on exactly a foreign key's columns, to an occurrence of the
+/// fact table or of a table guarded so in turn, whose rows reference it. A row of such
+/// a table can only be deleted once every row of the view containing it has lost its
+/// fact row (deleted first, through the chain of keys: a negative delta in the fact
+/// table's buffer). The apply joins those deleted fact rows to the dimension as it is
+/// at the refresh, so the dimension's deleted rows are kept for it (a tombstone
+/// buffer, [`super::delta`]) instead of naming their groups. A key dropped or altered
+/// later is noticed by the trigger at every DELETE, which then names groups again.
+pub(super) fn delete_guards(
+    lineage: &Lineage,
+    catalog: &Catalog,
+    fact: &str,
+) -> BTreeMap<String, InsertGuard> {
+    let inst = &lineage.instances;
+    let tables: BTreeSet<&str> = inst
+        .iter()
+        .map(|o| o.table.as_str())
+        .filter(|t| *t != fact)
+        .collect();
+    let mut guarded: BTreeMap<String, InsertGuard> = BTreeMap::new();
+    loop {
+        let mut progress = false;
+        for t in &tables {
+            if guarded.contains_key(*t) {
+                continue;
+            }
+            let settled = |from: &str| from == fact || guarded.contains_key(from);
+            let mut occurrences = Vec::new();
+            for (i, o) in inst.iter().enumerate().filter(|(_, o)| o.table == *t) {
+                let keys: Vec<ForeignKey> = if o.nullable || o.opaque {
+                    Vec::new()
+                } else {
+                    candidates(lineage, catalog, i)
+                        .into_iter()
+                        .filter(|(_, from)| settled(from))
+                        .map(|(k, _)| k)
+                        .collect()
+                };
+                occurrences.push(keys);
+            }
+            if !occurrences.is_empty() && occurrences.iter().all(|o| !o.is_empty()) {
+                guarded.insert(t.to_string(), InsertGuard { occurrences });
+                progress = true;
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    guarded
+}

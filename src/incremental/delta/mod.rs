@@ -36,7 +36,10 @@ mod columns;
 mod fact;
 mod query;
 mod sql;
+mod tombs;
 mod values;
+
+pub use tombs::Tomb;
 
 use super::{Catalog, ColumnClass, Derivation};
 use crate::pg::ident::{QualifiedName, MAX_IDENTIFIER_BYTES};
@@ -153,6 +156,14 @@ pub struct DeltaPlan {
     pub search_path: Vec<String>,
     /// One line per output column: how the apply maintains it (for `check`/`init`).
     pub notes: Vec<String>,
+    /// Dimensions whose DELETEs keep their rows for the apply instead of naming
+    /// groups ([`Tomb`]); their tables are in `install`, `rollback` and `discard`.
+    pub tombs: Vec<Tomb>,
+    /// With tombs: true when one would be matched twice; the consume function then
+    /// recomputes everything (run before `apply`).
+    pub tomb_conflicts: Option<String>,
+    /// With tombs: empties them, run after `apply` in the same snapshot.
+    pub tomb_cleanup: Vec<String>,
 }
 
 fn no(reason: impl Into<String>) -> NoDelta {
@@ -197,14 +208,21 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
     check_classes(d, f)?;
     let def = ast::Definition::read(f.definition)?;
     let fact = fact::choose(d, f, &def.stmt)?;
+    let select = crate::incremental::parse::parse_view(f.definition).map_err(|e| no(e.reason))?;
+    let (lin, _) =
+        crate::incremental::lineage::resolve(&select, f.catalog).map_err(|e| no(e.reason))?;
+    let tombs = tombs::tombs(d, f, &lin, &def.stmt, &fact.table.table);
     let names = fact::Names::pick(f, &def.relnames);
     let targets = def.targets();
     let outs = columns::outputs(d, f, &targets)?;
     let key_idx = columns::key_positions(d, f, &outs)?;
     let values = values::compute(f.columns, &fact, &names.sign, &outs, &key_idx)?;
+    // The tombstoned dimensions read with their deleted rows (delta::tombs).
+    let mut stmt = def.stmt.clone();
+    tombs::replace(&mut stmt.from_clause, f, &tombs)?;
     let delta_select = query::delta_select(
         f,
-        &def.stmt,
+        &stmt,
         &targets,
         &outs,
         &fact,
@@ -234,21 +252,41 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         .iter()
         .any(|c| fact.table.incomparable.contains(c));
     let capture = sql::Capture::new(&buffer, &names.sign, &fact.names, incomparable);
+    let mut install = sql::install(
+        &buffer,
+        &take,
+        &names.sign,
+        &fact.columns,
+        &recheck,
+        &key_types,
+    );
+    let mut rollback: Vec<String> =
+        std::iter::once(format!("DROP FUNCTION IF EXISTS {}()", take.quoted()))
+            .chain(sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]))
+            .collect();
+    let mut discard = sql::each("DELETE FROM", [&buffer, &recheck]);
+    for t in &tombs {
+        install.extend(sql::tomb_install(t));
+        rollback.push(format!("DROP TABLE IF EXISTS {}", t.buffer.quoted()));
+        discard.push(format!("DELETE FROM {}", t.buffer.quoted()));
+    }
+    let tomb_conflicts = (!tombs.is_empty()).then(|| {
+        tombs
+            .iter()
+            .map(Tomb::conflict_sql)
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    });
+    let tomb_cleanup = tombs
+        .iter()
+        .map(|t| format!("DELETE FROM {}", t.buffer.quoted()))
+        .collect();
     Ok(DeltaPlan {
         fact: fact.table.table.clone(),
         fact_name: fact.table.name.clone(),
-        install: sql::install(
-            &buffer,
-            &take,
-            &names.sign,
-            &fact.columns,
-            &recheck,
-            &key_types,
-        ),
-        rollback: std::iter::once(format!("DROP FUNCTION IF EXISTS {}()", take.quoted()))
-            .chain(sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]))
-            .collect(),
-        discard: sql::each("DELETE FROM", [&buffer, &recheck]),
+        install,
+        rollback,
+        discard,
         recheck_keys: format!(
             "DELETE FROM {} RETURNING {}",
             recheck.quoted(),
@@ -265,6 +303,9 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         apply_bulk,
         search_path: f.catalog.search_path.clone(),
         notes: values.notes,
+        tombs,
+        tomb_conflicts,
+        tomb_cleanup,
     })
 }
 

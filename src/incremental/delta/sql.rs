@@ -89,6 +89,23 @@ pub(super) fn install(
     ]
 }
 
+/// A tombstone table (the dimension's columns read, typed alike) and its index on the
+/// referenced columns, which the apply looks deleted rows up by.
+pub(super) fn tomb_install(t: &super::Tomb) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
+            t.buffer.quoted(),
+            column_defs(&t.columns)
+        ),
+        format!(
+            "CREATE INDEX ON {} ({})",
+            t.buffer.quoted(),
+            list(&t.matching, "")
+        ),
+    ]
+}
+
 /// One statement per table (`DROP TABLE IF EXISTS`, `DELETE FROM`...).
 pub(super) fn each(verb: &str, tables: [&QualifiedName; 2]) -> Vec<String> {
     tables

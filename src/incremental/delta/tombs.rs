@@ -1,0 +1,228 @@
+//! Dimension deletes as tombstones (docs/incremental-deltas.md, "Dimension deletes").
+//!
+//! A table whose DELETEs foreign keys guard under the fact table
+//! ([`crate::incremental::inserts::delete_guards`]) loses a row only after every fact
+//! row reaching it is gone, each a negative delta in the fact table's buffer. The
+//! apply joins those to the dimensions as they are at the refresh, where the deleted
+//! row is missing: so its DELETE keeps the deleted rows (the columns the view reads)
+//! in an UNLOGGED *tombstone* table, and in the delta query the dimension is read as
+//! `(SELECT cols FROM dim UNION ALL SELECT cols FROM tombstones)`. Its DELETE then
+//! names no group: a fact table's rows deleted with their order, customer or store are
+//! applied as deltas, where they recomputed every group those rows reached.
+//!
+//! The union must not hold one row twice: a row deleted and inserted again under the
+//! same referenced key (or deleted twice) before the refresh makes its tombstone
+//! *conflict*, and the refresh then recomputes everything (rare: a dimension row
+//! replaced between two refreshes, with its facts deleted first). The refresh empties
+//! the tombstones after the apply, in its snapshot.
+
+use pg_query::protobuf as pb;
+use pg_query::NodeEnum;
+
+use super::ast::{node, range_vars_mut, resolve};
+use super::sql::list;
+use super::{buffer_name, hash, DeltaFacts, BUFFER_SCHEMA};
+use crate::incremental::generate::pg_op;
+use crate::incremental::lineage::Lineage;
+use crate::incremental::{inserts, Derivation, InsertGuard};
+use crate::pg::ident::QualifiedName;
+
+/// One dimension whose deleted rows are kept for the apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tomb {
+    /// As the derivation names it (`schema.name`).
+    pub table: String,
+    pub name: QualifiedName,
+    /// `refreshd."<schema>_<view>_gone_<table>…"`: the deleted rows' columns read.
+    pub buffer: QualifiedName,
+    /// The columns the view reads of it, with their types, in the table's order.
+    pub columns: Vec<(String, String)>,
+    /// The columns its guarding foreign keys reference: what identifies a row.
+    pub matching: Vec<String>,
+    /// The keys relied on: the trigger checks them at every DELETE.
+    pub guard: InsertGuard,
+    /// The DELETE trigger's statement (reads the transition table `old_rows`).
+    pub capture: String,
+}
+
+impl Tomb {
+    fn names(&self) -> Vec<String> {
+        self.columns.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// The dimension as the delta query reads it: its rows and its tombstones.
+    pub(super) fn union_sql(&self) -> String {
+        let cols = list(&self.names(), "");
+        format!(
+            "SELECT {cols} FROM {} UNION ALL SELECT {cols} FROM {}",
+            self.name.quoted(),
+            self.buffer.quoted()
+        )
+    }
+
+    /// True when a tombstone would be matched twice: its row is back in the table, or
+    /// it was deleted twice (module doc).
+    pub fn conflict_sql(&self) -> String {
+        let on = |a: &str, b: &str| {
+            self.matching
+                .iter()
+                .map(|m| format!("{a}.{m} {} {b}.{m}", pg_op("="), m = quote(m)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        // Two joins, not one scan with an OR of subqueries: PostgreSQL plans an OR of
+        // EXISTS as a hashed subplan over the whole dimension, a join by its index.
+        format!(
+            "(EXISTS (SELECT 1 FROM {tomb} AS t JOIN {dim} AS x ON {tx}) \
+             OR EXISTS (SELECT 1 FROM {tomb} AS t JOIN {tomb} AS u ON {tu} AND u.ctid {ne} t.ctid))",
+            tomb = self.buffer.quoted(),
+            dim = self.name.quoted(),
+            tx = on("x", "t"),
+            tu = on("u", "t"),
+            ne = pg_op("<>"),
+        )
+    }
+}
+
+fn quote(s: &str) -> String {
+    crate::pg::ident::quote_ident(s)
+}
+
+/// The tombstones of a plan: one per table [`inserts::delete_guards`] finds whose
+/// every occurrence is in the top-level FROM as a plain table reference (the delta
+/// query replaces them), whose guarding keys all reference the same columns, and whose
+/// read columns the catalog facts give.
+pub(super) fn tombs(
+    d: &Derivation,
+    f: &DeltaFacts<'_>,
+    lin: &Lineage,
+    stmt: &pb::SelectStmt,
+    fact: &str,
+) -> Vec<Tomb> {
+    let mut from = stmt.from_clause.clone();
+    let mut rvs = Vec::new();
+    range_vars_mut(&mut from, &mut rvs);
+    let mut out = Vec::new();
+    for (table, guard) in inserts::delete_guards(lin, f.catalog, fact) {
+        let Some(facts) = f.tables.iter().find(|t| t.table == table) else {
+            continue;
+        };
+        let occurrences = lin.instances.iter().filter(|i| i.table == table).count();
+        let top: Vec<&&mut pb::RangeVar> = rvs
+            .iter()
+            .filter(|rv| resolve(f.catalog, rv).as_deref() == Some(table.as_str()))
+            .collect();
+        let plain = top
+            .iter()
+            .all(|rv| rv.inh && rv.alias.as_ref().is_none_or(|a| a.colnames.is_empty()));
+        if top.len() != occurrences || !plain {
+            continue;
+        }
+        let mut refs: Vec<&Vec<String>> = guard
+            .occurrences
+            .iter()
+            .flatten()
+            .map(|k| &k.ref_columns)
+            .collect();
+        refs.dedup();
+        let [matching] = refs.as_slice() else {
+            continue;
+        };
+        let reads = d.table(&table).map(|t| t.reads.clone()).unwrap_or_default();
+        let columns: Vec<(String, String)> = facts
+            .columns
+            .iter()
+            .filter(|(c, _)| reads.contains(c))
+            .cloned()
+            .collect();
+        if !matching.iter().all(|m| columns.iter().any(|(c, _)| c == m)) {
+            continue;
+        }
+        let buffer = QualifiedName::new(
+            BUFFER_SCHEMA,
+            buffer_name(
+                f.view,
+                &format!(
+                    "gone_{}_{}",
+                    facts.name.name,
+                    &hash(&[&facts.name.schema, &facts.name.name])[..6]
+                ),
+            ),
+        );
+        let names: Vec<String> = columns.iter().map(|(c, _)| c.clone()).collect();
+        let capture = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM old_rows o",
+            buffer.quoted(),
+            list(&names, ""),
+            list(&names, "o.")
+        );
+        out.push(Tomb {
+            table,
+            name: facts.name.clone(),
+            buffer,
+            columns,
+            matching: (*matching).clone(),
+            guard,
+            capture,
+        });
+    }
+    out
+}
+
+/// Replaces every top-level FROM reference to a tombstoned table by its union
+/// ([`Tomb::union_sql`]) under the same name.
+pub(super) fn replace(
+    from: &mut [pb::Node],
+    f: &DeltaFacts<'_>,
+    tombs: &[Tomb],
+) -> Result<(), super::NoDelta> {
+    for item in from {
+        let swap = match item.node.as_mut() {
+            Some(NodeEnum::JoinExpr(j)) => {
+                for side in [j.larg.as_deref_mut(), j.rarg.as_deref_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    replace(std::slice::from_mut(side), f, tombs)?;
+                }
+                None
+            }
+            Some(NodeEnum::RangeVar(rv)) => {
+                let table = resolve(f.catalog, rv);
+                tombs
+                    .iter()
+                    .find(|t| Some(&t.table) == table.as_ref())
+                    .map(|t| {
+                        let alias = rv
+                            .alias
+                            .as_ref()
+                            .map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
+                        (t, alias)
+                    })
+            }
+            _ => None,
+        };
+        if let Some((t, alias)) = swap {
+            *item = subselect(t, &alias)?;
+        }
+    }
+    Ok(())
+}
+
+/// `(<union>) AS alias`, as a FROM item of the parse tree.
+fn subselect(t: &Tomb, alias: &str) -> Result<pb::Node, super::NoDelta> {
+    let sql = format!("SELECT 1 FROM ({}) AS {}", t.union_sql(), quote(alias));
+    let parsed = pg_query::parse(&sql, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| super::no(format!("internal: the tombstone union does not parse: {e}")))?;
+    parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_deref())
+        .and_then(node)
+        .and_then(|n| match n {
+            NodeEnum::SelectStmt(s) => s.from_clause.first().cloned(),
+            _ => None,
+        })
+        .ok_or_else(|| super::no("internal: the tombstone union is not a FROM item"))
+}
