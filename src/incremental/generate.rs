@@ -958,6 +958,13 @@ impl<'a> Conversion<'a> {
         for t in &p.tombs {
             let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", t.buffer.quoted());
         }
+        if p.probe.is_some() {
+            let _ = writeln!(
+                w,
+                "REVOKE ALL ON TABLE {} FROM PUBLIC;",
+                p.probe_table.quoted()
+            );
+        }
         // A few rows: looked up by index; many: planned for their number (delta::sql).
         let few = p.apply.join(";\n");
         let mut prelude = Vec::new();
@@ -975,6 +982,8 @@ impl<'a> Conversion<'a> {
             n = super::delta::BULK_FROM,
             bulk = p.apply_bulk,
         ));
+        // Groups that lost rows, decided but for their existence (delta::probe).
+        prelude.extend(p.probe.iter().cloned());
         prelude.extend(p.tomb_cleanup.iter().cloned());
         g.consume_prelude = prelude;
         g.consume_recheck = Some(p.recheck_keys.clone());

@@ -183,6 +183,8 @@ impl Fact<'_> {
 pub(super) struct Names {
     pub sign: String,
     pub rows_cte: String,
+    /// The probe's loop record ([`super::probe::block`]).
+    pub probe_row: String,
 }
 
 impl Names {
@@ -201,6 +203,7 @@ impl Names {
         Names {
             sign: unique("refreshd_sign", &|s| taken.contains(s)),
             rows_cte: unique("refreshd_delta_rows", &|s| relnames.contains(s)),
+            probe_row: unique("refreshd_probe_row", &|s| relnames.contains(s)),
         }
     }
 }

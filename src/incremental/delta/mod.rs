@@ -34,6 +34,7 @@
 mod ast;
 mod columns;
 mod fact;
+mod probe;
 mod query;
 mod sql;
 mod tombs;
@@ -164,6 +165,12 @@ pub struct DeltaPlan {
     pub tomb_conflicts: Option<String>,
     /// With tombs: empties them, run after `apply` in the same snapshot.
     pub tomb_cleanup: Vec<String>,
+    /// A PL/pgSQL block run after `apply`, in the same snapshot: deletes the groups
+    /// that lost rows and have none left ([`probe`]); `None` when the view's groups
+    /// losing rows are rechecked instead (or decided by a `count(*)` column).
+    pub probe: Option<String>,
+    /// The table the apply puts the keys to probe in (created only with `probe`).
+    pub probe_table: QualifiedName,
 }
 
 fn no(reason: impl Into<String>) -> NoDelta {
@@ -232,12 +239,25 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
 
     let buffer = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "delta"));
     let recheck = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "recheck"));
+    let probe_table = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "probe"));
+    let probe = match values.lost {
+        Some(_) => Some(probe::block(
+            f,
+            &def.stmt,
+            &outs,
+            &key_idx,
+            &probe_table,
+            &names.probe_row,
+        )?),
+        None => None,
+    };
     let take = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "take"));
     let apply = sql::Apply {
         rows_cte: &names.rows_cte,
         take: &take,
         buffer: &buffer,
         recheck: &recheck,
+        probe: &probe_table,
         live: f.live,
         columns: f.columns,
         equality: f.equality,
@@ -265,6 +285,19 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
             .chain(sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]))
             .collect();
     let mut discard = sql::each("DELETE FROM", [&buffer, &recheck]);
+    if probe.is_some() {
+        install.push(format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
+            probe_table.quoted(),
+            key_types
+                .iter()
+                .map(|(c, t)| format!("{} {t}", crate::pg::ident::quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        rollback.push(format!("DROP TABLE IF EXISTS {}", probe_table.quoted()));
+        discard.push(format!("DELETE FROM {}", probe_table.quoted()));
+    }
     for t in &tombs {
         install.extend(sql::tomb_install(t));
         rollback.push(format!("DROP TABLE IF EXISTS {}", t.buffer.quoted()));
@@ -306,6 +339,8 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         tombs,
         tomb_conflicts,
         tomb_cleanup,
+        probe,
+        probe_table: probe_table.clone(),
     })
 }
 

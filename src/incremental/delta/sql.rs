@@ -179,6 +179,8 @@ pub(super) struct Apply<'a> {
     pub take: &'a QualifiedName,
     pub buffer: &'a QualifiedName,
     pub recheck: &'a QualifiedName,
+    /// The keys of groups that lost rows, to probe ([`super::values::Values::lost`]).
+    pub probe: &'a QualifiedName,
     pub live: &'a QualifiedName,
     /// The view's columns, and the positions of the key columns among them.
     pub columns: &'a [(String, String)],
@@ -237,6 +239,19 @@ impl Apply<'_> {
             .collect::<Vec<_>>()
             .join(", ");
         let ok = "c.\"refreshd_sure\" AND c.\"refreshd_groups\" = 1";
+        // Groups that lost rows, decided but for their existence: probed afterwards.
+        let (lost, probe) = match &v.lost {
+            Some(lost) => (
+                format!(", COALESCE({lost}, false) AS \"refreshd_lost\""),
+                format!(
+                    "\"refreshd_pr\" AS (INSERT INTO {} ({}) SELECT DISTINCT {} FROM \"refreshd_c\" AS c WHERE {ok} AND c.\"refreshd_lost\"),\n",
+                    self.probe.quoted(),
+                    list(self.key_names, ""),
+                    key_refs(self.key_idx, "c"),
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         let set = all_cols
             .iter()
             .filter(|c| !self.key_names.contains(c))
@@ -246,9 +261,9 @@ impl Apply<'_> {
         format!(
             "WITH {rows} AS ({source}),\n\
              \"refreshd_d\" AS ({delta_select}),\n\
-             \"refreshd_c\" AS (SELECT {keys_d}, {values}, COALESCE({sure}, false) AS \"refreshd_sure\", COALESCE({gone}, false) AS \"refreshd_gone\", count(*) OVER (PARTITION BY {keys_d}) AS \"refreshd_groups\" FROM \"refreshd_d\" AS d LEFT JOIN {live} AS l ON {on}),\n\
+             \"refreshd_c\" AS (SELECT {keys_d}, {values}, COALESCE({sure}, false) AS \"refreshd_sure\", COALESCE({gone}, false) AS \"refreshd_gone\"{lost}, count(*) OVER (PARTITION BY {keys_d}) AS \"refreshd_groups\" FROM \"refreshd_d\" AS d LEFT JOIN {live} AS l ON {on}),\n\
              \"refreshd_up\" AS (INSERT INTO {live} ({cols}) SELECT {vs} FROM \"refreshd_c\" AS c WHERE {ok} AND NOT c.\"refreshd_gone\" ON CONFLICT ({keys}) DO UPDATE SET {set}),\n\
-             \"refreshd_del\" AS (DELETE FROM {live} AS l USING \"refreshd_c\" AS c WHERE {ok} AND c.\"refreshd_gone\" AND {on_c})\n\
+             {probe}\"refreshd_del\" AS (DELETE FROM {live} AS l USING \"refreshd_c\" AS c WHERE {ok} AND c.\"refreshd_gone\" AND {on_c})\n\
              INSERT INTO {rc} ({keys}) SELECT DISTINCT {keys_c} FROM \"refreshd_c\" AS c WHERE NOT ({ok})",
             rows = quote_ident(self.rows_cte),
             keys_d = key_refs(self.key_idx, "d"),

@@ -57,6 +57,11 @@ pub(super) struct Values {
     pub notes: Vec<String>,
     /// The delta query's target list: each grouping value as `c<i>`, then the pieces.
     pub targets: Vec<String>,
+    /// Without a `count(*)` column, when nothing but a group's existence is unknown
+    /// after it loses rows ([`Builder::probing`]): whether the delta group lost rows
+    /// (over `d`). Its key is then *probed* (does the definition still have a row of
+    /// it?) instead of recomputed.
+    pub lost: Option<String>,
 }
 
 /// Computes every column's new value. `columns` are the view's, `outs` what each is,
@@ -83,7 +88,9 @@ pub(super) fn compute(
         new_value: vec![String::new(); outs.len()],
         sum_value: vec![None; outs.len()],
         notes: Vec::new(),
+        probe: false,
     };
+    b.probe = b.probing();
     let n_rem = b
         .pieces
         .add(format!("count(*) {}", b.pieces.when(false, &None)));
@@ -109,6 +116,7 @@ pub(super) fn compute(
         gone,
         notes: b.notes,
         targets,
+        lost: b.probe.then(|| format!("d.{n_rem} > 0")),
     })
 }
 
@@ -122,9 +130,31 @@ struct Builder<'a> {
     /// Per sum column, its new value (an avg without a count of its own reuses it).
     sum_value: Vec<Option<String>>,
     notes: Vec<String>,
+    /// Groups losing rows are probed, not recomputed ([`Builder::probing`]).
+    probe: bool,
 }
 
 impl Builder<'_> {
+    /// Whether a group that lost rows is decided by whether it still exists: there is
+    /// no `count(*)` column (else its count says so), and every sum without a count of
+    /// its inputs has an argument that is never NULL and no FILTER, so that a group
+    /// that still has a row has a non-NULL input for each such sum (its value is then
+    /// old + added - removed).
+    fn probing(&self) -> bool {
+        let rows_col = self.outs.iter().any(
+            |o| matches!(o, Out::Agg(c) if c.func == "count" && c.arg.is_none() && c.filter.is_none()),
+        );
+        !rows_col
+            && self.outs.iter().all(|o| match o.agg("sum") {
+                Some(a) => {
+                    self.count_source(a).is_some()
+                        || (a.filter.is_none()
+                            && a.arg_node.as_ref().is_some_and(|x| self.fact.never_null(x)))
+                }
+                None => true,
+            })
+    }
+
     /// The live row's value of column `i`.
     fn old(&self, i: usize) -> String {
         format!("l.{}", quote_ident(&self.columns[i].0))
@@ -200,6 +230,15 @@ impl Builder<'_> {
                     format!(
                         "(CASE WHEN {} = 0 THEN NULL ELSE COALESCE({o}, 0) + COALESCE(d.{plus}, 0) - COALESCE(d.{minus}, 0) END)",
                         self.new_value[j],
+                        o = self.old(i)
+                    )
+                }
+                None if self.probe => {
+                    self.notes.push(format!(
+                        "{name}: sum, old + added - removed (its input is never NULL: a group losing rows is probed)"
+                    ));
+                    format!(
+                        "(COALESCE({o}, 0) + COALESCE(d.{plus}, 0) - COALESCE(d.{minus}, 0))",
                         o = self.old(i)
                     )
                 }
@@ -304,6 +343,13 @@ impl Builder<'_> {
         );
         match rows_col {
             Some(j) => format!("({} = 0)", self.new_value[j]),
+            None if self.probe => {
+                self.notes.push(
+                    "groups losing rows are probed: deleted when the definition has no row of them left (no count(*) column tells that a group vanished)"
+                        .into(),
+                );
+                "false".to_string()
+            }
             None => {
                 self.sure.push(format!("d.{n_rem} = 0"));
                 self.notes.push(
