@@ -492,6 +492,27 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
     assert_eq!(consume_and_recompute(&db), "everything");
     assert_eq!(equal(&db), "0");
 
+    // Past the bulk threshold (1,000 buffered rows): the apply planned for its size
+    // reads the tombstones as well, without merge joins (the consume function's
+    // setting: a UNION ALL has no statistics).
+    db.psql(
+        "BEGIN; DELETE FROM fk.sales WHERE store_id IN (SELECT id FROM fk.stores WHERE region_id IN (3, 4, 5)); \
+         DELETE FROM fk.stores WHERE region_id IN (3, 4, 5) AND id NOT IN (7, 8); COMMIT",
+    );
+    assert!(
+        db.psql("SELECT count(*) FROM refreshd.fk_by_region_delta")
+            .parse::<u32>()
+            .unwrap()
+            >= 1000
+    );
+    assert_eq!(
+        db.psql("SELECT array_to_string(proconfig, ' ') FROM pg_proc WHERE proname = 'fk_by_region_consume'"),
+        "search_path=pg_catalog, pg_temp enable_mergejoin=off"
+    );
+    assert_eq!(keys_buffered(&db), "0");
+    assert_eq!(consume_and_recompute(&db), "0");
+    assert_eq!(equal(&db), "0");
+
     db.psql("ALTER TABLE fk.sales ALTER CONSTRAINT sales_store DEFERRABLE");
     db.psql("BEGIN; DELETE FROM fk.sales WHERE store_id = 8; DELETE FROM fk.stores WHERE id = 8; COMMIT");
     assert_eq!(keys_buffered(&db), "1", "a deferrable key guards nothing");
