@@ -507,7 +507,7 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
     );
     assert_eq!(
         db.psql("SELECT array_to_string(proconfig, ' ') FROM pg_proc WHERE proname = 'fk_by_region_consume'"),
-        "search_path=pg_catalog, pg_temp enable_mergejoin=off"
+        "search_path=pg_catalog, pg_temp enable_mergejoin=off default_statistics_target=10"
     );
     assert_eq!(keys_buffered(&db), "0");
     assert_eq!(consume_and_recompute(&db), "0");

@@ -264,8 +264,18 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         key_idx: &key_idx,
         key_names: &d.key,
     };
-    let apply_bulk = apply.statement(&values, &delta_select, true);
-    let apply = apply.statement(&values, &delta_select, false);
+    // With tombstones the apply reads dimensions through a UNION ALL, which has no
+    // statistics: the bulk apply gives the planner the buffer's own (delta::sql::Source).
+    let apply_bulk = if tombs.is_empty() {
+        apply.statement(&values, &delta_select, sql::Source::Delete)
+    } else {
+        format!(
+            "ANALYZE {b};\n{};\nDELETE FROM {b}",
+            apply.statement(&values, &delta_select, sql::Source::Table),
+            b = buffer.quoted()
+        )
+    };
+    let apply = apply.statement(&values, &delta_select, sql::Source::Take);
     let key_types: Vec<(String, String)> = key_idx.iter().map(|k| f.columns[*k].clone()).collect();
     let incomparable = fact
         .names
