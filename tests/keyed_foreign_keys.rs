@@ -492,9 +492,9 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
     assert_eq!(consume_and_recompute(&db), "everything");
     assert_eq!(equal(&db), "0");
 
-    // Past the bulk threshold (1,000 buffered rows): the apply planned for its size
-    // reads the tombstones as well, without merge joins (the consume function's
-    // setting: a UNION ALL has no statistics).
+    // 1,200 buffered rows: with tombstones still the apply planned for a few rows
+    // (BULK_FROM_WITH_TOMBS); without merge joins (the consume function's setting: a
+    // UNION ALL has no statistics).
     db.psql(
         "BEGIN; DELETE FROM fk.sales WHERE store_id IN (SELECT id FROM fk.stores WHERE region_id IN (3, 4, 5)); \
          DELETE FROM fk.stores WHERE region_id IN (3, 4, 5) AND id NOT IN (7, 8); COMMIT",
@@ -512,6 +512,23 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
     assert_eq!(keys_buffered(&db), "0");
     assert_eq!(consume_and_recompute(&db), "0");
     assert_eq!(equal(&db), "0");
+    // Past it (100,000 rows): the buffer analyzed and read as a table, then emptied.
+    db.psql(
+        "INSERT INTO fk.sales SELECT 500000 + g, 10, 1 + g % 7, date '2025-02-01' FROM generate_series(1, 60000) g; \
+         BEGIN; DELETE FROM fk.sales WHERE store_id = 10; DELETE FROM fk.stores WHERE id = 10; COMMIT",
+    );
+    assert!(
+        db.psql("SELECT count(*) FROM refreshd.fk_by_region_delta")
+            .parse::<u32>()
+            .unwrap()
+            >= 100_000
+    );
+    assert_eq!(consume_and_recompute(&db), "0");
+    assert_eq!(equal(&db), "0");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM refreshd.fk_by_region_delta"),
+        "0"
+    );
 
     db.psql("ALTER TABLE fk.sales ALTER CONSTRAINT sales_store DEFERRABLE");
     db.psql("BEGIN; DELETE FROM fk.sales WHERE store_id = 8; DELETE FROM fk.stores WHERE id = 8; COMMIT");

@@ -994,7 +994,11 @@ impl<'a> Conversion<'a> {
         prelude.push(format!(
             "IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {buf} LIMIT {n}) AS b) < {n} THEN\n{few};\nELSE\n{bulk};\nEND IF",
             buf = p.buffer.quoted(),
-            n = super::delta::BULK_FROM,
+            n = if p.tombs.is_empty() {
+                super::delta::BULK_FROM
+            } else {
+                super::delta::BULK_FROM_WITH_TOMBS
+            },
             bulk = p.apply_bulk,
         ));
         // Groups that lost rows, decided but for their existence (delta::probe).

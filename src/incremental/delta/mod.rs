@@ -48,7 +48,7 @@ use crate::pg::ident::{QualifiedName, MAX_IDENTIFIER_BYTES};
 /// The schema of refreshd's own change buffers.
 pub const BUFFER_SCHEMA: &str = "refreshd";
 
-pub use sql::BULK_FROM;
+pub use sql::{BULK_FROM, BULK_FROM_WITH_TOMBS};
 
 /// Catalog facts of one base table the view reads.
 #[derive(Debug, Clone, PartialEq)]
