@@ -457,7 +457,7 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
     let (config, _) = converted(&db);
     assert!(
         config.contains("DELETE: its deleted rows kept in refreshd.fk_by_region_gone_stores_")
-            && config.contains("while fk.sales's foreign key sales_store holds"),
+            && config.contains("relying on fk.sales's foreign key sales_store, and on the keys below them down to fk.sales"),
         "{config}"
     );
     let equal = |db: &TestDb| db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[]));

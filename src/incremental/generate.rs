@@ -1220,20 +1220,30 @@ impl Conversion<'_> {
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
+            let extended;
+            let source = match (&c.source, op, self.dangling(c.t)) {
+                (Source::Keys(keys), "update" | "delete", Some(branch)) => {
+                    let mut keys = keys.clone();
+                    keys.push(branch);
+                    extended = Source::Keys(keys);
+                    &extended
+                }
+                (other, _, _) => other,
+            };
             rows.map(|rows| {
                 let pending = self
                     .pending_deltas(c, op)
                     .map(|cond| format!("SELECT r.* FROM ({rows}) AS r WHERE {cond}"));
                 (
-                    self.buffer_rows_sql(&c.source, rows, op),
-                    pending.map(|rows| self.buffer_rows_sql(&c.source, rows, op)),
+                    self.buffer_rows_sql(source, rows, op),
+                    pending.map(|rows| self.buffer_rows_sql(source, rows, op)),
                 )
             })
         };
         let buffered = buffered.map(|(b, pending)| {
             let b = Self::guarded(op, c, b, pending);
-            match (op, self.tomb_of(c.t)) {
-                ("delete", Some(t)) => Self::tombstoned(t, b),
+            match (op, self.tomb_of(c.t), &self.f.delta) {
+                ("delete", Some(t), Some(p)) => Self::tombstoned(t, &p.tomb_guard_sql(), b),
                 _ => b,
             }
         });
@@ -1268,6 +1278,58 @@ impl Conversion<'_> {
         }
     }
 
+    /// For a table whose join paths to the key go through tombstoned tables: a key
+    /// branch (`SELECT NULL, ...`: a NULL key member means everything) giving one row
+    /// when a changed row's partner on such a path is gone. A foreign key keeps every
+    /// partner there, so it was deleted by the same statement (a data-modifying CTE, or
+    /// `ON DELETE SET NULL` / `CASCADE` updating or deleting this table's rows after it):
+    /// its DELETE kept it as a tombstone and named no group, and this capture, running
+    /// after it, cannot find the group either. Rare; everything is recomputed.
+    fn dangling(&self, t: &super::TableDerivation) -> Option<String> {
+        let p = self.f.delta.as_ref()?;
+        let How::JoinPath { paths, .. } = &t.how else {
+            return None;
+        };
+        let tombed = |name: &str| p.tombs.iter().any(|x| x.table == name);
+        let mut exists = Vec::new();
+        for path in paths {
+            let mut prev = "d".to_string();
+            let mut joins = String::new();
+            let mut conds = Vec::new();
+            for (i, st) in path.steps.iter().enumerate() {
+                let table = &path.tables[i + 1];
+                let alias = format!("g{}", i + 1);
+                let _ = write!(
+                    joins,
+                    " LEFT JOIN {} AS {alias} ON {alias}.{} {} {prev}.{}",
+                    self.table_of(table).ok()?.name.quoted(),
+                    quote_ident(&st.to_column),
+                    pg_op("="),
+                    quote_ident(&st.from_column)
+                );
+                if tombed(table) {
+                    conds.push(format!(
+                        "({prev}.{} IS NOT NULL AND {alias}.{} IS NULL)",
+                        quote_ident(&st.from_column),
+                        quote_ident(&st.to_column)
+                    ));
+                }
+                prev = alias;
+            }
+            if !conds.is_empty() {
+                exists.push(format!(
+                    "EXISTS (SELECT 1 FROM d{joins} WHERE {})",
+                    conds.join(" OR ")
+                ));
+            }
+        }
+        if exists.is_empty() {
+            return None;
+        }
+        let nulls = vec!["NULL"; self.d.key.len()].join(", ");
+        Some(format!("SELECT {nulls} WHERE {}", exists.join(" OR ")))
+    }
+
     /// The tombstone of a table whose DELETEs keep their rows for the apply.
     fn tomb_of(&self, t: &super::TableDerivation) -> Option<&super::delta::Tomb> {
         self.f
@@ -1276,13 +1338,13 @@ impl Conversion<'_> {
             .and_then(|p| p.tombs.iter().find(|x| x.table == t.table))
     }
 
-    /// A DELETE's capture while the foreign keys guarding the table's DELETEs hold
-    /// (incremental::inserts::delete_guards, checked again at every DELETE): its rows
-    /// into the tombstone table, where the apply finds them; else its keys, as before.
-    fn tombstoned(t: &super::delta::Tomb, keys: String) -> String {
+    /// A DELETE's capture while the foreign keys guarding the view's tombstoned tables'
+    /// DELETEs hold and the writer is not in the replica role (`guard`, delta::tombs
+    /// `guard_sql`, checked again at every DELETE): its rows into the tombstone table,
+    /// where the apply finds them; else its keys, as before.
+    fn tombstoned(t: &super::delta::Tomb, guard: &str, keys: String) -> String {
         format!(
-            "        IF {} THEN\n            {};\n        ELSE\n    {}\n        END IF;",
-            t.guard.holds_sql(),
+            "        IF {guard} THEN\n            {};\n        ELSE\n    {}\n        END IF;",
             t.capture.trim().trim_end_matches(';'),
             keys.replace('\n', "\n    ")
         )
@@ -1421,7 +1483,7 @@ impl Conversion<'_> {
         };
         let line = match c.tomb {
             Some(t) => format!(
-                "{line}; DELETE: its deleted rows kept in {} for the deltas of the rows of {} deleted before them, no group named (while {} hold{}; checked again at every DELETE)",
+                "{line}; DELETE: its deleted rows kept in {} for the deltas of the rows of {} deleted before them, no group named (relying on {}, and on the keys below them down to {}; checked again at every DELETE, and not in the replica role)",
                 t.buffer,
                 c.delta_fact.map_or("?", |q| q.as_str()),
                 t.guard
@@ -1431,7 +1493,7 @@ impl Conversion<'_> {
                     .map(|k| format!("{}'s foreign key {}", k.table, k.name))
                     .collect::<Vec<_>>()
                     .join(", "),
-                if t.guard.occurrences.iter().flatten().count() == 1 { "s" } else { "" }
+                c.delta_fact.map_or("?", |q| q.as_str()),
             ),
             None => line,
         };

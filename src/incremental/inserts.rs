@@ -234,16 +234,20 @@ pub(super) fn guards(lineage: &Lineage, catalog: &Catalog) -> BTreeMap<String, I
 /// at the refresh, so the dimension's deleted rows are kept for it (a tombstone
 /// buffer, [`super::delta`]) instead of naming their groups. A key dropped or altered
 /// later is noticed by the trigger at every DELETE, which then names groups again.
+///
+/// `eligible` says which tables may keep tombstones at all (the caller's conditions);
+/// a table that may not is never relied on by another.
 pub(super) fn delete_guards(
     lineage: &Lineage,
     catalog: &Catalog,
     fact: &str,
+    eligible: &dyn Fn(&str) -> bool,
 ) -> BTreeMap<String, InsertGuard> {
     let inst = &lineage.instances;
     let tables: BTreeSet<&str> = inst
         .iter()
         .map(|o| o.table.as_str())
-        .filter(|t| *t != fact)
+        .filter(|t| *t != fact && eligible(t))
         .collect();
     let mut guarded: BTreeMap<String, InsertGuard> = BTreeMap::new();
     loop {

@@ -225,7 +225,7 @@ fn a_composite_key_must_be_equated_on_every_column() {
 fn delete_guards(c: &Catalog, sql: &str, fact: &str) -> Vec<(String, Vec<Vec<u32>>)> {
     let select = super::parse::parse_view(sql).unwrap_or_else(|e| panic!("{e}"));
     let (lin, _) = super::lineage::resolve(&select, c).unwrap_or_else(|e| panic!("{e}"));
-    super::inserts::delete_guards(&lin, c, fact)
+    super::inserts::delete_guards(&lin, c, fact, &|_| true)
         .into_iter()
         .map(|(t, g)| {
             let occ = g

@@ -88,10 +88,11 @@ fn quote(s: &str) -> String {
     crate::pg::ident::quote_ident(s)
 }
 
-/// The tombstones of a plan: one per table [`inserts::delete_guards`] finds whose
-/// every occurrence is in the top-level FROM as a plain table reference (the delta
-/// query replaces them), whose guarding keys all reference the same columns, and whose
-/// read columns the catalog facts give.
+/// The tombstones of a plan: one per table [`inserts::delete_guards`] finds among
+/// those whose every occurrence is in the top-level FROM as a plain table reference
+/// (the delta query replaces them) and whose catalog facts are known; a table that
+/// cannot keep tombstones guards no other. A row is identified by the shortest column
+/// list its guarding keys reference (each is a unique key of the table).
 pub(super) fn tombs(
     d: &Derivation,
     f: &DeltaFacts<'_>,
@@ -102,42 +103,40 @@ pub(super) fn tombs(
     let mut from = stmt.from_clause.clone();
     let mut rvs = Vec::new();
     range_vars_mut(&mut from, &mut rvs);
-    let mut out = Vec::new();
-    for (table, guard) in inserts::delete_guards(lin, f.catalog, fact) {
-        let Some(facts) = f.tables.iter().find(|t| t.table == table) else {
-            continue;
-        };
+    let eligible = |table: &str| {
         let occurrences = lin.instances.iter().filter(|i| i.table == table).count();
         let top: Vec<&&mut pb::RangeVar> = rvs
             .iter()
-            .filter(|rv| resolve(f.catalog, rv).as_deref() == Some(table.as_str()))
+            .filter(|rv| resolve(f.catalog, rv).as_deref() == Some(table))
             .collect();
         let plain = top
             .iter()
             .all(|rv| rv.inh && rv.alias.as_ref().is_none_or(|a| a.colnames.is_empty()));
-        if top.len() != occurrences || !plain {
-            continue;
-        }
-        let mut refs: Vec<&Vec<String>> = guard
+        f.tables.iter().any(|t| t.table == table) && top.len() == occurrences && plain
+    };
+    let guards = inserts::delete_guards(lin, f.catalog, fact, &eligible);
+    let mut out = Vec::new();
+    for (table, guard) in guards {
+        let facts = f
+            .tables
+            .iter()
+            .find(|t| t.table == table)
+            .expect("eligible tables have catalog facts");
+        let matching = guard
             .occurrences
             .iter()
             .flatten()
             .map(|k| &k.ref_columns)
-            .collect();
-        refs.dedup();
-        let [matching] = refs.as_slice() else {
-            continue;
-        };
+            .min_by_key(|r| r.len())
+            .expect("a guard has a key")
+            .clone();
         let reads = d.table(&table).map(|t| t.reads.clone()).unwrap_or_default();
         let columns: Vec<(String, String)> = facts
             .columns
             .iter()
-            .filter(|(c, _)| reads.contains(c))
+            .filter(|(c, _)| reads.contains(c) || matching.contains(c))
             .cloned()
             .collect();
-        if !matching.iter().all(|m| columns.iter().any(|(c, _)| c == m)) {
-            continue;
-        }
         let buffer = QualifiedName::new(
             BUFFER_SCHEMA,
             buffer_name(
@@ -161,12 +160,27 @@ pub(super) fn tombs(
             name: facts.name.clone(),
             buffer,
             columns,
-            matching: (*matching).clone(),
+            matching,
             guard,
             capture,
         });
     }
     out
+}
+
+/// The condition under which a tombstoned table's DELETE may keep its rows instead of
+/// naming groups: every tombstoned table's guarding keys still hold (a key dropped
+/// anywhere along the chain down to the fact table lets rows reaching a deleted row
+/// survive it), and the writer is not in the replica role (a logical replication apply
+/// worker: foreign keys are not checked there). Checked at every DELETE.
+pub fn guard_sql(tombs: &[Tomb]) -> String {
+    let mut parts: Vec<String> = tombs.iter().map(|t| t.guard.holds_sql()).collect();
+    parts.dedup();
+    parts.push(format!(
+        "pg_catalog.current_setting('session_replication_role') {} 'replica'",
+        pg_op("<>")
+    ));
+    parts.join(" AND ")
 }
 
 /// Replaces every top-level FROM reference to a tombstoned table by its union
