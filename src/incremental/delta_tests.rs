@@ -519,7 +519,7 @@ fn tpch_q5_with_foreign_keys_keeps_deleted_dimension_rows() {
     let tombs: Vec<(&str, &str)> = p
         .tombs
         .iter()
-        .map(|t| (t.table.as_str(), t.matching[0].as_str()))
+        .map(|t| (t.table.as_str(), t.matching[0][0].as_str()))
         .collect();
     assert_eq!(
         tombs,

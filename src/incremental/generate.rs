@@ -1280,17 +1280,19 @@ impl Conversion<'_> {
 
     /// For a table whose join paths to the key go through tombstoned tables: a key
     /// branch (`SELECT NULL, ...`: a NULL key member means everything) giving one row
-    /// when a changed row's partner on such a path is gone. A foreign key keeps every
-    /// partner there, so it was deleted by the same statement (a data-modifying CTE, or
-    /// `ON DELETE SET NULL` / `CASCADE` updating or deleting this table's rows after it):
-    /// its DELETE kept it as a tombstone and named no group, and this capture, running
-    /// after it, cannot find the group either. Rare; everything is recomputed.
+    /// when a changed row's partner on such a path is gone. Its DELETE kept it as a
+    /// tombstone and named no group, and this capture cannot find the group through it
+    /// either (the deleted facts' deltas are joined to this table as it is at the
+    /// refresh, after this change). Either the partner is among the tombstones (deleted
+    /// before, not applied yet: a region's country changed after the region was
+    /// deleted), or a foreign key of the step keeps it and it is missing (deleted by the
+    /// same statement, its tombstone not written yet: `ON DELETE SET NULL` or `CASCADE`
+    /// between dimensions, a data-modifying CTE). Rare; everything is recomputed.
     fn dangling(&self, t: &super::TableDerivation) -> Option<String> {
         let p = self.f.delta.as_ref()?;
         let How::JoinPath { paths, .. } = &t.how else {
             return None;
         };
-        let tombed = |name: &str| p.tombs.iter().any(|x| x.table == name);
         let mut exists = Vec::new();
         for path in paths {
             let mut prev = "d".to_string();
@@ -1307,12 +1309,33 @@ impl Conversion<'_> {
                     pg_op("="),
                     quote_ident(&st.from_column)
                 );
-                if tombed(table) {
+                if let Some(tomb) = p.tombs.iter().find(|x| &x.table == table) {
+                    // The partner is kept as a tombstone (deleted before, not applied
+                    // yet): this change cannot reach its group through it.
                     conds.push(format!(
-                        "({prev}.{} IS NOT NULL AND {alias}.{} IS NULL)",
-                        quote_ident(&st.from_column),
-                        quote_ident(&st.to_column)
+                        "EXISTS (SELECT 1 FROM {} AS t WHERE t.{} {} {prev}.{})",
+                        tomb.buffer.quoted(),
+                        quote_ident(&st.to_column),
+                        pg_op("="),
+                        quote_ident(&st.from_column)
                     ));
+                    // A partner a foreign key of this step keeps is missing: deleted by
+                    // this statement, its tombstone not written yet. (Without such a
+                    // key a missing partner is an ordinary orphan, or a parent row
+                    // without children.)
+                    let kept = p.foreign_keys.iter().any(|k| {
+                        k.table == path.tables[i]
+                            && &k.references == table
+                            && k.columns == [st.from_column.clone()]
+                            && k.ref_columns == [st.to_column.clone()]
+                    });
+                    if kept {
+                        conds.push(format!(
+                            "({prev}.{} IS NOT NULL AND {alias}.{} IS NULL)",
+                            quote_ident(&st.from_column),
+                            quote_ident(&st.to_column)
+                        ));
+                    }
                 }
                 prev = alias;
             }

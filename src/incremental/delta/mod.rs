@@ -171,6 +171,9 @@ pub struct DeltaPlan {
     pub probe: Option<String>,
     /// The table the apply puts the keys to probe in (created only with `probe`).
     pub probe_table: QualifiedName,
+    /// The catalog's foreign keys (validated, not deferrable, enforced): the generated
+    /// capture asks which join steps follow one (a partner that must exist).
+    pub foreign_keys: Vec<crate::incremental::ForeignKey>,
 }
 
 impl DeltaPlan {
@@ -359,6 +362,7 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         tomb_cleanup,
         probe,
         probe_table: probe_table.clone(),
+        foreign_keys: f.catalog.foreign_keys.clone(),
     })
 }
 

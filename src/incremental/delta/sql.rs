@@ -101,18 +101,17 @@ pub(super) fn install(
 /// A tombstone table (the dimension's columns read, typed alike) and its index on the
 /// referenced columns, which the apply looks deleted rows up by.
 pub(super) fn tomb_install(t: &super::Tomb) -> Vec<String> {
-    vec![
-        format!(
-            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
-            t.buffer.quoted(),
-            column_defs(&t.columns)
-        ),
-        format!(
-            "CREATE INDEX ON {} ({})",
-            t.buffer.quoted(),
-            list(&t.matching, "")
-        ),
-    ]
+    std::iter::once(format!(
+        "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
+        t.buffer.quoted(),
+        column_defs(&t.columns)
+    ))
+    .chain(
+        t.matching
+            .iter()
+            .map(|m| format!("CREATE INDEX ON {} ({})", t.buffer.quoted(), list(m, ""))),
+    )
+    .collect()
 }
 
 /// One statement per table (`DROP TABLE IF EXISTS`, `DELETE FROM`...).

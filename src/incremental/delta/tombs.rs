@@ -37,8 +37,10 @@ pub struct Tomb {
     pub buffer: QualifiedName,
     /// The columns the view reads of it, with their types, in the table's order.
     pub columns: Vec<(String, String)>,
-    /// The columns its guarding foreign keys reference: what identifies a row.
-    pub matching: Vec<String>,
+    /// The column lists its guarding foreign keys reference (each a unique key of the
+    /// table), shortest first: a row is the same row again when any of them matches
+    /// (a table read twice, through its id and through a code, say).
+    pub matching: Vec<Vec<String>>,
     /// The keys relied on: the trigger checks them at every DELETE.
     pub guard: InsertGuard,
     /// The DELETE trigger's statement (reads the transition table `old_rows`).
@@ -63,24 +65,27 @@ impl Tomb {
     /// True when a tombstone would be matched twice: its row is back in the table, or
     /// it was deleted twice (module doc).
     pub fn conflict_sql(&self) -> String {
-        let on = |a: &str, b: &str| {
-            self.matching
-                .iter()
-                .map(|m| format!("{a}.{m} {} {b}.{m}", pg_op("="), m = quote(m)))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        };
-        // Two joins, not one scan with an OR of subqueries: PostgreSQL plans an OR of
-        // EXISTS as a hashed subplan over the whole dimension, a join by its index.
-        format!(
-            "(EXISTS (SELECT 1 FROM {tomb} AS t JOIN {dim} AS x ON {tx}) \
-             OR EXISTS (SELECT 1 FROM {tomb} AS t JOIN {tomb} AS u ON {tu} AND u.ctid {ne} t.ctid))",
-            tomb = self.buffer.quoted(),
-            dim = self.name.quoted(),
-            tx = on("x", "t"),
-            tu = on("u", "t"),
-            ne = pg_op("<>"),
-        )
+        // Joins, not one scan with an OR of subqueries: PostgreSQL plans an OR of EXISTS
+        // as a hashed subplan over the whole dimension, a join by its index.
+        let mut parts = Vec::new();
+        for cols in &self.matching {
+            let on = |a: &str, b: &str| {
+                cols.iter()
+                    .map(|m| format!("{a}.{m} {} {b}.{m}", pg_op("="), m = quote(m)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            parts.push(format!(
+                "EXISTS (SELECT 1 FROM {tomb} AS t JOIN {dim} AS x ON {tx}) \
+                 OR EXISTS (SELECT 1 FROM {tomb} AS t JOIN {tomb} AS u ON {tu} AND u.ctid {ne} t.ctid)",
+                tomb = self.buffer.quoted(),
+                dim = self.name.quoted(),
+                tx = on("x", "t"),
+                tu = on("u", "t"),
+                ne = pg_op("<>"),
+            ));
+        }
+        format!("({})", parts.join(" OR "))
     }
 }
 
@@ -122,19 +127,18 @@ pub(super) fn tombs(
             .iter()
             .find(|t| t.table == table)
             .expect("eligible tables have catalog facts");
-        let matching = guard
-            .occurrences
-            .iter()
-            .flatten()
-            .map(|k| &k.ref_columns)
-            .min_by_key(|r| r.len())
-            .expect("a guard has a key")
-            .clone();
+        let mut matching: Vec<Vec<String>> = Vec::new();
+        for k in guard.occurrences.iter().flatten() {
+            if !matching.contains(&k.ref_columns) {
+                matching.push(k.ref_columns.clone());
+            }
+        }
+        matching.sort_by_key(Vec::len);
         let reads = d.table(&table).map(|t| t.reads.clone()).unwrap_or_default();
         let columns: Vec<(String, String)> = facts
             .columns
             .iter()
-            .filter(|(c, _)| reads.contains(c) || matching.contains(c))
+            .filter(|(c, _)| reads.contains(c) || matching.iter().flatten().any(|m| m == c))
             .cloned()
             .collect();
         let buffer = QualifiedName::new(
