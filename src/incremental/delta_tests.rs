@@ -404,6 +404,28 @@ fn q1_like_positional_group_by() {
     );
 }
 
+/// Q5 has no count(*), but revenue's input (NOT NULL columns) is never NULL: a group
+/// losing rows is probed, not recomputed.
+fn q5_probes_groups_losing_rows(p: &DeltaPlan) {
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.starts_with("groups losing rows are probed")));
+    let probe = p.probe.as_deref().expect("probed");
+    assert!(
+        probe.contains(&format!("FOR \"refreshd_probe_row\" IN DELETE FROM {} RETURNING * LOOP", p.probe_table.quoted()))
+            && probe.contains("IF NOT EXISTS (SELECT 1 FROM tpch.customer, tpch.orders, tpch.lineitem, tpch.supplier, tpch.nation, tpch.region WHERE (")
+            && probe.contains(") AND (nation.n_name) OPERATOR(pg_catalog.=) \"refreshd_probe_row\".\"n_name\")")
+            && probe.contains("DELETE FROM \"tpch\".\"v_live\" AS l WHERE l.\"n_name\" OPERATOR(pg_catalog.=) \"refreshd_probe_row\".\"n_name\""),
+        "{probe}"
+    );
+    assert!(
+        p.apply[0].contains("\"refreshd_pr\" AS (INSERT INTO"),
+        "{}",
+        p.apply[0]
+    );
+}
+
 /// Q5: six tables, grouped by the nation's name. The fact is lineitem (the largest);
 /// no other table reaches the key through it. No count(*): groups losing rows are
 /// rechecked.
@@ -423,25 +445,7 @@ fn tpch_q5() {
         p.columns,
         ["l_orderkey", "l_suppkey", "l_extendedprice", "l_discount"]
     );
-    // No count(*), but revenue's input (NOT NULL columns) is never NULL: a group
-    // losing rows is probed, not recomputed.
-    assert!(p
-        .notes
-        .iter()
-        .any(|n| n.starts_with("groups losing rows are probed")));
-    let probe = p.probe.as_deref().expect("probed");
-    assert!(
-        probe.contains(&format!("FOR \"refreshd_probe_row\" IN DELETE FROM {} RETURNING * LOOP", p.probe_table.quoted()))
-            && probe.contains("IF NOT EXISTS (SELECT 1 FROM tpch.customer, tpch.orders, tpch.lineitem, tpch.supplier, tpch.nation, tpch.region WHERE (")
-            && probe.contains(") AND (nation.n_name) OPERATOR(pg_catalog.=) \"refreshd_probe_row\".\"n_name\")")
-            && probe.contains("DELETE FROM \"tpch\".\"v_live\" AS l WHERE l.\"n_name\" OPERATOR(pg_catalog.=) \"refreshd_probe_row\".\"n_name\""),
-        "{probe}"
-    );
-    assert!(
-        p.apply[0].contains("\"refreshd_pr\" AS (INSERT INTO"),
-        "{}",
-        p.apply[0]
-    );
+    q5_probes_groups_losing_rows(&p);
     assert!(
         p.apply[0].contains("refreshd_delta_rows lineitem"),
         "{}",

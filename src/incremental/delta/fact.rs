@@ -8,8 +8,8 @@ use pg_query::NodeEnum;
 
 use super::ast::{self, node, strings};
 use super::{no, DeltaFacts, DeltaTable, NoDelta};
-use crate::incremental::lineage::{self, Lineage};
-use crate::incremental::{parse, Derivation, How};
+use crate::incremental::lineage::Lineage;
+use crate::incremental::{Derivation, How};
 
 /// The fact table and the columns of it the view reads.
 pub(super) struct Fact<'a> {
@@ -27,6 +27,7 @@ pub(super) fn choose<'a>(
     d: &Derivation,
     f: &DeltaFacts<'a>,
     stmt: &pb::SelectStmt,
+    lin: &Lineage,
 ) -> Result<Fact<'a>, NoDelta> {
     if let Some(t) = f.tables.iter().find(|t| t.row_security) {
         return Err(no(format!(
@@ -34,10 +35,8 @@ pub(super) fn choose<'a>(
             t.name
         )));
     }
-    let select = parse::parse_view(f.definition).map_err(|e| no(e.reason))?;
-    let (lin, _) = lineage::resolve(&select, f.catalog).map_err(|e| no(e.reason))?;
     let top = ast::top_level_tables(f.catalog, stmt);
-    let eligible = |t: &str| eligible(t, d, f, &lin, &top);
+    let eligible = |t: &str| eligible(t, d, f, lin, &top);
     let table = match f.fact {
         Some(t) => eligible(t).map_err(|r| no(format!("{t} cannot take deltas: {r}")))?,
         None => {
@@ -60,7 +59,7 @@ pub(super) fn choose<'a>(
             best.ok_or_else(|| no(format!("no table can take deltas ({})", reasons.join("; "))))?
         }
     };
-    read_columns(d, table, &lin)
+    read_columns(d, table, lin)
 }
 
 /// The table's catalog facts when it can take deltas, else why not: once in the

@@ -223,12 +223,32 @@ fn buffer_name(view: &QualifiedName, suffix: &str) -> String {
 /// Derives the delta application of a view, or says why its changes are not applied as
 /// deltas. `d` is [`super::derive`]'s result for the same definition and catalog.
 pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDelta> {
+    let a = analyse(d, f)?;
+    assemble(d, f, a)
+}
+
+/// What [`delta_plan`] reads off the definition before writing statements.
+struct Analysis<'a> {
+    fact: fact::Fact<'a>,
+    tombs: Vec<Tomb>,
+    names: fact::Names,
+    key_idx: Vec<usize>,
+    values: values::Values,
+    delta_select: String,
+    tables: Tables,
+    /// The probe block, when groups that lost rows are probed.
+    probe: Option<String>,
+}
+
+/// The definition parsed and checked, the fact table and tombstones chosen, each
+/// column's upkeep and the delta query.
+fn analyse<'a>(d: &Derivation, f: &DeltaFacts<'a>) -> Result<Analysis<'a>, NoDelta> {
     check_classes(d, f)?;
     let def = ast::Definition::read(f.definition)?;
-    let fact = fact::choose(d, f, &def.stmt)?;
     let select = crate::incremental::parse::parse_view(f.definition).map_err(|e| no(e.reason))?;
     let (lin, _) =
         crate::incremental::lineage::resolve(&select, f.catalog).map_err(|e| no(e.reason))?;
+    let fact = fact::choose(d, f, &def.stmt, &lin)?;
     let tombs = tombs::tombs(d, f, &lin, &def.stmt, &fact.table.table);
     let names = fact::Names::pick(f, &def.relnames);
     let targets = def.targets();
@@ -247,22 +267,52 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         &names.rows_cte,
         &values.targets,
     )?;
+    let tables = Tables::of(f.view);
+    let probe = values
+        .lost
+        .as_ref()
+        .map(|_| {
+            probe::block(
+                f,
+                &def.stmt,
+                &outs,
+                &key_idx,
+                &tables.probe,
+                &names.probe_row,
+            )
+        })
+        .transpose()?;
+    Ok(Analysis {
+        fact,
+        tombs,
+        names,
+        key_idx,
+        values,
+        delta_select,
+        tables,
+        probe,
+    })
+}
 
-    let buffer = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "delta"));
-    let recheck = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "recheck"));
-    let probe_table = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "probe"));
-    let probe = match values.lost {
-        Some(_) => Some(probe::block(
-            f,
-            &def.stmt,
-            &outs,
-            &key_idx,
-            &probe_table,
-            &names.probe_row,
-        )?),
-        None => None,
-    };
-    let take = QualifiedName::new(BUFFER_SCHEMA, buffer_name(f.view, "take"));
+/// The plan's statements from the analysis.
+fn assemble(d: &Derivation, f: &DeltaFacts<'_>, a: Analysis<'_>) -> Result<DeltaPlan, NoDelta> {
+    let Analysis {
+        fact,
+        tombs,
+        names,
+        key_idx,
+        values,
+        delta_select,
+        tables,
+        probe,
+    } = a;
+
+    let Tables {
+        buffer,
+        recheck,
+        probe: probe_table,
+        take,
+    } = tables;
     let apply = sql::Apply {
         rows_cte: &names.rows_cte,
         take: &take,
@@ -275,66 +325,21 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         key_idx: &key_idx,
         key_names: &d.key,
     };
-    // With tombstones the apply reads dimensions through a UNION ALL, which has no
-    // statistics: the bulk apply gives the planner the buffer's own (delta::sql::Source).
-    let apply_bulk = if tombs.is_empty() {
-        apply.statement(&values, &delta_select, sql::Source::Delete)
-    } else {
-        format!(
-            "ANALYZE {b};\n{};\nDELETE FROM {b}",
-            apply.statement(&values, &delta_select, sql::Source::Table),
-            b = buffer.quoted()
-        )
-    };
-    let apply = apply.statement(&values, &delta_select, sql::Source::Take);
+    let (apply, apply_bulk) = apply.few_and_bulk(&values, &delta_select, !tombs.is_empty());
     let key_types: Vec<(String, String)> = key_idx.iter().map(|k| f.columns[*k].clone()).collect();
     let incomparable = fact
         .names
         .iter()
         .any(|c| fact.table.incomparable.contains(c));
     let capture = sql::Capture::new(&buffer, &names.sign, &fact.names, incomparable);
-    let mut install = sql::install(
-        &buffer,
-        &take,
+    let (install, rollback, discard) = sql::statements(
+        [&buffer, &take, &recheck, &probe_table],
         &names.sign,
         &fact.columns,
-        &recheck,
         &key_types,
+        probe.is_some(),
+        &tombs,
     );
-    let mut rollback: Vec<String> =
-        std::iter::once(format!("DROP FUNCTION IF EXISTS {}()", take.quoted()))
-            .chain(sql::each("DROP TABLE IF EXISTS", [&buffer, &recheck]))
-            .collect();
-    let mut discard = sql::each("DELETE FROM", [&buffer, &recheck]);
-    if probe.is_some() {
-        install.push(format!(
-            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
-            probe_table.quoted(),
-            key_types
-                .iter()
-                .map(|(c, t)| format!("{} {t}", crate::pg::ident::quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        rollback.push(format!("DROP TABLE IF EXISTS {}", probe_table.quoted()));
-        discard.push(format!("DELETE FROM {}", probe_table.quoted()));
-    }
-    for t in &tombs {
-        install.extend(sql::tomb_install(t));
-        rollback.push(format!("DROP TABLE IF EXISTS {}", t.buffer.quoted()));
-        discard.push(format!("DELETE FROM {}", t.buffer.quoted()));
-    }
-    let tomb_conflicts = (!tombs.is_empty()).then(|| {
-        tombs
-            .iter()
-            .map(Tomb::conflict_sql)
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    });
-    let tomb_cleanup = tombs
-        .iter()
-        .map(|t| format!("DELETE FROM {}", t.buffer.quoted()))
-        .collect();
     Ok(DeltaPlan {
         fact: fact.table.table.clone(),
         fact_name: fact.table.name.clone(),
@@ -357,13 +362,33 @@ pub fn delta_plan(d: &Derivation, f: &DeltaFacts<'_>) -> Result<DeltaPlan, NoDel
         apply_bulk,
         search_path: f.catalog.search_path.clone(),
         notes: values.notes,
+        tomb_conflicts: tombs::conflicts_sql(&tombs),
+        tomb_cleanup: tombs::cleanup(&tombs),
         tombs,
-        tomb_conflicts,
-        tomb_cleanup,
         probe,
         probe_table: probe_table.clone(),
         foreign_keys: f.catalog.foreign_keys.clone(),
     })
+}
+
+/// The tables (and the take function) of a view's plan, in schema `refreshd`.
+struct Tables {
+    buffer: QualifiedName,
+    recheck: QualifiedName,
+    probe: QualifiedName,
+    take: QualifiedName,
+}
+
+impl Tables {
+    fn of(view: &QualifiedName) -> Tables {
+        let name = |suffix| QualifiedName::new(BUFFER_SCHEMA, buffer_name(view, suffix));
+        Tables {
+            buffer: name("delta"),
+            recheck: name("recheck"),
+            probe: name("probe"),
+            take: name("take"),
+        }
+    }
 }
 
 /// Every output column is a key, a grouping value or a delta aggregate, and one at

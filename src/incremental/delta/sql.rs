@@ -59,7 +59,7 @@ fn dollar_quoted(body: &str) -> String {
 /// (`DELETE … RETURNING`, with a row estimate: [`TAKE_ROWS`]; EXECUTE revoked from
 /// PUBLIC: whoever calls it discards changes) and the recheck table (the key columns,
 /// typed like the view's), in schema `refreshd`, created if missing.
-pub(super) fn install(
+fn install(
     buffer: &QualifiedName,
     take: &QualifiedName,
     sign: &str,
@@ -98,9 +98,62 @@ pub(super) fn install(
     ]
 }
 
+/// A plan's install, rollback and discard statements: the buffer, take function and
+/// recheck table ([`install`]), then the probe table when `probed` and the tombstone
+/// tables ([`extra_tables`]). `tables` are the buffer, take, recheck and probe names.
+pub(super) fn statements(
+    tables: [&QualifiedName; 4],
+    sign: &str,
+    columns: &[(String, String)],
+    key_types: &[(String, String)],
+    probed: bool,
+    tombs: &[super::Tomb],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let [buffer, take, recheck, probe] = tables;
+    let mut install = install(buffer, take, sign, columns, recheck, key_types);
+    let mut rollback: Vec<String> =
+        std::iter::once(format!("DROP FUNCTION IF EXISTS {}()", take.quoted()))
+            .chain(each("DROP TABLE IF EXISTS", [buffer, recheck]))
+            .collect();
+    let mut discard = each("DELETE FROM", [buffer, recheck]);
+    let probe = probed.then_some((probe, key_types));
+    extra_tables(probe, tombs, &mut install, &mut rollback, &mut discard);
+    (install, rollback, discard)
+}
+
+/// The tables a plan may add to the buffer and the recheck table: the probe table (the
+/// key columns, typed like the view's) when its groups are probed, and each tombstone
+/// table; their statements appended to the plan's install, rollback and discard.
+fn extra_tables(
+    probe: Option<(&QualifiedName, &[(String, String)])>,
+    tombs: &[super::Tomb],
+    install: &mut Vec<String>,
+    rollback: &mut Vec<String>,
+    discard: &mut Vec<String>,
+) {
+    let tables = probe
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(tombs.iter().map(|t| &t.buffer));
+    for t in tables {
+        rollback.push(format!("DROP TABLE IF EXISTS {}", t.quoted()));
+        discard.push(format!("DELETE FROM {}", t.quoted()));
+    }
+    if let Some((t, key_types)) = probe {
+        install.push(format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
+            t.quoted(),
+            column_defs(key_types)
+        ));
+    }
+    for t in tombs {
+        install.extend(tomb_install(t));
+    }
+}
+
 /// A tombstone table (the dimension's columns read, typed alike) and its index on the
 /// referenced columns, which the apply looks deleted rows up by.
-pub(super) fn tomb_install(t: &super::Tomb) -> Vec<String> {
+fn tomb_install(t: &super::Tomb) -> Vec<String> {
     std::iter::once(format!(
         "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
         t.buffer.quoted(),
@@ -115,7 +168,7 @@ pub(super) fn tomb_install(t: &super::Tomb) -> Vec<String> {
 }
 
 /// One statement per table (`DROP TABLE IF EXISTS`, `DELETE FROM`...).
-pub(super) fn each(verb: &str, tables: [&QualifiedName; 2]) -> Vec<String> {
+fn each(verb: &str, tables: [&QualifiedName; 2]) -> Vec<String> {
     tables
         .iter()
         .map(|t| format!("{verb} {}", t.quoted()))
@@ -244,8 +297,25 @@ impl Apply<'_> {
     /// The one statement: consume the buffer, compute the delta per group, join the
     /// live rows, upsert the groups that stay, delete those that vanish, and put the
     /// keys it could not decide into the recheck table.
+    /// The apply planned for a few rows, and the one for a change of many rows. With
+    /// tombstones the apply reads dimensions through a UNION ALL, which has no
+    /// statistics: the bulk apply then gives the planner the buffer's own
+    /// ([`Source::Table`]).
+    pub fn few_and_bulk(&self, v: &Values, delta_select: &str, tombs: bool) -> (String, String) {
+        let bulk = if tombs {
+            format!(
+                "ANALYZE {b};\n{};\nDELETE FROM {b}",
+                self.statement(v, delta_select, Source::Table),
+                b = self.buffer.quoted()
+            )
+        } else {
+            self.statement(v, delta_select, Source::Delete)
+        };
+        (self.statement(v, delta_select, Source::Take), bulk)
+    }
+
     /// How the buffer is read: see [`Source`].
-    pub fn statement(&self, v: &Values, delta_select: &str, read: Source) -> String {
+    fn statement(&self, v: &Values, delta_select: &str, read: Source) -> String {
         let source = match read {
             Source::Delete => format!("DELETE FROM {} RETURNING *", self.buffer.quoted()),
             Source::Take => format!("SELECT * FROM {}()", self.take.quoted()),

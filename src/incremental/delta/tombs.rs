@@ -172,6 +172,26 @@ pub(super) fn tombs(
     out
 }
 
+/// True when a tombstone of any table would be matched twice (the consume function then
+/// recomputes everything); `None` without tombstones.
+pub(super) fn conflicts_sql(tombs: &[Tomb]) -> Option<String> {
+    (!tombs.is_empty()).then(|| {
+        tombs
+            .iter()
+            .map(Tomb::conflict_sql)
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    })
+}
+
+/// Empties every tombstone table (after the apply, in the refresh's snapshot).
+pub(super) fn cleanup(tombs: &[Tomb]) -> Vec<String> {
+    tombs
+        .iter()
+        .map(|t| format!("DELETE FROM {}", t.buffer.quoted()))
+        .collect()
+}
+
 /// The condition under which a tombstoned table's DELETE may keep its rows instead of
 /// naming groups: every tombstoned table's guarding keys still hold (a key dropped
 /// anywhere along the chain down to the fact table lets rows reaching a deleted row
