@@ -9,7 +9,9 @@ mod support;
 
 use rand::rngs::StdRng;
 use rand::RngExt;
-use support::keyed_storm::{difference_sql, storm_then_equal, Exact, Length};
+use support::keyed_storm::{
+    convert_in_place, difference_sql, refresh_by_hand_sql, storm_then_equal, Exact, Length,
+};
 use support::{Daemon, TestDb};
 
 /// Regions ← stores ← sales (partitioned), each referenced by a validated, not
@@ -41,26 +43,6 @@ const SCHEMA: &str = r#"
 fn converted(db: &TestDb) -> (String, String) {
     db.psql(SCHEMA);
     convert_in_place(db, "fk", "fk.by_region")
-}
-
-/// `init --schema SCHEMA --apply --in-place --keyed VIEW`, which must succeed: its
-/// config and what it said.
-fn convert_in_place(db: &TestDb, schema: &str, view: &str) -> (String, String) {
-    let dsn = db.dsn();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        schema,
-        "--apply",
-        "--in-place",
-        "--keyed",
-        view,
-    ]);
-    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    (config, stderr)
 }
 
 /// A new store (in region 2) and its first two sales, in one transaction: the keys
@@ -432,17 +414,8 @@ fn tombstones(db: &TestDb, table: &str) -> String {
 /// Recomputes what the consume function returned, as refreshd would: the keys, or
 /// everything when a row says so.
 fn consume_and_recompute(db: &TestDb) -> String {
-    db.psql(CONSUME_AND_RECOMPUTE)
+    db.psql(&refresh_by_hand_sql("fk.by_region", "region"))
 }
-
-/// One refresh by hand, in one snapshot; says `everything` or how many keys.
-const CONSUME_AND_RECOMPUTE: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ; \
-     CREATE TEMP TABLE consumed ON COMMIT DROP AS SELECT * FROM refreshd.fk_by_region_consume(); \
-     DELETE FROM fk.by_region WHERE region IN (SELECT region FROM consumed) \
-        OR EXISTS (SELECT 1 FROM consumed WHERE all_); \
-     INSERT INTO fk.by_region SELECT * FROM fk.by_region_def d \
-      WHERE d.region IN (SELECT region FROM consumed) OR EXISTS (SELECT 1 FROM consumed WHERE all_); \
-     SELECT CASE WHEN bool_or(all_) THEN 'everything' ELSE count(*)::text END FROM consumed; COMMIT";
 
 /// A store deleted with its sales names no group: its row waits in a tombstone table,
 /// where the apply finds it for the sales' deletions (which it joins to the stores as
@@ -597,7 +570,10 @@ async fn dimension_deletes_under_four_writers_are_applied_as_deltas() {
             let (mut refreshes, mut everything) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 let rows = client
-                    .simple_query(&format!("{CONSUME_AND_RECOMPUTE}; SELECT 1"))
+                    .simple_query(&format!(
+                        "{}; SELECT 1",
+                        refresh_by_hand_sql("fk.by_region", "region")
+                    ))
                     .await
                     .expect("refresh");
                 let said = rows.iter().find_map(|m| match m {

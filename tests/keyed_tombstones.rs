@@ -9,44 +9,10 @@
 
 mod support;
 
-use support::keyed_storm::difference_sql;
+use support::keyed_storm::{
+    convert_in_place as convert, difference_sql, refresh_by_hand_sql as refresh_sql,
+};
 use support::TestDb;
-
-/// `init --schema SCHEMA --apply --in-place --keyed VIEW`, which must succeed: (config, stderr).
-fn convert(db: &TestDb, schema: &str, view: &str) -> (String, String) {
-    let dsn = db.dsn();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        schema,
-        "--apply",
-        "--in-place",
-        "--keyed",
-        view,
-    ]);
-    let (config, stderr) = (support::stdout(&out), support::stderr(&out));
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
-    (config, stderr)
-}
-
-/// One refresh as refreshd does it (LOCK, REPEATABLE READ, the consume function, then
-/// the keys it returned recomputed, or everything when a row says so). `key` is the
-/// view's (single) key column. Says `everything` or how many keys.
-fn refresh_sql(view: &str, key: &str) -> String {
-    let (schema, name) = view.split_once('.').unwrap();
-    let consume = format!("refreshd.{schema}_{name}_consume");
-    format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ; LOCK TABLE {view} IN EXCLUSIVE MODE; \
-         CREATE TEMP TABLE consumed ON COMMIT DROP AS SELECT * FROM {consume}(); \
-         DELETE FROM {view} t WHERE t.{key} IN (SELECT {key} FROM consumed) \
-            OR EXISTS (SELECT 1 FROM consumed WHERE all_ OR {key} IS NULL); \
-         INSERT INTO {view} SELECT * FROM {view}_def d WHERE d.{key} IN (SELECT {key} FROM consumed) \
-            OR EXISTS (SELECT 1 FROM consumed WHERE all_ OR {key} IS NULL); \
-         SELECT CASE WHEN bool_or(all_ OR {key} IS NULL) THEN 'everything' ELSE count(*)::text END FROM consumed; COMMIT"
-    )
-}
 
 fn refresh(db: &TestDb, view: &str, key: &str) -> String {
     db.psql(&refresh_sql(view, key))
@@ -54,6 +20,17 @@ fn refresh(db: &TestDb, view: &str, key: &str) -> String {
 
 fn diff(db: &TestDb, view: &str) -> String {
     db.psql(&difference_sql(view, &format!("{view}_def"), &[]))
+}
+
+/// The keyed table equals its definition; else fails with its rows and what the
+/// refresh said.
+fn assert_exact(db: &TestDb, view: &str, said: &str) {
+    assert_eq!(
+        diff(db, view),
+        "0",
+        "refresh said {said}; {}",
+        show(db, view)
+    );
 }
 
 fn show(db: &TestDb, view: &str) -> String {
@@ -100,12 +77,7 @@ fn a_region_deleted_under_on_delete_set_null_is_recomputed() {
     assert!(config.contains("sn_by_region_gone_regions_"), "{config}");
     db.psql("DELETE FROM sn.regions WHERE id = 2");
     let said = refresh(&db, "sn.by_region", "region");
-    assert_eq!(
-        diff(&db, "sn.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "sn.by_region")
-    );
+    assert_exact(&db, "sn.by_region", &said);
 }
 
 /// The same with ON DELETE SET DEFAULT (the stores move to region 1).
@@ -122,12 +94,7 @@ fn a_region_deleted_under_on_delete_set_default_is_recomputed() {
     assert!(config.contains("sd_by_region_gone_regions_"), "{config}");
     db.psql("DELETE FROM sd.regions WHERE id = 2");
     let said = refresh(&db, "sd.by_region", "region");
-    assert_eq!(
-        diff(&db, "sd.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "sd.by_region")
-    );
+    assert_exact(&db, "sd.by_region", &said);
 }
 
 /// Stores read `ONLY` keep no tombstones (the delta query replaces plain references
@@ -147,12 +114,7 @@ fn a_region_cascading_through_stores_read_only_names_its_group() {
     assert!(!config.contains("oc_by_region_gone_"), "{config}");
     db.psql("DELETE FROM oc.regions WHERE id = 2");
     let said = refresh(&db, "oc.by_region", "region");
-    assert_eq!(
-        diff(&db, "oc.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "oc.by_region")
-    );
+    assert_exact(&db, "oc.by_region", &said);
 }
 
 /// Sales reference stores by (id) and by (id, region_id): stores keep tombstones
@@ -186,12 +148,7 @@ fn a_region_cascading_through_stores_with_two_keys_is_applied() {
     );
     db.psql("DELETE FROM ck.regions WHERE id = 2");
     let said = refresh(&db, "ck.by_region", "region");
-    assert_eq!(
-        diff(&db, "ck.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "ck.by_region")
-    );
+    assert_exact(&db, "ck.by_region", &said);
 }
 
 /// A table beside a tombstoned dimension (tags of a store, LEFT JOINed, so kept by
@@ -221,12 +178,7 @@ fn tags_cascaded_with_a_tombstoned_store_are_recomputed() {
     assert!(config.contains("tg_by_region_gone_stores_"), "{config}");
     db.psql("DELETE FROM tg.stores WHERE id = 5");
     let said = refresh(&db, "tg.by_region", "region");
-    assert_eq!(
-        diff(&db, "tg.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "tg.by_region")
-    );
+    assert_exact(&db, "tg.by_region", &said);
 }
 
 /// With sales' key to stores dropped, a region deleted with its stores in one
@@ -240,12 +192,7 @@ fn a_dropped_key_below_a_tombstoned_dimension_brings_group_capture_back() {
     db.psql("ALTER TABLE dk.sales DROP CONSTRAINT sales_store");
     db.psql("WITH gone AS (DELETE FROM dk.stores WHERE region_id = 2) DELETE FROM dk.regions WHERE id = 2");
     let said = refresh(&db, "dk.by_region", "region");
-    assert_eq!(
-        diff(&db, "dk.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "dk.by_region")
-    );
+    assert_exact(&db, "dk.by_region", &said);
 }
 
 /// A writer in the replica role (no foreign key checked) deleting a store whose sales
@@ -257,12 +204,7 @@ fn a_replica_role_writer_deleting_a_store_names_its_group() {
     convert(&db, "rr", "rr.by_region");
     db.psql("SET session_replication_role = replica; DELETE FROM rr.stores WHERE id = 7");
     let said = refresh(&db, "rr.by_region", "region");
-    assert_eq!(
-        diff(&db, "rr.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "rr.by_region")
-    );
+    assert_exact(&db, "rr.by_region", &said);
 }
 
 /// Control: the same chain with NO ACTION keys, a region deleted with its stores and
@@ -279,20 +221,10 @@ fn control_cascade_and_no_action_are_exact() {
     convert(&db, "cc", "cc.by_region");
     db.psql("DELETE FROM cc.regions WHERE id = 2");
     assert_eq!(refresh(&db, "cc.by_region", "region"), "0");
-    assert_eq!(
-        diff(&db, "cc.by_region"),
-        "0",
-        "{}",
-        show(&db, "cc.by_region")
-    );
+    assert_exact(&db, "cc.by_region", "");
     db.psql("DELETE FROM cc.stores WHERE id = 4");
     assert_eq!(refresh(&db, "cc.by_region", "region"), "0");
-    assert_eq!(
-        diff(&db, "cc.by_region"),
-        "0",
-        "{}",
-        show(&db, "cc.by_region")
-    );
+    assert_exact(&db, "cc.by_region", "");
 }
 
 /// The consume function of the only keyed view with deltas in the database.
@@ -393,21 +325,11 @@ fn partitioned_dimension_deletes_are_exact() {
         "BEGIN; DELETE FROM pd.sales WHERE store_id = 6; DELETE FROM {part} WHERE id = 6; COMMIT"
     ));
     assert_eq!(refresh(&db, "pd.by_region", "region"), "0");
-    assert_eq!(
-        diff(&db, "pd.by_region"),
-        "0",
-        "{}",
-        show(&db, "pd.by_region")
-    );
+    assert_exact(&db, "pd.by_region", "");
     // A store moved between partitions (its id changes) after its sales were deleted.
     db.psql("BEGIN; DELETE FROM pd.sales WHERE store_id = 7; UPDATE pd.stores SET id = 1007 WHERE id = 7; DELETE FROM pd.stores WHERE id = 1007; COMMIT");
     refresh(&db, "pd.by_region", "region");
-    assert_eq!(
-        diff(&db, "pd.by_region"),
-        "0",
-        "{}",
-        show(&db, "pd.by_region")
-    );
+    assert_exact(&db, "pd.by_region", "");
 }
 
 /// Pending tombstones and buffered deletions when `init --keyed --in-place` runs again.
@@ -418,20 +340,10 @@ fn converting_again_with_pending_tombstones_is_exact() {
     convert(&db, "ca", "ca.by_region");
     db.psql("BEGIN; DELETE FROM ca.sales WHERE store_id = 5; DELETE FROM ca.stores WHERE id = 5; COMMIT");
     convert(&db, "ca", "ca.by_region");
-    assert_eq!(
-        diff(&db, "ca.by_region"),
-        "0",
-        "{}",
-        show(&db, "ca.by_region")
-    );
+    assert_exact(&db, "ca.by_region", "");
     db.psql("BEGIN; DELETE FROM ca.sales WHERE store_id = 6; DELETE FROM ca.stores WHERE id = 6; COMMIT");
     refresh(&db, "ca.by_region", "region");
-    assert_eq!(
-        diff(&db, "ca.by_region"),
-        "0",
-        "{}",
-        show(&db, "ca.by_region")
-    );
+    assert_exact(&db, "ca.by_region", "");
 }
 
 /// The rollback drops the tombstone and probe tables; the install again works.
@@ -591,12 +503,7 @@ fn stores_moved_off_a_region_deleted_in_the_same_statement_are_recomputed() {
     convert(&db, "cm", "cm.by_region");
     db.psql("WITH moved AS (UPDATE cm.stores SET region_id = 3 WHERE region_id = 2) DELETE FROM cm.regions WHERE id = 2");
     let said = refresh(&db, "cm.by_region", "region");
-    assert_eq!(
-        diff(&db, "cm.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "cm.by_region")
-    );
+    assert_exact(&db, "cm.by_region", &said);
 }
 
 /// A NATURAL JOIN with a tombstoned dimension (the union keeps only the columns read).
@@ -617,12 +524,7 @@ fn natural_join_with_a_tombstoned_dimension_is_exact() {
     db.psql("BEGIN; DELETE FROM nj.sales WHERE store_id = 4; DELETE FROM nj.stores WHERE store_id = 4; COMMIT");
     db.psql("DELETE FROM nj.sales WHERE id % 7 = 0");
     let said = refresh(&db, "nj.by_grp", "grp");
-    assert_eq!(
-        diff(&db, "nj.by_grp"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "nj.by_grp")
-    );
+    assert_exact(&db, "nj.by_grp", &said);
 }
 
 /// A bulk change (past the 1,000-row threshold of a view without tombstones, and the
@@ -979,12 +881,7 @@ fn a_parent_updated_after_a_tombstoned_row_is_deleted_is_recomputed() {
     );
     db.psql("UPDATE co.countries SET active = false WHERE id = 2");
     let said = refresh(&db, "co.by_region", "region");
-    assert_eq!(
-        diff(&db, "co.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "co.by_region")
-    );
+    assert_exact(&db, "co.by_region", &said);
 }
 
 /// The same with a single statement of the deletes and the update in separate
@@ -1014,12 +911,7 @@ fn a_region_deactivated_after_its_store_is_deleted_is_recomputed() {
     db.psql("BEGIN; DELETE FROM ks.sales WHERE store_id = 5; DELETE FROM ks.stores WHERE id = 5; COMMIT");
     db.psql("UPDATE ks.regions SET active = false WHERE id = 1");
     let said = refresh(&db, "ks.by_store", "store");
-    assert_eq!(
-        diff(&db, "ks.by_store"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "ks.by_store")
-    );
+    assert_exact(&db, "ks.by_store", &said);
 }
 
 /// PERFORMANCE: the same view; region 6 has no store. Updating it changes no group, yet
@@ -1096,12 +988,7 @@ fn a_region_replaced_under_another_key_than_the_tombstones_is_recomputed() {
          COMMIT",
     );
     let said = refresh(&db, "tk.by_region", "region");
-    assert_eq!(
-        diff(&db, "tk.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "tk.by_region")
-    );
+    assert_exact(&db, "tk.by_region", &said);
 }
 
 /// Deleted and inserted again in one statement (a data-modifying CTE): the sales of
@@ -1113,21 +1000,11 @@ fn a_store_deleted_and_inserted_in_one_statement_is_exact() {
     convert(&db, "ri", "ri.by_region");
     db.psql("WITH d AS (DELETE FROM ri.stores WHERE id = 5 RETURNING id) INSERT INTO ri.stores SELECT id, 3 FROM d");
     let said = refresh(&db, "ri.by_region", "region");
-    assert_eq!(
-        diff(&db, "ri.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "ri.by_region")
-    );
+    assert_exact(&db, "ri.by_region", &said);
     // And the region: deleted and inserted again under its id, with another name.
     db.psql("WITH d AS (DELETE FROM ri.regions WHERE id = 2 RETURNING id) INSERT INTO ri.regions SELECT id, 'renamed' FROM d");
     let said = refresh(&db, "ri.by_region", "region");
-    assert_eq!(
-        diff(&db, "ri.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "ri.by_region")
-    );
+    assert_exact(&db, "ri.by_region", &said);
 }
 
 /// Regions <- stores <- sales; `STORE_FK` is the stores -> regions key's actions,
@@ -1392,12 +1269,7 @@ fn a_parent_without_key_deleted_after_a_tombstoned_row_is_recomputed() {
     );
     db.psql("DELETE FROM co.countries WHERE id = 2");
     let said = refresh(&db, "co.by_region", "region");
-    assert_eq!(
-        diff(&db, "co.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "co.by_region")
-    );
+    assert_exact(&db, "co.by_region", &said);
 }
 
 /// Control for the bug above: with the sales -> stores key DEFERRABLE nothing keeps
@@ -1414,10 +1286,5 @@ fn control_without_tombstones_the_parent_update_is_exact() {
     );
     db.psql("UPDATE co.countries SET active = false WHERE id = 2");
     let said = refresh(&db, "co.by_region", "region");
-    assert_eq!(
-        diff(&db, "co.by_region"),
-        "0",
-        "refresh said {said}; {}",
-        show(&db, "co.by_region")
-    );
+    assert_exact(&db, "co.by_region", &said);
 }

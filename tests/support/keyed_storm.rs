@@ -233,3 +233,41 @@ where
         caught_up: started.elapsed() - took,
     }
 }
+
+/// `init --schema SCHEMA --apply --in-place --keyed VIEW`, which must succeed: its
+/// config and what it said.
+pub fn convert_in_place(db: &super::TestDb, schema: &str, view: &str) -> (String, String) {
+    let dsn = db.dsn();
+    let out = super::refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        schema,
+        "--apply",
+        "--in-place",
+        "--keyed",
+        view,
+    ]);
+    let (config, stderr) = (super::stdout(&out), super::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    (config, stderr)
+}
+
+/// One refresh of a view converted in place, done by hand as refreshd does it (LOCK,
+/// REPEATABLE READ, its consume function `refreshd.<schema>_<name>_consume`, then the
+/// keys it returned recomputed from `<view>_def`, or everything when a row says so).
+/// `key` is the view's (single) key column. Says `everything` or how many keys.
+pub fn refresh_by_hand_sql(view: &str, key: &str) -> String {
+    let (schema, name) = view.split_once('.').expect("schema.view");
+    let consume = format!("refreshd.{schema}_{name}_consume");
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; LOCK TABLE {view} IN EXCLUSIVE MODE; \
+         CREATE TEMP TABLE consumed ON COMMIT DROP AS SELECT * FROM {consume}(); \
+         DELETE FROM {view} t WHERE t.{key} IN (SELECT {key} FROM consumed) \
+            OR EXISTS (SELECT 1 FROM consumed WHERE all_ OR {key} IS NULL); \
+         INSERT INTO {view} SELECT * FROM {view}_def d WHERE d.{key} IN (SELECT {key} FROM consumed) \
+            OR EXISTS (SELECT 1 FROM consumed WHERE all_ OR {key} IS NULL); \
+         SELECT CASE WHEN bool_or(all_ OR {key} IS NULL) THEN 'everything' ELSE count(*)::text END FROM consumed; COMMIT"
+    )
+}
