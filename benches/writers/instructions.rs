@@ -29,6 +29,16 @@ CREATE FUNCTION public.bench_empty() RETURNS trigger LANGUAGE plpgsql AS
 $$BEGIN RETURN NULL; END$$;
 CREATE FUNCTION public.bench_copy() RETURNS trigger LANGUAGE plpgsql AS
 $$BEGIN INSERT INTO w.bench_copy SELECT n.product, n.qty, n.amount FROM new_rows n; RETURN NULL; END$$;
+CREATE FUNCTION public.bench_copy_definer() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+$$BEGIN INSERT INTO w.bench_copy SELECT n.product, n.qty, n.amount FROM new_rows n; RETURN NULL; END$$;
+CREATE FUNCTION public.bench_copy_probe() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN INSERT INTO w.bench_copy SELECT n.product, n.qty, n.amount FROM new_rows n;
+IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + (pg_catalog.pg_backend_pid() % 16), pg_catalog.hashtext('bench')) THEN PERFORM pg_catalog.pg_notify('bench', ''); END IF;
+RETURN NULL; END$$;
+CREATE FUNCTION public.bench_row_copy() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN INSERT INTO w.bench_copy VALUES (NEW.product, NEW.qty, NEW.amount); RETURN NULL; END$$;
+CREATE FUNCTION public.bench_row_copy_before() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN INSERT INTO w.bench_copy VALUES (NEW.product, NEW.qty, NEW.amount); RETURN NEW; END$$;
 "#;
 
 fn diagnostic(function: &str) -> String {
@@ -69,6 +79,22 @@ pub async fn run(plan: Plan) -> Result<()> {
         Variant {
             label: "diagnostic: the inserted rows copied into an unlogged table (no lock, no SECURITY DEFINER)",
             triggers: vec![diagnostic("bench_copy")],
+        },
+        Variant {
+            label: "diagnostic: that copy, SECURITY DEFINER",
+            triggers: vec![diagnostic("bench_copy_definer")],
+        },
+        Variant {
+            label: "diagnostic: that copy, then the advisory-lock probe",
+            triggers: vec![diagnostic("bench_copy_probe")],
+        },
+        Variant {
+            label: "diagnostic: a row-level AFTER INSERT trigger copying NEW",
+            triggers: vec!["CREATE TRIGGER bench_diag AFTER INSERT ON w.sales FOR EACH ROW EXECUTE FUNCTION public.bench_row_copy()".into()],
+        },
+        Variant {
+            label: "diagnostic: a row-level BEFORE INSERT trigger copying NEW",
+            triggers: vec!["CREATE TRIGGER bench_diag BEFORE INSERT ON w.sales FOR EACH ROW EXECUTE FUNCTION public.bench_row_copy_before()".into()],
         },
         Variant { label: "`init --apply` capture (refreshd.notify_changed)", triggers: of(Var::InitPlain) },
         Variant { label: "`init --keyed` key-buffer capture (w.by_product_keys)", triggers: of(Var::KeyBuffer) },
