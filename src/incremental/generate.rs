@@ -971,7 +971,10 @@ impl<'a> Conversion<'a> {
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
         for t in &p.tombs {
-            let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", t.buffer.quoted());
+            let near = t.near.as_ref().map(|n| &n.buffer);
+            for b in std::iter::once(&t.buffer).chain(near) {
+                let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", b.quoted());
+            }
         }
         if p.probe.is_some() {
             let _ = writeln!(
@@ -1220,23 +1223,15 @@ impl Conversion<'_> {
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
-            let extended;
-            let source = match (&c.source, op, self.dangling(c.t)) {
-                (Source::Keys(keys), "update" | "delete", Some(branch)) => {
-                    let mut keys = keys.clone();
-                    keys.push(branch);
-                    extended = Source::Keys(keys);
-                    &extended
-                }
-                (other, _, _) => other,
-            };
+            let source = &c.source;
+            let near = self.near_ctes(c.t);
             rows.map(|rows| {
                 let pending = self
                     .pending_deltas(c, op)
                     .map(|cond| format!("SELECT r.* FROM ({rows}) AS r WHERE {cond}"));
                 (
-                    self.buffer_rows_sql(source, rows, op),
-                    pending.map(|rows| self.buffer_rows_sql(source, rows, op)),
+                    self.buffer_rows_sql(source, rows, op, &near),
+                    pending.map(|rows| self.buffer_rows_sql(source, rows, op, &near)),
                 )
             })
         };
@@ -1278,79 +1273,57 @@ impl Conversion<'_> {
         }
     }
 
-    /// For a table whose join paths to the key go through tombstoned tables: a key
-    /// branch (`SELECT NULL, ...`: a NULL key member means everything) giving one row
-    /// when a changed row's partner on such a path is gone. Its DELETE kept it as a
-    /// tombstone and named no group, and this capture cannot find the group through it
-    /// either (the deleted facts' deltas are joined to this table as it is at the
-    /// refresh, after this change). Either the partner is among the tombstones (deleted
-    /// before, not applied yet: a region's country changed after the region was
-    /// deleted), or a foreign key of the step keeps it and it is missing (deleted by the
-    /// same statement, its tombstone not written yet: `ON DELETE SET NULL` or `CASCADE`
-    /// between dimensions, a data-modifying CTE). Rare; everything is recomputed.
-    fn dangling(&self, t: &super::TableDerivation) -> Option<String> {
-        let p = self.f.delta.as_ref()?;
-        let How::JoinPath { paths, .. } = &t.how else {
-            return None;
+    /// For a table whose join paths to the key cross tombstoned tables: per such step,
+    /// a data-modifying CTE writing the values its changed rows (`d`) reach the
+    /// tombstoned table by into that table's near table (delta::tombs). A deleted row
+    /// kept as a tombstone cannot be crossed, so this capture cannot name the groups
+    /// the deleted facts' deltas reach through it (they are joined to this table as it
+    /// is at the refresh, after this change); the refresh recomputes everything when a
+    /// tombstone matches a value written here. Steps further along join the tables
+    /// before them as they are now (a row missing there: its value was written for the
+    /// step into it, if tombstoned).
+    fn near_ctes(&self, t: &super::TableDerivation) -> Vec<String> {
+        let (Some(p), How::JoinPath { paths, .. }) = (self.f.delta.as_ref(), &t.how) else {
+            return Vec::new();
         };
-        let mut exists = Vec::new();
+        let mut ctes: Vec<String> = Vec::new();
         for path in paths {
             let mut prev = "d".to_string();
             let mut joins = String::new();
-            let mut conds = Vec::new();
             for (i, st) in path.steps.iter().enumerate() {
                 let table = &path.tables[i + 1];
+                if let Some(near) = p
+                    .tombs
+                    .iter()
+                    .find(|x| &x.table == table)
+                    .and_then(|x| x.near.as_ref())
+                {
+                    let cte = format!(
+                        "INSERT INTO {} ({c}) SELECT DISTINCT {prev}.{f} FROM d{joins} WHERE {prev}.{f} IS NOT NULL",
+                        near.buffer.quoted(),
+                        c = quote_ident(&st.to_column),
+                        f = quote_ident(&st.from_column),
+                    );
+                    if !ctes.contains(&cte) {
+                        ctes.push(cte);
+                    }
+                }
+                let Ok(next) = self.table_of(table) else {
+                    break;
+                };
                 let alias = format!("g{}", i + 1);
                 let _ = write!(
                     joins,
                     " LEFT JOIN {} AS {alias} ON {alias}.{} {} {prev}.{}",
-                    self.table_of(table).ok()?.name.quoted(),
+                    next.name.quoted(),
                     quote_ident(&st.to_column),
                     pg_op("="),
                     quote_ident(&st.from_column)
                 );
-                if let Some(tomb) = p.tombs.iter().find(|x| &x.table == table) {
-                    // The partner is kept as a tombstone (deleted before, not applied
-                    // yet): this change cannot reach its group through it.
-                    conds.push(format!(
-                        "EXISTS (SELECT 1 FROM {} AS t WHERE t.{} {} {prev}.{})",
-                        tomb.buffer.quoted(),
-                        quote_ident(&st.to_column),
-                        pg_op("="),
-                        quote_ident(&st.from_column)
-                    ));
-                    // A partner a foreign key of this step keeps is missing: deleted by
-                    // this statement, its tombstone not written yet. (Without such a
-                    // key a missing partner is an ordinary orphan, or a parent row
-                    // without children.)
-                    let kept = p.foreign_keys.iter().any(|k| {
-                        k.table == path.tables[i]
-                            && &k.references == table
-                            && k.columns == [st.from_column.clone()]
-                            && k.ref_columns == [st.to_column.clone()]
-                    });
-                    if kept {
-                        conds.push(format!(
-                            "({prev}.{} IS NOT NULL AND {alias}.{} IS NULL)",
-                            quote_ident(&st.from_column),
-                            quote_ident(&st.to_column)
-                        ));
-                    }
-                }
                 prev = alias;
             }
-            if !conds.is_empty() {
-                exists.push(format!(
-                    "EXISTS (SELECT 1 FROM d{joins} WHERE {})",
-                    conds.join(" OR ")
-                ));
-            }
         }
-        if exists.is_empty() {
-            return None;
-        }
-        let nulls = vec!["NULL"; self.d.key.len()].join(", ");
-        Some(format!("SELECT {nulls} WHERE {}", exists.join(" OR ")))
+        ctes
     }
 
     /// The tombstone of a table whose DELETEs keep their rows for the apply.
@@ -1462,14 +1435,21 @@ impl Conversion<'_> {
     /// (a sixth of it), and a bulk INSERT buffering a key per row costs what the row
     /// buffer of a delta view costs it anyway. The consume function returns distinct
     /// keys either way.
-    fn buffer_rows_sql(&self, source: &Source, rows: String, op: &str) -> String {
+    fn buffer_rows_sql(&self, source: &Source, rows: String, op: &str, near: &[String]) -> String {
         match source {
             Source::All(_) => format!("        {}", self.mark_all_sql(Some(&rows))),
             Source::Keys(keys) => {
                 let key_cols: Vec<String> =
                     (1..=self.d.key.len()).map(|i| format!("k{i}")).collect();
+                // The near tables' CTEs run to completion whatever the INSERT below
+                // finds (PostgreSQL runs every data-modifying CTE); FOUND is the INSERT's.
+                let near: String = near
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!(",\n        near{i} AS ({c})"))
+                    .collect();
                 format!(
-                    "        WITH d AS ({rows})\n        INSERT INTO {} ({})\n        SELECT {}* FROM ({}) AS u({});",
+                    "        WITH d AS ({rows}){near}\n        INSERT INTO {} ({})\n        SELECT {}* FROM ({}) AS u({});",
                     self.n.buffer.quoted(),
                     list(&self.d.key, ""),
                     if op == "insert" { "" } else { "DISTINCT " },

@@ -40,7 +40,7 @@ mod sql;
 mod tombs;
 mod values;
 
-pub use tombs::Tomb;
+pub use tombs::{Near, Tomb};
 
 use super::{Catalog, ColumnClass, Derivation};
 use crate::pg::ident::{QualifiedName, MAX_IDENTIFIER_BYTES};
@@ -171,9 +171,6 @@ pub struct DeltaPlan {
     pub probe: Option<String>,
     /// The table the apply puts the keys to probe in (created only with `probe`).
     pub probe_table: QualifiedName,
-    /// The catalog's foreign keys (validated, not deferrable, enforced): the generated
-    /// capture asks which join steps follow one (a partner that must exist).
-    pub foreign_keys: Vec<crate::incremental::ForeignKey>,
 }
 
 impl DeltaPlan {
@@ -367,7 +364,6 @@ fn assemble(d: &Derivation, f: &DeltaFacts<'_>, a: Analysis<'_>) -> Result<Delta
         tombs,
         probe,
         probe_table: probe_table.clone(),
-        foreign_keys: f.catalog.foreign_keys.clone(),
     })
 }
 

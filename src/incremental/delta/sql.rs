@@ -134,7 +134,12 @@ fn extra_tables(
     let tables = probe
         .iter()
         .map(|(t, _)| *t)
-        .chain(tombs.iter().map(|t| &t.buffer));
+        .chain(tombs.iter().map(|t| &t.buffer))
+        .chain(
+            tombs
+                .iter()
+                .filter_map(|t| t.near.as_ref().map(|n| &n.buffer)),
+        );
     for t in tables {
         rollback.push(format!("DROP TABLE IF EXISTS {}", t.quoted()));
         discard.push(format!("DELETE FROM {}", t.quoted()));
@@ -152,13 +157,20 @@ fn extra_tables(
 }
 
 /// A tombstone table (the dimension's columns read, typed alike) and its index on the
-/// referenced columns, which the apply looks deleted rows up by.
+/// referenced columns, which the apply looks deleted rows up by; its near table, if any.
 fn tomb_install(t: &super::Tomb) -> Vec<String> {
     std::iter::once(format!(
         "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
         t.buffer.quoted(),
         column_defs(&t.columns)
     ))
+    .chain(t.near.iter().map(|n| {
+        format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})",
+            n.buffer.quoted(),
+            column_defs(&n.columns)
+        )
+    }))
     .chain(
         t.matching
             .iter()

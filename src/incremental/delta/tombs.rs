@@ -15,6 +15,18 @@
 //! *conflict*, and the refresh then recomputes everything (rare: a dimension row
 //! replaced between two refreshes, with its facts deleted first). The refresh empties
 //! the tombstones after the apply, in its snapshot.
+//!
+//! Nor may the deleted facts meet a row of another table that changed after them: the
+//! apply joins them to every table as it is at the refresh. A table whose join path to
+//! the key crosses a tombstoned table names its groups through that table's rows, and
+//! a deleted row is not there to be crossed. So every change to such a table also
+//! writes, per step into a tombstoned table, the value it would have crossed by into
+//! the tombstoned table's *near* table (`..._near_...`: its changed rows' join column
+//! values, old and new); the refresh recomputes everything when a tombstone matches one
+//! (in its snapshot, before the apply; the near tables are emptied with the
+//! tombstones). At the refresh, not in the trigger: a statement that deletes a row
+//! and changes a table reaching through it (`ON DELETE SET NULL`, a data-modifying CTE)
+//! may run that table's trigger before the tombstone is written.
 
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
@@ -45,6 +57,17 @@ pub struct Tomb {
     pub guard: InsertGuard,
     /// The DELETE trigger's statement (reads the transition table `old_rows`).
     pub capture: String,
+    /// `refreshd."<schema>_<view>_near_<table>…"`: values other tables' changes
+    /// reached this table by (module doc); `None` when no join path crosses it.
+    pub near: Option<Near>,
+}
+
+/// The columns other tables' join paths reach a tombstoned table by, with their types,
+/// and the table their changes write the values they reached it by into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Near {
+    pub buffer: QualifiedName,
+    pub columns: Vec<(String, String)>,
 }
 
 impl Tomb {
@@ -63,7 +86,8 @@ impl Tomb {
     }
 
     /// True when a tombstone would be matched twice: its row is back in the table, or
-    /// it was deleted twice (module doc).
+    /// it was deleted twice; or when a change to another table reached for it (its
+    /// near table, module doc).
     pub fn conflict_sql(&self) -> String {
         // Joins, not one scan with an OR of subqueries: PostgreSQL plans an OR of EXISTS
         // as a hashed subplan over the whole dimension, a join by its index.
@@ -83,6 +107,27 @@ impl Tomb {
                 tx = on("x", "t"),
                 tu = on("u", "t"),
                 ne = pg_op("<>"),
+            ));
+        }
+        if let Some(near) = &self.near {
+            // Checked only when a change wrote a value (the join is then small).
+            let each: Vec<String> = near
+                .columns
+                .iter()
+                .map(|(c, _)| {
+                    format!(
+                        "EXISTS (SELECT 1 FROM {near} AS s JOIN {tomb} AS t ON t.{c} {eq} s.{c})",
+                        near = near.buffer.quoted(),
+                        tomb = self.buffer.quoted(),
+                        c = quote(c),
+                        eq = pg_op("="),
+                    )
+                })
+                .collect();
+            parts.push(format!(
+                "(EXISTS (SELECT 1 FROM {}) AND ({}))",
+                near.buffer.quoted(),
+                each.join(" OR ")
             ));
         }
         format!("({})", parts.join(" OR "))
@@ -159,6 +204,11 @@ pub(super) fn tombs(
             list(&names, ""),
             list(&names, "o.")
         );
+        // A step by a column the catalog does not list (never, but not assumed): no
+        // tombstones for this table, its DELETEs name their groups.
+        let Ok(near) = near(d, f, &table, &facts.columns, &facts.name) else {
+            continue;
+        };
         out.push(Tomb {
             table,
             name: facts.name.clone(),
@@ -167,12 +217,56 @@ pub(super) fn tombs(
             matching,
             guard,
             capture,
+            near,
         });
     }
     out
 }
 
-/// True when a tombstone of any table would be matched twice (the consume function then
+/// The near table of tombstoned `table` (module doc): the columns of it that a step of
+/// another table's join path reaches it by, typed as in `columns` (all of its columns);
+/// `Err` when such a column is not among them.
+fn near(
+    d: &Derivation,
+    f: &DeltaFacts<'_>,
+    table: &str,
+    columns: &[(String, String)],
+    name: &QualifiedName,
+) -> Result<Option<Near>, ()> {
+    let mut reached: Vec<(String, String)> = Vec::new();
+    for t in &d.tables {
+        let crate::incremental::How::JoinPath { paths, .. } = &t.how else {
+            continue;
+        };
+        for path in paths {
+            for (i, st) in path.steps.iter().enumerate() {
+                if path.tables[i + 1] != table {
+                    continue;
+                }
+                let typed = columns.iter().find(|(c, _)| c == &st.to_column).ok_or(())?;
+                if !reached.contains(typed) {
+                    reached.push(typed.clone());
+                }
+            }
+        }
+    }
+    Ok((!reached.is_empty()).then(|| Near {
+        buffer: QualifiedName::new(
+            BUFFER_SCHEMA,
+            buffer_name(
+                f.view,
+                &format!(
+                    "near_{}_{}",
+                    name.name,
+                    &hash(&[&name.schema, &name.name])[..6]
+                ),
+            ),
+        ),
+        columns: reached,
+    }))
+}
+
+/// True when a tombstone of any table conflicts ([`Tomb::conflict_sql`]; the consume function then
 /// recomputes everything); `None` without tombstones.
 pub(super) fn conflicts_sql(tombs: &[Tomb]) -> Option<String> {
     (!tombs.is_empty()).then(|| {
@@ -184,11 +278,12 @@ pub(super) fn conflicts_sql(tombs: &[Tomb]) -> Option<String> {
     })
 }
 
-/// Empties every tombstone table (after the apply, in the refresh's snapshot).
+/// Empties every tombstone and near table (after the apply, in the refresh's snapshot).
 pub(super) fn cleanup(tombs: &[Tomb]) -> Vec<String> {
     tombs
         .iter()
-        .map(|t| format!("DELETE FROM {}", t.buffer.quoted()))
+        .flat_map(|t| std::iter::once(&t.buffer).chain(t.near.as_ref().map(|n| &n.buffer)))
+        .map(|b| format!("DELETE FROM {}", b.quoted()))
         .collect()
 }
 
