@@ -56,13 +56,24 @@ pub struct InsertGuard {
 
 impl InsertGuard {
     /// A boolean SQL expression, true while every occurrence still has one of its keys
-    /// validated, not deferrable and enforced between tables without inheritance
-    /// children other than partitions: what the trigger checks at every INSERT.
-    /// `conenforced` (PostgreSQL 18) is read through `to_jsonb` so that one text works
-    /// on every major.
+    /// in force, and the writer is not in the replica role (a logical replication
+    /// apply worker, for which no foreign key is checked): what the trigger checks at
+    /// every INSERT (and, for tombstones, every DELETE). A key is in force when it is
+    /// validated, not deferrable and enforced, between tables without inheritance
+    /// children other than partitions, and nothing on either table or its partitions
+    /// lets a row escape it: no disabled (or replica-only) internal trigger — the key's
+    /// checks and actions are such triggers, `ALTER TABLE ... DISABLE TRIGGER ALL`
+    /// turns them off — and, when the key cascades, sets NULL or sets a default on
+    /// DELETE or UPDATE, no user BEFORE ROW trigger on DELETE or UPDATE (returning NULL,
+    /// it cancels the key's action and leaves orphans) and no DELETE or UPDATE rule on
+    /// the referencing side. `conenforced` (PostgreSQL 18) is read through `to_jsonb`
+    /// so that one text works on every major.
     pub fn holds_sql(&self) -> String {
         let mut seen: Vec<Vec<u32>> = Vec::new();
         let mut parts = Vec::new();
+        let eq = pg_op("=");
+        let ne = pg_op("<>");
+        let and = pg_op("&");
         for occ in &self.occurrences {
             let mut oids: Vec<u32> = occ.iter().map(|k| k.oid).collect();
             oids.sort_unstable();
@@ -76,19 +87,60 @@ impl InsertGuard {
                 .join(", ");
             // Run by a trigger function under its caller's search_path: every operator
             // named with its schema (`IN` and `IS DISTINCT FROM` would look `=` up).
+            // The table and its partitions (pg_partition_tree lists nothing for a table
+            // that is neither partitioned nor a partition).
+            let tree = |rel: &str| {
+                format!(
+                    "(SELECT {rel} AS relid UNION SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree({rel}) AS x) AS p"
+                )
+            };
+            let internal_off = |rel: &str| {
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM {} \
+                     JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid \
+                     WHERE t.tgisinternal AND t.tgconstraint {ne} 0 AND t.tgenabled {ne} 'O' AND t.tgenabled {ne} 'A')",
+                    tree(rel)
+                )
+            };
+            // A cascaded DELETE (ON DELETE CASCADE), or a cascaded UPDATE (ON DELETE SET
+            // NULL / SET DEFAULT, any ON UPDATE action but NO ACTION and RESTRICT), runs
+            // the referencing table's BEFORE ROW triggers and rules for that event.
+            let deletes = format!("c.confdeltype {eq} 'c'");
+            let updates = format!(
+                "(c.confdeltype {eq} ANY (ARRAY['n', 'd']::pg_catalog.\"char\"[]) OR c.confupdtype {eq} ANY (ARRAY['c', 'n', 'd']::pg_catalog.\"char\"[]))"
+            );
+            // tgtype: ROW 1, BEFORE 2, DELETE 8, UPDATE 16; ev_type: '3' UPDATE, '4' DELETE.
+            let bits = |mask: u8| format!("(t.tgtype::pg_catalog.int4 {and} {mask}) {ne} 0");
+            let escapes = format!(
+                "NOT EXISTS (SELECT 1 FROM {referencing} \
+                 JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid \
+                 WHERE NOT t.tgisinternal AND t.tgenabled {ne} 'D' AND t.tgenabled {ne} 'R' \
+                 AND (t.tgtype::pg_catalog.int4 {and} 3) {eq} 3 \
+                 AND (({deletes} AND {}) OR ({updates} AND {}))) \
+                 AND NOT EXISTS (SELECT 1 FROM {referencing} \
+                 JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} p.relid \
+                 WHERE ({deletes} AND w.ev_type {eq} '4') OR ({updates} AND w.ev_type {eq} '3'))",
+                bits(8),
+                bits(16),
+                referencing = tree("c.conrelid"),
+            );
             parts.push(format!(
                 "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
                  JOIN pg_catalog.pg_class r ON r.oid {eq} c.conrelid \
                  JOIN pg_catalog.pg_class f ON f.oid {eq} c.confrelid \
                  WHERE c.oid {eq} ANY (ARRAY[{list}]::pg_catalog.oid[]) AND c.contype {eq} 'f' AND c.convalidated AND NOT c.condeferrable \
                  AND COALESCE((pg_catalog.to_jsonb(c) {field} 'conenforced') {ne} 'false', true) \
-                 AND (r.relkind {eq} 'p' OR NOT r.relhassubclass) AND (f.relkind {eq} 'p' OR NOT f.relhassubclass))",
-                eq = pg_op("="),
-                ne = pg_op("<>"),
+                 AND (r.relkind {eq} 'p' OR NOT r.relhassubclass) AND (f.relkind {eq} 'p' OR NOT f.relhassubclass) \
+                 AND {} AND {} AND {escapes})",
+                internal_off("c.conrelid"),
+                internal_off("c.confrelid"),
                 field = pg_op("->>"),
             ));
             seen.push(oids);
         }
+        parts.push(format!(
+            "pg_catalog.current_setting('session_replication_role') {ne} 'replica'"
+        ));
         parts.join(" AND ")
     }
 

@@ -15,7 +15,7 @@ pub async fn storm<F>(dsn: &str, writers: usize, rounds: usize, seed: u64, op: F
 where
     F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
 {
-    storm_until(dsn, writers, rounds, None, seed, op).await
+    storm_until(dsn, writers, rounds, None, None, seed, op).await
 }
 
 /// Like [`storm`], but each writer stops at the first round that starts after `length`
@@ -31,14 +31,48 @@ where
     F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
 {
     let end = std::time::Instant::now() + length;
-    storm_until(dsn, writers, usize::MAX, Some(end), seed, op).await
+    storm_until(dsn, writers, usize::MAX, Some(end), None, seed, op).await
 }
+
+/// Like [`storm`] beside a refresher that counts its refreshes in `refreshes`: each
+/// writer runs at least `rounds` rounds, and more (numbered on) until the refresher
+/// has counted `at_least` refreshes since the storm began, so that refreshes fall
+/// among the writes however the machine's load shares its cores. Fails when that
+/// takes over three minutes.
+pub async fn storm_beside<F>(
+    dsn: &str,
+    writers: usize,
+    rounds: usize,
+    seed: u64,
+    op: F,
+    refreshes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    at_least: usize,
+) -> (usize, usize)
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
+    use std::sync::atomic::Ordering;
+    let start = refreshes.load(Ordering::SeqCst);
+    let counted = (refreshes, start, at_least);
+    let out = storm_until(dsn, writers, rounds, None, Some(counted.clone()), seed, op).await;
+    let done = counted.0.load(Ordering::SeqCst) - start;
+    assert!(
+        done >= at_least,
+        "the refresher made {done} refreshes in 3 minutes of writes, fewer than {at_least}"
+    );
+    out
+}
+
+/// A refresher's counter, its value when the storm began, and how many more refreshes
+/// the writers wait for ([`storm_beside`]).
+type Counted = (std::sync::Arc<std::sync::atomic::AtomicUsize>, usize, usize);
 
 async fn storm_until<F>(
     dsn: &str,
     writers: usize,
     rounds: usize,
     end: Option<std::time::Instant>,
+    counted: Option<Counted>,
     seed: u64,
     op: F,
 ) -> (usize, usize)
@@ -46,8 +80,17 @@ where
     F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
 {
     let mut tasks = Vec::new();
+    let cap = std::time::Instant::now() + Duration::from_secs(180);
     for w in 0..writers {
         let dsn = dsn.to_string();
+        let counted = counted.clone();
+        // Past `rounds`: on while the refresher has not counted enough, up to `cap`.
+        let more = move || {
+            counted.as_ref().is_some_and(|(n, start, at_least)| {
+                n.load(std::sync::atomic::Ordering::SeqCst) - start < *at_least
+                    && std::time::Instant::now() < cap
+            })
+        };
         tasks.push(tokio::spawn(async move {
             let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
                 .await
@@ -55,7 +98,10 @@ where
             tokio::spawn(conn);
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             let (mut ok, mut rolled) = (0, 0);
-            for round in 0..rounds {
+            for round in 0.. {
+                if round >= rounds && !more() {
+                    break;
+                }
                 if end.is_some_and(|end| std::time::Instant::now() >= end) {
                     break;
                 }
@@ -270,4 +316,34 @@ pub fn refresh_by_hand_sql(view: &str, key: &str) -> String {
             OR EXISTS (SELECT 1 FROM consumed WHERE all_ OR {key} IS NULL); \
          SELECT CASE WHEN bool_or(all_ OR {key} IS NULL) THEN 'everything' ELSE count(*)::text END FROM consumed; COMMIT"
     )
+}
+
+/// Refreshes `view` (converted in place, definition `<view>_def`) as refreshd does;
+/// returns what the consume function said (the number of keys, or "everything").
+pub fn refresh_by_hand(db: &super::TestDb, view: &str, key: &str) -> String {
+    db.psql(&refresh_by_hand_sql(view, key))
+}
+
+/// The number of rows by which `view` and its definition `<view>_def` differ.
+pub fn difference(db: &super::TestDb, view: &str) -> String {
+    db.psql(&difference_sql(view, &format!("{view}_def"), &[]))
+}
+
+/// `view`'s rows and its definition's, for a failure message.
+pub fn show_both(db: &super::TestDb, view: &str) -> String {
+    db.psql(&format!(
+        "SELECT 'table: ' || coalesce((SELECT string_agg(t::text, ' ' ORDER BY t::text) FROM {view} t), '') \
+         || ' | definition: ' || coalesce((SELECT string_agg(d::text, ' ' ORDER BY d::text) FROM {view}_def d), '')"
+    ))
+}
+
+/// The keyed table equals its definition; else fails with both and what the refresh
+/// said.
+pub fn assert_exact(db: &super::TestDb, view: &str, said: &str) {
+    assert_eq!(
+        difference(db, view),
+        "0",
+        "refresh said {said}; {}",
+        show_both(db, view)
+    );
 }

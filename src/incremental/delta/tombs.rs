@@ -188,14 +188,7 @@ pub(super) fn tombs(
             .collect();
         let buffer = QualifiedName::new(
             BUFFER_SCHEMA,
-            buffer_name(
-                f.view,
-                &format!(
-                    "gone_{}_{}",
-                    facts.name.name,
-                    &hash(&[&facts.name.schema, &facts.name.name])[..6]
-                ),
-            ),
+            buffer_name(f.view, &per_table("gone", f.view, &facts.name)),
         );
         let names: Vec<String> = columns.iter().map(|(c, _)| c.clone()).collect();
         let capture = format!(
@@ -221,6 +214,18 @@ pub(super) fn tombs(
         });
     }
     out
+}
+
+/// The suffix of a per-table buffer name: `<what>_<table>_<hash>`, the hash (48 bits)
+/// over the view's and the table's schema and name. A view's name and a table's may
+/// share underscores in any way (`p` reading `q_gone_r` against `p_gone_q` reading
+/// `r`): the readable part alone does not tell two views' tables apart.
+fn per_table(what: &str, view: &QualifiedName, table: &QualifiedName) -> String {
+    format!(
+        "{what}_{}_{}",
+        table.name,
+        hash(&[&view.schema, &view.name, &table.schema, &table.name])
+    )
 }
 
 /// The near table of tombstoned `table` (module doc): the columns of it that a step of
@@ -253,14 +258,7 @@ fn near(
     Ok((!reached.is_empty()).then(|| Near {
         buffer: QualifiedName::new(
             BUFFER_SCHEMA,
-            buffer_name(
-                f.view,
-                &format!(
-                    "near_{}_{}",
-                    name.name,
-                    &hash(&[&name.schema, &name.name])[..6]
-                ),
-            ),
+            buffer_name(f.view, &per_table("near", f.view, name)),
         ),
         columns: reached,
     }))
@@ -293,12 +291,9 @@ pub(super) fn cleanup(tombs: &[Tomb]) -> Vec<String> {
 /// survive it), and the writer is not in the replica role (a logical replication apply
 /// worker: foreign keys are not checked there). Checked at every DELETE.
 pub fn guard_sql(tombs: &[Tomb]) -> String {
+    // Each guard also checks the replica role (InsertGuard::holds_sql).
     let mut parts: Vec<String> = tombs.iter().map(|t| t.guard.holds_sql()).collect();
     parts.dedup();
-    parts.push(format!(
-        "pg_catalog.current_setting('session_replication_role') {} 'replica'",
-        pg_op("<>")
-    ));
     parts.join(" AND ")
 }
 
