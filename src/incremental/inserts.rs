@@ -87,21 +87,17 @@ impl InsertGuard {
                 .join(", ");
             // Run by a trigger function under its caller's search_path: every operator
             // named with its schema (`IN` and `IS DISTINCT FROM` would look `=` up).
-            // The table and its partitions (pg_partition_tree lists nothing for a table
-            // that is neither partitioned nor a partition).
-            let tree = |rel: &str| {
+            // The table and, when partitioned, its partitions (the function is called
+            // only then: pg_partition_tree is the dearest part of the check).
+            let tree = |rel: &str, kind: &str| {
                 format!(
-                    "(SELECT {rel} AS relid UNION SELECT x.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree({rel}) AS x) AS p"
+                    "(SELECT {rel} AS relid UNION ALL SELECT x.relid::pg_catalog.oid \
+                     FROM pg_catalog.pg_partition_tree({rel}) AS x WHERE {kind} {eq} 'p' AND x.level {ne} 0) AS p"
                 )
             };
-            let internal_off = |rel: &str| {
-                format!(
-                    "NOT EXISTS (SELECT 1 FROM {} \
-                     JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid \
-                     WHERE t.tgisinternal AND t.tgconstraint {ne} 0 AND t.tgenabled {ne} 'O' AND t.tgenabled {ne} 'A')",
-                    tree(rel)
-                )
-            };
+            let internal_off =
+                "t.tgisinternal AND t.tgconstraint {ne} 0 AND t.tgenabled {ne} 'O' AND t.tgenabled {ne} 'A'"
+                    .replace("{ne}", &ne);
             // A cascaded DELETE (ON DELETE CASCADE), or a cascaded UPDATE (ON DELETE SET
             // NULL / SET DEFAULT, any ON UPDATE action but NO ACTION and RESTRICT), runs
             // the referencing table's BEFORE ROW triggers and rules for that event.
@@ -111,18 +107,24 @@ impl InsertGuard {
             );
             // tgtype: ROW 1, BEFORE 2, DELETE 8, UPDATE 16; ev_type: '3' UPDATE, '4' DELETE.
             let bits = |mask: u8| format!("(t.tgtype::pg_catalog.int4 {and} {mask}) {ne} 0");
-            let escapes = format!(
+            let cancels = format!(
+                "NOT t.tgisinternal AND t.tgenabled {ne} 'D' AND t.tgenabled {ne} 'R' \
+                 AND (t.tgtype::pg_catalog.int4 {and} 3) {eq} 3 \
+                 AND (({deletes} AND {}) OR ({updates} AND {}))",
+                bits(8),
+                bits(16),
+            );
+            let checks = format!(
                 "NOT EXISTS (SELECT 1 FROM {referencing} \
                  JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid \
-                 WHERE NOT t.tgisinternal AND t.tgenabled {ne} 'D' AND t.tgenabled {ne} 'R' \
-                 AND (t.tgtype::pg_catalog.int4 {and} 3) {eq} 3 \
-                 AND (({deletes} AND {}) OR ({updates} AND {}))) \
+                 WHERE ({internal_off}) OR ({cancels})) \
+                 AND NOT EXISTS (SELECT 1 FROM {referenced} \
+                 JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid WHERE {internal_off}) \
                  AND NOT EXISTS (SELECT 1 FROM {referencing} \
                  JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} p.relid \
                  WHERE ({deletes} AND w.ev_type {eq} '4') OR ({updates} AND w.ev_type {eq} '3'))",
-                bits(8),
-                bits(16),
-                referencing = tree("c.conrelid"),
+                referencing = tree("c.conrelid", "r.relkind"),
+                referenced = tree("c.confrelid", "f.relkind"),
             );
             parts.push(format!(
                 "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
@@ -131,9 +133,7 @@ impl InsertGuard {
                  WHERE c.oid {eq} ANY (ARRAY[{list}]::pg_catalog.oid[]) AND c.contype {eq} 'f' AND c.convalidated AND NOT c.condeferrable \
                  AND COALESCE((pg_catalog.to_jsonb(c) {field} 'conenforced') {ne} 'false', true) \
                  AND (r.relkind {eq} 'p' OR NOT r.relhassubclass) AND (f.relkind {eq} 'p' OR NOT f.relhassubclass) \
-                 AND {} AND {} AND {escapes})",
-                internal_off("c.conrelid"),
-                internal_off("c.confrelid"),
+                 AND {checks})",
                 field = pg_op("->>"),
             ));
             seen.push(oids);
