@@ -87,12 +87,17 @@ impl InsertGuard {
                 .join(", ");
             // Run by a trigger function under its caller's search_path: every operator
             // named with its schema (`IN` and `IS DISTINCT FROM` would look `=` up).
-            // The table and, when partitioned, its partitions (the function is called
-            // only then: pg_partition_tree is the dearest part of the check).
-            let tree = |rel: &str, kind: &str| {
+            // On the table itself, and (only when it is partitioned: pg_partition_tree
+            // is the dearest part) on its partitions: each a lookup by index.
+            let on_tree = |rel: &str, kind: &str, what: &str, cond: &str| {
+                let (alias, column) = match what {
+                    "pg_trigger" => ("t", "tgrelid"),
+                    _ => ("w", "ev_class"),
+                };
                 format!(
-                    "(SELECT {rel} AS relid UNION ALL SELECT x.relid::pg_catalog.oid \
-                     FROM pg_catalog.pg_partition_tree({rel}) AS x WHERE {kind} {eq} 'p' AND x.level {ne} 0) AS p"
+                    "NOT EXISTS (SELECT 1 FROM pg_catalog.{what} {alias} WHERE {alias}.{column} {eq} {rel} AND ({cond})) \
+                     AND NOT ({kind} {eq} 'p' AND EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree({rel}) AS x \
+                     JOIN pg_catalog.{what} {alias} ON {alias}.{column} {eq} x.relid WHERE {cond}))"
                 )
             };
             let internal_off =
@@ -114,18 +119,19 @@ impl InsertGuard {
                 bits(8),
                 bits(16),
             );
-            let checks = format!(
-                "NOT EXISTS (SELECT 1 FROM {referencing} \
-                 JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid \
-                 WHERE ({internal_off}) OR ({cancels})) \
-                 AND NOT EXISTS (SELECT 1 FROM {referenced} \
-                 JOIN pg_catalog.pg_trigger t ON t.tgrelid {eq} p.relid WHERE {internal_off}) \
-                 AND NOT EXISTS (SELECT 1 FROM {referencing} \
-                 JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} p.relid \
-                 WHERE ({deletes} AND w.ev_type {eq} '4') OR ({updates} AND w.ev_type {eq} '3'))",
-                referencing = tree("c.conrelid", "r.relkind"),
-                referenced = tree("c.confrelid", "f.relkind"),
-            );
+            let rules =
+                format!("({deletes} AND w.ev_type {eq} '4') OR ({updates} AND w.ev_type {eq} '3')");
+            let checks = [
+                on_tree(
+                    "c.conrelid",
+                    "r.relkind",
+                    "pg_trigger",
+                    &format!("({internal_off}) OR ({cancels})"),
+                ),
+                on_tree("c.confrelid", "f.relkind", "pg_trigger", &internal_off),
+                on_tree("c.conrelid", "r.relkind", "pg_rewrite", &rules),
+            ]
+            .join(" AND ");
             parts.push(format!(
                 "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
                  JOIN pg_catalog.pg_class r ON r.oid {eq} c.conrelid \
