@@ -229,8 +229,9 @@ fn per_table(what: &str, view: &QualifiedName, table: &QualifiedName) -> String 
 }
 
 /// The near table of tombstoned `table` (module doc): the columns of it that a step of
-/// another table's join path reaches it by, typed as in `columns` (all of its columns);
-/// `Err` when such a column is not among them.
+/// another table's join path reaches it by (`columns`: all of its columns), each typed
+/// like the column the step comes from; `Err` when such a column is not among them, or
+/// is reached from columns of different types.
 fn near(
     d: &Derivation,
     f: &DeltaFacts<'_>,
@@ -248,9 +249,25 @@ fn near(
                 if path.tables[i + 1] != table {
                     continue;
                 }
-                let typed = columns.iter().find(|(c, _)| c == &st.to_column).ok_or(())?;
-                if !reached.contains(typed) {
-                    reached.push(typed.clone());
+                // Typed like the column the value comes from (a bigint reaching an
+                // int column must not fail the writer's statement with "out of
+                // range"); the check compares it with the tombstone's column across
+                // types. Two steps by one column from different types: no tombstones.
+                let to_type = &columns
+                    .iter()
+                    .find(|(c, _)| c == &st.to_column)
+                    .ok_or(())?
+                    .1;
+                let from_type = f
+                    .tables
+                    .iter()
+                    .find(|x| x.table == path.tables[i])
+                    .and_then(|x| x.columns.iter().find(|(c, _)| c == &st.from_column))
+                    .map_or(to_type, |(_, t)| t);
+                match reached.iter().find(|(c, _)| c == &st.to_column) {
+                    Some((_, t)) if t != from_type => return Err(()),
+                    Some(_) => {}
+                    None => reached.push((st.to_column.clone(), from_type.clone())),
                 }
             }
         }
