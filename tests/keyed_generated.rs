@@ -1085,3 +1085,54 @@ async fn in_place_keeps_privileges_exactly_and_grants_no_writes() {
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert_eq!(privileges("m"), format!("m {kept}"));
 }
+
+/// Keys read back from the buffer as text and bound again: under the database's
+/// `DateStyle = 'SQL, DMY'` and `TimeZone = 'Asia/Kolkata'`, a timestamptz key came
+/// back as `01/04/2025 00:00:00 IST`, which PostgreSQL before 18 reads as Israel time;
+/// under `extra_float_digits = 0` a float8 key 0.30000000000000004 came back as 0.3.
+/// Either way the group written to was never recomputed (from a review, 2026-12-04).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_the_databases_output_styles() {
+    for (settings, column) in [
+        (
+            &["TimeZone = 'Asia/Kolkata'", "DateStyle = 'SQL, DMY'"][..],
+            "starts",
+        ),
+        (&["extra_float_digits = 0"][..], "weight"),
+    ] {
+        let db = TestDb::new();
+        for s in settings {
+            db.psql(&format!("ALTER DATABASE {} SET {s}", quote_ident(&db.name)));
+        }
+        db.psql(&format!(
+            "CREATE SCHEMA rt;
+             CREATE TABLE rt.periods (id int PRIMARY KEY, starts timestamptz NOT NULL, weight float8 NOT NULL);
+             INSERT INTO rt.periods VALUES (1, '2025-03-01 00:00+05:30', 0.1),
+               (2, '2025-04-01 00:00+05:30', 0.30000000000000004), (3, '2025-05-01 00:00+05:30', 0.7);
+             CREATE TABLE rt.sales (id serial PRIMARY KEY, period_id int NOT NULL REFERENCES rt.periods, qty int NOT NULL);
+             INSERT INTO rt.sales (period_id, qty) SELECT 1 + g % 3, g FROM generate_series(1, 30) g;
+             CREATE MATERIALIZED VIEW rt.by_key AS
+               SELECT p.{column}, count(*) AS n, max(s.qty) AS top
+                 FROM rt.sales s JOIN rt.periods p ON p.id = s.period_id GROUP BY p.{column};
+             CREATE UNIQUE INDEX ON rt.by_key ({column});"
+        ));
+        let args = [
+            "--schema",
+            "rt",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "rt.by_key",
+        ];
+        let (out, config, stderr) = init(&db, &args);
+        assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+        let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"0s\""));
+        d.wait_ready(Duration::from_secs(30)).await;
+        let exact = [Exact::definition("rt.by_key", "rt.by_key_def", &[])];
+        wait_equal(&db.dsn(), "", &exact).await;
+        db.psql("INSERT INTO rt.sales (period_id, qty) VALUES (2, 1000)");
+        wait_equal(&db.dsn(), "", &exact).await;
+        let log = d.log_text();
+        assert!(!log.contains("refresh failed"), "{settings:?}: {log}");
+    }
+}

@@ -307,10 +307,21 @@ fn prologue(view: &ViewConfig) -> String {
 /// What both keyed transactions take after their timeouts (see [`prologue`]).
 fn jit_off_and_lock(view: &ViewConfig) -> String {
     format!(
-        "SET LOCAL jit = off; LOCK TABLE {} IN EXCLUSIVE MODE",
+        "SET LOCAL jit = off; {FAITHFUL_TEXT}; LOCK TABLE {} IN EXCLUSIVE MODE",
         view.name.quoted()
     )
 }
+
+/// Output styles under which a key's text (a consumed key, `k::text`, bound back as
+/// `$n::text::type`) is the key again, whatever the database or role sets: `DateStyle`
+/// SQL, Postgres or German print a time zone as an abbreviation that may read back as
+/// another zone (`IST`: India printed, Israel read before PostgreSQL 18), and
+/// `extra_float_digits = 0` rounds a float8 (0.30000000000000004 printed as 0.3). ISO
+/// (the field order for input is kept), every float digit, the default interval style.
+/// Every keyed transaction sets them, so a definition casting such values to text
+/// gives one text whether a group or everything is recomputed.
+const FAITHFUL_TEXT: &str =
+    "SET LOCAL datestyle = 'ISO'; SET LOCAL extra_float_digits = 3; SET LOCAL intervalstyle = 'postgres'";
 
 /// The end of the transaction with `history` (the history row's INSERT, or empty).
 fn epilogue_with(view: &ViewConfig, event: bool, history: &str) -> String {
@@ -1030,7 +1041,7 @@ mod tests {
         );
         assert_eq!(
             full_sql(&v, &k, &shape, true),
-            r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; WITH "refreshd_new" AS MATERIALIZED (SELECT "a", "B", "n" FROM "public"."def"), "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM "refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM "refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
+            r#"BEGIN; SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250; SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'; SET LOCAL jit = off; SET LOCAL datestyle = 'ISO'; SET LOCAL extra_float_digits = 3; SET LOCAL intervalstyle = 'postgres'; LOCK TABLE "public"."live" IN EXCLUSIVE MODE; WITH "refreshd_new" AS MATERIALIZED (SELECT "a", "B", "n" FROM "public"."def"), "refreshd_gone" AS (DELETE FROM "public"."live" AS t WHERE NOT EXISTS (SELECT FROM "refreshd_new" AS n WHERE n."a" = t."a" AND n."B" = t."B" AND n.* OPERATOR(pg_catalog.*=) t.*) RETURNING 1) INSERT INTO "public"."live" ("a", "B", "n") SELECT n."a", n."B", n."n" FROM "refreshd_new" AS n WHERE (SELECT pg_catalog.count(*) FROM "refreshd_gone") OPERATOR(pg_catalog.>=) 0 AND NOT EXISTS (SELECT FROM "public"."live" AS t WHERE t."a" = n."a" AND t."B" = n."B" AND t.* OPERATOR(pg_catalog.*=) n.*); SELECT pg_catalog.pg_notify('refreshd_refreshed', 'public.live'); COMMIT"#
         );
     }
 
@@ -1048,7 +1059,7 @@ mod tests {
     fn both_prologues_share_the_timeouts_the_lock_and_the_client_check() {
         let (v, _) = view();
         let rest = "SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 250";
-        let lock = r#"SET LOCAL jit = off; LOCK TABLE "public"."live" IN EXCLUSIVE MODE"#;
+        let lock = r#"SET LOCAL jit = off; SET LOCAL datestyle = 'ISO'; SET LOCAL extra_float_digits = 3; SET LOCAL intervalstyle = 'postgres'; LOCK TABLE "public"."live" IN EXCLUSIVE MODE"#;
         let check = "SELECT pg_catalog.set_config(name, '1000', true) FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'";
         assert_eq!(prologue(&v), format!("BEGIN; {rest}; {check}; {lock}"));
         // The buffered one takes its snapshot (the check's query) after the lock.
