@@ -60,3 +60,51 @@ fn init_keyed_refuses_a_key_computed_from_the_session() {
         "2"
     );
 }
+
+/// Functions of the user's that are not IMMUTABLE (from a review, 2026-12-04): a STABLE
+/// one reading a rates table in an aggregate took deltas, and the groups kept the old
+/// rate's contributions after the rate changed (no capture sees that table); a key
+/// computed with a VOLATILE one was derived. Both are refused now, naming the function;
+/// an IMMUTABLE one, also through a plain view the definition reads, is not.
+#[test]
+fn init_keyed_refuses_functions_of_the_users_that_are_not_immutable() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA fx;
+         CREATE TABLE fx.rates (currency text PRIMARY KEY, rate numeric NOT NULL);
+         INSERT INTO fx.rates VALUES ('EUR', 1.10), ('USD', 1);
+         CREATE FUNCTION fx.rate(c text) RETURNS numeric LANGUAGE sql STABLE AS $$ SELECT rate FROM fx.rates WHERE currency = c $$;
+         CREATE FUNCTION fx.bucket(i int) RETURNS int LANGUAGE sql VOLATILE AS $$ SELECT i % 3 $$;
+         CREATE FUNCTION fx.half(x numeric) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$ SELECT x / 2 $$;
+         CREATE TABLE fx.sales (id serial PRIMARY KEY, store int NOT NULL, currency text NOT NULL, amount numeric NOT NULL);
+         INSERT INTO fx.sales (store, currency, amount) SELECT g % 3, CASE WHEN g % 2 = 0 THEN 'EUR' ELSE 'USD' END, g FROM generate_series(1, 60) g;
+         CREATE VIEW fx.priced AS SELECT s.*, s.amount * fx.rate(s.currency) AS usd FROM fx.sales s;
+         CREATE MATERIALIZED VIEW fx.by_store AS
+           SELECT store, count(*) AS n, sum(amount * fx.rate(currency)) AS usd FROM fx.sales GROUP BY store;
+         CREATE UNIQUE INDEX ON fx.by_store (store);
+         CREATE MATERIALIZED VIEW fx.through_view AS SELECT store, sum(usd) AS usd FROM fx.priced GROUP BY store;
+         CREATE UNIQUE INDEX ON fx.through_view (store);
+         CREATE MATERIALIZED VIEW fx.by_bucket AS SELECT fx.bucket(id) AS bucket, count(*) AS n FROM fx.sales GROUP BY 1;
+         CREATE UNIQUE INDEX ON fx.by_bucket (bucket);
+         CREATE MATERIALIZED VIEW fx.halved AS SELECT store, sum(fx.half(amount)) AS half FROM fx.sales GROUP BY store;
+         CREATE UNIQUE INDEX ON fx.halved (store);",
+    );
+    let dsn = db.dsn();
+    for (view, function) in [
+        ("fx.by_store", "fx.rate(text) (STABLE)"),
+        ("fx.through_view", "fx.rate(text) (STABLE)"),
+        ("fx.by_bucket", "fx.bucket(integer) (VOLATILE)"),
+    ] {
+        let out = support::refreshd(&["init", "--url", &dsn, "--keyed", view]);
+        let stderr = support::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{view}: {stderr}");
+        let reason = format!("--keyed {view}: cannot be derived: the definition calls {function}");
+        assert!(stderr.contains(&reason), "{reason}\n{stderr}");
+    }
+    let out = support::refreshd(&["init", "--url", &dsn, "--keyed", "fx.halved"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_matviews WHERE schemaname = 'fx'"),
+        "4"
+    );
+}

@@ -373,6 +373,20 @@ async fn derive_one(
             .map(str::to_string);
     }
     let derived = derivation(name, &relkind, ours, in_place, definition, key, catalog);
+    let derived = match derived {
+        Ok(d) => {
+            let read = if ours {
+                generate::definition_view(name)
+            } else {
+                name.clone()
+            };
+            match unseen_functions(client, &read).await.map_err(catalog_error)? {
+                Some(reason) => Err(reason),
+                None => Ok(d),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let (outcome, conversion, deltas) = match derived {
         Err(e) => (Err(e), None, None),
         Ok((d, definition)) => {
@@ -398,6 +412,59 @@ async fn derive_one(
         conversion,
         deltas,
     })
+}
+
+/// Functions of the user's (any schema but `pg_catalog`) that are not IMMUTABLE, called
+/// by the definition or by a plain view it reads, from the rules' recorded
+/// dependencies: `schema.name(args)` and its volatility.
+const UNSEEN_FUNCTIONS_SQL: &str = "WITH RECURSIVE rel (oid) AS ( \
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+    UNION \
+    SELECT v.oid FROM rel JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid \
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+      JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind = 'v' AND v.oid <> rel.oid) \
+SELECT DISTINCT p.oid::pg_catalog.regprocedure::text, p.provolatile::text \
+  FROM rel JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid \
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+ WHERE pn.nspname <> 'pg_catalog' AND p.provolatile <> 'i' \
+ ORDER BY 1";
+
+/// Why a view calling a function of the user's that is not IMMUTABLE cannot be kept by
+/// capture: its value may change with no write to a table the view reads (a table the
+/// function reads, a setting, the clock), which no trigger sees, and a VOLATILE one
+/// changes from call to call (in a key, no group could be found again). `None` when
+/// it calls none. PostgreSQL's own functions are judged by the derivation.
+async fn unseen_functions(
+    client: &tokio_postgres::Client,
+    read: &QualifiedName,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            UNSEEN_FUNCTIONS_SQL,
+            &[(&read.schema, Type::TEXT), (&read.name, Type::TEXT)],
+        )
+        .await?;
+    let named: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let kind = match r.get::<_, String>(1).as_str() {
+                "v" => "VOLATILE",
+                _ => "STABLE",
+            };
+            format!("{} ({kind})", r.get::<_, String>(0))
+        })
+        .collect();
+    Ok((!named.is_empty()).then(|| {
+        format!(
+            "the definition calls {}: a function that is not IMMUTABLE may return another value with no write to a table the view reads, which no capture sees; keep it a materialized view (or declare the function IMMUTABLE if it is)",
+            named.join(", ")
+        )
+    }))
 }
 
 /// A `--keyed` relation's derivation and definition, or why there is none: a
