@@ -108,3 +108,29 @@ fn init_keyed_refuses_functions_of_the_users_that_are_not_immutable() {
         "4"
     );
 }
+
+/// A sliding window (`WHERE at > now() - '1 hour'`): rows leave it with no write, so no
+/// capture keeps it; it was converted ("no deltas") and went stale for good (from a
+/// review, 2026-12-04). Refused now; `now()` as a column of its own is kept.
+#[test]
+fn init_keyed_refuses_a_view_the_clock_filters() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA sw;
+         CREATE TABLE sw.hits (id serial PRIMARY KEY, store int NOT NULL, at timestamptz NOT NULL);
+         INSERT INTO sw.hits (store, at) SELECT g % 3, now() - g * interval '1 minute' FROM generate_series(1, 120) g;
+         CREATE MATERIALIZED VIEW sw.last_hour AS
+           SELECT store, count(*) AS n FROM sw.hits WHERE at > now() - interval '1 hour' GROUP BY store;
+         CREATE UNIQUE INDEX ON sw.last_hour (store);
+         CREATE MATERIALIZED VIEW sw.stamped AS SELECT store, count(*) AS n, now() AS computed_at FROM sw.hits GROUP BY store;
+         CREATE UNIQUE INDEX ON sw.stamped (store);",
+    );
+    let dsn = db.dsn();
+    let out = support::refreshd(&["init", "--url", &dsn, "--keyed", "sw.last_hour"]);
+    let stderr = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let reason = "--keyed sw.last_hour: cannot be derived: the definition calls now() beyond a column of its own";
+    assert!(stderr.contains(reason), "{reason}\n{stderr}");
+    let out = support::refreshd(&["init", "--url", &dsn, "--keyed", "sw.stamped"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+}

@@ -380,7 +380,10 @@ async fn derive_one(
             } else {
                 name.clone()
             };
-            match unseen_functions(client, &read).await.map_err(catalog_error)? {
+            match unseen_functions(client, &read)
+                .await
+                .map_err(catalog_error)?
+            {
                 Some(reason) => Err(reason),
                 None => Ok(d),
             }

@@ -133,9 +133,113 @@ pub fn parse_view(sql: &str) -> Result<Select, Refused> {
             "the definition calls {f}, whose value is the role computing it: REFRESH computes the view as its owner, refreshd as the role it connects as, so the rows could differ"
         )));
     }
+    if let Some(f) = serde_json::to_value(&parsed.protobuf)
+        .ok()
+        .and_then(|v| time_filtered(&v))
+    {
+        return Err(refuse(format!(
+            "the definition calls {f} beyond a column of its own (in a filter, a join, a grouping or an aggregate): its rows change with the clock, with no write for a capture to see; keep it a materialized view refreshed on a schedule"
+        )));
+    }
     match stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()) {
         Some(NodeEnum::SelectStmt(s)) => select(s),
         _ => Err(refuse("the definition is not a SELECT")),
+    }
+}
+
+/// The first call of the clock (`now()`, `CURRENT_DATE`...) that decides which rows the
+/// view holds or what they count, if any: anywhere but in a column of the top SELECT
+/// that aggregates nothing and holds no subquery (`now() AS last_refreshed`, `due <
+/// now() AS overdue`: a value of the row, as of when it was computed; a key computed
+/// so is refused by the derivation, with its own reason).
+fn time_filtered(v: &serde_json::Value) -> Option<String> {
+    let top = v.pointer("/stmts/0/stmt/node/SelectStmt")?;
+    let obj = top.as_object()?;
+    obj.iter().find_map(|(k, x)| {
+        if k != "target_list" && k != "targetList" {
+            return clock_call(x);
+        }
+        x.as_array()?.iter().find_map(|t| {
+            let found = clock_call(t)?;
+            let plain = !contains_key(t, "SubLink")
+                && !contains_call_with(t, |f| {
+                    let set = |k: &str| {
+                        f.get(k)
+                            .is_some_and(|x| !x.is_null() && x.as_bool() != Some(false))
+                    };
+                    set("agg_star") || set("agg_filter") || set("over") || set("agg_distinct")
+                });
+            (!plain).then_some(found)
+        })
+    })
+}
+
+/// A call of the clock in the tree (its name as written), if any.
+fn clock_call(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let found = match k.as_str() {
+                "SQLValueFunction" | "SqlvalueFunction" => x
+                    .get("op")
+                    .and_then(|op| op.as_i64())
+                    .and_then(|op| pb::SqlValueFunctionOp::try_from(op as i32).ok())
+                    .filter(|op| {
+                        matches!(
+                            op,
+                            pb::SqlValueFunctionOp::SvfopCurrentDate
+                                | pb::SqlValueFunctionOp::SvfopCurrentTime
+                                | pb::SqlValueFunctionOp::SvfopCurrentTimeN
+                                | pb::SqlValueFunctionOp::SvfopCurrentTimestamp
+                                | pb::SqlValueFunctionOp::SvfopCurrentTimestampN
+                                | pb::SqlValueFunctionOp::SvfopLocaltime
+                                | pb::SqlValueFunctionOp::SvfopLocaltimeN
+                                | pb::SqlValueFunctionOp::SvfopLocaltimestamp
+                                | pb::SqlValueFunctionOp::SvfopLocaltimestampN
+                        )
+                    })
+                    .map(|op| op.as_str_name().trim_start_matches("SVFOP_").to_string()),
+                "FuncCall" => {
+                    let name = func_name(x);
+                    super::volatile::reads_the_clock(&name).then(|| format!("{name}()"))
+                }
+                _ => None,
+            };
+            found.or_else(|| clock_call(x))
+        }),
+        serde_json::Value::Array(a) => a.iter().find_map(clock_call),
+        _ => None,
+    }
+}
+
+/// A FuncCall's name (its last part), lower case.
+fn func_name(x: &serde_json::Value) -> String {
+    x.get("funcname")
+        .and_then(|n| n.as_array())
+        .and_then(|a| a.last())
+        .and_then(|n| n.pointer("/node/String/sval").or(n.pointer("/String/sval")))
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// True when a node of kind `key` is in the tree.
+fn contains_key(v: &serde_json::Value, key: &str) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m.iter().any(|(k, x)| k == key || contains_key(x, key)),
+        serde_json::Value::Array(a) => a.iter().any(|x| contains_key(x, key)),
+        _ => false,
+    }
+}
+
+/// True when a FuncCall in the tree satisfies `pred`, or is a known aggregate.
+fn contains_call_with(v: &serde_json::Value, pred: fn(&serde_json::Value) -> bool) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m.iter().any(|(k, x)| {
+            (k == "FuncCall" && (pred(x) || super::volatile::aggregate(&func_name(x))))
+                || contains_call_with(x, pred)
+        }),
+        serde_json::Value::Array(a) => a.iter().any(|x| contains_call_with(x, pred)),
+        _ => false,
     }
 }
 

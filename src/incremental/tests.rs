@@ -1673,3 +1673,34 @@ fn keys_travel_across_types_only_where_the_values_are_the_same() {
     ));
     assert!(!lineage::comparable_types("integer[]", "bigint[]"));
 }
+
+#[test]
+fn the_clock_is_refused_where_it_decides_rows_and_kept_as_a_column_of_its_own() {
+    let catalog = || Catalog::new().table("public.sales", &["id", "store", "at", "qty"]);
+    let refused = |sql: &str| {
+        derive(sql, &["store"], &catalog())
+            .map(|_| ())
+            .err()
+            .map(|e| e.reason)
+    };
+    for (sql, call) in [
+        ("SELECT s.store, count(*) AS n FROM public.sales s WHERE s.at > now() - '1 hour'::interval GROUP BY s.store", "now()"),
+        ("SELECT s.store, count(*) FILTER (WHERE s.at >= CURRENT_DATE) AS today FROM public.sales s GROUP BY s.store", "CURRENT_DATE"),
+        ("SELECT s.store, max(now() - s.at) AS age FROM public.sales s GROUP BY s.store", "now()"),
+        ("SELECT g.store, g.n FROM (SELECT s.store, count(*) AS n FROM public.sales s WHERE s.at < clock_timestamp() GROUP BY s.store) g", "clock_timestamp()"),
+        ("SELECT s.store, sum(s.qty) AS qty FROM public.sales s GROUP BY s.store HAVING max(s.at) > now()", "now()"),
+    ] {
+        let reason = refused(sql).unwrap_or_else(|| panic!("not refused: {sql}"));
+        assert!(
+            reason.starts_with(&format!("the definition calls {call} beyond a column of its own")),
+            "{sql}: {reason}"
+        );
+    }
+    // A column of its own: the time the group was computed.
+    for sql in [
+        "SELECT s.store, count(*) AS n, now() AS computed_at FROM public.sales s GROUP BY s.store",
+        "SELECT s.store, count(*) AS n, CURRENT_DATE AS as_of FROM public.sales s GROUP BY s.store",
+    ] {
+        assert_eq!(refused(sql), None, "{sql}");
+    }
+}

@@ -96,6 +96,47 @@ pub(super) fn changes_under_key(name: &str) -> bool {
     CHANGING.contains(&name) || TIME_VALUES.contains(&name) || SESSION.contains(&name)
 }
 
+/// Functions of the clock (the time value functions are SQLValueFunction nodes).
+pub(super) fn reads_the_clock(name: &str) -> bool {
+    matches!(
+        name,
+        "now" | "clock_timestamp" | "statement_timestamp" | "transaction_timestamp" | "timeofday"
+    )
+}
+
+/// PostgreSQL's aggregates a column may compute over rows (a call of one with a clock
+/// value inside aggregates the clock).
+pub(super) fn aggregate(name: &str) -> bool {
+    matches!(
+        name,
+        "count"
+            | "sum"
+            | "avg"
+            | "min"
+            | "max"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "every"
+            | "json_agg"
+            | "jsonb_agg"
+            | "json_object_agg"
+            | "jsonb_object_agg"
+            | "stddev"
+            | "stddev_pop"
+            | "stddev_samp"
+            | "variance"
+            | "var_pop"
+            | "var_samp"
+            | "bit_and"
+            | "bit_or"
+            | "percentile_cont"
+            | "percentile_disc"
+            | "mode"
+    )
+}
+
 /// A function whose value depends on the calling session (its role, settings, connection).
 pub(super) fn session_dependent(name: &str) -> bool {
     SESSION.contains(&name)
