@@ -68,6 +68,7 @@ async fn catalog_of(client: &tokio_postgres::Client, table: &str) -> DeltaTable 
             .map(|r| r.get(0))
             .collect(),
         incomparable: Vec::new(),
+        generated: Vec::new(),
         row_security: false,
         estimated_rows: if n == "facts" { 1e6 } else { 3.0 },
     }

@@ -654,6 +654,15 @@ const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
                       AND oc.opcdefault \
                       AND am.amname IN ('btree', 'hash'))";
 
+/// A table's generated columns whose value its statement triggers' transition tables
+/// may not hold ([`BaseTable::generated`]): VIRTUAL ones (`attgenerated` 'v', PostgreSQL
+/// 18), STORED ones of a partitioned table or a partition.
+const GENERATED_SQL: &str = "SELECT a.attname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+   AND (a.attgenerated = 'v' OR (a.attgenerated = 's' AND (c.relkind = 'p' OR c.relispartition)))";
+
 /// Whether the role may lock a table's rows (`SELECT ... FOR KEY SHARE` needs UPDATE
 /// privilege on some column).
 const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE'), \
@@ -791,6 +800,12 @@ async fn table_facts(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let generated: Vec<String> = client
+        .query_typed(GENERATED_SQL, by_name)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let facts = client.query_typed(LOCKABLE_SQL, by_name).await?;
     let lockable = facts.first().is_some_and(|r| r.get::<_, bool>(0));
     let row_security = facts.first().is_some_and(|r| r.get::<_, bool>(1));
@@ -811,6 +826,7 @@ async fn table_facts(
             .map(|r| r.get(0))
             .collect(),
         incomparable: incomparable.clone(),
+        generated: generated.clone(),
         row_security,
         estimated_rows: rows
             .first()
@@ -823,6 +839,7 @@ async fn table_facts(
         relkind,
         partitions,
         incomparable,
+        generated,
         lockable,
         row_security: row_security && !row_security_bypassed,
         policy_reads_role,

@@ -110,6 +110,7 @@ fn base_table(
             .cloned()
             .collect(),
         incomparable: Vec::new(),
+        generated: Vec::new(),
         row_security: false,
         estimated_rows: rows
             .iter()
@@ -184,6 +185,7 @@ fn inventory_views_are_refused() {
         columns: vec![("warehouse_id".into(), "int".into())],
         not_null: Vec::new(),
         incomparable: Vec::new(),
+        generated: Vec::new(),
         row_security: false,
         estimated_rows: 1.0,
     }];
@@ -472,6 +474,7 @@ fn tpch_q5() {
                     .collect(),
                 not_null: Vec::new(),
                 incomparable: Vec::new(),
+                generated: Vec::new(),
                 row_security: false,
                 estimated_rows: 1.0,
             }
@@ -760,6 +763,7 @@ fn names() {
         ],
         not_null: vec!["x".into()],
         incomparable: vec!["x".into()],
+        generated: Vec::new(),
         row_security: false,
         estimated_rows: 10.0,
     }];
@@ -819,6 +823,7 @@ fn grouped_column_with_a_dot_in_its_name() {
         ],
         not_null: vec!["a.b".into(), "x".into()],
         incomparable: Vec::new(),
+        generated: Vec::new(),
         row_security: false,
         estimated_rows: 10.0,
     }];

@@ -57,6 +57,13 @@ pub struct BaseTable {
     /// Its columns whose type has no default btree or hash operator class (json, xml,
     /// point...): an UPDATE cannot compare them, so its old and new rows are all taken.
     pub incomparable: Vec<String>,
+    /// Its generated columns whose value a statement trigger's transition table may not
+    /// hold: VIRTUAL ones (PostgreSQL 18: always NULL there), and STORED ones of a
+    /// partitioned table or a partition (NULL through the parent when the partition's
+    /// columns are laid out otherwise, after a dropped column). Read by the capture,
+    /// an UPDATE takes all its old and new rows; as a key or join column, every change
+    /// means everything; and no deltas are taken from such a table.
+    pub generated: Vec<String>,
     /// The role creating the triggers (their functions run as it) may lock its rows
     /// (`FOR KEY SHARE` / `FOR UPDATE` need UPDATE privilege on some column).
     pub lockable: bool,
@@ -1048,6 +1055,11 @@ impl<'a> Conversion<'a> {
 
     /// What a base table's trigger function computes from its changed rows.
     fn source(&self, t: &super::TableDerivation) -> Result<Source, String> {
+        if let Some(g) = self.generated_key_column(t) {
+            return Ok(Source::All(format!(
+                "its column {g}, which gives the key or joins it, is generated, and its value may be missing from a trigger's transition table (VIRTUAL, or STORED in a partitioned table)"
+            )));
+        }
         let carried = |c: &Carry| plain(c).map(|c| format!("SELECT {} FROM d", list(&c, "d.")));
         let source = match &t.how {
             How::Recompute { reason } => Source::All(reason.clone()),
@@ -1086,19 +1098,47 @@ impl<'a> Conversion<'a> {
     }
 }
 
+impl Conversion<'_> {
+    /// A generated column of `t` ([`BaseTable::generated`]) the capture computes keys
+    /// from (a key column it carries, or the first column of a join path).
+    fn generated_key_column(&self, t: &super::TableDerivation) -> Option<String> {
+        let b = self.table_of(&t.table).ok()?;
+        let mut used: Vec<&String> = Vec::new();
+        let carries = match &t.how {
+            How::Carries(c) => c.as_slice(),
+            How::JoinPath { carries, paths } => {
+                used.extend(
+                    paths
+                        .iter()
+                        .filter_map(|p| p.steps.first().map(|s| &s.from_column)),
+                );
+                carries.as_slice()
+            }
+            How::Recompute { .. } => &[],
+        };
+        used.extend(carries.iter().flat_map(|c| c.columns.iter().flatten()));
+        used.into_iter().find(|c| b.generated.contains(c)).cloned()
+    }
+}
+
 /// The changed rows of one operation, as a SELECT of the columns the definition reads
 /// (an UPDATE: the rows that differ on them, or all old and new rows when one of them
-/// cannot be compared).
+/// cannot be compared, or may be missing from the transition tables: a generated one).
 fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
     let reads_of = |alias: &str| list(reads, &format!("{alias}."));
     match op {
         "insert" => format!("SELECT {} FROM new_rows n", reads_of("n")),
         "delete" => format!("SELECT {} FROM old_rows o", reads_of("o")),
-        _ if reads.iter().any(|r| b.incomparable.contains(r)) => format!(
-            "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
-            reads_of("o"),
-            reads_of("n")
-        ),
+        _ if reads
+            .iter()
+            .any(|r| b.incomparable.contains(r) || b.generated.contains(r)) =>
+        {
+            format!(
+                "SELECT {} FROM old_rows o UNION ALL SELECT {} FROM new_rows n",
+                reads_of("o"),
+                reads_of("n")
+            )
+        }
         _ => format!(
             "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
              UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",

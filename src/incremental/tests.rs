@@ -1067,6 +1067,7 @@ fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
                 relkind: if parts.is_empty() { 'r' } else { 'p' },
                 partitions: parts,
                 incomparable: Vec::new(),
+                generated: Vec::new(),
                 lockable: true,
                 row_security: false,
                 policy_reads_role: false,

@@ -90,6 +90,14 @@ fn eligible<'a>(
     if insts[0].nullable {
         return Err("it is on the nullable side of an outer join".into());
     }
+    if let Some(g) = d
+        .table(t)
+        .and_then(|x| x.reads.iter().find(|c| facts.generated.contains(c)))
+    {
+        return Err(format!(
+            "it is read through its generated column {g}, whose value a trigger's transition table may not hold (VIRTUAL, or STORED in a partitioned table)"
+        ));
+    }
     if top.iter().filter(|x| *x == t).count() != 1 {
         return Err("it is read through a view or a subquery, not in the top-level FROM".into());
     }

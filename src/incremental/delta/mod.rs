@@ -63,6 +63,9 @@ pub struct DeltaTable {
     /// Columns whose type has no equality (json, xml, point...): an UPDATE cannot be
     /// reduced to the rows that changed, all its old and new rows are buffered.
     pub incomparable: Vec<String>,
+    /// Generated columns whose value its statement triggers' transition tables may not
+    /// hold (`BaseTable::generated`).
+    pub generated: Vec<String>,
     /// Row-level security is enabled on it: the view's owner may not see every row a
     /// change holds, so no deltas are taken while it is (groups are recomputed).
     pub row_security: bool,
