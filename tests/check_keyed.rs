@@ -382,10 +382,56 @@ fn check_says_per_base_table_how_changes_reach_the_keys() {
         "derived: stores: carries the key (region)",
         "derived: sales: join path sales.store_id = stores.id → key",
         "derived: bands: recompute everything (a non-equi join",
-        "derived: column n: delta (count(*))",
+        // max(b.label) keeps the view from deltas (init says so): no column is one.
+        "derived: column n: recompute the group (the view takes no deltas",
         // The foreign key that spares stores' INSERTs their capture.
         "INSERT not captured: a row of the view reading it also reads a row of ck2.sales",
     ] {
         assert!(l.contains(part), "{part:?} not in {l}");
     }
+}
+
+/// `check` says what the installed capture does about deltas, as `init` did (from a
+/// review, 2026-12-04): sales joined through varchar columns (printed with `::text`
+/// casts) were "recompute everything (no equi-join connects it to the key)" in `check`
+/// and the fact table taking deltas in `init`; a view taking no deltas (a
+/// `count(DISTINCT)` column) had its sums listed as "delta".
+#[test]
+fn check_says_which_table_takes_deltas_as_init_does() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA vc;
+         CREATE TABLE vc.regions (code varchar(8) PRIMARY KEY, name varchar(40) NOT NULL);
+         CREATE TABLE vc.stores (id int PRIMARY KEY, region_code varchar(8) NOT NULL REFERENCES vc.regions);
+         CREATE TABLE vc.sales (id bigserial PRIMARY KEY, store_id bigint NOT NULL, customer int NOT NULL, qty int NOT NULL);
+         INSERT INTO vc.regions VALUES ('N', 'north'), ('S', 'south');
+         INSERT INTO vc.stores SELECT g, CASE WHEN g % 2 = 0 THEN 'N' ELSE 'S' END FROM generate_series(1, 10) g;
+         INSERT INTO vc.sales (store_id, customer, qty) SELECT 1 + g % 10, g % 7, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW vc.by_region AS
+           SELECT r.name, count(*) AS n, sum(s.qty) AS qty
+             FROM vc.sales s JOIN vc.stores st ON st.id = s.store_id JOIN vc.regions r ON r.code = st.region_code GROUP BY r.name;
+         CREATE UNIQUE INDEX ON vc.by_region (name);
+         CREATE MATERIALIZED VIEW vc.customers AS
+           SELECT s.store_id, count(*) AS n, sum(s.qty) AS qty, count(DISTINCT s.customer) AS customers
+             FROM vc.sales s GROUP BY s.store_id;
+         CREATE UNIQUE INDEX ON vc.customers (store_id);",
+    );
+    let config = adopt(&db, "vc", &["vc.by_region", "vc.customers"]);
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+    let by_region = line(&text, "vc.by_region");
+    assert!(
+        by_region.contains("derived: sales: its changed rows, applied to their groups as deltas"),
+        "{by_region}"
+    );
+    assert!(
+        !by_region.contains("sales: recompute everything"),
+        "{by_region}"
+    );
+    let customers = line(&text, "vc.customers");
+    assert!(!customers.contains(": delta ("), "{customers}");
+    assert!(
+        customers.contains("column qty: recompute the group (the view takes no deltas"),
+        "{customers}"
+    );
 }

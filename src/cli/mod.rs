@@ -367,11 +367,16 @@ impl Inspected {
                     .collect()
             })
             .into_iter();
-        let keyed: Vec<(&QualifiedName, &[String])> = config
+        let keyed: Vec<crate::pg::definitions::KeyedLines> = config
             .views
             .iter()
-            .filter_map(|v| v.keyed.as_ref())
-            .map(|k| (&k.query, k.key.as_slice()))
+            .filter_map(|v| v.keyed.as_ref().map(|k| (v, k)))
+            .map(|(v, k)| crate::pg::definitions::KeyedLines {
+                query: &k.query,
+                key: k.key.as_slice(),
+                table: &v.name,
+                buffer: k.buffer.as_ref(),
+            })
             .collect();
         let derived = match keyed.is_empty() {
             true => Vec::new(),

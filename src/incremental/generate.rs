@@ -173,6 +173,9 @@ pub struct Generated {
     pub consume_no_merge_join: bool,
     /// The fact table whose changes are applied as deltas (`schema.name`).
     pub delta_fact: Option<QualifiedName>,
+    /// The same as the derivation names it (`schema.name`): written into the consume
+    /// function's comment, where `check` reads which table takes deltas.
+    pub delta_fact_table: Option<String>,
     /// Statements, without BEGIN/COMMIT: the caller runs them in its transaction.
     pub install: String,
     pub rollback: String,
@@ -274,12 +277,39 @@ pub fn consume_function_sql(g: &Generated) -> String {
         returns(g),
         if plpgsql { "plpgsql" } else { "sql" },
         dollar(&body),
-        literal(&format!(
-            "refreshd: consumes the change buffer of keyed view {} (called by refreshd in its refresh transaction: config buffer)",
-            g.table
-        )),
+        literal(&consume_comment(g)),
         f = g.consume.quoted(),
     )
+}
+
+/// The consume function's comment; its end says whether the view takes deltas, and
+/// from which table (as the derivation names it), for `check` ([`deltas_of_comment`]).
+fn consume_comment(g: &Generated) -> String {
+    let deltas = match &g.delta_fact_table {
+        Some(t) => format!("{DELTAS_FROM}{t}"),
+        None => NO_DELTAS.to_string(),
+    };
+    format!("{}{deltas}", consume_comment_head(&g.table))
+}
+
+fn consume_comment_head(table: &QualifiedName) -> String {
+    format!(
+        "refreshd: consumes the change buffer of keyed view {table} (called by refreshd in its refresh transaction: config buffer)"
+    )
+}
+
+const DELTAS_FROM: &str = "; deltas from ";
+const NO_DELTAS: &str = "; no deltas";
+
+/// What the comment of keyed view `table`'s consume function says of deltas:
+/// `Some(Some(fact))` (the table, as the derivation names it), `Some(None)` (none),
+/// `None` (another comment, or one written before it said).
+pub fn deltas_of_comment(comment: &str, table: &QualifiedName) -> Option<Option<String>> {
+    let rest = comment.strip_prefix(&consume_comment_head(table))?;
+    if let Some(t) = rest.strip_prefix(DELTAS_FROM) {
+        return Some(Some(t.to_string()));
+    }
+    (rest == NO_DELTAS).then_some(None)
 }
 
 /// The consume function's columns: the key columns with their types, then the
@@ -948,6 +978,7 @@ impl<'a> Conversion<'a> {
             consume_recheck: None,
             consume_no_merge_join: false,
             delta_fact: None,
+            delta_fact_table: None,
             install: String::new(),
             rollback: String::new(),
             capture: Vec::new(),
@@ -1018,6 +1049,7 @@ impl<'a> Conversion<'a> {
         g.consume_recheck = Some(p.recheck_keys.clone());
         g.consume_no_merge_join = !p.tombs.is_empty();
         g.delta_fact = Some(p.fact_name.clone());
+        g.delta_fact_table = Some(p.fact.clone());
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::incremental::{self, Catalog, Relation, RelationKind};
+use crate::incremental::{self, generate, Catalog, Relation, RelationKind};
 use crate::pg::ident::QualifiedName;
 
 /// Every relation a definition can name (user schemas): kind, columns, and a plain
@@ -101,7 +101,7 @@ pub async fn read_relations(
 /// every other schema.
 pub async fn derivation_lines(
     client: &tokio_postgres::Client,
-    views: &[(&QualifiedName, &[String])],
+    views: &[KeyedLines<'_>],
 ) -> Result<Vec<Result<Vec<String>, String>>, tokio_postgres::Error> {
     client
         .batch_execute(
@@ -109,26 +109,90 @@ pub async fn derivation_lines(
         )
         .await?;
     let read = read_relations(client).await;
+    let mut deltas = Ok(Vec::new());
+    if read.is_ok() {
+        deltas = comments(client, views).await;
+    }
     // Read only: COMMIT and ROLLBACK end it alike.
     let end = client.batch_execute("ROLLBACK").await;
     let (catalog, _) = read?;
+    let deltas = deltas?;
     end?;
     Ok(views
         .iter()
-        .map(|(query, key)| {
-            let Some(definition) = catalog.view_definition(&query.schema, &query.name) else {
-                return Err(format!("{query} is not a plain view"));
+        .zip(deltas)
+        .map(|(v, deltas)| {
+            let Some(definition) = catalog.view_definition(&v.query.schema, &v.query.name) else {
+                return Err(format!("{} is not a plain view", v.query));
             };
-            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            let key: Vec<&str> = v.key.iter().map(String::as_str).collect();
             incremental::derive(definition, &key, &catalog)
-                .map(|d| {
-                    d.tables
-                        .iter()
-                        .map(|t| t.to_string())
-                        .chain(d.columns.iter().map(|c| format!("column {c}")))
-                        .collect()
-                })
+                .map(|d| lines(&d, deltas))
                 .map_err(|e| e.reason)
         })
         .collect())
+}
+
+/// A keyed view as `check` derives it: its definition view, key, table and consume
+/// function (`buffer`, when its capture is generated).
+pub struct KeyedLines<'a> {
+    pub query: &'a QualifiedName,
+    pub key: &'a [String],
+    pub table: &'a QualifiedName,
+    pub buffer: Option<&'a QualifiedName>,
+}
+
+/// What each view's consume function's comment says of deltas (see [`lines`]).
+async fn comments(
+    client: &tokio_postgres::Client,
+    views: &[KeyedLines<'_>],
+) -> Result<Vec<Option<Option<String>>>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for v in views {
+        out.push(match v.buffer {
+            Some(b) => consume_comment(client, b)
+                .await?
+                .and_then(|c| generate::deltas_of_comment(&c, v.table)),
+            None => None,
+        });
+    }
+    Ok(out)
+}
+
+/// The comment of the consume function `buffer`, if it exists.
+async fn consume_comment(
+    client: &tokio_postgres::Client,
+    buffer: &QualifiedName,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let signature = format!("{}()", buffer.quoted());
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.obj_description(pg_catalog.to_regprocedure($1::text), 'pg_proc')",
+            &[&signature],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The derivation's lines, with what the installed capture does about deltas
+/// (`deltas`: from the consume function's comment; `None` when it does not say): the
+/// fact table's changes are applied as deltas whatever its derivation, and without
+/// deltas no column is one.
+fn lines(d: &incremental::Derivation, deltas: Option<Option<String>>) -> Vec<String> {
+    let fact = deltas.clone().flatten();
+    let tables = d.tables.iter().map(|t| match &fact {
+        Some(f) if *f == t.table => format!(
+            "{}: its changed rows, applied to their groups as deltas",
+            t.name
+        ),
+        _ => t.to_string(),
+    });
+    let columns = d.columns.iter().map(|c| match (&c.class, &deltas) {
+        (incremental::ColumnClass::Delta { .. }, Some(None)) => format!(
+            "column {}: recompute the group (the view takes no deltas: `init --keyed` says why)",
+            c.name
+        ),
+        _ => format!("column {c}"),
+    });
+    tables.chain(columns).collect()
 }
