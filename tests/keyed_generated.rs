@@ -1136,3 +1136,99 @@ async fn keys_survive_the_databases_output_styles() {
         assert!(!log.contains("refresh failed"), "{settings:?}: {log}");
     }
 }
+
+/// Writes for one of four writers converting again under load: sales inserted,
+/// deleted and updated, stores moved between regions.
+fn again_op(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let store = rng.random_range(1..=20);
+    match rng.random_range(0..10) {
+        0..=4 => format!(
+            "INSERT INTO ag.sales VALUES ({}, {store}, {})",
+            1_000_000 + writer * 100_000 + round,
+            rng.random_range(1..9)
+        ),
+        5 | 6 => format!(
+            "DELETE FROM ag.sales WHERE id = {}",
+            rng.random_range(1..2000)
+        ),
+        7 | 8 => format!(
+            "UPDATE ag.sales SET qty = qty + 1 WHERE store_id = {store} AND id % 7 = {}",
+            rng.random_range(0..7)
+        ),
+        _ => format!(
+            "UPDATE ag.stores SET region_id = {} WHERE id = {store}",
+            rng.random_range(1..=5)
+        ),
+    }
+}
+
+/// `init --keyed --in-place --apply` again (the upgrade path) while four writers write
+/// and the daemon refreshes: its transaction takes the tables' locks one by one and
+/// deadlocked with writers holding one and waiting for another ("nothing was
+/// changed": most runs failed, from a review, 2026-12-04). It tries again now, from a
+/// fresh read of the catalog; every run succeeds and the views stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn converting_again_under_writers_succeeds() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA ag;
+         CREATE TABLE ag.regions (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+         CREATE TABLE ag.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES ag.regions);
+         CREATE TABLE ag.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES ag.stores, qty int NOT NULL);
+         CREATE INDEX ON ag.sales (store_id);
+         INSERT INTO ag.regions SELECT g, 'region ' || g FROM generate_series(1, 5) g;
+         INSERT INTO ag.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
+         INSERT INTO ag.sales SELECT g, 1 + g % 20, 1 + g % 9 FROM generate_series(1, 2000) g;
+         CREATE MATERIALIZED VIEW ag.by_region AS
+           SELECT r.name, count(*) AS n, sum(s.qty) AS qty
+             FROM ag.sales s JOIN ag.stores st ON st.id = s.store_id JOIN ag.regions r ON r.id = st.region_id GROUP BY r.name;
+         CREATE UNIQUE INDEX ON ag.by_region (name);
+         CREATE MATERIALIZED VIEW ag.by_store AS
+           SELECT s.store_id, count(*) AS n, max(s.qty) AS top FROM ag.sales s GROUP BY s.store_id;
+         CREATE UNIQUE INDEX ON ag.by_store (store_id);
+         ANALYZE;",
+    );
+    let args = [
+        "--schema",
+        "ag",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "ag.by_region",
+        "--keyed",
+        "ag.by_store",
+    ];
+    let (out, config, stderr) = init(&db, &args);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"0s\""));
+    d.wait_ready(Duration::from_secs(30)).await;
+    let dsn = db.dsn();
+    let writers = tokio::spawn(async move {
+        support::keyed_storm::storm_for(&dsn, 4, Duration::from_secs(8), 31, again_op).await
+    });
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dsn = db.dsn();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut all = vec!["init", "--url", dsn.as_str()];
+            all.extend_from_slice(&args);
+            support::refreshd(&all)
+        })
+        .await
+        .unwrap();
+        runs.push((out.status.code(), support::stderr(&out)));
+    }
+    let (committed, _) = writers.await.unwrap();
+    assert!(committed > 100, "{committed} committed");
+    let failed: Vec<_> = runs.iter().filter(|(c, _)| *c != Some(0)).collect();
+    assert!(
+        failed.is_empty(),
+        "init again under writers failed: {failed:?}"
+    );
+    let exact = [
+        Exact::definition("ag.by_region", "ag.by_region_def", &[]),
+        Exact::definition("ag.by_store", "ag.by_store_def", &[]),
+    ];
+    wait_equal(&db.dsn(), "", &exact).await;
+}

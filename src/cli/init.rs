@@ -99,35 +99,57 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     }
 }
 
+/// How many times `--apply` tries its transaction when it deadlocks with writers.
+const APPLY_ATTEMPTS: u64 = 5;
+
 /// Reads the catalog, derives the `--keyed` views, writes and applies the SQL as asked
 /// and prints the configuration; `Err`: the one line saying why nothing (more) was done.
 async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
     let (sql_dir, apply) = (opts.sql_dir, opts.apply);
     let (client, target, conn_dsn) = connect(url).await?;
-    let plan = read(&client, opts.schemas)
-        .await
-        .map_err(|e| format!("reading the catalog: {e}"))?;
-    let keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
-    let converting = sql_dir.is_some() || apply;
-    let config = plan.config(&target, &conn_dsn, &keyed, converting);
-    let (install, rollback) = plan.sql(&keyed);
-    if let Some(dir) = sql_dir {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
-            .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback))
-            .map_err(|e| format!("writing {}: {e}", dir.display()))?;
-    }
-    if apply {
+    let mut attempt = 1;
+    let (keyed, config) = loop {
+        let plan = read(&client, opts.schemas)
+            .await
+            .map_err(|e| format!("reading the catalog: {e}"))?;
+        let keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
+        let converting = sql_dir.is_some() || apply;
+        let config = plan.config(&target, &conn_dsn, &keyed, converting);
+        let (install, rollback) = plan.sql(&keyed);
+        if let Some(dir) = sql_dir {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
+                .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback))
+                .map_err(|e| format!("writing {}: {e}", dir.display()))?;
+        }
+        if !apply {
+            break (keyed, config);
+        }
         // The file is one transaction (BEGIN ... COMMIT) sent as one simple query: on an
         // error the server skips the rest, and the ROLLBACK below ends the transaction.
-        if let Err(e) = client.batch_execute(&install).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(format!(
-                "applying the SQL (nothing was changed): {}",
-                crate::pg::connect::error_chain(&e)
-            ));
+        match client.batch_execute(&install).await {
+            Ok(()) => break (keyed, config),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                let why = crate::pg::connect::error_chain(&e);
+                // Writers holding locks on the tables the install takes one by one (a
+                // conversion again under live writes): nothing was changed, and the
+                // next attempt, from a fresh read of the catalog, usually gets through.
+                let code = e.code().map(|c| c.code());
+                if matches!(code, Some("40P01" | "40001")) && attempt < APPLY_ATTEMPTS {
+                    eprintln!(
+                        "refreshd init: applying the SQL met concurrent writers (nothing was changed: {}); trying again ({} of {APPLY_ATTEMPTS})",
+                        escape_line(&why),
+                        attempt + 1
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                return Err(format!("applying the SQL (nothing was changed): {why}"));
+            }
         }
-    }
+    };
     crate::cli::emit(&config);
     if let Some(dir) = sql_dir {
         eprintln!(
