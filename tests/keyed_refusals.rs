@@ -91,9 +91,9 @@ fn init_keyed_refuses_functions_of_the_users_that_are_not_immutable() {
     );
     let dsn = db.dsn();
     for (view, function) in [
-        ("fx.by_store", "fx.rate(text) (STABLE)"),
-        ("fx.through_view", "fx.rate(text) (STABLE)"),
-        ("fx.by_bucket", "fx.bucket(integer) (VOLATILE)"),
+        ("fx.by_store", "fx.rate(text) (stable)"),
+        ("fx.through_view", "fx.rate(text) (stable)"),
+        ("fx.by_bucket", "fx.bucket(integer) (volatile)"),
     ] {
         let out = support::refreshd(&["init", "--url", &dsn, "--keyed", view]);
         let stderr = support::stderr(&out);

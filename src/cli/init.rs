@@ -99,8 +99,12 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     }
 }
 
-/// How many times `--apply` tries its transaction when it deadlocks with writers.
-const APPLY_ATTEMPTS: u64 = 5;
+/// How many times `--apply` tries its transaction when it deadlocks with writers or
+/// gives up waiting for a lock.
+const APPLY_ATTEMPTS: u64 = 10;
+
+/// How long `--apply` waits for each lock (see [`produce`]).
+const LOCK_WAIT: &str = "500ms";
 
 /// Reads the catalog, derives the `--keyed` views, writes and applies the SQL as asked
 /// and prints the configuration; `Err`: the one line saying why nothing (more) was done.
@@ -127,7 +131,15 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         }
         // The file is one transaction (BEGIN ... COMMIT) sent as one simple query: on an
         // error the server skips the rest, and the ROLLBACK below ends the transaction.
-        match client.batch_execute(&install).await {
+        // Each lock it waits for, it waits for at most LOCK_WAIT, less than the server's
+        // deadlock_timeout (1 s by default): where it and a writer wait for each other,
+        // it gives up first (and tries again) instead of a writer's transaction failing.
+        let applied = install.replacen(
+            "BEGIN;\n",
+            &format!("BEGIN;\nSET LOCAL lock_timeout = '{LOCK_WAIT}';\n"),
+            1,
+        );
+        match client.batch_execute(&applied).await {
             Ok(()) => break (keyed, config),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
@@ -136,13 +148,13 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
                 // conversion again under live writes): nothing was changed, and the
                 // next attempt, from a fresh read of the catalog, usually gets through.
                 let code = e.code().map(|c| c.code());
-                if matches!(code, Some("40P01" | "40001")) && attempt < APPLY_ATTEMPTS {
+                if matches!(code, Some("40P01" | "40001" | "55P03")) && attempt < APPLY_ATTEMPTS {
                     eprintln!(
                         "refreshd init: applying the SQL met concurrent writers (nothing was changed: {}); trying again ({} of {APPLY_ATTEMPTS})",
                         escape_line(&why),
                         attempt + 1
                     );
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                     attempt += 1;
                     continue;
                 }
@@ -478,8 +490,8 @@ async fn unseen_functions(
         .iter()
         .map(|r| {
             let kind = match r.get::<_, String>(1).as_str() {
-                "v" => "VOLATILE",
-                _ => "STABLE",
+                "v" => "volatile",
+                _ => "stable",
             };
             format!("{} ({kind})", r.get::<_, String>(0))
         })
