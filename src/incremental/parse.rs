@@ -176,6 +176,34 @@ fn time_filtered(v: &serde_json::Value) -> Option<String> {
 
 /// A call of the clock in the tree (its name as written), if any.
 fn clock_call(v: &serde_json::Value) -> Option<String> {
+    first_call(
+        v,
+        |op| {
+            use pb::SqlValueFunctionOp as Op;
+            matches!(
+                op,
+                Op::SvfopCurrentDate
+                    | Op::SvfopCurrentTime
+                    | Op::SvfopCurrentTimeN
+                    | Op::SvfopCurrentTimestamp
+                    | Op::SvfopCurrentTimestampN
+                    | Op::SvfopLocaltime
+                    | Op::SvfopLocaltimeN
+                    | Op::SvfopLocaltimestamp
+                    | Op::SvfopLocaltimestampN
+            )
+        },
+        super::volatile::reads_the_clock,
+    )
+}
+
+/// The first call in the tree that is a SQL value function `svf` accepts (`CURRENT_USER`
+/// ...) or a function whose name `func` accepts, as written (`f()`).
+fn first_call(
+    v: &serde_json::Value,
+    svf: fn(&pb::SqlValueFunctionOp) -> bool,
+    func: fn(&str) -> bool,
+) -> Option<String> {
     match v {
         serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
             let found = match k.as_str() {
@@ -183,30 +211,17 @@ fn clock_call(v: &serde_json::Value) -> Option<String> {
                     .get("op")
                     .and_then(|op| op.as_i64())
                     .and_then(|op| pb::SqlValueFunctionOp::try_from(op as i32).ok())
-                    .filter(|op| {
-                        matches!(
-                            op,
-                            pb::SqlValueFunctionOp::SvfopCurrentDate
-                                | pb::SqlValueFunctionOp::SvfopCurrentTime
-                                | pb::SqlValueFunctionOp::SvfopCurrentTimeN
-                                | pb::SqlValueFunctionOp::SvfopCurrentTimestamp
-                                | pb::SqlValueFunctionOp::SvfopCurrentTimestampN
-                                | pb::SqlValueFunctionOp::SvfopLocaltime
-                                | pb::SqlValueFunctionOp::SvfopLocaltimeN
-                                | pb::SqlValueFunctionOp::SvfopLocaltimestamp
-                                | pb::SqlValueFunctionOp::SvfopLocaltimestampN
-                        )
-                    })
+                    .filter(svf)
                     .map(|op| op.as_str_name().trim_start_matches("SVFOP_").to_string()),
                 "FuncCall" => {
                     let name = func_name(x);
-                    super::volatile::reads_the_clock(&name).then(|| format!("{name}()"))
+                    func(&name).then(|| format!("{name}()"))
                 }
                 _ => None,
             };
-            found.or_else(|| clock_call(x))
+            found.or_else(|| first_call(x, svf, func))
         }),
-        serde_json::Value::Array(a) => a.iter().find_map(clock_call),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| first_call(x, svf, func)),
         _ => None,
     }
 }
@@ -246,41 +261,17 @@ fn contains_call_with(v: &serde_json::Value, pred: fn(&serde_json::Value) -> boo
 /// The first call in the tree whose value depends on the role that evaluates it
 /// (`CURRENT_USER` and its kin, the privilege inquiry functions), if any.
 fn role_dependent(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
-            let found = match k.as_str() {
-                "SQLValueFunction" | "SqlvalueFunction" => x
-                    .get("op")
-                    .and_then(|op| op.as_i64())
-                    .and_then(|op| pb::SqlValueFunctionOp::try_from(op as i32).ok())
-                    .filter(|op| {
-                        matches!(
-                            op,
-                            pb::SqlValueFunctionOp::SvfopCurrentUser
-                                | pb::SqlValueFunctionOp::SvfopCurrentRole
-                                | pb::SqlValueFunctionOp::SvfopUser
-                                | pb::SqlValueFunctionOp::SvfopSessionUser
-                        )
-                    })
-                    .map(|op| op.as_str_name().trim_start_matches("SVFOP_").to_string()),
-                "FuncCall" => {
-                    let name = x
-                        .get("funcname")
-                        .and_then(|n| n.as_array())
-                        .and_then(|a| a.last())
-                        .and_then(|n| n.pointer("/node/String/sval").or(n.pointer("/String/sval")))
-                        .and_then(|s| s.as_str())
-                        .unwrap_or_default()
-                        .to_ascii_lowercase();
-                    super::volatile::role_dependent(&name).then(|| format!("{name}()"))
-                }
-                _ => None,
-            };
-            found.or_else(|| role_dependent(x))
-        }),
-        serde_json::Value::Array(a) => a.iter().find_map(role_dependent),
-        _ => None,
-    }
+    first_call(
+        v,
+        |op| {
+            use pb::SqlValueFunctionOp as Op;
+            matches!(
+                op,
+                Op::SvfopCurrentUser | Op::SvfopCurrentRole | Op::SvfopUser | Op::SvfopSessionUser
+            )
+        },
+        super::volatile::role_dependent,
+    )
 }
 
 fn node(n: &pb::Node) -> Option<&NodeEnum> {
