@@ -561,35 +561,14 @@ async fn dimension_deletes_under_four_writers_are_applied_as_deltas() {
     let dsn = db.dsn();
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = {
-        let (dsn, stop, counter) = (dsn.clone(), stop.clone(), counter.clone());
-        tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .expect("refresher connects");
-            tokio::spawn(conn);
-            let (mut refreshes, mut everything) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                let rows = client
-                    .simple_query(&format!(
-                        "{}; SELECT 1",
-                        refresh_by_hand_sql("fk.by_region", "region")
-                    ))
-                    .await
-                    .expect("refresh");
-                let said = rows.iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                });
-                refreshes += 1;
-                counter.fetch_add(1, Ordering::SeqCst);
-                if said.as_deref() == Some("everything") {
-                    everything += 1;
-                }
-            }
-            (refreshes, everything)
-        })
-    };
+    let refresher = support::keyed_storm::refresher(
+        &dsn,
+        &[("fk.by_region", "region")],
+        stop.clone(),
+        counter.clone(),
+        support::keyed_storm::as_is,
+        &[],
+    );
     let (committed, _) = support::keyed_storm::storm_beside(
         &dsn,
         4,
@@ -601,7 +580,7 @@ async fn dimension_deletes_under_four_writers_are_applied_as_deltas() {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (refreshes, everything) = refresher.await.expect("refresher");
+    let (refreshes, everything, _) = refresher.await.expect("refresher");
     println!("{committed} committed, {refreshes} refreshes");
     assert!(committed > 400, "{committed} committed");
     assert_eq!(everything, 0, "refreshes that recomputed everything");

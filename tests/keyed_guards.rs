@@ -8,7 +8,7 @@ mod support;
 
 use support::keyed_storm::{
     assert_exact, convert_in_place as convert, difference as diff, difference_sql,
-    refresh_by_hand as refresh, refresh_by_hand_sql as refresh_sql, show_both as show,
+    refresh_by_hand as refresh, show_both as show,
 };
 use support::TestDb;
 
@@ -556,6 +556,17 @@ fn storm_op(rng: &mut rand::rngs::StdRng, writer: usize, round: usize) -> String
     format!("{iso}DO $$BEGIN {sql}; EXCEPTION WHEN foreign_key_violation OR unique_violation OR not_null_violation THEN NULL; END$$")
 }
 
+/// A third of the refreshes rolled back after the consume, a sixth given a statement
+/// timeout of 2 ms.
+fn roll_back_or_time_out(rng: &mut rand::rngs::StdRng, sql: String) -> String {
+    use rand::RngExt;
+    match rng.random_range(0..6) {
+        0 | 1 => sql.replace("; COMMIT", "; ROLLBACK"),
+        2 => sql.replace("LOCK TABLE", "SET LOCAL statement_timeout = 2; LOCK TABLE"),
+        _ => sql,
+    }
+}
+
 /// Four writers (a quarter REPEATABLE READ, a quarter SERIALIZABLE) deleting and
 /// re-inserting stores and regions with their sales, while a refresher refreshes a
 /// counted and a probed view back to back, a third of its refreshes rolled back after
@@ -563,7 +574,6 @@ fn storm_op(rng: &mut rand::rngs::StdRng, writer: usize, round: usize) -> String
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() {
-    use rand::{RngExt, SeedableRng};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let db = TestDb::new();
@@ -602,48 +612,18 @@ async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() 
     let views = [("cz.counted", "region"), ("cz.probed", "region")];
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = {
-        let (dsn, stop, counter) = (dsn.clone(), stop.clone(), counter.clone());
-        tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-            let (mut n, mut failed) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                for (v, key) in views {
-                    let mut sql = refresh_sql(v, key);
-                    match rng.random_range(0..6) {
-                        0 | 1 => sql = sql.replace("; COMMIT", "; ROLLBACK"),
-                        2 => {
-                            sql = sql.replace(
-                                "LOCK TABLE",
-                                "SET LOCAL statement_timeout = 2; LOCK TABLE",
-                            )
-                        }
-                        _ => {}
-                    }
-                    if let Err(e) = client.simple_query(&sql).await {
-                        let _ = client.simple_query("ROLLBACK").await;
-                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                        assert!(
-                            ["40001", "40P01", "57014"].contains(&code.as_str()),
-                            "refresh of {v}: {e:?}"
-                        );
-                        failed += 1;
-                    }
-                }
-                n += 1;
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            (n, failed)
-        })
-    };
+    let refresher = support::keyed_storm::refresher(
+        &dsn,
+        &views,
+        stop.clone(),
+        counter.clone(),
+        roll_back_or_time_out,
+        &["40001", "40P01", "57014"],
+    );
     let (committed, rolled) =
         support::keyed_storm::storm_beside(&dsn, 4, 200, 99, storm_op, counter, 6).await;
     stop.store(true, Ordering::Relaxed);
-    let (n, failed) = refresher.await.unwrap();
+    let (n, _, failed) = refresher.await.unwrap();
     println!("{committed} committed, {rolled} rolled back, {n} refresh rounds, {failed} refreshes failed");
     for (v, key) in views {
         let said = refresh(&db, v, key);

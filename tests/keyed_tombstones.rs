@@ -11,7 +11,7 @@ mod support;
 
 use support::keyed_storm::{
     assert_exact, convert_in_place as convert, difference as diff, difference_sql,
-    refresh_by_hand as refresh, refresh_by_hand_sql as refresh_sql, show_both as show,
+    refresh_by_hand as refresh, show_both as show,
 };
 use support::TestDb;
 
@@ -588,35 +588,18 @@ async fn probed_views_under_concurrent_writers_are_exact() {
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = {
-        let (dsn, stop, counter) = (dsn.clone(), stop.clone(), counter.clone());
-        tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (v, key) in PROBE_VIEWS {
-                    if let Err(e) = client.simple_query(&refresh_sql(v, key)).await {
-                        let _ = client.simple_query("ROLLBACK").await;
-                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                        assert!(
-                            ["40001", "40P01"].contains(&code.as_str()),
-                            "refresh of {v}: {e:?}"
-                        );
-                    }
-                }
-                n += 1;
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            n
-        })
-    };
+    let refresher = support::keyed_storm::refresher(
+        &dsn,
+        &PROBE_VIEWS,
+        stop.clone(),
+        counter.clone(),
+        support::keyed_storm::as_is,
+        &["40001", "40P01"],
+    );
     let (committed, rolled) =
         support::keyed_storm::storm_beside(&dsn, 4, 150, 77, concurrent_op, counter, 6).await;
     stop.store(true, Ordering::Relaxed);
-    let n = refresher.await.unwrap();
+    let (n, _, _) = refresher.await.unwrap();
     println!("{committed} committed, {rolled} rolled back, {n} refresh rounds");
     for (v, key) in PROBE_VIEWS {
         let said = refresh(&db, v, key);
@@ -1161,44 +1144,14 @@ async fn tombstones_under_concurrent_writers_are_exact() {
     let views = [("cs.counted", "region"), ("cs.probed", "region")];
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = {
-        let (dsn, stop, counter) = (dsn.clone(), stop.clone(), counter.clone());
-        tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let (mut n, mut everything) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                for (v, key) in views {
-                    match client.simple_query(&refresh_sql(v, key)).await {
-                        Ok(rows) => {
-                            let said = rows.iter().find_map(|m| match m {
-                                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                    r.get(0).map(str::to_string)
-                                }
-                                _ => None,
-                            });
-                            if said.as_deref() == Some("everything") {
-                                everything += 1;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = client.simple_query("ROLLBACK").await;
-                            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                            assert!(
-                                ["40001", "40P01"].contains(&code.as_str()),
-                                "refresh of {v}: {e:?}"
-                            );
-                        }
-                    }
-                }
-                n += 1;
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            (n, everything)
-        })
-    };
+    let refresher = support::keyed_storm::refresher(
+        &dsn,
+        &views,
+        stop.clone(),
+        counter.clone(),
+        support::keyed_storm::as_is,
+        &["40001", "40P01"],
+    );
     let (committed, rolled) = support::keyed_storm::storm_beside(
         &dsn,
         4,
@@ -1213,7 +1166,7 @@ async fn tombstones_under_concurrent_writers_are_exact() {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (n, everything) = refresher.await.unwrap();
+    let (n, everything, _) = refresher.await.unwrap();
     println!("{committed} committed, {rolled} rolled back, {n} refresh rounds, {everything} recomputed everything");
     for (v, key) in views {
         let said = refresh(&db, v, key);

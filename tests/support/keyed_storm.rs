@@ -347,3 +347,65 @@ pub fn assert_exact(db: &super::TestDb, view: &str, said: &str) {
         show_both(db, view)
     );
 }
+
+/// A refresher beside a storm ([`storm_beside`]): refreshes `views` (view converted in
+/// place, key column) by hand, as refreshd does, one after the other, until `stop`,
+/// counting each round in `counter`. `tweak` may change a refresh's SQL (roll it back,
+/// give it a statement timeout); a refresh failing with one of the SQLSTATEs `allowed`
+/// is rolled back and counted, any other error fails. Returns the rounds, the refreshes
+/// that recomputed everything, and the failed ones.
+pub fn refresher(
+    dsn: &str,
+    views: &[(&str, &str)],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tweak: fn(&mut StdRng, String) -> String,
+    allowed: &'static [&'static str],
+) -> tokio::task::JoinHandle<(usize, usize, usize)> {
+    use std::sync::atomic::Ordering;
+    let dsn = dsn.to_string();
+    let views: Vec<(String, String)> = views
+        .iter()
+        .map(|(v, k)| (v.to_string(), k.to_string()))
+        .collect();
+    tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .expect("refresher connects");
+        tokio::spawn(conn);
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut rounds, mut everything, mut failed) = (0, 0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            for (v, key) in &views {
+                let sql = tweak(&mut rng, refresh_by_hand_sql(v, key));
+                match client.simple_query(&sql).await {
+                    Ok(rows) => {
+                        let said = rows.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                r.get(0).map(str::to_string)
+                            }
+                            _ => None,
+                        });
+                        if said.as_deref() == Some("everything") {
+                            everything += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = client.simple_query("ROLLBACK").await;
+                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                        assert!(allowed.contains(&code.as_str()), "refresh of {v}: {e:?}");
+                        failed += 1;
+                    }
+                }
+            }
+            rounds += 1;
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        (rounds, everything, failed)
+    })
+}
+
+/// A refresh's SQL as it is ([`refresher`]'s `tweak`).
+pub fn as_is(_: &mut StdRng, sql: String) -> String {
+    sql
+}
