@@ -577,23 +577,7 @@ async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() 
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA cz;
-         CREATE TABLE cz.regions (id int PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE cz.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES cz.regions);
-         CREATE TABLE cz.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES cz.stores, qty int NOT NULL);
-         CREATE INDEX ON cz.sales (store_id); CREATE INDEX ON cz.stores (region_id);
-         INSERT INTO cz.regions SELECT g, 'region ' || g FROM generate_series(1, 6) g;
-         INSERT INTO cz.stores SELECT g, 1 + g % 6 FROM generate_series(1, 24) g;
-         INSERT INTO cz.sales SELECT g, 1 + g % 24, 1 + g % 9 FROM generate_series(1, 2400) g;
-         CREATE MATERIALIZED VIEW cz.counted AS SELECT r.id AS region, r.name, count(*) AS n, sum(s.qty) AS qty
-           FROM cz.sales s JOIN cz.stores st ON st.id = s.store_id JOIN cz.regions r ON r.id = st.region_id GROUP BY r.id, r.name;
-         CREATE UNIQUE INDEX ON cz.counted (region);
-         CREATE MATERIALIZED VIEW cz.probed AS SELECT r.id AS region, sum(s.qty) AS qty
-           FROM cz.sales s JOIN cz.stores st ON st.id = s.store_id JOIN cz.regions r ON r.id = st.region_id GROUP BY r.id;
-         CREATE UNIQUE INDEX ON cz.probed (region);
-         ANALYZE;",
-    );
+    db.psql(&support::keyed_storm::counted_and_probed_schema("cz"));
     let dsn = db.dsn();
     let out = support::refreshd(&[
         "init",

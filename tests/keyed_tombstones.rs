@@ -1104,23 +1104,7 @@ async fn tombstones_under_concurrent_writers_are_exact() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA cs;
-         CREATE TABLE cs.regions (id int PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE cs.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES cs.regions);
-         CREATE TABLE cs.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES cs.stores, qty int NOT NULL);
-         CREATE INDEX ON cs.sales (store_id); CREATE INDEX ON cs.stores (region_id);
-         INSERT INTO cs.regions SELECT g, 'region ' || g FROM generate_series(1, 6) g;
-         INSERT INTO cs.stores SELECT g, 1 + g % 6 FROM generate_series(1, 24) g;
-         INSERT INTO cs.sales SELECT g, 1 + g % 24, 1 + g % 9 FROM generate_series(1, 2400) g;
-         CREATE MATERIALIZED VIEW cs.counted AS SELECT r.id AS region, r.name, count(*) AS n, sum(s.qty) AS qty
-           FROM cs.sales s JOIN cs.stores st ON st.id = s.store_id JOIN cs.regions r ON r.id = st.region_id GROUP BY r.id, r.name;
-         CREATE UNIQUE INDEX ON cs.counted (region);
-         CREATE MATERIALIZED VIEW cs.probed AS SELECT r.id AS region, sum(s.qty) AS qty
-           FROM cs.sales s JOIN cs.stores st ON st.id = s.store_id JOIN cs.regions r ON r.id = st.region_id GROUP BY r.id;
-         CREATE UNIQUE INDEX ON cs.probed (region);
-         ANALYZE;",
-    );
+    db.psql(&support::keyed_storm::counted_and_probed_schema("cs"));
     let dsn = db.dsn();
     let out = support::refreshd(&[
         "init",

@@ -409,3 +409,26 @@ pub fn refresher(
 pub fn as_is(_: &mut StdRng, sql: String) -> String {
     sql
 }
+
+/// Regions <- stores <- sales (24 stores in 6 regions, 2,400 sales, every key NO
+/// ACTION) in schema `s`, with two views over them: `s.counted` (count and sum by
+/// region: deltas) and `s.probed` (a sum only: groups losing rows are probed).
+pub fn counted_and_probed_schema(s: &str) -> String {
+    format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.regions (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE {s}.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES {s}.regions);
+         CREATE TABLE {s}.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES {s}.stores, qty int NOT NULL);
+         CREATE INDEX ON {s}.sales (store_id); CREATE INDEX ON {s}.stores (region_id);
+         INSERT INTO {s}.regions SELECT g, 'region ' || g FROM generate_series(1, 6) g;
+         INSERT INTO {s}.stores SELECT g, 1 + g % 6 FROM generate_series(1, 24) g;
+         INSERT INTO {s}.sales SELECT g, 1 + g % 24, 1 + g % 9 FROM generate_series(1, 2400) g;
+         CREATE MATERIALIZED VIEW {s}.counted AS SELECT r.id AS region, r.name, count(*) AS n, sum(s.qty) AS qty
+           FROM {s}.sales s JOIN {s}.stores st ON st.id = s.store_id JOIN {s}.regions r ON r.id = st.region_id GROUP BY r.id, r.name;
+         CREATE UNIQUE INDEX ON {s}.counted (region);
+         CREATE MATERIALIZED VIEW {s}.probed AS SELECT r.id AS region, sum(s.qty) AS qty
+           FROM {s}.sales s JOIN {s}.stores st ON st.id = s.store_id JOIN {s}.regions r ON r.id = st.region_id GROUP BY r.id;
+         CREATE UNIQUE INDEX ON {s}.probed (region);
+         ANALYZE;"
+    )
+}
