@@ -554,34 +554,24 @@ fn a_deleted_dimension_row_is_found_by_index() {
 /// (A daemon test would pass with wrong deltas if a full recompute came after them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dimension_deletes_under_four_writers_are_applied_as_deltas() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let db = TestDb::new();
     converted(&db);
-    let dsn = db.dsn();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = support::keyed_storm::refresher(
-        &dsn,
-        &[("fk.by_region", "region")],
-        stop.clone(),
-        counter.clone(),
-        support::keyed_storm::as_is,
-        &[],
-    );
-    let (committed, _) = support::keyed_storm::storm_beside(
-        &dsn,
+    let done = support::keyed_storm::storm_while_refreshing(
+        &db.dsn(),
         4,
         150,
         20_261_204,
         fk_op_keeping_ids,
-        counter,
-        11,
+        support::keyed_storm::Refreshing {
+            views: &[("fk.by_region", "region")],
+            tweak: support::keyed_storm::as_is,
+            allowed: &[],
+            at_least: 11,
+        },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let (refreshes, everything, _) = refresher.await.expect("refresher");
-    println!("{committed} committed, {refreshes} refreshes");
+    println!("{done:?}");
+    let (committed, everything) = (done.committed, done.everything);
     assert!(committed > 400, "{committed} committed");
     assert_eq!(everything, 0, "refreshes that recomputed everything");
     assert_ne!(consume_and_recompute(&db), "everything");

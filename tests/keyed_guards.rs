@@ -574,8 +574,6 @@ fn roll_back_or_time_out(rng: &mut rand::rngs::StdRng, sql: String) -> String {
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let db = TestDb::new();
     db.psql(&support::keyed_storm::counted_and_probed_schema("cz"));
     let dsn = db.dsn();
@@ -594,29 +592,24 @@ async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() 
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
     let views = [("cz.counted", "region"), ("cz.probed", "region")];
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = support::keyed_storm::refresher(
+    let done = support::keyed_storm::storm_while_refreshing(
         &dsn,
-        &views,
-        stop.clone(),
-        counter.clone(),
-        roll_back_or_time_out,
-        &["40001", "40P01", "57014"],
-    );
-    let (committed, rolled) =
-        support::keyed_storm::storm_beside(&dsn, 4, 200, 99, storm_op, counter, 6).await;
-    stop.store(true, Ordering::Relaxed);
-    let (n, _, failed) = refresher.await.unwrap();
-    println!("{committed} committed, {rolled} rolled back, {n} refresh rounds, {failed} refreshes failed");
+        4,
+        200,
+        99,
+        storm_op,
+        support::keyed_storm::Refreshing {
+            views: &views,
+            tweak: roll_back_or_time_out,
+            allowed: &["40001", "40P01", "57014"],
+            at_least: 6,
+        },
+    )
+    .await;
+    println!("{done:?}");
     for (v, key) in views {
         let said = refresh(&db, v, key);
-        assert_eq!(
-            diff(&db, v),
-            "0",
-            "{v} (refresh said {said}): {}",
-            show(&db, v)
-        );
+        assert_exact(&db, v, &said);
     }
 }
 

@@ -567,8 +567,6 @@ fn concurrent_op(rng: &mut rand::rngs::StdRng, writer: usize, round: usize) -> S
 /// refreshes them back to back; afterwards every view equals its definition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn probed_views_under_concurrent_writers_are_exact() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let db = TestDb::new();
     db.psql(PROBE_SCHEMA);
     let dsn = db.dsn();
@@ -586,29 +584,24 @@ async fn probed_views_under_concurrent_writers_are_exact() {
     }
     let out = support::refreshd(&args);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = support::keyed_storm::refresher(
+    let done = support::keyed_storm::storm_while_refreshing(
         &dsn,
-        &PROBE_VIEWS,
-        stop.clone(),
-        counter.clone(),
-        support::keyed_storm::as_is,
-        &["40001", "40P01"],
-    );
-    let (committed, rolled) =
-        support::keyed_storm::storm_beside(&dsn, 4, 150, 77, concurrent_op, counter, 6).await;
-    stop.store(true, Ordering::Relaxed);
-    let (n, _, _) = refresher.await.unwrap();
-    println!("{committed} committed, {rolled} rolled back, {n} refresh rounds");
+        4,
+        150,
+        77,
+        concurrent_op,
+        support::keyed_storm::Refreshing {
+            views: &PROBE_VIEWS,
+            tweak: support::keyed_storm::as_is,
+            allowed: &["40001", "40P01"],
+            at_least: 6,
+        },
+    )
+    .await;
+    println!("{done:?}");
     for (v, key) in PROBE_VIEWS {
         let said = refresh(&db, v, key);
-        assert_eq!(
-            diff(&db, v),
-            "0",
-            "{v} (refresh said {said}): {}",
-            show(&db, v)
-        );
+        assert_exact(&db, v, &said);
     }
 }
 
@@ -844,27 +837,34 @@ fn a_parent_updated_after_a_tombstoned_row_is_deleted_is_recomputed() {
     assert_exact(&db, "co.by_region", &said);
 }
 
+/// Regions (with an `active` flag) <- stores <- sales (20 stores in 5 of 6 regions,
+/// region 6 without stores), in schema `s`, and `s.by_store`: sales by store, of active
+/// regions only. Stores keep tombstones (sales -> stores is a key).
+fn active_regions_schema(s: &str) -> String {
+    format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.regions (id int PRIMARY KEY, active boolean NOT NULL);
+         CREATE TABLE {s}.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES {s}.regions);
+         CREATE TABLE {s}.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES {s}.stores, qty int NOT NULL);
+         CREATE INDEX ON {s}.sales (store_id);
+         INSERT INTO {s}.regions SELECT g, true FROM generate_series(1, 6) g;
+         INSERT INTO {s}.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
+         INSERT INTO {s}.sales SELECT g, 1 + g % 20, 1 + g % 9 FROM generate_series(1, 2000) g;
+         CREATE MATERIALIZED VIEW {s}.by_store AS
+           SELECT st.id AS store, count(*) AS n, sum(s.qty) AS qty
+             FROM {s}.sales s JOIN {s}.stores st ON st.id = s.store_id JOIN {s}.regions r ON r.id = st.region_id
+            WHERE r.active GROUP BY st.id;
+         CREATE UNIQUE INDEX ON {s}.by_store (store);
+         ANALYZE;"
+    )
+}
+
 /// The same with a single statement of the deletes and the update in separate
 /// transactions, by store: stores keyed by their own id, filtered by their region.
 #[test]
 fn a_region_deactivated_after_its_store_is_deleted_is_recomputed() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA ks;
-         CREATE TABLE ks.regions (id int PRIMARY KEY, active boolean NOT NULL);
-         CREATE TABLE ks.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES ks.regions);
-         CREATE TABLE ks.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES ks.stores, qty int NOT NULL);
-         CREATE INDEX ON ks.sales (store_id);
-         INSERT INTO ks.regions SELECT g, true FROM generate_series(1, 6) g;
-         INSERT INTO ks.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
-         INSERT INTO ks.sales SELECT g, 1 + g % 20, 1 + g % 9 FROM generate_series(1, 2000) g;
-         CREATE MATERIALIZED VIEW ks.by_store AS
-           SELECT st.id AS store, count(*) AS n, sum(s.qty) AS qty
-             FROM ks.sales s JOIN ks.stores st ON st.id = s.store_id JOIN ks.regions r ON r.id = st.region_id
-            WHERE r.active GROUP BY st.id;
-         CREATE UNIQUE INDEX ON ks.by_store (store);
-         ANALYZE;",
-    );
+    db.psql(&active_regions_schema("ks"));
     let (config, _) = convert(&db, "ks", "ks.by_store");
     assert!(config.contains("ks_by_store_gone_stores_"), "{config}");
     // Store 5 is in region 1, with stores 10, 15 and 20.
@@ -880,21 +880,7 @@ fn a_region_deactivated_after_its_store_is_deleted_is_recomputed() {
 #[test]
 fn updating_a_region_without_stores_does_not_recompute_everything() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA ne;
-         CREATE TABLE ne.regions (id int PRIMARY KEY, active boolean NOT NULL);
-         CREATE TABLE ne.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES ne.regions);
-         CREATE TABLE ne.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES ne.stores, qty int NOT NULL);
-         INSERT INTO ne.regions SELECT g, true FROM generate_series(1, 6) g;
-         INSERT INTO ne.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
-         INSERT INTO ne.sales SELECT g, 1 + g % 20, 1 + g % 9 FROM generate_series(1, 2000) g;
-         CREATE MATERIALIZED VIEW ne.by_store AS
-           SELECT st.id AS store, count(*) AS n, sum(s.qty) AS qty
-             FROM ne.sales s JOIN ne.stores st ON st.id = s.store_id JOIN ne.regions r ON r.id = st.region_id
-            WHERE r.active GROUP BY st.id;
-         CREATE UNIQUE INDEX ON ne.by_store (store);
-         ANALYZE;",
-    );
+    db.psql(&active_regions_schema("ne"));
     convert(&db, "ne", "ne.by_store");
     db.psql("UPDATE ne.regions SET active = false WHERE id = 6");
     let said = refresh(&db, "ne.by_store", "store");
@@ -1101,8 +1087,6 @@ fn storm_op(rng: &mut rand::rngs::StdRng, writer: usize, round: usize) -> String
 /// one probed) back to back; then both equal their definitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tombstones_under_concurrent_writers_are_exact() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let db = TestDb::new();
     db.psql(&support::keyed_storm::counted_and_probed_schema("cs"));
     let dsn = db.dsn();
@@ -1126,17 +1110,7 @@ async fn tombstones_under_concurrent_writers_are_exact() {
         "{config}"
     );
     let views = [("cs.counted", "region"), ("cs.probed", "region")];
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refresher = support::keyed_storm::refresher(
-        &dsn,
-        &views,
-        stop.clone(),
-        counter.clone(),
-        support::keyed_storm::as_is,
-        &["40001", "40P01"],
-    );
-    let (committed, rolled) = support::keyed_storm::storm_beside(
+    let done = support::keyed_storm::storm_while_refreshing(
         &dsn,
         4,
         200,
@@ -1145,21 +1119,18 @@ async fn tombstones_under_concurrent_writers_are_exact() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(4242),
         storm_op,
-        counter,
-        6,
+        support::keyed_storm::Refreshing {
+            views: &views,
+            tweak: support::keyed_storm::as_is,
+            allowed: &["40001", "40P01"],
+            at_least: 6,
+        },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let (n, everything, _) = refresher.await.unwrap();
-    println!("{committed} committed, {rolled} rolled back, {n} refresh rounds, {everything} recomputed everything");
+    println!("{done:?}");
     for (v, key) in views {
         let said = refresh(&db, v, key);
-        assert_eq!(
-            diff(&db, v),
-            "0",
-            "{v} (refresh said {said}): {}",
-            show(&db, v)
-        );
+        assert_exact(&db, v, &said);
     }
 }
 
@@ -1214,22 +1185,7 @@ fn control_without_tombstones_the_parent_update_is_exact() {
 #[test]
 fn a_region_deactivated_in_the_statement_deleting_its_store_is_exact() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA ss;
-         CREATE TABLE ss.regions (id int PRIMARY KEY, active boolean NOT NULL);
-         CREATE TABLE ss.stores (id int PRIMARY KEY, region_id int NOT NULL REFERENCES ss.regions);
-         CREATE TABLE ss.sales (id bigint PRIMARY KEY, store_id int NOT NULL REFERENCES ss.stores, qty int NOT NULL);
-         CREATE INDEX ON ss.sales (store_id);
-         INSERT INTO ss.regions SELECT g, true FROM generate_series(1, 6) g;
-         INSERT INTO ss.stores SELECT g, 1 + g % 5 FROM generate_series(1, 20) g;
-         INSERT INTO ss.sales SELECT g, 1 + g % 20, 1 + g % 9 FROM generate_series(1, 2000) g;
-         CREATE MATERIALIZED VIEW ss.by_store AS
-           SELECT st.id AS store, count(*) AS n, sum(s.qty) AS qty
-             FROM ss.sales s JOIN ss.stores st ON st.id = s.store_id JOIN ss.regions r ON r.id = st.region_id
-            WHERE r.active GROUP BY st.id;
-         CREATE UNIQUE INDEX ON ss.by_store (store);
-         ANALYZE;",
-    );
+    db.psql(&active_regions_schema("ss"));
     let (config, _) = convert(&db, "ss", "ss.by_store");
     assert!(config.contains("ss_by_store_gone_stores_"), "{config}");
     // Store 5 is in region 1. Both orders of the statements in one statement.

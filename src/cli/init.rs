@@ -406,22 +406,14 @@ async fn derive_one(
             .view_definition(&def.schema, &def.name)
             .map(str::to_string);
     }
-    let derived = derivation(name, &relkind, ours, in_place, definition, key, catalog);
-    let derived = match derived {
-        Ok(d) => {
-            let read = if ours {
-                generate::definition_view(name)
-            } else {
-                name.clone()
-            };
-            match unseen_functions(client, &read)
-                .await
-                .map_err(catalog_error)?
-            {
-                Some(reason) => Err(reason),
-                None => Ok(d),
-            }
-        }
+    let derived = match derivation(name, &relkind, ours, in_place, definition, key, catalog) {
+        Ok(d) => match unseen_functions(client, name, ours)
+            .await
+            .map_err(catalog_error)?
+        {
+            Some(reason) => Err(reason),
+            None => Ok(d),
+        },
         Err(e) => Err(e),
     };
     let (outcome, conversion, deltas) = match derived {
@@ -475,11 +467,19 @@ SELECT DISTINCT p.oid::pg_catalog.regprocedure::text, p.provolatile::text \
 /// capture: its value may change with no write to a table the view reads (a table the
 /// function reads, a setting, the clock), which no trigger sees, and a VOLATILE one
 /// changes from call to call (in a key, no group could be found again). `None` when
-/// it calls none. PostgreSQL's own functions are judged by the derivation.
+/// it calls none. PostgreSQL's own functions are judged by the derivation. `ours`: `name`
+/// is a table this command converted in place.
 async fn unseen_functions(
     client: &tokio_postgres::Client,
-    read: &QualifiedName,
+    name: &QualifiedName,
+    ours: bool,
 ) -> Result<Option<String>, tokio_postgres::Error> {
+    // Converted in place before: the definition is in its definition view.
+    let read = if ours {
+        generate::definition_view(name)
+    } else {
+        name.clone()
+    };
     let rows = client
         .query_typed(
             UNSEEN_FUNCTIONS_SQL,

@@ -69,6 +69,12 @@ impl InsertGuard {
     /// the referencing side. `conenforced` (PostgreSQL 18) is read through `to_jsonb`
     /// so that one text works on every major.
     pub fn holds_sql(&self) -> String {
+        format!("{} AND {}", self.keys_hold_sql(), Self::not_replica_sql())
+    }
+
+    /// [`Self::holds_sql`] but the replica role: the keys' part, for a check that joins
+    /// several guards (`delta::tombs::guard_sql`) and asks about the role once.
+    pub fn keys_hold_sql(&self) -> String {
         let mut seen: Vec<Vec<u32>> = Vec::new();
         let mut parts = Vec::new();
         let eq = pg_op("=");
@@ -144,10 +150,16 @@ impl InsertGuard {
             ));
             seen.push(oids);
         }
-        parts.push(format!(
-            "pg_catalog.current_setting('session_replication_role') {ne} 'replica'"
-        ));
         parts.join(" AND ")
+    }
+
+    /// The writer is not in the replica role (a logical replication apply worker, for which
+    /// no foreign key is checked).
+    pub fn not_replica_sql() -> String {
+        format!(
+            "pg_catalog.current_setting('session_replication_role') {} 'replica'",
+            pg_op("<>")
+        )
     }
 
     /// What `init` prints: the keys relied on, by referencing table and name.

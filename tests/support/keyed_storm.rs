@@ -39,7 +39,7 @@ where
 /// has counted `at_least` refreshes since the storm began, so that refreshes fall
 /// among the writes however the machine's load shares its cores. Fails when that
 /// takes over three minutes.
-pub async fn storm_beside<F>(
+async fn storm_beside<F>(
     dsn: &str,
     writers: usize,
     rounds: usize,
@@ -343,7 +343,7 @@ pub fn assert_exact(db: &super::TestDb, view: &str, said: &str) {
     assert_eq!(
         difference(db, view),
         "0",
-        "refresh said {said}; {}",
+        "{view}: refresh said {said}; {}",
         show_both(db, view)
     );
 }
@@ -354,7 +354,7 @@ pub fn assert_exact(db: &super::TestDb, view: &str, said: &str) {
 /// give it a statement timeout); a refresh failing with one of the SQLSTATEs `allowed`
 /// is rolled back and counted, any other error fails. Returns the rounds, the refreshes
 /// that recomputed everything, and the failed ones.
-pub fn refresher(
+fn refresher(
     dsn: &str,
     views: &[(&str, &str)],
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -431,4 +431,63 @@ pub fn counted_and_probed_schema(s: &str) -> String {
          CREATE UNIQUE INDEX ON {s}.probed (region);
          ANALYZE;"
     )
+}
+
+/// A refresher beside a storm ([`storm_while_refreshing`]): the views it refreshes
+/// (converted in place, key column), how each refresh's SQL is changed, the SQLSTATEs a
+/// refresh may fail with, and how many rounds of refreshes the writers wait for.
+pub struct Refreshing<'a> {
+    pub views: &'a [(&'a str, &'a str)],
+    pub tweak: fn(&mut StdRng, String) -> String,
+    pub allowed: &'static [&'static str],
+    pub at_least: usize,
+}
+
+/// What a storm beside a refresher did: transactions committed and rolled back,
+/// refresh rounds, refreshes that recomputed everything, refreshes that failed.
+#[derive(Debug)]
+pub struct StormDone {
+    pub committed: usize,
+    pub rolled_back: usize,
+    pub rounds: usize,
+    pub everything: usize,
+    pub failed: usize,
+}
+
+/// `writers` writers ([`storm_beside`]) while a refresher ([`refresher`]) refreshes
+/// `r.views` back to back; the refresher stops when the writers have.
+pub async fn storm_while_refreshing<F>(
+    dsn: &str,
+    writers: usize,
+    rounds: usize,
+    seed: u64,
+    op: F,
+    r: Refreshing<'_>,
+) -> StormDone
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let refreshing = refresher(
+        dsn,
+        r.views,
+        stop.clone(),
+        counter.clone(),
+        r.tweak,
+        r.allowed,
+    );
+    let (committed, rolled_back) =
+        storm_beside(dsn, writers, rounds, seed, op, counter, r.at_least).await;
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, everything, failed) = refreshing.await.expect("refresher");
+    StormDone {
+        committed,
+        rolled_back,
+        rounds,
+        everything,
+        failed,
+    }
 }

@@ -308,9 +308,9 @@ pub(super) fn cleanup(tombs: &[Tomb]) -> Vec<String> {
 /// survive it), and the writer is not in the replica role (a logical replication apply
 /// worker: foreign keys are not checked there). Checked at every DELETE.
 pub fn guard_sql(tombs: &[Tomb]) -> String {
-    // Each guard also checks the replica role (InsertGuard::holds_sql).
-    let mut parts: Vec<String> = tombs.iter().map(|t| t.guard.holds_sql()).collect();
+    let mut parts: Vec<String> = tombs.iter().map(|t| t.guard.keys_hold_sql()).collect();
     parts.dedup();
+    parts.push(InsertGuard::not_replica_sql());
     parts.join(" AND ")
 }
 
