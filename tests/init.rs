@@ -450,8 +450,8 @@ fn init_keyed_reports_the_derivation_per_base_table() {
         block[10..17],
         [
             "keyed conversion: table kv.by_category_live, definition kv.by_category_def, channel refreshd_keys_kv_by_category",
-            "capture: kv.sales: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE); an UPDATE moving rows reached through a join path locks them FOR UPDATE",
-            "capture: kv.products: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
+            "capture: kv.sales: the values its changed rows reach the key by (product), buffered in refreshd.kv_by_category_reach_sales_0db04b5529ce and joined along its path at the refresh",
+            "capture: kv.products: the keys of its old and new rows",
             // kv.sales is reached through by stores: the largest table that can take
             // deltas is stores.
             "capture: kv.stores: its changed rows, buffered in refreshd.kv_by_category_delta and applied as deltas (TRUNCATE: everything)",

@@ -56,7 +56,7 @@ fn new_store_with_sales(db: &TestDb, store: i32, sale: i64) {
 }
 
 fn keys_buffered(db: &TestDb) -> String {
-    db.psql("SELECT count(*) FROM refreshd.fk_by_region_keys")
+    support::keyed_storm::buffered_for_recompute(db, "fk.by_region")
 }
 
 /// Applies the buffers as a refresh would (the consume function, in one snapshot) and

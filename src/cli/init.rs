@@ -697,10 +697,9 @@ const GENERATED_SQL: &str = "SELECT a.attname::text \
  WHERE n.nspname = $1 AND c.relname = $2 \
    AND (a.attgenerated = 'v' OR (a.attgenerated = 's' AND (c.relkind = 'p' OR c.relispartition)))";
 
-/// Whether the role may lock a table's rows (`SELECT ... FOR KEY SHARE` needs UPDATE
-/// privilege on some column).
-const LOCKABLE_SQL: &str = "SELECT pg_catalog.has_any_column_privilege(c.oid, 'UPDATE'), \
-       c.relrowsecurity, \
+/// A table's row-level security as it applies to the role running init: enabled,
+/// bypassed by that role, and whether a policy reads the role evaluating it.
+const ROW_SECURITY_SQL: &str = "SELECT c.relrowsecurity, \
        (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) \
          OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity), \
        c.relrowsecurity AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid \
@@ -840,15 +839,14 @@ async fn table_facts(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let facts = client.query_typed(LOCKABLE_SQL, by_name).await?;
-    let lockable = facts.first().is_some_and(|r| r.get::<_, bool>(0));
-    let row_security = facts.first().is_some_and(|r| r.get::<_, bool>(1));
+    let facts = client.query_typed(ROW_SECURITY_SQL, by_name).await?;
+    let row_security = facts.first().is_some_and(|r| r.get::<_, bool>(0));
     let row_security_bypassed = facts
         .first()
-        .is_some_and(|r| r.get::<_, Option<bool>>(2).unwrap_or(false));
+        .is_some_and(|r| r.get::<_, Option<bool>>(1).unwrap_or(false));
     let policy_reads_role = facts
         .first()
-        .is_some_and(|r| r.get::<_, Option<bool>>(3).unwrap_or(false));
+        .is_some_and(|r| r.get::<_, Option<bool>>(2).unwrap_or(false));
     let rows = client.query_typed(DELTA_COLUMNS_SQL, by_name).await?;
     let delta = DeltaTable {
         table: table.to_string(),
@@ -874,7 +872,6 @@ async fn table_facts(
         partitions,
         incomparable,
         generated,
-        lockable,
         row_security: row_security && !row_security_bypassed,
         policy_reads_role,
     };

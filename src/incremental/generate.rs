@@ -8,11 +8,14 @@
 //!
 //! What a base table's triggers buffer (transition tables `old_rows`/`new_rows`):
 //! - [`How::Carries`]: the keys of its old and new rows, read from the rows themselves.
-//! - [`How::JoinPath`]: the changed rows (old and new) joined along each path to the
-//!   table that carries the key; the rows reached are locked `FOR KEY SHARE`, and an
-//!   UPDATE of a table reached that way takes `FOR UPDATE` on the rows whose key or
-//!   path columns changed, so it waits for the writers holding those locks (the rule
-//!   `sql/attendance/005_keyed_statistics.sql` works out by hand, for any path).
+//! - [`How::JoinPath`]: the columns its changed rows (old and new) reach the key by
+//!   (the first column of each path, and any key column it carries itself), into the
+//!   table's *reach* buffer ([`Reach`]); the refresh joins them along each path to
+//!   the table that carries the key, in its own snapshot, and recomputes the keys it
+//!   finds. No lock: a key read at the refresh is right whatever moved before it, where
+//!   a key read by the writer's trigger was right only if nothing on its path moved
+//!   before the writer committed (`sql/attendance/005_keyed_statistics.sql` locks the
+//!   path for that; `tests/keyed_locks.rs` shows what locking left open).
 //! - [`How::Recompute`], or a key that is an expression rather than a column: the
 //!   "everything" marker (`all_`).
 //! - TRUNCATE: the marker. A key with a NULL member is buffered as it is; the consume
@@ -64,9 +67,6 @@ pub struct BaseTable {
     /// an UPDATE takes all its old and new rows; as a key or join column, every change
     /// means everything; and no deltas are taken from such a table.
     pub generated: Vec<String>,
-    /// The role creating the triggers (their functions run as it) may lock its rows
-    /// (`FOR KEY SHARE` / `FOR UPDATE` need UPDATE privilege on some column).
-    pub lockable: bool,
     /// Row-level security applies to that role on this table: the triggers' joins
     /// would not see the rows its policies hide, and miss their keys. Refused.
     pub row_security: bool,
@@ -475,16 +475,44 @@ fn plain(c: &Carry) -> Option<Vec<String>> {
 enum Source {
     /// Every change sends `*`, for this reason.
     All(String),
-    /// Key SELECTs (each over `d`, the changed rows), and the path locks they take.
+    /// Key SELECTs (each over `d`, the changed rows): the key columns it carries.
     Keys(Vec<String>),
+    /// The delta fact table's changed rows, into the delta plan's row buffer.
+    Rows,
+    /// The columns it reaches the key by, resolved into keys at the refresh.
+    Reach(Reach),
 }
 
-/// Rows of a table reached through a join path: by which column, and which of its
-/// columns move the rows that reach it to other keys.
-#[derive(Default)]
-struct Reached {
-    by: Vec<String>,
-    moving: Vec<String>,
+/// A table reaching the key through join paths: its changed rows' columns that lead
+/// to the key, buffered by its triggers into `refreshd."<schema>_<view>_reach_<table>…"`
+/// (UNLOGGED, typed like the table's columns); the consume function turns them into
+/// keys in the refresh's snapshot ([`Reach::resolve_sql`]) before it reads the key
+/// buffer, and empties it.
+struct Reach {
+    buffer: QualifiedName,
+    table: QualifiedName,
+    /// The table's columns buffered: each key column it carries, each path's first.
+    columns: Vec<String>,
+    /// Key SELECTs over `r`, the buffered rows (made distinct first).
+    keys: Vec<String>,
+}
+
+impl Reach {
+    /// The consume function's statement moving the buffered rows' keys into the key
+    /// buffer `keys` (columns `key`).
+    fn resolve_sql(&self, keys: &QualifiedName, key: &[String]) -> String {
+        let cols: Vec<String> = (1..=key.len()).map(|i| format!("k{i}")).collect();
+        format!(
+            "WITH taken AS (DELETE FROM {} RETURNING {}), r AS (SELECT DISTINCT * FROM taken)\n\
+             INSERT INTO {} ({}) SELECT * FROM ({}) AS u({})",
+            self.buffer.quoted(),
+            list(&self.columns, ""),
+            keys.quoted(),
+            list(key, ""),
+            self.keys.join(" UNION ALL "),
+            cols.join(", ")
+        )
+    }
 }
 
 fn push_unique(v: &mut Vec<String>, s: &str) {
@@ -722,9 +750,9 @@ impl<'a> Conversion<'a> {
         )
     }
 
-    /// Tables reached through a join path (their UPDATE waits for the path's
-    /// lockers), after checking the role may lock them.
-    fn reached(&self) -> Result<BTreeMap<String, Reached>, String> {
+    /// Refuses base tables whose row-level security would hide rows from the capture
+    /// or the refresh.
+    fn check_row_security(&self) -> Result<(), String> {
         if let Some(b) = self.f.tables.iter().find(|b| b.policy_reads_role) {
             return Err(format!(
                 "a row-level security policy on {} reads the role evaluating it (CURRENT_USER, a privilege inquiry...): REFRESH computes the view as its owner, refreshd as the role it connects as, so the rows could differ",
@@ -737,39 +765,7 @@ impl<'a> Conversion<'a> {
                 b.name
             ));
         }
-        for t in &self.d.tables {
-            if let How::JoinPath { paths, .. } = &t.how {
-                for name in paths.iter().flat_map(|p| p.tables.iter().skip(1)) {
-                    let b = self.table_of(name)?;
-                    if !b.lockable {
-                        return Err(format!(
-                            "the role running init may not lock rows of {} (the capture of {} locks the rows it joins FOR KEY SHARE, which needs UPDATE privilege on a column of it; its trigger functions run as this role)",
-                            b.name, t.name
-                        ));
-                    }
-                }
-            }
-        }
-        let mut reached: BTreeMap<String, Reached> = BTreeMap::new();
-        let paths = self.d.tables.iter().flat_map(|t| match &t.how {
-            How::JoinPath { paths, .. } => paths.as_slice(),
-            _ => &[],
-        });
-        for p in paths {
-            for (i, step) in p.steps.iter().enumerate() {
-                let r = reached.entry(p.tables[i + 1].clone()).or_default();
-                push_unique(&mut r.by, &step.to_column);
-                match p.steps.get(i + 1) {
-                    Some(next) => push_unique(&mut r.moving, &next.from_column),
-                    None => {
-                        for c in p.carry.columns.iter().flatten() {
-                            push_unique(&mut r.moving, c);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(reached)
+        Ok(())
     }
 
     /// The `search_path` the definition resolves under (as it was printed).
@@ -1053,8 +1049,9 @@ impl<'a> Conversion<'a> {
         Ok(())
     }
 
-    /// The SELECT giving the keys a path reaches from the changed rows `d`, locking
-    /// the rows it joins `FOR KEY SHARE`; `Err`: the reason it cannot.
+    /// The SELECT giving the keys a path reaches from the rows `r` its table's reach
+    /// buffer took ([`Reach`]), joined in the refresh's snapshot; `Err`: the reason it
+    /// cannot.
     fn path_keys(&self, p: &super::Path) -> Result<Result<String, String>, String> {
         let Some(last) = plain(&p.carry) else {
             return Ok(Err(format!(
@@ -1062,27 +1059,47 @@ impl<'a> Conversion<'a> {
                 p.tables.last().map(String::as_str).unwrap_or("?")
             )));
         };
-        let mut from = "d".to_string();
+        let mut from = "r".to_string();
         let mut joins = String::new();
-        let mut locks = Vec::new();
+        let mut by_row = String::new();
         for (i, s) in p.steps.iter().enumerate() {
             let alias = format!("j{}", i + 1);
-            let _ = write!(
-                joins,
-                " JOIN {} AS {alias} ON {alias}.{} {} {from}.{}",
-                self.table_of(&p.tables[i + 1])?.name.quoted(),
+            let on = format!(
+                "{alias}.{} {} {from}.{}",
                 quote_ident(&s.to_column),
                 pg_op("="),
                 quote_ident(&s.from_column)
             );
-            locks.push(alias.clone());
+            let table = self.table_of(&p.tables[i + 1])?.name.quoted();
+            let _ = if i == 0 {
+                by_row = format!(" WHERE {on}");
+                write!(joins, " FROM {table} AS {alias}")
+            } else {
+                write!(joins, " JOIN {table} AS {alias} ON {on}")
+            };
             from = alias;
         }
+        joins.push_str(&by_row);
+        // Per buffered row, the path's rows by their join columns (OFFSET 0 keeps the
+        // subquery a parameterized one): the buffer is never analyzed, and the planner,
+        // sizing it by its pages, hashed whole dimensions for a few rows.
         Ok(Ok(format!(
-            "SELECT * FROM (SELECT {} FROM d{joins} FOR KEY SHARE OF {}) AS p",
-            list(&last, &format!("{from}.")),
-            locks.join(", ")
+            "SELECT x.* FROM r CROSS JOIN LATERAL (SELECT {}{joins} OFFSET 0) AS x",
+            list(&last, &format!("{from}."))
         )))
+    }
+
+    /// The reach buffer of base table `b` (named after the view and the table).
+    fn reach_buffer(&self, b: &BaseTable) -> QualifiedName {
+        let v = &self.f.view;
+        QualifiedName::new(
+            "refreshd",
+            bounded(
+                &format!("{}_{}_reach_{}", v.schema, v.name, b.name.name),
+                &[&v.schema, &v.name, "reach", &b.name.schema, &b.name.name],
+                false,
+            ),
+        )
     }
 
     /// What a base table's trigger function computes from its changed rows.
@@ -1092,20 +1109,26 @@ impl<'a> Conversion<'a> {
                 "its column {g}, which gives the key or joins it, is generated, and its value may be missing from a trigger's transition table (VIRTUAL, or STORED in a partitioned table)"
             )));
         }
-        let carried = |c: &Carry| plain(c).map(|c| format!("SELECT {} FROM d", list(&c, "d.")));
+        let carried = |c: &Carry, alias: &str| {
+            plain(c).map(|c| format!("SELECT {} FROM {alias}", list(&c, &format!("{alias}."))))
+        };
         let source = match &t.how {
             How::Recompute { reason } => Source::All(reason.clone()),
-            How::Carries(carries) => match carries.iter().map(carried).collect() {
+            How::Carries(carries) => match carries.iter().map(|c| carried(c, "d")).collect() {
                 None => Source::All(EXPRESSION_KEY.into()),
                 Some(keys) => Source::Keys(keys),
             },
             How::JoinPath { carries, paths } => {
                 let mut keys = Vec::new();
+                let mut columns = Vec::new();
                 let mut why = None;
                 for c in carries {
-                    match carried(c) {
+                    match carried(c, "r") {
                         Some(k) => keys.push(k),
                         None => why = Some(EXPRESSION_KEY.to_string()),
+                    }
+                    for col in c.columns.iter().flatten() {
+                        push_unique(&mut columns, col);
                     }
                 }
                 for p in paths {
@@ -1113,10 +1136,22 @@ impl<'a> Conversion<'a> {
                         Ok(k) => keys.push(k),
                         Err(w) => why = Some(w),
                     }
+                    if let Some(first) = p.steps.first() {
+                        push_unique(&mut columns, &first.from_column);
+                    }
                 }
                 match why {
                     Some(w) => Source::All(w),
-                    None => Source::Keys(keys),
+                    None if keys.is_empty() => Source::Keys(keys),
+                    None => {
+                        let b = self.table_of(&t.table)?;
+                        Source::Reach(Reach {
+                            buffer: self.reach_buffer(b),
+                            table: b.name.clone(),
+                            columns,
+                            keys,
+                        })
+                    }
                 }
             }
         };
@@ -1127,6 +1162,31 @@ impl<'a> Conversion<'a> {
             }
             other => other,
         })
+    }
+
+    /// Every reach buffer ([`Reach`]), created empty again (the fill covers what it
+    /// held), and the rollback's DROPs.
+    fn reach_sql(&self, sources: &[Source], w: &mut String, rollback: &mut String) {
+        for r in sources.iter().filter_map(|s| match s {
+            Source::Reach(r) => Some(r),
+            _ => None,
+        }) {
+            let buffer = r.buffer.quoted();
+            let _ = writeln!(
+                w,
+                "DROP TABLE IF EXISTS {buffer};\n\
+                 CREATE UNLOGGED TABLE {buffer} AS SELECT {} FROM {} WITH NO DATA;\n\
+                 REVOKE ALL ON TABLE {buffer} FROM PUBLIC;\n\
+                 COMMENT ON TABLE {buffer} IS {};",
+                list(&r.columns, ""),
+                r.table.quoted(),
+                literal(&format!(
+                    "refreshd: the values changed rows of {} reach keyed view {} by, turned into keys by {}() in its refresh's snapshot. Unlogged: lost in a crash, after which refreshd recomputes everything.",
+                    r.table, self.n.table, self.n.consume
+                ))
+            );
+            let _ = writeln!(rollback, "DROP TABLE IF EXISTS {buffer};");
+        }
     }
 }
 
@@ -1204,29 +1264,6 @@ fn outdent(sql: &str) -> String {
         .join("\n")
 }
 
-/// Rows other tables reach through a join path, moved to other keys by an UPDATE:
-/// wait for the writers that locked them FOR KEY SHARE. Located by every such
-/// column's new value: the moved rows (and any other rows equal to them on those
-/// columns).
-fn update_lock_sql(b: &BaseTable, r: &Reached) -> String {
-    let mut moving = r.by.clone();
-    for m in &r.moving {
-        push_unique(&mut moving, m);
-    }
-    // `IN` resolves `=` through the search_path: the operator is named (one column: a
-    // scalar comparison; more: a row comparison, column by column).
-    let row = if moving.len() == 1 { "" } else { "ROW" };
-    format!(
-        "        PERFORM 1 FROM {} AS t WHERE {row}({}) {} ANY (SELECT {} FROM (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o) AS m) FOR UPDATE OF t;",
-        b.name.quoted(),
-        list(&moving, "t."),
-        pg_op("="),
-        list(&moving, "m."),
-        n = list(&moving, "n."),
-        o = list(&moving, "o."),
-    )
-}
-
 /// One base table's capture: what its trigger function does, and how.
 struct TableCapture<'c> {
     t: &'c super::TableDerivation,
@@ -1234,7 +1271,6 @@ struct TableCapture<'c> {
     source: Source,
     /// The delta plan, when this table is its fact table.
     delta: Option<&'c DeltaPlan>,
-    reached: Option<&'c Reached>,
     /// Its DELETEs keep their rows for the apply (not naming groups).
     tomb: Option<&'c super::delta::Tomb>,
     /// The view's delta fact table, if any.
@@ -1274,9 +1310,6 @@ impl Conversion<'_> {
     fn trigger_body(&self, c: &TableCapture, op: &str) -> String {
         let reads = &c.t.reads;
         let mut body = String::from("BEGIN\n");
-        if let (true, Some(r)) = (op == "update", c.reached) {
-            let _ = writeln!(body, "{}", outdent(&update_lock_sql(c.b, r)));
-        }
         let buffered = if let Some(p) = c.delta {
             // Rows for the apply instead of keys: no join, no lock.
             let capture = match op {
@@ -1508,23 +1541,32 @@ impl Conversion<'_> {
     /// buffer of a delta view costs it anyway. The consume function returns distinct
     /// keys either way.
     fn buffer_rows_sql(&self, source: &Source, rows: String, op: &str, near: &[String]) -> String {
+        // The near tables' CTEs run to completion whatever the INSERT below finds
+        // (PostgreSQL runs every data-modifying CTE); FOUND is the INSERT's.
+        let near: String = near
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(",\n        near{i} AS ({c})"))
+            .collect();
+        let distinct = if op == "insert" { "" } else { "DISTINCT " };
         match source {
-            Source::All(_) => format!("        {}", self.mark_all_sql(Some(&rows))),
+            // Rows: the delta fact table's trigger buffers its rows (trigger_body);
+            // should it ever come here, everything is the safe answer.
+            Source::All(_) | Source::Rows => format!("        {}", self.mark_all_sql(Some(&rows))),
+            Source::Reach(r) => format!(
+                "        WITH d AS ({rows}){near}\n        INSERT INTO {} ({cols})\n        SELECT {distinct}{} FROM d;",
+                r.buffer.quoted(),
+                list(&r.columns, "d."),
+                cols = list(&r.columns, ""),
+            ),
             Source::Keys(keys) => {
                 let key_cols: Vec<String> =
                     (1..=self.d.key.len()).map(|i| format!("k{i}")).collect();
-                // The near tables' CTEs run to completion whatever the INSERT below
-                // finds (PostgreSQL runs every data-modifying CTE); FOUND is the INSERT's.
-                let near: String = near
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!(",\n        near{i} AS ({c})"))
-                    .collect();
                 format!(
                     "        WITH d AS ({rows}){near}\n        INSERT INTO {} ({})\n        SELECT {}* FROM ({}) AS u({});",
                     self.n.buffer.quoted(),
                     list(&self.d.key, ""),
-                    if op == "insert" { "" } else { "DISTINCT " },
+                    distinct,
                     keys.join(" UNION ALL "),
                     key_cols.join(", ")
                 )
@@ -1540,17 +1582,18 @@ impl Conversion<'_> {
                 "{}: its changed rows, buffered in {} and applied as deltas (TRUNCATE: everything)",
                 b.name, p.buffer
             ),
+            (Source::Rows, None) => format!("{}: its changed rows", b.name),
             (Source::All(reason), None) => format!(
                 "{}: every change buffers \"everything\" ({reason})",
                 b.name
             ),
-            (Source::Keys(_), None) => match &c.t.how {
-                How::JoinPath { .. } => format!(
-                    "{}: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
-                    b.name
-                ),
-                _ => format!("{}: the keys of its old and new rows", b.name),
-            },
+            (Source::Reach(r), None) => format!(
+                "{}: the values its changed rows reach the key by ({}), buffered in {} and joined along its path at the refresh",
+                b.name,
+                r.columns.join(", "),
+                r.buffer
+            ),
+            (Source::Keys(_), None) => format!("{}: the keys of its old and new rows", b.name),
         };
         let line = match &c.t.inserts {
             Some(g) => format!("{line}; INSERT {}", g.describe()),
@@ -1572,13 +1615,7 @@ impl Conversion<'_> {
             ),
             None => line,
         };
-        if c.reached.is_some() {
-            format!(
-                "{line}; an UPDATE moving rows reached through a join path locks them FOR UPDATE"
-            )
-        } else {
-            line
-        }
+        line
     }
 
     /// The statement triggers of a base table and every partition of it (dropped first;
@@ -1619,7 +1656,7 @@ impl Conversion<'_> {
     /// first); returns the capture lines.
     fn capture_sql(
         &self,
-        reached: &BTreeMap<String, Reached>,
+        sources: Vec<Source>,
         w: &mut String,
         rollback: &mut String,
     ) -> Result<Vec<String>, String> {
@@ -1634,14 +1671,13 @@ impl Conversion<'_> {
             ))
         );
         let mut lines = Vec::new();
-        for t in &self.d.tables {
+        for (t, source) in self.d.tables.iter().zip(sources) {
             let b = self.table_of(&t.table)?;
             let c = TableCapture {
                 t,
                 b,
-                source: self.source(t)?,
+                source,
                 delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
-                reached: reached.get(&t.table),
                 tomb: self.tomb_of(t),
                 delta_fact: self.f.delta.as_ref().map(|p| &p.fact),
             };
@@ -1756,15 +1792,31 @@ impl Conversion<'_> {
 /// rollback and capture lines; `Err` names what it cannot keep.
 pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let c = Conversion::new(d, f)?;
-    let reached = c.reached()?;
+    c.check_row_security()?;
+    let sources = d
+        .tables
+        .iter()
+        .map(|t| match &f.delta {
+            Some(p) if p.fact == t.table => Ok(Source::Rows),
+            _ => c.source(t),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut install = String::new();
+    let mut drop_reach = String::new();
     c.table_sql(&mut install);
     c.buffer_sql(&mut install);
+    c.reach_sql(&sources, &mut install, &mut drop_reach);
     let mut generated = c.generated();
     if let Some(p) = &f.delta {
         c.delta_sql(p, &mut install, &mut generated)?;
         c.pending_indexes_sql(p, &mut install);
     }
+    // The reach buffers' keys into the key buffer, first (the apply reads neither).
+    let resolve = sources.iter().filter_map(|s| match s {
+        Source::Reach(r) => Some(r.resolve_sql(&generated.buffer, &generated.key)),
+        _ => None,
+    });
+    generated.consume_prelude.splice(0..0, resolve);
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {
         // The owner could refresh its materialized view; it can run refreshd on the
@@ -1778,7 +1830,8 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         );
     }
     let mut rollback = String::new();
-    generated.capture = c.capture_sql(&reached, &mut install, &mut rollback)?;
+    generated.capture = c.capture_sql(sources, &mut install, &mut rollback)?;
+    rollback.push_str(&drop_reach);
     c.reads_marker_sql(&mut install);
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);

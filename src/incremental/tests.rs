@@ -1068,7 +1068,6 @@ fn base(d: &Derivation, partitions: &[(&str, &[&str])]) -> Vec<BaseTable> {
                 partitions: parts,
                 incomparable: Vec::new(),
                 generated: Vec::new(),
-                lockable: true,
                 row_security: false,
                 policy_reads_role: false,
             }
@@ -1123,8 +1122,8 @@ fn function_sql<'a>(g: &'a Generated, function: &str) -> &'a str {
 }
 
 /// The attendance view, generated: what 005 does by hand. Sessions carry the key;
-/// attendance reaches it through its session, locking the session FOR KEY SHARE; a
-/// session UPDATE that moves it to another group locks it FOR UPDATE first.
+/// attendance reaches it through its session, whose id its capture buffers for the
+/// refresh to join (005 joins and locks in the trigger).
 #[test]
 fn generate_attendance() {
     let sql = include_str!("corpus/attendance_statistics_summary.sql");
@@ -1172,8 +1171,8 @@ fn generate_attendance() {
     assert_eq!(
         g.capture,
         [
-            "public.training_sessions: the keys of its old and new rows; an UPDATE moving rows reached through a join path locks them FOR UPDATE",
-            "public.member_attendance: the keys of its changed rows, joined along its path (rows reached locked FOR KEY SHARE)",
+            "public.training_sessions: the keys of its old and new rows",
+            "public.member_attendance: the values its changed rows reach the key by (training_session_id), buffered in refreshd.public_attendance_statistics_summary_reach_member__3891c87ddf5c and joined along its path at the refresh",
         ]
     );
 }
@@ -1206,8 +1205,8 @@ fn assert_no_bare_operator(function: &str) {
     }
 }
 
-/// [`generate_attendance`]: the trigger functions of the two base tables (the path
-/// locks, the buffer, the wake-up).
+/// [`generate_attendance`]: the trigger functions of the two base tables (the reach
+/// and key buffers, the wake-up).
 fn attendance_trigger_functions(g: &Generated) {
     let att = op_functions_sql(
         g,
@@ -1216,13 +1215,25 @@ fn attendance_trigger_functions(g: &Generated) {
         "member_attendance",
     );
     let att = att.as_str();
-    assert!(att.contains(r#"SELECT * FROM (SELECT j1."category_id", j1."season_id" FROM d JOIN "public"."training_sessions" AS j1 ON j1."id" OPERATOR(pg_catalog.=) d."training_session_id" FOR KEY SHARE OF j1) AS p"#), "{att}");
+    assert!(
+        att.contains(
+            r#"INSERT INTO "refreshd"."public_attendance_statistics_summary_reach_member_"#
+        ),
+        "{att}"
+    );
+    assert!(
+        att.contains(
+            r#"("training_session_id")
+    SELECT d."training_session_id" FROM d;"#
+        ),
+        "{att}"
+    );
     assert!(att.contains("SECURITY DEFINER"), "{att}");
     // Run under the writer's search_path (no SET: it costs every statement): no
     // operator is looked up through it.
     assert!(!att.contains("SET search_path"), "{att}");
     assert_no_bare_operator(att);
-    assert!(!att.contains("FOR UPDATE"), "{att}");
+    assert!(!att.contains(" FOR "), "{att}");
     let ses = op_functions_sql(
         g,
         "public",
@@ -1230,7 +1241,7 @@ fn attendance_trigger_functions(g: &Generated) {
         "training_sessions",
     );
     let ses = ses.as_str();
-    assert!(ses.contains(r#"PERFORM 1 FROM "public"."training_sessions" AS t WHERE ROW(t."id", t."category_id", t."season_id") OPERATOR(pg_catalog.=) ANY (SELECT m."id", m."category_id", m."season_id" FROM (SELECT n."id", n."category_id", n."season_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id", o."season_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{ses}");
+    assert!(!ses.contains(" FOR "), "{ses}");
     assert!(
         ses.contains(r#"SELECT d."category_id", d."season_id" FROM d"#),
         "{ses}"
@@ -1291,8 +1302,8 @@ fn attendance_consume_function(g: &Generated) {
     );
 }
 
-/// A partitioned fact table: triggers on the root and every partition; the two-step
-/// path locks both dimensions; each dimension's UPDATE locks its moved rows.
+/// A partitioned fact table: triggers on the root and every partition; the fact's
+/// changes reach the key by a two-step path, resolved at the refresh; nothing locks.
 #[test]
 fn generate_partitioned_fact() {
     let sql = include_str!("corpus/partitioned_fact.sql");
@@ -1309,22 +1320,54 @@ fn generate_partitioned_fact() {
         );
     }
     let sales = op_functions_sql(&g, "tpch", "revenue_keys", "sales");
-    assert!(sales.contains(r#"SELECT * FROM (SELECT j2."name" FROM d JOIN "tpch"."product" AS j1 ON j1."id" OPERATOR(pg_catalog.=) d."product_id" JOIN "tpch"."category" AS j2 ON j2."id" OPERATOR(pg_catalog.=) j1."category_id" FOR KEY SHARE OF j1, j2) AS p"#), "{sales}");
+    // Its changed rows' product ids into its reach buffer: no join, no lock.
+    assert!(
+        sales.contains(r#"INSERT INTO "refreshd"."tpch_revenue_reach_sales_"#),
+        "{sales}"
+    );
+    assert!(
+        sales.contains(
+            r#"("product_id")
+    SELECT d."product_id" FROM d;"#
+        ),
+        "{sales}"
+    );
+    assert!(
+        sales.contains(
+            r#"("product_id")
+    SELECT DISTINCT d."product_id" FROM d;"#
+        ),
+        "{sales}"
+    );
+    assert!(!sales.contains(" FOR "), "{sales}");
     assert_no_bare_operator(&sales);
     let product = op_functions_sql(&g, "tpch", "revenue_keys", "product");
     assert_no_bare_operator(&product);
-    assert!(product.contains(r#"(SELECT n."id", n."category_id" FROM new_rows n EXCEPT ALL SELECT o."id", o."category_id" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{product}");
-    let category = op_functions_sql(&g, "tpch", "revenue_keys", "category");
-    assert!(category.contains(r#"(SELECT n."id", n."name" FROM new_rows n EXCEPT ALL SELECT o."id", o."name" FROM old_rows o) AS m) FOR UPDATE OF t;"#), "{category}");
+    assert!(!product.contains(" FOR "), "{product}");
+    // The refresh joins them to the category names, in its snapshot.
+    let consume = &g.install[g
+        .install
+        .find("CREATE OR REPLACE FUNCTION \"refreshd\".\"tpch_revenue_consume\"")
+        .unwrap()..];
+    assert!(consume.contains(r#" RETURNING "product_id"), r AS (SELECT DISTINCT * FROM taken)
+INSERT INTO "refreshd"."tpch_revenue_keys" ("category") SELECT * FROM (SELECT x.* FROM r CROSS JOIN LATERAL (SELECT j2."name" FROM "tpch"."product" AS j1 JOIN "tpch"."category" AS j2 ON j2."id" OPERATOR(pg_catalog.=) j1."category_id" WHERE j1."id" OPERATOR(pg_catalog.=) r."product_id" OFFSET 0) AS x) AS u(k1);"#), "{consume}");
     // Not public: trigger names carry a hash of the view's schema and name.
     assert!(!g.install.contains("TRIGGER \"revenue_keys_insert\""));
-    // A table a path locks that the role may not lock: refused with the reason.
-    let mut f = f.clone();
-    f.tables[1].lockable = false;
-    let e = generate::generate(&d, &f).unwrap_err();
+    // Created typed like the table's columns, dropped by the rollback.
+    let reach = g
+        .install
+        .lines()
+        .find(|l| l.starts_with("CREATE UNLOGGED TABLE \"refreshd\".\"tpch_revenue_reach_sales_"))
+        .unwrap();
     assert!(
-        e.starts_with("the role running init may not lock rows of tpch.product"),
-        "{e}"
+        reach.ends_with(r#" AS SELECT "product_id" FROM "tpch"."sales" WITH NO DATA;"#),
+        "{reach}"
+    );
+    assert!(
+        g.rollback
+            .contains(r#"DROP TABLE IF EXISTS "refreshd"."tpch_revenue_reach_sales_"#),
+        "{}",
+        g.rollback
     );
 }
 

@@ -491,3 +491,16 @@ where
         failed,
     }
 }
+
+/// The rows the capture of keyed view `view` (`schema.name`, converted with a buffer
+/// named after it) holds for group recomputes: its key buffer's, and its reach
+/// buffers' (the values tables reaching the key through a join path buffered, turned
+/// into keys by the next refresh).
+pub fn buffered_for_recompute(db: &super::TestDb, view: &str) -> String {
+    let stem = view.replace('.', "_");
+    db.psql(&format!(
+        "SELECT (SELECT count(*) FROM refreshd.{stem}_keys) + coalesce((SELECT sum((xpath('/row/n/text()', \
+           query_to_xml(format('SELECT count(*) AS n FROM %s', c.oid::regclass), false, true, '')))[1]::text::bigint) \
+           FROM pg_class c WHERE c.relnamespace = 'refreshd'::regnamespace AND c.relname LIKE '{stem}\\_reach\\_%'), 0)"
+    ))
+}
