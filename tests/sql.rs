@@ -136,7 +136,7 @@ fn attendance_install_validate_seed_suite_rollback_reinstall() {
         db.psql(
             "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'attendance\\_keys\\_%' AND tgenabled <> 'D'"
         ),
-        "8"
+        "9"
     );
     assert_eq!(attendance_drift_sync(&db), "0", "refilled by install");
 }
@@ -972,6 +972,96 @@ async fn keyed_attendance_session_move_waits_for_attendance_writers() {
         }
         assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0);
     }
+}
+
+/// The other order: a session being moved (uncommitted) when an attendance write of it
+/// runs. The write waits for the move and must then name the session's new group: the
+/// move's notification is applied before the write commits, so a write naming only
+/// the old group left the new one without it. It did while the move locked the session
+/// after updating it (its AFTER trigger): the write's key-share lock on the row's old
+/// version then waited for the move and returned that old version.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_attendance_write_behind_a_session_move_names_the_new_group() {
+    let db = TestDb::new();
+    run(&db, "attendance/install.sql");
+    attendance_fixture(&db, 2);
+    db.psql(&format!(
+        "INSERT INTO public.training_sessions (id, category_id, season_id, session_date) \
+         VALUES ('{s}', '{}', '{}', '2024-01-01'); \
+         INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
+         VALUES ('{}', '{s}', 'present')",
+        cat(1),
+        season(1),
+        member(1),
+        s = session(1)
+    ));
+    let mut applier = db.client().await;
+    apply_attendance(&mut applier, &Keys::All).await;
+    let mut l = KeysListener::start(&db, ATTENDANCE_KEYS, 2).await;
+    let (g1, g2) = (vec![cat(1), season(1)], vec![cat(2), season(1)]);
+
+    let mover = db.client().await;
+    mover
+        .batch_execute(&format!(
+            "BEGIN; UPDATE public.training_sessions SET category_id = '{}' WHERE id = '{}'",
+            cat(2),
+            session(1)
+        ))
+        .await
+        .unwrap();
+    let writer = db.client().await;
+    let wpid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    writer.batch_execute("BEGIN").await.unwrap();
+    let sql = format!(
+        "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
+        member(1)
+    );
+    let wrote = tokio::spawn(async move { writer.batch_execute(&sql).await.map(|_| writer) });
+    let probe = db.client().await;
+    support::wait_for(
+        Duration::from_secs(10),
+        "the write to wait on a lock",
+        || {
+            let probe = &probe;
+            async move {
+                probe
+                    .query_one(
+                        "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
+                        &[&wpid],
+                    )
+                    .await
+                    .map(|r| r.get::<_, String>(0) == "Lock")
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    mover.batch_execute("COMMIT").await.unwrap();
+    let writer = tokio::time::timeout(Duration::from_secs(10), wrote)
+        .await
+        .expect("the write proceeds once the move committed")
+        .unwrap()
+        .unwrap();
+    // The move's groups are recomputed before the write commits.
+    let moved = l.drain().await;
+    assert_eq!(
+        moved,
+        vec![Keys::Some([g1.clone(), g2.clone()].into_iter().collect())]
+    );
+    apply_attendance(&mut applier, &moved[0]).await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let got = l.drain().await;
+    assert_eq!(
+        got,
+        vec![keys(&[&g2])],
+        "the write names the session's new group"
+    );
+    apply_attendance(&mut applier, &got[0]).await;
+    assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0);
 }
 
 /// (the attendance write left open, the move's new category, a new session status,

@@ -16,12 +16,15 @@
 --             index idx_attendance_statistics_live_last_session (last_session_date)
 --           trigger functions public.attendance_keys_from_member_attendance(),
 --             public.attendance_keys_from_training_sessions(),
---             public.attendance_keys_all()
+--             public.attendance_keys_all(),
+--             public.attendance_keys_lock_moved_session()
 --           8 triggers, AFTER ... FOR EACH STATEMENT, one event each:
 --             attendance_keys_on_attendance_{insert,update,delete,truncate}
 --               ON public.member_attendance
 --             attendance_keys_on_session_{insert,update,delete,truncate}
 --               ON public.training_sessions
+--           1 trigger, BEFORE UPDATE ... FOR EACH ROW:
+--             attendance_keys_on_session_move ON public.training_sessions
 -- Run     : through sql/attendance/install.sql (one transaction), after 004.
 --
 -- refreshd config for it:
@@ -73,9 +76,13 @@
 --   the old group. So the attendance trigger takes FOR KEY SHARE on the
 --   sessions it looks up (free for INSERT, whose foreign-key check already
 --   holds it; it does not block status or date updates), and an UPDATE that
---   moves sessions takes FOR UPDATE on them, which waits for those
---   attendance writers to commit: their write is then visible to the
---   recompute that the move's own notification triggers. Cost: a session
+--   moves sessions takes FOR UPDATE on them before it updates them (a
+--   BEFORE UPDATE row trigger), which waits for those attendance writers
+--   to commit: their write is then visible to the recompute that the
+--   move's own notification triggers. A writer arriving after the lock
+--   waits for the move and then reads the moved session, naming its new
+--   group (locked after the update, the old version was read: fixed
+--   2026-12-04, tests/sql.rs). Cost: a session
 --   move waits for in-flight attendance writes of that session, and a
 --   transaction that writes attendance of a session and then updates that
 --   session can deadlock with a concurrent move of it (one of the two is
@@ -319,20 +326,9 @@ BEGIN
         FROM (SELECT DISTINCT o.category_id, o.season_id FROM old_rows o
               WHERE o.category_id IS NOT NULL AND o.season_id IS NOT NULL) AS k;
     ELSE
-        -- Sessions moved to another group: wait until the transactions
-        -- writing their attendance (FOR KEY SHARE holders, see the header)
-        -- have committed, so that the recompute this notification causes
-        -- sees their rows in the new group.
-        PERFORM 1
-        FROM public.training_sessions ts
-        WHERE ts.id IN (SELECT n.id
-                        FROM new_rows n
-                        JOIN old_rows o ON o.id = n.id
-                        WHERE n.category_id IS DISTINCT FROM o.category_id
-                           OR n.season_id IS DISTINCT FROM o.season_id)
-        FOR UPDATE OF ts;
-
-        -- Only rows whose columns read by the definition changed, old and new.
+        -- Sessions moved to another group were locked FOR UPDATE before
+        -- they were updated (attendance_keys_lock_moved_session, see the
+        -- header). Only rows whose columns read by the definition changed, old and new.
         SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
                                  ',' ORDER BY k.category_id, k.season_id) || ']'
           INTO v_payload
@@ -359,6 +355,29 @@ $$;
 
 COMMENT ON FUNCTION public.attendance_keys_from_training_sessions() IS
     'Statement-level trigger with transition tables: NOTIFY attendance_keys with the old and new (category_id, season_id) groups of the changed training_sessions rows.';
+
+-- A session moved to another group, locked FOR UPDATE before the UPDATE
+-- writes its new version (see the header): the lock waits for the
+-- attendance writers holding FOR KEY SHARE on it, and a writer arriving
+-- later waits for this one and then reads the new version. Taken after
+-- the UPDATE (in the statement trigger, as before 2026-12-04), the lock
+-- sat on the new version only: a later writer's key-share lock on the old
+-- version waited for the move, then returned the old version, and the
+-- write named the old group alone.
+CREATE OR REPLACE FUNCTION public.attendance_keys_lock_moved_session()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM public.training_sessions ts WHERE ts.ctid = OLD.ctid FOR UPDATE OF ts;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION public.attendance_keys_lock_moved_session() IS
+    'BEFORE UPDATE row trigger on training_sessions moving a session to another (category_id, season_id) group: locks the row FOR UPDATE before it is updated, so attendance writers holding FOR KEY SHARE on it commit first and later ones read the moved row.';
 
 -- TRUNCATE has no transition tables and empties every group.
 CREATE OR REPLACE FUNCTION public.attendance_keys_all()
@@ -418,6 +437,14 @@ CREATE TRIGGER attendance_keys_on_session_update
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT
     EXECUTE FUNCTION public.attendance_keys_from_training_sessions();
+
+DROP TRIGGER IF EXISTS attendance_keys_on_session_move ON public.training_sessions;
+CREATE TRIGGER attendance_keys_on_session_move
+    BEFORE UPDATE OF category_id, season_id ON public.training_sessions
+    FOR EACH ROW
+    WHEN (OLD.category_id IS DISTINCT FROM NEW.category_id
+          OR OLD.season_id IS DISTINCT FROM NEW.season_id)
+    EXECUTE FUNCTION public.attendance_keys_lock_moved_session();
 
 DROP TRIGGER IF EXISTS attendance_keys_on_session_delete ON public.training_sessions;
 CREATE TRIGGER attendance_keys_on_session_delete

@@ -3,9 +3,10 @@
 -- =====================================================
 -- Purpose : Removes what 002..005 created, as the seed's
 --           rollback_attendance_stats.sql does, and the keyed variant.
--- Drops   : the keyed variant of 005: the 8 attendance_keys_on_* triggers,
+-- Drops   : the keyed variant of 005: the 9 attendance_keys_on_* triggers,
 --           attendance_keys_from_member_attendance(),
 --           attendance_keys_from_training_sessions(), attendance_keys_all(),
+--           attendance_keys_lock_moved_session(),
 --           table attendance_statistics_live (derived data only; install
 --           refills it), view attendance_statistics_def;
 --           the 6 att_stats triggers, trigger_refresh_attendance_stats(),
@@ -45,11 +46,13 @@ DROP TRIGGER IF EXISTS attendance_keys_on_attendance_delete   ON public.member_a
 DROP TRIGGER IF EXISTS attendance_keys_on_attendance_truncate ON public.member_attendance;
 DROP TRIGGER IF EXISTS attendance_keys_on_session_insert      ON public.training_sessions;
 DROP TRIGGER IF EXISTS attendance_keys_on_session_update      ON public.training_sessions;
+DROP TRIGGER IF EXISTS attendance_keys_on_session_move        ON public.training_sessions;
 DROP TRIGGER IF EXISTS attendance_keys_on_session_delete      ON public.training_sessions;
 DROP TRIGGER IF EXISTS attendance_keys_on_session_truncate    ON public.training_sessions;
 DROP FUNCTION IF EXISTS public.attendance_keys_from_member_attendance();
 DROP FUNCTION IF EXISTS public.attendance_keys_from_training_sessions();
 DROP FUNCTION IF EXISTS public.attendance_keys_all();
+DROP FUNCTION IF EXISTS public.attendance_keys_lock_moved_session();
 DROP TABLE IF EXISTS public.attendance_statistics_live;
 DROP VIEW IF EXISTS public.attendance_statistics_def;
 

@@ -432,7 +432,16 @@ BEGIN
         END IF;
     END LOOP;
 
-    RAISE NOTICE '✓ 8 statement-level triggers with transition tables notify attendance_keys';
+    -- The session move lock: BEFORE UPDATE OF category_id, season_id, per row.
+    SELECT tg.* INTO t FROM pg_catalog.pg_trigger tg
+    WHERE tg.tgname = 'attendance_keys_on_session_move'
+      AND tg.tgrelid = 'public.training_sessions'::regclass;
+    IF NOT FOUND OR t.tgtype <> (1 | 2 | 16) OR t.tgenabled = 'D'
+       OR t.tgfoid <> 'public.attendance_keys_lock_moved_session()'::regprocedure THEN
+        RAISE EXCEPTION '✗ FAIL: trigger attendance_keys_on_session_move must be an enabled BEFORE UPDATE ... FOR EACH ROW trigger calling public.attendance_keys_lock_moved_session()';
+    END IF;
+
+    RAISE NOTICE '✓ 8 statement-level triggers with transition tables notify attendance_keys; session moves lock before they update';
 END;
 $$;
 
