@@ -25,6 +25,10 @@
 //! `--writers-instructions` counts instead, with valgrind's callgrind, the CPU
 //! instructions one single-row INSERT transaction costs under each of those captures
 //! (benches/writers/instructions.rs; needs valgrind; ~3 min, `--quick` ~1 min).
+//! `--writers-path` measures the capture of a table reaching the key through a join path
+//! (sales through products to category names) against no trigger, at 1 and 8 clients
+//! (benches/writers/path.rs; `--writers-secs`, `--writers-rounds`, `--writers-durable`;
+//! `--writers-path-against BIN` adds the capture another refreshd binary generates).
 //! `--writers-partitioned`, with either: the same on w.sales partitioned by month (12
 //! partitions), the kind of fact table issue 20 measured capture on.
 //! `--writers-durable`, with `--writers`: commits as the server's defaults make them
@@ -103,6 +107,12 @@ struct Plan {
     /// `--writers-instructions`: the same captures, in instructions per transaction
     /// (benches/writers/instructions.rs).
     writers_instructions: bool,
+    /// `--writers-path`: the writer cost of the capture of a table reaching the key
+    /// through a join path (benches/writers/path.rs).
+    writers_path: bool,
+    /// `--writers-path-against BIN`: also the capture another refreshd binary's `init`
+    /// generates (an earlier version's, say), side by side.
+    writers_path_against: Option<String>,
     /// `--writers-partitioned`: w.sales partitioned by month (12 partitions), as the
     /// fact table issue 20 measured capture on (benches/writers/mod.rs).
     writers_partitioned: bool,
@@ -158,6 +168,8 @@ impl Plan {
             tpch_foreign_keys: false,
             writers: false,
             writers_instructions: false,
+            writers_path: false,
+            writers_path_against: None,
             writers_partitioned: false,
             writers_durable: false,
             writers_secs: 3,
@@ -198,6 +210,8 @@ impl Plan {
             tpch_foreign_keys: false,
             writers: false,
             writers_instructions: false,
+            writers_path: false,
+            writers_path_against: None,
             writers_partitioned: false,
             writers_durable: false,
             writers_secs: 10,
@@ -222,6 +236,8 @@ impl Plan {
         self.tpch = has("--tpch");
         self.writers = has("--writers");
         self.writers_instructions = has("--writers-instructions");
+        self.writers_path = has("--writers-path");
+        self.writers_path_against = arg_value(args, "--writers-path-against");
         self.writers_partitioned = has("--writers-partitioned");
         self.writers_durable = has("--writers-durable");
         self.attendance = has("--attendance-scale");
@@ -333,6 +349,8 @@ fn main() -> Result<()> {
         rt.block_on(capture::run(plan))
     } else if plan.tpch {
         rt.block_on(tpch::run(plan))
+    } else if plan.writers_path {
+        rt.block_on(writers::path::run(plan))
     } else if plan.writers_instructions {
         rt.block_on(writers::instructions::run(plan))
     } else if plan.writers {

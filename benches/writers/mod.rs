@@ -38,6 +38,7 @@
 use super::*;
 
 pub mod instructions;
+pub mod path;
 
 const ROWS: i64 = 200_000;
 
