@@ -577,20 +577,7 @@ async fn tombstones_under_serializable_writers_and_failed_refreshes_are_exact() 
     let db = TestDb::new();
     db.psql(&support::keyed_storm::counted_and_probed_schema("cz"));
     let dsn = db.dsn();
-    let out = support::refreshd(&[
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        "cz",
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "cz.counted",
-        "--keyed",
-        "cz.probed",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    support::keyed_storm::convert_all_in_place(&db, "cz", &["cz.counted", "cz.probed"]);
     let views = [("cz.counted", "region"), ("cz.probed", "region")];
     let done = support::keyed_storm::storm_while_refreshing(
         &dsn,

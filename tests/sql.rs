@@ -1010,36 +1010,14 @@ async fn keyed_attendance_write_behind_a_session_move_names_the_new_group() {
         .await
         .unwrap();
     let writer = db.client().await;
-    let wpid: i32 = writer
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let wpid = support::backend_pid(&writer).await;
     writer.batch_execute("BEGIN").await.unwrap();
     let sql = format!(
         "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
         member(1)
     );
     let wrote = tokio::spawn(async move { writer.batch_execute(&sql).await.map(|_| writer) });
-    let probe = db.client().await;
-    support::wait_for(
-        Duration::from_secs(10),
-        "the write to wait on a lock",
-        || {
-            let probe = &probe;
-            async move {
-                probe
-                    .query_one(
-                        "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
-                        &[&wpid],
-                    )
-                    .await
-                    .map(|r| r.get::<_, String>(0) == "Lock")
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    support::waits_on_a_lock(&db, wpid, "the write to wait on a lock").await;
     mover.batch_execute("COMMIT").await.unwrap();
     let writer = tokio::time::timeout(Duration::from_secs(10), wrote)
         .await
@@ -1102,35 +1080,13 @@ async fn move_session_waiting_on_a_lock(
     to_cat: &str,
 ) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
     let mover = db.client().await;
-    let pid: i32 = mover
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = support::backend_pid(&mover).await;
     let sql = format!(
         "UPDATE public.training_sessions SET category_id = '{to_cat}' WHERE id = '{}'",
         session(1)
     );
     let moved = tokio::spawn(async move { mover.batch_execute(&sql).await });
-    let probe = db.client().await;
-    support::wait_for(
-        Duration::from_secs(10),
-        "the move to wait on a lock",
-        || {
-            let probe = &probe;
-            async move {
-                probe
-                    .query_one(
-                        "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
-                    )
-                    .await
-                    .map(|r| r.get::<_, String>(0) == "Lock")
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    support::waits_on_a_lock(db, pid, "the move to wait on a lock").await;
     assert!(!moved.is_finished());
     moved
 }

@@ -283,8 +283,13 @@ where
 /// `init --schema SCHEMA --apply --in-place --keyed VIEW`, which must succeed: its
 /// config and what it said.
 pub fn convert_in_place(db: &super::TestDb, schema: &str, view: &str) -> (String, String) {
+    convert_all_in_place(db, schema, &[view])
+}
+
+/// [`convert_in_place`] of several views in one `init` (`--keyed` each).
+pub fn convert_all_in_place(db: &super::TestDb, schema: &str, views: &[&str]) -> (String, String) {
     let dsn = db.dsn();
-    let out = super::refreshd(&[
+    let mut args = vec![
         "init",
         "--url",
         &dsn,
@@ -292,12 +297,26 @@ pub fn convert_in_place(db: &super::TestDb, schema: &str, view: &str) -> (String
         schema,
         "--apply",
         "--in-place",
-        "--keyed",
-        view,
-    ]);
+    ];
+    for v in views {
+        args.extend(["--keyed", v]);
+    }
+    let out = super::refreshd(&args);
     let (config, stderr) = (super::stdout(&out), super::stderr(&out));
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
     (config, stderr)
+}
+
+/// A storm writer's transaction: `sql` in a DO block that ignores the foreign-key and
+/// unique violations random writes run into, one in three at REPEATABLE READ.
+pub fn tolerant(rng: &mut StdRng, sql: &str) -> String {
+    use rand::RngExt;
+    let rr = if rng.random_range(0..3) == 0 {
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+    } else {
+        ""
+    };
+    format!("{rr}DO $$BEGIN {sql}; EXCEPTION WHEN foreign_key_violation OR unique_violation THEN NULL; END$$")
 }
 
 /// One refresh of a view converted in place, done by hand as refreshd does it (LOCK,
@@ -490,6 +509,42 @@ where
         everything,
         failed,
     }
+}
+
+/// Four writers running `op` for `rounds` rounds each beside a back-to-back refresher
+/// of `views` (views converted in place, key column), writers' deadlocks and
+/// serialization failures rolled back; then one more refresh of each view, which must
+/// leave it equal to its definition. Returns what the storm did.
+pub async fn stormed_then_exact<F>(
+    db: &super::TestDb,
+    rounds: usize,
+    seed: u64,
+    op: F,
+    views: &[(&str, &str)],
+) -> StormDone
+where
+    F: Fn(&mut StdRng, usize, usize) -> String + Send + Sync + Copy + 'static,
+{
+    let done = storm_while_refreshing(
+        &db.dsn(),
+        4,
+        rounds,
+        seed,
+        op,
+        Refreshing {
+            views,
+            tweak: as_is,
+            allowed: &["40001", "40P01"],
+            at_least: 6,
+        },
+    )
+    .await;
+    println!("{done:?}");
+    for (v, key) in views {
+        let said = refresh_by_hand(db, v, key);
+        assert_exact(db, v, &said);
+    }
+    done
 }
 
 /// The rows the capture of keyed view `view` (`schema.name`, converted with a buffer

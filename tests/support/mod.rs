@@ -265,6 +265,33 @@ where
     }
 }
 
+/// The backend pid of a client's session.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid()")
+        .get(0)
+}
+
+/// Waits (10 s at most) until backend `pid` waits on a lock; panics naming `what`.
+pub async fn waits_on_a_lock(db: &TestDb, pid: i32, what: &str) {
+    let probe = db.client().await;
+    wait_for(Duration::from_secs(10), what, || {
+        let probe = &probe;
+        async move {
+            probe
+                .query_one(
+                    "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await
+                .map(|r| r.get::<_, String>(0) == "Lock")
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
 /// A free TCP port on 127.0.0.1 for the HTTP server.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
