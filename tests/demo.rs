@@ -75,13 +75,18 @@ impl Demo {
         .sum()
     }
 
+    /// Waits (60 s at most, the demo's cluster and data included) for two refreshes
+    /// caused by its writes; a timeout shows the demo's log.
     async fn wait_refreshing(&self) {
-        wait_for(
-            Duration::from_secs(60),
-            "the demo's writes to turn into refreshes",
-            || async { self.notify_refreshes() >= 2.0 },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.notify_refreshes() < 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 60s waiting for the demo's writes to turn into refreshes; its log:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn cluster_dir(&self) -> String {
