@@ -228,14 +228,7 @@ async fn init_keyed(
         args.push("--in-place");
     }
     args.extend(["--keyed", view]);
-    let o = tokio::process::Command::new(bin)
-        .args(&args)
-        .output()
-        .await?;
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    if !o.status.success() {
-        bail!("refreshd init --keyed {view} failed: {err}");
-    }
+    let (toml, err) = run_refreshd(bin, &args).await?;
     let said: Vec<String> = err
         .lines()
         .filter(|l| l.contains(mentions))
@@ -244,7 +237,7 @@ async fn init_keyed(
     for l in &said {
         progress(&format!("init: {l}"));
     }
-    let cfgs = super::tpch::keyed_views_from_init(&String::from_utf8_lossy(&o.stdout))?;
+    let cfgs = super::tpch::keyed_views_from_init(&toml)?;
     let cfg = cfgs
         .iter()
         .find(|(n, _)| n == cfg_name)

@@ -294,24 +294,18 @@ impl Init {
     /// refreshd init, as a user would run it: the config it prints, the capture applied.
     async fn run(bin: &std::path::Path, shop: &Shop) -> Result<Init> {
         let c = &shop.c;
-        let out = tokio::process::Command::new(bin)
-            .args([
+        let (init_toml, _) = run_refreshd(
+            bin,
+            &[
                 "init",
                 "--url",
                 &shop.bench.dsn,
                 "--schema",
                 SCHEMA,
                 "--apply",
-            ])
-            .output()
-            .await?;
-        if !out.status.success() {
-            bail!(
-                "refreshd init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+            ],
+        )
+        .await?;
         let (view_cfg, parked_cfg, summary) = view_from_init(&init_toml)?;
         progress(&format!("init: {summary}"));
         // refreshd's triggers on the fact table (root and partitions), to drop and restore.

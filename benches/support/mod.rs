@@ -157,6 +157,28 @@ const BIN: &str = env!("CARGO_BIN_EXE_refreshd");
 /// The copy of [`BIN`] every daemon of this run starts, once [`pin_binary`] made it.
 static PINNED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
+/// Runs refreshd binary `bin` with `args` (`init ...`, say) as a user would: its stdout
+/// (the config `init` prints) and stderr (what it said); an error with that stderr when
+/// it fails.
+pub async fn run_refreshd<S: AsRef<std::ffi::OsStr>>(
+    bin: &std::path::Path,
+    args: &[S],
+) -> Result<(String, String)> {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "refreshd {} failed: {stderr}",
+            args.first()
+                .map_or(String::new(), |a| a.as_ref().to_string_lossy().into_owned())
+        );
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
+}
+
 /// Copies target/release/refreshd to a private directory and starts every daemon of
 /// the run from that copy: a `cargo build --release` elsewhere on the machine (tests
 /// run meanwhile) would otherwise swap the binary in the middle of a run. The copy

@@ -361,16 +361,8 @@ async fn init_keyed(bin: &std::path::Path, keyed_dsn: &str) -> Result<Init> {
         args.push(format!("tpch.{}", v.name));
     }
     let t = Instant::now();
-    let out = tokio::process::Command::new(bin)
-        .args(&args)
-        .output()
-        .await?;
+    let (init_toml, init_err) = run_refreshd(bin, &args).await?;
     let secs = t.elapsed().as_secs_f64();
-    let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("refreshd init --keyed failed: {init_err}");
-    }
-    let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
     let cfgs = keyed_views_from_init(&init_toml)?;
     let derivations: Vec<String> = init_err
         .lines()

@@ -358,8 +358,9 @@ impl Init {
     /// One `refreshd init --schema w --apply --in-place --keyed ... --keyed ...`, then the
     /// triggers it created on w.sales.
     async fn run(bin: &std::path::Path, dsn: &str, c: &Client) -> Result<Init> {
-        let out = tokio::process::Command::new(bin)
-            .args([
+        let (init_toml, init_err) = run_refreshd(
+            bin,
+            &[
                 "init",
                 "--url",
                 dsn,
@@ -371,14 +372,9 @@ impl Init {
                 "w.by_product_delta",
                 "--keyed",
                 "w.by_product_keys",
-            ])
-            .output()
-            .await?;
-        let init_err = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            bail!("refreshd init failed: {init_err}");
-        }
-        let init_toml = String::from_utf8_lossy(&out.stdout).into_owned();
+            ],
+        )
+        .await?;
         let said: Vec<String> = init_err
             .lines()
             .filter(|l| l.contains("--keyed w."))

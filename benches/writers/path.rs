@@ -132,18 +132,20 @@ pub async fn run(plan: Plan) -> Result<()> {
 /// `init --schema S --apply --in-place --keyed S.by_category` by binary `bin`; returns
 /// the line it prints for the capture of `S.sales`.
 async fn convert(bin: &std::path::Path, dsn: &str, s: &str) -> Result<String> {
-    let out = tokio::process::Command::new(bin)
-        .args(["init", "--url", dsn, "--schema", s, "--apply", "--in-place"])
-        .args(["--keyed", &format!("{s}.by_category")])
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "refreshd init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let view = format!("{s}.by_category");
+    let args = [
+        "init",
+        "--url",
+        dsn,
+        "--schema",
+        s,
+        "--apply",
+        "--in-place",
+        "--keyed",
+        &view,
+    ];
+    let (toml, _) = run_refreshd(bin, &args).await?;
+    Ok(toml
         .lines()
         .find(|l| l.starts_with(&format!("# capture: {s}.sales")))
         .map(|l| l.trim_start_matches("# ").to_string())
