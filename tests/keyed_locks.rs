@@ -116,10 +116,7 @@ async fn a_fact_delete_beside_a_cascading_dimension_delete_does_not_deadlock() {
             .batch_execute("DELETE FROM cd.regions WHERE id = 3")
             .await
     });
-    assert!(
-        done_or_waiting(&db, cpid).await,
-        "the cascade waits for the locked sale"
-    );
+    support::waits_on_a_lock(&db, cpid, "the cascade to wait for the locked sale").await;
     writer
         .batch_execute("DELETE FROM cd.sales WHERE id = 1; COMMIT")
         .await
