@@ -975,13 +975,15 @@ async fn keyed_attendance_session_move_waits_for_attendance_writers() {
 }
 
 /// The other order: a session being moved (uncommitted) when an attendance write of it
-/// runs. The write waits for the move and must then name the session's new group: the
-/// move's notification is applied before the write commits, so a write naming only
-/// the old group left the new one without it. It did while the move locked the session
-/// after updating it (its AFTER trigger): the write's key-share lock on the row's old
-/// version then waited for the move and returned that old version.
+/// runs. The move's notification is applied before the write commits, so a write
+/// naming only the old group leaves the new one without it. It did while the move
+/// locked the session after updating it (its AFTER trigger): the write's key-share lock
+/// on the row's old version then waited for the move and returned that old version.
+/// The move now locks the session before updating it, and the write, finding it
+/// locked, does not wait (a wait is what deadlocks beside a cascading delete, below):
+/// it names every group.
 #[tokio::test(flavor = "multi_thread")]
-async fn keyed_attendance_write_behind_a_session_move_names_the_new_group() {
+async fn keyed_attendance_write_beside_a_session_move_names_every_group() {
     let db = TestDb::new();
     run(&db, "attendance/install.sql");
     attendance_fixture(&db, 2);
@@ -1010,20 +1012,18 @@ async fn keyed_attendance_write_behind_a_session_move_names_the_new_group() {
         .await
         .unwrap();
     let writer = db.client().await;
-    let wpid = support::backend_pid(&writer).await;
     writer.batch_execute("BEGIN").await.unwrap();
-    let sql = format!(
-        "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
-        member(1)
-    );
-    let wrote = tokio::spawn(async move { writer.batch_execute(&sql).await.map(|_| writer) });
-    support::waits_on_a_lock(&db, wpid, "the write to wait on a lock").await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        writer.batch_execute(&format!(
+            "UPDATE public.member_attendance SET attendance_status = 'late' WHERE member_id = '{}'",
+            member(1)
+        )),
+    )
+    .await
+    .expect("the write does not wait for the move")
+    .unwrap();
     mover.batch_execute("COMMIT").await.unwrap();
-    let writer = tokio::time::timeout(Duration::from_secs(10), wrote)
-        .await
-        .expect("the write proceeds once the move committed")
-        .unwrap()
-        .unwrap();
     // The move's groups are recomputed before the write commits.
     let moved = l.drain().await;
     assert_eq!(
@@ -1033,13 +1033,77 @@ async fn keyed_attendance_write_behind_a_session_move_names_the_new_group() {
     apply_attendance(&mut applier, &moved[0]).await;
     writer.batch_execute("COMMIT").await.unwrap();
     let got = l.drain().await;
-    assert_eq!(
-        got,
-        vec![keys(&[&g2])],
-        "the write names the session's new group"
-    );
+    assert_eq!(got, vec![Keys::All], "the write names every group");
     apply_attendance(&mut applier, &got[0]).await;
     assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0);
+}
+
+/// A transaction holding its attendance row's lock (`SELECT ... FOR UPDATE`, as ORMs
+/// do) beside a DELETE of the row's session, whose cascade to that row waits for it:
+/// the attendance write that follows must not wait for the session. It did while the
+/// trigger locked the session `FOR KEY SHARE` unconditionally (the DELETE holds its
+/// row): a deadlock, one of the two aborted, where the same statements without the
+/// trigger both commit. A session the trigger cannot lock is skipped, and the write
+/// names every group (`*`) instead. Once with an UPDATE, once with a DELETE.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_attendance_write_beside_a_cascading_session_delete_does_not_deadlock() {
+    let db = TestDb::new();
+    run(&db, "attendance/install.sql");
+    attendance_fixture(&db, 1);
+    let mut applier = db.client().await;
+    let mut l = KeysListener::start(&db, ATTENDANCE_KEYS, 2).await;
+    let g1 = vec![cat(1), season(1)];
+    let writes = [
+        "UPDATE public.member_attendance SET attendance_status = 'late' WHERE training_session_id = '{s}'",
+        "DELETE FROM public.member_attendance WHERE training_session_id = '{s}'",
+    ];
+    for (n, write) in (1..).zip(writes) {
+        let s = session(n);
+        db.psql(&format!(
+            "INSERT INTO public.training_sessions (id, category_id, season_id, session_date) \
+             VALUES ('{s}', '{}', '{}', '2024-01-01'); \
+             INSERT INTO public.member_attendance (member_id, training_session_id, attendance_status) \
+             VALUES ('{}', '{s}', 'present')",
+            cat(1),
+            season(1),
+            member(1),
+        ));
+        apply_attendance(&mut applier, &Keys::All).await;
+        l.drain().await;
+
+        let writer = db.client().await;
+        writer
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM public.member_attendance WHERE training_session_id = '{s}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let deleter = db.client().await;
+        let dpid = support::backend_pid(&deleter).await;
+        let delete = format!("DELETE FROM public.training_sessions WHERE id = '{s}'");
+        let deleted = tokio::spawn(async move { deleter.batch_execute(&delete).await });
+        support::waits_on_a_lock(&db, dpid, "the cascading delete to wait for the row").await;
+
+        let write = write.replace("{s}", &s);
+        tokio::time::timeout(Duration::from_secs(10), writer.batch_execute(&write))
+            .await
+            .expect("the write does not wait for the session")
+            .unwrap_or_else(|e| panic!("{write}: {e:?}"));
+        writer.batch_execute("COMMIT").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), deleted)
+            .await
+            .expect("the delete proceeds once the writer committed")
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the cascading delete: {e:?}"));
+
+        // The write could not lock the session: every group. Then the delete's group.
+        let got = l.drain().await;
+        assert_eq!(got, vec![Keys::All, keys(&[&g1])], "round {n}");
+        for k in &got {
+            apply_attendance(&mut applier, k).await;
+        }
+        assert_eq!(count(&applier, ATTENDANCE_DRIFT).await, 0, "round {n}");
+    }
 }
 
 /// (the attendance write left open, the move's new category, a new session status,

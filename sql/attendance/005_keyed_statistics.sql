@@ -79,16 +79,23 @@
 --   moves sessions takes FOR UPDATE on them before it updates them (a
 --   BEFORE UPDATE row trigger), which waits for those attendance writers
 --   to commit: their write is then visible to the recompute that the
---   move's own notification triggers. A writer arriving after the lock
---   waits for the move and then reads the moved session, naming its new
---   group (locked after the update, the old version was read: fixed
---   2026-12-04, tests/sql.rs). Cost: a session
---   move waits for in-flight attendance writes of that session, and a
---   transaction that writes attendance of a session and then updates that
---   session can deadlock with a concurrent move of it (one of the two is
---   rolled back and may retry). Limit: writers at REPEATABLE READ or
---   SERIALIZABLE whose snapshot predates a committed move still see the
---   old group; a periodic full recompute (a refreshd schedule) covers them.
+--   move's own notification triggers.
+--   A session already locked by another transaction (being moved, being
+--   deleted, or locked FOR UPDATE by the application) is not waited for:
+--   the UPDATE and DELETE lookups use SKIP LOCKED, and a session skipped
+--   makes the statement send '*' (every group) instead of its groups.
+--   Waiting there deadlocked a transaction that held its attendance row
+--   (SELECT ... FOR UPDATE) beside a DELETE of the session cascading to
+--   that row (fixed 2026-12-04, tests/sql.rs), and returned the moved
+--   session's old version (the write then named the old group alone).
+--   Cost: a session move waits for in-flight attendance writes of that
+--   session; an attendance write beside a move, a delete or a locker of
+--   its session recomputes every group; a transaction that writes
+--   attendance of a session and then updates that session can deadlock
+--   with a concurrent move of it (one of the two is rolled back and may
+--   retry). Limit: writers at REPEATABLE READ or SERIALIZABLE whose
+--   snapshot predates a committed move still see the old group; a
+--   periodic full recompute (a refreshd schedule) covers them.
 --   Both trigger functions are SECURITY DEFINER (fixed search_path), so
 --   writers need no UPDATE privilege on training_sessions for that lock,
 --   and row-level security on training_sessions cannot hide a session
@@ -248,7 +255,9 @@ BEGIN
     -- Transition tables: new_rows (INSERT, UPDATE), old_rows (UPDATE, DELETE).
     -- FOR KEY SHARE on the sessions looked up: a concurrent move of them to
     -- another group waits for this transaction (see CONCURRENCY in the
-    -- header). For INSERT the foreign-key check already holds it.
+    -- header). For INSERT the foreign-key check already holds it; UPDATE
+    -- and DELETE skip a session another transaction holds, and then send
+    -- '*' (a session visible but not locked: skipped).
     IF TG_OP = 'INSERT' THEN
         SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
                                  ',' ORDER BY k.category_id, k.season_id) || ']'
@@ -260,34 +269,46 @@ BEGIN
                     FOR KEY SHARE OF ts) AS s
               WHERE s.category_id IS NOT NULL AND s.season_id IS NOT NULL) AS k;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
-                                 ',' ORDER BY k.category_id, k.season_id) || ']'
-          INTO v_payload
-        FROM (SELECT DISTINCT s.category_id, s.season_id
-              FROM (SELECT ts.category_id, ts.season_id
-                    FROM public.training_sessions ts
-                    WHERE ts.id IN (SELECT o.training_session_id FROM old_rows o)
-                    FOR KEY SHARE OF ts) AS s
-              WHERE s.category_id IS NOT NULL AND s.season_id IS NOT NULL) AS k;
+        WITH ids AS (SELECT DISTINCT o.training_session_id AS id FROM old_rows o),
+             locked AS (SELECT ts.id, ts.category_id, ts.season_id
+                        FROM public.training_sessions ts
+                        WHERE ts.id IN (SELECT i.id FROM ids i)
+                        FOR KEY SHARE OF ts SKIP LOCKED)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM public.training_sessions ts
+                                 WHERE ts.id IN (SELECT i.id FROM ids i)
+                                   AND ts.id NOT IN (SELECT l.id FROM locked l))
+                    THEN '*'
+                    ELSE (SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
+                                                   ',' ORDER BY k.category_id, k.season_id) || ']'
+                          FROM (SELECT DISTINCT l.category_id, l.season_id FROM locked l
+                                WHERE l.category_id IS NOT NULL AND l.season_id IS NOT NULL) AS k)
+               END
+          INTO v_payload;
     ELSE
         -- Only rows whose columns read by the definition changed, old and new.
-        SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
-                                 ',' ORDER BY k.category_id, k.season_id) || ']'
-          INTO v_payload
-        FROM (SELECT DISTINCT s.category_id, s.season_id
-              FROM (SELECT ts.category_id, ts.season_id
-                    FROM public.training_sessions ts
-                    WHERE ts.id IN (
-                        SELECT d.training_session_id
-                        FROM ((SELECT o.member_id, o.training_session_id, o.attendance_status FROM old_rows o
-                               EXCEPT ALL
-                               SELECT n.member_id, n.training_session_id, n.attendance_status FROM new_rows n)
-                              UNION ALL
-                              (SELECT n.member_id, n.training_session_id, n.attendance_status FROM new_rows n
-                               EXCEPT ALL
-                               SELECT o.member_id, o.training_session_id, o.attendance_status FROM old_rows o)) AS d)
-                    FOR KEY SHARE OF ts) AS s
-              WHERE s.category_id IS NOT NULL AND s.season_id IS NOT NULL) AS k;
+        WITH ids AS (
+                 SELECT DISTINCT d.training_session_id AS id
+                 FROM ((SELECT o.member_id, o.training_session_id, o.attendance_status FROM old_rows o
+                        EXCEPT ALL
+                        SELECT n.member_id, n.training_session_id, n.attendance_status FROM new_rows n)
+                       UNION ALL
+                       (SELECT n.member_id, n.training_session_id, n.attendance_status FROM new_rows n
+                        EXCEPT ALL
+                        SELECT o.member_id, o.training_session_id, o.attendance_status FROM old_rows o)) AS d),
+             locked AS (SELECT ts.id, ts.category_id, ts.season_id
+                        FROM public.training_sessions ts
+                        WHERE ts.id IN (SELECT i.id FROM ids i)
+                        FOR KEY SHARE OF ts SKIP LOCKED)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM public.training_sessions ts
+                                 WHERE ts.id IN (SELECT i.id FROM ids i)
+                                   AND ts.id NOT IN (SELECT l.id FROM locked l))
+                    THEN '*'
+                    ELSE (SELECT '[' || string_agg('[' || to_json(k.category_id)::text || ',' || to_json(k.season_id)::text || ']',
+                                                   ',' ORDER BY k.category_id, k.season_id) || ']'
+                          FROM (SELECT DISTINCT l.category_id, l.season_id FROM locked l
+                                WHERE l.category_id IS NOT NULL AND l.season_id IS NOT NULL) AS k)
+               END
+          INTO v_payload;
     END IF;
 
     IF octet_length(v_payload) > 7999 THEN
@@ -359,7 +380,8 @@ COMMENT ON FUNCTION public.attendance_keys_from_training_sessions() IS
 -- A session moved to another group, locked FOR UPDATE before the UPDATE
 -- writes its new version (see the header): the lock waits for the
 -- attendance writers holding FOR KEY SHARE on it, and a writer arriving
--- later waits for this one and then reads the new version. Taken after
+-- later finds it locked (and sends '*'), or, inserting, waits for this
+-- one in its foreign-key check and then reads the new version. Taken after
 -- the UPDATE (in the statement trigger, as before 2026-12-04), the lock
 -- sat on the new version only: a later writer's key-share lock on the old
 -- version waited for the move, then returned the old version, and the
@@ -377,7 +399,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION public.attendance_keys_lock_moved_session() IS
-    'BEFORE UPDATE row trigger on training_sessions moving a session to another (category_id, season_id) group: locks the row FOR UPDATE before it is updated, so attendance writers holding FOR KEY SHARE on it commit first and later ones read the moved row.';
+    'BEFORE UPDATE row trigger on training_sessions moving a session to another (category_id, season_id) group: locks the row FOR UPDATE before it is updated, so attendance writers holding FOR KEY SHARE on it commit first; later ones find it locked and send every group (UPDATE, DELETE) or wait and read the moved row (INSERT, in its foreign-key check).';
 
 -- TRUNCATE has no transition tables and empties every group.
 CREATE OR REPLACE FUNCTION public.attendance_keys_all()
