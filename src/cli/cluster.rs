@@ -223,6 +223,7 @@ impl TempCluster {
             "\n# refreshd test cluster\nlisten_addresses = '127.0.0.1'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 200\nshared_buffers = '128MB'\n\
+             max_prepared_transactions = 10\n\
              log_min_messages = warning\nlog_line_prefix = '%m [%p] %a '\n",
         );
         conf.push_str(&format!(

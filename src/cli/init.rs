@@ -989,6 +989,8 @@ struct Plan {
     reads: Vec<Vec<usize>>,
     feeds: BTreeMap<u32, Feed>,
     server_version: i32,
+    /// The role init connected as: the one its configuration connects refreshd as.
+    role: String,
 }
 
 const MATVIEWS_SQL: &str = "SELECT c.oid, n.nspname::text, c.relname::text, \
@@ -1037,17 +1039,21 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
     let found = found_views(client, schemas).await.map_err(err)?;
     let (views, reads) = dependency_order(found);
     let feeds = feeds(client, &views).await.map_err(err)?;
-    let server_version: i32 = client
-        .query_typed("SELECT current_setting('server_version_num')::int", &[])
+    let (server_version, role): (i32, String) = client
+        .query_typed(
+            "SELECT current_setting('server_version_num')::int, current_user::text",
+            &[],
+        )
         .await
         .map_err(err)?
         .first()
-        .map_or(0, |r| r.get(0));
+        .map_or((0, String::new()), |r| (r.get(0), r.get(1)));
     Ok(Plan {
         views,
         reads,
         feeds,
         server_version,
+        role,
     })
 }
 
@@ -1599,6 +1605,16 @@ impl Plan {
         install.push_str(capture::CONTROL_SQL);
         install.push('\n');
         install.push_str(capture::FUNCTION_SQL);
+        if !self.role.is_empty() {
+            // Whoever applies this (a DBA, say), refreshd connects as this role and
+            // takes two-phase writers' wake-ups from the table.
+            let _ = writeln!(
+                install,
+                "GRANT USAGE ON SCHEMA refreshd TO {r};\nGRANT SELECT, DELETE ON {} TO {r};",
+                capture::WAKES_TABLE,
+                r = crate::pg::ident::quote_ident(&self.role)
+            );
+        }
         let mut rollback = String::new();
         let _ = writeln!(
             rollback,

@@ -503,7 +503,7 @@ mod tests {
         // The capture function in users' databases names this number.
         assert_eq!(ARM_CLASS, 1_919_316_840);
         assert!(crate::pg::capture::FUNCTION_SQL
-            .contains("1919316840 + pg_catalog.pg_backend_pid() % 16"));
+            .contains("1919316840 OPERATOR(pg_catalog.+) (pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.%) 16)"));
         assert_eq!(slots_in(ALL_SLOTS).len(), ARM_SLOTS as usize);
         assert_eq!(slots_in(0b101), vec![0, 2]);
     }

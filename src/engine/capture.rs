@@ -311,7 +311,8 @@ async fn install(
     views: &[ViewConfig],
     heals: &[(QualifiedName, Heal)],
 ) -> Result<bool, String> {
-    // An older capture function notifies on every writing transaction: replace it.
+    // An older capture function notifies on every writing transaction, or makes
+    // two-phase writers fail at PREPARE: replace it.
     let upgrade = facts.function_installed
         && !facts.function_current
         && views.iter().any(|v| v.capture == Capture::Managed);
@@ -324,7 +325,7 @@ async fn install(
     match crate::pg::capture::install(client, heals, with_function).await {
         Ok(()) => {
             if upgrade {
-                tracing::info!("replaced an older refreshd.notify_changed() (it notified on every writing transaction)");
+                tracing::info!("replaced an older refreshd.notify_changed() (it notified on every writing transaction, or made two-phase writers fail at PREPARE)");
             }
             Ok(true)
         }

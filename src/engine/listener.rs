@@ -25,6 +25,14 @@ use crate::serve::metrics::Metrics;
 
 pub use crate::engine::listen_event::{ListenerEvent, PROBE_DEADLINE, PROBE_INTERVAL};
 
+/// How often the leader takes the wake-ups two-phase writers recorded in
+/// `refreshd.wakes` (see `pg::wakes`): their changes are seen this much later than a
+/// notification would make them.
+pub const WAKE_POLL: Duration = Duration::from_secs(1);
+
+/// How often the leader looks again for a `refreshd.wakes` it did not find.
+const WAKES_RECHECK: Duration = Duration::from_secs(30);
+
 /// The advisory lock key: FNV-1a over `refreshd:` and the lock name, as a signed
 /// 64-bit integer. Fixed forever, so that every version of refreshd agrees.
 pub fn lock_key(lock_name: &str) -> i64 {
@@ -457,9 +465,17 @@ impl Listener {
         tick.tick().await;
         let mut rearm = tokio::time::interval(Duration::from_millis(250));
         rearm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wake_poll = tokio::time::interval(WAKE_POLL);
+        wake_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wakes = Wakes::default();
         loop {
             self.health.beat_listener();
             tokio::select! {
+                _ = wake_poll.tick() => {
+                    if let Err(e) = self.take_wakes(conn, &mut wakes, &listening).await {
+                        return e;
+                    }
+                }
                 _ = rearm.tick(), if self.arming.has_pending() => {
                     let events = &self.events;
                     self.arming.retry_pending(|ev| { let _ = events.send(ev); }).await;
@@ -491,6 +507,86 @@ impl Listener {
         }
     }
 
+    /// Takes the wake-ups two-phase writers recorded (see `pg::wakes`) and passes each
+    /// on as a notification on its channel would be: the channel released first (see
+    /// `arming`). Channels not LISTENed are dropped, the control channels too.
+    async fn take_wakes(
+        &self,
+        conn: &Conn,
+        wakes: &mut Wakes,
+        listening: &BTreeSet<String>,
+    ) -> Result<(), Ended> {
+        use crate::pg::wakes::Found;
+        let now = std::time::Instant::now();
+        if !wakes.present {
+            if wakes.recheck_at.is_some_and(|t| now < t) {
+                return Ok(());
+            }
+            wakes.recheck_at = Some(now + WAKES_RECHECK);
+            let found = match tokio::time::timeout(
+                PROBE_DEADLINE,
+                crate::pg::wakes::find(&conn.client),
+            )
+            .await
+            {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) if e.as_db_error().is_none() => {
+                    return Err(Ended::Lost(crate::pg::connect::error_chain(&e)))
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::pg::connect::error_chain(&e), "looking for refreshd.wakes failed");
+                    return Ok(());
+                }
+                Err(_) => return Err(Ended::Lost("looking for refreshd.wakes timed out".into())),
+            };
+            if found == Found::Unusable && !wakes.warned {
+                wakes.warned = true;
+                tracing::warn!("refreshd.wakes exists but refreshd's role may not take from it (it needs USAGE on schema refreshd, SELECT and DELETE on the table): the changes of writers with refreshd.two_phase = on wait for another notification");
+            }
+            wakes.present = found == Found::Usable;
+            if !wakes.present {
+                return Ok(());
+            }
+        }
+        let taken = match tokio::time::timeout(PROBE_DEADLINE, crate::pg::wakes::take(&conn.client))
+            .await
+        {
+            Ok(Ok(Some(t))) => t,
+            Ok(Ok(None)) => {
+                wakes.present = false;
+                return Ok(());
+            }
+            Ok(Err(e)) if e.as_db_error().is_some() => {
+                // Privileges changed since the check, say: looked at again later.
+                tracing::debug!(error = %crate::pg::connect::error_chain(&e), "taking refreshd.wakes failed");
+                wakes.present = false;
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(Ended::Lost(crate::pg::connect::error_chain(&e))),
+            Err(_) => return Err(Ended::Lost("taking refreshd.wakes timed out".into())),
+        };
+        for channel in taken {
+            if !listening.contains(&channel)
+                || channel == crate::CONTROL_CHANNEL
+                || channel == crate::pg::force::FORCE_CHANNEL
+            {
+                continue;
+            }
+            tracing::debug!(%channel, "a two-phase writer's wake-up");
+            self.metrics
+                .notifications
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            self.arming.disarm(&channel).await;
+            let _ = self.events.send(ListenerEvent::Notification {
+                channel,
+                payload: String::new(),
+                pid: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// LISTENs on what is wanted (plus the control channel) and UNLISTENs the rest.
     async fn sync_channels(
         &self,
@@ -512,6 +608,15 @@ impl Listener {
         *listening = wanted;
         Ok(())
     }
+}
+
+/// Whether `refreshd.wakes` was found, and when to look again if not.
+#[derive(Default)]
+struct Wakes {
+    present: bool,
+    recheck_at: Option<std::time::Instant>,
+    /// Found without the privileges to take from it, and said so (once a session).
+    warned: bool,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -1280,13 +1280,19 @@ struct TableCapture<'c> {
 impl Conversion<'_> {
     /// Rows buffered (`FOUND`, set by the buffer's INSERT, the last statement that sets
     /// it): wake refreshd unless a refresh is already due (module doc). One plpgsql
-    /// expression: each costs a single-row writer its set-up once per transaction.
+    /// expression: each costs a single-row writer its set-up once per transaction. A
+    /// session that may PREPARE (`refreshd.two_phase = on`) records the wake-up in
+    /// `refreshd.wakes` instead (a transaction that notified cannot be prepared); the
+    /// setting is read only when a wake-up is due, so other writers never pay for it.
     fn wake_sql(&self) -> String {
         format!(
-            "    IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} {plus} (pg_catalog.pg_backend_pid() {modulo} {ARM_SLOTS}), pg_catalog.hashtext({ch})) THEN\n        PERFORM pg_catalog.pg_notify({ch}, '');\n    END IF;\n    RETURN NULL;\n",
+            "    IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared({ARM_CLASS} {plus} (pg_catalog.pg_backend_pid() {modulo} {ARM_SLOTS}), pg_catalog.hashtext({ch})) THEN\n        IF pg_catalog.current_setting({setting}, true) {eq} 'on' THEN\n            INSERT INTO {wakes} (channel) VALUES ({ch});\n        ELSE\n            PERFORM pg_catalog.pg_notify({ch}, '');\n        END IF;\n    END IF;\n    RETURN NULL;\n",
             ch = literal(&self.n.channel),
             plus = pg_op("+"),
             modulo = pg_op("%"),
+            eq = pg_op("="),
+            setting = literal(crate::pg::capture::TWO_PHASE_SETTING),
+            wakes = crate::pg::capture::WAKES_TABLE,
         )
     }
 

@@ -1253,7 +1253,7 @@ fn attendance_trigger_functions(g: &Generated) {
         "{ses}"
     );
     assert!(
-        ses.contains("IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 OPERATOR(pg_catalog.+) (pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.%) 16), pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');"),
+        ses.contains("IF FOUND AND NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 OPERATOR(pg_catalog.+) (pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.%) 16), pg_catalog.hashtext('refreshd_keys_public_attendance_statistics_summary')) THEN\n        IF pg_catalog.current_setting('refreshd.two_phase', true) OPERATOR(pg_catalog.=) 'on' THEN\n            INSERT INTO refreshd.wakes (channel) VALUES ('refreshd_keys_public_attendance_statistics_summary');\n        ELSE\n            PERFORM pg_catalog.pg_notify('refreshd_keys_public_attendance_statistics_summary', '');\n        END IF;"),
         "{ses}"
     );
     assert!(

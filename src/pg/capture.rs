@@ -12,26 +12,51 @@ pub const CONTROL_SQL: &str = include_str!("../../sql/refreshd/001_control.sql")
 /// Its rollback.
 pub const CONTROL_ROLLBACK_SQL: &str = include_str!("../../sql/refreshd/901_rollback_control.sql");
 
+/// The setting a writing session turns on (`SET refreshd.two_phase = on`, or `ALTER
+/// ROLE ... SET`) when its transactions may end in `PREPARE TRANSACTION`: PostgreSQL
+/// refuses to prepare a transaction that notified, so refreshd's capture records its
+/// wake-up as a row of [`WAKES_TABLE`] instead, which refreshd reads every
+/// [`crate::engine::listener::WAKE_POLL`].
+pub const TWO_PHASE_SETTING: &str = "refreshd.two_phase";
+
+/// Where two-phase writers' wake-ups go (see [`TWO_PHASE_SETTING`]).
+pub const WAKES_TABLE: &str = "refreshd.wakes";
+
 /// The capture function: a statement-level trigger function for the channel given as
 /// its argument. It notifies (a constant payload: PostgreSQL folds repeats within a
 /// transaction) only while refreshd holds the channel's lock; otherwise it takes that
 /// lock shared until its commit, which refreshd waits for before its next refresh
 /// (see `engine::arming`: one notification per refresh, not per writing transaction,
-/// and none at all while no refreshd runs). Idempotent; replaces older versions.
+/// and none at all while no refreshd runs). A session with [`TWO_PHASE_SETTING`] on
+/// records the wake-up in [`WAKES_TABLE`] instead of notifying. SECURITY DEFINER, so
+/// writers need no privilege on that table (nor USAGE on schema refreshd); every
+/// operator is schema-qualified, so a writer's search_path resolves nothing in it.
+/// Idempotent; replaces older versions.
 pub const FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS refreshd;
+CREATE TABLE IF NOT EXISTS refreshd.wakes (
+    channel text NOT NULL,
+    at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+COMMENT ON TABLE refreshd.wakes IS 'refreshd: wake-ups of writers with refreshd.two_phase = on (a transaction that notified cannot PREPARE), written by refreshd''s capture functions; refreshd consumes them every second';
+REVOKE ALL ON TABLE refreshd.wakes FROM PUBLIC;
 CREATE OR REPLACE FUNCTION refreshd.notify_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     -- 1919316840 + 0..15: refreshd's channel locks, one slot per backend. Held by
     -- refreshd: a refresh is not due yet, so say so. Not held: one is due, and it
     -- waits for this transaction.
-    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 + pg_catalog.pg_backend_pid() % 16, pg_catalog.hashtext(TG_ARGV[0])) THEN
-        PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1919316840 OPERATOR(pg_catalog.+) (pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.%) 16), pg_catalog.hashtext(TG_ARGV[0])) THEN
+        -- A transaction that notified cannot PREPARE: two-phase writers leave a row.
+        IF pg_catalog.current_setting('refreshd.two_phase', true) OPERATOR(pg_catalog.=) 'on' THEN
+            INSERT INTO refreshd.wakes (channel) VALUES (TG_ARGV[0]);
+        ELSE
+            PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
+        END IF;
     END IF;
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level; notifies the channel in TG_ARGV[0] while refreshd arms it, see refreshd''s docs/semantics.md)';
+COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level; notifies the channel in TG_ARGV[0] while refreshd arms it, or records it in refreshd.wakes with refreshd.two_phase = on; see refreshd''s docs/semantics.md)';
 ";
 
 /// Drops the capture function (after every trigger that uses it).
@@ -42,7 +67,8 @@ pub const FUNCTION_ROLLBACK_SQL: &str = "DO $refreshd_rollback$\nDECLARE\n    t 
     FOR t IN SELECT tg.tgrelid::pg_catalog.regclass AS rel FROM pg_catalog.pg_trigger tg\n        \
     WHERE tg.tgname = 'refreshd_notify' AND tg.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()') LOOP\n        \
     EXECUTE pg_catalog.format('DROP TRIGGER refreshd_notify ON %s', t.rel);\n    END LOOP;\nEND;\n$refreshd_rollback$;\n\
-DROP FUNCTION IF EXISTS refreshd.notify_changed();\n";
+DROP FUNCTION IF EXISTS refreshd.notify_changed();\n\
+DROP TABLE IF EXISTS refreshd.wakes;\n";
 
 /// (Re)creates refreshd's capture trigger on `table`, notifying `channel`. Idempotent:
 /// an earlier one (another channel, or disabled) is replaced. Enabled ALWAYS, so that it
@@ -150,8 +176,9 @@ pub struct CaptureFacts {
     pub views: Vec<Option<Vec<TableFacts>>>,
     /// `refreshd.notify_changed()` exists.
     pub function_installed: bool,
-    /// ... in this version (one that notifies only while refreshd arms the channel;
-    /// older ones notify on every writing transaction: correct, but costly).
+    /// ... in this version (one that notifies only while refreshd arms the channel, and
+    /// records a two-phase writer's wake-up instead; older ones notify on every writing
+    /// transaction, correct but costly, or make two-phase writers fail at PREPARE).
     pub function_current: bool,
     /// Per view asked about: a keyed view's definition whose capture was generated for
     /// other names than it reads now (a table, schema or column renamed since, or the
@@ -221,7 +248,7 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
        CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE coalesce(tree.root, c.oid) END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
-       (SELECT p.prosrc LIKE '%1919316840 + pg_catalog.pg_backend_pid() \\% 16%' FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid), \
+       (SELECT p.prosrc LIKE '%refreshd.two_phase%' AND p.prosecdef FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid), \
        v.stale \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \

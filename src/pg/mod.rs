@@ -12,3 +12,4 @@ pub mod keyed_check;
 pub mod notify;
 pub mod outcome;
 pub mod refresh;
+pub mod wakes;
