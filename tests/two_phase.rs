@@ -51,6 +51,18 @@ fn adopt(db: &TestDb, keyed: &[&str], debounce: &str) -> String {
     config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
 }
 
+/// The channel `init` gave the materialized view (its only base table's).
+fn channel_of(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("channels = [\"")
+                .and_then(|r| r.strip_suffix("\"]"))
+        })
+        .expect("init names the view's channel")
+        .to_string()
+}
+
 /// A globally unique transaction identifier (prepared transactions are cluster-wide).
 fn gid(db: &TestDb, n: u32) -> String {
     format!("{}_{n}", db.name)
@@ -132,14 +144,7 @@ async fn a_two_phase_writer_prepares_and_its_write_reaches_a_materialized_view()
     let db = TestDb::new();
     schema(&db);
     let config = adopt(&db, &[], "0s");
-    let channel = config
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("channels = [\"")
-                .and_then(|r| r.strip_suffix("\"]"))
-        })
-        .expect("init names the view's channel")
-        .to_string();
+    let channel = channel_of(&config);
     let _d = armed_daemon(&db, &config, "tp.totals", Some(&channel)).await;
     armed_writers_prepare(&db, &channel, |qty| {
         db.psql("SELECT qty FROM tp.totals WHERE grp = 1") == qty.to_string()
@@ -171,14 +176,7 @@ async fn a_prepared_writer_holding_the_channel_lock_is_in_a_later_refresh() {
     let db = TestDb::new();
     schema(&db);
     let config = adopt(&db, &[], "3s");
-    let channel = config
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("channels = [\"")
-                .and_then(|r| r.strip_suffix("\"]"))
-        })
-        .expect("init names the view's channel")
-        .to_string();
+    let channel = channel_of(&config);
     let d = armed_daemon(&db, &config, "tp.totals", Some(&channel)).await;
     let probe = db.client().await;
 
