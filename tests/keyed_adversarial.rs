@@ -1172,3 +1172,71 @@ fn generated_columns_the_transition_tables_lose_are_recomputed() {
         assert!(said.contains("generated column total"), "{said}\n{config}");
     }
 }
+
+/// An UPDATE to a value its type's `=` calls equal to the old one but readers see
+/// differently: numeric `1.0` to `1.00`, jsonb `{"v": 1}` to `{"v": 1.0}`, interval
+/// `24 hours` to `1 day`. The capture paired old and new rows by `=` alone (a multiset
+/// difference), found nothing changed, and the views kept showing the old values until
+/// a full recompute (an adversarial review, 2026-12-04). Compared here by each row's
+/// text, as readers see it: a view recomputing groups (max of a cast, string_agg) and
+/// one taking deltas (a numeric sum whose scale follows its rows').
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_equal_by_equality_but_shown_differently_reach_the_view() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA eq;
+        CREATE TABLE eq.item (id int PRIMARY KEY, grp int NOT NULL, price numeric NOT NULL, doc jsonb NOT NULL, span interval NOT NULL);
+        INSERT INTO eq.item SELECT g, g % 4, 1.0, '{"v": 1}', '24 hours' FROM generate_series(1, 40) g;
+        CREATE MATERIALIZED VIEW eq.shown AS
+          SELECT grp, count(*) AS n, max(price::text) AS price_text, string_agg(doc::text, ',' ORDER BY id) AS docs,
+                 max(span::text) AS span_text
+          FROM eq.item GROUP BY grp;
+        CREATE UNIQUE INDEX ON eq.shown (grp);
+        CREATE MATERIALIZED VIEW eq.summed AS SELECT grp, count(*) AS n, sum(price) AS price FROM eq.item GROUP BY grp;
+        CREATE UNIQUE INDEX ON eq.summed (grp);"#,
+    );
+    let (code, config, stderr) = init(
+        &db,
+        &[
+            "--schema",
+            "eq",
+            "--apply",
+            "--in-place",
+            "--keyed",
+            "eq.shown",
+            "--keyed",
+            "eq.summed",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{config}");
+    assert!(stderr.contains("--keyed eq.summed: deltas"), "{stderr}");
+    let d = Daemon::start(&checked(&config));
+    d.wait_ready(Duration::from_secs(20)).await;
+    let shown_as_text = |view: &str| {
+        support::keyed_storm::Exact {
+        what: format!("{view} to show what {view}_def shows"),
+        sql: format!(
+            "SELECT count(*) FROM ((SELECT t::text FROM {view} t EXCEPT ALL SELECT d::text FROM {view}_def d) \
+             UNION ALL (SELECT d::text FROM {view}_def d EXCEPT ALL SELECT t::text FROM {view} t)) AS x"
+        ),
+    }
+    };
+    let exact = [shown_as_text("eq.shown"), shown_as_text("eq.summed")];
+    wait_equal(&db.dsn(), "", &exact).await;
+    for step in [
+        "UPDATE eq.item SET price = 1.00 WHERE grp = 1",
+        "UPDATE eq.item SET doc = '{\"v\": 1.0}' WHERE grp = 2",
+        "UPDATE eq.item SET span = '1 day' WHERE grp = 3",
+    ] {
+        db.psql(step);
+        wait_equal(&db.dsn(), "", &exact).await;
+    }
+    assert_eq!(
+        db.psql("SELECT price_text || ' ' || span_text FROM eq.shown WHERE grp = 1"),
+        "1.00 24:00:00"
+    );
+    assert_eq!(
+        db.psql("SELECT price FROM eq.summed WHERE grp = 1"),
+        "10.00"
+    );
+}

@@ -421,6 +421,18 @@ async fn storms_leave_the_keyed_views_equal(db: &TestDb) {
         "refreshd_keys_public_attendance_statistics_summary",
     ];
     let (_listener, mut rx) = listen(&dsn, &channels).await;
+    // Every channel armed first (its 16 locks held since its view's startup refresh):
+    // a storm begun earlier can keep a channel disarmed throughout (writes flowing,
+    // src/engine/arming.rs), its writers never notifying, rightly.
+    let probe = db.client().await;
+    for ch in channels {
+        support::wait_for(Duration::from_secs(20), &format!("{ch} armed"), || async {
+            support::arming::channel_locks(&probe, Some(ch), "mode = 'ExclusiveLock' AND granted")
+                .await
+                == 16
+        })
+        .await;
+    }
     let (ok, rolled) = storm(&dsn, 4, 150, 20, kg_op).await;
     assert!(ok > 400, "committed {ok}, rolled back {rolled}");
     let (ok, rolled) = storm(&dsn, 4, 100, 40, attendance_op).await;

@@ -466,6 +466,26 @@ fn list(names: &[String], prefix: &str) -> String {
         .join(", ")
 }
 
+/// `ROW(a."x", a."y")::pg_catalog.text AS "refreshd_image"`: the columns' text image,
+/// compared next to the columns themselves where an UPDATE's old and new rows are
+/// paired (a multiset difference). A type's `=` can call values equal that readers
+/// see differently (numeric `1.0` and `1.00`, jsonb `{"v": 1}` and `{"v": 1.0}`,
+/// intervals `24 hours` and `1 day`, a case-insensitive collation's `a` and `A`): paired
+/// by `=` alone such an UPDATE changed nothing, and the view kept showing the old
+/// value. Both old and new rows are printed by one statement under the same settings.
+/// The alias is a name none of `names` has.
+pub(crate) fn image_column(names: &[String], alias: &str) -> String {
+    let mut name = String::from("refreshd_image");
+    while names.contains(&name) {
+        name.push('_');
+    }
+    format!(
+        "ROW({})::pg_catalog.text AS {}",
+        list(names, &format!("{alias}.")),
+        quote_ident(&name)
+    )
+}
+
 /// The plain columns of a carry, when every key column is one.
 fn plain(c: &Carry) -> Option<Vec<String>> {
     c.columns.iter().cloned().collect()
@@ -1214,8 +1234,9 @@ impl Conversion<'_> {
 }
 
 /// The changed rows of one operation, as a SELECT of the columns the definition reads
-/// (an UPDATE: the rows that differ on them, or all old and new rows when one of them
-/// cannot be compared, or may be missing from the transition tables: a generated one).
+/// (an UPDATE: the rows that differ on them, by `=` or in their text image
+/// ([`image_column`]), or all old and new rows when one of them cannot be compared, or
+/// may be missing from the transition tables: a generated one).
 fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
     let reads_of = |alias: &str| list(reads, &format!("{alias}."));
     match op {
@@ -1232,10 +1253,13 @@ fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
             )
         }
         _ => format!(
-            "(SELECT {o} FROM old_rows o EXCEPT ALL SELECT {n} FROM new_rows n) \
-             UNION ALL (SELECT {n} FROM new_rows n EXCEPT ALL SELECT {o} FROM old_rows o)",
+            "SELECT {d} FROM ((SELECT {o}, {oi} FROM old_rows o EXCEPT ALL SELECT {n}, {ni} FROM new_rows n) \
+             UNION ALL (SELECT {n}, {ni} FROM new_rows n EXCEPT ALL SELECT {o}, {oi} FROM old_rows o)) AS d",
+            d = reads_of("d"),
             o = reads_of("o"),
-            n = reads_of("n")
+            n = reads_of("n"),
+            oi = image_column(reads, "o"),
+            ni = image_column(reads, "n"),
         ),
     }
 }

@@ -203,11 +203,14 @@ fn signed(sign: i8, cols: &[String], alias: &str, from: &str) -> String {
     )
 }
 
-/// `SELECT a.c1, a.c2 FROM <table> a`: a transition table's columns read.
+/// `SELECT a.c1, a.c2, ROW(...)::text FROM <table> a`: a transition table's columns
+/// read, and their text image (an UPDATE to a value `=` calls equal but readers see
+/// differently is a change: generate::image_column).
 fn rows(cols: &[String], table: &str, alias: &str) -> String {
     format!(
-        "SELECT {} FROM {table} {alias}",
-        list(cols, &format!("{alias}."))
+        "SELECT {}, {} FROM {table} {alias}",
+        list(cols, &format!("{alias}.")),
+        crate::incremental::generate::image_column(cols, alias)
     )
 }
 
