@@ -659,7 +659,9 @@ async fn each_step_leaves_one_row_per_group(
 /// on two citext keys resolves to text's, case-sensitive: a delta for 'NoRtH' missed
 /// the group kept as 'north', and its upsert (through the citext unique index)
 /// replaced that group's count and sum with the delta's alone. Failed before (the
-/// apply now uses the type's own equality, read from the catalog).
+/// apply now uses the type's own equality, read from the catalog). The same in a
+/// group recompute (a dimension row moved to 'NORTH' recomputed only the rows spelled
+/// 'NORTH'; failed before the keyed refresh compared keys with the type's equality).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_of_an_extensions_type_match_as_the_type_compares() {
     let db = TestDb::new();
@@ -699,6 +701,10 @@ async fn keys_of_an_extensions_type_match_as_the_type_compares() {
             "INSERT INTO ci.fact VALUES (1003, 3, 'user3@EXAMPLE.org', 'tAG3', 11)",
             "DELETE FROM ci.fact WHERE id IN (1, 2, 1001)",
             "UPDATE ci.fact SET tag = upper(tag), who = upper(who), amt = amt + 1 WHERE id % 3 = 0",
+            // A dimension row moved to a group spelled otherwise than the group's rows:
+            // its keys are recomputed, and the definition's rows of 'NORTH' are those
+            // of 'North' too.
+            "UPDATE ci.dim SET region = 'NORTH' WHERE id = 1",
             "UPDATE ci.dim SET region = upper(region) WHERE id > 3",
             "INSERT INTO ci.fact SELECT 2000 + g, 1 + g % 6, 'USER' || (g % 5) || '@example.ORG', 'TAG' || (g % 4), g FROM generate_series(1, 50) g",
         ],

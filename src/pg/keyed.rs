@@ -3,6 +3,7 @@
 //! values only ever travel as bind parameters, cast on the server to the key columns'
 //! types, never as SQL text.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
@@ -60,6 +61,13 @@ pub struct Shape {
     pub columns: Vec<String>,
     /// `format_type` of each key column, in `key` order.
     pub key_types: Vec<String>,
+    /// The equality each key column is compared with, in `key` order: `=`, or
+    /// `OPERATOR(schema.=)` where its type's (its default btree operator class's, a
+    /// domain's base type's) is not in `pg_catalog`: an extension's type (`citext`)
+    /// installed in a schema not on the search_path would otherwise compare as the
+    /// type it casts to (text, case-sensitive), and a group recompute found only the
+    /// rows spelled like its key.
+    pub key_ops: Vec<String>,
     /// The role may create temporary tables: a full recompute computes the definition
     /// into one ([`replace_all_sql`]).
     pub temp: bool,
@@ -82,18 +90,30 @@ type Columns = Vec<(String, String)>;
 
 /// Reads both relations' kinds and columns in one query, and whether the role may
 /// create temporary tables.
+/// Also the equality operators of the table's columns whose type's is not in
+/// `pg_catalog` (see [`Shape::key_ops`]).
 async fn columns(
     client: &Client,
     table: &QualifiedName,
     query: &QualifiedName,
-) -> Result<([Option<(char, Columns)>; 2], bool), tokio_postgres::Error> {
+) -> Result<([Option<(char, Columns)>; 2], bool, HashMap<String, String>), tokio_postgres::Error> {
     let schemas = [table.schema.as_str(), query.schema.as_str()];
     let names = [table.name.as_str(), query.name.as_str()];
     let rows = client
         .query_typed(
             "SELECT r.ord::int, c.relkind::text, a.attname::text, \
                     pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    (SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')) \
+                    (SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')), \
+                    (SELECT 'OPERATOR(' || pg_catalog.quote_ident(opn.nspname) || '.' || o.oprname || ')' \
+                       FROM pg_catalog.pg_type ty \
+                       JOIN pg_catalog.pg_opclass oc ON oc.opcdefault \
+                        AND oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+                       JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree' \
+                       JOIN pg_catalog.pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopmethod = am.oid \
+                        AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3 \
+                       JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr \
+                       JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace \
+                      WHERE ty.oid = a.atttypid AND opn.nspname <> 'pg_catalog' LIMIT 1) \
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema, name, ord) \
                JOIN pg_catalog.pg_namespace n ON n.nspname = r.schema \
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.name \
@@ -107,6 +127,7 @@ async fn columns(
         )
         .await?;
     let mut out: [Option<(char, Columns)>; 2] = [None, None];
+    let mut ops = HashMap::new();
     for r in &rows {
         let ord: i32 = r.get(0);
         let kind = r.get::<_, String>(1).chars().next().unwrap_or('?');
@@ -114,11 +135,14 @@ async fn columns(
         if let (Some(name), Some(ty)) =
             (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3))
         {
+            if let (1, Some(op)) = (ord, r.get::<_, Option<String>>(5)) {
+                ops.insert(name.clone(), op);
+            }
             slot.1.push((name, ty));
         }
     }
     let temp = rows.first().is_some_and(|r| r.get::<_, bool>(4));
-    Ok((out, temp))
+    Ok((out, temp, ops))
 }
 
 /// The shape of a keyed view, or why its table and definition do not fit.
@@ -127,8 +151,15 @@ pub async fn shape(
     view: &ViewConfig,
     keyed: &Keyed,
 ) -> Result<Result<Shape, Misfit>, tokio_postgres::Error> {
-    let ([table, query], temp) = columns(client, &view.name, &keyed.query).await?;
-    Ok(fit(view, keyed, table, query).map(|s| Shape { temp, ..s }))
+    let ([table, query], temp, ops) = columns(client, &view.name, &keyed.query).await?;
+    Ok(fit(view, keyed, table, query).map(|s| {
+        let key_ops = keyed
+            .key
+            .iter()
+            .map(|k| ops.get(k).cloned().unwrap_or_else(|| "=".into()))
+            .collect();
+        Shape { temp, key_ops, ..s }
+    }))
 }
 
 /// Checks what [`columns`] read.
@@ -144,6 +175,7 @@ fn fit(
     let key_types = key_types(view, keyed, &tcols)?;
     Ok(Shape {
         columns: tcols.into_iter().map(|(n, _)| n).collect(),
+        key_ops: vec!["=".into(); key_types.len()],
         key_types,
         temp: false,
     })
@@ -447,7 +479,11 @@ pub fn delete_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape) -> Strin
         .enumerate()
         .map(|(i, (k, ty))| format!("u.k{}::{ty} AS {k}", i + 1))
         .collect();
-    let cond: Vec<String> = names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
+    let cond: Vec<String> = names
+        .iter()
+        .zip(&shape.key_ops)
+        .map(|(k, op)| format!("t.{k} {op} k.{k}"))
+        .collect();
     format!(
         "DELETE FROM {} AS t USING (SELECT {} FROM unnest({}) AS u({})) AS k WHERE {}",
         view.name.quoted(),
@@ -470,10 +506,14 @@ pub fn insert_keys_sql(view: &ViewConfig, keyed: &Keyed, shape: &Shape, n: usize
             let cond: Vec<String> = keyed
                 .key
                 .iter()
-                .zip(&shape.key_types)
+                .zip(shape.key_types.iter().zip(&shape.key_ops))
                 .enumerate()
-                .map(|(c, (k, ty))| {
-                    format!("d.{} = ${}::text::{ty}", quote_ident(k), j * arity + c + 1)
+                .map(|(c, (k, (ty, op)))| {
+                    format!(
+                        "d.{} {op} ${}::text::{ty}",
+                        quote_ident(k),
+                        j * arity + c + 1
+                    )
                 })
                 .collect();
             format!(
@@ -1023,6 +1063,7 @@ mod tests {
         Shape {
             columns: vec!["a".into(), "B".into(), "n".into()],
             key_types: vec!["uuid".into(), "integer".into()],
+            key_ops: vec!["=".into(), "=".into()],
             temp,
         }
     }

@@ -240,9 +240,9 @@ async fn plan(
     let cond: Vec<String> = keyed
         .key
         .iter()
-        .zip(&shape.key_types)
+        .zip(shape.key_types.iter().zip(&shape.key_ops))
         .enumerate()
-        .map(|(i, (k, ty))| format!("d.{} = ${}::text::{ty}", quote_ident(k), i + 1))
+        .map(|(i, (k, (ty, op)))| format!("d.{} {op} ${}::text::{ty}", quote_ident(k), i + 1))
         .collect();
     let sql = format!(
         "EXPLAIN (VERBOSE, FORMAT JSON) SELECT * FROM {} AS d WHERE {}",
