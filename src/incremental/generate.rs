@@ -492,6 +492,7 @@ fn plain(c: &Carry) -> Option<Vec<String>> {
 }
 
 /// What one base table's trigger function computes.
+#[derive(Clone)]
 enum Source {
     /// Every change sends `*`, for this reason.
     All(String),
@@ -508,6 +509,7 @@ enum Source {
 /// (UNLOGGED, typed like the table's columns); the consume function turns them into
 /// keys in the refresh's snapshot ([`Reach::resolve_sql`]) before it reads the key
 /// buffer, and empties it.
+#[derive(Clone)]
 struct Reach {
     buffer: QualifiedName,
     table: QualifiedName,
@@ -1361,13 +1363,20 @@ impl Conversion<'_> {
             let source = &c.source;
             let near = self.near_ctes(c.t);
             rows.map(|rows| {
-                let pending = self
-                    .pending_deltas(c, op)
-                    .map(|cond| format!("SELECT r.* FROM ({rows}) AS r WHERE {cond}"));
-                (
-                    self.buffer_rows_sql(source, rows, op, &near),
-                    pending.map(|rows| self.buffer_rows_sql(source, rows, op, &near)),
-                )
+                let pending = match self.pending_table(c, op) {
+                    // Into the pending table, for the refresh to check (no wake-up: the
+                    // deltas that make a row matter woke refreshd themselves).
+                    Some((table, _)) => Some(format!(
+                        "        INSERT INTO {} ({}) {rows};\n        RETURN NULL;",
+                        table.quoted(),
+                        list(reads, "")
+                    )),
+                    None => self
+                        .pending_deltas(c, op)
+                        .map(|cond| format!("SELECT r.* FROM ({rows}) AS r WHERE {cond}"))
+                        .map(|rows| self.buffer_rows_sql(source, rows, op, &near)),
+                };
+                (self.buffer_rows_sql(source, rows, op, &near), pending)
             })
         };
         let buffered = buffered.map(|(b, pending)| {
@@ -1418,10 +1427,16 @@ impl Conversion<'_> {
     /// before them as they are now (a row missing there: its value was written for the
     /// step into it, if tombstoned).
     fn near_ctes(&self, t: &super::TableDerivation) -> Vec<String> {
+        self.near_steps(t).into_iter().map(|(cte, _)| cte).collect()
+    }
+
+    /// [`Conversion::near_ctes`], each with whether it joins the path's tables (a step
+    /// past the first): such a CTE reads them as they are when it runs.
+    fn near_steps(&self, t: &super::TableDerivation) -> Vec<(String, bool)> {
         let (Some(p), How::JoinPath { paths, .. }) = (self.f.delta.as_ref(), &t.how) else {
             return Vec::new();
         };
-        let mut ctes: Vec<String> = Vec::new();
+        let mut ctes: Vec<(String, bool)> = Vec::new();
         for path in paths {
             let mut prev = "d".to_string();
             let mut joins = String::new();
@@ -1439,8 +1454,8 @@ impl Conversion<'_> {
                         c = quote_ident(&st.to_column),
                         f = quote_ident(&st.from_column),
                     );
-                    if !ctes.contains(&cte) {
-                        ctes.push(cte);
+                    if !ctes.iter().any(|(c, _)| c == &cte) {
+                        ctes.push((cte, !joins.is_empty()));
                     }
                 }
                 let Ok(next) = self.table_of(table) else {
@@ -1493,6 +1508,12 @@ impl Conversion<'_> {
     /// columns among those read, or the referencing ones in the buffer, every INSERT
     /// is captured (the condition is `true`).
     fn pending_deltas(&self, c: &TableCapture, op: &str) -> Option<String> {
+        self.pending_deltas_if(c, op, false)
+    }
+
+    /// [`Conversion::pending_deltas`], counting only the buffered rows that take a fact
+    /// row away when `negative`.
+    fn pending_deltas_if(&self, c: &TableCapture, op: &str, negative: bool) -> Option<String> {
         let (Some(p), "insert") = (&self.f.delta, op) else {
             return None;
         };
@@ -1504,12 +1525,19 @@ impl Conversion<'_> {
             if !usable {
                 return Some("true".to_string());
             }
-            let on: Vec<String> = k
+            let mut on: Vec<String> = k
                 .columns
                 .iter()
                 .zip(&k.ref_columns)
                 .map(|(a, b)| format!("x.{} {} r.{}", quote_ident(a), pg_op("="), quote_ident(b)))
                 .collect();
+            if negative {
+                on.push(format!(
+                    "x.{} {} 0",
+                    quote_ident(&p.sign_column),
+                    pg_op("<")
+                ));
+            }
             conds.push(format!(
                 "EXISTS (SELECT 1 FROM {} AS x WHERE {})",
                 p.buffer.quoted(),
@@ -1518,6 +1546,106 @@ impl Conversion<'_> {
         }
         conds.dedup();
         Some(conds.join(" OR "))
+    }
+
+    /// Where a guarded INSERT's rows wait for the refresh to check them against the
+    /// delta buffer ([`Conversion::pending_deltas`]), and the check (on rows `r`):
+    /// reading the delta buffer in the writer's trigger made every such INSERT and
+    /// every fact writer read what the other wrote, a cycle that failed SERIALIZABLE
+    /// writers (40001; an adversarial review, 2026-12-04). The refresh checks them in
+    /// its snapshot instead, before the apply reads the buffer: a buffered fact row
+    /// that the INSERT's snapshot saw is still buffered then, or was applied by a
+    /// refresh that could not see the inserted row (joined to no dimension row, it
+    /// reached no group of it). `None` where the writer still checks: the condition is
+    /// `true` (every row captured), the table's capture writes tombstones' near tables
+    /// through joins (as the tables are at the write: a near table the first step
+    /// reaches is written by the refresh's check, from the same rows), or its keys come
+    /// from no key or reach buffer.
+    fn pending_table(&self, c: &TableCapture, op: &str) -> Option<(QualifiedName, String)> {
+        let cond = self.pending_with_sign(c, op)?;
+        let usable = cond != "true"
+            && c.delta.is_none()
+            && self.near_steps(c.t).iter().all(|(_, joins)| !joins)
+            && !c.t.reads.is_empty()
+            && matches!(c.source, Source::Keys(_) | Source::Reach(_));
+        usable.then(|| {
+            let v = &self.f.view;
+            let b = c.b;
+            let name = bounded(
+                &format!("{}_{}_pending_{}", v.schema, v.name, b.name.name),
+                &[&v.schema, &v.name, "pending", &b.name.schema, &b.name.name],
+                false,
+            );
+            (QualifiedName::new("refreshd", name), cond)
+        })
+    }
+
+    /// Base table `t`'s capture, computing `source`.
+    fn table_capture<'t>(
+        &'t self,
+        t: &'t super::TableDerivation,
+        source: Source,
+    ) -> Result<TableCapture<'t>, String> {
+        Ok(TableCapture {
+            t,
+            b: self.table_of(&t.table)?,
+            source,
+            delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
+            tomb: self.tomb_of(t),
+            delta_fact: self.f.delta.as_ref().map(|p| &p.fact),
+        })
+    }
+
+    /// [`Conversion::pending_deltas`] for the refresh: only buffered rows that take a
+    /// fact row away (sign < 0) count. The refresh also sees the rows buffered after
+    /// the INSERT, a new store's own first sales among them, which must not name its
+    /// group; and whatever left a row of the deleted dimension row's facts buffered
+    /// (a cascade, `SET NULL`, an UPDATE) left one taking it away. `None` where the
+    /// condition is `true`.
+    fn pending_with_sign(&self, c: &TableCapture, op: &str) -> Option<String> {
+        self.pending_deltas_if(c, op, true)
+    }
+
+    /// Every pending table ([`Conversion::pending_table`]): created empty again, its
+    /// rollback's DROP, and the consume statements moving the rows the delta buffer's
+    /// rows reference into the key or reach buffer (the others are dropped).
+    fn pending_sql(
+        &self,
+        sources: &[Source],
+        w: &mut String,
+        rollback: &mut String,
+    ) -> Result<Vec<String>, String> {
+        let mut consume = Vec::new();
+        for (t, source) in self.d.tables.iter().zip(sources) {
+            let c = self.table_capture(t, source.clone())?;
+            let b = c.b;
+            let Some((table, cond)) = self.pending_table(&c, "insert") else {
+                continue;
+            };
+            let q = table.quoted();
+            let _ = writeln!(
+                w,
+                "DROP TABLE IF EXISTS {q};\n\
+                 CREATE UNLOGGED TABLE {q} AS SELECT {} FROM {} WITH NO DATA;\n\
+                 REVOKE ALL ON TABLE {q} FROM PUBLIC;\n\
+                 COMMENT ON TABLE {q} IS {};",
+                list(&t.reads, ""),
+                b.name.quoted(),
+                literal(&format!(
+                    "refreshd: rows inserted into {} that foreign keys guard, kept by {}() in its refresh's snapshot where buffered deltas of keyed view {} reference them. Unlogged: lost in a crash, after which refreshd recomputes everything.",
+                    b.name, self.n.consume, self.n.table
+                ))
+            );
+            let _ = writeln!(rollback, "DROP TABLE IF EXISTS {q};");
+            consume.push(self.buffer_rows_with(
+                &c.source,
+                &format!("taken AS (DELETE FROM {q} RETURNING *), "),
+                format!("SELECT r.* FROM taken AS r WHERE {cond}"),
+                "insert",
+                &self.near_ctes(t),
+            ));
+        }
+        Ok(consume)
     }
 
     /// The delta fact table's foreign keys among those guarding `t`'s INSERTs, if any.
@@ -1537,10 +1665,23 @@ impl Conversion<'_> {
     /// An index on the delta buffer for each foreign key column list
     /// [`Conversion::pending_deltas`] looks buffered rows up by: a guarded INSERT then
     /// reads the rows of its keys, not the whole buffer (which grows while no refreshd
-    /// runs). Created with the buffer, which the install creates again empty.
-    fn pending_indexes_sql(&self, p: &DeltaPlan, w: &mut String) {
+    /// runs). Created with the buffer, which the install creates again empty; only for
+    /// the tables whose writers still look (not [`Conversion::pending_table`]'s).
+    fn pending_indexes_sql(
+        &self,
+        p: &DeltaPlan,
+        sources: &[Source],
+        w: &mut String,
+    ) -> Result<(), String> {
         let mut lists: Vec<&Vec<String>> = Vec::new();
-        for t in &self.d.tables {
+        for (t, source) in self.d.tables.iter().zip(sources) {
+            // Checked at the refresh: no writer looks the buffer up.
+            if self
+                .pending_table(&self.table_capture(t, source.clone())?, "insert")
+                .is_some()
+            {
+                continue;
+            }
             for k in Self::fact_guards(p, t).unwrap_or_default() {
                 if k.columns.iter().all(|a| p.columns.contains(a)) && !lists.contains(&&k.columns) {
                     lists.push(&k.columns);
@@ -1561,6 +1702,7 @@ impl Conversion<'_> {
                 list(cols, "")
             );
         }
+        Ok(())
     }
 
     /// The statement buffering one operation's changed rows as keys or the marker.
@@ -1571,6 +1713,19 @@ impl Conversion<'_> {
     /// buffer of a delta view costs it anyway. The consume function returns distinct
     /// keys either way.
     fn buffer_rows_sql(&self, source: &Source, rows: String, op: &str, near: &[String]) -> String {
+        self.buffer_rows_with(source, "", rows, op, near)
+    }
+
+    /// [`Conversion::buffer_rows_sql`] with `head` (CTEs, each followed by a comma)
+    /// before `d`.
+    fn buffer_rows_with(
+        &self,
+        source: &Source,
+        head: &str,
+        rows: String,
+        op: &str,
+        near: &[String],
+    ) -> String {
         // The near tables' CTEs run to completion whatever the INSERT below finds
         // (PostgreSQL runs every data-modifying CTE); FOUND is the INSERT's.
         let near: String = near
@@ -1584,7 +1739,7 @@ impl Conversion<'_> {
             // should it ever come here, everything is the safe answer.
             Source::All(_) | Source::Rows => format!("        {}", self.mark_all_sql(Some(&rows))),
             Source::Reach(r) => format!(
-                "        WITH d AS ({rows}){near}\n        INSERT INTO {} ({cols})\n        SELECT {distinct}{} FROM d;",
+                "        WITH {head}d AS ({rows}){near}\n        INSERT INTO {} ({cols})\n        SELECT {distinct}{} FROM d;",
                 r.buffer.quoted(),
                 list(&r.columns, "d."),
                 cols = list(&r.columns, ""),
@@ -1593,7 +1748,7 @@ impl Conversion<'_> {
                 let key_cols: Vec<String> =
                     (1..=self.d.key.len()).map(|i| format!("k{i}")).collect();
                 format!(
-                    "        WITH d AS ({rows}){near}\n        INSERT INTO {} ({})\n        SELECT {}* FROM ({}) AS u({});",
+                    "        WITH {head}d AS ({rows}){near}\n        INSERT INTO {} ({})\n        SELECT {}* FROM ({}) AS u({});",
                     self.n.buffer.quoted(),
                     list(&self.d.key, ""),
                     distinct,
@@ -1702,15 +1857,8 @@ impl Conversion<'_> {
         );
         let mut lines = Vec::new();
         for (t, source) in self.d.tables.iter().zip(sources) {
-            let b = self.table_of(&t.table)?;
-            let c = TableCapture {
-                t,
-                b,
-                source,
-                delta: self.f.delta.as_ref().filter(|p| p.fact == t.table),
-                tomb: self.tomb_of(t),
-                delta_fact: self.f.delta.as_ref().map(|p| &p.fact),
-            };
+            let c = self.table_capture(t, source)?;
+            let b = c.b;
             for op in ["insert", "update", "delete"] {
                 let _ = writeln!(
                     w,
@@ -1839,7 +1987,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let mut generated = c.generated();
     if let Some(p) = &f.delta {
         c.delta_sql(p, &mut install, &mut generated)?;
-        c.pending_indexes_sql(p, &mut install);
+        c.pending_indexes_sql(p, &sources, &mut install)?;
     }
     // The reach buffers' keys into the key buffer, first (the apply reads neither).
     let resolve = sources.iter().filter_map(|s| match s {
@@ -1847,6 +1995,10 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         _ => None,
     });
     generated.consume_prelude.splice(0..0, resolve);
+    // Before those: pending rows may go into a reach buffer.
+    let mut drop_pending = String::new();
+    let pending = c.pending_sql(&sources, &mut install, &mut drop_pending)?;
+    generated.consume_prelude.splice(0..0, pending);
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {
         // The owner could refresh its materialized view; it can run refreshd on the
@@ -1862,6 +2014,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let mut rollback = String::new();
     generated.capture = c.capture_sql(sources, &mut install, &mut rollback)?;
     rollback.push_str(&drop_reach);
+    rollback.push_str(&drop_pending);
     c.reads_marker_sql(&mut install);
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);
