@@ -1244,3 +1244,50 @@ async fn converting_again_under_writers_succeeds() {
     ];
     wait_equal(&db.dsn(), "", &exact).await;
 }
+
+/// `init` run again for another view (a view over a keyed view can only be converted
+/// after it, say) printed a configuration without the keyed view converted the first
+/// time: a user replacing the old configuration with it stopped refreshing that view,
+/// while its triggers kept buffering (an adversarial review, 2026-12-04). The
+/// configuration and stderr now name it; converting both again names nothing.
+#[test]
+fn init_again_names_a_keyed_view_converted_before() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA ag;
+         CREATE TABLE ag.sales (id int PRIMARY KEY, store int NOT NULL, region int NOT NULL, qty int NOT NULL);
+         INSERT INTO ag.sales SELECT g, g % 10, g % 3, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW ag.by_store AS SELECT store, count(*) AS n FROM ag.sales GROUP BY store;
+         CREATE UNIQUE INDEX ON ag.by_store (store);
+         CREATE MATERIALIZED VIEW ag.by_region AS SELECT region, sum(qty) AS qty FROM ag.sales GROUP BY region;
+         CREATE UNIQUE INDEX ON ag.by_region (region);",
+    );
+    let keyed = |views: &[&str]| {
+        let mut args = vec!["--schema", "ag", "--apply", "--in-place"];
+        for v in views {
+            args.extend(["--keyed", *v]);
+        }
+        let (out, config, stderr) = init(&db, &args);
+        assert_eq!(out.status.code(), Some(0), "{stderr}\n{config}");
+        (config, stderr)
+    };
+    let (config, stderr) = keyed(&["ag.by_store"]);
+    assert!(!config.contains("NOT IN THIS CONFIGURATION"), "{config}");
+    assert!(!stderr.contains("converted by an earlier"), "{stderr}");
+    let (config, stderr) = keyed(&["ag.by_region"]);
+    assert!(
+        config.contains("# NOT IN THIS CONFIGURATION: keyed view ag.by_store, converted by an earlier `init --keyed`"),
+        "{config}"
+    );
+    assert!(
+        stderr.contains("refreshd init: keyed view ag.by_store (converted by an earlier init --keyed) is not in this configuration"),
+        "{stderr}"
+    );
+    assert!(
+        !config.contains("keyed view ag.by_region, converted"),
+        "{config}"
+    );
+    let (config, stderr) = keyed(&["ag.by_store", "ag.by_region"]);
+    assert!(!config.contains("NOT IN THIS CONFIGURATION"), "{config}");
+    assert!(!stderr.contains("converted by an earlier"), "{stderr}");
+}

@@ -112,6 +112,7 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
     let (sql_dir, apply) = (opts.sql_dir, opts.apply);
     let (client, target, conn_dsn) = connect(url).await?;
     let mut attempt = 1;
+    let mut forgotten: Vec<String>;
     let (keyed, config) = loop {
         let plan = read(&client, opts.schemas)
             .await
@@ -119,6 +120,11 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         let keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
         let converting = sql_dir.is_some() || apply;
         let config = plan.config(&target, &conn_dsn, &keyed, converting);
+        forgotten = plan
+            .forgotten(&keyed)
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         let (install, rollback) = plan.sql(&keyed);
         if let Some(dir) = sql_dir {
             std::fs::create_dir_all(dir)
@@ -163,6 +169,12 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         }
     };
     crate::cli::emit(&config);
+    for t in &forgotten {
+        eprintln!(
+            "refreshd init: keyed view {} (converted by an earlier init --keyed) is not in this configuration: keep its [[view]] block, or run init again with --keyed for it",
+            escape_line(t)
+        );
+    }
     if let Some(dir) = sql_dir {
         eprintln!(
             "refreshd init: wrote {} and {}{}",
@@ -991,7 +1003,18 @@ struct Plan {
     server_version: i32,
     /// The role init connected as: the one its configuration connects refreshd as.
     role: String,
+    /// Keyed views an earlier `init --keyed` converted (their tables' comments say so),
+    /// in the schemas read.
+    earlier: Vec<QualifiedName>,
 }
+
+/// Tables an earlier `init --keyed` converted (see [`generate::keyed_table_comment_prefix`]).
+const EARLIER_SQL: &str = "SELECT n.nspname::text, c.relname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE c.relkind IN ('r', 'p') \
+   AND pg_catalog.obj_description(c.oid, 'pg_class') LIKE 'Kept equal to % by refreshd (kind = \"keyed\"%' \
+   AND (cardinality($1::text[]) = 0 OR n.nspname = ANY ($1)) \
+ ORDER BY 1, 2";
 
 const MATVIEWS_SQL: &str = "SELECT c.oid, n.nspname::text, c.relname::text, \
        pg_catalog.pg_get_userbyid(c.relowner)::text, c.relispopulated, \
@@ -1048,12 +1071,20 @@ async fn read(client: &tokio_postgres::Client, schemas: &[String]) -> Result<Pla
         .map_err(err)?
         .first()
         .map_or((0, String::new()), |r| (r.get(0), r.get(1)));
+    let earlier = client
+        .query_typed(EARLIER_SQL, &[(&schemas, Type::TEXT_ARRAY)])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
     Ok(Plan {
         views,
         reads,
         feeds,
         server_version,
         role,
+        earlier,
     })
 }
 
@@ -1441,6 +1472,18 @@ impl Plan {
             out.push('\n');
             self.view_block(&mut out, i, keyed, converting);
         }
+        let forgotten = self.forgotten(keyed);
+        if !forgotten.is_empty() {
+            out.push('\n');
+            for t in forgotten {
+                comment(
+                    &mut out,
+                    &format!(
+                        "NOT IN THIS CONFIGURATION: keyed view {t}, converted by an earlier `init --keyed`: keep its [[view]] block from the configuration printed then, or run init again with --keyed for it (and --in-place if it was). Without one nothing refreshes it, and its change buffers grow."
+                    ),
+                );
+            }
+        }
         let elsewhere: Vec<&Keyed> = keyed
             .iter()
             .filter(|k| !self.views.iter().any(|v| v.oid == k.oid))
@@ -1456,6 +1499,20 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// The keyed views an earlier `init --keyed` converted that this run does not
+    /// convert (again): a configuration replaced by this one would lose them.
+    fn forgotten(&self, keyed: &[Keyed]) -> Vec<&QualifiedName> {
+        self.earlier
+            .iter()
+            .filter(|t| {
+                !keyed
+                    .iter()
+                    .filter_map(|k| k.conversion.as_ref())
+                    .any(|g| &g.table == *t)
+            })
+            .collect()
     }
 
     /// The comments above a served view's entry (what it reads, what it is refreshed
