@@ -537,6 +537,33 @@ impl Reach {
     }
 }
 
+/// An UNLOGGED table in schema refreshd with `columns` of `from` (typed and collated
+/// like them), created empty again, closed to PUBLIC, its comment saying `what` it
+/// holds; its DROP into `rollback`.
+fn columns_table_sql(
+    table: &QualifiedName,
+    columns: &[String],
+    from: &QualifiedName,
+    what: &str,
+    w: &mut String,
+    rollback: &mut String,
+) {
+    let q = table.quoted();
+    let _ = writeln!(
+        w,
+        "DROP TABLE IF EXISTS {q};\n\
+         CREATE UNLOGGED TABLE {q} AS SELECT {} FROM {} WITH NO DATA;\n\
+         REVOKE ALL ON TABLE {q} FROM PUBLIC;\n\
+         COMMENT ON TABLE {q} IS {};",
+        list(columns, ""),
+        from.quoted(),
+        literal(&format!(
+            "refreshd: {what}. Unlogged: lost in a crash, after which refreshd recomputes everything."
+        ))
+    );
+    let _ = writeln!(rollback, "DROP TABLE IF EXISTS {q};");
+}
+
 fn push_unique(v: &mut Vec<String>, s: &str) {
     if !v.iter().any(|x| x == s) {
         v.push(s.to_string());
@@ -1193,21 +1220,11 @@ impl<'a> Conversion<'a> {
             Source::Reach(r) => Some(r),
             _ => None,
         }) {
-            let buffer = r.buffer.quoted();
-            let _ = writeln!(
-                w,
-                "DROP TABLE IF EXISTS {buffer};\n\
-                 CREATE UNLOGGED TABLE {buffer} AS SELECT {} FROM {} WITH NO DATA;\n\
-                 REVOKE ALL ON TABLE {buffer} FROM PUBLIC;\n\
-                 COMMENT ON TABLE {buffer} IS {};",
-                list(&r.columns, ""),
-                r.table.quoted(),
-                literal(&format!(
-                    "refreshd: the values changed rows of {} reach keyed view {} by, turned into keys by {}() in its refresh's snapshot. Unlogged: lost in a crash, after which refreshd recomputes everything.",
-                    r.table, self.n.table, self.n.consume
-                ))
+            let what = format!(
+                "the values changed rows of {} reach keyed view {} by, turned into keys by {}() in its refresh's snapshot",
+                r.table, self.n.table, self.n.consume
             );
-            let _ = writeln!(rollback, "DROP TABLE IF EXISTS {buffer};");
+            columns_table_sql(&r.buffer, &r.columns, &r.table, &what, w, rollback);
         }
     }
 }
@@ -1623,20 +1640,11 @@ impl Conversion<'_> {
                 continue;
             };
             let q = table.quoted();
-            let _ = writeln!(
-                w,
-                "DROP TABLE IF EXISTS {q};\n\
-                 CREATE UNLOGGED TABLE {q} AS SELECT {} FROM {} WITH NO DATA;\n\
-                 REVOKE ALL ON TABLE {q} FROM PUBLIC;\n\
-                 COMMENT ON TABLE {q} IS {};",
-                list(&t.reads, ""),
-                b.name.quoted(),
-                literal(&format!(
-                    "refreshd: rows inserted into {} that foreign keys guard, kept by {}() in its refresh's snapshot where buffered deltas of keyed view {} reference them. Unlogged: lost in a crash, after which refreshd recomputes everything.",
-                    b.name, self.n.consume, self.n.table
-                ))
+            let what = format!(
+                "rows inserted into {} that foreign keys guard, kept by {}() in its refresh's snapshot where buffered deltas of keyed view {} reference them",
+                b.name, self.n.consume, self.n.table
             );
-            let _ = writeln!(rollback, "DROP TABLE IF EXISTS {q};");
+            columns_table_sql(&table, &t.reads, &b.name, &what, w, rollback);
             consume.push(self.buffer_rows_with(
                 &c.source,
                 &format!("taken AS (DELETE FROM {q} RETURNING *), "),
