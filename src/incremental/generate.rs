@@ -1555,11 +1555,28 @@ impl Conversion<'_> {
                     pg_op("<")
                 ));
             }
-            conds.push(format!(
+            let mut cond = format!(
                 "EXISTS (SELECT 1 FROM {} AS x WHERE {})",
                 p.buffer.quoted(),
                 on.join(" AND ")
-            ));
+            );
+            if negative {
+                // At the refresh, and only while a row of that key exists: buffered
+                // rows join the dimension as it is then, and with none there they
+                // reach no group through it (a store inserted and deleted again, with
+                // its sales, between two refreshes).
+                let same: Vec<String> = k
+                    .ref_columns
+                    .iter()
+                    .map(|b| format!("y.{b} {} r.{b}", pg_op("="), b = quote_ident(b)))
+                    .collect();
+                cond = format!(
+                    "({cond} AND EXISTS (SELECT 1 FROM {} AS y WHERE {}))",
+                    c.b.name.quoted(),
+                    same.join(" AND ")
+                );
+            }
+            conds.push(cond);
         }
         conds.dedup();
         Some(conds.join(" OR "))
