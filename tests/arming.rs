@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::arming::{armed_daemon, channel_locks, holds_shared_slot};
-use support::{refreshd, stderr, wait_for, Daemon, TestDb};
+use support::{wait_for, Daemon, TestDb};
 
 fn schema(db: &TestDb) {
     db.psql(
@@ -24,15 +24,7 @@ fn schema(db: &TestDb) {
 
 /// `init --apply`'s config, with `debounce` set for the view.
 fn adopt(db: &TestDb, debounce: &str) -> String {
-    let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = support::stdout(&out);
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("debounce = "))
-        .expect("init sets debounce")
-        .to_string();
-    config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
+    support::arming::adopt_with(db, &[], debounce)
 }
 
 fn total(db: &TestDb) -> String {

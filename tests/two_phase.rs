@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::arming::{armed_daemon, channel_locks, holds_shared_slot};
 use support::keyed_storm::difference_sql;
-use support::{refreshd, stderr, wait_for, TestDb};
+use support::{wait_for, TestDb};
 
 /// What PostgreSQL says to a PREPARE after a NOTIFY.
 const NOTIFIED: &str = "cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY";
@@ -35,20 +35,12 @@ fn schema(db: &TestDb) {
     );
 }
 
-/// `init --apply` (with `--keyed` arguments when given), `debounce` for every view.
+/// `init --apply` on schema tp (with `--keyed` arguments when given), `debounce` for
+/// every view.
 fn adopt(db: &TestDb, keyed: &[&str], debounce: &str) -> String {
-    let dsn = db.dsn();
-    let mut args = vec!["init", "--url", &dsn, "--schema", "tp", "--apply"];
+    let mut args = vec!["--schema", "tp"];
     args.extend_from_slice(keyed);
-    let out = refreshd(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = support::stdout(&out);
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("debounce = "))
-        .expect("init sets debounce")
-        .to_string();
-    config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
+    support::arming::adopt_with(db, &args, debounce)
 }
 
 /// The channel `init` gave the materialized view (its only base table's).

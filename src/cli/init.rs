@@ -169,7 +169,14 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         }
     };
     crate::cli::emit(&config);
-    for t in &forgotten {
+    report_written(sql_dir, apply, &forgotten);
+    Ok(keyed)
+}
+
+/// What `init` wrote and applied, and the keyed views an earlier run converted that the
+/// printed configuration lacks ([`Plan::forgotten`]), on stderr.
+fn report_written(sql_dir: Option<&Path>, apply: bool, forgotten: &[String]) {
+    for t in forgotten {
         eprintln!(
             "refreshd init: keyed view {} (converted by an earlier init --keyed) is not in this configuration: keep its [[view]] block, or run init again with --keyed for it",
             escape_line(t)
@@ -189,7 +196,6 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
     } else if apply {
         eprintln!("refreshd init: applied the change capture and refreshd's schema");
     }
-    Ok(keyed)
 }
 
 /// Prints what became of each `--keyed` view; the exit code (problems when one could
@@ -1662,16 +1668,8 @@ impl Plan {
         install.push_str(capture::CONTROL_SQL);
         install.push('\n');
         install.push_str(capture::FUNCTION_SQL);
-        if !self.role.is_empty() {
-            // Whoever applies this (a DBA, say), refreshd connects as this role and
-            // takes two-phase writers' wake-ups from the table.
-            let _ = writeln!(
-                install,
-                "GRANT USAGE ON SCHEMA refreshd TO {r};\nGRANT SELECT, DELETE ON {} TO {r};",
-                capture::WAKES_TABLE,
-                r = crate::pg::ident::quote_ident(&self.role)
-            );
-        }
+        // Whoever applies this (a DBA, say), refreshd connects as this role.
+        install.push_str(&capture::wakes_grant_sql(&self.role));
         let mut rollback = String::new();
         let _ = writeln!(
             rollback,

@@ -1528,8 +1528,12 @@ impl Conversion<'_> {
         self.pending_deltas_if(c, op, false)
     }
 
-    /// [`Conversion::pending_deltas`], counting only the buffered rows that take a fact
-    /// row away when `negative`.
+    /// [`Conversion::pending_deltas`], or with `negative` its form for the refresh: only
+    /// buffered rows that take a fact row away (sign < 0) count, and only while a row
+    /// of the key exists. The refresh also sees the rows buffered after the INSERT, a
+    /// new store's own first sales among them, which must not name its group; and
+    /// whatever left a row of the deleted dimension row's facts buffered (a cascade,
+    /// `SET NULL`, an UPDATE) left one taking it away.
     fn pending_deltas_if(&self, c: &TableCapture, op: &str, negative: bool) -> Option<String> {
         let (Some(p), "insert") = (&self.f.delta, op) else {
             return None;
@@ -1596,7 +1600,7 @@ impl Conversion<'_> {
     /// reaches is written by the refresh's check, from the same rows), or its keys come
     /// from no key or reach buffer.
     fn pending_table(&self, c: &TableCapture, op: &str) -> Option<(QualifiedName, String)> {
-        let cond = self.pending_with_sign(c, op)?;
+        let cond = self.pending_deltas_if(c, op, true)?;
         let usable = cond != "true"
             && c.delta.is_none()
             && self.near_steps(c.t).iter().all(|(_, joins)| !joins)
@@ -1628,16 +1632,6 @@ impl Conversion<'_> {
             tomb: self.tomb_of(t),
             delta_fact: self.f.delta.as_ref().map(|p| &p.fact),
         })
-    }
-
-    /// [`Conversion::pending_deltas`] for the refresh: only buffered rows that take a
-    /// fact row away (sign < 0) count. The refresh also sees the rows buffered after
-    /// the INSERT, a new store's own first sales among them, which must not name its
-    /// group; and whatever left a row of the deleted dimension row's facts buffered
-    /// (a cascade, `SET NULL`, an UPDATE) left one taking it away. `None` where the
-    /// condition is `true`.
-    fn pending_with_sign(&self, c: &TableCapture, op: &str) -> Option<String> {
-        self.pending_deltas_if(c, op, true)
     }
 
     /// Every pending table ([`Conversion::pending_table`]): created empty again, its

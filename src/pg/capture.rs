@@ -59,6 +59,18 @@ $$;
 COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level; notifies the channel in TG_ARGV[0] while refreshd arms it, or records it in refreshd.wakes with refreshd.two_phase = on; see refreshd''s docs/semantics.md)';
 ";
 
+/// The privileges `role` (refreshd's) needs to take the wake-ups of [`WAKES_TABLE`];
+/// nothing for an empty name.
+pub fn wakes_grant_sql(role: &str) -> String {
+    if role.is_empty() {
+        return String::new();
+    }
+    format!(
+        "GRANT USAGE ON SCHEMA refreshd TO {r};\nGRANT SELECT, DELETE ON {WAKES_TABLE} TO {r};\n",
+        r = quote_ident(role)
+    )
+}
+
 /// Drops the capture function (after every trigger that uses it).
 /// Every `refreshd_notify` trigger still using it goes first, wherever it is (one that an
 /// earlier run installed, on a table no view of this run reads any more: a view

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{wait_for, Daemon, TestDb};
+use super::{refreshd, stderr, stdout, wait_for, Daemon, TestDb};
 
 /// The first of a channel lock's 16 classes (slots).
 pub const CLASS: i64 = 1919316840;
@@ -74,4 +74,21 @@ pub async fn armed_daemon(db: &TestDb, config: &str, view: &str, channel: Option
     })
     .await;
     d
+}
+
+/// `init --url DSN --apply` with `args` after it; its config with `debounce` for every
+/// view.
+pub fn adopt_with(db: &TestDb, args: &[&str], debounce: &str) -> String {
+    let dsn = db.dsn();
+    let mut all = vec!["init", "--url", &dsn, "--apply"];
+    all.extend_from_slice(args);
+    let out = refreshd(&all);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = stdout(&out);
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("debounce = "))
+        .expect("init sets debounce")
+        .to_string();
+    config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
 }
