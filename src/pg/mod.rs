@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod catalog;
 pub mod connect;
+pub mod conversion;
 pub mod definitions;
 pub mod force;
 pub mod ident;

@@ -1,0 +1,639 @@
+//! What `init --keyed` and `capture = "managed"` read of the catalog to convert a
+//! materialized view to a keyed view: the view's definition and key, the facts of each
+//! base table, and the conversion [`crate::incremental`] derives and generates from
+//! them (no I/O there). `init` reports and applies the result; the capture check
+//! applies it again for a view whose capture a rename made stale.
+
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::incremental::delta::{delta_plan, DeltaFacts, DeltaTable};
+use crate::incremental::generate::{self, BaseTable, Facts, Generated, Grant};
+use crate::incremental::{self, Catalog, Derivation};
+use crate::pg::definitions::{read_relations, Relations};
+use crate::pg::ident::QualifiedName;
+
+/// One `--keyed` view and what the derivation made of it.
+#[derive(Debug)]
+pub struct Keyed {
+    pub name: QualifiedName,
+    pub oid: u32,
+    /// The derivation, or why there is none (already on one line, unescaped).
+    pub outcome: Result<Derivation, String>,
+    /// The conversion's SQL and names, when derived.
+    pub conversion: Option<Generated>,
+    /// With a conversion: the fact table whose changes are applied as deltas, or why
+    /// none is (on one line, unescaped).
+    pub deltas: Option<Result<QualifiedName, String>>,
+}
+
+/// The `--keyed` view itself: its kind, definition, and the key columns of the first
+/// unique index REFRESH CONCURRENTLY can use (the one `init` reports; the same test as
+/// [`crate::pg::catalog::usable_unique_indexes`]).
+const KEYED_SQL: &str = "SELECT c.oid, c.relkind::text, \
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+       (SELECT (SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE k.ord <= i.indnkeyatts) \
+          FROM pg_catalog.pg_index i \
+          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+          JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+         WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
+           AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL \
+           AND i.indnkeyatts > 0 AND 0 < ALL (i.indkey::int2[]) \
+         ORDER BY ic.relname LIMIT 1), \
+       CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.obj_description(c.oid, 'pg_class') END, \
+       pg_catalog.pg_get_userbyid(c.relowner)::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+fn relkind_name(relkind: &str) -> &'static str {
+    match relkind {
+        "r" => "a table",
+        "p" => "a partitioned table",
+        "v" => "a view",
+        "f" => "a foreign table",
+        "i" | "I" => "an index",
+        "S" => "a sequence",
+        "c" => "a composite type",
+        "t" => "a TOAST table",
+        _ => "not a relation refreshd knows",
+    }
+}
+
+/// Reads the catalog facts and derives every `--keyed` view. An unknown name is an
+/// error; a view that cannot be derived is an outcome.
+///
+/// The catalog is read in one read-only REPEATABLE READ transaction with
+/// `search_path = pg_catalog`, so that every definition (`pg_get_viewdef`), index
+/// (`pg_get_indexdef`) and type (`format_type`) is printed with every name outside
+/// `pg_catalog` schema-qualified. The generated SQL then runs under
+/// `search_path = pg_catalog, pg_temp` too: the consume function is SECURITY DEFINER,
+/// and text resolved again under the user's search_path would let whoever can create
+/// objects in one of its schemas shadow a table or function the definition names and
+/// run it with the function owner's rights.
+pub async fn derive_keyed(
+    client: &tokio_postgres::Client,
+    names: &[QualifiedName],
+    in_place: bool,
+) -> Result<Vec<Keyed>, String> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "reading the catalog for --keyed: {}",
+                crate::pg::connect::error_chain(&e)
+            )
+        })?;
+    let derived = derive_keyed_in(client, names, in_place).await;
+    // Read only: COMMIT and ROLLBACK end it alike.
+    let end = client.batch_execute("ROLLBACK").await;
+    let derived = derived?;
+    end.map_err(|e| {
+        format!(
+            "reading the catalog for --keyed: {}",
+            crate::pg::connect::error_chain(&e)
+        )
+    })?;
+    Ok(derived)
+}
+
+/// A catalog read failed, for `--keyed`.
+fn catalog_error(e: tokio_postgres::Error) -> String {
+    format!(
+        "reading the catalog for --keyed: {}",
+        crate::pg::connect::error_chain(&e)
+    )
+}
+
+/// [`derive_keyed`] inside its transaction.
+async fn derive_keyed_in(
+    client: &tokio_postgres::Client,
+    names: &[QualifiedName],
+    in_place: bool,
+) -> Result<Vec<Keyed>, String> {
+    let (catalog, relations) = read_relations(client).await.map_err(catalog_error)?;
+    let mut out = Vec::new();
+    for name in names {
+        out.push(derive_one(client, name, &catalog, &relations, in_place).await?);
+    }
+    Ok(out)
+}
+
+/// One `--keyed` view: its derivation from the definition and key the catalog gives,
+/// then its conversion.
+async fn derive_one(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+    catalog: &Catalog,
+    relations: &Relations,
+    in_place: bool,
+) -> Result<Keyed, String> {
+    let rows = client
+        .query_typed(
+            KEYED_SQL,
+            &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+        )
+        .await
+        .map_err(catalog_error)?;
+    let Some(r) = rows.first() else {
+        return Err(format!(
+            "--keyed {}: no such relation (name it as schema.view; quote mixed-case names)",
+            name.shown()
+        ));
+    };
+    let relkind: String = r.get(1);
+    let mut definition: Option<String> = r.get(2);
+    let key: Option<Vec<String>> = r.get(3);
+    let oid: u32 = r.get(0);
+    let owner: String = r.get(5);
+    // A table this command converted in place before (its comment says so): converted
+    // again from its definition view, e.g. to install a newer capture. The install is
+    // idempotent (the table stays, its rows are recomputed in the same transaction),
+    // and the rollback still restores the materialized view.
+    let ours = r
+        .get::<_, Option<String>>(4)
+        .is_some_and(|c| c.starts_with(&generate::keyed_table_comment_prefix(name)));
+    if ours && in_place {
+        let def = generate::definition_view(name);
+        definition = catalog
+            .view_definition(&def.schema, &def.name)
+            .map(str::to_string);
+    }
+    let derived = match derivation(name, &relkind, ours, in_place, definition, key, catalog) {
+        Ok(d) => match unseen_functions(client, name, ours)
+            .await
+            .map_err(catalog_error)?
+        {
+            Some(reason) => Err(reason),
+            None => Ok(d),
+        },
+        Err(e) => Err(e),
+    };
+    let (outcome, conversion, deltas) = match derived {
+        Err(e) => (Err(e), None, None),
+        Ok((d, definition)) => {
+            let facts = keyed_facts(
+                client,
+                (name, &owner),
+                oid,
+                definition,
+                &d,
+                relations,
+                &catalog.search_path,
+                in_place,
+            )
+            .await
+            .map_err(catalog_error)?;
+            convert(name, d, facts, catalog)
+        }
+    };
+    Ok(Keyed {
+        name: name.clone(),
+        oid,
+        outcome,
+        conversion,
+        deltas,
+    })
+}
+
+/// Functions of the user's (any schema but `pg_catalog`) that are not IMMUTABLE, called
+/// by the definition or by a plain view it reads, from the rules' recorded
+/// dependencies: `schema.name(args)` and its volatility.
+const UNSEEN_FUNCTIONS_SQL: &str = "WITH RECURSIVE rel (oid) AS ( \
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+    UNION \
+    SELECT v.oid FROM rel JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid \
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+      JOIN pg_catalog.pg_class v ON v.oid = d.refobjid AND v.relkind = 'v' AND v.oid <> rel.oid) \
+SELECT DISTINCT p.oid::pg_catalog.regprocedure::text, p.provolatile::text \
+  FROM rel JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid \
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+ WHERE pn.nspname <> 'pg_catalog' AND p.provolatile <> 'i' \
+ ORDER BY 1";
+
+/// Why a view calling a function of the user's that is not IMMUTABLE cannot be kept by
+/// capture: its value may change with no write to a table the view reads (a table the
+/// function reads, a setting, the clock), which no trigger sees, and a VOLATILE one
+/// changes from call to call (in a key, no group could be found again). `None` when
+/// it calls none. PostgreSQL's own functions are judged by the derivation. `ours`: `name`
+/// is a table this command converted in place.
+async fn unseen_functions(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+    ours: bool,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    // Converted in place before: the definition is in its definition view.
+    let read = if ours {
+        generate::definition_view(name)
+    } else {
+        name.clone()
+    };
+    let rows = client
+        .query_typed(
+            UNSEEN_FUNCTIONS_SQL,
+            &[(&read.schema, Type::TEXT), (&read.name, Type::TEXT)],
+        )
+        .await?;
+    let named: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let kind = match r.get::<_, String>(1).as_str() {
+                "v" => "volatile",
+                _ => "stable",
+            };
+            format!("{} ({kind})", r.get::<_, String>(0))
+        })
+        .collect();
+    Ok((!named.is_empty()).then(|| {
+        format!(
+            "the definition calls {}: a function that is not IMMUTABLE may return another value with no write to a table the view reads, which no capture sees; keep it a materialized view (or declare the function IMMUTABLE if it is)",
+            named.join(", ")
+        )
+    }))
+}
+
+/// A `--keyed` relation's derivation and definition, or why there is none: a
+/// materialized view, or a table converted in place before (`ours`, converted again
+/// only with `--in-place`).
+fn derivation(
+    name: &QualifiedName,
+    relkind: &str,
+    ours: bool,
+    in_place: bool,
+    definition: Option<String>,
+    key: Option<Vec<String>>,
+    catalog: &Catalog,
+) -> Result<(Derivation, String), String> {
+    let def_view = || generate::definition_view(name).shown();
+    let (definition, key) = match (ours, in_place, definition, key) {
+        (true, false, ..) => {
+            return Err(format!(
+                "already converted in place by `refreshd init --keyed --in-place` (a table kept equal to {}): add --in-place to convert it again",
+                def_view()
+            ))
+        }
+        (true, true, None, _) => {
+            return Err(format!(
+                "converted in place before, but its definition view {} is gone: restore it, or drop the table and create the materialized view again",
+                def_view()
+            ))
+        }
+        (true, true, _, None) => {
+            return Err(
+                "converted in place before, but the table has no unique index on its key"
+                    .to_string(),
+            )
+        }
+        (false, ..) if relkind != "m" => {
+            return Err(format!(
+                "not a materialized view (it is {})",
+                relkind_name(relkind)
+            ))
+        }
+        (false, _, _, None) => {
+            return Err(
+                "no unique index usable by REFRESH CONCURRENTLY: the view has no key to maintain it by"
+                    .to_string(),
+            )
+        }
+        (false, _, None, _) => return Err("its definition could not be read".to_string()),
+        (_, _, Some(def), Some(key)) => (def, key),
+    };
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    incremental::derive(&definition, &key, catalog)
+        .map_err(|e| e.reason)
+        .map(|d| (d, definition))
+}
+
+/// What [`Keyed`] holds of a derivation: the outcome, the conversion, the deltas.
+type Converted = (
+    Result<Derivation, String>,
+    Option<Generated>,
+    Option<Result<QualifiedName, String>>,
+);
+
+/// The conversion of a derived view, with deltas when a fact table takes them.
+fn convert(
+    name: &QualifiedName,
+    mut d: Derivation,
+    facts: Result<(Facts, Vec<DeltaTable>), String>,
+    catalog: &Catalog,
+) -> Converted {
+    // Row-level security: which rows the view's owner sees depends on columns the
+    // definition may not read (a policy on a status column). An UPDATE of any column
+    // can move a row in or out of the view, so every column counts as read.
+    if let Ok((_, tables)) = &facts {
+        for t in &mut d.tables {
+            if let Some(dt) = tables.iter().find(|x| x.table == t.table && x.row_security) {
+                t.reads = dt.columns.iter().map(|(c, _)| c.clone()).collect();
+            }
+        }
+    }
+    let (mut f, delta_tables, g) =
+        match facts.and_then(|(f, dt)| generate::generate(&d, &f).map(|g| (f, dt, g))) {
+            Err(e) => return (Err(e), None, None),
+            Ok(x) => x,
+        };
+    let plan = delta_plan(
+        &d,
+        &DeltaFacts {
+            view: name,
+            live: &g.table,
+            definition: &f.definition,
+            columns: &f.columns,
+            equality: &f.equality,
+            catalog,
+            tables: &delta_tables,
+            fact: None,
+        },
+    );
+    match plan {
+        Err(no) => (Ok(d), Some(g), Some(Err(no.reason))),
+        Ok(p) => {
+            let fact = p.fact_name.clone();
+            f.delta = Some(p);
+            match generate::generate(&d, &f) {
+                Ok(with) => (Ok(d), Some(with), Some(Ok(fact))),
+                Err(e) => (
+                    Ok(d),
+                    Some(g),
+                    Some(Err(format!("the delta plan does not fit: {e}"))),
+                ),
+            }
+        }
+    }
+}
+
+/// The materialized view's columns with their types, their collations where not
+/// their type's (schema-qualified and quoted; NULL otherwise), and the equality operator
+/// of their type's default btree operator class (a domain's: its base type's) when it
+/// is not in `pg_catalog`, as `OPERATOR(schema.name)` (NULL otherwise); for a domain,
+/// its base type (through domains over domains; NULL otherwise).
+const COLUMNS_SQL: &str =
+    "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
+            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END, \
+       (SELECT 'OPERATOR(' || pg_catalog.quote_ident(opn.nspname) || '.' || o.oprname || ')' \
+          FROM pg_catalog.pg_opclass oc \
+          JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree' \
+          JOIN pg_catalog.pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopmethod = am.oid \
+           AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3 \
+          JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr \
+          JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace \
+         WHERE oc.opcdefault AND opn.nspname <> 'pg_catalog' \
+           AND oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+         LIMIT 1), \
+       CASE WHEN ty.typtype = 'd' THEN \
+         (WITH RECURSIVE b(t, m) AS (SELECT ty.typbasetype, ty.typtypmod \
+            UNION ALL SELECT bt.typbasetype, bt.typtypmod FROM b JOIN pg_catalog.pg_type bt ON bt.oid = b.t \
+             WHERE bt.typtype = 'd') \
+          SELECT pg_catalog.format_type(b.t, b.m) FROM b JOIN pg_catalog.pg_type x ON x.oid = b.t \
+           WHERE x.typtype <> 'd') END \
+  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+  LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+ ORDER BY a.attnum";
+
+/// Its indexes, as `CREATE INDEX` statements.
+const INDEXES_SQL: &str = "SELECT pg_catalog.pg_get_indexdef(i.indexrelid) \
+  FROM pg_catalog.pg_index i WHERE i.indrelid = $1 ORDER BY i.indexrelid";
+
+/// Its ACL, one privilege a row (grantee NULL for PUBLIC).
+const GRANTS_SQL: &str = "SELECT a.privilege_type::text, \
+       CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, \
+       a.is_grantable \
+  FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 \
+ ORDER BY 2 NULLS FIRST, 1";
+
+/// The partitions of a partitioned table, at every level below it, and the inheritance
+/// children of a plain table (`INHERITS`): the view reads their rows through it, but a
+/// write straight into one fires only its own triggers, so it is captured like a
+/// partition.
+const PARTITIONS_SQL: &str = "WITH RECURSIVE tree (relid, level) AS ( \
+    SELECT i.inhrelid, 1 FROM pg_catalog.pg_inherits i \
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhparent \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+    UNION \
+    SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
+SELECT pn.nspname::text, pc.relname::text \
+  FROM (SELECT relid, min(level) AS level FROM tree GROUP BY relid) t \
+  JOIN pg_catalog.pg_class pc ON pc.oid = t.relid \
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+ ORDER BY t.level, pn.nspname, pc.relname";
+
+/// A table's columns whose type has no default btree or hash operator class (no
+/// equality an `EXCEPT` can use). Arrays, enums and ranges (generic classes) count too:
+/// taking all their rows is only slower.
+const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+                    WHERE oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+                      AND oc.opcdefault \
+                      AND am.amname IN ('btree', 'hash'))";
+
+/// A table's generated columns whose value its statement triggers' transition tables
+/// may not hold ([`BaseTable::generated`]): VIRTUAL ones (`attgenerated` 'v', PostgreSQL
+/// 18), STORED ones of a partitioned table or a partition.
+const GENERATED_SQL: &str = "SELECT a.attname::text \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+   AND (a.attgenerated = 'v' OR (a.attgenerated = 's' AND (c.relkind = 'p' OR c.relispartition)))";
+
+/// A table's row-level security as it applies to the role running init: enabled,
+/// bypassed by that role, and whether a policy reads the role evaluating it.
+const ROW_SECURITY_SQL: &str = "SELECT c.relrowsecurity, \
+       (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) \
+         OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity), \
+       c.relrowsecurity AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid \
+         AND concat_ws(' ', pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
+             OPERATOR(pg_catalog.~*) '(\\m(current_user|current_role|session_user|system_user|user)\\M|has_[a-z_]*_privilege|pg_has_role|row_security_active)') \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+/// A base table's columns for the delta plan: name, type (with a `COLLATE` clause when
+/// the column's collation is not its type's), NOT NULL, and the estimated rows of the
+/// table with all its partitions (`pg_partition_tree` gives no row for a table outside
+/// a partition tree, so the table itself is counted by its oid; a table never analyzed
+/// counts a row per 100 bytes of its size).
+const DELTA_COLUMNS_SQL: &str = "SELECT a.attname::text, \
+       pg_catalog.format_type(a.atttypid, a.atttypmod) || \
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
+            THEN ' COLLATE ' || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
+            ELSE '' END, \
+       a.attnotnull, \
+       (SELECT pg_catalog.sum(CASE WHEN pc.reltuples > 0 THEN pc.reltuples \
+                                   ELSE pg_catalog.pg_relation_size(pc.oid) / 100.0 END)::float8 \
+          FROM pg_catalog.pg_class pc \
+         WHERE pc.oid = c.oid \
+            OR pc.oid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t)) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+  LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2 \
+ ORDER BY a.attnum";
+
+/// The catalog facts of a `--keyed` view's conversion ([`generate::generate`]'s input,
+/// and each base table's for [`delta_plan`]); `Ok(Err)` when a base table is not in the
+/// catalog read.
+#[allow(clippy::too_many_arguments)]
+async fn keyed_facts(
+    client: &tokio_postgres::Client,
+    (view, owner): (&QualifiedName, &str),
+    oid: u32,
+    definition: String,
+    d: &Derivation,
+    relations: &Relations,
+    search_path: &[String],
+    in_place: bool,
+) -> Result<Result<(Facts, Vec<DeltaTable>), String>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(COLUMNS_SQL, &[(&oid, Type::OID)])
+        .await?;
+    let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let collations = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(2).map(|c| (r.get(0), c)))
+        .collect();
+    let equality = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(3).map(|op| (r.get(0), op)))
+        .collect();
+    let domains = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(4).map(|base| (r.get(0), base)))
+        .collect();
+    let indexes = client
+        .query_typed(INDEXES_SQL, &[(&oid, Type::OID)])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let grants = client
+        .query_typed(GRANTS_SQL, &[(&oid, Type::OID)])
+        .await?
+        .iter()
+        .map(|r| Grant {
+            privilege: r.get(0),
+            grantee: r.get(1),
+            grantable: r.get(2),
+        })
+        .collect();
+    let mut tables = Vec::new();
+    let mut delta_tables = Vec::new();
+    for t in &d.tables {
+        let Some((name, relkind)) = relations.get(&t.table) else {
+            return Ok(Err(format!("base table {} is not in the catalog", t.table)));
+        };
+        let (base, delta) = table_facts(client, &t.table, name, *relkind).await?;
+        tables.push(base);
+        delta_tables.push(delta);
+    }
+    Ok(Ok((
+        Facts {
+            view: view.clone(),
+            definition,
+            columns,
+            collations,
+            equality,
+            domains,
+            search_path: search_path.to_vec(),
+            tables,
+            indexes,
+            grants,
+            owner: Some(owner.to_string()),
+            in_place,
+            delta: None,
+        },
+        delta_tables,
+    )))
+}
+
+/// One base table's catalog facts: for the capture ([`BaseTable`]) and for the delta
+/// plan ([`DeltaTable`]).
+async fn table_facts(
+    client: &tokio_postgres::Client,
+    table: &str,
+    name: &QualifiedName,
+    relkind: char,
+) -> Result<(BaseTable, DeltaTable), tokio_postgres::Error> {
+    let by_name: &[(&(dyn ToSql + Sync), Type)] =
+        &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)];
+    let mut partitions = Vec::new();
+    if relkind == 'p' || relkind == 'r' {
+        for r in client.query_typed(PARTITIONS_SQL, by_name).await? {
+            partitions.push(QualifiedName::new(
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+            ));
+        }
+    }
+    let incomparable: Vec<String> = client
+        .query_typed(INCOMPARABLE_SQL, by_name)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let generated: Vec<String> = client
+        .query_typed(GENERATED_SQL, by_name)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let facts = client.query_typed(ROW_SECURITY_SQL, by_name).await?;
+    let row_security = facts.first().is_some_and(|r| r.get::<_, bool>(0));
+    let row_security_bypassed = facts
+        .first()
+        .is_some_and(|r| r.get::<_, Option<bool>>(1).unwrap_or(false));
+    let policy_reads_role = facts
+        .first()
+        .is_some_and(|r| r.get::<_, Option<bool>>(2).unwrap_or(false));
+    let rows = client.query_typed(DELTA_COLUMNS_SQL, by_name).await?;
+    let delta = DeltaTable {
+        table: table.to_string(),
+        name: name.clone(),
+        columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        not_null: rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(2))
+            .map(|r| r.get(0))
+            .collect(),
+        incomparable: incomparable.clone(),
+        generated: generated.clone(),
+        row_security,
+        estimated_rows: rows
+            .first()
+            .and_then(|r| r.get::<_, Option<f64>>(3))
+            .unwrap_or(0.0),
+    };
+    let base = BaseTable {
+        table: table.to_string(),
+        name: name.clone(),
+        relkind,
+        partitions,
+        incomparable,
+        generated,
+        row_security: row_security && !row_security_bypassed,
+        policy_reads_role,
+    };
+    Ok((base, delta))
+}
