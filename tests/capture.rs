@@ -738,6 +738,97 @@ async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again()
     .await;
 }
 
+/// A rename under a keyed view (a column, a table) made every write to the renamed
+/// table fail in the generated trigger functions, until someone ran `init --keyed`
+/// again; `managed` reported it and did nothing. Now it converts the view again from
+/// its definition, as that command does: the DDL poll notices the rename (the check
+/// interval here is an hour), writes go through again within seconds, and the view
+/// equals its definition. In place and beside the materialized view.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_converts_a_keyed_view_again_after_a_rename() {
+    for in_place in [true, false] {
+        let db = TestDb::new();
+        schema(&db);
+        let extra: &[&str] = if in_place { &["--in-place"] } else { &[] };
+        let (config, _) = convert(&db, extra);
+        let config = format!(
+            "capture_check_interval = \"1h\"\n{}",
+            config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
+        );
+        let table = if in_place {
+            VIEW
+        } else {
+            "shop.by_region_live"
+        };
+        let gaps = |d: &Daemon| {
+            sample(
+                &d.metrics(),
+                &format!("refreshd_capture_gaps{{view=\"{table}\"}}"),
+            )
+        };
+        let d = Daemon::start(&config);
+        d.wait_ready(Duration::from_secs(20)).await;
+        wait_for(Duration::from_secs(10), "the first check", || async {
+            gaps(&d) == Some(0.0)
+        })
+        .await;
+        let client = db.client().await;
+        let total = |region: &str| {
+            db.psql(&format!(
+                "SELECT total FROM {table} WHERE region = '{region}'"
+            ))
+        };
+
+        db.psql("ALTER TABLE shop.payments RENAME COLUMN amount TO paid_amount");
+        wait_for(
+            Duration::from_secs(20),
+            "a write to the table whose column was renamed goes through",
+            || async {
+                client
+                    .batch_execute("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')")
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "the write in the view", || async {
+            total("north") == "110"
+        })
+        .await;
+
+        db.psql("ALTER TABLE shop.customers RENAME TO clients");
+        wait_for(
+            Duration::from_secs(20),
+            "a write to the renamed table goes through",
+            || async {
+                client
+                    .batch_execute("UPDATE shop.clients SET region = 'south' WHERE id = 1")
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "the move in the view", || async {
+            total("south") == "130" && total("north").is_empty()
+        })
+        .await;
+        let def = "shop.by_region_def";
+        assert_eq!(
+            db.psql(&format!(
+                "SELECT count(*) FROM ((TABLE {table} EXCEPT ALL TABLE {def}) UNION ALL (TABLE {def} EXCEPT ALL TABLE {table})) x"
+            )),
+            "0"
+        );
+        assert_eq!(gaps(&d), Some(0.0));
+        assert!(
+            d.log_text().contains("converted the keyed view again"),
+            "{}",
+            d.log_text()
+        );
+        support::assert_check_passes(&config);
+    }
+}
+
 /// A logical replication subscription's apply worker writes with
 /// `session_replication_role = replica`, where triggers enabled the default way (on
 /// origin) do not fire: on a subscriber, no replicated change reached a view, and

@@ -40,7 +40,7 @@ use crate::engine::startup::topological_order;
 use crate::incremental::generate::Generated;
 use crate::pg::capture;
 use crate::pg::catalog::{base_relations, usable_unique_indexes, BaseRelation};
-use crate::pg::conversion::{derive_keyed, Keyed};
+use crate::pg::conversion::{self, derive_keyed, Keyed, APPLY_ATTEMPTS};
 use crate::pg::ident::{
     escape_display, escape_line, quote_ident, sql_comment, validate_channel, QualifiedName,
     MAX_IDENTIFIER_BYTES,
@@ -97,13 +97,6 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     }
 }
 
-/// How many times `--apply` tries its transaction when it deadlocks with writers or
-/// gives up waiting for a lock.
-const APPLY_ATTEMPTS: u64 = 10;
-
-/// How long `--apply` waits for each lock (see [`produce`]).
-const LOCK_WAIT: &str = "500ms";
-
 /// Reads the catalog, derives the `--keyed` views, writes and applies the SQL as asked
 /// and prints the configuration; `Err`: the one line saying why nothing (more) was done.
 async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
@@ -133,26 +126,12 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         if !apply {
             break (keyed, config);
         }
-        // The file is one transaction (BEGIN ... COMMIT) sent as one simple query: on an
-        // error the server skips the rest, and the ROLLBACK below ends the transaction.
-        // Each lock it waits for, it waits for at most LOCK_WAIT, less than the server's
-        // deadlock_timeout (1 s by default): where it and a writer wait for each other,
-        // it gives up first (and tries again) instead of a writer's transaction failing.
-        let applied = install.replacen(
-            "BEGIN;\n",
-            &format!("BEGIN;\nSET LOCAL lock_timeout = '{LOCK_WAIT}';\n"),
-            1,
-        );
-        match client.batch_execute(&applied).await {
+        // One transaction; each lock waited for at most LOCK_WAIT (see `apply`).
+        match conversion::apply(&client, &install).await {
             Ok(()) => break (keyed, config),
             Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
                 let why = crate::pg::connect::error_chain(&e);
-                // Writers holding locks on the tables the install takes one by one (a
-                // conversion again under live writes): nothing was changed, and the
-                // next attempt, from a fresh read of the catalog, usually gets through.
-                let code = e.code().map(|c| c.code());
-                if matches!(code, Some("40P01" | "40001" | "55P03")) && attempt < APPLY_ATTEMPTS {
+                if conversion::met_writers(&e) && attempt < APPLY_ATTEMPTS {
                     eprintln!(
                         "refreshd init: applying the SQL met concurrent writers (nothing was changed: {}); trying again ({} of {APPLY_ATTEMPTS})",
                         escape_line(&why),

@@ -114,13 +114,16 @@ pub fn judge(
 }
 
 /// A keyed view whose capture was generated for names its definition no longer reads
-/// ([`crate::pg::capture::CaptureFacts::stale`]). Not healed: the capture is generated
-/// again by `init --keyed` (the same command, run again).
-pub fn stale_gap(definition: &QualifiedName) -> Gap {
+/// ([`crate::pg::capture::CaptureFacts::stale`]): every write to a renamed table fails.
+/// Healed by converting the view again from its definition (what `init --keyed` run
+/// again does), which generates the capture for the names it reads now.
+pub fn stale_gap(v: &ViewConfig) -> Gap {
     Gap {
-        table: definition.clone(),
+        table: checked_relation(v).clone(),
         why: crate::pg::capture::STALE_CAPTURE.to_string(),
-        heal: None,
+        heal: Some(Heal::ConvertAgain {
+            table: v.name.clone(),
+        }),
     }
 }
 
@@ -258,7 +261,7 @@ pub async fn run_check(
             v.keyed.is_some(),
         );
         if *stale {
-            verdict.gaps.push(stale_gap(checked_relation(v)));
+            verdict.gaps.push(stale_gap(v));
         }
         if v.keyed.is_some() {
             verdict
@@ -269,17 +272,32 @@ pub async fn run_check(
     }
     let heals = to_install(&verdicts);
     let mut report = Report::default();
-    let installed = match install(&client, &facts, &views, &heals).await {
-        Ok(installed) => installed,
-        Err(e) => {
-            report.install_error = Some(e);
-            false
+    let mut closed: BTreeSet<QualifiedName> = BTreeSet::new();
+    match install(&client, &facts, &views, &heals).await {
+        Ok(true) => closed.extend(
+            heals
+                .iter()
+                .filter(|(_, h)| !matches!(h, Heal::ConvertAgain { .. }))
+                .map(|(t, _)| t.clone()),
+        ),
+        Ok(false) => {}
+        Err(e) => report.install_error = Some(e),
+    }
+    // Each view converted again in a transaction of its own.
+    for (definition, heal) in &heals {
+        let Heal::ConvertAgain { table } = heal else {
+            continue;
+        };
+        match crate::pg::conversion::convert_again(&client, table, definition).await {
+            Ok(()) => {
+                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was generated for names it no longer read (a rename)");
+                closed.insert(definition.clone());
+            }
+            Err(e) => report.install_error = Some(format!("{table}: {e}")),
         }
-    };
+    }
     for (v, verdict) in verdicts {
-        report
-            .views
-            .push(view_result(v, verdict, installed, &heals));
+        report.views.push(view_result(v, verdict, &closed, &heals));
     }
     Ok(report)
 }
@@ -319,7 +337,12 @@ async fn install(
     // The capture function is (re)installed only for refreshd's own triggers.
     let with_function = !facts.function_current
         && (upgrade || heals.iter().any(|(_, h)| matches!(h, Heal::Capture(_))));
-    if heals.is_empty() && !upgrade {
+    // A view converted again is not installed here (see `Heal::ConvertAgain`).
+    if heals
+        .iter()
+        .all(|(_, h)| matches!(h, Heal::ConvertAgain { .. }))
+        && !upgrade
+    {
         return Ok(false);
     }
     match crate::pg::capture::install(client, heals, with_function).await {
@@ -333,11 +356,12 @@ async fn install(
     }
 }
 
-/// One view's result: each gap healed (its trigger installed) or left open.
+/// One view's result: each gap healed (`closed` names the tables whose heal of `heals`
+/// was applied) or left open.
 fn view_result(
     v: &ViewConfig,
     verdict: Verdict,
-    installed: bool,
+    closed: &BTreeSet<QualifiedName>,
     heals: &[(QualifiedName, Heal)],
 ) -> ViewResult {
     let mut r = ViewResult {
@@ -350,7 +374,7 @@ fn view_result(
     };
     for g in verdict.gaps {
         let line = format!("{}: {}", g.table, g.why);
-        let closed = installed
+        let closed = closed.contains(&g.table)
             && v.capture == Capture::Managed
             && g.heal.is_some()
             && heals
@@ -367,7 +391,7 @@ fn view_result(
 
 /// How often the catalog fingerprint is polled for DDL (see
 /// [`crate::pg::capture::FINGERPRINT_SQL`]): a new partition, a dropped or disabled
-/// trigger, a replaced view start a capture check within about this long, whatever
+/// trigger, a replaced view, a rename under a keyed view start a capture check within about this long, whatever
 /// `capture_check_interval` says.
 pub const DDL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 

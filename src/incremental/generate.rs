@@ -384,6 +384,10 @@ pub fn channel_for(view: &QualifiedName) -> String {
 /// The words before the hash in the definition view's comment ([`reads_marker_sql`]).
 pub const READS_MARKER: &str = "names read: md5 ";
 
+/// How the comment on a conversion's definition view begins (then the keyed table's
+/// name and the [`READS_MARKER`]).
+pub const DEFINITION_COMMENT_PREFIX: &str = "refreshd: the definition of keyed view ";
+
 /// The md5 of every name a view reads, through the plain views it reads: each
 /// relation as `schema.name`, each column read as `schema.name.column`, sorted in the
 /// "C" collation. Built from the rewrite rules' dependencies, so no setting
@@ -603,6 +607,11 @@ fn beside(v: &QualifiedName, suffix: &str) -> QualifiedName {
     )
 }
 
+/// The table a conversion not in place keeps (`<view>_live`).
+pub fn live_table(v: &QualifiedName) -> QualifiedName {
+    beside(v, "live")
+}
+
 /// The plain view holding a conversion's definition (`<view>_def`).
 pub fn definition_view(v: &QualifiedName) -> QualifiedName {
     beside(v, "def")
@@ -638,11 +647,7 @@ impl Names {
             all_column.push('_');
         }
         Names {
-            table: if in_place {
-                v.clone()
-            } else {
-                beside(v, "live")
-            },
+            table: if in_place { v.clone() } else { live_table(v) },
             def: definition_view(v),
             channel: channel_for(v),
             buffer: in_refreshd("keys", "buffer"),
@@ -1909,7 +1914,7 @@ impl Conversion<'_> {
     fn reads_marker_sql(&self, w: &mut String) {
         let def = self.n.def.quoted();
         let text = format!(
-            "refreshd: the definition of keyed view {}; its capture was generated for the {READS_MARKER}",
+            "{DEFINITION_COMMENT_PREFIX}{}; its capture was generated for the {READS_MARKER}",
             self.n.table
         );
         let body = format!(

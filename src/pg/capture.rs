@@ -129,6 +129,11 @@ pub enum Heal {
     /// partition detached since): dropped, or their writes would still reach the
     /// view's buffers (and, as deltas, the view).
     Drop(Vec<String>),
+    /// A keyed view whose capture a rename made stale (the gap's table is its definition
+    /// view): converted again from its definition as it reads now, `table` being the
+    /// keyed table ([`crate::pg::conversion::convert_again`], a transaction of its own;
+    /// [`install`] skips it).
+    ConvertAgain { table: QualifiedName },
 }
 
 impl Heal {
@@ -136,7 +141,7 @@ impl Heal {
     pub fn channel(&self) -> Option<&str> {
         match self {
             Heal::Capture(c) => Some(c),
-            Heal::CloneRoot { .. } | Heal::Drop(_) => None,
+            Heal::CloneRoot { .. } | Heal::Drop(_) | Heal::ConvertAgain { .. } => None,
         }
     }
 }
@@ -207,7 +212,8 @@ pub struct CaptureFacts {
 pub const STALE_CAPTURE: &str =
     "its capture was generated for names it no longer reads (a table, schema or \
      column renamed, or the definition replaced): writes to its tables fail, or their changes go \
-     unseen, until `refreshd init --keyed` runs again for this view";
+     unseen, until `refreshd init --keyed` runs again for this view (with capture = \"managed\", \
+     refreshd runs it)";
 
 /// [`CHECK_SQL`] with its `$stale` filled in, built once.
 static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -443,6 +449,8 @@ pub async fn install(
                     ));
                 }
             }
+            // Derived and applied on its own (see the variant).
+            Heal::ConvertAgain { .. } => {}
         }
     }
     sql.push_str("COMMIT;\n");
@@ -569,11 +577,30 @@ pub const FINGERPRINT_SQL: &str = "SELECT \
        FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm') AND relpersistence <> 't') || '|' || \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_inherits) || '|' || \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_trigger) || '|' || \
-    (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_rewrite)";
+    (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_rewrite) || '|' || \
+    $stale";
+
+/// [`FINGERPRINT_SQL`] with `$stale` filled in, built once: how many keyed views' captures
+/// were generated for names their definitions no longer read (a table, schema or column
+/// renamed; [`crate::incremental::generate::stale_capture_sql`]), each found by the
+/// comment on its definition view. A rename changes no row the rest reads.
+static FINGERPRINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use crate::incremental::generate::{stale_capture_sql, DEFINITION_COMMENT_PREFIX};
+    FINGERPRINT_SQL.replace(
+        "$stale",
+        &format!(
+            "(SELECT count(*)::text FROM pg_catalog.pg_description d \
+              WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
+                AND pg_catalog.starts_with(d.description, {}) AND {})",
+            crate::pg::refresh::quote_literal(DEFINITION_COMMENT_PREFIX),
+            stale_capture_sql("d.objoid")
+        ),
+    )
+});
 
 /// Reads the catalog fingerprint (one statement, one round trip: poolable).
 pub async fn fingerprint(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
-    let rows = client.simple_query(FINGERPRINT_SQL).await?;
+    let rows = client.simple_query(&FINGERPRINT).await?;
     Ok(rows
         .iter()
         .find_map(|m| match m {

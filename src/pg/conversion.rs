@@ -637,3 +637,112 @@ async fn table_facts(
     };
     Ok((base, delta))
 }
+
+/// How long an applied conversion waits for each lock: less than the server's
+/// `deadlock_timeout` (1 s by default), so that where it and a writer wait for each
+/// other it gives up first (and tries again) instead of a writer's transaction failing.
+pub const LOCK_WAIT: &str = "500ms";
+
+/// How many times a conversion is tried when it meets concurrent writers.
+pub const APPLY_ATTEMPTS: u64 = 10;
+
+/// Runs `install` (one transaction, `BEGIN;\n` ... `COMMIT;`, sent as one simple query:
+/// on an error the server skips the rest) with each lock waited for at most
+/// [`LOCK_WAIT`]; on an error the transaction is rolled back and nothing was changed.
+pub async fn apply(
+    client: &tokio_postgres::Client,
+    install: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let applied = install.replacen(
+        "BEGIN;\n",
+        &format!("BEGIN;\nSET LOCAL lock_timeout = '{LOCK_WAIT}';\n"),
+        1,
+    );
+    let done = client.batch_execute(&applied).await;
+    if done.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    done
+}
+
+/// Whether [`apply`] failed for concurrent writers only (a deadlock, a serialization
+/// failure, a lock waited for longer than [`LOCK_WAIT`]): writers holding locks on the
+/// tables the install takes one by one. Nothing was changed, and another attempt, from
+/// a fresh read of the catalog, usually gets through.
+pub fn met_writers(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code().map(|c| c.code()),
+        Some("40P01" | "40001" | "55P03")
+    )
+}
+
+/// The materialized views of a schema, for [`converted_from`].
+const MATVIEWS_OF_SQL: &str = "SELECT c.relname::text FROM pg_catalog.pg_class c \
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY 1";
+
+/// What keyed view `table`, whose definition view is `query`, was converted from: the
+/// materialized view's name and whether in place. In place, `table` is that name (its
+/// definition view is `<table>_def`); otherwise the materialized view is still there,
+/// beside `table` (`<view>_live`) and `query` (`<view>_def`). `None`: neither (a keyed
+/// view written by hand, or its materialized view dropped since).
+async fn converted_from(
+    client: &tokio_postgres::Client,
+    table: &QualifiedName,
+    query: &QualifiedName,
+) -> Result<Option<(QualifiedName, bool)>, tokio_postgres::Error> {
+    if generate::definition_view(table) == *query {
+        return Ok(Some((table.clone(), true)));
+    }
+    let rows = client
+        .query_typed(MATVIEWS_OF_SQL, &[(&query.schema, Type::TEXT)])
+        .await?;
+    Ok(rows.iter().find_map(|r| {
+        let m = QualifiedName::new(query.schema.clone(), r.get::<_, String>(0));
+        (generate::definition_view(&m) == *query && generate::live_table(&m) == *table)
+            .then_some((m, false))
+    }))
+}
+
+/// Converts keyed view `table` (definition view `query`) again, as `refreshd init
+/// --keyed VIEW [--in-place] --apply` does, from its definition as it reads now: its
+/// capture generated for the names it reads now, its rows recomputed, in one
+/// transaction (tried [`APPLY_ATTEMPTS`] times against concurrent writers). What
+/// `capture = "managed"` does when a rename made the capture stale (every write to the
+/// renamed table failed). `Err`: why not, on one line.
+pub async fn convert_again(
+    client: &tokio_postgres::Client,
+    table: &QualifiedName,
+    query: &QualifiedName,
+) -> Result<(), String> {
+    let chain = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
+    let Some((view, in_place)) = converted_from(client, table, query).await.map_err(chain)? else {
+        return Err(format!(
+            "no materialized view it was converted from is left beside {query}: convert it again with `refreshd init --keyed`"
+        ));
+    };
+    let mut attempt = 1;
+    loop {
+        let mut keyed = derive_keyed(client, std::slice::from_ref(&view), in_place).await?;
+        let k = keyed.pop().expect("one view asked, one derived");
+        let g = match (k.outcome, k.conversion) {
+            (Ok(_), Some(g)) => g,
+            (Err(why), _) => return Err(format!("{view} cannot be derived now: {why}")),
+            (Ok(_), None) => {
+                let why = match k.deltas {
+                    Some(Err(why)) => why,
+                    _ => "no conversion was generated".to_string(),
+                };
+                return Err(format!("{view} cannot be converted now: {why}"));
+            }
+        };
+        match apply(client, &format!("BEGIN;\n{}\nCOMMIT;\n", g.install)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if met_writers(&e) && attempt < APPLY_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(format!("converting {view} again: {}", chain(e))),
+        }
+    }
+}
