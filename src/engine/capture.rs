@@ -224,8 +224,14 @@ pub struct Report {
     pub install_error: Option<String>,
 }
 
+/// How long a check may take to read the catalog and install refreshd's triggers (a
+/// view converted again is bounded by its own `statement_timeout` instead: it
+/// recomputes the view).
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One check of every checked view, in one catalog query; installs the missing triggers
-/// of `managed` views (one transaction). Runs off the core loop.
+/// of `managed` views (one transaction), and converts again each `managed` keyed view a
+/// rename made stale (a transaction each). Runs off the core loop.
 pub async fn run_check(
     info: ConnectInfo,
     views: Vec<ViewConfig>,
@@ -237,6 +243,59 @@ pub async fn run_check(
     if views.is_empty() {
         return Ok(Report::default());
     }
+    let checked = check_and_install(&info, &views, &configured, &previous);
+    let Checked {
+        client,
+        verdicts,
+        heals,
+        mut report,
+        mut closed,
+    } = tokio::time::timeout(CHECK_TIMEOUT, checked)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(CHECK_TIMEOUT)
+            )
+        })??;
+    for (definition, heal) in &heals {
+        let Heal::ConvertAgain { table } = heal else {
+            continue;
+        };
+        let Some(v) = views.iter().find(|v| &v.name == table) else {
+            continue;
+        };
+        match convert_again(&client, v, definition).await {
+            Ok(()) => {
+                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was generated for names it no longer read (a rename)");
+                closed.insert(definition.clone());
+            }
+            Err(e) => report.install_error = Some(format!("{table}: {e}")),
+        }
+    }
+    for (v, verdict) in verdicts {
+        report.views.push(view_result(v, verdict, &closed, &heals));
+    }
+    Ok(report)
+}
+
+/// What [`check_and_install`] found and did, for [`run_check`] to finish.
+struct Checked<'a> {
+    client: tokio_postgres::Client,
+    verdicts: Vec<(&'a ViewConfig, Verdict)>,
+    heals: Vec<(QualifiedName, Heal)>,
+    report: Report,
+    /// The tables whose heal was applied.
+    closed: BTreeSet<QualifiedName>,
+}
+
+/// [`run_check`]'s catalog read, verdicts and trigger installs (all but the conversions).
+async fn check_and_install<'a>(
+    info: &ConnectInfo,
+    views: &'a [ViewConfig],
+    configured: &std::collections::HashSet<QualifiedName>,
+    previous: &HashMap<QualifiedName, BTreeSet<u32>>,
+) -> Result<Checked<'a>, String> {
     let client = info.connect().await.map_err(|e| e.to_string())?;
     let names: Vec<QualifiedName> = views.iter().map(|v| checked_relation(v).clone()).collect();
     let facts = crate::pg::capture::inspect(&client, &names)
@@ -256,7 +315,7 @@ pub async fn run_check(
         let Some(tables) = tables else { continue };
         let mut verdict = judge(
             &v.channels,
-            &not_configured(tables, &configured),
+            &not_configured(tables, configured),
             previous.get(&v.name),
             v.keyed.is_some(),
         );
@@ -273,7 +332,7 @@ pub async fn run_check(
     let heals = to_install(&verdicts);
     let mut report = Report::default();
     let mut closed: BTreeSet<QualifiedName> = BTreeSet::new();
-    match install(&client, &facts, &views, &heals).await {
+    match install(&client, &facts, views, &heals).await {
         Ok(true) => closed.extend(
             heals
                 .iter()
@@ -283,23 +342,37 @@ pub async fn run_check(
         Ok(false) => {}
         Err(e) => report.install_error = Some(e),
     }
-    // Each view converted again in a transaction of its own.
-    for (definition, heal) in &heals {
-        let Heal::ConvertAgain { table } = heal else {
-            continue;
-        };
-        match crate::pg::conversion::convert_again(&client, table, definition).await {
-            Ok(()) => {
-                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was generated for names it no longer read (a rename)");
-                closed.insert(definition.clone());
-            }
-            Err(e) => report.install_error = Some(format!("{table}: {e}")),
-        }
+    Ok(Checked {
+        client,
+        verdicts,
+        heals,
+        report,
+        closed,
+    })
+}
+
+/// Converts keyed view `v` again ([`crate::pg::conversion::convert_again`]): it
+/// recomputes the view, so it is bounded by the view's `statement_timeout` (on the
+/// server, and here with the refreshes' grace), not by [`CHECK_TIMEOUT`].
+async fn convert_again(
+    client: &tokio_postgres::Client,
+    v: &ViewConfig,
+    definition: &QualifiedName,
+) -> Result<(), String> {
+    let converting =
+        crate::pg::conversion::convert_again(client, &v.name, definition, v.statement_timeout);
+    if v.statement_timeout.is_zero() {
+        return converting.await;
     }
-    for (v, verdict) in verdicts {
-        report.views.push(view_result(v, verdict, &closed, &heals));
-    }
-    Ok(report)
+    let deadline = v.statement_timeout * 2 + crate::pg::outcome::CLIENT_GRACE;
+    tokio::time::timeout(deadline, converting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "converting it again took longer than {}",
+                humantime::format_duration(deadline)
+            ))
+        })
 }
 
 /// The triggers to install: the gaps of `managed` views that refreshd can heal, one

@@ -707,13 +707,15 @@ async fn converted_from(
 /// Converts keyed view `table` (definition view `query`) again, as `refreshd init
 /// --keyed VIEW [--in-place] --apply` does, from its definition as it reads now: its
 /// capture generated for the names it reads now, its rows recomputed, in one
-/// transaction (tried [`APPLY_ATTEMPTS`] times against concurrent writers). What
+/// transaction (tried [`APPLY_ATTEMPTS`] times against concurrent writers), each
+/// statement of which may take `statement_timeout` (the view's: 0 for none). What
 /// `capture = "managed"` does when a rename made the capture stale (every write to the
 /// renamed table failed). `Err`: why not, on one line.
 pub async fn convert_again(
     client: &tokio_postgres::Client,
     table: &QualifiedName,
     query: &QualifiedName,
+    statement_timeout: std::time::Duration,
 ) -> Result<(), String> {
     let chain = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
     let Some((view, in_place)) = converted_from(client, table, query).await.map_err(chain)? else {
@@ -736,7 +738,12 @@ pub async fn convert_again(
                 return Err(format!("{view} cannot be converted now: {why}"));
             }
         };
-        match apply(client, &format!("BEGIN;\n{}\nCOMMIT;\n", g.install)).await {
+        let install = format!(
+            "BEGIN;\nSET LOCAL statement_timeout = {};\n{}\nCOMMIT;\n",
+            statement_timeout.as_millis(),
+            g.install
+        );
+        match apply(client, &install).await {
             Ok(()) => return Ok(()),
             Err(e) if met_writers(&e) && attempt < APPLY_ATTEMPTS => {
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;

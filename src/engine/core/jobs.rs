@@ -105,11 +105,9 @@ impl Core {
         let views = self.config.views.clone();
         let previous = self.capture.previous();
         self.spawn_job(Job::Capture, async move {
-            let check = crate::engine::capture::run_check(info, views, previous);
-            let result = match tokio::time::timeout(Duration::from_secs(60), check).await {
-                Ok(r) => r,
-                Err(_) => Err("no answer within 60 s".into()),
-            };
+            // Bounded inside: the catalog by CHECK_TIMEOUT, a conversion by its view's
+            // statement_timeout.
+            let result = crate::engine::capture::run_check(info, views, previous).await;
             Some(Command::CaptureChecked(result))
         });
     }
