@@ -135,8 +135,8 @@ fn other_shapes() -> Vec<(&'static str, &'static str, &'static str)> {
         ),
         (
             "by_month",
-            r#"SELECT date_trunc('month', f.day) AS m, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f
-            GROUP BY date_trunc('month', f.day)"#,
+            r#"SELECT date_trunc('month', f.day::timestamp) AS m, count(*) AS n, sum(f.qty) AS qty FROM "Fact ""T""" f
+            GROUP BY date_trunc('month', f.day::timestamp)"#,
             "m",
         ),
         (

@@ -222,6 +222,10 @@ pub struct ViewResult {
 pub struct Report {
     pub views: Vec<ViewResult>,
     pub install_error: Option<String>,
+    /// Keyed views `managed` could not convert again (a rename made their capture
+    /// stale: writes to the renamed table fail until they are), and why: tried again
+    /// soon, not at `capture_check_interval`.
+    pub conversions_failed: Vec<(QualifiedName, String)>,
 }
 
 /// How long a check may take to read the catalog and install refreshd's triggers (a
@@ -245,7 +249,6 @@ pub async fn run_check(
     }
     let checked = check_and_install(&info, &views, &configured, &previous);
     let Checked {
-        client,
         verdicts,
         heals,
         mut report,
@@ -265,12 +268,12 @@ pub async fn run_check(
         let Some(v) = views.iter().find(|v| &v.name == table) else {
             continue;
         };
-        match convert_again(&client, v, definition).await {
+        match convert_again(&info, v, definition).await {
             Ok(()) => {
                 tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was generated for names it no longer read (a rename)");
                 closed.insert(definition.clone());
             }
-            Err(e) => report.install_error = Some(format!("{table}: {e}")),
+            Err(e) => report.conversions_failed.push((table.clone(), e)),
         }
     }
     for (v, verdict) in verdicts {
@@ -281,7 +284,6 @@ pub async fn run_check(
 
 /// What [`check_and_install`] found and did, for [`run_check`] to finish.
 struct Checked<'a> {
-    client: tokio_postgres::Client,
     verdicts: Vec<(&'a ViewConfig, Verdict)>,
     heals: Vec<(QualifiedName, Heal)>,
     report: Report,
@@ -343,7 +345,6 @@ async fn check_and_install<'a>(
         Err(e) => report.install_error = Some(e),
     }
     Ok(Checked {
-        client,
         verdicts,
         heals,
         report,
@@ -351,28 +352,41 @@ async fn check_and_install<'a>(
     })
 }
 
-/// Converts keyed view `v` again ([`crate::pg::conversion::convert_again`]): it
-/// recomputes the view, so it is bounded by the view's `statement_timeout` (on the
-/// server, and here with the refreshes' grace), not by [`CHECK_TIMEOUT`].
+/// How long a conversion may take when the view has no `statement_timeout`.
+const CONVERSION_UNBOUNDED: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Converts keyed view `v` again ([`crate::pg::conversion::convert_again`]) on a
+/// connection of its own: it recomputes the view, so it is bounded by the view's
+/// `statement_timeout` (each statement on the server; here twice that plus the
+/// refreshes' grace, or an hour without one), not by [`CHECK_TIMEOUT`]. Past the
+/// deadline the server is asked to cancel it and the connection is dropped: nothing is
+/// left running that could still commit, and no later conversion meets its transaction.
 async fn convert_again(
-    client: &tokio_postgres::Client,
+    info: &ConnectInfo,
     v: &ViewConfig,
     definition: &QualifiedName,
 ) -> Result<(), String> {
+    let client = info.connect().await.map_err(|e| e.to_string())?;
+    let deadline = if v.statement_timeout.is_zero() {
+        CONVERSION_UNBOUNDED
+    } else {
+        v.statement_timeout * 2 + crate::pg::outcome::CLIENT_GRACE
+    };
     let converting =
-        crate::pg::conversion::convert_again(client, &v.name, definition, v.statement_timeout);
-    if v.statement_timeout.is_zero() {
-        return converting.await;
-    }
-    let deadline = v.statement_timeout * 2 + crate::pg::outcome::CLIENT_GRACE;
-    tokio::time::timeout(deadline, converting)
-        .await
-        .unwrap_or_else(|_| {
+        crate::pg::conversion::convert_again(&client, &v.name, definition, v.statement_timeout);
+    match tokio::time::timeout(deadline, converting).await {
+        Ok(done) => done,
+        Err(_) => {
+            if let Err(e) = client.cancel_token().cancel_query(info.tls()).await {
+                tracing::warn!(view = %v.name, error = %e, "could not send a cancel request for the conversion");
+            }
+            drop(client);
             Err(format!(
-                "converting it again took longer than {}",
+                "converting it again took longer than {} (cancelled)",
                 humantime::format_duration(deadline)
             ))
-        })
+        }
+    }
 }
 
 /// The triggers to install: the gaps of `managed` views that refreshd can heal, one
@@ -525,11 +539,25 @@ pub struct CaptureState {
     gaps: HashMap<QualifiedName, Vec<String>>,
     /// When each view's gaps were last logged, and which.
     logged: HashMap<QualifiedName, (std::time::Instant, Vec<String>)>,
+    /// After a conversion `managed` could not make: how soon the next check tries it
+    /// again (doubling from [`DDL_POLL`] up to [`RETRY_CONVERSION_MAX`]).
+    retry: Option<std::time::Duration>,
+    /// A check was asked for while one ran ([`CaptureState::check_now`]).
+    again: bool,
 }
 
+/// The longest wait before a failed conversion is tried again (less when
+/// `capture_check_interval` is shorter).
+pub const RETRY_CONVERSION_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl CaptureState {
-    /// Check as soon as possible (start, LISTEN (re)connect).
+    /// Check as soon as possible (start, LISTEN (re)connect, DDL seen). Asked while a
+    /// check runs, the next one starts as soon as it ends (what it saw may predate the
+    /// DDL).
     pub fn check_now(&mut self) {
+        if self.checking {
+            self.again = true;
+        }
         self.next_at = Some(std::time::Instant::now());
     }
 
@@ -563,10 +591,19 @@ impl CaptureState {
     ) -> Vec<QualifiedName> {
         let now = std::time::Instant::now();
         self.checking = false;
-        self.next_at = Some(now + interval);
+        let asked = if std::mem::take(&mut self.again) {
+            std::time::Duration::ZERO
+        } else {
+            interval
+        };
+        self.next_at = Some(now + asked);
         let report = match result {
             Ok(r) => r,
             Err(e) => {
+                // A conversion waiting to be tried again keeps its pace.
+                if let Some(w) = self.retry {
+                    self.next_at = Some(now + w.min(asked));
+                }
                 tracing::warn!(error = %e, "capture check failed; retrying at the next one");
                 return Vec::new();
             }
@@ -574,11 +611,30 @@ impl CaptureState {
         if let Some(e) = &report.install_error {
             tracing::error!(error = %e, "capture = \"managed\": could not install the missing capture triggers (the role needs CREATE on schema refreshd and TRIGGER on the tables); the views are refreshed fully at each check until it can");
         }
+        if report.conversions_failed.is_empty() {
+            self.retry = None;
+        } else {
+            let wait = self
+                .retry
+                .map_or(DDL_POLL, |w| w * 2)
+                .min(RETRY_CONVERSION_MAX)
+                .min(interval);
+            self.retry = Some(wait);
+            self.next_at = Some(now + wait.min(asked));
+            for (view, e) in &report.conversions_failed {
+                tracing::error!(view = %view, error = %e, retry_in = %humantime::format_duration(wait), "capture = \"managed\": could not convert the keyed view again (a rename made its capture stale: writes to the renamed table fail until it is converted, and its refreshes fail where they read what was renamed); trying again");
+            }
+        }
         let mut refresh = Vec::new();
         for r in report.views {
             metrics.set_capture_gaps(&r.view.to_string(), r.gaps.len() as u64);
             if !r.healed.is_empty() {
-                tracing::info!(view = %r.view, healed = ?r.healed, "capture = \"managed\": installed the missing capture trigger(s); refreshing the view fully (changes in the gap were not captured)");
+                let tables: Vec<&str> = r
+                    .healed
+                    .iter()
+                    .map(|h| h.split_once(": ").map_or(h.as_str(), |(t, _)| t))
+                    .collect();
+                tracing::info!(view = %r.view, healed = ?tables, "capture = \"managed\": closed the capture gap(s) at these tables; refreshing the view fully (changes in the gap were not captured)");
             }
             if !r.new_tables.is_empty() {
                 let tables: Vec<String> = r.new_tables.iter().map(|t| t.to_string()).collect();
@@ -598,10 +654,14 @@ impl CaptureState {
             } else {
                 self.logged.remove(&r.view);
             }
-            if !r.gaps.is_empty()
+            // A view `managed` could not convert again is not refreshed: its refresh
+            // would hold the table the next attempt needs (and reads what was renamed).
+            let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
+            if (!r.gaps.is_empty()
                 || !r.healed.is_empty()
                 || !r.new_tables.is_empty()
-                || r.gone_tables > 0
+                || r.gone_tables > 0)
+                && !converting
             {
                 refresh.push(r.view.clone());
             }

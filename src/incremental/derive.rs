@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use super::lineage::{Agg, Classes, InstCol, Instance, Lineage, Output, RExpr};
+use super::lineage::{without_typmod, Agg, Classes, InstCol, Instance, Lineage, Output, RExpr};
 use super::{volatile, Refused};
 
 /// The whole derivation for one view.
@@ -129,8 +129,8 @@ pub(super) fn derive(
             "no key: the view has no unique index on plain columns and no `key` is configured",
         ));
     }
-    let origins = key_origins(output, key)?;
     let inst = &lineage.instances;
+    let origins = key_origins(output, key, inst)?;
     let names = printed_names(inst);
     let classes = Classes::new(&lineage.equalities);
     let carries: Vec<Option<Carry>> = (0..inst.len())
@@ -183,7 +183,7 @@ pub(super) fn derive(
 
 /// Each key column's expression over instance columns: not an aggregate, not volatile,
 /// traceable to table columns, not a constant.
-fn key_origins(output: &Output, key: &[&str]) -> Result<Vec<RExpr>, Refused> {
+fn key_origins(output: &Output, key: &[&str], inst: &[Instance]) -> Result<Vec<RExpr>, Refused> {
     let mut origins = Vec::new();
     for k in key {
         let Some((_, e)) = output.columns.iter().find(|(n, _)| n == k) else {
@@ -191,7 +191,7 @@ fn key_origins(output: &Output, key: &[&str]) -> Result<Vec<RExpr>, Refused> {
                 "key column {k} is not a plain output column of the view"
             )));
         };
-        if let Some(p) = key_problem(k, e) {
+        if let Some(p) = key_problem(k, e, inst) {
             return Err(refuse(p));
         }
         if e.columns().is_empty() {
@@ -204,11 +204,11 @@ fn key_origins(output: &Output, key: &[&str]) -> Result<Vec<RExpr>, Refused> {
 
 /// Why key column `k` (expression `e`) cannot be computed from a row: the first
 /// problem found walking `e`.
-fn key_problem(k: &str, e: &RExpr) -> Option<String> {
+fn key_problem(k: &str, e: &RExpr, inst: &[Instance]) -> Option<String> {
     let mut problem = None;
     e.walk(&mut |x| {
         if problem.is_none() {
-            problem = node_problem(k, x);
+            problem = node_problem(k, x).or_else(|| time_zone_problem(k, x, inst));
         }
     });
     problem
@@ -228,6 +228,137 @@ fn node_problem(k: &str, x: &RExpr) -> Option<String> {
         RExpr::Opaque(kind, _) => Some(format!(
             "key column {k} is an expression that cannot be traced to table columns ({kind})"
         )),
+        _ => None,
+    }
+}
+
+/// A key node whose value depends on the session's `TimeZone`: a `date` or `timestamp`
+/// cast to `timestamptz` (PostgreSQL prints `date_trunc('month', day)` over a date that
+/// way), a `timestamptz` cast to a local type, a function PostgreSQL computes in local
+/// time from a `timestamptz` (`date_trunc` without a zone, `date_part`/`extract` of a
+/// field other than the epoch, `date`, `age`, `to_char`), or an interval added to a
+/// `timestamptz` (a day is 23 or 25 hours across a daylight-saving change). The capture
+/// computes the key in the writer's session, the refresh and the install in theirs: in
+/// two zones, one group has two keys, and a change names the other. Types are known for
+/// table columns and inferred through casts, `AT TIME ZONE`, `date_trunc` and
+/// date/time arithmetic; an expression of unknown type is not judged.
+fn time_zone_problem(k: &str, x: &RExpr, inst: &[Instance]) -> Option<String> {
+    const TZ: &str = "timestamp with time zone";
+    let ty = |e: &RExpr| type_of(e, inst);
+    let local = |t: &str| {
+        matches!(
+            t,
+            "date" | "timestamp without time zone" | "time without time zone"
+        )
+    };
+    let has_tz = |args: &[RExpr]| args.iter().any(|a| ty(a).as_deref() == Some(TZ));
+    let why = match x {
+        RExpr::Cast(inner, to) => {
+            let from = ty(inner)?;
+            let to = cast_type(to);
+            let to_local = local(&to)
+                || matches!(
+                    to.as_str(),
+                    "time with time zone" | "text" | "varchar" | "bpchar" | "name"
+                );
+            if (to == TZ && local(&from)) || (from == TZ && to_local) {
+                format!("a cast of {from} to {to}")
+            } else {
+                return None;
+            }
+        }
+        // With the zone named (`date_trunc('month', at, 'UTC')`) it depends on none.
+        RExpr::Func { name, args } if name == "date_trunc" && args.len() == 2 && has_tz(args) => {
+            format!("{name} over a timestamp with time zone")
+        }
+        RExpr::Func { name, args }
+            if matches!(name.as_str(), "date_part" | "extract")
+                && has_tz(args)
+                && !args.first().is_some_and(is_epoch) =>
+        {
+            format!("{name} over a timestamp with time zone")
+        }
+        RExpr::Func { name, args }
+            if matches!(name.as_str(), "date" | "age" | "to_char") && has_tz(args) =>
+        {
+            format!("{name} over a timestamp with time zone")
+        }
+        RExpr::Op { op, args }
+            if (op == "+" || op == "-")
+                && has_tz(args)
+                && args.iter().any(|a| ty(a).as_deref() == Some("interval")) =>
+        {
+            format!(
+                "an interval {} a timestamp with time zone",
+                if op == "+" {
+                    "added to"
+                } else {
+                    "subtracted from"
+                }
+            )
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "key column {k} depends on the session's TimeZone ({why}): the capture would compute it in the writer's session, the refresh in its own, and one group would have a key per zone; name the zone in the view (`date_trunc('month', at, 'UTC')`, or `at AT TIME ZONE 'UTC'` for a timestamptz `at`), or cast a date to `timestamp` rather than `timestamptz`"
+    ))
+}
+
+/// A cast's type as `format_type` names it (the parser gives the last part of its name).
+fn cast_type(t: &str) -> String {
+    match t {
+        "timestamptz" => "timestamp with time zone",
+        "timestamp" => "timestamp without time zone",
+        "timetz" => "time with time zone",
+        "time" => "time without time zone",
+        other => other,
+    }
+    .to_string()
+}
+
+/// `'epoch'` (the field `extract` and `date_part` take), however it was printed.
+fn is_epoch(e: &RExpr) -> bool {
+    let mut e = e;
+    while let RExpr::Cast(x, _) = e {
+        e = x;
+    }
+    matches!(e, RExpr::Const(c) if c.trim_matches('\'').eq_ignore_ascii_case("epoch"))
+}
+
+/// The date/time type of `e` where it can be told: a column's, a cast's, `AT TIME ZONE`
+/// (`timezone(zone, x)`: a `timestamptz` becomes a `timestamp` and back), `date_trunc`
+/// (its argument's), and `+`/`-` (a date and a number: a date; with an interval: the
+/// other side's; `*`/`/` with an interval: an interval).
+fn type_of(e: &RExpr, inst: &[Instance]) -> Option<String> {
+    const TZ: &str = "timestamp with time zone";
+    const LOCAL: &str = "timestamp without time zone";
+    match e {
+        RExpr::Col(c) => inst
+            .get(c.inst)
+            .and_then(|i| i.type_of(&c.col))
+            .map(without_typmod),
+        RExpr::Cast(_, t) => Some(cast_type(t)),
+        RExpr::Func { name, args } if name == "timezone" && args.len() == 2 => {
+            match type_of(&args[1], inst)?.as_str() {
+                TZ => Some(LOCAL.to_string()),
+                LOCAL => Some(TZ.to_string()),
+                _ => None,
+            }
+        }
+        RExpr::Func { name, args } if name == "date_trunc" && args.len() >= 2 => {
+            type_of(&args[1], inst)
+        }
+        RExpr::Op { op, args } if args.len() == 2 => {
+            let (a, b) = (type_of(&args[0], inst), type_of(&args[1], inst));
+            let interval = |t: &Option<String>| t.as_deref() == Some("interval");
+            match op.as_str() {
+                "*" | "/" if interval(&a) || interval(&b) => Some("interval".to_string()),
+                "+" | "-" if interval(&b) => a,
+                "+" if interval(&a) => b,
+                "+" | "-" if a.as_deref() == Some("date") && b.as_deref() != Some("date") => a,
+                _ => None,
+            }
+        }
         _ => None,
     }
 }

@@ -428,11 +428,16 @@ pub fn reads_md5_sql(view: &str) -> String {
 /// conversion that recorded none (made before this check).
 pub fn stale_capture_sql(view: &str) -> String {
     format!(
-        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM \
-          (SELECT pg_catalog.substring(pg_catalog.obj_description({view}, 'pg_class'), \
-                  '{READS_MARKER}([0-9a-f]{{32}})') AS m) AS rec)",
-        reads_md5_sql(view)
+        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM (SELECT {} AS m) AS rec)",
+        reads_md5_sql(view),
+        recorded_md5_sql(&format!("pg_catalog.obj_description({view}, 'pg_class')"))
     )
+}
+
+/// The md5 a definition view's comment (`comment`, a SQL expression) recorded after
+/// [`READS_MARKER`]; NULL without one.
+pub fn recorded_md5_sql(comment: &str) -> String {
+    format!("pg_catalog.substring({comment}, '{READS_MARKER}([0-9a-f]{{32}})')")
 }
 
 pub(super) fn dollar(body: &str) -> String {
@@ -835,6 +840,60 @@ impl<'a> Conversion<'a> {
         self.f.definition.trim().trim_end_matches(';').trim_end()
     }
 
+    /// The locks the install needs, taken first and in the order refreshd's refresh and
+    /// the writers take theirs: the keyed table (a refresh locks it, then reads the
+    /// buffers and the base tables), here when it is a table already (a conversion
+    /// again; the first in place drops the materialized view before the base tables are
+    /// locked, as a REFRESH of it takes them: [`Conversion::base_locks_sql`]).
+    fn locks_sql(&self, w: &mut String) {
+        let table = &self.n.table;
+        // LOCK TABLE takes no materialized view.
+        let body = format!(
+            "BEGIN\n    IF EXISTS ({}) THEN\n        LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;\n    END IF;\nEND;\n",
+            Self::relkind_is(table, "r"),
+            table.quoted()
+        );
+        let _ = writeln!(
+            w,
+            "\n-- {}",
+            sql_comment(&format!(
+                "Locks first: the keyed table {table}, then the base tables, the fact table first."
+            ))
+        );
+        let _ = writeln!(w, "DO {};", dollar(&body));
+    }
+
+    /// The base tables' locks (each with its partitions; the fact table first: its
+    /// writers lock it, then the dimensions its foreign keys name), all ACCESS
+    /// EXCLUSIVE (DROP TRIGGER takes that on each), before any buffer is dropped: then
+    /// no writer holds a buffer the install drops (a writer's trigger writes one while
+    /// holding its table). Taken as the statements came, the install dropped the
+    /// buffers first and then waited for a base table whose writers waited for a
+    /// buffer: converting again under steady writers deadlocked at every attempt (found
+    /// by a review).
+    fn base_locks_sql(&self, w: &mut String) {
+        let fact = self.f.delta.as_ref().map(|p| p.fact.as_str());
+        let mut tables: Vec<&BaseTable> = Vec::new();
+        for t in fact
+            .into_iter()
+            .chain(self.d.tables.iter().map(|t| t.table.as_str()))
+        {
+            if let Some(b) = self.by_name.get(t) {
+                if !tables.iter().any(|x| x.name == b.name) {
+                    tables.push(b);
+                }
+            }
+        }
+        if !tables.is_empty() {
+            let names: Vec<String> = tables.iter().map(|b| b.name.quoted()).collect();
+            let _ = writeln!(
+                w,
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;",
+                names.join(", ")
+            );
+        }
+    }
+
     /// A query finding `name` with this relkind.
     fn relkind_is(name: &QualifiedName, kind: &str) -> String {
         format!(
@@ -923,6 +982,7 @@ impl<'a> Conversion<'a> {
             );
             let _ = writeln!(w, "DO {};", dollar(&body));
         }
+        self.base_locks_sql(w);
         let _ = writeln!(
             w,
             "CREATE OR REPLACE VIEW {} AS\n{};",
@@ -2005,6 +2065,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut install = String::new();
     let mut drop_reach = String::new();
+    c.locks_sql(&mut install);
     c.table_sql(&mut install);
     c.buffer_sql(&mut install);
     c.reach_sql(&sources, &mut install, &mut drop_reach);

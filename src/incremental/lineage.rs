@@ -43,7 +43,7 @@ impl Instance {
 
 /// A type without its modifier: `numeric(5,2)` → `numeric`, `timestamp(3) with time
 /// zone` → `timestamp with time zone`.
-fn without_typmod(ty: &str) -> String {
+pub(super) fn without_typmod(ty: &str) -> String {
     let mut out = String::new();
     let mut depth = 0;
     for ch in ty.chars() {

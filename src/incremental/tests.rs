@@ -801,9 +801,74 @@ fn expression_key() {
     let d = derived(include_str!("corpus/expression_key.sql"), &["month"]);
     assert_eq!(
         line(&d, "orders"),
-        "orders: carries the key (date_trunc('month'::text, o_orderdate::timestamptz))"
+        "orders: carries the key (date_trunc('month'::text, o_orderdate::timestamp))"
     );
     assert_eq!(class(&d, "total"), delta(&["sum"]));
+}
+
+/// A key computed in the session's time zone is refused (found by a review: a date
+/// truncated to its month through `timestamptz`, as PostgreSQL prints
+/// `date_trunc('month', day)`, and a `timestamptz` truncated, were converted; their
+/// groups' keys depend on the TimeZone of whichever session computes them). Through
+/// `timestamp`, or with the zone named, they are not.
+#[test]
+fn keys_computed_in_the_sessions_time_zone_are_refused() {
+    let cat = catalog()
+        .table("tz.ev", &["id", "at", "day", "n", "ts"])
+        .typed(
+            "tz.ev",
+            &[
+                "integer",
+                "timestamp(3) with time zone",
+                "date",
+                "integer",
+                "timestamp without time zone",
+            ],
+        );
+    let view =
+        |key: &str| format!("SELECT {key} AS k, count(*) AS c FROM tz.ev e GROUP BY ({key})");
+    for key in [
+        // date_trunc('month', day) as PostgreSQL prints it
+        "date_trunc('month'::text, (e.day)::timestamp with time zone)",
+        "date_trunc('month'::text, e.at)",
+        "(e.at)::date",
+        "EXTRACT(year FROM e.at)",
+        "date_part('year'::text, e.at)",
+        "(e.at + '1 day'::interval)",
+        "(e.at + ((e.n)::double precision * '1 day'::interval))",
+        // AT TIME ZONE of a timestamp gives a timestamptz, truncated in the session's zone
+        "date_trunc('day'::text, (e.ts AT TIME ZONE 'UTC'::text))",
+        "date_trunc('day'::text, timezone('UTC'::text, e.ts))",
+        "(date_trunc('month'::text, e.ts))::timestamp with time zone",
+        "((e.day + 1))::timestamp with time zone",
+        "date_part('year'::text, e.at)",
+        "to_char(e.at, 'YYYY-MM'::text)",
+    ] {
+        match derive(&view(key), &["k"], &cat) {
+            Ok(d) => panic!("{key}: derived, expected a refusal:\n{d}"),
+            Err(e) => assert!(
+                e.reason.contains("depends on the session's TimeZone"),
+                "{key}: {}",
+                e.reason
+            ),
+        }
+    }
+    for key in [
+        "date_trunc('month'::text, (e.at AT TIME ZONE 'UTC'::text))",
+        "date_trunc('month'::text, (e.day)::timestamp without time zone)",
+        "e.at",
+        "EXTRACT(year FROM e.day)",
+        "(e.day + 1)",
+        "date_trunc('month'::text, e.at, 'UTC'::text)",
+        "EXTRACT(epoch FROM e.at)",
+        "date_part('epoch'::text, e.at)",
+        "to_char(e.n, '999'::text)",
+        "to_char((e.day)::timestamp without time zone, 'YYYY-MM'::text)",
+    ] {
+        if let Err(e) = derive(&view(key), &["k"], &cat) {
+            panic!("{key}: {e}");
+        }
+    }
 }
 
 #[test]

@@ -580,20 +580,28 @@ pub const FINGERPRINT_SQL: &str = "SELECT \
     (SELECT count(*)::text || ':' || coalesce(sum(xmin::text::int8), 0)::text FROM pg_catalog.pg_rewrite) || '|' || \
     $stale";
 
-/// [`FINGERPRINT_SQL`] with `$stale` filled in, built once: how many keyed views' captures
-/// were generated for names their definitions no longer read (a table, schema or column
-/// renamed; [`crate::incremental::generate::stale_capture_sql`]), each found by the
-/// comment on its definition view. A rename changes no row the rest reads.
+/// [`FINGERPRINT_SQL`] with `$stale` filled in, built once: each keyed view whose
+/// capture was generated for names its definition no longer reads (a table, schema or
+/// column renamed; [`crate::incremental::generate::stale_capture_sql`]), found by the
+/// comment on its definition view, with the md5 of the names it reads now: a rename
+/// changes no row the rest reads, and a second rename under a view still stale changes
+/// this.
 static FINGERPRINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    use crate::incremental::generate::{stale_capture_sql, DEFINITION_COMMENT_PREFIX};
+    use crate::incremental::generate::{
+        reads_md5_sql, recorded_md5_sql, DEFINITION_COMMENT_PREFIX,
+    };
     FINGERPRINT_SQL.replace(
         "$stale",
         &format!(
-            "(SELECT count(*)::text FROM pg_catalog.pg_description d \
-              WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
-                AND pg_catalog.starts_with(d.description, {}) AND {})",
+            "(SELECT coalesce(pg_catalog.string_agg(x.o::text || ':' || coalesce(x.now, ''), ',' ORDER BY x.o), '') \
+                FROM (SELECT d.objoid AS o, {} AS recorded, {} AS now \
+                        FROM pg_catalog.pg_description d \
+                       WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
+                         AND pg_catalog.starts_with(d.description, {})) AS x \
+               WHERE x.recorded IS NOT NULL AND x.recorded IS DISTINCT FROM x.now)",
+            recorded_md5_sql("d.description"),
+            reads_md5_sql("d.objoid"),
             crate::pg::refresh::quote_literal(DEFINITION_COMMENT_PREFIX),
-            stale_capture_sql("d.objoid")
         ),
     )
 });

@@ -720,7 +720,7 @@ pub async fn convert_again(
     let chain = |e: tokio_postgres::Error| crate::pg::connect::error_chain(&e);
     let Some((view, in_place)) = converted_from(client, table, query).await.map_err(chain)? else {
         return Err(format!(
-            "no materialized view it was converted from is left beside {query}: convert it again with `refreshd init --keyed`"
+            "the materialized view it was converted from (beside {query}) is gone, and converting again starts from it: create it again (its definition is {query}'s) and run `refreshd init --keyed VIEW --apply`, or drop {table} and its configuration block"
         ));
     };
     let mut attempt = 1;

@@ -1,5 +1,5 @@
- SELECT date_trunc('month'::text, (orders.o_orderdate)::timestamp with time zone) AS month,
+ SELECT date_trunc('month'::text, (orders.o_orderdate)::timestamp without time zone) AS month,
     sum(orders.o_totalprice) AS total,
     count(*) AS n
    FROM tpch.orders
-  GROUP BY (date_trunc('month'::text, (orders.o_orderdate)::timestamp with time zone));
+  GROUP BY (date_trunc('month'::text, (orders.o_orderdate)::timestamp without time zone));
