@@ -537,10 +537,18 @@ impl Router<'_> {
     }
 
     fn route(&self, i: usize) -> Route {
-        if self.lineage.instances[i].opaque {
-            return Route::Recompute(
-                "read only inside a subquery expression (EXISTS, IN or a scalar subquery)".into(),
-            );
+        let inst = &self.lineage.instances;
+        if inst[i].opaque {
+            // Read in FROM too: the subquery's reading is what sends everything.
+            let also = inst.iter().any(|o| o.table == inst[i].table && !o.opaque);
+            return Route::Recompute(if also {
+                format!(
+                    "read inside a subquery expression (EXISTS, IN or a scalar subquery) as {} too, where a change may change which rows of the view the subquery accepts",
+                    inst[i].alias
+                )
+            } else {
+                "read only inside a subquery expression (EXISTS, IN or a scalar subquery)".into()
+            });
         }
         if self.key_nullable {
             return Route::Recompute(

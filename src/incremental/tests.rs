@@ -725,6 +725,23 @@ fn table_read_only_in_a_subquery_expression() {
     );
 }
 
+/// A table read in FROM and again inside an EXISTS recomputes everything for the
+/// subquery's reading; it was said to be read "only" inside a subquery expression
+/// (found by a review).
+#[test]
+fn a_table_read_in_from_and_in_exists_says_so() {
+    let d = derived(
+        "SELECT o.o_custkey, count(*) AS n FROM tpch.orders o \
+          WHERE EXISTS (SELECT 1 FROM tpch.orders x WHERE x.o_custkey = o.o_custkey AND x.o_orderkey <> o.o_orderkey) \
+          GROUP BY o.o_custkey",
+        &["o_custkey"],
+    );
+    assert_eq!(
+        line(&d, "orders"),
+        "orders: recompute everything (read inside a subquery expression (EXISTS, IN or a scalar subquery) as x too, where a change may change which rows of the view the subquery accepts)"
+    );
+}
+
 /// TPC-H Q4: a correlated EXISTS (its subquery names the outer query's orders). The
 /// table read inside it recomputes everything; orders still carries the key. Refused
 /// before ("column orders.o_orderkey is not found in its FROM clause").
