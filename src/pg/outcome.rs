@@ -150,7 +150,8 @@ pub fn classify(code: &SqlState) -> (FailureClass, Option<&'static str>) {
         "21000" | "23505" => (Permanent, Some("the view's query produces duplicate rows for its unique index; fix the view definition or the index")),
         "55000" => (Permanent, Some("REFRESH ... CONCURRENTLY needs a unique index on plain columns of the view, without WHERE: create one, or set concurrently = false for this view")),
         "0A000" => (Permanent, Some("this form of REFRESH is not supported for the view in its current state")),
-        "42P01" => (Permanent, Some("the view does not exist (dropped or renamed?); fix the name in the configuration")),
+        "42P01" => (Permanent, Some("a relation the refresh reads does not exist: the view (dropped or renamed? fix the name in the configuration), or a table or schema a keyed view's generated SQL names, renamed since (`refreshd check` says; `refreshd init --keyed VIEW` converts it again, capture = \"managed\" does it itself)")),
+        "42703" => (Permanent, Some("a column the refresh reads does not exist: for a keyed view, one its generated SQL names was renamed (`refreshd check` says; `refreshd init --keyed VIEW` converts it again, capture = \"managed\" does it itself)")),
         "42809" => (Permanent, Some("the relation is not a materialized view")),
         "3D000" | "28000" | "28P01" => (Permanent, Some("check database.url: database, user or password")),
         _ if s.starts_with("08") || s.starts_with("53") || s.starts_with("58") => {
