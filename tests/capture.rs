@@ -950,6 +950,62 @@ async fn a_conversion_managed_could_not_make_is_tried_again_soon() {
     assert_eq!(gaps(&d), Some(0.0));
 }
 
+/// `managed`'s trigger install waited for locks without a bound, and when it failed it
+/// was not tried again until `capture_check_interval` (an hour here): a writer holding
+/// one of the tables and then writing the other deadlocked with it, the install lost,
+/// and the triggers stayed missing, the view stale (found by a review). It now waits at
+/// most 500 ms for each lock and is tried again within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_installs_again_after_meeting_a_writer() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "managed").replace(
+        "capture_check_interval = \"1s\"",
+        "capture_check_interval = \"1h\"",
+    );
+    let d = checked_daemon(&config).await;
+    // The install creates the customers' trigger, then the partition's: a writer
+    // holding the partition makes it wait there holding customers, and then writes
+    // customers.
+    let (first, second) = ("shop.customers", "shop.payments_2025_01");
+    db.psql(&format!(
+        "DROP TRIGGER refreshd_notify ON {first}; DROP TRIGGER refreshd_notify ON {second}"
+    ));
+    let w = db.client().await;
+    // The writer holds `second`, watches (server-side: the install's wait is short) for
+    // the install waiting for it while holding `first`, then writes `first`.
+    let waiting = format!(
+        "SELECT 1 FROM pg_catalog.pg_locks w JOIN pg_catalog.pg_locks h ON h.pid = w.pid \
+          WHERE NOT w.granted AND w.relation = '{second}'::regclass \
+            AND h.granted AND h.relation = '{first}'::regclass"
+    );
+    w.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {second} IN ROW EXCLUSIVE MODE; \
+         DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN \
+           LOOP \
+             EXIT WHEN EXISTS ({waiting}); \
+             IF clock_timestamp() - t > interval '30 s' THEN RAISE EXCEPTION 'the install never waited for the writer'; END IF; \
+             PERFORM pg_sleep(0.005); \
+           END LOOP; END $$; \
+         LOCK TABLE {first} IN ROW EXCLUSIVE MODE; \
+         INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07'); COMMIT"
+    ))
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the triggers back", || async {
+        !notify_channel(&db, first).is_empty() && !notify_channel(&db, second).is_empty()
+    })
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (4, 1, 1000, '2025-01-08')");
+    wait_for(
+        Duration::from_secs(10),
+        "the writes in the view",
+        || async { north(&db) == "1110" },
+    )
+    .await;
+    assert_eq!(gaps(&d), Some(0.0));
+}
+
 /// A logical replication subscription's apply worker writes with
 /// `session_replication_role = replica`, where triggers enabled the default way (on
 /// origin) do not fire: on a subscriber, no replicated change reached a view, and

@@ -222,6 +222,9 @@ pub struct ViewResult {
 pub struct Report {
     pub views: Vec<ViewResult>,
     pub install_error: Option<String>,
+    /// The install failed for concurrent writers only (a lock wait, a deadlock):
+    /// tried again soon, as a failed conversion is.
+    pub install_met_writers: bool,
     /// Keyed views `managed` could not convert again (a rename made their capture
     /// stale: writes to the renamed table fail until they are), and why: tried again
     /// soon, not at `capture_check_interval`.
@@ -342,7 +345,10 @@ async fn check_and_install<'a>(
                 .map(|(t, _)| t.clone()),
         ),
         Ok(false) => {}
-        Err(e) => report.install_error = Some(e),
+        Err((e, met_writers)) => {
+            report.install_error = Some(e);
+            report.install_met_writers = met_writers;
+        }
     }
     Ok(Checked {
         verdicts,
@@ -410,12 +416,13 @@ fn to_install(verdicts: &[(&ViewConfig, Verdict)]) -> Vec<(QualifiedName, Heal)>
 
 /// Installs `heals` (one transaction), with the capture function when refreshd's own
 /// triggers need it or an older one must be replaced; whether anything was installed.
+/// `Err`: why not, and whether it met concurrent writers only.
 async fn install(
     client: &tokio_postgres::Client,
     facts: &crate::pg::capture::CaptureFacts,
     views: &[ViewConfig],
     heals: &[(QualifiedName, Heal)],
-) -> Result<bool, String> {
+) -> Result<bool, (String, bool)> {
     // An older capture function notifies on every writing transaction, or makes
     // two-phase writers fail at PREPARE: replace it.
     let upgrade = facts.function_installed
@@ -439,7 +446,10 @@ async fn install(
             }
             Ok(true)
         }
-        Err(e) => Err(crate::pg::connect::error_chain(&e)),
+        Err(e) => Err((
+            crate::pg::connect::error_chain(&e),
+            crate::pg::conversion::met_writers(&e),
+        )),
     }
 }
 
@@ -539,8 +549,9 @@ pub struct CaptureState {
     gaps: HashMap<QualifiedName, Vec<String>>,
     /// When each view's gaps were last logged, and which.
     logged: HashMap<QualifiedName, (std::time::Instant, Vec<String>)>,
-    /// After a conversion `managed` could not make: how soon the next check tries it
-    /// again (doubling from [`DDL_POLL`] up to [`RETRY_CONVERSION_MAX`]).
+    /// After a conversion `managed` could not make, or an install that met concurrent
+    /// writers: how soon the next check tries again (doubling from [`DDL_POLL`] up to
+    /// [`RETRY_CONVERSION_MAX`]).
     retry: Option<std::time::Duration>,
     /// A check was asked for while one ran ([`CaptureState::check_now`]).
     again: bool,
@@ -608,17 +619,22 @@ impl CaptureState {
                 return Vec::new();
             }
         };
+        let soon = !report.conversions_failed.is_empty() || report.install_met_writers;
+        let wait = self
+            .retry
+            .map_or(DDL_POLL, |w| w * 2)
+            .min(RETRY_CONVERSION_MAX)
+            .min(interval);
         if let Some(e) = &report.install_error {
-            tracing::error!(error = %e, "capture = \"managed\": could not install the missing capture triggers (the role needs CREATE on schema refreshd and TRIGGER on the tables); the views are refreshed fully at each check until it can");
+            if report.install_met_writers {
+                tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "capture = \"managed\": installing the missing capture triggers met concurrent writers (nothing was changed); trying again");
+            } else {
+                tracing::error!(error = %e, "capture = \"managed\": could not install the missing capture triggers (the role needs CREATE on schema refreshd and TRIGGER on the tables); the views are refreshed fully at each check until it can");
+            }
         }
-        if report.conversions_failed.is_empty() {
+        if !soon {
             self.retry = None;
         } else {
-            let wait = self
-                .retry
-                .map_or(DDL_POLL, |w| w * 2)
-                .min(RETRY_CONVERSION_MAX)
-                .min(interval);
             self.retry = Some(wait);
             self.next_at = Some(now + wait.min(asked));
             for (view, e) in &report.conversions_failed {
@@ -643,7 +659,9 @@ impl CaptureState {
             if r.gone_tables > 0 {
                 tracing::info!(view = %r.view, tables = r.gone_tables, "the view no longer reads table(s) it read at the previous capture check (a partition detached or dropped: its rows left without a trigger); refreshing it fully");
             }
-            if !r.gaps.is_empty() {
+            // Its conversion's failure was logged above, with what happens next.
+            let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
+            if !r.gaps.is_empty() && !converting {
                 let due = self.logged.get(&r.view).is_none_or(|(at, last)| {
                     *last != r.gaps || now.saturating_duration_since(*at) >= interval
                 });
@@ -656,7 +674,6 @@ impl CaptureState {
             }
             // A view `managed` could not convert again is not refreshed: its refresh
             // would hold the table the next attempt needs (and reads what was renamed).
-            let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
             if (!r.gaps.is_empty()
                 || !r.healed.is_empty()
                 || !r.new_tables.is_empty()

@@ -427,7 +427,13 @@ pub async fn install(
     heals: &[(QualifiedName, Heal)],
     with_function: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut sql = String::from("BEGIN;\n");
+    // Each lock waited for at most LOCK_WAIT: where the install and a writer wait for
+    // each other, the install gives up first and is tried again (see the engine's
+    // retry), instead of a writer's transaction failing.
+    let mut sql = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '{}';\n",
+        crate::pg::conversion::LOCK_WAIT
+    );
     if with_function {
         sql.push_str(FUNCTION_SQL);
     }
