@@ -151,6 +151,7 @@ pub fn classify(code: &SqlState) -> (FailureClass, Option<&'static str>) {
         "55000" => (Permanent, Some("REFRESH ... CONCURRENTLY needs a unique index on plain columns of the view, without WHERE: create one, or set concurrently = false for this view")),
         "0A000" => (Permanent, Some("this form of REFRESH is not supported for the view in its current state")),
         "42P01" => (Permanent, Some("a relation the refresh reads does not exist: the view (dropped or renamed? fix the name in the configuration), or a table or schema a keyed view's generated SQL names, renamed since (`refreshd check` says; `refreshd init --keyed VIEW` converts it again, capture = \"managed\" does it itself)")),
+        "42704" => (Permanent, Some("an object the refresh reads does not exist: for a keyed view, a column or table its generated SQL names may have been renamed while the refresh ran (`refreshd check` says; `refreshd init --keyed VIEW` converts it again, capture = \"managed\" does it itself)")),
         "42703" => (Permanent, Some("a column the refresh reads does not exist: for a keyed view, one its generated SQL names was renamed (`refreshd check` says; `refreshd init --keyed VIEW` converts it again, capture = \"managed\" does it itself)")),
         "42809" => (Permanent, Some("the relation is not a materialized view")),
         "3D000" | "28000" | "28P01" => (Permanent, Some("check database.url: database, user or password")),
