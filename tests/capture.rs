@@ -34,6 +34,25 @@ fn schema(db: &TestDb) {
     );
 }
 
+/// The view counted and summed (its fact table's changes taken as deltas).
+fn with_counts(db: &TestDb) {
+    db.psql(
+        "DROP MATERIALIZED VIEW shop.by_region; \
+         CREATE MATERIALIZED VIEW shop.by_region AS \
+           SELECT c.region, count(*) AS n, sum(p.amount) AS total \
+             FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region; \
+         CREATE UNIQUE INDEX ON shop.by_region (region);",
+    );
+}
+
+/// Waits until `sql` succeeds on `client` (a write the stale capture makes fail).
+async fn goes_through(client: &tokio_postgres::Client, sql: &str, secs: u64, what: &str) {
+    wait_for(Duration::from_secs(secs), what, || async {
+        client.batch_execute(sql).await.is_ok()
+    })
+    .await;
+}
+
 /// `init --apply`'s config with a 1 s check interval and `capture = mode`.
 fn adopt(db: &TestDb, mode: &str) -> String {
     let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
@@ -776,15 +795,11 @@ async fn managed_converts_a_keyed_view_again_after_a_rename() {
         };
 
         db.psql("ALTER TABLE shop.payments RENAME COLUMN amount TO paid_amount");
-        wait_for(
-            Duration::from_secs(20),
+        goes_through(
+            &client,
+            "INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')",
+            20,
             "a write to the table whose column was renamed goes through",
-            || async {
-                client
-                    .batch_execute("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')")
-                    .await
-                    .is_ok()
-            },
         )
         .await;
         wait_for(Duration::from_secs(10), "the write in the view", || async {
@@ -793,15 +808,11 @@ async fn managed_converts_a_keyed_view_again_after_a_rename() {
         .await;
 
         db.psql("ALTER TABLE shop.customers RENAME TO clients");
-        wait_for(
-            Duration::from_secs(20),
+        goes_through(
+            &client,
+            "UPDATE shop.clients SET region = 'south' WHERE id = 1",
+            20,
             "a write to the renamed table goes through",
-            || async {
-                client
-                    .batch_execute("UPDATE shop.clients SET region = 'south' WHERE id = 1")
-                    .await
-                    .is_ok()
-            },
         )
         .await;
         wait_for(Duration::from_secs(10), "the move in the view", || async {
@@ -834,13 +845,7 @@ async fn managed_converts_a_keyed_view_again_after_a_rename() {
 async fn converting_a_delta_view_again_under_steady_writers_gets_through() {
     let db = TestDb::new();
     schema(&db);
-    db.psql(
-        "DROP MATERIALIZED VIEW shop.by_region; \
-         CREATE MATERIALIZED VIEW shop.by_region AS \
-           SELECT c.region, count(*) AS n, sum(p.amount) AS total \
-             FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region; \
-         CREATE UNIQUE INDEX ON shop.by_region (region);",
-    );
+    with_counts(&db);
     let (_, said) = convert(&db, &["--in-place"]);
     assert!(said.contains("deltas: fact table shop.payments"), "{said}");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -932,15 +937,11 @@ async fn a_conversion_managed_could_not_make_is_tried_again_soon() {
     .await;
     reader.batch_execute("COMMIT").await.unwrap();
     let client = db.client().await;
-    wait_for(
-        Duration::from_secs(30),
+    goes_through(
+        &client,
+        "INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')",
+        30,
         "a write to the table whose column was renamed goes through",
-        || async {
-            client
-                .batch_execute("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')")
-                .await
-                .is_ok()
-        },
     )
     .await;
     wait_for(Duration::from_secs(10), "the write in the view", || async {
@@ -1068,13 +1069,7 @@ async fn writes_in_the_replica_role_are_captured() {
 async fn managed_drops_a_detached_partitions_capture() {
     let db = TestDb::new();
     schema(&db);
-    db.psql(
-        "DROP MATERIALIZED VIEW shop.by_region; \
-         CREATE MATERIALIZED VIEW shop.by_region AS \
-           SELECT c.region, count(*) AS n, sum(p.amount) AS total \
-             FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region; \
-         CREATE UNIQUE INDEX ON shop.by_region (region);",
-    );
+    with_counts(&db);
     let (config, said) = convert(&db, &["--in-place"]);
     assert!(said.contains("deltas: fact table shop.payments"), "{said}");
     let config = format!(
