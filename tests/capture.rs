@@ -55,12 +55,22 @@ async fn goes_through(client: &tokio_postgres::Client, sql: &str, secs: u64, wha
 
 /// `init --apply`'s config with a 1 s check interval and `capture = mode`.
 fn adopt(db: &TestDb, mode: &str) -> String {
+    adopt_every(db, mode, "1s")
+}
+
+/// `init --apply`'s config with checks every `interval` and `capture = mode`.
+fn adopt_every(db: &TestDb, mode: &str, interval: &str) -> String {
     let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let config = support::stdout(&out);
     assert!(config.contains("[defaults]\n"), "{config}");
+    with_capture(&config, mode, interval)
+}
+
+/// `config` with `capture = mode` in its defaults and checks every `interval`.
+fn with_capture(config: &str, mode: &str, interval: &str) -> String {
     format!(
-        "capture_check_interval = \"1s\"\n{}",
+        "capture_check_interval = \"{interval}\"\n{}",
         config.replace(
             "[defaults]\n",
             &format!("[defaults]\ncapture = \"{mode}\"\n")
@@ -411,12 +421,7 @@ fn check_reports_capture_gaps() {
 async fn ddl_is_noticed_long_before_the_check_interval() {
     let db = TestDb::new();
     schema(&db);
-    let hourly = |mode: &str| {
-        adopt(&db, mode).replace(
-            "capture_check_interval = \"1s\"",
-            "capture_check_interval = \"1h\"",
-        )
-    };
+    let hourly = |mode: &str| adopt_every(&db, mode, "1h");
     let d = checked_daemon(&hourly("managed")).await;
     db.psql("CREATE TABLE shop.payments_2025_03 PARTITION OF shop.payments FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')");
     wait_for(
@@ -473,10 +478,7 @@ async fn ddl_is_noticed_long_before_the_check_interval() {
 async fn refreshes_are_not_mistaken_for_ddl() {
     let db = TestDb::new();
     schema(&db);
-    let config = adopt(&db, "managed").replace(
-        "capture_check_interval = \"1s\"",
-        "capture_check_interval = \"1h\"",
-    );
+    let config = adopt_every(&db, "managed", "1h");
     let d = Daemon::start_with_env(
         &config,
         &[("RUST_LOG", "info,refreshd::engine::core=debug")],
@@ -524,10 +526,7 @@ async fn managed_copies_a_keyed_views_capture_to_a_new_partition() {
         config.contains("name = \"shop.by_region_live\""),
         "{config}"
     );
-    let config = format!(
-        "capture_check_interval = \"1s\"\n{}",
-        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
-    );
+    let config = with_capture(&config, "managed", "1s");
     let root_triggers = |table: &str| {
         db.psql(&format!(
             "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger \
@@ -714,12 +713,7 @@ async fn inheritance_children_are_captured_like_partitions() {
 async fn a_column_renamed_under_a_keyed_view_is_reported_until_init_runs_again() {
     let db = TestDb::new();
     schema(&db);
-    let config = format!(
-        "capture_check_interval = \"1s\"\n{}",
-        convert(&db, &["--in-place"])
-            .0
-            .replace("[defaults]\n", "[defaults]\ncapture = \"verify\"\n")
-    );
+    let config = with_capture(&convert(&db, &["--in-place"]).0, "verify", "1s");
     support::assert_check_passes(&config);
     let d = checked_daemon(&config).await;
 
@@ -766,10 +760,7 @@ async fn managed_converts_a_keyed_view_again_after_a_rename() {
         schema(&db);
         let extra: &[&str] = if in_place { &["--in-place"] } else { &[] };
         let (config, _) = convert(&db, extra);
-        let config = format!(
-            "capture_check_interval = \"1h\"\n{}",
-            config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
-        );
+        let config = with_capture(&config, "managed", "1h");
         let table = if in_place {
             VIEW
         } else {
@@ -914,10 +905,7 @@ async fn a_conversion_managed_could_not_make_is_tried_again_soon() {
     let db = TestDb::new();
     schema(&db);
     let (config, _) = convert(&db, &["--in-place"]);
-    let config = format!(
-        "capture_check_interval = \"1h\"\n{}",
-        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
-    );
+    let config = with_capture(&config, "managed", "1h");
     let d = checked_daemon(&config).await;
     let reader = db.client().await;
     reader
@@ -960,10 +948,7 @@ async fn a_conversion_managed_could_not_make_is_tried_again_soon() {
 async fn managed_installs_again_after_meeting_a_writer() {
     let db = TestDb::new();
     schema(&db);
-    let config = adopt(&db, "managed").replace(
-        "capture_check_interval = \"1s\"",
-        "capture_check_interval = \"1h\"",
-    );
+    let config = adopt_every(&db, "managed", "1h");
     let d = checked_daemon(&config).await;
     // The install creates the customers' trigger, then the partition's: a writer
     // holding the partition makes it wait there holding customers, and then writes
@@ -1072,10 +1057,7 @@ async fn managed_drops_a_detached_partitions_capture() {
     with_counts(&db);
     let (config, said) = convert(&db, &["--in-place"]);
     assert!(said.contains("deltas: fact table shop.payments"), "{said}");
-    let config = format!(
-        "capture_check_interval = \"1s\"\n{}",
-        config.replace("[defaults]\n", "[defaults]\ncapture = \"managed\"\n")
-    );
+    let config = with_capture(&config, "managed", "1s");
     let triggers_on = |t: &str| {
         db.psql(&format!(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{t}'::regclass AND NOT tgisinternal"

@@ -619,7 +619,30 @@ impl CaptureState {
                 return Vec::new();
             }
         };
-        let soon = !report.conversions_failed.is_empty() || report.install_met_writers;
+        self.schedule_retry(&report, now, asked, interval);
+        let mut refresh = Vec::new();
+        for r in report.views {
+            // A view `managed` could not convert again: its failure was logged, with
+            // what happens next, and it is not refreshed (its refresh would hold the
+            // table the next attempt needs, and reads what was renamed).
+            let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
+            let view = r.view.clone();
+            if self.take_view(r, converting, now, interval, metrics) && !converting {
+                refresh.push(view);
+            }
+        }
+        refresh
+    }
+
+    /// After an install that met writers or a failed conversion: the next check in 2 s,
+    /// doubling up to [`RETRY_CONVERSION_MAX`] (never later than `asked`); logs them.
+    fn schedule_retry(
+        &mut self,
+        report: &Report,
+        now: std::time::Instant,
+        asked: std::time::Duration,
+        interval: std::time::Duration,
+    ) {
         let wait = self
             .retry
             .map_or(DDL_POLL, |w| w * 2)
@@ -632,66 +655,70 @@ impl CaptureState {
                 tracing::error!(error = %e, "capture = \"managed\": could not install the missing capture triggers (the role needs CREATE on schema refreshd and TRIGGER on the tables); the views are refreshed fully at each check until it can");
             }
         }
-        if !soon {
+        if report.conversions_failed.is_empty() && !report.install_met_writers {
             self.retry = None;
-        } else {
-            self.retry = Some(wait);
-            self.next_at = Some(now + wait.min(asked));
-            for (view, e) in &report.conversions_failed {
-                tracing::error!(view = %view, error = %e, retry_in = %humantime::format_duration(wait), "capture = \"managed\": could not convert the keyed view again (a rename made its capture stale: writes to the renamed table fail until it is converted, and its refreshes fail where they read what was renamed); trying again");
+            return;
+        }
+        self.retry = Some(wait);
+        self.next_at = Some(now + wait.min(asked));
+        for (view, e) in &report.conversions_failed {
+            tracing::error!(view = %view, error = %e, retry_in = %humantime::format_duration(wait), "capture = \"managed\": could not convert the keyed view again (a rename made its capture stale: writes to the renamed table fail until it is converted, and its refreshes fail where they read what was renamed); trying again");
+        }
+    }
+
+    /// Takes one view's result: its gauge, its log lines (the gap warning at most once
+    /// per `interval` unless the gaps change; none while `converting`, whose failure was
+    /// logged), what it reads and its gaps. Whether it is to be refreshed fully (open
+    /// gaps, closed gaps, or a definition that reads new tables or no longer reads
+    /// some: changes may have been missed).
+    fn take_view(
+        &mut self,
+        r: ViewResult,
+        converting: bool,
+        now: std::time::Instant,
+        interval: std::time::Duration,
+        metrics: &crate::serve::per_view::PerView,
+    ) -> bool {
+        metrics.set_capture_gaps(&r.view.to_string(), r.gaps.len() as u64);
+        if !r.healed.is_empty() {
+            let tables: Vec<&str> = r
+                .healed
+                .iter()
+                .map(|h| h.split_once(": ").map_or(h.as_str(), |(t, _)| t))
+                .collect();
+            tracing::info!(view = %r.view, healed = ?tables, "capture = \"managed\": closed the capture gap(s) at these tables; refreshing the view fully (changes in the gap were not captured)");
+        }
+        if !r.new_tables.is_empty() {
+            let tables: Vec<String> = r.new_tables.iter().map(|t| t.to_string()).collect();
+            tracing::info!(view = %r.view, tables = ?tables, "the view reads table(s) it did not read at the previous capture check; refreshing it fully");
+        }
+        if r.gone_tables > 0 {
+            tracing::info!(view = %r.view, tables = r.gone_tables, "the view no longer reads table(s) it read at the previous capture check (a partition detached or dropped: its rows left without a trigger); refreshing it fully");
+        }
+        if r.gaps.is_empty() {
+            self.logged.remove(&r.view);
+        } else if !converting {
+            let due = self.logged.get(&r.view).is_none_or(|(at, last)| {
+                *last != r.gaps || now.saturating_duration_since(*at) >= interval
+            });
+            if due {
+                tracing::warn!(view = %r.view, gaps = ?r.gaps, "change capture is incomplete: changes to these tables reach none of the view's channels; refreshing it fully at each capture check until fixed (refreshd init --apply, or capture = \"managed\")");
+                self.logged.insert(r.view.clone(), (now, r.gaps.clone()));
             }
         }
-        let mut refresh = Vec::new();
-        for r in report.views {
-            metrics.set_capture_gaps(&r.view.to_string(), r.gaps.len() as u64);
-            if !r.healed.is_empty() {
-                let tables: Vec<&str> = r
-                    .healed
-                    .iter()
-                    .map(|h| h.split_once(": ").map_or(h.as_str(), |(t, _)| t))
-                    .collect();
-                tracing::info!(view = %r.view, healed = ?tables, "capture = \"managed\": closed the capture gap(s) at these tables; refreshing the view fully (changes in the gap were not captured)");
+        let refresh = !r.gaps.is_empty()
+            || !r.healed.is_empty()
+            || !r.new_tables.is_empty()
+            || r.gone_tables > 0;
+        match r.tables {
+            Some(t) => {
+                self.tables.insert(r.view.clone(), t);
             }
-            if !r.new_tables.is_empty() {
-                let tables: Vec<String> = r.new_tables.iter().map(|t| t.to_string()).collect();
-                tracing::info!(view = %r.view, tables = ?tables, "the view reads table(s) it did not read at the previous capture check; refreshing it fully");
+            None => {
+                self.tables.remove(&r.view);
             }
-            if r.gone_tables > 0 {
-                tracing::info!(view = %r.view, tables = r.gone_tables, "the view no longer reads table(s) it read at the previous capture check (a partition detached or dropped: its rows left without a trigger); refreshing it fully");
-            }
-            // Its conversion's failure was logged above, with what happens next.
-            let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
-            if !r.gaps.is_empty() && !converting {
-                let due = self.logged.get(&r.view).is_none_or(|(at, last)| {
-                    *last != r.gaps || now.saturating_duration_since(*at) >= interval
-                });
-                if due {
-                    tracing::warn!(view = %r.view, gaps = ?r.gaps, "change capture is incomplete: changes to these tables reach none of the view's channels; refreshing it fully at each capture check until fixed (refreshd init --apply, or capture = \"managed\")");
-                    self.logged.insert(r.view.clone(), (now, r.gaps.clone()));
-                }
-            } else {
-                self.logged.remove(&r.view);
-            }
-            // A view `managed` could not convert again is not refreshed: its refresh
-            // would hold the table the next attempt needs (and reads what was renamed).
-            if (!r.gaps.is_empty()
-                || !r.healed.is_empty()
-                || !r.new_tables.is_empty()
-                || r.gone_tables > 0)
-                && !converting
-            {
-                refresh.push(r.view.clone());
-            }
-            match r.tables {
-                Some(t) => {
-                    self.tables.insert(r.view.clone(), t);
-                }
-                None => {
-                    self.tables.remove(&r.view);
-                }
-            }
-            self.gaps.insert(r.view, r.gaps);
         }
+        self.gaps.insert(r.view, r.gaps);
         refresh
     }
 }

@@ -232,6 +232,10 @@ fn node_problem(k: &str, x: &RExpr) -> Option<String> {
     }
 }
 
+/// `timestamptz` and `timestamp` as `format_type` names them.
+const TZ: &str = "timestamp with time zone";
+const LOCAL: &str = "timestamp without time zone";
+
 /// A key node whose value depends on the session's `TimeZone`: a `date` or `timestamp`
 /// cast to `timestamptz` (PostgreSQL prints `date_trunc('month', day)` over a date that
 /// way), a `timestamptz` cast to a local type, a function PostgreSQL computes in local
@@ -243,14 +247,8 @@ fn node_problem(k: &str, x: &RExpr) -> Option<String> {
 /// table columns and inferred through casts, `AT TIME ZONE`, `date_trunc` and
 /// date/time arithmetic; an expression of unknown type is not judged.
 fn time_zone_problem(k: &str, x: &RExpr, inst: &[Instance]) -> Option<String> {
-    const TZ: &str = "timestamp with time zone";
     let ty = |e: &RExpr| type_of(e, inst);
-    let local = |t: &str| {
-        matches!(
-            t,
-            "date" | "timestamp without time zone" | "time without time zone"
-        )
-    };
+    let local = |t: &str| matches!(t, "date" | LOCAL | "time without time zone");
     let has_tz = |args: &[RExpr]| args.iter().any(|a| ty(a).as_deref() == Some(TZ));
     let why = match x {
         RExpr::Cast(inner, to) => {
@@ -307,8 +305,8 @@ fn time_zone_problem(k: &str, x: &RExpr, inst: &[Instance]) -> Option<String> {
 /// A cast's type as `format_type` names it (the parser gives the last part of its name).
 fn cast_type(t: &str) -> String {
     match t {
-        "timestamptz" => "timestamp with time zone",
-        "timestamp" => "timestamp without time zone",
+        "timestamptz" => TZ,
+        "timestamp" => LOCAL,
         "timetz" => "time with time zone",
         "time" => "time without time zone",
         other => other,
@@ -330,8 +328,6 @@ fn is_epoch(e: &RExpr) -> bool {
 /// (its argument's), and `+`/`-` (a date and a number: a date; with an interval: the
 /// other side's; `*`/`/` with an interval: an interval).
 fn type_of(e: &RExpr, inst: &[Instance]) -> Option<String> {
-    const TZ: &str = "timestamp with time zone";
-    const LOCAL: &str = "timestamp without time zone";
     match e {
         RExpr::Col(c) => inst
             .get(c.inst)
