@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::{Capture, Detect, ViewConfig};
+use crate::engine::reason::Reason;
 pub use crate::pg::capture::Heal;
 use crate::pg::capture::{names_channel, TableFacts};
 use crate::pg::connect::ConnectInfo;
@@ -239,18 +240,23 @@ pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// One check of every checked view, in one catalog query; installs the missing triggers
 /// of `managed` views (one transaction), and converts again each `managed` keyed view a
 /// rename made stale (a transaction each). Runs off the core loop.
+/// `read` is told once, as soon as the catalog has been read (`true`), or when the
+/// check ends (or is dropped) without having read it (`false`).
 pub async fn run_check(
     info: ConnectInfo,
     views: Vec<ViewConfig>,
     previous: HashMap<QualifiedName, BTreeSet<u32>>,
+    read: impl FnOnce(bool) + Send,
 ) -> Result<Report, String> {
+    let mut read = ReadSignal(Some(read));
     let configured: std::collections::HashSet<QualifiedName> =
         views.iter().map(|v| v.name.clone()).collect();
     let views: Vec<ViewConfig> = views.into_iter().filter(checked).collect();
     if views.is_empty() {
+        read.tell(true);
         return Ok(Report::default());
     }
-    let checked = check_and_install(&info, &views, &configured, &previous);
+    let checked = check_and_install(&info, &views, &configured, &previous, &mut read);
     let Checked {
         verdicts,
         heals,
@@ -285,6 +291,23 @@ pub async fn run_check(
     Ok(report)
 }
 
+/// Tells [`run_check`]'s `read` once: when told, or `false` when dropped untold.
+struct ReadSignal<F: FnOnce(bool)>(Option<F>);
+
+impl<F: FnOnce(bool)> ReadSignal<F> {
+    fn tell(&mut self, ok: bool) {
+        if let Some(f) = self.0.take() {
+            f(ok);
+        }
+    }
+}
+
+impl<F: FnOnce(bool)> Drop for ReadSignal<F> {
+    fn drop(&mut self) {
+        self.tell(false);
+    }
+}
+
 /// What [`check_and_install`] found and did, for [`run_check`] to finish.
 struct Checked<'a> {
     verdicts: Vec<(&'a ViewConfig, Verdict)>,
@@ -300,12 +323,14 @@ async fn check_and_install<'a>(
     views: &'a [ViewConfig],
     configured: &std::collections::HashSet<QualifiedName>,
     previous: &HashMap<QualifiedName, BTreeSet<u32>>,
+    read: &mut ReadSignal<impl FnOnce(bool)>,
 ) -> Result<Checked<'a>, String> {
     let client = info.connect().await.map_err(|e| e.to_string())?;
     let names: Vec<QualifiedName> = views.iter().map(|v| checked_relation(v).clone()).collect();
     let facts = crate::pg::capture::inspect(&client, &names)
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
+    read.tell(true);
     let keyed_channels: Vec<String> = views
         .iter()
         .filter(|v| v.keyed.is_some())
@@ -555,6 +580,16 @@ pub struct CaptureState {
     retry: Option<std::time::Duration>,
     /// A check was asked for while one ran ([`CaptureState::check_now`]).
     again: bool,
+    /// Catch-up refreshes held until a check has read which tables their views read
+    /// ([`CaptureState::hold`]), waiting for the next check to start.
+    held: Vec<(QualifiedName, Reason)>,
+    /// Those the running check reads for (its number, the view, the reason).
+    reading: Vec<(u64, QualifiedName, Reason)>,
+    /// The number of the last check started.
+    started: u64,
+    /// Views whose first reading will come after their content was computed (a
+    /// check that failed before reading): refreshed fully when it comes.
+    late: std::collections::HashSet<QualifiedName>,
 }
 
 /// The longest wait before a failed conversion is tried again (less when
@@ -572,13 +607,58 @@ impl CaptureState {
         self.next_at = Some(std::time::Instant::now());
     }
 
-    /// A check is due and none is running: it is marked running.
-    pub fn start_if_due(&mut self, now: std::time::Instant) -> bool {
+    /// A check is due and none is running: it is marked running, and its number
+    /// returned (for [`CaptureState::read`]).
+    pub fn start_if_due(&mut self, now: std::time::Instant) -> Option<u64> {
         if self.checking || self.next_at.is_none_or(|t| now < t) {
-            return false;
+            return None;
         }
         self.checking = true;
-        true
+        self.started += 1;
+        let n = self.started;
+        self.reading
+            .extend(self.held.drain(..).map(|(v, r)| (n, v, r)));
+        Some(n)
+    }
+
+    /// Whether a check has recorded which tables `view` reads.
+    pub fn has_baseline(&self, view: &QualifiedName) -> bool {
+        self.tables.contains_key(view)
+    }
+
+    /// Holds a view's catch-up refresh (startup, resync, added by a reload) until a
+    /// check has read which tables it reads, and asks for that check now. Refreshed
+    /// first, a view would miss a partition detached (or attached, or a view under it
+    /// replaced) between its refresh and that first reading: the reading would already
+    /// be the new one, and nothing would differ from it at the next check.
+    pub fn hold(&mut self, view: QualifiedName, reason: Reason) {
+        self.held.push((view, reason));
+        self.check_now();
+    }
+
+    /// Check number `check` has read the catalog (`ok`), or ended before it could:
+    /// the catch-ups it held, to be marked now. Those it could not read for are
+    /// refreshed fully again when a later check first reads their tables.
+    pub fn read(&mut self, check: u64, ok: bool) -> Vec<(QualifiedName, Reason)> {
+        let mut out = Vec::new();
+        self.reading.retain(|(n, v, r)| {
+            if *n != check {
+                return true;
+            }
+            out.push((v.clone(), *r));
+            false
+        });
+        if !ok {
+            self.late.extend(out.iter().map(|(v, _)| v.clone()));
+        }
+        out
+    }
+
+    /// Leadership lost: the held catch-ups are moot (the next leadership catches every
+    /// view up).
+    pub fn drop_held(&mut self) {
+        self.held.clear();
+        self.reading.clear();
     }
 
     /// What the previous checks saw each view read.
@@ -627,7 +707,14 @@ impl CaptureState {
             // table the next attempt needs, and reads what was renamed).
             let converting = report.conversions_failed.iter().any(|(v, _)| *v == r.view);
             let view = r.view.clone();
-            if self.take_view(r, converting, now, interval, metrics) && !converting {
+            // Its first reading, taken after its content was: what changed between
+            // cannot be known.
+            let late =
+                r.tables.is_some() && !self.tables.contains_key(&view) && self.late.remove(&view);
+            if late {
+                tracing::info!(view = %view, "the first capture check that read which tables the view reads came after its catch-up refresh (an earlier check failed); refreshing it fully");
+            }
+            if (self.take_view(r, converting, now, interval, metrics) || late) && !converting {
                 refresh.push(view);
             }
         }
@@ -956,5 +1043,94 @@ mod tests {
             ]))
         );
         assert!(stray_gaps(&ch, &tables, &triggers[..1]).is_empty());
+    }
+
+    fn checked_view(name: &str, tables: &[u32]) -> ViewResult {
+        ViewResult {
+            view: QualifiedName::new("s", name),
+            gaps: Vec::new(),
+            healed: Vec::new(),
+            new_tables: Vec::new(),
+            gone_tables: 0,
+            tables: Some(tables.iter().copied().collect()),
+        }
+    }
+
+    fn report(views: Vec<ViewResult>) -> Result<Report, String> {
+        Ok(Report {
+            views,
+            ..Report::default()
+        })
+    }
+
+    #[test]
+    fn held_catch_ups_wait_for_the_check_that_reads_for_them() {
+        let (a, b) = (QualifiedName::new("s", "a"), QualifiedName::new("s", "b"));
+        let metrics = crate::serve::per_view::PerView::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut c = CaptureState::default();
+        assert!(!c.has_baseline(&a));
+        c.hold(a.clone(), Reason::Startup);
+        let now = std::time::Instant::now();
+        let first = c.start_if_due(now).expect("hold asks for a check now");
+        // Held while the first check runs: it reads for the next one.
+        c.hold(b.clone(), Reason::Startup);
+        assert_eq!(c.read(first + 1, true), vec![]);
+        assert_eq!(c.read(first, true), vec![(a.clone(), Reason::Startup)]);
+        assert_eq!(c.read(first, true), vec![], "told once");
+        // Its reading becomes a's baseline; a was refreshed after it: nothing to redo.
+        assert_eq!(
+            c.finished(report(vec![checked_view("a", &[1, 2])]), hour, &metrics),
+            Vec::<QualifiedName>::new()
+        );
+        assert!(c.has_baseline(&a));
+        let second = c
+            .start_if_due(std::time::Instant::now())
+            .expect("asked again");
+        assert!(second > first);
+        assert_eq!(c.read(second, true), vec![(b.clone(), Reason::Startup)]);
+        // Then a partition of a detached: the next check sees it gone.
+        let mut gone = checked_view("a", &[1]);
+        gone.gone_tables = 1;
+        assert_eq!(
+            c.finished(report(vec![gone, checked_view("b", &[3])]), hour, &metrics),
+            vec![a.clone()]
+        );
+    }
+
+    #[test]
+    fn a_view_first_read_after_its_catch_up_is_refreshed_fully() {
+        let a = QualifiedName::new("s", "a");
+        let metrics = crate::serve::per_view::PerView::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut c = CaptureState::default();
+        c.hold(a.clone(), Reason::Resync);
+        let first = c.start_if_due(std::time::Instant::now()).unwrap();
+        // The check could not read (connection refused): the catch-up goes ahead.
+        assert_eq!(c.read(first, false), vec![(a.clone(), Reason::Resync)]);
+        assert!(c.finished(Err("refused".into()), hour, &metrics).is_empty());
+        c.check_now();
+        let second = c.start_if_due(std::time::Instant::now()).unwrap();
+        assert_eq!(c.read(second, true), vec![]);
+        // Its first reading came after its refresh: refreshed fully, once.
+        assert_eq!(
+            c.finished(report(vec![checked_view("a", &[1])]), hour, &metrics),
+            vec![a.clone()]
+        );
+        c.check_now();
+        c.start_if_due(std::time::Instant::now()).unwrap();
+        assert!(c
+            .finished(report(vec![checked_view("a", &[1])]), hour, &metrics)
+            .is_empty());
+    }
+
+    #[test]
+    fn losing_leadership_drops_what_was_held() {
+        let a = QualifiedName::new("s", "a");
+        let mut c = CaptureState::default();
+        c.hold(a.clone(), Reason::Startup);
+        let n = c.start_if_due(std::time::Instant::now()).unwrap();
+        c.drop_held();
+        assert_eq!(c.read(n, true), vec![]);
     }
 }

@@ -185,6 +185,31 @@ impl TestDb {
         self.server.psql(&self.name, sql)
     }
 
+    /// The server's TCP port on 127.0.0.1 (the throwaway cluster's, or
+    /// `$DATABASE_URL`'s), for a proxy in front of it.
+    pub fn tcp_port(&self) -> u16 {
+        match self.server.cluster() {
+            Some(c) => c.port(),
+            None => {
+                let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+                let cfg = tokio_postgres::Config::from_str(&url).expect("DATABASE_URL parses");
+                cfg.get_ports().first().copied().unwrap_or(5432)
+            }
+        }
+    }
+
+    /// Key/value DSN as the superuser through 127.0.0.1:`port` (a proxy).
+    pub fn dsn_via(&self, port: u16) -> String {
+        let base: String = self
+            .server
+            .base
+            .split_whitespace()
+            .filter(|p| !p.starts_with("host=") && !p.starts_with("port="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("host=127.0.0.1 port={port} {base} dbname={}", self.name)
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.dsn(), tokio_postgres::NoTls)
             .await
@@ -598,9 +623,22 @@ impl Drop for PgBouncer {
 /// nor answering (TCP keepalives are still answered by the proxy's kernel) — the
 /// half-open connection only an application-level deadline can find. New connections
 /// are accepted while frozen, and hang the same way.
+///
+/// It can also hold back one kind of query ([`FreezingProxy::hold_sent`]): a
+/// connection that sends a given text is held from there on, every other goes on.
 pub struct FreezingProxy {
     pub port: u16,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gate: std::sync::Arc<Gate>,
+}
+
+/// What [`FreezingProxy::hold_sent`] holds, and the connections it holds.
+#[derive(Default)]
+struct Gate {
+    marker: std::sync::Mutex<Option<Vec<u8>>>,
+    held: std::sync::atomic::AtomicUsize,
+    /// Bumped by [`FreezingProxy::cut_held`]: the held connections are closed.
+    cut: std::sync::atomic::AtomicUsize,
 }
 
 impl FreezingProxy {
@@ -609,7 +647,8 @@ impl FreezingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let f = frozen.clone();
+        let gate = std::sync::Arc::new(Gate::default());
+        let (f, g) = (frozen.clone(), gate.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
@@ -618,11 +657,35 @@ impl FreezingProxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(proxy_pump(cr, sw, f.clone()));
-                tokio::spawn(proxy_pump(sr, cw, f.clone()));
+                tokio::spawn(proxy_pump(cr, sw, f.clone(), Some(g.clone())));
+                tokio::spawn(proxy_pump(sr, cw, f.clone(), None));
             }
         });
-        FreezingProxy { port, frozen }
+        FreezingProxy { port, frozen, gate }
+    }
+
+    /// From now on, a connection whose client sends `text` (in a query) is held there:
+    /// nothing more of it reaches the server until [`FreezingProxy::release`] or
+    /// [`FreezingProxy::cut_held`].
+    pub fn hold_sent(&self, text: &str) {
+        *self.gate.marker.lock().unwrap() = Some(text.as_bytes().to_vec());
+    }
+
+    /// How many connections are held now.
+    pub fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
+    }
+
+    /// Holds nothing more, and lets the held connections go on.
+    pub fn release(&self) {
+        *self.gate.marker.lock().unwrap() = None;
+    }
+
+    /// Holds nothing more, and closes the held connections (their clients see the
+    /// server go away).
+    pub fn cut_held(&self) {
+        self.gate.cut.fetch_add(1, Ordering::SeqCst);
+        self.release();
     }
 
     /// Stops forwarding; sockets stay open.
@@ -640,9 +703,12 @@ async fn proxy_pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gate: Option<std::sync::Arc<Gate>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
+    // The end of the previous read: a text may straddle two.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         while frozen.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -653,6 +719,28 @@ async fn proxy_pump(
         };
         while frozen.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(g) = &gate {
+            let marker = g.marker.lock().unwrap().clone();
+            if let Some(m) = marker {
+                let mut seen = std::mem::take(&mut tail);
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(m.len()).any(|w| w == m.as_slice()) {
+                    let cut = g.cut.load(Ordering::SeqCst);
+                    g.held.fetch_add(1, Ordering::SeqCst);
+                    while g.marker.lock().unwrap().is_some() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    g.held.fetch_sub(1, Ordering::SeqCst);
+                    if g.cut.load(Ordering::SeqCst) != cut {
+                        // Closing this half ends the server's session; the other
+                        // pump then closes the client's side.
+                        return;
+                    }
+                }
+                let keep = seen.len().saturating_sub(m.len());
+                tail = seen.split_off(keep);
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

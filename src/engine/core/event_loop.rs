@@ -147,6 +147,7 @@ impl Core {
             Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
             Command::CatalogChanged => self.catalog_changed(),
             Command::CaptureChecked(result) => self.capture_checked(result, now),
+            Command::CaptureRead { check, ok } => self.capture_read(check, ok, now),
         }
     }
 }

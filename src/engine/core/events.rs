@@ -72,7 +72,18 @@ impl Core {
         } else {
             Reason::Resync
         };
-        self.coalescer.mark_all(reason, now);
+        let mut held = 0usize;
+        for (i, v) in self.config.views.iter().enumerate() {
+            if crate::engine::capture::checked(v) && !self.capture.has_baseline(&v.name) {
+                self.capture.hold(v.name.clone(), reason);
+                held += 1;
+            } else {
+                self.coalescer.mark(i, reason, now);
+            }
+        }
+        if held > 0 {
+            tracing::info!(views = held, "catch-up refreshes wait for the first capture check to read which tables each view reads (DDL between a refresh and that reading would go unseen)");
+        }
         // Requests made while no refreshd led (or while this one was away).
         self.take_force_requests();
         self.capture.check_now();
@@ -85,6 +96,7 @@ impl Core {
         self.listening.clear();
         self.coalescer.set_paused(true);
         self.refresher.close_idle();
+        self.capture.drop_held();
     }
 
     /// Catch-up refreshes for views whose channels are now all LISTENed.
@@ -93,16 +105,19 @@ impl Core {
         let index = &self.index;
         let config = &self.config;
         let coalescer = &mut self.coalescer;
+        let capture = &mut self.capture;
         self.awaiting_listen.retain(|(name, reason)| {
             let Some(&i) = index.by_name.get(name) else {
                 return false;
             };
-            if config.views[i]
-                .channels
-                .iter()
-                .all(|c| listening.contains(c))
-            {
-                coalescer.mark(i, *reason, now);
+            let v = &config.views[i];
+            if v.channels.iter().all(|c| listening.contains(c)) {
+                // A view a reload added: its first capture reading comes first.
+                if crate::engine::capture::checked(v) && !capture.has_baseline(name) {
+                    capture.hold(name.clone(), *reason);
+                } else {
+                    coalescer.mark(i, *reason, now);
+                }
                 false
             } else {
                 true

@@ -98,16 +98,20 @@ impl Core {
         if !self.leading || self.stopping.is_some() {
             return;
         }
-        if !self.capture.start_if_due(std::time::Instant::now()) {
+        let Some(check) = self.capture.start_if_due(std::time::Instant::now()) else {
             return;
-        }
+        };
         let info = self.refresh_info.clone();
         let views = self.config.views.clone();
         let previous = self.capture.previous();
+        let tx = self.tx.clone();
+        let read = move |ok| {
+            let _ = tx.send(Command::CaptureRead { check, ok });
+        };
         self.spawn_job(Job::Capture, async move {
             // Bounded inside: the catalog by CHECK_TIMEOUT, a conversion by its view's
             // statement_timeout.
-            let result = crate::engine::capture::run_check(info, views, previous).await;
+            let result = crate::engine::capture::run_check(info, views, previous, read).await;
             Some(Command::CaptureChecked(result))
         });
     }
@@ -230,6 +234,16 @@ impl Core {
         if self.leading {
             tracing::debug!("catalog changed (DDL): checking change capture now");
             self.capture.check_now();
+        }
+    }
+
+    /// A capture check read the catalog (or ended without): the catch-up refreshes it
+    /// held start now.
+    pub(super) fn capture_read(&mut self, check: u64, ok: bool, now: std::time::Instant) {
+        for (view, reason) in self.capture.read(check, ok) {
+            if self.leading {
+                self.mark_named(&view, reason, now);
+            }
         }
     }
 

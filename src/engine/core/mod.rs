@@ -77,6 +77,12 @@ pub enum Command {
     CatalogChanged,
     /// A capture check ended (see [`crate::engine::capture`]).
     CaptureChecked(Result<crate::engine::capture::Report, String>),
+    /// Capture check number `check` read the catalog (`ok`), or ended without: the
+    /// catch-up refreshes held for it start.
+    CaptureRead {
+        check: u64,
+        ok: bool,
+    },
 }
 
 /// Lookups from a name or a channel to the views they concern.
