@@ -867,6 +867,9 @@ async fn converting_a_delta_view_again_under_steady_writers_gets_through() {
         written.load(std::sync::atomic::Ordering::Relaxed) > 200
     })
     .await;
+    // Without the digest it recorded, the conversion in place is not recognized as the
+    // one generated now: it is made again in full, locks and all.
+    db.psql("COMMENT ON VIEW shop.by_region_def IS NULL");
     let dsn = db.dsn();
     let out = tokio::task::spawn_blocking(move || {
         refreshd(&[
@@ -894,6 +897,120 @@ async fn converting_a_delta_view_again_under_steady_writers_gets_through() {
         assert!(failed.is_empty(), "{failed:?}");
     }
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("): converted"), "{}", stderr(&out));
+}
+
+/// A writer in the middle of a transaction that has written a dimension and the fact
+/// table (the order no lock order of a full install suits together with fact-first
+/// writers), and `init --apply` run again as a deployment does.
+async fn writer_in_the_middle(db: &TestDb) -> tokio_postgres::Client {
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "BEGIN; UPDATE shop.customers SET region = region WHERE id = 1; \
+             INSERT INTO shop.payments VALUES (50, 1, 7, '2025-01-20')",
+        )
+        .await
+        .unwrap();
+    writer
+}
+
+/// `init --apply` run again (at each deployment, say) while writers are mid-transaction:
+/// refreshd's triggers are in place, so it changes nothing and waits for nothing; a
+/// trigger disabled since is replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_apply_again_leaves_triggers_in_place_alone() {
+    let db = TestDb::new();
+    schema(&db);
+    let _config = adopt(&db, "verify");
+    let oid = |t: &str| {
+        db.psql(&format!(
+            "SELECT oid FROM pg_trigger WHERE tgrelid = '{t}'::regclass AND tgname = 'refreshd_notify'"
+        ))
+    };
+    let before = oid("shop.payments_2025_01");
+    assert_ne!(before, "");
+    let writer = writer_in_the_middle(&db).await;
+    let started = std::time::Instant::now();
+    let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("met concurrent writers"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    writer.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        oid("shop.payments_2025_01"),
+        before,
+        "the trigger was not replaced"
+    );
+    // One not as refreshd creates it (disabled) is replaced.
+    db.psql("ALTER TABLE shop.payments_2025_01 DISABLE TRIGGER refreshd_notify");
+    let out = refreshd(&["init", "--url", &db.dsn(), "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_ne!(oid("shop.payments_2025_01"), before);
+    assert_ne!(notify_channel(&db, "shop.payments_2025_01"), "");
+}
+
+/// `init --keyed --apply` run again while a writer is mid-transaction on a dimension and
+/// the fact table: the conversion is in place exactly as generated now, so nothing is
+/// applied (no lock, no recompute) and the writer's change still reaches the view. A
+/// conversion missing one of its triggers is made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let (config, said) = convert(&db, &["--in-place"]);
+    assert!(said.contains("): converted"), "{said}");
+    let writer = writer_in_the_middle(&db).await;
+    let started = std::time::Instant::now();
+    let (_, said) = convert(&db, &["--in-place"]);
+    assert!(
+        said.contains("): converted already, exactly as now generated"),
+        "{said}"
+    );
+    assert!(!said.contains("met concurrent writers"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    writer.batch_execute("COMMIT").await.unwrap();
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    let exact = || {
+        db.psql(&support::differences_sql(
+            "TABLE shop.by_region",
+            "TABLE shop.by_region_def",
+        )) == "0"
+            && north(&db) == "17"
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the writer's change in the view",
+        || async { exact() },
+    )
+    .await;
+    drop(d);
+    // A trigger dropped by hand: the conversion is no longer in place as generated.
+    let dropped = db.psql(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_02'::regclass \
+          AND NOT tgisinternal ORDER BY tgname LIMIT 1",
+    );
+    assert_ne!(dropped, "");
+    db.psql(&format!(
+        "DROP TRIGGER \"{dropped}\" ON shop.payments_2025_02"
+    ));
+    let (_, said) = convert(&db, &["--in-place"]);
+    assert!(
+        said.contains("): converted") && !said.contains("already"),
+        "{said}"
+    );
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_02'::regclass AND tgname = '{dropped}'"
+        )),
+        "1"
+    );
 }
 
 /// A conversion `managed` could not make (a reader held the keyed table for longer than

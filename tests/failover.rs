@@ -111,6 +111,12 @@ async fn a_hung_first_host_fails_over_to_the_promoted_standby() {
 
 /// A write on `primary` is refreshed by `daemon`, whose first session names the primary.
 async fn refreshes_on_the_primary(daemon: &Daemon, primary: &TempCluster) {
+    // The catch-up refresh first: a notification arriving before it starts is served by
+    // it (one refresh, reason startup), and no NOTIFY-driven refresh would follow.
+    wait_for(Duration::from_secs(15), "the catch-up refresh", || async {
+        daemon.successes(TOTALS) >= 1.0
+    })
+    .await;
     primary
         .psql(
             "postgres",

@@ -108,7 +108,7 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         let plan = read(&client, opts.schemas)
             .await
             .map_err(|e| format!("reading the catalog: {e}"))?;
-        let keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
+        let mut keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
         let converting = sql_dir.is_some() || apply;
         let config = plan.config(&target, &conn_dsn, &keyed, converting);
         forgotten = plan
@@ -117,6 +117,15 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
             .map(|t| t.to_string())
             .collect();
         let (install, rollback) = plan.sql(&keyed);
+        if apply {
+            for k in &mut keyed {
+                if let Some(g) = &k.conversion {
+                    k.current = conversion::in_place_already(&client, g)
+                        .await
+                        .map_err(|e| format!("reading the catalog: {e}"))?;
+                }
+            }
+        }
         if let Some(dir) = sql_dir {
             std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
@@ -126,6 +135,13 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         if !apply {
             break (keyed, config);
         }
+        // What is in place already as generated is not applied again (the file keeps
+        // it: applied by hand, it converts again).
+        let install = if keyed.iter().any(|k| k.current) {
+            plan.sql_skipping(&keyed, true).0
+        } else {
+            install
+        };
         // One transaction; each lock waited for at most LOCK_WAIT (see `apply`).
         match conversion::apply(&client, &install).await {
             Ok(()) => break (keyed, config),
@@ -229,7 +245,9 @@ fn report_conversion(k: &Keyed, g: &Generated, opts: &Options<'_>) {
         ),
         None => {}
     }
-    if opts.apply {
+    if opts.apply && k.current {
+        eprintln!("refreshd init: {what}: {IN_PLACE_ALREADY}");
+    } else if opts.apply {
         eprintln!("refreshd init: {what}: converted");
     } else if opts.sql_dir.is_some() {
         eprintln!("refreshd init: {what}: the install SQL converts it (not applied)");
@@ -242,6 +260,11 @@ fn report_conversion(k: &Keyed, g: &Generated, opts: &Options<'_>) {
 /// its keyed block is printed commented out.
 pub const NOT_CONVERTED: &str =
     "not converted: nothing is changed without --sql DIR or --apply (the keyed block below is commented out)";
+
+/// Printed with `--apply` for a `--keyed` view converted already exactly as it would
+/// be now.
+pub const IN_PLACE_ALREADY: &str =
+    "converted already, exactly as now generated (its triggers, buffers and functions in place): nothing applied for it (nothing locked, nothing recomputed)";
 
 /// Printed for a `--keyed` view whose conversion is written (`--sql DIR`) or applied.
 pub const CONVERTED: &str =
@@ -996,6 +1019,11 @@ impl Plan {
     /// feeds yet. Idempotent; a trigger already installed with its channel is left
     /// alone, so applying it again changes nothing.
     fn sql(&self, keyed: &[Keyed]) -> (String, String) {
+        self.sql_skipping(keyed, false)
+    }
+
+    /// [`Plan::sql`], without the conversions in place already when `skip_current`.
+    fn sql_skipping(&self, keyed: &[Keyed], skip_current: bool) -> (String, String) {
         let ours = self.captured(keyed);
         let mut install = String::new();
         let _ = writeln!(
@@ -1064,7 +1092,8 @@ impl Plan {
             install.push_str(&capture::trigger_sql(&f.table, &f.channel));
         }
         // Last: they set search_path (for the definitions) until COMMIT.
-        for g in keyed.iter().filter_map(|k| k.conversion.as_ref()) {
+        let applied = keyed.iter().filter(|k| !(skip_current && k.current));
+        for g in applied.filter_map(|k| k.conversion.as_ref()) {
             install.push_str(&g.install);
         }
         let _ = writeln!(install, "\nCOMMIT;");

@@ -181,6 +181,12 @@ pub struct Generated {
     pub rollback: String,
     /// One line per base table: what its triggers send.
     pub capture: Vec<String>,
+    /// A boolean SQL expression: whether this very conversion is in place already (the
+    /// definition view records the digest of this install, and every trigger, buffer
+    /// and function it creates is there as it creates them, the triggers enabled
+    /// ALWAYS). `init --keyed --apply` run again then applies nothing: no lock, no
+    /// recompute ([`crate::pg::conversion::in_place_already`]).
+    pub current: String,
 }
 
 const PRIVILEGES: &[&str] = &[
@@ -678,6 +684,11 @@ struct Conversion<'a> {
     n: Names,
     /// The `format_type` of each key column, in key order.
     key_types: Vec<String>,
+    /// The tables the install creates in schema refreshd (buffers), for
+    /// [`Generated::current`].
+    created: std::cell::RefCell<Vec<QualifiedName>>,
+    /// The triggers it creates: (table, trigger, function), for [`Generated::current`].
+    triggers: std::cell::RefCell<Vec<(QualifiedName, String, QualifiedName)>>,
 }
 
 /// Refuses what no conversion can keep: no key, a key column the view lacks, an
@@ -724,6 +735,8 @@ impl<'a> Conversion<'a> {
             by_name: f.tables.iter().map(|t| (t.table.as_str(), t)).collect(),
             n: Names::new(d, &f.view, f.in_place),
             key_types,
+            created: Default::default(),
+            triggers: Default::default(),
         };
         for t in &d.tables {
             let b = c.table_of(&t.table)?;
@@ -1047,6 +1060,7 @@ impl<'a> Conversion<'a> {
         let n = &self.n;
         let _ = writeln!(w, "CREATE SCHEMA IF NOT EXISTS refreshd;");
         let _ = writeln!(w, "DROP TABLE IF EXISTS {};", n.buffer.quoted());
+        self.created.borrow_mut().push(n.buffer.clone());
         let _ = writeln!(
             w,
             "CREATE UNLOGGED TABLE {} (\n{},\n    {} boolean NOT NULL DEFAULT false\n);",
@@ -1092,6 +1106,7 @@ impl<'a> Conversion<'a> {
             install: String::new(),
             rollback: String::new(),
             capture: Vec::new(),
+            current: String::new(),
         }
     }
 
@@ -1118,10 +1133,13 @@ impl<'a> Conversion<'a> {
         }
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.buffer.quoted());
         let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", p.recheck.quoted());
+        let mut created = self.created.borrow_mut();
+        created.extend([p.buffer.clone(), p.recheck.clone()]);
         for t in &p.tombs {
             let near = t.near.as_ref().map(|n| &n.buffer);
             for b in std::iter::once(&t.buffer).chain(near) {
                 let _ = writeln!(w, "REVOKE ALL ON TABLE {} FROM PUBLIC;", b.quoted());
+                created.push(b.clone());
             }
         }
         if p.probe.is_some() {
@@ -1130,7 +1148,9 @@ impl<'a> Conversion<'a> {
                 "REVOKE ALL ON TABLE {} FROM PUBLIC;",
                 p.probe_table.quoted()
             );
+            created.push(p.probe_table.clone());
         }
+        drop(created);
         // A few rows: looked up by index; many: planned for their number (delta::sql).
         let few = p.apply.join(";\n");
         let mut prelude = Vec::new();
@@ -1290,6 +1310,7 @@ impl<'a> Conversion<'a> {
                 r.table, self.n.table, self.n.consume
             );
             columns_table_sql(&r.buffer, &r.columns, &r.table, &what, w, rollback);
+            self.created.borrow_mut().push(r.buffer.clone());
         }
     }
 }
@@ -1721,6 +1742,7 @@ impl Conversion<'_> {
                 b.name, self.n.consume, self.n.table
             );
             columns_table_sql(&table, &t.reads, &b.name, &what, w, rollback);
+            self.created.borrow_mut().push(table.clone());
             consume.push(self.buffer_rows_with(
                 &c.source,
                 &format!("taken AS (DELETE FROM {q} RETURNING *), "),
@@ -1906,6 +1928,9 @@ impl Conversion<'_> {
                     "truncate" => self.n.all_function.clone(),
                     _ => self.function(b, op),
                 };
+                self.triggers
+                    .borrow_mut()
+                    .push((m.clone(), self.trigger_name(op), func.clone()));
                 // ALWAYS: a logical replication subscription's apply worker writes with
                 // `session_replication_role = replica`, where an origin-only trigger
                 // does not fire (its changes were never captured).
@@ -1978,11 +2003,12 @@ impl Conversion<'_> {
             self.n.table
         );
         let body = format!(
-            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {} {});\nEND;\n",
+            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {});\nEND;\n",
             literal(&def),
             literal(&text),
-            pg_op("||"),
-            reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def)))
+            reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
+            literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}")),
+            or = pg_op("||"),
         );
         let _ = writeln!(w, "DO {};", dollar(&body));
     }
@@ -2106,7 +2132,78 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     if f.in_place {
         install.push_str(&super::dependents::restore_sql());
     }
-    generated.install = install;
+    // The digest of the install with the placeholder, written where it stood: a
+    // conversion generated the same way again has the same.
+    let digest = install_digest(&install);
+    generated.install = install.replace(DIGEST_PLACEHOLDER, &digest);
     generated.rollback = rollback;
+    generated.current = c.current_sql(&digest);
     Ok(generated)
+}
+
+/// What precedes the install's digest in the definition view's comment.
+pub const INSTALL_MARKER: &str = "install: sha256 ";
+
+/// Where the digest goes in the install text it is computed over.
+const DIGEST_PLACEHOLDER: &str = "<install digest>";
+
+/// The SHA-256 of an install's text, in hex.
+fn install_digest(install: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(install.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Conversion<'_> {
+    /// [`Generated::current`]: the definition view's comment records `digest`; the
+    /// keyed table is a table; the consume function, every buffer and every trigger
+    /// (on its table, calling its function, enabled ALWAYS) exist.
+    fn current_sql(&self, digest: &str) -> String {
+        let reg = |q: &QualifiedName| format!("pg_catalog.to_regclass({})", literal(&q.quoted()));
+        let mut parts = vec![
+            format!(
+                "pg_catalog.strpos(pg_catalog.obj_description({}, 'pg_class'), {}) {} 0",
+                reg(&self.n.def),
+                literal(&format!("{INSTALL_MARKER}{digest}")),
+                pg_op(">")
+            ),
+            format!(
+                "EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid {} {} AND c.relkind {} 'r')",
+                pg_op("="),
+                reg(&self.n.table),
+                pg_op("=")
+            ),
+            format!(
+                "pg_catalog.to_regprocedure({}) IS NOT NULL",
+                literal(&format!("{}()", self.n.consume.quoted()))
+            ),
+        ];
+        for t in self.created.borrow().iter() {
+            parts.push(format!("{} IS NOT NULL", reg(t)));
+        }
+        let triggers = self.triggers.borrow();
+        let rows: Vec<String> = triggers
+            .iter()
+            .map(|(table, name, function)| {
+                format!(
+                    "({}::pg_catalog.oid, {}::pg_catalog.name, pg_catalog.to_regprocedure({})::pg_catalog.oid)",
+                    reg(table),
+                    literal(name),
+                    literal(&format!("{}()", function.quoted()))
+                )
+            })
+            .collect();
+        if !rows.is_empty() {
+            parts.push(format!(
+                "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
+                  WHERE t.tgenabled {eq} 'A' AND (t.tgrelid, t.tgname, t.tgfoid) IN (VALUES {})) {eq} {}",
+                rows.join(", "),
+                rows.len(),
+                eq = pg_op("=")
+            ));
+        }
+        parts.join("\n   AND ")
+    }
 }

@@ -1203,6 +1203,44 @@ fn function_sql<'a>(g: &'a Generated, function: &str) -> &'a str {
     &g.install[start..start + end]
 }
 
+/// The digest an install records is of its own text (so a conversion generated the
+/// same way again recognizes itself, `init --keyed` run again applies nothing), and
+/// [`Generated::current`] asks for every trigger and buffer the install creates.
+#[test]
+fn an_install_records_its_own_digest_and_knows_its_objects() {
+    let sql = include_str!("corpus/attendance_statistics_summary.sql");
+    let d = derived(sql, ATTENDANCE_KEY);
+    let view = QualifiedName::new("public", "attendance_statistics_summary");
+    let f = facts(view, sql, &d, base(&d, &[]));
+    let (g, again) = (generated(&f, &d), generated(&f, &d));
+    assert_eq!(g.install, again.install);
+    assert_eq!(g.current, again.current);
+    let at = g.install.find(generate::INSTALL_MARKER).expect("marker");
+    let digest = &g.install[at + generate::INSTALL_MARKER.len()..][..64];
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+    assert!(g
+        .current
+        .contains(&format!("{}{digest}", generate::INSTALL_MARKER)));
+    assert!(!g.install.contains("<install digest>"));
+    // Eight triggers (two tables, four operations), all asked for.
+    assert!(g.current.contains("IN (VALUES "), "{}", g.current);
+    assert!(g.current.ends_with(" 8"), "{}", g.current);
+    assert!(g
+        .current
+        .contains(&format!("pg_catalog.to_regclass('{}')", g.buffer.quoted())));
+    // Another definition, another digest.
+    let other = sql.replacen(" FROM ", "  FROM ", 1);
+    assert_ne!(other, sql);
+    let d2 = derived(&other, ATTENDANCE_KEY);
+    let f2 = facts(
+        QualifiedName::new("public", "attendance_statistics_summary"),
+        &other,
+        &d2,
+        base(&d2, &[]),
+    );
+    assert_ne!(generated(&f2, &d2).current, g.current);
+}
+
 /// The attendance view, generated: what 005 does by hand. Sessions carry the key;
 /// attendance reaches it through its session, whose id its capture buffers for the
 /// refresh to join (005 joins and locks in the trigger).

@@ -24,6 +24,9 @@ pub struct Keyed {
     /// With a conversion: the fact table whose changes are applied as deltas, or why
     /// none is (on one line, unescaped).
     pub deltas: Option<Result<QualifiedName, String>>,
+    /// The conversion is in place already, exactly as generated now
+    /// ([`in_place_already`]): `--apply` applies nothing for it.
+    pub current: bool,
 }
 
 /// The `--keyed` view itself: its kind, definition, and the key columns of the first
@@ -200,7 +203,22 @@ async fn derive_one(
         outcome,
         conversion,
         deltas,
+        current: false,
     })
+}
+
+/// Whether `g` is in place already, exactly as generated now ([`Generated::current`]):
+/// then applying it again would only lock the base tables and recompute the view, and a
+/// deployment that runs `init --keyed --apply` at each release would make writers wait
+/// each time (or, with writers taking the tables in both orders, fail to get through).
+pub async fn in_place_already(
+    client: &tokio_postgres::Client,
+    g: &Generated,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(&format!("SELECT coalesce(({}), false)", g.current), &[])
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Functions of the user's (any schema but `pg_catalog`) that are not IMMUTABLE, called
@@ -738,6 +756,10 @@ pub async fn convert_again(
                 return Err(format!("{view} cannot be converted now: {why}"));
             }
         };
+        if in_place_already(client, &g).await.map_err(chain)? {
+            // Its names read again as generated (a rename undone, say).
+            return Ok(());
+        }
         let install = format!(
             "BEGIN;\nSET LOCAL statement_timeout = {};\n{}\nCOMMIT;\n",
             statement_timeout.as_millis(),

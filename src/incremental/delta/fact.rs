@@ -196,10 +196,14 @@ pub(super) struct Names {
 
 impl Names {
     pub fn pick(f: &DeltaFacts<'_>, relnames: &BTreeSet<String>) -> Self {
+        // Not refreshd's own tables (its buffers): their columns are what an earlier
+        // conversion named, and taking them would make each conversion name the sign
+        // column otherwise than the one before.
         let taken: BTreeSet<&str> = f
             .catalog
             .relations
             .iter()
+            .filter(|r| r.schema != "refreshd")
             .flat_map(|r| r.columns.iter().map(String::as_str))
             .chain(
                 f.tables
