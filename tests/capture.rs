@@ -1011,6 +1011,27 @@ async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
         )),
         "1"
     );
+    // A buffer's column dropped by hand (every write to the fact table fails), a trigger
+    // function's body replaced (changes lost): each object there, none as generated.
+    for broken in [
+        "ALTER TABLE refreshd.shop_by_region_delta DROP COLUMN amount",
+        "CREATE OR REPLACE FUNCTION shop.by_region_keys_ins_payments() RETURNS trigger \
+           LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
+    ] {
+        db.psql(broken);
+        let (_, said) = convert(&db, &["--in-place"]);
+        assert!(
+            said.contains("): converted") && !said.contains("already"),
+            "{broken}: {said}"
+        );
+        db.psql("INSERT INTO shop.payments VALUES (51, 2, 1, '2025-02-21')");
+        assert_ne!(
+            db.psql("SELECT count(*) FROM refreshd.shop_by_region_delta"),
+            "0",
+            "{broken}"
+        );
+        db.psql("DELETE FROM refreshd.shop_by_region_delta");
+    }
 }
 
 /// A conversion `managed` could not make (a reader held the keyed table for longer than

@@ -122,7 +122,12 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
                 if let Some(g) = &k.conversion {
                     k.current = conversion::in_place_already(&client, g)
                         .await
-                        .map_err(|e| format!("reading the catalog: {e}"))?;
+                        .map_err(|e| {
+                            format!(
+                                "reading the catalog: {}",
+                                crate::pg::connect::error_chain(&e)
+                            )
+                        })?;
                 }
             }
         }

@@ -588,8 +588,14 @@ pub struct CaptureState {
     /// The number of the last check started.
     started: u64,
     /// Views whose first reading will come after their content was computed (a
-    /// check that failed before reading): refreshed fully when it comes.
+    /// check that failed before reading, or after: its reading was not kept):
+    /// refreshed fully when it comes.
     late: std::collections::HashSet<QualifiedName>,
+    /// Views released by the running check's reading, until that check's end keeps
+    /// the reading (or, failing, loses it: they are late then).
+    released: Vec<QualifiedName>,
+    /// The last check that ended, and whether it failed.
+    ended: Option<(u64, bool)>,
 }
 
 /// The longest wait before a failed conversion is tried again (less when
@@ -640,6 +646,10 @@ impl CaptureState {
     /// the catch-ups it held, to be marked now. Those it could not read for are
     /// refreshed fully again when a later check first reads their tables.
     pub fn read(&mut self, check: u64, ok: bool) -> Vec<(QualifiedName, Reason)> {
+        // Told after the check's end (both come back separately): a failed check kept
+        // no reading.
+        let ended = self.ended.filter(|(n, _)| *n == check);
+        let ok = ok && !ended.is_some_and(|(_, failed)| failed);
         let mut out = Vec::new();
         self.reading.retain(|(n, v, r)| {
             if *n != check {
@@ -650,6 +660,8 @@ impl CaptureState {
         });
         if !ok {
             self.late.extend(out.iter().map(|(v, _)| v.clone()));
+        } else if ended.is_none() {
+            self.released.extend(out.iter().map(|(v, _)| v.clone()));
         }
         out
     }
@@ -659,6 +671,7 @@ impl CaptureState {
     pub fn drop_held(&mut self) {
         self.held.clear();
         self.reading.clear();
+        self.released.clear();
     }
 
     /// What the previous checks saw each view read.
@@ -688,9 +701,13 @@ impl CaptureState {
             interval
         };
         self.next_at = Some(now + asked);
+        self.ended = Some((self.started, result.is_err()));
+        let released = std::mem::take(&mut self.released);
         let report = match result {
             Ok(r) => r,
             Err(e) => {
+                // Their catch-ups went ahead on this check's reading, which is lost.
+                self.late.extend(released);
                 // A conversion waiting to be tried again keeps its pace.
                 if let Some(w) = self.retry {
                     self.next_at = Some(now + w.min(asked));
@@ -1117,6 +1134,47 @@ mod tests {
             c.finished(report(vec![checked_view("a", &[1])]), hour, &metrics),
             vec![a.clone()]
         );
+        c.check_now();
+        c.start_if_due(std::time::Instant::now()).unwrap();
+        assert!(c
+            .finished(report(vec![checked_view("a", &[1])]), hour, &metrics)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_reading_lost_with_its_failed_check_makes_the_view_late() {
+        let a = QualifiedName::new("s", "a");
+        let metrics = crate::serve::per_view::PerView::default();
+        let hour = std::time::Duration::from_secs(3600);
+        for told_first in [true, false] {
+            let mut c = CaptureState::default();
+            c.hold(a.clone(), Reason::Startup);
+            let n = c.start_if_due(std::time::Instant::now()).unwrap();
+            // The catalog was read, then the check failed (a timeout, a lost
+            // connection); the two news come back in either order.
+            if told_first {
+                assert_eq!(c.read(n, true), vec![(a.clone(), Reason::Startup)]);
+                assert!(c.finished(Err("lost".into()), hour, &metrics).is_empty());
+            } else {
+                assert!(c.finished(Err("lost".into()), hour, &metrics).is_empty());
+                assert_eq!(c.read(n, true), vec![(a.clone(), Reason::Startup)]);
+            }
+            c.check_now();
+            c.start_if_due(std::time::Instant::now()).unwrap();
+            assert_eq!(
+                c.finished(report(vec![checked_view("a", &[1])]), hour, &metrics),
+                vec![a.clone()],
+                "told first: {told_first}"
+            );
+        }
+        // A check that ends well keeps its reading: nothing to redo.
+        let mut c = CaptureState::default();
+        c.hold(a.clone(), Reason::Startup);
+        let n = c.start_if_due(std::time::Instant::now()).unwrap();
+        c.read(n, true);
+        assert!(c
+            .finished(report(vec![checked_view("a", &[1])]), hour, &metrics)
+            .is_empty());
         c.check_now();
         c.start_if_due(std::time::Instant::now()).unwrap();
         assert!(c

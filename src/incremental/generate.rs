@@ -1996,18 +1996,19 @@ impl Conversion<'_> {
 
     /// The definition view's comment, written by the server: the names the definition
     /// reads ([`reads_md5_sql`]) when this capture was generated from it.
-    fn reads_marker_sql(&self, w: &mut String) {
+    fn reads_marker_sql(&self, w: &mut String, take: Option<&QualifiedName>) {
         let def = self.n.def.quoted();
         let text = format!(
             "{DEFINITION_COMMENT_PREFIX}{}; its capture was generated for the {READS_MARKER}",
             self.n.table
         );
         let body = format!(
-            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {});\nEND;\n",
+            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {});\nEND;\n",
             literal(&def),
             literal(&text),
             reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
-            literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}")),
+            literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}; {STATE_MARKER}")),
+            self.state_sql(take),
             or = pg_op("||"),
         );
         let _ = writeln!(w, "DO {};", dollar(&body));
@@ -2126,7 +2127,8 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     generated.capture = c.capture_sql(sources, &mut install, &mut rollback)?;
     rollback.push_str(&drop_reach);
     rollback.push_str(&drop_pending);
-    c.reads_marker_sql(&mut install);
+    let take = f.delta.as_ref().map(|p| p.take.clone());
+    c.reads_marker_sql(&mut install, take.as_ref());
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);
     if f.in_place {
@@ -2137,12 +2139,16 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let digest = install_digest(&install);
     generated.install = install.replace(DIGEST_PLACEHOLDER, &digest);
     generated.rollback = rollback;
-    generated.current = c.current_sql(&digest);
+    generated.current = c.current_sql(&digest, take.as_ref());
     Ok(generated)
 }
 
 /// What precedes the install's digest in the definition view's comment.
 pub const INSTALL_MARKER: &str = "install: sha256 ";
+
+/// What precedes the md5 of the generated objects' catalog rows
+/// ([`Conversion::state_sql`]) in the definition view's comment.
+pub const STATE_MARKER: &str = "objects: md5 ";
 
 /// Where the digest goes in the install text it is computed over.
 const DIGEST_PLACEHOLDER: &str = "<install digest>";
@@ -2157,53 +2163,90 @@ fn install_digest(install: &str) -> String {
 }
 
 impl Conversion<'_> {
-    /// [`Generated::current`]: the definition view's comment records `digest`; the
-    /// keyed table is a table; the consume function, every buffer and every trigger
-    /// (on its table, calling its function, enabled ALWAYS) exist.
-    fn current_sql(&self, digest: &str) -> String {
+    /// [`Generated::current`]: the definition view's comment records `digest` (this
+    /// very install) and the md5 of its objects' catalog rows as they are now
+    /// ([`Conversion::state_sql`], written by the install once it made them).
+    fn current_sql(&self, digest: &str, take: Option<&QualifiedName>) -> String {
+        let comment = format!(
+            "pg_catalog.obj_description(pg_catalog.to_regclass({}), 'pg_class')",
+            literal(&self.n.def.quoted())
+        );
+        format!(
+            "pg_catalog.strpos({comment}, {}) {gt} 0\n   AND pg_catalog.strpos({comment}, {} {or} {}) {gt} 0",
+            literal(&format!("{INSTALL_MARKER}{digest}")),
+            literal(STATE_MARKER),
+            self.state_sql(take),
+            gt = pg_op(">"),
+            or = pg_op("||"),
+        )
+    }
+
+    /// An md5 of the catalog rows of everything the install makes that a later change
+    /// by hand could break: the keyed table's and every buffer's columns (name, type,
+    /// NOT NULL, collation), kind and persistence; the definition view's rewrite rule;
+    /// every function's source, language, volatility, SECURITY DEFINER and settings;
+    /// every trigger's function, events, level, enabled state, arguments, condition and
+    /// transition tables. A missing object counts as such. Only OIDs and names, never
+    /// text printed under the session's search_path, so that the install (which sets
+    /// one) and a later check (which does not) compute the same.
+    fn state_sql(&self, take: Option<&QualifiedName>) -> String {
+        let eq = pg_op("=");
         let reg = |q: &QualifiedName| format!("pg_catalog.to_regclass({})", literal(&q.quoted()));
-        let mut parts = vec![
+        let proc = |q: &QualifiedName| {
             format!(
-                "pg_catalog.strpos(pg_catalog.obj_description({}, 'pg_class'), {}) {} 0",
-                reg(&self.n.def),
-                literal(&format!("{INSTALL_MARKER}{digest}")),
-                pg_op(">")
-            ),
-            format!(
-                "EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid {} {} AND c.relkind {} 'r')",
-                pg_op("="),
-                reg(&self.n.table),
-                pg_op("=")
-            ),
-            format!(
-                "pg_catalog.to_regprocedure({}) IS NOT NULL",
-                literal(&format!("{}()", self.n.consume.quoted()))
-            ),
-        ];
-        for t in self.created.borrow().iter() {
-            parts.push(format!("{} IS NOT NULL", reg(t)));
-        }
-        let triggers = self.triggers.borrow();
-        let rows: Vec<String> = triggers
-            .iter()
-            .map(|(table, name, function)| {
-                format!(
-                    "({}::pg_catalog.oid, {}::pg_catalog.name, pg_catalog.to_regprocedure({})::pg_catalog.oid)",
-                    reg(table),
-                    literal(name),
-                    literal(&format!("{}()", function.quoted()))
-                )
-            })
-            .collect();
-        if !rows.is_empty() {
+                "pg_catalog.to_regprocedure({})",
+                literal(&format!("{}()", q.quoted()))
+            )
+        };
+        let mut parts: Vec<String> = Vec::new();
+        let mut relations = vec![self.n.table.clone()];
+        relations.extend(self.created.borrow().iter().cloned());
+        for r in &relations {
             parts.push(format!(
-                "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
-                  WHERE t.tgenabled {eq} 'A' AND (t.tgrelid, t.tgname, t.tgfoid) IN (VALUES {})) {eq} {}",
-                rows.join(", "),
-                rows.len(),
-                eq = pg_op("=")
+                "(SELECT pg_catalog.concat_ws(':', c.relkind, c.relpersistence, \
+                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attcollation), ',' ORDER BY a.attnum) \
+                      FROM pg_catalog.pg_attribute a WHERE a.attrelid {eq} c.oid AND a.attnum > 0 AND NOT a.attisdropped)) \
+                   FROM pg_catalog.pg_class c WHERE c.oid {eq} {})",
+                reg(r)
             ));
         }
-        parts.join("\n   AND ")
+        parts.push(format!(
+            "(SELECT pg_catalog.md5(r.ev_action::pg_catalog.text) FROM pg_catalog.pg_rewrite r \
+               WHERE r.ev_class {eq} {} AND r.rulename {eq} '_RETURN')",
+            reg(&self.n.def)
+        ));
+        let triggers = self.triggers.borrow();
+        let mut functions: Vec<&QualifiedName> = vec![&self.n.consume];
+        functions.extend(take);
+        for (_, _, f) in triggers.iter() {
+            if !functions.contains(&f) {
+                functions.push(f);
+            }
+        }
+        for f in functions {
+            parts.push(format!(
+                "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text) \
+                   FROM pg_catalog.pg_proc p WHERE p.oid {eq} {})",
+                proc(f)
+            ));
+        }
+        for (table, name, _) in triggers.iter() {
+            parts.push(format!(
+                "(SELECT pg_catalog.concat_ws(':', t.tgfoid, t.tgtype, t.tgenabled, pg_catalog.encode(t.tgargs, 'hex'), \
+                   pg_catalog.md5(t.tgqual::pg_catalog.text), t.tgoldtable, t.tgnewtable, t.tgattr::pg_catalog.text) \
+                   FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} {} AND t.tgname {eq} {}::pg_catalog.name)",
+                reg(table),
+                literal(name)
+            ));
+        }
+        let each: Vec<String> = parts
+            .iter()
+            .map(|p| format!("COALESCE({p}, 'missing')"))
+            .collect();
+        // An array, not concat_ws's arguments: a function takes at most 100.
+        format!(
+            "pg_catalog.md5(pg_catalog.array_to_string(ARRAY[{}]::pg_catalog.text[], '|'))",
+            each.join(",\n  ")
+        )
     }
 }

@@ -1222,12 +1222,28 @@ fn an_install_records_its_own_digest_and_knows_its_objects() {
         .current
         .contains(&format!("{}{digest}", generate::INSTALL_MARKER)));
     assert!(!g.install.contains("<install digest>"));
-    // Eight triggers (two tables, four operations), all asked for.
-    assert!(g.current.contains("IN (VALUES "), "{}", g.current);
-    assert!(g.current.ends_with(" 8"), "{}", g.current);
+    // Eight triggers (two tables, four operations), all asked for, and the buffer.
+    assert!(g.current.contains(generate::STATE_MARKER), "{}", g.current);
+    assert_eq!(
+        g.current
+            .matches("FROM pg_catalog.pg_trigger t WHERE")
+            .count(),
+        8,
+        "{}",
+        g.current
+    );
     assert!(g
         .current
         .contains(&format!("pg_catalog.to_regclass('{}')", g.buffer.quoted())));
+    // The install writes the same objects' md5 into the comment.
+    let at = g
+        .current
+        .find("pg_catalog.md5(pg_catalog.array_to_string")
+        .unwrap();
+    let state = g.current[at..]
+        .strip_suffix(") OPERATOR(pg_catalog.>) 0")
+        .unwrap();
+    assert!(g.install.contains(state), "{state}\n{}", g.install);
     // Another definition, another digest.
     let other = sql.replacen(" FROM ", "  FROM ", 1);
     assert_ne!(other, sql);

@@ -131,6 +131,9 @@ pub struct DeltaPlan {
     pub columns: Vec<String>,
     /// `refreshd."<schema>_<view>_recheck"`: keys the apply could not decide.
     pub recheck: QualifiedName,
+    /// `refreshd."<schema>_<view>_take"()`: takes the buffer's rows (created by
+    /// `install`).
+    pub take: QualifiedName,
     /// Statements creating both tables (idempotent), run by `init` before the triggers.
     pub install: Vec<String>,
     pub rollback: Vec<String>,
@@ -341,6 +344,7 @@ fn assemble(d: &Derivation, f: &DeltaFacts<'_>, a: Analysis<'_>) -> Result<Delta
         &tombs,
     );
     Ok(DeltaPlan {
+        take: take.clone(),
         fact: fact.table.table.clone(),
         fact_name: fact.table.name.clone(),
         install,
