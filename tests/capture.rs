@@ -1011,19 +1011,41 @@ async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
         )),
         "1"
     );
-    // A buffer's column dropped by hand (every write to the fact table fails), a trigger
-    // function's body replaced (changes lost): each object there, none as generated.
-    for broken in [
-        "ALTER TABLE refreshd.shop_by_region_delta DROP COLUMN amount",
-        "CREATE OR REPLACE FUNCTION shop.by_region_keys_ins_payments() RETURNS trigger \
-           LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
-    ] {
+    // Each object there, none as generated: a buffer's column dropped (every write to
+    // the fact table fails), a trigger function's body replaced (changes lost), a
+    // buffer's default dropped (key writes fail), a buffer written by anyone (forged
+    // deltas). Each converts in full, which puts it right.
+    let cases = [
+        (
+            "ALTER TABLE refreshd.shop_by_region_delta DROP COLUMN amount",
+            "SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = 'refreshd.shop_by_region_delta'::regclass \
+               AND attnum > 0 AND NOT attisdropped",
+        ),
+        (
+            "CREATE OR REPLACE FUNCTION shop.by_region_keys_ins_payments() RETURNS trigger \
+               LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
+            "SELECT prosrc NOT LIKE '%RETURN NULL; END%' FROM pg_proc \
+              WHERE oid = 'shop.by_region_keys_ins_payments()'::regprocedure",
+        ),
+        (
+            "ALTER TABLE refreshd.shop_by_region_keys ALTER COLUMN all_ DROP DEFAULT",
+            "SELECT atthasdef FROM pg_attribute \
+              WHERE attrelid = 'refreshd.shop_by_region_keys'::regclass AND attname = 'all_'",
+        ),
+        (
+            "GRANT INSERT ON refreshd.shop_by_region_delta TO PUBLIC",
+            "SELECT NOT EXISTS (SELECT 1 FROM aclexplode((SELECT relacl FROM pg_class \
+               WHERE oid = 'refreshd.shop_by_region_delta'::regclass)) a WHERE a.grantee = 0)",
+        ),
+    ];
+    for (broken, repaired) in cases {
         db.psql(broken);
         let (_, said) = convert(&db, &["--in-place"]);
         assert!(
             said.contains("): converted") && !said.contains("already"),
             "{broken}: {said}"
         );
+        assert_eq!(db.psql(repaired), "t", "{broken}");
         db.psql("INSERT INTO shop.payments VALUES (51, 2, 1, '2025-02-21')");
         assert_ne!(
             db.psql("SELECT count(*) FROM refreshd.shop_by_region_delta"),
@@ -1032,6 +1054,11 @@ async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
         );
         db.psql("DELETE FROM refreshd.shop_by_region_delta");
     }
+    // The table's own grants and indexes are the user's (in place, the view's): one
+    // added does not make the next run convert in full.
+    db.psql("GRANT SELECT ON shop.by_region TO PUBLIC; CREATE INDEX ON shop.by_region (total)");
+    let (_, said) = convert(&db, &["--in-place"]);
+    assert!(said.contains("converted already"), "{said}");
 }
 
 /// A conversion `managed` could not make (a reader held the keyed table for longer than

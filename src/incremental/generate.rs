@@ -689,6 +689,8 @@ struct Conversion<'a> {
     created: std::cell::RefCell<Vec<QualifiedName>>,
     /// The triggers it creates: (table, trigger, function), for [`Generated::current`].
     triggers: std::cell::RefCell<Vec<(QualifiedName, String, QualifiedName)>>,
+    /// Parts of the install left out of its digest (see [`Conversion::table_sql`]).
+    unhashed: std::cell::RefCell<Vec<String>>,
 }
 
 /// Refuses what no conversion can keep: no key, a key column the view lacks, an
@@ -737,6 +739,7 @@ impl<'a> Conversion<'a> {
             key_types,
             created: Default::default(),
             triggers: Default::default(),
+            unhashed: Default::default(),
         };
         for t in &d.tables {
             let b = c.table_of(&t.table)?;
@@ -1013,7 +1016,14 @@ impl<'a> Conversion<'a> {
                 .join(",\n")
         );
         if f.in_place {
-            self.index_sql(w);
+            // The table's own indexes and grants (read from it, or from the view it
+            // replaces): applied again they change nothing, so they are left out of
+            // the install's digest, and a grant or index added later does not make a
+            // run again convert in full.
+            let mut ix = String::new();
+            self.index_sql(&mut ix);
+            w.push_str(&ix);
+            self.unhashed.borrow_mut().push(ix);
         } else {
             let ix = bounded(
                 &format!("{}_key", table.name),
@@ -1028,7 +1038,12 @@ impl<'a> Conversion<'a> {
                 list(&d.key, "")
             );
         }
-        self.grant_sql(w, &format!("TABLE {}", table.quoted()));
+        let mut grants = String::new();
+        self.grant_sql(&mut grants, &format!("TABLE {}", table.quoted()));
+        w.push_str(&grants);
+        if f.in_place {
+            self.unhashed.borrow_mut().push(grants);
+        }
         let _ = writeln!(
             w,
             "COMMENT ON TABLE {} IS {};",
@@ -2136,7 +2151,11 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     }
     // The digest of the install with the placeholder, written where it stood: a
     // conversion generated the same way again has the same.
-    let digest = install_digest(&install);
+    let mut hashed = install.clone();
+    for part in c.unhashed.borrow().iter().filter(|p| !p.is_empty()) {
+        hashed = hashed.replacen(part.as_str(), "", 1);
+    }
+    let digest = install_digest(&hashed);
     generated.install = install.replace(DIGEST_PLACEHOLDER, &digest);
     generated.rollback = rollback;
     generated.current = c.current_sql(&digest, take.as_ref());
@@ -2199,19 +2218,44 @@ impl Conversion<'_> {
             )
         };
         let mut parts: Vec<String> = Vec::new();
-        let mut relations = vec![self.n.table.clone()];
-        relations.extend(self.created.borrow().iter().cloned());
-        for r in &relations {
+        // The keyed table in place is the user's (its owner, grants and indexes are
+        // the view's); the rest is refreshd's own, all of it compared.
+        let mut relations = vec![(self.n.table.clone(), !self.f.in_place)];
+        relations.extend(self.created.borrow().iter().map(|b| (b.clone(), true)));
+        for (r, ours) in &relations {
+            let own = if *ours {
+                format!(
+                    ", c.relowner, c.relacl::pg_catalog.text, c.reloptions::pg_catalog.text, \
+                     (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', i.indisunique, i.indkey::pg_catalog.text, \
+                        pg_catalog.md5(i.indexprs::pg_catalog.text), pg_catalog.md5(i.indpred::pg_catalog.text)), ',' \
+                        ORDER BY i.indkey::pg_catalog.text, i.indisunique) \
+                        FROM pg_catalog.pg_index i WHERE i.indrelid {eq} c.oid)"
+                )
+            } else {
+                String::new()
+            };
             parts.push(format!(
                 "(SELECT pg_catalog.concat_ws(':', c.relkind, c.relpersistence, \
                    (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attcollation), ',' ORDER BY a.attnum) \
-                      FROM pg_catalog.pg_attribute a WHERE a.attrelid {eq} c.oid AND a.attnum > 0 AND NOT a.attisdropped)) \
+                      FROM pg_catalog.pg_attribute a WHERE a.attrelid {eq} c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+                   (SELECT pg_catalog.string_agg(d.adnum::pg_catalog.text {or} pg_catalog.md5(d.adbin::pg_catalog.text), ',' ORDER BY d.adnum) \
+                      FROM pg_catalog.pg_attrdef d WHERE d.adrelid {eq} c.oid), \
+                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', o.contype, o.conkey::pg_catalog.text, o.confrelid, pg_catalog.md5(o.conbin::pg_catalog.text)), ',' \
+                      ORDER BY o.contype, o.conkey::pg_catalog.text, o.conname) \
+                      FROM pg_catalog.pg_constraint o WHERE o.conrelid {eq} c.oid), \
+                   (SELECT pg_catalog.string_agg(w.rulename {or} pg_catalog.md5(w.ev_action::pg_catalog.text), ',' ORDER BY w.rulename) \
+                      FROM pg_catalog.pg_rewrite w WHERE w.ev_class {eq} c.oid), \
+                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', t.tgname, t.tgfoid, t.tgtype, t.tgenabled), ',' ORDER BY t.tgname) \
+                      FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} c.oid AND NOT t.tgisinternal){own}) \
                    FROM pg_catalog.pg_class c WHERE c.oid {eq} {})",
-                reg(r)
+                reg(r),
+                or = pg_op("||"),
             ));
         }
         parts.push(format!(
-            "(SELECT pg_catalog.md5(r.ev_action::pg_catalog.text) FROM pg_catalog.pg_rewrite r \
+            "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(r.ev_action::pg_catalog.text), c.relowner, \
+               c.relacl::pg_catalog.text, c.reloptions::pg_catalog.text) \
+               FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid {eq} r.ev_class \
                WHERE r.ev_class {eq} {} AND r.rulename {eq} '_RETURN')",
             reg(&self.n.def)
         ));
@@ -2225,7 +2269,8 @@ impl Conversion<'_> {
         }
         for f in functions {
             parts.push(format!(
-                "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text) \
+                "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text, \
+                   p.proowner, p.proacl::pg_catalog.text) \
                    FROM pg_catalog.pg_proc p WHERE p.oid {eq} {})",
                 proc(f)
             ));
