@@ -666,6 +666,16 @@ impl CaptureState {
         out
     }
 
+    /// Holds `v`'s catch-up ([`CaptureState::hold`]) if its capture is checked and no
+    /// check has read what it reads yet; whether it did (else the caller marks it).
+    pub fn hold_unread(&mut self, v: &ViewConfig, reason: Reason) -> bool {
+        let unread = checked(v) && !self.has_baseline(&v.name);
+        if unread {
+            self.hold(v.name.clone(), reason);
+        }
+        unread
+    }
+
     /// Leadership lost: the held catch-ups are moot (the next leadership catches every
     /// view up).
     pub fn drop_held(&mut self) {

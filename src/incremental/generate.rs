@@ -1015,35 +1015,7 @@ impl<'a> Conversion<'a> {
                 .collect::<Vec<_>>()
                 .join(",\n")
         );
-        if f.in_place {
-            // The table's own indexes and grants (read from it, or from the view it
-            // replaces): applied again they change nothing, so they are left out of
-            // the install's digest, and a grant or index added later does not make a
-            // run again convert in full.
-            let mut ix = String::new();
-            self.index_sql(&mut ix);
-            w.push_str(&ix);
-            self.unhashed.borrow_mut().push(ix);
-        } else {
-            let ix = bounded(
-                &format!("{}_key", table.name),
-                &[&table.schema, &table.name, "key"],
-                true,
-            );
-            let _ = writeln!(
-                w,
-                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});",
-                quote_ident(&ix),
-                table.quoted(),
-                list(&d.key, "")
-            );
-        }
-        let mut grants = String::new();
-        self.grant_sql(&mut grants, &format!("TABLE {}", table.quoted()));
-        w.push_str(&grants);
-        if f.in_place {
-            self.unhashed.borrow_mut().push(grants);
-        }
+        self.table_indexes_and_grants_sql(w);
         let _ = writeln!(
             w,
             "COMMENT ON TABLE {} IS {};",
@@ -1055,6 +1027,37 @@ impl<'a> Conversion<'a> {
             ))
         );
         self.owner_sql(w);
+    }
+
+    /// The keyed table's indexes and grants: in place, the view's own (read from it,
+    /// or from the table it became), which applied again change nothing, so they are
+    /// left out of the install's digest (a grant or index added later does not make a
+    /// run again convert in full); beside, the key's unique index and the view's
+    /// grants.
+    fn table_indexes_and_grants_sql(&self, w: &mut String) {
+        let (table, in_place) = (&self.n.table, self.f.in_place);
+        let mut own = String::new();
+        if in_place {
+            self.index_sql(&mut own);
+        } else {
+            let ix = bounded(
+                &format!("{}_key", table.name),
+                &[&table.schema, &table.name, "key"],
+                true,
+            );
+            let _ = writeln!(
+                w,
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});",
+                quote_ident(&ix),
+                table.quoted(),
+                list(&self.d.key, "")
+            );
+        }
+        self.grant_sql(&mut own, &format!("TABLE {}", table.quoted()));
+        w.push_str(&own);
+        if in_place {
+            self.unhashed.borrow_mut().push(own);
+        }
     }
 
     /// In place, the table and the definition view go to the view's owner.
@@ -2010,8 +2013,10 @@ impl Conversion<'_> {
     }
 
     /// The definition view's comment, written by the server: the names the definition
-    /// reads ([`reads_md5_sql`]) when this capture was generated from it.
-    fn reads_marker_sql(&self, w: &mut String, take: Option<&QualifiedName>) {
+    /// reads ([`reads_md5_sql`]) when this capture was generated from it, this
+    /// install's digest, and `state` ([`Conversion::state_sql`]), computed once its
+    /// objects are made.
+    fn reads_marker_sql(&self, w: &mut String, state: &str) {
         let def = self.n.def.quoted();
         let text = format!(
             "{DEFINITION_COMMENT_PREFIX}{}; its capture was generated for the {READS_MARKER}",
@@ -2023,7 +2028,7 @@ impl Conversion<'_> {
             literal(&text),
             reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
             literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}; {STATE_MARKER}")),
-            self.state_sql(take),
+            state,
             or = pg_op("||"),
         );
         let _ = writeln!(w, "DO {};", dollar(&body));
@@ -2142,8 +2147,8 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     generated.capture = c.capture_sql(sources, &mut install, &mut rollback)?;
     rollback.push_str(&drop_reach);
     rollback.push_str(&drop_pending);
-    let take = f.delta.as_ref().map(|p| p.take.clone());
-    c.reads_marker_sql(&mut install, take.as_ref());
+    let state = c.state_sql(f.delta.as_ref().map(|p| &p.take));
+    c.reads_marker_sql(&mut install, &state);
     c.rollback_sql(&mut rollback);
     c.fill_sql(&mut install);
     if f.in_place {
@@ -2158,7 +2163,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let digest = install_digest(&hashed);
     generated.install = install.replace(DIGEST_PLACEHOLDER, &digest);
     generated.rollback = rollback;
-    generated.current = c.current_sql(&digest, take.as_ref());
+    generated.current = c.current_sql(&digest, &state);
     Ok(generated)
 }
 
@@ -2183,81 +2188,45 @@ fn install_digest(install: &str) -> String {
 
 impl Conversion<'_> {
     /// [`Generated::current`]: the definition view's comment records `digest` (this
-    /// very install) and the md5 of its objects' catalog rows as they are now
-    /// ([`Conversion::state_sql`], written by the install once it made them).
-    fn current_sql(&self, digest: &str, take: Option<&QualifiedName>) -> String {
+    /// very install) and `state` ([`Conversion::state_sql`], written by the install
+    /// once it made its objects) is what it recorded.
+    fn current_sql(&self, digest: &str, state: &str) -> String {
         let comment = format!(
             "pg_catalog.obj_description(pg_catalog.to_regclass({}), 'pg_class')",
             literal(&self.n.def.quoted())
         );
         format!(
-            "pg_catalog.strpos({comment}, {}) {gt} 0\n   AND pg_catalog.strpos({comment}, {} {or} {}) {gt} 0",
+            "pg_catalog.strpos({comment}, {}) {gt} 0\n   AND pg_catalog.strpos({comment}, {} {or} {state}) {gt} 0",
             literal(&format!("{INSTALL_MARKER}{digest}")),
             literal(STATE_MARKER),
-            self.state_sql(take),
             gt = pg_op(">"),
             or = pg_op("||"),
         )
     }
 
     /// An md5 of the catalog rows of everything the install makes that a later change
-    /// by hand could break: the keyed table's and every buffer's columns (name, type,
-    /// NOT NULL, collation), kind and persistence; the definition view's rewrite rule;
-    /// every function's source, language, volatility, SECURITY DEFINER and settings;
-    /// every trigger's function, events, level, enabled state, arguments, condition and
-    /// transition tables. A missing object counts as such. Only OIDs and names, never
-    /// text printed under the session's search_path, so that the install (which sets
-    /// one) and a later check (which does not) compute the same.
+    /// by hand could break ([`relation_state`], the definition view's rule, owner,
+    /// privileges and options, [`function_state`], [`trigger_state`]). A missing object
+    /// counts as such. Only OIDs and names, never text printed under the session's
+    /// search_path, so that the install (which sets one) and a later check (which does
+    /// not) compute the same.
     fn state_sql(&self, take: Option<&QualifiedName>) -> String {
-        let eq = pg_op("=");
-        let reg = |q: &QualifiedName| format!("pg_catalog.to_regclass({})", literal(&q.quoted()));
-        let proc = |q: &QualifiedName| {
-            format!(
-                "pg_catalog.to_regprocedure({})",
-                literal(&format!("{}()", q.quoted()))
-            )
-        };
-        let mut parts: Vec<String> = Vec::new();
         // The keyed table in place is the user's (its owner, grants and indexes are
         // the view's); the rest is refreshd's own, all of it compared.
-        let mut relations = vec![(self.n.table.clone(), !self.f.in_place)];
-        relations.extend(self.created.borrow().iter().map(|b| (b.clone(), true)));
-        for (r, ours) in &relations {
-            let own = if *ours {
-                format!(
-                    ", c.relowner, c.relacl::pg_catalog.text, c.reloptions::pg_catalog.text, \
-                     (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', i.indisunique, i.indkey::pg_catalog.text, \
-                        pg_catalog.md5(i.indexprs::pg_catalog.text), pg_catalog.md5(i.indpred::pg_catalog.text)), ',' \
-                        ORDER BY i.indkey::pg_catalog.text, i.indisunique) \
-                        FROM pg_catalog.pg_index i WHERE i.indrelid {eq} c.oid)"
-                )
-            } else {
-                String::new()
-            };
-            parts.push(format!(
-                "(SELECT pg_catalog.concat_ws(':', c.relkind, c.relpersistence, \
-                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attcollation), ',' ORDER BY a.attnum) \
-                      FROM pg_catalog.pg_attribute a WHERE a.attrelid {eq} c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
-                   (SELECT pg_catalog.string_agg(d.adnum::pg_catalog.text {or} pg_catalog.md5(d.adbin::pg_catalog.text), ',' ORDER BY d.adnum) \
-                      FROM pg_catalog.pg_attrdef d WHERE d.adrelid {eq} c.oid), \
-                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', o.contype, o.conkey::pg_catalog.text, o.confrelid, pg_catalog.md5(o.conbin::pg_catalog.text)), ',' \
-                      ORDER BY o.contype, o.conkey::pg_catalog.text, o.conname) \
-                      FROM pg_catalog.pg_constraint o WHERE o.conrelid {eq} c.oid), \
-                   (SELECT pg_catalog.string_agg(w.rulename {or} pg_catalog.md5(w.ev_action::pg_catalog.text), ',' ORDER BY w.rulename) \
-                      FROM pg_catalog.pg_rewrite w WHERE w.ev_class {eq} c.oid), \
-                   (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', t.tgname, t.tgfoid, t.tgtype, t.tgenabled), ',' ORDER BY t.tgname) \
-                      FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} c.oid AND NOT t.tgisinternal){own}) \
-                   FROM pg_catalog.pg_class c WHERE c.oid {eq} {})",
-                reg(r),
-                or = pg_op("||"),
-            ));
-        }
+        let mut parts = vec![relation_state(&self.n.table, !self.f.in_place)];
+        parts.extend(
+            self.created
+                .borrow()
+                .iter()
+                .map(|b| relation_state(b, true)),
+        );
         parts.push(format!(
             "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(r.ev_action::pg_catalog.text), c.relowner, \
                c.relacl::pg_catalog.text, c.reloptions::pg_catalog.text) \
                FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid {eq} r.ev_class \
                WHERE r.ev_class {eq} {} AND r.rulename {eq} '_RETURN')",
-            reg(&self.n.def)
+            regclass(&self.n.def),
+            eq = pg_op("=")
         ));
         let triggers = self.triggers.borrow();
         let mut functions: Vec<&QualifiedName> = vec![&self.n.consume];
@@ -2267,23 +2236,8 @@ impl Conversion<'_> {
                 functions.push(f);
             }
         }
-        for f in functions {
-            parts.push(format!(
-                "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text, \
-                   p.proowner, p.proacl::pg_catalog.text) \
-                   FROM pg_catalog.pg_proc p WHERE p.oid {eq} {})",
-                proc(f)
-            ));
-        }
-        for (table, name, _) in triggers.iter() {
-            parts.push(format!(
-                "(SELECT pg_catalog.concat_ws(':', t.tgfoid, t.tgtype, t.tgenabled, pg_catalog.encode(t.tgargs, 'hex'), \
-                   pg_catalog.md5(t.tgqual::pg_catalog.text), t.tgoldtable, t.tgnewtable, t.tgattr::pg_catalog.text) \
-                   FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} {} AND t.tgname {eq} {}::pg_catalog.name)",
-                reg(table),
-                literal(name)
-            ));
-        }
+        parts.extend(functions.into_iter().map(function_state));
+        parts.extend(triggers.iter().map(|(t, name, _)| trigger_state(t, name)));
         let each: Vec<String> = parts
             .iter()
             .map(|p| format!("COALESCE({p}, 'missing')"))
@@ -2294,4 +2248,69 @@ impl Conversion<'_> {
             each.join(",\n  ")
         )
     }
+}
+
+/// `pg_catalog.to_regclass` of a qualified name.
+fn regclass(q: &QualifiedName) -> String {
+    format!("pg_catalog.to_regclass({})", literal(&q.quoted()))
+}
+
+/// A table's part of [`Conversion::state_sql`]: kind, persistence, columns (name,
+/// type, NOT NULL, collation), defaults, constraints, rules and triggers; when `ours`
+/// (refreshd made it), also its owner, privileges, options and indexes.
+fn relation_state(r: &QualifiedName, ours: bool) -> String {
+    let eq = pg_op("=");
+    let own = if ours {
+        format!(
+            ", c.relowner, c.relacl::pg_catalog.text, c.reloptions::pg_catalog.text, \
+             (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', i.indisunique, i.indkey::pg_catalog.text, \
+                pg_catalog.md5(i.indexprs::pg_catalog.text), pg_catalog.md5(i.indpred::pg_catalog.text)), ',' \
+                ORDER BY i.indkey::pg_catalog.text, i.indisunique) \
+                FROM pg_catalog.pg_index i WHERE i.indrelid {eq} c.oid)"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "(SELECT pg_catalog.concat_ws(':', c.relkind, c.relpersistence, \
+           (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attcollation), ',' ORDER BY a.attnum) \
+              FROM pg_catalog.pg_attribute a WHERE a.attrelid {eq} c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+           (SELECT pg_catalog.string_agg(d.adnum::pg_catalog.text {or} pg_catalog.md5(d.adbin::pg_catalog.text), ',' ORDER BY d.adnum) \
+              FROM pg_catalog.pg_attrdef d WHERE d.adrelid {eq} c.oid), \
+           (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', o.contype, o.conkey::pg_catalog.text, o.confrelid, pg_catalog.md5(o.conbin::pg_catalog.text)), ',' \
+              ORDER BY o.contype, o.conkey::pg_catalog.text, o.conname) \
+              FROM pg_catalog.pg_constraint o WHERE o.conrelid {eq} c.oid), \
+           (SELECT pg_catalog.string_agg(w.rulename {or} pg_catalog.md5(w.ev_action::pg_catalog.text), ',' ORDER BY w.rulename) \
+              FROM pg_catalog.pg_rewrite w WHERE w.ev_class {eq} c.oid), \
+           (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', t.tgname, t.tgfoid, t.tgtype, t.tgenabled), ',' ORDER BY t.tgname) \
+              FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} c.oid AND NOT t.tgisinternal){own}) \
+           FROM pg_catalog.pg_class c WHERE c.oid {eq} {})",
+        regclass(r),
+        or = pg_op("||"),
+    )
+}
+
+/// A function's part of [`Conversion::state_sql`]: source, language, volatility,
+/// SECURITY DEFINER, settings, owner and privileges.
+fn function_state(f: &QualifiedName) -> String {
+    format!(
+        "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text, \
+           p.proowner, p.proacl::pg_catalog.text) \
+           FROM pg_catalog.pg_proc p WHERE p.oid {} pg_catalog.to_regprocedure({}))",
+        pg_op("="),
+        literal(&format!("{}()", f.quoted()))
+    )
+}
+
+/// A trigger's part of [`Conversion::state_sql`]: function, events and level, enabled
+/// state, arguments, condition, transition tables and columns.
+fn trigger_state(table: &QualifiedName, name: &str) -> String {
+    format!(
+        "(SELECT pg_catalog.concat_ws(':', t.tgfoid, t.tgtype, t.tgenabled, pg_catalog.encode(t.tgargs, 'hex'), \
+           pg_catalog.md5(t.tgqual::pg_catalog.text), t.tgoldtable, t.tgnewtable, t.tgattr::pg_catalog.text) \
+           FROM pg_catalog.pg_trigger t WHERE t.tgrelid {eq} {} AND t.tgname {eq} {}::pg_catalog.name)",
+        regclass(table),
+        literal(name),
+        eq = pg_op("=")
+    )
 }

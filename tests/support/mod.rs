@@ -171,14 +171,18 @@ impl TestDb {
 
     /// Key/value DSN as another role (no password: the throwaway cluster trusts).
     pub fn dsn_as(&self, user: &str) -> String {
-        let base: String = self
-            .server
+        let base = self.base_without(&["user=", "password="]);
+        format!("{base} user={user} dbname={}", self.name)
+    }
+
+    /// The admin DSN's parts without those starting with one of `keys`.
+    fn base_without(&self, keys: &[&str]) -> String {
+        self.server
             .base
             .split_whitespace()
-            .filter(|p| !p.starts_with("user=") && !p.starts_with("password="))
+            .filter(|p| !keys.iter().any(|k| p.starts_with(k)))
             .collect::<Vec<_>>()
-            .join(" ");
-        format!("{base} user={user} dbname={}", self.name)
+            .join(" ")
     }
 
     pub fn psql(&self, sql: &str) -> String {
@@ -200,13 +204,7 @@ impl TestDb {
 
     /// Key/value DSN as the superuser through 127.0.0.1:`port` (a proxy).
     pub fn dsn_via(&self, port: u16) -> String {
-        let base: String = self
-            .server
-            .base
-            .split_whitespace()
-            .filter(|p| !p.starts_with("host=") && !p.starts_with("port="))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let base = self.base_without(&["host=", "port="]);
         format!("host=127.0.0.1 port={port} {base} dbname={}", self.name)
     }
 

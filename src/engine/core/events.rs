@@ -74,8 +74,7 @@ impl Core {
         };
         let mut held = 0usize;
         for (i, v) in self.config.views.iter().enumerate() {
-            if crate::engine::capture::checked(v) && !self.capture.has_baseline(&v.name) {
-                self.capture.hold(v.name.clone(), reason);
+            if self.capture.hold_unread(v, reason) {
                 held += 1;
             } else {
                 self.coalescer.mark(i, reason, now);
@@ -113,9 +112,7 @@ impl Core {
             let v = &config.views[i];
             if v.channels.iter().all(|c| listening.contains(c)) {
                 // A view a reload added: its first capture reading comes first.
-                if crate::engine::capture::checked(v) && !capture.has_baseline(name) {
-                    capture.hold(name.clone(), *reason);
-                } else {
+                if !capture.hold_unread(v, *reason) {
                     coalescer.mark(i, *reason, now);
                 }
                 false
