@@ -1061,6 +1061,52 @@ async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
     assert!(said.contains("converted already"), "{said}");
 }
 
+/// A column added by hand to a table converted in place: converting it again filled the
+/// table from the definition and failed with "column \"note\" does not exist" and a hint
+/// about another part of the query, naming neither the table nor the way out. It is
+/// refused before anything is applied, naming the column.
+#[test]
+fn a_column_added_to_a_table_converted_in_place_is_named() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    convert(&db, &["--in-place"]);
+    db.psql("ALTER TABLE shop.by_region ADD COLUMN \"my note\" text");
+    let dsn = db.dsn();
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--apply",
+        "--keyed",
+        VIEW,
+        "--in-place",
+    ]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "--keyed shop.by_region: cannot be derived: converted in place before, but its columns no longer match its definition view shop.by_region_def: the table has \"my note\" (text), which the definition does not produce"
+        ),
+        "{said}"
+    );
+    // Nothing applied: the capture as it was still feeds the table.
+    db.psql("INSERT INTO shop.payments VALUES (61, 1, 5, '2025-01-09')");
+    assert_ne!(
+        db.psql("SELECT count(*) FROM refreshd.shop_by_region_delta"),
+        "0"
+    );
+    // The column dropped again: the conversion is as generated (its write still waits
+    // in the buffer for the daemon).
+    db.psql("ALTER TABLE shop.by_region DROP COLUMN \"my note\"");
+    let (_, said) = convert(&db, &["--in-place"]);
+    assert!(said.contains("): converted already"), "{said}");
+    assert_ne!(
+        db.psql("SELECT count(*) FROM refreshd.shop_by_region_delta"),
+        "0"
+    );
+}
+
 /// A conversion `managed` could not make (a reader held the keyed table for longer than
 /// its ten attempts) was not tried again until `capture_check_interval` (an hour here):
 /// the catalog poll saw nothing change, and every write to the renamed table kept

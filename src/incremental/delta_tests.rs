@@ -731,6 +731,23 @@ fn refusals() {
         r.starts_with("column total: sum of type double precision"),
         "{r}"
     );
+    // A count or an average kept in another type (a table converted in place whose
+    // column was altered): said as such, not as a float sum.
+    for (column, ty, why) in [
+        ("n", "numeric", "column n: count kept as numeric (deltas add to a count kept as bigint"),
+        ("a", "double precision", "column a: avg of type double precision (deltas keep an average exactly only as numeric)"),
+    ] {
+        let r = plan_with(
+            "SELECT s.product_id, count(*) AS n, avg(s.amount) AS a FROM tpch.sales s GROUP BY s.product_id",
+            &["product_id"],
+            &[(column, ty)],
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .reason;
+        assert!(r.starts_with(why), "{r}");
+    }
     // Read through a plain view.
     let r = no_delta(
         "SELECT o.o_custkey, count(*) AS n, sum(o.o_totalprice) AS t FROM tpch.open_orders o GROUP BY o.o_custkey",

@@ -170,13 +170,22 @@ async fn derive_one(
             .map(str::to_string);
     }
     let derived = match derivation(name, &relkind, ours, in_place, definition, key, catalog) {
-        Ok(d) => match unseen_functions(client, name, ours)
-            .await
-            .map_err(catalog_error)?
-        {
-            Some(reason) => Err(reason),
-            None => Ok(d),
-        },
+        Ok(d) => {
+            let columns = if ours {
+                columns_apart(client, oid, name)
+                    .await
+                    .map_err(catalog_error)?
+            } else {
+                None
+            };
+            match columns {
+                Some(reason) => Err(reason),
+                None => unseen_functions(client, name, ours)
+                    .await
+                    .map_err(catalog_error)?
+                    .map_or(Ok(d), Err),
+            }
+        }
         Err(e) => Err(e),
     };
     let (outcome, conversion, deltas) = match derived {
@@ -219,6 +228,70 @@ pub async fn in_place_already(
         .query_one(&format!("SELECT coalesce(({}), false)", g.current), &[])
         .await?;
     Ok(row.get(0))
+}
+
+/// The columns of a table converted in place (`$1`) and of its definition view (`$2`.`$3`)
+/// that are not in both: name, the table's type, the definition's (one of them NULL).
+const COLUMNS_APART_SQL: &str = "WITH t AS ( \
+    SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnum \
+      FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped), \
+  d AS ( \
+    SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnum \
+      FROM pg_catalog.pg_attribute a \
+      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $2 AND c.relname = $3 AND a.attnum > 0 AND NOT a.attisdropped) \
+SELECT coalesce(t.name, d.name), t.type, d.type \
+  FROM t FULL JOIN d ON d.name = t.name \
+ WHERE t.name IS NULL OR d.name IS NULL \
+ ORDER BY coalesce(t.attnum, 0), d.attnum";
+
+/// Why a table converted in place (`oid`, named `name`) cannot be converted again as it
+/// is: its columns are no longer those its definition view produces (a column added to
+/// the table by hand; a type changed by hand is left to the assignment cast, as a
+/// refresh does). Converting it again would fill the table
+/// from the definition and fail on the column the definition lacks, in an error that
+/// names neither; a keyed table holds exactly what its definition produces. `None` when
+/// they match.
+async fn columns_apart(
+    client: &tokio_postgres::Client,
+    oid: u32,
+    name: &QualifiedName,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let def = generate::definition_view(name);
+    let rows = client
+        .query_typed(
+            COLUMNS_APART_SQL,
+            &[
+                (&oid, Type::OID),
+                (&def.schema, Type::TEXT),
+                (&def.name, Type::TEXT),
+            ],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let apart: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let column = crate::pg::ident::shown_ident(&r.get::<_, String>(0));
+            match r.get::<_, Option<String>>(1) {
+                Some(t) => {
+                    format!("the table has {column} ({t}), which the definition does not produce")
+                }
+                None => format!(
+                    "the definition produces {column} ({}), which the table lacks",
+                    r.get::<_, Option<String>>(2).unwrap_or_default()
+                ),
+            }
+        })
+        .collect();
+    Ok(Some(format!(
+        "converted in place before, but its columns no longer match its definition view {}: {}; a keyed table holds exactly the columns its definition produces: drop the column added to the table, or rename it back, or roll the conversion back and convert again",
+        def.shown(),
+        apart.join("; ")
+    )))
 }
 
 /// Functions of the user's (any schema but `pg_catalog`) that are not IMMUTABLE, called

@@ -171,6 +171,11 @@ pub fn quote_ident(ident: &str) -> String {
     out
 }
 
+/// One identifier for a person, on one line: as [`QualifiedName::shown`] shows a part.
+pub fn shown_ident(ident: &str) -> String {
+    escape_display(&display_ident(ident)).into_owned()
+}
+
 /// An identifier as a person would write it: bare when it survives case folding.
 fn display_ident(ident: &str) -> String {
     let bare = !ident.is_empty()

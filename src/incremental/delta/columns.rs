@@ -93,9 +93,18 @@ fn aggregate(name: &str, ty: &str, val: &pb::Node) -> Result<AggCol, NoDelta> {
         _ => ty == "numeric",
     };
     if !ty_ok {
-        return Err(no(format!(
-            "column {name}: {func} of type {ty} (deltas keep exact sums only: bigint or numeric; floating point would drift from a recompute)"
-        )));
+        return Err(no(match func {
+            // Only in a table converted in place whose column's type was changed.
+            "count" => format!(
+                "column {name}: count kept as {ty} (deltas add to a count kept as bigint, the type count returns)"
+            ),
+            "avg" => format!(
+                "column {name}: avg of type {ty} (deltas keep an average exactly only as numeric)"
+            ),
+            _ => format!(
+                "column {name}: {func} of type {ty} (deltas keep exact sums only: bigint or numeric; floating point would drift from a recompute)"
+            ),
+        }));
     }
     Ok(AggCol {
         func,
