@@ -52,22 +52,26 @@ impl Standby {
                 .unwrap()
                 .success());
         }
-        let out = s
-            .cmd("pg_basebackup")
-            .arg("-D")
-            .arg(s.data())
-            .arg("-h")
-            .arg(primary.socket_dir())
-            .args(["-p", &primary.port().to_string(), "-U", "postgres"])
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_basebackup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if s.bin.join("pg_basebackup").exists() {
+            let out = s
+                .cmd("pg_basebackup")
+                .arg("-D")
+                .arg(s.data())
+                .arg("-h")
+                .arg(primary.socket_dir())
+                .args(["-p", &primary.port().to_string(), "-U", "postgres"])
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "pg_basebackup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            s.copy_of(primary);
+        }
         // The copied postgresql.conf names the primary's port and socket directory;
         // later lines win.
         let conf = format!(
@@ -88,6 +92,88 @@ impl Standby {
 
     fn data(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// What `pg_basebackup -R -X none` with a replication slot does, for server builds
+    /// that ship no `pg_basebackup` (the embedded 13 and 18 packages): a physical slot
+    /// reserving WAL, then PostgreSQL's low-level backup API (one session from start to
+    /// stop, `pg_backup_start`/`pg_backup_stop`, `pg_start_backup`/`pg_stop_backup`
+    /// before 15) around a copy of the running primary's files, its `backup_label`
+    /// written into the copy, and `standby.signal` with `primary_conninfo` and
+    /// `primary_slot_name`: the standby streams from the backup's start.
+    fn copy_of(&self, primary: &TempCluster) {
+        use std::io::{BufRead, BufReader, Write};
+        let version: u32 = primary
+            .psql("postgres", &["-Atc", "SHOW server_version_num"])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let slot = format!("refreshd_standby_{}", self.port);
+        let label = self.root.join("backup_label.out");
+        let (start, stop) = if version >= 150000 {
+            (
+                "SELECT 'started' FROM pg_catalog.pg_backup_start('refreshd standby', true);",
+                "SELECT labelfile FROM pg_catalog.pg_backup_stop(true);",
+            )
+        } else {
+            (
+                "SELECT 'started' FROM pg_catalog.pg_start_backup('refreshd standby', true, false);",
+                "SELECT labelfile FROM pg_catalog.pg_stop_backup(false, true);",
+            )
+        };
+        let mut session = Command::new(client_program("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(primary.socket_dsn("postgres"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut to = session.stdin.take().unwrap();
+        let mut from = BufReader::new(session.stdout.take().unwrap());
+        writeln!(
+            to,
+            "SET client_min_messages = warning;\nSELECT 1 FROM pg_catalog.pg_create_physical_replication_slot('{slot}', true);\n{start}"
+        )
+        .unwrap();
+        to.flush().unwrap();
+        let mut line = String::new();
+        while line.trim() != "started" {
+            line.clear();
+            assert!(
+                from.read_line(&mut line).unwrap() > 0,
+                "the backup did not start"
+            );
+        }
+        copy_tree(&primary.data_dir(), &self.data());
+        writeln!(to, "\\o {}\n{stop}\n\\o\n\\q", label.display()).unwrap();
+        drop(to);
+        assert!(session.wait().unwrap().success(), "the backup did not stop");
+        std::fs::copy(&label, self.data().join("backup_label")).unwrap();
+        std::fs::write(self.data().join("standby.signal"), "").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.data().join("postgresql.auto.conf"))
+            .unwrap()
+            .write_all(
+                format!(
+                "\nprimary_conninfo = 'host={} port={} user=postgres'\nprimary_slot_name = '{slot}'\n",
+                    primary.socket_dir().display(),
+                    primary.port()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        if self.as_postgres {
+            assert!(Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(self.data())
+                .status()
+                .unwrap()
+                .success());
+        }
     }
 
     fn cmd(&self, program: &str) -> Command {
@@ -193,6 +279,54 @@ impl Drop for Standby {
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();
+        }
+    }
+}
+
+/// Copies a running server's data directory as a base backup does: not its WAL, slots,
+/// pid file or temporary files; a file gone while copying (a temporary one) is skipped.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let (source, target) = (entry.path(), to.join(&*name));
+        if matches!(
+            &*name,
+            "postmaster.pid" | "postmaster.opts" | "backup_label" | "tablespace_map"
+        ) || name.starts_with("pgsql_tmp")
+        {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if matches!(
+                &*name,
+                "pg_wal"
+                    | "pg_replslot"
+                    | "pg_stat_tmp"
+                    | "pg_dynshmem"
+                    | "pg_notify"
+                    | "pg_serial"
+                    | "pg_snapshots"
+                    | "pg_subtrans"
+            ) {
+                std::fs::create_dir_all(&target).unwrap();
+                if name == "pg_wal" {
+                    std::fs::create_dir_all(target.join("archive_status")).unwrap();
+                }
+            } else {
+                copy_tree(&source, &target);
+            }
+        } else if let Err(e) = std::fs::copy(&source, &target) {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{source:?}: {e}");
         }
     }
 }
