@@ -64,6 +64,48 @@ fn assert_in_order(d: &Daemon) {
     );
 }
 
+/// Views fed only through the views they read (`channels = []`, as `init` writes for
+/// them): at startup they were refreshed first, while the view they read waited for
+/// the first capture check to read its tables (found by a review, 2026-12-05). They wait
+/// with it now.
+#[tokio::test(flavor = "multi_thread")]
+async fn views_without_channels_wait_at_startup_for_the_views_they_read() {
+    let db = TestDb::new();
+    db.psql(CHAIN);
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"{}\"\n[defaults]\ndebounce = \"0s\"\n\
+         [[view]]\nname = \"public.c\"\nchannels = []\n\
+         [[view]]\nname = \"public.b\"\nchannels = []\n\
+         [[view]]\nname = \"public.a\"\nchannels = [\"t_changed\"]\n",
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    let dr = &d;
+    wait_for(
+        Duration::from_secs(10),
+        "startup refreshes",
+        || async move {
+            ["public.a", "public.b", "public.c"]
+                .iter()
+                .all(|v| dr.successes(v) >= 1.0)
+        },
+    )
+    .await;
+    // The first refresh of each, in the order they ended: a, then b, then c (an upper
+    // one refreshed first is refreshed again after, which the last times would hide).
+    let log = d.log_text();
+    let first = |v: &str| {
+        log.lines()
+            .position(|l| l.contains(&format!("view={v} ")) && l.contains("refreshed kind="))
+            .unwrap_or_else(|| panic!("no refresh of {v}:\n{log}"))
+    };
+    assert!(
+        first("public.a") < first("public.b") && first("public.b") < first("public.c"),
+        "{log}"
+    );
+    assert_in_order(&d);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_level_chain_is_refreshed_in_order_once_each() {
     let db = TestDb::new();

@@ -596,6 +596,9 @@ pub struct CaptureState {
     released: Vec<QualifiedName>,
     /// The last check that ended, and whether it failed.
     ended: Option<(u64, bool)>,
+    /// Held only because a view they read is held ([`CaptureState::follow`]): released
+    /// with it, never late (no check reads for them).
+    following: std::collections::HashSet<QualifiedName>,
 }
 
 /// The longest wait before a failed conversion is tried again (less when
@@ -658,12 +661,33 @@ impl CaptureState {
             out.push((v.clone(), *r));
             false
         });
+        let read = out
+            .iter()
+            .map(|(v, _)| v)
+            .filter(|v| !self.following.remove(*v))
+            .cloned();
         if !ok {
-            self.late.extend(out.iter().map(|(v, _)| v.clone()));
+            self.late.extend(read);
         } else if ended.is_none() {
-            self.released.extend(out.iter().map(|(v, _)| v.clone()));
+            self.released.extend(read);
         }
         out
+    }
+
+    /// Whether `view`'s catch-up is held ([`CaptureState::hold`] or
+    /// [`CaptureState::follow`]) until a check reads.
+    pub fn waiting(&self, view: &QualifiedName) -> bool {
+        self.held.iter().any(|(v, _)| v == view) || self.reading.iter().any(|(_, v, _)| v == view)
+    }
+
+    /// Holds the catch-up of a view that reads a held one (SPEC: a view that reads
+    /// another is refreshed after it, never before): released with it, so that both
+    /// are due at once and the upper one waits for the lower. A view with no channels
+    /// of its own (refreshed only after what it reads) has no capture to check and
+    /// would otherwise go first.
+    pub fn follow(&mut self, view: QualifiedName, reason: Reason) {
+        self.following.insert(view.clone());
+        self.held.push((view, reason));
     }
 
     /// Holds `v`'s catch-up ([`CaptureState::hold`]) if its capture is checked and no
@@ -682,6 +706,7 @@ impl CaptureState {
         self.held.clear();
         self.reading.clear();
         self.released.clear();
+        self.following.clear();
     }
 
     /// What the previous checks saw each view read.
@@ -1191,6 +1216,37 @@ mod tests {
             .finished(report(vec![checked_view("a", &[1])]), hour, &metrics)
             .is_empty());
         assert!(next_check(&mut c, &metrics).is_empty());
+    }
+
+    #[test]
+    fn a_view_following_a_held_one_is_released_with_it_and_never_late() {
+        let (a, b) = (QualifiedName::new("s", "a"), QualifiedName::new("s", "b"));
+        let metrics = crate::serve::per_view::PerView::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut c = CaptureState::default();
+        c.hold(a.clone(), Reason::Startup);
+        c.follow(b.clone(), Reason::Startup);
+        assert!(c.waiting(&a) && c.waiting(&b));
+        let n = c.start_if_due(std::time::Instant::now()).unwrap();
+        assert!(c.waiting(&a) && c.waiting(&b));
+        // The check fails before its reading: both are released at once (the lower
+        // one is refreshed first, as the coalescer orders them), only the held one late.
+        assert_eq!(
+            c.read(n, false),
+            vec![(a.clone(), Reason::Startup), (b.clone(), Reason::Startup)]
+        );
+        assert!(!c.waiting(&a) && !c.waiting(&b));
+        assert!(c.finished(Err("lost".into()), hour, &metrics).is_empty());
+        c.check_now();
+        c.start_if_due(std::time::Instant::now()).unwrap();
+        assert_eq!(
+            c.finished(
+                report(vec![checked_view("a", &[1]), checked_view("b", &[2])]),
+                hour,
+                &metrics
+            ),
+            vec![a.clone()]
+        );
     }
 
     #[test]

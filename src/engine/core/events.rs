@@ -72,9 +72,26 @@ impl Core {
         } else {
             Reason::Resync
         };
+        let views = &self.config.views;
+        let mut waiting: Vec<bool> = views
+            .iter()
+            .map(|v| self.capture.hold_unread(v, reason))
+            .collect();
+        // And every view reading a held one, through any number of layers.
+        let mut more = true;
+        while more {
+            more = false;
+            for (i, v) in views.iter().enumerate() {
+                if !waiting[i] && self.reads[i].iter().any(|&l| waiting[l]) {
+                    self.capture.follow(v.name.clone(), reason);
+                    waiting[i] = true;
+                    more = true;
+                }
+            }
+        }
         let mut held = 0usize;
-        for (i, v) in self.config.views.iter().enumerate() {
-            if self.capture.hold_unread(v, reason) {
+        for (i, w) in waiting.into_iter().enumerate() {
+            if w {
                 held += 1;
             } else {
                 self.coalescer.mark(i, reason, now);
@@ -103,6 +120,7 @@ impl Core {
         let listening = &self.listening;
         let index = &self.index;
         let config = &self.config;
+        let reads = &self.reads;
         let coalescer = &mut self.coalescer;
         let capture = &mut self.capture;
         self.awaiting_listen.retain(|(name, reason)| {
@@ -111,9 +129,17 @@ impl Core {
             };
             let v = &config.views[i];
             if v.channels.iter().all(|c| listening.contains(c)) {
-                // A view a reload added: its first capture reading comes first.
+                // A view a reload added: its first capture reading comes first (and
+                // the reading of a view it reads).
                 if !capture.hold_unread(v, *reason) {
-                    coalescer.mark(i, *reason, now);
+                    if reads[i]
+                        .iter()
+                        .any(|&l| capture.waiting(&config.views[l].name))
+                    {
+                        capture.follow(v.name.clone(), *reason);
+                    } else {
+                        coalescer.mark(i, *reason, now);
+                    }
                 }
                 false
             } else {
