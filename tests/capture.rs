@@ -1061,6 +1061,93 @@ async fn init_keyed_again_leaves_a_conversion_in_place_alone() {
     assert!(said.contains("converted already"), "{said}");
 }
 
+/// A generated keyed view's capture with one trigger dropped, or left enabled for
+/// ordinary writes only (`DISABLE TRIGGER ALL` then `ENABLE TRIGGER ALL`, as bulk
+/// loaders and `pg_restore --disable-triggers` do): the check asked for one enabled
+/// trigger per table and found the others, so the lost changes were never reported,
+/// let alone healed (found by two reviews, 2026-12-05). `managed` now converts the view
+/// again (a table) or copies the root's triggers (a partition); `verify` reports it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_trigger_dropped_or_not_always_is_a_gap_managed_heals() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    let trigger = |table: &str, op: &str| {
+        db.psql(&format!(
+            "SELECT tgname || ':' || tgenabled::text FROM pg_trigger WHERE tgrelid = '{table}'::regclass \
+              AND tgname LIKE 'by\\_region\\_keys\\_{op}%'"
+        ))
+    };
+    let insert = trigger("shop.customers", "insert");
+    let insert_name = insert.split(':').next().unwrap().to_string();
+    assert!(insert.ends_with(":A"), "{insert}");
+    let exact = || {
+        db.psql(&support::differences_sql(
+            "TABLE shop.by_region",
+            "TABLE shop.by_region_def",
+        )) == "0"
+    };
+
+    // verify: reported, not healed.
+    let d = checked_daemon(&with_capture(&config, "verify", "1h")).await;
+    db.psql(&format!("DROP TRIGGER \"{insert_name}\" ON shop.customers"));
+    wait_for(Duration::from_secs(20), "the gap reported", || async {
+        gaps(&d).is_some_and(|g| g > 0.0)
+    })
+    .await;
+    assert!(
+        d.log_text()
+            .contains("no trigger enabled ALWAYS captures its INSERT"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(trigger("shop.customers", "insert"), "");
+    drop(d);
+
+    // managed: converted again (a table), the root's triggers copied (a partition).
+    let d = checked_daemon(&with_capture(&config, "managed", "1h")).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the trigger made again",
+        || async { trigger("shop.customers", "insert").ends_with(":A") },
+    )
+    .await;
+    db.psql("ALTER TABLE shop.payments_2025_02 DISABLE TRIGGER ALL; ALTER TABLE shop.payments_2025_02 ENABLE TRIGGER ALL");
+    assert!(trigger("shop.payments_2025_02", "delete").ends_with(":O"));
+    wait_for(
+        Duration::from_secs(20),
+        "the partition's triggers ALWAYS again",
+        || async {
+            ["insert", "update", "delete", "truncate"]
+                .iter()
+                .all(|op| trigger("shop.payments_2025_02", op).ends_with(":A"))
+        },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "no gap left", || async {
+        gaps(&d) == Some(0.0)
+    })
+    .await;
+    // Writes in the replica role (a subscription's, a bulk load's) are captured again.
+    db.psql(
+        "INSERT INTO shop.customers VALUES (3, 'east'); \
+             SET session_replication_role = replica; \
+             INSERT INTO shop.payments VALUES (7, 3, 30, '2025-02-07'); \
+             DELETE FROM shop.payments WHERE id = 2",
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the view equal to its definition",
+        || async { exact() },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT total FROM shop.by_region WHERE region = 'east'"),
+        "30"
+    );
+}
+
 /// A column added by hand to a table converted in place: converting it again filled the
 /// table from the definition and failed with "column \"note\" does not exist" and a hint
 /// about another part of the query, naming neither the table nor the way out. It is

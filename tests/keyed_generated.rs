@@ -1291,3 +1291,72 @@ fn init_again_names_a_keyed_view_converted_before() {
     assert!(!config.contains("NOT IN THIS CONFIGURATION"), "{config}");
     assert!(!stderr.contains("converted by an earlier"), "{stderr}");
 }
+
+/// The rollback of one `init --keyed` run dropped refreshd's shared objects though
+/// another run's conversion still used them: `refreshd.wakes` (its triggers write there
+/// for two-phase writers, which then failed), `refreshd.force` (found by two reviews,
+/// 2026-12-05). They stay while anything uses them, and go with the last rollback.
+#[test]
+fn a_rollback_keeps_what_another_conversion_still_uses() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA rb; \
+         CREATE TABLE rb.t (id int PRIMARY KEY, g int NOT NULL, v int NOT NULL); \
+         INSERT INTO rb.t SELECT i, i % 3, i FROM generate_series(1, 30) i; \
+         CREATE MATERIALIZED VIEW rb.a AS SELECT g, count(*) AS n, sum(v) AS s FROM rb.t GROUP BY g; \
+         CREATE UNIQUE INDEX ON rb.a (g); \
+         CREATE MATERIALIZED VIEW rb.b AS SELECT g, max(v) AS m FROM rb.t GROUP BY g; \
+         CREATE UNIQUE INDEX ON rb.b (g);",
+    );
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (view, dir) in [("rb.a", &first), ("rb.b", &second)] {
+        let out = support::refreshd(&[
+            "init",
+            "--url",
+            &db.dsn(),
+            "--schema",
+            "rb",
+            "--keyed",
+            view,
+            "--in-place",
+            "--sql",
+            dir.path().to_str().unwrap(),
+            "--apply",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    }
+    let shared = "SELECT to_regclass('refreshd.wakes') IS NOT NULL \
+                    AND to_regprocedure('refreshd.force(text)') IS NOT NULL \
+                    AND to_regprocedure('refreshd.notify_changed()') IS NOT NULL";
+    let rollback = |dir: &tempfile::TempDir| {
+        let out = db
+            .server
+            .psql_file(&db.name, &dir.path().join(refreshd::cli::init::ROLLBACK));
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    };
+    rollback(&second);
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'rb.b'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'rb.a'::regclass"),
+        "r"
+    );
+    assert_eq!(db.psql(shared), "t");
+    // rb.a's capture still works, its two-phase writers too.
+    db.psql(
+        "BEGIN; SET LOCAL refreshd.two_phase = on; INSERT INTO rb.t VALUES (31, 1, 31); COMMIT",
+    );
+    assert_ne!(db.psql("SELECT count(*) FROM refreshd.rb_a_delta"), "0");
+    // The last rollback takes everything.
+    rollback(&first);
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'rb.a'::regclass"),
+        "m"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'refreshd'"),
+        "0"
+    );
+}

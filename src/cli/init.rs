@@ -1102,8 +1102,7 @@ impl Plan {
             install.push_str(&g.install);
         }
         let _ = writeln!(install, "\nCOMMIT;");
-        rollback.push_str(capture::FUNCTION_ROLLBACK_SQL);
-        rollback.push_str(capture::CONTROL_ROLLBACK_SQL);
+        rollback.push_str(&capture::shared_rollback_sql());
         let _ = writeln!(rollback, "\nCOMMIT;");
         (install, rollback)
     }

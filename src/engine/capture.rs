@@ -128,6 +128,108 @@ pub fn stale_gap(v: &ViewConfig) -> Gap {
     }
 }
 
+/// Every event a generated keyed view's capture has a trigger for, on every table and
+/// partition: INSERT, DELETE, UPDATE, TRUNCATE (`tgtype` bits).
+pub const ALL_EVENTS: i32 = 4 | 8 | 16 | 32;
+
+/// The events of `t` no trigger naming `channels` captures in every session (enabled
+/// ALWAYS, as generated: one enabled only for ordinary writes misses those of a
+/// subscription's or a bulk load's `session_replication_role = replica`).
+fn uncaptured(t: &TableFacts, channels: &[String]) -> i32 {
+    let covered = t
+        .triggers
+        .iter()
+        .filter(|g| g.always && channels.iter().any(|c| names_channel(&g.text, c)))
+        .fold(0, |acc, g| acc | g.events);
+    ALL_EVENTS & !covered
+}
+
+fn event_names(events: i32) -> String {
+    [
+        (4, "INSERT"),
+        (16, "UPDATE"),
+        (8, "DELETE"),
+        (32, "TRUNCATE"),
+    ]
+    .iter()
+    .filter(|(bit, _)| events & bit != 0)
+    .map(|(_, n)| *n)
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// A keyed view `init --keyed` generated has a trigger for every event on every table
+/// and partition it reads: a table some of whose events no enabled trigger captures
+/// any more (one dropped or disabled by hand) loses those changes while [`judge`],
+/// which asks for one trigger, sees none missing. Such a partition whose root is
+/// complete is healed with copies of the root's triggers; anything else by converting
+/// the view again ([`Heal::ConvertAgain`], whose install makes every trigger anew): one
+/// gap at the definition, naming the tables, added to `verdict` with the partitions'.
+/// Gaps [`judge`] found that nothing else heals (every trigger of a table gone) are
+/// healed that way too.
+pub fn incomplete_gaps(v: &ViewConfig, tables: &[TableFacts], verdict: &mut Verdict) {
+    let mut unhealed: Vec<String> = verdict
+        .gaps
+        .iter()
+        .filter(|g| g.heal.is_none())
+        .map(|g| g.table.to_string())
+        .collect();
+    let gapped: BTreeSet<QualifiedName> = verdict.gaps.iter().map(|g| g.table.clone()).collect();
+    let mut seen = BTreeSet::new();
+    for t in tables {
+        if !seen.insert(t.oid) || gapped.contains(&t.name) {
+            continue;
+        }
+        let missing = uncaptured(t, &v.channels);
+        if missing == 0 {
+            continue;
+        }
+        let not_always: Vec<String> = t
+            .triggers
+            .iter()
+            .filter(|g| {
+                !g.always
+                    && g.events & missing != 0
+                    && v.channels.iter().any(|c| names_channel(&g.text, c))
+            })
+            .map(|g| {
+                let state = if g.enabled { "not ALWAYS" } else { "disabled" };
+                format!("{} {state}", g.name)
+            })
+            .collect();
+        let mut why = format!(
+            "no trigger enabled ALWAYS captures its {}",
+            event_names(missing)
+        );
+        if !not_always.is_empty() {
+            why.push_str(&format!(" ({})", not_always.join(", ")));
+        }
+        let root_complete = tables
+            .iter()
+            .any(|r| r.oid == t.root && r.oid != t.oid && uncaptured(r, &v.channels) == 0);
+        match root_complete {
+            true => verdict.gaps.push(Gap {
+                table: t.name.clone(),
+                why,
+                heal: heal(t, tables, &v.channels, true),
+            }),
+            false => unhealed.push(format!("{}: {why}", t.name)),
+        }
+    }
+    if !unhealed.is_empty() {
+        verdict.gaps.push(Gap {
+            table: checked_relation(v).clone(),
+            why: format!(
+                "its capture is not as `init --keyed` generated it ({}): those changes go unseen until it runs again for this view (with capture = \"managed\", refreshd runs it)",
+                unhealed.join("; ")
+            ),
+            heal: Some(Heal::ConvertAgain {
+                table: v.name.clone(),
+            }),
+        });
+    }
+}
+
 /// A keyed view's triggers (those naming its channels) on tables it no longer reads: a
 /// partition detached since the conversion keeps them, and its writes would still
 /// reach the view's buffers (as deltas, into the view). One gap per table, healed by
@@ -279,7 +381,7 @@ pub async fn run_check(
         };
         match convert_again(&info, v, definition).await {
             Ok(()) => {
-                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was generated for names it no longer read (a rename)");
+                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was not as generated (a rename, or a trigger dropped or disabled by hand)");
                 closed.insert(definition.clone());
             }
             Err(e) => report.conversions_failed.push((table.clone(), e)),
@@ -340,17 +442,20 @@ async fn check_and_install<'a>(
         .await
         .map_err(|e| crate::pg::connect::error_chain(&e))?;
     let mut verdicts = Vec::new();
-    for ((v, tables), stale) in views.iter().zip(&facts.views).zip(&facts.stale) {
+    for (((v, tables), stale), generated) in views
+        .iter()
+        .zip(&facts.views)
+        .zip(&facts.stale)
+        .zip(&facts.generated)
+    {
         // A view that is gone is `check`'s and the refresh's business, not capture's.
         let Some(tables) = tables else { continue };
-        let mut verdict = judge(
-            &v.channels,
-            &not_configured(tables, configured),
-            previous.get(&v.name),
-            v.keyed.is_some(),
-        );
+        let mine = not_configured(tables, configured);
+        let mut verdict = judge(&v.channels, &mine, previous.get(&v.name), v.keyed.is_some());
         if *stale {
             verdict.gaps.push(stale_gap(v));
+        } else if *generated && v.keyed.is_some() && verdict.tables.is_some() {
+            incomplete_gaps(v, &mine, &mut verdict);
         }
         if v.keyed.is_some() {
             verdict
@@ -880,6 +985,8 @@ mod tests {
         TriggerFacts {
             name: name.into(),
             enabled,
+            events: ALL_EVENTS,
+            always: enabled,
             ours,
             text: text.into(),
         }

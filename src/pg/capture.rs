@@ -82,6 +82,36 @@ pub const FUNCTION_ROLLBACK_SQL: &str = "DO $refreshd_rollback$\nDECLARE\n    t 
 DROP FUNCTION IF EXISTS refreshd.notify_changed();\n\
 DROP TABLE IF EXISTS refreshd.wakes;\n";
 
+/// The end of a rollback: refreshd's shared objects (the capture function with every
+/// `refreshd_notify` trigger still using it, the two-phase wake-ups, `refreshd.force`
+/// and its requests, the schema) dropped only when nothing uses them any more: no
+/// `refreshd_notify` trigger on a table the rollback did not cover (a view of another
+/// `--schema` run) and no keyed conversion it did not undo (whose triggers write
+/// `refreshd.wakes` for two-phase writers, which would fail). The rollback of one
+/// `init --keyed` run left another run's conversions broken and `refreshd.force` gone
+/// (found by two reviews, 2026-12-05).
+pub fn shared_rollback_sql() -> String {
+    let drops = format!("{FUNCTION_ROLLBACK_SQL}{CONTROL_ROLLBACK_SQL}");
+    format!(
+        "DO $refreshd_shared$
+BEGIN
+             IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = 'refreshd_notify'
+                        AND t.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()'))
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_description d
+                        WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+                          AND pg_catalog.starts_with(d.description, {prefix})) THEN
+                 RAISE NOTICE 'refreshd: schema refreshd kept (capture function, wake-ups, refreshd.force): other views still use it';
+             ELSE
+        EXECUTE {drops};
+    END IF;
+END
+$refreshd_shared$;
+",
+        prefix = quote_literal(crate::incremental::generate::DEFINITION_COMMENT_PREFIX),
+        drops = quote_literal(&drops),
+    )
+}
+
 /// (Re)creates refreshd's capture trigger on `table`, notifying `channel`. Idempotent:
 /// an earlier one (another channel, or disabled) is replaced. Enabled ALWAYS, so that it
 /// fires with `session_replication_role = replica` too: a logical replication
@@ -169,6 +199,12 @@ pub struct TriggerFacts {
     pub name: String,
     /// `tgenabled <> 'D'`.
     pub enabled: bool,
+    /// `tgtype`'s event bits: INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32.
+    pub events: i32,
+    /// `tgenabled = 'A'`: it fires for writes in the replica role too (as `init
+    /// --keyed` makes its triggers; `ENABLE TRIGGER` after a `DISABLE TRIGGER ALL`
+    /// leaves them firing for ordinary writes only).
+    pub always: bool,
     /// refreshd's own capture trigger.
     pub ours: bool,
     /// Its function's source and its arguments: a channel named here may be notified.
@@ -202,6 +238,9 @@ pub struct CaptureFacts {
     /// definition replaced): the trigger functions name what is gone, and every write
     /// to the table fails until `init --keyed` generates them again.
     pub stale: Vec<bool>,
+    /// Per view asked about: a keyed view whose definition view `init --keyed` made
+    /// (its comment says so): its capture is a trigger for each event on every table.
+    pub generated: Vec<bool>,
 }
 
 /// Every base table and partition each view reads (through plain views; partition trees
@@ -217,16 +256,24 @@ pub const STALE_CAPTURE: &str =
 
 /// [`CHECK_SQL`] with its `$stale` filled in, built once.
 static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    CHECK_SQL.replace(
-        "$stale",
-        &crate::incremental::generate::stale_capture_sql("c.oid"),
-    )
+    CHECK_SQL
+        .replace(
+            "$stale",
+            &crate::incremental::generate::stale_capture_sql("c.oid"),
+        )
+        .replace(
+            "$generated",
+            &crate::pg::refresh::quote_literal(
+                crate::incremental::generate::DEFINITION_COMMENT_PREFIX,
+            ),
+        )
 });
 
 /// [`CHECK`]'s text, `$stale` standing for whether a keyed view's capture was
 /// generated for names its definition no longer reads (a rename since).
 const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
-    SELECT x.ord, c.oid, CASE WHEN c.relkind = 'v' THEN $stale ELSE false END AS stale \
+    SELECT x.ord, c.oid, CASE WHEN c.relkind = 'v' THEN $stale ELSE false END AS stale, \
+           c.relkind = 'v' AND coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), $generated), false) AS generated \
       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, ord) \
       JOIN pg_catalog.pg_namespace ns ON ns.nspname = x.s \
       JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n AND c.relkind IN ('m', 'v') \
@@ -258,7 +305,9 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
            array_agg(t.tgname::text ORDER BY t.tgname) AS names, \
            array_agg(t.tgenabled <> 'D' ORDER BY t.tgname) AS enabled, \
            array_agg(t.tgfoid IS NOT DISTINCT FROM (SELECT fn.oid FROM fn) AND t.tgname = 'refreshd_notify' ORDER BY t.tgname) AS ours, \
-           array_agg(p.prosrc || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts \
+           array_agg(p.prosrc || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts, \
+           array_agg(t.tgtype::int4 & 60 ORDER BY t.tgname) AS events, \
+           array_agg(t.tgenabled = 'A' ORDER BY t.tgname) AS always \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
      WHERE t.tgrelid IN (SELECT DISTINCT relid FROM tree) AND NOT t.tgisinternal \
      GROUP BY t.tgrelid \
@@ -267,7 +316,7 @@ SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
        CASE WHEN c.relispartition THEN pg_catalog.pg_partition_root(c.oid)::oid ELSE coalesce(tree.root, c.oid) END, \
        trg.names, trg.enabled, trg.ours, trg.texts, (SELECT fn.oid IS NOT NULL FROM fn), \
        (SELECT p.prosrc LIKE '%refreshd.two_phase%' AND p.prosecdef FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.oid), \
-       v.stale \
+       v.stale, v.generated, trg.events, trg.always \
   FROM v \
   LEFT JOIN tree ON tree.ord = v.ord \
   LEFT JOIN pg_catalog.pg_class c ON c.oid = tree.relid AND c.relkind IN ('r', 'p') \
@@ -295,6 +344,7 @@ pub async fn inspect(
         function_installed: false,
         function_current: false,
         stale: vec![false; views.len()],
+        generated: vec![false; views.len()],
     };
     for r in &rows {
         facts.function_installed = r.get::<_, Option<bool>>(9).unwrap_or(false);
@@ -304,6 +354,9 @@ pub async fn inspect(
         };
         if let Some(stale) = facts.stale.get_mut(i) {
             *stale |= r.get::<_, Option<bool>>(11).unwrap_or(false);
+        }
+        if let Some(generated) = facts.generated.get_mut(i) {
+            *generated |= r.get::<_, Option<bool>>(12).unwrap_or(false);
         }
         let Some(slot) = facts.views.get_mut(i) else {
             continue;
@@ -318,12 +371,16 @@ pub async fn inspect(
         let texts: Vec<Option<String>> = r
             .get::<_, Option<Vec<Option<String>>>>(8)
             .unwrap_or_default();
+        let events: Vec<i32> = r.get::<_, Option<Vec<i32>>>(13).unwrap_or_default();
+        let always: Vec<bool> = r.get::<_, Option<Vec<bool>>>(14).unwrap_or_default();
         let triggers = names
             .into_iter()
             .enumerate()
             .map(|(i, name)| TriggerFacts {
                 name,
                 enabled: enabled.get(i).copied().unwrap_or(false),
+                events: events.get(i).copied().unwrap_or(0),
+                always: always.get(i).copied().unwrap_or(false),
                 ours: ours.get(i).copied().unwrap_or(false),
                 text: texts.get(i).cloned().flatten().unwrap_or_default(),
             })
