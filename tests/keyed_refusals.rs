@@ -134,3 +134,48 @@ fn init_keyed_refuses_a_view_the_clock_filters() {
     let out = support::refreshd(&["init", "--url", &dsn, "--keyed", "sw.stamped"]);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
 }
+
+/// Found by two reviews (2026-12-05): a view reading a partition directly took deltas
+/// from that partition's triggers, which a write through the partitioned table never
+/// fires (its rows stayed out of the view for good); a view converted beside, then in
+/// place, had two tables consuming one set of buffers. Both are refused with the reason.
+#[test]
+fn init_keyed_refuses_a_partition_read_directly_and_a_second_conversion_in_place() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA kp; \
+         CREATE TABLE kp.sales (id int NOT NULL, yr int NOT NULL, v int NOT NULL) PARTITION BY LIST (yr); \
+         CREATE TABLE kp.sales_2025 PARTITION OF kp.sales FOR VALUES IN (2025); \
+         CREATE TABLE kp.sales_old PARTITION OF kp.sales DEFAULT; \
+         INSERT INTO kp.sales SELECT g, 2024 + g % 2, g FROM generate_series(1, 20) g; \
+         CREATE MATERIALIZED VIEW kp.cur AS SELECT v % 3 AS k, count(*) AS n FROM kp.sales_2025 GROUP BY 1; \
+         CREATE UNIQUE INDEX ON kp.cur (k); \
+         CREATE MATERIALIZED VIEW kp.all_years AS SELECT yr, count(*) AS n FROM kp.sales GROUP BY yr; \
+         CREATE UNIQUE INDEX ON kp.all_years (yr);",
+    );
+    let dsn = db.dsn();
+    let init = |args: &[&str]| {
+        let mut all = vec!["init", "--url", &dsn, "--schema", "kp", "--apply"];
+        all.extend_from_slice(args);
+        let out = support::refreshd(&all);
+        (out.status.code(), support::stderr(&out))
+    };
+    let (code, said) = init(&["--keyed", "kp.cur"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("--keyed kp.cur: cannot be derived: the definition reads partition kp.sales_2025 directly"),
+        "{said}"
+    );
+    let (code, said) = init(&["--keyed", "kp.all_years"]);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = init(&["--keyed", "kp.all_years", "--in-place"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("--keyed kp.all_years: cannot be derived: converted beside it already (kp.all_years_live kept from kp.all_years_def)"),
+        "{said}"
+    );
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'kp.all_years'::regclass"),
+        "m"
+    );
+}

@@ -176,7 +176,15 @@ async fn derive_one(
                     .await
                     .map_err(catalog_error)?
             } else {
-                None
+                converted_beside(client, name, in_place)
+                    .await
+                    .map_err(catalog_error)?
+            };
+            let columns = match columns {
+                Some(why) => Some(why),
+                None => partitions_read(client, &d.0, relations)
+                    .await
+                    .map_err(catalog_error)?,
             };
             match columns {
                 Some(reason) => Err(reason),
@@ -292,6 +300,69 @@ async fn columns_apart(
         def.shown(),
         apart.join("; ")
     )))
+}
+
+/// Why a materialized view converted beside it before (`<view>_live` and `<view>_def`,
+/// the definition's comment says so) cannot also be converted in place: both would
+/// share the definition view, the buffers, the channel and the triggers, and the two
+/// tables would consume each other's changes. `None` otherwise, and when not `in_place`
+/// (converting beside again is what a re-run does).
+async fn converted_beside(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+    in_place: bool,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    if !in_place {
+        return Ok(None);
+    }
+    let def = generate::definition_view(name);
+    let row = client
+        .query_one(
+            "SELECT coalesce(pg_catalog.starts_with(pg_catalog.obj_description(pg_catalog.to_regclass($1), 'pg_class'), $2), false)",
+            &[&def.quoted(), &generate::DEFINITION_COMMENT_PREFIX],
+        )
+        .await?;
+    Ok(row.get::<_, bool>(0).then(|| {
+        format!(
+            "converted beside it already ({} kept from {}): roll that conversion back first (its rollback file), or convert it again without --in-place",
+            generate::live_table(name).shown(),
+            def.shown()
+        )
+    }))
+}
+
+/// Why a view reading a partition directly (not its root) cannot be kept by capture:
+/// a write through the partitioned table fires that table's statement triggers, not the
+/// partition's, and its transition tables hold the rows of every partition alike.
+/// `None` when it reads none.
+async fn partitions_read(
+    client: &tokio_postgres::Client,
+    d: &Derivation,
+    relations: &Relations,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let mut read = Vec::new();
+    for t in &d.tables {
+        let Some((name, _)) = relations.get(&t.table) else {
+            continue;
+        };
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT c.relispartition FROM pg_catalog.pg_class c \
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE n.nspname = $1 AND c.relname = $2), false)",
+                &[&name.schema, &name.name],
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            read.push(name.shown());
+        }
+    }
+    Ok((!read.is_empty()).then(|| {
+        format!(
+            "the definition reads partition {} directly: a write through its partitioned table fires only that table's statement triggers, whose rows no capture can tell apart from its other partitions'; read the partitioned table (with a WHERE on its partition key) or keep it a materialized view",
+            read.join(", ")
+        )
+    }))
 }
 
 /// Functions of the user's (any schema but `pg_catalog`) that are not IMMUTABLE, called
