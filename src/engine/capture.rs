@@ -946,7 +946,7 @@ impl CaptureState {
                 *last != r.gaps || now.saturating_duration_since(*at) >= interval
             });
             if due {
-                tracing::warn!(view = %r.view, gaps = ?r.gaps, "change capture is incomplete: changes to these tables reach none of the view's channels; refreshing it fully at each capture check until fixed (refreshd init --apply, or capture = \"managed\")");
+                tracing::warn!(view = %r.view, gaps = ?r.gaps, "change capture is incomplete: changes to these tables reach none of the view's channels; refreshing it fully at each capture check until fixed (a materialized view: refreshd init --apply; a keyed view: refreshd init --keyed VIEW --apply, with --in-place if it was converted so; or capture = \"managed\")");
                 self.logged.insert(r.view.clone(), (now, r.gaps.clone()));
             }
         }

@@ -499,9 +499,12 @@ impl Coalescer {
                     count: 0,
                     reason: run.reason,
                     immediate: true,
-                    forced: false,
+                    forced: run.forced,
                     full: run.full,
                 });
+                // The retry of a forced refresh is forced too: the load budget does not
+                // hold it back (the backoff does), as it did not hold back the attempt.
+                p.forced |= run.forced;
                 p.full |= run.full;
                 p.first = p.first.min(run.first_change);
                 p.count += run.coalesced;
@@ -694,6 +697,32 @@ mod tests {
         free.mark(0, Reason::Notify, t0 + ms(5000));
         assert_eq!(free.due(0), Some(t0 + ms(5000)));
         assert_eq!(free.held_by_budget(0, t0 + ms(5000)), None);
+    }
+
+    /// A forced refresh that failed (a lock timeout: 2 s spent waiting) was retried as
+    /// an ordinary one, held by the budget its own attempt ran up (6 s at 25% instead
+    /// of the 1 s backoff the log announced; found by a review, 2026-12-05).
+    #[test]
+    fn the_retry_of_a_failed_forced_refresh_waits_for_the_backoff_only() {
+        let t0 = Instant::now();
+        let mut t = timing(0, 1000, 0);
+        t.max_load = Share::from_fraction(0.25);
+        let mut c = one(t);
+        c.mark(0, Reason::Force, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        c.finished(0, c.current_run(0), Outcome::Transient, t0 + ms(2000));
+        let retry = t0 + ms(2000) + backoff(1);
+        assert_eq!(c.due(0), Some(retry));
+        assert_eq!(c.held_by_budget(0, t0 + ms(2500)), None);
+        let s = c.poll(retry);
+        assert_eq!(s.len(), 1);
+        assert!(s[0].forced);
+        // An ordinary refresh's retry is still held by the budget.
+        let mut c = one(t);
+        c.mark(0, Reason::Notify, t0);
+        assert_eq!(c.poll(t0).len(), 1);
+        c.finished(0, c.current_run(0), Outcome::Transient, t0 + ms(2000));
+        assert_eq!(c.due(0), Some(t0 + ms(8000)));
     }
 
     #[test]
