@@ -741,3 +741,49 @@ fn sql_forces_without_execute_or_of_unknown_views_are_refused(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// SPEC "SQL control": EXECUTE on refreshd.force is granted to refreshd's role and to
+/// `control_roles`. It was left to the operator (a role listed there got "permission
+/// denied for schema refreshd"; found by a review, 2026-12-05): the leader grants it
+/// when it starts leading and after a reload, and a role not listed gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_roles_are_granted_refreshd_force() {
+    let db = TestDb::new();
+    db.psql(&schema());
+    install_sql_control(&db);
+    let roles = TestRoles::create(&db, &["ops", "other"]);
+    let (ops, other) = (roles.name("ops"), roles.name("other"));
+    let may = |role: &str| {
+        db.psql(&format!(
+            "SELECT has_function_privilege('{role}', 'refreshd.force(text)', 'EXECUTE') \
+                AND has_schema_privilege('{role}', 'refreshd', 'USAGE')"
+        ))
+    };
+    assert_eq!(may(&ops), "f");
+    let d = Daemon::start(&format!(
+        "control_roles = [\"{ops}\", \"no_such_role\"]\n[database]\nurl = \"{}\"\n{FORCED_ONLY}",
+        db.dsn()
+    ));
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the grant", || async {
+        may(&ops) == "t"
+    })
+    .await;
+    assert_eq!(may(&other), "f");
+    db.psql("UPDATE public.quiet SET v = 5");
+    let out = psql_once(&db, &ops, "select refreshd.force('public.quiet_sum')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(10), "the forced refresh", || async {
+        db.psql("SELECT v FROM public.quiet_sum") == "5"
+    })
+    .await;
+    assert!(
+        d.log_text().contains("granted EXECUTE on refreshd.force"),
+        "{}",
+        d.log_text()
+    );
+}

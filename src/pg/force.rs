@@ -36,3 +36,41 @@ pub async fn take_requests(client: &Client) -> Result<Option<Vec<String>>, tokio
             .collect(),
     ))
 }
+
+/// The roles of `roles` (`control_roles`) that exist and may not call `refreshd.force`
+/// yet (no `EXECUTE` on it, or no `USAGE` on schema `refreshd`); none when it is not
+/// installed.
+const UNGRANTED_SQL: &str = "SELECT r.rolname::text FROM unnest($1::text[]) AS x(name) \
+    JOIN pg_catalog.pg_roles r ON r.rolname = x.name \
+   WHERE pg_catalog.to_regprocedure('refreshd.force(text)') IS NOT NULL \
+     AND NOT (pg_catalog.has_function_privilege(r.oid, 'refreshd.force(text)', 'EXECUTE') \
+              AND pg_catalog.has_schema_privilege(r.oid, 'refreshd', 'USAGE')) \
+   ORDER BY 1";
+
+/// Grants `EXECUTE` on `refreshd.force` (and `USAGE` on schema `refreshd`) to each role
+/// of `control_roles` that lacks it (SPEC "SQL control"). Per role: granted, or why not
+/// (refreshd's role must own the function or hold the grant option: the role that ran
+/// `init --apply` can grant it instead). Roles that do not exist are skipped.
+pub async fn grant_control_roles(
+    client: &Client,
+    roles: &[String],
+) -> Result<Vec<(String, Result<(), String>)>, tokio_postgres::Error> {
+    use tokio_postgres::types::Type;
+    let rows = client
+        .query_typed(UNGRANTED_SQL, &[(&roles, Type::TEXT_ARRAY)])
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let role: String = r.get(0);
+        let quoted = crate::pg::ident::quote_ident(&role);
+        let granted = client
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA refreshd TO {quoted}; \
+                 GRANT EXECUTE ON FUNCTION refreshd.force(text) TO {quoted}"
+            ))
+            .await
+            .map_err(|e| crate::pg::connect::error_chain(&e));
+        out.push((role, granted));
+    }
+    Ok(out)
+}

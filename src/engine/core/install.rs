@@ -48,6 +48,7 @@ impl Core {
                 "SIGHUP: configuration reloaded"
             );
             self.release_awaiting(std::time::Instant::now());
+            self.grant_control_roles();
         }
     }
 

@@ -27,6 +27,8 @@ pub(super) enum Job {
     Reload,
     /// A standby's relay to the leader (no result).
     Relay,
+    /// Granting `refreshd.force` to `control_roles` (no result).
+    Grant,
 }
 
 impl Job {
@@ -39,7 +41,7 @@ impl Job {
             Job::Reload => Some(Command::Reloaded(Box::new(Err(StartupError::Panicked(
                 message.to_string(),
             ))))),
-            Job::Relay => None,
+            Job::Relay | Job::Grant => None,
         }
     }
 
@@ -148,6 +150,39 @@ impl Core {
                 }
             }
             Some(Command::ForceRequests(Err(last)))
+        });
+    }
+
+    /// Grants `refreshd.force` to the roles of `control_roles` that may not call it yet
+    /// (SPEC "SQL control": EXECUTE is granted to refreshd's role and to
+    /// `control_roles`), on a connection of its own; each grant, or why it could not
+    /// be made, is logged. The leader does it when it starts leading and after a reload.
+    pub(super) fn grant_control_roles(&mut self) {
+        if !self.leading || self.config.control_roles.is_empty() {
+            return;
+        }
+        let roles = self.config.control_roles.clone();
+        let info = self.refresh_info.clone();
+        self.spawn_job(Job::Grant, async move {
+            let granting = async {
+                let client = info.connect().await.map_err(|e| e.to_string())?;
+                crate::pg::force::grant_control_roles(&client, &roles)
+                    .await
+                    .map_err(|e| crate::pg::connect::error_chain(&e))
+            };
+            match tokio::time::timeout(Duration::from_secs(15), granting).await {
+                Ok(Ok(done)) => {
+                    for (role, granted) in done {
+                        match granted {
+                            Ok(()) => tracing::info!(role = %role, "granted EXECUTE on refreshd.force (and USAGE on schema refreshd) to a role of control_roles"),
+                            Err(e) => tracing::warn!(role = %role, error = %e, "could not grant EXECUTE on refreshd.force to a role of control_roles; grant it as the function's owner (GRANT USAGE ON SCHEMA refreshd, EXECUTE ON FUNCTION refreshd.force(text))"),
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not check control_roles' privilege on refreshd.force"),
+                Err(_) => tracing::warn!("could not check control_roles' privilege on refreshd.force: no answer within 15 s"),
+            }
+            None
         });
     }
 
