@@ -10,6 +10,35 @@ use std::time::Duration;
 use refreshd::cli::cluster::{ClusterOptions, TempCluster};
 use support::{wait_for, write_config, Daemon, TestDb};
 
+/// Started while its database is down, the daemon answered `/status` with "the core
+/// loop did not answer (shutting down?)" and `status` exited 2 (unreachable); README
+/// says 1 for a daemon not connected or not ready (found by a review, 2026-12-05).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_starting_and_exits_1_while_the_database_is_down_at_startup() {
+    let port = support::free_port();
+    let d = Daemon::start(&format!(
+        "[database]\nurl = \"host=127.0.0.1 port={port} user=postgres dbname=x\"\nconnect_timeout = \"1s\"\n[[view]]\nname = \"public.one\"\nchannels = [\"one_changed\"]\n"
+    ));
+    let url = format!("http://127.0.0.1:{}", d.port);
+    let mut last = (None, String::new());
+    wait_for(Duration::from_secs(20), "status to answer", || {
+        let out = support::refreshd(&["status", "--url", &url]);
+        last = (out.status.code(), support::stdout(&out));
+        let done = out.status.code() == Some(1);
+        async move { done }
+    })
+    .await;
+    let (_, text) = last;
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains("starting (not ready)")),
+        "{text}"
+    );
+    assert!(text.contains("public.one  unknown"), "{text}");
+    assert_eq!(d.get("/status").0, 503);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_says_disconnected_and_exits_1_when_the_database_is_gone() {
     let mut cluster = TempCluster::start(&ClusterOptions::default()).unwrap();

@@ -182,7 +182,9 @@ pub async fn fetch_status(url: &str) -> Result<String, FetchError> {
         .split_once("\r\n\r\n")
         .ok_or(FetchError::NotHttpResponse)?;
     let status_line = head.lines().next().unwrap_or("");
-    if !status_line.contains(" 200") {
+    // 503 with refreshd's JSON: starting, its startup checks waiting for the database.
+    let starting = status_line.contains(" 503") && body.contains("\"role\":\"starting\"");
+    if !status_line.contains(" 200") && !starting {
         return Err(FetchError::NotOk(status_line.to_string()));
     }
     if head

@@ -508,9 +508,39 @@ async fn metrics(shared: &Shared) -> Resp {
         .expect("valid response")
 }
 
+/// `GET /status` before the core loop runs (the startup checks wait for the database):
+/// 503 with what a reader can know, every configured view's state unknown, so that
+/// `refreshd status` says "starting" (exit 1) rather than "unreachable" (exit 2).
+fn starting(shared: &Shared) -> Resp {
+    let config = shared.config();
+    let views: Vec<serde_json::Value> = config
+        .views
+        .iter()
+        .map(|v| serde_json::json!({"view": v.name.to_string(), "state": "unknown"}))
+        .collect();
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": "starting",
+        "ready": false,
+        "detail": "waiting for the database for the startup checks (the log says why)",
+        "views": views,
+    });
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .expect("valid response")
+}
+
 /// `GET /status`.
 async fn status(shared: &Shared) -> Resp {
     crate::engine::tasks::fault("http");
+    if !shared
+        .core_started
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return starting(shared);
+    }
     let Some(snap) = shared.snapshot(SNAPSHOT_WAIT).await else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -116,6 +116,8 @@ pub struct Shared {
     pub admin_token: RwLock<Option<String>>,
     /// The address the HTTP server is bound to ([http] changes need a restart).
     pub bound: std::net::SocketAddr,
+    /// The core loop has started (before: the startup checks wait for the database).
+    pub core_started: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

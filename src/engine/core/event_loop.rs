@@ -29,6 +29,9 @@ impl Core {
         mut rx: mpsc::UnboundedReceiver<Command>,
         shutdown: &CancellationToken,
     ) {
+        self.shared
+            .core_started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         loop {
             self.health.beat_core();
             let now = Instant::now();

@@ -117,6 +117,7 @@ impl Base {
             requests: Mapped::new(tx.clone(), Command::Http),
             admin_token: RwLock::new(startup::read_token(config)?),
             bound: config.http.listen,
+            core_started: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Base {
             metrics,
