@@ -113,7 +113,7 @@ impl Gate {
         match known {
             Some(Verdict::Allowed) => Next::Act(payload),
             Some(v) => {
-                self.refuse(pid, &v, now);
+                self.refuse(pid, &v, now, 1);
                 Next::Drop
             }
             None => {
@@ -135,7 +135,7 @@ impl Gate {
             Ok(v) => v,
             Err(e) => {
                 self.metrics.control_rejected.inc_by(count);
-                if let Some(n) = self.throttle.admit(&"lookup", now) {
+                if let Some(n) = self.throttle.admit_many(&"lookup", now, count) {
                     tracing::warn!(error = %e, suppressed = n, "control channel: cannot look the sender up; notification ignored");
                 }
                 return Vec::new();
@@ -153,22 +153,23 @@ impl Gate {
                 .inc_by(count - payloads.len() as u64);
             return payloads;
         }
-        self.refuse(pid, &verdict, now);
-        self.metrics.control_rejected.inc_by(count - 1);
+        self.refuse(pid, &verdict, now, count);
         Vec::new()
     }
 
-    fn refuse(&mut self, pid: i32, verdict: &Verdict, now: Instant) {
-        self.metrics.control_rejected.inc();
+    /// Refuses `count` notifications of sender `pid` (one log line at most, the
+    /// others counted as suppressed).
+    fn refuse(&mut self, pid: i32, verdict: &Verdict, now: Instant, count: u64) {
+        self.metrics.control_rejected.inc_by(count);
         match verdict {
             Verdict::Allowed => {}
             Verdict::Role(role) => {
-                if let Some(n) = self.throttle.admit(&"role", now) {
+                if let Some(n) = self.throttle.admit_many(&"role", now, count) {
                     tracing::warn!(sender_role = %role, sender_pid = pid, suppressed = n, "control channel: the sender's role may not control refreshd (not refreshd's role, a member of it, or in control_roles); ignored");
                 }
             }
             Verdict::Gone => {
-                if let Some(n) = self.throttle.admit(&"gone", now) {
+                if let Some(n) = self.throttle.admit_many(&"gone", now, count) {
                     tracing::warn!(sender_pid = pid, suppressed = n, "control channel: the sending session ended before its role could be checked; ignored (keep the session open until the refresh starts, or use POST /refresh or SIGUSR1)");
                 }
             }

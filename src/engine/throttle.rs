@@ -34,6 +34,16 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
         }
     }
 
+    /// [`Throttle::admit`] for `count` events of one kind at once (at least one): the
+    /// others count as suppressed, reported by the next line logged.
+    pub fn admit_many(&mut self, kind: &K, now: Instant, count: u64) -> Option<u64> {
+        let admitted = self.admit(kind, now);
+        if let Some(slot) = self.kinds.get_mut(kind) {
+            slot.suppressed += count.saturating_sub(1);
+        }
+        admitted
+    }
+
     /// `Some(n)` when the event may be logged now, `n` being how many of its kind were
     /// suppressed since it was last logged; `None` when it is to be suppressed.
     pub fn admit(&mut self, kind: &K, now: Instant) -> Option<u64> {
@@ -73,6 +83,18 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Notifications refused together (they waited for one sender's role lookup) are
+    /// one line and count as suppressed: a flood of 200 reported 83 (found by a review,
+    /// 2026-12-05).
+    #[test]
+    fn events_admitted_together_count_the_others_as_suppressed() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.admit_many(&"a", t0, 200), Some(0));
+        assert_eq!(t.admit_many(&"a", t0 + Duration::from_secs(1), 5), None);
+        assert_eq!(t.admit(&"a", t0 + Duration::from_secs(11)), Some(199 + 5));
+    }
 
     #[test]
     fn one_line_per_period_with_a_count() {
