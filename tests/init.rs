@@ -430,7 +430,7 @@ fn init_keyed_reports_the_derivation_per_base_table() {
     // reach the key along join paths, the product dimension carries it, the date ranges
     // (no equality) recompute everything; then each column's class.
     assert_eq!(
-        block[..10],
+        block[..11],
         [
             "--keyed kv.by_category: incremental maintenance derived from its definition",
             "(per base table: carries the key / join path / recompute everything; then per column)",
@@ -438,6 +438,8 @@ fn init_keyed_reports_the_derivation_per_base_table() {
             "sales: join path sales.product = products.id → key",
             "products: carries the key (category)",
             "stores: join path stores.id = sales.store → sales.product = products.id → key",
+            // Its changes take deltas (below), its keys found that way for the rest.
+            "  (with deltas: the changed rows of stores are applied to their groups as such; the line above is how its keys are found otherwise)",
             "seasons: recompute everything (a non-equi join (s.day >= se.starts))",
             "  category: key",
             "  n: delta (count(*))",
@@ -447,7 +449,7 @@ fn init_keyed_reports_the_derivation_per_base_table() {
     );
     // Then the conversion (--apply): its names, what each table's triggers send.
     assert_eq!(
-        block[10..17],
+        block[11..18],
         [
             "keyed conversion: table kv.by_category_live, definition kv.by_category_def, channel refreshd_keys_kv_by_category",
             "capture: kv.sales: the values its changed rows reach the key by (product), buffered in refreshd.kv_by_category_reach_sales_0db04b5529ce and joined along its path at the refresh",
@@ -537,29 +539,30 @@ fn init_keyed_on_a_hostile_name_writes_only_the_intended_keys() {
     // Every entry of the report on one comment line, the line breaks in names escaped.
     let block = comment_block(&config, "--keyed kh.");
     assert_eq!(
-        block[..6],
+        block[..7],
         [
             "--keyed kh.\"k\\n[[view]]\\nname = 'x' DROP TABLE kh.canary; --\": incremental maintenance derived from its definition",
             "(per base table: carries the key / join path / recompute everything; then per column)",
             "key (g\\n[defaults]\\nx = 1)",
             "t: carries the key (g\\n[defaults]\\nx = 1)",
+            "  (with deltas: the changed rows of t are applied to their groups as such; the line above is how its keys are found otherwise)",
             "  g\\n[defaults]\\nx = 1: key",
             "  total: delta (sum)",
         ],
         "{config}"
     );
     assert!(
-        block[6].starts_with("keyed conversion: table kh.\"k\\n[[view]]"),
+        block[7].starts_with("keyed conversion: table kh.\"k\\n[[view]]"),
         "{config}"
     );
     assert!(
-        block[7]
+        block[8]
             .starts_with("capture: kh.t: its changed rows, buffered in refreshd.\"kh_k\\n[[view]]"),
         "{config}"
     );
-    assert_eq!(block[8], "deltas: fact table kh.t");
+    assert_eq!(block[9], "deltas: fact table kh.t");
     // Nothing written or applied: the keyed block is printed commented out.
-    assert_eq!(block[9], refreshd::cli::init::NOT_CONVERTED, "{config}");
+    assert_eq!(block[10], refreshd::cli::init::NOT_CONVERTED, "{config}");
     assert!(!stderr.contains("\nDROP"), "{stderr}");
     let doc: toml::Value = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     let keys = |v: &toml::Value| -> Vec<String> { v.as_table().unwrap().keys().cloned().collect() };

@@ -294,11 +294,31 @@ fn keyed_comments(out: &mut String, k: &Keyed, converting: bool) {
             // One comment per entry (not per line of the Display: a name may hold a
             // line break, which `comment` escapes).
             comment(out, &format!("key ({})", d.key.join(", ")));
+            // With deltas, the fact table's changes are applied as such whatever its
+            // key derivation says; without, no column is a delta (as `check` says).
+            let fact = match &k.deltas {
+                Some(Ok(f)) => Some(format!("{}.{}", f.schema, f.name)),
+                _ => None,
+            };
+            let no_deltas = matches!(&k.deltas, Some(Err(_)));
             for t in &d.tables {
                 comment(out, &t.to_string());
+                if fact.as_deref() == Some(t.table.as_str()) {
+                    comment(
+                        out,
+                        &format!("  (with deltas: the changed rows of {} are applied to their groups as such; the line above is how its keys are found otherwise)", t.name),
+                    );
+                }
             }
             for c in &d.columns {
-                comment(out, &format!("  {c}"));
+                if no_deltas && matches!(c.class, crate::incremental::ColumnClass::Delta { .. }) {
+                    comment(
+                        out,
+                        &format!("  {}: recompute the group (no deltas: see below)", c.name),
+                    );
+                } else {
+                    comment(out, &format!("  {c}"));
+                }
             }
             if let Some(g) = &k.conversion {
                 comment(
