@@ -86,27 +86,39 @@ DROP TABLE IF EXISTS refreshd.wakes;\n";
 /// `refreshd_notify` trigger still using it, the two-phase wake-ups, `refreshd.force`
 /// and its requests, the schema) dropped only when nothing uses them any more: no
 /// `refreshd_notify` trigger on a table the rollback did not cover (a view of another
-/// `--schema` run) and no keyed conversion it did not undo (whose triggers write
+/// `--schema` run; one `managed` added to a partition of a table it covered is dropped
+/// first) and no keyed conversion it did not undo (whose triggers write
 /// `refreshd.wakes` for two-phase writers, which would fail). The rollback of one
 /// `init --keyed` run left another run's conversions broken and `refreshd.force` gone
 /// (found by two reviews, 2026-12-05).
 pub fn shared_rollback_sql() -> String {
     let drops = format!("{FUNCTION_ROLLBACK_SQL}{CONTROL_ROLLBACK_SQL}");
     format!(
-        "DO $refreshd_shared$
+        r#"DO $refreshd_shared$
+DECLARE
+    t record;
 BEGIN
-             IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = 'refreshd_notify'
-                        AND t.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()'))
-                OR EXISTS (SELECT 1 FROM pg_catalog.pg_description d
-                        WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
-                          AND pg_catalog.starts_with(d.description, {prefix})) THEN
-                 RAISE NOTICE 'refreshd: schema refreshd kept (capture function, wake-ups, refreshd.force): other views still use it';
-             ELSE
+    -- refreshd's triggers that `managed` put on partitions created since, whose root's
+    -- trigger this rollback dropped: this run's, not another's.
+    FOR t IN SELECT tg.tgrelid::pg_catalog.regclass AS rel FROM pg_catalog.pg_trigger tg
+        JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+        WHERE tg.tgname = 'refreshd_notify' AND tg.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()')
+          AND c.relispartition AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger r
+              WHERE r.tgrelid = pg_catalog.pg_partition_root(c.oid) AND r.tgname = 'refreshd_notify') LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER refreshd_notify ON %s', t.rel);
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgname = 'refreshd_notify'
+               AND g.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()'))
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_description d
+               WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0
+                 AND pg_catalog.starts_with(d.description, {prefix})) THEN
+        RAISE NOTICE 'refreshd: schema refreshd kept (capture function, wake-ups, refreshd.force): other views still use it';
+    ELSE
         EXECUTE {drops};
     END IF;
 END
 $refreshd_shared$;
-",
+"#,
         prefix = quote_literal(crate::incremental::generate::DEFINITION_COMMENT_PREFIX),
         drops = quote_literal(&drops),
     )
