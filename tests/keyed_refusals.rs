@@ -179,3 +179,48 @@ fn init_keyed_refuses_a_partition_read_directly_and_a_second_conversion_in_place
         "m"
     );
 }
+
+/// In place, the views over the view are dropped and created again as their owners: a
+/// role that is not a member of such an owner failed with a bare "must be able to SET
+/// ROLE" that named neither the view nor the way out (found by a review, 2026-12-05).
+#[test]
+fn in_place_names_a_dependent_view_whose_owner_init_cannot_act_as() {
+    let db = TestDb::new();
+    let roles = support::TestRoles::create(&db, &["shopo"]);
+    let shop = roles.name("shopo");
+    db.psql(&format!(
+        "GRANT CREATE ON DATABASE {d} TO {shop}; CREATE SCHEMA ko AUTHORIZATION {shop}; \
+         SET ROLE {shop}; \
+         CREATE TABLE ko.t (id int PRIMARY KEY, g int NOT NULL, v int NOT NULL); \
+         INSERT INTO ko.t SELECT i, i % 3, i FROM generate_series(1, 30) i; \
+         CREATE MATERIALIZED VIEW ko.mv AS SELECT g, count(*) AS n, sum(v) AS sv FROM ko.t GROUP BY g; \
+         CREATE UNIQUE INDEX ON ko.mv (g); \
+         RESET ROLE; \
+         CREATE VIEW ko.top AS SELECT * FROM ko.mv WHERE n > 1;",
+        d = db.name
+    ));
+    let dsn = db.dsn_as(&shop);
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "ko",
+        "--keyed",
+        "ko.mv",
+        "--in-place",
+        "--apply",
+    ]);
+    let said = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("ko.top reads ko.mv, and postgres owns it: converting in place drops and creates it again as its owner"),
+        "{said}"
+    );
+    assert!(said.contains("without --in-place"), "{said}");
+    // Nothing changed.
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'ko.mv'::regclass"),
+        "m"
+    );
+}

@@ -102,6 +102,12 @@ BEGIN
         WHERE c.oid = rel OR c.relkind IN ('v', 'm')
         ORDER BY deepest.lvl, c.oid
     LOOP
+        -- Dropped and created again as its owner: only a member of that role may (a
+        -- bare "must be able to SET ROLE" named neither the view nor the way out).
+        IF o.oid <> rel AND NOT pg_catalog.pg_has_role(CURRENT_USER, o.relowner, 'MEMBER') THEN
+            RAISE EXCEPTION 'refreshd: % reads %, and % owns it: converting in place drops and creates it again as its owner, which % may not do (not a member of that role)', o.name, rel::pg_catalog.regclass, o.owner, CURRENT_USER
+                USING HINT = 'Run refreshd init as that role or a superuser, or convert beside the materialized view (without --in-place).';
+        END IF;
         kind := CASE o.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END;
         strip := install AND (o.oid = rel OR (o.relkind = 'v' AND o.plain));
         IF o.oid <> rel THEN
