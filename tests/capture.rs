@@ -1148,6 +1148,74 @@ async fn a_keyed_trigger_dropped_or_not_always_is_a_gap_managed_heals() {
     );
 }
 
+/// A `DETACH PARTITION ... CONCURRENTLY` interrupted (cancelled in its wait for older
+/// snapshots) leaves the partition "detach pending": no query reads it any more, so its
+/// rows left the definition, but the check still counted it as read and its triggers
+/// kept applying its writes to the view as deltas (found by a review, 2026-12-05). It is
+/// read no more: its rows go with a full refresh, its triggers are strays `managed` drops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_left_detach_pending_is_not_read() {
+    let db = TestDb::new();
+    if db.psql("SHOW server_version_num").parse::<u32>().unwrap() < 140000 {
+        return; // DETACH ... CONCURRENTLY is 14+.
+    }
+    schema(&db);
+    with_counts(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    let d = checked_daemon(&with_capture(&config, "managed", "1h")).await;
+    // An older snapshot makes the detach wait after its first transaction (pending).
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM shop.payments")
+        .await
+        .unwrap();
+    let detacher = db.client().await;
+    let detach = tokio::spawn(async move {
+        detacher
+            .batch_execute(
+                "ALTER TABLE shop.payments DETACH PARTITION shop.payments_2025_02 CONCURRENTLY",
+            )
+            .await
+    });
+    let pending = "SELECT coalesce(bool_or(inhdetachpending), false) FROM pg_inherits \
+                   WHERE inhrelid = 'shop.payments_2025_02'::regclass";
+    wait_for(Duration::from_secs(20), "the detach pending", || async {
+        db.psql(pending) == "t"
+    })
+    .await;
+    db.psql(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+          WHERE query LIKE 'ALTER TABLE shop.payments DETACH PARTITION%' AND pid <> pg_backend_pid()",
+    );
+    assert!(detach.await.unwrap().is_err(), "the detach was cancelled");
+    reader.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(db.psql(pending), "t");
+    let exact = || {
+        db.psql(&support::differences_sql(
+            "TABLE shop.by_region",
+            "TABLE shop.by_region_def",
+        )) == "0"
+    };
+    wait_for(Duration::from_secs(20), "its triggers dropped, its rows gone", || async {
+        exact()
+            && db.psql(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_02'::regclass AND NOT tgisinternal",
+            ) == "0"
+    })
+    .await;
+    // A write straight into it no longer reaches the view.
+    db.psql("INSERT INTO shop.payments_2025_02 VALUES (9, 2, 1000, '2025-02-09')");
+    db.psql("INSERT INTO shop.payments VALUES (10, 1, 1, '2025-01-10')");
+    wait_for(
+        Duration::from_secs(10),
+        "the other write in the view",
+        || async { north(&db) == "11" },
+    )
+    .await;
+    assert!(exact());
+    drop(d);
+}
+
 /// A column added by hand to a table converted in place: converting it again filled the
 /// table from the definition and failed with "column \"note\" does not exist" and a hint
 /// about another part of the query, naming neither the table nor the way out. It is

@@ -256,7 +256,8 @@ pub struct CaptureFacts {
 }
 
 /// Every base table and partition each view reads (through plain views; partition trees
-/// whole, present partitions, and inheritance children at every level, whose root is
+/// whole but for a partition a `DETACH ... CONCURRENTLY` left pending, which no query
+/// reads any more while its triggers stay: a stray then; present partitions, and inheritance children at every level, whose root is
 /// the table the view reads), with every user trigger on each, in ONE query whatever
 /// the number of views.
 /// Why a keyed view whose capture is stale ([`CaptureFacts::stale`]) is a gap.
@@ -308,6 +309,7 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
 ), family(ord, relid, root) AS ( \
     SELECT tabs.ord, tabs.relid, tabs.relid FROM tabs \
     UNION SELECT f.ord, i.inhrelid, f.root FROM family f JOIN pg_catalog.pg_inherits i ON i.inhparent = f.relid \
+       AND NOT coalesce((pg_catalog.to_jsonb(i) ->> 'inhdetachpending')::boolean, false) \
 ), tree AS ( \
     SELECT DISTINCT ON (ord, relid) ord, relid, root FROM family ORDER BY ord, relid, root = relid, root \
 ), fn AS ( \

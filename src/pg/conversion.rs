@@ -580,7 +580,8 @@ const GRANTS_SQL: &str = "SELECT a.privilege_type::text, \
   FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 \
  ORDER BY 2 NULLS FIRST, 1";
 
-/// The partitions of a partitioned table, at every level below it, and the inheritance
+/// The partitions of a partitioned table, at every level below it (not one a `DETACH
+/// ... CONCURRENTLY` left pending: no query reads it any more), and the inheritance
 /// children of a plain table (`INHERITS`): the view reads their rows through it, but a
 /// write straight into one fires only its own triggers, so it is captured like a
 /// partition.
@@ -589,8 +590,10 @@ const PARTITIONS_SQL: &str = "WITH RECURSIVE tree (relid, level) AS ( \
       JOIN pg_catalog.pg_class c ON c.oid = i.inhparent \
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname = $1 AND c.relname = $2 \
+       AND NOT coalesce((pg_catalog.to_jsonb(i) ->> 'inhdetachpending')::boolean, false) \
     UNION \
-    SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
+    SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid \
+     WHERE NOT coalesce((pg_catalog.to_jsonb(i) ->> 'inhdetachpending')::boolean, false)) \
 SELECT pn.nspname::text, pc.relname::text \
   FROM (SELECT relid, min(level) AS level FROM tree GROUP BY relid) t \
   JOIN pg_catalog.pg_class pc ON pc.oid = t.relid \
