@@ -396,8 +396,10 @@ pub const DEFINITION_COMMENT_PREFIX: &str = "refreshd: the definition of keyed v
 
 /// The md5 of every name a view reads, through the plain views it reads: each
 /// relation as `schema.name`, each column read as `schema.name.column`, sorted in the
-/// "C" collation. Built from the rewrite rules' dependencies, so no setting
-/// (`search_path`, quoting) changes it; a table, schema or column renamed, or the view
+/// "C" collation; a table with row-level security on is marked so (then no delta
+/// applies: its policies decide which rows the definition sees, not the change). Built
+/// from the rewrite rules' dependencies, so no setting (`search_path`, quoting) changes
+/// it; a table, schema or column renamed, row security turned on or off, or the view
 /// replaced by one reading other columns, does. `view` is a SQL expression giving the
 /// view's oid. The capture a keyed conversion generates names those tables and columns
 /// in its trigger functions' SQL, which PostgreSQL resolves by name again whenever the
@@ -417,7 +419,8 @@ pub fn reads_md5_sql(view: &str) -> String {
             AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid) \
          SELECT pg_catalog.md5(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\")) FROM ( \
            SELECT DISTINCT pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
-                  {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') AS x \
+                  {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') \
+                  {cat} CASE WHEN c.relrowsecurity THEN ' with row security' ELSE '' END AS x \
              FROM r JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
              JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
               AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid \

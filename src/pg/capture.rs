@@ -263,7 +263,7 @@ pub struct CaptureFacts {
 /// Why a keyed view whose capture is stale ([`CaptureFacts::stale`]) is a gap.
 pub const STALE_CAPTURE: &str =
     "its capture was generated for names it no longer reads (a table, schema or \
-     column renamed, or the definition replaced): writes to its tables fail, or their changes go \
+     column renamed, row security turned on or off, or the definition replaced): writes to its tables fail, or their changes go \
      unseen, until `refreshd init --keyed` runs again for this view (with capture = \"managed\", \
      refreshd runs it)";
 
