@@ -573,3 +573,38 @@ async fn read_your_writes_through_the_standby() {
         "the standby refreshed nothing itself"
     );
 }
+
+/// A standby's schedules (and statistics detections) marked its views pending, so its
+/// `/status`, page and `refreshd_pending_since_seconds` showed them stale for ever
+/// while the leader kept them fresh (found by a review, 2026-12-05). A standby marks
+/// nothing: it catches every view up when it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_shows_no_view_pending_for_its_schedules() {
+    let db = TestDb::new();
+    db.psql(&schema());
+    let cfg = views(Config::new(&db.dsn()).ha("retry_interval", "1s"))
+        .view("public.order_totals_copy")
+        .set("schedule", "* * * * * *")
+        .text();
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.order_totals_copy AS SELECT * FROM public.order_totals; \
+         CREATE UNIQUE INDEX ON public.order_totals_copy (bucket);",
+    );
+    let (leader, standby) = leader_then_standby(&cfg, &cfg).await;
+    wait_for(
+        Duration::from_secs(10),
+        "scheduled refreshes on the leader",
+        || async { leader.refreshes("public.order_totals_copy", "schedule", "success") >= 2.0 },
+    )
+    .await;
+    let (_, body) = standby.get("/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for v in status["views"].as_array().unwrap() {
+        assert_eq!(
+            v["pending_since_seconds"].as_f64().unwrap_or(0.0),
+            0.0,
+            "{body}"
+        );
+    }
+    assert_eq!(standby.successes("public.order_totals_copy"), 0.0);
+}

@@ -185,6 +185,12 @@ pub enum RunError {
 impl Core {
     /// Marks the view named `name` (if configured) as changed.
     fn mark_named(&mut self, name: &QualifiedName, reason: Reason, now: std::time::Instant) {
+        // A standby refreshes nothing and catches every view up when it leads: its
+        // schedules and detections would only show views stale that the leader keeps
+        // fresh (found by a review, 2026-12-05).
+        if !self.leading {
+            return;
+        }
         if let Some(&i) = self.index.by_name.get(name) {
             self.coalescer.mark(i, reason, now);
         }
