@@ -657,3 +657,18 @@ fn init_keyed_flags_are_checked() {
     let out = support::refreshd(&["init", "--url", &db.dsn(), "--keyed", "unqualified"]);
     assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
 }
+
+/// A misspelt `--schema` printed an empty configuration and exited 0 without a word
+/// (found by a review, 2026-12-05): it still exits 0 (a database may have no view yet),
+/// and says so.
+#[test]
+fn init_says_when_it_finds_no_materialized_view() {
+    let db = TestDb::new();
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--schema", "nosuch"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        support::stderr(&out).contains("refreshd init: no materialized view in schema nosuch"),
+        "{}",
+        support::stderr(&out)
+    );
+}

@@ -108,6 +108,23 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
         let plan = read(&client, opts.schemas)
             .await
             .map_err(|e| format!("reading the catalog: {e}"))?;
+        if attempt == 1 && plan.views.is_empty() && opts.keyed.is_empty() {
+            // Not an error (a database may have none yet), but a misspelt --schema
+            // printed an empty configuration without a word.
+            let shown: Vec<String> = opts
+                .schemas
+                .iter()
+                .map(|s| crate::pg::ident::shown_ident(s))
+                .collect();
+            eprintln!(
+                "refreshd init: no materialized view in {}",
+                if shown.is_empty() {
+                    "any user schema".to_string()
+                } else {
+                    format!("schema {}", shown.join(", "))
+                }
+            );
+        }
         let mut keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
         let converting = sql_dir.is_some() || apply;
         let config = plan.config(&target, &conn_dsn, &keyed, converting);
