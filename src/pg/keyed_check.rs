@@ -295,7 +295,14 @@ const MAX_FILTER_CHARS: usize = 200;
 /// columns, or nothing when one group is a large part of the table anyway.
 fn scan_finding(scan: &SeqScan, n: i64) -> String {
     let table = format!("{}.{}", quote_ident(&scan.schema), quote_ident(&scan.name));
-    let share = scan.rows / n.max(1) as f64;
+    let share = (scan.rows / n.max(1) as f64).min(1.0);
+    if scan.filter.is_none() && share >= BIG_GROUP_SHARE {
+        // No filter on the scan: the key is applied only after a join, so this is no
+        // group's size but the whole table (a review read "one group being ~105%").
+        return format!(
+            "all of {table} (~{n} rows) sequentially: the key is applied only after joining it, not to its rows (an index on the column it is joined by may let PostgreSQL start from the key's side; or its changes take deltas)"
+        );
+    }
     if share >= BIG_GROUP_SHARE {
         return format!(
             "{table} (~{n} rows) sequentially, one group being ~{:.0}% of it: no index would help, a keyed refresh of a group costs about what a full one does (fine for a view of a few big groups, or one whose fact table takes deltas)",
@@ -847,6 +854,13 @@ mod tests {
         assert!(
             big.contains("one group being ~25% of it: no index would help"),
             "{big}"
+        );
+        // No filter on the scan (the key applies after a join): the whole table, not a
+        // group "~105%" of it.
+        let whole = scan_finding(&scan(21_000.0, None), 20_000);
+        assert!(
+            whole.starts_with("all of \"s\".\"big\" (~20000 rows) sequentially: the key is applied only after joining it"),
+            "{whole}"
         );
         let long = scan_finding(&scan(1.0, Some(&"x".repeat(500))), 20_000);
         assert!(long.contains(&format!("{}...", "x".repeat(MAX_FILTER_CHARS))));
