@@ -863,7 +863,7 @@ impl Plan {
         );
         comment(
             &mut out,
-            "Review it, apply the trigger SQL (refreshd init --sql DIR writes it), then run",
+            "Review it (the capture SQL is applied by --apply, written by --sql DIR), then run",
         );
         comment(
             &mut out,
