@@ -180,7 +180,7 @@ async fn refresh_view_with(
                 code: Some("42P01".into()),
                 message: format!("materialized view {} does not exist", view.name),
                 detail: None,
-                hint: Some("create it (see sql/), or fix the name in the configuration"),
+                hint: Some("create it (see sql/), or fix the name in the configuration (a view `init --keyed --in-place` converted is a table now: configure the kind = \"keyed\" block init printed for it)"),
                 duration: Duration::ZERO,
                 connection_broken: false,
             })
