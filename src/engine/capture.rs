@@ -207,13 +207,14 @@ pub fn incomplete_gaps(v: &ViewConfig, tables: &[TableFacts], verdict: &mut Verd
         let root_complete = tables
             .iter()
             .any(|r| r.oid == t.root && r.oid != t.oid && uncaptured(r, &v.channels) == 0);
-        match root_complete {
-            true => verdict.gaps.push(Gap {
+        if root_complete {
+            verdict.gaps.push(Gap {
                 table: t.name.clone(),
                 why,
                 heal: heal(t, tables, &v.channels, true),
-            }),
-            false => unhealed.push(format!("{}: {why}", t.name)),
+            });
+        } else {
+            unhealed.push(format!("{}: {why}", t.name));
         }
     }
     if !unhealed.is_empty() {
@@ -766,11 +767,14 @@ impl CaptureState {
             out.push((v.clone(), *r));
             false
         });
-        let read = out
+        // Collected at once: every follower leaves `following` here, whichever branch
+        // below (if any) takes the rest.
+        let read: Vec<QualifiedName> = out
             .iter()
             .map(|(v, _)| v)
             .filter(|v| !self.following.remove(*v))
-            .cloned();
+            .cloned()
+            .collect();
         if !ok {
             self.late.extend(read);
         } else if ended.is_none() {
@@ -1353,6 +1357,32 @@ mod tests {
                 &metrics
             ),
             vec![a.clone()]
+        );
+    }
+
+    /// A follower read by a check that had already ended stayed marked as one, and when
+    /// it was later held for a reading of its own, a failed check did not make it late.
+    #[test]
+    fn a_follower_read_after_its_check_ended_is_no_follower_any_more() {
+        let b = QualifiedName::new("s", "b");
+        let metrics = crate::serve::per_view::PerView::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut c = CaptureState::default();
+        c.follow(b.clone(), Reason::Startup);
+        c.check_now();
+        let n = c.start_if_due(std::time::Instant::now()).unwrap();
+        assert!(c.finished(report(vec![]), hour, &metrics).is_empty());
+        assert_eq!(c.read(n, true), vec![(b.clone(), Reason::Startup)]);
+        // Held for a reading of its own now, by a check that fails before reading.
+        c.hold(b.clone(), Reason::Resync);
+        let m = c.start_if_due(std::time::Instant::now()).unwrap();
+        assert_eq!(c.read(m, false), vec![(b.clone(), Reason::Resync)]);
+        assert!(c.finished(Err("lost".into()), hour, &metrics).is_empty());
+        c.check_now();
+        c.start_if_due(std::time::Instant::now()).unwrap();
+        assert_eq!(
+            c.finished(report(vec![checked_view("b", &[2])]), hour, &metrics),
+            vec![b.clone()]
         );
     }
 
