@@ -170,30 +170,10 @@ async fn derive_one(
             .map(str::to_string);
     }
     let derived = match derivation(name, &relkind, ours, in_place, definition, key, catalog) {
-        Ok(d) => {
-            let columns = if ours {
-                columns_apart(client, oid, name)
-                    .await
-                    .map_err(catalog_error)?
-            } else {
-                converted_beside(client, name, in_place)
-                    .await
-                    .map_err(catalog_error)?
-            };
-            let columns = match columns {
-                Some(why) => Some(why),
-                None => partitions_read(client, &d.0, relations)
-                    .await
-                    .map_err(catalog_error)?,
-            };
-            match columns {
-                Some(reason) => Err(reason),
-                None => unseen_functions(client, name, ours)
-                    .await
-                    .map_err(catalog_error)?
-                    .map_or(Ok(d), Err),
-            }
-        }
+        Ok(d) => refused(client, name, oid, ours, in_place, &d.0, relations)
+            .await
+            .map_err(catalog_error)?
+            .map_or(Ok(d), Err),
         Err(e) => Err(e),
     };
     let (outcome, conversion, deltas) = match derived {
@@ -302,6 +282,33 @@ async fn columns_apart(
     )))
 }
 
+/// Why a derived view cannot be converted after all, from what the catalog says beyond
+/// its definition (in order: a table converted in place whose columns changed, or a view
+/// converted beside it before; a partition it reads directly; a function it calls that
+/// is not IMMUTABLE), or `None`.
+async fn refused(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+    oid: u32,
+    ours: bool,
+    in_place: bool,
+    d: &Derivation,
+    relations: &Relations,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let converted = if ours {
+        columns_apart(client, oid, name).await?
+    } else {
+        converted_beside(client, name, in_place).await?
+    };
+    if converted.is_some() {
+        return Ok(converted);
+    }
+    if let Some(why) = partitions_read(client, d, relations).await? {
+        return Ok(Some(why));
+    }
+    unseen_functions(client, name, ours).await
+}
+
 /// Why a materialized view converted beside it before (`<view>_live` and `<view>_def`,
 /// the definition's comment says so) cannot also be converted in place: both would
 /// share the definition view, the buffers, the channel and the triggers, and the two
@@ -340,23 +347,25 @@ async fn partitions_read(
     d: &Derivation,
     relations: &Relations,
 ) -> Result<Option<String>, tokio_postgres::Error> {
-    let mut read = Vec::new();
-    for t in &d.tables {
-        let Some((name, _)) = relations.get(&t.table) else {
-            continue;
-        };
-        let row = client
-            .query_one(
-                "SELECT coalesce((SELECT c.relispartition FROM pg_catalog.pg_class c \
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE n.nspname = $1 AND c.relname = $2), false)",
-                &[&name.schema, &name.name],
-            )
-            .await?;
-        if row.get::<_, bool>(0) {
-            read.push(name.shown());
-        }
-    }
+    let (schemas, names): (Vec<&str>, Vec<&str>) = d
+        .tables
+        .iter()
+        .filter_map(|t| relations.get(&t.table))
+        .map(|(n, _)| (n.schema.as_str(), n.name.as_str()))
+        .unzip();
+    let rows = client
+        .query_typed(
+            "SELECT x.s, x.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, n, o) \
+               JOIN pg_catalog.pg_namespace ns ON ns.nspname = x.s \
+               JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = x.n \
+              WHERE c.relispartition ORDER BY x.o",
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let read: Vec<String> = rows
+        .iter()
+        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)).shown())
+        .collect();
     Ok((!read.is_empty()).then(|| {
         format!(
             "the definition reads partition {} directly: a write through its partitioned table fires only that table's statement triggers, whose rows no capture can tell apart from its other partitions'; read the partitioned table (with a WHERE on its partition key) or keep it a materialized view",
