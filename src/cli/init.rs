@@ -97,6 +97,22 @@ pub async fn run(url: &str, opts: &Options<'_>) -> u8 {
     }
 }
 
+/// No materialized view in `schemas` (every user schema when empty): not an error (a
+/// database may have none yet), but a misspelt `--schema` printed an empty
+/// configuration without a word.
+fn say_none_found(schemas: &[String]) {
+    let shown: Vec<String> = schemas
+        .iter()
+        .map(|s| crate::pg::ident::shown_ident(s))
+        .collect();
+    let place = if shown.is_empty() {
+        "any user schema".to_string()
+    } else {
+        format!("schema {}", shown.join(", "))
+    };
+    eprintln!("refreshd init: no materialized view in {place}");
+}
+
 /// Reads the catalog, derives the `--keyed` views, writes and applies the SQL as asked
 /// and prints the configuration; `Err`: the one line saying why nothing (more) was done.
 async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
@@ -109,21 +125,7 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
             .await
             .map_err(|e| format!("reading the catalog: {e}"))?;
         if attempt == 1 && plan.views.is_empty() && opts.keyed.is_empty() {
-            // Not an error (a database may have none yet), but a misspelt --schema
-            // printed an empty configuration without a word.
-            let shown: Vec<String> = opts
-                .schemas
-                .iter()
-                .map(|s| crate::pg::ident::shown_ident(s))
-                .collect();
-            eprintln!(
-                "refreshd init: no materialized view in {}",
-                if shown.is_empty() {
-                    "any user schema".to_string()
-                } else {
-                    format!("schema {}", shown.join(", "))
-                }
-            );
+            say_none_found(opts.schemas);
         }
         let mut keyed = derive_keyed(&client, opts.keyed, opts.in_place).await?;
         let converting = sql_dir.is_some() || apply;
