@@ -22,9 +22,12 @@ const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind:
    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
 
 /// The foreign keys a guard may rely on (incremental::inserts): validated, not
-/// deferrable, enforced (`conenforced`, PostgreSQL 18, read through `to_jsonb`), not a
-/// partition's clone of its parent's key, between tables without inheritance children
-/// other than partitions; with their columns pairwise, in the key's order.
+/// deferrable, enforced (`conenforced`, PostgreSQL 18, read through `to_jsonb`), not
+/// temporal (`conperiod`, PostgreSQL 18: a `PERIOD` key is satisfied by referenced rows
+/// whose ranges together cover the referencing one, so a referencing row does not match
+/// exactly one referenced row by equality, which the guards assume), not a partition's
+/// clone of its parent's key, between tables without inheritance children other than
+/// partitions; with their columns pairwise, in the key's order.
 const FOREIGN_KEYS_SQL: &str = "SELECT c.oid::int8, c.conname::text, rn.nspname::text, r.relname::text, \
        fn.nspname::text, f.relname::text, \
        ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i) \
@@ -36,6 +39,7 @@ const FOREIGN_KEYS_SQL: &str = "SELECT c.oid::int8, c.conname::text, rn.nspname:
   JOIN pg_catalog.pg_class f ON f.oid = c.confrelid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace \
  WHERE c.contype = 'f' AND c.convalidated AND NOT c.condeferrable AND c.conparentid = 0 \
    AND (pg_catalog.to_jsonb(c) ->> 'conenforced') IS DISTINCT FROM 'false' \
+   AND (pg_catalog.to_jsonb(c) ->> 'conperiod') IS DISTINCT FROM 'true' \
    AND (r.relkind = 'p' OR NOT r.relhassubclass) AND (f.relkind = 'p' OR NOT f.relhassubclass)";
 
 /// `schema.name` (as the derivation names tables) → the name and relkind.
