@@ -1286,6 +1286,99 @@ async fn row_security_turned_on_under_a_keyed_view_converts_it_again() {
     );
 }
 
+/// A sum whose input column is NOT NULL needs no count of its non-NULL inputs, so its
+/// delta keeps 0 where the definition gives NULL once the column may be NULL. Before,
+/// `DROP NOT NULL` after the conversion went unnoticed (`check` said OK, the table
+/// kept 0 for good); now the install records what it assumed of the columns read, so
+/// `check` reports it and `managed` converts the view again. On PostgreSQL 18 a `NOT
+/// VALID` NOT NULL (older rows may be NULL) counts as nullable from the start. Found by
+/// a review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
+    let db = TestDb::new();
+    let pg18 = db
+        .psql("SHOW server_version_num")
+        .parse::<u32>()
+        .unwrap_or(0)
+        >= 180_000;
+    db.psql(
+        "CREATE SCHEMA nn; \
+         CREATE TABLE nn.h (id int PRIMARY KEY, k int NOT NULL, x int NOT NULL); \
+         INSERT INTO nn.h VALUES (1, 1, 5), (2, 2, 7), (3, 2, 1); \
+         CREATE MATERIALIZED VIEW nn.t AS SELECT k, count(*) AS c, sum(x) AS sx FROM nn.h GROUP BY k; \
+         CREATE UNIQUE INDEX ON nn.t (k);",
+    );
+    if pg18 {
+        db.psql(
+            "CREATE TABLE nn.g (id int PRIMARY KEY, k int NOT NULL, x int); \
+             INSERT INTO nn.g VALUES (1, 1, NULL), (2, 1, 5), (3, 2, NULL), (4, 2, 7), (5, 3, 4); \
+             ALTER TABLE nn.g ADD CONSTRAINT g_x_nn NOT NULL x NOT VALID; \
+             CREATE MATERIALIZED VIEW nn.u AS SELECT k, count(*) AS c, sum(x) AS sx, avg(x) AS ax FROM nn.g GROUP BY k; \
+             CREATE UNIQUE INDEX ON nn.u (k);",
+        );
+    }
+    let dsn = db.dsn();
+    let mut args = vec![
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "nn",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "nn.t",
+    ];
+    if pg18 {
+        args.extend(["--keyed", "nn.u"]);
+    }
+    let out = refreshd(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = with_capture(&support::stdout(&out), "managed", "1h");
+    let exact = |view: &str| {
+        db.psql(&support::differences_sql(
+            &format!("TABLE {view}"),
+            &format!("TABLE {view}_def"),
+        )) == "0"
+    };
+    db.psql("ALTER TABLE nn.h ALTER x DROP NOT NULL");
+    let (_dir, path) = write_config(&config);
+    let checked = refreshd(&["check", "-c", path.to_str().expect("path")]);
+    assert_eq!(
+        checked.status.code(),
+        Some(1),
+        "{}",
+        support::stdout(&checked)
+    );
+    assert!(
+        support::stdout(&checked).contains("NOT NULL or generation expression changed"),
+        "{}",
+        support::stdout(&checked)
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the view converted again",
+        || async { d.log_text().contains("converted the keyed view again") },
+    )
+    .await;
+    db.psql("INSERT INTO nn.h VALUES (4, 1, NULL), (5, 2, NULL); DELETE FROM nn.h WHERE id IN (1, 2, 3)");
+    if pg18 {
+        db.psql("DELETE FROM nn.g WHERE id = 2; UPDATE nn.g SET k = 3 WHERE id = 4");
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the views equal to their definitions",
+        || async { exact("nn.t") && (!pg18 || exact("nn.u")) },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT string_agg(k || ':' || c || ':' || coalesce(sx::text, 'null'), ' ' ORDER BY k) FROM nn.t"),
+        "1:1:null 2:1:null"
+    );
+}
+
 /// A column added by hand to a table converted in place: converting it again filled the
 /// table from the definition and failed with "column \"note\" does not exist" and a hint
 /// about another part of the query, naming neither the table nor the way out. It is

@@ -382,7 +382,7 @@ pub async fn run_check(
         };
         match convert_again(&info, v, definition).await {
             Ok(()) => {
-                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was not as generated (a rename, row security turned on or off, or a trigger dropped or disabled by hand)");
+                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was not as generated (a rename, row security turned on or off, a column's NOT NULL or generation expression changed, or a trigger dropped or disabled by hand)");
                 closed.insert(definition.clone());
             }
             Err(e) => report.conversions_failed.push((table.clone(), e)),

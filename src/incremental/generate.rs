@@ -407,9 +407,52 @@ pub const DEFINITION_COMMENT_PREFIX: &str = "refreshd: the definition of keyed v
 /// until the capture is generated again. `check` and `run` compare this hash with the
 /// one the install recorded.
 pub fn reads_md5_sql(view: &str) -> String {
+    let cat = pg_op("||");
+    read_md5_sql(
+        view,
+        &format!(
+            "pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
+             {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') \
+             {cat} CASE WHEN c.relrowsecurity THEN ' with row security' ELSE '' END"
+        ),
+        "true",
+    )
+}
+
+/// The md5 of what a delta plan assumes of the columns a view reads (through the plain
+/// views it reads), each as `schema.name.column`: NOT NULL when it is so and validated
+/// (PostgreSQL 18 sets `attnotnull` for a `NOT VALID` constraint too, while older rows
+/// may still be NULL), and a stored generated column's expression (PostgreSQL 17's
+/// `SET EXPRESSION` rewrites every row and fires no trigger), its parse tree's
+/// positions taken out. A sum whose input cannot be NULL needs no count of its non-NULL
+/// inputs: after `DROP NOT NULL` such a plan would keep 0 where the definition gives
+/// NULL, so the install records this hash too, and `check` and `run` compare it as
+/// they compare [`reads_md5_sql`]'s.
+pub fn columns_md5_sql(view: &str) -> String {
+    let (cat, eq, ne) = (pg_op("||"), pg_op("="), pg_op("<>"));
+    read_md5_sql(
+        view,
+        &format!(
+            "pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
+             {cat} '.' {cat} pg_catalog.quote_ident(a.attname) \
+             {cat} CASE WHEN a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+                  WHERE k.conrelid {eq} a.attrelid AND k.contype {eq} 'n' AND k.conkey[1] {eq} a.attnum \
+                    AND NOT k.convalidated) THEN ' not null' ELSE '' END \
+             {cat} CASE WHEN a.attgenerated {ne} '' THEN ' generated ' {cat} COALESCE((SELECT \
+                  pg_catalog.md5(pg_catalog.regexp_replace(x.adbin::pg_catalog.text, ':location -?[0-9]+', '', 'g')) \
+                  FROM pg_catalog.pg_attrdef x WHERE x.adrelid {eq} a.attrelid AND x.adnum {eq} a.attnum), '') \
+                  ELSE '' END"
+        ),
+        "a.attname IS NOT NULL",
+    )
+}
+
+/// The md5 of `item` (a SQL expression over `n`, `c` and `a`: the namespace, relation
+/// and, for a column, attribute) for each relation and column the view whose oid is
+/// `view` reads through its rules and the plain views it reads, where `filter`.
+fn read_md5_sql(view: &str, item: &str, filter: &str) -> String {
     let eq = pg_op("=");
     let ne = pg_op("<>");
-    let cat = pg_op("||");
     let gt = pg_op(">");
     format!(
         "(WITH RECURSIVE r(relid) AS (SELECT ({view})::pg_catalog.oid \
@@ -417,29 +460,33 @@ pub fn reads_md5_sql(view: &str) -> String {
            JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
            JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
             AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid) \
-         SELECT pg_catalog.md5(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\")) FROM ( \
-           SELECT DISTINCT pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
-                  {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') \
-                  {cat} CASE WHEN c.relrowsecurity THEN ' with row security' ELSE '' END AS x \
+         SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\"), '')) FROM ( \
+           SELECT DISTINCT {item} AS x \
              FROM r JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
              JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
               AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid \
              JOIN pg_catalog.pg_class c ON c.oid {eq} d.refobjid \
              JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
              LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid {eq} d.refobjid AND d.refobjsubid {gt} 0 \
-              AND a.attnum {eq} d.refobjsubid) AS s)"
+              AND a.attnum {eq} d.refobjsubid \
+            WHERE {filter}) AS s)"
     )
 }
 
 /// Whether the capture of the keyed view whose definition view's oid is `view` (a SQL
 /// expression) was generated for other names than the definition reads now: the hash
-/// [`reads_md5_sql`] recorded in its comment differs from the catalog's. False for a
-/// conversion that recorded none (made before this check).
+/// [`reads_md5_sql`] recorded in its comment differs from the catalog's, or the hash
+/// [`columns_md5_sql`] does (when recorded: conversions made before it recorded none).
+/// False for a conversion that recorded neither (made before this check).
 pub fn stale_capture_sql(view: &str) -> String {
+    let comment = format!("pg_catalog.obj_description({view}, 'pg_class')");
     format!(
-        "(SELECT m IS NOT NULL AND m IS DISTINCT FROM {} FROM (SELECT {} AS m) AS rec)",
+        "(SELECT m IS NOT NULL AND (m IS DISTINCT FROM {} OR (k IS NOT NULL AND k IS DISTINCT FROM {})) \
+           FROM (SELECT {} AS m, {} AS k) AS rec)",
         reads_md5_sql(view),
-        recorded_md5_sql(&format!("pg_catalog.obj_description({view}, 'pg_class')"))
+        columns_md5_sql(view),
+        recorded_md5_sql(&comment),
+        recorded_columns_md5_sql(&comment),
     )
 }
 
@@ -448,6 +495,15 @@ pub fn stale_capture_sql(view: &str) -> String {
 pub fn recorded_md5_sql(comment: &str) -> String {
     format!("pg_catalog.substring({comment}, '{READS_MARKER}([0-9a-f]{{32}})')")
 }
+
+/// The md5 a definition view's comment (`comment`, a SQL expression) recorded after
+/// [`COLUMNS_MARKER`]; NULL without one.
+pub fn recorded_columns_md5_sql(comment: &str) -> String {
+    format!("pg_catalog.substring({comment}, '{COLUMNS_MARKER}([0-9a-f]{{32}})')")
+}
+
+/// The words before [`columns_md5_sql`]'s hash in the definition view's comment.
+pub const COLUMNS_MARKER: &str = "columns read as: md5 ";
 
 pub(super) fn dollar(body: &str) -> String {
     let mut n = 0;
@@ -2016,8 +2072,9 @@ impl Conversion<'_> {
     }
 
     /// The definition view's comment, written by the server: the names the definition
-    /// reads ([`reads_md5_sql`]) when this capture was generated from it, this
-    /// install's digest, and `state` ([`Conversion::state_sql`]), computed once its
+    /// reads ([`reads_md5_sql`]) and what the plan assumes of its columns
+    /// ([`columns_md5_sql`]) when this capture was generated from it, this install's
+    /// digest, and `state` ([`Conversion::state_sql`]), computed once its
     /// objects are made.
     fn reads_marker_sql(&self, w: &mut String, state: &str) {
         let def = self.n.def.quoted();
@@ -2026,10 +2083,12 @@ impl Conversion<'_> {
             self.n.table
         );
         let body = format!(
-            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {});\nEND;\n",
+            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {} {or} {} {or} {});\nEND;\n",
             literal(&def),
             literal(&text),
             reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
+            literal(&format!("; the {COLUMNS_MARKER}")),
+            columns_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
             literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}; {STATE_MARKER}")),
             state,
             or = pg_op("||"),

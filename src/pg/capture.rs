@@ -263,8 +263,9 @@ pub struct CaptureFacts {
 /// Why a keyed view whose capture is stale ([`CaptureFacts::stale`]) is a gap.
 pub const STALE_CAPTURE: &str =
     "its capture was generated for names it no longer reads (a table, schema or \
-     column renamed, row security turned on or off, or the definition replaced): writes to its tables fail, or their changes go \
-     unseen, until `refreshd init --keyed` runs again for this view (with capture = \"managed\", \
+     column renamed, row security turned on or off, a column's NOT NULL or generation expression changed, \
+     or the definition replaced): writes to its tables fail, or their changes go \
+     unseen or are applied wrongly, until `refreshd init --keyed` runs again for this view (with capture = \"managed\", \
      refreshd runs it)";
 
 /// [`CHECK_SQL`] with its `$stale` filled in, built once.
@@ -665,19 +666,23 @@ pub const FINGERPRINT_SQL: &str = "SELECT \
 /// this.
 static FINGERPRINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     use crate::incremental::generate::{
-        reads_md5_sql, recorded_md5_sql, DEFINITION_COMMENT_PREFIX,
+        columns_md5_sql, reads_md5_sql, recorded_columns_md5_sql, recorded_md5_sql,
+        DEFINITION_COMMENT_PREFIX,
     };
     FINGERPRINT_SQL.replace(
         "$stale",
         &format!(
-            "(SELECT coalesce(pg_catalog.string_agg(x.o::text || ':' || coalesce(x.now, ''), ',' ORDER BY x.o), '') \
-                FROM (SELECT d.objoid AS o, {} AS recorded, {} AS now \
+            "(SELECT coalesce(pg_catalog.string_agg(x.o::text || ':' || coalesce(x.now, '') || '/' || coalesce(x.cols, ''), ',' ORDER BY x.o), '') \
+                FROM (SELECT d.objoid AS o, {} AS recorded, {} AS now, {} AS recorded_cols, {} AS cols \
                         FROM pg_catalog.pg_description d \
                        WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
                          AND pg_catalog.starts_with(d.description, {})) AS x \
-               WHERE x.recorded IS NOT NULL AND x.recorded IS DISTINCT FROM x.now)",
+               WHERE x.recorded IS NOT NULL AND (x.recorded IS DISTINCT FROM x.now \
+                  OR (x.recorded_cols IS NOT NULL AND x.recorded_cols IS DISTINCT FROM x.cols)))",
             recorded_md5_sql("d.description"),
             reads_md5_sql("d.objoid"),
+            recorded_columns_md5_sql("d.description"),
+            columns_md5_sql("d.objoid"),
             crate::pg::refresh::quote_literal(DEFINITION_COMMENT_PREFIX),
         ),
     )

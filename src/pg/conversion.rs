@@ -643,7 +643,8 @@ const ROW_SECURITY_SQL: &str = "SELECT c.relrowsecurity, \
  WHERE n.nspname = $1 AND c.relname = $2";
 
 /// A base table's columns for the delta plan: name, type (with a `COLLATE` clause when
-/// the column's collation is not its type's), NOT NULL, and the estimated rows of the
+/// the column's collation is not its type's), NOT NULL (validated: PostgreSQL 18 sets
+/// `attnotnull` for a `NOT VALID` constraint too), and the estimated rows of the
 /// table with all its partitions (`pg_partition_tree` gives no row for a table outside
 /// a partition tree, so the table itself is counted by its oid; a table never analyzed
 /// counts a row per 100 bytes of its size).
@@ -652,7 +653,8 @@ const DELTA_COLUMNS_SQL: &str = "SELECT a.attname::text, \
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation \
             THEN ' COLLATE ' || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) \
             ELSE '' END, \
-       a.attnotnull, \
+       a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+         WHERE k.conrelid = a.attrelid AND k.contype = 'n' AND k.conkey[1] = a.attnum AND NOT k.convalidated), \
        (SELECT pg_catalog.sum(CASE WHEN pc.reltuples > 0 THEN pc.reltuples \
                                    ELSE pg_catalog.pg_relation_size(pc.oid) / 100.0 END)::float8 \
           FROM pg_catalog.pg_class pc \
