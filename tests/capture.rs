@@ -1291,8 +1291,9 @@ async fn row_security_turned_on_under_a_keyed_view_converts_it_again() {
 /// `DROP NOT NULL` after the conversion went unnoticed (`check` said OK, the table
 /// kept 0 for good); now the install records what it assumed of the columns read, so
 /// `check` reports it and `managed` converts the view again. On PostgreSQL 18 a `NOT
-/// VALID` NOT NULL (older rows may be NULL) counts as nullable from the start. Found by
-/// a review.
+/// VALID` NOT NULL (older rows may be NULL) counts as nullable from the start. A stored
+/// generated column's expression changed (PostgreSQL 17, no trigger fires) is the same.
+/// Found by a review.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     let db = TestDb::new();
@@ -1317,6 +1318,22 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
              CREATE UNIQUE INDEX ON nn.u (k);",
         );
     }
+    // PostgreSQL 17's SET EXPRESSION rewrites a stored generated column's rows and
+    // fires no trigger.
+    let pg17 = db
+        .psql("SHOW server_version_num")
+        .parse::<u32>()
+        .unwrap_or(0)
+        >= 170_000;
+    if pg17 {
+        db.psql(
+            "CREATE TABLE nn.s (id int PRIMARY KEY, k int NOT NULL, x int NOT NULL, \
+                                gx int GENERATED ALWAYS AS (x * 2) STORED); \
+             INSERT INTO nn.s (id, k, x) SELECT g, g % 3, g FROM generate_series(1, 30) g; \
+             CREATE MATERIALIZED VIEW nn.w AS SELECT k, count(*) AS c, sum(gx) AS sg FROM nn.s GROUP BY k; \
+             CREATE UNIQUE INDEX ON nn.w (k);",
+        );
+    }
     let dsn = db.dsn();
     let mut args = vec![
         "init",
@@ -1331,6 +1348,9 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     ];
     if pg18 {
         args.extend(["--keyed", "nn.u"]);
+    }
+    if pg17 {
+        args.extend(["--keyed", "nn.w"]);
     }
     let out = refreshd(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -1363,6 +1383,23 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
         || async { d.log_text().contains("converted the keyed view again") },
     )
     .await;
+    // Changed while refreshd runs, after its catch-up refreshes: only converting the
+    // view again (the capture check is an hour away) brings the new values.
+    if pg17 {
+        wait_for(
+            Duration::from_secs(20),
+            "nn.w's catch-up refresh",
+            || async {
+                support::sum_samples(
+                    &d.metrics(),
+                    "refreshd_refreshes_total",
+                    &["view=\"nn.w\"", "outcome=\"success\""],
+                ) >= 1.0
+            },
+        )
+        .await;
+        db.psql("ALTER TABLE nn.s ALTER gx SET EXPRESSION AS (x * 3)");
+    }
     db.psql("INSERT INTO nn.h VALUES (4, 1, NULL), (5, 2, NULL); DELETE FROM nn.h WHERE id IN (1, 2, 3)");
     if pg18 {
         db.psql("DELETE FROM nn.g WHERE id = 2; UPDATE nn.g SET k = 3 WHERE id = 4");
@@ -1370,7 +1407,7 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     wait_for(
         Duration::from_secs(20),
         "the views equal to their definitions",
-        || async { exact("nn.t") && (!pg18 || exact("nn.u")) },
+        || async { exact("nn.t") && (!pg18 || exact("nn.u")) && (!pg17 || exact("nn.w")) },
     )
     .await;
     assert_eq!(
