@@ -745,6 +745,11 @@ fn renamed(alias: String, out: Output, names: &[String]) -> Entry {
     }
 }
 
+/// PostgreSQL's system columns: no catalog column list names them, and no transition
+/// table carries their values as the base table has them (`tableoid` of a partition,
+/// `ctid` after the row moves).
+const SYSTEM_COLUMNS: &[&str] = &["tableoid", "ctid", "xmin", "xmax", "cmin", "cmax"];
+
 fn lookup(scope: &[Entry], qualifier: &[String], name: &str) -> Result<RExpr, Refused> {
     if name == "*" {
         return Err(refuse("a * column reference"));
@@ -761,6 +766,9 @@ fn lookup(scope: &[Entry], qualifier: &[String], name: &str) -> Result<RExpr, Re
         .collect();
     match found.as_slice() {
         [one] => Ok((*one).clone()),
+        [] if SYSTEM_COLUMNS.contains(&name) => Err(refuse(format!(
+            "column {shown} is a system column, which the change capture does not carry"
+        ))),
         [] => Err(refuse(format!(
             "column {shown} is not found in its FROM clause"
         ))),

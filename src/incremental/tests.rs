@@ -995,6 +995,13 @@ fn refusals() {
     );
     assert_eq!(
         refused(
+            "SELECT o.tableoid AS part, count(*) AS n FROM tpch.orders o GROUP BY o.tableoid",
+            &["part"]
+        ),
+        "column o.tableoid is a system column, which the change capture does not carry"
+    );
+    assert_eq!(
+        refused(
             "SELECT o_orderkey FROM tpch.orders UNION SELECT l_orderkey FROM tpch.lineitem",
             &["o_orderkey"]
         ),
