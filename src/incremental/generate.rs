@@ -407,16 +407,7 @@ pub const DEFINITION_COMMENT_PREFIX: &str = "refreshd: the definition of keyed v
 /// until the capture is generated again. `check` and `run` compare this hash with the
 /// one the install recorded.
 pub fn reads_md5_sql(view: &str) -> String {
-    let cat = pg_op("||");
-    read_md5_sql(
-        view,
-        &format!(
-            "pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
-             {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') \
-             {cat} CASE WHEN c.relrowsecurity THEN ' with row security' ELSE '' END"
-        ),
-        "true",
-    )
+    format!("(SELECT h.names FROM {} AS h)", read_md5s_sql(view))
 }
 
 /// The md5 of what a delta plan assumes of the columns a view reads (through the plain
@@ -429,39 +420,44 @@ pub fn reads_md5_sql(view: &str) -> String {
 /// NULL, so the install records this hash too, and `check` and `run` compare it as
 /// they compare [`reads_md5_sql`]'s.
 pub fn columns_md5_sql(view: &str) -> String {
-    let (cat, eq, ne) = (pg_op("||"), pg_op("="), pg_op("<>"));
-    read_md5_sql(
-        view,
-        &format!(
-            "pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname) \
-             {cat} '.' {cat} pg_catalog.quote_ident(a.attname) \
-             {cat} CASE WHEN a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
-                  WHERE k.conrelid {eq} a.attrelid AND k.contype {eq} 'n' AND k.conkey[1] {eq} a.attnum \
-                    AND NOT k.convalidated) THEN ' not null' ELSE '' END \
-             {cat} CASE WHEN a.attgenerated {ne} '' THEN ' generated ' {cat} COALESCE((SELECT \
-                  pg_catalog.md5(pg_catalog.regexp_replace(x.adbin::pg_catalog.text, ':location -?[0-9]+', '', 'g')) \
-                  FROM pg_catalog.pg_attrdef x WHERE x.adrelid {eq} a.attrelid AND x.adnum {eq} a.attnum), '') \
-                  ELSE '' END"
-        ),
-        "a.attname IS NOT NULL",
-    )
+    format!("(SELECT h.columns FROM {} AS h)", read_md5s_sql(view))
 }
 
-/// The md5 of `item` (a SQL expression over `n`, `c` and `a`: the namespace, relation
-/// and, for a column, attribute) for each relation and column the view whose oid is
-/// `view` reads through its rules and the plain views it reads, where `filter`.
-fn read_md5_sql(view: &str, item: &str, filter: &str) -> String {
-    let eq = pg_op("=");
-    let ne = pg_op("<>");
-    let gt = pg_op(">");
+/// [`reads_md5_sql`] and [`columns_md5_sql`] as one row (`names`, `columns`), from one
+/// walk of the dependencies (the catalog poll computes both for every keyed view).
+pub fn read_md5s_sql(view: &str) -> String {
+    let (eq, ne, gt, cat) = (pg_op("="), pg_op("<>"), pg_op(">"), pg_op("||"));
+    let name = format!(
+        "pg_catalog.quote_ident(n.nspname) {cat} '.' {cat} pg_catalog.quote_ident(c.relname)"
+    );
+    // NULL for a relation: only columns count.
+    let column = format!(
+        "{name} {cat} '.' {cat} pg_catalog.quote_ident(a.attname) \
+         {cat} CASE WHEN a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+              WHERE k.conrelid {eq} a.attrelid AND k.contype {eq} 'n' AND k.conkey[1] {eq} a.attnum \
+                AND NOT k.convalidated) THEN ' not null' ELSE '' END \
+         {cat} CASE WHEN a.attgenerated {ne} '' THEN ' generated ' {cat} COALESCE((SELECT \
+              pg_catalog.md5(pg_catalog.regexp_replace(x.adbin::pg_catalog.text, ':location -?[0-9]+', '', 'g')) \
+              FROM pg_catalog.pg_attrdef x WHERE x.adrelid {eq} a.attrelid AND x.adnum {eq} a.attnum), '') \
+              ELSE '' END"
+    );
+    let names = format!(
+        "{name} {cat} COALESCE('.' {cat} pg_catalog.quote_ident(a.attname), '') \
+         {cat} CASE WHEN c.relrowsecurity THEN ' with row security' ELSE '' END"
+    );
+    let agg = |which: &str| {
+        format!(
+            "pg_catalog.md5(COALESCE(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\") FILTER (WHERE s.names {eq} {which}), ''))"
+        )
+    };
     format!(
         "(WITH RECURSIVE r(relid) AS (SELECT ({view})::pg_catalog.oid \
          UNION SELECT d.refobjid FROM r JOIN pg_catalog.pg_class rc ON rc.oid {eq} r.relid AND rc.relkind {eq} 'v' \
            JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
            JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
             AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid) \
-         SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(s.x, ',' ORDER BY s.x COLLATE \"C\"), '')) FROM ( \
-           SELECT DISTINCT {item} AS x \
+         SELECT {} AS names, {} AS columns FROM ( \
+           SELECT DISTINCT v.names, v.x \
              FROM r JOIN pg_catalog.pg_rewrite w ON w.ev_class {eq} r.relid \
              JOIN pg_catalog.pg_depend d ON d.classid {eq} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {eq} w.oid \
               AND d.refclassid {eq} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid {ne} r.relid \
@@ -469,7 +465,10 @@ fn read_md5_sql(view: &str, item: &str, filter: &str) -> String {
              JOIN pg_catalog.pg_namespace n ON n.oid {eq} c.relnamespace \
              LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid {eq} d.refobjid AND d.refobjsubid {gt} 0 \
               AND a.attnum {eq} d.refobjsubid \
-            WHERE {filter}) AS s)"
+             CROSS JOIN LATERAL (VALUES (true, {names}), (false, {column})) AS v(names, x) \
+            WHERE v.x IS NOT NULL) AS s)",
+        agg("true"),
+        agg("false"),
     )
 }
 
@@ -481,12 +480,11 @@ fn read_md5_sql(view: &str, item: &str, filter: &str) -> String {
 pub fn stale_capture_sql(view: &str) -> String {
     let comment = format!("pg_catalog.obj_description({view}, 'pg_class')");
     format!(
-        "(SELECT m IS NOT NULL AND (m IS DISTINCT FROM {} OR (k IS NOT NULL AND k IS DISTINCT FROM {})) \
-           FROM (SELECT {} AS m, {} AS k) AS rec)",
-        reads_md5_sql(view),
-        columns_md5_sql(view),
+        "(SELECT rec.m IS NOT NULL AND (rec.m IS DISTINCT FROM h.names OR (rec.k IS NOT NULL AND rec.k IS DISTINCT FROM h.columns)) \
+           FROM (SELECT {} AS m, {} AS k) AS rec, {} AS h)",
         recorded_md5_sql(&comment),
         recorded_columns_md5_sql(&comment),
+        read_md5s_sql(view),
     )
 }
 

@@ -666,23 +666,21 @@ pub const FINGERPRINT_SQL: &str = "SELECT \
 /// this.
 static FINGERPRINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     use crate::incremental::generate::{
-        columns_md5_sql, reads_md5_sql, recorded_columns_md5_sql, recorded_md5_sql,
-        DEFINITION_COMMENT_PREFIX,
+        read_md5s_sql, recorded_columns_md5_sql, recorded_md5_sql, DEFINITION_COMMENT_PREFIX,
     };
     FINGERPRINT_SQL.replace(
         "$stale",
         &format!(
             "(SELECT coalesce(pg_catalog.string_agg(x.o::text || ':' || coalesce(x.now, '') || '/' || coalesce(x.cols, ''), ',' ORDER BY x.o), '') \
-                FROM (SELECT d.objoid AS o, {} AS recorded, {} AS now, {} AS recorded_cols, {} AS cols \
-                        FROM pg_catalog.pg_description d \
+                FROM (SELECT d.objoid AS o, {} AS recorded, h.names AS now, {} AS recorded_cols, h.columns AS cols \
+                        FROM pg_catalog.pg_description d CROSS JOIN LATERAL {} AS h \
                        WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0 \
                          AND pg_catalog.starts_with(d.description, {})) AS x \
                WHERE x.recorded IS NOT NULL AND (x.recorded IS DISTINCT FROM x.now \
                   OR (x.recorded_cols IS NOT NULL AND x.recorded_cols IS DISTINCT FROM x.cols)))",
             recorded_md5_sql("d.description"),
-            reads_md5_sql("d.objoid"),
             recorded_columns_md5_sql("d.description"),
-            columns_md5_sql("d.objoid"),
+            read_md5s_sql("d.objoid"),
             crate::pg::refresh::quote_literal(DEFINITION_COMMENT_PREFIX),
         ),
     )
