@@ -1611,6 +1611,58 @@ async fn writes_in_the_replica_role_are_captured() {
     );
 }
 
+/// `DISABLE TRIGGER ALL` then `ENABLE TRIGGER ALL` (what bulk loaders and `pg_restore
+/// --disable-triggers` leave) makes refreshd's own trigger fire for ordinary writes
+/// only. Before, neither `check` nor `run` saw a gap, and a load in the replica role
+/// left the materialized view stale; a generated keyed view's triggers left so were
+/// reported by `run` but not by `check` (found by a review). Now `check` reports both,
+/// and `managed` makes the trigger anew, so the next replica-role write is captured.
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_left_enabled_for_ordinary_writes_only_are_a_gap() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "managed");
+    let replica_write = |sql: &str| {
+        db.psql(&format!("SET session_replication_role = replica; {sql}"));
+    };
+    db.psql("ALTER TABLE shop.payments_2025_01 DISABLE TRIGGER ALL; ALTER TABLE shop.payments_2025_01 ENABLE TRIGGER ALL");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "managed closes it: a warning\n{text}");
+    assert!(
+        text.contains("shop.payments_2025_01: trigger refreshd_notify is enabled for ordinary writes only, not ALWAYS"),
+        "{text}"
+    );
+    let (code, text) = check(&config.replace("capture = \"managed\"", "capture = \"verify\""));
+    assert_eq!(code, Some(1), "{text}");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "refreshd's trigger enabled ALWAYS again",
+        || async {
+            db.psql("SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'shop.payments_2025_01'::regclass AND tgname = 'refreshd_notify'") == "A"
+        },
+    )
+    .await;
+    replica_write("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')");
+    wait_for(
+        Duration::from_secs(10),
+        "the replica-role write in the view",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    drop(d);
+
+    // A generated keyed view's trigger left so: `check` says so too.
+    let db = TestDb::new();
+    schema(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    db.psql("ALTER TABLE shop.customers DISABLE TRIGGER ALL; ALTER TABLE shop.customers ENABLE TRIGGER ALL");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not ALWAYS"), "{text}");
+}
+
 /// A partition detached from a keyed view's partitioned table kept the generated
 /// triggers: its writes still reached the view's buffers, and with deltas a delete
 /// there was applied to the view, which no longer reads it (found by an adversarial

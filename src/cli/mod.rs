@@ -458,11 +458,18 @@ async fn capture_gaps(
         config.views.iter().map(|v| v.name.clone()).collect();
     let mut gaps: HashMap<QualifiedName, Vec<String>> = HashMap::new();
     if let Ok(f) = crate::pg::capture::inspect(client, &names).await {
-        for (v, tables) in checked.iter().zip(&f.views) {
+        for (i, (v, tables)) in checked.iter().zip(&f.views).enumerate() {
             if let Some(tables) = tables {
                 let keyed = v.keyed.is_some();
                 let tables = crate::engine::capture::not_configured(tables, &configured);
-                let verdict = crate::engine::capture::judge(&v.channels, &tables, None, keyed);
+                let mut verdict = crate::engine::capture::judge(&v.channels, &tables, None, keyed);
+                // As `run` judges a generated keyed view (a stale one is reported by
+                // the keyed checks).
+                let generated = f.generated.get(i).copied().unwrap_or(false);
+                let stale = f.stale.get(i).copied().unwrap_or(false);
+                if keyed && generated && !stale && verdict.tables.is_some() {
+                    crate::engine::capture::incomplete_gaps(v, &tables, &mut verdict);
+                }
                 gaps.insert(
                     v.name.clone(),
                     verdict

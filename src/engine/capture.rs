@@ -251,11 +251,15 @@ pub fn stray_gaps(
         .collect()
 }
 
-/// The channel (of `channels`) an enabled trigger of `t` notifies, if any.
+/// The channel (of `channels`) an enabled trigger of `t` notifies, if any. refreshd's
+/// own trigger counts only enabled ALWAYS, as it installs it: `DISABLE TRIGGER ALL`
+/// then `ENABLE TRIGGER ALL` (what bulk loaders and `pg_restore --disable-triggers`
+/// leave) makes it fire for ordinary writes only, and a load in the replica role goes
+/// unseen. A trigger of the application's is its own business.
 fn notifies(t: &TableFacts, channels: &[String]) -> Option<String> {
     t.triggers
         .iter()
-        .filter(|g| g.enabled)
+        .filter(|g| g.enabled && (g.always || !g.ours))
         .find_map(|g| channels.iter().find(|c| names_channel(&g.text, c)).cloned())
 }
 
@@ -268,7 +272,15 @@ fn gap_reason(t: &TableFacts, tables: &[TableFacts], channels: &[String]) -> Str
         .filter(|g| !g.enabled && channels.iter().any(|c| names_channel(&g.text, c)))
         .map(|g| g.name.as_str())
         .collect();
-    let mut why = if disabled.is_empty() {
+    let not_always = t.triggers.iter().any(|g| {
+        g.ours && g.enabled && !g.always && channels.iter().any(|c| names_channel(&g.text, c))
+    });
+    let mut why = if not_always {
+        format!(
+            "trigger {} is enabled for ordinary writes only, not ALWAYS (as after DISABLE TRIGGER ALL then ENABLE TRIGGER ALL): writes in the replica role go unseen",
+            crate::pg::capture::TRIGGER
+        )
+    } else if disabled.is_empty() {
         format!("no enabled trigger notifies {}", channels.join(", "))
     } else {
         format!("trigger {} is disabled", disabled.join(", "))
@@ -284,7 +296,7 @@ fn gap_reason(t: &TableFacts, tables: &[TableFacts], channels: &[String]) -> Str
 /// How `managed` closes the gap at `t` (see [`judge`]): for a keyed view, copies of
 /// its root's triggers that reach the view (a partition only); otherwise refreshd's
 /// trigger on the root's channel (a partition) or the view's first, unless refreshd's
-/// own trigger is there already (enabled).
+/// own trigger is there already (enabled ALWAYS; one that is not is made anew).
 fn heal(t: &TableFacts, tables: &[TableFacts], channels: &[String], keyed: bool) -> Option<Heal> {
     let root = tables.iter().find(|r| r.oid == t.root && r.oid != t.oid);
     if keyed {
@@ -305,7 +317,7 @@ fn heal(t: &TableFacts, tables: &[TableFacts], channels: &[String], keyed: bool)
     let channel = root
         .and_then(|r| notifies(r, channels))
         .unwrap_or_else(|| channels[0].clone());
-    (!t.triggers.iter().any(|g| g.ours && g.enabled)).then_some(Heal::Capture(channel))
+    (!t.triggers.iter().any(|g| g.ours && g.enabled && g.always)).then_some(Heal::Capture(channel))
 }
 
 /// What one check found for one view.
@@ -1016,6 +1028,28 @@ mod tests {
         let v = judge(&ch, &tables, None, false);
         assert!(v.gaps.is_empty(), "{v:?}");
         assert!(v.new_tables.is_empty());
+    }
+
+    /// refreshd's own trigger left enabled for ordinary writes only (`DISABLE TRIGGER
+    /// ALL` then `ENABLE TRIGGER ALL`) is a gap `managed` closes by making it anew; an
+    /// application's trigger enabled that way is its own business.
+    #[test]
+    fn refreshds_trigger_not_always_is_a_gap_an_applications_is_not() {
+        let ch = vec!["c_pay".to_string()];
+        let mut ours = trig("refreshd_notify", true, true, "x c_pay\\000");
+        ours.always = false;
+        let v = judge(&ch, &[table(1, "pay", 1, vec![ours])], None, false);
+        assert_eq!(v.gaps.len(), 1, "{v:?}");
+        assert!(v.gaps[0].why.contains("not ALWAYS"), "{}", v.gaps[0].why);
+        assert!(
+            matches!(&v.gaps[0].heal, Some(Heal::Capture(c)) if c == "c_pay"),
+            "{:?}",
+            v.gaps[0].heal
+        );
+        let mut theirs = trig("t", true, false, "pg_notify('c_pay', '')");
+        theirs.always = false;
+        let v = judge(&ch, &[table(1, "pay", 1, vec![theirs])], None, false);
+        assert!(v.gaps.is_empty(), "{v:?}");
     }
 
     #[test]

@@ -125,10 +125,11 @@ $refreshd_shared$;
 }
 
 /// (Re)creates refreshd's capture trigger on `table`, notifying `channel`. Idempotent:
-/// an earlier one (another channel, or disabled) is replaced. Enabled ALWAYS, so that it
-/// fires with `session_replication_role = replica` too: a logical replication
-/// subscription's apply worker writes the table that way, and an origin-only trigger
-/// never saw those changes.
+/// an earlier one (another channel, disabled, or no longer ALWAYS) is replaced. Enabled
+/// ALWAYS, so that it fires with `session_replication_role = replica` too: a bulk load
+/// or `pg_restore --disable-triggers` writes that way, and an origin-only trigger never
+/// saw those changes (a logical replication subscription's apply worker fires no
+/// statement trigger at all: docs/keyed.md).
 pub fn trigger_sql(table: &QualifiedName, channel: &str) -> String {
     let t = table.quoted();
     format!(
