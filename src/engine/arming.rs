@@ -49,7 +49,7 @@
 //! Two refreshd deployments (different `ha.lock_name`) listening on one channel take
 //! turns at the lock; while either holds it or waits for it, writers notify.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +67,10 @@ pub const ARM_CLASS: i32 = 0x7266_7368; // "rfsh"
 /// How long re-arming waits for writers' shared locks before the refresh goes ahead
 /// without it (refreshd then keeps trying, and makes the views due once it has it).
 pub const ARM_LOCK_TIMEOUT: &str = "200ms";
+
+/// While a channel cannot be re-armed (a long transaction holds a slot), how often its
+/// views are made due all the same ([`Arming::retry_pending`]).
+pub const PENDING_DUE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long refreshd waits for an answer to one lock statement.
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(5);
@@ -146,8 +150,9 @@ struct State {
     attached: bool,
     /// The slots held, per channel (all of them: armed).
     armed: HashMap<String, u16>,
-    /// Re-arming timed out: try again; make the views due once armed.
-    pending: HashSet<String>,
+    /// Re-arming timed out: try again; make the views due once armed, and every
+    /// [`PENDING_DUE_EVERY`] until then (the value: when they were last made due).
+    pending: HashMap<String, std::time::Instant>,
 }
 
 /// What [`Arming::arm`] did for one channel.
@@ -412,30 +417,60 @@ impl Arming {
         if st.generation != generation {
             return Armed::NoSession;
         }
-        st.pending.insert(channel.to_string());
+        // Kept from the first failure: each retry fails again while the writer stays.
+        st.pending
+            .entry(channel.to_string())
+            .or_insert_with(std::time::Instant::now);
         Armed::Pending
     }
 
     /// Tries the channels whose re-arming timed out again; for each one armed now, a
     /// notification is passed on (its views are due: a write that skipped its
-    /// notification may have committed after their refresh began).
+    /// notification may have committed after their refresh began). A channel still
+    /// pending has its views made due every [`PENDING_DUE_EVERY`] all the same: while a
+    /// long transaction holds its slot, every other writer on that slot (one backend
+    /// in [`ARM_SLOTS`]) gets the shared lock too and skips its notification, and its
+    /// commit would wait for the long one's end.
     /// At most about half a second per call (each channel may wait `ARM_LOCK_TIMEOUT`),
     /// so that the listener's loop keeps beating and probing.
     pub async fn retry_pending(&self, due: impl Fn(ListenerEvent)) {
-        let pending: Vec<String> = self.state().pending.iter().cloned().collect();
+        let pending: Vec<String> = self.state().pending.keys().cloned().collect();
         let started = std::time::Instant::now();
+        let notify = |channel: String| {
+            due(ListenerEvent::Notification {
+                channel,
+                payload: String::new(),
+                pid: 0,
+            })
+        };
         for ch in pending {
             if started.elapsed() > Duration::from_millis(500) {
                 break;
             }
-            if matches!(self.arm_one(&ch).await, Armed::Yes | Armed::Flowing) {
-                tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
-                due(ListenerEvent::Notification {
-                    channel: ch,
-                    payload: String::new(),
-                    pid: 0,
-                });
+            match self.arm_one(&ch).await {
+                Armed::Yes | Armed::Flowing => {
+                    tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
+                    notify(ch);
+                }
+                Armed::Pending if self.overdue(&ch) => {
+                    tracing::debug!(channel = %ch, "a writer still holds a slot of the channel; its views are due, as writers sharing that slot skip their notification");
+                    notify(ch);
+                }
+                Armed::Pending | Armed::NoSession => {}
             }
+        }
+    }
+
+    /// Whether pending `channel`'s views were last made due [`PENDING_DUE_EVERY`] ago
+    /// or more; if so, they are now (the time restarts).
+    fn overdue(&self, channel: &str) -> bool {
+        let mut st = self.state();
+        match st.pending.get_mut(channel) {
+            Some(at) if at.elapsed() >= PENDING_DUE_EVERY => {
+                *at = std::time::Instant::now();
+                true
+            }
+            _ => false,
         }
     }
 }
