@@ -216,8 +216,8 @@ async fn verify_reports_gaps_and_still_converges() {
         "{log}"
     );
 
-    // Closed gaps go back to 0.
-    db.psql("ALTER TABLE shop.customers ENABLE TRIGGER refreshd_notify");
+    // Closed gaps go back to 0 (refreshd's trigger enabled as it makes it: ALWAYS).
+    db.psql("ALTER TABLE shop.customers ENABLE ALWAYS TRIGGER refreshd_notify");
     db.psql("DROP TABLE shop.payments_2025_03");
     db.psql("CREATE OR REPLACE VIEW shop.paid AS SELECT customer, amount FROM shop.payments");
     wait_for(Duration::from_secs(5), "no gap", || async {

@@ -277,8 +277,9 @@ fn gap_reason(t: &TableFacts, tables: &[TableFacts], channels: &[String]) -> Str
     });
     let mut why = if not_always {
         format!(
-            "trigger {} is enabled for ordinary writes only, not ALWAYS (as after DISABLE TRIGGER ALL then ENABLE TRIGGER ALL): writes in the replica role go unseen",
-            crate::pg::capture::TRIGGER
+            "trigger {trg} is enabled for ordinary writes only, not ALWAYS (as after DISABLE TRIGGER ALL then ENABLE TRIGGER ALL): writes in the replica role go unseen (ALTER TABLE {} ENABLE ALWAYS TRIGGER {trg})",
+            t.name.quoted(),
+            trg = crate::pg::capture::TRIGGER
         )
     } else if disabled.is_empty() {
         format!("no enabled trigger notifies {}", channels.join(", "))
