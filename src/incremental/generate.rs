@@ -1444,6 +1444,46 @@ fn changed_rows(reads: &[String], b: &BaseTable, op: &str) -> String {
     }
 }
 
+/// For a table whose INSERTs foreign keys guard ([`super::inserts`]): the rows now in
+/// it under a key its DELETE just removed, as its DELETE's capture reads them. A key
+/// without `RESTRICT` is checked at the end of the statement, so one statement can
+/// delete a referenced row and insert it again with other values (`WITH d AS (DELETE
+/// ... RETURNING *) INSERT ... SELECT ... FROM d`): the facts then belong to the new
+/// row, whose INSERT the guard let through uncaptured. The DELETE's trigger fires at
+/// the end of that statement, after the INSERT, whichever of the two ran first, so it
+/// finds the new row here and names its groups too (found by a review). One index
+/// lookup per deleted row, by the referenced columns (a unique key). `None` when no
+/// key guards the table's INSERTs.
+fn reinserted_rows(reads: &[String], c: &TableCapture) -> Option<String> {
+    let guard = c.t.inserts.as_ref()?;
+    let mut keys: Vec<&Vec<String>> = Vec::new();
+    for k in guard.occurrences.iter().flatten() {
+        if k.references == c.t.table && !keys.contains(&&k.ref_columns) {
+            keys.push(&k.ref_columns);
+        }
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    let eq = pg_op("=");
+    let matches: Vec<String> = keys
+        .iter()
+        .map(|cols| {
+            let on: Vec<String> = cols
+                .iter()
+                .map(|col| format!("o.{q} {eq} t.{q}", q = quote_ident(col)))
+                .collect();
+            format!("({})", on.join(" AND "))
+        })
+        .collect();
+    Some(format!(
+        "SELECT {} FROM {} AS t WHERE EXISTS (SELECT 1 FROM old_rows o WHERE {})",
+        list(reads, "t."),
+        c.b.name.quoted(),
+        matches.join(" OR ")
+    ))
+}
+
 /// Drops a trigger function, with every trigger still using it wherever it is (a
 /// partition detached since the conversion that created them, say): without them the
 /// DROP would fail.
@@ -1536,6 +1576,10 @@ impl Conversion<'_> {
                 ("update", true) => None,
                 ("insert", true) => Some("SELECT 1 FROM new_rows".to_string()),
                 (_, true) => Some("SELECT 1 FROM old_rows".to_string()),
+                ("delete", false) => Some(match reinserted_rows(reads, c) {
+                    Some(back) => format!("{} UNION ALL {back}", changed_rows(reads, c.b, op)),
+                    None => changed_rows(reads, c.b, op),
+                }),
                 _ => Some(changed_rows(reads, c.b, op)),
             };
             let source = &c.source;
