@@ -1416,6 +1416,122 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     );
 }
 
+/// The definition of `shop.by_region` (with counts), as a migration writes it again.
+const BY_REGION_DEF: &str = "SELECT c.region, count(*) AS n, sum(p.amount) AS total \
+     FROM shop.payments p JOIN shop.customers c ON c.id = p.customer GROUP BY c.region";
+
+/// A definition view converted in place is the view's definition: changed by `CREATE
+/// OR REPLACE VIEW` (the same names read, a condition added), the deltas were still
+/// computed from the old text, for good, and nothing noticed; dropped and created
+/// again (as a type change under it needs), its comment was gone, and with it every
+/// check of its capture (found by a review). The install now records the definition's
+/// text too, and a definition view without its record is a gap: `managed` converts the
+/// view again in both cases.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_definition_view_replaced_or_created_again_is_converted_again() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    let config = with_capture(&config, "managed", "1h");
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    let exact = || {
+        db.psql(&support::differences_sql(
+            "TABLE shop.by_region",
+            "TABLE shop.by_region_def",
+        )) == "0"
+    };
+    let conversions = |d: &Daemon| {
+        d.log_text()
+            .matches("converted the keyed view again")
+            .count()
+    };
+    db.psql(&format!(
+        "CREATE OR REPLACE VIEW shop.by_region_def AS {BY_REGION_DEF} HAVING sum(p.amount) > 15"
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "the view converted again",
+        || async { conversions(&d) == 1 },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (3, 1, 3, '2025-01-07'), (4, 2, 50, '2025-02-07')");
+    wait_for(
+        Duration::from_secs(20),
+        "the table equal to the new definition",
+        || async { exact() && db.psql("SELECT count(*) FROM shop.by_region") == "1" },
+    )
+    .await;
+    // Dropped and created again: no record left in its comment.
+    db.psql(&format!(
+        "DROP VIEW shop.by_region_def; CREATE VIEW shop.by_region_def AS {BY_REGION_DEF}"
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "the view converted again",
+        || async { conversions(&d) == 2 },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (5, 1, 7, '2025-01-08')");
+    wait_for(
+        Duration::from_secs(20),
+        "the table equal to its definition",
+        || async { exact() && north(&db) == "20" },
+    )
+    .await;
+}
+
+/// The migration a base column's type change needs (the views reading it dropped and
+/// created again): `check` reports the definition view's lost record, and converting a
+/// table in place again whose column the definition now produces as another type is
+/// refused, naming both types, where it said "converted" and every refresh failed after
+/// (found by a review). Once the table's column has the new type, it converts.
+#[test]
+fn a_type_changed_under_a_view_converted_in_place_is_named() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    db.psql(&format!(
+        "DROP VIEW shop.by_region_def; CREATE VIEW shop.by_region_def AS {BY_REGION_DEF}"
+    ));
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no longer carries the record"), "{text}");
+    db.psql(&format!(
+        "BEGIN; DROP VIEW shop.by_region_def; DROP VIEW shop.paid; \
+         ALTER TABLE shop.payments ALTER amount TYPE bigint; \
+         CREATE VIEW shop.paid AS SELECT customer, amount FROM shop.payments; \
+         CREATE VIEW shop.by_region_def AS {BY_REGION_DEF}; COMMIT"
+    ));
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("the types must be the same"), "{text}");
+    let dsn = db.dsn();
+    let args = [
+        "init",
+        "--url",
+        &dsn,
+        "--apply",
+        "--keyed",
+        VIEW,
+        "--in-place",
+    ];
+    let out = refreshd(&args);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the table has total as bigint, the definition produces it as numeric"),
+        "{said}"
+    );
+    db.psql("ALTER TABLE shop.by_region ALTER COLUMN total TYPE numeric");
+    let out = refreshd(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// A column added by hand to a table converted in place: converting it again filled the
 /// table from the definition and failed with "column \"note\" does not exist" and a hint
 /// about another part of the query, naming neither the table nor the way out. It is

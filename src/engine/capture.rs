@@ -128,6 +128,24 @@ pub fn stale_gap(v: &ViewConfig) -> Gap {
     }
 }
 
+/// A keyed view `init --keyed` generated (its configuration names the buffer function
+/// only such a conversion has) whose definition view does not say so any more
+/// (`generated`: its comment is refreshd's): see [`crate::pg::capture::RECORD_LOST`].
+pub fn record_lost(v: &ViewConfig, generated: bool) -> bool {
+    !generated && v.keyed.as_ref().is_some_and(|k| k.buffer.is_some())
+}
+
+/// [`record_lost`]'s gap, healed as a stale capture is: by converting the view again.
+pub fn record_lost_gap(v: &ViewConfig) -> Gap {
+    Gap {
+        table: checked_relation(v).clone(),
+        why: crate::pg::capture::RECORD_LOST.to_string(),
+        heal: Some(Heal::ConvertAgain {
+            table: v.name.clone(),
+        }),
+    }
+}
+
 /// Every event a generated keyed view's capture has a trigger for, on every table and
 /// partition: INSERT, DELETE, UPDATE, TRUNCATE (`tgtype` bits).
 pub const ALL_EVENTS: i32 = 4 | 8 | 16 | 32;
@@ -395,7 +413,7 @@ pub async fn run_check(
         };
         match convert_again(&info, v, definition).await {
             Ok(()) => {
-                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was not as generated (a rename, row security turned on or off, a column's NOT NULL or generation expression changed, or a trigger dropped or disabled by hand)");
+                tracing::info!(view = %table, "converted the keyed view again from its definition: its capture was not as generated (a rename, row security turned on or off, a column's NOT NULL or generation expression changed, the definition view replaced or created again, or a trigger dropped or disabled by hand)");
                 closed.insert(definition.clone());
             }
             Err(e) => report.conversions_failed.push((table.clone(), e)),
@@ -468,6 +486,8 @@ async fn check_and_install<'a>(
         let mut verdict = judge(&v.channels, &mine, previous.get(&v.name), v.keyed.is_some());
         if *stale {
             verdict.gaps.push(stale_gap(v));
+        } else if record_lost(v, *generated) {
+            verdict.gaps.push(record_lost_gap(v));
         } else if *generated && v.keyed.is_some() && verdict.tables.is_some() {
             incomplete_gaps(v, &mine, &mut verdict);
         }

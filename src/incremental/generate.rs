@@ -480,13 +480,29 @@ pub fn read_md5s_sql(view: &str) -> String {
 pub fn stale_capture_sql(view: &str) -> String {
     let comment = format!("pg_catalog.obj_description({view}, 'pg_class')");
     format!(
-        "(SELECT rec.m IS NOT NULL AND (rec.m IS DISTINCT FROM h.names OR (rec.k IS NOT NULL AND rec.k IS DISTINCT FROM h.columns)) \
-           FROM (SELECT {} AS m, {} AS k) AS rec, {} AS h)",
+        "(SELECT rec.m IS NOT NULL AND (rec.m IS DISTINCT FROM h.names OR (rec.k IS NOT NULL AND rec.k IS DISTINCT FROM h.columns) \
+                OR (rec.d IS NOT NULL AND rec.d IS DISTINCT FROM {})) \
+           FROM (SELECT {} AS m, {} AS k, {} AS d) AS rec, {} AS h)",
+        definition_md5_sql(view),
         recorded_md5_sql(&comment),
         recorded_columns_md5_sql(&comment),
+        format!("pg_catalog.substring({comment}, '{DEFINITION_MARKER}([0-9a-f]{{32}})')"),
         read_md5s_sql(view),
     )
 }
+
+/// The md5 of a definition view's text (`view`: a SQL expression giving its oid), as
+/// `pg_get_viewdef` prints it with `search_path = pg_catalog` (every other name
+/// qualified): what the install records, and a check compares under that same
+/// setting ([`crate::pg::capture::with_catalog_path`]). Names alone do not tell a
+/// definition replaced by one reading the same columns otherwise (`CREATE OR REPLACE
+/// VIEW` adding a condition): its deltas would still be computed from the old text.
+pub fn definition_md5_sql(view: &str) -> String {
+    format!("pg_catalog.md5(pg_catalog.pg_get_viewdef(({view})::pg_catalog.oid))")
+}
+
+/// The words before [`definition_md5_sql`]'s hash in the definition view's comment.
+pub const DEFINITION_MARKER: &str = "definition: md5 ";
 
 /// The md5 a definition view's comment (`comment`, a SQL expression) recorded after
 /// [`READS_MARKER`]; NULL without one.
@@ -2124,13 +2140,17 @@ impl Conversion<'_> {
             "{DEFINITION_COMMENT_PREFIX}{}; its capture was generated for the {READS_MARKER}",
             self.n.table
         );
+        // The definition's text as a check prints it: with search_path = pg_catalog
+        // alone, whatever the install's is; set back at once.
         let body = format!(
-            "BEGIN\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {} {or} {} {or} {});\nEND;\n",
+            "DECLARE\n    refreshd_path text := pg_catalog.current_setting('search_path');\n    refreshd_definition text;\nBEGIN\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog', true);\n    refreshd_definition := {};\n    PERFORM pg_catalog.set_config('search_path', refreshd_path, true);\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {} {or} {} {or} refreshd_definition {or} {} {or} {});\nEND;\n",
+            definition_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
             literal(&def),
             literal(&text),
             reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
             literal(&format!("; the {COLUMNS_MARKER}")),
             columns_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
+            literal(&format!("; the {DEFINITION_MARKER}")),
             literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}; {STATE_MARKER}")),
             state,
             or = pg_op("||"),

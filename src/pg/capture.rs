@@ -265,9 +265,21 @@ pub struct CaptureFacts {
 pub const STALE_CAPTURE: &str =
     "its capture was generated for names it no longer reads (a table, schema or \
      column renamed, row security turned on or off, a column's NOT NULL or generation expression changed, \
-     or the definition replaced): writes to its tables fail, or their changes go \
+     or the definition view changed by CREATE OR REPLACE): writes to its tables fail, or their changes go \
      unseen or are applied wrongly, until `refreshd init --keyed` runs again for this view (with capture = \"managed\", \
      refreshd runs it)";
+
+/// Why a keyed view `init --keyed` generated (its configuration names a buffer
+/// function) whose definition view no longer carries the record the install wrote in
+/// its comment is a gap: nothing tells whether its capture still fits what it reads.
+/// A migration that changes a column's type must drop the views reading it, so the
+/// definition view comes back without its comment, and every buffer keeps the old type
+/// (a scale rounded, a range that no longer fits).
+pub const RECORD_LOST: &str =
+    "its definition view no longer carries the record `init --keyed` wrote in its comment \
+     (dropped and created again, as a column's type change needs, or restored without comments), so \
+     nothing tells whether its capture still fits what it reads (a type, a name or a NOT NULL changed with it); \
+     `refreshd init --keyed` must run again for this view (with capture = \"managed\", refreshd runs it)";
 
 /// [`CHECK_SQL`] with its `$stale` filled in, built once.
 static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -340,6 +352,29 @@ SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
   LEFT JOIN trg ON trg.tgrelid = c.oid \
  ORDER BY 1, 3, 4";
 
+/// Runs `query` (a future: it starts when awaited) in a transaction of its own with `search_path = pg_catalog`: a keyed
+/// view's definition is compared as its install recorded it, printed under that
+/// setting ([`crate::incremental::generate::definition_md5_sql`]). One transaction, so
+/// a transaction pooler keeps the setting to it; rolled back if the query fails.
+pub async fn with_catalog_path<T>(
+    client: &tokio_postgres::Client,
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    client
+        .batch_execute("BEGIN; SET LOCAL search_path = pg_catalog")
+        .await?;
+    match query.await {
+        Ok(v) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
 /// Reads what [`CHECK_SQL`] finds for `views` (schema-qualified names of materialized
 /// views, or of keyed views' definitions).
 pub async fn inspect(
@@ -349,12 +384,14 @@ pub async fn inspect(
     use tokio_postgres::types::Type;
     let schemas: Vec<&str> = views.iter().map(|n| n.schema.as_str()).collect();
     let names: Vec<&str> = views.iter().map(|n| n.name.as_str()).collect();
-    let rows = client
-        .query_typed(
+    let rows = with_catalog_path(
+        client,
+        client.query_typed(
             CHECK.as_str(),
             &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let mut facts = CaptureFacts {
         views: vec![None; views.len()],
         function_installed: false,

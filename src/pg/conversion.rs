@@ -231,16 +231,17 @@ const COLUMNS_APART_SQL: &str = "WITH t AS ( \
      WHERE n.nspname = $2 AND c.relname = $3 AND a.attnum > 0 AND NOT a.attisdropped) \
 SELECT coalesce(t.name, d.name), t.type, d.type \
   FROM t FULL JOIN d ON d.name = t.name \
- WHERE t.name IS NULL OR d.name IS NULL \
+ WHERE t.name IS NULL OR d.name IS NULL OR t.type <> d.type \
  ORDER BY coalesce(t.attnum, 0), d.attnum";
 
 /// Why a table converted in place (`oid`, named `name`) cannot be converted again as it
 /// is: its columns are no longer those its definition view produces (a column added to
-/// the table by hand; a type changed by hand is left to the assignment cast, as a
-/// refresh does). Converting it again would fill the table
-/// from the definition and fail on the column the definition lacks, in an error that
-/// names neither; a keyed table holds exactly what its definition produces. `None` when
-/// they match.
+/// the table by hand; a type the definition produces changed, after a base column's
+/// type did). Converting it again would fill the table from the definition and fail on
+/// the column the definition lacks, in an error that names neither, or succeed and
+/// leave every refresh failing on the type (as `check` says: the types must be the
+/// same); a keyed table holds exactly what its definition produces. `None` when they
+/// match.
 async fn columns_apart(
     client: &tokio_postgres::Client,
     oid: u32,
@@ -264,19 +265,24 @@ async fn columns_apart(
         .iter()
         .map(|r| {
             let column = crate::pg::ident::shown_ident(&r.get::<_, String>(0));
-            match r.get::<_, Option<String>>(1) {
-                Some(t) => {
+            match (r.get::<_, Option<String>>(1), r.get::<_, Option<String>>(2)) {
+                (Some(t), Some(d)) => format!(
+                    "the table has {column} as {t}, the definition produces it as {d} (ALTER TABLE {} ALTER COLUMN {} TYPE {d})",
+                    name.quoted(),
+                    crate::pg::ident::quote_ident(&r.get::<_, String>(0)),
+                ),
+                (Some(t), None) => {
                     format!("the table has {column} ({t}), which the definition does not produce")
                 }
-                None => format!(
+                (None, d) => format!(
                     "the definition produces {column} ({}), which the table lacks",
-                    r.get::<_, Option<String>>(2).unwrap_or_default()
+                    d.unwrap_or_default()
                 ),
             }
         })
         .collect();
     Ok(Some(format!(
-        "converted in place before, but its columns no longer match its definition view {}: {}; a keyed table holds exactly the columns its definition produces: drop the column added to the table, or rename it back, or roll the conversion back and convert again",
+        "converted in place before, but its columns no longer match its definition view {}: {}; a keyed table holds exactly the columns its definition produces, of its types: drop the column added to the table, or rename it back, or change its type, or roll the conversion back and convert again",
         def.shown(),
         apart.join("; ")
     )))

@@ -452,7 +452,11 @@ async fn stale_capture(client: &Client, query_oid: u32) -> Result<bool, tokio_po
         "SELECT {}",
         crate::incremental::generate::stale_capture_sql("$1::pg_catalog.oid")
     );
-    let rows = client.query_typed(&sql, &[(&query_oid, Type::OID)]).await?;
+    let rows = crate::pg::capture::with_catalog_path(
+        client,
+        client.query_typed(&sql, &[(&query_oid, Type::OID)]),
+    )
+    .await?;
     Ok(rows
         .first()
         .is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
@@ -485,6 +489,21 @@ async fn triggers(
                     keyed.query.shown()
                 ),
         );
+    } else if keyed.buffer.is_some() {
+        let recorded: bool = client
+            .query_one(
+                "SELECT coalesce(pg_catalog.starts_with(pg_catalog.obj_description($1, 'pg_class'), $2), false)",
+                &[&query_oid, &crate::incremental::generate::DEFINITION_COMMENT_PREFIX],
+            )
+            .await?
+            .get(0);
+        if !recorded {
+            r.problems.push(format!(
+                "{}: {}",
+                keyed.query.shown(),
+                crate::pg::capture::RECORD_LOST
+            ));
+        }
     }
     stray_triggers(client, view, keyed, r).await?;
     let tables = transitive_tables(client, query_oid).await?;
