@@ -1482,6 +1482,42 @@ async fn a_definition_view_replaced_or_created_again_is_converted_again() {
     .await;
 }
 
+/// The rollback of a conversion in place restores the materialized view from the
+/// definition view as it is then, not as it was converted: after `CREATE OR REPLACE`
+/// on it (the view's definition, in place) the rollback brought the old one back
+/// (found by a review).
+#[test]
+fn a_rollback_restores_the_definition_as_it_is_now() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let sql_dir = tempfile::tempdir().unwrap();
+    convert(
+        &db,
+        &["--in-place", "--sql", sql_dir.path().to_str().unwrap()],
+    );
+    db.psql(&format!(
+        "CREATE OR REPLACE VIEW shop.by_region_def AS {BY_REGION_DEF} HAVING sum(p.amount) > 15"
+    ));
+    let rollback = sql_dir.path().join(refreshd::cli::init::ROLLBACK);
+    let out = db.server.psql_file(&db.name, &rollback);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.psql("SELECT relkind FROM pg_class WHERE oid = 'shop.by_region'::regclass"),
+        "m"
+    );
+    assert!(
+        db.psql("SELECT pg_get_viewdef('shop.by_region'::regclass)")
+            .contains("HAVING"),
+        "{}",
+        db.psql("SELECT pg_get_viewdef('shop.by_region'::regclass)")
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(region, ',') FROM shop.by_region"),
+        "south"
+    );
+}
+
 /// The migration a base column's type change needs (the views reading it dropped and
 /// created again): `check` reports the definition view's lost record, and converting a
 /// table in place again whose column the definition now produces as another type is

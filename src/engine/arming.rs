@@ -42,7 +42,8 @@
 //! writer's commit. If re-arming cannot get the lock within
 //! `ARM_LOCK_TIMEOUT` (a long writing transaction), the refresh goes ahead, refreshd
 //! keeps trying, and when the lock is finally taken the channel's views are made due
-//! again. When the LISTEN session ends, its locks go with it (every channel disarmed);
+//! again; until then they are made due every [`PENDING_DUE_EVERY`] too, since every
+//! other writer on that slot gets it shared and skips its notification meanwhile. When the LISTEN session ends, its locks go with it (every channel disarmed);
 //! a new leader refreshes every view, re-arming first. While no refreshd runs,
 //! writers never notify at all.
 //!

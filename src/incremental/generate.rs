@@ -486,7 +486,7 @@ pub fn stale_capture_sql(view: &str) -> String {
         definition_md5_sql(view),
         recorded_md5_sql(&comment),
         recorded_columns_md5_sql(&comment),
-        format!("pg_catalog.substring({comment}, '{DEFINITION_MARKER}([0-9a-f]{{32}})')"),
+        recorded_definition_md5_sql(&comment),
         read_md5s_sql(view),
     )
 }
@@ -499,6 +499,12 @@ pub fn stale_capture_sql(view: &str) -> String {
 /// VIEW` adding a condition): its deltas would still be computed from the old text.
 pub fn definition_md5_sql(view: &str) -> String {
     format!("pg_catalog.md5(pg_catalog.pg_get_viewdef(({view})::pg_catalog.oid))")
+}
+
+/// The md5 a definition view's comment (`comment`, a SQL expression) recorded after
+/// [`DEFINITION_MARKER`]; NULL without one.
+fn recorded_definition_md5_sql(comment: &str) -> String {
+    format!("pg_catalog.substring({comment}, '{DEFINITION_MARKER}([0-9a-f]{{32}})')")
 }
 
 /// The words before [`definition_md5_sql`]'s hash in the definition view's comment.
@@ -2197,12 +2203,16 @@ impl Conversion<'_> {
             );
             let _ = writeln!(r, "DO {};", dollar(&body));
             let _ = writeln!(r, "SET LOCAL search_path TO {};", self.search_path());
-            let _ = writeln!(
-                r,
-                "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS\n{};",
-                v.quoted(),
-                self.definition()
+            // The definition as the definition view has it now (changed since, it is
+            // the view's), printed with every name qualified; as converted if it is
+            // gone.
+            let body = format!(
+                "DECLARE\n    refreshd_path text := pg_catalog.current_setting('search_path');\n    refreshd_definition text;\nBEGIN\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog', true);\n    refreshd_definition := pg_catalog.rtrim(pg_catalog.pg_get_viewdef(pg_catalog.to_regclass({})), ';');\n    PERFORM pg_catalog.set_config('search_path', refreshd_path, true);\n    EXECUTE pg_catalog.format('CREATE MATERIALIZED VIEW IF NOT EXISTS %s AS %s', {}, COALESCE(refreshd_definition, {}));\nEND;\n",
+                literal(&n.def.quoted()),
+                literal(&v.quoted()),
+                literal(self.definition()),
             );
+            let _ = writeln!(r, "DO {};", dollar(&body));
             self.index_sql(r);
             self.grant_sql(r, &format!("TABLE {}", v.quoted()));
             if let Some(owner) = &self.f.owner {
