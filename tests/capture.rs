@@ -1518,6 +1518,30 @@ fn a_rollback_restores_the_definition_as_it_is_now() {
     );
 }
 
+/// A database restored with `pg_restore --no-comments` has a table converted in place
+/// with no comment to say so: `init --keyed --in-place` refused it as "not a
+/// materialized view (it is a table)", and `managed` could not convert it again either
+/// (found by a review). Its definition view and consume function are enough.
+#[test]
+fn a_conversion_in_place_restored_without_comments_converts_again() {
+    let db = TestDb::new();
+    schema(&db);
+    with_counts(&db);
+    let (config, _) = convert(&db, &["--in-place"]);
+    db.psql(
+        "COMMENT ON TABLE shop.by_region IS NULL; COMMENT ON VIEW shop.by_region_def IS NULL; \
+         INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')",
+    );
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no longer carries the record"), "{text}");
+    let (_, said) = convert(&db, &["--in-place"]);
+    assert!(said.contains("converted"), "{said}");
+    assert_eq!(north(&db), "110");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// The migration a base column's type change needs (the views reading it dropped and
 /// created again): `check` reports the definition view's lost record, and converting a
 /// table in place again whose column the definition now produces as another type is

@@ -716,22 +716,28 @@ pub fn keyed_table_comment_prefix(v: &QualifiedName) -> String {
     )
 }
 
+/// A name in schema `refreshd` for view `v`'s conversion: buffer and consume function
+/// are named after the view's schema and name (exact when the schema has no `_`, so
+/// that no two views' names meet).
+fn in_refreshd(v: &QualifiedName, suffix: &str, identity: &str) -> QualifiedName {
+    QualifiedName::new(
+        "refreshd",
+        bounded(
+            &format!("{}_{}_{suffix}", v.schema, v.name),
+            &[&v.schema, &v.name, identity],
+            !v.schema.contains('_'),
+        ),
+    )
+}
+
+/// The function consuming view `v`'s change buffer (`refreshd.<schema>_<view>_consume`).
+pub fn consume_function(v: &QualifiedName) -> QualifiedName {
+    in_refreshd(v, "consume", "consume")
+}
+
 impl Names {
     fn new(d: &Derivation, v: &QualifiedName, in_place: bool) -> Names {
-        // Buffer and consume function: named after the view's schema and name (exact
-        // when the schema has no `_`, so that no two views' names meet).
-        let stem = format!("{}_{}", v.schema, v.name);
-        let exact = !v.schema.contains('_');
-        let in_refreshd = |suffix: &str, identity: &str| {
-            QualifiedName::new(
-                "refreshd",
-                bounded(
-                    &format!("{stem}_{suffix}"),
-                    &[&v.schema, &v.name, identity],
-                    exact,
-                ),
-            )
-        };
+        let in_refreshd = |suffix: &str, identity: &str| in_refreshd(v, suffix, identity);
         let mut all_column = "all_".to_string();
         while d.key.contains(&all_column) {
             all_column.push('_');

@@ -129,6 +129,27 @@ async fn derive_keyed_in(
     Ok(out)
 }
 
+/// Whether table `name`, which has no comment, was converted in place: its definition
+/// view and its consume function are there (a database restored with `pg_restore
+/// --no-comments` loses the comment that says so; refused as "not a materialized view"
+/// before, so that neither `init --keyed` nor `managed` could convert it again).
+async fn uncommented_conversion(
+    client: &tokio_postgres::Client,
+    name: &QualifiedName,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL \
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($2) AND c.relkind = 'v')",
+            &[
+                &format!("{}()", generate::consume_function(name).quoted()),
+                &generate::definition_view(name).quoted(),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// One `--keyed` view: its derivation from the definition and key the catalog gives,
 /// then its conversion.
 async fn derive_one(
@@ -160,9 +181,18 @@ async fn derive_one(
     // again from its definition view, e.g. to install a newer capture. The install is
     // idempotent (the table stays, its rows are recomputed in the same transaction),
     // and the rollback still restores the materialized view.
-    let ours = r
-        .get::<_, Option<String>>(4)
-        .is_some_and(|c| c.starts_with(&generate::keyed_table_comment_prefix(name)));
+    // Without any comment (`pg_restore --no-comments`), a table beside its definition
+    // view and with its consume function is one too.
+    let comment = r.get::<_, Option<String>>(4);
+    let ours = match &comment {
+        Some(c) => c.starts_with(&generate::keyed_table_comment_prefix(name)),
+        None => {
+            relkind == "r"
+                && uncommented_conversion(client, name)
+                    .await
+                    .map_err(catalog_error)?
+        }
+    };
     if ours && in_place {
         let def = generate::definition_view(name);
         definition = catalog
@@ -616,17 +646,44 @@ SELECT pn.nspname::text, pc.relname::text \
  ORDER BY t.level, pn.nspname, pc.relname";
 
 /// A table's columns whose type has no default btree or hash operator class (no
-/// equality an `EXCEPT` can use). Arrays, enums and ranges (generic classes) count too:
-/// taking all their rows is only slower.
-const INCOMPARABLE_SQL: &str = "SELECT a.attname::text \
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
- WHERE n.nspname = $1 AND c.relname = $2 \
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
-                    WHERE oc.opcintype = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
-                      AND oc.opcdefault \
-                      AND am.amname IN ('btree', 'hash'))";
+/// equality an `EXCEPT` can use), as PostgreSQL finds one: for the type (a domain's
+/// base type), for a type it is binary-coercible to (`varchar` has none of its own and
+/// uses `text`'s; `cidr`, `inet`'s), or a generic class (an enum, a range; an array of
+/// a type that has one). Before, varchar, enum, range and array columns all counted as
+/// without equality, so that an UPDATE of any column of a table the view reads one of
+/// them from buffered its rows (found by a review: nearly every TPC-H text column is
+/// varchar).
+static INCOMPARABLE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // A default btree or hash operator class for type `t` (a SQL expression giving its
+    // oid) or for a type it is implicitly binary-coercible to.
+    let has = |t: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+              WHERE oc.opcdefault AND am.amname IN ('btree', 'hash') \
+                AND (oc.opcintype = {t} OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast k \
+                      WHERE k.castsource = {t} AND k.casttarget = oc.opcintype \
+                        AND k.castmethod = 'b' AND k.castcontext = 'i')))"
+        )
+    };
+    format!(
+        "SELECT a.attname::text \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+           JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+           JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END \
+          WHERE n.nspname = $1 AND c.relname = $2 \
+            AND NOT ({} \
+                 OR (bt.typtype = 'e' AND {}) \
+                 OR (bt.typtype = 'r' AND {}) \
+                 OR (bt.typcategory = 'A' AND bt.typelem <> 0 AND {} \
+                     AND (SELECT {} OR et.typtype = 'e' FROM pg_catalog.pg_type et WHERE et.oid = bt.typelem)))",
+        has("bt.oid"),
+        has("'pg_catalog.anyenum'::pg_catalog.regtype"),
+        has("'pg_catalog.anyrange'::pg_catalog.regtype"),
+        has("'pg_catalog.anyarray'::pg_catalog.regtype"),
+        has("et.oid"),
+    )
+});
 
 /// A table's generated columns whose value its statement triggers' transition tables
 /// may not hold ([`BaseTable::generated`]): VIRTUAL ones (`attgenerated` 'v', PostgreSQL
@@ -770,7 +827,7 @@ async fn table_facts(
         }
     }
     let incomparable: Vec<String> = client
-        .query_typed(INCOMPARABLE_SQL, by_name)
+        .query_typed(INCOMPARABLE.as_str(), by_name)
         .await?
         .iter()
         .map(|r| r.get(0))
