@@ -171,6 +171,10 @@ pub struct Generated {
     /// Q3 at SF 0.1, 6,000 changed lineitems: 135 ms, against 22 ms by index lookups
     /// and hash joins).
     pub consume_no_merge_join: bool,
+    /// Every table in schema `refreshd` the install makes for this view (key, row, reach,
+    /// tombstone and pending buffers): what the consume function empties without reading
+    /// when refreshd recomputes everything ([`CONSUME_EVERYTHING`]).
+    pub buffers: Vec<QualifiedName>,
     /// The fact table whose changes are applied as deltas (`schema.name`).
     pub delta_fact: Option<QualifiedName>,
     /// The same as the derivation names it (`schema.name`): written into the consume
@@ -200,6 +204,11 @@ const PRIVILEGES: &[&str] = &[
     "MAINTAIN",
 ];
 
+/// The setting refreshd turns on (`SET LOCAL`) before it calls a consume function in a
+/// refresh that recomputes everything: the function then empties its buffers and
+/// returns no key (functions generated before it read them as always).
+pub const CONSUME_EVERYTHING: &str = "refreshd.consume_everything";
+
 /// The consume function of a conversion (`CREATE OR REPLACE`): LANGUAGE sql, SECURITY
 /// DEFINER (its owner, the role that ran `init`, owns the buffer; EXECUTE is revoked
 /// from PUBLIC: whoever may call it may discard changes). Its body: the
@@ -226,6 +235,21 @@ pub fn consume_function_sql(g: &Generated) -> String {
     } else {
         String::new()
     };
+    if plpgsql && !g.buffers.is_empty() {
+        // A full recompute covers every change buffered: the buffers are emptied (in
+        // the refresh's snapshot, as below), not read. Resolving a reach buffer looks
+        // each changed row's facts up, a scan per row without an index on the join
+        // column: 200 times a REFRESH of the same query (found by a review).
+        let _ = writeln!(
+            body,
+            "IF pg_catalog.current_setting('{CONSUME_EVERYTHING}', true) {} 'on' THEN",
+            pg_op("=")
+        );
+        for b in &g.buffers {
+            let _ = writeln!(body, "    DELETE FROM {};", b.quoted());
+        }
+        body.push_str("    RETURN;\nEND IF;\n");
+    }
     body.push_str(
         "-- refreshd: delta statements (Generated::consume_prelude) run here, before the keys are consumed.\n",
     );
@@ -1204,6 +1228,7 @@ impl<'a> Conversion<'a> {
             consume_prelude: Vec::new(),
             consume_recheck: None,
             consume_no_merge_join: false,
+            buffers: Vec::new(),
             delta_fact: None,
             delta_fact_table: None,
             install: String::new(),
@@ -2271,6 +2296,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let mut drop_pending = String::new();
     let pending = c.pending_sql(&sources, &mut install, &mut drop_pending)?;
     generated.consume_prelude.splice(0..0, pending);
+    generated.buffers = c.created.borrow().clone();
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {
         // The owner could refresh its materialized view; it can run refreshd on the

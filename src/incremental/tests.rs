@@ -1644,7 +1644,9 @@ fn generate_in_place() {
     assert!(g
         .rollback
         .contains("DROP TABLE \"public\".\"attendance_statistics_summary\";"));
-    assert!(g.rollback.contains("CREATE MATERIALIZED VIEW IF NOT EXISTS \"public\".\"attendance_statistics_summary\" AS\nWITH"));
+    // From the definition view as it is then; as converted if it is gone.
+    assert!(g.rollback.contains("EXECUTE pg_catalog.format('CREATE MATERIALIZED VIEW IF NOT EXISTS %s AS %s', '\"public\".\"attendance_statistics_summary\"', COALESCE(refreshd_definition, 'WITH"), "{}", g.rollback);
+    assert!(g.rollback.contains("pg_catalog.pg_get_viewdef(pg_catalog.to_regclass('\"public\".\"attendance_statistics_summary_def\"'))"));
     assert!(g
         .rollback
         .contains("CREATE UNIQUE INDEX IF NOT EXISTS ix ON"));

@@ -879,7 +879,9 @@ pub fn consume_sql(keyed: &Keyed, buffer: &QualifiedName) -> String {
 }
 
 /// Recomputing everything in a buffered view's transaction: consumes the buffer (its
-/// entries are older than the recompute, which covers them), then writes the rows
+/// entries are older than the recompute, which covers them: a consume function
+/// generated since 2026-12-05 only empties its buffers then, see
+/// [`crate::incremental::generate::CONSUME_EVERYTHING`]), then writes the rows
 /// that differ from the definition ([`replace_all_sql`]), all in one snapshot.
 pub fn full_buffered_sql(
     view: &ViewConfig,
@@ -890,8 +892,9 @@ pub fn full_buffered_sql(
     history: &str,
 ) -> String {
     format!(
-        "{}; SELECT pg_catalog.count(*) FROM {}(); {}",
+        "{}; SET LOCAL {} = 'on'; SELECT pg_catalog.count(*) FROM {}(); {}",
         buffered_prologue(view),
+        crate::incremental::generate::CONSUME_EVERYTHING,
         buffer.quoted(),
         rest_of_full(view, keyed, shape, event, history)
     )
