@@ -350,7 +350,7 @@ struct Inspected {
     managed: std::collections::HashSet<QualifiedName>,
     /// How each keyed view's maintenance derives from its query (SPEC "Incremental
     /// maintenance"), one per keyed view, in order.
-    derived: std::vec::IntoIter<Result<Vec<String>, String>>,
+    derived: std::vec::IntoIter<Result<crate::pg::definitions::Derived, String>>,
 }
 
 impl Inspected {

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::Type;
+
 use crate::incremental::{self, generate, Catalog, Relation, RelationKind};
 use crate::pg::ident::QualifiedName;
 
@@ -106,7 +108,7 @@ pub async fn read_relations(
 pub async fn derivation_lines(
     client: &tokio_postgres::Client,
     views: &[KeyedLines<'_>],
-) -> Result<Vec<Result<Vec<String>, String>>, tokio_postgres::Error> {
+) -> Result<Vec<Result<Derived, String>>, tokio_postgres::Error> {
     client
         .batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog",
@@ -119,22 +121,106 @@ pub async fn derivation_lines(
     }
     // Read only: COMMIT and ROLLBACK end it alike.
     let end = client.batch_execute("ROLLBACK").await;
-    let (catalog, _) = read?;
+    let (catalog, relations) = read?;
     let deltas = deltas?;
     end?;
-    Ok(views
-        .iter()
-        .zip(deltas)
-        .map(|(v, deltas)| {
-            let Some(definition) = catalog.view_definition(&v.query.schema, &v.query.name) else {
-                return Err(format!("{} is not a plain view", v.query));
+    let mut out = Vec::new();
+    for (v, deltas) in views.iter().zip(deltas) {
+        let Some(definition) = catalog.view_definition(&v.query.schema, &v.query.name) else {
+            out.push(Err(format!("{} is not a plain view", v.query)));
+            continue;
+        };
+        let key: Vec<&str> = v.key.iter().map(String::as_str).collect();
+        match incremental::derive(definition, &key, &catalog) {
+            Ok(d) => out.push(Ok(Derived {
+                lines: lines(&d, deltas),
+                warnings: unindexed_lookups(client, &d, &relations).await?,
+            })),
+            Err(e) => out.push(Err(e.reason)),
+        }
+    }
+    Ok(out)
+}
+
+/// What `check` says of a keyed view's derivation: its lines (facts) and its warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub lines: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Tables of more than this many rows (estimated) looked up with no index: a warning.
+const LARGE_TABLE_ROWS: f64 = 10_000.0;
+
+/// A table's estimated rows (its partitions' too) and whether a valid index of it, not
+/// partial, leads with the column.
+const LOOKUP_SQL: &str = "SELECT (SELECT pg_catalog.sum(CASE WHEN pc.reltuples > 0 THEN pc.reltuples \
+                                   ELSE pg_catalog.pg_relation_size(pc.oid) / 100.0 END)::float8 \
+          FROM pg_catalog.pg_class pc \
+         WHERE pc.oid = c.oid OR pc.oid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t)), \
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                WHERE i.indrelid = c.oid AND a.attname = $3 AND i.indisvalid AND i.indpred IS NULL) \
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+/// The lookups a refresh makes to turn a table's changed rows into keys along its join
+/// paths (each step: the next table by its joined column) that no index serves, on
+/// large tables: each changed row then scans the table (a review found a refresh 200
+/// times slower than a REFRESH of the same query, TPC-H's `part` reaching its key
+/// through `lineitem.l_partkey`, which TPC-H does not index). One warning per lookup,
+/// with the index that serves it.
+async fn unindexed_lookups(
+    client: &tokio_postgres::Client,
+    d: &incremental::Derivation,
+    relations: &Relations,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut warnings = Vec::new();
+    for t in &d.tables {
+        let incremental::How::JoinPath { paths, .. } = &t.how else {
+            continue;
+        };
+        // Each step's table by its qualified name (a step names it as printed).
+        let steps = paths
+            .iter()
+            .flat_map(|p| p.steps.iter().zip(p.tables.iter().skip(1)));
+        for (step, table) in steps {
+            let lookup = (table.clone(), step.to_column.clone());
+            if seen.contains(&lookup) {
+                continue;
+            }
+            seen.push(lookup);
+            let Some((name, _)) = relations.get(table) else {
+                continue;
             };
-            let key: Vec<&str> = v.key.iter().map(String::as_str).collect();
-            incremental::derive(definition, &key, &catalog)
-                .map(|d| lines(&d, deltas))
-                .map_err(|e| e.reason)
-        })
-        .collect())
+            let rows = client
+                .query_typed(
+                    LOOKUP_SQL,
+                    &[
+                        (&name.schema, Type::TEXT),
+                        (&name.name, Type::TEXT),
+                        (&step.to_column, Type::TEXT),
+                    ],
+                )
+                .await?;
+            let Some(r) = rows.first() else { continue };
+            let size = r.get::<_, Option<f64>>(0).unwrap_or(0.0);
+            if size > LARGE_TABLE_ROWS && !r.get::<_, bool>(1) {
+                let changed = relations
+                    .get(&t.table)
+                    .map_or(t.name.clone(), |(n, _)| n.shown());
+                warnings.push(format!(
+                    "a change to {changed} is joined to {} by {} at the refresh, and no index leads with that column: each changed row scans ~{size:.0} rows (CREATE INDEX ON {} ({}))",
+                    name.shown(),
+                    crate::pg::ident::shown_ident(&step.to_column),
+                    name.quoted(),
+                    crate::pg::ident::quote_ident(&step.to_column),
+                ));
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 /// A keyed view as `check` derives it: its definition view, key, table and consume

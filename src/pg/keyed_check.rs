@@ -813,11 +813,19 @@ fn key_types_differ(
 /// [`crate::pg::definitions::derivation_lines`] derived it. Not a problem when it cannot
 /// be derived: the keyed refresh recomputes the groups its capture names whatever the
 /// derivation says.
-pub fn derivation_facts(r: &mut ViewReport, derived: &Result<Vec<String>, String>) {
+pub fn derivation_facts(
+    r: &mut ViewReport,
+    derived: &Result<crate::pg::definitions::Derived, String>,
+) {
     match derived {
-        Ok(lines) => r
-            .facts
-            .extend(lines.iter().map(|line| format!("derived: {line}"))),
+        Ok(d) => {
+            r.facts
+                .extend(d.lines.iter().map(|line| format!("derived: {line}")));
+            r.warnings.extend(d.warnings.iter().cloned());
+            if !d.warnings.is_empty() {
+                r.verdict = r.verdict.max(crate::pg::catalog::Verdict::Warn);
+            }
+        }
         Err(why) => r
             .facts
             .push(format!("not derived from its definition: {why}")),
