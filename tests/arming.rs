@@ -218,6 +218,95 @@ async fn a_writer_sharing_a_long_writers_slot_is_seen_while_that_one_stays_open(
     .await;
 }
 
+/// The same with the long transaction on four channels: re-arming tries the pending
+/// channels for at most half a second per round (each try waits up to 200 ms), and the
+/// rounds walked them in one fixed order, so the fourth was never tried and never made
+/// due (found by a review). Every channel is due every few seconds now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_writer_on_four_channels_leaves_none_of_them_unseen() {
+    let db = TestDb::new();
+    let mut schema = String::new();
+    for i in 1..=4 {
+        schema.push_str(&format!(
+            "CREATE TABLE public.t{i} (id int PRIMARY KEY, qty int NOT NULL); \
+             INSERT INTO public.t{i} VALUES (1, 1), (2, 2); \
+             CREATE MATERIALIZED VIEW public.v{i} AS SELECT id, qty FROM public.t{i}; \
+             CREATE UNIQUE INDEX ON public.v{i} (id);"
+        ));
+    }
+    db.psql(&schema);
+    let _d = armed_daemon(
+        &db,
+        &adopt(&db, "1s"),
+        "public.v1",
+        Some("refreshd_public_t1"),
+    )
+    .await;
+    let probe = db.client().await;
+    // Every channel disarmed: a write to each.
+    db.psql("UPDATE public.t1 SET qty = 10 WHERE id = 1; UPDATE public.t2 SET qty = 10 WHERE id = 1; \
+             UPDATE public.t3 SET qty = 10 WHERE id = 1; UPDATE public.t4 SET qty = 10 WHERE id = 1");
+    wait_for(Duration::from_secs(10), "every lock released", || async {
+        class_locks(&probe, "true").await == 0
+    })
+    .await;
+    // L holds its slot of all four channels.
+    let mut l = db.client().await;
+    let long = l.transaction().await.unwrap();
+    for i in 1..=4 {
+        long.execute(
+            &format!("UPDATE public.t{i} SET qty = qty + 100 WHERE id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let slot: i32 = long
+        .query_one("SELECT pg_backend_pid() % 16", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The refreshes of the first writes go ahead without L (their re-arms give up on
+    // its slot): every channel is pending from then on.
+    wait_for(
+        Duration::from_secs(10),
+        "the first writes in every view",
+        || async {
+            (1..=4).all(|i| db.psql(&format!("SELECT qty FROM public.v{i} WHERE id = 1")) == "10")
+        },
+    )
+    .await;
+    // M, on L's slot, writes each table while L stays open.
+    let mut m = None;
+    for _ in 0..200 {
+        let c = db.client().await;
+        let s: i32 = c
+            .query_one("SELECT pg_backend_pid() % 16", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if s == slot {
+            m = Some(c);
+            break;
+        }
+    }
+    let m = m.expect("a backend on the long writer's slot");
+    for i in 1..=4 {
+        m.batch_execute(&format!("UPDATE public.t{i} SET qty = 7 WHERE id = 2"))
+            .await
+            .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "M's writes in every view while L is open",
+        || async {
+            (1..=4).all(|i| db.psql(&format!("SELECT qty FROM public.v{i} WHERE id = 2")) == "7")
+        },
+    )
+    .await;
+    long.commit().await.unwrap();
+}
+
 /// An older `refreshd.notify_changed()` (a NOTIFY per writing transaction) is replaced
 /// by the managed check.
 #[tokio::test(flavor = "multi_thread")]

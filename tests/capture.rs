@@ -1542,6 +1542,51 @@ fn a_conversion_in_place_restored_without_comments_converts_again() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// The definition's text is compared as printed under fixed settings: a constant of a
+/// `timestamptz` prints in the session's time zone, so a definition holding one,
+/// converted by a role in one zone and checked by a role in another, read as changed:
+/// `check` failed and `run` converted it again at every start (found by a review).
+#[test]
+fn a_definition_is_compared_whatever_the_sessions_time_zone() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA tz; \
+         CREATE TABLE tz.events (id int PRIMARY KEY, kind text NOT NULL, at timestamptz NOT NULL, \
+                                 stamp timestamp NOT NULL, n int NOT NULL GENERATED ALWAYS AS (id % 3) STORED); \
+         INSERT INTO tz.events (id, kind, at, stamp) SELECT g, 'k' || (g % 3), '2024-06-01 00:00+00'::timestamptz + g * interval '1 hour', \
+           '2024-06-01'::timestamp + g * interval '1 hour' FROM generate_series(1, 100) g; \
+         CREATE MATERIALIZED VIEW tz.recent AS SELECT kind, count(*) AS c, sum(n) AS s FROM tz.events \
+          WHERE at >= '2024-06-02 00:00:00+00' AND stamp < '2024-06-05' AND at - stamp::timestamptz < interval '1 day' GROUP BY kind; \
+         CREATE UNIQUE INDEX ON tz.recent (kind);",
+    );
+    let name = db.psql("SELECT current_database()");
+    db.psql(&format!(
+        "ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'; ALTER DATABASE \"{name}\" SET datestyle = 'SQL, DMY'; \
+         ALTER DATABASE \"{name}\" SET intervalstyle = 'sql_standard'"
+    ));
+    let dsn = db.dsn();
+    let out = refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "tz",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "tz.recent",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = support::stdout(&out);
+    db.psql(&format!(
+        "ALTER DATABASE \"{name}\" SET timezone = 'UTC'; ALTER DATABASE \"{name}\" RESET datestyle; \
+         ALTER DATABASE \"{name}\" RESET intervalstyle"
+    ));
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("no longer reads"), "{text}");
+}
+
 /// The migration a base column's type change needs (the views reading it dropped and
 /// created again): `check` reports the definition view's lost record, and converting a
 /// table in place again whose column the definition now produces as another type is

@@ -154,6 +154,8 @@ struct State {
     /// Re-arming timed out: try again; make the views due once armed, and every
     /// [`PENDING_DUE_EVERY`] until then (the value: when they were last made due).
     pending: HashMap<String, std::time::Instant>,
+    /// Calls of [`Arming::retry_pending`]: where its tries start.
+    retries: usize,
 }
 
 /// What [`Arming::arm`] did for one channel.
@@ -435,8 +437,6 @@ impl Arming {
     /// At most about half a second per call (each channel may wait `ARM_LOCK_TIMEOUT`),
     /// so that the listener's loop keeps beating and probing.
     pub async fn retry_pending(&self, due: impl Fn(ListenerEvent)) {
-        let pending: Vec<String> = self.state().pending.keys().cloned().collect();
-        let started = std::time::Instant::now();
         let notify = |channel: String| {
             due(ListenerEvent::Notification {
                 channel,
@@ -444,34 +444,42 @@ impl Arming {
                 pid: 0,
             })
         };
-        for ch in pending {
+        // Every overdue channel first, before any lock is tried: the tries below stop
+        // after half a second, and a channel never reached would never be due.
+        let (overdue, mut pending) = {
+            let mut st = self.state();
+            let mut overdue = Vec::new();
+            for (ch, at) in st.pending.iter_mut() {
+                if at.elapsed() >= PENDING_DUE_EVERY {
+                    *at = std::time::Instant::now();
+                    overdue.push(ch.clone());
+                }
+            }
+            let mut pending: Vec<String> = st.pending.keys().cloned().collect();
+            pending.sort();
+            // Each call starts one channel further on, so that every channel is tried.
+            st.retries = st.retries.wrapping_add(1);
+            let turn = if pending.is_empty() {
+                0
+            } else {
+                st.retries % pending.len()
+            };
+            pending.rotate_left(turn);
+            (overdue, pending)
+        };
+        for ch in overdue {
+            tracing::debug!(channel = %ch, "a writer still holds a slot of the channel; its views are due, as writers sharing that slot skip their notification");
+            notify(ch);
+        }
+        let started = std::time::Instant::now();
+        for ch in pending.drain(..) {
             if started.elapsed() > Duration::from_millis(500) {
                 break;
             }
-            match self.arm_one(&ch).await {
-                Armed::Yes | Armed::Flowing => {
-                    tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
-                    notify(ch);
-                }
-                Armed::Pending if self.overdue(&ch) => {
-                    tracing::debug!(channel = %ch, "a writer still holds a slot of the channel; its views are due, as writers sharing that slot skip their notification");
-                    notify(ch);
-                }
-                Armed::Pending | Armed::NoSession => {}
+            if matches!(self.arm_one(&ch).await, Armed::Yes | Armed::Flowing) {
+                tracing::debug!(channel = %ch, "channel armed after waiting for writers; its views are due");
+                notify(ch);
             }
-        }
-    }
-
-    /// Whether pending `channel`'s views were last made due [`PENDING_DUE_EVERY`] ago
-    /// or more; if so, they are now (the time restarts).
-    fn overdue(&self, channel: &str) -> bool {
-        let mut st = self.state();
-        match st.pending.get_mut(channel) {
-            Some(at) if at.elapsed() >= PENDING_DUE_EVERY => {
-                *at = std::time::Instant::now();
-                true
-            }
-            _ => false,
         }
     }
 }

@@ -438,8 +438,9 @@ pub fn reads_md5_sql(view: &str) -> String {
 /// views it reads), each as `schema.name.column`: NOT NULL when it is so and validated
 /// (PostgreSQL 18 sets `attnotnull` for a `NOT VALID` constraint too, while older rows
 /// may still be NULL), and a stored generated column's expression (PostgreSQL 17's
-/// `SET EXPRESSION` rewrites every row and fires no trigger), its parse tree's
-/// positions taken out. A sum whose input cannot be NULL needs no count of its non-NULL
+/// `SET EXPRESSION` rewrites every row and fires no trigger), as `pg_get_expr` prints
+/// it under [`PINNED_SETTINGS`] (its stored tree holds OIDs and changes form between
+/// majors: a restore or an upgrade made it differ). A sum whose input cannot be NULL needs no count of its non-NULL
 /// inputs: after `DROP NOT NULL` such a plan would keep 0 where the definition gives
 /// NULL, so the install records this hash too, and `check` and `run` compare it as
 /// they compare [`reads_md5_sql`]'s.
@@ -461,7 +462,7 @@ pub fn read_md5s_sql(view: &str) -> String {
               WHERE k.conrelid {eq} a.attrelid AND k.contype {eq} 'n' AND k.conkey[1] {eq} a.attnum \
                 AND NOT k.convalidated) THEN ' not null' ELSE '' END \
          {cat} CASE WHEN a.attgenerated {ne} '' THEN ' generated ' {cat} COALESCE((SELECT \
-              pg_catalog.md5(pg_catalog.regexp_replace(x.adbin::pg_catalog.text, ':location -?[0-9]+', '', 'g')) \
+              pg_catalog.md5(pg_catalog.pg_get_expr(x.adbin, x.adrelid)) \
               FROM pg_catalog.pg_attrdef x WHERE x.adrelid {eq} a.attrelid AND x.adnum {eq} a.attnum), '') \
               ELSE '' END"
     );
@@ -513,6 +514,29 @@ pub fn stale_capture_sql(view: &str) -> String {
         recorded_definition_md5_sql(&comment),
         read_md5s_sql(view),
     )
+}
+
+/// The settings under which the definition's text and a generated column's expression
+/// are printed for their md5s (the install's and every check's): the schema path, and
+/// what constants print with (a `timestamptz`, a date, an interval, a float, money), as
+/// `pg_dump` pins them. Without them a role with another `TimeZone` read a definition
+/// holding a `timestamptz` constant as changed (found by a review).
+pub const PINNED_SETTINGS: &[(&str, &str)] = &[
+    ("search_path", "pg_catalog"),
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("lc_monetary", "C"),
+];
+
+/// `SET LOCAL` of every [`PINNED_SETTINGS`], `;`-separated.
+pub fn pinned_set_local_sql() -> String {
+    PINNED_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET LOCAL {k} = {}", literal(v)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The md5 of a definition view's text (`view`: a SQL expression giving its oid), as
@@ -2177,16 +2201,43 @@ impl Conversion<'_> {
             "{DEFINITION_COMMENT_PREFIX}{}; its capture was generated for the {READS_MARKER}",
             self.n.table
         );
-        // The definition's text as a check prints it: with search_path = pg_catalog
-        // alone, whatever the install's is; set back at once.
+        // The definition's text and the columns as a check prints them: under
+        // PINNED_SETTINGS, whatever the install's are; set back at once.
+        let saved: Vec<String> = PINNED_SETTINGS
+            .iter()
+            .map(|(k, _)| format!("pg_catalog.current_setting({})", literal(k)))
+            .collect();
+        let pin: String = PINNED_SETTINGS
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "    PERFORM pg_catalog.set_config({}, {}, true);\n",
+                    literal(k),
+                    literal(v)
+                )
+            })
+            .collect();
+        let restore: String = PINNED_SETTINGS
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| {
+                format!(
+                    "    PERFORM pg_catalog.set_config({}, refreshd_saved[{}], true);\n",
+                    literal(k),
+                    i + 1
+                )
+            })
+            .collect();
+        let regclass = format!("{}::pg_catalog.regclass", literal(&def));
         let body = format!(
-            "DECLARE\n    refreshd_path text := pg_catalog.current_setting('search_path');\n    refreshd_definition text;\nBEGIN\n    PERFORM pg_catalog.set_config('search_path', 'pg_catalog', true);\n    refreshd_definition := {};\n    PERFORM pg_catalog.set_config('search_path', refreshd_path, true);\n    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} {} {or} {} {or} refreshd_definition {or} {} {or} {});\nEND;\n",
-            definition_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
+            "DECLARE\n    refreshd_saved text[] := ARRAY[{}];\n    refreshd_definition text;\n    refreshd_columns text;\nBEGIN\n{pin}    refreshd_definition := {};\n    refreshd_columns := {};\n{restore}    EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', {}, {} {or} {} {or} {} {or} refreshd_columns {or} {} {or} refreshd_definition {or} {} {or} {});\nEND;\n",
+            saved.join(", "),
+            definition_md5_sql(&regclass),
+            columns_md5_sql(&regclass),
             literal(&def),
             literal(&text),
-            reads_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
+            reads_md5_sql(&regclass),
             literal(&format!("; the {COLUMNS_MARKER}")),
-            columns_md5_sql(&format!("{}::pg_catalog.regclass", literal(&def))),
             literal(&format!("; the {DEFINITION_MARKER}")),
             literal(&format!("; {INSTALL_MARKER}{DIGEST_PLACEHOLDER}; {STATE_MARKER}")),
             state,

@@ -352,16 +352,21 @@ SELECT v.ord::int8, c.oid, n.nspname::text, c.relname::text, \
   LEFT JOIN trg ON trg.tgrelid = c.oid \
  ORDER BY 1, 3, 4";
 
-/// Runs `query` (a future: it starts when awaited) in a transaction of its own with `search_path = pg_catalog`: a keyed
-/// view's definition is compared as its install recorded it, printed under that
-/// setting ([`crate::incremental::generate::definition_md5_sql`]). One transaction, so
-/// a transaction pooler keeps the setting to it; rolled back if the query fails.
+/// Runs `query` (a future: it starts when awaited) in a transaction of its own under
+/// [`crate::incremental::generate::PINNED_SETTINGS`] (`search_path = pg_catalog`, the
+/// time zone and styles constants print with): a keyed view's definition and columns
+/// are compared as its install recorded them, printed under those settings
+/// ([`crate::incremental::generate::definition_md5_sql`]). One transaction, so a
+/// transaction pooler keeps the settings to it; rolled back if the query fails.
 pub async fn with_catalog_path<T>(
     client: &tokio_postgres::Client,
     query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, tokio_postgres::Error> {
     client
-        .batch_execute("BEGIN; SET LOCAL search_path = pg_catalog")
+        .batch_execute(&format!(
+            "BEGIN; {}",
+            crate::incremental::generate::pinned_set_local_sql()
+        ))
         .await?;
     match query.await {
         Ok(v) => {
@@ -724,9 +729,19 @@ static FINGERPRINT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Reads the catalog fingerprint (one statement, one round trip: poolable).
+/// Reads the catalog fingerprint (one message, one round trip, one transaction:
+/// poolable), under the settings the columns hash is printed with
+/// ([`crate::incremental::generate::PINNED_SETTINGS`]). A failure ends the poller's
+/// connection, and with it the transaction.
 pub async fn fingerprint(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
-    let rows = client.simple_query(&FINGERPRINT).await?;
+    static PINNED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "BEGIN; {}; {}; COMMIT",
+            crate::incremental::generate::pinned_set_local_sql(),
+            FINGERPRINT.as_str()
+        )
+    });
+    let rows = client.simple_query(&PINNED).await?;
     Ok(rows
         .iter()
         .find_map(|m| match m {

@@ -137,17 +137,17 @@ async fn uncommented_conversion(
     client: &tokio_postgres::Client,
     name: &QualifiedName,
 ) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_one(
+    let rows = client
+        .query_typed(
             "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL \
                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($2) AND c.relkind = 'v')",
             &[
-                &format!("{}()", generate::consume_function(name).quoted()),
-                &generate::definition_view(name).quoted(),
+                (&format!("{}()", generate::consume_function(name).quoted()), Type::TEXT),
+                (&generate::definition_view(name).quoted(), Type::TEXT),
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
 }
 
 /// One `--keyed` view: its derivation from the definition and key the catalog gives,

@@ -490,13 +490,18 @@ async fn triggers(
                 ),
         );
     } else if keyed.buffer.is_some() {
-        let recorded: bool = client
-            .query_one(
+        // query_typed: nothing prepared by name (a transaction pooler).
+        let recorded = client
+            .query_typed(
                 "SELECT coalesce(pg_catalog.starts_with(pg_catalog.obj_description($1, 'pg_class'), $2), false)",
-                &[&query_oid, &crate::incremental::generate::DEFINITION_COMMENT_PREFIX],
+                &[
+                    (&query_oid, Type::OID),
+                    (&crate::incremental::generate::DEFINITION_COMMENT_PREFIX, Type::TEXT),
+                ],
             )
             .await?
-            .get(0);
+            .first()
+            .is_some_and(|r| r.get::<_, bool>(0));
         if !recorded {
             r.problems.push(format!(
                 "{}: {}",
