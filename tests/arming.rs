@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::arming::{armed_daemon, channel_locks, holds_shared_slot};
+use support::arming::{armed_daemon, channel_locks, holds_shared_slot, session_on_slot, slot_of};
 use support::{wait_for, Daemon, TestDb};
 
 fn schema(db: &TestDb) {
@@ -161,11 +161,7 @@ async fn a_writer_sharing_a_long_writers_slot_is_seen_while_that_one_stays_open(
     long.execute("UPDATE public.items SET qty = qty + 100 WHERE id = 1", &[])
         .await
         .unwrap();
-    let slot: i32 = long
-        .query_one("SELECT pg_backend_pid() % 16", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slot = slot_of(&long).await;
     wait_for(
         Duration::from_secs(10),
         "refreshd trying the slot again",
@@ -173,20 +169,7 @@ async fn a_writer_sharing_a_long_writers_slot_is_seen_while_that_one_stays_open(
     )
     .await;
     // M, a backend on the same slot, writes and commits: no notification.
-    let mut m = None;
-    for _ in 0..200 {
-        let c = db.client().await;
-        let s: i32 = c
-            .query_one("SELECT pg_backend_pid() % 16", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if s == slot {
-            m = Some(c);
-            break;
-        }
-    }
-    let mut m = m.expect("a backend on the long writer's slot");
+    let mut m = session_on_slot(&db, slot).await;
     // Between refreshd's tries at the slot (each waits 200 ms for it) nothing queues
     // there, and M gets it shared: such a write is the one this is about (a write
     // during a try notifies; rolled back, and tried again).
@@ -261,11 +244,7 @@ async fn a_long_writer_on_four_channels_leaves_none_of_them_unseen() {
         .await
         .unwrap();
     }
-    let slot: i32 = long
-        .query_one("SELECT pg_backend_pid() % 16", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slot = slot_of(&long).await;
     // The refreshes of the first writes go ahead without L (their re-arms give up on
     // its slot): every channel is pending from then on.
     wait_for(
@@ -277,20 +256,7 @@ async fn a_long_writer_on_four_channels_leaves_none_of_them_unseen() {
     )
     .await;
     // M, on L's slot, writes each table while L stays open.
-    let mut m = None;
-    for _ in 0..200 {
-        let c = db.client().await;
-        let s: i32 = c
-            .query_one("SELECT pg_backend_pid() % 16", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if s == slot {
-            m = Some(c);
-            break;
-        }
-    }
-    let m = m.expect("a backend on the long writer's slot");
+    let m = session_on_slot(&db, slot).await;
     for i in 1..=4 {
         m.batch_execute(&format!("UPDATE public.t{i} SET qty = 7 WHERE id = 2"))
             .await

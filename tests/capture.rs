@@ -1297,11 +1297,7 @@ async fn row_security_turned_on_under_a_keyed_view_converts_it_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     let db = TestDb::new();
-    let pg18 = db
-        .psql("SHOW server_version_num")
-        .parse::<u32>()
-        .unwrap_or(0)
-        >= 180_000;
+    let pg18 = db.server_version() >= 180_000;
     db.psql(
         "CREATE SCHEMA nn; \
          CREATE TABLE nn.h (id int PRIMARY KEY, k int NOT NULL, x int NOT NULL); \
@@ -1320,11 +1316,7 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
     }
     // PostgreSQL 17's SET EXPRESSION rewrites a stored generated column's rows and
     // fires no trigger.
-    let pg17 = db
-        .psql("SHOW server_version_num")
-        .parse::<u32>()
-        .unwrap_or(0)
-        >= 170_000;
+    let pg17 = db.server_version() >= 170_000;
     if pg17 {
         db.psql(
             "CREATE TABLE nn.s (id int PRIMARY KEY, k int NOT NULL, x int NOT NULL, \
@@ -1334,27 +1326,15 @@ async fn a_column_made_nullable_under_a_keyed_view_converts_it_again() {
              CREATE UNIQUE INDEX ON nn.w (k);",
         );
     }
-    let dsn = db.dsn();
-    let mut args = vec![
-        "init",
-        "--url",
-        &dsn,
-        "--schema",
-        "nn",
-        "--apply",
-        "--in-place",
-        "--keyed",
-        "nn.t",
-    ];
+    let mut views = vec!["nn.t"];
     if pg18 {
-        args.extend(["--keyed", "nn.u"]);
+        views.push("nn.u");
     }
     if pg17 {
-        args.extend(["--keyed", "nn.w"]);
+        views.push("nn.w");
     }
-    let out = refreshd(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = with_capture(&support::stdout(&out), "managed", "1h");
+    let (config, _) = support::keyed_storm::convert_all_in_place(&db, "nn", &views);
+    let config = with_capture(&config, "managed", "1h");
     let exact = |view: &str| {
         db.psql(&support::differences_sql(
             &format!("TABLE {view}"),

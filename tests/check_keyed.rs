@@ -444,25 +444,7 @@ fn check_says_which_table_takes_deltas_as_init_does() {
 #[test]
 fn check_warns_of_a_reach_lookup_no_index_serves() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA rl;
-         CREATE TABLE rl.regions (id int PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE rl.stores (id int PRIMARY KEY, region_id int NOT NULL);
-         CREATE TABLE rl.products (id int PRIMARY KEY, cat text NOT NULL);
-         CREATE TABLE rl.sales (id int PRIMARY KEY, store_id int NOT NULL, product_id int NOT NULL, qty int NOT NULL);
-         INSERT INTO rl.regions VALUES (1, 'north'), (2, 'south');
-         INSERT INTO rl.stores SELECT g, 1 + g % 2 FROM generate_series(1, 4) g;
-         INSERT INTO rl.products SELECT g, 'a' FROM generate_series(1, 100) g;
-         INSERT INTO rl.sales SELECT g, 1 + g % 4, 1 + g % 100, g % 7 FROM generate_series(1, 30000) g;
-         CREATE INDEX ON rl.sales (store_id);
-         ANALYZE;
-         CREATE MATERIALIZED VIEW rl.by_region AS
-           SELECT r.name, count(*) FILTER (WHERE p.cat = 'a') AS a_sales, count(*) AS n
-             FROM rl.sales s JOIN rl.products p ON p.id = s.product_id
-             JOIN rl.stores st ON st.id = s.store_id JOIN rl.regions r ON r.id = st.region_id
-            GROUP BY r.name;
-         CREATE UNIQUE INDEX ON rl.by_region (name);",
-    );
+    db.psql(&support::keyed_storm::reach_through_facts_sql("rl", 30000));
     let config = adopt(&db, "rl", &["rl.by_region"]);
     let (code, text) = check(&config);
     assert_eq!(code, Some(0), "{text}");

@@ -713,12 +713,7 @@ fn a_new_store_deleted_with_its_sales_and_region_before_the_refresh_recomputes_n
 #[test]
 fn a_temporal_foreign_key_guards_nothing() {
     let db = TestDb::new();
-    if db
-        .psql("SHOW server_version_num")
-        .parse::<u32>()
-        .unwrap_or(0)
-        < 180_000
-    {
+    if db.server_version() < 180_000 {
         eprintln!("temporal foreign keys need PostgreSQL 18: not run here");
         return;
     }

@@ -1410,23 +1410,7 @@ fn updates_of_columns_the_view_does_not_read_are_not_buffered_whatever_the_types
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_recompute_empties_the_buffers_without_resolving_them() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE SCHEMA rb;
-         CREATE TABLE rb.regions (id int PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE rb.stores (id int PRIMARY KEY, region_id int NOT NULL);
-         CREATE TABLE rb.products (id int PRIMARY KEY, cat text NOT NULL);
-         CREATE TABLE rb.sales (id int PRIMARY KEY, store_id int NOT NULL, product_id int NOT NULL, qty int NOT NULL);
-         INSERT INTO rb.regions VALUES (1, 'north'), (2, 'south');
-         INSERT INTO rb.stores SELECT g, 1 + g % 2 FROM generate_series(1, 4) g;
-         INSERT INTO rb.products SELECT g, 'a' FROM generate_series(1, 10) g;
-         INSERT INTO rb.sales SELECT g, 1 + g % 4, 1 + g % 10, g FROM generate_series(1, 200) g;
-         CREATE MATERIALIZED VIEW rb.by_region AS
-           SELECT r.name, count(*) FILTER (WHERE p.cat = 'a') AS a_sales, sum(s.qty) AS qty
-             FROM rb.sales s JOIN rb.products p ON p.id = s.product_id
-             JOIN rb.stores st ON st.id = s.store_id JOIN rb.regions r ON r.id = st.region_id
-            GROUP BY r.name;
-         CREATE UNIQUE INDEX ON rb.by_region (name);",
-    );
+    db.psql(&support::keyed_storm::reach_through_facts_sql("rb", 200));
     let (config, said) = support::keyed_storm::convert_in_place(&db, "rb", "rb.by_region");
     db.psql("UPDATE rb.products SET cat = 'b' WHERE id <= 3");
     let buffered = || {

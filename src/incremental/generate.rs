@@ -235,20 +235,8 @@ pub fn consume_function_sql(g: &Generated) -> String {
     } else {
         String::new()
     };
-    if plpgsql && !g.buffers.is_empty() {
-        // A full recompute covers every change buffered: the buffers are emptied (in
-        // the refresh's snapshot, as below), not read. Resolving a reach buffer looks
-        // each changed row's facts up, a scan per row without an index on the join
-        // column: 200 times a REFRESH of the same query (found by a review).
-        let _ = writeln!(
-            body,
-            "IF pg_catalog.current_setting('{CONSUME_EVERYTHING}', true) {} 'on' THEN",
-            pg_op("=")
-        );
-        for b in &g.buffers {
-            let _ = writeln!(body, "    DELETE FROM {};", b.quoted());
-        }
-        body.push_str("    RETURN;\nEND IF;\n");
+    if plpgsql {
+        body.push_str(&everything_sql(g));
     }
     body.push_str(
         "-- refreshd: delta statements (Generated::consume_prelude) run here, before the keys are consumed.\n",
@@ -309,6 +297,26 @@ pub fn consume_function_sql(g: &Generated) -> String {
         dollar(&body),
         literal(&consume_comment(g)),
         f = g.consume.quoted(),
+    )
+}
+
+/// The top of a PL/pgSQL consume function: in a refresh that recomputes everything
+/// ([`CONSUME_EVERYTHING`]), which covers every change buffered, the buffers are
+/// emptied (in the refresh's snapshot, as below), not read. Resolving a reach buffer
+/// looks each changed row's facts up, a scan per row without an index on the join
+/// column: 200 times a REFRESH of the same query (found by a review).
+fn everything_sql(g: &Generated) -> String {
+    if g.buffers.is_empty() {
+        return String::new();
+    }
+    let deletes: String = g
+        .buffers
+        .iter()
+        .map(|b| format!("    DELETE FROM {};\n", b.quoted()))
+        .collect();
+    format!(
+        "IF pg_catalog.current_setting('{CONSUME_EVERYTHING}', true) {} 'on' THEN\n{deletes}    RETURN;\nEND IF;\n",
+        pg_op("=")
     )
 }
 

@@ -443,23 +443,53 @@ async fn stray_triggers(
     Ok(())
 }
 
-/// Whether the capture of the keyed view whose definition is `query_oid` was
-/// generated for names the definition no longer reads (see
-/// [`crate::incremental::generate::stale_capture_sql`]); false for a conversion that
-/// recorded none.
-async fn stale_capture(client: &Client, query_oid: u32) -> Result<bool, tokio_postgres::Error> {
+/// The problem with the record a generated conversion left on its definition view
+/// (`query_oid`), if any: its capture was generated for names, columns or a text the
+/// definition no longer has (see [`crate::incremental::generate::stale_capture_sql`]),
+/// or, for a view whose configuration names a buffer (only `init --keyed` writes one),
+/// the record is gone ([`crate::pg::capture::RECORD_LOST`]). One query, under the
+/// settings the record was printed with.
+async fn record_problem(
+    client: &Client,
+    keyed: &Keyed,
+    query_oid: u32,
+) -> Result<Option<String>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT {}",
+        "SELECT {}, coalesce(pg_catalog.starts_with(pg_catalog.obj_description($1, 'pg_class'), $2), false)",
         crate::incremental::generate::stale_capture_sql("$1::pg_catalog.oid")
     );
     let rows = crate::pg::capture::with_catalog_path(
         client,
-        client.query_typed(&sql, &[(&query_oid, Type::OID)]),
+        client.query_typed(
+            &sql,
+            &[
+                (&query_oid, Type::OID),
+                (
+                    &crate::incremental::generate::DEFINITION_COMMENT_PREFIX,
+                    Type::TEXT,
+                ),
+            ],
+        ),
     )
     .await?;
-    Ok(rows
-        .first()
-        .is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(if row.get::<_, Option<bool>>(0) == Some(true) {
+        Some(format!(
+            "{} (the capture recorded the names {} read when it was generated)",
+            crate::pg::capture::STALE_CAPTURE,
+            keyed.query.shown()
+        ))
+    } else if keyed.buffer.is_some() && !row.get::<_, bool>(1) {
+        Some(format!(
+            "{}: {}",
+            keyed.query.shown(),
+            crate::pg::capture::RECORD_LOST
+        ))
+    } else {
+        None
+    })
 }
 
 async fn triggers(
@@ -481,34 +511,8 @@ async fn triggers(
         )
         .await?[0]
         .get(0);
-    if stale_capture(client, query_oid).await? {
-        r.problems.push(
-            crate::pg::capture::STALE_CAPTURE.to_string()
-                + &format!(
-                    " (the capture recorded the names {} read when it was generated)",
-                    keyed.query.shown()
-                ),
-        );
-    } else if keyed.buffer.is_some() {
-        // query_typed: nothing prepared by name (a transaction pooler).
-        let recorded = client
-            .query_typed(
-                "SELECT coalesce(pg_catalog.starts_with(pg_catalog.obj_description($1, 'pg_class'), $2), false)",
-                &[
-                    (&query_oid, Type::OID),
-                    (&crate::incremental::generate::DEFINITION_COMMENT_PREFIX, Type::TEXT),
-                ],
-            )
-            .await?
-            .first()
-            .is_some_and(|r| r.get::<_, bool>(0));
-        if !recorded {
-            r.problems.push(format!(
-                "{}: {}",
-                keyed.query.shown(),
-                crate::pg::capture::RECORD_LOST
-            ));
-        }
+    if let Some(problem) = record_problem(client, keyed, query_oid).await? {
+        r.problems.push(problem);
     }
     stray_triggers(client, view, keyed, r).await?;
     let tables = transitive_tables(client, query_oid).await?;

@@ -92,3 +92,23 @@ pub fn adopt_with(db: &TestDb, args: &[&str], debounce: &str) -> String {
         .to_string();
     config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
 }
+
+/// The arming slot of a session (`pg_backend_pid() % 16`, see `src/engine/arming.rs`).
+pub async fn slot_of(c: &impl tokio_postgres::GenericClient) -> i32 {
+    c.query_one("SELECT pg_backend_pid() % 16", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A new session whose backend takes arming slot `slot` (sessions are opened until one
+/// does: one in sixteen).
+pub async fn session_on_slot(db: &TestDb, slot: i32) -> tokio_postgres::Client {
+    for _ in 0..200 {
+        let c = db.client().await;
+        if slot_of(&c).await == slot {
+            return c;
+        }
+    }
+    panic!("no backend on arming slot {slot} in 200 sessions")
+}

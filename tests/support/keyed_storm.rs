@@ -559,3 +559,28 @@ pub fn buffered_for_recompute(db: &super::TestDb, view: &str) -> String {
            FROM pg_class c WHERE c.relnamespace = 'refreshd'::regnamespace AND c.relname LIKE '{stem}\\_reach\\_%'), 0)"
     ))
 }
+
+/// Sales (`sales` rows, indexed by store only) → stores → regions, and products joined
+/// to sales, in schema `schema`, with a view of them per region name (`by_region`): a
+/// change to a product reaches its keys through the sales, looked up by `product_id`.
+pub fn reach_through_facts_sql(schema: &str, sales: u32) -> String {
+    format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.regions (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE {schema}.stores (id int PRIMARY KEY, region_id int NOT NULL);
+         CREATE TABLE {schema}.products (id int PRIMARY KEY, cat text NOT NULL);
+         CREATE TABLE {schema}.sales (id int PRIMARY KEY, store_id int NOT NULL, product_id int NOT NULL, qty int NOT NULL);
+         INSERT INTO {schema}.regions VALUES (1, 'north'), (2, 'south');
+         INSERT INTO {schema}.stores SELECT g, 1 + g % 2 FROM generate_series(1, 4) g;
+         INSERT INTO {schema}.products SELECT g, 'a' FROM generate_series(1, 100) g;
+         INSERT INTO {schema}.sales SELECT g, 1 + g % 4, 1 + g % 100, g % 7 FROM generate_series(1, {sales}) g;
+         CREATE INDEX ON {schema}.sales (store_id);
+         ANALYZE;
+         CREATE MATERIALIZED VIEW {schema}.by_region AS
+           SELECT r.name, count(*) FILTER (WHERE p.cat = 'a') AS a_sales, sum(s.qty) AS qty
+             FROM {schema}.sales s JOIN {schema}.products p ON p.id = s.product_id
+             JOIN {schema}.stores st ON st.id = s.store_id JOIN {schema}.regions r ON r.id = st.region_id
+            GROUP BY r.name;
+         CREATE UNIQUE INDEX ON {schema}.by_region (name);"
+    )
+}

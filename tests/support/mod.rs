@@ -185,6 +185,13 @@ impl TestDb {
             .join(" ")
     }
 
+    /// The server's `server_version_num` (150018 for 15.18).
+    pub fn server_version(&self) -> u32 {
+        self.psql("SHOW server_version_num")
+            .parse()
+            .expect("server_version_num")
+    }
+
     pub fn psql(&self, sql: &str) -> String {
         self.server.psql(&self.name, sql)
     }
