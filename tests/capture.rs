@@ -1721,10 +1721,13 @@ async fn managed_installs_again_after_meeting_a_writer() {
     // holding the partition makes it wait there holding customers, and then writes
     // customers.
     let (first, second) = ("shop.customers", "shop.payments_2025_01");
+    // Connected before the DROP: the catalog poll (every 2 s) may install the triggers
+    // again as soon as the DROP commits, and must find the writer holding `second`
+    // (connecting after it lost that race once in CI).
+    let w = db.client().await;
     db.psql(&format!(
         "DROP TRIGGER refreshd_notify ON {first}; DROP TRIGGER refreshd_notify ON {second}"
     ));
-    let w = db.client().await;
     // The writer holds `second`, watches (server-side: the install's wait is short) for
     // the install waiting for it while holding `first`, then writes `first`.
     let waiting = format!(
