@@ -1721,13 +1721,11 @@ async fn managed_installs_again_after_meeting_a_writer() {
     // holding the partition makes it wait there holding customers, and then writes
     // customers.
     let (first, second) = ("shop.customers", "shop.payments_2025_01");
-    // Connected before the DROP: the catalog poll (every 2 s) may install the triggers
-    // again as soon as the DROP commits, and must find the writer holding `second`
-    // (connecting after it lost that race once in CI).
+    // The writer drops the triggers and takes `second` in one round trip: the catalog
+    // poll (every 2 s) may install the triggers again as soon as the DROP commits, and
+    // must find the writer holding `second` (with the DROP sent from another session, it
+    // lost that race once in CI, on 0e14ec3).
     let w = db.client().await;
-    db.psql(&format!(
-        "DROP TRIGGER refreshd_notify ON {first}; DROP TRIGGER refreshd_notify ON {second}"
-    ));
     // The writer holds `second`, watches (server-side: the install's wait is short) for
     // the install waiting for it while holding `first`, then writes `first`.
     let waiting = format!(
@@ -1736,7 +1734,8 @@ async fn managed_installs_again_after_meeting_a_writer() {
             AND h.granted AND h.relation = '{first}'::regclass"
     );
     w.batch_execute(&format!(
-        "BEGIN; LOCK TABLE {second} IN ROW EXCLUSIVE MODE; \
+        "BEGIN; DROP TRIGGER refreshd_notify ON {first}; DROP TRIGGER refreshd_notify ON {second}; COMMIT; \
+         BEGIN; LOCK TABLE {second} IN ROW EXCLUSIVE MODE; \
          DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN \
            LOOP \
              EXIT WHEN EXISTS ({waiting}); \
