@@ -167,6 +167,9 @@ pub struct Config {
     pub events: bool,
     /// `[history]`, when set.
     pub history: Option<HistoryConfig>,
+    /// The files holding secrets (`database.password_file`, `http.admin_token_file`):
+    /// key, path as written, line. Read by [`Config::load`].
+    pub guarded_files: Vec<(&'static str, PathBuf, Option<usize>)>,
 }
 
 impl Config {
@@ -178,7 +181,8 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."))
     }
 
-    /// Reads and validates a file.
+    /// Reads and validates a file, and the secret files it names (readable, not empty;
+    /// their contents are not kept here).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
@@ -186,7 +190,31 @@ impl Config {
             key: None,
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        config.check_guarded_files()?;
+        Ok(config)
+    }
+
+    /// Each secret file readable and not empty (blank), relative paths from the
+    /// configuration's directory: a missing token file made `check` say OK and `run`
+    /// exit 1 (a restart loop under systemd, which stops only on 2 for a bad
+    /// configuration) without a line (a conformance review, 2026-12-05).
+    pub fn check_guarded_files(&self) -> Result<(), ConfigError> {
+        for (key, file, line) in &self.guarded_files {
+            let at = self.dir().join(file);
+            let message = match std::fs::read_to_string(&at) {
+                Ok(t) if t.trim().is_empty() => format!("{} is empty", at.display()),
+                Ok(_) => continue,
+                Err(e) => format!("cannot read {}: {e}", at.display()),
+            };
+            return Err(ConfigError {
+                file: self.path.clone(),
+                line: *line,
+                key: Some((*key).to_string()),
+                message,
+            });
+        }
+        Ok(())
     }
 
     /// Validates `text` as if read from `path`.
@@ -496,6 +524,19 @@ impl Ctx<'_> {
         let capture_check_interval =
             self.capture_check_interval(raw.capture_check_interval.as_ref())?;
         let control_roles = self.control_roles(raw.control_roles.as_deref())?;
+        let mut guarded_files = Vec::new();
+        if let Some(p) = raw
+            .database
+            .as_ref()
+            .and_then(|d| d.get_ref().password_file.as_ref())
+        {
+            let line = Some(self.line_of(&p.span()));
+            guarded_files.push(("database.password_file", PathBuf::from(p.get_ref()), line));
+        }
+        if let Some(p) = raw.http.as_ref().and_then(|h| h.admin_token_file.as_ref()) {
+            let line = Some(self.line_of(&p.span()));
+            guarded_files.push(("http.admin_token_file", PathBuf::from(p.get_ref()), line));
+        }
         let database = self.database(raw.database)?;
         let http = self.http(raw.http)?;
         let ha = self.ha(raw.ha)?;
@@ -513,6 +554,7 @@ impl Ctx<'_> {
             http,
             ha,
             views,
+            guarded_files,
         })
     }
 

@@ -27,6 +27,19 @@ fn adopt(db: &TestDb, debounce: &str) -> String {
     support::arming::adopt_with(db, &[], debounce)
 }
 
+/// [`adopt`] with `max_delay` equal to `debounce`: nothing re-arms the channel while its
+/// views wait (see `src/engine/arming.rs`, "Re-armed while the views wait"), so the
+/// refresh's own re-arm is the one the test steps through.
+fn adopt_refresh_rearm_only(db: &TestDb, debounce: &str) -> String {
+    let config = adopt(db, debounce);
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("max_delay = "))
+        .expect("init sets max_delay")
+        .to_string();
+    config.replacen(&line, &format!("max_delay = \"{debounce}\""), 1)
+}
+
 fn total(db: &TestDb) -> String {
     db.psql("SELECT qty FROM public.totals WHERE grp = 1")
 }
@@ -40,7 +53,13 @@ async fn class_locks(c: &tokio_postgres::Client, filter: &str) -> i64 {
 async fn a_write_that_skipped_its_notification_is_in_the_next_refresh() {
     let db = TestDb::new();
     schema(&db);
-    let d = armed_daemon(&db, &adopt(&db, "3s"), "public.totals", None).await;
+    let d = armed_daemon(
+        &db,
+        &adopt_refresh_rearm_only(&db, "3s"),
+        "public.totals",
+        None,
+    )
+    .await;
     let probe = db.client().await;
 
     // X notifies (the channel is armed); refreshd releases the lock and the view is
@@ -321,7 +340,13 @@ async fn while_writes_flow_refreshes_follow_each_other_without_notifications() {
     );
     // The view reads two tables: one channel each; the one written is watched.
     const CH: &str = "refreshd_public_items";
-    let d = armed_daemon(&db, &adopt(&db, "1s"), "public.totals", Some(CH)).await;
+    let d = armed_daemon(
+        &db,
+        &adopt_refresh_rearm_only(&db, "1s"),
+        "public.totals",
+        Some(CH),
+    )
+    .await;
     let probe = db.client().await;
 
     db.psql("UPDATE public.items SET qty = qty + 1 WHERE id = 1");
@@ -398,4 +423,41 @@ async fn while_writes_flow_refreshes_follow_each_other_without_notifications() {
     })
     .await;
     assert_eq!(d.failures("public.totals"), 0.0);
+}
+
+/// `debounce` is the quiet period after the last notification (SPEC "Semantics"): a
+/// burst of writes closer together than it is refreshed once, after it (or at
+/// `max_delay`). With the capture `init --apply` installs, writers stop notifying once
+/// a notification disarmed the channel, and the burst was refreshed every `debounce`
+/// (a conformance review, 2026-12-05: five refreshes in a 12-s burst). The channel is
+/// re-armed after half the debounce now, so the next write notifies again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_writes_closer_than_debounce_is_refreshed_once_after_it() {
+    let db = TestDb::new();
+    schema(&db);
+    let d = armed_daemon(&db, &adopt(&db, "2s"), "public.totals", None).await;
+    let before = d.successes("public.totals");
+    // A write every 200 ms for 6 s: never 2 s of quiet.
+    let w = db.client().await;
+    let started = std::time::Instant::now();
+    let mut writes = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        w.batch_execute("UPDATE public.items SET qty = qty + 1 WHERE id = 1")
+            .await
+            .unwrap();
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        d.successes("public.totals"),
+        before,
+        "a refresh during the burst ({writes} writes): {}",
+        d.log_text()
+    );
+    let want = (10 + writes).to_string();
+    wait_for(Duration::from_secs(10), "the burst in the view", || async {
+        total(&db) == want
+    })
+    .await;
+    assert_eq!(d.successes("public.totals"), before + 1.0);
 }

@@ -167,6 +167,100 @@ async fn managed_captures_a_partition_created_while_running() {
     assert!(d.log_text().contains("closed the capture gap"));
 }
 
+/// refreshd's triggers dropped on every table while no refreshd ran: nothing names the
+/// view's channels any more, which `run` took for an application notifying by itself
+/// (no capture to check), so nothing was reported or installed and writes never
+/// reached the view (a review, 2026-12-05). The channels are refreshd's own names: it
+/// is a gap in `check` and at start, `verify` refreshes at each check, `managed`
+/// installs the triggers.
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_dropped_while_no_refreshd_ran_are_gaps_at_start() {
+    let db = TestDb::new();
+    schema(&db);
+    let verify = adopt(&db, "verify");
+    let managed = adopt_every(&db, "managed", "1h");
+    let tables = [
+        "shop.customers",
+        "shop.payments",
+        "shop.payments_2025_01",
+        "shop.payments_2025_02",
+    ];
+    for t in tables {
+        db.psql(&format!("DROP TRIGGER IF EXISTS refreshd_notify ON {t}"));
+    }
+    let (code, report) = check(&verify);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("change capture incomplete"), "{report}");
+
+    let d = Daemon::start(&verify);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(10), "the gaps", || async {
+        gaps(&d).is_some_and(|g| g >= 3.0)
+    })
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (3, 1, 100, '2025-01-07')");
+    wait_for(
+        Duration::from_secs(10),
+        "the write in the view by the check's refresh",
+        || async { north(&db) == "110" },
+    )
+    .await;
+    drop(d);
+
+    let d = Daemon::start(&managed);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the triggers installed",
+        || async {
+            [
+                "shop.customers",
+                "shop.payments_2025_01",
+                "shop.payments_2025_02",
+            ]
+            .iter()
+            .all(|t| !notify_channel(&db, t).is_empty())
+        },
+    )
+    .await;
+    db.psql("INSERT INTO shop.payments VALUES (4, 1, 1000, '2025-01-08')");
+    wait_for(Duration::from_secs(10), "the write in the view", || async {
+        north(&db) == "1110"
+    })
+    .await;
+    assert_eq!(gaps(&d), Some(0.0));
+}
+
+/// Whether a trigger feeds a channel was a whole-word match on its function's source:
+/// refreshd's own function's comments hold words like `refresh`, so a view listening
+/// on `refresh` counted every table carrying refreshd's trigger (for other channels)
+/// as captured (a review, 2026-12-05). refreshd's trigger feeds its argument alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshds_trigger_feeds_only_the_channel_it_is_given() {
+    let db = TestDb::new();
+    schema(&db);
+    let config = adopt(&db, "verify");
+    // The application notifies `refresh` from customers; payments has refreshd's
+    // trigger alone, for its own channel.
+    db.psql(
+        "CREATE FUNCTION shop.app_notify() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM pg_notify('refresh', ''); RETURN NULL; END$$; \
+         CREATE TRIGGER app AFTER INSERT OR UPDATE OR DELETE ON shop.customers \
+           FOR EACH STATEMENT EXECUTE FUNCTION shop.app_notify();",
+    );
+    let config = config.replace(
+        "channels = [\"refreshd_shop_customers\", \"refreshd_shop_payments\"]",
+        "channels = [\"refresh\"]",
+    );
+    assert!(config.contains("channels = [\"refresh\"]"), "{config}");
+    let (code, report) = check(&config);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("shop.payments_2025_01: no enabled trigger notifies refresh"),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_reports_gaps_and_still_converges() {
     let db = TestDb::new();

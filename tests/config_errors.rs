@@ -7,17 +7,23 @@ use support::{refreshd, stderr, write_config};
 
 const DB: &str = "[database]\nurl = \"postgresql://app:s3cr3t-pw@127.0.0.1:1/app\"\n";
 
-/// Runs `check` and `refresh --all` on `text`; both must exit 2 and print `expect`
-/// (with the file path and line).
+/// Runs `check`, `run` and `refresh --all` on `text`; each must print `expect` (with
+/// the file path and line), and exit as SPEC says: `check` and `run` 2 (a bad
+/// configuration: systemd's unit does not restart on it), `refresh` 1 ("0 all
+/// succeeded, 1 otherwise").
 fn refused(text: &str, line: usize, expect: &[&str]) {
     let (_dir, path) = write_config(text);
     let p = path.to_str().unwrap();
-    for args in [vec!["check", "-c", p], vec!["refresh", "-c", p, "--all"]] {
+    for (args, code) in [
+        (vec!["check", "-c", p], 2),
+        (vec!["run", "-c", p], 2),
+        (vec!["refresh", "-c", p, "--all"], 1),
+    ] {
         let out = refreshd(&args);
         let err = stderr(&out);
         assert_eq!(
             out.status.code(),
-            Some(2),
+            Some(code),
             "{args:?} on:\n{text}\nstderr: {err}"
         );
         assert!(
@@ -212,6 +218,37 @@ fn bad_max_load() {
         &format!("{DB}[defaults]\nmax_load = \"0%\"\n[[view]]\nname = \"public.v\"\n"),
         4,
         &["defaults.max_load", "more than 0%"],
+    );
+}
+
+/// The files holding secrets are read when the configuration is: missing, unreadable
+/// or empty is a bad configuration in `check` as in `run` (a missing token file made
+/// `check` say OK and `run` exit 1, a restart loop under systemd; a conformance review,
+/// 2026-12-05). Relative paths start from the configuration's directory.
+#[test]
+fn secret_files_missing_or_empty() {
+    refused(
+        &format!(
+            "{DB}[http]\nadmin_token_file = \"no-such-token\"\n[[view]]\nname = \"public.v\"\n"
+        ),
+        4,
+        &["http.admin_token_file", "no-such-token", "cannot read"],
+    );
+    refused(
+        "[database]\nurl = \"postgresql://app@127.0.0.1:1/app\"\npassword_file = \"/nonexistent/pw\"\n[[view]]\nname = \"public.v\"\n",
+        3,
+        &["database.password_file", "/nonexistent/pw"],
+    );
+    // An empty (blank) token file, next to the configuration.
+    let text = format!("{DB}[http]\nadmin_token_file = \"token\"\n[[view]]\nname = \"public.v\"\n");
+    let (dir, path) = write_config(&text);
+    std::fs::write(dir.path().join("token"), " \n").unwrap();
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(":4:") && stderr(&out).contains("is empty"),
+        "{}",
+        stderr(&out)
     );
 }
 

@@ -672,6 +672,31 @@ async fn refreshd_force_from_sql_is_durable_and_privileged() {
 
     sql_forces_without_execute_or_of_unknown_views_are_refused(&db, &forcer, &nobody);
     assert_eq!(d.refreshes(QUIET, "force", "success"), 1.0);
+    // Once a leader recorded the views it manages, a relation it does not manage is
+    // refused too (it was accepted and then ignored: a conformance review, 2026-12-05).
+    wait_for(
+        Duration::from_secs(10),
+        "the managed views recorded",
+        || async { db.psql("SELECT count(*) FROM refreshd.managed_views") == "2" },
+    )
+    .await;
+    for other in ["public.tick_max", "public.quiet", "pg_catalog.pg_class"] {
+        let out = psql_once(&db, &forcer, &format!("select refreshd.force('{other}')"));
+        assert!(!out.status.success(), "{other}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not a view refreshd manages")
+                || String::from_utf8_lossy(&out.stderr)
+                    .contains("is not a materialized view or table"),
+            "{other}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = psql_once(&db, &forcer, "select refreshd.force('public.tick_max')");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a view refreshd manages"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // refreshd stopped: the request waits in its table, and the next one carries it out.
     drop(d);
@@ -786,4 +811,89 @@ async fn control_roles_are_granted_refreshd_force() {
         "{}",
         d.log_text()
     );
+}
+
+/// `init --sql DIR` run as refreshd's role, the files applied by another (a DBA, as
+/// docs/adopting.md suggests): the objects are the DBA's, and refreshd's role could
+/// neither call `refreshd.force` nor take the requests others left (they waited for
+/// good), nor grant `control_roles` (a conformance review, 2026-12-05). The install
+/// grants them to the role `init` connected as.
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_sql_applied_by_another_role_still_serves_refreshds_role() {
+    let db = TestDb::new();
+    db.psql(&schema());
+    let roles = TestRoles::create(&db, &["refresher", "ops"]);
+    let (refresher, ops) = (roles.name("refresher"), roles.name("ops"));
+    db.psql(&format!(
+        "GRANT SELECT ON public.quiet TO {refresher}; \
+         ALTER MATERIALIZED VIEW public.quiet_sum OWNER TO {refresher}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn_as(&refresher),
+        "--schema",
+        "public",
+        "--sql",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.code().is_some(), "{}", support::stderr(&out));
+    let applied = db
+        .server
+        .psql_file(&db.name, &dir.path().join("001_refreshd_triggers.sql"));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // A request left by the DBA while no refreshd runs, and one by refreshd's role.
+    db.psql("UPDATE public.quiet SET v = 5; SELECT refreshd.force('public.quiet_sum')");
+    let out = psql_once(&db, &refresher, "select refreshd.force('public.quiet_sum')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        "control_roles = [\"{ops}\"]\n[database]\nurl = \"{}\"\n\
+         [[view]]\nname = \"public.quiet_sum\"\nchannels = [\"quiet_never\"]\ndebounce = \"1h\"\nmax_delay = \"1h\"\n",
+        db.dsn_as(&refresher)
+    );
+    let d = Daemon::start(&config);
+    d.wait_ready(Duration::from_secs(20)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the waiting requests taken",
+        || async { db.psql("SELECT count(*) FROM refreshd.force_requests") == "0" },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the view to show it", || async {
+        db.psql("SELECT v FROM public.quiet_sum") == "5"
+    })
+    .await;
+    // The leader could grant `control_roles` what it holds with the grant option.
+    wait_for(
+        Duration::from_secs(10),
+        "ops granted refreshd.force",
+        || async {
+            db.psql(&format!(
+                "SELECT has_function_privilege('{ops}', 'refreshd.force(text)', 'EXECUTE')"
+            )) == "t"
+        },
+    )
+    .await;
+    db.psql("UPDATE public.quiet SET v = 6");
+    let out = psql_once(&db, &ops, "select refreshd.force('public.quiet_sum')");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "ops's force carried out",
+        || async { db.psql("SELECT v FROM public.quiet_sum") == "6" },
+    )
+    .await;
 }

@@ -672,3 +672,35 @@ fn init_says_when_it_finds_no_materialized_view() {
         support::stderr(&out)
     );
 }
+
+/// A view reading no table (a system catalog, a constant) gets a schedule: with
+/// `channels = []` and nothing else, `check` refused the config `init` printed (a
+/// conformance review, 2026-12-05).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_view_no_trigger_can_feed_gets_a_schedule_and_check_passes() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA sys; \
+         CREATE MATERIALIZED VIEW sys.settings AS SELECT name, setting FROM pg_catalog.pg_settings; \
+         CREATE UNIQUE INDEX ON sys.settings (name); \
+         CREATE MATERIALIZED VIEW sys.one AS SELECT 1 AS k; \
+         CREATE UNIQUE INDEX ON sys.one (k);",
+    );
+    let out = support::refreshd(&["init", "--url", &db.dsn(), "--schema", "sys", "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let config = support::stdout(&out);
+    assert_eq!(
+        config.matches("schedule = \"0 0 * * * *\"").count(),
+        2,
+        "{config}"
+    );
+    let (_dir, path) = support::write_config(&config);
+    let check = support::refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}{}",
+        support::stdout(&check),
+        support::stderr(&check)
+    );
+}

@@ -23,7 +23,9 @@
 --           transaction). The payload is not read; the table is.
 -- Names   : schema-qualified, as in refreshd's configuration, parsed as SQL
 --           parses them ("Sales"."Daily Totals" is one name); a name that
---           is not a materialized view or table is refused with an error.
+--           is not a materialized view or table is refused with an error,
+--           and so is one no refreshd manages once one has led (the table
+--           refreshd.managed_views, written by each deployment's leader).
 --           The request stores the name in canonical form (quote_ident).
 -- Plain SQL only (no psql meta-commands); idempotent.
 -- =====================================================
@@ -40,6 +42,17 @@ CREATE TABLE IF NOT EXISTS refreshd.force_requests (
 COMMENT ON TABLE refreshd.force_requests IS 'refreshd: forced refreshes waiting for the leader (written by refreshd.force, consumed by refreshd)';
 REVOKE ALL ON TABLE refreshd.force_requests FROM PUBLIC;
 REVOKE ALL ON SEQUENCE refreshd.force_requests_id_seq FROM PUBLIC;
+
+-- The views refreshd manages, written by each deployment's leader (its
+-- ha.lock_name) when it starts leading and at each reload: refreshd.force
+-- refuses a name none of them manages. Empty until a refreshd has led.
+CREATE TABLE IF NOT EXISTS refreshd.managed_views (
+    deployment text NOT NULL,
+    view_name  text NOT NULL,
+    PRIMARY KEY (deployment, view_name)
+);
+COMMENT ON TABLE refreshd.managed_views IS 'refreshd: the views each refreshd deployment (ha.lock_name) manages, written by its leader; refreshd.force refuses other names';
+REVOKE ALL ON TABLE refreshd.managed_views FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION refreshd.force(view text)
 RETURNS void
@@ -75,6 +88,13 @@ BEGIN
          WHERE c.oid = rel;
         IF rel IS NULL OR kind NOT IN ('m', 'r', 'p') THEN
             RAISE EXCEPTION 'refreshd.force: % is not a materialized view or table (give the schema-qualified name of a view refreshd manages, or ''*'')',
+                quote_literal(view)
+                USING ERRCODE = 'undefined_table';
+        END IF;
+        -- Once a refreshd has led, only the views some deployment manages.
+        IF EXISTS (SELECT 1 FROM refreshd.managed_views)
+           AND NOT EXISTS (SELECT 1 FROM refreshd.managed_views m WHERE m.view_name = canonical) THEN
+            RAISE EXCEPTION 'refreshd.force: % is not a view refreshd manages (refreshd.managed_views lists them)',
                 quote_literal(view)
                 USING ERRCODE = 'undefined_table';
         END IF;

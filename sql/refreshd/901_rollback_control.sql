@@ -1,6 +1,7 @@
 -- refreshd: undo 001_control.sql (plain SQL, idempotent; see rollback.sql).
 DROP FUNCTION IF EXISTS refreshd.force(text);
 DROP TABLE IF EXISTS refreshd.force_requests;
+DROP TABLE IF EXISTS refreshd.managed_views;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'refreshd')

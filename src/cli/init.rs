@@ -764,6 +764,9 @@ fn comment(out: &mut String, text: &str) {
     let _ = writeln!(out, "# {}", escape_display(text));
 }
 
+/// The schedule `init` gives a view no trigger can feed: hourly, on the hour.
+pub const UNFED_SCHEDULE: &str = "0 0 * * * *";
+
 /// The keys of one `[[view]]`, written by the `toml` serializer.
 #[derive(serde::Serialize, Default)]
 struct ViewEntry {
@@ -778,6 +781,9 @@ struct ViewEntry {
     channels: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrently: Option<bool>,
+    /// For a view nothing else can feed (see [`UNFED_SCHEDULE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
     /// A keyed conversion's consume function (its change buffer).
     #[serde(skip_serializing_if = "Option::is_none")]
     buffer: Option<String>,
@@ -791,8 +797,8 @@ fn keyed_entry(g: &Generated) -> ViewEntry {
         query: Some(g.definition.to_string()),
         key: Some(g.key.clone()),
         channels: Some(vec![g.channel.clone()]),
-        concurrently: None,
         buffer: Some(g.consume.to_string()),
+        ..ViewEntry::default()
     }
 }
 
@@ -1011,10 +1017,18 @@ impl Plan {
         }
         let feeds = self.channels_of(v);
         let concurrently = self.served_comments(out, i, &feeds);
+        // Reading no table and no configured view (system catalogs, functions,
+        // constants), nothing notifies it and `check` would refuse the config init
+        // printed (a conformance review, 2026-12-05): a schedule feeds it.
+        let schedule = (feeds.is_empty() && self.reads[i].is_empty()).then(|| {
+            comment(out, "reads no table a trigger can capture (system catalogs, functions or constants only): refreshed on a schedule, hourly; adjust it to how its data changes");
+            UNFED_SCHEDULE.to_string()
+        });
         let entry = ViewEntry {
             name: v.name.to_string(),
             channels: Some(feeds.iter().map(|f| f.channel.clone()).collect()),
             concurrently,
+            schedule,
             ..ViewEntry::default()
         };
         view_toml(out, entry, false);

@@ -462,7 +462,13 @@ async fn capture_gaps(
             if let Some(tables) = tables {
                 let keyed = v.keyed.is_some();
                 let tables = crate::engine::capture::not_configured(tables, &configured);
-                let mut verdict = crate::engine::capture::judge(&v.channels, &tables, None, keyed);
+                let mut verdict = crate::engine::capture::judge(
+                    &v.channels,
+                    &tables,
+                    None,
+                    keyed,
+                    crate::engine::capture::capture_owned(v),
+                );
                 // As `run` judges a generated keyed view (a stale one is reported by
                 // the keyed checks).
                 let generated = f.generated.get(i).copied().unwrap_or(false);
@@ -647,9 +653,11 @@ pub fn human(d: Duration) -> String {
 }
 
 async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
+    // SPEC: "0 all succeeded, 1 otherwise" (2 is `check`'s and `run`'s for a bad
+    // configuration; here nothing was refreshed either way).
     let config = match load_config(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(_) => return EXIT_PROBLEMS,
     };
     let views = if all {
         config.views.iter().collect()
@@ -666,7 +674,7 @@ async fn refresh_cmd(path: &Path, all: bool, names: &[String]) -> u8 {
         Ok((_, c)) => c,
         Err(e) => {
             eprintln!("refreshd: {e}");
-            return e.exit_code();
+            return EXIT_PROBLEMS;
         }
     };
     // Lower views before the views that read them.

@@ -54,12 +54,17 @@ pub fn render(status: &serde_json::Value) -> (String, bool) {
     let role = status["role"].as_str().unwrap_or("?");
     let ready = status["ready"].as_bool() == Some(true);
     let connected = role != "disconnected";
+    // A standby refreshes nothing and hears no change: what it knows of a view is not
+    // the leader's (a review, 2026-12-05: it said "fresh").
+    let standby = role == "standby";
     let mut out = format!(
         "refreshd {} · {}{}\n",
         escape_line(status["version"].as_str().unwrap_or("?")),
         escape_line(role),
         if !connected {
             " from PostgreSQL: nothing is being refreshed; view states are the last known"
+        } else if standby {
+            ": the leader refreshes the views; ask it (its /status) for their state"
         } else if !ready {
             " (not ready)"
         } else {
@@ -80,7 +85,7 @@ pub fn render(status: &serde_json::Value) -> (String, bool) {
         let stale = v["pending_since_seconds"].as_f64().unwrap_or(0.0);
         let staleness = if stale > 0.0 {
             format!("stale {}", secs(stale))
-        } else if connected && ready {
+        } else if connected && ready && !standby {
             "fresh".to_string()
         } else {
             // Without a LISTEN session no change is heard: "fresh" would be a guess.
@@ -145,7 +150,11 @@ pub enum FetchError {
 pub async fn fetch_status(url: &str) -> Result<String, FetchError> {
     let rest = url.strip_prefix("http://").ok_or(FetchError::NotHttpUrl)?;
     let (authority, base) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        // `--url http://host:port/status` names the route itself: asked once.
+        Some(i) => {
+            let path = rest[i..].trim_end_matches('/');
+            (&rest[..i], path.strip_suffix("/status").unwrap_or(path))
+        }
         None => (rest, ""),
     };
     if authority.is_empty() {
@@ -247,6 +256,25 @@ mod tests {
                 .contains("disconnected from PostgreSQL"),
             "{text}"
         );
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            !line.split_whitespace().any(|w| w == "fresh") && line.contains("unknown"),
+            "{text}"
+        );
+    }
+
+    /// A standby hears no change and refreshes nothing: it calls no view fresh, and
+    /// says the leader's /status has their state (it said "fresh": a review).
+    #[test]
+    fn a_standby_calls_nothing_fresh() {
+        let s = serde_json::json!({
+            "version": "0.1.0", "role": "standby", "ready": true,
+            "views": [{"view": "public.a", "state": "idle", "pending_since_seconds": 0.0,
+                       "last_end": null, "last_error": null}]
+        });
+        let (text, problem) = render(&s);
+        assert!(!problem, "{text}");
+        assert!(text.lines().next().unwrap().contains("ask it"), "{text}");
         let line = text.lines().nth(1).unwrap();
         assert!(
             !line.split_whitespace().any(|w| w == "fresh") && line.contains("unknown"),

@@ -34,6 +34,17 @@
 //!   BENCHMARKS.md). A busy slot that stays busy past `ARM_LOCK_TIMEOUT` falls back
 //!   to the case below.
 //!
+//! - **Re-armed while the views wait**: a notification makes a view due at `last
+//!   notification + debounce`, and `debounce` is the quiet period after the *last*
+//!   one (SPEC "Semantics"). Disarmed until the refresh, later writes sent none, so a
+//!   burst of writes closer together than `debounce` was refreshed every `debounce`
+//!   instead of once after it (a conformance review, 2026-12-05). So a channel
+//!   disarmed for half the least `debounce` of its views ([`Arming::set_quiet`]) is
+//!   re-armed then, as before a refresh: the next write notifies again and postpones
+//!   the views (up to `max_delay`); writers in flight make it a flowing re-arm, which
+//!   makes the views due again just the same. Writers pay at most one notification per
+//!   channel per half `debounce` for it (one a second at the default 2 s).
+//!
 //! Why no change is lost: a writer that skips its notification does so while the
 //! channel is disarmed. A channel is disarmed only between a notification's arrival
 //! (which made every view on the channel due, *after* the release) or a flowing
@@ -156,6 +167,12 @@ struct State {
     pending: HashMap<String, std::time::Instant>,
     /// Calls of [`Arming::retry_pending`]: where its tries start.
     retries: usize,
+    /// Channels disarmed (by a notification, or a flowing re-arm) and when: re-armed
+    /// after their quiet delay ([`Arming::due_quiet`]).
+    disarmed: HashMap<String, std::time::Instant>,
+    /// Per channel, how long after it was disarmed it is re-armed (half the least
+    /// `debounce` of its views; none where that would postpone nothing).
+    quiet: HashMap<String, Duration>,
 }
 
 /// What [`Arming::arm`] did for one channel.
@@ -216,6 +233,7 @@ impl Arming {
         st.attached = true;
         st.armed.clear();
         st.pending.clear();
+        st.disarmed.clear();
         Ok(())
     }
 
@@ -228,6 +246,7 @@ impl Arming {
         st.attached = false;
         st.armed.clear();
         st.pending.clear();
+        st.disarmed.clear();
     }
 
     /// The session is gone, from a context that cannot wait (a panicked listener):
@@ -238,6 +257,7 @@ impl Arming {
         st.attached = false;
         st.armed.clear();
         st.pending.clear();
+        st.disarmed.clear();
     }
 
     /// Whether a notification on `channel` must wait for [`Arming::disarm`] before it
@@ -250,6 +270,53 @@ impl Arming {
         !self.state().pending.is_empty()
     }
 
+    /// Sets, per channel, how long after being disarmed it is re-armed (see the module
+    /// doc, "Re-armed while the views wait"): half the least `debounce` of the views on
+    /// it whose `debounce` is shorter than their `max_delay` (no re-arm postpones
+    /// anything otherwise), at least 50 ms.
+    pub fn set_quiet(&self, views: &[crate::config::ViewConfig]) {
+        let mut quiet: HashMap<String, Duration> = HashMap::new();
+        for v in views {
+            if v.debounce.is_zero() || v.debounce >= v.max_delay {
+                continue;
+            }
+            let delay = (v.debounce / 2).max(Duration::from_millis(50));
+            for ch in &v.channels {
+                let d = quiet.entry(ch.clone()).or_insert(delay);
+                *d = (*d).min(delay);
+            }
+        }
+        self.state().quiet = quiet;
+    }
+
+    /// Whether some channel waits to be re-armed after its quiet delay.
+    pub fn has_quiet(&self) -> bool {
+        let st = self.state();
+        st.disarmed.keys().any(|c| st.quiet.contains_key(c))
+    }
+
+    /// The channels whose quiet delay has passed since they were disarmed (and that
+    /// are not retried as pending): taken, to be armed ([`Arming::arm`]).
+    pub fn due_quiet(&self, now: std::time::Instant) -> Vec<String> {
+        let mut st = self.state();
+        let due: Vec<String> = st
+            .disarmed
+            .iter()
+            .filter(|(c, at)| {
+                !st.pending.contains_key(*c)
+                    && st
+                        .quiet
+                        .get(*c)
+                        .is_some_and(|d| now.duration_since(**at) >= *d)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &due {
+            st.disarmed.remove(c);
+        }
+        due
+    }
+
     /// Releases `channel`'s locks, so that writers stop notifying it until the next
     /// refresh re-arms it. Call it before passing the notification on.
     pub async fn disarm(&self, channel: &str) {
@@ -257,8 +324,14 @@ impl Arming {
         let Some(client) = session.as_ref() else {
             return;
         };
-        let Some(held) = self.state().armed.remove(channel) else {
-            return;
+        let held = {
+            let mut st = self.state();
+            let Some(held) = st.armed.remove(channel) else {
+                return;
+            };
+            st.disarmed
+                .insert(channel.to_string(), std::time::Instant::now());
+            held
         };
         match on_slots(client, UNLOCK_SQL, channel, &slots_in(held)).await {
             Ok(_) => {}
@@ -346,6 +419,7 @@ impl Arming {
             return Armed::NoSession;
         }
         st.pending.remove(channel);
+        st.disarmed.remove(channel);
         Armed::Yes
     }
 
@@ -389,6 +463,9 @@ impl Arming {
             return Armed::NoSession;
         }
         st.pending.remove(channel);
+        // Left disarmed: re-armed after its quiet delay again.
+        st.disarmed
+            .insert(channel.to_string(), std::time::Instant::now());
         Armed::Flowing
     }
 

@@ -63,11 +63,24 @@ pub fn checked_relation(v: &ViewConfig) -> &QualifiedName {
     v.keyed.as_ref().map_or(&v.name, |k| &k.query)
 }
 
+/// Whether refreshd's capture is what feeds `v`, even where no trigger names its
+/// channels (see [`judge`]): `capture = "managed"` on a materialized view (refreshd is
+/// asked to install it), or a channel of refreshd's own naming (`refreshd_...`, as
+/// `init` names the channels it makes a capture for, and keyed views' `refreshd_keys_...`):
+/// no application notifies those.
+pub fn capture_owned(v: &ViewConfig) -> bool {
+    (v.capture == Capture::Managed && v.keyed.is_none())
+        || v.channels.iter().any(|c| c.starts_with("refreshd_"))
+}
+
 /// Judges one view: every table and partition needs an enabled trigger whose function
 /// or arguments name one of `channels` (the test `check` makes). A view none of whose
 /// tables has any trigger (enabled or not) naming its channels, and that had some at no
 /// previous check (`previous` is `None`), is fed by the application's own NOTIFY (a
-/// design SPEC allows, `check` warns about it): there is no capture to check.
+/// design SPEC allows, `check` warns about it): there is no capture to check. Unless
+/// the capture is refreshd's (`owned`, [`capture_owned`]): a trigger dropped while no
+/// refreshd ran, or never installed, is a gap then (found by a review, 2026-12-05: it
+/// went unreported and unhealed for good).
 ///
 /// A gap of a materialized view is healed with refreshd's own trigger. A keyed view's
 /// capture was generated for it (keys, join paths), so refreshd's trigger cannot stand
@@ -78,13 +91,14 @@ pub fn judge(
     tables: &[TableFacts],
     previous: Option<&BTreeSet<u32>>,
     keyed: bool,
+    owned: bool,
 ) -> Verdict {
     let mentioned = tables.iter().any(|t| {
         t.triggers
             .iter()
             .any(|g| channels.iter().any(|c| names_channel(&g.text, c)))
     });
-    if !mentioned && previous.is_none() {
+    if !mentioned && previous.is_none() && !owned {
         return Verdict::default();
     }
     let now: BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
@@ -270,14 +284,15 @@ pub fn stray_gaps(
 }
 
 /// The channel (of `channels`) an enabled trigger of `t` notifies, if any. refreshd's
-/// own trigger counts only enabled ALWAYS, as it installs it: `DISABLE TRIGGER ALL`
-/// then `ENABLE TRIGGER ALL` (what bulk loaders and `pg_restore --disable-triggers`
-/// leave) makes it fire for ordinary writes only, and a load in the replica role goes
-/// unseen. A trigger of the application's is its own business.
+/// own trigger counts only enabled ALWAYS and for every event, as it installs it:
+/// `DISABLE TRIGGER ALL` then `ENABLE TRIGGER ALL` (what bulk loaders and `pg_restore
+/// --disable-triggers` leave) makes it fire for ordinary writes only, and a load in the
+/// replica role goes unseen; one recreated by hand for INSERT alone misses every UPDATE
+/// (a review, 2026-12-05). A trigger of the application's is its own business.
 fn notifies(t: &TableFacts, channels: &[String]) -> Option<String> {
     t.triggers
         .iter()
-        .filter(|g| g.enabled && (g.always || !g.ours))
+        .filter(|g| g.enabled && (!g.ours || (g.always && g.events & ALL_EVENTS == ALL_EVENTS)))
         .find_map(|g| channels.iter().find(|c| names_channel(&g.text, c)).cloned())
 }
 
@@ -293,7 +308,21 @@ fn gap_reason(t: &TableFacts, tables: &[TableFacts], channels: &[String]) -> Str
     let not_always = t.triggers.iter().any(|g| {
         g.ours && g.enabled && !g.always && channels.iter().any(|c| names_channel(&g.text, c))
     });
-    let mut why = if not_always {
+    let partial = t
+        .triggers
+        .iter()
+        .filter(|g| {
+            g.ours && g.enabled && g.always && channels.iter().any(|c| names_channel(&g.text, c))
+        })
+        .map(|g| ALL_EVENTS & !g.events)
+        .find(|missing| *missing != 0);
+    let mut why = if let Some(missing) = partial {
+        format!(
+            "trigger {} does not fire on {} (refreshd installs it for INSERT, UPDATE, DELETE and TRUNCATE; init --apply or capture = \"managed\" makes it anew)",
+            crate::pg::capture::TRIGGER,
+            event_names(missing)
+        )
+    } else if not_always {
         format!(
             "trigger {trg} is enabled for ordinary writes only, not ALWAYS (as after DISABLE TRIGGER ALL then ENABLE TRIGGER ALL): writes in the replica role go unseen (ALTER TABLE {} ENABLE ALWAYS TRIGGER {trg})",
             t.name.quoted(),
@@ -336,7 +365,12 @@ fn heal(t: &TableFacts, tables: &[TableFacts], channels: &[String], keyed: bool)
     let channel = root
         .and_then(|r| notifies(r, channels))
         .unwrap_or_else(|| channels[0].clone());
-    (!t.triggers.iter().any(|g| g.ours && g.enabled && g.always)).then_some(Heal::Capture(channel))
+    // refreshd's trigger there notifying another view's channel stays; one notifying
+    // this view's (for too few events) is made anew.
+    let elsewhere = t.triggers.iter().any(|g| {
+        g.ours && g.enabled && g.always && !channels.iter().any(|c| names_channel(&g.text, c))
+    });
+    (!elsewhere).then_some(Heal::Capture(channel))
 }
 
 /// What one check found for one view.
@@ -483,7 +517,13 @@ async fn check_and_install<'a>(
         // A view that is gone is `check`'s and the refresh's business, not capture's.
         let Some(tables) = tables else { continue };
         let mine = not_configured(tables, configured);
-        let mut verdict = judge(&v.channels, &mine, previous.get(&v.name), v.keyed.is_some());
+        let mut verdict = judge(
+            &v.channels,
+            &mine,
+            previous.get(&v.name),
+            v.keyed.is_some(),
+            capture_owned(v),
+        );
         if *stale {
             verdict.gaps.push(stale_gap(v));
         } else if record_lost(v, *generated) {
@@ -656,18 +696,23 @@ fn view_result(
 /// `capture_check_interval` says.
 pub const DDL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Watches the catalog fingerprint on a connection of its own and calls `changed` each
-/// time it differs from the previous reading (not for the first one). Reconnects after
-/// errors; ends when `stop` is cancelled.
+/// Watches the catalog fingerprint on a connection of its own and calls `changed(false)`
+/// each time it differs from the previous reading, and `changed(true)` for the first
+/// reading. Reconnects after errors; ends when `stop` is cancelled.
+///
+/// The first reading counts as a change because nothing orders it against the check
+/// that leadership starts with: DDL committed after that check read the catalog and
+/// before this first reading (its connection is slow on a loaded machine) would
+/// otherwise wait for `capture_check_interval` (a CI run missed a row-security change
+/// so). It costs one more check at start.
 pub async fn watch_ddl(
     info: crate::pg::connect::ConnectInfo,
     stop: tokio_util::sync::CancellationToken,
-    changed: impl Fn(),
+    changed: impl Fn(bool),
 ) {
     let mut last: Option<String> = None;
     let mut client: Option<tokio_postgres::Client> = None;
-    // The first reading is taken at once: DDL before it is seen by the check every
-    // (re)start of leadership makes, DDL after it by a changed reading.
+    // The first reading is taken at once.
     let mut first = true;
     loop {
         if !std::mem::take(&mut first) {
@@ -690,8 +735,10 @@ pub async fn watch_ddl(
         .await;
         match read {
             Ok(Ok(fp)) => {
-                if last.as_ref().is_some_and(|l| *l != fp) {
-                    changed();
+                match &last {
+                    None => changed(true),
+                    Some(l) if *l != fp => changed(false),
+                    Some(_) => {}
                 }
                 last = Some(fp);
             }
@@ -1046,7 +1093,7 @@ mod tests {
                 vec![trig("t", true, false, "pg_notify('c_pay', '')")],
             ),
         ];
-        let v = judge(&ch, &tables, None, false);
+        let v = judge(&ch, &tables, None, false, false);
         assert!(v.gaps.is_empty(), "{v:?}");
         assert!(v.new_tables.is_empty());
     }
@@ -1059,7 +1106,7 @@ mod tests {
         let ch = vec!["c_pay".to_string()];
         let mut ours = trig("refreshd_notify", true, true, "x c_pay\\000");
         ours.always = false;
-        let v = judge(&ch, &[table(1, "pay", 1, vec![ours])], None, false);
+        let v = judge(&ch, &[table(1, "pay", 1, vec![ours])], None, false, false);
         assert_eq!(v.gaps.len(), 1, "{v:?}");
         assert!(v.gaps[0].why.contains("not ALWAYS"), "{}", v.gaps[0].why);
         assert!(
@@ -1069,8 +1116,61 @@ mod tests {
         );
         let mut theirs = trig("t", true, false, "pg_notify('c_pay', '')");
         theirs.always = false;
-        let v = judge(&ch, &[table(1, "pay", 1, vec![theirs])], None, false);
+        let v = judge(&ch, &[table(1, "pay", 1, vec![theirs])], None, false, false);
         assert!(v.gaps.is_empty(), "{v:?}");
+    }
+
+    /// A view no trigger names the channels of is fed by the application's NOTIFY,
+    /// unless the capture is refreshd's own: a channel refreshd named, or `managed` on
+    /// a materialized view. Then a table without the trigger is a gap `managed` closes.
+    #[test]
+    fn a_table_without_refreshds_trigger_is_a_gap_when_the_capture_is_refreshds() {
+        let tables = vec![table(1, "orders", 1, vec![])];
+        let app = vec!["orders_changed".to_string()];
+        assert!(judge(&app, &tables, None, false, false).gaps.is_empty());
+        let ours = vec!["refreshd_s_orders".to_string()];
+        let v = judge(&ours, &tables, None, false, true);
+        assert_eq!(v.gaps.len(), 1, "{v:?}");
+        assert!(
+            matches!(&v.gaps[0].heal, Some(Heal::Capture(c)) if c == "refreshd_s_orders"),
+            "{:?}",
+            v.gaps[0].heal
+        );
+        let config = |capture: &str, channel: &str| {
+            crate::config::Config::parse(std::path::Path::new("t.toml"), &format!(
+                "[database]\nurl = \"postgresql://x@h/d\"\n[[view]]\nname = \"s.v\"\nchannels = [\"{channel}\"]\ncapture = \"{capture}\"\n"
+            ))
+            .unwrap()
+            .views
+            .remove(0)
+        };
+        assert!(!capture_owned(&config("verify", "orders_changed")));
+        assert!(capture_owned(&config("verify", "refreshd_s_orders")));
+        assert!(capture_owned(&config("managed", "orders_changed")));
+    }
+
+    /// refreshd's own trigger recreated by hand for fewer events is a gap (a review:
+    /// one for INSERT alone counted as complete, and every UPDATE went unseen), made
+    /// anew; refreshd's trigger notifying another view's channel is left alone.
+    #[test]
+    fn refreshds_trigger_for_fewer_events_is_a_gap_made_anew() {
+        let ch = vec!["c_pay".to_string()];
+        let mut ours = trig("refreshd_notify", true, true, "c_pay\\000");
+        ours.events = 4;
+        let v = judge(&ch, &[table(1, "pay", 1, vec![ours])], None, false, false);
+        assert_eq!(v.gaps.len(), 1, "{v:?}");
+        assert!(
+            v.gaps[0]
+                .why
+                .contains("does not fire on UPDATE, DELETE, TRUNCATE"),
+            "{}",
+            v.gaps[0].why
+        );
+        assert!(matches!(&v.gaps[0].heal, Some(Heal::Capture(c)) if c == "c_pay"));
+        let other = trig("refreshd_notify", true, true, "c_other\\000");
+        let v = judge(&ch, &[table(1, "pay", 1, vec![other])], None, false, true);
+        assert_eq!(v.gaps.len(), 1, "{v:?}");
+        assert_eq!(v.gaps[0].heal, None);
     }
 
     #[test]
@@ -1085,9 +1185,15 @@ mod tests {
                 vec![trig("t", true, true, "refreshd.notify_changed('c_names')")],
             ),
         ];
-        assert_eq!(judge(&ch, &tables, None, false).gaps.len(), 1);
+        assert_eq!(judge(&ch, &tables, None, false, false).gaps.len(), 1);
         let configured = [tables[0].name.clone()].into_iter().collect();
-        let v = judge(&ch, &not_configured(&tables, &configured), None, false);
+        let v = judge(
+            &ch,
+            &not_configured(&tables, &configured),
+            None,
+            false,
+            false,
+        );
         assert!(v.gaps.is_empty(), "{v:?}");
     }
 
@@ -1100,11 +1206,11 @@ mod tests {
             1,
             vec![trig("audit", true, false, "insert into log")],
         )];
-        let v = judge(&ch, &tables, None, false);
+        let v = judge(&ch, &tables, None, false, false);
         assert!(v.gaps.is_empty() && v.tables.is_none(), "{v:?}");
         // Captured at an earlier check, every trigger dropped since: a gap.
         let prev: BTreeSet<u32> = [1].into_iter().collect();
-        assert_eq!(judge(&ch, &tables, Some(&prev), false).gaps.len(), 1);
+        assert_eq!(judge(&ch, &tables, Some(&prev), false, false).gaps.len(), 1);
     }
 
     #[test]
@@ -1117,10 +1223,10 @@ mod tests {
             vec![trig("refreshd_notify", true, true, "c_pay\\000")],
         )];
         let prev: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
-        let v = judge(&ch, &tables, Some(&prev), false);
+        let v = judge(&ch, &tables, Some(&prev), false, false);
         assert!(v.gaps.is_empty() && v.new_tables.is_empty(), "{v:?}");
         assert_eq!(v.gone_tables, 2);
-        assert_eq!(judge(&ch, &tables, None, false).gone_tables, 0);
+        assert_eq!(judge(&ch, &tables, None, false, false).gone_tables, 0);
     }
 
     #[test]
@@ -1136,7 +1242,7 @@ mod tests {
             table(3, "pay_new", 1, vec![]),
         ];
         let prev: BTreeSet<u32> = [1].into_iter().collect();
-        let v = judge(&ch, &tables, Some(&prev), false);
+        let v = judge(&ch, &tables, Some(&prev), false, false);
         assert_eq!(v.gaps.len(), 1);
         assert_eq!(v.gaps[0].heal, Some(Heal::Capture("c_pay".into())));
         assert!(
@@ -1164,7 +1270,7 @@ mod tests {
                 vec![trig("refreshd_notify", true, true, "other\\000")],
             ),
         ];
-        let v = judge(&ch, &tables, None, false);
+        let v = judge(&ch, &tables, None, false, false);
         assert_eq!(v.gaps.len(), 2);
         assert!(v.gaps[0].why.contains("refreshd_notify is disabled"));
         assert_eq!(v.gaps[0].heal, Some(Heal::Capture("c".into())));
@@ -1201,7 +1307,7 @@ mod tests {
             // capture, so the gap stays open.
             table(4, "other", 4, vec![]),
         ];
-        let v = judge(&ch, &tables, None, true);
+        let v = judge(&ch, &tables, None, true, false);
         assert_eq!(v.gaps.len(), 2, "{v:?}");
         assert_eq!(
             v.gaps[0].heal,

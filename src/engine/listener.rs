@@ -476,9 +476,18 @@ impl Listener {
                         return e;
                     }
                 }
-                _ = rearm.tick(), if self.arming.has_pending() => {
-                    let events = &self.events;
-                    self.arming.retry_pending(|ev| { let _ = events.send(ev); }).await;
+                _ = rearm.tick(), if self.arming.has_pending() || self.arming.has_quiet() => {
+                    if self.arming.has_pending() {
+                        let events = &self.events;
+                        self.arming.retry_pending(|ev| { let _ = events.send(ev); }).await;
+                    }
+                    // Channels whose views wait for quiet: armed again off this loop
+                    // (a flowing re-arm waits for writers), see `arming`.
+                    let quiet = self.arming.due_quiet(std::time::Instant::now());
+                    if !quiet.is_empty() {
+                        let arming = self.arming.clone();
+                        tokio::spawn(async move { arming.arm(&quiet).await });
+                    }
                 }
                 _ = self.shutdown.cancelled() => {
                     // Closing the connection releases the lock at once, so a standby

@@ -35,6 +35,11 @@ impl Refresher {
         })
     }
 
+    /// The channel locks refreshes re-arm (see `arming`).
+    pub fn arming(&self) -> &Arc<Arming> {
+        &self.arming
+    }
+
     fn info(&self) -> ConnectInfo {
         self.info.lock().expect("not poisoned").clone()
     }

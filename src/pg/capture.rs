@@ -59,14 +59,23 @@ $$;
 COMMENT ON FUNCTION refreshd.notify_changed() IS 'refreshd: change capture (statement-level; notifies the channel in TG_ARGV[0] while refreshd arms it, or records it in refreshd.wakes with refreshd.two_phase = on; see refreshd''s docs/semantics.md)';
 ";
 
-/// The privileges `role` (refreshd's) needs to take the wake-ups of [`WAKES_TABLE`];
-/// nothing for an empty name.
+/// The privileges `role` (refreshd's) needs in its schema: to take the wake-ups of
+/// [`WAKES_TABLE`] and the requests of `refreshd.force_requests`, and to call
+/// `refreshd.force` (SPEC: EXECUTE is granted to refreshd's role), with the grant option
+/// for the schema and the function, so that the leader can grant them to `control_roles`
+/// as it does when it owns them. Nothing for an empty
+/// name. Needed when another role applies the SQL (`init --sql` as refreshd, then a
+/// DBA runs it): the objects are that role's then, and refreshd could neither call
+/// `force` nor read the requests it left (a conformance review, 2026-12-05).
 pub fn wakes_grant_sql(role: &str) -> String {
     if role.is_empty() {
         return String::new();
     }
     format!(
-        "GRANT USAGE ON SCHEMA refreshd TO {r};\nGRANT SELECT, DELETE ON {WAKES_TABLE} TO {r};\n",
+        "GRANT USAGE ON SCHEMA refreshd TO {r} WITH GRANT OPTION;\nGRANT SELECT, DELETE ON {WAKES_TABLE} TO {r};\n\
+         GRANT SELECT, DELETE ON refreshd.force_requests TO {r};\n\
+         GRANT SELECT, INSERT, DELETE ON refreshd.managed_views TO {r};\n\
+         GRANT EXECUTE ON FUNCTION refreshd.force(text) TO {r} WITH GRANT OPTION;\n",
         r = quote_ident(role)
     )
 }
@@ -202,6 +211,17 @@ pub fn names_channel(text: &str, channel: &str) -> bool {
     })
 }
 
+/// A trigger's function source as [`names_channel`] reads it, in SQL over `pg_trigger t`
+/// and `pg_proc p`: empty for refreshd's own `refreshd.notify_changed()`, whose channel
+/// is its argument alone. Its source's comments and variables are words too, and a
+/// view listening on `refresh` or `channel` counted as fed by every table carrying
+/// refreshd's trigger for other channels (a conformance review, 2026-12-05).
+/// Read from the catalog, not through `to_regprocedure`, which needs USAGE on schema
+/// `refreshd` (a role without it could not run `check`).
+pub const TRIGGER_SOURCE_SQL: &str = "CASE WHEN p.proname = 'notify_changed' AND p.pronargs = 0 \
+    AND p.pronamespace = (SELECT ns.oid FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'refreshd') \
+    THEN '' ELSE p.prosrc END";
+
 /// The same test in SQL: a regular expression matching the channel in column `ch` as a
 /// whole word (every character of it that is no letter or digit escaped), for `~`.
 pub const CHANNEL_WORD_RE_SQL: &str = "('(^|[^[:alnum:]_$])' || pg_catalog.regexp_replace(ch, '([^[:alnum:]_])', '\\\\\\1', 'g') || '($|[^[:alnum:]_$])')";
@@ -284,6 +304,7 @@ pub const RECORD_LOST: &str =
 /// [`CHECK_SQL`] with its `$stale` filled in, built once.
 static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     CHECK_SQL
+        .replace("$source", TRIGGER_SOURCE_SQL)
         .replace(
             "$stale",
             &crate::incremental::generate::stale_capture_sql("c.oid"),
@@ -333,7 +354,7 @@ const CHECK_SQL: &str = "WITH RECURSIVE v AS ( \
            array_agg(t.tgname::text ORDER BY t.tgname) AS names, \
            array_agg(t.tgenabled <> 'D' ORDER BY t.tgname) AS enabled, \
            array_agg(t.tgfoid IS NOT DISTINCT FROM (SELECT fn.oid FROM fn) AND t.tgname = 'refreshd_notify' ORDER BY t.tgname) AS ours, \
-           array_agg(p.prosrc || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts, \
+           array_agg($source || ' ' || encode(t.tgargs, 'escape') ORDER BY t.tgname) AS texts, \
            array_agg(t.tgtype::int4 & 60 ORDER BY t.tgname) AS events, \
            array_agg(t.tgenabled = 'A' ORDER BY t.tgname) AS always \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
@@ -474,15 +495,16 @@ pub async fn channel_triggers(
     }
     let sql = format!(
         "SELECT DISTINCT t.tgrelid, n.nspname::text, c.relname::text, t.tgname::text, \
-                p.prosrc || ' ' || encode(t.tgargs, 'escape') \
+                {src} || ' ' || encode(t.tgargs, 'escape') \
            FROM pg_catalog.pg_trigger t \
            JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
           CROSS JOIN unnest($1::text[]) AS ch \
           WHERE NOT t.tgisinternal \
-            AND (p.prosrc ~ {re} OR encode(t.tgargs, 'escape') ~ {re})",
-        re = CHANNEL_WORD_RE_SQL
+            AND ({src} ~ {re} OR encode(t.tgargs, 'escape') ~ {re})",
+        re = CHANNEL_WORD_RE_SQL,
+        src = TRIGGER_SOURCE_SQL
     );
     let rows = client
         .query_typed(

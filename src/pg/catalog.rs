@@ -215,10 +215,13 @@ async fn triggers_of(
 ) -> Result<HashMap<u32, Vec<(String, String, bool)>>, tokio_postgres::Error> {
     let rows = client
         .query_typed(
-            "SELECT t.tgrelid, t.tgname::text, p.prosrc || ' ' || encode(t.tgargs, 'escape'), (t.tgtype & 1) = 0 \
-               FROM pg_catalog.pg_trigger t \
-               JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-              WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'",
+            &format!(
+                "SELECT t.tgrelid, t.tgname::text, {} || ' ' || encode(t.tgargs, 'escape'), (t.tgtype & 1) = 0 \
+                   FROM pg_catalog.pg_trigger t \
+                   JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                  WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'",
+                crate::pg::capture::TRIGGER_SOURCE_SQL
+            ),
             &[(&oids, Type::OID_ARRAY)],
         )
         .await?;

@@ -74,3 +74,45 @@ pub async fn grant_control_roles(
     }
     Ok(out)
 }
+
+/// Records the views this deployment (`deployment`: its `ha.lock_name`) manages in
+/// `refreshd.managed_views`, replacing what it recorded before, in one statement
+/// (poolable): `refreshd.force` refuses names no deployment manages (SPEC: "Unknown
+/// names are refused by the function"). Names are stored as the function computes
+/// them, `quote_ident(schema) || '.' || quote_ident(name)`. `Ok(false)` when the table
+/// is not installed (an install from before it).
+pub async fn record_managed(
+    client: &Client,
+    deployment: &str,
+    views: &[crate::pg::ident::QualifiedName],
+) -> Result<bool, tokio_postgres::Error> {
+    use tokio_postgres::types::Type;
+    let schemas: Vec<&str> = views.iter().map(|v| v.schema.as_str()).collect();
+    let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+    let done = client
+        .query_typed(
+            "WITH now(view_name) AS ( \
+                 SELECT pg_catalog.quote_ident(s) || '.' || pg_catalog.quote_ident(n) \
+                   FROM unnest($2::text[], $3::text[]) AS x(s, n)), \
+             gone AS (DELETE FROM refreshd.managed_views m WHERE m.deployment = $1 \
+                 AND m.view_name NOT IN (SELECT view_name FROM now)) \
+             INSERT INTO refreshd.managed_views (deployment, view_name) \
+             SELECT $1, view_name FROM now ON CONFLICT DO NOTHING",
+            &[
+                (&deployment, Type::TEXT),
+                (&schemas, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+            ],
+        )
+        .await;
+    match done {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_db_error()
+                .is_some_and(|d| matches!(d.code().code(), "42P01" | "3F000")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -528,12 +528,13 @@ async fn triggers(
                CROSS JOIN unnest($2::text[]) AS ch \
                CROSS JOIN LATERAL (SELECT {re} AS re) m \
               WHERE t.tgrelid = ANY ($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-                AND (p.prosrc ~ m.re OR encode(t.tgargs, 'escape') ~ m.re \
+                AND ({src} ~ m.re OR encode(t.tgargs, 'escape') ~ m.re \
                      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p2 \
                                  WHERE p2.oid <> p.oid AND p2.prosrc ~ m.re \
                                    AND strpos(p.prosrc, p2.proname) > 0)) \
               ORDER BY 1, 2",
-                re = crate::pg::capture::CHANNEL_WORD_RE_SQL
+                re = crate::pg::capture::CHANNEL_WORD_RE_SQL,
+                src = crate::pg::capture::TRIGGER_SOURCE_SQL
             ),
             &[(&oids, Type::OID_ARRAY), (&view.channels, Type::TEXT_ARRAY)],
         )

@@ -148,7 +148,7 @@ impl Core {
             Command::Reload => self.reload(),
             Command::Reloaded(result) => self.reloaded(*result).await,
             Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
-            Command::CatalogChanged => self.catalog_changed(),
+            Command::CatalogChanged { first } => self.catalog_changed(first),
             Command::CaptureChecked(result) => self.capture_checked(result, now),
             Command::CaptureRead { check, ok } => self.capture_read(check, ok, now),
         }

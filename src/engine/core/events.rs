@@ -102,7 +102,7 @@ impl Core {
         }
         // Requests made while no refreshd led (or while this one was away).
         self.take_force_requests();
-        self.grant_control_roles();
+        self.share_control();
         self.capture.check_now();
     }
 

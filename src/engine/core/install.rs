@@ -48,7 +48,7 @@ impl Core {
                 "SIGHUP: configuration reloaded"
             );
             self.release_awaiting(std::time::Instant::now());
-            self.grant_control_roles();
+            self.share_control();
         }
     }
 
@@ -85,6 +85,7 @@ impl Core {
             self.schedules = Schedules::new(&new.views, chrono::Utc::now());
         }
         self.restart_detector(p.watched);
+        self.refresher.arming().set_quiet(&new.views);
         self.channels_tx
             .send_replace(new.channels().into_iter().collect());
         self.roles_tx.send_replace(new.control_roles.clone());

@@ -153,24 +153,52 @@ impl Core {
         });
     }
 
-    /// Grants `refreshd.force` to the roles of `control_roles` that may not call it yet
+    /// What SQL control needs of the leader, on a connection of its own, when it starts
+    /// leading and after a reload: the views it manages recorded in
+    /// `refreshd.managed_views` (`refreshd.force` refuses other names), and
+    /// `refreshd.force` granted to the roles of `control_roles` that may not call it yet
     /// (SPEC "SQL control": EXECUTE is granted to refreshd's role and to
-    /// `control_roles`), on a connection of its own; each grant, or why it could not
-    /// be made, is logged. The leader does it when it starts leading and after a reload.
-    pub(super) fn grant_control_roles(&mut self) {
-        if !self.leading || self.config.control_roles.is_empty() {
+    /// `control_roles`); each grant, or why it could not be made, is logged.
+    pub(super) fn share_control(&mut self) {
+        if !self.leading {
             return;
         }
         let roles = self.config.control_roles.clone();
+        let deployment = self.config.ha.lock_name.clone();
+        let views: Vec<QualifiedName> = self.config.views.iter().map(|v| v.name.clone()).collect();
         let info = self.refresh_info.clone();
         self.spawn_job(Job::Grant, async move {
-            let granting = async {
-                let client = info.connect().await.map_err(|e| e.to_string())?;
-                crate::pg::force::grant_control_roles(&client, &roles)
-                    .await
-                    .map_err(|e| crate::pg::connect::error_chain(&e))
+            let client = match tokio::time::timeout(Duration::from_secs(15), info.connect()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not record the managed views for refreshd.force nor grant control_roles");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::warn!("could not record the managed views for refreshd.force: no connection within 15 s");
+                    return None;
+                }
             };
-            match tokio::time::timeout(Duration::from_secs(15), granting).await {
+            match tokio::time::timeout(
+                Duration::from_secs(15),
+                crate::pg::force::record_managed(&client, &deployment, &views),
+            )
+            .await
+            {
+                Ok(Ok(true)) => tracing::debug!(views = views.len(), "recorded the managed views in refreshd.managed_views"),
+                Ok(Ok(false)) => tracing::debug!("refreshd.managed_views is not installed (refreshd init --apply installs it): refreshd.force accepts any materialized view or table"),
+                Ok(Err(e)) => tracing::warn!(error = %crate::pg::connect::error_chain(&e), "could not record the managed views in refreshd.managed_views (refreshd's role needs SELECT, INSERT and DELETE on it): refreshd.force checks names against what was recorded before"),
+                Err(_) => tracing::warn!("could not record the managed views in refreshd.managed_views: no answer within 15 s"),
+            }
+            if roles.is_empty() {
+                return None;
+            }
+            match tokio::time::timeout(
+                Duration::from_secs(15),
+                crate::pg::force::grant_control_roles(&client, &roles),
+            )
+            .await
+            {
                 Ok(Ok(done)) => {
                     for (role, granted) in done {
                         match granted {
@@ -179,7 +207,7 @@ impl Core {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not check control_roles' privilege on refreshd.force"),
+                Ok(Err(e)) => tracing::warn!(error = %crate::pg::connect::error_chain(&e), "could not check control_roles' privilege on refreshd.force"),
                 Err(_) => tracing::warn!("could not check control_roles' privilege on refreshd.force: no answer within 15 s"),
             }
             None
@@ -265,9 +293,16 @@ impl Core {
     }
 
     /// The catalog changed (DDL): the leader checks capture now.
-    pub(super) fn catalog_changed(&mut self) {
+    /// The catalog fingerprint changed, or was read for the first time (`first`: DDL
+    /// between the leadership's first check and that reading is seen so, see
+    /// [`crate::engine::capture::watch_ddl`]).
+    pub(super) fn catalog_changed(&mut self, first: bool) {
         if self.leading {
-            tracing::debug!("catalog changed (DDL): checking change capture now");
+            if first {
+                tracing::debug!("catalog read for the first time: checking change capture now");
+            } else {
+                tracing::debug!("catalog changed (DDL): checking change capture now");
+            }
             self.capture.check_now();
         }
     }

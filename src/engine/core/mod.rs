@@ -73,8 +73,10 @@ pub enum Command {
     /// The requests `refreshd.force` had recorded, now consumed (`None`: its schema
     /// is not installed).
     ForceRequests(Result<Option<Vec<String>>, String>),
-    /// The catalog changed (DDL): check capture now.
-    CatalogChanged,
+    /// The catalog changed (DDL), or was read for the first time: check capture now.
+    CatalogChanged {
+        first: bool,
+    },
     /// A capture check ended (see [`crate::engine::capture`]).
     CaptureChecked(Result<crate::engine::capture::Report, String>),
     /// Capture check number `check` read the catalog (`ok`), or ended without: the

@@ -280,8 +280,8 @@ fn spawn_ddl_watch(core: &Core) -> Stoppable {
                 stop.clone(),
                 move || {
                     let tx = tx.clone();
-                    crate::engine::capture::watch_ddl(info.clone(), stop2.clone(), move || {
-                        let _ = tx.send(Command::CatalogChanged);
+                    crate::engine::capture::watch_ddl(info.clone(), stop2.clone(), move |first| {
+                        let _ = tx.send(Command::CatalogChanged { first });
                     })
                 },
                 || {},
