@@ -704,3 +704,60 @@ async fn a_view_no_trigger_can_feed_gets_a_schedule_and_check_passes() {
         support::stderr(&check)
     );
 }
+
+/// `--sql DIR` writes a validation file beside the install and rollback, in `sql/`'s
+/// style: read-only, it passes after the install and names what is missing otherwise
+/// (a refreshd trigger dropped, a keyed conversion changed).
+#[tokio::test(flavor = "multi_thread")]
+async fn init_sql_writes_a_validation_file_that_names_what_is_missing() {
+    let db = TestDb::new();
+    db.psql(
+        r#"CREATE SCHEMA "V$refreshd_validate$";
+           CREATE TABLE "V$refreshd_validate$".facts (id int PRIMARY KEY, g int NOT NULL, v int NOT NULL);
+           INSERT INTO "V$refreshd_validate$".facts VALUES (1, 1, 10);
+           CREATE MATERIALIZED VIEW "V$refreshd_validate$".sums AS
+             SELECT g, count(*) AS n, sum(v) AS total FROM "V$refreshd_validate$".facts GROUP BY g;
+           CREATE UNIQUE INDEX ON "V$refreshd_validate$".sums (g);
+           CREATE MATERIALIZED VIEW "V$refreshd_validate$".maxes AS
+             SELECT g, max(v) AS top FROM "V$refreshd_validate$".facts GROUP BY g;
+           CREATE UNIQUE INDEX ON "V$refreshd_validate$".maxes (g);"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &db.dsn(),
+        "--sql",
+        dir.path().to_str().unwrap(),
+        "--apply",
+        "--keyed",
+        "\"V$refreshd_validate$\".sums",
+        "--in-place",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let validate = dir.path().join("001_refreshd_triggers.validate.sql");
+    let run = || {
+        Command::new(refreshd::cli::cluster::client_program("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(db.dsn())
+            .arg("-f")
+            .arg(&validate)
+            .output()
+            .unwrap()
+    };
+    let ok = run();
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("capture validated"),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    db.psql(r#"DROP TRIGGER refreshd_notify ON "V$refreshd_validate$".facts"#);
+    let failed = run();
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("facts: no refreshd_notify trigger"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}

@@ -154,6 +154,7 @@ async fn produce(url: &str, opts: &Options<'_>) -> Result<Vec<Keyed>, String> {
             std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(dir.join(INSTALL), &install))
                 .and_then(|()| std::fs::write(dir.join(ROLLBACK), &rollback))
+                .and_then(|()| std::fs::write(dir.join(VALIDATE), plan.validate_sql(&keyed)))
                 .map_err(|e| format!("writing {}: {e}", dir.display()))?;
         }
         if !apply {
@@ -201,9 +202,10 @@ fn report_written(sql_dir: Option<&Path>, apply: bool, forgotten: &[String]) {
     }
     if let Some(dir) = sql_dir {
         eprintln!(
-            "refreshd init: wrote {} and {}{}",
+            "refreshd init: wrote {}, {} and {}{}",
             dir.join(INSTALL).display(),
             dir.join(ROLLBACK).display(),
+            dir.join(VALIDATE).display(),
             if apply {
                 " (applied)"
             } else {
@@ -381,6 +383,8 @@ fn keyed_comments(out: &mut String, k: &Keyed, converting: bool) {
 /// Install and rollback file names under `--sql DIR`.
 pub const INSTALL: &str = "001_refreshd_triggers.sql";
 pub const ROLLBACK: &str = "001_refreshd_triggers.rollback.sql";
+/// ... and the validation file (read-only; raises on the first check that fails).
+pub const VALIDATE: &str = "001_refreshd_triggers.validate.sql";
 
 async fn connect(url: &str) -> Result<(tokio_postgres::Client, String, String), String> {
     let cfg = tokio_postgres::Config::from_str(url).map_err(|_| {
@@ -1070,6 +1074,73 @@ impl Plan {
             .values()
             .filter(|f| !f.existing && matches!(f.relkind, 'r' | 'p') && read(f))
             .collect()
+    }
+
+    /// The validation file for [`Plan::sql`]'s install, in `sql/`'s style: read-only,
+    /// and each check that fails raises, naming what is missing (psql with
+    /// `ON_ERROR_STOP` exits 3). It checks refreshd's schema (`refreshd.force`, the
+    /// capture function), refreshd's trigger on each table the install covers (enabled
+    /// ALWAYS, statement-level AFTER INSERT, UPDATE, DELETE and TRUNCATE, notifying its
+    /// channel), and each keyed conversion as installed (its record and objects
+    /// unchanged).
+    fn validate_sql(&self, keyed: &[Keyed]) -> String {
+        let mut checks = String::new();
+        let mut check = |cond: String, failure: String| {
+            let _ = writeln!(
+                checks,
+                "    IF NOT coalesce(({cond}), false) THEN\n        RAISE EXCEPTION '%', {};\n    END IF;",
+                crate::pg::outcome::quote_literal(&failure)
+            );
+        };
+        check(
+            "pg_catalog.to_regprocedure('refreshd.force(text)') IS NOT NULL".into(),
+            "refreshd.force(text) is missing: apply the install file".into(),
+        );
+        check(
+            "pg_catalog.to_regprocedure('refreshd.notify_changed()') IS NOT NULL".into(),
+            "refreshd.notify_changed() is missing: apply the install file".into(),
+        );
+        for f in self.captured(keyed) {
+            check(
+                format!(
+                    "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                      WHERE t.tgrelid = pg_catalog.to_regclass({table}) AND t.tgname = 'refreshd_notify' \
+                        AND t.tgenabled = 'A' AND (t.tgtype::int4 & 127) = 60 \
+                        AND t.tgfoid = pg_catalog.to_regprocedure('refreshd.notify_changed()') \
+                        AND t.tgargs = pg_catalog.convert_to({channel}, 'UTF8') OPERATOR(pg_catalog.||) pg_catalog.decode('00', 'hex'))",
+                    table = crate::pg::outcome::quote_literal(&f.table.quoted()),
+                    channel = crate::pg::outcome::quote_literal(&f.channel),
+                ),
+                format!(
+                    "{}: no refreshd_notify trigger enabled ALWAYS, AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT, notifying {}",
+                    f.table, f.channel
+                ),
+            );
+        }
+        for g in keyed.iter().filter_map(|k| k.conversion.as_ref()) {
+            check(
+                g.current.clone(),
+                format!(
+                    "{}: the keyed conversion is not as the install made it (not applied, or changed since: run refreshd init --keyed again)",
+                    g.table
+                ),
+            );
+        }
+        // A dollar-quote tag no name in the checks contains.
+        let mut tag = "refreshd_validate".to_string();
+        while checks.contains(&format!("${tag}$")) {
+            tag.push('_');
+        }
+        format!(
+            "-- Validates what {INSTALL} installed. Read-only: run it with\n\
+             --   psql -v ON_ERROR_STOP=1 -f {VALIDATE}\n\
+             -- Each check that fails raises, naming what is missing; the last line is\n\
+             -- printed only when everything passed.\n\
+             BEGIN READ ONLY;\n\
+             DO ${tag}$\nBEGIN\n{checks}END\n${tag}$;\n\
+             SELECT 'refreshd: capture validated' AS result;\n\
+             COMMIT;\n"
+        )
     }
 
     /// The install and rollback SQL: refreshd's schema (SQL control and the capture
