@@ -600,14 +600,22 @@ async fn convert_again(
 }
 
 /// The triggers to install: the gaps of `managed` views that refreshd can heal, one
-/// per table (the first view's way).
+/// per table (the first view's way). Under `verify` too, a keyed view's generated
+/// triggers left on a table it no longer reads ([`Heal::Drop`], a partition detached)
+/// are dropped: `verify` installs nothing, but those triggers are refreshd's own and do
+/// harm only, since a write to the detached table was applied to the view as a delta,
+/// again after every full refresh (a review, 2026-12-05: sums went negative).
 fn to_install(verdicts: &[(&ViewConfig, Verdict)]) -> Vec<(QualifiedName, Heal)> {
     let mut heals: Vec<(QualifiedName, Heal)> = Vec::new();
     for (v, verdict) in verdicts {
-        if v.capture != Capture::Managed {
+        if v.capture == Capture::Off {
             continue;
         }
         for g in &verdict.gaps {
+            let stray = matches!(g.heal, Some(Heal::Drop(_)));
+            if v.capture != Capture::Managed && !stray {
+                continue;
+            }
             if let Some(h) = &g.heal {
                 if !heals.iter().any(|(t, _)| t == &g.table) {
                     heals.push((g.table.clone(), h.clone()));
@@ -676,7 +684,7 @@ fn view_result(
     for g in verdict.gaps {
         let line = format!("{}: {}", g.table, g.why);
         let closed = closed.contains(&g.table)
-            && v.capture == Capture::Managed
+            && (v.capture == Capture::Managed || matches!(g.heal, Some(Heal::Drop(_))))
             && g.heal.is_some()
             && heals
                 .iter()
