@@ -210,6 +210,9 @@ struct Entry {
     alias: String,
     columns: Vec<(String, RExpr)>,
     grouped: bool,
+    /// The merged columns of a `JOIN ... USING`: what an unqualified name of one of
+    /// them means (the sides' columns stay reachable qualified).
+    merged: bool,
 }
 
 const SET_RETURNING: &[&str] = &[
@@ -533,6 +536,7 @@ impl Analyzer<'_> {
             alias,
             columns,
             grouped: false,
+            merged: false,
         }
     }
 
@@ -561,11 +565,25 @@ impl Analyzer<'_> {
             JoinKind::Right => Some(start..middle),
             JoinKind::Full => Some(start..end),
         };
+        // An unqualified USING column is the join's merged column: the left side's
+        // (inner and left joins), the right side's (right), or COALESCE of both (full),
+        // as PostgreSQL defines it. Both sides in scope made it "ambiguous" (a review,
+        // 2026-12-05: `a FULL JOIN b USING (k) GROUP BY k` was refused so).
+        let mut merged = Vec::new();
         for u in &j.using {
             let a = lookup(&l, &[], u)?;
             let b = lookup(&r, &[], u)?;
             self.note_read(&a);
             self.note_read(&b);
+            let column = match j.kind {
+                JoinKind::Inner | JoinKind::Left => a.clone(),
+                JoinKind::Right => b.clone(),
+                JoinKind::Full => RExpr::Func {
+                    name: "coalesce".into(),
+                    args: vec![a.clone(), b.clone()],
+                },
+            };
+            merged.push((u.clone(), column));
             if opaque {
                 continue;
             }
@@ -577,6 +595,14 @@ impl Analyzer<'_> {
         }
         scope.extend(l);
         scope.extend(r);
+        if !merged.is_empty() {
+            scope.push(Entry {
+                alias: String::new(),
+                columns: merged,
+                grouped: false,
+                merged: true,
+            });
+        }
         if let Some(on) = &j.on {
             for c in conjuncts(on) {
                 let rc = self.expr(c, scope, ctes, false, false)?;
@@ -742,6 +768,7 @@ fn renamed(alias: String, out: Output, names: &[String]) -> Entry {
         alias,
         columns,
         grouped: out.grouped,
+        merged: false,
     }
 }
 
@@ -759,11 +786,28 @@ fn lookup(scope: &[Entry], qualifier: &[String], name: &str) -> Result<RExpr, Re
     } else {
         format!("{}.{name}", qualifier.join("."))
     };
-    let found: Vec<&RExpr> = scope
+    let found: Vec<(bool, &RExpr)> = scope
         .iter()
-        .filter(|e| qualifier.last().is_none_or(|q| *q == e.alias))
-        .flat_map(|e| e.columns.iter().filter(|(n, _)| n == name).map(|(_, x)| x))
+        .filter(|e| match qualifier.last() {
+            None => true,
+            Some(q) => !e.merged && *q == e.alias,
+        })
+        .flat_map(|e| {
+            e.columns
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, x)| (e.merged, x))
+        })
         .collect();
+    // Unqualified, a USING join's merged column (the outermost: the last in scope)
+    // hides the columns it merges: PostgreSQL accepted the view, so the name is no
+    // other table's.
+    if qualifier.is_empty() {
+        if let Some((_, x)) = found.iter().rev().find(|(m, _)| *m) {
+            return Ok((*x).clone());
+        }
+    }
+    let found: Vec<&RExpr> = found.into_iter().map(|(_, x)| x).collect();
     match found.as_slice() {
         [one] => Ok((*one).clone()),
         [] if SYSTEM_COLUMNS.contains(&name) => Err(refuse(format!(

@@ -1893,3 +1893,39 @@ fn the_clock_is_refused_where_it_decides_rows_and_kept_as_a_column_of_its_own() 
         assert_eq!(refused(sql), None, "{sql}");
     }
 }
+
+/// An unqualified `USING` column is the join's merged column (PostgreSQL prints it so:
+/// `FROM (a JOIN b USING (k)) GROUP BY k`). Both sides' columns in scope made it
+/// "ambiguous" and the view was refused (a review, 2026-12-05). Inner: the left side's
+/// column, so the key is traced; full: COALESCE of both, a computed key.
+#[test]
+fn using_columns_unqualified_are_the_merged_column() {
+    let c = catalog()
+        .table("u.a", &["k", "v"])
+        .table("u.b", &["k", "w"]);
+    let d = derive(
+        " SELECT k,\n    count(*) AS n,\n    sum(v) AS total\n   FROM (u.a\n     JOIN u.b USING (k))\n  GROUP BY k;",
+        &["k"],
+        &c,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line(&d, "a"), "a: carries the key (k)");
+    assert!(line(&d, "b").starts_with("b: carries the key"), "{d}");
+    let full = derive(
+        " SELECT k,\n    count(*) AS n\n   FROM (u.a\n     FULL JOIN u.b USING (k))\n  GROUP BY k;",
+        &["k"],
+        &c,
+    );
+    // Derived, not refused as ambiguous (how it is kept is the computed key's business).
+    if let Err(e) = &full {
+        assert!(!e.reason.contains("ambiguous"), "{}", e.reason);
+    }
+    // Qualified names still reach each side.
+    let d = derive(
+        " SELECT a.k,\n    sum(b.w) AS total\n   FROM (u.a\n     JOIN u.b USING (k))\n  GROUP BY a.k;",
+        &["k"],
+        &c,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line(&d, "a"), "a: carries the key (k)");
+}
