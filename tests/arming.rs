@@ -314,9 +314,17 @@ async fn managed_capture_replaces_an_older_capture_function() {
             == "t"
     })
     .await;
-    assert!(d
-        .log_text()
-        .contains("replaced an older refreshd.notify_changed()"));
+    // Logged once the install's COMMIT returned, which can be after the test sees the
+    // function replaced (asserted at once, it failed in CI on PostgreSQL 18).
+    wait_for(
+        Duration::from_secs(10),
+        "the replacement logged",
+        || async {
+            d.log_text()
+                .contains("replaced an older refreshd.notify_changed()")
+        },
+    )
+    .await;
 }
 
 /// Writes flowing (see `src/engine/arming.rs`): re-arming finds a writer in flight,
