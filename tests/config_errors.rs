@@ -252,6 +252,18 @@ fn secret_files_missing_or_empty() {
     );
 }
 
+/// A `listen_url` that is no connection string is a bad configuration in `check`, as a
+/// bad `url` is (exit 2, not a FAIL line and exit 1).
+#[test]
+fn listen_url_unparsable_is_a_config_error() {
+    let (_d, path) = write_config(&format!(
+        "{DB}listen_url = \"postgresql://[::1\"\n[[view]]\nname = \"public.v\"\n"
+    ));
+    let out = refreshd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("listen_url"), "{}", stderr(&out));
+}
+
 #[test]
 fn unreadable_file() {
     let out = refreshd(&["check", "-c", "/nonexistent/refreshd.toml"]);

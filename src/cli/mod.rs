@@ -246,6 +246,15 @@ async fn check(path: &Path) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A `listen_url` that cannot be resolved is a bad configuration, as `url` is (it
+    // was a FAIL line and exit 1: a conformance review, 2026-12-05).
+    if let Err(e) = ConnectInfo::for_listen(&config.database, &config_dir(&config)) {
+        eprintln!(
+            "refreshd: invalid configuration: {}: database.listen_url: {e}",
+            config.path.display()
+        );
+        return EXIT_CONFIG;
+    }
     let (info, client) = match connect(&config).await {
         Ok(c) => c,
         Err(e @ ConnectError::Settings(_)) => {
