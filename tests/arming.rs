@@ -31,13 +31,7 @@ fn adopt(db: &TestDb, debounce: &str) -> String {
 /// views wait (see `src/engine/arming.rs`, "Re-armed while the views wait"), so the
 /// refresh's own re-arm is the one the test steps through.
 fn adopt_refresh_rearm_only(db: &TestDb, debounce: &str) -> String {
-    let config = adopt(db, debounce);
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("max_delay = "))
-        .expect("init sets max_delay")
-        .to_string();
-    config.replacen(&line, &format!("max_delay = \"{debounce}\""), 1)
+    support::arming::with_default(&adopt(db, debounce), "max_delay", debounce)
 }
 
 fn total(db: &TestDb) -> String {

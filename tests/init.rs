@@ -736,15 +736,7 @@ async fn init_sql_writes_a_validation_file_that_names_what_is_missing() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
     let validate = dir.path().join("001_refreshd_triggers.validate.sql");
-    let run = || {
-        Command::new(refreshd::cli::cluster::client_program("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(db.dsn())
-            .arg("-f")
-            .arg(&validate)
-            .output()
-            .unwrap()
-    };
+    let run = || db.server.psql_file(&db.name, &validate);
     let ok = run();
     assert!(
         ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("capture validated"),

@@ -679,7 +679,7 @@ async fn installed_channels(
 /// qualified name: safe to write anywhere (only `[a-z0-9_]`), bounded, the same on every
 /// run, and two tables never share one.
 pub fn channel_for(table: &QualifiedName) -> String {
-    let full = format!("refreshd_{}_{}", table.schema, table.name);
+    let full = format!("{}{}_{}", capture::CHANNEL_PREFIX, table.schema, table.name);
     let plain = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

@@ -286,13 +286,24 @@ impl Arming {
                 *d = (*d).min(delay);
             }
         }
-        self.state().quiet = quiet;
+        let mut st = self.state();
+        st.disarmed.retain(|c, _| quiet.contains_key(c));
+        st.quiet = quiet;
     }
 
-    /// Whether some channel waits to be re-armed after its quiet delay.
+    /// Whether some channel waits to be re-armed after its quiet delay. Asked at every
+    /// turn of the listener's loop: only channels with a delay are recorded as
+    /// disarmed, so this is a length test.
     pub fn has_quiet(&self) -> bool {
-        let st = self.state();
-        st.disarmed.keys().any(|c| st.quiet.contains_key(c))
+        !self.state().disarmed.is_empty()
+    }
+
+    /// Records `channel` disarmed now, if it has a quiet delay.
+    fn note_disarmed(st: &mut State, channel: &str) {
+        if st.quiet.contains_key(channel) {
+            st.disarmed
+                .insert(channel.to_string(), std::time::Instant::now());
+        }
     }
 
     /// The channels whose quiet delay has passed since they were disarmed (and that
@@ -329,8 +340,7 @@ impl Arming {
             let Some(held) = st.armed.remove(channel) else {
                 return;
             };
-            st.disarmed
-                .insert(channel.to_string(), std::time::Instant::now());
+            Self::note_disarmed(&mut st, channel);
             held
         };
         match on_slots(client, UNLOCK_SQL, channel, &slots_in(held)).await {
@@ -464,8 +474,7 @@ impl Arming {
         }
         st.pending.remove(channel);
         // Left disarmed: re-armed after its quiet delay again.
-        st.disarmed
-            .insert(channel.to_string(), std::time::Instant::now());
+        Self::note_disarmed(&mut st, channel);
         Armed::Flowing
     }
 

@@ -70,7 +70,9 @@ pub fn checked_relation(v: &ViewConfig) -> &QualifiedName {
 /// no application notifies those.
 pub fn capture_owned(v: &ViewConfig) -> bool {
     (v.capture == Capture::Managed && v.keyed.is_none())
-        || v.channels.iter().any(|c| c.starts_with("refreshd_"))
+        || v.channels
+            .iter()
+            .any(|c| c.starts_with(crate::pg::capture::CHANNEL_PREFIX))
 }
 
 /// Judges one view: every table and partition needs an enabled trigger whose function

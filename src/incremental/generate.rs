@@ -398,7 +398,12 @@ fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
 /// The view's channel: `refreshd_keys_<schema>_<view>` when that is plain lower-case
 /// (the schema without `_`) and fits; otherwise a `[a-z0-9_]` prefix and a hash.
 pub fn channel_for(view: &QualifiedName) -> String {
-    let full = format!("refreshd_keys_{}_{}", view.schema, view.name);
+    let full = format!(
+        "{}keys_{}_{}",
+        crate::pg::capture::CHANNEL_PREFIX,
+        view.schema,
+        view.name
+    );
     let plain = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

@@ -7,6 +7,11 @@ use crate::pg::refresh::quote_literal;
 /// The fixed name of refreshd's capture trigger on every table it captures.
 pub const TRIGGER: &str = "refreshd_notify";
 
+/// How every channel refreshd names begins (a base table's, `init`; a keyed view's,
+/// `init --keyed`): no application notifies such a channel, so a view on one is fed by
+/// refreshd's capture alone ([`crate::engine::capture::capture_owned`]).
+pub const CHANNEL_PREFIX: &str = "refreshd_";
+
 /// refreshd's schema for SQL control (`refreshd.force`), as shipped in `sql/refreshd/`.
 pub const CONTROL_SQL: &str = include_str!("../../sql/refreshd/001_control.sql");
 /// Its rollback.

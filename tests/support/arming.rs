@@ -84,13 +84,18 @@ pub fn adopt_with(db: &TestDb, args: &[&str], debounce: &str) -> String {
     all.extend_from_slice(args);
     let out = refreshd(&all);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let config = stdout(&out);
+    with_default(&stdout(&out), "debounce", debounce)
+}
+
+/// `config` (as `init` prints it) with the first `key = ...` line, its `[defaults]`
+/// one, set to `value`.
+pub fn with_default(config: &str, key: &str, value: &str) -> String {
     let line = config
         .lines()
-        .find(|l| l.starts_with("debounce = "))
-        .expect("init sets debounce")
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("init sets {key}"))
         .to_string();
-    config.replacen(&line, &format!("debounce = \"{debounce}\""), 1)
+    config.replacen(&line, &format!("{key} = \"{value}\""), 1)
 }
 
 /// The arming slot of a session (`pg_backend_pid() % 16`, see `src/engine/arming.rs`).
