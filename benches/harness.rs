@@ -29,6 +29,9 @@
 //! (sales through products to category names) against no trigger, at 1 and 8 clients
 //! (benches/writers/path.rs; `--writers-secs`, `--writers-rounds`, `--writers-durable`;
 //! `--writers-path-against BIN` adds the capture another refreshd binary generates).
+//! `--writers-guards` measures the writers of a dimension a foreign key guards
+//! (benches/writers/guards.rs; the same flags, `--writers-partitioned` for 300 fact
+//! partitions, `--writers-path-against BIN` for another binary's capture).
 //! `--writers-partitioned`, with either: the same on w.sales partitioned by month (12
 //! partitions), the kind of fact table issue 20 measured capture on.
 //! `--writers-durable`, with `--writers`: commits as the server's defaults make them
@@ -113,6 +116,9 @@ struct Plan {
     /// `--writers-path-against BIN`: also the capture another refreshd binary's `init`
     /// generates (an earlier version's, say), side by side.
     writers_path_against: Option<String>,
+    /// `--writers-guards`: the writer cost of a dimension whose INSERTs a foreign key
+    /// guards (benches/writers/guards.rs).
+    writers_guards: bool,
     /// `--writers-partitioned`: w.sales partitioned by month (12 partitions), as the
     /// fact table issue 20 measured capture on (benches/writers/mod.rs).
     writers_partitioned: bool,
@@ -170,6 +176,7 @@ impl Plan {
             writers_instructions: false,
             writers_path: false,
             writers_path_against: None,
+            writers_guards: false,
             writers_partitioned: false,
             writers_durable: false,
             writers_secs: 3,
@@ -212,6 +219,7 @@ impl Plan {
             writers_instructions: false,
             writers_path: false,
             writers_path_against: None,
+            writers_guards: false,
             writers_partitioned: false,
             writers_durable: false,
             writers_secs: 10,
@@ -238,6 +246,7 @@ impl Plan {
         self.writers_instructions = has("--writers-instructions");
         self.writers_path = has("--writers-path");
         self.writers_path_against = arg_value(args, "--writers-path-against");
+        self.writers_guards = has("--writers-guards");
         self.writers_partitioned = has("--writers-partitioned");
         self.writers_durable = has("--writers-durable");
         self.attendance = has("--attendance-scale");
@@ -351,6 +360,8 @@ fn main() -> Result<()> {
         rt.block_on(tpch::run(plan))
     } else if plan.writers_path {
         rt.block_on(writers::path::run(plan))
+    } else if plan.writers_guards {
+        rt.block_on(writers::guards::run(plan))
     } else if plan.writers_instructions {
         rt.block_on(writers::instructions::run(plan))
     } else if plan.writers {

@@ -1,7 +1,8 @@
 //! Foreign keys guard a dimension's INSERTs (src/incremental/inserts.rs): a store
 //! inserted with its first sales is no group recompute, only the sales' deltas; the
-//! trigger checks the key again at every INSERT, so a key dropped, made deferrable or
-//! left unvalidated later brings the capture back; and under four writers inserting
+//! guard's keeper (src/incremental/guard.rs), called at refreshd's capture checks,
+//! finds a key dropped, made deferrable or left unvalidated later, brings the capture
+//! back and has the view recomputed; and under four writers inserting
 //! dimension rows with and without their facts, in one transaction or two, the keyed
 //! table stays equal to its definition.
 
@@ -57,6 +58,27 @@ fn new_store_with_sales(db: &TestDb, store: i32, sale: i64) {
 
 fn keys_buffered(db: &TestDb) -> String {
     support::keyed_storm::buffered_for_recompute(db, "fk.by_region")
+}
+
+/// The guard keeper's answer, as refreshd's capture check calls it.
+fn keep(db: &TestDb) -> String {
+    db.psql("SELECT refreshd.fk_by_region_consume_keep_guard(NULL)")
+}
+
+/// What refreshd does after the keeper found the guard broken (no writer runs here to
+/// wait for): the recompute settled, the view recomputed fully.
+fn settle_and_recompute(db: &TestDb) {
+    let epoch = db.psql("SELECT epoch FROM refreshd.fk_by_region_consume_guard");
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT refreshd.fk_by_region_consume_keep_guard({epoch})"
+        )),
+        "settled"
+    );
+    db.psql(
+        "BEGIN; SELECT count(*) FROM refreshd.fk_by_region_consume(); DELETE FROM fk.by_region; \
+         INSERT INTO fk.by_region SELECT * FROM fk.by_region_def; COMMIT",
+    );
 }
 
 /// Applies the buffers as a refresh would (the consume function, in one snapshot) and
@@ -144,23 +166,41 @@ fn a_key_that_stops_holding_brings_the_insert_capture_back() {
     let mut store = 200;
     for (break_it, restore) in cases {
         db.psql(break_it);
+        // Until refreshd's keeper looks (at its next capture check), the guard holds:
+        // this INSERT is not captured...
+        new_store_with_sales(&db, store, 80_000 + i64::from(store) * 10);
+        assert_eq!(
+            keys_buffered(&db),
+            "0",
+            "before the keeper, after {break_it}"
+        );
+        store += 1;
+        // ...the keeper finds the guard broken, and the view is recomputed fully.
+        assert!(keep(&db).starts_with("broken "), "after {break_it}");
+        settle_and_recompute(&db);
+        assert_eq!(
+            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
+            "0",
+            "after {break_it}"
+        );
+        assert_eq!(keep(&db), "off", "after {break_it}");
+        // From then on, INSERTs are captured.
         new_store_with_sales(&db, store, 80_000 + i64::from(store) * 10);
         assert_eq!(keys_buffered(&db), "1", "after {break_it}");
         consume(&db);
-        assert_eq!(
-            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-            "0"
-        );
         store += 1;
-        // Once the key holds again, the INSERT is guarded again. (A key re-created
-        // has another oid: the capture keeps taking INSERTs until init runs again.)
+        // Once the key holds again, the keeper turns the guard on, and the INSERT is
+        // guarded again. (A key re-created has another oid: the capture keeps taking
+        // INSERTs until init runs again.)
         db.psql(restore);
+        let recreated = restore.contains("ADD CONSTRAINT");
+        assert_eq!(
+            keep(&db),
+            if recreated { "off" } else { "restored" },
+            "after {restore}"
+        );
         new_store_with_sales(&db, store, 80_000 + i64::from(store) * 10);
-        let expected = if restore.contains("ADD CONSTRAINT") {
-            "1"
-        } else {
-            "0"
-        };
+        let expected = if recreated { "1" } else { "0" };
         assert_eq!(keys_buffered(&db), expected, "after {restore}");
         consume(&db);
         store += 1;
@@ -168,6 +208,7 @@ fn a_key_that_stops_holding_brings_the_insert_capture_back() {
     // Without the key, the race the key rules out is real: a sale committed before its
     // store existed joins nothing; the store's INSERT must name its group.
     db.psql("ALTER TABLE fk.sales DROP CONSTRAINT sales_store");
+    assert_eq!(keep(&db), "off");
     db.psql("INSERT INTO fk.sales VALUES (70001, 300, 5, '2025-03-01')");
     consume(&db);
     db.psql("INSERT INTO fk.stores VALUES (300, 4)");
@@ -503,8 +544,17 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
         "0"
     );
 
+    // A key made deferrable: until refreshd's keeper looks, the guard still holds
+    // and the DELETE keeps a tombstone; the keeper finds it broken, and the view is
+    // recomputed fully.
     db.psql("ALTER TABLE fk.sales ALTER CONSTRAINT sales_store DEFERRABLE");
     db.psql("BEGIN; DELETE FROM fk.sales WHERE store_id = 8; DELETE FROM fk.stores WHERE id = 8; COMMIT");
+    assert_eq!(keys_buffered(&db), "0");
+    assert_eq!(tombstones(&db, "stores"), "1");
+    assert_eq!(consume_and_recompute(&db), "everything");
+    assert_eq!(equal(&db), "0");
+    // From then on a deferrable key guards nothing: the DELETE names its group.
+    db.psql("BEGIN; DELETE FROM fk.sales WHERE store_id = 15; DELETE FROM fk.stores WHERE id = 15; COMMIT");
     assert_eq!(keys_buffered(&db), "1", "a deferrable key guards nothing");
     assert_eq!(tombstones(&db, "stores"), "0");
     assert_eq!(consume_and_recompute(&db), "1");
@@ -813,4 +863,146 @@ fn a_dimension_row_deleted_and_inserted_again_in_one_statement_has_its_new_group
          INSERT INTO re.stores SELECT id, 2, city FROM d WHERE id = 10 LIMIT 1",
     );
     exact("a store inserted again under a LIMIT");
+}
+
+/// The rule of the guard keeper (src/incremental/guard.rs): a guard found broken is
+/// recomputed only once every transaction then writing the view's tables has ended.
+/// The key is dropped while no refreshd runs (the guard still reads as holding); a sale
+/// of store 500 commits before the store exists (it joins nothing); a writer inserts
+/// store 500 and stays open: its INSERT read the guard as holding and was not captured.
+/// refreshd starts, finds the guard broken, and must wait for that writer: a recompute
+/// before its COMMIT would miss the store, and nothing would ever name its group.
+/// Fails when the recompute does not wait (checked by removing the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_guard_is_recomputed_only_after_the_writers_that_skipped_capture_end() {
+    let db = TestDb::new();
+    let (config, _) = converted(&db);
+    assert_eq!(
+        db.psql("SELECT holds FROM refreshd.fk_by_region_consume_guard"),
+        "t"
+    );
+    db.psql("ALTER TABLE fk.sales DROP CONSTRAINT sales_store");
+    db.psql("INSERT INTO fk.sales VALUES (90001, 500, 7, '2025-06-01')");
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO fk.stores VALUES (500, 2)")
+        .await
+        .unwrap();
+    let d = Daemon::start(&config);
+    d.wait_ready(std::time::Duration::from_secs(30)).await;
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the guard found broken",
+        || async { d.log_text().contains("stopped holding") },
+    )
+    .await;
+    assert_eq!(
+        db.psql("SELECT holds, owed FROM refreshd.fk_by_region_consume_guard"),
+        "f|t"
+    );
+    // Long enough for a recompute that would not wait (the first check's broken guard
+    // is settled within milliseconds otherwise): the debounce here is 2 s at most.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        db.psql("SELECT owed FROM refreshd.fk_by_region_consume_guard"),
+        "t",
+        "settled while the writer that skipped its capture is still open"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the view recomputed with store 500's sale, the recompute settled",
+        || async {
+            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0"
+                && db.psql("SELECT owed FROM refreshd.fk_by_region_consume_guard") == "f"
+        },
+    )
+    .await;
+    // The key gone, the guard stays off: the next store's INSERT is captured.
+    db.psql("INSERT INTO fk.stores VALUES (501, 3); INSERT INTO fk.sales VALUES (90002, 501, 1, '2025-06-02')");
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "store 501's sale in the view",
+        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+    )
+    .await;
+    drop(d);
+}
+
+/// refreshd keeps the guard itself: off after `init` until its first capture check
+/// finds the keys in force and no sale referencing a missing store ("restored"); a
+/// bulk load's `DISABLE TRIGGER ALL` and `ENABLE TRIGGER ALL` on the sales, between two
+/// checks, leaves the keys as they were but is seen (the triggers' rows were written):
+/// the guard is broken and the view recomputed; a sale loaded meanwhile for a store that
+/// does not exist keeps the guard off ("orphans", INSERTs captured) until the store
+/// arrives (captured, since the guard is off), after which it holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refreshd_keeps_the_guard_across_a_bulk_load_with_disabled_key_triggers() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let dsn = db.dsn();
+    let out = support::refreshd(&[
+        "init",
+        "--url",
+        &dsn,
+        "--schema",
+        "fk",
+        "--apply",
+        "--in-place",
+        "--keyed",
+        "fk.by_region",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let config = support::stdout(&out);
+    let state = || db.psql("SELECT holds, owed FROM refreshd.fk_by_region_consume_guard");
+    assert_eq!(state(), "f|f", "off after the install");
+    let d = Daemon::start(&config);
+    d.wait_ready(std::time::Duration::from_secs(30)).await;
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the guard restored",
+        || async { state() == "t|f" },
+    )
+    .await;
+    // The load: the sale of store 600 goes in with the key's triggers off (refreshd's
+    // capture too: its rows are captured by the full recompute that follows).
+    db.psql(
+        "BEGIN; ALTER TABLE fk.sales DISABLE TRIGGER ALL; \
+         INSERT INTO fk.sales VALUES (90100, 600, 5, '2025-07-01'); \
+         ALTER TABLE fk.sales ENABLE TRIGGER ALL; COMMIT",
+    );
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the guard broken, settled, and left off for the orphan",
+        || async {
+            state() == "f|f"
+                && d.log_text()
+                    .contains("rows reference keys that do not exist")
+        },
+    )
+    .await;
+    // Store 600 arrives: captured (the guard is off), its sale's group recomputed.
+    db.psql("INSERT INTO fk.stores VALUES (600, 4)");
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "store 600's sale in the view",
+        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+    )
+    .await;
+    // Any DDL starts a check; with no orphan left the guard holds again.
+    db.psql("CREATE TABLE fk.unrelated (id int)");
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the guard restored again",
+        || async { state() == "t|f" },
+    )
+    .await;
+    new_store_with_sales(&db, 601, 90_200);
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "store 601 and its sales in the view",
+        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+    )
+    .await;
+    drop(d);
 }

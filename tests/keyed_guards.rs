@@ -510,6 +510,7 @@ fn bulk_batches_with_tombstones_and_probes_are_exact() {
         "bk.probed",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    db.psql(support::keyed_storm::KEEP_GUARDS_SQL);
     db.psql(
         "BEGIN;
          DELETE FROM bk.sales WHERE id <= 110000 AND store_id <> 3;

@@ -37,6 +37,7 @@
 
 use super::*;
 
+pub mod guards;
 pub mod instructions;
 pub mod path;
 

@@ -400,6 +400,23 @@ pub struct Report {
     /// stale: writes to the renamed table fail until they are), and why: tried again
     /// soon, not at `capture_check_interval`.
     pub conversions_failed: Vec<(QualifiedName, String)>,
+    /// The foreign-key guards of keyed views, as their keepers found them
+    /// (incremental::guard).
+    pub guards: Vec<GuardResult>,
+}
+
+/// One keyed view's foreign-key guard at a check.
+#[derive(Debug, Clone)]
+pub struct GuardResult {
+    pub view: QualifiedName,
+    /// Its keeper function.
+    pub function: QualifiedName,
+    pub kept: Result<crate::incremental::guard::Kept, String>,
+    /// With [`Kept::Broken`](crate::incremental::guard::Kept::Broken): the
+    /// transactions writing the view's tables just after the guard was turned off,
+    /// which may have skipped their capture; and the tables.
+    pub writers: Vec<String>,
+    pub tables: Vec<u32>,
 }
 
 /// How long a check may take to read the catalog and install refreshd's triggers (a
@@ -432,6 +449,7 @@ pub async fn run_check(
         heals,
         mut report,
         mut closed,
+        keyed_tables,
     } = tokio::time::timeout(CHECK_TIMEOUT, checked)
         .await
         .map_err(|_| {
@@ -458,7 +476,97 @@ pub async fn run_check(
     for (v, verdict) in verdicts {
         report.views.push(view_result(v, verdict, &closed, &heals));
     }
+    report.guards = keep_guards(&info, &keyed_tables).await;
     Ok(report)
+}
+
+/// How long one guard keeper may take: it scans the referencing tables for rows that
+/// reference nothing when it would turn the guard on again.
+const KEEPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Calls the guard keeper of every keyed view that has one (incremental::guard), on a
+/// connection of its own, each call its own transaction; for a guard found broken, the
+/// transactions then writing the view's tables. A failure is that view's result.
+async fn keep_guards(
+    info: &ConnectInfo,
+    keyed: &[(QualifiedName, QualifiedName, Vec<u32>)],
+) -> Vec<GuardResult> {
+    use crate::incremental::guard::Kept;
+    if keyed.is_empty() {
+        return Vec::new();
+    }
+    let client = match info.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "foreign-key guards: could not connect; they stay as they were");
+            return Vec::new();
+        }
+    };
+    let pairs: Vec<(QualifiedName, QualifiedName)> = keyed
+        .iter()
+        .map(|(v, c, _)| (v.clone(), c.clone()))
+        .collect();
+    let keepers = match crate::pg::guard::keepers(&client, &pairs).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %crate::pg::connect::error_chain(&e), "foreign-key guards: could not read which views have one");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (view, function) in keepers {
+        let tables = keyed
+            .iter()
+            .find(|(v, _, _)| v == &view)
+            .map(|(_, _, t)| t.clone())
+            .unwrap_or_default();
+        let kept = match tokio::time::timeout(
+            KEEPER_TIMEOUT,
+            crate::pg::guard::keep(&client, &function, None),
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(_) => {
+                // The call may still run: this connection is dropped with it.
+                out.push(GuardResult {
+                    view,
+                    function,
+                    kept: Err(format!(
+                        "no answer within {}",
+                        humantime::format_duration(KEEPER_TIMEOUT)
+                    )),
+                    writers: Vec::new(),
+                    tables,
+                });
+                return out;
+            }
+        };
+        let writers = match &kept {
+            Ok(Kept::Broken(_)) => match crate::pg::guard::writers(&client, &tables).await {
+                Ok(w) => w,
+                Err(e) => {
+                    out.push(GuardResult {
+                        view,
+                        function,
+                        kept: Err(crate::pg::connect::error_chain(&e)),
+                        writers: Vec::new(),
+                        tables,
+                    });
+                    continue;
+                }
+            },
+            _ => Vec::new(),
+        };
+        out.push(GuardResult {
+            view,
+            function,
+            kept,
+            writers,
+            tables,
+        });
+    }
+    out
 }
 
 /// Tells [`run_check`]'s `read` once: when told, or `false` when dropped untold.
@@ -485,6 +593,9 @@ struct Checked<'a> {
     report: Report,
     /// The tables whose heal was applied.
     closed: BTreeSet<QualifiedName>,
+    /// Each keyed view with a change buffer: its consume function and the oids of the
+    /// tables it reads.
+    keyed_tables: Vec<(QualifiedName, QualifiedName, Vec<u32>)>,
 }
 
 /// [`run_check`]'s catalog read, verdicts and trigger installs (all but the conversions).
@@ -540,6 +651,15 @@ async fn check_and_install<'a>(
         }
         verdicts.push((v, verdict));
     }
+    let keyed_tables = views
+        .iter()
+        .zip(&facts.views)
+        .filter_map(|(v, tables)| {
+            let consume = v.keyed.as_ref()?.buffer.clone()?;
+            let oids = tables.as_ref()?.iter().map(|t| t.oid).collect();
+            Some((v.name.clone(), consume, oids))
+        })
+        .collect();
     let heals = to_install(&verdicts);
     let mut report = Report::default();
     let mut closed: BTreeSet<QualifiedName> = BTreeSet::new();
@@ -561,6 +681,7 @@ async fn check_and_install<'a>(
         heals,
         report,
         closed,
+        keyed_tables,
     })
 }
 

@@ -383,7 +383,7 @@ fn hash(parts: &[&str]) -> String {
 
 /// `readable` when it fits in an identifier and `exact`; otherwise a prefix of it cut at
 /// a character boundary, `_` and a hash of `identity`: bounded, and the same every run.
-fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
+pub(super) fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
     if exact && readable.len() <= MAX_IDENTIFIER_BYTES {
         return readable.to_string();
     }
@@ -837,6 +837,9 @@ struct Conversion<'a> {
     triggers: std::cell::RefCell<Vec<(QualifiedName, String, QualifiedName)>>,
     /// Parts of the install left out of its digest (see [`Conversion::table_sql`]).
     unhashed: std::cell::RefCell<Vec<String>>,
+    /// The foreign-key guards' keeper, when a guard spares a table's capture
+    /// ([`super::guard`]).
+    keeper: Option<super::guard::Keeper>,
 }
 
 /// Refuses what no conversion can keep: no key, a key column the view lacks, an
@@ -877,15 +880,31 @@ impl<'a> Conversion<'a> {
                     .expect("checked above")
             })
             .collect();
+        let by_name: BTreeMap<&str, &BaseTable> =
+            f.tables.iter().map(|t| (t.table.as_str(), t)).collect();
+        let guards: Vec<&super::InsertGuard> = d
+            .tables
+            .iter()
+            .filter_map(|t| t.inserts.as_ref())
+            .chain(
+                f.delta
+                    .iter()
+                    .flat_map(|p| p.tombs.iter().map(|t| &t.guard)),
+            )
+            .collect();
+        let keeper = super::guard::Keeper::new(&consume_function(&f.view), &guards, |t| {
+            by_name.get(t).map(|b| b.name.clone())
+        })?;
         let c = Conversion {
             d,
             f,
-            by_name: f.tables.iter().map(|t| (t.table.as_str(), t)).collect(),
+            by_name,
             n: Names::new(d, &f.view, f.in_place),
             key_types,
             created: Default::default(),
             triggers: Default::default(),
             unhashed: Default::default(),
+            keeper,
         };
         for t in &d.tables {
             let b = c.table_of(&t.table)?;
@@ -1650,6 +1669,9 @@ impl Conversion<'_> {
     fn trigger_body(&self, c: &TableCapture, op: &str) -> String {
         let reads = &c.t.reads;
         let mut body = String::from("BEGIN\n");
+        if let Some(k) = self.keeper.as_ref().filter(|k| k.touches(&c.b.name)) {
+            body.push_str(&k.replica_sql());
+        }
         let buffered = if let Some(p) = c.delta {
             // Rows for the apply instead of keys: no join, no lock.
             let capture = match op {
@@ -1692,9 +1714,9 @@ impl Conversion<'_> {
             })
         };
         let buffered = buffered.map(|(b, pending)| {
-            let b = Self::guarded(op, c, b, pending);
-            match (op, self.tomb_of(c.t), &self.f.delta) {
-                ("delete", Some(t), Some(p)) => Self::tombstoned(t, &p.tomb_guard_sql(), b),
+            let b = self.guarded(op, c, b, pending);
+            match (op, self.tomb_of(c.t), &self.keeper) {
+                ("delete", Some(t), Some(k)) => Self::tombstoned(t, &k.holds_sql(), b),
                 _ => b,
             }
         });
@@ -1711,14 +1733,21 @@ impl Conversion<'_> {
     }
 
     /// An operation's capture statement, skipped for an INSERT while foreign keys
-    /// guard the table's INSERTs (incremental::inserts) and still hold (`FOUND` stays
+    /// guard the table's INSERTs (incremental::inserts) and the guard holds, as its
+    /// keeper last found it (incremental::guard; `FOUND` stays
     /// false: it starts so in every call) — except, with `pending`, for the inserted
     /// rows the delta buffer's rows reference ([`Conversion::pending_deltas`]).
-    fn guarded(op: &str, c: &TableCapture, buffered: String, pending: Option<String>) -> String {
-        match (op, &c.t.inserts) {
-            ("insert", Some(g)) => format!(
+    fn guarded(
+        &self,
+        op: &str,
+        c: &TableCapture,
+        buffered: String,
+        pending: Option<String>,
+    ) -> String {
+        match (op, &c.t.inserts, &self.keeper) {
+            ("insert", Some(_), Some(k)) => format!(
                 "        IF NOT ({}) THEN\n    {}\n{}        END IF;",
-                g.holds_sql(),
+                k.holds_sql(),
                 buffered.replace('\n', "\n    "),
                 pending.map_or(String::new(), |p| format!(
                     "        ELSE\n    {}\n",
@@ -1797,8 +1826,8 @@ impl Conversion<'_> {
     }
 
     /// A DELETE's capture while the foreign keys guarding the view's tombstoned tables'
-    /// DELETEs hold and the writer is not in the replica role (`guard`, delta::tombs
-    /// `guard_sql`, checked again at every DELETE): its rows into the tombstone table,
+    /// DELETEs hold (as the keeper last found them, incremental::guard) and the writer
+    /// is not in the replica role (`guard`): its rows into the tombstone table,
     /// where the apply finds them; else its keys, as before.
     fn tombstoned(t: &super::delta::Tomb, guard: &str, keys: String) -> String {
         format!(
@@ -2361,6 +2390,13 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     let pending = c.pending_sql(&sources, &mut install, &mut drop_pending)?;
     generated.consume_prelude.splice(0..0, pending);
     generated.buffers = c.created.borrow().clone();
+    // Not a buffer: a recompute of everything must not empty it.
+    let mut drop_guard = String::new();
+    if let Some(k) = &c.keeper {
+        let owner = f.owner.as_deref().filter(|_| f.in_place);
+        k.install_sql(owner, &mut install, &mut drop_guard);
+        c.created.borrow_mut().push(k.table.clone());
+    }
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {
         // The owner could refresh its materialized view; it can run refreshd on the
@@ -2377,6 +2413,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
     generated.capture = c.capture_sql(sources, &mut install, &mut rollback)?;
     rollback.push_str(&drop_reach);
     rollback.push_str(&drop_pending);
+    rollback.push_str(&drop_guard);
     let state = c.state_sql(f.delta.as_ref().map(|p| &p.take));
     c.reads_marker_sql(&mut install, &state);
     c.rollback_sql(&mut rollback);
@@ -2466,7 +2503,10 @@ impl Conversion<'_> {
                 functions.push(f);
             }
         }
-        parts.extend(functions.into_iter().map(function_state));
+        parts.extend(functions.into_iter().map(|f| function_state(f, "")));
+        if let Some(k) = &self.keeper {
+            parts.push(function_state(&k.function, "bigint"));
+        }
         parts.extend(triggers.iter().map(|(t, name, _)| trigger_state(t, name)));
         let each: Vec<String> = parts
             .iter()
@@ -2522,13 +2562,13 @@ fn relation_state(r: &QualifiedName, ours: bool) -> String {
 
 /// A function's part of [`Conversion::state_sql`]: source, language, volatility,
 /// SECURITY DEFINER, settings, owner and privileges.
-fn function_state(f: &QualifiedName) -> String {
+fn function_state(f: &QualifiedName, args: &str) -> String {
     format!(
         "(SELECT pg_catalog.concat_ws(':', pg_catalog.md5(p.prosrc), p.prolang, p.provolatile, p.prosecdef, p.proconfig::pg_catalog.text, \
            p.proowner, p.proacl::pg_catalog.text) \
            FROM pg_catalog.pg_proc p WHERE p.oid {} pg_catalog.to_regprocedure({}))",
         pg_op("="),
-        literal(&format!("{}()", f.quoted()))
+        literal(&format!("{}({args})", f.quoted()))
     )
 }
 

@@ -20,12 +20,14 @@
 //! inserts are captured or are guarded in turn by such a chain (no cycle), and never
 //! by another occurrence of itself. Inheritance children escape a foreign key (it
 //! checks the parent only), so tables with children that are not partitions are
-//! never relied on; the catalog reader leaves those keys out, and the generated guard
-//! checks it again at every INSERT, with the key's state.
+//! never relied on; the catalog reader leaves those keys out, and the keeper checks it
+//! again, with the key's state.
 //!
-//! The guard is checked again by the trigger at every INSERT statement (the key still
-//! exists, validated, not deferrable, enforced): a key dropped or altered later makes
-//! the capture take INSERTs again, so that nothing is missed.
+//! Whether the keys still hold (exist, validated, not deferrable, enforced) is not
+//! checked by the writers: the conversion's guard keeper (incremental::guard) checks it
+//! at each of refreshd's capture checks, and a key found dropped or altered makes the
+//! capture take INSERTs again and the view be recomputed once the writers that relied
+//! on it have ended.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,24 +58,17 @@ pub struct InsertGuard {
 
 impl InsertGuard {
     /// A boolean SQL expression, true while every occurrence still has one of its keys
-    /// in force, and the writer is not in the replica role (a logical replication
-    /// apply worker, for which no foreign key is checked): what the trigger checks at
-    /// every INSERT (and, for tombstones, every DELETE). A key is in force when it is
-    /// validated, not deferrable and enforced, between tables without inheritance
-    /// children other than partitions, and nothing on either table or its partitions
-    /// lets a row escape it: no disabled (or replica-only) internal trigger — the key's
-    /// checks and actions are such triggers, `ALTER TABLE ... DISABLE TRIGGER ALL`
-    /// turns them off — and, when the key cascades, sets NULL or sets a default on
-    /// DELETE or UPDATE, no user BEFORE ROW trigger on DELETE or UPDATE (returning NULL,
-    /// it cancels the key's action and leaves orphans) and no DELETE or UPDATE rule on
-    /// the referencing side. `conenforced` (PostgreSQL 18) is read through `to_jsonb`
-    /// so that one text works on every major.
-    pub fn holds_sql(&self) -> String {
-        format!("{} AND {}", self.keys_hold_sql(), Self::not_replica_sql())
-    }
-
-    /// [`Self::holds_sql`] but the replica role: the keys' part, for a check that joins
-    /// several guards (`delta::tombs::guard_sql`) and asks about the role once.
+    /// in force: what the guard's keeper checks at each of refreshd's capture checks
+    /// (incremental::guard; the writer's role is the trigger's to check). A key is in
+    /// force when it is validated, not deferrable and enforced, between tables without
+    /// inheritance children other than partitions, and nothing on either table or its
+    /// partitions lets a row escape it: no disabled (or replica-only) internal trigger
+    /// — the key's checks and actions are such triggers, `ALTER TABLE ... DISABLE
+    /// TRIGGER ALL` turns them off — and, when the key cascades, sets NULL or sets a
+    /// default on DELETE or UPDATE, no user BEFORE ROW trigger on DELETE or UPDATE
+    /// (returning NULL, it cancels the key's action and leaves orphans) and no DELETE or
+    /// UPDATE rule on the referencing side. `conenforced` (PostgreSQL 18) is read
+    /// through `to_jsonb` so that one text works on every major.
     pub fn keys_hold_sql(&self) -> String {
         let mut seen: Vec<Vec<u32>> = Vec::new();
         let mut parts = Vec::new();
@@ -176,7 +171,7 @@ impl InsertGuard {
             }
         }
         format!(
-            "not captured: a row of the view reading it also reads a row of {} that must reference it (checked again at every INSERT)",
+            "not captured: a row of the view reading it also reads a row of {} that must reference it, while refreshd finds the keys in force at its capture checks",
             parts.join("; and ")
         )
     }

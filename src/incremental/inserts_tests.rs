@@ -116,14 +116,14 @@ fn q5_dimensions_are_guarded_by_the_rows_that_reference_them() {
             && orders.contains("tpch.lineitem (its foreign key l_o)"),
         "{orders}"
     );
-    // The trigger checks the key again at every INSERT.
+    // The guard's keeper checks the key at each of refreshd's capture checks.
     let holds = d
         .table("orders")
         .unwrap()
         .inserts
         .as_ref()
         .unwrap()
-        .holds_sql();
+        .keys_hold_sql();
     assert!(
         holds.contains("c.oid OPERATOR(pg_catalog.=) ANY (ARRAY[1]::pg_catalog.oid[])")
             && holds.contains("NOT c.condeferrable"),

@@ -14,6 +14,7 @@ pub mod delta;
 mod dependents;
 mod derive;
 pub mod generate;
+pub mod guard;
 mod inserts;
 mod lineage;
 mod parse;

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod conversion;
 pub mod definitions;
 pub mod force;
+pub mod guard;
 pub mod ident;
 pub mod keyed;
 pub mod keyed_check;

@@ -150,6 +150,7 @@ impl Core {
             Command::ForceRequests(taken) => self.forced_from_sql(taken, now),
             Command::CatalogChanged { first } => self.catalog_changed(first),
             Command::CaptureChecked(result) => self.capture_checked(result, now),
+            Command::GuardSettled(view) => self.guard_settled(view, now),
             Command::CaptureRead { check, ok } => self.capture_read(check, ok, now),
         }
     }

@@ -10,6 +10,7 @@ use crate::engine::capture::Report;
 use crate::engine::reason::Reason;
 use crate::engine::startup::{self, Prepared, StartupError};
 use crate::engine::tasks;
+use crate::pg::connect::ConnectInfo;
 use crate::pg::ident::QualifiedName;
 
 /// How long a reload's catalog checks may take before the reload is abandoned.
@@ -17,7 +18,7 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Work the core runs off its loop, in its `jobs` set. A job's result is a command for
 /// the loop; a job that panics is answered with what its failure would be.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Job {
     /// A capture check ([`Command::CaptureChecked`]).
     Capture,
@@ -29,6 +30,9 @@ pub(super) enum Job {
     Relay,
     /// Granting `refreshd.force` to `control_roles` (no result).
     Grant,
+    /// Waiting for the writers of a view whose foreign-key guard broke
+    /// ([`Command::GuardSettled`]).
+    Guard(QualifiedName),
 }
 
 impl Job {
@@ -41,12 +45,13 @@ impl Job {
             Job::Reload => Some(Command::Reloaded(Box::new(Err(StartupError::Panicked(
                 message.to_string(),
             ))))),
+            Job::Guard(view) => Some(Command::GuardSettled(view)),
             Job::Relay | Job::Grant => None,
         }
     }
 
     /// Its `reason` in `refreshd_task_panics_total`.
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Job::Capture => "capture",
             _ => "background",
@@ -322,9 +327,14 @@ impl Core {
     /// refreshed fully.
     pub(super) fn capture_checked(
         &mut self,
-        result: Result<Report, String>,
+        mut result: Result<Report, String>,
         now: std::time::Instant,
     ) {
+        if let Ok(report) = &mut result {
+            for g in std::mem::take(&mut report.guards) {
+                self.guard_found(g);
+            }
+        }
         let views = self.capture.finished(
             result,
             self.config.capture_check_interval,
@@ -332,6 +342,89 @@ impl Core {
         );
         for v in views {
             self.mark_named(&v, Reason::Resync, now);
+        }
+    }
+
+    /// A keyed view's foreign-key guard as its keeper found it at a check: logged; a
+    /// guard found broken has the transactions then writing the view's tables waited
+    /// for (off the loop, blocking no one), then the recompute it owed settled and the
+    /// view recomputed fully ([`Core::guard_settled`]).
+    fn guard_found(&mut self, g: crate::engine::capture::GuardResult) {
+        use crate::incremental::guard::Kept;
+        let view = g.view.clone();
+        match &g.kept {
+            Ok(Kept::Held | Kept::Off | Kept::Settled | Kept::Moved) => {}
+            Ok(Kept::Restored) => {
+                tracing::info!(view = %view, "the foreign keys guarding its capture are in force and no row references a missing one: dimension INSERTs they guard are no longer captured")
+            }
+            Ok(Kept::Orphans) => {
+                tracing::warn!(view = %view, "the foreign keys guarding its capture are in force again, but rows reference keys that do not exist (loaded while the keys' triggers were disabled?): the INSERTs they would guard stay captured")
+            }
+            Ok(Kept::Broken(epoch)) => {
+                if !self.leading || !self.guard_waits.insert(view.clone()) {
+                    return;
+                }
+                tracing::warn!(view = %view, writers = g.writers.len(), "a foreign key guarding its capture stopped holding (dropped, altered, its triggers disabled, or a write in the replica role): the INSERTs it guarded are captured again, and the view is recomputed fully once the transactions writing its tables now have ended");
+                let (info, epoch) = (self.refresh_info.clone(), *epoch);
+                self.spawn_job(Job::Guard(view.clone()), async move {
+                    wait_and_settle(info, &g, epoch).await;
+                    Some(Command::GuardSettled(view))
+                });
+            }
+            Err(e) => {
+                tracing::warn!(view = %view, error = %e, "could not check the foreign keys guarding its capture: the guard stays as it was")
+            }
+        }
+    }
+
+    /// The writers of a broken guard ended: the view is recomputed fully, and capture
+    /// checked again at once, so that a guard whose keys hold again is turned back on
+    /// without waiting for `capture_check_interval`.
+    pub(super) fn guard_settled(&mut self, view: QualifiedName, now: std::time::Instant) {
+        self.guard_waits.remove(&view);
+        if self.leading {
+            self.mark_named(&view, Reason::Resync, now);
+            self.capture.check_now();
+        }
+    }
+}
+
+/// How often the writers of a broken guard are looked for again.
+const GUARD_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until every transaction of `g.writers` has ended (polling `pg_locks`, on a
+/// connection of its own, again after a failure), then settles the recompute the
+/// keeper recorded at `epoch`. A settle that fails leaves it owed: the next check
+/// finds the guard broken again and waits again.
+async fn wait_and_settle(info: ConnectInfo, g: &crate::engine::capture::GuardResult, epoch: i64) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut logged = std::time::Instant::now();
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = tokio::time::timeout(Duration::from_secs(15), info.connect())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if let Some(c) = &client {
+            match crate::pg::guard::still_running(c, &g.writers).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if logged.elapsed() > Duration::from_secs(60) {
+                        logged = std::time::Instant::now();
+                        tracing::warn!(view = %g.view, transactions = n, "still waiting for transactions writing its tables to end before recomputing it (its foreign-key guard broke)");
+                    }
+                }
+                Err(_) => client = None,
+            }
+        }
+        tokio::time::sleep(GUARD_POLL).await;
+    }
+    let Some(c) = &client else { return };
+    match crate::pg::guard::keep(c, &g.function, Some(epoch)).await {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(view = %g.view, error = %e, "could not record the recompute a broken foreign-key guard owed: the next capture check recomputes it again")
         }
     }
 }

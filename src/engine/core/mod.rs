@@ -79,6 +79,9 @@ pub enum Command {
     },
     /// A capture check ended (see [`crate::engine::capture`]).
     CaptureChecked(Result<crate::engine::capture::Report, String>),
+    /// The writers a broken foreign-key guard may have let through uncaptured have
+    /// ended (or the wait failed): the view is recomputed fully.
+    GuardSettled(QualifiedName),
     /// Capture check number `check` read the catalog (`ok`), or ended without: the
     /// catch-up refreshes held for it start.
     CaptureRead {
@@ -157,6 +160,8 @@ struct Core {
     drain_again: bool,
     throttle: Throttle<(&'static str, String)>,
     capture: crate::engine::capture::CaptureState,
+    /// Keyed views whose broken foreign-key guard's writers are being waited for.
+    guard_waits: std::collections::HashSet<QualifiedName>,
     stopping: Option<Instant>,
     cancelled_at: Option<Instant>,
 }

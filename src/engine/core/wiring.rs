@@ -256,6 +256,7 @@ impl Core {
             drain_again: false,
             throttle: Throttle::new(LOG_PERIOD),
             capture: Default::default(),
+            guard_waits: Default::default(),
             stopping: None,
             cancelled_at: None,
         }

@@ -179,14 +179,6 @@ pub struct DeltaPlan {
     pub probe_table: QualifiedName,
 }
 
-impl DeltaPlan {
-    /// What a tombstoned table's DELETE trigger checks before keeping its rows
-    /// (delta::tombs, `guard_sql`).
-    pub fn tomb_guard_sql(&self) -> String {
-        tombs::guard_sql(&self.tombs)
-    }
-}
-
 fn no(reason: impl Into<String>) -> NoDelta {
     NoDelta {
         reason: reason.into(),

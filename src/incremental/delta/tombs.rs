@@ -302,18 +302,6 @@ pub(super) fn cleanup(tombs: &[Tomb]) -> Vec<String> {
         .collect()
 }
 
-/// The condition under which a tombstoned table's DELETE may keep its rows instead of
-/// naming groups: every tombstoned table's guarding keys still hold (a key dropped
-/// anywhere along the chain down to the fact table lets rows reaching a deleted row
-/// survive it), and the writer is not in the replica role (a logical replication apply
-/// worker: foreign keys are not checked there). Checked at every DELETE.
-pub fn guard_sql(tombs: &[Tomb]) -> String {
-    let mut parts: Vec<String> = tombs.iter().map(|t| t.guard.keys_hold_sql()).collect();
-    parts.dedup();
-    parts.push(InsertGuard::not_replica_sql());
-    parts.join(" AND ")
-}
-
 /// Replaces every top-level FROM reference to a tombstoned table by its union
 /// ([`Tomb::union_sql`]) under the same name.
 pub(super) fn replace(
