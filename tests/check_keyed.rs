@@ -464,3 +464,47 @@ fn check_warns_of_a_reach_lookup_no_index_serves() {
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains(warned), "{text}");
 }
+
+/// `check` says what the foreign-key guard is (incremental::guard): off after `init`,
+/// held once refreshd's keeper turned it on; and a guard held that nothing keeps
+/// (`capture = "off"`: no capture check, no keeper call) is a problem, since a key
+/// dropped later would go unseen; left off, only a warning.
+#[test]
+fn check_reports_the_foreign_key_guard_and_a_held_guard_nothing_keeps() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE SCHEMA gk;
+         CREATE TABLE gk.stores (id int PRIMARY KEY, region text NOT NULL);
+         CREATE TABLE gk.sales (id int PRIMARY KEY,
+             store_id int NOT NULL REFERENCES gk.stores (id), qty int NOT NULL);
+         INSERT INTO gk.stores SELECT g, 'r' || (g % 3) FROM generate_series(1, 10) g;
+         INSERT INTO gk.sales SELECT g, 1 + g % 10, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW gk.by_region AS
+           SELECT st.region, count(*) AS n, sum(s.qty) AS qty
+             FROM gk.sales s JOIN gk.stores st ON st.id = s.store_id GROUP BY st.region;
+         CREATE UNIQUE INDEX ON gk.by_region (region);",
+    );
+    let config = adopt(&db, "gk", &["gk.by_region"]);
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("foreign-key guard: off (the INSERTs it would guard are captured"),
+        "{text}"
+    );
+    db.psql(support::keyed_storm::KEEP_GUARDS_SQL);
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("foreign-key guard: held"), "{text}");
+    let off = config.replace(
+        "kind = \"keyed\"",
+        "kind = \"keyed\"\ncapture = \"off\"",
+    );
+    assert_ne!(off, config);
+    let (code, text) = check(&off);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("nothing keeps the guard; it is held"), "{text}");
+    db.psql("UPDATE refreshd.gk_by_region_consume_guard SET holds = false");
+    let (code, text) = check(&off);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("nothing keeps the guard; it stays off"), "{text}");
+}

@@ -53,6 +53,7 @@ pub async fn judge_keyed(
     }
     if let Some(buffer) = &keyed.buffer {
         consume_function(client, view, keyed, buffer, &mut r).await?;
+        guard(client, view, buffer, &mut r).await?;
     }
     r.verdict = if !r.problems.is_empty() {
         Verdict::Fail
@@ -840,6 +841,79 @@ pub fn derivation_facts(
             .facts
             .push(format!("not derived from its definition: {why}")),
     }
+}
+
+/// The conversion's foreign-key guard, if it has one (incremental::guard): its state as
+/// a fact; a guard held that nobody keeps is a problem (a key dropped later would go
+/// unseen, and dimension INSERTs uncaptured for good): refreshd's role cannot call the
+/// keeper, or the view's capture is not checked (`capture = "off"`). An off guard that
+/// refreshd cannot turn on is a warning (INSERTs stay captured: slower, not wrong).
+async fn guard(
+    client: &Client,
+    view: &ViewConfig,
+    consume: &QualifiedName,
+    r: &mut ViewReport,
+) -> Result<(), tokio_postgres::Error> {
+    use crate::incremental::guard::{guard_function, guard_table};
+    let (table, keeper) = (guard_table(consume), guard_function(consume));
+    let signature = format!("{}(bigint)", keeper.quoted());
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL, \
+                    pg_catalog.to_regprocedure($2) IS NOT NULL \
+                      AND pg_catalog.has_function_privilege(pg_catalog.to_regprocedure($2), 'EXECUTE') \
+                      AND pg_catalog.has_schema_privilege('refreshd', 'USAGE')",
+            &[&table.quoted(), &signature],
+        )
+        .await?;
+    let (exists, callable): (bool, bool) = (row.get(0), row.get(1));
+    if !exists {
+        return Ok(());
+    }
+    let state = client
+        .query_opt(&format!("SELECT holds, owed FROM {}", table.quoted()), &[])
+        .await;
+    let (holds, owed) = match state {
+        Ok(Some(row)) => (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+        Ok(None) => (false, false),
+        Err(_) => {
+            // Not readable by this role: refreshd reads it through the keeper only.
+            r.facts.push(format!(
+                "foreign-key guard: {} (state not readable by this role)",
+                table.shown()
+            ));
+            (false, false)
+        }
+    };
+    r.facts.push(format!(
+        "foreign-key guard: {}",
+        match (holds, owed) {
+            (true, _) => "held (the dimension INSERTs it guards are not captured)",
+            (false, true) => "off, a full recompute owed (refreshd waits for the writers of the moment it broke)",
+            (false, false) => "off (the INSERTs it would guard are captured; refreshd turns it on when it finds the keys in force)",
+        }
+    ));
+    let unkept = if !callable {
+        Some(format!(
+            "refreshd's role cannot call {signature}: GRANT USAGE ON SCHEMA refreshd and EXECUTE ON FUNCTION {signature}"
+        ))
+    } else if !crate::engine::capture::checked(view) {
+        Some("its capture is not checked (capture = \"off\", or no channels): nothing keeps the guard".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = unkept {
+        let m = format!("foreign-key guard of {}: {why}", view.name.shown());
+        if holds {
+            r.problems.push(format!(
+                "{m}; it is held, so a key dropped or disabled later would go unseen and dimension INSERTs uncaptured"
+            ));
+        } else {
+            r.warnings
+                .push(format!("{m}; it stays off (INSERTs captured)"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
