@@ -495,16 +495,19 @@ fn check_reports_the_foreign_key_guard_and_a_held_guard_nothing_keeps() {
     let (code, text) = check(&config);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("foreign-key guard: held"), "{text}");
-    let off = config.replace(
-        "kind = \"keyed\"",
-        "kind = \"keyed\"\ncapture = \"off\"",
-    );
+    let off = config.replace("kind = \"keyed\"", "kind = \"keyed\"\ncapture = \"off\"");
     assert_ne!(off, config);
     let (code, text) = check(&off);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("nothing keeps the guard; it is held"), "{text}");
+    assert!(
+        text.contains("nothing keeps the guard; it is held"),
+        "{text}"
+    );
     db.psql("UPDATE refreshd.gk_by_region_consume_guard SET holds = false");
     let (code, text) = check(&off);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("nothing keeps the guard; it stays off"), "{text}");
+    assert!(
+        text.contains("nothing keeps the guard; it stays off"),
+        "{text}"
+    );
 }

@@ -1006,3 +1006,127 @@ async fn refreshd_keeps_the_guard_across_a_bulk_load_with_disabled_key_triggers(
     .await;
     drop(d);
 }
+
+/// [`fk_op`], with the key made deferrable and not deferrable again in one
+/// transaction now and then: nothing changed, but the catalog rows were written, so the
+/// guard is broken, the view recomputed once the writers of that moment end, and the
+/// guard restored.
+fn fk_op_rewriting_the_key(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    match rng.random_range(0..15) {
+        0 => "SET LOCAL lock_timeout = '300ms'; \
+              ALTER TABLE fk.sales ALTER CONSTRAINT sales_store DEFERRABLE; \
+              ALTER TABLE fk.sales ALTER CONSTRAINT sales_store NOT DEFERRABLE"
+            .to_string(),
+        _ => fk_op_keeping_ids(rng, writer, round),
+    }
+}
+
+/// [`fk_op`], with sales written in the replica role for stores that do not exist yet
+/// (PostgreSQL checks no key there), and those stores arriving later in region 6,
+/// which nothing else writes, inserted by ordinary writers: a guard left on would skip
+/// their INSERTs, and no recompute would cover them.
+fn fk_op_with_replica_orphans(rng: &mut StdRng, writer: usize, round: usize) -> String {
+    let orphan = |r: usize| 50_000 + (writer * 1000 + r) as i32;
+    match rng.random_range(0..10) {
+        0 | 1 => format!(
+            "SET LOCAL session_replication_role = replica; \
+             INSERT INTO fk.sales VALUES ({}, {}, 4, date '2025-03-01')",
+            5_000_000 + (writer * 100_000 + round) as i64,
+            orphan(round)
+        ),
+        2 | 3 => format!(
+            "INSERT INTO fk.stores SELECT {}, 6 WHERE NOT EXISTS (SELECT 1 FROM fk.stores WHERE id = {0})",
+            orphan(rng.random_range(0..=round)),
+        ),
+        _ => fk_op_keeping_ids(rng, writer, 500 + round),
+    }
+}
+
+/// Differential storms with refreshd running while the guard breaks and is restored
+/// under four writers: the key's catalog rows rewritten (the guard broken, the view
+/// recomputed, the guard restored), then, with the guard on again, replica-role sales
+/// for missing stores and those stores arriving: the keyed table ends equal to its
+/// definition each time. The second storm fails when a replica-role write does not
+/// turn the guard off (checked by removing that statement from the triggers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guards_broken_and_restored_under_four_writers_stay_equal_to_the_definition() {
+    let db = TestDb::new();
+    let (config, _) = converted(&db);
+    let d = Daemon::start(&config.replace("debounce = \"2s\"", "debounce = \"50ms\""));
+    d.wait_ready(std::time::Duration::from_secs(30)).await;
+    let exact = [Exact::definition("fk.by_region", "fk.by_region_def", &[])];
+    let s = storm_then_equal(
+        &db.dsn(),
+        4,
+        Length::Rounds(60),
+        20_261_205,
+        fk_op_rewriting_the_key,
+        "",
+        &exact,
+    )
+    .await;
+    assert!(s.committed > 150, "{} committed", s.committed);
+    let log = d.log_text();
+    assert!(
+        log.contains("stopped holding"),
+        "the guard never broke:\n{log}"
+    );
+    support::wait_for(
+        std::time::Duration::from_secs(30),
+        "the guard on again",
+        || async {
+            db.psql("SELECT holds, owed FROM refreshd.fk_by_region_consume_guard") == "t|f"
+        },
+    )
+    .await;
+    db.psql("INSERT INTO fk.regions VALUES (6, 'region 6')");
+    let s = storm_then_equal(
+        &db.dsn(),
+        4,
+        Length::Rounds(60),
+        20_261_206,
+        fk_op_with_replica_orphans,
+        "",
+        &exact,
+    )
+    .await;
+    assert!(s.committed > 150, "{} committed", s.committed);
+    assert!(
+        db.psql("SELECT count(*) FROM fk.stores s WHERE s.id >= 50000 AND EXISTS (SELECT 1 FROM fk.sales x WHERE x.store_id = s.id)")
+            .parse::<u32>()
+            .unwrap()
+            > 5,
+        "too few stores arrived for replica-role sales"
+    );
+    drop(d);
+}
+
+/// A write in the replica role turns the guard off itself (PostgreSQL checks no key
+/// there): a sale written so for store 50001, which does not exist, is applied first
+/// (it joins nothing); the store then arrives from an ordinary writer, and its INSERT
+/// must be captured. Left on, the guard would skip it, and the sale would never count
+/// (the view differed by two rows so, checked by removing the statement).
+#[test]
+fn a_store_arriving_after_its_sale_was_written_in_the_replica_role_is_added() {
+    let db = TestDb::new();
+    converted(&db);
+    let state = || db.psql("SELECT holds, owed FROM refreshd.fk_by_region_consume_guard");
+    assert_eq!(state(), "t|f");
+    db.psql(
+        "SET session_replication_role = replica; \
+         INSERT INTO fk.sales VALUES (5000001, 50001, 4, date '2025-03-01')",
+    );
+    assert_eq!(state(), "f|t", "off, and a recompute owed");
+    // The keeper settles it (the recompute is everything), and leaves the guard off
+    // for an hour after a replica-role write.
+    assert_eq!(consume_and_recompute(&db), "everything");
+    assert_eq!(state(), "f|f");
+    assert_eq!(keep(&db), "replica");
+    db.psql("INSERT INTO fk.stores VALUES (50001, 3)");
+    assert_eq!(keys_buffered(&db), "1");
+    consume_and_recompute(&db);
+    assert_eq!(
+        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
+        "0"
+    );
+}

@@ -34,9 +34,12 @@
 //!
 //! A writer in the replica role (a subscription's apply worker, a restore) is not
 //! checked against any key: every capture trigger of a table on either side of a
-//! guard's keys turns `holds` off and sets `owed` itself in that role (bumping
-//! `epoch`, which makes a concurrent restore or settle fail), and its own writes are
-//! captured in full.
+//! guard's keys turns `holds` off itself in that role, owing a recompute if it was on
+//! (a writer that read it on may have skipped its capture beside this one), bumping
+//! `epoch` (which makes a concurrent restore or settle fail) and recording the time:
+//! the keeper turns the guard on again only an hour after the last such write
+//! (**replica**), so that a subscription writing steadily leaves it off rather than
+//! breaking it at every check. Its own writes are captured in full.
 //!
 //! Without a refreshd checking capture (`capture = "off"`, none running since the
 //! install) `holds` stays as it was last set: off after an install, so a guard is only
@@ -74,6 +77,9 @@ pub fn guard_function(consume: &QualifiedName) -> QualifiedName {
     beside_consume(consume, "keep_guard")
 }
 
+/// How long after a write in the replica role the guard stays off.
+pub const REPLICA_BACKOFF: &str = "1 hour";
+
 /// How a keeper function's comment begins.
 pub const KEEPER_COMMENT_PREFIX: &str = "refreshd: keeps the foreign-key guard in ";
 
@@ -89,6 +95,10 @@ pub enum Kept {
     Off,
     /// A settle that found the epoch moved (a replica-role writer since): still owed.
     Moved,
+    /// The keys are in force, but a write in the replica role came less than
+    /// [`REPLICA_BACKOFF`] ago: left off (a subscription writing steadily would break it
+    /// again at once, each time owing a recompute).
+    Replica,
     Settled,
 }
 
@@ -101,6 +111,7 @@ impl Kept {
             "orphans" => Kept::Orphans,
             "off" => Kept::Off,
             "moved" => Kept::Moved,
+            "replica" => Kept::Replica,
             "settled" => Kept::Settled,
             _ => Kept::Broken(s.strip_prefix("broken ")?.parse().ok()?),
         })
@@ -200,7 +211,7 @@ impl Keeper {
     /// replica role, the guard is off and a recompute owed (module doc).
     pub fn replica_sql(&self) -> String {
         format!(
-            "    IF pg_catalog.current_setting('session_replication_role') {eq} 'replica' THEN\n        UPDATE {} SET holds = false, owed = true, epoch = epoch {plus} 1;\n    END IF;\n",
+            "    IF pg_catalog.current_setting('session_replication_role') {eq} 'replica' THEN\n        UPDATE {} SET owed = owed OR holds, holds = false, epoch = epoch {plus} 1, replica_at = pg_catalog.now();\n    END IF;\n",
             self.table.quoted(),
             eq = pg_op("="),
             plus = pg_op("+"),
@@ -269,7 +280,7 @@ impl Keeper {
         let _ = writeln!(w, "DROP TABLE IF EXISTS {t};");
         let _ = writeln!(
             w,
-            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[]);\nINSERT INTO {t} VALUES (false, false, 0, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;"
+            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[], replica_at timestamptz);\nINSERT INTO {t} VALUES (false, false, 0, NULL, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;"
         );
         let _ = writeln!(
             w,
@@ -286,9 +297,9 @@ impl Keeper {
              \x20   IF FOUND THEN RETURN 'settled'; END IF;\n\
              \x20   RETURN 'moved';\n\
              END IF;\n\
-             SELECT holds, owed, epoch, seen INTO s FROM {t};\n\
+             SELECT holds, owed, epoch, seen, replica_at INTO s FROM {t};\n\
              IF NOT FOUND THEN\n\
-             \x20   INSERT INTO {t} VALUES (false, false, 0, NULL);\n\
+             \x20   INSERT INTO {t} VALUES (false, false, 0, NULL, NULL);\n\
              \x20   RETURN 'off';\n\
              END IF;\n\
              IF s.owed THEN RETURN 'broken ' || s.epoch; END IF;\n\
@@ -305,6 +316,7 @@ impl Keeper {
              \x20   RETURN 'broken ' || s.epoch;\n\
              END IF;\n\
              IF NOT ({in_force}) THEN RETURN 'off'; END IF;\n\
+             IF s.replica_at > now() - interval '{REPLICA_BACKOFF}' THEN RETURN 'replica'; END IF;\n\
              IF {orphans} THEN RETURN 'orphans'; END IF;\n\
              UPDATE {t} SET holds = true, seen = seen_now WHERE NOT holds AND NOT owed AND epoch = s.epoch;\n\
              IF FOUND THEN RETURN 'restored'; END IF;\n\

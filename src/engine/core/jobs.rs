@@ -353,7 +353,7 @@ impl Core {
         use crate::incremental::guard::Kept;
         let view = g.view.clone();
         match &g.kept {
-            Ok(Kept::Held | Kept::Off | Kept::Settled | Kept::Moved) => {}
+            Ok(Kept::Held | Kept::Off | Kept::Settled | Kept::Moved | Kept::Replica) => {}
             Ok(Kept::Restored) => {
                 tracing::info!(view = %view, "the foreign keys guarding its capture are in force and no row references a missing one: dimension INSERTs they guard are no longer captured")
             }
