@@ -13,8 +13,9 @@
 //! foreign keys sales -> products -> categories); with `--writers-partitioned`, `sales`
 //! is partitioned into 300 daily partitions (what made the per-statement guard of
 //! earlier builds cost most). pgbench sends single-row INSERTs of new products into
-//! each copy's `products` at 1 and 8 clients, interleaved in every round; no refreshd
-//! runs. Medians, ratio to no trigger. `--writers-path-against BIN` adds a copy `q`
+//! each copy's `products`, then of sales into its `sales` (whose capture now tests the
+//! writer's role at each statement), at 1 and 8 clients, interleaved in every round; no
+//! refreshd runs. Medians, ratio to no trigger. `--writers-path-against BIN` adds a copy `q`
 //! converted by another refreshd binary (one whose triggers check the keys at every
 //! statement), in the same rounds.
 
@@ -39,6 +40,10 @@ CREATE MATERIALIZED VIEW {s}.by_category AS
    GROUP BY c.name;
 CREATE UNIQUE INDEX ON {s}.by_category (name);
 "#;
+
+/// The tables written: the guarded dimension (a new product), and the fact table (a
+/// sale), whose capture tests for the replica role at each statement.
+const TABLES: [&str; 2] = ["products", "sales"];
 
 fn schema_sql(s: &str, partitioned: bool) -> String {
     let (head, parts) = if partitioned {
@@ -113,27 +118,36 @@ pub async fn run(plan: Plan) -> Result<()> {
         capture.push(format!("{s} ({guard}): {line}"));
     }
     let dir = tempfile::tempdir()?;
-    let script = |s: &str| dir.path().join(format!("{s}.sql"));
+    let script = |s: &str, t: &str| dir.path().join(format!("{s}.{t}.sql"));
     for (s, _, _) in &variants {
         std::fs::write(
-            script(s),
+            script(s, "products"),
             format!(
                 "\\set c random(1, 10)\nINSERT INTO {s}.products VALUES (nextval('{s}.product_ids'), :c);\n"
             ),
         )?;
+        std::fs::write(
+            script(s, "sales"),
+            format!(
+                "\\set p random(1, 100)\n\\set d random(0, 299)\nINSERT INTO {s}.sales VALUES (nextval('{s}.product_ids'), :p, 3, date '2025-01-01' + :d);\n"
+            ),
+        )?;
     }
     let clients = [1u32, 8];
-    let mut tps = vec![vec![Vec::new(); variants.len()]; clients.len()];
+    // [table][clients][variant] -> TPS per round.
+    let mut tps = vec![vec![vec![Vec::new(); variants.len()]; clients.len()]; TABLES.len()];
     let mut loads = Vec::new();
     for round in 1..=rounds {
-        for (ci, &n) in clients.iter().enumerate() {
-            for (si, (s, _, _)) in variants.iter().enumerate() {
-                let t = pgbench(&bench, &script(s), n, secs).await?;
-                progress(&format!(
-                    "round {round}, {n} client(s), {s}.products: {t:.0} tps"
-                ));
-                tps[ci][si].push(t);
-                loads.push(load1());
+        for (ti, table) in TABLES.iter().enumerate() {
+            for (ci, &n) in clients.iter().enumerate() {
+                for (si, (s, _, _)) in variants.iter().enumerate() {
+                    let t = pgbench(&bench, &script(s, table), n, secs).await?;
+                    progress(&format!(
+                        "round {round}, {n} client(s), {s}.{table}: {t:.0} tps"
+                    ));
+                    tps[ti][ci][si].push(t);
+                    loads.push(load1());
+                }
             }
         }
     }
@@ -147,7 +161,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     o += &run_row("PostgreSQL", &format!("{pg}; {settings}"));
     o += &run_row(
         "runs",
-        &format!("{rounds} round(s); per round and client count, each copy in turn, {secs} s each (pgbench, single-row INSERT of a new product)"),
+        &format!("{rounds} round(s); per round, table and client count, each copy in turn, {secs} s each (pgbench, single-row INSERT of a new product, or of a sale of a random product on a random day)"),
     );
     o += &run_row(
         "sales",
@@ -160,8 +174,13 @@ pub async fn run(plan: Plan) -> Result<()> {
     o += &run_row("capture", &capture.join("; "));
     o += &host_row(&load_start, &loadavg(), "run", &loads);
     o += &wall_time_row(t0.elapsed());
-    o += "\n| clients | schema (capture) | TPS per round | median | ratio to no trigger |\n|---|---|---|---|---|\n";
-    for (ci, n) in clients.iter().enumerate() {
+    o += "\n| INSERT into | clients | schema (capture) | TPS per round | median | ratio to no trigger |\n|---|---|---|---|---|---|\n";
+    for ((ti, table), (ci, n)) in TABLES
+        .iter()
+        .enumerate()
+        .flat_map(|t| clients.iter().enumerate().map(move |c| (t, c)))
+    {
+        let tps = &tps[ti];
         let base = median(&tps[ci][0]);
         for (si, (s, b, keep)) in variants.iter().enumerate() {
             let each: Vec<String> = tps[ci][si].iter().map(|t| format!("{t:.0}")).collect();
@@ -173,7 +192,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                 (Some(b), _) => format!("`{}`", b.display()),
             };
             o += &format!(
-                "| {n} | {s} ({what}) | {} | {m:.0} | {:.2} |\n",
+                "| {table} | {n} | {s} ({what}) | {} | {m:.0} | {:.2} |\n",
                 each.join(" / "),
                 m / base
             );

@@ -2130,7 +2130,7 @@ impl Conversion<'_> {
         };
         let line = match c.tomb {
             Some(t) => format!(
-                "{line}; DELETE: its deleted rows kept in {} for the deltas of the rows of {} deleted before them, no group named (relying on {}, and on the keys below them down to {}; checked again at every DELETE, and not in the replica role)",
+                "{line}; DELETE: its deleted rows kept in {} for the deltas of the rows of {} deleted before them, no group named (relying on {}, and on the keys below them down to {}, while refreshd finds them in force at its capture checks, and not in the replica role)",
                 t.buffer,
                 c.delta_fact.map_or("?", |q| q.as_str()),
                 t.guard
