@@ -857,34 +857,40 @@ async fn guard(
     use crate::incremental::guard::{guard_function, guard_table};
     let (table, keeper) = (guard_table(consume), guard_function(consume));
     let signature = format!("{}(bigint)", keeper.quoted());
+    // By name in the catalog: to_regclass fails without USAGE on the schema (which the
+    // consume function's check reports).
     let row = client
         .query_one(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL, \
-                    pg_catalog.to_regprocedure($2) IS NOT NULL \
-                      AND pg_catalog.has_function_privilege(pg_catalog.to_regprocedure($2), 'EXECUTE') \
-                      AND pg_catalog.has_schema_privilege('refreshd', 'USAGE')",
-            &[&table.quoted(), &signature],
+            "WITH t AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2), \
+                  u AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM t) THEN false \
+                                    ELSE pg_catalog.has_schema_privilege($1, 'USAGE') END AS usage) \
+             SELECT EXISTS (SELECT 1 FROM t), \
+                    CASE WHEN u.usage THEN pg_catalog.to_regprocedure($3) IS NOT NULL \
+                              AND pg_catalog.has_function_privilege(pg_catalog.to_regprocedure($3), 'EXECUTE') \
+                         ELSE false END, \
+                    CASE WHEN u.usage THEN pg_catalog.has_table_privilege((SELECT oid FROM t), 'SELECT') \
+                         ELSE false END \
+               FROM u",
+            &[&table.schema, &table.name, &signature],
         )
         .await?;
-    let (exists, callable): (bool, bool) = (row.get(0), row.get(1));
+    let (exists, callable, readable): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
     if !exists {
         return Ok(());
     }
-    let state = client
+    if !readable {
+        // Without USAGE on schema refreshd the consume function's check reports it.
+        r.facts.push(format!(
+            "foreign-key guard: {} (its state not readable by this role)",
+            table.shown()
+        ));
+        return Ok(());
+    }
+    let (holds, owed) = client
         .query_opt(&format!("SELECT holds, owed FROM {}", table.quoted()), &[])
-        .await;
-    let (holds, owed) = match state {
-        Ok(Some(row)) => (row.get::<_, bool>(0), row.get::<_, bool>(1)),
-        Ok(None) => (false, false),
-        Err(_) => {
-            // Not readable by this role: refreshd reads it through the keeper only.
-            r.facts.push(format!(
-                "foreign-key guard: {} (state not readable by this role)",
-                table.shown()
-            ));
-            (false, false)
-        }
-    };
+        .await?
+        .map_or((false, false), |row| (row.get(0), row.get(1)));
     r.facts.push(format!(
         "foreign-key guard: {}",
         match (holds, owed) {
