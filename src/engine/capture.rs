@@ -486,7 +486,10 @@ const KEEPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Calls the guard keeper of every keyed view that has one (incremental::guard), on a
 /// connection of its own, each call its own transaction; for a guard found broken, the
-/// transactions then writing the view's tables. A failure is that view's result.
+/// transactions that may have skipped their capture. A failure is that view's result;
+/// a call past [`KEEPER_TIMEOUT`] is cancelled on the server and the next view's keeper
+/// gets a new connection (a slow one must not leave the others unchecked: a review,
+/// 2026-12-05).
 async fn keep_guards(
     info: &ConnectInfo,
     keyed: &[(QualifiedName, QualifiedName, Vec<u32>)],
@@ -495,8 +498,14 @@ async fn keep_guards(
     if keyed.is_empty() {
         return Vec::new();
     }
-    let client = match info.connect().await {
-        Ok(c) => c,
+    let connect = || async {
+        tokio::time::timeout(std::time::Duration::from_secs(15), info.connect())
+            .await
+            .map_err(|_| "no connection within 15 s".to_string())?
+            .map_err(|e| e.to_string())
+    };
+    let mut client = match connect().await {
+        Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(error = %e, "foreign-key guards: could not connect; they stay as they were");
             return Vec::new();
@@ -506,7 +515,8 @@ async fn keep_guards(
         .iter()
         .map(|(v, c, _)| (v.clone(), c.clone()))
         .collect();
-    let keepers = match crate::pg::guard::keepers(&client, &pairs).await {
+    let keepers = match crate::pg::guard::keepers(client.as_ref().expect("connected"), &pairs).await
+    {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(error = %crate::pg::connect::error_chain(&e), "foreign-key guards: could not read which views have one");
@@ -520,51 +530,56 @@ async fn keep_guards(
             .find(|(v, _, _)| v == &view)
             .map(|(_, _, t)| t.clone())
             .unwrap_or_default();
+        let result = |kept, writers| GuardResult {
+            view: view.clone(),
+            function: function.clone(),
+            kept,
+            writers,
+            tables: tables.clone(),
+        };
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match connect().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    out.push(result(Err(e), Vec::new()));
+                    continue;
+                }
+            };
+        }
+        let c = client.as_ref().expect("connected");
         let kept = match tokio::time::timeout(
             KEEPER_TIMEOUT,
-            crate::pg::guard::keep(&client, &function, None),
+            crate::pg::guard::keep(c, &function, None),
         )
         .await
         {
             Ok(k) => k,
             Err(_) => {
-                // The call may still run: this connection is dropped with it.
-                out.push(GuardResult {
-                    view,
-                    function,
-                    kept: Err(format!(
-                        "no answer within {}",
+                if let Err(e) = c.cancel_token().cancel_query(info.tls()).await {
+                    tracing::warn!(view = %view, error = %e, "could not send a cancel request for the guard keeper");
+                }
+                client = None;
+                out.push(result(
+                    Err(format!(
+                        "no answer within {} (cancelled)",
                         humantime::format_duration(KEEPER_TIMEOUT)
                     )),
-                    writers: Vec::new(),
-                    tables,
-                });
-                return out;
+                    Vec::new(),
+                ));
+                continue;
             }
         };
         let writers = match &kept {
-            Ok(Kept::Broken(_)) => match crate::pg::guard::writers(&client, &tables).await {
+            Ok(Kept::Broken(_)) => match crate::pg::guard::writers(c, &tables).await {
                 Ok(w) => w,
                 Err(e) => {
-                    out.push(GuardResult {
-                        view,
-                        function,
-                        kept: Err(crate::pg::connect::error_chain(&e)),
-                        writers: Vec::new(),
-                        tables,
-                    });
+                    out.push(result(Err(crate::pg::connect::error_chain(&e)), Vec::new()));
                     continue;
                 }
             },
             _ => Vec::new(),
         };
-        out.push(GuardResult {
-            view,
-            function,
-            kept,
-            writers,
-            tables,
-        });
+        out.push(result(kept, writers));
     }
     out
 }

@@ -2396,6 +2396,7 @@ pub fn generate(d: &Derivation, f: &Facts) -> Result<Generated, String> {
         let owner = f.owner.as_deref().filter(|_| f.in_place);
         k.install_sql(owner, &mut install, &mut drop_guard);
         c.created.borrow_mut().push(k.table.clone());
+        c.created.borrow_mut().push(k.marks.clone());
     }
     install.push_str(&consume_function_sql(&generated));
     if let (true, Some(owner)) = (f.in_place, &f.owner) {

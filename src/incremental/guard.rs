@@ -13,18 +13,25 @@
 //!
 //! - **held**: `holds` and the keys are in force, and no catalog row they depend on
 //!   (the keys, every trigger and rule on the referencing and referenced tables and
-//!   their partitions) was *modified* since it last looked (rows added — a new
-//!   partition's — are fine). A row modified and changed back between two checks (a
-//!   bulk load's `DISABLE TRIGGER ALL` then `ENABLE TRIGGER ALL`) still has a new
-//!   `xmin`, so that window is seen.
+//!   their partitions) was *modified* since it last looked. A row modified and changed
+//!   back between two checks (a bulk load's `DISABLE TRIGGER ALL` then `ENABLE TRIGGER
+//!   ALL`) still has a new `xmin`, so that window is seen. Rows *added* (a partition
+//!   attached, with whatever rows it held), or rows inserted into those catalogs
+//!   anywhere since the last look by the statistics collector's counts (a trigger or
+//!   rule created, used and dropped between two checks: a cascade it cancelled leaves
+//!   rows referencing a deleted row), make it look for orphans first: found, the guard
+//!   is broken (a review, 2026-12-05).
 //! - **broken**: it was holding, and one of those is no longer true. It turns `holds`
 //!   off and records that a full recompute is *owed*: writers that read `holds` before
-//!   that commit skipped their capture. refreshd waits until every transaction holding
-//!   a lock on the view's tables at that moment has ended (`pg_locks`, without blocking
-//!   anyone), then *settles* (clears `owed`, fenced by `epoch`) and recomputes the view
-//!   fully. A leader that dies before settling leaves `owed` set: the next leader finds
-//!   the view broken again and does the same; one that dies after settling is followed
-//!   by a leader whose first refresh recomputes everything anyway (its start).
+//!   that commit skipped their capture. refreshd waits, without blocking anyone
+//!   (`pg_locks`), until every transaction then holding a write lock on the view's
+//!   tables, and every session of the database then holding a snapshot (a REPEATABLE
+//!   READ writer reads `holds` with a snapshot taken before the flip, and may write
+//!   later), has ended; then it *settles* (clears `owed`, fenced by `epoch`) and
+//!   recomputes the view fully. A leader that dies before settling leaves `owed` set:
+//!   the next leader finds the view broken again and does the same; one that dies after
+//!   settling is followed by a leader whose first refresh recomputes everything anyway
+//!   (its start).
 //! - **restored**: not holding, the keys are in force, and no row of a referencing
 //!   table references nothing (a key whose triggers were disabled let such rows in,
 //!   and enabling them again checks nothing): `holds` on again. The scan is paid once
@@ -34,12 +41,13 @@
 //!
 //! A writer in the replica role (a subscription's apply worker, a restore) is not
 //! checked against any key: every capture trigger of a table on either side of a
-//! guard's keys turns `holds` off itself in that role, owing a recompute if it was on
-//! (a writer that read it on may have skipped its capture beside this one), bumping
-//! `epoch` (which makes a concurrent restore or settle fail) and recording the time:
-//! the keeper turns the guard on again only an hour after the last such write
-//! (**replica**), so that a subscription writing steadily leaves it off rather than
-//! breaking it at every check. Its own writes are captured in full.
+//! guard's keys marks its transaction in the *marks table* in that role (one row per
+//! transaction: an INSERT, so that replica-role transactions never wait for each other
+//! there). A mark turns the guard off for every writer from its commit on; the keeper
+//! takes the marks, turns `holds` off, owes a recompute if it was on (a writer may have
+//! skipped its capture beside that transaction) and leaves the guard off for an hour
+//! (**replica**), so that a subscription writing steadily does not break it at every
+//! check. Its own writes are captured in full.
 //!
 //! Without a refreshd checking capture (`capture = "off"`, none running since the
 //! install) `holds` stays as it was last set: off after an install, so a guard is only
@@ -69,6 +77,12 @@ fn beside_consume(consume: &QualifiedName, suffix: &str) -> QualifiedName {
 /// `consume`.
 pub fn guard_table(consume: &QualifiedName) -> QualifiedName {
     beside_consume(consume, "guard")
+}
+
+/// Where transactions in the replica role mark the guard of the conversion whose
+/// consume function is `consume`.
+pub fn guard_marks(consume: &QualifiedName) -> QualifiedName {
+    beside_consume(consume, "guard_replica")
 }
 
 /// The keeper function (one `bigint` argument) of the conversion whose consume
@@ -132,6 +146,8 @@ struct Key {
 #[derive(Debug, Clone)]
 pub struct Keeper {
     pub table: QualifiedName,
+    /// Where writers in the replica role mark their transactions (module doc).
+    pub marks: QualifiedName,
     pub function: QualifiedName,
     /// The keys are in force (every guard's [`InsertGuard::keys_hold_sql`]).
     in_force: String,
@@ -166,6 +182,7 @@ impl Keeper {
         }
         Ok(Some(Keeper {
             table: guard_table(consume),
+            marks: guard_marks(consume),
             function: guard_function(consume),
             in_force: parts.join(" AND "),
             keys,
@@ -197,24 +214,28 @@ impl Keeper {
             .any(|k| &k.referencing == table || &k.referenced == table)
     }
 
-    /// What a trigger checks, once per statement: the guard holds, and the writer is
+    /// What a trigger checks, once per statement: the guard holds, no transaction in
+    /// the replica role has marked it since the keeper last looked, and the writer is
     /// not in the replica role. A missing row reads as off.
     pub fn holds_sql(&self) -> String {
         format!(
-            "{} AND EXISTS (SELECT 1 FROM {} WHERE holds)",
+            "{} AND EXISTS (SELECT 1 FROM {} WHERE holds AND NOT EXISTS (SELECT 1 FROM {}))",
             InsertGuard::not_replica_sql(),
-            self.table.quoted()
+            self.table.quoted(),
+            self.marks.quoted()
         )
     }
 
     /// A statement for every capture trigger of a table [`Keeper::touches`]: in the
-    /// replica role, the guard is off and a recompute owed (module doc).
+    /// replica role, the transaction marks the guard (once), which turns it off for
+    /// every writer from its commit on, and for the keeper (module doc). An INSERT,
+    /// not an UPDATE of the guard's row: replica-role transactions must not wait for
+    /// each other there (they deadlocked so: a review, 2026-12-05).
     pub fn replica_sql(&self) -> String {
         format!(
-            "    IF pg_catalog.current_setting('session_replication_role') {eq} 'replica' THEN\n        UPDATE {} SET owed = owed OR holds, holds = false, epoch = epoch {plus} 1, replica_at = pg_catalog.now();\n    END IF;\n",
-            self.table.quoted(),
+            "    IF pg_catalog.current_setting('session_replication_role') {eq} 'replica' THEN\n        INSERT INTO {m} (x) SELECT pg_catalog.txid_current() WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE x {eq} pg_catalog.txid_current());\n    END IF;\n",
+            m = self.marks.quoted(),
             eq = pg_op("="),
-            plus = pg_op("+"),
         )
     }
 
@@ -233,6 +254,17 @@ impl Keeper {
              UNION SELECT 'w' || w.oid || ':' || w.xmin FROM pg_rewrite w WHERE w.ev_class IN (SELECT relid FROM rel WHERE referencing) \
              ORDER BY 1)"
         )
+    }
+
+    /// Rows ever inserted into the catalogs a transient change to the keys' force
+    /// writes (a trigger or rule created and dropped between two checks, a partition
+    /// attached: rows `seen` cannot show), by the statistics collector: when it moved,
+    /// the keeper looks for orphans even while the guard holds.
+    fn catalog_inserts_sql() -> &'static str {
+        "(pg_stat_get_tuples_inserted('pg_catalog.pg_trigger'::regclass) \
+          + pg_stat_get_tuples_inserted('pg_catalog.pg_rewrite'::regclass) \
+          + pg_stat_get_tuples_inserted('pg_catalog.pg_inherits'::regclass) \
+          + pg_stat_get_tuples_inserted('pg_catalog.pg_constraint'::regclass))"
     }
 
     fn oids(&self) -> String {
@@ -276,39 +308,61 @@ impl Keeper {
     /// view's).
     pub fn install_sql(&self, owner: Option<&str>, w: &mut String, rollback: &mut String) {
         let t = self.table.quoted();
+        let m = self.marks.quoted();
         let f = self.function.quoted();
-        let _ = writeln!(w, "DROP TABLE IF EXISTS {t};");
+        let _ = writeln!(w, "DROP TABLE IF EXISTS {t};\nDROP TABLE IF EXISTS {m};");
         let _ = writeln!(
             w,
-            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[], replica_at timestamptz);\nINSERT INTO {t} VALUES (false, false, 0, NULL, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;"
+            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[], \
+             catalog_inserts bigint, replica_at timestamptz);\nINSERT INTO {t} VALUES (false, false, 0, NULL, NULL, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;\n\
+             CREATE TABLE {m} (x bigint NOT NULL);\nREVOKE ALL ON TABLE {m} FROM PUBLIC;"
         );
         let _ = writeln!(
             w,
-            "COMMENT ON TABLE {t} IS {};",
+            "COMMENT ON TABLE {t} IS {};\nCOMMENT ON TABLE {m} IS {};",
             literal(&format!(
                 "refreshd: whether the foreign keys guarding the capture hold (read by its triggers at each statement; kept by {}(), which refreshd calls at each capture check)",
+                self.function
+            )),
+            literal(&format!(
+                "refreshd: transactions in the replica role that wrote a table on either side of the keys guarding the capture (the guard is off while a row is here; {}() takes them)",
                 self.function
             ))
         );
         let body = format!(
-            "DECLARE\n    s record;\n    seen_now text[];\nBEGIN\n\
+            "DECLARE\n    s record;\n    seen_now text[];\n    inserts_now bigint;\n    marked bigint;\n    broken boolean;\nBEGIN\n\
              IF settle IS NOT NULL THEN\n\
              \x20   UPDATE {t} SET owed = false WHERE owed AND epoch = settle;\n\
              \x20   IF FOUND THEN RETURN 'settled'; END IF;\n\
              \x20   RETURN 'moved';\n\
              END IF;\n\
-             SELECT holds, owed, epoch, seen, replica_at INTO s FROM {t};\n\
+             SELECT holds, owed, epoch, seen, catalog_inserts, replica_at INTO s FROM {t};\n\
              IF NOT FOUND THEN\n\
-             \x20   INSERT INTO {t} VALUES (false, false, 0, NULL, NULL);\n\
+             \x20   INSERT INTO {t} VALUES (false, false, 0, NULL, NULL, NULL);\n\
              \x20   RETURN 'off';\n\
+             END IF;\n\
+             -- Replica-role transactions committed since the last look: off, owing a\n\
+             -- recompute if it was on (a writer may have skipped its capture beside them).\n\
+             WITH taken AS (DELETE FROM {m} RETURNING 1) SELECT count(*) INTO marked FROM taken;\n\
+             IF marked > 0 THEN\n\
+             \x20   UPDATE {t} SET owed = owed OR holds, holds = false, epoch = epoch + 1, seen = NULL, replica_at = now()\n\
+             \x20    RETURNING holds, owed, epoch, seen, catalog_inserts, replica_at INTO s;\n\
              END IF;\n\
              IF s.owed THEN RETURN 'broken ' || s.epoch; END IF;\n\
              seen_now := {seen};\n\
+             inserts_now := {inserts};\n\
              IF s.holds THEN\n\
-             \x20   IF ({in_force}) AND NOT EXISTS (SELECT 1 FROM unnest(s.seen) AS o(e) JOIN unnest(seen_now) AS n(e) \
-             ON split_part(o.e, ':', 1) = split_part(n.e, ':', 1) AND o.e <> n.e) THEN\n\
-             \x20       IF seen_now IS DISTINCT FROM s.seen THEN\n\
-             \x20           UPDATE {t} SET seen = seen_now WHERE holds AND epoch = s.epoch;\n\
+             \x20   broken := NOT ({in_force}) OR EXISTS (SELECT 1 FROM unnest(s.seen) AS o(e) JOIN unnest(seen_now) AS n(e) \
+             ON split_part(o.e, ':', 1) = split_part(n.e, ':', 1) AND o.e <> n.e);\n\
+             \x20   -- Rows added (a partition attached, with its rows), or catalog rows inserted\n\
+             \x20   -- anywhere since (a trigger or rule created and dropped again): orphans?\n\
+             \x20   IF NOT broken AND (EXISTS (SELECT 1 FROM unnest(seen_now) AS n(e) WHERE n.e <> ALL (s.seen)) \
+             OR inserts_now IS DISTINCT FROM s.catalog_inserts) THEN\n\
+             \x20       broken := {orphans};\n\
+             \x20   END IF;\n\
+             \x20   IF NOT broken THEN\n\
+             \x20       IF seen_now IS DISTINCT FROM s.seen OR inserts_now IS DISTINCT FROM s.catalog_inserts THEN\n\
+             \x20           UPDATE {t} SET seen = seen_now, catalog_inserts = inserts_now WHERE holds AND epoch = s.epoch;\n\
              \x20       END IF;\n\
              \x20       RETURN 'held';\n\
              \x20   END IF;\n\
@@ -318,11 +372,12 @@ impl Keeper {
              IF NOT ({in_force}) THEN RETURN 'off'; END IF;\n\
              IF s.replica_at > now() - interval '{REPLICA_BACKOFF}' THEN RETURN 'replica'; END IF;\n\
              IF {orphans} THEN RETURN 'orphans'; END IF;\n\
-             UPDATE {t} SET holds = true, seen = seen_now WHERE NOT holds AND NOT owed AND epoch = s.epoch;\n\
+             UPDATE {t} SET holds = true, seen = seen_now, catalog_inserts = inserts_now WHERE NOT holds AND NOT owed AND epoch = s.epoch;\n\
              IF FOUND THEN RETURN 'restored'; END IF;\n\
              RETURN 'off';\n\
              END;\n",
             seen = self.seen_sql(),
+            inserts = Self::catalog_inserts_sql(),
             in_force = self.in_force,
             orphans = self.orphans_sql(),
         );
@@ -348,7 +403,7 @@ impl Keeper {
         }
         let _ = writeln!(
             rollback,
-            "DROP FUNCTION IF EXISTS {f}(bigint);\nDROP TABLE IF EXISTS {t};"
+            "DROP FUNCTION IF EXISTS {f}(bigint);\nDROP TABLE IF EXISTS {t};\nDROP TABLE IF EXISTS {m};"
         );
     }
 }

@@ -53,8 +53,15 @@ pub async fn keep(
     Kept::parse(&text).ok_or_else(|| format!("{function}: unexpected answer {text:?}"))
 }
 
-/// The transactions (virtual ids) now holding a lock on any of `tables` (oids) that
-/// lets them write, but this session's.
+/// The transactions (virtual ids) that may have read the guard as on and not yet
+/// committed what they wrote uncaptured: those now holding a lock on any of `tables`
+/// (oids) that lets them write (a READ COMMITTED writer locks the table before its
+/// trigger reads the guard; a prepared transaction keeps its locks), and every client
+/// session of this database now holding a snapshot (`backend_xmin`: a REPEATABLE READ
+/// or SERIALIZABLE transaction reads the guard with the snapshot it took before the
+/// guard was turned off, and may write later; found by a review, 2026-12-05), or whose
+/// snapshot this role may not see (another role's session, without
+/// `pg_read_all_stats`). This session's excepted.
 pub async fn writers(
     client: &Client,
     tables: &[u32],
@@ -62,13 +69,20 @@ pub async fn writers(
     let oids: Vec<tokio_postgres::types::Oid> = tables.to_vec();
     let rows = client
         .query(
-            "SELECT DISTINCT l.virtualtransaction FROM pg_catalog.pg_locks l \
+            "SELECT l.virtualtransaction FROM pg_catalog.pg_locks l \
               WHERE l.locktype = 'relation' AND l.granted \
                 AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()) \
                 AND l.relation = ANY ($1::pg_catalog.oid[]) \
                 AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
                 AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid() \
-                AND l.virtualtransaction IS NOT NULL",
+                AND l.virtualtransaction IS NOT NULL \
+             UNION \
+             SELECT l.virtualtransaction FROM pg_catalog.pg_locks l \
+               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+              WHERE l.locktype = 'virtualxid' AND l.granted \
+                AND a.datname = pg_catalog.current_database() AND a.backend_type = 'client backend' \
+                AND (a.backend_xmin IS NOT NULL OR a.query = '<insufficient privilege>') \
+                AND a.pid <> pg_catalog.pg_backend_pid()",
             &[&oids],
         )
         .await?;

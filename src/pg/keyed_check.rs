@@ -887,8 +887,17 @@ async fn guard(
         ));
         return Ok(());
     }
+    // A replica-role transaction's mark turns it off until the keeper takes it.
+    let marks = crate::incremental::guard::guard_marks(consume);
     let (holds, owed) = client
-        .query_opt(&format!("SELECT holds, owed FROM {}", table.quoted()), &[])
+        .query_opt(
+            &format!(
+                "SELECT holds AND NOT EXISTS (SELECT 1 FROM {}), owed FROM {}",
+                marks.quoted(),
+                table.quoted()
+            ),
+            &[],
+        )
         .await?
         .map_or((false, false), |row| (row.get(0), row.get(1)));
     r.facts.push(format!(
