@@ -56,6 +56,11 @@ fn new_store_with_sales(db: &TestDb, store: i32, sale: i64) {
     ));
 }
 
+/// The number of rows by which fk.by_region and its definition differ.
+fn differs(db: &TestDb) -> String {
+    db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[]))
+}
+
 fn keys_buffered(db: &TestDb) -> String {
     support::keyed_storm::buffered_for_recompute(db, "fk.by_region")
 }
@@ -112,10 +117,7 @@ fn a_store_inserted_with_its_first_sales_is_applied_as_deltas_alone() {
         "2"
     );
     assert_eq!(consume(&db), "0");
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
     // A region inserted with a store and sales: the same, two levels up.
     db.psql(
         "BEGIN; INSERT INTO fk.regions VALUES (9, 'region nine'); INSERT INTO fk.stores VALUES (102, 9); \
@@ -127,10 +129,7 @@ fn a_store_inserted_with_its_first_sales_is_applied_as_deltas_alone() {
         db.psql("SELECT n || '/' || qty FROM fk.by_region WHERE region = 'region nine'"),
         "1/7"
     );
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 #[test]
@@ -178,11 +177,7 @@ fn a_key_that_stops_holding_brings_the_insert_capture_back() {
         // ...the keeper finds the guard broken, and the view is recomputed fully.
         assert!(keep(&db).starts_with("broken "), "after {break_it}");
         settle_and_recompute(&db);
-        assert_eq!(
-            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-            "0",
-            "after {break_it}"
-        );
+        assert_eq!(differs(&db), "0", "after {break_it}");
         assert_eq!(keep(&db), "off", "after {break_it}");
         // From then on, INSERTs are captured.
         new_store_with_sales(&db, store, 80_000 + i64::from(store) * 10);
@@ -221,10 +216,7 @@ fn a_key_that_stops_holding_brings_the_insert_capture_back() {
         "BEGIN; DELETE FROM fk.by_region WHERE region = 'region 4'; \
          INSERT INTO fk.by_region SELECT * FROM fk.by_region_def WHERE region = 'region 4'; COMMIT",
     );
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// One random transaction: a store inserted with sales (one transaction), a store
@@ -436,7 +428,7 @@ fn a_store_inserted_again_in_another_region_has_that_region_recomputed() {
          COMMIT",
     );
     assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
+        differs(&db),
         "0",
         "{}",
         db.psql("SELECT string_agg(region || ' ' || n || '/' || qty, ', ' ORDER BY region) FROM fk.by_region")
@@ -474,7 +466,7 @@ fn a_store_deleted_with_its_sales_is_applied_as_deltas_alone() {
             && config.contains("relying on fk.sales's foreign key sales_store, and on the keys below them down to fk.sales"),
         "{config}"
     );
-    let equal = |db: &TestDb| db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[]));
+    let equal = differs;
     db.psql("BEGIN; DELETE FROM fk.sales WHERE store_id = 5; DELETE FROM fk.stores WHERE id = 5; COMMIT");
     assert_eq!(keys_buffered(&db), "0", "the store's DELETE named a group");
     assert_eq!(tombstones(&db, "stores"), "1");
@@ -625,10 +617,7 @@ async fn dimension_deletes_under_four_writers_are_applied_as_deltas() {
     assert!(committed > 400, "{committed} committed");
     assert_eq!(everything, 0, "refreshes that recomputed everything");
     assert_ne!(consume_and_recompute(&db), "everything");
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// Two sessions, in this order: A (REPEATABLE READ) takes its snapshot; B deletes
@@ -657,7 +646,7 @@ async fn a_store_deleted_while_a_repeatable_read_writer_inserts_it_again_is_reco
         .unwrap();
     let said = consume_and_recompute(&db);
     assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
+        differs(&db),
         "0",
         "the refresh recomputed {said}: {}",
         db.psql("SELECT string_agg(region || ' ' || n || '/' || qty, ', ' ORDER BY region) FROM fk.by_region")
@@ -684,10 +673,7 @@ async fn serializable_writers_of_a_new_store_and_of_sales_both_commit() {
     assert!(stored.is_ok(), "the store's transaction: {stored:?}");
     assert!(sold.is_ok(), "the sales' transaction: {sold:?}");
     consume(&db);
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// Two SERIALIZABLE transactions, step by step: a sale of store 3; store `store` (in
@@ -748,10 +734,7 @@ fn a_new_store_deleted_with_its_sales_and_region_before_the_refresh_recomputes_n
          DELETE FROM fk.regions WHERE id = 8; COMMIT",
     );
     assert_ne!(consume_and_recompute(&db), "everything");
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// PostgreSQL 18's temporal foreign keys (`PERIOD`) hold when the referenced rows'
@@ -913,7 +896,7 @@ async fn a_broken_guard_is_recomputed_only_after_the_writers_that_skipped_captur
         std::time::Duration::from_secs(30),
         "the view recomputed with store 500's sale, the recompute settled",
         || async {
-            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0"
+            differs(&db) == "0"
                 && db.psql("SELECT owed FROM refreshd.fk_by_region_consume_guard") == "f"
         },
     )
@@ -923,7 +906,7 @@ async fn a_broken_guard_is_recomputed_only_after_the_writers_that_skipped_captur
     support::wait_for(
         std::time::Duration::from_secs(30),
         "store 501's sale in the view",
-        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+        || async { differs(&db) == "0" },
     )
     .await;
     drop(d);
@@ -988,7 +971,7 @@ async fn refreshd_keeps_the_guard_across_a_bulk_load_with_disabled_key_triggers(
     support::wait_for(
         std::time::Duration::from_secs(30),
         "store 600's sale in the view",
-        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+        || async { differs(&db) == "0" },
     )
     .await;
     // Any DDL starts a check; with no orphan left the guard holds again.
@@ -1003,7 +986,7 @@ async fn refreshd_keeps_the_guard_across_a_bulk_load_with_disabled_key_triggers(
     support::wait_for(
         std::time::Duration::from_secs(30),
         "store 601 and its sales in the view",
-        || async { db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0" },
+        || async { differs(&db) == "0" },
     )
     .await;
     drop(d);
@@ -1138,10 +1121,7 @@ fn a_store_arriving_after_its_sale_was_written_in_the_replica_role_is_added() {
     db.psql("INSERT INTO fk.stores VALUES (50001, 3)");
     assert_eq!(keys_buffered(&db), "1");
     consume_and_recompute(&db);
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// The wait covers REPEATABLE READ writers too (a review, 2026-12-05): such a writer
@@ -1183,7 +1163,7 @@ async fn a_repeatable_read_writer_whose_snapshot_predates_the_break_is_waited_fo
         std::time::Duration::from_secs(30),
         "the view recomputed with store 500's sale, the recompute settled",
         || async {
-            db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])) == "0"
+            differs(&db) == "0"
                 && db.psql("SELECT owed FROM refreshd.fk_by_region_consume_guard") == "f"
         },
     )
@@ -1214,10 +1194,7 @@ fn a_partition_attached_with_orphans_breaks_the_guard() {
     db.psql("INSERT INTO fk.stores VALUES (700, 5)");
     assert_eq!(keys_buffered(&db), "1");
     consume_and_recompute(&db);
-    assert_eq!(
-        db.psql(&difference_sql("fk.by_region", "fk.by_region_def", &[])),
-        "0"
-    );
+    assert_eq!(differs(&db), "0");
 }
 
 /// Two transactions in the replica role writing both sides of a key wait for each

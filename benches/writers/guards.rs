@@ -100,7 +100,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     let mut capture = Vec::new();
     for (s, b, keep) in &variants {
         let Some(b) = b else { continue };
-        let line = convert(b, &bench.dsn, s).await?;
+        let line = super::path::convert(b, &bench.dsn, s, "products").await?;
         let guard = if *b != bin {
             format!("converted by `{}`", b.display())
         } else if *keep {
@@ -200,27 +200,4 @@ pub async fn run(plan: Plan) -> Result<()> {
     }
     print!("{o}");
     Ok(())
-}
-
-/// `init --schema S --apply --in-place --keyed S.by_category` by binary `bin`; returns
-/// the line it prints for the capture of `S.products`.
-async fn convert(bin: &std::path::Path, dsn: &str, s: &str) -> Result<String> {
-    let view = format!("{s}.by_category");
-    let args = [
-        "init",
-        "--url",
-        dsn,
-        "--schema",
-        s,
-        "--apply",
-        "--in-place",
-        "--keyed",
-        &view,
-    ];
-    let (toml, _) = run_refreshd(bin, &args).await?;
-    Ok(toml
-        .lines()
-        .find(|l| l.starts_with(&format!("# capture: {s}.products")))
-        .map(|l| l.trim_start_matches("# ").to_string())
-        .unwrap_or_default())
 }

@@ -68,7 +68,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         };
         capture.push(format!(
             "{s} by {label}: {}",
-            convert(b, &bench.dsn, s).await?
+            convert(b, &bench.dsn, s, "sales").await?
         ));
     }
     let dir = tempfile::tempdir()?;
@@ -130,8 +130,13 @@ pub async fn run(plan: Plan) -> Result<()> {
 }
 
 /// `init --schema S --apply --in-place --keyed S.by_category` by binary `bin`; returns
-/// the line it prints for the capture of `S.sales`.
-async fn convert(bin: &std::path::Path, dsn: &str, s: &str) -> Result<String> {
+/// the line it prints for the capture of `S.<table>`.
+pub(super) async fn convert(
+    bin: &std::path::Path,
+    dsn: &str,
+    s: &str,
+    table: &str,
+) -> Result<String> {
     let view = format!("{s}.by_category");
     let args = [
         "init",
@@ -147,7 +152,7 @@ async fn convert(bin: &std::path::Path, dsn: &str, s: &str) -> Result<String> {
     let (toml, _) = run_refreshd(bin, &args).await?;
     Ok(toml
         .lines()
-        .find(|l| l.starts_with(&format!("# capture: {s}.sales")))
+        .find(|l| l.starts_with(&format!("# capture: {s}.{table}")))
         .map(|l| l.trim_start_matches("# ").to_string())
         .unwrap_or_default())
 }

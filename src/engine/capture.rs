@@ -494,7 +494,6 @@ async fn keep_guards(
     info: &ConnectInfo,
     keyed: &[(QualifiedName, QualifiedName, Vec<u32>)],
 ) -> Vec<GuardResult> {
-    use crate::incremental::guard::Kept;
     if keyed.is_empty() {
         return Vec::new();
     }
@@ -547,13 +546,9 @@ async fn keep_guards(
             };
         }
         let c = client.as_ref().expect("connected");
-        let kept = match tokio::time::timeout(
-            KEEPER_TIMEOUT,
-            crate::pg::guard::keep(c, &function, None),
-        )
-        .await
-        {
-            Ok(k) => k,
+        match tokio::time::timeout(KEEPER_TIMEOUT, keep_one(c, &function, &tables)).await {
+            Ok(Ok((kept, writers))) => out.push(result(Ok(kept), writers)),
+            Ok(Err(e)) => out.push(result(Err(e), Vec::new())),
             Err(_) => {
                 if let Err(e) = c.cancel_token().cancel_query(info.tls()).await {
                     tracing::warn!(view = %view, error = %e, "could not send a cancel request for the guard keeper");
@@ -566,22 +561,27 @@ async fn keep_guards(
                     )),
                     Vec::new(),
                 ));
-                continue;
             }
-        };
-        let writers = match &kept {
-            Ok(Kept::Broken(_)) => match crate::pg::guard::writers(c, &tables).await {
-                Ok(w) => w,
-                Err(e) => {
-                    out.push(result(Err(crate::pg::connect::error_chain(&e)), Vec::new()));
-                    continue;
-                }
-            },
-            _ => Vec::new(),
-        };
-        out.push(result(kept, writers));
+        }
     }
     out
+}
+
+/// One keeper call, and for a guard found broken the transactions that may have
+/// skipped their capture (on `tables`).
+async fn keep_one(
+    client: &tokio_postgres::Client,
+    function: &QualifiedName,
+    tables: &[u32],
+) -> Result<(crate::incremental::guard::Kept, Vec<String>), String> {
+    let kept = crate::pg::guard::keep(client, function, None).await?;
+    let writers = match kept {
+        crate::incremental::guard::Kept::Broken(_) => crate::pg::guard::writers(client, tables)
+            .await
+            .map_err(|e| crate::pg::connect::error_chain(&e))?,
+        _ => Vec::new(),
+    };
+    Ok((kept, writers))
 }
 
 /// Tells [`run_check`]'s `read` once: when told, or `false` when dropped untold.

@@ -383,7 +383,7 @@ fn hash(parts: &[&str]) -> String {
 
 /// `readable` when it fits in an identifier and `exact`; otherwise a prefix of it cut at
 /// a character boundary, `_` and a hash of `identity`: bounded, and the same every run.
-pub(super) fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
+fn bounded(readable: &str, identity: &[&str], exact: bool) -> String {
     if exact && readable.len() <= MAX_IDENTIFIER_BYTES {
         return readable.to_string();
     }
@@ -746,8 +746,9 @@ struct Names {
     all_column: String,
 }
 
-/// `<view>_<suffix>` in the view's schema (cut and hashed past 63 bytes).
-fn beside(v: &QualifiedName, suffix: &str) -> QualifiedName {
+/// `<relation>_<suffix>` in the relation's schema (cut and hashed past 63 bytes): beside a
+/// view, or (incremental::guard) beside a consume function.
+pub(super) fn beside(v: &QualifiedName, suffix: &str) -> QualifiedName {
     QualifiedName::new(
         v.schema.clone(),
         bounded(

@@ -55,40 +55,27 @@
 
 use std::fmt::Write as _;
 
-use super::generate::{bounded, dollar, literal, pg_op};
+use super::generate::{beside, dollar, literal, pg_op};
 use super::inserts::{ForeignKey, InsertGuard};
 use crate::pg::ident::{quote_ident, QualifiedName};
 
-/// `<consume>_<suffix>` beside a conversion's consume function (cut and hashed past
-/// 63 bytes): refreshd finds a keyed view's guard from the consume function its
-/// configuration names (`buffer`).
-fn beside_consume(consume: &QualifiedName, suffix: &str) -> QualifiedName {
-    QualifiedName::new(
-        consume.schema.clone(),
-        bounded(
-            &format!("{}_{suffix}", consume.name),
-            &[&consume.schema, &consume.name, suffix],
-            true,
-        ),
-    )
-}
-
 /// The table holding the guard state of the conversion whose consume function is
-/// `consume`.
+/// `consume`: named beside it (`<consume>_guard`), so that refreshd finds a keyed view's
+/// guard from the consume function its configuration names (`buffer`).
 pub fn guard_table(consume: &QualifiedName) -> QualifiedName {
-    beside_consume(consume, "guard")
+    beside(consume, "guard")
 }
 
 /// Where transactions in the replica role mark the guard of the conversion whose
 /// consume function is `consume`.
 pub fn guard_marks(consume: &QualifiedName) -> QualifiedName {
-    beside_consume(consume, "guard_replica")
+    beside(consume, "guard_replica")
 }
 
 /// The keeper function (one `bigint` argument) of the conversion whose consume
 /// function is `consume`.
 pub fn guard_function(consume: &QualifiedName) -> QualifiedName {
-    beside_consume(consume, "keep_guard")
+    beside(consume, "keep_guard")
 }
 
 /// How long after a write in the replica role the guard stays off.
@@ -302,34 +289,13 @@ impl Keeper {
         each.join(" OR ")
     }
 
-    /// The guard table (one row: off) and the keeper function, each made anew (an
-    /// install recomputes the view under locks no writer passes), and their rollback.
-    /// `owner`: the role that may call the keeper besides its owner (in place, the
-    /// view's).
-    pub fn install_sql(&self, owner: Option<&str>, w: &mut String, rollback: &mut String) {
+    /// The keeper's body (module doc): `settle` clears the debt of that epoch; else the
+    /// marks are taken, then the guard is found held, broken, restored, off, or left off
+    /// for orphans or a recent replica-role write.
+    fn keeper_body(&self) -> String {
         let t = self.table.quoted();
         let m = self.marks.quoted();
-        let f = self.function.quoted();
-        let _ = writeln!(w, "DROP TABLE IF EXISTS {t};\nDROP TABLE IF EXISTS {m};");
-        let _ = writeln!(
-            w,
-            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[], \
-             catalog_inserts bigint, replica_at timestamptz);\nINSERT INTO {t} VALUES (false, false, 0, NULL, NULL, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;\n\
-             CREATE TABLE {m} (x bigint NOT NULL);\nREVOKE ALL ON TABLE {m} FROM PUBLIC;"
-        );
-        let _ = writeln!(
-            w,
-            "COMMENT ON TABLE {t} IS {};\nCOMMENT ON TABLE {m} IS {};",
-            literal(&format!(
-                "refreshd: whether the foreign keys guarding the capture hold (read by its triggers at each statement; kept by {}(), which refreshd calls at each capture check)",
-                self.function
-            )),
-            literal(&format!(
-                "refreshd: transactions in the replica role that wrote a table on either side of the keys guarding the capture (the guard is off while a row is here; {}() takes them)",
-                self.function
-            ))
-        );
-        let body = format!(
+        format!(
             "DECLARE\n    s record;\n    seen_now text[];\n    inserts_now bigint;\n    marked bigint;\n    broken boolean;\nBEGIN\n\
              IF settle IS NOT NULL THEN\n\
              \x20   UPDATE {t} SET owed = false WHERE owed AND epoch = settle;\n\
@@ -380,7 +346,37 @@ impl Keeper {
             inserts = Self::catalog_inserts_sql(),
             in_force = self.in_force,
             orphans = self.orphans_sql(),
+        )
+    }
+
+    /// The guard table (one row: off) and the keeper function, each made anew (an
+    /// install recomputes the view under locks no writer passes), and their rollback.
+    /// `owner`: the role that may call the keeper besides its owner (in place, the
+    /// view's).
+    pub fn install_sql(&self, owner: Option<&str>, w: &mut String, rollback: &mut String) {
+        let t = self.table.quoted();
+        let m = self.marks.quoted();
+        let f = self.function.quoted();
+        let _ = writeln!(w, "DROP TABLE IF EXISTS {t};\nDROP TABLE IF EXISTS {m};");
+        let _ = writeln!(
+            w,
+            "CREATE TABLE {t} (holds boolean NOT NULL, owed boolean NOT NULL, epoch bigint NOT NULL, seen text[], \
+             catalog_inserts bigint, replica_at timestamptz);\nINSERT INTO {t} VALUES (false, false, 0, NULL, NULL, NULL);\nREVOKE ALL ON TABLE {t} FROM PUBLIC;\n\
+             CREATE TABLE {m} (x bigint NOT NULL);\nREVOKE ALL ON TABLE {m} FROM PUBLIC;"
         );
+        let _ = writeln!(
+            w,
+            "COMMENT ON TABLE {t} IS {};\nCOMMENT ON TABLE {m} IS {};",
+            literal(&format!(
+                "refreshd: whether the foreign keys guarding the capture hold (read by its triggers at each statement; kept by {}(), which refreshd calls at each capture check)",
+                self.function
+            )),
+            literal(&format!(
+                "refreshd: transactions in the replica role that wrote a table on either side of the keys guarding the capture (the guard is off while a row is here; {}() takes them)",
+                self.function
+            ))
+        );
+        let body = self.keeper_body();
         let _ = writeln!(
             w,
             "CREATE OR REPLACE FUNCTION {f}(settle bigint)\nRETURNS text\nLANGUAGE plpgsql\nVOLATILE\nSECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\nAS {};\nREVOKE ALL ON FUNCTION {f}(bigint) FROM PUBLIC;",
